@@ -1,0 +1,1 @@
+"""udpchat command-line client: the blocking UDP loop, profiles and ``udpchat-cli``."""

@@ -1,0 +1,235 @@
+"""Encoding of application messages to bytes and back.
+
+Wire form (see ``docs/PROTOCOL.md``)::
+
+    +---------+---------------------------------------------+
+    | version | UTF-8 JSON object {"type": "<tag>", ...}    |
+    | 1 byte  |                                             |
+    +---------+---------------------------------------------+
+
+The version byte lets a peer tell a newer protocol (a higher version) from garbage.
+Byte strings are lowercase hex, timestamps are integer microseconds since the Unix
+epoch (UTC), enumerations their string value, lists JSON arrays.
+
+One configured cattrs converter does all the structuring; the attrs validators of
+:mod:`udpchat_proto.messages` enforce the rules. :func:`decode` raises
+:class:`~udpchat_proto.errors.DecodeError` for every bad input and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any, Final
+
+import attrs
+import cattrs
+
+from . import messages as m
+from .errors import DecodeError, ErrorCode
+from .validation import ValidationError
+
+__all__ = [
+    "MAX_ENCODED_SIZE",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "converter",
+    "decode",
+    "encode",
+]
+
+#: The version byte this implementation speaks.
+PROTOCOL_VERSION: Final = 1
+#: No encoded message may be larger (the largest legitimate one, a full history
+#: page of escaped text, is well under it).
+MAX_ENCODED_SIZE: Final = 4 * 1024 * 1024
+
+#: Wire tag of every message class; the tag is the "type" member of the object.
+MESSAGE_TYPES: Final[dict[str, type[Any]]] = {
+    # requests
+    "register": m.Register,
+    "login": m.Login,
+    "resume": m.Resume,
+    "logout": m.Logout,
+    "send_message": m.SendMessage,
+    "ack_delivery": m.AcknowledgeDelivery,
+    "invite": m.Invite,
+    "accept_invitation": m.AcceptInvitation,
+    "decline_invitation": m.DeclineInvitation,
+    "cancel_invitation": m.CancelInvitation,
+    "unfriend": m.Unfriend,
+    "list_invitations": m.ListInvitations,
+    "list_friends": m.ListFriends,
+    "list_online": m.ListOnline,
+    "get_history": m.GetHistory,
+    "join_room": m.JoinRoom,
+    "leave_room": m.LeaveRoom,
+    "list_rooms": m.ListRooms,
+    "list_members": m.ListMembers,
+    # responses
+    "ok": m.Ok,
+    "error": m.ErrorResponse,
+    "logged_in": m.LoggedIn,
+    "message_accepted": m.MessageAccepted,
+    "invitations": m.Invitations,
+    "friends": m.Friends,
+    "online_users": m.OnlineUsers,
+    "history": m.History,
+    "rooms": m.Rooms,
+    "room_members": m.RoomMembers,
+    # pushes
+    "message_delivered": m.MessageDelivered,
+    "presence_changed": m.PresenceChanged,
+    "invitation_received": m.InvitationReceived,
+    "invitation_answered": m.InvitationAnswered,
+    "invitation_cancelled": m.InvitationCancelled,
+    "unfriended": m.Unfriended,
+    "room_membership_changed": m.RoomMembershipChanged,
+}
+_TAGS: Final = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
+_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MAX_MICROS: Final = int((datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC) - _EPOCH)
+                         / datetime.timedelta(microseconds=1))
+
+
+class _Invalid(Exception):
+    """Raised by the structure hooks for a value of the wrong JSON type."""
+
+
+def _strict(kind: type[Any]) -> Any:
+    # cattrs' default str/int hooks coerce (str(5) == "5", int("5") == 5); a peer
+    # that sends the wrong JSON type is sending garbage, so refuse instead.
+    def structure(value: Any, _cls: Any) -> Any:
+        if type(value) is not kind:
+            raise _Invalid(f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    return structure
+
+
+def _structure_bytes(value: Any, _cls: Any) -> bytes:
+    if type(value) is not str:
+        raise _Invalid("expected a hex string")
+    return bytes.fromhex(value)  # ValueError on bad hex; lengths are checked by validators
+
+
+def _unstructure_datetime(value: datetime.datetime) -> int:
+    return (value - _EPOCH) // datetime.timedelta(microseconds=1)
+
+
+def _structure_datetime(value: Any, _cls: Any) -> datetime.datetime:
+    if type(value) is not int or not 0 <= value <= _MAX_MICROS:
+        raise _Invalid("expected microseconds since the epoch")
+    return _EPOCH + datetime.timedelta(microseconds=value)
+
+
+def _structure_tuple(value: Any, cls: Any) -> Any:
+    if type(value) is not list:
+        raise _Invalid("expected a list")
+    (item_type, _ellipsis) = cls.__args__
+    return tuple(converter.structure(item, item_type) for item in value)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=False, forbid_extra_keys=False)
+    for kind in (str, int, bool):
+        conv.register_structure_hook(kind, _strict(kind))
+    conv.register_unstructure_hook(bytes, bytes.hex)
+    conv.register_structure_hook(bytes, _structure_bytes)
+    conv.register_unstructure_hook(datetime.datetime, _unstructure_datetime)
+    conv.register_structure_hook(datetime.datetime, _structure_datetime)
+    conv.register_structure_hook(ErrorCode, lambda value, _cls: ErrorCode(_strict(str)(value, str)))
+    conv.register_structure_hook_func(
+        lambda cls: getattr(cls, "__origin__", None) is tuple, _structure_tuple
+    )
+    return conv
+
+
+converter: Final = _make_converter()
+"""The one cattrs converter of the wire format (usable to unstructure for logging)."""
+
+_ENCODE_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)
+_VERSION_BYTE: Final = bytes([PROTOCOL_VERSION])
+
+
+def encode(message: m.Message) -> bytes:
+    """Encode an application message.
+
+    Args:
+        message: any instance of the catalogue in :mod:`udpchat_proto.messages`.
+
+    Returns:
+        The version byte followed by the UTF-8 JSON object.
+
+    Raises:
+        LocalProtocolError: ``message`` is not a catalogue message, or its encoding
+            would exceed :data:`MAX_ENCODED_SIZE`.
+    """
+    try:
+        tag = _TAGS[type(message)]
+    except KeyError:
+        raise ValidationError(
+            ErrorCode.BAD_REQUEST, f"not a udpchat message: {type(message).__name__}"
+        ) from None
+    obj = converter.unstructure(message)
+    obj["type"] = tag
+    data = _VERSION_BYTE + _ENCODE_JSON.encode(obj).encode("utf-8")
+    if len(data) > MAX_ENCODED_SIZE:
+        raise ValidationError(ErrorCode.TOO_LARGE, f"encoded message is {len(data)} bytes")
+    return data
+
+
+def decode(data: bytes) -> m.Message:
+    """Decode bytes received from a peer into an application message.
+
+    Args:
+        data: exactly one encoded message (as :func:`encode` makes).
+
+    Returns:
+        The message, validated.
+
+    Raises:
+        DecodeError: for every kind of bad input, with ``reason`` one of
+            ``empty``, ``too_large``, ``unsupported_version``, ``bad_version``,
+            ``malformed``, ``unknown_type``, ``invalid_field``. If the input was
+            a recognisable request, ``request_id`` and ``code`` say how to answer it.
+    """
+    if not data:
+        raise DecodeError("empty")
+    if len(data) > MAX_ENCODED_SIZE:
+        raise DecodeError("too_large", f"{len(data)} bytes")
+    version = data[0]
+    if version != PROTOCOL_VERSION:
+        if version > PROTOCOL_VERSION and data[1:2] == b"{":
+            raise DecodeError("unsupported_version", f"version {version}")
+        raise DecodeError("bad_version", f"first byte {version}")
+    try:
+        obj = json.loads(data[1:].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DecodeError("malformed", str(exc)[:200]) from None
+    if type(obj) is not dict:
+        raise DecodeError("malformed", "not a JSON object")
+    cls = MESSAGE_TYPES.get(obj.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise DecodeError("unknown_type", repr(obj.get("type"))[:64])
+    try:
+        return converter.structure(obj, cls)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise _invalid(obj, exc.code, str(exc)) from None
+    except (_Invalid, ValueError, TypeError, KeyError, AttributeError, RecursionError,
+            cattrs.BaseValidationError, OverflowError) as exc:
+        raise _invalid(obj, ErrorCode.BAD_REQUEST, f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+def _invalid(obj: dict[str, Any], code: ErrorCode, detail: str) -> DecodeError:
+    error = DecodeError("invalid_field", detail)
+    request_id = obj.get("request_id")
+    if type(request_id) is int and 0 <= request_id <= 2**32 - 1:
+        error.request_id = request_id
+        error.code = code
+    return error
+
+
+def message_fields(cls: type[Any]) -> tuple[str, ...]:
+    """The wire member names of a message class (for documentation and tests)."""
+    return tuple(a.name for a in attrs.fields(cls))

@@ -1,0 +1,89 @@
+"""Errors of the udpchat core.
+
+Two families, split at the boundary (as h11 and wsproto do):
+
+* :class:`LocalProtocolError` is raised at once when the *caller* misuses the API
+  (a request before the connection is up, a name that cannot be valid, ...).
+* :class:`DecodeError` is raised by the decoders when *remote* input is malformed.
+  The roles catch it at their boundary, drop the datagram and count it: it never
+  escapes ``receive_datagram``.
+
+Chat-level refusals (``unknown_user``, ``not_friends`` ...) are not exceptions: they
+are :class:`~udpchat_proto.messages.ErrorResponse` replies carrying an
+:class:`ErrorCode`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "DecodeError",
+    "ErrorCode",
+    "LocalProtocolError",
+    "ProtocolError",
+]
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable codes of every refusal a server can answer with.
+
+    The values are part of the wire protocol and of the CLI's JSON output: never
+    rename one, only add.
+    """
+
+    USER_EXISTS = "user_exists"
+    INVALID_USERNAME = "invalid_username"
+    INVALID_PASSWORD = "invalid_password"
+    INVALID_ROOM = "invalid_room"
+    INVALID_TEXT = "invalid_text"
+    BAD_CREDENTIALS = "bad_credentials"
+    NOT_LOGGED_IN = "not_logged_in"
+    UNKNOWN_USER = "unknown_user"
+    NOT_FRIENDS = "not_friends"
+    ALREADY_FRIENDS = "already_friends"
+    ALREADY_INVITED = "already_invited"
+    NO_INVITATION = "no_invitation"
+    CANNOT_INVITE_SELF = "cannot_invite_self"
+    UNKNOWN_ROOM = "unknown_room"
+    NOT_A_MEMBER = "not_a_member"
+    ROOM_FULL = "room_full"
+    TOO_MANY_ROOMS = "too_many_rooms"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    BAD_REQUEST = "bad_request"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """Base class of every error the udpchat core raises."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller used the API in a way the protocol does not allow.
+
+    Raised synchronously by command methods; the connection's state is unchanged.
+    """
+
+
+class DecodeError(ProtocolError):
+    """Bytes from the network could not be decoded.
+
+    This is the only exception any decoder of the core raises, whatever the input.
+
+    Attributes:
+        reason: a short stable token naming what was wrong (``"truncated"``,
+            ``"unsupported_version"``, ``"unknown_type"``, ``"invalid_field"`` ...),
+            used to count dropped datagrams by cause.
+        detail: a human-readable explanation.
+        request_id: when the input was a recognisable request with a valid
+            ``request_id`` but an invalid field, that id, so a server can answer.
+        code: with ``request_id``, the :class:`ErrorCode` to answer with.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        self.request_id: int | None = None
+        self.code: ErrorCode | None = None
+        super().__init__(f"{reason}: {detail}" if detail else reason)

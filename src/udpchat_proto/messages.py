@@ -1,0 +1,518 @@
+"""The application message catalogue.
+
+Every request, response and server push of the chat is a frozen attrs class here.
+Requests carry a ``request_id`` chosen by the client; every response carries the
+``request_id`` of the request it answers. Pushes are unsolicited and carry none.
+
+Field values are validated on construction (see :mod:`udpchat_proto.validation`);
+names are normalised to lowercase first. The wire form of each class is described
+in ``docs/PROTOCOL.md`` and produced by :mod:`udpchat_proto.codec`.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import attrs
+
+from . import validation as v
+from .errors import ErrorCode
+
+__all__ = [
+    "AcceptInvitation",
+    "AcknowledgeDelivery",
+    "CancelInvitation",
+    "ChatMessage",
+    "DeclineInvitation",
+    "ErrorResponse",
+    "GetHistory",
+    "History",
+    "Invitations",
+    "InvitationAnswered",
+    "InvitationCancelled",
+    "InvitationReceived",
+    "Invite",
+    "JoinRoom",
+    "LeaveRoom",
+    "ListFriends",
+    "ListInvitations",
+    "ListMembers",
+    "ListOnline",
+    "ListRooms",
+    "LoggedIn",
+    "Login",
+    "Logout",
+    "Friends",
+    "Message",
+    "MessageAccepted",
+    "MessageDelivered",
+    "Ok",
+    "OnlineUsers",
+    "PresenceChanged",
+    "Push",
+    "Register",
+    "Request",
+    "Response",
+    "Resume",
+    "RoomInfo",
+    "RoomMembers",
+    "RoomMembershipChanged",
+    "Rooms",
+    "SendMessage",
+    "Unfriended",
+    "Unfriend",
+    "UserPresence",
+]
+
+def _username_field() -> str:
+    return attrs.field(converter=v.normalize_name, validator=v.username)  # type: ignore[no-any-return]
+
+
+def _room_field() -> str:
+    return attrs.field(converter=v.normalize_name, validator=v.room)  # type: ignore[no-any-return]
+
+
+def _target_field() -> str:
+    return attrs.field(converter=v.normalize_name, validator=v.target)  # type: ignore[no-any-return]
+
+
+def _request_id_field() -> int:
+    return attrs.field(validator=v.request_id)  # type: ignore[no-any-return]
+
+
+def _names_field() -> tuple[str, ...]:
+    return attrs.field(  # type: ignore[no-any-return]
+        converter=_lower_all, validator=[v.bounded_list, _each(v.username)]
+    )
+
+
+def _lower_all(value: object) -> object:
+    if isinstance(value, tuple | list):
+        return tuple(v.normalize_name(item) for item in value)
+    return value
+
+
+def _each(check: v.AttrsValidator) -> v.AttrsValidator:
+    def validate(inst: object, attr: object, value: object) -> None:
+        if isinstance(value, tuple):
+            for item in value:
+                check(inst, attr, item)
+
+    return validate
+
+
+def _list_of(kind: type) -> v.AttrsValidator:
+    def validate(inst: object, attr: object, value: object) -> None:
+        v.bounded_list(inst, attr, value)
+        if isinstance(value, tuple):
+            for item in value:
+                if not isinstance(item, kind):
+                    raise v.ValidationError(
+                        ErrorCode.BAD_REQUEST, f"expected a list of {kind.__name__}"
+                    )
+
+    return validate
+
+
+# --- shared records ---------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ChatMessage:
+    """A message as stored and delivered: the server has accepted it."""
+
+    id: bytes = attrs.field(validator=v.message_id)
+    """16 random bytes chosen by the sender; unique, and the key of de-duplication."""
+    sender: str = _username_field()
+    """Who sent it."""
+    to: str = _target_field()
+    """The recipient: a username, or a room name starting with ``#``."""
+    text: str = attrs.field(validator=v.text)
+    """The text: valid UTF-8, at most 4096 bytes."""
+    sent_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
+    """When the server accepted it (UTC)."""
+
+
+@attrs.frozen(kw_only=True)
+class UserPresence:
+    """A user and whether they have a live connection now."""
+
+    username: str = _username_field()
+    online: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+
+
+@attrs.frozen(kw_only=True)
+class RoomInfo:
+    """A room and how many members it has."""
+
+    room: str = _room_field()
+    members: int = attrs.field(validator=v.count)
+
+
+# --- requests (client -> server) ----------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Register:
+    """Create an account. Answered by :class:`Ok` or :class:`ErrorResponse`."""
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+    password: str = attrs.field(validator=v.password, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Login:
+    """Open a login session. Answered by :class:`LoggedIn` or :class:`ErrorResponse`."""
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+    password: str = attrs.field(validator=v.password, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Resume:
+    """Act as the user of an existing login session on this connection.
+
+    Answered by :class:`LoggedIn` (with the same token) or :class:`ErrorResponse`.
+    """
+
+    request_id: int = _request_id_field()
+    token: bytes = attrs.field(validator=v.token, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Logout:
+    """End the login session of this connection. Answered by :class:`Ok`."""
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
+class SendMessage:
+    """Send a message to a friend or a room.
+
+    Answered by :class:`MessageAccepted` once the message is committed. Sending the
+    same ``message_id`` again is idempotent: the answer is the original acceptance.
+    """
+
+    request_id: int = _request_id_field()
+    message_id: bytes = attrs.field(validator=v.message_id)
+    to: str = _target_field()
+    text: str = attrs.field(validator=v.text)
+
+
+@attrs.frozen(kw_only=True)
+class AcknowledgeDelivery:
+    """Tell the server these delivered messages are safely received.
+
+    Not answered: the server advances this login session's delivery cursor.
+    """
+
+    message_ids: tuple[bytes, ...] = attrs.field(converter=tuple, validator=v.message_ids)
+
+
+@attrs.frozen(kw_only=True)
+class Invite:
+    """Invite a user to be friends. Answered by :class:`Ok` or :class:`ErrorResponse`."""
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class AcceptInvitation:
+    """Accept the invitation ``username`` sent."""
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class DeclineInvitation:
+    """Decline the invitation ``username`` sent."""
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class CancelInvitation:
+    """Withdraw an invitation sent to ``username``."""
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class Unfriend:
+    """Stop being friends with ``username``."""
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class ListInvitations:
+    """Answered by :class:`Invitations`."""
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
+class ListFriends:
+    """Answered by :class:`Friends`."""
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
+class ListOnline:
+    """Answered by :class:`OnlineUsers`."""
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
+class GetHistory:
+    """The last ``limit`` messages with a friend or in a room, oldest first.
+
+    Answered by :class:`History`.
+    """
+
+    request_id: int = _request_id_field()
+    peer: str = _target_field()
+    limit: int = attrs.field(default=20, validator=v.history_limit)
+
+
+@attrs.frozen(kw_only=True)
+class JoinRoom:
+    """Join a room, creating it if needed. Answered by :class:`Ok`."""
+
+    request_id: int = _request_id_field()
+    room: str = _room_field()
+
+
+@attrs.frozen(kw_only=True)
+class LeaveRoom:
+    """Leave a room. Answered by :class:`Ok`."""
+
+    request_id: int = _request_id_field()
+    room: str = _room_field()
+
+
+@attrs.frozen(kw_only=True)
+class ListRooms:
+    """The rooms this user is in. Answered by :class:`Rooms`."""
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
+class ListMembers:
+    """The members of a room with presence. Answered by :class:`RoomMembers`."""
+
+    request_id: int = _request_id_field()
+    room: str = _room_field()
+
+
+# --- responses (server -> client) ---------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Ok:
+    """The request succeeded and has nothing more to say."""
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
+class ErrorResponse:
+    """The request was refused.
+
+    ``code`` is stable and machine-readable; ``message`` is for humans.
+    """
+
+    request_id: int = _request_id_field()
+    code: ErrorCode = attrs.field(validator=attrs.validators.instance_of(ErrorCode))
+    message: str = attrs.field(validator=attrs.validators.instance_of(str))
+
+
+@attrs.frozen(kw_only=True)
+class LoggedIn:
+    """Answer to :class:`Login` and :class:`Resume`: who you are now."""
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+    token: bytes = attrs.field(validator=v.token, repr=False)
+    """The login session's token: present it in :class:`Resume` on a later connection."""
+
+
+@attrs.frozen(kw_only=True)
+class MessageAccepted:
+    """Answer to :class:`SendMessage`: the message is committed."""
+
+    request_id: int = _request_id_field()
+    message_id: bytes = attrs.field(validator=v.message_id)
+    sent_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
+
+
+@attrs.frozen(kw_only=True)
+class Invitations:
+    """Answer to :class:`ListInvitations`."""
+
+    request_id: int = _request_id_field()
+    incoming: tuple[str, ...] = _names_field()
+    outgoing: tuple[str, ...] = _names_field()
+
+
+@attrs.frozen(kw_only=True)
+class Friends:
+    """Answer to :class:`ListFriends`."""
+
+    request_id: int = _request_id_field()
+    friends: tuple[UserPresence, ...] = attrs.field(validator=_list_of(UserPresence))
+
+
+@attrs.frozen(kw_only=True)
+class OnlineUsers:
+    """Answer to :class:`ListOnline`."""
+
+    request_id: int = _request_id_field()
+    usernames: tuple[str, ...] = _names_field()
+
+
+@attrs.frozen(kw_only=True)
+class History:
+    """Answer to :class:`GetHistory`: oldest first."""
+
+    request_id: int = _request_id_field()
+    messages: tuple[ChatMessage, ...] = attrs.field(validator=_list_of(ChatMessage))
+
+
+@attrs.frozen(kw_only=True)
+class Rooms:
+    """Answer to :class:`ListRooms`."""
+
+    request_id: int = _request_id_field()
+    rooms: tuple[RoomInfo, ...] = attrs.field(validator=_list_of(RoomInfo))
+
+
+@attrs.frozen(kw_only=True)
+class RoomMembers:
+    """Answer to :class:`ListMembers`."""
+
+    request_id: int = _request_id_field()
+    room: str = _room_field()
+    members: tuple[UserPresence, ...] = attrs.field(validator=_list_of(UserPresence))
+
+
+# --- pushes (server -> client, unsolicited) -----------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class MessageDelivered:
+    """A message for this user (or one of their rooms).
+
+    Repeated until the client sends :class:`AcknowledgeDelivery` for its id.
+    """
+
+    message: ChatMessage
+
+
+@attrs.frozen(kw_only=True)
+class PresenceChanged:
+    """A friend (or a room-mate) came online or went offline."""
+
+    username: str = _username_field()
+    online: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+
+
+@attrs.frozen(kw_only=True)
+class InvitationReceived:
+    """``from_user`` invited this user to be friends."""
+
+    from_user: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class InvitationAnswered:
+    """``by_user`` accepted (you are now friends) or declined your invitation."""
+
+    by_user: str = _username_field()
+    accepted: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+
+
+@attrs.frozen(kw_only=True)
+class InvitationCancelled:
+    """``by_user`` withdrew the invitation they had sent you."""
+
+    by_user: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class Unfriended:
+    """``by_user`` ended the friendship."""
+
+    by_user: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class RoomMembershipChanged:
+    """``username`` joined or left ``room``, of which this user is a member."""
+
+    room: str = _room_field()
+    username: str = _username_field()
+    joined: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+
+
+Request = (
+    Register
+    | Login
+    | Resume
+    | Logout
+    | SendMessage
+    | AcknowledgeDelivery
+    | Invite
+    | AcceptInvitation
+    | DeclineInvitation
+    | CancelInvitation
+    | Unfriend
+    | ListInvitations
+    | ListFriends
+    | ListOnline
+    | GetHistory
+    | JoinRoom
+    | LeaveRoom
+    | ListRooms
+    | ListMembers
+)
+"""Every message a client sends."""
+
+Response = (
+    Ok
+    | ErrorResponse
+    | LoggedIn
+    | MessageAccepted
+    | Invitations
+    | Friends
+    | OnlineUsers
+    | History
+    | Rooms
+    | RoomMembers
+)
+"""Every answer to a request; each names the ``request_id`` it answers."""
+
+Push = (
+    MessageDelivered
+    | PresenceChanged
+    | InvitationReceived
+    | InvitationAnswered
+    | InvitationCancelled
+    | Unfriended
+    | RoomMembershipChanged
+)
+"""Every unsolicited message from the server."""
+
+Message = Request | Response | Push
+"""Any application message."""

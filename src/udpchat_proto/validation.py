@@ -1,0 +1,218 @@
+"""The validation rules of names, passwords and text.
+
+Every rule here is enforced twice: when a message class is constructed (so a client
+cannot even build an invalid request) and, through the same attrs validators, when
+:func:`udpchat_proto.codec.decode` structures bytes from the network.
+
+Rules (also in ``docs/PROTOCOL.md``):
+
+* username: 1 to 32 characters of ``a-z 0-9 _ . -``; compared case-insensitively,
+  so it is normalised to lowercase before the check.
+* room name: ``#`` followed by a username (so 2 to 33 characters).
+* message text: at least one character, valid UTF-8 (no lone surrogates), at most
+  4096 bytes once encoded.
+* password: 8 to 1024 characters.
+* message ids: 16 bytes; login tokens: 32 bytes.
+* request ids: integers from 0 to 2**32 - 1.
+* timestamps: timezone-aware datetimes in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable
+from typing import Any, cast
+
+from .errors import ErrorCode, LocalProtocolError
+
+__all__ = [
+    "HISTORY_LIMIT_MAX",
+    "MAX_TEXT_BYTES",
+    "MESSAGE_ID_SIZE",
+    "PASSWORD_MAX",
+    "PASSWORD_MIN",
+    "TOKEN_SIZE",
+    "USERNAME_MAX",
+    "ValidationError",
+    "check_password",
+    "check_room",
+    "check_target",
+    "check_text",
+    "check_username",
+    "is_room",
+    "normalize_name",
+]
+
+USERNAME_MAX = 32
+MAX_TEXT_BYTES = 4096
+PASSWORD_MIN = 8
+PASSWORD_MAX = 1024
+MESSAGE_ID_SIZE = 16
+TOKEN_SIZE = 32
+REQUEST_ID_MAX = 2**32 - 1
+HISTORY_LIMIT_MAX = 100
+#: Most entries a list in any message may hold (friends, members, online users ...).
+LIST_MAX = 10_000
+
+_USERNAME_RE = re.compile(r"[a-z0-9_.\-]{1,32}")
+_ROOM_RE = re.compile(r"#[a-z0-9_.\-]{1,32}")
+
+
+class ValidationError(LocalProtocolError, ValueError):
+    """A value breaks one of the rules above.
+
+    Attributes:
+        code: the :class:`ErrorCode` a server answers the same mistake with.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def normalize_name(value: Any) -> Any:
+    """Lowercase a user or room name (names compare case-insensitively).
+
+    Non-strings pass through untouched so that the validator reports them.
+    """
+    return value.lower() if isinstance(value, str) else value
+
+
+def is_room(name: str) -> bool:
+    """Whether a conversation name is a room (``#...``) rather than a user."""
+    return name.startswith("#")
+
+
+def check_username(value: object) -> None:
+    """Raise :class:`ValidationError` unless ``value`` is a valid (lowercase) username."""
+    if not isinstance(value, str) or _USERNAME_RE.fullmatch(value) is None:
+        raise ValidationError(
+            ErrorCode.INVALID_USERNAME,
+            f"invalid username {value!r}: use 1 to {USERNAME_MAX} characters of a-z 0-9 _ . -",
+        )
+
+
+def check_room(value: object) -> None:
+    """Raise :class:`ValidationError` unless ``value`` is a valid (lowercase) room name."""
+    if not isinstance(value, str) or _ROOM_RE.fullmatch(value) is None:
+        raise ValidationError(
+            ErrorCode.INVALID_ROOM,
+            f"invalid room name {value!r}: use # then 1 to {USERNAME_MAX} characters "
+            "of a-z 0-9 _ . -",
+        )
+
+
+def check_target(value: object) -> None:
+    """A conversation: a room when it starts with ``#``, a username otherwise."""
+    if isinstance(value, str) and is_room(value):
+        check_room(value)
+    else:
+        check_username(value)
+
+
+def check_password(value: object) -> None:
+    """Raise :class:`ValidationError` unless ``value`` is an acceptable password."""
+    if not isinstance(value, str) or not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
+        raise ValidationError(
+            ErrorCode.INVALID_PASSWORD,
+            f"invalid password: use {PASSWORD_MIN} to {PASSWORD_MAX} characters",
+        )
+    _check_utf8(value, ErrorCode.INVALID_PASSWORD, "password")
+
+
+def check_text(value: object) -> None:
+    """Raise :class:`ValidationError` unless ``value`` is a sendable message text."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(ErrorCode.INVALID_TEXT, "message text must not be empty")
+    # At most 4 bytes a character: the common case skips the encode entirely.
+    if len(value) * 4 <= MAX_TEXT_BYTES:
+        _check_utf8(value, ErrorCode.INVALID_TEXT, "message text")
+        return
+    size = len(_check_utf8(value, ErrorCode.INVALID_TEXT, "message text"))
+    if size > MAX_TEXT_BYTES:
+        raise ValidationError(
+            ErrorCode.TOO_LARGE,
+            f"message text is {size} bytes; the limit is {MAX_TEXT_BYTES} bytes of UTF-8",
+        )
+
+
+def _check_utf8(value: str, code: ErrorCode, what: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(code, f"{what} is not valid UTF-8 (lone surrogate)") from None
+
+
+# attrs-style validators: (instance, attribute, value) -> None.
+AttrsValidator = Callable[[Any, Any, Any], None]
+
+
+def username(_inst: object, _attr: object, value: object) -> None:
+    check_username(value)
+
+
+def room(_inst: object, _attr: object, value: object) -> None:
+    check_room(value)
+
+
+def target(_inst: object, _attr: object, value: object) -> None:
+    check_target(value)
+
+
+def password(_inst: object, _attr: object, value: object) -> None:
+    check_password(value)
+
+
+def text(_inst: object, _attr: object, value: object) -> None:
+    check_text(value)
+
+
+def _fixed_bytes(size: int, what: str) -> AttrsValidator:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if type(value) is not bytes or len(value) != size:
+            raise ValidationError(ErrorCode.BAD_REQUEST, f"{what} must be {size} bytes")
+
+    return check
+
+
+message_id = _fixed_bytes(MESSAGE_ID_SIZE, "a message id")
+token = _fixed_bytes(TOKEN_SIZE, "a login token")
+
+
+def request_id(_inst: object, _attr: object, value: object) -> None:
+    if type(value) is not int or not 0 <= value <= REQUEST_ID_MAX:
+        raise ValidationError(
+            ErrorCode.BAD_REQUEST, f"request id must be an integer in 0..{REQUEST_ID_MAX}"
+        )
+
+
+def history_limit(_inst: object, _attr: object, value: object) -> None:
+    if type(value) is not int or not 1 <= value <= HISTORY_LIMIT_MAX:
+        raise ValidationError(
+            ErrorCode.BAD_REQUEST, f"history limit must be an integer in 1..{HISTORY_LIMIT_MAX}"
+        )
+
+
+def count(_inst: object, _attr: object, value: object) -> None:
+    if type(value) is not int or value < 0:
+        raise ValidationError(ErrorCode.BAD_REQUEST, "a count must be a non-negative integer")
+
+
+def utc_datetime(_inst: object, _attr: object, value: object) -> None:
+    if (
+        not isinstance(value, datetime.datetime)
+        or value.utcoffset() != datetime.timedelta(0)
+    ):
+        raise ValidationError(ErrorCode.BAD_REQUEST, "timestamps must be timezone-aware UTC")
+
+
+def bounded_list(_inst: object, _attr: object, value: object) -> None:
+    if not isinstance(value, tuple) or len(value) > LIST_MAX:
+        raise ValidationError(ErrorCode.TOO_LARGE, f"lists hold at most {LIST_MAX} entries")
+
+
+def message_ids(_inst: object, _attr: object, value: object) -> None:
+    bounded_list(_inst, _attr, value)
+    for item in cast(tuple[object, ...], value):
+        message_id(_inst, _attr, item)

@@ -1,0 +1,1 @@
+"""udpchat server runtime: stores, the blocking UDP loop and ``udpchat-server``."""
