@@ -88,11 +88,13 @@ MESSAGE_TYPES: Final[dict[str, type[Any]]] = {
 }
 _TAGS: Final = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_MAX_MICROS: Final = int((datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC) - _EPOCH)
-                         / datetime.timedelta(microseconds=1))
+_MAX_MICROS: Final = int(
+    (datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC) - _EPOCH)
+    / datetime.timedelta(microseconds=1)
+)
 
 
-class _Invalid(Exception):
+class _WrongTypeError(Exception):
     """Raised by the structure hooks for a value of the wrong JSON type."""
 
 
@@ -101,7 +103,7 @@ def _strict(kind: type[Any]) -> Any:
     # that sends the wrong JSON type is sending garbage, so refuse instead.
     def structure(value: Any, _cls: Any) -> Any:
         if type(value) is not kind:
-            raise _Invalid(f"expected {kind.__name__}, got {type(value).__name__}")
+            raise _WrongTypeError(f"expected {kind.__name__}, got {type(value).__name__}")
         return value
 
     return structure
@@ -109,7 +111,7 @@ def _strict(kind: type[Any]) -> Any:
 
 def _structure_bytes(value: Any, _cls: Any) -> bytes:
     if type(value) is not str:
-        raise _Invalid("expected a hex string")
+        raise _WrongTypeError("expected a hex string")
     return bytes.fromhex(value)  # ValueError on bad hex; lengths are checked by validators
 
 
@@ -119,13 +121,13 @@ def _unstructure_datetime(value: datetime.datetime) -> int:
 
 def _structure_datetime(value: Any, _cls: Any) -> datetime.datetime:
     if type(value) is not int or not 0 <= value <= _MAX_MICROS:
-        raise _Invalid("expected microseconds since the epoch")
+        raise _WrongTypeError("expected microseconds since the epoch")
     return _EPOCH + datetime.timedelta(microseconds=value)
 
 
 def _structure_tuple(value: Any, cls: Any) -> Any:
     if type(value) is not list:
-        raise _Invalid("expected a list")
+        raise _WrongTypeError("expected a list")
     (item_type, _ellipsis) = cls.__args__
     return tuple(converter.structure(item, item_type) for item in value)
 
@@ -148,7 +150,9 @@ def _make_converter() -> cattrs.Converter:
 converter: Final = _make_converter()
 """The one cattrs converter of the wire format (usable to unstructure for logging)."""
 
-_ENCODE_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)
+_ENCODE_JSON: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False
+)
 _VERSION_BYTE: Final = bytes([PROTOCOL_VERSION])
 
 
@@ -216,8 +220,16 @@ def decode(data: bytes) -> m.Message:
         return converter.structure(obj, cls)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise _invalid(obj, exc.code, str(exc)) from None
-    except (_Invalid, ValueError, TypeError, KeyError, AttributeError, RecursionError,
-            cattrs.BaseValidationError, OverflowError) as exc:
+    except (
+        _WrongTypeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+        cattrs.BaseValidationError,
+        OverflowError,
+    ) as exc:
         raise _invalid(obj, ErrorCode.BAD_REQUEST, f"{type(exc).__name__}: {exc}"[:200]) from None
 
 

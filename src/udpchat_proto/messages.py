@@ -25,12 +25,13 @@ __all__ = [
     "ChatMessage",
     "DeclineInvitation",
     "ErrorResponse",
+    "Friends",
     "GetHistory",
     "History",
-    "Invitations",
     "InvitationAnswered",
     "InvitationCancelled",
     "InvitationReceived",
+    "Invitations",
     "Invite",
     "JoinRoom",
     "LeaveRoom",
@@ -42,7 +43,6 @@ __all__ = [
     "LoggedIn",
     "Login",
     "Logout",
-    "Friends",
     "Message",
     "MessageAccepted",
     "MessageDelivered",
@@ -59,31 +59,34 @@ __all__ = [
     "RoomMembershipChanged",
     "Rooms",
     "SendMessage",
-    "Unfriended",
     "Unfriend",
+    "Unfriended",
     "UserPresence",
 ]
 
+
 def _username_field() -> str:
-    return attrs.field(converter=v.normalize_name, validator=v.username)  # type: ignore[no-any-return]
+    field: str = attrs.field(converter=v.normalize_name, validator=v.username)
+    return field
 
 
 def _room_field() -> str:
-    return attrs.field(converter=v.normalize_name, validator=v.room)  # type: ignore[no-any-return]
+    field: str = attrs.field(converter=v.normalize_name, validator=v.room)
+    return field
 
 
 def _target_field() -> str:
-    return attrs.field(converter=v.normalize_name, validator=v.target)  # type: ignore[no-any-return]
+    field: str = attrs.field(converter=v.normalize_name, validator=v.target)
+    return field
 
 
 def _request_id_field() -> int:
-    return attrs.field(validator=v.request_id)  # type: ignore[no-any-return]
+    field: int = attrs.field(validator=v.request_id)
+    return field
 
 
 def _names_field() -> tuple[str, ...]:
-    return attrs.field(  # type: ignore[no-any-return]
-        converter=_lower_all, validator=[v.bounded_list, _each(v.username)]
-    )
+    return attrs.field(converter=_lower_all, validator=[v.bounded_list, _each(v.username)])
 
 
 def _lower_all(value: object) -> object:

@@ -148,28 +148,28 @@ def _check_utf8(value: str, code: ErrorCode, what: str) -> bytes:
 AttrsValidator = Callable[[Any, Any, Any], None]
 
 
-def username(_inst: object, _attr: object, value: object) -> None:
+def username(_inst: Any, _attr: Any, value: Any) -> None:
     check_username(value)
 
 
-def room(_inst: object, _attr: object, value: object) -> None:
+def room(_inst: Any, _attr: Any, value: Any) -> None:
     check_room(value)
 
 
-def target(_inst: object, _attr: object, value: object) -> None:
+def target(_inst: Any, _attr: Any, value: Any) -> None:
     check_target(value)
 
 
-def password(_inst: object, _attr: object, value: object) -> None:
+def password(_inst: Any, _attr: Any, value: Any) -> None:
     check_password(value)
 
 
-def text(_inst: object, _attr: object, value: object) -> None:
+def text(_inst: Any, _attr: Any, value: Any) -> None:
     check_text(value)
 
 
 def _fixed_bytes(size: int, what: str) -> AttrsValidator:
-    def check(_inst: object, _attr: object, value: object) -> None:
+    def check(_inst: Any, _attr: Any, value: Any) -> None:
         if type(value) is not bytes or len(value) != size:
             raise ValidationError(ErrorCode.BAD_REQUEST, f"{what} must be {size} bytes")
 
@@ -180,39 +180,36 @@ message_id = _fixed_bytes(MESSAGE_ID_SIZE, "a message id")
 token = _fixed_bytes(TOKEN_SIZE, "a login token")
 
 
-def request_id(_inst: object, _attr: object, value: object) -> None:
+def request_id(_inst: Any, _attr: Any, value: Any) -> None:
     if type(value) is not int or not 0 <= value <= REQUEST_ID_MAX:
         raise ValidationError(
             ErrorCode.BAD_REQUEST, f"request id must be an integer in 0..{REQUEST_ID_MAX}"
         )
 
 
-def history_limit(_inst: object, _attr: object, value: object) -> None:
+def history_limit(_inst: Any, _attr: Any, value: Any) -> None:
     if type(value) is not int or not 1 <= value <= HISTORY_LIMIT_MAX:
         raise ValidationError(
             ErrorCode.BAD_REQUEST, f"history limit must be an integer in 1..{HISTORY_LIMIT_MAX}"
         )
 
 
-def count(_inst: object, _attr: object, value: object) -> None:
+def count(_inst: Any, _attr: Any, value: Any) -> None:
     if type(value) is not int or value < 0:
         raise ValidationError(ErrorCode.BAD_REQUEST, "a count must be a non-negative integer")
 
 
-def utc_datetime(_inst: object, _attr: object, value: object) -> None:
-    if (
-        not isinstance(value, datetime.datetime)
-        or value.utcoffset() != datetime.timedelta(0)
-    ):
+def utc_datetime(_inst: Any, _attr: Any, value: Any) -> None:
+    if not isinstance(value, datetime.datetime) or value.utcoffset() != datetime.timedelta(0):
         raise ValidationError(ErrorCode.BAD_REQUEST, "timestamps must be timezone-aware UTC")
 
 
-def bounded_list(_inst: object, _attr: object, value: object) -> None:
+def bounded_list(_inst: Any, _attr: Any, value: Any) -> None:
     if not isinstance(value, tuple) or len(value) > LIST_MAX:
         raise ValidationError(ErrorCode.TOO_LARGE, f"lists hold at most {LIST_MAX} entries")
 
 
-def message_ids(_inst: object, _attr: object, value: object) -> None:
+def message_ids(_inst: Any, _attr: Any, value: Any) -> None:
     bounded_list(_inst, _attr, value)
     for item in cast(tuple[object, ...], value):
         message_id(_inst, _attr, item)

@@ -1,0 +1,214 @@
+"""The storage interface of the chat server state machine.
+
+The server state machine reads and writes accounts, login sessions, friendships,
+invitations, rooms and messages only through a :class:`Store`, injected by its
+caller. The core ships :class:`~udpchat_proto.memory_store.MemoryStore`;
+``udpchat_server`` ships a SQLite one.
+
+Transactions: every write joins the store's current transaction and becomes
+durable at the next :meth:`Store.commit`. The server runtime commits once per
+batch of datagrams, and only then sends what that batch produced (group commit),
+so no acknowledgement ever leaves before what it acknowledges is durable. Reads
+see the store's own uncommitted writes.
+
+Conversations and delivery cursors:
+
+* A direct conversation is the pair of its two users; a room's conversation is the
+  room. Each conversation is a log: every message gets the next ``seq`` (from 1)
+  of its conversation, and the store keeps a global insertion order too.
+* A login session has a delivery cursor per conversation: the highest ``seq`` it
+  acknowledged. A session that has acknowledged nothing in a conversation starts
+  at the *user's* cursor there (the furthest any of that user's sessions has
+  acknowledged), so a new device receives what no device has yet acknowledged,
+  and two devices each receive everything from then on.
+* A room member receives the room's messages sent after it joined (its cursor is
+  floored at the room's ``seq`` when it joined); a member who left receives
+  nothing more. A message is stored once per room, never once per member.
+* Nobody is delivered their own messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+
+from .messages import ChatMessage
+from .passwords import PasswordHash
+
+__all__ = ["Account", "LoginSession", "Store", "StoredMessage"]
+
+
+@attrs.frozen(kw_only=True)
+class Account:
+    """A registered user."""
+
+    username: str
+    """Lowercase, validated."""
+    password: PasswordHash
+    created_at: float
+    """POSIX seconds."""
+
+
+@attrs.frozen(kw_only=True)
+class LoginSession:
+    """A durable login: the store keeps the SHA-256 of the token, never the token."""
+
+    token_hash: bytes
+    username: str
+    created_at: float
+    last_used_at: float
+
+
+@attrs.frozen(kw_only=True)
+class StoredMessage:
+    """A committed message and its place in its conversation."""
+
+    message: ChatMessage
+    seq: int
+    """Position in its conversation, from 1."""
+
+
+class Store(Protocol):
+    """What the chat server state machine needs from persistence.
+
+    Names passed in are already validated and lowercase. Lists come back sorted
+    (names alphabetically, messages in conversation / insertion order).
+    """
+
+    # --- transactions ------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Make every write since the last commit durable."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources (uncommitted writes are discarded)."""
+        ...
+
+    # --- accounts ----------------------------------------------------------------
+
+    def create_account(self, username: str, password: PasswordHash, now: float) -> bool:
+        """Create an account; False (and no change) if the name is taken."""
+        ...
+
+    def get_account(self, username: str) -> Account | None:
+        """The account of ``username``, or None."""
+        ...
+
+    # --- login sessions ------------------------------------------------------------
+
+    def create_session(self, token_hash: bytes, username: str, now: float) -> None:
+        """Record a new login session."""
+        ...
+
+    def get_session(self, token_hash: bytes) -> LoginSession | None:
+        """The login session with this token hash, or None."""
+        ...
+
+    def touch_session(self, token_hash: bytes, now: float) -> None:
+        """Note that the session was used at ``now`` (it expires when unused)."""
+        ...
+
+    def delete_session(self, token_hash: bytes) -> None:
+        """End a login session and forget its delivery cursors."""
+        ...
+
+    def delete_sessions_unused_since(self, cutoff: float) -> int:
+        """Expire every session last used before ``cutoff``; return how many."""
+        ...
+
+    # --- invitations and friends ------------------------------------------------------
+
+    def add_invitation(self, sender: str, recipient: str, now: float) -> None:
+        """Record that ``sender`` invited ``recipient``."""
+        ...
+
+    def delete_invitation(self, sender: str, recipient: str) -> bool:
+        """Remove that invitation; False if there was none."""
+        ...
+
+    def has_invitation(self, sender: str, recipient: str) -> bool:
+        """Whether ``sender`` has a pending invitation to ``recipient``."""
+        ...
+
+    def incoming_invitations(self, username: str) -> list[str]:
+        """Who has invited ``username`` (sorted)."""
+        ...
+
+    def outgoing_invitations(self, username: str) -> list[str]:
+        """Whom ``username`` has invited (sorted)."""
+        ...
+
+    def add_friendship(self, a: str, b: str, now: float) -> None:
+        """Make ``a`` and ``b`` friends (symmetric)."""
+        ...
+
+    def delete_friendship(self, a: str, b: str) -> bool:
+        """End the friendship; False if they were not friends."""
+        ...
+
+    def are_friends(self, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` are friends."""
+        ...
+
+    def friends_of(self, username: str) -> list[str]:
+        """The friends of ``username`` (sorted)."""
+        ...
+
+    # --- messages -------------------------------------------------------------------
+
+    def add_message(self, message: ChatMessage) -> StoredMessage:
+        """Append a message to the conversation of ``(message.sender, message.to)``.
+
+        The caller has checked that the id is new (:meth:`get_message`).
+        """
+        ...
+
+    def get_message(self, message_id: bytes) -> StoredMessage | None:
+        """The message with this id, or None."""
+        ...
+
+    def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
+        """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
+        room), oldest first."""
+        ...
+
+    def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
+        """Up to ``limit`` messages for ``username`` not yet acknowledged by the
+        login session ``token_hash``, in the order they were stored (see the module
+        docstring for the cursor rules)."""
+        ...
+
+    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
+        """Advance the session's (and the user's) cursors past these messages.
+
+        Ids that are unknown or not addressed to ``username`` are ignored.
+        """
+        ...
+
+    # --- rooms -------------------------------------------------------------------------
+
+    def join_room(self, room: str, username: str, now: float) -> bool:
+        """Add ``username`` to ``room``, creating the room; False if already a member."""
+        ...
+
+    def leave_room(self, room: str, username: str) -> bool:
+        """Remove ``username`` from ``room``; False if not a member.
+
+        A room with no members left still exists (its history is kept).
+        """
+        ...
+
+    def room_exists(self, room: str) -> bool:
+        """Whether the room was ever created."""
+        ...
+
+    def room_members(self, room: str) -> list[str]:
+        """The members of ``room`` (sorted)."""
+        ...
+
+    def rooms_of(self, username: str) -> list[tuple[str, int]]:
+        """The rooms ``username`` is in, with their member counts (sorted by name)."""
+        ...
