@@ -1,0 +1,362 @@
+"""An in-memory :class:`~udpchat_proto.store.Store`, for tests and embedding.
+
+It implements the :class:`~udpchat_proto.store.Store` contract exactly (the same
+contract tests run against it and against ``udpchat_server.sqlite_store``), but it
+keeps nothing across processes: :meth:`MemoryStore.commit` is a no-op, every write
+is visible at once and stays until the object is dropped. Use it where durability
+is not wanted (unit tests, simulations, a throwaway server); use the SQLite store
+where the promise "nothing acknowledged is lost" must hold.
+
+Data layout (the hot paths are O(1) or O(log n) in the size of the store):
+
+* every conversation is a list whose index + 1 is the message's ``seq``, so a
+  cursor is an index into it and "what comes after the cursor" is a slice;
+* a dict from message id to its log entry (:meth:`MemoryStore.get_message`,
+  :meth:`MemoryStore.acknowledge`);
+* a per-user index of conversations with the user's floor ``seq`` in each (0 for a
+  direct conversation, the room's ``seq`` at join for a room), so
+  :meth:`MemoryStore.pending_deliveries` looks only at the user's conversations and
+  merges their tails by global insertion order.
+
+Delivery cursors follow the module docstring of :mod:`udpchat_proto.store`. The one
+choice it leaves open is *when* a session takes the user's cursor; here (and in the
+SQLite store) a session copies the user's cursors when it is created, and from then
+on has its own. So a new device receives what no device had acknowledged when it
+logged in, and two devices that both exist each receive every later message, even
+one the other device acknowledged first.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Sequence
+
+import attrs
+
+from .messages import ChatMessage
+from .passwords import PasswordHash
+from .store import Account, LoginSession, StoredMessage
+from .validation import is_room
+
+__all__ = ["MemoryStore", "conversation_key"]
+
+
+def conversation_key(sender: str, to: str) -> str:
+    """The name of the conversation a message from ``sender`` to ``to`` belongs to.
+
+    A room (``to`` starts with ``#``) is its own conversation; a direct
+    conversation is the unordered pair of its users, written as the two names in
+    alphabetical order separated by a space (a character no name may contain), so
+    both directions map to the same key.
+    """
+    if is_room(to):
+        return to
+    first, second = sorted((sender, to))
+    return f"{first} {second}"
+
+
+@attrs.frozen(kw_only=True)
+class _Entry:
+    """One message in a conversation log."""
+
+    order: int
+    """Global insertion order (the store's message counter)."""
+    conversation: str
+    stored: StoredMessage
+
+
+@attrs.define(kw_only=True)
+class _Conversation:
+    key: str
+    is_room: bool
+    log: list[_Entry] = attrs.Factory(list)
+    """``log[seq - 1]`` is the message with that ``seq``."""
+    members: dict[str, int] = attrs.Factory(dict)
+    """Who receives this conversation's messages, with the ``seq`` they start after."""
+
+
+def _tail(log: list[_Entry], start: int) -> Iterator[_Entry]:
+    # Index from ``start`` directly: itertools.islice would walk the skipped prefix.
+    for index in range(start, len(log)):
+        yield log[index]
+
+
+def _order_of(entry: _Entry) -> int:
+    return entry.order
+
+
+class MemoryStore:
+    """A :class:`~udpchat_proto.store.Store` kept in Python dicts and lists.
+
+    Not thread-safe: call it from the thread that runs the server state machine,
+    as the server runtime does.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._accounts: dict[str, Account] = {}
+        self._sessions: dict[bytes, LoginSession] = {}
+        self._session_cursors: dict[bytes, dict[str, int]] = {}
+        self._user_cursors: dict[str, dict[str, int]] = {}
+        self._invitations: dict[tuple[str, str], float] = {}
+        self._incoming: dict[str, set[str]] = {}
+        self._outgoing: dict[str, set[str]] = {}
+        self._friends: dict[str, set[str]] = {}
+        self._conversations: dict[str, _Conversation] = {}
+        self._conversations_of: dict[str, set[str]] = {}
+        self._by_id: dict[bytes, _Entry] = {}
+        self._order = 0
+
+    # --- transactions ------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Do nothing: in memory every write is final as soon as it is made.
+
+        There is no rollback; the group-commit rule of the server runtime still
+        holds trivially, since nothing here outlives the process anyway.
+        """
+
+    def close(self) -> None:
+        """Drop everything (the store keeps nothing beyond its own lifetime)."""
+        self._reset()
+
+    # --- accounts ----------------------------------------------------------------
+
+    def create_account(self, username: str, password: PasswordHash, now: float) -> bool:
+        """Create an account; False (and no change) if the name is taken."""
+        if username in self._accounts:
+            return False
+        self._accounts[username] = Account(username=username, password=password, created_at=now)
+        return True
+
+    def get_account(self, username: str) -> Account | None:
+        """The account of ``username``, or None."""
+        return self._accounts.get(username)
+
+    # --- login sessions ------------------------------------------------------------
+
+    def create_session(self, token_hash: bytes, username: str, now: float) -> None:
+        """Record a new login session, starting at the user's delivery cursors."""
+        self._sessions[token_hash] = LoginSession(
+            token_hash=token_hash, username=username, created_at=now, last_used_at=now
+        )
+        self._session_cursors[token_hash] = dict(self._user_cursors.get(username, {}))
+
+    def get_session(self, token_hash: bytes) -> LoginSession | None:
+        """The login session with this token hash, or None."""
+        return self._sessions.get(token_hash)
+
+    def touch_session(self, token_hash: bytes, now: float) -> None:
+        """Note that the session was used at ``now``; an unknown session is ignored."""
+        session = self._sessions.get(token_hash)
+        if session is not None:
+            self._sessions[token_hash] = attrs.evolve(session, last_used_at=now)
+
+    def delete_session(self, token_hash: bytes) -> None:
+        """End a login session and forget its delivery cursors (the user's stay)."""
+        self._sessions.pop(token_hash, None)
+        self._session_cursors.pop(token_hash, None)
+
+    def delete_sessions_unused_since(self, cutoff: float) -> int:
+        """Expire every session last used before ``cutoff``; return how many."""
+        expired = [t for t, s in self._sessions.items() if s.last_used_at < cutoff]
+        for token_hash in expired:
+            self.delete_session(token_hash)
+        return len(expired)
+
+    # --- invitations and friends ------------------------------------------------------
+
+    def add_invitation(self, sender: str, recipient: str, now: float) -> None:
+        """Record that ``sender`` invited ``recipient`` (a repeat keeps the first)."""
+        self._invitations.setdefault((sender, recipient), now)
+        self._outgoing.setdefault(sender, set()).add(recipient)
+        self._incoming.setdefault(recipient, set()).add(sender)
+
+    def delete_invitation(self, sender: str, recipient: str) -> bool:
+        """Remove that invitation; False if there was none."""
+        if self._invitations.pop((sender, recipient), None) is None:
+            return False
+        self._outgoing[sender].discard(recipient)
+        self._incoming[recipient].discard(sender)
+        return True
+
+    def has_invitation(self, sender: str, recipient: str) -> bool:
+        """Whether ``sender`` has a pending invitation to ``recipient``."""
+        return (sender, recipient) in self._invitations
+
+    def incoming_invitations(self, username: str) -> list[str]:
+        """Who has invited ``username`` (sorted)."""
+        return sorted(self._incoming.get(username, ()))
+
+    def outgoing_invitations(self, username: str) -> list[str]:
+        """Whom ``username`` has invited (sorted)."""
+        return sorted(self._outgoing.get(username, ()))
+
+    def add_friendship(self, a: str, b: str, now: float) -> None:
+        """Make ``a`` and ``b`` friends (symmetric; a repeat changes nothing)."""
+        self._friends.setdefault(a, set()).add(b)
+        self._friends.setdefault(b, set()).add(a)
+
+    def delete_friendship(self, a: str, b: str) -> bool:
+        """End the friendship; False if they were not friends."""
+        if not self.are_friends(a, b):
+            return False
+        self._friends[a].discard(b)
+        self._friends[b].discard(a)
+        return True
+
+    def are_friends(self, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` are friends."""
+        return b in self._friends.get(a, ())
+
+    def friends_of(self, username: str) -> list[str]:
+        """The friends of ``username`` (sorted)."""
+        return sorted(self._friends.get(username, ()))
+
+    # --- messages -------------------------------------------------------------------
+
+    def _conversation(self, key: str) -> _Conversation:
+        conversation = self._conversations.get(key)
+        if conversation is None:
+            conversation = _Conversation(key=key, is_room=is_room(key))
+            self._conversations[key] = conversation
+        return conversation
+
+    def _add_member(self, conversation: _Conversation, username: str) -> None:
+        conversation.members[username] = len(conversation.log)
+        self._conversations_of.setdefault(username, set()).add(conversation.key)
+
+    def add_message(self, message: ChatMessage) -> StoredMessage:
+        """Append a message to the conversation of ``(message.sender, message.to)``.
+
+        The first message between two users creates their conversation, from
+        which both then receive. A message to a room that was never joined creates
+        the room, with no members.
+
+        Raises:
+            ValueError: a message with this id is already stored (the caller
+                checks with :meth:`get_message` first).
+        """
+        if message.id in self._by_id:
+            raise ValueError("a message with this id is already stored")
+        key = conversation_key(message.sender, message.to)
+        conversation = self._conversation(key)
+        if not conversation.is_room and not conversation.members:
+            for user in {message.sender, message.to}:
+                self._add_member(conversation, user)
+        self._order += 1
+        stored = StoredMessage(message=message, seq=len(conversation.log) + 1)
+        entry = _Entry(order=self._order, conversation=key, stored=stored)
+        conversation.log.append(entry)
+        self._by_id[message.id] = entry
+        return stored
+
+    def get_message(self, message_id: bytes) -> StoredMessage | None:
+        """The message with this id, or None."""
+        entry = self._by_id.get(message_id)
+        return None if entry is None else entry.stored
+
+    def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
+        """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
+        room), oldest first."""
+        conversation = self._conversations.get(conversation_key(username, peer))
+        if conversation is None or limit <= 0:
+            return []
+        return [entry.stored.message for entry in conversation.log[-limit:]]
+
+    def _cursors(self, username: str, token_hash: bytes) -> dict[str, int]:
+        cursors = self._session_cursors.get(token_hash)
+        # An unknown session is treated as one created now: it starts at the user's.
+        return cursors if cursors is not None else self._user_cursors.get(username, {})
+
+    def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
+        """Up to ``limit`` messages for ``username`` not yet acknowledged by the
+        login session ``token_hash``, in the order they were stored.
+
+        An unknown session is treated as one created now (it starts at the user's
+        cursors).
+        """
+        if limit <= 0:
+            return []
+        cursors = self._cursors(username, token_hash)
+        tails: list[Iterator[_Entry]] = []
+        for key in self._conversations_of.get(username, ()):
+            conversation = self._conversations[key]
+            start = max(conversation.members[username], cursors.get(key, 0))
+            if start < len(conversation.log):
+                tails.append(_tail(conversation.log, start))
+        result: list[ChatMessage] = []
+        for entry in heapq.merge(*tails, key=_order_of):
+            message = entry.stored.message
+            if message.sender != username:
+                result.append(message)
+                if len(result) == limit:
+                    break
+        return result
+
+    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
+        """Advance the session's (and the user's) cursors past these messages.
+
+        Ids that are unknown or not addressed to ``username`` (its own messages,
+        direct messages between others, rooms it is not in) are ignored. A
+        cursor never moves back. An unknown session advances only the user's
+        cursors.
+        """
+        session_cursors = self._session_cursors.get(token_hash)
+        user_cursors = self._user_cursors.setdefault(username, {})
+        for message_id in message_ids:
+            entry = self._by_id.get(message_id)
+            if entry is None:
+                continue
+            conversation = self._conversations[entry.conversation]
+            if username not in conversation.members or entry.stored.message.sender == username:
+                continue
+            seq = entry.stored.seq
+            key = entry.conversation
+            if session_cursors is not None and session_cursors.get(key, 0) < seq:
+                session_cursors[key] = seq
+            if user_cursors.get(key, 0) < seq:
+                user_cursors[key] = seq
+
+    # --- rooms -------------------------------------------------------------------------
+
+    def join_room(self, room: str, username: str, now: float) -> bool:
+        """Add ``username`` to ``room``, creating the room; False if already a member.
+
+        The new member receives only the messages sent after this call.
+        """
+        conversation = self._conversation(room)
+        if username in conversation.members:
+            return False
+        self._add_member(conversation, username)
+        return True
+
+    def leave_room(self, room: str, username: str) -> bool:
+        """Remove ``username`` from ``room``; False if not a member.
+
+        A room with no members left still exists (its history is kept).
+        """
+        conversation = self._conversations.get(room)
+        if conversation is None or conversation.members.pop(username, None) is None:
+            return False
+        self._conversations_of[username].discard(room)
+        return True
+
+    def room_exists(self, room: str) -> bool:
+        """Whether the room was ever created."""
+        return room in self._conversations
+
+    def room_members(self, room: str) -> list[str]:
+        """The members of ``room`` (sorted)."""
+        conversation = self._conversations.get(room)
+        return [] if conversation is None else sorted(conversation.members)
+
+    def rooms_of(self, username: str) -> list[tuple[str, int]]:
+        """The rooms ``username`` is in, with their member counts (sorted by name)."""
+        return sorted(
+            (key, len(self._conversations[key].members))
+            for key in self._conversations_of.get(username, ())
+            if is_room(key)
+        )
