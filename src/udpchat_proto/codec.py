@@ -213,7 +213,8 @@ def decode(data: bytes) -> m.Message:
         raise DecodeError("malformed", str(exc)[:200]) from None
     if type(obj) is not dict:
         raise DecodeError("malformed", "not a JSON object")
-    cls = MESSAGE_TYPES.get(obj.get("type"))  # type: ignore[arg-type]
+    tag = obj.get("type")
+    cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
     if cls is None:
         raise DecodeError("unknown_type", repr(obj.get("type"))[:64])
     try:

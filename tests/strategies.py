@@ -1,0 +1,88 @@
+"""Hypothesis strategies for every message of the catalogue (reusable by any test)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import attrs
+from hypothesis import strategies as st
+
+from udpchat_proto import messages as m
+from udpchat_proto.codec import MESSAGE_TYPES
+from udpchat_proto.errors import ErrorCode
+from udpchat_proto.validation import MAX_TEXT_BYTES
+
+usernames = st.from_regex(r"[a-z0-9_.\-]{1,32}", fullmatch=True)
+rooms = usernames.map(lambda name: "#" + name)
+targets = st.one_of(usernames, rooms)
+# Any character but lone surrogates (not valid UTF-8), capped at the byte limit.
+_valid_utf8 = st.characters(exclude_categories=["Cs"])
+texts = st.text(alphabet=_valid_utf8, min_size=1, max_size=MAX_TEXT_BYTES // 4)
+passwords = st.text(alphabet=_valid_utf8, min_size=8, max_size=64)
+message_ids = st.binary(min_size=16, max_size=16)
+tokens = st.binary(min_size=32, max_size=32)
+request_ids = st.integers(min_value=0, max_value=2**32 - 1)
+utc_datetimes = st.datetimes(
+    min_value=datetime.datetime(1970, 1, 1),
+    max_value=datetime.datetime(9999, 12, 30),
+    timezones=st.just(datetime.UTC),
+)
+bools = st.booleans()
+
+
+def _small_tuple(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, ...]]:
+    return st.lists(strategy, max_size=5).map(tuple)
+
+
+chat_messages = st.builds(
+    m.ChatMessage, id=message_ids, sender=usernames, to=targets, text=texts, sent_at=utc_datetimes
+)
+presences = st.builds(m.UserPresence, username=usernames, online=bools)
+room_infos = st.builds(m.RoomInfo, room=rooms, members=st.integers(min_value=0, max_value=10**6))
+
+# Strategy of each field, by field name; a field name means the same thing in every class.
+FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
+    "request_id": request_ids,
+    "username": usernames,
+    "password": passwords,
+    "token": tokens,
+    "message_id": message_ids,
+    "message_ids": _small_tuple(message_ids),
+    "to": targets,
+    "peer": targets,
+    "text": texts,
+    "limit": st.integers(min_value=1, max_value=100),
+    "room": rooms,
+    "code": st.sampled_from(ErrorCode),
+    "message": st.text(max_size=200),
+    "sent_at": utc_datetimes,
+    "incoming": _small_tuple(usernames),
+    "outgoing": _small_tuple(usernames),
+    "usernames": _small_tuple(usernames),
+    "friends": _small_tuple(presences),
+    "members": _small_tuple(presences),
+    "messages": _small_tuple(chat_messages),
+    "rooms": _small_tuple(room_infos),
+    "online": bools,
+    "from_user": usernames,
+    "by_user": usernames,
+    "accepted": bools,
+    "joined": bools,
+}
+
+
+def strategy_for(cls: type[Any]) -> st.SearchStrategy[Any]:
+    """A strategy building valid instances of one message class."""
+    kwargs: dict[str, st.SearchStrategy[Any]] = {}
+    for field in attrs.fields(cls):
+        if cls is m.MessageDelivered and field.name == "message":
+            kwargs[field.name] = chat_messages
+        else:
+            kwargs[field.name] = FIELD_STRATEGIES[field.name]
+    return st.builds(cls, **kwargs)
+
+
+all_messages: st.SearchStrategy[Any] = st.one_of(
+    [strategy_for(cls) for cls in MESSAGE_TYPES.values()]
+)
