@@ -1,0 +1,29 @@
+"""docs/PROTOCOL.md stays in step with the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from udpchat_proto.codec import MESSAGE_TYPES
+from udpchat_proto.errors import ErrorCode
+
+PROTOCOL = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+
+
+def test_every_message_type_is_documented_with_its_fields() -> None:
+    rows = {
+        line.split("|")[1].strip(): line for line in PROTOCOL.splitlines() if line.startswith("| `")
+    }
+    for tag, cls in MESSAGE_TYPES.items():
+        row = rows.get(f"`{tag}`")
+        assert row is not None, f"{tag} is not in docs/PROTOCOL.md"
+        assert cls.__name__ in row
+        for field in attrs.fields(cls):
+            assert f"`{field.name}`" in row, f"{tag}.{field.name} is not documented"
+
+
+def test_every_error_code_is_documented() -> None:
+    for code in ErrorCode:
+        assert f"`{code.value}`" in PROTOCOL
