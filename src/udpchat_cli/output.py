@@ -1,0 +1,203 @@
+"""What ``udpchat-cli`` prints: short human text, or the JSON objects of the contract.
+
+With ``--json``, stdout carries exactly one JSON object per command (one per line,
+per event, for ``listen``); the shapes are the CLI contract in the README and must
+not change. Errors go to stderr as one ``error: ...`` line in both modes, and with
+``--json`` the refusal object goes to stdout as well, so a script reads one object
+whatever happened.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from udpchat_proto import messages as m
+
+__all__ = [
+    "JsonObject",
+    "Output",
+    "event_json",
+    "event_text",
+    "friends_result",
+    "invitations_result",
+    "iso_utc",
+    "members_result",
+    "message_json",
+    "message_text",
+    "messages_result",
+    "online_result",
+    "rooms_result",
+]
+
+JsonObject = dict[str, Any]
+
+
+def iso_utc(moment: datetime.datetime) -> str:
+    """ISO 8601 in UTC with microseconds and a ``Z``: ``2024-05-01T12:00:00.250000Z``."""
+    utc = moment.astimezone(datetime.UTC)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def message_json(message: m.ChatMessage) -> JsonObject:
+    """The message object ``M`` of the contract."""
+    return {
+        "id": message.id.hex(),
+        "from": message.sender,
+        "to": message.to,
+        "text": message.text,
+        "sent_at": iso_utc(message.sent_at),
+    }
+
+
+def message_text(message: m.ChatMessage) -> str:
+    """One line: ``[2024-05-01 12:00:00] alice -> bob: hi`` (local time)."""
+    when = message.sent_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    # Newlines inside a text would forge extra lines; show them escaped.
+    text = message.text.replace("\r", "\\r").replace("\n", "\\n")
+    return f"[{when}] {message.sender} -> {message.to}: {text}"
+
+
+def messages_result(messages: Iterable[m.ChatMessage], empty: str) -> tuple[str, JsonObject]:
+    """inbox and history: ``{"messages": [M, ...]}``, oldest first."""
+    items = list(messages)
+    text = "\n".join(message_text(item) for item in items) or empty
+    return text, {"messages": [message_json(item) for item in items]}
+
+
+def invitations_result(answer: m.Invitations) -> tuple[str, JsonObject]:
+    """``{"incoming": [...], "outgoing": [...]}``."""
+    text = (
+        f"incoming: {', '.join(answer.incoming) or '(none)'}\n"
+        f"outgoing: {', '.join(answer.outgoing) or '(none)'}"
+    )
+    return text, {"incoming": list(answer.incoming), "outgoing": list(answer.outgoing)}
+
+
+def _presence_lines(people: Iterable[m.UserPresence]) -> str:
+    return "\n".join(
+        f"{person.username} {'online' if person.online else 'offline'}" for person in people
+    )
+
+
+def friends_result(answer: m.Friends) -> tuple[str, JsonObject]:
+    """``{"friends": [{"user": "bob", "online": true}]}``."""
+    text = _presence_lines(answer.friends) or "no friends yet"
+    return text, {
+        "friends": [{"user": item.username, "online": item.online} for item in answer.friends]
+    }
+
+
+def online_result(answer: m.OnlineUsers) -> tuple[str, JsonObject]:
+    """``{"online": ["alice"]}``."""
+    return "\n".join(answer.usernames) or "nobody online", {"online": list(answer.usernames)}
+
+
+def rooms_result(answer: m.Rooms) -> tuple[str, JsonObject]:
+    """``{"rooms": [{"room": "#general", "members": 3}]}``."""
+    text = "\n".join(
+        f"{item.room} ({item.members} member{'' if item.members == 1 else 's'})"
+        for item in answer.rooms
+    )
+    return text or "in no room", {
+        "rooms": [{"room": item.room, "members": item.members} for item in answer.rooms]
+    }
+
+
+def members_result(answer: m.RoomMembers) -> tuple[str, JsonObject]:
+    """``{"room": "#general", "members": [{"user": "alice", "online": true}]}``."""
+    text = _presence_lines(answer.members) or f"{answer.room} has no members"
+    return text, {
+        "room": answer.room,
+        "members": [{"user": item.username, "online": item.online} for item in answer.members],
+    }
+
+
+def event_json(push: m.Push) -> JsonObject:
+    """One ``listen`` line.
+
+    The contract's events, plus ``invitation_cancelled`` and ``unfriended`` (same
+    shape as ``invitation_declined``) so that ``listen`` prints every push.
+    """
+    match push:
+        case m.MessageDelivered(message=message):
+            return {"event": "message", **message_json(message)}
+        case m.InvitationReceived(from_user=user):
+            return {"event": "invitation", "from": user}
+        case m.InvitationAnswered(by_user=user, accepted=True):
+            return {"event": "invitation_accepted", "by": user}
+        case m.InvitationAnswered(by_user=user):
+            return {"event": "invitation_declined", "by": user}
+        case m.InvitationCancelled(by_user=user):
+            return {"event": "invitation_cancelled", "by": user}
+        case m.Unfriended(by_user=user):
+            return {"event": "unfriended", "by": user}
+        case m.PresenceChanged(username=user, online=online):
+            return {"event": "presence", "user": user, "online": online}
+        case m.RoomMembershipChanged(room=room, username=user, joined=joined):
+            return {"event": "joined" if joined else "left", "room": room, "user": user}
+    raise TypeError(f"not a push: {type(push).__name__}")  # pragma: no cover
+
+
+def event_text(push: m.Push) -> str:
+    """One human line for a ``listen`` event."""
+    match push:
+        case m.MessageDelivered(message=message):
+            return message_text(message)
+        case m.InvitationReceived(from_user=user):
+            return f"{user} invited you to be friends (udpchat-cli accept {user})"
+        case m.InvitationAnswered(by_user=user, accepted=True):
+            return f"{user} accepted your invitation: you are now friends"
+        case m.InvitationAnswered(by_user=user):
+            return f"{user} declined your invitation"
+        case m.InvitationCancelled(by_user=user):
+            return f"{user} cancelled their invitation"
+        case m.Unfriended(by_user=user):
+            return f"{user} ended your friendship"
+        case m.PresenceChanged(username=user, online=online):
+            return f"{user} is {'online' if online else 'offline'}"
+        case m.RoomMembershipChanged(room=room, username=user, joined=joined):
+            return f"{user} {'joined' if joined else 'left'} {room}"
+    raise TypeError(f"not a push: {type(push).__name__}")  # pragma: no cover
+
+
+class Output:
+    """Where results, events and errors go, in human or JSON form."""
+
+    def __init__(
+        self, *, json_mode: bool, stdout: TextIO | None = None, stderr: TextIO | None = None
+    ) -> None:
+        self.json_mode = json_mode
+        self._stdout = stdout
+        self._stderr = stderr
+
+    @property
+    def stdout(self) -> TextIO:
+        # Looked up late so that click's test runner (which swaps sys.stdout) works.
+        return self._stdout or sys.stdout
+
+    @property
+    def stderr(self) -> TextIO:
+        return self._stderr or sys.stderr
+
+    def result(self, text: str, obj: JsonObject) -> None:
+        """Print a command's result: ``text`` for humans, ``obj`` with ``--json``."""
+        self._line(json.dumps(obj, ensure_ascii=False) if self.json_mode else text)
+
+    def event(self, push: m.Push) -> None:
+        """Print one ``listen`` event at once (flushed: a pipe reader sees it now)."""
+        self.result(event_text(push), event_json(push))
+
+    def error(self, code: str, message: str) -> None:
+        """Report a failure: one ``error:`` line on stderr; the object on stdout too
+        with ``--json``."""
+        one_line = " ".join(message.split())
+        print(f"error: {one_line}", file=self.stderr, flush=True)
+        if self.json_mode:
+            self._line(json.dumps({"ok": False, "error": code, "message": one_line}))
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.stdout, flush=True)

@@ -1,0 +1,297 @@
+"""What ``udpchat-cli`` keeps on disk: profiles and pinned server keys.
+
+Layout of the home directory (``--home``, mode 0700)::
+
+    HOME/known_servers          one "HOST:PORT KEYHEX" line per server (pinned keys)
+    HOME/profiles/NAME.json     one profile per ``--profile``: who is logged in where,
+                                the login token, and the inbox bookkeeping
+    HOME/profiles/NAME.lock     taken (flock) around every read-modify-write
+
+Every file is mode 0600 and replaced atomically (temporary file, fsync, ``os.replace``)
+so that a crash never leaves half a profile, and a lock serialises the processes of
+one profile (``listen`` in one terminal, ``send`` in another).
+
+Inbox bookkeeping: the server delivers each message to a login session until the
+session acknowledges it. Any command may be the one that receives it (the server
+pushes pending messages as soon as a connection resumes the session), so every
+command records what it received here *before* the acknowledgement leaves:
+
+* ``delivered``: the ids received (the newest :data:`DELIVERED_MAX`), handed back
+  to the core as ``delivered_ids`` so a redelivery is dropped, not shown twice;
+* ``unshown``: the messages received but not yet printed, which the next ``inbox``
+  or ``listen`` prints first and then removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+from udpchat_proto.codec import converter
+from udpchat_proto.messages import ChatMessage
+
+try:  # POSIX only; elsewhere the profile simply is not locked.
+    import fcntl
+except ImportError:  # pragma: no cover - not on the platforms we test
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "DELIVERED_MAX",
+    "Home",
+    "HomeError",
+    "KnownServers",
+    "Profile",
+    "check_profile_name",
+]
+
+#: How many delivered ids a profile remembers. The server only redelivers what was
+#: not acknowledged, so only the newest few ever matter.
+DELIVERED_MAX = 10_000
+
+_PROFILE_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+T = TypeVar("T")
+
+
+class HomeError(Exception):
+    """A file of the home directory cannot be read, written or parsed."""
+
+
+def check_profile_name(name: str) -> str:
+    """Return ``name`` if it can name a profile file (no path tricks), else raise ValueError."""
+    if _PROFILE_NAME_RE.fullmatch(name) is None or name.startswith("."):
+        raise ValueError(
+            f"invalid profile name {name!r}: use 1 to 64 characters of A-Z a-z 0-9 _ . - "
+            "(not starting with '.')"
+        )
+    return name
+
+
+@attrs.define(kw_only=True)
+class Profile:
+    """One user's login and inbox state, as saved in ``profiles/NAME.json``."""
+
+    username: str | None = None
+    """Who logged in last (kept after logout, for the messages)."""
+    token: bytes | None = attrs.field(default=None, repr=False)
+    """The login session's token; None when logged out."""
+    server: str | None = None
+    """The ``HOST:PORT`` the login session belongs to."""
+    delivered: list[bytes] = attrs.Factory(list)
+    """Ids of messages received, oldest first, at most :data:`DELIVERED_MAX`."""
+    unshown: list[ChatMessage] = attrs.Factory(list)
+    """Messages received but not yet printed, in delivery order."""
+
+    @property
+    def logged_in(self) -> bool:
+        """Whether the profile holds a login session."""
+        return self.token is not None and self.username is not None
+
+    def record(self, messages: list[ChatMessage], *, shown: bool) -> None:
+        """Note messages just received; keep them for ``inbox`` unless ``shown``."""
+        known = set(self.delivered)
+        for message in messages:
+            if message.id in known:
+                continue
+            known.add(message.id)
+            self.delivered.append(message.id)
+            if not shown:
+                self.unshown.append(message)
+        del self.delivered[:-DELIVERED_MAX]
+
+    def mark_shown(self, ids: set[bytes]) -> None:
+        """Drop printed messages from :attr:`unshown`."""
+        self.unshown = [message for message in self.unshown if message.id not in ids]
+
+    def login(self, username: str, token: bytes, server: str) -> None:
+        """Hold a new login session; another user's inbox state is forgotten."""
+        if username != self.username:
+            self.delivered.clear()
+            self.unshown.clear()
+        self.username, self.token, self.server = username, token, server
+
+    def logout(self) -> None:
+        """Forget the login session (the username and messages stay)."""
+        self.token = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object saved on disk."""
+        return {
+            "version": 1,
+            "username": self.username,
+            "token": None if self.token is None else self.token.hex(),
+            "server": self.server,
+            "delivered": [item.hex() for item in self.delivered],
+            "unshown": [converter.unstructure(message) for message in self.unshown],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Profile:
+        """Parse :meth:`to_json` output.
+
+        Raises:
+            ValueError, TypeError, KeyError: the data is not a profile.
+        """
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ValueError("not a version 1 profile")
+        token = data.get("token")
+        return cls(
+            username=_optional_str(data.get("username")),
+            token=None if token is None else bytes.fromhex(token),
+            server=_optional_str(data.get("server")),
+            delivered=[bytes.fromhex(item) for item in data.get("delivered", [])],
+            unshown=[converter.structure(item, ChatMessage) for item in data.get("unshown", [])],
+        )
+
+
+def _optional_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+class KnownServers:
+    """The pinned public key of every server contacted, as SSH's ``known_hosts``.
+
+    The file holds one ``HOST:PORT KEYHEX`` line per server; ``#`` starts a comment.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get(self, server: str) -> bytes | None:
+        """The key pinned for ``server`` (``HOST:PORT``), or None."""
+        return self._read().get(server)
+
+    def pin(self, server: str, key: bytes) -> None:
+        """Pin ``key`` for ``server`` if no key is pinned yet (first contact)."""
+        with _locked(self.path.with_name(self.path.name + ".lock")):
+            entries = self._read()
+            if server in entries:
+                return
+            lines = [f"{name} {value.hex()}" for name, value in entries.items()]
+            lines.append(f"{server} {key.hex()}")
+            _write_atomic(self.path, "".join(line + "\n" for line in lines).encode())
+
+    def _read(self) -> dict[str, bytes]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HomeError(f"cannot read {self.path}: {exc}") from None
+        entries: dict[str, bytes] = {}
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                name, value = line.split()
+                entries[name] = bytes.fromhex(value)
+            except ValueError:
+                raise HomeError(f"{self.path} line {number} is not 'HOST:PORT KEYHEX'") from None
+        return entries
+
+
+class Home:
+    """The ``--home`` directory: profiles and known servers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def known_servers(self) -> KnownServers:
+        """The pinned server keys."""
+        self.ensure()
+        return KnownServers(self.path / "known_servers")
+
+    def ensure(self) -> None:
+        """Create the directories (mode 0700) if missing."""
+        try:
+            for directory in (self.path, self.path / "profiles"):
+                if not directory.is_dir():
+                    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    # mkdir's mode is filtered by the umask; say it once more.
+                    directory.chmod(0o700)
+        except OSError as exc:
+            raise HomeError(f"cannot create {self.path}: {exc}") from None
+
+    def profile_path(self, name: str) -> Path:
+        """Where profile ``name`` is saved."""
+        return self.path / "profiles" / f"{check_profile_name(name)}.json"
+
+    def load(self, name: str) -> Profile:
+        """Read profile ``name``; an empty profile if it does not exist yet."""
+        return self._load(self.profile_path(name))
+
+    def update(self, name: str, change: Callable[[Profile], T]) -> T:
+        """Read profile ``name``, apply ``change`` to it and save it, under the lock.
+
+        Returns:
+            What ``change`` returned.
+        """
+        self.ensure()
+        path = self.profile_path(name)
+        with _locked(path.with_suffix(".lock")):
+            profile = self._load(path)
+            result = change(profile)
+            _write_atomic(path, _dump(profile))
+        return result
+
+    @staticmethod
+    def _load(path: Path) -> Profile:
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return Profile()
+        except (OSError, ValueError) as exc:
+            raise HomeError(f"cannot read profile {path}: {exc}") from None
+        try:
+            return Profile.from_json(data)
+        except Exception as exc:  # any shape error: the file is not ours to trust
+            raise HomeError(f"profile {path} is corrupt ({exc}); remove it") from None
+
+
+def _dump(profile: Profile) -> bytes:
+    return (json.dumps(profile.to_json(), ensure_ascii=False, indent=1) + "\n").encode()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created 0600) for the block."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise HomeError(f"cannot open {path}: {exc}") from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600) so readers see the old or the new file."""
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:  # mkstemp creates it 0600
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+    except OSError as exc:
+        raise HomeError(f"cannot write {path}: {exc}") from None
