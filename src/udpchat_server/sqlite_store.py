@@ -1,0 +1,613 @@
+"""The durable :class:`~udpchat_proto.store.Store`: SQLite, from the standard library.
+
+Open one with :meth:`SQLiteStore.open` (creates the file and the schema if
+missing, migrates an older schema). It follows the contract of
+:mod:`udpchat_proto.store` exactly, and the contract tests run against it and
+against :class:`~udpchat_proto.memory_store.MemoryStore` alike.
+
+Transactions
+    The connection runs with ``isolation_level=None`` so that Python never opens
+    or commits a transaction behind our back. The first write after a commit
+    issues ``BEGIN IMMEDIATE`` (taking the write lock at once, so a concurrent
+    reader can never make our transaction fail half-way with ``SQLITE_BUSY`` on
+    lock upgrade); every later write joins it; :meth:`SQLiteStore.commit` ends it.
+    Reads on the same connection see the uncommitted writes. :meth:`close`
+    without a commit rolls them back.
+
+Durability
+    WAL journal mode (readers never block the writer) with ``synchronous=FULL``:
+    in WAL mode, ``NORMAL`` syncs only at checkpoints, so a power cut could lose
+    transactions that had already been committed, and acknowledged to senders.
+    ``FULL`` syncs the WAL at every commit. That one fsync per commit is what the
+    server's group commit amortises over a batch of datagrams.
+
+Representation
+    Message ids and token hashes are BLOBs; ``sent_at`` is INTEGER microseconds
+    since the POSIX epoch (UTC), which round-trips a ``datetime`` exactly; every
+    other time (``created_at``, ``last_used_at``) is REAL POSIX seconds, as the
+    :class:`~udpchat_proto.store.Store` API passes them. Passwords are stored as
+    :meth:`PasswordHash.to_string` text. Each message is stored once, in its
+    conversation (a room's message is never copied per member); ``position`` (an
+    ``INTEGER PRIMARY KEY``) is the global insertion order. Delivery is a set of
+    cursors, see :mod:`udpchat_proto.store` and :mod:`udpchat_proto.memory_store`
+    (a session copies the user's cursors when it is created).
+
+Schema versions
+    ``PRAGMA user_version`` holds the number of :data:`MIGRATIONS` applied. Opening
+    a store applies the missing ones in order, in one transaction, so a database is
+    always at one version or the next, never in between. A database from a newer
+    release is refused (:class:`SchemaVersionError`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+from udpchat_proto.memory_store import conversation_key
+from udpchat_proto.messages import ChatMessage
+from udpchat_proto.passwords import PasswordHash
+from udpchat_proto.store import Account, LoginSession, StoredMessage
+from udpchat_proto.validation import is_room
+
+__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "SQLiteStore", "SchemaVersionError"]
+
+#: How long a statement waits for another process's lock before failing.
+BUSY_TIMEOUT_MS = 5000
+
+#: Schema migrations: ``MIGRATIONS[i]`` takes a database from version ``i`` to
+#: ``i + 1``. Append only: a released migration is never edited.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: accounts, login sessions, invitations and friendships.
+    (
+        """CREATE TABLE accounts (
+            username TEXT PRIMARY KEY,
+            password TEXT NOT NULL,          -- PasswordHash.to_string()
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE sessions (
+            token_hash BLOB PRIMARY KEY,     -- SHA-256 of the token, never the token
+            username TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_used_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        # Expiry scans by last use.
+        "CREATE INDEX sessions_by_last_use ON sessions (last_used_at)",
+        """CREATE TABLE invitations (
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (sender, recipient)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX invitations_by_recipient ON invitations (recipient, sender)",
+        # Two rows per friendship, one each way: "friends of" is a primary-key
+        # prefix scan from either side.
+        """CREATE TABLE friendships (
+            username TEXT NOT NULL,
+            friend TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (username, friend)
+        ) WITHOUT ROWID""",
+    ),
+    # 2: conversations, messages and delivery cursors.
+    (
+        # A room, or a direct conversation keyed "alice bob" (see conversation_key).
+        """CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            is_room INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL DEFAULT 0,   -- the seq of its last message
+            created_at REAL NOT NULL
+        )""",
+        # UNIQUE (conversation, seq) is the index of history and of pending
+        # deliveries; UNIQUE id is the index of get_message and acknowledge.
+        """CREATE TABLE messages (
+            position INTEGER PRIMARY KEY,          -- global insertion order
+            id BLOB NOT NULL UNIQUE,
+            conversation INTEGER NOT NULL REFERENCES conversations (id),
+            seq INTEGER NOT NULL,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            text TEXT NOT NULL,
+            sent_at INTEGER NOT NULL,              -- microseconds since the epoch, UTC
+            UNIQUE (conversation, seq)
+        )""",
+        # Who receives a conversation: both users of a direct one, the current
+        # members of a room. A member receives the messages after floor_seq (the
+        # room's last seq when they joined; 0 in a direct conversation).
+        """CREATE TABLE participants (
+            conversation INTEGER NOT NULL REFERENCES conversations (id),
+            username TEXT NOT NULL,
+            floor_seq INTEGER NOT NULL,
+            joined_at REAL NOT NULL,
+            PRIMARY KEY (conversation, username)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX participants_by_user ON participants (username, conversation)",
+        # The highest seq each login session acknowledged in each conversation.
+        """CREATE TABLE session_cursors (
+            token_hash BLOB NOT NULL REFERENCES sessions (token_hash) ON DELETE CASCADE,
+            conversation INTEGER NOT NULL REFERENCES conversations (id),
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (token_hash, conversation)
+        ) WITHOUT ROWID""",
+        # The highest seq any session of the user acknowledged: where a new
+        # session starts. Kept when sessions end.
+        """CREATE TABLE user_cursors (
+            username TEXT NOT NULL,
+            conversation INTEGER NOT NULL REFERENCES conversations (id),
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (username, conversation)
+        ) WITHOUT ROWID""",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+_MESSAGE_COLUMNS = "m.id, m.sender, m.recipient, m.text, m.sent_at"
+
+# The delivery query. For each conversation of the user, the start is the higher
+# of the member's floor and the cursor; the (conversation, seq) index then yields
+# only the messages past it, which are merged by global position. The cursor comes
+# from session_cursors, or from user_cursors for an unknown session.
+_PENDING = f"""
+    SELECT {_MESSAGE_COLUMNS}
+    FROM participants AS p
+    JOIN messages AS m
+      ON m.conversation = p.conversation
+     AND m.seq > MAX(p.floor_seq, COALESCE(
+            (SELECT c.seq FROM {{cursors}} AS c
+             WHERE c.{{owner}} = :owner AND c.conversation = p.conversation), 0))
+    WHERE p.username = :user AND m.sender != :user
+    ORDER BY m.position
+    LIMIT :limit
+"""
+_PENDING_FOR_SESSION = _PENDING.format(cursors="session_cursors", owner="token_hash")
+_PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer release (its schema version is unknown)."""
+
+
+def _to_micros(when: datetime.datetime) -> int:
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(micros: int) -> datetime.datetime:
+    return _EPOCH + datetime.timedelta(microseconds=micros)
+
+
+def _chat_message(row: sqlite3.Row | tuple[bytes, str, str, str, int]) -> ChatMessage:
+    message_id, sender, to, text, sent_at = row
+    return ChatMessage(
+        id=message_id, sender=sender, to=to, text=text, sent_at=_from_micros(sent_at)
+    )
+
+
+class SQLiteStore:
+    """A :class:`~udpchat_proto.store.Store` in one SQLite database.
+
+    Not thread-safe: use it from the thread that created it (the server loop).
+    It can also be used as a context manager, which closes it (discarding what
+    was not committed).
+    """
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        """Take over ``connection``: configure it and bring its schema up to date.
+
+        The store switches the connection to ``isolation_level=None`` (it manages
+        transactions itself) and sets WAL, ``synchronous=FULL``, foreign keys and
+        a busy timeout.
+
+        Raises:
+            ValueError: the connection has a transaction open.
+            SchemaVersionError: the database is newer than this release.
+        """
+        if connection.in_transaction:
+            raise ValueError("hand over a connection with no open transaction")
+        connection.isolation_level = None
+        # These pragmas are no-ops inside a transaction, hence before any BEGIN.
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        self._db = connection
+        self._migrate()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
+        """Open (or create) the database at ``path`` and return a store on it.
+
+        Raises:
+            sqlite3.Error: the file cannot be opened as a database.
+            SchemaVersionError: the database is newer than this release.
+        """
+        connection = sqlite3.connect(os.fspath(path), isolation_level=None)
+        try:
+            return cls(connection)
+        except BaseException:
+            connection.close()
+            raise
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The underlying connection (for inspection and tests; do not write)."""
+        return self._db
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        db = self._db
+        # IMMEDIATE: two processes opening an old database at once migrate it once.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"database schema version {version} is newer than this release "
+                    f"supports ({SCHEMA_VERSION})"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    db.execute(statement)
+            # PRAGMA cannot take parameters; the value is our own integer.
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _write(self) -> sqlite3.Connection:
+        """The connection, inside the current write transaction (begun if needed)."""
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    # --- transactions ------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Make every write since the last commit durable (fsynced) at once."""
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Discard every write since the last commit (not part of the Store protocol)."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        """Discard uncommitted writes and close the connection."""
+        self.rollback()
+        self._db.close()
+
+    # --- accounts ----------------------------------------------------------------
+
+    def create_account(self, username: str, password: PasswordHash, now: float) -> bool:
+        """Create an account; False (and no change) if the name is taken."""
+        cursor = self._write().execute(
+            "INSERT INTO accounts (username, password, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (username) DO NOTHING",
+            (username, password.to_string(), now),
+        )
+        return cursor.rowcount == 1
+
+    def get_account(self, username: str) -> Account | None:
+        """The account of ``username``, or None."""
+        row = self._db.execute(
+            "SELECT password, created_at FROM accounts WHERE username = ?", (username,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Account(
+            username=username, password=PasswordHash.from_string(row[0]), created_at=row[1]
+        )
+
+    # --- login sessions ------------------------------------------------------------
+
+    def create_session(self, token_hash: bytes, username: str, now: float) -> None:
+        """Record a new login session, starting at the user's delivery cursors.
+
+        Raises:
+            sqlite3.IntegrityError: a session with this token hash exists.
+        """
+        db = self._write()
+        db.execute(
+            "INSERT INTO sessions (token_hash, username, created_at, last_used_at) "
+            "VALUES (?, ?, ?, ?)",
+            (token_hash, username, now, now),
+        )
+        db.execute(
+            "INSERT INTO session_cursors (token_hash, conversation, seq) "
+            "SELECT ?, conversation, seq FROM user_cursors WHERE username = ?",
+            (token_hash, username),
+        )
+
+    def get_session(self, token_hash: bytes) -> LoginSession | None:
+        """The login session with this token hash, or None."""
+        row = self._db.execute(
+            "SELECT username, created_at, last_used_at FROM sessions WHERE token_hash = ?",
+            (token_hash,),
+        ).fetchone()
+        if row is None:
+            return None
+        return LoginSession(
+            token_hash=token_hash, username=row[0], created_at=row[1], last_used_at=row[2]
+        )
+
+    def touch_session(self, token_hash: bytes, now: float) -> None:
+        """Note that the session was used at ``now``; an unknown session is ignored."""
+        self._write().execute(
+            "UPDATE sessions SET last_used_at = ? WHERE token_hash = ?", (now, token_hash)
+        )
+
+    def delete_session(self, token_hash: bytes) -> None:
+        """End a login session and forget its delivery cursors (the user's stay)."""
+        # session_cursors go with it: ON DELETE CASCADE.
+        self._write().execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+    def delete_sessions_unused_since(self, cutoff: float) -> int:
+        """Expire every session last used before ``cutoff``; return how many."""
+        cursor = self._write().execute("DELETE FROM sessions WHERE last_used_at < ?", (cutoff,))
+        return cursor.rowcount
+
+    # --- invitations and friends ------------------------------------------------------
+
+    def add_invitation(self, sender: str, recipient: str, now: float) -> None:
+        """Record that ``sender`` invited ``recipient`` (a repeat keeps the first)."""
+        self._write().execute(
+            "INSERT INTO invitations (sender, recipient, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (sender, recipient, now),
+        )
+
+    def delete_invitation(self, sender: str, recipient: str) -> bool:
+        """Remove that invitation; False if there was none."""
+        cursor = self._write().execute(
+            "DELETE FROM invitations WHERE sender = ? AND recipient = ?", (sender, recipient)
+        )
+        return cursor.rowcount == 1
+
+    def has_invitation(self, sender: str, recipient: str) -> bool:
+        """Whether ``sender`` has a pending invitation to ``recipient``."""
+        row = self._db.execute(
+            "SELECT 1 FROM invitations WHERE sender = ? AND recipient = ?", (sender, recipient)
+        ).fetchone()
+        return row is not None
+
+    def incoming_invitations(self, username: str) -> list[str]:
+        """Who has invited ``username`` (sorted)."""
+        rows = self._db.execute(
+            "SELECT sender FROM invitations WHERE recipient = ? ORDER BY sender", (username,)
+        )
+        return [name for (name,) in rows]
+
+    def outgoing_invitations(self, username: str) -> list[str]:
+        """Whom ``username`` has invited (sorted)."""
+        rows = self._db.execute(
+            "SELECT recipient FROM invitations WHERE sender = ? ORDER BY recipient", (username,)
+        )
+        return [name for (name,) in rows]
+
+    def add_friendship(self, a: str, b: str, now: float) -> None:
+        """Make ``a`` and ``b`` friends (symmetric; a repeat changes nothing)."""
+        self._write().executemany(
+            "INSERT INTO friendships (username, friend, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [(a, b, now), (b, a, now)],
+        )
+
+    def delete_friendship(self, a: str, b: str) -> bool:
+        """End the friendship; False if they were not friends."""
+        cursor = self._write().execute(
+            "DELETE FROM friendships WHERE (username = ? AND friend = ?) "
+            "OR (username = ? AND friend = ?)",
+            (a, b, b, a),
+        )
+        return cursor.rowcount > 0
+
+    def are_friends(self, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` are friends."""
+        row = self._db.execute(
+            "SELECT 1 FROM friendships WHERE username = ? AND friend = ?", (a, b)
+        ).fetchone()
+        return row is not None
+
+    def friends_of(self, username: str) -> list[str]:
+        """The friends of ``username`` (sorted)."""
+        rows = self._db.execute(
+            "SELECT friend FROM friendships WHERE username = ? ORDER BY friend", (username,)
+        )
+        return [name for (name,) in rows]
+
+    # --- messages -------------------------------------------------------------------
+
+    def add_message(self, message: ChatMessage) -> StoredMessage:
+        """Append a message to the conversation of ``(message.sender, message.to)``.
+
+        The first message between two users creates their conversation, from
+        which both then receive. A message to a room that was never joined creates
+        the room, with no members.
+
+        Raises:
+            ValueError: a message with this id is already stored (the caller
+                checks with :meth:`get_message` first).
+        """
+        db = self._write()
+        # Checked before taking a seq, so that a refused message leaves no gap.
+        if db.execute("SELECT 1 FROM messages WHERE id = ?", (message.id,)).fetchone():
+            raise ValueError("a message with this id is already stored")
+        key = conversation_key(message.sender, message.to)
+        sent_at = _to_micros(message.sent_at)
+        room = is_room(key)
+        created = db.execute(
+            "INSERT INTO conversations (key, is_room, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO NOTHING",
+            (key, room, sent_at / 1e6),
+        ).rowcount
+        conversation, seq = db.execute(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE key = ? RETURNING id, last_seq",
+            (key,),
+        ).fetchone()
+        if created and not room:
+            db.executemany(
+                "INSERT INTO participants (conversation, username, floor_seq, joined_at) "
+                "VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING",
+                [(conversation, user, sent_at / 1e6) for user in (message.sender, message.to)],
+            )
+        db.execute(
+            "INSERT INTO messages (id, conversation, seq, sender, recipient, text, sent_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (message.id, conversation, seq, message.sender, message.to, message.text, sent_at),
+        )
+        return StoredMessage(message=message, seq=seq)
+
+    def get_message(self, message_id: bytes) -> StoredMessage | None:
+        """The message with this id, or None."""
+        row = self._db.execute(
+            f"SELECT {_MESSAGE_COLUMNS}, m.seq FROM messages AS m WHERE m.id = ?", (message_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredMessage(message=_chat_message(row[:5]), seq=row[5])
+
+    def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
+        """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
+        room), oldest first."""
+        if limit <= 0:
+            return []
+        rows = self._db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages AS m "
+            "WHERE m.conversation = (SELECT id FROM conversations WHERE key = ?) "
+            "ORDER BY m.seq DESC LIMIT ?",
+            (conversation_key(username, peer), limit),
+        ).fetchall()
+        return [_chat_message(row) for row in reversed(rows)]
+
+    def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
+        """Up to ``limit`` messages for ``username`` not yet acknowledged by the
+        login session ``token_hash``, in the order they were stored.
+
+        An unknown session is treated as one created now (it starts at the user's
+        cursors).
+        """
+        if limit <= 0:
+            return []
+        owner: bytes | str
+        if self.get_session(token_hash) is not None:
+            sql, owner = _PENDING_FOR_SESSION, token_hash
+        else:
+            sql, owner = _PENDING_FOR_USER, username
+        rows = self._db.execute(sql, {"owner": owner, "user": username, "limit": limit})
+        return [_chat_message(row) for row in rows]
+
+    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
+        """Advance the session's (and the user's) cursors past these messages.
+
+        Ids that are unknown or not addressed to ``username`` (its own messages,
+        direct messages between others, rooms it is not in) are ignored. A
+        cursor never moves back. An unknown session advances only the user's
+        cursors.
+        """
+        highest: dict[int, int] = {}
+        for message_id in message_ids:
+            row = self._db.execute(
+                "SELECT m.conversation, m.seq FROM messages AS m "
+                "JOIN participants AS p ON p.conversation = m.conversation AND p.username = ? "
+                "WHERE m.id = ? AND m.sender != ?",
+                (username, message_id, username),
+            ).fetchone()
+            if row is not None and highest.get(row[0], 0) < row[1]:
+                highest[row[0]] = row[1]
+        if not highest:
+            return
+        db = self._write()
+        # WHERE EXISTS: no cursor for a session that does not exist (the foreign
+        # key would refuse it anyway).
+        db.executemany(
+            "INSERT INTO session_cursors (token_hash, conversation, seq) "
+            "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM sessions WHERE token_hash = ?) "
+            "ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            [(token_hash, conv, seq, token_hash) for conv, seq in highest.items()],
+        )
+        db.executemany(
+            "INSERT INTO user_cursors (username, conversation, seq) VALUES (?, ?, ?) "
+            "ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            [(username, conv, seq) for conv, seq in highest.items()],
+        )
+
+    # --- rooms -------------------------------------------------------------------------
+
+    def join_room(self, room: str, username: str, now: float) -> bool:
+        """Add ``username`` to ``room``, creating the room; False if already a member.
+
+        The new member receives only the messages sent after this call.
+        """
+        db = self._write()
+        db.execute(
+            "INSERT INTO conversations (key, is_room, created_at) VALUES (?, 1, ?) "
+            "ON CONFLICT (key) DO NOTHING",
+            (room, now),
+        )
+        cursor = db.execute(
+            "INSERT INTO participants (conversation, username, floor_seq, joined_at) "
+            "SELECT id, ?, last_seq, ? FROM conversations WHERE key = ? "
+            "ON CONFLICT DO NOTHING",
+            (username, now, room),
+        )
+        return cursor.rowcount == 1
+
+    def leave_room(self, room: str, username: str) -> bool:
+        """Remove ``username`` from ``room``; False if not a member.
+
+        A room with no members left still exists (its history is kept).
+        """
+        cursor = self._write().execute(
+            "DELETE FROM participants WHERE username = ? AND conversation = "
+            "(SELECT id FROM conversations WHERE key = ? AND is_room)",
+            (username, room),
+        )
+        return cursor.rowcount == 1
+
+    def room_exists(self, room: str) -> bool:
+        """Whether the room was ever created."""
+        row = self._db.execute(
+            "SELECT 1 FROM conversations WHERE key = ? AND is_room", (room,)
+        ).fetchone()
+        return row is not None
+
+    def room_members(self, room: str) -> list[str]:
+        """The members of ``room`` (sorted)."""
+        rows = self._db.execute(
+            "SELECT p.username FROM conversations AS c "
+            "JOIN participants AS p ON p.conversation = c.id "
+            "WHERE c.key = ? AND c.is_room ORDER BY p.username",
+            (room,),
+        )
+        return [name for (name,) in rows]
+
+    def rooms_of(self, username: str) -> list[tuple[str, int]]:
+        """The rooms ``username`` is in, with their member counts (sorted by name)."""
+        rows = self._db.execute(
+            "SELECT c.key, (SELECT COUNT(*) FROM participants AS q "
+            "               WHERE q.conversation = c.id) "
+            "FROM participants AS p JOIN conversations AS c ON c.id = p.conversation "
+            "WHERE p.username = ? AND c.is_room ORDER BY c.key",
+            (username,),
+        )
+        return [(name, count) for name, count in rows]
