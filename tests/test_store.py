@@ -1,0 +1,613 @@
+"""The Store contract, run against both stores; then what only SQLite promises.
+
+Every test in the first part takes the ``store`` fixture, so it runs once on a
+:class:`MemoryStore` and once on a :class:`SQLiteStore` in a temporary file: the two
+must be indistinguishable through the :class:`~udpchat_proto.store.Store` protocol.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from udpchat_proto.memory_store import MemoryStore, conversation_key
+from udpchat_proto.messages import ChatMessage
+from udpchat_proto.passwords import PasswordHash, ScryptParams
+from udpchat_proto.store import Account, LoginSession, Store, StoredMessage
+from udpchat_server.sqlite_store import MIGRATIONS, SchemaVersionError, SQLiteStore
+
+# Checked by mypy: both classes satisfy the protocol structurally.
+_memory_is_a_store: type[Store] = MemoryStore
+_sqlite_is_a_store: type[Store] = SQLiteStore
+
+T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=datetime.UTC)
+PASSWORD = PasswordHash(salt=b"s" * 16, params=ScryptParams(n=16), digest=b"d" * 32)
+ALICE_PHONE = b"\x01" * 32
+ALICE_LAPTOP = b"\x02" * 32
+ALICE_TABLET = b"\x03" * 32
+BOB_PHONE = b"\x04" * 32
+CAROL_PHONE = b"\x05" * 32
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    sqlite_store = SQLiteStore.open(tmp_path / "db.sqlite3")
+    yield sqlite_store
+    sqlite_store.close()
+
+
+_ids = itertools.count(1)
+
+
+def message(sender: str, to: str, text: str = "hi") -> ChatMessage:
+    """A fresh message: unique id, and each one a second later than the last."""
+    n = next(_ids)
+    return ChatMessage(
+        id=n.to_bytes(16, "big"),
+        sender=sender,
+        to=to,
+        text=text,
+        sent_at=T0 + datetime.timedelta(seconds=n),
+    )
+
+
+def send(store: Store, sender: str, to: str, text: str = "hi") -> ChatMessage:
+    chat = message(sender, to, text)
+    store.add_message(chat)
+    return chat
+
+
+def texts(messages: list[ChatMessage]) -> list[str]:
+    return [m.text for m in messages]
+
+
+def pending(store: Store, username: str, token_hash: bytes, limit: int = 100) -> list[str]:
+    return texts(store.pending_deliveries(username, token_hash, limit))
+
+
+def receive_all(store: Store, username: str, token_hash: bytes) -> list[str]:
+    """Fetch and acknowledge everything pending for one session."""
+    messages = store.pending_deliveries(username, token_hash, 1000)
+    store.acknowledge(username, token_hash, [m.id for m in messages])
+    return texts(messages)
+
+
+def sql_count(store: Store, sql: str) -> int | None:
+    """A row count straight from SQLite; None for the memory store."""
+    if not isinstance(store, SQLiteStore):
+        return None
+    (count,) = store.connection.execute(sql).fetchone()
+    assert isinstance(count, int)
+    return count
+
+
+# --- accounts ----------------------------------------------------------------------
+
+
+def test_create_account_then_get_it(store: Store) -> None:
+    assert store.create_account("alice", PASSWORD, 10.5)
+    assert store.get_account("alice") == Account(
+        username="alice", password=PASSWORD, created_at=10.5
+    )
+    assert store.get_account("bob") is None
+
+
+def test_create_account_twice_is_refused_without_change(store: Store) -> None:
+    other = PasswordHash(salt=b"t" * 16, params=ScryptParams(n=32), digest=b"e" * 32)
+    assert store.create_account("alice", PASSWORD, 1.0)
+    assert not store.create_account("alice", other, 2.0)
+    assert store.get_account("alice") == Account(
+        username="alice", password=PASSWORD, created_at=1.0
+    )
+
+
+def test_reads_see_uncommitted_writes(store: Store) -> None:
+    store.create_account("alice", PASSWORD, 1.0)
+    send(store, "bob", "alice", "unseen by disk")
+    assert store.get_account("alice") is not None
+    assert pending(store, "alice", ALICE_PHONE) == ["unseen by disk"]
+    store.commit()
+    assert store.get_account("alice") is not None
+
+
+# --- login sessions ------------------------------------------------------------------
+
+
+def test_session_create_get_touch_delete(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 100.0)
+    assert store.get_session(ALICE_PHONE) == LoginSession(
+        token_hash=ALICE_PHONE, username="alice", created_at=100.0, last_used_at=100.0
+    )
+    store.touch_session(ALICE_PHONE, 150.25)
+    assert store.get_session(ALICE_PHONE) == LoginSession(
+        token_hash=ALICE_PHONE, username="alice", created_at=100.0, last_used_at=150.25
+    )
+    store.delete_session(ALICE_PHONE)
+    assert store.get_session(ALICE_PHONE) is None
+
+
+def test_touch_and_delete_of_unknown_session_do_nothing(store: Store) -> None:
+    store.touch_session(ALICE_PHONE, 1.0)
+    store.delete_session(ALICE_PHONE)
+    assert store.get_session(ALICE_PHONE) is None
+
+
+def test_sessions_unused_since_cutoff_expire(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 100.0)
+    store.create_session(ALICE_LAPTOP, "alice", 100.0)
+    store.create_session(BOB_PHONE, "bob", 100.0)
+    store.touch_session(ALICE_LAPTOP, 200.0)
+    store.touch_session(BOB_PHONE, 300.0)
+    # Strictly before the cutoff: a session used exactly at it survives.
+    assert store.delete_sessions_unused_since(200.0) == 1
+    assert store.get_session(ALICE_PHONE) is None
+    assert store.get_session(ALICE_LAPTOP) is not None
+    assert store.get_session(BOB_PHONE) is not None
+    assert store.delete_sessions_unused_since(200.0) == 0
+    assert store.delete_sessions_unused_since(1000.0) == 2
+
+
+def test_deleting_a_session_forgets_its_cursors(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    first = send(store, "bob", "alice", "one")
+    send(store, "bob", "alice", "two")
+    assert receive_all(store, "alice", ALICE_PHONE) == ["one", "two"]
+    store.acknowledge("alice", ALICE_LAPTOP, [first.id])  # the laptop is behind
+    store.delete_session(ALICE_LAPTOP)
+    assert sql_count(store, "SELECT COUNT(*) FROM session_cursors") in (None, 1)
+    # The same token logging in again is a new session: it starts at the user's
+    # cursor (both read), not at the old laptop cursor (one read).
+    store.create_session(ALICE_LAPTOP, "alice", 2.0)
+    assert pending(store, "alice", ALICE_LAPTOP) == []
+
+
+def test_expired_sessions_forget_their_cursors(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    send(store, "bob", "alice", "one")
+    assert receive_all(store, "alice", ALICE_PHONE) == ["one"]
+    assert store.delete_sessions_unused_since(5.0) == 1
+    assert sql_count(store, "SELECT COUNT(*) FROM session_cursors") in (None, 0)
+    # The user's cursor outlives the session: a new login has nothing to fetch.
+    store.create_session(ALICE_LAPTOP, "alice", 6.0)
+    assert pending(store, "alice", ALICE_LAPTOP) == []
+
+
+# --- invitations and friends ------------------------------------------------------------
+
+
+def test_invitations(store: Store) -> None:
+    store.add_invitation("carol", "alice", 1.0)
+    store.add_invitation("bob", "alice", 2.0)
+    store.add_invitation("alice", "dave", 3.0)
+    store.add_invitation("alice", "bob", 4.0)
+    store.add_invitation("alice", "bob", 5.0)  # a repeat changes nothing
+    assert store.has_invitation("bob", "alice")
+    assert not store.has_invitation("alice", "carol")  # direction matters
+    assert store.incoming_invitations("alice") == ["bob", "carol"]
+    assert store.outgoing_invitations("alice") == ["bob", "dave"]
+    assert store.incoming_invitations("bob") == ["alice"]
+    assert store.outgoing_invitations("carol") == ["alice"]
+    assert store.incoming_invitations("nobody") == []
+
+    assert store.delete_invitation("bob", "alice")
+    assert not store.delete_invitation("bob", "alice")
+    assert not store.delete_invitation("dave", "alice")
+    assert not store.has_invitation("bob", "alice")
+    assert store.incoming_invitations("alice") == ["carol"]
+    assert store.outgoing_invitations("bob") == []
+
+
+def test_friendships_are_symmetric_and_sorted(store: Store) -> None:
+    store.add_friendship("alice", "carol", 1.0)
+    store.add_friendship("bob", "alice", 2.0)
+    store.add_friendship("alice", "bob", 3.0)  # a repeat, from the other side
+    assert store.are_friends("alice", "bob")
+    assert store.are_friends("bob", "alice")
+    assert not store.are_friends("bob", "carol")
+    assert store.friends_of("alice") == ["bob", "carol"]
+    assert store.friends_of("bob") == ["alice"]
+    assert store.friends_of("dave") == []
+
+    assert store.delete_friendship("alice", "bob")
+    assert not store.delete_friendship("bob", "alice")
+    assert not store.delete_friendship("bob", "carol")
+    assert not store.are_friends("bob", "alice")
+    assert store.friends_of("alice") == ["carol"]
+    assert store.friends_of("bob") == []
+
+
+# --- messages ----------------------------------------------------------------------------
+
+
+def test_conversation_key() -> None:
+    assert conversation_key("bob", "alice") == conversation_key("alice", "bob") == "alice bob"
+    assert conversation_key("alice", "#room") == "#room"
+
+
+def test_seq_counts_per_conversation_from_one(store: Store) -> None:
+    assert store.add_message(message("alice", "bob")).seq == 1
+    assert store.add_message(message("bob", "alice")).seq == 2  # the same conversation
+    assert store.add_message(message("alice", "carol")).seq == 1
+    store.join_room("#room", "alice", 1.0)
+    assert store.add_message(message("alice", "#room")).seq == 1
+    assert store.add_message(message("alice", "bob")).seq == 3
+    assert store.add_message(message("alice", "#room")).seq == 2
+
+
+def test_get_message_round_trips_every_field(store: Store) -> None:
+    chat = ChatMessage(
+        id=bytes(range(16)),
+        sender="alice",
+        to="bob",
+        text="héllo ✓ \U0001f600",
+        sent_at=datetime.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC),
+    )
+    stored = store.add_message(chat)
+    assert stored == StoredMessage(message=chat, seq=1)
+    assert store.get_message(chat.id) == stored
+    assert store.get_message(b"\xff" * 16) is None
+    store.commit()
+    assert store.get_message(chat.id) == stored
+
+
+def test_add_message_with_a_known_id_is_refused_and_takes_no_seq(store: Store) -> None:
+    chat = send(store, "alice", "bob", "first")
+    with pytest.raises(ValueError):
+        store.add_message(chat)
+    assert store.add_message(message("alice", "bob")).seq == 2
+
+
+def test_history_is_the_last_n_oldest_first_from_either_side(store: Store) -> None:
+    for n in range(5):
+        send(store, "alice" if n % 2 else "bob", "bob" if n % 2 else "alice", f"m{n}")
+    send(store, "alice", "carol", "other conversation")
+    assert texts(store.history("alice", "bob", 3)) == ["m2", "m3", "m4"]
+    assert texts(store.history("bob", "alice", 3)) == ["m2", "m3", "m4"]
+    assert texts(store.history("alice", "bob", 100)) == ["m0", "m1", "m2", "m3", "m4"]
+    assert store.history("alice", "bob", 0) == []
+    assert store.history("alice", "dave", 10) == []
+
+
+def test_room_history(store: Store) -> None:
+    store.join_room("#room", "alice", 1.0)
+    store.join_room("#room", "bob", 1.0)
+    for n in range(4):
+        send(store, "alice" if n % 2 else "bob", "#room", f"r{n}")
+    send(store, "alice", "bob", "direct")
+    assert texts(store.history("alice", "#room", 2)) == ["r2", "r3"]
+    assert texts(store.history("carol", "#room", 10)) == ["r0", "r1", "r2", "r3"]
+    assert store.history("alice", "#nowhere", 10) == []
+
+
+# --- pending deliveries --------------------------------------------------------------
+
+
+def test_pending_excludes_own_messages_and_others_conversations(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    send(store, "alice", "bob", "from alice")
+    send(store, "bob", "alice", "from bob")
+    send(store, "bob", "carol", "not for alice")
+    assert pending(store, "alice", ALICE_PHONE) == ["from bob"]
+
+
+def test_pending_is_in_insertion_order_across_conversations(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.join_room("#a", "alice", 1.0)
+    store.join_room("#z", "alice", 1.0)
+    send(store, "carol", "alice", "1")
+    send(store, "zed", "#z", "2")
+    send(store, "bob", "alice", "3")
+    send(store, "zed", "#a", "4")
+    send(store, "carol", "alice", "5")
+    send(store, "bob", "alice", "6")
+    send(store, "zed", "#z", "7")
+    assert pending(store, "alice", ALICE_PHONE) == ["1", "2", "3", "4", "5", "6", "7"]
+    assert pending(store, "alice", ALICE_PHONE, limit=3) == ["1", "2", "3"]
+    assert pending(store, "alice", ALICE_PHONE, limit=0) == []
+
+
+def test_acknowledge_advances_the_session(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    sent = [send(store, "bob", "alice", str(n)) for n in range(5)]
+    batch = store.pending_deliveries("alice", ALICE_PHONE, 2)
+    store.acknowledge("alice", ALICE_PHONE, [m.id for m in batch])
+    assert pending(store, "alice", ALICE_PHONE) == ["2", "3", "4"]
+    # Acknowledging an older message again never moves the cursor back.
+    store.acknowledge("alice", ALICE_PHONE, [sent[0].id])
+    assert pending(store, "alice", ALICE_PHONE) == ["2", "3", "4"]
+    store.acknowledge("alice", ALICE_PHONE, [sent[4].id])
+    assert pending(store, "alice", ALICE_PHONE) == []
+    send(store, "bob", "alice", "later")
+    assert pending(store, "alice", ALICE_PHONE) == ["later"]
+
+
+def test_acknowledge_is_per_conversation(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    from_bob = send(store, "bob", "alice", "bob")
+    send(store, "carol", "alice", "carol")
+    store.acknowledge("alice", ALICE_PHONE, [from_bob.id])
+    assert pending(store, "alice", ALICE_PHONE) == ["carol"]
+
+
+def test_acknowledging_unknown_or_foreign_ids_is_ignored(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(CAROL_PHONE, "carol", 1.0)
+    to_alice = send(store, "bob", "alice", "for alice")
+    from_alice = send(store, "alice", "bob", "by alice")
+    store.join_room("#room", "bob", 1.0)
+    in_room = send(store, "bob", "#room", "room")
+    store.acknowledge("alice", ALICE_PHONE, [b"\x00" * 16, b"\x99" * 16])
+    store.acknowledge("alice", ALICE_PHONE, [from_alice.id])  # own message
+    store.acknowledge("alice", ALICE_PHONE, [in_room.id])  # not a member
+    store.acknowledge("carol", CAROL_PHONE, [to_alice.id])  # someone else's
+    store.acknowledge("alice", ALICE_PHONE, [])
+    assert pending(store, "alice", ALICE_PHONE) == ["for alice"]
+    # Nothing was recorded for carol either: a new carol session has nothing.
+    assert pending(store, "carol", CAROL_PHONE) == []
+    assert sql_count(store, "SELECT COUNT(*) FROM user_cursors") in (None, 0)
+
+
+def test_two_devices_each_receive_every_message_sent_after_both_exist(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    send(store, "bob", "alice", "one")
+    store.join_room("#room", "alice", 1.0)
+    send(store, "bob", "#room", "two")
+    # The phone reads everything first; the laptop still gets it all.
+    assert receive_all(store, "alice", ALICE_PHONE) == ["one", "two"]
+    assert pending(store, "alice", ALICE_LAPTOP) == ["one", "two"]
+    send(store, "bob", "alice", "three")
+    assert receive_all(store, "alice", ALICE_LAPTOP) == ["one", "two", "three"]
+    assert receive_all(store, "alice", ALICE_PHONE) == ["three"]
+    assert pending(store, "alice", ALICE_LAPTOP) == []
+
+
+def test_a_new_session_receives_what_no_session_acknowledged(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    first = send(store, "bob", "alice", "one")
+    send(store, "bob", "alice", "two")
+    send(store, "carol", "alice", "three")
+    store.acknowledge("alice", ALICE_PHONE, [first.id])
+    store.create_session(ALICE_LAPTOP, "alice", 2.0)
+    assert pending(store, "alice", ALICE_LAPTOP) == ["two", "three"]
+    # Still true after the phone logs out: the user's cursor is what counts.
+    store.delete_session(ALICE_PHONE)
+    store.create_session(ALICE_TABLET, "alice", 3.0)
+    assert pending(store, "alice", ALICE_TABLET) == ["two", "three"]
+
+
+def test_a_user_who_never_logged_in_gets_everything_at_first_login(store: Store) -> None:
+    send(store, "bob", "alice", "while you were away")
+    store.join_room("#room", "alice", 1.0)
+    send(store, "bob", "#room", "room too")
+    store.create_session(ALICE_PHONE, "alice", 2.0)
+    assert receive_all(store, "alice", ALICE_PHONE) == ["while you were away", "room too"]
+
+
+def test_an_unknown_session_starts_at_the_users_cursor(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    first = send(store, "bob", "alice", "one")
+    send(store, "bob", "alice", "two")
+    store.acknowledge("alice", ALICE_PHONE, [first.id])
+    assert pending(store, "alice", ALICE_TABLET) == ["two"]
+
+
+# --- rooms ------------------------------------------------------------------------------
+
+
+def test_join_creates_the_room_and_twice_is_refused(store: Store) -> None:
+    assert not store.room_exists("#room")
+    assert store.join_room("#room", "bob", 1.0)
+    assert store.room_exists("#room")
+    assert not store.join_room("#room", "bob", 2.0)
+    assert store.join_room("#room", "alice", 3.0)
+    assert store.room_members("#room") == ["alice", "bob"]
+    assert store.room_members("#nowhere") == []
+
+
+def test_leave_room(store: Store) -> None:
+    store.join_room("#room", "alice", 1.0)
+    store.join_room("#room", "bob", 1.0)
+    assert store.leave_room("#room", "alice")
+    assert not store.leave_room("#room", "alice")
+    assert not store.leave_room("#nowhere", "alice")
+    assert store.room_members("#room") == ["bob"]
+    assert store.leave_room("#room", "bob")
+    # An empty room still exists, with its history.
+    assert store.room_members("#room") == []
+    assert store.room_exists("#room")
+
+
+def test_rooms_of_lists_rooms_with_member_counts(store: Store) -> None:
+    store.join_room("#zoo", "alice", 1.0)
+    store.join_room("#art", "alice", 1.0)
+    store.join_room("#art", "bob", 1.0)
+    store.join_room("#art", "carol", 1.0)
+    store.join_room("#mine", "bob", 1.0)
+    send(store, "bob", "alice", "a direct conversation is not a room")
+    assert store.rooms_of("alice") == [("#art", 3), ("#zoo", 1)]
+    assert store.rooms_of("bob") == [("#art", 3), ("#mine", 1)]
+    assert store.rooms_of("dave") == []
+    store.leave_room("#art", "carol")
+    assert store.rooms_of("alice") == [("#art", 2), ("#zoo", 1)]
+
+
+def test_a_member_receives_room_messages_sent_after_joining_only(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(BOB_PHONE, "bob", 1.0)
+    store.join_room("#room", "bob", 1.0)
+    send(store, "bob", "#room", "before alice")
+    store.join_room("#room", "alice", 2.0)
+    send(store, "bob", "#room", "after alice")
+    send(store, "alice", "#room", "alice herself")
+    assert pending(store, "alice", ALICE_PHONE) == ["after alice"]
+    assert pending(store, "bob", BOB_PHONE) == ["alice herself"]
+
+
+def test_a_member_who_left_receives_nothing_more(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.join_room("#room", "alice", 1.0)
+    send(store, "bob", "#room", "while a member, unread")
+    store.leave_room("#room", "alice")
+    send(store, "bob", "#room", "after leaving")
+    assert pending(store, "alice", ALICE_PHONE) == []
+    # Re-joining delivers only what is sent from then on.
+    store.join_room("#room", "alice", 2.0)
+    assert pending(store, "alice", ALICE_PHONE) == []
+    send(store, "bob", "#room", "after re-joining")
+    assert pending(store, "alice", ALICE_PHONE) == ["after re-joining"]
+
+
+def test_a_room_message_is_stored_once_and_delivered_to_every_member(store: Store) -> None:
+    members = ["alice", "bob", "carol", "dave"]
+    for name in members:
+        store.join_room("#room", name, 1.0)
+        store.create_session(name.encode().ljust(32, b"."), name, 1.0)
+    send(store, "alice", "#room", "to all")
+    for name in members[1:]:
+        assert receive_all(store, name, name.encode().ljust(32, b".")) == ["to all"]
+    assert pending(store, "alice", b"alice".ljust(32, b".")) == []
+    assert sql_count(store, "SELECT COUNT(*) FROM messages") in (None, 1)
+
+
+def test_a_message_to_an_unjoined_room_creates_it_empty(store: Store) -> None:
+    assert store.add_message(message("alice", "#ghost")).seq == 1
+    assert store.room_exists("#ghost")
+    assert store.room_members("#ghost") == []
+    assert store.rooms_of("alice") == []
+
+
+# --- SQLite only ----------------------------------------------------------------------
+
+
+def test_sqlite_committed_writes_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    with SQLiteStore.open(path) as store:
+        store.create_account("alice", PASSWORD, 1.0)
+        store.create_session(ALICE_PHONE, "alice", 1.0)
+        chat = send(store, "bob", "alice", "kept")
+        store.commit()
+        store.create_account("bob", PASSWORD, 2.0)  # never committed
+        send(store, "bob", "alice", "lost")
+    with SQLiteStore.open(path) as store:
+        assert store.get_account("alice") is not None
+        assert store.get_account("bob") is None
+        assert store.get_message(chat.id) == StoredMessage(message=chat, seq=1)
+        assert pending(store, "alice", ALICE_PHONE) == ["kept"]
+        # The uncommitted message left no trace, not even its seq.
+        assert store.add_message(message("bob", "alice")).seq == 2
+
+
+def test_sqlite_rollback_discards_uncommitted_writes(tmp_path: Path) -> None:
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        store.create_account("alice", PASSWORD, 1.0)
+        store.commit()
+        store.create_account("bob", PASSWORD, 1.0)
+        store.rollback()
+        assert store.get_account("alice") is not None
+        assert store.get_account("bob") is None
+
+
+def test_sqlite_commit_makes_writes_visible_to_other_connections(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    with SQLiteStore.open(path) as store:
+        store.create_account("alice", PASSWORD, 1.0)
+        other = sqlite3.connect(path)
+        try:
+            assert other.execute("SELECT COUNT(*) FROM accounts").fetchone() == (0,)
+            store.commit()
+            assert other.execute("SELECT COUNT(*) FROM accounts").fetchone() == (1,)
+        finally:
+            other.close()
+
+
+def test_sqlite_pragmas(tmp_path: Path) -> None:
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        db = store.connection
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert db.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert db.isolation_level is None
+
+
+def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        old.execute(statement)
+    old.execute("PRAGMA user_version = 1")
+    old.execute(
+        "INSERT INTO accounts (username, password, created_at) VALUES (?, ?, ?)",
+        ("alice", PASSWORD.to_string(), 1.0),
+    )
+    old.execute(
+        "INSERT INTO sessions (token_hash, username, created_at, last_used_at) "
+        "VALUES (?, 'alice', 1.0, 1.0)",
+        (ALICE_PHONE,),
+    )
+    old.close()
+    with SQLiteStore.open(path) as store:
+        assert store.connection.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert store.get_account("alice") == Account(
+            username="alice", password=PASSWORD, created_at=1.0
+        )
+        send(store, "bob", "alice", "after the upgrade")
+        assert pending(store, "alice", ALICE_PHONE) == ["after the upgrade"]
+
+
+def test_sqlite_creates_the_schema_in_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.sqlite3"
+    sqlite3.connect(path).close()  # version 0: a valid, empty database
+    with SQLiteStore.open(path) as store:
+        tables = {name for (name,) in store.connection.execute("SELECT name FROM sqlite_schema")}
+        assert {"accounts", "sessions", "messages", "session_cursors", "participants"} <= tables
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    newer.close()
+    with pytest.raises(SchemaVersionError):
+        SQLiteStore.open(path)
+
+
+def test_sqlite_refuses_a_connection_inside_a_transaction() -> None:
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    connection.execute("BEGIN")
+    with pytest.raises(ValueError):
+        SQLiteStore(connection)
+    connection.close()
+
+
+def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
+    from udpchat_server.sqlite_store import _PENDING_FOR_SESSION, _PENDING_FOR_USER
+
+    queries: list[tuple[str, dict[str, object]]] = [
+        (_PENDING_FOR_SESSION, {"owner": ALICE_PHONE, "user": "alice", "limit": 10}),
+        (_PENDING_FOR_USER, {"owner": "alice", "user": "alice", "limit": 10}),
+        (
+            "SELECT m.id FROM messages AS m "
+            "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
+            "ORDER BY m.seq DESC LIMIT 10",
+            {"key": "alice bob"},
+        ),
+        ("SELECT m.seq FROM messages AS m WHERE m.id = :id", {"id": b"x" * 16}),
+    ]
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        for query, args in queries:
+            plan = [row[3] for row in store.connection.execute(f"EXPLAIN QUERY PLAN {query}", args)]
+            # Messages are only ever reached through an index, never scanned whole.
+            assert any(step.startswith("SEARCH m USING") for step in plan), plan
+            assert not any(step.startswith("SCAN") for step in plan), plan
