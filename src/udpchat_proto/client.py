@@ -1,0 +1,497 @@
+"""The client role: one connection to a chat server.
+
+:class:`ClientConnection` wraps a :class:`~udpchat_proto.transport.ClientTransport`.
+Its command methods (``login``, ``send_message`` ...) only encode a request, queue
+it on the transport and return its ``request_id``; the answer arrives later from
+:meth:`ClientConnection.next_event` as the response message itself, carrying the
+same ``request_id``. Requests may be queued before the handshake completes and
+may be pipelined: the server answers the requests of one connection in order.
+
+Delivered messages: the server pushes
+:class:`~udpchat_proto.messages.MessageDelivered` until this login session
+acknowledges it. The connection acknowledges each one itself once the
+application has taken it from :meth:`ClientConnection.next_event`, and never
+emits the same message id twice: ids taken are kept in
+:attr:`ClientConnection.delivered_ids`, which the application may persist and
+hand to the next connection (``delivered_ids=``) so that a re-push after a crash
+is acknowledged silently instead of shown twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import attrs
+
+from . import messages as m
+from .chat_events import ClientEvent, Connected, Disconnected
+from .codec import decode, encode
+from .errors import DecodeError, LocalProtocolError
+from .randomness import RandomSource, SystemRandomSource
+from .transport import (
+    Address,
+    ClientTransport,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PayloadReceived,
+    TransportConfig,
+)
+from .validation import MESSAGE_ID_SIZE, REQUEST_ID_MAX
+
+__all__ = ["ClientConnection", "ClientState", "ClientStats"]
+
+ACK_BATCH: Final = 1000
+"""Most message ids in one ``ack_delivery`` (well under the list limit)."""
+
+
+class ClientState(enum.Enum):
+    """The life of a :class:`ClientConnection`."""
+
+    IDLE = "idle"
+    """Created; :meth:`ClientConnection.connect` not called yet (requests queue)."""
+    CONNECTING = "connecting"
+    """Handshake under way (requests queue and leave with it)."""
+    CONNECTED = "connected"
+    """Handshake done: requests flow."""
+    CLOSING = "closing"
+    """:meth:`ClientConnection.close` was called; no more requests."""
+    CLOSED = "closed"
+    """The connection ended (:class:`Disconnected` was emitted)."""
+
+
+class _Input(enum.Enum):
+    CONNECT = "connect"
+    HANDSHAKE_DONE = "handshake_done"
+    CLOSE = "close"
+    TERMINATED = "terminated"
+
+
+_TRANSITIONS: Final[dict[tuple[ClientState, _Input], ClientState]] = {
+    (ClientState.IDLE, _Input.CONNECT): ClientState.CONNECTING,
+    (ClientState.CONNECTING, _Input.HANDSHAKE_DONE): ClientState.CONNECTED,
+    (ClientState.IDLE, _Input.CLOSE): ClientState.CLOSED,
+    (ClientState.CONNECTING, _Input.CLOSE): ClientState.CLOSING,
+    (ClientState.CONNECTED, _Input.CLOSE): ClientState.CLOSING,
+    (ClientState.CONNECTING, _Input.TERMINATED): ClientState.CLOSED,
+    (ClientState.CONNECTED, _Input.TERMINATED): ClientState.CLOSED,
+    (ClientState.CLOSING, _Input.TERMINATED): ClientState.CLOSED,
+}
+
+#: States in which requests may still be queued.
+_OPEN_STATES: Final = frozenset({ClientState.IDLE, ClientState.CONNECTING, ClientState.CONNECTED})
+
+_RESPONSES: Final = (
+    m.Ok,
+    m.ErrorResponse,
+    m.LoggedIn,
+    m.MessageAccepted,
+    m.Invitations,
+    m.Friends,
+    m.OnlineUsers,
+    m.History,
+    m.Rooms,
+    m.RoomMembers,
+)
+_PUSHES: Final = (
+    m.MessageDelivered,
+    m.PresenceChanged,
+    m.InvitationReceived,
+    m.InvitationAnswered,
+    m.InvitationCancelled,
+    m.Unfriended,
+    m.RoomMembershipChanged,
+)
+
+
+@attrs.define
+class ClientStats:
+    """Counters for diagnostics."""
+
+    decode_errors: collections.Counter[str] = attrs.Factory(collections.Counter)
+    """Payloads from the server that did not decode, by reason (dropped)."""
+    unexpected: int = 0
+    """Decodable payloads a server must not send (requests, unknown request ids)."""
+    duplicate_deliveries: int = 0
+    """``message_delivered`` pushes for ids already delivered (acknowledged again)."""
+
+
+class ClientConnection:
+    """A connection to a chat server, with the login session it carries.
+
+    Args:
+        server_address: where the server listens.
+        expected_server_key: the pinned 32-byte public key; None to accept any key
+            on first use (read it from :attr:`server_key` and pin it).
+        config: transport settings (the defaults suit the public internet).
+        random: where keys, request-independent ids and message ids come from.
+        delivered_ids: message ids already shown to the user (persisted from an
+            earlier connection); a re-push of one is acknowledged, not emitted.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_address: Address,
+        expected_server_key: bytes | None = None,
+        config: TransportConfig | None = None,
+        random: RandomSource | None = None,
+        delivered_ids: Iterable[bytes] = (),
+    ) -> None:
+        self._random: RandomSource = random if random is not None else SystemRandomSource()
+        self._transport = ClientTransport(
+            server_address=server_address,
+            config=config,
+            expected_server_key=expected_server_key,
+            random=self._random,
+        )
+        self._state = ClientState.IDLE
+        self._request_ids = itertools.count(1)
+        self._pending: dict[int, m.Request] = {}
+        """Requests sent and not yet answered, by request id."""
+        self._events: collections.deque[ClientEvent] = collections.deque()
+        self._delivered: set[bytes] = set(delivered_ids)
+        self._queued_deliveries: set[bytes] = set()
+        """Ids in the event queue, not yet taken by the application."""
+        self._acks: list[bytes] = []
+        self._username: str | None = None
+        self._token: bytes | None = None
+        self.stats = ClientStats()
+        """Diagnostic counters (see :class:`ClientStats`)."""
+
+    # --- properties ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        """Where the connection is in its life."""
+        return self._state
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the handshake completed and the connection has not ended."""
+        return self._state is ClientState.CONNECTED
+
+    @property
+    def server_key(self) -> bytes | None:
+        """The server's static public key once the handshake completed."""
+        key: bytes | None = self._transport.server_key
+        return key
+
+    @property
+    def username(self) -> str | None:
+        """Whom this connection acts as (after :class:`~udpchat_proto.messages.LoggedIn`)."""
+        return self._username
+
+    @property
+    def token(self) -> bytes | None:
+        """The login session's token (after a login or resume), to persist and resume."""
+        return self._token
+
+    @property
+    def delivered_ids(self) -> frozenset[bytes]:
+        """Ids of every message emitted to the application (plus those passed in)."""
+        return frozenset(self._delivered)
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._pending)
+
+    # --- the five methods --------------------------------------------------------------------
+
+    def connect(self, now: float) -> None:
+        """Start the handshake.
+
+        Args:
+            now: the wall clock (POSIX seconds).
+
+        Raises:
+            LocalProtocolError: already connecting, connected or closed.
+
+        Then call :meth:`datagrams_to_send`.
+        """
+        self._transition(_Input.CONNECT)
+        self._transport.connect(now)
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Feed one datagram read from the socket (never raises for remote input).
+
+        Then drain :meth:`next_event` and call :meth:`datagrams_to_send`.
+        """
+        self._transport.receive_datagram(data, addr, now)
+        self._drain_transport()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Return the datagrams to write now (acknowledgements of taken deliveries
+        included).
+
+        Args:
+            now: the wall clock (POSIX seconds).
+        """
+        self._flush_acks()
+        datagrams: list[tuple[bytes, Address]] = self._transport.datagrams_to_send(now)
+        self._drain_transport()
+        return datagrams
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should be called next, or None."""
+        timer: float | None = self._transport.get_timer()
+        return timer
+
+    def handle_timer(self, now: float) -> None:
+        """Fire the timers due at ``now`` (retransmission, keepalive, idle timeout).
+
+        Then drain :meth:`next_event` and call :meth:`datagrams_to_send`.
+        """
+        self._transport.handle_timer(now)
+        self._drain_transport()
+
+    def next_event(self) -> ClientEvent | None:
+        """The next event, or None.
+
+        Taking a :class:`~udpchat_proto.messages.MessageDelivered` hands the message
+        to the application: its id joins :attr:`delivered_ids` and its
+        acknowledgement leaves with the next :meth:`datagrams_to_send`.
+        """
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if isinstance(event, m.MessageDelivered):
+            message_id = event.message.id
+            self._queued_deliveries.discard(message_id)
+            self._delivered.add(message_id)
+            self._acks.append(message_id)
+        return event
+
+    def close(self, now: float) -> None:
+        """Close the connection (the login session stays: resume it later).
+
+        Then call :meth:`datagrams_to_send` until :class:`Disconnected` is emitted.
+        """
+        if self._state in (ClientState.CLOSING, ClientState.CLOSED):
+            return
+        was_idle = self._state is ClientState.IDLE
+        self._transition(_Input.CLOSE)
+        if not was_idle:
+            self._flush_acks()
+            self._transport.close(now)
+            self._drain_transport()
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def register(self, username: str, password: str) -> int:
+        """Create an account. Answered by ``Ok`` or ``ErrorResponse`` (``user_exists``,
+        ``rate_limited``).
+
+        Raises:
+            ValidationError: an invalid username or password (``.code`` says which).
+            LocalProtocolError: the connection is closing or closed.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(
+            lambda rid: m.Register(request_id=rid, username=username, password=password)
+        )
+
+    def login(self, username: str, password: str) -> int:
+        """Open a new login session. Answered by ``LoggedIn`` or ``ErrorResponse``
+        (``bad_credentials``, ``rate_limited``).
+
+        Raises:
+            ValidationError: an invalid username or password.
+            LocalProtocolError: the connection is closing or closed.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(
+            lambda rid: m.Login(request_id=rid, username=username, password=password)
+        )
+
+    def resume(self, token: bytes) -> int:
+        """Act as the user of an existing login session. Answered by ``LoggedIn``
+        (same token) or ``ErrorResponse`` (``bad_credentials``: log in again).
+
+        Raises:
+            ValidationError: the token is not 32 bytes.
+            LocalProtocolError: the connection is closing or closed.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.Resume(request_id=rid, token=token))
+
+    def logout(self) -> int:
+        """End this login session (every connection using it is logged out).
+        Answered by ``Ok``.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.Logout(request_id=rid))
+
+    def send_message(self, to: str, text: str) -> int:
+        """Send ``text`` to a friend or to a room (``#name``).
+
+        The message id is 16 random bytes; ``MessageAccepted`` carries it once the
+        message is committed on the server. Refusals: ``not_friends``,
+        ``unknown_user``, ``unknown_room``, ``not_a_member``, ``rate_limited``.
+
+        Raises:
+            ValidationError: an invalid recipient, empty text or text over 4096 bytes.
+            LocalProtocolError: the connection is closing or closed.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        message_id = self._random.token_bytes(MESSAGE_ID_SIZE)
+        return self._request(
+            lambda rid: m.SendMessage(request_id=rid, message_id=message_id, to=to, text=text)
+        )
+
+    def invite(self, username: str) -> int:
+        """Invite ``username`` to be friends (inviting someone who invited you makes
+        you friends). Answered by ``Ok`` or ``ErrorResponse``.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.Invite(request_id=rid, username=username))
+
+    def accept_invitation(self, username: str) -> int:
+        """Accept ``username``'s invitation. Returns the request id."""
+        return self._request(lambda rid: m.AcceptInvitation(request_id=rid, username=username))
+
+    def decline_invitation(self, username: str) -> int:
+        """Decline ``username``'s invitation. Returns the request id."""
+        return self._request(lambda rid: m.DeclineInvitation(request_id=rid, username=username))
+
+    def cancel_invitation(self, username: str) -> int:
+        """Withdraw the invitation sent to ``username``. Returns the request id."""
+        return self._request(lambda rid: m.CancelInvitation(request_id=rid, username=username))
+
+    def unfriend(self, username: str) -> int:
+        """Stop being friends with ``username``. Returns the request id."""
+        return self._request(lambda rid: m.Unfriend(request_id=rid, username=username))
+
+    def list_invitations(self) -> int:
+        """Ask for incoming and outgoing invitations (``Invitations``)."""
+        return self._request(lambda rid: m.ListInvitations(request_id=rid))
+
+    def list_friends(self) -> int:
+        """Ask for the friends list with presence (``Friends``)."""
+        return self._request(lambda rid: m.ListFriends(request_id=rid))
+
+    def list_online(self) -> int:
+        """Ask who is online (``OnlineUsers``)."""
+        return self._request(lambda rid: m.ListOnline(request_id=rid))
+
+    def list_rooms(self) -> int:
+        """Ask for this user's rooms with member counts (``Rooms``)."""
+        return self._request(lambda rid: m.ListRooms(request_id=rid))
+
+    def get_history(self, peer: str, limit: int = 20) -> int:
+        """Ask for the last ``limit`` (1 to 100) messages with a user or in a room,
+        oldest first (``History``).
+
+        Raises:
+            ValidationError: an invalid peer or limit.
+        """
+        return self._request(lambda rid: m.GetHistory(request_id=rid, peer=peer, limit=limit))
+
+    def join_room(self, room: str) -> int:
+        """Join (creating it if needed) ``room`` (``#name``). Returns the request id."""
+        return self._request(lambda rid: m.JoinRoom(request_id=rid, room=room))
+
+    def leave_room(self, room: str) -> int:
+        """Leave ``room``. Returns the request id."""
+        return self._request(lambda rid: m.LeaveRoom(request_id=rid, room=room))
+
+    def list_members(self, room: str) -> int:
+        """Ask for the members of ``room`` with presence (``RoomMembers``)."""
+        return self._request(lambda rid: m.ListMembers(request_id=rid, room=room))
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _transition(self, event: _Input) -> None:
+        try:
+            self._state = _TRANSITIONS[(self._state, event)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"cannot {event.value} a connection that is {self._state.value}"
+            ) from None
+
+    def _request(self, build: Callable[[int], m.Request]) -> int:
+        if self._state not in _OPEN_STATES:
+            raise LocalProtocolError(f"the connection is {self._state.value}")
+        request_id = next(self._request_ids) & REQUEST_ID_MAX
+        request = build(request_id)  # raises ValidationError for an invalid argument
+        self._transport.send(encode(request))
+        self._pending[request_id] = request
+        return request_id
+
+    def _flush_acks(self) -> None:
+        if not self._acks or self._state is not ClientState.CONNECTED:
+            return
+        acks, self._acks = self._acks, []
+        for start in range(0, len(acks), ACK_BATCH):
+            batch = tuple(acks[start : start + ACK_BATCH])
+            # (The field's ``converter=tuple`` confuses mypy's attrs plugin.)
+            ack = m.AcknowledgeDelivery(message_ids=batch)  # type: ignore[arg-type]
+            self._transport.send(encode(ack))
+
+    def _drain_transport(self) -> None:
+        while (event := self._transport.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self._transition(_Input.HANDSHAKE_DONE)
+                self._events.append(Connected(server_key=event.server_key))
+            elif isinstance(event, PayloadReceived):
+                self._on_payload(event.payload)
+            elif isinstance(event, ConnectionTerminated) and self._state is not ClientState.CLOSED:
+                self._transition(_Input.TERMINATED)
+                self._events.append(Disconnected(code=event.code, reason=event.reason))
+
+    def _on_payload(self, payload: bytes) -> None:
+        try:
+            message = decode(payload)
+        except DecodeError as exc:
+            self.stats.decode_errors[exc.reason] += 1
+            return
+        if isinstance(message, m.MessageDelivered):
+            self._on_delivery(message)
+        elif isinstance(message, _PUSHES):
+            self._events.append(message)
+        elif isinstance(message, _RESPONSES):
+            self._on_response(message)
+        else:
+            self.stats.unexpected += 1  # a request: only a client sends those
+
+    def _on_delivery(self, push: m.MessageDelivered) -> None:
+        message_id = push.message.id
+        if message_id in self._delivered:
+            # Shown before (on this or an earlier connection): the earlier
+            # acknowledgement was lost, so only acknowledge again.
+            self.stats.duplicate_deliveries += 1
+            self._acks.append(message_id)
+            return
+        if message_id in self._queued_deliveries:
+            self.stats.duplicate_deliveries += 1
+            return
+        self._queued_deliveries.add(message_id)
+        self._events.append(push)
+
+    def _on_response(self, response: m.Response) -> None:
+        request = self._pending.pop(response.request_id, None)
+        if request is None:
+            self.stats.unexpected += 1
+            return
+        if isinstance(response, m.LoggedIn):
+            self._username = response.username
+            self._token = response.token
+        elif isinstance(request, m.Logout) and isinstance(response, m.Ok):
+            self._username = self._token = None
+        self._events.append(response)

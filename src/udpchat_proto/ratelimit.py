@@ -1,0 +1,126 @@
+"""Token buckets for the server's rate limits.
+
+A :class:`RateLimit` describes a budget: ``burst`` tokens, one of which comes back
+every ``interval`` seconds. A :class:`TokenBucket` spends one budget; a
+:class:`KeyedLimiter` keeps one bucket per key (a username, an address, a login
+session) and forgets buckets that have refilled, so that its memory stays bounded
+by the keys that were active recently.
+
+Everything takes ``now`` (POSIX seconds) from the caller: nothing here reads a
+clock. A clock that steps backwards refills nothing and spends normally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+import attrs
+
+__all__ = ["KeyedLimiter", "RateLimit", "TokenBucket"]
+
+
+def _positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{attr.name} must be a positive integer, got {value!r}")
+
+
+def _positive_float(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{attr.name} must be a positive number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    """A budget of events: at most ``burst`` at once, then one per ``interval`` seconds.
+
+    ``RateLimit(burst=5, interval=60.0)`` allows five events in a row, then one a
+    minute (the sustained rate is ``1 / interval`` per second).
+    """
+
+    burst: int = attrs.field(validator=_positive_int)
+    """How many events may happen back to back (the bucket's size)."""
+    interval: float = attrs.field(validator=_positive_float)
+    """Seconds for one spent token to come back."""
+
+
+class TokenBucket:
+    """One bucket of a :class:`RateLimit`, full when created."""
+
+    __slots__ = ("_limit", "_tokens", "_updated")
+
+    def __init__(self, limit: RateLimit, *, now: float) -> None:
+        self._limit = limit
+        self._tokens = float(limit.burst)
+        self._updated = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._updated:
+            gained = (now - self._updated) / self._limit.interval
+            self._tokens = min(float(self._limit.burst), self._tokens + gained)
+        # A clock stepping backwards must not make the bucket refill twice later.
+        self._updated = max(self._updated, now)
+
+    def available(self, *, now: float) -> bool:
+        """Whether one event would be allowed at ``now`` (spends nothing)."""
+        self._refill(now)
+        return self._tokens >= 1.0
+
+    def spend(self, *, now: float) -> bool:
+        """Spend one token if there is one.
+
+        Returns:
+            True if the event is allowed (a token was spent), False if the budget
+            is exhausted (nothing was spent).
+        """
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def is_full(self, *, now: float) -> bool:
+        """Whether the bucket has refilled completely (so it can be forgotten)."""
+        self._refill(now)
+        return self._tokens >= self._limit.burst
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class KeyedLimiter(Generic[K]):
+    """One :class:`TokenBucket` per key, created full on first use.
+
+    Buckets that have refilled are dropped by :meth:`prune`, which the owner calls
+    periodically; a dropped bucket is indistinguishable from a new one.
+    """
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self._buckets: dict[K, TokenBucket] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def available(self, key: K, *, now: float) -> bool:
+        """Whether ``key`` may have one more event at ``now`` (spends nothing)."""
+        bucket = self._buckets.get(key)
+        return bucket is None or bucket.available(now=now)
+
+    def spend(self, key: K, *, now: float) -> bool:
+        """Spend one of ``key``'s tokens; False (nothing spent) when exhausted."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.limit, now=now)
+        return bucket.spend(now=now)
+
+    def forget(self, key: K) -> None:
+        """Drop ``key``'s bucket (for example when its session ends)."""
+        self._buckets.pop(key, None)
+
+    def prune(self, *, now: float) -> int:
+        """Forget every bucket that is full at ``now``; return how many."""
+        full = [key for key, bucket in self._buckets.items() if bucket.is_full(now=now)]
+        for key in full:
+            del self._buckets[key]
+        return len(full)

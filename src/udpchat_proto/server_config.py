@@ -1,0 +1,119 @@
+"""The chat server's configuration: every limit it enforces, with its default.
+
+Each field is documented here and in ``docs/PROTOCOL.md`` (limits and rate limits),
+because a client author must know them to behave well.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .passwords import ScryptParams
+from .ratelimit import RateLimit
+from .transport import TransportConfig
+
+__all__ = ["ServerConfig"]
+
+
+def _positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"ServerConfig.{attr.name} must be a positive integer, got {value!r}")
+
+
+def _positive_float(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"ServerConfig.{attr.name} must be a positive number, got {value!r}")
+
+
+def _window(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 2:
+        raise ValueError(
+            f"ServerConfig.{attr.name} must be an integer of at least 2, got {value!r}"
+        )
+
+
+_rate = attrs.validators.instance_of(RateLimit)
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Settings of a :class:`~udpchat_proto.server.ChatServer`.
+
+    Every default is safe for a public server; tests shrink ``scrypt`` and widen
+    rate limits. Invalid values raise ``ValueError`` at construction.
+    """
+
+    transport: TransportConfig = attrs.field(
+        factory=TransportConfig, validator=attrs.validators.instance_of(TransportConfig)
+    )
+    """Settings of the transport layer (datagram size, timeouts, message size)."""
+
+    scrypt: ScryptParams = attrs.field(
+        factory=ScryptParams, validator=attrs.validators.instance_of(ScryptParams)
+    )
+    """scrypt cost for new password hashes (existing accounts keep theirs)."""
+
+    session_lifetime: float = attrs.field(default=30 * 86400.0, validator=_positive_float)
+    """Seconds a login session may stay unused before it expires (30 days).
+
+    A session is "used" when it is created, resumed, or has a live connection (live
+    sessions are touched at every sweep)."""
+
+    session_sweep_interval: float = attrs.field(default=3600.0, validator=_positive_float)
+    """Seconds between sweeps that expire unused sessions and forget idle rate-limit
+    buckets (one hour). Resume checks expiry itself, so the sweep only reclaims space."""
+
+    max_room_members: int = attrs.field(default=256, validator=_positive_int)
+    """Most members a room may have; one more join is refused with ``room_full``."""
+
+    max_rooms_per_user: int = attrs.field(default=64, validator=_positive_int)
+    """Most rooms a user may be in; one more join is refused with ``too_many_rooms``."""
+
+    login_failures_per_user: RateLimit = attrs.field(
+        default=RateLimit(burst=5, interval=60.0), validator=_rate
+    )
+    """Failed logins allowed per username: 5 in a row, then one a minute. While it is
+    exhausted every login to that name is refused with ``rate_limited`` before any
+    password is checked (this slows guessing one account from many addresses)."""
+
+    login_failures_per_address: RateLimit = attrs.field(
+        default=RateLimit(burst=20, interval=15.0), validator=_rate
+    )
+    """Failed logins allowed per client IP address (any username): 20 in a row, then
+    one every 15 seconds (this slows one address guessing many accounts)."""
+
+    registrations_per_address: RateLimit = attrs.field(
+        default=RateLimit(burst=10, interval=60.0), validator=_rate
+    )
+    """Registrations attempted per client IP address: 10 in a row, then one a minute
+    (each costs a password hash)."""
+
+    message_rate: RateLimit = attrs.field(
+        default=RateLimit(burst=30, interval=0.2), validator=_rate
+    )
+    """Messages accepted per login session: 30 in a row, then 5 a second. A refused
+    message (``rate_limited``) is not stored and may be sent again later with the
+    same id."""
+
+    request_rate: RateLimit = attrs.field(
+        default=RateLimit(burst=200, interval=0.01), validator=_rate
+    )
+    """Requests of any kind per connection: 200 in a row, then 100 a second. Beyond
+    it requests are answered ``rate_limited`` without being executed."""
+
+    max_pending_hash_jobs: int = attrs.field(default=64, validator=_positive_int)
+    """Most password hashes waiting or running at once (all connections). A
+    register or login beyond it is refused with ``rate_limited``."""
+
+    max_queued_requests: int = attrs.field(default=64, validator=_positive_int)
+    """Most requests a connection may pipeline behind its own pending register or
+    login. One more closes the connection as abusive."""
+
+    delivery_window: int = attrs.field(default=64, validator=_window)
+    """Most ``message_delivered`` pushes a connection may have unacknowledged. The
+    server sends the backlog in batches, topping the window up when half of it is
+    acknowledged."""
+
+    max_violations: int = attrs.field(default=16, validator=_positive_int)
+    """Protocol violations (undecodable payloads, messages only a server may send)
+    tolerated per connection; the next one closes the connection."""
