@@ -12,8 +12,11 @@ import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from udpchat_proto.memory_store import MemoryStore, conversation_key
 from udpchat_proto.messages import ChatMessage
@@ -132,6 +135,15 @@ def test_session_create_get_touch_delete(store: Store) -> None:
     )
     store.delete_session(ALICE_PHONE)
     assert store.get_session(ALICE_PHONE) is None
+
+
+def test_a_session_token_hash_is_unique(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    with pytest.raises(ValueError):
+        store.create_session(ALICE_PHONE, "bob", 2.0)
+    assert store.get_session(ALICE_PHONE) == LoginSession(
+        token_hash=ALICE_PHONE, username="alice", created_at=1.0, last_used_at=1.0
+    )
 
 
 def test_touch_and_delete_of_unknown_session_do_nothing(store: Store) -> None:
@@ -611,3 +623,73 @@ def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
             # Messages are only ever reached through an index, never scanned whole.
             assert any(step.startswith("SEARCH m USING") for step in plan), plan
             assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+# --- both stores agree on any sequence of operations ------------------------------------
+
+USERS = ("alice", "bob", "carol")
+TARGETS = (*USERS, "#r", "#s")
+TOKENS = tuple(bytes([n]) * 32 for n in range(4))
+
+operations = st.one_of(
+    st.tuples(st.just("login"), st.sampled_from(TOKENS), st.sampled_from(USERS)),
+    st.tuples(st.just("logout"), st.sampled_from(TOKENS)),
+    st.tuples(st.just("send"), st.sampled_from(USERS), st.sampled_from(TARGETS)),
+    st.tuples(st.just("join"), st.sampled_from(("#r", "#s")), st.sampled_from(USERS)),
+    st.tuples(st.just("leave"), st.sampled_from(("#r", "#s")), st.sampled_from(USERS)),
+    st.tuples(st.just("receive"), st.sampled_from(TOKENS), st.integers(0, 4), st.integers(0, 4)),
+)
+
+
+def apply(store: Store, operation: tuple[Any, ...], serial: int) -> object:
+    """Run one operation and return everything it observably produced."""
+    match operation:
+        case ("login", token, user):
+            if store.get_session(token) is not None:
+                return "exists"
+            store.create_session(token, user, float(serial))
+            return None
+        case ("logout", token):
+            store.delete_session(token)
+            return None
+        case ("send", sender, to):
+            chat = ChatMessage(
+                id=serial.to_bytes(16, "big"), sender=sender, to=to, text=f"m{serial}", sent_at=T0
+            )
+            return store.add_message(chat).seq
+        case ("join", room, user):
+            return (
+                store.join_room(room, user, 1.0),
+                store.room_members(room),
+                store.rooms_of(user),
+            )
+        case ("leave", room, user):
+            return (store.leave_room(room, user), store.room_members(room))
+        case ("receive", token, limit, acknowledged):
+            session = store.get_session(token)
+            user = "alice" if session is None else session.username
+            got = store.pending_deliveries(user, token, limit)
+            store.acknowledge(user, token, [m.id for m in got[:acknowledged]])
+            return texts(got)
+    raise AssertionError(operation)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(operations, max_size=40))
+def test_memory_and_sqlite_stores_agree(script: list[tuple[Any, ...]]) -> None:
+    memory = MemoryStore()
+    sqlite_store = SQLiteStore(sqlite3.connect(":memory:"))
+    try:
+        for serial, operation in enumerate(script, start=1):
+            expected = apply(memory, operation, serial)
+            assert apply(sqlite_store, operation, serial) == expected, (serial, operation)
+        for token in TOKENS:
+            for user in USERS:
+                assert memory.pending_deliveries(user, token, 100) == (
+                    sqlite_store.pending_deliveries(user, token, 100)
+                )
+        for user in USERS:
+            for peer in TARGETS:
+                assert memory.history(user, peer, 100) == sqlite_store.history(user, peer, 100)
+    finally:
+        sqlite_store.close()

@@ -138,7 +138,13 @@ class MemoryStore:
     # --- login sessions ------------------------------------------------------------
 
     def create_session(self, token_hash: bytes, username: str, now: float) -> None:
-        """Record a new login session, starting at the user's delivery cursors."""
+        """Record a new login session, starting at the user's delivery cursors.
+
+        Raises:
+            ValueError: a session with this token hash exists.
+        """
+        if token_hash in self._sessions:
+            raise ValueError("a session with this token hash exists")
         self._sessions[token_hash] = LoginSession(
             token_hash=token_hash, username=username, created_at=now, last_used_at=now
         )

@@ -324,14 +324,18 @@ class SQLiteStore:
         """Record a new login session, starting at the user's delivery cursors.
 
         Raises:
-            sqlite3.IntegrityError: a session with this token hash exists.
+            ValueError: a session with this token hash exists.
         """
         db = self._write()
-        db.execute(
-            "INSERT INTO sessions (token_hash, username, created_at, last_used_at) "
-            "VALUES (?, ?, ?, ?)",
-            (token_hash, username, now, now),
-        )
+        try:
+            db.execute(
+                "INSERT INTO sessions (token_hash, username, created_at, last_used_at) "
+                "VALUES (?, ?, ?, ?)",
+                (token_hash, username, now, now),
+            )
+        except sqlite3.IntegrityError:
+            # Only this statement failed; the transaction goes on.
+            raise ValueError("a session with this token hash exists") from None
         db.execute(
             "INSERT INTO session_cursors (token_hash, conversation, seq) "
             "SELECT ?, conversation, seq FROM user_cursors WHERE username = ?",
