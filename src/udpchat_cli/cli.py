@@ -1,0 +1,688 @@
+"""``udpchat-cli``: the chat from a shell, one command per process.
+
+::
+
+    udpchat-cli [--server HOST:PORT] [--home DIR] [--profile NAME] [--timeout SECONDS]
+                [--json] COMMAND [ARGS]
+
+Every command is a short-lived connection: connect (pinning or checking the
+server's key), resume the profile's login session, send one request, print its
+answer, close. Messages the server delivers meanwhile are kept in the profile for
+``inbox``. The contract (commands, JSON shapes, exit statuses) is in the README.
+
+Exit statuses: 0 success; 1 the server refused (or not logged in, or a request the
+server would refuse); 2 usage error; 3 the server did not answer within
+``--timeout``; 4 the server's key differs from the pinned one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import attrs
+import click
+import platformdirs
+
+from udpchat_proto import messages as m
+from udpchat_proto.client import ClientConnection
+from udpchat_proto.errors import ErrorCode, LocalProtocolError
+from udpchat_proto.keys import fingerprint
+from udpchat_proto.validation import ValidationError
+
+from . import output
+from .output import Output
+from .profiles import Home, HomeError, Profile, check_profile_name
+from .session import (
+    ConnectionLostError,
+    KeyMismatchError,
+    ServerTimeoutError,
+    Session,
+    parse_server,
+)
+
+__all__ = [
+    "EXIT_KEY_MISMATCH",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "CliError",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_KEY_MISMATCH = 4
+
+DEFAULT_SERVER = "127.0.0.1:9999"
+
+R = TypeVar("R")
+
+
+class CliError(Exception):
+    """A failure to report: one ``error:`` line, the JSON refusal, an exit status."""
+
+    def __init__(self, exit_code: int, code: str, message: str) -> None:
+        self.exit_code = exit_code
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def _refused(code: str, message: str) -> CliError:
+    return CliError(EXIT_REFUSED, code, message)
+
+
+def _not_logged_in() -> CliError:
+    return _refused(ErrorCode.NOT_LOGGED_IN, "not logged in: run 'udpchat-cli login USER' first")
+
+
+@attrs.define
+class App:
+    """The global options, and the steps every command shares."""
+
+    home: Home
+    profile_name: str
+    server_option: str | None
+    timeout: float
+    out: Output
+
+    def profile(self) -> Profile:
+        """The current profile, as saved."""
+        return self.home.load(self.profile_name)
+
+    def update(self, change: Callable[[Profile], R]) -> R:
+        """Change the profile under its lock (see :meth:`Home.update`)."""
+        return self.home.update(self.profile_name, change)
+
+    def keep_messages(self, pushes: list[m.Push]) -> None:
+        """The default push handler: keep delivered messages for ``inbox``."""
+        received = [push.message for push in pushes if isinstance(push, m.MessageDelivered)]
+        if received:
+            self.update(lambda profile: profile.record(received, shown=False))
+
+    @contextlib.contextmanager
+    def connect(
+        self, *, resume: bool, on_pushes: Callable[[list[m.Push]], None] | None = None
+    ) -> Iterator[tuple[Session, str]]:
+        """Open a session (and resume the profile's login session if ``resume``).
+
+        Yields:
+            The open session and the ``HOST:PORT`` it talks to.
+
+        Raises:
+            CliError: not logged in, or the login session has ended.
+            ServerTimeoutError, ConnectionLostError, KeyMismatchError.
+        """
+        profile = self.profile()
+        if resume and not profile.logged_in:
+            raise _not_logged_in()
+        # An explicit --server (or UDPCHAT_SERVER) wins; else the login's server.
+        server = self.server_option or (profile.server if resume else None) or DEFAULT_SERVER
+        known = self.home.known_servers
+        pinned = known.get(server)
+        try:
+            session = Session(
+                server=server,
+                pinned=pinned,
+                timeout=self.timeout,
+                delivered_ids=profile.delivered,
+                on_pushes=on_pushes or self.keep_messages,
+            )
+        except ValueError as exc:
+            raise CliError(EXIT_USAGE, "usage", str(exc)) from None
+        except OSError as exc:
+            raise CliError(EXIT_USAGE, "usage", f"cannot use server {server}: {exc}") from None
+        with session:
+            key = session.open()
+            if pinned is None:
+                known.pin(server, key)
+            if resume:
+                self._resume(session, profile, server)
+            yield session, server
+
+    def _resume(self, session: Session, profile: Profile, server: str) -> None:
+        token = profile.token
+        assert token is not None  # checked by connect()
+        answer = session.request(lambda conn: conn.resume(token))
+        if isinstance(answer, m.ErrorResponse):
+            if answer.code in (ErrorCode.NOT_LOGGED_IN, ErrorCode.BAD_CREDENTIALS) and (
+                server == profile.server
+            ):
+                self.update(lambda saved: saved.logout())
+                raise _refused(
+                    ErrorCode.NOT_LOGGED_IN,
+                    f"the login session of {profile.username} on {server} has ended "
+                    f"({answer.message}): log in again",
+                )
+            raise _refused(answer.code, answer.message)
+
+    def call(self, issue: Callable[[ClientConnection], int], expected: type[R]) -> R:
+        """Connect, resume, send one request and return its answer.
+
+        Raises:
+            CliError: the server refused (exit 1) or answered nonsense.
+        """
+        with self.connect(resume=True) as (session, _server):
+            return _expect(session.request(issue), expected)
+
+
+def _expect(answer: m.Response, expected: type[R]) -> R:
+    if isinstance(answer, m.ErrorResponse):
+        raise _refused(answer.code, answer.message)
+    if not isinstance(answer, expected):
+        raise _refused(ErrorCode.INTERNAL, f"unexpected answer {type(answer).__name__}")
+    return answer
+
+
+def _validate(build: Callable[[], R]) -> R:
+    """Build a request locally, so that an invalid one is refused exactly as the
+    server would refuse it (same validators, same error code), before any I/O."""
+    try:
+        return build()
+    except ValidationError as exc:
+        raise _refused(exc.code, str(exc)) from None
+
+
+def _room(name: str) -> str:
+    """``general`` or ``#general`` -> ``#general``."""
+    return name if name.startswith("#") else "#" + name
+
+
+def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line.removesuffix("\n").removesuffix("\r")
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=confirm, err=True)
+    return password
+
+
+# --- the group and its global options ------------------------------------------------------
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        # Before the group's callback the context object is main()'s Output; after
+        # it, the App holding that same Output.
+        app = ctx.find_object(App)
+        out = app.out if app is not None else ctx.find_object(Output)
+        if out is not None:
+            out.json_mode = True
+
+
+def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json`` is accepted after the command too."""
+    return click.option(
+        "--json",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_json,
+        help="Print one JSON object (see the README's contract).",
+    )(function)
+
+
+def _app() -> App:
+    return click.get_current_context().find_object(App)  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--server",
+    envvar="UDPCHAT_SERVER",
+    default=None,
+    metavar="HOST:PORT",
+    help=f"The server [env UDPCHAT_SERVER; default: the profile's server after login, "
+    f"else {DEFAULT_SERVER}].",
+)
+@click.option(
+    "--home",
+    envvar="UDPCHAT_HOME",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where profiles and known_servers live [env UDPCHAT_HOME; default: the user "
+    "state directory].",
+)
+@click.option(
+    "--profile",
+    envvar="UDPCHAT_PROFILE",
+    default="default",
+    show_default=True,
+    help="Which profile (one user each) [env UDPCHAT_PROFILE].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for each answer from the server.",
+)
+@_json_option
+@click.version_option(package_name="udpchat-proto")
+@click.pass_context
+def cli(
+    ctx: click.Context, server: str | None, home: Path | None, profile: str, timeout: float
+) -> None:
+    """Chat over udpchat from the shell."""
+    try:
+        check_profile_name(profile)
+        if server is not None:
+            parse_server(server)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    home_path = home if home is not None else Path(platformdirs.user_state_dir("udpchat"))
+    out = ctx.find_object(Output)
+    assert out is not None  # main() passes it
+    ctx.obj = App(
+        home=Home(home_path),
+        profile_name=profile,
+        server_option=server,
+        timeout=timeout,
+        out=out,
+    )
+
+
+# --- account ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("user")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@_json_option
+def register(user: str, password_stdin: bool) -> None:
+    """Create the account USER (the password is asked twice)."""
+    app = _app()
+    password = _read_password(password_stdin, confirm=True)
+    request = _validate(lambda: m.Register(request_id=0, username=user, password=password))
+    with app.connect(resume=False) as (session, _server):
+        answer = session.request(lambda conn: conn.register(request.username, password))
+        _expect(answer, m.Ok)
+    app.out.result(f"registered {request.username}", {"ok": True, "user": request.username})
+
+
+@cli.command()
+@click.argument("user")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@_json_option
+def login(user: str, password_stdin: bool) -> None:
+    """Log in as USER; the profile keeps the login session."""
+    app = _app()
+    password = _read_password(password_stdin, confirm=False)
+    request = _validate(lambda: m.Login(request_id=0, username=user, password=password))
+    with app.connect(resume=False) as (session, server):
+        answer = session.request(lambda conn: conn.login(request.username, password))
+        logged_in = _expect(answer, m.LoggedIn)
+        app.update(lambda profile: profile.login(logged_in.username, logged_in.token, server))
+    app.out.result(f"logged in as {logged_in.username}", {"ok": True, "user": logged_in.username})
+
+
+@cli.command()
+@_json_option
+def logout() -> None:
+    """End the login session."""
+    app = _app()
+    app.call(lambda conn: conn.logout(), m.Ok)
+    app.update(lambda profile: profile.logout())
+    app.out.result("logged out", {"ok": True})
+
+
+@cli.command()
+@_json_option
+def whoami() -> None:
+    """Show who is logged in, and where (checked with the server)."""
+    app = _app()
+    with app.connect(resume=True) as (_session, server):
+        user = app.profile().username
+    app.out.result(f"{user} on {server}", {"user": user, "server": server})
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("to", metavar="TO")
+@click.argument("text")
+@_json_option
+def send(to: str, text: str) -> None:
+    """Send TEXT to the friend TO, or to the room TO when it starts with '#'."""
+    app = _app()
+    request = _validate(lambda: m.SendMessage(request_id=0, message_id=bytes(16), to=to, text=text))
+    accepted = app.call(lambda conn: conn.send_message(request.to, text), m.MessageAccepted)
+    app.out.result(
+        f"sent to {request.to} (id {accepted.message_id.hex()})",
+        {"ok": True, "id": accepted.message_id.hex(), "to": request.to},
+    )
+
+
+@cli.command()
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Wait up to this long for at least one message.",
+)
+@_json_option
+def inbox(wait: float | None) -> None:
+    """Print the messages not shown yet, oldest first (each exactly once)."""
+    app = _app()
+    arrived = 0
+
+    def keep(pushes: list[m.Push]) -> None:
+        nonlocal arrived
+        app.keep_messages(pushes)
+        arrived += sum(isinstance(push, m.MessageDelivered) for push in pushes)
+
+    with app.connect(resume=True, on_pushes=keep) as (session, _server):
+        _drain_backlog(session, lambda: arrived)
+        if wait and not app.profile().unshown:
+            session.run_until(lambda: arrived > 0, time.time() + wait)
+            _drain_backlog(session, lambda: arrived)
+        shown = app.profile().unshown
+        app.out.result(*output.messages_result(shown, empty="no new messages"))
+        ids = {message.id for message in shown}
+        app.update(lambda profile: profile.mark_shown(ids))
+
+
+def _drain_backlog(session: Session, arrived: Callable[[], int]) -> None:
+    """Receive every message the server holds for this login session.
+
+    The server pushes its backlog in windows, topping up as they are acknowledged;
+    a cheap request answered after the pushes (the connection delivers in order)
+    marks where they end. Repeat until a round brings nothing new.
+    """
+    for _ in range(10_000):
+        before = arrived()
+        session.request(lambda conn: conn.list_invitations())
+        if arrived() == before:
+            return
+
+
+@cli.command()
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N events.")
+@click.option(
+    "--for",
+    "duration",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Stop after this long.",
+)
+@_json_option
+def listen(count: int | None, duration: float | None) -> None:
+    """Stay online and print every event as it comes (pending messages first)."""
+    app = _app()
+    deadline = math.inf if duration is None else time.time() + duration
+    printed = 0
+
+    def full() -> bool:
+        return count is not None and printed >= count
+
+    def show(pushes: list[m.Push]) -> None:
+        nonlocal printed
+        shown: list[m.ChatMessage] = []
+        kept: list[m.ChatMessage] = []
+        for push in pushes:
+            if full():  # past --count: keep messages for inbox, drop the rest
+                if isinstance(push, m.MessageDelivered):
+                    kept.append(push.message)
+                continue
+            app.out.event(push)
+            printed += 1
+            if isinstance(push, m.MessageDelivered):
+                shown.append(push.message)
+
+        def record(profile: Profile) -> None:
+            profile.record(shown, shown=True)
+            profile.record(kept, shown=False)
+
+        if shown or kept:
+            app.update(record)
+
+    profile = app.profile()
+    if not profile.logged_in:
+        raise _not_logged_in()
+    backlog = profile.unshown[:count] if count is not None else profile.unshown
+    for message in backlog:
+        app.out.event(m.MessageDelivered(message=message))
+        printed += 1
+    ids = {message.id for message in backlog}
+    app.update(lambda saved: saved.mark_shown(ids))
+    if full():
+        return
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        app.connect(resume=True, on_pushes=show) as (
+            session,
+            _server,
+        ),
+    ):
+        session.run_until(full, deadline)
+
+
+# --- friends --------------------------------------------------------------------------------
+
+
+class _NamesUser(Protocol):
+    @property
+    def username(self) -> str: ...
+
+
+def _friend_command(
+    name: str,
+    build: Callable[[str], _NamesUser],
+    issue: Callable[[ClientConnection, str], int],
+    done: str,
+    help_text: str,
+) -> None:
+    @cli.command(name=name, help=help_text)
+    @click.argument("user")
+    @_json_option
+    def command(user: str) -> None:
+        app = _app()
+        username = _validate(lambda: build(user)).username
+        app.call(lambda conn: issue(conn, username), m.Ok)
+        app.out.result(done.format(user=username), {"ok": True, "user": username})
+
+
+_friend_command(
+    "invite",
+    lambda user: m.Invite(request_id=0, username=user),
+    lambda conn, user: conn.invite(user),
+    "invited {user}",
+    "Invite USER to be friends.",
+)
+_friend_command(
+    "accept",
+    lambda user: m.AcceptInvitation(request_id=0, username=user),
+    lambda conn, user: conn.accept_invitation(user),
+    "you and {user} are now friends",
+    "Accept USER's invitation.",
+)
+_friend_command(
+    "decline",
+    lambda user: m.DeclineInvitation(request_id=0, username=user),
+    lambda conn, user: conn.decline_invitation(user),
+    "declined {user}'s invitation",
+    "Decline USER's invitation.",
+)
+_friend_command(
+    "cancel",
+    lambda user: m.CancelInvitation(request_id=0, username=user),
+    lambda conn, user: conn.cancel_invitation(user),
+    "cancelled the invitation to {user}",
+    "Withdraw your invitation to USER.",
+)
+_friend_command(
+    "unfriend",
+    lambda user: m.Unfriend(request_id=0, username=user),
+    lambda conn, user: conn.unfriend(user),
+    "you and {user} are no longer friends",
+    "Stop being friends with USER.",
+)
+
+
+@cli.command()
+@_json_option
+def invitations() -> None:
+    """List the invitations you received and sent."""
+    app = _app()
+    answer = app.call(lambda conn: conn.list_invitations(), m.Invitations)
+    app.out.result(*output.invitations_result(answer))
+
+
+@cli.command()
+@_json_option
+def friends() -> None:
+    """List your friends and whether they are online."""
+    app = _app()
+    answer = app.call(lambda conn: conn.list_friends(), m.Friends)
+    app.out.result(*output.friends_result(answer))
+
+
+@cli.command()
+@_json_option
+def online() -> None:
+    """List the users connected now."""
+    app = _app()
+    answer = app.call(lambda conn: conn.list_online(), m.OnlineUsers)
+    app.out.result(*output.online_result(answer))
+
+
+@cli.command()
+@click.argument("peer")
+@click.option("--limit", type=int, default=20, show_default=True, help="How many messages.")
+@_json_option
+def history(peer: str, limit: int) -> None:
+    """The last messages with the friend PEER, or in the room PEER ('#room')."""
+    app = _app()
+    request = _validate(lambda: m.GetHistory(request_id=0, peer=peer, limit=limit))
+    answer = app.call(lambda conn: conn.get_history(request.peer, limit=limit), m.History)
+    app.out.result(*output.messages_result(answer.messages, empty="no messages"))
+
+
+# --- rooms --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("room")
+@_json_option
+def join(room: str) -> None:
+    """Join ROOM ('#' optional), creating it if needed."""
+    app = _app()
+    name = _validate(lambda: m.JoinRoom(request_id=0, room=_room(room))).room
+    app.call(lambda conn: conn.join_room(name), m.Ok)
+    app.out.result(f"joined {name}", {"ok": True, "room": name})
+
+
+@cli.command()
+@click.argument("room")
+@_json_option
+def leave(room: str) -> None:
+    """Leave ROOM ('#' optional)."""
+    app = _app()
+    name = _validate(lambda: m.LeaveRoom(request_id=0, room=_room(room))).room
+    app.call(lambda conn: conn.leave_room(name), m.Ok)
+    app.out.result(f"left {name}", {"ok": True, "room": name})
+
+
+@cli.command()
+@_json_option
+def rooms() -> None:
+    """List your rooms with their member counts."""
+    app = _app()
+    answer = app.call(lambda conn: conn.list_rooms(), m.Rooms)
+    app.out.result(*output.rooms_result(answer))
+
+
+@cli.command()
+@click.argument("room")
+@_json_option
+def members(room: str) -> None:
+    """List the members of ROOM ('#' optional) and whether they are online."""
+    app = _app()
+    name = _validate(lambda: m.ListMembers(request_id=0, room=_room(room))).room
+    answer = app.call(lambda conn: conn.list_members(name), m.RoomMembers)
+    app.out.result(*output.members_result(answer))
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether ``--json`` was asked for, when parsing itself failed."""
+    return "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+
+
+def _fail(out: Output, error: CliError) -> NoReturn:
+    out.error(error.code, error.message)
+    sys.exit(error.exit_code)
+
+
+def _as_cli_error(exc: BaseException) -> CliError:
+    """Map every failure to its exit status (the contract's table)."""
+    match exc:
+        case CliError():
+            return exc
+        case ValidationError():
+            return _refused(exc.code, str(exc))
+        case ServerTimeoutError():
+            return CliError(EXIT_TIMEOUT, "timeout", str(exc))
+        case ConnectionLostError():
+            return CliError(EXIT_TIMEOUT, "disconnected", str(exc))
+        case KeyMismatchError():
+            known = "known_servers"
+            with contextlib.suppress(Exception):
+                known = str(_app().home.known_servers.path)
+            then = (
+                f" (the new key {fingerprint(exc.presented)} will then be pinned)"
+                if exc.presented is not None
+                else ""
+            )
+            return CliError(
+                EXIT_KEY_MISMATCH,
+                "server_key_mismatch",
+                f"{exc}. Someone may be impersonating the server, or its key was changed. "
+                f"If the change is legitimate, remove the line starting with "
+                f"'{exc.server} ' from {known} and run the command again{then}.",
+            )
+        case HomeError():
+            return _refused("local_error", str(exc))
+        case click.UsageError():
+            return CliError(EXIT_USAGE, "usage", exc.format_message())
+        case click.ClickException():
+            return _refused("local_error", exc.format_message())
+        case LocalProtocolError():
+            return _refused(ErrorCode.BAD_REQUEST, str(exc))
+        case socket.gaierror():
+            return CliError(EXIT_USAGE, "usage", f"cannot resolve the server: {exc}")
+    return _refused(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``udpchat-cli`` console script. Never shows a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = Output(json_mode=_wants_json(args))
+    try:
+        cli.main(args=args, prog_name="udpchat-cli", standalone_mode=False, obj=out)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except click.Abort:  # Ctrl-C or end of input at a password prompt
+        _fail(out, _refused("interrupted", "interrupted"))
+    except KeyboardInterrupt:
+        _fail(out, _refused("interrupted", "interrupted"))
+    except Exception as exc:
+        _fail(out, _as_cli_error(exc))
+    sys.exit(EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

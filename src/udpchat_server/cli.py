@@ -1,0 +1,222 @@
+"""``udpchat-server``: the chat server on a UDP socket, with a SQLite database.
+
+::
+
+    udpchat-server [--host 127.0.0.1] [--port 9999] [--db udpchat.sqlite3]
+                   [--key-file PATH] [--log-level info]
+                   [--max-room-members N] [--max-rooms-per-user N]
+
+When ready it prints ``listening on HOST:PORT key FINGERPRINT`` on stdout (``--port 0``
+picks a free port: read it there). Logs go to stderr. SIGINT and SIGTERM stop it
+cleanly (last commit, database closed) with exit status 0; a port in use, an
+unreadable key file or database exit 1 with one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import attrs
+import click
+
+from udpchat_proto.passwords import ScryptParams
+from udpchat_proto.server import ChatServer, ServerConfig
+
+from .keyfile import KeyFileError, default_key_path, load_or_create_key
+from .loop import ServerLoop
+from .sqlite_store import SQLiteStore
+
+__all__ = ["main"]
+
+log = logging.getLogger("udpchat_server")
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is the one line shown to the user."""
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    # No SO_REUSEADDR: on Linux it would let a second server share the UDP port.
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _format_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _config(
+    max_room_members: int | None, max_rooms_per_user: int | None, scrypt_n: int | None
+) -> ServerConfig:
+    changes: dict[str, Any] = {}
+    if max_room_members is not None:
+        changes["max_room_members"] = max_room_members
+    if max_rooms_per_user is not None:
+        changes["max_rooms_per_user"] = max_rooms_per_user
+    if scrypt_n is not None:
+        try:
+            changes["scrypt"] = ScryptParams(n=scrypt_n)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--scrypt-n") from None
+    return attrs.evolve(ServerConfig(), **changes)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=9999,
+    show_default=True,
+    help="UDP port; 0 picks a free one (printed on the 'listening on' line).",
+)
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("udpchat.sqlite3"),
+    show_default=True,
+    help="SQLite database, created with its schema if missing.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The server's static key (32 raw bytes, mode 0600), created on first start. "
+    "Default: the database path plus '.key'.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Logs go to stderr.",
+)
+@click.option(
+    "--max-room-members",
+    type=click.IntRange(1),
+    default=None,
+    help="Most members a room may have (default: the core's ServerConfig).",
+)
+@click.option(
+    "--max-rooms-per-user",
+    type=click.IntRange(1),
+    default=None,
+    help="Most rooms one user may be in (default: the core's ServerConfig).",
+)
+@click.option(
+    "--scrypt-n",
+    type=click.IntRange(2),
+    default=None,
+    envvar="UDPCHAT_SCRYPT_N",
+    hidden=True,
+    help="For tests only: the scrypt cost N for new passwords (a power of two).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Threads hashing passwords.",
+)
+@click.version_option(package_name="udpchat-proto")
+def command(
+    *,
+    host: str,
+    port: int,
+    db: Path,
+    key_file: Path | None,
+    log_level: str,
+    max_room_members: int | None,
+    max_rooms_per_user: int | None,
+    scrypt_n: int | None,
+    workers: int,
+) -> None:
+    """Run the udpchat server."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = _config(max_room_members, max_rooms_per_user, scrypt_n)
+    sock = _bind(host, port)
+    try:
+        try:
+            store = SQLiteStore.open(db)
+        except Exception as exc:
+            raise StartupError(f"cannot open database {db}: {exc}") from None
+        try:
+            key_path = key_file if key_file is not None else default_key_path(db)
+            try:
+                key, created = load_or_create_key(key_path)
+            except KeyFileError as exc:
+                raise StartupError(str(exc)) from None
+            if created:
+                log.info("created key file %s", key_path)
+            server = ChatServer(store=store, static_key=key, config=config)
+            loop = ServerLoop(server=server, store=store, sock=sock, workers=workers)
+
+            def on_signal(signum: int, _frame: FrameType | None) -> None:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                loop.stop()
+
+            signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGTERM, on_signal)
+            address = _format_address(sock)
+            click.echo(f"listening on {address} key {key.fingerprint}")
+            sys.stdout.flush()
+            log.info("listening on %s, database %s, key %s", address, db, key.fingerprint)
+            loop.run()
+            log.info(
+                "stopped: %d datagrams in, %d out, %d commits",
+                loop.datagrams_received,
+                loop.datagrams_sent,
+                loop.commits,
+            )
+        finally:
+            store.close()
+    finally:
+        sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``udpchat-server`` console script."""
+    try:
+        command.main(args=argv, prog_name="udpchat-server", standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # usage errors: click's message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(0)
+    except StartupError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # a crash (e.g. the disk is full): one line, no traceback
+        log.debug("fatal", exc_info=True)
+        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The blocking UDP loop around the sans-IO :class:`~udpchat_proto.server.ChatServer`.
+
+Each turn (STYLE 15, DESIGN "Group commit"):
+
+1. wait on the socket (and a wake-up socket) until the core's next timer;
+2. drain what has arrived (non-blocking reads, at most :data:`BATCH` datagrams) and
+   feed it all, with the password hashes finished by the worker threads, then fire
+   the timers that are due;
+3. start the new password hash jobs on the worker threads;
+4. log the core's events;
+5. commit the store once if anything was written, and tell the core;
+6. only then send what the core has to send: no acknowledgement ever leaves before
+   what it acknowledges is durable.
+
+scrypt is CPU-heavy on purpose (tens of milliseconds), so it runs on a small thread
+pool (``hashlib.scrypt`` releases the GIL); a finished job writes a byte to the
+wake-up socket so that the loop feeds the result back at once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import queue
+import select
+import socket
+import time
+from collections.abc import Callable
+
+from udpchat_proto.server import ChatServer, HashJob
+from udpchat_proto.store import Store
+
+__all__ = ["BATCH", "ServerLoop"]
+
+log = logging.getLogger(__name__)
+
+#: Most datagrams read in one turn before the batch is committed and answered;
+#: bounds the latency a flood can add to everyone else's replies.
+BATCH = 256
+#: Largest datagram read (the protocol's are at most 1200 bytes; anything bigger
+#: is truncated and then dropped by the core as malformed).
+MAX_DATAGRAM = 65_535
+#: Longest sleep when the core has no timer, so that a missed wake-up costs little.
+IDLE_WAIT = 5.0
+
+
+class ServerLoop:
+    """Run a :class:`ChatServer` on a bound UDP socket until :meth:`stop` is called.
+
+    Args:
+        server: the state machine.
+        store: the store the state machine writes to (committed here).
+        sock: a bound UDP socket.
+        workers: threads for password hashing.
+        clock: the wall clock (POSIX seconds; the core's ``now``).
+    """
+
+    def __init__(
+        self,
+        *,
+        server: ChatServer,
+        store: Store,
+        sock: socket.socket,
+        workers: int = 2,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._server = server
+        self._store = store
+        self._sock = sock
+        self._clock = clock
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="udpchat-hash"
+        )
+        self._done: queue.SimpleQueue[tuple[int, bytes | None]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = False
+        self.datagrams_received = 0
+        self.datagrams_sent = 0
+        self.commits = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and return (safe from a signal handler)."""
+        self._stopping = True
+        self._wake()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; then commit, send what is left and clean up.
+
+        Raises:
+            Exception: whatever the store raises on commit (the caller exits: no
+                reply is sent for writes that could not be made durable).
+        """
+        self._sock.setblocking(False)
+        try:
+            while not self._stopping:
+                self._wait()
+                self._turn()
+            self._turn()  # what the last wait brought in, committed before leaving
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._wake_r.close()
+            self._wake_w.close()
+
+    # --- one turn --------------------------------------------------------------------
+
+    def _wait(self) -> None:
+        timer = self._server.get_timer()
+        timeout = IDLE_WAIT if timer is None else min(IDLE_WAIT, timer - self._clock())
+        readable, _, _ = select.select([self._sock, self._wake_r], [], [], max(0.0, timeout))
+        if self._wake_r in readable:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _turn(self) -> None:
+        server = self._server
+        now = self._clock()
+        for _ in range(BATCH):
+            try:
+                data, addr = self._sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # e.g. an ICMP error reported on some platforms
+                log.debug("recvfrom: %s", exc)
+                continue
+            self.datagrams_received += 1
+            # The core never raises for remote input; the guard is for a bug in it,
+            # which must cost one datagram, never the server.
+            try:
+                server.receive_datagram(data, (addr[0], addr[1]), now)
+            except Exception:
+                log.exception("the core raised on a datagram from %s:%s", addr[0], addr[1])
+        while True:
+            try:
+                job_id, digest = self._done.get_nowait()
+            except queue.Empty:
+                break
+            if digest is not None:
+                server.complete_hash_job(job_id, digest, now)
+        timer = server.get_timer()
+        if timer is not None and timer <= now:
+            # Clamp (STYLE 3): the wait may end a hair before the deadline.
+            server.handle_timer(max(timer, now))
+        for job in server.take_hash_jobs():
+            self._start(job)
+        while (event := server.next_event()) is not None:
+            log.info("%s", event)
+        if server.writes_pending:
+            self._store.commit()
+            server.committed()
+            self.commits += 1
+        for data, addr in server.datagrams_to_send(now):
+            try:
+                self._sock.sendto(data, addr)
+                self.datagrams_sent += 1
+            except BlockingIOError:
+                log.debug("send buffer full; %d bytes to %s dropped", len(data), addr)
+            except OSError as exc:
+                # Unreachable or refused peers must not stop the others' replies.
+                if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    log.warning("sendto %s: %s", addr, exc)
+
+    # --- password hashing -----------------------------------------------------------------
+
+    def _start(self, job: HashJob) -> None:
+        future = self._executor.submit(job.run)
+
+        def done(finished: concurrent.futures.Future[bytes], job_id: int = job.job_id) -> None:
+            digest: bytes | None = None
+            if finished.cancelled():  # at shutdown: nobody waits for it any more
+                return
+            try:
+                digest = finished.result()
+            except Exception:  # a bug in the job: its client gets no answer, we go on
+                log.exception("password hash job %d failed", job_id)
+            self._done.put((job_id, digest))
+            self._wake()
+
+        future.add_done_callback(done)
+
+    def _wake(self) -> None:
+        # Full (a wake-up is pending anyway) or closed (shutting down): both fine.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
