@@ -17,10 +17,12 @@ Conversations and delivery cursors:
   room. Each conversation is a log: every message gets the next ``seq`` (from 1)
   of its conversation, and the store keeps a global insertion order too.
 * A login session has a delivery cursor per conversation: the highest ``seq`` it
-  acknowledged. A session that has acknowledged nothing in a conversation starts
-  at the *user's* cursor there (the furthest any of that user's sessions has
-  acknowledged), so a new device receives what no device has yet acknowledged,
-  and two devices each receive everything from then on.
+  acknowledged. A new session starts with a copy of the *user's* cursors (the
+  furthest any of that user's sessions had acknowledged when it was created), so
+  a new device receives what no device has yet acknowledged, and two devices each
+  receive everything from then on. (Copying at creation, rather than reading the
+  user's cursor later, keeps one device's acknowledgement from hiding a message
+  from another.)
 * A room member receives the room's messages sent after it joined (its cursor is
   floored at the room's ``seq`` when it joined); a member who left receives
   nothing more. A message is stored once per room, never once per member.
