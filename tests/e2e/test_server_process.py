@@ -1,0 +1,92 @@
+"""The ``udpchat-server`` process: start, stop, crash, restart, floods."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import SERVER, ServerProcess, User, clean_env
+
+pytestmark = pytest.mark.e2e
+
+
+def test_port_zero_key_file_and_sigterm(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path).start()
+    assert server.port != 0
+    key_file = tmp_path / "db.sqlite3.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert server.signal(signal.SIGTERM) == 0
+    # The same key is reused at the next start.
+    again = ServerProcess(tmp_path).start()
+    assert again.fingerprint == server.fingerprint
+    assert again.signal(signal.SIGINT) == 0
+    assert "Traceback" not in again.log_text()
+
+
+def test_a_second_server_on_a_port_in_use_exits_1_with_one_line(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [*SERVER, "--port", str(server.port), "--db", str(tmp_path / "other.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: cannot listen on 127.0.0.1:")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert server.alive()
+
+
+def test_malformed_datagrams_never_stop_it(server: ServerProcess, tmp_path: Path) -> None:
+    alice = User("alice", tmp_path / "alice", server)
+    alice.signup()
+    rng = random.Random(5)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for n in range(2000):
+            size = rng.choice([0, 1, 2, 17, 40, 64, 100, 1200, rng.randrange(1500)])
+            data = rng.randbytes(size)
+            if n % 4 == 0 and data:  # look like each packet type to get past a first check
+                data = bytes([n % 8]) + data[1:]
+            sock.sendto(data, ("127.0.0.1", server.port))
+    assert alice.ok("whoami")["user"] == "alice"
+    assert server.alive()
+    assert server.signal(signal.SIGTERM) == 0
+    assert "Traceback" not in server.log_text()
+
+
+def test_sigkill_and_restart_lose_no_acknowledged_message(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path).start()
+    alice = User("alice", tmp_path / "alice", server)
+    bob = User("bob", tmp_path / "bob", server)
+    try:
+        alice.signup()
+        bob.signup()
+        alice.ok("invite", "bob")
+        bob.ok("accept", "alice")
+        alice.ok("send", "bob", "before 1")
+        assert [m["text"] for m in bob.ok("inbox")["messages"]] == ["before 1"]
+        acknowledged = [alice.ok("send", "bob", f"kept {n}")["id"] for n in range(5)]
+    finally:
+        server.kill()  # SIGKILL: no last commit, no close
+    restarted = ServerProcess(tmp_path, port=server.port).start()
+    try:
+        assert restarted.fingerprint == server.fingerprint
+        alice.server = bob.server = restarted
+        inbox = bob.ok("inbox")["messages"]
+        assert [m["id"] for m in inbox] == acknowledged
+        assert [m["text"] for m in inbox] == [f"kept {n}" for n in range(5)]
+        assert bob.ok("inbox") == {"messages": []}
+        # The login sessions survived too, and the conversation goes on.
+        alice.ok("send", "bob", "after")
+        assert [m["text"] for m in bob.ok("inbox")["messages"]] == ["after"]
+    finally:
+        restarted.stop()
