@@ -72,6 +72,7 @@ from .server_config import ServerConfig
 from .store import Account, LoginSession, Store, StoredMessage
 from .transport import (
     Address,
+    ConnectionAddressChanged,
     ConnectionId,
     ConnectionTerminated,
     HandshakeCompleted,
@@ -446,6 +447,10 @@ class ChatServer:
         )
         self._message_rate: KeyedLimiter[bytes] = KeyedLimiter(self._config.message_rate)
         self._next_sweep: float | None = None
+        self._now = 0.0
+        """The latest ``now`` given (for a close decided where no ``now`` is passed)."""
+        self._closing: set[ConnectionId] = set()
+        """Connections this server is closing: their further payloads are ignored."""
         self.stats = ServerStats()
         """Counters for monitoring (see :class:`ServerStats`)."""
         self._handlers: dict[type, Callable[[_Connection, m.Request, float], None]] = {
@@ -484,6 +489,7 @@ class ChatServer:
         Then call :meth:`take_hash_jobs`, commit if :attr:`writes_pending`, and call
         :meth:`datagrams_to_send`.
         """
+        self._now = now
         self._maybe_sweep(now)
         self._transport.receive_datagram(data, addr, now)
         self._drain_transport(now)
@@ -497,6 +503,7 @@ class ChatServer:
         Returns:
             ``(data, address)`` pairs, each at most the configured datagram size.
         """
+        self._now = now
         datagrams: list[tuple[bytes, Address]] = self._transport.datagrams_to_send(now)
         # Building datagrams can end a connection (a close that was just sent).
         self._drain_transport(now)
@@ -514,6 +521,7 @@ class ChatServer:
 
         Then commit if :attr:`writes_pending`, and call :meth:`datagrams_to_send`.
         """
+        self._now = now
         self._maybe_sweep(now)
         self._transport.handle_timer(now)
         self._drain_transport(now)
@@ -569,6 +577,7 @@ class ChatServer:
 
         Then commit if :attr:`writes_pending`, and call :meth:`datagrams_to_send`.
         """
+        self._now = now
         job = self._jobs.pop(job_id, None)
         if job is None:
             return
@@ -633,7 +642,12 @@ class ChatServer:
             )
         elif isinstance(event, PayloadReceived):
             self._on_payload(event.connection_id, event.payload, now)
+        elif isinstance(event, ConnectionAddressChanged):
+            migrated = self._connections.get(event.connection_id)
+            if migrated is not None:
+                migrated.address = event.address
         elif isinstance(event, ConnectionTerminated):
+            self._closing.discard(event.connection_id)
             ended = self._connections.pop(event.connection_id, None)
             if ended is not None:
                 self._log_out(ended, now, announce=False)
@@ -644,6 +658,8 @@ class ChatServer:
                 )
 
     def _on_payload(self, connection_id: ConnectionId, payload: bytes, now: float) -> None:
+        if connection_id in self._closing:
+            return
         connection = self._connections.get(connection_id)
         if connection is None:
             # The transport delivers payloads only on established connections, whose
@@ -683,8 +699,7 @@ class ChatServer:
         if connection.busy_job is not None or connection.queue:
             if len(connection.queue) >= self._config.max_queued_requests:
                 self.stats.closed_for_abuse += 1
-                self._transport.close(connection_id, now, "too many pipelined requests")
-                self._drain_transport(now)
+                self._close_connection(connection_id, "too many pipelined requests")
                 return
             connection.queue.append(item)
             return
@@ -695,8 +710,7 @@ class ChatServer:
         connection.violations += 1
         if connection.violations > self._config.max_violations:
             self.stats.closed_for_abuse += 1
-            self._transport.close(connection.connection_id, now, f"protocol violation: {reason}")
-            self._drain_transport(now)
+            self._close_connection(connection.connection_id, f"protocol violation: {reason}")
 
     # --- request dispatch ----------------------------------------------------------------
 
@@ -706,6 +720,7 @@ class ChatServer:
             connection.busy_job is None
             and connection.queue
             and connection.connection_id in self._connections
+            and connection.connection_id not in self._closing
         ):
             self._dispatch(connection, connection.queue.popleft(), now)
 
@@ -747,11 +762,23 @@ class ChatServer:
             self._transport_send(connection_id, payload)
 
     def _transport_send(self, connection_id: ConnectionId, payload: bytes) -> None:
-        if connection_id not in self._connections:
-            return  # ended while the payload was held
-        # A connection closing (closed for abuse) takes nothing more.
-        with contextlib.suppress(LocalProtocolError):
+        if connection_id not in self._connections or connection_id in self._closing:
+            return  # ended (or is ending) while the payload was held
+        try:
             self._transport.send(connection_id, payload)
+        except LocalProtocolError:
+            # Its send buffer is full (it does not read what it asked for) or it is
+            # already closing. Dropping one payload would break the order of its
+            # answers, so the connection ends; its session's unacknowledged
+            # messages are pushed again on its next connection.
+            self._close_connection(connection_id, "send buffer full")
+
+    def _close_connection(self, connection_id: ConnectionId, reason: str) -> None:
+        if connection_id in self._closing:
+            return
+        self._closing.add(connection_id)
+        with contextlib.suppress(LocalProtocolError):  # already gone
+            self._transport.close(connection_id, self._now, reason)
 
     def _reply(self, connection: _Connection, message: m.Response) -> None:
         try:
