@@ -36,7 +36,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-# --- profiles ----------------------------------------------------------------------------------
+# --- profiles ------------------------------------------------------------------------
 
 
 def test_a_missing_profile_is_empty_and_logged_out(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_profile_names_cannot_escape_the_home(name: str) -> None:
         check_profile_name(name)
 
 
-# --- known_servers -------------------------------------------------------------------------------
+# --- known_servers ---------------------------------------------------------------------
 
 
 def test_known_servers_pin_on_first_contact_only(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_known_servers_ignores_comments_and_refuses_garbage(tmp_path: Path) -> N
         KnownServers(path).get("h:1")
 
 
-# --- the server's key file -------------------------------------------------------------------------
+# --- the server's key file ---------------------------------------------------------------
 
 
 def test_key_file_is_created_0600_then_reused(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_key_file_created_by_someone_else_meanwhile_wins(tmp_path: Path) -> None
     assert key.private_bytes == theirs.private_bytes
 
 
-# --- output ----------------------------------------------------------------------------------------
+# --- output ------------------------------------------------------------------------------
 
 
 def test_message_json_is_the_contracts_m() -> None:
