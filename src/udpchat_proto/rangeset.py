@@ -1,0 +1,136 @@
+"""A set of integers stored as sorted, disjoint, non-adjacent ranges.
+
+After aioquic's ``rangeset.py``: the transport keeps the packet numbers it has
+received (for ACK frames), and the stream offsets acknowledged, pending
+retransmission and received out of order, as a :class:`RangeSet`. Lookups and
+insertions are binary searches, so a long-lived set with few holes stays cheap.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
+
+__all__ = ["RangeSet"]
+
+
+def _stop(r: range) -> int:
+    return r.stop
+
+
+def _start(r: range) -> int:
+    return r.start
+
+
+class RangeSet(Sequence[range]):
+    """Sorted, disjoint, non-adjacent half-open ranges of integers.
+
+    Adding ``[3, 5)`` to ``{[0, 3)}`` gives ``{[0, 5)}``: touching ranges merge.
+    """
+
+    __slots__ = ("_ranges",)
+
+    def __init__(self, ranges: Iterable[range] = ()) -> None:
+        self._ranges: list[range] = []
+        for r in ranges:
+            self.add(r.start, r.stop)
+
+    def add(self, start: int, stop: int | None = None) -> None:
+        """Add ``[start, stop)``, or the single value ``start`` if ``stop`` is None."""
+        if stop is None:
+            stop = start + 1
+        if stop <= start:
+            return
+        ranges = self._ranges
+        # Fast path: appending past the end (packet numbers and offsets mostly grow).
+        if not ranges or ranges[-1].stop < start:
+            ranges.append(range(start, stop))
+            return
+        # First range that overlaps or touches [start, stop) from the left ...
+        first = bisect_left(ranges, start, key=_stop)
+        # ... and the first one wholly to its right, not touching.
+        last = bisect_right(ranges, stop, lo=first, key=_start)
+        if first < last:
+            start = min(start, ranges[first].start)
+            stop = max(stop, ranges[last - 1].stop)
+        ranges[first:last] = [range(start, stop)]
+
+    def subtract(self, start: int, stop: int) -> None:
+        """Remove ``[start, stop)``."""
+        if stop <= start:
+            return
+        ranges = self._ranges
+        first = bisect_right(ranges, start, key=_stop)
+        last = bisect_left(ranges, stop, lo=first, key=_start)
+        if first >= last:
+            return
+        kept: list[range] = []
+        if ranges[first].start < start:
+            kept.append(range(ranges[first].start, start))
+        if ranges[last - 1].stop > stop:
+            kept.append(range(stop, ranges[last - 1].stop))
+        ranges[first:last] = kept
+
+    def missing(self, start: int, stop: int) -> list[range]:
+        """The parts of ``[start, stop)`` that are *not* in the set, ascending."""
+        gaps: list[range] = []
+        ranges = self._ranges
+        i = bisect_right(ranges, start, key=_stop)
+        cursor = start
+        while cursor < stop and i < len(ranges) and ranges[i].start < stop:
+            r = ranges[i]
+            if r.start > cursor:
+                gaps.append(range(cursor, r.start))
+            cursor = max(cursor, r.stop)
+            i += 1
+        if cursor < stop:
+            gaps.append(range(cursor, stop))
+        return gaps
+
+    def bounds(self) -> range:
+        """The range from the smallest to the largest value.
+
+        Raises:
+            IndexError: the set is empty.
+        """
+        return range(self._ranges[0].start, self._ranges[-1].stop)
+
+    def shift(self) -> range:
+        """Remove and return the lowest range.
+
+        Raises:
+            IndexError: the set is empty.
+        """
+        return self._ranges.pop(0)
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int):
+            return False
+        i = bisect_right(self._ranges, value, key=_start) - 1
+        return i >= 0 and value < self._ranges[i].stop
+
+    @overload
+    def __getitem__(self, index: int) -> range: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[range]: ...
+
+    def __getitem__(self, index: int | slice) -> range | Sequence[range]:
+        return self._ranges[index]
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    def __iter__(self) -> Iterator[range]:
+        return iter(self._ranges)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RangeSet):
+            return NotImplemented
+        return self._ranges == other._ranges
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"RangeSet({self._ranges!r})"

@@ -1,0 +1,638 @@
+"""The secure, reliable transport: the client and server roles (sans-IO).
+
+A connection starts with a ``Noise_NX_25519_ChaChaPoly_SHA256`` handshake in one
+round trip (INITIATION, RESPONSE); after it, every datagram is a DATA packet sealed
+with ChaCha20-Poly1305 under the packet number, checked against a replay window,
+and carries frames: acknowledgements, slices of an ordered byte stream of
+messages, PINGs and a CLOSE. See ``docs/transport.md``.
+
+Both roles have aioquic's five methods::
+
+    receive_datagram(data, addr, now)         # feed what the socket read
+    datagrams_to_send(now) -> [(data, addr)]  # what to write
+    get_timer() -> float | None               # when to call handle_timer
+    handle_timer(now)
+    next_event() -> TransportEvent | None     # HandshakeCompleted, PayloadReceived, ...
+
+Command methods (``connect``, ``send``, ``close``) only queue work: call
+``datagrams_to_send`` after them. Nothing here reads a clock, opens a socket or uses
+global randomness. Remote input never raises: a datagram that does not parse,
+authenticate or fit is dropped and counted in ``dropped`` by reason. Caller misuse
+raises :class:`~udpchat_proto.errors.LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Mapping
+from typing import Final
+
+from .errors import DecodeError, LocalProtocolError
+from .keys import ServerKey
+from .noise import HandshakeState
+from .packet import (
+    CONNECTION_ID_SIZE,
+    INITIATION_SIZE,
+    DataPacket,
+    Initiation,
+    Response,
+    decode_packet,
+    encode_initiation,
+    encode_response,
+)
+from .randomness import RandomSource, SystemRandomSource
+from .ratelimit import KeyedLimiter, RateLimit
+from .transport_config import TransportConfig
+from .transport_connection import Connection
+from .transport_events import (
+    Address,
+    CloseCode,
+    ConnectionAddressChanged,
+    ConnectionId,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PayloadReceived,
+    TransportEvent,
+)
+from .transport_state import END_STATES, ConnectionState
+
+__all__ = [
+    "PROLOGUE",
+    "Address",
+    "ClientTransport",
+    "CloseCode",
+    "ConnectionAddressChanged",
+    "ConnectionId",
+    "ConnectionState",
+    "ConnectionTerminated",
+    "HandshakeCompleted",
+    "PayloadReceived",
+    "ServerTransport",
+    "TransportConfig",
+    "TransportEvent",
+]
+
+#: Mixed into the Noise handshake hash, followed by the connection id: both sides
+#: must agree on the protocol version and the id, or the handshake fails.
+PROLOGUE: Final = b"udpchat/1"
+#: Noise message 1 = e (32 bytes) + payload; the payload pads the initiation.
+_INITIATION_PADDING: Final = INITIATION_SIZE - (2 + CONNECTION_ID_SIZE) - 32
+#: How often (seconds of ``now``) the per-address handshake buckets are pruned.
+_PRUNE_INTERVAL: Final = 10.0
+
+
+def _count(counters: dict[str, int], reason: str) -> None:
+    counters[reason] = counters.get(reason, 0) + 1
+
+
+class ClientTransport:
+    """The client end of one connection to a server.
+
+    Typical use: ``connect(now)``, then in a loop feed ``receive_datagram``, drain
+    ``next_event``, write ``datagrams_to_send`` and wait until ``get_timer()`` or
+    the next datagram.
+
+    Attributes:
+        dropped: datagrams dropped, by reason (``"decrypt_failed"``, ``"replay"``,
+            ``"unknown_connection"``, ``"truncated"`` ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        server_address: Address,
+        config: TransportConfig | None = None,
+        expected_server_key: bytes | None = None,
+        random: RandomSource | None = None,
+    ) -> None:
+        """Create a client; nothing is sent until :meth:`connect`.
+
+        Args:
+            server_address: where to send.
+            config: limits and timers (defaults: ``TransportConfig()``).
+            expected_server_key: the server's 32-byte static public key if pinned;
+                a server with another key ends the connection with
+                ``SERVER_KEY_MISMATCH``. Without it, the key is reported in
+                :class:`HandshakeCompleted` for the caller to pin.
+            random: the source of the connection id and ephemeral key (default:
+                the operating system's CSPRNG).
+
+        Raises:
+            LocalProtocolError: ``expected_server_key`` is not 32 bytes.
+        """
+        if expected_server_key is not None and len(expected_server_key) != 32:
+            raise LocalProtocolError("expected_server_key must be 32 bytes")
+        self._config = config if config is not None else TransportConfig()
+        self._random: RandomSource = random if random is not None else SystemRandomSource()
+        self._server_address = server_address
+        self._expected_server_key = expected_server_key
+        self._events: deque[TransportEvent] = deque()
+        self.dropped: dict[str, int] = {}
+        self._connection_id: ConnectionId = self._random.token_bytes(CONNECTION_ID_SIZE)
+        self._handshake: HandshakeState | None = None
+        self._connection = Connection(
+            connection_id=self._connection_id,
+            config=self._config,
+            is_client=True,
+            address=server_address,
+            events=self._events,
+            dropped=self.dropped,
+            now=0.0,
+        )
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def connection_id(self) -> ConnectionId:
+        """The 8-byte connection id (chosen at construction)."""
+        return self._connection_id
+
+    @property
+    def config(self) -> TransportConfig:
+        """The configuration in use."""
+        return self._config
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection's state."""
+        return self._connection.state
+
+    @property
+    def is_established(self) -> bool:
+        """Whether the handshake completed and the connection is not closing."""
+        return self._connection.state is ConnectionState.ESTABLISHED
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the connection is over (closing, draining or closed)."""
+        return self._connection.state in END_STATES
+
+    @property
+    def server_key(self) -> bytes | None:
+        """The server's static public key, once the handshake has authenticated it."""
+        return self._connection.server_key
+
+    @property
+    def send_buffer_size(self) -> int:
+        """Bytes queued by :meth:`send` and not yet acknowledged (for backpressure)."""
+        return self._connection.send_stream.buffered
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: packets and bytes each way, losses, retransmitted bytes, RTT."""
+        return self._connection.stats
+
+    # --------------------------------------------------------------- commands
+
+    def connect(self, now: float) -> None:
+        """Start the handshake; then call :meth:`datagrams_to_send`.
+
+        Args:
+            now: the current time, seconds.
+
+        Raises:
+            LocalProtocolError: already connected, connecting or closed.
+        """
+        if self._connection.state is not ConnectionState.INITIAL:
+            raise LocalProtocolError(f"cannot connect in state {self._connection.state.value}")
+        handshake = HandshakeState.initiator(
+            random=self._random, prologue=PROLOGUE + self._connection_id
+        )
+        # The payload of message 1 travels in the clear but is hashed into the
+        # handshake: the padding cannot be altered without failing the handshake.
+        message = handshake.write_message(bytes(_INITIATION_PADDING))
+        self._handshake = handshake
+        self._connection.start_client_handshake(
+            encode_initiation(self._connection_id, message), now=now
+        )
+
+    def send(self, payload: bytes) -> None:
+        """Queue one message for reliable, ordered, exactly-once delivery.
+
+        It may be called before the handshake completes: the message leaves once
+        the connection is established. Then call :meth:`datagrams_to_send`.
+
+        Args:
+            payload: the message, at most ``config.max_message_size`` bytes.
+
+        Raises:
+            LocalProtocolError: the connection is closed, the message is too large,
+                or ``send_buffer_size`` would exceed ``config.max_send_buffer_bytes``
+                (wait for acknowledgements, then retry).
+        """
+        self._connection.send(payload)
+
+    def close(self, now: float, reason: str = "") -> None:
+        """Close the connection; then call :meth:`datagrams_to_send`.
+
+        If established, a CLOSE frame tells the server (it sees
+        ``ConnectionTerminated(NORMAL_CLOSE, reason, by_peer=True)``). This side's
+        :class:`ConnectionTerminated` is queued at once. Closing twice does nothing.
+
+        Args:
+            now: the current time, seconds.
+            reason: a short human-readable reason (truncated to 256 UTF-8 bytes).
+        """
+        self._connection.close(reason, now=now)
+
+    # ------------------------------------------------------------------ input
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Feed one datagram from the socket; then drain :meth:`next_event` and
+        call :meth:`datagrams_to_send`.
+
+        Never raises for bad input: it is dropped and counted in :attr:`dropped`.
+
+        Args:
+            data: the datagram.
+            addr: where it came from.
+            now: the current time, seconds.
+        """
+        try:
+            packet = decode_packet(bytes(data))
+        except DecodeError as exc:
+            _count(self.dropped, exc.reason)
+            return
+        if packet.connection_id != self._connection_id:
+            _count(self.dropped, "unknown_connection")
+            return
+        if isinstance(packet, DataPacket):
+            self._connection.receive_data(packet, len(data), addr, now=now)
+        elif isinstance(packet, Response):
+            self._on_response(packet, now)
+        else:
+            _count(self.dropped, "unexpected_packet")
+
+    def _on_response(self, packet: Response, now: float) -> None:
+        handshake = self._handshake
+        if handshake is None or self._connection.state is not ConnectionState.HANDSHAKE:
+            _count(self.dropped, "unexpected_handshake")
+            return
+        try:
+            # All or nothing: a forged response leaves the handshake intact.
+            handshake.read_message(packet.noise_message)
+        except DecodeError as exc:
+            _count(self.dropped, exc.reason)
+            return
+        server_key = handshake.remote_static_public
+        assert server_key is not None
+        self._handshake = None
+        expected = self._expected_server_key
+        if expected is not None and server_key != expected:
+            self._connection.fail_handshake(
+                CloseCode.SERVER_KEY_MISMATCH,
+                f"server key {server_key.hex()} is not the expected {expected.hex()}",
+            )
+            return
+        send, receive = handshake.split()
+        self._connection.complete_client_handshake(
+            server_key=server_key, send=send, receive=receive, now=now
+        )
+
+    # ----------------------------------------------------------------- output
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Everything to write to the socket now; each datagram is at most
+        ``config.max_datagram_size`` bytes.
+
+        Args:
+            now: the current time, seconds.
+
+        Returns:
+            ``(datagram, server address)`` pairs, in order.
+        """
+        address = self._server_address
+        return [(datagram, address) for datagram in self._connection.build_datagrams(now=now)]
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should be called next, or None."""
+        return self._connection.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        """Fire the timers that are due (calling early is harmless); then drain
+        :meth:`next_event` and call :meth:`datagrams_to_send`.
+
+        Args:
+            now: the current time, seconds.
+        """
+        self._connection.handle_timer(now=now)
+
+    def next_event(self) -> TransportEvent | None:
+        """The next event, or None when there are none left."""
+        return self._events.popleft() if self._events else None
+
+
+class ServerTransport:
+    """The server end of every connection, routed by connection id.
+
+    It answers handshakes (rate-limited per source IP, with at most
+    ``config.max_half_open`` in progress), never sends an unvalidated address more
+    than three times what it received from it, and follows a client whose
+    authenticated packets come from a new address.
+
+    Attributes:
+        dropped: datagrams dropped (and handshakes refused), by reason
+            (``"unknown_connection"``, ``"rate_limited"``, ``"half_open_limit"``,
+            ``"handshake_failed"``, ``"decrypt_failed"``, ``"replay"`` ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        static_key: ServerKey,
+        config: TransportConfig | None = None,
+        random: RandomSource | None = None,
+    ) -> None:
+        """Create a server with no connections.
+
+        Args:
+            static_key: the server's static key (its public half is what clients pin).
+            config: limits and timers (defaults: ``TransportConfig()``).
+            random: the source of ephemeral keys (default: the operating system's
+                CSPRNG).
+        """
+        self._config = config if config is not None else TransportConfig()
+        self._random: RandomSource = random if random is not None else SystemRandomSource()
+        self._static_key = static_key
+        self._public_key = static_key.public_bytes
+        self._events: deque[TransportEvent] = deque()
+        self.dropped: dict[str, int] = {}
+        self._connections: dict[ConnectionId, Connection] = {}
+        self._half_open: set[ConnectionId] = set()
+        self._limiter: KeyedLimiter[str] = KeyedLimiter(
+            RateLimit(
+                burst=self._config.handshake_burst,
+                interval=1.0 / self._config.handshakes_per_address_per_second,
+            )
+        )
+        self._next_prune = 0.0
+        # (deadline, sequence, connection id); stale entries are skipped lazily.
+        self._heap: list[tuple[float, int, ConnectionId]] = []
+        self._sequence = 0
+        # Connections that may have something to send (an ordered set).
+        self._dirty: dict[ConnectionId, None] = {}
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def config(self) -> TransportConfig:
+        """The configuration in use."""
+        return self._config
+
+    @property
+    def server_key(self) -> bytes:
+        """The server's static public key."""
+        return self._public_key
+
+    @property
+    def connections(self) -> Mapping[ConnectionId, Address]:
+        """Established, open connections and their current client addresses (a copy)."""
+        return {
+            cid: conn.address
+            for cid, conn in self._connections.items()
+            if conn.announced and not conn.is_closed
+        }
+
+    @property
+    def half_open_count(self) -> int:
+        """Handshakes answered and not yet confirmed by the client."""
+        return len(self._half_open)
+
+    def address_of(self, connection_id: ConnectionId) -> Address | None:
+        """The current address of an established connection, or None if unknown."""
+        conn = self._connections.get(connection_id)
+        if conn is None or not conn.announced:
+            return None
+        return conn.address
+
+    def send_buffer_size(self, connection_id: ConnectionId) -> int:
+        """Bytes queued for a connection and not yet acknowledged (0 if unknown)."""
+        conn = self._connections.get(connection_id)
+        return conn.send_stream.buffered if conn is not None else 0
+
+    def connection_stats(self, connection_id: ConnectionId) -> dict[str, int] | None:
+        """A connection's counters (see ``ClientTransport.stats``), or None if unknown."""
+        conn = self._connections.get(connection_id)
+        return conn.stats if conn is not None else None
+
+    # --------------------------------------------------------------- commands
+
+    def _established(self, connection_id: ConnectionId) -> Connection:
+        conn = self._connections.get(connection_id)
+        if conn is None or not conn.announced:
+            raise LocalProtocolError(f"unknown connection {connection_id.hex()}")
+        return conn
+
+    def send(self, connection_id: ConnectionId, payload: bytes) -> None:
+        """Queue one message to a connection; then call :meth:`datagrams_to_send`.
+
+        Args:
+            connection_id: from :class:`HandshakeCompleted`.
+            payload: the message, at most ``config.max_message_size`` bytes.
+
+        Raises:
+            LocalProtocolError: the connection is unknown or closed, the message is
+                too large, or the connection's send buffer is full.
+        """
+        conn = self._established(connection_id)
+        conn.send(payload)
+        self._touch(conn)
+
+    def close(self, connection_id: ConnectionId, now: float, reason: str = "") -> None:
+        """Close a connection (the client learns it); then call :meth:`datagrams_to_send`.
+
+        Closing a connection already closing does nothing.
+
+        Args:
+            connection_id: from :class:`HandshakeCompleted`.
+            now: the current time, seconds.
+            reason: a short human-readable reason.
+
+        Raises:
+            LocalProtocolError: the connection is unknown.
+        """
+        conn = self._established(connection_id)
+        conn.close(reason, now=now)
+        self._touch(conn)
+
+    # ------------------------------------------------------------------ input
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Feed one datagram from the socket; then drain :meth:`next_event` and
+        call :meth:`datagrams_to_send`.
+
+        Never raises for bad input: it is dropped and counted in :attr:`dropped`.
+
+        Args:
+            data: the datagram.
+            addr: where it came from.
+            now: the current time, seconds.
+        """
+        try:
+            packet = decode_packet(bytes(data))
+        except DecodeError as exc:
+            _count(self.dropped, exc.reason)
+            return
+        if isinstance(packet, DataPacket):
+            conn = self._connections.get(packet.connection_id)
+            if conn is None:
+                _count(self.dropped, "unknown_connection")
+                return
+            conn.receive_data(packet, len(data), addr, now=now)
+            self._touch(conn)
+        elif isinstance(packet, Initiation):
+            self._on_initiation(packet, len(data), addr, now)
+        else:
+            _count(self.dropped, "unexpected_packet")
+
+    def _on_initiation(self, packet: Initiation, size: int, addr: Address, now: float) -> None:
+        cid = packet.connection_id
+        conn = self._connections.get(cid)
+        if conn is not None:
+            # The client's retransmission: our response was lost. No new work.
+            if (
+                conn.state is ConnectionState.HANDSHAKE
+                and conn.initiation == packet.noise_message
+                and conn.address == addr
+            ):
+                conn.repeat_response(size)
+                self._touch(conn)
+            else:
+                _count(self.dropped, "duplicate_initiation")
+            return
+        # Cheap refusals before the Diffie-Hellman work.
+        if len(self._half_open) >= self._config.max_half_open:
+            _count(self.dropped, "half_open_limit")
+            return
+        if now >= self._next_prune:
+            self._limiter.prune(now=now)
+            self._next_prune = now + _PRUNE_INTERVAL
+        # Per IP, not per (IP, port): a flooder chooses its ports freely.
+        if not self._limiter.spend(addr[0], now=now):
+            _count(self.dropped, "rate_limited")
+            return
+        handshake = HandshakeState.responder(
+            static_private=self._static_key.private_bytes,
+            random=self._random,
+            prologue=PROLOGUE + cid,
+        )
+        try:
+            handshake.read_message(packet.noise_message)
+        except DecodeError as exc:
+            _count(self.dropped, exc.reason)
+            return
+        response = encode_response(cid, handshake.write_message(b""))
+        to_server, to_client = handshake.split()
+        conn = Connection(
+            connection_id=cid,
+            config=self._config,
+            is_client=False,
+            address=addr,
+            events=self._events,
+            dropped=self.dropped,
+            now=now,
+        )
+        conn.start_server_handshake(
+            initiation=packet.noise_message,
+            response=response,
+            server_key=self._public_key,
+            send=to_client,
+            receive=to_server,
+            received_bytes=size,
+        )
+        self._connections[cid] = conn
+        self._half_open.add(cid)
+        self._touch(conn)
+
+    # ----------------------------------------------------------------- output
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Everything to write to the socket now, over all connections; each
+        datagram is at most ``config.max_datagram_size`` bytes.
+
+        Only connections touched since the last call are visited.
+
+        Args:
+            now: the current time, seconds.
+
+        Returns:
+            ``(datagram, client address)`` pairs.
+        """
+        out: list[tuple[bytes, Address]] = []
+        dirty, self._dirty = self._dirty, {}
+        for cid in dirty:
+            conn = self._connections.get(cid)
+            if conn is None:
+                continue
+            for datagram in conn.build_datagrams(now=now):
+                out.append((datagram, conn.address))
+            self._settle(conn)
+        return out
+
+    def get_timer(self) -> float | None:
+        """The earliest timer over all connections, or None."""
+        heap = self._heap
+        while heap:
+            deadline, _, cid = heap[0]
+            conn = self._connections.get(cid)
+            if conn is not None and conn.scheduled == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Fire the timers that are due, over all connections (calling early is
+        harmless); then drain :meth:`next_event` and call :meth:`datagrams_to_send`.
+
+        Args:
+            now: the current time, seconds.
+        """
+        heap = self._heap
+        due: list[Connection] = []
+        while heap and heap[0][0] <= now:
+            deadline, _, cid = heapq.heappop(heap)
+            conn = self._connections.get(cid)
+            if conn is not None and conn.scheduled == deadline:
+                conn.scheduled = None
+                due.append(conn)
+        for conn in due:
+            conn.handle_timer(now=now)
+            self._touch(conn)
+
+    def next_event(self) -> TransportEvent | None:
+        """The next event of any connection, or None when there are none left."""
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _touch(self, conn: Connection) -> None:
+        """A connection changed: it may have something to send, and new timers."""
+        self._dirty[conn.connection_id] = None
+        self._settle(conn)
+
+    def _settle(self, conn: Connection) -> None:
+        cid = conn.connection_id
+        if conn.state is not ConnectionState.HANDSHAKE:
+            self._half_open.discard(cid)
+        if conn.state is ConnectionState.CLOSED:
+            # CLOSING sends its last CLOSE before it gets here: nothing is lost.
+            self._connections.pop(cid, None)
+            self._dirty.pop(cid, None)
+            return
+        deadline = conn.next_deadline()
+        if deadline != conn.scheduled:
+            conn.scheduled = deadline
+            if deadline is not None:
+                self._sequence += 1
+                heapq.heappush(self._heap, (deadline, self._sequence, cid))
+                if len(self._heap) > 4 * len(self._connections) + 64:
+                    self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [
+            (conn.scheduled, seq, cid)
+            for seq, (cid, conn) in enumerate(self._connections.items())
+            if conn.scheduled is not None
+        ]
+        heapq.heapify(self._heap)

@@ -1,0 +1,116 @@
+"""Configuration of the transport (both roles), with checked defaults.
+
+Every number has its reason next to it; ``docs/transport.md`` repeats them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+
+__all__ = ["MAX_UDP_PAYLOAD", "RECEIVE_WINDOW", "TransportConfig"]
+
+#: The largest UDP payload over IPv4 (65535 - 8 - 20).
+MAX_UDP_PAYLOAD: Final = 65507
+#: Protocol constant: a receiver accepts stream bytes up to this far beyond what it
+#: has delivered; a sender's ``stream_window_bytes`` may not exceed it. Fixed rather
+#: than negotiated, so that both sides agree with no transport parameters.
+RECEIVE_WINDOW: Final = 1024 * 1024
+
+
+def _positive(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{attr.name} must be a positive number, got {value!r}")
+
+
+def _positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{attr.name} must be a positive integer, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class TransportConfig:
+    """Limits and timers of a transport endpoint. Defaults suit the public chat server.
+
+    Raises:
+        ValueError: a field is out of range, or fields contradict each other
+            (``keepalive_interval >= idle_timeout``, ``min_rto > max_rto``, a send
+            buffer smaller than one message, ...).
+    """
+
+    max_datagram_size: int = attrs.field(default=1200, validator=_positive_int)
+    """Largest datagram sent, bytes. 1200 is QUIC's minimum (RFC 9000, 14): it fits the
+    IPv6 minimum MTU of 1280 with headers, so it is never fragmented by IP. Must be
+    1200 to 65507."""
+    idle_timeout: float = attrs.field(default=30.0, validator=_positive)
+    """Seconds with nothing received before the connection ends with
+    ``IDLE_TIMEOUT``. 30 s (QUIC implementations default to 30 s) is the usual UDP NAT
+    binding lifetime's floor (RFC 4787 asks for at least 2 minutes, many boxes keep 30 s)."""
+    keepalive_interval: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds without sending anything, while established, before a PING goes out.
+    10 s keeps NAT bindings open (WireGuard's persistent keepalive is typically 25 s)
+    and gives three chances to be heard within ``idle_timeout``."""
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds a handshake may take (client: until the response; server: a half-open
+    handshake until the client's first packet). 10 s covers the retransmissions at 1,
+    2 and 4 s (RFC 6298's initial RTO of 1 s, doubling)."""
+    max_message_size: int = attrs.field(default=4 * 1024 * 1024, validator=_positive_int)
+    """Largest payload :meth:`send` accepts and the receiver reassembles, bytes: the
+    codec's ``MAX_ENCODED_SIZE`` (4 MiB)."""
+    max_send_buffer_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive_int)
+    """Most bytes queued and not yet acknowledged per connection; ``send`` raises
+    ``LocalProtocolError`` beyond it (check ``send_buffer_size`` to back off). Two
+    largest messages, so one can be queued while another is in flight."""
+    stream_window_bytes: int = attrs.field(default=256 * 1024, validator=_positive_int)
+    """Most stream bytes sent beyond the lowest unacknowledged one (flow control). At
+    most ``RECEIVE_WINDOW`` (1 MiB); 256 KiB lets the packet window run freely under
+    loss while bounding what the receiver holds out of order."""
+    max_in_flight_packets: int = attrs.field(default=32, validator=_positive_int)
+    """Most ack-eliciting packets unacknowledged at once: a fixed congestion window of
+    32 x 1200 = 38 KB, about three of QUIC's initial windows (RFC 9002: 10 packets),
+    ENet's default of a 32 KB reliable window in spirit. There is no congestion control
+    beyond it."""
+    max_half_open: int = attrs.field(default=1024, validator=_positive_int)
+    """Server: most handshakes answered and not yet confirmed by the client's first
+    packet. Each holds about 2 KB, so a spoofed flood costs at most 2 MB; real clients
+    confirm within one RTT, so 1024 absorbs ~100 new clients per second even at a 10 s
+    half-open lifetime."""
+    handshakes_per_address_per_second: float = attrs.field(default=50.0, validator=_positive)
+    """Server: sustained handshakes (Diffie-Hellman work) allowed per source IP, as
+    WireGuard's ratelimiter (``INITIATIONS_PER_SECOND = 50``)."""
+    handshake_burst: int = attrs.field(default=5, validator=_positive_int)
+    """Server: handshakes allowed back to back per source IP (WireGuard's
+    ``INITIATIONS_BURSTABLE = 5``)."""
+    initial_rtt: float = attrs.field(default=0.333, validator=_positive)
+    """RTT assumed before the first sample, seconds: RFC 9002's kInitialRtt, giving a
+    first timeout of about 1 s as RFC 6298 asks."""
+    min_rto: float = attrs.field(default=0.2, validator=_positive)
+    """Smallest retransmission timeout, seconds: Linux TCP's 200 ms (RFC 6298 asks 1 s,
+    which is too slow for a chat on a good path; RFC 9002 has no floor beyond 1 ms)."""
+    max_rto: float = attrs.field(default=10.0, validator=_positive)
+    """Largest retransmission timeout after backoff, seconds. At most ``idle_timeout``
+    so a stalled connection still probes several times before it times out."""
+    max_ack_delay: float = attrs.field(default=0.025, validator=_positive)
+    """Longest an acknowledgement of a lone packet is delayed, seconds: RFC 9000's
+    default max_ack_delay (25 ms). Two packets, or one out of order, are acknowledged
+    at once."""
+
+    def __attrs_post_init__(self) -> None:
+        if not 1200 <= self.max_datagram_size <= MAX_UDP_PAYLOAD:
+            raise ValueError(
+                f"max_datagram_size must be 1200 to {MAX_UDP_PAYLOAD}, "
+                f"got {self.max_datagram_size}"
+            )
+        if self.keepalive_interval >= self.idle_timeout:
+            raise ValueError("keepalive_interval must be shorter than idle_timeout")
+        if self.min_rto > self.max_rto:
+            raise ValueError("min_rto must not exceed max_rto")
+        if self.max_rto > self.idle_timeout:
+            raise ValueError("max_rto must not exceed idle_timeout")
+        if self.max_send_buffer_bytes < self.max_message_size + 8:
+            raise ValueError("max_send_buffer_bytes must hold one message of max_message_size")
+        if self.stream_window_bytes > RECEIVE_WINDOW:
+            raise ValueError(f"stream_window_bytes must be at most {RECEIVE_WINDOW}")
+        if self.max_message_size > 1 << 30:
+            raise ValueError("max_message_size must be at most 1 GiB")

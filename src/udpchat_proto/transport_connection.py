@@ -1,0 +1,647 @@
+"""One end of one connection: packet protection, reliability, timers, closing.
+
+:class:`Connection` is shared by both roles. :class:`~udpchat_proto.transport.ClientTransport`
+owns one; :class:`~udpchat_proto.transport.ServerTransport` owns one per connection id.
+The roles do the handshake and the routing; everything after the keys exist is here.
+
+Reliability retransmits content, not packets: each ack-eliciting packet is recorded
+with the stream ranges (and PING) it carried; on loss those go back to the queue and
+leave under a new packet number.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+from .errors import DecodeError, LocalProtocolError
+from .noise import CipherState
+from .packet import (
+    DATA_HEADER_SIZE,
+    MAX_ACK_RANGES,
+    STREAM_FRAME_OVERHEAD,
+    TAG_SIZE,
+    AckFrame,
+    CloseFrame,
+    DataPacket,
+    FrameType,
+    PingFrame,
+    StreamFrame,
+    decode_frames,
+    encode_ack,
+    encode_data_header,
+    encode_frame,
+    encode_varint,
+)
+from .rangeset import RangeSet
+from .recovery import LossRecovery, RttEstimator, SentPacket
+from .replay import ReplayWindow
+from .transport_config import RECEIVE_WINDOW, TransportConfig
+from .transport_events import (
+    Address,
+    CloseCode,
+    ConnectionAddressChanged,
+    ConnectionId,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PayloadReceived,
+    TransportEvent,
+)
+from .transport_state import END_STATES, ConnectionState, StateInput, Timer, transition
+from .transport_stream import ReceiveStream, SendStream
+
+__all__ = ["AMPLIFICATION_FACTOR", "CLOSE_PERIOD_RTOS", "Connection"]
+
+#: QUIC's anti-amplification limit (RFC 9000, section 8): before an address is
+#: validated, at most three times the bytes received from it are sent to it.
+AMPLIFICATION_FACTOR: Final = 3
+#: The closing and draining periods last three RTOs (RFC 9000, section 10.2).
+CLOSE_PERIOD_RTOS: Final = 3
+#: Do not bother building a DATA packet with less room than this for frames.
+_MIN_PACKET: Final = DATA_HEADER_SIZE + TAG_SIZE + 16
+_PING: Final = bytes((FrameType.PING,))
+_STREAM: Final = bytes((FrameType.STREAM,))
+
+S = ConnectionState
+
+
+class Connection:
+    """The state of one connection, on either side.
+
+    Attributes:
+        connection_id: the id in every packet header.
+        address: where packets go (the server's address on a client; the client's
+            current address on the server).
+        validated: whether ``address`` has proved it receives what is sent there
+            (always True on a client).
+        server_key: the server's static public key, once known.
+    """
+
+    def __init__(
+        self,
+        *,
+        connection_id: ConnectionId,
+        config: TransportConfig,
+        is_client: bool,
+        address: Address,
+        events: deque[TransportEvent],
+        dropped: dict[str, int],
+        now: float,
+    ) -> None:
+        self.connection_id = connection_id
+        self.config = config
+        self.is_client = is_client
+        self.address = address
+        self.validated = is_client
+        self.server_key: bytes | None = None
+        self.state = S.INITIAL if is_client else S.HANDSHAKE
+        self.scheduled: float | None = None  # the server's heap entry for this connection
+        self._events = events
+        self._dropped = dropped
+        self._announced = False
+        self._stats: dict[str, int] = {
+            "packets_sent": 0,
+            "packets_received": 0,
+            "bytes_sent": 0,
+            "bytes_received": 0,
+            "packets_lost": 0,
+        }
+        # keys
+        self._send_cipher: CipherState | None = None
+        self._recv_cipher: CipherState | None = None
+        # anti-amplification, while not validated
+        self._path_bytes_in = 0
+        self._path_bytes_out = 0
+        self._validation_pn: int | None = None
+        # handshake (client: the initiation; server: the cached response)
+        self.initiation: bytes | None = None
+        self._initiation_pending = False
+        self._initiation_sent_time = now
+        self._handshake_backoff = 0
+        self._response: bytes | None = None
+        self._response_pending = False
+        self._handshake_deadline = now + config.handshake_timeout
+        # sending
+        self.rtt = RttEstimator(
+            initial_rtt=config.initial_rtt,
+            min_rto=config.min_rto,
+            max_rto=config.max_rto,
+            max_ack_delay=config.max_ack_delay,
+        )
+        self.recovery = LossRecovery(self.rtt)
+        self.send_stream = _new_send_stream(config)
+        self._next_pn = 0
+        self._ping_pending = False
+        self._last_sent = now
+        # receiving
+        self.receive_stream = _new_receive_stream(config)
+        self.replay = ReplayWindow()
+        self._received = RangeSet()
+        self._largest_received = -1
+        self._largest_received_time = now
+        self._last_received = now
+        self._ack_pending = False
+        self._ack_eliciting = 0
+        self._ack_immediate = False
+        self._ack_deadline: float | None = None
+        # closing
+        self._close_frame: bytes | None = None
+        self._close_send = False
+        self._close_deadline = now
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the counters."""
+        return {
+            **self._stats,
+            "bytes_retransmitted": self.send_stream.retransmitted,
+            "send_buffer_size": self.send_stream.buffered,
+            "in_flight_packets": self.recovery.in_flight,
+            "smoothed_rtt_us": int(self.rtt.smoothed_rtt * 1e6),
+        }
+
+    @property
+    def announced(self) -> bool:
+        """Whether HandshakeCompleted was emitted (the application knows it)."""
+        return self._announced
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the connection is over for the application."""
+        return self.state in END_STATES
+
+    def _transition(self, event: StateInput) -> None:
+        self.state = transition(self.state, event)
+
+    def _terminate(self, code: CloseCode, reason: str, *, by_peer: bool = False) -> None:
+        # A server connection the application never saw ends silently.
+        if self.is_client or self._announced:
+            self._events.append(
+                ConnectionTerminated(
+                    connection_id=self.connection_id, code=code, reason=reason, by_peer=by_peer
+                )
+            )
+
+    def _drop(self, reason: str) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+
+    # -------------------------------------------------------------- handshake
+
+    def start_client_handshake(self, initiation: bytes, *, now: float) -> None:
+        """Client: the initiation is ready; send it (and again on timeout)."""
+        self._transition(StateInput.CONNECT)
+        self.initiation = initiation
+        self._initiation_pending = True
+        self._initiation_sent_time = now
+        self._handshake_deadline = now + self.config.handshake_timeout
+        self._last_received = now
+        self._last_sent = now
+
+    def complete_client_handshake(
+        self, *, server_key: bytes, send: CipherState, receive: CipherState, now: float
+    ) -> None:
+        """Client: the response authenticated and the key is accepted."""
+        self._transition(StateInput.HANDSHAKE_DONE)
+        self.server_key = server_key
+        self._send_cipher, self._recv_cipher = send, receive
+        if self._handshake_backoff == 0:
+            # Karn: sample only an initiation that was sent once.
+            self.rtt.update(latest_rtt=now - self._initiation_sent_time)
+        self.initiation = None
+        self._last_received = now
+        # The first packet confirms the handshake to the server; a PING makes it
+        # ack-eliciting, so it is retransmitted until the server has it.
+        self._ping_pending = True
+        self._announced = True
+        self._events.append(
+            HandshakeCompleted(
+                connection_id=self.connection_id, server_key=server_key, address=self.address
+            )
+        )
+
+    def fail_handshake(self, code: CloseCode, reason: str) -> None:
+        """Client: the handshake cannot complete (wrong server key)."""
+        self._transition(StateInput.KEY_MISMATCH)
+        self._terminate(code, reason)
+
+    def start_server_handshake(
+        self,
+        *,
+        initiation: bytes,
+        response: bytes,
+        server_key: bytes,
+        send: CipherState,
+        receive: CipherState,
+        received_bytes: int,
+    ) -> None:
+        """Server: the initiation was accepted; the response goes out next."""
+        self.initiation = initiation
+        self.server_key = server_key
+        self._response = response
+        self._response_pending = True
+        self._send_cipher, self._recv_cipher = send, receive
+        self._path_bytes_in += received_bytes
+
+    def repeat_response(self, received_bytes: int) -> None:
+        """Server: the same initiation came again (our response was lost): resend it."""
+        self._path_bytes_in += received_bytes
+        self._response_pending = True
+
+    # ------------------------------------------------------------- commands
+
+    def send(self, payload: bytes) -> None:
+        """Queue one message (see ``ClientTransport.send``)."""
+        if self.state in END_STATES:
+            raise LocalProtocolError("the connection is closed")
+        if len(payload) > self.config.max_message_size:
+            raise LocalProtocolError(
+                f"message of {len(payload)} bytes exceeds max_message_size "
+                f"{self.config.max_message_size}"
+            )
+        if not self.send_stream.can_write(len(payload)):
+            raise LocalProtocolError(
+                f"send buffer full ({self.send_stream.buffered} bytes unacknowledged)"
+            )
+        self.send_stream.write_message(bytes(payload))
+
+    def close(self, reason: str, *, now: float) -> None:
+        """Close; the peer learns it from a CLOSE frame if the connection is up."""
+        if self.state in END_STATES:
+            return
+        if self.state is S.ESTABLISHED:
+            self._start_closing(StateInput.CLOSE_LOCAL, CloseCode.NORMAL_CLOSE, reason, now=now)
+        else:
+            self._transition(StateInput.CLOSE_LOCAL)
+        self._terminate(CloseCode.NORMAL_CLOSE, reason)
+
+    def _start_closing(
+        self, event: StateInput, code: CloseCode, reason: str, *, now: float
+    ) -> None:
+        self._transition(event)
+        self._close_frame = encode_frame(CloseFrame(code=code, reason=reason))
+        self._close_send = True
+        self._close_deadline = now + CLOSE_PERIOD_RTOS * self.rtt.rto()
+
+    def _violation(self, exc: DecodeError, *, now: float) -> None:
+        self._drop("protocol_violation")
+        reason = f"protocol violation: {exc}"
+        if self.state is S.ESTABLISHED:
+            self._start_closing(StateInput.VIOLATION, CloseCode.PROTOCOL_VIOLATION, reason, now=now)
+            self._terminate(CloseCode.PROTOCOL_VIOLATION, reason)
+
+    # -------------------------------------------------------------- receiving
+
+    def receive_data(self, packet: DataPacket, size: int, addr: Address, *, now: float) -> None:
+        """Take a DATA packet addressed to this connection; drop it if it fails."""
+        state = self.state
+        if state is S.CLOSED or state is S.DRAINING:
+            self._drop("closed")
+            return
+        cipher = self._recv_cipher
+        if cipher is None:
+            self._drop("unexpected_packet")
+            return
+        pn = packet.packet_number
+        if not self.replay.check(pn):
+            self._drop("replay")
+            return
+        try:
+            plaintext = cipher.open(pn, packet.header, packet.ciphertext)
+        except DecodeError as exc:
+            self._drop(exc.reason)
+            return
+        # Authenticated from here on.
+        self.replay.update(pn)
+        self._stats["packets_received"] += 1
+        self._stats["bytes_received"] += size
+        self._last_received = now
+        in_order = pn > self._largest_received
+        if in_order:
+            if addr != self.address and not self.is_client:
+                # Only the newest packet moves the path, so a late one cannot move it back.
+                self._migrate(addr)
+            self._largest_received = pn
+            self._largest_received_time = now
+        if not self.validated and addr == self.address:
+            self._path_bytes_in += size
+        self._received.add(pn)
+        if len(self._received) > MAX_ACK_RANGES:
+            self._received.shift()
+        self._ack_pending = True
+        if state is S.HANDSHAKE:
+            # Server: the client's first packet confirms the handshake, and if it
+            # comes from the initiation's address, that address receives.
+            self._transition(StateInput.HANDSHAKE_DONE)
+            self._response = None
+            self.initiation = None
+            if addr == self.address:
+                self.validated = True
+            self._announced = True
+            assert self.server_key is not None
+            self._events.append(
+                HandshakeCompleted(
+                    connection_id=self.connection_id,
+                    server_key=self.server_key,
+                    address=self.address,
+                )
+            )
+        try:
+            self._process_frames(plaintext, in_order=in_order, now=now)
+        except DecodeError as exc:
+            self._violation(exc, now=now)
+
+    def _process_frames(self, plaintext: bytes, *, in_order: bool, now: float) -> None:
+        frames = decode_frames(plaintext)
+        if self.state is S.CLOSING:
+            # Answer with the CLOSE again (ours may have been lost); note theirs.
+            self._close_send = True
+            for frame in frames:
+                if isinstance(frame, CloseFrame):
+                    self._transition(StateInput.CLOSE_RECEIVED)
+            return
+        ack_eliciting = False
+        for frame in frames:
+            if isinstance(frame, StreamFrame):
+                ack_eliciting = True
+                for message in self.receive_stream.receive(frame.offset, frame.data):
+                    self._events.append(
+                        PayloadReceived(connection_id=self.connection_id, payload=message)
+                    )
+            elif isinstance(frame, AckFrame):
+                self._on_ack(frame, now=now)
+            elif isinstance(frame, PingFrame):
+                ack_eliciting = True
+            elif isinstance(frame, CloseFrame):
+                self._on_close_frame(frame, now=now)
+                return
+        if ack_eliciting:
+            self._ack_eliciting += 1
+            # RFC 9000, 13.2.1: acknowledge every second packet, and at once when
+            # one arrives out of order (a gap means the peer may be retransmitting).
+            if self._ack_eliciting >= 2 or not in_order:
+                self._ack_immediate = True
+            elif self._ack_deadline is None:
+                self._ack_deadline = now + self.config.max_ack_delay
+
+    def _on_ack(self, frame: AckFrame, *, now: float) -> None:
+        if frame.largest >= self._next_pn:
+            raise DecodeError("invalid_ack", f"ACK of packet {frame.largest}, never sent")
+        acked, lost = self.recovery.on_ack_received(
+            frame.ranges, frame.delay_us / 1e6, now=now
+        )
+        stream = self.send_stream
+        for packet in acked:
+            for start, stop in packet.stream_ranges:
+                stream.on_acked(start, stop)
+            if (
+                not self.validated
+                and self._validation_pn is not None
+                and packet.packet_number >= self._validation_pn
+            ):
+                # A packet sent to the new address came back: it receives there.
+                self.validated = True
+        self._requeue(lost)
+
+    def _requeue(self, lost: list[SentPacket]) -> None:
+        stream = self.send_stream
+        for packet in lost:
+            self._stats["packets_lost"] += 1
+            for start, stop in packet.stream_ranges:
+                stream.on_lost(start, stop)
+            if packet.ping:
+                self._ping_pending = True
+
+    def _on_close_frame(self, frame: CloseFrame, *, now: float) -> None:
+        try:
+            code = CloseCode(frame.code)
+            reason = frame.reason
+        except ValueError:
+            code = CloseCode.PROTOCOL_VIOLATION
+            reason = f"unknown close code {frame.code}: {frame.reason}"
+        self._transition(StateInput.CLOSE_RECEIVED)
+        self._close_deadline = now + CLOSE_PERIOD_RTOS * self.rtt.rto()
+        self._terminate(code, reason, by_peer=True)
+
+    def _migrate(self, addr: Address) -> None:
+        previous = self.address
+        self.address = addr
+        # The new address is unproven: the amplification limit applies to it until
+        # the client acknowledges a packet sent there; a PING makes sure one is.
+        self.validated = False
+        self._path_bytes_in = 0
+        self._path_bytes_out = 0
+        self._validation_pn = self._next_pn
+        self._ping_pending = True
+        if self._announced:
+            self._events.append(
+                ConnectionAddressChanged(
+                    connection_id=self.connection_id, address=addr, previous_address=previous
+                )
+            )
+
+    # ---------------------------------------------------------------- sending
+
+    def _allowance(self) -> int:
+        if self.validated:
+            return self.config.max_datagram_size
+        return min(
+            self.config.max_datagram_size,
+            AMPLIFICATION_FACTOR * self._path_bytes_in - self._path_bytes_out,
+        )
+
+    def _sent(self, datagram: bytes, now: float) -> None:
+        self._stats["packets_sent"] += 1
+        self._stats["bytes_sent"] += len(datagram)
+        if not self.validated:
+            self._path_bytes_out += len(datagram)
+        self._last_sent = now
+
+    def build_datagrams(self, *, now: float) -> list[bytes]:
+        """Everything there is to send now, as sealed datagrams."""
+        state = self.state
+        out: list[bytes] = []
+        if state is S.ESTABLISHED:
+            self._build_data(out, now)
+        elif state is S.HANDSHAKE:
+            if self._initiation_pending and self.initiation is not None:
+                self._initiation_pending = False
+                self._initiation_sent_time = now
+                out.append(self.initiation)
+                self._sent(self.initiation, now)
+            response = self._response
+            if (
+                self._response_pending
+                and response is not None
+                and len(response) <= self._allowance()
+            ):
+                self._response_pending = False
+                out.append(response)
+                self._sent(response, now)
+        elif state is S.CLOSING and self._close_send and self._close_frame is not None:
+            self._close_send = False
+            if len(self._close_frame) + _MIN_PACKET <= self._allowance():
+                datagram = self._seal(self._close_frame)
+                out.append(datagram)
+                self._sent(datagram, now)
+        return out
+
+    def _seal(self, payload: bytes) -> bytes:
+        assert self._send_cipher is not None
+        pn = self._next_pn
+        self._next_pn += 1
+        header = encode_data_header(self.connection_id, pn)
+        return header + self._send_cipher.seal(pn, header, payload)
+
+    def _build_data(self, out: list[bytes], now: float) -> None:
+        config = self.config
+        stream = self.send_stream
+        recovery = self.recovery
+        while True:
+            allowance = self._allowance()
+            if allowance < _MIN_PACKET:
+                return
+            window_open = recovery.in_flight < config.max_in_flight_packets
+            want_data = window_open and (self._ping_pending or stream.has_data())
+            want_ack = self._ack_eliciting > 0 and (
+                self._ack_immediate
+                or self._ack_eliciting >= 2
+                or (self._ack_deadline is not None and now >= self._ack_deadline)
+            )
+            if not (want_data or want_ack):
+                return
+            payload = bytearray()
+            if self._ack_pending:
+                delay_us = max(0, int((now - self._largest_received_time) * 1e6))
+                payload += encode_ack(self._received, delay_us)
+                self._ack_pending = False
+                self._ack_eliciting = 0
+                self._ack_immediate = False
+                self._ack_deadline = None
+            ping = False
+            if window_open and self._ping_pending:
+                payload += _PING
+                self._ping_pending = False
+                ping = True
+            ranges: list[tuple[int, int]] = []
+            room = allowance - DATA_HEADER_SIZE - TAG_SIZE - len(payload)
+            while window_open and room > STREAM_FRAME_OVERHEAD:
+                chunk = stream.next_chunk(room - STREAM_FRAME_OVERHEAD)
+                if chunk is None:
+                    break
+                offset, data = chunk
+                frame = _STREAM + encode_varint(offset) + encode_varint(len(data)) + data
+                payload += frame
+                room -= len(frame)
+                ranges.append((offset, offset + len(data)))
+            if not payload:
+                return
+            pn = self._next_pn
+            datagram = self._seal(bytes(payload))
+            out.append(datagram)
+            self._sent(datagram, now)
+            if ranges or ping:
+                recovery.on_packet_sent(
+                    SentPacket(
+                        packet_number=pn,
+                        sent_time=now,
+                        size=len(datagram),
+                        stream_ranges=ranges,
+                        ping=ping,
+                    )
+                )
+
+    # ----------------------------------------------------------------- timers
+
+    def deadlines(self) -> dict[Timer, float]:
+        """Every armed timer and its deadline."""
+        state = self.state
+        timers: dict[Timer, float] = {}
+        if state is S.ESTABLISHED:
+            rto = self.recovery.rto_deadline()
+            if rto is not None:
+                timers[Timer.RETRANSMIT] = rto
+            loss = self.recovery.loss_deadline()
+            if loss is not None:
+                timers[Timer.LOSS] = loss
+            if self._ack_eliciting and not self._ack_immediate and self._ack_deadline is not None:
+                timers[Timer.ACK_DELAY] = self._ack_deadline
+            if not self._ping_pending:
+                timers[Timer.KEEPALIVE] = self._last_sent + self.config.keepalive_interval
+            timers[Timer.IDLE] = self._last_received + self.config.idle_timeout
+        elif state is S.HANDSHAKE:
+            timers[Timer.HANDSHAKE_TIMEOUT] = self._handshake_deadline
+            if self.initiation is not None and not self._initiation_pending and self.is_client:
+                timers[Timer.HANDSHAKE] = self._initiation_sent_time + self.rtt.rto(
+                    self._handshake_backoff
+                )
+        elif state is S.CLOSING or state is S.DRAINING:
+            timers[Timer.CLOSE] = self._close_deadline
+        return timers
+
+    def next_deadline(self) -> float | None:
+        """The earliest armed timer, or None."""
+        timers = self.deadlines()
+        return min(timers.values()) if timers else None
+
+    def handle_timer(self, *, now: float) -> None:
+        """Fire every timer whose deadline has passed (an early call does nothing)."""
+        timers = self.deadlines()
+        for timer in _FIRING_ORDER:
+            deadline = timers.get(timer)
+            if deadline is None or deadline > now:
+                continue
+            self._fire(timer, now)
+            if self.state is S.CLOSED:
+                return
+
+    def _fire(self, timer: Timer, now: float) -> None:
+        if timer is Timer.IDLE:
+            self._transition(StateInput.TIMEOUT)
+            self._terminate(
+                CloseCode.IDLE_TIMEOUT, f"nothing received for {self.config.idle_timeout:g} s"
+            )
+        elif timer is Timer.HANDSHAKE_TIMEOUT:
+            self._transition(StateInput.TIMEOUT)
+            if not self.is_client:
+                self._drop("half_open_expired")
+            self._terminate(
+                CloseCode.HANDSHAKE_TIMEOUT,
+                f"no handshake within {self.config.handshake_timeout:g} s",
+            )
+        elif timer is Timer.CLOSE:
+            self._transition(StateInput.CLOSE_TIMER)
+        elif timer is Timer.RETRANSMIT:
+            self._requeue(self.recovery.on_rto())
+        elif timer is Timer.LOSS:
+            self._requeue(self.recovery.detect_lost(now=now))
+        elif timer is Timer.ACK_DELAY:
+            self._ack_immediate = True
+            self._ack_deadline = None
+        elif timer is Timer.KEEPALIVE:
+            self._ping_pending = True
+        elif timer is Timer.HANDSHAKE:
+            self._initiation_pending = True
+            self._handshake_backoff += 1
+
+
+# Fatal timers first: there is no point retransmitting on a dead connection.
+_FIRING_ORDER: Final = (
+    Timer.HANDSHAKE_TIMEOUT,
+    Timer.IDLE,
+    Timer.CLOSE,
+    Timer.RETRANSMIT,
+    Timer.LOSS,
+    Timer.ACK_DELAY,
+    Timer.KEEPALIVE,
+    Timer.HANDSHAKE,
+)
+
+
+def _new_send_stream(config: TransportConfig) -> SendStream:
+    return SendStream(window=config.stream_window_bytes, max_buffer=config.max_send_buffer_bytes)
+
+
+def _new_receive_stream(config: TransportConfig) -> ReceiveStream:
+    return ReceiveStream(window=RECEIVE_WINDOW, max_message_size=config.max_message_size)

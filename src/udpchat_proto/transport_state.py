@@ -1,0 +1,107 @@
+"""The connection state machine and the named timers (h11 ``_state.py`` style).
+
+States::
+
+    INITIAL --CONNECT--> HANDSHAKE --HANDSHAKE_DONE--> ESTABLISHED
+    HANDSHAKE --TIMEOUT | KEY_MISMATCH | CLOSE_LOCAL--> CLOSED
+    ESTABLISHED --CLOSE_LOCAL | VIOLATION--> CLOSING --CLOSE_TIMER--> CLOSED
+    ESTABLISHED | CLOSING --CLOSE_RECEIVED--> DRAINING --CLOSE_TIMER--> CLOSED
+    ESTABLISHED --TIMEOUT--> CLOSED
+
+A client starts in INITIAL; a server connection is born in HANDSHAKE (half-open:
+response sent, the client's first packet not yet seen). CLOSING sends a CLOSE
+frame and answers further packets with it; DRAINING sends nothing (RFC 9000,
+section 10.2). Both last three RTOs so late packets find the connection.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from .errors import LocalProtocolError
+
+__all__ = ["END_STATES", "TRANSITIONS", "ConnectionState", "StateInput", "Timer", "transition"]
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is in its life."""
+
+    INITIAL = "initial"
+    HANDSHAKE = "handshake"
+    ESTABLISHED = "established"
+    CLOSING = "closing"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class StateInput(enum.Enum):
+    """What moves a connection from one state to another."""
+
+    CONNECT = "connect"
+    HANDSHAKE_DONE = "handshake_done"
+    KEY_MISMATCH = "key_mismatch"
+    CLOSE_LOCAL = "close_local"
+    VIOLATION = "violation"
+    CLOSE_RECEIVED = "close_received"
+    TIMEOUT = "timeout"
+    CLOSE_TIMER = "close_timer"
+
+
+S = ConnectionState
+I = StateInput  # noqa: E741
+
+#: ``(state, input) -> next state``; a pair not listed is not allowed.
+TRANSITIONS: Final[dict[tuple[ConnectionState, StateInput], ConnectionState]] = {
+    (S.INITIAL, I.CONNECT): S.HANDSHAKE,
+    (S.INITIAL, I.CLOSE_LOCAL): S.CLOSED,
+    (S.HANDSHAKE, I.HANDSHAKE_DONE): S.ESTABLISHED,
+    (S.HANDSHAKE, I.KEY_MISMATCH): S.CLOSED,
+    (S.HANDSHAKE, I.TIMEOUT): S.CLOSED,
+    (S.HANDSHAKE, I.CLOSE_LOCAL): S.CLOSED,
+    (S.ESTABLISHED, I.CLOSE_LOCAL): S.CLOSING,
+    (S.ESTABLISHED, I.VIOLATION): S.CLOSING,
+    (S.ESTABLISHED, I.CLOSE_RECEIVED): S.DRAINING,
+    (S.ESTABLISHED, I.TIMEOUT): S.CLOSED,
+    (S.CLOSING, I.CLOSE_RECEIVED): S.DRAINING,
+    (S.CLOSING, I.CLOSE_TIMER): S.CLOSED,
+    (S.DRAINING, I.CLOSE_TIMER): S.CLOSED,
+}
+
+#: States in which the connection is over for the application.
+END_STATES: Final = frozenset({S.CLOSING, S.DRAINING, S.CLOSED})
+
+
+def transition(state: ConnectionState, event: StateInput) -> ConnectionState:
+    """The state after ``event`` in ``state``.
+
+    Raises:
+        LocalProtocolError: the pair is not in :data:`TRANSITIONS`.
+    """
+    try:
+        return TRANSITIONS[state, event]
+    except KeyError:
+        raise LocalProtocolError(
+            f"cannot {event.value} in state {state.value}"
+        ) from None
+
+
+class Timer(enum.Enum):
+    """The named deadlines of a connection; the earliest one is ``get_timer()``."""
+
+    HANDSHAKE = "handshake"
+    """Client: resend the initiation (RTO with backoff)."""
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    """Give up on the handshake (both roles)."""
+    RETRANSMIT = "retransmit"
+    """RTO: everything in flight is lost, back off."""
+    LOSS = "loss"
+    """Time-threshold loss detection (RFC 9002, 6.1.2)."""
+    ACK_DELAY = "ack_delay"
+    """Send a delayed acknowledgement."""
+    KEEPALIVE = "keepalive"
+    """Nothing sent for ``keepalive_interval``: send a PING."""
+    IDLE = "idle"
+    """Nothing received for ``idle_timeout``: the connection is dead."""
+    CLOSE = "close"
+    """End of the closing or draining period."""
