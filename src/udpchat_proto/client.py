@@ -200,6 +200,18 @@ class ClientConnection:
         """Requests sent and not yet answered."""
         return len(self._pending)
 
+    def pending_request(self, request_id: int) -> m.Request | None:
+        """The request sent with ``request_id`` if it is not answered yet, else None.
+
+        After :class:`Disconnected`, the unanswered ``SendMessage`` requests here are
+        the messages to send again (same ``message_id``) on the next connection.
+        """
+        return self._pending.get(request_id)
+
+    def unanswered(self) -> list[m.Request]:
+        """Every request sent and not answered yet, in the order sent."""
+        return list(self._pending.values())
+
     # --- the five methods --------------------------------------------------------------------
 
     def connect(self, now: float) -> None:
@@ -334,21 +346,31 @@ class ClientConnection:
         """
         return self._request(lambda rid: m.Logout(request_id=rid))
 
-    def send_message(self, to: str, text: str) -> int:
+    def send_message(self, to: str, text: str, *, message_id: bytes | None = None) -> int:
         """Send ``text`` to a friend or to a room (``#name``).
 
         The message id is 16 random bytes; ``MessageAccepted`` carries it once the
         message is committed on the server. Refusals: ``not_friends``,
         ``unknown_user``, ``unknown_room``, ``not_a_member``, ``rate_limited``.
 
+        Args:
+            to: a username, or a room name starting with ``#``.
+            text: 1 to 4096 bytes of UTF-8.
+            message_id: to send again a message whose acceptance never arrived (the
+                connection ended first), pass its id (from :meth:`pending_request`):
+                the server stores it at most once and answers with the original
+                acceptance. None (the default) draws a new id.
+
         Raises:
-            ValidationError: an invalid recipient, empty text or text over 4096 bytes.
+            ValidationError: an invalid recipient, empty text, text over 4096 bytes,
+                or a ``message_id`` that is not 16 bytes.
             LocalProtocolError: the connection is closing or closed.
 
         Returns:
             The request id. Then call :meth:`datagrams_to_send`.
         """
-        message_id = self._random.token_bytes(MESSAGE_ID_SIZE)
+        if message_id is None:
+            message_id = self._random.token_bytes(MESSAGE_ID_SIZE)
         return self._request(
             lambda rid: m.SendMessage(request_id=rid, message_id=message_id, to=to, text=text)
         )

@@ -1,0 +1,395 @@
+"""Drive a ChatServer and ClientConnections over the simulated network.
+
+:class:`ChatWorld` puts a :class:`ServerHost` (the ChatServer plus what the real
+server loop does around it) and any number of :class:`ChatUser`\\ s on a
+:class:`tests.simnet.Network` with a fake clock. The host does exactly what the
+runtime does, in the same order: feed datagrams -> run hash jobs -> if
+``writes_pending``: ``store.commit()``; ``committed()`` -> send. Hash jobs run
+synchronously with tiny scrypt parameters, or after a simulated delay
+(``hash_delay``) to model a busy worker pool.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import attrs
+
+from tests.simnet import Link, Network
+from udpchat_proto import messages as m
+from udpchat_proto.chat_events import Connected, Disconnected
+from udpchat_proto.client import ClientConnection
+from udpchat_proto.errors import ErrorCode
+from udpchat_proto.keys import ServerKey
+from udpchat_proto.memory_store import MemoryStore
+from udpchat_proto.passwords import ScryptParams
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.ratelimit import RateLimit
+from udpchat_proto.server import ChatServer, HashJob, ServerConfig
+from udpchat_proto.store import Store
+from udpchat_server.sqlite_store import SQLiteStore
+
+SERVER_ADDRESS = ("10.0.0.1", 4433)
+FAST_SCRYPT = ScryptParams(n=16, r=1, p=1)
+GENEROUS = RateLimit(burst=10_000, interval=0.001)
+PASSWORD = "correct horse"
+
+T = TypeVar("T")
+
+
+def test_config(**changes: Any) -> ServerConfig:
+    """Tiny scrypt and rate limits out of the way, unless a test sets them."""
+    fields: dict[str, Any] = {
+        "scrypt": FAST_SCRYPT,
+        "registrations_per_address": GENEROUS,
+        "message_rate": GENEROUS,
+        "request_rate": GENEROUS,
+    }
+    fields.update(changes)
+    return ServerConfig(**fields)
+
+
+# Not a test, despite its name.
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+# --- stores --------------------------------------------------------------------------------
+
+
+@attrs.define
+class StoreFactory:
+    """Opens the store a world runs on; ``reopen`` models a server process restart."""
+
+    kind: str
+    path: Path
+    _memory: MemoryStore | None = None
+
+    def open(self) -> Store:
+        if self.kind == "memory":
+            # The state machine is rebuilt, the memory store lives on (as if durable).
+            if self._memory is None:
+                self._memory = MemoryStore()
+            return self._memory
+        return SQLiteStore.open(self.path)
+
+
+class RecordingStore:
+    """Forwards to a store and records commits and which messages each made durable."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.commits = 0
+        self.uncommitted: list[bytes] = []
+        self.committed_ids: set[bytes] = set()
+
+    def commit(self) -> None:
+        self.inner.commit()
+        self.commits += 1
+        self.committed_ids.update(self.uncommitted)
+        self.uncommitted.clear()
+
+    def add_message(self, message: m.ChatMessage) -> Any:
+        stored = self.inner.add_message(message)
+        self.uncommitted.append(message.id)
+        return stored
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+# --- the server and its loop -----------------------------------------------------------------
+
+
+class ServerHost:
+    """A ChatServer with the real loop's group commit and hash jobs, as a simnet node."""
+
+    def __init__(self, server: ChatServer, store: RecordingStore) -> None:
+        self.server = server
+        self.store = store
+        self.hash_delay = 0.0
+        """Simulated seconds a hash job takes (0: done in the same turn)."""
+        self.hold_commits = False
+        """When True the loop never commits: nothing after a write may leave."""
+        self._jobs: list[tuple[float, int, HashJob]] = []
+        self._order = itertools.count()
+
+    def _pump(self, now: float) -> None:
+        for job in self.server.take_hash_jobs():
+            heapq.heappush(self._jobs, (now + self.hash_delay, next(self._order), job))
+        while self._jobs and self._jobs[0][0] <= now:
+            _, _, job = heapq.heappop(self._jobs)
+            self.server.complete_hash_job(job.job_id, job.run(), now)
+            # A completed login may queue more jobs (pipelined logins).
+            for more in self.server.take_hash_jobs():
+                heapq.heappush(self._jobs, (now + self.hash_delay, next(self._order), more))
+        if self.server.writes_pending and not self.hold_commits:
+            self.store.commit()
+            self.server.committed()
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        self.server.receive_datagram(data, addr, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        self._pump(now)
+        return self.server.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        timers = [t for t in (self.server.get_timer(),) if t is not None]
+        if self._jobs:
+            timers.append(self._jobs[0][0])
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        self.server.handle_timer(now)
+
+    def next_event(self) -> Any:
+        return self.server.next_event()
+
+
+# --- users ---------------------------------------------------------------------------------------
+
+_ports = itertools.count(20000)
+
+
+class ChatUser:
+    """One person: a name, a password, and their successive connections."""
+
+    def __init__(self, world: ChatWorld, name: str, password: str = PASSWORD, device: str = ""):
+        self.world = world
+        self.name = name
+        self.label = f"{name}@{device}" if device else name
+        """Names this device's nodes (one user may run several devices)."""
+        self.password = password
+        self.host = f"10.1.{len(world.users) // 200}.{len(world.users) % 200 + 2}"
+        self.connection: ClientConnection | None = None
+        self.node: str | None = None
+        self.nodes: list[str] = []
+        self.token: bytes | None = None
+        self.delivered_ids: frozenset[bytes] = frozenset()
+
+    # --- connections ---
+
+    @property
+    def conn(self) -> ClientConnection:
+        assert self.connection is not None, f"{self.name} is not connected"
+        return self.connection
+
+    def connect(self, *, wait: bool = True) -> ClientConnection:
+        """A new connection (a new process: new port, same delivered ids)."""
+        generation = len(self.nodes)
+        connection = ClientConnection(
+            server_address=SERVER_ADDRESS,
+            expected_server_key=self.world.key.public_bytes,
+            random=SeededRandomSource(f"{self.world.seed}-{self.label}-{generation}"),
+            delivered_ids=self.delivered_ids,
+        )
+        node = f"{self.label}#{generation}"
+        self.world.net.add(node, connection, (self.host, next(_ports)))
+        self.connection, self.node = connection, node
+        self.nodes.append(node)
+        connection.connect(self.world.net.now)
+        if wait:
+            self.world.net.run_until(lambda: connection.is_connected, what=f"{node} connects")
+        return connection
+
+    def login(self) -> m.LoggedIn:
+        logged_in = self.ok(self.conn.login(self.name, self.password), m.LoggedIn)
+        self.token = logged_in.token
+        return logged_in
+
+    def resume(self) -> m.LoggedIn:
+        assert self.token is not None
+        return self.ok(self.conn.resume(self.token), m.LoggedIn)
+
+    def close(self) -> None:
+        """Close the connection politely and let the server learn it."""
+        connection, node = self.conn, self.node
+        assert node is not None
+        self._save()
+        connection.close(self.world.net.now)
+        self.world.net.run_for(1.0)
+        self.world.net.vanish(node)
+        self.connection = self.node = None
+
+    def crash(self) -> None:
+        """The process dies: no close, the server finds out by idle timeout."""
+        assert self.node is not None
+        self._save()
+        self.world.net.vanish(self.node)
+        self.connection = self.node = None
+
+    def _save(self) -> None:
+        # What a CLI persists between runs.
+        self.delivered_ids = self.conn.delivered_ids
+        if self.conn.token is not None:
+            self.token = self.conn.token
+
+    # --- events ---
+
+    def events(self) -> list[Any]:
+        """Every event of the current connection."""
+        assert self.node is not None
+        return self.world.net.events[self.node]
+
+    def all_events(self) -> Iterator[Any]:
+        for node in self.nodes:
+            yield from self.world.net.events[node]
+
+    def received(self) -> list[m.ChatMessage]:
+        """Every message delivered to this user, over all connections, in order."""
+        return [e.message for e in self.all_events() if isinstance(e, m.MessageDelivered)]
+
+    def texts(self) -> list[str]:
+        return [message.text for message in self.received()]
+
+    def pushes(self, kind: type[T] | None = None) -> list[Any]:
+        """Pushes other than deliveries on the current connection."""
+        wanted: tuple[type, ...] = (kind,) if kind is not None else _OTHER_PUSHES
+        return [e for e in self.events() if isinstance(e, wanted)]
+
+    def response(self, request_id: int) -> m.Response | None:
+        for event in self.events():
+            if getattr(event, "request_id", None) == request_id and not isinstance(
+                event, (Connected, Disconnected)
+            ):
+                return cast(m.Response, event)
+        return None
+
+    def wait(self, request_id: int, *, max_time: float = 30.0) -> m.Response:
+        self.world.net.run_until(
+            lambda: self.response(request_id) is not None,
+            max_time=max_time,
+            what=f"{self.name}: answer to request {request_id}",
+        )
+        response = self.response(request_id)
+        assert response is not None
+        return response
+
+    def ok(self, request_id: int, kind: type[T] = m.Ok) -> T:  # type: ignore[assignment]
+        """Wait for the answer and check its type."""
+        response = self.wait(request_id)
+        assert isinstance(response, kind), f"{self.name}: expected {kind.__name__}, got {response}"
+        return response
+
+    def refused(self, request_id: int, code: ErrorCode) -> m.ErrorResponse:
+        response = self.wait(request_id)
+        assert isinstance(response, m.ErrorResponse), (
+            f"{self.name}: expected {code}, got {response}"
+        )
+        assert response.code is code, f"{self.name}: expected {code}, got {response}"
+        return response
+
+    def send(self, to: str, text: str) -> m.MessageAccepted:
+        return self.ok(self.conn.send_message(to, text), m.MessageAccepted)
+
+
+_OTHER_PUSHES: tuple[type, ...] = (
+    m.PresenceChanged,
+    m.InvitationReceived,
+    m.InvitationAnswered,
+    m.InvitationCancelled,
+    m.Unfriended,
+    m.RoomMembershipChanged,
+)
+
+
+# --- the world -----------------------------------------------------------------------------------
+
+
+class ChatWorld:
+    """A server and its users on one simulated network."""
+
+    def __init__(
+        self,
+        stores: StoreFactory,
+        *,
+        seed: int = 0,
+        config: ServerConfig | None = None,
+        link: Link | None = None,
+    ) -> None:
+        self.seed = seed
+        self.stores = stores
+        self.config = config if config is not None else test_config()
+        self.net = Network(seed, default_link=link)
+        self.key = ServerKey.generate(SeededRandomSource(f"server-key-{seed}"))
+        self.users: dict[str, ChatUser] = {}
+        self.generation = 0
+        self.host = self._start_server()
+
+    def _start_server(self) -> ServerHost:
+        store = RecordingStore(self.stores.open())
+        server = ChatServer(
+            store=cast(Store, store),
+            static_key=self.key,
+            config=self.config,
+            # A new seed per generation: a restarted server must not reissue tokens.
+            random=SeededRandomSource(f"server-{self.seed}-{self.generation}"),
+        )
+        host = ServerHost(server, store)
+        self.net.add(f"server#{self.generation}", host, SERVER_ADDRESS)
+        return host
+
+    @property
+    def server(self) -> ChatServer:
+        return self.host.server
+
+    @property
+    def store(self) -> RecordingStore:
+        return self.host.store
+
+    def server_events(self) -> list[Any]:
+        return self.net.events[f"server#{self.generation}"]
+
+    def restart_server(self) -> None:
+        """Discard the state machine (uncommitted writes die with it) and start anew
+        on the same store file."""
+        self.net.vanish(f"server#{self.generation}")
+        if self.stores.kind == "sqlite":
+            self.store.inner.close()
+        self.generation += 1
+        self.host = self._start_server()
+
+    def user(self, name: str, password: str = PASSWORD, *, device: str = "") -> ChatUser:
+        """A person (or another device of one: same name, another ``device``)."""
+        user = ChatUser(self, name, password, device)
+        assert user.label not in self.users
+        self.users[user.label] = user
+        return user
+
+    def signed_up(self, *names: str) -> list[ChatUser]:
+        """Users registered, connected and logged in."""
+        users = []
+        for name in names:
+            user = self.user(name)
+            user.connect()
+            user.ok(user.conn.register(name, user.password))
+            user.login()
+            users.append(user)
+        return users
+
+    def befriend(self, a: ChatUser, b: ChatUser) -> None:
+        a.ok(a.conn.invite(b.name))
+        b.ok(b.conn.accept_invitation(a.name))
+        # Let the answer push reach the inviter.
+        self.net.run_for(0.5)
+
+    def settle(self, seconds: float = 2.0) -> None:
+        self.net.run_for(seconds)
+
+    def run_until(
+        self, predicate: Callable[[], bool], *, max_time: float = 60.0, what: str = ""
+    ) -> None:
+        self.net.run_until(predicate, max_time=max_time, what=what)
+
+    def check_server_health(self) -> None:
+        stats = self.server.stats
+        if stats.internal_errors:
+            raise AssertionError("internal errors in the server") from stats.last_internal_error
+
+
+def texts_of(messages: Sequence[m.ChatMessage]) -> list[str]:
+    return [message.text for message in messages]
