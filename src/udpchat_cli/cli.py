@@ -78,6 +78,21 @@ class CliError(Exception):
         super().__init__(message)
 
 
+def _key_mismatch(exc: KeyMismatchError, known_servers: Path) -> CliError:
+    then = (
+        f" (the new key {fingerprint(exc.presented)} will then be pinned)"
+        if exc.presented is not None
+        else ""
+    )
+    return CliError(
+        EXIT_KEY_MISMATCH,
+        "server_key_mismatch",
+        f"{exc}. Someone may be impersonating the server, or its key was changed. "
+        f"If the change is legitimate, remove the line starting with "
+        f"'{exc.server} ' from {known_servers} and run the command again{then}.",
+    )
+
+
 def _refused(code: str, message: str) -> CliError:
     return CliError(EXIT_REFUSED, code, message)
 
@@ -143,7 +158,10 @@ class App:
         except OSError as exc:
             raise CliError(EXIT_USAGE, "usage", f"cannot use server {server}: {exc}") from None
         with session:
-            key = session.open()
+            try:
+                key = session.open()
+            except KeyMismatchError as exc:
+                raise _key_mismatch(exc, known.path) from None
             if pinned is None:
                 known.pin(server, key)
             if resume:
@@ -639,21 +657,7 @@ def _as_cli_error(exc: BaseException) -> CliError:
         case ConnectionLostError():
             return CliError(EXIT_TIMEOUT, "disconnected", str(exc))
         case KeyMismatchError():
-            known = "known_servers"
-            with contextlib.suppress(Exception):
-                known = str(_app().home.known_servers.path)
-            then = (
-                f" (the new key {fingerprint(exc.presented)} will then be pinned)"
-                if exc.presented is not None
-                else ""
-            )
-            return CliError(
-                EXIT_KEY_MISMATCH,
-                "server_key_mismatch",
-                f"{exc}. Someone may be impersonating the server, or its key was changed. "
-                f"If the change is legitimate, remove the line starting with "
-                f"'{exc.server} ' from {known} and run the command again{then}.",
-            )
+            return _key_mismatch(exc, Path("known_servers"))
         case HomeError():
             return _refused("local_error", str(exc))
         case click.UsageError():

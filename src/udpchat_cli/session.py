@@ -123,11 +123,11 @@ class Session:
         self._address: Address = (str(address[0]), int(address[1]))
         self._sock = socket.socket(family, kind, proto)
         self._sock.setblocking(False)
-        self._conn = ClientConnection(
-            server_address=self._address,
-            expected_server_key=pinned,
-            delivered_ids=delivered_ids,
-        )
+        # The pinned key is checked here, at Connected, rather than by the core
+        # (expected_server_key=): that way the refusal can show the key presented,
+        # which the user compares with the one the server prints. Nothing is sent
+        # before open() has checked the key, so an impostor learns nothing.
+        self._conn = ClientConnection(server_address=self._address, delivered_ids=delivered_ids)
         self._answers: dict[int, Response] = {}
         self._closed = False
 
@@ -258,7 +258,6 @@ class Session:
 
     def _on_connected(self, key: bytes) -> None:
         self.server_key = key
-        # The core checks expected_server_key itself; this is a second, cheap guard.
         if self.pinned is not None and key != self.pinned:
             self._closed = True
             self._sock.close()
