@@ -117,11 +117,11 @@ def test_a_backlog_larger_than_the_window_keeps_its_order_with_new_messages(
     received = bob.received()
     # Each conversation in order; across conversations, store order: every old message
     # (stored first) before every new one.
-    for sender in ("alice", "carol"):
+    for name in ("alice", "carol"):
         assert_exactly_once_in_order(
-            [message for message in received if message.sender == sender],
-            [text for text in sent if text.endswith(sender)]
-            + ([f"new {i}" for i in range(10)] if sender == "alice" else []),
+            [message for message in received if message.sender == name],
+            [text for text in sent if text.endswith(name)]
+            + ([f"new {i}" for i in range(10)] if name == "alice" else []),
         )
     assert [message.text.startswith("new") for message in received] == [False] * 50 + [True] * 10
 
