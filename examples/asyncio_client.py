@@ -25,6 +25,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
+from typing import cast
 
 from udpchat_proto import messages as m
 from udpchat_proto.chat_events import Connected, Disconnected
@@ -54,8 +55,8 @@ class ChatClientProtocol(asyncio.DatagramProtocol):
     # --- asyncio's side ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # A datagram endpoint's transport (not always a DatagramTransport subclass).
+        self._transport = cast(asyncio.DatagramTransport, transport)
         self.conn.connect(time.time())
         self._after_input()
 
@@ -104,9 +105,11 @@ class ChatClientProtocol(asyncio.DatagramProtocol):
                     self._connected.set_result(event.server_key)
             elif isinstance(event, Disconnected):
                 failure = ConnectionError(f"disconnected: {event.code.name} {event.reason}")
-                for future in (self._connected, *self._answers.values()):
-                    if not future.done():
-                        future.set_exception(failure)
+                if not self._connected.done():
+                    self._connected.set_exception(failure)
+                for pending in self._answers.values():
+                    if not pending.done():
+                        pending.set_exception(failure)
                 if not self._closed.done():
                     self._closed.set_result(event)
             elif isinstance(event, m.Response):

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import time
 
 from asyncio_client import check, open_client, parse_address
 
 from udpchat_proto import messages as m
+from udpchat_proto.client import ClientConnection
 from udpchat_proto.validation import MAX_TEXT_BYTES, is_room
 
 
@@ -43,7 +45,11 @@ async def run(args: argparse.Namespace) -> int:
                 check(answer)
         check(await client.request(lambda c: c.login(args.user, args.password), args.timeout))
         for room in args.join:
-            check(await client.request(lambda c, r=room: c.join_room(r), args.timeout))
+            check(
+                await client.request(
+                    functools.partial(ClientConnection.join_room, room=room), args.timeout
+                )
+            )
         print(f"{args.user} is listening", flush=True)
         end = time.monotonic() + args.duration if args.duration else None
         while args.count is None or answered < args.count:
@@ -56,7 +62,10 @@ async def run(args: argparse.Namespace) -> int:
                 break
             if isinstance(push, m.InvitationReceived):
                 user = push.from_user
-                await client.request(lambda c, u=user: c.accept_invitation(u), args.timeout)
+                await client.request(
+                    functools.partial(ClientConnection.accept_invitation, username=user),
+                    args.timeout,
+                )
                 print(f"accepted {user}", flush=True)
             elif isinstance(push, m.MessageDelivered):
                 message = push.message
@@ -65,7 +74,8 @@ async def run(args: argparse.Namespace) -> int:
                 to = message.to if is_room(message.to) else message.sender
                 text = reply_text(message.text)
                 answer = await client.request(
-                    lambda c, to=to, text=text: c.send_message(to, text), args.timeout
+                    functools.partial(ClientConnection.send_message, to=to, text=text),
+                    args.timeout,
                 )
                 if isinstance(answer, m.ErrorResponse):
                     print(f"could not answer {to}: {answer.code}", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> ServerProcess:
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path).start()
-    yield process  # type: ignore[misc]
-    process.stop()
-    process.kill()
+    try:
+        yield process
+    finally:
+        process.stop()
+        process.kill()
 
 
 def example(name: str, server: ServerProcess, *args: str) -> list[str]:
