@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import socket
 import sys
 import time
@@ -683,6 +684,12 @@ def main(argv: list[str] | None = None) -> None:
         _fail(out, _refused("interrupted", "interrupted"))
     except KeyboardInterrupt:
         _fail(out, _refused("interrupted", "interrupted"))
+    except BrokenPipeError:
+        # The reader went away (``listen | head -1``): it had what it wanted. Point
+        # stdout at /dev/null so that the interpreter's last flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_OK)
     except Exception as exc:
         _fail(out, _as_cli_error(exc))
     sys.exit(EXIT_OK)

@@ -29,10 +29,17 @@ import socket
 import time
 from collections.abc import Callable
 
+from udpchat_proto.chat_events import (
+    ClientConnected,
+    ClientDisconnected,
+    ServerEvent,
+    UserLoggedIn,
+    UserLoggedOut,
+)
 from udpchat_proto.server import ChatServer, HashJob
 from udpchat_proto.store import Store
 
-__all__ = ["BATCH", "ServerLoop"]
+__all__ = ["BATCH", "ServerLoop", "describe"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,21 @@ BATCH = 256
 MAX_DATAGRAM = 65_535
 #: Longest sleep when the core has no timer, so that a missed wake-up costs little.
 IDLE_WAIT = 5.0
+
+
+def describe(event: ServerEvent) -> str:
+    """One log line for a server event: ``connection 4cb81ee9 alice logged in``."""
+    who = f"connection {event.connection_id.hex()[:8]}"
+    match event:
+        case ClientConnected(address=(host, port)):
+            return f"{who} connected from {host}:{port}"
+        case UserLoggedIn(username=user, resumed=resumed):
+            return f"{who} {user} {'resumed their session' if resumed else 'logged in'}"
+        case UserLoggedOut(username=user):
+            return f"{who} {user} logged out"
+        case ClientDisconnected(code=code, reason=reason):
+            return f"{who} disconnected ({code.name.lower()}{': ' + reason if reason else ''})"
+    return f"{who} {event}"
 
 
 class ServerLoop:
@@ -150,7 +172,7 @@ class ServerLoop:
         for job in server.take_hash_jobs():
             self._start(job)
         while (event := server.next_event()) is not None:
-            log.info("%s", event)
+            log.info("%s", describe(event))
         if server.writes_pending:
             self._store.commit()
             server.committed()
