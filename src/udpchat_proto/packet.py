@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Final
 
 import attrs
@@ -338,7 +338,7 @@ class CloseFrame:
 Frame = PaddingFrame | PingFrame | AckFrame | StreamFrame | CloseFrame
 
 
-def encode_ack(ranges: Sequence[tuple[int, int]] | Sequence[range], delay_us: int) -> bytes:
+def encode_ack(ranges: Iterable[tuple[int, int]] | Iterable[range], delay_us: int) -> bytes:
     """Encode an ACK frame from ascending, disjoint, non-adjacent ranges.
 
     Only the :data:`MAX_ACK_RANGES` highest ranges are written.

@@ -9,8 +9,7 @@ insertions are binary searches, so a long-lived set with few holes stays cheap.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from collections.abc import Iterable, Iterator
 
 __all__ = ["RangeSet"]
 
@@ -23,10 +22,11 @@ def _start(r: range) -> int:
     return r.start
 
 
-class RangeSet(Sequence[range]):
+class RangeSet:
     """Sorted, disjoint, non-adjacent half-open ranges of integers.
 
     Adding ``[3, 5)`` to ``{[0, 3)}`` gives ``{[0, 5)}``: touching ranges merge.
+    Iterating yields the ranges; ``value in rangeset`` tests an integer.
     """
 
     __slots__ = ("_ranges",)
@@ -104,20 +104,15 @@ class RangeSet(Sequence[range]):
         """
         return self._ranges.pop(0)
 
-    def __contains__(self, value: object) -> bool:
-        if not isinstance(value, int):
-            return False
+    def __contains__(self, value: int) -> bool:
         i = bisect_right(self._ranges, value, key=_start) - 1
         return i >= 0 and value < self._ranges[i].stop
 
-    @overload
-    def __getitem__(self, index: int) -> range: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[range]: ...
-
-    def __getitem__(self, index: int | slice) -> range | Sequence[range]:
+    def __getitem__(self, index: int) -> range:
         return self._ranges[index]
+
+    def __bool__(self) -> bool:
+        return bool(self._ranges)
 
     def __len__(self) -> int:
         return len(self._ranges)

@@ -1,0 +1,206 @@
+"""Packet and frame codecs: layouts, round trips, and DecodeError for any bad bytes."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from udpchat_proto.errors import DecodeError
+from udpchat_proto.packet import (
+    DATA_HEADER_SIZE,
+    INITIATION_SIZE,
+    MAX_ACK_RANGES,
+    MAX_CLOSE_REASON_BYTES,
+    MAX_VARINT,
+    AckFrame,
+    CloseFrame,
+    DataPacket,
+    Frame,
+    Initiation,
+    PaddingFrame,
+    PingFrame,
+    Response,
+    StreamFrame,
+    decode_frames,
+    decode_packet,
+    decode_varint,
+    encode_data_header,
+    encode_frame,
+    encode_frames,
+    encode_initiation,
+    encode_response,
+    encode_varint,
+)
+
+CID = bytes.fromhex("0102030405060708")
+
+
+@pytest.mark.parametrize(
+    ("value", "wire"),
+    [
+        (0, "00"),
+        (63, "3f"),
+        (64, "4040"),
+        (15293, "7bbd"),  # RFC 9000, appendix A.1 examples
+        (494878333, "9d7f3e7d"),
+        (151288809941952652, "c2197c5eff14e88c"),
+        (MAX_VARINT, "ffffffffffffffff"),
+    ],
+)
+def test_varint_examples(value: int, wire: str) -> None:
+    assert encode_varint(value).hex() == wire
+    assert decode_varint(bytes.fromhex(wire), 0) == (value, len(wire) // 2)
+
+
+def test_varint_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        encode_varint(MAX_VARINT + 1)
+    with pytest.raises(ValueError):
+        encode_varint(-1)
+    with pytest.raises(DecodeError):
+        decode_varint(b"\x40", 0)
+
+
+def test_data_header_layout() -> None:
+    header = encode_data_header(CID, 0x0102)
+    assert header.hex() == "03" + CID.hex() + "0000000000000102"
+    assert len(header) == DATA_HEADER_SIZE == 17
+    packet = decode_packet(header + bytes(16))
+    assert packet == DataPacket(
+        connection_id=CID, packet_number=0x0102, header=header, ciphertext=bytes(16)
+    )
+
+
+def test_initiation_layout() -> None:
+    datagram = encode_initiation(CID, bytes(INITIATION_SIZE - 10))
+    assert datagram[:2] == b"\x01\x01" and datagram[2:10] == CID
+    assert decode_packet(datagram) == Initiation(
+        connection_id=CID, noise_message=bytes(INITIATION_SIZE - 10)
+    )
+    with pytest.raises(DecodeError) as info:
+        decode_packet(datagram[:-1])
+    assert info.value.reason == "initiation_size"
+    with pytest.raises(DecodeError) as info:
+        decode_packet(b"\x01\x02" + datagram[2:])
+    assert info.value.reason == "unsupported_version"
+
+
+def test_response_layout() -> None:
+    datagram = encode_response(CID, bytes(96))
+    assert decode_packet(datagram) == Response(connection_id=CID, noise_message=bytes(96))
+    with pytest.raises(DecodeError):
+        decode_packet(datagram[:-1])
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\x04abc", b"\x03" + bytes(31), b"\xff" * 40])
+def test_bad_packets(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_packet(data)
+
+
+def test_ack_frame_like_quic() -> None:
+    frame = AckFrame(ranges=((0, 3), (5, 6), (8, 11)), delay_us=100)
+    wire = encode_frame(frame)
+    # type, largest 10, delay 100, 2 more ranges, first range 2 (8..10),
+    # gap 1 (6, 7 missing), length 0 (5), gap 1 (3, 4 missing), length 2 (0..2).
+    assert wire.hex() == "02" + "0a" + "4064" + "02" + "02" + "01" + "00" + "01" + "02"
+    assert decode_frames(wire) == [frame]
+    assert frame.largest == 10
+
+
+def test_ack_keeps_only_the_highest_ranges() -> None:
+    ranges = tuple((i * 3, i * 3 + 1) for i in range(MAX_ACK_RANGES + 5))
+    (decoded,) = decode_frames(encode_frame(AckFrame(ranges=ranges)))
+    assert isinstance(decoded, AckFrame)
+    assert decoded.ranges == ranges[-MAX_ACK_RANGES:]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        "02" + "01" + "00" + "00" + "05",  # first range below zero
+        "02" + "05" + "00" + "01" + "00" + "04" + "00",  # second range below zero
+        "02" + "05" + "00" + "3f" + "00",  # count larger than the packet
+        "03" + "00" + "05" + "6162",  # stream data cut short
+        "04" + "00" + "02" + "ff",  # reason cut short
+        "04" + "00" + "01" + "ff",  # reason not UTF-8
+        "09",  # unknown frame
+        "",  # no frame at all
+    ],
+)
+def test_bad_frames(wire: str) -> None:
+    with pytest.raises(DecodeError):
+        decode_frames(bytes.fromhex(wire))
+
+
+def test_close_reason_truncated_on_a_character_boundary() -> None:
+    frame = CloseFrame(code=0, reason="é" * 200)  # 400 bytes
+    (decoded,) = decode_frames(encode_frame(frame))
+    assert isinstance(decoded, CloseFrame)
+    assert decoded.reason == "é" * (MAX_CLOSE_REASON_BYTES // 2)
+
+
+@st.composite
+def ack_frames(draw: st.DrawFn) -> AckFrame:
+    count = draw(st.integers(1, MAX_ACK_RANGES))
+    ranges = []
+    cursor = draw(st.integers(0, 1000))
+    for _ in range(count):
+        start = cursor + draw(st.integers(0, 2**20))
+        stop = start + draw(st.integers(1, 1000))
+        ranges.append((start, stop))
+        cursor = stop + 1  # at least one missing number between ranges
+    return AckFrame(ranges=tuple(ranges), delay_us=draw(st.integers(0, 2**40)))
+
+
+frames: st.SearchStrategy[Frame] = st.one_of(
+    st.just(PingFrame()),
+    ack_frames(),
+    st.builds(
+        StreamFrame, offset=st.integers(0, 2**50), data=st.binary(min_size=0, max_size=300)
+    ),
+    st.builds(
+        CloseFrame,
+        code=st.integers(0, 2**30),
+        reason=st.text(st.characters(exclude_categories=["Cs"]), max_size=60),
+    ),
+)
+
+
+@given(st.lists(frames, min_size=1, max_size=8))
+def test_frames_round_trip(items: list[Frame]) -> None:
+    assert decode_frames(encode_frames(items)) == items
+
+
+@given(st.integers(0, 2**10), st.lists(frames, max_size=3))
+def test_padding_is_one_frame_per_run(length: int, items: list[Frame]) -> None:
+    wire = encode_frames([*items, PaddingFrame(length + 1)])
+    assert decode_frames(wire) == [*items, PaddingFrame(length + 1)]
+
+
+@given(st.integers(0, MAX_VARINT))
+def test_varint_round_trip(value: int) -> None:
+    wire = encode_varint(value)
+    assert decode_varint(wire, 0) == (value, len(wire))
+
+
+@given(st.binary(max_size=1300))
+@example(b"\x02\xc0" + b"\xff" * 7)
+@example(b"\x01\x01" + bytes(1198))
+def test_arbitrary_bytes_only_raise_decode_error(data: bytes) -> None:
+    for decoder in (decode_packet, decode_frames):
+        with contextlib.suppress(DecodeError):
+            decoder(data)
+
+
+@given(st.lists(frames, min_size=1, max_size=4), st.data())
+def test_mutated_frames_only_raise_decode_error(items: list[Frame], data: st.DataObject) -> None:
+    wire = bytearray(encode_frames(items))
+    index = data.draw(st.integers(0, len(wire) - 1))
+    wire[index] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(wire)))
+    with contextlib.suppress(DecodeError):
+        decode_frames(bytes(wire[:cut]))
