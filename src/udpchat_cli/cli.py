@@ -38,7 +38,7 @@ from udpchat_proto.keys import fingerprint
 from udpchat_proto.validation import ValidationError
 
 from . import output
-from .output import Output
+from .output import Output, OutputClosedError
 from .profiles import Home, HomeError, Profile, check_profile_name
 from .session import (
     ConnectionLostError,
@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(out, _refused("interrupted", "interrupted"))
     except KeyboardInterrupt:
         _fail(out, _refused("interrupted", "interrupted"))
-    except BrokenPipeError:
+    except OutputClosedError:
         # The reader went away (``listen | head -1``): it had what it wanted. Point
         # stdout at /dev/null so that the interpreter's last flush stays quiet.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -20,6 +20,7 @@ from udpchat_proto import messages as m
 __all__ = [
     "JsonObject",
     "Output",
+    "OutputClosedError",
     "event_json",
     "event_text",
     "friends_result",
@@ -200,4 +201,14 @@ class Output:
             self._line(json.dumps({"ok": False, "error": code, "message": one_line}))
 
     def _line(self, text: str) -> None:
-        print(text, file=self.stdout, flush=True)
+        try:
+            print(text, file=self.stdout, flush=True)
+        except BrokenPipeError:
+            raise OutputClosedError from None
+
+
+class OutputClosedError(Exception):
+    """The reader of stdout went away (``listen | head -1``): stop, successfully.
+
+    Not an OSError, so that click does not turn it into exit status 1.
+    """

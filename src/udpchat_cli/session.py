@@ -247,7 +247,15 @@ class Session:
             else:
                 pushes.append(event)
         if pushes and self.on_pushes is not None:
-            self.on_pushes(pushes)
+            try:
+                self.on_pushes(pushes)
+            except BaseException:
+                # The handler could not keep these messages, but the core has queued
+                # their acknowledgements: never send them (no polite close either),
+                # so that the server delivers them again next time.
+                self._closed = True
+                self._sock.close()
+                raise
         self._send(now)
         if lost is not None:
             self._closed = True
