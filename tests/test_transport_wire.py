@@ -1,0 +1,161 @@
+"""A client written from the documented wire layout alone (docs/transport.md),
+against the real ServerTransport: the handshake, a message, and a protocol
+violation answered by a CLOSE frame. Also every (state, input) pair of the table."""
+
+from __future__ import annotations
+
+import pytest
+
+from udpchat_proto.errors import LocalProtocolError
+from udpchat_proto.keys import ServerKey
+from udpchat_proto.noise import HandshakeState
+from udpchat_proto.packet import (
+    AckFrame,
+    CloseFrame,
+    DataPacket,
+    PingFrame,
+    StreamFrame,
+    decode_frames,
+    decode_packet,
+    encode_data_header,
+    encode_frames,
+    encode_varint,
+)
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport import (
+    CloseCode,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PayloadReceived,
+    ServerTransport,
+    TransportEvent,
+)
+from udpchat_proto.transport_state import (
+    END_STATES,
+    TRANSITIONS,
+    ConnectionState,
+    StateInput,
+    transition,
+)
+
+SERVER = ("10.0.0.1", 4433)
+CLIENT = ("10.0.0.2", 50000)
+CID = bytes.fromhex("a1a2a3a4a5a6a7a8")
+
+
+class HandRolledClient:
+    """Only the layout from the docs, the Noise module and a ChaCha20-Poly1305 key."""
+
+    def __init__(self, server: ServerTransport) -> None:
+        self.server = server
+        self.pn = 0
+        hs = HandshakeState.initiator(
+            random=SeededRandomSource("hand"), prologue=b"udpchat/1" + CID
+        )
+        # type 0x01, version 0x01, connection id, Noise message 1 padded to 1200 bytes.
+        initiation = b"\x01\x01" + CID + hs.write_message(bytes(1200 - 10 - 32))
+        assert len(initiation) == 1200
+        server.receive_datagram(initiation, CLIENT, 0.0)
+        ((response, to),) = server.datagrams_to_send(0.0)
+        assert to == CLIENT and response[0] == 0x02 and response[1:9] == CID
+        assert hs.read_message(response[9:]) == b""  # the payload is empty in version 1
+        self.server_key = hs.remote_static_public
+        self.send_cipher, self.receive_cipher = hs.split()
+
+    def send_frames(self, payload: bytes, now: float) -> None:
+        header = encode_data_header(CID, self.pn)
+        self.server.receive_datagram(
+            header + self.send_cipher.seal(self.pn, header, payload), CLIENT, now
+        )
+        self.pn += 1
+
+    def receive(self, now: float) -> list[object]:
+        frames: list[object] = []
+        for datagram, _ in self.server.datagrams_to_send(now):
+            packet = decode_packet(datagram)
+            assert isinstance(packet, DataPacket) and packet.connection_id == CID
+            plain = self.receive_cipher.open(
+                packet.packet_number, datagram[:17], datagram[17:]
+            )
+            frames.extend(decode_frames(plain))
+        return frames
+
+
+def drain(server: ServerTransport) -> list[TransportEvent]:
+    events = []
+    while (event := server.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def test_hand_rolled_client_talks_to_the_server() -> None:
+    key = ServerKey.generate(SeededRandomSource("k"))
+    server = ServerTransport(static_key=key, random=SeededRandomSource("s"))
+    client = HandRolledClient(server)
+    assert client.server_key == key.public_bytes
+    # One STREAM frame carrying two messages, each a varint length and its bytes.
+    stream = encode_varint(5) + b"hello" + encode_varint(0)
+    client.send_frames(encode_frames([StreamFrame(offset=0, data=stream)]), 0.01)
+    events = drain(server)
+    assert events == [
+        HandshakeCompleted(connection_id=CID, server_key=key.public_bytes, address=CLIENT),
+        PayloadReceived(connection_id=CID, payload=b"hello"),
+        PayloadReceived(connection_id=CID, payload=b""),
+    ]
+    # A second ack-eliciting packet is acknowledged at once (RFC 9000, 13.2.1).
+    client.send_frames(encode_frames([PingFrame()]), 0.02)
+    frames = client.receive(0.02)
+    assert frames == [AckFrame(ranges=((0, 2),), delay_us=0)]
+    server.send(CID, b"hi there")
+    (frame,) = client.receive(0.03)
+    assert frame == StreamFrame(offset=0, data=b"\x08hi there")
+
+
+def test_protocol_violation_closes_with_a_close_frame() -> None:
+    server = ServerTransport(
+        static_key=ServerKey.generate(SeededRandomSource("k")), random=SeededRandomSource("s")
+    )
+    client = HandRolledClient(server)
+    client.send_frames(encode_frames([PingFrame()]), 0.01)
+    client.receive(0.1)
+    drain(server)
+    # An ACK of a packet the server never sent is a violation.
+    client.send_frames(encode_frames([AckFrame(ranges=((0, 1000),))]), 0.2)
+    (event,) = drain(server)
+    assert isinstance(event, ConnectionTerminated)
+    assert event.code is CloseCode.PROTOCOL_VIOLATION and not event.by_peer
+    (frame,) = client.receive(0.2)
+    assert isinstance(frame, CloseFrame) and frame.code == CloseCode.PROTOCOL_VIOLATION
+    assert server.dropped["protocol_violation"] == 1
+    with pytest.raises(LocalProtocolError):
+        server.send(CID, b"closed")
+
+
+def test_garbage_frames_from_an_authenticated_peer_are_a_violation() -> None:
+    server = ServerTransport(
+        static_key=ServerKey.generate(SeededRandomSource("k")), random=SeededRandomSource("s")
+    )
+    client = HandRolledClient(server)
+    client.send_frames(b"\x09\x09", 0.01)  # an unknown frame type
+    events = drain(server)
+    assert [type(e) for e in events] == [HandshakeCompleted, ConnectionTerminated]
+    assert isinstance(events[1], ConnectionTerminated)
+    assert events[1].code is CloseCode.PROTOCOL_VIOLATION
+
+
+@pytest.mark.parametrize("state", list(ConnectionState))
+@pytest.mark.parametrize("event", list(StateInput))
+def test_every_state_input_pair(state: ConnectionState, event: StateInput) -> None:
+    if (state, event) in TRANSITIONS:
+        after = transition(state, event)
+        assert after is TRANSITIONS[state, event]
+        # Once over, a connection never comes back to life.
+        if state in END_STATES:
+            assert after in END_STATES
+    else:
+        with pytest.raises(LocalProtocolError):
+            transition(state, event)
+
+
+def test_closed_is_terminal() -> None:
+    assert not [pair for pair in TRANSITIONS if pair[0] is ConnectionState.CLOSED]
