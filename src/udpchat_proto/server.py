@@ -684,7 +684,10 @@ class ChatServer:
         else:
             if isinstance(message, m.AcknowledgeDelivery):
                 # Not a request: no answer, and nothing to keep in order with them.
-                self._on_acknowledge(connection, message, now)
+                try:
+                    self._on_acknowledge(connection, message, now)
+                except Exception as exc:  # the store failed: nobody to answer
+                    self._count_internal_error(exc)
                 return
             if isinstance(message, _SERVER_ONLY):
                 self._violation(connection, now, f"{type(message).__name__} sent to the server")
@@ -748,9 +751,12 @@ class ChatServer:
             self._internal_error(connection, item.request_id, exc)
 
     def _internal_error(self, connection: _Connection, request_id: int, exc: Exception) -> None:
+        self._count_internal_error(exc)
+        self._refuse(connection, request_id, ErrorCode.INTERNAL, "internal server error")
+
+    def _count_internal_error(self, exc: Exception) -> None:
         self.stats.internal_errors += 1
         self.stats.last_internal_error = exc
-        self._refuse(connection, request_id, ErrorCode.INTERNAL, "internal server error")
 
     # --- output --------------------------------------------------------------------------
 
@@ -980,7 +986,13 @@ class ChatServer:
             )
 
     def _announce_presence(self, username: str, *, online: bool) -> None:
-        friends = [f for f in self._store.friends_of(username) if f in self._by_user]
+        try:
+            friends = [f for f in self._store.friends_of(username) if f in self._by_user]
+        except Exception as exc:
+            # Presence is a notification: a store failure here must not leave the
+            # connection half logged in (or out), so count it and tell nobody.
+            self._count_internal_error(exc)
+            return
         if friends:
             push = m.PresenceChanged(username=username, online=online)
             for friend in friends:
@@ -990,6 +1002,12 @@ class ChatServer:
         if self._next_sweep is not None and now < self._next_sweep:
             return
         self._next_sweep = now + self._config.session_sweep_interval
+        try:
+            self._sweep(now)
+        except Exception as exc:  # the store failed: try again at the next sweep
+            self._count_internal_error(exc)
+
+    def _sweep(self, now: float) -> None:
         # Sessions in use are touched first, so that a connection that stays up for
         # longer than the lifetime keeps its session.
         for hashed in self._by_session:

@@ -1,0 +1,381 @@
+"""The server's limits, rate limits and handling of abuse; its configuration, hash
+jobs and token buckets in isolation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chat_helpers import (
+    PASSWORD,
+    SERVER_ADDRESS,
+    ChatWorld,
+    StoreFactory,
+    test_config,
+)
+from udpchat_proto import messages as m
+from udpchat_proto.codec import decode, encode
+from udpchat_proto.errors import ErrorCode
+from udpchat_proto.keys import ServerKey
+from udpchat_proto.memory_store import MemoryStore
+from udpchat_proto.passwords import ScryptParams, hash_password
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.ratelimit import KeyedLimiter, RateLimit, TokenBucket
+from udpchat_proto.server import ChatServer, HashJob, ServerConfig
+from udpchat_proto.transport import (
+    ClientTransport,
+    CloseCode,
+    ConnectionTerminated,
+    PayloadReceived,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    return StoreFactory(request.param, tmp_path / "chat.sqlite3")
+
+
+class RawClient:
+    """A bare transport speaking raw payloads, to do what the client library refuses to."""
+
+    def __init__(self, world: ChatWorld, name: str, host: str = "10.9.0.1") -> None:
+        self.world = world
+        self.name = name
+        self.transport = ClientTransport(
+            server_address=SERVER_ADDRESS, random=SeededRandomSource(name)
+        )
+        world.net.add(name, self.transport, (host, 40000 + len(world.net.nodes)))
+        self.transport.connect(world.net.now)
+
+    def send(self, message: m.Message) -> None:
+        self.transport.send(encode(message))
+
+    def answers(self) -> list[m.Message]:
+        return [decode(e.payload) for e in self.world.net.events_of(self.name, PayloadReceived)]
+
+    def closed(self) -> bool:
+        return bool(self.world.net.events_of(self.name, ConnectionTerminated))
+
+
+# --- rate limits over the network ------------------------------------------------------------
+
+
+def test_failed_logins_are_throttled_per_user(stores: StoreFactory) -> None:
+    limit = RateLimit(burst=3, interval=60.0)
+    world = ChatWorld(stores, config=test_config(login_failures_per_user=limit))
+    (alice,) = world.signed_up("alice")
+    mallory = world.user("mallory")
+    mallory.connect()
+    for _ in range(3):
+        mallory.refused(mallory.conn.login("alice", "guess guess"), ErrorCode.BAD_CREDENTIALS)
+    jobs = world.server.stats.hash_jobs
+    # Even the right password is refused now, from anywhere, without hashing.
+    mallory.refused(mallory.conn.login("alice", PASSWORD), ErrorCode.RATE_LIMITED)
+    other = world.user("alice", device="tablet")
+    other.connect()
+    other.refused(other.conn.login("alice", PASSWORD), ErrorCode.RATE_LIMITED)
+    assert world.server.stats.hash_jobs == jobs
+    # Other users are not affected; the budget comes back with time.
+    world.signed_up("bob")
+    world.net.run_for(61.0)
+    assert other.ok(other.conn.login("alice", PASSWORD), m.LoggedIn).username == "alice"
+    assert alice.conn.username == "alice"
+
+
+def test_failed_logins_are_throttled_per_address(stores: StoreFactory) -> None:
+    limit = RateLimit(burst=2, interval=30.0)
+    world = ChatWorld(stores, config=test_config(login_failures_per_address=limit))
+    world.signed_up("alice", "bob", "carol")
+    mallory = world.user("mallory")
+    mallory.connect()
+    mallory.refused(mallory.conn.login("alice", "guess guess"), ErrorCode.BAD_CREDENTIALS)
+    mallory.refused(mallory.conn.login("nobody", "guess guess"), ErrorCode.BAD_CREDENTIALS)
+    mallory.refused(mallory.conn.login("carol", PASSWORD), ErrorCode.RATE_LIMITED)
+    # Another address may still log in as carol.
+    carol = world.user("carol", device="laptop")
+    carol.connect()
+    carol.login()
+    world.net.run_for(31.0)
+    mallory.refused(mallory.conn.login("bob", "guess guess"), ErrorCode.BAD_CREDENTIALS)
+
+
+def test_registrations_are_throttled_per_address(stores: StoreFactory) -> None:
+    limit = RateLimit(burst=2, interval=60.0)
+    world = ChatWorld(stores, config=test_config(registrations_per_address=limit))
+    spammer = world.user("spammer")
+    spammer.connect()
+    spammer.ok(spammer.conn.register("one", PASSWORD))
+    spammer.ok(spammer.conn.register("two", PASSWORD))
+    spammer.refused(spammer.conn.register("three", PASSWORD), ErrorCode.RATE_LIMITED)
+    world.net.run_for(60.0)
+    spammer.ok(spammer.conn.register("three", PASSWORD))
+
+
+def test_message_rate_per_login_session(stores: StoreFactory) -> None:
+    limit = RateLimit(burst=3, interval=1.0)
+    world = ChatWorld(stores, config=test_config(message_rate=limit))
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    ids = [alice.conn.send_message("bob", f"m{i}") for i in range(4)]
+    for rid in ids[:3]:
+        alice.ok(rid, m.MessageAccepted)
+    alice.refused(ids[3], ErrorCode.RATE_LIMITED)
+    # The session's budget is shared by its connections.
+    laptop = world.user("alice", device="laptop")
+    laptop.token = alice.token
+    laptop.connect()
+    laptop.resume()
+    laptop.refused(laptop.conn.send_message("bob", "from the laptop"), ErrorCode.RATE_LIMITED)
+    # The refused message was not stored; it may be sent again, with its id, later.
+    refused = alice.conn.pending_request(ids[3])
+    assert refused is None  # answered
+    world.net.run_for(1.5)
+    alice.send("bob", "m3")
+    world.settle()
+    assert bob.texts() == ["m0", "m1", "m2", "m3"]
+
+
+def test_request_rate_per_connection(stores: StoreFactory) -> None:
+    limit = RateLimit(burst=5, interval=1.0)
+    world = ChatWorld(stores, config=test_config(request_rate=limit))
+    (alice,) = world.signed_up("alice")  # register + login: 2 of the 5
+    ids = [alice.conn.list_online() for _ in range(5)]
+    for rid in ids[:3]:
+        alice.ok(rid, m.OnlineUsers)
+    for rid in ids[3:]:
+        alice.refused(rid, ErrorCode.RATE_LIMITED)
+    world.net.run_for(2.0)
+    alice.ok(alice.conn.list_online(), m.OnlineUsers)
+
+
+def test_too_many_pending_hash_jobs(stores: StoreFactory) -> None:
+    world = ChatWorld(stores, config=test_config(max_pending_hash_jobs=2))
+    users = world.signed_up("u1", "u2", "u3")
+    for user in users:
+        user.ok(user.conn.logout())
+    world.host.hash_delay = 5.0
+    first = users[0].conn.login("u1", PASSWORD)
+    second = users[1].conn.login("u2", PASSWORD)
+    world.net.run_for(1.0)
+    users[2].refused(users[2].conn.login("u3", PASSWORD), ErrorCode.RATE_LIMITED)
+    users[0].ok(first, m.LoggedIn)
+    users[1].ok(second, m.LoggedIn)
+    users[2].ok(users[2].conn.login("u3", PASSWORD), m.LoggedIn)
+
+
+# --- abuse --------------------------------------------------------------------------------------
+
+
+def test_violations_are_dropped_counted_then_close_the_connection(stores: StoreFactory) -> None:
+    world = ChatWorld(stores, config=test_config(max_violations=3))
+    raw = RawClient(world, "raw")
+    raw.send(m.ListOnline(request_id=1))
+    world.run_until(lambda: len(raw.answers()) == 1)
+    # Messages only a server sends, and garbage: dropped, not answered.
+    raw.send(m.Ok(request_id=2))
+    raw.send(m.PresenceChanged(username="alice", online=True))
+    raw.transport.send(b"\x01{not json")
+    raw.send(m.ListOnline(request_id=3))
+    world.run_until(lambda: len(raw.answers()) == 2)
+    assert [type(a) for a in raw.answers()] == [m.ErrorResponse, m.ErrorResponse]
+    assert world.server.stats.violations == 3
+    assert world.server.stats.decode_errors["malformed"] == 1
+    assert not raw.closed()
+    raw.transport.send(b"\x07garbage")
+    world.run_until(raw.closed, what="the abusive connection is closed")
+    (terminated,) = world.net.events_of("raw", ConnectionTerminated)
+    assert terminated.code is CloseCode.NORMAL_CLOSE and "violation" in terminated.reason
+    assert world.server.stats.closed_for_abuse == 1
+    assert world.server.connection_count == 0
+
+
+def test_too_many_requests_queued_behind_a_hash_job_close_the_connection(
+    stores: StoreFactory,
+) -> None:
+    world = ChatWorld(stores, config=test_config(max_queued_requests=3))
+    world.signed_up("alice")
+    world.host.hash_delay = 5.0
+    raw = RawClient(world, "raw")
+    raw.send(m.Login(request_id=1, username="alice", password=PASSWORD))
+    for request_id in range(2, 5):
+        raw.send(m.ListOnline(request_id=request_id))
+    world.net.run_for(1.0)
+    assert not raw.closed()
+    raw.send(m.ListOnline(request_id=5))
+    world.run_until(raw.closed)
+    assert raw.answers() == []
+    assert world.server.stats.closed_for_abuse == 1
+
+
+def test_acknowledgements_before_login_are_ignored(stores: StoreFactory) -> None:
+    world = ChatWorld(stores)
+    raw = RawClient(world, "raw")
+    raw.send(m.AcknowledgeDelivery(message_ids=(b"\x00" * 16,)))  # type: ignore[arg-type]
+    raw.send(m.ListOnline(request_id=1))
+    world.run_until(lambda: len(raw.answers()) == 1)
+    assert world.server.stats.violations == 0
+
+
+class FailingStore(MemoryStore):
+    """A store some of whose reads break (a disk error, say)."""
+
+    def friends_of(self, username: str) -> list[str]:
+        raise OSError("disk on fire")
+
+    def history(self, username: str, peer: str, limit: int) -> list[m.ChatMessage]:
+        raise OSError("disk on fire")
+
+
+def test_a_failing_store_is_answered_internal_and_counted(tmp_path: Path) -> None:
+    stores = StoreFactory("memory", tmp_path / "x")
+    stores._memory = FailingStore()
+    world = ChatWorld(stores)
+    alice, bob = world.signed_up("alice", "bob")
+    # Logging in announces presence to friends: that lookup failed, and was counted,
+    # but the login itself stands.
+    assert world.server.stats.internal_errors == 2
+    alice.refused(alice.conn.get_history("bob"), ErrorCode.INTERNAL)
+    alice.refused(alice.conn.list_friends(), ErrorCode.INTERNAL)
+    alice.ok(alice.conn.list_online(), m.OnlineUsers)  # the connection goes on
+    assert world.server.stats.internal_errors == 4
+    assert isinstance(world.server.stats.last_internal_error, OSError)
+    bob.close()  # presence on the way out fails too, and is only counted
+    assert world.server.online_users == ["alice"]
+
+
+# --- jobs and timers, driven directly -------------------------------------------------------
+
+
+@pytest.fixture
+def bare_server() -> Iterator[ChatServer]:
+    yield ChatServer(
+        store=MemoryStore(),
+        static_key=ServerKey.generate(SeededRandomSource(1)),
+        config=test_config(session_sweep_interval=100.0),
+        random=SeededRandomSource(2),
+    )
+
+
+def test_hash_job_runs_scrypt_and_hides_the_password() -> None:
+    params = ScryptParams(n=16, r=1, p=1)
+    job = HashJob(job_id=1, password="secret password", salt=b"s" * 16, params=params)
+    assert job.run() == hash_password("secret password", b"s" * 16, params)
+    assert "secret" not in repr(job)
+
+
+def test_unknown_hash_job_is_ignored(bare_server: ChatServer) -> None:
+    bare_server.complete_hash_job(12345, b"x" * 32, 1000.0)
+    assert bare_server.take_hash_jobs() == []
+    assert not bare_server.writes_pending
+
+
+def test_a_login_whose_connection_died_is_dropped(stores: StoreFactory) -> None:
+    world = ChatWorld(stores)
+    world.signed_up("alice")
+    world.host.hash_delay = 100.0
+    quitter = world.user("alice", device="quitter")
+    quitter.connect()
+    quitter.conn.login("alice", PASSWORD)
+    world.net.run_for(1.0)
+    assert world.server.pending_hash_jobs == 1
+    quitter.close()
+    world.net.run_for(200.0)
+    assert world.server.pending_hash_jobs == 0
+    assert world.server.online_users == ["alice"]
+    world.check_server_health()
+
+
+def test_timer_includes_the_session_sweep(bare_server: ChatServer) -> None:
+    assert bare_server.get_timer() is None
+    bare_server.handle_timer(1000.0)  # the first call sweeps at once
+    assert bare_server.writes_pending  # the sweep writes (expiry)
+    assert bare_server.get_timer() == 1100.0
+    bare_server.committed()
+    bare_server.handle_timer(1050.0)  # early: nothing to do
+    assert not bare_server.writes_pending
+    bare_server.handle_timer(1100.0)
+    assert bare_server.get_timer() == 1200.0
+    assert bare_server.next_event() is None
+    assert bare_server.connection_count == 0 and bare_server.online_users == []
+
+
+def test_undecodable_datagrams_never_raise(bare_server: ChatServer) -> None:
+    for data in [b"", b"\x00", b"\xff" * 2000, bytes(range(256))]:
+        bare_server.receive_datagram(data, ("10.0.0.9", 1), 1000.0)
+    bare_server.datagrams_to_send(1000.0)
+    assert bare_server.connection_count == 0
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"session_lifetime": 0},
+        {"session_sweep_interval": -1.0},
+        {"max_room_members": 0},
+        {"max_rooms_per_user": 1.5},
+        {"max_pending_hash_jobs": 0},
+        {"max_queued_requests": 0},
+        {"delivery_window": 1},
+        {"max_violations": 0},
+        {"message_rate": (3, 1.0)},
+        {"scrypt": "fast"},
+        {"transport": None},
+    ],
+)
+def test_server_config_checks_its_fields(changes: dict[str, Any]) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        ServerConfig(**changes)
+
+
+def test_server_config_defaults() -> None:
+    config = ServerConfig()
+    assert config.session_lifetime == 30 * 86400.0
+    assert config.max_room_members == 256 and config.max_rooms_per_user == 64
+    assert config.scrypt == ScryptParams()
+    assert config.login_failures_per_user == RateLimit(burst=5, interval=60.0)
+
+
+# --- token buckets ------------------------------------------------------------------------------
+
+
+def test_token_bucket_spends_and_refills() -> None:
+    bucket = TokenBucket(RateLimit(burst=2, interval=10.0), now=0.0)
+    assert bucket.spend(now=0.0) and bucket.spend(now=0.0)
+    assert not bucket.spend(now=0.0)
+    assert not bucket.available(now=9.9)
+    assert bucket.available(now=10.0)
+    assert bucket.spend(now=10.0)
+    assert not bucket.is_full(now=15.0)
+    assert bucket.is_full(now=30.0)
+    # A clock stepping back spends normally and refills nothing.
+    assert bucket.spend(now=5.0) and bucket.spend(now=5.0)
+    assert not bucket.spend(now=5.0)
+    assert not bucket.available(now=29.0)  # still 30 + 10 for the next token
+    assert bucket.available(now=40.0)
+
+
+def test_keyed_limiter_forgets_full_buckets() -> None:
+    limiter: KeyedLimiter[str] = KeyedLimiter(RateLimit(burst=1, interval=5.0))
+    assert limiter.available("a", now=0.0)
+    assert limiter.spend("a", now=0.0)
+    assert not limiter.spend("a", now=1.0)
+    assert limiter.spend("b", now=1.0)
+    assert len(limiter) == 2
+    assert limiter.prune(now=5.5) == 1  # a is full again, b is not
+    assert limiter.prune(now=6.0) == 1
+    assert len(limiter) == 0
+    limiter.spend("c", now=7.0)
+    limiter.forget("c")
+    assert limiter.available("c", now=7.0)
+
+
+@pytest.mark.parametrize("burst, interval", [(0, 1.0), (1, 0.0), (1.5, 1.0), (1, -1.0)])
+def test_rate_limit_checks_its_fields(burst: Any, interval: Any) -> None:
+    with pytest.raises(ValueError):
+        RateLimit(burst=burst, interval=interval)
