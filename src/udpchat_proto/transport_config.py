@@ -73,9 +73,9 @@ class TransportConfig:
     beyond it."""
     max_half_open: int = attrs.field(default=1024, validator=_positive_int)
     """Server: most handshakes answered and not yet confirmed by the client's first
-    packet. Each holds about 2 KB, so a spoofed flood costs at most 2 MB; real clients
-    confirm within one RTT, so 1024 absorbs ~100 new clients per second even at a 10 s
-    half-open lifetime."""
+    packet. Each holds about 5.5 KB (measured), so a spoofed flood costs at most 6 MB;
+    real clients confirm within one RTT, so 1024 absorbs ~100 new clients per second
+    even if every one of them took the whole 10 s half-open lifetime."""
     handshakes_per_address_per_second: float = attrs.field(default=50.0, validator=_positive)
     """Server: sustained handshakes (Diffie-Hellman work) allowed per source IP, as
     WireGuard's ratelimiter (``INITIATIONS_PER_SECOND = 50``)."""
