@@ -8,6 +8,8 @@ import random
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from udpchat_proto.errors import LocalProtocolError
 from udpchat_proto.keys import ServerKey
@@ -541,3 +543,29 @@ def test_connect_twice_is_misuse() -> None:
         s.client.connect(s.net.now)
     with pytest.raises(LocalProtocolError):
         ClientTransport(server_address=SERVER, expected_server_key=b"short")
+
+
+_FUZZ = make()
+_FUZZ.net.run_for(1.0)
+_CAPTURED = sealed_data_packet(_FUZZ, b"seed")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=1300),
+        st.builds(
+            lambda i, v, cut: (
+                _CAPTURED[:i] + bytes([v]) + _CAPTURED[i + 1 :]
+            )[:cut],
+            st.integers(0, len(_CAPTURED) - 1),
+            st.integers(0, 255),
+            st.integers(0, len(_CAPTURED)),
+        ),
+    )
+)
+def test_receive_datagram_never_raises(data: bytes) -> None:
+    for endpoint in (_FUZZ.server, _FUZZ.client):
+        endpoint.receive_datagram(data, ALICE, _FUZZ.net.now)
+        endpoint.datagrams_to_send(_FUZZ.net.now)
+    assert _FUZZ.client.is_established
