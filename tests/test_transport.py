@@ -569,3 +569,23 @@ def test_receive_datagram_never_raises(data: bytes) -> None:
         endpoint.receive_datagram(data, ALICE, _FUZZ.net.now)
         endpoint.datagrams_to_send(_FUZZ.net.now)
     assert _FUZZ.client.is_established
+
+
+def test_confirmation_from_another_address_is_not_validation() -> None:
+    s = make(connect=False)
+    t0 = s.net.now
+    s.client.connect(t0)
+    ((initiation, _),) = s.client.datagrams_to_send(t0)
+    s.server.receive_datagram(initiation, ALICE, t0)
+    ((response, _),) = s.server.datagrams_to_send(t0)
+    s.client.receive_datagram(response, SERVER, t0)
+    s.client.send(b"x" * 100)
+    ((confirm, _),) = s.client.datagrams_to_send(t0)
+    elsewhere = ("203.0.113.50", 1)
+    s.server.receive_datagram(confirm, elsewhere, t0)
+    cid = s.client.connection_id
+    assert s.server.address_of(cid) == elsewhere
+    for i in range(20):
+        s.server.send(cid, bytes(1100) + bytes([i]))
+    sent = sum(len(d) for d, _ in s.server.datagrams_to_send(t0))
+    assert 0 < sent <= 3 * len(confirm)

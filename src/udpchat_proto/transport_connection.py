@@ -318,6 +318,7 @@ class Connection:
         self._stats["bytes_received"] += size
         self._last_received = now
         in_order = pn > self._largest_received
+        same_address = addr == self.address
         if in_order:
             if addr != self.address and not self.is_client:
                 # Only the newest packet moves the path, so a late one cannot move it back.
@@ -336,7 +337,7 @@ class Connection:
             self._transition(StateInput.HANDSHAKE_DONE)
             self._response = None
             self.initiation = None
-            if addr == self.address:
+            if same_address:
                 self.validated = True
             self._announced = True
             assert self.server_key is not None
