@@ -142,8 +142,9 @@ class App:
         profile = self.profile()
         if resume and not profile.logged_in:
             raise _not_logged_in()
-        # An explicit --server (or UDPCHAT_SERVER) wins; else the login's server.
-        server = self.server_option or (profile.server if resume else None) or DEFAULT_SERVER
+        # An explicit --server (or UDPCHAT_SERVER) wins; else the server the profile
+        # last logged in to (register and login included: it is "this user's server").
+        server = self.server_option or profile.server or DEFAULT_SERVER
         known = self.home.known_servers
         pinned = known.get(server)
         try:
