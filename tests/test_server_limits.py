@@ -213,7 +213,7 @@ def test_too_many_requests_queued_behind_a_hash_job_close_the_connection(
 def test_acknowledgements_before_login_are_ignored(stores: StoreFactory) -> None:
     world = ChatWorld(stores)
     raw = RawClient(world, "raw")
-    raw.send(m.AcknowledgeDelivery(message_ids=(b"\x00" * 16,)))  # type: ignore[arg-type]
+    raw.send(m.AcknowledgeDelivery(message_ids=(b"\x00" * 16,)))
     raw.send(m.ListOnline(request_id=1))
     world.run_until(lambda: len(raw.answers()) == 1)
     assert world.server.stats.violations == 0

@@ -462,8 +462,7 @@ class ClientConnection:
         acks, self._acks = self._acks, []
         for start in range(0, len(acks), ACK_BATCH):
             batch = tuple(acks[start : start + ACK_BATCH])
-            # (The field's ``converter=tuple`` confuses mypy's attrs plugin.)
-            ack = m.AcknowledgeDelivery(message_ids=batch)  # type: ignore[arg-type]
+            ack = m.AcknowledgeDelivery(message_ids=batch)
             self._transport.send(encode(ack))
 
     def _drain_transport(self) -> None:

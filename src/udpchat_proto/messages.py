@@ -212,7 +212,7 @@ class AcknowledgeDelivery:
     Not answered: the server advances this login session's delivery cursor.
     """
 
-    message_ids: tuple[bytes, ...] = attrs.field(converter=tuple, validator=v.message_ids)
+    message_ids: tuple[bytes, ...] = attrs.field(validator=v.message_ids)
 
 
 @attrs.frozen(kw_only=True)
