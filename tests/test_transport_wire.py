@@ -1,4 +1,4 @@
-"""A client written from the documented wire layout alone (docs/transport.md),
+"""A client written from the documented wire layout alone (docs/PROTOCOL.md, Transport),
 against the real ServerTransport: the handshake, a message, and a protocol
 violation answered by a CLOSE frame. Also every (state, input) pair of the table."""
 

@@ -4,7 +4,7 @@ A connection starts with a ``Noise_NX_25519_ChaChaPoly_SHA256`` handshake in one
 round trip (INITIATION, RESPONSE); after it, every datagram is a DATA packet sealed
 with ChaCha20-Poly1305 under the packet number, checked against a replay window,
 and carries frames: acknowledgements, slices of an ordered byte stream of
-messages, PINGs and a CLOSE. See ``docs/transport.md``.
+messages, PINGs and a CLOSE. See ``docs/PROTOCOL.md`` (Transport).
 
 Both roles have aioquic's five methods::
 

@@ -1,6 +1,6 @@
 """Configuration of the transport (both roles), with checked defaults.
 
-Every number has its reason next to it; ``docs/transport.md`` repeats them.
+Every number has its reason next to it; ``docs/PROTOCOL.md`` (Transport) repeats them.
 """
 
 from __future__ import annotations
