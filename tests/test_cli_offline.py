@@ -156,3 +156,14 @@ def test_the_profile_keeps_its_server_after_login(
     captured = capsys.readouterr()
     assert exit_info.value.code == 3
     assert "127.0.0.1:9" in captured.err  # not the default 127.0.0.1:9999
+
+
+def test_no_command_shows_the_help_as_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert captured.out == ""
+    assert captured.err.startswith("Usage: udpchat-cli")

@@ -681,6 +681,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="udpchat-cli", standalone_mode=False, obj=out)
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # no command: the help, as usage
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+        sys.exit(EXIT_USAGE)
     except click.Abort:  # Ctrl-C or end of input at a password prompt
         _fail(out, _refused("interrupted", "interrupted"))
     except KeyboardInterrupt:
