@@ -33,7 +33,7 @@ from udpchat_proto.server import ChatServer, HashJob, ServerConfig
 from udpchat_proto.store import Store
 from udpchat_server.sqlite_store import SQLiteStore
 
-SERVER_ADDRESS = ("10.0.0.1", 4433)
+SERVER_ADDRESS = ("127.0.0.1", 4433)
 FAST_SCRYPT = ScryptParams(n=16, r=1, p=1)
 GENEROUS = RateLimit(burst=10_000, interval=0.001)
 PASSWORD = "correct horse"
@@ -164,7 +164,7 @@ class ChatUser:
         self.label = f"{name}@{device}" if device else name
         """Names this device's nodes (one user may run several devices)."""
         self.password = password
-        self.host = f"10.1.{len(world.users) // 200}.{len(world.users) % 200 + 2}"
+        self.host = f"127.1.{len(world.users) // 200}.{len(world.users) % 200 + 2}"
         self.connection: ClientConnection | None = None
         self.node: str | None = None
         self.nodes: list[str] = []

@@ -12,8 +12,8 @@ gives the same run, datagram for datagram.
 Typical use::
 
     net = Network(seed=1)
-    net.add("server", server, ("10.0.0.1", 4433))
-    net.add("alice", client, ("10.0.0.2", 50000))
+    net.add("server", server, ("127.0.0.1", 4433))
+    net.add("alice", client, ("127.0.0.2", 50000))
     client.connect(net.now)
     net.run_until(lambda: client.is_established, max_time=10)
     net.events["server"]   # every event the server emitted, in order

@@ -111,7 +111,7 @@ def test_invalid_fields_from_the_network_get_their_error_code(world: ChatWorld) 
     raw = ClientTransport(
         server_address=SERVER_ADDRESS, random=SeededRandomSource("raw"), config=None
     )
-    world.net.add("raw", raw, ("10.9.9.9", 999))
+    world.net.add("raw", raw, ("127.9.9.9", 999))
     raw.connect(world.net.now)
     raw.send(encode(m.Login(request_id=900, username="alice", password=PASSWORD)))
     zero_id = '"message_id":"00000000000000000000000000000000"'

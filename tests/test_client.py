@@ -68,7 +68,7 @@ def test_a_changed_server_key_is_refused(world: ChatWorld) -> None:
         expected_server_key=b"\x01" * 32,
         random=SeededRandomSource(9),
     )
-    world.net.add("pinned", client, ("10.7.0.1", 5000))
+    world.net.add("pinned", client, ("127.7.0.1", 5000))
     client.connect(world.net.now)
     request_id = client.list_online()
     world.run_until(lambda: client.state is ClientState.CLOSED, max_time=30.0)
@@ -133,7 +133,7 @@ def test_acknowledgement_waits_until_the_application_takes_the_message(
     world.befriend(alice, bob)
     bob.close()
     client = ClientConnection(server_address=SERVER_ADDRESS, random=SeededRandomSource("idle"))
-    world.net.add("idle", Untaken(client), ("10.8.0.1", 7))
+    world.net.add("idle", Untaken(client), ("127.8.0.1", 7))
     assert bob.token is not None
     client.resume(bob.token)
     client.connect(world.net.now)

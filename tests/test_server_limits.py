@@ -41,7 +41,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
 class RawClient:
     """A bare transport speaking raw payloads, to do what the client library refuses to."""
 
-    def __init__(self, world: ChatWorld, name: str, host: str = "10.9.0.1") -> None:
+    def __init__(self, world: ChatWorld, name: str, host: str = "127.9.0.1") -> None:
         self.world = world
         self.name = name
         self.transport = ClientTransport(
@@ -304,7 +304,7 @@ def test_timer_includes_the_session_sweep(bare_server: ChatServer) -> None:
 
 def test_undecodable_datagrams_never_raise(bare_server: ChatServer) -> None:
     for data in [b"", b"\x00", b"\xff" * 2000, bytes(range(256))]:
-        bare_server.receive_datagram(data, ("10.0.0.9", 1), 1000.0)
+        bare_server.receive_datagram(data, ("127.0.0.9", 1), 1000.0)
     bare_server.datagrams_to_send(1000.0)
     assert bare_server.connection_count == 0
 

@@ -29,8 +29,8 @@ from udpchat_proto.transport import (
 
 from .simnet import Link, Network
 
-SERVER = ("10.0.0.1", 4433)
-ALICE = ("10.0.0.2", 50000)
+SERVER = ("127.0.0.1", 4433)
+ALICE = ("127.0.0.2", 50000)
 LOSSY = Link(loss=0.3, duplicate=0.1, reorder=0.2, delay=0.02, jitter=0.01)
 
 
@@ -341,7 +341,7 @@ def test_migration_keeps_the_conversation() -> None:
     cid = s.server_cid()
     s.client.send(b"before")
     s.net.run_until(lambda: s.payloads("server") == [b"before"], max_time=10)
-    new_address = ("192.0.2.77", 61000)
+    new_address = ("127.0.2.77", 61000)
     s.net.move("alice", new_address)
     s.client.send(b"after")
     s.server.send(cid, b"welcome back")
@@ -458,17 +458,17 @@ def test_handshake_cap_and_per_address_rate() -> None:
 
     # 20 initiations from one IP (any ports) at once: the burst of 5 passes.
     for i in range(20):
-        server.receive_datagram(initiation(f"a{i}"), ("198.51.100.1", 1000 + i), t0)
+        server.receive_datagram(initiation(f"a{i}"), ("127.51.100.1", 1000 + i), t0)
     assert server.half_open_count == 5
     assert server.dropped["rate_limited"] == 15
     # 0.11 s later one more token (10 per second) has come back.
-    server.receive_datagram(initiation("b0"), ("198.51.100.1", 999), t0 + 0.11)
-    server.receive_datagram(initiation("b1"), ("198.51.100.1", 998), t0 + 0.11)
+    server.receive_datagram(initiation("b0"), ("127.51.100.1", 999), t0 + 0.11)
+    server.receive_datagram(initiation("b1"), ("127.51.100.1", 998), t0 + 0.11)
     assert server.half_open_count == 6
     assert server.dropped["rate_limited"] == 16
     # Other IPs fill the half-open cap of 8, then are refused before any DH work.
     for i in range(5):
-        server.receive_datagram(initiation(f"c{i}"), (f"203.0.113.{i}", 4000), t0 + 0.1)
+        server.receive_datagram(initiation(f"c{i}"), (f"127.0.113.{i}", 4000), t0 + 0.1)
     assert server.half_open_count == 8
     assert server.dropped["half_open_limit"] == 3
     # Half-open handshakes expire after handshake_timeout, freeing the slots.
@@ -483,7 +483,7 @@ def test_amplification_limit_under_floods() -> None:
     s = make(connect=False)
     net, server = s.net, s.server
     rng = random.Random(5)
-    victims = [(f"198.51.100.{i}", 7000 + i) for i in range(20)]
+    victims = [(f"127.51.100.{i}", 7000 + i) for i in range(20)]
     for step in range(200):
         victim = victims[step % len(victims)]
         # Random bytes, some of them shaped like an initiation (right size, type, version).
@@ -513,7 +513,7 @@ def test_migration_to_an_unvalidated_address_is_amplification_limited() -> None:
     for i in range(50):
         s.server.send(cid, bytes(1000) + bytes([i]))
     # An authenticated packet shows up from a new address, which never answers.
-    spoofed = ("203.0.113.9", 9999)
+    spoofed = ("127.0.113.9", 9999)
     datagram = sealed_data_packet(s, b"moved?")
     s.net.vanish("alice")
     s.net.inject(datagram, spoofed, SERVER)
@@ -581,7 +581,7 @@ def test_confirmation_from_another_address_is_not_validation() -> None:
     s.client.receive_datagram(response, SERVER, t0)
     s.client.send(b"x" * 100)
     ((confirm, _),) = s.client.datagrams_to_send(t0)
-    elsewhere = ("203.0.113.50", 1)
+    elsewhere = ("127.0.113.50", 1)
     s.server.receive_datagram(confirm, elsewhere, t0)
     cid = s.client.connection_id
     assert s.server.address_of(cid) == elsewhere

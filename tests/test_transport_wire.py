@@ -38,8 +38,8 @@ from udpchat_proto.transport_state import (
     transition,
 )
 
-SERVER = ("10.0.0.1", 4433)
-CLIENT = ("10.0.0.2", 50000)
+SERVER = ("127.0.0.1", 4433)
+CLIENT = ("127.0.0.2", 50000)
 CID = bytes.fromhex("a1a2a3a4a5a6a7a8")
 
 
