@@ -145,6 +145,7 @@ class ServerHost:
 
     def handle_timer(self, now: float) -> None:
         self.server.handle_timer(now)
+        self._pump(now)  # hash jobs due now complete in this turn, as in the real loop
 
     def next_event(self) -> Any:
         return self.server.next_event()

@@ -218,6 +218,13 @@ class Network:
             timer = node.endpoint.get_timer()
             if timer is not None and timer <= self.now:
                 node.endpoint.handle_timer(self.now)
+                # A timer still due after handle_timer would spin a real loop at
+                # 100% CPU (get_timer in the past, handle_timer clearing nothing).
+                after = node.endpoint.get_timer()
+                if after is not None and after <= self.now:
+                    raise SimulationError(
+                        f"{node.name}: get_timer() is {after} after handle_timer({self.now})"
+                    )
         self.flush()
         return True
 
