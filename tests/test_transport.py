@@ -589,3 +589,29 @@ def test_confirmation_from_another_address_is_not_validation() -> None:
         s.server.send(cid, bytes(1100) + bytes([i]))
     sent = sum(len(d) for d, _ in s.server.datagrams_to_send(t0))
     assert 0 < sent <= 3 * len(confirm)
+
+
+def test_a_closing_connection_does_not_migrate() -> None:
+    # ConnectionTerminated is the last event of a connection, and a closing
+    # connection answers only its current address: a packet from elsewhere moves
+    # nothing and draws no CLOSE there.
+    s = make()
+    cid = s.server_cid()
+    s.net.run_for(1.0)
+    s.server.close(cid, s.net.now, "bye")
+    s.server.datagrams_to_send(s.net.now)  # the CLOSE, lost
+    datagram = sealed_data_packet(s, b"still here?")
+    elsewhere = ("127.0.113.7", 7000)
+    s.server.receive_datagram(datagram, elsewhere, s.net.now)
+    assert s.server.datagrams_to_send(s.net.now) == []
+    events = []
+    while (event := s.server.next_event()) is not None:
+        events.append(event)
+    assert [type(e) for e in events] == [ConnectionTerminated]
+    assert s.server.dropped["closing_other_address"] == 1
+    # From the connection's own address it is answered with the CLOSE again.
+    s.server.receive_datagram(sealed_data_packet(s, b"again?"), ALICE, s.net.now)
+    ((close, to),) = s.server.datagrams_to_send(s.net.now)
+    assert to == ALICE
+    s.client.receive_datagram(close, SERVER, s.net.now)
+    assert s.client.is_closed

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from udpchat_proto.errors import LocalProtocolError
+from udpchat_proto.errors import DecodeError, LocalProtocolError
 from udpchat_proto.keys import ServerKey
 from udpchat_proto.noise import HandshakeState
 from udpchat_proto.packet import (
@@ -30,6 +30,7 @@ from udpchat_proto.transport import (
     ServerTransport,
     TransportEvent,
 )
+from udpchat_proto.transport_config import RECEIVE_WINDOW
 from udpchat_proto.transport_state import (
     END_STATES,
     TRANSITIONS,
@@ -37,6 +38,7 @@ from udpchat_proto.transport_state import (
     StateInput,
     transition,
 )
+from udpchat_proto.transport_stream import MAX_RECEIVE_FRAGMENTS, ReceiveStream
 
 SERVER = ("127.0.0.1", 4433)
 CLIENT = ("127.0.0.2", 50000)
@@ -159,3 +161,51 @@ def test_every_state_input_pair(state: ConnectionState, event: StateInput) -> No
 
 def test_closed_is_terminal() -> None:
     assert not [pair for pair in TRANSITIONS if pair[0] is ConnectionState.CLOSED]
+
+
+def test_a_stream_cut_into_many_out_of_order_slivers_is_a_violation() -> None:
+    # One-byte STREAM frames with a gap before each: a few bytes on the wire each,
+    # but each would cost a slice, a range and a dict entry in the receiver. After
+    # MAX_RECEIVE_FRAGMENTS of them the peer is closed rather than fed.
+    server = ServerTransport(
+        static_key=ServerKey.generate(SeededRandomSource("k")), random=SeededRandomSource("s")
+    )
+    client = HandRolledClient(server)
+    client.send_frames(encode_frames([PingFrame()]), 0.005)
+    assert [type(e) for e in drain(server)] == [HandshakeCompleted]
+    offset = 2
+    now = 0.01
+    while offset < 2 * (MAX_RECEIVE_FRAGMENTS + 1) + 2:
+        frames = []
+        for _ in range(150):
+            frames.append(StreamFrame(offset=offset, data=b"x"))
+            offset += 2
+        client.send_frames(encode_frames(frames), now)
+        now += 0.001
+        if drain(server):
+            break
+    assert offset <= 2 * (MAX_RECEIVE_FRAGMENTS + 150) + 2
+    assert server.dropped["protocol_violation"] == 1
+    assert server.connections == {}
+    frames_back = client.receive(now)
+    assert any(
+        isinstance(f, CloseFrame) and f.code == CloseCode.PROTOCOL_VIOLATION
+        for f in frames_back
+    )
+
+
+def test_the_fragment_limit_leaves_honest_reordering_alone() -> None:
+    stream = ReceiveStream(window=RECEIVE_WINDOW, max_message_size=RECEIVE_WINDOW)
+    message = bytes(range(256)) * 3000  # 768,000 bytes, cut into 1100-byte slices
+    data = encode_varint(len(message)) + message
+    slices = [(o, data[o : o + 1100]) for o in range(0, len(data), 1100)]
+    # Every other slice first (the most holes an honest loss pattern makes), then the rest.
+    received: list[bytes] = []
+    for o, piece in slices[1::2] + slices[0::2]:
+        received += stream.receive(o, piece)
+    assert received == [message]
+    with pytest.raises(DecodeError) as caught:
+        sliver = ReceiveStream(window=RECEIVE_WINDOW, max_message_size=RECEIVE_WINDOW)
+        for i in range(MAX_RECEIVE_FRAGMENTS + 1):
+            sliver.receive(1 + 2 * i, b"x")
+    assert caught.value.reason == "flow_control"

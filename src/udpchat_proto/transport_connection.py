@@ -299,6 +299,12 @@ class Connection:
         if state is S.CLOSED or state is S.DRAINING:
             self._drop("closed")
             return
+        if state is S.CLOSING and addr != self.address:
+            # A closing connection does not migrate: the application has had its
+            # ConnectionTerminated (the last event), and an unproven address gets
+            # no CLOSE.
+            self._drop("closing_other_address")
+            return
         cipher = self._recv_cipher
         if cipher is None:
             self._drop("unexpected_packet")

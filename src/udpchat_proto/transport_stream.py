@@ -12,7 +12,8 @@ Memory is bounded on both sides:
   lowest unacknowledged offset plus the send window), and refuses messages once
   ``max_buffer`` bytes are queued and unacknowledged.
 * :class:`ReceiveStream` refuses (as a protocol violation) bytes at or beyond
-  ``delivered + window``, stores each out-of-order byte once, and holds at most one
+  ``delivered + window`` and more than :data:`MAX_RECEIVE_FRAGMENTS` disjoint
+  out-of-order ranges, stores each out-of-order byte once, and holds at most one
   incomplete message of at most ``max_message_size`` bytes.
 """
 
@@ -24,11 +25,17 @@ from .errors import DecodeError
 from .packet import decode_varint, encode_varint
 from .rangeset import RangeSet
 
-__all__ = ["ReceiveStream", "SendStream"]
+__all__ = ["MAX_RECEIVE_FRAGMENTS", "ReceiveStream", "SendStream"]
 
 #: Consumed bytes are cut from the front of a buffer only once they are at least
 #: this many and half of it, so trimming costs amortised O(1) per byte.
 _COMPACT_MIN: Final = 64 * 1024
+#: The most disjoint out-of-order ranges a receiver holds. Each costs a slice, a
+#: range and a dict entry (about 150 bytes) however small it is, so without a cap a
+#: peer sending one-byte frames with gaps between them would turn 1 MiB of window
+#: into about 75 MB of memory. Honest holes come from lost packets: at most one per
+#: packet in the sender's window (256 KiB / ~1150 bytes ~ 230), far below this.
+MAX_RECEIVE_FRAGMENTS: Final = 4096
 
 
 class SendStream:
@@ -193,7 +200,8 @@ class ReceiveStream:
             The messages completed by these bytes, in order (often none).
 
         Raises:
-            DecodeError: ``"flow_control"`` if the bytes reach beyond the window,
+            DecodeError: ``"flow_control"`` if the bytes reach beyond the window
+                or leave more than :data:`MAX_RECEIVE_FRAGMENTS` out-of-order ranges,
                 ``"message_too_large"`` if a message declares more than
                 ``max_message_size`` bytes. Both are violations by the peer.
         """
@@ -205,6 +213,11 @@ class ReceiveStream:
         for gap in self._received.missing(max(offset, self._delivered), end):
             self._chunks[gap.start] = data[gap.start - offset : gap.stop - offset]
             self._received.add(gap.start, gap.stop)
+        if len(self._received) > MAX_RECEIVE_FRAGMENTS:
+            raise DecodeError(
+                "flow_control",
+                f"more than {MAX_RECEIVE_FRAGMENTS} out-of-order stream fragments",
+            )
         if self._delivered not in self._chunks:
             return []
         # The stored slices tile _received exactly, so the first range is contiguous.
