@@ -448,3 +448,32 @@ def test_two_login_sessions_of_one_user_both_receive_every_message(world: ChatWo
     world.settle()
     assert bob.texts() == [f"m{i}" for i in range(8)]
     assert laptop.texts() == [f"m{i}" for i in range(8)]
+
+
+def test_two_connections_of_one_login_session(world: ChatWorld) -> None:
+    # Two processes resume the same session (the CLI's scripted commands do this):
+    # each connection gets every live message once; the session's cursor is shared,
+    # so what one acknowledged is not pushed to a later connection of the session.
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    second = world.user("bob", device="second")
+    second.token = bob.token
+    second.connect()
+    assert second.resume().token == bob.token
+    for i in range(5):
+        alice.send("bob", f"m{i}")
+    world.settle()
+    expected = [f"m{i}" for i in range(5)]
+    assert bob.texts() == expected and second.texts() == expected
+    second.close()
+    for i in range(5, 8):
+        alice.send("bob", f"m{i}")
+    world.settle()
+    assert bob.texts() == [f"m{i}" for i in range(8)]
+    second.connect()
+    second.resume()
+    alice.send("bob", "m8")
+    world.settle()
+    assert second.texts() == [*expected, "m8"]
+    assert bob.texts() == [f"m{i}" for i in range(9)]
+    world.check_server_health()

@@ -158,3 +158,31 @@ def test_room_limits(stores: StoreFactory) -> None:
     alice.ok(alice.conn.join_room("#two"))
     bob.ok(bob.conn.leave_room("#one"))
     carol.ok(carol.conn.join_room("#one"))
+
+
+def test_leave_and_rejoin_delivers_exactly_what_was_sent_while_a_member(
+    world: ChatWorld,
+) -> None:
+    alice, bob = world.signed_up("alice", "bob")
+    alice.ok(alice.conn.join_room("#room"))
+    bob.ok(bob.conn.join_room("#room"))
+    alice.send("#room", "one")
+    world.settle()
+    bob.close()
+    alice.send("#room", "two, bob offline but a member")
+    bob.connect()
+    bob.resume()
+    world.settle()
+    bob.ok(bob.conn.leave_room("#room"))
+    alice.send("#room", "three, bob not a member")
+    bob.ok(bob.conn.join_room("#room"))
+    alice.send("#room", "four, bob back")
+    world.settle()
+    # Once more across a new connection: nothing comes again, nothing is made up.
+    bob.close()
+    alice.send("#room", "five")
+    bob.connect()
+    bob.resume()
+    world.settle()
+    assert bob.texts() == ["one", "two, bob offline but a member", "four, bob back", "five"]
+    world.check_server_health()

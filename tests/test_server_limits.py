@@ -23,7 +23,7 @@ from udpchat_proto.keys import ServerKey
 from udpchat_proto.memory_store import MemoryStore
 from udpchat_proto.passwords import ScryptParams, hash_password
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.ratelimit import KeyedLimiter, RateLimit, TokenBucket
+from udpchat_proto.ratelimit import KEYED_LIMITER_MIN_PRUNE, KeyedLimiter, RateLimit, TokenBucket
 from udpchat_proto.server import ChatServer, HashJob, ServerConfig
 from udpchat_proto.transport import (
     ClientTransport,
@@ -373,6 +373,21 @@ def test_keyed_limiter_forgets_full_buckets() -> None:
     limiter.spend("c", now=7.0)
     limiter.forget("c")
     assert limiter.available("c", now=7.0)
+
+
+def test_keyed_limiter_memory_is_bounded_without_an_explicit_prune() -> None:
+    # Failed logins to ever-new usernames from ever-new addresses: each bucket
+    # refills within burst * interval = 5 s, and at 1000 new keys a second at most
+    # about 5,000 buckets are not full at any moment. The server prunes only at its
+    # hourly sweep; the limiter must not hold an hour of keys (3.6 million) meanwhile.
+    limiter: KeyedLimiter[str] = KeyedLimiter(RateLimit(burst=1, interval=5.0))
+    peak = 0
+    for i in range(200_000):
+        assert limiter.spend(f"user{i}", now=i / 1000)
+        peak = max(peak, len(limiter))
+    assert peak <= 2 * 5_000 + KEYED_LIMITER_MIN_PRUNE
+    # Pruning never forgets a bucket that still holds back a key.
+    assert not limiter.spend("user199999", now=199.9995)
 
 
 @pytest.mark.parametrize("burst, interval", [(0, 1.0), (1, 0.0), (1.5, 1.0), (1, -1.0)])

@@ -17,7 +17,11 @@ from typing import Generic, TypeVar
 
 import attrs
 
-__all__ = ["KeyedLimiter", "RateLimit", "TokenBucket"]
+__all__ = ["KEYED_LIMITER_MIN_PRUNE", "KeyedLimiter", "RateLimit", "TokenBucket"]
+
+#: A :class:`KeyedLimiter` prunes itself once it holds this many buckets, and after
+#: that whenever it has doubled since its last prune (amortised O(1) per spend).
+KEYED_LIMITER_MIN_PRUNE = 1024
 
 
 def _positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
@@ -91,13 +95,18 @@ K = TypeVar("K", bound=Hashable)
 class KeyedLimiter(Generic[K]):
     """One :class:`TokenBucket` per key, created full on first use.
 
-    Buckets that have refilled are dropped by :meth:`prune`, which the owner calls
-    periodically; a dropped bucket is indistinguishable from a new one.
+    Buckets that have refilled are dropped by :meth:`prune`; a dropped bucket is
+    indistinguishable from a new one. The owner may call it periodically, and
+    :meth:`spend` calls it whenever the number of buckets has doubled since the
+    last prune (and reached :data:`KEYED_LIMITER_MIN_PRUNE`), so that memory stays
+    within about twice the keys active in the last ``burst * interval`` seconds
+    however many distinct keys a remote peer makes up between the owner's prunes.
     """
 
     def __init__(self, limit: RateLimit) -> None:
         self.limit = limit
         self._buckets: dict[K, TokenBucket] = {}
+        self._prune_at = KEYED_LIMITER_MIN_PRUNE
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -111,6 +120,8 @@ class KeyedLimiter(Generic[K]):
         """Spend one of ``key``'s tokens; False (nothing spent) when exhausted."""
         bucket = self._buckets.get(key)
         if bucket is None:
+            if len(self._buckets) >= self._prune_at:
+                self.prune(now=now)
             bucket = self._buckets[key] = TokenBucket(self.limit, now=now)
         return bucket.spend(now=now)
 
@@ -123,4 +134,5 @@ class KeyedLimiter(Generic[K]):
         full = [key for key, bucket in self._buckets.items() if bucket.is_full(now=now)]
         for key in full:
             del self._buckets[key]
+        self._prune_at = max(KEYED_LIMITER_MIN_PRUNE, 2 * len(self._buckets))
         return len(full)
