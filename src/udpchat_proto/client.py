@@ -84,27 +84,6 @@ _TRANSITIONS: Final[dict[tuple[ClientState, _Input], ClientState]] = {
 #: States in which requests may still be queued.
 _OPEN_STATES: Final = frozenset({ClientState.IDLE, ClientState.CONNECTING, ClientState.CONNECTED})
 
-_RESPONSES: Final = (
-    m.Ok,
-    m.ErrorResponse,
-    m.LoggedIn,
-    m.MessageAccepted,
-    m.Invitations,
-    m.Friends,
-    m.OnlineUsers,
-    m.History,
-    m.Rooms,
-    m.RoomMembers,
-)
-_PUSHES: Final = (
-    m.MessageDelivered,
-    m.PresenceChanged,
-    m.InvitationReceived,
-    m.InvitationAnswered,
-    m.InvitationCancelled,
-    m.Unfriended,
-    m.RoomMembershipChanged,
-)
 
 
 @attrs.define
@@ -484,9 +463,9 @@ class ClientConnection:
             return
         if isinstance(message, m.MessageDelivered):
             self._on_delivery(message)
-        elif isinstance(message, _PUSHES):
+        elif isinstance(message, m.PUSH_TYPES):
             self._events.append(message)
-        elif isinstance(message, _RESPONSES):
+        elif isinstance(message, m.RESPONSE_TYPES):
             self._on_response(message)
         else:
             self.stats.unexpected += 1  # a request: only a client sends those

@@ -12,6 +12,7 @@ in ``docs/PROTOCOL.md`` and produced by :mod:`udpchat_proto.codec`.
 from __future__ import annotations
 
 import datetime
+import typing
 
 import attrs
 
@@ -19,6 +20,9 @@ from . import validation as v
 from .errors import ErrorCode
 
 __all__ = [
+    "PUSH_TYPES",
+    "REQUEST_TYPES",
+    "RESPONSE_TYPES",
     "AcceptInvitation",
     "AcknowledgeDelivery",
     "CancelInvitation",
@@ -519,3 +523,8 @@ Push = (
 
 Message = Request | Response | Push
 """Any application message."""
+
+# The same unions as tuples of classes, for isinstance() checks.
+REQUEST_TYPES: tuple[type[Request], ...] = typing.get_args(Request)
+RESPONSE_TYPES: tuple[type[Response], ...] = typing.get_args(Response)
+PUSH_TYPES: tuple[type[Push], ...] = typing.get_args(Push)

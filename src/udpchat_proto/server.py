@@ -378,25 +378,6 @@ class _RefusedError(Exception):
 # --- the server ------------------------------------------------------------------------------
 
 _ANONYMOUS_REQUESTS: Final = (m.Register, m.Login, m.Resume)
-_SERVER_ONLY: Final = (
-    m.Ok,
-    m.ErrorResponse,
-    m.LoggedIn,
-    m.MessageAccepted,
-    m.Invitations,
-    m.Friends,
-    m.OnlineUsers,
-    m.History,
-    m.Rooms,
-    m.RoomMembers,
-    m.MessageDelivered,
-    m.PresenceChanged,
-    m.InvitationReceived,
-    m.InvitationAnswered,
-    m.InvitationCancelled,
-    m.Unfriended,
-    m.RoomMembershipChanged,
-)
 
 
 class ChatServer:
@@ -690,7 +671,7 @@ class ChatServer:
                 except Exception as exc:  # the store failed: nobody to answer
                     self._count_internal_error(exc)
                 return
-            if isinstance(message, _SERVER_ONLY):
+            if not isinstance(message, m.REQUEST_TYPES):  # a response or push: server-only
                 self._violation(connection, now, f"{type(message).__name__} sent to the server")
                 return
             item = message
