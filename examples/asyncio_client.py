@@ -153,7 +153,15 @@ async def open_client(
 
 
 def parse_address(text: str) -> Address:
+    """``HOST:PORT`` (``[::1]:9999`` for IPv6).
+
+    Raises:
+        ValueError: not ``HOST:PORT``.
+    """
     host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid server address {text!r}: expected HOST:PORT")
     return host, int(port)
 
 
@@ -169,7 +177,8 @@ async def run(args: argparse.Namespace) -> None:
     key = bytes.fromhex(args.server_key) if args.server_key else None
     client = await open_client(parse_address(args.server), server_key=key, timeout=args.timeout)
     assert client.conn.server_key is not None
-    print(f"connected, server key {fingerprint(client.conn.server_key)}")
+    presented = client.conn.server_key
+    print(f"connected, server key {fingerprint(presented)} (--server-key {presented.hex()})")
     try:
         if args.register:
             check(
@@ -213,9 +222,14 @@ def main() -> None:
     args = parser.parse_args()
     try:
         asyncio.run(run(args))
+    except KeyboardInterrupt:
+        pass
     except (TimeoutError, ConnectionError) as exc:
         print(f"error: no answer from the server: {exc or 'timeout'}", file=sys.stderr)
         raise SystemExit(3) from None
+    except ValueError as exc:  # a bad --server, or a name or text the core refuses
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

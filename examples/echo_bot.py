@@ -44,7 +44,8 @@ async def run(args: argparse.Namespace) -> int:
             if isinstance(answer, m.ErrorResponse) and answer.code != "user_exists":
                 check(answer)
         check(await client.request(lambda c: c.login(args.user, args.password), args.timeout))
-        for room in args.join:
+        for name in args.join:
+            room = name if name.startswith("#") else "#" + name  # '#' optional, as in the CLI
             check(
                 await client.request(
                     functools.partial(ClientConnection.join_room, room=room), args.timeout
@@ -93,7 +94,9 @@ def main() -> None:
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--register", action="store_true", help="create the account if needed")
-    parser.add_argument("--join", action="append", default=[], metavar="ROOM")
+    parser.add_argument(
+        "--join", action="append", default=[], metavar="ROOM", help="sit in ROOM ('#' optional)"
+    )
     parser.add_argument("--count", type=int, default=None, help="stop after N answers")
     parser.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--timeout", type=float, default=5.0)
@@ -105,6 +108,9 @@ def main() -> None:
     except (TimeoutError, ConnectionError) as exc:
         print(f"error: no answer from the server: {exc or 'timeout'}", file=sys.stderr)
         raise SystemExit(3) from None
+    except ValueError as exc:  # a bad --server, or a name the core refuses
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from udpchat_cli.profiles import (
     Profile,
     check_profile_name,
 )
+from udpchat_cli.session import parse_server
 from udpchat_proto import messages as m
 from udpchat_proto.keys import ServerKey
 from udpchat_proto.randomness import SeededRandomSource
@@ -283,3 +284,60 @@ def test_errors_go_to_stderr_and_with_json_to_stdout_too(
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"ok": False, "error": "not_friends", "message": "nope"}
     assert captured.err == "error: nope\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("token", "ab" * 2),  # not 32 bytes: the core would refuse it as bad_request
+        ("server", "nonsense"),  # would be a usage error (exit 2) for a file problem
+        ("server", "127.0.0.1:99999"),
+        ("username", "Not A Name"),
+    ],
+)
+def test_a_profile_with_unusable_values_is_corrupt(tmp_path: Path, field: str, value: str) -> None:
+    home = Home(tmp_path)
+    home.update("default", lambda p: p.login("alice", b"t" * 32, "127.0.0.1:9999"))
+    data = json.loads(home.profile_path("default").read_text())
+    data[field] = value
+    home.profile_path("default").write_text(json.dumps(data))
+    with pytest.raises(HomeError, match="corrupt"):
+        home.load("default")
+
+
+def test_known_servers_refuses_a_key_of_the_wrong_size(tmp_path: Path) -> None:
+    path = tmp_path / "known_servers"
+    path.write_text("h:1 abcd\n")
+    with pytest.raises(HomeError, match="line 1"):
+        KnownServers(path).get("h:1")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9999", ("127.0.0.1", 9999)),
+        ("[::1]:9999", ("::1", 9999)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
+def test_parse_server(text: str, expected: tuple[str, int]) -> None:
+    assert parse_server(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nohost",
+        "127.0.0.1:99999",
+        "127.0.0.1:0",
+        "[::1]",
+        "::1:9999",
+        ":99",
+        "h:+1",
+        "h:\uff11\uff12",
+        "h:\u00b2",
+    ],
+)
+def test_parse_server_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid server address"):
+        parse_server(text)

@@ -167,3 +167,156 @@ def test_no_command_shows_the_help_as_a_usage_error(
     assert exit_info.value.code == 2
     assert captured.out == ""
     assert captured.err.startswith("Usage: udpchat-cli")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--timeout", "nan", "whoami"],
+        ["--timeout", "inf", "whoami"],
+        ["inbox", "--wait", "nan"],
+        ["listen", "--for", "nan"],
+        ["listen", "--for", "inf"],
+        ["--server", "::1:9999", "whoami"],  # IPv6 needs its brackets
+        ["--server", "127.0.0.1:\uff11\uff12", "whoami"],  # fullwidth digits
+    ],
+)
+def test_unbounded_waits_and_ambiguous_servers_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    args: list[str],
+) -> None:
+    # A NaN deadline never passes: without this check the wait would never end.
+    Home(home).update("default", lambda p: p.login("alice", b"t" * 32, "127.0.0.1:9"))
+    status, out, err = run(capsys, monkeypatch, home, *args, "--json")
+    assert status == 2, (out, err)
+    assert json.loads(out)["error"] == "usage"
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_a_damaged_profile_is_a_local_error_not_a_refusal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    Home(home).update("default", lambda p: p.login("alice", b"t" * 32, "127.0.0.1:9"))
+    path = Home(home).profile_path("default")
+    path.write_text(path.read_text().replace("74" * 32, "74" * 2))  # a 2-byte token
+    status, out, err = run(capsys, monkeypatch, home, "friends", "--json")
+    assert status == 1
+    assert json.loads(out)["error"] == "local_error"
+    assert "corrupt" in err and err.count("\n") == 1
+
+
+class FakeGetpass:
+    """Stands for getpass.getpass, and warns as it does without a terminal."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.prompts: list[str] = []
+
+    def __call__(self, prompt: str = "", stream: object = None) -> str:
+        import getpass
+        import warnings
+
+        self.prompts.append(prompt)
+        warnings.warn("Can not control echo on the terminal.", getpass.GetPassWarning, stacklevel=2)
+        if not self.answers:
+            raise EOFError
+        return self.answers.pop(0)
+
+
+@pytest.mark.parametrize(("command", "prompts"), [("register", 2), ("login", 1)])
+def test_the_password_is_asked_without_echo_twice_for_register(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    command: str,
+    prompts: int,
+) -> None:
+    fake = FakeGetpass("long enough password", "long enough password")
+    monkeypatch.setattr("getpass.getpass", fake)
+    status, out, err = run(capsys, monkeypatch, home, command, "alice", "--json")
+    assert status == 3  # asked, then sent to the closed port (nothing read from stdin)
+    assert len(fake.prompts) == prompts
+    assert json.loads(out)["error"] == "timeout"
+    # No warning machinery (file name, line, source) on stderr: one error line.
+    assert "GetPassWarning" not in err and "getpass.py" not in err
+    assert err.count("error: ") == 1
+
+
+def test_end_of_input_at_the_prompt_is_interrupted(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    monkeypatch.setattr("getpass.getpass", FakeGetpass())
+    status, out, err = run(capsys, monkeypatch, home, "login", "alice", "--json")
+    assert status == 1
+    assert json.loads(out)["error"] == "interrupted"
+    assert err.endswith("error: interrupted\n")
+
+
+@pytest.mark.parametrize(("command", "status"), [(["listen"], 0), (["friends"], 1)])
+def test_ctrl_c_while_connecting_ends_listen_with_0_and_others_with_1(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    command: list[str],
+    status: int,
+) -> None:
+    from udpchat_cli.cli import App
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    Home(home).update("default", lambda p: p.login("alice", b"t" * 32, "127.0.0.1:9"))
+    monkeypatch.setattr(App, "connect", interrupted)
+    code, out, err = run(capsys, monkeypatch, home, *command, "--json")
+    assert code == status
+    if status == 0:
+        assert (out, err) == ("", "")
+    else:
+        assert json.loads(out)["error"] == "interrupted" and err == "error: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("module", "status", "err"),
+    [("udpchat_cli.cli", 1, "error: interrupted\n"), ("udpchat_server.cli", 0, "")],
+)
+def test_ctrl_c_while_the_modules_load_shows_no_traceback(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    status: int,
+    err: str,
+) -> None:
+    import importlib
+    import importlib.abc
+    import sys
+
+    class CtrlC(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *_args: object) -> None:
+            if name == "click":  # half-way through the imports
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.argv", ["prog", "--json", "whoami"])
+    monkeypatch.delitem(sys.modules, module, raising=False)  # restored afterwards
+    monkeypatch.delitem(sys.modules, "click", raising=False)
+    monkeypatch.setattr("sys.meta_path", [CtrlC(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == status
+    assert captured.err == err
+    if status:
+        assert json.loads(captured.out)["error"] == "interrupted"
+
+
+def test_importing_the_server_module_leaves_sigterm_alone() -> None:
+    import importlib
+    import signal
+
+    import udpchat_server.cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert before is signal.SIG_DFL
+    importlib.reload(udpchat_server.cli)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -84,7 +84,7 @@ def test_echo_bot_answers(server: ServerProcess, tmp_path: Path) -> None:
             "--for",
             "20",
             "--join",
-            "#lobby",
+            "lobby",  # '#' optional, as the README's example writes it
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -17,36 +17,47 @@ server would refuse); 2 usage error; 3 the server did not answer within
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, NoReturn, Protocol, TypeVar
 
-import attrs
-import click
-import platformdirs
+# Ctrl-C while the modules below load (a good part of a second) gets the contract's
+# one ``error:`` line, not a traceback from an import.
+try:
+    import contextlib
+    import math
+    import os
+    import socket
+    import time
+    import warnings
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+    from typing import Any, NoReturn, Protocol, TypeVar
 
-from udpchat_proto import messages as m
-from udpchat_proto.client import ClientConnection
-from udpchat_proto.errors import ErrorCode, LocalProtocolError
-from udpchat_proto.keys import fingerprint
-from udpchat_proto.validation import ValidationError
+    import attrs
+    import click
+    import platformdirs
 
-from . import output
-from .output import Output, OutputClosedError
-from .profiles import Home, HomeError, Profile, check_profile_name
-from .session import (
-    ConnectionLostError,
-    KeyMismatchError,
-    ServerTimeoutError,
-    Session,
-    parse_server,
-)
+    from udpchat_proto import messages as m
+    from udpchat_proto.client import ClientConnection
+    from udpchat_proto.errors import ErrorCode, LocalProtocolError
+    from udpchat_proto.keys import fingerprint
+    from udpchat_proto.validation import ValidationError
+
+    from . import output
+    from .output import Output, OutputClosedError
+    from .profiles import Home, HomeError, Profile, check_profile_name
+    from .session import (
+        ConnectionLostError,
+        KeyMismatchError,
+        ServerTimeoutError,
+        Session,
+        parse_server,
+    )
+except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr, flush=True)
+    _args = sys.argv[1:]
+    if "--json" in (_args[: _args.index("--")] if "--" in _args else _args):
+        print('{"ok": false, "error": "interrupted", "message": "interrupted"}', flush=True)
+    sys.exit(1)
 
 __all__ = [
     "EXIT_KEY_MISMATCH",
@@ -92,6 +103,19 @@ def _key_mismatch(exc: KeyMismatchError, known_servers: Path) -> CliError:
         f"If the change is legitimate, remove the line starting with "
         f"'{exc.server} ' from {known_servers} and run the command again{then}.",
     )
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds (click's FloatRange lets ``nan`` and ``inf``
+    through, and a NaN deadline makes a wait unbounded: no comparison is true)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
 
 
 def _refused(code: str, message: str) -> CliError:
@@ -145,6 +169,10 @@ class App:
         # An explicit --server (or UDPCHAT_SERVER) wins; else the server the profile
         # last logged in to (register and login included: it is "this user's server").
         server = self.server_option or profile.server or DEFAULT_SERVER
+        try:
+            parse_server(server)
+        except ValueError as exc:
+            raise CliError(EXIT_USAGE, "usage", str(exc)) from None
         known = self.home.known_servers
         pinned = known.get(server)
         try:
@@ -155,9 +183,7 @@ class App:
                 delivered_ids=profile.delivered,
                 on_pushes=on_pushes or self.keep_messages,
             )
-        except ValueError as exc:
-            raise CliError(EXIT_USAGE, "usage", str(exc)) from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # unresolvable, or not even a host name
             raise CliError(EXIT_USAGE, "usage", f"cannot use server {server}: {exc}") from None
         with session:
             try:
@@ -167,8 +193,26 @@ class App:
             if pinned is None:
                 known.pin(server, key)
             if resume:
+                self._check_same_server(profile, server, key)
                 self._resume(session, profile, server)
             yield session, server
+
+    def _check_same_server(self, profile: Profile, server: str, key: bytes) -> None:
+        """Refuse to hand the login token to another server than the one that issued it.
+
+        The token is a bearer credential: a server with another key (``--server``
+        naming some other host) must never see it. Another name for the same server
+        (``localhost:9999`` for ``127.0.0.1:9999``) presents the same key, and is fine.
+        """
+        if server == profile.server or profile.server is None:
+            return
+        if key != self.home.known_servers.get(profile.server):
+            raise _refused(
+                ErrorCode.NOT_LOGGED_IN,
+                f"profile {self.profile_name} is logged in on {profile.server}, not on "
+                f"{server}: run 'udpchat-cli --server {server} login USER' (or use "
+                f"another --profile)",
+            )
 
     def _resume(self, session: Session, profile: Profile, server: str) -> None:
         token = profile.token
@@ -222,7 +266,13 @@ def _read_password(from_stdin: bool, *, confirm: bool) -> str:
     if from_stdin:
         line = sys.stdin.readline()
         return line.removesuffix("\n").removesuffix("\r")
-    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=confirm, err=True)
+    with warnings.catch_warnings():
+        # Without a terminal getpass warns (with its source line) that it cannot
+        # hide the input; click already says so in one line of its own.
+        warnings.simplefilter("ignore")
+        password: str = click.prompt(
+            "Password", hide_input=True, confirmation_prompt=confirm, err=True
+        )
     return password
 
 
@@ -280,7 +330,7 @@ def _app() -> App:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(min=0, min_open=True),
     default=5.0,
     show_default=True,
     help="Seconds to wait for each answer from the server.",
@@ -385,7 +435,7 @@ def send(to: str, text: str) -> None:
 @cli.command()
 @click.option(
     "--wait",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0),
     default=None,
     metavar="SECONDS",
     help="Wait up to this long for at least one message.",
@@ -431,7 +481,7 @@ def _drain_backlog(session: Session, arrived: Callable[[], int]) -> None:
 @click.option(
     "--for",
     "duration",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0),
     default=None,
     metavar="SECONDS",
     help="Stop after this long.",
@@ -439,6 +489,12 @@ def _drain_backlog(session: Session, arrived: Callable[[], int]) -> None:
 @_json_option
 def listen(count: int | None, duration: float | None) -> None:
     """Stay online and print every event as it comes (pending messages first)."""
+    # Ctrl-C ends listen successfully, whenever it comes (connecting included).
+    with contextlib.suppress(KeyboardInterrupt):
+        _listen(count, duration)
+
+
+def _listen(count: int | None, duration: float | None) -> None:
     app = _app()
     deadline = math.inf if duration is None else time.time() + duration
     printed = 0
@@ -478,13 +534,7 @@ def listen(count: int | None, duration: float | None) -> None:
     app.update(lambda saved: saved.mark_shown(ids))
     if full():
         return
-    with (
-        contextlib.suppress(KeyboardInterrupt),
-        app.connect(resume=True, on_pushes=show) as (
-            session,
-            _server,
-        ),
-    ):
+    with app.connect(resume=True, on_pushes=show) as (session, _server):
         session.run_until(full, deadline)
 
 
@@ -678,7 +728,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     out = Output(json_mode=_wants_json(args))
     try:
-        cli.main(args=args, prog_name="udpchat-cli", standalone_mode=False, obj=out)
+        # What click's main() does, less its handling of Ctrl-C (a blank line on
+        # stderr before the error: the error must be one line).
+        with cli.make_context("udpchat-cli", args, obj=out) as ctx:
+            cli.invoke(ctx)
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:  # no command: the help, as usage
@@ -686,7 +739,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     except click.Abort:  # Ctrl-C or end of input at a password prompt
         _fail(out, _refused("interrupted", "interrupted"))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EOFError):
+        if out.stderr.isatty():  # after the terminal's "^C"
+            print(file=out.stderr)
         _fail(out, _refused("interrupted", "interrupted"))
     except OutputClosedError:
         # The reader went away (``listen | head -1``): it had what it wanted. Point

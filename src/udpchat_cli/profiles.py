@@ -36,7 +36,11 @@ from typing import Any, TypeVar
 import attrs
 
 from udpchat_proto.codec import converter
+from udpchat_proto.keys import KEY_SIZE
 from udpchat_proto.messages import ChatMessage
+from udpchat_proto.validation import TOKEN_SIZE, check_username
+
+from .session import parse_server
 
 try:  # POSIX only; elsewhere the profile simply is not locked.
     import fcntl
@@ -143,13 +147,22 @@ class Profile:
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ValueError("not a version 1 profile")
         token = data.get("token")
-        return cls(
+        profile = cls(
             username=_optional_str(data.get("username")),
             token=None if token is None else bytes.fromhex(token),
             server=_optional_str(data.get("server")),
             delivered=[bytes.fromhex(item) for item in data.get("delivered", [])],
             unshown=[converter.structure(item, ChatMessage) for item in data.get("unshown", [])],
         )
+        # What the commands use as it is must be valid here, so that a damaged file
+        # is reported as such rather than as a refusal or a usage error.
+        if profile.username is not None:
+            check_username(profile.username)
+        if profile.token is not None and len(profile.token) != TOKEN_SIZE:
+            raise ValueError(f"a login token is {TOKEN_SIZE} bytes")
+        if profile.server is not None:
+            parse_server(profile.server)
+        return profile
 
 
 def _optional_str(value: object) -> str | None:
@@ -195,9 +208,15 @@ class KnownServers:
                 continue
             try:
                 name, value = line.split()
-                entries[name] = bytes.fromhex(value)
+                key = bytes.fromhex(value)
+                if len(key) != KEY_SIZE:
+                    raise ValueError("not a public key")
             except ValueError:
-                raise HomeError(f"{self.path} line {number} is not 'HOST:PORT KEYHEX'") from None
+                raise HomeError(
+                    f"{self.path} line {number} is not 'HOST:PORT KEYHEX' "
+                    f"(a key is {KEY_SIZE} bytes, {2 * KEY_SIZE} hex digits)"
+                ) from None
+            entries[name] = key
         return entries
 
 

@@ -74,10 +74,22 @@ def parse_server(text: str) -> tuple[str, int]:
         ValueError: not ``HOST:PORT`` with a port from 1 to 65535.
     """
     host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid server address {text!r}: expected HOST:PORT")
+    valid = (
+        sep
+        and host
+        # An IPv6 address needs its brackets: "::1:9999" is ambiguous.
+        and (bracketed or ":" not in host)
+        and port_text.isascii()
+        and port_text.isdigit()
+        and 1 <= int(port_text) <= 65535
+    )
+    if not valid:
+        raise ValueError(
+            f"invalid server address {text!r}: expected HOST:PORT ([::1]:9999 for IPv6)"
+        )
     return host, int(port_text)
 
 

@@ -14,23 +14,43 @@ unreadable key file or database exit 1 with one ``error:`` line.
 
 from __future__ import annotations
 
-import logging
 import signal
-import socket
 import sys
-from pathlib import Path
-from types import FrameType
-from typing import Any
 
-import attrs
-import click
 
-from udpchat_proto.passwords import ScryptParams
-from udpchat_proto.server import ChatServer, ServerConfig
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
-from .keyfile import KeyFileError, default_key_path, load_or_create_key
-from .loop import ServerLoop
-from .sqlite_store import SQLiteStore
+
+# SIGINT or SIGTERM while the modules below load (a good part of a second): stopped
+# before serving anything, which is a clean stop (exit 0), not a traceback from an
+# import nor a death by signal. The default SIGTERM action is back afterwards, for
+# whoever imports this module; command() installs the server's own handlers.
+try:
+    _sigterm_before = signal.signal(signal.SIGTERM, _interrupt)
+except ValueError:  # imported from another thread than the main one
+    _sigterm_before = None
+try:
+    import logging
+    import socket
+    from pathlib import Path
+    from types import FrameType
+    from typing import Any
+
+    import attrs
+    import click
+
+    from udpchat_proto.passwords import ScryptParams
+    from udpchat_proto.server import ChatServer, ServerConfig
+
+    from .keyfile import KeyFileError, default_key_path, load_or_create_key
+    from .loop import ServerLoop
+    from .sqlite_store import SQLiteStore
+except KeyboardInterrupt:
+    sys.exit(0)
+finally:
+    if _sigterm_before is not None:
+        signal.signal(signal.SIGTERM, _sigterm_before)
 
 __all__ = ["main"]
 
@@ -156,6 +176,21 @@ def command(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # From here on SIGINT and SIGTERM stop the server cleanly, even while it is
+    # still opening its database: a supervisor's SIGTERM right after the start
+    # must not kill it half-way (exit 0, files closed, the loop never started).
+    loops: list[ServerLoop] = []
+    stop_requested = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop_requested = True
+        for running in loops:
+            running.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     config = _config(max_room_members, max_rooms_per_user, scrypt_n)
     sock = _bind(host, port)
     try:
@@ -173,17 +208,14 @@ def command(
                 log.info("created key file %s", key_path)
             server = ChatServer(store=store, static_key=key, config=config)
             loop = ServerLoop(server=server, store=store, sock=sock, workers=workers)
-
-            def on_signal(signum: int, _frame: FrameType | None) -> None:
-                log.info("%s: stopping", signal.Signals(signum).name)
+            loops.append(loop)
+            if stop_requested:  # a signal came while starting: stop at once, never ready
                 loop.stop()
-
-            signal.signal(signal.SIGINT, on_signal)
-            signal.signal(signal.SIGTERM, on_signal)
-            address = _format_address(sock)
-            click.echo(f"listening on {address} key {key.fingerprint}")
-            sys.stdout.flush()
-            log.info("listening on %s, database %s, key %s", address, db, key.fingerprint)
+            else:
+                address = _format_address(sock)
+                click.echo(f"listening on {address} key {key.fingerprint}")
+                sys.stdout.flush()
+                log.info("listening on %s, database %s, key %s", address, db, key.fingerprint)
             loop.run()
             log.info(
                 "stopped: %d datagrams in, %d out, %d commits",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from udpchat_cli.profiles import Home
 from udpchat_proto.server_config import ServerConfig
 
-from .conftest import PASSWORD, ServerProcess, User, run_cli
+from .conftest import CLI, PASSWORD, ServerProcess, User, clean_env, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -174,3 +177,29 @@ def test_exit_4_when_the_server_key_changes(tmp_path: Path) -> None:
         assert alice.run("friends").code == 0
     finally:
         second.stop()
+
+
+def test_ctrl_c_at_any_time_is_one_error_line(tmp_path: Path) -> None:
+    # 0.1 s: still loading its modules on most machines, else already waiting for
+    # the (silent) server: either way one line and the JSON refusal, exit 1.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        server = f"127.0.0.1:{silent.getsockname()[1]}"
+        Home(tmp_path).update("default", lambda p: p.login("alice", b"t" * 32, server))
+        proc = subprocess.Popen(
+            [*CLI, "--home", str(tmp_path), "--server", server, "--json", "online"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=clean_env(),
+        )
+        try:
+            time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert err == "error: interrupted\n"
+    assert out == '{"ok": false, "error": "interrupted", "message": "interrupted"}\n'

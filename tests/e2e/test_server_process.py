@@ -6,6 +6,7 @@ import random
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,25 @@ def test_sigkill_and_restart_lose_no_acknowledged_message(tmp_path: Path) -> Non
         assert [m["text"] for m in bob.ok("inbox")["messages"]] == ["after"]
     finally:
         restarted.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_starting_is_a_clean_stop(tmp_path: Path, signum: int) -> None:
+    # 0.1 s: the interpreter is up, the modules are still loading (or the database
+    # is opening): either way a stop with 0, never a traceback nor a death by signal.
+    proc = subprocess.Popen(
+        [*SERVER, "--port", "0", "--db", str(tmp_path / "db.sqlite3")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        time.sleep(0.1)
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
