@@ -17,6 +17,7 @@ import pytest
 
 from udpchat_cli.cli import main
 from udpchat_cli.profiles import Home
+from udpchat_cli.session import KeyMismatchError, Session
 from udpchat_proto.keys import ServerKey
 from udpchat_proto.memory_store import MemoryStore
 from udpchat_proto.passwords import ScryptParams
@@ -103,3 +104,30 @@ def test_the_token_goes_only_to_the_server_that_issued_it(
         file.write(f"alias.invalid:1 {first_key}\n")
     code, answer = cli(capsys, monkeypatch, home, "--server", first, "whoami")
     assert (code, answer) == (0, {"user": "alice", "server": first})
+
+
+def test_a_key_mismatch_after_the_handshake_names_the_real_known_servers(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    servers: list[str],
+) -> None:
+    first, _second = servers
+    home = tmp_path / "home"
+    code, _ = cli(
+        capsys, monkeypatch, home, "--server", first, "register", "bob", "--password-stdin",
+        stdin=PASSWORD,
+    )  # fmt: skip
+    assert code == 0
+
+    def mismatch(self: Session, _issue: object) -> None:
+        raise KeyMismatchError(self.server, b"\x01" * 32, b"\x02" * 32)
+
+    monkeypatch.setattr(Session, "request", mismatch)
+    code, refusal = cli(
+        capsys, monkeypatch, home, "--server", first, "login", "bob", "--password-stdin",
+        stdin=PASSWORD,
+    )  # fmt: skip
+    assert code == 4
+    assert refusal["error"] == "server_key_mismatch"
+    assert str(home / "known_servers") in str(refusal["message"])

@@ -188,14 +188,14 @@ class App:
         with session:
             try:
                 key = session.open()
-            except KeyMismatchError as exc:
+                if pinned is None:
+                    known.pin(server, key)
+                if resume:
+                    self._check_same_server(profile, server, key)
+                    self._resume(session, profile, server)
+                yield session, server
+            except KeyMismatchError as exc:  # at the handshake, or from the core later
                 raise _key_mismatch(exc, known.path) from None
-            if pinned is None:
-                known.pin(server, key)
-            if resume:
-                self._check_same_server(profile, server, key)
-                self._resume(session, profile, server)
-            yield session, server
 
     def _check_same_server(self, profile: Profile, server: str, key: bytes) -> None:
         """Refuse to hand the login token to another server than the one that issued it.
