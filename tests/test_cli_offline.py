@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -320,3 +321,64 @@ def test_importing_the_server_module_leaves_sigterm_alone() -> None:
     assert before is signal.SIG_DFL
     importlib.reload(udpchat_server.cli)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class CapturedSession:
+    """Stands for Session: records the server it was asked for, then times out."""
+
+    servers: ClassVar[list[str]] = []
+
+    def __init__(self, *, server: str, **_kwargs: object) -> None:
+        from udpchat_cli.session import ServerTimeoutError
+
+        CapturedSession.servers.append(server)
+        raise ServerTimeoutError(f"no answer from {server}")
+
+
+def test_defaults_and_environment_variables(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import udpchat_cli.cli
+
+    for name in ("UDPCHAT_SERVER", "UDPCHAT_HOME", "UDPCHAT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    state = tmp_path / "state"
+    asked: list[str] = []
+
+    def user_state_dir(appname: str) -> str:
+        asked.append(appname)
+        return str(state)
+
+    monkeypatch.setattr("platformdirs.user_state_dir", user_state_dir)
+    monkeypatch.setattr(udpchat_cli.cli, "Session", CapturedSession)
+    CapturedSession.servers = []
+
+    def cli(*args: str) -> int:
+        monkeypatch.setattr("sys.stdin", io.StringIO("long enough password\n"))
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--json"])
+        capsys.readouterr()
+        assert isinstance(exit_info.value.code, int)
+        return exit_info.value.code
+
+    # No option, no environment: the user state directory, profile "default",
+    # server 127.0.0.1:9999.
+    assert cli("register", "alice", "--password-stdin") == 3
+    assert asked == ["udpchat"]
+    assert CapturedSession.servers == ["127.0.0.1:9999"]
+    assert state.is_dir() and oct(state.stat().st_mode & 0o777) == "0o700"
+    Home(state).update("default", lambda p: p.login("alice", b"t" * 32, "127.0.0.1:7"))
+    Home(tmp_path / "env").update("bob", lambda p: p.login("bob", b"t" * 32, "127.0.0.1:8"))
+    assert cli("friends") == 3
+    assert CapturedSession.servers[-1] == "127.0.0.1:7"  # the profile's server
+    # The environment names the home, the profile and the server.
+    monkeypatch.setenv("UDPCHAT_HOME", str(tmp_path / "env"))
+    monkeypatch.setenv("UDPCHAT_PROFILE", "bob")
+    assert cli("friends") == 3
+    assert CapturedSession.servers[-1] == "127.0.0.1:8"  # bob's, in the env home
+    monkeypatch.setenv("UDPCHAT_SERVER", "127.0.0.1:6")
+    assert cli("register", "carol", "--password-stdin") == 3
+    assert CapturedSession.servers[-1] == "127.0.0.1:6"
+    # Options win over the environment.
+    assert cli("--server", "127.0.0.1:5", "register", "carol", "--password-stdin") == 3
+    assert CapturedSession.servers[-1] == "127.0.0.1:5"
