@@ -151,3 +151,13 @@ def test_acknowledgement_waits_until_the_application_takes_the_message(
         events.append(event)
     (delivered,) = [e for e in events if isinstance(e, m.MessageDelivered)]
     assert client.delivered_ids == {delivered.message.id}
+
+
+def test_remembered_delivered_ids_are_capped_at_the_newest() -> None:
+    from udpchat_proto.client import DELIVERED_IDS_MAX, ClientConnection
+
+    ids = [i.to_bytes(16, "big") for i in range(DELIVERED_IDS_MAX + 10)]
+    client = ClientConnection(server_address=("127.0.0.1", 9999), delivered_ids=ids)
+    remembered = client.delivered_ids
+    assert len(remembered) == DELIVERED_IDS_MAX
+    assert remembered == frozenset(ids[10:])

@@ -86,6 +86,14 @@ _OPEN_STATES: Final = frozenset({ClientState.IDLE, ClientState.CONNECTING, Clien
 
 
 
+#: How many delivered message ids a connection remembers to drop redeliveries.
+#: A redelivery only follows a lost acknowledgement, and the server keeps at most
+#: its delivery window (64 by default) unacknowledged per connection, so the
+#: newest few thousand ids always cover it; the cap keeps a long-running client's
+#: memory flat.
+DELIVERED_IDS_MAX: Final = 4096
+
+
 @attrs.define
 class ClientStats:
     """Counters for diagnostics."""
@@ -132,7 +140,11 @@ class ClientConnection:
         self._pending: dict[int, m.Request] = {}
         """Requests sent and not yet answered, by request id."""
         self._events: collections.deque[ClientEvent] = collections.deque()
-        self._delivered: set[bytes] = set(delivered_ids)
+        # Insertion-ordered, capped at DELIVERED_IDS_MAX: only a message whose
+        # acknowledgement was lost is ever pushed again, and the server never has
+        # more than a delivery window of those outstanding per session.
+        self._delivered: dict[bytes, None] = dict.fromkeys(delivered_ids)
+        self._trim_delivered()
         self._queued_deliveries: set[bytes] = set()
         """Ids in the event queue, not yet taken by the application."""
         self._acks: list[bytes] = []
@@ -171,7 +183,8 @@ class ClientConnection:
 
     @property
     def delivered_ids(self) -> frozenset[bytes]:
-        """Ids of every message emitted to the application (plus those passed in)."""
+        """Ids of the newest :data:`DELIVERED_IDS_MAX` messages emitted to the
+        application (plus those passed in), to persist and pass back in."""
         return frozenset(self._delivered)
 
     @property
@@ -253,9 +266,14 @@ class ClientConnection:
         if isinstance(event, m.MessageDelivered):
             message_id = event.message.id
             self._queued_deliveries.discard(message_id)
-            self._delivered.add(message_id)
+            self._delivered[message_id] = None
+            self._trim_delivered()
             self._acks.append(message_id)
         return event
+
+    def _trim_delivered(self) -> None:
+        while len(self._delivered) > DELIVERED_IDS_MAX:
+            del self._delivered[next(iter(self._delivered))]
 
     def close(self, now: float) -> None:
         """Close the connection (the login session stays: resume it later).
