@@ -159,9 +159,7 @@ def ack_frames(draw: st.DrawFn) -> AckFrame:
 frames: st.SearchStrategy[Frame] = st.one_of(
     st.just(PingFrame()),
     ack_frames(),
-    st.builds(
-        StreamFrame, offset=st.integers(0, 2**50), data=st.binary(min_size=0, max_size=300)
-    ),
+    st.builds(StreamFrame, offset=st.integers(0, 2**50), data=st.binary(min_size=0, max_size=300)),
     st.builds(
         CloseFrame,
         code=st.integers(0, 2**30),

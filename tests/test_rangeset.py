@@ -61,9 +61,7 @@ def test_empty_bounds_raises() -> None:
         RangeSet().bounds()
 
 
-ops = st.lists(
-    st.tuples(st.booleans(), st.integers(0, 60), st.integers(0, 12)), max_size=40
-)
+ops = st.lists(st.tuples(st.booleans(), st.integers(0, 60), st.integers(0, 12)), max_size=40)
 
 
 @given(ops, st.integers(0, 70), st.integers(0, 20))

@@ -181,9 +181,7 @@ def test_64_kib_message_under_loss_arrives_whole() -> None:
     message = random.Random(3).randbytes(64 * 1024)
     s.client.send(message)
     s.server.send(s.server_cid(), message[::-1])
-    s.net.run_until(
-        lambda: bool(s.payloads("server")) and bool(s.payloads("alice")), max_time=60
-    )
+    s.net.run_until(lambda: bool(s.payloads("server")) and bool(s.payloads("alice")), max_time=60)
     assert s.payloads("server") == [message]
     assert s.payloads("alice") == [message[::-1]]
 
@@ -308,9 +306,7 @@ def test_vanished_client_is_detected_by_the_idle_timeout() -> None:
     s.net.run_for(2.0)
     gone_at = s.net.now
     s.net.vanish("alice")
-    s.net.run_until(
-        lambda: bool(s.net.events_of("server", ConnectionTerminated)), max_time=60
-    )
+    s.net.run_until(lambda: bool(s.net.events_of("server", ConnectionTerminated)), max_time=60)
     (event,) = s.net.events_of("server", ConnectionTerminated)
     assert event.code is CloseCode.IDLE_TIMEOUT and not event.by_peer
     # Within idle_timeout (30 s) of the last packet heard.
@@ -346,8 +342,10 @@ def test_migration_keeps_the_conversation() -> None:
     s.client.send(b"after")
     s.server.send(cid, b"welcome back")
     s.net.run_until(
-        lambda: s.payloads("server") == [b"before", b"after"]
-        and s.payloads("alice") == [b"welcome back"],
+        lambda: (
+            s.payloads("server") == [b"before", b"after"]
+            and s.payloads("alice") == [b"welcome back"]
+        ),
         max_time=30,
     )
     assert s.server.address_of(cid) == new_address
@@ -555,9 +553,7 @@ _CAPTURED = sealed_data_packet(_FUZZ, b"seed")
     st.one_of(
         st.binary(max_size=1300),
         st.builds(
-            lambda i, v, cut: (
-                _CAPTURED[:i] + bytes([v]) + _CAPTURED[i + 1 :]
-            )[:cut],
+            lambda i, v, cut: (_CAPTURED[:i] + bytes([v]) + _CAPTURED[i + 1 :])[:cut],
             st.integers(0, len(_CAPTURED) - 1),
             st.integers(0, 255),
             st.integers(0, len(_CAPTURED)),

@@ -76,9 +76,7 @@ class HandRolledClient:
         for datagram, _ in self.server.datagrams_to_send(now):
             packet = decode_packet(datagram)
             assert isinstance(packet, DataPacket) and packet.connection_id == CID
-            plain = self.receive_cipher.open(
-                packet.packet_number, datagram[:17], datagram[17:]
-            )
+            plain = self.receive_cipher.open(packet.packet_number, datagram[:17], datagram[17:])
             frames.extend(decode_frames(plain))
         return frames
 
@@ -189,8 +187,7 @@ def test_a_stream_cut_into_many_out_of_order_slivers_is_a_violation() -> None:
     assert server.connections == {}
     frames_back = client.receive(now)
     assert any(
-        isinstance(f, CloseFrame) and f.code == CloseCode.PROTOCOL_VIOLATION
-        for f in frames_back
+        isinstance(f, CloseFrame) and f.code == CloseCode.PROTOCOL_VIOLATION for f in frames_back
     )
 
 

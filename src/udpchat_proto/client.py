@@ -85,7 +85,6 @@ _TRANSITIONS: Final[dict[tuple[ClientState, _Input], ClientState]] = {
 _OPEN_STATES: Final = frozenset({ClientState.IDLE, ClientState.CONNECTING, ClientState.CONNECTED})
 
 
-
 #: How many delivered message ids a connection remembers to drop redeliveries.
 #: A redelivery only follows a lost acknowledgement, and the server keeps at most
 #: its delivery window (64 by default) unacknowledged per connection, so the

@@ -99,8 +99,7 @@ class TransportConfig:
     def __attrs_post_init__(self) -> None:
         if not 1200 <= self.max_datagram_size <= MAX_UDP_PAYLOAD:
             raise ValueError(
-                f"max_datagram_size must be 1200 to {MAX_UDP_PAYLOAD}, "
-                f"got {self.max_datagram_size}"
+                f"max_datagram_size must be 1200 to {MAX_UDP_PAYLOAD}, got {self.max_datagram_size}"
             )
         if self.keepalive_interval >= self.idle_timeout:
             raise ValueError("keepalive_interval must be shorter than idle_timeout")

@@ -395,9 +395,7 @@ class Connection:
     def _on_ack(self, frame: AckFrame, *, now: float) -> None:
         if frame.largest >= self._next_pn:
             raise DecodeError("invalid_ack", f"ACK of packet {frame.largest}, never sent")
-        acked, lost = self.recovery.on_ack_received(
-            frame.ranges, frame.delay_us / 1e6, now=now
-        )
+        acked, lost = self.recovery.on_ack_received(frame.ranges, frame.delay_us / 1e6, now=now)
         stream = self.send_stream
         for packet in acked:
             for start, stop in packet.stream_ranges:

@@ -81,9 +81,7 @@ def transition(state: ConnectionState, event: StateInput) -> ConnectionState:
     try:
         return TRANSITIONS[state, event]
     except KeyError:
-        raise LocalProtocolError(
-            f"cannot {event.value} in state {state.value}"
-        ) from None
+        raise LocalProtocolError(f"cannot {event.value} in state {state.value}") from None
 
 
 class Timer(enum.Enum):

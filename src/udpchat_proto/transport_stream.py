@@ -238,9 +238,7 @@ class ReceiveStream:
             except DecodeError:
                 break  # the length prefix itself is incomplete
             if length > self.max_message_size:
-                raise DecodeError(
-                    "message_too_large", f"{length} bytes > {self.max_message_size}"
-                )
+                raise DecodeError("message_too_large", f"{length} bytes > {self.max_message_size}")
             if len(buf) - start < length:
                 break
             messages.append(bytes(buf[start : start + length]))
