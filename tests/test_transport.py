@@ -477,6 +477,36 @@ def test_handshake_cap_and_per_address_rate() -> None:
     assert server.next_event() is None  # the application never saw them
 
 
+def test_connections_per_address_are_capped() -> None:
+    config = TransportConfig(
+        max_connections_per_address=3, handshake_burst=100, handshakes_per_address_per_second=100.0
+    )
+    s = make(connect=False, config=config)
+    server = s.server
+    t0 = s.net.now
+
+    def initiation(seed: str) -> bytes:
+        client = ClientTransport(server_address=SERVER, random=SeededRandomSource(seed))
+        client.connect(t0)
+        ((data, _),) = client.datagrams_to_send(t0)
+        return data
+
+    for i in range(5):
+        server.receive_datagram(initiation(f"a{i}"), ("127.51.100.1", 1000 + i), t0)
+    assert server.half_open_count == 3
+    assert server.dropped["address_connection_limit"] == 2
+    # Another address is not affected.
+    server.receive_datagram(initiation("b"), ("127.51.100.2", 1000), t0)
+    assert server.half_open_count == 4
+    # When the connections go away (here: half-open expiry), their slots come back.
+    server.handle_timer(t0 + 10.2)
+    assert server.half_open_count == 0
+    for i in range(3):
+        server.receive_datagram(initiation(f"c{i}"), ("127.51.100.1", 2000 + i), t0 + 10.3)
+    assert server.half_open_count == 3
+    assert server.dropped["address_connection_limit"] == 2
+
+
 def test_amplification_limit_under_floods() -> None:
     s = make(connect=False)
     net, server = s.net, s.server

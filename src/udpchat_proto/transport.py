@@ -360,6 +360,10 @@ class ServerTransport:
         self.dropped: dict[str, int] = {}
         self._connections: dict[ConnectionId, Connection] = {}
         self._half_open: set[ConnectionId] = set()
+        # Connections by the IP their handshake came from (kept across migration,
+        # so that moving does not free a slot), for max_connections_per_address.
+        self._origin: dict[ConnectionId, str] = {}
+        self._per_ip: dict[str, int] = {}
         self._limiter: KeyedLimiter[str] = KeyedLimiter(
             RateLimit(
                 burst=self._config.handshake_burst,
@@ -505,6 +509,9 @@ class ServerTransport:
         if len(self._half_open) >= self._config.max_half_open:
             _count(self.dropped, "half_open_limit")
             return
+        if self._per_ip.get(addr[0], 0) >= self._config.max_connections_per_address:
+            _count(self.dropped, "address_connection_limit")
+            return
         if now >= self._next_prune:
             self._limiter.prune(now=now)
             self._next_prune = now + _PRUNE_INTERVAL
@@ -543,6 +550,8 @@ class ServerTransport:
         )
         self._connections[cid] = conn
         self._half_open.add(cid)
+        self._origin[cid] = addr[0]
+        self._per_ip[addr[0]] = self._per_ip.get(addr[0], 0) + 1
         self._touch(conn)
 
     # ----------------------------------------------------------------- output
@@ -617,7 +626,8 @@ class ServerTransport:
             self._half_open.discard(cid)
         if conn.state is ConnectionState.CLOSED:
             # CLOSING sends its last CLOSE before it gets here: nothing is lost.
-            self._connections.pop(cid, None)
+            if self._connections.pop(cid, None) is not None:
+                self._forget_origin(cid)
             self._dirty.pop(cid, None)
             return
         deadline = conn.next_deadline()
@@ -628,6 +638,16 @@ class ServerTransport:
                 heapq.heappush(self._heap, (deadline, self._sequence, cid))
                 if len(self._heap) > 4 * len(self._connections) + 64:
                     self._rebuild_heap()
+
+    def _forget_origin(self, cid: ConnectionId) -> None:
+        ip = self._origin.pop(cid, None)
+        if ip is None:
+            return
+        left = self._per_ip[ip] - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            del self._per_ip[ip]
 
     def _rebuild_heap(self) -> None:
         self._heap = [

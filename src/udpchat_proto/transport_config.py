@@ -76,6 +76,12 @@ class TransportConfig:
     packet. Each holds about 5.5 KB (measured), so a spoofed flood costs at most 6 MB;
     real clients confirm within one RTT, so 1024 absorbs ~100 new clients per second
     even if every one of them took the whole 10 s half-open lifetime."""
+    max_connections_per_address: int = attrs.field(default=256, validator=_positive_int)
+    """Server: most connections (half-open, established or closing) started from one
+    source IP. Each may buffer about 1 MiB out of order plus a message being
+    reassembled, so without a cap one address could open connections until memory
+    runs out (at 50 handshakes a second). 256 leaves room for many users behind one
+    NAT, and for scripted clients whose short connections are still closing."""
     handshakes_per_address_per_second: float = attrs.field(default=50.0, validator=_positive)
     """Server: sustained handshakes (Diffie-Hellman work) allowed per source IP, as
     WireGuard's ratelimiter (``INITIATIONS_PER_SECOND = 50``)."""
