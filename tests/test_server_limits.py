@@ -3,6 +3,7 @@ jobs and token buckets in isolation."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from udpchat_proto.passwords import ScryptParams, hash_password
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.ratelimit import KEYED_LIMITER_MIN_PRUNE, KeyedLimiter, RateLimit, TokenBucket
 from udpchat_proto.server import ChatServer, HashJob, ServerConfig
+from udpchat_proto.store import Store
 from udpchat_proto.transport import (
     ClientTransport,
     CloseCode,
     ConnectionTerminated,
     PayloadReceived,
 )
+from udpchat_server.sqlite_store import SQLiteStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -244,6 +247,35 @@ def test_a_failing_store_is_answered_internal_and_counted(tmp_path: Path) -> Non
     assert isinstance(world.server.stats.last_internal_error, OSError)
     bob.close()  # presence on the way out fails too, and is only counted
     assert world.server.online_users == ["alice"]
+
+
+class FailingFriendshipStore(SQLiteStore):
+    """A SQLite store whose disk fills up just as a friendship is written."""
+
+    def add_friendship(self, a: str, b: str, now: float) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+class FailingFriendshipStores(StoreFactory):
+    def open(self) -> Store:
+        return FailingFriendshipStore.open(self.path)
+
+
+def test_a_request_failing_half_way_leaves_none_of_its_writes(tmp_path: Path) -> None:
+    world = ChatWorld(FailingFriendshipStores("sqlite", tmp_path / "db.sqlite3"))
+    alice, bob = world.signed_up("alice", "bob")
+    alice.ok(alice.conn.invite("bob"))
+    # Accepting deletes the invitation, then fails to add the friendship: the
+    # deletion must not be committed with the batch, or the invitation is lost.
+    bob.refused(bob.conn.accept_invitation("alice"), ErrorCode.INTERNAL)
+    invitations = bob.ok(bob.conn.list_invitations(), m.Invitations)
+    assert invitations.incoming == ("alice",)
+    world.restart_server()  # what was committed is all there is
+    bob.connect()
+    bob.resume()
+    invitations = bob.ok(bob.conn.list_invitations(), m.Invitations)
+    assert invitations.incoming == ("alice",)
+    assert world.server.stats.internal_errors == 0
 
 
 # --- jobs and timers, driven directly -------------------------------------------------------

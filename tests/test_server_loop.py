@@ -37,7 +37,7 @@ class TrackingStore:
         {
             "get_account", "get_session", "has_invitation", "incoming_invitations",
             "outgoing_invitations", "are_friends", "friends_of", "get_message", "history",
-            "pending_deliveries", "room_exists", "room_members", "rooms_of",
+            "pending_deliveries", "room_exists", "room_members", "rooms_of", "atomic",
         }
     )  # fmt: skip
 

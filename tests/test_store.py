@@ -693,3 +693,25 @@ def test_memory_and_sqlite_stores_agree(script: list[tuple[Any, ...]]) -> None:
                 assert memory.history(user, peer, 100) == sqlite_store.history(user, peer, 100)
     finally:
         sqlite_store.close()
+
+
+def test_sqlite_atomic_block_rolls_back_only_its_own_writes(tmp_path: Path) -> None:
+    path = tmp_path / "atomic.sqlite3"
+    store = SQLiteStore.open(path)
+    store.create_account("alice", PASSWORD, 1.0)  # an earlier write of the batch
+    with pytest.raises(OSError), store.atomic():
+        store.create_account("bob", PASSWORD, 2.0)
+        raise OSError("disk full")
+    with store.atomic():
+        store.create_account("carol", PASSWORD, 3.0)
+    with store.atomic():  # a read-only block takes no savepoint and changes nothing
+        assert store.get_account("dave") is None
+    with pytest.raises(RuntimeError), store.atomic(), store.atomic():
+        pass
+    store.commit()
+    store.close()
+    reopened = SQLiteStore.open(path)
+    assert reopened.get_account("alice") is not None
+    assert reopened.get_account("bob") is None
+    assert reopened.get_account("carol") is not None
+    reopened.close()

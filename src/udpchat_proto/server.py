@@ -283,6 +283,9 @@ class _TrackedStore:
         self.dirty = True
         return self.inner
 
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
+        return self.inner.atomic()
+
     # reads
     def get_account(self, username: str) -> Account | None:
         return self.inner.get_account(username)
@@ -726,7 +729,10 @@ class ChatServer:
             return
         handler = self._handlers[type(item)]
         try:
-            handler(connection, item, now)
+            # One request's writes all happen or none do: a refusal or a store
+            # failure half-way leaves nothing of it for the batch's commit.
+            with self._store.atomic():
+                handler(connection, item, now)
         except _RefusedError as refused:
             self._refuse(connection, item.request_id, refused.code, refused.message)
         except Exception as exc:

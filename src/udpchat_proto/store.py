@@ -31,6 +31,7 @@ Conversations and delivery cursors:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -87,6 +88,15 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the store's resources (uncommitted writes are discarded)."""
+        ...
+
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
+        """A block whose writes all happen or none do, inside the current batch.
+
+        The server runs each request in one, so that a store failure half-way
+        through a request (a full disk, say) leaves none of that request's writes
+        to be committed with the rest of the batch. Blocks do not nest.
+        """
         ...
 
     # --- accounts ----------------------------------------------------------------

@@ -41,10 +41,11 @@ Schema versions
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -212,6 +213,8 @@ class SQLiteStore:
         """
         if connection.in_transaction:
             raise ValueError("hand over a connection with no open transaction")
+        self._atomic_wanted = False
+        self._atomic_open = False
         connection.isolation_level = None
         # These pragmas are no-ops inside a transaction, hence before any BEGIN.
         connection.execute("PRAGMA journal_mode = WAL")
@@ -274,10 +277,41 @@ class SQLiteStore:
             raise
 
     def _write(self) -> sqlite3.Connection:
-        """The connection, inside the current write transaction (begun if needed)."""
+        """The connection, inside the current write transaction (begun if needed),
+        and inside the savepoint of the current :meth:`atomic` block if any."""
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
+        if self._atomic_wanted and not self._atomic_open:
+            self._db.execute("SAVEPOINT request")
+            self._atomic_open = True
         return self._db
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Run a block whose writes all happen or none do (a SQL ``SAVEPOINT``).
+
+        The savepoint is taken at the block's first write, so a read-only block
+        costs nothing. If the block raises, its writes are rolled back and the
+        batch's earlier writes are kept.
+        """
+        if self._atomic_wanted:
+            raise RuntimeError("atomic() blocks do not nest")
+        self._atomic_wanted = True
+        try:
+            yield
+        except BaseException:
+            # (An error that already aborted the whole transaction left nothing
+            # to roll back to.)
+            if self._atomic_open and self._db.in_transaction:
+                self._db.execute("ROLLBACK TO request")
+                self._db.execute("RELEASE request")
+            raise
+        else:
+            if self._atomic_open:
+                self._db.execute("RELEASE request")
+        finally:
+            self._atomic_wanted = False
+            self._atomic_open = False
 
     # --- transactions ------------------------------------------------------------
 
