@@ -442,6 +442,14 @@ def test_lost_response_is_repeated_without_new_work() -> None:
     assert s.client.is_established
 
 
+def initiation_datagram(seed: str, now: float) -> bytes:
+    """A fresh client's handshake initiation, as the server would receive it."""
+    client = ClientTransport(server_address=SERVER, random=SeededRandomSource(seed))
+    client.connect(now)
+    ((data, _),) = client.datagrams_to_send(now)
+    return data
+
+
 def test_handshake_cap_and_per_address_rate() -> None:
     config = TransportConfig(max_half_open=8, handshakes_per_address_per_second=10.0)
     s = make(connect=False, config=config)
@@ -449,10 +457,7 @@ def test_handshake_cap_and_per_address_rate() -> None:
     t0 = net.now
 
     def initiation(seed: str) -> bytes:
-        client = ClientTransport(server_address=SERVER, random=SeededRandomSource(seed))
-        client.connect(t0)
-        ((data, _),) = client.datagrams_to_send(t0)
-        return data
+        return initiation_datagram(seed, t0)
 
     # 20 initiations from one IP (any ports) at once: the burst of 5 passes.
     for i in range(20):
@@ -486,10 +491,7 @@ def test_connections_per_address_are_capped() -> None:
     t0 = s.net.now
 
     def initiation(seed: str) -> bytes:
-        client = ClientTransport(server_address=SERVER, random=SeededRandomSource(seed))
-        client.connect(t0)
-        ((data, _),) = client.datagrams_to_send(t0)
-        return data
+        return initiation_datagram(seed, t0)
 
     for i in range(5):
         server.receive_datagram(initiation(f"a{i}"), ("127.51.100.1", 1000 + i), t0)
