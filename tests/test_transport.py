@@ -5,6 +5,7 @@ server's limits (half-open cap, per-address rate, anti-amplification)."""
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import attrs
 import pytest
@@ -91,8 +92,9 @@ def test_handshake_events_and_exact_timers() -> None:
     client.connect(t0)
     (initiation,) = client.datagrams_to_send(t0)
     assert len(initiation[0]) == INITIATION_SIZE and initiation[1] == SERVER
-    # Retransmission after the initial RTO (333 ms + 4 * 166.5 ms + 25 ms).
-    assert client.get_timer() == pytest.approx(t0 + 1.024)
+    # Retransmission after the initial RTO (333 ms + 4 * 166.5 ms + 25 ms = 1.024 s),
+    # capped at max_handshake_interval.
+    assert client.get_timer() == pytest.approx(t0 + 0.5)
     server.receive_datagram(initiation[0], ALICE, t0 + 0.01)
     assert server.half_open_count == 1 and server.connections == {}
     ((response, to),) = server.datagrams_to_send(t0 + 0.01)
@@ -421,8 +423,46 @@ def test_handshake_timeout_with_retransmissions() -> None:
     (event,) = s.net.events["alice"]
     assert event.code is CloseCode.HANDSHAKE_TIMEOUT
     assert s.net.now == pytest.approx(t0 + 10.0)
-    # Sent at 0, 1.024, 3.072 and 7.168 s (RTO 1.024 s, doubling).
-    assert s.net.datagrams_sent[ALICE, SERVER] == 4
+    # Sent at 0, 0.5, 1.0 ... 9.5 s: the doubling RTO (1.024 s at first) is capped at
+    # max_handshake_interval, so the client keeps trying at a steady pace.
+    assert s.net.datagrams_sent[ALICE, SERVER] == 20
+
+
+def test_a_longer_handshake_timeout_keeps_retrying() -> None:
+    config = TransportConfig(handshake_timeout=30.0, max_handshake_interval=2.0)
+    s = make(connect=False, config=config)
+    s.net.vanish("server")
+    t0 = s.net.now
+    s.client.connect(t0)
+    s.net.run_until(lambda: s.client.is_closed, max_time=40)
+    assert s.net.now == pytest.approx(t0 + 30.0)
+    # 0, then 1.024 (RTO), then every 2 s (the cap): 1.024 + 2k < 30 for k = 0..14.
+    assert s.net.datagrams_sent[ALICE, SERVER] == 16
+
+
+def _settled(client: ClientTransport) -> bool:
+    return client.is_established or client.is_closed
+
+
+def test_999_handshakes_in_1000_complete_within_10_s_at_30_percent_loss() -> None:
+    """The figure behind max_handshake_interval: each handshake through its own path
+    losing 30% each way (with jitter), default config, a fixed seed per handshake."""
+    lossy = Link(loss=0.3, delay=0.02, jitter=0.02)
+    completed = 0
+    for seed in range(1000):
+        net = Network(seed=seed, default_link=lossy)
+        key = ServerKey.generate(SeededRandomSource("key"))
+        server = ServerTransport(static_key=key, random=SeededRandomSource(f"s-{seed}"))
+        client = ClientTransport(server_address=SERVER, random=SeededRandomSource(f"c-{seed}"))
+        net.add("server", server, SERVER)
+        net.add("alice", client, ALICE)
+        t0 = net.now
+        client.connect(t0)
+        net.run_until(partial(_settled, client), max_time=11)
+        if client.is_established:
+            assert net.now <= t0 + 10.0
+            completed += 1
+    assert completed >= 999, f"{completed} of 1000 handshakes completed within 10 s"
 
 
 def test_lost_response_is_repeated_without_new_work() -> None:

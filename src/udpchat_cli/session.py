@@ -26,7 +26,7 @@ from udpchat_proto.chat_events import Connected, Disconnected
 from udpchat_proto.client import ClientConnection
 from udpchat_proto.keys import fingerprint
 from udpchat_proto.messages import Push, Response
-from udpchat_proto.transport import Address, CloseCode
+from udpchat_proto.transport import Address, CloseCode, TransportConfig
 
 __all__ = [
     "ConnectionLostError",
@@ -139,7 +139,13 @@ class Session:
         # (expected_server_key=): that way the refusal can show the key presented,
         # which the user compares with the one the server prints. Nothing is sent
         # before open() has checked the key, so an impostor learns nothing.
-        self._conn = ClientConnection(server_address=self._address, delivered_ids=delivered_ids)
+        # The user's --timeout bounds the handshake too: on a lossy path the
+        # initiation is retried at a steady pace for as long as they chose to wait.
+        self._conn = ClientConnection(
+            server_address=self._address,
+            config=TransportConfig(handshake_timeout=timeout),
+            delivered_ids=delivered_ids,
+        )
         self._answers: dict[int, Response] = {}
         self._closed = False
 

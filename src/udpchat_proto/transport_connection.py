@@ -578,8 +578,8 @@ class Connection:
         elif state is S.HANDSHAKE:
             timers[Timer.HANDSHAKE_TIMEOUT] = self._handshake_deadline
             if self.initiation is not None and not self._initiation_pending and self.is_client:
-                timers[Timer.HANDSHAKE] = self._initiation_sent_time + self.rtt.rto(
-                    self._handshake_backoff
+                timers[Timer.HANDSHAKE] = self._initiation_sent_time + min(
+                    self.rtt.rto(self._handshake_backoff), self.config.max_handshake_interval
                 )
         elif state is S.CLOSING or state is S.DRAINING:
             timers[Timer.CLOSE] = self._close_deadline
