@@ -90,9 +90,7 @@ class World:
                 moved = True
         for job in self.server.take_hash_jobs():
             self.server.complete_hash_job(job.job_id, job.run(), self.now)
-        if self.server.writes_pending:
-            self.store.commit()
-            self.server.committed()
+        self.server.commit()
         for data, address in self.server.datagrams_to_send(self.now):
             self.clients[address].receive_datagram(data, SERVER, self.now)
             moved = True

@@ -4,7 +4,7 @@
 server loop does around it) and any number of :class:`ChatUser`\\ s on a
 :class:`tests.simnet.Network` with a fake clock. The host does exactly what the
 runtime does, in the same order: feed datagrams -> run hash jobs -> if
-``writes_pending``: ``store.commit()``; ``committed()`` -> send. Hash jobs run
+``commit()`` -> send. Hash jobs run
 synchronously with tiny scrypt parameters, or after a simulated delay
 (``hash_delay``) to model a busy worker pool.
 """
@@ -30,7 +30,7 @@ from udpchat_proto.passwords import ScryptParams
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.ratelimit import RateLimit
 from udpchat_proto.server import ChatServer, HashJob, ServerConfig
-from udpchat_proto.store import Store
+from udpchat_proto.store import Store, StoreUnavailableError
 from udpchat_server.sqlite_store import SQLiteStore
 
 SERVER_ADDRESS = ("127.0.0.1", 4433)
@@ -85,8 +85,15 @@ class RecordingStore:
         self.commits = 0
         self.uncommitted: list[bytes] = []
         self.committed_ids: set[bytes] = set()
+        self.fail_commits: StoreUnavailableError | None = None
+        """When set, every commit discards the batch and raises it."""
 
     def commit(self) -> None:
+        if self.fail_commits is not None:
+            # As when COMMIT itself finds the disk full: the batch is discarded.
+            self.inner.rollback()  # type: ignore[attr-defined]
+            self.uncommitted.clear()
+            raise self.fail_commits
         self.inner.commit()
         self.commits += 1
         self.committed_ids.update(self.uncommitted)
@@ -126,9 +133,8 @@ class ServerHost:
             # A completed login may queue more jobs (pipelined logins).
             for more in self.server.take_hash_jobs():
                 heapq.heappush(self._jobs, (now + self.hash_delay, next(self._order), more))
-        if self.server.writes_pending and not self.hold_commits:
-            self.store.commit()
-            self.server.committed()
+        if not self.hold_commits:
+            self.server.commit()
 
     def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         self.server.receive_datagram(data, addr, now)

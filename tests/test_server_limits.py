@@ -325,7 +325,7 @@ def test_timer_includes_the_session_sweep(bare_server: ChatServer) -> None:
     bare_server.handle_timer(1000.0)  # the first call sweeps at once
     assert bare_server.writes_pending  # the sweep writes (expiry)
     assert bare_server.get_timer() == 1100.0
-    bare_server.committed()
+    assert bare_server.commit() is None
     bare_server.handle_timer(1050.0)  # early: nothing to do
     assert not bare_server.writes_pending
     bare_server.handle_timer(1100.0)

@@ -280,6 +280,9 @@ class Session:
             self._sock.close()
             if lost.code == CloseCode.SERVER_KEY_MISMATCH and self.pinned is not None:
                 raise KeyMismatchError(self.server, self.pinned, self.server_key)
+            if lost.code == CloseCode.HANDSHAKE_TIMEOUT:
+                # The handshake's limit is the user's --timeout: the same "no answer".
+                raise ServerTimeoutError(f"no answer from {self.server} within {self.timeout:g} s")
             raise ConnectionLostError(lost.code, lost.reason)
 
     def _on_connected(self, key: bytes) -> None:

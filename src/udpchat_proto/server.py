@@ -8,9 +8,13 @@ every role (``receive_datagram``, ``datagrams_to_send``, ``get_timer``,
 ``handle_timer``, ``next_event``) and three duties towards its caller:
 
 * **Group commit.** After any store write, every later reply and push is *held*:
-  :attr:`ChatServer.writes_pending` turns True, the caller runs ``store.commit()``
-  and then :meth:`ChatServer.committed`, which releases them. So no
-  ``message_accepted`` (nor anything else) leaves before what it reports is durable.
+  :attr:`ChatServer.writes_pending` turns True, and the caller calls
+  :meth:`ChatServer.commit` once per batch, which commits the store and only then
+  releases them. So no ``message_accepted`` (nor anything else) leaves before what
+  it reports is durable. If the store cannot commit (a full disk:
+  :class:`~udpchat_proto.store.StoreUnavailableError`), the batch is lost whole:
+  every answer it held becomes an ``unavailable`` refusal and its pushes are
+  dropped, so nothing that was rolled back is ever reported.
 * **Password hashing off the loop.** Register and login need scrypt, which takes
   tens of milliseconds. The state machine never hashes: it queues a
   :class:`HashJob` (:meth:`ChatServer.take_hash_jobs`), the caller runs
@@ -26,9 +30,7 @@ A typical loop::
     server.receive_datagram(data, addr, now)        # for each datagram read
     for job in server.take_hash_jobs():             # run off the loop, then:
         server.complete_hash_job(job.job_id, job.run(), now)
-    if server.writes_pending:
-        store.commit()
-        server.committed()
+    server.commit()                                 # group commit, then:
     for data, addr in server.datagrams_to_send(now):
         sock.sendto(data, addr)
 
@@ -69,7 +71,7 @@ from .passwords import PasswordHash, ScryptParams, hash_password, verify_digest
 from .randomness import RandomSource, SystemRandomSource
 from .ratelimit import KeyedLimiter, TokenBucket
 from .server_config import ServerConfig
-from .store import Account, LoginSession, Store, StoredMessage
+from .store import Account, LoginSession, Store, StoredMessage, StoreUnavailableError
 from .transport import (
     Address,
     ConnectionAddressChanged,
@@ -94,11 +96,24 @@ SALT_SIZE: Final = 16
 """Bytes of random salt in each new password hash."""
 ACK_CHUNK: Final = 1000
 """Most message ids the store is asked to acknowledge in one call."""
+SESSION_TOUCH_DELAY: Final = 60.0
+"""Seconds a resumed session's "last used" time waits before it is written, with
+every other resume of that minute, in one batch. A resume then needs no write (it
+works while the disk is full) and costs no commit of its own; a crash forgets at
+most this much of a 30-day idle expiry."""
+STORE_RETRY_INTERVAL: Final = 1.0
+"""Seconds after a lost batch before the connections whose pushes it dropped are
+refilled from the store (which holds what was really kept)."""
 
 
 def token_hash(token: bytes) -> bytes:
     """What the store keeps of a login token: its SHA-256."""
     return hashlib.sha256(token).digest()
+
+
+def _unavailable(failure: StoreUnavailableError) -> str:
+    """The refusal's words for people (the CLI shows them as they are)."""
+    return f"the server cannot store anything now ({failure.reason}); try later"
 
 
 def utc_from_posix(now: float) -> datetime.datetime:
@@ -265,6 +280,13 @@ class ServerStats:
     """Login sessions removed by the sweep or found expired at resume."""
     internal_errors: int = 0
     """Requests that failed with an unexpected exception (answered ``internal``)."""
+    store_failures: int = 0
+    """Store calls and commits that failed with ``StoreUnavailableError`` (requests
+    answered ``unavailable``, batches lost)."""
+    batches_lost: int = 0
+    """Batches whose commit failed: their answers became ``unavailable``."""
+    last_store_failure: StoreUnavailableError | None = attrs.field(default=None, eq=False)
+    """The latest store failure, for logging."""
     last_internal_error: BaseException | None = attrs.field(default=None, eq=False)
     """The latest such exception, for logging."""
 
@@ -417,7 +439,18 @@ class ChatServer:
         self._by_user: dict[str, dict[ConnectionId, None]] = {}
         """Live logged-in connections of each online user (insertion-ordered)."""
         self._by_session: dict[bytes, dict[ConnectionId, None]] = {}
-        self._held: list[tuple[ConnectionId, bytes]] = []
+        self._held: list[tuple[ConnectionId, m.Response | m.Push, bytes]] = []
+        """Replies and pushes waiting for the batch's commit (message and payload)."""
+        self._stale: dict[ConnectionId, None] = {}
+        """Connections whose pushes a lost batch dropped: refilled at ``_retry_at``."""
+        self._retry_at: float | None = None
+        self._touches: dict[bytes, float] = {}
+        """Sessions resumed since the last flush, with when (see SESSION_TOUCH_DELAY)."""
+        self._touching: dict[bytes, float] = {}
+        """The touches written in the current batch (put back if it is lost)."""
+        self._touch_at: float | None = None
+        self._stepping = False
+        """Inside a request's step: its output waits for the step to complete."""
         self._events: collections.deque[ServerEvent] = collections.deque()
         self._job_ids = itertools.count(1)
         self._jobs: dict[int, _PendingJob] = {}
@@ -496,10 +529,12 @@ class ChatServer:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should be called next (POSIX seconds), or None."""
-        timer: float | None = self._transport.get_timer()
-        if self._next_sweep is not None and (timer is None or self._next_sweep < timer):
-            return self._next_sweep
-        return timer
+        timers = [
+            t
+            for t in (self._transport.get_timer(), self._next_sweep, self._retry_at, self._touch_at)
+            if t is not None
+        ]
+        return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now`` (an early call is harmless).
@@ -508,6 +543,15 @@ class ChatServer:
         """
         self._now = now
         self._maybe_sweep(now)
+        if self._touch_at is not None and now >= self._touch_at:
+            self._flush_touches()
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            stale, self._stale = self._stale, {}
+            for connection_id in stale:
+                connection = self._connections.get(connection_id)
+                if connection is not None:
+                    self._retry_refill(connection)
         self._transport.handle_timer(now)
         self._drain_transport(now)
 
@@ -519,23 +563,109 @@ class ChatServer:
 
     @property
     def writes_pending(self) -> bool:
-        """Whether the store was written since the last :meth:`committed`.
+        """Whether the store was written since the last commit.
 
-        While it is True, replies and pushes are held: call ``store.commit()``, then
-        :meth:`committed`.
+        While it is True, replies and pushes are held until :meth:`commit`.
         """
         return self._store.dirty
 
+    def commit(self) -> StoreUnavailableError | None:
+        """Commit the batch, if anything was written, and release what it held.
+
+        Call it once per batch, after feeding every datagram, hash result and timer
+        of the batch, and before :meth:`datagrams_to_send` (group commit).
+
+        Returns:
+            None once the batch is durable (or there was nothing to commit); the
+            store's :class:`~udpchat_proto.store.StoreUnavailableError` if the batch
+            was lost (see :meth:`rolled_back`), for the caller to log.
+        """
+        if not self._store.dirty:
+            return None
+        try:
+            self._store.inner.commit()
+        except StoreUnavailableError as exc:
+            self.rolled_back(exc)
+            return exc
+        self.committed()
+        return None
+
     def committed(self) -> None:
-        """Tell the server that the caller committed the store.
+        """Tell the server that the caller committed the store itself.
 
         Releases every reply and push held since the first uncommitted write, in
-        order. Then call :meth:`datagrams_to_send`.
+        order. Then call :meth:`datagrams_to_send`. (:meth:`commit` does both.)
         """
         self._store.dirty = False
+        self._touching.clear()
         held, self._held = self._held, []
-        for connection_id, payload in held:
+        for connection_id, _message, payload in held:
             self._transport_send(connection_id, payload)
+
+    def rolled_back(self, failure: StoreUnavailableError) -> None:
+        """Tell the server that the batch could not be committed: it is lost.
+
+        Nothing it held is sent as it was: every held answer becomes an
+        ``unavailable`` refusal (the client may try again), a login it held is
+        undone, and its pushes are dropped; connections whose deliveries were
+        dropped are refilled from the store after :data:`STORE_RETRY_INTERVAL`.
+        Then call :meth:`datagrams_to_send`.
+        """
+        self._store.dirty = False
+        self._note_store_failure(failure)
+        self.stats.batches_lost += 1
+        self._touches = {**self._touching, **self._touches}
+        self._touching.clear()
+        if self._touches and self._touch_at is None:
+            self._touch_at = self._now + SESSION_TOUCH_DELAY
+        held, self._held = self._held, []
+        for connection, response in self._retract(held):
+            self._refuse(
+                connection, response.request_id, ErrorCode.UNAVAILABLE, _unavailable(failure)
+            )
+
+    def _retract(
+        self, held: list[tuple[ConnectionId, m.Response | m.Push, bytes]]
+    ) -> list[tuple[_Connection, m.Response]]:
+        """Undo what held output stood for, since it will never be sent.
+
+        A login or resume it reported is undone (its session may not exist), a
+        delivery is taken out of the window (the store pushes it again if it holds
+        it); other pushes are dropped.
+
+        Returns:
+            The held answers, for the caller to replace with a refusal.
+        """
+        answers: list[tuple[_Connection, m.Response]] = []
+        for connection_id, message, _payload in held:
+            connection = self._connections.get(connection_id)
+            if connection is None or connection_id in self._closing:
+                continue
+            if isinstance(message, m.MessageDelivered):
+                connection.in_flight.pop(message.message.id, None)
+                connection.caught_up = False
+                self._stale[connection_id] = None
+                if self._retry_at is None:
+                    self._retry_at = self._now + STORE_RETRY_INTERVAL
+            elif isinstance(message, m.RESPONSE_TYPES):
+                if isinstance(message, m.LoggedIn):
+                    self._log_out(connection, self._now, announce=True)
+                answers.append((connection, message))
+        return answers
+
+    def _retry_refill(self, connection: _Connection) -> None:
+        try:
+            self._refill(connection)
+        except StoreUnavailableError as failure:
+            self._note_store_failure(failure)
+            self._stale[connection.connection_id] = None
+            self._retry_at = self._now + STORE_RETRY_INTERVAL
+        except Exception as exc:
+            self._count_internal_error(exc)
+
+    def _note_store_failure(self, failure: StoreUnavailableError) -> None:
+        self.stats.store_failures += 1
+        self.stats.last_store_failure = failure
 
     # --- hash jobs -----------------------------------------------------------------------
 
@@ -570,15 +700,8 @@ class ChatServer:
         if connection is None or connection.busy_job != job_id:
             return
         connection.busy_job = None
-        try:
-            if job.kind is _JobKind.REGISTER:
-                self._finish_register(connection, job, digest, now)
-            else:
-                self._finish_login(connection, job, digest, now)
-        except _RefusedError as refused:
-            self._refuse(connection, job.request.request_id, refused.code, refused.message)
-        except Exception as exc:
-            self._internal_error(connection, job.request.request_id, exc)
+        finish = self._finish_register if job.kind is _JobKind.REGISTER else self._finish_login
+        self._run_atomically(connection, job.request.request_id, finish, job, digest, now)
         self._run_queue(connection, now)
 
     # --- introspection -------------------------------------------------------------------
@@ -727,16 +850,38 @@ class ChatServer:
                 "log in (or resume a session) first",
             )
             return
-        handler = self._handlers[type(item)]
+        self._run_atomically(connection, item.request_id, self._handlers[type(item)], item, now)
+
+    def _run_atomically(
+        self, connection: _Connection, request_id: int, step: Callable[..., None], *args: Any
+    ) -> None:
+        """Run one request's step so that its writes and its output all happen or
+        none do: a refusal or a store failure half-way leaves nothing of it for the
+        batch, and nothing it would have sent (its answer, pushes, a login) leaves."""
+        mark = len(self._held)
+        self._stepping = True
         try:
-            # One request's writes all happen or none do: a refusal or a store
-            # failure half-way leaves nothing of it for the batch's commit.
             with self._store.atomic():
-                handler(connection, item, now)
-        except _RefusedError as refused:
-            self._refuse(connection, item.request_id, refused.code, refused.message)
+                step(connection, *args)
         except Exception as exc:
-            self._internal_error(connection, item.request_id, exc)
+            self._stepping = False
+            undone, self._held[mark:] = self._held[mark:], []
+            self._retract(undone)
+            if isinstance(exc, _RefusedError):
+                self._refuse(connection, request_id, exc.code, exc.message)
+            elif isinstance(exc, StoreUnavailableError):
+                self._note_store_failure(exc)
+                self._refuse(connection, request_id, ErrorCode.UNAVAILABLE, _unavailable(exc))
+            else:
+                self._internal_error(connection, request_id, exc)
+        else:
+            self._stepping = False
+            if not self._store.dirty:  # nothing to wait for: out now
+                done, self._held[mark:] = self._held[mark:], []
+                for connection_id, _message, payload in done:
+                    self._transport_send(connection_id, payload)
+        finally:
+            self._stepping = False
 
     def _internal_error(self, connection: _Connection, request_id: int, exc: Exception) -> None:
         self._count_internal_error(exc)
@@ -750,8 +895,8 @@ class ChatServer:
 
     def _send(self, connection_id: ConnectionId, message: m.Response | m.Push) -> None:
         payload = encode(message)
-        if self._store.dirty:
-            self._held.append((connection_id, payload))
+        if self._store.dirty or self._stepping:
+            self._held.append((connection_id, message, payload))
         else:
             self._transport_send(connection_id, payload)
 
@@ -905,7 +1050,10 @@ class ChatServer:
             raise _RefusedError(
                 ErrorCode.BAD_CREDENTIALS, "unknown or expired session; log in again"
             )
-        self._store.touch_session(hashed, now)
+        # Noted, written within SESSION_TOUCH_DELAY: a resume needs no write.
+        self._touches[hashed] = now
+        if self._touch_at is None:
+            self._touch_at = now + SESSION_TOUCH_DELAY
         self._log_in(connection, session.username, hashed, now)
         self._reply(
             connection,
@@ -992,7 +1140,24 @@ class ChatServer:
         self._next_sweep = now + self._config.session_sweep_interval
         try:
             self._sweep(now)
-        except Exception as exc:  # the store failed: try again at the next sweep
+        except StoreUnavailableError as failure:  # try again at the next sweep
+            self._note_store_failure(failure)
+        except Exception as exc:
+            self._count_internal_error(exc)
+
+    def _flush_touches(self) -> None:
+        """Write the "last used" time of the sessions resumed lately, in this batch."""
+        self._touch_at = None
+        touches, self._touches = self._touches, {}
+        try:
+            for hashed, when in touches.items():
+                self._store.touch_session(hashed, when)
+                self._touching[hashed] = when
+        except StoreUnavailableError as failure:
+            self._note_store_failure(failure)
+            self._touches = {**touches, **self._touches}
+            self._touch_at = self._now + SESSION_TOUCH_DELAY
+        except Exception as exc:
             self._count_internal_error(exc)
 
     def _sweep(self, now: float) -> None:
@@ -1209,13 +1374,24 @@ class ChatServer:
             return  # nothing was delivered on this connection: nothing to advance
         assert connection.username is not None and connection.token_hash is not None
         ids = request.message_ids
-        for start in range(0, len(ids), ACK_CHUNK):
-            self._store.acknowledge(
-                connection.username, connection.token_hash, ids[start : start + ACK_CHUNK]
-            )
+        # Out of the window whatever the store does: if the cursor cannot move, the
+        # store still holds them as pending and a later refill pushes them again
+        # (the client acknowledges a repeat without showing it twice).
         for message_id in ids:
             connection.in_flight.pop(message_id, None)
-        self._refill(connection)
+        try:
+            for start in range(0, len(ids), ACK_CHUNK):
+                self._store.acknowledge(
+                    connection.username, connection.token_hash, ids[start : start + ACK_CHUNK]
+                )
+        except StoreUnavailableError as failure:
+            self._note_store_failure(failure)
+            connection.caught_up = False
+            self._stale[connection.connection_id] = None
+            if self._retry_at is None:
+                self._retry_at = self._now + STORE_RETRY_INTERVAL
+            return
+        self._retry_refill(connection)
 
     def _on_get_history(self, connection: _Connection, request: m.GetHistory, now: float) -> None:
         me, peer = self._me(connection), request.peer

@@ -27,20 +27,54 @@ Conversations and delivery cursors:
   floored at the room's ``seq`` when it joined); a member who left receives
   nothing more. A message is stored once per room, never once per member.
 * Nobody is delivered their own messages.
+
+Failures: a store that cannot do its work for a reason outside the server's
+control (a full disk, an I/O error, a read-only or locked database, a database
+server that went away) raises :class:`StoreUnavailableError`, never its driver's
+own exceptions. Such a failure may have cost the whole batch: the store then
+refuses every further write of that batch, and :meth:`Store.commit` raises, having
+discarded it, so that nothing the batch reported leaves the server.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 
 from .messages import ChatMessage
 from .passwords import PasswordHash
 
-__all__ = ["Account", "LoginSession", "Store", "StoredMessage"]
+__all__ = [
+    "STORE_READS",
+    "STORE_WRITES",
+    "Account",
+    "LoginSession",
+    "Store",
+    "StoreUnavailableError",
+    "StoredMessage",
+]
+
+
+class StoreUnavailableError(Exception):
+    """The store cannot do its work now: nothing of the failed call was kept.
+
+    Raised by any :class:`Store` method for a cause outside the server's control
+    (disk full, I/O error, read-only or locked database, database server down),
+    and by :meth:`Store.commit` when the batch could not be made durable, after
+    discarding it. The server answers the request with ``unavailable``; the cause
+    is usually transient, and the store works again once it is gone.
+
+    Attributes:
+        reason: a few words for people ("disk full", "I/O error" ...).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason} ({detail})" if detail else reason)
 
 
 @attrs.frozen(kw_only=True)
@@ -83,7 +117,13 @@ class Store(Protocol):
     # --- transactions ------------------------------------------------------------
 
     def commit(self) -> None:
-        """Make every write since the last commit durable."""
+        """Make every write since the last commit durable.
+
+        Raises:
+            StoreUnavailableError: the batch could not be made durable. Every write
+                since the last commit is discarded, and the store is ready for a
+                new batch.
+        """
         ...
 
     def close(self) -> None:
@@ -224,3 +264,42 @@ class Store(Protocol):
     def rooms_of(self, username: str) -> list[tuple[str, int]]:
         """The rooms ``username`` is in, with their member counts (sorted by name)."""
         ...
+
+
+STORE_READS: Final = frozenset(
+    {
+        "get_account",
+        "get_session",
+        "has_invitation",
+        "incoming_invitations",
+        "outgoing_invitations",
+        "are_friends",
+        "friends_of",
+        "get_message",
+        "history",
+        "pending_deliveries",
+        "room_exists",
+        "room_members",
+        "rooms_of",
+    }
+)
+"""The :class:`Store` methods that only read."""
+
+STORE_WRITES: Final = frozenset(
+    {
+        "create_account",
+        "create_session",
+        "touch_session",
+        "delete_session",
+        "delete_sessions_unused_since",
+        "add_invitation",
+        "delete_invitation",
+        "add_friendship",
+        "delete_friendship",
+        "add_message",
+        "acknowledge",
+        "join_room",
+        "leave_room",
+    }
+)
+"""The :class:`Store` methods that write (and so join the current batch)."""

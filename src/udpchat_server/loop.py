@@ -1,6 +1,6 @@
 """The blocking UDP loop around the sans-IO :class:`~udpchat_proto.server.ChatServer`.
 
-Each turn (STYLE 15, DESIGN "Group commit"):
+Each turn:
 
 1. wait on the socket (and a wake-up socket) until the core's next timer;
 2. drain what has arrived (non-blocking reads, at most :data:`BATCH` datagrams) and
@@ -8,9 +8,14 @@ Each turn (STYLE 15, DESIGN "Group commit"):
    the timers that are due;
 3. start the new password hash jobs on the worker threads;
 4. log the core's events;
-5. commit the store once if anything was written, and tell the core;
+5. commit the store once if anything was written (``ChatServer.commit``);
 6. only then send what the core has to send: no acknowledgement ever leaves before
    what it acknowledges is durable.
+
+When the store cannot commit (a full disk), the core answers that batch's requests
+``unavailable`` and the loop goes on: it logs one line naming the cause (at most
+once a minute, with how many batches were lost meanwhile), keeps serving what needs
+no write, and says so when a commit succeeds again.
 
 scrypt is CPU-heavy on purpose (tens of milliseconds), so it runs on a small thread
 pool (``hashlib.scrypt`` releases the GIL); a finished job writes a byte to the
@@ -37,7 +42,7 @@ from udpchat_proto.chat_events import (
     UserLoggedOut,
 )
 from udpchat_proto.server import ChatServer, HashJob
-from udpchat_proto.store import Store
+from udpchat_proto.store import Store, StoreUnavailableError
 
 __all__ = ["BATCH", "ServerLoop", "describe"]
 
@@ -51,6 +56,8 @@ BATCH = 256
 MAX_DATAGRAM = 65_535
 #: Longest sleep when the core has no timer, so that a missed wake-up costs little.
 IDLE_WAIT = 5.0
+#: Shortest time between two log lines about a store that cannot commit.
+STORE_FAILURE_LOG_INTERVAL = 60.0
 
 
 def describe(event: ServerEvent) -> str:
@@ -103,6 +110,10 @@ class ServerLoop:
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.commits = 0
+        self.failed_commits = 0
+        self._failing_since: float | None = None
+        self._failure_logged_at = -STORE_FAILURE_LOG_INTERVAL
+        self._failures_unlogged = 0
 
     def stop(self) -> None:
         """Ask the loop to finish its turn and return (safe from a signal handler)."""
@@ -112,9 +123,11 @@ class ServerLoop:
     def run(self) -> None:
         """Serve until :meth:`stop`; then commit, send what is left and clean up.
 
+        A store that cannot commit (``StoreUnavailableError``) does not stop it.
+
         Raises:
-            Exception: whatever the store raises on commit (the caller exits: no
-                reply is sent for writes that could not be made durable).
+            Exception: whatever else a store raises on commit, a bug (the caller
+                exits: no reply is sent for writes that could not be made durable).
         """
         self._sock.setblocking(False)
         try:
@@ -174,9 +187,12 @@ class ServerLoop:
         while (event := server.next_event()) is not None:
             log.info("%s", describe(event))
         if server.writes_pending:
-            self._store.commit()
-            server.committed()
-            self.commits += 1
+            failure = server.commit()
+            if failure is None:
+                self.commits += 1
+                self._store_recovered()
+            else:
+                self._store_failed(failure)
         for data, addr in server.datagrams_to_send(now):
             try:
                 self._sock.sendto(data, addr)
@@ -187,6 +203,35 @@ class ServerLoop:
                 # Unreachable or refused peers must not stop the others' replies.
                 if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     log.warning("sendto %s: %s", addr, exc)
+
+    # --- a store that cannot commit ----------------------------------------------------
+
+    def _store_failed(self, failure: StoreUnavailableError) -> None:
+        self.failed_commits += 1
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self._failures_unlogged += 1
+        if now - self._failure_logged_at >= STORE_FAILURE_LOG_INTERVAL:
+            log.error(
+                "cannot store anything: %s; write requests are answered 'unavailable' "
+                "until it recovers (%d batch(es) lost since the last report)",
+                failure,
+                self._failures_unlogged,
+            )
+            self._failure_logged_at = now
+            self._failures_unlogged = 0
+
+    def _store_recovered(self) -> None:
+        if self._failing_since is not None:
+            log.warning(
+                "the store works again after %.0f s (%d batch(es) lost in all)",
+                time.monotonic() - self._failing_since,
+                self.failed_commits,
+            )
+            self._failing_since = None
+            self._failures_unlogged = 0
+            self._failure_logged_at = -STORE_FAILURE_LOG_INTERVAL
 
     # --- password hashing -----------------------------------------------------------------
 

@@ -32,6 +32,22 @@ Representation
     cursors, see :mod:`udpchat_proto.store` and :mod:`udpchat_proto.memory_store`
     (a session copies the user's cursors when it is created).
 
+Failures
+    SQLite's errors for causes outside the server's control (``SQLITE_FULL``,
+    ``SQLITE_IOERR``, ``SQLITE_READONLY``, ``SQLITE_CANTOPEN``, ``SQLITE_BUSY``,
+    ``SQLITE_LOCKED``, ``SQLITE_NOMEM``) come out of every method as
+    :class:`~udpchat_proto.store.StoreUnavailableError`. SQLite may answer such an
+    error by rolling back the whole transaction, not just the statement; the store
+    notices (its transaction is gone), refuses every further write of the batch
+    rather than let them start a new transaction that would commit without the
+    lost ones, and :meth:`SQLiteStore.commit` then raises. So a batch is committed
+    whole or not at all, and the server acknowledges nothing of a lost one.
+
+Files
+    The database holds password hashes, session token hashes and messages: it is
+    created mode 0600 (SQLite gives its ``-wal`` and ``-shm`` files the database's
+    mode), and an existing one readable by others is narrowed to 0600 at open.
+
 Schema versions
     ``PRAGMA user_version`` holds the number of :data:`MIGRATIONS` applied. Opening
     a store applies the missing ones in order, in one transaction, so a database is
@@ -43,16 +59,27 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from udpchat_proto.memory_store import conversation_key
 from udpchat_proto.messages import ChatMessage
 from udpchat_proto.passwords import PasswordHash
-from udpchat_proto.store import Account, LoginSession, StoredMessage
+from udpchat_proto.store import (
+    STORE_READS,
+    STORE_WRITES,
+    Account,
+    LoginSession,
+    StoredMessage,
+    StoreUnavailableError,
+)
 from udpchat_proto.validation import is_room
 
 __all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "SQLiteStore", "SchemaVersionError"]
@@ -173,8 +200,76 @@ _PENDING_FOR_SESSION = _PENDING.format(cursors="session_cursors", owner="token_h
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
 
 
+log = logging.getLogger(__name__)
+
+#: SQLite's primary result codes for failures outside the server's control, and
+#: how a person would name them.
+_UNAVAILABLE_CODES = {
+    5: "database locked by another process",  # SQLITE_BUSY
+    6: "database locked",  # SQLITE_LOCKED
+    7: "out of memory",  # SQLITE_NOMEM
+    8: "database is read-only",  # SQLITE_READONLY
+    10: "disk I/O error",  # SQLITE_IOERR
+    13: "disk full",  # SQLITE_FULL
+    14: "cannot open the database files",  # SQLITE_CANTOPEN
+}
+
+
 class SchemaVersionError(RuntimeError):
     """The database was written by a newer release (its schema version is unknown)."""
+
+
+def unavailable(exc: sqlite3.Error) -> StoreUnavailableError | None:
+    """The :class:`StoreUnavailableError` for an SQLite error with an outside cause
+    (disk full, I/O error ...), or None for any other error (a bug)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return None
+    reason = _UNAVAILABLE_CODES.get(code & 0xFF)
+    return StoreUnavailableError(reason, str(exc)) if reason is not None else None
+
+
+def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn SQLite's outside-cause errors into StoreUnavailableError, noting first
+    whether the error cost the batch its transaction."""
+
+    def translated(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            failure = unavailable(exc)
+            self._check_transaction(failure)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    return functools.update_wrapper(translated, method)
+
+
+def _translate_store_methods(cls: type[SQLiteStore]) -> type[SQLiteStore]:
+    for name in STORE_READS | STORE_WRITES:
+        setattr(cls, name, _translated(getattr(cls, name)))
+    return cls
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file 0600, or narrow an existing one (and its -wal and
+    -shm) to 0600: it holds password hashes, token hashes and messages."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        return
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(mode) and mode & 0o077:
+            os.chmod(file, 0o600)
+            log.warning("%s was readable by others (mode %o): narrowed to 0600", file, mode & 0o777)
 
 
 def _to_micros(when: datetime.datetime) -> int:
@@ -192,6 +287,7 @@ def _chat_message(row: sqlite3.Row | tuple[bytes, str, str, str, int]) -> ChatMe
     )
 
 
+@_translate_store_methods
 class SQLiteStore:
     """A :class:`~udpchat_proto.store.Store` in one SQLite database.
 
@@ -215,24 +311,48 @@ class SQLiteStore:
             raise ValueError("hand over a connection with no open transaction")
         self._atomic_wanted = False
         self._atomic_open = False
+        self._batch_open = False
+        """Whether this batch began a transaction (and so must still be in it)."""
+        self._batch_lost: StoreUnavailableError | None = None
+        """Why the batch's transaction was lost, until commit() reports it."""
         connection.isolation_level = None
-        # These pragmas are no-ops inside a transaction, hence before any BEGIN.
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
         self._db = connection
-        self._migrate()
+        try:
+            # These pragmas are no-ops inside a transaction, hence before any BEGIN.
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            failure = unavailable(exc)
+            if failure is None:
+                raise
+            raise failure from exc
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
-        """Open (or create) the database at ``path`` and return a store on it.
+        """Open (or create, mode 0600) the database at ``path`` and return a store on it.
+
+        The schema is created or migrated, and the database is written once (its
+        schema version), so that a disk that cannot take a write is found now.
 
         Raises:
-            sqlite3.Error: the file cannot be opened as a database.
+            StoreUnavailableError: the disk is full, unwritable, or the files cannot
+                be opened (the reason names which).
+            sqlite3.Error: the file is not a database.
+            OSError: the file cannot be created.
             SchemaVersionError: the database is newer than this release.
         """
-        connection = sqlite3.connect(os.fspath(path), isolation_level=None)
+        if os.fspath(path) != ":memory:":
+            _private_file(Path(path))
+        try:
+            connection = sqlite3.connect(os.fspath(path), isolation_level=None)
+        except sqlite3.Error as exc:
+            failure = unavailable(exc)
+            if failure is None:
+                raise
+            raise failure from exc
         try:
             return cls(connection)
         except BaseException:
@@ -269,18 +389,46 @@ class SQLiteStore:
             for number in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[number]:
                     db.execute(statement)
+            # Written even when unchanged: a disk that cannot take a write fails
+            # the start, with its cause, instead of the first request.
             # PRAGMA cannot take parameters; the value is our own integer.
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failure such as SQLITE_FULL may already have ended the transaction:
+            # a ROLLBACK then would hide the real cause behind "no transaction".
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
+
+    def _check_transaction(self, cause: StoreUnavailableError | None = None) -> None:
+        """After an error: if SQLite rolled the batch's transaction back, remember
+        it (and why), so that the batch is refused whole (see Failures above)."""
+        if self._batch_open and self._batch_lost is None and not self._db.in_transaction:
+            self._batch_lost = cause or StoreUnavailableError(
+                "transaction lost", "SQLite rolled back the batch after an error"
+            )
 
     def _write(self) -> sqlite3.Connection:
         """The connection, inside the current write transaction (begun if needed),
-        and inside the savepoint of the current :meth:`atomic` block if any."""
+        and inside the savepoint of the current :meth:`atomic` block if any.
+
+        Raises:
+            StoreUnavailableError: the batch's transaction was lost.
+        """
+        self._check_transaction()
+        if self._batch_lost is not None:
+            raise self._batch_lost
+        if self._db.in_transaction and not self._batch_open:
+            # What a failed batch left behind (its ROLLBACK failed too): never
+            # let the new batch commit it.
+            self._discard()
+            if self._db.in_transaction:
+                raise StoreUnavailableError("transaction stuck", "cannot roll back a failed batch")
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
+            self._batch_open = True
         if self._atomic_wanted and not self._atomic_open:
             self._db.execute("SAVEPOINT request")
             self._atomic_open = True
@@ -301,14 +449,28 @@ class SQLiteStore:
             yield
         except BaseException:
             # (An error that already aborted the whole transaction left nothing
-            # to roll back to.)
-            if self._atomic_open and self._db.in_transaction:
-                self._db.execute("ROLLBACK TO request")
-                self._db.execute("RELEASE request")
+            # to roll back to: _check_transaction notes the batch as lost.)
+            self._check_transaction()
+            if self._atomic_open and self._batch_lost is None:
+                try:
+                    self._db.execute("ROLLBACK TO request")
+                    self._db.execute("RELEASE request")
+                except sqlite3.Error as exc:
+                    # Without the undo the batch holds half a request: lose it all.
+                    self._batch_lost = unavailable(exc) or StoreUnavailableError(
+                        "rollback failed", str(exc)
+                    )
             raise
         else:
             if self._atomic_open:
-                self._db.execute("RELEASE request")
+                try:
+                    self._db.execute("RELEASE request")
+                except sqlite3.Error as exc:
+                    failure = unavailable(exc)
+                    self._check_transaction(failure)
+                    if failure is None:
+                        raise
+                    raise failure from exc
         finally:
             self._atomic_wanted = False
             self._atomic_open = False
@@ -316,18 +478,45 @@ class SQLiteStore:
     # --- transactions ------------------------------------------------------------
 
     def commit(self) -> None:
-        """Make every write since the last commit durable (fsynced) at once."""
-        if self._db.in_transaction:
+        """Make every write since the last commit durable (fsynced) at once.
+
+        Raises:
+            StoreUnavailableError: the batch was lost or its COMMIT failed (disk
+                full, I/O error ...). Every write since the last commit is then
+                discarded, and the next write begins a new batch.
+        """
+        self._check_transaction()
+        lost, self._batch_lost = self._batch_lost, None
+        self._batch_open = False
+        if lost is not None:
+            self._discard()
+            raise lost
+        if not self._db.in_transaction:
+            return
+        try:
             self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._discard()
+            raise unavailable(exc) or StoreUnavailableError("commit failed", str(exc)) from exc
+
+    def _discard(self) -> None:
+        """Roll back whatever is left of a failed batch (it may already be gone)."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def rollback(self) -> None:
         """Discard every write since the last commit (not part of the Store protocol)."""
+        self._batch_open = False
+        self._batch_lost = None
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         """Discard uncommitted writes and close the connection."""
-        self.rollback()
+        self._batch_open = False
+        self._batch_lost = None
+        self._discard()
         self._db.close()
 
     # --- accounts ----------------------------------------------------------------
