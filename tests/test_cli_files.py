@@ -25,6 +25,7 @@ from udpchat_proto import messages as m
 from udpchat_proto.keys import ServerKey
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_server.keyfile import KeyFileError, default_key_path, load_or_create_key
+from udpchat_server.sqlite_store import SQLiteStore
 
 WHEN = datetime.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=datetime.UTC)
 
@@ -161,10 +162,35 @@ def test_key_file_is_created_0600_then_reused(tmp_path: Path) -> None:
 def test_a_bad_key_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "key"
     path.write_bytes(b"short")
+    path.chmod(0o600)
     with pytest.raises(KeyFileError, match="not a udpchat server key"):
         load_or_create_key(path)
     with pytest.raises(KeyFileError, match="cannot create"):
         load_or_create_key(tmp_path / "missing-dir" / "key")
+
+
+@pytest.mark.parametrize("loose", [0o644, 0o640, 0o604, 0o660])
+def test_a_key_file_others_can_access_is_refused(tmp_path: Path, loose: int) -> None:
+    path = tmp_path / "server.key"
+    load_or_create_key(path, SeededRandomSource(1))
+    os.chmod(path, loose)
+    with pytest.raises(KeyFileError, match=f"accessible by others \\(mode {loose:o}\\).*chmod 600"):
+        load_or_create_key(path)
+    os.chmod(path, 0o600)
+    assert load_or_create_key(path)[1] is False
+
+
+def test_the_database_and_its_wal_files_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    with SQLiteStore.open(path) as store:
+        store.join_room("#a", "alice", 1.0)
+        store.commit()
+        files = [path, tmp_path / "chat.sqlite3-wal", tmp_path / "chat.sqlite3-shm"]
+        assert {file.name: mode(file) for file in files} == {file.name: 0o600 for file in files}
+    # One made readable by others (an older release, a careless copy) is narrowed.
+    os.chmod(path, 0o644)
+    with SQLiteStore.open(path):
+        assert mode(path) == 0o600
 
 
 def test_key_file_created_by_someone_else_meanwhile_wins(tmp_path: Path) -> None:

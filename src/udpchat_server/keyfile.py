@@ -1,5 +1,8 @@
 """The server's key file: its static key as 32 raw bytes, mode 0600.
 
+A key file that others may access is refused, as ssh refuses an unprotected
+private key.
+
 Created on first start and reused after, so that the key clients pinned stays the
 same across restarts. Creation is atomic: the key is written to a temporary file
 which is then hard-linked into place, so a crash never leaves a truncated key, and
@@ -10,7 +13,6 @@ the first).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 import tempfile
@@ -21,8 +23,6 @@ from udpchat_proto.keys import ServerKey
 from udpchat_proto.randomness import RandomSource, SystemRandomSource
 
 __all__ = ["KeyFileError", "default_key_path", "load_or_create_key"]
-
-log = logging.getLogger(__name__)
 
 
 class KeyFileError(Exception):
@@ -45,7 +45,8 @@ def load_or_create_key(path: Path, random: RandomSource | None = None) -> tuple[
         The key, and whether it was created now.
 
     Raises:
-        KeyFileError: the file exists but is not a key, or cannot be read or written.
+        KeyFileError: the file exists but is not a key, is accessible by others
+            (group or world permission bits), or cannot be read or written.
     """
     try:
         return _load(path), False
@@ -80,7 +81,12 @@ def _load(path: Path) -> ServerKey:
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("key file %s is readable by others (mode %o): chmod 600 it", path, mode & 0o777)
+        # As ssh refuses an unprotected private key: whoever could read it could
+        # impersonate the server to every client that pinned it.
+        raise KeyFileError(
+            f"key file {path} is accessible by others (mode {mode & 0o777:o}); "
+            f"run 'chmod 600 {path}' (and consider the key exposed if others could read it)"
+        )
     try:
         return ServerKey.from_bytes(data)
     except LocalProtocolError as exc:

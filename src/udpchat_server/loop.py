@@ -114,6 +114,7 @@ class ServerLoop:
         self._failing_since: float | None = None
         self._failure_logged_at = -STORE_FAILURE_LOG_INTERVAL
         self._failures_unlogged = 0
+        self._failure_reported = False
 
     def stop(self) -> None:
         """Ask the loop to finish its turn and return (safe from a signal handler)."""
@@ -212,6 +213,8 @@ class ServerLoop:
         if self._failing_since is None:
             self._failing_since = now
         self._failures_unlogged += 1
+        # At most one line a minute, even when the store flaps between failing
+        # and working (small writes may still fit on a nearly full disk).
         if now - self._failure_logged_at >= STORE_FAILURE_LOG_INTERVAL:
             log.error(
                 "cannot store anything: %s; write requests are answered 'unavailable' "
@@ -221,17 +224,19 @@ class ServerLoop:
             )
             self._failure_logged_at = now
             self._failures_unlogged = 0
+            self._failure_reported = True
 
     def _store_recovered(self) -> None:
-        if self._failing_since is not None:
+        if self._failing_since is None:
+            return
+        if self._failure_reported:
             log.warning(
                 "the store works again after %.0f s (%d batch(es) lost in all)",
                 time.monotonic() - self._failing_since,
                 self.failed_commits,
             )
-            self._failing_since = None
-            self._failures_unlogged = 0
-            self._failure_logged_at = -STORE_FAILURE_LOG_INTERVAL
+            self._failure_reported = False
+        self._failing_since = None
 
     # --- password hashing -----------------------------------------------------------------
 

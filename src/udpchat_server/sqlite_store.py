@@ -213,20 +213,44 @@ _UNAVAILABLE_CODES = {
     13: "disk full",  # SQLITE_FULL
     14: "cannot open the database files",  # SQLITE_CANTOPEN
 }
+_SQLITE_IOERR = 10
+_SQLITE_CANTOPEN = 14
+#: Free bytes below which an I/O error is taken for a full disk.
+_NEARLY_FULL = 1024 * 1024
 
 
 class SchemaVersionError(RuntimeError):
     """The database was written by a newer release (its schema version is unknown)."""
 
 
-def unavailable(exc: sqlite3.Error) -> StoreUnavailableError | None:
+def unavailable(exc: sqlite3.Error, database: str = "") -> StoreUnavailableError | None:
     """The :class:`StoreUnavailableError` for an SQLite error with an outside cause
-    (disk full, I/O error ...), or None for any other error (a bug)."""
+    (disk full, I/O error ...), or None for any other error (a bug).
+
+    SQLite often reports a full disk as an I/O error (the ``-shm`` file cannot
+    grow, a write fails): when the ``database`` file's filesystem has (almost) no
+    room left, the reason says "disk full", the cause an operator must act on.
+    """
     code = getattr(exc, "sqlite_errorcode", None)
     if not isinstance(code, int):
         return None
     reason = _UNAVAILABLE_CODES.get(code & 0xFF)
-    return StoreUnavailableError(reason, str(exc)) if reason is not None else None
+    if reason is None:
+        return None
+    if code & 0xFF in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and _nearly_full(database):
+        reason = "disk full"
+    name = getattr(exc, "sqlite_errorname", "")
+    return StoreUnavailableError(reason, f"{exc}; {name}" if name else str(exc))
+
+
+def _nearly_full(database: str) -> bool:
+    if not database:
+        return False
+    try:
+        stats = os.statvfs(Path(database).parent)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
 
 
 def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -237,7 +261,7 @@ def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
-            failure = unavailable(exc)
+            failure = unavailable(exc, self._file)
             self._check_transaction(failure)
             if failure is None:
                 raise
@@ -317,7 +341,10 @@ class SQLiteStore:
         """Why the batch's transaction was lost, until commit() reports it."""
         connection.isolation_level = None
         self._db = connection
+        self._file = ""
+        """The database file ("" in memory), to tell a full disk from other errors."""
         try:
+            self._file = connection.execute("PRAGMA database_list").fetchone()[2] or ""
             # These pragmas are no-ops inside a transaction, hence before any BEGIN.
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
@@ -325,7 +352,7 @@ class SQLiteStore:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
             self._migrate()
         except sqlite3.Error as exc:
-            failure = unavailable(exc)
+            failure = unavailable(exc, self._file)
             if failure is None:
                 raise
             raise failure from exc
@@ -349,7 +376,7 @@ class SQLiteStore:
         try:
             connection = sqlite3.connect(os.fspath(path), isolation_level=None)
         except sqlite3.Error as exc:
-            failure = unavailable(exc)
+            failure = unavailable(exc, os.fspath(path))
             if failure is None:
                 raise
             raise failure from exc
@@ -457,7 +484,7 @@ class SQLiteStore:
                     self._db.execute("RELEASE request")
                 except sqlite3.Error as exc:
                     # Without the undo the batch holds half a request: lose it all.
-                    self._batch_lost = unavailable(exc) or StoreUnavailableError(
+                    self._batch_lost = unavailable(exc, self._file) or StoreUnavailableError(
                         "rollback failed", str(exc)
                     )
             raise
@@ -466,7 +493,7 @@ class SQLiteStore:
                 try:
                     self._db.execute("RELEASE request")
                 except sqlite3.Error as exc:
-                    failure = unavailable(exc)
+                    failure = unavailable(exc, self._file)
                     self._check_transaction(failure)
                     if failure is None:
                         raise
@@ -497,7 +524,9 @@ class SQLiteStore:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._discard()
-            raise unavailable(exc) or StoreUnavailableError("commit failed", str(exc)) from exc
+            raise unavailable(exc, self._file) or StoreUnavailableError(
+                "commit failed", str(exc)
+            ) from exc
 
     def _discard(self) -> None:
         """Roll back whatever is left of a failed batch (it may already be gone)."""
