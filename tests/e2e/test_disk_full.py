@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env
+from .conftest import SERVER, ServerProcess, User, clean_env
 
 pytestmark = pytest.mark.e2e
 
