@@ -66,6 +66,7 @@ class World:
         self.server = ChatServer(
             store=store,
             static_key=ServerKey.generate(SeededRandomSource(1)),
+            clock=lambda: self.now,
             config=config,
             random=SeededRandomSource(2),
         )

@@ -57,11 +57,11 @@ class ChatClientProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A datagram endpoint's transport (not always a DatagramTransport subclass).
         self._transport = cast(asyncio.DatagramTransport, transport)
-        self.conn.connect(time.time())
+        self.conn.connect(time.monotonic())
         self._after_input()
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.conn.receive_datagram(data, (str(addr[0]), int(str(addr[1]))), time.time())
+        self.conn.receive_datagram(data, (str(addr[0]), int(str(addr[1]))), time.monotonic())
         self._after_input()
 
     def error_received(self, exc: Exception) -> None:
@@ -89,7 +89,7 @@ class ChatClientProtocol(asyncio.DatagramProtocol):
 
     async def close(self) -> None:
         """Close the connection politely (bounded), then the socket."""
-        self.conn.close(time.time())
+        self.conn.close(time.monotonic())
         self._after_input()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._closed), 1.0)
@@ -119,7 +119,7 @@ class ChatClientProtocol(asyncio.DatagramProtocol):
             else:
                 self.pushes.put_nowait(event)
         if self._transport is not None and not self._transport.is_closing():
-            for data, addr in self.conn.datagrams_to_send(time.time()):
+            for data, addr in self.conn.datagrams_to_send(time.monotonic()):
                 self._transport.sendto(data, addr)
         self._arm_timer()
 
@@ -130,12 +130,12 @@ class ChatClientProtocol(asyncio.DatagramProtocol):
         deadline = self.conn.get_timer()
         if deadline is not None:
             # The core speaks wall-clock seconds; asyncio's timers use loop.time().
-            delay = max(0.0, deadline - time.time())
+            delay = max(0.0, deadline - time.monotonic())
             self._timer = self._loop.call_later(delay, self._on_timer, deadline)
 
     def _on_timer(self, deadline: float) -> None:
         self._timer = None
-        self.conn.handle_timer(max(deadline, time.time()))  # clamp (STYLE 3)
+        self.conn.handle_timer(max(deadline, time.monotonic()))  # clamp (STYLE 3)
         self._after_input()
 
 

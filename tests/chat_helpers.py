@@ -325,6 +325,9 @@ class ChatWorld:
         self.key = ServerKey.generate(SeededRandomSource(f"server-key-{seed}"))
         self.users: dict[str, ChatUser] = {}
         self.generation = 0
+        self.wall_offset = 0.0
+        """How far the server's wall clock is from the network's monotonic clock
+        (``step_wall_clock`` moves it, as NTP would)."""
         self.host = self._start_server()
 
     def _start_server(self) -> ServerHost:
@@ -332,6 +335,7 @@ class ChatWorld:
         server = ChatServer(
             store=cast(Store, store),
             static_key=self.key,
+            clock=self.wall_clock,
             config=self.config,
             # A new seed per generation: a restarted server must not reissue tokens.
             random=SeededRandomSource(f"server-{self.seed}-{self.generation}"),
@@ -339,6 +343,14 @@ class ChatWorld:
         host = ServerHost(server, store)
         self.net.add(f"server#{self.generation}", host, SERVER_ADDRESS)
         return host
+
+    def wall_clock(self) -> float:
+        """The server's wall clock: the simulated time, plus any step."""
+        return self.net.now + self.wall_offset
+
+    def step_wall_clock(self, seconds: float) -> None:
+        """Step the wall clock (an NTP correction); the monotonic clock goes on."""
+        self.wall_offset += seconds
 
     @property
     def server(self) -> ChatServer:

@@ -249,6 +249,25 @@ def test_resume_logout_and_session_expiry(stores: StoreFactory) -> None:
     world.check_server_health()
 
 
+@pytest.mark.parametrize("step", [3600.0, -3600.0])
+def test_a_wall_clock_step_moves_no_timer(world: ChatWorld, step: float) -> None:
+    """Timers run on the monotonic ``now``; the wall clock only stamps what is stored."""
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    before = alice.send("bob", "before the step").sent_at
+    world.step_wall_clock(step)
+    # Idle longer than the keepalive, well short of the idle timeout: nothing ends.
+    world.settle(20.0)
+    after = alice.send("bob", "after the step").sent_at
+    world.settle(20.0)
+    assert alice.conn.is_connected and bob.conn.is_connected
+    assert world.server.online_users == ["alice", "bob"]
+    assert not [e for e in world.server_events() if isinstance(e, ClientDisconnected)]
+    # Stored times follow the wall clock, step included.
+    assert (after - before).total_seconds() == pytest.approx(step + 20.0, abs=1.0)
+    assert bob.texts() == ["before the step", "after the step"]
+
+
 def test_logout_logs_out_every_connection_of_the_session(world: ChatWorld) -> None:
     (alice,) = world.signed_up("alice")
     phone = world.user("alice", device="phone")  # another process, same session

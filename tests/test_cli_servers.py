@@ -10,6 +10,7 @@ import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def servers() -> Iterator[list[str]]:
         server = ChatServer(
             store=store,
             static_key=ServerKey.generate(SeededRandomSource(seed)),
+            clock=time.time,
             config=ServerConfig(scrypt=ScryptParams(n=16)),
         )
         loop = ServerLoop(server=server, store=store, sock=sock)

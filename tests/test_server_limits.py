@@ -286,6 +286,7 @@ def bare_server() -> Iterator[ChatServer]:
     yield ChatServer(
         store=MemoryStore(),
         static_key=ServerKey.generate(SeededRandomSource(1)),
+        clock=lambda: 1_700_000_000.0,
         config=test_config(session_sweep_interval=100.0),
         random=SeededRandomSource(2),
     )

@@ -86,6 +86,7 @@ def running() -> Iterator[tuple[ServerLoop, TrackingStore, CheckingSocket, str]]
     server = ChatServer(
         store=store,
         static_key=ServerKey.generate(SeededRandomSource(1)),
+        clock=time.time,
         config=ServerConfig(scrypt=ScryptParams(n=16)),
     )
     loop = ServerLoop(server=server, store=store, sock=sock)

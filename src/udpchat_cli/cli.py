@@ -454,7 +454,7 @@ def inbox(wait: float | None) -> None:
     with app.connect(resume=True, on_pushes=keep) as (session, _server):
         _drain_backlog(session, lambda: arrived)
         if wait and not app.profile().unshown:
-            session.run_until(lambda: arrived > 0, time.time() + wait)
+            session.run_until(lambda: arrived > 0, time.monotonic() + wait)
             _drain_backlog(session, lambda: arrived)
         shown = app.profile().unshown
         app.out.result(*output.messages_result(shown, empty="no new messages"))
@@ -496,7 +496,7 @@ def listen(count: int | None, duration: float | None) -> None:
 
 def _listen(count: int | None, duration: float | None) -> None:
     app = _app()
-    deadline = math.inf if duration is None else time.time() + duration
+    deadline = math.inf if duration is None else time.monotonic() + duration
     printed = 0
 
     def full() -> bool:

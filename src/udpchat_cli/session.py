@@ -106,7 +106,7 @@ class Session:
         delivered_ids: ids of messages already received (redeliveries are dropped).
         on_pushes: called once per turn with that turn's pushes, before the turn's
             datagrams (with their acknowledgements) are sent.
-        clock: the wall clock (the core's ``now``).
+        clock: a monotonic clock, seconds (the core's ``now``, and every deadline).
 
     Raises:
         OSError: the address cannot be resolved or no socket can be made.
@@ -120,7 +120,7 @@ class Session:
         timeout: float,
         delivered_ids: Iterable[bytes] = (),
         on_pushes: PushHandler | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         host, port = parse_server(server)
         family, kind, proto, _name, address = socket.getaddrinfo(

@@ -28,6 +28,7 @@ from .chat_events import (
     UserLoggedOut,
 )
 from .client import ClientConnection, ClientState
+from .clock import WallClock
 from .codec import MAX_ENCODED_SIZE, PROTOCOL_VERSION, decode, encode
 from .errors import DecodeError, ErrorCode, LocalProtocolError, ProtocolError
 from .keys import ServerKey, fingerprint
@@ -37,7 +38,7 @@ from .randomness import RandomSource, SeededRandomSource, SystemRandomSource
 from .ratelimit import RateLimit
 from .server import ChatServer, HashJob, ServerStats
 from .server_config import ServerConfig
-from .store import Account, LoginSession, Store, StoredMessage
+from .store import Account, LoginSession, Store, StoredMessage, StoreUnavailableError
 from .transport import ClientTransport, ServerTransport
 from .transport_config import TransportConfig
 from .transport_events import (
@@ -92,6 +93,7 @@ __all__ = [
     "ServerStats",
     "ServerTransport",
     "Store",
+    "StoreUnavailableError",
     "StoredMessage",
     "SystemRandomSource",
     "TransportConfig",
@@ -99,6 +101,7 @@ __all__ = [
     "UserLoggedIn",
     "UserLoggedOut",
     "ValidationError",
+    "WallClock",
     "__version__",
     "decode",
     "encode",

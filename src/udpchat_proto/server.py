@@ -64,6 +64,7 @@ from .chat_events import (
     UserLoggedIn,
     UserLoggedOut,
 )
+from .clock import WallClock
 from .codec import decode, encode
 from .errors import DecodeError, ErrorCode, LocalProtocolError
 from .keys import ServerKey
@@ -412,6 +413,10 @@ class ChatServer:
         store: where accounts, sessions, friendships, rooms and messages live. The
             caller owns it: it commits it when :attr:`writes_pending` says so.
         static_key: the server's Noise static key.
+        clock: the wall clock, POSIX seconds (``time.time`` in a real server):
+            message timestamps and session expiry, which outlive the process.
+            Timers and rate limits run on the ``now`` each call passes instead, a
+            monotonic clock, so that a wall-clock step (NTP) never moves them.
         config: limits and timeouts (defaults: :class:`ServerConfig`).
         random: where tokens, salts and transport keys come from (default: the OS).
 
@@ -425,9 +430,11 @@ class ChatServer:
         *,
         store: Store,
         static_key: ServerKey,
+        clock: WallClock,
         config: ServerConfig | None = None,
         random: RandomSource | None = None,
     ) -> None:
+        self._clock = clock
         self._config = config if config is not None else ServerConfig()
         self._random: RandomSource = random if random is not None else SystemRandomSource()
         self._store = _TrackedStore(store)
@@ -502,7 +509,7 @@ class ChatServer:
         Args:
             data: the datagram's bytes.
             addr: where it came from.
-            now: the wall clock (POSIX seconds).
+            now: a monotonic clock, seconds (``time.monotonic()``).
 
         Then call :meth:`take_hash_jobs`, commit if :attr:`writes_pending`, and call
         :meth:`datagrams_to_send`.
@@ -516,7 +523,7 @@ class ChatServer:
         """Return the datagrams to write now (held replies are not among them).
 
         Args:
-            now: the wall clock (POSIX seconds).
+            now: a monotonic clock, seconds (``time.monotonic()``).
 
         Returns:
             ``(data, address)`` pairs, each at most the configured datagram size.
@@ -688,7 +695,7 @@ class ChatServer:
         Args:
             job_id: :attr:`HashJob.job_id`.
             digest: what :meth:`HashJob.run` returned.
-            now: the wall clock (POSIX seconds).
+            now: a monotonic clock, seconds (``time.monotonic()``).
 
         Then commit if :attr:`writes_pending`, and call :meth:`datagrams_to_send`.
         """
@@ -965,7 +972,7 @@ class ChatServer:
     ) -> None:
         request = job.request
         record = PasswordHash(salt=job.salt, params=job.params, digest=digest)
-        if not self._store.create_account(request.username, record, now):
+        if not self._store.create_account(request.username, record, self._clock()):
             # Another connection registered the name while this hash ran.
             raise _RefusedError(ErrorCode.USER_EXISTS, f"{request.username} is taken")
         self._reply(connection, m.Ok(request_id=request.request_id))
@@ -999,7 +1006,7 @@ class ChatServer:
             raise _RefusedError(ErrorCode.BAD_CREDENTIALS, "unknown user or wrong password")
         token = self._random.token_bytes(TOKEN_SIZE)
         hashed = token_hash(token)
-        self._store.create_session(hashed, request.username, now)
+        self._store.create_session(hashed, request.username, self._clock())
         self._log_in(connection, request.username, hashed, now)
         self._reply(
             connection,
@@ -1043,7 +1050,8 @@ class ChatServer:
             raise _RefusedError(
                 ErrorCode.BAD_CREDENTIALS, "unknown or expired session; log in again"
             )
-        if session.last_used_at < now - self._config.session_lifetime:
+        wall = self._clock()
+        if session.last_used_at < wall - self._config.session_lifetime:
             self._end_session(hashed, now)
             self._store.delete_session(hashed)
             self.stats.sessions_expired += 1
@@ -1051,7 +1059,7 @@ class ChatServer:
                 ErrorCode.BAD_CREDENTIALS, "unknown or expired session; log in again"
             )
         # Noted, written within SESSION_TOUCH_DELAY: a resume needs no write.
-        self._touches[hashed] = now
+        self._touches[hashed] = wall
         if self._touch_at is None:
             self._touch_at = now + SESSION_TOUCH_DELAY
         self._log_in(connection, session.username, hashed, now)
@@ -1161,12 +1169,13 @@ class ChatServer:
             self._count_internal_error(exc)
 
     def _sweep(self, now: float) -> None:
+        wall = self._clock()
         # Sessions in use are touched first, so that a connection that stays up for
         # longer than the lifetime keeps its session.
         for hashed in self._by_session:
-            self._store.touch_session(hashed, now)
+            self._store.touch_session(hashed, wall)
         self.stats.sessions_expired += self._store.delete_sessions_unused_since(
-            now - self._config.session_lifetime
+            wall - self._config.session_lifetime
         )
         for limiter in (
             self._user_failures,
@@ -1199,11 +1208,11 @@ class ChatServer:
         if self._store.has_invitation(other, me):
             # Both want it: inviting back accepts their invitation.
             self._store.delete_invitation(other, me)
-            self._store.add_friendship(me, other, now)
+            self._store.add_friendship(me, other, self._clock())
             self._reply(connection, m.Ok(request_id=request.request_id))
             self._push_to_user(other, m.InvitationAnswered(by_user=me, accepted=True))
             return
-        self._store.add_invitation(me, other, now)
+        self._store.add_invitation(me, other, self._clock())
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(other, m.InvitationReceived(from_user=me))
 
@@ -1212,7 +1221,7 @@ class ChatServer:
         if not self._store.has_invitation(inviter, me):
             raise _RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
         self._store.delete_invitation(inviter, me)
-        self._store.add_friendship(me, inviter, now)
+        self._store.add_friendship(me, inviter, self._clock())
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(inviter, m.InvitationAnswered(by_user=me, accepted=True))
 
@@ -1301,7 +1310,7 @@ class ChatServer:
             sender=me,
             to=request.to,
             text=request.text,
-            sent_at=utc_from_posix(now),
+            sent_at=utc_from_posix(self._clock()),
         )
         self._store.add_message(message)
         self.stats.messages_accepted += 1
@@ -1419,7 +1428,7 @@ class ChatServer:
                 ErrorCode.TOO_MANY_ROOMS,
                 f"you are in {self._config.max_rooms_per_user} rooms, the limit",
             )
-        self._store.join_room(room, me, now)
+        self._store.join_room(room, me, self._clock())
         self._reply(connection, m.Ok(request_id=request.request_id))
         push = m.RoomMembershipChanged(room=room, username=me, joined=True)
         for member in members:

@@ -33,6 +33,7 @@ except ValueError:  # imported from another thread than the main one
 try:
     import logging
     import socket
+    import time
     from pathlib import Path
     from types import FrameType
     from typing import Any
@@ -206,7 +207,7 @@ def command(
                 raise StartupError(str(exc)) from None
             if created:
                 log.info("created key file %s", key_path)
-            server = ChatServer(store=store, static_key=key, config=config)
+            server = ChatServer(store=store, static_key=key, clock=time.time, config=config)
             loop = ServerLoop(server=server, store=store, sock=sock, workers=workers)
             loops.append(loop)
             if stop_requested:  # a signal came while starting: stop at once, never ready

@@ -83,7 +83,8 @@ class ServerLoop:
         store: the store the state machine writes to (committed here).
         sock: a bound UDP socket.
         workers: threads for password hashing.
-        clock: the wall clock (POSIX seconds; the core's ``now``).
+        clock: a monotonic clock, seconds: the core's ``now`` (timers only; the
+            server takes its wall clock at construction).
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class ServerLoop:
         store: Store,
         sock: socket.socket,
         workers: int = 2,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._server = server
         self._store = store
