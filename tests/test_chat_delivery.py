@@ -271,3 +271,28 @@ def test_no_acceptance_is_ever_seen_before_its_commit(stores: StoreFactory) -> N
     world.run_until(check, max_time=60.0)
     assert violations == []
     assert world.store.commits > 1
+
+
+def test_caught_up_follows_the_whole_backlog_and_only_it(stores: StoreFactory) -> None:
+    world = ChatWorld(stores)
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    # Nothing waiting: caught_up at once after the login.
+    world.run_until(lambda: bob.conn.caught_up, what="caught up")
+    bob.close()
+    sent = [f"while away {i}" for i in range(150)]  # more than two delivery windows
+    for text in sent:
+        alice.send("bob", text)
+    bob.connect()
+    assert not bob.conn.caught_up
+    bob.resume()
+    world.run_until(lambda: bob.conn.caught_up, what="the backlog")
+    events = [e for e in bob.events() if isinstance(e, m.MessageDelivered | m.CaughtUp)]
+    # Every waiting message comes before caught_up, and caught_up comes once.
+    assert [type(e) for e in events] == [m.MessageDelivered] * 150 + [m.CaughtUp]
+    assert_exactly_once_in_order(bob.received(), sent)
+    # What arrives afterwards is new, and the connection stays caught up.
+    alice.send("bob", "live")
+    world.run_until(lambda: bob.texts()[-1:] == ["live"])
+    assert sum(isinstance(e, m.CaughtUp) for e in bob.events()) == 1
+    world.check_server_health()

@@ -452,28 +452,33 @@ def inbox(wait: float | None) -> None:
         arrived += sum(isinstance(push, m.MessageDelivered) for push in pushes)
 
     with app.connect(resume=True, on_pushes=keep) as (session, _server):
-        _drain_backlog(session, lambda: arrived)
+        _drain_backlog(session)
         if wait and not app.profile().unshown:
             session.run_until(lambda: arrived > 0, time.monotonic() + wait)
-            _drain_backlog(session, lambda: arrived)
         shown = app.profile().unshown
         app.out.result(*output.messages_result(shown, empty="no new messages"))
         ids = {message.id for message in shown}
         app.update(lambda profile: profile.mark_shown(ids))
 
 
-def _drain_backlog(session: Session, arrived: Callable[[], int]) -> None:
-    """Receive every message the server holds for this login session.
+def _drain_backlog(session: Session) -> None:
+    """Receive every message the server holds for this login session: the server
+    pushes its backlog in windows, then ``caught_up`` (after every delivery it
+    marks the end of, since the connection delivers in order).
 
-    The server pushes its backlog in windows, topping up as they are acknowledged;
-    a cheap request answered after the pushes (the connection delivers in order)
-    marks where they end. Repeat until a round brings nothing new.
+    Raises:
+        ServerTimeoutError: no ``caught_up`` within ``--timeout`` of the last push.
     """
-    for _ in range(10_000):
-        before = arrived()
-        session.request(lambda conn: conn.list_invitations())
-        if arrived() == before:
-            return
+    conn = session.connection
+    progress = -1
+    while not conn.caught_up:
+        seen = conn.stats.deliveries
+        if seen == progress:  # a whole timeout with no push: give up
+            raise ServerTimeoutError(
+                f"no answer from {session.server} within {session.timeout:g} s"
+            )
+        progress = seen
+        session.run_until(lambda: conn.caught_up, time.monotonic() + session.timeout)
 
 
 @cli.command()
@@ -507,6 +512,8 @@ def _listen(count: int | None, duration: float | None) -> None:
         shown: list[m.ChatMessage] = []
         kept: list[m.ChatMessage] = []
         for push in pushes:
+            if isinstance(push, m.CaughtUp):  # bookkeeping, not an event for people
+                continue
             if full():  # past --count: keep messages for inbox, drop the rest
                 if isinstance(push, m.MessageDelivered):
                     kept.append(push.message)

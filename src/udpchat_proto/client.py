@@ -101,6 +101,8 @@ class ClientStats:
     """Payloads from the server that did not decode, by reason (dropped)."""
     unexpected: int = 0
     """Decodable payloads a server must not send (requests, unknown request ids)."""
+    deliveries: int = 0
+    """``message_delivered`` pushes received (duplicates included)."""
     duplicate_deliveries: int = 0
     """``message_delivered`` pushes for ids already delivered (acknowledged again)."""
 
@@ -149,6 +151,7 @@ class ClientConnection:
         self._acks: list[bytes] = []
         self._username: str | None = None
         self._token: bytes | None = None
+        self._caught_up = False
         self.stats = ClientStats()
         """Diagnostic counters (see :class:`ClientStats`)."""
 
@@ -174,6 +177,13 @@ class ClientConnection:
     def username(self) -> str | None:
         """Whom this connection acts as (after :class:`~udpchat_proto.messages.LoggedIn`)."""
         return self._username
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether the server has pushed everything it held for this login session
+        (a :class:`~udpchat_proto.messages.CaughtUp` push arrived since the login
+        or resume). The messages themselves may still wait in :meth:`next_event`."""
+        return self._caught_up
 
     @property
     def token(self) -> bytes | None:
@@ -480,6 +490,9 @@ class ClientConnection:
             return
         if isinstance(message, m.MessageDelivered):
             self._on_delivery(message)
+        elif isinstance(message, m.CaughtUp):
+            self._caught_up = True
+            self._events.append(message)
         elif isinstance(message, m.PUSH_TYPES):
             self._events.append(message)
         elif isinstance(message, m.RESPONSE_TYPES):
@@ -488,6 +501,7 @@ class ClientConnection:
             self.stats.unexpected += 1  # a request: only a client sends those
 
     def _on_delivery(self, push: m.MessageDelivered) -> None:
+        self.stats.deliveries += 1
         message_id = push.message.id
         if message_id in self._delivered:
             # Shown before (on this or an earlier connection): the earlier
@@ -507,6 +521,8 @@ class ClientConnection:
             self.stats.unexpected += 1
             return
         if isinstance(response, m.LoggedIn):
+            if response.token != self._token:
+                self._caught_up = False  # another session: its own backlog
             self._username = response.username
             self._token = response.token
         elif isinstance(request, m.Logout) and isinstance(response, m.Ok):

@@ -85,6 +85,7 @@ MESSAGE_TYPES: Final[dict[str, type[Any]]] = {
     "invitation_cancelled": m.InvitationCancelled,
     "unfriended": m.Unfriended,
     "room_membership_changed": m.RoomMembershipChanged,
+    "caught_up": m.CaughtUp,
 }
 _TAGS: Final = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)

@@ -473,6 +473,18 @@ class RoomMembershipChanged:
     joined: bool = attrs.field(validator=attrs.validators.instance_of(bool))
 
 
+@attrs.frozen(kw_only=True)
+class CaughtUp:
+    """Everything stored for this login session has now been pushed on this
+    connection: every ``message_delivered`` before this push was waiting, what
+    comes after it is new.
+
+    Sent once the backlog is pushed after a ``login`` or ``resume`` (at once if
+    there is none), and again whenever a connection that fell behind catches up.
+    A client that only wants what is waiting (a scripted ``inbox``) can stop here.
+    """
+
+
 Request = (
     Register
     | Login
@@ -518,6 +530,7 @@ Push = (
     | InvitationCancelled
     | Unfriended
     | RoomMembershipChanged
+    | CaughtUp
 )
 """Every unsolicited message from the server."""
 

@@ -1374,7 +1374,9 @@ class ChatServer:
                     break
                 self._push_delivery(connection, message)
         else:
-            connection.caught_up = len(pending) < window
+            if len(pending) < window:
+                connection.caught_up = True
+                self._send(connection.connection_id, m.CaughtUp())
 
     def _on_acknowledge(
         self, connection: _Connection, request: m.AcknowledgeDelivery, now: float
