@@ -30,7 +30,7 @@ try:
     import warnings
     from collections.abc import Callable, Iterator
     from pathlib import Path
-    from typing import Any, NoReturn, Protocol, TypeVar
+    from typing import Any, NoReturn, TypeVar
 
     import attrs
     import click
@@ -40,7 +40,15 @@ try:
     from udpchat_proto.client import ClientConnection
     from udpchat_proto.errors import ErrorCode, LocalProtocolError
     from udpchat_proto.keys import fingerprint
-    from udpchat_proto.validation import ValidationError
+    from udpchat_proto.validation import (
+        ValidationError,
+        check_history_limit,
+        check_password,
+        check_text,
+        valid_room,
+        valid_target,
+        valid_username,
+    )
 
     from . import output
     from .output import Output, OutputClosedError
@@ -371,11 +379,12 @@ def register(user: str, password_stdin: bool) -> None:
     """Create the account USER (the password is asked twice)."""
     app = _app()
     password = _read_password(password_stdin, confirm=True)
-    request = _validate(lambda: m.Register(request_id=0, username=user, password=password))
+    username = _validate(lambda: valid_username(user))
+    _validate(lambda: check_password(password))
     with app.connect(resume=False) as (session, _server):
-        answer = session.request(lambda conn: conn.register(request.username, password))
+        answer = session.request(lambda conn: conn.register(username, password))
         _expect(answer, m.Ok)
-    app.out.result(f"registered {request.username}", {"ok": True, "user": request.username})
+    app.out.result(f"registered {username}", {"ok": True, "user": username})
 
 
 @cli.command()
@@ -386,9 +395,10 @@ def login(user: str, password_stdin: bool) -> None:
     """Log in as USER; the profile keeps the login session."""
     app = _app()
     password = _read_password(password_stdin, confirm=False)
-    request = _validate(lambda: m.Login(request_id=0, username=user, password=password))
+    username = _validate(lambda: valid_username(user))
+    _validate(lambda: check_password(password))
     with app.connect(resume=False) as (session, server):
-        answer = session.request(lambda conn: conn.login(request.username, password))
+        answer = session.request(lambda conn: conn.login(username, password))
         logged_in = _expect(answer, m.LoggedIn)
         app.update(lambda profile: profile.login(logged_in.username, logged_in.token, server))
     app.out.result(f"logged in as {logged_in.username}", {"ok": True, "user": logged_in.username})
@@ -424,11 +434,12 @@ def whoami() -> None:
 def send(to: str, text: str) -> None:
     """Send TEXT to the friend TO, or to the room TO when it starts with '#'."""
     app = _app()
-    request = _validate(lambda: m.SendMessage(request_id=0, message_id=bytes(16), to=to, text=text))
-    accepted = app.call(lambda conn: conn.send_message(request.to, text), m.MessageAccepted)
+    target = _validate(lambda: valid_target(to))
+    _validate(lambda: check_text(text))
+    accepted = app.call(lambda conn: conn.send_message(target, text), m.MessageAccepted)
     app.out.result(
-        f"sent to {request.to} (id {accepted.message_id.hex()})",
-        {"ok": True, "id": accepted.message_id.hex(), "to": request.to},
+        f"sent to {target} (id {accepted.message_id.hex()})",
+        {"ok": True, "id": accepted.message_id.hex(), "to": target},
     )
 
 
@@ -548,14 +559,8 @@ def _listen(count: int | None, duration: float | None) -> None:
 # --- friends --------------------------------------------------------------------------------
 
 
-class _NamesUser(Protocol):
-    @property
-    def username(self) -> str: ...
-
-
 def _friend_command(
     name: str,
-    build: Callable[[str], _NamesUser],
     issue: Callable[[ClientConnection, str], int],
     done: str,
     help_text: str,
@@ -565,42 +570,37 @@ def _friend_command(
     @_json_option
     def command(user: str) -> None:
         app = _app()
-        username = _validate(lambda: build(user)).username
+        username = _validate(lambda: valid_username(user))
         app.call(lambda conn: issue(conn, username), m.Ok)
         app.out.result(done.format(user=username), {"ok": True, "user": username})
 
 
 _friend_command(
     "invite",
-    lambda user: m.Invite(request_id=0, username=user),
     lambda conn, user: conn.invite(user),
     "invited {user}",
     "Invite USER to be friends.",
 )
 _friend_command(
     "accept",
-    lambda user: m.AcceptInvitation(request_id=0, username=user),
     lambda conn, user: conn.accept_invitation(user),
     "you and {user} are now friends",
     "Accept USER's invitation.",
 )
 _friend_command(
     "decline",
-    lambda user: m.DeclineInvitation(request_id=0, username=user),
     lambda conn, user: conn.decline_invitation(user),
     "declined {user}'s invitation",
     "Decline USER's invitation.",
 )
 _friend_command(
     "cancel",
-    lambda user: m.CancelInvitation(request_id=0, username=user),
     lambda conn, user: conn.cancel_invitation(user),
     "cancelled the invitation to {user}",
     "Withdraw your invitation to USER.",
 )
 _friend_command(
     "unfriend",
-    lambda user: m.Unfriend(request_id=0, username=user),
     lambda conn, user: conn.unfriend(user),
     "you and {user} are no longer friends",
     "Stop being friends with USER.",
@@ -641,8 +641,9 @@ def online() -> None:
 def history(peer: str, limit: int) -> None:
     """The last messages with the friend PEER, or in the room PEER ('#room')."""
     app = _app()
-    request = _validate(lambda: m.GetHistory(request_id=0, peer=peer, limit=limit))
-    answer = app.call(lambda conn: conn.get_history(request.peer, limit=limit), m.History)
+    target = _validate(lambda: valid_target(peer))
+    _validate(lambda: check_history_limit(limit))
+    answer = app.call(lambda conn: conn.get_history(target, limit=limit), m.History)
     app.out.result(*output.messages_result(answer.messages, empty="no messages"))
 
 
@@ -655,7 +656,7 @@ def history(peer: str, limit: int) -> None:
 def join(room: str) -> None:
     """Join ROOM ('#' optional), creating it if needed."""
     app = _app()
-    name = _validate(lambda: m.JoinRoom(request_id=0, room=_room(room))).room
+    name = _validate(lambda: valid_room(_room(room)))
     app.call(lambda conn: conn.join_room(name), m.Ok)
     app.out.result(f"joined {name}", {"ok": True, "room": name})
 
@@ -666,7 +667,7 @@ def join(room: str) -> None:
 def leave(room: str) -> None:
     """Leave ROOM ('#' optional)."""
     app = _app()
-    name = _validate(lambda: m.LeaveRoom(request_id=0, room=_room(room))).room
+    name = _validate(lambda: valid_room(_room(room)))
     app.call(lambda conn: conn.leave_room(name), m.Ok)
     app.out.result(f"left {name}", {"ok": True, "room": name})
 
@@ -686,7 +687,7 @@ def rooms() -> None:
 def members(room: str) -> None:
     """List the members of ROOM ('#' optional) and whether they are online."""
     app = _app()
-    name = _validate(lambda: m.ListMembers(request_id=0, room=_room(room))).room
+    name = _validate(lambda: valid_room(_room(room)))
     answer = app.call(lambda conn: conn.list_members(name), m.RoomMembers)
     app.out.result(*output.members_result(answer))
 

@@ -35,6 +35,7 @@ __all__ = [
     "TOKEN_SIZE",
     "USERNAME_MAX",
     "ValidationError",
+    "check_history_limit",
     "check_password",
     "check_room",
     "check_target",
@@ -42,6 +43,9 @@ __all__ = [
     "check_username",
     "is_room",
     "normalize_name",
+    "valid_room",
+    "valid_target",
+    "valid_username",
 ]
 
 USERNAME_MAX = 32
@@ -109,6 +113,47 @@ def check_target(value: object) -> None:
         check_room(value)
     else:
         check_username(value)
+
+
+def valid_username(value: str) -> str:
+    """``value`` as a username: lowercased, checked (as a server would check it).
+
+    Raises:
+        ValidationError: with ``INVALID_USERNAME``.
+    """
+    name = normalize_name(value)
+    check_username(name)
+    return str(name)
+
+
+def valid_room(value: str) -> str:
+    """``value`` as a room name (``#general``): lowercased, checked.
+
+    Raises:
+        ValidationError: with ``INVALID_ROOM``.
+    """
+    name = normalize_name(value)
+    check_room(name)
+    return str(name)
+
+
+def valid_target(value: str) -> str:
+    """``value`` as a conversation: a room when it starts with ``#``, else a user.
+
+    Raises:
+        ValidationError: with ``INVALID_ROOM`` or ``INVALID_USERNAME``.
+    """
+    name = normalize_name(value)
+    check_target(name)
+    return str(name)
+
+
+def check_history_limit(value: object) -> None:
+    """Raise :class:`ValidationError` unless ``value`` is a history limit (1..100)."""
+    if type(value) is not int or not 1 <= value <= HISTORY_LIMIT_MAX:
+        raise ValidationError(
+            ErrorCode.BAD_REQUEST, f"history limit must be an integer in 1..{HISTORY_LIMIT_MAX}"
+        )
 
 
 def check_password(value: object) -> None:
@@ -188,10 +233,7 @@ def request_id(_inst: Any, _attr: Any, value: Any) -> None:
 
 
 def history_limit(_inst: Any, _attr: Any, value: Any) -> None:
-    if type(value) is not int or not 1 <= value <= HISTORY_LIMIT_MAX:
-        raise ValidationError(
-            ErrorCode.BAD_REQUEST, f"history limit must be an integer in 1..{HISTORY_LIMIT_MAX}"
-        )
+    check_history_limit(value)
 
 
 def count(_inst: Any, _attr: Any, value: Any) -> None:
