@@ -5,21 +5,12 @@ the store has committed what it acknowledges."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, test_config
 from tests.simnet import Link
 from udpchat_proto import messages as m
 from udpchat_proto.chat_events import Disconnected
 
 DAY = 86400.0
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    return StoreFactory(request.param, tmp_path / "chat.sqlite3")
 
 
 def accepted_ids(user: ChatUser) -> list[bytes]:

@@ -4,7 +4,6 @@ friends, messages and presence. Every test runs on MemoryStore and on SQLiteStor
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -21,16 +20,6 @@ from udpchat_proto.errors import ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import ClientTransport, PayloadReceived
 from udpchat_proto.validation import ValidationError
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    return StoreFactory(request.param, tmp_path / "chat.sqlite3")
-
-
-@pytest.fixture
-def world(stores: StoreFactory) -> ChatWorld:
-    return ChatWorld(stores)
 
 
 def test_three_users_register_login_invite_accept_chat_unfriend(world: ChatWorld) -> None:

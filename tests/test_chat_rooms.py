@@ -3,26 +3,12 @@ presence, messages to every member exactly once and in order, limits."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from tests.chat_helpers import ChatWorld, StoreFactory, test_config
 from tests.simnet import Link
 from udpchat_proto import messages as m
 from udpchat_proto.errors import ErrorCode
 
 DAY = 86400.0
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    return StoreFactory(request.param, tmp_path / "chat.sqlite3")
-
-
-@pytest.fixture
-def world(stores: StoreFactory) -> ChatWorld:
-    return ChatWorld(stores)
 
 
 def test_join_leave_members_and_pushes(world: ChatWorld) -> None:

@@ -55,6 +55,7 @@ def test_round_trip_every_class(cls: type[Any], data: st.DataObject) -> None:
 @example(b'\x01{"type":{"x":1}}')
 @example(b'\x01{"type":["ok"]}')
 def test_arbitrary_bytes_raise_only_decode_error(data: bytes) -> None:
+    """Any other exception escaping decode() fails the test."""
     with contextlib.suppress(DecodeError):
         decode(data)
 
@@ -97,6 +98,7 @@ def test_mutated_encodings_decode_or_raise_decode_error(message: Any, data: st.D
     st.sampled_from(sorted(MESSAGE_TYPES)),
 )
 def test_json_of_wrong_shape_raises_decode_error(value: Any, tag: str) -> None:
+    """A known tag with any JSON shape decodes or raises DecodeError, nothing else."""
     obj = value if isinstance(value, dict) else {"value": value}
     obj["type"] = tag
     with contextlib.suppress(DecodeError):

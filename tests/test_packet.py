@@ -189,6 +189,7 @@ def test_varint_round_trip(value: int) -> None:
 @example(b"\x02\xc0" + b"\xff" * 7)
 @example(b"\x01\x01" + bytes(1198))
 def test_arbitrary_bytes_only_raise_decode_error(data: bytes) -> None:
+    """Any other exception escaping a decoder fails the test."""
     for decoder in (decode_packet, decode_frames):
         with contextlib.suppress(DecodeError):
             decoder(data)
@@ -196,6 +197,8 @@ def test_arbitrary_bytes_only_raise_decode_error(data: bytes) -> None:
 
 @given(st.lists(frames, min_size=1, max_size=4), st.data())
 def test_mutated_frames_only_raise_decode_error(items: list[Frame], data: st.DataObject) -> None:
+    """A valid frame sequence with one byte changed and cut anywhere decodes or
+    raises DecodeError, nothing else."""
     wire = bytearray(encode_frames(items))
     index = data.draw(st.integers(0, len(wire) - 1))
     wire[index] = data.draw(st.integers(0, 255))

@@ -36,11 +36,6 @@ from udpchat_proto.transport import (
 from udpchat_server.sqlite_store import SQLiteStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    return StoreFactory(request.param, tmp_path / "chat.sqlite3")
-
-
 class RawClient:
     """A bare transport speaking raw payloads, to do what the client library refuses to."""
 
@@ -233,8 +228,7 @@ class FailingStore(MemoryStore):
 
 
 def test_a_failing_store_is_answered_internal_and_counted(tmp_path: Path) -> None:
-    stores = StoreFactory("memory", tmp_path / "x")
-    stores._memory = FailingStore()
+    stores = StoreFactory("memory", tmp_path / "x", memory=FailingStore())
     world = ChatWorld(stores)
     alice, bob = world.signed_up("alice", "bob")
     # Logging in announces presence to friends: that lookup failed, and was counted,

@@ -175,6 +175,7 @@ def test_1000_messages_each_way_under_30_percent_loss() -> None:
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_1000_messages_other_seeds(seed: int) -> None:
+    """run_exchange asserts that each side received exactly what the other sent."""
     run_exchange(seed)
 
 
