@@ -118,10 +118,14 @@ def check_messages(got: list[dict[str, Any]], sent: list[Message], what: str) ->
 
 
 def in_parallel(*calls: Callable[[], Any]) -> list[Any]:
-    """Run independent commands at the same time (one per user); their results."""
+    """Run independent commands at the same time (one per user); their results.
+
+    No timeout of its own: each call runs CLI processes one after another, each
+    bounded by ``PROCESS_DEADLINE``.
+    """
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         futures = [pool.submit(call) for call in calls]
-        return [future.result(timeout=PROCESS_DEADLINE + 5) for future in futures]
+        return [future.result() for future in futures]
 
 
 def send_direct(sender: LossyUser, to: str, count: int) -> list[Message]:
