@@ -32,6 +32,7 @@ from .chat_events import ClientEvent, Connected, Disconnected
 from .codec import decode, encode
 from .errors import DecodeError, LocalProtocolError
 from .randomness import RandomSource, SystemRandomSource
+from .statemachine import StateMachine
 from .transport import (
     Address,
     ClientTransport,
@@ -42,7 +43,7 @@ from .transport import (
 )
 from .validation import MESSAGE_ID_SIZE, REQUEST_ID_MAX
 
-__all__ = ["ClientConnection", "ClientState", "ClientStats"]
+__all__ = ["MACHINE", "ClientConnection", "ClientInput", "ClientState", "ClientStats"]
 
 ACK_BATCH: Final = 1000
 """Most message ids in one ``ack_delivery`` (well under the list limit)."""
@@ -63,23 +64,35 @@ class ClientState(enum.Enum):
     """The connection ended (:class:`Disconnected` was emitted)."""
 
 
-class _Input(enum.Enum):
+class ClientInput(enum.Enum):
+    """What moves a :class:`ClientConnection` from one state to another."""
+
     CONNECT = "connect"
+    """:meth:`ClientConnection.connect`."""
     HANDSHAKE_DONE = "handshake_done"
+    """The transport's handshake completed (:class:`Connected`)."""
     CLOSE = "close"
+    """:meth:`ClientConnection.close`."""
     TERMINATED = "terminated"
+    """The transport connection ended (:class:`Disconnected`)."""
 
 
-_TRANSITIONS: Final[dict[tuple[ClientState, _Input], ClientState]] = {
-    (ClientState.IDLE, _Input.CONNECT): ClientState.CONNECTING,
-    (ClientState.CONNECTING, _Input.HANDSHAKE_DONE): ClientState.CONNECTED,
-    (ClientState.IDLE, _Input.CLOSE): ClientState.CLOSED,
-    (ClientState.CONNECTING, _Input.CLOSE): ClientState.CLOSING,
-    (ClientState.CONNECTED, _Input.CLOSE): ClientState.CLOSING,
-    (ClientState.CONNECTING, _Input.TERMINATED): ClientState.CLOSED,
-    (ClientState.CONNECTED, _Input.TERMINATED): ClientState.CLOSED,
-    (ClientState.CLOSING, _Input.TERMINATED): ClientState.CLOSED,
-}
+MACHINE: Final = StateMachine(
+    name="client",
+    initial=(ClientState.IDLE,),
+    transitions={
+        (ClientState.IDLE, ClientInput.CONNECT): ClientState.CONNECTING,
+        (ClientState.CONNECTING, ClientInput.HANDSHAKE_DONE): ClientState.CONNECTED,
+        (ClientState.IDLE, ClientInput.CLOSE): ClientState.CLOSED,
+        (ClientState.CONNECTING, ClientInput.CLOSE): ClientState.CLOSING,
+        (ClientState.CONNECTED, ClientInput.CLOSE): ClientState.CLOSING,
+        (ClientState.CONNECTING, ClientInput.TERMINATED): ClientState.CLOSED,
+        (ClientState.CONNECTED, ClientInput.TERMINATED): ClientState.CLOSED,
+        (ClientState.CLOSING, ClientInput.TERMINATED): ClientState.CLOSED,
+    },
+    end_states=frozenset({ClientState.CLOSING, ClientState.CLOSED}),
+)
+"""The client's machine."""
 
 #: States in which requests may still be queued.
 _OPEN_STATES: Final = frozenset({ClientState.IDLE, ClientState.CONNECTING, ClientState.CONNECTED})
@@ -138,7 +151,7 @@ class ClientConnection:
         )
         self._state = ClientState.IDLE
         self._request_ids = itertools.count(1)
-        self._pending: dict[int, m.Request] = {}
+        self._pending: dict[int, m.AnsweredRequest] = {}
         """Requests sent and not yet answered, by request id."""
         self._events: collections.deque[ClientEvent] = collections.deque()
         # Insertion-ordered, capped at DELIVERED_IDS_MAX: only a message whose
@@ -201,7 +214,7 @@ class ClientConnection:
         """Requests sent and not yet answered."""
         return len(self._pending)
 
-    def pending_request(self, request_id: int) -> m.Request | None:
+    def pending_request(self, request_id: int) -> m.AnsweredRequest | None:
         """The request sent with ``request_id`` if it is not answered yet, else None.
 
         After :class:`Disconnected`, the unanswered ``SendMessage`` requests here are
@@ -209,7 +222,7 @@ class ClientConnection:
         """
         return self._pending.get(request_id)
 
-    def unanswered(self) -> list[m.Request]:
+    def unanswered(self) -> list[m.AnsweredRequest]:
         """Every request sent and not answered yet, in the order sent."""
         return list(self._pending.values())
 
@@ -226,7 +239,7 @@ class ClientConnection:
 
         Then call :meth:`datagrams_to_send`.
         """
-        self._transition(_Input.CONNECT)
+        self._transition(ClientInput.CONNECT)
         self._transport.connect(now)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -292,7 +305,7 @@ class ClientConnection:
         if self._state in (ClientState.CLOSING, ClientState.CLOSED):
             return
         was_idle = self._state is ClientState.IDLE
-        self._transition(_Input.CLOSE)
+        self._transition(ClientInput.CLOSE)
         if not was_idle:
             self._flush_acks()
             self._transport.close(now)
@@ -445,15 +458,10 @@ class ClientConnection:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _transition(self, event: _Input) -> None:
-        try:
-            self._state = _TRANSITIONS[(self._state, event)]
-        except KeyError:
-            raise LocalProtocolError(
-                f"cannot {event.value} a connection that is {self._state.value}"
-            ) from None
+    def _transition(self, event: ClientInput) -> None:
+        self._state = MACHINE.next(self._state, event)
 
-    def _request(self, build: Callable[[int], m.Request]) -> int:
+    def _request(self, build: Callable[[int], m.AnsweredRequest]) -> int:
         if self._state not in _OPEN_STATES:
             raise LocalProtocolError(f"the connection is {self._state.value}")
         request_id = next(self._request_ids) & REQUEST_ID_MAX
@@ -474,12 +482,12 @@ class ClientConnection:
     def _drain_transport(self) -> None:
         while (event := self._transport.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
-                self._transition(_Input.HANDSHAKE_DONE)
+                self._transition(ClientInput.HANDSHAKE_DONE)
                 self._events.append(Connected(server_key=event.server_key))
             elif isinstance(event, PayloadReceived):
                 self._on_payload(event.payload)
             elif isinstance(event, ConnectionTerminated) and self._state is not ClientState.CLOSED:
-                self._transition(_Input.TERMINATED)
+                self._transition(ClientInput.TERMINATED)
                 self._events.append(Disconnected(code=event.code, reason=event.reason))
 
     def _on_payload(self, payload: bytes) -> None:

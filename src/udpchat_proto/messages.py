@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import typing
+from typing import ClassVar
 
 import attrs
 
@@ -20,11 +21,14 @@ from . import validation as v
 from .errors import ErrorCode
 
 __all__ = [
+    "ANSWERED_REQUEST_TYPES",
+    "MESSAGE_CLASSES",
     "PUSH_TYPES",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
     "AcceptInvitation",
     "AcknowledgeDelivery",
+    "AnsweredRequest",
     "CancelInvitation",
     "ChatMessage",
     "DeclineInvitation",
@@ -163,6 +167,8 @@ class RoomInfo:
 class Register:
     """Create an account. Answered by :class:`Ok` or :class:`ErrorResponse`."""
 
+    TAG: ClassVar[str] = "register"
+
     request_id: int = _request_id_field()
     username: str = _username_field()
     password: str = attrs.field(validator=v.password, repr=False)
@@ -171,6 +177,8 @@ class Register:
 @attrs.frozen(kw_only=True)
 class Login:
     """Open a login session. Answered by :class:`LoggedIn` or :class:`ErrorResponse`."""
+
+    TAG: ClassVar[str] = "login"
 
     request_id: int = _request_id_field()
     username: str = _username_field()
@@ -184,6 +192,8 @@ class Resume:
     Answered by :class:`LoggedIn` (with the same token) or :class:`ErrorResponse`.
     """
 
+    TAG: ClassVar[str] = "resume"
+
     request_id: int = _request_id_field()
     token: bytes = attrs.field(validator=v.token, repr=False)
 
@@ -191,6 +201,8 @@ class Resume:
 @attrs.frozen(kw_only=True)
 class Logout:
     """End the login session of this connection. Answered by :class:`Ok`."""
+
+    TAG: ClassVar[str] = "logout"
 
     request_id: int = _request_id_field()
 
@@ -202,6 +214,8 @@ class SendMessage:
     Answered by :class:`MessageAccepted` once the message is committed. Sending the
     same ``message_id`` again is idempotent: the answer is the original acceptance.
     """
+
+    TAG: ClassVar[str] = "send_message"
 
     request_id: int = _request_id_field()
     message_id: bytes = attrs.field(validator=v.message_id)
@@ -216,12 +230,16 @@ class AcknowledgeDelivery:
     Not answered: the server advances this login session's delivery cursor.
     """
 
+    TAG: ClassVar[str] = "ack_delivery"
+
     message_ids: tuple[bytes, ...] = attrs.field(validator=v.message_ids)
 
 
 @attrs.frozen(kw_only=True)
 class Invite:
     """Invite a user to be friends. Answered by :class:`Ok` or :class:`ErrorResponse`."""
+
+    TAG: ClassVar[str] = "invite"
 
     request_id: int = _request_id_field()
     username: str = _username_field()
@@ -231,6 +249,8 @@ class Invite:
 class AcceptInvitation:
     """Accept the invitation ``username`` sent."""
 
+    TAG: ClassVar[str] = "accept_invitation"
+
     request_id: int = _request_id_field()
     username: str = _username_field()
 
@@ -238,6 +258,8 @@ class AcceptInvitation:
 @attrs.frozen(kw_only=True)
 class DeclineInvitation:
     """Decline the invitation ``username`` sent."""
+
+    TAG: ClassVar[str] = "decline_invitation"
 
     request_id: int = _request_id_field()
     username: str = _username_field()
@@ -247,6 +269,8 @@ class DeclineInvitation:
 class CancelInvitation:
     """Withdraw an invitation sent to ``username``."""
 
+    TAG: ClassVar[str] = "cancel_invitation"
+
     request_id: int = _request_id_field()
     username: str = _username_field()
 
@@ -254,6 +278,8 @@ class CancelInvitation:
 @attrs.frozen(kw_only=True)
 class Unfriend:
     """Stop being friends with ``username``."""
+
+    TAG: ClassVar[str] = "unfriend"
 
     request_id: int = _request_id_field()
     username: str = _username_field()
@@ -263,6 +289,8 @@ class Unfriend:
 class ListInvitations:
     """Answered by :class:`Invitations`."""
 
+    TAG: ClassVar[str] = "list_invitations"
+
     request_id: int = _request_id_field()
 
 
@@ -270,12 +298,16 @@ class ListInvitations:
 class ListFriends:
     """Answered by :class:`Friends`."""
 
+    TAG: ClassVar[str] = "list_friends"
+
     request_id: int = _request_id_field()
 
 
 @attrs.frozen(kw_only=True)
 class ListOnline:
     """Answered by :class:`OnlineUsers`."""
+
+    TAG: ClassVar[str] = "list_online"
 
     request_id: int = _request_id_field()
 
@@ -287,6 +319,8 @@ class GetHistory:
     Answered by :class:`History`.
     """
 
+    TAG: ClassVar[str] = "get_history"
+
     request_id: int = _request_id_field()
     peer: str = _target_field()
     limit: int = attrs.field(default=20, validator=v.history_limit)
@@ -296,6 +330,8 @@ class GetHistory:
 class JoinRoom:
     """Join a room, creating it if needed. Answered by :class:`Ok`."""
 
+    TAG: ClassVar[str] = "join_room"
+
     request_id: int = _request_id_field()
     room: str = _room_field()
 
@@ -303,6 +339,8 @@ class JoinRoom:
 @attrs.frozen(kw_only=True)
 class LeaveRoom:
     """Leave a room. Answered by :class:`Ok`."""
+
+    TAG: ClassVar[str] = "leave_room"
 
     request_id: int = _request_id_field()
     room: str = _room_field()
@@ -312,12 +350,16 @@ class LeaveRoom:
 class ListRooms:
     """The rooms this user is in. Answered by :class:`Rooms`."""
 
+    TAG: ClassVar[str] = "list_rooms"
+
     request_id: int = _request_id_field()
 
 
 @attrs.frozen(kw_only=True)
 class ListMembers:
     """The members of a room with presence. Answered by :class:`RoomMembers`."""
+
+    TAG: ClassVar[str] = "list_members"
 
     request_id: int = _request_id_field()
     room: str = _room_field()
@@ -330,6 +372,8 @@ class ListMembers:
 class Ok:
     """The request succeeded and has nothing more to say."""
 
+    TAG: ClassVar[str] = "ok"
+
     request_id: int = _request_id_field()
 
 
@@ -340,6 +384,8 @@ class ErrorResponse:
     ``code`` is stable and machine-readable; ``message`` is for humans.
     """
 
+    TAG: ClassVar[str] = "error"
+
     request_id: int = _request_id_field()
     code: ErrorCode = attrs.field(validator=attrs.validators.instance_of(ErrorCode))
     message: str = attrs.field(validator=attrs.validators.instance_of(str))
@@ -348,6 +394,8 @@ class ErrorResponse:
 @attrs.frozen(kw_only=True)
 class LoggedIn:
     """Answer to :class:`Login` and :class:`Resume`: who you are now."""
+
+    TAG: ClassVar[str] = "logged_in"
 
     request_id: int = _request_id_field()
     username: str = _username_field()
@@ -359,6 +407,8 @@ class LoggedIn:
 class MessageAccepted:
     """Answer to :class:`SendMessage`: the message is committed."""
 
+    TAG: ClassVar[str] = "message_accepted"
+
     request_id: int = _request_id_field()
     message_id: bytes = attrs.field(validator=v.message_id)
     sent_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
@@ -367,6 +417,8 @@ class MessageAccepted:
 @attrs.frozen(kw_only=True)
 class Invitations:
     """Answer to :class:`ListInvitations`."""
+
+    TAG: ClassVar[str] = "invitations"
 
     request_id: int = _request_id_field()
     incoming: tuple[str, ...] = _names_field()
@@ -377,6 +429,8 @@ class Invitations:
 class Friends:
     """Answer to :class:`ListFriends`."""
 
+    TAG: ClassVar[str] = "friends"
+
     request_id: int = _request_id_field()
     friends: tuple[UserPresence, ...] = attrs.field(validator=_list_of(UserPresence))
 
@@ -384,6 +438,8 @@ class Friends:
 @attrs.frozen(kw_only=True)
 class OnlineUsers:
     """Answer to :class:`ListOnline`."""
+
+    TAG: ClassVar[str] = "online_users"
 
     request_id: int = _request_id_field()
     usernames: tuple[str, ...] = _names_field()
@@ -393,6 +449,8 @@ class OnlineUsers:
 class History:
     """Answer to :class:`GetHistory`: oldest first."""
 
+    TAG: ClassVar[str] = "history"
+
     request_id: int = _request_id_field()
     messages: tuple[ChatMessage, ...] = attrs.field(validator=_list_of(ChatMessage))
 
@@ -401,6 +459,8 @@ class History:
 class Rooms:
     """Answer to :class:`ListRooms`."""
 
+    TAG: ClassVar[str] = "rooms"
+
     request_id: int = _request_id_field()
     rooms: tuple[RoomInfo, ...] = attrs.field(validator=_list_of(RoomInfo))
 
@@ -408,6 +468,8 @@ class Rooms:
 @attrs.frozen(kw_only=True)
 class RoomMembers:
     """Answer to :class:`ListMembers`."""
+
+    TAG: ClassVar[str] = "room_members"
 
     request_id: int = _request_id_field()
     room: str = _room_field()
@@ -424,12 +486,16 @@ class MessageDelivered:
     Repeated until the client sends :class:`AcknowledgeDelivery` for its id.
     """
 
+    TAG: ClassVar[str] = "message_delivered"
+
     message: ChatMessage
 
 
 @attrs.frozen(kw_only=True)
 class PresenceChanged:
     """A friend (or a room-mate) came online or went offline."""
+
+    TAG: ClassVar[str] = "presence_changed"
 
     username: str = _username_field()
     online: bool = attrs.field(validator=attrs.validators.instance_of(bool))
@@ -439,12 +505,16 @@ class PresenceChanged:
 class InvitationReceived:
     """``from_user`` invited this user to be friends."""
 
+    TAG: ClassVar[str] = "invitation_received"
+
     from_user: str = _username_field()
 
 
 @attrs.frozen(kw_only=True)
 class InvitationAnswered:
     """``by_user`` accepted (you are now friends) or declined your invitation."""
+
+    TAG: ClassVar[str] = "invitation_answered"
 
     by_user: str = _username_field()
     accepted: bool = attrs.field(validator=attrs.validators.instance_of(bool))
@@ -454,6 +524,8 @@ class InvitationAnswered:
 class InvitationCancelled:
     """``by_user`` withdrew the invitation they had sent you."""
 
+    TAG: ClassVar[str] = "invitation_cancelled"
+
     by_user: str = _username_field()
 
 
@@ -461,12 +533,16 @@ class InvitationCancelled:
 class Unfriended:
     """``by_user`` ended the friendship."""
 
+    TAG: ClassVar[str] = "unfriended"
+
     by_user: str = _username_field()
 
 
 @attrs.frozen(kw_only=True)
 class RoomMembershipChanged:
     """``username`` joined or left ``room``, of which this user is a member."""
+
+    TAG: ClassVar[str] = "room_membership_changed"
 
     room: str = _room_field()
     username: str = _username_field()
@@ -484,14 +560,15 @@ class CaughtUp:
     A client that only wants what is waiting (a scripted ``inbox``) can stop here.
     """
 
+    TAG: ClassVar[str] = "caught_up"
 
-Request = (
+
+AnsweredRequest = (
     Register
     | Login
     | Resume
     | Logout
     | SendMessage
-    | AcknowledgeDelivery
     | Invite
     | AcceptInvitation
     | DeclineInvitation
@@ -506,7 +583,11 @@ Request = (
     | ListRooms
     | ListMembers
 )
-"""Every message a client sends."""
+"""Every request the server answers (each carries a ``request_id``)."""
+
+Request = AnsweredRequest | AcknowledgeDelivery
+"""Every message a client sends: the answered requests, and the acknowledgement of
+deliveries, which is never answered and carries no ``request_id``."""
 
 Response = (
     Ok
@@ -538,6 +619,10 @@ Message = Request | Response | Push
 """Any application message."""
 
 # The same unions as tuples of classes, for isinstance() checks.
-REQUEST_TYPES: tuple[type[Request], ...] = typing.get_args(Request)
+ANSWERED_REQUEST_TYPES: tuple[type[AnsweredRequest], ...] = typing.get_args(AnsweredRequest)
+REQUEST_TYPES: tuple[type[Request], ...] = (*ANSWERED_REQUEST_TYPES, AcknowledgeDelivery)
 RESPONSE_TYPES: tuple[type[Response], ...] = typing.get_args(Response)
 PUSH_TYPES: tuple[type[Push], ...] = typing.get_args(Push)
+
+MESSAGE_CLASSES: tuple[type[Message], ...] = (*REQUEST_TYPES, *RESPONSE_TYPES, *PUSH_TYPES)
+"""Every message class, each with its wire tag as ``TAG`` (the codec's registry)."""

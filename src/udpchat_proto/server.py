@@ -48,11 +48,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
-import enum
 import hashlib
 import itertools
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar, cast
 
 import attrs
 
@@ -66,13 +65,23 @@ from .chat_events import (
 )
 from .clock import WallClock
 from .codec import decode, encode
+from .delivery import DeliveryWindow
 from .errors import DecodeError, ErrorCode, LocalProtocolError
 from .keys import ServerKey
-from .passwords import PasswordHash, ScryptParams, hash_password, verify_digest
+from .password_jobs import HashJob, JobKind, PendingJob
+from .passwords import PasswordHash, ScryptParams, verify_digest
 from .randomness import RandomSource, SystemRandomSource
 from .ratelimit import KeyedLimiter, TokenBucket
 from .server_config import ServerConfig
-from .store import Account, LoginSession, Store, StoredMessage, StoreUnavailableError
+from .server_connection import (
+    ChatConnection,
+    ConnectionInput,
+    ConnectionState,
+    Queued,
+    Refusal,
+)
+from .server_stats import ServerStats
+from .store import Account, Store, StoreUnavailableError, WriteTrackingStore
 from .transport import (
     Address,
     ConnectionAddressChanged,
@@ -86,11 +95,13 @@ from .transport import (
 from .validation import LIST_MAX, TOKEN_SIZE, is_room
 
 __all__ = [
+    "HANDLERS",
     "ChatServer",
     "ConnectionState",
     "HashJob",
     "ServerConfig",
     "ServerStats",
+    "token_hash",
 ]
 
 SALT_SIZE: Final = 16
@@ -122,274 +133,31 @@ def utc_from_posix(now: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
 
 
-# --- hash jobs ---------------------------------------------------------------------
+HANDLERS: Final[dict[type[m.AnsweredRequest], str]] = {}
+"""Each request class and the name of the :class:`ChatServer` method that answers
+it, filled by ``@_handles`` where each handler is defined (a test checks that every
+request of the catalogue has exactly one)."""
+
+_Handler = TypeVar("_Handler", bound=Callable[..., None])
 
 
-@attrs.frozen(kw_only=True)
-class HashJob:
-    """One scrypt computation the caller must run off the event loop.
+def _handles(request_type: type[m.AnsweredRequest]) -> Callable[[_Handler], _Handler]:
+    def register(handler: _Handler) -> _Handler:
+        if request_type in HANDLERS:
+            raise TypeError(f"two handlers for {request_type.__name__}")
+        HANDLERS[request_type] = handler.__name__
+        return handler
 
-    Run it with :meth:`run` (on a worker thread: ``hashlib.scrypt`` releases the
-    GIL) and pass the digest to :meth:`ChatServer.complete_hash_job`.
-    """
-
-    job_id: int
-    """Names the job in :meth:`ChatServer.complete_hash_job`."""
-    password: str = attrs.field(repr=False)
-    """The password to hash (never shown by ``repr``)."""
-    salt: bytes = attrs.field(repr=False)
-    params: ScryptParams
-
-    def run(self) -> bytes:
-        """Compute the digest (CPU-heavy; thread-safe).
-
-        Returns:
-            ``passwords.hash_password(password, salt, params)``.
-        """
-        return hash_password(self.password, self.salt, self.params)
+    return register
 
 
-class _JobKind(enum.Enum):
-    REGISTER = "register"
-    LOGIN = "login"
+@attrs.frozen
+class _Held:
+    """A reply or push waiting for its batch's commit."""
 
-
-@attrs.frozen(kw_only=True)
-class _PendingJob:
-    kind: _JobKind
     connection_id: ConnectionId
-    request: m.Register | m.Login
-    salt: bytes
-    params: ScryptParams
-    account: Account | None
-    """For a login: the account, or None for an unknown name (the hash still runs,
-    so that an unknown name and a wrong password take the same time)."""
-    host: str
-
-
-# --- connection state ----------------------------------------------------------------
-
-
-class ConnectionState(enum.Enum):
-    """Whom a connection acts as."""
-
-    ANONYMOUS = "anonymous"
-    """Only ``register``, ``login`` and ``resume`` are allowed."""
-    LOGGED_IN = "logged_in"
-    """Acts as the user of one login session."""
-
-
-class _Input(enum.Enum):
-    LOGIN = "login"
-    """A login or resume succeeded (on a logged-in connection it switches session)."""
-    LOGOUT = "logout"
-    """Logout, or the session was ended by another connection's logout."""
-
-
-_TRANSITIONS: Final[dict[tuple[ConnectionState, _Input], ConnectionState]] = {
-    (ConnectionState.ANONYMOUS, _Input.LOGIN): ConnectionState.LOGGED_IN,
-    (ConnectionState.LOGGED_IN, _Input.LOGIN): ConnectionState.LOGGED_IN,
-    (ConnectionState.LOGGED_IN, _Input.LOGOUT): ConnectionState.ANONYMOUS,
-}
-
-
-@attrs.frozen(kw_only=True)
-class _Refusal:
-    """A request that arrived invalid: answered in its turn with this error."""
-
-    request_id: int
-    code: ErrorCode
-    message: str
-
-
-_Queued = (
-    m.Register
-    | m.Login
-    | m.Resume
-    | m.Logout
-    | m.SendMessage
-    | m.Invite
-    | m.AcceptInvitation
-    | m.DeclineInvitation
-    | m.CancelInvitation
-    | m.Unfriend
-    | m.ListInvitations
-    | m.ListFriends
-    | m.ListOnline
-    | m.GetHistory
-    | m.JoinRoom
-    | m.LeaveRoom
-    | m.ListRooms
-    | m.ListMembers
-    | _Refusal
-)
-"""What waits in a connection's queue: a request that gets an answer, or a refusal."""
-
-
-class _Connection:
-    """The chat-level state of one transport connection."""
-
-    def __init__(self, connection_id: ConnectionId, address: Address, requests: TokenBucket):
-        self.connection_id = connection_id
-        self.address = address
-        self.state = ConnectionState.ANONYMOUS
-        self.username: str | None = None
-        self.token_hash: bytes | None = None
-        self.busy_job: int | None = None
-        """The hash job this connection waits for; its requests queue meanwhile."""
-        self.queue: collections.deque[_Queued] = collections.deque()
-        self.in_flight: dict[bytes, None] = {}
-        """Ids pushed as message_delivered and not yet acknowledged (ordered set)."""
-        self.caught_up = False
-        """Everything pending for this session was pushed (or is in flight)."""
-        self.violations = 0
-        self.requests = requests
-
-    def transition(self, event: _Input) -> None:
-        try:
-            self.state = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise LocalProtocolError(f"no transition from {self.state} on {event}") from None
-
-
-# --- statistics ------------------------------------------------------------------------
-
-
-@attrs.define
-class ServerStats:
-    """Counters for monitoring; they only ever grow."""
-
-    payloads: int = 0
-    """Application payloads received from established connections."""
-    decode_errors: collections.Counter[str] = attrs.Factory(collections.Counter)
-    """Payloads that did not decode, by :attr:`DecodeError.reason`."""
-    violations: int = 0
-    """Payloads dropped as protocol violations (undecodable, or a server-only type)."""
-    closed_for_abuse: int = 0
-    """Connections closed after ``max_violations`` or a request queue overflow."""
-    requests: int = 0
-    """Requests answered (including refusals)."""
-    refusals: collections.Counter[str] = attrs.Factory(collections.Counter)
-    """Error responses sent, by code."""
-    messages_accepted: int = 0
-    """New messages stored (idempotent repeats not counted)."""
-    deliveries_pushed: int = 0
-    """``message_delivered`` pushes queued (re-pushes on new connections included)."""
-    hash_jobs: int = 0
-    """Password hash jobs handed out."""
-    sessions_expired: int = 0
-    """Login sessions removed by the sweep or found expired at resume."""
-    internal_errors: int = 0
-    """Requests that failed with an unexpected exception (answered ``internal``)."""
-    store_failures: int = 0
-    """Store calls and commits that failed with ``StoreUnavailableError`` (requests
-    answered ``unavailable``, batches lost)."""
-    batches_lost: int = 0
-    """Batches whose commit failed: their answers became ``unavailable``."""
-    last_store_failure: StoreUnavailableError | None = attrs.field(default=None, eq=False)
-    """The latest store failure, for logging."""
-    last_internal_error: BaseException | None = attrs.field(default=None, eq=False)
-    """The latest such exception, for logging."""
-
-
-# --- the store, with writes tracked ---------------------------------------------------------
-
-
-class _TrackedStore:
-    """Forwards to the injected store and notes whether anything was written."""
-
-    def __init__(self, store: Store) -> None:
-        self.inner = store
-        self.dirty = False
-
-    def _write(self) -> Store:
-        self.dirty = True
-        return self.inner
-
-    def atomic(self) -> contextlib.AbstractContextManager[None]:
-        return self.inner.atomic()
-
-    # reads
-    def get_account(self, username: str) -> Account | None:
-        return self.inner.get_account(username)
-
-    def get_session(self, token_hash: bytes) -> LoginSession | None:
-        return self.inner.get_session(token_hash)
-
-    def has_invitation(self, sender: str, recipient: str) -> bool:
-        return self.inner.has_invitation(sender, recipient)
-
-    def incoming_invitations(self, username: str) -> list[str]:
-        return self.inner.incoming_invitations(username)
-
-    def outgoing_invitations(self, username: str) -> list[str]:
-        return self.inner.outgoing_invitations(username)
-
-    def are_friends(self, a: str, b: str) -> bool:
-        return self.inner.are_friends(a, b)
-
-    def friends_of(self, username: str) -> list[str]:
-        return self.inner.friends_of(username)
-
-    def get_message(self, message_id: bytes) -> StoredMessage | None:
-        return self.inner.get_message(message_id)
-
-    def history(self, username: str, peer: str, limit: int) -> list[m.ChatMessage]:
-        return self.inner.history(username, peer, limit)
-
-    def pending_deliveries(
-        self, username: str, token_hash: bytes, limit: int
-    ) -> list[m.ChatMessage]:
-        return self.inner.pending_deliveries(username, token_hash, limit)
-
-    def room_exists(self, room: str) -> bool:
-        return self.inner.room_exists(room)
-
-    def room_members(self, room: str) -> list[str]:
-        return self.inner.room_members(room)
-
-    def rooms_of(self, username: str) -> list[tuple[str, int]]:
-        return self.inner.rooms_of(username)
-
-    # writes
-    def create_account(self, username: str, password: PasswordHash, now: float) -> bool:
-        return self._write().create_account(username, password, now)
-
-    def create_session(self, token_hash: bytes, username: str, now: float) -> None:
-        self._write().create_session(token_hash, username, now)
-
-    def touch_session(self, token_hash: bytes, now: float) -> None:
-        self._write().touch_session(token_hash, now)
-
-    def delete_session(self, token_hash: bytes) -> None:
-        self._write().delete_session(token_hash)
-
-    def delete_sessions_unused_since(self, cutoff: float) -> int:
-        return self._write().delete_sessions_unused_since(cutoff)
-
-    def add_invitation(self, sender: str, recipient: str, now: float) -> None:
-        self._write().add_invitation(sender, recipient, now)
-
-    def delete_invitation(self, sender: str, recipient: str) -> bool:
-        return self._write().delete_invitation(sender, recipient)
-
-    def add_friendship(self, a: str, b: str, now: float) -> None:
-        self._write().add_friendship(a, b, now)
-
-    def delete_friendship(self, a: str, b: str) -> bool:
-        return self._write().delete_friendship(a, b)
-
-    def add_message(self, message: m.ChatMessage) -> StoredMessage:
-        return self._write().add_message(message)
-
-    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
-        self._write().acknowledge(username, token_hash, message_ids)
-
-    def join_room(self, room: str, username: str, now: float) -> bool:
-        return self._write().join_room(room, username, now)
-
-    def leave_room(self, room: str, username: str) -> bool:
-        return self._write().leave_room(room, username)
+    message: m.Response | m.Push
+    payload: bytes
 
 
 class _RefusedError(Exception):
@@ -437,16 +205,17 @@ class ChatServer:
         self._clock = clock
         self._config = config if config is not None else ServerConfig()
         self._random: RandomSource = random if random is not None else SystemRandomSource()
-        self._store = _TrackedStore(store)
+        self._tracker = WriteTrackingStore(store)
+        self._store = cast(Store, self._tracker)
         self._server_key = static_key.public_bytes
         self._transport = ServerTransport(
             static_key=static_key, config=self._config.transport, random=self._random
         )
-        self._connections: dict[ConnectionId, _Connection] = {}
+        self._connections: dict[ConnectionId, ChatConnection] = {}
         self._by_user: dict[str, dict[ConnectionId, None]] = {}
         """Live logged-in connections of each online user (insertion-ordered)."""
         self._by_session: dict[bytes, dict[ConnectionId, None]] = {}
-        self._held: list[tuple[ConnectionId, m.Response | m.Push, bytes]] = []
+        self._held: list[_Held] = []
         """Replies and pushes waiting for the batch's commit (message and payload)."""
         self._stale: dict[ConnectionId, None] = {}
         """Connections whose pushes a lost batch dropped: refilled at ``_retry_at``."""
@@ -460,7 +229,7 @@ class ChatServer:
         """Inside a request's step: its output waits for the step to complete."""
         self._events: collections.deque[ServerEvent] = collections.deque()
         self._job_ids = itertools.count(1)
-        self._jobs: dict[int, _PendingJob] = {}
+        self._jobs: dict[int, PendingJob] = {}
         self._new_jobs: list[HashJob] = []
         self._user_failures: KeyedLimiter[str] = KeyedLimiter(self._config.login_failures_per_user)
         self._address_failures: KeyedLimiter[str] = KeyedLimiter(
@@ -473,30 +242,11 @@ class ChatServer:
         self._next_sweep: float | None = None
         self._now = 0.0
         """The latest ``now`` given (for a close decided where no ``now`` is passed)."""
-        self._closing: set[ConnectionId] = set()
-        """Connections this server is closing: their further payloads are ignored."""
         self.stats = ServerStats()
         """Counters for monitoring (see :class:`ServerStats`)."""
         # Each handler takes its own request class; the dispatch by type keeps that sound.
-        self._handlers: dict[type, Callable[[_Connection, Any, float], None]] = {
-            m.Register: self._on_register,
-            m.Login: self._on_login,
-            m.Resume: self._on_resume,
-            m.Logout: self._on_logout,
-            m.SendMessage: self._on_send_message,
-            m.Invite: self._on_invite,
-            m.AcceptInvitation: self._on_accept,
-            m.DeclineInvitation: self._on_decline,
-            m.CancelInvitation: self._on_cancel,
-            m.Unfriend: self._on_unfriend,
-            m.ListInvitations: self._on_list_invitations,
-            m.ListFriends: self._on_list_friends,
-            m.ListOnline: self._on_list_online,
-            m.GetHistory: self._on_get_history,
-            m.JoinRoom: self._on_join_room,
-            m.LeaveRoom: self._on_leave_room,
-            m.ListRooms: self._on_list_rooms,
-            m.ListMembers: self._on_list_members,
+        self._handlers: dict[type, Callable[[ChatConnection, Any, float], None]] = {
+            request_type: getattr(self, name) for request_type, name in HANDLERS.items()
         }
 
     # --- the five methods ----------------------------------------------------------------
@@ -574,7 +324,7 @@ class ChatServer:
 
         While it is True, replies and pushes are held until :meth:`commit`.
         """
-        return self._store.dirty
+        return self._tracker.dirty
 
     def commit(self) -> StoreUnavailableError | None:
         """Commit the batch, if anything was written, and release what it held.
@@ -587,10 +337,10 @@ class ChatServer:
             store's :class:`~udpchat_proto.store.StoreUnavailableError` if the batch
             was lost (see :meth:`rolled_back`), for the caller to log.
         """
-        if not self._store.dirty:
+        if not self._tracker.dirty:
             return None
         try:
-            self._store.inner.commit()
+            self._tracker.commit()
         except StoreUnavailableError as exc:
             self.rolled_back(exc)
             return exc
@@ -603,11 +353,11 @@ class ChatServer:
         Releases every reply and push held since the first uncommitted write, in
         order. Then call :meth:`datagrams_to_send`. (:meth:`commit` does both.)
         """
-        self._store.dirty = False
+        self._tracker.dirty = False
         self._touching.clear()
         held, self._held = self._held, []
-        for connection_id, _message, payload in held:
-            self._transport_send(connection_id, payload)
+        for item in held:
+            self._transport_send(item.connection_id, item.payload)
 
     def rolled_back(self, failure: StoreUnavailableError) -> None:
         """Tell the server that the batch could not be committed: it is lost.
@@ -618,7 +368,7 @@ class ChatServer:
         dropped are refilled from the store after :data:`STORE_RETRY_INTERVAL`.
         Then call :meth:`datagrams_to_send`.
         """
-        self._store.dirty = False
+        self._tracker.dirty = False
         self._note_store_failure(failure)
         self.stats.batches_lost += 1
         self._touches = {**self._touching, **self._touches}
@@ -631,9 +381,7 @@ class ChatServer:
                 connection, response.request_id, ErrorCode.UNAVAILABLE, _unavailable(failure)
             )
 
-    def _retract(
-        self, held: list[tuple[ConnectionId, m.Response | m.Push, bytes]]
-    ) -> list[tuple[_Connection, m.Response]]:
+    def _retract(self, held: list[_Held]) -> list[tuple[ChatConnection, m.Response]]:
         """Undo what held output stood for, since it will never be sent.
 
         A login or resume it reported is undone (its session may not exist), a
@@ -643,15 +391,15 @@ class ChatServer:
         Returns:
             The held answers, for the caller to replace with a refusal.
         """
-        answers: list[tuple[_Connection, m.Response]] = []
-        for connection_id, message, _payload in held:
-            connection = self._connections.get(connection_id)
-            if connection is None or connection_id in self._closing:
+        answers: list[tuple[ChatConnection, m.Response]] = []
+        for item in held:
+            connection = self._connections.get(item.connection_id)
+            message = item.message
+            if connection is None or connection.closing:
                 continue
             if isinstance(message, m.MessageDelivered):
-                connection.in_flight.pop(message.message.id, None)
-                connection.caught_up = False
-                self._stale[connection_id] = None
+                connection.deliveries.take_back(message.message.id)
+                self._stale[connection.connection_id] = None
                 if self._retry_at is None:
                     self._retry_at = self._now + STORE_RETRY_INTERVAL
             elif isinstance(message, m.RESPONSE_TYPES):
@@ -660,7 +408,7 @@ class ChatServer:
                 answers.append((connection, message))
         return answers
 
-    def _retry_refill(self, connection: _Connection) -> None:
+    def _retry_refill(self, connection: ChatConnection) -> None:
         try:
             self._refill(connection)
         except StoreUnavailableError as failure:
@@ -704,10 +452,11 @@ class ChatServer:
         if job is None:
             return
         connection = self._connections.get(job.connection_id)
-        if connection is None or connection.busy_job != job_id:
+        if connection is None or not connection.hashing or connection.job_id != job_id:
             return
-        connection.busy_job = None
-        finish = self._finish_register if job.kind is _JobKind.REGISTER else self._finish_login
+        connection.job_id = None
+        connection.transition(ConnectionInput.HASH_DONE)
+        finish = self._finish_register if job.kind is JobKind.REGISTER else self._finish_login
         self._run_atomically(connection, job.request.request_id, finish, job, digest, now)
         self._run_queue(connection, now)
 
@@ -746,12 +495,7 @@ class ChatServer:
 
     def _on_transport_event(self, event: TransportEvent, now: float) -> None:
         if isinstance(event, HandshakeCompleted):
-            connection = _Connection(
-                event.connection_id,
-                event.address,
-                TokenBucket(self._config.request_rate, now=now),
-            )
-            self._connections[event.connection_id] = connection
+            self._new_connection(event.connection_id, event.address, now)
             self._events.append(
                 ClientConnected(connection_id=event.connection_id, address=event.address)
             )
@@ -762,7 +506,6 @@ class ChatServer:
             if migrated is not None:
                 migrated.address = event.address
         elif isinstance(event, ConnectionTerminated):
-            self._closing.discard(event.connection_id)
             ended = self._connections.pop(event.connection_id, None)
             if ended is not None:
                 self._log_out(ended, now, announce=False)
@@ -772,9 +515,19 @@ class ChatServer:
                     )
                 )
 
+    def _new_connection(
+        self, connection_id: ConnectionId, address: Address, now: float
+    ) -> ChatConnection:
+        connection = ChatConnection(
+            connection_id,
+            address,
+            requests=TokenBucket(self._config.request_rate, now=now),
+            window=DeliveryWindow(self._config.delivery_window),
+        )
+        self._connections[connection_id] = connection
+        return connection
+
     def _on_payload(self, connection_id: ConnectionId, payload: bytes, now: float) -> None:
-        if connection_id in self._closing:
-            return
         connection = self._connections.get(connection_id)
         if connection is None:
             # The transport delivers payloads only on established connections, whose
@@ -782,12 +535,11 @@ class ChatServer:
             address = self._transport.address_of(connection_id)
             if address is None:
                 return
-            connection = _Connection(
-                connection_id, address, TokenBucket(self._config.request_rate, now=now)
-            )
-            self._connections[connection_id] = connection
+            connection = self._new_connection(connection_id, address, now)
+        if connection.closing:
+            return
         self.stats.payloads += 1
-        item: _Queued
+        item: Queued
         try:
             message = decode(payload)
         except DecodeError as exc:
@@ -795,7 +547,7 @@ class ChatServer:
             if exc.request_id is None or exc.code is None:
                 self._violation(connection, now, f"undecodable payload ({exc.reason})")
                 return
-            item = _Refusal(request_id=exc.request_id, code=exc.code, message=exc.detail[:200])
+            item = Refusal(request_id=exc.request_id, code=exc.code, message=exc.detail[:200])
         else:
             if isinstance(message, m.AcknowledgeDelivery):
                 # Not a request: no answer, and nothing to keep in order with them.
@@ -804,17 +556,17 @@ class ChatServer:
                 except Exception as exc:  # the store failed: nobody to answer
                     self._count_internal_error(exc)
                 return
-            if not isinstance(message, m.REQUEST_TYPES):  # a response or push: server-only
+            if not isinstance(message, m.ANSWERED_REQUEST_TYPES):  # server-only types
                 self._violation(connection, now, f"{type(message).__name__} sent to the server")
                 return
             item = message
         if not connection.requests.spend(now=now):
-            item = _Refusal(
+            item = Refusal(
                 request_id=item.request_id,
                 code=ErrorCode.RATE_LIMITED,
                 message="too many requests on this connection; slow down",
             )
-        if connection.busy_job is not None or connection.queue:
+        if connection.hashing or connection.queue:
             if len(connection.queue) >= self._config.max_queued_requests:
                 self.stats.closed_for_abuse += 1
                 self._close_connection(connection_id, "too many pipelined requests")
@@ -823,7 +575,7 @@ class ChatServer:
             return
         self._dispatch(connection, item, now)
 
-    def _violation(self, connection: _Connection, now: float, reason: str) -> None:
+    def _violation(self, connection: ChatConnection, now: float, reason: str) -> None:
         self.stats.violations += 1
         connection.violations += 1
         if connection.violations > self._config.max_violations:
@@ -832,24 +584,22 @@ class ChatServer:
 
     # --- request dispatch ----------------------------------------------------------------
 
-    def _run_queue(self, connection: _Connection, now: float) -> None:
+    def _run_queue(self, connection: ChatConnection, now: float) -> None:
         """Answer queued requests until one starts a hash job or none is left."""
         while (
-            connection.busy_job is None
+            not connection.hashing
             and connection.queue
+            and not connection.closing
             and connection.connection_id in self._connections
-            and connection.connection_id not in self._closing
         ):
             self._dispatch(connection, connection.queue.popleft(), now)
 
-    def _dispatch(self, connection: _Connection, item: _Queued, now: float) -> None:
+    def _dispatch(self, connection: ChatConnection, item: Queued, now: float) -> None:
         self.stats.requests += 1
-        if isinstance(item, _Refusal):
+        if isinstance(item, Refusal):
             self._refuse(connection, item.request_id, item.code, item.message)
             return
-        if connection.state is not ConnectionState.LOGGED_IN and not isinstance(
-            item, _ANONYMOUS_REQUESTS
-        ):
+        if not connection.logged_in and not isinstance(item, _ANONYMOUS_REQUESTS):
             self._refuse(
                 connection,
                 item.request_id,
@@ -860,7 +610,7 @@ class ChatServer:
         self._run_atomically(connection, item.request_id, self._handlers[type(item)], item, now)
 
     def _run_atomically(
-        self, connection: _Connection, request_id: int, step: Callable[..., None], *args: Any
+        self, connection: ChatConnection, request_id: int, step: Callable[..., None], *args: Any
     ) -> None:
         """Run one request's step so that its writes and its output all happen or
         none do: a refusal or a store failure half-way leaves nothing of it for the
@@ -883,14 +633,14 @@ class ChatServer:
                 self._internal_error(connection, request_id, exc)
         else:
             self._stepping = False
-            if not self._store.dirty:  # nothing to wait for: out now
+            if not self._tracker.dirty:  # nothing to wait for: out now
                 done, self._held[mark:] = self._held[mark:], []
-                for connection_id, _message, payload in done:
-                    self._transport_send(connection_id, payload)
+                for item in done:
+                    self._transport_send(item.connection_id, item.payload)
         finally:
             self._stepping = False
 
-    def _internal_error(self, connection: _Connection, request_id: int, exc: Exception) -> None:
+    def _internal_error(self, connection: ChatConnection, request_id: int, exc: Exception) -> None:
         self._count_internal_error(exc)
         self._refuse(connection, request_id, ErrorCode.INTERNAL, "internal server error")
 
@@ -902,13 +652,14 @@ class ChatServer:
 
     def _send(self, connection_id: ConnectionId, message: m.Response | m.Push) -> None:
         payload = encode(message)
-        if self._store.dirty or self._stepping:
-            self._held.append((connection_id, message, payload))
+        if self._tracker.dirty or self._stepping:
+            self._held.append(_Held(connection_id, message, payload))
         else:
             self._transport_send(connection_id, payload)
 
     def _transport_send(self, connection_id: ConnectionId, payload: bytes) -> None:
-        if connection_id not in self._connections or connection_id in self._closing:
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.closing:
             return  # ended (or is ending) while the payload was held
         try:
             self._transport.send(connection_id, payload)
@@ -920,13 +671,16 @@ class ChatServer:
             self._close_connection(connection_id, "send buffer full")
 
     def _close_connection(self, connection_id: ConnectionId, reason: str) -> None:
-        if connection_id in self._closing:
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.closing:
             return
-        self._closing.add(connection_id)
+        # Off its session at once (presence, deliveries): it is going.
+        self._log_out(connection, self._now, announce=False)
+        connection.transition(ConnectionInput.CLOSE)
         with contextlib.suppress(LocalProtocolError):  # already gone
             self._transport.close(connection_id, self._now, reason)
 
-    def _reply(self, connection: _Connection, message: m.Response) -> None:
+    def _reply(self, connection: ChatConnection, message: m.Response) -> None:
         try:
             self._send(connection.connection_id, message)
         except LocalProtocolError:
@@ -936,7 +690,7 @@ class ChatServer:
             )
 
     def _refuse(
-        self, connection: _Connection, request_id: int, code: ErrorCode, message: str
+        self, connection: ChatConnection, request_id: int, code: ErrorCode, message: str
     ) -> None:
         self.stats.refusals[code.value] += 1
         self._send(
@@ -950,7 +704,8 @@ class ChatServer:
 
     # --- sessions ------------------------------------------------------------------------
 
-    def _on_register(self, connection: _Connection, request: m.Register, now: float) -> None:
+    @_handles(m.Register)
+    def _on_register(self, connection: ChatConnection, request: m.Register, now: float) -> None:
         if self._store.get_account(request.username) is not None:
             raise _RefusedError(ErrorCode.USER_EXISTS, f"{request.username} is taken")
         host = connection.address[0]
@@ -960,7 +715,7 @@ class ChatServer:
             raise _RefusedError(ErrorCode.RATE_LIMITED, "too many registrations from your address")
         self._start_job(
             connection,
-            _JobKind.REGISTER,
+            JobKind.REGISTER,
             request,
             salt=self._random.token_bytes(SALT_SIZE),
             params=self._config.scrypt,
@@ -968,7 +723,7 @@ class ChatServer:
         )
 
     def _finish_register(
-        self, connection: _Connection, job: _PendingJob, digest: bytes, now: float
+        self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
     ) -> None:
         request = job.request
         record = PasswordHash(salt=job.salt, params=job.params, digest=digest)
@@ -977,7 +732,8 @@ class ChatServer:
             raise _RefusedError(ErrorCode.USER_EXISTS, f"{request.username} is taken")
         self._reply(connection, m.Ok(request_id=request.request_id))
 
-    def _on_login(self, connection: _Connection, request: m.Login, now: float) -> None:
+    @_handles(m.Login)
+    def _on_login(self, connection: ChatConnection, request: m.Login, now: float) -> None:
         host = connection.address[0]
         if not self._user_failures.available(
             request.username, now=now
@@ -993,11 +749,11 @@ class ChatServer:
         else:
             salt, params = account.password.salt, account.password.params
         self._start_job(
-            connection, _JobKind.LOGIN, request, salt=salt, params=params, account=account
+            connection, JobKind.LOGIN, request, salt=salt, params=params, account=account
         )
 
     def _finish_login(
-        self, connection: _Connection, job: _PendingJob, digest: bytes, now: float
+        self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
     ) -> None:
         request = job.request
         if job.account is None or not verify_digest(job.account.password, digest):
@@ -1019,8 +775,8 @@ class ChatServer:
 
     def _start_job(
         self,
-        connection: _Connection,
-        kind: _JobKind,
+        connection: ChatConnection,
+        kind: JobKind,
         request: m.Register | m.Login,
         *,
         salt: bytes,
@@ -1028,7 +784,7 @@ class ChatServer:
         account: Account | None,
     ) -> None:
         job_id = next(self._job_ids)
-        self._jobs[job_id] = _PendingJob(
+        self._jobs[job_id] = PendingJob(
             kind=kind,
             connection_id=connection.connection_id,
             request=request,
@@ -1040,10 +796,12 @@ class ChatServer:
         self._new_jobs.append(
             HashJob(job_id=job_id, password=request.password, salt=salt, params=params)
         )
-        connection.busy_job = job_id
+        connection.job_id = job_id
+        connection.transition(ConnectionInput.HASH_STARTED)
         self.stats.hash_jobs += 1
 
-    def _on_resume(self, connection: _Connection, request: m.Resume, now: float) -> None:
+    @_handles(m.Resume)
+    def _on_resume(self, connection: ChatConnection, request: m.Resume, now: float) -> None:
         hashed = token_hash(request.token)
         session = self._store.get_session(hashed)
         if session is None:
@@ -1076,7 +834,8 @@ class ChatServer:
         )
         self._refill(connection)
 
-    def _on_logout(self, connection: _Connection, request: m.Logout, now: float) -> None:
+    @_handles(m.Logout)
+    def _on_logout(self, connection: ChatConnection, request: m.Logout, now: float) -> None:
         hashed = connection.token_hash
         assert hashed is not None  # logged in
         self._store.delete_session(hashed)
@@ -1089,32 +848,30 @@ class ChatServer:
             self._log_out(self._connections[connection_id], now, announce=True)
         self._message_rate.forget(hashed)
 
-    def _log_in(self, connection: _Connection, username: str, hashed: bytes, now: float) -> None:
-        if connection.state is ConnectionState.LOGGED_IN and connection.token_hash == hashed:
+    def _log_in(self, connection: ChatConnection, username: str, hashed: bytes, now: float) -> None:
+        if connection.logged_in and connection.token_hash == hashed:
             return  # resuming the session this connection already has: nothing changes
-        if connection.state is ConnectionState.LOGGED_IN:
+        if connection.logged_in:
             self._log_out(connection, now, announce=True)
-        connection.transition(_Input.LOGIN)
+        connection.transition(ConnectionInput.LOGIN)
         connection.username = username
         connection.token_hash = hashed
-        connection.in_flight.clear()
-        connection.caught_up = False
+        connection.deliveries.start()
         self._by_session.setdefault(hashed, {})[connection.connection_id] = None
         user_connections = self._by_user.setdefault(username, {})
         user_connections[connection.connection_id] = None
         if len(user_connections) == 1:
             self._announce_presence(username, online=True)
 
-    def _log_out(self, connection: _Connection, now: float, *, announce: bool) -> None:
+    def _log_out(self, connection: ChatConnection, now: float, *, announce: bool) -> None:
         """Detach a connection from its session (logout, session end, or close)."""
-        if connection.state is not ConnectionState.LOGGED_IN:
+        if not connection.logged_in:
             return
         username, hashed = connection.username, connection.token_hash
         assert username is not None and hashed is not None
-        connection.transition(_Input.LOGOUT)
+        connection.transition(ConnectionInput.LOGOUT)
         connection.username = connection.token_hash = None
-        connection.in_flight.clear()
-        connection.caught_up = False
+        connection.deliveries.stop()
         session_connections = self._by_session.get(hashed, {})
         session_connections.pop(connection.connection_id, None)
         if not session_connections:
@@ -1188,7 +945,7 @@ class ChatServer:
     # --- friends -------------------------------------------------------------------------
 
     @staticmethod
-    def _me(connection: _Connection) -> str:
+    def _me(connection: ChatConnection) -> str:
         assert connection.username is not None  # only called when logged in
         return connection.username
 
@@ -1196,7 +953,8 @@ class ChatServer:
         if self._store.get_account(username) is None:
             raise _RefusedError(ErrorCode.UNKNOWN_USER, f"no user named {username}")
 
-    def _on_invite(self, connection: _Connection, request: m.Invite, now: float) -> None:
+    @_handles(m.Invite)
+    def _on_invite(self, connection: ChatConnection, request: m.Invite, now: float) -> None:
         me, other = self._me(connection), request.username
         if other == me:
             raise _RefusedError(ErrorCode.CANNOT_INVITE_SELF, "you cannot invite yourself")
@@ -1216,7 +974,10 @@ class ChatServer:
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(other, m.InvitationReceived(from_user=me))
 
-    def _on_accept(self, connection: _Connection, request: m.AcceptInvitation, now: float) -> None:
+    @_handles(m.AcceptInvitation)
+    def _on_accept(
+        self, connection: ChatConnection, request: m.AcceptInvitation, now: float
+    ) -> None:
         me, inviter = self._me(connection), request.username
         if not self._store.has_invitation(inviter, me):
             raise _RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
@@ -1225,8 +986,9 @@ class ChatServer:
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(inviter, m.InvitationAnswered(by_user=me, accepted=True))
 
+    @_handles(m.DeclineInvitation)
     def _on_decline(
-        self, connection: _Connection, request: m.DeclineInvitation, now: float
+        self, connection: ChatConnection, request: m.DeclineInvitation, now: float
     ) -> None:
         me, inviter = self._me(connection), request.username
         if not self._store.has_invitation(inviter, me):
@@ -1235,7 +997,10 @@ class ChatServer:
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(inviter, m.InvitationAnswered(by_user=me, accepted=False))
 
-    def _on_cancel(self, connection: _Connection, request: m.CancelInvitation, now: float) -> None:
+    @_handles(m.CancelInvitation)
+    def _on_cancel(
+        self, connection: ChatConnection, request: m.CancelInvitation, now: float
+    ) -> None:
         me, invitee = self._me(connection), request.username
         if not self._store.has_invitation(me, invitee):
             raise _RefusedError(ErrorCode.NO_INVITATION, f"you have not invited {invitee}")
@@ -1243,7 +1008,8 @@ class ChatServer:
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(invitee, m.InvitationCancelled(by_user=me))
 
-    def _on_unfriend(self, connection: _Connection, request: m.Unfriend, now: float) -> None:
+    @_handles(m.Unfriend)
+    def _on_unfriend(self, connection: ChatConnection, request: m.Unfriend, now: float) -> None:
         me, other = self._me(connection), request.username
         if not self._store.are_friends(me, other):
             raise _RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {other}")
@@ -1251,8 +1017,9 @@ class ChatServer:
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(other, m.Unfriended(by_user=me))
 
+    @_handles(m.ListInvitations)
     def _on_list_invitations(
-        self, connection: _Connection, request: m.ListInvitations, now: float
+        self, connection: ChatConnection, request: m.ListInvitations, now: float
     ) -> None:
         me = self._me(connection)
         self._reply(
@@ -1270,11 +1037,17 @@ class ChatServer:
             for name in usernames[:LIST_MAX]
         )
 
-    def _on_list_friends(self, connection: _Connection, request: m.ListFriends, now: float) -> None:
+    @_handles(m.ListFriends)
+    def _on_list_friends(
+        self, connection: ChatConnection, request: m.ListFriends, now: float
+    ) -> None:
         friends = self._presence(self._store.friends_of(self._me(connection)))
         self._reply(connection, m.Friends(request_id=request.request_id, friends=friends))
 
-    def _on_list_online(self, connection: _Connection, request: m.ListOnline, now: float) -> None:
+    @_handles(m.ListOnline)
+    def _on_list_online(
+        self, connection: ChatConnection, request: m.ListOnline, now: float
+    ) -> None:
         self._reply(
             connection,
             m.OnlineUsers(
@@ -1284,7 +1057,10 @@ class ChatServer:
 
     # --- messages ------------------------------------------------------------------------
 
-    def _on_send_message(self, connection: _Connection, request: m.SendMessage, now: float) -> None:
+    @_handles(m.SendMessage)
+    def _on_send_message(
+        self, connection: ChatConnection, request: m.SendMessage, now: float
+    ) -> None:
         me = self._me(connection)
         existing = self._store.get_message(request.message_id)
         if existing is not None:
@@ -1340,56 +1116,47 @@ class ChatServer:
         if me not in self._store.room_members(room):
             raise _RefusedError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {room}")
 
-    def _deliver_new(self, connection: _Connection, message: m.ChatMessage) -> None:
+    def _deliver_new(self, connection: ChatConnection, message: m.ChatMessage) -> None:
         """A new message for this connection's user was just stored."""
-        if connection.caught_up and len(connection.in_flight) < self._config.delivery_window:
+        if connection.deliveries.offer(message):
             # Everything older is already in flight, so pushing now keeps the order.
             self._push_delivery(connection, message)
         else:
             # It is in the store, behind the backlog; the refill will reach it.
-            connection.caught_up = False
             self._refill(connection)
 
-    def _push_delivery(self, connection: _Connection, message: m.ChatMessage) -> None:
-        connection.in_flight[message.id] = None
+    def _push_delivery(self, connection: ChatConnection, message: m.ChatMessage) -> None:
         self.stats.deliveries_pushed += 1
         self._send(connection.connection_id, m.MessageDelivered(message=message))
 
-    def _refill(self, connection: _Connection) -> None:
+    def _refill(self, connection: ChatConnection) -> None:
         """Top up the connection's delivery window from the store."""
-        window = self._config.delivery_window
-        if (
-            connection.caught_up
-            or connection.state is not ConnectionState.LOGGED_IN
-            or len(connection.in_flight) > window // 2
-        ):
+        window = connection.deliveries
+        if not window.wants_refill:
             return
         assert connection.username is not None and connection.token_hash is not None
         # Pending starts with what is already in flight (unacknowledged), so ask for a
-        # whole window and skip those.
-        pending = self._store.pending_deliveries(connection.username, connection.token_hash, window)
-        for message in pending:
-            if message.id not in connection.in_flight:
-                if len(connection.in_flight) >= window:
-                    break
-                self._push_delivery(connection, message)
-        else:
-            if len(pending) < window:
-                connection.caught_up = True
-                self._send(connection.connection_id, m.CaughtUp())
+        # whole window; the window skips those.
+        pending = self._store.pending_deliveries(
+            connection.username, connection.token_hash, window.size
+        )
+        pushed, caught_up = window.refill(pending)
+        for message in pushed:
+            self._push_delivery(connection, message)
+        if caught_up:
+            self._send(connection.connection_id, m.CaughtUp())
 
     def _on_acknowledge(
-        self, connection: _Connection, request: m.AcknowledgeDelivery, now: float
+        self, connection: ChatConnection, request: m.AcknowledgeDelivery, now: float
     ) -> None:
-        if connection.state is not ConnectionState.LOGGED_IN:
+        if not connection.logged_in:
             return  # nothing was delivered on this connection: nothing to advance
         assert connection.username is not None and connection.token_hash is not None
         ids = request.message_ids
         # Out of the window whatever the store does: if the cursor cannot move, the
         # store still holds them as pending and a later refill pushes them again
         # (the client acknowledges a repeat without showing it twice).
-        for message_id in ids:
-            connection.in_flight.pop(message_id, None)
+        connection.deliveries.acknowledge(ids)
         try:
             for start in range(0, len(ids), ACK_CHUNK):
                 self._store.acknowledge(
@@ -1397,14 +1164,17 @@ class ChatServer:
                 )
         except StoreUnavailableError as failure:
             self._note_store_failure(failure)
-            connection.caught_up = False
+            connection.deliveries.fall_behind()
             self._stale[connection.connection_id] = None
             if self._retry_at is None:
                 self._retry_at = self._now + STORE_RETRY_INTERVAL
             return
         self._retry_refill(connection)
 
-    def _on_get_history(self, connection: _Connection, request: m.GetHistory, now: float) -> None:
+    @_handles(m.GetHistory)
+    def _on_get_history(
+        self, connection: ChatConnection, request: m.GetHistory, now: float
+    ) -> None:
         me, peer = self._me(connection), request.peer
         if is_room(peer):
             self._require_member(me, peer)
@@ -1415,7 +1185,8 @@ class ChatServer:
 
     # --- rooms ---------------------------------------------------------------------------
 
-    def _on_join_room(self, connection: _Connection, request: m.JoinRoom, now: float) -> None:
+    @_handles(m.JoinRoom)
+    def _on_join_room(self, connection: ChatConnection, request: m.JoinRoom, now: float) -> None:
         me, room = self._me(connection), request.room
         members = self._store.room_members(room)
         if me in members:
@@ -1436,7 +1207,8 @@ class ChatServer:
         for member in members:
             self._push_to_user(member, push)
 
-    def _on_leave_room(self, connection: _Connection, request: m.LeaveRoom, now: float) -> None:
+    @_handles(m.LeaveRoom)
+    def _on_leave_room(self, connection: ChatConnection, request: m.LeaveRoom, now: float) -> None:
         me, room = self._me(connection), request.room
         if not self._store.room_exists(room):
             raise _RefusedError(ErrorCode.UNKNOWN_ROOM, f"no room named {room}")
@@ -1447,14 +1219,18 @@ class ChatServer:
         for member in self._store.room_members(room):
             self._push_to_user(member, push)
 
-    def _on_list_rooms(self, connection: _Connection, request: m.ListRooms, now: float) -> None:
+    @_handles(m.ListRooms)
+    def _on_list_rooms(self, connection: ChatConnection, request: m.ListRooms, now: float) -> None:
         rooms = tuple(
             m.RoomInfo(room=room, members=count)
             for room, count in self._store.rooms_of(self._me(connection))[:LIST_MAX]
         )
         self._reply(connection, m.Rooms(request_id=request.request_id, rooms=rooms))
 
-    def _on_list_members(self, connection: _Connection, request: m.ListMembers, now: float) -> None:
+    @_handles(m.ListMembers)
+    def _on_list_members(
+        self, connection: ChatConnection, request: m.ListMembers, now: float
+    ) -> None:
         room = request.room
         if not self._store.room_exists(room):
             raise _RefusedError(ErrorCode.UNKNOWN_ROOM, f"no room named {room}")

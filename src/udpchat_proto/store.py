@@ -39,8 +39,8 @@ discarded it, so that nothing the batch reported leaves the server.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -55,6 +55,7 @@ __all__ = [
     "Store",
     "StoreUnavailableError",
     "StoredMessage",
+    "WriteTrackingStore",
 ]
 
 
@@ -303,3 +304,55 @@ STORE_WRITES: Final = frozenset(
     }
 )
 """The :class:`Store` methods that write (and so join the current batch)."""
+
+
+class WriteTrackingStore:
+    """A store that forwards every call to ``inner`` and notes writes.
+
+    Its :data:`STORE_READS` and :data:`STORE_WRITES` methods are derived from those
+    two declarations: a write sets :attr:`dirty` (the batch has something to
+    commit) before it runs, so that even a write that fails is committed, or rolled
+    back, with its batch. Use it through ``typing.cast(Store, tracker)``.
+
+    Args:
+        inner: the store to forward to.
+    """
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.dirty = False
+        """Whether anything was written since the last :meth:`commit`."""
+
+    def commit(self) -> None:
+        """Commit ``inner``; the batch is over either way (see ``Store.commit``).
+
+        Raises:
+            StoreUnavailableError: from ``inner``.
+        """
+        try:
+            self.inner.commit()
+        finally:
+            self.dirty = False
+
+    def close(self) -> None:
+        """Close ``inner``."""
+        self.inner.close()
+
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
+        """``inner``'s atomic block."""
+        return self.inner.atomic()
+
+
+def _forward(name: str, *, write: bool) -> Callable[..., Any]:
+    def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
+        if write:
+            self.dirty = True
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    forward.__name__ = name
+    forward.__doc__ = f"``inner.{name}`` ({'a write: sets dirty' if write else 'a read'})."
+    return forward
+
+
+for _name in sorted(STORE_READS | STORE_WRITES):
+    setattr(WriteTrackingStore, _name, _forward(_name, write=_name in STORE_WRITES))

@@ -19,9 +19,17 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from .errors import LocalProtocolError
+from .statemachine import StateMachine
 
-__all__ = ["END_STATES", "TRANSITIONS", "ConnectionState", "StateInput", "Timer", "transition"]
+__all__ = [
+    "END_STATES",
+    "MACHINE",
+    "TRANSITIONS",
+    "ConnectionState",
+    "StateInput",
+    "Timer",
+    "transition",
+]
 
 
 class ConnectionState(enum.Enum):
@@ -71,17 +79,17 @@ TRANSITIONS: Final[dict[tuple[ConnectionState, StateInput], ConnectionState]] = 
 #: States in which the connection is over for the application.
 END_STATES: Final = frozenset({S.CLOSING, S.DRAINING, S.CLOSED})
 
+MACHINE: Final = StateMachine(
+    name="transport connection",
+    initial=(S.INITIAL, S.HANDSHAKE),
+    transitions=TRANSITIONS,
+    end_states=END_STATES,
+)
+"""The transport connection's machine (a client starts in INITIAL, a server
+connection in HANDSHAKE)."""
 
-def transition(state: ConnectionState, event: StateInput) -> ConnectionState:
-    """The state after ``event`` in ``state``.
-
-    Raises:
-        LocalProtocolError: the pair is not in :data:`TRANSITIONS`.
-    """
-    try:
-        return TRANSITIONS[state, event]
-    except KeyError:
-        raise LocalProtocolError(f"cannot {event.value} in state {state.value}") from None
+transition: Final = MACHINE.next
+"""The state after an input (raises ``LocalProtocolError`` for a pair not allowed)."""
 
 
 class Timer(enum.Enum):

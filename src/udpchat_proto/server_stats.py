@@ -1,0 +1,48 @@
+"""The chat server's counters, for monitoring and logs."""
+
+from __future__ import annotations
+
+import collections
+
+import attrs
+
+from .store import StoreUnavailableError
+
+__all__ = ["ServerStats"]
+
+
+@attrs.define
+class ServerStats:
+    """Counters for monitoring; they only ever grow."""
+
+    payloads: int = 0
+    """Application payloads received from established connections."""
+    decode_errors: collections.Counter[str] = attrs.Factory(collections.Counter)
+    """Payloads that did not decode, by :attr:`DecodeError.reason`."""
+    violations: int = 0
+    """Payloads dropped as protocol violations (undecodable, or a server-only type)."""
+    closed_for_abuse: int = 0
+    """Connections closed after ``max_violations`` or a request queue overflow."""
+    requests: int = 0
+    """Requests answered (including refusals)."""
+    refusals: collections.Counter[str] = attrs.Factory(collections.Counter)
+    """Error responses sent, by code."""
+    messages_accepted: int = 0
+    """New messages stored (idempotent repeats not counted)."""
+    deliveries_pushed: int = 0
+    """``message_delivered`` pushes queued (re-pushes on new connections included)."""
+    hash_jobs: int = 0
+    """Password hash jobs handed out."""
+    sessions_expired: int = 0
+    """Login sessions removed by the sweep or found expired at resume."""
+    internal_errors: int = 0
+    """Requests that failed with an unexpected exception (answered ``internal``)."""
+    store_failures: int = 0
+    """Store calls and commits that failed with ``StoreUnavailableError`` (requests
+    answered ``unavailable``, batches lost)."""
+    batches_lost: int = 0
+    """Batches whose commit failed: their answers became ``unavailable``."""
+    last_store_failure: StoreUnavailableError | None = attrs.field(default=None, eq=False)
+    """The latest store failure, for logging."""
+    last_internal_error: BaseException | None = attrs.field(default=None, eq=False)
+    """The latest such exception, for logging."""
