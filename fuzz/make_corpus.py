@@ -1,0 +1,266 @@
+"""Write the seed corpora of the fuzz harnesses from a real, captured session.
+
+A real :class:`~udpchat_proto.server.ChatServer` (on a MemoryStore) and two real
+:class:`~udpchat_proto.client.ClientConnection` s, alice and bob, talk in memory
+(``_session.Loop``: lossless, no sockets, no sleeps, fixed seeds and clock):
+handshakes, register, login, invitation, messages both ways with their delivery
+acknowledgements, a room, history, logout and close. Every datagram is captured;
+``CipherState.seal`` is wrapped for the duration to capture the plaintext of each
+DATA packet, and the stream messages (application payloads) are reassembled from
+those plaintexts' STREAM frames.
+
+Each ``fuzz/corpus/<target>/`` directory is emptied and refilled with a few
+distinct captured inputs (file names are the SHA-1 of the content, as libFuzzer
+names them). The seeds and the clock are fixed, so the output is the same on
+every run::
+
+    python fuzz/make_corpus.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from _session import (
+    ALICE_ADDRESS,
+    BOB_ADDRESS,
+    PASSWORD,
+    SERVER_ADDRESS,
+    Address,
+    Loop,
+    RawClient,
+    RawServerPeer,
+    new_client,
+)
+
+from udpchat_proto import messages as m
+from udpchat_proto.client import ClientConnection
+from udpchat_proto.codec import MESSAGE_TYPES, message_fields
+from udpchat_proto.errors import ErrorCode
+from udpchat_proto.noise import CipherState
+from udpchat_proto.packet import (
+    DataPacket,
+    Initiation,
+    Response,
+    StreamFrame,
+    decode_frames,
+    decode_packet,
+    decode_varint,
+)
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+#: The libFuzzer dictionary of the harnesses that parse JSON (codec, client_established, server).
+DICTIONARY = Path(__file__).resolve().parent / "json.dict"
+#: At most this many seeds per target (the codec keeps one per message type).
+PER_TARGET = 12
+
+
+def _answered(loop: Loop, address: Address, request_id: int) -> Callable[[], bool]:
+    def check() -> bool:
+        return any(getattr(e, "request_id", None) == request_id for e in loop.events[address])
+
+    return check
+
+
+def run_session() -> tuple[Loop, dict[bytes, bytes]]:
+    """Drive the session; return the loop (with its capture) and the plaintext of
+    every sealed DATA datagram, by datagram."""
+    plaintexts: dict[bytes, bytes] = {}
+    original_seal = CipherState.seal
+
+    def recording_seal(self: CipherState, nonce: int, ad: bytes, plaintext: bytes) -> bytes:
+        sealed = original_seal(self, nonce, ad, plaintext)
+        plaintexts[ad + sealed] = plaintext
+        return sealed
+
+    setattr(CipherState, "seal", recording_seal)  # noqa: B010 (a temporary capture hook)
+    try:
+        loop = _converse()
+    finally:
+        setattr(CipherState, "seal", original_seal)  # noqa: B010
+    return loop, plaintexts
+
+
+def _converse() -> Loop:
+    loop = Loop()
+    alice, bob = new_client("alice"), new_client("bob")
+    loop.add(alice, ALICE_ADDRESS)
+    loop.add(bob, BOB_ADDRESS)
+
+    def ask(client: ClientConnection, address: Address, request_id: int) -> None:
+        loop.until(_answered(loop, address, request_id), f"answer to {request_id}")
+
+    # alice first: her handshake is the server's first, as in the harnesses.
+    alice.connect(loop.now)
+    loop.until(lambda: alice.is_connected, "alice connects")
+    ask(alice, ALICE_ADDRESS, alice.register("alice", PASSWORD))
+    ask(alice, ALICE_ADDRESS, alice.login("alice", PASSWORD))
+    bob.connect(loop.now)
+    loop.until(lambda: bob.is_connected, "bob connects")
+    ask(bob, BOB_ADDRESS, bob.register("bob", PASSWORD))
+    ask(bob, BOB_ADDRESS, bob.login("bob", PASSWORD))
+    ask(alice, ALICE_ADDRESS, alice.register("alice", PASSWORD))  # refused: user_exists
+    ask(alice, ALICE_ADDRESS, alice.invite("bob"))
+    ask(bob, BOB_ADDRESS, bob.list_invitations())
+    ask(bob, BOB_ADDRESS, bob.accept_invitation("alice"))
+    ask(alice, ALICE_ADDRESS, alice.send_message("bob", "hello bob"))
+    ask(bob, BOB_ADDRESS, bob.send_message("alice", "hi alice \u2713 \U0001f600"))
+    loop.run(0.5)  # deliveries and their acknowledgements
+    ask(alice, ALICE_ADDRESS, alice.list_friends())
+    ask(alice, ALICE_ADDRESS, alice.list_online())
+    ask(alice, ALICE_ADDRESS, alice.get_history("bob", 10))
+    ask(alice, ALICE_ADDRESS, alice.join_room("#tea"))
+    ask(bob, BOB_ADDRESS, bob.join_room("#tea"))
+    ask(alice, ALICE_ADDRESS, alice.send_message("#tea", "hello room"))
+    ask(bob, BOB_ADDRESS, bob.list_members("#tea"))
+    ask(bob, BOB_ADDRESS, bob.list_rooms())
+    ask(bob, BOB_ADDRESS, bob.leave_room("#tea"))
+    ask(alice, ALICE_ADDRESS, alice.send_message("carol", "nobody"))  # refused
+    ask(bob, BOB_ADDRESS, bob.unfriend("alice"))
+    loop.run(0.5)
+    ask(alice, ALICE_ADDRESS, alice.logout())
+    alice.close(loop.now)
+    loop.run(1.0)
+    bob.close(loop.now)
+    loop.run(1.0)
+    return loop
+
+
+def _messages(frames_in_order: Sequence[bytes]) -> list[bytes]:
+    """The stream messages carried by one direction's plaintexts."""
+    pieces: dict[int, bytes] = {}
+    for plaintext in frames_in_order:
+        for frame in decode_frames(plaintext):
+            if isinstance(frame, StreamFrame):
+                pieces.setdefault(frame.offset, frame.data)
+    stream = bytearray()
+    for offset in sorted(pieces):
+        data = pieces[offset]
+        if offset <= len(stream):
+            stream[offset : offset + len(data)] = data
+    messages = []
+    pos = 0
+    while pos < len(stream):
+        length, pos = decode_varint(bytes(stream), pos)
+        messages.append(bytes(stream[pos : pos + length]))
+        pos += length
+    return messages
+
+
+def _spread(items: Sequence[bytes], limit: int = PER_TARGET) -> list[bytes]:
+    """Distinct items, at most ``limit``, spread over the whole capture."""
+    unique = list(dict.fromkeys(items))
+    if len(unique) <= limit:
+        return unique
+    step = (len(unique) - 1) / (limit - 1)
+    return [unique[round(i * step)] for i in range(limit)]
+
+
+def _one_per_type(payloads: Sequence[bytes]) -> list[bytes]:
+    by_type: dict[Any, bytes] = {}
+    for payload in payloads:
+        by_type.setdefault(json.loads(payload[1:])["type"], payload)
+    return list(by_type.values())
+
+
+def build() -> dict[str, list[bytes]]:
+    """The seeds of every target, captured from the session."""
+    loop, plaintexts = run_session()
+    captured = loop.captured
+    to_server = [d for s, t, d in captured if t == SERVER_ADDRESS and s == ALICE_ADDRESS]
+    to_server += [d for s, t, d in captured if t == SERVER_ADDRESS and s == BOB_ADDRESS]
+    to_alice = [d for s, t, d in captured if t == ALICE_ADDRESS]
+
+    def plain(datagrams: Sequence[bytes]) -> list[bytes]:
+        return [plaintexts[d] for d in datagrams if d in plaintexts]
+
+    alice_up = [d for s, t, d in captured if s == ALICE_ADDRESS]
+    requests = _messages(plain(alice_up))
+    pushes = _messages(plain(to_alice))
+    bob_down = [d for s, t, d in captured if t == BOB_ADDRESS]
+    payloads = requests + pushes + _messages(plain(bob_down))
+
+    packets = [decode_packet(d) for _, _, d in captured]
+    initiations = [p.noise_message for p in packets if isinstance(p, Initiation)]
+    responses = [p.noise_message for p in packets if isinstance(p, Response)]
+    data_packets = [
+        d for (_, _, d), p in zip(captured, packets, strict=True) if isinstance(p, DataPacket)
+    ]
+    # The response of the harnesses' own seeded initiator (the same as alice's).
+    genuine = decode_packet(RawServerPeer(RawClient("alice").initiation).response)
+    assert isinstance(genuine, Response)
+
+    def tag(mode: int, items: Sequence[bytes], limit: int) -> list[bytes]:
+        return [bytes((mode,)) + item for item in _spread(items, limit)]
+
+    return {
+        "packet": _spread(
+            [d for _, _, d in captured if not isinstance(decode_packet(d), DataPacket)]
+            + data_packets
+        ),
+        "frames": _spread(list(plaintexts.values())),
+        "codec": _one_per_type(payloads)[:24],
+        "noise_responder": _spread(initiations),
+        "noise_initiator": _spread([genuine.noise_message, *responses]),
+        "client": _spread(to_alice),
+        "client_established": tag(0, to_alice, 4) + tag(1, plain(to_alice), 4) + tag(2, pushes, 6),
+        "server": tag(0, to_server, 4)
+        + tag(1, plain(alice_up), 2)
+        + tag(2, plain(alice_up), 4)
+        + tag(3, _one_per_type(requests), 14),
+    }
+
+
+def dictionary() -> list[str]:
+    """libFuzzer dictionary entries for the JSON of the application messages: the
+    type tags, every field name, error codes and the session's names."""
+    words = {"{", "}", "[", "]", ":", ",", "true", "false", "null", "0", "-1", "1e999", '"'}
+    words.add(json.dumps("type"))
+    for tag, cls in MESSAGE_TYPES.items():
+        words.add(json.dumps(tag))
+        words.update(json.dumps(name) for name in message_fields(cls))
+    for cls in (m.ChatMessage, m.UserPresence, m.RoomInfo):
+        words.update(json.dumps(field.name) for field in attrs.fields(cls))
+    words.update(json.dumps(code.value) for code in ErrorCode)
+    words.update(json.dumps(name) for name in ("alice", "bob", "#tea", "00" * 16))
+    return sorted(words)
+
+
+def write_dictionary(words: Sequence[str], path: Path = DICTIONARY) -> None:
+    """Write ``words`` as a libFuzzer dictionary (one quoted, escaped entry a line)."""
+    lines = ["# Written by fuzz/make_corpus.py: JSON of udpchat's application messages."]
+    for word in words:
+        escaped = "".join(
+            c if c.isalnum() or c in " #_-.:,{}[]" else f"\\x{ord(c):02x}" for c in word
+        )
+        lines.append(f'"{escaped}"')
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write(corpora: dict[str, list[bytes]], root: Path = CORPUS) -> None:
+    """Replace each ``root/<target>`` with the seeds of ``corpora``."""
+    for target, seeds in corpora.items():
+        directory = root / target
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        for seed in seeds:
+            (directory / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
+
+
+def main() -> None:
+    """Capture the session and write ``fuzz/corpus``."""
+    corpora = build()
+    write(corpora)
+    write_dictionary(dictionary())
+    for target, seeds in corpora.items():
+        print(f"{target}: {len(seeds)} seeds, {sum(map(len, seeds))} bytes")
+
+
+if __name__ == "__main__":
+    main()
