@@ -39,14 +39,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from udpchat_proto import messages as m
-from udpchat_proto.client import ClientConnection
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.passwords import ScryptParams
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.client import ClientConnection
+from udpchat_proto.chat.config import ServerConfig
+from udpchat_proto.chat.passwords import ScryptParams
+from udpchat_proto.chat.server import ChatServer
 from udpchat_proto.randomness import SystemRandomSource
 from udpchat_proto.ratelimit import RateLimit
-from udpchat_proto.server import ChatServer
-from udpchat_proto.server_config import ServerConfig
+from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.loop import ServerLoop
 from udpchat_server.sqlite_store import SQLiteStore
 

@@ -29,9 +29,16 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.noise import CipherState
-from udpchat_proto.packet import (
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport import (
+    ClientTransport,
+    HandshakeCompleted,
+    PayloadReceived,
+    ServerTransport,
+)
+from udpchat_proto.transport.handshake import CipherState
+from udpchat_proto.transport.keys import ServerKey
+from udpchat_proto.transport.packets import (
     DataPacket,
     StreamFrame,
     decode_frames,
@@ -39,14 +46,7 @@ from udpchat_proto.packet import (
     encode_data_header,
     encode_frame,
 )
-from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.replay import ReplayWindow
-from udpchat_proto.transport import (
-    ClientTransport,
-    HandshakeCompleted,
-    PayloadReceived,
-    ServerTransport,
-)
+from udpchat_proto.transport.replay import ReplayWindow
 
 RUNS = 5
 SIZES = (100, 1000)

@@ -22,17 +22,23 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from udpchat_proto import messages as m
-from udpchat_proto.client import ClientConnection
-from udpchat_proto.codec import encode
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.memory_store import MemoryStore
-from udpchat_proto.noise import CipherState, HandshakeState
-from udpchat_proto.packet import (
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.client import ClientConnection
+from udpchat_proto.chat.codec import encode
+from udpchat_proto.chat.config import ServerConfig
+from udpchat_proto.chat.memory_store import MemoryStore
+from udpchat_proto.chat.passwords import ScryptParams
+from udpchat_proto.chat.server import ChatServer
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.ratelimit import RateLimit
+from udpchat_proto.transport import PROLOGUE
+from udpchat_proto.transport.handshake import CipherState, HandshakeState
+from udpchat_proto.transport.keys import ServerKey
+from udpchat_proto.transport.packets import (
     CONNECTION_ID_SIZE,
     INITIATION_SIZE,
-    Initiation,
-    Response,
+    HandshakeInitiation,
+    HandshakeResponse,
     StreamFrame,
     decode_packet,
     encode_data_header,
@@ -41,12 +47,6 @@ from udpchat_proto.packet import (
     encode_response,
     encode_varint,
 )
-from udpchat_proto.passwords import ScryptParams
-from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.ratelimit import RateLimit
-from udpchat_proto.server import ChatServer
-from udpchat_proto.server_config import ServerConfig
-from udpchat_proto.transport import PROLOGUE
 
 __all__ = [
     "ALICE_ADDRESS",
@@ -254,7 +254,7 @@ class RawClient:
     def complete(self, response: bytes) -> None:
         """Read the server's RESPONSE datagram; the connection is then established."""
         packet = decode_packet(response)
-        assert isinstance(packet, Response), packet
+        assert isinstance(packet, HandshakeResponse), packet
         self.handshake.read_message(packet.noise_message)
         self.send_cipher, _ = self.handshake.split()
 
@@ -287,7 +287,7 @@ class RawServerPeer:
 
     def __init__(self, initiation: bytes) -> None:
         packet = decode_packet(initiation)
-        assert isinstance(packet, Initiation), packet
+        assert isinstance(packet, HandshakeInitiation), packet
         self.connection_id = packet.connection_id
         handshake = HandshakeState.responder(
             static_private=SERVER_KEY.private_bytes,

@@ -1,4 +1,4 @@
-"""Fuzz the application codec, ``udpchat_proto.codec.decode``.
+"""Fuzz the application codec, ``udpchat_proto.chat.codec.decode``.
 
 Invariant: for any bytes, ``decode`` returns a validated message or raises
 ``udpchat_proto.errors.DecodeError``, and raises nothing else; a DecodeError that
@@ -15,7 +15,7 @@ import sys
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["udpchat_proto"]):
-    from udpchat_proto.codec import decode
+    from udpchat_proto.chat.codec import decode
     from udpchat_proto.errors import DecodeError
 
 

@@ -1,4 +1,4 @@
-"""Fuzz the frame decoder, ``udpchat_proto.packet.decode_frames``.
+"""Fuzz the frame decoder, ``udpchat_proto.transport.packets.decode_frames``.
 
 It decodes the plaintext of an opened DATA packet (PADDING, PING, ACK, STREAM,
 CLOSE frames). Invariant: for any bytes it returns the frames or raises
@@ -17,7 +17,7 @@ import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["udpchat_proto"]):
     from udpchat_proto.errors import DecodeError
-    from udpchat_proto.packet import decode_frames
+    from udpchat_proto.transport.packets import decode_frames
 
 
 def fuzz_one_input(data: bytes) -> None:

@@ -21,10 +21,10 @@ with atheris.instrument_imports(include=["udpchat_proto", "_session"]):
     from _session import RawClient, RawServerPeer
 
     from udpchat_proto.errors import DecodeError
-    from udpchat_proto.packet import Response, decode_packet
+    from udpchat_proto.transport.packets import HandshakeResponse, decode_packet
 
 _PACKET = decode_packet(RawServerPeer(RawClient("alice").initiation).response)
-assert isinstance(_PACKET, Response)
+assert isinstance(_PACKET, HandshakeResponse)
 _GENUINE: bytes = _PACKET.noise_message
 
 

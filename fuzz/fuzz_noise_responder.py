@@ -20,14 +20,14 @@ with atheris.instrument_imports(include=["udpchat_proto", "_session"]):
     from _session import SERVER_KEY, SERVER_SEED, RawClient
 
     from udpchat_proto.errors import DecodeError
-    from udpchat_proto.noise import HandshakeState
-    from udpchat_proto.packet import Initiation, decode_packet
     from udpchat_proto.randomness import SeededRandomSource
     from udpchat_proto.transport import PROLOGUE
+    from udpchat_proto.transport.handshake import HandshakeState
+    from udpchat_proto.transport.packets import HandshakeInitiation, decode_packet
 
 _CLIENT = RawClient("alice")
 _PACKET = decode_packet(_CLIENT.initiation)
-assert isinstance(_PACKET, Initiation)
+assert isinstance(_PACKET, HandshakeInitiation)
 _GENUINE: bytes = _PACKET.noise_message
 
 

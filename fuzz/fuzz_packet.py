@@ -1,4 +1,4 @@
-"""Fuzz the packet decoder, ``udpchat_proto.packet.decode_packet``.
+"""Fuzz the packet decoder, ``udpchat_proto.transport.packets.decode_packet``.
 
 Invariant: for any bytes, ``decode_packet`` returns a packet or raises
 ``udpchat_proto.errors.DecodeError``, and raises nothing else.
@@ -16,7 +16,7 @@ import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["udpchat_proto"]):
     from udpchat_proto.errors import DecodeError
-    from udpchat_proto.packet import decode_packet
+    from udpchat_proto.transport.packets import decode_packet
 
 
 def fuzz_one_input(data: bytes) -> None:

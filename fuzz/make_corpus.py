@@ -1,7 +1,7 @@
 """Write the seed corpora of the fuzz harnesses from a real, captured session.
 
-A real :class:`~udpchat_proto.server.ChatServer` (on a MemoryStore) and two real
-:class:`~udpchat_proto.client.ClientConnection` s, alice and bob, talk in memory
+A real :class:`~udpchat_proto.chat.server.ChatServer` (on a MemoryStore) and two real
+:class:`~udpchat_proto.chat.client.ClientConnection` s, alice and bob, talk in memory
 (``_session.Loop``: lossless, no sockets, no sleeps, fixed seeds and clock):
 handshakes, register, login, invitation, messages both ways with their delivery
 acknowledgements, a room, history, logout and close. Every datagram is captured;
@@ -39,15 +39,15 @@ from _session import (
     new_client,
 )
 
-from udpchat_proto import messages as m
-from udpchat_proto.client import ClientConnection
-from udpchat_proto.codec import MESSAGE_TYPES, message_fields
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.client import ClientConnection
+from udpchat_proto.chat.codec import MESSAGE_TYPES, message_fields
 from udpchat_proto.errors import ErrorCode
-from udpchat_proto.noise import CipherState
-from udpchat_proto.packet import (
+from udpchat_proto.transport.handshake import CipherState
+from udpchat_proto.transport.packets import (
     DataPacket,
-    Initiation,
-    Response,
+    HandshakeInitiation,
+    HandshakeResponse,
     StreamFrame,
     decode_frames,
     decode_packet,
@@ -187,14 +187,14 @@ def build() -> dict[str, list[bytes]]:
     payloads = requests + pushes + _messages(plain(bob_down))
 
     packets = [decode_packet(d) for _, _, d in captured]
-    initiations = [p.noise_message for p in packets if isinstance(p, Initiation)]
-    responses = [p.noise_message for p in packets if isinstance(p, Response)]
+    initiations = [p.noise_message for p in packets if isinstance(p, HandshakeInitiation)]
+    responses = [p.noise_message for p in packets if isinstance(p, HandshakeResponse)]
     data_packets = [
         d for (_, _, d), p in zip(captured, packets, strict=True) if isinstance(p, DataPacket)
     ]
     # The response of the harnesses' own seeded initiator (the same as alice's).
     genuine = decode_packet(RawServerPeer(RawClient("alice").initiation).response)
-    assert isinstance(genuine, Response)
+    assert isinstance(genuine, HandshakeResponse)
 
     def tag(mode: int, items: Sequence[bytes], limit: int) -> list[bytes]:
         return [bytes((mode,)) + item for item in _spread(items, limit)]

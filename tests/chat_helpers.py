@@ -20,17 +20,17 @@ from typing import Any, TypeVar, cast
 import attrs
 
 from tests.simnet import Link, Network
-from udpchat_proto import messages as m
-from udpchat_proto.chat_events import Connected, Disconnected
-from udpchat_proto.client import ClientConnection
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.client import ClientConnection
+from udpchat_proto.chat.events import Connected, Disconnected
+from udpchat_proto.chat.memory_store import MemoryStore
+from udpchat_proto.chat.passwords import ScryptParams
+from udpchat_proto.chat.server import ChatServer, HashJob, ServerConfig
+from udpchat_proto.chat.store import Store, StoreUnavailableError
 from udpchat_proto.errors import ErrorCode
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.memory_store import MemoryStore
-from udpchat_proto.passwords import ScryptParams
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.ratelimit import RateLimit
-from udpchat_proto.server import ChatServer, HashJob, ServerConfig
-from udpchat_proto.store import Store, StoreUnavailableError
+from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.sqlite_store import SQLiteStore
 
 SERVER_ADDRESS = ("127.0.0.1", 4433)

@@ -8,10 +8,10 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
-from udpchat_proto import messages as m
-from udpchat_proto.codec import MESSAGE_TYPES
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.codec import MESSAGE_TYPES
+from udpchat_proto.chat.validation import MAX_TEXT_BYTES
 from udpchat_proto.errors import ErrorCode
-from udpchat_proto.validation import MAX_TEXT_BYTES
 
 usernames = st.from_regex(r"[a-z0-9_.\-]{1,32}", fullmatch=True)
 rooms = usernames.map(lambda name: "#" + name)

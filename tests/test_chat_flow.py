@@ -8,18 +8,18 @@ from collections.abc import Callable
 import pytest
 
 from tests.chat_helpers import PASSWORD, SERVER_ADDRESS, ChatWorld, StoreFactory, test_config
-from udpchat_proto import messages as m
-from udpchat_proto.chat_events import (
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.codec import decode, encode
+from udpchat_proto.chat.events import (
     ClientConnected,
     ClientDisconnected,
     UserLoggedIn,
     UserLoggedOut,
 )
-from udpchat_proto.codec import decode, encode
+from udpchat_proto.chat.validation import ValidationError
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import ClientTransport, PayloadReceived
-from udpchat_proto.validation import ValidationError
 
 
 def test_three_users_register_login_invite_accept_chat_unfriend(world: ChatWorld) -> None:

@@ -19,12 +19,12 @@ import pytest
 from udpchat_cli.cli import main
 from udpchat_cli.profiles import Home
 from udpchat_cli.session import KeyMismatchError, Session
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.memory_store import MemoryStore
-from udpchat_proto.passwords import ScryptParams
+from udpchat_proto.chat.config import ServerConfig
+from udpchat_proto.chat.memory_store import MemoryStore
+from udpchat_proto.chat.passwords import ScryptParams
+from udpchat_proto.chat.server import ChatServer
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.server import ChatServer
-from udpchat_proto.server_config import ServerConfig
+from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.loop import ServerLoop
 
 PASSWORD = "correct horse battery"

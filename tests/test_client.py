@@ -9,9 +9,9 @@ import pytest
 
 from tests.chat_helpers import SERVER_ADDRESS, ChatWorld, StoreFactory
 from tests.simnet import Link
-from udpchat_proto import messages as m
-from udpchat_proto.chat_events import Connected, Disconnected
-from udpchat_proto.client import ClientConnection, ClientState
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.client import ClientConnection, ClientState
+from udpchat_proto.chat.events import Connected, Disconnected
 from udpchat_proto.errors import LocalProtocolError
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import CloseCode
@@ -154,7 +154,7 @@ def test_acknowledgement_waits_until_the_application_takes_the_message(
 
 
 def test_remembered_delivered_ids_are_capped_at_the_newest() -> None:
-    from udpchat_proto.client import DELIVERED_IDS_MAX, ClientConnection
+    from udpchat_proto.chat.client import DELIVERED_IDS_MAX, ClientConnection
 
     ids = [i.to_bytes(16, "big") for i in range(DELIVERED_IDS_MAX + 10)]
     client = ClientConnection(server_address=("127.0.0.1", 9999), delivered_ids=ids)

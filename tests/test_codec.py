@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from udpchat_proto import messages as m
-from udpchat_proto.codec import MAX_ENCODED_SIZE, MESSAGE_TYPES, PROTOCOL_VERSION, decode, encode
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.codec import CODEC_VERSION, MAX_ENCODED_SIZE, MESSAGE_TYPES, decode, encode
+from udpchat_proto.chat.validation import ValidationError
 from udpchat_proto.errors import DecodeError, ErrorCode, LocalProtocolError
-from udpchat_proto.validation import ValidationError
 
 from .strategies import all_messages, strategy_for
 
@@ -22,7 +22,7 @@ MID = bytes(range(16))
 NOW = datetime.datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=datetime.UTC)
 
 
-def wire(obj: Any, version: int = PROTOCOL_VERSION) -> bytes:
+def wire(obj: Any, version: int = CODEC_VERSION) -> bytes:
     return bytes([version]) + json.dumps(obj).encode()
 
 
@@ -32,7 +32,7 @@ def wire(obj: Any, version: int = PROTOCOL_VERSION) -> bytes:
 def test_round_trip_every_class(cls: type[Any], data: st.DataObject) -> None:
     message = data.draw(strategy_for(cls))
     encoded = encode(message)
-    assert encoded[0] == PROTOCOL_VERSION
+    assert encoded[0] == CODEC_VERSION
     assert decode(encoded) == message
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import attrs
 
-from udpchat_proto.codec import MESSAGE_TYPES
+from udpchat_proto.chat.codec import MESSAGE_TYPES
 from udpchat_proto.errors import ErrorCode
 
 PROTOCOL = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from udpchat_proto.errors import LocalProtocolError
-from udpchat_proto.keys import ServerKey, fingerprint
-from udpchat_proto.noise import HandshakeState, public_key
 from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport.handshake import HandshakeState, public_key
+from udpchat_proto.transport.keys import ServerKey, fingerprint
 
 FIXED_PRIVATE = bytes(range(32))
 # X25519 public key of 00 01 02 ... 1f (as in the Noise test vectors' static keys).

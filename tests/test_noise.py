@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpchat_proto.errors import DecodeError, LocalProtocolError
-from udpchat_proto.noise import (
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport.handshake import (
     DH_LEN,
     MAX_NONCE,
     PROTOCOL_NAME,
@@ -22,7 +23,6 @@ from udpchat_proto.noise import (
     HandshakeState,
     public_key,
 )
-from udpchat_proto.randomness import SeededRandomSource
 
 Vector = dict[str, Any]
 

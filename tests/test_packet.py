@@ -9,7 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from udpchat_proto.errors import DecodeError
-from udpchat_proto.packet import (
+from udpchat_proto.transport.packets import (
     DATA_HEADER_SIZE,
     INITIATION_SIZE,
     MAX_ACK_RANGES,
@@ -19,10 +19,10 @@ from udpchat_proto.packet import (
     CloseFrame,
     DataPacket,
     Frame,
-    Initiation,
+    HandshakeInitiation,
+    HandshakeResponse,
     PaddingFrame,
     PingFrame,
-    Response,
     StreamFrame,
     decode_frames,
     decode_packet,
@@ -77,7 +77,7 @@ def test_data_header_layout() -> None:
 def test_initiation_layout() -> None:
     datagram = encode_initiation(CID, bytes(INITIATION_SIZE - 10))
     assert datagram[:2] == b"\x01\x01" and datagram[2:10] == CID
-    assert decode_packet(datagram) == Initiation(
+    assert decode_packet(datagram) == HandshakeInitiation(
         connection_id=CID, noise_message=bytes(INITIATION_SIZE - 10)
     )
     with pytest.raises(DecodeError) as info:
@@ -90,7 +90,7 @@ def test_initiation_layout() -> None:
 
 def test_response_layout() -> None:
     datagram = encode_response(CID, bytes(96))
-    assert decode_packet(datagram) == Response(connection_id=CID, noise_message=bytes(96))
+    assert decode_packet(datagram) == HandshakeResponse(connection_id=CID, noise_message=bytes(96))
     with pytest.raises(DecodeError):
         decode_packet(datagram[:-1])
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from udpchat_proto.chat.passwords import PasswordHash, ScryptParams, hash_password, verify_digest
 from udpchat_proto.errors import DecodeError
-from udpchat_proto.passwords import PasswordHash, ScryptParams, hash_password, verify_digest
 
 # Tiny cost: these tests check behaviour, not strength.
 FAST = ScryptParams(n=16, r=1, p=1)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat_proto.rangeset import RangeSet
+from udpchat_proto.transport.ranges import RangeSet
 
 
 def test_add_merges_overlapping_and_adjacent() -> None:

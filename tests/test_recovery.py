@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from udpchat_proto.recovery import LossRecovery, RttEstimator, SentPacket
+from udpchat_proto.transport.recovery import LossRecovery, RttEstimator, SentPacket
 
 
 def test_initial_rto_is_about_one_second() -> None:

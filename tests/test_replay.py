@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat_proto.replay import DEFAULT_REPLAY_WINDOW, ReplayWindow
+from udpchat_proto.transport.replay import DEFAULT_REPLAY_WINDOW, ReplayWindow
 
 
 def test_default_is_at_least_2048() -> None:

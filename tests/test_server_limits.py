@@ -17,22 +17,22 @@ from tests.chat_helpers import (
     StoreFactory,
     test_config,
 )
-from udpchat_proto import messages as m
-from udpchat_proto.codec import decode, encode
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.codec import decode, encode
+from udpchat_proto.chat.memory_store import MemoryStore
+from udpchat_proto.chat.passwords import ScryptParams, hash_password
+from udpchat_proto.chat.server import ChatServer, HashJob, ServerConfig
+from udpchat_proto.chat.store import Store
 from udpchat_proto.errors import ErrorCode
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.memory_store import MemoryStore
-from udpchat_proto.passwords import ScryptParams, hash_password
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.ratelimit import KEYED_LIMITER_MIN_PRUNE, KeyedLimiter, RateLimit, TokenBucket
-from udpchat_proto.server import ChatServer, HashJob, ServerConfig
-from udpchat_proto.store import Store
 from udpchat_proto.transport import (
     ClientTransport,
     CloseCode,
     ConnectionTerminated,
     PayloadReceived,
 )
+from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.sqlite_store import SQLiteStore
 
 

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from udpchat_cli.session import Session
-from udpchat_proto import messages as m
-from udpchat_proto.client import ClientConnection
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.memory_store import MemoryStore
-from udpchat_proto.passwords import ScryptParams
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.client import ClientConnection
+from udpchat_proto.chat.config import ServerConfig
+from udpchat_proto.chat.memory_store import MemoryStore
+from udpchat_proto.chat.passwords import ScryptParams
+from udpchat_proto.chat.server import ChatServer
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.server import ChatServer
-from udpchat_proto.server_config import ServerConfig
+from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.loop import ServerLoop, describe
 
 PASSWORD = "correct horse battery"
@@ -151,7 +151,7 @@ def test_garbage_costs_nothing_but_the_datagram(
 
 
 def test_describe_server_events() -> None:
-    from udpchat_proto.chat_events import ClientConnected, UserLoggedIn
+    from udpchat_proto.chat.events import ClientConnected, UserLoggedIn
 
     connected = ClientConnected(connection_id=bytes.fromhex("4cb81ee9bb1b18c3"), address=("h", 1))
     assert describe(connected) == "connection 4cb81ee9 connected from h:1"

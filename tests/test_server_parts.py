@@ -8,11 +8,11 @@ import datetime
 
 import pytest
 
-from udpchat_proto import messages as m
-from udpchat_proto.codec import MESSAGE_TYPES
-from udpchat_proto.delivery import DeliveryState, DeliveryWindow
+from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.codec import MESSAGE_TYPES
+from udpchat_proto.chat.delivery import DeliveryState, DeliveryWindow
+from udpchat_proto.chat.server import HANDLERS, ChatServer
 from udpchat_proto.errors import LocalProtocolError
-from udpchat_proto.server import HANDLERS, ChatServer
 
 WHEN = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 

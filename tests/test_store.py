@@ -2,7 +2,7 @@
 
 Every test in the first part takes the ``store`` fixture, so it runs once on a
 :class:`MemoryStore` and once on a :class:`SQLiteStore` in a temporary file: the two
-must be indistinguishable through the :class:`~udpchat_proto.store.Store` protocol.
+must be indistinguishable through the :class:`~udpchat_proto.chat.store.Store` protocol.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpchat_proto.memory_store import MemoryStore, conversation_key
-from udpchat_proto.messages import ChatMessage
-from udpchat_proto.passwords import PasswordHash, ScryptParams
-from udpchat_proto.store import Account, LoginSession, Store, StoredMessage
+from udpchat_proto.chat.memory_store import MemoryStore
+from udpchat_proto.chat.messages import ChatMessage
+from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
+from udpchat_proto.chat.store import Account, LoginSession, Store, StoredMessage, conversation_key
 from udpchat_server.sqlite_store import MIGRATIONS, SchemaVersionError, SQLiteStore
 
 # Checked by mypy: both classes satisfy the protocol structurally.

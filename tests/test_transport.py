@@ -13,9 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpchat_proto.errors import LocalProtocolError
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.noise import CipherState
-from udpchat_proto.packet import INITIATION_SIZE, encode_data_header
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import (
     ClientTransport,
@@ -27,6 +24,9 @@ from udpchat_proto.transport import (
     ServerTransport,
     TransportConfig,
 )
+from udpchat_proto.transport.handshake import CipherState
+from udpchat_proto.transport.keys import ServerKey
+from udpchat_proto.transport.packets import INITIATION_SIZE, encode_data_header
 
 from .simnet import Link, Network
 

@@ -7,9 +7,19 @@ from __future__ import annotations
 import pytest
 
 from udpchat_proto.errors import DecodeError, LocalProtocolError
-from udpchat_proto.keys import ServerKey
-from udpchat_proto.noise import HandshakeState
-from udpchat_proto.packet import (
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport import (
+    CloseCode,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PayloadReceived,
+    ServerTransport,
+    TransportEvent,
+)
+from udpchat_proto.transport.config import RECEIVE_WINDOW
+from udpchat_proto.transport.handshake import HandshakeState
+from udpchat_proto.transport.keys import ServerKey
+from udpchat_proto.transport.packets import (
     AckFrame,
     CloseFrame,
     DataPacket,
@@ -21,24 +31,14 @@ from udpchat_proto.packet import (
     encode_frames,
     encode_varint,
 )
-from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import (
-    CloseCode,
-    ConnectionTerminated,
-    HandshakeCompleted,
-    PayloadReceived,
-    ServerTransport,
-    TransportEvent,
-)
-from udpchat_proto.transport_config import RECEIVE_WINDOW
-from udpchat_proto.transport_state import (
+from udpchat_proto.transport.states import (
     END_STATES,
     TRANSITIONS,
-    ConnectionState,
-    StateInput,
+    TransportInput,
+    TransportState,
     transition,
 )
-from udpchat_proto.transport_stream import MAX_RECEIVE_FRAGMENTS, ReceiveStream
+from udpchat_proto.transport.stream import MAX_RECEIVE_FRAGMENTS, ReceiveStream
 
 SERVER = ("127.0.0.1", 4433)
 CLIENT = ("127.0.0.2", 50000)
@@ -143,9 +143,9 @@ def test_garbage_frames_from_an_authenticated_peer_are_a_violation() -> None:
     assert events[1].code is CloseCode.PROTOCOL_VIOLATION
 
 
-@pytest.mark.parametrize("state", list(ConnectionState))
-@pytest.mark.parametrize("event", list(StateInput))
-def test_every_state_input_pair(state: ConnectionState, event: StateInput) -> None:
+@pytest.mark.parametrize("state", list(TransportState))
+@pytest.mark.parametrize("event", list(TransportInput))
+def test_every_state_input_pair(state: TransportState, event: TransportInput) -> None:
     if (state, event) in TRANSITIONS:
         after = transition(state, event)
         assert after is TRANSITIONS[state, event]
@@ -158,7 +158,7 @@ def test_every_state_input_pair(state: ConnectionState, event: StateInput) -> No
 
 
 def test_closed_is_terminal() -> None:
-    assert not [pair for pair in TRANSITIONS if pair[0] is ConnectionState.CLOSED]
+    assert not [pair for pair in TRANSITIONS if pair[0] is TransportState.CLOSED]
 
 
 def test_a_stream_cut_into_many_out_of_order_slivers_is_a_violation() -> None:

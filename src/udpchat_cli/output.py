@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from udpchat_proto import messages as m
+from udpchat_proto.chat import messages as m
 
 __all__ = [
     "JsonObject",

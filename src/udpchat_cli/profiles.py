@@ -35,10 +35,10 @@ from typing import Any, TypeVar
 
 import attrs
 
-from udpchat_proto.codec import converter
-from udpchat_proto.keys import KEY_SIZE
-from udpchat_proto.messages import ChatMessage
-from udpchat_proto.validation import TOKEN_SIZE, check_username
+from udpchat_proto.chat.codec import converter
+from udpchat_proto.chat.messages import ChatMessage
+from udpchat_proto.chat.validation import TOKEN_SIZE, check_username
+from udpchat_proto.transport.keys import KEY_SIZE
 
 from .session import parse_server
 

@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
-from udpchat_proto.chat_events import Connected, Disconnected
-from udpchat_proto.client import ClientConnection
-from udpchat_proto.keys import fingerprint
-from udpchat_proto.messages import Push, Response
+from udpchat_proto.chat.client import ClientConnection
+from udpchat_proto.chat.events import Connected, Disconnected
+from udpchat_proto.chat.messages import Push, Response
 from udpchat_proto.transport import Address, CloseCode, TransportConfig
+from udpchat_proto.transport.keys import fingerprint
 
 __all__ = [
     "ConnectionLostError",
@@ -190,7 +190,7 @@ class Session:
                 request id (e.g. ``lambda conn: conn.list_friends()``).
 
         Returns:
-            The answer (possibly an :class:`~udpchat_proto.messages.ErrorResponse`).
+            The answer (possibly an :class:`~udpchat_proto.chat.messages.ErrorResponse`).
 
         Raises:
             ValidationError: the command method refused the arguments.

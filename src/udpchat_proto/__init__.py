@@ -16,8 +16,11 @@ for caller mistakes; :func:`decode` raises :class:`DecodeError` for any bad byte
 ``receive_datagram`` never raises for remote input.
 """
 
-from . import messages
-from .chat_events import (
+from .chat import messages
+from .chat.client import ClientConnection, ClientState
+from .chat.codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
+from .chat.config import ServerConfig
+from .chat.events import (
     ClientConnected,
     ClientDisconnected,
     ClientEvent,
@@ -27,21 +30,18 @@ from .chat_events import (
     UserLoggedIn,
     UserLoggedOut,
 )
-from .client import ClientConnection, ClientState
+from .chat.memory_store import MemoryStore
+from .chat.passwords import PasswordHash, ScryptParams
+from .chat.server import ChatServer, HashJob, ServerStats
+from .chat.store import Account, LoginSession, Store, StoredMessage, StoreUnavailableError
+from .chat.validation import ValidationError
 from .clock import WallClock
-from .codec import MAX_ENCODED_SIZE, PROTOCOL_VERSION, decode, encode
 from .errors import DecodeError, ErrorCode, LocalProtocolError, ProtocolError
-from .keys import ServerKey, fingerprint
-from .memory_store import MemoryStore
-from .passwords import PasswordHash, ScryptParams
 from .randomness import RandomSource, SeededRandomSource, SystemRandomSource
 from .ratelimit import RateLimit
-from .server import ChatServer, HashJob, ServerStats
-from .server_config import ServerConfig
-from .store import Account, LoginSession, Store, StoredMessage, StoreUnavailableError
-from .transport import ClientTransport, ServerTransport
-from .transport_config import TransportConfig
-from .transport_events import (
+from .transport.config import TransportConfig
+from .transport.endpoints import ClientTransport, ServerTransport
+from .transport.events import (
     Address,
     CloseCode,
     ConnectionAddressChanged,
@@ -51,13 +51,13 @@ from .transport_events import (
     PayloadReceived,
     TransportEvent,
 )
-from .validation import ValidationError
+from .transport.keys import ServerKey, fingerprint
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CODEC_VERSION",
     "MAX_ENCODED_SIZE",
-    "PROTOCOL_VERSION",
     "Account",
     "Address",
     "ChatServer",

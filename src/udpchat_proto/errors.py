@@ -9,7 +9,7 @@ Two families, split at the boundary (as h11 and wsproto do):
   escapes ``receive_datagram``.
 
 Chat-level refusals (``unknown_user``, ``not_friends`` ...) are not exceptions: they
-are :class:`~udpchat_proto.messages.ErrorResponse` replies carrying an
+are :class:`~udpchat_proto.chat.messages.ErrorResponse` replies carrying an
 :class:`ErrorCode`.
 """
 

@@ -1,4 +1,4 @@
-"""The blocking UDP loop around the sans-IO :class:`~udpchat_proto.server.ChatServer`.
+"""The blocking UDP loop around the sans-IO :class:`~udpchat_proto.chat.server.ChatServer`.
 
 Each turn:
 
@@ -34,15 +34,15 @@ import socket
 import time
 from collections.abc import Callable
 
-from udpchat_proto.chat_events import (
+from udpchat_proto.chat.events import (
     ClientConnected,
     ClientDisconnected,
     ServerEvent,
     UserLoggedIn,
     UserLoggedOut,
 )
-from udpchat_proto.server import ChatServer, HashJob
-from udpchat_proto.store import Store, StoreUnavailableError
+from udpchat_proto.chat.server import ChatServer, HashJob
+from udpchat_proto.chat.store import Store, StoreUnavailableError
 
 __all__ = ["BATCH", "ServerLoop", "describe"]
 

@@ -1,9 +1,9 @@
-"""The durable :class:`~udpchat_proto.store.Store`: SQLite, from the standard library.
+"""The durable :class:`~udpchat_proto.chat.store.Store`: SQLite, from the standard library.
 
 Open one with :meth:`SQLiteStore.open` (creates the file and the schema if
 missing, migrates an older schema). It follows the contract of
-:mod:`udpchat_proto.store` exactly, and the contract tests run against it and
-against :class:`~udpchat_proto.memory_store.MemoryStore` alike.
+:mod:`udpchat_proto.chat.store` exactly, and the contract tests run against it and
+against :class:`~udpchat_proto.chat.memory_store.MemoryStore` alike.
 
 Transactions
     The connection runs with ``isolation_level=None`` so that Python never opens
@@ -25,18 +25,18 @@ Representation
     Message ids and token hashes are BLOBs; ``sent_at`` is INTEGER microseconds
     since the POSIX epoch (UTC), which round-trips a ``datetime`` exactly; every
     other time (``created_at``, ``last_used_at``) is REAL POSIX seconds, as the
-    :class:`~udpchat_proto.store.Store` API passes them. Passwords are stored as
+    :class:`~udpchat_proto.chat.store.Store` API passes them. Passwords are stored as
     :meth:`PasswordHash.to_string` text. Each message is stored once, in its
     conversation (a room's message is never copied per member); ``position`` (an
     ``INTEGER PRIMARY KEY``) is the global insertion order. Delivery is a set of
-    cursors, see :mod:`udpchat_proto.store` and :mod:`udpchat_proto.memory_store`
+    cursors, see :mod:`udpchat_proto.chat.store` and :mod:`udpchat_proto.chat.memory_store`
     (a session copies the user's cursors when it is created).
 
 Failures
     SQLite's errors for causes outside the server's control (``SQLITE_FULL``,
     ``SQLITE_IOERR``, ``SQLITE_READONLY``, ``SQLITE_CANTOPEN``, ``SQLITE_BUSY``,
     ``SQLITE_LOCKED``, ``SQLITE_NOMEM``) come out of every method as
-    :class:`~udpchat_proto.store.StoreUnavailableError`. SQLite may answer such an
+    :class:`~udpchat_proto.chat.store.StoreUnavailableError`. SQLite may answer such an
     error by rolling back the whole transaction, not just the statement; the store
     notices (its transaction is gone), refuses every further write of the batch
     rather than let them start a new transaction that would commit without the
@@ -69,18 +69,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from udpchat_proto.memory_store import conversation_key
-from udpchat_proto.messages import ChatMessage
-from udpchat_proto.passwords import PasswordHash
-from udpchat_proto.store import (
+from udpchat_proto.chat.messages import ChatMessage
+from udpchat_proto.chat.passwords import PasswordHash
+from udpchat_proto.chat.store import (
     STORE_READS,
     STORE_WRITES,
     Account,
     LoginSession,
     StoredMessage,
     StoreUnavailableError,
+    conversation_key,
 )
-from udpchat_proto.validation import is_room
+from udpchat_proto.chat.validation import is_room
 
 __all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "SQLiteStore", "SchemaVersionError"]
 
@@ -313,7 +313,7 @@ def _chat_message(row: sqlite3.Row | tuple[bytes, str, str, str, int]) -> ChatMe
 
 @_translate_store_methods
 class SQLiteStore:
-    """A :class:`~udpchat_proto.store.Store` in one SQLite database.
+    """A :class:`~udpchat_proto.chat.store.Store` in one SQLite database.
 
     Not thread-safe: use it from the thread that created it (the server loop).
     It can also be used as a context manager, which closes it (discarding what

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from udpchat_cli.profiles import Home
-from udpchat_proto.server_config import ServerConfig
+from udpchat_proto.chat.config import ServerConfig
 
 from .conftest import CLI, PASSWORD, ServerProcess, User, clean_env, run_cli
 

@@ -28,24 +28,12 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Final
 
-from .errors import DecodeError, LocalProtocolError
-from .keys import ServerKey
-from .noise import HandshakeState
-from .packet import (
-    CONNECTION_ID_SIZE,
-    INITIATION_SIZE,
-    DataPacket,
-    Initiation,
-    Response,
-    decode_packet,
-    encode_initiation,
-    encode_response,
-)
-from .randomness import RandomSource, SystemRandomSource
-from .ratelimit import KeyedLimiter, RateLimit
-from .transport_config import TransportConfig
-from .transport_connection import Connection
-from .transport_events import (
+from ..errors import DecodeError, LocalProtocolError
+from ..randomness import RandomSource, SystemRandomSource
+from ..ratelimit import KeyedLimiter, RateLimit
+from .config import TransportConfig
+from .connection import Connection
+from .events import (
     Address,
     CloseCode,
     ConnectionAddressChanged,
@@ -55,7 +43,20 @@ from .transport_events import (
     PayloadReceived,
     TransportEvent,
 )
-from .transport_state import END_STATES, ConnectionState
+from .handshake import HandshakeState
+from .keys import ServerKey
+from .packets import (
+    CONNECTION_ID_SIZE,
+    INITIATION_SIZE,
+    WIRE_VERSION,
+    DataPacket,
+    HandshakeInitiation,
+    HandshakeResponse,
+    decode_packet,
+    encode_initiation,
+    encode_response,
+)
+from .states import END_STATES, TransportState
 
 __all__ = [
     "PROLOGUE",
@@ -64,18 +65,18 @@ __all__ = [
     "CloseCode",
     "ConnectionAddressChanged",
     "ConnectionId",
-    "ConnectionState",
     "ConnectionTerminated",
     "HandshakeCompleted",
     "PayloadReceived",
     "ServerTransport",
     "TransportConfig",
     "TransportEvent",
+    "TransportState",
 ]
 
 #: Mixed into the Noise handshake hash, followed by the connection id: both sides
 #: must agree on the protocol version and the id, or the handshake fails.
-PROLOGUE: Final = b"udpchat/1"
+PROLOGUE: Final = b"udpchat/%d" % WIRE_VERSION
 #: Noise message 1 = e (32 bytes) + payload; the payload pads the initiation.
 _INITIATION_PADDING: Final = INITIATION_SIZE - (2 + CONNECTION_ID_SIZE) - 32
 #: How often (seconds of ``now``) the per-address handshake buckets are pruned.
@@ -154,14 +155,14 @@ class ClientTransport:
         return self._config
 
     @property
-    def state(self) -> ConnectionState:
+    def state(self) -> TransportState:
         """The connection's state."""
         return self._connection.state
 
     @property
     def is_established(self) -> bool:
         """Whether the handshake completed and the connection is not closing."""
-        return self._connection.state is ConnectionState.ESTABLISHED
+        return self._connection.state is TransportState.ESTABLISHED
 
     @property
     def is_closed(self) -> bool:
@@ -194,7 +195,7 @@ class ClientTransport:
         Raises:
             LocalProtocolError: already connected, connecting or closed.
         """
-        if self._connection.state is not ConnectionState.INITIAL:
+        if self._connection.state is not TransportState.INITIAL:
             raise LocalProtocolError(f"cannot connect in state {self._connection.state.value}")
         handshake = HandshakeState.initiator(
             random=self._random, prologue=PROLOGUE + self._connection_id
@@ -259,14 +260,14 @@ class ClientTransport:
             return
         if isinstance(packet, DataPacket):
             self._connection.receive_data(packet, len(data), addr, now=now)
-        elif isinstance(packet, Response):
+        elif isinstance(packet, HandshakeResponse):
             self._on_response(packet, now)
         else:
             _count(self.dropped, "unexpected_packet")
 
-    def _on_response(self, packet: Response, now: float) -> None:
+    def _on_response(self, packet: HandshakeResponse, now: float) -> None:
         handshake = self._handshake
-        if handshake is None or self._connection.state is not ConnectionState.HANDSHAKE:
+        if handshake is None or self._connection.state is not TransportState.HANDSHAKE:
             _count(self.dropped, "unexpected_handshake")
             return
         try:
@@ -485,18 +486,20 @@ class ServerTransport:
                 return
             conn.receive_data(packet, len(data), addr, now=now)
             self._touch(conn)
-        elif isinstance(packet, Initiation):
+        elif isinstance(packet, HandshakeInitiation):
             self._on_initiation(packet, len(data), addr, now)
         else:
             _count(self.dropped, "unexpected_packet")
 
-    def _on_initiation(self, packet: Initiation, size: int, addr: Address, now: float) -> None:
+    def _on_initiation(
+        self, packet: HandshakeInitiation, size: int, addr: Address, now: float
+    ) -> None:
         cid = packet.connection_id
         conn = self._connections.get(cid)
         if conn is not None:
             # The client's retransmission: our response was lost. No new work.
             if (
-                conn.state is ConnectionState.HANDSHAKE
+                conn.state is TransportState.HANDSHAKE
                 and conn.initiation == packet.noise_message
                 and conn.address == addr
             ):
@@ -622,9 +625,9 @@ class ServerTransport:
 
     def _settle(self, conn: Connection) -> None:
         cid = conn.connection_id
-        if conn.state is not ConnectionState.HANDSHAKE:
+        if conn.state is not TransportState.HANDSHAKE:
             self._half_open.discard(cid)
-        if conn.state is ConnectionState.CLOSED:
+        if conn.state is TransportState.CLOSED:
             # CLOSING sends its last CLOSE before it gets here: nothing is lost.
             if self._connections.pop(cid, None) is not None:
                 self._forget_origin(cid)

@@ -19,20 +19,20 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from .statemachine import StateMachine
+from ..statemachine import StateMachine
 
 __all__ = [
     "END_STATES",
     "MACHINE",
     "TRANSITIONS",
-    "ConnectionState",
-    "StateInput",
     "Timer",
+    "TransportInput",
+    "TransportState",
     "transition",
 ]
 
 
-class ConnectionState(enum.Enum):
+class TransportState(enum.Enum):
     """Where a connection is in its life."""
 
     INITIAL = "initial"
@@ -43,7 +43,7 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-class StateInput(enum.Enum):
+class TransportInput(enum.Enum):
     """What moves a connection from one state to another."""
 
     CONNECT = "connect"
@@ -56,11 +56,11 @@ class StateInput(enum.Enum):
     CLOSE_TIMER = "close_timer"
 
 
-S = ConnectionState
-I = StateInput  # noqa: E741
+S = TransportState
+I = TransportInput  # noqa: E741
 
 #: ``(state, input) -> next state``; a pair not listed is not allowed.
-TRANSITIONS: Final[dict[tuple[ConnectionState, StateInput], ConnectionState]] = {
+TRANSITIONS: Final[dict[tuple[TransportState, TransportInput], TransportState]] = {
     (S.INITIAL, I.CONNECT): S.HANDSHAKE,
     (S.INITIAL, I.CLOSE_LOCAL): S.CLOSED,
     (S.HANDSHAKE, I.HANDSHAKE_DONE): S.ESTABLISHED,

@@ -24,8 +24,8 @@ import enum
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from ..statemachine import StateMachine
 from .messages import ChatMessage
-from .statemachine import StateMachine
 
 __all__ = ["MACHINE", "DeliveryInput", "DeliveryState", "DeliveryWindow"]
 

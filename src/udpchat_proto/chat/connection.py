@@ -24,24 +24,24 @@ from typing import Final
 
 import attrs
 
+from ..errors import ErrorCode
+from ..ratelimit import TokenBucket
+from ..statemachine import StateMachine
+from ..transport import Address, ConnectionId
 from . import messages as m
 from .delivery import DeliveryWindow
-from .errors import ErrorCode
-from .ratelimit import TokenBucket
-from .statemachine import StateMachine
-from .transport import Address, ConnectionId
 
 __all__ = [
     "MACHINE",
     "ChatConnection",
-    "ConnectionInput",
-    "ConnectionState",
+    "ChatConnectionInput",
+    "ChatConnectionState",
     "Queued",
     "Refusal",
 ]
 
 
-class ConnectionState(enum.Enum):
+class ChatConnectionState(enum.Enum):
     """Whom a server connection acts as, and whether it waits for a hash."""
 
     ANONYMOUS = "anonymous"
@@ -56,7 +56,7 @@ class ConnectionState(enum.Enum):
     """The server is closing it: nothing more it sends is handled."""
 
 
-class ConnectionInput(enum.Enum):
+class ChatConnectionInput(enum.Enum):
     """What moves a server connection from one state to another."""
 
     LOGIN = "login"
@@ -71,7 +71,7 @@ class ConnectionInput(enum.Enum):
     """The server closes the connection."""
 
 
-_S, _I = ConnectionState, ConnectionInput
+_S, _I = ChatConnectionState, ChatConnectionInput
 
 MACHINE: Final = StateMachine(
     name="server connection",
@@ -132,7 +132,7 @@ class ChatConnection:
     ) -> None:
         self.connection_id = connection_id
         self.address = address
-        self.state = ConnectionState.ANONYMOUS
+        self.state = ChatConnectionState.ANONYMOUS
         self.username: str | None = None
         self.token_hash: bytes | None = None
         self.job_id: int | None = None
@@ -143,7 +143,7 @@ class ChatConnection:
         self.violations = 0
         self.requests = requests
 
-    def transition(self, event: ConnectionInput) -> None:
+    def transition(self, event: ChatConnectionInput) -> None:
         """Apply an input (raises ``LocalProtocolError`` for a pair not allowed)."""
         self.state = MACHINE.next(self.state, event)
 
@@ -160,4 +160,4 @@ class ChatConnection:
     @property
     def closing(self) -> bool:
         """Whether the server is closing it."""
-        return self.state is ConnectionState.CLOSING
+        return self.state is ChatConnectionState.CLOSING

@@ -2,7 +2,7 @@
 
 Every rule here is enforced twice: when a message class is constructed (so a client
 cannot even build an invalid request) and, through the same attrs validators, when
-:func:`udpchat_proto.codec.decode` structures bytes from the network.
+:func:`udpchat_proto.chat.codec.decode` structures bytes from the network.
 
 Rules (also in ``docs/PROTOCOL.md``):
 
@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
-from .errors import ErrorCode, LocalProtocolError
+from ..errors import ErrorCode, LocalProtocolError
 
 __all__ = [
     "HISTORY_LIMIT_MAX",

@@ -3,7 +3,7 @@
 :class:`ChatServer` owns a :class:`~udpchat_proto.transport.ServerTransport` (the
 handshake, packet protection and reliable delivery of every connection) and turns
 the payloads it delivers into requests, answers and pushes, reading and writing
-through an injected :class:`~udpchat_proto.store.Store`. It has the five methods of
+through an injected :class:`~udpchat_proto.chat.store.Store`. It has the five methods of
 every role (``receive_datagram``, ``datagrams_to_send``, ``get_timer``,
 ``handle_timer``, ``next_event``) and three duties towards its caller:
 
@@ -12,7 +12,7 @@ every role (``receive_datagram``, ``datagrams_to_send``, ``get_timer``,
   :meth:`ChatServer.commit` once per batch, which commits the store and only then
   releases them. So no ``message_accepted`` (nor anything else) leaves before what
   it reports is durable. If the store cannot commit (a full disk:
-  :class:`~udpchat_proto.store.StoreUnavailableError`), the batch is lost whole:
+  :class:`~udpchat_proto.chat.store.StoreUnavailableError`), the batch is lost whole:
   every answer it held becomes an ``unavailable`` refusal and its pushes are
   dropped, so nothing that was rolled back is ever reported.
 * **Password hashing off the loop.** Register and login need scrypt, which takes
@@ -37,7 +37,7 @@ A typical loop::
 Message delivery: every login session has a cursor per conversation in the store.
 Each logged-in connection has a window of at most ``delivery_window`` pushed but
 unacknowledged messages; the server fills it from
-:meth:`~udpchat_proto.store.Store.pending_deliveries` (oldest first) and tops it up
+:meth:`~udpchat_proto.chat.store.Store.pending_deliveries` (oldest first) and tops it up
 as acknowledgements arrive. A connection that has sent its whole backlog is
 *caught up*: new messages are pushed to it at once; otherwise they wait their turn
 in the store, which keeps every connection's pushes in store order.
@@ -55,34 +55,11 @@ from typing import Any, Final, TypeVar, cast
 
 import attrs
 
-from . import messages as m
-from .chat_events import (
-    ClientConnected,
-    ClientDisconnected,
-    ServerEvent,
-    UserLoggedIn,
-    UserLoggedOut,
-)
-from .clock import WallClock
-from .codec import decode, encode
-from .delivery import DeliveryWindow
-from .errors import DecodeError, ErrorCode, LocalProtocolError
-from .keys import ServerKey
-from .password_jobs import HashJob, JobKind, PendingJob
-from .passwords import PasswordHash, ScryptParams, verify_digest
-from .randomness import RandomSource, SystemRandomSource
-from .ratelimit import KeyedLimiter, TokenBucket
-from .server_config import ServerConfig
-from .server_connection import (
-    ChatConnection,
-    ConnectionInput,
-    ConnectionState,
-    Queued,
-    Refusal,
-)
-from .server_stats import ServerStats
-from .store import Account, Store, StoreUnavailableError, WriteTrackingStore
-from .transport import (
+from ..clock import WallClock
+from ..errors import DecodeError, ErrorCode, LocalProtocolError
+from ..randomness import RandomSource, SystemRandomSource
+from ..ratelimit import KeyedLimiter, TokenBucket
+from ..transport import (
     Address,
     ConnectionAddressChanged,
     ConnectionId,
@@ -92,12 +69,35 @@ from .transport import (
     ServerTransport,
     TransportEvent,
 )
+from ..transport.keys import ServerKey
+from . import messages as m
+from .codec import decode, encode
+from .config import ServerConfig
+from .connection import (
+    ChatConnection,
+    ChatConnectionInput,
+    ChatConnectionState,
+    Queued,
+    Refusal,
+)
+from .delivery import DeliveryWindow
+from .events import (
+    ClientConnected,
+    ClientDisconnected,
+    ServerEvent,
+    UserLoggedIn,
+    UserLoggedOut,
+)
+from .password_jobs import HashJob, JobKind, PendingJob
+from .passwords import PasswordHash, ScryptParams, verify_digest
+from .stats import ServerStats
+from .store import Account, Store, StoreUnavailableError, WriteTrackingStore
 from .validation import LIST_MAX, TOKEN_SIZE, is_room
 
 __all__ = [
     "HANDLERS",
+    "ChatConnectionState",
     "ChatServer",
-    "ConnectionState",
     "HashJob",
     "ServerConfig",
     "ServerStats",
@@ -334,7 +334,7 @@ class ChatServer:
 
         Returns:
             None once the batch is durable (or there was nothing to commit); the
-            store's :class:`~udpchat_proto.store.StoreUnavailableError` if the batch
+            store's :class:`~udpchat_proto.chat.store.StoreUnavailableError` if the batch
             was lost (see :meth:`rolled_back`), for the caller to log.
         """
         if not self._tracker.dirty:
@@ -455,7 +455,7 @@ class ChatServer:
         if connection is None or not connection.hashing or connection.job_id != job_id:
             return
         connection.job_id = None
-        connection.transition(ConnectionInput.HASH_DONE)
+        connection.transition(ChatConnectionInput.HASH_DONE)
         finish = self._finish_register if job.kind is JobKind.REGISTER else self._finish_login
         self._run_atomically(connection, job.request.request_id, finish, job, digest, now)
         self._run_queue(connection, now)
@@ -676,7 +676,7 @@ class ChatServer:
             return
         # Off its session at once (presence, deliveries): it is going.
         self._log_out(connection, self._now, announce=False)
-        connection.transition(ConnectionInput.CLOSE)
+        connection.transition(ChatConnectionInput.CLOSE)
         with contextlib.suppress(LocalProtocolError):  # already gone
             self._transport.close(connection_id, self._now, reason)
 
@@ -797,7 +797,7 @@ class ChatServer:
             HashJob(job_id=job_id, password=request.password, salt=salt, params=params)
         )
         connection.job_id = job_id
-        connection.transition(ConnectionInput.HASH_STARTED)
+        connection.transition(ChatConnectionInput.HASH_STARTED)
         self.stats.hash_jobs += 1
 
     @_handles(m.Resume)
@@ -853,7 +853,7 @@ class ChatServer:
             return  # resuming the session this connection already has: nothing changes
         if connection.logged_in:
             self._log_out(connection, now, announce=True)
-        connection.transition(ConnectionInput.LOGIN)
+        connection.transition(ChatConnectionInput.LOGIN)
         connection.username = username
         connection.token_hash = hashed
         connection.deliveries.start()
@@ -869,7 +869,7 @@ class ChatServer:
             return
         username, hashed = connection.username, connection.token_hash
         assert username is not None and hashed is not None
-        connection.transition(ConnectionInput.LOGOUT)
+        connection.transition(ChatConnectionInput.LOGOUT)
         connection.username = connection.token_hash = None
         connection.deliveries.stop()
         session_connections = self._by_session.get(hashed, {})

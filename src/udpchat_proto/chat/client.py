@@ -8,7 +8,7 @@ same ``request_id``. Requests may be queued before the handshake completes and
 may be pipelined: the server answers the requests of one connection in order.
 
 Delivered messages: the server pushes
-:class:`~udpchat_proto.messages.MessageDelivered` until this login session
+:class:`~udpchat_proto.chat.messages.MessageDelivered` until this login session
 acknowledges it. The connection acknowledges each one itself once the
 application has taken it from :meth:`ClientConnection.next_event`, and never
 emits the same message id twice: ids taken are kept in
@@ -27,13 +27,10 @@ from typing import Final
 
 import attrs
 
-from . import messages as m
-from .chat_events import ClientEvent, Connected, Disconnected
-from .codec import decode, encode
-from .errors import DecodeError, LocalProtocolError
-from .randomness import RandomSource, SystemRandomSource
-from .statemachine import StateMachine
-from .transport import (
+from ..errors import DecodeError, LocalProtocolError
+from ..randomness import RandomSource, SystemRandomSource
+from ..statemachine import StateMachine
+from ..transport import (
     Address,
     ClientTransport,
     ConnectionTerminated,
@@ -41,6 +38,9 @@ from .transport import (
     PayloadReceived,
     TransportConfig,
 )
+from . import messages as m
+from .codec import decode, encode
+from .events import ClientEvent, Connected, Disconnected
 from .validation import MESSAGE_ID_SIZE, REQUEST_ID_MAX
 
 __all__ = ["MACHINE", "ClientConnection", "ClientInput", "ClientState", "ClientStats"]
@@ -188,13 +188,13 @@ class ClientConnection:
 
     @property
     def username(self) -> str | None:
-        """Whom this connection acts as (after :class:`~udpchat_proto.messages.LoggedIn`)."""
+        """Whom this connection acts as (after :class:`~udpchat_proto.chat.messages.LoggedIn`)."""
         return self._username
 
     @property
     def caught_up(self) -> bool:
         """Whether the server has pushed everything it held for this login session
-        (a :class:`~udpchat_proto.messages.CaughtUp` push arrived since the login
+        (a :class:`~udpchat_proto.chat.messages.CaughtUp` push arrived since the login
         or resume). The messages themselves may still wait in :meth:`next_event`."""
         return self._caught_up
 
@@ -278,7 +278,7 @@ class ClientConnection:
     def next_event(self) -> ClientEvent | None:
         """The next event, or None.
 
-        Taking a :class:`~udpchat_proto.messages.MessageDelivered` hands the message
+        Taking a :class:`~udpchat_proto.chat.messages.MessageDelivered` hands the message
         to the application: its id joins :attr:`delivered_ids` and its
         acknowledgement leaves with the next :meth:`datagrams_to_send`.
         """

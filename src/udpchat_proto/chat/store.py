@@ -2,7 +2,7 @@
 
 The server state machine reads and writes accounts, login sessions, friendships,
 invitations, rooms and messages only through a :class:`Store`, injected by its
-caller. The core ships :class:`~udpchat_proto.memory_store.MemoryStore`;
+caller. The core ships :class:`~udpchat_proto.chat.memory_store.MemoryStore`;
 ``udpchat_server`` ships a SQLite one.
 
 Transactions: every write joins the store's current transaction and becomes
@@ -46,6 +46,7 @@ import attrs
 
 from .messages import ChatMessage
 from .passwords import PasswordHash
+from .validation import is_room
 
 __all__ = [
     "STORE_READS",
@@ -56,7 +57,22 @@ __all__ = [
     "StoreUnavailableError",
     "StoredMessage",
     "WriteTrackingStore",
+    "conversation_key",
 ]
+
+
+def conversation_key(sender: str, to: str) -> str:
+    """The name of the conversation a message from ``sender`` to ``to`` belongs to.
+
+    A room (``to`` starts with ``#``) is its own conversation; a direct
+    conversation is the unordered pair of its users, written as the two names in
+    alphabetical order separated by a space (a character no name may contain), so
+    both directions map to the same key.
+    """
+    if is_room(to):
+        return to
+    first, second = sorted((sender, to))
+    return f"{first} {second}"
 
 
 class StoreUnavailableError(Exception):

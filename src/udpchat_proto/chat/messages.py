@@ -4,9 +4,9 @@ Every request, response and server push of the chat is a frozen attrs class here
 Requests carry a ``request_id`` chosen by the client; every response carries the
 ``request_id`` of the request it answers. Pushes are unsolicited and carry none.
 
-Field values are validated on construction (see :mod:`udpchat_proto.validation`);
+Field values are validated on construction (see :mod:`udpchat_proto.chat.validation`);
 names are normalised to lowercase first. The wire form of each class is described
-in ``docs/PROTOCOL.md`` and produced by :mod:`udpchat_proto.codec`.
+in ``docs/PROTOCOL.md`` and produced by :mod:`udpchat_proto.chat.codec`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import attrs
 
+from ..errors import ErrorCode
 from . import validation as v
-from .errors import ErrorCode
 
 __all__ = [
     "ANSWERED_REQUEST_TYPES",

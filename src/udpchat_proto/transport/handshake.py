@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .errors import DecodeError, LocalProtocolError
-from .randomness import RandomSource
+from ..errors import DecodeError, LocalProtocolError
+from ..randomness import RandomSource
 
 __all__ = [
     "DH_LEN",

@@ -14,13 +14,13 @@ import hashlib
 
 import attrs
 
-from . import noise
-from .errors import LocalProtocolError
-from .randomness import RandomSource
+from ..errors import LocalProtocolError
+from ..randomness import RandomSource
+from . import handshake
 
 __all__ = ["KEY_SIZE", "ServerKey", "fingerprint"]
 
-KEY_SIZE = noise.DH_LEN
+KEY_SIZE = handshake.DH_LEN
 
 
 def fingerprint(public_key: bytes) -> str:
@@ -89,7 +89,7 @@ class ServerKey:
     @functools.cached_property
     def public_bytes(self) -> bytes:
         """The raw 32-byte X25519 public key (what clients pin)."""
-        return noise.public_key(self.private_bytes)
+        return handshake.public_key(self.private_bytes)
 
     @property
     def fingerprint(self) -> str:

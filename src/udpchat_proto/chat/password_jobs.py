@@ -12,10 +12,10 @@ import enum
 
 import attrs
 
+from ..transport import ConnectionId
 from . import messages as m
 from .passwords import ScryptParams, hash_password
 from .store import Account
-from .transport import ConnectionId
 
 __all__ = ["HashJob", "JobKind", "PendingJob"]
 

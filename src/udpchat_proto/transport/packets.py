@@ -48,7 +48,7 @@ from typing import Final
 
 import attrs
 
-from .errors import DecodeError
+from ..errors import DecodeError
 
 __all__ = [
     "CONNECTION_ID_SIZE",
@@ -57,20 +57,20 @@ __all__ = [
     "MAX_ACK_RANGES",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_VARINT",
-    "PROTOCOL_VERSION",
     "RESPONSE_HEADER_SIZE",
     "STREAM_FRAME_OVERHEAD",
     "TAG_SIZE",
+    "WIRE_VERSION",
     "AckFrame",
     "CloseFrame",
     "DataPacket",
     "Frame",
     "FrameType",
-    "Initiation",
+    "HandshakeInitiation",
+    "HandshakeResponse",
     "PacketType",
     "PaddingFrame",
     "PingFrame",
-    "Response",
     "StreamFrame",
     "decode_frames",
     "decode_packet",
@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 #: Wire version of the transport (also bound into the Noise prologue).
-PROTOCOL_VERSION: Final = 1
+WIRE_VERSION: Final = 1
 CONNECTION_ID_SIZE: Final = 8
 #: Poly1305 tag appended by every seal.
 TAG_SIZE: Final = 16
@@ -184,7 +184,7 @@ def decode_varint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, 
 
 
 @attrs.frozen(kw_only=True)
-class Initiation:
+class HandshakeInitiation:
     """A parsed INITIATION packet."""
 
     connection_id: bytes
@@ -194,7 +194,7 @@ class Initiation:
 
 
 @attrs.frozen(kw_only=True)
-class Response:
+class HandshakeResponse:
     """A parsed RESPONSE packet."""
 
     connection_id: bytes
@@ -217,12 +217,12 @@ class DataPacket:
     """The sealed frames and tag."""
 
 
-Packet = Initiation | Response | DataPacket
+Packet = HandshakeInitiation | HandshakeResponse | DataPacket
 
 
 def encode_initiation(connection_id: bytes, noise_message: bytes) -> bytes:
     """Build an INITIATION datagram (the caller pads ``noise_message`` to fit)."""
-    return bytes((PacketType.INITIATION, PROTOCOL_VERSION)) + connection_id + noise_message
+    return bytes((PacketType.INITIATION, WIRE_VERSION)) + connection_id + noise_message
 
 
 def encode_response(connection_id: bytes, noise_message: bytes) -> bytes:
@@ -242,7 +242,7 @@ def decode_packet(data: bytes) -> Packet:
         data: one datagram as received.
 
     Returns:
-        An :class:`Initiation`, :class:`Response` or :class:`DataPacket`.
+        An :class:`HandshakeInitiation`, :class:`HandshakeResponse` or :class:`DataPacket`.
 
     Raises:
         DecodeError: ``"empty"``, ``"unknown_type"``, ``"unsupported_version"``,
@@ -264,19 +264,19 @@ def decode_packet(data: bytes) -> Packet:
     if kind == PacketType.INITIATION:
         if len(data) < 2:
             raise DecodeError("truncated", "INITIATION without a version")
-        if data[1] != PROTOCOL_VERSION:
+        if data[1] != WIRE_VERSION:
             raise DecodeError("unsupported_version", f"version {data[1]}")
         if len(data) != INITIATION_SIZE:
             # Smaller ones would break the amplification budget; larger ones are not ours.
             raise DecodeError("initiation_size", f"{len(data)} bytes, not {INITIATION_SIZE}")
-        return Initiation(
+        return HandshakeInitiation(
             connection_id=data[2:INITIATION_HEADER_SIZE],
             noise_message=data[INITIATION_HEADER_SIZE:],
         )
     if kind == PacketType.RESPONSE:
         if len(data) < RESPONSE_HEADER_SIZE + MIN_RESPONSE_NOISE_SIZE:
             raise DecodeError("truncated", "RESPONSE too short")
-        return Response(
+        return HandshakeResponse(
             connection_id=data[1:RESPONSE_HEADER_SIZE],
             noise_message=data[RESPONSE_HEADER_SIZE:],
         )
@@ -330,7 +330,7 @@ class CloseFrame:
     """The sender closes the connection."""
 
     code: int
-    """A :class:`~udpchat_proto.transport_events.CloseCode` value."""
+    """A :class:`~udpchat_proto.transport.events.CloseCode` value."""
     reason: str = ""
     """Human-readable reason (at most :data:`MAX_CLOSE_REASON_BYTES` in UTF-8)."""
 

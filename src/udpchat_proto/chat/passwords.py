@@ -14,7 +14,7 @@ import hmac
 
 import attrs
 
-from .errors import DecodeError
+from ..errors import DecodeError
 
 __all__ = ["PasswordHash", "ScryptParams", "hash_password", "verify_digest"]
 

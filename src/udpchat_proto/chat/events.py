@@ -1,11 +1,11 @@
 """Chat-level events of the two roles.
 
-:class:`~udpchat_proto.server.ChatServer` emits :class:`ServerEvent`\\ s, meant for
+:class:`~udpchat_proto.chat.server.ChatServer` emits :class:`ServerEvent`\\ s, meant for
 logging and metrics (the server needs no application to answer requests).
-:class:`~udpchat_proto.client.ClientConnection` emits :data:`ClientEvent`\\ s:
+:class:`~udpchat_proto.chat.client.ClientConnection` emits :data:`ClientEvent`\\ s:
 :class:`Connected`, :class:`Disconnected`, and the catalogue's response and push
-messages themselves (an :class:`~udpchat_proto.messages.ErrorResponse`, a
-:class:`~udpchat_proto.messages.MessageDelivered` ...), so that what the server sent
+messages themselves (an :class:`~udpchat_proto.chat.messages.ErrorResponse`, a
+:class:`~udpchat_proto.chat.messages.MessageDelivered` ...), so that what the server sent
 is exactly what the application sees.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import attrs
 
+from ..transport import Address, CloseCode, ConnectionId
 from .messages import Push, Response
-from .transport import Address, CloseCode, ConnectionId
 
 __all__ = [
     "ClientConnected",

@@ -14,9 +14,20 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from .errors import DecodeError, LocalProtocolError
-from .noise import CipherState
-from .packet import (
+from ..errors import DecodeError, LocalProtocolError
+from .config import RECEIVE_WINDOW, TransportConfig
+from .events import (
+    Address,
+    CloseCode,
+    ConnectionAddressChanged,
+    ConnectionId,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PayloadReceived,
+    TransportEvent,
+)
+from .handshake import CipherState
+from .packets import (
     DATA_HEADER_SIZE,
     MAX_ACK_RANGES,
     STREAM_FRAME_OVERHEAD,
@@ -33,22 +44,11 @@ from .packet import (
     encode_frame,
     encode_varint,
 )
-from .rangeset import RangeSet
+from .ranges import RangeSet
 from .recovery import LossRecovery, RttEstimator, SentPacket
 from .replay import ReplayWindow
-from .transport_config import RECEIVE_WINDOW, TransportConfig
-from .transport_events import (
-    Address,
-    CloseCode,
-    ConnectionAddressChanged,
-    ConnectionId,
-    ConnectionTerminated,
-    HandshakeCompleted,
-    PayloadReceived,
-    TransportEvent,
-)
-from .transport_state import END_STATES, ConnectionState, StateInput, Timer, transition
-from .transport_stream import ReceiveStream, SendStream
+from .states import END_STATES, Timer, TransportInput, TransportState, transition
+from .stream import ReceiveStream, SendStream
 
 __all__ = ["AMPLIFICATION_FACTOR", "CLOSE_PERIOD_RTOS", "Connection"]
 
@@ -62,7 +62,7 @@ _MIN_PACKET: Final = DATA_HEADER_SIZE + TAG_SIZE + 16
 _PING: Final = bytes((FrameType.PING,))
 _STREAM: Final = bytes((FrameType.STREAM,))
 
-S = ConnectionState
+S = TransportState
 
 
 class Connection:
@@ -172,7 +172,7 @@ class Connection:
         """Whether the connection is over for the application."""
         return self.state in END_STATES
 
-    def _transition(self, event: StateInput) -> None:
+    def _transition(self, event: TransportInput) -> None:
         self.state = transition(self.state, event)
 
     def _terminate(self, code: CloseCode, reason: str, *, by_peer: bool = False) -> None:
@@ -191,7 +191,7 @@ class Connection:
 
     def start_client_handshake(self, initiation: bytes, *, now: float) -> None:
         """Client: the initiation is ready; send it (and again on timeout)."""
-        self._transition(StateInput.CONNECT)
+        self._transition(TransportInput.CONNECT)
         self.initiation = initiation
         self._initiation_pending = True
         self._initiation_sent_time = now
@@ -203,7 +203,7 @@ class Connection:
         self, *, server_key: bytes, send: CipherState, receive: CipherState, now: float
     ) -> None:
         """Client: the response authenticated and the key is accepted."""
-        self._transition(StateInput.HANDSHAKE_DONE)
+        self._transition(TransportInput.HANDSHAKE_DONE)
         self.server_key = server_key
         self._send_cipher, self._recv_cipher = send, receive
         if self._handshake_backoff == 0:
@@ -223,7 +223,7 @@ class Connection:
 
     def fail_handshake(self, code: CloseCode, reason: str) -> None:
         """Client: the handshake cannot complete (wrong server key)."""
-        self._transition(StateInput.KEY_MISMATCH)
+        self._transition(TransportInput.KEY_MISMATCH)
         self._terminate(code, reason)
 
     def start_server_handshake(
@@ -271,13 +271,13 @@ class Connection:
         if self.state in END_STATES:
             return
         if self.state is S.ESTABLISHED:
-            self._start_closing(StateInput.CLOSE_LOCAL, CloseCode.NORMAL_CLOSE, reason, now=now)
+            self._start_closing(TransportInput.CLOSE_LOCAL, CloseCode.NORMAL_CLOSE, reason, now=now)
         else:
-            self._transition(StateInput.CLOSE_LOCAL)
+            self._transition(TransportInput.CLOSE_LOCAL)
         self._terminate(CloseCode.NORMAL_CLOSE, reason)
 
     def _start_closing(
-        self, event: StateInput, code: CloseCode, reason: str, *, now: float
+        self, event: TransportInput, code: CloseCode, reason: str, *, now: float
     ) -> None:
         self._transition(event)
         self._close_frame = encode_frame(CloseFrame(code=code, reason=reason))
@@ -288,7 +288,9 @@ class Connection:
         self._drop("protocol_violation")
         reason = f"protocol violation: {exc}"
         if self.state is S.ESTABLISHED:
-            self._start_closing(StateInput.VIOLATION, CloseCode.PROTOCOL_VIOLATION, reason, now=now)
+            self._start_closing(
+                TransportInput.VIOLATION, CloseCode.PROTOCOL_VIOLATION, reason, now=now
+            )
             self._terminate(CloseCode.PROTOCOL_VIOLATION, reason)
 
     # -------------------------------------------------------------- receiving
@@ -340,7 +342,7 @@ class Connection:
         if state is S.HANDSHAKE:
             # Server: the client's first packet confirms the handshake, and if it
             # comes from the initiation's address, that address receives.
-            self._transition(StateInput.HANDSHAKE_DONE)
+            self._transition(TransportInput.HANDSHAKE_DONE)
             self._response = None
             self.initiation = None
             if same_address:
@@ -366,7 +368,7 @@ class Connection:
             self._close_send = True
             for frame in frames:
                 if isinstance(frame, CloseFrame):
-                    self._transition(StateInput.CLOSE_RECEIVED)
+                    self._transition(TransportInput.CLOSE_RECEIVED)
             return
         ack_eliciting = False
         for frame in frames:
@@ -425,7 +427,7 @@ class Connection:
         except ValueError:
             code = CloseCode.PROTOCOL_VIOLATION
             reason = f"unknown close code {frame.code}: {frame.reason}"
-        self._transition(StateInput.CLOSE_RECEIVED)
+        self._transition(TransportInput.CLOSE_RECEIVED)
         self._close_deadline = now + CLOSE_PERIOD_RTOS * self.rtt.rto()
         self._terminate(code, reason, by_peer=True)
 
@@ -603,12 +605,12 @@ class Connection:
 
     def _fire(self, timer: Timer, now: float) -> None:
         if timer is Timer.IDLE:
-            self._transition(StateInput.TIMEOUT)
+            self._transition(TransportInput.TIMEOUT)
             self._terminate(
                 CloseCode.IDLE_TIMEOUT, f"nothing received for {self.config.idle_timeout:g} s"
             )
         elif timer is Timer.HANDSHAKE_TIMEOUT:
-            self._transition(StateInput.TIMEOUT)
+            self._transition(TransportInput.TIMEOUT)
             if not self.is_client:
                 self._drop("half_open_expired")
             self._terminate(
@@ -616,7 +618,7 @@ class Connection:
                 f"no handshake within {self.config.handshake_timeout:g} s",
             )
         elif timer is Timer.CLOSE:
-            self._transition(StateInput.CLOSE_TIMER)
+            self._transition(TransportInput.CLOSE_TIMER)
         elif timer is Timer.RETRANSMIT:
             self._requeue(self.recovery.on_rto())
         elif timer is Timer.LOSS:

@@ -12,7 +12,7 @@ Byte strings are lowercase hex, timestamps are integer microseconds since the Un
 epoch (UTC), enumerations their string value, lists JSON arrays.
 
 One configured cattrs converter does all the structuring; the attrs validators of
-:mod:`udpchat_proto.messages` enforce the rules. :func:`decode` raises
+:mod:`udpchat_proto.chat.messages` enforce the rules. :func:`decode` raises
 :class:`~udpchat_proto.errors.DecodeError` for every bad input and nothing else.
 """
 
@@ -25,28 +25,28 @@ from typing import Any, Final
 import attrs
 import cattrs
 
+from ..errors import DecodeError, ErrorCode
 from . import messages as m
-from .errors import DecodeError, ErrorCode
 from .validation import ValidationError
 
 __all__ = [
+    "CODEC_VERSION",
     "MAX_ENCODED_SIZE",
     "MESSAGE_TYPES",
-    "PROTOCOL_VERSION",
     "converter",
     "decode",
     "encode",
 ]
 
 #: The version byte this implementation speaks.
-PROTOCOL_VERSION: Final = 1
+CODEC_VERSION: Final = 1
 #: No encoded message may be larger (the largest legitimate one, a full history
 #: page of escaped text, is well under it).
 MAX_ENCODED_SIZE: Final = 4 * 1024 * 1024
 
 #: Wire tag of every message class (its ``TAG``); the tag is the "type" member of
 #: the object. Derived from the catalogue: a class added to a union of
-#: :mod:`udpchat_proto.messages` is known here too.
+#: :mod:`udpchat_proto.chat.messages` is known here too.
 MESSAGE_TYPES: Final[dict[str, type[Any]]] = {cls.TAG: cls for cls in m.MESSAGE_CLASSES}
 _TAGS: Final = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -115,14 +115,14 @@ converter: Final = _make_converter()
 _ENCODE_JSON: Final = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False
 )
-_VERSION_BYTE: Final = bytes([PROTOCOL_VERSION])
+_VERSION_BYTE: Final = bytes([CODEC_VERSION])
 
 
 def encode(message: m.Message) -> bytes:
     """Encode an application message.
 
     Args:
-        message: any instance of the catalogue in :mod:`udpchat_proto.messages`.
+        message: any instance of the catalogue in :mod:`udpchat_proto.chat.messages`.
 
     Returns:
         The version byte followed by the UTF-8 JSON object.
@@ -165,8 +165,8 @@ def decode(data: bytes) -> m.Message:
     if len(data) > MAX_ENCODED_SIZE:
         raise DecodeError("too_large", f"{len(data)} bytes")
     version = data[0]
-    if version != PROTOCOL_VERSION:
-        if version > PROTOCOL_VERSION and data[1:2] == b"{":
+    if version != CODEC_VERSION:
+        if version > CODEC_VERSION and data[1:2] == b"{":
             raise DecodeError("unsupported_version", f"version {version}")
         raise DecodeError("bad_version", f"first byte {version}")
     try:

@@ -1,6 +1,6 @@
-"""An in-memory :class:`~udpchat_proto.store.Store`, for tests and embedding.
+"""An in-memory :class:`~udpchat_proto.chat.store.Store`, for tests and embedding.
 
-It implements the :class:`~udpchat_proto.store.Store` contract exactly (the same
+It implements the :class:`~udpchat_proto.chat.store.Store` contract exactly (the same
 contract tests run against it and against ``udpchat_server.sqlite_store``), but it
 keeps nothing across processes: :meth:`MemoryStore.commit` is a no-op, every write
 is visible at once and stays until the object is dropped. Use it where durability
@@ -18,7 +18,7 @@ Data layout (the hot paths are O(1) or O(log n) in the size of the store):
   :meth:`MemoryStore.pending_deliveries` looks only at the user's conversations and
   merges their tails by global insertion order.
 
-Delivery cursors follow the module docstring of :mod:`udpchat_proto.store`. The one
+Delivery cursors follow the module docstring of :mod:`udpchat_proto.chat.store`. The one
 choice it leaves open is *when* a session takes the user's cursor; here (and in the
 SQLite store) a session copies the user's cursors when it is created, and from then
 on has its own. So a new device receives what no device had acknowledged when it
@@ -36,24 +36,10 @@ import attrs
 
 from .messages import ChatMessage
 from .passwords import PasswordHash
-from .store import Account, LoginSession, StoredMessage
+from .store import Account, LoginSession, StoredMessage, conversation_key
 from .validation import is_room
 
-__all__ = ["MemoryStore", "conversation_key"]
-
-
-def conversation_key(sender: str, to: str) -> str:
-    """The name of the conversation a message from ``sender`` to ``to`` belongs to.
-
-    A room (``to`` starts with ``#``) is its own conversation; a direct
-    conversation is the unordered pair of its users, written as the two names in
-    alphabetical order separated by a space (a character no name may contain), so
-    both directions map to the same key.
-    """
-    if is_room(to):
-        return to
-    first, second = sorted((sender, to))
-    return f"{first} {second}"
+__all__ = ["MemoryStore"]
 
 
 @attrs.frozen(kw_only=True)
@@ -87,7 +73,7 @@ def _order_of(entry: _Entry) -> int:
 
 
 class MemoryStore:
-    """A :class:`~udpchat_proto.store.Store` kept in Python dicts and lists.
+    """A :class:`~udpchat_proto.chat.store.Store` kept in Python dicts and lists.
 
     Not thread-safe: call it from the thread that runs the server state machine,
     as the server runtime does.

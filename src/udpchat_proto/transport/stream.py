@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from .errors import DecodeError
-from .packet import decode_varint, encode_varint
-from .rangeset import RangeSet
+from ..errors import DecodeError
+from .packets import decode_varint, encode_varint
+from .ranges import RangeSet
 
 __all__ = ["MAX_RECEIVE_FRAGMENTS", "ReceiveStream", "SendStream"]
 

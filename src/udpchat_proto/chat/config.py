@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import attrs
 
+from ..ratelimit import RateLimit
+from ..transport import TransportConfig
 from .passwords import ScryptParams
-from .ratelimit import RateLimit
-from .transport import TransportConfig
 
 __all__ = ["ServerConfig"]
 
@@ -37,7 +37,7 @@ _rate = attrs.validators.instance_of(RateLimit)
 
 @attrs.frozen(kw_only=True)
 class ServerConfig:
-    """Settings of a :class:`~udpchat_proto.server.ChatServer`.
+    """Settings of a :class:`~udpchat_proto.chat.server.ChatServer`.
 
     Every default is safe for a public server; tests shrink ``scrypt`` and widen
     rate limits. Invalid values raise ``ValueError`` at construction.

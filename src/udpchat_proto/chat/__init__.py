@@ -1,0 +1,101 @@
+"""The chat layer, built on the transport: accounts, friends, rooms and messages.
+
+Public API: the two roles (:class:`ClientConnection`, :class:`ChatServer`), the
+message catalogue and its codec, the :class:`Store` protocol with the in-memory
+store, and the server's configuration. The modules behind it:
+
+==================  ============================================================
+``messages``        the catalogue: every request, response and push (attrs)
+``codec``           messages to bytes and back (one cattrs converter)
+``validation``      the rules for names, passwords and text
+``client``          :class:`ClientConnection`, the client role
+``server``          :class:`ChatServer`: routing and the request handlers
+``connection``      one server connection's state and its table
+``delivery``        a connection's delivery window (backlog, live, refill)
+``password_jobs``   password hashes as jobs run off the loop
+``stats``           the server's counters
+``config``          :class:`ServerConfig`, every limit and its reason
+``events``          the roles' events for the application
+``store``           the :class:`Store` protocol, its reads and writes declared once
+``memory_store``    the in-memory store
+``passwords``       scrypt records
+==================  ============================================================
+"""
+
+from __future__ import annotations
+
+from .client import ClientConnection, ClientState
+from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
+from .config import ServerConfig
+from .events import (
+    ClientConnected,
+    ClientDisconnected,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    ServerEvent,
+    UserLoggedIn,
+    UserLoggedOut,
+)
+from .memory_store import MemoryStore
+from .password_jobs import HashJob
+from .passwords import PasswordHash, ScryptParams
+from .server import ChatServer, token_hash
+from .stats import ServerStats
+from .store import (
+    Account,
+    LoginSession,
+    Store,
+    StoredMessage,
+    StoreUnavailableError,
+    conversation_key,
+)
+from .validation import (
+    ValidationError,
+    check_history_limit,
+    check_password,
+    check_text,
+    is_room,
+    valid_room,
+    valid_target,
+    valid_username,
+)
+
+__all__ = [
+    "CODEC_VERSION",
+    "MAX_ENCODED_SIZE",
+    "Account",
+    "ChatServer",
+    "ClientConnected",
+    "ClientConnection",
+    "ClientDisconnected",
+    "ClientEvent",
+    "ClientState",
+    "Connected",
+    "Disconnected",
+    "HashJob",
+    "LoginSession",
+    "MemoryStore",
+    "PasswordHash",
+    "ScryptParams",
+    "ServerConfig",
+    "ServerEvent",
+    "ServerStats",
+    "Store",
+    "StoreUnavailableError",
+    "StoredMessage",
+    "UserLoggedIn",
+    "UserLoggedOut",
+    "ValidationError",
+    "check_history_limit",
+    "check_password",
+    "check_text",
+    "conversation_key",
+    "decode",
+    "encode",
+    "is_room",
+    "token_hash",
+    "valid_room",
+    "valid_target",
+    "valid_username",
+]

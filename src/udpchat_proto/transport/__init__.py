@@ -1,0 +1,62 @@
+"""The transport layer: secure, reliable, ordered messages over UDP (sans-IO).
+
+It knows nothing of chat. A connection starts with a Noise NX handshake (the
+client learns and checks the server's static key), then carries an ordered stream
+of messages in ChaCha20-Poly1305-sealed datagrams, with acknowledgement ranges,
+retransmission, a replay window, keepalives, an idle timeout and a close.
+
+Public API: the two roles (:class:`ClientTransport`, :class:`ServerTransport`),
+their configuration and events, and server keys. The modules behind it:
+
+========================  ======================================================
+``endpoints``             the client and server roles, and the server's routing
+``connection``            one connection after the keys exist (both roles)
+``config``                :class:`TransportConfig`, every limit and its reason
+``events``                the events and :class:`CloseCode`
+``states``                the connection's state table and named timers
+``handshake``             Noise NX (``HandshakeState``, ``CipherState``)
+``keys``                  server keys and their fingerprints
+``packets``               the datagram and frame layouts (encoders, decoders)
+``replay``                the replay window
+``ranges``                acknowledgement ranges (``RangeSet``)
+``recovery``              RTT estimation, loss detection and retransmission timeouts
+``stream``                the ordered byte stream: fragmentation and reassembly
+========================  ======================================================
+"""
+
+from __future__ import annotations
+
+from .config import MAX_UDP_PAYLOAD, RECEIVE_WINDOW, TransportConfig
+from .endpoints import PROLOGUE, Address, ClientTransport, ConnectionId, ServerTransport
+from .events import (
+    CloseCode,
+    ConnectionAddressChanged,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PayloadReceived,
+    TransportEvent,
+)
+from .keys import ServerKey, fingerprint
+from .packets import WIRE_VERSION
+from .states import TransportState
+
+__all__ = [
+    "MAX_UDP_PAYLOAD",
+    "PROLOGUE",
+    "RECEIVE_WINDOW",
+    "WIRE_VERSION",
+    "Address",
+    "ClientTransport",
+    "CloseCode",
+    "ConnectionAddressChanged",
+    "ConnectionId",
+    "ConnectionTerminated",
+    "HandshakeCompleted",
+    "PayloadReceived",
+    "ServerKey",
+    "ServerTransport",
+    "TransportConfig",
+    "TransportEvent",
+    "TransportState",
+    "fingerprint",
+]
