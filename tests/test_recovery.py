@@ -91,3 +91,23 @@ def test_ack_of_unknown_or_old_packets_changes_nothing() -> None:
     assert rec.in_flight == 1
     acked, _ = rec.on_ack_received(((0, 1_000_000),), 0.0, now=2.0)  # huge range, cheap
     assert [p.packet_number for p in acked] == [7]
+
+
+def test_a_late_ack_of_packets_given_up_at_a_timeout_ends_the_backoff() -> None:
+    rec = LossRecovery(RttEstimator(initial_rtt=0.333))
+    rec.on_packet_sent(packet(0, 100.0))
+    rec.on_rto()
+    rec.on_packet_sent(packet(1, 101.1))
+    rec.on_rto()
+    assert rec.backoff == 2 and rec.in_flight == 0
+    rec.on_packet_sent(packet(2, 104.0))
+    # The ACK of 0 and 1 (given up, not tracked any more) was only late: the peer
+    # is alive and receiving, so the next timeout is the base one again.
+    assert rec.on_ack_received(((0, 2),), 0.0, now=104.1) == ([], [])
+    assert rec.backoff == 0 and rec.largest_acked == 1
+    assert rec.rto_deadline() == pytest.approx(104.0 + 1.024)
+    # An old ACK again is no news: it changes nothing.
+    rec.on_packet_sent(packet(3, 104.2))
+    rec.on_rto()
+    rec.on_ack_received(((0, 2),), 0.0, now=106.0)
+    assert rec.backoff == 1

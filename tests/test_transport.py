@@ -684,3 +684,28 @@ def test_a_closing_connection_does_not_migrate() -> None:
     assert to == ALICE
     s.client.receive_datagram(close, SERVER, s.net.now)
     assert s.client.is_closed
+
+
+def test_a_lost_ack_is_repeated_on_the_next_data_packet() -> None:
+    """A scripted client's pattern: one request, then its answer. If the server's
+    ACK-only packet is lost, its answer must acknowledge the request too; otherwise
+    the client keeps retransmitting into a growing backoff that outlives the
+    exchange (three such losses in a row once reached the idle timeout)."""
+    s = make()
+    s.net.run_for(1.0)  # the handshake's PING and its ACK settle
+    assert s.client.stats["in_flight_packets"] == 0
+    cid, t = s.server_cid(), s.net.now
+    s.client.send(b"request")
+    for data, _ in s.client.datagrams_to_send(t):
+        s.server.receive_datagram(data, ALICE, t)
+    assert s.server.next_event() == PayloadReceived(connection_id=cid, payload=b"request")
+    s.server.handle_timer(t + 0.03)  # the delayed ACK goes out alone ...
+    (_lost_ack,) = s.server.datagrams_to_send(t + 0.03)  # ... and is lost
+    assert s.client.stats["in_flight_packets"] == 1
+    s.server.send(cid, b"answer")
+    for data, _ in s.server.datagrams_to_send(t + 0.05):
+        s.client.receive_datagram(data, SERVER, t + 0.06)
+    assert s.client.next_event() == PayloadReceived(connection_id=cid, payload=b"answer")
+    # The answer acknowledged the request: nothing left to retransmit.
+    assert s.client.stats["in_flight_packets"] == 0
+    assert s.client.stats["bytes_retransmitted"] == 0

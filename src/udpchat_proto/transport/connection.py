@@ -519,7 +519,10 @@ class Connection:
             if not (want_data or want_ack):
                 return
             payload = bytearray()
-            if self._ack_pending:
+            # Every packet that carries data carries the latest ACK too (a few bytes):
+            # if the ACK-only packet was lost, the peer still learns what arrived from
+            # the next one, instead of retransmitting into a growing backoff.
+            if self._ack_pending or (want_data and self._largest_received >= 0):
                 delay_us = max(0, int((now - self._largest_received_time) * 1e6))
                 payload += encode_ack(self._received, delay_us)
                 self._ack_pending = False

@@ -186,6 +186,14 @@ class LossRecovery:
             acknowledgement shows to be lost.
         """
         sent = self._sent
+        largest = ranges[-1][1] - 1
+        if largest > self.largest_acked:
+            # News from the peer, even about packets already given up at a timeout:
+            # it is alive and receiving, so the backoff ends (RFC 9002 resets the
+            # PTO count on any acknowledgement of a new packet). Without this, the
+            # backoff of a lossy moment would slow every later exchange.
+            self.largest_acked = largest
+            self.backoff = 0
         acked: list[SentPacket] = []
         for start, stop in ranges:
             if stop - start <= len(sent):
@@ -198,12 +206,10 @@ class LossRecovery:
                     acked.append(sent.pop(pn))
         if not acked:
             return [], []
-        largest = ranges[-1][1] - 1
         newest = max(acked, key=lambda p: p.packet_number)
         if newest.packet_number == largest:
             # Karn's rule holds by construction: a packet number is never resent.
             self.rtt.update(latest_rtt=now - newest.sent_time, ack_delay=ack_delay)
-        self.largest_acked = max(self.largest_acked, largest)
         self.backoff = 0
         return acked, self.detect_lost(now=now)
 
