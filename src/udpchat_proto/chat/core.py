@@ -1,0 +1,854 @@
+"""The core of the chat server: connections, dispatch, group commit and delivery.
+
+:class:`ServerCore` holds the server's state and everything the request handlers
+share: the transport and the connection table, the dispatch of each request in its
+turn (one atomic step each), the output held until its batch is committed, the
+login sessions of connections and presence, the delivery windows, and the sweep.
+The handlers themselves, by concept, are in :mod:`udpchat_proto.chat.handlers`;
+:class:`~udpchat_proto.chat.server.ChatServer` puts them together.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import hashlib
+import itertools
+from collections.abc import Callable
+from typing import Any, Final, TypeVar, cast
+
+import attrs
+
+from ..clock import WallClock
+from ..errors import DecodeError, ErrorCode, LocalProtocolError
+from ..randomness import RandomSource, SystemRandomSource
+from ..ratelimit import KeyedLimiter, TokenBucket
+from ..transport import (
+    Address,
+    ConnectionAddressChanged,
+    ConnectionId,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PayloadReceived,
+    ServerTransport,
+    TransportEvent,
+)
+from ..transport.keys import ServerKey
+from . import messages as m
+from .codec import decode, encode
+from .config import ServerConfig
+from .connection import (
+    ChatConnection,
+    ChatConnectionInput,
+    Queued,
+    Refusal,
+)
+from .delivery import DeliveryWindow
+from .events import (
+    ClientConnected,
+    ClientDisconnected,
+    ServerEvent,
+    UserLoggedOut,
+)
+from .password_jobs import HashJob, PendingJob
+from .stats import ServerStats
+from .store import Store, StoreUnavailableError, WriteTrackingStore
+from .validation import LIST_MAX
+
+__all__ = [
+    "HANDLERS",
+    "SALT_SIZE",
+    "SESSION_TOUCH_DELAY",
+    "RefusedError",
+    "ServerCore",
+    "handles",
+    "token_hash",
+    "unavailable_message",
+    "utc_from_posix",
+]
+
+SALT_SIZE: Final = 16
+"""Bytes of random salt in each new password hash."""
+ACK_CHUNK: Final = 1000
+"""Most message ids the store is asked to acknowledge in one call."""
+SESSION_TOUCH_DELAY: Final = 60.0
+"""Seconds a resumed session's "last used" time waits before it is written, with
+every other resume of that minute, in one batch. A resume then needs no write (it
+works while the disk is full) and costs no commit of its own; a crash forgets at
+most this much of a 30-day idle expiry."""
+STORE_RETRY_INTERVAL: Final = 1.0
+"""Seconds after a lost batch before the connections whose pushes it dropped are
+refilled from the store (which holds what was really kept)."""
+
+
+def token_hash(token: bytes) -> bytes:
+    """What the store keeps of a login token: its SHA-256."""
+    return hashlib.sha256(token).digest()
+
+
+def unavailable_message(failure: StoreUnavailableError) -> str:
+    """The refusal's words for people (the CLI shows them as they are)."""
+    return f"the server cannot store anything now ({failure.reason}); try later"
+
+
+def utc_from_posix(now: float) -> datetime.datetime:
+    """A UTC datetime for POSIX seconds, at the microsecond precision of the wire."""
+    return datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
+
+
+HANDLERS: Final[dict[type[m.AnsweredRequest], str]] = {}
+"""Each request class and the name of the :class:`ChatServer` method that answers
+it, filled by ``@handles`` where each handler is defined (a test checks that every
+request of the catalogue has exactly one)."""
+
+_Handler = TypeVar("_Handler", bound=Callable[..., None])
+
+
+def handles(request_type: type[m.AnsweredRequest]) -> Callable[[_Handler], _Handler]:
+    def register(handler: _Handler) -> _Handler:
+        if request_type in HANDLERS:
+            raise TypeError(f"two handlers for {request_type.__name__}")
+        HANDLERS[request_type] = handler.__name__
+        return handler
+
+    return register
+
+
+@attrs.frozen
+class _Held:
+    """A reply or push waiting for its batch's commit."""
+
+    connection_id: ConnectionId
+    message: m.Response | m.Push
+    payload: bytes
+
+
+class RefusedError(Exception):
+    """Raised inside a request handler to answer with an error response."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- the server ------------------------------------------------------------------------------
+
+_ANONYMOUS_REQUESTS: Final = (m.Register, m.Login, m.Resume)
+
+
+class ServerCore:
+    """The server role's state and shared machinery (see :class:`ChatServer`).
+
+    Args:
+        store: where accounts, sessions, friendships, rooms and messages live. The
+            caller owns it: it commits it when :attr:`writes_pending` says so.
+        static_key: the server's Noise static key.
+        clock: the wall clock, POSIX seconds (``time.time`` in a real server):
+            message timestamps and session expiry, which outlive the process.
+            Timers and rate limits run on the ``now`` each call passes instead, a
+            monotonic clock, so that a wall-clock step (NTP) never moves them.
+        config: limits and timeouts (defaults: :class:`ServerConfig`).
+        random: where tokens, salts and transport keys come from (default: the OS).
+
+    Nothing here raises for remote input. Store exceptions in a request handler are
+    answered ``internal`` and counted in :attr:`stats` (the store's transaction is
+    the caller's to roll back or commit).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        static_key: ServerKey,
+        clock: WallClock,
+        config: ServerConfig | None = None,
+        random: RandomSource | None = None,
+    ) -> None:
+        self._clock = clock
+        self._config = config if config is not None else ServerConfig()
+        self._random: RandomSource = random if random is not None else SystemRandomSource()
+        self._tracker = WriteTrackingStore(store)
+        self._store = cast(Store, self._tracker)
+        self._server_key = static_key.public_bytes
+        self._transport = ServerTransport(
+            static_key=static_key, config=self._config.transport, random=self._random
+        )
+        self._connections: dict[ConnectionId, ChatConnection] = {}
+        self._by_user: dict[str, dict[ConnectionId, None]] = {}
+        """Live logged-in connections of each online user (insertion-ordered)."""
+        self._by_session: dict[bytes, dict[ConnectionId, None]] = {}
+        self._held: list[_Held] = []
+        """Replies and pushes waiting for the batch's commit (message and payload)."""
+        self._stale: dict[ConnectionId, None] = {}
+        """Connections whose pushes a lost batch dropped: refilled at ``_retry_at``."""
+        self._retry_at: float | None = None
+        self._touches: dict[bytes, float] = {}
+        """Sessions resumed since the last flush, with when (see SESSION_TOUCH_DELAY)."""
+        self._touching: dict[bytes, float] = {}
+        """The touches written in the current batch (put back if it is lost)."""
+        self._touch_at: float | None = None
+        self._stepping = False
+        """Inside a request's step: its output waits for the step to complete."""
+        self._events: collections.deque[ServerEvent] = collections.deque()
+        self._job_ids = itertools.count(1)
+        self._jobs: dict[int, PendingJob] = {}
+        self._new_jobs: list[HashJob] = []
+        self._user_failures: KeyedLimiter[str] = KeyedLimiter(self._config.login_failures_per_user)
+        self._address_failures: KeyedLimiter[str] = KeyedLimiter(
+            self._config.login_failures_per_address
+        )
+        self._registrations: KeyedLimiter[str] = KeyedLimiter(
+            self._config.registrations_per_address
+        )
+        self._message_rate: KeyedLimiter[bytes] = KeyedLimiter(self._config.message_rate)
+        self._next_sweep: float | None = None
+        self._now = 0.0
+        """The latest ``now`` given (for a close decided where no ``now`` is passed)."""
+        self.stats = ServerStats()
+        """Counters for monitoring (see :class:`ServerStats`)."""
+        # Each handler takes its own request class; the dispatch by type keeps that sound.
+        self._handlers: dict[type, Callable[[ChatConnection, Any, float], None]] = {
+            request_type: getattr(self, name) for request_type, name in HANDLERS.items()
+        }
+
+    # --- the five methods ----------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Feed one datagram read from the socket.
+
+        Never raises for remote input: bad datagrams are dropped and counted.
+
+        Args:
+            data: the datagram's bytes.
+            addr: where it came from.
+            now: a monotonic clock, seconds (``time.monotonic()``).
+
+        Then call :meth:`take_hash_jobs`, commit if :attr:`writes_pending`, and call
+        :meth:`datagrams_to_send`.
+        """
+        self._now = now
+        self._maybe_sweep(now)
+        self._transport.receive_datagram(data, addr, now)
+        self._drain_transport(now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Return the datagrams to write now (held replies are not among them).
+
+        Args:
+            now: a monotonic clock, seconds (``time.monotonic()``).
+
+        Returns:
+            ``(data, address)`` pairs, each at most the configured datagram size.
+        """
+        self._now = now
+        datagrams: list[tuple[bytes, Address]] = self._transport.datagrams_to_send(now)
+        # Building datagrams can end a connection (a close that was just sent).
+        self._drain_transport(now)
+        return datagrams
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should be called next (POSIX seconds), or None."""
+        timers = [
+            t
+            for t in (self._transport.get_timer(), self._next_sweep, self._retry_at, self._touch_at)
+            if t is not None
+        ]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer due at ``now`` (an early call is harmless).
+
+        Then commit if :attr:`writes_pending`, and call :meth:`datagrams_to_send`.
+        """
+        self._now = now
+        self._maybe_sweep(now)
+        if self._touch_at is not None and now >= self._touch_at:
+            self._flush_touches()
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            stale, self._stale = self._stale, {}
+            for connection_id in stale:
+                connection = self._connections.get(connection_id)
+                if connection is not None:
+                    self._retry_refill(connection)
+        self._transport.handle_timer(now)
+        self._drain_transport(now)
+
+    def next_event(self) -> ServerEvent | None:
+        """The next event for logging, or None when there is none."""
+        return self._events.popleft() if self._events else None
+
+    # --- group commit --------------------------------------------------------------------
+
+    @property
+    def writes_pending(self) -> bool:
+        """Whether the store was written since the last commit.
+
+        While it is True, replies and pushes are held until :meth:`commit`.
+        """
+        return self._tracker.dirty
+
+    def commit(self) -> StoreUnavailableError | None:
+        """Commit the batch, if anything was written, and release what it held.
+
+        Call it once per batch, after feeding every datagram, hash result and timer
+        of the batch, and before :meth:`datagrams_to_send` (group commit).
+
+        Returns:
+            None once the batch is durable (or there was nothing to commit); the
+            store's :class:`~udpchat_proto.chat.store.StoreUnavailableError` if the batch
+            was lost (see :meth:`rolled_back`), for the caller to log.
+        """
+        if not self._tracker.dirty:
+            return None
+        try:
+            self._tracker.commit()
+        except StoreUnavailableError as exc:
+            self.rolled_back(exc)
+            return exc
+        self.committed()
+        return None
+
+    def committed(self) -> None:
+        """Tell the server that the caller committed the store itself.
+
+        Releases every reply and push held since the first uncommitted write, in
+        order. Then call :meth:`datagrams_to_send`. (:meth:`commit` does both.)
+        """
+        self._tracker.dirty = False
+        self._touching.clear()
+        held, self._held = self._held, []
+        for item in held:
+            self._transport_send(item.connection_id, item.payload)
+
+    def rolled_back(self, failure: StoreUnavailableError) -> None:
+        """Tell the server that the batch could not be committed: it is lost.
+
+        Nothing it held is sent as it was: every held answer becomes an
+        ``unavailable`` refusal (the client may try again), a login it held is
+        undone, and its pushes are dropped; connections whose deliveries were
+        dropped are refilled from the store after :data:`STORE_RETRY_INTERVAL`.
+        Then call :meth:`datagrams_to_send`.
+        """
+        self._tracker.dirty = False
+        self._note_store_failure(failure)
+        self.stats.batches_lost += 1
+        self._touches = {**self._touching, **self._touches}
+        self._touching.clear()
+        if self._touches and self._touch_at is None:
+            self._touch_at = self._now + SESSION_TOUCH_DELAY
+        held, self._held = self._held, []
+        for connection, response in self._retract(held):
+            self._refuse(
+                connection, response.request_id, ErrorCode.UNAVAILABLE, unavailable_message(failure)
+            )
+
+    def _retract(self, held: list[_Held]) -> list[tuple[ChatConnection, m.Response]]:
+        """Undo what held output stood for, since it will never be sent.
+
+        A login or resume it reported is undone (its session may not exist), a
+        delivery is taken out of the window (the store pushes it again if it holds
+        it); other pushes are dropped.
+
+        Returns:
+            The held answers, for the caller to replace with a refusal.
+        """
+        answers: list[tuple[ChatConnection, m.Response]] = []
+        for item in held:
+            connection = self._connections.get(item.connection_id)
+            message = item.message
+            if connection is None or connection.closing:
+                continue
+            if isinstance(message, m.MessageDelivered):
+                connection.deliveries.take_back(message.message.id)
+                self._stale[connection.connection_id] = None
+                if self._retry_at is None:
+                    self._retry_at = self._now + STORE_RETRY_INTERVAL
+            elif isinstance(message, m.RESPONSE_TYPES):
+                if isinstance(message, m.LoggedIn):
+                    self._log_out(connection, self._now, announce=True)
+                answers.append((connection, message))
+        return answers
+
+    def _retry_refill(self, connection: ChatConnection) -> None:
+        try:
+            self._refill(connection)
+        except StoreUnavailableError as failure:
+            self._note_store_failure(failure)
+            self._stale[connection.connection_id] = None
+            self._retry_at = self._now + STORE_RETRY_INTERVAL
+        except Exception as exc:
+            self._count_internal_error(exc)
+
+    def _note_store_failure(self, failure: StoreUnavailableError) -> None:
+        self.stats.store_failures += 1
+        self.stats.last_store_failure = failure
+
+    # --- hash jobs -----------------------------------------------------------------------
+
+    def take_hash_jobs(self) -> list[HashJob]:
+        """Return the password hashes to compute; each job is returned once.
+
+        Run each (:meth:`HashJob.run`, off the event loop) and pass the digest to
+        :meth:`complete_hash_job`.
+        """
+        jobs, self._new_jobs = self._new_jobs, []
+        return jobs
+
+    def complete_hash_job(self, job_id: int, digest: bytes, now: float) -> None:
+        """Hand back the digest of a :class:`HashJob`.
+
+        Answers the register or login that asked for it, then the requests that
+        connection queued meanwhile. A job whose connection has gone is ignored,
+        as is an unknown ``job_id``.
+
+        Args:
+            job_id: :attr:`HashJob.job_id`.
+            digest: what :meth:`HashJob.run` returned.
+            now: a monotonic clock, seconds (``time.monotonic()``).
+
+        Then commit if :attr:`writes_pending`, and call :meth:`datagrams_to_send`.
+        """
+        self._now = now
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        connection = self._connections.get(job.connection_id)
+        if connection is None or not connection.hashing or connection.job_id != job_id:
+            return
+        connection.job_id = None
+        connection.transition(ChatConnectionInput.HASH_DONE)
+        self._run_atomically(connection, job.request.request_id, self._finish_job, job, digest, now)
+        self._run_queue(connection, now)
+
+    def _finish_job(
+        self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
+    ) -> None:
+        """The second half of the request that started ``job`` (the account handlers)."""
+        raise NotImplementedError
+
+    # --- introspection -------------------------------------------------------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        """The configuration in force."""
+        return self._config
+
+    @property
+    def connection_count(self) -> int:
+        """Connections that completed the handshake and have not ended."""
+        return len(self._connections)
+
+    @property
+    def online_users(self) -> list[str]:
+        """Users with at least one live logged-in connection, sorted."""
+        return sorted(self._by_user)
+
+    @property
+    def pending_hash_jobs(self) -> int:
+        """Hash jobs handed out (or about to be) and not yet completed."""
+        return len(self._jobs)
+
+    @property
+    def server_key(self) -> bytes:
+        """The server's static public key (what clients pin)."""
+        return self._server_key
+
+    # --- transport events ----------------------------------------------------------------
+
+    def _drain_transport(self, now: float) -> None:
+        while (event := self._transport.next_event()) is not None:
+            self._on_transport_event(event, now)
+
+    def _on_transport_event(self, event: TransportEvent, now: float) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self._new_connection(event.connection_id, event.address, now)
+            self._events.append(
+                ClientConnected(connection_id=event.connection_id, address=event.address)
+            )
+        elif isinstance(event, PayloadReceived):
+            self._on_payload(event.connection_id, event.payload, now)
+        elif isinstance(event, ConnectionAddressChanged):
+            migrated = self._connections.get(event.connection_id)
+            if migrated is not None:
+                migrated.address = event.address
+        elif isinstance(event, ConnectionTerminated):
+            ended = self._connections.pop(event.connection_id, None)
+            if ended is not None:
+                self._log_out(ended, now, announce=False)
+                self._events.append(
+                    ClientDisconnected(
+                        connection_id=event.connection_id, code=event.code, reason=event.reason
+                    )
+                )
+
+    def _new_connection(
+        self, connection_id: ConnectionId, address: Address, now: float
+    ) -> ChatConnection:
+        connection = ChatConnection(
+            connection_id,
+            address,
+            requests=TokenBucket(self._config.request_rate, now=now),
+            window=DeliveryWindow(self._config.delivery_window),
+        )
+        self._connections[connection_id] = connection
+        return connection
+
+    def _on_payload(self, connection_id: ConnectionId, payload: bytes, now: float) -> None:
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            # The transport delivers payloads only on established connections, whose
+            # HandshakeCompleted came first; tolerate it anyway.
+            address = self._transport.address_of(connection_id)
+            if address is None:
+                return
+            connection = self._new_connection(connection_id, address, now)
+        if connection.closing:
+            return
+        self.stats.payloads += 1
+        item: Queued
+        try:
+            message = decode(payload)
+        except DecodeError as exc:
+            self.stats.decode_errors[exc.reason] += 1
+            if exc.request_id is None or exc.code is None:
+                self._violation(connection, now, f"undecodable payload ({exc.reason})")
+                return
+            item = Refusal(request_id=exc.request_id, code=exc.code, message=exc.detail[:200])
+        else:
+            if isinstance(message, m.AcknowledgeDelivery):
+                # Not a request: no answer, and nothing to keep in order with them.
+                try:
+                    self._on_acknowledge(connection, message, now)
+                except Exception as exc:  # the store failed: nobody to answer
+                    self._count_internal_error(exc)
+                return
+            if not isinstance(message, m.ANSWERED_REQUEST_TYPES):  # server-only types
+                self._violation(connection, now, f"{type(message).__name__} sent to the server")
+                return
+            item = message
+        if not connection.requests.spend(now=now):
+            item = Refusal(
+                request_id=item.request_id,
+                code=ErrorCode.RATE_LIMITED,
+                message="too many requests on this connection; slow down",
+            )
+        if connection.hashing or connection.queue:
+            if len(connection.queue) >= self._config.max_queued_requests:
+                self.stats.closed_for_abuse += 1
+                self._close_connection(connection_id, "too many pipelined requests")
+                return
+            connection.queue.append(item)
+            return
+        self._dispatch(connection, item, now)
+
+    def _violation(self, connection: ChatConnection, now: float, reason: str) -> None:
+        self.stats.violations += 1
+        connection.violations += 1
+        if connection.violations > self._config.max_violations:
+            self.stats.closed_for_abuse += 1
+            self._close_connection(connection.connection_id, f"protocol violation: {reason}")
+
+    # --- request dispatch ----------------------------------------------------------------
+
+    def _run_queue(self, connection: ChatConnection, now: float) -> None:
+        """Answer queued requests until one starts a hash job or none is left."""
+        while (
+            not connection.hashing
+            and connection.queue
+            and not connection.closing
+            and connection.connection_id in self._connections
+        ):
+            self._dispatch(connection, connection.queue.popleft(), now)
+
+    def _dispatch(self, connection: ChatConnection, item: Queued, now: float) -> None:
+        self.stats.requests += 1
+        if isinstance(item, Refusal):
+            self._refuse(connection, item.request_id, item.code, item.message)
+            return
+        if not connection.logged_in and not isinstance(item, _ANONYMOUS_REQUESTS):
+            self._refuse(
+                connection,
+                item.request_id,
+                ErrorCode.NOT_LOGGED_IN,
+                "log in (or resume a session) first",
+            )
+            return
+        self._run_atomically(connection, item.request_id, self._handlers[type(item)], item, now)
+
+    def _run_atomically(
+        self, connection: ChatConnection, request_id: int, step: Callable[..., None], *args: Any
+    ) -> None:
+        """Run one request's step so that its writes and its output all happen or
+        none do: a refusal or a store failure half-way leaves nothing of it for the
+        batch, and nothing it would have sent (its answer, pushes, a login) leaves."""
+        mark = len(self._held)
+        self._stepping = True
+        try:
+            with self._store.atomic():
+                step(connection, *args)
+        except Exception as exc:
+            self._stepping = False
+            undone, self._held[mark:] = self._held[mark:], []
+            self._retract(undone)
+            if isinstance(exc, RefusedError):
+                self._refuse(connection, request_id, exc.code, exc.message)
+            elif isinstance(exc, StoreUnavailableError):
+                self._note_store_failure(exc)
+                self._refuse(
+                    connection, request_id, ErrorCode.UNAVAILABLE, unavailable_message(exc)
+                )
+            else:
+                self._internal_error(connection, request_id, exc)
+        else:
+            self._stepping = False
+            if not self._tracker.dirty:  # nothing to wait for: out now
+                done, self._held[mark:] = self._held[mark:], []
+                for item in done:
+                    self._transport_send(item.connection_id, item.payload)
+        finally:
+            self._stepping = False
+
+    def _internal_error(self, connection: ChatConnection, request_id: int, exc: Exception) -> None:
+        self._count_internal_error(exc)
+        self._refuse(connection, request_id, ErrorCode.INTERNAL, "internal server error")
+
+    def _count_internal_error(self, exc: Exception) -> None:
+        self.stats.internal_errors += 1
+        self.stats.last_internal_error = exc
+
+    # --- output --------------------------------------------------------------------------
+
+    def _send(self, connection_id: ConnectionId, message: m.Response | m.Push) -> None:
+        payload = encode(message)
+        if self._tracker.dirty or self._stepping:
+            self._held.append(_Held(connection_id, message, payload))
+        else:
+            self._transport_send(connection_id, payload)
+
+    def _transport_send(self, connection_id: ConnectionId, payload: bytes) -> None:
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.closing:
+            return  # ended (or is ending) while the payload was held
+        try:
+            self._transport.send(connection_id, payload)
+        except LocalProtocolError:
+            # Its send buffer is full (it does not read what it asked for) or it is
+            # already closing. Dropping one payload would break the order of its
+            # answers, so the connection ends; its session's unacknowledged
+            # messages are pushed again on its next connection.
+            self._close_connection(connection_id, "send buffer full")
+
+    def _close_connection(self, connection_id: ConnectionId, reason: str) -> None:
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.closing:
+            return
+        # Off its session at once (presence, deliveries): it is going.
+        self._log_out(connection, self._now, announce=False)
+        connection.transition(ChatConnectionInput.CLOSE)
+        with contextlib.suppress(LocalProtocolError):  # already gone
+            self._transport.close(connection_id, self._now, reason)
+
+    def _reply(self, connection: ChatConnection, message: m.Response) -> None:
+        try:
+            self._send(connection.connection_id, message)
+        except LocalProtocolError:
+            # Only an answer over the size limit can fail to encode.
+            self._refuse(
+                connection, message.request_id, ErrorCode.TOO_LARGE, "the answer is too large"
+            )
+
+    def _refuse(
+        self, connection: ChatConnection, request_id: int, code: ErrorCode, message: str
+    ) -> None:
+        self.stats.refusals[code.value] += 1
+        self._send(
+            connection.connection_id,
+            m.ErrorResponse(request_id=request_id, code=code, message=message),
+        )
+
+    def _push_to_user(self, username: str, push: m.Push) -> None:
+        for connection_id in self._by_user.get(username, ()):
+            self._send(connection_id, push)
+
+    def _end_session(self, hashed: bytes, now: float) -> None:
+        """Log out every connection of a session that just ended."""
+        for connection_id in list(self._by_session.get(hashed, ())):
+            self._log_out(self._connections[connection_id], now, announce=True)
+        self._message_rate.forget(hashed)
+
+    def _log_in(self, connection: ChatConnection, username: str, hashed: bytes, now: float) -> None:
+        if connection.logged_in and connection.token_hash == hashed:
+            return  # resuming the session this connection already has: nothing changes
+        if connection.logged_in:
+            self._log_out(connection, now, announce=True)
+        connection.transition(ChatConnectionInput.LOGIN)
+        connection.username = username
+        connection.token_hash = hashed
+        connection.deliveries.start()
+        self._by_session.setdefault(hashed, {})[connection.connection_id] = None
+        user_connections = self._by_user.setdefault(username, {})
+        user_connections[connection.connection_id] = None
+        if len(user_connections) == 1:
+            self._announce_presence(username, online=True)
+
+    def _log_out(self, connection: ChatConnection, now: float, *, announce: bool) -> None:
+        """Detach a connection from its session (logout, session end, or close)."""
+        if not connection.logged_in:
+            return
+        username, hashed = connection.username, connection.token_hash
+        assert username is not None and hashed is not None
+        connection.transition(ChatConnectionInput.LOGOUT)
+        connection.username = connection.token_hash = None
+        connection.deliveries.stop()
+        session_connections = self._by_session.get(hashed, {})
+        session_connections.pop(connection.connection_id, None)
+        if not session_connections:
+            self._by_session.pop(hashed, None)
+        user_connections = self._by_user.get(username, {})
+        user_connections.pop(connection.connection_id, None)
+        if not user_connections:
+            self._by_user.pop(username, None)
+            self._announce_presence(username, online=False)
+        if announce:
+            self._events.append(
+                UserLoggedOut(connection_id=connection.connection_id, username=username)
+            )
+
+    def _announce_presence(self, username: str, *, online: bool) -> None:
+        try:
+            friends = [f for f in self._store.friends_of(username) if f in self._by_user]
+        except Exception as exc:
+            # Presence is a notification: a store failure here must not leave the
+            # connection half logged in (or out), so count it and tell nobody.
+            self._count_internal_error(exc)
+            return
+        if friends:
+            push = m.PresenceChanged(username=username, online=online)
+            for friend in friends:
+                self._push_to_user(friend, push)
+
+    def _maybe_sweep(self, now: float) -> None:
+        if self._next_sweep is not None and now < self._next_sweep:
+            return
+        self._next_sweep = now + self._config.session_sweep_interval
+        try:
+            self._sweep(now)
+        except StoreUnavailableError as failure:  # try again at the next sweep
+            self._note_store_failure(failure)
+        except Exception as exc:
+            self._count_internal_error(exc)
+
+    def _flush_touches(self) -> None:
+        """Write the "last used" time of the sessions resumed lately, in this batch."""
+        self._touch_at = None
+        touches, self._touches = self._touches, {}
+        try:
+            for hashed, when in touches.items():
+                self._store.touch_session(hashed, when)
+                self._touching[hashed] = when
+        except StoreUnavailableError as failure:
+            self._note_store_failure(failure)
+            self._touches = {**touches, **self._touches}
+            self._touch_at = self._now + SESSION_TOUCH_DELAY
+        except Exception as exc:
+            self._count_internal_error(exc)
+
+    def _sweep(self, now: float) -> None:
+        wall = self._clock()
+        # Sessions in use are touched first, so that a connection that stays up for
+        # longer than the lifetime keeps its session.
+        for hashed in self._by_session:
+            self._store.touch_session(hashed, wall)
+        self.stats.sessions_expired += self._store.delete_sessions_unused_since(
+            wall - self._config.session_lifetime
+        )
+        for limiter in (
+            self._user_failures,
+            self._address_failures,
+            self._registrations,
+        ):
+            limiter.prune(now=now)
+        self._message_rate.prune(now=now)
+
+    # --- what the handlers share -----------------------------------------------------
+
+    @staticmethod
+    def _me(connection: ChatConnection) -> str:
+        assert connection.username is not None  # only called when logged in
+        return connection.username
+
+    def _require_user(self, username: str) -> None:
+        if self._store.get_account(username) is None:
+            raise RefusedError(ErrorCode.UNKNOWN_USER, f"no user named {username}")
+
+    def _presence(self, usernames: list[str]) -> tuple[m.UserPresence, ...]:
+        return tuple(
+            m.UserPresence(username=name, online=name in self._by_user)
+            for name in usernames[:LIST_MAX]
+        )
+
+    def _require_member(self, me: str, room: str) -> None:
+        if not self._store.room_exists(room):
+            raise RefusedError(ErrorCode.UNKNOWN_ROOM, f"no room named {room}")
+        if me not in self._store.room_members(room):
+            raise RefusedError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {room}")
+
+    # --- delivery ----------------------------------------------------------------------
+
+    def _deliver_new(self, connection: ChatConnection, message: m.ChatMessage) -> None:
+        """A new message for this connection's user was just stored."""
+        if connection.deliveries.offer(message):
+            # Everything older is already in flight, so pushing now keeps the order.
+            self._push_delivery(connection, message)
+        else:
+            # It is in the store, behind the backlog; the refill will reach it.
+            self._refill(connection)
+
+    def _push_delivery(self, connection: ChatConnection, message: m.ChatMessage) -> None:
+        self.stats.deliveries_pushed += 1
+        self._send(connection.connection_id, m.MessageDelivered(message=message))
+
+    def _refill(self, connection: ChatConnection) -> None:
+        """Top up the connection's delivery window from the store."""
+        window = connection.deliveries
+        if not window.wants_refill:
+            return
+        assert connection.username is not None and connection.token_hash is not None
+        # Pending starts with what is already in flight (unacknowledged), so ask for a
+        # whole window; the window skips those.
+        pending = self._store.pending_deliveries(
+            connection.username, connection.token_hash, window.size
+        )
+        pushed, caught_up = window.refill(pending)
+        for message in pushed:
+            self._push_delivery(connection, message)
+        if caught_up:
+            self._send(connection.connection_id, m.CaughtUp())
+
+    def _on_acknowledge(
+        self, connection: ChatConnection, request: m.AcknowledgeDelivery, now: float
+    ) -> None:
+        if not connection.logged_in:
+            return  # nothing was delivered on this connection: nothing to advance
+        assert connection.username is not None and connection.token_hash is not None
+        ids = request.message_ids
+        # Out of the window whatever the store does: if the cursor cannot move, the
+        # store still holds them as pending and a later refill pushes them again
+        # (the client acknowledges a repeat without showing it twice).
+        connection.deliveries.acknowledge(ids)
+        try:
+            for start in range(0, len(ids), ACK_CHUNK):
+                self._store.acknowledge(
+                    connection.username, connection.token_hash, ids[start : start + ACK_CHUNK]
+                )
+        except StoreUnavailableError as failure:
+            self._note_store_failure(failure)
+            connection.deliveries.fall_behind()
+            self._stale[connection.connection_id] = None
+            if self._retry_at is None:
+                self._retry_at = self._now + STORE_RETRY_INTERVAL
+            return
+        self._retry_refill(connection)

@@ -1,0 +1,115 @@
+"""Requests about friends: invitations, friendships and who is online."""
+
+from __future__ import annotations
+
+from ...errors import ErrorCode
+from .. import messages as m
+from ..connection import ChatConnection
+from ..core import (
+    RefusedError,
+    ServerCore,
+    handles,
+)
+from ..validation import LIST_MAX
+
+__all__ = ["FriendRequests"]
+
+
+class FriendRequests(ServerCore):
+    """Handlers of the invitation and friendship requests, and the lists."""
+
+    @handles(m.Invite)
+    def _on_invite(self, connection: ChatConnection, request: m.Invite, now: float) -> None:
+        me, other = self._me(connection), request.username
+        if other == me:
+            raise RefusedError(ErrorCode.CANNOT_INVITE_SELF, "you cannot invite yourself")
+        self._require_user(other)
+        if self._store.are_friends(me, other):
+            raise RefusedError(ErrorCode.ALREADY_FRIENDS, f"you are already friends with {other}")
+        if self._store.has_invitation(me, other):
+            raise RefusedError(ErrorCode.ALREADY_INVITED, f"you have already invited {other}")
+        if self._store.has_invitation(other, me):
+            # Both want it: inviting back accepts their invitation.
+            self._store.delete_invitation(other, me)
+            self._store.add_friendship(me, other, self._clock())
+            self._reply(connection, m.Ok(request_id=request.request_id))
+            self._push_to_user(other, m.InvitationAnswered(by_user=me, accepted=True))
+            return
+        self._store.add_invitation(me, other, self._clock())
+        self._reply(connection, m.Ok(request_id=request.request_id))
+        self._push_to_user(other, m.InvitationReceived(from_user=me))
+
+    @handles(m.AcceptInvitation)
+    def _on_accept(
+        self, connection: ChatConnection, request: m.AcceptInvitation, now: float
+    ) -> None:
+        me, inviter = self._me(connection), request.username
+        if not self._store.has_invitation(inviter, me):
+            raise RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
+        self._store.delete_invitation(inviter, me)
+        self._store.add_friendship(me, inviter, self._clock())
+        self._reply(connection, m.Ok(request_id=request.request_id))
+        self._push_to_user(inviter, m.InvitationAnswered(by_user=me, accepted=True))
+
+    @handles(m.DeclineInvitation)
+    def _on_decline(
+        self, connection: ChatConnection, request: m.DeclineInvitation, now: float
+    ) -> None:
+        me, inviter = self._me(connection), request.username
+        if not self._store.has_invitation(inviter, me):
+            raise RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
+        self._store.delete_invitation(inviter, me)
+        self._reply(connection, m.Ok(request_id=request.request_id))
+        self._push_to_user(inviter, m.InvitationAnswered(by_user=me, accepted=False))
+
+    @handles(m.CancelInvitation)
+    def _on_cancel(
+        self, connection: ChatConnection, request: m.CancelInvitation, now: float
+    ) -> None:
+        me, invitee = self._me(connection), request.username
+        if not self._store.has_invitation(me, invitee):
+            raise RefusedError(ErrorCode.NO_INVITATION, f"you have not invited {invitee}")
+        self._store.delete_invitation(me, invitee)
+        self._reply(connection, m.Ok(request_id=request.request_id))
+        self._push_to_user(invitee, m.InvitationCancelled(by_user=me))
+
+    @handles(m.Unfriend)
+    def _on_unfriend(self, connection: ChatConnection, request: m.Unfriend, now: float) -> None:
+        me, other = self._me(connection), request.username
+        if not self._store.are_friends(me, other):
+            raise RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {other}")
+        self._store.delete_friendship(me, other)
+        self._reply(connection, m.Ok(request_id=request.request_id))
+        self._push_to_user(other, m.Unfriended(by_user=me))
+
+    @handles(m.ListInvitations)
+    def _on_list_invitations(
+        self, connection: ChatConnection, request: m.ListInvitations, now: float
+    ) -> None:
+        me = self._me(connection)
+        self._reply(
+            connection,
+            m.Invitations(
+                request_id=request.request_id,
+                incoming=tuple(self._store.incoming_invitations(me)[:LIST_MAX]),
+                outgoing=tuple(self._store.outgoing_invitations(me)[:LIST_MAX]),
+            ),
+        )
+
+    @handles(m.ListFriends)
+    def _on_list_friends(
+        self, connection: ChatConnection, request: m.ListFriends, now: float
+    ) -> None:
+        friends = self._presence(self._store.friends_of(self._me(connection)))
+        self._reply(connection, m.Friends(request_id=request.request_id, friends=friends))
+
+    @handles(m.ListOnline)
+    def _on_list_online(
+        self, connection: ChatConnection, request: m.ListOnline, now: float
+    ) -> None:
+        self._reply(
+            connection,
+            m.OnlineUsers(
+                request_id=request.request_id, usernames=tuple(self.online_users[:LIST_MAX])
+            ),
+        )

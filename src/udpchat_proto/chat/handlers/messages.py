@@ -1,0 +1,89 @@
+"""Requests about messages: send one (to a friend or a room), read a conversation's history.
+
+Delivery itself (windows, refill, acknowledgement) is the core's: every
+connection of every recipient needs it, whatever request stored the message.
+"""
+
+from __future__ import annotations
+
+from ...errors import ErrorCode
+from .. import messages as m
+from ..connection import ChatConnection
+from ..core import (
+    RefusedError,
+    ServerCore,
+    handles,
+    utc_from_posix,
+)
+from ..validation import is_room
+
+__all__ = ["MessageRequests"]
+
+
+class MessageRequests(ServerCore):
+    """Handlers of send_message and get_history."""
+
+    @handles(m.SendMessage)
+    def _on_send_message(
+        self, connection: ChatConnection, request: m.SendMessage, now: float
+    ) -> None:
+        me = self._me(connection)
+        existing = self._store.get_message(request.message_id)
+        if existing is not None:
+            if existing.message.sender != me:
+                raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use")
+            # A retry (the acceptance was lost with a connection): same answer again.
+            self._reply(
+                connection,
+                m.MessageAccepted(
+                    request_id=request.request_id,
+                    message_id=request.message_id,
+                    sent_at=existing.message.sent_at,
+                ),
+            )
+            return
+        recipients = self._recipients(me, request.to)
+        hashed = connection.token_hash
+        assert hashed is not None
+        if not self._message_rate.spend(hashed, now=now):
+            raise RefusedError(ErrorCode.RATE_LIMITED, "you are sending too fast; slow down")
+        message = m.ChatMessage(
+            id=request.message_id,
+            sender=me,
+            to=request.to,
+            text=request.text,
+            sent_at=utc_from_posix(self._clock()),
+        )
+        self._store.add_message(message)
+        self.stats.messages_accepted += 1
+        self._reply(
+            connection,
+            m.MessageAccepted(
+                request_id=request.request_id, message_id=message.id, sent_at=message.sent_at
+            ),
+        )
+        for recipient in recipients:
+            for connection_id in self._by_user.get(recipient, ()):
+                self._deliver_new(self._connections[connection_id], message)
+
+    def _recipients(self, me: str, to: str) -> list[str]:
+        """Who receives a message from ``me`` to ``to``; refuses what may not be sent."""
+        if is_room(to):
+            self._require_member(me, to)
+            return [member for member in self._store.room_members(to) if member != me]
+        self._require_user(to)
+        if not self._store.are_friends(me, to):
+            raise RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {to}")
+        return [to]
+
+    @handles(m.GetHistory)
+    def _on_get_history(
+        self, connection: ChatConnection, request: m.GetHistory, now: float
+    ) -> None:
+        me, peer = self._me(connection), request.peer
+        if is_room(peer):
+            self._require_member(me, peer)
+        else:
+            self._require_user(peer)
+        messages = self._store.history(me, peer, request.limit)
+        self._reply(connection, m.History(request_id=request.request_id, messages=tuple(messages)))
