@@ -30,16 +30,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from udpchat_proto import RateLimit, SeededRandomSource
+from udpchat_proto.chat import (
+    ChatServer,
+    ClientConnection,
+    MemoryStore,
+    ScryptParams,
+    ServerConfig,
+    Store,
+)
 from udpchat_proto.chat import messages as m
-from udpchat_proto.chat.client import ClientConnection
-from udpchat_proto.chat.config import ServerConfig
-from udpchat_proto.chat.memory_store import MemoryStore
-from udpchat_proto.chat.passwords import ScryptParams
-from udpchat_proto.chat.server import ChatServer
-from udpchat_proto.chat.store import Store
-from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.ratelimit import RateLimit
-from udpchat_proto.transport.keys import ServerKey
+from udpchat_proto.transport import ServerKey
 from udpchat_server.sqlite_store import SQLiteStore
 
 MEMBERS = 100

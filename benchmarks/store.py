@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from udpchat_proto.chat.memory_store import MemoryStore
+from udpchat_proto.chat import MemoryStore, Store
 from udpchat_proto.chat.messages import ChatMessage
-from udpchat_proto.chat.store import Store
 from udpchat_server.sqlite_store import SQLiteStore
 
 REPEATS = 5

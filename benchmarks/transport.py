@@ -29,24 +29,22 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto import SeededRandomSource
 from udpchat_proto.transport import (
+    CipherState,
     ClientTransport,
+    DataPacket,
     HandshakeCompleted,
     PayloadReceived,
+    ReplayWindow,
+    ServerKey,
     ServerTransport,
-)
-from udpchat_proto.transport.handshake import CipherState
-from udpchat_proto.transport.keys import ServerKey
-from udpchat_proto.transport.packets import (
-    DataPacket,
     StreamFrame,
     decode_frames,
     decode_packet,
     encode_data_header,
     encode_frame,
 )
-from udpchat_proto.transport.replay import ReplayWindow
 
 RUNS = 5
 SIZES = (100, 1000)

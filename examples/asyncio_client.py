@@ -27,10 +27,9 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from udpchat_proto.chat import ClientConnection, Connected, Disconnected
 from udpchat_proto.chat import messages as m
-from udpchat_proto.chat.client import ClientConnection
-from udpchat_proto.chat.events import Connected, Disconnected
-from udpchat_proto.transport.keys import fingerprint
+from udpchat_proto.transport import fingerprint
 
 Address = tuple[str, int]
 

@@ -22,9 +22,8 @@ import time
 
 from asyncio_client import check, open_client, parse_address
 
+from udpchat_proto.chat import MAX_TEXT_BYTES, ClientConnection, is_room
 from udpchat_proto.chat import messages as m
-from udpchat_proto.chat.client import ClientConnection
-from udpchat_proto.chat.validation import MAX_TEXT_BYTES, is_room
 
 
 def reply_text(text: str) -> str:

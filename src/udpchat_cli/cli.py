@@ -36,9 +36,9 @@ try:
     import click
     import platformdirs
 
-    from udpchat_proto.chat import messages as m
-    from udpchat_proto.chat.client import ClientConnection
-    from udpchat_proto.chat.validation import (
+    from udpchat_proto import ErrorCode, LocalProtocolError
+    from udpchat_proto.chat import (
+        ClientConnection,
         ValidationError,
         check_history_limit,
         check_password,
@@ -47,8 +47,8 @@ try:
         valid_target,
         valid_username,
     )
-    from udpchat_proto.errors import ErrorCode, LocalProtocolError
-    from udpchat_proto.transport.keys import fingerprint
+    from udpchat_proto.chat import messages as m
+    from udpchat_proto.transport import fingerprint
 
     from . import output
     from .output import Output, OutputClosedError

@@ -25,6 +25,7 @@ command records what it received here *before* the acknowledgement leaves:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -35,12 +36,44 @@ from typing import Any, TypeVar
 
 import attrs
 
-from udpchat_proto.chat.codec import converter
+from udpchat_proto.chat import TOKEN_SIZE, check_username
 from udpchat_proto.chat.messages import ChatMessage
-from udpchat_proto.chat.validation import TOKEN_SIZE, check_username
-from udpchat_proto.transport.keys import KEY_SIZE
+from udpchat_proto.transport import KEY_SIZE
 
 from .session import parse_server
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+
+def _message_to_json(message: ChatMessage) -> dict[str, Any]:
+    """A kept message as the profile stores it (the profile's own format: the id in
+    hex, ``sent_at`` in integer microseconds since the epoch, UTC)."""
+    return {
+        "id": message.id.hex(),
+        "sender": message.sender,
+        "to": message.to,
+        "text": message.text,
+        "sent_at": (message.sent_at - _EPOCH) // _MICROSECOND,
+    }
+
+
+def _message_from_json(item: Any) -> ChatMessage:
+    """Parse :func:`_message_to_json` output (the message's own validators check it).
+
+    Raises:
+        ValueError, TypeError, KeyError: not a kept message.
+    """
+    if not isinstance(item, dict) or type(item["sent_at"]) is not int:
+        raise ValueError("not a kept message")
+    return ChatMessage(
+        id=bytes.fromhex(item["id"]),
+        sender=item["sender"],
+        to=item["to"],
+        text=item["text"],
+        sent_at=_EPOCH + datetime.timedelta(microseconds=item["sent_at"]),
+    )
+
 
 try:  # POSIX only; elsewhere the profile simply is not locked.
     import fcntl
@@ -134,7 +167,7 @@ class Profile:
             "token": None if self.token is None else self.token.hex(),
             "server": self.server,
             "delivered": [item.hex() for item in self.delivered],
-            "unshown": [converter.unstructure(message) for message in self.unshown],
+            "unshown": [_message_to_json(message) for message in self.unshown],
         }
 
     @classmethod
@@ -152,7 +185,7 @@ class Profile:
             token=None if token is None else bytes.fromhex(token),
             server=_optional_str(data.get("server")),
             delivered=[bytes.fromhex(item) for item in data.get("delivered", [])],
-            unshown=[converter.structure(item, ChatMessage) for item in data.get("unshown", [])],
+            unshown=[_message_from_json(item) for item in data.get("unshown", [])],
         )
         # What the commands use as it is must be valid here, so that a damaged file
         # is reported as such rather than as a refusal or a usage error.

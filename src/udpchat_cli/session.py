@@ -22,11 +22,9 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
-from udpchat_proto.chat.client import ClientConnection
-from udpchat_proto.chat.events import Connected, Disconnected
+from udpchat_proto.chat import ClientConnection, Connected, Disconnected
 from udpchat_proto.chat.messages import Push, Response
-from udpchat_proto.transport import Address, CloseCode, TransportConfig
-from udpchat_proto.transport.keys import fingerprint
+from udpchat_proto.transport import Address, CloseCode, TransportConfig, fingerprint
 
 __all__ = [
     "ConnectionLostError",

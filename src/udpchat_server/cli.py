@@ -41,8 +41,7 @@ try:
     import attrs
     import click
 
-    from udpchat_proto.chat.passwords import ScryptParams
-    from udpchat_proto.chat.server import ChatServer, ServerConfig
+    from udpchat_proto.chat import ChatServer, ScryptParams, ServerConfig
 
     from .keyfile import KeyFileError, default_key_path, load_or_create_key
     from .loop import ServerLoop

@@ -18,9 +18,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-from udpchat_proto.errors import LocalProtocolError
-from udpchat_proto.randomness import RandomSource, SystemRandomSource
-from udpchat_proto.transport.keys import ServerKey
+from udpchat_proto import LocalProtocolError, RandomSource, SystemRandomSource
+from udpchat_proto.transport import ServerKey
 
 __all__ = ["KeyFileError", "default_key_path", "load_or_create_key"]
 

@@ -34,15 +34,17 @@ import socket
 import time
 from collections.abc import Callable
 
-from udpchat_proto.chat.events import (
+from udpchat_proto.chat import (
+    ChatServer,
     ClientConnected,
     ClientDisconnected,
+    HashJob,
     ServerEvent,
+    Store,
+    StoreUnavailableError,
     UserLoggedIn,
     UserLoggedOut,
 )
-from udpchat_proto.chat.server import ChatServer, HashJob
-from udpchat_proto.chat.store import Store, StoreUnavailableError
 
 __all__ = ["BATCH", "ServerLoop", "describe"]
 

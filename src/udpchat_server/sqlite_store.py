@@ -69,18 +69,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from udpchat_proto.chat.messages import ChatMessage
-from udpchat_proto.chat.passwords import PasswordHash
-from udpchat_proto.chat.store import (
+from udpchat_proto.chat import (
     STORE_READS,
     STORE_WRITES,
     Account,
     LoginSession,
+    PasswordHash,
     StoredMessage,
     StoreUnavailableError,
     conversation_key,
+    is_room,
 )
-from udpchat_proto.chat.validation import is_room
+from udpchat_proto.chat.messages import ChatMessage
 
 __all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "SQLiteStore", "SchemaVersionError"]
 

@@ -24,6 +24,7 @@ store, and the server's configuration. The modules behind it:
 
 from __future__ import annotations
 
+from . import messages
 from .client import ClientConnection, ClientState
 from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
 from .config import ServerConfig
@@ -43,18 +44,24 @@ from .passwords import PasswordHash, ScryptParams
 from .server import ChatServer, token_hash
 from .stats import ServerStats
 from .store import (
+    STORE_READS,
+    STORE_WRITES,
     Account,
     LoginSession,
     Store,
     StoredMessage,
     StoreUnavailableError,
+    WriteTrackingStore,
     conversation_key,
 )
 from .validation import (
+    MAX_TEXT_BYTES,
+    TOKEN_SIZE,
     ValidationError,
     check_history_limit,
     check_password,
     check_text,
+    check_username,
     is_room,
     valid_room,
     valid_target,
@@ -64,6 +71,10 @@ from .validation import (
 __all__ = [
     "CODEC_VERSION",
     "MAX_ENCODED_SIZE",
+    "MAX_TEXT_BYTES",
+    "STORE_READS",
+    "STORE_WRITES",
+    "TOKEN_SIZE",
     "Account",
     "ChatServer",
     "ClientConnected",
@@ -87,13 +98,16 @@ __all__ = [
     "UserLoggedIn",
     "UserLoggedOut",
     "ValidationError",
+    "WriteTrackingStore",
     "check_history_limit",
     "check_password",
     "check_text",
+    "check_username",
     "conversation_key",
     "decode",
     "encode",
     "is_room",
+    "messages",
     "token_hash",
     "valid_room",
     "valid_target",

@@ -6,7 +6,9 @@ of messages in ChaCha20-Poly1305-sealed datagrams, with acknowledgement ranges,
 retransmission, a replay window, keepalives, an idle timeout and a close.
 
 Public API: the two roles (:class:`ClientTransport`, :class:`ServerTransport`),
-their configuration and events, and server keys. The modules behind it:
+their configuration and events, server keys, and the wire-level pieces another
+implementation or a benchmark builds on (the Noise handshake and cipher states,
+the packet and frame codecs, the replay window). The modules behind it:
 
 ========================  ======================================================
 ``endpoints``             the client and server roles, and the server's routing
@@ -36,27 +38,61 @@ from .events import (
     PayloadReceived,
     TransportEvent,
 )
-from .keys import ServerKey, fingerprint
-from .packets import WIRE_VERSION
+from .handshake import CipherState, HandshakeState
+from .keys import KEY_SIZE, ServerKey, fingerprint
+from .packets import (
+    WIRE_VERSION,
+    AckFrame,
+    CloseFrame,
+    DataPacket,
+    Frame,
+    HandshakeInitiation,
+    HandshakeResponse,
+    PingFrame,
+    StreamFrame,
+    decode_frames,
+    decode_packet,
+    encode_data_header,
+    encode_frame,
+    encode_frames,
+)
+from .replay import ReplayWindow
 from .states import TransportState
 
 __all__ = [
+    "KEY_SIZE",
     "MAX_UDP_PAYLOAD",
     "PROLOGUE",
     "RECEIVE_WINDOW",
     "WIRE_VERSION",
+    "AckFrame",
     "Address",
+    "CipherState",
     "ClientTransport",
     "CloseCode",
+    "CloseFrame",
     "ConnectionAddressChanged",
     "ConnectionId",
     "ConnectionTerminated",
+    "DataPacket",
+    "Frame",
     "HandshakeCompleted",
+    "HandshakeInitiation",
+    "HandshakeResponse",
+    "HandshakeState",
     "PayloadReceived",
+    "PingFrame",
+    "ReplayWindow",
     "ServerKey",
     "ServerTransport",
+    "StreamFrame",
     "TransportConfig",
     "TransportEvent",
     "TransportState",
+    "decode_frames",
+    "decode_packet",
+    "encode_data_header",
+    "encode_frame",
+    "encode_frames",
     "fingerprint",
 ]
