@@ -18,7 +18,6 @@ Two kinds of peer exist:
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -100,23 +99,18 @@ def new_server() -> tuple[ChatServer, MemoryStore]:
         request_rate=generous,
     )
     store = MemoryStore()
-    extra: dict[str, Any] = {"clock": _fixed_wall_clock} if _TAKES_CLOCK else {}
     server = ChatServer(
         store=store,
         static_key=SERVER_KEY,
         config=config,
         random=SeededRandomSource(SERVER_SEED),
-        **extra,
+        clock=_fixed_wall_clock,
     )
     return server, store
 
 
 def _fixed_wall_clock() -> float:
     return START
-
-
-#: Whether ChatServer takes a wall clock (the core is gaining one); if so, it is fixed.
-_TAKES_CLOCK: Final = "clock" in inspect.signature(ChatServer).parameters
 
 
 def new_client(name: str) -> ClientConnection:

@@ -294,3 +294,12 @@ def test_history_limit_bounds() -> None:
     for limit in (0, 101):
         with pytest.raises(ValidationError):
             m.GetHistory(request_id=1, peer="bob", limit=limit)
+
+
+def test_an_error_message_with_a_lone_surrogate_is_a_decode_error() -> None:
+    """Found by reading the fuzzing harness: decode accepted it, encode then failed."""
+    data = wire({"type": "error", "request_id": 1, "code": "internal", "message": "\ud800"})
+    with pytest.raises(DecodeError):
+        decode(data)
+    fine = decode(wire({"type": "error", "request_id": 1, "code": "internal", "message": "é"}))
+    assert decode(encode(fine)) == fine

@@ -388,7 +388,8 @@ class ErrorResponse:
 
     request_id: int = _request_id_field()
     code: ErrorCode = attrs.field(validator=attrs.validators.instance_of(ErrorCode))
-    message: str = attrs.field(validator=attrs.validators.instance_of(str))
+    message: str = attrs.field(validator=v.utf8_text)
+    """Any text, valid UTF-8 (a lone surrogate from the network would not re-encode)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -213,6 +213,13 @@ def text(_inst: Any, _attr: Any, value: Any) -> None:
     check_text(value)
 
 
+def utf8_text(_inst: Any, _attr: Any, value: Any) -> None:
+    """Any string that encodes as UTF-8 (an error message, a reason)."""
+    if not isinstance(value, str):
+        raise ValidationError(ErrorCode.BAD_REQUEST, "expected a string")
+    _check_utf8(value, ErrorCode.BAD_REQUEST, "the text")
+
+
 def _fixed_bytes(size: int, what: str) -> AttrsValidator:
     def check(_inst: Any, _attr: Any, value: Any) -> None:
         if type(value) is not bytes or len(value) != size:
