@@ -17,21 +17,13 @@ from typing import Generic, TypeVar
 
 import attrs
 
+from .config_checks import positive_int, positive_number
+
 __all__ = ["KEYED_LIMITER_MIN_PRUNE", "KeyedLimiter", "RateLimit", "TokenBucket"]
 
 #: A :class:`KeyedLimiter` prunes itself once it holds this many buckets, and after
 #: that whenever it has doubled since its last prune (amortised O(1) per spend).
 KEYED_LIMITER_MIN_PRUNE = 1024
-
-
-def _positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{attr.name} must be a positive integer, got {value!r}")
-
-
-def _positive_float(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{attr.name} must be a positive number, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -42,9 +34,9 @@ class RateLimit:
     minute (the sustained rate is ``1 / interval`` per second).
     """
 
-    burst: int = attrs.field(validator=_positive_int)
+    burst: int = attrs.field(validator=positive_int)
     """How many events may happen back to back (the bucket's size)."""
-    interval: float = attrs.field(validator=_positive_float)
+    interval: float = attrs.field(validator=positive_number)
     """Seconds for one spent token to come back."""
 
 

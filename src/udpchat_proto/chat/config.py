@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 
+from ..config_checks import int_at_least, positive_int, positive_number
 from ..ratelimit import RateLimit
 from ..transport import TransportConfig
 from .passwords import ScryptParams
@@ -15,23 +16,7 @@ from .passwords import ScryptParams
 __all__ = ["ServerConfig"]
 
 
-def _positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"ServerConfig.{attr.name} must be a positive integer, got {value!r}")
-
-
-def _positive_float(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"ServerConfig.{attr.name} must be a positive number, got {value!r}")
-
-
-def _window(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or value < 2:
-        raise ValueError(
-            f"ServerConfig.{attr.name} must be an integer of at least 2, got {value!r}"
-        )
-
-
+_window = int_at_least(2)
 _rate = attrs.validators.instance_of(RateLimit)
 
 
@@ -53,20 +38,20 @@ class ServerConfig:
     )
     """scrypt cost for new password hashes (existing accounts keep theirs)."""
 
-    session_lifetime: float = attrs.field(default=30 * 86400.0, validator=_positive_float)
+    session_lifetime: float = attrs.field(default=30 * 86400.0, validator=positive_number)
     """Seconds a login session may stay unused before it expires (30 days).
 
     A session is "used" when it is created, resumed, or has a live connection (live
     sessions are touched at every sweep)."""
 
-    session_sweep_interval: float = attrs.field(default=3600.0, validator=_positive_float)
+    session_sweep_interval: float = attrs.field(default=3600.0, validator=positive_number)
     """Seconds between sweeps that expire unused sessions and forget idle rate-limit
     buckets (one hour). Resume checks expiry itself, so the sweep only reclaims space."""
 
-    max_room_members: int = attrs.field(default=256, validator=_positive_int)
+    max_room_members: int = attrs.field(default=256, validator=positive_int)
     """Most members a room may have; one more join is refused with ``room_full``."""
 
-    max_rooms_per_user: int = attrs.field(default=64, validator=_positive_int)
+    max_rooms_per_user: int = attrs.field(default=64, validator=positive_int)
     """Most rooms a user may be in; one more join is refused with ``too_many_rooms``."""
 
     login_failures_per_user: RateLimit = attrs.field(
@@ -101,11 +86,11 @@ class ServerConfig:
     """Requests of any kind per connection: 200 in a row, then 100 a second. Beyond
     it requests are answered ``rate_limited`` without being executed."""
 
-    max_pending_hash_jobs: int = attrs.field(default=64, validator=_positive_int)
+    max_pending_hash_jobs: int = attrs.field(default=64, validator=positive_int)
     """Most password hashes waiting or running at once (all connections). A
     register or login beyond it is refused with ``rate_limited``."""
 
-    max_queued_requests: int = attrs.field(default=64, validator=_positive_int)
+    max_queued_requests: int = attrs.field(default=64, validator=positive_int)
     """Most requests a connection may pipeline behind its own pending register or
     login. One more closes the connection as abusive."""
 
@@ -114,6 +99,6 @@ class ServerConfig:
     server sends the backlog in batches, topping the window up when half of it is
     acknowledged."""
 
-    max_violations: int = attrs.field(default=16, validator=_positive_int)
+    max_violations: int = attrs.field(default=16, validator=positive_int)
     """Protocol violations (undecodable payloads, messages only a server may send)
     tolerated per connection; the next one closes the connection."""

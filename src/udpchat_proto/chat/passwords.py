@@ -14,6 +14,7 @@ import hmac
 
 import attrs
 
+from ..config_checks import int_at_least, positive_int
 from ..errors import DecodeError
 
 __all__ = ["PasswordHash", "ScryptParams", "hash_password", "verify_digest"]
@@ -29,18 +30,18 @@ class ScryptParams:
     them later does not break existing accounts.
     """
 
-    n: int = attrs.field(default=2**14)
+    n: int = attrs.field(default=2**14, validator=int_at_least(2))
     """CPU/memory cost, a power of two greater than 1."""
-    r: int = 8
+    r: int = attrs.field(default=8, validator=positive_int)
     """Block size."""
-    p: int = 1
+    p: int = attrs.field(default=1, validator=positive_int)
     """Parallelism."""
-    dklen: int = 32
+    dklen: int = attrs.field(default=32, validator=positive_int)
     """Length of the derived key in bytes."""
 
     @n.validator
     def _check_n(self, _attr: object, value: int) -> None:
-        if value < 2 or value & (value - 1):
+        if value & (value - 1):
             raise ValueError("scrypt n must be a power of two greater than 1")
 
     @property

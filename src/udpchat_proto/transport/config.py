@@ -9,6 +9,8 @@ from typing import Final
 
 import attrs
 
+from ..config_checks import positive_int, positive_number
+
 __all__ = ["MAX_UDP_PAYLOAD", "RECEIVE_WINDOW", "TransportConfig"]
 
 #: The largest UDP payload over IPv4 (65535 - 8 - 20).
@@ -17,16 +19,6 @@ MAX_UDP_PAYLOAD: Final = 65507
 #: has delivered; a sender's ``stream_window_bytes`` may not exceed it. Fixed rather
 #: than negotiated, so that both sides agree with no transport parameters.
 RECEIVE_WINDOW: Final = 1024 * 1024
-
-
-def _positive(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{attr.name} must be a positive number, got {value!r}")
-
-
-def _positive_int(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{attr.name} must be a positive integer, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -39,73 +31,73 @@ class TransportConfig:
             buffer smaller than one message, ...).
     """
 
-    max_datagram_size: int = attrs.field(default=1200, validator=_positive_int)
+    max_datagram_size: int = attrs.field(default=1200, validator=positive_int)
     """Largest datagram sent, bytes. 1200 is QUIC's minimum (RFC 9000, 14): it fits the
     IPv6 minimum MTU of 1280 with headers, so it is never fragmented by IP. Must be
     1200 to 65507."""
-    idle_timeout: float = attrs.field(default=30.0, validator=_positive)
+    idle_timeout: float = attrs.field(default=30.0, validator=positive_number)
     """Seconds with nothing received before the connection ends with
     ``IDLE_TIMEOUT``. 30 s (QUIC implementations default to 30 s) is the usual UDP NAT
     binding lifetime's floor (RFC 4787 asks for at least 2 minutes, many boxes keep 30 s)."""
-    keepalive_interval: float = attrs.field(default=10.0, validator=_positive)
+    keepalive_interval: float = attrs.field(default=10.0, validator=positive_number)
     """Seconds without sending anything, while established, before a PING goes out.
     10 s keeps NAT bindings open (WireGuard's persistent keepalive is typically 25 s)
     and gives three chances to be heard within ``idle_timeout``."""
-    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    handshake_timeout: float = attrs.field(default=10.0, validator=positive_number)
     """Seconds a handshake may take (client: until the response; server: a half-open
     handshake until the client's first packet). A client that is willing to wait
     longer (the CLI's ``--timeout``) sets its own; the server's bounds how long a
     half-open handshake holds its slot."""
-    max_handshake_interval: float = attrs.field(default=0.5, validator=_positive)
+    max_handshake_interval: float = attrs.field(default=0.5, validator=positive_number)
     """Client: the longest wait before the initiation is sent again, seconds. The
     retransmission timeout doubles from the initial RTO (about 1 s) as for data, but
     never beyond this, so a client keeps trying at a steady pace instead of giving up
     after four tries: through a path losing 30% each way a round trip succeeds 49% of
     the time, and 0.5 s gives 20 tries within the default 10 s handshake timeout (a
     failure rate under 1 in 10^5) for 2.4 KB/s of initiations while it lasts."""
-    max_message_size: int = attrs.field(default=4 * 1024 * 1024, validator=_positive_int)
+    max_message_size: int = attrs.field(default=4 * 1024 * 1024, validator=positive_int)
     """Largest payload :meth:`send` accepts and the receiver reassembles, bytes: the
     codec's ``MAX_ENCODED_SIZE`` (4 MiB)."""
-    max_send_buffer_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive_int)
+    max_send_buffer_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=positive_int)
     """Most bytes queued and not yet acknowledged per connection; ``send`` raises
     ``LocalProtocolError`` beyond it (check ``send_buffer_size`` to back off). Two
     largest messages, so one can be queued while another is in flight."""
-    stream_window_bytes: int = attrs.field(default=256 * 1024, validator=_positive_int)
+    stream_window_bytes: int = attrs.field(default=256 * 1024, validator=positive_int)
     """Most stream bytes sent beyond the lowest unacknowledged one (flow control). At
     most ``RECEIVE_WINDOW`` (1 MiB); 256 KiB lets the packet window run freely under
     loss while bounding what the receiver holds out of order."""
-    max_in_flight_packets: int = attrs.field(default=32, validator=_positive_int)
+    max_in_flight_packets: int = attrs.field(default=32, validator=positive_int)
     """Most ack-eliciting packets unacknowledged at once: a fixed congestion window of
     32 x 1200 = 38 KB, about three of QUIC's initial windows (RFC 9002: 10 packets),
     ENet's default of a 32 KB reliable window in spirit. There is no congestion control
     beyond it."""
-    max_half_open: int = attrs.field(default=1024, validator=_positive_int)
+    max_half_open: int = attrs.field(default=1024, validator=positive_int)
     """Server: most handshakes answered and not yet confirmed by the client's first
     packet. Each holds about 5.5 KB (measured), so a spoofed flood costs at most 6 MB;
     real clients confirm within one RTT, so 1024 absorbs ~100 new clients per second
     even if every one of them took the whole 10 s half-open lifetime."""
-    max_connections_per_address: int = attrs.field(default=256, validator=_positive_int)
+    max_connections_per_address: int = attrs.field(default=256, validator=positive_int)
     """Server: most connections (half-open, established or closing) started from one
     source IP. Each may buffer about 1 MiB out of order plus a message being
     reassembled, so without a cap one address could open connections until memory
     runs out (at 50 handshakes a second). 256 leaves room for many users behind one
     NAT, and for scripted clients whose short connections are still closing."""
-    handshakes_per_address_per_second: float = attrs.field(default=50.0, validator=_positive)
+    handshakes_per_address_per_second: float = attrs.field(default=50.0, validator=positive_number)
     """Server: sustained handshakes (Diffie-Hellman work) allowed per source IP, as
     WireGuard's ratelimiter (``INITIATIONS_PER_SECOND = 50``)."""
-    handshake_burst: int = attrs.field(default=5, validator=_positive_int)
+    handshake_burst: int = attrs.field(default=5, validator=positive_int)
     """Server: handshakes allowed back to back per source IP (WireGuard's
     ``INITIATIONS_BURSTABLE = 5``)."""
-    initial_rtt: float = attrs.field(default=0.333, validator=_positive)
+    initial_rtt: float = attrs.field(default=0.333, validator=positive_number)
     """RTT assumed before the first sample, seconds: RFC 9002's kInitialRtt, giving a
     first timeout of about 1 s as RFC 6298 asks."""
-    min_rto: float = attrs.field(default=0.2, validator=_positive)
+    min_rto: float = attrs.field(default=0.2, validator=positive_number)
     """Smallest retransmission timeout, seconds: Linux TCP's 200 ms (RFC 6298 asks 1 s,
     which is too slow for a chat on a good path; RFC 9002 has no floor beyond 1 ms)."""
-    max_rto: float = attrs.field(default=10.0, validator=_positive)
+    max_rto: float = attrs.field(default=10.0, validator=positive_number)
     """Largest retransmission timeout after backoff, seconds. At most ``idle_timeout``
     so a stalled connection still probes several times before it times out."""
-    max_ack_delay: float = attrs.field(default=0.025, validator=_positive)
+    max_ack_delay: float = attrs.field(default=0.025, validator=positive_number)
     """Longest an acknowledgement of a lone packet is delayed, seconds: RFC 9000's
     default max_ack_delay (25 ms). Two packets, or one out of order, are acknowledged
     at once."""
