@@ -141,6 +141,10 @@ class Connection:
         self._largest_received_time = now
         self._last_received = now
         self._ack_pending = False
+        self._largest_eliciting = -1
+        """The largest ack-eliciting packet number received."""
+        self._peer_knows = -1
+        """The largest received packet number the peer surely knows we acknowledged."""
         self._ack_eliciting = 0
         self._ack_immediate = False
         self._ack_deadline: float | None = None
@@ -357,11 +361,11 @@ class Connection:
                 )
             )
         try:
-            self._process_frames(plaintext, in_order=in_order, now=now)
+            self._process_frames(plaintext, pn=pn, in_order=in_order, now=now)
         except DecodeError as exc:
             self._violation(exc, now=now)
 
-    def _process_frames(self, plaintext: bytes, *, in_order: bool, now: float) -> None:
+    def _process_frames(self, plaintext: bytes, *, pn: int, in_order: bool, now: float) -> None:
         frames = decode_frames(plaintext)
         if self.state is S.CLOSING:
             # Answer with the CLOSE again (ours may have been lost); note theirs.
@@ -386,6 +390,7 @@ class Connection:
                 self._on_close_frame(frame, now=now)
                 return
         if ack_eliciting:
+            self._largest_eliciting = max(self._largest_eliciting, pn)
             self._ack_eliciting += 1
             # RFC 9000, 13.2.1: acknowledge every second packet, and at once when
             # one arrives out of order (a gap means the peer may be retransmitting).
@@ -400,6 +405,7 @@ class Connection:
         acked, lost = self.recovery.on_ack_received(frame.ranges, frame.delay_us / 1e6, now=now)
         stream = self.send_stream
         for packet in acked:
+            self._peer_knows = max(self._peer_knows, packet.acks_up_to)
             for start, stop in packet.stream_ranges:
                 stream.on_acked(start, stop)
             if (
@@ -519,10 +525,14 @@ class Connection:
             if not (want_data or want_ack):
                 return
             payload = bytearray()
-            # Every packet that carries data carries the latest ACK too (a few bytes):
-            # if the ACK-only packet was lost, the peer still learns what arrived from
-            # the next one, instead of retransmitting into a growing backoff.
-            if self._ack_pending or (want_data and self._largest_received >= 0):
+            # A packet with data carries the ACK too while the peer may not know that
+            # its last ack-eliciting packet arrived: an ACK-only packet can be lost
+            # silently, and then the peer would retransmit into a growing backoff
+            # although its request was answered. (Known once a packet of ours that
+            # carried such an ACK is itself acknowledged.)
+            acks_up_to = -1
+            if self._ack_pending or (want_data and self._largest_eliciting > self._peer_knows):
+                acks_up_to = self._largest_received
                 delay_us = max(0, int((now - self._largest_received_time) * 1e6))
                 payload += encode_ack(self._received, delay_us)
                 self._ack_pending = False
@@ -559,6 +569,7 @@ class Connection:
                         size=len(datagram),
                         stream_ranges=ranges,
                         ping=ping,
+                        acks_up_to=acks_up_to,
                     )
                 )
 

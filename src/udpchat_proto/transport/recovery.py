@@ -141,6 +141,9 @@ class SentPacket:
     """Half-open stream offset ranges it carried."""
     ping: bool = False
     """Whether it carried a PING."""
+    acks_up_to: int = -1
+    """The largest received packet number its ACK frame covered (-1: no ACK). Once
+    it is acknowledged, the peer knows everything up to there arrived."""
 
 
 class LossRecovery:
