@@ -90,8 +90,7 @@ class World:
             for data, _ in client.datagrams_to_send(self.now):
                 self.server.receive_datagram(data, address, self.now)
                 moved = True
-        for job in self.server.take_hash_jobs():
-            self.server.complete_hash_job(job.job_id, job.run(), self.now)
+        self.server.run_hash_jobs(self.now)
         self.server.commit()
         for data, address in self.server.datagrams_to_send(self.now):
             self.clients[address].receive_datagram(data, SERVER, self.now)

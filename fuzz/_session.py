@@ -124,12 +124,8 @@ def new_client(name: str) -> ClientConnection:
 
 def pump_server(server: ChatServer, store: MemoryStore, now: float) -> None:
     """What the real server loop does after input: run hash jobs, then group commit."""
-    while jobs := server.take_hash_jobs():
-        for job in jobs:
-            server.complete_hash_job(job.job_id, job.run(), now)
-    if server.writes_pending:
-        store.commit()
-        server.committed()
+    server.run_hash_jobs(now)
+    server.commit()
 
 
 class _Endpoint(Protocol):

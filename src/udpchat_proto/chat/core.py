@@ -41,6 +41,7 @@ from .config import ServerConfig
 from .connection import (
     ChatConnection,
     ChatConnectionInput,
+    ChatConnectionState,
     Queued,
     Refusal,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "HANDLERS",
     "SALT_SIZE",
     "SESSION_TOUCH_DELAY",
+    "ConnectionInfo",
     "RefusedError",
     "ServerCore",
     "handles",
@@ -113,6 +115,18 @@ def handles(request_type: type[m.AnsweredRequest]) -> Callable[[_Handler], _Hand
         return handler
 
     return register
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionInfo:
+    """One connection, as :meth:`ServerCore.connection_info` reports it."""
+
+    connection_id: ConnectionId
+    address: Address
+    """Where its packets come from now."""
+    state: ChatConnectionState
+    username: str | None
+    """Whom it acts as (logged in), or None."""
 
 
 @attrs.frozen
@@ -423,6 +437,24 @@ class ServerCore:
         self._run_atomically(connection, job.request.request_id, self._finish_job, job, digest, now)
         self._run_queue(connection, now)
 
+    def run_hash_jobs(self, now: float) -> int:
+        """Compute every pending password hash on the calling thread and hand each back.
+
+        For tests, benchmarks and embedders without worker threads (a real server
+        runs :meth:`take_hash_jobs` on threads instead, so that scrypt never stalls
+        its loop). A finished login may start another job (a pipelined one): those
+        run too. Then call :meth:`commit` and :meth:`datagrams_to_send`.
+
+        Returns:
+            How many jobs ran.
+        """
+        ran = 0
+        while jobs := self.take_hash_jobs():
+            for job in jobs:
+                self.complete_hash_job(job.job_id, job.run(), now)
+                ran += 1
+        return ran
+
     def _finish_job(
         self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
     ) -> None:
@@ -445,6 +477,18 @@ class ServerCore:
     def online_users(self) -> list[str]:
         """Users with at least one live logged-in connection, sorted."""
         return sorted(self._by_user)
+
+    def connection_info(self) -> list[ConnectionInfo]:
+        """Every connection that completed its handshake, as it stands now."""
+        return [
+            ConnectionInfo(
+                connection_id=connection.connection_id,
+                address=connection.address,
+                state=connection.state,
+                username=connection.username,
+            )
+            for connection in self._connections.values()
+        ]
 
     @property
     def pending_hash_jobs(self) -> int:
