@@ -5,14 +5,19 @@ catalogue."""
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
 import pytest
 
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.codec import MESSAGE_TYPES
+from udpchat_proto.chat.config import ServerConfig
 from udpchat_proto.chat.delivery import DeliveryState, DeliveryWindow
+from udpchat_proto.chat.passwords import ScryptParams
 from udpchat_proto.chat.server import HANDLERS, ChatServer
 from udpchat_proto.errors import LocalProtocolError
+from udpchat_proto.ratelimit import RateLimit
+from udpchat_proto.transport import TransportConfig
 
 WHEN = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -76,8 +81,13 @@ def test_a_push_taken_back_or_a_stop() -> None:
 
 def test_the_window_refuses_inputs_its_table_does_not_allow() -> None:
     window = DeliveryWindow(4)
-    with pytest.raises(LocalProtocolError, match="cannot caught_up in state idle"):
+    with pytest.raises(LocalProtocolError, match="cannot refill in state idle"):
         window.refill([])
+    window.start()
+    window.refill([])
+    with pytest.raises(LocalProtocolError, match="cannot refill in state live"):
+        window.refill([msg(1)])
+    assert len(window) == 0
 
 
 def test_every_request_of_the_catalogue_has_exactly_one_handler() -> None:
@@ -91,3 +101,38 @@ def test_the_codec_knows_every_message_class_by_its_own_tag() -> None:
     assert set(MESSAGE_TYPES.values()) == set(m.MESSAGE_CLASSES)
     assert all(MESSAGE_TYPES[cls.TAG] is cls for cls in m.MESSAGE_CLASSES)
     assert len(MESSAGE_TYPES) == len(m.MESSAGE_CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda value: TransportConfig(initial_rtt=value), "TransportConfig.initial_rtt"),
+        (lambda value: ServerConfig(session_lifetime=value), "ServerConfig.session_lifetime"),
+        (lambda value: RateLimit(burst=1, interval=value), "RateLimit.interval"),
+    ],
+)
+def test_every_config_refuses_bools_and_non_finite_numbers_alike(
+    build: Callable[[object], object], field: str
+) -> None:
+    for bad in (True, float("nan"), float("inf"), 0, -1.0, "1"):
+        with pytest.raises(ValueError, match=f"{field} must be a positive number"):
+            build(bad)
+    build(0.5)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda value: TransportConfig(max_in_flight_packets=value),
+        lambda value: ServerConfig(max_room_members=value),
+        lambda value: RateLimit(burst=value, interval=1.0),
+        lambda value: ScryptParams(r=value),
+    ],
+)
+def test_every_config_refuses_bools_and_floats_for_counts(
+    build: Callable[[object], object],
+) -> None:
+    for bad in (True, 1.0, 0, -3, "2"):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            build(bad)
+    build(2)

@@ -37,6 +37,7 @@ from ..transport import (
     HandshakeCompleted,
     PayloadReceived,
     TransportConfig,
+    TransportState,
 )
 from . import messages as m
 from .codec import decode, encode
@@ -174,6 +175,11 @@ class ClientConnection:
     def state(self) -> ClientState:
         """Where the connection is in its life."""
         return self._state
+
+    @property
+    def transport_state(self) -> TransportState:
+        """The state of the transport connection underneath (for diagnostics)."""
+        return self._transport.state
 
     @property
     def is_connected(self) -> bool:

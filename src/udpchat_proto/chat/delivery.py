@@ -24,6 +24,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from ..errors import LocalProtocolError
 from ..statemachine import StateMachine
 from .messages import ChatMessage
 
@@ -121,7 +122,12 @@ class DeliveryWindow:
         Returns:
             The messages to push now (marked in flight), and whether that reached
             the end of the backlog (the window is then LIVE: push ``caught_up``).
+
+        Raises:
+            LocalProtocolError: the window is not behind (see :attr:`wants_refill`).
         """
+        if self.state is not DeliveryState.BACKLOG:
+            raise LocalProtocolError(f"delivery window: cannot refill in state {self.state.value}")
         pushed: list[ChatMessage] = []
         for message in pending:
             if message.id in self._in_flight:
