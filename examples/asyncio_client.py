@@ -134,7 +134,7 @@ class ChatClientProtocol(asyncio.DatagramProtocol):
 
     def _on_timer(self, deadline: float) -> None:
         self._timer = None
-        self.conn.handle_timer(max(deadline, time.monotonic()))  # clamp (STYLE 3)
+        self.conn.handle_timer(max(deadline, time.monotonic()))  # a wake-up may come early
         self._after_input()
 
 

@@ -36,7 +36,8 @@ __all__ = ["Endpoint", "Link", "Network", "Node", "SimulationError"]
 
 Address = tuple[str, int]
 
-#: A plausible POSIX time: the clock starts here (DESIGN.md: ``now`` is wall time).
+#: Where the simulated clock starts: a plausible POSIX time, so that the chat worlds can
+#: use it as their wall clock too (the roles only need it to be monotonic).
 DEFAULT_START = 1_700_000_000.0
 
 

@@ -1,6 +1,6 @@
 """The blocking client loop: one :class:`ClientConnection` on one UDP socket.
 
-Each turn (STYLE 15): fire the timers that are due, drain ``next_event()`` (answers
+Each turn: fire the timers that are due, drain ``next_event()`` (answers
 are kept by request id, pushes handed to the caller's handler), send
 ``datagrams_to_send(now)``, then wait on the socket until the next timer or the
 caller's deadline, and feed everything that arrived.
@@ -250,7 +250,7 @@ class Session:
         now = self._clock()
         timer = self._conn.get_timer()
         if timer is not None and timer <= now:
-            self._conn.handle_timer(max(timer, now))  # clamp: STYLE 3
+            self._conn.handle_timer(max(timer, now))  # the wait may end a hair early
         pushes: list[Push] = []
         lost: Disconnected | None = None
         while (event := self._conn.next_event()) is not None:

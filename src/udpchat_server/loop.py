@@ -184,7 +184,7 @@ class ServerLoop:
                 server.complete_hash_job(job_id, digest, now)
         timer = server.get_timer()
         if timer is not None and timer <= now:
-            # Clamp (STYLE 3): the wait may end a hair before the deadline.
+            # Clamp to the deadline: the wait may end a hair before it (as aioquic does).
             server.handle_timer(max(timer, now))
         for job in server.take_hash_jobs():
             self._start(job)
