@@ -121,20 +121,35 @@ class ServerHost:
         """Simulated seconds a hash job takes (0: done in the same turn)."""
         self.hold_commits = False
         """When True the loop never commits: nothing after a write may leave."""
+        self.workers: int | None = None
+        """Hash jobs run at once, as the real loop's worker threads (None: no limit)."""
         self._jobs: list[tuple[float, int, HashJob]] = []
         self._order = itertools.count()
 
-    def _pump(self, now: float) -> None:
-        for job in self.server.take_hash_jobs():
+    def _idle_workers(self) -> int | None:
+        return None if self.workers is None else self.workers - len(self._jobs)
+
+    def _start_jobs(self, now: float) -> None:
+        for job in self.server.take_hash_jobs(self._idle_workers()):
             heapq.heappush(self._jobs, (now + self.hash_delay, next(self._order), job))
+
+    def _pump(self, now: float) -> None:
+        self._start_jobs(now)
         while self._jobs and self._jobs[0][0] <= now:
             _, _, job = heapq.heappop(self._jobs)
             self.server.complete_hash_job(job.job_id, job.run(), now)
-            # A completed login may queue more jobs (pipelined logins).
-            for more in self.server.take_hash_jobs():
-                heapq.heappush(self._jobs, (now + self.hash_delay, next(self._order), more))
+            # A worker is free, and a completed login may queue more (pipelined).
+            self._start_jobs(now)
         if not self.hold_commits:
             self.server.commit()
+
+    def running_jobs(self) -> list[HashJob]:
+        """The hash jobs the simulated workers are running."""
+        return [job for _, _, job in self._jobs]
+
+    def forget_jobs(self) -> None:
+        """The workers drop what they run (as after a job that raised)."""
+        self._jobs.clear()
 
     def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         self.server.receive_datagram(data, addr, now)

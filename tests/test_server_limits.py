@@ -365,7 +365,11 @@ def test_server_config_defaults() -> None:
     assert config.session_lifetime == 30 * 86400.0
     assert config.max_room_members == 256 and config.max_rooms_per_user == 64
     assert config.scrypt == ScryptParams()
-    assert config.login_failures_per_user == RateLimit(burst=5, interval=60.0)
+    assert config.login_failures_per_user_address == RateLimit(burst=5, interval=60.0)
+    assert config.login_failures_per_user == RateLimit(burst=100, interval=6.0)
+    assert config.logins_per_user == RateLimit(burst=10, interval=6.0)
+    assert (config.max_hash_jobs_per_address, config.max_hash_jobs_per_user) == (2, 1)
+    assert config.max_sessions_per_user == 32
 
 
 # --- token buckets ------------------------------------------------------------------------------

@@ -137,6 +137,20 @@ def test_session_create_get_touch_delete(store: Store) -> None:
     assert store.get_session(ALICE_PHONE) is None
 
 
+def test_sessions_of_a_user_newest_first(store: Store) -> None:
+    assert store.sessions_of("alice") == []
+    store.create_session(ALICE_PHONE, "alice", 100.0)
+    store.create_session(BOB_PHONE, "bob", 150.0)
+    store.create_session(ALICE_LAPTOP, "alice", 200.0)
+    store.touch_session(ALICE_PHONE, 300.0)
+    assert [s.token_hash for s in store.sessions_of("alice")] == [ALICE_LAPTOP, ALICE_PHONE]
+    assert store.sessions_of("alice")[1].last_used_at == 300.0
+    store.delete_session(ALICE_LAPTOP)
+    assert [s.token_hash for s in store.sessions_of("alice")] == [ALICE_PHONE]
+    assert store.delete_sessions_unused_since(1000.0) == 2
+    assert store.sessions_of("alice") == [] and store.sessions_of("bob") == []
+
+
 def test_a_session_token_hash_is_unique(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     with pytest.raises(ValueError):
@@ -574,6 +588,7 @@ def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
         assert store.get_account("alice") == Account(
             username="alice", password=PASSWORD, created_at=1.0
         )
+        assert [s.token_hash for s in store.sessions_of("alice")] == [ALICE_PHONE]
         send(store, "bob", "alice", "after the upgrade")
         assert pending(store, "alice", ALICE_PHONE) == ["after the upgrade"]
 

@@ -75,6 +75,12 @@ class TokenBucket:
             return True
         return False
 
+    def refund(self, *, now: float) -> None:
+        """Give back one token (never beyond ``burst``): an event charged in advance
+        turned out not to count (a login charged as a failure that succeeded)."""
+        self._refill(now)
+        self._tokens = min(float(self._limit.burst), self._tokens + 1.0)
+
     def is_full(self, *, now: float) -> bool:
         """Whether the bucket has refilled completely (so it can be forgotten)."""
         self._refill(now)
@@ -116,6 +122,12 @@ class KeyedLimiter(Generic[K]):
                 self.prune(now=now)
             bucket = self._buckets[key] = TokenBucket(self.limit, now=now)
         return bucket.spend(now=now)
+
+    def refund(self, key: K, *, now: float) -> None:
+        """Give back one of ``key``'s tokens (see :meth:`TokenBucket.refund`)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.refund(now=now)
 
     def forget(self, key: K) -> None:
         """Drop ``key``'s bucket (for example when its session ends)."""

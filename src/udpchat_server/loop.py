@@ -105,6 +105,10 @@ class ServerLoop:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="udpchat-hash"
         )
+        self._workers = workers
+        self._hashing = 0
+        """Jobs handed to the threads and not back yet: the core keeps the others,
+        and hands them out fairly across addresses as threads free up."""
         self._done: queue.SimpleQueue[tuple[int, bytes | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -178,15 +182,19 @@ class ServerLoop:
         while True:
             try:
                 job_id, digest = self._done.get_nowait()
+                self._hashing -= 1
             except queue.Empty:
                 break
             if digest is not None:
                 server.complete_hash_job(job_id, digest, now)
+            else:  # the job raised (logged): its client is answered, its slot freed
+                server.abandon_hash_job(job_id, now)
         timer = server.get_timer()
         if timer is not None and timer <= now:
             # Clamp to the deadline: the wait may end a hair before it (as aioquic does).
             server.handle_timer(max(timer, now))
-        for job in server.take_hash_jobs():
+        for job in server.take_hash_jobs(limit=self._workers - self._hashing):
+            self._hashing += 1
             self._start(job)
         while (event := server.next_event()) is not None:
             log.info("%s", describe(event))

@@ -171,6 +171,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (username, conversation)
         ) WITHOUT ROWID""",
     ),
+    # 3: a user's sessions, newest first (the cap on sessions per user evicts the
+    # oldest; a user lists them).
+    ("CREATE INDEX sessions_by_user ON sessions (username, created_at)",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -611,6 +614,20 @@ class SQLiteStore:
         self._write().execute(
             "UPDATE sessions SET last_used_at = ? WHERE token_hash = ?", (now, token_hash)
         )
+
+    def sessions_of(self, username: str) -> list[LoginSession]:
+        """The login sessions of ``username``, newest (by creation) first."""
+        rows = self._db.execute(
+            "SELECT token_hash, created_at, last_used_at FROM sessions WHERE username = ? "
+            "ORDER BY created_at DESC, token_hash DESC",
+            (username,),
+        )
+        return [
+            LoginSession(
+                token_hash=row[0], username=username, created_at=row[1], last_used_at=row[2]
+            )
+            for row in rows
+        ]
 
     def delete_session(self, token_hash: bytes) -> None:
         """End a login session and forget its delivery cursors (the user's stay)."""

@@ -54,12 +54,26 @@ class ServerConfig:
     max_rooms_per_user: int = attrs.field(default=64, validator=positive_int)
     """Most rooms a user may be in; one more join is refused with ``too_many_rooms``."""
 
-    login_failures_per_user: RateLimit = attrs.field(
+    login_failures_per_user_address: RateLimit = attrs.field(
         default=RateLimit(burst=5, interval=60.0), validator=_rate
     )
-    """Failed logins allowed per username: 5 in a row, then one a minute. While it is
-    exhausted every login to that name is refused with ``rate_limited`` before any
-    password is checked (this slows guessing one account from many addresses)."""
+    """Failed logins allowed per (username, client address): 5 in a row, then one a
+    minute. This is what slows a guesser: a stranger's failures, from their address,
+    do not lock the owner out of their own account from theirs."""
+
+    login_failures_per_user: RateLimit = attrs.field(
+        default=RateLimit(burst=100, interval=6.0), validator=_rate
+    )
+    """Failed logins allowed per username from all addresses together: a high
+    ceiling (100 in a row, then 10 a minute) that only a guesser spread over many
+    addresses reaches, so that even they get few guesses an hour."""
+
+    logins_per_user: RateLimit = attrs.field(
+        default=RateLimit(burst=10, interval=6.0), validator=_rate
+    )
+    """Logins (right or wrong) allowed per username: 10 in a row, then 10 a minute.
+    Each creates a session and costs a hash, so a flood of correct logins for one
+    account must be slowed too."""
 
     login_failures_per_address: RateLimit = attrs.field(
         default=RateLimit(burst=20, interval=15.0), validator=_rate
@@ -89,6 +103,21 @@ class ServerConfig:
     max_pending_hash_jobs: int = attrs.field(default=64, validator=positive_int)
     """Most password hashes waiting or running at once (all connections). A
     register or login beyond it is refused with ``rate_limited``."""
+
+    max_hash_jobs_per_address: int = attrs.field(default=2, validator=positive_int)
+    """Most password hashes waiting or running for one client address: one address
+    cannot fill the queue. Jobs are handed to the workers round-robin across
+    addresses, so a burst from one address delays another's login by at most about
+    one hash time."""
+
+    max_hash_jobs_per_user: int = attrs.field(default=1, validator=positive_int)
+    """Most password hashes waiting or running for one username (a second login to
+    the same account while one is checked is refused ``rate_limited``)."""
+
+    max_sessions_per_user: int = attrs.field(default=32, validator=positive_int)
+    """Most login sessions one user may have. A login beyond it ends the least
+    recently used one (its connections become anonymous), as a phone that logs in
+    again replaces what it lost; each session is a durable row with cursors."""
 
     max_queued_requests: int = attrs.field(default=64, validator=positive_int)
     """Most requests a connection may pipeline behind its own pending register or

@@ -52,7 +52,7 @@ from .events import (
     ServerEvent,
     UserLoggedOut,
 )
-from .password_jobs import HashJob, PendingJob
+from .password_jobs import JobQueue, PendingJob
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
 from .validation import LIST_MAX
@@ -208,8 +208,15 @@ class ServerCore:
         self._events: collections.deque[ServerEvent] = collections.deque()
         self._job_ids = itertools.count(1)
         self._jobs: dict[int, PendingJob] = {}
-        self._new_jobs: list[HashJob] = []
+        self._queued_jobs = JobQueue()
+        """Jobs not yet handed to a worker, fair across addresses."""
+        self._jobs_by_host: collections.Counter[str] = collections.Counter()
+        self._jobs_by_user: collections.Counter[str] = collections.Counter()
         self._user_failures: KeyedLimiter[str] = KeyedLimiter(self._config.login_failures_per_user)
+        self._user_address_failures: KeyedLimiter[tuple[str, str]] = KeyedLimiter(
+            self._config.login_failures_per_user_address
+        )
+        self._logins: KeyedLimiter[str] = KeyedLimiter(self._config.logins_per_user)
         self._address_failures: KeyedLimiter[str] = KeyedLimiter(
             self._config.login_failures_per_address
         )
@@ -400,66 +407,18 @@ class ServerCore:
         self.stats.store_failures += 1
         self.stats.last_store_failure = failure
 
-    # --- hash jobs -----------------------------------------------------------------------
+    # --- hash jobs ---------------------------------------------------------------------
 
-    def take_hash_jobs(self) -> list[HashJob]:
-        """Return the password hashes to compute; each job is returned once.
-
-        Run each (:meth:`HashJob.run`, off the event loop) and pass the digest to
-        :meth:`complete_hash_job`.
-        """
-        jobs, self._new_jobs = self._new_jobs, []
-        return jobs
-
-    def complete_hash_job(self, job_id: int, digest: bytes, now: float) -> None:
-        """Hand back the digest of a :class:`HashJob`.
-
-        Answers the register or login that asked for it, then the requests that
-        connection queued meanwhile. A job whose connection has gone is ignored,
-        as is an unknown ``job_id``.
-
-        Args:
-            job_id: :attr:`HashJob.job_id`.
-            digest: what :meth:`HashJob.run` returned.
-            now: a monotonic clock, seconds (``time.monotonic()``).
-
-        Then commit if :attr:`writes_pending`, and call :meth:`datagrams_to_send`.
-        """
-        self._now = now
+    def _forget_job(self, job_id: int) -> PendingJob | None:
         job = self._jobs.pop(job_id, None)
-        if job is None:
-            return
-        connection = self._connections.get(job.connection_id)
-        if connection is None or not connection.hashing or connection.job_id != job_id:
-            return
-        connection.job_id = None
-        connection.transition(ChatConnectionInput.HASH_DONE)
-        self._run_atomically(connection, job.request.request_id, self._finish_job, job, digest, now)
-        self._run_queue(connection, now)
-
-    def run_hash_jobs(self, now: float) -> int:
-        """Compute every pending password hash on the calling thread and hand each back.
-
-        For tests, benchmarks and embedders without worker threads (a real server
-        runs :meth:`take_hash_jobs` on threads instead, so that scrypt never stalls
-        its loop). A finished login may start another job (a pipelined one): those
-        run too. Then call :meth:`commit` and :meth:`datagrams_to_send`.
-
-        Returns:
-            How many jobs ran.
-        """
-        ran = 0
-        while jobs := self.take_hash_jobs():
-            for job in jobs:
-                self.complete_hash_job(job.job_id, job.run(), now)
-                ran += 1
-        return ran
-
-    def _finish_job(
-        self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
-    ) -> None:
-        """The second half of the request that started ``job`` (the account handlers)."""
-        raise NotImplementedError
+        if job is not None:
+            self._jobs_by_host[job.host] -= 1
+            if not self._jobs_by_host[job.host]:
+                del self._jobs_by_host[job.host]
+            self._jobs_by_user[job.request.username] -= 1
+            if not self._jobs_by_user[job.request.username]:
+                del self._jobs_by_user[job.request.username]
+        return job
 
     # --- introspection -------------------------------------------------------------------
 
@@ -522,6 +481,10 @@ class ServerCore:
             ended = self._connections.pop(event.connection_id, None)
             if ended is not None:
                 self._log_out(ended, now, announce=False)
+                job = self._jobs.get(ended.job_id) if ended.job_id is not None else None
+                if job is not None and self._queued_jobs.discard(job.host, job.job_id):
+                    # Nobody waits for it any more: no worker's time is spent on it.
+                    self._forget_job(job.job_id)
                 self._events.append(
                     ClientDisconnected(
                         connection_id=event.connection_id, code=event.code, reason=event.reason
@@ -813,11 +776,18 @@ class ServerCore:
             self._user_failures,
             self._address_failures,
             self._registrations,
+            self._logins,
         ):
             limiter.prune(now=now)
+        self._user_address_failures.prune(now=now)
         self._message_rate.prune(now=now)
 
     # --- what the handlers share -----------------------------------------------------
+
+    @staticmethod
+    def _host(connection: ChatConnection) -> str:
+        """What the per-address limits key on: the client's IP address."""
+        return connection.address[0]
 
     @staticmethod
     def _me(connection: ChatConnection) -> str:

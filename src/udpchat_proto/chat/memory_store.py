@@ -85,6 +85,7 @@ class MemoryStore:
     def _reset(self) -> None:
         self._accounts: dict[str, Account] = {}
         self._sessions: dict[bytes, LoginSession] = {}
+        self._sessions_of: dict[str, set[bytes]] = {}
         self._session_cursors: dict[bytes, dict[str, int]] = {}
         self._user_cursors: dict[str, dict[str, int]] = {}
         self._invitations: dict[tuple[str, str], float] = {}
@@ -141,6 +142,7 @@ class MemoryStore:
         self._sessions[token_hash] = LoginSession(
             token_hash=token_hash, username=username, created_at=now, last_used_at=now
         )
+        self._sessions_of.setdefault(username, set()).add(token_hash)
         self._session_cursors[token_hash] = dict(self._user_cursors.get(username, {}))
 
     def get_session(self, token_hash: bytes) -> LoginSession | None:
@@ -153,10 +155,20 @@ class MemoryStore:
         if session is not None:
             self._sessions[token_hash] = attrs.evolve(session, last_used_at=now)
 
+    def sessions_of(self, username: str) -> list[LoginSession]:
+        """The login sessions of ``username``, newest (by creation) first."""
+        mine = [self._sessions[t] for t in self._sessions_of.get(username, ())]
+        return sorted(mine, key=lambda s: (s.created_at, s.token_hash), reverse=True)
+
     def delete_session(self, token_hash: bytes) -> None:
         """End a login session and forget its delivery cursors (the user's stay)."""
-        self._sessions.pop(token_hash, None)
+        session = self._sessions.pop(token_hash, None)
         self._session_cursors.pop(token_hash, None)
+        if session is not None:
+            mine = self._sessions_of[session.username]
+            mine.discard(token_hash)
+            if not mine:
+                del self._sessions_of[session.username]
 
     def delete_sessions_unused_since(self, cutoff: float) -> int:
         """Expire every session last used before ``cutoff``; return how many."""

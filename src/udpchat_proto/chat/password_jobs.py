@@ -8,6 +8,7 @@ connection's later requests wait, and every other connection goes on.
 
 from __future__ import annotations
 
+import collections
 import enum
 
 import attrs
@@ -17,7 +18,7 @@ from . import messages as m
 from .passwords import ScryptParams, hash_password
 from .store import Account
 
-__all__ = ["HashJob", "JobKind", "PendingJob"]
+__all__ = ["HashJob", "JobKind", "JobQueue", "PendingJob"]
 
 
 @attrs.frozen(kw_only=True)
@@ -65,3 +66,54 @@ class PendingJob:
     so that an unknown name and a wrong password take the same time)."""
     host: str
     """The client's IP address (login failures are counted per address)."""
+    job_id: int
+    """The :class:`HashJob` it waits for."""
+
+
+class JobQueue:
+    """Hash jobs waiting for a worker, handed out round-robin across client addresses.
+
+    A burst of logins from one address queues behind itself only: each call to
+    :meth:`take` serves the addresses in turn, one job each, so another address's
+    job waits for at most one job per busy address.
+    """
+
+    def __init__(self) -> None:
+        self._by_host: collections.OrderedDict[str, collections.deque[HashJob]] = (
+            collections.OrderedDict()
+        )
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, host: str, job: HashJob) -> None:
+        """Queue ``job`` for ``host`` (behind that host's earlier jobs)."""
+        self._by_host.setdefault(host, collections.deque()).append(job)
+        self._size += 1
+
+    def take(self, limit: int | None = None) -> list[HashJob]:
+        """Up to ``limit`` jobs (all if None), one per address in turn."""
+        taken: list[HashJob] = []
+        while self._by_host and (limit is None or len(taken) < limit):
+            host, jobs = next(iter(self._by_host.items()))
+            taken.append(jobs.popleft())
+            self._size -= 1
+            del self._by_host[host]
+            if jobs:
+                self._by_host[host] = jobs  # to the back of the line
+        return taken
+
+    def discard(self, host: str, job_id: int) -> bool:
+        """Drop a job not taken yet (its connection went away); False if not queued."""
+        jobs = self._by_host.get(host)
+        if jobs is None:
+            return False
+        for job in jobs:
+            if job.job_id == job_id:
+                jobs.remove(job)
+                self._size -= 1
+                if not jobs:
+                    del self._by_host[host]
+                return True
+        return False

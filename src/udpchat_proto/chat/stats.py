@@ -33,6 +33,8 @@ class ServerStats:
     """``message_delivered`` pushes queued (re-pushes on new connections included)."""
     hash_jobs: int = 0
     """Password hash jobs handed out."""
+    sessions_evicted: int = 0
+    """Login sessions ended because their user went past ``max_sessions_per_user``."""
     sessions_expired: int = 0
     """Login sessions removed by the sweep or found expired at resume."""
     internal_errors: int = 0

@@ -180,6 +180,10 @@ class Store(Protocol):
         """Note that the session was used at ``now`` (it expires when unused)."""
         ...
 
+    def sessions_of(self, username: str) -> list[LoginSession]:
+        """The login sessions of ``username``, newest (by creation) first."""
+        ...
+
     def delete_session(self, token_hash: bytes) -> None:
         """End a login session and forget its delivery cursors."""
         ...
@@ -287,6 +291,7 @@ STORE_READS: Final = frozenset(
     {
         "get_account",
         "get_session",
+        "sessions_of",
         "has_invitation",
         "incoming_invitations",
         "outgoing_invitations",

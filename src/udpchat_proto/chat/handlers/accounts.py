@@ -7,7 +7,10 @@ job, and a finishing half, run when the digest comes back.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...errors import ErrorCode
+from ...ratelimit import KeyedLimiter
 from .. import messages as m
 from ..connection import ChatConnection, ChatConnectionInput
 from ..core import (
@@ -34,9 +37,8 @@ class AccountRequests(ServerCore):
     def _on_register(self, connection: ChatConnection, request: m.Register, now: float) -> None:
         if self._store.get_account(request.username) is not None:
             raise RefusedError(ErrorCode.USER_EXISTS, f"{request.username} is taken")
-        host = connection.address[0]
-        if len(self._jobs) >= self._config.max_pending_hash_jobs:
-            raise RefusedError(ErrorCode.RATE_LIMITED, "the server is busy; try again shortly")
+        host = self._host(connection)
+        self._check_job_room(host, request.username)
         if not self._registrations.spend(host, now=now):
             raise RefusedError(ErrorCode.RATE_LIMITED, "too many registrations from your address")
         self._start_job(
@@ -48,13 +50,97 @@ class AccountRequests(ServerCore):
             account=None,
         )
 
-    def _finish_job(
-        self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
-    ) -> None:
-        if job.kind is JobKind.REGISTER:
-            self._finish_register(connection, job, digest, now)
-        else:
-            self._finish_login(connection, job, digest, now)
+    def _check_job_room(self, host: str, username: str) -> None:
+        """Refuse a password hash beyond the caps: all, per address, per account."""
+        if len(self._jobs) >= self._config.max_pending_hash_jobs:
+            raise RefusedError(ErrorCode.RATE_LIMITED, "the server is busy; try again shortly")
+        if self._jobs_by_host[host] >= self._config.max_hash_jobs_per_address:
+            raise RefusedError(
+                ErrorCode.RATE_LIMITED, "too many logins in progress from your address; wait"
+            )
+        if self._jobs_by_user[username] >= self._config.max_hash_jobs_per_user:
+            raise RefusedError(
+                ErrorCode.RATE_LIMITED, f"a login for {username} is already being checked; wait"
+            )
+
+    # --- hash jobs: the second half of register and login ---------------------------
+
+    def take_hash_jobs(self, limit: int | None = None) -> list[HashJob]:
+        """Return password hashes to compute; each job is returned once.
+
+        Jobs come round-robin across client addresses, so a runtime that takes only
+        as many as it has idle workers (``limit``) keeps one address's burst from
+        delaying everyone else's login.
+
+        Args:
+            limit: most jobs to return (None: every queued job).
+
+        Run each (:meth:`HashJob.run`, off the event loop) and pass the digest to
+        :meth:`complete_hash_job`.
+        """
+        return self._queued_jobs.take(limit)
+
+    def complete_hash_job(self, job_id: int, digest: bytes, now: float) -> None:
+        """Hand back the digest of a :class:`HashJob`.
+
+        Answers the register or login that asked for it, then the requests that
+        connection queued meanwhile. A job whose connection has gone is ignored,
+        as is an unknown ``job_id``.
+
+        Args:
+            job_id: :attr:`HashJob.job_id`.
+            digest: what :meth:`HashJob.run` returned.
+            now: a monotonic clock, seconds (``time.monotonic()``).
+
+        Then commit if :attr:`writes_pending`, and call :meth:`datagrams_to_send`.
+        """
+        self._now = now
+        job = self._forget_job(job_id)
+        if job is None:
+            return
+        connection = self._connections.get(job.connection_id)
+        if connection is None or not connection.hashing or connection.job_id != job_id:
+            return
+        connection.job_id = None
+        connection.transition(ChatConnectionInput.HASH_DONE)
+        finish = self._finish_register if job.kind is JobKind.REGISTER else self._finish_login
+        self._run_atomically(connection, job.request.request_id, finish, job, digest, now)
+        self._run_queue(connection, now)
+
+    def abandon_hash_job(self, job_id: int, now: float) -> None:
+        """A :class:`HashJob` could not run (it raised): answer its request
+        ``internal`` and free its place, so that its address and account are not
+        held up. Then call :meth:`commit` and :meth:`datagrams_to_send`.
+        """
+        self._now = now
+        job = self._forget_job(job_id)
+        if job is None:
+            return
+        connection = self._connections.get(job.connection_id)
+        if connection is None or not connection.hashing or connection.job_id != job_id:
+            return
+        connection.job_id = None
+        connection.transition(ChatConnectionInput.HASH_DONE)
+        self._internal_error(connection, job.request.request_id, RuntimeError("hash job failed"))
+        self._run_queue(connection, now)
+
+    def run_hash_jobs(self, now: float) -> int:
+        """Compute every pending password hash on the calling thread and hand each back.
+
+        For tests, benchmarks and embedders without worker threads (a real server
+        runs :meth:`take_hash_jobs` on threads instead, so that scrypt never stalls
+        its loop). A finished login may start another job (a pipelined one): those
+        run too. Then call :meth:`commit` and :meth:`datagrams_to_send`.
+
+        Returns:
+            How many jobs ran.
+        """
+        ran = 0
+        while jobs := self.take_hash_jobs():
+            for job in jobs:
+                self.complete_hash_job(job.job_id, job.run(), now)
+                ran += 1
+        return ran
 
     def _finish_register(
         self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
@@ -68,14 +154,28 @@ class AccountRequests(ServerCore):
 
     @handles(m.Login)
     def _on_login(self, connection: ChatConnection, request: m.Login, now: float) -> None:
-        host = connection.address[0]
-        if not self._user_failures.available(
-            request.username, now=now
-        ) or not self._address_failures.available(host, now=now):
-            raise RefusedError(ErrorCode.RATE_LIMITED, "too many failed logins; wait and try again")
-        if len(self._jobs) >= self._config.max_pending_hash_jobs:
-            raise RefusedError(ErrorCode.RATE_LIMITED, "the server is busy; try again shortly")
-        account = self._store.get_account(request.username)
+        host, user = self._host(connection), request.username
+        self._check_job_room(host, user)
+        if not self._logins.available(user, now=now):
+            raise RefusedError(ErrorCode.RATE_LIMITED, f"too many logins as {user}; wait a minute")
+        # Charged as a failure now, refunded if the password is right: guesses in
+        # flight count against the budget at once, however many run in parallel.
+        budgets: list[tuple[KeyedLimiter[Any], Any]] = [
+            (self._user_address_failures, (user, host)),
+            (self._address_failures, host),
+            (self._user_failures, user),
+        ]
+        spent: list[tuple[KeyedLimiter[Any], Any]] = []
+        for limiter, key in budgets:
+            if not limiter.spend(key, now=now):
+                for charged, charged_key in spent:
+                    charged.refund(charged_key, now=now)
+                raise RefusedError(
+                    ErrorCode.RATE_LIMITED, "too many failed logins; wait and try again"
+                )
+            spent.append((limiter, key))
+        self._logins.spend(user, now=now)
+        account = self._store.get_account(user)
         if account is None:
             salt, params = self._random.token_bytes(SALT_SIZE), self._config.scrypt
         else:
@@ -88,22 +188,37 @@ class AccountRequests(ServerCore):
         self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
     ) -> None:
         request = job.request
+        user = request.username
         if job.account is None or not verify_digest(job.account.password, digest):
-            self._user_failures.spend(request.username, now=now)
-            self._address_failures.spend(job.host, now=now)
             raise RefusedError(ErrorCode.BAD_CREDENTIALS, "unknown user or wrong password")
+        # The right password: the failure charged at dispatch is given back.
+        self._user_address_failures.refund((user, job.host), now=now)
+        self._address_failures.refund(job.host, now=now)
+        self._user_failures.refund(user, now=now)
         token = self._random.token_bytes(TOKEN_SIZE)
         hashed = token_hash(token)
-        self._store.create_session(hashed, request.username, self._clock())
-        self._log_in(connection, request.username, hashed, now)
+        self._store.create_session(hashed, user, self._clock())
+        self._evict_sessions(user, keep=hashed, now=now)
+        self._log_in(connection, user, hashed, now)
         self._reply(
-            connection,
-            m.LoggedIn(request_id=request.request_id, username=request.username, token=token),
+            connection, m.LoggedIn(request_id=request.request_id, username=user, token=token)
         )
-        self._events.append(
-            UserLoggedIn(connection_id=connection.connection_id, username=request.username)
-        )
+        self._events.append(UserLoggedIn(connection_id=connection.connection_id, username=user))
         self._refill(connection)
+
+    def _evict_sessions(self, user: str, *, keep: bytes, now: float) -> None:
+        """Beyond ``max_sessions_per_user``, end the least recently used sessions."""
+        sessions = self._store.sessions_of(user)
+        excess = len(sessions) - self._config.max_sessions_per_user
+        if excess <= 0:
+            return
+        by_use = sorted(
+            sessions, key=lambda s: (self._touches.get(s.token_hash, s.last_used_at), s.created_at)
+        )
+        for session in [s for s in by_use if s.token_hash != keep][:excess]:
+            self._store.delete_session(session.token_hash)
+            self._end_session(session.token_hash, now)
+            self.stats.sessions_evicted += 1
 
     def _start_job(
         self,
@@ -123,10 +238,14 @@ class AccountRequests(ServerCore):
             salt=salt,
             params=params,
             account=account,
-            host=connection.address[0],
+            host=self._host(connection),
+            job_id=job_id,
         )
-        self._new_jobs.append(
-            HashJob(job_id=job_id, password=request.password, salt=salt, params=params)
+        host = self._host(connection)
+        self._jobs_by_host[host] += 1
+        self._jobs_by_user[request.username] += 1
+        self._queued_jobs.push(
+            host, HashJob(job_id=job_id, password=request.password, salt=salt, params=params)
         )
         connection.job_id = job_id
         connection.transition(ChatConnectionInput.HASH_STARTED)
