@@ -3,6 +3,7 @@ jobs and token buckets in isolation."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +19,13 @@ from tests.chat_helpers import (
     test_config,
 )
 from udpchat_proto.chat import messages as m
-from udpchat_proto.chat.codec import decode, encode
+from udpchat_proto.chat.codec import CODEC_VERSION, decode, encode
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import ScryptParams, hash_password
 from udpchat_proto.chat.server import ChatServer, HashJob, ServerConfig
 from udpchat_proto.chat.store import Store
-from udpchat_proto.errors import ErrorCode
+from udpchat_proto.chat.validation import LIST_MAX
+from udpchat_proto.errors import DecodeError, ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.ratelimit import KEYED_LIMITER_MIN_PRUNE, KeyedLimiter, RateLimit, TokenBucket
 from udpchat_proto.transport import (
@@ -112,6 +114,69 @@ def test_registrations_are_throttled_per_address(stores: StoreFactory) -> None:
     spammer.ok(spammer.conn.register("three", PASSWORD))
 
 
+def test_message_rate_is_per_user_whatever_the_sessions(stores: StoreFactory) -> None:
+    """Four sessions used to send four budgets' worth in a burst."""
+    limit = RateLimit(burst=30, interval=1.0)
+    world = ChatWorld(stores, config=test_config(message_rate=limit))
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    devices = [alice]
+    for n in range(3):
+        device = world.user("alice", device=str(n))
+        device.connect()
+        device.login()  # a session of its own
+        devices.append(device)
+    requests = [(d, d.conn.send_message("bob", f"{n}")) for d in devices for n in range(30)]
+    world.settle(0.5)
+    answers = [device.wait(rid) for device, rid in requests]
+    accepted = [a for a in answers if isinstance(a, m.MessageAccepted)]
+    assert len(accepted) == 30  # one budget for the user, not one per session
+    assert all(
+        isinstance(a, m.ErrorResponse) and a.code is ErrorCode.RATE_LIMITED
+        for a in answers
+        if not isinstance(a, m.MessageAccepted)
+    )
+
+
+def test_acknowledgements_count_against_the_request_rate(stores: StoreFactory) -> None:
+    world = ChatWorld(stores, config=test_config(request_rate=RateLimit(burst=5, interval=60.0)))
+    world.signed_up("alice")
+    raw = RawClient(world, "raw")
+    raw.send(m.Login(request_id=1, username="alice", password=PASSWORD))  # one request
+    world.run_until(lambda: bool(raw.answers()), what="the login")
+    ids = tuple(bytes([n]) * 16 for n in range(3))
+    for _ in range(6):
+        raw.send(m.AcknowledgeDelivery(message_ids=ids))
+    world.settle(0.5)
+    assert world.server.stats.acknowledgements_ignored == 2  # 6 - the 4 left
+
+
+def test_joining_and_leaving_rooms_is_rate_limited(stores: StoreFactory) -> None:
+    limit = RateLimit(burst=4, interval=60.0)
+    world = ChatWorld(stores, config=test_config(membership_changes_per_user=limit))
+    alice, bob = world.signed_up("alice", "bob")
+    bob.ok(bob.conn.join_room("#busy"))
+    pushes_before = len(bob.pushes(m.RoomMembershipChanged))
+    for _ in range(2):
+        alice.ok(alice.conn.join_room("#busy"))
+        alice.ok(alice.conn.leave_room("#busy"))
+    alice.refused(alice.conn.join_room("#busy"), ErrorCode.RATE_LIMITED)
+    world.settle(0.5)
+    assert len(bob.pushes(m.RoomMembershipChanged)) - pushes_before == 4
+    # Joining a room one is in, or leaving one one is not in, costs nothing.
+    bob.ok(bob.conn.join_room("#busy"))
+
+
+def test_a_list_over_the_limit_is_refused_before_it_is_converted() -> None:
+    ids = [f"{n:032x}" for n in range(LIST_MAX + 1)]
+    data = (
+        bytes([CODEC_VERSION]) + json.dumps({"type": "ack_delivery", "message_ids": ids}).encode()
+    )
+    with pytest.raises(DecodeError) as refused:
+        decode(data)
+    assert refused.value.reason == "invalid_field" and "at most" in refused.value.detail
+
+
 def test_message_rate_per_login_session(stores: StoreFactory) -> None:
     limit = RateLimit(burst=3, interval=1.0)
     world = ChatWorld(stores, config=test_config(message_rate=limit))
@@ -121,7 +186,7 @@ def test_message_rate_per_login_session(stores: StoreFactory) -> None:
     for rid in ids[:3]:
         alice.ok(rid, m.MessageAccepted)
     alice.refused(ids[3], ErrorCode.RATE_LIMITED)
-    # The session's budget is shared by its connections.
+    # The budget is the user's: every connection and session shares it.
     laptop = world.user("alice", device="laptop")
     laptop.token = alice.token
     laptop.connect()

@@ -90,15 +90,23 @@ class ServerConfig:
     message_rate: RateLimit = attrs.field(
         default=RateLimit(burst=30, interval=0.2), validator=_rate
     )
-    """Messages accepted per login session: 30 in a row, then 5 a second. A refused
+    """Messages accepted per user, all sessions together: 30 in a row, then 5 a
+    second (per session, a user with many sessions could multiply it). A refused
     message (``rate_limited``) is not stored and may be sent again later with the
     same id."""
+
+    membership_changes_per_user: RateLimit = attrs.field(
+        default=RateLimit(burst=10, interval=6.0), validator=_rate
+    )
+    """Room joins and leaves per user: 10 in a row, then 10 a minute. Each one
+    pushes to every member (256 at most), so churn must be slow."""
 
     request_rate: RateLimit = attrs.field(
         default=RateLimit(burst=200, interval=0.01), validator=_rate
     )
-    """Requests of any kind per connection: 200 in a row, then 100 a second. Beyond
-    it requests are answered ``rate_limited`` without being executed."""
+    """Requests of any kind per connection, ``ack_delivery`` included: 200 in a row,
+    then 100 a second. Beyond it requests are answered ``rate_limited`` without
+    being executed, and acknowledgements are ignored (delivery repeats them)."""
 
     max_pending_hash_jobs: int = attrs.field(default=64, validator=positive_int)
     """Most password hashes waiting or running at once (all connections). A

@@ -223,7 +223,10 @@ class ServerCore:
         self._registrations: KeyedLimiter[str] = KeyedLimiter(
             self._config.registrations_per_address
         )
-        self._message_rate: KeyedLimiter[bytes] = KeyedLimiter(self._config.message_rate)
+        self._message_rate: KeyedLimiter[str] = KeyedLimiter(self._config.message_rate)
+        self._membership_changes: KeyedLimiter[str] = KeyedLimiter(
+            self._config.membership_changes_per_user
+        )
         self._next_sweep: float | None = None
         self._now = 0.0
         """The latest ``now`` given (for a close decided where no ``now`` is passed)."""
@@ -527,6 +530,11 @@ class ServerCore:
         else:
             if isinstance(message, m.AcknowledgeDelivery):
                 # Not a request: no answer, and nothing to keep in order with them.
+                # It costs a request all the same (a store write each), and one
+                # beyond the budget is ignored: the messages are pushed again later.
+                if not connection.requests.spend(now=now):
+                    self.stats.acknowledgements_ignored += 1
+                    return
                 try:
                     self._on_acknowledge(connection, message, now)
                 except Exception as exc:  # the store failed: nobody to answer
@@ -684,7 +692,6 @@ class ServerCore:
         """Log out every connection of a session that just ended."""
         for connection_id in list(self._by_session.get(hashed, ())):
             self._log_out(self._connections[connection_id], now, announce=True)
-        self._message_rate.forget(hashed)
 
     def _log_in(self, connection: ChatConnection, username: str, hashed: bytes, now: float) -> None:
         if connection.logged_in and connection.token_hash == hashed:
@@ -777,10 +784,11 @@ class ServerCore:
             self._address_failures,
             self._registrations,
             self._logins,
+            self._message_rate,
+            self._membership_changes,
         ):
             limiter.prune(now=now)
         self._user_address_failures.prune(now=now)
-        self._message_rate.prune(now=now)
 
     # --- what the handlers share -----------------------------------------------------
 

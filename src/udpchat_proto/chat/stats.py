@@ -33,6 +33,8 @@ class ServerStats:
     """``message_delivered`` pushes queued (re-pushes on new connections included)."""
     hash_jobs: int = 0
     """Password hash jobs handed out."""
+    acknowledgements_ignored: int = 0
+    """``ack_delivery`` messages beyond the connection's request rate (ignored)."""
     sessions_evicted: int = 0
     """Login sessions ended because their user went past ``max_sessions_per_user``."""
     sessions_expired: int = 0

@@ -43,9 +43,7 @@ class MessageRequests(ServerCore):
             )
             return
         recipients = self._recipients(me, request.to)
-        hashed = connection.token_hash
-        assert hashed is not None
-        if not self._message_rate.spend(hashed, now=now):
+        if not self._message_rate.spend(me, now=now):
             raise RefusedError(ErrorCode.RATE_LIMITED, "you are sending too fast; slow down")
         message = m.ChatMessage(
             id=request.message_id,

@@ -32,17 +32,26 @@ class RoomRequests(ServerCore):
                 ErrorCode.TOO_MANY_ROOMS,
                 f"you are in {self._config.max_rooms_per_user} rooms, the limit",
             )
+        self._spend_membership_change(me, now)
         self._store.join_room(room, me, self._clock())
         self._reply(connection, m.Ok(request_id=request.request_id))
         push = m.RoomMembershipChanged(room=room, username=me, joined=True)
         for member in members:
             self._push_to_user(member, push)
 
+    def _spend_membership_change(self, me: str, now: float) -> None:
+        if not self._membership_changes.spend(me, now=now):
+            raise RefusedError(
+                ErrorCode.RATE_LIMITED, "you join and leave rooms too fast; wait a minute"
+            )
+
     @handles(m.LeaveRoom)
     def _on_leave_room(self, connection: ChatConnection, request: m.LeaveRoom, now: float) -> None:
         me, room = self._me(connection), request.room
         if not self._store.room_exists(room):
             raise RefusedError(ErrorCode.UNKNOWN_ROOM, f"no room named {room}")
+        if me in self._store.room_members(room):
+            self._spend_membership_change(me, now)
         if not self._store.leave_room(room, me):
             raise RefusedError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {room}")
         self._reply(connection, m.Ok(request_id=request.request_id))
