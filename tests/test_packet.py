@@ -15,6 +15,7 @@ from udpchat_proto.transport.packets import (
     MAX_ACK_RANGES,
     MAX_CLOSE_REASON_BYTES,
     MAX_VARINT,
+    RETRY_SIZE,
     AckFrame,
     CloseFrame,
     DataPacket,
@@ -22,7 +23,10 @@ from udpchat_proto.transport.packets import (
     HandshakeInitiation,
     HandshakeResponse,
     PaddingFrame,
+    PathChallengeFrame,
+    PathResponseFrame,
     PingFrame,
+    Retry,
     StreamFrame,
     decode_frames,
     decode_packet,
@@ -32,7 +36,9 @@ from udpchat_proto.transport.packets import (
     encode_frames,
     encode_initiation,
     encode_response,
+    encode_retry,
     encode_varint,
+    initiation_payload,
 )
 
 CID = bytes.fromhex("0102030405060708")
@@ -93,6 +99,44 @@ def test_response_layout() -> None:
     assert decode_packet(datagram) == HandshakeResponse(connection_id=CID, noise_message=bytes(96))
     with pytest.raises(DecodeError):
         decode_packet(datagram[:-1])
+
+
+def test_retry_layout() -> None:
+    token = bytes(range(24))
+    datagram = encode_retry(CID, token)
+    assert datagram.hex() == "04" + CID.hex() + token.hex()
+    assert len(datagram) == RETRY_SIZE == 33
+    assert decode_packet(datagram) == Retry(connection_id=CID, token=token)
+    for bad in (datagram[:-1], datagram + b"\x00"):
+        with pytest.raises(DecodeError) as info:
+            decode_packet(bad)
+        assert info.value.reason == "retry_size"
+
+
+def test_initiation_carries_its_token_in_the_clear_payload() -> None:
+    token = bytes(range(24))
+    noise = bytes(32) + initiation_payload(token, INITIATION_SIZE - 42)
+    datagram = encode_initiation(CID, noise)
+    assert len(datagram) == INITIATION_SIZE
+    assert datagram[42] == 24 and datagram[43:67] == token and datagram[67:] == bytes(1133)
+    packet = decode_packet(datagram)
+    assert isinstance(packet, HandshakeInitiation) and packet.token == token
+    # Version 1's all-zero padding reads as "no token".
+    plain = decode_packet(encode_initiation(CID, bytes(INITIATION_SIZE - 10)))
+    assert isinstance(plain, HandshakeInitiation) and plain.token == b""
+
+
+def test_path_frames_layout() -> None:
+    data = bytes.fromhex("0102030405060708")
+    assert encode_frame(PathChallengeFrame(data)).hex() == "05" + data.hex()
+    assert encode_frame(PathResponseFrame(data)).hex() == "06" + data.hex()
+    assert decode_frames(bytes.fromhex("05" + data.hex() + "06" + data.hex())) == [
+        PathChallengeFrame(data),
+        PathResponseFrame(data),
+    ]
+    for cut in ("05" + "0102", "06"):
+        with pytest.raises(DecodeError):
+            decode_frames(bytes.fromhex(cut))
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00", b"\x04abc", b"\x03" + bytes(31), b"\xff" * 40])
@@ -165,6 +209,8 @@ frames: st.SearchStrategy[Frame] = st.one_of(
         code=st.integers(0, 2**30),
         reason=st.text(st.characters(exclude_categories=["Cs"]), max_size=60),
     ),
+    st.builds(PathChallengeFrame, st.binary(min_size=8, max_size=8)),
+    st.builds(PathResponseFrame, st.binary(min_size=8, max_size=8)),
 )
 
 

@@ -578,6 +578,10 @@ def test_amplification_limit_under_floods() -> None:
 
 
 def test_migration_to_an_unvalidated_address_is_amplification_limited() -> None:
+    # Path validation: the unproven address gets only a PATH_CHALLENGE, within
+    # 3x what it sent, and never becomes the connection's address. (Before path
+    # validation the connection moved there at once; that is what the abuse issue
+    # removed.)
     s = make()
     cid = s.server_cid()
     s.net.run_for(1.0)
@@ -589,8 +593,9 @@ def test_migration_to_an_unvalidated_address_is_amplification_limited() -> None:
     s.net.vanish("alice")
     s.net.inject(datagram, spoofed, SERVER)
     s.net.run_for(20.0)
-    assert s.server.address_of(cid) == spoofed
+    assert s.server.address_of(cid) == ALICE
     assert 0 < s.net.bytes_between(SERVER, spoofed) <= 3 * len(datagram)
+    assert s.net.datagrams_sent[SERVER, spoofed] == 1  # the challenge, once
 
 
 def test_config_is_checked() -> None:
@@ -653,11 +658,17 @@ def test_confirmation_from_another_address_is_not_validation() -> None:
     elsewhere = ("127.0.113.50", 1)
     s.server.receive_datagram(confirm, elsewhere, t0)
     cid = s.client.connection_id
-    assert s.server.address_of(cid) == elsewhere
+    # Path validation: the connection stays at the initiation's address (which
+    # has its 3 x 1200-byte budget) and the other one gets a PATH_CHALLENGE only.
+    # (It used to move there at once; the abuse issue removed that.)
+    assert s.server.address_of(cid) == ALICE
     for i in range(20):
         s.server.send(cid, bytes(1100) + bytes([i]))
-    sent = sum(len(d) for d, _ in s.server.datagrams_to_send(t0))
-    assert 0 < sent <= 3 * len(confirm)
+    out = s.server.datagrams_to_send(t0)
+    to_elsewhere = sum(len(d) for d, to in out if to == elsewhere)
+    to_alice = sum(len(d) for d, to in out if to == ALICE)
+    assert 0 < to_elsewhere <= 3 * len(confirm)
+    assert 0 < to_alice <= 3 * len(initiation) - len(response)
 
 
 def test_a_closing_connection_does_not_migrate() -> None:

@@ -11,6 +11,7 @@ implementation or a benchmark builds on (the Noise handshake and cipher states,
 the packet and frame codecs, the replay window). The modules behind it:
 
 ========================  ======================================================
+``addresses``             :func:`address_key`: per-address limits key by prefix
 ``endpoints``             the client and server roles, and the server's routing
 ``connection``            one connection after the keys exist (both roles)
 ``config``                :class:`TransportConfig`, every limit and its reason
@@ -28,6 +29,7 @@ the packet and frame codecs, the replay window). The modules behind it:
 
 from __future__ import annotations
 
+from .addresses import address_key
 from .config import MAX_UDP_PAYLOAD, RECEIVE_WINDOW, TransportConfig
 from .endpoints import PROLOGUE, Address, ClientTransport, ConnectionId, ServerTransport
 from .events import (
@@ -48,7 +50,10 @@ from .packets import (
     Frame,
     HandshakeInitiation,
     HandshakeResponse,
+    PathChallengeFrame,
+    PathResponseFrame,
     PingFrame,
+    Retry,
     StreamFrame,
     decode_frames,
     decode_packet,
@@ -80,15 +85,19 @@ __all__ = [
     "HandshakeInitiation",
     "HandshakeResponse",
     "HandshakeState",
+    "PathChallengeFrame",
+    "PathResponseFrame",
     "PayloadReceived",
     "PingFrame",
     "ReplayWindow",
+    "Retry",
     "ServerKey",
     "ServerTransport",
     "StreamFrame",
     "TransportConfig",
     "TransportEvent",
     "TransportState",
+    "address_key",
     "decode_frames",
     "decode_packet",
     "encode_data_header",

@@ -9,7 +9,7 @@ from typing import Final
 
 import attrs
 
-from ..config_checks import positive_int, positive_number
+from ..config_checks import int_at_least, positive_int, positive_number
 
 __all__ = ["MAX_UDP_PAYLOAD", "RECEIVE_WINDOW", "TransportConfig"]
 
@@ -58,6 +58,14 @@ class TransportConfig:
     max_message_size: int = attrs.field(default=4 * 1024 * 1024, validator=positive_int)
     """Largest payload :meth:`send` accepts and the receiver reassembles, bytes: the
     codec's ``MAX_ENCODED_SIZE`` (4 MiB)."""
+    max_receive_message_size: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive_int)
+    )
+    """Largest message this side reassembles from its peer, bytes; a larger declared
+    message is a violation. None (the default) means ``max_message_size``. A server
+    whose requests are small sets its own (the chat server: about 64 KiB) so that a
+    client cannot make it hold a 4 MiB message in reassembly; what it sends stays
+    bounded by ``max_message_size``."""
     max_send_buffer_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=positive_int)
     """Most bytes queued and not yet acknowledged per connection; ``send`` raises
     ``LocalProtocolError`` beyond it (check ``send_buffer_size`` to back off). Two
@@ -82,6 +90,43 @@ class TransportConfig:
     reassembled, so without a cap one address could open connections until memory
     runs out (at 50 handshakes a second). 256 leaves room for many users behind one
     NAT, and for scripted clients whose short connections are still closing."""
+    retry_threshold: int = attrs.field(default=128, validator=positive_int)
+    """Server: half-open handshakes at or above which an initiation must carry a valid
+    RETRY token (a proven source address) to be accepted; one without gets a 33-byte
+    stateless RETRY instead (QUIC Retry, WireGuard's cookie reply under load). Spoofed
+    sources never see the RETRY, so a flood fills at most this many half-open slots
+    and the rest of ``max_half_open`` stays for clients that proved their address.
+    128 is far above what honest clients hold at once (each confirms within one RTT)
+    and below ``max_connections_per_address`` (256), so even a flood from one IP
+    reaches it; under it nobody pays the extra round trip. A value at or above
+    ``max_half_open`` turns RETRY off (the half-open cap is checked first)."""
+    retry_token_lifetime: float = attrs.field(default=10.0, validator=positive_number)
+    """Server: seconds a RETRY token stays valid. Long enough for a client to resend
+    its initiation through loss (20 tries at ``max_handshake_interval``); a client that
+    outlives it gets a new RETRY. Tokens carry their issue time under the MAC, so no
+    table of issued tokens exists."""
+    ipv4_prefix_length: int = attrs.field(default=32, validator=int_at_least(0))
+    """Server: per-address limits (handshake rate, connections per address) key an
+    IPv4 source by this prefix. 32: one IPv4 address is what one host (or one NAT)
+    gets. 0 to 32."""
+    ipv6_prefix_length: int = attrs.field(default=64, validator=int_at_least(0))
+    """Server: per-address limits key an IPv6 source by this prefix. 64: the
+    smallest subnet a site is given (RFC 6177), so one host can pick from 2^64
+    addresses; keyed by the full address a /64 once held 600 half-open handshakes.
+    0 to 128."""
+    max_connections: int = attrs.field(default=4096, validator=positive_int)
+    """Server: most open (established, not closing) connections. At the cap, a new
+    connection whose handshake completes ends the one that has been silent longest
+    with ``SERVER_BUSY``. Idle connections cost about 6 KiB each (measured, see
+    ``docs/PROTOCOL.md``), their buffers are bounded by ``max_buffered_bytes``; 4096
+    is well beyond a small server's users and bounds the connection table."""
+    max_buffered_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=positive_int)
+    """Server: most stream bytes held over all connections (unacknowledged output plus
+    out-of-order and partial input). Beyond it the connection holding the most ends
+    with ``RESOURCE_LIMIT`` and its buffers are freed, until the total fits. One
+    connection can hold ``max_send_buffer_bytes`` + 1 MiB + a message, so without a
+    global budget a few hundred slow readers would exhaust memory; 256 MiB suits a
+    small server."""
     handshakes_per_address_per_second: float = attrs.field(default=50.0, validator=positive_number)
     """Server: sustained handshakes (Diffie-Hellman work) allowed per source IP, as
     WireGuard's ratelimiter (``INITIATIONS_PER_SECOND = 50``)."""
@@ -117,5 +162,17 @@ class TransportConfig:
             raise ValueError("max_send_buffer_bytes must hold one message of max_message_size")
         if self.stream_window_bytes > RECEIVE_WINDOW:
             raise ValueError(f"stream_window_bytes must be at most {RECEIVE_WINDOW}")
-        if self.max_message_size > 1 << 30:
+        if self.ipv4_prefix_length > 32:
+            raise ValueError("ipv4_prefix_length must be 0 to 32")
+        if self.ipv6_prefix_length > 128:
+            raise ValueError("ipv6_prefix_length must be 0 to 128")
+        if self.max_message_size > 1 << 30 or self.receive_message_limit > 1 << 30:
             raise ValueError("max_message_size must be at most 1 GiB")
+
+    @property
+    def receive_message_limit(self) -> int:
+        """The largest message accepted from the peer: ``max_receive_message_size``,
+        or ``max_message_size`` when it is None."""
+        if self.max_receive_message_size is None:
+            return self.max_message_size
+        return self.max_receive_message_size

@@ -15,6 +15,7 @@ from collections import deque
 from typing import Final
 
 from ..errors import DecodeError, LocalProtocolError
+from ..randomness import RandomSource
 from .config import RECEIVE_WINDOW, TransportConfig
 from .events import (
     Address,
@@ -30,12 +31,15 @@ from .handshake import CipherState
 from .packets import (
     DATA_HEADER_SIZE,
     MAX_ACK_RANGES,
+    PATH_DATA_SIZE,
     STREAM_FRAME_OVERHEAD,
     TAG_SIZE,
     AckFrame,
     CloseFrame,
     DataPacket,
     FrameType,
+    PathChallengeFrame,
+    PathResponseFrame,
     PingFrame,
     StreamFrame,
     decode_frames,
@@ -61,6 +65,10 @@ CLOSE_PERIOD_RTOS: Final = 3
 _MIN_PACKET: Final = DATA_HEADER_SIZE + TAG_SIZE + 16
 _PING: Final = bytes((FrameType.PING,))
 _STREAM: Final = bytes((FrameType.STREAM,))
+_PATH_RESPONSE: Final = bytes((FrameType.PATH_RESPONSE,))
+#: A client answers at most this many PATH_CHALLENGEs per packet it builds; more
+#: waiting ones are dropped (the server repeats a challenge that went unanswered).
+_MAX_PATH_RESPONSES: Final = 4
 
 S = TransportState
 
@@ -87,6 +95,7 @@ class Connection:
         events: deque[TransportEvent],
         dropped: dict[str, int],
         now: float,
+        random: RandomSource | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.config = config
@@ -112,7 +121,16 @@ class Connection:
         # anti-amplification, while not validated
         self._path_bytes_in = 0
         self._path_bytes_out = 0
-        self._validation_pn: int | None = None
+        # path validation (server): a new address is probed, not trusted
+        self._random = random
+        self.probe_address: Address | None = None
+        self._probe_data = b""
+        self._probe_pending = False
+        self._probe_sent: float | None = None
+        self._probe_bytes_in = 0
+        self._probe_bytes_out = 0
+        # client: PATH_CHALLENGE data to echo
+        self._path_responses: list[bytes] = []
         # handshake (client: the initiation; server: the cached response)
         self.initiation: bytes | None = None
         self._initiation_pending = False
@@ -167,6 +185,11 @@ class Connection:
         }
 
     @property
+    def last_received(self) -> float:
+        """When the last authenticated packet arrived (the handshake's start before)."""
+        return self._last_received
+
+    @property
     def announced(self) -> bool:
         """Whether HandshakeCompleted was emitted (the application knows it)."""
         return self._announced
@@ -202,6 +225,15 @@ class Connection:
         self._handshake_deadline = now + self.config.handshake_timeout
         self._last_received = now
         self._last_sent = now
+
+    def retry_client_handshake(self, initiation: bytes) -> None:
+        """Client: a RETRY came; send this initiation (with its token) at once.
+
+        The handshake deadline stays: a RETRY does not extend the client's patience.
+        """
+        self.initiation = initiation
+        self._initiation_pending = True
+        self._handshake_backoff = 0
 
     def complete_client_handshake(
         self, *, server_key: bytes, send: CipherState, receive: CipherState, now: float
@@ -288,6 +320,29 @@ class Connection:
         self._close_send = True
         self._close_deadline = now + CLOSE_PERIOD_RTOS * self.rtt.rto()
 
+    def abort(self, code: CloseCode, reason: str, *, now: float) -> None:
+        """Server: end the connection for a resource reason and free its buffers.
+
+        The client learns ``code`` from the CLOSE frame; the application gets
+        ``ConnectionTerminated(code, reason)``.
+        """
+        if self.state in END_STATES:
+            return
+        if self.state is S.ESTABLISHED:
+            self._start_closing(TransportInput.CLOSE_LOCAL, code, reason, now=now)
+        else:
+            self._transition(TransportInput.CLOSE_LOCAL)
+        self._terminate(code, reason)
+        # Nothing queued will be sent any more, and nothing received delivered.
+        self.send_stream = _new_send_stream(self.config)
+        self.receive_stream = _new_receive_stream(self.config)
+        self._path_responses.clear()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Stream bytes held: unacknowledged output plus out-of-order and partial input."""
+        return self.send_stream.buffered + self.receive_stream.buffered
+
     def _violation(self, exc: DecodeError, *, now: float) -> None:
         self._drop("protocol_violation")
         reason = f"protocol violation: {exc}"
@@ -331,13 +386,12 @@ class Connection:
         self._last_received = now
         in_order = pn > self._largest_received
         same_address = addr == self.address
+        if not self.is_client:
+            self._observe_path(addr, size, in_order=in_order, now=now)
         if in_order:
-            if addr != self.address and not self.is_client:
-                # Only the newest packet moves the path, so a late one cannot move it back.
-                self._migrate(addr)
             self._largest_received = pn
             self._largest_received_time = now
-        if not self.validated and addr == self.address:
+        if not self.validated and same_address:
             self._path_bytes_in += size
         self._received.add(pn)
         if len(self._received) > MAX_ACK_RANGES:
@@ -361,11 +415,13 @@ class Connection:
                 )
             )
         try:
-            self._process_frames(plaintext, pn=pn, in_order=in_order, now=now)
+            self._process_frames(plaintext, pn=pn, in_order=in_order, addr=addr, now=now)
         except DecodeError as exc:
             self._violation(exc, now=now)
 
-    def _process_frames(self, plaintext: bytes, *, pn: int, in_order: bool, now: float) -> None:
+    def _process_frames(
+        self, plaintext: bytes, *, pn: int, in_order: bool, addr: Address, now: float
+    ) -> None:
         frames = decode_frames(plaintext)
         if self.state is S.CLOSING:
             # Answer with the CLOSE again (ours may have been lost); note theirs.
@@ -386,6 +442,12 @@ class Connection:
                 self._on_ack(frame, now=now)
             elif isinstance(frame, PingFrame):
                 ack_eliciting = True
+            elif isinstance(frame, PathChallengeFrame):
+                # Client: echo it from where we are; the server then sends here.
+                if self.is_client and len(self._path_responses) < _MAX_PATH_RESPONSES:
+                    self._path_responses.append(frame.data)
+            elif isinstance(frame, PathResponseFrame):
+                self._on_path_response(frame, addr)
             elif isinstance(frame, CloseFrame):
                 self._on_close_frame(frame, now=now)
                 return
@@ -408,13 +470,6 @@ class Connection:
             self._peer_knows = max(self._peer_knows, packet.acks_up_to)
             for start, stop in packet.stream_ranges:
                 stream.on_acked(start, stop)
-            if (
-                not self.validated
-                and self._validation_pn is not None
-                and packet.packet_number >= self._validation_pn
-            ):
-                # A packet sent to the new address came back: it receives there.
-                self.validated = True
         self._requeue(lost)
 
     def _requeue(self, lost: list[SentPacket]) -> None:
@@ -437,22 +492,84 @@ class Connection:
         self._close_deadline = now + CLOSE_PERIOD_RTOS * self.rtt.rto()
         self._terminate(code, reason, by_peer=True)
 
-    def _migrate(self, addr: Address) -> None:
+    def _observe_path(self, addr: Address, size: int, *, in_order: bool, now: float) -> None:
+        """Server: an authenticated packet came from ``addr``; probe a new address.
+
+        A packet from another address does not move the connection: it may be a
+        copy an on-path attacker replayed from elsewhere, first. The server sends a
+        PATH_CHALLENGE there and keeps sending to the current address until the
+        client echoes it from the new one (RFC 9000, section 9.3).
+        """
+        if addr == self.address:
+            if in_order and self.probe_address is not None:
+                # The newest packet comes from the current address: the peer is
+                # still there, and the probe was a replay or a late packet.
+                self.probe_address = None
+            return
+        if addr != self.probe_address:
+            if not in_order:
+                return  # a late packet from an old address moves nothing
+            self.probe_address = addr
+            self._probe_data = self._new_probe_data()
+            self._probe_sent = None
+            self._probe_bytes_in = 0
+            self._probe_bytes_out = 0
+        self._probe_bytes_in += size
+        # Challenge at once, then again at most once an RTO while packets keep
+        # coming from there (a lost challenge or response is not retransmitted).
+        if self._probe_sent is None or now - self._probe_sent >= self.rtt.rto():
+            self._probe_pending = True
+
+    def _new_probe_data(self) -> bytes:
+        if self._random is None:
+            raise LocalProtocolError("a server connection needs a random source")
+        return self._random.token_bytes(PATH_DATA_SIZE)
+
+    def _on_path_response(self, frame: PathResponseFrame, addr: Address) -> None:
+        if (
+            self.is_client
+            or self.probe_address is None
+            or addr != self.probe_address
+            or frame.data != self._probe_data
+        ):
+            self._drop("path_response_mismatch")
+            return
         previous = self.address
         self.address = addr
-        # The new address is unproven: the amplification limit applies to it until
-        # the client acknowledges a packet sent there; a PING makes sure one is.
-        self.validated = False
+        # The echo proves the client receives there: no amplification limit.
+        self.validated = True
+        self.probe_address = None
+        self._probe_pending = False
         self._path_bytes_in = 0
         self._path_bytes_out = 0
-        self._validation_pn = self._next_pn
-        self._ping_pending = True
         if self._announced:
             self._events.append(
                 ConnectionAddressChanged(
                     connection_id=self.connection_id, address=addr, previous_address=previous
                 )
             )
+
+    def build_probe(self, *, now: float) -> tuple[bytes, Address] | None:
+        """Server: the PATH_CHALLENGE datagram for the address being probed, if due.
+
+        It is limited to three times what that address sent (anti-amplification).
+        """
+        address = self.probe_address
+        if not self._probe_pending or address is None or self.state is not S.ESTABLISHED:
+            return None
+        frame = encode_frame(PathChallengeFrame(self._probe_data))
+        size = DATA_HEADER_SIZE + len(frame) + TAG_SIZE
+        if self._probe_bytes_out + size > AMPLIFICATION_FACTOR * self._probe_bytes_in:
+            self._drop("path_challenge_amplification")
+            self._probe_pending = False
+            return None
+        self._probe_pending = False
+        self._probe_sent = now
+        datagram = self._seal(frame)
+        self._probe_bytes_out += len(datagram)
+        self._stats["packets_sent"] += 1
+        self._stats["bytes_sent"] += len(datagram)
+        return datagram, address
 
     # ---------------------------------------------------------------- sending
 
@@ -517,14 +634,18 @@ class Connection:
                 return
             window_open = recovery.in_flight < config.max_in_flight_packets
             want_data = window_open and (self._ping_pending or stream.has_data())
+            want_path = bool(self._path_responses)
             want_ack = self._ack_eliciting > 0 and (
                 self._ack_immediate
                 or self._ack_eliciting >= 2
                 or (self._ack_deadline is not None and now >= self._ack_deadline)
             )
-            if not (want_data or want_ack):
+            if not (want_data or want_ack or want_path):
                 return
             payload = bytearray()
+            for data in self._path_responses:
+                payload += _PATH_RESPONSE + data
+            self._path_responses.clear()
             # A packet with data carries the ACK too while the peer may not know that
             # its last ack-eliciting packet arrived: an ACK-only packet can be lost
             # silently, and then the peer would retransmit into a growing backoff
@@ -665,4 +786,4 @@ def _new_send_stream(config: TransportConfig) -> SendStream:
 
 
 def _new_receive_stream(config: TransportConfig) -> ReceiveStream:
-    return ReceiveStream(window=RECEIVE_WINDOW, max_message_size=config.max_message_size)
+    return ReceiveStream(window=RECEIVE_WINDOW, max_message_size=config.receive_message_limit)

@@ -24,13 +24,17 @@ raises :class:`~udpchat_proto.errors.LocalProtocolError`.
 from __future__ import annotations
 
 import heapq
+import struct
 from collections import deque
 from collections.abc import Mapping
 from typing import Final
 
+from cryptography.hazmat.primitives import constant_time, hashes, hmac
+
 from ..errors import DecodeError, LocalProtocolError
 from ..randomness import RandomSource, SystemRandomSource
 from ..ratelimit import KeyedLimiter, RateLimit
+from .addresses import address_key
 from .config import TransportConfig
 from .connection import Connection
 from .events import (
@@ -48,17 +52,22 @@ from .keys import ServerKey
 from .packets import (
     CONNECTION_ID_SIZE,
     INITIATION_SIZE,
+    RETRY_TOKEN_SIZE,
     WIRE_VERSION,
     DataPacket,
     HandshakeInitiation,
     HandshakeResponse,
+    Retry,
     decode_packet,
     encode_initiation,
     encode_response,
+    encode_retry,
+    initiation_payload,
 )
 from .states import END_STATES, TransportState
 
 __all__ = [
+    "MAX_RETRIES",
     "PROLOGUE",
     "Address",
     "ClientTransport",
@@ -81,6 +90,16 @@ PROLOGUE: Final = b"udpchat/%d" % WIRE_VERSION
 _INITIATION_PADDING: Final = INITIATION_SIZE - (2 + CONNECTION_ID_SIZE) - 32
 #: How often (seconds of ``now``) the per-address handshake buckets are pruned.
 _PRUNE_INTERVAL: Final = 10.0
+#: A client follows at most this many RETRYs per connect: enough to outlive an
+#: expired token or a server restart, few enough that a forger on the path cannot
+#: keep it busy (an off-path one does not know the connection id at all).
+MAX_RETRIES: Final = 3
+#: RETRYs waiting for ``datagrams_to_send``; beyond it more are refused
+#: (``retry_queue_full``). A loop reads at most a few hundred datagrams per turn.
+_MAX_PENDING_RETRIES: Final = 1024
+#: Domain separation for the RETRY token's MAC.
+_RETRY_LABEL: Final = b"udpchat retry token v1"
+_ISSUED: Final = struct.Struct(">Q")
 
 
 def _count(counters: dict[str, int], reason: str) -> None:
@@ -131,7 +150,12 @@ class ClientTransport:
         self._events: deque[TransportEvent] = deque()
         self.dropped: dict[str, int] = {}
         self._connection_id: ConnectionId = self._random.token_bytes(CONNECTION_ID_SIZE)
-        self._handshake: HandshakeState | None = None
+        # Newest first: after a RETRY the server may still answer an earlier
+        # initiation (one that arrived once its load had dropped), so each one
+        # sent stays answerable until the handshake completes.
+        self._handshakes: list[HandshakeState] = []
+        self._retry_token = b""
+        self._retries = 0
         self._connection = Connection(
             connection_id=self._connection_id,
             config=self._config,
@@ -197,16 +221,19 @@ class ClientTransport:
         """
         if self._connection.state is not TransportState.INITIAL:
             raise LocalProtocolError(f"cannot connect in state {self._connection.state.value}")
+        self._connection.start_client_handshake(self._new_initiation(), now=now)
+
+    def _new_initiation(self) -> bytes:
         handshake = HandshakeState.initiator(
             random=self._random, prologue=PROLOGUE + self._connection_id
         )
         # The payload of message 1 travels in the clear but is hashed into the
-        # handshake: the padding cannot be altered without failing the handshake.
-        message = handshake.write_message(bytes(_INITIATION_PADDING))
-        self._handshake = handshake
-        self._connection.start_client_handshake(
-            encode_initiation(self._connection_id, message), now=now
-        )
+        # handshake: neither the token nor the padding can be altered without
+        # failing the handshake.
+        payload = initiation_payload(self._retry_token, _INITIATION_PADDING)
+        message = handshake.write_message(payload)
+        self._handshakes.insert(0, handshake)
+        return encode_initiation(self._connection_id, message)
 
     def send(self, payload: bytes) -> None:
         """Queue one message for reliable, ordered, exactly-once delivery.
@@ -262,23 +289,45 @@ class ClientTransport:
             self._connection.receive_data(packet, len(data), addr, now=now)
         elif isinstance(packet, HandshakeResponse):
             self._on_response(packet, now)
+        elif isinstance(packet, Retry):
+            self._on_retry(packet)
         else:
             _count(self.dropped, "unexpected_packet")
 
+    def _on_retry(self, packet: Retry) -> None:
+        # The connection id matched (random, never seen by an off-path attacker).
+        # Follow at most MAX_RETRIES per connect, and only while handshaking.
+        if (
+            self._connection.state is not TransportState.HANDSHAKE
+            or self._retries >= MAX_RETRIES
+            or packet.token == self._retry_token
+        ):
+            _count(self.dropped, "unexpected_retry")
+            return
+        self._retries += 1
+        self._retry_token = packet.token
+        self._connection.retry_client_handshake(self._new_initiation())
+
     def _on_response(self, packet: HandshakeResponse, now: float) -> None:
-        handshake = self._handshake
-        if handshake is None or self._connection.state is not TransportState.HANDSHAKE:
+        if not self._handshakes or self._connection.state is not TransportState.HANDSHAKE:
             _count(self.dropped, "unexpected_handshake")
             return
-        try:
-            # All or nothing: a forged response leaves the handshake intact.
-            handshake.read_message(packet.noise_message)
-        except DecodeError as exc:
-            _count(self.dropped, exc.reason)
+        failure: DecodeError | None = None
+        for handshake in self._handshakes:
+            try:
+                # All or nothing: a forged response leaves the handshake intact.
+                handshake.read_message(packet.noise_message)
+            except DecodeError as exc:
+                failure = exc
+                continue
+            break
+        else:
+            assert failure is not None
+            _count(self.dropped, failure.reason)
             return
         server_key = handshake.remote_static_public
         assert server_key is not None
-        self._handshake = None
+        self._handshakes = []
         expected = self._expected_server_key
         if expected is not None and server_key != expected:
             self._connection.fail_handshake(
@@ -361,10 +410,24 @@ class ServerTransport:
         self.dropped: dict[str, int] = {}
         self._connections: dict[ConnectionId, Connection] = {}
         self._half_open: set[ConnectionId] = set()
-        # Connections by the IP their handshake came from (kept across migration,
-        # so that moving does not free a slot), for max_connections_per_address.
+        # Connections by the address key (prefix) their handshake came from, kept
+        # across migration so that moving does not free a slot, for
+        # max_connections_per_address.
         self._origin: dict[ConnectionId, str] = {}
         self._per_ip: dict[str, int] = {}
+        # RETRY: the MAC key lives as long as this server; tokens carry their issue
+        # time, so nothing is stored per RETRY but the datagram until it is sent.
+        self._retry_key = self._random.token_bytes(32)
+        self._retry_out: list[tuple[bytes, Address]] = []
+        # Open connections (announced, not closing), oldest handshake first.
+        self._open: dict[ConnectionId, None] = {}
+        # Stream bytes held over all connections, and each one's share.
+        self._buffered = 0
+        self._buffered_by: dict[ConnectionId, int] = {}
+        self._enforcing = False
+        # The latest ``now`` the caller gave (``send`` takes none): when a
+        # connection ended for a limit starts closing.
+        self._now = 0.0
         self._limiter: KeyedLimiter[str] = KeyedLimiter(
             RateLimit(
                 burst=self._config.handshake_burst,
@@ -403,6 +466,20 @@ class ServerTransport:
     def half_open_count(self) -> int:
         """Handshakes answered and not yet confirmed by the client."""
         return len(self._half_open)
+
+    @property
+    def connection_count(self) -> int:
+        """Every connection held: half-open, open, closing or draining."""
+        return len(self._connections)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Stream bytes held over all connections (see ``max_buffered_bytes``)."""
+        return self._buffered
+
+    def address_key(self, host: str) -> str:
+        """The key of ``host`` for per-address limits (see :func:`address_key`)."""
+        return address_key(host, self._config)
 
     def address_of(self, connection_id: ConnectionId) -> Address | None:
         """The current address of an established connection, or None if unknown."""
@@ -457,6 +534,7 @@ class ServerTransport:
         Raises:
             LocalProtocolError: the connection is unknown.
         """
+        self._now = max(self._now, now)
         conn = self._established(connection_id)
         conn.close(reason, now=now)
         self._touch(conn)
@@ -474,6 +552,7 @@ class ServerTransport:
             addr: where it came from.
             now: the current time, seconds.
         """
+        self._now = max(self._now, now)
         try:
             packet = decode_packet(bytes(data))
         except DecodeError as exc:
@@ -509,17 +588,28 @@ class ServerTransport:
                 _count(self.dropped, "duplicate_initiation")
             return
         # Cheap refusals before the Diffie-Hellman work.
-        if len(self._half_open) >= self._config.max_half_open:
+        config = self._config
+        if len(self._half_open) >= config.max_half_open:
             _count(self.dropped, "half_open_limit")
             return
-        if self._per_ip.get(addr[0], 0) >= self._config.max_connections_per_address:
+        key = address_key(addr[0], config)
+        if self._per_ip.get(key, 0) >= config.max_connections_per_address:
             _count(self.dropped, "address_connection_limit")
             return
+        if len(self._half_open) >= config.retry_threshold:
+            # Under load: only a proven address gets state. A spoofed source never
+            # sees the RETRY, so it cannot come back with a token.
+            refusal = self._check_token(packet.token, cid, addr, now)
+            if refusal is not None:
+                _count(self.dropped, refusal)
+                self._send_retry(cid, addr, now)
+                return
         if now >= self._next_prune:
             self._limiter.prune(now=now)
             self._next_prune = now + _PRUNE_INTERVAL
-        # Per IP, not per (IP, port): a flooder chooses its ports freely.
-        if not self._limiter.spend(addr[0], now=now):
+        # Per address prefix, not per (IP, port): a flooder chooses its ports (and,
+        # with IPv6, the low 64 bits of its address) freely.
+        if not self._limiter.spend(key, now=now):
             _count(self.dropped, "rate_limited")
             return
         handshake = HandshakeState.responder(
@@ -542,6 +632,7 @@ class ServerTransport:
             events=self._events,
             dropped=self.dropped,
             now=now,
+            random=self._random,
         )
         conn.start_server_handshake(
             initiation=packet.noise_message,
@@ -553,9 +644,46 @@ class ServerTransport:
         )
         self._connections[cid] = conn
         self._half_open.add(cid)
-        self._origin[cid] = addr[0]
-        self._per_ip[addr[0]] = self._per_ip.get(addr[0], 0) + 1
+        self._origin[cid] = key
+        self._per_ip[key] = self._per_ip.get(key, 0) + 1
         self._touch(conn)
+
+    # ------------------------------------------------------------------ retry
+
+    def _token_mac(self, cid: ConnectionId, addr: Address, issued: bytes) -> bytes:
+        mac = hmac.HMAC(self._retry_key, hashes.SHA256())
+        host = addr[0].encode("utf-8", errors="replace")
+        for part in (_RETRY_LABEL, cid, issued, host, addr[1].to_bytes(2, "big")):
+            mac.update(len(part).to_bytes(2, "big") + part)
+        return mac.finalize()[: RETRY_TOKEN_SIZE - _ISSUED.size]
+
+    def _make_token(self, cid: ConnectionId, addr: Address, now: float) -> bytes:
+        issued = _ISSUED.pack(max(0, int(now)))
+        return issued + self._token_mac(cid, addr, issued)
+
+    def _check_token(
+        self, token: bytes, cid: ConnectionId, addr: Address, now: float
+    ) -> str | None:
+        """None if ``token`` is one of ours for this connection id and exact source
+        address, issued within ``retry_token_lifetime``; else the refusal's reason."""
+        if not token:
+            return "retry"
+        if len(token) != RETRY_TOKEN_SIZE:
+            return "retry_token_invalid"
+        issued = token[: _ISSUED.size]
+        if not constant_time.bytes_eq(token[_ISSUED.size :], self._token_mac(cid, addr, issued)):
+            return "retry_token_invalid"
+        (issued_at,) = _ISSUED.unpack(issued)
+        age = int(now) - issued_at
+        if age < 0 or age > self._config.retry_token_lifetime:
+            return "retry_token_expired"
+        return None
+
+    def _send_retry(self, cid: ConnectionId, addr: Address, now: float) -> None:
+        if len(self._retry_out) >= _MAX_PENDING_RETRIES:
+            _count(self.dropped, "retry_queue_full")
+            return
+        self._retry_out.append((encode_retry(cid, self._make_token(cid, addr, now)), addr))
 
     # ----------------------------------------------------------------- output
 
@@ -571,7 +699,8 @@ class ServerTransport:
         Returns:
             ``(datagram, client address)`` pairs.
         """
-        out: list[tuple[bytes, Address]] = []
+        self._now = max(self._now, now)
+        out, self._retry_out = self._retry_out, []
         dirty, self._dirty = self._dirty, {}
         for cid in dirty:
             conn = self._connections.get(cid)
@@ -579,6 +708,9 @@ class ServerTransport:
                 continue
             for datagram in conn.build_datagrams(now=now):
                 out.append((datagram, conn.address))
+            probe = conn.build_probe(now=now)
+            if probe is not None:
+                out.append(probe)
             self._settle(conn)
         return out
 
@@ -600,6 +732,7 @@ class ServerTransport:
         Args:
             now: the current time, seconds.
         """
+        self._now = max(self._now, now)
         heap = self._heap
         due: list[Connection] = []
         while heap and heap[0][0] <= now:
@@ -632,7 +765,21 @@ class ServerTransport:
             if self._connections.pop(cid, None) is not None:
                 self._forget_origin(cid)
             self._dirty.pop(cid, None)
+            self._open.pop(cid, None)
+            self._buffered -= self._buffered_by.pop(cid, 0)
             return
+        if conn.announced and not conn.is_closed:
+            if cid not in self._open:
+                self._open[cid] = None
+                if len(self._open) > self._config.max_connections:
+                    self._evict_idlest(keep=cid)
+        else:
+            self._open.pop(cid, None)
+        held = conn.buffered_bytes
+        self._buffered += held - self._buffered_by.get(cid, 0)
+        self._buffered_by[cid] = held
+        if self._buffered > self._config.max_buffered_bytes and not self._enforcing:
+            self._enforce_budget()
         deadline = conn.next_deadline()
         if deadline != conn.scheduled:
             conn.scheduled = deadline
@@ -641,6 +788,45 @@ class ServerTransport:
                 heapq.heappush(self._heap, (deadline, self._sequence, cid))
                 if len(self._heap) > 4 * len(self._connections) + 64:
                     self._rebuild_heap()
+
+    def _evict_idlest(self, *, keep: ConnectionId) -> None:
+        """Over ``max_connections``: end the open connection silent the longest.
+
+        A scan of the open connections, only when a new one goes over the cap."""
+        victim: Connection | None = None
+        for cid in self._open:
+            conn = self._connections[cid]
+            if cid != keep and (victim is None or conn.last_received < victim.last_received):
+                victim = conn
+        if victim is None:
+            return
+        _count(self.dropped, "connection_limit")
+        victim.abort(
+            CloseCode.SERVER_BUSY,
+            f"server busy: {self._config.max_connections} connections",
+            now=self._now,
+        )
+        self._touch(victim)
+
+    def _enforce_budget(self) -> None:
+        """Over ``max_buffered_bytes``: end the connections holding the most until the
+        total fits. A scan of every connection, only when over the budget."""
+        self._enforcing = True
+        try:
+            while self._buffered > self._config.max_buffered_bytes:
+                cid = max(self._buffered_by, key=self._buffered_by.__getitem__)
+                victim = self._connections[cid]
+                if self._buffered_by[cid] == 0:
+                    return
+                _count(self.dropped, "buffer_limit")
+                victim.abort(
+                    CloseCode.RESOURCE_LIMIT,
+                    f"server buffers full: this connection held {self._buffered_by[cid]} bytes",
+                    now=self._now,
+                )
+                self._touch(victim)
+        finally:
+            self._enforcing = False
 
     def _forget_origin(self, cid: ConnectionId) -> None:
         ip = self._origin.pop(cid, None)

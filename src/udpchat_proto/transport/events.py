@@ -45,6 +45,12 @@ class CloseCode(enum.IntEnum):
     """Local (client): no valid response within ``handshake_timeout`` seconds."""
     SERVER_KEY_MISMATCH = 4
     """Local (client): the server's static key is not ``expected_server_key``."""
+    SERVER_BUSY = 5
+    """The server is at ``max_connections``: it ended the connection that had been
+    silent longest to make room for a new one. Reconnecting later is fine."""
+    RESOURCE_LIMIT = 6
+    """The server's buffers over all connections exceeded ``max_buffered_bytes``: it
+    ended the connection holding the most (unread output, unfinished input)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -92,7 +98,10 @@ class ConnectionTerminated(TransportEvent):
 
 @attrs.frozen(kw_only=True)
 class ConnectionAddressChanged(TransportEvent):
-    """Server: an authenticated packet came from a new client address (migration)."""
+    """Server: the client proved it receives at a new address (migration).
+
+    Emitted when a PATH_RESPONSE from the new address echoes the server's
+    PATH_CHALLENGE; until then the server keeps sending to the old address."""
 
     address: Address
     """The new address, where the server now sends."""

@@ -7,13 +7,22 @@ Every datagram is one packet. The first byte names its type::
       1      1 byte   version = 0x01
       2      8 bytes  connection id (chosen by the client)
       10     32 bytes Noise "e" (the client's ephemeral public key)
-      42     ...      Noise payload: zero padding up to INITIATION_SIZE
+      42     ...      Noise payload (clear, hashed into the handshake):
+                      token length L (1 byte, 0 or 24) | RETRY token (L bytes) |
+                      zero padding up to INITIATION_SIZE
 
     RESPONSE (server -> client, the Noise NX message 2):
       0      1 byte   type = 0x02
       1      8 bytes  connection id (echoed)
       9      96+      Noise message 2: "e" (32) | encrypted "s" (32 + 16) |
                       encrypted payload (empty in version 1, + 16)
+
+    RETRY (server -> client, stateless, when the server asks for proof of address),
+    exactly 33 bytes:
+      0      1 byte   type = 0x04
+      1      8 bytes  connection id (echoed)
+      9      24 bytes token: issued (8, whole seconds of the server's clock) |
+                      HMAC-SHA256(key, cid | issued | address)[:16]
 
     DATA (both ways, after the handshake):
       0      1 byte   type = 0x03
@@ -30,6 +39,8 @@ integers are QUIC variable-length integers (RFC 9000, section 16)::
     ACK      0x02 largest delay_us range_count first_range (gap range_length)*
     STREAM   0x03 offset length data
     CLOSE    0x04 code reason_length reason(UTF-8)
+    PATH_CHALLENGE 0x05 data(8)                     (server: prove this address)
+    PATH_RESPONSE  0x06 data(8)                     (client: the challenge's data)
 
 The ACK frame is QUIC's (RFC 9000, section 19.3.1) with the delay in microseconds.
 STREAM carries a slice of the connection's single ordered byte stream, in which
@@ -57,7 +68,10 @@ __all__ = [
     "MAX_ACK_RANGES",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_VARINT",
+    "PATH_DATA_SIZE",
     "RESPONSE_HEADER_SIZE",
+    "RETRY_SIZE",
+    "RETRY_TOKEN_SIZE",
     "STREAM_FRAME_OVERHEAD",
     "TAG_SIZE",
     "WIRE_VERSION",
@@ -70,7 +84,10 @@ __all__ = [
     "HandshakeResponse",
     "PacketType",
     "PaddingFrame",
+    "PathChallengeFrame",
+    "PathResponseFrame",
     "PingFrame",
+    "Retry",
     "StreamFrame",
     "decode_frames",
     "decode_packet",
@@ -80,7 +97,9 @@ __all__ = [
     "encode_frames",
     "encode_initiation",
     "encode_response",
+    "encode_retry",
     "encode_varint",
+    "initiation_payload",
 ]
 
 #: Wire version of the transport (also bound into the Noise prologue).
@@ -114,6 +133,14 @@ MAX_CLOSE_REASON_BYTES: Final = 256
 #: Worst-case bytes of a STREAM frame before its data: type + 8-byte offset + 4-byte length.
 STREAM_FRAME_OVERHEAD: Final = 1 + 8 + 4
 
+#: A RETRY token: 8 bytes of issue time and a 16-byte truncated HMAC-SHA256.
+RETRY_TOKEN_SIZE: Final = 24
+#: type (1) + connection id (8) + token: 33 bytes, under 3% of the 1200-byte
+#: initiation it answers, so a RETRY amplifies nothing.
+RETRY_SIZE: Final = 1 + CONNECTION_ID_SIZE + RETRY_TOKEN_SIZE
+#: Bytes of a PATH_CHALLENGE's data, echoed by the PATH_RESPONSE (QUIC's 8).
+PATH_DATA_SIZE: Final = 8
+
 _DATA_HEADER: Final = struct.Struct(">B8sQ")
 
 
@@ -123,6 +150,7 @@ class PacketType(enum.IntEnum):
     INITIATION = 0x01
     RESPONSE = 0x02
     DATA = 0x03
+    RETRY = 0x04
 
 
 class FrameType(enum.IntEnum):
@@ -133,6 +161,8 @@ class FrameType(enum.IntEnum):
     ACK = 0x02
     STREAM = 0x03
     CLOSE = 0x04
+    PATH_CHALLENGE = 0x05
+    PATH_RESPONSE = 0x06
 
 
 # ---------------------------------------------------------------------------
@@ -192,6 +222,13 @@ class HandshakeInitiation:
     noise_message: bytes
     """Noise NX message 1 (ephemeral key and padding payload)."""
 
+    @property
+    def token(self) -> bytes:
+        """The RETRY token carried in the clear payload (empty if none)."""
+        payload = self.noise_message[_NOISE_E_SIZE:]
+        length = payload[0] if payload else 0
+        return bytes(payload[1 : 1 + length])
+
 
 @attrs.frozen(kw_only=True)
 class HandshakeResponse:
@@ -217,7 +254,33 @@ class DataPacket:
     """The sealed frames and tag."""
 
 
-Packet = HandshakeInitiation | HandshakeResponse | DataPacket
+@attrs.frozen(kw_only=True)
+class Retry:
+    """A parsed RETRY packet: the server wants the initiation again with ``token``."""
+
+    connection_id: bytes
+    """The connection id of the initiation it answers."""
+    token: bytes
+    """The opaque token to carry in the next initiation (:data:`RETRY_TOKEN_SIZE` bytes)."""
+
+
+Packet = HandshakeInitiation | HandshakeResponse | DataPacket | Retry
+
+
+def initiation_payload(token: bytes, size: int) -> bytes:
+    """The clear Noise payload of an initiation: ``len(token) | token | zeros`` of ``size``.
+
+    Raises:
+        ValueError: the token does not fit (a local bug).
+    """
+    if len(token) > 255 or len(token) + 1 > size:
+        raise ValueError(f"a {len(token)}-byte token does not fit the initiation")
+    return (bytes((len(token),)) + token).ljust(size, b"\x00")
+
+
+def encode_retry(connection_id: bytes, token: bytes) -> bytes:
+    """Build a RETRY datagram."""
+    return bytes((PacketType.RETRY,)) + connection_id + token
 
 
 def encode_initiation(connection_id: bytes, noise_message: bytes) -> bytes:
@@ -246,7 +309,7 @@ def decode_packet(data: bytes) -> Packet:
 
     Raises:
         DecodeError: ``"empty"``, ``"unknown_type"``, ``"unsupported_version"``,
-            ``"initiation_size"`` or ``"truncated"``.
+            ``"initiation_size"``, ``"retry_size"`` or ``"truncated"``.
     """
     if not data:
         raise DecodeError("empty", "empty datagram")
@@ -280,6 +343,10 @@ def decode_packet(data: bytes) -> Packet:
             connection_id=data[1:RESPONSE_HEADER_SIZE],
             noise_message=data[RESPONSE_HEADER_SIZE:],
         )
+    if kind == PacketType.RETRY:
+        if len(data) != RETRY_SIZE:
+            raise DecodeError("retry_size", f"{len(data)} bytes, not {RETRY_SIZE}")
+        return Retry(connection_id=data[1:RESPONSE_HEADER_SIZE], token=data[RESPONSE_HEADER_SIZE:])
     raise DecodeError("unknown_type", f"packet type {kind:#04x}")
 
 
@@ -335,7 +402,31 @@ class CloseFrame:
     """Human-readable reason (at most :data:`MAX_CLOSE_REASON_BYTES` in UTF-8)."""
 
 
-Frame = PaddingFrame | PingFrame | AckFrame | StreamFrame | CloseFrame
+@attrs.frozen
+class PathChallengeFrame:
+    """Server: asks the client to echo ``data`` from the address it was sent to."""
+
+    data: bytes
+    """:data:`PATH_DATA_SIZE` random bytes."""
+
+
+@attrs.frozen
+class PathResponseFrame:
+    """Client: echoes a PATH_CHALLENGE's ``data``."""
+
+    data: bytes
+    """The challenge's :data:`PATH_DATA_SIZE` bytes."""
+
+
+Frame = (
+    PaddingFrame
+    | PingFrame
+    | AckFrame
+    | StreamFrame
+    | CloseFrame
+    | PathChallengeFrame
+    | PathResponseFrame
+)
 
 
 def encode_ack(ranges: Iterable[tuple[int, int]] | Iterable[range], delay_us: int) -> bytes:
@@ -381,6 +472,15 @@ def encode_frame(frame: Frame) -> bytes:
             + encode_varint(len(reason))
             + reason
         )
+    if isinstance(frame, PathChallengeFrame | PathResponseFrame):
+        kind = (
+            FrameType.PATH_CHALLENGE
+            if isinstance(frame, PathChallengeFrame)
+            else FrameType.PATH_RESPONSE
+        )
+        if len(frame.data) != PATH_DATA_SIZE:
+            raise ValueError(f"path data must be {PATH_DATA_SIZE} bytes")
+        return bytes((kind,)) + frame.data
     return bytes(frame.length)
 
 
@@ -448,6 +548,16 @@ def decode_frames(payload: bytes) -> list[Frame]:
                 raise DecodeError("invalid_field", "CLOSE reason is not UTF-8") from exc
             pos += length
             frames.append(CloseFrame(code=code, reason=reason))
+        elif kind in (FrameType.PATH_CHALLENGE, FrameType.PATH_RESPONSE):
+            if pos + PATH_DATA_SIZE > end:
+                raise DecodeError("truncated", "PATH frame data cut short")
+            data = bytes(payload[pos : pos + PATH_DATA_SIZE])
+            pos += PATH_DATA_SIZE
+            frames.append(
+                PathChallengeFrame(data)
+                if kind == FrameType.PATH_CHALLENGE
+                else PathResponseFrame(data)
+            )
         else:
             raise DecodeError("unknown_frame", f"frame type {kind:#04x}")
     return frames

@@ -163,6 +163,7 @@ class ReceiveStream:
         "_assembly_pos",
         "_chunks",
         "_delivered",
+        "_held",
         "_received",
         "max_message_size",
         "window",
@@ -180,14 +181,14 @@ class ReceiveStream:
         self._delivered = 0  # every byte below has been moved into _assembly
         self._received = RangeSet()  # out-of-order ranges held in _chunks
         self._chunks: dict[int, bytes] = {}  # disjoint slices tiling _received
+        self._held = 0  # bytes in _chunks, kept so that buffered is O(1)
         self._assembly = bytearray()  # in-order bytes not yet cut into messages
         self._assembly_pos = 0
 
     @property
     def buffered(self) -> int:
         """Bytes held: out of order, plus an incomplete message."""
-        held = sum(len(r) for r in self._received)
-        return held + len(self._assembly) - self._assembly_pos
+        return self._held + len(self._assembly) - self._assembly_pos
 
     def receive(self, offset: int, data: bytes) -> list[bytes]:
         """Take a STREAM frame's bytes.
@@ -213,6 +214,7 @@ class ReceiveStream:
         for gap in self._received.missing(max(offset, self._delivered), end):
             self._chunks[gap.start] = data[gap.start - offset : gap.stop - offset]
             self._received.add(gap.start, gap.stop)
+            self._held += gap.stop - gap.start
         if len(self._received) > MAX_RECEIVE_FRAGMENTS:
             raise DecodeError(
                 "flow_control",
@@ -224,6 +226,7 @@ class ReceiveStream:
         contiguous = self._received.shift()
         while self._delivered < contiguous.stop:
             piece = self._chunks.pop(self._delivered)
+            self._held -= len(piece)
             self._assembly += piece
             self._delivered += len(piece)
         return self._cut_messages()
