@@ -8,6 +8,7 @@ it at every send; the client side is the CLI's own :class:`Session`.
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 import threading
 import time
@@ -107,7 +108,7 @@ def test_group_commit_and_hash_jobs_over_loopback(
                 assert isinstance(accepted, m.MessageAccepted)
             bob.run_until(
                 lambda: sum(isinstance(p, m.MessageDelivered) for p in received) == 20,
-                deadline=time.time() + 5,
+                deadline=time.monotonic() + 5,
             )
     texts = [p.message.text for p in received if isinstance(p, m.MessageDelivered)]
     assert texts == [f"m{n}" for n in range(20)]
@@ -139,3 +140,74 @@ def test_describe_server_events() -> None:
     assert describe(connected) == "connection 4cb81ee9 connected from h:1"
     logged = UserLoggedIn(connection_id=b"\x00" * 8, username="alice", resumed=True)
     assert describe(logged) == "connection 00000000 alice resumed their session"
+
+
+def test_counters_are_logged_at_exit_and_connections_only_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="udpchat_server.loop")
+    store = MemoryStore()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    server = ChatServer(
+        store=store,
+        static_key=ServerKey.generate(SeededRandomSource(1)),
+        clock=time.time,
+        config=ServerConfig(scrypt=ScryptParams(n=16)),
+    )
+    loop = ServerLoop(server=server, store=store, sock=sock)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        with Session(server=f"127.0.0.1:{sock.getsockname()[1]}", pinned=None, timeout=5) as s:
+            s.open()
+            assert isinstance(s.request(lambda c: c.register("alice", PASSWORD)), m.Ok)
+    finally:
+        loop.stop()
+        thread.join(10)
+        sock.close()
+    connection_lines = [r for r in caplog.records if "connected from" in r.getMessage()]
+    assert connection_lines and all(r.levelno == logging.DEBUG for r in connection_lines)
+    (at_exit,) = [r for r in caplog.records if r.getMessage().startswith("counters at exit:")]
+    assert at_exit.levelno == logging.INFO
+    text = at_exit.getMessage()
+    assert "datagrams_in=" in text and "connections_opened=1" in text and "hash_jobs=1" in text
+
+
+class BrokenHistory(MemoryStore):
+    def history(self, username: str, peer: str, limit: int) -> list[m.ChatMessage]:
+        raise OSError("disk on fire")
+
+
+def test_internal_errors_are_logged_with_their_traceback_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="udpchat_server.loop")
+    store = BrokenHistory()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    server = ChatServer(
+        store=store,
+        static_key=ServerKey.generate(SeededRandomSource(1)),
+        clock=time.time,
+        config=ServerConfig(scrypt=ScryptParams(n=16)),
+    )
+    loop = ServerLoop(server=server, store=store, sock=sock)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        with Session(server=f"127.0.0.1:{sock.getsockname()[1]}", pinned=None, timeout=5) as s:
+            s.open()
+            s.request(lambda c: c.register("alice", PASSWORD))
+            s.request(lambda c: c.login("alice", PASSWORD))
+            for _ in range(3):
+                answer = s.request(lambda c: c.get_history("alice"))
+                assert isinstance(answer, m.ErrorResponse) and answer.code == "internal"
+    finally:
+        loop.stop()
+        thread.join(10)
+        sock.close()
+    errors = [r for r in caplog.records if r.getMessage().startswith("internal error")]
+    # Three failures, one line (within the rate limit), with the exception attached.
+    assert len(errors) == 1 and errors[0].levelno == logging.ERROR
+    assert errors[0].exc_info is not None and "disk on fire" in str(errors[0].exc_info[1])

@@ -217,12 +217,7 @@ def command(
                 sys.stdout.flush()
                 log.info("listening on %s, database %s, key %s", address, db, key.fingerprint)
             loop.run()
-            log.info(
-                "stopped: %d datagrams in, %d out, %d commits",
-                loop.datagrams_received,
-                loop.datagrams_sent,
-                loop.commits,
-            )
+            log.info("stopped")
         finally:
             store.close()
     finally:

@@ -33,6 +33,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from udpchat_proto.chat import (
     ChatServer,
@@ -46,7 +47,7 @@ from udpchat_proto.chat import (
     UserLoggedOut,
 )
 
-__all__ = ["BATCH", "ServerLoop", "describe"]
+__all__ = ["BATCH", "ServerLoop", "describe", "format_counters"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,23 @@ MAX_DATAGRAM = 65_535
 IDLE_WAIT = 5.0
 #: Shortest time between two log lines about a store that cannot commit.
 STORE_FAILURE_LOG_INTERVAL = 60.0
+#: Shortest time between two log lines about internal errors (with a traceback).
+INTERNAL_ERROR_LOG_INTERVAL = 10.0
+#: How often the counters are logged (at info), and once more at exit.
+COUNTERS_INTERVAL = 60.0
+
+
+def format_counters(counters: dict[str, Any]) -> str:
+    """``name=value`` pairs on one line (dicts inline, empty ones left out)."""
+    parts = []
+    for name, value in counters.items():
+        if isinstance(value, dict):
+            if value:
+                inner = ",".join(f"{key}:{count}" for key, count in value.items())
+                parts.append(f"{name}={inner}")
+        else:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
 
 
 def describe(event: ServerEvent) -> str:
@@ -122,6 +140,9 @@ class ServerLoop:
         self._failure_logged_at = -STORE_FAILURE_LOG_INTERVAL
         self._failures_unlogged = 0
         self._failure_reported = False
+        self._internal_errors_seen = 0
+        self._internal_logged_at = -INTERNAL_ERROR_LOG_INTERVAL
+        self._counters_at = time.monotonic() + COUNTERS_INTERVAL
 
     def stop(self) -> None:
         """Ask the loop to finish its turn and return (safe from a signal handler)."""
@@ -143,6 +164,7 @@ class ServerLoop:
                 self._wait()
                 self._turn()
             self._turn()  # what the last wait brought in, committed before leaving
+            log.info("counters at exit: %s", format_counters(self.counters()))
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._wake_r.close()
@@ -197,7 +219,8 @@ class ServerLoop:
             self._hashing += 1
             self._start(job)
         while (event := server.next_event()) is not None:
-            log.info("%s", describe(event))
+            log.debug("%s", describe(event))  # a line per connection event: debug only
+        self._report(server)
         if server.writes_pending:
             failure = server.commit()
             if failure is None:
@@ -215,6 +238,52 @@ class ServerLoop:
                 # Unreachable or refused peers must not stop the others' replies.
                 if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     log.warning("sendto %s: %s", addr, exc)
+
+    # --- what operators see -----------------------------------------------------------
+
+    def counters(self) -> dict[str, Any]:
+        """The loop's and the core's counters, for the periodic log line (and later,
+        metrics): datagrams, drops by reason, connections, sessions, messages,
+        commits and refusals by code."""
+        stats = self._server.stats
+        return {
+            "datagrams_in": self.datagrams_received,
+            "datagrams_out": self.datagrams_sent,
+            "dropped": dict(sorted(self._server.transport_dropped.items())),
+            "connections": self._server.connection_count,
+            "connections_opened": stats.connections_opened,
+            "online_users": len(self._server.online_users),
+            "hash_jobs": stats.hash_jobs,
+            "sessions_expired": stats.sessions_expired,
+            "sessions_evicted": stats.sessions_evicted,
+            "messages_stored": stats.messages_accepted,
+            "messages_delivered": stats.deliveries_pushed,
+            "commits": self.commits,
+            "failed_commits": self.failed_commits,
+            "refusals": dict(sorted(stats.refusals.items())),
+            "violations": stats.violations,
+            "decode_errors": dict(sorted(stats.decode_errors.items())),
+            "internal_errors": stats.internal_errors,
+        }
+
+    def _report(self, server: ChatServer) -> None:
+        now = time.monotonic()
+        errors = server.stats.internal_errors
+        if errors > self._internal_errors_seen and (
+            now - self._internal_logged_at >= INTERNAL_ERROR_LOG_INTERVAL
+        ):
+            failure = server.stats.last_internal_error
+            log.error(
+                "internal error (%d since the last report): %r",
+                errors - self._internal_errors_seen,
+                failure,
+                exc_info=failure,
+            )
+            self._internal_errors_seen = errors
+            self._internal_logged_at = now
+        if now >= self._counters_at:
+            self._counters_at = now + COUNTERS_INTERVAL
+            log.info("counters: %s", format_counters(self.counters()))
 
     # --- a store that cannot commit ----------------------------------------------------
 

@@ -458,6 +458,11 @@ class ServerCore:
         return len(self._jobs)
 
     @property
+    def transport_dropped(self) -> dict[str, int]:
+        """Datagrams the transport dropped (and handshakes it refused), by reason."""
+        return dict(self._transport.dropped)
+
+    @property
     def server_key(self) -> bytes:
         """The server's static public key (what clients pin)."""
         return self._server_key
@@ -470,6 +475,7 @@ class ServerCore:
 
     def _on_transport_event(self, event: TransportEvent, now: float) -> None:
         if isinstance(event, HandshakeCompleted):
+            self.stats.connections_opened += 1
             self._new_connection(event.connection_id, event.address, now)
             self._events.append(
                 ClientConnected(connection_id=event.connection_id, address=event.address)

@@ -15,6 +15,8 @@ __all__ = ["ServerStats"]
 class ServerStats:
     """Counters for monitoring; they only ever grow."""
 
+    connections_opened: int = 0
+    """Handshakes completed (connections the chat layer saw)."""
     payloads: int = 0
     """Application payloads received from established connections."""
     decode_errors: collections.Counter[str] = attrs.Factory(collections.Counter)
