@@ -7,9 +7,10 @@ failures against someone else's account, an unbounded number of sessions.
 
 from __future__ import annotations
 
-from tests.chat_helpers import PASSWORD, ChatUser, ChatWorld, StoreFactory, test_config
+from tests.chat_helpers import FAST_SCRYPT, PASSWORD, ChatUser, ChatWorld, StoreFactory, test_config
 from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
+from udpchat_proto.chat.passwords import ScryptParams
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.ratelimit import RateLimit
 
@@ -173,3 +174,30 @@ def test_an_abandoned_hash_job_answers_and_frees_its_place(stores: StoreFactory)
     alice.refused(request, ErrorCode.INTERNAL)
     world.host.hash_delay = 0.0
     assert alice.login().username == "alice"  # the address's place is free again
+
+
+def test_an_account_hashed_at_an_older_cost_is_hashed_again_at_login(
+    stores: StoreFactory,
+) -> None:
+    world = ChatWorld(stores)  # FAST_SCRYPT: n=16, r=1
+    (alice,) = world.signed_up("alice")
+    old = world.store.get_account("alice")
+    assert old is not None and old.password.params == FAST_SCRYPT
+    world.config = test_config(scrypt=ScryptParams(n=32, r=1, p=1))
+    world.restart_server()
+    laptop = world.user("alice", device="laptop")
+    laptop.connect()
+    laptop.login()
+    world.settle(0.5)
+    new = world.store.get_account("alice")
+    assert new is not None and new.password.params == ScryptParams(n=32, r=1, p=1)
+    assert new.password.salt != old.password.salt
+    assert world.server.stats.passwords_upgraded == 1
+    # The new record works, and it is not upgraded again.
+    other = world.user("alice", device="phone")
+    other.connect()
+    other.login()
+    world.settle(0.5)
+    assert world.server.stats.passwords_upgraded == 1
+    alice.connect()  # (its connection was to the server before the restart)
+    alice.refused(alice.conn.login("alice", "not the password"), ErrorCode.BAD_CREDENTIALS)

@@ -41,6 +41,7 @@ try:
     import attrs
     import click
 
+    from udpchat_proto import RateLimit
     from udpchat_proto.chat import ChatServer, ScryptParams, ServerConfig
 
     from .keyfile import KeyFileError, default_key_path, load_or_create_key
@@ -84,20 +85,89 @@ def _format_address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _config(
-    max_room_members: int | None, max_rooms_per_user: int | None, scrypt_n: int | None
-) -> ServerConfig:
-    changes: dict[str, Any] = {}
-    if max_room_members is not None:
-        changes["max_room_members"] = max_room_members
-    if max_rooms_per_user is not None:
-        changes["max_rooms_per_user"] = max_rooms_per_user
+class RateOption(click.ParamType):  # type: ignore[type-arg]
+    """``BURST/SECONDS``: ``BURST`` events back to back, then one per ``SECONDS``."""
+
+    name = "burst/seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, RateLimit):
+            return value
+        burst, sep, interval = str(value).partition("/")
+        try:
+            if not sep:
+                raise ValueError("expected BURST/SECONDS")
+            return RateLimit(burst=int(burst), interval=float(interval))
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc} (e.g. 10/6: 10 at once, then one every 6 s)", param, ctx)
+
+
+#: The limits of ServerConfig that are options, with their help (the default and the
+#: reason of each is in docs/PROTOCOL.md, "Limits and rate limits").
+_COUNT_LIMITS: tuple[tuple[str, str], ...] = (
+    ("max_room_members", "Most members a room may have."),
+    ("max_rooms_per_user", "Most rooms one user may be in."),
+    ("max_sessions_per_user", "Most login sessions per user (beyond: the LRU one ends)."),
+    ("max_pending_hash_jobs", "Most password hashes waiting or running at once."),
+    ("max_hash_jobs_per_address", "Most password hashes at once per client address."),
+    ("max_hash_jobs_per_user", "Most password hashes at once per username."),
+)
+_RATE_LIMITS: tuple[tuple[str, str], ...] = (
+    ("login_failures_per_user_address", "Failed logins per (username, address)."),
+    ("login_failures_per_user", "Failed logins per username, from all addresses."),
+    ("login_failures_per_address", "Failed logins per client address."),
+    ("logins_per_user", "Logins, right or wrong, per username."),
+    ("registrations_per_address", "Registrations per client address."),
+    ("message_rate", "Messages per user, all sessions together."),
+    ("membership_changes_per_user", "Room joins and leaves per user."),
+    ("request_rate", "Requests per connection."),
+)
+
+
+def _limit_options(function: Any) -> Any:
+    """The options of every limit above (``--max-room-members`` ...)."""
+    defaults = ServerConfig()
+    for field, text in reversed(_RATE_LIMITS):
+        rate = getattr(defaults, field)
+        function = click.option(
+            "--" + field.replace("_", "-"),
+            field,
+            type=RateOption(),
+            default=None,
+            help=f"{text} BURST/SECONDS [default: {rate.burst}/{rate.interval:g}]",
+        )(function)
+    for field, text in reversed(_COUNT_LIMITS):
+        function = click.option(
+            "--" + field.replace("_", "-"),
+            field,
+            type=click.IntRange(1),
+            default=None,
+            help=f"{text} [default: {getattr(defaults, field)}]",
+        )(function)
+    return function
+
+
+def _config(limits: dict[str, Any], scrypt_n: int | None) -> ServerConfig:
+    changes: dict[str, Any] = {name: value for name, value in limits.items() if value is not None}
     if scrypt_n is not None:
         try:
             changes["scrypt"] = ScryptParams(n=scrypt_n)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--scrypt-n") from None
     return attrs.evolve(ServerConfig(), **changes)
+
+
+def _warn_about(config: ServerConfig) -> None:
+    """Say loudly what weakens the server (once it starts: an error that stops the
+    start stays the one line on stderr)."""
+    if config.scrypt.n < ScryptParams().n:
+        log.warning(
+            "WARNING: the scrypt cost is lowered to N=%d (UDPCHAT_SCRYPT_N or --scrypt-n; "
+            "the default is %d): stored passwords are that much cheaper to guess. "
+            "For tests only.",
+            config.scrypt.n,
+            ScryptParams().n,
+        )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,18 +200,7 @@ def _config(
     show_default=True,
     help="Logs go to stderr.",
 )
-@click.option(
-    "--max-room-members",
-    type=click.IntRange(1),
-    default=None,
-    help="Most members a room may have (default: the core's ServerConfig).",
-)
-@click.option(
-    "--max-rooms-per-user",
-    type=click.IntRange(1),
-    default=None,
-    help="Most rooms one user may be in (default: the core's ServerConfig).",
-)
+@_limit_options
 @click.option(
     "--scrypt-n",
     type=click.IntRange(2),
@@ -165,10 +224,9 @@ def command(
     db: Path,
     key_file: Path | None,
     log_level: str,
-    max_room_members: int | None,
-    max_rooms_per_user: int | None,
     scrypt_n: int | None,
     workers: int,
+    **limits: Any,
 ) -> None:
     """Run the udpchat server."""
     logging.basicConfig(
@@ -191,7 +249,7 @@ def command(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    config = _config(max_room_members, max_rooms_per_user, scrypt_n)
+    config = _config(limits, scrypt_n)
     sock = _bind(host, port)
     try:
         try:
@@ -212,6 +270,7 @@ def command(
             if stop_requested:  # a signal came while starting: stop at once, never ready
                 loop.stop()
             else:
+                _warn_about(config)
                 address = _format_address(sock)
                 click.echo(f"listening on {address} key {key.fingerprint}")
                 sys.stdout.flush()

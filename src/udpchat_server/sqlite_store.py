@@ -562,6 +562,14 @@ class SQLiteStore:
         )
         return cursor.rowcount == 1
 
+    def set_password(self, username: str, password: PasswordHash) -> bool:
+        """Replace the password record of an account; False if there is none."""
+        cursor = self._write().execute(
+            "UPDATE accounts SET password = ? WHERE username = ?",
+            (password.to_string(), username),
+        )
+        return cursor.rowcount == 1
+
     def get_account(self, username: str) -> Account | None:
         """The account of ``username``, or None."""
         row = self._db.execute(

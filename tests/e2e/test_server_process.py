@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SERVER, ServerProcess, User, clean_env
+from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env
 
 pytestmark = pytest.mark.e2e
 
@@ -113,3 +113,16 @@ def test_a_signal_while_starting_is_a_clean_stop(tmp_path: Path, signum: int) ->
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_limits_are_options_and_a_lowered_hash_cost_is_warned(tmp_path: Path) -> None:
+    process = ServerProcess(tmp_path, options=("--logins-per-user", "2/600")).start()
+    try:
+        alice = User("alice", tmp_path / "home", process)
+        alice.signup()  # one login
+        assert alice.ok("login", "alice", "--password-stdin", stdin=PASSWORD + "\n")["ok"]
+        alice.refused("rate_limited", "login", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    finally:
+        process.stop()
+    # The tests lower the scrypt cost (UDPCHAT_SCRYPT_N): the server says so, loudly.
+    assert "WARNING: the scrypt cost is lowered to N=16" in process.log_text()

@@ -36,7 +36,10 @@ class ServerConfig:
     scrypt: ScryptParams = attrs.field(
         factory=ScryptParams, validator=attrs.validators.instance_of(ScryptParams)
     )
-    """scrypt cost for new password hashes (existing accounts keep theirs)."""
+    """scrypt cost for new password hashes: N=2^17, r=8, p=1, as OWASP advises
+    (128 MiB and about 0.4 s per hash on the project's machine; see
+    ``docs/SECURITY.md``). An account hashed at another cost is hashed again at
+    this one at its next successful login."""
 
     session_lifetime: float = attrs.field(default=30 * 86400.0, validator=positive_number)
     """Seconds a login session may stay unused before it expires (30 days).

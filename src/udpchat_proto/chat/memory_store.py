@@ -125,6 +125,14 @@ class MemoryStore:
         self._accounts[username] = Account(username=username, password=password, created_at=now)
         return True
 
+    def set_password(self, username: str, password: PasswordHash) -> bool:
+        """Replace the password record of an account; False if there is none."""
+        account = self._accounts.get(username)
+        if account is None:
+            return False
+        self._accounts[username] = attrs.evolve(account, password=password)
+        return True
+
     def get_account(self, username: str) -> Account | None:
         """The account of ``username``, or None."""
         return self._accounts.get(username)

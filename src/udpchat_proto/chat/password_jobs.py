@@ -50,6 +50,9 @@ class JobKind(enum.Enum):
 
     REGISTER = "register"
     LOGIN = "login"
+    UPGRADE = "upgrade"
+    """After a login with an outdated hash cost: the password hashed again at the
+    server's current cost, stored when done (nobody waits for it)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -33,6 +33,8 @@ class ServerStats:
     """New messages stored (idempotent repeats not counted)."""
     deliveries_pushed: int = 0
     """``message_delivered`` pushes queued (re-pushes on new connections included)."""
+    passwords_upgraded: int = 0
+    """Accounts hashed again at the current scrypt cost after a login."""
     hash_jobs: int = 0
     """Password hash jobs handed out."""
     acknowledgements_ignored: int = 0

@@ -166,6 +166,10 @@ class Store(Protocol):
         """The account of ``username``, or None."""
         ...
 
+    def set_password(self, username: str, password: PasswordHash) -> bool:
+        """Replace the password record of an account; False if there is none."""
+        ...
+
     # --- login sessions ------------------------------------------------------------
 
     def create_session(self, token_hash: bytes, username: str, now: float) -> None:
@@ -310,6 +314,7 @@ STORE_READS: Final = frozenset(
 STORE_WRITES: Final = frozenset(
     {
         "create_account",
+        "set_password",
         "create_session",
         "touch_session",
         "delete_session",

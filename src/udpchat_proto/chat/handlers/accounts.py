@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from ...errors import ErrorCode
 from ...ratelimit import KeyedLimiter
 from .. import messages as m
@@ -24,7 +26,7 @@ from ..core import (
 from ..events import UserLoggedIn
 from ..password_jobs import HashJob, JobKind, PendingJob
 from ..passwords import PasswordHash, ScryptParams, verify_digest
-from ..store import Account
+from ..store import Account, StoreUnavailableError
 from ..validation import TOKEN_SIZE
 
 __all__ = ["AccountRequests"]
@@ -97,6 +99,9 @@ class AccountRequests(ServerCore):
         self._now = now
         job = self._forget_job(job_id)
         if job is None:
+            return
+        if job.kind is JobKind.UPGRADE:
+            self._finish_upgrade(job, digest)
             return
         connection = self._connections.get(job.connection_id)
         if connection is None or not connection.hashing or connection.job_id != job_id:
@@ -205,6 +210,35 @@ class AccountRequests(ServerCore):
         )
         self._events.append(UserLoggedIn(connection_id=connection.connection_id, username=user))
         self._refill(connection)
+        if job.params != self._config.scrypt:
+            self._upgrade_password(connection, job)
+
+    def _upgrade_password(self, connection: ChatConnection, login: PendingJob) -> None:
+        """Hash the password again at the current cost (nobody waits for it)."""
+        job_id = next(self._job_ids)
+        salt, params = self._random.token_bytes(SALT_SIZE), self._config.scrypt
+        self._jobs[job_id] = attrs.evolve(
+            login, kind=JobKind.UPGRADE, salt=salt, params=params, job_id=job_id
+        )
+        self._jobs_by_host[login.host] += 1
+        self._jobs_by_user[login.request.username] += 1
+        self._queued_jobs.push(
+            login.host,
+            HashJob(job_id=job_id, password=login.request.password, salt=salt, params=params),
+        )
+        self.stats.hash_jobs += 1
+
+    def _finish_upgrade(self, job: PendingJob, digest: bytes) -> None:
+        record = PasswordHash(salt=job.salt, params=job.params, digest=digest)
+        try:
+            with self._store.atomic():
+                self._store.set_password(job.request.username, record)
+        except StoreUnavailableError as failure:  # the next login tries again
+            self._note_store_failure(failure)
+        except Exception as exc:
+            self._count_internal_error(exc)
+        else:
+            self.stats.passwords_upgraded += 1
 
     def _evict_sessions(self, user: str, *, keep: bytes, now: float) -> None:
         """Beyond ``max_sessions_per_user``, end the least recently used sessions."""
