@@ -117,9 +117,10 @@ class TransportConfig:
     max_connections: int = attrs.field(default=4096, validator=positive_int)
     """Server: most open (established, not closing) connections. At the cap, a new
     connection whose handshake completes ends the one that has been silent longest
-    with ``SERVER_BUSY``. Idle connections cost about 6 KiB each (measured, see
-    ``docs/PROTOCOL.md``), their buffers are bounded by ``max_buffered_bytes``; 4096
-    is well beyond a small server's users and bounds the connection table."""
+    with ``SERVER_BUSY``. An idle connection costs the server about 4.7 KB
+    (tracemalloc, see ``docs/PROTOCOL.md``), so a full table is about 19 MB; their
+    buffers are bounded by ``max_buffered_bytes``. 4096 is well beyond a small
+    server's users."""
     max_buffered_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=positive_int)
     """Server: most stream bytes held over all connections (unacknowledged output plus
     out-of-order and partial input). Beyond it the connection holding the most ends

@@ -596,20 +596,21 @@ class ServerTransport:
         if self._per_ip.get(key, 0) >= config.max_connections_per_address:
             _count(self.dropped, "address_connection_limit")
             return
-        if len(self._half_open) >= config.retry_threshold:
+        refusal = self._check_token(packet.token, cid, addr, now)
+        if refusal is not None and len(self._half_open) >= config.retry_threshold:
             # Under load: only a proven address gets state. A spoofed source never
             # sees the RETRY, so it cannot come back with a token.
-            refusal = self._check_token(packet.token, cid, addr, now)
-            if refusal is not None:
-                _count(self.dropped, refusal)
-                self._send_retry(cid, addr, now)
-                return
+            _count(self.dropped, refusal)
+            self._send_retry(cid, addr, now)
+            return
         if now >= self._next_prune:
             self._limiter.prune(now=now)
             self._next_prune = now + _PRUNE_INTERVAL
         # Per address prefix, not per (IP, port): a flooder chooses its ports (and,
-        # with IPv6, the low 64 bits of its address) freely.
-        if not self._limiter.spend(key, now=now):
+        # with IPv6, the low 64 bits of its address) freely. Proven initiations
+        # (a valid token) spend a bucket of their own, so that a spoofer sending
+        # from a victim's address cannot use up the victim's budget.
+        if not self._limiter.spend(key if refusal is not None else key + "#proven", now=now):
             _count(self.dropped, "rate_limited")
             return
         handshake = HandshakeState.responder(
