@@ -490,3 +490,24 @@ def test_keyed_limiter_memory_is_bounded_without_an_explicit_prune() -> None:
 def test_rate_limit_checks_its_fields(burst: Any, interval: Any) -> None:
     with pytest.raises(ValueError):
         RateLimit(burst=burst, interval=interval)
+
+
+def test_a_recipient_with_too_much_waiting_refuses_more(stores: StoreFactory) -> None:
+    world = ChatWorld(stores, config=test_config(max_waiting_per_recipient=3))
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    alice.ok(alice.conn.join_room("#r"))
+    bob.ok(bob.conn.join_room("#r"))
+    bob.close()
+    for n in range(3):
+        alice.send("bob", f"{n}")
+    refusal = alice.refused(alice.conn.send_message("bob", "3"), ErrorCode.RECIPIENT_FULL)
+    assert refusal.message == "bob has 3 messages waiting already; try again later"
+    # Room messages are not counted: the room's log is one for all its members.
+    alice.send("#r", "to the room")
+    # Once bob's device has them, there is room again.
+    bob.connect()
+    bob.resume()
+    world.run_until(lambda: bob.texts() == ["0", "1", "2", "to the room"])
+    world.settle(1.0)
+    alice.send("bob", "3")

@@ -448,9 +448,40 @@ def test_leave_room(store: Store) -> None:
     assert not store.leave_room("#nowhere", "alice")
     assert store.room_members("#room") == ["bob"]
     assert store.leave_room("#room", "bob")
-    # An empty room still exists, with its history.
+    # The last leave deletes the room.
     assert store.room_members("#room") == []
-    assert store.room_exists("#room")
+    assert not store.room_exists("#room")
+
+
+def test_the_last_leave_deletes_the_room_its_history_and_cursors(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.join_room("#room", "alice", 1.0)
+    store.join_room("#room", "bob", 1.0)
+    old = [send(store, "bob", "#room", f"old {n}") for n in range(3)]
+    store.acknowledge("alice", ALICE_PHONE, [message.id for message in old])
+    store.leave_room("#room", "alice")
+    store.leave_room("#room", "bob")
+    assert store.get_message(old[0].id) is None
+    assert store.history("alice", "#room", 10) == []
+    # A new room of the same name starts empty, at seq 1: the old cursors are gone,
+    # so nothing new is taken for acknowledged.
+    store.join_room("#room", "alice", 2.0)
+    store.join_room("#room", "bob", 2.0)
+    fresh = send(store, "bob", "#room", "new")
+    assert store.get_message(fresh.id) is not None
+    assert pending(store, "alice", ALICE_PHONE) == ["new"]
+    assert store.count_waiting("alice", 10) == 1
+
+
+def test_count_waiting_counts_what_no_session_acknowledged(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    sent = [send(store, "bob", "alice", f"{n}") for n in range(5)]
+    assert store.count_waiting("alice", 100) == 5
+    assert store.count_waiting("alice", 3) == 3  # counted up to the limit only
+    store.acknowledge("alice", ALICE_LAPTOP, [sent[1].id])  # one device got two
+    assert store.count_waiting("alice", 100) == 3
+    assert store.count_waiting("bob", 100) == 0  # nobody gets their own
 
 
 def test_rooms_of_lists_rooms_with_member_counts(store: Store) -> None:

@@ -52,6 +52,9 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     BAD_REQUEST = "bad_request"
+    RECIPIENT_FULL = "recipient_full"
+    """The recipient has too many messages waiting that none of their devices has
+    received yet (``max_waiting_per_recipient``): try again once they catch up."""
     UNAVAILABLE = "unavailable"
     """The server cannot store anything now (its disk is full, its database is
     unreachable): nothing of the request was kept; try again later."""

@@ -111,6 +111,7 @@ _COUNT_LIMITS: tuple[tuple[str, str], ...] = (
     ("max_pending_hash_jobs", "Most password hashes waiting or running at once."),
     ("max_hash_jobs_per_address", "Most password hashes at once per client address."),
     ("max_hash_jobs_per_user", "Most password hashes at once per username."),
+    ("max_waiting_per_recipient", "Most direct messages waiting for one user."),
 )
 _RATE_LIMITS: tuple[tuple[str, str], ...] = (
     ("login_failures_per_user_address", "Failed logins per (username, address)."),

@@ -856,14 +856,42 @@ class SQLiteStore:
     def leave_room(self, room: str, username: str) -> bool:
         """Remove ``username`` from ``room``; False if not a member.
 
-        A room with no members left still exists (its history is kept).
+        The last member's leave deletes the room, its history and every cursor
+        into it (a later join creates a new, empty room).
         """
-        cursor = self._write().execute(
-            "DELETE FROM participants WHERE username = ? AND conversation = "
-            "(SELECT id FROM conversations WHERE key = ? AND is_room)",
-            (username, room),
+        db = self._write()
+        row = db.execute(
+            "SELECT id FROM conversations WHERE key = ? AND is_room", (room,)
+        ).fetchone()
+        if row is None:
+            return False
+        (conversation,) = row
+        cursor = db.execute(
+            "DELETE FROM participants WHERE username = ? AND conversation = ?",
+            (username, conversation),
         )
-        return cursor.rowcount == 1
+        if cursor.rowcount != 1:
+            return False
+        if (
+            db.execute(
+                "SELECT 1 FROM participants WHERE conversation = ? LIMIT 1", (conversation,)
+            ).fetchone()
+            is None
+        ):
+            for table in ("session_cursors", "user_cursors", "messages"):
+                # Our own table names, not input.
+                db.execute(f"DELETE FROM {table} WHERE conversation = ?", (conversation,))
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation,))
+        return True
+
+    def count_waiting(self, username: str, limit: int) -> int:
+        """How many messages wait for ``username`` (not acknowledged by any of its
+        sessions), counting at most ``limit``."""
+        (count,) = self._db.execute(
+            f"SELECT COUNT(*) FROM ({_PENDING_FOR_USER})",
+            {"owner": username, "user": username, "limit": limit},
+        ).fetchone()
+        return int(count)
 
     def room_exists(self, room: str) -> bool:
         """Whether the room was ever created."""

@@ -98,6 +98,12 @@ class ServerConfig:
     message (``rate_limited``) is not stored and may be sent again later with the
     same id."""
 
+    max_waiting_per_recipient: int = attrs.field(default=10_000, validator=positive_int)
+    """Most direct messages waiting for one user that none of their devices has
+    received; one more is refused ``recipient_full`` (a sender cannot fill the disk
+    through an account nobody reads). Room messages are stored once per room, not
+    per member, and are not counted."""
+
     membership_changes_per_user: RateLimit = attrs.field(
         default=RateLimit(burst=10, interval=6.0), validator=_rate
     )

@@ -355,13 +355,25 @@ class MemoryStore:
     def leave_room(self, room: str, username: str) -> bool:
         """Remove ``username`` from ``room``; False if not a member.
 
-        A room with no members left still exists (its history is kept).
+        The last member's leave deletes the room, its history and every cursor
+        into it (a later join creates a new, empty room).
         """
         conversation = self._conversations.get(room)
         if conversation is None or conversation.members.pop(username, None) is None:
             return False
         self._conversations_of[username].discard(room)
+        if not conversation.members:
+            del self._conversations[room]
+            for entry in conversation.log:
+                self._by_id.pop(entry.stored.message.id, None)
+            for cursors in (*self._session_cursors.values(), *self._user_cursors.values()):
+                cursors.pop(room, None)
         return True
+
+    def count_waiting(self, username: str, limit: int) -> int:
+        """How many messages wait for ``username`` (not acknowledged by any of its
+        sessions), counting at most ``limit``."""
+        return len(self.pending_deliveries(username, b"", limit))
 
     def room_exists(self, room: str) -> bool:
         """Whether the room was ever created."""

@@ -274,8 +274,14 @@ class Store(Protocol):
     def leave_room(self, room: str, username: str) -> bool:
         """Remove ``username`` from ``room``; False if not a member.
 
-        A room with no members left still exists (its history is kept).
+        The last member's leave deletes the room, its history and every cursor
+        into it (a later join creates a new, empty room).
         """
+        ...
+
+    def count_waiting(self, username: str, limit: int) -> int:
+        """How many messages wait for ``username``, not acknowledged by any of its
+        sessions (as :meth:`pending_deliveries` of a new session), at most ``limit``."""
         ...
 
     def room_exists(self, room: str) -> bool:
@@ -304,6 +310,7 @@ STORE_READS: Final = frozenset(
         "get_message",
         "history",
         "pending_deliveries",
+        "count_waiting",
         "room_exists",
         "room_members",
         "rooms_of",

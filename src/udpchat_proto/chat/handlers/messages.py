@@ -43,6 +43,13 @@ class MessageRequests(ServerCore):
             )
             return
         recipients = self._recipients(me, request.to)
+        if not is_room(request.to):
+            cap = self._config.max_waiting_per_recipient
+            if self._store.count_waiting(request.to, cap) >= cap:
+                raise RefusedError(
+                    ErrorCode.RECIPIENT_FULL,
+                    f"{request.to} has {cap} messages waiting already; try again later",
+                )
         if not self._message_rate.spend(me, now=now):
             raise RefusedError(ErrorCode.RATE_LIMITED, "you are sending too fast; slow down")
         message = m.ChatMessage(
