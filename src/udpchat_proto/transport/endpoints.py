@@ -376,14 +376,18 @@ class ClientTransport:
 class ServerTransport:
     """The server end of every connection, routed by connection id.
 
-    It answers handshakes (rate-limited per source IP, with at most
-    ``config.max_half_open`` in progress), never sends an unvalidated address more
-    than three times what it received from it, and follows a client whose
-    authenticated packets come from a new address.
+    It answers handshakes (rate-limited per address prefix, with at most
+    ``config.max_half_open`` in progress, and under load only for clients that
+    proved their address with a RETRY token), never sends an unvalidated address
+    more than three times what it received from it, follows a client to a new
+    address once a PATH_CHALLENGE sent there is answered from there, and keeps
+    ``max_connections`` and ``max_buffered_bytes`` by ending connections.
 
     Attributes:
-        dropped: datagrams dropped (and handshakes refused), by reason
-            (``"unknown_connection"``, ``"rate_limited"``, ``"half_open_limit"``,
+        dropped: datagrams dropped, handshakes refused and connections ended for a
+            limit, by reason (``"unknown_connection"``, ``"rate_limited"``,
+            ``"half_open_limit"``, ``"retry"``, ``"retry_token_invalid"``,
+            ``"retry_token_expired"``, ``"connection_limit"``, ``"buffer_limit"``,
             ``"handshake_failed"``, ``"decrypt_failed"``, ``"replay"`` ...).
     """
 
