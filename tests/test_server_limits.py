@@ -20,6 +20,7 @@ from tests.chat_helpers import (
 )
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.codec import CODEC_VERSION, decode, encode
+from udpchat_proto.chat.config import SERVER_RECEIVE_LIMIT
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import ScryptParams, hash_password
 from udpchat_proto.chat.server import ChatServer, HashJob, ServerConfig
@@ -511,3 +512,21 @@ def test_a_recipient_with_too_much_waiting_refuses_more(stores: StoreFactory) ->
     world.run_until(lambda: bob.texts() == ["0", "1", "2", "to the room"])
     world.settle(1.0)
     alice.send("bob", "3")
+
+
+def test_the_server_receives_no_message_larger_than_its_requests(stores: StoreFactory) -> None:
+    world = ChatWorld(stores, config=test_config())
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    # The largest legitimate request: 4096 bytes of text that JSON escapes 6 to 1.
+    worst = "\x01" * 4096
+    assert len(encode(m.SendMessage(request_id=1, message_id=bytes(16), to="bob", text=worst))) > (
+        24_000
+    )
+    alice.send("bob", worst)
+    # Anything past the server's limit (64 KiB) is a violation: the connection ends.
+    raw = RawClient(world, "raw")
+    world.run_until(lambda: raw.transport.is_established, what="raw handshake")
+    raw.transport.send(b"\x01" + b"x" * (SERVER_RECEIVE_LIMIT + 1))
+    world.run_until(raw.closed, what="the oversized message refused")
+    assert world.server.transport_dropped.get("protocol_violation", 0) >= 1

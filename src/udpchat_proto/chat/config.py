@@ -6,6 +6,8 @@ because a client author must know them to behave well.
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 
 from ..config_checks import int_at_least, positive_int, positive_number
@@ -20,6 +22,14 @@ _window = int_at_least(2)
 _rate = attrs.validators.instance_of(RateLimit)
 
 
+SERVER_RECEIVE_LIMIT: Final = 64 * 1024
+"""The largest message a chat server reassembles from a client, bytes. Its largest
+legitimate request is a ``send_message`` of 4096 bytes of text, at most about 25 KB
+once JSON-escaped, or an ``ack_delivery`` of 1,000 ids (35 KB; a client batches
+its acknowledgements): 64 KiB holds both, where the 4 MiB a client accepts from the
+server would let each connection pin 4 MiB in reassembly."""
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Settings of a :class:`~udpchat_proto.chat.server.ChatServer`.
@@ -29,9 +39,11 @@ class ServerConfig:
     """
 
     transport: TransportConfig = attrs.field(
-        factory=TransportConfig, validator=attrs.validators.instance_of(TransportConfig)
+        factory=lambda: TransportConfig(max_receive_message_size=SERVER_RECEIVE_LIMIT),
+        validator=attrs.validators.instance_of(TransportConfig),
     )
-    """Settings of the transport layer (datagram size, timeouts, message size)."""
+    """Settings of the transport layer (datagram size, timeouts, message size). The
+    default receives at most :data:`SERVER_RECEIVE_LIMIT` per message."""
 
     scrypt: ScryptParams = attrs.field(
         factory=ScryptParams, validator=attrs.validators.instance_of(ScryptParams)

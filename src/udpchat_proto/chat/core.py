@@ -33,6 +33,7 @@ from ..transport import (
     PayloadReceived,
     ServerTransport,
     TransportEvent,
+    address_key,
 )
 from ..transport.keys import ServerKey
 from . import messages as m
@@ -798,10 +799,10 @@ class ServerCore:
 
     # --- what the handlers share -----------------------------------------------------
 
-    @staticmethod
-    def _host(connection: ChatConnection) -> str:
-        """What the per-address limits key on: the client's IP address."""
-        return connection.address[0]
+    def _host(self, connection: ChatConnection) -> str:
+        """What the per-address limits key on: the client's network (an IPv6 /64, an
+        IPv4 address by default), as the transport's own limits do."""
+        return address_key(connection.address[0], self._config.transport)
 
     @staticmethod
     def _me(connection: ChatConnection) -> str:
