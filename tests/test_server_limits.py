@@ -530,3 +530,23 @@ def test_the_server_receives_no_message_larger_than_its_requests(stores: StoreFa
     raw.transport.send(b"\x01" + b"x" * (SERVER_RECEIVE_LIMIT + 1))
     world.run_until(raw.closed, what="the oversized message refused")
     assert world.server.transport_dropped.get("protocol_violation", 0) >= 1
+
+
+def test_retention_deletes_old_messages_every_device_has(stores: StoreFactory) -> None:
+    world = ChatWorld(stores, config=test_config(retain_days=1.0, session_sweep_interval=3600.0))
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    alice.send("bob", "read")
+    world.run_until(lambda: bob.texts() == ["read"])
+    world.settle(1.0)
+    bob.close()
+    alice.send("bob", "unread")
+    alice.close()
+    world.net.run_for(2 * 86400.0, max_steps=10_000_000)
+    assert world.server.stats.messages_deleted == 1
+    history = world.store.history("alice", "bob", 10)
+    assert [message.text for message in history] == ["unread"]
+    # Nothing acknowledged is lost: the unread one still comes.
+    bob.connect()
+    bob.resume()
+    world.run_until(lambda: bob.texts() == ["read", "unread"])

@@ -761,3 +761,52 @@ def test_sqlite_atomic_block_rolls_back_only_its_own_writes(tmp_path: Path) -> N
     assert reopened.get_account("bob") is None
     assert reopened.get_account("carol") is not None
     reopened.close()
+
+
+def old_message(sender: str, to: str, text: str, sent_at: float) -> ChatMessage:
+    n = next(_ids)
+    return ChatMessage(
+        id=n.to_bytes(16, "big"),
+        sender=sender,
+        to=to,
+        text=text,
+        sent_at=datetime.datetime.fromtimestamp(sent_at, tz=datetime.UTC),
+    )
+
+
+def test_retention_deletes_only_what_every_session_received(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    sent = [old_message("bob", "alice", f"{n}", 1000.0 + n) for n in range(4)]
+    for message in sent:
+        store.add_message(message)
+    # Nothing is delivered yet: nothing goes, however old.
+    assert store.delete_delivered_before(5000.0, 100) == 0
+    # The phone has all; the laptop only the first two: those two go, no more.
+    store.acknowledge("alice", ALICE_PHONE, [m.id for m in sent])
+    store.acknowledge("alice", ALICE_LAPTOP, [sent[1].id])
+    assert store.delete_delivered_before(5000.0, 100) == 2
+    assert [m.text for m in store.history("alice", "bob", 10)] == ["2", "3"]
+    assert store.get_message(sent[0].id) is None
+    assert pending(store, "alice", ALICE_LAPTOP) == ["2", "3"]
+    # Young enough messages stay even when everyone has them.
+    store.acknowledge("alice", ALICE_LAPTOP, [sent[3].id])
+    assert store.delete_delivered_before(1002.5, 100) == 1  # "2" (sent at 1002)
+    assert [m.text for m in store.history("alice", "bob", 10)] == ["3"]
+    # New messages keep counting from where the conversation was.
+    fresh = send(store, "bob", "alice", "new")
+    assert store.get_message(fresh.id) is not None
+    assert store.get_message(fresh.id).seq == 5  # type: ignore[union-attr]
+    assert pending(store, "alice", ALICE_PHONE) == ["new"]
+
+
+def test_retention_in_a_room_waits_for_every_member_but_the_sender(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(BOB_PHONE, "bob", 1.0)
+    store.join_room("#r", "alice", 1.0)
+    store.join_room("#r", "bob", 1.0)
+    message = old_message("alice", "#r", "hello", 1000.0)
+    store.add_message(message)
+    assert store.delete_delivered_before(5000.0, 100) == 0  # bob has not got it
+    store.acknowledge("bob", BOB_PHONE, [message.id])
+    assert store.delete_delivered_before(5000.0, 100) == 1  # alice sent it: not hers to get

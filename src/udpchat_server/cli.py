@@ -203,6 +203,13 @@ def _warn_about(config: ServerConfig) -> None:
 )
 @_limit_options
 @click.option(
+    "--retain-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Delete messages this many days old once every recipient device has them "
+    "[default: keep everything].",
+)
+@click.option(
     "--scrypt-n",
     type=click.IntRange(2),
     default=None,
@@ -227,6 +234,7 @@ def command(
     log_level: str,
     scrypt_n: int | None,
     workers: int,
+    retain_days: float | None,
     **limits: Any,
 ) -> None:
     """Run the udpchat server."""
@@ -250,7 +258,7 @@ def command(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    config = _config(limits, scrypt_n)
+    config = _config({**limits, "retain_days": retain_days}, scrypt_n)
     sock = _bind(host, port)
     try:
         try:

@@ -258,6 +258,7 @@ class ServerLoop:
             "sessions_evicted": stats.sessions_evicted,
             "messages_stored": stats.messages_accepted,
             "messages_delivered": stats.deliveries_pushed,
+            "messages_deleted": stats.messages_deleted,
             "commits": self.commits,
             "failed_commits": self.failed_commits,
             "refusals": dict(sorted(stats.refusals.items())),

@@ -200,6 +200,36 @@ _PENDING = f"""
     LIMIT :limit
 """
 _PENDING_FOR_SESSION = _PENDING.format(cursors="session_cursors", owner="token_hash")
+
+# Retention. A message must stay while some recipient (a participant other than
+# its sender, who joined before it) has not acknowledged it, in the user's cursor
+# or in any of its sessions' cursors, or while it is not old enough. Each
+# conversation loses only the prefix before its first message that must stay.
+_MUST_STAY = """
+    m.sent_at >= :cutoff OR EXISTS (
+        SELECT 1 FROM participants AS p
+        WHERE p.conversation = m.conversation AND p.username != m.sender
+          AND m.seq > p.floor_seq
+          AND (COALESCE((SELECT u.seq FROM user_cursors AS u
+                         WHERE u.username = p.username AND u.conversation = m.conversation),
+                        0) < m.seq
+               OR EXISTS (SELECT 1 FROM sessions AS s
+                          WHERE s.username = p.username
+                            AND COALESCE((SELECT c.seq FROM session_cursors AS c
+                                          WHERE c.token_hash = s.token_hash
+                                            AND c.conversation = m.conversation), 0) < m.seq)))
+"""
+_DELETE_DELIVERED = f"""
+    WITH stay AS (
+        SELECT m.conversation AS conversation, MIN(m.seq) AS seq
+        FROM messages AS m WHERE {_MUST_STAY} GROUP BY m.conversation
+    )
+    DELETE FROM messages WHERE position IN (
+        SELECT m.position FROM messages AS m
+        LEFT JOIN stay ON stay.conversation = m.conversation
+        WHERE m.sent_at < :cutoff AND (stay.seq IS NULL OR m.seq < stay.seq)
+        ORDER BY m.position LIMIT :limit)
+"""
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
 
 
@@ -883,6 +913,14 @@ class SQLiteStore:
                 db.execute(f"DELETE FROM {table} WHERE conversation = ?", (conversation,))
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation,))
         return True
+
+    def delete_delivered_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` of each conversation's oldest messages sent before
+        ``cutoff`` that every recipient session has acknowledged (see Store)."""
+        db = self._write()
+        before = db.total_changes  # (rowcount is -1 for a statement that starts WITH)
+        db.execute(_DELETE_DELIVERED, {"cutoff": int(cutoff * 1e6), "limit": limit})
+        return db.total_changes - before
 
     def count_waiting(self, username: str, limit: int) -> int:
         """How many messages wait for ``username`` (not acknowledged by any of its

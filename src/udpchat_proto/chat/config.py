@@ -110,6 +110,14 @@ class ServerConfig:
     message (``rate_limited``) is not stored and may be sent again later with the
     same id."""
 
+    retain_days: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive_number)
+    )
+    """Days a message is kept once every recipient session has received it; None
+    (the default) keeps everything. The hourly sweep deletes each conversation's
+    oldest such messages (a message some device has not received yet stays, and so
+    does every later one of its conversation)."""
+
     max_waiting_per_recipient: int = attrs.field(default=10_000, validator=positive_int)
     """Most direct messages waiting for one user that none of their devices has
     received; one more is refused ``recipient_full`` (a sender cannot fill the disk

@@ -80,6 +80,9 @@ SESSION_TOUCH_DELAY: Final = 60.0
 every other resume of that minute, in one batch. A resume then needs no write (it
 works while the disk is full) and costs no commit of its own; a crash forgets at
 most this much of a 30-day idle expiry."""
+RETENTION_BATCH: Final = 100_000
+"""Most messages one sweep deletes for retention (the rest wait for the next hour),
+so that one commit stays bounded."""
 STORE_RETRY_INTERVAL: Final = 1.0
 """Seconds after a lost batch before the connections whose pushes it dropped are
 refilled from the store (which holds what was really kept)."""
@@ -786,6 +789,10 @@ class ServerCore:
         self.stats.sessions_expired += self._store.delete_sessions_unused_since(
             wall - self._config.session_lifetime
         )
+        if self._config.retain_days is not None:
+            self.stats.messages_deleted += self._store.delete_delivered_before(
+                wall - self._config.retain_days * 86400.0, RETENTION_BATCH
+            )
         for limiter in (
             self._user_failures,
             self._address_failures,

@@ -57,7 +57,9 @@ class _Conversation:
     key: str
     is_room: bool
     log: list[_Entry] = attrs.Factory(list)
-    """``log[seq - 1]`` is the message with that ``seq``."""
+    """``log[seq - 1 - base]`` is the message with that ``seq``."""
+    base: int = 0
+    """How many of its oldest messages retention has deleted."""
     members: dict[str, int] = attrs.Factory(dict)
     """Who receives this conversation's messages, with the ``seq`` they start after."""
 
@@ -244,7 +246,7 @@ class MemoryStore:
         return conversation
 
     def _add_member(self, conversation: _Conversation, username: str) -> None:
-        conversation.members[username] = len(conversation.log)
+        conversation.members[username] = conversation.base + len(conversation.log)
         self._conversations_of.setdefault(username, set()).add(conversation.key)
 
     def add_message(self, message: ChatMessage) -> StoredMessage:
@@ -266,7 +268,7 @@ class MemoryStore:
             for user in {message.sender, message.to}:
                 self._add_member(conversation, user)
         self._order += 1
-        stored = StoredMessage(message=message, seq=len(conversation.log) + 1)
+        stored = StoredMessage(message=message, seq=conversation.base + len(conversation.log) + 1)
         entry = _Entry(order=self._order, conversation=key, stored=stored)
         conversation.log.append(entry)
         self._by_id[message.id] = entry
@@ -304,8 +306,8 @@ class MemoryStore:
         for key in self._conversations_of.get(username, ()):
             conversation = self._conversations[key]
             start = max(conversation.members[username], cursors.get(key, 0))
-            if start < len(conversation.log):
-                tails.append(_tail(conversation.log, start))
+            if start < conversation.base + len(conversation.log):
+                tails.append(_tail(conversation.log, max(0, start - conversation.base)))
         result: list[ChatMessage] = []
         for entry in heapq.merge(*tails, key=_order_of):
             message = entry.stored.message
@@ -369,6 +371,37 @@ class MemoryStore:
             for cursors in (*self._session_cursors.values(), *self._user_cursors.values()):
                 cursors.pop(room, None)
         return True
+
+    def delete_delivered_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest messages sent before ``cutoff`` that
+        every recipient session has acknowledged; return how many (see Store)."""
+        deleted = 0
+        for conversation in list(self._conversations.values()):
+            floors = {
+                name: self._delivered_floor(name, conversation.key) for name in conversation.members
+            }
+            while conversation.log and deleted < limit:
+                stored = conversation.log[0].stored
+                if stored.message.sent_at.timestamp() >= cutoff or any(
+                    name != stored.message.sender
+                    and stored.seq > start
+                    and floors[name] < stored.seq
+                    for name, start in conversation.members.items()
+                ):
+                    break
+                conversation.log.pop(0)
+                conversation.base += 1
+                del self._by_id[stored.message.id]
+                deleted += 1
+        return deleted
+
+    def _delivered_floor(self, username: str, key: str) -> int:
+        """The highest seq of ``key`` that the user and every one of its sessions
+        acknowledged."""
+        floor = self._user_cursors.get(username, {}).get(key, 0)
+        for token in self._sessions_of.get(username, ()):
+            floor = min(floor, self._session_cursors.get(token, {}).get(key, 0))
+        return floor
 
     def count_waiting(self, username: str, limit: int) -> int:
         """How many messages wait for ``username`` (not acknowledged by any of its

@@ -39,6 +39,8 @@ class ServerStats:
     """Password hash jobs handed out."""
     acknowledgements_ignored: int = 0
     """``ack_delivery`` messages beyond the connection's request rate (ignored)."""
+    messages_deleted: int = 0
+    """Messages deleted by retention (``retain_days``)."""
     sessions_evicted: int = 0
     """Login sessions ended because their user went past ``max_sessions_per_user``."""
     sessions_expired: int = 0

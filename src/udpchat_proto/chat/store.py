@@ -279,6 +279,15 @@ class Store(Protocol):
         """
         ...
 
+    def delete_delivered_before(self, cutoff: float, limit: int) -> int:
+        """Retention: delete up to ``limit`` of each conversation's oldest messages
+        sent before ``cutoff`` (POSIX seconds) that every recipient has received on
+        every one of its sessions (and in its user cursor, where a new session
+        starts); return how many. Only a prefix of each conversation goes (the
+        first message that must stay keeps every later one), so history has no
+        gaps; a member's messages before they joined do not count."""
+        ...
+
     def count_waiting(self, username: str, limit: int) -> int:
         """How many messages wait for ``username``, not acknowledged by any of its
         sessions (as :meth:`pending_deliveries` of a new session), at most ``limit``."""
@@ -334,6 +343,7 @@ STORE_WRITES: Final = frozenset(
         "acknowledge",
         "join_room",
         "leave_room",
+        "delete_delivered_before",
     }
 )
 """The :class:`Store` methods that write (and so join the current batch)."""
