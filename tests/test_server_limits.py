@@ -434,7 +434,7 @@ def test_server_config_defaults() -> None:
     assert config.login_failures_per_user_address == RateLimit(burst=5, interval=60.0)
     assert config.login_failures_per_user == RateLimit(burst=100, interval=6.0)
     assert config.logins_per_user == RateLimit(burst=10, interval=6.0)
-    assert (config.max_hash_jobs_per_address, config.max_hash_jobs_per_user) == (2, 1)
+    assert (config.max_hash_jobs_per_address, config.max_hash_jobs_per_user) == (8, 2)
     assert config.max_sessions_per_user == 32
 
 

@@ -141,15 +141,17 @@ class ServerConfig:
     """Most password hashes waiting or running at once (all connections). A
     register or login beyond it is refused with ``rate_limited``."""
 
-    max_hash_jobs_per_address: int = attrs.field(default=2, validator=positive_int)
+    max_hash_jobs_per_address: int = attrs.field(default=8, validator=positive_int)
     """Most password hashes waiting or running for one client address: one address
-    cannot fill the queue. Jobs are handed to the workers round-robin across
-    addresses, so a burst from one address delays another's login by at most about
-    one hash time."""
+    cannot fill the queue (8 of the 64). Jobs are handed to the workers
+    round-robin across addresses, so a burst from one address delays another's
+    login by about one hash time whatever this number; it is 8 rather than 1 or 2
+    so that people behind one NAT who log in at the same moment all get in (after
+    a few hash times) instead of being refused."""
 
-    max_hash_jobs_per_user: int = attrs.field(default=1, validator=positive_int)
-    """Most password hashes waiting or running for one username (a second login to
-    the same account while one is checked is refused ``rate_limited``)."""
+    max_hash_jobs_per_user: int = attrs.field(default=2, validator=positive_int)
+    """Most password hashes waiting or running for one username (two devices may
+    log in at once; a third login meanwhile is refused ``rate_limited``)."""
 
     max_sessions_per_user: int = attrs.field(default=32, validator=positive_int)
     """Most login sessions one user may have. A login beyond it ends the least
