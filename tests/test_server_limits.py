@@ -550,3 +550,26 @@ def test_retention_deletes_old_messages_every_device_has(stores: StoreFactory) -
     bob.connect()
     bob.resume()
     world.run_until(lambda: bob.texts() == ["read", "unread"])
+
+
+def test_a_join_and_a_leave_in_one_batch_push_nothing(stores: StoreFactory) -> None:
+    world = ChatWorld(stores)
+    alice, bob = world.signed_up("alice", "bob")
+    bob.ok(bob.conn.join_room("#quiet"))
+    world.settle(0.5)
+    before = len(bob.pushes(m.RoomMembershipChanged))
+    world.host.hold_commits = True  # both requests land in one batch
+    handled = world.server.stats.requests
+    join, leave = alice.conn.join_room("#quiet"), alice.conn.leave_room("#quiet")
+    world.run_until(lambda: world.server.stats.requests == handled + 2, what="both")
+    world.host.hold_commits = False
+    alice.ok(join)
+    alice.ok(leave)
+    world.settle(1.0)
+    assert len(bob.pushes(m.RoomMembershipChanged)) == before  # coalesced away
+    # In separate batches, each change is pushed.
+    alice.ok(alice.conn.join_room("#quiet"))
+    world.settle(0.5)
+    assert bob.pushes(m.RoomMembershipChanged)[-1] == m.RoomMembershipChanged(
+        room="#quiet", username="alice", joined=True
+    )

@@ -209,6 +209,8 @@ class ServerCore:
         self._touch_at: float | None = None
         self._stepping = False
         """Inside a request's step: its output waits for the step to complete."""
+        self._membership_pending: dict[tuple[str, str], tuple[bool, list[str]]] = {}
+        """Room joins and leaves of this batch, pushed at its end (coalesced)."""
         self._events: collections.deque[ServerEvent] = collections.deque()
         self._job_ids = itertools.count(1)
         self._jobs: dict[int, PendingJob] = {}
@@ -329,6 +331,7 @@ class ServerCore:
             store's :class:`~udpchat_proto.chat.store.StoreUnavailableError` if the batch
             was lost (see :meth:`rolled_back`), for the caller to log.
         """
+        self._flush_membership()
         if not self._tracker.dirty:
             return None
         try:
@@ -345,6 +348,7 @@ class ServerCore:
         Releases every reply and push held since the first uncommitted write, in
         order. Then call :meth:`datagrams_to_send`. (:meth:`commit` does both.)
         """
+        self._flush_membership()
         self._tracker.dirty = False
         self._touching.clear()
         held, self._held = self._held, []
@@ -693,6 +697,25 @@ class ServerCore:
             connection.connection_id,
             m.ErrorResponse(request_id=request_id, code=code, message=message),
         )
+
+    def _membership_changed(
+        self, room: str, username: str, *, joined: bool, members: list[str]
+    ) -> None:
+        """Tell ``members`` that ``username`` joined or left ``room``, at the batch's
+        end: a join and a leave of the same room by the same user within one batch
+        cancel out, so churn pipelined into one batch costs no pushes at all."""
+        key = (room, username)
+        pending = self._membership_pending.pop(key, None)
+        if pending is not None and pending[0] is not joined:
+            return  # joined and left (or left and joined) within the batch: nothing
+        self._membership_pending[key] = (joined, members)
+
+    def _flush_membership(self) -> None:
+        pending, self._membership_pending = self._membership_pending, {}
+        for (room, username), (joined, members) in pending.items():
+            push = m.RoomMembershipChanged(room=room, username=username, joined=joined)
+            for member in members:
+                self._push_to_user(member, push)
 
     def _push_to_user(self, username: str, push: m.Push) -> None:
         for connection_id in self._by_user.get(username, ()):

@@ -35,9 +35,7 @@ class RoomRequests(ServerCore):
         self._spend_membership_change(me, now)
         self._store.join_room(room, me, self._clock())
         self._reply(connection, m.Ok(request_id=request.request_id))
-        push = m.RoomMembershipChanged(room=room, username=me, joined=True)
-        for member in members:
-            self._push_to_user(member, push)
+        self._membership_changed(room, me, joined=True, members=members)
 
     def _spend_membership_change(self, me: str, now: float) -> None:
         if not self._membership_changes.spend(me, now=now):
@@ -55,9 +53,7 @@ class RoomRequests(ServerCore):
         if not self._store.leave_room(room, me):
             raise RefusedError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {room}")
         self._reply(connection, m.Ok(request_id=request.request_id))
-        push = m.RoomMembershipChanged(room=room, username=me, joined=False)
-        for member in self._store.room_members(room):
-            self._push_to_user(member, push)
+        self._membership_changed(room, me, joined=False, members=self._store.room_members(room))
 
     @handles(m.ListRooms)
     def _on_list_rooms(self, connection: ChatConnection, request: m.ListRooms, now: float) -> None:
