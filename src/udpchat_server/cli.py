@@ -71,6 +71,7 @@ def _bind(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot resolve {host!r}: {exc.strerror}") from None
     family, kind, proto, _name, address = infos[0]
     sock = socket.socket(family, kind, proto)
+    _grow_receive_buffer(sock)
     # No SO_REUSEADDR: on Linux it would let a second server share the UDP port.
     try:
         sock.bind(address)
@@ -78,6 +79,25 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+#: The server socket's receive buffer: with the kernel's default (~200 KiB), a burst
+#: of a few hundred datagrams arriving while a batch commits is dropped.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Ask for :data:`RECEIVE_BUFFER` (beyond ``net.core.rmem_max`` when allowed)."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    for option in (force, socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+        except OSError:  # not privileged for FORCE: the plain one, capped by the kernel
+            continue
+        break
+    log.debug("receive buffer: %d bytes", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
 def _format_address(sock: socket.socket) -> str:
