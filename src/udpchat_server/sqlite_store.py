@@ -200,6 +200,8 @@ _PENDING = f"""
     LIMIT :limit
 """
 _PENDING_FOR_SESSION = _PENDING.format(cursors="session_cursors", owner="token_hash")
+#: Message ids looked up in one statement by :meth:`SQLiteStore.acknowledge`.
+_ACK_CHUNK = 500
 
 # Retention. A message must stay while some recipient (a participant other than
 # its sender, who joined before it) has not acknowledged it, in the user's cursor
@@ -760,9 +762,6 @@ class SQLiteStore:
                 checks with :meth:`get_message` first).
         """
         db = self._write()
-        # Checked before taking a seq, so that a refused message leaves no gap.
-        if db.execute("SELECT 1 FROM messages WHERE id = ?", (message.id,)).fetchone():
-            raise ValueError("a message with this id is already stored")
         key = conversation_key(message.sender, message.to)
         sent_at = _to_micros(message.sent_at)
         room = is_room(key)
@@ -781,11 +780,19 @@ class SQLiteStore:
                 "VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING",
                 [(conversation, user, sent_at / 1e6) for user in (message.sender, message.to)],
             )
-        db.execute(
-            "INSERT INTO messages (id, conversation, seq, sender, recipient, text, sent_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (message.id, conversation, seq, message.sender, message.to, message.text, sent_at),
-        )
+        try:
+            db.execute(
+                "INSERT INTO messages (id, conversation, seq, sender, recipient, text, sent_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (message.id, conversation, seq, message.sender, message.to, message.text, sent_at),
+            )
+        except sqlite3.IntegrityError:
+            # A known id (the unique index says so, with no lookup on the way in):
+            # give the seq back, so that a refused message leaves no gap.
+            db.execute(
+                "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?", (conversation,)
+            )
+            raise ValueError("a message with this id is already stored") from None
         return StoredMessage(message=message, seq=seq)
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:
@@ -836,15 +843,20 @@ class SQLiteStore:
         cursors.
         """
         highest: dict[int, int] = {}
-        for message_id in message_ids:
-            row = self._db.execute(
-                "SELECT m.conversation, m.seq FROM messages AS m "
+        ids = list(message_ids)
+        # One statement per chunk, not one per id (SQLite allows 32766 parameters).
+        for start in range(0, len(ids), _ACK_CHUNK):
+            chunk = ids[start : start + _ACK_CHUNK]
+            rows = self._db.execute(
+                "SELECT m.conversation, MAX(m.seq) FROM messages AS m "
                 "JOIN participants AS p ON p.conversation = m.conversation AND p.username = ? "
-                "WHERE m.id = ? AND m.sender != ?",
-                (username, message_id, username),
-            ).fetchone()
-            if row is not None and highest.get(row[0], 0) < row[1]:
-                highest[row[0]] = row[1]
+                f"WHERE m.id IN ({','.join('?' * len(chunk))}) AND m.sender != ? "
+                "GROUP BY m.conversation",
+                (username, *chunk, username),
+            )
+            for conversation, seq in rows:
+                if highest.get(conversation, 0) < seq:
+                    highest[conversation] = seq
         if not highest:
             return
         db = self._write()

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime
-import hashlib
 import itertools
 from collections.abc import Callable
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, cast
 
 import attrs
 
@@ -42,7 +40,6 @@ from .config import ServerConfig
 from .connection import (
     ChatConnection,
     ChatConnectionInput,
-    ChatConnectionState,
     Queued,
     Refusal,
 )
@@ -54,6 +51,15 @@ from .events import (
     UserLoggedOut,
 )
 from .password_jobs import JobQueue, PendingJob
+from .requests import (
+    HANDLERS,
+    ConnectionInfo,
+    RefusedError,
+    handles,
+    token_hash,
+    unavailable_message,
+    utc_from_posix,
+)
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
 from .validation import LIST_MAX
@@ -80,57 +86,14 @@ SESSION_TOUCH_DELAY: Final = 60.0
 every other resume of that minute, in one batch. A resume then needs no write (it
 works while the disk is full) and costs no commit of its own; a crash forgets at
 most this much of a 30-day idle expiry."""
+KNOWN_USERS_MAX: Final = 1_000_000
+"""Most account names remembered to exist (about 100 bytes each)."""
 RETENTION_BATCH: Final = 100_000
 """Most messages one sweep deletes for retention (the rest wait for the next hour),
 so that one commit stays bounded."""
 STORE_RETRY_INTERVAL: Final = 1.0
 """Seconds after a lost batch before the connections whose pushes it dropped are
 refilled from the store (which holds what was really kept)."""
-
-
-def token_hash(token: bytes) -> bytes:
-    """What the store keeps of a login token: its SHA-256."""
-    return hashlib.sha256(token).digest()
-
-
-def unavailable_message(failure: StoreUnavailableError) -> str:
-    """The refusal's words for people (the CLI shows them as they are)."""
-    return f"the server cannot store anything now ({failure.reason}); try later"
-
-
-def utc_from_posix(now: float) -> datetime.datetime:
-    """A UTC datetime for POSIX seconds, at the microsecond precision of the wire."""
-    return datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
-
-
-HANDLERS: Final[dict[type[m.AnsweredRequest], str]] = {}
-"""Each request class and the name of the :class:`ChatServer` method that answers
-it, filled by ``@handles`` where each handler is defined (a test checks that every
-request of the catalogue has exactly one)."""
-
-_Handler = TypeVar("_Handler", bound=Callable[..., None])
-
-
-def handles(request_type: type[m.AnsweredRequest]) -> Callable[[_Handler], _Handler]:
-    def register(handler: _Handler) -> _Handler:
-        if request_type in HANDLERS:
-            raise TypeError(f"two handlers for {request_type.__name__}")
-        HANDLERS[request_type] = handler.__name__
-        return handler
-
-    return register
-
-
-@attrs.frozen(kw_only=True)
-class ConnectionInfo:
-    """One connection, as :meth:`ServerCore.connection_info` reports it."""
-
-    connection_id: ConnectionId
-    address: Address
-    """Where its packets come from now."""
-    state: ChatConnectionState
-    username: str | None
-    """Whom it acts as (logged in), or None."""
 
 
 @attrs.frozen
@@ -141,17 +104,6 @@ class _Held:
     message: m.Response | m.Push
     payload: bytes
 
-
-class RefusedError(Exception):
-    """Raised inside a request handler to answer with an error response."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-# --- the server ------------------------------------------------------------------------------
 
 _ANONYMOUS_REQUESTS: Final = (m.Register, m.Login, m.Resume)
 
@@ -209,6 +161,9 @@ class ServerCore:
         self._touch_at: float | None = None
         self._stepping = False
         """Inside a request's step: its output waits for the step to complete."""
+        self._known_users: set[str] = set()
+        """Names found to be accounts (committed ones: a lookup in a rolled-back batch
+        may have seen an uncommitted account, so only reads confirm)."""
         self._membership_pending: dict[tuple[str, str], tuple[bool, list[str]]] = {}
         """Room joins and leaves of this batch, pushed at its end (coalesced)."""
         self._events: collections.deque[ServerEvent] = collections.deque()
@@ -840,8 +795,15 @@ class ServerCore:
         return connection.username
 
     def _require_user(self, username: str) -> None:
+        # Accounts are never deleted: once seen, a name needs no more lookups (each
+        # one also parsed a password record).
+        if username in self._known_users:
+            return
         if self._store.get_account(username) is None:
             raise RefusedError(ErrorCode.UNKNOWN_USER, f"no user named {username}")
+        # Only from a clean batch: an account this batch wrote may yet be rolled back.
+        if not self._tracker.dirty and len(self._known_users) < KNOWN_USERS_MAX:
+            self._known_users.add(username)
 
     def _presence(self, usernames: list[str]) -> tuple[m.UserPresence, ...]:
         return tuple(

@@ -43,7 +43,9 @@ class MessageRequests(ServerCore):
             )
             return
         recipients = self._recipients(me, request.to)
-        if not is_room(request.to):
+        # An online recipient's devices drain what waits: only an offline one can
+        # fill up (and counting costs a scan of what waits).
+        if not is_room(request.to) and request.to not in self._by_user:
             cap = self._config.max_waiting_per_recipient
             if self._store.count_waiting(request.to, cap) >= cap:
                 raise RefusedError(

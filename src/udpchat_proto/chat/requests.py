@@ -1,0 +1,89 @@
+"""What the request handlers are built with: their registry, refusals, helpers.
+
+A handler is a method decorated ``@handles(RequestClass)`` (see
+:mod:`udpchat_proto.chat.handlers`); :data:`HANDLERS` maps each request class of
+the catalogue to its one handler, and a handler refuses a request by raising
+:class:`RefusedError` (the core answers it with an ``error`` response).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+import attrs
+
+from ..errors import ErrorCode
+from ..transport import Address, ConnectionId
+from . import messages as m
+from .connection import ChatConnectionState
+from .store import StoreUnavailableError
+
+__all__ = [
+    "HANDLERS",
+    "ConnectionInfo",
+    "RefusedError",
+    "handles",
+    "token_hash",
+    "unavailable_message",
+    "utc_from_posix",
+]
+
+
+def token_hash(token: bytes) -> bytes:
+    """What the store keeps of a login token: its SHA-256."""
+    return hashlib.sha256(token).digest()
+
+
+def unavailable_message(failure: StoreUnavailableError) -> str:
+    """The refusal's words for people (the CLI shows them as they are)."""
+    return f"the server cannot store anything now ({failure.reason}); try later"
+
+
+def utc_from_posix(now: float) -> datetime.datetime:
+    """A UTC datetime for POSIX seconds, at the microsecond precision of the wire."""
+    return datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
+
+
+HANDLERS: Final[dict[type[m.AnsweredRequest], str]] = {}
+"""Each request class and the name of the :class:`ChatServer` method that answers
+it, filled by ``@handles`` where each handler is defined (a test checks that every
+request of the catalogue has exactly one)."""
+
+_Handler = TypeVar("_Handler", bound=Callable[..., None])
+
+
+def handles(request_type: type[m.AnsweredRequest]) -> Callable[[_Handler], _Handler]:
+    def register(handler: _Handler) -> _Handler:
+        if request_type in HANDLERS:
+            raise TypeError(f"two handlers for {request_type.__name__}")
+        HANDLERS[request_type] = handler.__name__
+        return handler
+
+    return register
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionInfo:
+    """One connection, as :meth:`ServerCore.connection_info` reports it."""
+
+    connection_id: ConnectionId
+    address: Address
+    """Where its packets come from now."""
+    state: ChatConnectionState
+    username: str | None
+    """Whom it acts as (logged in), or None."""
+
+
+class RefusedError(Exception):
+    """Raised inside a request handler to answer with an error response."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- the server ------------------------------------------------------------------------------
