@@ -1,93 +1,226 @@
-"""End to end over loopback UDP: messages relayed per second by the real server loop,
-beside a raw UDP relay with no protocol measured in the same run.
+"""End to end over loopback UDP: the real ``udpchat-server`` process under load,
+beside a raw UDP relay driven the same way in the same run.
 
-Run: ``.venv/bin/python benchmarks/relay.py [--pairs 10] [--messages 300]``.
+Run: ``.venv/bin/python benchmarks/relay.py [--quick] [--json] [--runs N]
+[--workers 2] [--pairs 16] [--profile FILE]``.
 
-Two processes each time (the machine has two cores): a relay and a load generator.
+What runs (only 127.0.0.1 is used; every wait is bounded):
 
-* **udpchat**: the real :class:`~udpchat_server.loop.ServerLoop` around a
-  :class:`ChatServer` on a SQLite file (WAL, ``synchronous=FULL``: every batch is
-  fsynced before its replies leave), rate limits raised out of the way. The load
-  generator runs ``pairs`` pairs of friends as :class:`ClientConnection` s on their
-  own sockets; every sender queues ``messages`` messages to its friend at once, and
-  the clock runs until every recipient has them all (each message: handshake-era
-  keys, sealed packets, acknowledgement ranges, a store commit, the
-  acceptance to the sender, the push to the recipient and the recipient's
-  delivery acknowledgement).
-* **raw relay** (the ceiling): a process that forwards each datagram it receives
-  to the recipient named in its first two bytes, and nothing else. The same
-  senders send datagrams of the size of a sealed chat message, each keeping at
-  most 32 unreceived (as the transport's window does) and sending again, after
-  50 ms of silence, whatever a full socket buffer dropped.
+* **the server**: a real ``udpchat-server`` subprocess (SQLite in a temporary
+  directory, WAL, ``synchronous=FULL``: every batch is fsynced before its replies
+  leave), ``--scrypt-n 16`` and the rate limits raised out of the way. Its CPU time
+  is read from ``/proc/<pid>/stat`` (user + system, all threads) at the edges of
+  each measurement window, and its resident memory from ``/proc/<pid>/status`` at
+  the end.
+* **the load generator**: ``--workers`` processes (default 2, one per core), each
+  owning ``--pairs`` pairs of friends as :class:`ClientConnection` s on their own
+  sockets. Both ends of a pair live in the same process, so the send time written
+  into each message's text can be compared with the delivery time on the same
+  clock. Recipients take every event, so their connections acknowledge deliveries
+  as an application's would.
+* **the raw relay** (the ceiling): a process that forwards each datagram to the
+  receiver named in its first two bytes and does nothing else; the same worker
+  processes, pairs and datagram size (that of a sealed one-message packet) drive it.
 
-The figure is messages delivered per wall-clock second, median of ``--runs``; the
-ratio is udpchat / raw. Only 127.0.0.1 is used; every wait is bounded.
+What is measured, each run on a fresh server:
+
+* **saturation**: every sender keeps ``WINDOW`` messages in flight (sent, not yet
+  delivered); after a warm-up, messages delivered per wall-clock second (each
+  counted once, when the recipient's client emits ``MessageDelivered``). The same
+  for the raw relay, so ``ratio`` = udpchat / raw.
+* **latency at fixed offered rates**: the senders send on a fixed schedule
+  (open loop), stepping up through the rates; latency runs from the time a message
+  was *due* to be sent to its delivery event, so a generator that falls behind
+  shows up as latency rather than hiding it (no coordinated omission). p50 and p99
+  of the messages due inside the window; stepping stops after the first rate the
+  system cannot carry (achieved below 90 % of offered) once 5,000/s is done.
+  ``p99_crosses_5ms_at`` interpolates linearly between the last step under 5 ms
+  and the first over it.
+* **server CPU** per delivered message at saturation (and at each rate), and the
+  share of one core the server used: at saturation the generator competes for
+  the same two cores, so a share well under 1.0 means the generator, not the
+  server, was the limit.
+
+Several runs (``--runs``): each figure is the median, and the spread (min-max) is
+shown. ``--profile FILE`` runs the server under cProfile (one run; the profile is
+written when the server stops) and prints the top functions by own time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import json
+import math
 import multiprocessing
 import multiprocessing.connection
-import select
+import os
+import selectors
 import signal
 import socket
 import statistics
 import struct
+import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from udpchat_proto import RateLimit, SystemRandomSource
-from udpchat_proto.chat import ChatServer, ClientConnection, ScryptParams, ServerConfig
+from udpchat_proto.chat import ClientConnection
 from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import ServerKey
-from udpchat_server.loop import ServerLoop
-from udpchat_server.sqlite_store import SQLiteStore
 
 HOST = "127.0.0.1"
-DEADLINE = 120.0  # seconds: no run may take longer
-WINDOW = 32
 PASSWORD = "benchmark-password"
-TEXT = "A typical chat message of about sixty bytes, give or take."
-GENEROUS = RateLimit(burst=1_000_000, interval=1e-6)
+#: Messages in flight per pair at saturation: half the transport's 32-packet window
+#: on each side of the server is enough to keep it busy without piling up latency.
+WINDOW = 32
+#: Length of every message's text: the send time, then padding, about a typical line.
+TEXT_SIZE = 60
+#: Size of a raw-relay datagram: a sealed one-message DATA packet is about this big
+#: (header, STREAM frame, the encoded ``send_message`` request and the AEAD tag).
+RAW_SIZE = 130 + TEXT_SIZE
+#: Connections per second the generator opens: the server accepts 50 handshakes
+#: a second per address (``TransportConfig``), and every client is on 127.0.0.1.
+CONNECT_RATE = 40.0
+#: Latency target whose crossing is reported.
+TARGET_P99_MS = 5.0
+#: A step the system cannot carry: achieved below this share of offered.
+OVERLOAD = 0.9
+#: The offered rate whose p50 and p99 are the headline figures.
+REFERENCE_RATE = 5000
+#: Longest wait for the messages of a window to arrive after it ends.
+DRAIN = 5.0
+#: Longest wait for anything else (a reply, the server's start).
+DEADLINE = 120.0
+#: The server's options: rate limits out of the way, cheap password hashes.
+SERVER_OPTIONS = [
+    "--scrypt-n",
+    "16",
+    "--message-rate",
+    "1000000/0.000001",
+    "--request-rate",
+    "1000000/0.000001",
+    "--logins-per-user",
+    "1000/0.001",
+    "--registrations-per-address",
+    "1000/0.001",
+    "--max-hash-jobs-per-address",
+    "64",
+    "--max-pending-hash-jobs",
+    "1024",
+    "--log-level",
+    "warning",
+]
+FULL_RATES = [
+    100,
+    250,
+    500,
+    1000,
+    1500,
+    2000,
+    2500,
+    3000,
+    4000,
+    5000,
+    6000,
+    8000,
+    10_000,
+    15_000,
+    20_000,
+]
+QUICK_RATES = [1000, 2000, 5000]
 
 
-# --- the two relays (each in its own process) ----------------------------------------
+@dataclass(frozen=True)
+class Timing:
+    """How long each phase lasts (seconds)."""
+
+    warmup: float
+    saturation: float
+    step: float
+    rates: list[int]
+    backlog: float
+    """Longest wait for an overloaded step's backlog to clear."""
 
 
-def udpchat_server(db: str, conn: multiprocessing.connection.Connection) -> None:
-    store = SQLiteStore.open(db)
-    config = ServerConfig(
-        scrypt=ScryptParams(n=16, r=1, p=1),
-        registrations_per_address=GENEROUS,
-        login_failures_per_address=GENEROUS,
-        message_rate=GENEROUS,
-        request_rate=GENEROUS,
-    )
-    server = ChatServer(
-        store=store,
-        static_key=ServerKey.generate(SystemRandomSource()),
-        clock=time.time,
-        config=config,
-    )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((HOST, 0))
-    loop = ServerLoop(server=server, store=store, sock=sock)
-    conn.send(sock.getsockname()[1])
-    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
-    loop.run()
-    store.commit()
-    store.close()
+FULL = Timing(warmup=1.0, saturation=5.0, step=3.0, rates=FULL_RATES, backlog=40.0)
+QUICK = Timing(warmup=0.5, saturation=2.0, step=1.0, rates=QUICK_RATES, backlog=15.0)
+
+
+# --- /proc readings --------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces: the fields that follow it start
+    # after its closing parenthesis; utime and stime are fields 14 and 15.
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` (``VmRSS``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+# --- the two relays ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def udpchat_server(
+    profile: str | None = None, options: list[str] = SERVER_OPTIONS
+) -> Iterator[tuple[int, int]]:
+    """A real ``udpchat-server`` on 127.0.0.1, port 0, with ``options``; yields
+    (pid, port)."""
+    # The console script's entry point, run by this Python: found wherever the
+    # package is installed; under cProfile the profile is written when it stops.
+    if profile is None:
+        code = "from udpchat_server.cli import main; main()"
+    else:
+        code = (
+            "import cProfile, sys; from udpchat_server.cli import main; "
+            "cProfile.run('main()', sys.argv.pop(1))"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-c", code, *([profile] if profile else [])]
+        command += ["--host", HOST, "--port", "0", "--db", f"{tmp}/bench.sqlite3"]
+        process = subprocess.Popen(
+            [*command, *options], stdout=subprocess.PIPE, text=True, env=os.environ
+        )
+        try:
+            assert process.stdout is not None
+            # Bounded: the server prints this line at once, or exits.
+            line = process.stdout.readline()
+            if not line.startswith("listening on "):
+                raise RuntimeError(f"udpchat-server did not start: {line!r}")
+            port = int(line.split()[2].rsplit(":", 1)[1])
+            yield process.pid, port
+        finally:
+            process.send_signal(signal.SIGTERM)  # a clean stop: cProfile writes its file
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def raw_relay(conn: multiprocessing.connection.Connection) -> None:
+    """Forward each datagram to the receiver named by its first two bytes."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     sock.bind((HOST, 0))
     conn.send(sock.getsockname()[1])
     ports: dict[int, tuple[str, int]] = {}
-    sock.settimeout(DEADLINE)
+    sock.settimeout(DEADLINE)  # ends by itself if the parent is gone
     while True:
         try:
             data, addr = sock.recvfrom(2048)
@@ -100,36 +233,53 @@ def raw_relay(conn: multiprocessing.connection.Connection) -> None:
             sock.sendto(data, ports[index])
 
 
-def start(target: Callable[..., None], *args: object) -> tuple[multiprocessing.Process, int]:
+@contextlib.contextmanager
+def raw_relay_process() -> Iterator[tuple[int, int]]:
+    """The raw relay in its own process; yields (pid, port)."""
     parent, child = multiprocessing.Pipe()
-    process = multiprocessing.Process(target=target, args=(*args, child), daemon=True)
+    process = multiprocessing.Process(target=raw_relay, args=(child,), daemon=True)
     process.start()
-    if not parent.poll(30):
-        process.kill()
-        raise RuntimeError("relay did not start")
-    port: int = parent.recv()
-    return process, port
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("raw relay did not start")
+        assert process.pid is not None
+        yield process.pid, parent.recv()
+    finally:
+        process.terminate()
+        process.join(10)
 
 
-# --- the udpchat load generator ----------------------------------------------------------
+# --- the load generator (one per worker process) --------------------------------------
+
+
+def text_for(due: float) -> str:
+    """A message text carrying the time it was due to be sent."""
+    return f"{due:.9f} ".ljust(TEXT_SIZE, "x")
 
 
 class Peer:
+    """One client on its own non-blocking socket."""
+
     def __init__(self, name: str, server: tuple[str, int]) -> None:
         self.name = name
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((HOST, 0))
         self.sock.setblocking(False)
         self.conn = ClientConnection(server_address=server)
-        self.server = server
-        self.delivered = 0
-        self.answers: list[object] = []
+        self.oks = 0
+        self.errors = 0
+        #: Called with (delivery time, message) for each delivered message.
+        self.on_delivery: Callable[[float, m.ChatMessage], None] | None = None
 
     def flush(self, now: float) -> None:
         for data, addr in self.conn.datagrams_to_send(now):
-            self.sock.sendto(data, addr)
+            # A full socket buffer is a lost datagram: the transport sends it again.
+            with contextlib.suppress(BlockingIOError):
+                self.sock.sendto(data, addr)
 
     def pump(self, now: float) -> None:
+        """Read what has arrived, fire a due timer, take every event, send."""
         while True:
             try:
                 data, addr = self.sock.recvfrom(2048)
@@ -141,137 +291,662 @@ class Peer:
             self.conn.handle_timer(now)
         while (event := self.conn.next_event()) is not None:
             if isinstance(event, m.MessageDelivered):
-                self.delivered += 1
-            else:
-                self.answers.append(event)
+                if self.on_delivery is not None:
+                    self.on_delivery(now, event.message)
+            elif isinstance(event, m.Ok | m.LoggedIn | m.MessageAccepted):
+                self.oks += 1
+            elif isinstance(event, m.ErrorResponse):
+                self.errors += 1
         self.flush(now)
 
 
-def drive(peers: list[Peer], done: Callable[[], bool], deadline: float) -> None:
-    by_fd = {peer.sock.fileno(): peer for peer in peers}
-    while not done():
-        now = time.monotonic()
-        if now > deadline:
-            raise RuntimeError("benchmark run exceeded its deadline")
-        timers = [t for p in peers if (t := p.conn.get_timer()) is not None]
-        timeout = max(0.0, min(timers, default=now + 0.1) - now)
-        readable, _, _ = select.select(list(by_fd), [], [], min(timeout, 0.1))
-        now = time.monotonic()
-        for fd in readable:
-            by_fd[fd].pump(now)
-        for peer in peers:
-            timer = peer.conn.get_timer()
-            if timer is not None and timer <= now:
-                peer.pump(now)
+@dataclass
+class Pair:
+    """A sender and its friend, with what the sender has in flight."""
+
+    sender: Peer
+    recipient: Peer
+    sent: int = 0
+    delivered: int = 0
 
 
-def oks(peer: Peer) -> int:
-    return sum(isinstance(a, m.Ok | m.LoggedIn) for a in peer.answers)
+@dataclass
+class Window:
+    """What one measurement window collects in one worker."""
+
+    start: float
+    end: float
+    delivered: int = 0
+    latencies: list[float] = field(default_factory=list)
+    due_in_window: int = 0
 
 
-def udpchat_run(pairs: int, messages: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        process, port = start(udpchat_server, str(Path(tmp) / "bench.sqlite3"))
+class Generator:
+    """The pairs of one worker process and the loop that drives them."""
+
+    def __init__(self, pairs: int, prefix: str) -> None:
+        self.prefix = prefix
+        self.count = pairs
+        self.pairs: list[Pair] = []
+        self.peers: list[Peer] = []
+        self.selector = selectors.DefaultSelector()
+        self.window: Window | None = None
+        self.cpu_start = 0.0
+        self.window_started = 0.0
+
+    # -- udpchat --
+
+    def setup(self, port: int, workers: int) -> None:
+        """Connect, register, log in and befriend every pair."""
         server = (HOST, port)
-        peers = [Peer(f"user{i}", server) for i in range(2 * pairs)]
-        try:
-            deadline = time.monotonic() + DEADLINE
+        peers = [Peer(f"{self.prefix}u{i}", server) for i in range(2 * self.count)]
+        for peer in peers:
+            self.selector.register(peer.sock, selectors.EVENT_READ, peer)
+        deadline = time.monotonic() + DEADLINE
+        self.peers = peers
+        for peer in peers:
+            # Paced: the server's per-address handshake limit is shared by all workers.
+            self.drive(time.monotonic() + workers / CONNECT_RATE, deadline)
             now = time.monotonic()
-            for peer in peers:
-                peer.conn.connect(now)
-                peer.conn.register(peer.name, PASSWORD)
-                peer.conn.login(peer.name, PASSWORD)
-                peer.flush(now)
-            drive(peers, lambda: all(oks(p) >= 2 for p in peers), deadline)
-            senders, recipients = peers[0::2], peers[1::2]
-            for sender, recipient in zip(senders, recipients, strict=True):
-                sender.conn.invite(recipient.name)
-                recipient.conn.invite(sender.name)  # inviting back makes friends
-                sender.flush(now)
-                recipient.flush(now)
-            drive(peers, lambda: all(oks(p) >= 3 for p in peers), deadline)
-            start_time = time.perf_counter()
+            peer.conn.connect(now)
+            peer.conn.register(peer.name, PASSWORD)
+            peer.conn.login(peer.name, PASSWORD)
+            peer.flush(now)
+        self.drive_until(lambda: all(p.oks >= 2 for p in peers), deadline)
+        for sender, recipient in zip(peers[0::2], peers[1::2], strict=True):
+            pair = Pair(sender, recipient)
+            recipient.on_delivery = self.delivery_handler(pair)
+            sender.conn.invite(recipient.name)
+            recipient.conn.invite(sender.name)  # inviting back makes friends
             now = time.monotonic()
-            for sender, recipient in zip(senders, recipients, strict=True):
-                for _ in range(messages):
-                    sender.conn.send_message(recipient.name, TEXT)
-                sender.flush(now)
-            total = pairs * messages
-            drive(peers, lambda: sum(r.delivered for r in recipients) >= total, deadline)
-            return total / (time.perf_counter() - start_time)
-        finally:
-            for peer in peers:
+            sender.flush(now)
+            recipient.flush(now)
+            self.pairs.append(pair)
+        self.drive_until(lambda: all(p.oks >= 3 for p in peers), deadline)
+        if any(p.errors for p in peers):
+            raise RuntimeError("the server refused part of the set-up")
+
+    def delivery_handler(self, pair: Pair) -> Callable[[float, m.ChatMessage], None]:
+        def handle(now: float, message: m.ChatMessage) -> None:
+            pair.delivered += 1
+            window = self.window
+            if window is None:
+                return
+            if window.start <= now < window.end:
+                window.delivered += 1
+            due = float(message.text.split(" ", 1)[0])
+            if window.start <= due < window.end:
+                window.latencies.append(now - due)
+
+        return handle
+
+    def send(self, pair: Pair, due: float, now: float) -> None:
+        pair.sender.conn.send_message(pair.recipient.name, text_for(due))
+        pair.sent += 1
+        if self.window is not None and self.window.start <= due < self.window.end:
+            self.window.due_in_window += 1
+
+    def saturate(self, start: float, warm: float, end: float) -> dict[str, Any]:
+        """Keep ``WINDOW`` messages in flight per pair from ``start`` to ``end``."""
+        self.window = Window(warm, end)
+        self.sleep_until(start)
+        self.window_started = start
+        self.cpu_start = time.process_time()
+
+        def top_up(now: float) -> float:
+            for pair in self.pairs:
+                if pair.sent - pair.delivered < WINDOW:
+                    while pair.sent - pair.delivered < WINDOW:
+                        self.send(pair, now, now)
+                    pair.sender.flush(now)
+            return now + 0.005
+
+        self.drive(end, end + DEADLINE, top_up)
+        return self.finish(end)
+
+    def offer(
+        self,
+        rate: float,
+        start: float,
+        warm: float,
+        end: float,
+        also: Callable[[float], None] | None = None,
+    ) -> dict[str, Any]:
+        """Send ``rate`` messages a second on a fixed schedule, round robin (and
+        call ``also(now)`` at every turn of the loop, for other work)."""
+        self.window = Window(warm, end)
+        self.sleep_until(start)
+        self.window_started = start
+        self.cpu_start = time.process_time()
+        interval = 1.0 / rate
+        sent = 0
+
+        def on_schedule(now: float) -> float:
+            nonlocal sent
+            touched: set[int] = set()
+            while (due := start + sent * interval) <= now:
+                index = sent % len(self.pairs)
+                self.send(self.pairs[index], due, now)
+                touched.add(index)
+                sent += 1
+            for index in touched:
+                self.pairs[index].sender.flush(now)
+            if also is not None:
+                also(now)
+            return start + sent * interval
+
+        self.drive(end, end + DEADLINE, on_schedule)
+        return self.finish(end)
+
+    def finish(self, end: float) -> dict[str, Any]:
+        """Stop sending; wait (bounded) for what is in flight; the window's figures."""
+        # The generator's own load (share of one core, warm-up included): near 1.0,
+        # its queueing adds to the latencies and caps the throughput.
+        busy = (time.process_time() - self.cpu_start) / max(1e-9, end - self.window_started)
+        drained = self.drive_until(
+            lambda: all(p.delivered >= p.sent for p in self.pairs), end + DRAIN, strict=False
+        )
+        window = self.window
+        assert window is not None
+        self.window = None
+        missing = window.due_in_window - len(window.latencies)
+        # What never arrived counts as at least the drain's length late.
+        latencies = window.latencies + [time.monotonic() - window.end] * max(0, missing)
+        return {
+            "delivered": window.delivered,
+            "latencies": latencies,
+            "drained": drained,
+            "generator_cpu_share": busy,
+        }
+
+    def drain(self, seconds: float) -> bool:
+        """Wait (at most ``seconds``) until every message sent has been delivered."""
+        return self.drive_until(
+            lambda: all(p.delivered >= p.sent for p in self.pairs),
+            time.monotonic() + seconds,
+            strict=False,
+        )
+
+    def close(self) -> None:
+        for pair in self.pairs:
+            for peer in (pair.sender, pair.recipient):
+                self.selector.unregister(peer.sock)
                 peer.sock.close()
-            process.terminate()
-            process.join(10)
+        self.pairs = []
+        self.peers = []
+
+    # -- the loop --
+
+    def sleep_until(self, when: float) -> None:
+        self.drive(when, when + DEADLINE)
+
+    def drive_until(self, done: Callable[[], bool], deadline: float, strict: bool = True) -> bool:
+        """Run the loop until ``done()``; past ``deadline`` raise (or return False)."""
+        while not done():
+            now = time.monotonic()
+            if now > deadline:
+                if strict:
+                    raise RuntimeError("the load generator exceeded its deadline")
+                return False
+            self.drive(min(now + 0.05, deadline), deadline)
+        return True
+
+    def drive(
+        self, until: float, deadline: float, tick: Callable[[float], float] | None = None
+    ) -> None:
+        """Run the loop until ``until``; ``tick(now)`` sends what is due and says
+        when it next wants to run."""
+        peers = self.peers
+        while (now := time.monotonic()) < until:
+            if now > deadline:
+                raise RuntimeError("the load generator exceeded its deadline")
+            wake = tick(now) if tick is not None else until
+            timers = [t for peer in peers if (t := peer.conn.get_timer()) is not None]
+            wake = min(wake, until, *timers)
+            for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
+                key.data.pump(time.monotonic())
+            now = time.monotonic()
+            for peer in peers:
+                timer = peer.conn.get_timer()
+                if timer is not None and timer <= now:
+                    peer.pump(now)
 
 
-def raw_run(pairs: int, messages: int, size: int) -> float:
-    process, port = start(raw_relay)
+def raw_saturate(
+    port: int, base: int, count: int, *, start: float, warm: float, end: float
+) -> dict[str, Any]:
+    """The raw relay's ceiling: ``WINDOW`` datagrams in flight per pair."""
     relay = (HOST, port)
-    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(pairs)]
-    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(pairs)]
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    selector = selectors.DefaultSelector()
     try:
-        for sock in (*senders, *receivers):
+        for i, sock in enumerate((*senders, *receivers)):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.bind((HOST, 0))
             sock.setblocking(False)
-        for index, receiver in enumerate(receivers):
-            receiver.sendto(struct.pack("!H", index) + b"register", relay)
-        time.sleep(0.2)  # the relay has learnt the receivers' ports (a setup step, untimed)
-        payloads = [struct.pack("!H", i) + bytes(size - 2) for i in range(pairs)]
-        sent = [0] * pairs
-        received = [0] * pairs
-        deadline = time.monotonic() + DEADLINE
-        start_time = time.perf_counter()
-        fds = {r.fileno(): i for i, r in enumerate(receivers)}
-        while sum(received) < pairs * messages:
-            if time.monotonic() > deadline:
-                raise RuntimeError("raw relay run exceeded its deadline")
+            if i >= count:
+                selector.register(sock, selectors.EVENT_READ, i - count)
+        for i, receiver in enumerate(receivers):
+            receiver.sendto(struct.pack("!H", base + i) + b"register", relay)
+        payloads = [struct.pack("!H", base + i) + bytes(RAW_SIZE - 2) for i in range(count)]
+        sent = [0] * count
+        received = [0] * count
+        delivered = 0
+        time.sleep(max(0.0, start - time.monotonic()))  # the relay has the receivers by now
+        last = time.monotonic()
+        while (now := time.monotonic()) < end:
             for i, sender in enumerate(senders):
-                while sent[i] < messages and sent[i] - received[i] < WINDOW:
-                    sender.sendto(payloads[i], relay)
+                while sent[i] - received[i] < WINDOW:
+                    try:
+                        sender.sendto(payloads[i], relay)
+                    except BlockingIOError:
+                        break
                     sent[i] += 1
-            readable, _, _ = select.select(list(fds), [], [], 0.05)
-            if not readable:
-                # A datagram was lost (a full socket buffer): send the missing ones
-                # again, as any protocol would; the payloads are all alike.
+            events = selector.select(0.05)
+            if not events and time.monotonic() - last > 0.05:
+                # A datagram was lost (a full socket buffer): send again what is
+                # missing, as any protocol would; the payloads are all alike.
                 sent = list(received)
-            for fd in readable:
-                index = fds[fd]
+            for key, _ in events:
+                index = key.data
                 while True:
                     try:
                         receivers[index].recv(2048)
                     except BlockingIOError:
                         break
                     received[index] += 1
-        return pairs * messages / (time.perf_counter() - start_time)
+                    last = time.monotonic()
+                    if warm <= last < end:
+                        delivered += 1
+        del now
+        return {"delivered": delivered}
     finally:
+        selector.close()
         for sock in (*senders, *receivers):
             sock.close()
-        process.terminate()
-        process.join(10)
+
+
+def worker(conn: multiprocessing.connection.Connection, index: int, pairs: int) -> None:
+    """A load-generator process: obeys the parent's commands, answers each."""
+    generator = Generator(pairs, prefix=f"w{index}")
+    while conn.poll(DEADLINE * 3):
+        command, *args = conn.recv()
+        try:
+            if command == "setup":
+                generator.setup(*args)
+                result: Any = "ready"
+            elif command == "saturate":
+                result = generator.saturate(*args)
+            elif command == "offer":
+                result = generator.offer(*args)
+            elif command == "drain":
+                result = generator.drain(*args)
+            elif command == "close":
+                generator.close()
+                result = "closed"
+            elif command == "raw":
+                port, start, warm, end = args
+                result = raw_saturate(port, index * pairs, pairs, start=start, warm=warm, end=end)
+            else:
+                return
+        except Exception as exc:
+            result = RuntimeError(f"worker {index}: {exc!r}")
+        conn.send(result)
+
+
+class Workers:
+    """The load-generator processes, commanded together."""
+
+    def __init__(self, count: int, pairs: int) -> None:
+        self.conns: list[multiprocessing.connection.Connection] = []
+        self.processes: list[multiprocessing.Process] = []
+        for index in range(count):
+            parent, child = multiprocessing.Pipe()
+            process = multiprocessing.Process(
+                target=worker, args=(child, index, pairs), daemon=True
+            )
+            process.start()
+            self.conns.append(parent)
+            self.processes.append(process)
+
+    def call(self, *command: object, timeout: float = DEADLINE) -> list[Any]:
+        for conn in self.conns:
+            conn.send(command)
+        results = []
+        for conn in self.conns:
+            if not conn.poll(timeout):
+                raise RuntimeError(f"a worker did not answer {command[0]!r} in time")
+            result = conn.recv()
+            if isinstance(result, Exception):
+                raise result
+            results.append(result)
+        return results
+
+    def stop(self) -> None:
+        for conn in self.conns:
+            conn.send(("exit",))
+        for process in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+
+
+# --- one run -------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0-100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, not idle or iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_state(pid: int) -> str:
+    """The scheduler state of process ``pid``'s main thread (the server's loop):
+    R running, S sleeping (in ``select``), D waiting on the disk (fsync)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2]
+
+
+def windowed(
+    call: Callable[[float, float, float], list[dict[str, Any]]],
+    pid: int,
+    warmup: float,
+    length: float,
+) -> tuple[list[dict[str, Any]], float, dict[str, float]]:
+    """Run one window in every worker; (their results, server CPU seconds in it,
+    shares of the server loop's states sampled every 5 ms, and under ``"machine"``
+    the cores the whole machine kept busy: others' processes share the cores)."""
+    start = time.monotonic() + 0.1  # every worker has its command by then
+    warm, end = start + warmup, start + warmup + length
+    results: list[list[dict[str, Any]]] = []
+    # The workers answer after ``end``; meanwhile this (otherwise idle) process
+    # samples the server at the window's edges, and its state in between.
+    thread = threading.Thread(target=lambda: results.append(call(start, warm, end)))
+    thread.start()
+    time.sleep(max(0.0, warm - time.monotonic()))
+    cpu_start, machine_start = cpu_seconds(pid), machine_busy_seconds()
+    states: dict[str, int] = {}
+    while time.monotonic() < end:
+        state = thread_state(pid)
+        states[state] = states.get(state, 0) + 1
+        time.sleep(0.005)
+    cpu = cpu_seconds(pid) - cpu_start
+    machine = (machine_busy_seconds() - machine_start) / length
+    thread.join(DEADLINE)
+    if not results:
+        raise RuntimeError("the workers did not answer")
+    total = max(1, sum(states.values()))
+    shares = {state: count / total for state, count in sorted(states.items())}
+    return results[0], cpu, {**shares, "machine": machine}
+
+
+def one_run(workers: int, pairs: int, timing: Timing, profile: str | None) -> dict[str, Any]:
+    """One fresh server and relay: every figure once."""
+    team = Workers(workers, pairs)
+    try:
+        with udpchat_server(profile) as (pid, port):
+            team.call("setup", port, workers)
+            results, cpu, states = windowed(
+                functools.partial(team.call, "saturate"),
+                pid,
+                timing.warmup,
+                timing.saturation,
+            )
+            delivered = sum(r["delivered"] for r in results)
+            saturated = [x for r in results for x in r["latencies"]]
+            if not all(r["drained"] for r in results):
+                team.call("drain", timing.backlog)  # the rate steps start from empty
+            run: dict[str, Any] = {
+                "udpchat_msgs_per_s": delivered / timing.saturation,
+                "server_cpu_us_per_msg": cpu / max(1, delivered) * 1e6,
+                "server_cpu_share": cpu / timing.saturation,
+                "saturated_p50_ms": percentile(saturated, 50) * 1e3,
+                "generator_cpu_share": max(r["generator_cpu_share"] for r in results),
+                "server_disk_wait_share": states.get("D", 0.0),
+                "machine_busy_cores": states["machine"],
+                "other_processes_cores": states["machine"]
+                - cpu / timing.saturation
+                - sum(r["generator_cpu_share"] for r in results),
+                "latency": [],
+            }
+            for rate in steps_to_run(timing.rates, run["latency"]):
+                results, cpu, states = windowed(
+                    functools.partial(team.call, "offer", rate / workers),
+                    pid,
+                    timing.warmup / 2,
+                    timing.step,
+                )
+                latencies = [x for r in results for x in r["latencies"]]
+                delivered = sum(r["delivered"] for r in results)
+                achieved = delivered / timing.step
+                drained = all(r["drained"] for r in results)
+                if not drained:
+                    # Past saturation the backlog outlives the window: let it clear
+                    # (bounded) so that the next step starts from an empty pipeline.
+                    drained = all(team.call("drain", timing.backlog, timeout=DEADLINE))
+                run["latency"].append(
+                    {
+                        "offered": rate,
+                        "achieved": achieved,
+                        "p50_ms": percentile(latencies, 50) * 1e3,
+                        "p99_ms": percentile(latencies, 99) * 1e3,
+                        "server_cpu_us_per_msg": cpu / max(1, delivered) * 1e6,
+                        "server_cpu_share": cpu / timing.step,
+                        "generator_cpu_share": max(r["generator_cpu_share"] for r in results),
+                        "server_disk_wait_share": states.get("D", 0.0),
+                        "overloaded": achieved < OVERLOAD * rate,
+                        "backlog_cleared": drained,
+                    }
+                )
+            run["server_rss_mib"] = rss_mib(pid)
+        team.call("close")
+        with raw_relay_process() as (relay_pid, relay_port):
+            results, cpu, _ = windowed(
+                functools.partial(team.call, "raw", relay_port),
+                relay_pid,
+                timing.warmup,
+                timing.saturation,
+            )
+            delivered = sum(r["delivered"] for r in results)
+            run["raw_relay_msgs_per_s"] = delivered / timing.saturation
+            run["raw_relay_cpu_us_per_msg"] = cpu / max(1, delivered) * 1e6
+        run["ratio"] = run["udpchat_msgs_per_s"] / run["raw_relay_msgs_per_s"]
+        run["p99_crosses_5ms_at"] = crossing(run["latency"])
+        # Then the crossing is somewhere below the lowest rate stepped through.
+        run["p99_over_5ms_at_lowest_step"] = run["latency"][0]["p99_ms"] > TARGET_P99_MS
+        carried = [s["offered"] for s in run["latency"] if not s["overloaded"]]
+        run["highest_sustained_rate"] = max(carried, default=0)
+        return run
+    finally:
+        team.stop()
+
+
+def steps_to_run(rates: list[int], done: list[dict[str, Any]]) -> Iterator[int]:
+    """The offered rates, ascending, as long as the system carries them; past the
+    first overloaded one only 5,000/s (the issue's reference rate) is still run."""
+    for rate in rates:
+        if done and done[-1]["overloaded"]:
+            if rate == REFERENCE_RATE and all(s["offered"] != rate for s in done):
+                yield rate
+            continue
+        yield rate
+
+
+def crossing(steps: list[dict[str, Any]]) -> float | None:
+    """The offered rate at which p99 reaches the target, interpolated between steps
+    (the lowest step if p99 is over the target there already)."""
+    previous: dict[str, Any] | None = None
+    for step in steps:
+        if step["p99_ms"] > TARGET_P99_MS:
+            if previous is None:
+                return float(step["offered"])
+            share = (TARGET_P99_MS - previous["p99_ms"]) / (step["p99_ms"] - previous["p99_ms"])
+            return float(previous["offered"] + share * (step["offered"] - previous["offered"]))
+        previous = step
+    return None
+
+
+# --- several runs --------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str, Any]:
+    """Medians over the runs (and min/max as the spread)."""
+    scalar = [
+        "udpchat_msgs_per_s",
+        "raw_relay_msgs_per_s",
+        "ratio",
+        "server_cpu_us_per_msg",
+        "server_cpu_share",
+        "server_rss_mib",
+        "saturated_p50_ms",
+        "generator_cpu_share",
+        "server_disk_wait_share",
+        "machine_busy_cores",
+        "other_processes_cores",
+        "raw_relay_cpu_us_per_msg",
+        "highest_sustained_rate",
+    ]
+    summary: dict[str, Any] = {name: statistics.median(r[name] for r in runs) for name in scalar}
+    offered = sorted({step["offered"] for r in runs for step in r["latency"]})
+    latency = []
+    for rate in offered:
+        steps = [s for r in runs for s in r["latency"] if s["offered"] == rate]
+        latency.append(
+            {
+                "offered": rate,
+                "achieved": statistics.median(s["achieved"] for s in steps),
+                "p50_ms": statistics.median(s["p50_ms"] for s in steps),
+                "p99_ms": statistics.median(s["p99_ms"] for s in steps),
+                "p99_ms_min": min(s["p99_ms"] for s in steps),
+                "p99_ms_max": max(s["p99_ms"] for s in steps),
+                **{
+                    name: statistics.median(s[name] for s in steps)
+                    for name in (
+                        "server_cpu_us_per_msg",
+                        "server_cpu_share",
+                        "server_disk_wait_share",
+                        "generator_cpu_share",
+                    )
+                },
+                "overloaded_runs": sum(s["overloaded"] for s in steps),
+                "runs": len(steps),
+            }
+        )
+    at_5000 = next(s for s in latency if s["offered"] == REFERENCE_RATE)
+    crossings = [r["p99_crosses_5ms_at"] for r in runs if r["p99_crosses_5ms_at"] is not None]
+    summary.update(
+        {
+            "p50_ms": at_5000["p50_ms"],
+            "p99_ms": at_5000["p99_ms"],
+            "latency": latency,
+            "p99_crosses_5ms_at": statistics.median(crossings) if crossings else None,
+            "p99_over_5ms_at_lowest_step": any(r["p99_over_5ms_at_lowest_step"] for r in runs),
+            "runs": len(runs),
+            "workers": workers,
+            "pairs_per_worker": pairs,
+            "connections": 2 * workers * pairs,
+            "spread": {
+                name: spread([r[name] for r in runs])
+                for name in ("udpchat_msgs_per_s", "raw_relay_msgs_per_s", "ratio")
+            },
+        }
+    )
+    if crossings:
+        summary["spread"]["p99_crosses_5ms_at"] = spread(crossings)
+    return summary
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    s = summary
+    print(
+        f"{s['workers']} generator processes x {s['pairs_per_worker']} pairs "
+        f"({s['connections']} connections) over 127.0.0.1; median of {s['runs']} runs "
+        "[min-max]"
+    )
+    for name, label in (
+        ("udpchat_msgs_per_s", "udpchat server (SQLite, fsync per batch)"),
+        ("raw_relay_msgs_per_s", "raw UDP relay, no protocol"),
+    ):
+        sp = s["spread"][name]
+        print(f"  {label:42} {sp['median']:9.0f} msg/s  [{sp['min']:.0f}-{sp['max']:.0f}]")
+    sp = s["spread"]["ratio"]
+    print(f"  {'ratio udpchat/raw':42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
+    print(f"  {'server CPU per message at saturation':42} {s['server_cpu_us_per_msg']:9.0f} µs")
+    print(f"  {'server CPU used at saturation':42} {s['server_cpu_share']:9.2f} cores")
+    print(f"  {'server loop waiting on the disk (state D)':42} {s['server_disk_wait_share']:9.0%}")
+    print(
+        f"  {'machine busy at saturation (all processes)':42} {s['machine_busy_cores']:9.2f} cores"
+    )
+    print(
+        f"  {'of which others (not server, generator)':42} {s['other_processes_cores']:9.2f} cores"
+    )
+    print(f"  {'busiest generator process at saturation':42} {s['generator_cpu_share']:9.2f} cores")
+    print(f"  {'latency p50 at saturation':42} {s['saturated_p50_ms']:9.1f} ms")
+    print(f"  {'raw relay CPU per message':42} {s['raw_relay_cpu_us_per_msg']:9.1f} µs")
+    print(f"  {'server RSS at the end':42} {s['server_rss_mib']:9.1f} MiB")
+    print()
+    print(
+        "  offered/s  achieved/s   p50 ms   p99 ms  [p99 min-max]    "
+        "server µs/msg  server cores  disk wait  generator cores"
+    )
+    for step in s["latency"]:
+        p99_range = f"[{step['p99_ms_min']:.1f}-{step['p99_ms_max']:.1f}]"
+        print(
+            f"  {step['offered']:9d}  {step['achieved']:10.0f} {step['p50_ms']:8.2f} "
+            f"{step['p99_ms']:8.2f}  {p99_range:16} {step['server_cpu_us_per_msg']:13.0f}"
+            f"  {step['server_cpu_share']:12.2f}  {step['server_disk_wait_share']:9.0%}"
+            f"  {step['generator_cpu_share']:15.2f}"
+        )
+    crossing_at = s["p99_crosses_5ms_at"]
+    where = "not reached" if crossing_at is None else f"{crossing_at:.0f} msg/s offered"
+    if s["p99_over_5ms_at_lowest_step"]:
+        where += " (over already at the lowest rate stepped: the crossing is below it)"
+    print(f"\n  p99 crosses {TARGET_P99_MS:g} ms at: {where}")
+    print(
+        f"  highest offered rate carried (>= {OVERLOAD:.0%}): {s['highest_sustained_rate']:.0f}/s"
+    )
+
+
+def print_profile(path: str) -> None:
+    import pstats
+
+    print(f"\nserver profile ({path}), top functions by own time:")
+    pstats.Stats(path).sort_stats("tottime").print_stats(25)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--messages", type=int, default=300, help="per sender")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--pairs", type=int, default=16, help="pairs of friends per worker")
+    parser.add_argument("--runs", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="shorter windows, fewer rates")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the server (one run)")
     args = parser.parse_args()
-    # A sealed one-message DATA packet: header + frames + tag, about this size.
-    size = 130 + len(TEXT)
-    chat, raw = [], []
-    for _ in range(args.runs):
-        chat.append(udpchat_run(args.pairs, args.messages))
-        raw.append(raw_run(args.pairs, args.messages, size))
-    chat_rate, raw_rate = statistics.median(chat), statistics.median(raw)
-    print(
-        f"{args.pairs} pairs x {args.messages} messages over 127.0.0.1; "
-        f"median of {args.runs} runs; wall clock"
-    )
-    print(f"  udpchat server (SQLite, fsync per batch)  {chat_rate:9.0f} messages/s")
-    print(f"  raw UDP relay, no protocol                {raw_rate:9.0f} messages/s")
-    print(f"  ratio udpchat/raw                         {chat_rate / raw_rate:9.3f}x")
+    if not 1 <= args.workers * args.pairs * 2 <= 200:
+        parser.error("at most 200 connections: the server keeps 256 per address")
+    timing = QUICK if args.quick else FULL
+    runs = 1 if args.profile else (args.runs or (1 if args.quick else 3))
+    results = [one_run(args.workers, args.pairs, timing, args.profile) for _ in range(runs)]
+    summary = summarize(results, args.workers, args.pairs)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_table(summary)
+    if args.profile:
+        print_profile(args.profile)
 
 
 if __name__ == "__main__":

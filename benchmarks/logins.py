@@ -1,0 +1,175 @@
+"""A burst of logins at the default password-hash cost while messages flow: what
+it does to the messages' latency.
+
+Run: ``.venv/bin/python benchmarks/logins.py [--quick] [--json] [--logins 50]
+[--rate 1000]``.
+
+The real ``udpchat-server`` process (as ``benchmarks/relay.py`` starts it, but at
+the DEFAULT scrypt cost: no ``--scrypt-n``; rate limits raised out of the way and
+every login from 127.0.0.1 allowed to wait for a hash at once) and one
+load-generator process of ``relay.py``'s kind:
+
+1. set-up (not timed): ``--pairs`` pairs of friends, and ``--logins`` more users
+   who register, so that each of them can log in later (every registration and
+   login is a full scrypt hash, N=2^17: this takes a while);
+2. **without**: ``--rate`` messages a second for a window, p50/p99 from the time
+   each was due to its delivery, as in ``relay.py``;
+3. **with**: the same rate, and at the window's start every one of the
+   ``--logins`` users sends its login at once; the window lasts until the last
+   of them is logged in (at least ``MIN_WINDOW``), and p50/p99 are those of the
+   messages due inside it.
+
+The figure is the difference of the two p99s: the hashes run on the server's
+worker threads (``hashlib.scrypt`` releases the GIL), but on a two-core machine
+they compete with the loop for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import time
+from typing import Any
+
+# The sibling benchmark's server process and load generator.
+from relay import (
+    DEADLINE,
+    PASSWORD,
+    Generator,
+    Peer,
+    percentile,
+    udpchat_server,
+)
+
+#: The default cost: everything relay.py raises, except the hash cost.
+OPTIONS = [
+    "--message-rate",
+    "1000000/0.000001",
+    "--request-rate",
+    "1000000/0.000001",
+    "--logins-per-user",
+    "1000/0.001",
+    "--registrations-per-address",
+    "1000/0.001",
+    # The burst comes from one address: let all of it queue rather than be refused.
+    "--max-hash-jobs-per-address",
+    "64",
+    "--max-pending-hash-jobs",
+    "128",
+    "--log-level",
+    "warning",
+]
+#: Shortest window: enough messages (at 1,000/s) for a p99.
+MIN_WINDOW = 2.0
+WARMUP = 0.5
+
+
+def latencies(result: dict[str, Any]) -> dict[str, float]:
+    values: list[float] = result["latencies"]
+    return {
+        "p50_ms": percentile(values, 50) * 1e3,
+        "p99_ms": percentile(values, 99) * 1e3,
+        "messages": len(values),
+    }
+
+
+def run(pairs: int, logins: int, rate: float) -> dict[str, Any]:
+    """One server: set-up, the window without, the window with the burst."""
+    with udpchat_server(options=OPTIONS) as (_pid, port):
+        generator = Generator(pairs, prefix="m")
+        started = time.monotonic()
+        generator.setup(port, workers=1)
+        burst = [Peer(f"burst{i}", ("127.0.0.1", port)) for i in range(logins)]
+        for peer in burst:
+            generator.selector.register(peer.sock, selectors.EVENT_READ, peer)
+            generator.peers.append(peer)
+        deadline = time.monotonic() + DEADLINE * 5
+        registered_at = time.monotonic()
+        for peer in burst:
+            generator.sleep_until(time.monotonic() + 1 / 40)  # the handshake limit
+            now = time.monotonic()
+            peer.conn.connect(now)
+            peer.conn.register(peer.name, PASSWORD)
+            peer.flush(now)
+        generator.drive_until(lambda: all(p.oks >= 1 for p in burst), deadline)
+        registration_seconds = time.monotonic() - registered_at
+        setup_seconds = time.monotonic() - started
+
+        start = time.monotonic() + 0.1
+        without = generator.offer(rate, start, start + WARMUP, start + WARMUP + MIN_WINDOW)
+
+        # The burst's window must cover the whole burst: its registrations took
+        # ``registration_seconds`` at the same cost (paced, so an upper bound).
+        window = max(MIN_WINDOW, 1.5 * registration_seconds)
+        start = time.monotonic() + 0.1
+        fired: list[float] = []
+        finished: list[float] = []
+
+        def burst_and_watch(now: float) -> None:
+            if not fired and now >= start + WARMUP:
+                fired.append(now)
+                for peer in burst:
+                    peer.conn.login(peer.name, PASSWORD)
+                    peer.flush(now)
+            # Answers so far: one for the registration, one for the login.
+            elif fired and not finished and all(p.oks >= 2 for p in burst):
+                finished.append(now)
+
+        with_burst = generator.offer(
+            rate, start, start + WARMUP, start + WARMUP + window, also=burst_and_watch
+        )
+        logged_in = sum(p.oks >= 2 for p in burst)
+        refused = sum(p.errors for p in burst)
+        return {
+            "without": {**latencies(without), "achieved": without["delivered"] / MIN_WINDOW},
+            "with": {**latencies(with_burst), "achieved": with_burst["delivered"] / window},
+            "window_s": window,
+            "logged_in": logged_in,
+            "refused": refused,
+            "burst_s": finished[0] - fired[0] if finished and fired else None,
+            "registration_burst_s": registration_seconds,
+            "setup_s": setup_seconds,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--logins", type=int, default=None, help="default 50 (10 quick)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="messages per second")
+    parser.add_argument("--pairs", type=int, default=None, help="default 8 (2 quick)")
+    parser.add_argument("--quick", action="store_true", help="a smaller burst")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    logins = args.logins or (10 if args.quick else 50)
+    pairs = args.pairs or (2 if args.quick else 8)
+    result = run(pairs, logins, args.rate)
+    summary = {
+        "logins": logins,
+        "rate": args.rate,
+        "p99_without_ms": result["without"]["p99_ms"],
+        "p99_with_burst_ms": result["with"]["p99_ms"],
+        "p99_delta_ms": result["with"]["p99_ms"] - result["without"]["p99_ms"],
+        **result,
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(
+        f"{logins} logins at the default scrypt cost while {args.rate:.0f} messages/s flow "
+        f"({pairs} pairs); {result['logged_in']} logged in within the window"
+    )
+    for name in ("without", "with"):
+        row = result[name]
+        print(
+            f"  {name + ' the burst':18} p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms"
+            f"  achieved {row['achieved']:6.0f}/s  ({row['messages']} messages)"
+        )
+    print(f"  p99 difference     {summary['p99_delta_ms']:+.2f} ms")
+    burst_s = result["burst_s"]
+    took = "did not finish in the window" if burst_s is None else f"took {burst_s:.1f} s"
+    print(f"  the burst {took}; its registrations took {result['registration_burst_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Memory per idle logged-in connection on the server, sans-IO.
+
+Run: ``.venv/bin/python benchmarks/sessions.py [--quick] [--json]
+[--sizes 1000,10000,100000] [--store sqlite|memory]``.
+
+One :class:`ChatServer` (on a SQLite file in a temporary directory by default, as
+the real server; ``--store memory`` keeps accounts and sessions in the process,
+where they count too) with the transport's connection cap raised to the size
+measured. Clients are :class:`ClientConnection` s at simulated addresses (one
+address each, so no per-address limit binds), their datagrams carried in memory
+and the clock a number, as ``benchmarks/fanout.py`` does. They connect, register
+and log in a thousand at a time; once a batch is logged in the clock moves past
+the acknowledgement delay so that nothing is left in flight, and the batch's
+client objects are dropped: what remains is what the server keeps for an idle
+logged-in connection (its transport connection, its chat state and, with
+``--store memory``, the account and the session).
+
+Two figures per size, each in a fresh process so that sizes do not share a heap:
+
+* **traced**: the bytes Python allocated and still holds (``tracemalloc``, which
+  sees every Python allocation but not SQLite's own page cache), divided by the
+  connections, after a warm-up batch that pays the one-off costs (imports,
+  caches); with the lines that hold most of it;
+* **RSS**: the growth of the process's resident memory (``VmRSS``) over the same
+  span, in a run without ``tracemalloc`` (whose bookkeeping would inflate it).
+
+The issue's target: 100,000 connections under 400 MiB, at most 4 KiB each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing
+import multiprocessing.connection
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from udpchat_proto import RateLimit, SeededRandomSource
+from udpchat_proto.chat import (
+    ChatServer,
+    ClientConnection,
+    MemoryStore,
+    ScryptParams,
+    ServerConfig,
+    Store,
+)
+from udpchat_proto.transport import ServerKey
+from udpchat_server.sqlite_store import SQLiteStore
+
+SERVER = ("127.0.0.1", 9999)
+PASSWORD = "benchmark-password"
+GENEROUS = RateLimit(burst=1_000_000, interval=1e-6)
+#: Clients alive at once: bounds the generator's own memory, which must not count.
+BATCH = 1000
+#: Logged in before the baseline, to pay the one-off costs outside the figure.
+WARMUP = 50
+#: A clock step: far below every timer (the ACK delay is 25 ms, the idle timeout
+#: 30 s), so that nothing expires while the clients are being added.
+TICK = 0.0001
+#: Past the ACK delay: the last acknowledgements go out, nothing stays in flight.
+SETTLE = 0.05
+TARGET_BYTES = 4096
+DEADLINE = 1800.0  # seconds for one size, at most
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (``VmRSS``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+class World:
+    """A server and the current batch of clients, datagrams carried in memory."""
+
+    def __init__(self, store: Store, capacity: int) -> None:
+        self.now = 1_800_000_000.0
+        defaults = ServerConfig()
+        config = ServerConfig(
+            scrypt=ScryptParams(n=16, r=1, p=1),
+            registrations_per_address=GENEROUS,
+            request_rate=GENEROUS,
+            # Every client connects at once from its own address: the caps on
+            # connections and handshakes in progress must hold them all.
+            transport=attrs.evolve(
+                defaults.transport,
+                max_connections=capacity,
+                max_half_open=max(defaults.transport.max_half_open, 2 * BATCH),
+            ),
+            max_pending_hash_jobs=2 * BATCH,
+        )
+        self.server = ChatServer(
+            store=store,
+            static_key=ServerKey.generate(SeededRandomSource(1)),
+            clock=lambda: self.now,
+            config=config,
+            random=SeededRandomSource(2),
+        )
+        self.clients: dict[tuple[str, int], ClientConnection] = {}
+        self.added = 0
+
+    def add_batch(self, count: int) -> None:
+        """Connect, register and log in ``count`` new clients, then forget them."""
+        self.clients = {}
+        for _ in range(count):
+            i = self.added
+            self.added += 1
+            address = (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 40000)
+            client = ClientConnection(server_address=SERVER, random=SeededRandomSource(i + 10))
+            client.connect(self.now)
+            client.register(f"user{i:07d}", PASSWORD)
+            client.login(f"user{i:07d}", PASSWORD)
+            self.clients[address] = client
+        deadline = time.monotonic() + DEADLINE
+        while not all(c.username is not None for c in self.clients.values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the batch did not log in in time")
+            self.step(TICK)
+        for _ in range(3):
+            self.step(SETTLE)
+        self.clients = {}
+
+    def step(self, advance: float) -> None:
+        """Move the clock, fire what is due, carry every datagram once each way."""
+        self.now += advance
+        server = self.server
+        for address, client in self.clients.items():
+            timer = client.get_timer()
+            if timer is not None and timer <= self.now:
+                client.handle_timer(self.now)
+            for data, _ in client.datagrams_to_send(self.now):
+                server.receive_datagram(data, address, self.now)
+        server.run_hash_jobs(self.now)
+        timer = server.get_timer()
+        if timer is not None and timer <= self.now:
+            server.handle_timer(self.now)
+        while server.next_event() is not None:
+            pass
+        if server.writes_pending:
+            server.commit()
+        for data, address in server.datagrams_to_send(self.now):
+            if address in self.clients:  # earlier batches' clients are gone
+                self.clients[address].receive_datagram(data, SERVER, self.now)
+        for client in self.clients.values():
+            while client.next_event() is not None:
+                pass
+
+
+def measure(size: int, store_kind: str, trace: bool) -> dict[str, Any]:
+    """Memory held for ``size`` idle logged-in connections (run in a fresh process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store: Store = (
+            SQLiteStore.open(Path(tmp) / "sessions.sqlite3")
+            if store_kind == "sqlite"
+            else MemoryStore()
+        )
+        if trace:
+            tracemalloc.start()
+        world = World(store, capacity=size + WARMUP + 16)
+        world.add_batch(WARMUP)
+        gc.collect()
+        traced_before = tracemalloc.get_traced_memory()[0] if trace else 0
+        snapshot_before = tracemalloc.take_snapshot() if trace else None
+        rss_before = rss_bytes()
+        started = time.monotonic()
+        while world.added < WARMUP + size:
+            world.add_batch(min(BATCH, WARMUP + size - world.added))
+        seconds = time.monotonic() - started
+        gc.collect()
+        result: dict[str, Any] = {
+            "connections": world.server.connection_count,
+            "online_users": len(world.server.online_users),
+            "seconds": seconds,
+            "rss_bytes_per_conn": (rss_bytes() - rss_before) / size,
+        }
+        if trace and snapshot_before is not None:
+            result["traced_bytes_per_conn"] = (
+                tracemalloc.get_traced_memory()[0] - traced_before
+            ) / size
+            top = tracemalloc.take_snapshot().compare_to(snapshot_before, "lineno")[:8]
+            result["top"] = [
+                {"where": str(stat.traceback[0]), "bytes_per_conn": stat.size_diff / size}
+                for stat in top
+            ]
+            tracemalloc.stop()
+        store.close()
+        expected = size + WARMUP
+        if result["online_users"] != expected:
+            raise RuntimeError(f"{result['online_users']} of {expected} logged in")
+        return result
+
+
+def child(conn: multiprocessing.connection.Connection, *args: Any) -> None:
+    try:
+        conn.send(measure(*args))
+    except Exception as exc:
+        conn.send(RuntimeError(repr(exc)))
+
+
+def in_fresh_process(size: int, store_kind: str, trace: bool) -> dict[str, Any]:
+    parent, conn = multiprocessing.Pipe()
+    process = multiprocessing.Process(target=child, args=(conn, size, store_kind, trace))
+    process.start()
+    try:
+        if not parent.poll(DEADLINE):
+            raise RuntimeError(f"size {size} did not finish in {DEADLINE:.0f} s")
+        result = parent.recv()
+        if isinstance(result, Exception):
+            raise result
+        assert isinstance(result, dict)
+        return result
+    finally:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=None, help="default 1000,10000,100000")
+    parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument("--quick", action="store_true", help="1,000 connections only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    default = "1000" if args.quick else "1000,10000,100000"
+    sizes = [int(x) for x in (args.sizes or default).split(",")]
+    rows = []
+    for size in sizes:
+        traced = in_fresh_process(size, args.store, trace=True)
+        plain = in_fresh_process(size, args.store, trace=False)
+        rows.append(
+            {
+                "connections": size,
+                "traced_bytes_per_conn": traced["traced_bytes_per_conn"],
+                "rss_bytes_per_conn": plain["rss_bytes_per_conn"],
+                "rss_mib_total": plain["rss_bytes_per_conn"] * size / 2**20,
+                "seconds": plain["seconds"],
+                "top": traced["top"],
+            }
+        )
+    largest = rows[-1]
+    summary = {
+        "store": args.store,
+        "sizes": rows,
+        "bytes_per_idle_conn": largest["traced_bytes_per_conn"],
+        "rss_bytes_per_idle_conn": largest["rss_bytes_per_conn"],
+        "target_bytes_per_conn": TARGET_BYTES,
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(f"idle logged-in connections, sans-IO server, store={args.store}")
+    print("  connections  traced B/conn  RSS B/conn  RSS growth MiB  seconds to add")
+    for row in rows:
+        print(
+            f"  {row['connections']:11d}  {row['traced_bytes_per_conn']:13.0f}"
+            f"  {row['rss_bytes_per_conn']:10.0f}  {row['rss_mib_total']:14.1f}"
+            f"  {row['seconds']:14.1f}"
+        )
+    print(f"  target: at most {TARGET_BYTES} B each (100,000 under 400 MiB)")
+    print(f"\n  where the bytes are ({largest['connections']} connections, traced):")
+    for entry in largest["top"]:
+        print(f"    {entry['bytes_per_conn']:8.0f} B/conn  {entry['where']}")
+
+
+if __name__ == "__main__":
+    main()
