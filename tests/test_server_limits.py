@@ -573,3 +573,17 @@ def test_a_join_and_a_leave_in_one_batch_push_nothing(stores: StoreFactory) -> N
     assert bob.pushes(m.RoomMembershipChanged)[-1] == m.RoomMembershipChanged(
         room="#quiet", username="alice", joined=True
     )
+
+
+def test_room_messages_do_not_fill_a_recipient(stores: StoreFactory) -> None:
+    """Found in review: a busy room (or an attacker in it) counted against a member's
+    direct messages."""
+    world = ChatWorld(stores, config=test_config(max_waiting_per_recipient=3))
+    alice, bob, mallory = world.signed_up("alice", "bob", "mallory")
+    world.befriend(alice, bob)
+    for user in (bob, mallory):
+        user.ok(user.conn.join_room("#busy"))
+    bob.close()
+    for n in range(5):
+        mallory.send("#busy", f"noise {n}")
+    alice.send("bob", "still gets through")

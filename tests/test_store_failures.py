@@ -247,3 +247,30 @@ def test_a_login_that_fails_after_its_write_keeps_nothing(tmp_path: Path) -> Non
     sessions_after = failing.connection.execute("SELECT COUNT(*) FROM sessions").fetchone()
     assert sessions_after == sessions_before
     alice.login()
+
+
+def test_a_lost_batch_neither_hides_caught_up_nor_logs_out_a_session_that_exists(
+    world: ChatWorld,
+) -> None:
+    """Found in review: a retracted caught_up push was dropped for good (the window
+    stayed live, and a scripted inbox waited for it until its timeout), and a
+    retracted resume logged the connection out of a session that did exist."""
+    alice, bob, carol = world.signed_up("alice", "bob", "carol")
+    world.befriend(alice, carol)
+    token = bob.token
+    assert token is not None
+    bob.close()
+    bob.connect()
+    world.host.hold_commits = True
+    handled = world.server.stats.requests
+    alice.conn.send_message("carol", "a write in the same batch")
+    resume = bob.conn.resume(token)  # writes nothing; pushes caught_up at once
+    world.run_until(lambda: world.server.stats.requests == handled + 2, what="both")
+    world.store.fail_commits = StoreUnavailableError("disk full")
+    world.host.hold_commits = False
+    bob.refused(resume, ErrorCode.UNAVAILABLE)
+    world.store.fail_commits = None
+    # The store is refilled a second later: caught_up comes after all.
+    world.run_until(lambda: bob.conn.caught_up, max_time=5.0, what="caught_up again")
+    # And the session, which exists, still serves the connection.
+    bob.ok(bob.conn.list_friends(), m.Friends)

@@ -137,7 +137,7 @@ _RATE_LIMITS: tuple[tuple[str, str], ...] = (
     ("login_failures_per_user_address", "Failed logins per (username, address)."),
     ("login_failures_per_user", "Failed logins per username, from all addresses."),
     ("login_failures_per_address", "Failed logins per client address."),
-    ("logins_per_user", "Logins, right or wrong, per username."),
+    ("logins_per_user", "Successful logins per username."),
     ("registrations_per_address", "Registrations per client address."),
     ("message_rate", "Messages per user, all sessions together."),
     ("membership_changes_per_user", "Room joins and leaves per user."),

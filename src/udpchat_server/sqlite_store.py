@@ -174,6 +174,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 3: a user's sessions, newest first (the cap on sessions per user evicts the
     # oldest; a user lists them).
     ("CREATE INDEX sessions_by_user ON sessions (username, created_at)",),
+    # 4: deleting a room deletes the cursors into it, and retention finds old
+    # messages by time: without these, each scanned a whole table.
+    (
+        "CREATE INDEX session_cursors_by_conversation ON session_cursors (conversation)",
+        "CREATE INDEX user_cursors_by_conversation ON user_cursors (conversation)",
+        "CREATE INDEX messages_by_time ON messages (sent_at)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -200,38 +207,40 @@ _PENDING = f"""
     LIMIT :limit
 """
 _PENDING_FOR_SESSION = _PENDING.format(cursors="session_cursors", owner="token_hash")
+# What waits for a user in direct conversations (rooms are stored once for all
+# their members and are not a recipient's backlog), counted up to a limit.
+_COUNT_WAITING = """
+    SELECT COUNT(*) FROM (
+        SELECT 1 FROM participants AS p
+        JOIN conversations AS c ON c.id = p.conversation AND NOT c.is_room
+        JOIN messages AS m
+          ON m.conversation = p.conversation
+         AND m.seq > COALESCE((SELECT u.seq FROM user_cursors AS u
+                               WHERE u.username = :user AND u.conversation = p.conversation), 0)
+        WHERE p.username = :user AND m.sender != :user
+        LIMIT :limit)
+"""
+
 #: Message ids looked up in one statement by :meth:`SQLiteStore.acknowledge`.
 _ACK_CHUNK = 500
 
-# Retention. A message must stay while some recipient (a participant other than
-# its sender, who joined before it) has not acknowledged it, in the user's cursor
-# or in any of its sessions' cursors, or while it is not old enough. Each
-# conversation loses only the prefix before its first message that must stay.
-_MUST_STAY = """
-    m.sent_at >= :cutoff OR EXISTS (
-        SELECT 1 FROM participants AS p
-        WHERE p.conversation = m.conversation AND p.username != m.sender
-          AND m.seq > p.floor_seq
-          AND (COALESCE((SELECT u.seq FROM user_cursors AS u
-                         WHERE u.username = p.username AND u.conversation = m.conversation),
-                        0) < m.seq
-               OR EXISTS (SELECT 1 FROM sessions AS s
-                          WHERE s.username = p.username
-                            AND COALESCE((SELECT c.seq FROM session_cursors AS c
-                                          WHERE c.token_hash = s.token_hash
-                                            AND c.conversation = m.conversation), 0) < m.seq)))
+# Retention. Per conversation: each participant's delivered floor is the lowest of
+# its user cursor and its sessions' cursors (0 for none). The first message that
+# must stay is, over the participants, the first one past their floor (and past
+# where they joined) that they did not send; everything older may go.
+_FLOORS = """
+    SELECT p.username, p.floor_seq, MIN(
+        COALESCE((SELECT u.seq FROM user_cursors AS u
+                  WHERE u.username = p.username AND u.conversation = p.conversation), 0),
+        COALESCE((SELECT MIN(COALESCE(c.seq, 0)) FROM sessions AS s
+                  LEFT JOIN session_cursors AS c
+                    ON c.token_hash = s.token_hash AND c.conversation = p.conversation
+                  WHERE s.username = p.username), 1 << 62))
+    FROM participants AS p WHERE p.conversation = ?
 """
-_DELETE_DELIVERED = f"""
-    WITH stay AS (
-        SELECT m.conversation AS conversation, MIN(m.seq) AS seq
-        FROM messages AS m WHERE {_MUST_STAY} GROUP BY m.conversation
-    )
-    DELETE FROM messages WHERE position IN (
-        SELECT m.position FROM messages AS m
-        LEFT JOIN stay ON stay.conversation = m.conversation
-        WHERE m.sent_at < :cutoff AND (stay.seq IS NULL OR m.seq < stay.seq)
-        ORDER BY m.position LIMIT :limit)
-"""
+_FIRST_UNDELIVERED = (
+    "SELECT MIN(seq) FROM messages WHERE conversation = ? AND seq > ? AND sender != ?"
+)
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
 
 
@@ -928,19 +937,43 @@ class SQLiteStore:
 
     def delete_delivered_before(self, cutoff: float, limit: int) -> int:
         """Delete up to ``limit`` of each conversation's oldest messages sent before
-        ``cutoff`` that every recipient session has acknowledged (see Store)."""
+        ``cutoff`` that every recipient session has acknowledged (see Store).
+
+        Index lookups only: per conversation with old messages, one floor per
+        participant and one seek past it, then a ranged delete.
+        """
         db = self._write()
-        before = db.total_changes  # (rowcount is -1 for a statement that starts WITH)
-        db.execute(_DELETE_DELIVERED, {"cutoff": int(cutoff * 1e6), "limit": limit})
-        return db.total_changes - before
+        cutoff_us = int(cutoff * 1e6)
+        conversations = [
+            c
+            for (c,) in db.execute(
+                "SELECT DISTINCT conversation FROM messages WHERE sent_at < ?", (cutoff_us,)
+            ).fetchall()
+        ]
+        deleted = 0
+        for conversation in conversations:
+            if deleted >= limit:
+                break
+            stay: int | None = None
+            for username, joined_at, floor in db.execute(_FLOORS, (conversation,)).fetchall():
+                (first,) = db.execute(
+                    _FIRST_UNDELIVERED, (conversation, max(floor, joined_at), username)
+                ).fetchone()
+                if first is not None and (stay is None or first < stay):
+                    stay = first
+            bound = stay if stay is not None else (1 << 62)
+            cursor = db.execute(
+                "DELETE FROM messages WHERE conversation = ? AND seq < ? AND sent_at < ? "
+                "AND seq < (SELECT MIN(seq) FROM messages WHERE conversation = ?) + ?",
+                (conversation, bound, cutoff_us, conversation, limit - deleted),
+            )
+            deleted += cursor.rowcount
+        return deleted
 
     def count_waiting(self, username: str, limit: int) -> int:
-        """How many messages wait for ``username`` (not acknowledged by any of its
-        sessions), counting at most ``limit``."""
-        (count,) = self._db.execute(
-            f"SELECT COUNT(*) FROM ({_PENDING_FOR_USER})",
-            {"owner": username, "user": username, "limit": limit},
-        ).fetchone()
+        """How many direct messages wait for ``username`` (not acknowledged by any of
+        its sessions), counting at most ``limit``."""
+        (count,) = self._db.execute(_COUNT_WAITING, {"user": username, "limit": limit}).fetchone()
         return int(count)
 
     def room_exists(self, room: str) -> bool:

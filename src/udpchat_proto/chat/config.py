@@ -86,9 +86,10 @@ class ServerConfig:
     logins_per_user: RateLimit = attrs.field(
         default=RateLimit(burst=10, interval=6.0), validator=_rate
     )
-    """Logins (right or wrong) allowed per username: 10 in a row, then 10 a minute.
-    Each creates a session and costs a hash, so a flood of correct logins for one
-    account must be slowed too."""
+    """Successful logins allowed per username: 10 in a row, then 10 a minute. Each
+    creates a session and costs a hash, so a flood of correct logins for one
+    account must be slowed too. Only successes count: a guesser's failures do not
+    use it up (they count against the failure budgets)."""
 
     login_failures_per_address: RateLimit = attrs.field(
         default=RateLimit(burst=20, interval=15.0), validator=_rate

@@ -348,16 +348,29 @@ class ServerCore:
             message = item.message
             if connection is None or connection.closing:
                 continue
-            if isinstance(message, m.MessageDelivered):
-                connection.deliveries.take_back(message.message.id)
+            if isinstance(message, m.MessageDelivered | m.CaughtUp):
+                # The window goes back to reading the store: a refill pushes again
+                # what it holds, and the caught_up that ends it.
+                if isinstance(message, m.MessageDelivered):
+                    connection.deliveries.take_back(message.message.id)
+                else:
+                    connection.deliveries.fall_behind()
                 self._stale[connection.connection_id] = None
                 if self._retry_at is None:
                     self._retry_at = self._now + STORE_RETRY_INTERVAL
             elif isinstance(message, m.RESPONSE_TYPES):
-                if isinstance(message, m.LoggedIn):
+                if isinstance(message, m.LoggedIn) and not self._session_survived(message):
                     self._log_out(connection, self._now, announce=True)
                 answers.append((connection, message))
         return answers
+
+    def _session_survived(self, logged_in: m.LoggedIn) -> bool:
+        """Whether the session a retracted ``LoggedIn`` named exists anyway (a resume
+        of a session that was already there): then the connection keeps it."""
+        try:
+            return self._store.get_session(token_hash(logged_in.token)) is not None
+        except Exception:  # cannot tell: the safe side is anonymous
+            return False
 
     def _retry_refill(self, connection: ChatConnection) -> None:
         try:
@@ -760,6 +773,9 @@ class ServerCore:
 
     def _sweep(self, now: float) -> None:
         wall = self._clock()
+        # Resumes not written yet count as use: a session resumed a moment ago must
+        # not expire for want of its touch.
+        self._flush_touches()
         # Sessions in use are touched first, so that a connection that stays up for
         # longer than the lifetime keeps its session.
         for hashed in self._by_session:

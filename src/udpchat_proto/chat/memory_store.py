@@ -404,9 +404,21 @@ class MemoryStore:
         return floor
 
     def count_waiting(self, username: str, limit: int) -> int:
-        """How many messages wait for ``username`` (not acknowledged by any of its
-        sessions), counting at most ``limit``."""
-        return len(self.pending_deliveries(username, b"", limit))
+        """How many direct messages wait for ``username`` (not acknowledged by any of
+        its sessions), counting at most ``limit``."""
+        cursors = self._user_cursors.get(username, {})
+        count = 0
+        for key in self._conversations_of.get(username, ()):
+            conversation = self._conversations[key]
+            if conversation.is_room:
+                continue
+            start = max(cursors.get(key, 0), conversation.base)
+            for entry in _tail(conversation.log, start - conversation.base):
+                if entry.stored.message.sender != username:
+                    count += 1
+                    if count >= limit:
+                        return count
+        return count
 
     def room_exists(self, room: str) -> bool:
         """Whether the room was ever created."""

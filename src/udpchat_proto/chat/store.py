@@ -289,8 +289,8 @@ class Store(Protocol):
         ...
 
     def count_waiting(self, username: str, limit: int) -> int:
-        """How many messages wait for ``username``, not acknowledged by any of its
-        sessions (as :meth:`pending_deliveries` of a new session), at most ``limit``."""
+        """How many direct messages wait for ``username``, not acknowledged by any of
+        its sessions (room messages are not counted), at most ``limit``."""
         ...
 
     def room_exists(self, room: str) -> bool:

@@ -179,7 +179,6 @@ class AccountRequests(ServerCore):
                     ErrorCode.RATE_LIMITED, "too many failed logins; wait and try again"
                 )
             spent.append((limiter, key))
-        self._logins.spend(user, now=now)
         account = self._store.get_account(user)
         if account is None:
             salt, params = self._random.token_bytes(SALT_SIZE), self._config.scrypt
@@ -196,10 +195,13 @@ class AccountRequests(ServerCore):
         user = request.username
         if job.account is None or not verify_digest(job.account.password, digest):
             raise RefusedError(ErrorCode.BAD_CREDENTIALS, "unknown user or wrong password")
-        # The right password: the failure charged at dispatch is given back.
+        # The right password: the failure charged at dispatch is given back, and
+        # the login counts against the account's successful logins instead (so a
+        # guesser's failures never use up the owner's logins).
         self._user_address_failures.refund((user, job.host), now=now)
         self._address_failures.refund(job.host, now=now)
         self._user_failures.refund(user, now=now)
+        self._logins.spend(user, now=now)
         token = self._random.token_bytes(TOKEN_SIZE)
         hashed = token_hash(token)
         self._store.create_session(hashed, user, self._clock())
@@ -294,10 +296,11 @@ class AccountRequests(ServerCore):
                 ErrorCode.BAD_CREDENTIALS, "unknown or expired session; log in again"
             )
         wall = self._clock()
-        if session.last_used_at < wall - self._config.session_lifetime:
+        last_used = max(session.last_used_at, self._touches.get(hashed, 0.0))
+        if last_used < wall - self._config.session_lifetime:
+            # Expired: its connections are done with it; the sweep deletes the row
+            # (a delete here would be undone with this refused step anyway).
             self._end_session(hashed, now)
-            self._store.delete_session(hashed)
-            self.stats.sessions_expired += 1
             raise RefusedError(
                 ErrorCode.BAD_CREDENTIALS, "unknown or expired session; log in again"
             )

@@ -43,6 +43,10 @@ class MessageRequests(ServerCore):
             )
             return
         recipients = self._recipients(me, request.to)
+        if is_room(request.to):
+            # Joins and leaves of this batch go out first: a member learns that
+            # someone joined before it reads what they wrote.
+            self._flush_membership()
         # An online recipient's devices drain what waits: only an offline one can
         # fill up (and counting costs a scan of what waits).
         if not is_room(request.to) and request.to not in self._by_user:
