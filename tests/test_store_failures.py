@@ -274,3 +274,23 @@ def test_a_lost_batch_neither_hides_caught_up_nor_logs_out_a_session_that_exists
     world.run_until(lambda: bob.conn.caught_up, max_time=5.0, what="caught_up again")
     # And the session, which exists, still serves the connection.
     bob.ok(bob.conn.list_friends(), m.Friends)
+
+
+def test_a_friendship_lost_with_its_batch_is_not_remembered(world: ChatWorld) -> None:
+    """The server keeps online users' friends in memory: what a lost batch wrote
+    must not stay there."""
+    alice, bob = world.signed_up("alice", "bob")
+    bob.ok(bob.conn.invite("alice"))
+    world.host.hold_commits = True
+    handled = world.server.stats.requests
+    accept = alice.conn.accept_invitation("bob")
+    send = alice.conn.send_message("bob", "friends at last?")  # reads the new friendship
+    world.run_until(lambda: world.server.stats.requests == handled + 2, what="both")
+    world.store.fail_commits = StoreUnavailableError("disk full")
+    world.host.hold_commits = False
+    alice.refused(accept, ErrorCode.UNAVAILABLE)
+    alice.refused(send, ErrorCode.UNAVAILABLE)
+    world.store.fail_commits = None
+    alice.refused(alice.conn.send_message("bob", "and now?"), ErrorCode.NOT_FRIENDS)
+    alice.ok(alice.conn.accept_invitation("bob"))
+    alice.send("bob", "now we are")

@@ -31,7 +31,6 @@ from ..transport import (
     PayloadReceived,
     ServerTransport,
     TransportEvent,
-    address_key,
 )
 from ..transport.keys import ServerKey
 from . import messages as m
@@ -50,6 +49,7 @@ from .events import (
     ServerEvent,
     UserLoggedOut,
 )
+from .lookups import Lookups
 from .password_jobs import JobQueue, PendingJob
 from .requests import (
     HANDLERS,
@@ -62,7 +62,6 @@ from .requests import (
 )
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
-from .validation import LIST_MAX
 
 __all__ = [
     "HANDLERS",
@@ -86,8 +85,6 @@ SESSION_TOUCH_DELAY: Final = 60.0
 every other resume of that minute, in one batch. A resume then needs no write (it
 works while the disk is full) and costs no commit of its own; a crash forgets at
 most this much of a 30-day idle expiry."""
-KNOWN_USERS_MAX: Final = 1_000_000
-"""Most account names remembered to exist (about 100 bytes each)."""
 RETENTION_BATCH: Final = 100_000
 """Most messages one sweep deletes for retention (the rest wait for the next hour),
 so that one commit stays bounded."""
@@ -108,7 +105,7 @@ class _Held:
 _ANONYMOUS_REQUESTS: Final = (m.Register, m.Login, m.Resume)
 
 
-class ServerCore:
+class ServerCore(Lookups):
     """The server role's state and shared machinery (see :class:`ChatServer`).
 
     Args:
@@ -161,6 +158,10 @@ class ServerCore:
         self._touch_at: float | None = None
         self._stepping = False
         """Inside a request's step: its output waits for the step to complete."""
+        self._friend_sets: dict[str, frozenset[str]] = {}
+        """The friends of online users, read once (a lookup per message before).
+        A friendship write forgets both users' sets; a lost batch or a failed step
+        forgets them all, since they may hold what was rolled back."""
         self._known_users: set[str] = set()
         """Names found to be accounts (committed ones: a lookup in a rolled-back batch
         may have seen an uncommitted account, so only reads confirm)."""
@@ -320,6 +321,7 @@ class ServerCore:
         Then call :meth:`datagrams_to_send`.
         """
         self._tracker.dirty = False
+        self._friend_sets.clear()
         self._note_store_failure(failure)
         self.stats.batches_lost += 1
         self._touches = {**self._touching, **self._touches}
@@ -588,6 +590,7 @@ class ServerCore:
                 step(connection, *args)
         except Exception as exc:
             self._stepping = False
+            self._friend_sets.clear()  # they may have read what the step undid
             undone, self._held[mark:] = self._held[mark:], []
             self._retract(undone)
             if isinstance(exc, RefusedError):
@@ -726,6 +729,7 @@ class ServerCore:
         user_connections.pop(connection.connection_id, None)
         if not user_connections:
             self._by_user.pop(username, None)
+            self._friend_sets.pop(username, None)
             self._announce_presence(username, online=False)
         if announce:
             self._events.append(
@@ -797,41 +801,6 @@ class ServerCore:
         ):
             limiter.prune(now=now)
         self._user_address_failures.prune(now=now)
-
-    # --- what the handlers share -----------------------------------------------------
-
-    def _host(self, connection: ChatConnection) -> str:
-        """What the per-address limits key on: the client's network (an IPv6 /64, an
-        IPv4 address by default), as the transport's own limits do."""
-        return address_key(connection.address[0], self._config.transport)
-
-    @staticmethod
-    def _me(connection: ChatConnection) -> str:
-        assert connection.username is not None  # only called when logged in
-        return connection.username
-
-    def _require_user(self, username: str) -> None:
-        # Accounts are never deleted: once seen, a name needs no more lookups (each
-        # one also parsed a password record).
-        if username in self._known_users:
-            return
-        if self._store.get_account(username) is None:
-            raise RefusedError(ErrorCode.UNKNOWN_USER, f"no user named {username}")
-        # Only from a clean batch: an account this batch wrote may yet be rolled back.
-        if not self._tracker.dirty and len(self._known_users) < KNOWN_USERS_MAX:
-            self._known_users.add(username)
-
-    def _presence(self, usernames: list[str]) -> tuple[m.UserPresence, ...]:
-        return tuple(
-            m.UserPresence(username=name, online=name in self._by_user)
-            for name in usernames[:LIST_MAX]
-        )
-
-    def _require_member(self, me: str, room: str) -> None:
-        if not self._store.room_exists(room):
-            raise RefusedError(ErrorCode.UNKNOWN_ROOM, f"no room named {room}")
-        if me not in self._store.room_members(room):
-            raise RefusedError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {room}")
 
     # --- delivery ----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ class FriendRequests(ServerCore):
             # Both want it: inviting back accepts their invitation.
             self._store.delete_invitation(other, me)
             self._store.add_friendship(me, other, self._clock())
+            self._friendship_changed(me, other)
             self._reply(connection, m.Ok(request_id=request.request_id))
             self._push_to_user(other, m.InvitationAnswered(by_user=me, accepted=True))
             return
@@ -48,6 +49,7 @@ class FriendRequests(ServerCore):
             raise RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
         self._store.delete_invitation(inviter, me)
         self._store.add_friendship(me, inviter, self._clock())
+        self._friendship_changed(me, inviter)
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(inviter, m.InvitationAnswered(by_user=me, accepted=True))
 
@@ -79,6 +81,7 @@ class FriendRequests(ServerCore):
         if not self._store.are_friends(me, other):
             raise RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {other}")
         self._store.delete_friendship(me, other)
+        self._friendship_changed(me, other)
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(other, m.Unfriended(by_user=me))
 

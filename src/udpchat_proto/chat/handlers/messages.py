@@ -83,7 +83,7 @@ class MessageRequests(ServerCore):
             self._require_member(me, to)
             return [member for member in self._store.room_members(to) if member != me]
         self._require_user(to)
-        if not self._store.are_friends(me, to):
+        if not self._are_friends(me, to):
             raise RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {to}")
         return [to]
 
