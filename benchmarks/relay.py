@@ -269,6 +269,8 @@ class Peer:
         self.conn = ClientConnection(server_address=server)
         self.oks = 0
         self.errors = 0
+        #: The refusals' texts, to say why (a set-up or a burst refused in part).
+        self.refusals: list[str] = []
         #: Called with (delivery time, message) for each delivered message.
         self.on_delivery: Callable[[float, m.ChatMessage], None] | None = None
 
@@ -297,6 +299,7 @@ class Peer:
                 self.oks += 1
             elif isinstance(event, m.ErrorResponse):
                 self.errors += 1
+                self.refusals.append(f"{event.code.value}: {event.message}")
         self.flush(now)
 
 
@@ -363,8 +366,9 @@ class Generator:
             recipient.flush(now)
             self.pairs.append(pair)
         self.drive_until(lambda: all(p.oks >= 3 for p in peers), deadline)
-        if any(p.errors for p in peers):
-            raise RuntimeError("the server refused part of the set-up")
+        refusals = sorted({text for p in peers for text in p.refusals})
+        if refusals:
+            raise RuntimeError(f"the server refused part of the set-up: {refusals}")
 
     def delivery_handler(self, pair: Pair) -> Callable[[float, m.ChatMessage], None]:
         def handle(now: float, message: m.ChatMessage) -> None:
@@ -410,10 +414,13 @@ class Generator:
         start: float,
         warm: float,
         end: float,
+        *,
         also: Callable[[float], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """Send ``rate`` messages a second on a fixed schedule, round robin (and
-        call ``also(now)`` at every turn of the loop, for other work)."""
+        call ``also(now)`` at every turn of the loop, for other work); the window
+        ends at ``end``, or earlier once ``stop()`` is true."""
         self.window = Window(warm, end)
         self.sleep_until(start)
         self.window_started = start
@@ -435,8 +442,12 @@ class Generator:
                 also(now)
             return start + sent * interval
 
-        self.drive(end, end + DEADLINE, on_schedule)
-        return self.finish(end)
+        self.drive(end, end + DEADLINE, on_schedule, stop)
+        if time.monotonic() < end:  # stopped early: the window ends here
+            end = time.monotonic()
+            assert self.window is not None
+            self.window.end = end
+        return {**self.finish(end), "window_s": end - warm}
 
     def finish(self, end: float) -> dict[str, Any]:
         """Stop sending; wait (bounded) for what is in flight; the window's figures."""
@@ -492,12 +503,16 @@ class Generator:
         return True
 
     def drive(
-        self, until: float, deadline: float, tick: Callable[[float], float] | None = None
+        self,
+        until: float,
+        deadline: float,
+        tick: Callable[[float], float] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
-        """Run the loop until ``until``; ``tick(now)`` sends what is due and says
-        when it next wants to run."""
+        """Run the loop until ``until`` (or ``stop()``); ``tick(now)`` sends what is
+        due and says when it next wants to run."""
         peers = self.peers
-        while (now := time.monotonic()) < until:
+        while (now := time.monotonic()) < until and not (stop is not None and stop()):
             if now > deadline:
                 raise RuntimeError("the load generator exceeded its deadline")
             wake = tick(now) if tick is not None else until
