@@ -147,8 +147,8 @@ class ServerConfig:
     cannot fill the queue (8 of the 64). Jobs are handed to the workers
     round-robin across addresses, so a burst from one address delays another's
     login by about one hash time whatever this number; it is 8 rather than 1 or 2
-    so that people behind one NAT who log in at the same moment all get in (after
-    a few hash times) instead of being refused."""
+    so that a few people behind one NAT who log in at the same moment get in
+    (after a few hash times) instead of being refused."""
 
     max_hash_jobs_per_user: int = attrs.field(default=2, validator=positive_int)
     """Most password hashes waiting or running for one username (two devices may
