@@ -18,7 +18,6 @@ States (``docs/STATES.md``)::
 
 from __future__ import annotations
 
-import collections
 import enum
 from typing import Final
 
@@ -122,6 +121,19 @@ class ChatConnection:
         window: its delivery window.
     """
 
+    __slots__ = (
+        "address",
+        "connection_id",
+        "deliveries",
+        "job_id",
+        "queue",
+        "requests",
+        "state",
+        "token_hash",
+        "username",
+        "violations",
+    )
+
     def __init__(
         self,
         connection_id: ConnectionId,
@@ -137,8 +149,10 @@ class ChatConnection:
         self.token_hash: bytes | None = None
         self.job_id: int | None = None
         """The password hash job it waits for (in a ``*_HASHING`` state)."""
-        self.queue: collections.deque[Queued] = collections.deque()
-        """Requests that arrived while it waited for a hash, in order."""
+        self.queue: list[Queued] = []
+        """Requests that arrived while it waited for a hash, in order (at most
+        ``max_queued_requests``: a list, whose empty form costs a tenth of a
+        deque's on every idle connection)."""
         self.deliveries = window
         self.violations = 0
         self.requests = requests

@@ -560,7 +560,7 @@ class ServerCore(Lookups):
             and not connection.closing
             and connection.connection_id in self._connections
         ):
-            self._dispatch(connection, connection.queue.popleft(), now)
+            self._dispatch(connection, connection.queue.pop(0), now)
 
     def _dispatch(self, connection: ChatConnection, item: Queued, now: float) -> None:
         self.stats.requests += 1

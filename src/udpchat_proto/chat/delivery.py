@@ -82,6 +82,8 @@ class DeliveryWindow:
         size: most messages in flight at once (``ServerConfig.delivery_window``).
     """
 
+    __slots__ = ("_in_flight", "size", "state")
+
     def __init__(self, size: int) -> None:
         self.size = size
         self.state = DeliveryState.IDLE
