@@ -69,9 +69,16 @@ def _stat(output: str, name: str) -> int:
 
 
 def run_harness(
-    harness: str, seconds: float, work: Path, artifacts: Path, *, extra: tuple[str, ...] = ()
+    harness: str,
+    seconds: float,
+    work: Path,
+    artifacts: Path,
+    *,
+    extra: tuple[str, ...] = (),
+    timeout: float | None = None,
 ) -> Result:
-    """Fuzz ``harness`` for ``seconds`` on a copy of its seeds in ``work/<harness>``."""
+    """Fuzz ``harness`` for ``seconds`` on a copy of its seeds in ``work/<harness>``
+    (``timeout``: kill the run after that many seconds, for tests)."""
     corpus = work / harness
     if not corpus.exists():
         shutil.copytree(FUZZ / "corpus" / harness, corpus)
@@ -89,7 +96,7 @@ def run_harness(
         *extra,
     ]
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     elapsed = time.monotonic() - started
     output = done.stdout + done.stderr
     return Result(

@@ -10,30 +10,29 @@ A crash found here or there becomes a test in ``tests/test_fuzz_regressions.py``
 from __future__ import annotations
 
 import importlib.util
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
-HARNESSES = (
-    "packet",
-    "frames",
-    "noise_responder",
-    "noise_initiator",
-    "codec",
-    "client",
-    "client_established",
-    "server",
-)
 SECONDS_PER_HARNESS = 3
-#: Harnesses that parse the JSON of application messages get its dictionary.
-USES_DICTIONARY = ("codec", "client_established", "server")
-#: What atheris and libFuzzer print when an input fails.
-CRASH_MARKERS = ("Uncaught Python exception", "ERROR: libFuzzer", "==ERROR", "Test unit written")
+
+
+def _load_runner() -> ModuleType:
+    """fuzz/run.py, the runner developers use, so the test fuzzes the same way."""
+    spec = importlib.util.spec_from_file_location("fuzz_runner", FUZZ / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # attrs resolves the module of its classes
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = _load_runner()
+HARNESSES: tuple[str, ...] = runner.HARNESSES
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("atheris") is None,
@@ -41,43 +40,21 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _executions(output: str) -> int:
-    found = re.findall(r"stat::number_of_executed_units:\s*(\d+)", output)
-    return int(found[-1]) if found else 0
-
-
 @pytest.mark.parametrize("harness", HARNESSES)
 def test_harness_fuzzes_without_a_crash(harness: str, tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus"
-    shutil.copytree(FUZZ / "corpus" / harness, corpus)
-    seeds = len(list(corpus.iterdir()))
+    seeds = len(list((FUZZ / "corpus" / harness).iterdir()))
     assert seeds > 0, f"fuzz/corpus/{harness} is empty: run python fuzz/make_corpus.py"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(FUZZ / f"fuzz_{harness}.py"),
-            str(corpus),
-            f"-max_total_time={SECONDS_PER_HARNESS}",
-            "-timeout=20",
-            "-rss_limit_mb=2048",
-            "-print_final_stats=1",
-            f"-artifact_prefix={tmp_path}/",
-            *([f"-dict={FUZZ / 'json.dict'}"] if harness in USES_DICTIONARY else []),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        check=False,
+    artifacts = tmp_path / "artifacts"
+    result = runner.run_harness(
+        harness, SECONDS_PER_HARNESS, tmp_path / "work", artifacts, timeout=120
     )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"fuzz_{harness}.py exited {done.returncode}:\n{output[-4000:]}"
-    for marker in CRASH_MARKERS:
-        assert marker not in output, f"fuzz_{harness}.py reported a crash:\n{output[-4000:]}"
-    artifacts = sorted(p.name for p in tmp_path.iterdir() if p.name != "corpus")
-    assert not artifacts, f"fuzz_{harness}.py wrote {artifacts}:\n{output[-4000:]}"
+    output = result.output[-4000:]
+    assert result.returncode == 0, f"fuzz_{harness}.py exited {result.returncode}:\n{output}"
+    assert not result.crashed, f"fuzz_{harness}.py reported a crash:\n{output}"
+    written = sorted(p.name for p in artifacts.iterdir())
+    assert not written, f"fuzz_{harness}.py wrote {written}:\n{output}"
     # It ran the seeds and then mutated them, not only replayed the corpus.
-    assert _executions(output) > seeds, output[-4000:]
+    assert result.executions > seeds, output
 
 
 _REPLAY = """

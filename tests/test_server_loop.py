@@ -7,6 +7,7 @@ it at every send; the client side is the CLI's own :class:`Session`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -59,29 +60,42 @@ class CheckingSocket(socket.socket):
         return super().sendto(data, *args)
 
 
+@contextlib.contextmanager
+def serving(store: Store, sock: socket.socket) -> Iterator[tuple[ServerLoop, str]]:
+    """Run a ServerLoop on ``sock`` (bound to loopback) in a thread; stop it after."""
+    server = ChatServer(
+        store=store,
+        static_key=ServerKey.generate(SeededRandomSource(1)),
+        clock=time.time,
+        config=ServerConfig(scrypt=ScryptParams(n=16)),
+    )
+    loop = ServerLoop(server=server, store=store, sock=sock)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        yield loop, f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        loop.stop()
+        thread.join(10)
+        sock.close()
+    assert not thread.is_alive()
+
+
+def loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 @pytest.fixture
 def running() -> Iterator[tuple[ServerLoop, TrackingStore, CheckingSocket, str]]:
     store = TrackingStore()
     sock = CheckingSocket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.store = store
     sock.bind(("127.0.0.1", 0))
-    as_store = cast(Store, store)  # its Store methods are derived, not declared
-    server = ChatServer(
-        store=as_store,
-        static_key=ServerKey.generate(SeededRandomSource(1)),
-        clock=time.time,
-        config=ServerConfig(scrypt=ScryptParams(n=16)),
-    )
-    loop = ServerLoop(server=server, store=as_store, sock=sock)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    try:
-        yield loop, store, sock, f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        loop.stop()
-        thread.join(10)
-        sock.close()
-    assert not thread.is_alive()
+    # Its Store methods are derived, not declared.
+    with serving(cast(Store, store), sock) as (loop, address):
+        yield loop, store, sock, address
 
 
 def test_group_commit_and_hash_jobs_over_loopback(
@@ -146,26 +160,12 @@ def test_counters_are_logged_at_exit_and_connections_only_at_debug(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="udpchat_server.loop")
-    store = MemoryStore()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    server = ChatServer(
-        store=store,
-        static_key=ServerKey.generate(SeededRandomSource(1)),
-        clock=time.time,
-        config=ServerConfig(scrypt=ScryptParams(n=16)),
-    )
-    loop = ServerLoop(server=server, store=store, sock=sock)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    try:
-        with Session(server=f"127.0.0.1:{sock.getsockname()[1]}", pinned=None, timeout=5) as s:
-            s.open()
-            assert isinstance(s.request(lambda c: c.register("alice", PASSWORD)), m.Ok)
-    finally:
-        loop.stop()
-        thread.join(10)
-        sock.close()
+    with (
+        serving(MemoryStore(), loopback_socket()) as (_, address),
+        Session(server=address, pinned=None, timeout=5) as s,
+    ):
+        s.open()
+        assert isinstance(s.request(lambda c: c.register("alice", PASSWORD)), m.Ok)
     connection_lines = [r for r in caplog.records if "connected from" in r.getMessage()]
     assert connection_lines and all(r.levelno == logging.DEBUG for r in connection_lines)
     (at_exit,) = [r for r in caplog.records if r.getMessage().startswith("counters at exit:")]
@@ -183,30 +183,16 @@ def test_internal_errors_are_logged_with_their_traceback_rate_limited(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="udpchat_server.loop")
-    store = BrokenHistory()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    server = ChatServer(
-        store=store,
-        static_key=ServerKey.generate(SeededRandomSource(1)),
-        clock=time.time,
-        config=ServerConfig(scrypt=ScryptParams(n=16)),
-    )
-    loop = ServerLoop(server=server, store=store, sock=sock)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    try:
-        with Session(server=f"127.0.0.1:{sock.getsockname()[1]}", pinned=None, timeout=5) as s:
-            s.open()
-            s.request(lambda c: c.register("alice", PASSWORD))
-            s.request(lambda c: c.login("alice", PASSWORD))
-            for _ in range(3):
-                answer = s.request(lambda c: c.get_history("alice"))
-                assert isinstance(answer, m.ErrorResponse) and answer.code == "internal"
-    finally:
-        loop.stop()
-        thread.join(10)
-        sock.close()
+    with (
+        serving(BrokenHistory(), loopback_socket()) as (_, address),
+        Session(server=address, pinned=None, timeout=5) as s,
+    ):
+        s.open()
+        s.request(lambda c: c.register("alice", PASSWORD))
+        s.request(lambda c: c.login("alice", PASSWORD))
+        for _ in range(3):
+            answer = s.request(lambda c: c.get_history("alice"))
+            assert isinstance(answer, m.ErrorResponse) and answer.code == "internal"
     errors = [r for r in caplog.records if r.getMessage().startswith("internal error")]
     # Three failures, one line (within the rate limit), with the exception attached.
     assert len(errors) == 1 and errors[0].levelno == logging.ERROR
