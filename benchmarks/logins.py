@@ -37,6 +37,7 @@ from typing import Any
 # The sibling benchmark's server process and load generator.
 from relay import (
     DEADLINE,
+    NO_RATE_LIMITS,
     PASSWORD,
     Generator,
     Peer,
@@ -46,25 +47,14 @@ from relay import (
 
 #: The default cost: everything relay.py raises, except the hash cost.
 OPTIONS = [
-    "--message-rate",
-    "1000000/0.000001",
-    "--request-rate",
-    "1000000/0.000001",
-    "--logins-per-user",
-    "1000/0.001",
-    "--registrations-per-address",
-    "1000/0.001",
+    *NO_RATE_LIMITS,
     # The burst comes from one address: let all of it queue rather than be refused
     # (a login in progress counts against the failed-login budget of its address
     # until it succeeds: at the default 20/15, 30 of 50 are refused).
-    "--max-hash-jobs-per-address",
-    "64",
     "--login-failures-per-address",
     "1000/0.001",
     "--max-pending-hash-jobs",
     "128",
-    "--log-level",
-    "warning",
 ]
 #: The window without the burst, seconds (quick, full): at 1,000/s, 2,000 or 5,000
 #: messages, so that the p99 is the 20th or 50th worst.
