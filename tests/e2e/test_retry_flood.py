@@ -16,7 +16,6 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,20 +89,9 @@ class Flood:
                 sock.close()
 
 
-@pytest.fixture
-def flooded_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        process.kill()
-
-
 def test_a_genuine_client_gets_in_10_times_in_10_under_a_flood(
-    flooded_server: ServerProcess, tmp_path: Path
+    server: ServerProcess, tmp_path: Path
 ) -> None:
-    server = flooded_server
     with Flood(server.port) as flood:
         time.sleep(WARM_UP)
         started = time.monotonic()
