@@ -432,6 +432,21 @@ def test_message_errors_and_idempotent_resend(world: ChatWorld) -> None:
     world.settle()
     assert bob.texts() == ["once"]
     assert world.server.stats.messages_accepted == 1
+    # A retry is answered as the first send was even when the checks would now
+    # refuse it (they are no longer friends) ...
+    alice.ok(alice.conn.unfriend("bob"))
+    late = alice.ok(
+        alice.conn.send_message("bob", "once", message_id=first.message_id), m.MessageAccepted
+    )
+    assert (late.message_id, late.sent_at) == (first.message_id, first.sent_at)
+    # ... and an id already used in another conversation is refused by the insert.
+    world.befriend(alice, _carol)
+    _carol.refused(
+        _carol.conn.send_message("alice", "mine", message_id=first.message_id),
+        ErrorCode.BAD_REQUEST,
+    )
+    world.settle()
+    assert alice.texts() == [] and world.server.stats.messages_accepted == 1
 
 
 def test_two_login_sessions_of_one_user_both_receive_every_message(world: ChatWorld) -> None:

@@ -223,6 +223,8 @@ _COUNT_WAITING = """
 
 #: Message ids looked up in one statement by :meth:`SQLiteStore.acknowledge`.
 _ACK_CHUNK = 500
+#: Most conversation ids add_message remembers (about 100 bytes each).
+_CONVERSATION_IDS_MAX = 65_536
 
 # Retention. Per conversation: each participant's delivered floor is the lowest of
 # its user cursor and its sessions' cursors (0 for none). The first message that
@@ -381,6 +383,8 @@ class SQLiteStore:
         self._atomic_open = False
         self._batch_open = False
         """Whether this batch began a transaction (and so must still be in it)."""
+        self._conversation_ids: dict[str, int] = {}
+        """Conversation ids by key, as found by add_message (checked on each use)."""
         self._batch_lost: StoreUnavailableError | None = None
         """Why the batch's transaction was lost, until commit() reports it."""
         connection.isolation_level = None
@@ -767,23 +771,40 @@ class SQLiteStore:
         the room, with no members.
 
         Raises:
-            ValueError: a message with this id is already stored (the caller
-                checks with :meth:`get_message` first).
+            ValueError: a message with this id is already stored (nothing of
+                this one is kept).
         """
         db = self._write()
         key = conversation_key(message.sender, message.to)
         sent_at = _to_micros(message.sent_at)
-        room = is_room(key)
-        created = db.execute(
-            "INSERT INTO conversations (key, is_room, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO NOTHING",
-            (key, room, sent_at / 1e6),
-        ).rowcount
-        conversation, seq = db.execute(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE key = ? RETURNING id, last_seq",
-            (key,),
-        ).fetchone()
-        if created and not room:
+        created = 0
+        row = None
+        conversation = self._conversation_ids.get(key)
+        if conversation is not None:
+            # By the remembered id, and the key too: an id that a rollback or a
+            # deletion (here or by another process) made stale matches nothing.
+            row = db.execute(
+                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? AND key = ? "
+                "RETURNING last_seq",
+                (conversation, key),
+            ).fetchone()
+        if row is not None:
+            (seq,) = row
+        else:  # the first message of this process into this conversation
+            created = db.execute(
+                "INSERT INTO conversations (key, is_room, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO NOTHING",
+                (key, is_room(key), sent_at / 1e6),
+            ).rowcount
+            conversation, seq = db.execute(
+                "UPDATE conversations SET last_seq = last_seq + 1 WHERE key = ? "
+                "RETURNING id, last_seq",
+                (key,),
+            ).fetchone()
+            if len(self._conversation_ids) >= _CONVERSATION_IDS_MAX:
+                self._conversation_ids.clear()  # bounded; the busy ones come back
+            self._conversation_ids[key] = conversation
+        if created and not is_room(key):
             db.executemany(
                 "INSERT INTO participants (conversation, username, floor_seq, joined_at) "
                 "VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING",
@@ -933,6 +954,7 @@ class SQLiteStore:
                 # Our own table names, not input.
                 db.execute(f"DELETE FROM {table} WHERE conversation = ?", (conversation,))
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation,))
+            self._conversation_ids.pop(room, None)
         return True
 
     def delete_delivered_before(self, cutoff: float, limit: int) -> int:

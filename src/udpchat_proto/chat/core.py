@@ -53,6 +53,7 @@ from .lookups import Lookups
 from .password_jobs import JobQueue, PendingJob
 from .requests import (
     HANDLERS,
+    WRITES_ONCE,
     ConnectionInfo,
     RefusedError,
     handles,
@@ -78,8 +79,6 @@ __all__ = [
 
 SALT_SIZE: Final = 16
 """Bytes of random salt in each new password hash."""
-ACK_CHUNK: Final = 1000
-"""Most message ids the store is asked to acknowledge in one call."""
 SESSION_TOUCH_DELAY: Final = 60.0
 """Seconds a resumed session's "last used" time waits before it is written, with
 every other resume of that minute, in one batch. A resume then needs no write (it
@@ -88,6 +87,11 @@ most this much of a 30-day idle expiry."""
 RETENTION_BATCH: Final = 100_000
 """Most messages one sweep deletes for retention (the rest wait for the next hour),
 so that one commit stays bounded."""
+CURSOR_WRITE_DELAY: Final = 1.0
+"""Seconds an acknowledgement (a delivery cursor's move) may wait in memory when no
+other write comes to carry it into a batch. At low load a delivered message then
+costs one fsynced commit (its send), not two; a crash forgets at most this much
+cursor movement, and those messages are pushed again (clients drop repeats by id)."""
 STORE_RETRY_INTERVAL: Final = 1.0
 """Seconds after a lost batch before the connections whose pushes it dropped are
 refilled from the store (which holds what was really kept)."""
@@ -156,6 +160,8 @@ class ServerCore(Lookups):
         self._touching: dict[bytes, float] = {}
         """The touches written in the current batch (put back if it is lost)."""
         self._touch_at: float | None = None
+        self._cursor_write_at: float | None = None
+        """When the deferred acknowledgements are written, if nothing else does first."""
         self._stepping = False
         """Inside a request's step: its output waits for the step to complete."""
         self._friend_sets: dict[str, frozenset[str]] = {}
@@ -238,7 +244,13 @@ class ServerCore(Lookups):
         """When :meth:`handle_timer` should be called next (POSIX seconds), or None."""
         timers = [
             t
-            for t in (self._transport.get_timer(), self._next_sweep, self._retry_at, self._touch_at)
+            for t in (
+                self._transport.get_timer(),
+                self._next_sweep,
+                self._retry_at,
+                self._touch_at,
+                self._cursor_write_at,
+            )
             if t is not None
         ]
         return min(timers) if timers else None
@@ -252,6 +264,8 @@ class ServerCore(Lookups):
         self._maybe_sweep(now)
         if self._touch_at is not None and now >= self._touch_at:
             self._flush_touches()
+        if self._cursor_write_at is not None and now >= self._cursor_write_at:
+            self._write_cursors()
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
             stale, self._stale = self._stale, {}
@@ -305,7 +319,9 @@ class ServerCore(Lookups):
         order. Then call :meth:`datagrams_to_send`. (:meth:`commit` does both.)
         """
         self._flush_membership()
-        self._tracker.dirty = False
+        self._tracker.batch_committed()
+        if not self._tracker.acknowledgements_deferred:
+            self._cursor_write_at = None
         self._touching.clear()
         held, self._held = self._held, []
         for item in held:
@@ -320,9 +336,11 @@ class ServerCore(Lookups):
         dropped are refilled from the store after :data:`STORE_RETRY_INTERVAL`.
         Then call :meth:`datagrams_to_send`.
         """
-        self._tracker.dirty = False
+        self._tracker.batch_lost()
         self._friend_sets.clear()
         self._note_store_failure(failure)
+        if self._tracker.acknowledgements_deferred and self._cursor_write_at is None:
+            self._cursor_write_at = self._now + CURSOR_WRITE_DELAY
         self.stats.batches_lost += 1
         self._touches = {**self._touching, **self._touches}
         self._touching.clear()
@@ -575,18 +593,31 @@ class ServerCore(Lookups):
                 "log in (or resume a session) first",
             )
             return
-        self._run_atomically(connection, item.request_id, self._handlers[type(item)], item, now)
+        self._run_atomically(
+            connection,
+            item.request_id,
+            self._handlers[type(item)],
+            item,
+            now,
+            savepoint=type(item) not in WRITES_ONCE,
+        )
 
     def _run_atomically(
-        self, connection: ChatConnection, request_id: int, step: Callable[..., None], *args: Any
+        self,
+        connection: ChatConnection,
+        request_id: int,
+        step: Callable[..., None],
+        *args: Any,
+        savepoint: bool = True,
     ) -> None:
         """Run one request's step so that its writes and its output all happen or
         none do: a refusal or a store failure half-way leaves nothing of it for the
-        batch, and nothing it would have sent (its answer, pushes, a login) leaves."""
+        batch, and nothing it would have sent (its answer, pushes, a login) leaves.
+        (``savepoint=False`` for a step that writes once, last: see WRITES_ONCE.)"""
         mark = len(self._held)
         self._stepping = True
         try:
-            with self._store.atomic():
+            with self._store.atomic() if savepoint else contextlib.nullcontext():
                 step(connection, *args)
         except Exception as exc:
             self._stepping = False
@@ -805,13 +836,16 @@ class ServerCore(Lookups):
     # --- delivery ----------------------------------------------------------------------
 
     def _deliver_new(self, connection: ChatConnection, message: m.ChatMessage) -> None:
-        """A new message for this connection's user was just stored."""
+        """A new message for this connection's user was just stored.
+
+        Never raises for a store failure (the send that stored it must not fail
+        after its write, see WRITES_ONCE): a refill that fails is retried."""
         if connection.deliveries.offer(message):
             # Everything older is already in flight, so pushing now keeps the order.
             self._push_delivery(connection, message)
         else:
             # It is in the store, behind the backlog; the refill will reach it.
-            self._refill(connection)
+            self._retry_refill(connection)
 
     def _push_delivery(self, connection: ChatConnection, message: m.ChatMessage) -> None:
         self.stats.deliveries_pushed += 1
@@ -845,16 +879,20 @@ class ServerCore(Lookups):
         # store still holds them as pending and a later refill pushes them again
         # (the client acknowledges a repeat without showing it twice).
         connection.deliveries.acknowledge(ids)
-        try:
-            for start in range(0, len(ids), ACK_CHUNK):
-                self._store.acknowledge(
-                    connection.username, connection.token_hash, ids[start : start + ACK_CHUNK]
-                )
-        except StoreUnavailableError as failure:
-            self._note_store_failure(failure)
-            connection.deliveries.fall_behind()
-            self._stale[connection.connection_id] = None
-            if self._retry_at is None:
-                self._retry_at = self._now + STORE_RETRY_INTERVAL
-            return
+        # Deferred (see CURSOR_WRITE_DELAY): written with the batch's other writes,
+        # before anything reads the cursors (the refill below), or by the timer.
+        self._store.acknowledge(connection.username, connection.token_hash, ids)
+        if self._cursor_write_at is None:
+            self._cursor_write_at = now + CURSOR_WRITE_DELAY
         self._retry_refill(connection)
+
+    def _write_cursors(self) -> None:
+        """Write the deferred acknowledgements (the loop then commits them)."""
+        self._cursor_write_at = None
+        try:
+            self._tracker.flush_acknowledgements()
+        except StoreUnavailableError as failure:  # they wait for the next try
+            self._note_store_failure(failure)
+            self._cursor_write_at = self._now + CURSOR_WRITE_DELAY
+        except Exception as exc:
+            self._count_internal_error(exc)

@@ -257,8 +257,8 @@ class MemoryStore:
         the room, with no members.
 
         Raises:
-            ValueError: a message with this id is already stored (the caller
-                checks with :meth:`get_message` first).
+            ValueError: a message with this id is already stored (nothing is
+                written).
         """
         if message.id in self._by_id:
             raise ValueError("a message with this id is already stored")

@@ -23,6 +23,7 @@ from .store import StoreUnavailableError
 
 __all__ = [
     "HANDLERS",
+    "WRITES_ONCE",
     "ConnectionInfo",
     "RefusedError",
     "handles",
@@ -52,14 +53,31 @@ HANDLERS: Final[dict[type[m.AnsweredRequest], str]] = {}
 it, filled by ``@handles`` where each handler is defined (a test checks that every
 request of the catalogue has exactly one)."""
 
+WRITES_ONCE: Final[set[type[m.AnsweredRequest]]] = set()
+"""The request classes whose handler makes at most one store write, as the last step
+that can fail: they run without a savepoint (two statements less a request)."""
+
 _Handler = TypeVar("_Handler", bound=Callable[..., None])
 
 
-def handles(request_type: type[m.AnsweredRequest]) -> Callable[[_Handler], _Handler]:
+def handles(
+    request_type: type[m.AnsweredRequest], *, writes_once: bool = False
+) -> Callable[[_Handler], _Handler]:
+    """Register the decorated method as the handler of ``request_type``.
+
+    Args:
+        request_type: the request class it answers.
+        writes_once: it makes at most one store write, and nothing after that write
+            can fail, so a failure leaves nothing half-written without a savepoint
+            (see :data:`WRITES_ONCE`).
+    """
+
     def register(handler: _Handler) -> _Handler:
         if request_type in HANDLERS:
             raise TypeError(f"two handlers for {request_type.__name__}")
         HANDLERS[request_type] = handler.__name__
+        if writes_once:
+            WRITES_ONCE.add(request_type)
         return handler
 
     return register

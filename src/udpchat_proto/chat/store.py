@@ -39,7 +39,7 @@ discarded it, so that nothing the batch reported leaves the server.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
@@ -49,6 +49,7 @@ from .passwords import PasswordHash
 from .validation import is_room
 
 __all__ = [
+    "CURSOR_READERS",
     "STORE_READS",
     "STORE_WRITES",
     "Account",
@@ -239,7 +240,9 @@ class Store(Protocol):
     def add_message(self, message: ChatMessage) -> StoredMessage:
         """Append a message to the conversation of ``(message.sender, message.to)``.
 
-        The caller has checked that the id is new (:meth:`get_message`).
+        Raises:
+            ValueError: a message with this id is already stored (nothing is
+                written; the store's unique index finds it, with no lookup first).
         """
         ...
 
@@ -348,14 +351,40 @@ STORE_WRITES: Final = frozenset(
 )
 """The :class:`Store` methods that write (and so join the current batch)."""
 
+CURSOR_READERS: Final = frozenset(
+    {
+        "create_session",
+        "delete_session",
+        "delete_sessions_unused_since",
+        "leave_room",
+        "delete_delivered_before",
+    }
+)
+"""The :class:`Store` writes whose work depends on the delivery cursors (they copy or
+delete them): deferred acknowledgements are written before they run. The reads
+need not wait for a write (which a full disk would refuse): ``pending_deliveries``
+leaves out what waits to be acknowledged, and ``count_waiting``, a cap, may count
+it for a moment."""
+
 
 class WriteTrackingStore:
-    """A store that forwards every call to ``inner`` and notes writes.
+    """A store that forwards every call to ``inner``, notes writes and defers
+    cursor moves.
 
     Its :data:`STORE_READS` and :data:`STORE_WRITES` methods are derived from those
     two declarations: a write sets :attr:`dirty` (the batch has something to
     commit) before it runs, so that even a write that fails is committed, or rolled
     back, with its batch. Use it through ``typing.cast(Store, tracker)``.
+
+    :meth:`acknowledge` is deferred: the ids wait in memory (merged per session)
+    and are written at the next :meth:`commit` of a batch that writes anyway,
+    before a write that copies or deletes cursors (:data:`CURSOR_READERS`), or
+    when the server's timer calls :meth:`flush_acknowledgements`; meanwhile
+    :meth:`pending_deliveries` leaves them out. An
+    acknowledgement alone then costs no commit of its own. Cursors only ever move
+    forward and a lost move only means a message is pushed again (clients drop
+    repeats by id), so the delay costs nothing the promise needs; written moves
+    that a failed request or a lost batch undid are put back to be written again.
 
     Args:
         inner: the store to forward to.
@@ -365,29 +394,113 @@ class WriteTrackingStore:
         self.inner = inner
         self.dirty = False
         """Whether anything was written since the last :meth:`commit`."""
+        self._deferred: dict[tuple[str, bytes], dict[bytes, None]] = {}
+        """Acknowledged ids not written yet, per (username, token hash)."""
+        self._written: list[tuple[tuple[str, bytes], list[bytes]]] = []
+        """Acknowledgements written in the current batch (put back if it is lost)."""
+        self._block_start: int | None = None
+        """Where the current atomic block's writes start in ``_written``."""
+
+    @property
+    def acknowledgements_deferred(self) -> bool:
+        """Whether acknowledgements wait to be written."""
+        return bool(self._deferred)
+
+    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
+        """Note that the session acknowledged these; written later (see the class)."""
+        self._deferred.setdefault((username, token_hash), {}).update(dict.fromkeys(message_ids))
+
+    def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
+        """``inner``'s, without the messages whose acknowledgement waits to be written."""
+        deferred = self._deferred.get((username, token_hash))
+        if not deferred:
+            return self.inner.pending_deliveries(username, token_hash, limit)
+        # Ask for as many more as could be left out, so that a short answer still
+        # means the end of the backlog.
+        pending = self.inner.pending_deliveries(username, token_hash, limit + len(deferred))
+        return [message for message in pending if message.id not in deferred][:limit]
+
+    def flush_acknowledgements(self) -> None:
+        """Write the deferred acknowledgements into the current batch.
+
+        Raises:
+            StoreUnavailableError: from ``inner`` (what was not written waits again).
+        """
+        deferred, self._deferred = self._deferred, {}
+        pending = list(deferred.items())
+        for index, (key, ids) in enumerate(pending):
+            username, hashed = key
+            written = list(ids)
+            try:
+                self.dirty = True
+                self.inner.acknowledge(username, hashed, written)
+            except BaseException:
+                self._put_back(pending[index:])
+                raise
+            self._written.append((key, written))
+
+    def _put_back(self, items: Sequence[tuple[tuple[str, bytes], Iterable[bytes]]]) -> None:
+        for key, ids in items:
+            # Older ids first: the cursors take the highest anyway.
+            merged = dict.fromkeys(ids)
+            merged.update(self._deferred.get(key, {}))
+            self._deferred[key] = merged
 
     def commit(self) -> None:
-        """Commit ``inner``; the batch is over either way (see ``Store.commit``).
+        """Write what is deferred and commit ``inner``; the batch is over either way
+        (see ``Store.commit``), and a lost batch's acknowledgements wait again.
 
         Raises:
             StoreUnavailableError: from ``inner``.
         """
         try:
+            if self._deferred:
+                self.flush_acknowledgements()
             self.inner.commit()
+        except BaseException:
+            self.batch_lost()
+            raise
         finally:
             self.dirty = False
+        self._written.clear()
+
+    def batch_committed(self) -> None:
+        """The caller committed ``inner`` itself: the batch's writes are durable."""
+        self.dirty = False
+        self._written.clear()
+
+    def batch_lost(self) -> None:
+        """The batch was discarded: what it wrote of the acknowledgements waits again."""
+        self.dirty = False
+        written, self._written = self._written, []
+        self._put_back(written)
 
     def close(self) -> None:
-        """Close ``inner``."""
+        """Close ``inner`` (acknowledgements not written are dropped: pushed again)."""
         self.inner.close()
 
-    def atomic(self) -> contextlib.AbstractContextManager[None]:
-        """``inner``'s atomic block."""
-        return self.inner.atomic()
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """``inner``'s atomic block; acknowledgements written inside a block that
+        fails were undone with it, so they wait again."""
+        self._block_start = len(self._written)
+        try:
+            with self.inner.atomic():
+                yield
+        except BaseException:
+            undone, self._written[self._block_start :] = self._written[self._block_start :], []
+            self._put_back(undone)
+            raise
+        finally:
+            self._block_start = None
 
 
 def _forward(name: str, *, write: bool) -> Callable[..., Any]:
+    reads_cursors = name in CURSOR_READERS
+
     def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
+        if reads_cursors and self._deferred:
+            self.flush_acknowledgements()
         if write:
             self.dirty = True
         return getattr(self.inner, name)(*args, **kwargs)
@@ -397,5 +510,5 @@ def _forward(name: str, *, write: bool) -> Callable[..., Any]:
     return forward
 
 
-for _name in sorted(STORE_READS | STORE_WRITES):
+for _name in sorted((STORE_READS | STORE_WRITES) - {"acknowledge", "pending_deliveries"}):
     setattr(WriteTrackingStore, _name, _forward(_name, write=_name in STORE_WRITES))

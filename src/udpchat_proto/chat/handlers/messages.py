@@ -23,25 +23,47 @@ __all__ = ["MessageRequests"]
 class MessageRequests(ServerCore):
     """Handlers of send_message and get_history."""
 
-    @handles(m.SendMessage)
+    @handles(m.SendMessage, writes_once=True)
     def _on_send_message(
         self, connection: ChatConnection, request: m.SendMessage, now: float
     ) -> None:
         me = self._me(connection)
-        existing = self._store.get_message(request.message_id)
-        if existing is not None:
-            if existing.message.sender != me:
-                raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use")
-            # A retry (the acceptance was lost with a connection): same answer again.
-            self._reply(
-                connection,
-                m.MessageAccepted(
-                    request_id=request.request_id,
-                    message_id=request.message_id,
-                    sent_at=existing.message.sent_at,
-                ),
-            )
-            return
+        try:
+            recipients = self._admit(me, request, now)
+        except RefusedError:
+            # A retry of a message already stored (its acceptance was lost with a
+            # connection) gets the same answer as the first time, whatever the
+            # checks say now. Looked up only here: the insert finds duplicates.
+            if self._answered_as_retry(connection, me, request):
+                return
+            raise
+        message = m.ChatMessage(
+            id=request.message_id,
+            sender=me,
+            to=request.to,
+            text=request.text,
+            sent_at=utc_from_posix(self._clock()),
+        )
+        try:
+            # The one write (WRITES_ONCE): nothing after it can fail.
+            self._store.add_message(message)
+        except ValueError:  # the id is taken
+            if self._answered_as_retry(connection, me, request):
+                return
+            raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use") from None
+        self.stats.messages_accepted += 1
+        self._reply(
+            connection,
+            m.MessageAccepted(
+                request_id=request.request_id, message_id=message.id, sent_at=message.sent_at
+            ),
+        )
+        for recipient in recipients:
+            for connection_id in self._by_user.get(recipient, ()):
+                self._deliver_new(self._connections[connection_id], message)
+
+    def _admit(self, me: str, request: m.SendMessage, now: float) -> list[str]:
+        """The checks a new message passes; its recipients. Refuses what may not be sent."""
         recipients = self._recipients(me, request.to)
         if is_room(request.to):
             # Joins and leaves of this batch go out first: a member learns that
@@ -58,24 +80,27 @@ class MessageRequests(ServerCore):
                 )
         if not self._message_rate.spend(me, now=now):
             raise RefusedError(ErrorCode.RATE_LIMITED, "you are sending too fast; slow down")
-        message = m.ChatMessage(
-            id=request.message_id,
-            sender=me,
-            to=request.to,
-            text=request.text,
-            sent_at=utc_from_posix(self._clock()),
-        )
-        self._store.add_message(message)
-        self.stats.messages_accepted += 1
+        return recipients
+
+    def _answered_as_retry(
+        self, connection: ChatConnection, me: str, request: m.SendMessage
+    ) -> bool:
+        """If this message id is stored, answer as its first send did (True); refuse
+        if it is someone else's."""
+        existing = self._store.get_message(request.message_id)
+        if existing is None:
+            return False
+        if existing.message.sender != me:
+            raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use")
         self._reply(
             connection,
             m.MessageAccepted(
-                request_id=request.request_id, message_id=message.id, sent_at=message.sent_at
+                request_id=request.request_id,
+                message_id=request.message_id,
+                sent_at=existing.message.sent_at,
             ),
         )
-        for recipient in recipients:
-            for connection_id in self._by_user.get(recipient, ()):
-                self._deliver_new(self._connections[connection_id], message)
+        return True
 
     def _recipients(self, me: str, to: str) -> list[str]:
         """Who receives a message from ``me`` to ``to``; refuses what may not be sent."""
