@@ -574,6 +574,33 @@ def test_sqlite_rollback_discards_uncommitted_writes(tmp_path: Path) -> None:
         assert store.get_account("bob") is None
 
 
+@pytest.mark.parametrize("undo", ["atomic block", "rollback"])
+def test_sqlite_reads_back_no_message_that_was_undone(tmp_path: Path, undo: str) -> None:
+    # The store keeps recent messages as objects and the ids of conversations: an
+    # undone write must leave neither behind, even when the same id and the same
+    # conversation are written again with other contents.
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        send(store, "alice", "carol", "kept")
+        store.commit()
+        first = message("alice", "bob", "undone")
+        if undo == "atomic block":
+            with pytest.raises(RuntimeError), store.atomic():
+                store.add_message(first)
+                raise RuntimeError("the request failed")
+        else:
+            store.add_message(first)
+            store.rollback()
+        assert store.get_message(first.id) is None
+        again = ChatMessage(
+            id=first.id, sender="bob", to="alice", text="other", sent_at=first.sent_at
+        )
+        assert store.add_message(again).seq == 1
+        store.commit()
+        assert store.get_message(first.id) == StoredMessage(message=again, seq=1)
+        assert texts(store.history("alice", "bob", 10)) == ["other"]
+        assert texts(store.history("alice", "carol", 10)) == ["kept"]
+
+
 def test_sqlite_commit_makes_writes_visible_to_other_connections(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     with SQLiteStore.open(path) as store:

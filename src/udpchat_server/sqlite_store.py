@@ -225,6 +225,9 @@ _COUNT_WAITING = """
 _ACK_CHUNK = 500
 #: Most conversation ids add_message remembers (about 100 bytes each).
 _CONVERSATION_IDS_MAX = 65_536
+#: Most messages kept as the objects add_message was given, so that reading them
+#: back (a delivery window's refill) builds and validates no new ChatMessage.
+_RECENT_MAX = 8192
 
 # Retention. Per conversation: each participant's delivered floor is the lowest of
 # its user cursor and its sessions' cursors (0 for none). The first message that
@@ -385,6 +388,8 @@ class SQLiteStore:
         """Whether this batch began a transaction (and so must still be in it)."""
         self._conversation_ids: dict[str, int] = {}
         """Conversation ids by key, as found by add_message (checked on each use)."""
+        self._recent: dict[bytes, ChatMessage] = {}
+        """The last messages stored, by id (forgotten when a write is undone)."""
         self._batch_lost: StoreUnavailableError | None = None
         """Why the batch's transaction was lost, until commit() reports it."""
         connection.isolation_level = None
@@ -481,6 +486,7 @@ class SQLiteStore:
         """After an error: if SQLite rolled the batch's transaction back, remember
         it (and why), so that the batch is refused whole (see Failures above)."""
         if self._batch_open and self._batch_lost is None and not self._db.in_transaction:
+            self._recent.clear()
             self._batch_lost = cause or StoreUnavailableError(
                 "transaction lost", "SQLite rolled back the batch after an error"
             )
@@ -526,6 +532,7 @@ class SQLiteStore:
             # (An error that already aborted the whole transaction left nothing
             # to roll back to: _check_transaction notes the batch as lost.)
             self._check_transaction()
+            self._recent.clear()  # it may hold what the block stored
             if self._atomic_open and self._batch_lost is None:
                 try:
                     self._db.execute("ROLLBACK TO request")
@@ -578,6 +585,7 @@ class SQLiteStore:
 
     def _discard(self) -> None:
         """Roll back whatever is left of a failed batch (it may already be gone)."""
+        self._recent.clear()
         if self._db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
@@ -586,6 +594,7 @@ class SQLiteStore:
         """Discard every write since the last commit (not part of the Store protocol)."""
         self._batch_open = False
         self._batch_lost = None
+        self._recent.clear()
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
@@ -823,7 +832,16 @@ class SQLiteStore:
                 "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?", (conversation,)
             )
             raise ValueError("a message with this id is already stored") from None
+        recent = self._recent
+        recent[message.id] = message
+        if len(recent) > _RECENT_MAX:
+            del recent[next(iter(recent))]  # the oldest
         return StoredMessage(message=message, seq=seq)
+
+    def _message(self, row: sqlite3.Row | tuple[bytes, str, str, str, int]) -> ChatMessage:
+        """A message row as a ChatMessage: the stored object if it is recent."""
+        recent = self._recent.get(row[0])
+        return recent if recent is not None else _chat_message(row)
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         """The message with this id, or None."""
@@ -832,7 +850,7 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             return None
-        return StoredMessage(message=_chat_message(row[:5]), seq=row[5])
+        return StoredMessage(message=self._message(row[:5]), seq=row[5])
 
     def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
@@ -845,7 +863,7 @@ class SQLiteStore:
             "ORDER BY m.seq DESC LIMIT ?",
             (conversation_key(username, peer), limit),
         ).fetchall()
-        return [_chat_message(row) for row in reversed(rows)]
+        return [self._message(row) for row in reversed(rows)]
 
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
         """Up to ``limit`` messages for ``username`` not yet acknowledged by the
@@ -862,7 +880,7 @@ class SQLiteStore:
         else:
             sql, owner = _PENDING_FOR_USER, username
         rows = self._db.execute(sql, {"owner": owner, "user": username, "limit": limit})
-        return [_chat_message(row) for row in rows]
+        return [self._message(row) for row in rows]
 
     def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
         """Advance the session's (and the user's) cursors past these messages.

@@ -107,8 +107,9 @@ class MessageRequests(ServerCore):
         if is_room(to):
             self._require_member(me, to)
             return [member for member in self._store.room_members(to) if member != me]
-        self._require_user(to)
+        # A friend has an account: the common case needs no account lookup.
         if not self._are_friends(me, to):
+            self._require_user(to)
             raise RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {to}")
         return [to]
 
