@@ -720,3 +720,24 @@ def test_a_lost_ack_is_repeated_on_the_next_data_packet() -> None:
     # The answer acknowledged the request: nothing left to retransmit.
     assert s.client.stats["in_flight_packets"] == 0
     assert s.client.stats["bytes_retransmitted"] == 0
+
+
+def test_next_deadline_is_the_earliest_of_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    # next_deadline computes the minimum without building deadlines()' dict (it is
+    # asked after every packet); over a lossy exchange every answer must agree.
+    from udpchat_proto.transport.connection import Connection
+
+    fast = Connection.next_deadline
+    checked = 0
+
+    def checking(self: Connection) -> float | None:
+        nonlocal checked
+        checked += 1
+        expected = min(self.deadlines().values(), default=None)
+        answer = fast(self)
+        assert answer == expected, (self.state, self.deadlines(), answer)
+        return answer
+
+    monkeypatch.setattr(Connection, "next_deadline", checking)
+    run_exchange(seed=3, count=200)
+    assert checked > 500

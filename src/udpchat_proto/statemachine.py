@@ -21,7 +21,17 @@ import attrs
 
 from .errors import LocalProtocolError
 
-__all__ = ["StateMachine"]
+__all__ = ["IdentityEnum", "StateMachine"]
+
+
+class IdentityEnum(enum.Enum):
+    """An Enum whose members hash by identity (a C slot) rather than by name (a
+    Python call in ``enum.Enum``): the machines' tables and timers look states and
+    inputs up several times per packet. Members are singletons compared by
+    identity, so the two hashes agree on what is equal."""
+
+    __hash__ = object.__hash__
+
 
 S = TypeVar("S", bound=enum.Enum)
 I = TypeVar("I", bound=enum.Enum)  # noqa: E741

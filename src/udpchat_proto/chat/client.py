@@ -20,7 +20,6 @@ is acknowledged silently instead of shown twice.
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -29,7 +28,7 @@ import attrs
 
 from ..errors import DecodeError, LocalProtocolError
 from ..randomness import RandomSource, SystemRandomSource
-from ..statemachine import StateMachine
+from ..statemachine import IdentityEnum, StateMachine
 from ..transport import (
     Address,
     ClientTransport,
@@ -50,7 +49,7 @@ ACK_BATCH: Final = 1000
 """Most message ids in one ``ack_delivery`` (well under the list limit)."""
 
 
-class ClientState(enum.Enum):
+class ClientState(IdentityEnum):
     """The life of a :class:`ClientConnection`."""
 
     IDLE = "idle"
@@ -65,7 +64,7 @@ class ClientState(enum.Enum):
     """The connection ended (:class:`Disconnected` was emitted)."""
 
 
-class ClientInput(enum.Enum):
+class ClientInput(IdentityEnum):
     """What moves a :class:`ClientConnection` from one state to another."""
 
     CONNECT = "connect"

@@ -18,14 +18,13 @@ States (``docs/STATES.md``)::
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
 import attrs
 
 from ..errors import ErrorCode
 from ..ratelimit import TokenBucket
-from ..statemachine import StateMachine
+from ..statemachine import IdentityEnum, StateMachine
 from ..transport import Address, ConnectionId
 from . import messages as m
 from .delivery import DeliveryWindow
@@ -40,7 +39,7 @@ __all__ = [
 ]
 
 
-class ChatConnectionState(enum.Enum):
+class ChatConnectionState(IdentityEnum):
     """Whom a server connection acts as, and whether it waits for a hash."""
 
     ANONYMOUS = "anonymous"
@@ -55,7 +54,7 @@ class ChatConnectionState(enum.Enum):
     """The server is closing it: nothing more it sends is handled."""
 
 
-class ChatConnectionInput(enum.Enum):
+class ChatConnectionInput(IdentityEnum):
     """What moves a server connection from one state to another."""
 
     LOGIN = "login"

@@ -20,18 +20,17 @@ States (``docs/STATES.md``)::
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from typing import Final
 
 from ..errors import LocalProtocolError
-from ..statemachine import StateMachine
+from ..statemachine import IdentityEnum, StateMachine
 from .messages import ChatMessage
 
 __all__ = ["MACHINE", "DeliveryInput", "DeliveryState", "DeliveryWindow"]
 
 
-class DeliveryState(enum.Enum):
+class DeliveryState(IdentityEnum):
     """Where a connection's deliveries stand."""
 
     IDLE = "idle"
@@ -42,7 +41,7 @@ class DeliveryState(enum.Enum):
     """Caught up: every stored message was pushed; new ones go out at once."""
 
 
-class DeliveryInput(enum.Enum):
+class DeliveryInput(IdentityEnum):
     """What moves a delivery window from one state to another."""
 
     START = "start"

@@ -778,9 +778,25 @@ class Connection:
         return timers
 
     def next_deadline(self) -> float | None:
-        """The earliest armed timer, or None."""
-        timers = self.deadlines()
-        return min(timers.values()) if timers else None
+        """The earliest armed timer, or None (the minimum of :meth:`deadlines`)."""
+        if self.state is not S.ESTABLISHED:
+            timers = self.deadlines()
+            return min(timers.values()) if timers else None
+        # The common case, asked after every packet: the same timers as deadlines()
+        # without building the dict.
+        deadline = self._last_received + self.config.idle_timeout
+        if not self._ping_pending:
+            deadline = min(deadline, self._last_sent + self.config.keepalive_interval)
+        rto = self.recovery.rto_deadline()
+        if rto is not None and rto < deadline:
+            deadline = rto
+        loss = self.recovery.loss_deadline()
+        if loss is not None and loss < deadline:
+            deadline = loss
+        ack = self._ack_deadline
+        if self._ack_eliciting and not self._ack_immediate and ack is not None and ack < deadline:
+            deadline = ack
+        return deadline
 
     def handle_timer(self, *, now: float) -> None:
         """Fire every timer whose deadline has passed (an early call does nothing)."""

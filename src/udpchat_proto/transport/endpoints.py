@@ -441,6 +441,9 @@ class ServerTransport:
         self._next_prune = 0.0
         # (deadline, sequence, connection id); stale entries are skipped lazily.
         self._heap: list[tuple[float, int, ConnectionId]] = []
+        self._unscheduled: dict[ConnectionId, None] = {}
+        """Connections touched since their deadline was last computed: it is computed
+        once per batch (timers, output), not after every packet of the batch."""
         self._sequence = 0
         # Connections that may have something to send (an ordered set).
         self._dirty: dict[ConnectionId, None] = {}
@@ -717,10 +720,13 @@ class ServerTransport:
             if probe is not None:
                 out.append(probe)
             self._settle(conn)
+        self._schedule_touched()
         return out
 
     def get_timer(self) -> float | None:
         """The earliest timer over all connections, or None."""
+        if self._unscheduled:
+            self._schedule_touched()
         heap = self._heap
         while heap:
             deadline, _, cid = heap[0]
@@ -738,6 +744,8 @@ class ServerTransport:
             now: the current time, seconds.
         """
         self._now = max(self._now, now)
+        if self._unscheduled:
+            self._schedule_touched()
         heap = self._heap
         due: list[Connection] = []
         while heap and heap[0][0] <= now:
@@ -785,14 +793,24 @@ class ServerTransport:
         self._buffered_by[cid] = held
         if self._buffered > self._config.max_buffered_bytes and not self._enforcing:
             self._enforce_budget()
-        deadline = conn.next_deadline()
-        if deadline != conn.scheduled:
-            conn.scheduled = deadline
-            if deadline is not None:
-                self._sequence += 1
-                heapq.heappush(self._heap, (deadline, self._sequence, cid))
-                if len(self._heap) > 4 * len(self._connections) + 64:
-                    self._rebuild_heap()
+        self._unscheduled[cid] = None
+
+    def _schedule_touched(self) -> None:
+        """Put the deadlines of the connections touched since the last time in the heap."""
+        touched, self._unscheduled = self._unscheduled, {}
+        connections = self._connections
+        for cid in touched:
+            conn = connections.get(cid)
+            if conn is None:
+                continue
+            deadline = conn.next_deadline()
+            if deadline != conn.scheduled:
+                conn.scheduled = deadline
+                if deadline is not None:
+                    self._sequence += 1
+                    heapq.heappush(self._heap, (deadline, self._sequence, cid))
+        if len(self._heap) > 4 * len(connections) + 64:
+            self._rebuild_heap()
 
     def _evict_idlest(self, *, keep: ConnectionId) -> None:
         """Over ``max_connections``: end the open connection silent the longest.

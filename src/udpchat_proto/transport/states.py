@@ -16,10 +16,9 @@ section 10.2). Both last three RTOs so late packets find the connection.
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
-from ..statemachine import StateMachine
+from ..statemachine import IdentityEnum, StateMachine
 
 __all__ = [
     "END_STATES",
@@ -32,7 +31,7 @@ __all__ = [
 ]
 
 
-class TransportState(enum.Enum):
+class TransportState(IdentityEnum):
     """Where a connection is in its life."""
 
     INITIAL = "initial"
@@ -43,7 +42,7 @@ class TransportState(enum.Enum):
     CLOSED = "closed"
 
 
-class TransportInput(enum.Enum):
+class TransportInput(IdentityEnum):
     """What moves a connection from one state to another."""
 
     CONNECT = "connect"
@@ -92,7 +91,7 @@ transition: Final = MACHINE.next
 """The state after an input (raises ``LocalProtocolError`` for a pair not allowed)."""
 
 
-class Timer(enum.Enum):
+class Timer(IdentityEnum):
     """The named deadlines of a connection; the earliest one is ``get_timer()``."""
 
     HANDSHAKE = "handshake"
