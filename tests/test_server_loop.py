@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from udpchat_proto.chat.server import ChatServer
 from udpchat_proto.chat.store import Store, WriteTrackingStore
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport.keys import ServerKey
-from udpchat_server.loop import ServerLoop, describe
+from udpchat_server.loop import HASH_THREAD_NICENESS, ServerLoop, describe
 
 PASSWORD = "correct horse battery"
 
@@ -197,3 +199,22 @@ def test_internal_errors_are_logged_with_their_traceback_rate_limited(
     # Three failures, one line (within the rate limit), with the exception attached.
     assert len(errors) == 1 and errors[0].levelno == logging.ERROR
     assert errors[0].exc_info is not None and "disk on fire" in str(errors[0].exc_info[1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux's")
+def test_password_hashes_run_at_the_lowest_priority_and_the_loop_does_not(
+    running: tuple[ServerLoop, TrackingStore, CheckingSocket, str],
+) -> None:
+    # A burst of logins must not take the loop's core: the hash threads yield.
+    _loop, _store, _sock, address = running
+    with Session(server=address, pinned=None, timeout=5) as alice:
+        alice.open()
+        assert isinstance(alice.request(lambda c: c.register("alice", PASSWORD)), m.Ok)
+    hashers = [t for t in threading.enumerate() if t.name.startswith("udpchat-hash")]
+    assert hashers
+    for thread in hashers:
+        assert thread.native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == HASH_THREAD_NICENESS
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0
+    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER

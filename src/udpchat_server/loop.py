@@ -18,8 +18,9 @@ once a minute, with how many batches were lost meanwhile), keeps serving what ne
 no write, and says so when a commit succeeds again.
 
 scrypt is CPU-heavy on purpose (tens of milliseconds), so it runs on a small thread
-pool (``hashlib.scrypt`` releases the GIL); a finished job writes a byte to the
-wake-up socket so that the loop feeds the result back at once.
+pool (``hashlib.scrypt`` releases the GIL) at the lowest CPU priority, so that it
+never takes the loop's core; a finished job writes a byte to the wake-up socket so
+that the loop feeds the result back at once.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ import concurrent.futures
 import contextlib
 import errno
 import logging
+import os
 import queue
 import select
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +51,7 @@ from udpchat_proto.chat import (
     UserLoggedOut,
 )
 
-__all__ = ["BATCH", "ServerLoop", "describe", "format_counters"]
+__all__ = ["BATCH", "ServerLoop", "describe", "format_counters", "yield_to_the_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,31 @@ STORE_FAILURE_LOG_INTERVAL = 60.0
 INTERNAL_ERROR_LOG_INTERVAL = 10.0
 #: How often the counters are logged (at info), and once more at exit.
 COUNTERS_INTERVAL = 60.0
+
+
+#: The niceness of the password-hash threads (the lowest priority).
+HASH_THREAD_NICENESS = 19
+
+
+def yield_to_the_loop() -> None:
+    """Lower the calling thread's CPU priority: niceness :data:`HASH_THREAD_NICENESS`
+    and, where allowed, the ``SCHED_IDLE`` policy.
+
+    A hash takes tens of milliseconds of CPU on purpose; on a small machine two of
+    them running beside the loop took the cores it needed, and a burst of logins
+    added tens of milliseconds to every message. At the lowest priority the hashes
+    use what the loop leaves: logins wait a little longer under load, messages do
+    not. Linux only (elsewhere the call would renice the whole process); a refusal
+    (a sandbox) leaves the priority as it was.
+    """
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, HASH_THREAD_NICENESS)
+    with contextlib.suppress(OSError):
+        # Below every normal thread: it runs only on a core nothing else wants.
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
 
 def format_counters(counters: dict[str, Any]) -> str:
@@ -121,7 +150,7 @@ class ServerLoop:
         self._sock = sock
         self._clock = clock
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="udpchat-hash"
+            max_workers=workers, thread_name_prefix="udpchat-hash", initializer=yield_to_the_loop
         )
         self._workers = workers
         self._hashing = 0
