@@ -388,8 +388,9 @@ class SQLiteStore:
         """Whether this batch began a transaction (and so must still be in it)."""
         self._conversation_ids: dict[str, int] = {}
         """Conversation ids by key, as found by add_message (checked on each use)."""
-        self._recent: dict[bytes, ChatMessage] = {}
-        """The last messages stored, by id (forgotten when a write is undone)."""
+        self._recent: dict[bytes, tuple[ChatMessage, int, int]] = {}
+        """The last messages stored, by id, with their conversation id and seq
+        (forgotten when a write is undone)."""
         self._batch_lost: StoreUnavailableError | None = None
         """Why the batch's transaction was lost, until commit() reports it."""
         connection.isolation_level = None
@@ -832,8 +833,9 @@ class SQLiteStore:
                 "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?", (conversation,)
             )
             raise ValueError("a message with this id is already stored") from None
+        assert conversation is not None  # found by id, or by key just above
         recent = self._recent
-        recent[message.id] = message
+        recent[message.id] = (message, conversation, seq)
         if len(recent) > _RECENT_MAX:
             del recent[next(iter(recent))]  # the oldest
         return StoredMessage(message=message, seq=seq)
@@ -841,7 +843,7 @@ class SQLiteStore:
     def _message(self, row: sqlite3.Row | tuple[bytes, str, str, str, int]) -> ChatMessage:
         """A message row as a ChatMessage: the stored object if it is recent."""
         recent = self._recent.get(row[0])
-        return recent if recent is not None else _chat_message(row)
+        return recent[0] if recent is not None else _chat_message(row)
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         """The message with this id, or None."""
@@ -891,7 +893,17 @@ class SQLiteStore:
         cursors.
         """
         highest: dict[int, int] = {}
-        ids = list(message_ids)
+        ids = []
+        for message_id in message_ids:
+            entry = self._recent.get(message_id)
+            if entry is None or is_room(entry[0].to):
+                ids.append(message_id)  # looked up below
+            elif entry[0].to == username:
+                # A recent direct message, addressed to this user: its conversation
+                # and seq are known (the query below would find no more).
+                _, conversation, seq = entry
+                if highest.get(conversation, 0) < seq:
+                    highest[conversation] = seq
         # One statement per chunk, not one per id (SQLite allows 32766 parameters).
         for start in range(0, len(ids), _ACK_CHUNK):
             chunk = ids[start : start + _ACK_CHUNK]

@@ -235,7 +235,7 @@ class ReceiveStream:
         messages: list[bytes] = []
         buf = self._assembly
         pos = self._assembly_pos
-        while True:
+        while pos < len(buf):  # (the common end: no exception to build)
             try:
                 length, start = decode_varint(buf, pos)
             except DecodeError:
