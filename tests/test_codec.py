@@ -141,6 +141,10 @@ def test_newer_version_is_told_apart_from_garbage() -> None:
         (b"\x01\xff\xfe", "malformed"),
         (b"\x01[1]", "malformed"),
         (b"\x01" + b"[" * 100_000, "malformed"),
+        # Strict JSON: no NaN, no lone surrogate; a number beyond 64 bits is no int.
+        (b'\x01{"type":"ok","request_id":NaN}', "malformed"),
+        (b'\x01{"type":"ok","request_id":' + b"9" * 30 + b"}", "invalid_field"),
+        (b'\x01{"type":"ok","request_id":1,"x":"\\ud800"}', "malformed"),
         (wire({"type": "no_such_thing"}), "unknown_type"),
         (wire({"request_id": 1}), "unknown_type"),
         (wire({"type": "ok"}), "invalid_field"),

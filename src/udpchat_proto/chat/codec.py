@@ -19,11 +19,11 @@ One configured cattrs converter does all the structuring; the attrs validators o
 from __future__ import annotations
 
 import datetime
-import json
 from typing import Any, Final
 
 import attrs
 import cattrs
+import orjson
 
 from ..errors import DecodeError, ErrorCode
 from . import messages as m
@@ -112,9 +112,6 @@ def _make_converter() -> cattrs.Converter:
 converter: Final = _make_converter()
 """The one cattrs converter of the wire format (usable to unstructure for logging)."""
 
-_ENCODE_JSON: Final = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False
-)
 _VERSION_BYTE: Final = bytes([CODEC_VERSION])
 
 
@@ -139,7 +136,9 @@ def encode(message: m.Message) -> bytes:
         ) from None
     obj = converter.unstructure(message)
     obj["type"] = tag
-    data = _VERSION_BYTE + _ENCODE_JSON.encode(obj).encode("utf-8")
+    # orjson: compact UTF-8 JSON (what json.dumps with ensure_ascii=False and
+    # compact separators writes) at a tenth of the cost.
+    data = _VERSION_BYTE + orjson.dumps(obj)
     if len(data) > MAX_ENCODED_SIZE:
         raise ValidationError(ErrorCode.TOO_LARGE, f"encoded message is {len(data)} bytes")
     return data
@@ -170,8 +169,10 @@ def decode(data: bytes) -> m.Message:
             raise DecodeError("unsupported_version", f"version {version}")
         raise DecodeError("bad_version", f"first byte {version}")
     try:
-        obj = json.loads(data[1:].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # Strict RFC 8259 JSON in UTF-8 (no NaN, no lone surrogates, integers
+        # within 64 bits, nesting within 1024): anything else is malformed.
+        obj = orjson.loads(data[1:])
+    except orjson.JSONDecodeError as exc:
         raise DecodeError("malformed", str(exc)[:200]) from None
     if type(obj) is not dict:
         raise DecodeError("malformed", "not a JSON object")
