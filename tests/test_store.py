@@ -382,6 +382,26 @@ def test_acknowledging_unknown_or_foreign_ids_is_ignored(store: Store) -> None:
     assert sql_count(store, "SELECT COUNT(*) FROM user_cursors") in (None, 0)
 
 
+def test_acknowledge_many_acknowledges_each_session_alike(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(CAROL_PHONE, "carol", 1.0)
+    to_alice = [send(store, "bob", "alice", f"a{n}") for n in range(3)]
+    to_carol = send(store, "bob", "carol", "c")
+    store.commit()  # older messages too (looked up, not remembered)
+    later = send(store, "bob", "carol", "c later")
+    store.acknowledge_many(
+        [
+            ("alice", ALICE_PHONE, [to_alice[1].id, to_carol.id]),  # carol's: ignored
+            ("carol", CAROL_PHONE, [to_carol.id, later.id, to_alice[2].id]),
+            ("alice", ALICE_PHONE, []),
+        ]
+    )
+    assert pending(store, "alice", ALICE_PHONE) == ["a2"]
+    assert pending(store, "carol", CAROL_PHONE) == []
+    store.acknowledge_many([])
+    assert pending(store, "alice", ALICE_PHONE) == ["a2"]
+
+
 def test_two_devices_each_receive_every_message_sent_after_both_exist(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     store.create_session(ALICE_LAPTOP, "alice", 1.0)

@@ -73,6 +73,7 @@ from udpchat_proto.chat import (
     STORE_READS,
     STORE_WRITES,
     Account,
+    Acknowledgement,
     LoginSession,
     PasswordHash,
     StoredMessage,
@@ -892,6 +893,36 @@ class SQLiteStore:
         cursor never moves back. An unknown session advances only the user's
         cursors.
         """
+        self.acknowledge_many([(username, token_hash, message_ids)])
+
+    def acknowledge_many(self, acknowledgements: Sequence[Acknowledgement]) -> None:
+        """:meth:`acknowledge` for several sessions: one write per cursor table."""
+        session_rows: list[tuple[bytes, int, int, bytes]] = []
+        user_rows: list[tuple[str, int, int]] = []
+        for username, token_hash, message_ids in acknowledgements:
+            highest = self._highest_acknowledged(username, message_ids)
+            session_rows.extend((token_hash, c, seq, token_hash) for c, seq in highest.items())
+            user_rows.extend((username, c, seq) for c, seq in highest.items())
+        if not user_rows:
+            return
+        db = self._write()
+        # WHERE EXISTS: no cursor for a session that does not exist (the foreign
+        # key would refuse it anyway).
+        db.executemany(
+            "INSERT INTO session_cursors (token_hash, conversation, seq) "
+            "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM sessions WHERE token_hash = ?) "
+            "ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            session_rows,
+        )
+        db.executemany(
+            "INSERT INTO user_cursors (username, conversation, seq) VALUES (?, ?, ?) "
+            "ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            user_rows,
+        )
+
+    def _highest_acknowledged(self, username: str, message_ids: Sequence[bytes]) -> dict[int, int]:
+        """The highest seq among these messages in each conversation, counting only
+        those addressed to ``username``."""
         highest: dict[int, int] = {}
         ids = []
         for message_id in message_ids:
@@ -917,22 +948,7 @@ class SQLiteStore:
             for conversation, seq in rows:
                 if highest.get(conversation, 0) < seq:
                     highest[conversation] = seq
-        if not highest:
-            return
-        db = self._write()
-        # WHERE EXISTS: no cursor for a session that does not exist (the foreign
-        # key would refuse it anyway).
-        db.executemany(
-            "INSERT INTO session_cursors (token_hash, conversation, seq) "
-            "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM sessions WHERE token_hash = ?) "
-            "ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
-            [(token_hash, conv, seq, token_hash) for conv, seq in highest.items()],
-        )
-        db.executemany(
-            "INSERT INTO user_cursors (username, conversation, seq) VALUES (?, ?, ?) "
-            "ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
-            [(username, conv, seq) for conv, seq in highest.items()],
-        )
+        return highest
 
     # --- rooms -------------------------------------------------------------------------
 

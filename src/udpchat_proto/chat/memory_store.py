@@ -36,7 +36,7 @@ import attrs
 
 from .messages import ChatMessage
 from .passwords import PasswordHash
-from .store import Account, LoginSession, StoredMessage, conversation_key
+from .store import Account, Acknowledgement, LoginSession, StoredMessage, conversation_key
 from .validation import is_room
 
 __all__ = ["MemoryStore"]
@@ -340,6 +340,11 @@ class MemoryStore:
                 session_cursors[key] = seq
             if user_cursors.get(key, 0) < seq:
                 user_cursors[key] = seq
+
+    def acknowledge_many(self, acknowledgements: Sequence[Acknowledgement]) -> None:
+        """:meth:`acknowledge` for each ``(username, token_hash, message_ids)``."""
+        for username, token_hash, message_ids in acknowledgements:
+            self.acknowledge(username, token_hash, message_ids)
 
     # --- rooms -------------------------------------------------------------------------
 

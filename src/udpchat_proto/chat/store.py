@@ -53,6 +53,7 @@ __all__ = [
     "STORE_READS",
     "STORE_WRITES",
     "Account",
+    "Acknowledgement",
     "LoginSession",
     "Store",
     "StoreUnavailableError",
@@ -74,6 +75,10 @@ def conversation_key(sender: str, to: str) -> str:
         return to
     first, second = sorted((sender, to))
     return f"{first} {second}"
+
+
+Acknowledgement = tuple[str, bytes, Sequence[bytes]]
+"""``(username, token hash, message ids)``: what one session acknowledged."""
 
 
 class StoreUnavailableError(Exception):
@@ -268,6 +273,11 @@ class Store(Protocol):
         """
         ...
 
+    def acknowledge_many(self, acknowledgements: Sequence[Acknowledgement]) -> None:
+        """:meth:`acknowledge` for several sessions at once (a store may then write
+        each table once for all of them)."""
+        ...
+
     # --- rooms -------------------------------------------------------------------------
 
     def join_room(self, room: str, username: str, now: float) -> bool:
@@ -344,6 +354,7 @@ STORE_WRITES: Final = frozenset(
         "delete_friendship",
         "add_message",
         "acknowledge",
+        "acknowledge_many",
         "join_room",
         "leave_room",
         "delete_delivered_before",
@@ -410,6 +421,11 @@ class WriteTrackingStore:
         """Note that the session acknowledged these; written later (see the class)."""
         self._deferred.setdefault((username, token_hash), {}).update(dict.fromkeys(message_ids))
 
+    def acknowledge_many(self, acknowledgements: Sequence[Acknowledgement]) -> None:
+        """:meth:`acknowledge` each (deferred alike)."""
+        for username, token_hash, message_ids in acknowledgements:
+            self.acknowledge(username, token_hash, message_ids)
+
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
         """``inner``'s, without the messages whose acknowledgement waits to be written."""
         deferred = self._deferred.get((username, token_hash))
@@ -427,17 +443,15 @@ class WriteTrackingStore:
             StoreUnavailableError: from ``inner`` (what was not written waits again).
         """
         deferred, self._deferred = self._deferred, {}
-        pending = list(deferred.items())
-        for index, (key, ids) in enumerate(pending):
-            username, hashed = key
-            written = list(ids)
-            try:
-                self.dirty = True
-                self.inner.acknowledge(username, hashed, written)
-            except BaseException:
-                self._put_back(pending[index:])
-                raise
-            self._written.append((key, written))
+        pending = [(key, list(ids)) for key, ids in deferred.items()]
+        try:
+            self.dirty = True
+            # One call for every session: a store writes each table once.
+            self.inner.acknowledge_many([(user, hashed, ids) for (user, hashed), ids in pending])
+        except BaseException:
+            self._put_back(pending)
+            raise
+        self._written.extend(pending)
 
     def _put_back(self, items: Sequence[tuple[tuple[str, bytes], Iterable[bytes]]]) -> None:
         for key, ids in items:
@@ -510,5 +524,6 @@ def _forward(name: str, *, write: bool) -> Callable[..., Any]:
     return forward
 
 
-for _name in sorted((STORE_READS | STORE_WRITES) - {"acknowledge", "pending_deliveries"}):
+_OWN: Final = frozenset({"acknowledge", "acknowledge_many", "pending_deliveries"})
+for _name in sorted((STORE_READS | STORE_WRITES) - _OWN):
     setattr(WriteTrackingStore, _name, _forward(_name, write=_name in STORE_WRITES))
