@@ -13,9 +13,10 @@ import pytest
 
 from tests.chat_helpers import ChatWorld, StoreFactory, texts_of
 from udpchat_proto.chat import messages as m
-from udpchat_proto.chat.core import CURSOR_WRITE_DELAY, token_hash, utc_from_posix
+from udpchat_proto.chat.core import CURSOR_WRITE_DELAY
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
+from udpchat_proto.chat.requests import token_hash, utc_from_posix
 from udpchat_proto.chat.store import Store, StoreUnavailableError, WriteTrackingStore
 
 

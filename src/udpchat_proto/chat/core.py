@@ -56,26 +56,13 @@ from .requests import (
     WRITES_ONCE,
     ConnectionInfo,
     RefusedError,
-    handles,
     token_hash,
     unavailable_message,
-    utc_from_posix,
 )
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
 
-__all__ = [
-    "HANDLERS",
-    "SALT_SIZE",
-    "SESSION_TOUCH_DELAY",
-    "ConnectionInfo",
-    "RefusedError",
-    "ServerCore",
-    "handles",
-    "token_hash",
-    "unavailable_message",
-    "utc_from_posix",
-]
+__all__ = ["CURSOR_WRITE_DELAY", "SALT_SIZE", "SESSION_TOUCH_DELAY", "ServerCore"]
 
 SALT_SIZE: Final = 16
 """Bytes of random salt in each new password hash."""
@@ -107,6 +94,10 @@ class _Held:
 
 
 _ANONYMOUS_REQUESTS: Final = (m.Register, m.Login, m.Resume)
+
+
+def _without(connections: tuple[ConnectionId, ...], cid: ConnectionId) -> tuple[ConnectionId, ...]:
+    return tuple(c for c in connections if c != cid)
 
 
 class ServerCore(Lookups):
@@ -147,9 +138,10 @@ class ServerCore(Lookups):
             static_key=static_key, config=self._config.transport, random=self._random
         )
         self._connections: dict[ConnectionId, ChatConnection] = {}
-        self._by_user: dict[str, dict[ConnectionId, None]] = {}
-        """Live logged-in connections of each online user (insertion-ordered)."""
-        self._by_session: dict[bytes, dict[ConnectionId, None]] = {}
+        self._by_user: dict[str, tuple[ConnectionId, ...]] = {}
+        """Live logged-in connections of each online user, oldest first (tuples: a
+        user has one or a few, and a dict each cost 200 bytes per idle user)."""
+        self._by_session: dict[bytes, tuple[ConnectionId, ...]] = {}
         self._held: list[_Held] = []
         """Replies and pushes waiting for the batch's commit (message and payload)."""
         self._stale: dict[ConnectionId, None] = {}
@@ -737,9 +729,9 @@ class ServerCore(Lookups):
         connection.username = username
         connection.token_hash = hashed
         connection.deliveries.start()
-        self._by_session.setdefault(hashed, {})[connection.connection_id] = None
-        user_connections = self._by_user.setdefault(username, {})
-        user_connections[connection.connection_id] = None
+        cid = connection.connection_id
+        self._by_session[hashed] = (*self._by_session.get(hashed, ()), cid)
+        user_connections = self._by_user[username] = (*self._by_user.get(username, ()), cid)
         if len(user_connections) == 1:
             self._announce_presence(username, online=True)
 
@@ -752,14 +744,14 @@ class ServerCore(Lookups):
         connection.transition(ChatConnectionInput.LOGOUT)
         connection.username = connection.token_hash = None
         connection.deliveries.stop()
-        session_connections = self._by_session.get(hashed, {})
-        session_connections.pop(connection.connection_id, None)
-        if not session_connections:
-            self._by_session.pop(hashed, None)
-        user_connections = self._by_user.get(username, {})
-        user_connections.pop(connection.connection_id, None)
-        if not user_connections:
-            self._by_user.pop(username, None)
+        cid = connection.connection_id
+        session_connections = _without(self._by_session.pop(hashed, ()), cid)
+        if session_connections:
+            self._by_session[hashed] = session_connections
+        user_connections = _without(self._by_user.pop(username, ()), cid)
+        if user_connections:
+            self._by_user[username] = user_connections
+        else:
             self._friend_sets.pop(username, None)
             self._announce_presence(username, online=False)
         if announce:

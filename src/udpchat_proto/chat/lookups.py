@@ -31,7 +31,7 @@ class Lookups:
     _config: ServerConfig
     _store: Store
     _tracker: WriteTrackingStore
-    _by_user: dict[str, dict[ConnectionId, None]]
+    _by_user: dict[str, tuple[ConnectionId, ...]]
     _friend_sets: dict[str, frozenset[str]]
     _known_users: set[str]
 

@@ -46,9 +46,9 @@ in the store, which keeps every connection's pushes in store order.
 from __future__ import annotations
 
 from .config import ServerConfig
-from .core import HANDLERS, token_hash
 from .handlers import AccountRequests, FriendRequests, MessageRequests, RoomRequests
 from .password_jobs import HashJob
+from .requests import HANDLERS, token_hash
 from .stats import ServerStats
 
 __all__ = ["HANDLERS", "ChatServer", "HashJob", "ServerConfig", "ServerStats", "token_hash"]

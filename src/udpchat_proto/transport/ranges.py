@@ -14,6 +14,10 @@ from collections.abc import Iterable, Iterator
 __all__ = ["RangeSet"]
 
 
+_NO_RANGES: list[range] = []
+"""The ranges of every empty set (see RangeSet.__init__)."""
+
+
 def _stop(r: range) -> int:
     return r.stop
 
@@ -32,7 +36,9 @@ class RangeSet:
     __slots__ = ("_ranges",)
 
     def __init__(self, ranges: Iterable[range] = ()) -> None:
-        self._ranges: list[range] = []
+        # Empty sets share one list (never mutated: add() replaces it first): a
+        # connection holds several sets that are empty most of the time.
+        self._ranges: list[range] = _NO_RANGES
         for r in ranges:
             self.add(r.start, r.stop)
 
@@ -43,6 +49,8 @@ class RangeSet:
         if stop <= start:
             return
         ranges = self._ranges
+        if ranges is _NO_RANGES:
+            ranges = self._ranges = []
         # Fast path: appending past the end (packet numbers and offsets mostly grow).
         if not ranges or ranges[-1].stop < start:
             ranges.append(range(start, stop))
@@ -102,7 +110,10 @@ class RangeSet:
         Raises:
             IndexError: the set is empty.
         """
-        return self._ranges.pop(0)
+        first = self._ranges.pop(0)
+        if not self._ranges:
+            self._ranges = _NO_RANGES  # the emptied list's memory goes back
+        return first
 
     def __contains__(self, value: int) -> bool:
         i = bisect_right(self._ranges, value, key=_start) - 1

@@ -209,6 +209,9 @@ class LossRecovery:
                     acked.append(sent.pop(pn))
         if not acked:
             return [], []
+        if not sent:
+            # An emptied dict keeps its table; an idle connection should not.
+            self._sent = {}
         newest = max(acked, key=lambda p: p.packet_number)
         if newest.packet_number == largest:
             # Karn's rule holds by construction: a packet number is never resent.

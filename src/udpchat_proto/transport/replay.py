@@ -1,13 +1,17 @@
-"""Sliding anti-replay window over packet numbers (RFC 6479, as WireGuard uses).
+"""Sliding anti-replay window over packet numbers (RFC 6479's window, as WireGuard uses).
 
 The window remembers which of the last ``size`` packet numbers below the highest
 one seen have been accepted. A packet number is acceptable if it is above the
-highest seen, or within the window and not yet seen. The bitmap is a ring of
-64-bit blocks, so sliding forward clears whole blocks instead of shifting bits
-(RFC 6479, section 2). WireGuard checks before decrypting (cheap rejection) and
-records only after the packet authenticated, so a forged packet cannot move the
-window: :meth:`ReplayWindow.check` and :meth:`ReplayWindow.update` are separate
-for that reason.
+highest seen, or within the window and not yet seen. WireGuard checks before
+decrypting (cheap rejection) and records only after the packet authenticated, so
+a forged packet cannot move the window: :meth:`ReplayWindow.check` and
+:meth:`ReplayWindow.update` are separate for that reason.
+
+The window is kept as one integer of *holes*: bit ``i`` is set when the number
+``highest - i`` has not been seen. Packets mostly arrive in order, so the integer
+is mostly 0 and a connection's window costs no memory (a bitmap of 2,048 bits
+cost 320 bytes for every idle connection); a lost or reordered packet costs a few
+bits until it arrives or falls out of the window.
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ from typing import Final
 
 __all__ = ["DEFAULT_REPLAY_WINDOW", "ReplayWindow"]
 
-_BLOCK_BITS: Final = 64
-_BLOCK_MASK: Final = _BLOCK_BITS - 1
 #: 2048 packet numbers: at 1200-byte packets, 2.4 MB may be reordered or in flight
 #: before a late packet is refused (WireGuard used 2048 until 2019, then 8192 for
 #: multi-gigabit links; our send window keeps far fewer packets in flight).
@@ -29,7 +31,7 @@ _MAX_PACKET_NUMBER: Final = 2**64 - 2
 class ReplayWindow:
     """Duplicate and replay detection for one receiving direction."""
 
-    __slots__ = ("_bitmap", "_blocks", "_highest", "size")
+    __slots__ = ("_highest", "_holes", "size")
 
     def __init__(self, size: int = DEFAULT_REPLAY_WINDOW) -> None:
         """Create an empty window.
@@ -41,13 +43,11 @@ class ReplayWindow:
         Raises:
             ValueError: ``size`` is not a positive multiple of 64.
         """
-        if size <= 0 or size % _BLOCK_BITS:
+        if size <= 0 or size % 64:
             raise ValueError(f"window size must be a positive multiple of 64, got {size}")
         self.size = size
-        # One spare block: the block holding the highest number is partly in the future.
-        self._blocks = size // _BLOCK_BITS + 1
-        self._bitmap = [0] * self._blocks
         self._highest = -1
+        self._holes = 0
 
     @property
     def highest(self) -> int:
@@ -63,12 +63,12 @@ class ReplayWindow:
         """
         if not 0 <= packet_number <= _MAX_PACKET_NUMBER:
             return False
-        if packet_number > self._highest:
+        behind = self._highest - packet_number
+        if behind < 0:
             return True
-        if self._highest - packet_number >= self.size:
+        if behind >= self.size:
             return False
-        block = (packet_number >> 6) % self._blocks
-        return not (self._bitmap[block] >> (packet_number & _BLOCK_MASK)) & 1
+        return bool((self._holes >> behind) & 1)
 
     def update(self, packet_number: int) -> bool:
         """Record ``packet_number`` as received, if it is acceptable.
@@ -80,15 +80,20 @@ class ReplayWindow:
         """
         if not self.check(packet_number):
             return False
-        if packet_number > self._highest:
-            current = self._highest >> 6
-            target = packet_number >> 6
-            # Clear the blocks the window slides over (all of them if it jumps far).
-            for step in range(1, min(target - current, self._blocks) + 1):
-                self._bitmap[(current + step) % self._blocks] = 0
+        ahead = packet_number - self._highest
+        if ahead > 0:
+            # Slide: the numbers skipped over become holes behind the new highest
+            # (and, before the first packet, every number below it is one).
+            if ahead >= self.size:  # (never shift by a peer-chosen jump)
+                holes = ((1 << (self.size - 1)) - 1) << 1
+            else:
+                holes = (self._holes << ahead) | (((1 << (ahead - 1)) - 1) << 1)
+                if holes.bit_length() > self.size:
+                    holes &= (1 << self.size) - 1  # what falls out of the window
+            self._holes = holes
             self._highest = packet_number
-        block = (packet_number >> 6) % self._blocks
-        self._bitmap[block] |= 1 << (packet_number & _BLOCK_MASK)
+        else:
+            self._holes &= ~(1 << -ahead)
         return True
 
     def __repr__(self) -> str:

@@ -211,6 +211,11 @@ class ReceiveStream:
             raise DecodeError("flow_control", f"stream data up to {end} beyond the window")
         if end <= self._delivered:
             return []  # a duplicate of delivered bytes
+        if offset <= self._delivered and not self._chunks:
+            # In order with nothing held (the common case): straight to assembly.
+            self._assembly += data[self._delivered - offset :]
+            self._delivered = end
+            return self._cut_messages()
         for gap in self._received.missing(max(offset, self._delivered), end):
             self._chunks[gap.start] = data[gap.start - offset : gap.stop - offset]
             self._received.add(gap.start, gap.stop)
@@ -229,6 +234,8 @@ class ReceiveStream:
             self._held -= len(piece)
             self._assembly += piece
             self._delivered += len(piece)
+        if not self._chunks:
+            self._chunks = {}  # an emptied dict keeps its table; an idle stream should not
         return self._cut_messages()
 
     def _cut_messages(self) -> list[bytes]:

@@ -15,17 +15,11 @@ from ...errors import ErrorCode
 from ...ratelimit import KeyedLimiter
 from .. import messages as m
 from ..connection import ChatConnection, ChatConnectionInput
-from ..core import (
-    SALT_SIZE,
-    SESSION_TOUCH_DELAY,
-    RefusedError,
-    ServerCore,
-    handles,
-    token_hash,
-)
+from ..core import SALT_SIZE, SESSION_TOUCH_DELAY, ServerCore
 from ..events import UserLoggedIn
 from ..password_jobs import HashJob, JobKind, PendingJob
 from ..passwords import PasswordHash, ScryptParams, verify_digest
+from ..requests import RefusedError, handles, token_hash
 from ..store import Account, StoreUnavailableError
 from ..validation import TOKEN_SIZE
 

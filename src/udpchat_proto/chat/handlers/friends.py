@@ -5,11 +5,8 @@ from __future__ import annotations
 from ...errors import ErrorCode
 from .. import messages as m
 from ..connection import ChatConnection
-from ..core import (
-    RefusedError,
-    ServerCore,
-    handles,
-)
+from ..core import ServerCore
+from ..requests import RefusedError, handles
 from ..validation import LIST_MAX
 
 __all__ = ["FriendRequests"]

@@ -9,12 +9,8 @@ from __future__ import annotations
 from ...errors import ErrorCode
 from .. import messages as m
 from ..connection import ChatConnection
-from ..core import (
-    RefusedError,
-    ServerCore,
-    handles,
-    utc_from_posix,
-)
+from ..core import ServerCore
+from ..requests import RefusedError, handles, utc_from_posix
 from ..validation import is_room
 
 __all__ = ["MessageRequests"]
