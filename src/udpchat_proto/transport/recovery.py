@@ -155,6 +155,8 @@ class LossRecovery:
         largest_acked: the largest packet number acknowledged, or -1.
     """
 
+    __slots__ = ("_last_sent_time", "_loss_time", "_sent", "backoff", "largest_acked", "rtt")
+
     def __init__(self, rtt: RttEstimator) -> None:
         self.rtt = rtt
         self.backoff = 0
