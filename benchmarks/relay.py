@@ -2,7 +2,8 @@
 beside a raw UDP relay driven the same way in the same run.
 
 Run: ``.venv/bin/python benchmarks/relay.py [--quick] [--json] [--runs N]
-[--workers 2] [--pairs 16] [--profile FILE]``.
+[--workers 2] [--pairs 16] [--scaling 1,2,3,4] [--plot DIR] [--py-spy FILE]
+[--profile FILE]``.
 
 What runs (only 127.0.0.1 is used; every wait is bounded):
 
@@ -42,7 +43,11 @@ What is measured, each run on a fresh server:
   server, was the limit.
 
 Several runs (``--runs``): each figure is the median, and the spread (min-max) is
-shown. ``--profile FILE`` runs the server under cProfile (one run; the profile is
+shown. ``--scaling`` adds saturation (udpchat and the raw relay) with each number
+of generator processes. ``--plot DIR`` draws ``latency.png`` (and, with
+``--scaling``, ``throughput.png``). ``--py-spy FILE`` samples the server with py-spy
+during the first run and prints its CPU split by layer (``benchmarks/layers.py``);
+``--profile FILE`` runs the server under cProfile instead (one run; the profile is
 written when the server stops) and prints the top functions by own time.
 """
 
@@ -701,11 +706,36 @@ def windowed(
     return results[0], cpu, {**shares, "machine": machine}
 
 
-def one_run(workers: int, pairs: int, timing: Timing, profile: str | None) -> dict[str, Any]:
+@contextlib.contextmanager
+def py_spy(pid: int, path: str | None) -> Iterator[None]:
+    """Record process ``pid`` with py-spy (raw collapsed stacks) while in the block."""
+    if path is None:
+        yield
+        return
+    command = ["py-spy", "record", "--pid", str(pid), "--rate", "500", "--format", "raw"]
+    recorder = subprocess.Popen(
+        [*command, "--output", path, "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            recorder.wait(30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.wait()
+
+
+def one_run(
+    workers: int, pairs: int, timing: Timing, profile: str | None, spy: str | None = None
+) -> dict[str, Any]:
     """One fresh server and relay: every figure once."""
     team = Workers(workers, pairs)
     try:
-        with udpchat_server(profile) as (pid, port):
+        with udpchat_server(profile) as (pid, port), py_spy(pid, spy):
             team.call("setup", port, workers)
             results, cpu, states = windowed(
                 functools.partial(team.call, "saturate"),
@@ -778,6 +808,36 @@ def one_run(workers: int, pairs: int, timing: Timing, profile: str | None) -> di
         carried = [s["offered"] for s in run["latency"] if not s["overloaded"]]
         run["highest_sustained_rate"] = max(carried, default=0)
         return run
+    finally:
+        team.stop()
+
+
+def saturation_point(workers: int, pairs: int, timing: Timing) -> dict[str, Any]:
+    """Saturation only, for ``workers`` generator processes: udpchat and the raw relay."""
+    team = Workers(workers, pairs)
+    try:
+        with udpchat_server() as (pid, port):
+            team.call("setup", port, workers)
+            results, cpu, _ = windowed(
+                functools.partial(team.call, "saturate"), pid, timing.warmup, timing.saturation
+            )
+            delivered = sum(r["delivered"] for r in results)
+            point = {
+                "workers": workers,
+                "udpchat_msgs_per_s": delivered / timing.saturation,
+                "server_cpu_us_per_msg": cpu / max(1, delivered) * 1e6,
+                "server_cpu_share": cpu / timing.saturation,
+            }
+        team.call("close")
+        with raw_relay_process() as (relay_pid, relay_port):
+            results, _, _ = windowed(
+                functools.partial(team.call, "raw", relay_port),
+                relay_pid,
+                timing.warmup,
+                timing.saturation,
+            )
+        point["raw_relay_msgs_per_s"] = sum(r["delivered"] for r in results) / timing.saturation
+        return point
     finally:
         team.stop()
 
@@ -947,19 +1007,55 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter windows, fewer rates")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the server (one run)")
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        dest="spy",
+        help="record the server with py-spy in the first run; print its split by layer",
+    )
+    parser.add_argument(
+        "--scaling",
+        metavar="N,N,...",
+        help="also saturation with each number of generator processes (e.g. 1,2,3,4)",
+    )
+    parser.add_argument("--plot", metavar="DIR", type=Path, help="draw the plots into DIR")
     args = parser.parse_args()
-    if not 1 <= args.workers * args.pairs * 2 <= 200:
-        parser.error("at most 200 connections: the server keeps 256 per address")
+    scaling = [int(n) for n in args.scaling.split(",")] if args.scaling else []
+    for workers in [args.workers, *scaling]:
+        if not 1 <= workers * args.pairs * 2 <= 200:
+            parser.error("at most 200 connections: the server keeps 256 per address")
     timing = QUICK if args.quick else FULL
     runs = 1 if args.profile else (args.runs or (1 if args.quick else 3))
-    results = [one_run(args.workers, args.pairs, timing, args.profile) for _ in range(runs)]
+    results = [
+        one_run(args.workers, args.pairs, timing, args.profile, args.spy if i == 0 else None)
+        for i in range(runs)
+    ]
     summary = summarize(results, args.workers, args.pairs)
+    if scaling:
+        summary["scaling"] = [saturation_point(n, args.pairs, timing) for n in scaling]
     if args.json:
         print(json.dumps(summary))
     else:
         print_table(summary)
+        for point in summary.get("scaling", []):
+            print(
+                f"  {point['workers']} generator processes: udpchat "
+                f"{point['udpchat_msgs_per_s']:.0f} msg/s ({point['server_cpu_us_per_msg']:.0f}"
+                f" µs, {point['server_cpu_share']:.2f} cores), raw relay "
+                f"{point['raw_relay_msgs_per_s']:.0f} msg/s"
+            )
     if args.profile:
         print_profile(args.profile)
+    if args.spy and not args.json:
+        from layers import print_split
+
+        print_split(Path(args.spy))
+    if args.plot:
+        from plots import latency_plot, scaling_plot
+
+        latency_plot(summary, args.plot)
+        if scaling:
+            scaling_plot(summary["scaling"], args.plot)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Memory per idle logged-in connection on the server, sans-IO.
 
 Run: ``.venv/bin/python benchmarks/sessions.py [--quick] [--json]
-[--sizes 1000,10000,100000] [--store sqlite|memory]``.
+[--sizes 1000,10000,100000] [--store sqlite|memory] [--plot DIR]``.
 
 One :class:`ChatServer` (on a SQLite file in a temporary directory by default, as
 the real server; ``--store memory`` keeps accounts and sessions in the process,
 where they count too) with the transport's connection cap raised to the size
 measured. Clients are :class:`ClientConnection` s at simulated addresses (one
-address each, so no per-address limit binds), their datagrams carried in memory
-and the clock a number, as ``benchmarks/fanout.py`` does. They connect, register
+address each, so no per-address limit binds) in a process of their own (so that
+their garbage does not fragment the server's heap and count as its memory),
+their datagrams carried over a pipe and the clock a number. They connect, register
 and log in a thousand at a time; once a batch is logged in the clock moves past
 the acknowledgement delay so that nothing is left in flight, and the batch's
 client objects are dropped: what remains is what the server keeps for an idle
@@ -27,6 +28,7 @@ Two figures per size, each in a fresh process so that sizes do not share a heap:
   span, in a run without ``tracemalloc`` (whose bookkeeping would inflate it).
 
 The issue's target: 100,000 connections under 400 MiB, at most 4 KiB each.
+``--plot DIR`` draws ``memory.png`` (bytes per connection against connections).
 """
 
 from __future__ import annotations
@@ -294,6 +296,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="1,000 connections only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", metavar="DIR", type=Path, help="draw memory.png into DIR")
     args = parser.parse_args()
     default = "1000" if args.quick else "1000,10000,100000"
     sizes = [int(x) for x in (args.sizes or default).split(",")]
@@ -327,6 +330,10 @@ def main() -> None:
         "rss_bytes_per_idle_conn_at": largest["connections"],
         "target_bytes_per_conn": TARGET_BYTES,
     }
+    if args.plot:
+        from plots import memory_plot
+
+        memory_plot(summary, args.plot)
     if args.json:
         print(json.dumps(summary))
         return

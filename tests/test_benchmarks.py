@@ -7,10 +7,12 @@ The three quick runs take about 35 s together on the project's two-core machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -58,3 +60,67 @@ def test_benchmark_runs_quick(name: str) -> None:
     if name == "relay.py":
         for step in figures["latency"]:
             assert {"offered", "achieved", "p50_ms", "p99_ms"} <= set(step)
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_plots_are_drawn_from_the_summaries(tmp_path: Path) -> None:
+    plots = _load("plots")
+    steps = [
+        {"offered": rate, "p50_ms": p50, "p99_ms": p99, "p99_ms_min": p99 / 2, "p99_ms_max": p99}
+        for rate, p50, p99 in [(1000, 1.0, 4.0), (5000, 9.0, 30.0)]
+    ]
+    relay = {"latency": steps, "udpchat_msgs_per_s": 9000.0, "connections": 64}
+    scaling = [
+        {"workers": n, "udpchat_msgs_per_s": 5000.0 * n, "raw_relay_msgs_per_s": 1e5 * n}
+        for n in (1, 2)
+    ]
+    sessions = {
+        "store": "sqlite",
+        "sizes": [
+            {"connections": 1000, "rss_bytes_per_conn": 5000.0, "traced_bytes_per_conn": 3800.0},
+            {"connections": 100_000, "rss_bytes_per_conn": 4200.0, "traced_bytes_per_conn": None},
+        ],
+    }
+    drawn = [
+        plots.latency_plot(relay, tmp_path),
+        plots.scaling_plot(scaling, tmp_path),
+        plots.memory_plot(sessions, tmp_path),
+    ]
+    assert [p.name for p in drawn] == ["latency.png", "throughput.png", "memory.png"]
+    for path in drawn:
+        assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_profile_is_split_by_the_innermost_layer_that_matches(tmp_path: Path) -> None:
+    layers = _load("layers")
+    raw = tmp_path / "server.txt"
+    run = "<module> (<string>:1);ServerLoop.run (udpchat_server/loop.py:160)"
+    handler = f"{run};ServerCore._dispatch (udpchat_proto/chat/core.py:600)"
+    raw.write_text(
+        f"{handler};SQLiteStore.add_message (udpchat_server/sqlite_store.py:800) 30\n"
+        f"{run};ServerCore.commit (udpchat_proto/chat/core.py:300);"
+        "SQLiteStore.commit (udpchat_server/sqlite_store.py:581) 20\n"
+        f"{handler};decode (udpchat_proto/chat/codec.py:174) 25\n"
+        f"{run};Connection._seal (udpchat_proto/transport/connection.py:680);"
+        "CipherState.seal (udpchat_proto/transport/handshake.py:226) 5\n"
+        f"{run};decode_frames (udpchat_proto/transport/packets.py:520) 10\n"
+        f"{run} 10\n"
+        "garbage line\n"
+    )
+    shares, functions = layers.split(raw)
+    assert shares == {
+        "SQLite statements": 0.3,
+        "codec (JSON, cattrs)": 0.25,
+        "SQLite commit (fsync)": 0.2,
+        "transport": 0.1,
+        "loop and sockets": 0.1,
+        "crypto (ChaCha20-Poly1305)": 0.05,
+    }
+    assert functions[0] == ("SQLiteStore.add_message (udpchat_server/sqlite_store.py)", 0.3)

@@ -621,6 +621,38 @@ def test_sqlite_reads_back_no_message_that_was_undone(tmp_path: Path, undo: str)
         assert texts(store.history("alice", "carol", 10)) == ["kept"]
 
 
+def test_sqlite_last_seq_is_written_once_a_batch_and_survives_a_failed_request(
+    tmp_path: Path,
+) -> None:
+    # A message to a known conversation is one INSERT; conversations.last_seq is
+    # written at the commit (or before anything reads it), and a request that fails
+    # after the batch's earlier messages must not take their seqs with it.
+    path = tmp_path / "db.sqlite3"
+
+    def last_seq(store: SQLiteStore) -> int:
+        (seq,) = store.connection.execute(
+            "SELECT last_seq FROM conversations WHERE key = 'alice bob'"
+        ).fetchone()
+        return int(seq)
+
+    with SQLiteStore.open(path) as store:
+        assert [send(store, "alice", "bob", str(n)) for n in range(3)]
+        with pytest.raises(RuntimeError), store.atomic():
+            store.add_message(message("bob", "alice", "undone"))
+            raise RuntimeError("the request failed")
+        assert store.add_message(message("bob", "alice", "3")).seq == 4
+        store.join_room("#r", "carol", 1.0)  # reads last_seq of its room: writes them first
+        assert last_seq(store) == 4
+        assert store.add_message(message("alice", "bob", "4")).seq == 5
+        assert last_seq(store) == 4  # not yet: at the commit
+        store.commit()
+        assert last_seq(store) == 5
+    with SQLiteStore.open(path) as store:  # a restart goes on from the table
+        assert store.add_message(message("alice", "bob", "5")).seq == 6
+        store.commit()
+        assert texts(store.history("alice", "bob", 10)) == ["0", "1", "2", "3", "4", "5"]
+
+
 def test_sqlite_commit_makes_writes_visible_to_other_connections(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     with SQLiteStore.open(path) as store:

@@ -224,8 +224,8 @@ _COUNT_WAITING = """
 
 #: Message ids looked up in one statement by :meth:`SQLiteStore.acknowledge`.
 _ACK_CHUNK = 500
-#: Most conversation ids add_message remembers (about 100 bytes each).
-_CONVERSATION_IDS_MAX = 65_536
+#: Most conversations add_message remembers (about 150 bytes each).
+_CONVERSATIONS_MAX = 65_536
 #: Most messages kept as the objects add_message was given, so that reading them
 #: back (a delivery window's refill) builds and validates no new ChatMessage.
 _RECENT_MAX = 8192
@@ -387,8 +387,14 @@ class SQLiteStore:
         self._atomic_open = False
         self._batch_open = False
         """Whether this batch began a transaction (and so must still be in it)."""
-        self._conversation_ids: dict[str, int] = {}
-        """Conversation ids by key, as found by add_message (checked on each use)."""
+        self._conversations: dict[str, tuple[int, int]] = {}
+        """Conversation id and last seq by key, as add_message left them in this
+        transaction: a message to a known conversation is one INSERT. Forgotten
+        whenever a write is undone (see _forget_uncommitted)."""
+        self._seqs_unwritten: dict[int, int] = {}
+        """The last seqs add_message gave and conversations.last_seq does not hold
+        yet: written before COMMIT, before an atomic block and before a read of
+        last_seq (one statement a batch, not one a message)."""
         self._recent: dict[bytes, tuple[ChatMessage, int, int]] = {}
         """The last messages stored, by id, with their conversation id and seq
         (forgotten when a write is undone)."""
@@ -488,7 +494,7 @@ class SQLiteStore:
         """After an error: if SQLite rolled the batch's transaction back, remember
         it (and why), so that the batch is refused whole (see Failures above)."""
         if self._batch_open and self._batch_lost is None and not self._db.in_transaction:
-            self._recent.clear()
+            self._forget_uncommitted()
             self._batch_lost = cause or StoreUnavailableError(
                 "transaction lost", "SQLite rolled back the batch after an error"
             )
@@ -527,6 +533,7 @@ class SQLiteStore:
         """
         if self._atomic_wanted:
             raise RuntimeError("atomic() blocks do not nest")
+        self._write_seqs()  # outside the savepoint: a failed block cannot undo them
         self._atomic_wanted = True
         try:
             yield
@@ -534,7 +541,9 @@ class SQLiteStore:
             # (An error that already aborted the whole transaction left nothing
             # to roll back to: _check_transaction notes the batch as lost.)
             self._check_transaction()
-            self._recent.clear()  # it may hold what the block stored
+            # What the block stored may be remembered; what came before it was
+            # written when the block began, so forgetting everything loses nothing.
+            self._forget_uncommitted()
             if self._atomic_open and self._batch_lost is None:
                 try:
                     self._db.execute("ROLLBACK TO request")
@@ -578,6 +587,12 @@ class SQLiteStore:
         if not self._db.in_transaction:
             return
         try:
+            if self._seqs_unwritten:
+                self._db.executemany(
+                    "UPDATE conversations SET last_seq = ? WHERE id = ?",
+                    [(seq, conversation) for conversation, seq in self._seqs_unwritten.items()],
+                )
+                self._seqs_unwritten.clear()
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._discard()
@@ -585,9 +600,34 @@ class SQLiteStore:
                 "commit failed", str(exc)
             ) from exc
 
+    def _forget_uncommitted(self) -> None:
+        """Drop what is remembered of the transaction's writes (it was undone)."""
+        self._recent.clear()
+        self._conversations.clear()
+        self._seqs_unwritten.clear()
+
+    def _write_seqs(self) -> None:
+        """Write the last seqs add_message gave into conversations.last_seq.
+
+        Raises:
+            StoreUnavailableError: the write failed for an outside cause.
+        """
+        if not self._seqs_unwritten:
+            return
+        rows = [(seq, conversation) for conversation, seq in self._seqs_unwritten.items()]
+        try:
+            self._write().executemany("UPDATE conversations SET last_seq = ? WHERE id = ?", rows)
+        except sqlite3.Error as exc:
+            failure = unavailable(exc, self._file)
+            self._check_transaction(failure)
+            if failure is None:
+                raise
+            raise failure from exc
+        self._seqs_unwritten.clear()
+
     def _discard(self) -> None:
         """Roll back whatever is left of a failed batch (it may already be gone)."""
-        self._recent.clear()
+        self._forget_uncommitted()
         if self._db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
@@ -596,7 +636,7 @@ class SQLiteStore:
         """Discard every write since the last commit (not part of the Store protocol)."""
         self._batch_open = False
         self._batch_lost = None
-        self._recent.clear()
+        self._forget_uncommitted()
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
@@ -785,36 +825,40 @@ class SQLiteStore:
             ValueError: a message with this id is already stored (nothing of
                 this one is kept).
         """
-        db = self._write()
+        self._write()  # (inside the batch's transaction)
         key = conversation_key(message.sender, message.to)
         sent_at = _to_micros(message.sent_at)
-        created = 0
-        row = None
-        conversation = self._conversation_ids.get(key)
-        if conversation is not None:
-            # By the remembered id, and the key too: an id that a rollback or a
-            # deletion (here or by another process) made stale matches nothing.
-            row = db.execute(
-                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? AND key = ? "
-                "RETURNING last_seq",
-                (conversation, key),
-            ).fetchone()
-        if row is not None:
-            (seq,) = row
-        else:  # the first message of this process into this conversation
-            created = db.execute(
-                "INSERT INTO conversations (key, is_room, created_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO NOTHING",
-                (key, is_room(key), sent_at / 1e6),
-            ).rowcount
-            conversation, seq = db.execute(
-                "UPDATE conversations SET last_seq = last_seq + 1 WHERE key = ? "
-                "RETURNING id, last_seq",
-                (key,),
-            ).fetchone()
-            if len(self._conversation_ids) >= _CONVERSATION_IDS_MAX:
-                self._conversation_ids.clear()  # bounded; the busy ones come back
-            self._conversation_ids[key] = conversation
+        known = self._conversations.get(key)
+        if known is not None:
+            # A conversation this transaction knows: its next seq, one INSERT.
+            conversation, seq = known[0], known[1] + 1
+            self._insert_message(message, conversation, seq, sent_at)
+            self._seqs_unwritten[conversation] = seq
+        else:
+            conversation, seq = self._first_message(message, key, sent_at)
+        self._conversations[key] = (conversation, seq)
+        recent = self._recent
+        recent[message.id] = (message, conversation, seq)
+        if len(recent) > _RECENT_MAX:
+            del recent[next(iter(recent))]  # the oldest
+        return StoredMessage(message=message, seq=seq)
+
+    def _first_message(self, message: ChatMessage, key: str, sent_at: int) -> tuple[int, int]:
+        """add_message for a conversation not remembered: from the table (creating
+        the conversation if needed); its (id, seq)."""
+        db = self._write()
+        self._write_seqs()  # so that last_seq is current for the increment below
+        if len(self._conversations) >= _CONVERSATIONS_MAX:
+            self._conversations.clear()  # bounded; the busy ones come back
+        created = db.execute(
+            "INSERT INTO conversations (key, is_room, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO NOTHING",
+            (key, is_room(key), sent_at / 1e6),
+        ).rowcount
+        conversation, seq = db.execute(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE key = ? RETURNING id, last_seq",
+            (key,),
+        ).fetchone()
         if created and not is_room(key):
             db.executemany(
                 "INSERT INTO participants (conversation, username, floor_seq, joined_at) "
@@ -822,24 +866,33 @@ class SQLiteStore:
                 [(conversation, user, sent_at / 1e6) for user in (message.sender, message.to)],
             )
         try:
+            self._insert_message(message, conversation, seq, sent_at)
+        except ValueError:
+            # Give the seq back, so that a refused message leaves no gap.
             db.execute(
+                "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?", (conversation,)
+            )
+            raise
+        return conversation, seq
+
+    def _insert_message(
+        self, message: ChatMessage, conversation: int, seq: int, sent_at: int
+    ) -> None:
+        try:
+            self._db.execute(
                 "INSERT INTO messages (id, conversation, seq, sender, recipient, text, sent_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (message.id, conversation, seq, message.sender, message.to, message.text, sent_at),
             )
-        except sqlite3.IntegrityError:
-            # A known id (the unique index says so, with no lookup on the way in):
-            # give the seq back, so that a refused message leaves no gap.
-            db.execute(
-                "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?", (conversation,)
-            )
-            raise ValueError("a message with this id is already stored") from None
-        assert conversation is not None  # found by id, or by key just above
-        recent = self._recent
-        recent[message.id] = (message, conversation, seq)
-        if len(recent) > _RECENT_MAX:
-            del recent[next(iter(recent))]  # the oldest
-        return StoredMessage(message=message, seq=seq)
+        except sqlite3.IntegrityError as exc:
+            if "messages.id" in str(exc):
+                # A known id (the unique index says so, with no lookup on the way in).
+                raise ValueError("a message with this id is already stored") from None
+            # The remembered conversation or seq is not the table's: only another
+            # writer of the database could do that (the server must be its only
+            # one). Forget them; the error is the caller's (an internal error).
+            self._conversations.pop(conversation_key(message.sender, message.to), None)
+            raise
 
     def _message(self, row: sqlite3.Row | tuple[bytes, str, str, str, int]) -> ChatMessage:
         """A message row as a ChatMessage: the stored object if it is recent."""
@@ -958,6 +1011,7 @@ class SQLiteStore:
         The new member receives only the messages sent after this call.
         """
         db = self._write()
+        self._write_seqs()  # the floor below is the room's last_seq
         db.execute(
             "INSERT INTO conversations (key, is_room, created_at) VALUES (?, 1, ?) "
             "ON CONFLICT (key) DO NOTHING",
@@ -1000,7 +1054,8 @@ class SQLiteStore:
                 # Our own table names, not input.
                 db.execute(f"DELETE FROM {table} WHERE conversation = ?", (conversation,))
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation,))
-            self._conversation_ids.pop(room, None)
+            self._conversations.pop(room, None)
+            self._seqs_unwritten.pop(conversation, None)
         return True
 
     def delete_delivered_before(self, cutoff: float, limit: int) -> int:
