@@ -17,7 +17,13 @@ from udpchat_proto.chat.core import CURSOR_WRITE_DELAY
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.requests import token_hash, utc_from_posix
-from udpchat_proto.chat.store import Store, StoreUnavailableError, WriteTrackingStore
+from udpchat_proto.chat.store import (
+    CURSOR_READERS,
+    STORE_WRITES,
+    Store,
+    StoreUnavailableError,
+    WriteTrackingStore,
+)
 
 
 def waiting_for(world: ChatWorld, name: str, token: bytes | None) -> list[str]:
@@ -194,3 +200,8 @@ def test_a_lost_batch_puts_them_back_for_the_next() -> None:
     tracker.commit()
     assert not tracker.acknowledgements_deferred
     assert pending(inner, session) == []
+
+
+def test_what_waits_for_the_cursors_is_writes_only() -> None:
+    # The tracker marks the batch dirty before each of them: they must write.
+    assert CURSOR_READERS <= STORE_WRITES

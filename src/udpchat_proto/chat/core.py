@@ -609,7 +609,10 @@ class ServerCore(Lookups):
         mark = len(self._held)
         self._stepping = True
         try:
-            with self._store.atomic() if savepoint else contextlib.nullcontext():
+            if savepoint:
+                with self._store.atomic():
+                    step(connection, *args)
+            else:
                 step(connection, *args)
         except Exception as exc:
             self._stepping = False

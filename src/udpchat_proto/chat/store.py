@@ -510,14 +510,26 @@ class WriteTrackingStore:
 
 
 def _forward(name: str, *, write: bool) -> Callable[..., Any]:
-    reads_cursors = name in CURSOR_READERS
+    # Three shapes, so that the common ones (a read, a plain write) test nothing:
+    # every store call of the hot path goes through here.
+    if name in CURSOR_READERS:  # (all writes)
 
-    def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
-        if reads_cursors and self._deferred:
-            self.flush_acknowledgements()
-        if write:
+        def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
+            if self._deferred:
+                self.flush_acknowledgements()
             self.dirty = True
-        return getattr(self.inner, name)(*args, **kwargs)
+            return getattr(self.inner, name)(*args, **kwargs)
+
+    elif write:
+
+        def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
+            self.dirty = True
+            return getattr(self.inner, name)(*args, **kwargs)
+
+    else:
+
+        def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
+            return getattr(self.inner, name)(*args, **kwargs)
 
     forward.__name__ = name
     forward.__doc__ = f"``inner.{name}`` ({'a write: sets dirty' if write else 'a read'})."

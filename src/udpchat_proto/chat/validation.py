@@ -249,6 +249,8 @@ def count(_inst: Any, _attr: Any, value: Any) -> None:
 
 
 def utc_datetime(_inst: Any, _attr: Any, value: Any) -> None:
+    if type(value) is datetime.datetime and value.tzinfo is datetime.UTC:
+        return  # what the codec and the server make: no offset to compute
     if not isinstance(value, datetime.datetime) or value.utcoffset() != datetime.timedelta(0):
         raise ValidationError(ErrorCode.BAD_REQUEST, "timestamps must be timezone-aware UTC")
 
