@@ -771,6 +771,22 @@ class ServerTransport:
 
     def _settle(self, conn: Connection) -> None:
         cid = conn.connection_id
+        if conn.state is TransportState.ESTABLISHED and cid in self._open:
+            pass  # the common case, after every packet: it was counted when it opened
+        else:
+            self._settle_state(conn)
+            if cid not in self._connections:
+                return
+        held = conn.buffered_bytes
+        self._buffered += held - self._buffered_by.get(cid, 0)
+        self._buffered_by[cid] = held
+        if self._buffered > self._config.max_buffered_bytes and not self._enforcing:
+            self._enforce_budget()
+        self._unscheduled[cid] = None
+
+    def _settle_state(self, conn: Connection) -> None:
+        """The tables that follow a connection's state: half-open, open, gone."""
+        cid = conn.connection_id
         if conn.state is not TransportState.HANDSHAKE:
             self._half_open.discard(cid)
         if conn.state is TransportState.CLOSED:
@@ -788,12 +804,6 @@ class ServerTransport:
                     self._evict_idlest(keep=cid)
         else:
             self._open.pop(cid, None)
-        held = conn.buffered_bytes
-        self._buffered += held - self._buffered_by.get(cid, 0)
-        self._buffered_by[cid] = held
-        if self._buffered > self._config.max_buffered_bytes and not self._enforcing:
-            self._enforce_budget()
-        self._unscheduled[cid] = None
 
     def _schedule_touched(self) -> None:
         """Put the deadlines of the connections touched since the last time in the heap."""
