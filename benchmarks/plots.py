@@ -67,10 +67,8 @@ def latency_plot(summary: dict[str, Any], out: Path) -> Path:
         axis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_xlabel("offered messages/s (open loop)")
     ax.set_ylabel("send -> delivery latency, ms")
-    ax.set_title(f"udpchat-server, SQLite, {summary['connections']} connections, 2 cores")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, plt, out / "latency.png")
+    title = f"udpchat-server, SQLite, {summary['connections']} connections, 2 cores"
+    return _save(fig, ax, plt, title, out / "latency.png")
 
 
 def scaling_plot(points: list[dict[str, Any]], out: Path) -> Path:
@@ -84,10 +82,8 @@ def scaling_plot(points: list[dict[str, Any]], out: Path) -> Path:
     ax.set_xticks(workers)
     ax.set_xlabel("load-generator processes (16 pairs each)")
     ax.set_ylabel("delivered messages/s at saturation")
-    ax.set_title("Throughput against generator processes (2 cores, shared)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, plt, out / "throughput.png")
+    title = "Throughput against generator processes (2 cores, shared)"
+    return _save(fig, ax, plt, title, out / "throughput.png")
 
 
 def memory_plot(summary: dict[str, Any], out: Path) -> Path:
@@ -106,13 +102,14 @@ def memory_plot(summary: dict[str, Any], out: Path) -> Path:
     ax.set_ylim(bottom=0)
     ax.set_xlabel("idle logged-in connections")
     ax.set_ylabel("server bytes per connection")
-    ax.set_title(f"Memory per idle connection (store: {summary['store']})")
+    title = f"Memory per idle connection (store: {summary['store']})"
+    return _save(fig, ax, plt, title, out / "memory.png")
+
+
+def _save(fig: Any, ax: Any, plt: Any, title: str, path: Path) -> Path:
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, plt, out / "memory.png")
-
-
-def _save(fig: Any, plt: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

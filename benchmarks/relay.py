@@ -791,16 +791,7 @@ def one_run(
                 )
             run["server_rss_mib"] = rss_mib(pid)
         team.call("close")
-        with raw_relay_process() as (relay_pid, relay_port):
-            results, cpu, _ = windowed(
-                functools.partial(team.call, "raw", relay_port),
-                relay_pid,
-                timing.warmup,
-                timing.saturation,
-            )
-            delivered = sum(r["delivered"] for r in results)
-            run["raw_relay_msgs_per_s"] = delivered / timing.saturation
-            run["raw_relay_cpu_us_per_msg"] = cpu / max(1, delivered) * 1e6
+        run["raw_relay_msgs_per_s"], run["raw_relay_cpu_us_per_msg"] = raw_saturation(team, timing)
         run["ratio"] = run["udpchat_msgs_per_s"] / run["raw_relay_msgs_per_s"]
         run["p99_crosses_5ms_at"] = crossing(run["latency"])
         # Then the crossing is somewhere below the lowest rate stepped through.
@@ -810,6 +801,20 @@ def one_run(
         return run
     finally:
         team.stop()
+
+
+def raw_saturation(team: Workers, timing: Timing) -> tuple[float, float]:
+    """The raw relay at saturation, driven by ``team`` (its clients closed): messages
+    a second and the relay's CPU microseconds a message."""
+    with raw_relay_process() as (relay_pid, relay_port):
+        results, cpu, _ = windowed(
+            functools.partial(team.call, "raw", relay_port),
+            relay_pid,
+            timing.warmup,
+            timing.saturation,
+        )
+    delivered = sum(r["delivered"] for r in results)
+    return delivered / timing.saturation, cpu / max(1, delivered) * 1e6
 
 
 def saturation_point(workers: int, pairs: int, timing: Timing) -> dict[str, Any]:
@@ -829,14 +834,7 @@ def saturation_point(workers: int, pairs: int, timing: Timing) -> dict[str, Any]
                 "server_cpu_share": cpu / timing.saturation,
             }
         team.call("close")
-        with raw_relay_process() as (relay_pid, relay_port):
-            results, _, _ = windowed(
-                functools.partial(team.call, "raw", relay_port),
-                relay_pid,
-                timing.warmup,
-                timing.saturation,
-            )
-        point["raw_relay_msgs_per_s"] = sum(r["delivered"] for r in results) / timing.saturation
+        point["raw_relay_msgs_per_s"], _ = raw_saturation(team, timing)
         return point
     finally:
         team.stop()

@@ -7,11 +7,12 @@ failed request or a lost batch puts back what it had written of them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
 import pytest
 
-from tests.chat_helpers import ChatWorld, StoreFactory, texts_of
+from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, texts_of
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.core import CURSOR_WRITE_DELAY
 from udpchat_proto.chat.memory_store import MemoryStore
@@ -65,13 +66,19 @@ def test_a_delivered_message_costs_one_commit_and_the_cursor_follows(
     assert waiting_for(world, "bob", bob.token) == []
 
 
-def test_a_write_in_the_batch_carries_the_cursors_with_it(stores: StoreFactory) -> None:
+def delivered_and_acknowledged(stores: StoreFactory, text: str) -> tuple[ChatWorld, ChatUser]:
+    """alice sent bob ``text``; he took it, and his acknowledgement waits in memory."""
     world = ChatWorld(stores)
     alice, bob = world.signed_up("alice", "bob")
     world.befriend(alice, bob)
-    alice.send("bob", "hello")
-    world.run_until(lambda: bob.texts() == ["hello"])
+    alice.send("bob", text)
+    world.run_until(lambda: bob.texts() == [text])
     world.net.run_for(CURSOR_WRITE_DELAY / 4)
+    return world, bob
+
+
+def test_a_write_in_the_batch_carries_the_cursors_with_it(stores: StoreFactory) -> None:
+    world, bob = delivered_and_acknowledged(stores, "hello")
     assert waiting_for(world, "bob", bob.token) == ["hello"]
     # bob's own send is a write: its commit carries his acknowledgement.
     commits = world.store.commits
@@ -80,15 +87,9 @@ def test_a_write_in_the_batch_carries_the_cursors_with_it(stores: StoreFactory) 
     assert waiting_for(world, "bob", bob.token) == []
 
 
-def test_a_crash_before_the_cursor_write_only_pushes_again(stores: StoreFactory) -> None:
-    if stores.kind == "memory":
-        pytest.skip("the memory store outlives the restart: nothing is lost")
-    world = ChatWorld(stores)
-    alice, bob = world.signed_up("alice", "bob")
-    world.befriend(alice, bob)
-    alice.send("bob", "once")
-    world.run_until(lambda: bob.texts() == ["once"])
-    world.net.run_for(CURSOR_WRITE_DELAY / 4)
+def test_a_crash_before_the_cursor_write_only_pushes_again(tmp_path: Path) -> None:
+    # On SQLite: the memory store outlives a restart, so nothing would be lost.
+    world, bob = delivered_and_acknowledged(StoreFactory("sqlite", tmp_path / "db"), "once")
     world.restart_server()  # the acknowledgement dies with the process
     bob.crash()
     bob.connect()
@@ -133,15 +134,23 @@ def stored(store: MemoryStore, *texts: str) -> tuple[bytes, list[bytes]]:
     return session, ids
 
 
+def tracked(
+    inner: MemoryStore, *texts: str
+) -> tuple[WriteTrackingStore, Store, bytes, list[bytes]]:
+    """A tracker over ``inner`` (holding ``stored``'s messages), the tracker as a
+    Store, bob's session and the messages' ids."""
+    session, ids = stored(inner, *texts)
+    tracker = WriteTrackingStore(inner)
+    return tracker, cast(Store, tracker), session, ids
+
+
 def pending(store: Store, session: bytes) -> list[str]:
     return texts_of(store.pending_deliveries("bob", session, 10))
 
 
 def test_the_tracker_leaves_out_what_waits_and_still_finds_the_end() -> None:
     inner = MemoryStore()
-    session, ids = stored(inner, "a", "b", "c")
-    tracker = WriteTrackingStore(inner)
-    view = cast(Store, tracker)
+    tracker, view, session, ids = tracked(inner, "a", "b", "c")
     view.acknowledge("bob", session, ids[:2])
     assert not tracker.dirty and tracker.acknowledgements_deferred
     assert pending(inner, session) == ["a", "b", "c"]
@@ -154,9 +163,7 @@ def test_the_tracker_leaves_out_what_waits_and_still_finds_the_end() -> None:
 
 def test_the_tracker_writes_them_with_the_next_commit_that_has_writes() -> None:
     inner = MemoryStore()
-    session, ids = stored(inner, "a", "b")
-    tracker = WriteTrackingStore(inner)
-    view = cast(Store, tracker)
+    tracker, view, session, ids = tracked(inner, "a", "b")
     view.acknowledge("bob", session, ids[:1])
     view.add_invitation("bob", "carol", 0.0)
     tracker.commit()
@@ -166,9 +173,7 @@ def test_the_tracker_writes_them_with_the_next_commit_that_has_writes() -> None:
 
 def test_a_failed_request_puts_back_what_it_wrote_of_them() -> None:
     inner = MemoryStore()
-    session, ids = stored(inner, "a", "b")
-    tracker = WriteTrackingStore(inner)
-    view = cast(Store, tracker)
+    tracker, view, session, ids = tracked(inner, "a", "b")
     view.acknowledge("bob", session, ids)
     with pytest.raises(RuntimeError), view.atomic():
         # A write that needs the cursors written first (a new session copies them) ...
@@ -184,9 +189,7 @@ def test_a_failed_request_puts_back_what_it_wrote_of_them() -> None:
 
 def test_a_lost_batch_puts_them_back_for_the_next() -> None:
     inner = FailingCommits()
-    session, ids = stored(inner, "a", "b")
-    tracker = WriteTrackingStore(inner)
-    view = cast(Store, tracker)
+    tracker, view, session, ids = tracked(inner, "a", "b")
     view.acknowledge("bob", session, ids[:1])
     view.add_invitation("bob", "carol", 0.0)
     inner.fail = True

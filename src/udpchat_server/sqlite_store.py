@@ -67,7 +67,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 from udpchat_proto.chat import (
     STORE_READS,
@@ -311,11 +311,7 @@ def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
-            failure = unavailable(exc, self._file)
-            self._check_transaction(failure)
-            if failure is None:
-                raise
-            raise failure from exc
+            self._raise_translated(exc)
 
     return functools.update_wrapper(translated, method)
 
@@ -559,11 +555,7 @@ class SQLiteStore:
                 try:
                     self._db.execute("RELEASE request")
                 except sqlite3.Error as exc:
-                    failure = unavailable(exc, self._file)
-                    self._check_transaction(failure)
-                    if failure is None:
-                        raise
-                    raise failure from exc
+                    self._raise_translated(exc)
         finally:
             self._atomic_wanted = False
             self._atomic_open = False
@@ -618,12 +610,17 @@ class SQLiteStore:
         try:
             self._write().executemany("UPDATE conversations SET last_seq = ? WHERE id = ?", rows)
         except sqlite3.Error as exc:
-            failure = unavailable(exc, self._file)
-            self._check_transaction(failure)
-            if failure is None:
-                raise
-            raise failure from exc
+            self._raise_translated(exc)
         self._seqs_unwritten.clear()
+
+    def _raise_translated(self, exc: sqlite3.Error) -> NoReturn:
+        """Raise ``exc`` as a StoreUnavailableError if its cause is outside (noting
+        first whether it cost the batch its transaction); else as it is (a bug)."""
+        failure = unavailable(exc, self._file)
+        self._check_transaction(failure)
+        if failure is None:
+            raise exc
+        raise failure from exc
 
     def _discard(self) -> None:
         """Roll back whatever is left of a failed batch (it may already be gone)."""
