@@ -371,7 +371,30 @@ def test_presence_goes_to_friends(world: ChatWorld) -> None:
     )
     assert carol.pushes(m.PresenceChanged) == []  # not a friend: told nothing
     online = carol.ok(carol.conn.list_online(), m.OnlineUsers)
-    assert online.usernames == ("alice", "carol")
+    assert online.usernames == ("carol",)  # nor shown who is online
+
+
+def test_the_online_list_shows_friends_and_room_co_members_only(stores: StoreFactory) -> None:
+    world = ChatWorld(stores)
+    alice, bob, carol, dave, _erin = world.signed_up("alice", "bob", "carol", "dave", "erin")
+    world.befriend(alice, bob)
+    carol.ok(carol.conn.join_room("#tea"))
+    alice.ok(alice.conn.join_room("#tea"))
+    dave.ok(dave.conn.join_room("#other"))
+    assert alice.ok(alice.conn.list_online(), m.OnlineUsers).usernames == (
+        "alice",
+        "bob",
+        "carol",
+    )
+    assert carol.ok(carol.conn.list_online(), m.OnlineUsers).usernames == ("alice", "carol")
+    assert dave.ok(dave.conn.list_online(), m.OnlineUsers).usernames == ("dave",)
+    bob.close()
+    assert alice.ok(alice.conn.list_online(), m.OnlineUsers).usernames == ("alice", "carol")
+    # The open list of the original design, for a server that wants it.
+    elsewhere = StoreFactory(stores.kind, stores.path.with_name("public.sqlite3"))
+    public = ChatWorld(elsewhere, config=test_config(public_presence=True), seed=1)
+    frank, _grace = public.signed_up("frank", "grace")
+    assert frank.ok(frank.conn.list_online(), m.OnlineUsers).usernames == ("frank", "grace")
 
 
 def test_invitation_errors_and_mutual_invitation(world: ChatWorld) -> None:

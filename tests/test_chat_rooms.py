@@ -23,13 +23,14 @@ def test_join_leave_members_and_pushes(world: ChatWorld) -> None:
     rooms = carol.ok(carol.conn.list_rooms(), m.Rooms)
     assert rooms.rooms == ()
     assert bob.ok(bob.conn.list_rooms(), m.Rooms).rooms == (m.RoomInfo(room="#tea", members=2),)
-    # Anyone may list an existing room's members, with presence.
+    # Members list a room's members, with presence; nobody else may.
     bob.close()
-    members = carol.ok(carol.conn.list_members("#tea"), m.RoomMembers)
+    members = alice.ok(alice.conn.list_members("#tea"), m.RoomMembers)
     assert members.members == (
         m.UserPresence(username="alice", online=True),
         m.UserPresence(username="bob", online=False),
     )
+    carol.refused(carol.conn.list_members("#tea"), ErrorCode.NOT_A_MEMBER)
     carol.refused(carol.conn.list_members("#nowhere"), ErrorCode.UNKNOWN_ROOM)
     # Leaving: the others are told; leaving again is refused.
     alice.ok(alice.conn.leave_room("#tea"))
@@ -59,7 +60,10 @@ def test_room_message_and_history_errors(world: ChatWorld) -> None:
     bob.send("#club", "first")
     alice.ok(alice.conn.join_room("#club"))
     alice.send("#club", "second")
+    # A member's history starts where its deliveries do: at its join.
     history = alice.ok(alice.conn.get_history("#club"), m.History)
+    assert [(msg.sender, msg.text) for msg in history.messages] == [("alice", "second")]
+    history = bob.ok(bob.conn.get_history("#club"), m.History)
     assert [(msg.sender, msg.text) for msg in history.messages] == [
         ("bob", "first"),
         ("alice", "second"),

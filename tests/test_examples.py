@@ -72,6 +72,8 @@ def test_asyncio_client(server: ServerProcess, tmp_path: Path) -> None:
 def test_echo_bot_answers(server: ServerProcess, tmp_path: Path) -> None:
     alice = User("alice", tmp_path / "alice", server)
     alice.signup()
+    # In the room first: once the bot joins it too, alice sees it online.
+    alice.ok("join", "lobby")
     bot = subprocess.Popen(
         example(
             "echo_bot.py",
@@ -94,7 +96,6 @@ def test_echo_bot_answers(server: ServerProcess, tmp_path: Path) -> None:
     try:
         wait_until_online(alice, "echo")
         alice.ok("invite", "echo")
-        alice.ok("join", "lobby")
         deadline_ok = False
         for _ in range(100):  # bounded: the bot accepts within a moment
             if alice.ok("friends")["friends"]:

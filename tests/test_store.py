@@ -303,14 +303,26 @@ def test_history_is_the_last_n_oldest_first_from_either_side(store: Store) -> No
     assert store.history("alice", "dave", 10) == []
 
 
-def test_room_history(store: Store) -> None:
+def test_room_history_is_what_a_member_received(store: Store) -> None:
     store.join_room("#room", "alice", 1.0)
     store.join_room("#room", "bob", 1.0)
     for n in range(4):
         send(store, "alice" if n % 2 else "bob", "#room", f"r{n}")
     send(store, "alice", "bob", "direct")
     assert texts(store.history("alice", "#room", 2)) == ["r2", "r3"]
-    assert texts(store.history("carol", "#room", 10)) == ["r0", "r1", "r2", "r3"]
+    # Not a member: nothing. A member who joins later: only what followed.
+    assert store.history("carol", "#room", 10) == []
+    store.join_room("#room", "carol", 2.0)
+    assert store.history("carol", "#room", 10) == []
+    send(store, "bob", "#room", "r4")
+    assert texts(store.history("carol", "#room", 10)) == ["r4"]
+    assert texts(store.history("alice", "#room", 10)) == ["r0", "r1", "r2", "r3", "r4"]
+    # Leaving and joining again starts over from the new join.
+    store.leave_room("#room", "alice")
+    assert store.history("alice", "#room", 10) == []
+    store.join_room("#room", "alice", 3.0)
+    send(store, "carol", "#room", "r5")
+    assert texts(store.history("alice", "#room", 10)) == ["r5"]
     assert store.history("alice", "#nowhere", 10) == []
 
 

@@ -223,6 +223,12 @@ def _warn_about(config: ServerConfig) -> None:
 )
 @_limit_options
 @click.option(
+    "--public-presence",
+    is_flag=True,
+    help="List every connected user to everyone who asks (online). By default a "
+    "user sees only the online users who are friends or share a room with them.",
+)
+@click.option(
     "--retain-days",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
@@ -255,6 +261,7 @@ def command(
     scrypt_n: int | None,
     workers: int,
     retain_days: float | None,
+    public_presence: bool,
     **limits: Any,
 ) -> None:
     """Run the udpchat server."""
@@ -278,7 +285,9 @@ def command(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    config = _config({**limits, "retain_days": retain_days}, scrypt_n)
+    config = _config(
+        {**limits, "retain_days": retain_days, "public_presence": public_presence}, scrypt_n
+    )
     sock = _bind(host, port)
     try:
         try:

@@ -907,15 +907,26 @@ class SQLiteStore:
 
     def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
-        room), oldest first."""
+        room), oldest first; of a room, only those since ``username`` joined it
+        (nothing if not a member)."""
         if limit <= 0:
             return []
-        rows = self._db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages AS m "
-            "WHERE m.conversation = (SELECT id FROM conversations WHERE key = ?) "
-            "ORDER BY m.seq DESC LIMIT ?",
-            (conversation_key(username, peer), limit),
-        ).fetchall()
+        key = conversation_key(username, peer)
+        if is_room(key):
+            rows = self._db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages AS m "
+                "JOIN participants AS p ON p.conversation = m.conversation AND p.username = ? "
+                "WHERE m.conversation = (SELECT id FROM conversations WHERE key = ?) "
+                "AND m.seq > p.floor_seq ORDER BY m.seq DESC LIMIT ?",
+                (username, key, limit),
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages AS m "
+                "WHERE m.conversation = (SELECT id FROM conversations WHERE key = ?) "
+                "ORDER BY m.seq DESC LIMIT ?",
+                (key, limit),
+            ).fetchall()
         return [self._message(row) for row in reversed(rows)]
 
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:

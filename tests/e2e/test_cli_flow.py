@@ -44,6 +44,8 @@ def test_three_users(make_user: MakeUser) -> None:
         "friends": [{"user": "alice", "online": False}, {"user": "carol", "online": False}]
     }
     assert alice.ok("online") == {"online": ["alice"]}  # only this very command
+    # Who is online is for friends and room co-members only, unless the server
+    # runs with --public-presence (tests/e2e/test_privacy.py).
 
     # Messages, read with inbox (each once) and history.
     sent = alice.ok("send", "bob", "hi bob")
@@ -140,9 +142,13 @@ def test_listen_receives_messages_and_presence(make_user: MakeUser) -> None:
     alice.ok("invite", "bob")
     bob.ok("accept", "alice")
     alice.ok("send", "bob", "pending")  # listen prints what is pending first
+    # carol shares a room with bob, so she sees him online, but is no friend of
+    # his: her polling makes no presence noise for his listener.
+    bob.ok("join", "#lobby")
+    carol.ok("join", "#lobby")
     listener = bob.listen("--count", "4", "--for", "20")
     try:
-        wait_until_online(carol, "bob")  # carol is no friend of bob's: no presence noise
+        wait_until_online(carol, "bob")
         alice.ok("send", "bob", "live")
         out, err = listener.communicate(timeout=30)
     finally:
@@ -160,6 +166,9 @@ def test_listen_receives_messages_and_presence(make_user: MakeUser) -> None:
 
 def test_listen_invitation_events(make_user: MakeUser) -> None:
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    # A room in common lets bob see when alice's listener is up.
+    alice.ok("join", "#lobby")
+    bob.ok("join", "#lobby")
     listener = alice.listen("--count", "4", "--for", "20")
     try:
         wait_until_online(bob, "alice")

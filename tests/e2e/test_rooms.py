@@ -53,6 +53,9 @@ def test_a_room_conversation(make_user: MakeUser) -> None:
 def test_listen_sees_joins_leaves_and_room_messages(make_user: MakeUser) -> None:
     alice, bob = make_user("alice"), make_user("bob")
     alice.ok("join", "#general")
+    # Co-members see each other online: bob can tell when alice listens.
+    alice.ok("join", "#lobby")
+    bob.ok("join", "#lobby")
     listener = alice.listen("--count", "3", "--for", "20")
     try:
         wait_until_online(bob, "alice")

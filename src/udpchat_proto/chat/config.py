@@ -168,6 +168,11 @@ class ServerConfig:
     server sends the backlog in batches, topping the window up when half of it is
     acknowledged."""
 
+    public_presence: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    """Whether ``list_online`` shows every connected user (the open list of the
+    original design). By default a user sees only the online users who are their
+    friends or share a room with them: who is online is nobody else's business."""
+
     max_violations: int = attrs.field(default=16, validator=positive_int)
     """Protocol violations (undecodable payloads, messages only a server may send)
     tolerated per connection; the next one closes the connection."""

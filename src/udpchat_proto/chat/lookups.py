@@ -46,12 +46,15 @@ class Lookups:
         return connection.username
 
     def _are_friends(self, me: str, other: str) -> bool:
+        return other in self._friend_set(me)
+
+    def _friend_set(self, me: str) -> frozenset[str]:
         friends = self._friend_sets.get(me)
         if friends is None:
             friends = frozenset(self._store.friends_of(me))
             if me in self._by_user:  # kept while online only: memory stays bounded
                 self._friend_sets[me] = friends
-        return other in friends
+        return friends
 
     def _friendship_changed(self, a: str, b: str) -> None:
         self._friend_sets.pop(a, None)

@@ -281,11 +281,18 @@ class MemoryStore:
 
     def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
-        room), oldest first."""
+        room), oldest first; of a room, only those since ``username`` joined it
+        (nothing if not a member)."""
         conversation = self._conversations.get(conversation_key(username, peer))
         if conversation is None or limit <= 0:
             return []
-        return [entry.stored.message for entry in conversation.log[-limit:]]
+        log = conversation.log
+        if conversation.is_room:
+            floor = conversation.members.get(username)
+            if floor is None:
+                return []
+            log = log[max(0, floor - conversation.base) :]
+        return [entry.stored.message for entry in log[-limit:]]
 
     def _cursors(self, username: str, token_hash: bytes) -> dict[str, int]:
         cursors = self._session_cursors.get(token_hash)

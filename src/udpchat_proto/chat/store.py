@@ -257,7 +257,8 @@ class Store(Protocol):
 
     def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
-        room), oldest first."""
+        room), oldest first; of a room, only those sent since ``username`` joined it
+        (nothing if not a member): a member reads what it would have received."""
         ...
 
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:

@@ -107,9 +107,17 @@ class FriendRequests(ServerCore):
     def _on_list_online(
         self, connection: ChatConnection, request: m.ListOnline, now: float
     ) -> None:
+        me = self._me(connection)
+        if self._config.public_presence:
+            visible = self.online_users
+        else:
+            # Those who would see each other anyway: friends (presence pushes) and
+            # room co-members (members lists); and the caller.
+            known = {me, *self._friend_set(me)}
+            for room, _count in self._store.rooms_of(me):
+                known.update(self._store.room_members(room))
+            visible = sorted(name for name in known if name in self._by_user)
         self._reply(
             connection,
-            m.OnlineUsers(
-                request_id=request.request_id, usernames=tuple(self.online_users[:LIST_MAX])
-            ),
+            m.OnlineUsers(request_id=request.request_id, usernames=tuple(visible[:LIST_MAX])),
         )

@@ -65,8 +65,8 @@ class RoomRequests(ServerCore):
         self, connection: ChatConnection, request: m.ListMembers, now: float
     ) -> None:
         room = request.room
-        if not self._store.room_exists(room):
-            raise RefusedError(ErrorCode.UNKNOWN_ROOM, f"no room named {room}")
+        # Members only: who is in a room is its members' business.
+        self._require_member(self._me(connection), room)
         members = self._presence(self._store.room_members(room))
         self._reply(
             connection, m.RoomMembers(request_id=request.request_id, room=room, members=members)
