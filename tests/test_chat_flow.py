@@ -397,6 +397,36 @@ def test_the_online_list_shows_friends_and_room_co_members_only(stores: StoreFac
     assert frank.ok(frank.conn.list_online(), m.OnlineUsers).usernames == ("frank", "grace")
 
 
+def test_a_session_lives_at_most_its_max_age_used_or_not(stores: StoreFactory) -> None:
+    world = ChatWorld(
+        stores,
+        config=test_config(
+            session_max_age=3 * 3600.0, session_lifetime=3600.0, session_sweep_interval=60.0
+        ),
+    )
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    old = alice.token
+    assert old is not None
+    # alice keeps her session in use (resumed every 40 minutes: never idle) ...
+    for _ in range(4):
+        alice.close()
+        world.net.run_for(40 * 60.0)
+        alice.connect()
+        alice.resume()
+    # ... bob stays connected throughout; both sessions reach the max age.
+    world.net.run_for(3 * 3600.0 - 4 * 40 * 60.0 + 120.0)
+    # The sweep ended bob's live session: his connection is logged out.
+    bob.refused(bob.conn.list_friends(), ErrorCode.NOT_LOGGED_IN)
+    assert "bob" not in world.server.online_users
+    alice.close()
+    alice.connect()
+    alice.refused(alice.conn.resume(old), ErrorCode.BAD_CREDENTIALS)
+    assert world.server.stats.sessions_expired >= 2
+    alice.login()  # a new session, a new max age
+    assert alice.token != old
+
+
 def test_invitation_errors_and_mutual_invitation(world: ChatWorld) -> None:
     alice, bob, carol = world.signed_up("alice", "bob", "carol")
     alice.refused(alice.conn.invite("alice"), ErrorCode.CANNOT_INVITE_SELF)

@@ -181,6 +181,17 @@ def test_sessions_unused_since_cutoff_expire(store: Store) -> None:
     assert store.delete_sessions_unused_since(1000.0) == 2
 
 
+def test_sessions_created_before_cutoff_end_whatever_their_use(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 100.0)
+    store.create_session(ALICE_LAPTOP, "alice", 200.0)
+    store.touch_session(ALICE_PHONE, 1000.0)  # used lately: ends all the same
+    assert store.delete_sessions_created_before(200.0) == [ALICE_PHONE]
+    assert store.get_session(ALICE_PHONE) is None
+    assert store.get_session(ALICE_LAPTOP) is not None
+    assert store.delete_sessions_created_before(200.0) == []
+    assert store.delete_sessions_created_before(201.0) == [ALICE_LAPTOP]
+
+
 def test_deleting_a_session_forgets_its_cursors(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     store.create_session(ALICE_LAPTOP, "alice", 1.0)

@@ -740,6 +740,15 @@ class SQLiteStore:
         cursor = self._write().execute("DELETE FROM sessions WHERE last_used_at < ?", (cutoff,))
         return cursor.rowcount
 
+    def delete_sessions_created_before(self, cutoff: float) -> list[bytes]:
+        """End every session created before ``cutoff``; return their token hashes.
+
+        A scan of the sessions, once per sweep (an hour)."""
+        rows = self._write().execute(
+            "DELETE FROM sessions WHERE created_at < ? RETURNING token_hash", (cutoff,)
+        )
+        return [bytes(hashed) for (hashed,) in rows.fetchall()]
+
     # --- invitations and friends ------------------------------------------------------
 
     def add_invitation(self, sender: str, recipient: str, now: float) -> None:

@@ -59,6 +59,10 @@ class ServerConfig:
     A session is "used" when it is created, resumed, or has a live connection (live
     sessions are touched at every sweep)."""
 
+    session_max_age: float = attrs.field(default=90 * 86400.0, validator=positive_number)
+    """Seconds a login session lives at most, used or not (90 days): a token that
+    leaked stops working by then, and every device logs in again now and then."""
+
     session_sweep_interval: float = attrs.field(default=3600.0, validator=positive_number)
     """Seconds between sweeps that expire unused sessions and forget idle rate-limit
     buckets (one hour). Resume checks expiry itself, so the sweep only reclaims space."""

@@ -813,6 +813,10 @@ class ServerCore(Lookups):
         self.stats.sessions_expired += self._store.delete_sessions_unused_since(
             wall - self._config.session_lifetime
         )
+        too_old = self._store.delete_sessions_created_before(wall - self._config.session_max_age)
+        self.stats.sessions_expired += len(too_old)
+        for hashed in too_old:  # in use, maybe: its connections are logged out
+            self._end_session(hashed, now)
         if self._config.retain_days is not None:
             self.stats.messages_deleted += self._store.delete_delivered_before(
                 wall - self._config.retain_days * 86400.0, RETENTION_BATCH

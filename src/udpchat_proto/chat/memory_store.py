@@ -187,6 +187,13 @@ class MemoryStore:
             self.delete_session(token_hash)
         return len(expired)
 
+    def delete_sessions_created_before(self, cutoff: float) -> list[bytes]:
+        """End every session created before ``cutoff``; return their token hashes."""
+        ended = [t for t, s in self._sessions.items() if s.created_at < cutoff]
+        for token_hash in ended:
+            self.delete_session(token_hash)
+        return ended
+
     # --- invitations and friends ------------------------------------------------------
 
     def add_invitation(self, sender: str, recipient: str, now: float) -> None:

@@ -202,6 +202,11 @@ class Store(Protocol):
         """Expire every session last used before ``cutoff``; return how many."""
         ...
 
+    def delete_sessions_created_before(self, cutoff: float) -> list[bytes]:
+        """End every session created before ``cutoff`` (its absolute lifetime is
+        over, used or not); return their token hashes."""
+        ...
+
     # --- invitations and friends ------------------------------------------------------
 
     def add_invitation(self, sender: str, recipient: str, now: float) -> None:
@@ -349,6 +354,7 @@ STORE_WRITES: Final = frozenset(
         "touch_session",
         "delete_session",
         "delete_sessions_unused_since",
+        "delete_sessions_created_before",
         "add_invitation",
         "delete_invitation",
         "add_friendship",
@@ -368,6 +374,7 @@ CURSOR_READERS: Final = frozenset(
         "create_session",
         "delete_session",
         "delete_sessions_unused_since",
+        "delete_sessions_created_before",
         "leave_room",
         "delete_delivered_before",
     }

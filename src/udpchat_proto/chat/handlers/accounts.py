@@ -291,7 +291,10 @@ class AccountRequests(ServerCore):
             )
         wall = self._clock()
         last_used = max(session.last_used_at, self._touches.get(hashed, 0.0))
-        if last_used < wall - self._config.session_lifetime:
+        if (
+            last_used < wall - self._config.session_lifetime
+            or session.created_at < wall - self._config.session_max_age
+        ):
             # Expired: its connections are done with it; the sweep deletes the row
             # (a delete here would be undone with this refused step anyway).
             self._end_session(hashed, now)
