@@ -225,7 +225,7 @@ def dictionary() -> list[str]:
     for tag, cls in MESSAGE_TYPES.items():
         words.add(json.dumps(tag))
         words.update(json.dumps(name) for name in message_fields(cls))
-    for cls in (m.ChatMessage, m.UserPresence, m.RoomInfo):
+    for cls in (m.ChatMessage, m.UserPresence, m.RoomInfo, m.SessionInfo):
         words.update(json.dumps(field.name) for field in attrs.fields(cls))
     words.update(json.dumps(code.value) for code in ErrorCode)
     words.update(json.dumps(name) for name in ("alice", "bob", "#tea", "00" * 16))

@@ -40,6 +40,14 @@ chat_messages = st.builds(
 )
 presences = st.builds(m.UserPresence, username=usernames, online=bools)
 room_infos = st.builds(m.RoomInfo, room=rooms, members=st.integers(min_value=0, max_value=10**6))
+session_ids = st.binary(min_size=16, max_size=16)
+session_infos = st.builds(
+    m.SessionInfo,
+    session_id=session_ids,
+    current=bools,
+    created_at=utc_datetimes,
+    last_used_at=utc_datetimes,
+)
 
 # Strategy of each field, by field name; a field name means the same thing in every class.
 FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
@@ -69,6 +77,9 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "by_user": usernames,
     "accepted": bools,
     "joined": bools,
+    "session_id": session_ids,
+    "sessions": _small_tuple(session_infos),
+    "ended": st.integers(min_value=0, max_value=10**6),
 }
 
 

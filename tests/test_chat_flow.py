@@ -13,6 +13,7 @@ from udpchat_proto.chat.codec import decode, encode
 from udpchat_proto.chat.events import (
     ClientConnected,
     ClientDisconnected,
+    Disconnected,
     UserLoggedIn,
     UserLoggedOut,
 )
@@ -425,6 +426,42 @@ def test_a_session_lives_at_most_its_max_age_used_or_not(stores: StoreFactory) -
     assert world.server.stats.sessions_expired >= 2
     alice.login()  # a new session, a new max age
     assert alice.token != old
+
+
+def test_sessions_are_listed_revoked_and_all_logged_out(world: ChatWorld) -> None:
+    (alice,) = world.signed_up("alice")
+    laptop = world.user("alice", device="laptop")
+    laptop.connect()
+    laptop.login()
+    tablet = world.user("alice", device="tablet")
+    tablet.connect()
+    tablet.login()
+    listed = alice.ok(alice.conn.list_sessions(), m.Sessions).sessions
+    assert [s.current for s in listed] == [False, False, True]  # newest first
+    assert len({s.session_id for s in listed}) == 3
+    assert all(s.session_id not in (alice.token, laptop.token) for s in listed)
+    (laptop_id,) = (
+        s.session_id
+        for s in laptop.ok(laptop.conn.list_sessions(), m.Sessions).sessions
+        if s.current
+    )
+    # Revoking the laptop's session closes its connection, with a reason it shows.
+    alice.ok(alice.conn.revoke_session(laptop_id))
+    world.settle()
+    (closed,) = [e for e in laptop.events() if isinstance(e, Disconnected)]
+    assert "ended from another device" in closed.reason
+    laptop.connect()
+    assert laptop.token is not None
+    laptop.refused(laptop.conn.resume(laptop.token), ErrorCode.BAD_CREDENTIALS)
+    alice.refused(alice.conn.revoke_session(laptop_id), ErrorCode.UNKNOWN_SESSION)
+    assert len(alice.ok(alice.conn.list_sessions(), m.Sessions).sessions) == 2
+    # Logging out everywhere: the tablet is closed, this connection logged out.
+    ended = alice.ok(alice.conn.logout_all(), m.LoggedOutAll)
+    assert ended.ended == 2
+    world.settle()
+    assert [e for e in tablet.events() if isinstance(e, Disconnected)]
+    alice.refused(alice.conn.list_sessions(), ErrorCode.NOT_LOGGED_IN)
+    assert world.server.online_users == []
 
 
 def test_invitation_errors_and_mutual_invitation(world: ChatWorld) -> None:

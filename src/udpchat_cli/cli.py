@@ -43,6 +43,8 @@ try:
         check_history_limit,
         check_password,
         check_text,
+        session_id,
+        token_hash,
         valid_room,
         valid_target,
         valid_username,
@@ -265,6 +267,14 @@ def _validate(build: Callable[[], R]) -> R:
         raise _refused(exc.code, str(exc)) from None
 
 
+def _hex(text: str) -> bytes:
+    """Bytes from hex, or none at all (the request's validator then refuses them)."""
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""
+
+
 def _room(name: str) -> str:
     """``general`` or ``#general`` -> ``#general``."""
     return name if name.startswith("#") else "#" + name
@@ -405,13 +415,44 @@ def login(user: str, password_stdin: bool) -> None:
 
 
 @cli.command()
+@click.option(
+    "--all", "everywhere", is_flag=True, help="End every login session of yours, this one too."
+)
 @_json_option
-def logout() -> None:
-    """End the login session."""
+def logout(everywhere: bool) -> None:
+    """End the login session (with --all, every one of the user's)."""
     app = _app()
+    if everywhere:
+        ended = app.call(lambda conn: conn.logout_all(), m.LoggedOutAll).ended
+        app.update(lambda profile: profile.logout())
+        app.out.result(f"logged out everywhere ({ended} sessions)", {"ok": True, "ended": ended})
+        return
     app.call(lambda conn: conn.logout(), m.Ok)
     app.update(lambda profile: profile.logout())
     app.out.result("logged out", {"ok": True})
+
+
+@cli.command()
+@_json_option
+def sessions() -> None:
+    """List your login sessions, newest first (the ids are for revoke)."""
+    app = _app()
+    answer = app.call(lambda conn: conn.list_sessions(), m.Sessions)
+    app.out.result(*output.sessions_result(answer))
+
+
+@cli.command()
+@click.argument("session", metavar="SESSION_ID")
+@_json_option
+def revoke(session: str) -> None:
+    """End one of your login sessions (its id from 'sessions'); it is disconnected."""
+    app = _app()
+    chosen = _validate(lambda: m.RevokeSession(request_id=0, session_id=_hex(session)).session_id)
+    app.call(lambda conn: conn.revoke_session(chosen), m.Ok)
+    token = app.profile().token
+    if token is not None and session_id(token_hash(token)) == chosen:
+        app.update(lambda profile: profile.logout())  # this profile's own session
+    app.out.result("session ended", {"ok": True})
 
 
 @cli.command()

@@ -92,6 +92,25 @@ def friends_result(answer: m.Friends) -> tuple[str, JsonObject]:
     }
 
 
+def sessions_result(answer: m.Sessions) -> tuple[str, JsonObject]:
+    """``{"sessions": [{"id": "<hex>", "current": true, "created_at": ..., ...}]}``."""
+    items = [
+        {
+            "id": s.session_id.hex(),
+            "current": s.current,
+            "created_at": iso_utc(s.created_at),
+            "last_used_at": iso_utc(s.last_used_at),
+        }
+        for s in answer.sessions
+    ]
+    text = "\n".join(
+        f"{item['id']}  logged in {item['created_at']}  last used {item['last_used_at']}"
+        + ("  (this one)" if item["current"] else "")
+        for item in items
+    )
+    return text or "no sessions", {"sessions": items}
+
+
 def online_result(answer: m.OnlineUsers) -> tuple[str, JsonObject]:
     """``{"online": ["alice"]}``."""
     return "\n".join(answer.usernames) or "nobody online", {"online": list(answer.usernames)}

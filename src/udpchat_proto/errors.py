@@ -59,6 +59,8 @@ class ErrorCode(enum.StrEnum):
     """The server cannot store anything now (its disk is full, its database is
     unreachable): nothing of the request was kept; try again later."""
     INTERNAL = "internal"
+    UNKNOWN_SESSION = "unknown_session"
+    """``revoke_session`` named no session of the caller's."""
 
 
 class ProtocolError(Exception):

@@ -41,6 +41,7 @@ from .events import (
 from .memory_store import MemoryStore
 from .password_jobs import HashJob
 from .passwords import PasswordHash, ScryptParams
+from .requests import session_id
 from .server import ChatServer, token_hash
 from .stats import ServerStats
 from .store import (
@@ -110,6 +111,7 @@ __all__ = [
     "encode",
     "is_room",
     "messages",
+    "session_id",
     "token_hash",
     "valid_room",
     "valid_target",

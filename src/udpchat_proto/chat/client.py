@@ -370,6 +370,35 @@ class ClientConnection:
         """
         return self._request(lambda rid: m.Logout(request_id=rid))
 
+    def list_sessions(self) -> int:
+        """List the user's login sessions, newest first. Answered by ``Sessions``.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.ListSessions(request_id=rid))
+
+    def revoke_session(self, session_id: bytes) -> int:
+        """End one login session of the user (from ``Sessions``); its connections
+        are closed. Answered by ``Ok``, or ``unknown_session``.
+
+        Raises:
+            ValidationError: ``session_id`` is not 16 bytes.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.RevokeSession(request_id=rid, session_id=session_id))
+
+    def logout_all(self) -> int:
+        """End every login session of the user, this one included. Answered by
+        ``LoggedOutAll`` (how many ended).
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.LogoutAll(request_id=rid))
+
     def send_message(self, to: str, text: str, *, message_id: bytes | None = None) -> int:
         """Send ``text`` to a friend or to a room (``#name``).
 

@@ -48,9 +48,12 @@ __all__ = [
     "ListMembers",
     "ListOnline",
     "ListRooms",
+    "ListSessions",
     "LoggedIn",
+    "LoggedOutAll",
     "Login",
     "Logout",
+    "LogoutAll",
     "Message",
     "MessageAccepted",
     "MessageDelivered",
@@ -62,11 +65,14 @@ __all__ = [
     "Request",
     "Response",
     "Resume",
+    "RevokeSession",
     "RoomInfo",
     "RoomMembers",
     "RoomMembershipChanged",
     "Rooms",
     "SendMessage",
+    "SessionInfo",
+    "Sessions",
     "Unfriend",
     "Unfriended",
     "UserPresence",
@@ -153,6 +159,20 @@ class UserPresence:
 
 
 @attrs.frozen(kw_only=True)
+class SessionInfo:
+    """One login session of the user, as ``list_sessions`` shows it."""
+
+    session_id: bytes = attrs.field(validator=v.session_id)
+    """16 bytes naming the session (derived from the token's hash: not a token)."""
+    current: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    """Whether it is the session of the connection that asked."""
+    created_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
+    """When it was logged in (UTC)."""
+    last_used_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
+    """When it was last resumed or connected (UTC, within the hour for a live one)."""
+
+
+@attrs.frozen(kw_only=True)
 class RoomInfo:
     """A room and how many members it has."""
 
@@ -203,6 +223,41 @@ class Logout:
     """End the login session of this connection. Answered by :class:`Ok`."""
 
     TAG: ClassVar[str] = "logout"
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
+class ListSessions:
+    """List the user's login sessions. Answered by :class:`Sessions`."""
+
+    TAG: ClassVar[str] = "list_sessions"
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
+class RevokeSession:
+    """End one of the user's login sessions (its connections are closed).
+
+    Answered by :class:`Ok`, or ``unknown_session``.
+    """
+
+    TAG: ClassVar[str] = "revoke_session"
+
+    request_id: int = _request_id_field()
+    session_id: bytes = attrs.field(validator=v.session_id)
+
+
+@attrs.frozen(kw_only=True)
+class LogoutAll:
+    """End every login session of the user, this one included.
+
+    Answered by :class:`LoggedOutAll`; the other sessions' connections are closed,
+    this connection is logged out.
+    """
+
+    TAG: ClassVar[str] = "logout_all"
 
     request_id: int = _request_id_field()
 
@@ -427,6 +482,26 @@ class Invitations:
 
 
 @attrs.frozen(kw_only=True)
+class Sessions:
+    """Answer to :class:`ListSessions`: newest first."""
+
+    TAG: ClassVar[str] = "sessions"
+
+    request_id: int = _request_id_field()
+    sessions: tuple[SessionInfo, ...] = attrs.field(validator=_list_of(SessionInfo))
+
+
+@attrs.frozen(kw_only=True)
+class LoggedOutAll:
+    """Answer to :class:`LogoutAll`: how many sessions ended."""
+
+    TAG: ClassVar[str] = "logged_out_all"
+
+    request_id: int = _request_id_field()
+    ended: int = attrs.field(validator=v.count)
+
+
+@attrs.frozen(kw_only=True)
 class Friends:
     """Answer to :class:`ListFriends`."""
 
@@ -569,6 +644,9 @@ AnsweredRequest = (
     | Login
     | Resume
     | Logout
+    | ListSessions
+    | RevokeSession
+    | LogoutAll
     | SendMessage
     | Invite
     | AcceptInvitation
@@ -594,6 +672,8 @@ Response = (
     Ok
     | ErrorResponse
     | LoggedIn
+    | Sessions
+    | LoggedOutAll
     | MessageAccepted
     | Invitations
     | Friends

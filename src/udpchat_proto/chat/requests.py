@@ -20,6 +20,7 @@ from ..transport import Address, ConnectionId
 from . import messages as m
 from .connection import ChatConnectionState
 from .store import StoreUnavailableError
+from .validation import SESSION_ID_SIZE
 
 __all__ = [
     "HANDLERS",
@@ -27,6 +28,7 @@ __all__ = [
     "ConnectionInfo",
     "RefusedError",
     "handles",
+    "session_id",
     "token_hash",
     "unavailable_message",
     "utc_from_posix",
@@ -36,6 +38,13 @@ __all__ = [
 def token_hash(token: bytes) -> bytes:
     """What the store keeps of a login token: its SHA-256."""
     return hashlib.sha256(token).digest()
+
+
+def session_id(hashed: bytes) -> bytes:
+    """The 16-byte name of the login session whose token hashes to ``hashed``: shown
+    to its user (``list_sessions``), accepted by ``revoke_session``, useless as a
+    token (a hash of the token's hash, under its own label)."""
+    return hashlib.sha256(b"udpchat session id\0" + hashed).digest()[:SESSION_ID_SIZE]
 
 
 def unavailable_message(failure: StoreUnavailableError) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "MESSAGE_ID_SIZE",
     "PASSWORD_MAX",
     "PASSWORD_MIN",
+    "SESSION_ID_SIZE",
     "TOKEN_SIZE",
     "USERNAME_MAX",
     "ValidationError",
@@ -54,6 +55,7 @@ PASSWORD_MIN = 8
 PASSWORD_MAX = 1024
 MESSAGE_ID_SIZE = 16
 TOKEN_SIZE = 32
+SESSION_ID_SIZE = 16
 REQUEST_ID_MAX = 2**32 - 1
 HISTORY_LIMIT_MAX = 100
 #: Most entries a list in any message may hold (friends, members, online users ...).
@@ -230,6 +232,7 @@ def _fixed_bytes(size: int, what: str) -> AttrsValidator:
 
 message_id = _fixed_bytes(MESSAGE_ID_SIZE, "a message id")
 token = _fixed_bytes(TOKEN_SIZE, "a login token")
+session_id = _fixed_bytes(SESSION_ID_SIZE, "a session id")
 
 
 def request_id(_inst: Any, _attr: Any, value: Any) -> None:

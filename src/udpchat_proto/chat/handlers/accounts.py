@@ -19,9 +19,9 @@ from ..core import SALT_SIZE, SESSION_TOUCH_DELAY, ServerCore
 from ..events import UserLoggedIn
 from ..password_jobs import HashJob, JobKind, PendingJob
 from ..passwords import PasswordHash, ScryptParams, verify_digest
-from ..requests import RefusedError, handles, token_hash
+from ..requests import RefusedError, handles, session_id, token_hash, utc_from_posix
 from ..store import Account, StoreUnavailableError
-from ..validation import TOKEN_SIZE
+from ..validation import LIST_MAX, TOKEN_SIZE
 
 __all__ = ["AccountRequests"]
 
@@ -326,3 +326,53 @@ class AccountRequests(ServerCore):
         self._store.delete_session(hashed)
         self._end_session(hashed, now)
         self._reply(connection, m.Ok(request_id=request.request_id))
+
+    @handles(m.ListSessions)
+    def _on_list_sessions(
+        self, connection: ChatConnection, request: m.ListSessions, now: float
+    ) -> None:
+        sessions = tuple(
+            m.SessionInfo(
+                session_id=session_id(s.token_hash),
+                current=s.token_hash == connection.token_hash,
+                created_at=utc_from_posix(s.created_at),
+                # A resume not written yet counts (see SESSION_TOUCH_DELAY).
+                last_used_at=utc_from_posix(
+                    max(s.last_used_at, self._touches.get(s.token_hash, 0.0))
+                ),
+            )
+            for s in self._store.sessions_of(self._me(connection))[:LIST_MAX]
+        )
+        self._reply(connection, m.Sessions(request_id=request.request_id, sessions=sessions))
+
+    @handles(m.RevokeSession)
+    def _on_revoke_session(
+        self, connection: ChatConnection, request: m.RevokeSession, now: float
+    ) -> None:
+        for session in self._store.sessions_of(self._me(connection)):
+            if session_id(session.token_hash) == request.session_id:
+                self._end_sessions(connection, [session.token_hash], now)
+                self._reply(connection, m.Ok(request_id=request.request_id))
+                return
+        raise RefusedError(ErrorCode.UNKNOWN_SESSION, "you have no session with this id")
+
+    @handles(m.LogoutAll)
+    def _on_logout_all(self, connection: ChatConnection, request: m.LogoutAll, now: float) -> None:
+        ended = [s.token_hash for s in self._store.sessions_of(self._me(connection))]
+        self._end_sessions(connection, ended, now)
+        self._reply(connection, m.LoggedOutAll(request_id=request.request_id, ended=len(ended)))
+
+    def _end_sessions(self, connection: ChatConnection, hashes: list[bytes], now: float) -> None:
+        """Delete these sessions of the caller's. The connections of the others are
+        closed, with a reason their clients show; the caller's own is logged out (its
+        answer still reaches it)."""
+        own = connection.token_hash
+        for hashed in hashes:
+            self._store.delete_session(hashed)
+            if hashed == own:
+                self._end_session(hashed, now)
+                continue
+            for connection_id in self._by_session.get(hashed, ()):
+                self._close_connection(
+                    connection_id, "this login session was ended from another device"
+                )
