@@ -62,6 +62,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -712,7 +713,10 @@ def py_spy(pid: int, path: str | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    command = ["py-spy", "record", "--pid", str(pid), "--rate", "500", "--format", "raw"]
+    # The one installed beside this Python (the bench extra), else the PATH's.
+    beside = Path(sys.executable).with_name("py-spy")
+    spy = str(beside) if beside.exists() else (shutil.which("py-spy") or "py-spy")
+    command = [spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw"]
     recorder = subprocess.Popen(
         [*command, "--output", path, "--nonblocking"],
         stdout=subprocess.DEVNULL,
