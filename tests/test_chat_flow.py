@@ -464,6 +464,48 @@ def test_sessions_are_listed_revoked_and_all_logged_out(world: ChatWorld) -> Non
     assert world.server.online_users == []
 
 
+def test_a_blocked_user_learns_nothing_they_could_not_learn_anyway(world: ChatWorld) -> None:
+    alice, mallory, bob = world.signed_up("alice", "mallory", "bob")
+    world.befriend(alice, mallory)
+    alice.ok(alice.conn.invite("bob"))
+    alice.ok(alice.conn.join_room("#tea"))
+    mallory.ok(mallory.conn.join_room("#tea"))
+    alice.ok(alice.conn.block("mallory"))
+    alice.ok(alice.conn.block("mallory"))  # again: harmless
+    alice.refused(alice.conn.block("alice"), ErrorCode.BAD_REQUEST)
+    alice.refused(alice.conn.block("nobody"), ErrorCode.UNKNOWN_USER)
+    world.settle()
+    # What an unfriend tells them, no more; the friendship is over.
+    assert m.Unfriended(by_user="alice") in mallory.pushes()
+    assert alice.ok(alice.conn.list_friends(), m.Friends).friends == ()
+    assert alice.ok(alice.conn.list_blocked(), m.Blocked).usernames == ("mallory",)
+    # Their messages are refused as any non-friend's; their invitation gets the
+    # ordinary answer but is never shown.
+    mallory.refused(mallory.conn.send_message("alice", "hi"), ErrorCode.NOT_FRIENDS)
+    pushes_before = len(alice.pushes())
+    mallory.ok(mallory.conn.invite("alice"))
+    mallory.refused(mallory.conn.invite("alice"), ErrorCode.ALREADY_INVITED)
+    world.settle()
+    assert len(alice.pushes()) == pushes_before
+    assert alice.ok(alice.conn.list_invitations(), m.Invitations).incoming == ()
+    alice.refused(alice.conn.accept_invitation("mallory"), ErrorCode.NO_INVITATION)
+    alice.refused(alice.conn.invite("mallory"), ErrorCode.BAD_REQUEST)  # unblock first
+    # alice looks offline to mallory, who still shares a room with her.
+    assert "alice" not in mallory.ok(mallory.conn.list_online(), m.OnlineUsers).usernames
+    members = mallory.ok(mallory.conn.list_members("#tea"), m.RoomMembers).members
+    assert m.UserPresence(username="alice", online=False) in members
+    # Others are not affected.
+    assert bob.ok(bob.conn.list_invitations(), m.Invitations).incoming == ("alice",)
+    # Unblocking: nothing that ended comes back, and what was hidden stays unseen;
+    # they may become friends again.
+    alice.ok(alice.conn.unblock("mallory"))
+    assert alice.ok(alice.conn.list_blocked(), m.Blocked).usernames == ()
+    assert alice.ok(alice.conn.list_invitations(), m.Invitations).incoming == ()
+    alice.ok(alice.conn.invite("mallory"))
+    mallory.ok(mallory.conn.accept_invitation("alice"))
+    alice.send("mallory", "friends again")
+
+
 def test_invitation_errors_and_mutual_invitation(world: ChatWorld) -> None:
     alice, bob, carol = world.signed_up("alice", "bob", "carol")
     alice.refused(alice.conn.invite("alice"), ErrorCode.CANNOT_INVITE_SELF)

@@ -265,6 +265,19 @@ def test_friendships_are_symmetric_and_sorted(store: Store) -> None:
 # --- messages ----------------------------------------------------------------------------
 
 
+def test_blocks_from_both_sides(store: Store) -> None:
+    assert store.add_block("alice", "mallory", 1.0)
+    assert not store.add_block("alice", "mallory", 2.0)  # already
+    assert store.add_block("bob", "mallory", 1.0)
+    assert store.add_block("alice", "eve", 1.0)
+    assert store.has_blocked("alice", "mallory") and not store.has_blocked("mallory", "alice")
+    assert store.blocked_by("alice") == ["eve", "mallory"]
+    assert store.blockers_of("mallory") == ["alice", "bob"]
+    assert store.delete_block("alice", "mallory")
+    assert not store.delete_block("alice", "mallory")
+    assert store.blockers_of("mallory") == ["bob"] and store.blocked_by("carol") == []
+
+
 def test_conversation_key() -> None:
     assert conversation_key("bob", "alice") == conversation_key("alice", "bob") == "alice bob"
     assert conversation_key("alice", "#room") == "#room"
@@ -301,6 +314,13 @@ def test_add_message_with_a_known_id_is_refused_and_takes_no_seq(store: Store) -
     with pytest.raises(ValueError):
         store.add_message(chat)
     assert store.add_message(message("alice", "bob")).seq == 2
+    # Nor does it leave a conversation behind when it was the first of one.
+    taken = ChatMessage(id=chat.id, sender="carol", to="dave", text="x", sent_at=chat.sent_at)
+    with pytest.raises(ValueError):
+        store.add_message(taken)
+    assert sql_count(store, "SELECT COUNT(*) FROM conversations") in (None, 1)
+    assert sql_count(store, "SELECT COUNT(*) FROM participants") in (None, 2)
+    assert store.add_message(message("carol", "dave")).seq == 1
 
 
 def test_history_is_the_last_n_oldest_first_from_either_side(store: Store) -> None:

@@ -294,3 +294,31 @@ def test_a_friendship_lost_with_its_batch_is_not_remembered(world: ChatWorld) ->
     alice.refused(alice.conn.send_message("bob", "and now?"), ErrorCode.NOT_FRIENDS)
     alice.ok(alice.conn.accept_invitation("bob"))
     alice.send("bob", "now we are")
+
+
+def test_a_revoke_in_a_lost_batch_disconnects_nobody(tmp_path: Path) -> None:
+    # Found by review: the revoked device was closed at once, although the batch
+    # that deleted its session could still be lost (and was: the session stayed).
+    world = ChatWorld(StoreFactory("sqlite", tmp_path / "db.sqlite3"))
+    (alice,) = world.signed_up("alice")
+    laptop = world.user("alice", device="laptop")
+    laptop.connect()
+    laptop.login()
+    (laptop_id,) = (
+        s.session_id
+        for s in laptop.ok(laptop.conn.list_sessions(), m.Sessions).sessions
+        if s.current
+    )
+    world.store.fail_commits = StoreUnavailableError("disk full")
+    alice.refused(alice.conn.revoke_session(laptop_id), ErrorCode.UNAVAILABLE)
+    world.store.fail_commits = None
+    world.settle()
+    assert laptop_id in [
+        s.session_id for s in alice.ok(alice.conn.list_sessions(), m.Sessions).sessions
+    ]
+    assert laptop.conn.is_connected
+    assert laptop.ok(laptop.conn.list_friends(), m.Friends).friends == ()
+    # Once it can be stored, the revoke closes the laptop as it should.
+    alice.ok(alice.conn.revoke_session(laptop_id))
+    world.settle()
+    assert not laptop.conn.is_connected

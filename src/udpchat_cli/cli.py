@@ -648,6 +648,30 @@ _friend_command(
 )
 
 
+_friend_command(
+    "block",
+    lambda conn, user: conn.block(user),
+    "you block {user}",
+    "Block USER: no friendship, no invitations, no messages; you look offline to them.",
+)
+_friend_command(
+    "unblock",
+    lambda conn, user: conn.unblock(user),
+    "you no longer block {user}",
+    "Stop blocking USER.",
+)
+
+
+@cli.command()
+@_json_option
+def blocked() -> None:
+    """List the users you block."""
+    app = _app()
+    answer = app.call(lambda conn: conn.list_blocked(), m.Blocked)
+    names = list(answer.usernames)
+    app.out.result("\n".join(names) or "nobody blocked", {"blocked": names})
+
+
 @cli.command()
 @_json_option
 def invitations() -> None:

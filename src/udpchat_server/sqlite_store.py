@@ -182,6 +182,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX user_cursors_by_conversation ON user_cursors (conversation)",
         "CREATE INDEX messages_by_time ON messages (sent_at)",
     ),
+    # 5: who blocks whom (looked up from both sides).
+    (
+        """CREATE TABLE blocks (
+            username TEXT NOT NULL,          -- who blocks
+            blocked TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (username, blocked)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX blocks_by_blocked ON blocks (blocked, username)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -818,6 +828,45 @@ class SQLiteStore:
         )
         return [name for (name,) in rows]
 
+    # --- blocks ------------------------------------------------------------------------
+
+    def add_block(self, username: str, blocked: str, now: float) -> bool:
+        """Record that ``username`` blocks ``blocked``; False if it already did."""
+        cursor = self._write().execute(
+            "INSERT INTO blocks (username, blocked, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (username, blocked, now),
+        )
+        return cursor.rowcount == 1
+
+    def delete_block(self, username: str, blocked: str) -> bool:
+        """``username`` stops blocking ``blocked``; False if it did not."""
+        cursor = self._write().execute(
+            "DELETE FROM blocks WHERE username = ? AND blocked = ?", (username, blocked)
+        )
+        return cursor.rowcount == 1
+
+    def has_blocked(self, username: str, blocked: str) -> bool:
+        """Whether ``username`` blocks ``blocked``."""
+        row = self._db.execute(
+            "SELECT 1 FROM blocks WHERE username = ? AND blocked = ?", (username, blocked)
+        ).fetchone()
+        return row is not None
+
+    def blocked_by(self, username: str) -> list[str]:
+        """Whom ``username`` blocks (sorted)."""
+        rows = self._db.execute(
+            "SELECT blocked FROM blocks WHERE username = ? ORDER BY blocked", (username,)
+        )
+        return [name for (name,) in rows]
+
+    def blockers_of(self, username: str) -> list[str]:
+        """Who blocks ``username`` (sorted)."""
+        rows = self._db.execute(
+            "SELECT username FROM blocks WHERE blocked = ? ORDER BY username", (username,)
+        )
+        return [name for (name,) in rows]
+
     # --- messages -------------------------------------------------------------------
 
     def add_message(self, message: ChatMessage) -> StoredMessage:
@@ -874,10 +923,16 @@ class SQLiteStore:
         try:
             self._insert_message(message, conversation, seq, sent_at)
         except ValueError:
-            # Give the seq back, so that a refused message leaves no gap.
-            db.execute(
-                "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?", (conversation,)
-            )
+            # A refused message leaves nothing: no seq gap, no conversation it made
+            # (a send runs without a savepoint to undo it).
+            if created:
+                db.execute("DELETE FROM participants WHERE conversation = ?", (conversation,))
+                db.execute("DELETE FROM conversations WHERE id = ?", (conversation,))
+            else:
+                db.execute(
+                    "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?",
+                    (conversation,),
+                )
             raise
         return conversation, seq
 

@@ -453,6 +453,20 @@ class ClientConnection:
         """Stop being friends with ``username``. Returns the request id."""
         return self._request(lambda rid: m.Unfriend(request_id=rid, username=username))
 
+    def block(self, username: str) -> int:
+        """Block ``username`` (ends a friendship and invitations either way; what they
+        send is refused or never shown; you look offline to them). Answered by
+        ``Ok``. Returns the request id."""
+        return self._request(lambda rid: m.Block(request_id=rid, username=username))
+
+    def unblock(self, username: str) -> int:
+        """Stop blocking ``username``. Answered by ``Ok``. Returns the request id."""
+        return self._request(lambda rid: m.Unblock(request_id=rid, username=username))
+
+    def list_blocked(self) -> int:
+        """Ask whom you block (``Blocked``). Returns the request id."""
+        return self._request(lambda rid: m.ListBlocked(request_id=rid))
+
     def list_invitations(self) -> int:
         """Ask for incoming and outgoing invitations (``Invitations``)."""
         return self._request(lambda rid: m.ListInvitations(request_id=rid))

@@ -143,6 +143,9 @@ class ServerCore(Lookups):
         user has one or a few, and a dict each cost 200 bytes per idle user)."""
         self._by_session: dict[bytes, tuple[ConnectionId, ...]] = {}
         self._held: list[_Held] = []
+        self._closes_held: list[tuple[ConnectionId, str]] = []
+        """Connections a request closes (a revoked session's), closed once its batch
+        is durable: a lost batch must not have disconnected anyone."""
         """Replies and pushes waiting for the batch's commit (message and payload)."""
         self._stale: dict[ConnectionId, None] = {}
         """Connections whose pushes a lost batch dropped: refilled at ``_retry_at``."""
@@ -234,17 +237,8 @@ class ServerCore(Lookups):
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should be called next (POSIX seconds), or None."""
-        timers = [
-            t
-            for t in (
-                self._transport.get_timer(),
-                self._next_sweep,
-                self._retry_at,
-                self._touch_at,
-                self._cursor_write_at,
-            )
-            if t is not None
-        ]
+        own = (self._next_sweep, self._retry_at, self._touch_at, self._cursor_write_at)
+        timers = [t for t in (self._transport.get_timer(), *own) if t is not None]
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
@@ -318,6 +312,8 @@ class ServerCore(Lookups):
         held, self._held = self._held, []
         for item in held:
             self._transport_send(item.connection_id, item.payload)
+        closes, self._closes_held = self._closes_held, []
+        self._close_all(closes)
 
     def rolled_back(self, failure: StoreUnavailableError) -> None:
         """Tell the server that the batch could not be committed: it is lost.
@@ -329,6 +325,7 @@ class ServerCore(Lookups):
         Then call :meth:`datagrams_to_send`.
         """
         self._tracker.batch_lost()
+        self._closes_held.clear()
         self._friend_sets.clear()
         self._note_store_failure(failure)
         if self._tracker.acknowledgements_deferred and self._cursor_write_at is None:
@@ -585,14 +582,8 @@ class ServerCore(Lookups):
                 "log in (or resume a session) first",
             )
             return
-        self._run_atomically(
-            connection,
-            item.request_id,
-            self._handlers[type(item)],
-            item,
-            now,
-            savepoint=type(item) not in WRITES_ONCE,
-        )
+        step, savepoint = self._handlers[type(item)], type(item) not in WRITES_ONCE
+        self._run_atomically(connection, item.request_id, step, item, now, savepoint=savepoint)
 
     def _run_atomically(
         self,
@@ -606,7 +597,7 @@ class ServerCore(Lookups):
         none do: a refusal or a store failure half-way leaves nothing of it for the
         batch, and nothing it would have sent (its answer, pushes, a login) leaves.
         (``savepoint=False`` for a step that writes once, last: see WRITES_ONCE.)"""
-        mark = len(self._held)
+        mark, close_mark = len(self._held), len(self._closes_held)
         self._stepping = True
         try:
             if savepoint:
@@ -617,6 +608,7 @@ class ServerCore(Lookups):
         except Exception as exc:
             self._stepping = False
             self._friend_sets.clear()  # they may have read what the step undid
+            del self._closes_held[close_mark:]
             undone, self._held[mark:] = self._held[mark:], []
             self._retract(undone)
             if isinstance(exc, RefusedError):
@@ -634,6 +626,8 @@ class ServerCore(Lookups):
                 done, self._held[mark:] = self._held[mark:], []
                 for item in done:
                     self._transport_send(item.connection_id, item.payload)
+                closes, self._closes_held[close_mark:] = self._closes_held[close_mark:], []
+                self._close_all(closes)
         finally:
             self._stepping = False
 
@@ -666,6 +660,10 @@ class ServerCore(Lookups):
             # answers, so the connection ends; its session's unacknowledged
             # messages are pushed again on its next connection.
             self._close_connection(connection_id, "send buffer full")
+
+    def _close_all(self, closes: list[tuple[ConnectionId, str]]) -> None:
+        for connection_id, reason in closes:
+            self._close_connection(connection_id, reason)
 
     def _close_connection(self, connection_id: ConnectionId, reason: str) -> None:
         connection = self._connections.get(connection_id)

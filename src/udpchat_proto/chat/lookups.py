@@ -71,11 +71,19 @@ class Lookups:
         if not self._tracker.dirty and len(self._known_users) < KNOWN_USERS_MAX:
             self._known_users.add(username)
 
-    def _presence(self, usernames: list[str]) -> tuple[m.UserPresence, ...]:
+    def _presence(
+        self, usernames: list[str], hidden: frozenset[str] = frozenset()
+    ) -> tuple[m.UserPresence, ...]:
+        """Each name with whether it is online (those in ``hidden`` look offline)."""
         return tuple(
-            m.UserPresence(username=name, online=name in self._by_user)
+            m.UserPresence(username=name, online=name in self._by_user and name not in hidden)
             for name in usernames[:LIST_MAX]
         )
+
+    def _visible(self, me: str, usernames: list[str]) -> list[str]:
+        """``usernames`` without those ``me`` blocks."""
+        blocked = set(self._store.blocked_by(me)) if usernames else set()
+        return [name for name in usernames if name not in blocked]
 
     def _require_member(self, me: str, room: str) -> None:
         if not self._store.room_exists(room):

@@ -94,6 +94,8 @@ class MemoryStore:
         self._incoming: dict[str, set[str]] = {}
         self._outgoing: dict[str, set[str]] = {}
         self._friends: dict[str, set[str]] = {}
+        self._blocks: dict[str, set[str]] = {}
+        """Whom each user blocks."""
         self._conversations: dict[str, _Conversation] = {}
         self._conversations_of: dict[str, set[str]] = {}
         self._by_id: dict[bytes, _Entry] = {}
@@ -242,6 +244,34 @@ class MemoryStore:
     def friends_of(self, username: str) -> list[str]:
         """The friends of ``username`` (sorted)."""
         return sorted(self._friends.get(username, ()))
+
+    def add_block(self, username: str, blocked: str, now: float) -> bool:
+        """Record that ``username`` blocks ``blocked``; False if it already did."""
+        blocks = self._blocks.setdefault(username, set())
+        if blocked in blocks:
+            return False
+        blocks.add(blocked)
+        return True
+
+    def delete_block(self, username: str, blocked: str) -> bool:
+        """``username`` stops blocking ``blocked``; False if it did not."""
+        blocks = self._blocks.get(username, set())
+        if blocked not in blocks:
+            return False
+        blocks.discard(blocked)
+        return True
+
+    def has_blocked(self, username: str, blocked: str) -> bool:
+        """Whether ``username`` blocks ``blocked``."""
+        return blocked in self._blocks.get(username, ())
+
+    def blocked_by(self, username: str) -> list[str]:
+        """Whom ``username`` blocks (sorted)."""
+        return sorted(self._blocks.get(username, ()))
+
+    def blockers_of(self, username: str) -> list[str]:
+        """Who blocks ``username`` (sorted)."""
+        return sorted(user for user, blocks in self._blocks.items() if username in blocks)
 
     # --- messages -------------------------------------------------------------------
 

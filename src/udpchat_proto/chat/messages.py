@@ -29,6 +29,8 @@ __all__ = [
     "AcceptInvitation",
     "AcknowledgeDelivery",
     "AnsweredRequest",
+    "Block",
+    "Blocked",
     "CancelInvitation",
     "ChatMessage",
     "DeclineInvitation",
@@ -43,6 +45,7 @@ __all__ = [
     "Invite",
     "JoinRoom",
     "LeaveRoom",
+    "ListBlocked",
     "ListFriends",
     "ListInvitations",
     "ListMembers",
@@ -73,6 +76,7 @@ __all__ = [
     "SendMessage",
     "SessionInfo",
     "Sessions",
+    "Unblock",
     "Unfriend",
     "Unfriended",
     "UserPresence",
@@ -341,6 +345,36 @@ class Unfriend:
 
 
 @attrs.frozen(kw_only=True)
+class Block:
+    """Block a user: ends a friendship and the invitations either way; what they
+    send the blocker is refused or never shown. Answered by :class:`Ok`."""
+
+    TAG: ClassVar[str] = "block"
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class Unblock:
+    """Stop blocking a user (nothing ended comes back). Answered by :class:`Ok`."""
+
+    TAG: ClassVar[str] = "unblock"
+
+    request_id: int = _request_id_field()
+    username: str = _username_field()
+
+
+@attrs.frozen(kw_only=True)
+class ListBlocked:
+    """List the users the caller blocks. Answered by :class:`Blocked`."""
+
+    TAG: ClassVar[str] = "list_blocked"
+
+    request_id: int = _request_id_field()
+
+
+@attrs.frozen(kw_only=True)
 class ListInvitations:
     """Answered by :class:`Invitations`."""
 
@@ -502,6 +536,16 @@ class LoggedOutAll:
 
 
 @attrs.frozen(kw_only=True)
+class Blocked:
+    """Answer to :class:`ListBlocked` (sorted)."""
+
+    TAG: ClassVar[str] = "blocked"
+
+    request_id: int = _request_id_field()
+    usernames: tuple[str, ...] = _names_field()
+
+
+@attrs.frozen(kw_only=True)
 class Friends:
     """Answer to :class:`ListFriends`."""
 
@@ -653,6 +697,9 @@ AnsweredRequest = (
     | DeclineInvitation
     | CancelInvitation
     | Unfriend
+    | Block
+    | Unblock
+    | ListBlocked
     | ListInvitations
     | ListFriends
     | ListOnline
@@ -676,6 +723,7 @@ Response = (
     | LoggedOutAll
     | MessageAccepted
     | Invitations
+    | Blocked
     | Friends
     | OnlineUsers
     | History

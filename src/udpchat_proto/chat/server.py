@@ -46,7 +46,13 @@ in the store, which keeps every connection's pushes in store order.
 from __future__ import annotations
 
 from .config import ServerConfig
-from .handlers import AccountRequests, FriendRequests, MessageRequests, RoomRequests
+from .handlers import (
+    AccountRequests,
+    BlockRequests,
+    FriendRequests,
+    MessageRequests,
+    RoomRequests,
+)
 from .password_jobs import HashJob
 from .requests import HANDLERS, token_hash
 from .stats import ServerStats
@@ -54,7 +60,7 @@ from .stats import ServerStats
 __all__ = ["HANDLERS", "ChatServer", "HashJob", "ServerConfig", "ServerStats", "token_hash"]
 
 
-class ChatServer(AccountRequests, FriendRequests, MessageRequests, RoomRequests):
+class ChatServer(AccountRequests, BlockRequests, FriendRequests, MessageRequests, RoomRequests):
     """The server role: routes every connection's requests to the store and back.
 
     Args:

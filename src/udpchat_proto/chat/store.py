@@ -245,6 +245,26 @@ class Store(Protocol):
         """The friends of ``username`` (sorted)."""
         ...
 
+    def add_block(self, username: str, blocked: str, now: float) -> bool:
+        """Record that ``username`` blocks ``blocked``; False if it already did."""
+        ...
+
+    def delete_block(self, username: str, blocked: str) -> bool:
+        """``username`` stops blocking ``blocked``; False if it did not."""
+        ...
+
+    def has_blocked(self, username: str, blocked: str) -> bool:
+        """Whether ``username`` blocks ``blocked``."""
+        ...
+
+    def blocked_by(self, username: str) -> list[str]:
+        """Whom ``username`` blocks (sorted)."""
+        ...
+
+    def blockers_of(self, username: str) -> list[str]:
+        """Who blocks ``username`` (sorted)."""
+        ...
+
     # --- messages -------------------------------------------------------------------
 
     def add_message(self, message: ChatMessage) -> StoredMessage:
@@ -335,6 +355,9 @@ STORE_READS: Final = frozenset(
         "outgoing_invitations",
         "are_friends",
         "friends_of",
+        "has_blocked",
+        "blocked_by",
+        "blockers_of",
         "get_message",
         "history",
         "pending_deliveries",
@@ -359,6 +382,8 @@ STORE_WRITES: Final = frozenset(
         "delete_invitation",
         "add_friendship",
         "delete_friendship",
+        "add_block",
+        "delete_block",
         "add_message",
         "acknowledge",
         "acknowledge_many",

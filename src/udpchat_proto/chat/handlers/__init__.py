@@ -10,8 +10,9 @@ its handler here, the client's command method and the CLI command: nothing else.
 from __future__ import annotations
 
 from .accounts import AccountRequests
+from .blocking import BlockRequests
 from .friends import FriendRequests
 from .messages import MessageRequests
 from .rooms import RoomRequests
 
-__all__ = ["AccountRequests", "FriendRequests", "MessageRequests", "RoomRequests"]
+__all__ = ["AccountRequests", "BlockRequests", "FriendRequests", "MessageRequests", "RoomRequests"]

@@ -373,6 +373,7 @@ class AccountRequests(ServerCore):
                 self._end_session(hashed, now)
                 continue
             for connection_id in self._by_session.get(hashed, ()):
-                self._close_connection(
-                    connection_id, "this login session was ended from another device"
+                # Once the deletes are durable (see ServerCore._closes_held).
+                self._closes_held.append(
+                    (connection_id, "this login session was ended from another device")
                 )

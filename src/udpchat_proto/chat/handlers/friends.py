@@ -21,10 +21,17 @@ class FriendRequests(ServerCore):
         if other == me:
             raise RefusedError(ErrorCode.CANNOT_INVITE_SELF, "you cannot invite yourself")
         self._require_user(other)
+        if self._store.has_blocked(me, other):
+            raise RefusedError(ErrorCode.BAD_REQUEST, f"you block {other}: unblock them first")
         if self._store.are_friends(me, other):
             raise RefusedError(ErrorCode.ALREADY_FRIENDS, f"you are already friends with {other}")
         if self._store.has_invitation(me, other):
             raise RefusedError(ErrorCode.ALREADY_INVITED, f"you have already invited {other}")
+        if self._store.has_blocked(other, me):
+            # The ordinary answer, kept as any invitation is, but never shown to them.
+            self._store.add_invitation(me, other, self._clock())
+            self._reply(connection, m.Ok(request_id=request.request_id))
+            return
         if self._store.has_invitation(other, me):
             # Both want it: inviting back accepts their invitation.
             self._store.delete_invitation(other, me)
@@ -42,7 +49,7 @@ class FriendRequests(ServerCore):
         self, connection: ChatConnection, request: m.AcceptInvitation, now: float
     ) -> None:
         me, inviter = self._me(connection), request.username
-        if not self._store.has_invitation(inviter, me):
+        if not self._invited_by(inviter, me):
             raise RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
         self._store.delete_invitation(inviter, me)
         self._store.add_friendship(me, inviter, self._clock())
@@ -55,11 +62,15 @@ class FriendRequests(ServerCore):
         self, connection: ChatConnection, request: m.DeclineInvitation, now: float
     ) -> None:
         me, inviter = self._me(connection), request.username
-        if not self._store.has_invitation(inviter, me):
+        if not self._invited_by(inviter, me):
             raise RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
         self._store.delete_invitation(inviter, me)
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(inviter, m.InvitationAnswered(by_user=me, accepted=False))
+
+    def _invited_by(self, inviter: str, me: str) -> bool:
+        """An invitation ``me`` can see: from someone ``me`` does not block."""
+        return self._store.has_invitation(inviter, me) and not self._store.has_blocked(me, inviter)
 
     @handles(m.CancelInvitation)
     def _on_cancel(
@@ -91,7 +102,7 @@ class FriendRequests(ServerCore):
             connection,
             m.Invitations(
                 request_id=request.request_id,
-                incoming=tuple(self._store.incoming_invitations(me)[:LIST_MAX]),
+                incoming=tuple(self._visible(me, self._store.incoming_invitations(me))[:LIST_MAX]),
                 outgoing=tuple(self._store.outgoing_invitations(me)[:LIST_MAX]),
             ),
         )
@@ -117,6 +128,8 @@ class FriendRequests(ServerCore):
             for room, _count in self._store.rooms_of(me):
                 known.update(self._store.room_members(room))
             visible = sorted(name for name in known if name in self._by_user)
+        hidden = set(self._store.blockers_of(me))  # those who block me look offline
+        visible = [name for name in visible if name not in hidden]
         self._reply(
             connection,
             m.OnlineUsers(request_id=request.request_id, usernames=tuple(visible[:LIST_MAX])),
