@@ -50,15 +50,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 _ids = itertools.count(1)
 
 
-def message(sender: str, to: str, text: str = "hi") -> ChatMessage:
-    """A fresh message: unique id, and each one a second later than the last."""
+def message(sender: str, to: str, text: str = "hi", sent_at: float | None = None) -> ChatMessage:
+    """A fresh message: unique id, and each one a second later than the last (or
+    sent at ``sent_at``, POSIX seconds)."""
     n = next(_ids)
     return ChatMessage(
         id=n.to_bytes(16, "big"),
         sender=sender,
         to=to,
         text=text,
-        sent_at=T0 + datetime.timedelta(seconds=n),
+        sent_at=T0 + datetime.timedelta(seconds=n)
+        if sent_at is None
+        else datetime.datetime.fromtimestamp(sent_at, tz=datetime.UTC),
     )
 
 
@@ -885,23 +888,12 @@ def test_sqlite_atomic_block_rolls_back_only_its_own_writes(tmp_path: Path) -> N
     reopened.close()
 
 
-def old_message(sender: str, to: str, text: str, sent_at: float) -> ChatMessage:
-    n = next(_ids)
-    return ChatMessage(
-        id=n.to_bytes(16, "big"),
-        sender=sender,
-        to=to,
-        text=text,
-        sent_at=datetime.datetime.fromtimestamp(sent_at, tz=datetime.UTC),
-    )
-
-
 def test_retention_deletes_only_what_every_session_received(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     store.create_session(ALICE_LAPTOP, "alice", 1.0)
-    sent = [old_message("bob", "alice", f"{n}", 1000.0 + n) for n in range(4)]
-    for message in sent:
-        store.add_message(message)
+    sent = [message("bob", "alice", f"{n}", sent_at=1000.0 + n) for n in range(4)]
+    for chat in sent:
+        store.add_message(chat)
     # Nothing is delivered yet: nothing goes, however old.
     assert store.delete_delivered_before(5000.0, 100) == 0
     # The phone has all; the laptop only the first two: those two go, no more.
@@ -927,8 +919,8 @@ def test_retention_in_a_room_waits_for_every_member_but_the_sender(store: Store)
     store.create_session(BOB_PHONE, "bob", 1.0)
     store.join_room("#r", "alice", 1.0)
     store.join_room("#r", "bob", 1.0)
-    message = old_message("alice", "#r", "hello", 1000.0)
-    store.add_message(message)
+    hello = message("alice", "#r", "hello", sent_at=1000.0)
+    store.add_message(hello)
     assert store.delete_delivered_before(5000.0, 100) == 0  # bob has not got it
-    store.acknowledge("bob", BOB_PHONE, [message.id])
+    store.acknowledge("bob", BOB_PHONE, [hello.id])
     assert store.delete_delivered_before(5000.0, 100) == 1  # alice sent it: not hers to get

@@ -442,8 +442,6 @@ class WriteTrackingStore:
         """Acknowledged ids not written yet, per (username, token hash)."""
         self._written: list[tuple[tuple[str, bytes], list[bytes]]] = []
         """Acknowledgements written in the current batch (put back if it is lost)."""
-        self._block_start: int | None = None
-        """Where the current atomic block's writes start in ``_written``."""
 
     @property
     def acknowledgements_deferred(self) -> bool:
@@ -530,16 +528,14 @@ class WriteTrackingStore:
     def atomic(self) -> Iterator[None]:
         """``inner``'s atomic block; acknowledgements written inside a block that
         fails were undone with it, so they wait again."""
-        self._block_start = len(self._written)
+        start = len(self._written)
         try:
             with self.inner.atomic():
                 yield
         except BaseException:
-            undone, self._written[self._block_start :] = self._written[self._block_start :], []
+            undone, self._written[start:] = self._written[start:], []
             self._put_back(undone)
             raise
-        finally:
-            self._block_start = None
 
 
 def _forward(name: str, *, write: bool) -> Callable[..., Any]:

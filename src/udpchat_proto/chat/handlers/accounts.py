@@ -97,11 +97,9 @@ class AccountRequests(ServerCore):
         if job.kind is JobKind.UPGRADE:
             self._finish_upgrade(job, digest)
             return
-        connection = self._connections.get(job.connection_id)
-        if connection is None or not connection.hashing or connection.job_id != job_id:
+        connection = self._waiting_connection(job)
+        if connection is None:
             return
-        connection.job_id = None
-        connection.transition(ChatConnectionInput.HASH_DONE)
         finish = self._finish_register if job.kind is JobKind.REGISTER else self._finish_login
         self._run_atomically(connection, job.request.request_id, finish, job, digest, now)
         self._run_queue(connection, now)
@@ -115,13 +113,21 @@ class AccountRequests(ServerCore):
         job = self._forget_job(job_id)
         if job is None:
             return
-        connection = self._connections.get(job.connection_id)
-        if connection is None or not connection.hashing or connection.job_id != job_id:
+        connection = self._waiting_connection(job)
+        if connection is None:
             return
-        connection.job_id = None
-        connection.transition(ChatConnectionInput.HASH_DONE)
         self._internal_error(connection, job.request.request_id, RuntimeError("hash job failed"))
         self._run_queue(connection, now)
+
+    def _waiting_connection(self, job: PendingJob) -> ChatConnection | None:
+        """The connection still waiting for ``job``, done waiting now; None if it
+        went away (or waits for another job)."""
+        connection = self._connections.get(job.connection_id)
+        if connection is None or not connection.hashing or connection.job_id != job.job_id:
+            return None
+        connection.job_id = None
+        connection.transition(ChatConnectionInput.HASH_DONE)
+        return connection
 
     def run_hash_jobs(self, now: float) -> int:
         """Compute every pending password hash on the calling thread and hand each back.
