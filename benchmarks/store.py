@@ -103,7 +103,7 @@ def pending_times(make: Callable[[], Store]) -> tuple[float, float, float]:
         everything = store.pending_deliveries("alice", TOKEN, BACKLOG)
         all_ms = (time.perf_counter() - started) * 1e3
         started = time.perf_counter()
-        store.acknowledge("alice", TOKEN, [m.id for m in page])
+        store.acknowledge("alice", TOKEN, [m.id for m in page], 1.0)
         store.commit()
         ack_ms = (time.perf_counter() - started) * 1e3
         assert len(page) == 100

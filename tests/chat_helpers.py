@@ -99,8 +99,8 @@ class RecordingStore:
         self.committed_ids.update(self.uncommitted)
         self.uncommitted.clear()
 
-    def add_message(self, message: m.ChatMessage) -> Any:
-        stored = self.inner.add_message(message)
+    def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> Any:
+        stored = self.inner.add_message(message, origin)
         self.uncommitted.append(message.id)
         return stored
 

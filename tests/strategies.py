@@ -80,6 +80,17 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "session_id": session_ids,
     "sessions": _small_tuple(session_infos),
     "ended": st.integers(min_value=0, max_value=10**6),
+    "current": passwords,
+    "new": passwords,
+    "delivered_at": st.none() | utc_datetimes,
+}
+
+# Where a field of a class is narrower than the name's meaning elsewhere.
+CLASS_FIELD_STRATEGIES: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
+    (m.MessageDelivered, "message"): chat_messages,
+    (m.MessageStatus, "to"): usernames,
+    (m.DeliveryReceipt, "to"): usernames,
+    (m.DeliveryReceipt, "delivered_at"): utc_datetimes,
 }
 
 
@@ -87,10 +98,8 @@ def strategy_for(cls: type[Any]) -> st.SearchStrategy[Any]:
     """A strategy building valid instances of one message class."""
     kwargs: dict[str, st.SearchStrategy[Any]] = {}
     for field in attrs.fields(cls):
-        if cls is m.MessageDelivered and field.name == "message":
-            kwargs[field.name] = chat_messages
-        else:
-            kwargs[field.name] = FIELD_STRATEGIES[field.name]
+        special = CLASS_FIELD_STRATEGIES.get((cls, field.name))
+        kwargs[field.name] = special if special is not None else FIELD_STRATEGIES[field.name]
     return st.builds(cls, **kwargs)
 
 

@@ -26,6 +26,9 @@ from udpchat_proto.chat.store import (
     WriteTrackingStore,
 )
 
+T_ACK = 1_714_564_800.0
+"""When the acknowledgements in these tests are made (POSIX seconds)."""
+
 
 def waiting_for(world: ChatWorld, name: str, token: bytes | None) -> list[str]:
     """What the store itself (not the server's view) still holds for a session."""
@@ -151,7 +154,7 @@ def pending(store: Store, session: bytes) -> list[str]:
 def test_the_tracker_leaves_out_what_waits_and_still_finds_the_end() -> None:
     inner = MemoryStore()
     tracker, view, session, ids = tracked(inner, "a", "b", "c")
-    view.acknowledge("bob", session, ids[:2])
+    view.acknowledge("bob", session, ids[:2], T_ACK)
     assert not tracker.dirty and tracker.acknowledgements_deferred
     assert pending(inner, session) == ["a", "b", "c"]
     assert pending(view, session) == ["c"]
@@ -164,7 +167,7 @@ def test_the_tracker_leaves_out_what_waits_and_still_finds_the_end() -> None:
 def test_the_tracker_writes_them_with_the_next_commit_that_has_writes() -> None:
     inner = MemoryStore()
     tracker, view, session, ids = tracked(inner, "a", "b")
-    view.acknowledge("bob", session, ids[:1])
+    view.acknowledge("bob", session, ids[:1], T_ACK)
     view.add_invitation("bob", "carol", 0.0)
     tracker.commit()
     assert not tracker.acknowledgements_deferred
@@ -174,7 +177,7 @@ def test_the_tracker_writes_them_with_the_next_commit_that_has_writes() -> None:
 def test_a_failed_request_puts_back_what_it_wrote_of_them() -> None:
     inner = MemoryStore()
     tracker, view, session, ids = tracked(inner, "a", "b")
-    view.acknowledge("bob", session, ids)
+    view.acknowledge("bob", session, ids, T_ACK)
     with pytest.raises(RuntimeError), view.atomic():
         # A write that needs the cursors written first (a new session copies them) ...
         view.create_session(b"t" * 32, "bob", 0.0)
@@ -190,13 +193,13 @@ def test_a_failed_request_puts_back_what_it_wrote_of_them() -> None:
 def test_a_lost_batch_puts_them_back_for_the_next() -> None:
     inner = FailingCommits()
     tracker, view, session, ids = tracked(inner, "a", "b")
-    view.acknowledge("bob", session, ids[:1])
+    view.acknowledge("bob", session, ids[:1], T_ACK)
     view.add_invitation("bob", "carol", 0.0)
     inner.fail = True
     with pytest.raises(StoreUnavailableError):
         tracker.commit()
     assert tracker.acknowledgements_deferred and not tracker.dirty
-    view.acknowledge("bob", session, ids[1:])
+    view.acknowledge("bob", session, ids[1:], T_ACK)
     inner.fail = False
     tracker.flush_acknowledgements()
     assert tracker.dirty

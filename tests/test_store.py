@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
-from udpchat_proto.chat.store import Account, LoginSession, Store, StoredMessage, conversation_key
+from udpchat_proto.chat.store import (
+    Account,
+    LoginSession,
+    Receipt,
+    Store,
+    StoredMessage,
+    conversation_key,
+)
 from udpchat_server.sqlite_store import MIGRATIONS, SchemaVersionError, SQLiteStore
 
 # Checked by mypy: both classes satisfy the protocol structurally.
@@ -35,6 +42,9 @@ ALICE_LAPTOP = b"\x02" * 32
 ALICE_TABLET = b"\x03" * 32
 BOB_PHONE = b"\x04" * 32
 CAROL_PHONE = b"\x05" * 32
+
+T_ACK = 1_714_564_800.0
+"""When the acknowledgements in these tests are made (POSIX seconds)."""
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -82,7 +92,7 @@ def pending(store: Store, username: str, token_hash: bytes, limit: int = 100) ->
 def receive_all(store: Store, username: str, token_hash: bytes) -> list[str]:
     """Fetch and acknowledge everything pending for one session."""
     messages = store.pending_deliveries(username, token_hash, 1000)
-    store.acknowledge(username, token_hash, [m.id for m in messages])
+    store.acknowledge(username, token_hash, [m.id for m in messages], T_ACK)
     return texts(messages)
 
 
@@ -201,7 +211,7 @@ def test_deleting_a_session_forgets_its_cursors(store: Store) -> None:
     first = send(store, "bob", "alice", "one")
     send(store, "bob", "alice", "two")
     assert receive_all(store, "alice", ALICE_PHONE) == ["one", "two"]
-    store.acknowledge("alice", ALICE_LAPTOP, [first.id])  # the laptop is behind
+    store.acknowledge("alice", ALICE_LAPTOP, [first.id], T_ACK)  # the laptop is behind
     store.delete_session(ALICE_LAPTOP)
     assert sql_count(store, "SELECT COUNT(*) FROM session_cursors") in (None, 1)
     # The same token logging in again is a new session: it starts at the user's
@@ -391,12 +401,12 @@ def test_acknowledge_advances_the_session(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     sent = [send(store, "bob", "alice", str(n)) for n in range(5)]
     batch = store.pending_deliveries("alice", ALICE_PHONE, 2)
-    store.acknowledge("alice", ALICE_PHONE, [m.id for m in batch])
+    store.acknowledge("alice", ALICE_PHONE, [m.id for m in batch], T_ACK)
     assert pending(store, "alice", ALICE_PHONE) == ["2", "3", "4"]
     # Acknowledging an older message again never moves the cursor back.
-    store.acknowledge("alice", ALICE_PHONE, [sent[0].id])
+    store.acknowledge("alice", ALICE_PHONE, [sent[0].id], T_ACK)
     assert pending(store, "alice", ALICE_PHONE) == ["2", "3", "4"]
-    store.acknowledge("alice", ALICE_PHONE, [sent[4].id])
+    store.acknowledge("alice", ALICE_PHONE, [sent[4].id], T_ACK)
     assert pending(store, "alice", ALICE_PHONE) == []
     send(store, "bob", "alice", "later")
     assert pending(store, "alice", ALICE_PHONE) == ["later"]
@@ -406,7 +416,7 @@ def test_acknowledge_is_per_conversation(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     from_bob = send(store, "bob", "alice", "bob")
     send(store, "carol", "alice", "carol")
-    store.acknowledge("alice", ALICE_PHONE, [from_bob.id])
+    store.acknowledge("alice", ALICE_PHONE, [from_bob.id], T_ACK)
     assert pending(store, "alice", ALICE_PHONE) == ["carol"]
 
 
@@ -414,14 +424,12 @@ def test_acknowledging_unknown_or_foreign_ids_is_ignored(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     store.create_session(CAROL_PHONE, "carol", 1.0)
     to_alice = send(store, "bob", "alice", "for alice")
-    from_alice = send(store, "alice", "bob", "by alice")
     store.join_room("#room", "bob", 1.0)
     in_room = send(store, "bob", "#room", "room")
-    store.acknowledge("alice", ALICE_PHONE, [b"\x00" * 16, b"\x99" * 16])
-    store.acknowledge("alice", ALICE_PHONE, [from_alice.id])  # own message
-    store.acknowledge("alice", ALICE_PHONE, [in_room.id])  # not a member
-    store.acknowledge("carol", CAROL_PHONE, [to_alice.id])  # someone else's
-    store.acknowledge("alice", ALICE_PHONE, [])
+    store.acknowledge("alice", ALICE_PHONE, [b"\x00" * 16, b"\x99" * 16], T_ACK)
+    store.acknowledge("alice", ALICE_PHONE, [in_room.id], T_ACK)  # not a member
+    store.acknowledge("carol", CAROL_PHONE, [to_alice.id], T_ACK)  # someone else's
+    store.acknowledge("alice", ALICE_PHONE, [], T_ACK)
     assert pending(store, "alice", ALICE_PHONE) == ["for alice"]
     # Nothing was recorded for carol either: a new carol session has nothing.
     assert pending(store, "carol", CAROL_PHONE) == []
@@ -440,11 +448,12 @@ def test_acknowledge_many_acknowledges_each_session_alike(store: Store) -> None:
             ("alice", ALICE_PHONE, [to_alice[1].id, to_carol.id]),  # carol's: ignored
             ("carol", CAROL_PHONE, [to_carol.id, later.id, to_alice[2].id]),
             ("alice", ALICE_PHONE, []),
-        ]
+        ],
+        T_ACK,
     )
     assert pending(store, "alice", ALICE_PHONE) == ["a2"]
     assert pending(store, "carol", CAROL_PHONE) == []
-    store.acknowledge_many([])
+    store.acknowledge_many([], T_ACK)
     assert pending(store, "alice", ALICE_PHONE) == ["a2"]
 
 
@@ -468,7 +477,7 @@ def test_a_new_session_receives_what_no_session_acknowledged(store: Store) -> No
     first = send(store, "bob", "alice", "one")
     send(store, "bob", "alice", "two")
     send(store, "carol", "alice", "three")
-    store.acknowledge("alice", ALICE_PHONE, [first.id])
+    store.acknowledge("alice", ALICE_PHONE, [first.id], T_ACK)
     store.create_session(ALICE_LAPTOP, "alice", 2.0)
     assert pending(store, "alice", ALICE_LAPTOP) == ["two", "three"]
     # Still true after the phone logs out: the user's cursor is what counts.
@@ -489,7 +498,7 @@ def test_an_unknown_session_starts_at_the_users_cursor(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     first = send(store, "bob", "alice", "one")
     send(store, "bob", "alice", "two")
-    store.acknowledge("alice", ALICE_PHONE, [first.id])
+    store.acknowledge("alice", ALICE_PHONE, [first.id], T_ACK)
     assert pending(store, "alice", ALICE_TABLET) == ["two"]
 
 
@@ -524,7 +533,7 @@ def test_the_last_leave_deletes_the_room_its_history_and_cursors(store: Store) -
     store.join_room("#room", "alice", 1.0)
     store.join_room("#room", "bob", 1.0)
     old = [send(store, "bob", "#room", f"old {n}") for n in range(3)]
-    store.acknowledge("alice", ALICE_PHONE, [message.id for message in old])
+    store.acknowledge("alice", ALICE_PHONE, [message.id for message in old], T_ACK)
     store.leave_room("#room", "alice")
     store.leave_room("#room", "bob")
     assert store.get_message(old[0].id) is None
@@ -545,7 +554,7 @@ def test_count_waiting_counts_what_no_session_acknowledged(store: Store) -> None
     sent = [send(store, "bob", "alice", f"{n}") for n in range(5)]
     assert store.count_waiting("alice", 100) == 5
     assert store.count_waiting("alice", 3) == 3  # counted up to the limit only
-    store.acknowledge("alice", ALICE_LAPTOP, [sent[1].id])  # one device got two
+    store.acknowledge("alice", ALICE_LAPTOP, [sent[1].id], T_ACK)  # one device got two
     assert store.count_waiting("alice", 100) == 3
     assert store.count_waiting("bob", 100) == 0  # nobody gets their own
 
@@ -775,11 +784,25 @@ def test_sqlite_refuses_a_connection_inside_a_transaction() -> None:
 
 
 def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
-    from udpchat_server.sqlite_store import _PENDING_FOR_SESSION, _PENDING_FOR_USER
+    from udpchat_server.sqlite_store import (
+        _MARK_DELIVERED,
+        _PENDING_FOR_SESSION,
+        _PENDING_FOR_USER,
+    )
 
     queries: list[tuple[str, dict[str, object]]] = [
-        (_PENDING_FOR_SESSION, {"owner": ALICE_PHONE, "user": "alice", "limit": 10}),
-        (_PENDING_FOR_USER, {"owner": "alice", "user": "alice", "limit": 10}),
+        (
+            _PENDING_FOR_SESSION,
+            {"owner": ALICE_PHONE, "user": "alice", "session": ALICE_PHONE, "limit": 10},
+        ),
+        (
+            _PENDING_FOR_USER,
+            {"owner": "alice", "user": "alice", "session": ALICE_PHONE, "limit": 10},
+        ),
+        (
+            _MARK_DELIVERED,
+            {"user": "alice", "conversation": 1, "seq": 5, "now": 1.0},
+        ),
         (
             "SELECT m.id FROM messages AS m "
             "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
@@ -792,7 +815,9 @@ def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
         for query, args in queries:
             plan = [row[3] for row in store.connection.execute(f"EXPLAIN QUERY PLAN {query}", args)]
             # Messages are only ever reached through an index, never scanned whole.
-            assert any(step.startswith("SEARCH m USING") for step in plan), plan
+            assert any(
+                step.startswith(("SEARCH m USING", "SEARCH messages USING")) for step in plan
+            ), plan
             assert not any(step.startswith("SCAN") for step in plan), plan
 
 
@@ -805,15 +830,26 @@ TOKENS = tuple(bytes([n]) * 32 for n in range(4))
 operations = st.one_of(
     st.tuples(st.just("login"), st.sampled_from(TOKENS), st.sampled_from(USERS)),
     st.tuples(st.just("logout"), st.sampled_from(TOKENS)),
-    st.tuples(st.just("send"), st.sampled_from(USERS), st.sampled_from(TARGETS)),
+    st.tuples(
+        st.just("send"),
+        st.sampled_from(USERS),
+        st.sampled_from(TARGETS),
+        st.sampled_from((None, *TOKENS)),
+    ),
     st.tuples(st.just("join"), st.sampled_from(("#r", "#s")), st.sampled_from(USERS)),
     st.tuples(st.just("leave"), st.sampled_from(("#r", "#s")), st.sampled_from(USERS)),
     st.tuples(st.just("receive"), st.sampled_from(TOKENS), st.integers(0, 4), st.integers(0, 4)),
+    st.tuples(st.just("status"), st.integers(1, 40)),
+    st.tuples(st.just("delete"), st.sampled_from(USERS)),
 )
 
 
 def apply(store: Store, operation: tuple[Any, ...], serial: int) -> object:
-    """Run one operation and return everything it observably produced."""
+    """Run one operation and return everything it observably produced (what the
+    server never does, acting for a deleted account, is skipped)."""
+    gone = [name for name in operation[1:] if name in USERS and store.get_account(name) is None]
+    if gone and operation[0] in ("login", "send", "join"):
+        return "gone"
     match operation:
         case ("login", token, user):
             if store.get_session(token) is not None:
@@ -823,11 +859,11 @@ def apply(store: Store, operation: tuple[Any, ...], serial: int) -> object:
         case ("logout", token):
             store.delete_session(token)
             return None
-        case ("send", sender, to):
+        case ("send", sender, to, origin):
             chat = ChatMessage(
                 id=serial.to_bytes(16, "big"), sender=sender, to=to, text=f"m{serial}", sent_at=T0
             )
-            return store.add_message(chat).seq
+            return store.add_message(chat, origin).seq
         case ("join", room, user):
             return (
                 store.join_room(room, user, 1.0),
@@ -840,8 +876,14 @@ def apply(store: Store, operation: tuple[Any, ...], serial: int) -> object:
             session = store.get_session(token)
             user = "alice" if session is None else session.username
             got = store.pending_deliveries(user, token, limit)
-            store.acknowledge(user, token, [m.id for m in got[:acknowledged]])
-            return texts(got)
+            receipts = store.acknowledge(user, token, [m.id for m in got[:acknowledged]], T_ACK)
+            return texts(got), sorted(receipts, key=lambda r: r.message_id)
+        case ("status", earlier):
+            stored = store.get_message(earlier.to_bytes(16, "big"))
+            return None if stored is None else (stored.seq, stored.delivered_at)
+        case ("delete", user):
+            store.delete_account(user, float(serial))
+            return store.create_account(user, PASSWORD, 1.0)
     raise AssertionError(operation)
 
 
@@ -850,6 +892,9 @@ def apply(store: Store, operation: tuple[Any, ...], serial: int) -> object:
 def test_memory_and_sqlite_stores_agree(script: list[tuple[Any, ...]]) -> None:
     memory = MemoryStore()
     sqlite_store = SQLiteStore(sqlite3.connect(":memory:"))
+    for user in USERS:
+        memory.create_account(user, PASSWORD, 1.0)
+        sqlite_store.create_account(user, PASSWORD, 1.0)
     try:
         for serial, operation in enumerate(script, start=1):
             expected = apply(memory, operation, serial)
@@ -897,14 +942,14 @@ def test_retention_deletes_only_what_every_session_received(store: Store) -> Non
     # Nothing is delivered yet: nothing goes, however old.
     assert store.delete_delivered_before(5000.0, 100) == 0
     # The phone has all; the laptop only the first two: those two go, no more.
-    store.acknowledge("alice", ALICE_PHONE, [m.id for m in sent])
-    store.acknowledge("alice", ALICE_LAPTOP, [sent[1].id])
+    store.acknowledge("alice", ALICE_PHONE, [m.id for m in sent], T_ACK)
+    store.acknowledge("alice", ALICE_LAPTOP, [sent[1].id], T_ACK)
     assert store.delete_delivered_before(5000.0, 100) == 2
     assert [m.text for m in store.history("alice", "bob", 10)] == ["2", "3"]
     assert store.get_message(sent[0].id) is None
     assert pending(store, "alice", ALICE_LAPTOP) == ["2", "3"]
     # Young enough messages stay even when everyone has them.
-    store.acknowledge("alice", ALICE_LAPTOP, [sent[3].id])
+    store.acknowledge("alice", ALICE_LAPTOP, [sent[3].id], T_ACK)
     assert store.delete_delivered_before(1002.5, 100) == 1  # "2" (sent at 1002)
     assert [m.text for m in store.history("alice", "bob", 10)] == ["3"]
     # New messages keep counting from where the conversation was.
@@ -922,5 +967,123 @@ def test_retention_in_a_room_waits_for_every_member_but_the_sender(store: Store)
     hello = message("alice", "#r", "hello", sent_at=1000.0)
     store.add_message(hello)
     assert store.delete_delivered_before(5000.0, 100) == 0  # bob has not got it
-    store.acknowledge("bob", BOB_PHONE, [hello.id])
+    store.acknowledge("bob", BOB_PHONE, [hello.id], T_ACK)
     assert store.delete_delivered_before(5000.0, 100) == 1  # alice sent it: not hers to get
+
+
+# --- accounts deleted, delivery status, own messages ------------------------------------
+
+
+def test_delete_account_takes_what_is_only_its_and_retires_the_name(store: Store) -> None:
+    for name in ("alice", "bob", "carol"):
+        store.create_account(name, PASSWORD, 1.0)
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(BOB_PHONE, "bob", 1.0)
+    store.add_friendship("alice", "bob", 1.0)
+    store.add_invitation("alice", "carol", 1.0)
+    store.add_invitation("carol", "alice", 1.0)
+    store.add_block("carol", "alice", 1.0)
+    store.join_room("#tea", "alice", 1.0)
+    store.join_room("#tea", "bob", 1.0)
+    read = send(store, "bob", "alice", "read")
+    store.acknowledge("alice", ALICE_PHONE, [read.id], T_ACK)
+    unread = send(store, "bob", "alice", "unread")
+    said = send(store, "alice", "bob", "said")
+    in_room = send(store, "alice", "#tea", "in the room")
+    store.delete_account("alice", 2.0)
+    assert store.get_account("alice") is None
+    assert store.sessions_of("alice") == [] and store.get_session(ALICE_PHONE) is None
+    assert store.friends_of("bob") == [] and not store.are_friends("bob", "alice")
+    assert store.outgoing_invitations("carol") == [] and store.incoming_invitations("carol") == []
+    assert store.blocked_by("carol") == []
+    assert store.room_members("#tea") == ["bob"]
+    # Delivered and sent messages stay; the one waiting for her goes.
+    assert texts(store.history("bob", "alice", 10)) == ["read", "said"]
+    assert store.get_message(unread.id) is None
+    assert store.get_message(said.id) is not None and store.get_message(in_room.id) is not None
+    assert pending(store, "bob", BOB_PHONE) == ["said", "in the room"]
+    # The name is retired; deleting it again is harmless.
+    assert not store.create_account("alice", PASSWORD, 3.0)
+    store.delete_account("alice", 4.0)
+    assert store.get_account("alice") is None
+    assert store.create_account("carol2", PASSWORD, 3.0)
+
+
+def test_a_direct_message_is_delivered_once_by_its_recipients_first_acknowledgement(
+    store: Store,
+) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    first, second, third = (send(store, "bob", "alice", str(n)) for n in range(3))
+    mine = send(store, "alice", "bob", "mine")
+    stored = store.get_message(first.id)
+    assert stored is not None and stored.delivered_at is None
+    # Acknowledging the second delivers the first too (the cursor passed it).
+    receipts = store.acknowledge("alice", ALICE_PHONE, [second.id], 100.0)
+    assert sorted((r.message_id, r.sender, r.recipient) for r in receipts) == sorted(
+        [(first.id, "bob", "alice"), (second.id, "bob", "alice")]
+    )
+    assert {r.delivered_at for r in receipts} == {100.0}
+    # Another device's acknowledgement of them changes nothing: delivered once.
+    assert store.acknowledge("alice", ALICE_LAPTOP, [first.id, second.id], 200.0) == []
+    assert store.acknowledge("alice", ALICE_LAPTOP, [third.id], 300.0) == [
+        Receipt(message_id=third.id, sender="bob", recipient="alice", delivered_at=300.0)
+    ]
+    assert [store.get_message(x.id).delivered_at for x in (first, second, third)] == [  # type: ignore[union-attr]
+        100.0,
+        100.0,
+        300.0,
+    ]
+    # The sender's own devices acknowledging it is not its delivery.
+    store.create_session(BOB_PHONE, "bob", 1.0)
+    assert store.acknowledge("alice", ALICE_PHONE, [mine.id], 400.0) == []
+    assert store.get_message(mine.id).delivered_at is None  # type: ignore[union-attr]
+    assert store.acknowledge("bob", BOB_PHONE, [mine.id], 500.0) == [
+        Receipt(message_id=mine.id, sender="alice", recipient="bob", delivered_at=500.0)
+    ]
+    if isinstance(store, SQLiteStore):
+        store.commit()
+
+
+def test_own_messages_reach_the_senders_other_sessions_not_the_sending_one(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    store.join_room("#tea", "alice", 1.0)
+    store.join_room("#tea", "bob", 1.0)
+    store.add_message(message("bob", "alice", "hi"))
+    store.add_message(message("alice", "bob", "from the phone"), ALICE_PHONE)
+    store.add_message(message("alice", "#tea", "to the room"), ALICE_LAPTOP)
+    store.add_message(message("alice", "bob", "from nowhere"))  # no origin: nobody
+    assert pending(store, "alice", ALICE_PHONE) == ["hi", "to the room"]
+    assert pending(store, "alice", ALICE_LAPTOP) == ["hi", "from the phone"]
+    assert receive_all(store, "alice", ALICE_LAPTOP) == ["hi", "from the phone"]
+    assert pending(store, "alice", ALICE_LAPTOP) == []
+    # A session created later starts at the user's cursors, as for any message.
+    store.create_session(b"\x09" * 32, "alice", 2.0)
+    assert pending(store, "alice", b"\x09" * 32) == ["to the room"]
+
+
+def test_sqlite_version_6_marks_what_was_delivered_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "v5.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:5]:
+        for statement in migration:
+            old.execute(statement)
+    old.execute("PRAGMA user_version = 5")
+    old.execute(
+        "INSERT INTO conversations (id, key, is_room, last_seq, created_at) "
+        "VALUES (1, 'alice bob', 0, 2, 1.0)"
+    )
+    for seq in (1, 2):
+        old.execute(
+            "INSERT INTO messages (id, conversation, seq, sender, recipient, text, sent_at) "
+            "VALUES (?, 1, ?, 'bob', 'alice', 'x', ?)",
+            (bytes([seq]) * 16, seq, seq * 1_000_000),
+        )
+    old.execute("INSERT INTO user_cursors (username, conversation, seq) VALUES ('alice', 1, 1)")
+    old.close()
+    with SQLiteStore.open(path) as store:
+        assert [store.get_message(bytes([seq]) * 16).delivered_at for seq in (1, 2)] == [  # type: ignore[union-attr]
+            1.0,
+            None,
+        ]

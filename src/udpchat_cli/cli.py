@@ -87,6 +87,11 @@ EXIT_KEY_MISMATCH = 4
 
 DEFAULT_SERVER = "127.0.0.1:9999"
 
+DEFAULT_DELIVERY_WAIT = 60.0
+"""Seconds ``send --wait delivered`` waits unless ``--for`` says otherwise."""
+_STATUS_POLL_INTERVAL = 5.0
+"""While waiting for a receipt, how often the status is asked as well."""
+
 R = TypeVar("R")
 
 
@@ -280,7 +285,7 @@ def _room(name: str) -> str:
     return name if name.startswith("#") else "#" + name
 
 
-def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+def _read_password(from_stdin: bool, *, confirm: bool, prompt: str = "Password") -> str:
     if from_stdin:
         line = sys.stdin.readline()
         return line.removesuffix("\n").removesuffix("\r")
@@ -288,9 +293,7 @@ def _read_password(from_stdin: bool, *, confirm: bool) -> str:
         # Without a terminal getpass warns (with its source line) that it cannot
         # hide the input; click already says so in one line of its own.
         warnings.simplefilter("ignore")
-        password: str = click.prompt(
-            "Password", hide_input=True, confirmation_prompt=confirm, err=True
-        )
+        password: str = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
     return password
 
 
@@ -456,6 +459,44 @@ def revoke(session: str) -> None:
 
 
 @cli.command()
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read two lines from stdin: the current password, then the new one.",
+)
+@_json_option
+def passwd(password_stdin: bool) -> None:
+    """Change your password (asks the current one, then the new one twice); every
+    other login session of yours ends."""
+    app = _app()
+    if not app.profile().logged_in:
+        raise _not_logged_in()
+    current = _read_password(password_stdin, confirm=False, prompt="Current password")
+    new = _read_password(password_stdin, confirm=True, prompt="New password")
+    _validate(lambda: m.ChangePassword(request_id=0, current=current, new=new))
+    app.call(lambda conn: conn.change_password(current, new), m.Ok)
+    app.out.result("password changed; your other sessions have ended", {"ok": True})
+
+
+@cli.command(name="delete-account")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@_json_option
+def delete_account(password_stdin: bool) -> None:
+    """Delete your account for good, after its password: sessions, friends,
+    invitations, rooms and the messages waiting for you. What you sent stays in
+    its recipients' history; your name can never be registered again."""
+    app = _app()
+    profile = app.profile()
+    if not profile.logged_in:
+        raise _not_logged_in()
+    password = _read_password(password_stdin, confirm=False)
+    _validate(lambda: check_password(password))
+    app.call(lambda conn: conn.delete_account(password), m.Ok)
+    app.update(lambda saved: saved.logout())
+    app.out.result(f"account {profile.username} deleted", {"ok": True})
+
+
+@cli.command()
 @_json_option
 def whoami() -> None:
     """Show who is logged in, and where (checked with the server)."""
@@ -471,17 +512,90 @@ def whoami() -> None:
 @cli.command()
 @click.argument("to", metavar="TO")
 @click.argument("text")
+@click.option(
+    "--wait",
+    type=click.Choice(["delivered"]),
+    default=None,
+    help="Wait until a device of the friend TO has received it (exit 3 if not in time).",
+)
+@click.option(
+    "--for",
+    "wait_for",
+    type=Seconds(min=0),
+    default=DEFAULT_DELIVERY_WAIT,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long --wait delivered waits.",
+)
 @_json_option
-def send(to: str, text: str) -> None:
+def send(to: str, text: str, wait: str | None, wait_for: float) -> None:
     """Send TEXT to the friend TO, or to the room TO when it starts with '#'."""
     app = _app()
     target = _validate(lambda: valid_target(to))
     _validate(lambda: check_text(text))
-    accepted = app.call(lambda conn: conn.send_message(target, text), m.MessageAccepted)
-    app.out.result(
-        f"sent to {target} (id {accepted.message_id.hex()})",
-        {"ok": True, "id": accepted.message_id.hex(), "to": target},
+    if wait is not None and target.startswith("#"):
+        raise CliError(
+            EXIT_USAGE, "usage", "--wait delivered is for direct messages: rooms have no receipts"
+        )
+    if wait is None:
+        accepted = app.call(lambda conn: conn.send_message(target, text), m.MessageAccepted)
+        app.out.result(
+            f"sent to {target} (id {accepted.message_id.hex()})",
+            {"ok": True, "id": accepted.message_id.hex(), "to": target},
+        )
+        return
+    _send_and_wait(app, target, text, wait_for)
+
+
+def _send_and_wait(app: App, target: str, text: str, wait_for: float) -> None:
+    """``send --wait delivered``: send, then wait for the receipt on the same
+    connection (asking the status now and then, should a push be missed)."""
+    receipts: set[bytes] = set()
+
+    def keep(pushes: list[m.Push]) -> None:
+        app.keep_messages(pushes)
+        receipts.update(p.message_id for p in pushes if isinstance(p, m.DeliveryReceipt))
+
+    with app.connect(resume=True, on_pushes=keep) as (session, _server):
+        answer = session.request(lambda conn: conn.send_message(target, text))
+        message_id = _expect(answer, m.MessageAccepted).message_id
+        deadline = time.monotonic() + wait_for
+        delivered = False
+        while True:
+            status = _expect(
+                session.request(lambda conn: conn.message_status(message_id)), m.MessageStatus
+            )
+            delivered = status.delivered_at is not None or message_id in receipts
+            now = time.monotonic()
+            if delivered or now >= deadline:
+                break
+            session.run_until(
+                lambda: message_id in receipts, min(deadline, now + _STATUS_POLL_INTERVAL)
+            )
+    result = {"ok": True, "id": message_id.hex(), "to": target, "delivered": delivered}
+    if delivered:
+        app.out.result(f"delivered to {target} (id {message_id.hex()})", result)
+        return
+    app.out.result(f"sent to {target} (id {message_id.hex()}), not delivered yet", result)
+    print(
+        f"error: not delivered within {wait_for:g} s; it is stored and will be delivered",
+        file=app.out.stderr,
+        flush=True,
     )
+    raise click.exceptions.Exit(EXIT_TIMEOUT)
+
+
+@cli.command()
+@click.argument("message", metavar="MESSAGE_ID")
+@_json_option
+def status(message: str) -> None:
+    """Whether a direct message you sent (its id from 'send') was delivered."""
+    app = _app()
+    message_id = _validate(
+        lambda: m.GetMessageStatus(request_id=0, message_id=_hex(message)).message_id
+    )
+    answer = app.call(lambda conn: conn.message_status(message_id), m.MessageStatus)
+    app.out.result(*output.status_result(answer))
 
 
 @cli.command()

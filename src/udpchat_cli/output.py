@@ -32,6 +32,7 @@ __all__ = [
     "messages_result",
     "online_result",
     "rooms_result",
+    "status_result",
 ]
 
 JsonObject = dict[str, Any]
@@ -56,7 +57,7 @@ def message_json(message: m.ChatMessage) -> JsonObject:
 
 def message_text(message: m.ChatMessage) -> str:
     """One line: ``[2024-05-01 12:00:00] alice -> bob: hi`` (local time)."""
-    when = message.sent_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    when = _local(message.sent_at)
     # Newlines inside a text would forge extra lines; show them escaped.
     text = message.text.replace("\r", "\\r").replace("\n", "\\n")
     return f"[{when}] {message.sender} -> {message.to}: {text}"
@@ -111,6 +112,27 @@ def sessions_result(answer: m.Sessions) -> tuple[str, JsonObject]:
     return text or "no sessions", {"sessions": items}
 
 
+def status_result(answer: m.MessageStatus) -> tuple[str, JsonObject]:
+    """``{"id": "<hex>", "to": "bob", "state": "delivered", "delivered_at": "<ISO>"}``
+    (``"state": "stored"`` and ``"delivered_at": null`` until it is)."""
+    delivered = answer.delivered_at
+    obj = {
+        "id": answer.message_id.hex(),
+        "to": answer.to,
+        "state": "stored" if delivered is None else "delivered",
+        "delivered_at": None if delivered is None else iso_utc(delivered),
+    }
+    if delivered is None:
+        text = f"stored, not yet delivered to {answer.to}"
+    else:
+        text = f"delivered to {answer.to} at {_local(delivered)}"
+    return text, obj
+
+
+def _local(moment: datetime.datetime) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
 def online_result(answer: m.OnlineUsers) -> tuple[str, JsonObject]:
     """``{"online": ["alice"]}``."""
     return "\n".join(answer.usernames) or "nobody online", {"online": list(answer.usernames)}
@@ -145,6 +167,8 @@ def event_json(push: m.Push) -> JsonObject:
     match push:
         case m.MessageDelivered(message=message):
             return {"event": "message", **message_json(message)}
+        case m.DeliveryReceipt(message_id=message_id, to=to, delivered_at=at):
+            return {"event": "delivered", "id": message_id.hex(), "to": to, "at": iso_utc(at)}
         case m.InvitationReceived(from_user=user):
             return {"event": "invitation", "from": user}
         case m.InvitationAnswered(by_user=user, accepted=True):
@@ -167,6 +191,8 @@ def event_text(push: m.Push) -> str:
     match push:
         case m.MessageDelivered(message=message):
             return message_text(message)
+        case m.DeliveryReceipt(message_id=message_id, to=to, delivered_at=at):
+            return f"[{_local(at)}] {to} received your message {message_id.hex()}"
         case m.InvitationReceived(from_user=user):
             return f"{user} invited you to be friends (udpchat-cli accept {user})"
         case m.InvitationAnswered(by_user=user, accepted=True):

@@ -61,6 +61,8 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     UNKNOWN_SESSION = "unknown_session"
     """``revoke_session`` named no session of the caller's."""
+    UNKNOWN_MESSAGE = "unknown_message"
+    """``get_message_status`` named no direct message the caller sent."""
 
 
 class ProtocolError(Exception):

@@ -76,6 +76,7 @@ from udpchat_proto.chat import (
     Acknowledgement,
     LoginSession,
     PasswordHash,
+    Receipt,
     StoredMessage,
     StoreUnavailableError,
     conversation_key,
@@ -192,6 +193,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX blocks_by_blocked ON blocks (blocked, username)",
     ),
+    # 6: a message's origin (the sender's other sessions receive it), when a direct
+    # message was delivered (its status), and the names of deleted accounts.
+    (
+        "ALTER TABLE messages ADD COLUMN origin BLOB",  # the sending session's token hash
+        "ALTER TABLE messages ADD COLUMN delivered_at REAL",
+        # What was delivered before this version: known to be, not when (its
+        # sending time stands in).
+        """UPDATE messages SET delivered_at = sent_at / 1e6
+           WHERE recipient NOT LIKE '#%' AND seq <= COALESCE(
+               (SELECT u.seq FROM user_cursors AS u
+                WHERE u.username = messages.recipient AND u.conversation = messages.conversation),
+               0)""",
+        """CREATE TABLE retired_names (
+            username TEXT PRIMARY KEY,
+            retired_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -213,7 +231,8 @@ _PENDING = f"""
      AND m.seq > MAX(p.floor_seq, COALESCE(
             (SELECT c.seq FROM {{cursors}} AS c
              WHERE c.{{owner}} = :owner AND c.conversation = p.conversation), 0))
-    WHERE p.username = :user AND m.sender != :user
+    WHERE p.username = :user
+      AND (m.sender != :user OR (m.origin IS NOT NULL AND m.origin != :session))
     ORDER BY m.position
     LIMIT :limit
 """
@@ -258,6 +277,16 @@ _FIRST_UNDELIVERED = (
     "SELECT MIN(seq) FROM messages WHERE conversation = ? AND seq > ? AND sender != ?"
 )
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
+# Delivery status: the direct messages to :user between its user cursor (every one
+# before it was delivered) and the seq just acknowledged, marked delivered now.
+_MARK_DELIVERED = """
+    UPDATE messages SET delivered_at = :now
+    WHERE conversation = :conversation AND seq <= :seq
+      AND seq > COALESCE((SELECT u.seq FROM user_cursors AS u
+                          WHERE u.username = :user AND u.conversation = :conversation), 0)
+      AND recipient = :user AND delivered_at IS NULL
+    RETURNING id, sender
+"""
 
 
 log = logging.getLogger(__name__)
@@ -657,11 +686,12 @@ class SQLiteStore:
     # --- accounts ----------------------------------------------------------------
 
     def create_account(self, username: str, password: PasswordHash, now: float) -> bool:
-        """Create an account; False (and no change) if the name is taken."""
+        """Create an account; False (and no change) if the name is taken or retired."""
         cursor = self._write().execute(
-            "INSERT INTO accounts (username, password, created_at) VALUES (?, ?, ?) "
+            "INSERT INTO accounts (username, password, created_at) "
+            "SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM retired_names WHERE username = ?) "
             "ON CONFLICT (username) DO NOTHING",
-            (username, password.to_string(), now),
+            (username, password.to_string(), now, username),
         )
         return cursor.rowcount == 1
 
@@ -682,6 +712,49 @@ class SQLiteStore:
             return None
         return Account(
             username=username, password=PasswordHash.from_string(row[0]), created_at=row[1]
+        )
+
+    def delete_account(self, username: str, now: float) -> None:
+        """Delete the account and what is only its; retire the name (see Store).
+
+        Index lookups only: the user's own rows, and per direct conversation of
+        theirs the messages past their cursor (all before it were delivered)."""
+        db = self._write()
+        for (room,) in db.execute(
+            "SELECT c.key FROM participants AS p JOIN conversations AS c ON c.id = p.conversation "
+            "WHERE p.username = ? AND c.is_room",
+            (username,),
+        ).fetchall():
+            self.leave_room(room, username)
+        direct = db.execute(
+            "SELECT p.conversation, COALESCE(u.seq, 0) FROM participants AS p "
+            "LEFT JOIN user_cursors AS u ON u.username = p.username "
+            "AND u.conversation = p.conversation WHERE p.username = ?",
+            (username,),
+        ).fetchall()
+        db.executemany(
+            "DELETE FROM messages WHERE conversation = ? AND seq > ? AND recipient = ? "
+            "AND delivered_at IS NULL",
+            [(conversation, seq, username) for conversation, seq in direct],
+        )
+        for statement in (
+            "DELETE FROM participants WHERE username = ?",
+            "DELETE FROM user_cursors WHERE username = ?",
+            "DELETE FROM sessions WHERE username = ?",  # their cursors: ON DELETE CASCADE
+            # The other side's rows first, found from this side's (the key's prefix).
+            "DELETE FROM friendships WHERE username IN "
+            "(SELECT friend FROM friendships WHERE username = ?1) AND friend = ?1",
+            "DELETE FROM friendships WHERE username = ?",
+            "DELETE FROM invitations WHERE sender = ?",
+            "DELETE FROM invitations WHERE recipient = ?",
+            "DELETE FROM blocks WHERE username = ?",
+            "DELETE FROM blocks WHERE blocked = ?",
+            "DELETE FROM accounts WHERE username = ?",
+        ):
+            db.execute(statement, (username,))
+        db.execute(
+            "INSERT INTO retired_names (username, retired_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (username, now),
         )
 
     # --- login sessions ------------------------------------------------------------
@@ -869,8 +942,9 @@ class SQLiteStore:
 
     # --- messages -------------------------------------------------------------------
 
-    def add_message(self, message: ChatMessage) -> StoredMessage:
-        """Append a message to the conversation of ``(message.sender, message.to)``.
+    def add_message(self, message: ChatMessage, origin: bytes | None = None) -> StoredMessage:
+        """Append a message to the conversation of ``(message.sender, message.to)``,
+        sent from the login session ``origin`` (see Store).
 
         The first message between two users creates their conversation, from
         which both then receive. A message to a room that was never joined creates
@@ -887,10 +961,10 @@ class SQLiteStore:
         if known is not None:
             # A conversation this transaction knows: its next seq, one INSERT.
             conversation, seq = known[0], known[1] + 1
-            self._insert_message(message, conversation, seq, sent_at)
+            self._insert_message(message, conversation, seq, sent_at, origin)
             self._seqs_unwritten[conversation] = seq
         else:
-            conversation, seq = self._first_message(message, key, sent_at)
+            conversation, seq = self._first_message(message, key, sent_at, origin)
         self._conversations[key] = (conversation, seq)
         recent = self._recent
         recent[message.id] = (message, conversation, seq)
@@ -898,7 +972,9 @@ class SQLiteStore:
             del recent[next(iter(recent))]  # the oldest
         return StoredMessage(message=message, seq=seq)
 
-    def _first_message(self, message: ChatMessage, key: str, sent_at: int) -> tuple[int, int]:
+    def _first_message(
+        self, message: ChatMessage, key: str, sent_at: int, origin: bytes | None
+    ) -> tuple[int, int]:
         """add_message for a conversation not remembered: from the table (creating
         the conversation if needed); its (id, seq)."""
         db = self._write()
@@ -921,7 +997,7 @@ class SQLiteStore:
                 [(conversation, user, sent_at / 1e6) for user in (message.sender, message.to)],
             )
         try:
-            self._insert_message(message, conversation, seq, sent_at)
+            self._insert_message(message, conversation, seq, sent_at, origin)
         except ValueError:
             # A refused message leaves nothing: no seq gap, no conversation it made
             # (a send runs without a savepoint to undo it).
@@ -937,13 +1013,28 @@ class SQLiteStore:
         return conversation, seq
 
     def _insert_message(
-        self, message: ChatMessage, conversation: int, seq: int, sent_at: int
+        self,
+        message: ChatMessage,
+        conversation: int,
+        seq: int,
+        sent_at: int,
+        origin: bytes | None,
     ) -> None:
         try:
             self._db.execute(
-                "INSERT INTO messages (id, conversation, seq, sender, recipient, text, sent_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (message.id, conversation, seq, message.sender, message.to, message.text, sent_at),
+                "INSERT INTO messages "
+                "(id, conversation, seq, sender, recipient, text, sent_at, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.id,
+                    conversation,
+                    seq,
+                    message.sender,
+                    message.to,
+                    message.text,
+                    sent_at,
+                    origin,
+                ),
             )
         except sqlite3.IntegrityError as exc:
             if "messages.id" in str(exc):
@@ -963,11 +1054,12 @@ class SQLiteStore:
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         """The message with this id, or None."""
         row = self._db.execute(
-            f"SELECT {_MESSAGE_COLUMNS}, m.seq FROM messages AS m WHERE m.id = ?", (message_id,)
+            f"SELECT {_MESSAGE_COLUMNS}, m.seq, m.delivered_at FROM messages AS m WHERE m.id = ?",
+            (message_id,),
         ).fetchone()
         if row is None:
             return None
-        return StoredMessage(message=self._message(row[:5]), seq=row[5])
+        return StoredMessage(message=self._message(row[:5]), seq=row[5], delivered_at=row[6])
 
     def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
@@ -1007,30 +1099,52 @@ class SQLiteStore:
             sql, owner = _PENDING_FOR_SESSION, token_hash
         else:
             sql, owner = _PENDING_FOR_USER, username
-        rows = self._db.execute(sql, {"owner": owner, "user": username, "limit": limit})
+        rows = self._db.execute(
+            sql, {"owner": owner, "user": username, "session": token_hash, "limit": limit}
+        )
         return [self._message(row) for row in rows]
 
-    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
+    def acknowledge(
+        self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float
+    ) -> list[Receipt]:
         """Advance the session's (and the user's) cursors past these messages.
 
-        Ids that are unknown or not addressed to ``username`` (its own messages,
-        direct messages between others, rooms it is not in) are ignored. A
-        cursor never moves back. An unknown session advances only the user's
-        cursors.
-        """
-        self.acknowledge_many([(username, token_hash, message_ids)])
+        Ids that are unknown or in no conversation of ``username`` (direct
+        messages between others, rooms it is not in) are ignored. A cursor never
+        moves back. An unknown session advances only the user's cursors.
 
-    def acknowledge_many(self, acknowledgements: Sequence[Acknowledgement]) -> None:
-        """:meth:`acknowledge` for several sessions: one write per cursor table."""
+        Returns:
+            The direct messages to ``username`` delivered for the first time.
+        """
+        return self.acknowledge_many([(username, token_hash, message_ids)], now)
+
+    def acknowledge_many(
+        self, acknowledgements: Sequence[Acknowledgement], now: float
+    ) -> list[Receipt]:
+        """:meth:`acknowledge` for several sessions: one write per cursor table,
+        and one ranged update per direct conversation that moved."""
         session_rows: list[tuple[bytes, int, int, bytes]] = []
         user_rows: list[tuple[str, int, int]] = []
+        moved: list[dict[str, Any]] = []
         for username, token_hash, message_ids in acknowledgements:
-            highest = self._highest_acknowledged(username, message_ids)
+            highest, direct = self._highest_acknowledged(username, message_ids)
             session_rows.extend((token_hash, c, seq, token_hash) for c, seq in highest.items())
             user_rows.extend((username, c, seq) for c, seq in highest.items())
+            moved.extend(
+                {"user": username, "conversation": c, "seq": highest[c], "now": now} for c in direct
+            )
         if not user_rows:
-            return
+            return []
         db = self._write()
+        # Before the user's cursors move: what lies between the old and the new one
+        # reaches this user now (everything before the old one already had).
+        receipts = [
+            Receipt(
+                message_id=bytes(message_id), sender=sender, recipient=row["user"], delivered_at=now
+            )
+            for row in moved
+            for message_id, sender in db.execute(_MARK_DELIVERED, row).fetchall()
+        ]
         # WHERE EXISTS: no cursor for a session that does not exist (the foreign
         # key would refuse it anyway).
         db.executemany(
@@ -1044,36 +1158,44 @@ class SQLiteStore:
             "ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
             user_rows,
         )
+        return receipts
 
-    def _highest_acknowledged(self, username: str, message_ids: Sequence[bytes]) -> dict[int, int]:
-        """The highest seq among these messages in each conversation, counting only
-        those addressed to ``username``."""
+    def _highest_acknowledged(
+        self, username: str, message_ids: Sequence[bytes]
+    ) -> tuple[dict[int, int], set[int]]:
+        """The highest seq among these messages in each conversation of
+        ``username``'s, and which of those conversations are direct ones."""
         highest: dict[int, int] = {}
+        direct: set[int] = set()
         ids = []
         for message_id in message_ids:
             entry = self._recent.get(message_id)
             if entry is None or is_room(entry[0].to):
                 ids.append(message_id)  # looked up below
-            elif entry[0].to == username:
-                # A recent direct message, addressed to this user: its conversation
-                # and seq are known (the query below would find no more).
+            elif username in (entry[0].to, entry[0].sender):
+                # A recent direct message of this user's: its conversation and seq
+                # are known (the query below would find no more).
                 _, conversation, seq = entry
+                direct.add(conversation)
                 if highest.get(conversation, 0) < seq:
                     highest[conversation] = seq
         # One statement per chunk, not one per id (SQLite allows 32766 parameters).
         for start in range(0, len(ids), _ACK_CHUNK):
             chunk = ids[start : start + _ACK_CHUNK]
             rows = self._db.execute(
-                "SELECT m.conversation, MAX(m.seq) FROM messages AS m "
+                "SELECT m.conversation, MAX(m.seq), MIN(m.recipient) NOT LIKE '#%' "
+                "FROM messages AS m "
                 "JOIN participants AS p ON p.conversation = m.conversation AND p.username = ? "
-                f"WHERE m.id IN ({','.join('?' * len(chunk))}) AND m.sender != ? "
+                f"WHERE m.id IN ({','.join('?' * len(chunk))}) "
                 "GROUP BY m.conversation",
-                (username, *chunk, username),
+                (username, *chunk),
             )
-            for conversation, seq in rows:
+            for conversation, seq, is_direct in rows:
+                if is_direct:
+                    direct.add(conversation)
                 if highest.get(conversation, 0) < seq:
                     highest[conversation] = seq
-        return highest
+        return highest, direct
 
     # --- rooms -------------------------------------------------------------------------
 

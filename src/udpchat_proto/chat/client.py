@@ -399,6 +399,43 @@ class ClientConnection:
         """
         return self._request(lambda rid: m.LogoutAll(request_id=rid))
 
+    def change_password(self, current: str, new: str) -> int:
+        """Replace the password; every other login session of the user ends.
+        Answered by ``Ok``, or ``bad_credentials`` (a wrong current password).
+
+        Raises:
+            ValidationError: a password is empty or too long.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.ChangePassword(request_id=rid, current=current, new=new))
+
+    def delete_account(self, password: str) -> int:
+        """Delete the account for good (its name is retired); every connection of
+        the user ends, this one is logged out. Answered by ``Ok``, or
+        ``bad_credentials``.
+
+        Raises:
+            ValidationError: the password is empty or too long.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.DeleteAccount(request_id=rid, password=password))
+
+    def message_status(self, message_id: bytes) -> int:
+        """Ask whether a direct message you sent was delivered. Answered by
+        ``MessageStatus``, or ``unknown_message``.
+
+        Raises:
+            ValidationError: ``message_id`` is not 16 bytes.
+
+        Returns:
+            The request id. Then call :meth:`datagrams_to_send`.
+        """
+        return self._request(lambda rid: m.GetMessageStatus(request_id=rid, message_id=message_id))
+
     def send_message(self, to: str, text: str, *, message_id: bytes | None = None) -> int:
         """Send ``text`` to a friend or to a room (``#name``).
 

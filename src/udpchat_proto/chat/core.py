@@ -56,6 +56,7 @@ from .requests import (
     WRITES_ONCE,
     ConnectionInfo,
     RefusedError,
+    receipt_push,
     token_hash,
     unavailable_message,
 )
@@ -143,10 +144,10 @@ class ServerCore(Lookups):
         user has one or a few, and a dict each cost 200 bytes per idle user)."""
         self._by_session: dict[bytes, tuple[ConnectionId, ...]] = {}
         self._held: list[_Held] = []
+        """Replies and pushes waiting for the batch's commit (message and payload)."""
         self._closes_held: list[tuple[ConnectionId, str]] = []
         """Connections a request closes (a revoked session's), closed once its batch
         is durable: a lost batch must not have disconnected anyone."""
-        """Replies and pushes waiting for the batch's commit (message and payload)."""
         self._stale: dict[ConnectionId, None] = {}
         """Connections whose pushes a lost batch dropped: refilled at ``_retry_at``."""
         self._retry_at: float | None = None
@@ -314,6 +315,8 @@ class ServerCore(Lookups):
             self._transport_send(item.connection_id, item.payload)
         closes, self._closes_held = self._closes_held, []
         self._close_all(closes)
+        for receipt in self._tracker.take_receipts():  # durable now: tell the senders
+            self._push_to_user(receipt.sender, receipt_push(receipt))
 
     def rolled_back(self, failure: StoreUnavailableError) -> None:
         """Tell the server that the batch could not be committed: it is lost.
@@ -403,9 +406,9 @@ class ServerCore(Lookups):
             self._jobs_by_host[job.host] -= 1
             if not self._jobs_by_host[job.host]:
                 del self._jobs_by_host[job.host]
-            self._jobs_by_user[job.request.username] -= 1
-            if not self._jobs_by_user[job.request.username]:
-                del self._jobs_by_user[job.request.username]
+            self._jobs_by_user[job.username] -= 1
+            if not self._jobs_by_user[job.username]:
+                del self._jobs_by_user[job.username]
         return job
 
     # --- introspection -------------------------------------------------------------------
@@ -878,7 +881,7 @@ class ServerCore(Lookups):
         connection.deliveries.acknowledge(ids)
         # Deferred (see CURSOR_WRITE_DELAY): written with the batch's other writes,
         # before anything reads the cursors (the refill below), or by the timer.
-        self._store.acknowledge(connection.username, connection.token_hash, ids)
+        self._store.acknowledge(connection.username, connection.token_hash, ids, self._clock())
         if self._cursor_write_at is None:
             self._cursor_write_at = now + CURSOR_WRITE_DELAY
         self._retry_refill(connection)

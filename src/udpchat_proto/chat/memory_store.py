@@ -36,13 +36,20 @@ import attrs
 
 from .messages import ChatMessage
 from .passwords import PasswordHash
-from .store import Account, Acknowledgement, LoginSession, StoredMessage, conversation_key
+from .store import (
+    Account,
+    Acknowledgement,
+    LoginSession,
+    Receipt,
+    StoredMessage,
+    conversation_key,
+)
 from .validation import is_room
 
 __all__ = ["MemoryStore"]
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class _Entry:
     """One message in a conversation log."""
 
@@ -50,6 +57,21 @@ class _Entry:
     """Global insertion order (the store's message counter)."""
     conversation: str
     stored: StoredMessage
+    origin: bytes | None = None
+    """The login session it was sent from (the sender's others receive it)."""
+    delivered_at: float | None = None
+    """A direct message: when its recipient first acknowledged it."""
+    removed: bool = False
+    """Deleted with its recipient's account before it was delivered (kept in the
+    log as a gap, so that an index still maps to its ``seq``)."""
+
+    def is_for(self, username: str, token_hash: bytes) -> bool:
+        """Whether the session ``token_hash`` of ``username`` is delivered it."""
+        if self.removed:
+            return False
+        if self.stored.message.sender != username:
+            return True
+        return self.origin is not None and self.origin != token_hash
 
 
 @attrs.define(kw_only=True)
@@ -99,6 +121,8 @@ class MemoryStore:
         self._conversations: dict[str, _Conversation] = {}
         self._conversations_of: dict[str, set[str]] = {}
         self._by_id: dict[bytes, _Entry] = {}
+        self._retired: set[str] = set()
+        """Names of deleted accounts: never registered again."""
         self._order = 0
 
     # --- transactions ------------------------------------------------------------
@@ -123,8 +147,8 @@ class MemoryStore:
     # --- accounts ----------------------------------------------------------------
 
     def create_account(self, username: str, password: PasswordHash, now: float) -> bool:
-        """Create an account; False (and no change) if the name is taken."""
-        if username in self._accounts:
+        """Create an account; False (and no change) if the name is taken or retired."""
+        if username in self._accounts or username in self._retired:
             return False
         self._accounts[username] = Account(username=username, password=password, created_at=now)
         return True
@@ -140,6 +164,37 @@ class MemoryStore:
     def get_account(self, username: str) -> Account | None:
         """The account of ``username``, or None."""
         return self._accounts.get(username)
+
+    def delete_account(self, username: str, now: float) -> None:
+        """Delete the account and what is only its; retire the name (see Store)."""
+        for token_hash in list(self._sessions_of.get(username, ())):
+            self.delete_session(token_hash)
+        for key in sorted(self._conversations_of.get(username, ())):
+            conversation = self._conversations[key]
+            if conversation.is_room:
+                self.leave_room(key, username)
+                continue
+            # The direct messages waiting for it go; the conversation stays for the
+            # other user, who alone receives from it now.
+            for entry in conversation.log:
+                if entry.stored.message.to == username and entry.delivered_at is None:
+                    entry.removed = True
+                    self._by_id.pop(entry.stored.message.id, None)
+            del conversation.members[username]
+        self._conversations_of.pop(username, None)
+        self._user_cursors.pop(username, None)
+        for other in self._friends.pop(username, set()):
+            self._friends[other].discard(username)
+        for recipient in list(self._outgoing.get(username, ())):
+            self.delete_invitation(username, recipient)
+        for sender in list(self._incoming.get(username, ())):
+            self.delete_invitation(sender, username)
+        for blocked in list(self._blocks.get(username, ())):
+            self.delete_block(username, blocked)
+        for blocker in self.blockers_of(username):
+            self.delete_block(blocker, username)
+        self._accounts.pop(username, None)
+        self._retired.add(username)
 
     # --- login sessions ------------------------------------------------------------
 
@@ -286,7 +341,7 @@ class MemoryStore:
         conversation.members[username] = conversation.base + len(conversation.log)
         self._conversations_of.setdefault(username, set()).add(conversation.key)
 
-    def add_message(self, message: ChatMessage) -> StoredMessage:
+    def add_message(self, message: ChatMessage, origin: bytes | None = None) -> StoredMessage:
         """Append a message to the conversation of ``(message.sender, message.to)``.
 
         The first message between two users creates their conversation, from
@@ -306,7 +361,7 @@ class MemoryStore:
                 self._add_member(conversation, user)
         self._order += 1
         stored = StoredMessage(message=message, seq=conversation.base + len(conversation.log) + 1)
-        entry = _Entry(order=self._order, conversation=key, stored=stored)
+        entry = _Entry(order=self._order, conversation=key, stored=stored, origin=origin)
         conversation.log.append(entry)
         self._by_id[message.id] = entry
         return stored
@@ -314,7 +369,11 @@ class MemoryStore:
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         """The message with this id, or None."""
         entry = self._by_id.get(message_id)
-        return None if entry is None else entry.stored
+        if entry is None:
+            return None
+        if entry.delivered_at is None:
+            return entry.stored
+        return attrs.evolve(entry.stored, delivered_at=entry.delivered_at)
 
     def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
@@ -329,7 +388,13 @@ class MemoryStore:
             if floor is None:
                 return []
             log = log[max(0, floor - conversation.base) :]
-        return [entry.stored.message for entry in log[-limit:]]
+        found: list[ChatMessage] = []
+        for entry in reversed(log):
+            if not entry.removed:
+                found.append(entry.stored.message)
+                if len(found) == limit:
+                    break
+        return found[::-1]
 
     def _cursors(self, username: str, token_hash: bytes) -> dict[str, int]:
         cursors = self._session_cursors.get(token_hash)
@@ -354,41 +419,71 @@ class MemoryStore:
                 tails.append(_tail(conversation.log, max(0, start - conversation.base)))
         result: list[ChatMessage] = []
         for entry in heapq.merge(*tails, key=_order_of):
-            message = entry.stored.message
-            if message.sender != username:
-                result.append(message)
+            if entry.is_for(username, token_hash):
+                result.append(entry.stored.message)
                 if len(result) == limit:
                     break
         return result
 
-    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
+    def acknowledge(
+        self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float
+    ) -> list[Receipt]:
         """Advance the session's (and the user's) cursors past these messages.
 
-        Ids that are unknown or not addressed to ``username`` (its own messages,
-        direct messages between others, rooms it is not in) are ignored. A
-        cursor never moves back. An unknown session advances only the user's
-        cursors.
+        Ids that are unknown or in no conversation of ``username`` (direct
+        messages between others, rooms it is not in) are ignored. A cursor never
+        moves back. An unknown session advances only the user's cursors.
+
+        Returns:
+            The direct messages to ``username`` delivered for the first time.
         """
         session_cursors = self._session_cursors.get(token_hash)
         user_cursors = self._user_cursors.setdefault(username, {})
+        receipts: list[Receipt] = []
         for message_id in message_ids:
             entry = self._by_id.get(message_id)
             if entry is None:
                 continue
             conversation = self._conversations[entry.conversation]
-            if username not in conversation.members or entry.stored.message.sender == username:
+            if username not in conversation.members:
                 continue
             seq = entry.stored.seq
             key = entry.conversation
             if session_cursors is not None and session_cursors.get(key, 0) < seq:
                 session_cursors[key] = seq
             if user_cursors.get(key, 0) < seq:
+                if not conversation.is_room:
+                    start = max(user_cursors.get(key, 0) - conversation.base, 0)
+                    receipts.extend(
+                        self._delivered(
+                            conversation.log[start : seq - conversation.base], username, now
+                        )
+                    )
                 user_cursors[key] = seq
+        return receipts
 
-    def acknowledge_many(self, acknowledgements: Sequence[Acknowledgement]) -> None:
+    @staticmethod
+    def _delivered(entries: list[_Entry], username: str, now: float) -> Iterator[Receipt]:
+        """Mark the messages to ``username`` among these delivered, if not yet."""
+        for entry in entries:
+            message = entry.stored.message
+            if message.to == username and entry.delivered_at is None:
+                entry.delivered_at = now
+                yield Receipt(
+                    message_id=message.id,
+                    sender=message.sender,
+                    recipient=username,
+                    delivered_at=now,
+                )
+
+    def acknowledge_many(
+        self, acknowledgements: Sequence[Acknowledgement], now: float
+    ) -> list[Receipt]:
         """:meth:`acknowledge` for each ``(username, token_hash, message_ids)``."""
+        receipts: list[Receipt] = []
         for username, token_hash, message_ids in acknowledgements:
-            self.acknowledge(username, token_hash, message_ids)
+            receipts.extend(self.acknowledge(username, token_hash, message_ids, now))
+        return receipts
 
     # --- rooms -------------------------------------------------------------------------
 
@@ -440,7 +535,7 @@ class MemoryStore:
                     break
                 conversation.log.pop(0)
                 conversation.base += 1
-                del self._by_id[stored.message.id]
+                self._by_id.pop(stored.message.id, None)
                 deleted += 1
         return deleted
 

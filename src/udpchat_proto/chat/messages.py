@@ -32,11 +32,15 @@ __all__ = [
     "Block",
     "Blocked",
     "CancelInvitation",
+    "ChangePassword",
     "ChatMessage",
     "DeclineInvitation",
+    "DeleteAccount",
+    "DeliveryReceipt",
     "ErrorResponse",
     "Friends",
     "GetHistory",
+    "GetMessageStatus",
     "History",
     "InvitationAnswered",
     "InvitationCancelled",
@@ -60,6 +64,7 @@ __all__ = [
     "Message",
     "MessageAccepted",
     "MessageDelivered",
+    "MessageStatus",
     "Ok",
     "OnlineUsers",
     "PresenceChanged",
@@ -267,6 +272,37 @@ class LogoutAll:
 
 
 @attrs.frozen(kw_only=True)
+class ChangePassword:
+    """Replace the password, given the current one; every *other* login session of
+    the user ends (its connections are closed), this one goes on.
+
+    Answered by :class:`Ok`, or ``bad_credentials`` for a wrong current password.
+    """
+
+    TAG: ClassVar[str] = "change_password"
+
+    request_id: int = _request_id_field()
+    current: str = attrs.field(validator=v.password, repr=False)
+    new: str = attrs.field(validator=v.password, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class DeleteAccount:
+    """Delete the account, given its password: its sessions, friendships,
+    invitations, blocks, room memberships and the messages waiting for it go; the
+    messages it sent stay in their recipients' history; the name is retired (never
+    registered again). Every connection of the user ends; this one is logged out.
+
+    Answered by :class:`Ok`, or ``bad_credentials`` for a wrong password.
+    """
+
+    TAG: ClassVar[str] = "delete_account"
+
+    request_id: int = _request_id_field()
+    password: str = attrs.field(validator=v.password, repr=False)
+
+
+@attrs.frozen(kw_only=True)
 class SendMessage:
     """Send a message to a friend or a room.
 
@@ -292,6 +328,20 @@ class AcknowledgeDelivery:
     TAG: ClassVar[str] = "ack_delivery"
 
     message_ids: tuple[bytes, ...] = attrs.field(validator=v.message_ids)
+
+
+@attrs.frozen(kw_only=True)
+class GetMessageStatus:
+    """Ask whether a direct message you sent has reached the recipient.
+
+    Answered by :class:`MessageStatus`, or ``unknown_message`` (no such message,
+    not yours, or a room message: status is kept for direct messages only).
+    """
+
+    TAG: ClassVar[str] = "get_message_status"
+
+    request_id: int = _request_id_field()
+    message_id: bytes = attrs.field(validator=v.message_id)
 
 
 @attrs.frozen(kw_only=True)
@@ -505,6 +555,22 @@ class MessageAccepted:
 
 
 @attrs.frozen(kw_only=True)
+class MessageStatus:
+    """Answer to :class:`GetMessageStatus`."""
+
+    TAG: ClassVar[str] = "message_status"
+
+    request_id: int = _request_id_field()
+    message_id: bytes = attrs.field(validator=v.message_id)
+    to: str = _username_field()
+    delivered_at: datetime.datetime | None = attrs.field(
+        validator=attrs.validators.optional(v.utc_datetime)
+    )
+    """When a session of the recipient first acknowledged it (UTC); None while it
+    is only stored."""
+
+
+@attrs.frozen(kw_only=True)
 class Invitations:
     """Answer to :class:`ListInvitations`."""
 
@@ -612,6 +678,18 @@ class MessageDelivered:
 
 
 @attrs.frozen(kw_only=True)
+class DeliveryReceipt:
+    """A direct message you sent reached its recipient: a session of theirs
+    acknowledged it (pushed to every connection of the sender, once per message)."""
+
+    TAG: ClassVar[str] = "delivery_receipt"
+
+    message_id: bytes = attrs.field(validator=v.message_id)
+    to: str = _username_field()
+    delivered_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
+
+
+@attrs.frozen(kw_only=True)
 class PresenceChanged:
     """A friend (or a room-mate) came online or went offline."""
 
@@ -691,7 +769,10 @@ AnsweredRequest = (
     | ListSessions
     | RevokeSession
     | LogoutAll
+    | ChangePassword
+    | DeleteAccount
     | SendMessage
+    | GetMessageStatus
     | Invite
     | AcceptInvitation
     | DeclineInvitation
@@ -722,6 +803,7 @@ Response = (
     | Sessions
     | LoggedOutAll
     | MessageAccepted
+    | MessageStatus
     | Invitations
     | Blocked
     | Friends
@@ -734,6 +816,7 @@ Response = (
 
 Push = (
     MessageDelivered
+    | DeliveryReceipt
     | PresenceChanged
     | InvitationReceived
     | InvitationAnswered

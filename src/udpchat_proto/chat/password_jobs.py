@@ -53,6 +53,11 @@ class JobKind(enum.Enum):
     UPGRADE = "upgrade"
     """After a login with an outdated hash cost: the password hashed again at the
     server's current cost, stored when done (nobody waits for it)."""
+    PASSWORD_CHECK = "password_check"
+    """A logged-in user's current password, checked before a change of password or
+    the deletion of the account."""
+    NEW_PASSWORD = "new_password"
+    """The new password of a change, once the current one checked out."""
 
 
 @attrs.frozen(kw_only=True)
@@ -61,7 +66,11 @@ class PendingJob:
 
     kind: JobKind
     connection_id: ConnectionId
-    request: m.Register | m.Login
+    request: m.Register | m.Login | m.ChangePassword | m.DeleteAccount
+    username: str
+    """Whose password it is (the per-account cap on jobs keys on it)."""
+    password: str = attrs.field(repr=False)
+    """What the job hashes."""
     salt: bytes
     params: ScryptParams
     account: Account | None

@@ -19,7 +19,7 @@ from ..errors import ErrorCode
 from ..transport import Address, ConnectionId
 from . import messages as m
 from .connection import ChatConnectionState
-from .store import StoreUnavailableError
+from .store import Receipt, StoreUnavailableError
 from .validation import SESSION_ID_SIZE
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ConnectionInfo",
     "RefusedError",
     "handles",
+    "receipt_push",
     "session_id",
     "token_hash",
     "unavailable_message",
@@ -55,6 +56,15 @@ def unavailable_message(failure: StoreUnavailableError) -> str:
 def utc_from_posix(now: float) -> datetime.datetime:
     """A UTC datetime for POSIX seconds, at the microsecond precision of the wire."""
     return datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
+
+
+def receipt_push(receipt: Receipt) -> m.DeliveryReceipt:
+    """What tells the sender that a message of theirs was delivered."""
+    return m.DeliveryReceipt(
+        message_id=receipt.message_id,
+        to=receipt.recipient,
+        delivered_at=utc_from_posix(receipt.delivered_at),
+    )
 
 
 HANDLERS: Final[dict[type[m.AnsweredRequest], str]] = {}

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from .config import ServerConfig
 from .handlers import (
-    AccountRequests,
+    AccountChangeRequests,
     BlockRequests,
     FriendRequests,
     MessageRequests,
@@ -60,7 +60,9 @@ from .stats import ServerStats
 __all__ = ["HANDLERS", "ChatServer", "HashJob", "ServerConfig", "ServerStats", "token_hash"]
 
 
-class ChatServer(AccountRequests, BlockRequests, FriendRequests, MessageRequests, RoomRequests):
+class ChatServer(
+    AccountChangeRequests, BlockRequests, FriendRequests, MessageRequests, RoomRequests
+):
     """The server role: routes every connection's requests to the store and back.
 
     Args:

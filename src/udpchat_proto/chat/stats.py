@@ -35,6 +35,10 @@ class ServerStats:
     """``message_delivered`` pushes queued (re-pushes on new connections included)."""
     passwords_upgraded: int = 0
     """Accounts hashed again at the current scrypt cost after a login."""
+    passwords_changed: int = 0
+    """Passwords changed by their users (``change_password``)."""
+    accounts_deleted: int = 0
+    """Accounts deleted by their users (``delete_account``)."""
     hash_jobs: int = 0
     """Password hash jobs handed out."""
     acknowledgements_ignored: int = 0

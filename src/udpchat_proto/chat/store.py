@@ -26,7 +26,12 @@ Conversations and delivery cursors:
 * A room member receives the room's messages sent after it joined (its cursor is
   floored at the room's ``seq`` when it joined); a member who left receives
   nothing more. A message is stored once per room, never once per member.
-* Nobody is delivered their own messages.
+* A user's own messages are delivered to its *other* sessions (the message names
+  the login session it came from, its ``origin``), so that every device shows
+  what the user sent from another; the sending session does not receive it back.
+* A direct message is *delivered* when a session of its recipient first
+  acknowledges it: the store records when (``StoredMessage.delivered_at``) and
+  :meth:`Store.acknowledge_many` reports it, for the sender's receipt.
 
 Failures: a store that cannot do its work for a reason outside the server's
 control (a full disk, an I/O error, a read-only or locked database, a database
@@ -55,6 +60,7 @@ __all__ = [
     "Account",
     "Acknowledgement",
     "LoginSession",
+    "Receipt",
     "Store",
     "StoreUnavailableError",
     "StoredMessage",
@@ -128,6 +134,21 @@ class StoredMessage:
     message: ChatMessage
     seq: int
     """Position in its conversation, from 1."""
+    delivered_at: float | None = None
+    """A direct message: when a session of its recipient first acknowledged it
+    (POSIX seconds); None while it waits (and for a room message)."""
+
+
+@attrs.frozen(kw_only=True)
+class Receipt:
+    """A direct message that has just reached its recipient (see
+    :meth:`Store.acknowledge_many`)."""
+
+    message_id: bytes
+    sender: str
+    recipient: str
+    delivered_at: float
+    """POSIX seconds."""
 
 
 class Store(Protocol):
@@ -174,6 +195,14 @@ class Store(Protocol):
 
     def set_password(self, username: str, password: PasswordHash) -> bool:
         """Replace the password record of an account; False if there is none."""
+        ...
+
+    def delete_account(self, username: str, now: float) -> None:
+        """Delete an account and what is only its: its sessions (and their
+        cursors), its user cursors, friendships, invitations and blocks either way,
+        its room memberships (as :meth:`leave_room`), and the direct messages
+        waiting for it (not yet delivered). Messages it sent stay. The name is
+        retired: :meth:`create_account` refuses it from then on."""
         ...
 
     # --- login sessions ------------------------------------------------------------
@@ -267,8 +296,11 @@ class Store(Protocol):
 
     # --- messages -------------------------------------------------------------------
 
-    def add_message(self, message: ChatMessage) -> StoredMessage:
+    def add_message(self, message: ChatMessage, origin: bytes | None = None) -> StoredMessage:
         """Append a message to the conversation of ``(message.sender, message.to)``.
+
+        ``origin`` is the token hash of the login session that sent it: the
+        sender's other sessions receive it, that one does not (None: none does).
 
         Raises:
             ValueError: a message with this id is already stored (nothing is
@@ -289,17 +321,27 @@ class Store(Protocol):
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
         """Up to ``limit`` messages for ``username`` not yet acknowledged by the
         login session ``token_hash``, in the order they were stored (see the module
-        docstring for the cursor rules)."""
+        docstring for the cursor rules): what others sent to the user or its
+        rooms, and what the user sent from its other sessions."""
         ...
 
-    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
+    def acknowledge(
+        self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float
+    ) -> list[Receipt]:
         """Advance the session's (and the user's) cursors past these messages.
 
-        Ids that are unknown or not addressed to ``username`` are ignored.
+        Ids that are unknown or in no conversation of ``username`` are ignored.
+
+        Returns:
+            The direct messages to ``username`` this delivered for the first time
+            (they, and every earlier one of their conversation, are marked
+            delivered at ``now``).
         """
         ...
 
-    def acknowledge_many(self, acknowledgements: Sequence[Acknowledgement]) -> None:
+    def acknowledge_many(
+        self, acknowledgements: Sequence[Acknowledgement], now: float
+    ) -> list[Receipt]:
         """:meth:`acknowledge` for several sessions at once (a store may then write
         each table once for all of them)."""
         ...
@@ -373,6 +415,7 @@ STORE_WRITES: Final = frozenset(
     {
         "create_account",
         "set_password",
+        "delete_account",
         "create_session",
         "touch_session",
         "delete_session",
@@ -397,6 +440,7 @@ STORE_WRITES: Final = frozenset(
 CURSOR_READERS: Final = frozenset(
     {
         "create_session",
+        "delete_account",
         "delete_session",
         "delete_sessions_unused_since",
         "delete_sessions_created_before",
@@ -442,20 +486,38 @@ class WriteTrackingStore:
         """Acknowledged ids not written yet, per (username, token hash)."""
         self._written: list[tuple[tuple[str, bytes], list[bytes]]] = []
         """Acknowledgements written in the current batch (put back if it is lost)."""
+        self._acknowledged_at = 0.0
+        """When the latest deferred acknowledgement came (wall clock)."""
+        self._receipts: list[Receipt] = []
+        """Deliveries the current batch's acknowledgements recorded, reported once it
+        is durable (:meth:`take_receipts`)."""
 
     @property
     def acknowledgements_deferred(self) -> bool:
         """Whether acknowledgements wait to be written."""
         return bool(self._deferred)
 
-    def acknowledge(self, username: str, token_hash: bytes, message_ids: Sequence[bytes]) -> None:
-        """Note that the session acknowledged these; written later (see the class)."""
+    def acknowledge(
+        self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float
+    ) -> list[Receipt]:
+        """Note that the session acknowledged these; written later (see the class),
+        so the receipts come from :meth:`take_receipts` once they are durable."""
         self._deferred.setdefault((username, token_hash), {}).update(dict.fromkeys(message_ids))
+        self._acknowledged_at = now
+        return []
 
-    def acknowledge_many(self, acknowledgements: Sequence[Acknowledgement]) -> None:
+    def acknowledge_many(
+        self, acknowledgements: Sequence[Acknowledgement], now: float
+    ) -> list[Receipt]:
         """:meth:`acknowledge` each (deferred alike)."""
         for username, token_hash, message_ids in acknowledgements:
-            self.acknowledge(username, token_hash, message_ids)
+            self.acknowledge(username, token_hash, message_ids, now)
+        return []
+
+    def take_receipts(self) -> list[Receipt]:
+        """The deliveries recorded by the batch just committed (each returned once)."""
+        receipts, self._receipts = self._receipts, []
+        return receipts
 
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
         """``inner``'s, without the messages whose acknowledgement waits to be written."""
@@ -478,11 +540,14 @@ class WriteTrackingStore:
         try:
             self.dirty = True
             # One call for every session: a store writes each table once.
-            self.inner.acknowledge_many([(user, hashed, ids) for (user, hashed), ids in pending])
+            receipts = self.inner.acknowledge_many(
+                [(user, hashed, ids) for (user, hashed), ids in pending], self._acknowledged_at
+            )
         except BaseException:
             self._put_back(pending)
             raise
         self._written.extend(pending)
+        self._receipts.extend(receipts)
 
     def _put_back(self, items: Sequence[tuple[tuple[str, bytes], Iterable[bytes]]]) -> None:
         for key, ids in items:
@@ -519,6 +584,7 @@ class WriteTrackingStore:
         self.dirty = False
         written, self._written = self._written, []
         self._put_back(written)
+        self._receipts.clear()  # recorded again when the acknowledgements are
 
     def close(self) -> None:
         """Close ``inner`` (acknowledgements not written are dropped: pushed again)."""
@@ -528,13 +594,14 @@ class WriteTrackingStore:
     def atomic(self) -> Iterator[None]:
         """``inner``'s atomic block; acknowledgements written inside a block that
         fails were undone with it, so they wait again."""
-        start = len(self._written)
+        start, receipts_start = len(self._written), len(self._receipts)
         try:
             with self.inner.atomic():
                 yield
         except BaseException:
             undone, self._written[start:] = self._written[start:], []
             self._put_back(undone)
+            del self._receipts[receipts_start:]
             raise
 
 

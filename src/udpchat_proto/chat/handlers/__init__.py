@@ -9,10 +9,18 @@ its handler here, the client's command method and the CLI command: nothing else.
 
 from __future__ import annotations
 
+from .account_changes import AccountChangeRequests
 from .accounts import AccountRequests
 from .blocking import BlockRequests
 from .friends import FriendRequests
 from .messages import MessageRequests
 from .rooms import RoomRequests
 
-__all__ = ["AccountRequests", "BlockRequests", "FriendRequests", "MessageRequests", "RoomRequests"]
+__all__ = [
+    "AccountChangeRequests",
+    "AccountRequests",
+    "BlockRequests",
+    "FriendRequests",
+    "MessageRequests",
+    "RoomRequests",
+]

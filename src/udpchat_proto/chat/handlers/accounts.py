@@ -7,7 +7,7 @@ job, and a finishing half, run when the digest comes back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -25,6 +25,16 @@ from ..validation import LIST_MAX, TOKEN_SIZE
 
 __all__ = ["AccountRequests"]
 
+_FINISH: Final = {
+    JobKind.REGISTER: "_finish_register",
+    JobKind.LOGIN: "_finish_login",
+    JobKind.PASSWORD_CHECK: "_finish_password_check",
+    JobKind.NEW_PASSWORD: "_finish_new_password",
+}
+"""The method that finishes each kind of request's hash job (UPGRADE has nobody
+waiting: :meth:`AccountRequests._finish_upgrade`); the last two are
+:class:`~udpchat_proto.chat.handlers.account_changes.AccountChangeRequests`'."""
+
 
 class AccountRequests(ServerCore):
     """Handlers of register, login, resume and logout."""
@@ -41,6 +51,8 @@ class AccountRequests(ServerCore):
             connection,
             JobKind.REGISTER,
             request,
+            username=request.username,
+            password=request.password,
             salt=self._random.token_bytes(SALT_SIZE),
             params=self._config.scrypt,
             account=None,
@@ -100,7 +112,7 @@ class AccountRequests(ServerCore):
         connection = self._waiting_connection(job)
         if connection is None:
             return
-        finish = self._finish_register if job.kind is JobKind.REGISTER else self._finish_login
+        finish = getattr(self, _FINISH[job.kind])
         self._run_atomically(connection, job.request.request_id, finish, job, digest, now)
         self._run_queue(connection, now)
 
@@ -150,12 +162,12 @@ class AccountRequests(ServerCore):
     def _finish_register(
         self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
     ) -> None:
-        request = job.request
         record = PasswordHash(salt=job.salt, params=job.params, digest=digest)
-        if not self._store.create_account(request.username, record, self._clock()):
-            # Another connection registered the name while this hash ran.
-            raise RefusedError(ErrorCode.USER_EXISTS, f"{request.username} is taken")
-        self._reply(connection, m.Ok(request_id=request.request_id))
+        if not self._store.create_account(job.username, record, self._clock()):
+            # Another connection registered the name while this hash ran (or it
+            # was retired: a deleted account's name).
+            raise RefusedError(ErrorCode.USER_EXISTS, f"{job.username} is taken")
+        self._reply(connection, m.Ok(request_id=job.request.request_id))
 
     @handles(m.Login)
     def _on_login(self, connection: ChatConnection, request: m.Login, now: float) -> None:
@@ -163,44 +175,60 @@ class AccountRequests(ServerCore):
         self._check_job_room(host, user)
         if not self._logins.available(user, now=now):
             raise RefusedError(ErrorCode.RATE_LIMITED, f"too many logins as {user}; wait a minute")
-        # Charged as a failure now, refunded if the password is right: guesses in
-        # flight count against the budget at once, however many run in parallel.
-        budgets: list[tuple[KeyedLimiter[Any], Any]] = [
-            (self._user_address_failures, (user, host)),
-            (self._address_failures, host),
-            (self._user_failures, user),
-        ]
-        spent: list[tuple[KeyedLimiter[Any], Any]] = []
-        for limiter, key in budgets:
-            if not limiter.spend(key, now=now):
-                for charged, charged_key in spent:
-                    charged.refund(charged_key, now=now)
-                raise RefusedError(
-                    ErrorCode.RATE_LIMITED, "too many failed logins; wait and try again"
-                )
-            spent.append((limiter, key))
+        self._charge_failure(user, host, now)
         account = self._store.get_account(user)
         if account is None:
             salt, params = self._random.token_bytes(SALT_SIZE), self._config.scrypt
         else:
             salt, params = account.password.salt, account.password.params
         self._start_job(
-            connection, JobKind.LOGIN, request, salt=salt, params=params, account=account
+            connection,
+            JobKind.LOGIN,
+            request,
+            username=user,
+            password=request.password,
+            salt=salt,
+            params=params,
+            account=account,
         )
+
+    def _failure_budgets(self, user: str, host: str) -> list[tuple[KeyedLimiter[Any], Any]]:
+        return [
+            (self._user_address_failures, (user, host)),
+            (self._address_failures, host),
+            (self._user_failures, user),
+        ]
+
+    def _charge_failure(self, user: str, host: str, now: float) -> None:
+        """Charge a password check as a failure now, refunded if the password is
+        right: guesses in flight count against the budget at once, however many
+        run in parallel. Refuses once a budget is spent."""
+        spent: list[tuple[KeyedLimiter[Any], Any]] = []
+        for limiter, key in self._failure_budgets(user, host):
+            if not limiter.spend(key, now=now):
+                for charged, charged_key in spent:
+                    charged.refund(charged_key, now=now)
+                raise RefusedError(
+                    ErrorCode.RATE_LIMITED, "too many wrong passwords; wait and try again"
+                )
+            spent.append((limiter, key))
+
+    def _refund_failure(self, user: str, host: str, now: float) -> None:
+        for limiter, key in self._failure_budgets(user, host):
+            limiter.refund(key, now=now)
 
     def _finish_login(
         self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
     ) -> None:
         request = job.request
+        assert isinstance(request, m.Login)
         user = request.username
         if job.account is None or not verify_digest(job.account.password, digest):
             raise RefusedError(ErrorCode.BAD_CREDENTIALS, "unknown user or wrong password")
         # The right password: the failure charged at dispatch is given back, and
         # the login counts against the account's successful logins instead (so a
         # guesser's failures never use up the owner's logins).
-        self._user_address_failures.refund((user, job.host), now=now)
-        self._address_failures.refund(job.host, now=now)
-        self._user_failures.refund(user, now=now)
+        self._refund_failure(user, job.host, now)
         self._logins.spend(user, now=now)
         token = self._random.token_bytes(TOKEN_SIZE)
         hashed = token_hash(token)
@@ -223,18 +251,23 @@ class AccountRequests(ServerCore):
             login, kind=JobKind.UPGRADE, salt=salt, params=params, job_id=job_id
         )
         self._jobs_by_host[login.host] += 1
-        self._jobs_by_user[login.request.username] += 1
+        self._jobs_by_user[login.username] += 1
         self._queued_jobs.push(
             login.host,
-            HashJob(job_id=job_id, password=login.request.password, salt=salt, params=params),
+            HashJob(job_id=job_id, password=login.password, salt=salt, params=params),
         )
         self.stats.hash_jobs += 1
 
     def _finish_upgrade(self, job: PendingJob, digest: bytes) -> None:
         record = PasswordHash(salt=job.salt, params=job.params, digest=digest)
         try:
+            # Only over the record the login checked: a password changed (or an
+            # account deleted) while this hash ran must not come back.
+            current = self._store.get_account(job.username)
+            if job.account is None or current is None or current.password != job.account.password:
+                return
             with self._store.atomic():
-                self._store.set_password(job.request.username, record)
+                self._store.set_password(job.username, record)
         except StoreUnavailableError as failure:  # the next login tries again
             self._note_store_failure(failure)
         except Exception as exc:
@@ -260,8 +293,10 @@ class AccountRequests(ServerCore):
         self,
         connection: ChatConnection,
         kind: JobKind,
-        request: m.Register | m.Login,
+        request: m.Register | m.Login | m.ChangePassword | m.DeleteAccount,
         *,
+        username: str,
+        password: str,
         salt: bytes,
         params: ScryptParams,
         account: Account | None,
@@ -271,6 +306,8 @@ class AccountRequests(ServerCore):
             kind=kind,
             connection_id=connection.connection_id,
             request=request,
+            username=username,
+            password=password,
             salt=salt,
             params=params,
             account=account,
@@ -279,9 +316,9 @@ class AccountRequests(ServerCore):
         )
         host = self._host(connection)
         self._jobs_by_host[host] += 1
-        self._jobs_by_user[request.username] += 1
+        self._jobs_by_user[username] += 1
         self._queued_jobs.push(
-            host, HashJob(job_id=job_id, password=request.password, salt=salt, params=params)
+            host, HashJob(job_id=job_id, password=password, salt=salt, params=params)
         )
         connection.job_id = job_id
         connection.transition(ChatConnectionInput.HASH_STARTED)
@@ -368,7 +405,13 @@ class AccountRequests(ServerCore):
         self._end_sessions(connection, ended, now)
         self._reply(connection, m.LoggedOutAll(request_id=request.request_id, ended=len(ended)))
 
-    def _end_sessions(self, connection: ChatConnection, hashes: list[bytes], now: float) -> None:
+    def _end_sessions(
+        self,
+        connection: ChatConnection,
+        hashes: list[bytes],
+        now: float,
+        reason: str = "this login session was ended from another device",
+    ) -> None:
         """Delete these sessions of the caller's. The connections of the others are
         closed, with a reason their clients show; the caller's own is logged out (its
         answer still reaches it)."""
@@ -380,6 +423,4 @@ class AccountRequests(ServerCore):
                 continue
             for connection_id in self._by_session.get(hashed, ()):
                 # Once the deletes are durable (see ServerCore._closes_held).
-                self._closes_held.append(
-                    (connection_id, "this login session was ended from another device")
-                )
+                self._closes_held.append((connection_id, reason))

@@ -1,4 +1,5 @@
-"""Requests about messages: send one (to a friend or a room), read a conversation's history.
+"""Requests about messages: send one (to a friend or a room), read a conversation's
+history, ask whether a direct message was delivered.
 
 Delivery itself (windows, refill, acknowledgement) is the core's: every
 connection of every recipient needs it, whatever request stored the message.
@@ -17,7 +18,7 @@ __all__ = ["MessageRequests"]
 
 
 class MessageRequests(ServerCore):
-    """Handlers of send_message and get_history."""
+    """Handlers of send_message, get_history and get_message_status."""
 
     @handles(m.SendMessage, writes_once=True)
     def _on_send_message(
@@ -42,7 +43,7 @@ class MessageRequests(ServerCore):
         )
         try:
             # The one write (WRITES_ONCE): nothing after it can fail.
-            self._store.add_message(message)
+            self._store.add_message(message, origin=connection.token_hash)
         except ValueError:  # the id is taken
             if self._answered_as_retry(connection, me, request):
                 return
@@ -57,6 +58,11 @@ class MessageRequests(ServerCore):
         for recipient in recipients:
             for connection_id in self._by_user.get(recipient, ()):
                 self._deliver_new(self._connections[connection_id], message)
+        # The sender's other devices show it too (not the one it came from).
+        for connection_id in self._by_user.get(me, ()):
+            other = self._connections[connection_id]
+            if other.token_hash != connection.token_hash:
+                self._deliver_new(other, message)
 
     def _admit(self, me: str, request: m.SendMessage, now: float) -> list[str]:
         """The checks a new message passes; its recipients. Refuses what may not be sent."""
@@ -116,7 +122,33 @@ class MessageRequests(ServerCore):
         me, peer = self._me(connection), request.peer
         if is_room(peer):
             self._require_member(me, peer)
-        else:
-            self._require_user(peer)
         messages = self._store.history(me, peer, request.limit)
+        if not messages and not is_room(peer):
+            # A deleted account's messages stay readable; no history and no
+            # account is an unknown user.
+            self._require_user(peer)
         self._reply(connection, m.History(request_id=request.request_id, messages=tuple(messages)))
+
+    @handles(m.GetMessageStatus)
+    def _on_get_message_status(
+        self, connection: ChatConnection, request: m.GetMessageStatus, now: float
+    ) -> None:
+        stored = self._store.get_message(request.message_id)
+        # Someone else's message, or a room's, is answered as an unknown one: an id
+        # tells nobody but its sender anything.
+        if stored is None or stored.message.sender != self._me(connection):
+            raise RefusedError(ErrorCode.UNKNOWN_MESSAGE, "you sent no message with this id")
+        if is_room(stored.message.to):
+            raise RefusedError(
+                ErrorCode.UNKNOWN_MESSAGE, "delivery status is kept for direct messages only"
+            )
+        delivered = stored.delivered_at
+        self._reply(
+            connection,
+            m.MessageStatus(
+                request_id=request.request_id,
+                message_id=request.message_id,
+                to=stored.message.to,
+                delivered_at=None if delivered is None else utc_from_posix(delivered),
+            ),
+        )
