@@ -5,9 +5,10 @@ one's own messages on every device. Every test runs on MemoryStore and SQLiteSto
 from __future__ import annotations
 
 from tests.chat_helpers import PASSWORD, ChatUser, ChatWorld, StoreFactory, test_config
-from udpchat_proto.chat import ScryptParams
+from udpchat_proto.chat import HashJob, ScryptParams
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.events import Disconnected
+from udpchat_proto.chat.password_jobs import JobKind
 from udpchat_proto.errors import ErrorCode
 
 NEW_PASSWORD = "a much better secret"
@@ -236,3 +237,92 @@ def test_a_message_sent_from_one_device_reaches_the_others_not_itself(world: Cha
     # Her own device acknowledging her message is not bob's delivery.
     assert all(r.to == "bob" for r in alice.pushes(m.DeliveryReceipt))
     world.check_server_health()
+
+
+# --- races found by review -----------------------------------------------------------------
+
+
+def finish_job(world: ChatWorld, job: HashJob) -> None:
+    world.server.complete_hash_job(job.job_id, job.run(), world.net.now)
+    world.settle(0.5)
+
+
+def jobs_by_kind(world: ChatWorld) -> dict[JobKind, HashJob]:
+    """Take the running jobs from the simulated workers (they finish when told)."""
+    jobs = world.host.running_jobs()
+    world.host.forget_jobs()
+    return {world.server._jobs.pending[job.job_id].kind: job for job in jobs}
+
+
+def test_a_login_hashing_during_a_change_of_password_fails(world: ChatWorld) -> None:
+    (alice,) = world.signed_up("alice")
+    thief = world.user("alice", device="thief")
+    thief.connect()
+    world.host.hash_delay = 1000.0  # the jobs finish when the test says
+    login = thief.conn.login("alice", PASSWORD)
+    change = alice.conn.change_password(PASSWORD, NEW_PASSWORD)
+    world.settle(0.5)
+    jobs = jobs_by_kind(world)
+    finish_job(world, jobs[JobKind.PASSWORD_CHECK])
+    (new,) = jobs_by_kind(world).values()
+    finish_job(world, new)
+    alice.ok(change)
+    # The old password was checked, but it is no longer the password.
+    finish_job(world, jobs[JobKind.LOGIN])
+    thief.refused(login, ErrorCode.BAD_CREDENTIALS)
+
+
+def test_a_login_hashing_during_a_deletion_fails(world: ChatWorld) -> None:
+    (alice,) = world.signed_up("alice")
+    other = world.user("alice", device="other")
+    other.connect()
+    world.host.hash_delay = 1000.0
+    login = other.conn.login("alice", PASSWORD)
+    delete = alice.conn.delete_account(PASSWORD)
+    world.settle(0.5)
+    jobs = jobs_by_kind(world)
+    finish_job(world, jobs[JobKind.PASSWORD_CHECK])
+    alice.ok(delete)
+    finish_job(world, jobs[JobKind.LOGIN])
+    other.refused(login, ErrorCode.BAD_CREDENTIALS)
+    assert world.store.sessions_of("alice") == []
+
+
+def test_nothing_acts_for_a_deleted_account_later_in_its_batch(world: ChatWorld) -> None:
+    (alice,) = world.signed_up("alice")
+    laptop = second_device(world, alice)
+    world.host.hash_delay = 1000.0
+    wrong = laptop.conn.change_password("not the password", NEW_PASSWORD)
+    join = laptop.conn.join_room("#zombie")  # queued behind that hash
+    delete = alice.conn.delete_account(PASSWORD)
+    world.settle(0.5)
+    jobs = world.host.running_jobs()
+    world.host.forget_jobs()
+    pending = world.server._jobs.pending
+    for job in sorted(
+        jobs, key=lambda j: not isinstance(pending[j.job_id].request, m.DeleteAccount)
+    ):
+        # The deletion's check first, then the laptop's, in one batch.
+        world.server.complete_hash_job(job.job_id, job.run(), world.net.now)
+    world.settle()
+    alice.ok(delete)
+    answered = laptop.response(join)
+    assert answered is None or isinstance(answered, m.ErrorResponse)
+    assert laptop.response(wrong) is None or isinstance(laptop.response(wrong), m.ErrorResponse)
+    assert world.store.room_members("#zombie") == []
+
+
+def test_a_change_right_after_a_login_that_upgrades_the_hash_works(stores: StoreFactory) -> None:
+    world = ChatWorld(stores)
+    world.signed_up("alice")
+    world.config = test_config(scrypt=ScryptParams(n=32, r=1, p=1))
+    world.restart_server()
+    laptop = world.user("alice", device="laptop")
+    laptop.connect()
+    login = laptop.conn.login("alice", PASSWORD)
+    change = laptop.conn.change_password(PASSWORD, NEW_PASSWORD)  # pipelined
+    laptop.ok(login, m.LoggedIn)
+    laptop.ok(change)
+    phone = world.user("alice", device="phone")
+    phone.connect()
+    phone.ok(phone.conn.login("alice", NEW_PASSWORD), m.LoggedIn)

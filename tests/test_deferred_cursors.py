@@ -8,7 +8,7 @@ failed request or a lost batch puts back what it had written of them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -25,6 +25,7 @@ from udpchat_proto.chat.store import (
     StoreUnavailableError,
     WriteTrackingStore,
 )
+from udpchat_server.sqlite_store import SQLiteStore
 
 T_ACK = 1_714_564_800.0
 """When the acknowledgements in these tests are made (POSIX seconds)."""
@@ -211,3 +212,41 @@ def test_a_lost_batch_puts_them_back_for_the_next() -> None:
 def test_what_waits_for_the_cursors_is_writes_only() -> None:
     # The tracker marks the batch dirty before each of them: they must write.
     assert CURSOR_READERS <= STORE_WRITES
+
+
+class HalfFailingAcknowledgements(SQLiteStore):
+    """A SQLite store whose acknowledge_many fails after its first statements (as a
+    full disk would refuse the cursor upserts after the delivery marks)."""
+
+    fail = False
+
+    def acknowledge_many(self, acknowledgements: Any, now: float) -> Any:
+        receipts = super().acknowledge_many(acknowledgements, now)
+        if self.fail:
+            raise StoreUnavailableError("disk full")
+        return receipts
+
+
+def test_a_flush_that_fails_at_commit_leaves_nothing_half_written(tmp_path: Path) -> None:
+    # Found by review: the flush at commit ran outside any savepoint, so a failure
+    # half-way left its delivery marks in the batch (and a later commit kept them,
+    # with no receipt ever reported); the acknowledgements are put back.
+    inner = cast(
+        HalfFailingAcknowledgements, HalfFailingAcknowledgements.open(tmp_path / "db.sqlite3")
+    )
+    session, ids = stored(inner, "a")  # type: ignore[arg-type]
+    tracker = WriteTrackingStore(inner)
+    view = cast(Store, tracker)
+    view.acknowledge("bob", session, ids, T_ACK)
+    view.add_invitation("bob", "carol", 0.0)
+    inner.fail = True
+    tracker.commit()  # the rest of the batch commits; the acknowledgement waits
+    assert inner.has_invitation("bob", "carol")
+    assert tracker.acknowledgements_deferred and tracker.take_receipts() == []
+    stored_message = inner.get_message(ids[0])
+    assert stored_message is not None and stored_message.delivered_at is None
+    inner.fail = False
+    tracker.commit()
+    assert [r.message_id for r in tracker.take_receipts()] == ids
+    assert pending(inner, session) == []
+    inner.close()

@@ -1087,3 +1087,16 @@ def test_sqlite_version_6_marks_what_was_delivered_before_it(tmp_path: Path) -> 
             1.0,
             None,
         ]
+
+
+def test_a_session_acknowledging_its_own_message_moves_nothing(store: Store) -> None:
+    # Found by review: the sending session knows its message's id; acknowledging
+    # it must not skip what it has not received, nor deliver that to the sender.
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    from_bob = send(store, "bob", "alice", "from bob")
+    mine = message("alice", "bob", "mine")
+    store.add_message(mine, ALICE_PHONE)
+    assert store.acknowledge("alice", ALICE_PHONE, [mine.id], T_ACK) == []
+    assert pending(store, "alice", ALICE_PHONE) == ["from bob"]
+    stored = store.get_message(from_bob.id)
+    assert stored is not None and stored.delivered_at is None

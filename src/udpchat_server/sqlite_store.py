@@ -262,7 +262,9 @@ _RECENT_MAX = 8192
 # Retention. Per conversation: each participant's delivered floor is the lowest of
 # its user cursor and its sessions' cursors (0 for none). The first message that
 # must stay is, over the participants, the first one past their floor (and past
-# where they joined) that they did not send; everything older may go.
+# where they joined) that they did not send; everything older may go. (Their own
+# messages do not wait for their other sessions: the sending session never
+# acknowledges its own, so its floor would hold every conversation it ends.)
 _FLOORS = """
     SELECT p.username, p.floor_seq, MIN(
         COALESCE((SELECT u.seq FROM user_cursors AS u
@@ -430,9 +432,9 @@ class SQLiteStore:
         """The last seqs add_message gave and conversations.last_seq does not hold
         yet: written before COMMIT, before an atomic block and before a read of
         last_seq (one statement a batch, not one a message)."""
-        self._recent: dict[bytes, tuple[ChatMessage, int, int]] = {}
-        """The last messages stored, by id, with their conversation id and seq
-        (forgotten when a write is undone)."""
+        self._recent: dict[bytes, tuple[ChatMessage, int, int, bytes | None]] = {}
+        """The last messages stored, by id, with their conversation id, seq and
+        origin (forgotten when a write is undone)."""
         self._batch_lost: StoreUnavailableError | None = None
         """Why the batch's transaction was lost, until commit() reports it."""
         connection.isolation_level = None
@@ -967,7 +969,7 @@ class SQLiteStore:
             conversation, seq = self._first_message(message, key, sent_at, origin)
         self._conversations[key] = (conversation, seq)
         recent = self._recent
-        recent[message.id] = (message, conversation, seq)
+        recent[message.id] = (message, conversation, seq, origin)
         if len(recent) > _RECENT_MAX:
             del recent[next(iter(recent))]  # the oldest
         return StoredMessage(message=message, seq=seq)
@@ -1127,7 +1129,7 @@ class SQLiteStore:
         user_rows: list[tuple[str, int, int]] = []
         moved: list[dict[str, Any]] = []
         for username, token_hash, message_ids in acknowledgements:
-            highest, direct = self._highest_acknowledged(username, message_ids)
+            highest, direct = self._highest_acknowledged(username, token_hash, message_ids)
             session_rows.extend((token_hash, c, seq, token_hash) for c, seq in highest.items())
             user_rows.extend((username, c, seq) for c, seq in highest.items())
             moved.extend(
@@ -1161,10 +1163,14 @@ class SQLiteStore:
         return receipts
 
     def _highest_acknowledged(
-        self, username: str, message_ids: Sequence[bytes]
+        self, username: str, token_hash: bytes, message_ids: Sequence[bytes]
     ) -> tuple[dict[int, int], set[int]]:
         """The highest seq among these messages in each conversation of
-        ``username``'s, and which of those conversations are direct ones."""
+        ``username``'s, and which of those conversations are direct ones.
+
+        Only what the session could have been delivered counts: not a message it
+        sent itself (acknowledging that would move its cursor past what it has not
+        received, and tell the sender of those that they were delivered)."""
         highest: dict[int, int] = {}
         direct: set[int] = set()
         ids = []
@@ -1172,10 +1178,12 @@ class SQLiteStore:
             entry = self._recent.get(message_id)
             if entry is None or is_room(entry[0].to):
                 ids.append(message_id)  # looked up below
-            elif username in (entry[0].to, entry[0].sender):
-                # A recent direct message of this user's: its conversation and seq
-                # are known (the query below would find no more).
-                _, conversation, seq = entry
+            elif entry[0].to == username or (
+                entry[0].sender == username and entry[3] is not None and entry[3] != token_hash
+            ):
+                # A recent direct message for this session: its conversation and
+                # seq are known (the query below would find no more).
+                _, conversation, seq, _origin = entry
                 direct.add(conversation)
                 if highest.get(conversation, 0) < seq:
                     highest[conversation] = seq
@@ -1187,8 +1195,9 @@ class SQLiteStore:
                 "FROM messages AS m "
                 "JOIN participants AS p ON p.conversation = m.conversation AND p.username = ? "
                 f"WHERE m.id IN ({','.join('?' * len(chunk))}) "
+                "AND (m.sender != ? OR (m.origin IS NOT NULL AND m.origin != ?)) "
                 "GROUP BY m.conversation",
-                (username, *chunk),
+                (username, *chunk, username, token_hash),
             )
             for conversation, seq, is_direct in rows:
                 if is_direct:

@@ -15,7 +15,8 @@ Then, with the server left up, every profile's inbox is drained and checked:
 
 * every acknowledged message reached every profile of every recipient exactly once
   (direct: the friend; room: every member, including one who joined during the crash
-  loop if the send began after the join was acknowledged);
+  loop if the send began after the join was acknowledged), and every other profile
+  of its sender logged in before it was sent (never the profile that sent it);
 * a message whose send failed with exit 3 arrived at most once, a refused one never,
   and nothing arrived where it was not addressed;
 * each profile received each sender's messages of one conversation in the order they
@@ -251,6 +252,7 @@ class World:
         }
         self.registered: set[str] = set()
         self.logged_in: set[str] = set()  # device labels
+        self.logged_in_at: dict[str, float] = {}  # when each label's login was acknowledged
         self.invited: set[tuple[str, str]] = set()
         self.friends: set[frozenset[str]] = set()
         self.memberships: dict[tuple[str, str], Membership] = {}
@@ -389,6 +391,7 @@ def login_step(world: World, device: Device) -> Step:
             assert result.json == {"ok": True, "user": device.user}, result
             with world.lock:
                 world.logged_in.add(device.label)
+                world.logged_in_at.setdefault(device.label, time.monotonic())
         return result.code == 0
 
     def ready() -> bool:
@@ -539,10 +542,17 @@ def check_deliveries(world: World, origin: float) -> tuple[list[str], Figures]:
     figures = Figures()
     by_text = {attempt.text: attempt for attempt in world.attempts}
 
-    def rule(attempt: Attempt, user: str) -> str:
-        """'required', 'optional' or 'forbidden' for one profile of ``user``."""
-        if attempt.outcome == "refused" or user == attempt.sender:
-            return "forbidden"
+    def rule(attempt: Attempt, device: Device) -> str:
+        """'required', 'optional' or 'forbidden' for one profile."""
+        user = device.user
+        if attempt.outcome == "refused" or device.label == attempt.device:
+            return "forbidden"  # (the sending device never receives its own)
+        if user == attempt.sender:
+            # The sender's other devices: each that was logged in before the send.
+            logged_in = world.logged_in_at.get(device.label)
+            if attempt.outcome == "acked" and logged_in is not None and logged_in < attempt.start:
+                return "required"
+            return "optional"
         if not attempt.to.startswith("#"):
             if user != attempt.to:
                 return "forbidden"
@@ -577,7 +587,7 @@ def check_deliveries(world: World, origin: float) -> tuple[list[str], Figures]:
                     continue
                 seen[attempt.text] += 1
                 shown = attempt.describe(origin)
-                if rule(attempt, device.user) == "forbidden":
+                if rule(attempt, device) == "forbidden":
                     violations.append(f"{where}: received what was not for it: {shown}")
                 if (message["from"], message["to"]) != (attempt.sender, attempt.to):
                     violations.append(f"{where}: wrong sender or recipient {message} for {shown}")
@@ -593,7 +603,7 @@ def check_deliveries(world: World, origin: float) -> tuple[list[str], Figures]:
                     )
                 last[key] = attempt
             for attempt in world.attempts:
-                if rule(attempt, device.user) == "required":
+                if rule(attempt, device) == "required":
                     figures.required += 1
                     if seen[attempt.text] == 0:
                         violations.append(f"{where}: LOST acknowledged {attempt.describe(origin)}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -50,7 +49,7 @@ from .events import (
     UserLoggedOut,
 )
 from .lookups import Lookups
-from .password_jobs import JobQueue, PendingJob
+from .password_jobs import JobBook
 from .requests import (
     HANDLERS,
     WRITES_ONCE,
@@ -170,12 +169,7 @@ class ServerCore(Lookups):
         self._membership_pending: dict[tuple[str, str], tuple[bool, list[str]]] = {}
         """Room joins and leaves of this batch, pushed at its end (coalesced)."""
         self._events: collections.deque[ServerEvent] = collections.deque()
-        self._job_ids = itertools.count(1)
-        self._jobs: dict[int, PendingJob] = {}
-        self._queued_jobs = JobQueue()
-        """Jobs not yet handed to a worker, fair across addresses."""
-        self._jobs_by_host: collections.Counter[str] = collections.Counter()
-        self._jobs_by_user: collections.Counter[str] = collections.Counter()
+        self._jobs = JobBook()
         self._user_failures: KeyedLimiter[str] = KeyedLimiter(self._config.login_failures_per_user)
         self._user_address_failures: KeyedLimiter[tuple[str, str]] = KeyedLimiter(
             self._config.login_failures_per_user_address
@@ -398,19 +392,6 @@ class ServerCore(Lookups):
         self.stats.store_failures += 1
         self.stats.last_store_failure = failure
 
-    # --- hash jobs ---------------------------------------------------------------------
-
-    def _forget_job(self, job_id: int) -> PendingJob | None:
-        job = self._jobs.pop(job_id, None)
-        if job is not None:
-            self._jobs_by_host[job.host] -= 1
-            if not self._jobs_by_host[job.host]:
-                del self._jobs_by_host[job.host]
-            self._jobs_by_user[job.username] -= 1
-            if not self._jobs_by_user[job.username]:
-                del self._jobs_by_user[job.username]
-        return job
-
     # --- introspection -------------------------------------------------------------------
 
     @property
@@ -478,10 +459,9 @@ class ServerCore(Lookups):
             ended = self._connections.pop(event.connection_id, None)
             if ended is not None:
                 self._log_out(ended, now, announce=False)
-                job = self._jobs.get(ended.job_id) if ended.job_id is not None else None
-                if job is not None and self._queued_jobs.discard(job.host, job.job_id):
+                if ended.job_id is not None:
                     # Nobody waits for it any more: no worker's time is spent on it.
-                    self._forget_job(job.job_id)
+                    self._jobs.discard_queued(ended.job_id)
                 self._events.append(
                     ClientDisconnected(
                         connection_id=event.connection_id, code=event.code, reason=event.reason
@@ -890,7 +870,7 @@ class ServerCore(Lookups):
         """Write the deferred acknowledgements (the loop then commits them)."""
         self._cursor_write_at = None
         try:
-            self._tracker.flush_acknowledgements()
+            self._tracker.flush_acknowledgements(own_block=True)
         except StoreUnavailableError as failure:  # they wait for the next try
             self._note_store_failure(failure)
             self._cursor_write_at = self._now + CURSOR_WRITE_DELAY

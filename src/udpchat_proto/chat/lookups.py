@@ -61,8 +61,8 @@ class Lookups:
         self._friend_sets.pop(b, None)
 
     def _require_user(self, username: str) -> None:
-        # Accounts are never deleted: once seen, a name needs no more lookups (each
-        # one also parsed a password record).
+        # Once seen, a name needs no more lookups (each one also parsed a password
+        # record); a deleted account's name is forgotten by the deletion.
         if username in self._known_users:
             return
         if self._store.get_account(username) is None:

@@ -445,8 +445,8 @@ class MemoryStore:
             if entry is None:
                 continue
             conversation = self._conversations[entry.conversation]
-            if username not in conversation.members:
-                continue
+            if username not in conversation.members or not entry.is_for(username, token_hash):
+                continue  # (its own message: see SQLiteStore._highest_acknowledged)
             seq = entry.stored.seq
             key = entry.conversation
             if session_cursors is not None and session_cursors.get(key, 0) < seq:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 
 import attrs
 
@@ -18,7 +19,7 @@ from . import messages as m
 from .passwords import ScryptParams, hash_password
 from .store import Account
 
-__all__ = ["HashJob", "JobKind", "JobQueue", "PendingJob"]
+__all__ = ["HashJob", "JobBook", "JobKind", "JobQueue", "PendingJob"]
 
 
 @attrs.frozen(kw_only=True)
@@ -129,3 +130,65 @@ class JobQueue:
                     del self._by_host[host]
                 return True
         return False
+
+
+class JobBook:
+    """The hash jobs handed out and not back yet: what each waits for, the queue of
+    those no worker has taken, and the counts the caps read.
+
+    It also notes which jobs a change of credentials made *stale*: a login or a
+    password check whose hash began before the user's password changed (or the
+    account went) proves nothing about the password now, so it must not succeed.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[int, PendingJob] = {}
+        self.queue = JobQueue()
+        """Jobs not yet handed to a worker, fair across addresses."""
+        self.by_host: collections.Counter[str] = collections.Counter()
+        self.by_user: collections.Counter[str] = collections.Counter()
+        self._ids = itertools.count(1)
+        self._stale: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def next_id(self) -> int:
+        """A fresh job id."""
+        return next(self._ids)
+
+    def add(self, job: PendingJob) -> None:
+        """Count ``job`` and queue its hash for a worker."""
+        self.pending[job.job_id] = job
+        self.by_host[job.host] += 1
+        self.by_user[job.username] += 1
+        self.queue.push(
+            job.host,
+            HashJob(job_id=job.job_id, password=job.password, salt=job.salt, params=job.params),
+        )
+
+    def forget(self, job_id: int) -> tuple[PendingJob, bool] | None:
+        """Drop a job (done, abandoned or unwanted); it and whether it went stale,
+        or None for an unknown id."""
+        job = self.pending.pop(job_id, None)
+        if job is None:
+            return None
+        for counter, key in ((self.by_host, job.host), (self.by_user, job.username)):
+            counter[key] -= 1
+            if not counter[key]:
+                del counter[key]
+        stale = job_id in self._stale
+        self._stale.discard(job_id)
+        return job, stale
+
+    def discard_queued(self, job_id: int) -> None:
+        """Forget a job no worker has taken yet (its connection went away)."""
+        job = self.pending.get(job_id)
+        if job is not None and self.queue.discard(job.host, job_id):
+            self.forget(job_id)
+
+    def credentials_changed(self, username: str) -> None:
+        """The password of ``username`` changed, or the account is gone: every job
+        of theirs in progress is stale (at most ``max_pending_hash_jobs`` to look at)."""
+        if self.by_user[username]:  # (a Counter's lookup adds no entry)
+            self._stale.update(i for i, job in self.pending.items() if job.username == username)

@@ -529,8 +529,13 @@ class WriteTrackingStore:
         pending = self.inner.pending_deliveries(username, token_hash, limit + len(deferred))
         return [message for message in pending if message.id not in deferred][:limit]
 
-    def flush_acknowledgements(self) -> None:
+    def flush_acknowledgements(self, *, own_block: bool = False) -> None:
         """Write the deferred acknowledgements into the current batch.
+
+        Args:
+            own_block: in an atomic block of their own (outside any request's: on
+                the timer, or at commit), so that a write that fails half-way
+                leaves nothing of them in the batch.
 
         Raises:
             StoreUnavailableError: from ``inner`` (what was not written waits again).
@@ -539,10 +544,12 @@ class WriteTrackingStore:
         pending = [(key, list(ids)) for key, ids in deferred.items()]
         try:
             self.dirty = True
-            # One call for every session: a store writes each table once.
-            receipts = self.inner.acknowledge_many(
-                [(user, hashed, ids) for (user, hashed), ids in pending], self._acknowledged_at
-            )
+            with self.inner.atomic() if own_block else contextlib.nullcontext():
+                # One call for every session: a store writes each table once.
+                receipts = self.inner.acknowledge_many(
+                    [(user, hashed, ids) for (user, hashed), ids in pending],
+                    self._acknowledged_at,
+                )
         except BaseException:
             self._put_back(pending)
             raise
@@ -563,9 +570,12 @@ class WriteTrackingStore:
         Raises:
             StoreUnavailableError: from ``inner``.
         """
+        if self._deferred:
+            # A failure leaves them waiting (put back), not the batch half-written:
+            # the rest of it commits (or its commit says the whole batch is lost).
+            with contextlib.suppress(StoreUnavailableError):
+                self.flush_acknowledgements(own_block=True)
         try:
-            if self._deferred:
-                self.flush_acknowledgements()
             self.inner.commit()
         except BaseException:
             self.batch_lost()

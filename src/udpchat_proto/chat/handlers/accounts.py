@@ -62,11 +62,11 @@ class AccountRequests(ServerCore):
         """Refuse a password hash beyond the caps: all, per address, per account."""
         if len(self._jobs) >= self._config.max_pending_hash_jobs:
             raise RefusedError(ErrorCode.RATE_LIMITED, "the server is busy; try again shortly")
-        if self._jobs_by_host[host] >= self._config.max_hash_jobs_per_address:
+        if self._jobs.by_host[host] >= self._config.max_hash_jobs_per_address:
             raise RefusedError(
                 ErrorCode.RATE_LIMITED, "too many logins in progress from your address; wait"
             )
-        if self._jobs_by_user[username] >= self._config.max_hash_jobs_per_user:
+        if self._jobs.by_user[username] >= self._config.max_hash_jobs_per_user:
             raise RefusedError(
                 ErrorCode.RATE_LIMITED, f"a login for {username} is already being checked; wait"
             )
@@ -86,7 +86,7 @@ class AccountRequests(ServerCore):
         Run each (:meth:`HashJob.run`, off the event loop) and pass the digest to
         :meth:`complete_hash_job`.
         """
-        return self._queued_jobs.take(limit)
+        return self._jobs.queue.take(limit)
 
     def complete_hash_job(self, job_id: int, digest: bytes, now: float) -> None:
         """Hand back the digest of a :class:`HashJob`.
@@ -103,17 +103,28 @@ class AccountRequests(ServerCore):
         Then commit if :attr:`writes_pending`, and call :meth:`datagrams_to_send`.
         """
         self._now = now
-        job = self._forget_job(job_id)
-        if job is None:
+        forgotten = self._jobs.forget(job_id)
+        if forgotten is None:
             return
+        job, stale = forgotten
         if job.kind is JobKind.UPGRADE:
             self._finish_upgrade(job, digest)
             return
         connection = self._waiting_connection(job)
         if connection is None:
             return
-        finish = getattr(self, _FINISH[job.kind])
-        self._run_atomically(connection, job.request.request_id, finish, job, digest, now)
+        if stale:
+            # The password changed (or the account went) while this hash ran: it
+            # proves nothing about the password now.
+            self._refuse(
+                connection,
+                job.request.request_id,
+                ErrorCode.BAD_CREDENTIALS,
+                "the password was changed meanwhile; try again",
+            )
+        else:
+            finish = getattr(self, _FINISH[job.kind])
+            self._run_atomically(connection, job.request.request_id, finish, job, digest, now)
         self._run_queue(connection, now)
 
     def abandon_hash_job(self, job_id: int, now: float) -> None:
@@ -122,9 +133,10 @@ class AccountRequests(ServerCore):
         held up. Then call :meth:`commit` and :meth:`datagrams_to_send`.
         """
         self._now = now
-        job = self._forget_job(job_id)
-        if job is None:
+        forgotten = self._jobs.forget(job_id)
+        if forgotten is None:
             return
+        job, _stale = forgotten
         connection = self._waiting_connection(job)
         if connection is None:
             return
@@ -245,16 +257,11 @@ class AccountRequests(ServerCore):
 
     def _upgrade_password(self, connection: ChatConnection, login: PendingJob) -> None:
         """Hash the password again at the current cost (nobody waits for it)."""
-        job_id = next(self._job_ids)
         salt, params = self._random.token_bytes(SALT_SIZE), self._config.scrypt
-        self._jobs[job_id] = attrs.evolve(
-            login, kind=JobKind.UPGRADE, salt=salt, params=params, job_id=job_id
-        )
-        self._jobs_by_host[login.host] += 1
-        self._jobs_by_user[login.username] += 1
-        self._queued_jobs.push(
-            login.host,
-            HashJob(job_id=job_id, password=login.password, salt=salt, params=params),
+        self._jobs.add(
+            attrs.evolve(
+                login, kind=JobKind.UPGRADE, salt=salt, params=params, job_id=self._jobs.next_id()
+            )
         )
         self.stats.hash_jobs += 1
 
@@ -301,24 +308,20 @@ class AccountRequests(ServerCore):
         params: ScryptParams,
         account: Account | None,
     ) -> None:
-        job_id = next(self._job_ids)
-        self._jobs[job_id] = PendingJob(
-            kind=kind,
-            connection_id=connection.connection_id,
-            request=request,
-            username=username,
-            password=password,
-            salt=salt,
-            params=params,
-            account=account,
-            host=self._host(connection),
-            job_id=job_id,
-        )
-        host = self._host(connection)
-        self._jobs_by_host[host] += 1
-        self._jobs_by_user[username] += 1
-        self._queued_jobs.push(
-            host, HashJob(job_id=job_id, password=password, salt=salt, params=params)
+        job_id = self._jobs.next_id()
+        self._jobs.add(
+            PendingJob(
+                kind=kind,
+                connection_id=connection.connection_id,
+                request=request,
+                username=username,
+                password=password,
+                salt=salt,
+                params=params,
+                account=account,
+                host=self._host(connection),
+                job_id=job_id,
+            )
         )
         connection.job_id = job_id
         connection.transition(ChatConnectionInput.HASH_STARTED)
@@ -411,16 +414,19 @@ class AccountRequests(ServerCore):
         hashes: list[bytes],
         now: float,
         reason: str = "this login session was ended from another device",
+        *,
+        at_once: bool = False,
     ) -> None:
         """Delete these sessions of the caller's. The connections of the others are
-        closed, with a reason their clients show; the caller's own is logged out (its
-        answer still reaches it)."""
+        closed, with a reason their clients show, once the deletes are durable (see
+        ServerCore._closes_held: a lost batch disconnects nobody); with
+        ``at_once`` they are logged out now as well, so that nothing later in the
+        batch acts for them (an account being deleted). The caller's own
+        connection is logged out (its answer still reaches it)."""
         own = connection.token_hash
         for hashed in hashes:
             self._store.delete_session(hashed)
-            if hashed == own:
+            others = () if hashed == own else self._by_session.get(hashed, ())
+            self._closes_held.extend((connection_id, reason) for connection_id in others)
+            if hashed == own or at_once:
                 self._end_session(hashed, now)
-                continue
-            for connection_id in self._by_session.get(hashed, ()):
-                # Once the deletes are durable (see ServerCore._closes_held).
-                self._closes_held.append((connection_id, reason))
