@@ -326,3 +326,18 @@ def test_a_change_right_after_a_login_that_upgrades_the_hash_works(stores: Store
     phone = world.user("alice", device="phone")
     phone.connect()
     phone.ok(phone.conn.login("alice", NEW_PASSWORD), m.LoggedIn)
+
+
+def test_the_status_counts_an_acknowledgement_not_written_yet(world: ChatWorld) -> None:
+    # Found by trying it: acknowledgements wait up to CURSOR_WRITE_DELAY to be
+    # written; a status asked meanwhile must not say "stored".
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    sent = alice.send("bob", "quick")
+    world.run_until(lambda: bob.texts() == ["quick"], what="bob has it")
+    world.settle(0.1)  # his acknowledgement has arrived, and waits to be written
+    status = alice.ok(alice.conn.message_status(sent.message_id), m.MessageStatus)
+    assert status.delivered_at is not None
+    world.run_until(lambda: bool(alice.pushes(m.DeliveryReceipt)), what="the receipt")
+    (receipt,) = alice.pushes(m.DeliveryReceipt)
+    assert receipt.delivered_at == status.delivered_at

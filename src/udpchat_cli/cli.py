@@ -234,14 +234,13 @@ class App:
         assert token is not None  # checked by connect()
         answer = session.request(lambda conn: conn.resume(token))
         if isinstance(answer, m.ErrorResponse):
-            if answer.code in (ErrorCode.NOT_LOGGED_IN, ErrorCode.BAD_CREDENTIALS) and (
-                server == profile.server
-            ):
+            # The server that issued the token (under any name: connect() checked
+            # the key) no longer knows it: this login is over.
+            if answer.code in (ErrorCode.NOT_LOGGED_IN, ErrorCode.BAD_CREDENTIALS):
                 self.update(lambda saved: saved.logout())
                 raise _refused(
                     ErrorCode.NOT_LOGGED_IN,
-                    f"the login session of {profile.username} on {server} has ended "
-                    f"({answer.message}): log in again",
+                    f"the login session of {profile.username} on {server} has ended: log in again",
                 )
             raise _refused(answer.code, answer.message)
 
@@ -473,6 +472,10 @@ def passwd(password_stdin: bool) -> None:
         raise _not_logged_in()
     current = _read_password(password_stdin, confirm=False, prompt="Current password")
     new = _read_password(password_stdin, confirm=True, prompt="New password")
+    if password_stdin and not new:
+        raise click.UsageError(
+            "--password-stdin expects two lines: the current password, then the new one"
+        )
     _validate(lambda: m.ChangePassword(request_id=0, current=current, new=new))
     app.call(lambda conn: conn.change_password(current, new), m.Ok)
     app.out.result("password changed; your other sessions have ended", {"ok": True})
@@ -522,15 +525,16 @@ def whoami() -> None:
     "--for",
     "wait_for",
     type=Seconds(min=0),
-    default=DEFAULT_DELIVERY_WAIT,
-    show_default=True,
+    default=None,
     metavar="SECONDS",
-    help="How long --wait delivered waits.",
+    help=f"How long --wait delivered waits [default: {DEFAULT_DELIVERY_WAIT:g}].",
 )
 @_json_option
-def send(to: str, text: str, wait: str | None, wait_for: float) -> None:
+def send(to: str, text: str, wait: str | None, wait_for: float | None) -> None:
     """Send TEXT to the friend TO, or to the room TO when it starts with '#'."""
     app = _app()
+    if wait_for is not None and wait is None:
+        raise click.UsageError("--for goes with --wait delivered")
     target = _validate(lambda: valid_target(to))
     _validate(lambda: check_text(text))
     if wait is not None and target.startswith("#"):
@@ -544,7 +548,7 @@ def send(to: str, text: str, wait: str | None, wait_for: float) -> None:
             {"ok": True, "id": accepted.message_id.hex(), "to": target},
         )
         return
-    _send_and_wait(app, target, text, wait_for)
+    _send_and_wait(app, target, text, DEFAULT_DELIVERY_WAIT if wait_for is None else wait_for)
 
 
 def _send_and_wait(app: App, target: str, text: str, wait_for: float) -> None:
@@ -559,29 +563,35 @@ def _send_and_wait(app: App, target: str, text: str, wait_for: float) -> None:
     with app.connect(resume=True, on_pushes=keep) as (session, _server):
         answer = session.request(lambda conn: conn.send_message(target, text))
         message_id = _expect(answer, m.MessageAccepted).message_id
+        # The message is stored: from here on, whatever happens, its id is printed.
         deadline = time.monotonic() + wait_for
+        why = f"not delivered within {wait_for:g} s; it is stored and will be delivered"
         delivered = False
-        while True:
-            status = _expect(
-                session.request(lambda conn: conn.message_status(message_id)), m.MessageStatus
-            )
-            delivered = status.delivered_at is not None or message_id in receipts
-            now = time.monotonic()
-            if delivered or now >= deadline:
-                break
-            session.run_until(
-                lambda: message_id in receipts, min(deadline, now + _STATUS_POLL_INTERVAL)
+        try:
+            while True:
+                status = session.request(lambda conn: conn.message_status(message_id))
+                if isinstance(status, m.ErrorResponse):  # gone: its recipient was deleted
+                    why = f"not delivered: {status.message}"
+                    break
+                delivered = (
+                    isinstance(status, m.MessageStatus) and status.delivered_at is not None
+                ) or message_id in receipts
+                now = time.monotonic()
+                if delivered or now >= deadline:
+                    break
+                session.run_until(
+                    lambda: message_id in receipts, min(deadline, now + _STATUS_POLL_INTERVAL)
+                )
+        except (ServerTimeoutError, ConnectionLostError) as exc:
+            why = (
+                f"not known to be delivered ({exc}); it is stored: see 'status {message_id.hex()}'"
             )
     result = {"ok": True, "id": message_id.hex(), "to": target, "delivered": delivered}
     if delivered:
         app.out.result(f"delivered to {target} (id {message_id.hex()})", result)
         return
     app.out.result(f"sent to {target} (id {message_id.hex()}), not delivered yet", result)
-    print(
-        f"error: not delivered within {wait_for:g} s; it is stored and will be delivered",
-        file=app.out.stderr,
-        flush=True,
-    )
+    print(f"error: {why}", file=app.out.stderr, flush=True)
     raise click.exceptions.Exit(EXIT_TIMEOUT)
 
 

@@ -43,6 +43,8 @@ def test_passwd_checks_the_current_password_and_ends_the_other_sessions(
     phone = User("alice", tmp_path / "home-phone", alice.server)
     phone.refused("bad_credentials", "login", "alice", "--password-stdin", stdin=PASSWORD + "\n")
     phone.ok("login", "alice", "--password-stdin", stdin=NEW + "\n")
+    # One line where two are expected: a usage error, nothing sent.
+    assert alice.run("passwd", "--password-stdin", stdin=f"{NEW}\n").code == 2
     nobody = User("nobody", tmp_path / "home-nobody", alice.server)
     nobody.refused("not_logged_in", "passwd", "--password-stdin", stdin=f"{PASSWORD}\n{NEW}\n")
 
@@ -99,8 +101,9 @@ def test_status_and_send_wait_delivered(make_user: MakeUser) -> None:
     finally:
         listener.kill()
         listener.communicate(timeout=10)
-    # Rooms have no receipts.
+    # Rooms have no receipts; --for goes with --wait.
     assert alice.run("send", "#tea", "hi", "--wait", "delivered").code == 2
+    assert alice.run("send", "bob", "hi", "--for", "5").code == 2
 
 
 def test_listen_prints_a_delivered_event_for_each_receipt(make_user: MakeUser) -> None:

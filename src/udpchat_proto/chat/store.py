@@ -514,6 +514,11 @@ class WriteTrackingStore:
             self.acknowledge(username, token_hash, message_ids, now)
         return []
 
+    def deferred_for(self, username: str) -> bool:
+        """Whether acknowledgements of a session of ``username`` wait to be written
+        (a scan of the waiting sessions: for a rare question, not the hot path)."""
+        return any(user == username for user, _hashed in self._deferred)
+
     def take_receipts(self) -> list[Receipt]:
         """The deliveries recorded by the batch just committed (each returned once)."""
         receipts, self._receipts = self._receipts, []

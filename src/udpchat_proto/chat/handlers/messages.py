@@ -143,6 +143,12 @@ class MessageRequests(ServerCore):
                 ErrorCode.UNKNOWN_MESSAGE, "delivery status is kept for direct messages only"
             )
         delivered = stored.delivered_at
+        if delivered is None and self._tracker.deferred_for(stored.message.to):
+            # Its acknowledgement may be among those waiting (CURSOR_WRITE_DELAY):
+            # written now, so that the answer is up to date (and its receipt follows).
+            self._tracker.flush_acknowledgements()
+            again = self._store.get_message(request.message_id)
+            delivered = None if again is None else again.delivered_at
         self._reply(
             connection,
             m.MessageStatus(
