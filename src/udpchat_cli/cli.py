@@ -721,6 +721,37 @@ def _listen(count: int | None, duration: float | None) -> None:
         session.run_until(full, deadline)
 
 
+@cli.command()
+def chat() -> None:
+    """Open the full-screen chat (Ctrl+Q or /quit leaves; /help lists commands)."""
+    app = _app()
+    profile = app.profile()
+    if not profile.logged_in or profile.token is None or profile.username is None:
+        raise _not_logged_in()
+    server = app.server_option or profile.server or DEFAULT_SERVER
+    known = app.home.known_servers
+    pinned = known.get(server)
+    if pinned is None or (profile.server is not None and pinned != known.get(profile.server)):
+        raise _refused(
+            ErrorCode.NOT_LOGGED_IN,
+            f"profile {app.profile_name} is logged in on {profile.server}, not on {server}",
+        )
+    host, port = parse_server(server)
+    try:
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4]
+    except OSError as exc:
+        raise CliError(EXIT_USAGE, "usage", f"cannot use server {server}: {exc}") from None
+    # Textual takes a good part of a second to import: only this command pays it.
+    from .chat_app import ChatApp  # noqa: PLC0415
+
+    chat_app = ChatApp.for_profile(
+        app.home, app.profile_name, server, (str(address[0]), int(address[1])), pinned
+    )
+    code = chat_app.run()
+    if code:
+        raise click.exceptions.Exit(code)
+
+
 # --- friends --------------------------------------------------------------------------------
 
 

@@ -1,0 +1,717 @@
+"""``udpchat-cli chat``: the full-screen chat, on Textual.
+
+The screen draws a :class:`~udpchat_cli.chat_model.ChatModel`, reads lines through
+:func:`~udpchat_cli.chat_commands.parse`, and talks to the server through a
+:class:`~udpchat_cli.chat_link.ChatLink` on a UDP socket of Textual's own asyncio
+loop. What arrives is saved in the profile before it is acknowledged (a crash
+loses nothing) and counts as shown once it is on the screen (a later ``inbox`` does
+not show it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from rich.markup import escape
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static, TextArea
+
+from udpchat_proto.chat import ValidationError, check_text
+from udpchat_proto.chat import messages as m
+from udpchat_proto.transport import Address
+
+from .chat_commands import HELP, Command, CommandError, parse
+from .chat_link import ChatLink, LinkState
+from .chat_model import ChatModel, Conversation
+from .profiles import Home
+
+__all__ = ["PASTE_LINES_ASK", "ChatApp", "ProfileBook"]
+
+PASTE_LINES_ASK = 2
+"""A paste of this many lines or more asks before it is sent."""
+HISTORY_FIRST = 50
+"""Messages of history loaded when a conversation is first opened."""
+HISTORY_MAX = 100
+"""The most one request loads (scrolling to the top asks for this many)."""
+
+
+class ProfileBook:
+    """What the chat needs of the profile: keep what arrives, mark what is shown.
+
+    Args:
+        record: saves received messages as not shown yet (before they are
+            acknowledged).
+        mark_shown: marks ids as shown.
+        unshown: the messages received earlier and not shown yet.
+        delivered: ids already received.
+    """
+
+    def __init__(
+        self,
+        *,
+        record: Callable[[list[m.ChatMessage]], None],
+        mark_shown: Callable[[set[bytes]], None],
+        unshown: list[m.ChatMessage],
+        delivered: frozenset[bytes],
+    ) -> None:
+        self.record = record
+        self.mark_shown = mark_shown
+        self.unshown = unshown
+        self.delivered = delivered
+
+
+def _time(moment: datetime.datetime) -> str:
+    return moment.astimezone().strftime("%H:%M")
+
+
+def _line(message: m.ChatMessage) -> str:
+    text = escape(message.text).replace("\r", "")
+    return f"[dim]{_time(message.sent_at)}[/] [b]{escape(message.sender)}[/]: {text}"
+
+
+class MessagePane(VerticalScroll):
+    """The open conversation's messages: follows new ones only while at its bottom."""
+
+    class Moved(Message):
+        """The pane scrolled (by the person or to follow)."""
+
+        def __init__(self, at_bottom: bool, at_top: bool) -> None:
+            self.at_bottom = at_bottom
+            self.at_top = at_top
+            super().__init__()
+
+    following = True
+    """Whether the reader is at the newest line (new lines then scroll into view).
+    Changed only by scrolling: content growing below does not change it."""
+
+    @property
+    def at_bottom(self) -> bool:
+        return self.scroll_y >= self.max_scroll_y - 0.5
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if round(old_value) != round(new_value):
+            self.following = self.at_bottom
+            self.post_message(self.Moved(self.following, new_value <= 0 < self.max_scroll_y))
+
+    def show(
+        self, conversation: Conversation | None, notes: list[str], *, stay: bool = False
+    ) -> None:
+        """Draw a conversation from scratch, at its newest message (with ``stay``,
+        where the reader was, unless they were at the newest: older messages
+        loaded above do not move what they read)."""
+        from_bottom = self.max_scroll_y - self.scroll_y
+        keep = stay and not self.following
+        if not keep:
+            self.following = True
+        self.remove_children()
+        lines: list[Static] = []
+        if conversation is not None:
+            for message in conversation.messages:
+                if message.id == conversation.marker:
+                    lines.append(Static("── new messages ──", classes="marker"))
+                lines.append(Static(_line(message), classes="message"))
+        lines.extend(Static(escape(note), classes="note") for note in notes)
+        self.mount_all(lines)
+        if keep:
+            self.call_after_refresh(
+                lambda: self.scroll_to(y=max(0.0, self.max_scroll_y - from_bottom), animate=False)
+            )
+        else:
+            self.call_after_refresh(self.scroll_end, animate=False)
+
+    def add(self, widget: Static) -> None:
+        """Append a line; follow it only if the pane was at its bottom."""
+        self.mount(widget)
+        if self.following:
+            self.call_after_refresh(self.scroll_end, animate=False)
+
+
+class Composer(TextArea):
+    """The input: Enter sends, Alt+Enter starts a new line, a paste of several lines
+    asks first."""
+
+    class Submitted(Message):
+        def __init__(self, text: str) -> None:
+            self.text = text
+            super().__init__()
+
+    class Pasted(Message):
+        def __init__(self, text: str) -> None:
+            self.text = text
+            super().__init__()
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self.text))
+            return
+        if event.key in ("alt+enter", "ctrl+j"):
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+            return
+        await super()._on_key(event)
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        if event.text.count("\n") + 1 >= PASTE_LINES_ASK:
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Pasted(event.text))
+            return
+        await super()._on_paste(event)
+
+
+class ConfirmPaste(ModalScreen[bool]):
+    """Send a pasted text of several lines? (y / n)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Send"),
+        Binding("n,escape", "answer(False)", "Keep editing"),
+    ]
+
+    def __init__(self, lines: int, to: str) -> None:
+        super().__init__()
+        self._question = f"Send these {lines} lines to {to} as one message? (y / n)"
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._question, id="question")
+
+    def action_answer(self, send: bool) -> None:
+        self.dismiss(send)
+
+
+class JumpTo(ModalScreen[str | None]):
+    """Ctrl+K: type part of a conversation's name, Enter opens the best match."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, model: ChatModel) -> None:
+        super().__init__()
+        self._model = model
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="jump"):
+            yield Static("Jump to:")
+            yield Input(placeholder="a friend or #room", id="jump-input")
+            yield Static("", id="jump-matches")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        matches = self._model.matching(event.value)[:8]
+        self.query_one("#jump-matches", Static).update("\n".join(matches) or "(no match)")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        matches = self._model.matching(event.value)
+        self.dismiss(matches[0] if matches else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ChatApp(App[int]):
+    """The chat of one logged-in user.
+
+    Args:
+        username: who is logged in.
+        server_name: ``HOST:PORT`` as the profile names it (shown).
+        server: its resolved address.
+        server_key: its pinned key.
+        token: the login session.
+        book: the profile's bookkeeping.
+    """
+
+    TITLE = "udpchat"
+    CSS = """
+    #sidebar { width: 28; border-right: solid $primary; padding: 0 1; }
+    #who { color: $text-muted; height: auto; margin-bottom: 1; }
+    #conversations { height: auto; }
+    #invitations { height: auto; margin-top: 1; }
+    #pane { height: 1fr; padding: 0 1; }
+    .marker { color: $warning; text-align: center; }
+    .note { color: $text-muted; }
+    #composer { height: 3; border: none; }
+    #status { dock: bottom; height: 1; background: $primary-background; padding: 0 1; }
+    ConfirmPaste, JumpTo { align: center middle; }
+    #question, #jump {
+        width: 60; height: auto; border: solid $accent; padding: 1; background: $surface;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+q", "quit_chat", "Quit", priority=True),
+        Binding("ctrl+k", "jump", "Jump", priority=True),
+        Binding("ctrl+n", "step(1)", "Next", priority=True),
+        Binding("ctrl+p", "step(-1)", "Previous", priority=True),
+        Binding("alt+a", "next_unread", "Unread", priority=True),
+        Binding("pageup", "page(-1)", "Page up", priority=True),
+        Binding("pagedown", "page(1)", "Page down", priority=True),
+        Binding("end", "newest", "Newest", priority=True),
+        *(Binding(f"alt+{n}", f"nth({n})", show=False, priority=True) for n in range(1, 10)),
+    ]
+
+    @classmethod
+    def for_profile(
+        cls, home: Home, profile_name: str, server_name: str, server: Address, server_key: bytes
+    ) -> ChatApp:
+        """The chat of a logged-in profile, keeping its bookkeeping in the profile.
+
+        Raises:
+            ValueError: the profile is not logged in.
+        """
+        profile = home.load(profile_name)
+        if profile.token is None or profile.username is None:
+            raise ValueError(f"profile {profile_name} is not logged in")
+
+        def record(messages: list[m.ChatMessage]) -> None:
+            home.update(profile_name, lambda saved: saved.record(messages, shown=False))
+
+        def mark_shown(ids: set[bytes]) -> None:
+            home.update(profile_name, lambda saved: saved.mark_shown(ids))
+
+        book = ProfileBook(
+            record=record,
+            mark_shown=mark_shown,
+            unshown=list(profile.unshown),
+            delivered=frozenset(profile.delivered),
+        )
+        return cls(
+            username=profile.username,
+            server_name=server_name,
+            server=server,
+            server_key=server_key,
+            token=profile.token,
+            book=book,
+        )
+
+    def __init__(
+        self,
+        *,
+        username: str,
+        server_name: str,
+        server: Address,
+        server_key: bytes,
+        token: bytes,
+        book: ProfileBook,
+    ) -> None:
+        super().__init__()
+        self.model = ChatModel(username)
+        self._server_name = server_name
+        self._server = server
+        self._server_key = server_key
+        self._token = token
+        self._book = book
+        self._link: ChatLink | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._notes: dict[str | None, list[str]] = {}
+        """Transient lines (answers, refusals, help) per conversation."""
+        self._history_asked: dict[str, int] = {}
+        self.link_state = LinkState.CONNECTING
+
+    # --- layout --------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            with Vertical(id="sidebar"):
+                yield Static(f"{escape(self.model.me)} @ {escape(self._server_name)}", id="who")
+                yield Static("", id="conversations")
+                yield Static("", id="invitations")
+            with Vertical(id="main"):
+                yield MessagePane(id="pane")
+                yield Composer(id="composer", show_line_numbers=False, soft_wrap=True)
+        yield Static("connecting…", id="status")
+
+    async def on_mount(self) -> None:
+        for message in self._book.unshown:
+            self.model.receive(message)
+        self._redraw()
+        self.query_one(Composer).focus()
+        loop = asyncio.get_running_loop()
+        transport, _protocol = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), remote_addr=self._server
+        )
+        self._transport = transport
+        self._link = ChatLink(
+            server=self._server,
+            server_key=self._server_key,
+            token=self._token,
+            send=lambda data, _addr: transport.sendto(data),
+            scheduler=loop,
+            on_pushes=self._on_pushes,
+            on_state=self._on_link_state,
+            delivered_ids=self._book.delivered,
+        )
+        self._link.start()
+
+    def on_unmount(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        if self._transport is not None:
+            self._transport.close()
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if self._link is not None:
+            self._link.datagram_received(data, addr)
+
+    # --- drawing ---------------------------------------------------------------------------
+
+    def _redraw(self, *, stay: bool = False) -> None:
+        """The sidebar, and the pane from scratch (see MessagePane.show)."""
+        self._draw_sidebar()
+        current = self.model.current
+        conversation = self.model.conversations.get(current) if current else None
+        notes = self._notes.get(current, [])
+        self.query_one(MessagePane).show(conversation, notes, stay=stay)
+        self._seen()
+
+    def _draw_sidebar(self) -> None:
+        lines = []
+        for index, name in enumerate(self.model.order(), start=1):
+            conversation = self.model.conversations[name]
+            mark = "#" if conversation.is_room else ("●" if conversation.online else "○")
+            unread = f" ({conversation.unread})" if conversation.unread else ""
+            label = f"{index if index < 10 else ' '} {mark} {escape(name.lstrip('#'))}{unread}"
+            if name == self.model.current:
+                label = f"[reverse]{label}[/]"
+            elif conversation.unread:
+                label = f"[b]{label}[/]"
+            lines.append(label)
+        self.query_one("#conversations", Static).update("\n".join(lines) or "no conversations yet")
+        invitations = [f"  {escape(name)} (/accept {escape(name)})" for name in self.model.incoming]
+        invitations += [f"  → {escape(name)} (waiting)" for name in self.model.outgoing]
+        text = "Invitations:\n" + "\n".join(invitations) if invitations else ""
+        self.query_one("#invitations", Static).update(text)
+
+    def _note(self, text: str, conversation: str | None = None) -> None:
+        """A transient line in a conversation (the open one by default)."""
+        where = conversation if conversation is not None else self.model.current
+        self._notes.setdefault(where, []).append(text)
+        if where == self.model.current:
+            self.query_one(MessagePane).add(Static(escape(text), classes="note"))
+
+    def _seen(self) -> None:
+        seen = self.model.take_seen()
+        if seen:
+            self._book.mark_shown(seen)
+
+    def _set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(escape(text))
+
+    # --- the link's news -------------------------------------------------------------------
+
+    def _on_link_state(self, state: LinkState, detail: str) -> None:
+        self.link_state = state
+        if state is LinkState.CONNECTED:
+            self._set_status(f"connected to {self._server_name}")
+            self._refresh_lists()
+        elif state is LinkState.RECONNECTING:
+            self._set_status(f"reconnecting: {detail}")
+        elif state is LinkState.ENDED and detail != "closed":
+            self._set_status(f"disconnected: {detail}")
+            self._note(f"disconnected: {detail}")
+
+    def _on_pushes(self, pushes: list[m.Push]) -> None:
+        received = [p.message for p in pushes if isinstance(p, m.MessageDelivered)]
+        if received:
+            self._book.record(received)  # before the acknowledgements leave
+        ring = False
+        pane = self.query_one(MessagePane)
+        for push in pushes:
+            if isinstance(push, m.MessageDelivered):
+                message = push.message
+                known = (
+                    message.id
+                    in self.model.conversations.get(
+                        self.model.key_of(message), Conversation("")
+                    ).ids
+                )
+                ring |= self.model.receive(message)
+                if not known and self.model.key_of(message) == self.model.current:
+                    pane.add(Static(_line(message), classes="message"))
+            elif isinstance(push, m.PresenceChanged):
+                self.model.set_presence(push.username, push.online)
+            elif isinstance(push, m.InvitationReceived):
+                self._note(f"{push.from_user} invites you: /accept {push.from_user}")
+                self._refresh_lists()
+            elif isinstance(push, m.InvitationAnswered | m.InvitationCancelled | m.Unfriended):
+                self._note(_push_text(push))
+                self._refresh_lists()
+            elif isinstance(push, m.RoomMembershipChanged):
+                verb = "joined" if push.joined else "left"
+                self._note(f"{push.username} {verb} {push.room}", push.room)
+        if ring:
+            self.bell()
+        self._draw_sidebar()
+        self._seen()
+
+    def _refresh_lists(self) -> None:
+        link = self._link
+        if link is None:
+            return
+
+        def friends(answer: m.Response | None) -> None:
+            if isinstance(answer, m.Friends):
+                self.model.set_friends((f.username, f.online) for f in answer.friends)
+                self._after_lists()
+
+        def rooms(answer: m.Response | None) -> None:
+            if isinstance(answer, m.Rooms):
+                self.model.set_rooms(room.room for room in answer.rooms)
+                self._after_lists()
+
+        def invitations(answer: m.Response | None) -> None:
+            if isinstance(answer, m.Invitations):
+                self.model.set_invitations(answer.incoming, answer.outgoing)
+                self._draw_sidebar()
+
+        link.request(lambda conn: conn.list_friends(), friends)
+        link.request(lambda conn: conn.list_rooms(), rooms)
+        link.request(lambda conn: conn.list_invitations(), invitations)
+
+    def _after_lists(self) -> None:
+        if self.model.current is None and self.model.order():
+            self._open(self.model.order()[0])
+        else:
+            self._draw_sidebar()
+
+    # --- conversations -------------------------------------------------------------------------
+
+    def _open(self, name: str) -> None:
+        self.model.open(name)
+        self._redraw()
+        if name not in self._history_asked:
+            self._load_history(name, HISTORY_FIRST)
+
+    def _load_history(self, name: str, count: int) -> None:
+        if self._history_asked.get(name, 0) >= count or self._link is None:
+            return
+        self._history_asked[name] = count
+
+        def loaded(answer: m.Response | None) -> None:
+            if isinstance(answer, m.History):
+                self.model.add_history(name, answer.messages)
+                if name == self.model.current:
+                    self._redraw(stay=True)
+            elif isinstance(answer, m.ErrorResponse):
+                self._history_asked.pop(name, None)
+                self._note(f"no history: {answer.message}", name)
+            else:
+                self._history_asked.pop(name, None)
+
+        if not self._link.request(lambda conn: conn.get_history(name, count), loaded):
+            self._history_asked.pop(name, None)
+
+    def on_message_pane_moved(self, event: MessagePane.Moved) -> None:
+        self.model.scrolled(event.at_bottom)
+        if event.at_bottom:
+            self._draw_sidebar()
+            self._seen()
+        if event.at_top and self.model.current is not None:
+            self._load_history(self.model.current, HISTORY_MAX)
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def on_composer_submitted(self, event: Composer.Submitted) -> None:
+        composer = self.query_one(Composer)
+        try:
+            command = parse(event.text)
+        except CommandError as exc:
+            self._note(str(exc))
+            composer.clear()  # (as other chats do: a mistyped command goes)
+            return
+        if command is None:
+            return
+        if self._run(command):
+            composer.clear()
+
+    def on_composer_pasted(self, event: Composer.Pasted) -> None:
+        composer = self.query_one(Composer)
+        to = self.model.current
+        if to is None:
+            composer.insert(event.text)
+            return
+
+        def answered(send: bool | None) -> None:
+            if send:
+                self._say(event.text)
+            else:
+                composer.insert(event.text)
+
+        self.push_screen(ConfirmPaste(event.text.count("\n") + 1, to), answered)
+
+    def _run(self, command: Command) -> bool:
+        """Carry out a command; False if the input should stay (not sent)."""
+        match command.name:
+            case "say":
+                assert command.text is not None
+                return self._say(command.text)
+            case "help":
+                for line in HELP.splitlines():
+                    self._note(line)
+            case "quit":
+                self.exit(0)
+            case "msg":
+                assert command.target is not None
+                self._open(command.target)
+                if command.text:
+                    return self._say(command.text)
+            case "join":
+                self._ask(command, lambda conn: conn.join_room(command.target or ""))
+            case "leave":
+                room = command.target or self.model.current
+                if room is None or not room.startswith("#"):
+                    self._note("usage: /leave ROOM (the open conversation is not a room)")
+                    return False
+                self._ask(Command("leave", target=room), lambda conn: conn.leave_room(room))
+            case "history":
+                if self.model.current is None:
+                    self._note("no open conversation")
+                    return False
+                self._history_asked.pop(self.model.current, None)
+                self._load_history(self.model.current, command.count or HISTORY_FIRST)
+            case _:
+                target = command.target or ""
+                issue = {
+                    "invite": lambda conn: conn.invite(target),
+                    "accept": lambda conn: conn.accept_invitation(target),
+                    "decline": lambda conn: conn.decline_invitation(target),
+                    "cancel": lambda conn: conn.cancel_invitation(target),
+                    "unfriend": lambda conn: conn.unfriend(target),
+                }[command.name]
+                self._ask(command, issue)
+        return True
+
+    def _ask(self, command: Command, issue: Callable[[Any], int]) -> None:
+        """Send a request; show its outcome, refresh what it changed."""
+        if self._link is None or not self._link.request(
+            issue, lambda answer: self._answered(command, answer)
+        ):
+            self._note(f"/{command.name}: not connected; try again once connected")
+
+    def _answered(self, command: Command, answer: m.Response | None) -> None:
+        target = command.target or ""
+        if answer is None:
+            self._note(f"/{command.name} {target}: the connection was lost; try again")
+            return
+        if isinstance(answer, m.ErrorResponse):
+            self._note(f"/{command.name} {target}: {answer.message} ({answer.code})")
+            return
+        done = {
+            "join": f"joined {target}",
+            "leave": f"left {target}",
+            "invite": f"invited {target}",
+            "accept": f"you and {target} are now friends",
+            "decline": f"declined {target}'s invitation",
+            "cancel": f"cancelled the invitation to {target}",
+            "unfriend": f"you and {target} are no longer friends",
+        }[command.name]
+        if command.name == "join":
+            self.model.conversation(target)
+            self._open(target)
+        elif command.name == "leave":
+            self.model.remove(target)
+            self._redraw()
+        self._note(done)
+        self._refresh_lists()
+
+    def _say(self, text: str) -> bool:
+        to = self.model.current
+        if to is None:
+            self._note("no open conversation: /msg USER, or /join ROOM")
+            return False
+        try:
+            check_text(text)
+        except ValidationError as exc:
+            self._note(f"not sent: {exc}")
+            return False
+        if self._link is None or self._link.state is LinkState.ENDED:
+            self._note("not sent: disconnected")
+            return False
+
+        def answered(answer: m.Response | None) -> None:
+            if isinstance(answer, m.MessageAccepted):
+                message = m.ChatMessage(
+                    id=answer.message_id,
+                    sender=self.model.me,
+                    to=to,
+                    text=text,
+                    sent_at=answer.sent_at,
+                )
+                self.model.receive(message)
+                if to == self.model.current:
+                    self.query_one(MessagePane).add(Static(_line(message), classes="message"))
+            elif isinstance(answer, m.ErrorResponse):
+                self._note(f"not sent to {to}: {answer.message} ({answer.code})", to)
+
+        self._link.send_message(to, text, answered)
+        if self._link.state is not LinkState.CONNECTED:
+            self._note("queued: it will be sent when the connection is back")
+        return True
+
+    # --- keys ------------------------------------------------------------------------------------
+
+    def action_quit_chat(self) -> None:
+        self.exit(0)
+
+    def action_step(self, delta: int) -> None:
+        name = self.model.step(delta)
+        if name is not None:
+            self._open(name)
+
+    def action_nth(self, n: int) -> None:
+        name = self.model.nth(n - 1)
+        if name is not None:
+            self._open(name)
+
+    def action_next_unread(self) -> None:
+        name = self.model.next_unread()
+        if name is not None:
+            self._open(name)
+
+    def action_page(self, direction: int) -> None:
+        pane = self.query_one(MessagePane)
+        if direction < 0:
+            pane.scroll_page_up(animate=False)
+        else:
+            pane.scroll_page_down(animate=False)
+
+    def action_newest(self) -> None:
+        self.query_one(MessagePane).scroll_end(animate=False)
+
+    def action_jump(self) -> None:
+        def chosen(name: str | None) -> None:
+            if name is not None:
+                self._open(name)
+
+        self.push_screen(JumpTo(self.model), chosen)
+
+
+def _push_text(push: m.Push) -> str:
+    match push:
+        case m.InvitationAnswered(by_user=user, accepted=True):
+            return f"{user} accepted your invitation: you are now friends"
+        case m.InvitationAnswered(by_user=user):
+            return f"{user} declined your invitation"
+        case m.InvitationCancelled(by_user=user):
+            return f"{user} cancelled their invitation"
+        case m.Unfriended(by_user=user):
+            return f"{user} ended your friendship"
+    return type(push).__name__
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, app: ChatApp) -> None:
+        self._app = app
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._app.datagram_received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # (an ICMP error: the core's timers decide)

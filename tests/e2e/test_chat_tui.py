@@ -1,0 +1,220 @@
+"""``udpchat-cli chat`` driven headless by Textual's Pilot against the real server,
+with the other people on the scripted CLI. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Static
+
+from udpchat_cli.chat_app import ChatApp, Composer, MessagePane
+from udpchat_cli.chat_link import LinkState
+from udpchat_cli.profiles import Home
+from udpchat_cli.session import parse_server
+
+from .conftest import ServerProcess, User
+
+pytestmark = pytest.mark.e2e
+
+MakeUser = Callable[..., User]
+SIZE = (120, 40)
+
+
+def chat_for(user: User) -> ChatApp:
+    home = Home(user.home)
+    server = user.server.address
+    key = home.known_servers.get(server)
+    assert key is not None
+    return ChatApp.for_profile(home, "default", server, parse_server(server), key)
+
+
+async def until(
+    pilot: Pilot[Any], done: Callable[[], bool], what: str, limit: float = 15.0
+) -> None:
+    end = time.monotonic() + limit
+    while not done():
+        if time.monotonic() > end:
+            app = pilot.app
+            assert isinstance(app, ChatApp)
+            raise AssertionError(
+                f"timed out waiting for {what}; the pane:\n{pane_text(app)}\n"
+                f"the sidebar:\n{sidebar(app)}"
+            )
+        await pilot.pause(0.05)
+
+
+async def cli(user: User, *args: str) -> Any:
+    """A CLI command of another person, off the loop (the chat keeps running)."""
+    return await asyncio.to_thread(user.ok, *args)
+
+
+def pane_text(app: ChatApp) -> str:
+    pane = app.query_one(MessagePane)
+    return "\n".join(str(line.render()) for line in pane.query(Static))
+
+
+def sidebar(app: ChatApp) -> str:
+    return str(app.query_one("#conversations", Static).render())
+
+
+async def type_line(pilot: Pilot[Any], text: str) -> None:
+    composer = pilot.app.query_one(Composer)
+    composer.insert(text)
+    await pilot.press("enter")
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coroutine, timeout=120))
+
+
+def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: ServerProcess) -> None:
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    bob.ok("invite", "alice")
+    alice.ok("accept", "bob")
+    bob.ok("send", "alice", "hello alice")
+
+    async def scenario() -> None:
+        app = chat_for(alice)
+        bells = 0
+
+        def bell() -> None:
+            nonlocal bells
+            bells += 1
+
+        app.bell = bell  # type: ignore[method-assign]
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.link_state is LinkState.CONNECTED, "connected")
+            await until(pilot, lambda: "bob" in sidebar(app), "bob in the sidebar")
+            await until(pilot, lambda: "hello alice" in pane_text(app), "bob's message")
+            assert "connected to" in str(app.query_one("#status", Static).render())
+            # Typing and Enter sends to the open conversation.
+            await type_line(pilot, "hi bob")
+            await until(pilot, lambda: "alice: hi bob" in pane_text(app), "her own line")
+            inbox = await cli(bob, "inbox")
+            assert [x["text"] for x in inbox["messages"]] == ["hi bob"]
+            # A room: /join opens it; bob writes there while alice reads bob.
+            await type_line(pilot, "/join general")
+            await until(pilot, lambda: app.model.current == "#general", "the room open")
+            await cli(bob, "join", "general")
+            await pilot.press("alt+1")  # bob (friends first)
+            await until(pilot, lambda: app.model.current == "bob", "bob open")
+            await cli(bob, "send", "#general", "room news")
+            await until(pilot, lambda: "general (1)" in sidebar(app), "an unread count")
+            assert bells >= 1
+            # Alt+A jumps to it; the count goes, the marker shows where news starts.
+            await pilot.press("alt+a")
+            await until(pilot, lambda: app.model.current == "#general", "the unread room")
+            assert "general (1)" not in sidebar(app)
+            assert "new messages" in pane_text(app) and "room news" in pane_text(app)
+            # Ctrl+N / Ctrl+P move through the list; Ctrl+K jumps by name.
+            await pilot.press("ctrl+p")
+            await until(pilot, lambda: app.model.current == "bob", "previous")
+            await pilot.press("ctrl+n")
+            await until(pilot, lambda: app.model.current == "#general", "next")
+            await pilot.press("ctrl+k")
+            await pilot.press("b", "o", "enter")
+            await until(pilot, lambda: app.model.current == "bob", "jumped to bob")
+            # Invitations: carol's appears at once; /accept makes a friend.
+            await cli(carol, "invite", "alice")
+            await until(pilot, lambda: "carol" in app.model.incoming, "carol's invitation")
+            await type_line(pilot, "/accept carol")
+            await until(pilot, lambda: "carol" in sidebar(app), "carol a friend")
+            # Refusals show the server's message, never a traceback.
+            await type_line(pilot, "/invite nobody")
+            await until(pilot, lambda: "no user named nobody" in pane_text(app), "a refusal")
+            await type_line(pilot, "/frobnicate")
+            await until(pilot, lambda: "unknown command" in pane_text(app), "a bad command")
+            await type_line(pilot, "x" * 5000)
+            await until(pilot, lambda: "not sent" in pane_text(app), "too long refused")
+            assert app.query_one(Composer).text == "x" * 5000  # kept for editing
+            app.query_one(Composer).clear()
+            await type_line(pilot, "/help")
+            await until(pilot, lambda: "/msg USER" in pane_text(app), "the help")
+            await type_line(pilot, "/history 5")
+            # /msg opens (and sends); /leave leaves the room.
+            await type_line(pilot, "/msg carol welcome")
+            await until(pilot, lambda: "alice: welcome" in pane_text(app), "sent to carol")
+            await type_line(pilot, "/leave general")
+            await until(pilot, lambda: "#general" not in app.model.conversations, "left")
+            await type_line(pilot, "/quit")
+        assert app.return_code == 0
+
+    run(scenario())
+    # Shown in the chat: a later inbox does not show them again.
+    assert alice.ok("inbox") == {"messages": []}
+    # What carol got.
+    assert [x["text"] for x in carol.ok("inbox")["messages"]] == ["welcome"]
+
+
+def test_the_pane_follows_new_messages_only_at_its_bottom(
+    make_user: MakeUser, server: ServerProcess
+) -> None:
+    alice, bob = make_user("alice"), make_user("bob")
+    bob.ok("invite", "alice")
+    alice.ok("accept", "bob")
+    for n in range(60):
+        bob.ok("send", "alice", f"line {n}")
+
+    async def scenario() -> None:
+        app = chat_for(alice)
+        async with app.run_test(size=SIZE) as pilot:
+            pane = app.query_one(MessagePane)
+            await until(pilot, lambda: "line 59" in pane_text(app), "the backlog")
+            await until(pilot, lambda: pane.at_bottom and pane.max_scroll_y > 0, "at the bottom")
+            await pilot.press("pageup")
+            await until(pilot, lambda: not pane.at_bottom, "scrolled up")
+            held = pane.scroll_y
+            await cli(bob, "send", "alice", "while you scroll")
+            await until(pilot, lambda: "while you scroll" in pane_text(app), "the new line")
+            await pilot.pause(0.3)
+            assert pane.scroll_y == held  # not dragged down
+            assert app.model.conversations["bob"].unread == 1
+            await pilot.press("end")
+            await until(pilot, lambda: pane.at_bottom, "back at the newest")
+            assert app.model.conversations["bob"].unread == 0
+            await cli(bob, "send", "alice", "followed")
+            await until(pilot, lambda: "followed" in pane_text(app), "the next line")
+            await until(pilot, lambda: pane.at_bottom, "followed to the bottom")
+            await pilot.press("pageup", "pagedown")
+            await pilot.press("ctrl+q")
+        assert app.return_code == 0
+
+    run(scenario())
+
+
+def test_a_long_paste_asks_first_and_alt_enter_makes_a_new_line(
+    make_user: MakeUser, server: ServerProcess
+) -> None:
+    alice, bob = make_user("alice"), make_user("bob")
+    bob.ok("invite", "alice")
+    alice.ok("accept", "bob")
+
+    async def scenario() -> None:
+        app = chat_for(alice)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model.current == "bob", "bob open")
+            composer = app.query_one(Composer)
+            composer.focus()
+            await pilot.press("a", "alt+enter", "b")
+            assert composer.text == "a\nb"
+            await pilot.press("enter")
+            await until(pilot, lambda: "alice: a" in pane_text(app), "two lines sent")
+            app.query_one(Composer).post_message(Composer.Pasted("one\ntwo\nthree"))
+            await until(pilot, lambda: len(app.screen_stack) > 1, "the question")
+            await pilot.press("n")
+            await until(pilot, lambda: composer.text == "one\ntwo\nthree", "kept for editing")
+            composer.clear()
+            app.query_one(Composer).post_message(Composer.Pasted("four\nfive"))
+            await until(pilot, lambda: len(app.screen_stack) > 1, "asked again")
+            await pilot.press("y")
+            await until(pilot, lambda: "alice: four" in pane_text(app), "sent after yes")
+            await pilot.press("ctrl+q")
+
+    run(scenario())
+    texts = [x["text"] for x in bob.ok("inbox")["messages"]]
+    assert texts == ["a\nb", "four\nfive"]
