@@ -238,7 +238,8 @@ class ChatApp(App[int]):
     #pane { height: 1fr; padding: 0 1; }
     .marker { color: $warning; text-align: center; }
     .note { color: $text-muted; }
-    #composer { height: 3; border: none; }
+    #body { height: 1fr; }
+    #composer { height: 4; border: none; border-top: solid $primary; padding: 0 1; }
     #status { dock: bottom; height: 1; background: $primary-background; padding: 0 1; }
     ConfirmPaste, JumpTo { align: center middle; }
     #question, #jump {
@@ -318,14 +319,19 @@ class ChatApp(App[int]):
     # --- layout --------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        with Horizontal():
+        with Horizontal(id="body"):
             with Vertical(id="sidebar"):
                 yield Static(f"{escape(self.model.me)} @ {escape(self._server_name)}", id="who")
                 yield Static("", id="conversations")
                 yield Static("", id="invitations")
             with Vertical(id="main"):
                 yield MessagePane(id="pane")
-                yield Composer(id="composer", show_line_numbers=False, soft_wrap=True)
+                yield Composer(
+                    id="composer",
+                    show_line_numbers=False,
+                    soft_wrap=True,
+                    placeholder="Type a message (Enter sends, Alt+Enter new line) or /help",
+                )
         yield Static("connecting…", id="status")
 
     async def on_mount(self) -> None:

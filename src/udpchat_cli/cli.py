@@ -722,6 +722,7 @@ def _listen(count: int | None, duration: float | None) -> None:
 
 
 @cli.command()
+@_json_option
 def chat() -> None:
     """Open the full-screen chat (Ctrl+Q or /quit leaves; /help lists commands)."""
     app = _app()

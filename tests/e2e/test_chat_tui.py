@@ -218,3 +218,32 @@ def test_a_long_paste_asks_first_and_alt_enter_makes_a_new_line(
     run(scenario())
     texts = [x["text"] for x in bob.ok("inbox")["messages"]]
     assert texts == ["a\nb", "four\nfive"]
+
+
+def test_chat_refuses_before_drawing_anything_when_not_logged_in(
+    make_user: MakeUser,
+) -> None:
+    nobody = make_user("nobody", signup=False)
+    result = nobody.run("chat")
+    assert result.code == 1 and result.json["error"] == "not_logged_in", result
+    assert "\x1b[" not in result.out + result.err  # no screen was drawn
+
+
+def test_it_fits_an_80x24_terminal(make_user: MakeUser, server: ServerProcess) -> None:
+    alice, bob = make_user("alice"), make_user("bob")
+    bob.ok("invite", "alice")
+    alice.ok("accept", "bob")
+
+    async def scenario() -> None:
+        app = chat_for(alice)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.model.current == "bob", "bob open")
+            status = app.query_one("#status", Static)
+            composer = app.query_one(Composer)
+            assert status.region.bottom <= 24 and status.region.width > 0
+            assert composer.region.height >= 2 and composer.region.bottom <= status.region.y
+            assert "bob" in sidebar(app)
+            await pilot.press("ctrl+q")
+        assert app.return_code == 0
+
+    run(scenario())
