@@ -53,6 +53,10 @@ async def cli(user: User, *args: str) -> Any:
     return await asyncio.to_thread(user.ok, *args)
 
 
+def unshown(user: User) -> list[str]:
+    return [message.text for message in Home(user.home).load("default").unshown]
+
+
 def pane_text(app: ChatApp) -> str:
     pane = app.query_one(MessagePane)
     return "\n".join(str(line.render()) for line in pane.query(Static))
@@ -106,11 +110,15 @@ def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: Server
             await cli(bob, "send", "#general", "room news")
             await until(pilot, lambda: "general (1)" in sidebar(app), "an unread count")
             assert bells >= 1
+            # Saved in the profile before it was acknowledged, not shown yet: a
+            # chat killed now would lose nothing (inbox would show it).
+            assert "room news" in unshown(alice)
             # Alt+A jumps to it; the count goes, the marker shows where news starts.
             await pilot.press("alt+a")
             await until(pilot, lambda: app.model.current == "#general", "the unread room")
             assert "general (1)" not in sidebar(app)
             assert "new messages" in pane_text(app) and "room news" in pane_text(app)
+            assert "room news" not in unshown(alice)
             # Ctrl+N / Ctrl+P move through the list; Ctrl+K jumps by name.
             await pilot.press("ctrl+p")
             await until(pilot, lambda: app.model.current == "bob", "previous")
@@ -238,6 +246,14 @@ def test_it_fits_an_80x24_terminal(make_user: MakeUser, server: ServerProcess) -
         app = chat_for(alice)
         async with app.run_test(size=(80, 24)) as pilot:
             await until(pilot, lambda: app.model.current == "bob", "bob open")
+            assert "○ bob" in sidebar(app)
+            # bob comes online (his listen): the mark changes.
+            listener = bob.listen("--for", "5")
+            try:
+                await until(pilot, lambda: "● bob" in sidebar(app), "bob online")
+            finally:
+                listener.kill()
+                listener.communicate(timeout=10)
             status = app.query_one("#status", Static)
             composer = app.query_one(Composer)
             assert status.region.bottom <= 24 and status.region.width > 0
