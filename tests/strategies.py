@@ -83,6 +83,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "current": passwords,
     "new": passwords,
     "delivered_at": st.none() | utc_datetimes,
+    "before": st.none() | message_ids,
 }
 
 # Where a field of a class is narrower than the name's meaning elsewhere.

@@ -289,7 +289,9 @@ class FailingStore(MemoryStore):
     def friends_of(self, username: str) -> list[str]:
         raise OSError("disk on fire")
 
-    def history(self, username: str, peer: str, limit: int) -> list[m.ChatMessage]:
+    def history(
+        self, username: str, peer: str, limit: int, before: bytes | None = None
+    ) -> list[m.ChatMessage]:
         raise OSError("disk on fire")
 
 

@@ -177,7 +177,9 @@ def test_counters_are_logged_at_exit_and_connections_only_at_debug(
 
 
 class BrokenHistory(MemoryStore):
-    def history(self, username: str, peer: str, limit: int) -> list[m.ChatMessage]:
+    def history(
+        self, username: str, peer: str, limit: int, before: bytes | None = None
+    ) -> list[m.ChatMessage]:
         raise OSError("disk on fire")
 
 

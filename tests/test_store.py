@@ -1100,3 +1100,20 @@ def test_a_session_acknowledging_its_own_message_moves_nothing(store: Store) -> 
     assert pending(store, "alice", ALICE_PHONE) == ["from bob"]
     stored = store.get_message(from_bob.id)
     assert stored is not None and stored.delivered_at is None
+
+
+def test_history_pages_back_before_a_message(store: Store) -> None:
+    sent = [
+        send(store, "alice" if n % 2 else "bob", "alice" if n % 2 == 0 else "bob", str(n))
+        for n in range(7)
+    ]
+    assert texts(store.history("alice", "bob", 3)) == ["4", "5", "6"]
+    assert texts(store.history("alice", "bob", 3, before=sent[4].id)) == ["1", "2", "3"]
+    assert texts(store.history("bob", "alice", 3, before=sent[1].id)) == ["0"]
+    assert store.history("alice", "bob", 3, before=sent[0].id) == []
+    other = send(store, "carol", "bob", "elsewhere")
+    assert store.history("alice", "bob", 3, before=other.id) == []  # not this conversation
+    assert store.history("alice", "bob", 3, before=b"\x42" * 16) == []
+    store.join_room("#r", "alice", 1.0)
+    in_room = [send(store, "alice", "#r", f"r{n}") for n in range(3)]
+    assert texts(store.history("alice", "#r", 5, before=in_room[2].id)) == ["r0", "r1"]

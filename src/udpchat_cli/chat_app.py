@@ -39,8 +39,8 @@ PASTE_LINES_ASK = 2
 """A paste of this many lines or more asks before it is sent."""
 HISTORY_FIRST = 50
 """Messages of history loaded when a conversation is first opened."""
-HISTORY_MAX = 100
-"""The most one request loads (scrolling to the top asks for this many)."""
+HISTORY_PAGE = 50
+"""Messages of older history loaded each time the pane reaches its top."""
 
 
 class ProfileBook:
@@ -314,6 +314,8 @@ class ChatApp(App[int]):
         self._notes: dict[str | None, list[str]] = {}
         """Transient lines (answers, refusals, help) per conversation."""
         self._history_asked: dict[str, int] = {}
+        self._older_asked: dict[str, bytes] = {}
+        """The oldest message each conversation's last page was asked before."""
         self.link_state = LinkState.CONNECTING
 
     # --- layout --------------------------------------------------------------------------
@@ -514,13 +516,36 @@ class ChatApp(App[int]):
         if not self._link.request(lambda conn: conn.get_history(name, count), loaded):
             self._history_asked.pop(name, None)
 
+    def _load_older(self, name: str) -> None:
+        """The page of history before the oldest message shown (scrolled to the top)."""
+        conversation = self.model.conversations.get(name)
+        if conversation is None or not conversation.messages or self._link is None:
+            return
+        oldest = conversation.messages[0].id
+        if self._older_asked.get(name) == oldest:
+            return  # asked already (or nothing older came back)
+        self._older_asked[name] = oldest
+
+        def loaded(answer: m.Response | None) -> None:
+            if isinstance(answer, m.History):
+                self.model.add_history(name, answer.messages)
+                if answer.messages and name == self.model.current:
+                    self._redraw(stay=True)
+            else:
+                self._older_asked.pop(name, None)
+
+        if not self._link.request(
+            lambda conn: conn.get_history(name, HISTORY_PAGE, before=oldest), loaded
+        ):
+            self._older_asked.pop(name, None)
+
     def on_message_pane_moved(self, event: MessagePane.Moved) -> None:
         self.model.scrolled(event.at_bottom)
         if event.at_bottom:
             self._draw_sidebar()
             self._seen()
         if event.at_top and self.model.current is not None:
-            self._load_history(self.model.current, HISTORY_MAX)
+            self._load_older(self.model.current)
 
     # --- input ---------------------------------------------------------------------------------
 

@@ -1063,27 +1063,37 @@ class SQLiteStore:
             return None
         return StoredMessage(message=self._message(row[:5]), seq=row[5], delivered_at=row[6])
 
-    def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
+    def history(
+        self, username: str, peer: str, limit: int, before: bytes | None = None
+    ) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
         room), oldest first; of a room, only those since ``username`` joined it
-        (nothing if not a member)."""
+        (nothing if not a member); with ``before``, only those older than it."""
         if limit <= 0:
             return []
         key = conversation_key(username, peer)
+        # Before a message: below its seq, in its conversation (no row: nothing).
+        upper = (
+            "AND m.seq < (SELECT b.seq FROM messages AS b WHERE b.id = :before AND "
+            "b.conversation = (SELECT id FROM conversations WHERE key = :key)) "
+            if before is not None
+            else ""
+        )
+        args = {"user": username, "key": key, "limit": limit, "before": before}
         if is_room(key):
             rows = self._db.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages AS m "
-                "JOIN participants AS p ON p.conversation = m.conversation AND p.username = ? "
-                "WHERE m.conversation = (SELECT id FROM conversations WHERE key = ?) "
-                "AND m.seq > p.floor_seq ORDER BY m.seq DESC LIMIT ?",
-                (username, key, limit),
+                "JOIN participants AS p ON p.conversation = m.conversation AND p.username = :user "
+                "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
+                f"AND m.seq > p.floor_seq {upper}ORDER BY m.seq DESC LIMIT :limit",
+                args,
             ).fetchall()
         else:
             rows = self._db.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages AS m "
-                "WHERE m.conversation = (SELECT id FROM conversations WHERE key = ?) "
-                "ORDER BY m.seq DESC LIMIT ?",
-                (key, limit),
+                "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
+                f"{upper}ORDER BY m.seq DESC LIMIT :limit",
+                args,
             ).fetchall()
         return [self._message(row) for row in reversed(rows)]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,9 @@ from textual.widgets import Static
 from udpchat_cli.chat_app import ChatApp, Composer, MessagePane
 from udpchat_cli.chat_link import LinkState
 from udpchat_cli.profiles import Home
-from udpchat_cli.session import parse_server
+from udpchat_cli.session import Session, parse_server
+from udpchat_proto.chat import ClientConnection
+from udpchat_proto.chat import messages as m
 
 from .conftest import ServerProcess, User
 
@@ -261,5 +264,65 @@ def test_it_fits_an_80x24_terminal(make_user: MakeUser, server: ServerProcess) -
             assert "bob" in sidebar(app)
             await pilot.press("ctrl+q")
         assert app.return_code == 0
+
+    run(scenario())
+
+
+def send_many(user: User, to: str, texts: list[str]) -> None:
+    """Send many messages on one connection (a CLI process each would be slow)."""
+    home = Home(user.home)
+    profile = home.load("default")
+    assert profile.token is not None
+    server = user.server.address
+    with Session(server=server, pinned=home.known_servers.get(server), timeout=10) as session:
+        session.open()
+        token = profile.token
+        assert isinstance(session.request(lambda conn: conn.resume(token)), m.LoggedIn)
+        for text in texts:
+
+            def send(conn: ClientConnection, text: str = text) -> int:
+                return conn.send_message(to, text)
+
+            answer = session.request(send)
+            assert isinstance(answer, m.MessageAccepted), answer
+
+
+@pytest.fixture
+def fast_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server whose message rate lets a test fill a conversation at once."""
+    (tmp_path / "fast").mkdir()
+    process = ServerProcess(tmp_path / "fast", options=("--message-rate", "500/0.01")).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        process.kill()
+
+
+def test_scrolling_to_the_top_loads_older_history(
+    fast_server: ServerProcess, tmp_path: Path
+) -> None:
+    alice, bob = (User(name, tmp_path / f"home-{name}", fast_server) for name in ("alice", "bob"))
+    alice.signup()
+    bob.signup()
+    bob.ok("invite", "alice")
+    alice.ok("accept", "bob")
+    send_many(bob, "alice", [f"old {n}" for n in range(130)])
+    alice.ok("inbox")  # read elsewhere: only history brings them back
+
+    async def scenario() -> None:
+        app = chat_for(alice)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: "old 129" in pane_text(app), "the newest page")
+            assert "old 79" not in pane_text(app)
+            for _ in range(40):
+                if "old 0" in pane_text(app):
+                    break
+                await pilot.press("pageup")
+                await pilot.pause(0.2)
+            assert "old 0" in pane_text(app) and "old 79" in pane_text(app)
+            texts = [x.text for x in app.model.conversations["bob"].messages]
+            assert texts == [f"old {n}" for n in range(130)]  # each once, in order
+            await pilot.press("ctrl+q")
 
     run(scenario())

@@ -520,14 +520,17 @@ class ClientConnection:
         """Ask for this user's rooms with member counts (``Rooms``)."""
         return self._request(lambda rid: m.ListRooms(request_id=rid))
 
-    def get_history(self, peer: str, limit: int = 20) -> int:
+    def get_history(self, peer: str, limit: int = 20, *, before: bytes | None = None) -> int:
         """Ask for the last ``limit`` (1 to 100) messages with a user or in a room,
-        oldest first (``History``).
+        oldest first (``History``); with ``before`` (a message id), the last ones
+        older than it: the page before.
 
         Raises:
-            ValidationError: an invalid peer or limit.
+            ValidationError: an invalid peer, limit or id.
         """
-        return self._request(lambda rid: m.GetHistory(request_id=rid, peer=peer, limit=limit))
+        return self._request(
+            lambda rid: m.GetHistory(request_id=rid, peer=peer, limit=limit, before=before)
+        )
 
     def join_room(self, room: str) -> int:
         """Join (creating it if needed) ``room`` (``#name``). Returns the request id."""

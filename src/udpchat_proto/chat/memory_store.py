@@ -375,14 +375,22 @@ class MemoryStore:
             return entry.stored
         return attrs.evolve(entry.stored, delivered_at=entry.delivered_at)
 
-    def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
+    def history(
+        self, username: str, peer: str, limit: int, before: bytes | None = None
+    ) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
         room), oldest first; of a room, only those since ``username`` joined it
-        (nothing if not a member)."""
-        conversation = self._conversations.get(conversation_key(username, peer))
+        (nothing if not a member); with ``before``, only those older than it."""
+        key = conversation_key(username, peer)
+        conversation = self._conversations.get(key)
         if conversation is None or limit <= 0:
             return []
         log = conversation.log
+        if before is not None:
+            entry = self._by_id.get(before)
+            if entry is None or entry.conversation != key:
+                return []
+            log = log[: max(0, entry.stored.seq - 1 - conversation.base)]
         if conversation.is_room:
             floor = conversation.members.get(username)
             if floor is None:

@@ -453,7 +453,8 @@ class ListOnline:
 
 @attrs.frozen(kw_only=True)
 class GetHistory:
-    """The last ``limit`` messages with a friend or in a room, oldest first.
+    """The last ``limit`` messages with a friend or in a room, oldest first; with
+    ``before``, the last ones older than that message (a page further back).
 
     Answered by :class:`History`.
     """
@@ -463,6 +464,11 @@ class GetHistory:
     request_id: int = _request_id_field()
     peer: str = _target_field()
     limit: int = attrs.field(default=20, validator=v.history_limit)
+    before: bytes | None = attrs.field(
+        default=None, validator=attrs.validators.optional(v.message_id)
+    )
+    """A message id of this conversation: only messages older than it (None: the
+    newest)."""
 
 
 @attrs.frozen(kw_only=True)

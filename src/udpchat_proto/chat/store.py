@@ -312,10 +312,14 @@ class Store(Protocol):
         """The message with this id, or None."""
         ...
 
-    def history(self, username: str, peer: str, limit: int) -> list[ChatMessage]:
+    def history(
+        self, username: str, peer: str, limit: int, before: bytes | None = None
+    ) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
         room), oldest first; of a room, only those sent since ``username`` joined it
-        (nothing if not a member): a member reads what it would have received."""
+        (nothing if not a member): a member reads what it would have received.
+        With ``before`` (a message id of that conversation), only those older than
+        it (nothing if it is not one of the conversation's)."""
         ...
 
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:

@@ -122,7 +122,7 @@ class MessageRequests(ServerCore):
         me, peer = self._me(connection), request.peer
         if is_room(peer):
             self._require_member(me, peer)
-        messages = self._store.history(me, peer, request.limit)
+        messages = self._store.history(me, peer, request.limit, request.before)
         if not messages and not is_room(peer):
             # A deleted account's messages stay readable; no history and no
             # account is an unknown user.
