@@ -21,10 +21,9 @@ from typing import Final, Protocol
 
 import attrs
 
-from udpchat_proto import ErrorCode
+from udpchat_proto import ErrorCode, RandomSource, SystemRandomSource
 from udpchat_proto.chat import ClientConnection, Connected, Disconnected
 from udpchat_proto.chat import messages as m
-from udpchat_proto.randomness import RandomSource, SystemRandomSource
 from udpchat_proto.transport import Address, CloseCode, TransportConfig, fingerprint
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_START", "ChatLink", "LinkState", "Scheduler", "TimerHandle"]
