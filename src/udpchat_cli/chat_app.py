@@ -11,11 +11,13 @@ not show it again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from rich.markup import escape
+import attrs
+from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -31,6 +33,7 @@ from udpchat_proto.transport import Address
 from .chat_commands import HELP, Command, CommandError, parse
 from .chat_link import ChatLink, LinkState
 from .chat_model import ChatModel, Conversation
+from .output import visible
 from .profiles import Home
 
 __all__ = ["PASTE_LINES_ASK", "ChatApp", "ProfileBook"]
@@ -72,9 +75,40 @@ def _time(moment: datetime.datetime) -> str:
     return moment.astimezone().strftime("%H:%M")
 
 
-def _line(message: m.ChatMessage) -> str:
-    text = escape(message.text).replace("\r", "")
-    return f"[dim]{_time(message.sent_at)}[/] [b]{escape(message.sender)}[/]: {text}"
+def _line(message: m.ChatMessage) -> Text:
+    """A message as drawn: plain text, never markup (a ``[b]`` in it is shown as
+    typed), and never a control character (see ``output.visible``)."""
+    return Text.assemble(
+        (_time(message.sent_at), "dim"), " ", (message.sender, "bold"), ": ",
+        visible(message.text),
+    )  # fmt: skip
+
+
+def _plain(text: str) -> Text:
+    return Text(visible(text))
+
+
+@attrs.frozen
+class Note:
+    """A transient line of a conversation (an answer, a refusal, the help)."""
+
+    at: datetime.datetime
+    text: str
+
+
+OPTION_DIGITS = [f"\x1b{digit}" for digit in "123456789"]
+"""ESC + digit: what terminals send for Alt+1..9 (Textual maps them to the
+characters macOS's Option key types, which a chat's Alt+N must not be)."""
+
+
+def _alt_digits_as_keys() -> None:
+    """Let ESC + digit arrive as ``alt+1``..``alt+9`` (see OPTION_DIGITS)."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from textual import _ansi_sequences  # noqa: PLC0415 (private: guarded)
+
+        table = cast(dict[str, object], _ansi_sequences.ANSI_SEQUENCES_KEYS)
+        for sequence in OPTION_DIGITS:
+            table.pop(sequence, None)
 
 
 class MessagePane(VerticalScroll):
@@ -103,28 +137,40 @@ class MessagePane(VerticalScroll):
             self.post_message(self.Moved(self.following, new_value <= 0 < self.max_scroll_y))
 
     def show(
-        self, conversation: Conversation | None, notes: list[str], *, stay: bool = False
+        self, conversation: Conversation | None, notes: list[Note], *, stay: bool = False
     ) -> None:
-        """Draw a conversation from scratch, at its newest message (with ``stay``,
-        where the reader was, unless they were at the newest: older messages
-        loaded above do not move what they read)."""
+        """Draw a conversation from scratch: at the "new messages" marker if it has
+        one, else at its newest message; with ``stay``, where the reader was,
+        unless they were at the newest (older messages loaded above do not move
+        what they read). Notes take their place in time among the messages."""
         from_bottom = self.max_scroll_y - self.scroll_y
         keep = stay and not self.following
         if not keep:
             self.following = True
         self.remove_children()
-        lines: list[Static] = []
+        timeline: list[tuple[datetime.datetime, int, Static]] = []
+        marker: Static | None = None
         if conversation is not None:
-            for message in conversation.messages:
+            for order, message in enumerate(conversation.messages):
                 if message.id == conversation.marker:
-                    lines.append(Static("── new messages ──", classes="marker"))
-                lines.append(Static(_line(message), classes="message"))
-        lines.extend(Static(escape(note), classes="note") for note in notes)
-        self.mount_all(lines)
+                    marker = Static("── new messages ──", classes="marker")
+                    timeline.append((message.sent_at, 2 * order, marker))
+                line = Static(_line(message), classes="message")
+                timeline.append((message.sent_at, 2 * order + 1, line))
+        count = len(timeline)
+        timeline += [
+            (note.at, 2 * count + n, Static(_plain(note.text), classes="note"))
+            for n, note in enumerate(notes)
+        ]
+        timeline.sort(key=lambda item: (item[0], item[1]))
+        self.mount_all([widget for _at, _order, widget in timeline])
         if keep:
             self.call_after_refresh(
                 lambda: self.scroll_to(y=max(0.0, self.max_scroll_y - from_bottom), animate=False)
             )
+        elif marker is not None and not stay:
+            shown = marker
+            self.call_after_refresh(lambda: self.scroll_to_widget(shown, top=True, animate=False))
         else:
             self.call_after_refresh(self.scroll_end, animate=False)
 
@@ -150,25 +196,25 @@ class Composer(TextArea):
             super().__init__()
 
     async def _on_key(self, event: events.Key) -> None:
+        # (Textual then runs TextArea's own handler, unless prevented here.)
         if event.key == "enter":
             event.stop()
             event.prevent_default()
             self.post_message(self.Submitted(self.text))
-            return
-        if event.key in ("alt+enter", "ctrl+j"):
+        elif event.key in ("alt+enter", "ctrl+j"):
+            # Most terminals send Alt+Enter as a plain Enter: Ctrl+J works in all.
             event.stop()
             event.prevent_default()
             self.insert("\n")
-            return
-        await super()._on_key(event)
 
     async def _on_paste(self, event: events.Paste) -> None:
-        if event.text.count("\n") + 1 >= PASTE_LINES_ASK:
+        # Terminals send a pasted line break as a carriage return.
+        text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+        if text.count("\n") + 1 >= PASTE_LINES_ASK:
             event.stop()
             event.prevent_default()
-            self.post_message(self.Pasted(event.text))
-            return
-        await super()._on_paste(event)
+            self.post_message(self.Pasted(text))
+        # (else TextArea's own handler inserts it)
 
 
 class ConfirmPaste(ModalScreen[bool]):
@@ -232,6 +278,7 @@ class ChatApp(App[int]):
     TITLE = "udpchat"
     CSS = """
     #sidebar { width: 28; border-right: solid $primary; padding: 0 1; }
+    #title { height: 1; background: $boost; padding: 0 1; text-style: bold; }
     #who { color: $text-muted; height: auto; margin-bottom: 1; }
     #conversations { height: auto; }
     #invitations { height: auto; margin-top: 1; }
@@ -311,28 +358,31 @@ class ChatApp(App[int]):
         self._book = book
         self._link: ChatLink | None = None
         self._transport: asyncio.DatagramTransport | None = None
-        self._notes: dict[str | None, list[str]] = {}
+        self._notes: dict[str | None, list[Note]] = {}
         """Transient lines (answers, refusals, help) per conversation."""
         self._history_asked: dict[str, int] = {}
         self._older_asked: dict[str, bytes] = {}
         """The oldest message each conversation's last page was asked before."""
         self.link_state = LinkState.CONNECTING
+        self._quit_armed = False
+        _alt_digits_as_keys()
 
     # --- layout --------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
             with Vertical(id="sidebar"):
-                yield Static(f"{escape(self.model.me)} @ {escape(self._server_name)}", id="who")
+                yield Static(_plain(f"{self.model.me} @ {self._server_name}"), id="who")
                 yield Static("", id="conversations")
                 yield Static("", id="invitations")
             with Vertical(id="main"):
+                yield Static("", id="title")
                 yield MessagePane(id="pane")
                 yield Composer(
                     id="composer",
                     show_line_numbers=False,
                     soft_wrap=True,
-                    placeholder="Type a message (Enter sends, Alt+Enter new line) or /help",
+                    placeholder="Type a message (Enter sends, Ctrl+J new line) or /help",
                 )
         yield Static("connecting…", id="status")
 
@@ -380,29 +430,38 @@ class ChatApp(App[int]):
         self._seen()
 
     def _draw_sidebar(self) -> None:
-        lines = []
+        sidebar = Text()
         for index, name in enumerate(self.model.order(), start=1):
             conversation = self.model.conversations[name]
             mark = "#" if conversation.is_room else ("●" if conversation.online else "○")
             unread = f" ({conversation.unread})" if conversation.unread else ""
-            label = f"{index if index < 10 else ' '} {mark} {escape(name.lstrip('#'))}{unread}"
-            if name == self.model.current:
-                label = f"[reverse]{label}[/]"
-            elif conversation.unread:
-                label = f"[b]{label}[/]"
-            lines.append(label)
-        self.query_one("#conversations", Static).update("\n".join(lines) or "no conversations yet")
-        invitations = [f"  {escape(name)} (/accept {escape(name)})" for name in self.model.incoming]
-        invitations += [f"  → {escape(name)} (waiting)" for name in self.model.outgoing]
+            label = f"{index if index < 10 else ' '} {mark} {name.lstrip('#')}{unread}"
+            style = "reverse" if name == self.model.current else "bold" if unread else ""
+            if sidebar:
+                sidebar.append("\n")
+            sidebar.append(label, style=style)
+        self.query_one("#conversations", Static).update(sidebar or "no conversations yet")
+        invitations = [f"  {name} (/accept {name})" for name in self.model.incoming]
+        invitations += [f"  → {name} (waiting)" for name in self.model.outgoing]
         text = "Invitations:\n" + "\n".join(invitations) if invitations else ""
-        self.query_one("#invitations", Static).update(text)
+        self.query_one("#invitations", Static).update(Text(text))
+        current = self.model.conversations.get(self.model.current or "")
+        title = ""
+        if current is not None:
+            title = current.name
+            if not current.is_room:
+                title += " (online)" if current.online else " (offline)"
+                if not current.friend:
+                    title += ": not a friend"
+        self.query_one("#title", Static).update(Text(title))
 
     def _note(self, text: str, conversation: str | None = None) -> None:
         """A transient line in a conversation (the open one by default)."""
         where = conversation if conversation is not None else self.model.current
-        self._notes.setdefault(where, []).append(text)
+        note = Note(datetime.datetime.now(datetime.UTC), text)
+        self._notes.setdefault(where, []).append(note)
         if where == self.model.current:
-            self.query_one(MessagePane).add(Static(escape(text), classes="note"))
+            self.query_one(MessagePane).add(Static(_plain(text), classes="note"))
 
     def _seen(self) -> None:
         seen = self.model.take_seen()
@@ -410,7 +469,7 @@ class ChatApp(App[int]):
             self._book.mark_shown(seen)
 
     def _set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(escape(text))
+        self.query_one("#status", Static).update(_plain(text))
 
     # --- the link's news -------------------------------------------------------------------
 
@@ -421,6 +480,9 @@ class ChatApp(App[int]):
             self._refresh_lists()
         elif state is LinkState.RECONNECTING:
             self._set_status(f"reconnecting: {detail}")
+            for conversation in self.model.conversations.values():
+                conversation.online = False  # (unknown until the lists come again)
+            self._draw_sidebar()
         elif state is LinkState.ENDED and detail != "closed":
             self._set_status(f"disconnected: {detail}")
             self._note(f"disconnected: {detail}")
@@ -509,7 +571,16 @@ class ChatApp(App[int]):
                     self._redraw(stay=True)
             elif isinstance(answer, m.ErrorResponse):
                 self._history_asked.pop(name, None)
-                self._note(f"no history: {answer.message}", name)
+                conversation = self.model.conversations.get(name)
+                if (
+                    conversation is not None
+                    and not conversation.friend
+                    and not (conversation.messages or conversation.is_room)
+                ):
+                    # /msg of a name that is no one's: it does not stay in the list.
+                    self.model.remove(name)
+                    self._redraw()
+                self._note(f"{name}: {answer.message}")
             else:
                 self._history_asked.pop(name, None)
 
@@ -558,6 +629,7 @@ class ChatApp(App[int]):
             composer.clear()  # (as other chats do: a mistyped command goes)
             return
         if command is None:
+            composer.clear()
             return
         if self._run(command):
             composer.clear()
@@ -570,10 +642,8 @@ class ChatApp(App[int]):
             return
 
         def answered(send: bool | None) -> None:
-            if send:
-                self._say(event.text)
-            else:
-                composer.insert(event.text)
+            if not send or not self._say(event.text):
+                composer.insert(event.text)  # kept for editing (a refusal says why)
 
         self.push_screen(ConfirmPaste(event.text.count("\n") + 1, to), answered)
 
@@ -587,7 +657,7 @@ class ChatApp(App[int]):
                 for line in HELP.splitlines():
                     self._note(line)
             case "quit":
-                self.exit(0)
+                self.action_quit_chat()
             case "msg":
                 assert command.target is not None
                 self._open(command.target)
@@ -680,6 +750,9 @@ class ChatApp(App[int]):
                     self.query_one(MessagePane).add(Static(_line(message), classes="message"))
             elif isinstance(answer, m.ErrorResponse):
                 self._note(f"not sent to {to}: {answer.message} ({answer.code})", to)
+                composer = self.query_one(Composer)
+                if not composer.text:
+                    composer.insert(text)  # not lost: there to edit or send again
 
         self._link.send_message(to, text, answered)
         if self._link.state is not LinkState.CONNECTED:
@@ -689,6 +762,14 @@ class ChatApp(App[int]):
     # --- keys ------------------------------------------------------------------------------------
 
     def action_quit_chat(self) -> None:
+        unsent = self._link.unsent if self._link is not None else 0
+        if unsent and not self._quit_armed:
+            self._quit_armed = True
+            self._note(
+                f"{unsent} message(s) not sent yet: they leave once the connection is "
+                "back. Quit again to drop them."
+            )
+            return
         self.exit(0)
 
     def action_step(self, delta: int) -> None:

@@ -27,7 +27,7 @@ Commands:
   /help              this help
   /quit              leave the chat
 Keys:
-  Enter send    Alt+Enter new line    Ctrl+K jump to a conversation
+  Enter send    Ctrl+J (or Alt+Enter) new line    Ctrl+K jump to a conversation
   Alt+1..9 the Nth conversation    Ctrl+N / Ctrl+P next / previous
   Alt+A next with unread messages    PgUp / PgDn scroll    End newest
   Ctrl+Q quit"""
@@ -86,6 +86,8 @@ def parse(line: str) -> Command | None:
     name, rest = head.lower(), rest.strip()
     words = rest.split()
     if name in ("help", "quit"):
+        if words:
+            raise CommandError(f"usage: /{name}")
         return Command(name)
     if name == "msg":
         if not words:

@@ -32,8 +32,11 @@ BACKOFF_START: Final = 0.5
 """Seconds before the first attempt to reconnect."""
 BACKOFF_MAX: Final = 30.0
 """The longest wait between attempts (each doubles the last, with jitter)."""
-HANDSHAKE_TIMEOUT: Final = 10.0
-"""Seconds one connection attempt may take."""
+TRANSPORT: Final = TransportConfig(
+    handshake_timeout=5.0, idle_timeout=10.0, keepalive_interval=3.0, max_rto=5.0
+)
+"""A person watches the status line: a server gone is noticed within 10 s (not the
+default 30), and each attempt to reach it again takes at most 5 s."""
 
 
 class TimerHandle(Protocol):
@@ -143,6 +146,11 @@ class ChatLink:
             self._process()
 
     @property
+    def unsent(self) -> int:
+        """Messages sent and not yet accepted (they go again after a reconnect)."""
+        return len(self._outbox)
+
+    @property
     def connection(self) -> ClientConnection | None:
         """The current core connection (None between attempts)."""
         return self._conn
@@ -197,10 +205,12 @@ class ChatLink:
     def _connect(self) -> None:
         self._retry = None
         self.attempts += 1
+        if self.state is LinkState.RECONNECTING:
+            self._set_state(LinkState.RECONNECTING, f"trying again (attempt {self.attempts})")
         self._conn = ClientConnection(
             server_address=self._server,
             expected_server_key=self._server_key,
-            config=TransportConfig(handshake_timeout=HANDSHAKE_TIMEOUT),
+            config=TRANSPORT,
             random=self._random,
             delivered_ids=self._delivered,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -33,9 +34,19 @@ __all__ = [
     "online_result",
     "rooms_result",
     "status_result",
+    "visible",
 ]
 
 JsonObject = dict[str, Any]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """Text safe for a terminal: control characters (an escape sequence, a bell, a
+    carriage return that would overwrite the line) shown as ``\\xNN`` instead of
+    sent to it. Newlines and tabs stay."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def iso_utc(moment: datetime.datetime) -> str:
@@ -58,8 +69,9 @@ def message_json(message: m.ChatMessage) -> JsonObject:
 def message_text(message: m.ChatMessage) -> str:
     """One line: ``[2024-05-01 12:00:00] alice -> bob: hi`` (local time)."""
     when = _local(message.sent_at)
-    # Newlines inside a text would forge extra lines; show them escaped.
-    text = message.text.replace("\r", "\\r").replace("\n", "\\n")
+    # Newlines inside a text would forge extra lines; show them escaped, and any
+    # other control character too (an escape sequence would reach the terminal).
+    text = visible(message.text.replace("\r", "\\r").replace("\n", "\\n"))
     return f"[{when}] {message.sender} -> {message.to}: {text}"
 
 

@@ -98,12 +98,28 @@ def test_the_chat_in_a_real_terminal_survives_a_server_restart(
     bob.ok("invite", "alice")
     alice.ok("accept", "bob")
     bob.ok("send", "alice", "hello from the shell")
+    alice.ok("join", "tea")
     term = terminal_for(alice)
     term.wait_for("connected to")
     term.wait_for("bob: hello from the shell")
     term.keys("hi bob", "Enter")
     term.wait_for("alice: hi bob")
     assert [x["text"] for x in bob.ok("inbox")["messages"]] == ["hi bob"]
+    # Alt+N as a terminal sends it (ESC + digit); the title names the open one.
+    term.keys("M-2")
+    term.wait_for("#tea")
+    term.keys("M-1")
+    term.wait_for("bob (offline)")
+    # Ctrl+J starts a new line; a pasted text of two lines asks first.
+    term.keys("line A", "C-j", "line B", "Enter")
+    term.wait_for("line B")
+    term.tmux("set-buffer", "-b", "two", "one\ntwo")
+    term.tmux("paste-buffer", "-p", "-b", "two", "-t", "chat")
+    term.wait_for("Send these 2 lines")
+    term.keys("y")
+    term.wait_for("alice: one")
+    got = [x["text"] for x in bob.ok("inbox")["messages"]]
+    assert got == ["line A\nline B", "one\ntwo"], got
 
     # The server goes away: the chat says so, and what is typed meanwhile waits.
     server.stop()

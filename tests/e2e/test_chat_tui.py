@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -80,10 +81,11 @@ def run(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: ServerProcess) -> None:
-    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    alice, bob, carol, dave = (make_user(name) for name in ("alice", "bob", "carol", "dave"))
     bob.ok("invite", "alice")
     alice.ok("accept", "bob")
     bob.ok("send", "alice", "hello alice")
+    bob.ok("send", "alice", "\x1b[31mRED\x07 [N] and [b]bold[/b]")
 
     async def scenario() -> None:
         app = chat_for(alice)
@@ -99,6 +101,9 @@ def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: Server
             await until(pilot, lambda: "bob" in sidebar(app), "bob in the sidebar")
             await until(pilot, lambda: "hello alice" in pane_text(app), "bob's message")
             assert "connected to" in str(app.query_one("#status", Static).render())
+            # Shown as typed: no markup, no control character reaches the terminal.
+            assert "\\x1b[31mRED\\x07 [N] and [b]bold[/b]" in pane_text(app)
+            assert "\x1b" not in pane_text(app)
             # Typing and Enter sends to the open conversation.
             await type_line(pilot, "hi bob")
             await until(pilot, lambda: "alice: hi bob" in pane_text(app), "her own line")
@@ -152,6 +157,23 @@ def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: Server
             await until(pilot, lambda: "alice: welcome" in pane_text(app), "sent to carol")
             await type_line(pilot, "/leave general")
             await until(pilot, lambda: "#general" not in app.model.conversations, "left")
+            # /invite and /cancel; /decline; /unfriend.
+            await type_line(pilot, "/invite dave")
+            await until(pilot, lambda: "dave" in app.model.outgoing, "dave invited")
+            assert (await cli(dave, "invitations"))["incoming"] == ["alice"]
+            await type_line(pilot, "/cancel dave")
+            await until(pilot, lambda: "dave" not in app.model.outgoing, "cancelled")
+            await cli(dave, "invite", "alice")
+            await until(pilot, lambda: "dave" in app.model.incoming, "dave's invitation")
+            await type_line(pilot, "/decline dave")
+            await until(pilot, lambda: "dave" not in app.model.incoming, "declined")
+            assert (await cli(dave, "invitations"))["outgoing"] == []
+            await type_line(pilot, "/unfriend carol")
+            # (Her conversation stays while it has messages; she is no friend.)
+            await until(
+                pilot, lambda: not app.model.conversations["carol"].friend, "carol unfriended"
+            )
+            assert (await cli(carol, "friends"))["friends"] == []
             await type_line(pilot, "/quit")
         assert app.return_code == 0
 
@@ -215,12 +237,17 @@ def test_a_long_paste_asks_first_and_alt_enter_makes_a_new_line(
             assert composer.text == "a\nb"
             await pilot.press("enter")
             await until(pilot, lambda: "alice: a" in pane_text(app), "two lines sent")
-            app.query_one(Composer).post_message(Composer.Pasted("one\ntwo\nthree"))
+            # A one-line paste goes in once; one of several lines (terminals send
+            # their breaks as carriage returns) asks first.
+            app.post_message(events.Paste("single"))
+            await until(pilot, lambda: composer.text == "single", "the paste, once")
+            composer.clear()
+            app.post_message(events.Paste("one\rtwo\rthree"))
             await until(pilot, lambda: len(app.screen_stack) > 1, "the question")
             await pilot.press("n")
             await until(pilot, lambda: composer.text == "one\ntwo\nthree", "kept for editing")
             composer.clear()
-            app.query_one(Composer).post_message(Composer.Pasted("four\nfive"))
+            app.post_message(events.Paste("four\r\nfive"))
             await until(pilot, lambda: len(app.screen_stack) > 1, "asked again")
             await pilot.press("y")
             await until(pilot, lambda: "alice: four" in pane_text(app), "sent after yes")
