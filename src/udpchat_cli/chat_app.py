@@ -33,7 +33,7 @@ from udpchat_proto.transport import Address
 from .chat_commands import HELP, Command, CommandError, parse
 from .chat_link import ChatLink, LinkState
 from .chat_model import ChatModel, Conversation
-from .output import visible
+from .output import event_text, visible
 from .profiles import Home
 
 __all__ = ["PASTE_LINES_ASK", "ChatApp", "ProfileBook"]
@@ -511,7 +511,7 @@ class ChatApp(App[int]):
                 self._note(f"{push.from_user} invites you: /accept {push.from_user}")
                 self._refresh_lists()
             elif isinstance(push, m.InvitationAnswered | m.InvitationCancelled | m.Unfriended):
-                self._note(_push_text(push))
+                self._note(event_text(push))
                 self._refresh_lists()
             elif isinstance(push, m.RoomMembershipChanged):
                 verb = "joined" if push.joined else "left"
@@ -803,19 +803,6 @@ class ChatApp(App[int]):
                 self._open(name)
 
         self.push_screen(JumpTo(self.model), chosen)
-
-
-def _push_text(push: m.Push) -> str:
-    match push:
-        case m.InvitationAnswered(by_user=user, accepted=True):
-            return f"{user} accepted your invitation: you are now friends"
-        case m.InvitationAnswered(by_user=user):
-            return f"{user} declined your invitation"
-        case m.InvitationCancelled(by_user=user):
-            return f"{user} cancelled their invitation"
-        case m.Unfriended(by_user=user):
-            return f"{user} ended your friendship"
-    return type(push).__name__
 
 
 class _Protocol(asyncio.DatagramProtocol):
