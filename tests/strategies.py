@@ -90,8 +90,11 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
 CLASS_FIELD_STRATEGIES: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
     (m.MessageDelivered, "message"): chat_messages,
     (m.MessageStatus, "to"): usernames,
-    (m.DeliveryReceipt, "to"): usernames,
-    (m.DeliveryReceipt, "delivered_at"): utc_datetimes,
+    (m.DeliveryReceipts, "receipts"): _small_tuple(
+        st.builds(
+            m.DeliveryReceipt, message_id=message_ids, to=usernames, delivered_at=utc_datetimes
+        )
+    ),
 }
 
 

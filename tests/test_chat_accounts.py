@@ -21,6 +21,11 @@ def second_device(world: ChatWorld, user: ChatUser, device: str = "laptop") -> C
     return other
 
 
+def receipts(user: ChatUser) -> list[m.DeliveryReceipt]:
+    """The receipts pushed to the user's current connection, in order."""
+    return [r for push in user.pushes(m.DeliveryReceipts) for r in push.receipts]
+
+
 def closed_reason(user: ChatUser) -> str | None:
     closes = [e.reason for e in user.events() if isinstance(e, Disconnected)]
     return closes[-1] if closes else None
@@ -169,8 +174,8 @@ def test_the_sender_learns_when_a_direct_message_was_delivered(world: ChatWorld)
     world.settle(5.0)
     bob.connect()
     bob.resume()
-    world.run_until(lambda: bool(alice.pushes(m.DeliveryReceipt)), what="the receipt")
-    (receipt,) = alice.pushes(m.DeliveryReceipt)
+    world.run_until(lambda: bool(receipts(alice)), what="the receipt")
+    (receipt,) = receipts(alice)
     assert (receipt.message_id, receipt.to) == (sent.message_id, "bob")
     assert receipt.delivered_at > sent.sent_at
     status = alice.ok(alice.conn.message_status(sent.message_id), m.MessageStatus)
@@ -178,7 +183,7 @@ def test_the_sender_learns_when_a_direct_message_was_delivered(world: ChatWorld)
     # Once only: another device of bob's receiving it again changes nothing.
     second_device(world, bob)
     world.settle(5.0)
-    assert len(alice.pushes(m.DeliveryReceipt)) == 1
+    assert len(receipts(alice)) == 1
     bob.refused(bob.conn.message_status(sent.message_id), ErrorCode.UNKNOWN_MESSAGE)
     world.check_server_health()
 
@@ -190,14 +195,14 @@ def test_room_messages_have_no_delivery_status(world: ChatWorld) -> None:
     sent = alice.send("#tea", "hello room")
     world.settle(5.0)
     alice.refused(alice.conn.message_status(sent.message_id), ErrorCode.UNKNOWN_MESSAGE)
-    assert alice.pushes(m.DeliveryReceipt) == []
+    assert receipts(alice) == []
 
 
 def test_a_receipt_survives_a_restart_of_the_server(world: ChatWorld) -> None:
     alice, bob = world.signed_up("alice", "bob")
     world.befriend(alice, bob)
     sent = alice.send("bob", "durable")
-    world.run_until(lambda: bool(alice.pushes(m.DeliveryReceipt)), what="the receipt")
+    world.run_until(lambda: bool(receipts(alice)), what="the receipt")
     if world.stores.kind != "sqlite":
         return
     world.restart_server()
@@ -235,7 +240,7 @@ def test_a_message_sent_from_one_device_reaches_the_others_not_itself(world: Cha
     assert laptop.texts() == ["one", "two", "three", "four", "five", "six"]
     assert alice.texts() == ["one", "three", "six"]
     # Her own device acknowledging her message is not bob's delivery.
-    assert all(r.to == "bob" for r in alice.pushes(m.DeliveryReceipt))
+    assert all(r.to == "bob" for r in receipts(alice))
     world.check_server_health()
 
 
@@ -338,6 +343,6 @@ def test_the_status_counts_an_acknowledgement_not_written_yet(world: ChatWorld) 
     world.settle(0.1)  # his acknowledgement has arrived, and waits to be written
     status = alice.ok(alice.conn.message_status(sent.message_id), m.MessageStatus)
     assert status.delivered_at is not None
-    world.run_until(lambda: bool(alice.pushes(m.DeliveryReceipt)), what="the receipt")
-    (receipt,) = alice.pushes(m.DeliveryReceipt)
+    world.run_until(lambda: bool(receipts(alice)), what="the receipt")
+    (receipt,) = receipts(alice)
     assert receipt.delivered_at == status.delivered_at

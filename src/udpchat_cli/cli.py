@@ -558,7 +558,9 @@ def _send_and_wait(app: App, target: str, text: str, wait_for: float) -> None:
 
     def keep(pushes: list[m.Push]) -> None:
         app.keep_messages(pushes)
-        receipts.update(p.message_id for p in pushes if isinstance(p, m.DeliveryReceipt))
+        for push in pushes:
+            if isinstance(push, m.DeliveryReceipts):
+                receipts.update(receipt.message_id for receipt in push.receipts)
 
     with app.connect(resume=True, on_pushes=keep) as (session, _server):
         answer = session.request(lambda conn: conn.send_message(target, text))
@@ -694,8 +696,7 @@ def _listen(count: int | None, duration: float | None) -> None:
                 if isinstance(push, m.MessageDelivered):
                     kept.append(push.message)
                 continue
-            app.out.event(push)
-            printed += 1
+            printed += app.out.event(push, None if count is None else count - printed)
             if isinstance(push, m.MessageDelivered):
                 shown.append(push.message)
 

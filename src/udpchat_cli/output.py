@@ -32,6 +32,8 @@ __all__ = [
     "message_text",
     "messages_result",
     "online_result",
+    "receipt_json",
+    "receipt_text",
     "rooms_result",
     "status_result",
     "visible",
@@ -170,6 +172,21 @@ def members_result(answer: m.RoomMembers) -> tuple[str, JsonObject]:
     }
 
 
+def receipt_json(receipt: m.DeliveryReceipt) -> JsonObject:
+    """The ``delivered`` event of one receipt."""
+    return {
+        "event": "delivered",
+        "id": receipt.message_id.hex(),
+        "to": receipt.to,
+        "at": iso_utc(receipt.delivered_at),
+    }
+
+
+def receipt_text(receipt: m.DeliveryReceipt) -> str:
+    when = _local(receipt.delivered_at)
+    return f"[{when}] {receipt.to} received your message {receipt.message_id.hex()}"
+
+
 def event_json(push: m.Push) -> JsonObject:
     """One ``listen`` line.
 
@@ -179,8 +196,6 @@ def event_json(push: m.Push) -> JsonObject:
     match push:
         case m.MessageDelivered(message=message):
             return {"event": "message", **message_json(message)}
-        case m.DeliveryReceipt(message_id=message_id, to=to, delivered_at=at):
-            return {"event": "delivered", "id": message_id.hex(), "to": to, "at": iso_utc(at)}
         case m.InvitationReceived(from_user=user):
             return {"event": "invitation", "from": user}
         case m.InvitationAnswered(by_user=user, accepted=True):
@@ -203,8 +218,6 @@ def event_text(push: m.Push) -> str:
     match push:
         case m.MessageDelivered(message=message):
             return message_text(message)
-        case m.DeliveryReceipt(message_id=message_id, to=to, delivered_at=at):
-            return f"[{_local(at)}] {to} received your message {message_id.hex()}"
         case m.InvitationReceived(from_user=user):
             return f"{user} invited you to be friends (udpchat-cli accept {user})"
         case m.InvitationAnswered(by_user=user, accepted=True):
@@ -245,9 +258,17 @@ class Output:
         """Print a command's result: ``text`` for humans, ``obj`` with ``--json``."""
         self._line(json.dumps(obj, ensure_ascii=False) if self.json_mode else text)
 
-    def event(self, push: m.Push) -> None:
-        """Print one ``listen`` event at once (flushed: a pipe reader sees it now)."""
+    def event(self, push: m.Push, most: int | None = None) -> int:
+        """Print a push's ``listen`` events at once (flushed: a pipe reader sees
+        them now): one, or one per receipt of ``delivery_receipts`` (at most
+        ``most``). Returns how many were printed."""
+        if isinstance(push, m.DeliveryReceipts):
+            receipts = push.receipts[:most] if most is not None else push.receipts
+            for receipt in receipts:
+                self.result(receipt_text(receipt), receipt_json(receipt))
+            return len(receipts)
         self.result(event_text(push), event_json(push))
+        return 1
 
     def error(self, code: str, message: str) -> None:
         """Report a failure: one ``error:`` line on stderr; the object on stdout too

@@ -55,12 +55,12 @@ from .requests import (
     WRITES_ONCE,
     ConnectionInfo,
     RefusedError,
-    receipt_push,
+    receipt_pushes,
     token_hash,
     unavailable_message,
 )
 from .stats import ServerStats
-from .store import Store, StoreUnavailableError, WriteTrackingStore
+from .store import Receipt, Store, StoreUnavailableError, WriteTrackingStore
 
 __all__ = ["CURSOR_WRITE_DELAY", "SALT_SIZE", "SESSION_TOUCH_DELAY", "ServerCore"]
 
@@ -309,8 +309,13 @@ class ServerCore(Lookups):
             self._transport_send(item.connection_id, item.payload)
         closes, self._closes_held = self._closes_held, []
         self._close_all(closes)
+        by_sender: dict[str, list[Receipt]] = {}
         for receipt in self._tracker.take_receipts():  # durable now: tell the senders
-            self._push_to_user(receipt.sender, receipt_push(receipt))
+            if receipt.sender in self._by_user:  # (one offline asks the status later)
+                by_sender.setdefault(receipt.sender, []).append(receipt)
+        for sender, receipts in by_sender.items():
+            for push in receipt_pushes(receipts):
+                self._push_to_user(sender, push)
 
     def rolled_back(self, failure: StoreUnavailableError) -> None:
         """Tell the server that the batch could not be committed: it is lost.

@@ -37,6 +37,7 @@ __all__ = [
     "DeclineInvitation",
     "DeleteAccount",
     "DeliveryReceipt",
+    "DeliveryReceipts",
     "ErrorResponse",
     "Friends",
     "GetHistory",
@@ -179,6 +180,18 @@ class SessionInfo:
     """When it was logged in (UTC)."""
     last_used_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
     """When it was last resumed or connected (UTC, within the hour for a live one)."""
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryReceipt:
+    """One direct message of yours that reached its recipient (in
+    :class:`DeliveryReceipts`)."""
+
+    message_id: bytes = attrs.field(validator=v.message_id)
+    to: str = _username_field()
+    """The recipient."""
+    delivered_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
+    """When a session of the recipient first acknowledged it (UTC)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -684,15 +697,14 @@ class MessageDelivered:
 
 
 @attrs.frozen(kw_only=True)
-class DeliveryReceipt:
-    """A direct message you sent reached its recipient: a session of theirs
-    acknowledged it (pushed to every connection of the sender, once per message)."""
+class DeliveryReceipts:
+    """Direct messages you sent reached their recipients: a session of theirs
+    acknowledged each (pushed to every connection of the sender, once per message,
+    several together when they were recorded together)."""
 
-    TAG: ClassVar[str] = "delivery_receipt"
+    TAG: ClassVar[str] = "delivery_receipts"
 
-    message_id: bytes = attrs.field(validator=v.message_id)
-    to: str = _username_field()
-    delivered_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
+    receipts: tuple[DeliveryReceipt, ...] = attrs.field(validator=_list_of(DeliveryReceipt))
 
 
 @attrs.frozen(kw_only=True)
@@ -822,7 +834,7 @@ Response = (
 
 Push = (
     MessageDelivered
-    | DeliveryReceipt
+    | DeliveryReceipts
     | PresenceChanged
     | InvitationReceived
     | InvitationAnswered

@@ -28,7 +28,7 @@ __all__ = [
     "ConnectionInfo",
     "RefusedError",
     "handles",
-    "receipt_push",
+    "receipt_pushes",
     "session_id",
     "token_hash",
     "unavailable_message",
@@ -58,13 +58,26 @@ def utc_from_posix(now: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
 
 
-def receipt_push(receipt: Receipt) -> m.DeliveryReceipt:
-    """What tells the sender that a message of theirs was delivered."""
-    return m.DeliveryReceipt(
-        message_id=receipt.message_id,
-        to=receipt.recipient,
-        delivered_at=utc_from_posix(receipt.delivered_at),
-    )
+def receipt_pushes(receipts: list[Receipt]) -> list[m.DeliveryReceipts]:
+    """What tells a sender that these messages of theirs were delivered: one push
+    for many (a receipt is a small part of a packet, a push each would cost a
+    packet each), within the list limit."""
+    records = [
+        m.DeliveryReceipt(
+            message_id=receipt.message_id,
+            to=receipt.recipient,
+            delivered_at=utc_from_posix(receipt.delivered_at),
+        )
+        for receipt in receipts
+    ]
+    return [
+        m.DeliveryReceipts(receipts=tuple(records[start : start + RECEIPTS_PER_PUSH]))
+        for start in range(0, len(records), RECEIPTS_PER_PUSH)
+    ]
+
+
+RECEIPTS_PER_PUSH: Final = 500
+"""Most receipts in one push (about 60 bytes each, well within a message)."""
 
 
 HANDLERS: Final[dict[type[m.AnsweredRequest], str]] = {}
