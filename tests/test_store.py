@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.services import postgres_store
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
@@ -47,10 +48,14 @@ T_ACK = 1_714_564_800.0
 """When the acknowledgements in these tests are made (POSIX seconds)."""
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "memory":
         yield MemoryStore()
+        return
+    if request.param == "postgres":
+        with postgres_store() as pg_store:
+            yield pg_store
         return
     sqlite_store = SQLiteStore.open(tmp_path / "db.sqlite3")
     yield sqlite_store

@@ -42,8 +42,9 @@ try:
     import click
 
     from udpchat_proto import RateLimit
-    from udpchat_proto.chat import ChatServer, ScryptParams, ServerConfig
+    from udpchat_proto.chat import ChatServer, ScryptParams, ServerConfig, Store
 
+    from .dburl import is_postgres_url, shown_database
     from .keyfile import KeyFileError, default_key_path, load_or_create_key
     from .loop import ServerLoop
     from .sqlite_store import SQLiteStore
@@ -202,10 +203,11 @@ def _warn_about(config: ServerConfig) -> None:
 )
 @click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("udpchat.sqlite3"),
+    default="udpchat.sqlite3",
     show_default=True,
-    help="SQLite database, created with its schema if missing.",
+    help="SQLite database file, created with its schema if missing; or a PostgreSQL "
+    "database, postgresql://USER@HOST:PORT/DBNAME (its schema created or migrated; "
+    "needs the postgres extra and --key-file).",
 )
 @click.option(
     "--key-file",
@@ -255,7 +257,7 @@ def command(
     *,
     host: str,
     port: int,
-    db: Path,
+    db: str,
     key_file: Path | None,
     log_level: str,
     scrypt_n: int | None,
@@ -290,12 +292,9 @@ def command(
     )
     sock = _bind(host, port)
     try:
+        store = _open_store(db, key_file)
         try:
-            store = SQLiteStore.open(db)
-        except Exception as exc:
-            raise StartupError(f"cannot open database {db}: {exc}") from None
-        try:
-            key_path = key_file if key_file is not None else default_key_path(db)
+            key_path = key_file if key_file is not None else default_key_path(Path(db))
             try:
                 key, created = load_or_create_key(key_path)
             except KeyFileError as exc:
@@ -312,13 +311,46 @@ def command(
                 address = _format_address(sock)
                 click.echo(f"listening on {address} key {key.fingerprint}")
                 sys.stdout.flush()
-                log.info("listening on %s, database %s, key %s", address, db, key.fingerprint)
+                log.info(
+                    "listening on %s, database %s, key %s",
+                    address,
+                    shown_database(db),
+                    key.fingerprint,
+                )
             loop.run()
             log.info("stopped")
         finally:
             store.close()
     finally:
         sock.close()
+
+
+def _open_store(db: str, key_file: Path | None) -> Store:
+    """The store ``--db`` names: PostgreSQL for a ``postgresql://`` URL, else SQLite.
+
+    Raises:
+        StartupError: it cannot be opened (the message says why).
+    """
+    if not is_postgres_url(db):
+        try:
+            return SQLiteStore.open(Path(db))
+        except Exception as exc:
+            raise StartupError(f"cannot open database {db}: {exc}") from None
+    if key_file is None:
+        raise StartupError(
+            "--key-file is required with a PostgreSQL database: every node of a cluster "
+            "presents the same key, so they share one key file"
+        )
+    try:
+        from .postgres_store import PostgresStore  # noqa: PLC0415 (psycopg: optional)
+    except ImportError as exc:
+        raise StartupError(
+            f"a PostgreSQL database needs psycopg: pip install 'udpchat-proto[postgres]' ({exc})"
+        ) from None
+    try:
+        return PostgresStore.open(db)
+    except Exception as exc:
+        raise StartupError(f"cannot open database {shown_database(db)}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

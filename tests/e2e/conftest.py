@@ -66,9 +66,12 @@ class ServerProcess:
         key_file: Path | None = None,
         port: int = 0,
         options: tuple[str, ...] = (),
+        database_url: str | None = None,
     ) -> None:
         self.directory = directory
         self.db = db or directory / "db.sqlite3"
+        self.database_url = database_url
+        """A PostgreSQL database to use instead of the SQLite file ``db``."""
         self.key_file = key_file
         self.port = port
         self.options = options
@@ -81,7 +84,8 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        args = [*SERVER, "--host", "127.0.0.1", "--port", str(self.port), "--db", str(self.db)]
+        database = self.database_url or str(self.db)
+        args = [*SERVER, "--host", "127.0.0.1", "--port", str(self.port), "--db", database]
         if self.key_file is not None:
             args += ["--key-file", str(self.key_file)]
         return [*args, "--log-level", "debug", *self.options]

@@ -1,0 +1,883 @@
+"""The PostgreSQL :class:`~udpchat_proto.chat.store.Store`: the cluster's durable state.
+
+The same contract as the SQLite store (the same test suite runs on both), on one
+psycopg 3 connection owned by the server loop:
+
+* **Transactions.** Every write joins the batch's transaction (begun by its first
+  write); :meth:`PostgresStore.commit` commits it. An :meth:`~PostgresStore.atomic`
+  block is a ``SAVEPOINT``. An error outside a savepoint aborts a PostgreSQL
+  transaction whole: the store then refuses the rest of the batch and ``commit``
+  raises, having rolled it back, as the contract asks.
+* **Sequence numbers** are allocated in the inserting transaction
+  (``UPDATE conversations SET last_seq = last_seq + 1 ... RETURNING``), never from
+  a PostgreSQL sequence, whose values can commit out of order: two nodes inserting
+  into one conversation serialise on its row, and a seq is visible only with its
+  message.
+* **Cursors** only move forward (``GREATEST``).
+* **Failures** with an outside cause (the server unreachable or shutting down, a
+  full disk, too many connections) become ``StoreUnavailableError``; the store
+  reconnects at the next batch.
+
+Not thread-safe: use it from the server loop's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Final, NoReturn, Self
+
+import psycopg
+
+from udpchat_proto.chat import (
+    STORE_READS,
+    STORE_WRITES,
+    Account,
+    Acknowledgement,
+    LoginSession,
+    PasswordHash,
+    Receipt,
+    StoredMessage,
+    StoreUnavailableError,
+    conversation_key,
+    is_room,
+)
+from udpchat_proto.chat.messages import ChatMessage
+
+from .sqlite_store import SchemaVersionError, _chat_message, _to_micros
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+
+#: Schema migrations, as for SQLite: ``MIGRATIONS[i]`` takes version ``i`` to ``i + 1``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE accounts (
+            username TEXT PRIMARY KEY,
+            password TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE retired_names (
+            username TEXT PRIMARY KEY,
+            retired_at DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE sessions (
+            token_hash BYTEA PRIMARY KEY,
+            username TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_used_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX sessions_by_last_use ON sessions (last_used_at)",
+        "CREATE INDEX sessions_by_user ON sessions (username, created_at)",
+        "CREATE INDEX sessions_by_creation ON sessions (created_at)",
+        """CREATE TABLE invitations (
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (sender, recipient))""",
+        "CREATE INDEX invitations_by_recipient ON invitations (recipient, sender)",
+        """CREATE TABLE friendships (
+            username TEXT NOT NULL,
+            friend TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (username, friend))""",
+        """CREATE TABLE blocks (
+            username TEXT NOT NULL,
+            blocked TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (username, blocked))""",
+        "CREATE INDEX blocks_by_blocked ON blocks (blocked, username)",
+        """CREATE TABLE conversations (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            is_room BOOLEAN NOT NULL,
+            last_seq BIGINT NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE messages (
+            position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id BYTEA NOT NULL UNIQUE,
+            conversation BIGINT NOT NULL REFERENCES conversations (id),
+            seq BIGINT NOT NULL,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            text TEXT NOT NULL,
+            sent_at BIGINT NOT NULL,
+            origin BYTEA,
+            delivered_at DOUBLE PRECISION,
+            UNIQUE (conversation, seq))""",
+        "CREATE INDEX messages_by_time ON messages (sent_at)",
+        """CREATE TABLE participants (
+            conversation BIGINT NOT NULL REFERENCES conversations (id),
+            username TEXT NOT NULL,
+            floor_seq BIGINT NOT NULL,
+            joined_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (conversation, username))""",
+        "CREATE INDEX participants_by_user ON participants (username, conversation)",
+        """CREATE TABLE session_cursors (
+            token_hash BYTEA NOT NULL REFERENCES sessions (token_hash) ON DELETE CASCADE,
+            conversation BIGINT NOT NULL REFERENCES conversations (id),
+            seq BIGINT NOT NULL,
+            PRIMARY KEY (token_hash, conversation))""",
+        "CREATE INDEX session_cursors_by_conversation ON session_cursors (conversation)",
+        """CREATE TABLE user_cursors (
+            username TEXT NOT NULL,
+            conversation BIGINT NOT NULL REFERENCES conversations (id),
+            seq BIGINT NOT NULL,
+            PRIMARY KEY (username, conversation))""",
+        "CREATE INDEX user_cursors_by_conversation ON user_cursors (conversation)",
+    ),
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_COLUMNS = "m.id, m.sender, m.recipient, m.text, m.sent_at"
+_PENDING = f"""
+    SELECT {_COLUMNS}
+    FROM participants AS p
+    JOIN messages AS m
+      ON m.conversation = p.conversation
+     AND m.seq > GREATEST(p.floor_seq, COALESCE(
+            (SELECT c.seq FROM {{cursors}} AS c
+             WHERE c.{{owner}} = %(owner)s AND c.conversation = p.conversation), 0))
+    WHERE p.username = %(user)s
+      AND (m.sender <> %(user)s OR (m.origin IS NOT NULL AND m.origin <> %(session)s))
+    ORDER BY m.position
+    LIMIT %(limit)s
+"""
+_PENDING_FOR_SESSION = _PENDING.format(cursors="session_cursors", owner="token_hash")
+_PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
+_MARK_DELIVERED = """
+    UPDATE messages SET delivered_at = %(now)s
+    WHERE conversation = %(conversation)s AND seq <= %(seq)s
+      AND seq > COALESCE((SELECT u.seq FROM user_cursors AS u
+                          WHERE u.username = %(user)s AND u.conversation = %(conversation)s), 0)
+      AND recipient = %(user)s AND delivered_at IS NULL
+    RETURNING id, sender
+"""
+_COUNT_WAITING = """
+    SELECT COUNT(*) FROM (
+        SELECT 1 FROM participants AS p
+        JOIN conversations AS c ON c.id = p.conversation AND NOT c.is_room
+        JOIN messages AS m
+          ON m.conversation = p.conversation
+         AND m.seq > COALESCE((SELECT u.seq FROM user_cursors AS u
+                               WHERE u.username = %(user)s
+                                 AND u.conversation = p.conversation), 0)
+        WHERE p.username = %(user)s AND m.sender <> %(user)s
+        LIMIT %(limit)s) AS waiting
+"""
+_FLOORS = """
+    SELECT p.username, p.floor_seq, LEAST(
+        COALESCE((SELECT u.seq FROM user_cursors AS u
+                  WHERE u.username = p.username AND u.conversation = p.conversation), 0),
+        COALESCE((SELECT MIN(COALESCE(c.seq, 0)) FROM sessions AS s
+                  LEFT JOIN session_cursors AS c
+                    ON c.token_hash = s.token_hash AND c.conversation = p.conversation
+                  WHERE s.username = p.username), 4611686018427387904))
+    FROM participants AS p WHERE p.conversation = %s
+"""
+
+#: SQLSTATE classes and codes whose cause is outside the server, and their names.
+_UNAVAILABLE_STATES = {
+    "08": "database unreachable",  # connection exception
+    "53": "database out of resources",  # insufficient resources (53100: disk full)
+    "57": "database shutting down",  # operator intervention
+    "58": "database I/O error",  # system error
+    "25006": "database is read-only",  # read_only_sql_transaction
+    "40001": "database conflict",  # serialization failure (retry the batch)
+    "40P01": "database conflict",  # deadlock detected (retry the batch)
+}
+
+
+def unavailable(exc: psycopg.Error) -> StoreUnavailableError | None:
+    """The StoreUnavailableError for an error with an outside cause, or None."""
+    state = exc.sqlstate or ""
+    if isinstance(exc, psycopg.OperationalError) and not state:
+        return StoreUnavailableError("database unreachable", str(exc).strip())
+    if state == "53100":
+        return StoreUnavailableError("disk full", str(exc).strip())
+    reason = _UNAVAILABLE_STATES.get(state) or _UNAVAILABLE_STATES.get(state[:2])
+    if reason is None:
+        return None
+    return StoreUnavailableError(reason, str(exc).strip())
+
+
+def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
+    def translated(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.Error as exc:
+            self._raise_translated(exc)
+
+    return functools.update_wrapper(translated, method)
+
+
+def _translate_store_methods(cls: type[PostgresStore]) -> type[PostgresStore]:
+    for name in STORE_READS | STORE_WRITES:
+        setattr(cls, name, _translated(getattr(cls, name)))
+    return cls
+
+
+@_translate_store_methods
+class PostgresStore:
+    """A :class:`~udpchat_proto.chat.store.Store` in one PostgreSQL database.
+
+    Use :meth:`open`. ``schema`` (tests) puts the tables in their own schema.
+    """
+
+    def __init__(self, dsn: str, *, schema: str | None = None) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._db: psycopg.Connection[Any] | None = None
+        self._in_batch = False
+        self._atomic_wanted = False
+        self._atomic_open = False
+        self._batch_lost: StoreUnavailableError | None = None
+
+    @classmethod
+    def open(cls, dsn: str, *, schema: str | None = None) -> PostgresStore:
+        """Connect, and create or migrate the schema.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+            SchemaVersionError: the database is newer than this release.
+        """
+        store = cls(dsn, schema=schema)
+        try:
+            store._migrate()
+        except psycopg.Error as exc:
+            store.close()
+            failure = unavailable(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        return store
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- the connection and its transaction ----------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The connection (made again if it was lost)."""
+        if self._db is None or self._db.closed:
+            self._db = psycopg.connect(self._dsn, autocommit=True)
+            if self._schema is not None:
+                self._db.execute(f'SET search_path TO "{self._schema}"')
+        return self._db
+
+    def _migrate(self) -> None:
+        db = self._connection()
+        if self._schema is not None:
+            db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+        with db.transaction():
+            # One node migrates at a time: the others wait, then find it done.
+            db.execute("SELECT pg_advisory_xact_lock(7252388)")
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"database schema version {version} is newer than this release "
+                    f"supports ({SCHEMA_VERSION})"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    db.execute(statement)
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+
+    def _read(self) -> psycopg.Connection[Any]:
+        """The connection for a read (inside the batch's transaction if one is open)."""
+        if self._batch_lost is not None:
+            raise self._batch_lost
+        return self._connection()
+
+    def _write(self) -> psycopg.Connection[Any]:
+        """The connection, inside the batch's transaction (begun if needed) and the
+        savepoint of the current atomic block if any."""
+        if self._batch_lost is not None:
+            raise self._batch_lost
+        db = self._connection()
+        if not self._in_batch:
+            db.execute("BEGIN")
+            self._in_batch = True
+        if self._atomic_wanted and not self._atomic_open:
+            db.execute("SAVEPOINT request")
+            self._atomic_open = True
+        return db
+
+    def _raise_translated(self, exc: psycopg.Error) -> NoReturn:
+        """Raise ``exc`` as StoreUnavailableError if its cause is outside; in a batch
+        outside a savepoint, PostgreSQL aborted the transaction: the batch is lost."""
+        failure = unavailable(exc)
+        if self._in_batch and not self._atomic_open and self._batch_lost is None:
+            self._batch_lost = failure or StoreUnavailableError(
+                "transaction lost", f"the batch's transaction was aborted: {exc}"
+            )
+        if failure is None:
+            raise exc
+        raise failure from exc
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A block whose writes all happen or none do (a ``SAVEPOINT``, taken at
+        its first write)."""
+        if self._atomic_wanted:
+            raise RuntimeError("atomic() blocks do not nest")
+        self._atomic_wanted = True
+        try:
+            yield
+        except BaseException:
+            if self._atomic_open and self._batch_lost is None:
+                try:
+                    db = self._connection()
+                    db.execute("ROLLBACK TO SAVEPOINT request")
+                    db.execute("RELEASE SAVEPOINT request")
+                except psycopg.Error as exc:
+                    self._batch_lost = unavailable(exc) or StoreUnavailableError(
+                        "rollback failed", str(exc)
+                    )
+            raise
+        else:
+            if self._atomic_open:
+                try:
+                    self._connection().execute("RELEASE SAVEPOINT request")
+                except psycopg.Error as exc:
+                    self._atomic_open = False
+                    self._raise_translated(exc)
+        finally:
+            self._atomic_wanted = False
+            self._atomic_open = False
+
+    def commit(self) -> None:
+        """Commit the batch.
+
+        Raises:
+            StoreUnavailableError: the batch was lost or its COMMIT failed; it is
+                rolled back, and the next write begins a new batch.
+        """
+        lost, self._batch_lost = self._batch_lost, None
+        in_batch, self._in_batch = self._in_batch, False
+        if lost is not None:
+            self._discard()
+            raise lost
+        if not in_batch:
+            return
+        try:
+            self._connection().execute("COMMIT")
+        except psycopg.Error as exc:
+            self._discard()
+            raise unavailable(exc) or StoreUnavailableError("commit failed", str(exc)) from exc
+
+    def _discard(self) -> None:
+        if self._db is None or self._db.closed:
+            return
+        try:
+            self._db.execute("ROLLBACK")
+        except psycopg.Error:
+            # (No transaction, or the connection is gone: the next batch reconnects.)
+            with contextlib.suppress(psycopg.Error):
+                self._db.close()
+
+    def rollback(self) -> None:
+        """Discard every write since the last commit (not part of the Store protocol)."""
+        self._batch_lost = None
+        self._in_batch = False
+        self._discard()
+
+    def close(self) -> None:
+        """Discard uncommitted writes and close the connection."""
+        if self._in_batch:
+            self.rollback()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # --- accounts --------------------------------------------------------------------------
+
+    def create_account(self, username: str, password: PasswordHash, now: float) -> bool:
+        cursor = self._write().execute(
+            "INSERT INTO accounts (username, password, created_at) "
+            "SELECT %s, %s, %s WHERE NOT EXISTS "
+            "(SELECT 1 FROM retired_names WHERE username = %s) "
+            "ON CONFLICT (username) DO NOTHING",
+            (username, password.to_string(), now, username),
+        )
+        return cursor.rowcount == 1
+
+    def set_password(self, username: str, password: PasswordHash) -> bool:
+        cursor = self._write().execute(
+            "UPDATE accounts SET password = %s WHERE username = %s",
+            (password.to_string(), username),
+        )
+        return cursor.rowcount == 1
+
+    def get_account(self, username: str) -> Account | None:
+        row = (
+            self._read()
+            .execute("SELECT password, created_at FROM accounts WHERE username = %s", (username,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return Account(
+            username=username, password=PasswordHash.from_string(row[0]), created_at=row[1]
+        )
+
+    def delete_account(self, username: str, now: float) -> None:
+        db = self._write()
+        rooms = db.execute(
+            "SELECT c.key FROM participants AS p JOIN conversations AS c ON c.id = p.conversation "
+            "WHERE p.username = %s AND c.is_room",
+            (username,),
+        ).fetchall()
+        for (room,) in rooms:
+            self.leave_room(room, username)
+        direct = db.execute(
+            "SELECT p.conversation, COALESCE(u.seq, 0) FROM participants AS p "
+            "LEFT JOIN user_cursors AS u ON u.username = p.username "
+            "AND u.conversation = p.conversation WHERE p.username = %s",
+            (username,),
+        ).fetchall()
+        with db.cursor() as cursor:
+            cursor.executemany(
+                "DELETE FROM messages WHERE conversation = %s AND seq > %s AND recipient = %s "
+                "AND delivered_at IS NULL",
+                [(conversation, seq, username) for conversation, seq in direct],
+            )
+        for statement in (
+            "DELETE FROM participants WHERE username = %(u)s",
+            "DELETE FROM user_cursors WHERE username = %(u)s",
+            "DELETE FROM sessions WHERE username = %(u)s",
+            "DELETE FROM friendships WHERE username = %(u)s OR friend = %(u)s",
+            "DELETE FROM invitations WHERE sender = %(u)s OR recipient = %(u)s",
+            "DELETE FROM blocks WHERE username = %(u)s OR blocked = %(u)s",
+            "DELETE FROM accounts WHERE username = %(u)s",
+        ):
+            db.execute(statement, {"u": username})
+        db.execute(
+            "INSERT INTO retired_names (username, retired_at) VALUES (%s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (username, now),
+        )
+
+    # --- login sessions ----------------------------------------------------------------------
+
+    def create_session(self, token_hash: bytes, username: str, now: float) -> None:
+        db = self._write()
+        cursor = db.execute(
+            "INSERT INTO sessions (token_hash, username, created_at, last_used_at) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (token_hash, username, now, now),
+        )
+        if cursor.rowcount != 1:
+            raise ValueError("a session with this token hash exists")
+        db.execute(
+            "INSERT INTO session_cursors (token_hash, conversation, seq) "
+            "SELECT %s, conversation, seq FROM user_cursors WHERE username = %s",
+            (token_hash, username),
+        )
+
+    def get_session(self, token_hash: bytes) -> LoginSession | None:
+        row = (
+            self._read()
+            .execute(
+                "SELECT username, created_at, last_used_at FROM sessions WHERE token_hash = %s",
+                (token_hash,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return LoginSession(
+            token_hash=token_hash, username=row[0], created_at=row[1], last_used_at=row[2]
+        )
+
+    def touch_session(self, token_hash: bytes, now: float) -> None:
+        self._write().execute(
+            "UPDATE sessions SET last_used_at = %s WHERE token_hash = %s", (now, token_hash)
+        )
+
+    def sessions_of(self, username: str) -> list[LoginSession]:
+        rows = self._read().execute(
+            "SELECT token_hash, created_at, last_used_at FROM sessions WHERE username = %s "
+            "ORDER BY created_at DESC, token_hash DESC",
+            (username,),
+        )
+        return [
+            LoginSession(
+                token_hash=bytes(row[0]), username=username, created_at=row[1], last_used_at=row[2]
+            )
+            for row in rows
+        ]
+
+    def delete_session(self, token_hash: bytes) -> None:
+        self._write().execute("DELETE FROM sessions WHERE token_hash = %s", (token_hash,))
+
+    def delete_sessions_unused_since(self, cutoff: float) -> int:
+        cursor = self._write().execute("DELETE FROM sessions WHERE last_used_at < %s", (cutoff,))
+        return cursor.rowcount
+
+    def delete_sessions_created_before(self, cutoff: float) -> list[bytes]:
+        rows = self._write().execute(
+            "DELETE FROM sessions WHERE created_at < %s RETURNING token_hash", (cutoff,)
+        )
+        return [bytes(hashed) for (hashed,) in rows.fetchall()]
+
+    # --- invitations, friends and blocks --------------------------------------------------------
+
+    def add_invitation(self, sender: str, recipient: str, now: float) -> None:
+        self._write().execute(
+            "INSERT INTO invitations (sender, recipient, created_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (sender, recipient, now),
+        )
+
+    def delete_invitation(self, sender: str, recipient: str) -> bool:
+        cursor = self._write().execute(
+            "DELETE FROM invitations WHERE sender = %s AND recipient = %s", (sender, recipient)
+        )
+        return cursor.rowcount == 1
+
+    def has_invitation(self, sender: str, recipient: str) -> bool:
+        return self._exists(
+            "SELECT 1 FROM invitations WHERE sender = %s AND recipient = %s", sender, recipient
+        )
+
+    def incoming_invitations(self, username: str) -> list[str]:
+        return self._names(
+            'SELECT sender FROM invitations WHERE recipient = %s ORDER BY sender COLLATE "C"',
+            username,
+        )
+
+    def outgoing_invitations(self, username: str) -> list[str]:
+        return self._names(
+            'SELECT recipient FROM invitations WHERE sender = %s ORDER BY recipient COLLATE "C"',
+            username,
+        )
+
+    def add_friendship(self, a: str, b: str, now: float) -> None:
+        with self._write().cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO friendships (username, friend, created_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                [(a, b, now), (b, a, now)],
+            )
+
+    def delete_friendship(self, a: str, b: str) -> bool:
+        cursor = self._write().execute(
+            "DELETE FROM friendships WHERE (username = %s AND friend = %s) "
+            "OR (username = %s AND friend = %s)",
+            (a, b, b, a),
+        )
+        return cursor.rowcount > 0
+
+    def are_friends(self, a: str, b: str) -> bool:
+        return self._exists("SELECT 1 FROM friendships WHERE username = %s AND friend = %s", a, b)
+
+    def friends_of(self, username: str) -> list[str]:
+        return self._names(
+            'SELECT friend FROM friendships WHERE username = %s ORDER BY friend COLLATE "C"',
+            username,
+        )
+
+    def add_block(self, username: str, blocked: str, now: float) -> bool:
+        cursor = self._write().execute(
+            "INSERT INTO blocks (username, blocked, created_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (username, blocked, now),
+        )
+        return cursor.rowcount == 1
+
+    def delete_block(self, username: str, blocked: str) -> bool:
+        cursor = self._write().execute(
+            "DELETE FROM blocks WHERE username = %s AND blocked = %s", (username, blocked)
+        )
+        return cursor.rowcount == 1
+
+    def has_blocked(self, username: str, blocked: str) -> bool:
+        return self._exists(
+            "SELECT 1 FROM blocks WHERE username = %s AND blocked = %s", username, blocked
+        )
+
+    def blocked_by(self, username: str) -> list[str]:
+        return self._names(
+            'SELECT blocked FROM blocks WHERE username = %s ORDER BY blocked COLLATE "C"', username
+        )
+
+    def blockers_of(self, username: str) -> list[str]:
+        return self._names(
+            'SELECT username FROM blocks WHERE blocked = %s ORDER BY username COLLATE "C"', username
+        )
+
+    def _exists(self, sql: str, *args: object) -> bool:
+        return self._read().execute(sql, args).fetchone() is not None
+
+    def _names(self, sql: str, username: str) -> list[str]:
+        return [name for (name,) in self._read().execute(sql, (username,))]
+
+    # --- messages ------------------------------------------------------------------------------
+
+    def add_message(self, message: ChatMessage, origin: bytes | None = None) -> StoredMessage:
+        """Append a message; its seq is allocated in this transaction (see above).
+
+        Raises:
+            ValueError: a message with this id is already stored (nothing is kept).
+        """
+        db = self._write()
+        if db.execute("SELECT 1 FROM messages WHERE id = %s", (message.id,)).fetchone():
+            # Looked up first: a unique violation would abort the whole transaction.
+            raise ValueError("a message with this id is already stored")
+        key = conversation_key(message.sender, message.to)
+        sent_at = _to_micros(message.sent_at)
+        created = db.execute(
+            "INSERT INTO conversations (key, is_room, created_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (key) DO NOTHING",
+            (key, is_room(key), sent_at / 1e6),
+        ).rowcount
+        row = db.execute(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE key = %s "
+            "RETURNING id, last_seq",
+            (key,),
+        ).fetchone()
+        assert row is not None
+        conversation, seq = row
+        if created and not is_room(key):
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO participants (conversation, username, floor_seq, joined_at) "
+                    "VALUES (%s, %s, 0, %s) ON CONFLICT DO NOTHING",
+                    [(conversation, user, sent_at / 1e6) for user in (message.sender, message.to)],
+                )
+        db.execute(
+            "INSERT INTO messages "
+            "(id, conversation, seq, sender, recipient, text, sent_at, origin) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (message.id, conversation, seq, message.sender, message.to, message.text, sent_at,
+             origin),
+        )  # fmt: skip
+        return StoredMessage(message=message, seq=seq)
+
+    def get_message(self, message_id: bytes) -> StoredMessage | None:
+        row = (
+            self._read()
+            .execute(
+                f"SELECT {_COLUMNS}, m.seq, m.delivered_at FROM messages AS m WHERE m.id = %s",
+                (message_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return StoredMessage(message=_message(row[:5]), seq=row[5], delivered_at=row[6])
+
+    def history(
+        self, username: str, peer: str, limit: int, before: bytes | None = None
+    ) -> list[ChatMessage]:
+        if limit <= 0:
+            return []
+        key = conversation_key(username, peer)
+        upper = (
+            "AND m.seq < (SELECT b.seq FROM messages AS b WHERE b.id = %(before)s AND "
+            "b.conversation = (SELECT id FROM conversations WHERE key = %(key)s)) "
+            if before is not None
+            else ""
+        )
+        args = {"user": username, "key": key, "limit": limit, "before": before}
+        if is_room(key):
+            sql = (
+                f"SELECT {_COLUMNS} FROM messages AS m "
+                "JOIN participants AS p ON p.conversation = m.conversation "
+                "AND p.username = %(user)s "
+                "WHERE m.conversation = (SELECT id FROM conversations WHERE key = %(key)s) "
+                f"AND m.seq > p.floor_seq {upper}ORDER BY m.seq DESC LIMIT %(limit)s"
+            )
+        else:
+            sql = (
+                f"SELECT {_COLUMNS} FROM messages AS m "
+                "WHERE m.conversation = (SELECT id FROM conversations WHERE key = %(key)s) "
+                f"{upper}ORDER BY m.seq DESC LIMIT %(limit)s"
+            )
+        rows = self._read().execute(sql, args).fetchall()
+        return [_message(row) for row in reversed(rows)]
+
+    def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
+        if limit <= 0:
+            return []
+        owner: bytes | str
+        if self.get_session(token_hash) is not None:
+            sql, owner = _PENDING_FOR_SESSION, token_hash
+        else:
+            sql, owner = _PENDING_FOR_USER, username
+        rows = self._read().execute(
+            sql, {"owner": owner, "user": username, "session": token_hash, "limit": limit}
+        )
+        return [_message(row) for row in rows]
+
+    def acknowledge(
+        self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float
+    ) -> list[Receipt]:
+        return self.acknowledge_many([(username, token_hash, message_ids)], now)
+
+    def acknowledge_many(
+        self, acknowledgements: Sequence[Acknowledgement], now: float
+    ) -> list[Receipt]:
+        session_rows: list[tuple[bytes, int, int, bytes]] = []
+        user_rows: list[tuple[str, int, int]] = []
+        moved: list[dict[str, Any]] = []
+        for username, token_hash, message_ids in acknowledgements:
+            if not message_ids:
+                continue
+            rows = (
+                self._read()
+                .execute(
+                    "SELECT m.conversation, MAX(m.seq), BOOL_AND(m.recipient NOT LIKE '#%%') "
+                    "FROM messages AS m JOIN participants AS p "
+                    "ON p.conversation = m.conversation AND p.username = %(user)s "
+                    "WHERE m.id = ANY(%(ids)s) AND (m.sender <> %(user)s OR "
+                    "(m.origin IS NOT NULL AND m.origin <> %(session)s)) "
+                    "GROUP BY m.conversation",
+                    {"user": username, "ids": list(message_ids), "session": token_hash},
+                )
+                .fetchall()
+            )
+            for conversation, seq, direct in rows:
+                session_rows.append((token_hash, conversation, seq, token_hash))
+                user_rows.append((username, conversation, seq))
+                if direct:
+                    moved.append(
+                        {"user": username, "conversation": conversation, "seq": seq, "now": now}
+                    )
+        if not user_rows:
+            return []
+        db = self._write()
+        receipts = [
+            Receipt(
+                message_id=bytes(message_id), sender=sender, recipient=row["user"], delivered_at=now
+            )
+            for row in moved
+            for message_id, sender in db.execute(_MARK_DELIVERED, row).fetchall()
+        ]
+        with db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO session_cursors (token_hash, conversation, seq) "
+                "SELECT %s, %s, %s WHERE EXISTS (SELECT 1 FROM sessions WHERE token_hash = %s) "
+                "ON CONFLICT (token_hash, conversation) "
+                "DO UPDATE SET seq = GREATEST(session_cursors.seq, EXCLUDED.seq)",
+                session_rows,
+            )
+            cursor.executemany(
+                "INSERT INTO user_cursors (username, conversation, seq) VALUES (%s, %s, %s) "
+                "ON CONFLICT (username, conversation) "
+                "DO UPDATE SET seq = GREATEST(user_cursors.seq, EXCLUDED.seq)",
+                user_rows,
+            )
+        return receipts
+
+    # --- rooms -----------------------------------------------------------------------------------
+
+    def join_room(self, room: str, username: str, now: float) -> bool:
+        db = self._write()
+        db.execute(
+            "INSERT INTO conversations (key, is_room, created_at) VALUES (%s, TRUE, %s) "
+            "ON CONFLICT (key) DO NOTHING",
+            (room, now),
+        )
+        cursor = db.execute(
+            "INSERT INTO participants (conversation, username, floor_seq, joined_at) "
+            "SELECT id, %s, last_seq, %s FROM conversations WHERE key = %s "
+            "ON CONFLICT DO NOTHING",
+            (username, now, room),
+        )
+        return cursor.rowcount == 1
+
+    def leave_room(self, room: str, username: str) -> bool:
+        db = self._write()
+        row = db.execute(
+            "SELECT id FROM conversations WHERE key = %s AND is_room", (room,)
+        ).fetchone()
+        if row is None:
+            return False
+        (conversation,) = row
+        cursor = db.execute(
+            "DELETE FROM participants WHERE username = %s AND conversation = %s",
+            (username, conversation),
+        )
+        if cursor.rowcount != 1:
+            return False
+        if not db.execute(
+            "SELECT 1 FROM participants WHERE conversation = %s LIMIT 1", (conversation,)
+        ).fetchone():
+            for table in ("session_cursors", "user_cursors", "messages"):
+                # Our own table names, not input.
+                db.execute(f"DELETE FROM {table} WHERE conversation = %s", (conversation,))
+            db.execute("DELETE FROM conversations WHERE id = %s", (conversation,))
+        return True
+
+    def delete_delivered_before(self, cutoff: float, limit: int) -> int:
+        db = self._write()
+        cutoff_us = int(cutoff * 1e6)
+        conversations = [
+            c
+            for (c,) in db.execute(
+                "SELECT DISTINCT conversation FROM messages WHERE sent_at < %s", (cutoff_us,)
+            ).fetchall()
+        ]
+        deleted = 0
+        for conversation in conversations:
+            if deleted >= limit:
+                break
+            stay: int | None = None
+            for username, floor_seq, floor in db.execute(_FLOORS, (conversation,)).fetchall():
+                found = db.execute(
+                    "SELECT MIN(seq) FROM messages WHERE conversation = %s AND seq > %s "
+                    "AND sender <> %s",
+                    (conversation, max(floor, floor_seq), username),
+                ).fetchone()
+                first = None if found is None else found[0]
+                if first is not None and (stay is None or first < stay):
+                    stay = first
+            bound = stay if stay is not None else (1 << 62)
+            cursor = db.execute(
+                "DELETE FROM messages WHERE conversation = %s AND seq < %s AND sent_at < %s "
+                "AND seq < (SELECT MIN(seq) FROM messages WHERE conversation = %s) + %s",
+                (conversation, bound, cutoff_us, conversation, limit - deleted),
+            )
+            deleted += cursor.rowcount
+        return deleted
+
+    def count_waiting(self, username: str, limit: int) -> int:
+        row = self._read().execute(_COUNT_WAITING, {"user": username, "limit": limit}).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def room_exists(self, room: str) -> bool:
+        return self._exists("SELECT 1 FROM conversations WHERE key = %s AND is_room", room)
+
+    def room_members(self, room: str) -> list[str]:
+        return self._names(
+            "SELECT p.username FROM conversations AS c "
+            "JOIN participants AS p ON p.conversation = c.id "
+            'WHERE c.key = %s AND c.is_room ORDER BY p.username COLLATE "C"',
+            room,
+        )
+
+    def rooms_of(self, username: str) -> list[tuple[str, int]]:
+        rows = self._read().execute(
+            "SELECT c.key, (SELECT COUNT(*) FROM participants AS q "
+            "               WHERE q.conversation = c.id) "
+            "FROM participants AS p JOIN conversations AS c ON c.id = p.conversation "
+            'WHERE p.username = %s AND c.is_room ORDER BY c.key COLLATE "C"',
+            (username,),
+        )
+        return [(name, int(count)) for name, count in rows]
+
+
+def _message(row: Sequence[Any]) -> ChatMessage:
+    return _chat_message((bytes(row[0]), row[1], row[2], row[3], row[4]))
