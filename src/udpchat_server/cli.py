@@ -42,7 +42,13 @@ try:
     import click
 
     from udpchat_proto import RateLimit
-    from udpchat_proto.chat import ChatServer, ScryptParams, ServerConfig, Store
+    from udpchat_proto.chat import (
+        ChatServer,
+        ScryptParams,
+        ServerConfig,
+        Store,
+        StoreUnavailableError,
+    )
 
     from .dburl import is_postgres_url, shown_database
     from .keyfile import KeyFileError, default_key_path, load_or_create_key
@@ -353,10 +359,49 @@ def _open_store(db: str, key_file: Path | None) -> Store:
         raise StartupError(f"cannot open database {shown_database(db)}: {exc}") from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``udpchat-server`` console script."""
+@click.command(name="migrate")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite database of the server to move (stop it first).",
+)
+@click.option(
+    "--to", "target", required=True, help="The PostgreSQL database: postgresql://USER@HOST/DB."
+)
+def migrate_command(source: Path, target: str) -> None:
+    """Copy a single server's SQLite database into an empty PostgreSQL database:
+    accounts, login sessions, friends, rooms, messages and delivery cursors, as
+    they are. Then start the server with --db pointing at PostgreSQL and
+    --key-file at the old key file (SQLITE_PATH.key), so clients see the same
+    server."""
+    if not is_postgres_url(target):
+        raise click.BadParameter("expected postgresql://USER@HOST:PORT/DBNAME", param_hint="--to")
     try:
-        command.main(args=argv, prog_name="udpchat-server", standalone_mode=False)
+        from .migrate import MigrationError, migrate  # noqa: PLC0415 (psycopg: optional)
+    except ImportError as exc:
+        raise StartupError(
+            f"migrate needs psycopg: pip install 'udpchat-proto[postgres]' ({exc})"
+        ) from None
+    try:
+        counts = migrate(source, target)
+    except (MigrationError, StoreUnavailableError) as exc:
+        raise StartupError(str(exc)) from None
+    for table, count in counts.items():
+        click.echo(f"{table}: {count}")
+    click.echo(f"migrated {source} to {shown_database(target)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``udpchat-server`` console script (``migrate`` as its
+    first argument runs the migration instead)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    chosen, name = command, "udpchat-server"
+    if args[:1] == ["migrate"]:
+        chosen, name, args = migrate_command, "udpchat-server migrate", args[1:]
+    try:
+        chosen.main(args=args, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
     except click.ClickException as exc:  # usage errors: click's message, exit 2

@@ -10,7 +10,7 @@ import pytest
 
 from tests.services import postgres_database
 
-from .conftest import PASSWORD, ServerProcess, User, clean_env
+from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env
 
 pytestmark = pytest.mark.e2e
 
@@ -63,3 +63,53 @@ def test_postgresql_needs_a_key_file(tmp_path: Path) -> None:
         command, capture_output=True, text=True, timeout=30, check=False, env=clean_env()
     )
     assert result.returncode != 0 and "--key-file is required" in result.stderr
+
+
+def test_a_single_server_moves_to_postgresql_as_it_is(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    alice = User("alice", tmp_path / "home-alice", server)
+    bob = User("bob", tmp_path / "home-bob", server)
+    alice.signup()
+    bob.signup()
+    alice.ok("invite", "bob")
+    bob.ok("accept", "alice")
+    alice.ok("join", "tea")
+    bob.ok("join", "tea")
+    alice.ok("send", "bob", "before the move")
+    alice.ok("send", "#tea", "room before the move")
+    server.stop()
+    server.kill()
+    with postgres_database() as url:
+        moved = subprocess.run(
+            [*SERVER, "migrate", "--from", str(server.db), "--to", url],
+            capture_output=True, text=True, timeout=60, check=False, env=clean_env(),
+        )  # fmt: skip
+        assert moved.returncode == 0, moved
+        assert "accounts: 2" in moved.stdout and "messages: 2" in moved.stdout
+        # Into a database that is not empty: refused, nothing written.
+        again = subprocess.run(
+            [*SERVER, "migrate", "--from", str(server.db), "--to", url],
+            capture_output=True, text=True, timeout=60, check=False, env=clean_env(),
+        )  # fmt: skip
+        assert again.returncode == 1 and "already has accounts" in again.stderr
+        key = server.db.with_name(server.db.name + ".key")  # the same key: the same server
+        on_postgres = ServerProcess(
+            tmp_path, database_url=url, key_file=key, port=server.port
+        ).start()
+        try:
+            # bob's login session is still valid, and what waited for him comes.
+            bob = User("bob", bob.home, on_postgres)
+            got = bob.ok("inbox")["messages"]
+            assert [x["text"] for x in got] == ["before the move", "room before the move"]
+            alice = User("alice", alice.home, on_postgres)
+            assert alice.ok("send", "bob", "after the move")["ok"] is True
+            assert [x["text"] for x in bob.ok("history", "alice")["messages"]] == [
+                "before the move",
+                "after the move",
+            ]
+            alice.ok("logout")
+            alice.ok("login", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        finally:
+            on_postgres.stop()
+            on_postgres.kill()
