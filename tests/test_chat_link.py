@@ -54,7 +54,7 @@ class World:
         self.pushes: list[m.Push] = []
         self.states: list[tuple[LinkState, str]] = []
         self.link = ChatLink(
-            server=SERVER,
+            servers=[SERVER],
             server_key=self.key.public_bytes,
             token=TOKEN,
             send=lambda data, addr: self.to_server.append(data),

@@ -23,7 +23,7 @@ from pathlib import Path
 from udpchat_cli.chat_app import ChatApp, Composer
 from udpchat_cli.chat_link import LinkState
 from udpchat_cli.profiles import Home
-from udpchat_cli.session import parse_server
+from udpchat_cli.session import parse_servers
 
 BIN = Path(sys.executable).parent
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "chat.svg"
@@ -73,7 +73,7 @@ def _start_server(directory: Path) -> tuple[subprocess.Popen[str], str]:
 async def _shoot(home: Path, server: str, others: dict[str, Path], output: Path) -> None:
     key = Home(home).known_servers.get(server)
     assert key is not None
-    app = ChatApp.for_profile(Home(home), "default", server, parse_server(server), key)
+    app = ChatApp.for_profile(Home(home), "default", server, parse_servers(server), key)
     async with app.run_test(size=(100, 28)) as pilot:
         end = time.monotonic() + 20
         while app.link_state is not LinkState.CONNECTED or app.model.current is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import socket
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
@@ -269,7 +270,7 @@ class ChatApp(App[int]):
     Args:
         username: who is logged in.
         server_name: ``HOST:PORT`` as the profile names it (shown).
-        server: its resolved address.
+        servers: its resolved address (or its nodes', tried in turn).
         server_key: its pinned key.
         token: the login session.
         book: the profile's bookkeeping.
@@ -307,7 +308,12 @@ class ChatApp(App[int]):
 
     @classmethod
     def for_profile(
-        cls, home: Home, profile_name: str, server_name: str, server: Address, server_key: bytes
+        cls,
+        home: Home,
+        profile_name: str,
+        server_name: str,
+        servers: list[Address],
+        server_key: bytes,
     ) -> ChatApp:
         """The chat of a logged-in profile, keeping its bookkeeping in the profile.
 
@@ -333,7 +339,7 @@ class ChatApp(App[int]):
         return cls(
             username=profile.username,
             server_name=server_name,
-            server=server,
+            servers=servers,
             server_key=server_key,
             token=profile.token,
             book=book,
@@ -344,7 +350,7 @@ class ChatApp(App[int]):
         *,
         username: str,
         server_name: str,
-        server: Address,
+        servers: list[Address],
         server_key: bytes,
         token: bytes,
         book: ProfileBook,
@@ -352,7 +358,7 @@ class ChatApp(App[int]):
         super().__init__()
         self.model = ChatModel(username)
         self._server_name = server_name
-        self._server = server
+        self._servers = servers
         self._server_key = server_key
         self._token = token
         self._book = book
@@ -392,15 +398,17 @@ class ChatApp(App[int]):
         self._redraw()
         self.query_one(Composer).focus()
         loop = asyncio.get_running_loop()
+        # Not connected to one address: the link may move to another node.
+        family = socket.AF_INET6 if ":" in self._servers[0][0] else socket.AF_INET
         transport, _protocol = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), remote_addr=self._server
+            lambda: _Protocol(self), family=family
         )
         self._transport = transport
         self._link = ChatLink(
-            server=self._server,
+            servers=self._servers,
             server_key=self._server_key,
             token=self._token,
-            send=lambda data, _addr: transport.sendto(data),
+            send=transport.sendto,
             scheduler=loop,
             on_pushes=self._on_pushes,
             on_state=self._on_link_state,

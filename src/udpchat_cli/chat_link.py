@@ -78,7 +78,7 @@ class ChatLink:
     """A login session's connection that heals itself.
 
     Args:
-        server: the server's address.
+        servers: the server's address, or its nodes' (each attempt takes the next).
         server_key: its pinned key (a different key ends the link).
         token: the login session to resume.
         send: transmits one datagram.
@@ -93,7 +93,7 @@ class ChatLink:
     def __init__(
         self,
         *,
-        server: Address,
+        servers: list[Address],
         server_key: bytes,
         token: bytes,
         send: Callable[[bytes, Address], None],
@@ -103,7 +103,7 @@ class ChatLink:
         delivered_ids: Iterable[bytes] = (),
         random: RandomSource | None = None,
     ) -> None:
-        self._server = server
+        self._servers = servers
         self._server_key = server_key
         self._token = token
         self._send = send
@@ -208,7 +208,7 @@ class ChatLink:
         if self.state is LinkState.RECONNECTING:
             self._set_state(LinkState.RECONNECTING, f"trying again (attempt {self.attempts})")
         self._conn = ClientConnection(
-            server_address=self._server,
+            server_address=self._servers[(self.attempts - 1) % len(self._servers)],
             expected_server_key=self._server_key,
             config=TRANSPORT,
             random=self._random,

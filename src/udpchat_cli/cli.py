@@ -60,7 +60,7 @@ try:
         KeyMismatchError,
         ServerTimeoutError,
         Session,
-        parse_server,
+        parse_servers,
     )
 except KeyboardInterrupt:
     print("error: interrupted", file=sys.stderr, flush=True)
@@ -185,7 +185,7 @@ class App:
         # last logged in to (register and login included: it is "this user's server").
         server = self.server_option or profile.server or DEFAULT_SERVER
         try:
-            parse_server(server)
+            parse_servers(server)
         except ValueError as exc:
             raise CliError(EXIT_USAGE, "usage", str(exc)) from None
         known = self.home.known_servers
@@ -203,8 +203,9 @@ class App:
         with session:
             try:
                 key = session.open()
-                if pinned is None:
-                    known.pin(server, key)
+                # First contact pins the key; a list's nodes not pinned yet get the
+                # key of the node that answered (checked against the pin, if any).
+                known.pin(server, key)
                 if resume:
                     self._check_same_server(profile, server, key)
                     self._resume(session, profile, server)
@@ -365,7 +366,7 @@ def cli(
     try:
         check_profile_name(profile)
         if server is not None:
-            parse_server(server)
+            parse_servers(server)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     home_path = home if home is not None else Path(platformdirs.user_state_dir("udpchat"))
@@ -738,16 +739,22 @@ def chat() -> None:
             ErrorCode.NOT_LOGGED_IN,
             f"profile {app.profile_name} is logged in on {profile.server}, not on {server}",
         )
-    host, port = parse_server(server)
     try:
-        address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4]
-    except OSError as exc:
+        addresses = [
+            socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4]
+            for host, port in parse_servers(server)
+        ]
+    except (OSError, ValueError) as exc:
         raise CliError(EXIT_USAGE, "usage", f"cannot use server {server}: {exc}") from None
     # Textual takes a good part of a second to import: only this command pays it.
     from .chat_app import ChatApp  # noqa: PLC0415
 
     chat_app = ChatApp.for_profile(
-        app.home, app.profile_name, server, (str(address[0]), int(address[1])), pinned
+        app.home,
+        app.profile_name,
+        server,
+        [(str(address[0]), int(address[1])) for address in addresses],
+        pinned,
     )
     code = chat_app.run()
     if code:

@@ -40,7 +40,7 @@ from udpchat_proto.chat import TOKEN_SIZE, check_username
 from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.transport import KEY_SIZE
 
-from .session import parse_server
+from .session import parse_servers, server_names
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
@@ -194,7 +194,7 @@ class Profile:
         if profile.token is not None and len(profile.token) != TOKEN_SIZE:
             raise ValueError(f"a login token is {TOKEN_SIZE} bytes")
         if profile.server is not None:
-            parse_server(profile.server)
+            parse_servers(profile.server)
         return profile
 
 
@@ -214,17 +214,25 @@ class KnownServers:
         self.path = path
 
     def get(self, server: str) -> bytes | None:
-        """The key pinned for ``server`` (``HOST:PORT``), or None."""
-        return self._read().get(server)
+        """The key pinned for ``server`` (``HOST:PORT``), or None. For the nodes of
+        one server (``HOST:PORT,HOST:PORT``), the key pinned for the first of them
+        that has one (they all present the same)."""
+        entries = self._read()
+        for name in server_names(server):
+            if name in entries:
+                return entries[name]
+        return None
 
     def pin(self, server: str, key: bytes) -> None:
-        """Pin ``key`` for ``server`` if no key is pinned yet (first contact)."""
+        """Pin ``key`` for ``server`` (each of its nodes) where no key is pinned yet
+        (first contact)."""
         with _locked(self.path.with_name(self.path.name + ".lock")):
             entries = self._read()
-            if server in entries:
+            new = [name for name in server_names(server) if name not in entries]
+            if not new:
                 return
             lines = [f"{name} {value.hex()}" for name, value in entries.items()]
-            lines.append(f"{server} {key.hex()}")
+            lines += [f"{name} {key.hex()}" for name in new]
             _write_atomic(self.path, "".join(line + "\n" for line in lines).encode())
 
     def _read(self) -> dict[str, bytes]:

@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any
 
 from udpchat_proto.chat import ClientConnection, Connected, Disconnected
 from udpchat_proto.chat.messages import Push, Response
@@ -32,6 +33,8 @@ __all__ = [
     "ServerTimeoutError",
     "Session",
     "parse_server",
+    "parse_servers",
+    "server_names",
 ]
 
 #: Datagrams read in one go before the core gets to answer them.
@@ -91,6 +94,23 @@ def parse_server(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_servers(text: str) -> list[tuple[str, int]]:
+    """Split ``HOST:PORT[,HOST:PORT...]``: the nodes of one server, tried in order.
+
+    Raises:
+        ValueError: an item is not ``HOST:PORT``, or the list is empty.
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise ValueError(f"invalid server address {text!r}: expected HOST:PORT")
+    return [parse_server(item) for item in items]
+
+
+def server_names(text: str) -> list[str]:
+    """The ``HOST:PORT`` items of a server list, as written (the pinning keys)."""
+    return [item.strip() for item in text.split(",")]
+
+
 PushHandler = Callable[[list[Push]], None]
 
 
@@ -98,7 +118,9 @@ class Session:
     """A connection to the server, driven by blocking calls.
 
     Args:
-        server: the server as the user named it (``HOST:PORT``): the pinning key.
+        server: the server as the user named it: ``HOST:PORT``, or the nodes of one
+            server as ``HOST:PORT,HOST:PORT...``, tried in order (each presents the
+            same key).
         pinned: the server key pinned for ``server``, or None on first contact.
         timeout: the longest wait for each answer, in seconds.
         delivered_ids: ids of messages already received (redeliveries are dropped).
@@ -120,16 +142,30 @@ class Session:
         on_pushes: PushHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        host, port = parse_server(server)
-        family, kind, proto, _name, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_DGRAM
-        )[0]
         self.server = server
         self.pinned = pinned
         self.timeout = timeout
         self.on_pushes = on_pushes
         self.server_key: bytes | None = None
         self._clock = clock
+        self._delivered = frozenset(delivered_ids)
+        self._nodes = parse_servers(server)
+        self._resolved: list[tuple[Any, ...]] = []
+        failure: OSError | None = None
+        for host, port in self._nodes:
+            try:
+                self._resolved.append(socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0])
+            except OSError as exc:  # (another node may do)
+                failure = exc
+        if not self._resolved:
+            assert failure is not None
+            raise failure
+        self._answers: dict[int, Response] = {}
+        self._attach(0)
+
+    def _attach(self, index: int) -> None:
+        """A socket and a core connection for node ``index`` of the list."""
+        family, kind, proto, _name, address = self._resolved[index]
         self._address: Address = (str(address[0]), int(address[1]))
         self._sock = socket.socket(family, kind, proto)
         self._sock.setblocking(False)
@@ -141,10 +177,9 @@ class Session:
         # initiation is retried at a steady pace for as long as they chose to wait.
         self._conn = ClientConnection(
             server_address=self._address,
-            config=TransportConfig(handshake_timeout=timeout),
-            delivered_ids=delivered_ids,
+            config=TransportConfig(handshake_timeout=self.timeout),
+            delivered_ids=self._delivered,
         )
-        self._answers: dict[int, Response] = {}
         self._closed = False
 
     @property
@@ -174,11 +209,23 @@ class Session:
         Raises:
             ServerTimeoutError, ConnectionLostError, KeyMismatchError.
         """
-        self._conn.connect(self._clock())
-        self.run_until(lambda: self.server_key is not None, self._clock() + self.timeout)
-        if self.server_key is None:
-            raise ServerTimeoutError(f"no answer from {self.server} within {self.timeout:g} s")
-        return self.server_key
+        for index in range(len(self._resolved)):
+            if index:  # the previous node did not answer: the next one
+                self._close_socket()
+                self._attach(index)
+            self._conn.connect(self._clock())
+            try:
+                self.run_until(lambda: self.server_key is not None, self._clock() + self.timeout)
+            except (ServerTimeoutError, ConnectionLostError):
+                continue
+            if self.server_key is not None:
+                return self.server_key
+        raise ServerTimeoutError(f"no answer from {self.server} within {self.timeout:g} s")
+
+    def _close_socket(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
 
     def request(self, issue: Callable[[ClientConnection], int]) -> Response:
         """Send one request and wait for its answer.

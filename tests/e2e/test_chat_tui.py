@@ -17,7 +17,7 @@ from textual.widgets import Static
 from udpchat_cli.chat_app import ChatApp, Composer, MessagePane
 from udpchat_cli.chat_link import LinkState
 from udpchat_cli.profiles import Home
-from udpchat_cli.session import Session, parse_server
+from udpchat_cli.session import Session, parse_servers
 from udpchat_proto.chat import ClientConnection
 from udpchat_proto.chat import messages as m
 
@@ -34,7 +34,7 @@ def chat_for(user: User) -> ChatApp:
     server = user.server.address
     key = home.known_servers.get(server)
     assert key is not None
-    return ChatApp.for_profile(home, "default", server, parse_server(server), key)
+    return ChatApp.for_profile(home, "default", server, parse_servers(server), key)
 
 
 async def until(

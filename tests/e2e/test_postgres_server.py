@@ -3,14 +3,16 @@ on SQLite, and what was acknowledged is there after a restart."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.services import postgres_database
+from udpchat_cli.profiles import Home
 
-from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env
+from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -113,3 +115,60 @@ def test_a_single_server_moves_to_postgresql_as_it_is(
         finally:
             on_postgres.stop()
             on_postgres.kill()
+
+
+def free_udp_port() -> int:
+    """A loopback UDP port nothing listens on (bound, then let go)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_clients_move_to_another_node_of_the_same_database(tmp_path: Path) -> None:
+    with postgres_database() as url:
+        key = tmp_path / "cluster.key"
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        node_a = ServerProcess(tmp_path / "a", database_url=url, key_file=key).start()
+        node_b = ServerProcess(tmp_path / "b", database_url=url, key_file=key).start()
+        try:
+            both = f"{node_a.address},{node_b.address}"
+            home = tmp_path / "home-alice"
+            alice = User("alice", home, node_a)
+            alice.signup()  # on node A (its profile remembers A)
+            relist = run_cli(
+                "--json", "login", "alice", "--password-stdin",
+                home=home, server=both, stdin=PASSWORD + "\n",
+            )  # fmt: skip
+            assert relist.code == 0, relist
+            profile = Home(home).load("default")
+            assert profile.server == both  # the profile remembers the list
+            pins = Home(home).known_servers
+            assert pins.get(node_a.address) == pins.get(node_b.address) is not None
+            bob = User("bob", tmp_path / "home-bob", node_b)
+            bob.signup()
+            bob.ok("invite", "alice")
+            assert run_cli("--json", "accept", "bob", home=home).code == 0
+            node_a.kill()  # SIGKILL: A dies
+            # Tried in order: A does not answer, B does, and resumes the same session.
+            moved = run_cli("--json", "--timeout", "1", "send", "bob", "from B", home=home)
+            assert moved.code == 0, moved
+            assert [x["text"] for x in bob.ok("inbox")["messages"]] == ["from B"]
+            sessions = run_cli("--json", "--timeout", "1", "sessions", home=home)
+            assert sum(s["current"] for s in sessions.json["sessions"]) == 1
+        finally:
+            for node in (node_a, node_b):
+                node.stop()
+                node.kill()
+
+
+def test_a_list_of_nodes_is_tried_in_order(server: ServerProcess, tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_udp_port()}"
+    home = tmp_path / "home-carol"
+    both = f"{dead},{server.address}"
+    done = run_cli(
+        "--json", "--timeout", "1", "register", "carol", "--password-stdin",
+        home=home, server=both, stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert done.code == 0, done
+    assert run_cli("--json", "--server", "a:1,,", "whoami", home=home).code == 2
