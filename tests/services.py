@@ -63,3 +63,20 @@ def postgres_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.close()
+
+
+NATS_URL = os.environ.get("UDPCHAT_TEST_NATS", "nats://127.0.0.1:4222")
+"""The NATS server the cluster tests use."""
+
+
+def require_nats() -> str:
+    """The NATS URL, once a TCP connection to it succeeds (else skip, or fail in CI)."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(NATS_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 3).close()
+    except OSError as exc:
+        _unavailable("NATS", exc)
+    return NATS_URL

@@ -36,7 +36,7 @@ try:
     import time
     from pathlib import Path
     from types import FrameType
-    from typing import Any
+    from typing import TYPE_CHECKING, Any
 
     import attrs
     import click
@@ -53,6 +53,9 @@ try:
     from .dburl import is_postgres_url, shown_database
     from .keyfile import KeyFileError, default_key_path, load_or_create_key
     from .loop import ServerLoop
+
+    if TYPE_CHECKING:
+        from .bus import NatsBus
     from .sqlite_store import SQLiteStore
 except KeyboardInterrupt:
     sys.exit(0)
@@ -244,6 +247,13 @@ def _warn_about(config: ServerConfig) -> None:
     "[default: keep everything].",
 )
 @click.option(
+    "--bus",
+    default=None,
+    metavar="nats://HOST:PORT",
+    help="Join a cluster: the NATS server its nodes tell each other on (they share the "
+    "PostgreSQL --db and the --key-file).",
+)
+@click.option(
     "--scrypt-n",
     type=click.IntRange(2),
     default=None,
@@ -270,6 +280,7 @@ def command(
     workers: int,
     retain_days: float | None,
     public_presence: bool,
+    bus: str | None,
     **limits: Any,
 ) -> None:
     """Run the udpchat server."""
@@ -293,12 +304,21 @@ def command(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if bus is not None and not is_postgres_url(db):
+        raise StartupError("--bus joins a cluster: its nodes share a PostgreSQL --db")
     config = _config(
-        {**limits, "retain_days": retain_days, "public_presence": public_presence}, scrypt_n
+        {
+            **limits,
+            "retain_days": retain_days,
+            "public_presence": public_presence,
+            "cluster": bus is not None,
+        },
+        scrypt_n,
     )
     sock = _bind(host, port)
     try:
         store = _open_store(db, key_file)
+        node_bus: NatsBus | None = None
         try:
             key_path = key_file if key_file is not None else default_key_path(Path(db))
             try:
@@ -308,7 +328,8 @@ def command(
             if created:
                 log.info("created key file %s", key_path)
             server = ChatServer(store=store, static_key=key, clock=time.time, config=config)
-            loop = ServerLoop(server=server, store=store, sock=sock, workers=workers)
+            node_bus = _join_bus(bus) if bus is not None else None
+            loop = ServerLoop(server=server, store=store, sock=sock, workers=workers, bus=node_bus)
             loops.append(loop)
             if stop_requested:  # a signal came while starting: stop at once, never ready
                 loop.stop()
@@ -326,9 +347,32 @@ def command(
             loop.run()
             log.info("stopped")
         finally:
+            if node_bus is not None:
+                node_bus.close()
             store.close()
     finally:
         sock.close()
+
+
+def _join_bus(url: str) -> NatsBus:
+    """The cluster's bus, connected.
+
+    Raises:
+        StartupError: it cannot be reached (or nats-py is missing).
+    """
+    try:
+        from .bus import BusError, NatsBus  # noqa: PLC0415 (nats-py: optional)
+
+        joined = NatsBus(url)
+        joined.start()
+    except ImportError as exc:
+        raise StartupError(
+            f"--bus needs nats-py: pip install 'udpchat-proto[cluster]' ({exc})"
+        ) from None
+    except BusError as exc:
+        raise StartupError(str(exc)) from None
+    log.info("joined the bus at %s", url)
+    return joined
 
 
 def _open_store(db: str, key_file: Path | None) -> Store:

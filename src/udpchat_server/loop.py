@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udpchat_proto.chat import (
     ChatServer,
@@ -52,6 +52,9 @@ from udpchat_proto.chat import (
 )
 
 __all__ = ["BATCH", "ServerLoop", "describe", "format_counters", "yield_to_the_loop"]
+
+if TYPE_CHECKING:
+    from .bus import NatsBus
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +147,11 @@ class ServerLoop:
         sock: socket.socket,
         workers: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        bus: NatsBus | None = None,
     ) -> None:
         self._server = server
+        self._bus = bus
+        """The cluster's bus (a node of several), or None."""
         self._store = store
         self._sock = sock
         self._clock = clock
@@ -160,6 +166,8 @@ class ServerLoop:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        if bus is not None:
+            bus.wake = self._wake  # hints from the other nodes wake the loop
         self._stopping = False
         self.datagrams_received = 0
         self.datagrams_sent = 0
@@ -230,6 +238,12 @@ class ServerLoop:
                 server.receive_datagram(data, (addr[0], addr[1]), now)
             except Exception:
                 log.exception("the core raised on a datagram from %s:%s", addr[0], addr[1])
+        if self._bus is not None:
+            hinted, resync = self._bus.take()
+            if resync:
+                server.refill_all(now)
+            if hinted:
+                server.deliver_hints(hinted, now)
         while True:
             try:
                 job_id, digest = self._done.get_nowait()
@@ -257,6 +271,8 @@ class ServerLoop:
                 self._store_recovered()
             else:
                 self._store_failed(failure)
+        if self._bus is not None and (hints := server.take_delivery_hints()):
+            self._bus.publish(hints)  # committed: the other nodes will find them
         for data, addr in server.datagrams_to_send(now):
             try:
                 self._sock.sendto(data, addr)

@@ -177,6 +177,11 @@ class ServerConfig:
     original design). By default a user sees only the online users who are their
     friends or share a room with them: who is online is nobody else's business."""
 
+    cluster: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    """Whether this server is one node of several on one database: it then names
+    the users whose messages it stored (:meth:`ChatServer.take_delivery_hints`)
+    for the runtime to tell the other nodes (:meth:`ChatServer.deliver_hints`)."""
+
     max_violations: int = attrs.field(default=16, validator=positive_int)
     """Protocol violations (undecodable payloads, messages only a server may send)
     tolerated per connection; the next one closes the connection."""

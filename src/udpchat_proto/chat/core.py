@@ -144,6 +144,9 @@ class ServerCore(Lookups):
         self._by_session: dict[bytes, tuple[ConnectionId, ...]] = {}
         self._held: list[_Held] = []
         """Replies and pushes waiting for the batch's commit (message and payload)."""
+        self._hints: dict[str, None] = {}
+        """Users whose messages this batch stored, for the other nodes (cluster.py)."""
+        self._hints_out: list[str] = []
         self._closes_held: list[tuple[ConnectionId, str]] = []
         """Connections a request closes (a revoked session's), closed once its batch
         is durable: a lost batch must not have disconnected anyone."""
@@ -304,6 +307,8 @@ class ServerCore(Lookups):
         if not self._tracker.acknowledgements_deferred:
             self._cursor_write_at = None
         self._touching.clear()
+        self._hints_out.extend(self._hints)  # durable now: the other nodes may look
+        self._hints.clear()
         held, self._held = self._held, []
         for item in held:
             self._transport_send(item.connection_id, item.payload)
@@ -328,6 +333,7 @@ class ServerCore(Lookups):
         """
         self._tracker.batch_lost()
         self._closes_held.clear()
+        self._hints.clear()
         self._friend_sets.clear()
         self._note_store_failure(failure)
         if self._tracker.acknowledgements_deferred and self._cursor_write_at is None:

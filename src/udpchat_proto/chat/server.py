@@ -45,6 +45,7 @@ in the store, which keeps every connection's pushes in store order.
 
 from __future__ import annotations
 
+from .cluster import ClusterHints
 from .config import ServerConfig
 from .handlers import (
     AccountChangeRequests,
@@ -61,7 +62,12 @@ __all__ = ["HANDLERS", "ChatServer", "HashJob", "ServerConfig", "ServerStats", "
 
 
 class ChatServer(
-    AccountChangeRequests, BlockRequests, FriendRequests, MessageRequests, RoomRequests
+    AccountChangeRequests,
+    BlockRequests,
+    FriendRequests,
+    MessageRequests,
+    RoomRequests,
+    ClusterHints,
 ):
     """The server role: routes every connection's requests to the store and back.
 

@@ -58,6 +58,8 @@ class MessageRequests(ServerCore):
         for recipient in recipients:
             for connection_id in self._by_user.get(recipient, ()):
                 self._deliver_new(self._connections[connection_id], message)
+        if self._config.cluster:  # other nodes' connections of theirs: see cluster.py
+            self._hints.update(dict.fromkeys((*recipients, me)))
         # The sender's other devices show it too (not the one it came from).
         for connection_id in self._by_user.get(me, ()):
             other = self._connections[connection_id]

@@ -1,0 +1,67 @@
+"""Two real nodes on one PostgreSQL database and the real NATS: a message sent on
+one node is pushed at once to a listener on the other, once, in order."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.services import postgres_database, require_nats
+
+from .conftest import ServerProcess, User
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_message_sent_on_one_node_is_pushed_at_once_on_the_other(tmp_path: Path) -> None:
+    bus = require_nats()
+    with postgres_database() as url:
+        key = tmp_path / "cluster.key"
+        nodes = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            nodes.append(
+                ServerProcess(
+                    tmp_path / name, database_url=url, key_file=key, options=("--bus", bus)
+                ).start()
+            )
+        node_a, node_b = nodes
+        try:
+            alice = User("alice", tmp_path / "home-alice", node_a)
+            bob = User("bob", tmp_path / "home-bob", node_b)
+            alice.signup()
+            bob.signup()
+            alice.ok("invite", "bob")
+            bob.ok("accept", "alice")
+            listener = bob.listen("--for", "15")
+            try:
+                # bob's listen is on node B once he shows online there.
+                deadline = time.monotonic() + 10
+                while "bob" not in User("bob", bob.home, node_b).ok("online")["online"]:
+                    assert time.monotonic() < deadline, "bob's listener never connected"
+                    time.sleep(0.1)
+                sent_at = time.monotonic()
+                for n in range(3):
+                    alice.ok("send", "bob", f"across {n}")
+                assert listener.stdout is not None
+                got: list[str] = []
+                while len(got) < 3:
+                    line = listener.stdout.readline()
+                    assert line, f"the listener ended with {got}"
+                    event = json.loads(line)
+                    if event["event"] == "message":
+                        got.append(event["text"])
+                arrived = time.monotonic() - sent_at
+            finally:
+                listener.kill()
+                listener.communicate(timeout=10)
+            assert got == ["across 0", "across 1", "across 2"]
+            assert arrived < 10  # pushed, not found at the next reconnect
+        finally:
+            for node in nodes:
+                node.stop()
+                node.kill()
+        assert "joined the bus" in node_a.log_text()
