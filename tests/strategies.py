@@ -18,7 +18,9 @@ rooms = usernames.map(lambda name: "#" + name)
 targets = st.one_of(usernames, rooms)
 # Any character but lone surrogates (not valid UTF-8), capped at the byte limit.
 _valid_utf8 = st.characters(exclude_categories=["Cs"])
-texts = st.text(alphabet=_valid_utf8, min_size=1, max_size=MAX_TEXT_BYTES // 4)
+# A message text may hold any of them but NUL (no database keeps it as text).
+_text_chars = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
+texts = st.text(alphabet=_text_chars, min_size=1, max_size=MAX_TEXT_BYTES // 4)
 passwords = st.text(alphabet=_valid_utf8, min_size=8, max_size=64)
 message_ids = st.binary(min_size=16, max_size=16)
 tokens = st.binary(min_size=32, max_size=32)

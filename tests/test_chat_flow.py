@@ -160,6 +160,8 @@ def test_the_client_library_refuses_invalid_arguments(world: ChatWorld) -> None:
         (lambda: alice.conn.login("alice", "short"), ErrorCode.INVALID_PASSWORD),
         (lambda: alice.conn.join_room("noprefix"), ErrorCode.INVALID_ROOM),
         (lambda: alice.conn.send_message("bob", ""), ErrorCode.INVALID_TEXT),
+        # (No database keeps a NUL as text; on PostgreSQL it cost a whole batch.)
+        (lambda: alice.conn.send_message("bob", "a\x00b"), ErrorCode.INVALID_TEXT),
         (lambda: alice.conn.send_message("bob", "x" * 4097), ErrorCode.TOO_LARGE),
         (lambda: alice.conn.get_history("bob", limit=0), ErrorCode.BAD_REQUEST),
         (lambda: alice.conn.resume(b"short"), ErrorCode.BAD_REQUEST),

@@ -166,6 +166,7 @@ class Session:
     def _attach(self, index: int) -> None:
         """A socket and a core connection for node ``index`` of the list."""
         family, kind, proto, _name, address = self._resolved[index]
+        self.server_key = None  # (each node's key is checked at its own handshake)
         self._address: Address = (str(address[0]), int(address[1]))
         self._sock = socket.socket(family, kind, proto)
         self._sock.setblocking(False)

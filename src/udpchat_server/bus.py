@@ -75,6 +75,11 @@ class NatsBus:
         payload = orjson.dumps({"node": self.node, "users": usernames})
         self._loop.call_soon_threadsafe(self._publish, payload)
 
+    @property
+    def connected(self) -> bool:
+        """Whether hints flow now (False while NATS is away)."""
+        return self._nc is not None and bool(self._nc.is_connected)
+
     def take(self) -> tuple[list[str], bool]:
         """The users the other nodes hinted since the last call, and whether the
         bus came back from a gap meanwhile (then look for everyone)."""

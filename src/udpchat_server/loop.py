@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds between looks in the database for every connection while the cluster's
+#: bus is away (its hints are lost meanwhile).
+BUS_DOWN_LOOK_INTERVAL = 3.0
+
 #: Most datagrams read in one turn before the batch is committed and answered;
 #: bounds the latency a flood can add to everyone else's replies.
 BATCH = 256
@@ -168,6 +172,7 @@ class ServerLoop:
         self._wake_w.setblocking(False)
         if bus is not None:
             bus.wake = self._wake  # hints from the other nodes wake the loop
+        self._next_look = 0.0
         self._stopping = False
         self.datagrams_received = 0
         self.datagrams_sent = 0
@@ -240,7 +245,9 @@ class ServerLoop:
                 log.exception("the core raised on a datagram from %s:%s", addr[0], addr[1])
         if self._bus is not None:
             hinted, resync = self._bus.take()
-            if resync:
+            if resync or (not self._bus.connected and now >= self._next_look):
+                # Back from a gap, or still in one: look for everyone, every few seconds.
+                self._next_look = now + BUS_DOWN_LOOK_INTERVAL
                 server.refill_all(now)
             if hinted:
                 server.deliver_hints(hinted, now)
@@ -273,6 +280,7 @@ class ServerLoop:
                 self._store_failed(failure)
         if self._bus is not None and (hints := server.take_delivery_hints()):
             self._bus.publish(hints)  # committed: the other nodes will find them
+            server.deliver_hints(hints, now)  # and so does this one (no live pushes)
         for data, addr in server.datagrams_to_send(now):
             try:
                 self._sock.sendto(data, addr)

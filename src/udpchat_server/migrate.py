@@ -75,7 +75,8 @@ def migrate(source: Path, url: str) -> dict[str, int]:
     # same data, in the newest layout the copy expects).
     SQLiteStore.open(source).close()
     PostgresStore.open(url).close()
-    reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
+    reader.execute("BEGIN")  # one snapshot for every table (WAL: a consistent read)
     try:
         with psycopg.connect(url) as target, target.transaction():
             for table in ("accounts", "messages"):

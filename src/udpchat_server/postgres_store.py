@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Final, NoReturn, Self
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from udpchat_proto.chat import (
     STORE_READS,
@@ -127,6 +128,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+CONNECT_TIMEOUT: Final = 5
+"""Seconds to reach the database before a batch is answered unavailable."""
 
 _COLUMNS = "m.id, m.sender, m.recipient, m.text, m.sent_at"
 _PENDING = f"""
@@ -182,6 +185,9 @@ _UNAVAILABLE_STATES = {
     "57": "database shutting down",  # operator intervention
     "58": "database I/O error",  # system error
     "25006": "database is read-only",  # read_only_sql_transaction
+    "25P03": "database transaction timed out",  # idle_in_transaction_session_timeout
+    "55P03": "database busy",  # lock_not_available (lock_timeout)
+    "57014": "database busy",  # query_canceled (statement_timeout)
     "40001": "database conflict",  # serialization failure (retry the batch)
     "40P01": "database conflict",  # deadlock detected (retry the batch)
 }
@@ -267,7 +273,22 @@ class PostgresStore:
     def _connection(self) -> psycopg.Connection[Any]:
         """The connection (made again if it was lost)."""
         if self._db is None or self._db.closed:
-            self._db = psycopg.connect(self._dsn, autocommit=True)
+            self._db = psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            )
+            # One node stalled in a batch (paused, cut off) must not freeze the
+            # others on its row locks: they give up, answer unavailable, go on.
+            self._db.execute(
+                "SET lock_timeout = '2s'; SET statement_timeout = '30s'; "
+                "SET idle_in_transaction_session_timeout = '60s'; "
+                "SET default_transaction_isolation = 'read committed'"
+            )
             if self._schema is not None:
                 self._db.execute(f'SET search_path TO "{self._schema}"')
         return self._db
@@ -635,6 +656,21 @@ class PostgresStore:
         if db.execute("SELECT 1 FROM messages WHERE id = %s", (message.id,)).fetchone():
             # Looked up first: a unique violation would abort the whole transaction.
             raise ValueError("a message with this id is already stored")
+        # Another node may be inserting the same id (a client's retry, moved over):
+        # under a savepoint its unique violation undoes this message alone.
+        db.execute("SAVEPOINT message")
+        try:
+            stored = self._insert_message(db, message, origin)
+        except pg_errors.UniqueViolation:
+            db.execute("ROLLBACK TO SAVEPOINT message")
+            db.execute("RELEASE SAVEPOINT message")
+            raise ValueError("a message with this id is already stored") from None
+        db.execute("RELEASE SAVEPOINT message")
+        return stored
+
+    def _insert_message(
+        self, db: psycopg.Connection[Any], message: ChatMessage, origin: bytes | None
+    ) -> StoredMessage:
         key = conversation_key(message.sender, message.to)
         sent_at = _to_micros(message.sent_at)
         created = db.execute(

@@ -1,15 +1,20 @@
 """Several nodes on one database: telling the others that something arrived.
 
 With ``ServerConfig.cluster``, a node notes the users a batch stored messages for
-(the recipients, and the sender for their other devices). Once the batch is
-durable, :meth:`ClusterHints.take_delivery_hints` hands their names to the runtime,
-which publishes them on the cluster's bus; every node hands what it hears to
-:meth:`ClusterHints.deliver_hints`, which tops up the delivery windows of those
-users' connections *on that node* from the database: the database says what to
+(the recipients, and the sender for their other devices), and pushes nothing
+from memory. Once the batch is durable, :meth:`ClusterHints.take_delivery_hints`
+hands their names to the runtime, which publishes them on the cluster's bus and
+hands them to this node's :meth:`ClusterHints.deliver_hints` too; every node hands
+what it hears there, which tops up the delivery windows of those users'
+connections *on that node* from the database. (A live push from memory, as a
+single server does, could pass an earlier seq of the same conversation that
+another node committed and has not hinted yet: the acknowledgement of the later
+one would move the cursor past it.) the database says what to
 push, in order and once; the hint only says when to look. A hint that is lost
 costs time, never a message: the connection's next acknowledgement, or its next
-login, reads the database anyway (and :meth:`ClusterHints.refill_all` looks for
-every local connection, after the bus was away).
+login, reads the database anyway, and :meth:`ClusterHints.refill_all` looks for
+every local connection: after the bus was away, and every few seconds while it
+is.
 """
 
 from __future__ import annotations

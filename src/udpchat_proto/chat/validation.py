@@ -172,6 +172,9 @@ def check_text(value: object) -> None:
     """Raise :class:`ValidationError` unless ``value`` is a sendable message text."""
     if not isinstance(value, str) or not value:
         raise ValidationError(ErrorCode.INVALID_TEXT, "message text must not be empty")
+    if "\x00" in value:
+        # No database keeps it as text (PostgreSQL refuses it), and no person types it.
+        raise ValidationError(ErrorCode.INVALID_TEXT, "message text must not contain NUL")
     # At most 4 bytes a character: the common case skips the encode entirely.
     if len(value) * 4 <= MAX_TEXT_BYTES:
         _check_utf8(value, ErrorCode.INVALID_TEXT, "message text")

@@ -55,11 +55,15 @@ class MessageRequests(ServerCore):
                 request_id=request.request_id, message_id=message.id, sent_at=message.sent_at
             ),
         )
+        if self._config.cluster:
+            # Every node, this one included, pushes from the database once the
+            # batch is durable (see cluster.py): a live push from memory could pass
+            # an earlier seq that another node committed and has not hinted yet.
+            self._hints.update(dict.fromkeys((*recipients, me)))
+            return
         for recipient in recipients:
             for connection_id in self._by_user.get(recipient, ()):
                 self._deliver_new(self._connections[connection_id], message)
-        if self._config.cluster:  # other nodes' connections of theirs: see cluster.py
-            self._hints.update(dict.fromkeys((*recipients, me)))
         # The sender's other devices show it too (not the one it came from).
         for connection_id in self._by_user.get(me, ()):
             other = self._connections[connection_id]
