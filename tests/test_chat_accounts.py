@@ -80,12 +80,8 @@ def test_requests_pipelined_behind_a_change_wait_for_both_hashes(world: ChatWorl
 def test_an_upgrade_of_the_old_hash_never_undoes_a_change(stores: StoreFactory) -> None:
     # A login at an outdated cost hashes the password again in the background; a
     # change of password that lands first must not be overwritten by it.
-    world = ChatWorld(stores)
-    world.signed_up("alice")
-    world.config = test_config(scrypt=ScryptParams(n=32, r=1, p=1))
-    world.restart_server()
-    laptop = world.user("alice", device="laptop")
-    laptop.connect()
+    laptop = laptop_at_a_higher_cost(stores)
+    world = laptop.world
     world.host.hash_delay = 100.0
     login = laptop.conn.login("alice", PASSWORD)
     world.settle(0.5)
@@ -102,6 +98,18 @@ def test_an_upgrade_of_the_old_hash_never_undoes_a_change(stores: StoreFactory) 
     phone.connect()
     phone.refused(phone.conn.login("alice", PASSWORD), ErrorCode.BAD_CREDENTIALS)
     phone.ok(phone.conn.login("alice", NEW_PASSWORD), m.LoggedIn)
+
+
+def laptop_at_a_higher_cost(stores: StoreFactory) -> ChatUser:
+    """alice registered; the server restarted at a higher hash cost (her next login
+    hashes her password again); a laptop of hers connected, not logged in."""
+    world = ChatWorld(stores)
+    world.signed_up("alice")
+    world.config = test_config(scrypt=ScryptParams(n=32, r=1, p=1))
+    world.restart_server()
+    laptop = world.user("alice", device="laptop")
+    laptop.connect()
+    return laptop
 
 
 # --- delete_account ----------------------------------------------------------------------
@@ -318,12 +326,8 @@ def test_nothing_acts_for_a_deleted_account_later_in_its_batch(world: ChatWorld)
 
 
 def test_a_change_right_after_a_login_that_upgrades_the_hash_works(stores: StoreFactory) -> None:
-    world = ChatWorld(stores)
-    world.signed_up("alice")
-    world.config = test_config(scrypt=ScryptParams(n=32, r=1, p=1))
-    world.restart_server()
-    laptop = world.user("alice", device="laptop")
-    laptop.connect()
+    laptop = laptop_at_a_higher_cost(stores)
+    world = laptop.world
     login = laptop.conn.login("alice", PASSWORD)
     change = laptop.conn.change_password(PASSWORD, NEW_PASSWORD)  # pipelined
     laptop.ok(login, m.LoggedIn)

@@ -504,12 +504,7 @@ class ChatApp(App[int]):
         for push in pushes:
             if isinstance(push, m.MessageDelivered):
                 message = push.message
-                known = (
-                    message.id
-                    in self.model.conversations.get(
-                        self.model.key_of(message), Conversation("")
-                    ).ids
-                )
+                known = self.model.knows(message)
                 ring |= self.model.receive(message)
                 if not known and self.model.key_of(message) == self.model.current:
                     pane.add(Static(_line(message), classes="message"))

@@ -239,7 +239,6 @@ class ChatLink:
                 pushes.append(event)
         if pushes:
             self._on_pushes(pushes)  # saved before the acknowledgements leave
-        self._delivered = conn.delivered_ids
         self._transmit()
         if lost is not None:
             self._on_lost(lost)
@@ -267,6 +266,8 @@ class ChatLink:
             answer(response)
 
     def _on_lost(self, lost: Disconnected) -> None:
+        if self._conn is not None:  # carried to the next connection (not copied each turn)
+            self._delivered = self._conn.delivered_ids
         self._conn = None
         self._cancel_timers()
         self._fail_pending()

@@ -155,6 +155,11 @@ class ChatModel:
             return message.to
         return message.to if message.sender == self.me else message.sender
 
+    def knows(self, message: ChatMessage) -> bool:
+        """Whether the message is here already (a repeat)."""
+        conversation = self.conversations.get(self.key_of(message))
+        return conversation is not None and message.id in conversation.ids
+
     def receive(self, message: ChatMessage) -> bool:
         """A delivered message. True if it is new and unread (it raises its
         conversation's count: ring the bell); False if it is shown at once or a

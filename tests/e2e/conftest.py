@@ -254,6 +254,12 @@ class User:
         )
 
 
+def befriend(a: User, b: User) -> None:
+    """``a`` invites ``b``, who accepts."""
+    a.ok("invite", b.name)
+    b.ok("accept", a.name)
+
+
 def wait_until_online(observer: User, name: str, deadline: float = 10.0) -> None:
     """Poll ``online`` (as ``observer``) until ``name`` is connected, bounded."""
     end = time.monotonic() + deadline

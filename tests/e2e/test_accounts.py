@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PASSWORD, User, run_cli, wait_until_online
+from .conftest import PASSWORD, User, befriend, run_cli, wait_until_online
 from .test_sessions import second_device
 
 pytestmark = pytest.mark.e2e
@@ -21,11 +21,6 @@ MakeUser = Callable[..., User]
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 NEW = "a better secret"
-
-
-def friends(a: User, b: User) -> None:
-    a.ok("invite", b.name)
-    b.ok("accept", a.name)
 
 
 def test_passwd_checks_the_current_password_and_ends_the_other_sessions(
@@ -51,7 +46,7 @@ def test_passwd_checks_the_current_password_and_ends_the_other_sessions(
 
 def test_delete_account_retires_the_name_and_keeps_what_was_sent(make_user: MakeUser) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    friends(alice, bob)
+    befriend(alice, bob)
     alice.ok("join", "tea")
     bob.ok("join", "tea")
     alice.ok("send", "bob", "goodbye, bob")
@@ -69,7 +64,7 @@ def test_delete_account_retires_the_name_and_keeps_what_was_sent(make_user: Make
 
 def test_status_and_send_wait_delivered(make_user: MakeUser) -> None:
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
-    friends(alice, bob)
+    befriend(alice, bob)
     sent = alice.ok("send", "bob", "are you there?")
     status = alice.ok("status", sent["id"])
     assert status == {"id": sent["id"], "to": "bob", "state": "stored", "delivered_at": None}
@@ -108,7 +103,7 @@ def test_status_and_send_wait_delivered(make_user: MakeUser) -> None:
 
 def test_listen_prints_a_delivered_event_for_each_receipt(make_user: MakeUser) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    friends(alice, bob)
+    befriend(alice, bob)
     listener = alice.listen("--for", "8")
     try:
         wait_until_online(bob, "alice")  # friends see each other online
@@ -128,7 +123,7 @@ def test_my_messages_reach_my_other_devices_once_in_order(
     make_user: MakeUser, tmp_path: Path
 ) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    friends(alice, bob)
+    befriend(alice, bob)
     laptop = second_device(alice, tmp_path, "laptop")
     bob.ok("send", "alice", "hi alice")
     sent = alice.ok("send", "bob", "hi bob")

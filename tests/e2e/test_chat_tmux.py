@@ -15,7 +15,7 @@ import pytest
 
 from udpchat_cli.profiles import Home
 
-from .conftest import CLI, ServerProcess, User, clean_env
+from .conftest import CLI, ServerProcess, User, befriend, clean_env
 
 pytestmark = [
     pytest.mark.e2e,
@@ -95,8 +95,7 @@ def test_the_chat_in_a_real_terminal_survives_a_server_restart(
     make_user: MakeUser, server: ServerProcess, terminal_for: Callable[[User], Terminal]
 ) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    bob.ok("invite", "alice")
-    alice.ok("accept", "bob")
+    befriend(bob, alice)
     bob.ok("send", "alice", "hello from the shell")
     alice.ok("join", "tea")
     term = terminal_for(alice)

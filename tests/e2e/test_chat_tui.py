@@ -21,7 +21,7 @@ from udpchat_cli.session import Session, parse_servers
 from udpchat_proto.chat import ClientConnection
 from udpchat_proto.chat import messages as m
 
-from .conftest import ServerProcess, User
+from .conftest import ServerProcess, User, befriend
 
 pytestmark = pytest.mark.e2e
 
@@ -82,8 +82,7 @@ def run(coroutine: Coroutine[Any, Any, None]) -> None:
 
 def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: ServerProcess) -> None:
     alice, bob, carol, dave = (make_user(name) for name in ("alice", "bob", "carol", "dave"))
-    bob.ok("invite", "alice")
-    alice.ok("accept", "bob")
+    befriend(bob, alice)
     bob.ok("send", "alice", "hello alice")
     bob.ok("send", "alice", "\x1b[31mRED\x07 [N] and [b]bold[/b]")
 
@@ -188,8 +187,7 @@ def test_the_pane_follows_new_messages_only_at_its_bottom(
     make_user: MakeUser, server: ServerProcess
 ) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    bob.ok("invite", "alice")
-    alice.ok("accept", "bob")
+    befriend(bob, alice)
     for n in range(60):
         bob.ok("send", "alice", f"line {n}")
 
@@ -224,8 +222,7 @@ def test_a_long_paste_asks_first_and_alt_enter_makes_a_new_line(
     make_user: MakeUser, server: ServerProcess
 ) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    bob.ok("invite", "alice")
-    alice.ok("accept", "bob")
+    befriend(bob, alice)
 
     async def scenario() -> None:
         app = chat_for(alice)
@@ -269,8 +266,7 @@ def test_chat_refuses_before_drawing_anything_when_not_logged_in(
 
 def test_it_fits_an_80x24_terminal(make_user: MakeUser, server: ServerProcess) -> None:
     alice, bob = make_user("alice"), make_user("bob")
-    bob.ok("invite", "alice")
-    alice.ok("accept", "bob")
+    befriend(bob, alice)
 
     async def scenario() -> None:
         app = chat_for(alice)
@@ -332,8 +328,7 @@ def test_scrolling_to_the_top_loads_older_history(
     alice, bob = (User(name, tmp_path / f"home-{name}", fast_server) for name in ("alice", "bob"))
     alice.signup()
     bob.signup()
-    bob.ok("invite", "alice")
-    alice.ok("accept", "bob")
+    befriend(bob, alice)
     send_many(bob, "alice", [f"old {n}" for n in range(130)])
     alice.ok("inbox")  # read elsewhere: only history brings them back
 

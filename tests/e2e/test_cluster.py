@@ -11,7 +11,7 @@ import pytest
 
 from tests.services import postgres_database, require_nats
 
-from .conftest import ServerProcess, User
+from .conftest import ServerProcess, User, befriend
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +34,7 @@ def test_a_message_sent_on_one_node_is_pushed_at_once_on_the_other(tmp_path: Pat
             bob = User("bob", tmp_path / "home-bob", node_b)
             alice.signup()
             bob.signup()
-            alice.ok("invite", "bob")
-            bob.ok("accept", "alice")
+            befriend(alice, bob)
             listener = bob.listen("--for", "15")
             try:
                 # bob's listen is on node B once he shows online there.

@@ -12,7 +12,7 @@ import pytest
 from tests.services import postgres_database
 from udpchat_cli.profiles import Home
 
-from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env, run_cli
+from .conftest import PASSWORD, SERVER, ServerProcess, User, befriend, clean_env, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -26,8 +26,7 @@ def test_a_server_on_postgresql_keeps_everything_across_a_restart(tmp_path: Path
             bob = User("bob", tmp_path / "home-bob", server)
             alice.signup()
             bob.signup()
-            alice.ok("invite", "bob")
-            bob.ok("accept", "alice")
+            befriend(alice, bob)
             sent = alice.ok("send", "bob", "stored in postgres")
             bob.ok("join", "tea")
             alice.ok("join", "tea")
@@ -74,8 +73,7 @@ def test_a_single_server_moves_to_postgresql_as_it_is(
     bob = User("bob", tmp_path / "home-bob", server)
     alice.signup()
     bob.signup()
-    alice.ok("invite", "bob")
-    bob.ok("accept", "alice")
+    befriend(alice, bob)
     alice.ok("join", "tea")
     bob.ok("join", "tea")
     alice.ok("send", "bob", "before the move")
