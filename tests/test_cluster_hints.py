@@ -1,14 +1,27 @@
-"""Two server nodes on one store, in-process: a message stored on one node reaches a
-connection on the other at once through the delivery hints, and never twice."""
+"""Two server nodes on one store, in-process, exchanging their news as the bus would:
+a message stored on one node reaches a connection on the other at once and never
+twice; pushes, ended sessions, stale caches and presence cross nodes too; a silent
+node's users go offline."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from tests.chat_helpers import test_config
-from udpchat_proto.chat import ChatServer, ClientConnection, MemoryStore
+from udpchat_proto.chat import (
+    NODE_TIMEOUT,
+    ChatServer,
+    ClientConnection,
+    ClientState,
+    Disconnected,
+    MemoryStore,
+)
 from udpchat_proto.chat import messages as m
+from udpchat_proto.errors import ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import Address, ServerKey
 
+T = TypeVar("T")
 PASSWORD = "correct horse battery"
 NODE_A: Address = ("127.0.0.1", 1001)
 NODE_B: Address = ("127.0.0.1", 1002)
@@ -17,12 +30,12 @@ NODE_B: Address = ("127.0.0.1", 1002)
 class Cluster:
     """Two nodes (one key, one store) and clients that talk to either."""
 
-    def __init__(self, *, hints: bool = True) -> None:
+    def __init__(self, *, hints: bool = True, public_presence: bool = False) -> None:
         self.now = 100.0
         self.store = MemoryStore()
         key = ServerKey.generate(SeededRandomSource("cluster-key"))
         self.key = key
-        config = test_config(cluster=True)
+        config = test_config(cluster=True, public_presence=public_presence)
         self.nodes = {
             NODE_A: ChatServer(
                 store=self.store, static_key=key, clock=self.wall, config=config,
@@ -65,11 +78,7 @@ class Cluster:
                     server.run_hash_jobs(self.now)
                     server.commit()
                     if self.hints:
-                        hinted = server.take_delivery_hints()
-                        for other in self.nodes.values():  # (itself too, as the loop)
-                            if hinted:
-                                other.deliver_hints(hinted, self.now)
-                                other.commit()
+                        self.exchange(node_address)
                     for data, to in server.datagrams_to_send(self.now):
                         conn, _node = self.clients[to]
                         conn.receive_datagram(data, node_address, self.now)
@@ -88,6 +97,32 @@ class Cluster:
                 timer = conn.get_timer()
                 if timer is not None and timer <= self.now:
                     conn.handle_timer(self.now)
+
+    def exchange(self, node_address: Address) -> None:
+        """Hand one node's news to the others (and its hints to itself), as the loop."""
+        server = self.nodes[node_address]
+        news = server.take_news()
+        if not news:
+            return
+        for other in self.nodes.values():
+            if other is server:
+                other.deliver_hints(list(news.users), self.now)
+            else:
+                other.receive_news(str(node_address), news, self.now)
+            other.commit()
+
+    def heartbeat(self, *, only: Address | None = None) -> None:
+        """Every node (or ``only`` one) tells the others who is online on it."""
+        for node_address, server in self.nodes.items():
+            if only is not None and node_address != only:
+                continue
+            for other in self.nodes.values():
+                if other is not server:
+                    other.receive_snapshot(str(node_address), server.online_here(), self.now)
+                    other.commit()
+
+    def received(self, port: int, kind: type[T]) -> list[T]:
+        return [e for e in self.events[("127.0.0.2", port)] if isinstance(e, kind)]
 
     def delivered(self, port: int) -> list[str]:
         return [
@@ -144,14 +179,14 @@ def test_without_hints_the_other_node_waits_and_refill_all_heals() -> None:
     assert cluster.delivered(5002) == ["waits for a look"]
 
 
-def test_a_single_server_names_no_hints() -> None:
+def test_a_single_server_has_no_news() -> None:
     server = ChatServer(
         store=MemoryStore(),
         static_key=ServerKey.generate(SeededRandomSource("k")),
         clock=lambda: 0.0,
         config=test_config(),
     )
-    assert server.take_delivery_hints() == []
+    assert not server.take_news()
 
 
 def test_two_nodes_writing_one_room_lose_nothing() -> None:
@@ -178,3 +213,121 @@ def test_two_nodes_writing_one_room_lose_nothing() -> None:
     cluster.hints = True
     cluster.run(1.0)
     assert cluster.delivered(6001) == ["from carol on B", "from dave on A"]
+
+
+def test_pushes_reach_a_user_on_the_other_node() -> None:
+    cluster = Cluster()
+    signed_up(cluster)  # alice on A invited bob on B, who accepted
+    assert [p.from_user for p in cluster.received(5002, m.InvitationReceived)] == ["alice"]
+    answers = cluster.received(5001, m.InvitationAnswered)
+    assert [(a.by_user, a.accepted) for a in answers] == [("bob", True)]
+
+
+def test_presence_spans_the_nodes() -> None:
+    cluster = Cluster()
+    alice, bob = signed_up(cluster)
+    alice.list_online()
+    bob.list_friends()
+    cluster.run()
+    assert cluster.received(5001, m.OnlineUsers)[-1].usernames == ("alice", "bob")
+    assert cluster.received(5002, m.Friends)[-1].friends == (
+        m.UserPresence(username="alice", online=True),
+    )
+    # A second device on the other node changes nothing for her friends ...
+    laptop = cluster.client("bob", NODE_A, 5003)
+    cluster.run()
+    laptop.login("bob", PASSWORD)
+    cluster.run()
+    laptop.close(cluster.now)
+    cluster.run()
+    assert cluster.received(5001, m.PresenceChanged) == []
+    # ... and the last one going is news, once.
+    bob.close(cluster.now)
+    cluster.run()
+    changes = cluster.received(5001, m.PresenceChanged)
+    assert changes == [m.PresenceChanged(username="bob", online=False)]
+    alice.list_online()
+    cluster.run()
+    assert cluster.received(5001, m.OnlineUsers)[-1].usernames == ("alice",)
+
+
+def test_a_silent_node_s_users_go_offline_and_a_heartbeat_brings_them_back() -> None:
+    cluster = Cluster()
+    alice, _bob = signed_up(cluster)
+    node_a = cluster.nodes[NODE_A]
+    cluster.heartbeat()
+    assert node_a.expire_nodes(cluster.now + NODE_TIMEOUT - 1) == []
+    assert node_a.expire_nodes(cluster.now + NODE_TIMEOUT + 1) == [str(NODE_B)]
+    node_a.commit()
+    cluster.run(0.2)
+    assert cluster.received(5001, m.PresenceChanged) == [
+        m.PresenceChanged(username="bob", online=False)
+    ]
+    # Node B was only cut off: its next heartbeat says bob is there.
+    cluster.heartbeat(only=NODE_B)
+    cluster.run(0.2)
+    assert cluster.received(5001, m.PresenceChanged)[-1] == m.PresenceChanged(
+        username="bob", online=True
+    )
+    alice.list_online()
+    cluster.run()
+    assert cluster.received(5001, m.OnlineUsers)[-1].usernames == ("alice", "bob")
+
+
+def test_a_heartbeat_heals_presence_news_that_was_lost() -> None:
+    cluster = Cluster(public_presence=True)
+    alice, _bob = signed_up(cluster)
+    carol = cluster.client("carol", NODE_B, 5004)
+    cluster.run()
+    carol.register("carol", PASSWORD)
+    cluster.hints = False  # the news of her login is lost ...
+    carol.login("carol", PASSWORD)
+    cluster.run()
+    cluster.nodes[NODE_B].take_news()
+    cluster.hints = True
+    alice.list_online()
+    cluster.run()
+    assert "carol" not in cluster.received(5001, m.OnlineUsers)[-1].usernames
+    cluster.heartbeat()  # ... and the next heartbeat says she is there
+    alice.list_online()
+    cluster.run()
+    assert cluster.received(5001, m.OnlineUsers)[-1].usernames == ("alice", "bob", "carol")
+
+
+def test_a_revoked_session_is_closed_on_the_other_node() -> None:
+    cluster = Cluster()
+    alice, _bob = signed_up(cluster)
+    laptop = cluster.client("alice", NODE_B, 5003)
+    cluster.run()
+    laptop.login("alice", PASSWORD)
+    cluster.run()
+    alice.logout_all()
+    cluster.run()
+    closed = cluster.received(5003, Disconnected)
+    assert [c.reason for c in closed] == ["this login session was ended from another device"]
+    assert laptop.state is ClientState.CLOSED
+
+
+def test_a_friendship_ended_on_one_node_is_known_on_the_other() -> None:
+    cluster = Cluster()
+    alice, bob = signed_up(cluster)
+    bob.send_message("alice", "we are friends")  # node B caches bob's friends
+    cluster.run()
+    alice.unfriend("bob")
+    cluster.run()
+    bob.send_message("alice", "are we?")
+    cluster.run()
+    refusals = cluster.received(5002, m.ErrorResponse)
+    assert [r.code for r in refusals] == [ErrorCode.NOT_FRIENDS]
+    assert cluster.received(5002, m.Unfriended) == [m.Unfriended(by_user="alice")]
+
+
+def test_a_node_that_says_goodbye_takes_its_users_offline_at_once() -> None:
+    cluster = Cluster()
+    signed_up(cluster)
+    cluster.nodes[NODE_A].forget_node(str(NODE_B), cluster.now)
+    cluster.nodes[NODE_A].commit()
+    cluster.run(0.2)
+    assert cluster.received(5001, m.PresenceChanged) == [
+        m.PresenceChanged(username="bob", online=False)
+    ]

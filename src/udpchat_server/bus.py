@@ -1,38 +1,80 @@
-"""The cluster's bus on NATS: this node's delivery hints out, the others' in.
+"""The cluster's bus on NATS: what this node's batches changed, out; the others', in.
 
-What travels is only a hint (``{"node": ID, "users": [...]}``: these users have new
-messages in the database), on core NATS, with no durable log of its own: the
-database is the only record. A lost hint costs time, never a message (see
-``udpchat_proto.chat.cluster``), and when the connection to NATS comes back the
-node looks in the database for every connection it has (the hints of the gap
-are gone), so delivery never depends on the bus.
+Every node publishes on one subject and listens to it (a node drops its own
+messages). A message is one JSON object with the sending node's id and one of:
+
+* ``news``: a :class:`~udpchat_proto.chat.ClusterNews` (users with new messages,
+  encoded pushes in base64, ended sessions in hex, caches to forget, who came
+  online or went offline there);
+* ``snapshot``: part of the node's heartbeat, everyone online on it
+  (``part``/``parts``: a long list is split to stay under NATS's payload limit);
+* ``resync``: the sender was cut off from the bus: look for every connection;
+* ``bye``: the sender is stopping: its users are offline now, not in 15 s.
+
+It is core NATS, with no durable log of its own: the database is the only record.
+Lost news costs time, never a message (see ``udpchat_proto.chat.cluster``), and
+when the connection to NATS comes back the node looks in the database for every
+connection it has (the news of the gap is gone), so delivery never depends on the
+bus. Presence heals with the next heartbeats.
 
 nats-py is asyncio-only: the bus runs its own event loop on a thread, and wakes the
-server loop (through its wake-up socket) when hints arrive.
+server loop (through its wake-up socket) when something arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
+import attrs
 import orjson
 
-__all__ = ["SUBJECT", "BusError", "NatsBus"]
+from udpchat_proto.chat import ClusterNews
+
+__all__ = ["SUBJECT", "Bye", "Heard", "NatsBus", "News", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
-SUBJECT: Final = "udpchat.hints"
-"""Where every node publishes its hints (and listens for the others')."""
-CONNECT_TIMEOUT: Final = 10.0
+SUBJECT: Final = "udpchat.cluster"
+"""Where every node publishes (and listens for the others)."""
+CONNECT_TIMEOUT: Final = 5.0
+"""Seconds :meth:`NatsBus.start` waits for NATS before serving without it."""
+RETRY_INTERVAL: Final = 2.0
+"""Seconds between attempts to reach NATS when it was away at start."""
+SNAPSHOT_PART: Final = 2000
+"""Names per heartbeat message (about 70 KB at most: NATS takes 1 MB by default)."""
 
 
-class BusError(Exception):
-    """The bus cannot be reached at start (the message says why)."""
+@attrs.frozen
+class News:
+    """Another node's :class:`~udpchat_proto.chat.ClusterNews`."""
+
+    node: str
+    news: ClusterNews
+
+
+@attrs.frozen
+class Snapshot:
+    """Another node's heartbeat: everyone online on it."""
+
+    node: str
+    users: list[str]
+
+
+@attrs.frozen
+class Bye:
+    """Another node is stopping."""
+
+    node: str
+
+
+Heard = News | Snapshot | Bye
 
 
 class NatsBus:
@@ -40,56 +82,86 @@ class NatsBus:
 
     Args:
         url: ``nats://HOST:PORT``.
-        wake: called (from the bus's thread) when hints arrived.
+        wake: called (from the bus's thread) when something arrived.
     """
 
     def __init__(self, url: str, wake: Callable[[], None] = lambda: None) -> None:
         self.url = url
         self.wake = wake
         self.node = uuid.uuid4().hex
-        """This node's id: its own hints come back from NATS and are dropped."""
+        """This node's id: its own messages come back from NATS and are dropped."""
         self._lock = threading.Lock()
-        self._users: dict[str, None] = {}
+        self._heard: list[Heard] = []
+        self._parts: dict[str, list[str]] = {}
+        """Heartbeats arriving in parts, by node (a node's parts arrive in order)."""
         self._resync = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="udpchat-bus", daemon=True)
         self._nc: Any = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
+        self._first_try = threading.Event()
+        self._closing = False
 
     # --- the server loop's side -----------------------------------------------------------
 
     def start(self) -> None:
-        """Connect and subscribe (bounded).
+        """Connect and subscribe, waiting at most :data:`CONNECT_TIMEOUT`. A bus that
+        cannot be reached yet is not fatal: the node serves (delivering from the
+        database every few seconds) and keeps trying.
 
         Raises:
-            BusError: NATS cannot be reached.
+            ImportError: nats-py is not installed (the ``cluster`` extra).
         """
-        self._thread.start()
-        if not self._ready.wait(CONNECT_TIMEOUT + 5) or self._failure is not None:
-            self.close()
-            raise BusError(f"cannot reach the bus at {self.url}: {self._failure or 'timeout'}")
+        import nats  # noqa: F401, PLC0415 (the cluster extra: only a node that uses it)
 
-    def publish(self, usernames: list[str]) -> None:
-        """Tell the other nodes that these users have new messages (never blocks)."""
-        payload = orjson.dumps({"node": self.node, "users": usernames})
-        self._loop.call_soon_threadsafe(self._publish, payload)
+        self._thread.start()
+        if not self._first_try.wait(CONNECT_TIMEOUT) or not self.connected:
+            log.warning(
+                "cannot reach the bus at %s yet: serving without it, and trying again", self.url
+            )
+
+    def publish(self, news: ClusterNews) -> None:
+        """Tell the other nodes what this node's batches changed (never blocks)."""
+        body = {
+            "node": self.node,
+            "news": {
+                "users": news.users,
+                "pushes": [[u, base64.b64encode(p).decode()] for u, p in news.pushes],
+                "sessions": [[h.hex(), reason] for h, reason in news.sessions],
+                "forget": news.forget,
+                "online": news.online,
+                "offline": news.offline,
+            },
+        }
+        self._send(orjson.dumps(body))
+
+    def heartbeat(self, online: list[str]) -> None:
+        """Tell the other nodes everyone online here (in parts if it is long)."""
+        parts = [online[i : i + SNAPSHOT_PART] for i in range(0, len(online), SNAPSHOT_PART)]
+        parts = parts or [[]]
+        for index, part in enumerate(parts):
+            body = {"node": self.node, "snapshot": part, "part": index, "parts": len(parts)}
+            self._send(orjson.dumps(body))
+
+    def goodbye(self) -> None:
+        """Tell the other nodes that this one is stopping (its users go offline)."""
+        self._send(orjson.dumps({"node": self.node, "bye": True}))
 
     @property
     def connected(self) -> bool:
-        """Whether hints flow now (False while NATS is away)."""
+        """Whether messages flow now (False while NATS is away)."""
         return self._nc is not None and bool(self._nc.is_connected)
 
-    def take(self) -> tuple[list[str], bool]:
-        """The users the other nodes hinted since the last call, and whether the
+    def take(self) -> tuple[list[Heard], bool]:
+        """What the other nodes told since the last call, in order, and whether the
         bus came back from a gap meanwhile (then look for everyone)."""
         with self._lock:
-            users, self._users = list(self._users), {}
+            heard, self._heard = self._heard, []
             resync, self._resync = self._resync, False
-        return users, resync
+        return heard, resync
 
     def close(self) -> None:
-        """Disconnect and stop the thread (bounded)."""
+        """Disconnect (after what was published is flushed) and stop the thread
+        (bounded)."""
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(self._close(), self._loop)
             self._thread.join(timeout=5)
@@ -98,65 +170,134 @@ class NatsBus:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._connect())
-        except Exception as exc:  # reported by start()
-            self._failure = exc
-            self._ready.set()
-            return
-        self._ready.set()
+        self._loop.create_task(self._connect())
         self._loop.run_forever()
 
     async def _connect(self) -> None:
-        import nats  # noqa: PLC0415 (the cluster extra: imported only by a node that uses it)
+        import nats  # noqa: PLC0415 (see start)
 
-        self._nc = await nats.connect(
-            self.url,
-            connect_timeout=CONNECT_TIMEOUT,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            reconnected_cb=self._reconnected,
-            disconnected_cb=self._disconnected,
-        )
-        await self._nc.subscribe(SUBJECT, cb=self._received)
+        first = True
+        while not self._closing:
+            try:
+                self._nc = await nats.connect(
+                    self.url,
+                    name=f"udpchat-{self.node[:8]}",
+                    connect_timeout=CONNECT_TIMEOUT,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    reconnected_cb=self._reconnected,
+                    disconnected_cb=self._disconnected,
+                    error_cb=self._error,
+                )
+                await self._nc.subscribe(SUBJECT, cb=self._received)
+            except Exception as exc:  # not reachable (yet): serve without it, try again
+                log.debug("connecting to the bus at %s: %s", self.url, exc)
+                self._first_try.set()
+                first = False
+                await asyncio.sleep(RETRY_INTERVAL)
+                continue
+            self._first_try.set()
+            if not first:
+                log.info("reached the bus at %s", self.url)
+            await self._reconnected()  # whatever was published meanwhile was lost
+            return
+        self._first_try.set()
 
     async def _received(self, msg: Any) -> None:
         try:
-            hint = orjson.loads(msg.data)
-            if hint["node"] == self.node:
+            body = orjson.loads(msg.data)
+            node = body["node"]
+            if node == self.node or not isinstance(node, str):
                 return
-            users = hint.get("users", [])
-            resync = hint.get("resync") is True
-            if not isinstance(users, list):
-                return
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            log.debug("a malformed hint on %s ignored", SUBJECT)
+            heard = self._parse(node, body)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error):
+            log.debug("a malformed message on %s ignored", SUBJECT)
             return
         with self._lock:
-            self._users.update(dict.fromkeys(u for u in users if isinstance(u, str)))
-            self._resync |= resync
+            if heard is not None:
+                self._heard.append(heard)
+            self._resync |= body.get("resync") is True
         self.wake()
 
+    def _parse(self, node: str, body: dict[str, Any]) -> Heard | None:
+        """The message as the server loop takes it (None: nothing for it yet).
+
+        Raises:
+            KeyError, TypeError, ValueError, binascii.Error: a malformed message.
+        """
+        if "news" in body:
+            news = body["news"]
+            return News(
+                node,
+                ClusterNews(
+                    users=_names(news["users"]),
+                    pushes=tuple((str(u), base64.b64decode(p)) for u, p in news["pushes"]),
+                    sessions=tuple(
+                        (bytes.fromhex(h), None if r is None else str(r))
+                        for h, r in news["sessions"]
+                    ),
+                    forget=_names(news["forget"]),
+                    online=_names(news["online"]),
+                    offline=_names(news["offline"]),
+                ),
+            )
+        if "snapshot" in body:
+            part, parts = int(body["part"]), int(body["parts"])
+            names = [*self._parts.pop(node, [])] if part > 0 else []
+            names.extend(_names(body["snapshot"]))
+            if part + 1 < parts:
+                self._parts[node] = names
+                return None
+            return Snapshot(node, names)
+        if body.get("bye") is True:
+            self._parts.pop(node, None)
+            return Bye(node)
+        return None
+
     async def _reconnected(self) -> None:
-        # Hints were lost both ways meanwhile: this node looks for all of its
+        # Messages were lost both ways meanwhile: this node looks for all of its
         # connections, and asks the others to do the same for theirs.
-        log.info("the bus is back: looking for every connection's messages")
+        log.info("the bus is up: looking for every connection's messages")
         with self._lock:
             self._resync = True
         self.wake()
         await self._nc.publish(SUBJECT, orjson.dumps({"node": self.node, "resync": True}))
 
     async def _disconnected(self) -> None:
-        log.warning("lost the bus at %s: reconnecting (deliveries go on, later)", self.url)
+        if not self._closing:
+            log.warning("lost the bus at %s: reconnecting (deliveries go on, later)", self.url)
+
+    async def _error(self, exc: Exception) -> None:
+        # nats-py reports every failed reconnection attempt here: the disconnect was
+        # logged once already.
+        log.debug("bus: %s", exc)
+
+    def _send(self, payload: bytes) -> None:
+        self._loop.call_soon_threadsafe(self._publish, payload)
 
     def _publish(self, payload: bytes) -> None:
         if self._nc is not None and self._nc.is_connected:
             self._loop.create_task(self._nc.publish(SUBJECT, payload))
 
     async def _close(self) -> None:
+        self._closing = True
+        await asyncio.sleep(0)  # the publishes scheduled before the close go first
         if self._nc is not None:
             try:
+                await self._nc.flush(timeout=2)
                 await self._nc.close()
             except Exception:  # closing: nothing left to do about it
                 log.debug("closing the bus", exc_info=True)
         self._loop.stop()
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A list of names from the wire (only strings kept).
+
+    Raises:
+        TypeError: not a list.
+    """
+    if not isinstance(value, list):
+        raise TypeError("a list of names was expected")
+    return tuple(v for v in value if isinstance(v, str))

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from udpchat_proto.chat import (
+    HEARTBEAT_INTERVAL,
     ChatServer,
     ClientConnected,
     ClientDisconnected,
@@ -59,8 +60,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Seconds between looks in the database for every connection while the cluster's
-#: bus is away (its hints are lost meanwhile).
+#: bus is away (its news is lost meanwhile).
 BUS_DOWN_LOOK_INTERVAL = 3.0
+#: Seconds between those looks while the bus is up: news that NATS dropped on the
+#: way (a slow consumer) delays a delivery by at most this much.
+POSITION_CHECK_INTERVAL = 30.0
+#: Longest sleep of a cluster's node: it expires silent nodes and sends heartbeats.
+CLUSTER_WAIT = 1.0
 
 #: Most datagrams read in one turn before the batch is committed and answered;
 #: bounds the latency a flood can add to everyone else's replies.
@@ -173,6 +179,7 @@ class ServerLoop:
         if bus is not None:
             bus.wake = self._wake  # hints from the other nodes wake the loop
         self._next_look = 0.0
+        self._next_heartbeat = 0.0
         self._stopping = False
         self.datagrams_received = 0
         self.datagrams_sent = 0
@@ -216,7 +223,8 @@ class ServerLoop:
 
     def _wait(self) -> None:
         timer = self._server.get_timer()
-        timeout = IDLE_WAIT if timer is None else min(IDLE_WAIT, timer - self._clock())
+        longest = IDLE_WAIT if self._bus is None else CLUSTER_WAIT
+        timeout = longest if timer is None else min(longest, timer - self._clock())
         readable, _, _ = select.select([self._sock, self._wake_r], [], [], max(0.0, timeout))
         if self._wake_r in readable:
             try:
@@ -244,13 +252,7 @@ class ServerLoop:
             except Exception:
                 log.exception("the core raised on a datagram from %s:%s", addr[0], addr[1])
         if self._bus is not None:
-            hinted, resync = self._bus.take()
-            if resync or (not self._bus.connected and now >= self._next_look):
-                # Back from a gap, or still in one: look for everyone, every few seconds.
-                self._next_look = now + BUS_DOWN_LOOK_INTERVAL
-                server.refill_all(now)
-            if hinted:
-                server.deliver_hints(hinted, now)
+            self._hear(self._bus, now)
         while True:
             try:
                 job_id, digest = self._done.get_nowait()
@@ -278,9 +280,8 @@ class ServerLoop:
                 self._store_recovered()
             else:
                 self._store_failed(failure)
-        if self._bus is not None and (hints := server.take_delivery_hints()):
-            self._bus.publish(hints)  # committed: the other nodes will find them
-            server.deliver_hints(hints, now)  # and so does this one (no live pushes)
+        if self._bus is not None:
+            self._tell(self._bus, now)
         for data, addr in server.datagrams_to_send(now):
             try:
                 self._sock.sendto(data, addr)
@@ -291,6 +292,46 @@ class ServerLoop:
                 # Unreachable or refused peers must not stop the others' replies.
                 if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     log.warning("sendto %s: %s", addr, exc)
+
+    # --- the cluster's bus ------------------------------------------------------------
+
+    def _hear(self, bus: NatsBus, now: float) -> None:
+        """Act on what the other nodes said; expire the silent ones; look in the
+        database for everyone after a gap of the bus, every few seconds while it is
+        away, and now and then regardless."""
+        from .bus import News, Snapshot  # noqa: PLC0415 (nats-py: optional)
+
+        server = self._server
+        heard, resync = bus.take()
+        for item in heard:
+            if isinstance(item, News):
+                server.receive_news(item.node, item.news, now)
+            elif isinstance(item, Snapshot):
+                server.receive_snapshot(item.node, item.users, now)
+            else:
+                log.info("node %s left the cluster", item.node[:8])
+                server.forget_node(item.node, now)
+        for node in server.expire_nodes(now):
+            log.warning("node %s is silent: its users count as offline", node[:8])
+        interval = POSITION_CHECK_INTERVAL if bus.connected else BUS_DOWN_LOOK_INTERVAL
+        if resync or now >= self._next_look:
+            self._next_look = now + interval
+            server.refill_all(now)
+        else:
+            self._next_look = min(self._next_look, now + interval)
+
+    def _tell(self, bus: NatsBus, now: float) -> None:
+        """Tell the other nodes what the committed batch changed, and who is online
+        here every few seconds."""
+        server = self._server
+        news = server.take_news()
+        if news:
+            bus.publish(news)
+            if news.users:  # this node too pushes from the database (no live pushes)
+                server.deliver_hints(list(news.users), now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL
+            bus.heartbeat(server.online_here())
 
     # --- what operators see -----------------------------------------------------------
 

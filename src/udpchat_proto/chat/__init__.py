@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from . import messages
 from .client import ClientConnection, ClientState
+from .cluster import HEARTBEAT_INTERVAL, NODE_TIMEOUT
 from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
 from .config import ServerConfig
 from .events import (
@@ -41,6 +42,7 @@ from .events import (
 from .memory_store import MemoryStore
 from .password_jobs import HashJob
 from .passwords import PasswordHash, ScryptParams
+from .remote import ClusterNews
 from .requests import session_id
 from .server import ChatServer, token_hash
 from .stats import ServerStats
@@ -73,8 +75,10 @@ from .validation import (
 
 __all__ = [
     "CODEC_VERSION",
+    "HEARTBEAT_INTERVAL",
     "MAX_ENCODED_SIZE",
     "MAX_TEXT_BYTES",
+    "NODE_TIMEOUT",
     "STORE_READS",
     "STORE_WRITES",
     "TOKEN_SIZE",
@@ -86,6 +90,7 @@ __all__ = [
     "ClientDisconnected",
     "ClientEvent",
     "ClientState",
+    "ClusterNews",
     "Connected",
     "Disconnected",
     "HashJob",

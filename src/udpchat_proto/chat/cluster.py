@@ -1,47 +1,182 @@
-"""Several nodes on one database: telling the others that something arrived.
+"""Several nodes on one database: what a node tells the others, and what it does
+with what they tell it.
 
-With ``ServerConfig.cluster``, a node notes the users a batch stored messages for
-(the recipients, and the sender for their other devices), and pushes nothing
-from memory. Once the batch is durable, :meth:`ClusterHints.take_delivery_hints`
-hands their names to the runtime, which publishes them on the cluster's bus and
-hands them to this node's :meth:`ClusterHints.deliver_hints` too; every node hands
-what it hears there, which tops up the delivery windows of those users'
-connections *on that node* from the database. (A live push from memory, as a
-single server does, could pass an earlier seq of the same conversation that
-another node committed and has not hinted yet: the acknowledgement of the later
-one would move the cursor past it.) the database says what to
-push, in order and once; the hint only says when to look. A hint that is lost
-costs time, never a message: the connection's next acknowledgement, or its next
-login, reads the database anyway, and :meth:`ClusterHints.refill_all` looks for
-every local connection: after the bus was away, and every few seconds while it
-is.
+With ``ServerConfig.cluster``, a node's committed batches produce
+:class:`~udpchat_proto.chat.remote.ClusterNews` (:meth:`ClusterNode.take_news`),
+which the runtime carries to every other node on the cluster's bus and hands to
+:meth:`ClusterNode.receive_news` there. Each node acts on its *own* connections
+only:
+
+* **Messages.** A node pushes nothing from memory: it names the users a batch
+  stored messages for, and every node (this one included) tops up those users'
+  delivery windows from the database. (A live push, as a single server does, could
+  pass an earlier seq of the same conversation that another node committed and has
+  not told yet: the acknowledgement of the later one would move the cursor past
+  it.) The database says what to push, in order and once; the news only says when
+  to look. News that is lost costs time, never a message: the connection's next
+  acknowledgement or login reads the database anyway, and
+  :meth:`ClusterNode.refill_all` looks for every local connection (after the bus
+  was away, every few seconds while it is, and now and then regardless).
+* **Other pushes** (invitations, friendships, room joins and leaves, delivery
+  receipts) for a user online on another node travel encoded, as they are sent.
+* **Sessions** that ended (a logout, a revocation, a password change, a deleted
+  account) close or log out their connections on every node.
+* **Caches**: a node forgets what it cached about users whose friendships changed
+  or whose account was deleted elsewhere.
+* **Presence**: a node says who came online and went offline *on it*, and every
+  few seconds who is online on it in full (:meth:`ClusterNode.receive_snapshot`,
+  which also heals lost news). A user is online while any node has them; a node
+  not heard from for :data:`NODE_TIMEOUT` is gone, and its users go offline
+  (:meth:`ClusterNode.expire_nodes`): friends are told, as on one server, only
+  when the user's state across the cluster changes.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 from ..transport import ConnectionId
 from .core import ServerCore
+from .remote import ClusterNews, NodeView
 
-__all__ = ["ClusterHints"]
+__all__ = ["HEARTBEAT_INTERVAL", "NODE_TIMEOUT", "ClusterNode"]
+
+HEARTBEAT_INTERVAL: Final = 5.0
+"""Seconds between a node's full lists of who is online on it (its heartbeat)."""
+NODE_TIMEOUT: Final = 15.0
+"""Seconds without a word from a node after which it counts as gone (three lost
+heartbeats): its users go offline, well within the 30 s the cluster promises."""
 
 
-class ClusterHints(ServerCore):
-    """The node's side of the cluster's hints."""
+class ClusterNode(ServerCore):
+    """One node's side of the cluster (see the module's documentation)."""
 
-    def take_delivery_hints(self) -> list[str]:
-        """The users whose messages committed batches stored since the last call
-        (each once), for the other nodes. Empty unless ``ServerConfig.cluster``."""
-        hints, self._hints_out = list(dict.fromkeys(self._hints_out)), []
-        return hints
+    # --- out --------------------------------------------------------------------------
+
+    def take_news(self) -> ClusterNews:
+        """What this node's committed batches changed for the other nodes since the
+        last call (empty for a single server). Call it after :meth:`commit`, hand it
+        to every other node's :meth:`receive_news`, and its ``users`` to this node's
+        own :meth:`deliver_hints`."""
+        if not self._config.cluster:
+            return ClusterNews()
+        users, self._hints_out = tuple(dict.fromkeys(self._hints_out)), []
+        pushes, self._remote_pushes = tuple(self._remote_pushes), []
+        sessions, self._remote_sessions = tuple(self._remote_sessions), []
+        forget: tuple[str, ...] = ()
+        if not self._tracker.dirty:  # what a node reads again must be committed
+            forget, self._forget = tuple(self._forget), {}
+        changed, self._presence_changed = self._presence_changed, {}
+        return ClusterNews(
+            users=users,
+            pushes=pushes,
+            sessions=sessions,
+            forget=forget,
+            online=tuple(u for u in changed if u in self._by_user),
+            offline=tuple(u for u in changed if u not in self._by_user),
+        )
+
+    def online_here(self) -> list[str]:
+        """The users with a logged-in connection on this node (its heartbeat)."""
+        return sorted(self._by_user)
+
+    # --- in ---------------------------------------------------------------------------
+
+    def receive_news(self, node: str, news: ClusterNews, now: float) -> None:
+        """Act on what another node (named ``node``) told, for the connections here.
+        Then call :meth:`commit` and :meth:`datagrams_to_send`."""
+        self._now = now
+        view = self._heard(node, now)
+        for username in news.forget:
+            self._friend_sets.pop(username, None)
+            self._known_users.discard(username)
+        for hashed, reason in news.sessions:
+            for connection_id in list(self._by_session.get(hashed, ())):
+                if reason is None:
+                    self._log_out(self._connections[connection_id], now, announce=True)
+                else:
+                    self._close_connection(connection_id, reason)
+        for username in news.online:
+            if username not in view.users:
+                view.users.add(username)
+                self._remote_joined(username)
+        for username in news.offline:
+            if username in view.users:
+                view.users.discard(username)
+                self._remote_left(username)
+        for username, payload in news.pushes:
+            for connection_id in self._by_user.get(username, ()):
+                self._transport_send(connection_id, payload)
+        if news.users:
+            self.deliver_hints(list(news.users), now)
+
+    def receive_snapshot(self, node: str, usernames: list[str], now: float) -> None:
+        """Another node's heartbeat: everyone online on it now. Replaces what this
+        node knew of it (so lost news heals). Then :meth:`commit` and
+        :meth:`datagrams_to_send`."""
+        self._now = now
+        view = self._heard(node, now)
+        online = set(usernames)
+        for username in view.users - online:
+            self._remote_left(username)
+        for username in online - view.users:
+            self._remote_joined(username)
+        view.users = online
+
+    def forget_node(self, node: str, now: float) -> None:
+        """A node left (it said so, or :meth:`expire_nodes` found it silent): its
+        users are offline unless another node has them."""
+        self._now = now
+        view = self._nodes.pop(node, None)
+        if view is not None:
+            for username in view.users:
+                self._remote_left(username)
+
+    def expire_nodes(self, now: float) -> list[str]:
+        """Forget the nodes not heard from for :data:`NODE_TIMEOUT` (call it every
+        second or so); returns their names, for the log."""
+        gone = [node for node, view in self._nodes.items() if now - view.heard > NODE_TIMEOUT]
+        for node in gone:
+            self.forget_node(node, now)
+        return gone
 
     def deliver_hints(self, usernames: list[str], now: float) -> None:
-        """Another node stored messages for these users: push them to their
-        connections here (from the database). Users not connected here are
-        ignored. Then call :meth:`commit` and :meth:`datagrams_to_send`."""
+        """These users have new messages in the database: push them to their
+        connections here (users not connected here are ignored). Then call
+        :meth:`commit` and :meth:`datagrams_to_send`."""
         self._now = now
         for username in usernames:
             for connection_id in self._by_user.get(username, ()):
                 self._look_again(connection_id)
+
+    def refill_all(self, now: float) -> None:
+        """Look in the database for every connection here (news may have been lost
+        while the bus was away). Then :meth:`commit` and :meth:`datagrams_to_send`."""
+        self._now = now
+        for connection_id in list(self._connections):
+            self._look_again(connection_id)
+
+    # --- the parts --------------------------------------------------------------------
+
+    def _heard(self, node: str, now: float) -> NodeView:
+        view = self._nodes.get(node)
+        if view is None:
+            view = self._nodes[node] = NodeView(users=set(), heard=now)
+        view.heard = now
+        return view
+
+    def _remote_joined(self, username: str) -> None:
+        count = self._remote_online.get(username, 0)
+        self._remote_online[username] = count + 1
+        if count == 0 and username not in self._by_user:
+            self._tell_friends_here(username, online=True)
+
+    def _remote_left(self, username: str) -> None:
+        count = self._remote_online.pop(username, 0)
+        if count > 1:
+            self._remote_online[username] = count - 1
+        elif count == 1 and username not in self._by_user:
+            self._tell_friends_here(username, online=False)
 
     def _look_again(self, connection_id: ConnectionId) -> None:
         connection = self._connections.get(connection_id)
@@ -50,11 +185,3 @@ class ClusterHints(ServerCore):
             # database again (and says caught_up again once it has).
             connection.deliveries.fall_behind()
             self._retry_refill(connection)
-
-    def refill_all(self, now: float) -> None:
-        """Look in the database for every connection here (hints may have been
-        lost while the bus was away). Then :meth:`commit` and
-        :meth:`datagrams_to_send`."""
-        self._now = now
-        for connection_id in list(self._connections):
-            self._look_again(connection_id)

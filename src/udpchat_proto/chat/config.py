@@ -179,8 +179,9 @@ class ServerConfig:
 
     cluster: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     """Whether this server is one node of several on one database: it then names
-    the users whose messages it stored (:meth:`ChatServer.take_delivery_hints`)
-    for the runtime to tell the other nodes (:meth:`ChatServer.deliver_hints`)."""
+    what its batches changed for the others (:meth:`ChatServer.take_news`: the
+    users whose messages it stored, pushes, ended sessions, presence) for the
+    runtime to tell the other nodes (:meth:`ChatServer.receive_news`)."""
 
     max_violations: int = attrs.field(default=16, validator=positive_int)
     """Protocol violations (undecodable payloads, messages only a server may send)

@@ -50,10 +50,10 @@ from .events import (
 )
 from .lookups import Lookups
 from .password_jobs import JobBook
+from .remote import NodeView, RemoteSession, RemoteUser
 from .requests import (
     HANDLERS,
     WRITES_ONCE,
-    ConnectionInfo,
     RefusedError,
     receipt_pushes,
     token_hash,
@@ -88,7 +88,7 @@ refilled from the store (which holds what was really kept)."""
 class _Held:
     """A reply or push waiting for its batch's commit."""
 
-    connection_id: ConnectionId
+    connection_id: ConnectionId | RemoteUser
     message: m.Response | m.Push
     payload: bytes
 
@@ -147,9 +147,17 @@ class ServerCore(Lookups):
         self._hints: dict[str, None] = {}
         """Users whose messages this batch stored, for the other nodes (cluster.py)."""
         self._hints_out: list[str] = []
-        self._closes_held: list[tuple[ConnectionId, str]] = []
+        self._closes_held: list[tuple[ConnectionId | RemoteSession, str | None]] = []
         """Connections a request closes (a revoked session's), closed once its batch
-        is durable: a lost batch must not have disconnected anyone."""
+        is durable: a lost batch must not have disconnected anyone. (A session's
+        connections on other nodes too, in a cluster: see remote.py.)"""
+        self._remote_online: dict[str, int] = {}
+        """In a cluster: users online on other nodes, with on how many (cluster.py)."""
+        self._nodes: dict[str, NodeView] = {}
+        self._remote_pushes: list[tuple[str, bytes]] = []
+        self._remote_sessions: list[tuple[bytes, str | None]] = []
+        self._forget: dict[str, None] = {}
+        self._presence_changed: dict[str, None] = {}
         self._stale: dict[ConnectionId, None] = {}
         """Connections whose pushes a lost batch dropped: refilled at ``_retry_at``."""
         self._retry_at: float | None = None
@@ -316,7 +324,7 @@ class ServerCore(Lookups):
         self._close_all(closes)
         by_sender: dict[str, list[Receipt]] = {}
         for receipt in self._tracker.take_receipts():  # durable now: tell the senders
-            if receipt.sender in self._by_user:  # (one offline asks the status later)
+            if self._is_online(receipt.sender):  # (one offline asks the status later)
                 by_sender.setdefault(receipt.sender, []).append(receipt)
         for sender, receipts in by_sender.items():
             for push in receipt_pushes(receipts):
@@ -361,6 +369,8 @@ class ServerCore(Lookups):
         """
         answers: list[tuple[ChatConnection, m.Response]] = []
         for item in held:
+            if isinstance(item.connection_id, RemoteUser):
+                continue  # a push for another node: dropped
             connection = self._connections.get(item.connection_id)
             message = item.message
             if connection is None or connection.closing:
@@ -402,50 +412,6 @@ class ServerCore(Lookups):
     def _note_store_failure(self, failure: StoreUnavailableError) -> None:
         self.stats.store_failures += 1
         self.stats.last_store_failure = failure
-
-    # --- introspection -------------------------------------------------------------------
-
-    @property
-    def config(self) -> ServerConfig:
-        """The configuration in force."""
-        return self._config
-
-    @property
-    def connection_count(self) -> int:
-        """Connections that completed the handshake and have not ended."""
-        return len(self._connections)
-
-    @property
-    def online_users(self) -> list[str]:
-        """Users with at least one live logged-in connection, sorted."""
-        return sorted(self._by_user)
-
-    def connection_info(self) -> list[ConnectionInfo]:
-        """Every connection that completed its handshake, as it stands now."""
-        return [
-            ConnectionInfo(
-                connection_id=connection.connection_id,
-                address=connection.address,
-                state=connection.state,
-                username=connection.username,
-            )
-            for connection in self._connections.values()
-        ]
-
-    @property
-    def pending_hash_jobs(self) -> int:
-        """Hash jobs handed out (or about to be) and not yet completed."""
-        return len(self._jobs)
-
-    @property
-    def transport_dropped(self) -> dict[str, int]:
-        """Datagrams the transport dropped (and handshakes it refused), by reason."""
-        return dict(self._transport.dropped)
-
-    @property
-    def server_key(self) -> bytes:
-        """The server's static public key (what clients pin)."""
-        return self._server_key
 
     # --- transport events ----------------------------------------------------------------
 
@@ -635,14 +601,17 @@ class ServerCore(Lookups):
 
     # --- output --------------------------------------------------------------------------
 
-    def _send(self, connection_id: ConnectionId, message: m.Response | m.Push) -> None:
+    def _send(self, connection_id: ConnectionId | RemoteUser, message: m.Response | m.Push) -> None:
         payload = encode(message)
         if self._tracker.dirty or self._stepping:
             self._held.append(_Held(connection_id, message, payload))
         else:
             self._transport_send(connection_id, payload)
 
-    def _transport_send(self, connection_id: ConnectionId, payload: bytes) -> None:
+    def _transport_send(self, connection_id: ConnectionId | RemoteUser, payload: bytes) -> None:
+        if isinstance(connection_id, RemoteUser):  # for the other nodes (a cluster's)
+            self._remote_pushes.append((connection_id.username, payload))
+            return
         connection = self._connections.get(connection_id)
         if connection is None or connection.closing:
             return  # ended (or is ending) while the payload was held
@@ -655,9 +624,12 @@ class ServerCore(Lookups):
             # messages are pushed again on its next connection.
             self._close_connection(connection_id, "send buffer full")
 
-    def _close_all(self, closes: list[tuple[ConnectionId, str]]) -> None:
-        for connection_id, reason in closes:
-            self._close_connection(connection_id, reason)
+    def _close_all(self, closes: list[tuple[ConnectionId | RemoteSession, str | None]]) -> None:
+        for target, reason in closes:
+            if isinstance(target, RemoteSession):
+                self._remote_sessions.append((target.token_hash, reason))
+            else:
+                self._close_connection(target, reason or "closed")
 
     def _close_connection(self, connection_id: ConnectionId, reason: str) -> None:
         connection = self._connections.get(connection_id)
@@ -709,9 +681,14 @@ class ServerCore(Lookups):
     def _push_to_user(self, username: str, push: m.Push) -> None:
         for connection_id in self._by_user.get(username, ()):
             self._send(connection_id, push)
+        if username in self._remote_online:  # and on the other nodes (cluster.py)
+            self._send(RemoteUser(username), push)
 
     def _end_session(self, hashed: bytes, now: float) -> None:
-        """Log out every connection of a session that just ended."""
+        """Log out every connection of a session that just ended (here and, once
+        durable, on the cluster's other nodes)."""
+        if self._config.cluster:
+            self._closes_held.append((RemoteSession(hashed), None))
         for connection_id in list(self._by_session.get(hashed, ())):
             self._log_out(self._connections[connection_id], now, announce=True)
 
@@ -755,6 +732,15 @@ class ServerCore(Lookups):
             )
 
     def _announce_presence(self, username: str, *, online: bool) -> None:
+        """Tell the friends connected here that ``username`` came online or went
+        offline here (each node tells its own; cluster.py)."""
+        if self._config.cluster:
+            self._presence_changed[username] = None
+            if username in self._remote_online:
+                return  # online on another node all along: nothing changed for them
+        self._tell_friends_here(username, online=online)
+
+    def _tell_friends_here(self, username: str, *, online: bool) -> None:
         try:
             friends = [f for f in self._store.friends_of(username) if f in self._by_user]
         except Exception as exc:
@@ -765,7 +751,8 @@ class ServerCore(Lookups):
         if friends:
             push = m.PresenceChanged(username=username, online=online)
             for friend in friends:
-                self._push_to_user(friend, push)
+                for connection_id in self._by_user[friend]:
+                    self._send(connection_id, push)
 
     def _maybe_sweep(self, now: float) -> None:
         if self._next_sweep is not None and now < self._next_sweep:

@@ -32,6 +32,8 @@ class Lookups:
     _store: Store
     _tracker: WriteTrackingStore
     _by_user: dict[str, tuple[ConnectionId, ...]]
+    _remote_online: dict[str, int]
+    _forget: dict[str, None]
     _friend_sets: dict[str, frozenset[str]]
     _known_users: set[str]
 
@@ -39,6 +41,15 @@ class Lookups:
         """What the per-address limits key on: the client's network (an IPv6 /64, an
         IPv4 address by default), as the transport's own limits do."""
         return address_key(connection.address[0], self._config.transport)
+
+    @property
+    def online_users(self) -> list[str]:
+        """Users with at least one live logged-in connection (on any node of a
+        cluster, as far as this one knows), sorted."""
+        return sorted({*self._by_user, *self._remote_online})
+
+    def _is_online(self, username: str) -> bool:
+        return username in self._by_user or username in self._remote_online
 
     @staticmethod
     def _me(connection: ChatConnection) -> str:
@@ -59,6 +70,8 @@ class Lookups:
     def _friendship_changed(self, a: str, b: str) -> None:
         self._friend_sets.pop(a, None)
         self._friend_sets.pop(b, None)
+        if self._config.cluster:  # the other nodes' sets too, once durable
+            self._forget.update({a: None, b: None})
 
     def _require_user(self, username: str) -> None:
         # Once seen, a name needs no more lookups (each one also parsed a password
@@ -76,7 +89,7 @@ class Lookups:
     ) -> tuple[m.UserPresence, ...]:
         """Each name with whether it is online (those in ``hidden`` look offline)."""
         return tuple(
-            m.UserPresence(username=name, online=name in self._by_user and name not in hidden)
+            m.UserPresence(username=name, online=self._is_online(name) and name not in hidden)
             for name in usernames[:LIST_MAX]
         )
 

@@ -45,7 +45,7 @@ in the store, which keeps every connection's pushes in store order.
 
 from __future__ import annotations
 
-from .cluster import ClusterHints
+from .cluster import ClusterNode
 from .config import ServerConfig
 from .handlers import (
     AccountChangeRequests,
@@ -54,6 +54,7 @@ from .handlers import (
     MessageRequests,
     RoomRequests,
 )
+from .introspection import Introspection
 from .password_jobs import HashJob
 from .requests import HANDLERS, token_hash
 from .stats import ServerStats
@@ -67,7 +68,8 @@ class ChatServer(
     FriendRequests,
     MessageRequests,
     RoomRequests,
-    ClusterHints,
+    ClusterNode,
+    Introspection,
 ):
     """The server role: routes every connection's requests to the store and back.
 

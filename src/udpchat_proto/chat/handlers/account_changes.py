@@ -125,6 +125,8 @@ class AccountChangeRequests(AccountRequests):
         store.delete_account(me, self._clock())
         self._jobs.credentials_changed(me)
         self._known_users.discard(me)
+        if self._config.cluster:  # the other nodes knew the name too
+            self._forget[me] = None
         for friend in friends:
             self._friendship_changed(me, friend)
         self._end_sessions(

@@ -19,6 +19,7 @@ from ..core import SALT_SIZE, SESSION_TOUCH_DELAY, ServerCore
 from ..events import UserLoggedIn
 from ..password_jobs import HashJob, JobKind, PendingJob
 from ..passwords import PasswordHash, ScryptParams, verify_digest
+from ..remote import RemoteSession
 from ..requests import RefusedError, handles, session_id, token_hash, utc_from_posix
 from ..store import Account, StoreUnavailableError
 from ..validation import LIST_MAX, TOKEN_SIZE
@@ -428,5 +429,7 @@ class AccountRequests(ServerCore):
             self._store.delete_session(hashed)
             others = () if hashed == own else self._by_session.get(hashed, ())
             self._closes_held.extend((connection_id, reason) for connection_id in others)
+            if self._config.cluster and hashed != own:  # its connections elsewhere too
+                self._closes_held.append((RemoteSession(hashed), reason))
             if hashed == own or at_once:
                 self._end_session(hashed, now)

@@ -127,7 +127,7 @@ class FriendRequests(ServerCore):
             known = {me, *self._friend_set(me)}
             for room, _count in self._store.rooms_of(me):
                 known.update(self._store.room_members(room))
-            visible = sorted(name for name in known if name in self._by_user)
+            visible = sorted(name for name in known if self._is_online(name))
         hidden = set(self._store.blockers_of(me))  # those who block me look offline
         visible = [name for name in visible if name not in hidden]
         self._reply(

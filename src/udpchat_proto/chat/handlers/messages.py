@@ -79,7 +79,7 @@ class MessageRequests(ServerCore):
             self._flush_membership()
         # An online recipient's devices drain what waits: only an offline one can
         # fill up (and counting costs a scan of what waits).
-        if not is_room(request.to) and request.to not in self._by_user:
+        if not is_room(request.to) and not self._is_online(request.to):
             cap = self._config.max_waiting_per_recipient
             if self._store.count_waiting(request.to, cap) >= cap:
                 raise RefusedError(
