@@ -23,7 +23,7 @@ POSTGRES_URL = os.environ.get(
 """The PostgreSQL server the tests use (each test in a schema of its own)."""
 
 
-def _unavailable(what: str, exc: Exception) -> None:
+def unavailable(what: str, exc: Exception) -> None:
     if os.environ.get("UDPCHAT_REQUIRE_SERVICES") == "1":
         raise AssertionError(f"{what} is required here (UDPCHAT_REQUIRE_SERVICES=1): {exc}")
     pytest.skip(f"{what} is not available: {exc}")
@@ -36,7 +36,7 @@ def postgres_store() -> Iterator[PostgresStore]:
     try:
         store = PostgresStore.open(POSTGRES_URL, schema=schema)
     except Exception as exc:  # unreachable, no driver ...
-        _unavailable("PostgreSQL", exc)
+        unavailable("PostgreSQL", exc)
         raise
     try:
         yield store
@@ -53,7 +53,7 @@ def postgres_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True)
     except Exception as exc:
-        _unavailable("PostgreSQL", exc)
+        unavailable("PostgreSQL", exc)
         raise
     try:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -78,5 +78,5 @@ def require_nats() -> str:
     try:
         socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 3).close()
     except OSError as exc:
-        _unavailable("NATS", exc)
+        unavailable("NATS", exc)
     return NATS_URL

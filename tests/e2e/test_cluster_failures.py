@@ -1,0 +1,338 @@
+"""A cluster of real nodes when its parts fail: a node killed with SIGKILL while
+messages flow, the bus restarted, PostgreSQL restarted. Each test runs its own
+NATS (and, for the restart, its own PostgreSQL), so that stopping them disturbs
+nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import postgres_database, require_nats, unavailable
+
+from .conftest import ServerProcess, User, befriend, run_cli, wait_until_online
+
+pytestmark = pytest.mark.e2e
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Nats:
+    """A private nats-server on a loopback port, to stop and start at will."""
+
+    def __init__(self) -> None:
+        require_nats()  # (skips where the machine has no NATS at all)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> Nats:
+        self.proc = subprocess.Popen(
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return self
+            time.sleep(0.05)
+        raise AssertionError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Postgres:
+    """A private PostgreSQL in a temporary directory (as the ``postgres`` user when
+    the tests run as root: PostgreSQL refuses root)."""
+
+    def __init__(self) -> None:
+        if not (PG_BIN / "initdb").exists():
+            unavailable("PostgreSQL's initdb", FileNotFoundError(PG_BIN / "initdb"))
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="udpchat-pg-"))
+        self.data = self.dir / "data"
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            os.chmod(self.dir, 0o755)
+            shutil.chown(self.dir, "postgres")
+        self._pg(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, program: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_postgres, str(PG_BIN / program), *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> Postgres:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.dir / "postgres.log")  # (not our pipe: it outlives pg_ctl)
+        self._pg(
+            "pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", "30", "start"
+        )
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def nodes(tmp_path: Path, url: str, bus: str, count: int = 2) -> Iterator[list[ServerProcess]]:
+    key = tmp_path / "cluster.key"
+    started: list[ServerProcess] = []
+    try:
+        for index in range(count):
+            directory = tmp_path / f"node{index}"
+            directory.mkdir()
+            started.append(
+                ServerProcess(
+                    directory, database_url=url, key_file=key, options=("--bus", bus)
+                ).start()
+            )
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+            node.kill()
+
+
+_PARTIAL: dict[int, bytes] = {}
+"""What a listener printed past its last whole line, by process id."""
+
+
+def read_events(proc: subprocess.Popen[str], until: Any, deadline: float) -> list[Any]:
+    """Events a ``listen --json`` prints, until ``until(events)`` (bounded). Reads
+    the pipe itself: a buffered readline would hide lines from select."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    events: list[Any] = []
+    end = time.monotonic() + deadline
+    while not until(events):
+        left = end - time.monotonic()
+        assert left > 0, f"not in time; got {events}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the listener ended with {events}"
+            *lines, _PARTIAL[proc.pid] = (_PARTIAL.get(proc.pid, b"") + chunk).split(b"\n")
+            events.extend(json.loads(line) for line in lines if line.strip())
+    return events
+
+
+def texts(events: list[Any]) -> list[str]:
+    return [e["text"] for e in events if e["event"] == "message"]
+
+
+def test_presence_and_pushes_cross_the_nodes(tmp_path: Path) -> None:
+    bus = Nats().start()
+    try:
+        with postgres_database() as url, nodes(tmp_path, url, bus.url) as (node_a, node_b):
+            alice = User("alice", tmp_path / "home-alice", node_a)
+            bob = User("bob", tmp_path / "home-bob", node_b)
+            carol = User("carol", tmp_path / "home-carol", node_a)
+            for user in (alice, bob, carol):
+                user.signup()
+            befriend(carol, bob)
+            listener = bob.listen("--for", "30")
+            try:
+                wait_until_online(carol, "bob")  # node A knows he is on node B
+                alice.ok("invite", "bob")  # on node A, to bob listening on node B
+                read_events(listener, lambda ev: {"event": "invitation", "from": "alice"} in ev, 10)
+                bob.ok("accept", "alice")
+                wait_until_online(alice, "bob")  # bob is on node B only
+                assert alice.ok("friends")["friends"] == [{"user": "bob", "online": True}]
+            finally:
+                listener.send_signal(signal.SIGINT)  # it says goodbye to node B
+                listener.communicate(timeout=10)
+            # His listener gone, he is offline on node A too.
+            deadline = time.monotonic() + 10
+            while "bob" in alice.ok("online")["online"]:
+                assert time.monotonic() < deadline, "bob stayed online"
+                time.sleep(0.1)
+    finally:
+        bus.stop()
+
+
+def test_a_node_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    bus = Nats().start()
+    try:
+        with postgres_database() as url, nodes(tmp_path, url, bus.url) as (node_a, node_b):
+            both = f"{node_a.address},{node_b.address}"
+            alice = User("alice", tmp_path / "home-alice", node_a)
+            bob = User("bob", tmp_path / "home-bob", node_b)
+            carol = User("carol", tmp_path / "home-carol", node_a)
+            for user in (alice, bob, carol):
+                user.signup()
+            befriend(alice, bob)
+            befriend(carol, alice)
+            # carol is connected to node A only: she goes offline with it.
+            carol_listens = carol.listen("--for", "60")
+            wait_until_online(alice, "carol")
+            acknowledged: list[str] = []
+            attempted: list[str] = []
+            stop = threading.Event()
+
+            def send_forever() -> None:
+                n = 0
+                while not stop.is_set() and n < 200:
+                    text = f"m{n:03d}"
+                    attempted.append(text)
+                    sent = run_cli(
+                        "send", "bob", text, "--json", home=alice.home, server=both, timeout=2
+                    )
+                    if sent.code == 0:
+                        acknowledged.append(text)
+                    n += 1
+
+            sender = threading.Thread(target=send_forever)
+            sender.start()
+            try:
+                deadline = time.monotonic() + 30
+                while len(acknowledged) < 5:
+                    assert time.monotonic() < deadline, "the sends did not start"
+                    time.sleep(0.05)
+                node_a.kill()  # SIGKILL, mid-stream
+                killed_at = time.monotonic()
+                deadline = time.monotonic() + 60
+                count = len(acknowledged)
+                while len(acknowledged) < count + 5:  # node B took over
+                    assert time.monotonic() < deadline, "nothing acknowledged after the kill"
+                    time.sleep(0.05)
+            finally:
+                stop.set()
+                sender.join(60)
+                carol_listens.kill()
+                carol_listens.communicate(timeout=10)
+            # carol was only on the dead node: offline for the others within 30 s.
+            observer = User("alice", alice.home, node_b)
+            while "carol" in observer.ok("online")["online"]:
+                assert time.monotonic() - killed_at < 30, "carol stayed online"
+                time.sleep(0.5)
+            # Every acknowledged message reaches bob once, in order; an unacknowledged
+            # one may have been stored too (then once, in its place).
+            listener = bob.listen("--for", "20")
+            try:
+                events = read_events(
+                    listener, lambda ev: acknowledged[-1] in texts(ev), deadline=20
+                )
+            finally:
+                listener.kill()
+                listener.communicate(timeout=10)
+            got = texts(events)
+            assert got == sorted(got) and len(got) == len(set(got))
+            assert set(acknowledged) <= set(got) <= set(attempted)
+    finally:
+        bus.stop()
+
+
+def test_the_bus_restarted_loses_nothing_and_pushes_resume(tmp_path: Path) -> None:
+    bus = Nats().start()
+    try:
+        with postgres_database() as url, nodes(tmp_path, url, bus.url) as (node_a, node_b):
+            alice = User("alice", tmp_path / "home-alice", node_a)
+            bob = User("bob", tmp_path / "home-bob", node_b)
+            alice.signup()
+            bob.signup()
+            befriend(alice, bob)
+            listener = bob.listen("--for", "60")
+            try:
+                wait_until_online(alice, "bob")
+                alice.ok("send", "bob", "before")
+                read_events(listener, lambda ev: "before" in texts(ev), 10)
+                bus.stop()
+                alice.ok("send", "bob", "while the bus is down")  # found in the database
+                read_events(listener, lambda ev: "while the bus is down" in texts(ev), 15)
+                bus.start()
+                deadline = time.monotonic() + 20
+                while "reconnected" not in node_a.log_text() + node_b.log_text():
+                    if "the bus is up" in node_a.log_text().split("lost the bus")[-1]:
+                        break
+                    assert time.monotonic() < deadline, "the nodes never got the bus back"
+                    time.sleep(0.2)
+                time.sleep(1.0)  # both nodes resubscribed
+                sent_at = time.monotonic()
+                alice.ok("send", "bob", "after")
+                events = read_events(listener, lambda ev: "after" in texts(ev), 10)
+                assert time.monotonic() - sent_at < 2.5  # pushed, not found by a look
+            finally:
+                listener.kill()
+                listener.communicate(timeout=10)
+            assert texts(events) == ["after"]
+    finally:
+        bus.stop()
+
+
+def test_postgresql_restarted_refuses_typed_then_recovers(tmp_path: Path) -> None:
+    require_nats()
+    database = Postgres().start()
+    try:
+        with nodes(tmp_path, database.url, f"nats://127.0.0.1:{free_port()}") as (node_a, _b):
+            alice = User("alice", tmp_path / "home-alice", node_a)
+            bob = User("bob", tmp_path / "home-bob", node_a)
+            alice.signup()
+            bob.signup()
+            befriend(alice, bob)
+            alice.ok("send", "bob", "before")
+            database.stop()
+            alice.refused("unavailable", "send", "bob", "while the database is down")
+            database.start()
+            deadline = time.monotonic() + 30
+            while (sent := alice.run("send", "bob", "after")).code != 0:
+                assert sent.json["error"] == "unavailable", sent
+                assert time.monotonic() < deadline, "the node never recovered"
+                time.sleep(0.5)
+            history = bob.ok("history", "alice")["messages"]
+            assert [m["text"] for m in history] == ["before", "after"]
+            assert node_a.alive()
+    finally:
+        database.remove()
