@@ -63,6 +63,10 @@ class ErrorCode(enum.StrEnum):
     """``revoke_session`` named no session of the caller's."""
     UNKNOWN_MESSAGE = "unknown_message"
     """``get_message_status`` named no direct message the caller sent."""
+    UNSUPPORTED_VERSION = "unsupported_version"
+    """The message's version byte is one this server does not speak."""
+    UNKNOWN_REQUEST = "unknown_request"
+    """A request type this server does not know (added by a later version)."""
 
 
 class ProtocolError(Exception):
@@ -86,8 +90,9 @@ class DecodeError(ProtocolError):
             ``"unsupported_version"``, ``"unknown_type"``, ``"invalid_field"`` ...),
             used to count dropped datagrams by cause.
         detail: a human-readable explanation.
-        request_id: when the input was a recognisable request with a valid
-            ``request_id`` but an invalid field, that id, so a server can answer.
+        request_id: when the input carried a valid ``request_id`` but could not be
+            decoded (an invalid field, a newer version, an unknown type), that id,
+            so a server can answer.
         code: with ``request_id``, the :class:`ErrorCode` to answer with.
     """
 

@@ -156,8 +156,10 @@ def decode(data: bytes) -> m.Message:
     Raises:
         DecodeError: for every kind of bad input, with ``reason`` one of
             ``empty``, ``too_large``, ``unsupported_version``, ``bad_version``,
-            ``malformed``, ``unknown_type``, ``invalid_field``. If the input was
-            a recognisable request, ``request_id`` and ``code`` say how to answer it.
+            ``malformed``, ``unknown_type``, ``invalid_field``. If the input
+            carried a readable ``request_id`` (an invalid field, a newer version,
+            a type this version does not know), ``request_id`` and ``code`` say
+            how to answer it.
     """
     if not data:
         raise DecodeError("empty")
@@ -166,20 +168,26 @@ def decode(data: bytes) -> m.Message:
     version = data[0]
     if version != CODEC_VERSION:
         if version > CODEC_VERSION and data[1:2] == b"{":
-            raise DecodeError("unsupported_version", f"version {version}")
+            # A newer peer: answered (unsupported_version) if its request id is readable.
+            obj = _json_object(data, "unsupported_version", f"version {version}")
+            raise _invalid(
+                obj,
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"message version {version}; this server speaks version {CODEC_VERSION}",
+                reason="unsupported_version",
+            )
         raise DecodeError("bad_version", f"first byte {version}")
-    try:
-        # Strict RFC 8259 JSON in UTF-8 (no NaN, no lone surrogates, integers
-        # within 64 bits, nesting within 1024): anything else is malformed.
-        obj = orjson.loads(data[1:])
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError("malformed", str(exc)[:200]) from None
-    if type(obj) is not dict:
-        raise DecodeError("malformed", "not a JSON object")
+    obj = _json_object(data, "malformed", "")
     tag = obj.get("type")
     cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
     if cls is None:
-        raise DecodeError("unknown_type", repr(obj.get("type"))[:64])
+        # A request added after this version is answered (unknown_request), not dropped.
+        raise _invalid(
+            obj,
+            ErrorCode.UNKNOWN_REQUEST,
+            f"unknown message type {repr(tag)[:64]}",
+            reason="unknown_type",
+        )
     # Sizes before structure: converting a 4 MiB list only to refuse it costs
     # hundreds of milliseconds of the server's loop.
     for value in obj.values():
@@ -202,8 +210,23 @@ def decode(data: bytes) -> m.Message:
         raise _invalid(obj, ErrorCode.BAD_REQUEST, f"{type(exc).__name__}: {exc}"[:200]) from None
 
 
-def _invalid(obj: dict[str, Any], code: ErrorCode, detail: str) -> DecodeError:
-    error = DecodeError("invalid_field", detail)
+def _json_object(data: bytes, reason: str, detail: str) -> dict[str, Any]:
+    """The JSON object after the version byte; DecodeError(``reason``) if there is none."""
+    try:
+        # Strict RFC 8259 JSON in UTF-8 (no NaN, no lone surrogates, integers
+        # within 64 bits, nesting within 1024): anything else is malformed.
+        obj = orjson.loads(data[1:])
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(reason, detail or str(exc)[:200]) from None
+    if type(obj) is not dict:
+        raise DecodeError(reason, detail or "not a JSON object")
+    return obj
+
+
+def _invalid(
+    obj: dict[str, Any], code: ErrorCode, detail: str, *, reason: str = "invalid_field"
+) -> DecodeError:
+    error = DecodeError(reason, detail)
     request_id = obj.get("request_id")
     if type(request_id) is int and 0 <= request_id <= 2**32 - 1:
         error.request_id = request_id

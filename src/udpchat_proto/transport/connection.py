@@ -313,7 +313,7 @@ class Connection:
         )
 
     def fail_handshake(self, code: CloseCode, reason: str) -> None:
-        """Client: the handshake cannot complete (wrong server key)."""
+        """Client: the handshake cannot complete (wrong server key, no common version)."""
         self._transition(TransportInput.KEY_MISMATCH)
         self._terminate(code, reason)
 

@@ -58,10 +58,12 @@ from .packets import (
     HandshakeInitiation,
     HandshakeResponse,
     Retry,
+    VersionNegotiation,
     decode_packet,
     encode_initiation,
     encode_response,
     encode_retry,
+    encode_version_negotiation,
     initiation_payload,
 )
 from .states import END_STATES, TransportState
@@ -291,6 +293,14 @@ class ClientTransport:
             self._on_response(packet, now)
         elif isinstance(packet, Retry):
             self._on_retry(packet)
+        elif isinstance(packet, VersionNegotiation):
+            # Unauthenticated: honoured only while handshaking, and only if it lacks
+            # our version (one listing it is forged or garbled).
+            refusal = packet.refusal()
+            if refusal is None or self._connection.state is not TransportState.HANDSHAKE:
+                _count(self.dropped, "unexpected_version_negotiation")
+            else:
+                self._connection.fail_handshake(CloseCode.UNSUPPORTED_VERSION, refusal)
         else:
             _count(self.dropped, "unexpected_packet")
 
@@ -564,6 +574,10 @@ class ServerTransport:
             packet = decode_packet(bytes(data))
         except DecodeError as exc:
             _count(self.dropped, exc.reason)
+            # A version not spoken here is told which ones are, never met with silence.
+            answer = encode_version_negotiation(bytes(data))
+            if answer is not None and len(self._retry_out) < _MAX_PENDING_RETRIES:
+                self._retry_out.append((answer, addr))
             return
         if isinstance(packet, DataPacket):
             conn = self._connections.get(packet.connection_id)

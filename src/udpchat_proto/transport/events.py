@@ -51,6 +51,9 @@ class CloseCode(enum.IntEnum):
     RESOURCE_LIMIT = 6
     """The server's buffers over all connections exceeded ``max_buffered_bytes``: it
     ended the connection holding the most (unread output, unfinished input)."""
+    UNSUPPORTED_VERSION = 7
+    """Local (client): the server answered VERSION_NEGOTIATION: it speaks none of
+    this client's protocol versions (the reason lists the ones it speaks)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -24,6 +24,12 @@ Every datagram is one packet. The first byte names its type::
       9      24 bytes token: issued (8, whole seconds of the server's clock) |
                       HMAC-SHA256(key, cid | issued | address)[:16]
 
+    VERSION_NEGOTIATION (server -> client, to an initiation of a version the
+    server does not speak, at least 1200 bytes long):
+      0      1 byte   type = 0x05
+      1      8 bytes  connection id (echoed from the initiation's bytes 2..9)
+      9      1+ bytes the versions the server speaks, one byte each
+
     DATA (both ways, after the handshake):
       0      1 byte   type = 0x03
       1      8 bytes  connection id
@@ -73,6 +79,7 @@ __all__ = [
     "RETRY_SIZE",
     "RETRY_TOKEN_SIZE",
     "STREAM_FRAME_OVERHEAD",
+    "SUPPORTED_VERSIONS",
     "TAG_SIZE",
     "WIRE_VERSION",
     "AckFrame",
@@ -89,6 +96,7 @@ __all__ = [
     "PingFrame",
     "Retry",
     "StreamFrame",
+    "VersionNegotiation",
     "decode_frames",
     "decode_packet",
     "decode_varint",
@@ -99,11 +107,14 @@ __all__ = [
     "encode_response",
     "encode_retry",
     "encode_varint",
+    "encode_version_negotiation",
     "initiation_payload",
 ]
 
 #: Wire version of the transport (also bound into the Noise prologue).
 WIRE_VERSION: Final = 1
+#: Every version this implementation speaks, listed in VERSION_NEGOTIATION.
+SUPPORTED_VERSIONS: Final = (WIRE_VERSION,)
 CONNECTION_ID_SIZE: Final = 8
 #: Poly1305 tag appended by every seal.
 TAG_SIZE: Final = 16
@@ -151,6 +162,7 @@ class PacketType(enum.IntEnum):
     RESPONSE = 0x02
     DATA = 0x03
     RETRY = 0x04
+    VERSION_NEGOTIATION = 0x05
 
 
 class FrameType(enum.IntEnum):
@@ -264,7 +276,24 @@ class Retry:
     """The opaque token to carry in the next initiation (:data:`RETRY_TOKEN_SIZE` bytes)."""
 
 
-Packet = HandshakeInitiation | HandshakeResponse | DataPacket | Retry
+@attrs.frozen(kw_only=True)
+class VersionNegotiation:
+    """A parsed VERSION_NEGOTIATION packet: the server speaks none of our versions."""
+
+    connection_id: bytes
+    """The connection id of the initiation it answers."""
+    versions: tuple[int, ...]
+    """The versions the server speaks."""
+
+    def refusal(self) -> str | None:
+        """Why the handshake cannot go on, to show; None if it lists our version."""
+        if WIRE_VERSION in self.versions:
+            return None
+        spoken = ", ".join(str(version) for version in self.versions)
+        return f"the server speaks protocol version {spoken}; this client speaks {WIRE_VERSION}"
+
+
+Packet = HandshakeInitiation | HandshakeResponse | DataPacket | Retry | VersionNegotiation
 
 
 def initiation_payload(token: bytes, size: int) -> bytes:
@@ -281,6 +310,20 @@ def initiation_payload(token: bytes, size: int) -> bytes:
 def encode_retry(connection_id: bytes, token: bytes) -> bytes:
     """Build a RETRY datagram."""
     return bytes((PacketType.RETRY,)) + connection_id + token
+
+
+def encode_version_negotiation(initiation: bytes) -> bytes | None:
+    """The VERSION_NEGOTIATION answering ``initiation``, an INITIATION datagram of a
+    version not spoken here; None if it is shorter than :data:`INITIATION_SIZE` (an
+    answer must never amplify) or not such an initiation."""
+    if (
+        len(initiation) < INITIATION_SIZE
+        or initiation[0] != PacketType.INITIATION
+        or initiation[1] in SUPPORTED_VERSIONS
+    ):
+        return None
+    connection_id = initiation[2:INITIATION_HEADER_SIZE]
+    return bytes((PacketType.VERSION_NEGOTIATION,)) + connection_id + bytes(SUPPORTED_VERSIONS)
 
 
 def encode_initiation(connection_id: bytes, noise_message: bytes) -> bytes:
@@ -305,7 +348,8 @@ def decode_packet(data: bytes) -> Packet:
         data: one datagram as received.
 
     Returns:
-        An :class:`HandshakeInitiation`, :class:`HandshakeResponse` or :class:`DataPacket`.
+        A :class:`HandshakeInitiation`, :class:`HandshakeResponse`, :class:`DataPacket`,
+        :class:`Retry` or :class:`VersionNegotiation`.
 
     Raises:
         DecodeError: ``"empty"``, ``"unknown_type"``, ``"unsupported_version"``,
@@ -347,6 +391,12 @@ def decode_packet(data: bytes) -> Packet:
         if len(data) != RETRY_SIZE:
             raise DecodeError("retry_size", f"{len(data)} bytes, not {RETRY_SIZE}")
         return Retry(connection_id=data[1:RESPONSE_HEADER_SIZE], token=data[RESPONSE_HEADER_SIZE:])
+    if kind == PacketType.VERSION_NEGOTIATION:
+        if len(data) <= RESPONSE_HEADER_SIZE:
+            raise DecodeError("truncated", "VERSION_NEGOTIATION without versions")
+        return VersionNegotiation(
+            connection_id=data[1:RESPONSE_HEADER_SIZE], versions=tuple(data[RESPONSE_HEADER_SIZE:])
+        )
     raise DecodeError("unknown_type", f"packet type {kind:#04x}")
 
 
