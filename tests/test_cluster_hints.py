@@ -5,7 +5,7 @@ node's users go offline."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tests.chat_helpers import test_config
 from udpchat_proto.chat import (
@@ -17,6 +17,7 @@ from udpchat_proto.chat import (
     MemoryStore,
 )
 from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.store import StoreUnavailableError
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import Address, ServerKey
@@ -331,3 +332,23 @@ def test_a_node_that_says_goodbye_takes_its_users_offline_at_once() -> None:
     assert cluster.received(5001, m.PresenceChanged) == [
         m.PresenceChanged(username="bob", online=False)
     ]
+
+
+def test_a_send_that_lost_a_race_with_another_node_is_done_again() -> None:
+    # Every step of a node has a savepoint, sends too: one that deadlocked with
+    # another node's batch is done again, and the rest of its batch stands.
+    cluster = Cluster()
+    alice, _bob = signed_up(cluster)
+    original = cluster.store.add_message
+    lost = [StoreUnavailableError("database conflict", "deadlock detected", conflict=True)]
+
+    def racing(message: m.ChatMessage, origin: bytes | None = None) -> Any:
+        if lost:
+            raise lost.pop()
+        return original(message, origin)
+
+    cluster.store.add_message = racing  # type: ignore[method-assign]
+    alice.send_message("bob", "after a lost race")
+    cluster.run(0.5)
+    assert cluster.delivered(5002) == ["after a lost race"]
+    assert cluster.nodes[NODE_A].stats.steps_retried == 1

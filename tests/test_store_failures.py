@@ -322,3 +322,33 @@ def test_a_revoke_in_a_lost_batch_disconnects_nobody(tmp_path: Path) -> None:
     alice.ok(alice.conn.revoke_session(laptop_id))
     world.settle()
     assert not laptop.conn.is_connected
+
+
+def test_a_step_that_loses_a_race_with_another_node_is_done_again(world: ChatWorld) -> None:
+    # On PostgreSQL, two nodes' batches can deadlock: one step is rolled back to its
+    # savepoint (the rest of the batch stands) and done again at once.
+    alice, _bob, _carol = friends(world)
+    store = world.store
+    original = store.join_room
+    races: list[StoreUnavailableError] = []
+
+    def racing(room: str, username: str, now: float) -> bool:
+        if races:
+            raise races.pop()
+        return bool(original(room, username, now))
+
+    store.join_room = racing  # type: ignore[attr-defined]
+    lost = StoreUnavailableError("database conflict", "deadlock detected", conflict=True)
+    races.extend([lost, lost])
+    alice.ok(alice.conn.join_room("#after-two-races"))
+    assert world.server.stats.steps_retried == 2
+    # One that keeps losing is answered unavailable (the client may try again) ...
+    races.extend([lost, lost, lost])
+    alice.refused(alice.conn.join_room("#lost-thrice"), ErrorCode.UNAVAILABLE)
+    # ... and a failure that is no race is not done again.
+    races.append(StoreUnavailableError("disk full"))
+    alice.refused(alice.conn.join_room("#disk-full"), ErrorCode.UNAVAILABLE)
+    assert world.server.stats.steps_retried == 4
+    assert not races
+    rooms = alice.ok(alice.conn.list_rooms(), m.Rooms).rooms
+    assert [r.room for r in rooms] == ["#after-two-races"]

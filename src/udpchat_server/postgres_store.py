@@ -191,6 +191,8 @@ _UNAVAILABLE_STATES = {
     "40001": "database conflict",  # serialization failure (retry the batch)
     "40P01": "database conflict",  # deadlock detected (retry the batch)
 }
+#: Those of them that only lost a race with another node: the step is done again.
+_CONFLICTS = frozenset({"40001", "40P01"})
 
 
 def unavailable(exc: psycopg.Error) -> StoreUnavailableError | None:
@@ -203,7 +205,7 @@ def unavailable(exc: psycopg.Error) -> StoreUnavailableError | None:
     reason = _UNAVAILABLE_STATES.get(state) or _UNAVAILABLE_STATES.get(state[:2])
     if reason is None:
         return None
-    return StoreUnavailableError(reason, str(exc).strip())
+    return StoreUnavailableError(reason, str(exc).strip(), conflict=state in _CONFLICTS)
 
 
 def _translated(method: Callable[..., Any]) -> Callable[..., Any]:

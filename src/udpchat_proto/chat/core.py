@@ -79,6 +79,9 @@ CURSOR_WRITE_DELAY: Final = 1.0
 other write comes to carry it into a batch. At low load a delivered message then
 costs one fsynced commit (its send), not two; a crash forgets at most this much
 cursor movement, and those messages are pushed again (clients drop repeats by id)."""
+STEP_ATTEMPTS: Final = 3
+"""Most times one request's step is done when it keeps losing races with another
+node's writes (a deadlock on PostgreSQL) before it is answered ``unavailable``."""
 STORE_RETRY_INTERVAL: Final = 1.0
 """Seconds after a lost batch before the connections whose pushes it dropped are
 refilled from the store (which holds what was really kept)."""
@@ -542,7 +545,10 @@ class ServerCore(Lookups):
                 "log in (or resume a session) first",
             )
             return
-        step, savepoint = self._handlers[type(item)], type(item) not in WRITES_ONCE
+        # A cluster's nodes can deadlock each other: every step gets a savepoint,
+        # so that one that lost is done again without losing the batch.
+        step = self._handlers[type(item)]
+        savepoint = self._config.cluster or type(item) not in WRITES_ONCE
         self._run_atomically(connection, item.request_id, step, item, now, savepoint=savepoint)
 
     def _run_atomically(
@@ -556,40 +562,53 @@ class ServerCore(Lookups):
         """Run one request's step so that its writes and its output all happen or
         none do: a refusal or a store failure half-way leaves nothing of it for the
         batch, and nothing it would have sent (its answer, pushes, a login) leaves.
-        (``savepoint=False`` for a step that writes once, last: see WRITES_ONCE.)"""
-        mark, close_mark = len(self._held), len(self._closes_held)
-        self._stepping = True
-        try:
-            if savepoint:
-                with self._store.atomic():
+        (``savepoint=False`` for a step that writes once, last: see WRITES_ONCE.)
+        A step that lost a race with another node's writes (a deadlock: nothing of
+        it was kept) is done again, up to :data:`STEP_ATTEMPTS` times."""
+        for attempt in range(1, STEP_ATTEMPTS + 1):
+            mark, close_mark = len(self._held), len(self._closes_held)
+            self._stepping = True
+            try:
+                if savepoint:
+                    with self._store.atomic():
+                        step(connection, *args)
+                else:
                     step(connection, *args)
+            except Exception as exc:
+                self._stepping = False
+                self._friend_sets.clear()  # they may have read what the step undid
+                del self._closes_held[close_mark:]
+                undone, self._held[mark:] = self._held[mark:], []
+                self._retract(undone)
+                if (
+                    isinstance(exc, StoreUnavailableError)
+                    and exc.conflict
+                    and savepoint
+                    and attempt < STEP_ATTEMPTS
+                ):
+                    self.stats.steps_retried += 1
+                    continue
+                self._step_failed(connection, request_id, exc)
             else:
-                step(connection, *args)
-        except Exception as exc:
-            self._stepping = False
-            self._friend_sets.clear()  # they may have read what the step undid
-            del self._closes_held[close_mark:]
-            undone, self._held[mark:] = self._held[mark:], []
-            self._retract(undone)
-            if isinstance(exc, RefusedError):
-                self._refuse(connection, request_id, exc.code, exc.message)
-            elif isinstance(exc, StoreUnavailableError):
-                self._note_store_failure(exc)
-                self._refuse(
-                    connection, request_id, ErrorCode.UNAVAILABLE, unavailable_message(exc)
-                )
-            else:
-                self._internal_error(connection, request_id, exc)
+                self._stepping = False
+                if not self._tracker.dirty:  # nothing to wait for: out now
+                    done, self._held[mark:] = self._held[mark:], []
+                    for item in done:
+                        self._transport_send(item.connection_id, item.payload)
+                    closes, self._closes_held[close_mark:] = self._closes_held[close_mark:], []
+                    self._close_all(closes)
+            finally:
+                self._stepping = False
+            return
+
+    def _step_failed(self, connection: ChatConnection, request_id: int, exc: Exception) -> None:
+        if isinstance(exc, RefusedError):
+            self._refuse(connection, request_id, exc.code, exc.message)
+        elif isinstance(exc, StoreUnavailableError):
+            self._note_store_failure(exc)
+            self._refuse(connection, request_id, ErrorCode.UNAVAILABLE, unavailable_message(exc))
         else:
-            self._stepping = False
-            if not self._tracker.dirty:  # nothing to wait for: out now
-                done, self._held[mark:] = self._held[mark:], []
-                for item in done:
-                    self._transport_send(item.connection_id, item.payload)
-                closes, self._closes_held[close_mark:] = self._closes_held[close_mark:], []
-                self._close_all(closes)
-        finally:
-            self._stepping = False
+            self._internal_error(connection, request_id, exc)
 
     def _internal_error(self, connection: ChatConnection, request_id: int, exc: Exception) -> None:
         self._count_internal_error(exc)

@@ -56,6 +56,8 @@ class ServerStats:
     answered ``unavailable``, batches lost)."""
     batches_lost: int = 0
     """Batches whose commit failed: their answers became ``unavailable``."""
+    steps_retried: int = 0
+    """Requests done again because they lost a race with another node's writes."""
     last_store_failure: StoreUnavailableError | None = attrs.field(default=None, eq=False)
     """The latest store failure, for logging."""
     last_internal_error: BaseException | None = attrs.field(default=None, eq=False)

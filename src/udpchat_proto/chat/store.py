@@ -98,11 +98,15 @@ class StoreUnavailableError(Exception):
 
     Attributes:
         reason: a few words for people ("disk full", "I/O error" ...).
+        conflict: the call lost a race with another writer of the same database (a
+            deadlock, a serialization failure): nothing is wrong, and the same
+            request done again at once will most likely succeed.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, conflict: bool = False) -> None:
         self.reason = reason
         self.detail = detail
+        self.conflict = conflict
         super().__init__(f"{reason} ({detail})" if detail else reason)
 
 
