@@ -352,3 +352,24 @@ def test_a_send_that_lost_a_race_with_another_node_is_done_again() -> None:
     cluster.run(0.5)
     assert cluster.delivered(5002) == ["after a lost race"]
     assert cluster.nodes[NODE_A].stats.steps_retried == 1
+
+
+def test_a_session_whose_end_was_not_told_is_closed_at_the_next_check() -> None:
+    cluster = Cluster()
+    alice, _bob = signed_up(cluster)
+    laptop = cluster.client("alice", NODE_B, 5003)
+    cluster.run()
+    laptop.login("alice", PASSWORD)
+    cluster.run()
+    cluster.hints = False
+    alice.logout_all()  # the news of it is lost
+    cluster.run()
+    cluster.nodes[NODE_A].take_news()
+    cluster.hints = True
+    assert laptop.state is not ClientState.CLOSED
+    assert cluster.nodes[NODE_B].check_sessions(cluster.now) == 1
+    cluster.run()
+    assert [c.reason for c in cluster.received(5003, Disconnected)] == [
+        "this login session has ended"
+    ]
+    assert cluster.nodes[NODE_B].check_sessions(cluster.now) == 0  # bob's is fine

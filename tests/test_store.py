@@ -155,6 +155,17 @@ def test_session_create_get_touch_delete(store: Store) -> None:
     assert store.get_session(ALICE_PHONE) is None
 
 
+def test_existing_sessions_are_those_still_there(store: Store) -> None:
+    assert store.existing_sessions([]) == set()
+    store.create_session(ALICE_PHONE, "alice", 100.0)
+    others = [n.to_bytes(32, "big") for n in range(1, 601)]  # more than one chunk
+    for hashed in others[::100]:
+        store.create_session(hashed, "bob", 100.0)
+    store.delete_session(others[0])
+    asked = [ALICE_PHONE, *others]
+    assert store.existing_sessions(asked) == {ALICE_PHONE, *others[100::100]}
+
+
 def test_sessions_of_a_user_newest_first(store: Store) -> None:
     assert store.sessions_of("alice") == []
     store.create_session(ALICE_PHONE, "alice", 100.0)

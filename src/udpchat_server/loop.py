@@ -317,6 +317,8 @@ class ServerLoop:
         if resync or now >= self._next_look:
             self._next_look = now + interval
             server.refill_all(now)
+            if gone := server.check_sessions(now):
+                log.info("closed the connections of %d sessions ended elsewhere", gone)
         else:
             self._next_look = min(self._next_look, now + interval)
 

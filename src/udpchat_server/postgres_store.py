@@ -523,6 +523,12 @@ class PostgresStore:
             token_hash=token_hash, username=row[0], created_at=row[1], last_used_at=row[2]
         )
 
+    def existing_sessions(self, token_hashes: list[bytes]) -> set[bytes]:
+        rows = self._read().execute(
+            "SELECT token_hash FROM sessions WHERE token_hash = ANY(%s)", (token_hashes,)
+        )
+        return {bytes(row[0]) for row in rows}
+
     def touch_session(self, token_hash: bytes, now: float) -> None:
         self._write().execute(
             "UPDATE sessions SET last_used_at = %s WHERE token_hash = %s", (now, token_hash)

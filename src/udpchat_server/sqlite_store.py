@@ -253,6 +253,8 @@ _COUNT_WAITING = """
 
 #: Message ids looked up in one statement by :meth:`SQLiteStore.acknowledge`.
 _ACK_CHUNK = 500
+#: Most values in one "IN (...)" (SQLite allows 32766 parameters).
+_IN_CHUNK = 500
 #: Most conversations add_message remembers (about 150 bytes each).
 _CONVERSATIONS_MAX = 65_536
 #: Most messages kept as the objects add_message was given, so that reading them
@@ -794,6 +796,18 @@ class SQLiteStore:
         return LoginSession(
             token_hash=token_hash, username=row[0], created_at=row[1], last_used_at=row[2]
         )
+
+    def existing_sessions(self, token_hashes: list[bytes]) -> set[bytes]:
+        """Those of ``token_hashes`` that are sessions still."""
+        found: set[bytes] = set()
+        for start in range(0, len(token_hashes), _IN_CHUNK):
+            chunk = token_hashes[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT token_hash FROM sessions WHERE token_hash IN ({marks})", chunk
+            )
+            found.update(bytes(row[0]) for row in rows)
+        return found
 
     def touch_session(self, token_hash: bytes, now: float) -> None:
         """Note that the session was used at ``now``; an unknown session is ignored."""

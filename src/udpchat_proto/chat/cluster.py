@@ -38,6 +38,7 @@ from typing import Final
 from ..transport import ConnectionId
 from .core import ServerCore
 from .remote import ClusterNews, NodeView
+from .store import StoreUnavailableError
 
 __all__ = ["HEARTBEAT_INTERVAL", "NODE_TIMEOUT", "ClusterNode"]
 
@@ -155,6 +156,25 @@ class ClusterNode(ServerCore):
         self._now = now
         for connection_id in list(self._connections):
             self._look_again(connection_id)
+
+    def check_sessions(self, now: float) -> int:
+        """Close the connections here whose login session no longer exists (the news
+        of its end was lost on the way: a revoked session must not live on here).
+        One query; call it now and then. Returns how many sessions were gone."""
+        self._now = now
+        hashes = list(self._by_session)
+        if not hashes:
+            return 0
+        try:
+            existing = self._store.existing_sessions(hashes)
+        except StoreUnavailableError as failure:  # the next check will do
+            self._note_store_failure(failure)
+            return 0
+        gone = [hashed for hashed in hashes if hashed not in existing]
+        for hashed in gone:
+            for connection_id in list(self._by_session.get(hashed, ())):
+                self._close_connection(connection_id, "this login session has ended")
+        return len(gone)
 
     # --- the parts --------------------------------------------------------------------
 

@@ -216,6 +216,10 @@ class MemoryStore:
         """The login session with this token hash, or None."""
         return self._sessions.get(token_hash)
 
+    def existing_sessions(self, token_hashes: list[bytes]) -> set[bytes]:
+        """Those of ``token_hashes`` that are sessions still."""
+        return {hashed for hashed in token_hashes if hashed in self._sessions}
+
     def touch_session(self, token_hash: bytes, now: float) -> None:
         """Note that the session was used at ``now``; an unknown session is ignored."""
         session = self._sessions.get(token_hash)

@@ -223,6 +223,11 @@ class Store(Protocol):
         """Note that the session was used at ``now`` (it expires when unused)."""
         ...
 
+    def existing_sessions(self, token_hashes: list[bytes]) -> set[bytes]:
+        """Those of ``token_hashes`` that are sessions still (one query: a cluster's
+        node checks its connections' sessions with it)."""
+        ...
+
     def sessions_of(self, username: str) -> list[LoginSession]:
         """The login sessions of ``username``, newest (by creation) first."""
         ...
@@ -399,6 +404,7 @@ STORE_READS: Final = frozenset(
     {
         "get_account",
         "get_session",
+        "existing_sessions",
         "sessions_of",
         "has_invitation",
         "incoming_invitations",
