@@ -1,28 +1,85 @@
-"""docs/PROTOCOL.md stays in step with the code."""
+"""docs/PROTOCOL.md and docs/EMBEDDING.md stay in step with the code.
+
+PROTOCOL.md is the wire: every message tag with its fields (optional ones marked
+with their default) and every error code, and no names of the reference
+implementation. EMBEDDING.md maps each tag to its Python class.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
+import pytest
 
 from udpchat_proto.chat.codec import MESSAGE_TYPES
 from udpchat_proto.errors import ErrorCode
 
-PROTOCOL = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+DOCS = Path(__file__).parent.parent / "docs"
+PROTOCOL = (DOCS / "PROTOCOL.md").read_text(encoding="utf-8")
+EMBEDDING = (DOCS / "EMBEDDING.md").read_text(encoding="utf-8")
+
+
+def _catalogue_row(tag: str) -> str:
+    rows = [line for line in PROTOCOL.splitlines() if line.startswith(f"| `{tag}` |")]
+    assert rows, f"{tag} is not in the catalogue"
+    return rows[0]
 
 
 def test_every_message_type_is_documented_with_its_fields() -> None:
-    rows = [line for line in PROTOCOL.splitlines() if line.startswith("| `")]
     for tag, cls in MESSAGE_TYPES.items():
-        catalogue_rows = [
-            row for row in rows if row.split("|")[1:3] == [f" `{tag}` ", f" {cls.__name__} "]
-        ]
-        assert catalogue_rows, f"{tag} ({cls.__name__}) is not in the catalogue"
+        row = _catalogue_row(tag)
         for field in attrs.fields(cls):
-            assert f"`{field.name}`" in catalogue_rows[0], f"{tag}.{field.name} is undocumented"
+            assert f"`{field.name}`" in row, f"{tag}.{field.name} is undocumented"
+
+
+def test_optional_fields_are_marked_with_their_default_and_only_they() -> None:
+    for tag, cls in MESSAGE_TYPES.items():
+        row = _catalogue_row(tag)
+        for field in attrs.fields(cls):
+            marked = f"`{field.name}` (optional, default" in row
+            optional = field.default is not attrs.NOTHING
+            assert marked == optional, f"{tag}.{field.name}: optional={optional}, marked={marked}"
+    assert "`limit` (optional, default 20" in _catalogue_row("get_history")
 
 
 def test_every_error_code_is_documented() -> None:
     for code in ErrorCode:
         assert f"`{code.value}`" in PROTOCOL
+        assert f"| `{code.value}` |" in PROTOCOL, f"{code.value}: when is it used?"
+
+
+def test_every_message_class_is_named_in_the_embedding_documentation() -> None:
+    for tag, cls in MESSAGE_TYPES.items():
+        assert f"| `{tag}` | `{cls.__name__}` |" in EMBEDDING
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *{cls.__name__ for cls in MESSAGE_TYPES.values()} - {"Ok", "Unfriend", "Block", "Logout"},
+        "ChatServer",
+        "ClientConnection",
+        "ClientTransport",
+        "ServerTransport",
+        "ServerConfig",
+        "TransportConfig",
+        "DecodeError",
+        "LocalProtocolError",
+        "RandomSource",
+        "CloseCode",
+        "ConnectionTerminated",
+        "HandshakeCompleted",
+        "PayloadReceived",
+        "receive_datagram",
+        "datagrams_to_send",
+        "next_event",
+        "get_timer",
+        "udpchat_proto",
+        "attrs",
+    ],
+)
+def test_the_protocol_names_no_part_of_the_reference_implementation(name: str) -> None:
+    # Words that are also wire tags or plain English ("Ok", "Logout") are left out.
+    assert not re.search(rf"\b{name}\b", PROTOCOL), f"{name} belongs in docs/EMBEDDING.md"
