@@ -50,7 +50,7 @@ try:
         valid_username,
     )
     from udpchat_proto.chat import messages as m
-    from udpchat_proto.transport import fingerprint
+    from udpchat_proto.transport import CloseCode, fingerprint
 
     from . import output
     from .output import Output, OutputClosedError
@@ -943,6 +943,9 @@ def _as_cli_error(exc: BaseException) -> CliError:
             return _refused(exc.code, str(exc))
         case ServerTimeoutError():
             return CliError(EXIT_TIMEOUT, "timeout", str(exc))
+        case ConnectionLostError(code=CloseCode.UNSUPPORTED_VERSION):
+            # The server answered: it speaks another protocol version (a refusal).
+            return _refused(ErrorCode.UNSUPPORTED_VERSION, exc.reason)
         case ConnectionLostError():
             return CliError(EXIT_TIMEOUT, "disconnected", str(exc))
         case KeyMismatchError():

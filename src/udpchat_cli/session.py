@@ -210,6 +210,7 @@ class Session:
         Raises:
             ServerTimeoutError, ConnectionLostError, KeyMismatchError.
         """
+        lost: ConnectionLostError | None = None
         for index in range(len(self._resolved)):
             if index:  # the previous node did not answer: the next one
                 self._close_socket()
@@ -217,10 +218,15 @@ class Session:
             self._conn.connect(self._clock())
             try:
                 self.run_until(lambda: self.server_key is not None, self._clock() + self.timeout)
-            except (ServerTimeoutError, ConnectionLostError):
+            except ServerTimeoutError:
+                continue
+            except ConnectionLostError as exc:  # it answered, and refused (a version)
+                lost = exc
                 continue
             if self.server_key is not None:
                 return self.server_key
+        if lost is not None:
+            raise lost
         raise ServerTimeoutError(f"no answer from {self.server} within {self.timeout:g} s")
 
     def _close_socket(self) -> None:
