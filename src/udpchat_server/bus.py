@@ -49,6 +49,10 @@ RETRY_INTERVAL: Final = 2.0
 """Seconds between attempts to reach NATS when it was away at start."""
 SNAPSHOT_PART: Final = 2000
 """Names per heartbeat message (about 70 KB at most: NATS takes 1 MB by default)."""
+MAX_MESSAGE: Final = 512 * 1024
+"""Largest news message sent whole (NATS refuses over 1 MB by default)."""
+PARTS_MAX: Final = 64
+"""Most nodes whose heartbeat may be half received at once (a bound on memory)."""
 
 
 @attrs.frozen
@@ -120,7 +124,16 @@ class NatsBus:
             )
 
     def publish(self, news: ClusterNews) -> None:
-        """Tell the other nodes what this node's batches changed (never blocks)."""
+        """Tell the other nodes what this node's batches changed (never blocks);
+        news too large for one NATS message goes in halves."""
+        payload = self._encode(news)
+        if len(payload) > MAX_MESSAGE and _count(news) > 1:
+            for half in _halves(news):
+                self.publish(half)
+            return
+        self._send(payload)
+
+    def _encode(self, news: ClusterNews) -> bytes:
         body = {
             "node": self.node,
             "news": {
@@ -132,7 +145,7 @@ class NatsBus:
                 "offline": news.offline,
             },
         }
-        self._send(orjson.dumps(body))
+        return orjson.dumps(body)
 
     def heartbeat(self, online: list[str]) -> None:
         """Tell the other nodes everyone online here (in parts if it is long)."""
@@ -247,6 +260,8 @@ class NatsBus:
             names = [*self._parts.pop(node, [])] if part > 0 else []
             names.extend(_names(body["snapshot"]))
             if part + 1 < parts:
+                if len(self._parts) >= PARTS_MAX:  # halves of gone nodes: forget them
+                    self._parts.clear()
                 self._parts[node] = names
                 return None
             return Snapshot(node, names)
@@ -301,3 +316,16 @@ def _names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise TypeError("a list of names was expected")
     return tuple(v for v in value if isinstance(v, str))
+
+
+def _count(news: ClusterNews) -> int:
+    return sum(len(part) for part in attrs.astuple(news, recurse=False))
+
+
+def _halves(news: ClusterNews) -> tuple[ClusterNews, ClusterNews]:
+    """Two news with half of each list each (their order kept: the first half
+    first)."""
+    fields = attrs.asdict(news, recurse=False)
+    first = {name: value[: len(value) // 2] for name, value in fields.items()}
+    second = {name: value[len(value) // 2 :] for name, value in fields.items()}
+    return ClusterNews(**first), ClusterNews(**second)

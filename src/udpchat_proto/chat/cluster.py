@@ -36,6 +36,8 @@ from __future__ import annotations
 from typing import Final
 
 from ..transport import ConnectionId
+from . import messages as m
+from .codec import encode
 from .core import ServerCore
 from .remote import ClusterNews, NodeView
 from .store import StoreUnavailableError
@@ -85,7 +87,9 @@ class ClusterNode(ServerCore):
 
     def receive_news(self, node: str, news: ClusterNews, now: float) -> None:
         """Act on what another node (named ``node``) told, for the connections here.
-        Then call :meth:`commit` and :meth:`datagrams_to_send`."""
+        Call it between batches (after :meth:`commit`), as every method of this
+        class: what it sends must not wait for, or be lost with, a batch of this
+        node's. Then call :meth:`datagrams_to_send`."""
         self._now = now
         view = self._heard(node, now)
         for username in news.forget:
@@ -163,7 +167,7 @@ class ClusterNode(ServerCore):
         One query; call it now and then. Returns how many sessions were gone."""
         self._now = now
         hashes = list(self._by_session)
-        if not hashes:
+        if not hashes or self._tracker.dirty:  # (it would see the batch's own deletes)
             return 0
         try:
             existing = self._store.existing_sessions(hashes)
@@ -189,14 +193,27 @@ class ClusterNode(ServerCore):
         count = self._remote_online.get(username, 0)
         self._remote_online[username] = count + 1
         if count == 0 and username not in self._by_user:
-            self._tell_friends_here(username, online=True)
+            self._tell_friends_now(username, online=True)
 
     def _remote_left(self, username: str) -> None:
         count = self._remote_online.pop(username, 0)
         if count > 1:
             self._remote_online[username] = count - 1
         elif count == 1 and username not in self._by_user:
-            self._tell_friends_here(username, online=False)
+            self._tell_friends_now(username, online=False)
+
+    def _tell_friends_now(self, username: str, *, online: bool) -> None:
+        """Tell the friends connected here, at once: this is about what another node
+        did, never part of (nor lost with) a batch of this one's."""
+        try:
+            friends = self._store.friends_of(username)
+        except Exception as exc:  # a notification: counted, and nobody is told
+            self._count_internal_error(exc)
+            return
+        payload = encode(m.PresenceChanged(username=username, online=online))
+        for friend in friends:
+            for connection_id in self._by_user.get(friend, ()):
+                self._transport_send(connection_id, payload)
 
     def _look_again(self, connection_id: ConnectionId) -> None:
         connection = self._connections.get(connection_id)

@@ -562,11 +562,12 @@ class ServerCore(Lookups):
         """Run one request's step so that its writes and its output all happen or
         none do: a refusal or a store failure half-way leaves nothing of it for the
         batch, and nothing it would have sent (its answer, pushes, a login) leaves.
-        (``savepoint=False`` for a step that writes once, last: see WRITES_ONCE.)
-        A step that lost a race with another node's writes (a deadlock: nothing of
-        it was kept) is done again, up to :data:`STEP_ATTEMPTS` times."""
+        (``savepoint=False``: a step that writes once, last; see WRITES_ONCE.) One that
+        lost a race with another node (a deadlock) is done again (STEP_ATTEMPTS)."""
         for attempt in range(1, STEP_ATTEMPTS + 1):
             mark, close_mark = len(self._held), len(self._closes_held)
+            membership = dict(self._membership_pending)
+            login = (connection.username, connection.token_hash)
             self._stepping = True
             try:
                 if savepoint:
@@ -578,6 +579,7 @@ class ServerCore(Lookups):
                 self._stepping = False
                 self._friend_sets.clear()  # they may have read what the step undid
                 del self._closes_held[close_mark:]
+                self._membership_pending = membership
                 undone, self._held[mark:] = self._held[mark:], []
                 self._retract(undone)
                 if (
@@ -585,6 +587,8 @@ class ServerCore(Lookups):
                     and exc.conflict
                     and savepoint
                     and attempt < STEP_ATTEMPTS
+                    # Only from where it began (a rollback undoes no log-out).
+                    and (connection.username, connection.token_hash) == login
                 ):
                     self.stats.steps_retried += 1
                     continue

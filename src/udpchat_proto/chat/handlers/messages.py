@@ -48,6 +48,7 @@ class MessageRequests(ServerCore):
             if self._answered_as_retry(connection, me, request):
                 return
             raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use") from None
+        self._message_rate.spend(me, now=now)
         self.stats.messages_accepted += 1
         self._reply(
             connection,
@@ -86,7 +87,7 @@ class MessageRequests(ServerCore):
                     ErrorCode.RECIPIENT_FULL,
                     f"{request.to} has {cap} messages waiting already; try again later",
                 )
-        if not self._message_rate.spend(me, now=now):
+        if not self._message_rate.available(me, now=now):  # (spent once stored)
             raise RefusedError(ErrorCode.RATE_LIMITED, "you are sending too fast; slow down")
         return recipients
 

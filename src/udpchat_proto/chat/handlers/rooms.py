@@ -29,13 +29,14 @@ class RoomRequests(ServerCore):
                 ErrorCode.TOO_MANY_ROOMS,
                 f"you are in {self._config.max_rooms_per_user} rooms, the limit",
             )
-        self._spend_membership_change(me, now)
+        self._check_membership_rate(me, now)
         self._store.join_room(room, me, self._clock())
+        self._membership_changes.spend(me, now=now)  # once written: a retried step pays once
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._membership_changed(room, me, joined=True, members=members)
 
-    def _spend_membership_change(self, me: str, now: float) -> None:
-        if not self._membership_changes.spend(me, now=now):
+    def _check_membership_rate(self, me: str, now: float) -> None:
+        if not self._membership_changes.available(me, now=now):
             raise RefusedError(
                 ErrorCode.RATE_LIMITED, "you join and leave rooms too fast; wait a minute"
             )
@@ -46,9 +47,10 @@ class RoomRequests(ServerCore):
         if not self._store.room_exists(room):
             raise RefusedError(ErrorCode.UNKNOWN_ROOM, f"no room named {room}")
         if me in self._store.room_members(room):
-            self._spend_membership_change(me, now)
+            self._check_membership_rate(me, now)
         if not self._store.leave_room(room, me):
             raise RefusedError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {room}")
+        self._membership_changes.spend(me, now=now)
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._membership_changed(room, me, joined=False, members=self._store.room_members(room))
 
