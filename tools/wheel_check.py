@@ -1,0 +1,334 @@
+"""Check the package a user installs: build the sdist and the wheel, install the wheel
+(not the checkout) into a fresh virtual environment, and run the README's quickstart
+against it.
+
+``python tools/wheel_check.py`` (``.ci/run`` runs it after the tests) does, in a
+temporary directory:
+
+1. ``python -m build``: the sdist, then the wheel built from that sdist (so the sdist
+   holds all a build needs); both named with ``__version__`` of
+   ``src/udpchat_proto/__init__.py``, the single source of the version;
+2. checks what each holds: the sdist the sources, tests, docs, README, LICENSE,
+   CHANGELOG and the systemd unit; the wheel the three packages, each with its
+   ``py.typed``, the two console scripts, and nothing else;
+3. ``python -m venv .venv`` there and ``pip install`` of the wheel (its dependencies
+   from the index, as a user gets them);
+4. from that directory (the checkout is not importable there): both tools'
+   ``--version``, then ``udpchat-server`` on 127.0.0.1 port 0 with its database in
+   the temporary directory, the README's quickstart and room blocks pasted into bash
+   as they are (their ``export PATH="$PWD/.venv/bin:$PATH"`` finds the fresh
+   environment), and SIGTERM to the server, which must exit 0.
+
+Every wait is bounded; the server is killed whatever happens. Exit status 0 when all
+is well, 1 with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("udpchat_proto", "udpchat_server", "udpchat_cli")
+#: What the sdist must hold besides each package's ``__init__.py`` and ``py.typed``.
+SDIST_FILES = (
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "CHANGELOG.md",
+    "PKG-INFO",
+    "contrib/udpchat-server.service",
+    "docs/OPERATIONS.md",
+    "docs/PROTOCOL.md",
+    "tests/conftest.py",
+    "tests/e2e/conftest.py",
+)
+#: What the quickstart and room blocks must print (as the README says they do).
+EXPECTED_OUTPUT = (
+    "alice -> bob: Hi Bob!",
+    "bob -> alice: Hi Alice, how are you?",
+    "bob offline",
+    "alice -> #general: Welcome, both of you!",
+    "bob -> #general: Thanks Alice",
+    "#general (3 members)",
+)
+BUILD_TIMEOUT = 180.0
+INSTALL_TIMEOUT = 300.0
+START_DEADLINE = 30.0
+QUICKSTART_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+_LISTENING = re.compile(r"listening on (\S+):(\d+) key (SHA256:\S+)")
+
+
+class PackageCheckError(Exception):
+    """One line: what is wrong with the package."""
+
+
+def source_version() -> str:
+    """``__version__`` as hatchling reads it from the single source."""
+    text = (ROOT / "src" / "udpchat_proto" / "__init__.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if match is None:
+        raise PackageCheckError("src/udpchat_proto/__init__.py has no __version__")
+    return match.group(1)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment less any UDPCHAT_ variable and any virtual environment."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("UDPCHAT_") and key not in {"VIRTUAL_ENV", "PYTHONPATH"}
+    }
+    env.update(extra)
+    return env
+
+
+def run(
+    args: Sequence[str | Path], *, cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> str:
+    """Run ``args``, bounded; its stdout, or PackageCheckError with its output."""
+    shown = " ".join(str(arg) for arg in args)
+    try:
+        done = subprocess.run(
+            [str(arg) for arg in args],
+            cwd=cwd,
+            env=clean_env() if env is None else env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise PackageCheckError(f"{shown}: no end within {timeout:.0f} s") from None
+    if done.returncode != 0:
+        raise PackageCheckError(f"{shown}: exit {done.returncode}\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    started = time.monotonic()
+    print(f"-- {name}", flush=True)
+    yield
+    print(f"   {time.monotonic() - started:.1f} s", flush=True)
+
+
+def build(dist: Path, version: str) -> tuple[Path, Path]:
+    run([sys.executable, "-m", "build", "--outdir", dist, ROOT], cwd=ROOT, timeout=BUILD_TIMEOUT)
+    sdist = dist / f"udpchat_proto-{version}.tar.gz"
+    wheel = dist / f"udpchat_proto-{version}-py3-none-any.whl"
+    for path in (sdist, wheel):
+        if not path.is_file():
+            found = sorted(p.name for p in dist.iterdir())
+            raise PackageCheckError(f"no {path.name} (version {version}); built: {found}")
+    return sdist, wheel
+
+
+def check_sdist(sdist: Path, version: str) -> None:
+    prefix = f"udpchat_proto-{version}/"
+    with tarfile.open(sdist) as archive:
+        names = {name.removeprefix(prefix) for name in archive.getnames()}
+        pkg_info = archive.extractfile(prefix + "PKG-INFO")
+        metadata = pkg_info.read().decode() if pkg_info is not None else ""
+    wanted = [
+        *SDIST_FILES,
+        *(f"src/{package}/{name}" for package in PACKAGES for name in ("__init__.py", "py.typed")),
+    ]
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        raise PackageCheckError(f"the sdist lacks {missing}")
+    if f"\nVersion: {version}\n" not in metadata:
+        raise PackageCheckError(f"the sdist's PKG-INFO does not say Version: {version}")
+
+
+def check_wheel(wheel: Path, version: str) -> None:
+    info = f"udpchat_proto-{version}.dist-info"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(f"{info}/METADATA").decode()
+        entry_points = archive.read(f"{info}/entry_points.txt").decode()
+    tops = {name.split("/", 1)[0] for name in names}
+    if tops != {*PACKAGES, info}:
+        raise PackageCheckError(f"the wheel holds {sorted(tops)}, not just {[*PACKAGES, info]}")
+    missing = [
+        f"{package}/{name}"
+        for package in PACKAGES
+        for name in ("__init__.py", "py.typed")
+        if f"{package}/{name}" not in names
+    ]
+    if missing:
+        raise PackageCheckError(f"the wheel lacks {missing}")
+    if f"\nVersion: {version}\n" not in metadata:
+        raise PackageCheckError(f"the wheel's METADATA does not say Version: {version}")
+    for script in (
+        "udpchat-server = udpchat_server.cli:main",
+        "udpchat-cli = udpchat_cli.cli:main",
+    ):
+        if script not in entry_points:
+            raise PackageCheckError(f"the wheel's entry points lack {script!r}")
+
+
+def install(work: Path, wheel: Path) -> Path:
+    """A fresh virtual environment in ``work/.venv`` with the wheel; its bin directory."""
+    venv = work / ".venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    run([base, "-m", "venv", venv], cwd=work, timeout=INSTALL_TIMEOUT)
+    bin_dir = venv / "bin"
+    run(
+        [bin_dir / "python", "-m", "pip", "install", "--quiet", wheel],
+        cwd=work,
+        timeout=INSTALL_TIMEOUT,
+    )
+    where = run(
+        [bin_dir / "python", "-c", "import udpchat_proto; print(udpchat_proto.__file__)"],
+        cwd=work,
+        timeout=30,
+    ).strip()
+    if not Path(where).is_relative_to(venv):
+        raise PackageCheckError(f"udpchat_proto comes from {where}, not from the fresh environment")
+    return bin_dir
+
+
+def check_versions(bin_dir: Path, work: Path, version: str) -> None:
+    for tool in ("udpchat-server", "udpchat-cli"):
+        shown = run([bin_dir / tool, "--version"], cwd=work, timeout=30).strip()
+        if not shown.endswith(f"version {version}"):
+            raise PackageCheckError(f"{tool} --version says {shown!r}, not version {version}")
+
+
+def readme_block(name: str) -> str:
+    """The shell block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(
+        rf"<!-- {name}:begin -->\s*```sh\n(.*?)```\s*<!-- {name}:end -->", readme, re.DOTALL
+    )
+    if match is None:
+        raise PackageCheckError(f"README.md has no {name} block")
+    return match.group(1)
+
+
+def start_server(bin_dir: Path, work: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
+    """``udpchat-server`` on 127.0.0.1 port 0; the process and its HOST:PORT."""
+    command = [
+        str(bin_dir / "udpchat-server"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--db",
+        str(work / "udpchat.sqlite3"),
+    ]
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            command,
+            cwd=work,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            line = proc.stdout.readline()
+            match = _LISTENING.fullmatch(line.strip())
+            if match is None:
+                break
+            return proc, f"{match.group(1)}:{match.group(2)}"
+    stop_server(proc)
+    raise PackageCheckError(
+        f"the server did not start; its log:\n{log.read_text(errors='replace')}"
+    )
+
+
+def stop_server(proc: subprocess.Popen[str]) -> int | None:
+    """SIGTERM, bounded, then SIGKILL; the exit status after SIGTERM, None if killed."""
+    status: int | None = None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            status = proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+    else:
+        status = proc.returncode
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return status
+
+
+def quickstart(bin_dir: Path, work: Path) -> None:
+    log = work / "server.log"
+    proc, address = start_server(bin_dir, work, log)
+    try:
+        script = "set -eu\n" + readme_block("quickstart") + readme_block("rooms")
+        env = clean_env(UDPCHAT_SERVER=address, UDPCHAT_HOME=str(work / "home"))
+        out = run(["bash", "-c", script], cwd=work, env=env, timeout=QUICKSTART_TIMEOUT)
+    finally:
+        status = stop_server(proc)
+    missing = [line for line in EXPECTED_OUTPUT if line not in out]
+    if missing:
+        raise PackageCheckError(f"the quickstart did not print {missing}; it printed:\n{out}")
+    if status != 0:
+        server_log = log.read_text(errors="replace")
+        raise PackageCheckError(f"the server exited {status} on SIGTERM; its log:\n{server_log}")
+
+
+def check(work: Path) -> None:
+    version = source_version()
+    with step(f"build the sdist and the wheel (version {version})"):
+        sdist, wheel = build(work / "dist", version)
+    with step("what the sdist and the wheel hold"):
+        check_sdist(sdist, version)
+        check_wheel(wheel, version)
+    with step("install the wheel into a fresh virtual environment"):
+        bin_dir = install(work, wheel)
+    with step("both tools' --version"):
+        check_versions(bin_dir, work, version)
+    with step("the README's quickstart against the installed wheel"):
+        quickstart(bin_dir, work)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else "")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory and say where"
+    )
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="udpchat-wheel-"))
+    try:
+        check(work)
+    except PackageCheckError as exc:
+        print(f"wheel check failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"wheel check passed in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
