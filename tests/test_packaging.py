@@ -84,11 +84,6 @@ def test_udpchat_server_completes_its_options() -> None:
     assert found == ["debug", "info", "warning", "error"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="udpchat_server.cli.main() dispatches migrate by hand: click completes the "
-    "server command alone, which has no subcommands; remove this mark once it does",
-)
 def test_udpchat_server_completes_its_subcommands() -> None:
     found = complete(SERVER, "_UDPCHAT_SERVER_COMPLETE", ["udpchat-server", "mi"])
     assert found == ["migrate"]
@@ -96,11 +91,6 @@ def test_udpchat_server_completes_its_subcommands() -> None:
     assert {"--from", "--to"} <= set(found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="udpchat_cli.cli.main() runs make_context()/invoke(), not click's main(), "
-    "so _UDPCHAT_CLI_COMPLETE is never looked at; remove this mark once it is",
-)
 def test_udpchat_cli_completes_its_commands() -> None:
     found = complete(CLI, "_UDPCHAT_CLI_COMPLETE", ["udpchat-cli", "se"])
     assert found == ["send", "sessions"]

@@ -130,6 +130,21 @@ def test_create_account_twice_is_refused_without_change(store: Store) -> None:
     )
 
 
+def test_accounts_are_disabled_and_enabled_and_listed(store: Store) -> None:
+    assert store.accounts() == []
+    assert not store.set_disabled("alice", True)  # no such account
+    for name in ("carol", "alice", "bob"):
+        store.create_account(name, PASSWORD, 1.0)
+    assert store.set_disabled("bob", True)
+    store.commit()
+    assert store.accounts() == [("alice", False), ("bob", True), ("carol", False)]
+    account = store.get_account("bob")
+    assert account is not None and account.disabled
+    assert store.set_disabled("bob", False)
+    account = store.get_account("bob")
+    assert account is not None and not account.disabled
+
+
 def test_reads_see_uncommitted_writes(store: Store) -> None:
     store.create_account("alice", PASSWORD, 1.0)
     send(store, "bob", "alice", "unseen by disk")

@@ -965,6 +965,11 @@ def _as_cli_error(exc: BaseException) -> CliError:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``udpchat-cli`` console script. Never shows a traceback."""
+    if (instruction := os.environ.get("_UDPCHAT_CLI_COMPLETE")) is not None:
+        # Shell completion (click's, which make_context() below never reaches).
+        from click.shell_completion import shell_complete  # noqa: PLC0415 (only then)
+
+        sys.exit(shell_complete(cli, {}, "udpchat-cli", "_UDPCHAT_CLI_COMPLETE", instruction))
     args = list(sys.argv[1:] if argv is None else argv)
     out = Output(json_mode=_wants_json(args))
     try:

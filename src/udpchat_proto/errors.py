@@ -67,6 +67,8 @@ class ErrorCode(enum.StrEnum):
     """The message's version byte is one this server does not speak."""
     UNKNOWN_REQUEST = "unknown_request"
     """A request type this server does not know (added by a later version)."""
+    ACCOUNT_DISABLED = "account_disabled"
+    """The server's operator disabled this account: its logins are refused."""
 
 
 class ProtocolError(Exception):

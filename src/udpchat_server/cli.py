@@ -32,11 +32,13 @@ except ValueError:  # imported from another thread than the main one
     _sigterm_before = None
 try:
     import logging
+    import os
     import socket
     import time
+    from collections.abc import Callable
     from pathlib import Path
     from types import FrameType
-    from typing import TYPE_CHECKING, Any
+    from typing import TYPE_CHECKING, Any, NoReturn
 
     import attrs
     import click
@@ -44,15 +46,25 @@ try:
     from udpchat_proto import RateLimit
     from udpchat_proto.chat import (
         ChatServer,
+        PasswordHash,
         ScryptParams,
         ServerConfig,
         Store,
         StoreUnavailableError,
+        ValidationError,
+        check_password,
+        hash_password,
     )
 
+    from .config_file import ConfigError, load_defaults, to_toml
+    from .control import ControlError, ControlSocket
+    from .ctl import ctl as ctl_command
+    from .ctl import default_control_path
     from .dburl import is_postgres_url, shown_database
     from .keyfile import KeyFileError, default_key_path, load_or_create_key
+    from .logformat import LOG_FORMATS, configure_logging
     from .loop import ServerLoop
+    from .operations import Operations, Operator
 
     if TYPE_CHECKING:
         from .bus import NatsBus
@@ -188,6 +200,21 @@ def _config(limits: dict[str, Any], scrypt_n: int | None) -> ServerConfig:
     return attrs.evolve(ServerConfig(), **changes)
 
 
+def _in_force(params: dict[str, Any]) -> dict[str, Any]:
+    """The options with what an unset one means (a limit's default, the default
+    control socket and key file), for ``--print-config``."""
+    values, defaults = dict(params), ServerConfig()
+    for name, value in params.items():
+        if value is None and name in attrs.fields_dict(ServerConfig):
+            values[name] = getattr(defaults, name)
+    db = str(values["db"])
+    if values.get("control") is None:
+        values["control"] = default_control_path(db)
+    if values.get("key_file") is None and not is_postgres_url(db):
+        values["key_file"] = default_key_path(Path(db))
+    return values
+
+
 def _warn_about(config: ServerConfig) -> None:
     """Say loudly what weakens the server (once it starts: an error that stops the
     start stays the one line on stderr)."""
@@ -201,7 +228,43 @@ def _warn_about(config: ServerConfig) -> None:
         )
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
+    """``--config``: the file's options become the defaults (the command line wins)."""
+    if path is not None:
+        try:
+            ctx.default_map = load_defaults(ctx, path)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+    return path
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` (then on loopback)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    try:
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise StartupError(f"--metrics takes HOST:PORT or PORT, not {text!r}") from None
+    return host, number
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help="A TOML file of options (their long names: port = 9999); the command line wins.",
+)
+@click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the configuration in force as TOML, and exit.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -231,6 +294,26 @@ def _warn_about(config: ServerConfig) -> None:
     default="info",
     show_default=True,
     help="Logs go to stderr.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="text, or json: one object per line (time, level, logger, message, fields).",
+)
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: on 127.0.0.1).",
+)
+@click.option(
+    "--control",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The control socket for 'udpchat-server ctl' (mode 0600) [default: the "
+    "database path plus '.ctl'; with PostgreSQL, none unless given].",
 )
 @_limit_options
 @click.option(
@@ -271,11 +354,15 @@ def _warn_about(config: ServerConfig) -> None:
 @click.version_option(package_name="udpchat-proto")
 def command(
     *,
+    print_config: bool,
     host: str,
     port: int,
     db: str,
     key_file: Path | None,
     log_level: str,
+    log_format: str,
+    metrics: str | None,
+    control: Path | None,
     scrypt_n: int | None,
     workers: int,
     retain_days: float | None,
@@ -284,11 +371,10 @@ def command(
     **limits: Any,
 ) -> None:
     """Run the udpchat server."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if print_config:
+        click.echo(to_toml(command, _in_force(click.get_current_context().params)), nl=False)
+        return
+    configure_logging(log_level, log_format)
     # From here on SIGINT and SIGTERM stop the server cleanly, even while it is
     # still opening its database: a supervisor's SIGTERM right after the start
     # must not kill it half-way (exit 0, files closed, the loop never started).
@@ -321,6 +407,7 @@ def command(
     try:
         store = _open_store(db, key_file)
         node_bus: NatsBus | None = None
+        operator: Operator | None = None
         try:
             key_path = key_file if key_file is not None else default_key_path(Path(db))
             try:
@@ -330,8 +417,25 @@ def command(
             if created:
                 log.info("created key file %s", key_path)
             server = ChatServer(store=store, static_key=key, clock=time.time, config=config)
+            operator = _operator(
+                server,
+                store,
+                loops,
+                key_path=key_path,
+                control=control if control is not None else default_control_path(db),
+                explicit_control=control is not None,
+                metrics=metrics,
+                config=config,
+            )
             node_bus = _join_bus(bus) if bus is not None else None
-            loop = ServerLoop(server=server, store=store, sock=sock, workers=workers, bus=node_bus)
+            loop = ServerLoop(
+                server=server,
+                store=store,
+                sock=sock,
+                workers=workers,
+                bus=node_bus,
+                operator=operator,
+            )
             loops.append(loop)
             if stop_requested:  # a signal came while starting: stop at once, never ready
                 loop.stop()
@@ -352,9 +456,87 @@ def command(
             if node_bus is not None:
                 node_bus.goodbye()  # its users are offline at once, not in 15 s
                 node_bus.close()
+            if operator is not None:
+                operator.close()
             store.close()
     finally:
         sock.close()
+
+
+def _operator(
+    server: ChatServer,
+    store: Store,
+    loops: list[ServerLoop],
+    *,
+    key_path: Path,
+    control: Path | None,
+    explicit_control: bool,
+    metrics: str | None,
+    config: ServerConfig,
+) -> Operator:
+    """The control socket and the metrics endpoint, as asked.
+
+    Raises:
+        StartupError: one of them cannot be opened.
+    """
+    operations = Operations(
+        server,
+        store,
+        counters=lambda: loops[0].counters(),  # noqa: PLW0108 (no loop yet)
+        key_path=key_path,
+    )
+    socket_: ControlSocket | None = None
+    if control is not None:
+        socket_ = ControlSocket(control, prepare=_hash_new_passwords(config))
+        try:
+            socket_.open()
+        except OSError as exc:
+            if explicit_control:
+                raise StartupError(f"cannot open the control socket {control}: {exc}") from None
+            log.warning("no control socket (%s): %s", control, exc)
+            socket_ = None
+        else:
+            log.info("control socket %s", control)
+    endpoint = None
+    if metrics is not None:
+        host, port = _metrics_address(metrics)
+        from .metrics import ServerMetrics  # noqa: PLC0415 (only when asked)
+
+        endpoint = ServerMetrics()
+        try:
+            http = endpoint.serve(host, port)
+        except OSError as exc:
+            if socket_ is not None:
+                socket_.close()
+            raise StartupError(
+                f"cannot serve metrics on {metrics}: {exc.strerror or exc}"
+            ) from None
+        bound_host, bound_port = http.server_address[:2]
+        log.info("metrics on http://%s:%s/metrics", bound_host, bound_port)
+    backup = store.backup if isinstance(store, SQLiteStore) else None
+    return Operator(operations, control=socket_, metrics=endpoint, backup=backup)
+
+
+def _hash_new_passwords(config: ServerConfig) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+    """What the control socket's thread does with ``reset-password`` before the loop
+    sees it: check and hash the new password (scrypt: never on the loop)."""
+
+    def prepare(command: str, args: dict[str, Any]) -> dict[str, Any]:
+        if command != "reset-password":
+            return args
+        password = args.get("password")
+        if not isinstance(password, str):
+            raise ControlError("bad_request", "reset-password needs the new password")
+        try:
+            check_password(password)
+        except ValidationError as exc:
+            raise ControlError("invalid_password", str(exc)) from None
+        salt = os.urandom(16)
+        digest = hash_password(password, salt, config.scrypt)
+        hashed = PasswordHash(salt=salt, params=config.scrypt, digest=digest)
+        return {"user": args.get("user"), "hash": hashed.to_string()}
+
+    return prepare
 
 
 def _join_bus(url: str) -> NatsBus:
@@ -439,13 +621,32 @@ def migrate_command(source: Path, target: str) -> None:
     click.echo(f"migrated {source} to {shown_database(target)}")
 
 
+def _complete(instruction: str) -> NoReturn:
+    """Shell completion: the server's options, and its ``migrate`` and ``ctl``
+    commands (dispatched by hand in main(), so click sees them only here)."""
+    from click.shell_completion import shell_complete  # noqa: PLC0415 (only then)
+
+    tool = click.Group(
+        "udpchat-server",
+        params=command.params,
+        commands={"migrate": migrate_command, "ctl": ctl_command},
+        invoke_without_command=True,
+    )
+    sys.exit(shell_complete(tool, {}, "udpchat-server", "_UDPCHAT_SERVER_COMPLETE", instruction))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``udpchat-server`` console script (``migrate`` as its
     first argument runs the migration instead)."""
+    if (instruction := os.environ.get("_UDPCHAT_SERVER_COMPLETE")) is not None:
+        _complete(instruction)
     args = list(sys.argv[1:] if argv is None else argv)
-    chosen, name = command, "udpchat-server"
+    chosen: click.Command = command
+    name = "udpchat-server"
     if args[:1] == ["migrate"]:
         chosen, name, args = migrate_command, "udpchat-server migrate", args[1:]
+    elif args[:1] == ["ctl"]:
+        chosen, name, args = ctl_command, "udpchat-server ctl", args[1:]
     try:
         chosen.main(args=args, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help, --version

@@ -56,6 +56,7 @@ __all__ = ["BATCH", "ServerLoop", "describe", "format_counters", "yield_to_the_l
 
 if TYPE_CHECKING:
     from .bus import NatsBus
+    from .operations import Operator
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,11 @@ BUS_DOWN_LOOK_INTERVAL = 3.0
 #: Seconds between those looks while the bus is up: news that NATS dropped on the
 #: way (a slow consumer) delays a delivery by at most this much.
 POSITION_CHECK_INTERVAL = 30.0
-#: Longest sleep of a cluster's node: it expires silent nodes and sends heartbeats.
+#: Longest sleep of a cluster's node (it expires silent nodes and sends
+#: heartbeats), and of a server with metrics (their snapshot stays this fresh).
 CLUSTER_WAIT = 1.0
+#: Seconds between two snapshots of the counters for the metrics endpoint.
+METRICS_INTERVAL = 1.0
 
 #: Most datagrams read in one turn before the batch is committed and answered;
 #: bounds the latency a flood can add to everyone else's replies.
@@ -158,9 +162,12 @@ class ServerLoop:
         workers: int = 2,
         clock: Callable[[], float] = time.monotonic,
         bus: NatsBus | None = None,
+        operator: Operator | None = None,
     ) -> None:
         self._server = server
         self._bus = bus
+        self._operator = operator
+        """The control socket and metrics, if the operator asked for them."""
         """The cluster's bus (a node of several), or None."""
         self._store = store
         self._sock = sock
@@ -178,6 +185,9 @@ class ServerLoop:
         self._wake_w.setblocking(False)
         if bus is not None:
             bus.wake = self._wake  # hints from the other nodes wake the loop
+        if operator is not None:
+            operator.set_wake(self._wake)  # so does a control request
+        self._metrics_at = 0.0
         self._next_look = 0.0
         self._next_heartbeat = 0.0
         self._stopping = False
@@ -223,7 +233,7 @@ class ServerLoop:
 
     def _wait(self) -> None:
         timer = self._server.get_timer()
-        longest = IDLE_WAIT if self._bus is None else CLUSTER_WAIT
+        longest = IDLE_WAIT if self._bus is None and self._operator is None else CLUSTER_WAIT
         timeout = longest if timer is None else min(longest, timer - self._clock())
         readable, _, _ = select.select([self._sock, self._wake_r], [], [], max(0.0, timeout))
         if self._wake_r in readable:
@@ -251,8 +261,6 @@ class ServerLoop:
                 server.receive_datagram(data, (addr[0], addr[1]), now)
             except Exception:
                 log.exception("the core raised on a datagram from %s:%s", addr[0], addr[1])
-        if self._bus is not None:
-            self._hear(self._bus, now)
         while True:
             try:
                 job_id, digest = self._done.get_nowait()
@@ -273,15 +281,26 @@ class ServerLoop:
         while (event := server.next_event()) is not None:
             log.debug("%s", describe(event))  # a line per connection event: debug only
         self._report(server)
+        operator = self._operator
+        if operator is not None:
+            operator.run_requests(now)
+        failure, took = None, None
         if server.writes_pending:
+            started = time.perf_counter()
             failure = server.commit()
+            took = time.perf_counter() - started
             if failure is None:
                 self.commits += 1
                 self._store_recovered()
             else:
                 self._store_failed(failure)
+        if operator is not None:
+            operator.batch_done(failure, took)
+            if now >= self._metrics_at:
+                self._metrics_at = now + METRICS_INTERVAL
+                operator.update_metrics(self.counters)
         if self._bus is not None:
-            self._tell(self._bus, now)
+            self._cluster_turn(self._bus, now)
         for data, addr in server.datagrams_to_send(now):
             try:
                 self._sock.sendto(data, addr)
@@ -294,6 +313,20 @@ class ServerLoop:
                     log.warning("sendto %s: %s", addr, exc)
 
     # --- the cluster's bus ------------------------------------------------------------
+
+    def _cluster_turn(self, bus: NatsBus, now: float) -> None:
+        """Between batches: act on what the other nodes said (its effects must not
+        ride on this node's batch, which may yet be lost), then tell them what
+        this node's batches changed."""
+        try:
+            self._hear(bus, now)
+        except Exception:  # a bug there must cost the news, never the server
+            log.exception("acting on the cluster's news")
+        if self._server.writes_pending:  # (acting on news writes nothing, as a rule)
+            failure = self._server.commit()
+            if failure is not None:
+                self._store_failed(failure)
+        self._tell(bus, now)
 
     def _hear(self, bus: NatsBus, now: float) -> None:
         """Act on what the other nodes said; expire the silent ones; look in the
@@ -347,7 +380,10 @@ class ServerLoop:
             "datagrams_out": self.datagrams_sent,
             "dropped": dict(sorted(self._server.transport_dropped.items())),
             "connections": self._server.connection_count,
+            "sessions_logged_in": self._server.logged_in_sessions,
             "connections_opened": stats.connections_opened,
+            "requests": stats.requests,
+            "hash_jobs_pending": self._server.pending_hash_jobs,
             "online_users": len(self._server.online_users),
             "hash_jobs": stats.hash_jobs,
             "sessions_expired": stats.sessions_expired,

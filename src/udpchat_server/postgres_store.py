@@ -125,6 +125,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (username, conversation))""",
         "CREATE INDEX user_cursors_by_conversation ON user_cursors (conversation)",
     ),
+    # 2: accounts the operator disabled (udpchat-server ctl disable).
+    ("ALTER TABLE accounts ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -445,14 +447,30 @@ class PostgresStore:
     def get_account(self, username: str) -> Account | None:
         row = (
             self._read()
-            .execute("SELECT password, created_at FROM accounts WHERE username = %s", (username,))
+            .execute(
+                "SELECT password, created_at, disabled FROM accounts WHERE username = %s",
+                (username,),
+            )
             .fetchone()
         )
         if row is None:
             return None
         return Account(
-            username=username, password=PasswordHash.from_string(row[0]), created_at=row[1]
+            username=username,
+            password=PasswordHash.from_string(row[0]),
+            created_at=row[1],
+            disabled=row[2],
         )
+
+    def set_disabled(self, username: str, disabled: bool) -> bool:
+        cursor = self._write().execute(
+            "UPDATE accounts SET disabled = %s WHERE username = %s", (disabled, username)
+        )
+        return cursor.rowcount == 1
+
+    def accounts(self) -> list[tuple[str, bool]]:
+        rows = self._read().execute("SELECT username, disabled FROM accounts ORDER BY username")
+        return [(name, bool(disabled)) for name, disabled in rows]
 
     def delete_account(self, username: str, now: float) -> None:
         db = self._write()

@@ -210,6 +210,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             retired_at REAL NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # 7: accounts the operator disabled (udpchat-server ctl disable).
+    ("ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -680,6 +682,25 @@ class SQLiteStore:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
+    def backup(self, dest: Path) -> None:
+        """Copy what is committed to a new database at ``dest`` (SQLite's online
+        backup, in one step: a consistent copy). Call it between batches.
+
+        Raises:
+            StoreUnavailableError: a batch is open, or the copy failed (nothing is
+                left at ``dest``).
+        """
+        if self._db.in_transaction:
+            raise StoreUnavailableError("busy", "a batch is open: back up between batches")
+        partial = dest.with_name(dest.name + ".partial")
+        try:
+            with contextlib.closing(sqlite3.connect(partial)) as target:
+                self._db.backup(target)
+            os.replace(partial, dest)
+        except (sqlite3.Error, OSError) as exc:
+            partial.unlink(missing_ok=True)
+            raise StoreUnavailableError("backup failed", str(exc)) from None
+
     def close(self) -> None:
         """Discard uncommitted writes and close the connection."""
         self._batch_open = False
@@ -710,13 +731,28 @@ class SQLiteStore:
     def get_account(self, username: str) -> Account | None:
         """The account of ``username``, or None."""
         row = self._db.execute(
-            "SELECT password, created_at FROM accounts WHERE username = ?", (username,)
+            "SELECT password, created_at, disabled FROM accounts WHERE username = ?", (username,)
         ).fetchone()
         if row is None:
             return None
         return Account(
-            username=username, password=PasswordHash.from_string(row[0]), created_at=row[1]
+            username=username,
+            password=PasswordHash.from_string(row[0]),
+            created_at=row[1],
+            disabled=bool(row[2]),
         )
+
+    def set_disabled(self, username: str, disabled: bool) -> bool:
+        """Disable (or enable) an account; False if there is none."""
+        cursor = self._write().execute(
+            "UPDATE accounts SET disabled = ? WHERE username = ?", (int(disabled), username)
+        )
+        return cursor.rowcount == 1
+
+    def accounts(self) -> list[tuple[str, bool]]:
+        """Every account's name and whether it is disabled, sorted by name."""
+        rows = self._db.execute("SELECT username, disabled FROM accounts ORDER BY username")
+        return [(name, bool(disabled)) for name, disabled in rows]
 
     def delete_account(self, username: str, now: float) -> None:
         """Delete the account and what is only its; retire the name (see Store).

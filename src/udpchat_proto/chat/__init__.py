@@ -41,7 +41,7 @@ from .events import (
 )
 from .memory_store import MemoryStore
 from .password_jobs import HashJob
-from .passwords import PasswordHash, ScryptParams
+from .passwords import PasswordHash, ScryptParams, hash_password
 from .remote import ClusterNews
 from .requests import session_id
 from .server import ChatServer, token_hash
@@ -116,6 +116,7 @@ __all__ = [
     "conversation_key",
     "decode",
     "encode",
+    "hash_password",
     "is_room",
     "messages",
     "session_id",

@@ -24,6 +24,11 @@ class Introspection(ServerCore):
         """Connections that completed the handshake and have not ended."""
         return len(self._connections)
 
+    @property
+    def logged_in_sessions(self) -> int:
+        """Login sessions with at least one live connection here."""
+        return len(self._by_session)
+
     def connection_info(self) -> list[ConnectionInfo]:
         """Every connection that completed its handshake, as it stands now."""
         return [

@@ -165,6 +165,18 @@ class MemoryStore:
         """The account of ``username``, or None."""
         return self._accounts.get(username)
 
+    def set_disabled(self, username: str, disabled: bool) -> bool:
+        """Disable (or enable) an account; False if there is none."""
+        account = self._accounts.get(username)
+        if account is None:
+            return False
+        self._accounts[username] = attrs.evolve(account, disabled=disabled)
+        return True
+
+    def accounts(self) -> list[tuple[str, bool]]:
+        """Every account's name and whether it is disabled, sorted by name."""
+        return [(name, self._accounts[name].disabled) for name in sorted(self._accounts)]
+
     def delete_account(self, username: str, now: float) -> None:
         """Delete the account and what is only its; retire the name (see Store)."""
         for token_hash in list(self._sessions_of.get(username, ())):

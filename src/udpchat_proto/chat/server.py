@@ -45,6 +45,7 @@ in the store, which keeps every connection's pushes in store order.
 
 from __future__ import annotations
 
+from .admin import Administration
 from .cluster import ClusterNode
 from .config import ServerConfig
 from .handlers import (
@@ -70,6 +71,7 @@ class ChatServer(
     RoomRequests,
     ClusterNode,
     Introspection,
+    Administration,
 ):
     """The server role: routes every connection's requests to the store and back.
 

@@ -119,6 +119,8 @@ class Account:
     password: PasswordHash
     created_at: float
     """POSIX seconds."""
+    disabled: bool = False
+    """Disabled by the server's operator: its logins are refused."""
 
 
 @attrs.frozen(kw_only=True)
@@ -199,6 +201,14 @@ class Store(Protocol):
 
     def set_password(self, username: str, password: PasswordHash) -> bool:
         """Replace the password record of an account; False if there is none."""
+        ...
+
+    def set_disabled(self, username: str, disabled: bool) -> bool:
+        """Disable (or enable) an account; False if there is none."""
+        ...
+
+    def accounts(self) -> list[tuple[str, bool]]:
+        """Every account's name and whether it is disabled, sorted by name."""
         ...
 
     def delete_account(self, username: str, now: float) -> None:
@@ -403,6 +413,7 @@ class Store(Protocol):
 STORE_READS: Final = frozenset(
     {
         "get_account",
+        "accounts",
         "get_session",
         "existing_sessions",
         "sessions_of",
@@ -429,6 +440,7 @@ STORE_WRITES: Final = frozenset(
     {
         "create_account",
         "set_password",
+        "set_disabled",
         "delete_account",
         "create_session",
         "touch_session",

@@ -238,15 +238,22 @@ class AccountRequests(ServerCore):
         user = request.username
         if job.account is None or not verify_digest(job.account.password, digest):
             raise RefusedError(ErrorCode.BAD_CREDENTIALS, "unknown user or wrong password")
-        # The right password: the failure charged at dispatch is given back, and
-        # the login counts against the account's successful logins instead (so a
-        # guesser's failures never use up the owner's logins).
-        self._refund_failure(user, job.host, now)
-        self._logins.spend(user, now=now)
+        if job.account.disabled:  # (told only to whoever knows the password)
+            self._refund_failure(user, job.host, now)
+            raise RefusedError(
+                ErrorCode.ACCOUNT_DISABLED,
+                "this account is disabled by the server's operator; ask them to enable it",
+            )
         token = self._random.token_bytes(TOKEN_SIZE)
         hashed = token_hash(token)
         self._store.create_session(hashed, user, self._clock())
         self._evict_sessions(user, keep=hashed, now=now)
+        # The right password: the failure charged at dispatch is given back, and
+        # the login counts against the account's successful logins instead (so a
+        # guesser's failures never use up the owner's logins). After the writes: a
+        # step done again (a deadlock) must not count twice.
+        self._refund_failure(user, job.host, now)
+        self._logins.spend(user, now=now)
         self._log_in(connection, user, hashed, now)
         self._reply(
             connection, m.LoggedIn(request_id=request.request_id, username=user, token=token)
@@ -292,9 +299,11 @@ class AccountRequests(ServerCore):
         by_use = sorted(
             sessions, key=lambda s: (self._touches.get(s.token_hash, s.last_used_at), s.created_at)
         )
-        for session in [s for s in by_use if s.token_hash != keep][:excess]:
-            self._store.delete_session(session.token_hash)
-            self._end_session(session.token_hash, now)
+        evicted = [s.token_hash for s in by_use if s.token_hash != keep][:excess]
+        for hashed in evicted:  # every write first (see _end_sessions)
+            self._store.delete_session(hashed)
+        for hashed in evicted:
+            self._end_session(hashed, now)
             self.stats.sessions_evicted += 1
 
     def _start_job(
@@ -425,8 +434,9 @@ class AccountRequests(ServerCore):
         batch acts for them (an account being deleted). The caller's own
         connection is logged out (its answer still reaches it)."""
         own = connection.token_hash
-        for hashed in hashes:
+        for hashed in hashes:  # every write first: a step done again finds memory as it was
             self._store.delete_session(hashed)
+        for hashed in hashes:
             others = () if hashed == own else self._by_session.get(hashed, ())
             self._closes_held.extend((connection_id, reason) for connection_id in others)
             if self._config.cluster and hashed != own:  # its connections elsewhere too

@@ -1,0 +1,236 @@
+"""What ``udpchat-server ctl`` asks of a running server, done on the server loop.
+
+Each command returns the answer the control socket sends back (``{"ok": true,
+...}``, or a refusal ``{"ok": false, "error": CODE, "message": ...}``). Commands
+that change accounts are steps of the loop's current batch: their answer waits
+for its commit (:meth:`Operations.settle`), so "done" always means durable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import udpchat_proto
+from udpchat_proto.chat import ChatServer, PasswordHash, Store, StoreUnavailableError
+
+from .control import ControlRequest, ControlSocket
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
+
+__all__ = ["WRITES", "Operations", "Operator"]
+
+WRITES: Final = frozenset({"disable", "enable", "reset-password"})
+"""The commands whose answer waits for the batch's commit."""
+
+
+def refusal(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": code, "message": message}
+
+
+class Operations:
+    """The control commands, over the loop's server and store.
+
+    Args:
+        server: the running server.
+        store: its store.
+        counters: the loop's counters now.
+        key_path: the server's key file (a backup takes a copy along).
+    """
+
+    def __init__(
+        self,
+        server: ChatServer,
+        store: Store,
+        counters: Callable[[], dict[str, Any]],
+        key_path: Path | None = None,
+    ) -> None:
+        self._server = server
+        self._store = store
+        self._counters = counters
+        self._key_path = key_path
+        self._started = time.monotonic()
+
+    def run(self, command: str, args: dict[str, Any], now: float) -> dict[str, Any]:
+        """Do ``command`` (not ``backup``: see :meth:`backup`)."""
+        handler = self._commands().get(command)
+        if handler is None:
+            return refusal("unknown_command", f"no control command {command!r}")
+        try:
+            return handler(args, now)
+        except StoreUnavailableError as exc:
+            return refusal("unavailable", f"the database cannot be used now: {exc}")
+        except (KeyError, TypeError, ValueError) as exc:
+            return refusal("bad_request", f"bad arguments for {command}: {exc}")
+
+    @staticmethod
+    def settle(answer: dict[str, Any], failure: StoreUnavailableError | None) -> dict[str, Any]:
+        """The answer of a write once its batch committed, or failed to."""
+        if failure is not None and answer.get("ok"):
+            return refusal("unavailable", f"not done: the database could not commit ({failure})")
+        return answer
+
+    def _commands(self) -> dict[str, Callable[[dict[str, Any], float], dict[str, Any]]]:
+        return {
+            "status": self._status,
+            "users": self._users,
+            "disable": self._disable,
+            "enable": self._enable,
+            "reset-password": self._reset_password,
+            "kick": self._kick,
+        }
+
+    def _status(self, _args: dict[str, Any], _now: float) -> dict[str, Any]:
+        counters = self._counters()
+        return {
+            "ok": True,
+            "version": udpchat_proto.__version__,
+            "uptime": round(time.monotonic() - self._started, 3),
+            "connections": counters["connections"],
+            "online_users": counters["online_users"],
+            "counters": counters,
+        }
+
+    def _users(self, args: dict[str, Any], _now: float) -> dict[str, Any]:
+        accounts = self._server.list_accounts()
+        if args.get("online"):
+            accounts = [account for account in accounts if account[1]]
+        users = [
+            {"user": name, "online": online, "disabled": disabled}
+            for name, online, disabled in accounts
+        ]
+        return {"ok": True, "users": users}
+
+    def _disable(self, args: dict[str, Any], now: float) -> dict[str, Any]:
+        user = _user(args)
+        if not self._server.disable_account(user, now):
+            return _unknown(user)
+        return {"ok": True, "user": user, "disabled": True}
+
+    def _enable(self, args: dict[str, Any], now: float) -> dict[str, Any]:
+        user = _user(args)
+        if not self._server.enable_account(user, now):
+            return _unknown(user)
+        return {"ok": True, "user": user, "disabled": False}
+
+    def _reset_password(self, args: dict[str, Any], now: float) -> dict[str, Any]:
+        user = _user(args)
+        password = PasswordHash.from_string(str(args["hash"]))
+        if not self._server.reset_password(user, password, now):
+            return _unknown(user)
+        return {"ok": True, "user": user}
+
+    def _kick(self, args: dict[str, Any], now: float) -> dict[str, Any]:
+        user = _user(args)
+        if self._store.get_account(user) is None:
+            return _unknown(user)
+        return {"ok": True, "user": user, "closed": self._server.kick(user, now)}
+
+    def backup(self, args: dict[str, Any], backup: Callable[[Path], None] | None) -> dict[str, Any]:
+        """``backup DEST``: a consistent copy of the committed database, with the key
+        file beside it (``DEST.key``) so that a server started on it is the same
+        server. Call it between batches (nothing uncommitted)."""
+        if backup is None:
+            return refusal(
+                "not_supported",
+                "this server's database is PostgreSQL: back it up with pg_dump "
+                "(docs/OPERATIONS.md)",
+            )
+        try:
+            dest = Path(str(args["dest"]))
+        except KeyError:
+            return refusal("bad_request", "backup needs a destination")
+        key_copy = Path(f"{dest}.key")
+        if dest.exists() or key_copy.exists():
+            return refusal("exists", f"{dest} (or {key_copy}) exists already: choose a new name")
+        try:
+            backup(dest)
+            if self._key_path is not None:
+                shutil.copyfile(self._key_path, key_copy)
+                os.chmod(key_copy, 0o600)
+        except (OSError, StoreUnavailableError) as exc:
+            return refusal("backup_failed", f"cannot write the backup to {dest}: {exc}")
+        return {"ok": True, "dest": str(dest), "key": str(key_copy), "size": dest.stat().st_size}
+
+
+def _user(args: dict[str, Any]) -> str:
+    user = args["user"]
+    if not isinstance(user, str):
+        raise TypeError("user must be a string")
+    return user.lower()
+
+
+def _unknown(user: str) -> dict[str, Any]:
+    return refusal("unknown_user", f"no user named {user}")
+
+
+class Operator:
+    """What the loop does for the operator each turn: run the control socket's
+    requests (the writes answered once their batch committed, backups between
+    batches) and keep the metrics' snapshot fresh.
+
+    Args:
+        operations: the commands.
+        control: the control socket, if any.
+        metrics: the metrics endpoint, if any.
+        backup: copies the committed database to a path (SQLite), or None.
+    """
+
+    def __init__(
+        self,
+        operations: Operations,
+        control: ControlSocket | None = None,
+        metrics: ServerMetrics | None = None,
+        backup: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.operations = operations
+        self.control = control
+        self.metrics = metrics
+        self._backup = backup
+        self._writes: list[tuple[ControlRequest, dict[str, Any]]] = []
+        self._backups: list[ControlRequest] = []
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        if self.control is not None:
+            self.control.wake = wake
+
+    def run_requests(self, now: float) -> None:
+        """Run what the control socket received (before the batch's commit)."""
+        if self.control is None:
+            return
+        for request in self.control.take():
+            if request.command == "backup":
+                self._backups.append(request)
+                continue
+            answer = self.operations.run(request.command, request.args, now)
+            if request.command in WRITES:
+                self._writes.append((request, answer))
+            else:
+                request.answer.set_result(answer)
+
+    def batch_done(
+        self, failure: StoreUnavailableError | None, commit_seconds: float | None
+    ) -> None:
+        """The batch committed (or was lost): answer its writes, then take the
+        backups asked for (nothing is uncommitted now)."""
+        if self.metrics is not None and commit_seconds is not None:
+            self.metrics.commit_seconds.observe(commit_seconds)
+        writes, self._writes = self._writes, []
+        for request, answer in writes:
+            request.answer.set_result(Operations.settle(answer, failure))
+        backups, self._backups = self._backups, []
+        for request in backups:
+            request.answer.set_result(self.operations.backup(request.args, self._backup))
+
+    def update_metrics(self, counters: Callable[[], dict[str, Any]]) -> None:
+        if self.metrics is not None:
+            self.metrics.update(counters())
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
