@@ -11,6 +11,7 @@ import pytest
 
 from tests.services import postgres_database, require_nats
 
+from .cluster_helpers import Nats, nodes, read_events, texts
 from .conftest import ServerProcess, User, befriend
 
 pytestmark = pytest.mark.e2e
@@ -64,3 +65,40 @@ def test_a_message_sent_on_one_node_is_pushed_at_once_on_the_other(tmp_path: Pat
                 node.stop()
                 node.kill()
         assert "joined the bus" in node_a.log_text()
+
+
+def test_a_room_spans_the_nodes(tmp_path: Path) -> None:
+    bus = Nats().start()
+    try:
+        with postgres_database() as url, nodes(tmp_path, url, bus.url, count=3) as started:
+            people = [
+                User(name, tmp_path / f"home-{name}", node)
+                for name, node in zip(("ann", "ben", "cat"), started, strict=True)
+            ]
+            for person in people:
+                person.signup()
+            ann, ben, cat = people
+            ann.ok("join", "#trio")
+            listener = ann.listen("--for", "30")  # on node 0
+            try:
+                ben.ok("join", "#trio")  # on node 1
+                read_events(
+                    listener,
+                    lambda ev: {"event": "joined", "room": "#trio", "user": "ben"} in ev,
+                    10,
+                )
+                cat.ok("join", "#trio")  # on node 2
+                ben.ok("send", "#trio", "from node 1")
+                cat.ok("send", "#trio", "from node 2")
+                events = read_events(listener, lambda ev: "from node 2" in texts(ev), 10)
+            finally:
+                listener.kill()
+                listener.communicate(timeout=10)
+            assert texts(events) == ["from node 1", "from node 2"]
+            assert {"event": "joined", "room": "#trio", "user": "cat"} in events
+            members = cat.ok("members", "#trio")["members"]
+            assert [m["user"] for m in members] == ["ann", "ben", "cat"]
+            history = ann.ok("history", "#trio")["messages"]
+            assert [m["text"] for m in history] == ["from node 1", "from node 2"]
+    finally:
+        bus.stop()
