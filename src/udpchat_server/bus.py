@@ -42,7 +42,9 @@ __all__ = ["SUBJECT", "Bye", "Heard", "NatsBus", "News", "Snapshot"]
 log = logging.getLogger(__name__)
 
 SUBJECT: Final = "udpchat.cluster"
-"""Where every node publishes (and listens for the others)."""
+"""The prefix of a cluster's subject: ``udpchat.cluster.CLUSTER``, where CLUSTER
+names the server key its nodes share, so that two clusters on one NATS never
+hear each other."""
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds :meth:`NatsBus.start` waits for NATS before serving without it."""
 RETRY_INTERVAL: Final = 2.0
@@ -86,11 +88,17 @@ class NatsBus:
 
     Args:
         url: ``nats://HOST:PORT``.
+        cluster: the cluster's name on the bus (a subject token: the nodes derive
+            it from the key they share).
         wake: called (from the bus's thread) when something arrived.
     """
 
-    def __init__(self, url: str, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, url: str, cluster: str = "default", wake: Callable[[], None] = lambda: None
+    ) -> None:
         self.url = url
+        self.subject = f"{SUBJECT}.{cluster}"
+        """Where every node of this cluster publishes (and listens for the others)."""
         self.wake = wake
         self.node = uuid.uuid4().hex
         """This node's id: its own messages come back from NATS and are dropped."""
@@ -203,7 +211,7 @@ class NatsBus:
                     disconnected_cb=self._disconnected,
                     error_cb=self._error,
                 )
-                await self._nc.subscribe(SUBJECT, cb=self._received)
+                await self._nc.subscribe(self.subject, cb=self._received)
             except Exception as exc:  # not reachable (yet): serve without it, try again
                 log.debug("connecting to the bus at %s: %s", self.url, exc)
                 self._first_try.set()
@@ -225,7 +233,7 @@ class NatsBus:
                 return
             heard = self._parse(node, body)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error):
-            log.debug("a malformed message on %s ignored", SUBJECT)
+            log.debug("a malformed message on %s ignored", self.subject)
             return
         with self._lock:
             if heard is not None:
@@ -277,7 +285,7 @@ class NatsBus:
         with self._lock:
             self._resync = True
         self.wake()
-        await self._nc.publish(SUBJECT, orjson.dumps({"node": self.node, "resync": True}))
+        await self._nc.publish(self.subject, orjson.dumps({"node": self.node, "resync": True}))
 
     async def _disconnected(self) -> None:
         if not self._closing:
@@ -293,7 +301,7 @@ class NatsBus:
 
     def _publish(self, payload: bytes) -> None:
         if self._nc is not None and self._nc.is_connected:
-            self._loop.create_task(self._nc.publish(SUBJECT, payload))
+            self._loop.create_task(self._nc.publish(self.subject, payload))
 
     async def _close(self) -> None:
         self._closing = True

@@ -31,6 +31,7 @@ try:
 except ValueError:  # imported from another thread than the main one
     _sigterm_before = None
 try:
+    import hashlib
     import logging
     import os
     import socket
@@ -427,7 +428,9 @@ def command(
                 metrics=metrics,
                 config=config,
             )
-            node_bus = _join_bus(bus) if bus is not None else None
+            # The nodes of one cluster share the key: its hash names their subject.
+            cluster_name = hashlib.sha256(key.public_bytes).hexdigest()[:16]
+            node_bus = _join_bus(bus, cluster_name) if bus is not None else None
             loop = ServerLoop(
                 server=server,
                 store=store,
@@ -539,7 +542,7 @@ def _hash_new_passwords(config: ServerConfig) -> Callable[[str, dict[str, Any]],
     return prepare
 
 
-def _join_bus(url: str) -> NatsBus:
+def _join_bus(url: str, cluster: str) -> NatsBus:
     """The cluster's bus, connected or trying to (see :meth:`NatsBus.start`).
 
     Raises:
@@ -548,7 +551,7 @@ def _join_bus(url: str) -> NatsBus:
     try:
         from .bus import NatsBus  # noqa: PLC0415 (nats-py: optional)
 
-        joined = NatsBus(url)
+        joined = NatsBus(url, cluster)
         joined.start()
     except ImportError as exc:
         raise StartupError(
