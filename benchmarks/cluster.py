@@ -1,0 +1,632 @@
+"""A cluster on PostgreSQL and NATS: one node against two on the same database,
+throughput and cross-node delivery latency, with a single SQLite server's figures
+measured beside them in the same run.
+
+Run: ``.venv/bin/python benchmarks/cluster.py [--quick] [--json] [--runs N]
+[--workers 2] [--pairs 16] [--rate 200] [--postgres URL] [--nats URL]``.
+
+It needs PostgreSQL (``--postgres``, an administrative URL: default
+``postgresql://postgres@127.0.0.1:5432/postgres``, the ``UDPCHAT_TEST_POSTGRES`` of
+the tests) and NATS (``--nats``, default ``nats://127.0.0.1:4222``), both on this
+machine: a host that is not a loopback address is refused, so that nothing leaves
+it. Each configuration gets a database of its own (``CREATE DATABASE``), dropped
+after it, whatever happens.
+
+What runs (only 127.0.0.1 is used; every wait is bounded):
+
+* **the nodes**: real ``udpchat-server`` processes started as ``relay.py`` starts
+  its server (``--scrypt-n 16``, rate limits out of the way), on
+  ``--db postgresql://.../FRESH --bus nats://... --key-file K --port 0``: every node
+  of a cluster shares the database, the bus and the key file (the first node
+  creates the schema and the key, then the second starts). The SQLite reference is
+  the same server with a SQLite file in a temporary directory (WAL,
+  ``synchronous=FULL``), no bus. Every process is stopped (SIGTERM, then SIGKILL
+  after 30 s) when its configuration ends, on error too.
+* **the load generator**: ``--workers`` processes of ``--pairs`` pairs of friends
+  each, ``relay.py``'s generator (both ends of a pair in one process, so send and
+  delivery times are read on one clock; recipients take every event, so they
+  acknowledge as an application would). Where each end connects is the layout:
+
+  - ``one``: both ends on the single node (SQLite, and PostgreSQL with one node);
+  - ``across``: pair k sends on node k mod 2 and receives on the other node, so
+    every message crosses nodes (through a hint on NATS) and both nodes take half
+    of the sends and half of the pushes;
+  - ``local``: pair k is wholly on node k mod 2: the load is spread over both
+    nodes, but no message crosses.
+
+The configurations, in this order in every run, each on fresh processes and a
+fresh database: SQLite (one server), PostgreSQL without the bus (a single
+server), PostgreSQL one node (a cluster of one: with the bus, as a node runs),
+PostgreSQL two nodes ``across``, PostgreSQL two nodes ``local``. In each, after
+the set-up (not timed):
+
+* **latency on the fresh store** (below), then
+* **saturation**: every sender keeps ``WINDOW`` messages in flight; after a
+  warm-up, messages delivered per wall-clock second. Beside it the nodes' CPU per
+  message (all nodes together, from ``/proc/<pid>/stat``) and PostgreSQL's (its
+  backends serving this database, found in ``pg_stat_activity``).
+* **latency** at ``--rate`` messages a second offered in all (open loop, as in
+  ``relay.py``: from the time a message was due to be sent to its delivery event
+  at the recipient, so a generator falling behind shows up as latency); p50 and
+  p99 of the messages due inside the window. In ``across`` every message is a
+  cross-node delivery; in ``one`` and ``local`` a same-node one. Measured twice:
+  on the fresh store, and again after saturation (``p50_after_ms``,
+  ``p99_after_ms``), with what saturation stored: a cost that grows with the
+  history shows there.
+
+The headline ratios: two nodes' throughput over one node's (both ``across`` and
+``local``), one node's and the single PostgreSQL server's over SQLite's, and the
+cross-node p50 over the same-node one (one node), on the fresh store. ``--runs``
+(default 3, 1 with ``--quick``): each figure is the median, with the spread
+(min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import select
+import selectors
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+# The sibling benchmark's load generator and readings.
+from relay import (
+    CONNECT_RATE,
+    DEADLINE,
+    HOST,
+    PASSWORD,
+    SERVER_OPTIONS,
+    Generator,
+    Pair,
+    Peer,
+    Workers,
+    cpu_seconds,
+    machine_busy_seconds,
+    percentile,
+    spread,
+)
+
+DEFAULT_POSTGRES = os.environ.get(
+    "UDPCHAT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+DEFAULT_NATS = os.environ.get("UDPCHAT_TEST_NATS", "nats://127.0.0.1:4222")
+#: The longest a node may take to print its ``listening on`` line (it waits up to
+#: 15 s for NATS before it gives up).
+START_TIMEOUT = 30.0
+#: The configurations of a run: (name, store, nodes, layout, what it stands for). The
+#: store ``sqlite`` is a file, ``postgres`` a fresh database without the bus (a single
+#: server), ``cluster`` a fresh database and the bus (every node, even alone).
+CONFIGURATIONS = [
+    ("sqlite", "sqlite", 1, "one", "SQLite, one server"),
+    ("single", "postgres", 1, "one", "PostgreSQL, one server, no bus"),
+    ("one_node", "cluster", 1, "one", "PostgreSQL + NATS, one node"),
+    ("two_nodes", "cluster", 2, "across", "PostgreSQL + NATS, two nodes, pairs across"),
+    ("two_nodes_local", "cluster", 2, "local", "PostgreSQL + NATS, two nodes, pairs local"),
+]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each window lasts (seconds)."""
+
+    warmup: float
+    saturation: float
+    latency: float
+
+
+FULL = Timing(warmup=1.0, saturation=5.0, latency=8.0)
+QUICK = Timing(warmup=0.5, saturation=1.5, latency=1.0)
+
+
+# --- the services and the nodes ----------------------------------------------------------
+
+
+def require_loopback(url: str) -> None:
+    """Refuse a service URL whose host is not this machine's loopback."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise SystemExit(f"error: {url} is not on a loopback address: the benchmark stays local")
+
+
+def check_services(postgres: str, nats: str) -> None:
+    """Exit with one line if PostgreSQL or NATS cannot be reached (bounded)."""
+    try:
+        psycopg.connect(postgres, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        raise SystemExit(f"error: cannot reach PostgreSQL at {postgres}: {exc}") from None
+    parts = urllib.parse.urlsplit(nats)
+    try:
+        socket.create_connection((parts.hostname or HOST, parts.port or 4222), 5).close()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot reach NATS at {nats}: {exc}") from None
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str) -> Iterator[tuple[str, str]]:
+    """A new, empty PostgreSQL database; yields (its URL, its name); dropped after."""
+    name = f"udpchat_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin_url.rsplit("/", 1)[0] + "/" + name, name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def backend_pids(admin_url: str, database: str) -> list[int]:
+    """The PostgreSQL backends serving ``database`` now (the nodes' connections)."""
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+@contextlib.contextmanager
+def node(arguments: list[str], log: Path) -> Iterator[tuple[int, int]]:
+    """A real ``udpchat-server`` on 127.0.0.1, port 0, with ``arguments`` (and
+    relay.py's options); yields (pid, port). Its log goes to ``log``."""
+    # The console script's entry point, run by this Python (and its PYTHONPATH).
+    command = [sys.executable, "-c", "from udpchat_server.cli import main; main()"]
+    command += ["--host", HOST, "--port", "0", *arguments, *SERVER_OPTIONS]
+    with log.open("a") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
+        line = process.stdout.readline() if ready else ""
+        if not line.startswith("listening on "):
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"udpchat-server did not start: {line!r}\n{tail}")
+        port = int(line.split()[2].rsplit(":", 1)[1])
+        yield process.pid, port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Nodes:
+    """The running nodes of one configuration."""
+
+    pids: list[int]
+    ports: list[int]
+    database: str | None
+    """The PostgreSQL database's name (None for SQLite)."""
+
+
+@contextlib.contextmanager
+def configuration(store: str, count: int, postgres: str, nats: str) -> Iterator[Nodes]:
+    """``count`` nodes on a fresh ``store`` (see ``CONFIGURATIONS``)."""
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if store == "sqlite":
+            pid, port = stack.enter_context(node(["--db", f"{tmp}/bench.sqlite3"], tmp / "log"))
+            yield Nodes([pid], [port], None)
+            return
+        url, name = stack.enter_context(fresh_database(postgres))
+        shared = ["--db", url, "--key-file", str(tmp / "cluster.key")]
+        if store == "cluster":
+            shared += ["--bus", nats]
+        started = [
+            # One after the other: the first creates the schema and the key file.
+            stack.enter_context(node(shared, tmp / f"node{i}.log"))
+            for i in range(count)
+        ]
+        yield Nodes([pid for pid, _ in started], [port for _, port in started], name)
+
+
+# --- the load generator ----------------------------------------------------------------------
+
+
+def ends(layout: str, k: int) -> tuple[int, int]:
+    """The nodes (indexes) of pair ``k``'s sender and recipient."""
+    if layout == "one":
+        return 0, 0
+    if layout == "across":
+        return k % 2, (k + 1) % 2
+    if layout == "local":
+        return k % 2, k % 2
+    raise ValueError(layout)
+
+
+class ClusterGenerator(Generator):
+    """relay.py's generator, each end of a pair on the node its layout says."""
+
+    def setup_nodes(self, ports: list[int], layout: str, workers: int) -> None:
+        """Connect, register, log in and befriend every pair (bounded)."""
+        senders, recipients = [], []
+        for k in range(self.count):
+            a, b = ends(layout, k)
+            senders.append(Peer(f"{self.prefix}s{k}", (HOST, ports[a])))
+            recipients.append(Peer(f"{self.prefix}r{k}", (HOST, ports[b])))
+        peers = [*senders, *recipients]
+        for peer in peers:
+            self.selector.register(peer.sock, selectors.EVENT_READ, peer)
+        self.peers = peers
+        deadline = time.monotonic() + DEADLINE
+        for peer in peers:
+            # Paced: each node accepts 50 handshakes a second from one address.
+            self.drive(time.monotonic() + workers / CONNECT_RATE, deadline)
+            now = time.monotonic()
+            peer.conn.connect(now)
+            peer.conn.register(peer.name, PASSWORD)
+            peer.conn.login(peer.name, PASSWORD)
+            peer.flush(now)
+        self.drive_until(lambda: all(p.oks >= 2 for p in peers), deadline)
+        # The invitation is stored before it is accepted: the two ends may be on
+        # two nodes, and each answer means its transaction has committed.
+        for sender, recipient in zip(senders, recipients, strict=True):
+            sender.conn.invite(recipient.name)
+            sender.flush(time.monotonic())
+        self.drive_until(lambda: all(p.oks >= 3 for p in senders), deadline)
+        for sender, recipient in zip(senders, recipients, strict=True):
+            pair = Pair(sender, recipient)
+            recipient.on_delivery = self.delivery_handler(pair)
+            recipient.conn.accept_invitation(sender.name)
+            recipient.flush(time.monotonic())
+            self.pairs.append(pair)
+        self.drive_until(lambda: all(p.oks >= 3 for p in recipients), deadline)
+        refusals = sorted({text for p in peers for text in p.refusals})
+        if refusals:
+            raise RuntimeError(f"a node refused part of the set-up: {refusals}")
+
+
+def worker(conn: multiprocessing.connection.Connection, index: int, pairs: int) -> None:
+    """A load-generator process: obeys the parent's commands, answers each."""
+    generator = ClusterGenerator(pairs, prefix=f"w{index}")
+    while conn.poll(DEADLINE * 3):
+        command, *args = conn.recv()
+        try:
+            if command == "setup":
+                generator.setup_nodes(*args)
+                result: Any = "ready"
+            elif command == "saturate":
+                result = generator.saturate(*args)
+            elif command == "offer":
+                result = generator.offer(*args)
+            elif command == "drain":
+                result = generator.drain(*args)
+            else:
+                return
+        except Exception as exc:
+            result = RuntimeError(f"worker {index}: {exc!r}")
+        conn.send(result)
+
+
+class Team(Workers):
+    """relay.py's worker processes, running this benchmark's generator."""
+
+    def __init__(self, count: int, pairs: int) -> None:
+        self.conns: list[multiprocessing.connection.Connection] = []
+        self.processes: list[multiprocessing.Process] = []
+        for index in range(count):
+            parent, child = multiprocessing.Pipe()
+            process = multiprocessing.Process(
+                target=worker, args=(child, index, pairs), daemon=True
+            )
+            process.start()
+            self.conns.append(parent)
+            self.processes.append(process)
+
+
+# --- one configuration, one run ------------------------------------------------------------
+
+
+def window(
+    call: Callable[[float, float, float], list[dict[str, Any]]],
+    pids: list[int],
+    warmup: float,
+    length: float,
+) -> tuple[list[dict[str, Any]], dict[int, float], float]:
+    """Run one window in every worker; (their results, the CPU seconds of each of
+    ``pids`` inside it, the cores the whole machine kept busy)."""
+    start = time.monotonic() + 0.1  # every worker has its command by then
+    warm, end = start + warmup, start + warmup + length
+    results: list[list[dict[str, Any]]] = []
+    thread = threading.Thread(target=lambda: results.append(call(start, warm, end)))
+    thread.start()
+
+    def cpu() -> dict[int, float]:
+        seconds = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):  # a backend that has gone
+                seconds[pid] = cpu_seconds(pid)
+        return seconds
+
+    time.sleep(max(0.0, warm - time.monotonic()))
+    cpu_start, machine_start = cpu(), machine_busy_seconds()
+    time.sleep(max(0.0, end - time.monotonic()))
+    cpu_end, machine_end = cpu(), machine_busy_seconds()
+    thread.join(DEADLINE * 2)
+    if not results:
+        raise RuntimeError("the workers did not answer")
+    used = {pid: cpu_end[pid] - cpu_start[pid] for pid in cpu_start if pid in cpu_end}
+    return results[0], used, (machine_end - machine_start) / length
+
+
+def measure(
+    nodes: Nodes,
+    layout: str,
+    *,
+    team: Team,
+    workers: int,
+    timing: Timing,
+    rate: float,
+    admin: str,
+) -> dict[str, Any]:
+    """Set up the pairs on ``nodes``; latency at ``rate`` offered on the fresh
+    store, saturation, then the same latency again (with what saturation stored)."""
+    team.call("setup", nodes.ports, layout, workers, timeout=DEADLINE * 2)
+
+    def latency(suffix: str) -> dict[str, Any]:
+        results, _, _ = window(
+            lambda s, w, e: team.call("offer", rate / workers, s, w, e),
+            [],
+            timing.warmup / 2,
+            timing.latency,
+        )
+        latencies = [x for r in results for x in r["latencies"]]
+        achieved = sum(r["delivered"] for r in results) / timing.latency
+        if not all(r["drained"] for r in results):
+            team.call("drain", 30.0, timeout=DEADLINE)  # the next window starts empty
+        return {
+            f"p50{suffix}_ms": percentile(latencies, 50) * 1e3,
+            f"p99{suffix}_ms": percentile(latencies, 99) * 1e3,
+            f"achieved{suffix}": achieved,
+        }
+
+    figures = latency("")
+    postgres = backend_pids(admin, nodes.database) if nodes.database else []
+    results, used, machine = window(
+        lambda s, w, e: team.call("saturate", s, w, e),
+        [*nodes.pids, *postgres],
+        timing.warmup,
+        timing.saturation,
+    )
+    delivered = max(1, sum(r["delivered"] for r in results))
+    node_cpu = sum(used.get(pid, 0.0) for pid in nodes.pids)
+    postgres_cpu = sum(used.get(pid, 0.0) for pid in postgres)
+    figures.update(
+        {
+            "msgs_per_s": delivered / timing.saturation,
+            "delivered_in_saturation": sum(r["delivered"] for r in results),
+            "node_cpu_us_per_msg": node_cpu / delivered * 1e6,
+            "node_cores": node_cpu / timing.saturation,
+            "postgres_cpu_us_per_msg": postgres_cpu / delivered * 1e6 if postgres else None,
+            "postgres_cores": postgres_cpu / timing.saturation if postgres else None,
+            "machine_busy_cores": machine,
+        }
+    )
+    if not all(r["drained"] for r in results):
+        team.call("drain", 30.0, timeout=DEADLINE)  # the latency window starts empty
+    figures.update(latency("_after"))
+    return figures
+
+
+def one_run(
+    workers: int, pairs: int, *, timing: Timing, rate: float, postgres: str, nats: str
+) -> dict[str, dict[str, Any]]:
+    """Every configuration once, each on fresh processes and a fresh store."""
+    run: dict[str, dict[str, Any]] = {}
+    for name, store, count, layout, _ in CONFIGURATIONS:
+        team = Team(workers, pairs)
+        try:
+            with configuration(store, count, postgres, nats) as nodes:
+                run[name] = measure(
+                    nodes,
+                    layout,
+                    team=team,
+                    workers=workers,
+                    timing=timing,
+                    rate=rate,
+                    admin=postgres,
+                )
+        finally:
+            team.stop()
+    return run
+
+
+# --- several runs -------------------------------------------------------------------------
+
+
+#: The per-configuration figures whose medians are reported.
+FIGURES = [
+    "msgs_per_s",
+    "p50_ms",
+    "p99_ms",
+    "node_cpu_us_per_msg",
+    "node_cores",
+    "postgres_cpu_us_per_msg",
+    "postgres_cores",
+    "machine_busy_cores",
+    "achieved",
+    "p50_after_ms",
+    "p99_after_ms",
+    "achieved_after",
+]
+
+
+def median_of(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(
+    runs: list[dict[str, dict[str, Any]]], workers: int, pairs: int, rate: float
+) -> dict[str, Any]:
+    """Medians over the runs, the ratios (each run's, then their median) and the
+    spread (min-max) of the headline figures."""
+    configurations = {
+        name: {figure: median_of([r[name][figure] for r in runs]) for figure in FIGURES}
+        for name, *_ in CONFIGURATIONS
+    }
+    ratios = {
+        "two_over_one": [r["two_nodes"]["msgs_per_s"] / r["one_node"]["msgs_per_s"] for r in runs],
+        "two_local_over_one": [
+            r["two_nodes_local"]["msgs_per_s"] / r["one_node"]["msgs_per_s"] for r in runs
+        ],
+        "one_node_over_sqlite": [
+            r["one_node"]["msgs_per_s"] / r["sqlite"]["msgs_per_s"] for r in runs
+        ],
+        "single_over_sqlite": [r["single"]["msgs_per_s"] / r["sqlite"]["msgs_per_s"] for r in runs],
+        "cross_over_same_p50": [r["two_nodes"]["p50_ms"] / r["one_node"]["p50_ms"] for r in runs],
+    }
+    summary: dict[str, Any] = {
+        "sqlite_msgs_per_s": configurations["sqlite"]["msgs_per_s"],
+        "one_node_msgs_per_s": configurations["one_node"]["msgs_per_s"],
+        "two_nodes_msgs_per_s": configurations["two_nodes"]["msgs_per_s"],
+        "two_nodes_local_msgs_per_s": configurations["two_nodes_local"]["msgs_per_s"],
+        "cross_node_p50_ms": configurations["two_nodes"]["p50_ms"],
+        "cross_node_p99_ms": configurations["two_nodes"]["p99_ms"],
+        "same_node_p50_ms": configurations["one_node"]["p50_ms"],
+        "same_node_p99_ms": configurations["one_node"]["p99_ms"],
+        "single_msgs_per_s": configurations["single"]["msgs_per_s"],
+        "single_p50_ms": configurations["single"]["p50_ms"],
+        "single_p99_ms": configurations["single"]["p99_ms"],
+        "cross_node_p50_after_ms": configurations["two_nodes"]["p50_after_ms"],
+        "cross_node_p99_after_ms": configurations["two_nodes"]["p99_after_ms"],
+        "same_node_p50_after_ms": configurations["one_node"]["p50_after_ms"],
+        "same_node_p99_after_ms": configurations["one_node"]["p99_after_ms"],
+        "sqlite_p50_ms": configurations["sqlite"]["p50_ms"],
+        "sqlite_p99_ms": configurations["sqlite"]["p99_ms"],
+        **{name: statistics.median(values) for name, values in ratios.items()},
+        "configurations": configurations,
+        "spread": {
+            **{
+                f"{name}_{figure}": spread([r[name][figure] for r in runs])
+                for name, *_ in CONFIGURATIONS
+                for figure in ("msgs_per_s", "p50_ms", "p99_ms", "p50_after_ms", "p99_after_ms")
+            },
+            **{name: spread(values) for name, values in ratios.items()},
+        },
+        "runs": len(runs),
+        "workers": workers,
+        "pairs_per_worker": pairs,
+        "connections": 2 * workers * pairs,
+        "rate": rate,
+    }
+    return summary
+
+
+def bracket(values: dict[str, float], digits: int = 0) -> str:
+    """``[min-max]`` of a spread."""
+    return f"[{values['min']:.{digits}f}-{values['max']:.{digits}f}]"
+
+
+def or_dash(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(s: dict[str, Any]) -> None:
+    sp = s["spread"]
+    print(
+        f"{s['workers']} generator processes x {s['pairs_per_worker']} pairs "
+        f"({s['connections']} connections) over 127.0.0.1; median of {s['runs']} runs "
+        "[min-max]"
+    )
+    print(
+        f"\n  {'saturation':46} {'msg/s':>22}  {'node µs/msg':>11}  {'PG µs/msg':>9}"
+        f"  {'node cores':>10}  {'PG cores':>8}  {'machine':>7}"
+    )
+    for name, _, _, _, label in CONFIGURATIONS:
+        c = s["configurations"][name]
+        print(
+            f"  {label:46} {c['msgs_per_s']:6.0f} {bracket(sp[name + '_msgs_per_s']):>15}"
+            f"  {c['node_cpu_us_per_msg']:11.0f}  {or_dash(c['postgres_cpu_us_per_msg'], 0):>9}"
+            f"  {c['node_cores']:10.2f}  {or_dash(c['postgres_cores'], 2):>8}"
+            f"  {c['machine_busy_cores']:7.2f}"
+        )
+    offered = f"latency at {s['rate']:.0f} msg/s offered"
+    print(
+        f"\n  {offered:46} {'fresh: p50 ms':>13}  {'p99 ms':>20}"
+        f"    {'after saturation: p50 ms':>24}  {'p99 ms':>8}"
+    )
+    for name, _, _, _, label in CONFIGURATIONS:
+        c = s["configurations"][name]
+        print(
+            f"  {label:46} {c['p50_ms']:13.2f}  {c['p99_ms']:8.2f}"
+            f" {bracket(sp[name + '_p99_ms'], 1):>11}    {c['p50_after_ms']:24.2f}"
+            f"  {c['p99_after_ms']:8.2f} {bracket(sp[name + '_p99_after_ms'], 1)}"
+        )
+    print()
+    for name, label in (
+        ("two_over_one", "two nodes (across) / one node, msg/s"),
+        ("two_local_over_one", "two nodes (local) / one node, msg/s"),
+        ("one_node_over_sqlite", "one node / SQLite, msg/s"),
+        ("single_over_sqlite", "PostgreSQL without the bus / SQLite, msg/s"),
+        ("cross_over_same_p50", "cross-node p50 / same-node p50, fresh"),
+    ):
+        print(f"  {label:46} {s[name]:6.2f}x  {bracket(sp[name], 2)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--pairs", type=int, default=None, help="pairs per worker (16; 6 quick)")
+    parser.add_argument("--runs", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--rate", type=float, default=200.0, help="offered msg/s for latency")
+    parser.add_argument("--quick", action="store_true", help="shorter windows, fewer pairs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="administrative URL")
+    parser.add_argument("--nats", default=DEFAULT_NATS, help="the bus, nats://HOST:PORT")
+    args = parser.parse_args()
+    pairs = args.pairs or (6 if args.quick else 16)
+    if not 1 <= args.workers * pairs * 2 <= 200:
+        parser.error("at most 200 connections: a node keeps 256 per address")
+    if args.workers < 1 or args.rate <= 0:
+        parser.error("--workers and --rate must be positive")
+    for url in (args.postgres, args.nats):
+        require_loopback(url)
+    check_services(args.postgres, args.nats)
+    timing = QUICK if args.quick else FULL
+    runs = [
+        one_run(
+            args.workers,
+            pairs,
+            timing=timing,
+            rate=args.rate,
+            postgres=args.postgres,
+            nats=args.nats,
+        )
+        for _ in range(args.runs or (1 if args.quick else 3))
+    ]
+    summary = summarize(runs, args.workers, pairs, args.rate)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_table(summary)
+
+
+if __name__ == "__main__":
+    main()
