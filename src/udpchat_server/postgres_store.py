@@ -148,6 +148,34 @@ _PENDING = f"""
     LIMIT %(limit)s
 """
 _PENDING_FOR_SESSION = _PENDING.format(cursors="session_cursors", owner="token_hash")
+_NEXT_SEQ = """
+    INSERT INTO conversations AS c (key, is_room, created_at, last_seq) VALUES (%s, %s, %s, 1)
+    ON CONFLICT (key) DO UPDATE SET last_seq = c.last_seq + 1
+    RETURNING c.id, c.last_seq, (c.xmax = 0)
+"""
+#: The message, and the sending session's cursor moved past it when nothing came
+#: before it that the session lacks: its own message is never pushed to it, and
+#: without this a session that only sends would leave its cursor behind, so that
+#: each look for what is pending walked everything it ever sent (a cluster's node
+#: looks after every send).
+_INSERT_MESSAGE = """
+    WITH inserted AS (
+        INSERT INTO messages (id, conversation, seq, sender, recipient, text, sent_at, origin)
+        VALUES (%(id)s, %(conversation)s, %(seq)s, %(sender)s, %(recipient)s, %(text)s,
+                %(sent_at)s, %(origin)s)
+        RETURNING seq)
+    INSERT INTO session_cursors AS s (token_hash, conversation, seq)
+    SELECT %(origin)s, %(conversation)s, inserted.seq FROM inserted
+    WHERE %(origin)s::bytea IS NOT NULL
+      AND GREATEST(
+            (SELECT p.floor_seq FROM participants AS p
+             WHERE p.conversation = %(conversation)s AND p.username = %(sender)s),
+            COALESCE((SELECT c.seq FROM session_cursors AS c
+                      WHERE c.token_hash = %(origin)s AND c.conversation = %(conversation)s), 0)
+          ) = inserted.seq - 1
+    ON CONFLICT (token_hash, conversation) DO UPDATE SET seq = EXCLUDED.seq
+      WHERE s.seq = EXCLUDED.seq - 1
+"""
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
 _MARK_DELIVERED = """
     UPDATE messages SET delivered_at = %(now)s
@@ -699,18 +727,11 @@ class PostgresStore:
     ) -> StoredMessage:
         key = conversation_key(message.sender, message.to)
         sent_at = _to_micros(message.sent_at)
-        created = db.execute(
-            "INSERT INTO conversations (key, is_room, created_at) VALUES (%s, %s, %s) "
-            "ON CONFLICT (key) DO NOTHING",
-            (key, is_room(key), sent_at / 1e6),
-        ).rowcount
-        row = db.execute(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE key = %s "
-            "RETURNING id, last_seq",
-            (key,),
-        ).fetchone()
+        # One statement takes the next seq, creating the conversation if need be
+        # (xmax = 0: this row was inserted, not updated).
+        row = db.execute(_NEXT_SEQ, (key, is_room(key), sent_at / 1e6)).fetchone()
         assert row is not None
-        conversation, seq = row
+        conversation, seq, created = row
         if created and not is_room(key):
             with db.cursor() as cursor:
                 cursor.executemany(
@@ -719,12 +740,18 @@ class PostgresStore:
                     [(conversation, user, sent_at / 1e6) for user in (message.sender, message.to)],
                 )
         db.execute(
-            "INSERT INTO messages "
-            "(id, conversation, seq, sender, recipient, text, sent_at, origin) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (message.id, conversation, seq, message.sender, message.to, message.text, sent_at,
-             origin),
-        )  # fmt: skip
+            _INSERT_MESSAGE,
+            {
+                "id": message.id,
+                "conversation": conversation,
+                "seq": seq,
+                "sender": message.sender,
+                "recipient": message.to,
+                "text": message.text,
+                "sent_at": sent_at,
+                "origin": origin,
+            },
+        )
         return StoredMessage(message=message, seq=seq)
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:

@@ -1,14 +1,16 @@
-"""Two nodes' batches on one PostgreSQL database can deadlock: the loser's call
-raises a ``conflict`` StoreUnavailableError inside its savepoint, its batch stands,
-and the winner goes on once the loser commits."""
+"""What is particular to the PostgreSQL store (the contract suite in test_store.py
+runs on it too): two nodes' batches that deadlock, and a sending session's cursor
+that keeps up with its own messages."""
 
 from __future__ import annotations
 
+import datetime
 import threading
 
 import pytest
 
 from tests.services import POSTGRES_URL, postgres_store
+from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.store import StoreUnavailableError
 from udpchat_server.postgres_store import PostgresStore
 
@@ -57,3 +59,39 @@ def test_other_failures_are_no_conflict() -> None:
 
     lost = unavailable(psycopg.errors.DiskFull("no space left on device"))
     assert lost is not None and lost.reason == "disk full" and not lost.conflict
+
+
+def test_a_session_that_only_sends_keeps_its_cursor_up_with_its_own_messages() -> None:
+    # Its own messages are never pushed to it; were its cursor left behind, each
+    # look for what is pending would walk all it ever sent.
+    phone, laptop = b"p" * 32, b"l" * 32
+    with postgres_store() as store:
+        store.create_session(phone, "alice", 1.0)
+        store.create_session(laptop, "alice", 1.0)
+        store.join_room("#r", "alice", 1.0)
+        for n in range(5):
+            store.add_message(chat("alice", "#r", n), origin=phone)
+            store.add_message(chat("alice", "bob", n), origin=phone)
+        store.commit()
+        cursors = dict(
+            store._read().execute(
+                "SELECT c.key, s.seq FROM session_cursors AS s "
+                "JOIN conversations AS c ON c.id = s.conversation WHERE s.token_hash = %s",
+                (phone,),
+            )
+        )
+        assert cursors == {"#r": 5, "alice bob": 5}
+        assert store.pending_deliveries("alice", phone, 10) == []
+        # Her other device has them all still, in order.
+        texts = [d.text for d in store.pending_deliveries("alice", laptop, 20)]
+        assert texts == [t for n in range(5) for t in (f"#r {n}", f"bob {n}")]
+
+
+def chat(sender: str, to: str, n: int) -> m.ChatMessage:
+    return m.ChatMessage(
+        id=bytes([n, len(to)]) * 8,
+        sender=sender,
+        to=to,
+        text=f"{to} {n}",
+        sent_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+    )
