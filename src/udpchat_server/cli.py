@@ -58,7 +58,7 @@ try:
     )
 
     from .config_file import ConfigError, load_defaults, to_toml
-    from .control import ControlError, ControlSocket
+    from .control import ControlError, ControlInUseError, ControlSocket
     from .ctl import ctl as ctl_command
     from .ctl import default_control_path
     from .dburl import is_postgres_url, shown_database
@@ -201,19 +201,18 @@ def _config(limits: dict[str, Any], scrypt_n: int | None) -> ServerConfig:
     return attrs.evolve(ServerConfig(), **changes)
 
 
-def _in_force(params: dict[str, Any]) -> dict[str, Any]:
-    """The options with what an unset one means (a limit's default, the default
-    control socket and key file), for ``--print-config``."""
+def _in_force(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """For ``--print-config``: the options with what an unset limit means, and the
+    paths an unset control socket and key file follow from the database."""
     values, defaults = dict(params), ServerConfig()
     for name, value in params.items():
         if value is None and name in attrs.fields_dict(ServerConfig):
             values[name] = getattr(defaults, name)
     db = str(values["db"])
-    if values.get("control") is None:
-        values["control"] = default_control_path(db)
-    if values.get("key_file") is None and not is_postgres_url(db):
-        values["key_file"] = default_key_path(Path(db))
-    return values
+    derived: dict[str, Any] = {"control": default_control_path(db)}
+    if not is_postgres_url(db):
+        derived["key_file"] = default_key_path(Path(db))
+    return values, derived
 
 
 def _warn_about(config: ServerConfig) -> None:
@@ -373,7 +372,8 @@ def command(
 ) -> None:
     """Run the udpchat server."""
     if print_config:
-        click.echo(to_toml(command, _in_force(click.get_current_context().params)), nl=False)
+        values, derived = _in_force(click.get_current_context().params)
+        click.echo(to_toml(command, values, derived), nl=False)
         return
     configure_logging(log_level, log_format)
     # From here on SIGINT and SIGTERM stop the server cleanly, even while it is
@@ -493,6 +493,8 @@ def _operator(
         socket_ = ControlSocket(control, prepare=_hash_new_passwords(config))
         try:
             socket_.open()
+        except ControlInUseError as exc:  # another server on this database, most likely
+            raise StartupError(f"{exc} (a second server on the same database?)") from None
         except OSError as exc:
             if explicit_control:
                 raise StartupError(f"cannot open the control socket {control}: {exc}") from None

@@ -51,22 +51,50 @@ def load_defaults(ctx: click.Context, path: Path) -> dict[str, Any]:
             table = tomllib.load(file)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     options = _options(ctx.command)
     defaults: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
         param = options.get(name)
-        if param is None or key in ("config", "print-config", "print_config"):
+        if param is None or getattr(param, "hidden", False):
             raise ConfigError(f"{path}: unknown key {key!r} (no such option)")
-        if isinstance(value, dict | list):
-            raise ConfigError(f"{path}: {key}: expected a single value")
+        if name in defaults:
+            raise ConfigError(f"{path}: {key}: given twice (with dashes and underscores)")
+        wanted = _toml_type(param)
+        if not wanted.accepts(value):
+            raise ConfigError(f"{path}: {key}: expected {wanted.name}, not {value!r}")
         try:
             defaults[name] = param.type_cast_value(ctx, value)
         except click.BadParameter as exc:
             raise ConfigError(f"{path}: {key}: {exc.message}") from None
+        except Exception as exc:  # a type's own error: still one line naming the key
+            raise ConfigError(f"{path}: {key}: {exc}") from None
     return defaults
+
+
+class _Wanted:
+    """The TOML type an option takes (TOML is stricter than a command line: a
+    port is never ``true``, a count never ``2.9``)."""
+
+    def __init__(self, name: str, accepts: Any) -> None:
+        self.name = name
+        self.accepts = accepts
+
+
+def _toml_type(param: click.Parameter) -> _Wanted:
+    kind = param.type
+    if isinstance(param, click.Option) and param.is_flag:
+        return _Wanted("true or false", lambda v: isinstance(v, bool))
+    if isinstance(kind, click.types.IntParamType):
+        return _Wanted("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool))
+    if isinstance(kind, click.types.FloatParamType):
+        return _Wanted(
+            "a number",
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+        )
+    return _Wanted("a non-empty string", lambda v: isinstance(v, str) and v != "")
 
 
 def _toml_value(value: Any) -> str | None:
@@ -79,19 +107,30 @@ def _toml_value(value: Any) -> str | None:
         return str(value)
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else None
-    if isinstance(value, RateLimit):
-        value = f"{value.burst}/{value.interval:g}"
+    if isinstance(value, RateLimit):  # (exact: the file reads back the same)
+        interval = value.interval
+        shown = str(int(interval)) if interval == int(interval) else repr(interval)
+        value = f"{value.burst}/{shown}"
     # A JSON string is a TOML basic string (the same escapes), for any text.
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def to_toml(command: click.Command, values: dict[str, Any]) -> str:
-    """The options in force as a TOML file that ``--config`` reads back (options
-    that are unset are shown as comments)."""
+def to_toml(
+    command: click.Command, values: dict[str, Any], derived: dict[str, Any] | None = None
+) -> str:
+    """The options in force as a TOML file that ``--config`` reads back. Options
+    that are unset are comments; so are ``derived`` ones, with the value their
+    default works out to (from the database path: left unset, they follow it)."""
     lines = ["# udpchat-server: the configuration in force"]
+    derived = derived or {}
     for name, param in _options(command).items():
         if getattr(param, "hidden", False):
             continue
         shown = _toml_value(values.get(name))
-        lines.append(f"{name} = {shown}" if shown is not None else f"# {name} = (not set)")
+        if shown is not None:
+            lines.append(f"{name} = {shown}")
+        elif (default := _toml_value(derived.get(name))) is not None:
+            lines.append(f"# {name} = {default}  (the default)")
+        else:
+            lines.append(f"# {name} = (not set)")
     return "\n".join(lines) + "\n"

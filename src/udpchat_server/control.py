@@ -24,6 +24,7 @@ import queue
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -34,6 +35,7 @@ import orjson
 __all__ = [
     "ANSWER_TIMEOUT",
     "ControlError",
+    "ControlInUseError",
     "ControlRequest",
     "ControlSocket",
     "ControlUnreachableError",
@@ -47,8 +49,10 @@ ANSWER_TIMEOUT: Final = 60.0
 #: The longest path a Unix socket address holds (sun_path, with its NUL).
 SOCKET_PATH_MAX: Final = 107
 READ_TIMEOUT: Final = 5.0
-"""Seconds a client has to send its request line."""
+"""Seconds a client has to send its whole request line."""
 MAX_REQUEST: Final = 65_536
+MAX_CLIENTS: Final = 8
+"""Clients answered at once (each on its own thread); beyond, refused at once."""
 
 
 @contextlib.contextmanager
@@ -78,6 +82,11 @@ class ControlError(Exception):
 
 class ControlUnreachableError(Exception):
     """No server answers on that socket."""
+
+
+class ControlInUseError(OSError):
+    """Another process listens on the control socket already (another server on
+    the same database, most likely)."""
 
 
 @attrs.frozen
@@ -112,6 +121,8 @@ class ControlSocket:
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._serve, name="udpchat-control", daemon=True)
         self._closing = threading.Event()
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._inode = 0
 
     def open(self) -> None:
         """Make the socket (mode 0600) and start answering.
@@ -123,9 +134,8 @@ class ControlSocket:
         if self.path.exists() or self.path.is_symlink():
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise OSError(f"{self.path} exists and is not a socket")
-            with contextlib.suppress(ControlUnreachableError):
-                call(self.path, "ping", {}, timeout=2.0)
-                raise OSError(f"another server answers on {self.path}")
+            if _listening(self.path):  # (busy or not: alive)
+                raise ControlInUseError(f"another server listens on {self.path}")
             self.path.unlink()  # left by a server that did not stop cleanly
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # born 0600: no moment when others could connect
@@ -137,10 +147,10 @@ class ControlSocket:
             raise
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
         sock.listen(16)
         sock.settimeout(0.5)
         self._sock = sock
+        self._inode = self.path.stat().st_ino
         self._thread.start()
 
     def take(self) -> list[ControlRequest]:
@@ -160,7 +170,8 @@ class ControlSocket:
         if self._sock is not None:
             self._sock.close()
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+                if self.path.stat().st_ino == self._inode:  # ours still, not a successor's
+                    self.path.unlink()
         for request in self.take():  # (nobody will run them now)
             request.answer.cancel()
 
@@ -178,15 +189,24 @@ class ControlSocket:
                     return
                 log.exception("control socket")
                 continue
+            if not self._clients.acquire(blocking=False):
+                with client, contextlib.suppress(OSError):
+                    client.sendall(orjson.dumps(_refusal("busy", "too many ctl clients")) + b"\n")
+                continue
+            # A thread each: a slow client (or a long backup) holds up no other.
+            threading.Thread(target=self._client, args=(client,), daemon=True).start()
+
+    def _client(self, client: socket.socket) -> None:
+        try:
             with client:
-                try:
-                    self._answer(client)
-                except OSError as exc:  # the client went away: its loss
-                    log.debug("control client: %s", exc)
+                self._answer(client)
+        except OSError as exc:  # the client went away, or was too slow: its loss
+            log.debug("control client: %s", exc)
+        finally:
+            self._clients.release()
 
     def _answer(self, client: socket.socket) -> None:
-        client.settimeout(READ_TIMEOUT)
-        line = _read_line(client)
+        line = _read_line(client, time.monotonic() + READ_TIMEOUT)
         try:
             request = orjson.loads(line)
             command, args = request["command"], request.get("args", {})
@@ -196,6 +216,7 @@ class ControlSocket:
             answer: dict[str, Any] = _refusal("bad_request", f"not a control request: {exc}")
         else:
             answer = self._run(command, args)
+        client.settimeout(READ_TIMEOUT)
         client.sendall(orjson.dumps(answer) + b"\n")
 
     def _run(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -220,9 +241,18 @@ def _refusal(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": code, "message": message}
 
 
-def _read_line(sock: socket.socket) -> bytes:
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    """One line, which must arrive whole by ``deadline`` (monotonic).
+
+    Raises:
+        OSError: too slow (TimeoutError), or too long.
+    """
     data = b""
     while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the line did not arrive in time")
+        sock.settimeout(left)
         chunk = sock.recv(4096)
         if not chunk:
             break
@@ -251,12 +281,30 @@ def call(
             ) from None
         try:
             sock.sendall(orjson.dumps({"command": command, "args": args}) + b"\n")
-            line = _read_line(sock)
+            line = _read_line(sock, time.monotonic() + timeout)
         except OSError as exc:
             raise ControlUnreachableError(f"the server on {path} did not answer: {exc}") from None
     if not line:
         raise ControlUnreachableError(f"the server on {path} closed without an answer")
-    answer = orjson.loads(line)
-    if not isinstance(answer, dict):
-        raise ControlUnreachableError(f"the server on {path} answered {answer!r}")
+    try:
+        answer = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+        raise ControlUnreachableError(f"what answers on {path} is not a udpchat server")
     return answer
+
+
+def _listening(path: Path) -> bool:
+    """Whether a process accepts connections on the socket at ``path`` (a refused
+    connection: a socket left by a process that is gone)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)
+        try:
+            with reachable(path) as address:
+                probe.connect(str(address))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:  # (a timeout: a backlog full of a busy server's clients)
+            return True
+        return True

@@ -153,9 +153,15 @@ def reset_password(user: str, password_stdin: bool, as_json: bool) -> None:
     """Give USER a new password and end their sessions."""
     app = _ctl(as_json)
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.readline()
+        if not line:
+            app.fail(EXIT_REFUSED, "invalid_password", "no new password on stdin")
+        password = line.rstrip("\r\n")
     else:
-        password = click.prompt("new password", hide_input=True, confirmation_prompt=True)
+        try:
+            password = click.prompt("new password", hide_input=True, confirmation_prompt=True)
+        except click.Abort:
+            app.fail(EXIT_REFUSED, "aborted", "no new password given: nothing changed")
     try:
         check_password(password)
     except ValidationError as exc:

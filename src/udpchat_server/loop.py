@@ -324,7 +324,9 @@ class ServerLoop:
             log.exception("acting on the cluster's news")
         if self._server.writes_pending:  # (acting on news writes nothing, as a rule)
             failure = self._server.commit()
-            if failure is not None:
+            if failure is None:
+                self.commits += 1
+            else:
                 self._store_failed(failure)
         self._tell(bus, now)
 

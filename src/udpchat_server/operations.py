@@ -8,8 +8,8 @@ for its commit (:meth:`Operations.settle`), so "done" always means durable.
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .metrics import ServerMetrics
 
 __all__ = ["WRITES", "Operations", "Operator"]
+
+log = logging.getLogger(__name__)
 
 WRITES: Final = frozenset({"disable", "enable", "reset-password"})
 """The commands whose answer waits for the batch's commit."""
@@ -141,21 +143,34 @@ class Operations:
                 "this server's database is PostgreSQL: back it up with pg_dump "
                 "(docs/OPERATIONS.md)",
             )
-        try:
-            dest = Path(str(args["dest"]))
-        except KeyError:
-            return refusal("bad_request", "backup needs a destination")
+        text = args.get("dest")
+        if not isinstance(text, str) or "\0" in text or not os.path.isabs(text):
+            return refusal("bad_request", "backup needs an absolute destination path")
+        dest = Path(text)
         key_copy = Path(f"{dest}.key")
         if dest.exists() or key_copy.exists():
             return refusal("exists", f"{dest} (or {key_copy}) exists already: choose a new name")
         try:
-            backup(dest)
-            if self._key_path is not None:
-                shutil.copyfile(self._key_path, key_copy)
-                os.chmod(key_copy, 0o600)
+            if self._key_path is not None:  # first: no backup without its key
+                _private_copy(self._key_path, key_copy)
+            try:
+                backup(dest)
+            except BaseException:
+                key_copy.unlink(missing_ok=True)
+                raise
         except (OSError, StoreUnavailableError) as exc:
             return refusal("backup_failed", f"cannot write the backup to {dest}: {exc}")
         return {"ok": True, "dest": str(dest), "key": str(key_copy), "size": dest.stat().st_size}
+
+
+def _private_copy(source: Path, dest: Path) -> None:
+    """Copy a file to a new ``dest`` that is 0600 from its first moment."""
+    data = source.read_bytes()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _user(args: dict[str, Any]) -> str:
@@ -207,7 +222,11 @@ class Operator:
             if request.command == "backup":
                 self._backups.append(request)
                 continue
-            answer = self.operations.run(request.command, request.args, now)
+            try:
+                answer = self.operations.run(request.command, request.args, now)
+            except Exception:  # a bug: it costs this request, never the server
+                log.exception("control request %r", request.command)
+                answer = refusal("internal", "the server failed on this request (see its log)")
             if request.command in WRITES:
                 self._writes.append((request, answer))
             else:
@@ -225,7 +244,12 @@ class Operator:
             request.answer.set_result(Operations.settle(answer, failure))
         backups, self._backups = self._backups, []
         for request in backups:
-            request.answer.set_result(self.operations.backup(request.args, self._backup))
+            try:
+                answer = self.operations.backup(request.args, self._backup)
+            except Exception:  # as above
+                log.exception("control request 'backup'")
+                answer = refusal("internal", "the server failed on this request (see its log)")
+            request.answer.set_result(answer)
 
     def update_metrics(self, counters: Callable[[], dict[str, Any]]) -> None:
         if self.metrics is not None:

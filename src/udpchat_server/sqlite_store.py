@@ -64,6 +64,7 @@ import logging
 import os
 import sqlite3
 import stat
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -692,14 +693,23 @@ class SQLiteStore:
         """
         if self._db.in_transaction:
             raise StoreUnavailableError("busy", "a batch is open: back up between batches")
-        partial = dest.with_name(dest.name + ".partial")
+        try:
+            # A new file of our own, 0600 from the start (it holds what the database
+            # holds), renamed into place once whole; never someone else's file.
+            fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        except OSError as exc:
+            raise StoreUnavailableError("backup failed", str(exc)) from None
+        os.close(fd)
+        partial = Path(name)
         try:
             with contextlib.closing(sqlite3.connect(partial)) as target:
                 self._db.backup(target)
-            os.replace(partial, dest)
-        except (sqlite3.Error, OSError) as exc:
-            partial.unlink(missing_ok=True)
+            _fsync(partial)
+            os.link(partial, dest)  # (fails if dest appeared meanwhile: never replaced)
+        except (sqlite3.Error, OSError, ValueError) as exc:
             raise StoreUnavailableError("backup failed", str(exc)) from None
+        finally:
+            partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Discard uncommitted writes and close the connection."""
@@ -1389,3 +1399,12 @@ class SQLiteStore:
             (username,),
         )
         return [(name, count) for name, count in rows]
+
+
+def _fsync(path: Path) -> None:
+    """Make a file's content durable (before it is linked into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
