@@ -151,6 +151,21 @@ class ServerProcess:
                 self.kill()
 
 
+def server_command(
+    *args: str, stdin: str = "", timeout: float = CLI_DEADLINE
+) -> subprocess.CompletedProcess[str]:
+    """Run ``udpchat-server ARGS`` to completion (``ctl``, ``--print-config`` ...)."""
+    return subprocess.run(
+        [*SERVER, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(),
+        check=False,
+    )
+
+
 @attrs.frozen
 class Result:
     """What one ``udpchat-cli`` process did."""

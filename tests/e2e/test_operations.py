@@ -17,29 +17,15 @@ from typing import Any
 import pytest
 
 from .conftest import (
-    CLI_DEADLINE,
     PASSWORD,
-    SERVER,
     ServerProcess,
     User,
     befriend,
-    clean_env,
+    server_command,
     wait_until_online,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def server_command(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SERVER, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=CLI_DEADLINE,
-        env=clean_env(),
-        check=False,
-    )
 
 
 def ctl(server: ServerProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -18,23 +18,16 @@ from typing import Any
 
 import pytest
 
-from .conftest import CLI_DEADLINE, SERVER, START_DEADLINE, ServerProcess, clean_env
+from .conftest import (
+    CLI_DEADLINE,
+    SERVER,
+    START_DEADLINE,
+    ServerProcess,
+    clean_env,
+    server_command,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def server_command(
-    *args: str, stdin: str = "", timeout: float = CLI_DEADLINE
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SERVER, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=clean_env(),
-        check=False,
-    )
 
 
 def ctl(server: ServerProcess, *args: str, stdin: str = "", timeout: float = CLI_DEADLINE) -> Any:
