@@ -319,7 +319,14 @@ class PostgresStore:
             self._db.execute(
                 "SET lock_timeout = '2s'; SET statement_timeout = '30s'; "
                 "SET idle_in_transaction_session_timeout = '60s'; "
-                "SET default_transaction_isolation = 'read committed'"
+                "SET default_transaction_isolation = 'read committed'; "
+                # psycopg prepares a statement run often, and after five runs
+                # PostgreSQL may switch it to a generic plan, blind to the values:
+                # for the pending-delivery read (a join whose best order depends
+                # on the user) that plan walked the messages, and a node's
+                # latency grew with what was stored. A plan for each run costs a
+                # fraction of a millisecond.
+                "SET plan_cache_mode = 'force_custom_plan'"
             )
             if self._schema is not None:
                 self._db.execute(f'SET search_path TO "{self._schema}"')
