@@ -233,7 +233,9 @@ class ServerLoop:
 
     def _wait(self) -> None:
         timer = self._server.get_timer()
-        longest = IDLE_WAIT if self._bus is None and self._operator is None else CLUSTER_WAIT
+        # (A server with metrics wakes every second: their snapshot stays that fresh.)
+        metrics = self._operator is not None and self._operator.metrics is not None
+        longest = CLUSTER_WAIT if self._bus is not None or metrics else IDLE_WAIT
         timeout = longest if timer is None else min(longest, timer - self._clock())
         readable, _, _ = select.select([self._sock, self._wake_r], [], [], max(0.0, timeout))
         if self._wake_r in readable:
@@ -386,7 +388,7 @@ class ServerLoop:
             "connections_opened": stats.connections_opened,
             "requests": stats.requests,
             "hash_jobs_pending": self._server.pending_hash_jobs,
-            "online_users": len(self._server.online_users),
+            "online_users": self._server.online_count,
             "hash_jobs": stats.hash_jobs,
             "sessions_expired": stats.sessions_expired,
             "sessions_evicted": stats.sessions_evicted,

@@ -36,8 +36,6 @@ from __future__ import annotations
 from typing import Final
 
 from ..transport import ConnectionId
-from . import messages as m
-from .codec import encode
 from .core import ServerCore
 from .remote import ClusterNews, NodeView
 from .store import StoreUnavailableError
@@ -193,27 +191,14 @@ class ClusterNode(ServerCore):
         count = self._remote_online.get(username, 0)
         self._remote_online[username] = count + 1
         if count == 0 and username not in self._by_user:
-            self._tell_friends_now(username, online=True)
+            self._tell_friends_here(username, online=True, at_once=True)
 
     def _remote_left(self, username: str) -> None:
         count = self._remote_online.pop(username, 0)
         if count > 1:
             self._remote_online[username] = count - 1
         elif count == 1 and username not in self._by_user:
-            self._tell_friends_now(username, online=False)
-
-    def _tell_friends_now(self, username: str, *, online: bool) -> None:
-        """Tell the friends connected here, at once: this is about what another node
-        did, never part of (nor lost with) a batch of this one's."""
-        try:
-            friends = self._store.friends_of(username)
-        except Exception as exc:  # a notification: counted, and nobody is told
-            self._count_internal_error(exc)
-            return
-        payload = encode(m.PresenceChanged(username=username, online=online))
-        for friend in friends:
-            for connection_id in self._by_user.get(friend, ()):
-                self._transport_send(connection_id, payload)
+            self._tell_friends_here(username, online=False, at_once=True)
 
     def _look_again(self, connection_id: ConnectionId) -> None:
         connection = self._connections.get(connection_id)

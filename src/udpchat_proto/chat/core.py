@@ -80,8 +80,7 @@ other write comes to carry it into a batch. At low load a delivered message then
 costs one fsynced commit (its send), not two; a crash forgets at most this much
 cursor movement, and those messages are pushed again (clients drop repeats by id)."""
 STEP_ATTEMPTS: Final = 3
-"""Most times one request's step is done when it keeps losing races with another
-node's writes (a deadlock on PostgreSQL) before it is answered ``unavailable``."""
+"""Most runs of a step that keeps losing deadlocks to other nodes (then: unavailable)."""
 STORE_RETRY_INTERVAL: Final = 1.0
 """Seconds after a lost batch before the connections whose pushes it dropped are
 refilled from the store (which holds what was really kept)."""
@@ -151,9 +150,8 @@ class ServerCore(Lookups):
         """Users whose messages this batch stored, for the other nodes (cluster.py)."""
         self._hints_out: list[str] = []
         self._closes_held: list[tuple[ConnectionId | RemoteSession, str | None]] = []
-        """Connections a request closes (a revoked session's), closed once its batch
-        is durable: a lost batch must not have disconnected anyone. (A session's
-        connections on other nodes too, in a cluster: see remote.py.)"""
+        """Connections a request closes (a revoked session's, on other nodes too), closed
+        once its batch is durable: a lost batch must not have disconnected anyone."""
         self._remote_online: dict[str, int] = {}
         """In a cluster: users online on other nodes, with on how many (cluster.py)."""
         self._nodes: dict[str, NodeView] = {}
@@ -545,8 +543,7 @@ class ServerCore(Lookups):
                 "log in (or resume a session) first",
             )
             return
-        # A cluster's nodes can deadlock each other: every step gets a savepoint,
-        # so that one that lost is done again without losing the batch.
+        # Nodes of a cluster can deadlock: a savepoint for every step, done again if it lost.
         step = self._handlers[type(item)]
         savepoint = self._config.cluster or type(item) not in WRITES_ONCE
         self._run_atomically(connection, item.request_id, step, item, now, savepoint=savepoint)
@@ -763,7 +760,7 @@ class ServerCore(Lookups):
                 return  # online on another node all along: nothing changed for them
         self._tell_friends_here(username, online=online)
 
-    def _tell_friends_here(self, username: str, *, online: bool) -> None:
+    def _tell_friends_here(self, username: str, *, online: bool, at_once: bool = False) -> None:
         try:
             friends = [f for f in self._store.friends_of(username) if f in self._by_user]
         except Exception as exc:
@@ -775,7 +772,10 @@ class ServerCore(Lookups):
             push = m.PresenceChanged(username=username, online=online)
             for friend in friends:
                 for connection_id in self._by_user[friend]:
-                    self._send(connection_id, push)
+                    if at_once:  # another node's news: never held with (or lost with) a batch
+                        self._transport_send(connection_id, encode(push))
+                    else:
+                        self._send(connection_id, push)
 
     def _maybe_sweep(self, now: float) -> None:
         if self._next_sweep is not None and now < self._next_sweep:

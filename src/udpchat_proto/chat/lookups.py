@@ -48,6 +48,14 @@ class Lookups:
         cluster, as far as this one knows), sorted."""
         return sorted({*self._by_user, *self._remote_online})
 
+    @property
+    def online_count(self) -> int:
+        """How many users are online (as :attr:`online_users`, without a sorted list
+        each time the counters are read)."""
+        if not self._remote_online:
+            return len(self._by_user)
+        return len(self._by_user.keys() | self._remote_online.keys())
+
     def _is_online(self, username: str) -> bool:
         return username in self._by_user or username in self._remote_online
 
