@@ -229,10 +229,10 @@ def test_iso_utc_converts_other_zones() -> None:
     )
 
 
-def test_message_text_is_one_line() -> None:
-    line = output.message_text(message(1, text="two\nlines"))
-    assert "\n" not in line
-    assert line.endswith("alice -> bob: two\\nlines")
+def test_message_text_marks_each_further_line() -> None:
+    first, second = output.message_text(message(1, text="two\nlines")).split("\n")
+    assert first.endswith("alice -> bob: two")
+    assert second == output.CONTINUATION + "lines"
 
 
 def test_list_shapes() -> None:

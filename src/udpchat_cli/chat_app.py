@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import attrs
+from rich.table import Table
 from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
@@ -34,10 +35,10 @@ from udpchat_proto.transport import Address
 from .chat_commands import HELP, Command, CommandError, parse
 from .chat_link import ChatLink, LinkState
 from .chat_model import ChatModel, Conversation
-from .output import event_text, visible
+from .output import event_text, visible, visible_lines
 from .profiles import Home
 
-__all__ = ["PASTE_LINES_ASK", "ChatApp", "ProfileBook"]
+__all__ = ["CONTINUATION_MARK", "PASTE_LINES_ASK", "ChatApp", "ProfileBook", "render_message"]
 
 PASTE_LINES_ASK = 2
 """A paste of this many lines or more asks before it is sent."""
@@ -76,13 +77,32 @@ def _time(moment: datetime.datetime) -> str:
     return moment.astimezone().strftime("%H:%M")
 
 
-def _line(message: m.ChatMessage) -> Text:
-    """A message as drawn: plain text, never markup (a ``[b]`` in it is shown as
-    typed), and never a control character (see ``output.visible``)."""
-    return Text.assemble(
-        (_time(message.sent_at), "dim"), " ", (message.sender, "bold"), ": ",
-        visible(message.text),
+CONTINUATION_MARK = "|"
+"""In the gutter of each further line of a message's text."""
+
+
+def render_message(message: m.ChatMessage) -> Table:
+    """A message as drawn: ``12:00 alice: hi``, in plain text, never markup (a
+    ``[b]`` in it is shown as typed), never a control, bidi or separator character
+    (see ``output.visible``).
+
+    The header ("time sender:") has a column of its own, and the text wraps in
+    the next one: no line of the text, whether it follows a newline or is wrapped
+    to the pane's width, starts where a header does, so none can pass for another
+    sender's message. A line after a newline has :data:`CONTINUATION_MARK` in the
+    header's column.
+    """
+    grid = Table.grid(padding=(0, 1, 0, 0))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")  # (a word longer than the pane is cut, not lost)
+    first, *more = visible_lines(message.text)
+    header = Text.assemble(
+        (_time(message.sent_at), "dim"), " ", (message.sender, "bold"), ":"
     )  # fmt: skip
+    grid.add_row(header, Text(first))
+    for line in more:
+        grid.add_row(Text(CONTINUATION_MARK, style="dim", justify="right"), Text(line))
+    return grid
 
 
 def _plain(text: str) -> Text:
@@ -156,7 +176,7 @@ class MessagePane(VerticalScroll):
                 if message.id == conversation.marker:
                     marker = Static("── new messages ──", classes="marker")
                     timeline.append((message.sent_at, 2 * order, marker))
-                line = Static(_line(message), classes="message")
+                line = Static(render_message(message), classes="message")
                 timeline.append((message.sent_at, 2 * order + 1, line))
         count = len(timeline)
         timeline += [
@@ -507,7 +527,7 @@ class ChatApp(App[int]):
                 known = self.model.knows(message)
                 ring |= self.model.receive(message)
                 if not known and self.model.key_of(message) == self.model.current:
-                    pane.add(Static(_line(message), classes="message"))
+                    pane.add(Static(render_message(message), classes="message"))
             elif isinstance(push, m.PresenceChanged):
                 self.model.set_presence(push.username, push.online)
             elif isinstance(push, m.InvitationReceived):
@@ -750,7 +770,9 @@ class ChatApp(App[int]):
                 )
                 self.model.receive(message)
                 if to == self.model.current:
-                    self.query_one(MessagePane).add(Static(_line(message), classes="message"))
+                    self.query_one(MessagePane).add(
+                        Static(render_message(message), classes="message")
+                    )
             elif isinstance(answer, m.ErrorResponse):
                 self._note(f"not sent to {to}: {answer.message} ({answer.code})", to)
                 composer = self.query_one(Composer)

@@ -594,7 +594,7 @@ def _send_and_wait(app: App, target: str, text: str, wait_for: float) -> None:
         app.out.result(f"delivered to {target} (id {message_id.hex()})", result)
         return
     app.out.result(f"sent to {target} (id {message_id.hex()}), not delivered yet", result)
-    print(f"error: {why}", file=app.out.stderr, flush=True)
+    app.out.error_line(why)  # (it may carry the server's words)
     raise click.exceptions.Exit(EXIT_TIMEOUT)
 
 

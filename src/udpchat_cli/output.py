@@ -13,12 +13,14 @@ import datetime
 import json
 import re
 import sys
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from udpchat_proto.chat import messages as m
 
 __all__ = [
+    "CONTINUATION",
     "JsonObject",
     "Output",
     "OutputClosedError",
@@ -27,6 +29,7 @@ __all__ = [
     "friends_result",
     "invitations_result",
     "iso_utc",
+    "json_line",
     "members_result",
     "message_json",
     "message_text",
@@ -37,18 +40,101 @@ __all__ = [
     "rooms_result",
     "status_result",
     "visible",
+    "visible_lines",
 ]
 
 JsonObject = dict[str, Any]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+CONTINUATION = "  | "
+"""What starts each further line of a message's text in ``history``, ``inbox`` and
+``listen``: a line of the text can never pass for a message of its own, which
+starts with ``[``."""
+
+# What a terminal must never receive from a remote string, by Unicode category:
+# controls (C0, DEL, C1: ESC starts a sequence that recolours, moves the cursor or
+# retitles the window; CR overwrites the line), format characters (the bidi
+# controls U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C reorder what
+# follows, so "txt.exe" can read "exe.txt"; zero-width ones hide text) and the line
+# and paragraph separators U+2028 and U+2029.
+_MISLEADING = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# The exceptions, each harmless and needed by ordinary text: the tab (it only moves
+# right), ZWNJ and ZWJ (U+200C, U+200D: Persian and Indic words are shaped with
+# them, and ZWJ joins emoji such as the woman technologist).
+_KEPT = frozenset("\t\u200c\u200d")
+# A subdivision flag (the Scottish one: a black flag, up to seven tag letters or
+# digits, CANCEL TAG) is the one legitimate use of the tag characters; anywhere
+# else they hide text.
+_EMOJI_TAG_SEQUENCE = re.compile(
+    "\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{1,7}\U000e007f"
+)
+_FLAG = "\U0001f3f4"
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+_LINE_BREAK = re.compile(r"\r?\n")
+
+
+def _is_misleading(char: str) -> bool:
+    return (
+        not char.isprintable() and char not in _KEPT and unicodedata.category(char) in _MISLEADING
+    )
+
+
+def _rewrite(text: str, escape: Callable[[str], str]) -> str:
+    """``text`` with ``escape(char)`` for each misleading character."""
+    if text.isprintable():  # the common case: nothing to look at
+        return text
+    out: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == _FLAG and (flag := _EMOJI_TAG_SEQUENCE.match(text, index)) is not None:
+            out.append(flag.group())
+            index = flag.end()
+            continue
+        out.append(escape(char) if _is_misleading(char) else char)
+        index += 1
+    return "".join(out)
+
+
+def _backslash_escape(char: str) -> str:
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON escapes a character beyond the BMP as a UTF-16 pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def visible(text: str) -> str:
-    """Text safe for a terminal: control characters (an escape sequence, a bell, a
-    carriage return that would overwrite the line) shown as ``\\xNN`` instead of
-    sent to it. Newlines and tabs stay."""
-    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+    """One line safe for a terminal: every character that could mislead it (a
+    control such as ESC or CR, a newline, a bidi override, a zero-width or other
+    format character, a line or paragraph separator) shown as an escape
+    (``\\x1b``, ``\\n``, ``\\u202e``) instead of sent to it.
+
+    Ordinary text is left as it is: accents, CJK, emoji (ZWJ sequences and
+    subdivision flags included), tabs.
+    """
+    return _rewrite(text, _backslash_escape)
+
+
+def visible_lines(text: str) -> list[str]:
+    """``text`` cut at its line breaks (LF or CRLF), each line :func:`visible`."""
+    return [visible(line) for line in _LINE_BREAK.split(text)]
+
+
+def json_line(obj: JsonObject) -> str:
+    """``obj`` as one line of JSON, non-ASCII text kept readable, but with every
+    character :func:`visible` would escape written as a JSON ``\\u`` escape: a JSON
+    reader gets exactly the same strings, a terminal gets no raw control."""
+    return _rewrite(json.dumps(obj, ensure_ascii=False), _json_escape)
 
 
 def iso_utc(moment: datetime.datetime) -> str:
@@ -69,12 +155,13 @@ def message_json(message: m.ChatMessage) -> JsonObject:
 
 
 def message_text(message: m.ChatMessage) -> str:
-    """One line: ``[2024-05-01 12:00:00] alice -> bob: hi`` (local time)."""
+    """``[2024-05-01 12:00:00] alice -> bob: hi`` (local time); each further line
+    of a text of several starts with :data:`CONTINUATION`, so that no line of it
+    can pass for another message. Every line is :func:`visible`."""
     when = _local(message.sent_at)
-    # Newlines inside a text would forge extra lines; show them escaped, and any
-    # other control character too (an escape sequence would reach the terminal).
-    text = visible(message.text.replace("\r", "\\r").replace("\n", "\\n"))
-    return f"[{when}] {message.sender} -> {message.to}: {text}"
+    first, *more = visible_lines(message.text)
+    head = f"[{when}] {message.sender} -> {message.to}: {first}"
+    return "\n".join([head, *(CONTINUATION + line for line in more)])
 
 
 def messages_result(messages: Iterable[m.ChatMessage], empty: str) -> tuple[str, JsonObject]:
@@ -256,7 +343,7 @@ class Output:
 
     def result(self, text: str, obj: JsonObject) -> None:
         """Print a command's result: ``text`` for humans, ``obj`` with ``--json``."""
-        self._line(json.dumps(obj, ensure_ascii=False) if self.json_mode else text)
+        self._line(json_line(obj) if self.json_mode else text)
 
     def event(self, push: m.Push, most: int | None = None) -> int:
         """Print a push's ``listen`` events at once (flushed: a pipe reader sees
@@ -272,11 +359,20 @@ class Output:
 
     def error(self, code: str, message: str) -> None:
         """Report a failure: one ``error:`` line on stderr; the object on stdout too
-        with ``--json``."""
+        with ``--json``.
+
+        ``message`` may carry what the server said (a refusal's text, a close
+        reason): the line shows it :func:`visible`, the object as it is (in JSON's
+        escapes)."""
         one_line = " ".join(message.split())
-        print(f"error: {one_line}", file=self.stderr, flush=True)
+        self.error_line(one_line)
         if self.json_mode:
             self._line(json.dumps({"ok": False, "error": code, "message": one_line}))
+
+    def error_line(self, message: str) -> None:
+        """Only the ``error:`` line on stderr, :func:`visible` (for a command whose
+        result has already said what happened)."""
+        print(f"error: {visible(message)}", file=self.stderr, flush=True)
 
     def _line(self, text: str) -> None:
         try:

@@ -4,12 +4,14 @@ with the other people on the scripted CLI. Every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Static
@@ -62,8 +64,15 @@ def unshown(user: User) -> list[str]:
 
 
 def pane_text(app: ChatApp) -> str:
+    """The pane's lines as a terminal of the test's width would show them (a
+    message is a grid: header, then its text)."""
     pane = app.query_one(MessagePane)
-    return "\n".join(str(line.render()) for line in pane.query(Static))
+    console = Console(width=SIZE[0], file=io.StringIO(), color_system=None)
+    for line in pane.query(Static):
+        console.print(line.content)
+    file = console.file
+    assert isinstance(file, io.StringIO)
+    return "\n".join(row.rstrip() for row in file.getvalue().splitlines())
 
 
 def sidebar(app: ChatApp) -> str:
