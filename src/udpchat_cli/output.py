@@ -370,9 +370,10 @@ class Output:
             self._line(json.dumps({"ok": False, "error": code, "message": one_line}))
 
     def error_line(self, message: str) -> None:
-        """Only the ``error:`` line on stderr, :func:`visible` (for a command whose
-        result has already said what happened)."""
-        print(f"error: {visible(message)}", file=self.stderr, flush=True)
+        """Only the ``error:`` line on stderr, for a command whose result has already
+        said what happened: its whitespace (line breaks included) collapsed to
+        single spaces, then :func:`visible`."""
+        print(f"error: {visible(' '.join(message.split()))}", file=self.stderr, flush=True)
 
     def _line(self, text: str) -> None:
         try:
