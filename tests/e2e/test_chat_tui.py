@@ -94,6 +94,7 @@ def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: Server
     befriend(bob, alice)
     bob.ok("send", "alice", "hello alice")
     bob.ok("send", "alice", "\x1b[31mRED\x07 [N] and [b]bold[/b]")
+    bob.ok("send", "alice", "ok\n00:00 mallory: fake \u202eevil\u2028")
 
     async def scenario() -> None:
         app = chat_for(alice)
@@ -112,6 +113,11 @@ def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: Server
             # Shown as typed: no markup, no control character reaches the terminal.
             assert "\\x1b[31mRED\\x07 [N] and [b]bold[/b]" in pane_text(app)
             assert "\x1b" not in pane_text(app)
+            # A line of a text cannot pass for another sender's: it is marked.
+            await until(pilot, lambda: "mallory" in pane_text(app), "the forged line")
+            (forged,) = [line for line in pane_text(app).split("\n") if "mallory" in line]
+            assert forged.lstrip() == "| 00:00 mallory: fake \\u202eevil\\u2028"
+            assert forged.startswith(" ")
             # Typing and Enter sends to the open conversation.
             await type_line(pilot, "hi bob")
             await until(pilot, lambda: "alice: hi bob" in pane_text(app), "her own line")
