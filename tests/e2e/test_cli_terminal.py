@@ -114,9 +114,7 @@ def hostile() -> Iterator[str]:
         sock.close()
 
 
-def test_a_hostile_servers_refusal_is_one_escaped_error_line(
-    hostile: str, tmp_path: Path
-) -> None:
+def test_a_hostile_servers_refusal_is_one_escaped_error_line(hostile: str, tmp_path: Path) -> None:
     homes = {name: tmp_path / name for name in ("alice", "bob")}
 
     def cli(name: str, *args: str, stdin: str | None = None) -> Result:
