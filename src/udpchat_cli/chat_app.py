@@ -96,9 +96,7 @@ def render_message(message: m.ChatMessage) -> Table:
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")  # (a word longer than the pane is cut, not lost)
     first, *more = visible_lines(message.text)
-    header = Text.assemble(
-        (_time(message.sent_at), "dim"), " ", (message.sender, "bold"), ":"
-    )  # fmt: skip
+    header = Text.assemble((_time(message.sent_at), "dim"), " ", (message.sender, "bold"), ":")
     grid.add_row(header, Text(first))
     for line in more:
         grid.add_row(Text(CONTINUATION_MARK, style="dim", justify="right"), Text(line))
