@@ -722,6 +722,7 @@ class ServerCore(Lookups):
         connection.token_hash = hashed
         connection.deliveries.start()
         cid = connection.connection_id
+        self._transport.set_protected(cid)  # never ended to make room for a stranger
         self._by_session[hashed] = (*self._by_session.get(hashed, ()), cid)
         user_connections = self._by_user[username] = (*self._by_user.get(username, ()), cid)
         if len(user_connections) == 1:
@@ -737,6 +738,7 @@ class ServerCore(Lookups):
         connection.username = connection.token_hash = None
         connection.deliveries.stop()
         cid = connection.connection_id
+        self._transport.set_protected(cid, False)
         session_connections = _without(self._by_session.pop(hashed, ()), cid)
         if session_connections:
             self._by_session[hashed] = session_connections
