@@ -159,6 +159,10 @@ _COUNT_LIMITS: tuple[tuple[str, str], ...] = (
 _RATE_LIMITS: tuple[tuple[str, str], ...] = (
     ("login_failures_per_user_address", "Failed logins per (username, address)."),
     ("login_failures_per_user", "Failed logins per username, from all addresses."),
+    (
+        "login_failures_beyond_ceiling",
+        "Failed logins per (username, address) once the username's ceiling is spent.",
+    ),
     ("login_failures_per_address", "Failed logins per client address."),
     ("logins_per_user", "Successful logins per username."),
     ("registrations_per_address", "Registrations per client address."),

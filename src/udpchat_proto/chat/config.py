@@ -85,7 +85,20 @@ class ServerConfig:
     )
     """Failed logins allowed per username from all addresses together: a high
     ceiling (100 in a row, then 10 a minute) that only a guesser spread over many
-    addresses reaches, so that even they get few guesses an hour."""
+    addresses reaches, so that even they get few guesses an hour. Once it is
+    spent, an address goes on only with its own allowance
+    (``login_failures_beyond_ceiling``): strangers who keep the ceiling spent
+    never lock the owner out from an address that has not failed."""
+
+    login_failures_beyond_ceiling: RateLimit = attrs.field(
+        default=RateLimit(burst=2, interval=3600.0), validator=_rate
+    )
+    """Failed logins still allowed per (username, client address) while the
+    username's ceiling (``login_failures_per_user``) is spent: 2, then one an
+    hour. It is the owner's way in during a distributed attack (their address
+    has its own allowance, a typo included, whoever spent the ceiling; a right
+    password gives its charge back), and it bounds the attacker: each address
+    they bring adds at most 2 guesses, then one an hour."""
 
     logins_per_user: RateLimit = attrs.field(
         default=RateLimit(burst=10, interval=6.0), validator=_rate
