@@ -19,9 +19,9 @@ from tests.chat_helpers import (
     test_config,
 )
 from udpchat_proto.chat import messages as m
-from udpchat_proto.chat.events import Disconnected
 from udpchat_proto.chat.codec import CODEC_VERSION, decode, encode
 from udpchat_proto.chat.config import SERVER_RECEIVE_LIMIT
+from udpchat_proto.chat.events import Disconnected
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import ScryptParams, hash_password
 from udpchat_proto.chat.server import ChatServer, HashJob, ServerConfig

@@ -150,6 +150,8 @@ class RateOption(click.ParamType):  # type: ignore[type-arg]
 _COUNT_LIMITS: tuple[tuple[str, str], ...] = (
     ("max_room_members", "Most members a room may have."),
     ("max_rooms_per_user", "Most rooms one user may be in."),
+    ("max_outgoing_invitations", "Most invitations a user may have waiting for an answer."),
+    ("max_blocked_per_user", "Most users one user may block."),
     ("max_sessions_per_user", "Most login sessions per user (beyond: the LRU one ends)."),
     ("max_pending_hash_jobs", "Most password hashes waiting or running at once."),
     ("max_hash_jobs_per_address", "Most password hashes at once per client address."),

@@ -73,6 +73,17 @@ class ServerConfig:
     max_rooms_per_user: int = attrs.field(default=64, validator=positive_int)
     """Most rooms a user may be in; one more join is refused with ``too_many_rooms``."""
 
+    max_outgoing_invitations: int = attrs.field(default=256, validator=positive_int)
+    """Most invitations a user may have waiting for an answer; one more is refused
+    ``too_many_invitations``. Any valid name may be invited (whether it has an
+    account is not told), so without a cap one account could store invitations
+    to made-up names without end; 256 unanswered is beyond any real use."""
+
+    max_blocked_per_user: int = attrs.field(default=1024, validator=positive_int)
+    """Most users one user may block; one more is refused ``too_many_blocked``.
+    Any valid name may be blocked (whether it has an account is not told), so
+    the list is capped as invitations are."""
+
     login_failures_per_user_address: RateLimit = attrs.field(
         default=RateLimit(burst=5, interval=60.0), validator=_rate
     )

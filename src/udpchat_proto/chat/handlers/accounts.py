@@ -42,8 +42,10 @@ class AccountRequests(ServerCore):
 
     @handles(m.Register)
     def _on_register(self, connection: ChatConnection, request: m.Register, now: float) -> None:
-        if self._store.get_account(request.username) is not None:
-            raise RefusedError(ErrorCode.USER_EXISTS, f"{request.username} is taken")
+        # No look-up first: a name that is taken (a live account's) or retired (a
+        # deleted one's) is found by create_account once the hash is done, as a
+        # free one is created then. All three cost a registration and a hash, and
+        # a taken and a retired name get the same answer at the same time.
         host = self._host(connection)
         self._check_job_room(host, request.username)
         if not self._registrations.spend(host, now=now):
@@ -178,8 +180,8 @@ class AccountRequests(ServerCore):
     ) -> None:
         record = PasswordHash(salt=job.salt, params=job.params, digest=digest)
         if not self._store.create_account(job.username, record, self._clock()):
-            # Another connection registered the name while this hash ran (or it
-            # was retired: a deleted account's name).
+            # Taken or retired (a deleted account's name): the same answer, so
+            # that nobody learns which (and a race with another register, too).
             raise RefusedError(ErrorCode.USER_EXISTS, f"{job.username} is taken")
         self._reply(connection, m.Ok(request_id=job.request.request_id))
 
