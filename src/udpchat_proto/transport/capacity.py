@@ -18,31 +18,27 @@ most crowded ones, not every connection, and only when the table is full.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from .events import ConnectionId
 
 __all__ = ["OpenConnections"]
 
 
-class OpenConnections:
-    """A server's open (established, not closing) connections, oldest first, with
-    the address prefix each came from and whether the application protects it."""
+class OpenConnections(dict[ConnectionId, str]):
+    """A server's open (established, not closing) connections, oldest first, each
+    with the address prefix it came from, and whether the application protects it.
+
+    A dict (connection id to prefix) so that the membership test the server makes
+    after every packet costs what a dict's does; change it only through its
+    methods, which keep the protection and the eviction candidates in step.
+    """
 
     def __init__(self) -> None:
-        self._open: dict[ConnectionId, str] = {}
+        super().__init__()
         self._protected: set[ConnectionId] = set()
         self._evictable: dict[str, dict[ConnectionId, None]] = {}
         """The open, unprotected connections by prefix, oldest first."""
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def __contains__(self, connection_id: object) -> bool:
-        return connection_id in self._open
-
-    def __iter__(self) -> Iterator[ConnectionId]:
-        return iter(self._open)
 
     def is_protected(self, connection_id: ConnectionId) -> bool:
         """Whether the application protects this connection."""
@@ -50,13 +46,13 @@ class OpenConnections:
 
     def add(self, connection_id: ConnectionId, prefix: str) -> None:
         """A connection opened, from ``prefix`` (its handshake's address key)."""
-        self._open[connection_id] = prefix
+        self[connection_id] = prefix
         if connection_id not in self._protected:
             self._evictable.setdefault(prefix, {})[connection_id] = None
 
     def discard(self, connection_id: ConnectionId) -> None:
         """A connection is no longer open (it is closing); no-op if it was not."""
-        prefix = self._open.pop(connection_id, None)
+        prefix = self.pop(connection_id, None)
         if prefix is not None:
             self._unlist(connection_id, prefix)
 
@@ -74,7 +70,7 @@ class OpenConnections:
 
     def protect(self, connection_id: ConnectionId, protected: bool) -> None:
         """Protect a connection from the cap, or make it evictable again."""
-        prefix = self._open.get(connection_id)
+        prefix = self.get(connection_id)
         if protected:
             self._protected.add(connection_id)
             if prefix is not None:
