@@ -19,6 +19,7 @@ from tests.chat_helpers import (
     test_config,
 )
 from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.codec import CODEC_VERSION, decode, encode
 from udpchat_proto.chat.config import SERVER_RECEIVE_LIMIT
 from udpchat_proto.chat.events import Disconnected
@@ -173,6 +174,37 @@ def test_a_newcomer_is_refused_with_the_reason_when_only_users_remain(
     late.ok(late.conn.register("late", PASSWORD))
     for user in users[:2]:
         user.ok(user.conn.list_friends(), m.Friends)
+
+
+def test_one_account_on_many_connections_cannot_hold_the_table(stores: StoreFactory) -> None:
+    """Only a user's first ``protected_connections_per_user`` connections are kept at
+    the cap: one session resumed on many connections does not lock newcomers out."""
+    world = ChatWorld(stores, config=capped(12))
+    users = world.signed_up("u0", "u1")
+    (mallory,) = world.signed_up("mallory")
+    assert mallory.token is not None and world.config.protected_connections_per_user == 8
+    for i in range(12):  # her session on 12 more connections: 15 for 12 places
+        conn = ClientConnection(
+            server_address=SERVER_ADDRESS,
+            expected_server_key=world.key.public_bytes,
+            random=SeededRandomSource(f"mallory-{i}"),
+        )
+        world.net.add(f"mallory-{i}", conn, ("198.51.100.7", 31000 + i))
+        conn.connect(world.net.now)
+        world.settle(0.5)
+        if conn.is_connected:
+            conn.resume(mallory.token)
+            world.settle(0.5)
+    # A newcomer still gets in, in place of one of hers beyond the eight.
+    newcomer = world.user("newcomer")
+    newcomer.connect()
+    newcomer.ok(newcomer.conn.register("newcomer", PASSWORD))
+    newcomer.login()
+    for user in [*users, mallory]:
+        user.ok(user.conn.list_friends(), m.Friends)
+    hers = [c for c in world.server.connection_info() if c.username == "mallory"]
+    assert len(hers) == 12 - 2 - 1 and world.server.transport_dropped["connection_limit"] == 4
+    world.check_server_health()
 
 
 def test_failed_logins_are_throttled_per_address(stores: StoreFactory) -> None:

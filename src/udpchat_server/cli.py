@@ -152,6 +152,7 @@ _COUNT_LIMITS: tuple[tuple[str, str], ...] = (
     ("max_rooms_per_user", "Most rooms one user may be in."),
     ("max_outgoing_invitations", "Most invitations a user may have waiting for an answer."),
     ("max_blocked_per_user", "Most users one user may block."),
+    ("protected_connections_per_user", "A user's connections kept when the server is full."),
     ("max_sessions_per_user", "Most login sessions per user (beyond: the LRU one ends)."),
     ("max_pending_hash_jobs", "Most password hashes waiting or running at once."),
     ("max_hash_jobs_per_address", "Most password hashes at once per client address."),

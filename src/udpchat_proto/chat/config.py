@@ -187,6 +187,15 @@ class ServerConfig:
     recently used one (its connections become anonymous), as a phone that logs in
     again replaces what it lost; each session is a durable row with cursors."""
 
+    protected_connections_per_user: int = attrs.field(default=8, validator=positive_int)
+    """How many of a user's logged-in connections here the connection cap
+    (``TransportConfig.max_connections``) never ends to admit a new connection:
+    those beyond (a user's ninth device, or one session resumed on hundreds of
+    connections to fill the table) are ended as anonymous ones are. 8 is more
+    devices than a person uses at once; an attacker needs an account per 8
+    connections to hold places, and accounts cost registrations (10, then one a
+    minute, per address)."""
+
     max_queued_requests: int = attrs.field(default=64, validator=positive_int)
     """Most requests a connection may pipeline behind its own pending register or
     login. One more closes the connection as abusive."""

@@ -717,9 +717,11 @@ class ServerCore(Lookups):
         connection.token_hash = hashed
         connection.deliveries.start()
         cid = connection.connection_id
-        self._transport.set_protected(cid)  # never ended to make room for a stranger
         self._by_session[hashed] = (*self._by_session.get(hashed, ()), cid)
         user_connections = self._by_user[username] = (*self._by_user.get(username, ()), cid)
+        # Never ended to make room for a stranger: a user's first few connections.
+        if len(user_connections) <= self._config.protected_connections_per_user:
+            self._transport.set_protected(cid)
         if len(user_connections) == 1:
             self._announce_presence(username, online=True)
 
