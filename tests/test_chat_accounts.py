@@ -144,8 +144,9 @@ def test_deleting_an_account_removes_it_and_retires_the_name(world: ChatWorld) -
     # undelivered, is gone: see test_store).
     history = bob.ok(bob.conn.get_history("alice"), m.History).messages
     assert [(x.sender, x.text) for x in history] == [("alice", "before I go"), ("bob", "goodbye")]
-    bob.refused(bob.conn.send_message("alice", "hello?"), ErrorCode.UNKNOWN_USER)
-    bob.refused(bob.conn.invite("alice"), ErrorCode.UNKNOWN_USER)
+    # To him she is now any stranger, as if the name had never had an account.
+    bob.refused(bob.conn.send_message("alice", "hello?"), ErrorCode.NOT_FRIENDS)
+    bob.ok(bob.conn.invite("alice"))  # kept, never answered
     # Nobody logs in as her, and the name is never registered again.
     alice.refused(alice.conn.login("alice", PASSWORD), ErrorCode.BAD_CREDENTIALS)
     alice.refused(alice.conn.register("alice", PASSWORD), ErrorCode.USER_EXISTS)

@@ -102,17 +102,63 @@ def test_a_strangers_failures_do_not_lock_the_owner_out(stores: StoreFactory) ->
 
 
 def test_a_high_ceiling_per_user_still_holds_against_many_addresses(stores: StoreFactory) -> None:
-    config = test_config(login_failures_per_user=RateLimit(burst=6, interval=60.0))
+    config = test_config(
+        login_failures_per_user=RateLimit(burst=6, interval=60.0),
+        login_failures_beyond_ceiling=RateLimit(burst=1, interval=3600.0),
+    )
     world = ChatWorld(stores, config=config)
     world.signed_up("alice")
+    jobs = world.server.stats.hash_jobs
+    guessers = []
     for n in range(3):  # three addresses, two guesses each: the ceiling of 6
         guesser = world.user("mallory", device=str(n))
         guesser.connect()
+        guessers.append(guesser)
         for _ in range(2):
             guesser.refused(guesser.conn.login("alice", "guess guess"), ErrorCode.BAD_CREDENTIALS)
-    late = world.user("mallory", device="late")
-    late.connect()
-    late.refused(late.conn.login("alice", "guess guess"), ErrorCode.RATE_LIMITED)
+    # Beyond it, each address has its own allowance (1 here), and then no more.
+    for guesser in [*guessers, world.user("mallory", device="late")]:
+        if guesser.connection is None:
+            guesser.connect()
+        guesser.refused(guesser.conn.login("alice", "guess guess"), ErrorCode.BAD_CREDENTIALS)
+        guesser.refused(guesser.conn.login("alice", "guess guess"), ErrorCode.RATE_LIMITED)
+    # Hashed: the ceiling, plus one per address: 6 + 4.
+    assert world.server.stats.hash_jobs - jobs == 10
+
+
+def test_a_distributed_guesser_cannot_lock_the_owner_out(stores: StoreFactory) -> None:
+    """The issue's attack, at the default limits: 100 wrong passwords from 20
+    addresses spent alice's ceiling, so her right password was ``rate_limited``;
+    and a guess every 6 s (the ceiling's refill) kept it spent."""
+    world = ChatWorld(stores)
+    world.signed_up("alice")
+    guessers = [world.user("mallory", device=str(n)) for n in range(20)]
+    for guesser in guessers:
+        guesser.connect()
+        for _ in range(5):
+            guesser.refused(guesser.conn.login("alice", "guess guess"), ErrorCode.BAD_CREDENTIALS)
+        # From one address, the guesses stop there.
+        guesser.refused(guesser.conn.login("alice", "guess guess"), ErrorCode.RATE_LIMITED)
+    # The owner, from an address that has not failed, gets in, even after a typo.
+    laptop = world.user("alice", device="laptop")
+    laptop.connect()
+    laptop.refused(laptop.conn.login("alice", "correct hosre"), ErrorCode.BAD_CREDENTIALS)
+    assert laptop.login().username == "alice"
+    # Ten minutes of a guess every 6 s, the addresses taking turns, while the owner
+    # logs in every minute: the guesser takes every token the ceiling gets back,
+    # and the owner still gets in every time.
+    guessed = 0
+    for second in range(0, 600, 6):
+        guesser = guessers[(second // 6) % 20]
+        answer = guesser.wait(guesser.conn.login("alice", "guess guess"))
+        assert isinstance(answer, m.ErrorResponse)
+        guessed += answer.code is ErrorCode.BAD_CREDENTIALS
+        if second % 60 == 0:
+            assert laptop.login().username == "alice"
+        world.net.run_for(6.0 - 0.01 * (second % 60 == 0))
+    # Bounded all the same: about the ceiling's refill (10 a minute), plus the two
+    # of each address's own allowance.
+    assert 50 <= guessed <= 100 + 2 * 20
 
 
 def test_logins_to_one_account_are_throttled_even_when_right(stores: StoreFactory) -> None:
@@ -163,7 +209,12 @@ def test_sessions_per_user_are_capped_and_the_least_recently_used_ends(
 
 
 def test_an_abandoned_hash_job_answers_and_frees_its_place(stores: StoreFactory) -> None:
-    world = ChatWorld(stores, config=test_config(max_hash_jobs_per_address=1))
+    config = test_config(
+        max_hash_jobs_per_address=1,
+        # One failure allowed: the abandoned check must not count as one.
+        login_failures_per_user_address=RateLimit(burst=1, interval=3600.0),
+    )
+    world = ChatWorld(stores, config=config)
     world.signed_up("alice")
     world.host.hash_delay = 100.0  # the job never finishes by itself
     alice = world.user("alice", device="two")
@@ -175,7 +226,8 @@ def test_an_abandoned_hash_job_answers_and_frees_its_place(stores: StoreFactory)
     world.host.forget_jobs()
     alice.refused(request, ErrorCode.INTERNAL)
     world.host.hash_delay = 0.0
-    assert alice.login().username == "alice"  # the address's place is free again
+    assert alice.login().username == "alice"  # the address's place is free again,
+    # and its failure budget was given back (the check proved nothing)
 
 
 def test_an_account_hashed_at_an_older_cost_is_hashed_again_at_login(

@@ -19,8 +19,10 @@ from tests.chat_helpers import (
     test_config,
 )
 from udpchat_proto.chat import messages as m
+from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.codec import CODEC_VERSION, decode, encode
 from udpchat_proto.chat.config import SERVER_RECEIVE_LIMIT
+from udpchat_proto.chat.events import Disconnected
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import ScryptParams, hash_password
 from udpchat_proto.chat.server import ChatServer, HashJob, ServerConfig
@@ -34,6 +36,7 @@ from udpchat_proto.transport import (
     CloseCode,
     ConnectionTerminated,
     PayloadReceived,
+    TransportConfig,
 )
 from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.sqlite_store import SQLiteStore
@@ -65,25 +68,143 @@ class RawClient:
 
 
 def test_failed_logins_are_throttled_per_user(stores: StoreFactory) -> None:
-    limit = RateLimit(burst=3, interval=60.0)
-    world = ChatWorld(stores, config=test_config(login_failures_per_user=limit))
+    config = test_config(
+        login_failures_per_user=RateLimit(burst=3, interval=60.0),
+        login_failures_beyond_ceiling=RateLimit(burst=1, interval=3600.0),
+    )
+    world = ChatWorld(stores, config=config)
     (alice,) = world.signed_up("alice")
     mallory = world.user("mallory")
     mallory.connect()
-    for _ in range(3):
+    for _ in range(4):  # the ceiling's 3, then the address's own allowance beyond it
         mallory.refused(mallory.conn.login("alice", "guess guess"), ErrorCode.BAD_CREDENTIALS)
     jobs = world.server.stats.hash_jobs
-    # Even the right password is refused now, from anywhere, without hashing.
+    # Even the right password is refused now from where the guesses came, unhashed.
     mallory.refused(mallory.conn.login("alice", PASSWORD), ErrorCode.RATE_LIMITED)
+    assert world.server.stats.hash_jobs == jobs
+    # The owner, from an address that has not failed, gets in all the same.
     other = world.user("alice", device="tablet")
     other.connect()
-    other.refused(other.conn.login("alice", PASSWORD), ErrorCode.RATE_LIMITED)
-    assert world.server.stats.hash_jobs == jobs
+    assert other.ok(other.conn.login("alice", PASSWORD), m.LoggedIn).username == "alice"
     # Other users are not affected; the budget comes back with time.
     world.signed_up("bob")
     world.net.run_for(61.0)
-    assert other.ok(other.conn.login("alice", PASSWORD), m.LoggedIn).username == "alice"
+    assert mallory.ok(mallory.conn.login("alice", PASSWORD), m.LoggedIn).username == "alice"
     assert alice.conn.username == "alice"
+
+
+# --- the connection cap -----------------------------------------------------------------------
+
+
+def capped(max_connections: int) -> ServerConfig:
+    transport = TransportConfig(
+        max_connections=max_connections, max_receive_message_size=SERVER_RECEIVE_LIMIT
+    )
+    return test_config(transport=transport)
+
+
+def open_flood_connection(world: ChatWorld, name: str, host: str) -> ClientTransport:
+    """An anonymous connection that never logs in and PINGs every 2 s (so that it
+    is never the one silent the longest)."""
+    client = ClientTransport(
+        server_address=SERVER_ADDRESS,
+        config=TransportConfig(keepalive_interval=2.0),
+        random=SeededRandomSource(name),
+    )
+    world.net.add(name, client, (host, 30000 + len(world.net.nodes)))
+    client.connect(world.net.now)
+    return client
+
+
+def test_a_connection_flood_from_17_addresses_never_ends_a_logged_in_user(
+    stores: StoreFactory,
+) -> None:
+    """The attack of the issue, scaled down: 17 addresses filled ``max_connections``
+    with anonymous connections that PING every 2 s, and the 5 idle logged-in users,
+    being the longest silent, were all closed with "server busy"."""
+    world = ChatWorld(stores, config=capped(40))
+    users = world.signed_up("u0", "u1", "u2", "u3", "u4")
+    world.befriend(users[0], users[1])
+    flood: list[ClientTransport] = []
+    for wave in range(4):  # 68 connections for the 35 places left
+        for p in range(17):
+            flood.append(open_flood_connection(world, f"flood-{p}-{wave}", f"198.51.100.{p + 1}"))
+        world.settle(3.0)
+    world.settle(30.0)  # the users idle (a PING every 10 s); the flood keeps talking
+    for user in users:
+        assert not [e for e in user.events() if isinstance(e, Disconnected)], user.name
+    # They are still logged in, and still talk.
+    users[0].send("u1", "still here")
+    world.run_until(lambda: users[1].texts() == ["still here"], what="the message")
+    # The flood churned among its own addresses, each keeping a fair share.
+    info = world.server.connection_info()
+    assert len(info) == 40 and sum(c.username is not None for c in info) == 5
+    per_address: dict[str, int] = {}
+    for connection in info:
+        if connection.username is None:
+            per_address[connection.address[0]] = per_address.get(connection.address[0], 0) + 1
+    assert len(per_address) == 17 and max(per_address.values()) - min(per_address.values()) <= 1
+    assert world.server.transport_dropped["connection_limit"] == 68 - 35
+    world.check_server_health()
+
+
+def test_a_newcomer_is_refused_with_the_reason_when_only_users_remain(
+    stores: StoreFactory,
+) -> None:
+    world = ChatWorld(stores, config=capped(3))
+    users = world.signed_up("u0", "u1", "u2")
+    stranger = world.user("stranger")
+    stranger.connect(wait=False)
+    world.run_until(
+        lambda: any(isinstance(e, Disconnected) for e in stranger.events()), what="refusal"
+    )
+    (refused,) = [e for e in stranger.events() if isinstance(e, Disconnected)]
+    assert refused.code is CloseCode.SERVER_BUSY
+    assert refused.reason == "server busy: all 3 connections in use; try later"
+    assert world.server.transport_dropped["connection_refused"] == 1
+    for user in users:
+        user.ok(user.conn.list_friends(), m.Friends)
+    # A user who logs out is anonymous again: the next newcomer takes their place.
+    users[2].ok(users[2].conn.logout())
+    late = world.user("late")
+    late.connect()
+    world.run_until(
+        lambda: any(isinstance(e, Disconnected) for e in users[2].events()), what="eviction"
+    )
+    late.ok(late.conn.register("late", PASSWORD))
+    for user in users[:2]:
+        user.ok(user.conn.list_friends(), m.Friends)
+
+
+def test_one_account_on_many_connections_cannot_hold_the_table(stores: StoreFactory) -> None:
+    """Only a user's first ``protected_connections_per_user`` connections are kept at
+    the cap: one session resumed on many connections does not lock newcomers out."""
+    world = ChatWorld(stores, config=capped(12))
+    users = world.signed_up("u0", "u1")
+    (mallory,) = world.signed_up("mallory")
+    assert mallory.token is not None and world.config.protected_connections_per_user == 8
+    for i in range(12):  # her session on 12 more connections: 15 for 12 places
+        conn = ClientConnection(
+            server_address=SERVER_ADDRESS,
+            expected_server_key=world.key.public_bytes,
+            random=SeededRandomSource(f"mallory-{i}"),
+        )
+        world.net.add(f"mallory-{i}", conn, ("198.51.100.7", 31000 + i))
+        conn.connect(world.net.now)
+        world.settle(0.5)
+        if conn.is_connected:
+            conn.resume(mallory.token)
+            world.settle(0.5)
+    # A newcomer still gets in, in place of one of hers beyond the eight.
+    newcomer = world.user("newcomer")
+    newcomer.connect()
+    newcomer.ok(newcomer.conn.register("newcomer", PASSWORD))
+    newcomer.login()
+    for user in [*users, mallory]:
+        user.ok(user.conn.list_friends(), m.Friends)
+    hers = [c for c in world.server.connection_info() if c.username == "mallory"]
+    assert len(hers) == 12 - 2 - 1 and world.server.transport_dropped["connection_limit"] == 4
+    world.check_server_health()
 
 
 def test_failed_logins_are_throttled_per_address(stores: StoreFactory) -> None:

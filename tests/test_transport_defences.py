@@ -23,6 +23,7 @@ from udpchat_proto.transport import (
     TransportConfig,
     address_key,
 )
+from udpchat_proto.transport.capacity import OpenConnections
 from udpchat_proto.transport.endpoints import MAX_RETRIES
 from udpchat_proto.transport.keys import ServerKey
 from udpchat_proto.transport.packets import (
@@ -380,6 +381,120 @@ def test_at_max_connections_the_longest_silent_connection_makes_room() -> None:
         (clients[0].connection_id, CloseCode.SERVER_BUSY)
     ]
     assert server.dropped["connection_limit"] == 1
+
+
+#: An attacker's clients: a PING every 2 s, so that they are never the longest silent.
+CHATTY = TransportConfig(keepalive_interval=2.0)
+
+
+def client_at(
+    net: Network, name: str, host: str, config: TransportConfig | None = None
+) -> ClientTransport:
+    """A client from ``host`` (a new port each), connecting now."""
+    client = ClientTransport(server_address=SERVER, config=config, random=SeededRandomSource(name))
+    net.add(name, client, (host, 10_000 + len(net.nodes)))
+    client.connect(net.now)
+    return client
+
+
+def open_connections(server: ServerTransport, host: str) -> int:
+    """The server's open connections from ``host`` (one IPv4 address: one prefix)."""
+    return sum(1 for address in server.connections.values() if address[0] == host)
+
+
+def test_at_max_connections_protected_connections_stay_and_the_most_crowded_prefix_pays() -> None:
+    net = Network(seed=3)
+    config = TransportConfig(max_connections=10)
+    server = ServerTransport(static_key=KEY, config=config, random=SeededRandomSource("p"))
+    net.add("server", server, SERVER)
+    # Three logged-in users (protected by the application), idle: the longest silent.
+    users = connected_clients(net, server, 3)
+    for user in users:
+        server.set_protected(user.connection_id)
+    # Two attacker prefixes fill the table, and a third person from another.
+    flooder = [client_at(net, f"a{i}", "198.51.100.1", CHATTY) for i in range(5)]
+    other = client_at(net, "b0", "198.51.100.2", CHATTY)
+    neighbour = client_at(net, "n0", "198.51.100.3", CHATTY)
+    net.run_for(5.0)
+    assert len(server.connections) == 10 and not server.dropped.get("connection_limit")
+    # The flooder goes on: every new connection of theirs costs them one of their own.
+    more = [client_at(net, f"a{i}", "198.51.100.1", CHATTY) for i in range(5, 25)]
+    net.run_for(5.0)
+    assert server.dropped["connection_limit"] == 20
+    assert open_connections(server, "198.51.100.1") == 5
+    assert other.connection_id in server.connections
+    assert neighbour.connection_id in server.connections
+    assert all(user.connection_id in server.connections for user in users)
+    # A newcomer from a fresh prefix takes the flooder's place, not a user's.
+    newcomer = client_at(net, "d0", "198.51.100.4", CHATTY)
+    net.run_for(2.0)
+    assert newcomer.connection_id in server.connections
+    assert open_connections(server, "198.51.100.1") == 4
+    assert all(user.connection_id in server.connections for user in users)
+    ended = {e.connection_id: e for e in net.events_of("server", ConnectionTerminated)}
+    flood_ids = {c.connection_id for c in flooder + more}
+    assert set(ended) <= flood_ids and len(ended) == 21
+    assert {e.code for e in ended.values()} == {CloseCode.SERVER_BUSY}
+    # The flooder's victims were, each time, the one of theirs silent the longest.
+    assert all("idle the longest" in e.reason for e in ended.values())
+
+
+def test_when_only_protected_connections_remain_a_newcomer_is_refused_with_the_reason() -> None:
+    net = Network(seed=4)
+    config = TransportConfig(max_connections=3)
+    server = ServerTransport(static_key=KEY, config=config, random=SeededRandomSource("r"))
+    net.add("server", server, SERVER)
+    users = connected_clients(net, server, 3)
+    for user in users:
+        server.set_protected(user.connection_id)
+    net.run_for(20.0)  # idle, but alive
+    stranger = client_at(net, "s0", "198.51.100.9", CHATTY)
+    net.run_until(lambda: stranger.is_closed, max_time=5.0)
+    (refused,) = net.events_of("s0", ConnectionTerminated)
+    assert refused.code is CloseCode.SERVER_BUSY and refused.by_peer
+    assert refused.reason == "server busy: all 3 connections in use; try later"
+    assert server.dropped["connection_refused"] == 1 and not server.dropped.get("connection_limit")
+    assert sorted(server.connections) == sorted(u.connection_id for u in users)
+    assert not any(net.events_of(f"c{i}", ConnectionTerminated) for i in range(3))
+    # A user who stops being protected (logs out) is the one to make room.
+    server.set_protected(users[1].connection_id, False)
+    late = client_at(net, "s1", "198.51.100.9", CHATTY)
+    net.run_until(lambda: late.is_established, max_time=5.0)
+    net.run_for(1.0)
+    assert late.connection_id in server.connections
+    assert users[1].connection_id not in server.connections
+    (ended,) = net.events_of("c1", ConnectionTerminated)
+    assert ended.code is CloseCode.SERVER_BUSY
+    # Setting it on a connection that has ended, or never was, does nothing.
+    server.set_protected(users[1].connection_id)
+    server.set_protected(b"\x00" * 8)
+    assert len(server.connections) == 3
+
+
+def test_the_cap_takes_from_the_most_crowded_prefix_and_never_a_protected_one() -> None:
+    table = OpenConnections()
+    heard = {b"a1": 5.0, b"a2": 1.0, b"a3": 9.0, b"b1": 0.0, b"b2": 2.0, b"u1": -10.0}
+    for cid in heard:
+        table.add(cid, cid[:1].decode())
+    table.protect(b"u1", True)  # a user, silent the longest: never the victim
+    assert table.is_protected(b"u1") and len(table) == 6
+
+    def victim(newcomer: bytes) -> bytes | None:
+        return table.victim(newcomer, heard.__getitem__)
+
+    assert victim(b"a3") == b"a2"  # "a" holds three: its longest silent but the newcomer
+    table.discard(b"a2")
+    assert victim(b"a3") == b"b1"  # two each: the longest silent of both prefixes
+    table.add(b"n1", "n")
+    heard[b"n1"] = 10.0
+    assert victim(b"n1") == b"b1"  # a newcomer alone in its prefix takes from the others
+    for cid in (b"a1", b"a3", b"b1", b"b2"):
+        table.forget(cid)
+    assert victim(b"n1") is None  # only a user is left: refuse the newcomer
+    table.protect(b"u1", False)
+    assert victim(b"n1") == b"u1"  # logged out: an anonymous connection like any
+    table.forget(b"u1")
+    assert not table.is_protected(b"u1") and list(table) == [b"n1"]
 
 
 def test_the_buffer_budget_ends_the_largest_consumer() -> None:

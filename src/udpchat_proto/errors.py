@@ -69,6 +69,11 @@ class ErrorCode(enum.StrEnum):
     """A request type this server does not know (added by a later version)."""
     ACCOUNT_DISABLED = "account_disabled"
     """The server's operator disabled this account: its logins are refused."""
+    TOO_MANY_INVITATIONS = "too_many_invitations"
+    """``invite`` with ``max_outgoing_invitations`` invitations waiting for an
+    answer: cancel some first."""
+    TOO_MANY_BLOCKED = "too_many_blocked"
+    """``block`` of one more user than ``max_blocked_per_user``: unblock some first."""
 
 
 class ProtocolError(Exception):

@@ -150,6 +150,9 @@ class RateOption(click.ParamType):  # type: ignore[type-arg]
 _COUNT_LIMITS: tuple[tuple[str, str], ...] = (
     ("max_room_members", "Most members a room may have."),
     ("max_rooms_per_user", "Most rooms one user may be in."),
+    ("max_outgoing_invitations", "Most invitations a user may have waiting for an answer."),
+    ("max_blocked_per_user", "Most users one user may block."),
+    ("protected_connections_per_user", "A user's connections kept when the server is full."),
     ("max_sessions_per_user", "Most login sessions per user (beyond: the LRU one ends)."),
     ("max_pending_hash_jobs", "Most password hashes waiting or running at once."),
     ("max_hash_jobs_per_address", "Most password hashes at once per client address."),
@@ -159,6 +162,10 @@ _COUNT_LIMITS: tuple[tuple[str, str], ...] = (
 _RATE_LIMITS: tuple[tuple[str, str], ...] = (
     ("login_failures_per_user_address", "Failed logins per (username, address)."),
     ("login_failures_per_user", "Failed logins per username, from all addresses."),
+    (
+        "login_failures_beyond_ceiling",
+        "Failed logins per (username, address) once the username's ceiling is spent.",
+    ),
     ("login_failures_per_address", "Failed logins per client address."),
     ("logins_per_user", "Successful logins per username."),
     ("registrations_per_address", "Registrations per client address."),

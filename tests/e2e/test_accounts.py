@@ -57,7 +57,7 @@ def test_delete_account_retires_the_name_and_keeps_what_was_sent(make_user: Make
     assert bob.ok("members", "tea")["members"] == [{"user": "bob", "online": True}]
     history = bob.ok("history", "alice")["messages"]
     assert [(x["from"], x["text"]) for x in history] == [("alice", "goodbye, bob")]
-    bob.refused("unknown_user", "send", "alice", "are you there?")
+    bob.refused("not_friends", "send", "alice", "are you there?")
     alice.refused("user_exists", "register", "alice", "--password-stdin", stdin=PASSWORD + "\n")
     alice.refused("bad_credentials", "login", "alice", "--password-stdin", stdin=PASSWORD + "\n")
 

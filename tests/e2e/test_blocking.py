@@ -24,7 +24,8 @@ def test_block_unblock_and_what_the_blocked_user_sees(make_user: MakeUser) -> No
     assert alice.ok("block", "mallory") == {"ok": True, "user": "mallory"}
     assert alice.ok("blocked") == {"blocked": ["mallory"]}
     assert alice.ok("friends") == {"friends": []}
-    alice.refused("unknown_user", "block", "nobody")
+    assert alice.ok("block", "nobody") == {"ok": True, "user": "nobody"}  # any name
+    alice.ok("unblock", "nobody")
     # mallory: messages refused as to any non-friend; an invitation answered as
     # usual and never shown to alice.
     mallory.refused("not_friends", "send", "alice", "hello?")

@@ -57,15 +57,16 @@ def test_every_refusal_a_user_can_cause(make_user: MakeUser, tmp_path: Path) -> 
         "bad_credentials", "login", "alice", "--password-stdin", stdin="wrong password\n"
     )
     stranger.refused("bad_credentials", "login", "nobody", "--password-stdin", stdin=PASSWORD)
-    alice.refused("unknown_user", "invite", "nobody")
+    alice.ok("invite", "nobody")  # any name: the answer tells nobody whether it exists
+    alice.ok("cancel", "nobody")
     alice.refused("cannot_invite_self", "invite", "alice")
     alice.refused("no_invitation", "accept", "bob")
     alice.refused("no_invitation", "decline", "bob")
     alice.refused("no_invitation", "cancel", "bob")
     alice.refused("not_friends", "unfriend", "bob")
     alice.refused("not_friends", "send", "bob", "hi")
-    alice.refused("unknown_user", "send", "nobody", "hi")
-    alice.refused("unknown_user", "history", "nobody")
+    alice.refused("not_friends", "send", "nobody", "hi")
+    assert alice.ok("history", "nobody")["messages"] == []
     alice.ok("invite", "bob")
     alice.refused("already_invited", "invite", "bob")
     bob.ok("accept", "alice")

@@ -133,7 +133,7 @@ def test_metrics_are_served_in_prometheus_format_and_move(tmp_path: Path) -> Non
         bob.signup()
         befriend(alice, bob)
         alice.ok("send", "bob", "counted")
-        alice.refused("unknown_user", "send", "carol", "nobody")
+        alice.refused("not_friends", "send", "carol", "nobody")
         time.sleep(1.5)  # the snapshot is at most a second old
         values = scrape(server)
         for name in (
@@ -151,7 +151,7 @@ def test_metrics_are_served_in_prometheus_format_and_move(tmp_path: Path) -> Non
         assert values["udpchat_datagrams_received_total"] > 10
         assert values["udpchat_messages_stored_total"] == 1
         assert values["udpchat_handshakes_total"] >= 8
-        assert values['udpchat_refusals_total{code="unknown_user"}'] == 1
+        assert values['udpchat_refusals_total{code="not_friends"}'] == 1
         assert values["udpchat_commit_seconds_count"] >= 4
         assert values['udpchat_commit_seconds_bucket{le="+Inf"}'] >= 4
     finally:

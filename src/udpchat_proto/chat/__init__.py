@@ -13,6 +13,7 @@ store, and the server's configuration. The modules behind it:
 ``connection``      one server connection's state and its table
 ``delivery``        a connection's delivery window (backlog, live, refill)
 ``password_jobs``   password hashes as jobs run off the loop
+``login_budgets``   the budgets of wrong passwords (per address, per user)
 ``stats``           the server's counters
 ``config``          :class:`ServerConfig`, every limit and its reason
 ``events``          the roles' events for the application

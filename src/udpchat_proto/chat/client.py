@@ -440,8 +440,10 @@ class ClientConnection:
         """Send ``text`` to a friend or to a room (``#name``).
 
         The message id is 16 random bytes; ``MessageAccepted`` carries it once the
-        message is committed on the server. Refusals: ``not_friends``,
-        ``unknown_user``, ``unknown_room``, ``not_a_member``, ``rate_limited``.
+        message is committed on the server. Refusals: ``not_friends`` (to any
+        name but a friend's, with an account or not; an older server says
+        ``unknown_user`` for a name without one), ``unknown_room``,
+        ``not_a_member``, ``rate_limited``.
 
         Args:
             to: a username, or a room name starting with ``#``.

@@ -73,6 +73,17 @@ class ServerConfig:
     max_rooms_per_user: int = attrs.field(default=64, validator=positive_int)
     """Most rooms a user may be in; one more join is refused with ``too_many_rooms``."""
 
+    max_outgoing_invitations: int = attrs.field(default=256, validator=positive_int)
+    """Most invitations a user may have waiting for an answer; one more is refused
+    ``too_many_invitations``. Any valid name may be invited (whether it has an
+    account is not told), so without a cap one account could store invitations
+    to made-up names without end; 256 unanswered is beyond any real use."""
+
+    max_blocked_per_user: int = attrs.field(default=1024, validator=positive_int)
+    """Most users one user may block; one more is refused ``too_many_blocked``.
+    Any valid name may be blocked (whether it has an account is not told), so
+    the list is capped as invitations are."""
+
     login_failures_per_user_address: RateLimit = attrs.field(
         default=RateLimit(burst=5, interval=60.0), validator=_rate
     )
@@ -85,7 +96,20 @@ class ServerConfig:
     )
     """Failed logins allowed per username from all addresses together: a high
     ceiling (100 in a row, then 10 a minute) that only a guesser spread over many
-    addresses reaches, so that even they get few guesses an hour."""
+    addresses reaches, so that even they get few guesses an hour. Once it is
+    spent, an address goes on only with its own allowance
+    (``login_failures_beyond_ceiling``): strangers who keep the ceiling spent
+    never lock the owner out from an address that has not failed."""
+
+    login_failures_beyond_ceiling: RateLimit = attrs.field(
+        default=RateLimit(burst=2, interval=3600.0), validator=_rate
+    )
+    """Failed logins still allowed per (username, client address) while the
+    username's ceiling (``login_failures_per_user``) is spent: 2, then one an
+    hour. It is the owner's way in during a distributed attack (their address
+    has its own allowance, a typo included, whoever spent the ceiling; a right
+    password gives its charge back), and it bounds the attacker: each address
+    they bring adds at most 2 guesses, then one an hour."""
 
     logins_per_user: RateLimit = attrs.field(
         default=RateLimit(burst=10, interval=6.0), validator=_rate
@@ -162,6 +186,15 @@ class ServerConfig:
     """Most login sessions one user may have. A login beyond it ends the least
     recently used one (its connections become anonymous), as a phone that logs in
     again replaces what it lost; each session is a durable row with cursors."""
+
+    protected_connections_per_user: int = attrs.field(default=8, validator=positive_int)
+    """How many of a user's logged-in connections here the connection cap
+    (``TransportConfig.max_connections``) never ends to admit a new connection:
+    those beyond (a user's ninth device, or one session resumed on hundreds of
+    connections to fill the table) are ended as anonymous ones are. 8 is more
+    devices than a person uses at once; an attacker needs an account per 8
+    connections to hold places, and accounts cost registrations (10, then one a
+    minute, per address)."""
 
     max_queued_requests: int = attrs.field(default=64, validator=positive_int)
     """Most requests a connection may pipeline behind its own pending register or

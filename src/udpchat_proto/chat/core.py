@@ -48,6 +48,7 @@ from .events import (
     ServerEvent,
     UserLoggedOut,
 )
+from .login_budgets import LoginBudgets
 from .lookups import Lookups
 from .password_jobs import JobBook
 from .remote import NodeView, RemoteSession, RemoteUser
@@ -182,14 +183,8 @@ class ServerCore(Lookups):
         """Room joins and leaves of this batch, pushed at its end (coalesced)."""
         self._events: collections.deque[ServerEvent] = collections.deque()
         self._jobs = JobBook()
-        self._user_failures: KeyedLimiter[str] = KeyedLimiter(self._config.login_failures_per_user)
-        self._user_address_failures: KeyedLimiter[tuple[str, str]] = KeyedLimiter(
-            self._config.login_failures_per_user_address
-        )
+        self._login_failures = LoginBudgets(self._config)
         self._logins: KeyedLimiter[str] = KeyedLimiter(self._config.logins_per_user)
-        self._address_failures: KeyedLimiter[str] = KeyedLimiter(
-            self._config.login_failures_per_address
-        )
         self._registrations: KeyedLimiter[str] = KeyedLimiter(
             self._config.registrations_per_address
         )
@@ -724,6 +719,9 @@ class ServerCore(Lookups):
         cid = connection.connection_id
         self._by_session[hashed] = (*self._by_session.get(hashed, ()), cid)
         user_connections = self._by_user[username] = (*self._by_user.get(username, ()), cid)
+        # Never ended to make room for a stranger: a user's first few connections.
+        if len(user_connections) <= self._config.protected_connections_per_user:
+            self._transport.set_protected(cid)
         if len(user_connections) == 1:
             self._announce_presence(username, online=True)
 
@@ -737,6 +735,7 @@ class ServerCore(Lookups):
         connection.username = connection.token_hash = None
         connection.deliveries.stop()
         cid = connection.connection_id
+        self._transport.set_protected(cid, False)
         session_connections = _without(self._by_session.pop(hashed, ()), cid)
         if session_connections:
             self._by_session[hashed] = session_connections
@@ -824,15 +823,13 @@ class ServerCore(Lookups):
                 wall - self._config.retain_days * 86400.0, RETENTION_BATCH
             )
         for limiter in (
-            self._user_failures,
-            self._address_failures,
             self._registrations,
             self._logins,
             self._message_rate,
             self._membership_changes,
         ):
             limiter.prune(now=now)
-        self._user_address_failures.prune(now=now)
+        self._login_failures.prune(now=now)
 
     # --- delivery ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import attrs
 
 from ..transport import ConnectionId
 from . import messages as m
+from .login_budgets import FailureCharge
 from .passwords import ScryptParams, hash_password
 from .store import Account
 
@@ -81,6 +82,9 @@ class PendingJob:
     """The client's IP address (login failures are counted per address)."""
     job_id: int
     """The :class:`HashJob` it waits for."""
+    failure_charge: FailureCharge | None = None
+    """Where its password check was charged as a failure (login, password check),
+    so that a right password gives it back there; None if it was not."""
 
 
 class JobQueue:

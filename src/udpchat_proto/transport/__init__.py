@@ -17,6 +17,7 @@ the packet and frame codecs, the replay window). The modules behind it:
 ``config``                :class:`TransportConfig`, every limit and its reason
 ``events``                the events and :class:`CloseCode`
 ``states``                the connection's state table and named timers
+``capacity``              at ``max_connections``: whom to end, or refuse (policy)
 ``handshake``             Noise NX (``HandshakeState``, ``CipherState``)
 ``keys``                  server keys and their fingerprints
 ``packets``               the datagram and frame layouts (encoders, decoders)

@@ -116,11 +116,19 @@ class TransportConfig:
     0 to 128."""
     max_connections: int = attrs.field(default=4096, validator=positive_int)
     """Server: most open (established, not closing) connections. At the cap, a new
-    connection whose handshake completes ends the one that has been silent longest
-    with ``SERVER_BUSY``. An idle connection costs the server about 4.7 KB
-    (tracemalloc, see ``docs/PROTOCOL.md``), so a full table is about 19 MB; their
-    buffers are bounded by ``max_buffered_bytes``. 4096 is well beyond a small
-    server's users."""
+    connection whose handshake completes makes room by ending an *unprotected*
+    one with ``SERVER_BUSY``: one the application did not mark with
+    ``ServerTransport.set_protected`` (the chat server protects logged-in users,
+    so anonymous and handshake-only connections go first and a user is never
+    ended for a stranger). Fairly across address prefixes: each prefix has an
+    equal share of the table, and the prefix holding the most unprotected
+    connections loses the one of them silent the longest, so an attacker's
+    prefixes churn among themselves while a prefix within its share keeps its
+    connections. When every other connection is protected, the new one is
+    refused instead, with ``SERVER_BUSY`` and the reason. An idle connection
+    costs the server about 4.7 KB (tracemalloc, see ``docs/PROTOCOL.md``), so a
+    full table is about 19 MB; their buffers are bounded by
+    ``max_buffered_bytes``. 4096 is well beyond a small server's users."""
     max_buffered_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=positive_int)
     """Server: most stream bytes held over all connections (unacknowledged output plus
     out-of-order and partial input). Beyond it the connection holding the most ends

@@ -35,6 +35,7 @@ from ..errors import DecodeError, LocalProtocolError
 from ..randomness import RandomSource, SystemRandomSource
 from ..ratelimit import KeyedLimiter, RateLimit
 from .addresses import address_key
+from .capacity import OpenConnections
 from .config import TransportConfig
 from .connection import Connection
 from .events import (
@@ -398,7 +399,7 @@ class ServerTransport:
             limit, by reason (``"unknown_connection"``, ``"rate_limited"``,
             ``"half_open_limit"``, ``"retry"``, ``"retry_token_invalid"``,
             ``"retry_token_expired"``, ``"connection_limit"``, ``"buffer_limit"``,
-            ``"handshake_failed"``, ``"decrypt_failed"``, ``"replay"`` ...).
+            ``"connection_refused"``, ``"handshake_failed"``, ``"decrypt_failed"`` ...).
     """
 
     def __init__(
@@ -433,8 +434,8 @@ class ServerTransport:
         # time, so nothing is stored per RETRY but the datagram until it is sent.
         self._retry_key = self._random.token_bytes(32)
         self._retry_out: list[tuple[bytes, Address]] = []
-        # Open connections (announced, not closing), oldest handshake first.
-        self._open: dict[ConnectionId, None] = {}
+        # Open connections (announced, not closing), and which the cap may end.
+        self._open = OpenConnections()
         # Stream bytes held over all connections, and each one's share.
         self._buffered = 0
         self._buffered_by: dict[ConnectionId, int] = {}
@@ -537,6 +538,15 @@ class ServerTransport:
         conn = self._established(connection_id)
         conn.send(payload)
         self._touch(conn)
+
+    def set_protected(self, connection_id: ConnectionId, protected: bool = True) -> None:
+        """Protect a connection from ``max_connections`` (the chat server: a logged-in
+        user's), or stop (a logout): it is never ended to make room, and a newcomer
+        is refused when only protected ones remain (``transport/capacity.py``). An
+        unknown or closed connection is ignored (its end may not be drained yet)."""
+        conn = self._connections.get(connection_id)
+        if conn is not None and not conn.is_closed:
+            self._open.protect(connection_id, protected)
 
     def close(self, connection_id: ConnectionId, now: float, reason: str = "") -> None:
         """Close a connection (the client learns it); then call :meth:`datagrams_to_send`.
@@ -808,16 +818,16 @@ class ServerTransport:
             if self._connections.pop(cid, None) is not None:
                 self._forget_origin(cid)
             self._dirty.pop(cid, None)
-            self._open.pop(cid, None)
+            self._open.forget(cid)
             self._buffered -= self._buffered_by.pop(cid, 0)
             return
         if conn.announced and not conn.is_closed:
             if cid not in self._open:
-                self._open[cid] = None
+                self._open.add(cid, self._origin.get(cid, ""))
                 if len(self._open) > self._config.max_connections:
-                    self._evict_idlest(keep=cid)
+                    self._make_room(newcomer=cid)
         else:
-            self._open.pop(cid, None)
+            self._open.discard(cid)
 
     def _schedule_touched(self) -> None:
         """Put the deadlines of the connections touched since the last time in the heap."""
@@ -836,24 +846,19 @@ class ServerTransport:
         if len(self._heap) > 4 * len(connections) + 64:
             self._rebuild_heap()
 
-    def _evict_idlest(self, *, keep: ConnectionId) -> None:
-        """Over ``max_connections``: end the open connection silent the longest.
-
-        A scan of the open connections, only when a new one goes over the cap."""
-        victim: Connection | None = None
-        for cid in self._open:
-            conn = self._connections[cid]
-            if cid != keep and (victim is None or conn.last_received < victim.last_received):
-                victim = conn
+    def _make_room(self, *, newcomer: ConnectionId) -> None:
+        """Over ``max_connections``: end the unprotected connection ``capacity.py``
+        picks, or refuse the newcomer when only protected (logged-in) ones remain."""
+        connections, limit = self._connections, self._config.max_connections
+        victim = self._open.victim(newcomer, lambda cid: connections[cid].last_received)
         if victim is None:
-            return
-        _count(self.dropped, "connection_limit")
-        victim.abort(
-            CloseCode.SERVER_BUSY,
-            f"server busy: {self._config.max_connections} connections",
-            now=self._now,
-        )
-        self._touch(victim)
+            _count(self.dropped, "connection_refused")
+            victim, reason = newcomer, f"server busy: all {limit} connections in use; try later"
+        else:
+            _count(self.dropped, "connection_limit")
+            reason = f"server busy: {limit} connections; this one was idle the longest"
+        connections[victim].abort(CloseCode.SERVER_BUSY, reason, now=self._now)
+        self._touch(connections[victim])
 
     def _enforce_budget(self) -> None:
         """Over ``max_buffered_bytes``: end the connections holding the most until the

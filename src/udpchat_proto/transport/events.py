@@ -46,8 +46,10 @@ class CloseCode(enum.IntEnum):
     SERVER_KEY_MISMATCH = 4
     """Local (client): the server's static key is not ``expected_server_key``."""
     SERVER_BUSY = 5
-    """The server is at ``max_connections``: it ended the connection that had been
-    silent longest to make room for a new one. Reconnecting later is fine."""
+    """The server is at ``max_connections``: it ended this unprotected (not logged
+    in) connection, the longest silent of the most crowded address prefix, to make
+    room for a new one; or, when only protected ones remained, it refused this new
+    one. The reason says which. Reconnecting later is fine."""
     RESOURCE_LIMIT = 6
     """The server's buffers over all connections exceeded ``max_buffered_bytes``: it
     ended the connection holding the most (unread output, unfinished input)."""

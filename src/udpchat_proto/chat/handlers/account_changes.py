@@ -47,7 +47,7 @@ class AccountChangeRequests(AccountRequests):
         account = self._store.get_account(user)
         if account is None:  # deleted by another session meanwhile
             raise RefusedError(ErrorCode.NOT_LOGGED_IN, "this account no longer exists")
-        self._charge_failure(user, host, now)
+        charge = self._charge_failure(user, host, now)
         self._start_job(
             connection,
             JobKind.PASSWORD_CHECK,
@@ -57,6 +57,7 @@ class AccountChangeRequests(AccountRequests):
             salt=account.password.salt,
             params=account.password.params,
             account=account,
+            failure_charge=charge,
         )
 
     def _still_current(self, connection: ChatConnection, job: PendingJob) -> None:
@@ -72,7 +73,7 @@ class AccountChangeRequests(AccountRequests):
         assert job.account is not None  # (a password check starts from the account)
         if not verify_digest(job.account.password, digest):
             raise RefusedError(ErrorCode.BAD_CREDENTIALS, "wrong password")
-        self._refund_failure(job.username, job.host, now)
+        self._refund_failure(job, now)
         request = job.request
         if isinstance(request, m.ChangePassword):
             self._start_job(

@@ -7,16 +7,16 @@ job, and a finishing half, run when the digest comes back.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
 from ...errors import ErrorCode
-from ...ratelimit import KeyedLimiter
 from .. import messages as m
 from ..connection import ChatConnection, ChatConnectionInput
 from ..core import SALT_SIZE, SESSION_TOUCH_DELAY, ServerCore
 from ..events import UserLoggedIn
+from ..login_budgets import FailureCharge
 from ..password_jobs import HashJob, JobKind, PendingJob
 from ..passwords import PasswordHash, ScryptParams, verify_digest
 from ..remote import RemoteSession
@@ -42,8 +42,10 @@ class AccountRequests(ServerCore):
 
     @handles(m.Register)
     def _on_register(self, connection: ChatConnection, request: m.Register, now: float) -> None:
-        if self._store.get_account(request.username) is not None:
-            raise RefusedError(ErrorCode.USER_EXISTS, f"{request.username} is taken")
+        # No look-up first: a name that is taken (a live account's) or retired (a
+        # deleted one's) is found by create_account once the hash is done, as a
+        # free one is created then. All three cost a registration and a hash, and
+        # a taken and a retired name get the same answer at the same time.
         host = self._host(connection)
         self._check_job_room(host, request.username)
         if not self._registrations.spend(host, now=now):
@@ -138,6 +140,7 @@ class AccountRequests(ServerCore):
         if forgotten is None:
             return
         job, _stale = forgotten
+        self._refund_failure(job, now)  # it proved nothing: no failure to count
         connection = self._waiting_connection(job)
         if connection is None:
             return
@@ -177,8 +180,8 @@ class AccountRequests(ServerCore):
     ) -> None:
         record = PasswordHash(salt=job.salt, params=job.params, digest=digest)
         if not self._store.create_account(job.username, record, self._clock()):
-            # Another connection registered the name while this hash ran (or it
-            # was retired: a deleted account's name).
+            # Taken or retired (a deleted account's name): the same answer, so
+            # that nobody learns which (and a race with another register, too).
             raise RefusedError(ErrorCode.USER_EXISTS, f"{job.username} is taken")
         self._reply(connection, m.Ok(request_id=job.request.request_id))
 
@@ -188,7 +191,7 @@ class AccountRequests(ServerCore):
         self._check_job_room(host, user)
         if not self._logins.available(user, now=now):
             raise RefusedError(ErrorCode.RATE_LIMITED, f"too many logins as {user}; wait a minute")
-        self._charge_failure(user, host, now)
+        charge = self._charge_failure(user, host, now)
         account = self._store.get_account(user)
         if account is None:
             salt, params = self._random.token_bytes(SALT_SIZE), self._config.scrypt
@@ -203,32 +206,26 @@ class AccountRequests(ServerCore):
             salt=salt,
             params=params,
             account=account,
+            failure_charge=charge,
         )
 
-    def _failure_budgets(self, user: str, host: str) -> list[tuple[KeyedLimiter[Any], Any]]:
-        return [
-            (self._user_address_failures, (user, host)),
-            (self._address_failures, host),
-            (self._user_failures, user),
-        ]
-
-    def _charge_failure(self, user: str, host: str, now: float) -> None:
+    def _charge_failure(self, user: str, host: str, now: float) -> FailureCharge:
         """Charge a password check as a failure now, refunded if the password is
-        right: guesses in flight count against the budget at once, however many
-        run in parallel. Refuses once a budget is spent."""
-        spent: list[tuple[KeyedLimiter[Any], Any]] = []
-        for limiter, key in self._failure_budgets(user, host):
-            if not limiter.spend(key, now=now):
-                for charged, charged_key in spent:
-                    charged.refund(charged_key, now=now)
-                raise RefusedError(
-                    ErrorCode.RATE_LIMITED, "too many wrong passwords; wait and try again"
-                )
-            spent.append((limiter, key))
+        right (:mod:`~udpchat_proto.chat.login_budgets`); refuse once a budget is
+        spent. Strangers who keep the user's ceiling spent leave an address that
+        has not failed its own allowance: they do not lock the owner out."""
+        charge = self._login_failures.charge(user, host, now=now)
+        if charge is None:
+            raise RefusedError(
+                ErrorCode.RATE_LIMITED, "too many wrong passwords; wait and try again"
+            )
+        return charge
 
-    def _refund_failure(self, user: str, host: str, now: float) -> None:
-        for limiter, key in self._failure_budgets(user, host):
-            limiter.refund(key, now=now)
+    def _refund_failure(self, job: PendingJob, now: float) -> None:
+        """Give back what :meth:`_charge_failure` charged for ``job``: it was no
+        failure (the right password, or a check that could not run)."""
+        if job.failure_charge is not None:
+            self._login_failures.refund(job.username, job.host, job.failure_charge, now=now)
 
     def _finish_login(
         self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
@@ -239,7 +236,7 @@ class AccountRequests(ServerCore):
         if job.account is None or not verify_digest(job.account.password, digest):
             raise RefusedError(ErrorCode.BAD_CREDENTIALS, "unknown user or wrong password")
         if job.account.disabled:  # (told only to whoever knows the password)
-            self._refund_failure(user, job.host, now)
+            self._refund_failure(job, now)
             raise RefusedError(
                 ErrorCode.ACCOUNT_DISABLED,
                 "this account is disabled by the server's operator; ask them to enable it",
@@ -252,7 +249,7 @@ class AccountRequests(ServerCore):
         # the login counts against the account's successful logins instead (so a
         # guesser's failures never use up the owner's logins). After the writes: a
         # step done again (a deadlock) must not count twice.
-        self._refund_failure(user, job.host, now)
+        self._refund_failure(job, now)
         self._logins.spend(user, now=now)
         self._log_in(connection, user, hashed, now)
         self._reply(
@@ -268,7 +265,12 @@ class AccountRequests(ServerCore):
         salt, params = self._random.token_bytes(SALT_SIZE), self._config.scrypt
         self._jobs.add(
             attrs.evolve(
-                login, kind=JobKind.UPGRADE, salt=salt, params=params, job_id=self._jobs.next_id()
+                login,
+                kind=JobKind.UPGRADE,
+                salt=salt,
+                params=params,
+                job_id=self._jobs.next_id(),
+                failure_charge=None,  # the login's was given back: nothing to refund
             )
         )
         self.stats.hash_jobs += 1
@@ -317,6 +319,7 @@ class AccountRequests(ServerCore):
         salt: bytes,
         params: ScryptParams,
         account: Account | None,
+        failure_charge: FailureCharge | None = None,
     ) -> None:
         job_id = self._jobs.next_id()
         self._jobs.add(
@@ -331,6 +334,7 @@ class AccountRequests(ServerCore):
                 account=account,
                 host=self._host(connection),
                 job_id=job_id,
+                failure_charge=failure_charge,
             )
         )
         connection.job_id = job_id

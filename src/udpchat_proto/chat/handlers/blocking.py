@@ -27,7 +27,11 @@ class BlockRequests(ServerCore):
         me, other = self._me(connection), request.username
         if other == me:
             raise RefusedError(ErrorCode.BAD_REQUEST, "you cannot block yourself")
-        self._require_user(other)
+        # Any valid name, with an account or not (the answer tells nobody which);
+        # capped, as any name may be blocked.
+        limit = self._config.max_blocked_per_user
+        if not self._store.has_blocked(me, other) and len(self._store.blocked_by(me)) >= limit:
+            raise RefusedError(ErrorCode.TOO_MANY_BLOCKED, f"you block {limit} users: unblock some")
         self._store.add_block(me, other, self._clock())
         # What an unfriend and a cancel would tell them; their invitation to the
         # blocker goes silently (it was never to be shown).

@@ -20,7 +20,9 @@ class FriendRequests(ServerCore):
         me, other = self._me(connection), request.username
         if other == me:
             raise RefusedError(ErrorCode.CANNOT_INVITE_SELF, "you cannot invite yourself")
-        self._require_user(other)
+        # Any valid name: one with no account (never, or no longer) keeps the
+        # invitation as a stranger who never answers does, so that the answer does
+        # not tell whether the name has an account.
         if self._store.has_blocked(me, other):
             raise RefusedError(ErrorCode.BAD_REQUEST, f"you block {other}: unblock them first")
         if self._store.are_friends(me, other):
@@ -29,6 +31,7 @@ class FriendRequests(ServerCore):
             raise RefusedError(ErrorCode.ALREADY_INVITED, f"you have already invited {other}")
         if self._store.has_blocked(other, me):
             # The ordinary answer, kept as any invitation is, but never shown to them.
+            self._check_invitation_room(me)
             self._store.add_invitation(me, other, self._clock())
             self._reply(connection, m.Ok(request_id=request.request_id))
             return
@@ -40,9 +43,20 @@ class FriendRequests(ServerCore):
             self._reply(connection, m.Ok(request_id=request.request_id))
             self._push_to_user(other, m.InvitationAnswered(by_user=me, accepted=True))
             return
+        self._check_invitation_room(me)
         self._store.add_invitation(me, other, self._clock())
         self._reply(connection, m.Ok(request_id=request.request_id))
         self._push_to_user(other, m.InvitationReceived(from_user=me))
+
+    def _check_invitation_room(self, me: str) -> None:
+        """Refuse one more waiting invitation beyond ``max_outgoing_invitations``
+        (any name may be invited: without a cap, made-up ones without end)."""
+        limit = self._config.max_outgoing_invitations
+        if len(self._store.outgoing_invitations(me)) >= limit:
+            raise RefusedError(
+                ErrorCode.TOO_MANY_INVITATIONS,
+                f"you have {limit} invitations waiting for an answer: cancel some first",
+            )
 
     @handles(m.AcceptInvitation)
     def _on_accept(

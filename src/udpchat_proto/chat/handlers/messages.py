@@ -116,9 +116,9 @@ class MessageRequests(ServerCore):
         if is_room(to):
             self._require_member(me, to)
             return [member for member in self._store.room_members(to) if member != me]
-        # A friend has an account: the common case needs no account lookup.
         if not self._are_friends(me, to):
-            self._require_user(to)
+            # Whether the name has an account, had one or never had, is nobody's
+            # business but its friends': the same answer, and no look-up.
             raise RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {to}")
         return [to]
 
@@ -129,11 +129,9 @@ class MessageRequests(ServerCore):
         me, peer = self._me(connection), request.peer
         if is_room(peer):
             self._require_member(me, peer)
+        # With a user: what the two exchanged, empty for a stranger whether the
+        # name has an account, had one (its messages stay readable) or never had.
         messages = self._store.history(me, peer, request.limit, request.before)
-        if not messages and not is_room(peer):
-            # A deleted account's messages stay readable; no history and no
-            # account is an unknown user.
-            self._require_user(peer)
         self._reply(connection, m.History(request_id=request.request_id, messages=tuple(messages)))
 
     @handles(m.GetMessageStatus)
