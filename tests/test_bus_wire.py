@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from udpchat_proto import ErrorCode
-from udpchat_proto.chat import ClusterNews, encode
+from udpchat_proto.chat import MAX_NODES, ClusterNews, encode
 from udpchat_proto.chat import messages as m
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import ServerKey
@@ -331,6 +331,12 @@ def test_a_heartbeat_in_parts_is_put_together_and_a_gap_starts_over() -> None:
     heartbeats.add(SnapshotPart("b", 0, 3, ("x",)))
     assert heartbeats.add(SnapshotPart("b", 1, 2, ("y",))) is None
     assert heartbeats.pending == 0
+    # Half-received heartbeats are bounded: the oldest goes.
+    for n in range(MAX_NODES + 1):
+        heartbeats.add(SnapshotPart(f"node{n}", 0, 2, ("x",)))
+    assert heartbeats.pending == MAX_NODES
+    assert heartbeats.add(SnapshotPart("node0", 1, 2, ("y",))) is None  # forgotten
+    assert heartbeats.add(SnapshotPart("node1", 1, 2, ("y",))) == Snapshot("node1", ["x", "y"])
 
 
 def test_a_heartbeat_is_at_most_heartbeat_parts_max_parts() -> None:

@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from udpchat_proto import DecodeError
 from udpchat_proto.chat import (
     MAX_NODE_USERS,
+    MAX_NODES,
     ClusterNews,
     ValidationError,
     check_username,
@@ -472,7 +473,9 @@ def _session(item: Any) -> tuple[bytes, str | None]:
 
 class Heartbeats:
     """Heartbeats in parts, put together (a node's parts arrive in order). A part
-    out of order starts over: the next heartbeat comes 5 s later."""
+    out of order starts over: the next heartbeat comes 5 s later. At most
+    ``MAX_NODES`` nodes' heartbeats are half received at once (as many as a node
+    tracks): beyond, the oldest is dropped."""
 
     def __init__(self) -> None:
         self._partial: dict[str, tuple[int, int, list[str]]] = {}
@@ -490,7 +493,7 @@ class Heartbeats:
         if part.part + 1 == part.parts:
             self._partial.pop(part.node, None)
             return Snapshot(part.node, names)
-        if part.node not in self._partial and len(self._partial) >= MAX_PEERS:
+        if part.node not in self._partial and len(self._partial) >= MAX_NODES:
             del self._partial[next(iter(self._partial))]  # the oldest: likely gone
         self._partial[part.node] = (part.part + 1, part.parts, names)
         return None

@@ -437,14 +437,8 @@ def command(
     }
     if bus is None and (given := [f"--bus-{name}" for name, v in bus_files.items() if v]):
         raise StartupError(f"{given[0]} needs --bus")
-    if bus is not None and not all(
-        one.strip().startswith(("nats://", "tls://")) for one in bus.split(",")
-    ):
-        from .bus import shown_bus  # noqa: PLC0415 (the cluster's module: only then)
-
-        raise StartupError(
-            f"--bus takes nats://HOST:PORT or tls://HOST:PORT, not {shown_bus(bus)!r}"
-        )
+    if bus is not None:
+        _check_bus(bus, bus_files)
     config = _config(
         {
             **limits,
@@ -593,6 +587,24 @@ def _hash_new_passwords(config: ServerConfig) -> Callable[[str, dict[str, Any]],
         return {"user": args.get("user"), "hash": hashed.to_string()}
 
     return prepare
+
+
+def _check_bus(url: str, files: dict[str, Path | None]) -> None:
+    """Refuse a ``--bus`` that cannot work before anything is opened.
+
+    Raises:
+        StartupError: the URL is not NATS's, or a file cannot be used.
+    """
+    from .bus import BusConfigError, BusOptions, shown_bus  # noqa: PLC0415 (only then)
+
+    if not all(one.strip().startswith(("nats://", "tls://")) for one in url.split(",")):
+        raise StartupError(
+            f"--bus takes nats://HOST:PORT or tls://HOST:PORT, not {shown_bus(url)!r}"
+        )
+    try:
+        BusOptions(**files).connect_options(url)
+    except BusConfigError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _join_bus(url: str, secret: bytes, files: dict[str, Path | None]) -> NatsBus:
