@@ -35,6 +35,7 @@ HARNESSES = (
     "client",
     "client_established",
     "server",
+    "bus",
 )
 #: Harnesses that parse the JSON of application messages get its dictionary.
 USES_DICTIONARY = ("codec", "client_established", "server")

@@ -306,6 +306,20 @@ def test_friendships_are_symmetric_and_sorted(store: Store) -> None:
     assert store.friends_of("bob") == []
 
 
+def test_the_friends_of_many_users_come_in_one_read(store: Store) -> None:
+    store.add_friendship("alice", "carol", 1.0)
+    store.add_friendship("bob", "alice", 2.0)
+    many = [f"user{n:04d}" for n in range(1200)]  # more than one chunk of parameters
+    for name in many[::100]:
+        store.add_friendship(name, "alice", 3.0)
+    assert store.friends_of_many([]) == {}
+    found = store.friends_of_many(["alice", "dave", "bob", *many])
+    assert list(found)[:3] == ["alice", "dave", "bob"]
+    assert found["alice"] == store.friends_of("alice") == ["bob", "carol", *many[::100]]
+    assert found["dave"] == [] and found["bob"] == ["alice"]
+    assert all(found[name] == (["alice"] if n % 100 == 0 else []) for n, name in enumerate(many))
+
+
 # --- messages ----------------------------------------------------------------------------
 
 

@@ -1,13 +1,17 @@
 """The cluster's bus on NATS: what this node's batches changed, out; the others', in.
 
-Every node publishes on one subject and listens to it (a node drops its own
-messages). A message is one JSON object with the sending node's id and one of:
+Every node publishes on one subject and listens to it. The subject, and the key
+that seals every message, come from the server's static private key, which only
+the nodes hold: a process that can publish on the NATS server but lacks the key
+can neither find the cluster's subject nor say anything its nodes would believe.
+What a message looks like, and why a node drops one, is in :mod:`.buswire`.
+What the nodes tell each other:
 
 * ``news``: a :class:`~udpchat_proto.chat.ClusterNews` (users with new messages,
-  encoded pushes in base64, ended sessions in hex, caches to forget, who came
-  online or went offline there);
-* ``snapshot``: part of the node's heartbeat, everyone online on it
-  (``part``/``parts``: a long list is split to stay under NATS's payload limit);
+  encoded pushes, ended sessions, caches to forget, who came online or went
+  offline there);
+* ``snapshot``: part of the node's heartbeat, everyone online on it (a long list is
+  split to stay under NATS's payload limit);
 * ``resync``: the sender was cut off from the bus: look for every connection;
 * ``bye``: the sender is stopping: its users are offline now, not in 15 s.
 
@@ -15,98 +19,247 @@ It is core NATS, with no durable log of its own: the database is the only record
 Lost news costs time, never a message (see ``udpchat_proto.chat.cluster``), and
 when the connection to NATS comes back the node looks in the database for every
 connection it has (the news of the gap is gone), so delivery never depends on the
-bus. Presence heals with the next heartbeats.
+bus. Presence heals with the next heartbeats. A message dropped (forged, replayed,
+stale ...) is lost news as well: it is counted by reason (:attr:`NatsBus.dropped`,
+in the server's counters as ``bus_dropped``) and logged at most once a minute.
+
+The NATS server itself may ask for credentials (a user and password or a token in
+the URL, an nkey seed or a creds file) and TLS (``tls://``): :class:`BusOptions`.
 
 nats-py is asyncio-only: the bus runs its own event loop on a thread, and wakes the
-server loop (through its wake-up socket) when something arrived.
+server loop (through its wake-up socket) when something arrived. Messages are
+sealed on that thread, in the order they are published.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import collections
 import logging
+import os
+import ssl
 import threading
-import uuid
+import time
+import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import orjson
 
 from udpchat_proto.chat import ClusterNews
 
-__all__ = ["SUBJECT", "Bye", "Heard", "NatsBus", "News", "Snapshot"]
+from .buswire import (
+    NODE_SIZE,
+    BusDropError,
+    BusKeys,
+    Bye,
+    Heard,
+    Heartbeats,
+    News,
+    Opener,
+    Resync,
+    Sealer,
+    Snapshot,
+    SnapshotPart,
+    bye_body,
+    news_body,
+    parse,
+    resync_body,
+    snapshot_bodies,
+)
+
+__all__ = [
+    "SUBJECT",
+    "BusConfigError",
+    "BusOptions",
+    "Bye",
+    "Heard",
+    "NatsBus",
+    "News",
+    "Snapshot",
+    "shown_bus",
+]
 
 log = logging.getLogger(__name__)
 
 SUBJECT: Final = "udpchat.cluster"
-"""The prefix of a cluster's subject: ``udpchat.cluster.CLUSTER``, where CLUSTER
-names the server key its nodes share, so that two clusters on one NATS never
-hear each other."""
+"""The prefix of a cluster's subject: ``udpchat.cluster.TOKEN``, where TOKEN is
+derived from the private key its nodes share (:class:`~.buswire.BusKeys`): two
+clusters on one NATS never hear each other, and nobody without the key can name
+the subject."""
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds :meth:`NatsBus.start` waits for NATS before serving without it."""
 RETRY_INTERVAL: Final = 2.0
 """Seconds between attempts to reach NATS when it was away at start."""
-SNAPSHOT_PART: Final = 2000
-"""Names per heartbeat message (about 70 KB at most: NATS takes 1 MB by default)."""
 MAX_MESSAGE: Final = 512 * 1024
 """Largest news message sent whole (NATS refuses over 1 MB by default)."""
-PARTS_MAX: Final = 64
-"""Most nodes whose heartbeat may be half received at once (a bound on memory)."""
+DROP_LOG_INTERVAL: Final = 60.0
+"""Shortest time between two log lines about dropped bus messages."""
+
+
+class BusConfigError(Exception):
+    """The bus's options cannot be used (the message says which and why)."""
 
 
 @attrs.frozen
-class News:
-    """Another node's :class:`~udpchat_proto.chat.ClusterNews`."""
+class BusOptions:
+    """How a node authenticates to the NATS server, beyond what the URL says
+    (``nats://USER:PASSWORD@HOST:PORT``, ``nats://TOKEN@HOST:PORT``).
 
-    node: str
-    news: ClusterNews
+    Attributes:
+        creds: a NATS credentials file (a user JWT and its nkey seed).
+        nkey: a file holding an nkey seed (``SU...``).
+        ca: CA certificates (PEM) that the NATS server's certificate must chain
+            to (TLS; the system's by default).
+        cert: this node's certificate (PEM), when the server asks for one.
+        key: the private key of ``cert``, if it is not in the same file.
+    """
+
+    creds: Path | None = None
+    nkey: Path | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def connect_options(self, url: str) -> dict[str, Any]:
+        """nats-py's ``connect()`` arguments for these options.
+
+        Raises:
+            BusConfigError: a file cannot be read or used, options that do not go
+                together, or the nkeys package is missing.
+        """
+        tls = any(u.strip().startswith("tls://") for u in url.split(","))
+        if (self.ca or self.cert) and not tls:
+            raise BusConfigError("--bus-ca and --bus-cert need a tls:// --bus URL")
+        if self.key and not self.cert:
+            raise BusConfigError("--bus-key goes with --bus-cert")
+        if self.creds and self.nkey:
+            raise BusConfigError("give --bus-creds or --bus-nkey, not both")
+        options: dict[str, Any] = {}
+        if self.creds is not None:
+            text = _read(self.creds, "--bus-creds")
+            if "USER JWT" not in text or "NKEY SEED" not in text:
+                raise BusConfigError(f"--bus-creds {self.creds}: not a NATS credentials file")
+            _need_nkeys("--bus-creds")
+            options["user_credentials"] = str(self.creds)
+        if self.nkey is not None:
+            seed = _read(self.nkey, "--bus-nkey").strip()
+            nkeys = _need_nkeys("--bus-nkey")
+            try:
+                nkeys.from_seed(seed.encode())
+            except Exception:
+                raise BusConfigError(f"--bus-nkey {self.nkey}: not an nkey seed") from None
+            options["nkeys_seed"] = str(self.nkey)
+        if tls:
+            options["tls"] = self.tls_context()
+        return options
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context: the server's certificate checked against ``ca`` (or the
+        system's CAs) and its name; this node's certificate if given.
+
+        Raises:
+            BusConfigError: a file cannot be read, or is not what it should be.
+        """
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.ca) if self.ca is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise BusConfigError(f"--bus-ca {self.ca}: {_why(exc)}") from None
+        if self.cert is not None:
+            try:
+                context.load_cert_chain(
+                    str(self.cert), str(self.key) if self.key is not None else None
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise BusConfigError(f"--bus-cert {self.cert}: {_why(exc)}") from None
+        return context
 
 
-@attrs.frozen
-class Snapshot:
-    """Another node's heartbeat: everyone online on it."""
-
-    node: str
-    users: list[str]
-
-
-@attrs.frozen
-class Bye:
-    """Another node is stopping."""
-
-    node: str
+def _read(path: Path, option: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BusConfigError(f"{option} {path}: {_why(exc)}") from None
 
 
-Heard = News | Snapshot | Bye
+def _why(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _need_nkeys(option: str) -> Any:
+    try:
+        import nkeys  # type: ignore[import-untyped]  # noqa: PLC0415 (only for nkeys)
+    except ImportError:
+        raise BusConfigError(
+            f"{option} needs the nkeys package: pip install 'udpchat-proto[cluster]'"
+        ) from None
+    return nkeys
+
+
+def shown_bus(url: str) -> str:
+    """``--bus`` fit for a log line: without a password or a token."""
+    shown = []
+    for one in url.split(","):
+        parts = urllib.parse.urlsplit(one.strip())
+        if parts.username is None and parts.password is None:
+            shown.append(one.strip())
+            continue
+        user = "***" if parts.password is None else f"{parts.username}:***"
+        host = parts.netloc.rpartition("@")[2]
+        shown.append(urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}")))
+    return ",".join(shown)
 
 
 class NatsBus:
     """One node's connection to the cluster's NATS.
 
     Args:
-        url: ``nats://HOST:PORT``.
-        cluster: the cluster's name on the bus (a subject token: the nodes derive
-            it from the key they share).
+        url: ``nats://HOST:PORT`` or ``tls://HOST:PORT``, with credentials if the
+            NATS server asks for them (several, separated by commas).
+        secret: what the nodes share and nobody else has: the server's static
+            private key. The subject and the message keys are derived from it.
+        options: credentials and TLS files.
         wake: called (from the bus's thread) when something arrived.
+        clock: the wall clock (seconds since the epoch) that dates and checks
+            each message.
+
+    Raises:
+        BusConfigError: ``options`` cannot be used.
     """
 
     def __init__(
-        self, url: str, cluster: str = "default", wake: Callable[[], None] = lambda: None
+        self,
+        url: str,
+        secret: bytes,
+        *,
+        options: BusOptions | None = None,
+        wake: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
-        self.subject = f"{SUBJECT}.{cluster}"
+        self.shown_url = shown_bus(url)
+        """The URL for log lines (no password, no token)."""
+        self._connect_options = (options or BusOptions()).connect_options(url)
+        keys = BusKeys.derive(secret)
+        self.subject = f"{SUBJECT}.{keys.subject_token}"
         """Where every node of this cluster publishes (and listens for the others)."""
         self.wake = wake
-        self.node = uuid.uuid4().hex
-        """This node's id: its own messages come back from NATS and are dropped."""
+        node = os.urandom(NODE_SIZE)
+        self.node = node.hex()
+        """This node's id, new at each start (so its counter starts at 0 again)."""
+        self._sealer = Sealer(keys, node, clock)
+        self._opener = Opener(keys, node, clock)
+        self._heartbeats = Heartbeats()
         self._lock = threading.Lock()
         self._heard: list[Heard] = []
-        self._parts: dict[str, list[str]] = {}
-        """Heartbeats arriving in parts, by node (a node's parts arrive in order)."""
         self._resync = False
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._unlogged: collections.Counter[str] = collections.Counter()
+        self._drops_logged_at = -DROP_LOG_INTERVAL
+        self._last_error = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="udpchat-bus", daemon=True)
         self._nc: Any = None
@@ -128,49 +281,41 @@ class NatsBus:
         self._thread.start()
         if not self._first_try.wait(CONNECT_TIMEOUT) or not self.connected:
             log.warning(
-                "cannot reach the bus at %s yet: serving without it, and trying again", self.url
+                "cannot reach the bus at %s yet%s: serving without it, and trying again",
+                self.shown_url,
+                f" ({self._last_error})" if self._last_error else "",
             )
 
     def publish(self, news: ClusterNews) -> None:
         """Tell the other nodes what this node's batches changed (never blocks);
         news too large for one NATS message goes in halves."""
-        payload = self._encode(news)
-        if len(payload) > MAX_MESSAGE and _count(news) > 1:
+        body = news_body(news)
+        if len(body) > MAX_MESSAGE and _count(news) > 1:
             for half in _halves(news):
                 self.publish(half)
             return
-        self._send(payload)
-
-    def _encode(self, news: ClusterNews) -> bytes:
-        body = {
-            "node": self.node,
-            "news": {
-                "users": news.users,
-                "pushes": [[u, base64.b64encode(p).decode()] for u, p in news.pushes],
-                "sessions": [[h.hex(), reason] for h, reason in news.sessions],
-                "forget": news.forget,
-                "online": news.online,
-                "offline": news.offline,
-            },
-        }
-        return orjson.dumps(body)
+        self._send(body)
 
     def heartbeat(self, online: list[str]) -> None:
         """Tell the other nodes everyone online here (in parts if it is long)."""
-        parts = [online[i : i + SNAPSHOT_PART] for i in range(0, len(online), SNAPSHOT_PART)]
-        parts = parts or [[]]
-        for index, part in enumerate(parts):
-            body = {"node": self.node, "snapshot": part, "part": index, "parts": len(parts)}
-            self._send(orjson.dumps(body))
+        for body in snapshot_bodies(online):
+            self._send(body)
 
     def goodbye(self) -> None:
         """Tell the other nodes that this one is stopping (its users go offline)."""
-        self._send(orjson.dumps({"node": self.node, "bye": True}))
+        self._send(bye_body())
 
     @property
     def connected(self) -> bool:
         """Whether messages flow now (False while NATS is away)."""
         return self._nc is not None and bool(self._nc.is_connected)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Messages from the bus dropped since the start, by reason (see
+        :data:`~.buswire.DROP_REASONS`)."""
+        with self._lock:
+            return dict(self._dropped)
 
     def take(self) -> tuple[list[Heard], bool]:
         """What the other nodes told since the last call, in order, and whether the
@@ -207,76 +352,67 @@ class NatsBus:
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
+                    no_echo=True,  # its own messages never come back (one that does is a replay)
                     reconnected_cb=self._reconnected,
                     disconnected_cb=self._disconnected,
                     error_cb=self._error,
+                    **self._connect_options,
                 )
                 await self._nc.subscribe(self.subject, cb=self._received)
             except Exception as exc:  # not reachable (yet): serve without it, try again
-                log.debug("connecting to the bus at %s: %s", self.url, exc)
+                self._last_error = str(exc)
+                log.debug("connecting to the bus at %s: %s", self.shown_url, exc)
                 self._first_try.set()
                 first = False
                 await asyncio.sleep(RETRY_INTERVAL)
                 continue
             self._first_try.set()
             if not first:
-                log.info("reached the bus at %s", self.url)
+                log.info("reached the bus at %s", self.shown_url)
             await self._reconnected()  # whatever was published meanwhile was lost
             return
         self._first_try.set()
 
     async def _received(self, msg: Any) -> None:
         try:
-            body = orjson.loads(msg.data)
-            node = body["node"]
-            if node == self.node or not isinstance(node, str):
-                return
-            heard = self._parse(node, body)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error):
-            log.debug("a malformed message on %s ignored", self.subject)
+            node, body = self._opener.open(msg.data)
+            said = parse(node.hex(), body)
+        except BusDropError as drop:
+            self._drop(drop)
             return
+        heard: Heard | None = None
+        if isinstance(said, SnapshotPart):
+            heard = self._heartbeats.add(said)
+        elif isinstance(said, Bye):
+            self._heartbeats.forget(said.node)
+            heard = said
+        elif isinstance(said, News):
+            heard = said
         with self._lock:
             if heard is not None:
                 self._heard.append(heard)
-            self._resync |= body.get("resync") is True
+            self._resync |= isinstance(said, Resync)
         self.wake()
 
-    def _parse(self, node: str, body: dict[str, Any]) -> Heard | None:
-        """The message as the server loop takes it (None: nothing for it yet).
-
-        Raises:
-            KeyError, TypeError, ValueError, binascii.Error: a malformed message.
-        """
-        if "news" in body:
-            news = body["news"]
-            return News(
-                node,
-                ClusterNews(
-                    users=_names(news["users"]),
-                    pushes=tuple((str(u), base64.b64decode(p)) for u, p in news["pushes"]),
-                    sessions=tuple(
-                        (bytes.fromhex(h), None if r is None else str(r))
-                        for h, r in news["sessions"]
-                    ),
-                    forget=_names(news["forget"]),
-                    online=_names(news["online"]),
-                    offline=_names(news["offline"]),
-                ),
-            )
-        if "snapshot" in body:
-            part, parts = int(body["part"]), int(body["parts"])
-            names = [*self._parts.pop(node, [])] if part > 0 else []
-            names.extend(_names(body["snapshot"]))
-            if part + 1 < parts:
-                if len(self._parts) >= PARTS_MAX:  # halves of gone nodes: forget them
-                    self._parts.clear()
-                self._parts[node] = names
-                return None
-            return Snapshot(node, names)
-        if body.get("bye") is True:
-            self._parts.pop(node, None)
-            return Bye(node)
-        return None
+    def _drop(self, drop: BusDropError) -> None:
+        log.debug("a message on the bus dropped: %s", drop)
+        now = time.monotonic()
+        with self._lock:
+            self._dropped[drop.reason] += 1
+            self._unlogged[drop.reason] += 1
+            if now - self._drops_logged_at < DROP_LOG_INTERVAL:
+                return
+            unlogged, self._unlogged = self._unlogged, collections.Counter()
+            self._drops_logged_at = now
+        log.warning(
+            "dropped %d message(s) on the bus since the last report (%s)%s",
+            sum(unlogged.values()),
+            ", ".join(f"{reason} {count}" for reason, count in sorted(unlogged.items())),
+            # Only a holder of the key can seal; others' messages are noise, or worse.
+            ": someone without the cluster's key publishes on its subject"
+            if unlogged.keys() & {"forged", "replayed"}
+            else "",
+        )
 
     async def _reconnected(self) -> None:
         # Messages were lost both ways meanwhile: this node looks for all of its
@@ -285,22 +421,28 @@ class NatsBus:
         with self._lock:
             self._resync = True
         self.wake()
-        await self._nc.publish(self.subject, orjson.dumps({"node": self.node, "resync": True}))
+        self._publish(resync_body())
 
     async def _disconnected(self) -> None:
         if not self._closing:
-            log.warning("lost the bus at %s: reconnecting (deliveries go on, later)", self.url)
+            log.warning(
+                "lost the bus at %s: reconnecting (deliveries go on, later)", self.shown_url
+            )
 
     async def _error(self, exc: Exception) -> None:
         # nats-py reports every failed reconnection attempt here: the disconnect was
-        # logged once already.
+        # logged once already (and start() names the last error if it never came).
+        self._last_error = str(exc)
         log.debug("bus: %s", exc)
 
-    def _send(self, payload: bytes) -> None:
-        self._loop.call_soon_threadsafe(self._publish, payload)
+    def _send(self, body: bytes) -> None:
+        self._loop.call_soon_threadsafe(self._publish, body)
 
-    def _publish(self, payload: bytes) -> None:
+    def _publish(self, body: bytes) -> None:
+        # Sealed here, on the bus's thread, in the order of publication: the
+        # counters reach the other nodes in order (one connection keeps it).
         if self._nc is not None and self._nc.is_connected:
+            payload = self._sealer.seal(body)
             self._loop.create_task(self._nc.publish(self.subject, payload))
 
     async def _close(self) -> None:
@@ -313,17 +455,6 @@ class NatsBus:
             except Exception:  # closing: nothing left to do about it
                 log.debug("closing the bus", exc_info=True)
         self._loop.stop()
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    """A list of names from the wire (only strings kept).
-
-    Raises:
-        TypeError: not a list.
-    """
-    if not isinstance(value, list):
-        raise TypeError("a list of names was expected")
-    return tuple(v for v in value if isinstance(v, str))
 
 
 def _count(news: ClusterNews) -> int:

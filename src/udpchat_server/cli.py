@@ -31,7 +31,6 @@ try:
 except ValueError:  # imported from another thread than the main one
     _sigterm_before = None
 try:
-    import hashlib
     import logging
     import os
     import socket
@@ -341,7 +340,38 @@ def _metrics_address(text: str) -> tuple[str, int]:
     default=None,
     metavar="nats://HOST:PORT",
     help="Join a cluster: the NATS server its nodes tell each other on (they share the "
-    "PostgreSQL --db and the --key-file).",
+    "PostgreSQL --db and the --key-file). nats://USER:PASSWORD@HOST:PORT or "
+    "nats://TOKEN@HOST:PORT if it asks; tls://HOST:PORT for TLS.",
+)
+@click.option(
+    "--bus-creds",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A NATS credentials file (user JWT and nkey seed) for the --bus server.",
+)
+@click.option(
+    "--bus-nkey",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A file holding the nkey seed (SU...) this node signs in to the --bus server with.",
+)
+@click.option(
+    "--bus-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CA certificates (PEM) for a tls:// --bus [default: the system's].",
+)
+@click.option(
+    "--bus-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="This node's certificate (PEM) for a tls:// --bus that asks for one.",
+)
+@click.option(
+    "--bus-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The private key (PEM) of --bus-cert, if not in the same file.",
 )
 @click.option(
     "--scrypt-n",
@@ -375,6 +405,11 @@ def command(
     retain_days: float | None,
     public_presence: bool,
     bus: str | None,
+    bus_creds: Path | None,
+    bus_nkey: Path | None,
+    bus_ca: Path | None,
+    bus_cert: Path | None,
+    bus_key: Path | None,
     **limits: Any,
 ) -> None:
     """Run the udpchat server."""
@@ -400,8 +435,17 @@ def command(
     signal.signal(signal.SIGTERM, on_signal)
     if bus is not None and not is_postgres_url(db):
         raise StartupError("--bus joins a cluster: its nodes share a PostgreSQL --db")
-    if bus is not None and not bus.startswith(("nats://", "tls://")):
-        raise StartupError(f"--bus takes nats://HOST:PORT, not {bus!r}")
+    bus_files = {
+        "creds": bus_creds,
+        "nkey": bus_nkey,
+        "ca": bus_ca,
+        "cert": bus_cert,
+        "key": bus_key,
+    }
+    if bus is None and (given := [f"--bus-{name}" for name, v in bus_files.items() if v]):
+        raise StartupError(f"{given[0]} needs --bus")
+    if bus is not None:
+        _check_bus(bus, bus_files)
     config = _config(
         {
             **limits,
@@ -435,9 +479,10 @@ def command(
                 metrics=metrics,
                 config=config,
             )
-            # The nodes of one cluster share the key: its hash names their subject.
-            cluster_name = hashlib.sha256(key.public_bytes).hexdigest()[:16]
-            node_bus = _join_bus(bus, cluster_name) if bus is not None else None
+            # The nodes of one cluster share the key, and only they have it: the
+            # bus's subject and the key of its messages come from its private half.
+            if bus is not None:
+                node_bus = _join_bus(bus, key.private_bytes, bus_files)
             loop = ServerLoop(
                 server=server,
                 store=store,
@@ -551,23 +596,44 @@ def _hash_new_passwords(config: ServerConfig) -> Callable[[str, dict[str, Any]],
     return prepare
 
 
-def _join_bus(url: str, cluster: str) -> NatsBus:
+def _check_bus(url: str, files: dict[str, Path | None]) -> None:
+    """Refuse a ``--bus`` that cannot work before anything is opened.
+
+    Raises:
+        StartupError: the URL is not NATS's, or a file cannot be used.
+    """
+    from .bus import BusConfigError, BusOptions, shown_bus  # noqa: PLC0415 (only then)
+
+    if not all(one.strip().startswith(("nats://", "tls://")) for one in url.split(",")):
+        raise StartupError(
+            f"--bus takes nats://HOST:PORT or tls://HOST:PORT, not {shown_bus(url)!r}"
+        )
+    try:
+        BusOptions(**files).connect_options(url)
+    except BusConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _join_bus(url: str, secret: bytes, files: dict[str, Path | None]) -> NatsBus:
     """The cluster's bus, connected or trying to (see :meth:`NatsBus.start`).
 
     Raises:
-        StartupError: nats-py is missing.
+        StartupError: nats-py is missing, or the bus's files cannot be used.
     """
     try:
-        from .bus import NatsBus  # noqa: PLC0415 (nats-py: optional)
+        from .bus import BusConfigError, BusOptions, NatsBus  # noqa: PLC0415 (nats-py: optional)
 
-        joined = NatsBus(url, cluster)
+        try:
+            joined = NatsBus(url, secret, options=BusOptions(**files))
+        except BusConfigError as exc:
+            raise StartupError(str(exc)) from None
         joined.start()
     except ImportError as exc:
         raise StartupError(
             f"--bus needs nats-py: pip install 'udpchat-proto[cluster]' ({exc})"
         ) from None
     if joined.connected:
-        log.info("joined the bus at %s", url)
+        log.info("joined the bus at %s", joined.shown_url)
     return joined
 
 

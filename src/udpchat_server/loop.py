@@ -379,6 +379,10 @@ class ServerLoop:
         metrics): datagrams, drops by reason, connections, sessions, messages,
         commits and refusals by code."""
         stats = self._server.stats
+        cluster: dict[str, Any] = {}
+        if self._bus is not None:  # what the other nodes said that this one did not take
+            cluster["bus_dropped"] = dict(sorted(self._bus.dropped.items()))
+            cluster["remote_names_ignored"] = stats.remote_names_ignored
         return {
             "datagrams_in": self.datagrams_received,
             "datagrams_out": self.datagrams_sent,
@@ -401,6 +405,7 @@ class ServerLoop:
             "violations": stats.violations,
             "decode_errors": dict(sorted(stats.decode_errors.items())),
             "internal_errors": stats.internal_errors,
+            **cluster,
         }
 
     def _report(self, server: ChatServer) -> None:

@@ -44,6 +44,7 @@ _COUNTERS: Final = (
 _LABELLED: Final = (
     ("udpchat_datagrams_dropped", "dropped", "reason", "Datagrams dropped, by reason."),
     ("udpchat_refusals", "refusals", "code", "Requests refused, by error code."),
+    ("udpchat_bus_dropped", "bus_dropped", "reason", "Cluster bus messages dropped, by reason."),
 )
 #: Gauges: (name, key, help).
 _GAUGES: Final = (

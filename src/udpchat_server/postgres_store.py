@@ -670,6 +670,17 @@ class PostgresStore:
             username,
         )
 
+    def friends_of_many(self, usernames: list[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {name: [] for name in usernames}
+        rows = self._read().execute(
+            "SELECT username, friend FROM friendships WHERE username = ANY(%s) "
+            'ORDER BY username, friend COLLATE "C"',
+            (list(found),),
+        )
+        for username, friend in rows:
+            found[username].append(friend)
+        return found
+
     def add_block(self, username: str, blocked: str, now: float) -> bool:
         cursor = self._write().execute(
             "INSERT INTO blocks (username, blocked, created_at) VALUES (%s, %s, %s) "

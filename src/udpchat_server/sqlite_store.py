@@ -963,6 +963,22 @@ class SQLiteStore:
         )
         return [name for (name,) in rows]
 
+    def friends_of_many(self, usernames: list[str]) -> dict[str, list[str]]:
+        """The friends of each of ``usernames`` (sorted; ``[]`` for none)."""
+        found: dict[str, list[str]] = {name: [] for name in usernames}
+        names = list(found)
+        for start in range(0, len(names), _IN_CHUNK):
+            chunk = names[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT username, friend FROM friendships WHERE username IN ({marks}) "
+                "ORDER BY username, friend",
+                chunk,
+            )
+            for username, friend in rows:
+                found[username].append(friend)
+        return found
+
     # --- blocks ------------------------------------------------------------------------
 
     def add_block(self, username: str, blocked: str, now: float) -> bool:

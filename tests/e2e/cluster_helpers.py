@@ -31,20 +31,23 @@ def free_port() -> int:
 
 
 class Nats:
-    """A private nats-server on a loopback port, to stop and start at will."""
+    """A private nats-server on a loopback port, to stop and start at will, with
+    ``options`` for it (``--auth TOKEN``, ``--tls`` ...; ``scheme``: its URL's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str, scheme: str = "nats") -> None:
         require_nats()  # (skips where the machine has no NATS at all)
         self.port = free_port()
+        self.options = options
+        self.scheme = scheme
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> Nats:
         self.proc = subprocess.Popen(
-            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port)],
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), *self.options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from . import messages
 from .client import ClientConnection, ClientState
-from .cluster import HEARTBEAT_INTERVAL, NODE_TIMEOUT
+from .cluster import HEARTBEAT_INTERVAL, MAX_NODE_USERS, MAX_NODES, NODE_TIMEOUT
 from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
 from .config import ServerConfig
 from .events import (
@@ -78,6 +78,8 @@ __all__ = [
     "CODEC_VERSION",
     "HEARTBEAT_INTERVAL",
     "MAX_ENCODED_SIZE",
+    "MAX_NODES",
+    "MAX_NODE_USERS",
     "MAX_TEXT_BYTES",
     "NODE_TIMEOUT",
     "STORE_READS",

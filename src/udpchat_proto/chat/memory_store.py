@@ -316,6 +316,10 @@ class MemoryStore:
         """The friends of ``username`` (sorted)."""
         return sorted(self._friends.get(username, ()))
 
+    def friends_of_many(self, usernames: list[str]) -> dict[str, list[str]]:
+        """The friends of each of ``usernames`` (sorted; ``[]`` for none)."""
+        return {name: sorted(self._friends.get(name, ())) for name in usernames}
+
     def add_block(self, username: str, blocked: str, now: float) -> bool:
         """Record that ``username`` blocks ``blocked``; False if it already did."""
         blocks = self._blocks.setdefault(username, set())

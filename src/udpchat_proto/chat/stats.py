@@ -58,6 +58,9 @@ class ServerStats:
     """Batches whose commit failed: their answers became ``unavailable``."""
     steps_retried: int = 0
     """Requests done again because they lost a race with another node's writes."""
+    remote_names_ignored: int = 0
+    """Names other nodes said were online that this node did not keep: beyond
+    ``MAX_NODE_USERS`` for one node, or from a node beyond ``MAX_NODES``."""
     last_store_failure: StoreUnavailableError | None = attrs.field(default=None, eq=False)
     """The latest store failure, for logging."""
     last_internal_error: BaseException | None = attrs.field(default=None, eq=False)

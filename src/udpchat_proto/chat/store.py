@@ -293,6 +293,13 @@ class Store(Protocol):
         """The friends of ``username`` (sorted)."""
         ...
 
+    def friends_of_many(self, usernames: list[str]) -> dict[str, list[str]]:
+        """The friends of each of ``usernames`` (sorted), in one read: every name
+        asked is a key, with ``[]`` for none. A cluster's node reads those of all
+        its users at once when another node's presence changes (never a read per
+        name)."""
+        ...
+
     def add_block(self, username: str, blocked: str, now: float) -> bool:
         """Record that ``username`` blocks ``blocked``; False if it already did."""
         ...
@@ -422,6 +429,7 @@ STORE_READS: Final = frozenset(
         "outgoing_invitations",
         "are_friends",
         "friends_of",
+        "friends_of_many",
         "has_blocked",
         "blocked_by",
         "blockers_of",

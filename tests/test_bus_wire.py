@@ -1,0 +1,349 @@
+"""The cluster bus's wire, without NATS: only a holder of the server's private key
+can name the cluster's subject or seal a message its nodes take; a forgery, an
+edit, a replay or a stale message is dropped with its reason; what an authentic
+message may say is bounded."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from udpchat_proto import ErrorCode
+from udpchat_proto.chat import MAX_NODES, ClusterNews, encode
+from udpchat_proto.chat import messages as m
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport import ServerKey
+from udpchat_server.buswire import (
+    FRESHNESS,
+    HEADER,
+    HEARTBEAT_PARTS_MAX,
+    MAX_PEERS,
+    MAX_RECEIVED,
+    SNAPSHOT_PART,
+    BusDropError,
+    BusKeys,
+    Bye,
+    Heartbeats,
+    News,
+    Opener,
+    Resync,
+    Sealer,
+    Snapshot,
+    SnapshotPart,
+    bye_body,
+    news_body,
+    parse,
+    resync_body,
+    snapshot_bodies,
+)
+
+KEY = ServerKey.generate(SeededRandomSource("bus-wire"))
+KEYS = BusKeys.derive(KEY.private_bytes)
+SENDER = bytes(range(16))
+RECEIVER = bytes(range(16, 32))
+NEWS = ClusterNews(
+    users=("bob",),
+    pushes=(("bob", encode(m.InvitationReceived(from_user="alice"))),),
+    sessions=((b"\x07" * 32, "revoked"), (b"\x08" * 32, None)),
+    forget=("carol",),
+    online=("alice",),
+    offline=("dave",),
+)
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reason(opener: Opener, data: bytes) -> str:
+    with pytest.raises(BusDropError) as dropped:
+        opener.open(data)
+    return dropped.value.reason
+
+
+def test_the_subject_comes_from_the_private_key_and_not_from_the_public() -> None:
+    token = KEYS.subject_token
+    assert len(token) == 32
+    public = KEY.public_bytes
+    # Whatever anyone can compute from the public key (the clients all have it):
+    from_public = {
+        hashlib.sha256(public).hexdigest(),
+        hashlib.blake2b(public).hexdigest(),
+        BusKeys.derive(public).subject_token,
+        public.hex(),
+    }
+    assert not any(token in candidate for candidate in from_public)
+    # ... where the old subject was the SHA-256 of the public key:
+    assert token != hashlib.sha256(public).hexdigest()[:16]
+    expected = HKDF(
+        algorithm=hashes.SHA256(), length=16, salt=None, info=b"udpchat cluster bus subject v1"
+    ).derive(KEY.private_bytes)
+    assert token == expected.hex()
+    other = ServerKey.generate(SeededRandomSource("another cluster"))
+    assert BusKeys.derive(other.private_bytes).subject_token != token
+    # Two private keys that X25519 clamps to one public key: same public key,
+    # different subjects (it is the private bytes that name it).
+    twin = ServerKey(bytes([KEY.private_bytes[0] ^ 1]) + KEY.private_bytes[1:])
+    assert twin.public_bytes == public
+    assert BusKeys.derive(twin.private_bytes).subject_token != token
+    assert KEYS.message_key not in (KEY.private_bytes, expected)
+    assert KEYS.message_key.hex() not in repr(KEYS)
+
+
+def test_what_a_node_seals_another_opens_once_and_reads_back() -> None:
+    clock = Clock()
+    sealer, opener = Sealer(KEYS, SENDER, clock), Opener(KEYS, RECEIVER, clock)
+    node = SENDER.hex()
+    said = []
+    for body in (news_body(NEWS), *snapshot_bodies(["ann", "ben"]), resync_body(), bye_body()):
+        sender, opened = opener.open(sealer.seal(body))
+        assert sender == SENDER and opened == body
+        said.append(parse(sender.hex(), opened))
+    assert said == [
+        News(node, NEWS),
+        SnapshotPart(node, 0, 1, ("ann", "ben")),
+        Resync(node),
+        Bye(node),
+    ]
+
+
+def test_forgeries_and_edits_are_dropped_and_a_genuine_message_still_opens() -> None:
+    clock = Clock()
+    sealer, opener = Sealer(KEYS, SENDER, clock), Opener(KEYS, RECEIVER, clock)
+    genuine = sealer.seal(news_body(NEWS))
+    size = HEADER.size
+    # What the previous release took: plain JSON naming a node, with a push.
+    forged_json = orjson.dumps(
+        {"node": "a" * 32, "news": {"users": [], "pushes": [["bob", "AXt9"]], "sessions": []}}
+    )
+    other_keys = BusKeys.derive(ServerKey.generate(SeededRandomSource("x")).private_bytes)
+    edits = {
+        "plain JSON": (forged_json, "malformed"),
+        "random bytes": (bytes(range(256)) * 3, "malformed"),
+        "empty": (b"", "malformed"),
+        "no tag": (genuine[: size + 3], "malformed"),
+        "another version": (b"\x02" + genuine[1:], "malformed"),
+        "another cluster's key": (Sealer(other_keys, SENDER, clock).seal(b"{}"), "forged"),
+        "garbled tag": (genuine[:-1] + bytes([genuine[-1] ^ 1]), "forged"),
+        "tag cut off": (genuine[:-16] + bytes(16), "forged"),
+        "a body byte flipped": (_flip(genuine, size + 2), "forged"),
+        "the node id changed": (_flip(genuine, 1), "forged"),
+        "the counter changed": (_flip(genuine, 24), "forged"),
+        "the time changed": (_flip(genuine, 32), "forged"),
+        "too large": (genuine + bytes(MAX_RECEIVED), "too_large"),
+    }
+    for name, (data, why) in edits.items():
+        assert reason(opener, data) == why, name
+    # None of them moved anything: the genuine one opens once, then is a replay.
+    assert opener.open(genuine)[0] == SENDER
+    assert reason(opener, genuine) == "replayed"
+    assert opener.open(sealer.seal(bye_body()))[1] == bye_body()
+
+
+def _flip(data: bytes, index: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ 0x40]) + data[index + 1 :]
+
+
+def test_replays_are_dropped_but_a_reordered_message_is_taken_once() -> None:
+    clock = Clock()
+    sealer, opener = Sealer(KEYS, SENDER, clock), Opener(KEYS, RECEIVER, clock)
+    first, second, third = (sealer.seal(bye_body()) for _ in range(3))
+    opener.open(first)
+    opener.open(third)
+    assert reason(opener, first) == "replayed"
+    assert opener.open(second)[0] == SENDER  # late, never seen: taken
+    assert reason(opener, second) == "replayed"
+    assert reason(opener, third) == "replayed"
+    # A message bearing the receiver's own id is one of its own, replayed
+    # (NATS does not echo a node's messages back to it).
+    assert reason(opener, Sealer(KEYS, RECEIVER, clock).seal(bye_body())) == "replayed"
+
+
+def test_a_message_sent_too_far_from_the_receivers_clock_is_stale() -> None:
+    sent = 1_800_000_000.0
+    clock = Clock(sent)
+    sealer, opener = Sealer(KEYS, SENDER, clock), Opener(KEYS, RECEIVER, clock)
+    message = sealer.seal(bye_body())
+    clock.now = sent + FRESHNESS + 1  # received late
+    assert reason(opener, message) == "stale"
+    clock.now = sent - FRESHNESS - 1  # from the future: the receiver's clock is behind
+    assert reason(opener, message) == "stale"
+    clock.now = sent - FRESHNESS + 1  # within FRESHNESS
+    assert opener.open(message)[0] == SENDER
+
+
+def test_a_sender_whose_clock_steps_back_still_dates_messages_in_order() -> None:
+    clock = Clock()
+    sealer = Sealer(KEYS, SENDER, clock)
+    first = sealer.seal(bye_body())
+    clock.now -= 10
+    second = sealer.seal(bye_body())
+    assert HEADER.unpack_from(second)[3] == HEADER.unpack_from(first)[3]
+
+
+def test_a_restarted_node_starts_over_and_its_old_messages_stay_dead() -> None:
+    clock = Clock()
+    opener = Opener(KEYS, RECEIVER, clock)
+    before = Sealer(KEYS, SENDER, clock)
+    captured = [before.seal(bye_body()) for _ in range(3)]
+    for data in captured:
+        opener.open(data)
+    restarted = Sealer(KEYS, bytes(16), clock)  # a new id: counter 0 again
+    assert opener.open(restarted.seal(bye_body()))[0] == bytes(16)
+    # Later, the old id is forgotten, and what was captured of it is stale.
+    clock.now += FRESHNESS + 1
+    opener.open(restarted.seal(bye_body()))
+    opener.open(Sealer(KEYS, b"\x01" * 16, clock).seal(bye_body()))  # (a new node: a sweep)
+    assert opener.peers == 2
+    assert {reason(opener, data) for data in captured} == {"stale"}
+
+
+def test_the_nodes_a_receiver_keeps_counters_for_are_bounded() -> None:
+    clock = Clock()
+    opener = Opener(KEYS, RECEIVER, clock)
+    for n in range(MAX_PEERS):
+        opener.open(Sealer(KEYS, n.to_bytes(16, "big"), clock).seal(bye_body()))
+    one_more = Sealer(KEYS, b"\xff" * 16, clock)
+    assert reason(opener, one_more.seal(bye_body())) == "too_many_nodes"
+    assert opener.peers == MAX_PEERS
+    clock.now += FRESHNESS + 1  # all they sent is stale now: their entries go
+    assert opener.open(one_more.seal(bye_body()))[0] == b"\xff" * 16
+    assert opener.peers == 1
+
+
+def body(**fields: object) -> bytes:
+    return orjson.dumps(fields)
+
+
+def news(**changes: object) -> bytes:
+    fields: dict[str, object] = {
+        "type": "news",
+        "users": [],
+        "pushes": [],
+        "sessions": [],
+        "forget": [],
+        "online": [],
+        "offline": [],
+    }
+    return body(**{**fields, **changes})
+
+
+def b64(payload: bytes) -> str:
+    return base64.b64encode(payload).decode()
+
+
+MESSAGE = m.ChatMessage(
+    id=bytes(16),
+    sender="alice",
+    to="bob",
+    text="FORGED: wire 500 EUR",
+    sent_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("not JSON", b"{"),
+        ("not an object", b"[]"),
+        ("no type", body()),
+        ("unknown type", body(type="shutdown")),
+        ("a list missing", body(type="news")),
+        ("a name not lowercase", news(online=["Alice"])),
+        ("a name with a space", news(users=["bob smith"])),
+        ("a name too long", news(forget=["x" * 33])),
+        ("a name that is a number", news(offline=[5])),
+        ("names not a list", news(users="bob")),
+        ("a push that is an error answer", news(pushes=[["bob", b64(encode(
+            m.ErrorResponse(request_id=7, code=ErrorCode.INTERNAL, message="\x1b[2J")))]])),
+        ("a push that is a message", news(pushes=[["bob", b64(encode(
+            m.MessageDelivered(message=MESSAGE)))]])),
+        ("a push that is presence", news(pushes=[["bob", b64(encode(
+            m.PresenceChanged(username="alice", online=True)))]])),
+        ("a push that does not decode", news(pushes=[["bob", b64(b"\x01{}")]])),
+        ("a push not in base64", news(pushes=[["bob", "!!"]])),
+        ("a push for nobody", news(pushes=[["", b64(encode(m.Unfriended(by_user="a")))]])),
+        ("a push of three", news(pushes=[["bob", "", ""]])),
+        ("a short token hash", news(sessions=[["07" * 31, None]])),
+        ("a token hash not hex", news(sessions=[["zz" * 32, None]])),
+        ("a long reason", news(sessions=[["07" * 32, "x" * 257]])),
+        ("a reason that is a number", news(sessions=[["07" * 32, 3]])),
+        ("a part over its names", body(type="snapshot", part=0, parts=1,
+                                       users=[f"u{n}" for n in range(SNAPSHOT_PART + 1)])),
+        ("too many parts", body(type="snapshot", part=0, parts=HEARTBEAT_PARTS_MAX + 1, users=[])),
+        ("a part past the last", body(type="snapshot", part=2, parts=2, users=[])),
+        ("a negative part", body(type="snapshot", part=-1, parts=2, users=[])),
+        ("a part that is true", body(type="snapshot", part=True, parts=2, users=[])),
+        ("a part that is text", body(type="snapshot", part="0", parts=2, users=[])),
+    ],
+)  # fmt: skip
+def test_an_authentic_message_that_says_what_no_node_says_is_invalid(
+    name: str, data: bytes
+) -> None:
+    with pytest.raises(BusDropError) as dropped:
+        parse("node", data)
+    assert dropped.value.reason == "invalid", name
+
+
+def test_every_push_a_node_hands_to_another_passes() -> None:
+    pushes: list[m.Push] = [
+        m.InvitationReceived(from_user="alice"),
+        m.InvitationAnswered(by_user="bob", accepted=True),
+        m.InvitationCancelled(by_user="bob"),
+        m.Unfriended(by_user="bob"),
+        m.RoomMembershipChanged(room="#r", username="bob", joined=False),
+        m.DeliveryReceipts(
+            receipts=(
+                m.DeliveryReceipt(message_id=bytes(16), to="bob", delivered_at=MESSAGE.sent_at),
+            )
+        ),
+    ]
+    said = parse("n", news(pushes=[["bob", b64(encode(p))] for p in pushes]))
+    assert isinstance(said, News)
+    assert [payload for _user, payload in said.news.pushes] == [encode(p) for p in pushes]
+
+
+def test_a_heartbeat_in_parts_is_put_together_and_a_gap_starts_over() -> None:
+    names = [f"user{n:05d}" for n in range(4500)]
+    bodies = snapshot_bodies(names)
+    assert len(bodies) == 3
+    parts = [parse("a", b) for b in bodies]
+    assert all(isinstance(p, SnapshotPart) for p in parts)
+    heartbeats = Heartbeats()
+    assert [heartbeats.add(p) for p in parts] == [None, None, Snapshot("a", names)]  # type: ignore[arg-type]
+    assert heartbeats.pending == 0
+    # A lost part: what came is not taken as the whole; the next heartbeat is.
+    assert heartbeats.add(parts[0]) is None  # type: ignore[arg-type]
+    assert heartbeats.add(parts[2]) is None  # type: ignore[arg-type]
+    assert heartbeats.pending == 0
+    assert [heartbeats.add(p) for p in parts][-1] == Snapshot("a", names)  # type: ignore[arg-type]
+    # A part claiming another length does not continue the heartbeat.
+    heartbeats.add(SnapshotPart("b", 0, 3, ("x",)))
+    assert heartbeats.add(SnapshotPart("b", 1, 2, ("y",))) is None
+    assert heartbeats.pending == 0
+    # Half-received heartbeats are bounded: the oldest goes.
+    for n in range(MAX_NODES + 1):
+        heartbeats.add(SnapshotPart(f"node{n}", 0, 2, ("x",)))
+    assert heartbeats.pending == MAX_NODES
+    assert heartbeats.add(SnapshotPart("node0", 1, 2, ("y",))) is None  # forgotten
+    assert heartbeats.add(SnapshotPart("node1", 1, 2, ("y",))) == Snapshot("node1", ["x", "y"])
+
+
+def test_a_heartbeat_is_at_most_heartbeat_parts_max_parts() -> None:
+    names = [f"u{n:06d}" for n in range(SNAPSHOT_PART * (HEARTBEAT_PARTS_MAX + 3))]
+    bodies = snapshot_bodies(names)
+    assert len(bodies) == HEARTBEAT_PARTS_MAX
+    heartbeats = Heartbeats()
+    whole = [heartbeats.add(parse("a", b)) for b in bodies][-1]  # type: ignore[arg-type]
+    assert whole == Snapshot("a", names[: SNAPSHOT_PART * HEARTBEAT_PARTS_MAX])
+    assert snapshot_bodies([]) == [body(type="snapshot", part=0, parts=1, users=[])]
