@@ -1,4 +1,4 @@
-"""The interactive chat's connection (``udpchat_cli.chat_link``) against the real
+"""The interactive chat's connection (``udpchat_cli.chat.link``) against the real
 server state machine, in-process: a fake clock, a fake network that can go down,
 no sockets and no sleeps."""
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import attrs
 
 from tests.chat_helpers import test_config
-from udpchat_cli.chat_link import ChatLink, LinkState
+from udpchat_cli.chat.link import ChatLink, LinkState
 from udpchat_proto.chat import ChatServer, MemoryStore, token_hash
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams

@@ -747,7 +747,7 @@ def chat() -> None:
     except (OSError, ValueError) as exc:
         raise CliError(EXIT_USAGE, "usage", f"cannot use server {server}: {exc}") from None
     # Textual takes a good part of a second to import: only this command pays it.
-    from .chat_app import ChatApp  # noqa: PLC0415
+    from .chat.app import ChatApp  # noqa: PLC0415
 
     chat_app = ChatApp.for_profile(
         app.home,
