@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -288,7 +289,7 @@ def test_message_ids_are_16_bytes(size: int) -> None:
 def test_the_public_id_checks_are_the_message_rules(value: Any) -> None:
     # An application checks an id with the public function before any request; it
     # must refuse exactly what the message classes refuse, with the same words.
-    checks = [
+    checks: list[tuple[Callable[[object], None], Callable[[], object]]] = [
         (check_message_id, lambda: m.GetMessageStatus(request_id=1, message_id=value)),
         (check_session_id, lambda: m.RevokeSession(request_id=1, session_id=value)),
     ]
