@@ -1,4 +1,4 @@
-"""The interactive chat's connection (``udpchat_cli.chat_link``) against the real
+"""The interactive chat's connection (``udpchat_cli.chat.link``) against the real
 server state machine, in-process: a fake clock, a fake network that can go down,
 no sockets and no sleeps."""
 
@@ -10,10 +10,12 @@ import itertools
 from collections.abc import Callable
 
 import attrs
+import pytest
 
 from tests.chat_helpers import test_config
-from udpchat_cli.chat_link import ChatLink, LinkState
-from udpchat_proto.chat import ChatServer, MemoryStore, token_hash
+from udpchat_cli.chat.link import ChatLink, LinkState
+from udpchat_proto import ErrorCode
+from udpchat_proto.chat import ChatServer, MemoryStore, ValidationError, token_hash
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.randomness import SeededRandomSource
@@ -201,6 +203,35 @@ def test_a_send_whose_answer_was_lost_is_stored_once() -> None:
     world.run(60.0, until=lambda: bool(answers))
     assert isinstance(answers[0], m.MessageAccepted)
     assert [x.text for x in world.store.history("alice", "bob", 10)] == ["once"]
+
+
+@pytest.mark.parametrize(
+    ("to", "text", "code"),
+    [
+        ("bad name", "hi", ErrorCode.INVALID_USERNAME),
+        ("#", "hi", ErrorCode.INVALID_ROOM),
+        ("bob", "", ErrorCode.INVALID_TEXT),
+        ("bob", "x" * 4097, ErrorCode.TOO_LARGE),
+    ],
+)
+def test_an_invalid_message_is_refused_and_never_queued(
+    to: str, text: str, code: ErrorCode
+) -> None:
+    world = connected(World())
+    world.to_server.clear()
+    with pytest.raises(ValidationError) as refused:
+        world.link.send_message(to, text, lambda _answer: None)
+    assert refused.value.code is code
+    assert world.link.unsent == 0 and not world.to_server
+
+
+def test_a_recipient_is_taken_in_any_case() -> None:
+    world = connected(World())
+    answers: list[m.Response | None] = []
+    world.link.send_message("Bob", "hi", answers.append)
+    world.run(10.0, until=lambda: bool(answers))
+    assert isinstance(answers[0], m.MessageAccepted)
+    assert [x.text for x in world.store.history("alice", "bob", 10)] == ["hi"]
 
 
 def test_an_ended_session_ends_the_link_for_good() -> None:

@@ -290,9 +290,42 @@ def test_list_shapes() -> None:
         ),
     ],
 )
-def test_listen_event_shapes(push: m.Push, expected: dict[str, object]) -> None:
+def test_listen_event_shapes(push: output.EventPush, expected: dict[str, object]) -> None:
     assert output.event_json(push) == expected
     assert output.event_text(push)
+
+
+EVERY_PUSH: list[m.Push] = [
+    m.MessageDelivered(message=message(7)),
+    m.DeliveryReceipts(
+        receipts=tuple(
+            m.DeliveryReceipt(message_id=bytes([n]) * 16, to="bob", delivered_at=WHEN)
+            for n in (1, 2)
+        )
+    ),
+    m.PresenceChanged(username="bob", online=True),
+    m.InvitationReceived(from_user="carol"),
+    m.InvitationAnswered(by_user="bob", accepted=False),
+    m.InvitationCancelled(by_user="bob"),
+    m.Unfriended(by_user="bob"),
+    m.RoomMembershipChanged(room="#general", username="bob", joined=True),
+    m.CaughtUp(),
+]
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_output_prints_every_push(capsys: pytest.CaptureFixture[str], json_mode: bool) -> None:
+    # A push the protocol gains must be printed (or skipped) on purpose: here, and
+    # in output.py, where mypy checks that the match on pushes is exhaustive.
+    assert {type(push) for push in EVERY_PUSH} == set(m.PUSH_TYPES)
+    out = output.Output(json_mode=json_mode)
+    printed = {type(push): out.event(push) for push in EVERY_PUSH}
+    lines = capsys.readouterr().out.splitlines()
+    assert printed[m.CaughtUp] == 0  # bookkeeping, not an event for people
+    assert printed[m.DeliveryReceipts] == 2  # one event per receipt
+    assert sum(printed.values()) == len(lines) == len(EVERY_PUSH)
+    if json_mode:
+        assert all("event" in json.loads(line) for line in lines)
 
 
 def test_listen_message_event() -> None:

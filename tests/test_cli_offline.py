@@ -58,6 +58,9 @@ def home(tmp_path: Path) -> Path:
         (["join", "#"], "", "invalid_room"),
         (["members", "bad room"], "", "invalid_room"),
         (["history", "bob", "--limit", "0"], "", "bad_request"),
+        (["status", "not hex"], "", "bad_request"),
+        (["status", "00" * 17], "", "bad_request"),
+        (["revoke", "abcd"], "", "bad_request"),
         (["invite", "NO!"], "", "invalid_username"),
         (["whoami"], "", "not_logged_in"),
         (["logout"], "", "not_logged_in"),
@@ -82,6 +85,21 @@ def test_refused_before_any_io(
     assert refusal["ok"] is False
     assert refusal["error"] == code
     assert err == f"error: {refusal['message']}\n"
+
+
+@pytest.mark.parametrize(
+    "stdin", ["short\nlong enough password\n", "long enough password\nshort\n"]
+)
+def test_passwd_refuses_a_bad_password_before_any_io(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, home: Path, stdin: str
+) -> None:
+    Home(home).update("default", lambda p: p.login("alice", b"t" * 32, "127.0.0.1:9"))
+    status, out, err = run(
+        capsys, monkeypatch, home, "passwd", "--password-stdin", "--json", stdin=stdin
+    )
+    assert status == 1  # not 3: nothing was sent to the closed port
+    assert json.loads(out)["error"] == "invalid_password"
+    assert err == "error: invalid password: use 8 to 1024 characters\n"
 
 
 def test_human_refusal_prints_only_stderr(
@@ -263,7 +281,7 @@ def test_ctrl_c_while_connecting_ends_listen_with_0_and_others_with_1(
     command: list[str],
     status: int,
 ) -> None:
-    from udpchat_cli.cli import App
+    from udpchat_cli.app import App
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -338,7 +356,7 @@ class CapturedSession:
 def test_defaults_and_environment_variables(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import udpchat_cli.cli
+    import udpchat_cli.app
 
     for name in ("UDPCHAT_SERVER", "UDPCHAT_HOME", "UDPCHAT_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -350,7 +368,7 @@ def test_defaults_and_environment_variables(
         return str(state)
 
     monkeypatch.setattr("platformdirs.user_state_dir", user_state_dir)
-    monkeypatch.setattr(udpchat_cli.cli, "Session", CapturedSession)
+    monkeypatch.setattr(udpchat_cli.app, "Session", CapturedSession)
     CapturedSession.servers = []
 
     def cli(*args: str) -> int:

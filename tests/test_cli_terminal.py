@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from udpchat_cli import output
-from udpchat_cli.chat_app import CONTINUATION_MARK, render_message
+from udpchat_cli.chat.app import CONTINUATION_MARK, render_message
 from udpchat_cli.cli import main
 from udpchat_cli.profiles import Home
 from udpchat_cli.session import ConnectionLostError, Session

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from udpchat_proto.chat import check_message_id, check_session_id
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.codec import CODEC_VERSION, MAX_ENCODED_SIZE, MESSAGE_TYPES, decode, encode
 from udpchat_proto.chat.validation import ValidationError
@@ -281,6 +283,25 @@ def test_passwords_and_tokens_stay_out_of_reprs() -> None:
 def test_message_ids_are_16_bytes(size: int) -> None:
     with pytest.raises(ValidationError):
         m.SendMessage(request_id=1, message_id=b"x" * size, to="bob", text="x")
+
+
+@pytest.mark.parametrize("value", [b"", b"x" * 15, b"x" * 17, "x" * 16, bytearray(16), None])
+def test_the_public_id_checks_are_the_message_rules(value: Any) -> None:
+    # An application checks an id with the public function before any request; it
+    # must refuse exactly what the message classes refuse, with the same words.
+    checks: list[tuple[Callable[[object], None], Callable[[], object]]] = [
+        (check_message_id, lambda: m.GetMessageStatus(request_id=1, message_id=value)),
+        (check_session_id, lambda: m.RevokeSession(request_id=1, session_id=value)),
+    ]
+    for check, build in checks:
+        with pytest.raises(ValidationError) as by_function:
+            check(value)
+        with pytest.raises(ValidationError) as by_message:
+            build()
+        assert by_function.value.code is by_message.value.code is ErrorCode.BAD_REQUEST
+        assert str(by_function.value) == str(by_message.value)
+    check_message_id(MID)
+    check_session_id(MID)
 
 
 def test_timestamps_must_be_utc() -> None:

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from udpchat_cli.chat_app import ChatApp, Composer
-from udpchat_cli.chat_link import LinkState
+from udpchat_cli.chat.app import ChatApp, Composer
+from udpchat_cli.chat.link import LinkState
 from udpchat_cli.profiles import Home
 from udpchat_cli.session import parse_servers
 

@@ -15,12 +15,13 @@ import re
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable
-from typing import Any, TextIO
+from typing import Any, TextIO, assert_never
 
 from udpchat_proto.chat import messages as m
 
 __all__ = [
     "CONTINUATION",
+    "EventPush",
     "JsonObject",
     "Output",
     "OutputClosedError",
@@ -274,7 +275,21 @@ def receipt_text(receipt: m.DeliveryReceipt) -> str:
     return f"[{when}] {receipt.to} received your message {receipt.message_id.hex()}"
 
 
-def event_json(push: m.Push) -> JsonObject:
+EventPush = (
+    m.MessageDelivered
+    | m.PresenceChanged
+    | m.InvitationReceived
+    | m.InvitationAnswered
+    | m.InvitationCancelled
+    | m.Unfriended
+    | m.RoomMembershipChanged
+)
+"""The pushes that are one ``listen`` event each. The others: ``delivery_receipts``
+is one event per receipt (:func:`receipt_json`), ``caught_up`` is bookkeeping, not
+an event for people."""
+
+
+def event_json(push: EventPush) -> JsonObject:
     """One ``listen`` line.
 
     The contract's events, plus ``invitation_cancelled`` and ``unfriended`` (same
@@ -297,10 +312,11 @@ def event_json(push: m.Push) -> JsonObject:
             return {"event": "presence", "user": user, "online": online}
         case m.RoomMembershipChanged(room=room, username=user, joined=joined):
             return {"event": "joined" if joined else "left", "room": room, "user": user}
-    raise TypeError(f"not a push: {type(push).__name__}")  # pragma: no cover
+        case _:
+            assert_never(push)
 
 
-def event_text(push: m.Push) -> str:
+def event_text(push: EventPush) -> str:
     """One human line for a ``listen`` event."""
     match push:
         case m.MessageDelivered(message=message):
@@ -319,7 +335,8 @@ def event_text(push: m.Push) -> str:
             return f"{user} is {'online' if online else 'offline'}"
         case m.RoomMembershipChanged(room=room, username=user, joined=joined):
             return f"{user} {'joined' if joined else 'left'} {room}"
-    raise TypeError(f"not a push: {type(push).__name__}")  # pragma: no cover
+        case _:
+            assert_never(push)
 
 
 class Output:
@@ -347,13 +364,15 @@ class Output:
 
     def event(self, push: m.Push, most: int | None = None) -> int:
         """Print a push's ``listen`` events at once (flushed: a pipe reader sees
-        them now): one, or one per receipt of ``delivery_receipts`` (at most
-        ``most``). Returns how many were printed."""
+        them now): one, one per receipt of ``delivery_receipts`` (at most
+        ``most``), or none for ``caught_up``. Returns how many were printed."""
         if isinstance(push, m.DeliveryReceipts):
             receipts = push.receipts[:most] if most is not None else push.receipts
             for receipt in receipts:
                 self.result(receipt_text(receipt), receipt_json(receipt))
             return len(receipts)
+        if isinstance(push, m.CaughtUp):
+            return 0
         self.result(event_text(push), event_json(push))
         return 1
 

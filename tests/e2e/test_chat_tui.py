@@ -16,8 +16,8 @@ from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from udpchat_cli.chat_app import ChatApp, Composer, MessagePane
-from udpchat_cli.chat_link import LinkState
+from udpchat_cli.chat.app import ChatApp, Composer, MessagePane
+from udpchat_cli.chat.link import LinkState
 from udpchat_cli.profiles import Home
 from udpchat_cli.session import Session, parse_servers
 from udpchat_proto.chat import ClientConnection

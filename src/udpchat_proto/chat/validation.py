@@ -2,7 +2,11 @@
 
 Every rule here is enforced twice: when a message class is constructed (so a client
 cannot even build an invalid request) and, through the same attrs validators, when
-:func:`udpchat_proto.chat.codec.decode` structures bytes from the network.
+:func:`udpchat_proto.chat.codec.decode` structures bytes from the network. The rules
+of what an application takes from a person (names, passwords, text, ids, the history
+limit) are written once, as public functions (``check_...``, or ``valid_...`` where a
+name is normalised first) that the attrs validators at the bottom call: a value
+checked with one before any request is refused exactly as a server would refuse it.
 
 Rules (also in ``docs/PROTOCOL.md``):
 
@@ -12,7 +16,7 @@ Rules (also in ``docs/PROTOCOL.md``):
 * message text: at least one character, valid UTF-8 (no lone surrogates), at most
   4096 bytes once encoded.
 * password: 8 to 1024 characters.
-* message ids: 16 bytes; login tokens: 32 bytes.
+* message ids and login session ids: 16 bytes; login tokens: 32 bytes.
 * request ids: integers from 0 to 2**32 - 1.
 * timestamps: timezone-aware datetimes in UTC.
 """
@@ -37,8 +41,10 @@ __all__ = [
     "USERNAME_MAX",
     "ValidationError",
     "check_history_limit",
+    "check_message_id",
     "check_password",
     "check_room",
+    "check_session_id",
     "check_target",
     "check_text",
     "check_username",
@@ -187,6 +193,21 @@ def check_text(value: object) -> None:
         )
 
 
+def check_message_id(value: object) -> None:
+    """Raise :class:`ValidationError` unless ``value`` is a message id (16 bytes)."""
+    _check_fixed_bytes(value, MESSAGE_ID_SIZE, "a message id")
+
+
+def check_session_id(value: object) -> None:
+    """Raise :class:`ValidationError` unless ``value`` is a login session's id (16 bytes)."""
+    _check_fixed_bytes(value, SESSION_ID_SIZE, "a session id")
+
+
+def _check_fixed_bytes(value: object, size: int, what: str) -> None:
+    if type(value) is not bytes or len(value) != size:
+        raise ValidationError(ErrorCode.BAD_REQUEST, f"{what} must be {size} bytes")
+
+
 def _check_utf8(value: str, code: ErrorCode, what: str) -> bytes:
     try:
         return value.encode("utf-8")
@@ -225,17 +246,16 @@ def utf8_text(_inst: Any, _attr: Any, value: Any) -> None:
     _check_utf8(value, ErrorCode.BAD_REQUEST, "the text")
 
 
-def _fixed_bytes(size: int, what: str) -> AttrsValidator:
-    def check(_inst: Any, _attr: Any, value: Any) -> None:
-        if type(value) is not bytes or len(value) != size:
-            raise ValidationError(ErrorCode.BAD_REQUEST, f"{what} must be {size} bytes")
-
-    return check
+def message_id(_inst: Any, _attr: Any, value: Any) -> None:
+    check_message_id(value)
 
 
-message_id = _fixed_bytes(MESSAGE_ID_SIZE, "a message id")
-token = _fixed_bytes(TOKEN_SIZE, "a login token")
-session_id = _fixed_bytes(SESSION_ID_SIZE, "a session id")
+def session_id(_inst: Any, _attr: Any, value: Any) -> None:
+    check_session_id(value)
+
+
+def token(_inst: Any, _attr: Any, value: Any) -> None:
+    _check_fixed_bytes(value, TOKEN_SIZE, "a login token")
 
 
 def request_id(_inst: Any, _attr: Any, value: Any) -> None:

@@ -22,7 +22,13 @@ from typing import Final, Protocol
 import attrs
 
 from udpchat_proto import ErrorCode, RandomSource, SystemRandomSource
-from udpchat_proto.chat import ClientConnection, Connected, Disconnected
+from udpchat_proto.chat import (
+    ClientConnection,
+    Connected,
+    Disconnected,
+    check_text,
+    valid_target,
+)
 from udpchat_proto.chat import messages as m
 from udpchat_proto.transport import Address, CloseCode, TransportConfig, fingerprint
 
@@ -174,8 +180,11 @@ class ChatLink:
         Raises:
             ValidationError: an invalid recipient or text (nothing is sent).
         """
+        # Checked now, with the rules the server applies: a message that can never be
+        # sent must not wait in the outbox for a connection.
+        to = valid_target(to)
+        check_text(text)
         message_id = self._random.token_bytes(16)
-        m.SendMessage(request_id=0, message_id=message_id, to=to, text=text)  # validates
         outgoing = _Outgoing(to, text, message_id, answer)
         self._outbox[message_id] = outgoing
         if self.state is LinkState.CONNECTED:

@@ -1,8 +1,8 @@
 """``udpchat-cli chat``: the full-screen chat, on Textual.
 
-The screen draws a :class:`~udpchat_cli.chat_model.ChatModel`, reads lines through
-:func:`~udpchat_cli.chat_commands.parse`, and talks to the server through a
-:class:`~udpchat_cli.chat_link.ChatLink` on a UDP socket of Textual's own asyncio
+The screen draws a :class:`~udpchat_cli.chat.model.ChatModel`, reads lines through
+:func:`~udpchat_cli.chat.commands.parse`, and talks to the server through a
+:class:`~udpchat_cli.chat.link.ChatLink` on a UDP socket of Textual's own asyncio
 loop. What arrives is saved in the profile before it is acknowledged (a crash
 loses nothing) and counts as shown once it is on the screen (a later ``inbox`` does
 not show it again).
@@ -32,11 +32,11 @@ from udpchat_proto.chat import ValidationError, check_text
 from udpchat_proto.chat import messages as m
 from udpchat_proto.transport import Address
 
-from .chat_commands import HELP, Command, CommandError, parse
-from .chat_link import ChatLink, LinkState
-from .chat_model import ChatModel, Conversation
-from .output import event_text, visible, visible_lines
-from .profiles import Home
+from ..output import event_text, visible, visible_lines
+from ..profiles import Home
+from .commands import HELP, Command, CommandError, parse
+from .link import ChatLink, LinkState
+from .model import ChatModel, Conversation
 
 __all__ = ["CONTINUATION_MARK", "PASTE_LINES_ASK", "ChatApp", "ProfileBook", "render_message"]
 
