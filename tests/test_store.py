@@ -649,6 +649,75 @@ def test_a_message_to_an_unjoined_room_creates_it_empty(store: Store) -> None:
     assert store.rooms_of("alice") == []
 
 
+def room_with_a_blocker(store: Store) -> None:
+    """alice, bob and mallory in #r, each with one session; alice blocks mallory."""
+    for name, session in (("alice", ALICE_PHONE), ("bob", BOB_PHONE), ("mallory", CAROL_PHONE)):
+        store.create_session(session, name, 1.0)
+        store.join_room("#r", name, 1.0)
+    store.add_block("alice", "mallory", 1.0)
+
+
+def test_a_member_is_never_delivered_nor_shown_room_messages_of_users_it_blocks(
+    store: Store,
+) -> None:
+    room_with_a_blocker(store)
+    for sender, text in (("mallory", "m1"), ("bob", "b1"), ("mallory", "m2"), ("bob", "b2")):
+        send(store, sender, "#r", text)
+    # alice: nothing from mallory, the rest in order; history alike (pages too).
+    assert pending(store, "alice", ALICE_PHONE) == ["b1", "b2"]
+    assert pending(store, "alice", ALICE_PHONE, limit=1) == ["b1"]
+    assert texts(store.history("alice", "#r", 10)) == ["b1", "b2"]
+    assert texts(store.history("alice", "#r", 1)) == ["b2"]
+    # A new session of alice's starts at the user's cursors: the same filter.
+    assert pending(store, "alice", ALICE_LAPTOP) == ["b1", "b2"]
+    # mallory, the blocked one, and bob see the room as it is.
+    assert pending(store, "mallory", CAROL_PHONE) == ["b1", "b2"]
+    assert pending(store, "bob", BOB_PHONE) == ["m1", "m2"]
+    assert texts(store.history("mallory", "#r", 10)) == ["m1", "b1", "m2", "b2"]
+    # Direct messages are not filtered (a block ends the friendship: none follows).
+    send(store, "mallory", "alice", "sent while friends")
+    assert pending(store, "alice", ALICE_PHONE) == ["b1", "b2", "sent while friends"]
+
+
+def test_acknowledging_passes_the_blocked_messages_that_follow(store: Store) -> None:
+    room_with_a_blocker(store)
+    for sender, text in (("bob", "b1"), ("mallory", "m1"), ("mallory", "m2")):
+        send(store, sender, "#r", text)
+    # Acknowledging b1 passes m1 and m2 (never to be delivered): unblocking later
+    # brings back none of them, and nobody waits on them.
+    assert receive_all(store, "alice", ALICE_PHONE) == ["b1"]
+    store.delete_block("alice", "mallory")
+    assert pending(store, "alice", ALICE_PHONE) == []
+    # What follows a message from someone else is not passed.
+    store.add_block("alice", "mallory", 2.0)
+    for sender, text in (("bob", "b2"), ("bob", "b3"), ("mallory", "m3")):
+        send(store, sender, "#r", text)
+    b2 = store.pending_deliveries("alice", ALICE_PHONE, 1)
+    store.acknowledge("alice", ALICE_PHONE, [b2[0].id], T_ACK)
+    assert pending(store, "alice", ALICE_PHONE) == ["b3"]
+    # Not yet passed when the block ends: delivered after all, in order.
+    store.delete_block("alice", "mallory")
+    assert pending(store, "alice", ALICE_PHONE) == ["b3", "m3"]
+    # History follows the block in force: all of mallory's are back.
+    assert texts(store.history("alice", "#r", 10)) == ["b1", "m1", "m2", "b2", "b3", "m3"]
+
+
+def test_retention_is_not_held_by_messages_a_blocker_never_receives(store: Store) -> None:
+    room_with_a_blocker(store)
+    sent = [
+        message("bob", "#r", "b1", sent_at=1000.0),
+        message("mallory", "#r", "m1", sent_at=1001.0),
+        message("mallory", "#r", "m2", sent_at=1002.0),
+    ]
+    for chat in sent:
+        store.add_message(chat)
+    assert receive_all(store, "bob", BOB_PHONE) == ["m1", "m2"]
+    assert receive_all(store, "mallory", CAROL_PHONE) == ["b1"]
+    assert store.delete_delivered_before(5000.0, 100) == 0  # alice has nothing yet
+    assert receive_all(store, "alice", ALICE_PHONE) == ["b1"]
+    assert store.delete_delivered_before(5000.0, 100) == 3
+
+
 # --- SQLite only ----------------------------------------------------------------------
 
 
@@ -817,6 +886,7 @@ def test_sqlite_refuses_a_connection_inside_a_transaction() -> None:
 def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
     from udpchat_server.sqlite_store import (
         _MARK_DELIVERED,
+        _PAST_BLOCKED,
         _PENDING_FOR_SESSION,
         _PENDING_FOR_USER,
     )
@@ -834,6 +904,7 @@ def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
             _MARK_DELIVERED,
             {"user": "alice", "conversation": 1, "seq": 5, "now": 1.0},
         ),
+        (_PAST_BLOCKED, {"user": "alice", "conversation": 1, "seq": 5}),
         (
             "SELECT m.id FROM messages AS m "
             "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
@@ -872,6 +943,9 @@ operations = st.one_of(
     st.tuples(st.just("receive"), st.sampled_from(TOKENS), st.integers(0, 4), st.integers(0, 4)),
     st.tuples(st.just("status"), st.integers(1, 40)),
     st.tuples(st.just("delete"), st.sampled_from(USERS)),
+    st.tuples(
+        st.sampled_from(("block", "unblock")), st.sampled_from(USERS), st.sampled_from(USERS)
+    ),
 )
 
 
@@ -915,6 +989,10 @@ def apply(store: Store, operation: tuple[Any, ...], serial: int) -> object:
         case ("delete", user):
             store.delete_account(user, float(serial))
             return store.create_account(user, PASSWORD, 1.0)
+        case ("block", user, other):
+            return store.add_block(user, other, 1.0)
+        case ("unblock", user, other):
+            return store.delete_block(user, other)
     raise AssertionError(operation)
 
 

@@ -134,6 +134,11 @@ CONNECT_TIMEOUT: Final = 5
 """Seconds to reach the database before a batch is answered unavailable."""
 
 _COLUMNS = "m.id, m.sender, m.recipient, m.text, m.sent_at"
+# A room message from a user %(user)s blocks (see the SQLite store).
+_FROM_BLOCKED = (
+    "(m.recipient LIKE '#%%' AND EXISTS "
+    "(SELECT 1 FROM blocks AS b WHERE b.username = %(user)s AND b.blocked = m.sender))"
+)
 _PENDING = f"""
     SELECT {_COLUMNS}
     FROM participants AS p
@@ -144,6 +149,7 @@ _PENDING = f"""
              WHERE c.{{owner}} = %(owner)s AND c.conversation = p.conversation), 0))
     WHERE p.username = %(user)s
       AND (m.sender <> %(user)s OR (m.origin IS NOT NULL AND m.origin <> %(session)s))
+      AND NOT {_FROM_BLOCKED}
     ORDER BY m.position
     LIMIT %(limit)s
 """
@@ -177,6 +183,16 @@ _INSERT_MESSAGE = """
       WHERE s.seq = EXCLUDED.seq - 1
 """
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
+_PAST_BLOCKED = """
+    SELECT MAX(m.seq) FROM messages AS m
+    WHERE m.conversation = %(conversation)s AND m.seq > %(seq)s
+      AND m.seq < COALESCE(
+          (SELECT n.seq FROM messages AS n
+           WHERE n.conversation = %(conversation)s AND n.seq > %(seq)s AND NOT EXISTS
+               (SELECT 1 FROM blocks AS b WHERE b.username = %(user)s AND b.blocked = n.sender)
+           ORDER BY n.seq LIMIT 1),
+          4611686018427387904)
+"""
 _MARK_DELIVERED = """
     UPDATE messages SET delivered_at = %(now)s
     WHERE conversation = %(conversation)s AND seq <= %(seq)s
@@ -793,7 +809,8 @@ class PostgresStore:
                 "JOIN participants AS p ON p.conversation = m.conversation "
                 "AND p.username = %(user)s "
                 "WHERE m.conversation = (SELECT id FROM conversations WHERE key = %(key)s) "
-                f"AND m.seq > p.floor_seq {upper}ORDER BY m.seq DESC LIMIT %(limit)s"
+                f"AND m.seq > p.floor_seq AND NOT {_FROM_BLOCKED} "
+                f"{upper}ORDER BY m.seq DESC LIMIT %(limit)s"
             )
         else:
             sql = (
@@ -844,6 +861,8 @@ class PostgresStore:
                 )
                 .fetchall()
             )
+            if not all(direct for _conversation, _seq, direct in rows):
+                rows = self._past_blocked(username, rows)
             for conversation, seq, direct in rows:
                 session_rows.append((token_hash, conversation, seq, token_hash))
                 user_rows.append((username, conversation, seq))
@@ -876,6 +895,28 @@ class PostgresStore:
                 user_rows,
             )
         return receipts
+
+    def _past_blocked(
+        self, username: str, rows: list[tuple[int, int, bool]]
+    ) -> list[tuple[int, int, bool]]:
+        """Each room's acknowledged seq moved past the messages from users
+        ``username`` blocks that directly follow it (see Store.acknowledge); one look
+        at the blocks first: most users block nobody."""
+        db = self._read()
+        blocks = db.execute("SELECT 1 FROM blocks WHERE username = %s LIMIT 1", (username,))
+        if blocks.fetchone() is None:
+            return rows
+        moved = []
+        for conversation, acknowledged, direct in rows:
+            seq = acknowledged
+            if not direct:
+                found = db.execute(
+                    _PAST_BLOCKED, {"conversation": conversation, "seq": seq, "user": username}
+                ).fetchone()
+                if found is not None and found[0] is not None:
+                    seq = found[0]
+            moved.append((conversation, seq, direct))
+        return moved
 
     # --- rooms -----------------------------------------------------------------------------------
 

@@ -222,6 +222,12 @@ _MICROSECOND = datetime.timedelta(microseconds=1)
 
 _MESSAGE_COLUMNS = "m.id, m.sender, m.recipient, m.text, m.sent_at"
 
+# Whether :user blocks the sender of room message m: a member is delivered nothing
+# from those it blocks (a direct message needs no look: a block ends a friendship).
+_FROM_BLOCKED = (
+    "(m.recipient LIKE '#%' AND EXISTS "
+    "(SELECT 1 FROM blocks AS b WHERE b.username = :user AND b.blocked = m.sender))"
+)
 # The delivery query. For each conversation of the user, the start is the higher
 # of the member's floor and the cursor; the (conversation, seq) index then yields
 # only the messages past it, which are merged by global position. The cursor comes
@@ -236,6 +242,7 @@ _PENDING = f"""
              WHERE c.{{owner}} = :owner AND c.conversation = p.conversation), 0))
     WHERE p.username = :user
       AND (m.sender != :user OR (m.origin IS NOT NULL AND m.origin != :session))
+      AND NOT {_FROM_BLOCKED}
     ORDER BY m.position
     LIMIT :limit
 """
@@ -284,6 +291,20 @@ _FIRST_UNDELIVERED = (
     "SELECT MIN(seq) FROM messages WHERE conversation = ? AND seq > ? AND sender != ?"
 )
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
+# Where a room cursor at :seq may go: past the messages that directly follow it
+# and come from users :user blocks (never delivered to it), up to the first that
+# is not; NULL when none follows. Index seeks on (conversation, seq), one step per
+# message passed.
+_PAST_BLOCKED = """
+    SELECT MAX(m.seq) FROM messages AS m
+    WHERE m.conversation = :conversation AND m.seq > :seq
+      AND m.seq < COALESCE(
+          (SELECT n.seq FROM messages AS n
+           WHERE n.conversation = :conversation AND n.seq > :seq AND NOT EXISTS
+               (SELECT 1 FROM blocks AS b WHERE b.username = :user AND b.blocked = n.sender)
+           ORDER BY n.seq LIMIT 1),
+          1 << 62)
+"""
 # Delivery status: the direct messages to :user between its user cursor (every one
 # before it was delivered) and the seq just acknowledged, marked delivered now.
 _MARK_DELIVERED = """
@@ -1145,7 +1166,8 @@ class SQLiteStore:
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages AS m "
                 "JOIN participants AS p ON p.conversation = m.conversation AND p.username = :user "
                 "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
-                f"AND m.seq > p.floor_seq {upper}ORDER BY m.seq DESC LIMIT :limit",
+                f"AND m.seq > p.floor_seq AND NOT {_FROM_BLOCKED} "
+                f"{upper}ORDER BY m.seq DESC LIMIT :limit",
                 args,
             ).fetchall()
         else:
@@ -1200,6 +1222,7 @@ class SQLiteStore:
         moved: list[dict[str, Any]] = []
         for username, token_hash, message_ids in acknowledgements:
             highest, direct = self._highest_acknowledged(username, token_hash, message_ids)
+            self._pass_blocked(username, highest, direct)
             session_rows.extend((token_hash, c, seq, token_hash) for c, seq in highest.items())
             user_rows.extend((username, c, seq) for c, seq in highest.items())
             moved.extend(
@@ -1231,6 +1254,26 @@ class SQLiteStore:
             user_rows,
         )
         return receipts
+
+    def _pass_blocked(self, username: str, highest: dict[int, int], direct: set[int]) -> None:
+        """Move each room's acknowledged seq in ``highest`` past the messages from
+        users ``username`` blocks that directly follow it (see Store.acknowledge).
+        One look at the blocks first: most users block nobody."""
+        if (
+            len(highest) == len(direct)
+            or not self._db.execute(
+                "SELECT 1 FROM blocks WHERE username = ? LIMIT 1", (username,)
+            ).fetchone()
+        ):
+            return
+        for conversation, seq in highest.items():
+            if conversation in direct:
+                continue
+            (passed,) = self._db.execute(
+                _PAST_BLOCKED, {"conversation": conversation, "seq": seq, "user": username}
+            ).fetchone()
+            if passed is not None:
+                highest[conversation] = passed
 
     def _highest_acknowledged(
         self, username: str, token_hash: bytes, message_ids: Sequence[bytes]

@@ -412,9 +412,14 @@ class MemoryStore:
             if floor is None:
                 return []
             log = log[max(0, floor - conversation.base) :]
+        # A member reads nothing from those it blocks (a direct conversation has
+        # nobody else to hide).
+        hidden: set[str] | frozenset[str] = frozenset()
+        if conversation.is_room:
+            hidden = self._blocks.get(username, hidden)
         found: list[ChatMessage] = []
         for entry in reversed(log):
-            if not entry.removed:
+            if not entry.removed and entry.stored.message.sender not in hidden:
                 found.append(entry.stored.message)
                 if len(found) == limit:
                     break
@@ -435,12 +440,16 @@ class MemoryStore:
         if limit <= 0:
             return []
         cursors = self._cursors(username, token_hash)
+        blocked: set[str] | frozenset[str] = self._blocks.get(username, frozenset())
         tails: list[Iterator[_Entry]] = []
         for key in self._conversations_of.get(username, ()):
             conversation = self._conversations[key]
             start = max(conversation.members[username], cursors.get(key, 0))
             if start < conversation.base + len(conversation.log):
-                tails.append(_tail(conversation.log, max(0, start - conversation.base)))
+                tail = _tail(conversation.log, max(0, start - conversation.base))
+                if conversation.is_room and blocked:
+                    tail = (entry for entry in tail if entry.stored.message.sender not in blocked)
+                tails.append(tail)
         result: list[ChatMessage] = []
         for entry in heapq.merge(*tails, key=_order_of):
             if entry.is_for(username, token_hash):
@@ -463,7 +472,7 @@ class MemoryStore:
         """
         session_cursors = self._session_cursors.get(token_hash)
         user_cursors = self._user_cursors.setdefault(username, {})
-        receipts: list[Receipt] = []
+        highest: dict[str, int] = {}
         for message_id in message_ids:
             entry = self._by_id.get(message_id)
             if entry is None:
@@ -471,8 +480,14 @@ class MemoryStore:
             conversation = self._conversations[entry.conversation]
             if username not in conversation.members or not entry.is_for(username, token_hash):
                 continue  # (its own message: see SQLiteStore._highest_acknowledged)
-            seq = entry.stored.seq
-            key = entry.conversation
+            highest[entry.conversation] = max(highest.get(entry.conversation, 0), entry.stored.seq)
+        receipts: list[Receipt] = []
+        blocked = self._blocks.get(username)
+        for key, acknowledged in highest.items():
+            conversation = self._conversations[key]
+            seq = acknowledged
+            if conversation.is_room and blocked:
+                seq = self._past_blocked(conversation, seq, blocked)
             if session_cursors is not None and session_cursors.get(key, 0) < seq:
                 session_cursors[key] = seq
             if user_cursors.get(key, 0) < seq:
@@ -485,6 +500,16 @@ class MemoryStore:
                     )
                 user_cursors[key] = seq
         return receipts
+
+    @staticmethod
+    def _past_blocked(conversation: _Conversation, seq: int, blocked: set[str]) -> int:
+        """The seq after ``seq`` and the room messages from ``blocked`` senders that
+        directly follow it (never delivered: a cursor may pass them)."""
+        for entry in _tail(conversation.log, seq - conversation.base):
+            if entry.stored.message.sender not in blocked:
+                break
+            seq = entry.stored.seq
+        return seq
 
     @staticmethod
     def _delivered(entries: list[_Entry], username: str, now: float) -> Iterator[Receipt]:

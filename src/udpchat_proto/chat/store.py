@@ -32,6 +32,14 @@ Conversations and delivery cursors:
 * A direct message is *delivered* when a session of its recipient first
   acknowledges it: the store records when (``StoredMessage.delivered_at``) and
   :meth:`Store.acknowledge_many` reports it, for the sender's receipt.
+* A room member is never delivered, nor shown in history, the room messages of a
+  user it blocks (:meth:`Store.add_block`), whenever they were sent: the block in
+  force when a message is read decides. The cursors still count those messages:
+  acknowledging a later one passes them, and an acknowledgement that is followed
+  by nothing but such messages passes them too, so that a blocked sender's
+  messages neither hold a member's backlog open nor keep retention from deleting
+  them. (Direct messages need no filter: a block ends the friendship, so none
+  is sent after it; those sent before it are delivered.)
 
 Failures: a store that cannot do its work for a reason outside the server's
 control (a full disk, an I/O error, a read-only or locked database, a database
@@ -336,16 +344,18 @@ class Store(Protocol):
     ) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
         room), oldest first; of a room, only those sent since ``username`` joined it
-        (nothing if not a member): a member reads what it would have received.
-        With ``before`` (a message id of that conversation), only those older than
-        it (nothing if it is not one of the conversation's)."""
+        (nothing if not a member), and none from a user ``username`` blocks: a
+        member reads what it would have received. With ``before`` (a message id
+        of that conversation), only those older than it (nothing if it is not one
+        of the conversation's)."""
         ...
 
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
         """Up to ``limit`` messages for ``username`` not yet acknowledged by the
         login session ``token_hash``, in the order they were stored (see the module
         docstring for the cursor rules): what others sent to the user or its
-        rooms, and what the user sent from its other sessions."""
+        rooms (not the room messages of users it blocks), and what the user sent
+        from its other sessions."""
         ...
 
     def acknowledge(
@@ -353,7 +363,10 @@ class Store(Protocol):
     ) -> list[Receipt]:
         """Advance the session's (and the user's) cursors past these messages.
 
-        Ids that are unknown or in no conversation of ``username`` are ignored.
+        Ids that are unknown or in no conversation of ``username`` are ignored. In a
+        room, a cursor goes on past the messages that directly follow the highest
+        one acknowledged and come from users ``username`` blocks (they are never
+        delivered to it; see the module docstring).
 
         Returns:
             The direct messages to ``username`` this delivered for the first time

@@ -115,7 +115,11 @@ class MessageRequests(ServerCore):
         """Who receives a message from ``me`` to ``to``; refuses what may not be sent."""
         if is_room(to):
             self._require_member(me, to)
-            return [member for member in self._store.room_members(to) if member != me]
+            members = self._store.room_members(to)
+            # A member who blocks the sender is never delivered its room messages (the
+            # store leaves them out of its backlog and history too): no live push.
+            blockers = frozenset(self._store.blockers_of(me)) if len(members) > 1 else frozenset()
+            return [member for member in members if member != me and member not in blockers]
         # A friend has an account: the common case needs no account lookup.
         if not self._are_friends(me, to):
             self._require_user(to)
