@@ -69,6 +69,10 @@ class ErrorCode(enum.StrEnum):
     """A request type this server does not know (added by a later version)."""
     ACCOUNT_DISABLED = "account_disabled"
     """The server's operator disabled this account: its logins are refused."""
+    QUOTA_EXCEEDED = "quota_exceeded"
+    """The sender's stored messages take what the server keeps per user
+    (``max_stored_per_user``): nothing was stored; older messages make room once
+    retention deletes them."""
 
 
 class ProtocolError(Exception):

@@ -71,6 +71,7 @@ from types import TracebackType
 from typing import Any, NoReturn, Self
 
 from udpchat_proto.chat import (
+    MESSAGE_OVERHEAD,
     STORE_READS,
     STORE_WRITES,
     Account,
@@ -82,6 +83,7 @@ from udpchat_proto.chat import (
     StoreUnavailableError,
     conversation_key,
     is_room,
+    stored_size,
 )
 from udpchat_proto.chat.messages import ChatMessage
 
@@ -213,6 +215,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 7: accounts the operator disabled (udpchat-server ctl disable).
     ("ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",),
+    # 8: each account's stored bytes, the counter of its storage quota (see
+    # Store.stored_bytes), counted once from what is stored: each message its UTF-8
+    # text plus 160 (MESSAGE_OVERHEAD when this was written).
+    (
+        "ALTER TABLE accounts ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0",
+        """UPDATE accounts SET stored_bytes = s.total
+           FROM (SELECT sender, SUM(length(CAST(text AS BLOB)) + 160) AS total
+                 FROM messages GROUP BY sender) AS s
+           WHERE s.sender = accounts.username""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -221,6 +233,8 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 
 _MESSAGE_COLUMNS = "m.id, m.sender, m.recipient, m.text, m.sent_at"
+#: What a messages row counts against its sender's quota (stored_size, in SQL).
+_STORED_SIZE = f"length(CAST(text AS BLOB)) + {MESSAGE_OVERHEAD:d}"
 
 # Whether :user blocks the sender of room message m: a member is delivered nothing
 # from those it blocks (a direct message needs no look: a block ends a friendship).
@@ -305,6 +319,7 @@ _PAST_BLOCKED = """
            ORDER BY n.seq LIMIT 1),
           1 << 62)
 """
+_ADD_USAGE = "UPDATE accounts SET stored_bytes = stored_bytes + ? WHERE username = ?"
 # Delivery status: the direct messages to :user between its user cursor (every one
 # before it was delivered) and the seq just acknowledged, marked delivered now.
 _MARK_DELIVERED = """
@@ -458,6 +473,9 @@ class SQLiteStore:
         """The last seqs add_message gave and conversations.last_seq does not hold
         yet: written before COMMIT, before an atomic block and before a read of
         last_seq (one statement a batch, not one a message)."""
+        self._usage_unwritten: dict[str, int] = {}
+        """What this transaction added to (or took from) each sender's stored bytes
+        and accounts.stored_bytes does not hold yet: written when the seqs are."""
         self._recent: dict[bytes, tuple[ChatMessage, int, int, bytes | None]] = {}
         """The last messages stored, by id, with their conversation id, seq and
         origin (forgotten when a write is undone)."""
@@ -596,7 +614,9 @@ class SQLiteStore:
         """
         if self._atomic_wanted:
             raise RuntimeError("atomic() blocks do not nest")
-        self._write_seqs()  # outside the savepoint: a failed block cannot undo them
+        # Outside the savepoint: a failed block cannot undo them.
+        self._write_seqs()
+        self._write_usage()
         self._atomic_wanted = True
         try:
             yield
@@ -652,6 +672,9 @@ class SQLiteStore:
                     [(seq, conversation) for conversation, seq in self._seqs_unwritten.items()],
                 )
                 self._seqs_unwritten.clear()
+            if self._usage_unwritten:
+                self._db.executemany(_ADD_USAGE, self._usage_rows())
+                self._usage_unwritten.clear()
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._discard()
@@ -664,6 +687,29 @@ class SQLiteStore:
         self._recent.clear()
         self._conversations.clear()
         self._seqs_unwritten.clear()
+        self._usage_unwritten.clear()
+
+    def _charge(self, sender: str, size: int) -> None:
+        """Add ``size`` (negative: a deletion) to ``sender``'s stored bytes, written
+        with the batch."""
+        self._usage_unwritten[sender] = self._usage_unwritten.get(sender, 0) + size
+
+    def _usage_rows(self) -> list[tuple[int, str]]:
+        return [(delta, name) for name, delta in self._usage_unwritten.items() if delta]
+
+    def _write_usage(self) -> None:
+        """Write the stored bytes the transaction changed into accounts.stored_bytes.
+
+        Raises:
+            StoreUnavailableError: the write failed for an outside cause.
+        """
+        if not self._usage_unwritten:
+            return
+        try:
+            self._write().executemany(_ADD_USAGE, self._usage_rows())
+        except sqlite3.Error as exc:
+            self._raise_translated(exc)
+        self._usage_unwritten.clear()
 
     def _write_seqs(self) -> None:
         """Write the last seqs add_message gave into conversations.last_seq.
@@ -803,11 +849,15 @@ class SQLiteStore:
             "AND u.conversation = p.conversation WHERE p.username = ?",
             (username,),
         ).fetchall()
-        db.executemany(
-            "DELETE FROM messages WHERE conversation = ? AND seq > ? AND recipient = ? "
-            "AND delivered_at IS NULL",
-            [(conversation, seq, username) for conversation, seq in direct],
-        )
+        for conversation, seq in direct:
+            # Their senders' stored bytes go down by what goes.
+            for sender, size in db.execute(
+                "DELETE FROM messages WHERE conversation = ? AND seq > ? AND recipient = ? "
+                f"AND delivered_at IS NULL RETURNING sender, {_STORED_SIZE}",
+                (conversation, seq, username),
+            ).fetchall():
+                self._charge(sender, -size)
+        self._usage_unwritten.pop(username, None)  # (its row goes)
         for statement in (
             "DELETE FROM participants WHERE username = ?",
             "DELETE FROM user_cursors WHERE username = ?",
@@ -1049,6 +1099,7 @@ class SQLiteStore:
         else:
             conversation, seq = self._first_message(message, key, sent_at, origin)
         self._conversations[key] = (conversation, seq)
+        self._charge(message.sender, stored_size(message.text))
         recent = self._recent
         recent[message.id] = (message, conversation, seq, origin)
         if len(recent) > _RECENT_MAX:
@@ -1366,6 +1417,12 @@ class SQLiteStore:
             ).fetchone()
             is None
         ):
+            for sender, size in db.execute(
+                f"SELECT sender, SUM({_STORED_SIZE}) FROM messages WHERE conversation = ? "
+                "GROUP BY sender",
+                (conversation,),
+            ).fetchall():
+                self._charge(sender, -size)
             for table in ("session_cursors", "user_cursors", "messages"):
                 # Our own table names, not input.
                 db.execute(f"DELETE FROM {table} WHERE conversation = ?", (conversation,))
@@ -1401,12 +1458,15 @@ class SQLiteStore:
                 if first is not None and (stay is None or first < stay):
                     stay = first
             bound = stay if stay is not None else (1 << 62)
-            cursor = db.execute(
+            gone = db.execute(
                 "DELETE FROM messages WHERE conversation = ? AND seq < ? AND sent_at < ? "
-                "AND seq < (SELECT MIN(seq) FROM messages WHERE conversation = ?) + ?",
+                "AND seq < (SELECT MIN(seq) FROM messages WHERE conversation = ?) + ? "
+                f"RETURNING sender, {_STORED_SIZE}",
                 (conversation, bound, cutoff_us, conversation, limit - deleted),
-            )
-            deleted += cursor.rowcount
+            ).fetchall()
+            for sender, size in gone:
+                self._charge(sender, -size)
+            deleted += len(gone)
         return deleted
 
     def count_waiting(self, username: str, limit: int) -> int:
@@ -1414,6 +1474,14 @@ class SQLiteStore:
         its sessions), counting at most ``limit``."""
         (count,) = self._db.execute(_COUNT_WAITING, {"user": username, "limit": limit}).fetchone()
         return int(count)
+
+    def stored_bytes(self, username: str) -> int:
+        """What the stored messages ``username`` sent count against its quota (the
+        counter, and what this transaction changed of it)."""
+        row = self._db.execute(
+            "SELECT stored_bytes FROM accounts WHERE username = ?", (username,)
+        ).fetchone()
+        return 0 if row is None else int(row[0]) + self._usage_unwritten.get(username, 0)
 
     def room_exists(self, room: str) -> bool:
         """Whether the room was ever created."""

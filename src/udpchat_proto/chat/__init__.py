@@ -47,6 +47,7 @@ from .requests import session_id
 from .server import ChatServer, token_hash
 from .stats import ServerStats
 from .store import (
+    MESSAGE_OVERHEAD,
     STORE_READS,
     STORE_WRITES,
     Account,
@@ -58,6 +59,7 @@ from .store import (
     StoreUnavailableError,
     WriteTrackingStore,
     conversation_key,
+    stored_size,
 )
 from .validation import (
     MAX_TEXT_BYTES,
@@ -78,6 +80,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "MAX_ENCODED_SIZE",
     "MAX_TEXT_BYTES",
+    "MESSAGE_OVERHEAD",
     "NODE_TIMEOUT",
     "STORE_READS",
     "STORE_WRITES",
@@ -120,6 +123,7 @@ __all__ = [
     "is_room",
     "messages",
     "session_id",
+    "stored_size",
     "token_hash",
     "valid_room",
     "valid_target",

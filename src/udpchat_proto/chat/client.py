@@ -441,7 +441,8 @@ class ClientConnection:
 
         The message id is 16 random bytes; ``MessageAccepted`` carries it once the
         message is committed on the server. Refusals: ``not_friends``,
-        ``unknown_user``, ``unknown_room``, ``not_a_member``, ``rate_limited``.
+        ``unknown_user``, ``unknown_room``, ``not_a_member``, ``rate_limited``,
+        ``recipient_full``, ``quota_exceeded``.
 
         Args:
             to: a username, or a room name starting with ``#``.

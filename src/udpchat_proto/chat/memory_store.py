@@ -43,6 +43,7 @@ from .store import (
     Receipt,
     StoredMessage,
     conversation_key,
+    stored_size,
 )
 from .validation import is_room
 
@@ -123,6 +124,8 @@ class MemoryStore:
         self._by_id: dict[bytes, _Entry] = {}
         self._retired: set[str] = set()
         """Names of deleted accounts: never registered again."""
+        self._stored: dict[str, int] = {}
+        """Each account's stored bytes (see Store.stored_bytes)."""
         self._order = 0
 
     # --- transactions ------------------------------------------------------------
@@ -151,6 +154,7 @@ class MemoryStore:
         if username in self._accounts or username in self._retired:
             return False
         self._accounts[username] = Account(username=username, password=password, created_at=now)
+        self._stored[username] = 0
         return True
 
     def set_password(self, username: str, password: PasswordHash) -> bool:
@@ -189,9 +193,14 @@ class MemoryStore:
             # The direct messages waiting for it go; the conversation stays for the
             # other user, who alone receives from it now.
             for entry in conversation.log:
-                if entry.stored.message.to == username and entry.delivered_at is None:
+                if (
+                    entry.stored.message.to == username
+                    and entry.delivered_at is None
+                    and not entry.removed
+                ):
                     entry.removed = True
                     self._by_id.pop(entry.stored.message.id, None)
+                    self._uncharge(entry.stored.message)
             del conversation.members[username]
         self._conversations_of.pop(username, None)
         self._user_cursors.pop(username, None)
@@ -206,6 +215,7 @@ class MemoryStore:
         for blocker in self.blockers_of(username):
             self.delete_block(blocker, username)
         self._accounts.pop(username, None)
+        self._stored.pop(username, None)
         self._retired.add(username)
 
     # --- login sessions ------------------------------------------------------------
@@ -380,7 +390,14 @@ class MemoryStore:
         entry = _Entry(order=self._order, conversation=key, stored=stored, origin=origin)
         conversation.log.append(entry)
         self._by_id[message.id] = entry
+        if message.sender in self._stored:
+            self._stored[message.sender] += stored_size(message.text)
         return stored
+
+    def _uncharge(self, message: ChatMessage) -> None:
+        """A message of its sender's is deleted: it counts no more."""
+        if message.sender in self._stored:
+            self._stored[message.sender] -= stored_size(message.text)
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         """The message with this id, or None."""
@@ -561,6 +578,7 @@ class MemoryStore:
             del self._conversations[room]
             for entry in conversation.log:
                 self._by_id.pop(entry.stored.message.id, None)
+                self._uncharge(entry.stored.message)
             for cursors in (*self._session_cursors.values(), *self._user_cursors.values()):
                 cursors.pop(room, None)
         return True
@@ -582,9 +600,11 @@ class MemoryStore:
                     for name, start in conversation.members.items()
                 ):
                     break
-                conversation.log.pop(0)
+                entry = conversation.log.pop(0)
                 conversation.base += 1
-                self._by_id.pop(stored.message.id, None)
+                if not entry.removed:  # (a removed one was uncharged then)
+                    self._by_id.pop(stored.message.id, None)
+                    self._uncharge(stored.message)
                 deleted += 1
         return deleted
 
@@ -612,6 +632,10 @@ class MemoryStore:
                     if count >= limit:
                         return count
         return count
+
+    def stored_bytes(self, username: str) -> int:
+        """What the stored messages ``username`` sent count against its quota."""
+        return self._stored.get(username, 0)
 
     def room_exists(self, room: str) -> bool:
         """Whether the room was ever created."""
