@@ -475,7 +475,9 @@ class SQLiteStore:
         last_seq (one statement a batch, not one a message)."""
         self._usage_unwritten: dict[str, int] = {}
         """What this transaction added to (or took from) each sender's stored bytes
-        and accounts.stored_bytes does not hold yet: written when the seqs are."""
+        and accounts.stored_bytes does not hold yet: written before COMMIT and before
+        an atomic block, as the seqs are (one statement a batch, not one a message;
+        a failed block forgets only its own)."""
         self._recent: dict[bytes, tuple[ChatMessage, int, int, bytes | None]] = {}
         """The last messages stored, by id, with their conversation id, seq and
         origin (forgotten when a write is undone)."""
