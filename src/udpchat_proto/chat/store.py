@@ -41,10 +41,10 @@ Conversations and delivery cursors:
 * A room member is never delivered, nor shown in history, the room messages of a
   user it blocks (:meth:`Store.add_block`), whenever they were sent: the block in
   force when a message is read decides. The cursors still count those messages:
-  acknowledging a later one passes them, and an acknowledgement that is followed
-  by nothing but such messages passes them too, so that a blocked sender's
-  messages neither hold a member's backlog open nor keep retention from deleting
-  them. (Direct messages need no filter: a block ends the friendship, so none
+  acknowledging a later one passes them, and so does acknowledging the message a
+  run of them directly follows (if they are stored by then), so that a blocked
+  sender's messages do not stay in a member's backlog nor, once passed, keep
+  retention from deleting them. (Direct messages need no filter: a block ends the friendship, so none
   is sent after it; those sent before it are delivered.)
 
 Failures: a store that cannot do its work for a reason outside the server's
