@@ -176,3 +176,72 @@ def test_leave_and_rejoin_delivers_exactly_what_was_sent_while_a_member(
     world.settle()
     assert bob.texts() == ["one", "two, bob offline but a member", "four, bob back", "five"]
     world.check_server_health()
+
+
+# --- blocking in rooms (issue 23, item 7) --------------------------------------------------
+
+
+def test_in_a_room_the_blocker_gets_nothing_from_the_blocked_who_sees_no_sign_of_it(
+    world: ChatWorld,
+) -> None:
+    """Room messages flowed both ways, and room_members showed the blocker offline to
+    the blocked user while she talked in the room: the block was detectable."""
+    alice, bob, mallory = world.signed_up("alice", "bob", "mallory")
+    laptop = world.user("alice", device="laptop")  # a second device of alice's
+    laptop.connect()
+    laptop.login()
+    for user in (alice, bob, mallory):
+        user.ok(user.conn.join_room("#tea"))
+    laptop.close()  # away while the room talks
+    alice.ok(alice.conn.block("mallory"))
+    world.settle()
+    mallory_pushes = mallory.pushes()
+    for user, text in ((mallory, "m1"), (bob, "b1"), (mallory, "m2"), (alice, "a1")):
+        user.send("#tea", text)
+    mallory.send("#tea", "m3")
+    world.run_until(lambda: bob.texts() == ["m1", "m2", "a1", "m3"], what="bob gets everything")
+    world.run_until(lambda: mallory.texts() == ["b1", "a1"], what="mallory gets alice's")
+    world.settle()
+    # alice: no push from mallory, and nothing of hers in the history.
+    assert alice.texts() == ["b1"]
+    history = alice.ok(alice.conn.get_history("#tea"), m.History).messages
+    assert [message.text for message in history] == ["b1", "a1"]
+    # mallory sees the room as any member does: alice online, as she is.
+    members = mallory.ok(mallory.conn.list_members("#tea"), m.RoomMembers).members
+    assert m.UserPresence(username="alice", online=True) in members
+    assert "alice" in mallory.ok(mallory.conn.list_online(), m.OnlineUsers).usernames
+    history = mallory.ok(mallory.conn.get_history("#tea"), m.History).messages
+    assert [message.text for message in history] == ["m1", "b1", "m2", "a1", "m3"]
+    # The away device's backlog leaves mallory's out, exactly once and in order; a
+    # reconnected one gets nothing again.
+    laptop.connect()
+    laptop.resume()
+    world.run_until(lambda: laptop.texts() == ["b1", "a1"], what="the laptop's backlog")
+    alice.crash()
+    alice.connect()
+    alice.resume()
+    world.settle()
+    assert alice.texts() == ["b1"]
+    assert laptop.texts() == ["b1", "a1"]
+    # Unblocking tells mallory nothing either.
+    alice.ok(alice.conn.unblock("mallory"))
+    world.settle()
+    assert mallory.pushes() == mallory_pushes
+    world.check_server_health()
+
+
+def test_a_public_online_list_hides_a_blocker_only_outside_a_shared_room(
+    stores: StoreFactory,
+) -> None:
+    world = ChatWorld(stores, config=test_config(public_presence=True))
+    alice, _bob, mallory = world.signed_up("alice", "bob", "mallory")
+    alice.ok(alice.conn.block("mallory"))
+    assert mallory.ok(mallory.conn.list_online(), m.OnlineUsers).usernames == ("bob", "mallory")
+    # Sharing a room, mallory would see alice there: the list says the same.
+    alice.ok(alice.conn.join_room("#tea"))
+    mallory.ok(mallory.conn.join_room("#tea"))
+    assert mallory.ok(mallory.conn.list_online(), m.OnlineUsers).usernames == (
+        "alice",
+        "bob",
+        "mallory",
+    )

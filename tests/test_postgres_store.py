@@ -1,18 +1,24 @@
 """What is particular to the PostgreSQL store (the contract suite in test_store.py
-runs on it too): two nodes' batches that deadlock, and a sending session's cursor
-that keeps up with its own messages."""
+runs on it too): two nodes' batches that deadlock, a sending session's cursor that
+keeps up with its own messages, and the stored bytes counted by a migration."""
 
 from __future__ import annotations
 
 import datetime
 import threading
+import uuid
+from pathlib import Path
 
+import psycopg
 import pytest
 
-from tests.services import POSTGRES_URL, postgres_store
+from tests.services import POSTGRES_URL, postgres_database, postgres_store
 from udpchat_proto.chat import messages as m
-from udpchat_proto.chat.store import StoreUnavailableError
-from udpchat_server.postgres_store import PostgresStore
+from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
+from udpchat_proto.chat.store import StoreUnavailableError, stored_size
+from udpchat_server.migrate import migrate
+from udpchat_server.postgres_store import MIGRATIONS, PostgresStore
+from udpchat_server.sqlite_store import SQLiteStore
 
 
 def test_a_deadlock_between_two_nodes_is_a_conflict_within_the_savepoint() -> None:
@@ -95,3 +101,59 @@ def chat(sender: str, to: str, n: int) -> m.ChatMessage:
         text=f"{to} {n}",
         sent_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
     )
+
+
+# --- the storage quota's counter ------------------------------------------------------------
+
+
+def test_version_3_counts_what_was_stored_before_it() -> None:
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    password = PasswordHash(salt=b"s" * 16, params=ScryptParams(n=16), digest=b"d" * 32)
+    try:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
+            db.execute(f'CREATE SCHEMA "{schema}"')
+            db.execute(f'SET search_path TO "{schema}"')
+            for migration in MIGRATIONS[:2]:
+                for statement in migration:
+                    db.execute(statement)
+            db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            db.execute("INSERT INTO schema_version VALUES (2)")
+            for name in ("alice", "bob", "carol"):
+                db.execute(
+                    "INSERT INTO accounts (username, password, created_at) VALUES (%s, %s, 1)",
+                    (name, password.to_string()),
+                )
+            db.execute(
+                "INSERT INTO conversations (key, is_room, last_seq, created_at) "
+                "VALUES ('alice bob', FALSE, 3, 1)"
+            )
+            for seq, sender, text in ((1, "alice", "hi"), (2, "alice", "héllo"), (3, "bob", "yo")):
+                db.execute(
+                    "INSERT INTO messages (id, conversation, seq, sender, recipient, text, "
+                    "sent_at) SELECT %s, id, %s, %s, 'x', %s, 0 FROM conversations",
+                    (bytes([seq]) * 16, seq, sender, text),
+                )
+        with PostgresStore.open(POSTGRES_URL, schema=schema) as store:
+            assert store.stored_bytes("alice") == stored_size("hi") + stored_size("héllo")
+            assert store.stored_bytes("bob") == stored_size("yo")
+            assert store.stored_bytes("carol") == 0
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_the_move_from_sqlite_keeps_each_accounts_stored_bytes(tmp_path: Path) -> None:
+    password = PasswordHash(salt=b"s" * 16, params=ScryptParams(n=16), digest=b"d" * 32)
+    source = tmp_path / "single.sqlite3"
+    with SQLiteStore.open(source) as single:
+        for name in ("alice", "bob"):
+            single.create_account(name, password, 1.0)
+        single.add_message(chat("alice", "bob", 1))
+        single.add_message(chat("alice", "#r", 2))
+        single.commit()
+        expected = {name: single.stored_bytes(name) for name in ("alice", "bob")}
+    assert expected["alice"] > 0
+    with postgres_database() as url:
+        migrate(source, url)
+        with PostgresStore.open(url) as moved:
+            assert {name: moved.stored_bytes(name) for name in expected} == expected

@@ -384,6 +384,9 @@ class Output:
         reason): the line shows it :func:`visible`, the object as it is (in JSON's
         escapes)."""
         one_line = " ".join(message.split())
+        lead = _LEADS.get(code)
+        if lead is not None and not one_line.startswith(lead):
+            one_line = f"{lead}: {one_line}"
         self.error_line(one_line)
         if self.json_mode:
             self._line(json.dumps({"ok": False, "error": code, "message": one_line}))
@@ -399,6 +402,13 @@ class Output:
             print(text, file=self.stdout, flush=True)
         except BrokenPipeError:
             raise OutputClosedError from None
+
+
+_LEADS: dict[str, str] = {
+    "quota_exceeded": "your storage quota on this server is full, nothing was sent",
+}
+"""What the CLI itself says before the server's text, for a refusal whose text
+(another server's, or an older one's) may not say what happened."""
 
 
 class OutputClosedError(Exception):

@@ -74,6 +74,10 @@ class ErrorCode(enum.StrEnum):
     answer: cancel some first."""
     TOO_MANY_BLOCKED = "too_many_blocked"
     """``block`` of one more user than ``max_blocked_per_user``: unblock some first."""
+    QUOTA_EXCEEDED = "quota_exceeded"
+    """The sender's stored messages take what the server keeps per user
+    (``max_stored_per_user``): nothing was stored; older messages make room once
+    retention deletes them."""
 
 
 class ProtocolError(Exception):

@@ -33,12 +33,13 @@ except ValueError:  # imported from another thread than the main one
 try:
     import logging
     import os
+    import re
     import socket
     import time
     from collections.abc import Callable
     from pathlib import Path
     from types import FrameType
-    from typing import TYPE_CHECKING, Any, NoReturn
+    from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
     import attrs
     import click
@@ -144,6 +145,29 @@ class RateOption(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{value!r}: {exc} (e.g. 10/6: 10 at once, then one every 6 s)", param, ctx)
 
 
+class ByteSize(click.types.IntParamType):
+    """A number of bytes: ``67108864``, or with a unit, ``64M`` (K, M, G: KiB, MiB,
+    GiB; ``64MiB`` too). A whole number of bytes in a ``--config`` file."""
+
+    name = "bytes"
+    _UNITS: ClassVar[dict[str, int]] = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        else:
+            match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+            if match is None:
+                self.fail(f"{value!r} is not a size (e.g. 67108864, 64M or 1G)", param, ctx)
+            size = int(match[1]) * self._UNITS[match[2].lower()]
+        if size < 0:
+            self.fail(f"{value!r} is not a size: it is below 0", param, ctx)
+        return size
+
+
+#: Storage limits that 0 turns off (None in ServerConfig).
+_OFF_WHEN_ZERO = frozenset({"retain_days", "max_stored_per_user"})
+
 #: The limits of ServerConfig that are options, with their help (the default and the
 #: reason of each is in docs/PROTOCOL.md, "Limits and rate limits").
 _COUNT_LIMITS: tuple[tuple[str, str], ...] = (
@@ -198,7 +222,11 @@ def _limit_options(function: Any) -> Any:
 
 
 def _config(limits: dict[str, Any], scrypt_n: int | None) -> ServerConfig:
-    changes: dict[str, Any] = {name: value for name, value in limits.items() if value is not None}
+    changes: dict[str, Any] = {
+        name: None if name in _OFF_WHEN_ZERO and value == 0 else value
+        for name, value in limits.items()
+        if value is not None
+    }
     if scrypt_n is not None:
         try:
             changes["scrypt"] = ScryptParams(n=scrypt_n)
@@ -330,10 +358,20 @@ def _metrics_address(text: str) -> tuple[str, int]:
 )
 @click.option(
     "--retain-days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0),
     default=None,
     help="Delete messages this many days old once every recipient device has them "
-    "[default: keep everything].",
+    "(never one still waiting for a device); 0 keeps them for ever "
+    f"[default: {ServerConfig().retain_days:g}].",
+)
+@click.option(
+    "--max-stored-per-user",
+    type=ByteSize(),
+    default=None,
+    help="Most bytes of messages one user may have stored, each counted as its text "
+    "plus 160; beyond, sending is refused with quota_exceeded. A number of bytes, or "
+    "with K, M or G; 0: no quota [default: "
+    f"{(ServerConfig().max_stored_per_user or 0) >> 20}M].",
 )
 @click.option(
     "--bus",
@@ -403,6 +441,7 @@ def command(
     scrypt_n: int | None,
     workers: int,
     retain_days: float | None,
+    max_stored_per_user: int | None,
     public_presence: bool,
     bus: str | None,
     bus_creds: Path | None,
@@ -450,6 +489,7 @@ def command(
         {
             **limits,
             "retain_days": retain_days,
+            "max_stored_per_user": max_stored_per_user,
             "public_presence": public_presence,
             "cluster": bus is not None,
         },

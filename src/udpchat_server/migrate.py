@@ -22,7 +22,7 @@ from .sqlite_store import SQLiteStore
 __all__ = ["TABLES", "MigrationError", "migrate"]
 
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("accounts", ("username", "password", "created_at", "disabled")),
+    ("accounts", ("username", "password", "created_at", "disabled", "stored_bytes")),
     ("retired_names", ("username", "retired_at")),
     ("sessions", ("token_hash", "username", "created_at", "last_used_at")),
     ("invitations", ("sender", "recipient", "created_at")),
@@ -113,7 +113,7 @@ def _copy(
             if table == "conversations":  # SQLite's 0/1 is PostgreSQL's boolean
                 batch = [(i, key, bool(room), seq, at) for i, key, room, seq, at in batch]
             elif table == "accounts":
-                batch = [(name, pw, at, bool(off)) for name, pw, at, off in batch]
+                batch = [(name, pw, at, bool(off), kept) for name, pw, at, off, kept in batch]
             cursor.executemany(insert, batch)
             copied += len(batch)
     return copied

@@ -33,6 +33,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from udpchat_proto.chat import (
+    MESSAGE_OVERHEAD,
     STORE_READS,
     STORE_WRITES,
     Account,
@@ -44,6 +45,7 @@ from udpchat_proto.chat import (
     StoreUnavailableError,
     conversation_key,
     is_room,
+    stored_size,
 )
 from udpchat_proto.chat.messages import ChatMessage
 
@@ -127,6 +129,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: accounts the operator disabled (udpchat-server ctl disable).
     ("ALTER TABLE accounts ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE",),
+    # 3: each account's stored bytes, the counter of its storage quota, counted once
+    # from what is stored (each message: its UTF-8 text plus 160, MESSAGE_OVERHEAD
+    # when this was written).
+    (
+        "ALTER TABLE accounts ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0",
+        """UPDATE accounts SET stored_bytes = s.total
+           FROM (SELECT sender, SUM(octet_length(text) + 160) AS total
+                 FROM messages GROUP BY sender) AS s
+           WHERE s.sender = accounts.username""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -134,6 +146,21 @@ CONNECT_TIMEOUT: Final = 5
 """Seconds to reach the database before a batch is answered unavailable."""
 
 _COLUMNS = "m.id, m.sender, m.recipient, m.text, m.sent_at"
+#: What a messages row counts against its sender's quota (stored_size, in SQL).
+_STORED_SIZE = f"octet_length(text) + {MESSAGE_OVERHEAD:d}"
+#: The batch's changes to the stored bytes, in one statement, in name order: two
+#: nodes' commits lock the accounts they change in the same order (no deadlock).
+_ADD_USAGE = """
+    UPDATE accounts SET stored_bytes = accounts.stored_bytes + d.delta
+    FROM (SELECT * FROM unnest(%s::text[], %s::bigint[]) AS u (name, delta)
+          ORDER BY name) AS d
+    WHERE accounts.username = d.name
+"""
+# A room message from a user %(user)s blocks (see the SQLite store).
+_FROM_BLOCKED = (
+    "(m.recipient LIKE '#%%' AND EXISTS "
+    "(SELECT 1 FROM blocks AS b WHERE b.username = %(user)s AND b.blocked = m.sender))"
+)
 _PENDING = f"""
     SELECT {_COLUMNS}
     FROM participants AS p
@@ -144,6 +171,7 @@ _PENDING = f"""
              WHERE c.{{owner}} = %(owner)s AND c.conversation = p.conversation), 0))
     WHERE p.username = %(user)s
       AND (m.sender <> %(user)s OR (m.origin IS NOT NULL AND m.origin <> %(session)s))
+      AND NOT {_FROM_BLOCKED}
     ORDER BY m.position
     LIMIT %(limit)s
 """
@@ -177,6 +205,16 @@ _INSERT_MESSAGE = """
       WHERE s.seq = EXCLUDED.seq - 1
 """
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
+_PAST_BLOCKED = """
+    SELECT MAX(m.seq) FROM messages AS m
+    WHERE m.conversation = %(conversation)s AND m.seq > %(seq)s
+      AND m.seq < COALESCE(
+          (SELECT n.seq FROM messages AS n
+           WHERE n.conversation = %(conversation)s AND n.seq > %(seq)s AND NOT EXISTS
+               (SELECT 1 FROM blocks AS b WHERE b.username = %(user)s AND b.blocked = n.sender)
+           ORDER BY n.seq LIMIT 1),
+          4611686018427387904)
+"""
 _MARK_DELIVERED = """
     UPDATE messages SET delivered_at = %(now)s
     WHERE conversation = %(conversation)s AND seq <= %(seq)s
@@ -269,6 +307,9 @@ class PostgresStore:
         self._atomic_wanted = False
         self._atomic_open = False
         self._batch_lost: StoreUnavailableError | None = None
+        self._usage_unwritten: dict[str, int] = {}
+        """What the batch added to (or took from) each sender's stored bytes, written
+        at commit: one statement a batch, and the accounts' rows locked only then."""
 
     @classmethod
     def open(cls, dsn: str, *, schema: str | None = None) -> PostgresStore:
@@ -392,9 +433,11 @@ class PostgresStore:
         if self._atomic_wanted:
             raise RuntimeError("atomic() blocks do not nest")
         self._atomic_wanted = True
+        usage = dict(self._usage_unwritten)
         try:
             yield
         except BaseException:
+            self._usage_unwritten = usage  # what the block changed is undone with it
             if self._atomic_open and self._batch_lost is None:
                 try:
                     db = self._connection()
@@ -425,13 +468,18 @@ class PostgresStore:
         """
         lost, self._batch_lost = self._batch_lost, None
         in_batch, self._in_batch = self._in_batch, False
+        usage, self._usage_unwritten = self._usage_unwritten, {}
         if lost is not None:
             self._discard()
             raise lost
         if not in_batch:
             return
         try:
-            self._connection().execute("COMMIT")
+            db = self._connection()
+            changed = {name: delta for name, delta in usage.items() if delta}
+            if changed:
+                db.execute(_ADD_USAGE, (list(changed), list(changed.values())))
+            db.execute("COMMIT")
         except psycopg.Error as exc:
             self._discard()
             raise unavailable(exc) or StoreUnavailableError("commit failed", str(exc)) from exc
@@ -450,7 +498,13 @@ class PostgresStore:
         """Discard every write since the last commit (not part of the Store protocol)."""
         self._batch_lost = None
         self._in_batch = False
+        self._usage_unwritten = {}
         self._discard()
+
+    def _charge(self, sender: str, size: int) -> None:
+        """Add ``size`` (negative: a deletion) to ``sender``'s stored bytes, written
+        with the batch."""
+        self._usage_unwritten[sender] = self._usage_unwritten.get(sender, 0) + size
 
     def close(self) -> None:
         """Discard uncommitted writes and close the connection."""
@@ -522,12 +576,15 @@ class PostgresStore:
             "AND u.conversation = p.conversation WHERE p.username = %s",
             (username,),
         ).fetchall()
-        with db.cursor() as cursor:
-            cursor.executemany(
+        for conversation, seq in direct:
+            # Their senders' stored bytes go down by what goes.
+            for sender, size in db.execute(
                 "DELETE FROM messages WHERE conversation = %s AND seq > %s AND recipient = %s "
-                "AND delivered_at IS NULL",
-                [(conversation, seq, username) for conversation, seq in direct],
-            )
+                f"AND delivered_at IS NULL RETURNING sender, {_STORED_SIZE}",
+                (conversation, seq, username),
+            ).fetchall():
+                self._charge(sender, -size)
+        self._usage_unwritten.pop(username, None)  # (its row goes)
         for statement in (
             "DELETE FROM participants WHERE username = %(u)s",
             "DELETE FROM user_cursors WHERE username = %(u)s",
@@ -738,6 +795,7 @@ class PostgresStore:
             db.execute("RELEASE SAVEPOINT message")
             raise ValueError("a message with this id is already stored") from None
         db.execute("RELEASE SAVEPOINT message")
+        self._charge(message.sender, stored_size(message.text))
         return stored
 
     def _insert_message(
@@ -804,7 +862,8 @@ class PostgresStore:
                 "JOIN participants AS p ON p.conversation = m.conversation "
                 "AND p.username = %(user)s "
                 "WHERE m.conversation = (SELECT id FROM conversations WHERE key = %(key)s) "
-                f"AND m.seq > p.floor_seq {upper}ORDER BY m.seq DESC LIMIT %(limit)s"
+                f"AND m.seq > p.floor_seq AND NOT {_FROM_BLOCKED} "
+                f"{upper}ORDER BY m.seq DESC LIMIT %(limit)s"
             )
         else:
             sql = (
@@ -855,6 +914,8 @@ class PostgresStore:
                 )
                 .fetchall()
             )
+            if not all(direct for _conversation, _seq, direct in rows):
+                rows = self._past_blocked(username, rows)
             for conversation, seq, direct in rows:
                 session_rows.append((token_hash, conversation, seq, token_hash))
                 user_rows.append((username, conversation, seq))
@@ -887,6 +948,28 @@ class PostgresStore:
                 user_rows,
             )
         return receipts
+
+    def _past_blocked(
+        self, username: str, rows: list[tuple[int, int, bool]]
+    ) -> list[tuple[int, int, bool]]:
+        """Each room's acknowledged seq moved past the messages from users
+        ``username`` blocks that directly follow it (see Store.acknowledge); one look
+        at the blocks first: most users block nobody."""
+        db = self._read()
+        blocks = db.execute("SELECT 1 FROM blocks WHERE username = %s LIMIT 1", (username,))
+        if blocks.fetchone() is None:
+            return rows
+        moved = []
+        for conversation, acknowledged, direct in rows:
+            seq = acknowledged
+            if not direct:
+                found = db.execute(
+                    _PAST_BLOCKED, {"conversation": conversation, "seq": seq, "user": username}
+                ).fetchone()
+                if found is not None and found[0] is not None:
+                    seq = found[0]
+            moved.append((conversation, seq, direct))
+        return moved
 
     # --- rooms -----------------------------------------------------------------------------------
 
@@ -922,6 +1005,12 @@ class PostgresStore:
         if not db.execute(
             "SELECT 1 FROM participants WHERE conversation = %s LIMIT 1", (conversation,)
         ).fetchone():
+            for sender, size in db.execute(
+                f"SELECT sender, SUM({_STORED_SIZE}) FROM messages WHERE conversation = %s "
+                "GROUP BY sender",
+                (conversation,),
+            ).fetchall():
+                self._charge(sender, -int(size))
             for table in ("session_cursors", "user_cursors", "messages"):
                 # Our own table names, not input.
                 db.execute(f"DELETE FROM {table} WHERE conversation = %s", (conversation,))
@@ -952,17 +1041,30 @@ class PostgresStore:
                 if first is not None and (stay is None or first < stay):
                     stay = first
             bound = stay if stay is not None else (1 << 62)
-            cursor = db.execute(
-                "DELETE FROM messages WHERE conversation = %s AND seq < %s AND sent_at < %s "
-                "AND seq < (SELECT MIN(seq) FROM messages WHERE conversation = %s) + %s",
+            gone = db.execute(
+                "WITH gone AS (DELETE FROM messages WHERE conversation = %s AND seq < %s "
+                "AND sent_at < %s "
+                "AND seq < (SELECT MIN(seq) FROM messages WHERE conversation = %s) + %s "
+                f"RETURNING sender, {_STORED_SIZE} AS size) "
+                "SELECT sender, SUM(size), COUNT(*) FROM gone GROUP BY sender",
                 (conversation, bound, cutoff_us, conversation, limit - deleted),
-            )
-            deleted += cursor.rowcount
+            ).fetchall()
+            for sender, size, count in gone:
+                self._charge(sender, -int(size))
+                deleted += count
         return deleted
 
     def count_waiting(self, username: str, limit: int) -> int:
         row = self._read().execute(_COUNT_WAITING, {"user": username, "limit": limit}).fetchone()
         return int(row[0]) if row is not None else 0
+
+    def stored_bytes(self, username: str) -> int:
+        row = (
+            self._read()
+            .execute("SELECT stored_bytes FROM accounts WHERE username = %s", (username,))
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0]) + self._usage_unwritten.get(username, 0)
 
     def room_exists(self, room: str) -> bool:
         return self._exists("SELECT 1 FROM conversations WHERE key = %s AND is_room", room)

@@ -71,6 +71,7 @@ from types import TracebackType
 from typing import Any, NoReturn, Self
 
 from udpchat_proto.chat import (
+    MESSAGE_OVERHEAD,
     STORE_READS,
     STORE_WRITES,
     Account,
@@ -82,6 +83,7 @@ from udpchat_proto.chat import (
     StoreUnavailableError,
     conversation_key,
     is_room,
+    stored_size,
 )
 from udpchat_proto.chat.messages import ChatMessage
 
@@ -213,6 +215,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 7: accounts the operator disabled (udpchat-server ctl disable).
     ("ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",),
+    # 8: each account's stored bytes, the counter of its storage quota (see
+    # Store.stored_bytes), counted once from what is stored: each message its UTF-8
+    # text plus 160 (MESSAGE_OVERHEAD when this was written).
+    (
+        "ALTER TABLE accounts ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0",
+        """UPDATE accounts SET stored_bytes = s.total
+           FROM (SELECT sender, SUM(length(CAST(text AS BLOB)) + 160) AS total
+                 FROM messages GROUP BY sender) AS s
+           WHERE s.sender = accounts.username""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -221,7 +233,15 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 
 _MESSAGE_COLUMNS = "m.id, m.sender, m.recipient, m.text, m.sent_at"
+#: What a messages row counts against its sender's quota (stored_size, in SQL).
+_STORED_SIZE = f"length(CAST(text AS BLOB)) + {MESSAGE_OVERHEAD:d}"
 
+# Whether :user blocks the sender of room message m: a member is delivered nothing
+# from those it blocks (a direct message needs no look: a block ends a friendship).
+_FROM_BLOCKED = (
+    "(m.recipient LIKE '#%' AND EXISTS "
+    "(SELECT 1 FROM blocks AS b WHERE b.username = :user AND b.blocked = m.sender))"
+)
 # The delivery query. For each conversation of the user, the start is the higher
 # of the member's floor and the cursor; the (conversation, seq) index then yields
 # only the messages past it, which are merged by global position. The cursor comes
@@ -236,6 +256,7 @@ _PENDING = f"""
              WHERE c.{{owner}} = :owner AND c.conversation = p.conversation), 0))
     WHERE p.username = :user
       AND (m.sender != :user OR (m.origin IS NOT NULL AND m.origin != :session))
+      AND NOT {_FROM_BLOCKED}
     ORDER BY m.position
     LIMIT :limit
 """
@@ -284,6 +305,21 @@ _FIRST_UNDELIVERED = (
     "SELECT MIN(seq) FROM messages WHERE conversation = ? AND seq > ? AND sender != ?"
 )
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
+# Where a room cursor at :seq may go: past the messages that directly follow it
+# and come from users :user blocks (never delivered to it), up to the first that
+# is not; NULL when none follows. Index seeks on (conversation, seq), one step per
+# message passed.
+_PAST_BLOCKED = """
+    SELECT MAX(m.seq) FROM messages AS m
+    WHERE m.conversation = :conversation AND m.seq > :seq
+      AND m.seq < COALESCE(
+          (SELECT n.seq FROM messages AS n
+           WHERE n.conversation = :conversation AND n.seq > :seq AND NOT EXISTS
+               (SELECT 1 FROM blocks AS b WHERE b.username = :user AND b.blocked = n.sender)
+           ORDER BY n.seq LIMIT 1),
+          1 << 62)
+"""
+_ADD_USAGE = "UPDATE accounts SET stored_bytes = stored_bytes + ? WHERE username = ?"
 # Delivery status: the direct messages to :user between its user cursor (every one
 # before it was delivered) and the seq just acknowledged, marked delivered now.
 _MARK_DELIVERED = """
@@ -437,6 +473,11 @@ class SQLiteStore:
         """The last seqs add_message gave and conversations.last_seq does not hold
         yet: written before COMMIT, before an atomic block and before a read of
         last_seq (one statement a batch, not one a message)."""
+        self._usage_unwritten: dict[str, int] = {}
+        """What this transaction added to (or took from) each sender's stored bytes
+        and accounts.stored_bytes does not hold yet: written before COMMIT and before
+        an atomic block, as the seqs are (one statement a batch, not one a message;
+        a failed block forgets only its own)."""
         self._recent: dict[bytes, tuple[ChatMessage, int, int, bytes | None]] = {}
         """The last messages stored, by id, with their conversation id, seq and
         origin (forgotten when a write is undone)."""
@@ -575,7 +616,9 @@ class SQLiteStore:
         """
         if self._atomic_wanted:
             raise RuntimeError("atomic() blocks do not nest")
-        self._write_seqs()  # outside the savepoint: a failed block cannot undo them
+        # Outside the savepoint: a failed block cannot undo them.
+        self._write_seqs()
+        self._write_usage()
         self._atomic_wanted = True
         try:
             yield
@@ -631,6 +674,9 @@ class SQLiteStore:
                     [(seq, conversation) for conversation, seq in self._seqs_unwritten.items()],
                 )
                 self._seqs_unwritten.clear()
+            if self._usage_unwritten:
+                self._db.executemany(_ADD_USAGE, self._usage_rows())
+                self._usage_unwritten.clear()
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._discard()
@@ -643,6 +689,29 @@ class SQLiteStore:
         self._recent.clear()
         self._conversations.clear()
         self._seqs_unwritten.clear()
+        self._usage_unwritten.clear()
+
+    def _charge(self, sender: str, size: int) -> None:
+        """Add ``size`` (negative: a deletion) to ``sender``'s stored bytes, written
+        with the batch."""
+        self._usage_unwritten[sender] = self._usage_unwritten.get(sender, 0) + size
+
+    def _usage_rows(self) -> list[tuple[int, str]]:
+        return [(delta, name) for name, delta in self._usage_unwritten.items() if delta]
+
+    def _write_usage(self) -> None:
+        """Write the stored bytes the transaction changed into accounts.stored_bytes.
+
+        Raises:
+            StoreUnavailableError: the write failed for an outside cause.
+        """
+        if not self._usage_unwritten:
+            return
+        try:
+            self._write().executemany(_ADD_USAGE, self._usage_rows())
+        except sqlite3.Error as exc:
+            self._raise_translated(exc)
+        self._usage_unwritten.clear()
 
     def _write_seqs(self) -> None:
         """Write the last seqs add_message gave into conversations.last_seq.
@@ -782,11 +851,15 @@ class SQLiteStore:
             "AND u.conversation = p.conversation WHERE p.username = ?",
             (username,),
         ).fetchall()
-        db.executemany(
-            "DELETE FROM messages WHERE conversation = ? AND seq > ? AND recipient = ? "
-            "AND delivered_at IS NULL",
-            [(conversation, seq, username) for conversation, seq in direct],
-        )
+        for conversation, seq in direct:
+            # Their senders' stored bytes go down by what goes.
+            for sender, size in db.execute(
+                "DELETE FROM messages WHERE conversation = ? AND seq > ? AND recipient = ? "
+                f"AND delivered_at IS NULL RETURNING sender, {_STORED_SIZE}",
+                (conversation, seq, username),
+            ).fetchall():
+                self._charge(sender, -size)
+        self._usage_unwritten.pop(username, None)  # (its row goes)
         for statement in (
             "DELETE FROM participants WHERE username = ?",
             "DELETE FROM user_cursors WHERE username = ?",
@@ -1044,6 +1117,7 @@ class SQLiteStore:
         else:
             conversation, seq = self._first_message(message, key, sent_at, origin)
         self._conversations[key] = (conversation, seq)
+        self._charge(message.sender, stored_size(message.text))
         recent = self._recent
         recent[message.id] = (message, conversation, seq, origin)
         if len(recent) > _RECENT_MAX:
@@ -1161,7 +1235,8 @@ class SQLiteStore:
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages AS m "
                 "JOIN participants AS p ON p.conversation = m.conversation AND p.username = :user "
                 "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
-                f"AND m.seq > p.floor_seq {upper}ORDER BY m.seq DESC LIMIT :limit",
+                f"AND m.seq > p.floor_seq AND NOT {_FROM_BLOCKED} "
+                f"{upper}ORDER BY m.seq DESC LIMIT :limit",
                 args,
             ).fetchall()
         else:
@@ -1216,6 +1291,7 @@ class SQLiteStore:
         moved: list[dict[str, Any]] = []
         for username, token_hash, message_ids in acknowledgements:
             highest, direct = self._highest_acknowledged(username, token_hash, message_ids)
+            self._pass_blocked(username, highest, direct)
             session_rows.extend((token_hash, c, seq, token_hash) for c, seq in highest.items())
             user_rows.extend((username, c, seq) for c, seq in highest.items())
             moved.extend(
@@ -1247,6 +1323,26 @@ class SQLiteStore:
             user_rows,
         )
         return receipts
+
+    def _pass_blocked(self, username: str, highest: dict[int, int], direct: set[int]) -> None:
+        """Move each room's acknowledged seq in ``highest`` past the messages from
+        users ``username`` blocks that directly follow it (see Store.acknowledge).
+        One look at the blocks first: most users block nobody."""
+        if (
+            len(highest) == len(direct)
+            or not self._db.execute(
+                "SELECT 1 FROM blocks WHERE username = ? LIMIT 1", (username,)
+            ).fetchone()
+        ):
+            return
+        for conversation, seq in highest.items():
+            if conversation in direct:
+                continue
+            (passed,) = self._db.execute(
+                _PAST_BLOCKED, {"conversation": conversation, "seq": seq, "user": username}
+            ).fetchone()
+            if passed is not None:
+                highest[conversation] = passed
 
     def _highest_acknowledged(
         self, username: str, token_hash: bytes, message_ids: Sequence[bytes]
@@ -1339,6 +1435,12 @@ class SQLiteStore:
             ).fetchone()
             is None
         ):
+            for sender, size in db.execute(
+                f"SELECT sender, SUM({_STORED_SIZE}) FROM messages WHERE conversation = ? "
+                "GROUP BY sender",
+                (conversation,),
+            ).fetchall():
+                self._charge(sender, -size)
             for table in ("session_cursors", "user_cursors", "messages"):
                 # Our own table names, not input.
                 db.execute(f"DELETE FROM {table} WHERE conversation = ?", (conversation,))
@@ -1374,12 +1476,15 @@ class SQLiteStore:
                 if first is not None and (stay is None or first < stay):
                     stay = first
             bound = stay if stay is not None else (1 << 62)
-            cursor = db.execute(
+            gone = db.execute(
                 "DELETE FROM messages WHERE conversation = ? AND seq < ? AND sent_at < ? "
-                "AND seq < (SELECT MIN(seq) FROM messages WHERE conversation = ?) + ?",
+                "AND seq < (SELECT MIN(seq) FROM messages WHERE conversation = ?) + ? "
+                f"RETURNING sender, {_STORED_SIZE}",
                 (conversation, bound, cutoff_us, conversation, limit - deleted),
-            )
-            deleted += cursor.rowcount
+            ).fetchall()
+            for sender, size in gone:
+                self._charge(sender, -size)
+            deleted += len(gone)
         return deleted
 
     def count_waiting(self, username: str, limit: int) -> int:
@@ -1387,6 +1492,14 @@ class SQLiteStore:
         its sessions), counting at most ``limit``."""
         (count,) = self._db.execute(_COUNT_WAITING, {"user": username, "limit": limit}).fetchone()
         return int(count)
+
+    def stored_bytes(self, username: str) -> int:
+        """What the stored messages ``username`` sent count against its quota (the
+        counter, and what this transaction changed of it)."""
+        row = self._db.execute(
+            "SELECT stored_bytes FROM accounts WHERE username = ?", (username,)
+        ).fetchone()
+        return 0 if row is None else int(row[0]) + self._usage_unwritten.get(username, 0)
 
     def room_exists(self, room: str) -> bool:
         """Whether the room was ever created."""

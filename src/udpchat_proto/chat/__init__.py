@@ -48,6 +48,7 @@ from .requests import session_id
 from .server import ChatServer, token_hash
 from .stats import ServerStats
 from .store import (
+    MESSAGE_OVERHEAD,
     STORE_READS,
     STORE_WRITES,
     Account,
@@ -59,6 +60,7 @@ from .store import (
     StoreUnavailableError,
     WriteTrackingStore,
     conversation_key,
+    stored_size,
 )
 from .validation import (
     MAX_TEXT_BYTES,
@@ -83,6 +85,7 @@ __all__ = [
     "MAX_NODES",
     "MAX_NODE_USERS",
     "MAX_TEXT_BYTES",
+    "MESSAGE_OVERHEAD",
     "NODE_TIMEOUT",
     "STORE_READS",
     "STORE_WRITES",
@@ -127,6 +130,7 @@ __all__ = [
     "is_room",
     "messages",
     "session_id",
+    "stored_size",
     "token_hash",
     "valid_room",
     "valid_target",

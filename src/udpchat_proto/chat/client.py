@@ -443,7 +443,8 @@ class ClientConnection:
         message is committed on the server. Refusals: ``not_friends`` (to any
         name but a friend's, with an account or not; an older server says
         ``unknown_user`` for a name without one), ``unknown_room``,
-        ``not_a_member``, ``rate_limited``.
+        ``not_a_member``, ``rate_limited``, ``recipient_full``,
+        ``quota_exceeded``.
 
         Args:
             to: a username, or a room name starting with ``#``.

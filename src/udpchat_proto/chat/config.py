@@ -30,6 +30,12 @@ its acknowledgements): 64 KiB holds both, where the 4 MiB a client accepts from 
 server would let each connection pin 4 MiB in reassembly."""
 
 
+# Typed as their fields (None turns them off): attrs' stubs take a field's type
+# from its default.
+_RETAIN_DAYS: Final[float | None] = 30.0
+_MAX_STORED_PER_USER: Final[int | None] = 64 * 1024 * 1024
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Settings of a :class:`~udpchat_proto.chat.server.ChatServer`.
@@ -140,12 +146,25 @@ class ServerConfig:
     same id."""
 
     retain_days: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(positive_number)
+        default=_RETAIN_DAYS, validator=attrs.validators.optional(positive_number)
     )
-    """Days a message is kept once every recipient session has received it; None
-    (the default) keeps everything. The hourly sweep deletes each conversation's
-    oldest such messages (a message some device has not received yet stays, and so
-    does every later one of its conversation)."""
+    """Days a message is kept once every recipient session has received it (30);
+    None keeps everything. The hourly sweep deletes each conversation's oldest such
+    messages (a message some device has not received yet stays, and so does every
+    later one of its conversation: the promise is that an acknowledged message
+    reaches every device). Without it a server's disk only fills, and each user's
+    ``max_stored_per_user`` with it."""
+
+    max_stored_per_user: int | None = attrs.field(
+        default=_MAX_STORED_PER_USER, validator=attrs.validators.optional(positive_int)
+    )
+    """Most bytes of messages one user may have stored (64 MiB), counted as the
+    sum of :func:`~udpchat_proto.chat.store.stored_size` of every message they sent
+    that the store still holds, delivered or not, direct or to a room (stored once
+    for all its members). One more is refused ``quota_exceeded``. Message rate
+    limits alone let one account store 1.7 GB a day; with ``retain_days`` (30) a
+    user sending 2,000 messages of 200 bytes a day stays under a third of it.
+    None: no quota."""
 
     max_waiting_per_recipient: int = attrs.field(default=10_000, validator=positive_int)
     """Most direct messages waiting for one user that none of their devices has

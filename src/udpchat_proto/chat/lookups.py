@@ -92,12 +92,10 @@ class Lookups:
         if not self._tracker.dirty and len(self._known_users) < KNOWN_USERS_MAX:
             self._known_users.add(username)
 
-    def _presence(
-        self, usernames: list[str], hidden: frozenset[str] = frozenset()
-    ) -> tuple[m.UserPresence, ...]:
-        """Each name with whether it is online (those in ``hidden`` look offline)."""
+    def _presence(self, usernames: list[str]) -> tuple[m.UserPresence, ...]:
+        """Each name with whether it is online."""
         return tuple(
-            m.UserPresence(username=name, online=self._is_online(name) and name not in hidden)
+            m.UserPresence(username=name, online=self._is_online(name))
             for name in usernames[:LIST_MAX]
         )
 
@@ -105,6 +103,13 @@ class Lookups:
         """``usernames`` without those ``me`` blocks."""
         blocked = set(self._store.blocked_by(me)) if usernames else set()
         return [name for name in usernames if name not in blocked]
+
+    def _co_members(self, me: str) -> set[str]:
+        """Everyone who shares a room with ``me`` (``me`` too, if in any room)."""
+        members: set[str] = set()
+        for room, _count in self._store.rooms_of(me):
+            members.update(self._store.room_members(room))
+        return members
 
     def _require_member(self, me: str, room: str) -> None:
         if not self._store.room_exists(room):

@@ -43,6 +43,7 @@ from .store import (
     Receipt,
     StoredMessage,
     conversation_key,
+    stored_size,
 )
 from .validation import is_room
 
@@ -123,6 +124,8 @@ class MemoryStore:
         self._by_id: dict[bytes, _Entry] = {}
         self._retired: set[str] = set()
         """Names of deleted accounts: never registered again."""
+        self._stored: dict[str, int] = {}
+        """Each account's stored bytes (see Store.stored_bytes)."""
         self._order = 0
 
     # --- transactions ------------------------------------------------------------
@@ -151,6 +154,7 @@ class MemoryStore:
         if username in self._accounts or username in self._retired:
             return False
         self._accounts[username] = Account(username=username, password=password, created_at=now)
+        self._stored[username] = 0
         return True
 
     def set_password(self, username: str, password: PasswordHash) -> bool:
@@ -189,9 +193,14 @@ class MemoryStore:
             # The direct messages waiting for it go; the conversation stays for the
             # other user, who alone receives from it now.
             for entry in conversation.log:
-                if entry.stored.message.to == username and entry.delivered_at is None:
+                if (
+                    entry.stored.message.to == username
+                    and entry.delivered_at is None
+                    and not entry.removed
+                ):
                     entry.removed = True
                     self._by_id.pop(entry.stored.message.id, None)
+                    self._uncharge(entry.stored.message)
             del conversation.members[username]
         self._conversations_of.pop(username, None)
         self._user_cursors.pop(username, None)
@@ -206,6 +215,7 @@ class MemoryStore:
         for blocker in self.blockers_of(username):
             self.delete_block(blocker, username)
         self._accounts.pop(username, None)
+        self._stored.pop(username, None)
         self._retired.add(username)
 
     # --- login sessions ------------------------------------------------------------
@@ -384,7 +394,14 @@ class MemoryStore:
         entry = _Entry(order=self._order, conversation=key, stored=stored, origin=origin)
         conversation.log.append(entry)
         self._by_id[message.id] = entry
+        if message.sender in self._stored:
+            self._stored[message.sender] += stored_size(message.text)
         return stored
+
+    def _uncharge(self, message: ChatMessage) -> None:
+        """A message of its sender's is deleted: it counts no more."""
+        if message.sender in self._stored:
+            self._stored[message.sender] -= stored_size(message.text)
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         """The message with this id, or None."""
@@ -416,9 +433,14 @@ class MemoryStore:
             if floor is None:
                 return []
             log = log[max(0, floor - conversation.base) :]
+        # A member reads nothing from those it blocks (a direct conversation has
+        # nobody else to hide).
+        hidden: set[str] | frozenset[str] = frozenset()
+        if conversation.is_room:
+            hidden = self._blocks.get(username, hidden)
         found: list[ChatMessage] = []
         for entry in reversed(log):
-            if not entry.removed:
+            if not entry.removed and entry.stored.message.sender not in hidden:
                 found.append(entry.stored.message)
                 if len(found) == limit:
                     break
@@ -439,12 +461,16 @@ class MemoryStore:
         if limit <= 0:
             return []
         cursors = self._cursors(username, token_hash)
+        blocked: set[str] | frozenset[str] = self._blocks.get(username, frozenset())
         tails: list[Iterator[_Entry]] = []
         for key in self._conversations_of.get(username, ()):
             conversation = self._conversations[key]
             start = max(conversation.members[username], cursors.get(key, 0))
             if start < conversation.base + len(conversation.log):
-                tails.append(_tail(conversation.log, max(0, start - conversation.base)))
+                tail = _tail(conversation.log, max(0, start - conversation.base))
+                if conversation.is_room and blocked:
+                    tail = (entry for entry in tail if entry.stored.message.sender not in blocked)
+                tails.append(tail)
         result: list[ChatMessage] = []
         for entry in heapq.merge(*tails, key=_order_of):
             if entry.is_for(username, token_hash):
@@ -467,7 +493,7 @@ class MemoryStore:
         """
         session_cursors = self._session_cursors.get(token_hash)
         user_cursors = self._user_cursors.setdefault(username, {})
-        receipts: list[Receipt] = []
+        highest: dict[str, int] = {}
         for message_id in message_ids:
             entry = self._by_id.get(message_id)
             if entry is None:
@@ -475,8 +501,14 @@ class MemoryStore:
             conversation = self._conversations[entry.conversation]
             if username not in conversation.members or not entry.is_for(username, token_hash):
                 continue  # (its own message: see SQLiteStore._highest_acknowledged)
-            seq = entry.stored.seq
-            key = entry.conversation
+            highest[entry.conversation] = max(highest.get(entry.conversation, 0), entry.stored.seq)
+        receipts: list[Receipt] = []
+        blocked = self._blocks.get(username)
+        for key, acknowledged in highest.items():
+            conversation = self._conversations[key]
+            seq = acknowledged
+            if conversation.is_room and blocked:
+                seq = self._past_blocked(conversation, seq, blocked)
             if session_cursors is not None and session_cursors.get(key, 0) < seq:
                 session_cursors[key] = seq
             if user_cursors.get(key, 0) < seq:
@@ -489,6 +521,16 @@ class MemoryStore:
                     )
                 user_cursors[key] = seq
         return receipts
+
+    @staticmethod
+    def _past_blocked(conversation: _Conversation, seq: int, blocked: set[str]) -> int:
+        """The seq after ``seq`` and the room messages from ``blocked`` senders that
+        directly follow it (never delivered: a cursor may pass them)."""
+        for entry in _tail(conversation.log, seq - conversation.base):
+            if entry.stored.message.sender not in blocked:
+                break
+            seq = entry.stored.seq
+        return seq
 
     @staticmethod
     def _delivered(entries: list[_Entry], username: str, now: float) -> Iterator[Receipt]:
@@ -540,6 +582,7 @@ class MemoryStore:
             del self._conversations[room]
             for entry in conversation.log:
                 self._by_id.pop(entry.stored.message.id, None)
+                self._uncharge(entry.stored.message)
             for cursors in (*self._session_cursors.values(), *self._user_cursors.values()):
                 cursors.pop(room, None)
         return True
@@ -561,9 +604,11 @@ class MemoryStore:
                     for name, start in conversation.members.items()
                 ):
                     break
-                conversation.log.pop(0)
+                entry = conversation.log.pop(0)
                 conversation.base += 1
-                self._by_id.pop(stored.message.id, None)
+                if not entry.removed:  # (a removed one was uncharged then)
+                    self._by_id.pop(stored.message.id, None)
+                    self._uncharge(stored.message)
                 deleted += 1
         return deleted
 
@@ -591,6 +636,10 @@ class MemoryStore:
                     if count >= limit:
                         return count
         return count
+
+    def stored_bytes(self, username: str) -> int:
+        """What the stored messages ``username`` sent count against its quota."""
+        return self._stored.get(username, 0)
 
     def room_exists(self, room: str) -> bool:
         """Whether the room was ever created."""

@@ -32,6 +32,20 @@ Conversations and delivery cursors:
 * A direct message is *delivered* when a session of its recipient first
   acknowledges it: the store records when (``StoredMessage.delivered_at``) and
   :meth:`Store.acknowledge_many` reports it, for the sender's receipt.
+* Each account's *stored bytes* are what the messages it sent and the store still
+  holds count against its quota: each one :func:`stored_size` (its text and the
+  space its row takes). The store keeps the sum as a counter of its own, written
+  with the messages and decreased by whatever deletes them (retention, a room's
+  last leave, a recipient's account deletion), so that :meth:`Store.stored_bytes`
+  is one lookup, right across restarts.
+* A room member is never delivered, nor shown in history, the room messages of a
+  user it blocks (:meth:`Store.add_block`), whenever they were sent: the block in
+  force when a message is read decides. The cursors still count those messages:
+  acknowledging a later one passes them, and so does acknowledging the message a
+  run of them directly follows (if they are stored by then), so that a blocked
+  sender's messages do not stay in a member's backlog nor, once passed, keep
+  retention from deleting them. (Direct messages need no filter: a block ends the friendship, so none
+  is sent after it; those sent before it are delivered.)
 
 Failures: a store that cannot do its work for a reason outside the server's
 control (a full disk, an I/O error, a read-only or locked database, a database
@@ -55,6 +69,7 @@ from .validation import is_room
 
 __all__ = [
     "CURSOR_READERS",
+    "MESSAGE_OVERHEAD",
     "STORE_READS",
     "STORE_WRITES",
     "Account",
@@ -66,7 +81,20 @@ __all__ = [
     "StoredMessage",
     "WriteTrackingStore",
     "conversation_key",
+    "stored_size",
 ]
+
+MESSAGE_OVERHEAD: Final = 160
+"""Bytes each stored message counts against its sender's quota on top of its text:
+about what its row and index entries take (SQLite measured 144 bytes a message
+with a 1-byte text; PostgreSQL's row headers are larger), so that a flood of tiny
+messages is charged for the disk it really fills."""
+
+
+def stored_size(text: str) -> int:
+    """What a message with this text counts against its sender's storage quota: its
+    UTF-8 bytes plus :data:`MESSAGE_OVERHEAD`."""
+    return len(text.encode()) + MESSAGE_OVERHEAD
 
 
 def conversation_key(sender: str, to: str) -> str:
@@ -343,16 +371,18 @@ class Store(Protocol):
     ) -> list[ChatMessage]:
         """The last ``limit`` messages between ``username`` and ``peer`` (a user or a
         room), oldest first; of a room, only those sent since ``username`` joined it
-        (nothing if not a member): a member reads what it would have received.
-        With ``before`` (a message id of that conversation), only those older than
-        it (nothing if it is not one of the conversation's)."""
+        (nothing if not a member), and none from a user ``username`` blocks: a
+        member reads what it would have received. With ``before`` (a message id
+        of that conversation), only those older than it (nothing if it is not one
+        of the conversation's)."""
         ...
 
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
         """Up to ``limit`` messages for ``username`` not yet acknowledged by the
         login session ``token_hash``, in the order they were stored (see the module
         docstring for the cursor rules): what others sent to the user or its
-        rooms, and what the user sent from its other sessions."""
+        rooms (not the room messages of users it blocks), and what the user sent
+        from its other sessions."""
         ...
 
     def acknowledge(
@@ -360,7 +390,10 @@ class Store(Protocol):
     ) -> list[Receipt]:
         """Advance the session's (and the user's) cursors past these messages.
 
-        Ids that are unknown or in no conversation of ``username`` are ignored.
+        Ids that are unknown or in no conversation of ``username`` are ignored. In a
+        room, a cursor goes on past the messages that directly follow the highest
+        one acknowledged and come from users ``username`` blocks (they are never
+        delivered to it; see the module docstring).
 
         Returns:
             The direct messages to ``username`` this delivered for the first time
@@ -396,12 +429,20 @@ class Store(Protocol):
         every one of its sessions (and in its user cursor, where a new session
         starts); return how many. Only a prefix of each conversation goes (the
         first message that must stay keeps every later one), so history has no
-        gaps; a member's messages before they joined do not count."""
+        gaps; a member's messages before they joined do not count. Their senders'
+        :meth:`stored_bytes` go down by what they counted."""
         ...
 
     def count_waiting(self, username: str, limit: int) -> int:
         """How many direct messages wait for ``username``, not acknowledged by any of
         its sessions (room messages are not counted), at most ``limit``."""
+        ...
+
+    def stored_bytes(self, username: str) -> int:
+        """What the stored messages ``username`` sent count against its quota: the sum
+        of their :func:`stored_size` (0 for no account). A counter the store keeps up
+        to date as messages are added and deleted (uncommitted writes included), never
+        a scan."""
         ...
 
     def room_exists(self, room: str) -> bool:
@@ -437,6 +478,7 @@ STORE_READS: Final = frozenset(
         "history",
         "pending_deliveries",
         "count_waiting",
+        "stored_bytes",
         "room_exists",
         "room_members",
         "rooms_of",

@@ -4,7 +4,13 @@ A block ends a friendship and the invitations either way, and from then on the
 blocked user learns nothing they could not learn anyway: an invitation from them
 gets the ordinary answer but is never shown to the blocker, a message from them is
 refused as to any non-friend (``not_friends``: they are no longer friends), and
-the blocker appears offline to them (in the online list and in room members).
+the blocker appears offline to them in a public online list (``public_presence``)
+unless they share a room.
+
+In a room they share, the blocker receives nothing from the blocked user (no push,
+not in the backlog nor in history: the store filters it at delivery, and the
+cursors pass it), while the blocked user sees the room as any member does: the
+blocker's messages and real presence. Unblocking tells the other side nothing.
 """
 
 from __future__ import annotations

@@ -135,15 +135,19 @@ class FriendRequests(ServerCore):
         me = self._me(connection)
         if self._config.public_presence:
             visible = self.online_users
+            # Those who block the caller look offline to them, except in a room they
+            # share: there the caller reads their messages, and a member's presence
+            # is what room_members shows (hiding it would tell the block).
+            hidden = set(self._store.blockers_of(me))
+            if hidden:
+                hidden -= self._co_members(me)
+                visible = [name for name in visible if name not in hidden]
         else:
             # Those who would see each other anyway: friends (presence pushes) and
-            # room co-members (members lists); and the caller.
-            known = {me, *self._friend_set(me)}
-            for room, _count in self._store.rooms_of(me):
-                known.update(self._store.room_members(room))
+            # room co-members (members lists); and the caller. One who blocks the
+            # caller is no friend: they are here only as a co-member, shown as such.
+            known = {me, *self._friend_set(me), *self._co_members(me)}
             visible = sorted(name for name in known if self._is_online(name))
-        hidden = set(self._store.blockers_of(me))  # those who block me look offline
-        visible = [name for name in visible if name not in hidden]
         self._reply(
             connection,
             m.OnlineUsers(request_id=request.request_id, usernames=tuple(visible[:LIST_MAX])),

@@ -12,6 +12,7 @@ from .. import messages as m
 from ..connection import ChatConnection
 from ..core import ServerCore
 from ..requests import RefusedError, handles, utc_from_posix
+from ..store import stored_size
 from ..validation import is_room
 
 __all__ = ["MessageRequests"]
@@ -87,9 +88,32 @@ class MessageRequests(ServerCore):
                     ErrorCode.RECIPIENT_FULL,
                     f"{request.to} has {cap} messages waiting already; try again later",
                 )
+        self._check_quota(me, request.text)
         if not self._message_rate.available(me, now=now):  # (spent once stored)
             raise RefusedError(ErrorCode.RATE_LIMITED, "you are sending too fast; slow down")
         return recipients
+
+    def _check_quota(self, me: str, text: str) -> None:
+        """Refuse a message that would take ``me``'s stored messages past the quota
+        (one read of a counter the store keeps: no scan)."""
+        quota = self._config.max_stored_per_user
+        if quota is None:
+            return
+        stored = self._store.stored_bytes(me)
+        if stored + stored_size(text) <= quota:
+            return
+        days = self._config.retain_days
+        raise RefusedError(
+            ErrorCode.QUOTA_EXCEEDED,
+            f"your stored messages take {_size(stored)} of the {_size(quota)} this server "
+            "keeps for each user; "
+            + (
+                "it keeps every message: ask its operator"
+                if days is None
+                else f"a message everyone has received is deleted {days:g} days after it "
+                "was sent: try again later"
+            ),
+        )
 
     def _answered_as_retry(
         self, connection: ChatConnection, me: str, request: m.SendMessage
@@ -115,7 +139,11 @@ class MessageRequests(ServerCore):
         """Who receives a message from ``me`` to ``to``; refuses what may not be sent."""
         if is_room(to):
             self._require_member(me, to)
-            return [member for member in self._store.room_members(to) if member != me]
+            members = self._store.room_members(to)
+            # A member who blocks the sender is never delivered its room messages (the
+            # store leaves them out of its backlog and history too): no live push.
+            blockers = frozenset(self._store.blockers_of(me)) if len(members) > 1 else frozenset()
+            return [member for member in members if member != me and member not in blockers]
         if not self._are_friends(me, to):
             # Whether the name has an account, had one or never had, is nobody's
             # business but its friends': the same answer, and no look-up.
@@ -163,3 +191,11 @@ class MessageRequests(ServerCore):
                 delivered_at=None if delivered is None else utc_from_posix(delivered),
             ),
         )
+
+
+def _size(size: int) -> str:
+    """Bytes for people: ``660 bytes``, ``1.0 KiB``, ``64.0 MiB``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"

@@ -69,9 +69,9 @@ class RoomRequests(ServerCore):
         room = request.room
         # Members only: who is in a room is its members' business.
         self._require_member(self._me(connection), room)
-        # Whoever blocks the caller looks offline to them.
-        hidden = frozenset(self._store.blockers_of(self._me(connection)))
-        members = self._presence(self._store.room_members(room), hidden)
+        # Each member as they are, also one who blocks the caller: the caller reads
+        # their messages in the room, so showing them offline would tell the block.
+        members = self._presence(self._store.room_members(room))
         self._reply(
             connection, m.RoomMembers(request_id=request.request_id, room=room, members=members)
         )
