@@ -44,8 +44,8 @@ Conversations and delivery cursors:
   acknowledging a later one passes them, and so does acknowledging the message a
   run of them directly follows (if they are stored by then), so that a blocked
   sender's messages do not stay in a member's backlog nor, once passed, keep
-  retention from deleting them. (Direct messages need no filter: a block ends the friendship, so none
-  is sent after it; those sent before it are delivered.)
+  retention from deleting them. (Direct messages need no filter: a block ends
+  the friendship, so none is sent after it; those sent before it are delivered.)
 
 Failures: a store that cannot do its work for a reason outside the server's
 control (a full disk, an I/O error, a read-only or locked database, a database
