@@ -254,7 +254,8 @@ def _metrics_address(text: str) -> tuple[str, int]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
+    # (Not dir_okay=False: click's usage error, exit 2, for what is a bad config, exit 1.)
+    type=click.Path(path_type=Path),
     is_eager=True,
     expose_value=False,
     callback=_load_config,
@@ -373,7 +374,10 @@ def command(
     """Run the udpchat server."""
     if print_config:
         values, derived = _in_force(click.get_current_context().params)
-        click.echo(to_toml(command, values, derived), nl=False)
+        try:
+            click.echo(to_toml(command, values, derived), nl=False)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
         return
     configure_logging(log_level, log_format)
     # From here on SIGINT and SIGTERM stop the server cleanly, even while it is

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import select
 import socket
+import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from udpchat_proto import ClientTransport, ConnectionTerminated, HandshakeCompleted
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, server_command
 
 pytestmark = pytest.mark.e2e
 
@@ -65,3 +67,37 @@ def test_a_close_reason_cannot_forge_a_log_line(tmp_path: Path) -> None:
     assert line.endswith(
         "disconnected (normal_close: bye\\n[fake] udpchat_server: admin logged in\\x1b[2J\\x1b[31m)"
     ), line
+
+
+# --- the config file (item 14) --------------------------------------------------------------
+
+
+def assert_one_error_line(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_print_config_of_a_path_with_del_reads_back(tmp_path: Path) -> None:
+    db = str(tmp_path / "chat\x7f\x1b[31m.sqlite3")
+    printed = server_command("--db", db, "--print-config")
+    assert printed.returncode == 0, printed
+    assert tomllib.loads(printed.stdout)["db"] == db
+    again = tmp_path / "again.toml"
+    again.write_text(printed.stdout)
+    assert server_command("--config", str(again), "--print-config").stdout == printed.stdout
+
+
+def test_a_directory_as_config_is_a_bad_config_exit_1(tmp_path: Path) -> None:
+    """It was click's usage error (exit 2, three lines); a bad config exits 1."""
+    done = server_command("--config", str(tmp_path), "--print-config")
+    assert done.returncode == 1, done
+    assert_one_error_line(done)
+    assert str(tmp_path) in done.stderr and "directory" in done.stderr
+
+
+def test_deep_nesting_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "deep.toml"
+    config.write_text("port = " + "[" * 100_000 + "\n")
+    done = server_command("--config", str(config), "--print-config")
+    assert done.returncode == 1, done
+    assert_one_error_line(done)
+    assert str(config) in done.stderr and "nested too deeply" in done.stderr
