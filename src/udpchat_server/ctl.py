@@ -189,5 +189,7 @@ def backup(dest: Path, as_json: bool) -> None:
     """A consistent copy of the database at DEST (and the key at DEST.key), taken
     while the server runs. (PostgreSQL: use pg_dump.)"""
     app = _ctl(as_json)
-    answer = app.ask("backup", {"dest": str(dest.resolve())})
+    # Absolute, but never resolved: the server refuses a link at DEST rather than
+    # write (with its own rights) wherever the link points.
+    answer = app.ask("backup", {"dest": str(dest.absolute())})
     app.show(f"backed up to {answer['dest']} ({answer['size']} bytes)", answer)

@@ -3,18 +3,22 @@ log, the metrics endpoint, the control socket, backups and the config file."""
 
 from __future__ import annotations
 
+import json
 import select
 import socket
+import sqlite3
+import stat
 import subprocess
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from udpchat_proto import ClientTransport, ConnectionTerminated, HandshakeCompleted
 
-from .conftest import ServerProcess, server_command
+from .conftest import SERVER, ServerProcess, clean_env, server_command
 
 pytestmark = pytest.mark.e2e
 
@@ -101,3 +105,81 @@ def test_deep_nesting_is_one_error_naming_the_file(tmp_path: Path) -> None:
     assert done.returncode == 1, done
     assert_one_error_line(done)
     assert str(config) in done.stderr and "nested too deeply" in done.stderr
+
+
+# --- backups (item 9) -----------------------------------------------------------------------
+
+
+def ctl(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return server_command("ctl", "--db", str(server.db), "--json", *args)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        process.kill()
+
+
+def test_a_backup_never_follows_a_link_at_its_destination(
+    running: ServerProcess, tmp_path: Path
+) -> None:
+    """The ctl client resolved DEST, so a dangling link planted there made the
+    server write the copy (every password hash) wherever the link pointed."""
+    target = tmp_path / "elsewhere" / "stolen.sqlite3"
+    target.parent.mkdir()
+    link = tmp_path / "backup.sqlite3"
+    link.symlink_to(target)
+    done = ctl(running, "backup", str(link))
+    assert done.returncode == 1, done
+    answer = json.loads(done.stdout)
+    assert answer["error"] == "exists" and "symbolic link" in answer["message"], answer
+    assert_one_error_line(done)
+    assert not target.exists() and not Path(f"{target}.key").exists()
+    assert not Path(f"{link}.key").exists()  # (nothing half-made left behind)
+    # Relative, from another directory: the same (the client no longer resolves it).
+    relative = subprocess.run(
+        [*SERVER, "ctl", "--db", str(running.db), "backup", "backup.sqlite3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert relative.returncode == 1 and "symbolic link" in relative.stderr, relative
+    assert not target.exists()
+
+
+def test_a_backup_never_follows_a_link_at_its_key_copy(
+    running: ServerProcess, tmp_path: Path
+) -> None:
+    dest = tmp_path / "copy.sqlite3"
+    victim = tmp_path / "victim"
+    victim.write_text("the operator's file\n")
+    Path(f"{dest}.key").symlink_to(victim)
+    done = ctl(running, "backup", str(dest))
+    assert done.returncode == 1 and json.loads(done.stdout)["error"] == "exists", done
+    assert victim.read_text() == "the operator's file\n"
+    assert not dest.exists()  # the reserved destination was removed again
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".copy")] == []
+
+
+def test_a_backup_to_an_existing_file_is_refused_and_a_new_one_is_whole(
+    running: ServerProcess, tmp_path: Path
+) -> None:
+    existing = tmp_path / "existing.sqlite3"
+    existing.write_text("keep me\n")
+    done = ctl(running, "backup", str(existing))
+    assert done.returncode == 1 and json.loads(done.stdout)["error"] == "exists", done
+    assert existing.read_text() == "keep me\n"
+    dest = tmp_path / "new.sqlite3"
+    answer = json.loads(ctl(running, "backup", str(dest)).stdout)
+    assert answer["ok"] and answer["size"] == dest.stat().st_size > 0
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(f"{dest}.key").stat().st_mode) == 0o600
+    with sqlite3.connect(dest) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
