@@ -58,7 +58,7 @@ try:
     )
 
     from .config_file import ConfigError, load_defaults, to_toml
-    from .control import ControlError, ControlInUseError, ControlSocket
+    from .control import ControlError, ControlInUseError, ControlNotOursError, ControlSocket
     from .ctl import ctl as ctl_command
     from .ctl import default_control_path
     from .dburl import is_postgres_url, shown_database
@@ -499,6 +499,11 @@ def _operator(
             socket_.open()
         except ControlInUseError as exc:  # another server on this database, most likely
             raise StartupError(f"{exc} (a second server on the same database?)") from None
+        except ControlNotOursError as exc:  # planted? never used, never replaced
+            if explicit_control:
+                raise StartupError(f"cannot open the control socket: {exc}") from None
+            log.warning("no control socket: %s; remove it, or give --control PATH", exc)
+            socket_ = None
         except OSError as exc:
             if explicit_control:
                 raise StartupError(f"cannot open the control socket {control}: {exc}") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.planted import IS_ROOT, NOBODY, planted_listener, shared_directory
 from udpchat_proto import ClientTransport, ConnectionTerminated, HandshakeCompleted
 
 from .conftest import SERVER, ServerProcess, clean_env, server_command
@@ -183,3 +184,37 @@ def test_a_backup_to_an_existing_file_is_refused_and_a_new_one_is_whole(
     assert stat.S_IMODE(Path(f"{dest}.key").stat().st_mode) == 0o600
     with sqlite3.connect(dest) as copy:
         assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# --- the control socket's owner (item 8) ----------------------------------------------------
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="planting a socket as another user needs root")
+def test_a_planted_control_socket_gets_no_password_and_does_not_stop_the_server(
+    tmp_path: Path,
+) -> None:
+    """Another local user listens at <db>.ctl in a shared directory first: ctl
+    sent them reset-password's new password (and took their 'ok' for done), and
+    the server, seeing a socket that answers, refused to start."""
+    with shared_directory() as shared:
+        db = shared / "db.sqlite3"
+        with planted_listener(Path(f"{db}.ctl")) as received:
+            done = server_command(
+                "ctl", "--db", str(db), "--json", "reset-password", "alice", "--password-stdin",
+                stdin="the operator's new password\n",
+            )  # fmt: skip
+            assert done.returncode == 4, done
+            answer = json.loads(done.stdout)
+            assert answer["ok"] is False and answer["error"] == "untrusted", answer
+            assert_one_error_line(done)
+            assert f"belongs to uid {NOBODY}" in done.stderr
+            assert received() == b"", "the planted socket received the request"
+            server = ServerProcess(tmp_path, db=db).start()  # it starts
+            try:
+                assert "no control socket" in server.log_text()
+                assert Path(f"{db}.ctl").lstat().st_uid == NOBODY  # left alone
+                assert server.alive()
+            finally:
+                server.stop()
+                server.kill()
+            assert received() == b""
