@@ -40,6 +40,8 @@ from typing import Any, Final
 import attrs
 import orjson
 
+from .accepting import AcceptBackoff
+
 __all__ = [
     "ANSWER_TIMEOUT",
     "ControlError",
@@ -215,18 +217,22 @@ class ControlSocket:
 
     def _serve(self) -> None:
         assert self._sock is not None
+        # (EMFILE and the like: wait, and say so once, not a traceback per pass.)
+        backoff = AcceptBackoff("control socket", wait=self._closing.wait)
         while not self._closing.is_set():
             try:
                 client, _ = self._sock.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._closing.is_set():
                     return
-                log.exception("control socket")
+                backoff.failed(exc)
                 continue
+            backoff.succeeded()
             if not self._clients.acquire(blocking=False):
                 with client, contextlib.suppress(OSError):
+                    client.settimeout(0)  # (one small line: never wait for its reader)
                     client.sendall(orjson.dumps(_refusal("busy", "too many ctl clients")) + b"\n")
                 continue
             # A thread each: a slow client (or a long backup) holds up no other.

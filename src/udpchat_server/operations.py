@@ -320,3 +320,5 @@ class Operator:
     def close(self) -> None:
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()

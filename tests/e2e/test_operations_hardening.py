@@ -4,6 +4,9 @@ log, the metrics endpoint, the control socket, backups and the config file."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import resource
 import select
 import socket
 import sqlite3
@@ -11,6 +14,7 @@ import stat
 import subprocess
 import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,3 +222,73 @@ def test_a_planted_control_socket_gets_no_password_and_does_not_stop_the_server(
                 server.stop()
                 server.kill()
             assert received() == b""
+
+
+# --- descriptors (item 4) ---------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user and system CPU time so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_at_the_descriptor_limit_the_server_neither_spins_nor_floods_its_log(
+    tmp_path: Path,
+) -> None:
+    """Idle connections to --metrics and the control socket use up the process's
+    descriptors: prometheus_client's server spun a core on accept(), and the
+    control socket logged a traceback per pass (13.5 MB in 5 s). Now both wait
+    and say so once, the idle connections are cut off, and everything answers
+    again once they are gone."""
+    server = ServerProcess(tmp_path, options=("--metrics", "127.0.0.1:0")).start()
+    clients: list[socket.socket] = []
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        match = re.search(r"metrics on http://([\d.]+):(\d+)/metrics", server.log_text())
+        assert match, server.log_text()
+        metrics = (match.group(1), int(match.group(2)))
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        _soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 6, hard))
+        for _ in range(40):
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setblocking(False)
+            tcp.connect_ex(metrics)
+            clients.append(tcp)
+        for _ in range(12):
+            unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            unix.setblocking(False)
+            unix.connect_ex(str(Path(f"{server.db}.ctl")))
+            clients.append(unix)
+        time.sleep(0.5)
+        log_before, cpu_before = len(server.log_text()), cpu_seconds(pid)
+        time.sleep(3.0)
+        cpu = cpu_seconds(pid) - cpu_before
+        grown = server.log_text()[log_before:]
+        assert server.alive()
+        assert cpu < 0.5, f"{cpu:.2f} s of CPU in 3 s: it spins"  # (it was 1 to 3 s)
+        # (It was 1.7 MB of tracebacks in these 3 s.)
+        assert len(grown) < 20_000 and "Traceback" not in grown, grown[:2000]
+        assert "cannot accept connections: Too many open files" in server.log_text()
+    finally:
+        for client in clients:
+            client.close()
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # the idle connections are gone: both answer again
+            try:
+                with urllib.request.urlopen(f"http://{metrics[0]}:{metrics[1]}/metrics", timeout=5):
+                    pass
+                if ctl(server, "status").returncode == 0:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, server.log_text()[-3000:]
+            time.sleep(0.2)
+        log = server.log_text()
+        assert log.count("cannot accept connections") <= 4, log[-3000:]
+    finally:
+        server.stop()
+        server.kill()
