@@ -14,6 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.planted import IS_ROOT, NOBODY, planted_listener, shared_directory
+from udpchat_proto.chat import ChatServer, MemoryStore, ServerConfig
+from udpchat_proto.chat.passwords import ScryptParams
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.control import (
     ControlError,
     ControlNotOursError,
@@ -26,6 +30,7 @@ from udpchat_server.control import (
     parse_request,
     trusted_owners,
 )
+from udpchat_server.operations import Operations
 
 ME, ROOT, STRANGER, SERVICE = 1000, 0, 4242, 998
 
@@ -181,3 +186,20 @@ def test_any_bytes_parse_or_are_a_bad_request(data: bytes) -> None:
         assert exc.code == "bad_request"
     else:
         assert isinstance(command, str) and isinstance(args, dict)
+
+
+def test_a_malformed_password_record_is_a_bad_request_not_an_internal_error() -> None:
+    """Found by fuzz/fuzz_control.py: PasswordHash.from_string raises DecodeError,
+    which Operations.run let through (the loop then logged a traceback and
+    answered 'internal')."""
+    store = MemoryStore()
+    server = ChatServer(
+        store=store,
+        static_key=ServerKey.generate(SeededRandomSource(1)),
+        clock=lambda: 1_700_000_000.0,
+        config=ServerConfig(scrypt=ScryptParams(n=16)),
+    )
+    operations = Operations(server, store, counters=dict)
+    args = {"user": "alice", "hash": "scrypt$16$1$1$7373"}
+    answer = operations.run("reset-password", args, 0.0)
+    assert answer["ok"] is False and answer["error"] == "bad_request", answer

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import udpchat_proto
+from udpchat_proto import DecodeError
 from udpchat_proto.chat import ChatServer, PasswordHash, Store, StoreUnavailableError
 
 from .control import ControlRequest, ControlSocket
@@ -69,7 +70,7 @@ class Operations:
             return handler(args, now)
         except StoreUnavailableError as exc:
             return refusal("unavailable", f"the database cannot be used now: {exc}")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, DecodeError) as exc:  # (DecodeError: a hash)
             return refusal("bad_request", f"bad arguments for {command}: {exc}")
 
     @staticmethod
