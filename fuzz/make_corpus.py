@@ -11,8 +11,9 @@ those plaintexts' STREAM frames.
 
 Each ``fuzz/corpus/<target>/`` directory is emptied and refilled with a few
 distinct captured inputs (file names are the SHA-1 of the content, as libFuzzer
-names them). The seeds and the clock are fixed, so the output is the same on
-every run::
+names them). The operator's side has seeds of its own, written here: the control
+socket's requests as ``ctl`` sends them, and configuration files. The seeds and
+the clock are fixed, so the output is the same on every run::
 
     python fuzz/make_corpus.py
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 from _session import (
     ALICE_ADDRESS,
     BOB_ADDRESS,
@@ -39,9 +41,11 @@ from _session import (
     new_client,
 )
 
+from udpchat_proto import RateLimit
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.codec import MESSAGE_TYPES, message_fields
+from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.transport.handshake import CipherState
 from udpchat_proto.transport.packets import (
@@ -57,6 +61,8 @@ from udpchat_proto.transport.packets import (
 CORPUS = Path(__file__).resolve().parent / "corpus"
 #: The libFuzzer dictionary of the harnesses that parse JSON (codec, client_established, server).
 DICTIONARY = Path(__file__).resolve().parent / "json.dict"
+#: The dictionary of the configuration file's harness (config).
+TOML_DICTIONARY = Path(__file__).resolve().parent / "toml.dict"
 #: At most this many seeds per target (the codec keeps one per message type).
 PER_TARGET = 12
 
@@ -214,7 +220,67 @@ def build() -> dict[str, list[bytes]]:
         + tag(1, plain(alice_up), 2)
         + tag(2, plain(alice_up), 4)
         + tag(3, _one_per_type(requests), 14),
+        **operator_seeds(),
     }
+
+
+def operator_seeds() -> dict[str, list[bytes]]:
+    """The seeds of the operator's side, which no session captures: the control
+    socket's requests and configuration files."""
+    return {"control": control_requests(), "config": config_files()}
+
+
+def control_requests() -> list[bytes]:
+    """Every control command as ``ctl`` sends it (``reset-password`` as the loop
+    sees it, hashed), and a few requests the parser refuses."""
+    hashed = PasswordHash(salt=b"s" * 16, params=ScryptParams(n=16, r=1, p=1), digest=b"d" * 32)
+    requests: list[dict[str, Any]] = [
+        {"command": "status", "args": {}},
+        {"command": "users", "args": {"online": True}},
+        {"command": "disable", "args": {"user": "alice"}},
+        {"command": "enable", "args": {"user": "bob"}},
+        {"command": "reset-password", "args": {"user": "alice", "hash": hashed.to_string()}},
+        {"command": "kick", "args": {"user": "alice"}},
+        {"command": "backup", "args": {"dest": "/srv/backups/udpchat.sqlite3"}},
+        {"command": "ping"},
+        {"command": "fly", "args": {}},
+    ]
+    refused = [b"not json", b"[]", b'{"command": 1}', b'{"command": "kick", "args": []}']
+    return [orjson.dumps(request) + b"\n" for request in requests] + refused
+
+
+def config_files() -> list[bytes]:
+    """docs/OPERATIONS.md's example, a configuration as ``--print-config`` prints
+    it, and files the loader refuses."""
+    from udpchat_server.cli import command  # noqa: PLC0415 (click: only for these seeds)
+    from udpchat_server.config_file import to_toml  # noqa: PLC0415
+
+    example = (
+        'host = "0.0.0.0"\nport = 9999\ndb = "/var/lib/udpchat/udpchat.sqlite3"\n'
+        'max_room_members = 256\nmessage_rate = "20/1"\nretain_days = 365\n'
+        'metrics = "127.0.0.1:9464"\nlog_format = "json"\n'
+    )
+    printed = to_toml(
+        command,
+        {
+            "host": "::1",
+            "port": 0,
+            "db": "/var/lib/udpchat/chat\x7f.sqlite3",
+            "log_level": "debug",
+            "public_presence": True,
+            "workers": 4,
+            "retain_days": 0.5,
+            "request_rate": RateLimit(burst=200, interval=0.01),
+        },
+    )
+    broken = [
+        "port = [[[[[[1]]]]]]\n",
+        "max-room-members = 5\nmax_room_members = 6\n",
+        "[server]\nport = 1\n",
+        'port = "9999"\ncolour = true\n',
+        "port = 1e3\n",
+    ]
+    return [text.encode() for text in (example, printed, *broken)]
 
 
 def dictionary() -> list[str]:
@@ -232,9 +298,27 @@ def dictionary() -> list[str]:
     return sorted(words)
 
 
-def write_dictionary(words: Sequence[str], path: Path = DICTIONARY) -> None:
+def toml_dictionary() -> list[str]:
+    """libFuzzer dictionary entries for configuration files: TOML's syntax and
+    every option's key, with dashes and with underscores."""
+    from udpchat_server.cli import command  # noqa: PLC0415 (click: only for this)
+
+    words = {"=", "[", "]", "[[", "]]", "{", "}", ",", ".", '"', "'", '"""', "#", "\n"}
+    words |= {"true", "false", "inf", "nan", "-0", "0x1F", "1e3", "1_000", "1979-05-27T07:32:00Z"}
+    words |= {"\\u007F", "\\U0001F600", "\\n", "\\"}
+    for param in command.params:
+        if param.name is not None:
+            words |= {param.name, param.name.replace("_", "-")}
+    return sorted(words)
+
+
+def write_dictionary(
+    words: Sequence[str],
+    path: Path = DICTIONARY,
+    about: str = "JSON of udpchat's application messages",
+) -> None:
     """Write ``words`` as a libFuzzer dictionary (one quoted, escaped entry a line)."""
-    lines = ["# Written by fuzz/make_corpus.py: JSON of udpchat's application messages."]
+    lines = [f"# Written by fuzz/make_corpus.py: {about}."]
     for word in words:
         escaped = "".join(
             c if c.isalnum() or c in " #_-.:,{}[]" else f"\\x{ord(c):02x}" for c in word
@@ -258,6 +342,7 @@ def main() -> None:
     corpora = build()
     write(corpora)
     write_dictionary(dictionary())
+    write_dictionary(toml_dictionary(), TOML_DICTIONARY, "udpchat-server's configuration files")
     for target, seeds in corpora.items():
         print(f"{target}: {len(seeds)} seeds, {sum(map(len, seeds))} bytes")
 

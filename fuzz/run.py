@@ -36,9 +36,13 @@ HARNESSES = (
     "client_established",
     "server",
     "bus",
+    "control",
+    "config",
 )
 #: Harnesses that parse the JSON of application messages get its dictionary.
-USES_DICTIONARY = ("codec", "client_established", "server")
+USES_DICTIONARY = ("codec", "client_established", "server", "control")
+#: Each harness's libFuzzer dictionary, if it has one.
+DICTIONARIES = {**dict.fromkeys(USES_DICTIONARY, "json.dict"), "config": "toml.dict"}
 #: Output of atheris or libFuzzer that means a harness found a failing input.
 CRASH_MARKERS = ("Uncaught Python exception", "ERROR: libFuzzer", "==ERROR", "Test unit written")
 
@@ -93,7 +97,7 @@ def run_harness(
         "-rss_limit_mb=2048",
         "-print_final_stats=1",
         f"-artifact_prefix={artifacts}/{harness}-",
-        *([f"-dict={FUZZ / 'json.dict'}"] if harness in USES_DICTIONARY else []),
+        *([f"-dict={FUZZ / DICTIONARIES[harness]}"] if harness in DICTIONARIES else []),
         *extra,
     ]
     started = time.monotonic()

@@ -2,8 +2,8 @@
 
 Each harness runs in its own subprocess, on a copy of its committed seed corpus
 (``fuzz/corpus/<harness>``) in a temporary directory, so the repository is never
-modified, for :data:`SECONDS_PER_HARNESS` seconds: about 45 seconds for the
-eight. Longer runs: ``python fuzz/run.py --minutes 10`` (see ``fuzz/README.md``).
+modified, for :data:`SECONDS_PER_HARNESS` seconds: about 5 seconds each, start-up
+included. Longer runs: ``python fuzz/run.py --minutes 10`` (see ``fuzz/README.md``).
 A crash found here or there becomes a test in ``tests/test_fuzz_regressions.py``.
 """
 

@@ -58,7 +58,7 @@ try:
     )
 
     from .config_file import ConfigError, load_defaults, to_toml
-    from .control import ControlError, ControlInUseError, ControlSocket
+    from .control import ControlError, ControlInUseError, ControlNotOursError, ControlSocket
     from .ctl import ctl as ctl_command
     from .ctl import default_control_path
     from .dburl import is_postgres_url, shown_database
@@ -288,7 +288,8 @@ def _metrics_address(text: str) -> tuple[str, int]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
+    # (Not dir_okay=False: click's usage error, exit 2, for what is a bad config, exit 1.)
+    type=click.Path(path_type=Path),
     is_eager=True,
     expose_value=False,
     callback=_load_config,
@@ -454,7 +455,10 @@ def command(
     """Run the udpchat server."""
     if print_config:
         values, derived = _in_force(click.get_current_context().params)
-        click.echo(to_toml(command, values, derived), nl=False)
+        try:
+            click.echo(to_toml(command, values, derived), nl=False)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
         return
     configure_logging(log_level, log_format)
     # From here on SIGINT and SIGTERM stop the server cleanly, even while it is
@@ -587,6 +591,11 @@ def _operator(
             socket_.open()
         except ControlInUseError as exc:  # another server on this database, most likely
             raise StartupError(f"{exc} (a second server on the same database?)") from None
+        except ControlNotOursError as exc:  # planted? never used, never replaced
+            if explicit_control:
+                raise StartupError(f"cannot open the control socket: {exc}") from None
+            log.warning("no control socket: %s; remove it, or give --control PATH", exc)
+            socket_ = None
         except OSError as exc:
             if explicit_control:
                 raise StartupError(f"cannot open the control socket {control}: {exc}") from None

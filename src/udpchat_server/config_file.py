@@ -10,17 +10,33 @@ an option given on the command line wins.
 
 from __future__ import annotations
 
-import json
 import math
+import stat
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 
 from udpchat_proto import RateLimit
 
-__all__ = ["ConfigError", "load_defaults", "to_toml"]
+from .logformat import escape_controls
+
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "ConfigError",
+    "defaults_from_toml",
+    "load_defaults",
+    "to_toml",
+    "toml_string",
+]
+
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+"""A configuration file is a few hundred bytes; a larger one was named by mistake
+(a database, a log), and is refused before it is read whole."""
+#: The longest value quoted in an error line, and the longest error line.
+_SHOWN_MAX: Final = 60
+_MESSAGE_MAX: Final = 400
 
 #: Options that are about the file itself, or that only a command line can give.
 _NOT_IN_FILES = frozenset({"config", "print_config", "help", "version"})
@@ -43,35 +59,80 @@ def load_defaults(ctx: click.Context, path: Path) -> dict[str, Any]:
     ``default_map``.
 
     Raises:
-        ConfigError: it cannot be read, is not TOML, has a key that is no option,
-            or a value that the option refuses.
+        ConfigError: it cannot be read (missing, a directory, not a regular file,
+            over :data:`MAX_CONFIG_BYTES`), is not TOML, has a key that is no
+            option, or a value that the option refuses.
     """
+    return defaults_from_toml(ctx, _read(path), str(path))
+
+
+def _read(path: Path) -> bytes:
     try:
+        kind = path.stat().st_mode
+        if stat.S_ISDIR(kind):
+            raise ConfigError(f"cannot read {path}: it is a directory, not a configuration file")
+        if not stat.S_ISREG(kind):  # (a FIFO would block the start for ever)
+            raise ConfigError(f"cannot read {path}: not a regular file")
         with path.open("rb") as file:
-            table = tomllib.load(file)
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"cannot read {path}: over {MAX_CONFIG_BYTES:,} bytes")
+    return data
+
+
+def defaults_from_toml(ctx: click.Context, data: bytes, name: str) -> dict[str, Any]:
+    """The options the TOML document ``data`` sets (see :func:`load_defaults`);
+    ``name`` names it in errors. Whatever ``data`` holds, this returns or raises
+    :class:`ConfigError` (``fuzz/fuzz_config.py`` holds it to that).
+
+    Raises:
+        ConfigError: as :func:`load_defaults`; its message is one printable line.
+    """
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _error(
+            f"{name}: not valid TOML: not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise _error(f"{name}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise _error(f"{name}: not valid TOML: arrays or tables nested too deeply") from None
     options = _options(ctx.command)
     defaults: dict[str, Any] = {}
     for key, value in table.items():
-        name = key.replace("-", "_")
-        param = options.get(name)
+        option = key.replace("-", "_")
+        param = options.get(option)
         if param is None or getattr(param, "hidden", False):
-            raise ConfigError(f"{path}: unknown key {key!r} (no such option)")
-        if name in defaults:
-            raise ConfigError(f"{path}: {key}: given twice (with dashes and underscores)")
+            raise _error(f"{name}: unknown key {_shown(key)} (no such option)")
+        if option in defaults:
+            raise _error(f"{name}: {key}: given twice (with dashes and underscores)")
         wanted = _toml_type(param)
         if not wanted.accepts(value):
-            raise ConfigError(f"{path}: {key}: expected {wanted.name}, not {value!r}")
+            raise _error(f"{name}: {key}: expected {wanted.name}, not {_shown(value)}")
         try:
-            defaults[name] = param.type_cast_value(ctx, value)
+            defaults[option] = param.type_cast_value(ctx, value)
         except click.BadParameter as exc:
-            raise ConfigError(f"{path}: {key}: {exc.message}") from None
+            raise _error(f"{name}: {key}: {exc.message}") from None
         except Exception as exc:  # a type's own error: still one line naming the key
-            raise ConfigError(f"{path}: {key}: {exc}") from None
+            raise _error(f"{name}: {key}: {exc}") from None
     return defaults
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error line: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."
+
+
+def _error(message: str) -> ConfigError:
+    """One line, printable (a value from the file may hold escapes), not a page."""
+    message = escape_controls(message)
+    if len(message) > _MESSAGE_MAX:
+        message = message[: _MESSAGE_MAX - 3] + "..."
+    return ConfigError(message)
 
 
 class _Wanted:
@@ -111,8 +172,37 @@ def _toml_value(value: Any) -> str | None:
         interval = value.interval
         shown = str(int(interval)) if interval == int(interval) else repr(interval)
         value = f"{value.burst}/{shown}"
-    # A JSON string is a TOML basic string (the same escapes), for any text.
-    return json.dumps(str(value), ensure_ascii=False)
+    return toml_string(str(value))
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string that ``tomllib`` reads back as ``text``.
+
+    TOML forbids the control characters but tab, and DEL, in a basic string (a
+    JSON string is not enough: it leaves DEL as it is); everything unprintable is
+    escaped here (\\uXXXX), so the file also reads the same in a terminal.
+
+    Raises:
+        ValueError: ``text`` holds a lone surrogate (a path that is not UTF-8, as
+            Python decodes it): no TOML document can hold it.
+    """
+    parts = ['"']
+    for char in text:
+        if char in _TOML_ESCAPES:
+            parts.append(_TOML_ESCAPES[char])
+        elif char.isprintable():
+            parts.append(char)
+        elif 0xD800 <= ord(char) <= 0xDFFF:
+            raise ValueError(f"{text!r} is not valid UTF-8, which TOML cannot hold")
+        elif ord(char) <= 0xFFFF:
+            parts.append(f"\\u{ord(char):04X}")
+        else:
+            parts.append(f"\\U{ord(char):08X}")
+    parts.append('"')
+    return "".join(parts)
+
+
+_TOML_ESCAPES: Final = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def to_toml(
@@ -120,16 +210,24 @@ def to_toml(
 ) -> str:
     """The options in force as a TOML file that ``--config`` reads back. Options
     that are unset are comments; so are ``derived`` ones, with the value their
-    default works out to (from the database path: left unset, they follow it)."""
+    default works out to (from the database path: left unset, they follow it).
+
+    Raises:
+        ConfigError: a value no TOML document can hold (a path that is not UTF-8).
+    """
     lines = ["# udpchat-server: the configuration in force"]
     derived = derived or {}
     for name, param in _options(command).items():
         if getattr(param, "hidden", False):
             continue
-        shown = _toml_value(values.get(name))
+        try:
+            shown = _toml_value(values.get(name))
+            default = _toml_value(derived.get(name))
+        except ValueError as exc:
+            raise _error(f"--print-config: {name}: {exc}") from None
         if shown is not None:
             lines.append(f"{name} = {shown}")
-        elif (default := _toml_value(derived.get(name))) is not None:
+        elif default is not None:
             lines.append(f"# {name} = {default}  (the default)")
         else:
             lines.append(f"# {name} = (not set)")

@@ -7,7 +7,8 @@
 Commands: ``status``, ``users [--online]``, ``disable USER``, ``enable USER``,
 ``reset-password USER [--password-stdin]``, ``kick USER``, ``backup DEST``.
 Exit status: 0 done, 1 refused (an unknown user ...), 3 no server on that
-socket, 2 a usage error. With ``--json`` each prints one JSON object.
+socket, 4 the socket is another user's (nothing sent), 2 a usage error. With
+``--json`` each prints one JSON object.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import click
 
 from udpchat_proto.chat import ValidationError, check_password
 
-from .control import ControlUnreachableError, call
+from .control import ControlUnreachableError, ControlUntrustedError, call
 from .dburl import is_postgres_url
 
-__all__ = ["EXIT_UNREACHABLE", "ctl", "default_control_path"]
+__all__ = ["EXIT_UNREACHABLE", "EXIT_UNTRUSTED", "ctl", "default_control_path"]
 
 EXIT_REFUSED: Final = 1
 EXIT_UNREACHABLE: Final = 3
+EXIT_UNTRUSTED: Final = 4
+"""The socket or the process on it is another user's (as the CLI's 4: not the
+server it should be)."""
 DEFAULT_DB: Final = "udpchat.sqlite3"
 
 
@@ -47,6 +51,8 @@ class _Ctl:
             answer = call(self.control, command, args)
         except ControlUnreachableError as exc:
             self.fail(EXIT_UNREACHABLE, "unreachable", str(exc))
+        except ControlUntrustedError as exc:
+            self.fail(EXIT_UNTRUSTED, "untrusted", str(exc))
         if not answer.get("ok"):
             self.fail(EXIT_REFUSED, str(answer.get("error")), str(answer.get("message")))
         return answer
@@ -189,5 +195,7 @@ def backup(dest: Path, as_json: bool) -> None:
     """A consistent copy of the database at DEST (and the key at DEST.key), taken
     while the server runs. (PostgreSQL: use pg_dump.)"""
     app = _ctl(as_json)
-    answer = app.ask("backup", {"dest": str(dest.resolve())})
+    # Absolute, but never resolved: the server refuses a link at DEST rather than
+    # write (with its own rights) wherever the link points.
+    answer = app.ask("backup", {"dest": str(dest.absolute())})
     app.show(f"backed up to {answer['dest']} ({answer['size']} bytes)", answer)

@@ -52,6 +52,8 @@ from udpchat_proto.chat import (
     UserLoggedOut,
 )
 
+from .logformat import escape_controls
+
 __all__ = ["BATCH", "ServerLoop", "describe", "format_counters", "yield_to_the_loop"]
 
 if TYPE_CHECKING:
@@ -127,18 +129,26 @@ def format_counters(counters: dict[str, Any]) -> str:
 
 
 def describe(event: ServerEvent) -> str:
-    """One log line for a server event: ``connection 4cb81ee9 alice logged in``."""
+    """One log line for a server event: ``connection 4cb81ee9 alice logged in``.
+
+    What the peer chose (a CLOSE frame's reason above all) is escaped
+    (:func:`~udpchat_server.logformat.escape_controls`): it stays on this line,
+    whatever logging the embedder set up."""
     who = f"connection {event.connection_id.hex()[:8]}"
     match event:
         case ClientConnected(address=(host, port)):
-            return f"{who} connected from {host}:{port}"
+            return f"{who} connected from {escape_controls(f'{host}:{port}')}"
         case UserLoggedIn(username=user, resumed=resumed):
-            return f"{who} {user} {'resumed their session' if resumed else 'logged in'}"
+            return (
+                f"{who} {escape_controls(user)} "
+                f"{'resumed their session' if resumed else 'logged in'}"
+            )
         case UserLoggedOut(username=user):
-            return f"{who} {user} logged out"
+            return f"{who} {escape_controls(user)} logged out"
         case ClientDisconnected(code=code, reason=reason):
-            return f"{who} disconnected ({code.name.lower()}{': ' + reason if reason else ''})"
-    return f"{who} {event}"
+            shown = f": {escape_controls(reason)}" if reason else ""
+            return f"{who} disconnected ({code.name.lower()}{shown})"
+    return f"{who} {escape_controls(str(event))}"
 
 
 class ServerLoop:
@@ -346,10 +356,10 @@ class ServerLoop:
             elif isinstance(item, Snapshot):
                 server.receive_snapshot(item.node, item.users, now)
             else:
-                log.info("node %s left the cluster", item.node[:8])
+                log.info("node %s left the cluster", escape_controls(item.node[:8]))
                 server.forget_node(item.node, now)
         for node in server.expire_nodes(now):
-            log.warning("node %s is silent: its users count as offline", node[:8])
+            log.warning("node %s is silent: its users count as offline", escape_controls(node[:8]))
         interval = POSITION_CHECK_INTERVAL if bus.connected else BUS_DOWN_LOOK_INTERVAL
         if resync or now >= self._next_look:
             self._next_look = now + interval

@@ -8,14 +8,17 @@ for its commit (:meth:`Operations.settle`), so "done" always means durable.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import udpchat_proto
+from udpchat_proto import DecodeError
 from udpchat_proto.chat import ChatServer, PasswordHash, Store, StoreUnavailableError
 
 from .control import ControlRequest, ControlSocket
@@ -67,7 +70,7 @@ class Operations:
             return handler(args, now)
         except StoreUnavailableError as exc:
             return refusal("unavailable", f"the database cannot be used now: {exc}")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, DecodeError) as exc:  # (DecodeError: a hash)
             return refusal("bad_request", f"bad arguments for {command}: {exc}")
 
     @staticmethod
@@ -136,7 +139,13 @@ class Operations:
     def backup(self, args: dict[str, Any], backup: Callable[[Path], None] | None) -> dict[str, Any]:
         """``backup DEST``: a consistent copy of the committed database, with the key
         file beside it (``DEST.key``) so that a server started on it is the same
-        server. Call it between batches (nothing uncommitted)."""
+        server. Call it between batches (nothing uncommitted).
+
+        The server writes where the ``ctl`` user asked, with its own rights, so it
+        never follows a symbolic link there: DEST is created here, new
+        (``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600), and the copy, made beside it
+        under a random name, replaces it once whole. A DEST (or DEST.key) that
+        exists, as a file or as a link, is refused (``exists``)."""
         if backup is None:
             return refusal(
                 "not_supported",
@@ -148,29 +157,83 @@ class Operations:
             return refusal("bad_request", "backup needs an absolute destination path")
         dest = Path(text)
         key_copy = Path(f"{dest}.key")
-        if dest.exists() or key_copy.exists():
-            return refusal("exists", f"{dest} (or {key_copy}) exists already: choose a new name")
         try:
-            if self._key_path is not None:  # first: no backup without its key
-                _private_copy(self._key_path, key_copy)
-            try:
-                backup(dest)
-            except BaseException:
-                key_copy.unlink(missing_ok=True)
-                raise
+            # (A failure unwinds the stack: the files made so far are removed.)
+            with contextlib.ExitStack() as made:
+                reserved = made.enter_context(_new_file(dest))
+                if self._key_path is not None:  # first: no backup without its key
+                    _write_copy(self._key_path, made.enter_context(_new_file(key_copy)))
+                staging = dest.with_name(f".{dest.name}.{os.urandom(6).hex()}.backup")
+                try:
+                    backup(staging)
+                    _replace(staging, dest, reserved)
+                finally:
+                    staging.unlink(missing_ok=True)
+        except FileExistsError as exc:
+            what = Path(exc.filename) if exc.filename else dest
+            kind = "a symbolic link (never followed)" if what.is_symlink() else "exists already"
+            return refusal("exists", f"{what} is {kind}: choose a new name")
         except (OSError, StoreUnavailableError) as exc:
             return refusal("backup_failed", f"cannot write the backup to {dest}: {exc}")
         return {"ok": True, "dest": str(dest), "key": str(key_copy), "size": dest.stat().st_size}
 
 
-def _private_copy(source: Path, dest: Path) -> None:
-    """Copy a file to a new ``dest`` that is 0600 from its first moment."""
+@contextlib.contextmanager
+def _new_file(path: Path) -> Iterator[int]:
+    """A new file at ``path``, 0600 from its first moment, never through a link
+    (``O_EXCL | O_NOFOLLOW``), as an open descriptor; removed again if the block
+    fails (if it is still ours).
+
+    Raises:
+        FileExistsError: something is at ``path`` already (a symbolic link too).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        yield fd
+    except BaseException:
+        _unlink_own(path, fd)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _write_copy(source: Path, fd: int) -> None:
+    """Copy ``source`` into the new file ``fd``, durably."""
     data = source.read_bytes()
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def _replace(staging: Path, dest: Path, reserved: int) -> None:
+    """Move the whole copy at ``staging`` over the file ``reserved`` at ``dest``
+    (refused if someone put another file there meanwhile), durably."""
+    if not _same_file(dest, reserved):
+        raise FileExistsError(errno.EEXIST, "replaced while the backup ran", str(dest))
+    os.replace(staging, dest)
+    with contextlib.suppress(OSError):  # (the rename's own durability: best effort)
+        directory = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        there, ours = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _unlink_own(path: Path, fd: int) -> None:
+    """Remove ``path`` if it is still the file ``fd`` (this backup made it)."""
+    with contextlib.suppress(OSError):
+        if _same_file(path, fd):
+            path.unlink()
 
 
 def _user(args: dict[str, Any]) -> str:
@@ -258,3 +321,5 @@ class Operator:
     def close(self) -> None:
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()

@@ -48,6 +48,15 @@ Files
     created mode 0600 (SQLite gives its ``-wal`` and ``-shm`` files the database's
     mode), and an existing one readable by others is narrowed to 0600 at open.
 
+Erasure
+    What is deleted is gone from the files, not only from the tables: the
+    connection runs with ``secure_delete`` (SQLite overwrites deleted content and
+    freed pages with zeros), and a commit that deleted an account or replaced a
+    password is followed by a ``wal_checkpoint(TRUNCATE)``, since the ``-wal``
+    still holds the pages as they were before. That is rare, so it costs the hot
+    path nothing; a checkpoint that cannot finish (a reader holds the WAL) is
+    tried again after the next commit.
+
 Schema versions
     ``PRAGMA user_version`` holds the number of :data:`MIGRATIONS` applied. Opening
     a store applies the missing ones in order, in one transaction, so a database is
@@ -483,6 +492,9 @@ class SQLiteStore:
         origin (forgotten when a write is undone)."""
         self._batch_lost: StoreUnavailableError | None = None
         """Why the batch's transaction was lost, until commit() reports it."""
+        self._erase_wal = False
+        """Whether the WAL holds a deleted account's or an old password's pages:
+        checkpointed away after the commit (see Erasure)."""
         connection.isolation_level = None
         self._db = connection
         self._file = ""
@@ -494,6 +506,7 @@ class SQLiteStore:
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            connection.execute("PRAGMA secure_delete = ON")  # (see Erasure)
             self._migrate()
         except sqlite3.Error as exc:
             failure = unavailable(exc, self._file)
@@ -683,6 +696,23 @@ class SQLiteStore:
             raise unavailable(exc, self._file) or StoreUnavailableError(
                 "commit failed", str(exc)
             ) from exc
+        if self._erase_wal:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and empty it (see Erasure). The commit
+        is done: a failure here only defers the erasure to the next commit."""
+        db = self._db
+        # Never wait for a reader here (the loop would stall): busy now, next time.
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            busy, _frames, _copied = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("cannot checkpoint the WAL after a deletion (tried again later): %s", exc)
+            return
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        self._erase_wal = bool(busy)
 
     def _forget_uncommitted(self) -> None:
         """Drop what is remembered of the transaction's writes (it was undone)."""
@@ -800,7 +830,9 @@ class SQLiteStore:
         return cursor.rowcount == 1
 
     def set_password(self, username: str, password: PasswordHash) -> bool:
-        """Replace the password record of an account; False if there is none."""
+        """Replace the password record of an account; False if there is none. The
+        old record leaves the files too (see Erasure)."""
+        self._erase_wal = True
         cursor = self._write().execute(
             "UPDATE accounts SET password = ? WHERE username = ?",
             (password.to_string(), username),
@@ -837,8 +869,10 @@ class SQLiteStore:
         """Delete the account and what is only its; retire the name (see Store).
 
         Index lookups only: the user's own rows, and per direct conversation of
-        theirs the messages past their cursor (all before it were delivered)."""
+        theirs the messages past their cursor (all before it were delivered). The
+        rows leave the files too (see Erasure)."""
         db = self._write()
+        self._erase_wal = True
         for (room,) in db.execute(
             "SELECT c.key FROM participants AS p JOIN conversations AS c ON c.id = p.conversation "
             "WHERE p.username = ? AND c.is_room",
