@@ -23,6 +23,7 @@ from ..randomness import RandomSource, SystemRandomSource
 from ..ratelimit import KeyedLimiter, TokenBucket
 from ..transport import (
     Address,
+    CloseCode,
     ConnectionAddressChanged,
     ConnectionId,
     ConnectionTerminated,
@@ -493,7 +494,7 @@ class ServerCore(Lookups):
                     self._count_internal_error(exc)
                 return
             if not isinstance(message, m.ANSWERED_REQUEST_TYPES):  # server-only types
-                self._violation(connection, now, f"{type(message).__name__} sent to the server")
+                self._violation(connection, now, f"{message.TAG} sent to the server")
                 return
             item = message
         if not connection.requests.spend(now=now):
@@ -505,7 +506,11 @@ class ServerCore(Lookups):
         if connection.hashing or connection.queue:
             if len(connection.queue) >= self._config.max_queued_requests:
                 self.stats.closed_for_abuse += 1
-                self._close_connection(connection_id, "too many pipelined requests")
+                self._close_connection(
+                    connection_id,
+                    "too many requests pipelined behind a password check",
+                    code=CloseCode.PROTOCOL_VIOLATION,
+                )
                 return
             connection.queue.append(item)
             return
@@ -516,7 +521,13 @@ class ServerCore(Lookups):
         connection.violations += 1
         if connection.violations > self._config.max_violations:
             self.stats.closed_for_abuse += 1
-            self._close_connection(connection.connection_id, f"protocol violation: {reason}")
+            # The code PROTOCOL.md names for a peer that broke the protocol, so the
+            # client can tell it from a close it asked for.
+            self._close_connection(
+                connection.connection_id,
+                f"too many bad messages; the last: {reason}",
+                code=CloseCode.PROTOCOL_VIOLATION,
+            )
 
     # --- request dispatch ----------------------------------------------------------------
 
@@ -651,7 +662,13 @@ class ServerCore(Lookups):
             else:
                 self._close_connection(target, reason or "closed")
 
-    def _close_connection(self, connection_id: ConnectionId, reason: str) -> None:
+    def _close_connection(
+        self,
+        connection_id: ConnectionId,
+        reason: str,
+        *,
+        code: CloseCode = CloseCode.NORMAL_CLOSE,
+    ) -> None:
         connection = self._connections.get(connection_id)
         if connection is None or connection.closing:
             return
@@ -659,7 +676,7 @@ class ServerCore(Lookups):
         self._log_out(connection, self._now, announce=False)
         connection.transition(ChatConnectionInput.CLOSE)
         with contextlib.suppress(LocalProtocolError):  # already gone
-            self._transport.close(connection_id, self._now, reason)
+            self._transport.close(connection_id, self._now, reason, code=code)
 
     def _reply(self, connection: ChatConnection, message: m.Response) -> None:
         try:

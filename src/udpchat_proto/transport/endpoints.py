@@ -538,7 +538,14 @@ class ServerTransport:
         conn.send(payload)
         self._touch(conn)
 
-    def close(self, connection_id: ConnectionId, now: float, reason: str = "") -> None:
+    def close(
+        self,
+        connection_id: ConnectionId,
+        now: float,
+        reason: str = "",
+        *,
+        code: CloseCode = CloseCode.NORMAL_CLOSE,
+    ) -> None:
         """Close a connection (the client learns it); then call :meth:`datagrams_to_send`.
 
         Closing a connection already closing does nothing.
@@ -547,13 +554,16 @@ class ServerTransport:
             connection_id: from :class:`HandshakeCompleted`.
             now: the current time, seconds.
             reason: a short human-readable reason.
+            code: what the CLOSE frame says: ``NORMAL_CLOSE``, or
+                ``PROTOCOL_VIOLATION`` when the application closes for what its peer
+                sent (undecodable messages, say).
 
         Raises:
             LocalProtocolError: the connection is unknown.
         """
         self._now = max(self._now, now)
         conn = self._established(connection_id)
-        conn.close(reason, now=now)
+        conn.close(reason, now=now, code=code)
         self._touch(conn)
 
     # ------------------------------------------------------------------ input
