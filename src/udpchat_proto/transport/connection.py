@@ -357,9 +357,7 @@ class Connection:
             )
         self.send_stream.write_message(bytes(payload))
 
-    def close(
-        self, reason: str, *, now: float, code: CloseCode = CloseCode.NORMAL_CLOSE
-    ) -> None:
+    def close(self, reason: str, *, now: float, code: CloseCode = CloseCode.NORMAL_CLOSE) -> None:
         """Close; the peer learns it (and ``code``) from a CLOSE frame if the
         connection is up."""
         if self.state in END_STATES:
