@@ -255,3 +255,16 @@ def answer(client: StrangerClient, request_id: int) -> dict[str, Any]:
     answers = [m for m in client.messages if m.get("request_id") == request_id]
     assert len(answers) == 1, client.messages
     return answers[0]
+
+
+def established(
+    seed: int = 1, first_frames: bytes = b"\x01"
+) -> tuple[SansIOServer, StrangerClient, dict[Any, StrangerClient]]:
+    """A server and one stranger whose handshake its first DATA packet (by default a
+    lone PING) confirmed."""
+    server = SansIOServer(seed=seed)
+    client = StrangerClient("alice", seed)
+    clients = {client.address: client}
+    connect(server, client)
+    exchange(server, client, clients, first_frames)
+    return server, client, clients

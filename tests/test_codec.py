@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -328,3 +330,245 @@ def test_an_error_message_with_a_lone_surrogate_is_a_decode_error() -> None:
         decode(data)
     fine = decode(wire({"type": "error", "request_id": 1, "code": "internal", "message": "é"}))
     assert decode(encode(fine)) == fine
+
+
+# --- refusals: whom to answer, with what code and what text (issue 23, items 15, 16, 18, 20) ---
+
+MESSAGE_ID = "00" * 16
+
+
+def answer_of(data: bytes) -> tuple[int | None, ErrorCode | None, str]:
+    """The (request_id, code, text) a server answers ``data`` with; id None: no answer."""
+    with pytest.raises(DecodeError) as info:
+        decode(data)
+    return info.value.request_id, info.value.code, info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        # orjson refuses each whole; the request id is readable all the same.
+        (b'"send_message","to":"bob","text":"a\\ud800b"', ErrorCode.INVALID_TEXT),
+        (b'"send_message","to":"bob","text":"\\udfff"', ErrorCode.INVALID_TEXT),
+        (b'"send_message","to":"bob","text":"a\xffb"', ErrorCode.INVALID_TEXT),
+        (b'"send_message","to":"bob","text":"\xed\xa0\x80"', ErrorCode.INVALID_TEXT),
+        (b'"send_message","to":"b\xffb","text":"hi"', ErrorCode.INVALID_USERNAME),
+        (
+            b'"register","username":"bob","password":"long enough \\ud800"',
+            ErrorCode.INVALID_PASSWORD,
+        ),
+        (b'"register","username":"bob","password":"long enough \xc3"', ErrorCode.INVALID_PASSWORD),
+        # Not strict JSON where no rule of a field is broken: bad_request.
+        (b'"list_online","note":"\\ud800"', ErrorCode.BAD_REQUEST),
+        (b'"list_online","note":NaN', ErrorCode.BAD_REQUEST),
+        (b'"get_history","peer":"bob","limit":Infinity', ErrorCode.BAD_REQUEST),
+        (b'"list_online"} trailing', ErrorCode.BAD_REQUEST),
+        (b'"list_\xff"', ErrorCode.UNKNOWN_REQUEST),
+    ],
+)
+def test_a_request_that_is_not_strict_json_is_answered_when_its_id_is_readable(
+    body: bytes, code: ErrorCode
+) -> None:
+    """PROTOCOL.md, Encoding: answered with the code of the broken rule (the spec
+    promises invalid_text for a text that is not UTF-8); once orjson refused the
+    whole message (a raw 0xff, a lone surrogate) it got no answer at all."""
+    data = b'\x01{"request_id":77,"message_id":"' + MESSAGE_ID.encode() + b'","type":' + body
+    if not body.endswith(b"trailing"):
+        data += b"}"
+    request_id, got, text = answer_of(data)
+    assert (request_id, got) == (77, code)
+    # It can go back on the wire: no lone surrogate in the text.
+    encode(m.ErrorResponse(request_id=77, code=code, message=text))
+
+
+def test_a_newer_version_that_is_not_strict_json_is_answered_unsupported_version() -> None:
+    request_id, code, _ = answer_of(b'\x02{"type":"list_online","request_id":5,"x":"\xff"}')
+    assert (request_id, code) == (5, ErrorCode.UNSUPPORTED_VERSION)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x01\xff{}",
+        b'\x01{"request_id":5,\xff}',
+        b'\x01{"request_id":"\\ud800"}',
+        b'\x01{"request_id":5,"type":"list_online","x":"\\q"}',  # no JSON at all
+        b'\x01[{"request_id":5,"type":"list_online","x":"\xff"}]',
+        b'\x01{"request_id":' + b"9" * 5000 + b',"type":"list_online","x":"\xff"}',
+        b'\x01{"request_id":5,"type":"list_online","x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        # What only a server sends, and ack_delivery, are never answered.
+        b'\x01{"request_id":5,"type":"ok","x":"\xff"}',
+        b'\x01{"request_id":5,"type":"ack_delivery","message_ids":["\xff"]}',
+    ],
+)
+def test_undecodable_bytes_without_a_request_to_answer_are_not_answered(data: bytes) -> None:
+    request_id, code, _ = answer_of(data)
+    assert (request_id, code) == (None, None)
+
+
+_STRING_FIELD_REQUESTS = [
+    cls
+    for cls in m.ANSWERED_REQUEST_TYPES
+    if any(f.type in ("str", "bytes") for f in attrs.fields(cls))
+]
+_MARK = "@@insertion@@"
+# Bytes that keep a JSON string a string (no quote, no backslash), and lone surrogate escapes.
+_insertions = st.lists(
+    st.one_of(
+        st.binary(min_size=1, max_size=4).map(lambda b: b.replace(b'"', b"").replace(b"\\", b"")),
+        st.sampled_from([b"\\ud800", b"\\udbff", b"\\udc00", b"\\udfff", b"\xff", b"\xc3("]),
+    ),
+    min_size=1,
+    max_size=4,
+).map(b"".join)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    message=st.sampled_from(_STRING_FIELD_REQUESTS).flatmap(strategy_for),
+    insertion=_insertions,
+    data=st.data(),
+)
+def test_any_request_whose_id_is_readable_is_answered_with_a_stable_code(
+    message: Any, insertion: bytes, data: st.DataObject
+) -> None:
+    """Bytes of any kind inside a string member of a request: it decodes, or its
+    refusal names its request id, a code of the catalogue, and a text that can go
+    back on the wire."""
+    obj = json.loads(encode(message)[1:])
+    key = data.draw(
+        st.sampled_from(sorted(k for k, v in obj.items() if type(v) is str and k != "type"))
+    )
+    at = data.draw(st.integers(min_value=0, max_value=len(obj[key])))
+    obj[key] = obj[key][:at] + _MARK + obj[key][at:]
+    encoded = json.dumps(obj, ensure_ascii=False).encode()
+    try:
+        decoded = decode(b"\x01" + encoded.replace(_MARK.encode(), insertion))
+    except DecodeError as exc:
+        assert exc.request_id == message.request_id and exc.code is not None
+        encode(m.ErrorResponse(request_id=message.request_id, code=exc.code, message=exc.detail))
+    else:
+        assert decoded.request_id == message.request_id  # type: ignore[union-attr]
+
+
+# Python's own words: exception names, reprs' quotes, None, class reprs.
+_PYTHON = re.compile(r"Error\b|Exception|Traceback|'|\bNone\b|<class|__|cattrs|\bstr\b|\bint\b")
+
+
+def _wrong_type(value: Any) -> Any:
+    return {"a": 1} if isinstance(value, list) else [value]
+
+
+@pytest.mark.parametrize("cls", m.ANSWERED_REQUEST_TYPES, ids=lambda c: c.TAG)
+@settings(max_examples=3, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_malformed_request_is_refused_in_the_protocols_words(
+    cls: type[Any], data: st.DataObject
+) -> None:
+    """Issue 23, item 16: the text was Python's (KeyError: 'id')."""
+    obj = json.loads(encode(data.draw(strategy_for(cls)))[1:])
+    for field in attrs.fields(cls):
+        if field.name == "request_id":
+            continue
+        missing = {k: v for k, v in obj.items() if k != field.name}
+        if field.default is attrs.NOTHING:
+            request_id, code, text = answer_of(wire(missing))
+            assert (request_id, code) == (obj["request_id"], ErrorCode.BAD_REQUEST)
+            assert text == f"missing field {field.name}"
+        wrong = {**obj, field.name: _wrong_type(obj.get(field.name, 1))}
+        request_id, code, text = answer_of(wire(wrong))
+        assert request_id == obj["request_id"] and code is not None, text
+        assert (
+            text.startswith(f"field {field.name}: expected ") or code is not ErrorCode.BAD_REQUEST
+        )
+        assert not _PYTHON.search(text), text
+
+
+@pytest.mark.parametrize(
+    ("obj", "text"),
+    [
+        (
+            {"type": "send_message", "message_id": 5, "to": "bob", "text": "x"},
+            "field message_id: expected a hex string, got an integer",
+        ),
+        (
+            {"type": "send_message", "message_id": "zz", "to": "bob", "text": "x"},
+            "field message_id: expected a hex string",
+        ),
+        (
+            {"type": "send_message", "message_id": MESSAGE_ID, "to": "bob", "text": None},
+            "field text: expected a string, got null",
+        ),
+        (
+            {"type": "get_history", "peer": "bob", "limit": 1.5},
+            "field limit: expected an integer, got a number that is not a 64-bit integer",
+        ),
+        (
+            {"type": "get_history", "peer": "bob", "limit": True},
+            "field limit: expected an integer, got true or false",
+        ),
+        (
+            {"type": "get_history", "peer": "bob", "before": "zz"},
+            "field before: expected a hex string",
+        ),
+        ({"type": "invite"}, "missing field username"),
+        ({"request_id": 3}, "the message has no type"),
+        ({"type": 7}, "the message type must be a string, not an integer"),
+        ({"type": "set_status"}, 'unknown message type "set_status"'),
+    ],
+)
+def test_refusal_texts(obj: dict[str, Any], text: str) -> None:
+    assert answer_of(wire({"request_id": 3, **obj}))[2] == text
+
+
+@pytest.mark.parametrize("cls", [*m.RESPONSE_TYPES, *m.PUSH_TYPES], ids=lambda c: c.TAG)
+@settings(max_examples=3, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_malformed_server_only_message_is_never_answered(
+    cls: type[Any], data: st.DataObject
+) -> None:
+    """A message only a server sends is a violation, malformed or not: it got
+    bad_request with the text "KeyError: 'id'" when it carried a request id."""
+    obj = {"request_id": 1, **json.loads(encode(data.draw(strategy_for(cls)))[1:])}
+    for name, value in obj.items():
+        if name in ("type", "request_id"):
+            continue
+        for bad in (
+            {k: v for k, v in obj.items() if k != name},
+            {**obj, name: _wrong_type(value)},
+        ):
+            with pytest.raises(DecodeError) as info:
+                decode(wire(bad))
+            assert (info.value.request_id, info.value.code) == (None, None)
+    bad_record = {"type": "message_delivered", "request_id": 5, "message": {}}
+    assert answer_of(wire(bad_record))[:2] == (None, None)
+
+
+def test_an_ack_delivery_is_never_answered_even_malformed() -> None:
+    for ids in (["zz"], "00", [MESSAGE_ID, 5], [MESSAGE_ID] * 10_001):
+        assert answer_of(wire({"type": "ack_delivery", "request_id": 5, "message_ids": ids}))[
+            :2
+        ] == (None, None)
+
+
+@pytest.mark.parametrize("request_id", [-1, 2**32, 2**63, 1.0, "5", True, None])
+def test_a_request_id_out_of_range_or_not_an_integer_is_not_answered(request_id: Any) -> None:
+    """Issue 23, item 18: an answer could not carry it (a response's request_id is in
+    0..2^32-1 too), so the message is dropped as a violation, never answered."""
+    assert answer_of(wire({"type": "invite", "request_id": request_id, "username": "Bad Name"}))[
+        :2
+    ] == (None, None)
+    for edge in (0, 2**32 - 1):
+        assert answer_of(wire({"type": "invite", "request_id": edge, "username": "Bad Name"}))[
+            :2
+        ] == (edge, ErrorCode.INVALID_USERNAME)
+
+
+def test_a_member_given_twice_counts_once_the_last() -> None:
+    """Issue 23, item 20: PROTOCOL.md says so (RFC 8259 leaves it to the parser)."""
+    data = (
+        b'\x01{"type":"invite","request_id":1,"username":"alice","username":"bob","request_id":2}'
+    )
+    assert decode(data) == m.Invite(request_id=2, username="bob")
+    refused = b'\x01{"type":"invite","request_id":1,"username":"bob","username":"Bad Name"}'
+    assert answer_of(refused)[:2] == (1, ErrorCode.INVALID_USERNAME)

@@ -126,6 +126,37 @@ def test_initiation_carries_its_token_in_the_clear_payload() -> None:
     assert isinstance(plain, HandshakeInitiation) and plain.token == b""
 
 
+@pytest.mark.parametrize(
+    ("position", "value", "reason"),
+    [
+        (42, 1, "initiation_token_length"),  # neither 0 nor 24
+        (42, 23, "initiation_token_length"),
+        (42, 255, "initiation_token_length"),
+        (43, 1, "initiation_padding"),  # no token: everything from 43 is padding
+        (1199, 0x80, "initiation_padding"),  # the last byte
+    ],
+)
+def test_an_initiation_must_have_version_1s_layout(position: int, value: int, reason: str) -> None:
+    """PROTOCOL.md, INITIATION: token length 0 or 24, then zeros. Anything else is
+    dropped before any Diffie-Hellman work."""
+    datagram = bytearray(encode_initiation(CID, bytes(INITIATION_SIZE - 10)))
+    datagram[position] = value
+    with pytest.raises(DecodeError) as info:
+        decode_packet(bytes(datagram))
+    assert info.value.reason == reason
+
+
+def test_an_initiation_with_a_token_is_padded_with_zeros_after_it() -> None:
+    token = b"\xff" * 24  # a token's own bytes may be anything
+    noise = bytes(32) + initiation_payload(token, INITIATION_SIZE - 42)
+    assert isinstance(decode_packet(encode_initiation(CID, noise)), HandshakeInitiation)
+    datagram = bytearray(encode_initiation(CID, noise))
+    datagram[67] = 1  # the first byte after the token
+    with pytest.raises(DecodeError) as info:
+        decode_packet(bytes(datagram))
+    assert info.value.reason == "initiation_padding"
+
+
 def test_path_frames_layout() -> None:
     data = bytes.fromhex("0102030405060708")
     assert encode_frame(PathChallengeFrame(data)).hex() == "05" + data.hex()
@@ -214,15 +245,40 @@ frames: st.SearchStrategy[Frame] = st.one_of(
 )
 
 
+def _up_to_close(items: list[Frame]) -> list[Frame]:
+    """What a receiver decodes: the frames up to the first CLOSE, which ends the packet."""
+    for index, frame in enumerate(items):
+        if isinstance(frame, CloseFrame):
+            return items[: index + 1]
+    return items
+
+
 @given(st.lists(frames, min_size=1, max_size=8))
 def test_frames_round_trip(items: list[Frame]) -> None:
-    assert decode_frames(encode_frames(items)) == items
+    assert decode_frames(encode_frames(items)) == _up_to_close(items)
 
 
 @given(st.integers(0, 2**10), st.lists(frames, max_size=3))
 def test_padding_is_one_frame_per_run(length: int, items: list[Frame]) -> None:
     wire = encode_frames([*items, PaddingFrame(length + 1)])
-    assert decode_frames(wire) == [*items, PaddingFrame(length + 1)]
+    assert decode_frames(wire) == _up_to_close([*items, PaddingFrame(length + 1)])
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"\xff",  # an unknown frame type
+        b"\x03\x00\x05ab",  # a STREAM frame cut short
+        encode_frames([PingFrame(), StreamFrame(offset=0, data=b"request")]),
+    ],
+    ids=["unknown-frame", "truncated-stream", "ping-and-stream"],
+)
+def test_nothing_after_a_close_is_decoded(after: bytes) -> None:
+    """PROTOCOL.md, Frames: a CLOSE ends the packet. What follows, even garbage, is
+    not decoded, so it cannot turn the peer's close into a protocol violation."""
+    close = CloseFrame(code=0, reason="bye")
+    ack = AckFrame(ranges=((0, 3),), delay_us=0)
+    assert decode_frames(encode_frames([ack, close]) + after) == [ack, close]
 
 
 @given(st.integers(0, MAX_VARINT))

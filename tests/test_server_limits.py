@@ -371,8 +371,11 @@ def test_violations_are_dropped_counted_then_close_the_connection(stores: StoreF
     assert not raw.closed()
     raw.transport.send(b"\x07garbage")
     world.run_until(raw.closed, what="the abusive connection is closed")
+    # PROTOCOL.md: a peer that broke the protocol is closed with PROTOCOL_VIOLATION,
+    # not NORMAL_CLOSE (a close the client asked for).
     (terminated,) = world.net.events_of("raw", ConnectionTerminated)
-    assert terminated.code is CloseCode.NORMAL_CLOSE and "violation" in terminated.reason
+    assert terminated.code is CloseCode.PROTOCOL_VIOLATION and terminated.by_peer
+    assert terminated.reason == "too many bad messages; the last: undecodable payload (bad_version)"
     assert world.server.stats.closed_for_abuse == 1
     assert world.server.connection_count == 0
 
@@ -393,6 +396,8 @@ def test_too_many_requests_queued_behind_a_hash_job_close_the_connection(
     world.run_until(raw.closed)
     assert raw.answers() == []
     assert world.server.stats.closed_for_abuse == 1
+    (terminated,) = world.net.events_of("raw", ConnectionTerminated)
+    assert terminated.code is CloseCode.PROTOCOL_VIOLATION
 
 
 def test_acknowledgements_before_login_are_ignored(stores: StoreFactory) -> None:

@@ -146,6 +146,75 @@ def test_garbage_frames_from_an_authenticated_peer_are_a_violation() -> None:
     assert events[1].code is CloseCode.PROTOCOL_VIOLATION
 
 
+def _server() -> ServerTransport:
+    return ServerTransport(
+        static_key=ServerKey.generate(SeededRandomSource("k")), random=SeededRandomSource("s")
+    )
+
+
+def test_nothing_after_a_close_frame_counts() -> None:
+    """PROTOCOL.md, Frames: frames before a CLOSE are processed, nothing after it is
+    (not even decoded). Garbage after it made the close a protocol violation."""
+    server = _server()
+    client = HandRolledClient(server)
+    client.send_frames(encode_frames([PingFrame()]), 0.01)
+    drain(server)
+    client.receive(0.1)
+    before = encode_frames(
+        [StreamFrame(offset=0, data=encode_varint(2) + b"ok"), CloseFrame(code=0, reason="bye")]
+    )
+    after = encode_frames([StreamFrame(offset=3, data=encode_varint(4) + b"more")]) + b"\x09\x09"
+    client.send_frames(before + after, 0.2)
+    assert drain(server) == [
+        PayloadReceived(connection_id=CID, payload=b"ok"),
+        ConnectionTerminated(
+            connection_id=CID, code=CloseCode.NORMAL_CLOSE, reason="bye", by_peer=True
+        ),
+    ]
+    assert client.receive(0.2) == []  # draining: no CLOSE of its own, no ACK
+    assert "protocol_violation" not in server.dropped
+
+
+@pytest.mark.parametrize(
+    ("token", "padding", "reason"),
+    [
+        (bytes(5), bytes(1152), "initiation_token_length"),
+        (bytes(25), bytes(1132), "initiation_token_length"),
+        (b"", b"\x00" * 1156 + b"\x01", "initiation_padding"),
+        (bytes(24), b"garbage".ljust(1133, b"\x00"), "initiation_padding"),
+    ],
+)
+def test_an_initiation_not_laid_out_as_version_1s_gets_no_answer(
+    token: bytes, padding: bytes, reason: str
+) -> None:
+    """PROTOCOL.md, INITIATION: the payload is a token length of 0 or 24, the token,
+    then zeros. Anything else is dropped before any Diffie-Hellman work; it used to
+    get a response (the payload is hashed into the handshake, so both sides agreed)."""
+    server = _server()
+    hs = HandshakeState.initiator(random=SeededRandomSource("hand"), prologue=b"udpchat/1" + CID)
+    payload = bytes((len(token),)) + token + padding
+    assert len(payload) == 1158
+    server.receive_datagram(b"\x01\x01" + CID + hs.write_message(payload), CLIENT, 0.0)
+    assert server.datagrams_to_send(0.0) == []
+    assert server.half_open_count == 0 and server.dropped == {reason: 1}
+
+
+def test_a_lone_ping_is_acknowledged_within_max_ack_delay_with_room_for_a_late_loop() -> None:
+    """Issue 23, item 19: with the timer at max_ack_delay (25 ms) the real server,
+    whose loop wakes a little after the timer, acknowledged 27-31 ms later. The
+    timer is now ack_timer_slack (5 ms) earlier, as RFC 9000, 18.2 asks."""
+    server = _server()
+    client = HandRolledClient(server)
+    client.send_frames(encode_frames([PingFrame()]), 0.01)
+    drain(server)
+    client.receive(0.1)
+    client.send_frames(encode_frames([PingFrame()]), 1.0)
+    assert server.get_timer() == pytest.approx(1.020)
+    assert client.receive(1.0199) == []
+    server.handle_timer(1.020)
+    assert client.receive(1.020) == [AckFrame(ranges=((0, 2),), delay_us=20_000)]
+
+
 @pytest.mark.parametrize("state", list(TransportState))
 @pytest.mark.parametrize("event", list(TransportInput))
 def test_every_state_input_pair(state: TransportState, event: TransportInput) -> None:

@@ -131,7 +131,7 @@ def test_a_request_type_the_server_does_not_know_is_answered_unknown_request() -
         "type": "error",
         "request_id": request_id,
         "code": "unknown_request",
-        "message": "unknown message type 'set_status'",
+        "message": 'unknown message type "set_status"',
     }
     assert server.server.stats.violations == 0
     # Without a readable request_id there is nobody to answer: a violation, as before.

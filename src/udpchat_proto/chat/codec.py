@@ -19,15 +19,17 @@ One configured cattrs converter does all the structuring; the attrs validators o
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any, Final
 
 import attrs
 import cattrs
 import orjson
+from cattrs.errors import AttributeValidationNote, IterableValidationError, IterableValidationNote
 
 from ..errors import DecodeError, ErrorCode
 from . import messages as m
-from .validation import LIST_MAX, ValidationError
+from .validation import LIST_MAX, REQUEST_ID_MAX, ValidationError
 
 __all__ = [
     "CODEC_VERSION",
@@ -57,7 +59,24 @@ _MAX_MICROS: Final = int(
 
 
 class _WrongTypeError(Exception):
-    """Raised by the structure hooks for a value of the wrong JSON type."""
+    """Raised by the structure hooks for a value of the wrong JSON type (its text is
+    in the protocol's words: it may be sent back in an ``error``)."""
+
+
+#: JSON's names of the values orjson makes, for refusals ("expected a string").
+_JSON_NAMES: Final[dict[type[Any], str]] = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    float: "a number that is not a 64-bit integer",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _json_name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), "another value")
 
 
 def _strict(kind: type[Any]) -> Any:
@@ -65,7 +84,7 @@ def _strict(kind: type[Any]) -> Any:
     # that sends the wrong JSON type is sending garbage, so refuse instead.
     def structure(value: Any, _cls: Any) -> Any:
         if type(value) is not kind:
-            raise _WrongTypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+            raise _WrongTypeError(f"expected {_JSON_NAMES[kind]}, got {_json_name(value)}")
         return value
 
     return structure
@@ -73,8 +92,11 @@ def _strict(kind: type[Any]) -> Any:
 
 def _structure_bytes(value: Any, _cls: Any) -> bytes:
     if type(value) is not str:
-        raise _WrongTypeError("expected a hex string")
-    return bytes.fromhex(value)  # ValueError on bad hex; lengths are checked by validators
+        raise _WrongTypeError(f"expected a hex string, got {_json_name(value)}")
+    try:
+        return bytes.fromhex(value)  # lengths are checked by the validators
+    except ValueError:
+        raise _WrongTypeError("expected a hex string") from None
 
 
 def _unstructure_datetime(value: datetime.datetime) -> int:
@@ -87,15 +109,29 @@ def _structure_datetime(value: Any, _cls: Any) -> datetime.datetime:
     return _EPOCH + datetime.timedelta(microseconds=value)
 
 
-def _structure_tuple(value: Any, cls: Any) -> Any:
-    if type(value) is not list:
-        raise _WrongTypeError("expected a list")
-    (item_type, _ellipsis) = cls.__args__
-    return tuple(converter.structure(item, item_type) for item in value)
+def _tuple_hook(conv: cattrs.Converter, *, detailed: bool) -> Any:
+    def structure(value: Any, cls: Any) -> Any:
+        if type(value) is not list:
+            raise _WrongTypeError(f"expected an array, got {_json_name(value)}")
+        (item_type, _ellipsis) = cls.__args__
+        if not detailed:
+            return tuple(conv.structure(item, item_type) for item in value)
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(conv.structure(item, item_type))
+            except Exception as exc:
+                # The first bad entry is enough to say what is wrong, and where.
+                note = IterableValidationNote(f"Structuring @ index {index}", index, item_type)
+                exc.__notes__ = [*getattr(exc, "__notes__", ()), note]
+                raise IterableValidationError("While structuring a list", [exc], cls) from None
+        return tuple(items)
+
+    return structure
 
 
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(detailed_validation=False, forbid_extra_keys=False)
+def _make_converter(*, detailed: bool = False) -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=detailed, forbid_extra_keys=False)
     for kind in (str, int, bool):
         conv.register_structure_hook(kind, _strict(kind))
     conv.register_unstructure_hook(bytes, bytes.hex)
@@ -104,13 +140,22 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(datetime.datetime, _structure_datetime)
     conv.register_structure_hook(ErrorCode, lambda value, _cls: ErrorCode(_strict(str)(value, str)))
     conv.register_structure_hook_func(
-        lambda cls: getattr(cls, "__origin__", None) is tuple, _structure_tuple
+        lambda cls: getattr(cls, "__origin__", None) is tuple, _tuple_hook(conv, detailed=detailed)
     )
     return conv
 
 
 converter: Final = _make_converter()
 """The one cattrs converter of the wire format (usable to unstructure for logging)."""
+
+# The same rules with cattrs' detailed validation, which says which field failed and
+# how. It is slower, so it runs only after ``converter`` has refused a message, to
+# word the refusal (never Python's exception text: it goes back on the wire).
+_explaining_converter: Final = _make_converter(detailed=True)
+
+#: Requests a malformed copy of which is answered (when its request id is readable).
+#: Not ``ack_delivery`` (never answered) nor what only a server sends (a violation).
+_ANSWERED: Final = frozenset(m.ANSWERED_REQUEST_TYPES)
 
 _VERSION_BYTE: Final = bytes([CODEC_VERSION])
 
@@ -156,10 +201,11 @@ def decode(data: bytes) -> m.Message:
     Raises:
         DecodeError: for every kind of bad input, with ``reason`` one of
             ``empty``, ``too_large``, ``unsupported_version``, ``bad_version``,
-            ``malformed``, ``unknown_type``, ``invalid_field``. If the input
-            carried a readable ``request_id`` (an invalid field, a newer version,
-            a type this version does not know), ``request_id`` and ``code`` say
-            how to answer it.
+            ``malformed``, ``unknown_type``, ``invalid_field``. If the input is a
+            request (or of a type this version does not know, or of a newer
+            version) whose ``request_id`` is readable, ``request_id`` and ``code``
+            say how to answer it, and ``detail`` is the answer's text: the
+            protocol's words, never Python's.
     """
     if not data:
         raise DecodeError("empty")
@@ -169,34 +215,49 @@ def decode(data: bytes) -> m.Message:
     if version != CODEC_VERSION:
         if version > CODEC_VERSION and data[1:2] == b"{":
             # A newer peer: answered (unsupported_version) if its request id is readable.
-            obj = _json_object(data, "unsupported_version", f"version {version}")
-            raise _invalid(
+            obj, _problem = _json_object(data, "unsupported_version")
+            raise _refusal(
                 obj,
+                None,
                 ErrorCode.UNSUPPORTED_VERSION,
                 f"message version {version}; this server speaks version {CODEC_VERSION}",
                 reason="unsupported_version",
             )
         raise DecodeError("bad_version", f"first byte {version}")
-    obj = _json_object(data, "malformed", "")
+    obj, problem = _json_object(data, "malformed")
+    if problem is None:
+        return _structure(obj, "invalid_field")
+    # Not strict JSON, yet its request id could be read: refused all the same, with
+    # the code of the first rule it breaks (a lone surrogate in a text breaks the
+    # text's: invalid_text), else bad_request.
+    message = _structure(obj, "malformed")
+    raise _refusal(obj, type(message), ErrorCode.BAD_REQUEST, problem, reason="malformed")
+
+
+def _structure(obj: dict[str, Any], reason: str) -> m.Message:
+    """``obj`` as the message its ``type`` names; DecodeError(``reason``) if it breaks a rule."""
     tag = obj.get("type")
     cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
     if cls is None:
         # A request added after this version is answered (unknown_request), not dropped.
-        raise _invalid(
+        raise _refusal(
             obj,
+            None,
             ErrorCode.UNKNOWN_REQUEST,
-            f"unknown message type {repr(tag)[:64]}",
-            reason="unknown_type",
+            _unknown_type(tag),
+            reason="unknown_type" if reason == "invalid_field" else reason,
         )
     # Sizes before structure: converting a 4 MiB list only to refuse it costs
     # hundreds of milliseconds of the server's loop.
     for value in obj.values():
         if type(value) is list and len(value) > LIST_MAX:
-            raise _invalid(obj, ErrorCode.TOO_LARGE, f"lists hold at most {LIST_MAX} entries")
+            raise _refusal(
+                obj, cls, ErrorCode.TOO_LARGE, f"lists hold at most {LIST_MAX} entries", reason
+            )
     try:
         return converter.structure(obj, cls)  # type: ignore[no-any-return]
     except ValidationError as exc:
-        raise _invalid(obj, exc.code, str(exc)) from None
+        raise _refusal(obj, cls, exc.code, str(exc), reason) from None
     except (
         _WrongTypeError,
         ValueError,
@@ -206,29 +267,118 @@ def decode(data: bytes) -> m.Message:
         RecursionError,
         cattrs.BaseValidationError,
         OverflowError,
-    ) as exc:
-        raise _invalid(obj, ErrorCode.BAD_REQUEST, f"{type(exc).__name__}: {exc}"[:200]) from None
+    ):
+        raise _refusal(obj, cls, ErrorCode.BAD_REQUEST, _explain(obj, cls), reason) from None
 
 
-def _json_object(data: bytes, reason: str, detail: str) -> dict[str, Any]:
-    """The JSON object after the version byte; DecodeError(``reason``) if there is none."""
+def _json_object(data: bytes, reason: str) -> tuple[dict[str, Any], str | None]:
+    """The JSON object after the version byte, and None; or, if it is not strict JSON
+    but can be read leniently, that reading and what is wrong with it.
+
+    Raises:
+        DecodeError(``reason``): there is no JSON object, even read leniently.
+    """
+    body = data[1:]
     try:
         # Strict RFC 8259 JSON in UTF-8 (no NaN, no lone surrogates, integers
         # within 64 bits, nesting within 1024): anything else is malformed.
-        obj = orjson.loads(data[1:])
+        obj = orjson.loads(body)
+        problem = None
     except orjson.JSONDecodeError as exc:
-        raise DecodeError(reason, detail or str(exc)[:200]) from None
+        obj = _lenient_object(body)
+        if obj is None:
+            raise DecodeError(reason, str(exc)[:200]) from None
+        problem = _not_strict(body)
     if type(obj) is not dict:
-        raise DecodeError(reason, detail or "not a JSON object")
-    return obj
+        raise DecodeError(reason, "not a JSON object")
+    return obj, problem
 
 
-def _invalid(
-    obj: dict[str, Any], code: ErrorCode, detail: str, *, reason: str = "invalid_field"
+# The standard library's parser reads what orjson refuses: lone surrogate escapes,
+# NaN and Infinity, data after the object; invalid UTF-8 arrives as lone surrogates
+# (surrogateescape). Used only to find whom to answer, and with what code.
+_LENIENT: Final = json.JSONDecoder(strict=False)  # control characters in strings too
+
+
+def _lenient_object(body: bytes) -> dict[str, Any] | None:
+    text = body.decode("utf-8", "surrogateescape")
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        obj, _end = _LENIENT.raw_decode(text, start)
+    except (ValueError, RecursionError):  # also the digit limit of huge integers
+        return None
+    return obj if type(obj) is dict else None
+
+
+def _not_strict(body: bytes) -> str:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the message is not valid UTF-8"
+    return (
+        "the message is not strict JSON "
+        "(a lone surrogate escape, NaN, Infinity or data after the object)"
+    )
+
+
+def _unknown_type(tag: Any) -> str:
+    if tag is None:
+        return "the message has no type"
+    if type(tag) is not str:
+        return f"the message type must be a string, not {_json_name(tag)}"
+    # json.dumps, not orjson: a lenient reading may hold lone surrogates; it escapes them.
+    return f"unknown message type {json.dumps(tag)[:66]}"
+
+
+def _explain(obj: dict[str, Any], cls: type[Any]) -> str:
+    """What is wrong with ``obj`` as a ``cls``: the first field that fails, and how."""
+    try:
+        _explaining_converter.structure(obj, cls)
+    except cattrs.BaseValidationError as exc:
+        path, problem = _first_failure(exc)
+        if isinstance(problem, KeyError):
+            return f"missing field {path}"
+        if isinstance(problem, _WrongTypeError | ValidationError):
+            return f"field {path}: {problem}" if path else str(problem)
+        return f"field {path}: invalid value" if path else "invalid message"
+    except Exception:  # whatever else (a RecursionError ...): the fixed text below
+        pass
+    return "invalid message"
+
+
+def _first_failure(exc: BaseException) -> tuple[str, BaseException]:
+    """The path (``message.id``, ``friends[0].online``) and exception of the first
+    failure in a detailed cattrs error."""
+    path = ""
+    while isinstance(exc, cattrs.BaseValidationError) and exc.exceptions:
+        inner = exc.exceptions[0]
+        for note in getattr(inner, "__notes__", ()):
+            if isinstance(note, AttributeValidationNote):
+                path += f".{note.name}"
+            elif isinstance(note, IterableValidationNote):
+                path += f"[{note.index}]"
+        exc = inner
+    return path.lstrip("."), exc
+
+
+def _refusal(
+    obj: dict[str, Any], cls: type[Any] | None, code: ErrorCode, detail: str, reason: str
 ) -> DecodeError:
-    error = DecodeError(reason, detail)
+    """The DecodeError for ``obj``; with ``request_id`` and ``code`` if it is to be answered.
+
+    Answered: a request (``cls`` None: a type unknown here, maybe a later version's
+    request) whose request id is readable, an integer in 0..2^32-1. An id outside
+    that range cannot be echoed (an answer carrying it would be malformed itself),
+    so such a message is not answered at all.
+    """
+    # A lenient reading may hold lone surrogates, and the text may be sent: escape them.
+    error = DecodeError(reason, detail.encode("utf-8", "backslashreplace").decode()[:200])
     request_id = obj.get("request_id")
-    if type(request_id) is int and 0 <= request_id <= 2**32 - 1:
+    if (
+        (cls is None or cls in _ANSWERED)
+        and type(request_id) is int
+        and 0 <= request_id <= REQUEST_ID_MAX
+    ):
         error.request_id = request_id
         error.code = code
     return error

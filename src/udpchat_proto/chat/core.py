@@ -18,11 +18,12 @@ from typing import Any, Final, cast
 import attrs
 
 from ..clock import WallClock
-from ..errors import DecodeError, ErrorCode, LocalProtocolError
+from ..errors import ErrorCode, LocalProtocolError
 from ..randomness import RandomSource, SystemRandomSource
 from ..ratelimit import KeyedLimiter, TokenBucket
 from ..transport import (
     Address,
+    CloseCode,
     ConnectionAddressChanged,
     ConnectionId,
     ConnectionTerminated,
@@ -33,7 +34,7 @@ from ..transport import (
 )
 from ..transport.keys import ServerKey
 from . import messages as m
-from .codec import decode, encode
+from .codec import encode
 from .config import ServerConfig
 from .connection import (
     ChatConnection,
@@ -56,6 +57,7 @@ from .requests import (
     HANDLERS,
     WRITES_ONCE,
     RefusedError,
+    read_payload,
     receipt_pushes,
     token_hash,
     unavailable_message,
@@ -465,32 +467,22 @@ class ServerCore(Lookups):
         if connection.closing:
             return
         self.stats.payloads += 1
-        item: Queued
-        try:
-            message = decode(payload)
-        except DecodeError as exc:
-            self.stats.decode_errors[exc.reason] += 1
-            if exc.request_id is None or exc.code is None:
-                self._violation(connection, now, f"undecodable payload ({exc.reason})")
+        item = read_payload(payload, self.stats.decode_errors)
+        if isinstance(item, str):
+            self._violation(connection, now, item)
+            return
+        if isinstance(item, m.AcknowledgeDelivery):
+            # Not a request: no answer, and nothing to keep in order with them.
+            # It costs a request all the same (a store write each), and one
+            # beyond the budget is ignored: the messages are pushed again later.
+            if not connection.requests.spend(now=now):
+                self.stats.acknowledgements_ignored += 1
                 return
-            item = Refusal(request_id=exc.request_id, code=exc.code, message=exc.detail[:200])
-        else:
-            if isinstance(message, m.AcknowledgeDelivery):
-                # Not a request: no answer, and nothing to keep in order with them.
-                # It costs a request all the same (a store write each), and one
-                # beyond the budget is ignored: the messages are pushed again later.
-                if not connection.requests.spend(now=now):
-                    self.stats.acknowledgements_ignored += 1
-                    return
-                try:
-                    self._on_acknowledge(connection, message, now)
-                except Exception as exc:  # the store failed: nobody to answer
-                    self._count_internal_error(exc)
-                return
-            if not isinstance(message, m.ANSWERED_REQUEST_TYPES):  # server-only types
-                self._violation(connection, now, f"{type(message).__name__} sent to the server")
-                return
-            item = message
+            try:
+                self._on_acknowledge(connection, item, now)
+            except Exception as exc:  # the store failed: nobody to answer
+                self._count_internal_error(exc)
+            return
         if not connection.requests.spend(now=now):
             item = Refusal(
                 request_id=item.request_id,
@@ -499,8 +491,7 @@ class ServerCore(Lookups):
             )
         if connection.hashing or connection.queue:
             if len(connection.queue) >= self._config.max_queued_requests:
-                self.stats.closed_for_abuse += 1
-                self._close_connection(connection_id, "too many pipelined requests")
+                self._close_for_abuse(connection_id, "too many pipelined requests")
                 return
             connection.queue.append(item)
             return
@@ -510,8 +501,13 @@ class ServerCore(Lookups):
         self.stats.violations += 1
         connection.violations += 1
         if connection.violations > self._config.max_violations:
-            self.stats.closed_for_abuse += 1
-            self._close_connection(connection.connection_id, f"protocol violation: {reason}")
+            last = f"too many bad messages; the last: {reason}"
+            self._close_for_abuse(connection.connection_id, last)
+
+    def _close_for_abuse(self, connection_id: ConnectionId, reason: str) -> None:
+        # PROTOCOL_VIOLATION, as PROTOCOL.md names it: not a close the client asked for.
+        self.stats.closed_for_abuse += 1
+        self._close_connection(connection_id, reason, code=CloseCode.PROTOCOL_VIOLATION)
 
     # --- request dispatch ----------------------------------------------------------------
 
@@ -646,7 +642,9 @@ class ServerCore(Lookups):
             else:
                 self._close_connection(target, reason or "closed")
 
-    def _close_connection(self, connection_id: ConnectionId, reason: str) -> None:
+    def _close_connection(
+        self, connection_id: ConnectionId, reason: str, *, code: CloseCode = CloseCode.NORMAL_CLOSE
+    ) -> None:
         connection = self._connections.get(connection_id)
         if connection is None or connection.closing:
             return
@@ -654,7 +652,7 @@ class ServerCore(Lookups):
         self._log_out(connection, self._now, announce=False)
         connection.transition(ChatConnectionInput.CLOSE)
         with contextlib.suppress(LocalProtocolError):  # already gone
-            self._transport.close(connection_id, self._now, reason)
+            self._transport.close(connection_id, self._now, reason, code=code)
 
     def _reply(self, connection: ChatConnection, message: m.Response) -> None:
         try:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from typing import Final, TypeVar
 
 import attrs
 
-from ..errors import ErrorCode
+from ..errors import DecodeError, ErrorCode
 from ..transport import Address, ConnectionId
 from . import messages as m
-from .connection import ChatConnectionState
+from .codec import decode
+from .connection import ChatConnectionState, Queued, Refusal
 from .store import Receipt, StoreUnavailableError
 from .validation import SESSION_ID_SIZE
 
@@ -28,6 +30,7 @@ __all__ = [
     "ConnectionInfo",
     "RefusedError",
     "handles",
+    "read_payload",
     "receipt_pushes",
     "session_id",
     "token_hash",
@@ -125,6 +128,31 @@ class ConnectionInfo:
     state: ChatConnectionState
     username: str | None
     """Whom it acts as (logged in), or None."""
+
+
+def read_payload(
+    payload: bytes, decode_errors: Counter[str]
+) -> Queued | m.AcknowledgeDelivery | str:
+    """What a client's payload asks for: a request; or, when it does not decode but
+    is a request whose id can be read, its refusal (answered in its turn, as the
+    request would have been); or an acknowledgement. A str instead says why the
+    payload is a protocol violation: it is not answered.
+
+    Args:
+        payload: one application message from a client.
+        decode_errors: counts each payload that does not decode, by reason.
+    """
+    try:
+        message = decode(payload)
+    except DecodeError as exc:
+        decode_errors[exc.reason] += 1
+        if exc.request_id is None or exc.code is None:
+            return f"undecodable payload ({exc.reason})"
+        # The codec words the text for the wire: the protocol's terms, never Python's.
+        return Refusal(request_id=exc.request_id, code=exc.code, message=exc.detail)
+    if isinstance(message, m.REQUEST_TYPES):
+        return message
+    return f"{message.TAG} sent to the server"  # a response or a push
 
 
 class RefusedError(Exception):

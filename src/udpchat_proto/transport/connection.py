@@ -357,15 +357,16 @@ class Connection:
             )
         self.send_stream.write_message(bytes(payload))
 
-    def close(self, reason: str, *, now: float) -> None:
-        """Close; the peer learns it from a CLOSE frame if the connection is up."""
+    def close(self, reason: str, *, now: float, code: CloseCode = CloseCode.NORMAL_CLOSE) -> None:
+        """Close; the peer learns it (and ``code``) from a CLOSE frame if the
+        connection is up."""
         if self.state in END_STATES:
             return
         if self.state is S.ESTABLISHED:
-            self._start_closing(TransportInput.CLOSE_LOCAL, CloseCode.NORMAL_CLOSE, reason, now=now)
+            self._start_closing(TransportInput.CLOSE_LOCAL, code, reason, now=now)
         else:
             self._transition(TransportInput.CLOSE_LOCAL)
-        self._terminate(CloseCode.NORMAL_CLOSE, reason)
+        self._terminate(code, reason)
 
     def _start_closing(
         self, event: TransportInput, code: CloseCode, reason: str, *, now: float
@@ -514,7 +515,10 @@ class Connection:
             if self._ack_eliciting >= 2 or not in_order:
                 self._ack_immediate = True
             elif self._ack_deadline is None:
-                self._ack_deadline = now + self.config.max_ack_delay
+                # Early by the slack: the ACK must be out within max_ack_delay, and
+                # the caller's loop wakes a little after the timer (RFC 9000, 18.2).
+                config = self.config
+                self._ack_deadline = now + config.max_ack_delay - config.ack_timer_slack
 
     def _on_ack(self, frame: AckFrame, *, now: float) -> None:
         if frame.largest >= self._next_pn:

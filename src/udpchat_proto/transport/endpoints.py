@@ -548,7 +548,14 @@ class ServerTransport:
         if conn is not None and not conn.is_closed:
             self._open.protect(connection_id, protected)
 
-    def close(self, connection_id: ConnectionId, now: float, reason: str = "") -> None:
+    def close(
+        self,
+        connection_id: ConnectionId,
+        now: float,
+        reason: str = "",
+        *,
+        code: CloseCode = CloseCode.NORMAL_CLOSE,
+    ) -> None:
         """Close a connection (the client learns it); then call :meth:`datagrams_to_send`.
 
         Closing a connection already closing does nothing.
@@ -557,13 +564,14 @@ class ServerTransport:
             connection_id: from :class:`HandshakeCompleted`.
             now: the current time, seconds.
             reason: a short human-readable reason.
+            code: the CLOSE frame's; ``PROTOCOL_VIOLATION`` for what the peer sent.
 
         Raises:
             LocalProtocolError: the connection is unknown.
         """
         self._now = max(self._now, now)
         conn = self._established(connection_id)
-        conn.close(reason, now=now)
+        conn.close(reason, now=now, code=code)
         self._touch(conn)
 
     # ------------------------------------------------------------------ input
@@ -696,17 +704,14 @@ class ServerTransport:
     def _check_token(
         self, token: bytes, cid: ConnectionId, addr: Address, now: float
     ) -> str | None:
-        """None if ``token`` is one of ours for this connection id and exact source
-        address, issued within ``retry_token_lifetime``; else the refusal's reason."""
+        """None if ``token`` (empty or 24 bytes, as parsed) is ours for this connection id
+        and exact source address, within ``retry_token_lifetime``; else why not."""
         if not token:
             return "retry"
-        if len(token) != RETRY_TOKEN_SIZE:
-            return "retry_token_invalid"
         issued = token[: _ISSUED.size]
         if not constant_time.bytes_eq(token[_ISSUED.size :], self._token_mac(cid, addr, issued)):
             return "retry_token_invalid"
-        (issued_at,) = _ISSUED.unpack(issued)
-        age = int(now) - issued_at
+        age = int(now) - _ISSUED.unpack(issued)[0]
         if age < 0 or age > self._config.retry_token_lifetime:
             return "retry_token_expired"
         return None

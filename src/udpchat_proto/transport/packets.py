@@ -307,6 +307,25 @@ def initiation_payload(token: bytes, size: int) -> bytes:
     return (bytes((len(token),)) + token).ljust(size, b"\x00")
 
 
+#: Offset of the token length in an INITIATION (the first byte of the Noise payload).
+_TOKEN_LENGTH_OFFSET: Final = INITIATION_HEADER_SIZE + _NOISE_E_SIZE
+
+
+def _check_initiation_payload(data: bytes) -> None:
+    """Refuse an INITIATION whose clear payload is not ``L | token | zeros``.
+
+    Version 1 has one layout: a token length of 0 or 24, then zeros. Anything else
+    is no client of ours (or an attempt to smuggle bytes into the handshake hash),
+    and it costs nothing to refuse before the Diffie-Hellman work.
+    """
+    length = data[_TOKEN_LENGTH_OFFSET]
+    if length not in (0, RETRY_TOKEN_SIZE):
+        raise DecodeError("initiation_token_length", f"token length {length}")
+    padding = _TOKEN_LENGTH_OFFSET + 1 + length
+    if data.count(0, padding) != len(data) - padding:
+        raise DecodeError("initiation_padding", "padding that is not all zeros")
+
+
 def encode_retry(connection_id: bytes, token: bytes) -> bytes:
     """Build a RETRY datagram."""
     return bytes((PacketType.RETRY,)) + connection_id + token
@@ -353,7 +372,9 @@ def decode_packet(data: bytes) -> Packet:
 
     Raises:
         DecodeError: ``"empty"``, ``"unknown_type"``, ``"unsupported_version"``,
-            ``"initiation_size"``, ``"retry_size"`` or ``"truncated"``.
+            ``"initiation_size"``, ``"initiation_token_length"`` (not 0 or 24),
+            ``"initiation_padding"`` (not all zeros), ``"retry_size"`` or
+            ``"truncated"``.
     """
     if not data:
         raise DecodeError("empty", "empty datagram")
@@ -376,6 +397,7 @@ def decode_packet(data: bytes) -> Packet:
         if len(data) != INITIATION_SIZE:
             # Smaller ones would break the amplification budget; larger ones are not ours.
             raise DecodeError("initiation_size", f"{len(data)} bytes, not {INITIATION_SIZE}")
+        _check_initiation_payload(data)
         return HandshakeInitiation(
             connection_id=data[2:INITIATION_HEADER_SIZE],
             noise_message=data[INITIATION_HEADER_SIZE:],
@@ -555,7 +577,9 @@ def decode_frames(payload: bytes) -> list[Frame]:
 
     Returns:
         The frames, in order. An empty payload is invalid (every packet carries at
-        least one frame).
+        least one frame). A CLOSE frame is the last: whatever follows it is not
+        decoded (the connection ends there), so trailing bytes, even garbage, do not
+        turn the peer's close into a protocol violation.
 
     Raises:
         DecodeError: ``"truncated"``, ``"unknown_frame"`` or ``"invalid_field"``.
@@ -596,8 +620,8 @@ def decode_frames(payload: bytes) -> list[Frame]:
                 reason = payload[pos : pos + length].decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DecodeError("invalid_field", "CLOSE reason is not UTF-8") from exc
-            pos += length
             frames.append(CloseFrame(code=code, reason=reason))
+            break  # nothing after a CLOSE counts
         elif kind in (FrameType.PATH_CHALLENGE, FrameType.PATH_RESPONSE):
             if pos + PATH_DATA_SIZE > end:
                 raise DecodeError("truncated", "PATH frame data cut short")
