@@ -267,7 +267,9 @@ def test_a_node_signs_in_with_a_token_or_a_user_and_password(
         _talk(with_password.url.replace("nats://", "nats://node:secret-pw@"))
         caplog.clear()
         _refused(with_password.url.replace("nats://", "nats://node:secret-wrong@"), caplog)
-        assert "Authorization Violation" in caplog.text
+        # NATS answers -ERR 'Authorization Violation' and closes; on a loaded machine
+        # the close can reach the client first, as a reset.
+        assert "Authorization Violation" in caplog.text or "reset by peer" in caplog.text
     finally:
         with_password.stop()
 

@@ -155,8 +155,8 @@ def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: Server
             await type_line(pilot, "/accept carol")
             await until(pilot, lambda: "carol" in sidebar(app), "carol a friend")
             # Refusals show the server's message, never a traceback.
-            await type_line(pilot, "/invite nobody")
-            await until(pilot, lambda: "no user named nobody" in pane_text(app), "a refusal")
+            await type_line(pilot, "/invite alice")
+            await until(pilot, lambda: "cannot invite yourself" in pane_text(app), "a refusal")
             await type_line(pilot, "/frobnicate")
             await until(pilot, lambda: "unknown command" in pane_text(app), "a bad command")
             await type_line(pilot, "x" * 5000)
