@@ -13,7 +13,11 @@ temporary directory:
    ``py.typed``, the two console scripts, and nothing else;
 3. ``python -m venv .venv`` there and ``pip install`` of the wheel (its dependencies
    from the index, as a user gets them);
-4. from that directory (the checkout is not importable there): both tools'
+4. that the base install is small: the distributions it pulled are those of
+   :data:`BASE_DISTRIBUTIONS` and no more, and the two commands that need an extra
+   (``udpchat-cli chat``, ``udpchat-server --metrics``) exit 1 with one line naming
+   what installs it, before anything is opened;
+5. from that directory (the checkout is not importable there): both tools'
    ``--version``, then ``udpchat-server`` on 127.0.0.1 port 0 with its database in
    the temporary directory, the README's quickstart and room blocks pasted into bash
    as they are (their ``export PATH="$PWD/.venv/bin:$PATH"`` finds the fresh
@@ -64,6 +68,29 @@ EXPECTED_OUTPUT = (
     "alice -> #general: Welcome, both of you!",
     "bob -> #general: Thanks Alice",
     "#general (3 members)",
+)
+#: Every distribution ``pip install udpchat-proto`` may pull (besides itself and pip):
+#: the core's four, the commands' two, and what cryptography and cattrs need.
+BASE_DISTRIBUTIONS = frozenset(
+    {
+        "attrs",
+        "cattrs",
+        "cryptography",
+        "orjson",
+        "click",
+        "platformdirs",
+        "cffi",
+        "pycparser",
+        "typing-extensions",
+    }
+)
+#: What each command without its extra must say (one line on stderr, exit 1).
+MISSING_EXTRAS = (
+    (("udpchat-cli", "chat"), "error: the chat needs Textual: pip install 'udpchat-proto[tui]'"),
+    (
+        ("udpchat-server", "--port", "0", "--db", "extra.sqlite3", "--metrics", "0"),
+        "error: --metrics needs prometheus-client: pip install 'udpchat-proto[metrics]'",
+    ),
 )
 BUILD_TIMEOUT = 180.0
 INSTALL_TIMEOUT = 300.0
@@ -211,6 +238,34 @@ def check_versions(bin_dir: Path, work: Path, version: str) -> None:
             raise PackageCheckError(f"{tool} --version says {shown!r}, not version {version}")
 
 
+def check_base_install(bin_dir: Path, work: Path) -> None:
+    """The wheel alone pulls only :data:`BASE_DISTRIBUTIONS`; the commands that need an
+    extra refuse with the line that names it, and open nothing."""
+    pip_list: list[str | Path] = [bin_dir / "python", "-m", "pip", "list", "--format=freeze"]
+    listed = run(pip_list, cwd=work, timeout=INSTALL_TIMEOUT)
+    names = {line.split("==")[0].lower().replace("_", "-") for line in listed.splitlines() if line}
+    extra = names - BASE_DISTRIBUTIONS - {"udpchat-proto", "pip", "setuptools", "wheel"}
+    if extra:
+        raise PackageCheckError(f"the base install pulled {sorted(extra)} as well")
+    for command, expected in MISSING_EXTRAS:
+        proc = subprocess.run(
+            [bin_dir / command[0], *command[1:]],
+            cwd=work,
+            env=clean_env(UDPCHAT_HOME=str(work / "extras-home")),
+            capture_output=True,
+            text=True,
+            timeout=START_DEADLINE,
+            check=False,
+        )
+        if proc.returncode != 1 or proc.stderr.strip() != expected:
+            raise PackageCheckError(
+                f"{' '.join(command)} without its extra exited {proc.returncode} with "
+                f"{proc.stderr.strip()!r}, not 1 with {expected!r}"
+            )
+    if (work / "extra.sqlite3").exists():
+        raise PackageCheckError("udpchat-server --metrics without its extra made a database")
+
+
 def readme_block(name: str) -> str:
     """The shell block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -302,6 +357,8 @@ def check(work: Path) -> None:
         check_wheel(wheel, version)
     with step("install the wheel into a fresh virtual environment"):
         bin_dir = install(work, wheel)
+    with step("the base install: what it pulls, the commands that need an extra"):
+        check_base_install(bin_dir, work)
     with step("both tools' --version"):
         check_versions(bin_dir, work, version)
     with step("the README's quickstart against the installed wheel"):

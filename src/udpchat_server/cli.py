@@ -31,6 +31,7 @@ try:
 except ValueError:  # imported from another thread than the main one
     _sigterm_before = None
 try:
+    import importlib.util
     import logging
     import os
     import re
@@ -81,6 +82,10 @@ __all__ = ["main"]
 log = logging.getLogger("udpchat_server")
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+METRICS_INSTALL = "pip install 'udpchat-proto[metrics]'"
+"""What installs prometheus-client, named when ``--metrics`` finds it missing."""
 
 
 class StartupError(Exception):
@@ -460,6 +465,8 @@ def command(
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         return
+    if metrics is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise StartupError(f"--metrics needs prometheus-client: {METRICS_INSTALL}")
     configure_logging(log_level, log_format)
     # From here on SIGINT and SIGTERM stop the server cleanly, even while it is
     # still opening its database: a supervisor's SIGTERM right after the start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 
 import click
@@ -10,6 +11,7 @@ from udpchat_proto import ErrorCode
 
 from ..app import (
     DEFAULT_SERVER,
+    EXIT_REFUSED,
     EXIT_USAGE,
     CliError,
     current_app,
@@ -19,13 +21,20 @@ from ..app import (
 )
 from ..session import parse_servers
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "TUI_INSTALL"]
+
+TUI_INSTALL = "pip install 'udpchat-proto[tui]'"
+"""What installs the chat's screen (Textual), named when it is missing."""
 
 
 @click.command()
 @json_option
 def chat() -> None:
     """Open the full-screen chat (Ctrl+Q or /quit leaves; /help lists commands)."""
+    # Textual is the ``tui`` extra: without it, one line that says how to get it
+    # (looked up without importing it, which takes a good part of a second).
+    if importlib.util.find_spec("textual") is None or importlib.util.find_spec("rich") is None:
+        raise CliError(EXIT_REFUSED, "missing_extra", f"the chat needs Textual: {TUI_INSTALL}")
     app = current_app()
     profile = app.profile()
     if not profile.logged_in or profile.token is None or profile.username is None:
