@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.stranger import SansIOServer, StrangerClient, answer, connect, exchange
+from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.client import ClientConnection
+from udpchat_proto.chat.codec import decode
 from udpchat_proto.chat.events import Connected, Disconnected
-from udpchat_proto.errors import ErrorCode
+from udpchat_proto.errors import DecodeError, ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import CloseCode, ConnectionTerminated
 from udpchat_proto.transport.endpoints import ClientTransport
@@ -146,3 +150,28 @@ def test_a_higher_version_byte_not_followed_by_an_object_is_garbage() -> None:
     assert server.server.stats.violations == 3
     assert server.server.stats.decode_errors == {"bad_version": 2, "unsupported_version": 1}
     assert client.messages == []
+
+
+def test_a_refusal_with_a_code_this_client_does_not_know_is_kept_with_its_text() -> None:
+    # Codes are added by later servers: a client shows one it does not know (with the
+    # text), where it used to drop the whole answer and wait for nothing.
+    answer = decode(
+        b"\x01"
+        + json.dumps(
+            {"type": "error", "request_id": 7, "code": "later_code", "message": "not now"}
+        ).encode()
+    )
+    assert isinstance(answer, m.ErrorResponse)
+    assert answer.code == "later_code" and answer.message == "not now"
+    assert (
+        answer.code is not ErrorCode.INTERNAL and ErrorCode("user_exists") is ErrorCode.USER_EXISTS
+    )
+    # Only the shape of a code is checked: anything else is still undecodable.
+    for bad in ("Later Code", "", "x" * 65, "1abc", 5):
+        with pytest.raises(DecodeError):
+            decode(
+                b"\x01"
+                + json.dumps(
+                    {"type": "error", "request_id": 7, "code": bad, "message": "x"}
+                ).encode()
+            )

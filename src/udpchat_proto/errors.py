@@ -16,6 +16,8 @@ are :class:`~udpchat_proto.chat.messages.ErrorResponse` replies carrying an
 from __future__ import annotations
 
 import enum
+import re
+from typing import Final
 
 __all__ = [
     "DecodeError",
@@ -25,11 +27,20 @@ __all__ = [
 ]
 
 
+_CODE_SHAPE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 class ErrorCode(enum.StrEnum):
     """Stable codes of every refusal a server can answer with.
 
     The values are part of the wire protocol and of the CLI's JSON output: never
     rename one, only add.
+
+    Codes are added, so a client must show one it does not know rather than fail
+    on it: ``ErrorCode("some_later_code")`` (what the codec does with an ``error``
+    from a later server) is a member of its own, equal to its value, though not
+    among those listed. Only a code's shape is checked (lowercase letters, digits
+    and ``_``, at most 64, starting with a letter).
     """
 
     USER_EXISTS = "user_exists"
@@ -78,6 +89,17 @@ class ErrorCode(enum.StrEnum):
     """The sender's stored messages take what the server keeps per user
     (``max_stored_per_user``): nothing was stored; older messages make room once
     retention deletes them."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> ErrorCode | None:
+        # A later server's code: a member of its own, made as enum makes Flag's
+        # pseudo-members (the str, with this class).
+        if not isinstance(value, str) or _CODE_SHAPE.fullmatch(value) is None:
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value.upper()
+        member._value_ = value
+        return member
 
 
 class ProtocolError(Exception):
