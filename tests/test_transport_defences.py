@@ -24,7 +24,6 @@ from udpchat_proto.transport import (
     address_key,
 )
 from udpchat_proto.transport.capacity import OpenConnections
-from udpchat_proto.transport.endpoints import MAX_RETRIES
 from udpchat_proto.transport.keys import ServerKey
 from udpchat_proto.transport.packets import (
     INITIATION_SIZE,
@@ -33,6 +32,7 @@ from udpchat_proto.transport.packets import (
     decode_packet,
     encode_retry,
 )
+from udpchat_proto.transport.retry import MAX_RETRIES
 
 from .simnet import Link, Network
 from .test_transport import ALICE, SERVER, initiation_datagram, make, sealed_data_packet

@@ -20,8 +20,7 @@ from udpchat_proto.chat.codec import decode
 from udpchat_proto.chat.events import Connected, Disconnected
 from udpchat_proto.errors import DecodeError, ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import CloseCode, ConnectionTerminated
-from udpchat_proto.transport.endpoints import ClientTransport
+from udpchat_proto.transport import ClientTransport, CloseCode, ConnectionTerminated
 from udpchat_proto.transport.packets import INITIATION_SIZE
 
 SERVER = ("192.0.2.1", 9999)

@@ -39,8 +39,8 @@ from .clock import WallClock
 from .errors import DecodeError, ErrorCode, LocalProtocolError, ProtocolError
 from .randomness import RandomSource, SeededRandomSource, SystemRandomSource
 from .ratelimit import RateLimit
+from .transport.client import ClientTransport
 from .transport.config import TransportConfig
-from .transport.endpoints import ClientTransport, ServerTransport
 from .transport.events import (
     Address,
     CloseCode,
@@ -52,6 +52,7 @@ from .transport.events import (
     TransportEvent,
 )
 from .transport.keys import ServerKey, fingerprint
+from .transport.server import ServerTransport
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,9 @@ the packet and frame codecs, the replay window). The modules behind it:
 
 ========================  ======================================================
 ``addresses``             :func:`address_key`: per-address limits key by prefix
-``endpoints``             the client and server roles, and the server's routing
+``client``                :class:`ClientTransport`: the client's handshake and its RETRYs
+``server``                :class:`ServerTransport`: handshakes, routing, per-address limits
+``retry``                 the stateless RETRY token (mint, check)
 ``connection``            one connection after the keys exist (both roles)
 ``config``                :class:`TransportConfig`, every limit and its reason
 ``events``                the events and :class:`CloseCode`
@@ -31,11 +33,13 @@ the packet and frame codecs, the replay window). The modules behind it:
 from __future__ import annotations
 
 from .addresses import address_key
+from .client import ClientTransport
 from .config import MAX_UDP_PAYLOAD, RECEIVE_WINDOW, TransportConfig
-from .endpoints import PROLOGUE, Address, ClientTransport, ConnectionId, ServerTransport
 from .events import (
+    Address,
     CloseCode,
     ConnectionAddressChanged,
+    ConnectionId,
     ConnectionTerminated,
     HandshakeCompleted,
     PayloadReceived,
@@ -44,6 +48,7 @@ from .events import (
 from .handshake import CipherState, HandshakeState
 from .keys import KEY_SIZE, ServerKey, fingerprint
 from .packets import (
+    PROLOGUE,
     WIRE_VERSION,
     AckFrame,
     CloseFrame,
@@ -63,6 +68,7 @@ from .packets import (
     encode_frames,
 )
 from .replay import ReplayWindow
+from .server import ServerTransport
 from .states import TransportState
 
 __all__ = [

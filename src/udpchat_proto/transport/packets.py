@@ -75,6 +75,7 @@ __all__ = [
     "MAX_CLOSE_REASON_BYTES",
     "MAX_VARINT",
     "PATH_DATA_SIZE",
+    "PROLOGUE",
     "RESPONSE_HEADER_SIZE",
     "RETRY_SIZE",
     "RETRY_TOKEN_SIZE",
@@ -113,6 +114,9 @@ __all__ = [
 
 #: Wire version of the transport (also bound into the Noise prologue).
 WIRE_VERSION: Final = 1
+#: Mixed into the Noise handshake hash, followed by the connection id: both sides
+#: must agree on the protocol version and the id, or the handshake fails.
+PROLOGUE: Final = b"udpchat/%d" % WIRE_VERSION
 #: Every version this implementation speaks, listed in VERSION_NEGOTIATION.
 SUPPORTED_VERSIONS: Final = (WIRE_VERSION,)
 CONNECTION_ID_SIZE: Final = 8

@@ -1,35 +1,25 @@
-"""The secure, reliable transport: the client and server roles (sans-IO).
+"""The secure, reliable transport's server role (sans-IO): every connection, routed
+by connection id.
 
-A connection starts with a ``Noise_NX_25519_ChaChaPoly_SHA256`` handshake in one
-round trip (INITIATION, RESPONSE); after it, every datagram is a DATA packet sealed
-with ChaCha20-Poly1305 under the packet number, checked against a replay window,
-and carries frames: acknowledgements, slices of an ordered byte stream of
-messages, PINGs and a CLOSE. See ``docs/PROTOCOL.md`` (Transport).
+It answers Noise NX handshakes (see :mod:`~udpchat_proto.transport.client` for the
+five methods both roles share), with the defences a public UDP server needs before
+any connection exists: a half-open cap, per-address limits and rate, the stateless
+RETRY (``retry.py``) under load, and at ``max_connections`` the choice of whom to end
+(``capacity.py``). After the keys exist, each connection is a
+:class:`~udpchat_proto.transport.connection.Connection`; this module keeps their
+timers in one heap and visits only the connections touched since the last output.
 
-Both roles have aioquic's five methods::
-
-    receive_datagram(data, addr, now)         # feed what the socket read
-    datagrams_to_send(now) -> [(data, addr)]  # what to write
-    get_timer() -> float | None               # when to call handle_timer
-    handle_timer(now)
-    next_event() -> TransportEvent | None     # HandshakeCompleted, PayloadReceived, ...
-
-Command methods (``connect``, ``send``, ``close``) only queue work: call
-``datagrams_to_send`` after them. Nothing here reads a clock, opens a socket or uses
-global randomness. Remote input never raises: a datagram that does not parse,
-authenticate or fit is dropped and counted in ``dropped`` by reason. Caller misuse
+Nothing here reads a clock, opens a socket or uses global randomness. Remote input
+never raises: it is dropped and counted in ``dropped`` by reason. Caller misuse
 raises :class:`~udpchat_proto.errors.LocalProtocolError`.
 """
 
 from __future__ import annotations
 
 import heapq
-import struct
 from collections import deque
 from collections.abc import Mapping
 from typing import Final
-
-from cryptography.hazmat.primitives import constant_time, hashes, hmac
 
 from ..errors import DecodeError, LocalProtocolError
 from ..randomness import RandomSource, SystemRandomSource
@@ -38,350 +28,28 @@ from .addresses import address_key
 from .capacity import OpenConnections
 from .config import TransportConfig
 from .connection import Connection
-from .events import (
-    Address,
-    CloseCode,
-    ConnectionAddressChanged,
-    ConnectionId,
-    ConnectionTerminated,
-    HandshakeCompleted,
-    PayloadReceived,
-    TransportEvent,
-)
+from .events import Address, CloseCode, ConnectionId, TransportEvent
 from .handshake import HandshakeState
 from .keys import ServerKey
 from .packets import (
-    CONNECTION_ID_SIZE,
-    INITIATION_SIZE,
-    RETRY_TOKEN_SIZE,
-    WIRE_VERSION,
+    PROLOGUE,
     DataPacket,
     HandshakeInitiation,
-    HandshakeResponse,
-    Retry,
-    VersionNegotiation,
     decode_packet,
-    encode_initiation,
     encode_response,
     encode_retry,
     encode_version_negotiation,
-    initiation_payload,
 )
-from .states import END_STATES, TransportState
+from .retry import RetryTokens
+from .states import TransportState
 
-__all__ = [
-    "MAX_RETRIES",
-    "PROLOGUE",
-    "Address",
-    "ClientTransport",
-    "CloseCode",
-    "ConnectionAddressChanged",
-    "ConnectionId",
-    "ConnectionTerminated",
-    "HandshakeCompleted",
-    "PayloadReceived",
-    "ServerTransport",
-    "TransportConfig",
-    "TransportEvent",
-    "TransportState",
-]
+__all__ = ["ServerTransport"]
 
-#: Mixed into the Noise handshake hash, followed by the connection id: both sides
-#: must agree on the protocol version and the id, or the handshake fails.
-PROLOGUE: Final = b"udpchat/%d" % WIRE_VERSION
-#: Noise message 1 = e (32 bytes) + payload; the payload pads the initiation.
-_INITIATION_PADDING: Final = INITIATION_SIZE - (2 + CONNECTION_ID_SIZE) - 32
 #: How often (seconds of ``now``) the per-address handshake buckets are pruned.
 _PRUNE_INTERVAL: Final = 10.0
-#: A client follows at most this many RETRYs per connect: enough to outlive an
-#: expired token or a server restart, few enough that a forger on the path cannot
-#: keep it busy (an off-path one does not know the connection id at all).
-MAX_RETRIES: Final = 3
 #: RETRYs waiting for ``datagrams_to_send``; beyond it more are refused
 #: (``retry_queue_full``). A loop reads at most a few hundred datagrams per turn.
 _MAX_PENDING_RETRIES: Final = 1024
-#: Domain separation for the RETRY token's MAC.
-_RETRY_LABEL: Final = b"udpchat retry token v1"
-_ISSUED: Final = struct.Struct(">Q")
-
-
-def _count(counters: dict[str, int], reason: str) -> None:
-    counters[reason] = counters.get(reason, 0) + 1
-
-
-class ClientTransport:
-    """The client end of one connection to a server.
-
-    Typical use: ``connect(now)``, then in a loop feed ``receive_datagram``, drain
-    ``next_event``, write ``datagrams_to_send`` and wait until ``get_timer()`` or
-    the next datagram.
-
-    Attributes:
-        dropped: datagrams dropped, by reason (``"decrypt_failed"``, ``"replay"``,
-            ``"unknown_connection"``, ``"truncated"`` ...).
-    """
-
-    def __init__(
-        self,
-        *,
-        server_address: Address,
-        config: TransportConfig | None = None,
-        expected_server_key: bytes | None = None,
-        random: RandomSource | None = None,
-    ) -> None:
-        """Create a client; nothing is sent until :meth:`connect`.
-
-        Args:
-            server_address: where to send.
-            config: limits and timers (defaults: ``TransportConfig()``).
-            expected_server_key: the server's 32-byte static public key if pinned;
-                a server with another key ends the connection with
-                ``SERVER_KEY_MISMATCH``. Without it, the key is reported in
-                :class:`HandshakeCompleted` for the caller to pin.
-            random: the source of the connection id and ephemeral key (default:
-                the operating system's CSPRNG).
-
-        Raises:
-            LocalProtocolError: ``expected_server_key`` is not 32 bytes.
-        """
-        if expected_server_key is not None and len(expected_server_key) != 32:
-            raise LocalProtocolError("expected_server_key must be 32 bytes")
-        self._config = config if config is not None else TransportConfig()
-        self._random: RandomSource = random if random is not None else SystemRandomSource()
-        self._server_address = server_address
-        self._expected_server_key = expected_server_key
-        self._events: deque[TransportEvent] = deque()
-        self.dropped: dict[str, int] = {}
-        self._connection_id: ConnectionId = self._random.token_bytes(CONNECTION_ID_SIZE)
-        # Newest first: after a RETRY the server may still answer an earlier
-        # initiation (one that arrived once its load had dropped), so each one
-        # sent stays answerable until the handshake completes.
-        self._handshakes: list[HandshakeState] = []
-        self._retry_token = b""
-        self._retries = 0
-        self._connection = Connection(
-            connection_id=self._connection_id,
-            config=self._config,
-            is_client=True,
-            address=server_address,
-            events=self._events,
-            dropped=self.dropped,
-            now=0.0,
-        )
-
-    # ------------------------------------------------------------- properties
-
-    @property
-    def connection_id(self) -> ConnectionId:
-        """The 8-byte connection id (chosen at construction)."""
-        return self._connection_id
-
-    @property
-    def config(self) -> TransportConfig:
-        """The configuration in use."""
-        return self._config
-
-    @property
-    def state(self) -> TransportState:
-        """The connection's state."""
-        return self._connection.state
-
-    @property
-    def is_established(self) -> bool:
-        """Whether the handshake completed and the connection is not closing."""
-        return self._connection.state is TransportState.ESTABLISHED
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether the connection is over (closing, draining or closed)."""
-        return self._connection.state in END_STATES
-
-    @property
-    def server_key(self) -> bytes | None:
-        """The server's static public key, once the handshake has authenticated it."""
-        return self._connection.server_key
-
-    @property
-    def send_buffer_size(self) -> int:
-        """Bytes queued by :meth:`send` and not yet acknowledged (for backpressure)."""
-        return self._connection.send_stream.buffered
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Counters: packets and bytes each way, losses, retransmitted bytes, RTT."""
-        return self._connection.stats
-
-    # --------------------------------------------------------------- commands
-
-    def connect(self, now: float) -> None:
-        """Start the handshake; then call :meth:`datagrams_to_send`.
-
-        Args:
-            now: the current time, seconds.
-
-        Raises:
-            LocalProtocolError: already connected, connecting or closed.
-        """
-        if self._connection.state is not TransportState.INITIAL:
-            raise LocalProtocolError(f"cannot connect in state {self._connection.state.value}")
-        self._connection.start_client_handshake(self._new_initiation(), now=now)
-
-    def _new_initiation(self) -> bytes:
-        handshake = HandshakeState.initiator(
-            random=self._random, prologue=PROLOGUE + self._connection_id
-        )
-        # The payload of message 1 travels in the clear but is hashed into the
-        # handshake: neither the token nor the padding can be altered without
-        # failing the handshake.
-        payload = initiation_payload(self._retry_token, _INITIATION_PADDING)
-        message = handshake.write_message(payload)
-        self._handshakes.insert(0, handshake)
-        return encode_initiation(self._connection_id, message)
-
-    def send(self, payload: bytes) -> None:
-        """Queue one message for reliable, ordered, exactly-once delivery.
-
-        It may be called before the handshake completes: the message leaves once
-        the connection is established. Then call :meth:`datagrams_to_send`.
-
-        Args:
-            payload: the message, at most ``config.max_message_size`` bytes.
-
-        Raises:
-            LocalProtocolError: the connection is closed, the message is too large,
-                or ``send_buffer_size`` would exceed ``config.max_send_buffer_bytes``
-                (wait for acknowledgements, then retry).
-        """
-        self._connection.send(payload)
-
-    def close(self, now: float, reason: str = "") -> None:
-        """Close the connection; then call :meth:`datagrams_to_send`.
-
-        If established, a CLOSE frame tells the server (it sees
-        ``ConnectionTerminated(NORMAL_CLOSE, reason, by_peer=True)``). This side's
-        :class:`ConnectionTerminated` is queued at once. Closing twice does nothing.
-
-        Args:
-            now: the current time, seconds.
-            reason: a short human-readable reason (truncated to 256 UTF-8 bytes).
-        """
-        self._connection.close(reason, now=now)
-
-    # ------------------------------------------------------------------ input
-
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Feed one datagram from the socket; then drain :meth:`next_event` and
-        call :meth:`datagrams_to_send`.
-
-        Never raises for bad input: it is dropped and counted in :attr:`dropped`.
-
-        Args:
-            data: the datagram.
-            addr: where it came from.
-            now: the current time, seconds.
-        """
-        try:
-            packet = decode_packet(bytes(data))
-        except DecodeError as exc:
-            _count(self.dropped, exc.reason)
-            return
-        if packet.connection_id != self._connection_id:
-            _count(self.dropped, "unknown_connection")
-            return
-        if isinstance(packet, DataPacket):
-            self._connection.receive_data(packet, len(data), addr, now=now)
-        elif isinstance(packet, HandshakeResponse):
-            self._on_response(packet, now)
-        elif isinstance(packet, Retry):
-            self._on_retry(packet)
-        elif isinstance(packet, VersionNegotiation):
-            # Unauthenticated: honoured only while handshaking, and only if it lacks
-            # our version (one listing it is forged or garbled).
-            refusal = packet.refusal()
-            if refusal is None or self._connection.state is not TransportState.HANDSHAKE:
-                _count(self.dropped, "unexpected_version_negotiation")
-            else:
-                self._connection.fail_handshake(CloseCode.UNSUPPORTED_VERSION, refusal)
-        else:
-            _count(self.dropped, "unexpected_packet")
-
-    def _on_retry(self, packet: Retry) -> None:
-        # The connection id matched (random, never seen by an off-path attacker).
-        # Follow at most MAX_RETRIES per connect, and only while handshaking.
-        if (
-            self._connection.state is not TransportState.HANDSHAKE
-            or self._retries >= MAX_RETRIES
-            or packet.token == self._retry_token
-        ):
-            _count(self.dropped, "unexpected_retry")
-            return
-        self._retries += 1
-        self._retry_token = packet.token
-        self._connection.retry_client_handshake(self._new_initiation())
-
-    def _on_response(self, packet: HandshakeResponse, now: float) -> None:
-        if not self._handshakes or self._connection.state is not TransportState.HANDSHAKE:
-            _count(self.dropped, "unexpected_handshake")
-            return
-        failure: DecodeError | None = None
-        for handshake in self._handshakes:
-            try:
-                # All or nothing: a forged response leaves the handshake intact.
-                handshake.read_message(packet.noise_message)
-            except DecodeError as exc:
-                failure = exc
-                continue
-            break
-        else:
-            assert failure is not None
-            _count(self.dropped, failure.reason)
-            return
-        server_key = handshake.remote_static_public
-        assert server_key is not None
-        self._handshakes = []
-        expected = self._expected_server_key
-        if expected is not None and server_key != expected:
-            self._connection.fail_handshake(
-                CloseCode.SERVER_KEY_MISMATCH,
-                f"server key {server_key.hex()} is not the expected {expected.hex()}",
-            )
-            return
-        send, receive = handshake.split()
-        self._connection.complete_client_handshake(
-            server_key=server_key, send=send, receive=receive, now=now
-        )
-
-    # ----------------------------------------------------------------- output
-
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        """Everything to write to the socket now; each datagram is at most
-        ``config.max_datagram_size`` bytes.
-
-        Args:
-            now: the current time, seconds.
-
-        Returns:
-            ``(datagram, server address)`` pairs, in order.
-        """
-        address = self._server_address
-        return [(datagram, address) for datagram in self._connection.build_datagrams(now=now)]
-
-    def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` should be called next, or None."""
-        return self._connection.next_deadline()
-
-    def handle_timer(self, now: float) -> None:
-        """Fire the timers that are due (calling early is harmless); then drain
-        :meth:`next_event` and call :meth:`datagrams_to_send`.
-
-        Args:
-            now: the current time, seconds.
-        """
-        self._connection.handle_timer(now=now)
-
-    def next_event(self) -> TransportEvent | None:
-        """The next event, or None when there are none left."""
-        return self._events.popleft() if self._events else None
 
 
 class ServerTransport:
@@ -432,7 +100,9 @@ class ServerTransport:
         self._per_ip: dict[str, int] = {}
         # RETRY: the MAC key lives as long as this server; tokens carry their issue
         # time, so nothing is stored per RETRY but the datagram until it is sent.
-        self._retry_key = self._random.token_bytes(32)
+        self._retry_tokens = RetryTokens(
+            key=self._random.token_bytes(32), lifetime=self._config.retry_token_lifetime
+        )
         self._retry_out: list[tuple[bytes, Address]] = []
         # Open connections (announced, not closing), and which the cap may end.
         self._open = OpenConnections()
@@ -591,7 +261,7 @@ class ServerTransport:
         try:
             packet = decode_packet(bytes(data))
         except DecodeError as exc:
-            _count(self.dropped, exc.reason)
+            self._drop(exc.reason)
             # A version not spoken here is told which ones are, never met with silence.
             answer = encode_version_negotiation(bytes(data))
             if answer is not None and len(self._retry_out) < _MAX_PENDING_RETRIES:
@@ -600,14 +270,14 @@ class ServerTransport:
         if isinstance(packet, DataPacket):
             conn = self._connections.get(packet.connection_id)
             if conn is None:
-                _count(self.dropped, "unknown_connection")
+                self._drop("unknown_connection")
                 return
             conn.receive_data(packet, len(data), addr, now=now)
             self._touch(conn)
         elif isinstance(packet, HandshakeInitiation):
             self._on_initiation(packet, len(data), addr, now)
         else:
-            _count(self.dropped, "unexpected_packet")
+            self._drop("unexpected_packet")
 
     def _on_initiation(
         self, packet: HandshakeInitiation, size: int, addr: Address, now: float
@@ -624,22 +294,22 @@ class ServerTransport:
                 conn.repeat_response(size)
                 self._touch(conn)
             else:
-                _count(self.dropped, "duplicate_initiation")
+                self._drop("duplicate_initiation")
             return
         # Cheap refusals before the Diffie-Hellman work.
         config = self._config
         if len(self._half_open) >= config.max_half_open:
-            _count(self.dropped, "half_open_limit")
+            self._drop("half_open_limit")
             return
         key = address_key(addr[0], config)
         if self._per_ip.get(key, 0) >= config.max_connections_per_address:
-            _count(self.dropped, "address_connection_limit")
+            self._drop("address_connection_limit")
             return
-        refusal = self._check_token(packet.token, cid, addr, now)
+        refusal = self._retry_tokens.check(packet.token, cid, addr, now)
         if refusal is not None and len(self._half_open) >= config.retry_threshold:
             # Under load: only a proven address gets state. A spoofed source never
             # sees the RETRY, so it cannot come back with a token.
-            _count(self.dropped, refusal)
+            self._drop(refusal)
             self._send_retry(cid, addr, now)
             return
         if now >= self._next_prune:
@@ -650,7 +320,7 @@ class ServerTransport:
         # (a valid token) spend a bucket of their own, so that a spoofer sending
         # from a victim's address cannot use up the victim's budget.
         if not self._limiter.spend(key if refusal is not None else key + "#proven", now=now):
-            _count(self.dropped, "rate_limited")
+            self._drop("rate_limited")
             return
         handshake = HandshakeState.responder(
             static_private=self._static_key.private_bytes,
@@ -660,7 +330,7 @@ class ServerTransport:
         try:
             handshake.read_message(packet.noise_message)
         except DecodeError as exc:
-            _count(self.dropped, exc.reason)
+            self._drop(exc.reason)
             return
         response = encode_response(cid, handshake.write_message(b""))
         to_server, to_client = handshake.split()
@@ -690,37 +360,11 @@ class ServerTransport:
 
     # ------------------------------------------------------------------ retry
 
-    def _token_mac(self, cid: ConnectionId, addr: Address, issued: bytes) -> bytes:
-        mac = hmac.HMAC(self._retry_key, hashes.SHA256())
-        host = addr[0].encode("utf-8", errors="replace")
-        for part in (_RETRY_LABEL, cid, issued, host, addr[1].to_bytes(2, "big")):
-            mac.update(len(part).to_bytes(2, "big") + part)
-        return mac.finalize()[: RETRY_TOKEN_SIZE - _ISSUED.size]
-
-    def _make_token(self, cid: ConnectionId, addr: Address, now: float) -> bytes:
-        issued = _ISSUED.pack(max(0, int(now)))
-        return issued + self._token_mac(cid, addr, issued)
-
-    def _check_token(
-        self, token: bytes, cid: ConnectionId, addr: Address, now: float
-    ) -> str | None:
-        """None if ``token`` (empty or 24 bytes, as parsed) is ours for this connection id
-        and exact source address, within ``retry_token_lifetime``; else why not."""
-        if not token:
-            return "retry"
-        issued = token[: _ISSUED.size]
-        if not constant_time.bytes_eq(token[_ISSUED.size :], self._token_mac(cid, addr, issued)):
-            return "retry_token_invalid"
-        age = int(now) - _ISSUED.unpack(issued)[0]
-        if age < 0 or age > self._config.retry_token_lifetime:
-            return "retry_token_expired"
-        return None
-
     def _send_retry(self, cid: ConnectionId, addr: Address, now: float) -> None:
         if len(self._retry_out) >= _MAX_PENDING_RETRIES:
-            _count(self.dropped, "retry_queue_full")
+            self._drop("retry_queue_full")
             return
-        self._retry_out.append((encode_retry(cid, self._make_token(cid, addr, now)), addr))
+        self._retry_out.append((encode_retry(cid, self._retry_tokens.mint(cid, addr, now)), addr))
 
     # ----------------------------------------------------------------- output
 
@@ -857,10 +501,10 @@ class ServerTransport:
         connections, limit = self._connections, self._config.max_connections
         victim = self._open.victim(newcomer, lambda cid: connections[cid].last_received)
         if victim is None:
-            _count(self.dropped, "connection_refused")
+            self._drop("connection_refused")
             victim, reason = newcomer, f"server busy: all {limit} connections in use; try later"
         else:
-            _count(self.dropped, "connection_limit")
+            self._drop("connection_limit")
             reason = f"server busy: {limit} connections; this one was idle the longest"
         connections[victim].abort(CloseCode.SERVER_BUSY, reason, now=self._now)
         self._touch(connections[victim])
@@ -875,7 +519,7 @@ class ServerTransport:
                 victim = self._connections[cid]
                 if self._buffered_by[cid] == 0:
                     return
-                _count(self.dropped, "buffer_limit")
+                self._drop("buffer_limit")
                 victim.abort(
                     CloseCode.RESOURCE_LIMIT,
                     f"server buffers full: this connection held {self._buffered_by[cid]} bytes",
@@ -902,3 +546,6 @@ class ServerTransport:
             if conn.scheduled is not None
         ]
         heapq.heapify(self._heap)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
