@@ -8,6 +8,7 @@ must be indistinguishable through the :class:`~udpchat_proto.chat.store.Store` p
 from __future__ import annotations
 
 import datetime
+import inspect
 import itertools
 import sqlite3
 from collections.abc import Iterator
@@ -23,15 +24,20 @@ from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.store import (
+    CURSOR_READERS,
     MESSAGE_OVERHEAD,
+    STORE_READS,
+    STORE_WRITES,
     Account,
     LoginSession,
     Receipt,
     Store,
     StoredMessage,
+    WriteTrackingStore,
     conversation_key,
     stored_size,
 )
+from udpchat_server.postgres_store import PostgresStore
 from udpchat_server.sqlite_store import MIGRATIONS, SchemaVersionError, SQLiteStore
 
 # Checked by mypy: both classes satisfy the protocol structurally.
@@ -104,12 +110,48 @@ def receive_all(store: Store, username: str, token_hash: bytes) -> list[str]:
 
 
 def sql_count(store: Store, sql: str) -> int | None:
-    """A row count straight from SQLite; None for the memory store."""
-    if not isinstance(store, SQLiteStore):
+    """A row count straight from the database (SQLite or PostgreSQL, in the batch's
+    transaction); None for the memory store."""
+    if not isinstance(store, SQLiteStore | PostgresStore):
         return None
-    (count,) = store.connection.execute(sql).fetchone()
+    row = store.connection.execute(sql).fetchone()
+    assert row is not None
+    (count,) = row
     assert isinstance(count, int)
     return count
+
+
+# --- the protocol's lists ----------------------------------------------------------------
+
+TRANSACTIONS = frozenset({"commit", "close", "atomic"})
+"""The Protocol's methods that are neither reads nor writes: the batch itself."""
+
+
+def protocol_methods() -> set[str]:
+    return {
+        name
+        for name, value in vars(Store).items()
+        if inspect.isfunction(value) and not name.startswith("_")
+    }
+
+
+def test_the_reads_and_writes_are_the_protocols_methods() -> None:
+    # WriteTrackingStore forwards exactly these, and the SQL stores translate their
+    # errors: a method in neither list would escape both.
+    assert not STORE_READS & STORE_WRITES
+    assert protocol_methods() - TRANSACTIONS == STORE_READS | STORE_WRITES
+    assert CURSOR_READERS <= STORE_WRITES
+
+
+@pytest.mark.parametrize("store_class", [MemoryStore, SQLiteStore, PostgresStore])
+def test_every_store_has_every_protocol_method_as_declared(store_class: type) -> None:
+    for name in protocol_methods():
+        declared = inspect.signature(getattr(Store, name))
+        assert list(inspect.signature(getattr(store_class, name)).parameters) == list(
+            declared.parameters
+        ), name
+    for name in protocol_methods() - TRANSACTIONS:
+        assert callable(getattr(WriteTrackingStore, name, None)), name
 
 
 # --- accounts ----------------------------------------------------------------------

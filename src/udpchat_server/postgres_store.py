@@ -373,6 +373,12 @@ class PostgresStore:
                 self._db.execute(f'SET search_path TO "{self._schema}"')
         return self._db
 
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        """The connection, in the batch's transaction if one is open (for inspection
+        and tests; do not write)."""
+        return self._connection()
+
     def _migrate(self) -> None:
         db = self._connection()
         if self._schema is not None:
