@@ -13,7 +13,7 @@ import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -758,6 +758,67 @@ def test_acknowledging_passes_the_blocked_messages_that_follow(store: Store) -> 
     assert pending(store, "alice", ALICE_PHONE) == ["b3", "m3"]
     # History follows the block in force: all of mallory's are back.
     assert texts(store.history("alice", "#r", 10)) == ["b1", "m1", "m2", "b2", "b3", "m3"]
+
+
+def test_unblocking_passes_the_blocked_messages_that_follow_each_cursor(store: Store) -> None:
+    # Found at review: a message sent under the block that no cursor had passed yet
+    # was delivered once the block ended, after messages already pushed live.
+    room_with_a_blocker(store)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    store.add_block("alice", "eve", 1.0)
+    b1 = send(store, "bob", "#r", "b1")
+    store.acknowledge("alice", ALICE_PHONE, [b1.id], T_ACK)  # before the others spoke
+    for sender, text in (("mallory", "m1"), ("eve", "e1"), ("mallory", "m2"), ("bob", "b2")):
+        send(store, sender, "#r", text)
+    send(store, "mallory", "#r", "m3")
+    assert store.delete_block("alice", "mallory")
+    send(store, "bob", "#r", "b3")  # pushed live now
+    # The phone's cursor (and the user's) passed the run from users alice blocked
+    # then (mallory's and eve's); m3 follows b2, which is not passed: in order.
+    assert pending(store, "alice", ALICE_PHONE) == ["b2", "m3", "b3"]
+    store.create_session(ALICE_TABLET, "alice", 2.0)
+    assert pending(store, "alice", ALICE_TABLET) == ["b2", "m3", "b3"]
+    # The laptop's cursor is followed by b1 (someone else's): nothing is passed.
+    assert pending(store, "alice", ALICE_LAPTOP) == ["b1", "m1", "m2", "b2", "m3", "b3"]
+    # A member who joined later starts where it joined; unblocking a user it did
+    # not block moves nothing.
+    dave = b"\x06" * 32
+    store.create_session(dave, "dave", 2.0)
+    store.join_room("#r", "dave", 2.0)
+    store.add_block("dave", "mallory", 2.0)
+    send(store, "mallory", "#r", "m4")
+    assert not store.delete_block("dave", "eve")
+    assert pending(store, "dave", dave) == []
+    assert store.delete_block("dave", "mallory")
+    send(store, "bob", "#r", "b4")
+    assert pending(store, "dave", dave) == ["b4"]
+    assert texts(store.history("dave", "#r", 10)) == ["m4", "b4"]  # history has them all
+
+
+def test_a_deleted_accounts_blocks_end_as_an_unblock_does(store: Store) -> None:
+    room_with_a_blocker(store)
+    b1 = send(store, "bob", "#r", "b1")
+    store.acknowledge("alice", ALICE_PHONE, [b1.id], T_ACK)
+    send(store, "mallory", "#r", "m1")
+    store.delete_account("mallory", 2.0)
+    send(store, "bob", "#r", "b2")
+    assert pending(store, "alice", ALICE_PHONE) == ["b2"]
+
+
+def test_an_unblock_waits_for_the_acknowledgements_not_yet_written(store: Store) -> None:
+    # The tracker defers acknowledgements: the cursors an unblock moves must be
+    # where the client's acknowledgements put them.
+    room_with_a_blocker(store)
+    b1 = send(store, "bob", "#r", "b1")
+    send(store, "mallory", "#r", "m1")
+    tracker = WriteTrackingStore(store)
+    view = cast(Store, tracker)
+    view.acknowledge("alice", ALICE_PHONE, [b1.id], T_ACK)
+    assert tracker.acknowledgements_deferred
+    assert view.delete_block("alice", "mallory")
+    assert not tracker.acknowledgements_deferred
+    send(view, "bob", "#r", "b2")
+    assert pending(view, "alice", ALICE_PHONE) == ["b2"]
 
 
 def test_retention_is_not_held_by_messages_a_blocker_never_receives(store: Store) -> None:

@@ -205,15 +205,48 @@ _INSERT_MESSAGE = """
       WHERE s.seq = EXCLUDED.seq - 1
 """
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
-_PAST_BLOCKED = """
+
+
+def _past_blocked(conversation: str, seq: str) -> str:
+    return f"""
     SELECT MAX(m.seq) FROM messages AS m
-    WHERE m.conversation = %(conversation)s AND m.seq > %(seq)s
+    WHERE m.conversation = {conversation} AND m.seq > {seq}
       AND m.seq < COALESCE(
           (SELECT n.seq FROM messages AS n
-           WHERE n.conversation = %(conversation)s AND n.seq > %(seq)s AND NOT EXISTS
+           WHERE n.conversation = {conversation} AND n.seq > {seq} AND NOT EXISTS
                (SELECT 1 FROM blocks AS b WHERE b.username = %(user)s AND b.blocked = n.sender)
            ORDER BY n.seq LIMIT 1),
           4611686018427387904)
+"""
+
+
+_PAST_BLOCKED = _past_blocked("%(conversation)s", "%(seq)s")
+_START = "GREATEST(p.floor_seq, COALESCE(c.seq, 0))"
+_PASS_BLOCKED_SESSIONS = f"""
+    INSERT INTO session_cursors (token_hash, conversation, seq)
+    SELECT token_hash, conversation, passed FROM (
+        SELECT s.token_hash, p.conversation, ({_past_blocked("p.conversation", _START)}) AS passed
+        FROM sessions AS s
+        JOIN participants AS p ON p.username = s.username
+        JOIN conversations AS r ON r.id = p.conversation AND r.is_room
+        LEFT JOIN session_cursors AS c
+          ON c.token_hash = s.token_hash AND c.conversation = p.conversation
+        WHERE s.username = %(user)s) AS moved
+    WHERE passed IS NOT NULL
+    ON CONFLICT (token_hash, conversation)
+    DO UPDATE SET seq = GREATEST(session_cursors.seq, excluded.seq)
+"""
+_PASS_BLOCKED_USER = f"""
+    INSERT INTO user_cursors (username, conversation, seq)
+    SELECT username, conversation, passed FROM (
+        SELECT p.username, p.conversation, ({_past_blocked("p.conversation", _START)}) AS passed
+        FROM participants AS p
+        JOIN conversations AS r ON r.id = p.conversation AND r.is_room
+        LEFT JOIN user_cursors AS c ON c.username = p.username AND c.conversation = p.conversation
+        WHERE p.username = %(user)s) AS moved
+    WHERE passed IS NOT NULL
+    ON CONFLICT (username, conversation)
+    DO UPDATE SET seq = GREATEST(user_cursors.seq, excluded.seq)
 """
 _MARK_DELIVERED = """
     UPDATE messages SET delivered_at = %(now)s
@@ -591,6 +624,8 @@ class PostgresStore:
             ).fetchall():
                 self._charge(sender, -size)
         self._usage_unwritten.pop(username, None)  # (its row goes)
+        for blocker in self.blockers_of(username):
+            self._pass_blocked_runs(blocker)  # (its blocks end: see delete_block)
         for statement in (
             "DELETE FROM participants WHERE username = %(u)s",
             "DELETE FROM user_cursors WHERE username = %(u)s",
@@ -753,10 +788,18 @@ class PostgresStore:
         return cursor.rowcount == 1
 
     def delete_block(self, username: str, blocked: str) -> bool:
+        if not self.has_blocked(username, blocked):
+            return False
+        self._pass_blocked_runs(username)
         cursor = self._write().execute(
             "DELETE FROM blocks WHERE username = %s AND blocked = %s", (username, blocked)
         )
         return cursor.rowcount == 1
+
+    def _pass_blocked_runs(self, username: str) -> None:
+        db = self._write()
+        db.execute(_PASS_BLOCKED_SESSIONS, {"user": username})
+        db.execute(_PASS_BLOCKED_USER, {"user": username})
 
     def has_blocked(self, username: str, blocked: str) -> bool:
         return self._exists(

@@ -314,19 +314,54 @@ _FIRST_UNDELIVERED = (
     "SELECT MIN(seq) FROM messages WHERE conversation = ? AND seq > ? AND sender != ?"
 )
 _PENDING_FOR_USER = _PENDING.format(cursors="user_cursors", owner="username")
-# Where a room cursor at :seq may go: past the messages that directly follow it
-# and come from users :user blocks (never delivered to it), up to the first that
-# is not; NULL when none follows. Index seeks on (conversation, seq), one step per
-# message passed.
-_PAST_BLOCKED = """
+
+
+def _past_blocked(conversation: str, seq: str) -> str:
+    """Where a room cursor at ``seq`` may go: past the messages that directly follow
+    it and come from users :user blocks (never delivered to it), up to the first
+    that is not; NULL when none follows. Index seeks on (conversation, seq), one
+    step per message passed."""
+    return f"""
     SELECT MAX(m.seq) FROM messages AS m
-    WHERE m.conversation = :conversation AND m.seq > :seq
+    WHERE m.conversation = {conversation} AND m.seq > {seq}
       AND m.seq < COALESCE(
           (SELECT n.seq FROM messages AS n
-           WHERE n.conversation = :conversation AND n.seq > :seq AND NOT EXISTS
+           WHERE n.conversation = {conversation} AND n.seq > {seq} AND NOT EXISTS
                (SELECT 1 FROM blocks AS b WHERE b.username = :user AND b.blocked = n.sender)
            ORDER BY n.seq LIMIT 1),
           1 << 62)
+"""
+
+
+_PAST_BLOCKED = _past_blocked(":conversation", ":seq")
+# Before a block of :user's ends: each room cursor of the user's (every session's,
+# then the user's own) passes the run of blocked messages that directly follows it
+# or the member's floor (see Store.delete_block).
+_START = "MAX(p.floor_seq, COALESCE(c.seq, 0))"
+_PASS_BLOCKED_SESSIONS = f"""
+    INSERT INTO session_cursors (token_hash, conversation, seq)
+    SELECT token_hash, conversation, passed FROM (
+        SELECT s.token_hash, p.conversation, ({_past_blocked("p.conversation", _START)}) AS passed
+        FROM sessions AS s
+        JOIN participants AS p ON p.username = s.username
+        JOIN conversations AS r ON r.id = p.conversation AND r.is_room
+        LEFT JOIN session_cursors AS c
+          ON c.token_hash = s.token_hash AND c.conversation = p.conversation
+        WHERE s.username = :user)
+    WHERE passed IS NOT NULL
+    ON CONFLICT (token_hash, conversation)
+    DO UPDATE SET seq = MAX(session_cursors.seq, excluded.seq)
+"""
+_PASS_BLOCKED_USER = f"""
+    INSERT INTO user_cursors (username, conversation, seq)
+    SELECT username, conversation, passed FROM (
+        SELECT p.username, p.conversation, ({_past_blocked("p.conversation", _START)}) AS passed
+        FROM participants AS p
+        JOIN conversations AS r ON r.id = p.conversation AND r.is_room
+        LEFT JOIN user_cursors AS c ON c.username = p.username AND c.conversation = p.conversation
+        WHERE p.username = :user)
+    WHERE passed IS NOT NULL
+    ON CONFLICT (username, conversation) DO UPDATE SET seq = MAX(user_cursors.seq, excluded.seq)
 """
 _ADD_USAGE = "UPDATE accounts SET stored_bytes = stored_bytes + ? WHERE username = ?"
 # Delivery status: the direct messages to :user between its user cursor (every one
@@ -894,6 +929,8 @@ class SQLiteStore:
             ).fetchall():
                 self._charge(sender, -size)
         self._usage_unwritten.pop(username, None)  # (its row goes)
+        for blocker in self.blockers_of(username):
+            self._pass_blocked_runs(blocker)  # (its blocks end: see delete_block)
         for statement in (
             "DELETE FROM participants WHERE username = ?",
             "DELETE FROM user_cursors WHERE username = ?",
@@ -1098,11 +1135,20 @@ class SQLiteStore:
         return cursor.rowcount == 1
 
     def delete_block(self, username: str, blocked: str) -> bool:
-        """``username`` stops blocking ``blocked``; False if it did not."""
+        """``username`` stops blocking ``blocked``; False if it did not. Its cursors
+        first pass the blocked messages that directly follow them (see Store)."""
+        if not self.has_blocked(username, blocked):
+            return False
+        self._pass_blocked_runs(username)
         cursor = self._write().execute(
             "DELETE FROM blocks WHERE username = ? AND blocked = ?", (username, blocked)
         )
         return cursor.rowcount == 1
+
+    def _pass_blocked_runs(self, username: str) -> None:
+        db = self._write()
+        db.execute(_PASS_BLOCKED_SESSIONS, {"user": username})
+        db.execute(_PASS_BLOCKED_USER, {"user": username})
 
     def has_blocked(self, username: str, blocked: str) -> bool:
         """Whether ``username`` blocks ``blocked``."""
