@@ -37,8 +37,11 @@ from udpchat_proto.chat.store import (
     conversation_key,
     stored_size,
 )
-from udpchat_server.postgres_store import PostgresStore
-from udpchat_server.sqlite_store import MIGRATIONS, SchemaVersionError, SQLiteStore
+from udpchat_server.stores import statements
+from udpchat_server.stores.base import SchemaVersionError
+from udpchat_server.stores.dialect import SQLITE
+from udpchat_server.stores.postgres import PostgresStore
+from udpchat_server.stores.sqlite import MIGRATIONS, SQLiteStore
 
 # Checked by mypy: both classes satisfy the protocol structurally.
 _memory_is_a_store: type[Store] = MemoryStore
@@ -1066,38 +1069,32 @@ def test_sqlite_refuses_a_connection_inside_a_transaction() -> None:
 
 
 def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
-    from udpchat_server.sqlite_store import (
-        _MARK_DELIVERED,
-        _PAST_BLOCKED,
-        _PENDING_FOR_SESSION,
-        _PENDING_FOR_USER,
-    )
-
+    history = {"user": "alice", "key": "#r", "limit": 10, "before": b"x" * 16}
     queries: list[tuple[str, dict[str, object]]] = [
         (
-            _PENDING_FOR_SESSION,
+            statements.PENDING_FOR_SESSION,
             {"owner": ALICE_PHONE, "user": "alice", "session": ALICE_PHONE, "limit": 10},
         ),
         (
-            _PENDING_FOR_USER,
+            statements.PENDING_FOR_USER,
             {"owner": "alice", "user": "alice", "session": ALICE_PHONE, "limit": 10},
         ),
         (
-            _MARK_DELIVERED,
+            statements.MARK_DELIVERED,
             {"user": "alice", "conversation": 1, "seq": 5, "now": 1.0},
         ),
-        (_PAST_BLOCKED, {"user": "alice", "conversation": 1, "seq": 5}),
-        (
-            "SELECT m.id FROM messages AS m "
-            "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
-            "ORDER BY m.seq DESC LIMIT 10",
-            {"key": "alice bob"},
+        (statements.PAST_BLOCKED, {"user": "alice", "conversation": 1, "seq": 5}),
+        *(
+            (statements.history(room, before), history)
+            for room in (False, True)
+            for before in (False, True)
         ),
-        ("SELECT m.seq FROM messages AS m WHERE m.id = :id", {"id": b"x" * 16}),
+        (statements.GET_MESSAGE.replace("?", ":id"), {"id": b"x" * 16}),
     ]
     with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
         for query, args in queries:
-            plan = [row[3] for row in store.connection.execute(f"EXPLAIN QUERY PLAN {query}", args)]
+            explain = f"EXPLAIN QUERY PLAN {SQLITE.sql(query)}"
+            plan = [row[3] for row in store.connection.execute(explain, args)]
             # Messages are only ever reached through an index, never scanned whole.
             assert any(
                 step.startswith(("SEARCH m USING", "SEARCH messages USING")) for step in plan

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import psycopg
 
-from .postgres_store import PostgresStore
-from .sqlite_store import SQLiteStore
 from .stores import schema
+from .stores.postgres import PostgresStore
+from .stores.sqlite import SQLiteStore
 
 __all__ = ["TABLES", "MigrationError", "migrate"]
 

@@ -1,7 +1,7 @@
 """An in-memory :class:`~udpchat_proto.chat.store.Store`, for tests and embedding.
 
 It implements the :class:`~udpchat_proto.chat.store.Store` contract exactly (the same
-contract tests run against it and against ``udpchat_server.sqlite_store``), but it
+contract tests run against it and against ``udpchat_server.stores``), but it
 keeps nothing across processes: :meth:`MemoryStore.commit` is a no-op, every write
 is visible at once and stays until the object is dropped. Use it where durability
 is not wanted (unit tests, simulations, a throwaway server); use the SQLite store

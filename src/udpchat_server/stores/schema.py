@@ -4,7 +4,7 @@ From this declaration come each database's current DDL (:func:`ddl`) and what
 ``udpchat-server migrate`` copies from SQLite into PostgreSQL (:data:`TABLES`, in
 an order the foreign keys accept). The databases themselves are built by each
 store's ``MIGRATIONS`` (history, append only: a released migration is never
-edited), and a test (``tests/test_store_schema.py``) holds the two together: a
+edited), and a test (``tests/test_sql_layer.py``) holds the two together: a
 database migrated from empty has exactly the declared tables, columns, keys and
 indexes, on SQLite and on PostgreSQL. So a change to the schema is a migration in
 each store and the same change here.
