@@ -520,7 +520,7 @@ class MemoryStore:
                 continue
             conversation = self._conversations[entry.conversation]
             if username not in conversation.members or not entry.is_for(username, token_hash):
-                continue  # (its own message: see SQLiteStore._highest_acknowledged)
+                continue  # (its own message: see udpchat_server.stores.statements)
             highest[entry.conversation] = max(highest.get(entry.conversation, 0), entry.stored.seq)
         receipts: list[Receipt] = []
         blocked = self._blocks.get(username)

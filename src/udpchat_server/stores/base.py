@@ -301,9 +301,9 @@ class SqlStore(abc.ABC):
         """Record a new login session, starting at the user's delivery cursors.
 
         Raises:
-            ValueError: a session with this token hash exists.
+            ValueError: a session with this token hash exists (ON CONFLICT, not a
+                caught error: PostgreSQL would abort the whole transaction).
         """
-        # ON CONFLICT, not a caught error: PostgreSQL would abort the transaction.
         cursor = self._execute(
             "INSERT INTO sessions (token_hash, username, created_at, last_used_at) "
             "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -500,14 +500,9 @@ class SqlStore(abc.ABC):
         return [self._message(row) for row in reversed(rows)]
 
     def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
-        """Up to ``limit`` messages for ``username`` not yet acknowledged by the
-        login session ``token_hash``, in the order they were stored.
-
-        An unknown session is treated as one created now (it starts at the user's
-        cursors).
-        """
         if limit <= 0:
             return []
+        # An unknown session is one created now: it starts at the user's cursors.
         owner: bytes | str
         if self.get_session(token_hash) is not None:
             statement, owner = sql.PENDING_FOR_SESSION, token_hash
@@ -521,15 +516,6 @@ class SqlStore(abc.ABC):
     def acknowledge(
         self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float
     ) -> list[Receipt]:
-        """Advance the session's (and the user's) cursors past these messages.
-
-        Ids that are unknown or in no conversation of ``username`` (direct
-        messages between others, rooms it is not in) are ignored. A cursor never
-        moves back. An unknown session advances only the user's cursors.
-
-        Returns:
-            The direct messages to ``username`` delivered for the first time.
-        """
         return self.acknowledge_many([(username, token_hash, message_ids)], now)
 
     def acknowledge_many(
@@ -598,10 +584,6 @@ class SqlStore(abc.ABC):
     # --- rooms -------------------------------------------------------------------------
 
     def join_room(self, room: str, username: str, now: float) -> bool:
-        """Add ``username`` to ``room``, creating the room; False if already a member.
-
-        The new member receives only the messages sent after this call.
-        """
         self._write_seqs()  # the floor below is the room's last_seq
         self._execute(
             "INSERT INTO conversations (key, is_room, created_at) VALUES (?, TRUE, ?) "
