@@ -41,7 +41,7 @@ from udpchat_proto.chat import (
 )
 from udpchat_proto.chat import messages as m
 from udpchat_proto.transport import ServerKey
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 MEMBERS = 100
 MESSAGES = 40  # room: 40 x 99 deliveries

@@ -9,7 +9,8 @@ its frames belongs to, so that, say, the codec's time inside a request handler
 counts as codec, and SQLite's inside a handler as the store:
 
 * **SQLite commit (fsync)**: ``SQLiteStore.commit``, mostly the wait for the disk;
-* **SQLite statements**: the rest of ``sqlite_store.py``;
+* **SQLite statements**: the rest of the store (``udpchat_server/stores/``, or
+  ``sqlite_store.py`` in a profile taken before it moved there);
 * **codec**: ``chat/codec.py``, cattrs, JSON;
 * **crypto**: ChaCha20-Poly1305 seal and open (``transport/handshake.py``);
 * **transport**: the rest of ``udpchat_proto/transport``;
@@ -35,7 +36,7 @@ __all__ = ["LAYERS", "split"]
 #: (layer, what a frame of it contains), in the order a sample is matched.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("SQLite commit (fsync)", ("SQLiteStore.commit ",)),
-    ("SQLite statements", ("sqlite_store.py",)),
+    ("SQLite statements", ("udpchat_server/stores/", "sqlite_store.py")),
     ("codec (JSON, cattrs)", ("chat/codec.py", "cattrs", "orjson", "structure_", "unstructure_")),
     ("crypto (ChaCha20-Poly1305)", ("CipherState.",)),
     ("transport", ("udpchat_proto/transport/",)),

@@ -56,7 +56,7 @@ from udpchat_proto.chat import (
     Store,
 )
 from udpchat_proto.transport import ServerKey
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 SERVER = ("127.0.0.1", 9999)
 PASSWORD = "benchmark-password"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from udpchat_proto.chat import MemoryStore, Store
 from udpchat_proto.chat.messages import ChatMessage
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 REPEATS = 5
 BATCHES = 20

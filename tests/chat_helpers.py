@@ -31,7 +31,7 @@ from udpchat_proto.errors import ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.ratelimit import RateLimit
 from udpchat_proto.transport.keys import ServerKey
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 SERVER_ADDRESS = ("127.0.0.1", 4433)
 FAST_SCRYPT = ScryptParams(n=16, r=1, p=1)

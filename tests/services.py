@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from udpchat_server.postgres_store import PostgresStore
+from udpchat_server.stores.postgres import PostgresStore
 
 POSTGRES_URL = os.environ.get(
     "UDPCHAT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

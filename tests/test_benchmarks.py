@@ -128,9 +128,9 @@ def test_the_profile_is_split_by_the_innermost_layer_that_matches(tmp_path: Path
     run = "<module> (<string>:1);ServerLoop.run (udpchat_server/loop.py:160)"
     handler = f"{run};ServerCore._dispatch (udpchat_proto/chat/core.py:600)"
     raw.write_text(
-        f"{handler};SQLiteStore.add_message (udpchat_server/sqlite_store.py:800) 30\n"
+        f"{handler};SQLiteStore.add_message (udpchat_server/stores/sqlite.py:800) 30\n"
         f"{run};ServerCore.commit (udpchat_proto/chat/core.py:300);"
-        "SQLiteStore.commit (udpchat_server/sqlite_store.py:581) 20\n"
+        "SQLiteStore.commit (udpchat_server/stores/sqlite.py:581) 20\n"
         f"{handler};decode (udpchat_proto/chat/codec.py:174) 25\n"
         f"{run};Connection._seal (udpchat_proto/transport/connection.py:680);"
         "CipherState.seal (udpchat_proto/transport/handshake.py:226) 5\n"
@@ -147,4 +147,4 @@ def test_the_profile_is_split_by_the_innermost_layer_that_matches(tmp_path: Path
         "loop and sockets": 0.1,
         "crypto (ChaCha20-Poly1305)": 0.05,
     }
-    assert functions[0] == ("SQLiteStore.add_message (udpchat_server/sqlite_store.py)", 0.3)
+    assert functions[0] == ("SQLiteStore.add_message (udpchat_server/stores/sqlite.py)", 0.3)

@@ -25,7 +25,7 @@ from udpchat_proto.chat import messages as m
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.keyfile import KeyFileError, default_key_path, load_or_create_key
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 WHEN = datetime.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=datetime.UTC)
 

@@ -25,7 +25,7 @@ from udpchat_proto.chat.store import (
     StoreUnavailableError,
     WriteTrackingStore,
 )
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 T_ACK = 1_714_564_800.0
 """When the acknowledgements in these tests are made (POSIX seconds)."""

@@ -17,8 +17,8 @@ from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.store import StoreUnavailableError, stored_size
 from udpchat_server.migrate import migrate
-from udpchat_server.postgres_store import MIGRATIONS, PostgresStore
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.postgres import MIGRATIONS, PostgresStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 
 def test_a_deadlock_between_two_nodes_is_a_conflict_within_the_savepoint() -> None:
@@ -61,7 +61,7 @@ def test_other_failures_are_no_conflict() -> None:
     pytest.importorskip("psycopg")
     import psycopg
 
-    from udpchat_server.postgres_store import unavailable
+    from udpchat_server.stores.postgres import unavailable
 
     lost = unavailable(psycopg.errors.DiskFull("no space left on device"))
     assert lost is not None and lost.reason == "disk full" and not lost.conflict

@@ -39,7 +39,7 @@ from udpchat_proto.transport import (
     TransportConfig,
 )
 from udpchat_proto.transport.keys import ServerKey
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 
 class RawClient:

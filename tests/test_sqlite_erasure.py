@@ -12,7 +12,7 @@ from pathlib import Path
 
 from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 NOW = 1_714_564_800.0
 

@@ -8,11 +8,12 @@ must be indistinguishable through the :class:`~udpchat_proto.chat.store.Store` p
 from __future__ import annotations
 
 import datetime
+import inspect
 import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -23,16 +24,24 @@ from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.store import (
+    CURSOR_READERS,
     MESSAGE_OVERHEAD,
+    STORE_READS,
+    STORE_WRITES,
     Account,
     LoginSession,
     Receipt,
     Store,
     StoredMessage,
+    WriteTrackingStore,
     conversation_key,
     stored_size,
 )
-from udpchat_server.sqlite_store import MIGRATIONS, SchemaVersionError, SQLiteStore
+from udpchat_server.stores import statements
+from udpchat_server.stores.base import SchemaVersionError
+from udpchat_server.stores.dialect import SQLITE
+from udpchat_server.stores.postgres import PostgresStore
+from udpchat_server.stores.sqlite import MIGRATIONS, SQLiteStore
 
 # Checked by mypy: both classes satisfy the protocol structurally.
 _memory_is_a_store: type[Store] = MemoryStore
@@ -104,12 +113,48 @@ def receive_all(store: Store, username: str, token_hash: bytes) -> list[str]:
 
 
 def sql_count(store: Store, sql: str) -> int | None:
-    """A row count straight from SQLite; None for the memory store."""
-    if not isinstance(store, SQLiteStore):
+    """A row count straight from the database (SQLite or PostgreSQL, in the batch's
+    transaction); None for the memory store."""
+    if not isinstance(store, SQLiteStore | PostgresStore):
         return None
-    (count,) = store.connection.execute(sql).fetchone()
+    row = store.connection.execute(sql).fetchone()
+    assert row is not None
+    (count,) = row
     assert isinstance(count, int)
     return count
+
+
+# --- the protocol's lists ----------------------------------------------------------------
+
+TRANSACTIONS = frozenset({"commit", "close", "atomic"})
+"""The Protocol's methods that are neither reads nor writes: the batch itself."""
+
+
+def protocol_methods() -> set[str]:
+    return {
+        name
+        for name, value in vars(Store).items()
+        if inspect.isfunction(value) and not name.startswith("_")
+    }
+
+
+def test_the_reads_and_writes_are_the_protocols_methods() -> None:
+    # WriteTrackingStore forwards exactly these, and the SQL stores translate their
+    # errors: a method in neither list would escape both.
+    assert not STORE_READS & STORE_WRITES
+    assert protocol_methods() - TRANSACTIONS == STORE_READS | STORE_WRITES
+    assert CURSOR_READERS <= STORE_WRITES
+
+
+@pytest.mark.parametrize("store_class", [MemoryStore, SQLiteStore, PostgresStore])
+def test_every_store_has_every_protocol_method_as_declared(store_class: type) -> None:
+    for name in protocol_methods():
+        declared = inspect.signature(getattr(Store, name))
+        assert list(inspect.signature(getattr(store_class, name)).parameters) == list(
+            declared.parameters
+        ), name
+    for name in protocol_methods() - TRANSACTIONS:
+        assert callable(getattr(WriteTrackingStore, name, None)), name
 
 
 # --- accounts ----------------------------------------------------------------------
@@ -718,6 +763,67 @@ def test_acknowledging_passes_the_blocked_messages_that_follow(store: Store) -> 
     assert texts(store.history("alice", "#r", 10)) == ["b1", "m1", "m2", "b2", "b3", "m3"]
 
 
+def test_unblocking_passes_the_blocked_messages_that_follow_each_cursor(store: Store) -> None:
+    # Found at review: a message sent under the block that no cursor had passed yet
+    # was delivered once the block ended, after messages already pushed live.
+    room_with_a_blocker(store)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    store.add_block("alice", "eve", 1.0)
+    b1 = send(store, "bob", "#r", "b1")
+    store.acknowledge("alice", ALICE_PHONE, [b1.id], T_ACK)  # before the others spoke
+    for sender, text in (("mallory", "m1"), ("eve", "e1"), ("mallory", "m2"), ("bob", "b2")):
+        send(store, sender, "#r", text)
+    send(store, "mallory", "#r", "m3")
+    assert store.delete_block("alice", "mallory")
+    send(store, "bob", "#r", "b3")  # pushed live now
+    # The phone's cursor (and the user's) passed the run from users alice blocked
+    # then (mallory's and eve's); m3 follows b2, which is not passed: in order.
+    assert pending(store, "alice", ALICE_PHONE) == ["b2", "m3", "b3"]
+    store.create_session(ALICE_TABLET, "alice", 2.0)
+    assert pending(store, "alice", ALICE_TABLET) == ["b2", "m3", "b3"]
+    # The laptop's cursor is followed by b1 (someone else's): nothing is passed.
+    assert pending(store, "alice", ALICE_LAPTOP) == ["b1", "m1", "m2", "b2", "m3", "b3"]
+    # A member who joined later starts where it joined; unblocking a user it did
+    # not block moves nothing.
+    dave = b"\x06" * 32
+    store.create_session(dave, "dave", 2.0)
+    store.join_room("#r", "dave", 2.0)
+    store.add_block("dave", "mallory", 2.0)
+    send(store, "mallory", "#r", "m4")
+    assert not store.delete_block("dave", "eve")
+    assert pending(store, "dave", dave) == []
+    assert store.delete_block("dave", "mallory")
+    send(store, "bob", "#r", "b4")
+    assert pending(store, "dave", dave) == ["b4"]
+    assert texts(store.history("dave", "#r", 10)) == ["m4", "b4"]  # history has them all
+
+
+def test_a_deleted_accounts_blocks_end_as_an_unblock_does(store: Store) -> None:
+    room_with_a_blocker(store)
+    b1 = send(store, "bob", "#r", "b1")
+    store.acknowledge("alice", ALICE_PHONE, [b1.id], T_ACK)
+    send(store, "mallory", "#r", "m1")
+    store.delete_account("mallory", 2.0)
+    send(store, "bob", "#r", "b2")
+    assert pending(store, "alice", ALICE_PHONE) == ["b2"]
+
+
+def test_an_unblock_waits_for_the_acknowledgements_not_yet_written(store: Store) -> None:
+    # The tracker defers acknowledgements: the cursors an unblock moves must be
+    # where the client's acknowledgements put them.
+    room_with_a_blocker(store)
+    b1 = send(store, "bob", "#r", "b1")
+    send(store, "mallory", "#r", "m1")
+    tracker = WriteTrackingStore(store)
+    view = cast(Store, tracker)
+    view.acknowledge("alice", ALICE_PHONE, [b1.id], T_ACK)
+    assert tracker.acknowledgements_deferred
+    assert view.delete_block("alice", "mallory")
+    assert not tracker.acknowledgements_deferred
+    send(view, "bob", "#r", "b2")
+    assert pending(view, "alice", ALICE_PHONE) == ["b2"]
+
+
 def test_retention_is_not_held_by_messages_a_blocker_never_receives(store: Store) -> None:
     room_with_a_blocker(store)
     sent = [
@@ -963,38 +1069,32 @@ def test_sqlite_refuses_a_connection_inside_a_transaction() -> None:
 
 
 def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
-    from udpchat_server.sqlite_store import (
-        _MARK_DELIVERED,
-        _PAST_BLOCKED,
-        _PENDING_FOR_SESSION,
-        _PENDING_FOR_USER,
-    )
-
+    history = {"user": "alice", "key": "#r", "limit": 10, "before": b"x" * 16}
     queries: list[tuple[str, dict[str, object]]] = [
         (
-            _PENDING_FOR_SESSION,
+            statements.PENDING_FOR_SESSION,
             {"owner": ALICE_PHONE, "user": "alice", "session": ALICE_PHONE, "limit": 10},
         ),
         (
-            _PENDING_FOR_USER,
+            statements.PENDING_FOR_USER,
             {"owner": "alice", "user": "alice", "session": ALICE_PHONE, "limit": 10},
         ),
         (
-            _MARK_DELIVERED,
+            statements.MARK_DELIVERED,
             {"user": "alice", "conversation": 1, "seq": 5, "now": 1.0},
         ),
-        (_PAST_BLOCKED, {"user": "alice", "conversation": 1, "seq": 5}),
-        (
-            "SELECT m.id FROM messages AS m "
-            "WHERE m.conversation = (SELECT id FROM conversations WHERE key = :key) "
-            "ORDER BY m.seq DESC LIMIT 10",
-            {"key": "alice bob"},
+        (statements.PAST_BLOCKED, {"user": "alice", "conversation": 1, "seq": 5}),
+        *(
+            (statements.history(room, before), history)
+            for room in (False, True)
+            for before in (False, True)
         ),
-        ("SELECT m.seq FROM messages AS m WHERE m.id = :id", {"id": b"x" * 16}),
+        (statements.GET_MESSAGE.replace("?", ":id"), {"id": b"x" * 16}),
     ]
     with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
         for query, args in queries:
-            plan = [row[3] for row in store.connection.execute(f"EXPLAIN QUERY PLAN {query}", args)]
+            explain = f"EXPLAIN QUERY PLAN {SQLITE.sql(query)}"
+            plan = [row[3] for row in store.connection.execute(explain, args)]
             # Messages are only ever reached through an index, never scanned whole.
             assert any(
                 step.startswith(("SEARCH m USING", "SEARCH messages USING")) for step in plan

@@ -20,7 +20,7 @@ from tests.chat_helpers import PASSWORD, ChatUser, ChatWorld, StoreFactory
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.store import StoreUnavailableError
 from udpchat_proto.errors import ErrorCode
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 BIG = "x" * 4000  # needs new pages: more than a page of text
 

@@ -70,7 +70,7 @@ try:
 
     if TYPE_CHECKING:
         from .bus import NatsBus
-    from .sqlite_store import SQLiteStore
+    from .stores.sqlite import SQLiteStore
 except KeyboardInterrupt:
     sys.exit(0)
 finally:
@@ -710,7 +710,7 @@ def _open_store(db: str, key_file: Path | None) -> Store:
             "presents the same key, so they share one key file"
         )
     try:
-        from .postgres_store import PostgresStore  # noqa: PLC0415 (psycopg: optional)
+        from .stores.postgres import PostgresStore  # noqa: PLC0415 (psycopg: optional)
     except ImportError as exc:
         raise StartupError(
             f"a PostgreSQL database needs psycopg: pip install 'udpchat-proto[postgres]' ({exc})"

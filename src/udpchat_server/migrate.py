@@ -16,42 +16,18 @@ from pathlib import Path
 
 import psycopg
 
-from .postgres_store import PostgresStore
-from .sqlite_store import SQLiteStore
+from .stores import schema
+from .stores.postgres import PostgresStore
+from .stores.sqlite import SQLiteStore
 
 __all__ = ["TABLES", "MigrationError", "migrate"]
 
-TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("accounts", ("username", "password", "created_at", "disabled", "stored_bytes")),
-    ("retired_names", ("username", "retired_at")),
-    ("sessions", ("token_hash", "username", "created_at", "last_used_at")),
-    ("invitations", ("sender", "recipient", "created_at")),
-    ("friendships", ("username", "friend", "created_at")),
-    ("blocks", ("username", "blocked", "created_at")),
-    ("conversations", ("id", "key", "is_room", "last_seq", "created_at")),
-    (
-        "messages",
-        (
-            "position",
-            "id",
-            "conversation",
-            "seq",
-            "sender",
-            "recipient",
-            "text",
-            "sent_at",
-            "origin",
-            "delivered_at",
-        ),
-    ),
-    ("participants", ("conversation", "username", "floor_seq", "joined_at")),
-    ("session_cursors", ("token_hash", "conversation", "seq")),
-    ("user_cursors", ("username", "conversation", "seq")),
+TABLES: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (table.name, table.column_names) for table in schema.TABLES
 )
-"""What is copied, in an order the foreign keys accept."""
+"""What is copied (every declared table and column), in an order the foreign keys
+accept."""
 
-_IDENTITIES = (("conversations", "id"), ("messages", "position"))
-"""Columns numbered by PostgreSQL: set past the copied numbers afterwards."""
 _BATCH = 5000
 
 
@@ -79,41 +55,48 @@ def migrate(source: Path, url: str) -> dict[str, int]:
     reader.execute("BEGIN")  # one snapshot for every table (WAL: a consistent read)
     try:
         with psycopg.connect(url) as target, target.transaction():
-            for table in ("accounts", "messages"):
-                if target.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+            for name in ("accounts", "messages"):
+                if target.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchone():
                     raise MigrationError(
-                        f"the target database already has {table}: migrate into an empty one"
+                        f"the target database already has {name}: migrate into an empty one"
                     )
-            counts = {table: _copy(reader, target, table, columns) for table, columns in TABLES}
-            for table, column in _IDENTITIES:
-                # Our own names. The next number is past every copied one.
-                target.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
-                    f"GREATEST((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
-                )
+            counts = {table.name: _copy(reader, target, table) for table in schema.TABLES}
+            for table in schema.TABLES:
+                for column in _identities(table):
+                    # Our own names. The next number is past every copied one.
+                    target.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column}'), "
+                        f"GREATEST((SELECT MAX({column}) FROM {table.name}), 0) + 1, false)"
+                    )
         return counts
     finally:
         reader.close()
 
 
+def _identities(table: schema.Table) -> list[str]:
+    """The columns PostgreSQL numbers itself (copied with their numbers)."""
+    return [column.name for column in table.columns if column.kind is schema.Kind.ID]
+
+
 def _copy(
     reader: sqlite3.Connection,
     target: psycopg.Connection[tuple[object, ...]],
-    table: str,
-    columns: tuple[str, ...],
+    table: schema.Table,
 ) -> int:
-    names = ", ".join(columns)
-    marks = ", ".join(["%s"] * len(columns))
-    overriding = " OVERRIDING SYSTEM VALUE" if table in ("conversations", "messages") else ""
-    insert = f"INSERT INTO {table} ({names}){overriding} VALUES ({marks})"
-    rows = reader.execute(f"SELECT {names} FROM {table}")  # our own names
+    names = ", ".join(table.column_names)
+    marks = ", ".join(["%s"] * len(table.columns))
+    overriding = " OVERRIDING SYSTEM VALUE" if _identities(table) else ""
+    insert = f"INSERT INTO {table.name} ({names}){overriding} VALUES ({marks})"
+    rows = reader.execute(f"SELECT {names} FROM {table.name}")  # our own names
+    # SQLite's 0/1 is PostgreSQL's boolean.
+    flags = [n for n, column in enumerate(table.columns) if column.kind is schema.Kind.BOOL]
     copied = 0
     with target.cursor() as cursor:
         while batch := rows.fetchmany(_BATCH):
-            if table == "conversations":  # SQLite's 0/1 is PostgreSQL's boolean
-                batch = [(i, key, bool(room), seq, at) for i, key, room, seq, at in batch]
-            elif table == "accounts":
-                batch = [(name, pw, at, bool(off), kept) for name, pw, at, off, kept in batch]
+            if flags:
+                batch = [
+                    tuple(bool(v) if n in flags else v for n, v in enumerate(row)) for row in batch
+                ]
             cursor.executemany(insert, batch)
             copied += len(batch)
     return copied

@@ -1,7 +1,7 @@
 """An in-memory :class:`~udpchat_proto.chat.store.Store`, for tests and embedding.
 
 It implements the :class:`~udpchat_proto.chat.store.Store` contract exactly (the same
-contract tests run against it and against ``udpchat_server.sqlite_store``), but it
+contract tests run against it and against ``udpchat_server.stores``), but it
 keeps nothing across processes: :meth:`MemoryStore.commit` is a no-op, every write
 is visible at once and stays until the object is dropped. Use it where durability
 is not wanted (unit tests, simulations, a throwaway server); use the SQLite store
@@ -339,12 +339,32 @@ class MemoryStore:
         return True
 
     def delete_block(self, username: str, blocked: str) -> bool:
-        """``username`` stops blocking ``blocked``; False if it did not."""
+        """``username`` stops blocking ``blocked``; False if it did not. Its cursors
+        first pass the blocked messages that directly follow them (see Store)."""
         blocks = self._blocks.get(username, set())
         if blocked not in blocks:
             return False
+        self._pass_blocked_runs(username, blocks)
         blocks.discard(blocked)
         return True
+
+    def _pass_blocked_runs(self, username: str, blocks: set[str]) -> None:
+        """Move each room cursor of ``username`` (its sessions' and its own) past the
+        messages from ``blocks`` that directly follow it (or where it joined)."""
+        keys = self._conversations_of.get(username)
+        if not keys:
+            return
+        owners = [self._session_cursors[token] for token in self._sessions_of.get(username, ())]
+        owners.append(self._user_cursors.setdefault(username, {}))
+        for key in keys:
+            conversation = self._conversations[key]
+            if not conversation.is_room:
+                continue
+            for cursors in owners:
+                start = max(conversation.members[username], cursors.get(key, 0))
+                passed = self._past_blocked(conversation, start, blocks)
+                if passed > start:
+                    cursors[key] = passed
 
     def has_blocked(self, username: str, blocked: str) -> bool:
         """Whether ``username`` blocks ``blocked``."""
@@ -500,7 +520,7 @@ class MemoryStore:
                 continue
             conversation = self._conversations[entry.conversation]
             if username not in conversation.members or not entry.is_for(username, token_hash):
-                continue  # (its own message: see SQLiteStore._highest_acknowledged)
+                continue  # (its own message: see udpchat_server.stores.statements)
             highest[entry.conversation] = max(highest.get(entry.conversation, 0), entry.stored.seq)
         receipts: list[Receipt] = []
         blocked = self._blocks.get(username)
@@ -526,7 +546,8 @@ class MemoryStore:
     def _past_blocked(conversation: _Conversation, seq: int, blocked: set[str]) -> int:
         """The seq after ``seq`` and the room messages from ``blocked`` senders that
         directly follow it (never delivered: a cursor may pass them)."""
-        for entry in _tail(conversation.log, seq - conversation.base):
+        # (Retention may have deleted up to past a cursor: the run starts at the log.)
+        for entry in _tail(conversation.log, max(0, seq - conversation.base)):
             if entry.stored.message.sender not in blocked:
                 break
             seq = entry.stored.seq

@@ -44,8 +44,15 @@ Conversations and delivery cursors:
   acknowledging a later one passes them, and so does acknowledging the message a
   run of them directly follows (if they are stored by then), so that a blocked
   sender's messages do not stay in a member's backlog nor, once passed, keep
-  retention from deleting them. (Direct messages need no filter: a block ends
-  the friendship, so none is sent after it; those sent before it are delivered.)
+  retention from deleting them. When a block ends (:meth:`Store.delete_block`, or
+  the account of either deleted), each cursor of the blocker's (every session's
+  and the user's) first passes the run of room messages from users it blocks that
+  directly follows it (or where it joined): those were sent under the block and
+  are never delivered, or they would come after messages pushed live since. A
+  message from the formerly blocked user that follows a message not yet
+  acknowledged is delivered in its turn. (Direct messages need no filter: a
+  block ends the friendship, so none is sent after it; those sent before it are
+  delivered.)
 
 Failures: a store that cannot do its work for a reason outside the server's
 control (a full disk, an I/O error, a read-only or locked database, a database
@@ -241,8 +248,9 @@ class Store(Protocol):
 
     def delete_account(self, username: str, now: float) -> None:
         """Delete an account and what is only its: its sessions (and their
-        cursors), its user cursors, friendships, invitations and blocks either way,
-        its room memberships (as :meth:`leave_room`), and the direct messages
+        cursors), its user cursors, friendships, invitations and blocks either way
+        (a block on it ends as :meth:`delete_block` ends one), its room
+        memberships (as :meth:`leave_room`), and the direct messages
         waiting for it (not yet delivered). Messages it sent stay. The name is
         retired: :meth:`create_account` refuses it from then on."""
         ...
@@ -333,7 +341,13 @@ class Store(Protocol):
         ...
 
     def delete_block(self, username: str, blocked: str) -> bool:
-        """``username`` stops blocking ``blocked``; False if it did not."""
+        """``username`` stops blocking ``blocked``; False if it did not.
+
+        Before the block goes, each of ``username``'s room cursors (every session's
+        and the user's) passes the messages from users it blocks that directly
+        follow it, or follow where it joined (see the module docstring): sent under
+        the block, they are never delivered, so nothing arrives behind a message
+        pushed after the unblock."""
         ...
 
     def has_blocked(self, username: str, blocked: str) -> bool:
@@ -520,12 +534,13 @@ CURSOR_READERS: Final = frozenset(
         "delete_session",
         "delete_sessions_unused_since",
         "delete_sessions_created_before",
+        "delete_block",
         "leave_room",
         "delete_delivered_before",
     }
 )
-"""The :class:`Store` writes whose work depends on the delivery cursors (they copy or
-delete them): deferred acknowledgements are written before they run. The reads
+"""The :class:`Store` writes whose work depends on the delivery cursors (they copy,
+move or delete them): deferred acknowledgements are written before they run. The reads
 need not wait for a write (which a full disk would refuse): ``pending_deliveries``
 leaves out what waits to be acknowledged, and ``count_waiting``, a cap, may count
 it for a moment."""

@@ -1,0 +1,23 @@
+"""The durable stores: SQLite and PostgreSQL, on one SQL layer.
+
+=================  ==============================================================
+``sqlite``         :class:`SQLiteStore`: one file, WAL and ``synchronous=FULL``
+``postgres``       :class:`PostgresStore`: a cluster's shared state (psycopg 3)
+``base``           :class:`SqlStore`: the Store methods whose SQL and logic are
+                   the same on both (most of them)
+``statements``     the long statements both run, each written once
+``dialect``        the small step from the shared SQL to each database's
+``schema``         the tables, declared once: each database's DDL, and what
+                   ``udpchat-server migrate`` copies; a test holds each store's
+                   migrations to it
+=================  ==============================================================
+
+A store module holds only what its database does its own way: the connection,
+transactions and savepoints, error translation, caches, migrations and the
+statements that differ (``add_message`` on the hot path). A new Store method is
+the Protocol (``udpchat_proto.chat.store``), the memory store and one method
+here in ``base``.
+
+Import a store from its own module: the PostgreSQL one needs psycopg (the
+``postgres`` extra), the SQLite one nothing beyond the standard library.
+"""

@@ -1,0 +1,261 @@
+"""The tables, declared once.
+
+From this declaration come each database's current DDL (:func:`ddl`) and what
+``udpchat-server migrate`` copies from SQLite into PostgreSQL (:data:`TABLES`, in
+an order the foreign keys accept). The databases themselves are built by each
+store's ``MIGRATIONS`` (history, append only: a released migration is never
+edited), and a test (``tests/test_sql_layer.py``) holds the two together: a
+database migrated from empty has exactly the declared tables, columns, keys and
+indexes, on SQLite and on PostgreSQL. So a change to the schema is a migration in
+each store and the same change here.
+
+Types by what they hold (:class:`Kind`): times the :class:`~udpchat_proto.chat.store.Store`
+API passes are POSIX seconds (``REAL``, ``DOUBLE PRECISION``), except a message's
+``sent_at``, integer microseconds (it round-trips a ``datetime`` exactly).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import attrs
+
+from .dialect import POSTGRES, Dialect
+
+__all__ = ["TABLES", "Column", "Index", "Kind", "Table", "ddl"]
+
+
+class Kind(enum.Enum):
+    """A column's type: (SQLite's, PostgreSQL's)."""
+
+    TEXT = ("TEXT", "TEXT")
+    INT = ("INTEGER", "BIGINT")
+    TIME = ("REAL", "DOUBLE PRECISION")
+    BYTES = ("BLOB", "BYTEA")
+    BOOL = ("INTEGER", "BOOLEAN")
+    ID = ("INTEGER", "BIGINT GENERATED ALWAYS AS IDENTITY")
+    """The table's primary key, numbered by the database (SQLite's rowid)."""
+
+    def sql(self, dialect: Dialect) -> str:
+        """The type as ``dialect`` writes it."""
+        sqlite, postgres = self.value
+        return postgres if dialect is POSTGRES else sqlite
+
+
+@attrs.frozen
+class Column:
+    """One column."""
+
+    name: str
+    kind: Kind
+    null: bool = False
+    """Whether it may be NULL."""
+    default: int | None = None
+    """A number (for a BOOL column, 0 or 1)."""
+    key: bool = False
+    """The primary key on its own (a :attr:`Kind.ID` column always is)."""
+    unique: bool = False
+    references: str = ""
+    """A foreign key: ``"table (column)"``, and what a delete does, if anything."""
+
+    def sql(self, dialect: Dialect) -> str:
+        """The column's definition in a CREATE TABLE."""
+        parts = [self.name, self.kind.sql(dialect)]
+        if self.key or self.kind is Kind.ID:
+            parts.append("PRIMARY KEY")
+        elif not self.null:
+            parts.append("NOT NULL")
+        if self.default is not None and self.kind is Kind.BOOL and dialect is POSTGRES:
+            parts.append("DEFAULT TRUE" if self.default else "DEFAULT FALSE")
+        elif self.default is not None:
+            parts.append(f"DEFAULT {self.default:d}")
+        if self.unique:
+            parts.append("UNIQUE")
+        if self.references:
+            parts.append(f"REFERENCES {self.references}")
+        return " ".join(parts)
+
+
+@attrs.frozen
+class Index:
+    """A secondary index."""
+
+    name: str
+    columns: tuple[str, ...]
+    only: Dialect | None = None
+    """The one database that has it (None: both)."""
+
+
+@attrs.frozen
+class Table:
+    """One table: its columns in order, keys and indexes."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] = ()
+    """A primary key of several columns."""
+    unique: tuple[tuple[str, ...], ...] = ()
+    indexes: tuple[Index, ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    def sql(self, dialect: Dialect) -> list[str]:
+        """CREATE TABLE and CREATE INDEX statements."""
+        lines = [column.sql(dialect) for column in self.columns]
+        if self.key:
+            lines.append(f"PRIMARY KEY ({', '.join(self.key)})")
+        lines.extend(f"UNIQUE ({', '.join(columns)})" for columns in self.unique)
+        body = ",\n    ".join(lines)
+        # SQLite: a table keyed by anything but its rowid is clustered on its key.
+        rowid = dialect is POSTGRES or any(column.kind is Kind.ID for column in self.columns)
+        create = f"CREATE TABLE {self.name} (\n    {body}\n){'' if rowid else ' WITHOUT ROWID'}"
+        return [create] + [
+            f"CREATE INDEX {index.name} ON {self.name} ({', '.join(index.columns)})"
+            for index in self.indexes
+            if index.only in (None, dialect)
+        ]
+
+
+_TEXT, _INT, _TIME, _BYTES, _BOOL, _ID = Kind
+
+TABLES: Final = (
+    Table(
+        "accounts",
+        (
+            Column("username", _TEXT, key=True),
+            Column("password", _TEXT),  # PasswordHash.to_string()
+            Column("created_at", _TIME),
+            Column("disabled", _BOOL, default=0),  # by the operator (ctl disable)
+            Column("stored_bytes", _INT, default=0),  # the storage quota's counter
+        ),
+    ),
+    # Names of deleted accounts: never registered again.
+    Table(
+        "retired_names",
+        (
+            Column("username", _TEXT, key=True),
+            Column("retired_at", _TIME),
+        ),
+    ),
+    Table(
+        "sessions",
+        (
+            Column("token_hash", _BYTES, key=True),  # SHA-256 of the token, never the token
+            Column("username", _TEXT),
+            Column("created_at", _TIME),
+            Column("last_used_at", _TIME),
+        ),
+        indexes=(
+            Index("sessions_by_last_use", ("last_used_at",)),  # expiry
+            Index("sessions_by_user", ("username", "created_at")),  # newest first
+            # The absolute lifetime's sweep: SQLite scans the sessions (hourly).
+            Index("sessions_by_creation", ("created_at",), only=POSTGRES),
+        ),
+    ),
+    Table(
+        "invitations",
+        (
+            Column("sender", _TEXT),
+            Column("recipient", _TEXT),
+            Column("created_at", _TIME),
+        ),
+        key=("sender", "recipient"),
+        indexes=(Index("invitations_by_recipient", ("recipient", "sender")),),
+    ),
+    # Two rows per friendship, one each way: "friends of" is a key prefix scan.
+    Table(
+        "friendships",
+        (
+            Column("username", _TEXT),
+            Column("friend", _TEXT),
+            Column("created_at", _TIME),
+        ),
+        key=("username", "friend"),
+    ),
+    Table(
+        "blocks",
+        (
+            Column("username", _TEXT),  # who blocks
+            Column("blocked", _TEXT),
+            Column("created_at", _TIME),
+        ),
+        key=("username", "blocked"),
+        indexes=(Index("blocks_by_blocked", ("blocked", "username")),),
+    ),
+    # A room, or a direct conversation keyed "alice bob" (see conversation_key).
+    Table(
+        "conversations",
+        (
+            Column("id", _ID),
+            Column("key", _TEXT, unique=True),
+            Column("is_room", _BOOL),
+            Column("last_seq", _INT, default=0),  # the seq of its last message
+            Column("created_at", _TIME),
+        ),
+    ),
+    # UNIQUE (conversation, seq) is the index of history and pending deliveries;
+    # UNIQUE id that of get_message and acknowledge.
+    Table(
+        "messages",
+        (
+            Column("position", _ID),  # the global insertion order
+            Column("id", _BYTES, unique=True),
+            Column("conversation", _INT, references="conversations (id)"),
+            Column("seq", _INT),
+            Column("sender", _TEXT),
+            Column("recipient", _TEXT),
+            Column("text", _TEXT),
+            Column("sent_at", _INT),  # microseconds since the epoch, UTC
+            Column("origin", _BYTES, null=True),  # the sending session's token hash
+            Column("delivered_at", _TIME, null=True),  # a direct message's delivery
+        ),
+        unique=(("conversation", "seq"),),
+        indexes=(Index("messages_by_time", ("sent_at",)),),  # retention
+    ),
+    # Who receives a conversation: both users of a direct one, a room's members.
+    # A member receives the messages after floor_seq (the room's last seq when it
+    # joined; 0 in a direct conversation).
+    Table(
+        "participants",
+        (
+            Column("conversation", _INT, references="conversations (id)"),
+            Column("username", _TEXT),
+            Column("floor_seq", _INT),
+            Column("joined_at", _TIME),
+        ),
+        key=("conversation", "username"),
+        indexes=(Index("participants_by_user", ("username", "conversation")),),
+    ),
+    # The highest seq each login session acknowledged in each conversation.
+    Table(
+        "session_cursors",
+        (
+            Column("token_hash", _BYTES, references="sessions (token_hash) ON DELETE CASCADE"),
+            Column("conversation", _INT, references="conversations (id)"),
+            Column("seq", _INT),
+        ),
+        key=("token_hash", "conversation"),
+        indexes=(Index("session_cursors_by_conversation", ("conversation",)),),
+    ),
+    # The highest seq any session of the user acknowledged: where a new session
+    # starts. Kept when sessions end.
+    Table(
+        "user_cursors",
+        (
+            Column("username", _TEXT),
+            Column("conversation", _INT, references="conversations (id)"),
+            Column("seq", _INT),
+        ),
+        key=("username", "conversation"),
+        indexes=(Index("user_cursors_by_conversation", ("conversation",)),),
+    ),
+)
+"""Every table, in an order the foreign keys accept (referenced tables first)."""
+
+
+def ddl(dialect: Dialect) -> list[str]:
+    """The statements that create the current schema in an empty database."""
+    return [statement for table in TABLES for statement in table.sql(dialect)]
