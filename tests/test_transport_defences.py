@@ -480,7 +480,7 @@ def test_the_cap_takes_from_the_most_crowded_prefix_and_never_a_protected_one() 
     assert table.is_protected(b"u1") and len(table) == 6
 
     def victim(newcomer: bytes) -> bytes | None:
-        return table.victim(newcomer, heard.__getitem__)
+        return table.victim(newcomer, heard.__getitem__, 100)
 
     assert victim(b"a3") == b"a2"  # "a" holds three: its longest silent but the newcomer
     table.discard(b"a2")
@@ -574,3 +574,60 @@ def measure_idle_connection_memory(count: int) -> float:
 def test_memory_per_idle_connection_is_a_few_kib() -> None:
     per_connection = measure_idle_connection_memory(200)
     assert 1_000 < per_connection < 16_000, per_connection
+
+
+def test_protected_connections_of_a_prefix_beyond_its_share_make_room() -> None:
+    # Accounts are cheap: logged in from a few prefixes, they must not hold every
+    # place. A prefix beyond its share of the table loses its longest silent
+    # protected connection to a newcomer; a user alone on a prefix never does.
+    table = OpenConnections()
+    heard: dict[bytes, float] = {}
+    for prefix in "ab":
+        for i in range(4):
+            cid = f"{prefix}{i}".encode()
+            table.add(cid, prefix)
+            table.protect(cid, True)
+            heard[cid] = float(i) + (0.5 if prefix == "b" else 0.0)
+    table.add(b"u0", "u")
+    table.protect(b"u0", True)
+    heard[b"u0"] = -100.0  # silent the longest of all: still never the victim
+    table.add(b"n0", "n")
+    heard[b"n0"] = 50.0
+    # 10 places, 4 prefixes: a share is 2.5; "a" and "b" hold 4 each.
+    assert table.victim(b"n0", heard.__getitem__, 10) == b"a0"
+    table.forget(b"a0")
+    assert table.victim(b"n0", heard.__getitem__, 10) == b"b0"  # "b" holds the most now
+    # Within their share (20 places: 5 each), nobody protected goes: refuse.
+    assert table.victim(b"n0", heard.__getitem__, 20) is None
+    # One connection is within any share, however many prefixes there are.
+    alone = OpenConnections()
+    for i in range(5):
+        alone.add(bytes([i]), str(i))
+        alone.protect(bytes([i]), True)
+    alone.add(b"new", "new")
+    assert alone.victim(b"new", lambda cid: 0.0, 3) is None
+
+
+def test_accounts_logged_in_from_a_few_prefixes_cannot_lock_newcomers_out() -> None:
+    net = Network(seed=5)
+    config = TransportConfig(max_connections=12)
+    server = ServerTransport(static_key=KEY, config=config, random=SeededRandomSource("q"))
+    net.add("server", server, SERVER)
+    users = connected_clients(net, server, 2)  # two people, each on a prefix of their own
+    for user in users:
+        server.set_protected(user.connection_id)
+    # The attacker's accounts, logged in (protected) from two prefixes, fill the rest.
+    held = [client_at(net, f"a{i}", f"198.51.100.{1 + i % 2}", CHATTY) for i in range(10)]
+    net.run_for(3.0)
+    for client in held:
+        server.set_protected(client.connection_id)
+    assert len(server.connections) == 12
+    # Newcomers from fresh prefixes get in, each at a crowded prefix's expense.
+    newcomers = [client_at(net, f"n{i}", f"203.0.113.{i + 1}", CHATTY) for i in range(3)]
+    net.run_for(3.0)
+    assert all(n.connection_id in server.connections for n in newcomers)
+    assert all(user.connection_id in server.connections for user in users)
+    ended = net.events_of("server", ConnectionTerminated)
+    assert {e.connection_id for e in ended} <= {c.connection_id for c in held}
+    assert len(ended) == 3 and {e.code for e in ended} == {CloseCode.SERVER_BUSY}
+    assert open_connections(server, "198.51.100.1") + open_connections(server, "198.51.100.2") == 7

@@ -496,10 +496,11 @@ class ServerTransport:
             self._rebuild_heap()
 
     def _make_room(self, *, newcomer: ConnectionId) -> None:
-        """Over ``max_connections``: end the unprotected connection ``capacity.py``
-        picks, or refuse the newcomer when only protected (logged-in) ones remain."""
+        """Over ``max_connections``: end the connection ``capacity.py`` picks (an
+        unprotected one, else a protected one of a prefix beyond its share), or
+        refuse the newcomer when none may go."""
         connections, limit = self._connections, self._config.max_connections
-        victim = self._open.victim(newcomer, lambda cid: connections[cid].last_received)
+        victim = self._open.victim(newcomer, lambda cid: connections[cid].last_received, limit)
         if victim is None:
             self._drop("connection_refused")
             victim, reason = newcomer, f"server busy: all {limit} connections in use; try later"
