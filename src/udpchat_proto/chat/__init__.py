@@ -9,8 +9,12 @@ store, and the server's configuration. The modules behind it:
 ``codec``           messages to bytes and back (one cattrs converter)
 ``validation``      the rules for names, passwords and text
 ``client``          :class:`ClientConnection`, the client role
-``server``          :class:`ChatServer`: routing and the request handlers
+``server``          :class:`ChatServer`: the server role, built of parts
+``handlers``        the request handlers, one unit per concept
+``dispatch``        a payload's way to its handler; the registry of routes
 ``connection``      one server connection's state and its table
+``connections``     the connection table (by id, user and session)
+``batch``           what a batch holds until it is durable; :class:`BatchEnd`
 ``delivery``        a connection's delivery window (backlog, live, refill)
 ``password_jobs``   password hashes as jobs run off the loop
 ``login_budgets``   the budgets of wrong passwords (per address, per user)
@@ -26,6 +30,7 @@ store, and the server's configuration. The modules behind it:
 from __future__ import annotations
 
 from . import messages
+from .batch import BatchEnd
 from .client import ClientConnection, ClientState
 from .cluster import HEARTBEAT_INTERVAL, MAX_NODE_USERS, MAX_NODES, NODE_TIMEOUT
 from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
@@ -92,6 +97,7 @@ __all__ = [
     "TOKEN_SIZE",
     "Account",
     "Acknowledgement",
+    "BatchEnd",
     "ChatServer",
     "ClientConnected",
     "ClientConnection",
