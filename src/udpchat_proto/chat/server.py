@@ -147,7 +147,7 @@ class ChatServer:
         self._jobs = JobBook()
         self._limits = limits = Limits(config)
         self._connections = connections = ConnectionTable(config, transport.set_protected)
-        self._remote = remote = RemoteUsers(stats)
+        remote = RemoteUsers(stats)
         self._caches = caches = Caches(
             store=store, tracker=tracker, connections=connections, config=config
         )

@@ -100,6 +100,7 @@ class AccountHandlers:
     # --- register ---------------------------------------------------------------------
 
     def register(self, connection: ChatConnection, request: m.Register, now: float) -> None:
+        """``register``: start the hash of a new account's password."""
         # No look-up first: a name that is taken (a live account's) or retired (a
         # deleted one's) is found by create_account once the hash is done, as a
         # free one is created then. All three cost a registration and a hash, and
@@ -122,6 +123,7 @@ class AccountHandlers:
     def finish_register(
         self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
     ) -> None:
+        """The new password's hash is back: create the account."""
         record = PasswordHash(salt=job.salt, params=job.params, digest=digest)
         if not self._store.create_account(job.username, record, self._clock()):
             # Taken or retired (a deleted account's name): the same answer, so
@@ -132,6 +134,7 @@ class AccountHandlers:
     # --- login ------------------------------------------------------------------------
 
     def login(self, connection: ChatConnection, request: m.Login, now: float) -> None:
+        """``login``: start the hash of the given password."""
         host, user = self._limits.address_key(connection.address), request.username
         self._hashing.check_room(host, user)
         if not self._limits.logins.available(user, now=now):
@@ -157,6 +160,7 @@ class AccountHandlers:
     def finish_login(
         self, connection: ChatConnection, job: PendingJob, digest: bytes, now: float
     ) -> None:
+        """The password's hash is back: a new session, or a refusal."""
         request = job.request
         assert isinstance(request, m.Login)
         user = request.username
@@ -189,6 +193,7 @@ class AccountHandlers:
     # --- resume and logout --------------------------------------------------------------
 
     def resume(self, connection: ChatConnection, request: m.Resume, now: float) -> None:
+        """``resume``: the connection takes up an existing session."""
         hashed = token_hash(request.token)
         session = self._store.get_session(hashed)
         if session is None:
@@ -223,6 +228,7 @@ class AccountHandlers:
         self._deliveries.refill(connection)
 
     def logout(self, connection: ChatConnection, request: m.Logout, now: float) -> None:
+        """``logout``: end the connection's session."""
         hashed = connection.token_hash
         assert hashed is not None  # logged in
         self._store.delete_session(hashed)
@@ -234,6 +240,7 @@ class AccountHandlers:
     def list_sessions(
         self, connection: ChatConnection, request: m.ListSessions, now: float
     ) -> None:
+        """``list_sessions``: the user's sessions."""
         sessions = tuple(
             m.SessionInfo(
                 session_id=session_id(s.token_hash),
@@ -249,6 +256,7 @@ class AccountHandlers:
     def revoke_session(
         self, connection: ChatConnection, request: m.RevokeSession, now: float
     ) -> None:
+        """``revoke_session``: end one of the user's sessions."""
         for session in self._store.sessions_of(user_of(connection)):
             if session_id(session.token_hash) == request.session_id:
                 self._sessions.end_sessions(connection, [session.token_hash])
@@ -257,6 +265,7 @@ class AccountHandlers:
         raise RefusedError(ErrorCode.UNKNOWN_SESSION, "you have no session with this id")
 
     def logout_all(self, connection: ChatConnection, request: m.LogoutAll, now: float) -> None:
+        """``logout_all``: end every session of the user."""
         ended = [s.token_hash for s in self._store.sessions_of(user_of(connection))]
         self._sessions.end_sessions(connection, ended)
         self._outbox.reply(

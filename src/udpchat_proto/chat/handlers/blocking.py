@@ -64,6 +64,7 @@ class BlockHandlers:
         ]
 
     def block(self, connection: ChatConnection, request: m.Block, now: float) -> None:
+        """``block``: ends a friendship and the invitations either way."""
         me, other = user_of(connection), request.username
         if other == me:
             raise RefusedError(ErrorCode.BAD_REQUEST, "you cannot block yourself")
@@ -87,6 +88,7 @@ class BlockHandlers:
             self._outbox.push_to_user(other, push)
 
     def unblock(self, connection: ChatConnection, request: m.Unblock, now: float) -> None:
+        """``unblock``: tells the other side nothing."""
         me, other = user_of(connection), request.username
         if self._store.delete_block(me, other):
             # An invitation they sent while blocked was never to be shown: it goes.
@@ -94,6 +96,7 @@ class BlockHandlers:
         self._outbox.reply(connection, m.Ok(request_id=request.request_id))
 
     def list_blocked(self, connection: ChatConnection, request: m.ListBlocked, now: float) -> None:
+        """``list_blocked``."""
         blocked = self._store.blocked_by(user_of(connection))[:LIST_MAX]
         self._outbox.reply(
             connection, m.Blocked(request_id=request.request_id, usernames=tuple(blocked))

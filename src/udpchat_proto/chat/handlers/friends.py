@@ -61,6 +61,7 @@ class FriendHandlers:
         ]
 
     def invite(self, connection: ChatConnection, request: m.Invite, now: float) -> None:
+        """``invite``: invite a user (or accept their invitation)."""
         me, other = user_of(connection), request.username
         if other == me:
             raise RefusedError(ErrorCode.CANNOT_INVITE_SELF, "you cannot invite yourself")
@@ -103,6 +104,7 @@ class FriendHandlers:
             )
 
     def accept(self, connection: ChatConnection, request: m.AcceptInvitation, now: float) -> None:
+        """``accept_invitation``."""
         me, inviter = user_of(connection), request.username
         if not self._invited_by(inviter, me):
             raise RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
@@ -113,6 +115,7 @@ class FriendHandlers:
         self._outbox.push_to_user(inviter, m.InvitationAnswered(by_user=me, accepted=True))
 
     def decline(self, connection: ChatConnection, request: m.DeclineInvitation, now: float) -> None:
+        """``decline_invitation``."""
         me, inviter = user_of(connection), request.username
         if not self._invited_by(inviter, me):
             raise RefusedError(ErrorCode.NO_INVITATION, f"{inviter} has not invited you")
@@ -125,6 +128,7 @@ class FriendHandlers:
         return self._store.has_invitation(inviter, me) and not self._store.has_blocked(me, inviter)
 
     def cancel(self, connection: ChatConnection, request: m.CancelInvitation, now: float) -> None:
+        """``cancel_invitation``."""
         me, invitee = user_of(connection), request.username
         if not self._store.has_invitation(me, invitee):
             raise RefusedError(ErrorCode.NO_INVITATION, f"you have not invited {invitee}")
@@ -133,6 +137,7 @@ class FriendHandlers:
         self._outbox.push_to_user(invitee, m.InvitationCancelled(by_user=me))
 
     def unfriend(self, connection: ChatConnection, request: m.Unfriend, now: float) -> None:
+        """``unfriend``."""
         me, other = user_of(connection), request.username
         if not self._store.are_friends(me, other):
             raise RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {other}")
@@ -144,6 +149,7 @@ class FriendHandlers:
     def list_invitations(
         self, connection: ChatConnection, request: m.ListInvitations, now: float
     ) -> None:
+        """``list_invitations``: incoming (from those not blocked) and outgoing."""
         me = user_of(connection)
         self._outbox.reply(
             connection,
@@ -157,10 +163,12 @@ class FriendHandlers:
         )
 
     def list_friends(self, connection: ChatConnection, request: m.ListFriends, now: float) -> None:
+        """``list_friends``: each friend and whether they are online."""
         friends = self._presence.of(self._store.friends_of(user_of(connection)))
         self._outbox.reply(connection, m.Friends(request_id=request.request_id, friends=friends))
 
     def list_online(self, connection: ChatConnection, request: m.ListOnline, now: float) -> None:
+        """``list_online``: who is online, as far as the caller may see."""
         me = user_of(connection)
         if self._config.public_presence:
             visible = self._presence.online_users()

@@ -88,6 +88,7 @@ class MessageHandlers:
         ]
 
     def send_message(self, connection: ChatConnection, request: m.SendMessage, now: float) -> None:
+        """``send_message``: store it, answer, push it to its recipients' connections."""
         me = user_of(connection)
         try:
             recipients = self._admit(me, request, now)
@@ -213,6 +214,7 @@ class MessageHandlers:
         return [to]
 
     def get_history(self, connection: ChatConnection, request: m.GetHistory, now: float) -> None:
+        """``get_history``: a page of a conversation, newest first."""
         me, peer = user_of(connection), request.peer
         if is_room(peer):
             require_member(self._store, me, peer)
@@ -226,6 +228,7 @@ class MessageHandlers:
     def get_message_status(
         self, connection: ChatConnection, request: m.GetMessageStatus, now: float
     ) -> None:
+        """``get_message_status``: whether a direct message was delivered."""
         stored = self._store.get_message(request.message_id)
         # Someone else's message, or a room's, is answered as an unknown one: an id
         # tells nobody but its sender anything.

@@ -61,6 +61,7 @@ class RoomHandlers:
         ]
 
     def join_room(self, connection: ChatConnection, request: m.JoinRoom, now: float) -> None:
+        """``join_room``: join (creating the room if it is new)."""
         me, room = user_of(connection), request.room
         members = self._store.room_members(room)
         if me in members:
@@ -86,6 +87,7 @@ class RoomHandlers:
             )
 
     def leave_room(self, connection: ChatConnection, request: m.LeaveRoom, now: float) -> None:
+        """``leave_room``."""
         me, room = user_of(connection), request.room
         if not self._store.room_exists(room):
             raise RefusedError(ErrorCode.UNKNOWN_ROOM, f"no room named {room}")
@@ -100,6 +102,7 @@ class RoomHandlers:
         )
 
     def list_rooms(self, connection: ChatConnection, request: m.ListRooms, now: float) -> None:
+        """``list_rooms``: the user's rooms, with their sizes."""
         rooms = tuple(
             m.RoomInfo(room=room, members=count)
             for room, count in self._store.rooms_of(user_of(connection))[:LIST_MAX]
@@ -107,6 +110,7 @@ class RoomHandlers:
         self._outbox.reply(connection, m.Rooms(request_id=request.request_id, rooms=rooms))
 
     def list_members(self, connection: ChatConnection, request: m.ListMembers, now: float) -> None:
+        """``list_members``: a room's members (for members only)."""
         room = request.room
         # Members only: who is in a room is its members' business.
         require_member(self._store, user_of(connection), room)
