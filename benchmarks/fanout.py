@@ -90,9 +90,7 @@ class World:
             for data, _ in client.datagrams_to_send(self.now):
                 self.server.receive_datagram(data, address, self.now)
                 moved = True
-        self.server.run_hash_jobs(self.now)
-        self.server.commit()
-        for data, address in self.server.datagrams_to_send(self.now):
+        for data, address in self.server.end_batch(self.now, run_hashes=True).datagrams:
             self.clients[address].receive_datagram(data, SERVER, self.now)
             moved = True
         for address, client in self.clients.items():
@@ -112,7 +110,7 @@ class World:
                 if not timers:
                     raise RuntimeError("stalled with no timer")
                 self.now = max(self.now, min(timers))
-                self.server.handle_timer(self.now)
+                # (The server's fire in its next end_batch.)
                 for client in self.clients.values():
                     client.handle_timer(self.now)
         raise RuntimeError("did not finish")

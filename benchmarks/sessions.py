@@ -200,15 +200,10 @@ class World:
         server = self.server
         for address, data in incoming:
             server.receive_datagram(data, address, self.now)
-        server.run_hash_jobs(self.now)
-        timer = server.get_timer()
-        if timer is not None and timer <= self.now:
-            server.handle_timer(self.now)
+        end = server.end_batch(self.now, run_hashes=True)
         while server.next_event() is not None:
             pass
-        if server.writes_pending:
-            server.commit()
-        out = [(address, data) for data, address in server.datagrams_to_send(self.now)]
+        out = [(address, data) for data, address in end.datagrams]
         self.now += advance
         result: list[tuple[tuple[str, int], bytes]] = self._call("step", self.now, out)
         return result

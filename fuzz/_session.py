@@ -61,11 +61,11 @@ __all__ = [
     "RawClient",
     "RawServerPeer",
     "drain",
+    "end_server_batch",
     "established_server",
     "handshaking_client",
     "new_client",
     "new_server",
-    "pump_server",
     "settle",
     "settle_server",
     "stream_message",
@@ -122,10 +122,10 @@ def new_client(name: str) -> ClientConnection:
     )
 
 
-def pump_server(server: ChatServer, store: MemoryStore, now: float) -> None:
-    """What the real server loop does after input: run hash jobs, then group commit."""
-    server.run_hash_jobs(now)
-    server.commit()
+def end_server_batch(server: ChatServer, now: float) -> list[tuple[bytes, Address]]:
+    """What the real server loop does after input: end the batch (hash jobs, here;
+    due timers; group commit), and write the datagrams it returns."""
+    return list(server.end_batch(now, run_hashes=True).datagrams)
 
 
 class _Endpoint(Protocol):
@@ -176,12 +176,15 @@ class Loop:
         """Deliver everything there is to send; True if anything moved."""
         moved = False
         for _ in range(1000):
-            pump_server(self.server, self.store, self.now)
             outgoing: list[tuple[Address, Address, bytes]] = []
             for address, endpoint in self._endpoints():
                 self.events[address].extend(drain(endpoint))
-                for data, destination in endpoint.datagrams_to_send(self.now):
-                    outgoing.append((address, destination, data))
+                datagrams = (
+                    end_server_batch(self.server, self.now)
+                    if endpoint is self.server
+                    else endpoint.datagrams_to_send(self.now)
+                )
+                outgoing.extend((address, destination, data) for data, destination in datagrams)
                 self.events[address].extend(drain(endpoint))
             if not outgoing:
                 return moved
@@ -326,19 +329,15 @@ def settle(endpoint: _Endpoint, now: float, *, fire_timers: bool = True) -> None
         endpoint.get_timer()
 
 
-def settle_server(server: ChatServer, store: MemoryStore, now: float) -> None:
-    """:func:`settle` with the real loop's hash jobs and group commit."""
-    pump_server(server, store, now)
+def settle_server(server: ChatServer, now: float) -> None:
+    """:func:`settle` as the real loop does it: the batch's end (hash jobs, group
+    commit, datagrams), then again at the next timer (which it fires)."""
     drain(server)
-    server.datagrams_to_send(now)
+    end_server_batch(server, now)
     drain(server)
     timer = server.get_timer()
     if timer is not None:
-        later = max(timer, now)
-        server.handle_timer(later)
-        pump_server(server, store, later)
-        drain(server)
-        server.datagrams_to_send(later)
+        end_server_batch(server, max(timer, now))
         drain(server)
         server.get_timer()
 
@@ -376,9 +375,8 @@ def established_server() -> tuple[ChatServer, MemoryStore, RawClient]:
     server, store = new_server()
     for data, now in _SERVER_SETUP:
         server.receive_datagram(data, ALICE_ADDRESS, now)
-        pump_server(server, store, now)
         drain(server)
-        server.datagrams_to_send(now)
+        end_server_batch(server, now)
         drain(server)
     if server.online_users != ["alice"]:
         raise AssertionError(f"the set-up did not log alice in: {server.online_users}")

@@ -60,7 +60,7 @@ def fuzz_one_input(data: bytes) -> None:
     if not answer["ok"] and not isinstance(answer.get("error"), str):
         raise AssertionError(f"a refusal without a code: {answer!r}")
     orjson.dumps(answer)  # what the socket's thread sends
-    settle_server(server, store, _NOW)
+    settle_server(server, _NOW)
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ chooses what the rest is, modulo 4:
 * 3: one application payload, put on alice's stream at her next offset and sealed,
   so the codec and every request handler behind it are reached.
 
-Invariants: ``receive_datagram`` never raises, and afterwards the hash jobs and
-commit, ``next_event``, ``datagrams_to_send``, ``get_timer`` and ``handle_timer``
-still work.
+Invariants: ``receive_datagram`` never raises, and afterwards the batch's end
+(``end_batch``: hash jobs, timers, commit, datagrams), ``next_event`` and
+``get_timer`` still work.
 
 Seed corpus: ``fuzz/corpus/server`` (a real session's datagrams, plaintexts and
 requests to the server, each behind its mode byte).
@@ -46,14 +46,14 @@ def fuzz_one_input(data: bytes) -> None:
     if not data:
         return
     mode, body = data[0] % 4, data[1:]
-    server, store, alice = established_server()
+    server, _store, alice = established_server()
     address = OTHER_ADDRESS if mode == MIGRATE else ALICE_ADDRESS
     if mode in (MIGRATE, FRAMES):
         body = alice.seal(body)
     elif mode == MESSAGE:
         body = alice.seal(stream_message(alice.stream_offset, body))
     server.receive_datagram(body, address, _NOW)
-    settle_server(server, store, _NOW)
+    settle_server(server, _NOW)
 
 
 def main() -> None:

@@ -2,11 +2,11 @@
 
 :class:`ChatWorld` puts a :class:`ServerHost` (the ChatServer plus what the real
 server loop does around it) and any number of :class:`ChatUser`\\ s on a
-:class:`tests.simnet.Network` with a fake clock. The host does exactly what the
-runtime does, in the same order: feed datagrams -> run hash jobs -> if
-``commit()`` -> send. Hash jobs run
-synchronously with tiny scrypt parameters, or after a simulated delay
-(``hash_delay``) to model a busy worker pool.
+:class:`tests.simnet.Network` with a fake clock. The host does what the runtime
+does: feed the datagrams, then ``ChatServer.end_batch`` (hash results in, timers,
+one commit, datagrams out). Hash jobs run synchronously with tiny scrypt
+parameters, or after a simulated delay (``hash_delay``) to model a busy worker
+pool.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ class RecordingStore:
 
 
 class ServerHost:
-    """A ChatServer with the real loop's group commit and hash jobs, as a simnet node."""
+    """A ChatServer run as the real loop runs it (``end_batch`` once per turn, hash
+    jobs on simulated workers), as a simnet node."""
 
     def __init__(self, server: ChatServer, store: RecordingStore) -> None:
         self.server = server
@@ -120,28 +121,45 @@ class ServerHost:
         self.hash_delay = 0.0
         """Simulated seconds a hash job takes (0: done in the same turn)."""
         self.hold_commits = False
-        """When True the loop never commits: nothing after a write may leave."""
+        """When True the loop never ends its batch: nothing after a write may leave."""
         self.workers: int | None = None
         """Hash jobs run at once, as the real loop's worker threads (None: no limit)."""
         self._jobs: list[tuple[float, int, HashJob]] = []
         self._order = itertools.count()
+        self._done: list[tuple[int, bytes | None]] = []
+        """Jobs the workers finished, handed back at the end of the batch."""
 
     def _idle_workers(self) -> int | None:
         return None if self.workers is None else self.workers - len(self._jobs)
 
-    def _start_jobs(self, now: float) -> None:
-        for job in self.server.take_hash_jobs(self._idle_workers()):
-            heapq.heappush(self._jobs, (now + self.hash_delay, next(self._order), job))
-
-    def _pump(self, now: float) -> None:
-        self._start_jobs(now)
+    def _collect(self, now: float) -> None:
+        """The workers finish the jobs due by ``now``."""
         while self._jobs and self._jobs[0][0] <= now:
             _, _, job = heapq.heappop(self._jobs)
-            self.server.complete_hash_job(job.job_id, job.run(), now)
-            # A worker is free, and a completed login may queue more (pipelined).
-            self._start_jobs(now)
-        if not self.hold_commits:
-            self.server.commit()
+            self._done.append((job.job_id, job.run()))
+
+    def _start(self, jobs: Sequence[HashJob], now: float) -> None:
+        for job in jobs:
+            heapq.heappush(self._jobs, (now + self.hash_delay, next(self._order), job))
+
+    def _end_batch(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        self._collect(now)
+        done, self._done = self._done, []
+        if self.hold_commits:  # a loop stuck before its commit: the batch stays open
+            for job_id, digest in done:
+                assert digest is not None
+                self.server.complete_hash_job(job_id, digest, now)
+            self._start(self.server.take_hash_jobs(self._idle_workers()), now)
+            return self.server.datagrams_to_send(now)
+        end = self.server.end_batch(
+            now,
+            hash_results=done,
+            hash_slots=self._idle_workers(),
+            # No delay: a hash is done within the turn, as a pipelined login's next one.
+            run_hashes=self.hash_delay == 0.0 and self.workers is None,
+        )
+        self._start(end.hash_jobs, now)
+        return list(end.datagrams)
 
     def running_jobs(self) -> list[HashJob]:
         """The hash jobs the simulated workers are running."""
@@ -155,8 +173,7 @@ class ServerHost:
         self.server.receive_datagram(data, addr, now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
-        self._pump(now)
-        return self.server.datagrams_to_send(now)
+        return self._end_batch(now)
 
     def get_timer(self) -> float | None:
         timers = [t for t in (self.server.get_timer(),) if t is not None]
@@ -166,7 +183,7 @@ class ServerHost:
 
     def handle_timer(self, now: float) -> None:
         self.server.handle_timer(now)
-        self._pump(now)  # hash jobs due now complete in this turn, as in the real loop
+        self._collect(now)  # done now: handed back at this turn's end, as in the real loop
 
     def next_event(self) -> Any:
         return self.server.next_event()

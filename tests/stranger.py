@@ -203,7 +203,8 @@ class StrangerClient:
 
 
 class SansIOServer:
-    """The server role as the real loop runs it: feed, hash off the loop, commit, send."""
+    """The server role as the real loop runs it: feed, end the batch (hashes, due
+    timers, commit), send."""
 
     def __init__(self, seed: int) -> None:
         self.now = 1000.0
@@ -219,17 +220,14 @@ class SansIOServer:
     def feed(self, datagram: bytes, addr: tuple[str, int]) -> list[tuple[bytes, tuple[str, int]]]:
         self.now += 0.001
         self.server.receive_datagram(datagram, addr, self.now)
-        self.pump()
-        return self.server.datagrams_to_send(self.now)
+        return self.end_batch()
 
-    def pump(self) -> None:
-        # A finished hash may start the next queued request's (pipelined login).
-        while jobs := self.server.take_hash_jobs():
-            for job in jobs:
-                self.server.complete_hash_job(job.job_id, job.run(), self.now)
-        self.server.commit()
+    def end_batch(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """The turn's end, with the hashes run here (a pipelined login's too)."""
+        end = self.server.end_batch(self.now, run_hashes=True)
         while self.server.next_event() is not None:
             pass
+        return list(end.datagrams)
 
 
 def exchange(

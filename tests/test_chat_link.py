@@ -93,9 +93,7 @@ class World:
             if self.up:
                 for data in sent:
                     self.server.receive_datagram(data, CLIENT, self.now)
-            self.server.run_hash_jobs(self.now)
-            self.server.commit()
-            replies = self.server.datagrams_to_send(self.now)
+            replies = self.server.end_batch(self.now, run_hashes=True).datagrams
             if self.up and not self.drop_answers:
                 for data, _addr in replies:
                     self.link.datagram_received(data, SERVER)

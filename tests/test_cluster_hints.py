@@ -13,6 +13,7 @@ from udpchat_proto.chat import (
     ChatServer,
     ClientConnection,
     ClientState,
+    ClusterNews,
     Disconnected,
     MemoryStore,
 )
@@ -50,6 +51,7 @@ class Cluster:
         self.hints = hints
         self.clients: dict[Address, tuple[ClientConnection, Address]] = {}
         self.events: dict[Address, list[object]] = {}
+        self.published: list[tuple[Address, ClusterNews]] = []
 
     def wall(self) -> float:
         return 1_700_000_000.0 + self.now
@@ -70,17 +72,17 @@ class Cluster:
         end = self.now + seconds
         while self.now < end:
             for _ in range(20):
-                moved = False
+                # Between batches, as the loop does: the news the nodes published.
+                moved = self.deliver_news()
                 for address, (conn, target) in self.clients.items():
                     for data, _to in conn.datagrams_to_send(self.now):
                         self.nodes[target].receive_datagram(data, address, self.now)
                         moved = True
                 for node_address, server in self.nodes.items():
-                    server.run_hash_jobs(self.now)
-                    server.commit()
-                    if self.hints:
-                        self.exchange(node_address)
-                    for data, to in server.datagrams_to_send(self.now):
+                    batch_end = server.end_batch(self.now, run_hashes=True)
+                    if self.hints and batch_end.news:
+                        self.published.append((node_address, batch_end.news))
+                    for data, to in batch_end.datagrams:
                         conn, _node = self.clients[to]
                         conn.receive_datagram(data, node_address, self.now)
                         moved = True
@@ -99,18 +101,15 @@ class Cluster:
                 if timer is not None and timer <= self.now:
                     conn.handle_timer(self.now)
 
-    def exchange(self, node_address: Address) -> None:
-        """Hand one node's news to the others (and its hints to itself), as the loop."""
-        server = self.nodes[node_address]
-        news = server.take_news()
-        if not news:
-            return
-        for other in self.nodes.values():
-            if other is server:
-                other.deliver_hints(list(news.users), self.now)
-            else:
-                other.receive_news(str(node_address), news, self.now)
-            other.commit()
+    def deliver_news(self) -> bool:
+        """Hand each node's news to the others, as the bus does (a node pushed its
+        own messages when its batch committed); True if there was any."""
+        published, self.published = self.published, []
+        for node_address, news in published:
+            for other_address, other in self.nodes.items():
+                if other_address != node_address:
+                    other.receive_news(str(node_address), news, self.now)
+        return bool(published)
 
     def heartbeat(self, *, only: Address | None = None) -> None:
         """Every node (or ``only`` one) tells the others who is online on it."""

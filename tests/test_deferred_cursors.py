@@ -14,7 +14,7 @@ import pytest
 
 from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, texts_of
 from udpchat_proto.chat import messages as m
-from udpchat_proto.chat.core import CURSOR_WRITE_DELAY
+from udpchat_proto.chat.deliveries import CURSOR_WRITE_DELAY
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.requests import token_hash, utc_from_posix

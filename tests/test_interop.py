@@ -85,9 +85,7 @@ def test_a_client_on_third_party_libraries_registers_logs_in_and_chats() -> None
     exchange(server, bob, clients, bob.ack_frame() + bob.encode(acknowledgement))
     assert len(bob.messages) == before
     server.now += 2.0  # the cursor is written within a second (CURSOR_WRITE_DELAY)
-    server.server.handle_timer(server.now)
-    server.server.commit()
-    for datagram, to in server.server.datagrams_to_send(server.now):
+    for datagram, to in server.end_batch():
         clients[to].receive(datagram)
     status, frames = alice.request({"type": "get_message_status", "message_id": message_id})
     exchange(server, alice, clients, alice.ack_frame() + frames)

@@ -4,6 +4,7 @@ knows nothing of chat, and the other packages use only the public API."""
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,17 @@ def test_other_packages_use_only_the_public_api(path: Path) -> None:
 def test_no_module_of_the_core_is_a_grab_bag() -> None:
     sizes = {path.name: len(path.read_text().splitlines()) for path in core_modules()}
     assert max(sizes.values()) < 900, sizes
+
+
+@pytest.mark.parametrize("path", core_modules(), ids=lambda p: str(p.relative_to(CORE)))
+def test_the_core_never_calls_now_wall_time(path: Path) -> None:
+    # ``now`` is a monotonic clock everywhere in the core (only the injected wall
+    # clock is POSIX time): a docstring that says otherwise misleads an embedder.
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
+            continue
+        text = " ".join((ast.get_docstring(node) or "").split())
+        if isinstance(node, ast.FunctionDef) and node.name == "get_timer":
+            assert "POSIX" not in text and "wall" not in text, f"{path.name}: {node.name}"
+        for claim in re.findall(r"\bnow\b\W{0,4}[^.;]{0,30}", text):
+            assert "POSIX" not in claim and "wall clock" not in claim, f"{path.name}: {claim}"

@@ -94,8 +94,9 @@ class ServerDriver:
     """The server role run as the real loop runs it, on simulated time.
 
     Before an arrival at time t, every timer due at or before t fires (at its own
-    deadline); after each arrival or timer: hash jobs, commit, then the datagrams.
-    The same rule generates the vectors and replays them.
+    deadline); after each arrival or timer, the batch ends (``end_batch``: hash
+    jobs, commit, then the datagrams). The same rule generates the vectors and
+    replays them.
     """
 
     def __init__(self) -> None:
@@ -111,14 +112,10 @@ class ServerDriver:
         self.sent: list[tuple[float, bytes, Address]] = []
 
     def _flush(self) -> None:
-        while jobs := self.server.take_hash_jobs():
-            for job in jobs:
-                self.server.complete_hash_job(job.job_id, job.run(), self.now)
-        self.server.commit()
+        end = self.server.end_batch(self.now, run_hashes=True)
         while self.server.next_event() is not None:
             pass
-        for data, addr in self.server.datagrams_to_send(self.now):
-            self.sent.append((self.now, data, addr))
+        self.sent.extend((self.now, data, addr) for data, addr in end.datagrams)
 
     def advance(self, until: float) -> None:
         """Fire every timer due at or before ``until``."""

@@ -6,8 +6,9 @@ every ``interval`` seconds. A :class:`TokenBucket` spends one budget; a
 session) and forgets buckets that have refilled, so that its memory stays bounded
 by the keys that were active recently.
 
-Everything takes ``now`` (POSIX seconds) from the caller: nothing here reads a
-clock. A clock that steps backwards refills nothing and spends normally.
+Everything takes ``now`` (a monotonic clock, seconds) from the caller: nothing
+here reads a clock. A clock that steps backwards refills nothing and spends
+normally.
 """
 
 from __future__ import annotations

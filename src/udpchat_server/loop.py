@@ -3,14 +3,16 @@
 Each turn:
 
 1. wait on the socket (and a wake-up socket) until the core's next timer;
-2. drain what has arrived (non-blocking reads, at most :data:`BATCH` datagrams) and
-   feed it all, with the password hashes finished by the worker threads, then fire
-   the timers that are due;
-3. start the new password hash jobs on the worker threads;
-4. log the core's events;
-5. commit the store once if anything was written (``ChatServer.commit``);
-6. only then send what the core has to send: no acknowledgement ever leaves before
-   what it acknowledges is durable.
+2. in a cluster, act on what the other nodes said (between batches: their news
+   never rides on, nor is lost with, a batch of this node's);
+3. drain what has arrived (non-blocking reads, at most :data:`BATCH` datagrams) and
+   feed it all, with the control socket's requests;
+4. end the batch (``ChatServer.end_batch``): the password hashes finished by the
+   worker threads go back in, the due timers fire, the store is committed once if
+   anything was written, and only then does the core give the datagrams to send,
+   so no acknowledgement ever leaves before what it acknowledges is durable;
+5. start the new password hash jobs on the worker threads, log the core's events;
+6. publish the batch's news to the other nodes, and send the datagrams.
 
 When the store cannot commit (a full disk), the core answers that batch's requests
 ``unavailable`` and the loop goes on: it logs one line naming the cause (at most
@@ -44,6 +46,7 @@ from udpchat_proto.chat import (
     ChatServer,
     ClientConnected,
     ClientDisconnected,
+    ClusterNews,
     HashJob,
     ServerEvent,
     Store,
@@ -258,6 +261,11 @@ class ServerLoop:
     def _turn(self) -> None:
         server = self._server
         now = self._clock()
+        if self._bus is not None:
+            try:
+                self._hear(self._bus, now)
+            except Exception:  # a bug there must cost the news, never the server
+                log.exception("acting on the cluster's news")
         for _ in range(BATCH):
             try:
                 data, addr = self._sock.recvfrom(MAX_DATAGRAM)
@@ -273,47 +281,43 @@ class ServerLoop:
                 server.receive_datagram(data, (addr[0], addr[1]), now)
             except Exception:
                 log.exception("the core raised on a datagram from %s:%s", addr[0], addr[1])
+        operator = self._operator
+        if operator is not None:
+            operator.run_requests(now)  # steps of this batch: answered once it commits
+        done: list[tuple[int, bytes | None]] = []
         while True:
             try:
-                job_id, digest = self._done.get_nowait()
-                self._hashing -= 1
+                done.append(self._done.get_nowait())
             except queue.Empty:
                 break
-            if digest is not None:
-                server.complete_hash_job(job_id, digest, now)
-            else:  # the job raised (logged): its client is answered, its slot freed
-                server.abandon_hash_job(job_id, now)
-        timer = server.get_timer()
-        if timer is not None and timer <= now:
-            # Clamp to the deadline: the wait may end a hair before it (as aioquic does).
-            server.handle_timer(max(timer, now))
-        for job in server.take_hash_jobs(limit=self._workers - self._hashing):
+            self._hashing -= 1
+        # A job that raised (logged) comes back as None: its client is answered
+        # internal, its slot freed.
+        end = server.end_batch(
+            now,
+            hash_results=done,
+            hash_slots=self._workers - self._hashing,
+            stopwatch=time.perf_counter,
+        )
+        for job in end.hash_jobs:
             self._hashing += 1
             self._start(job)
         while (event := server.next_event()) is not None:
             log.debug("%s", describe(event))  # a line per connection event: debug only
         self._report(server)
-        operator = self._operator
+        if end.committed:
+            self.commits += 1
+            self._store_recovered()
+        elif end.failure is not None:
+            self._store_failed(end.failure)
         if operator is not None:
-            operator.run_requests(now)
-        failure, took = None, None
-        if server.writes_pending:
-            started = time.perf_counter()
-            failure = server.commit()
-            took = time.perf_counter() - started
-            if failure is None:
-                self.commits += 1
-                self._store_recovered()
-            else:
-                self._store_failed(failure)
-        if operator is not None:
-            operator.batch_done(failure, took)
+            operator.batch_done(end.failure, end.commit_seconds)
             if now >= self._metrics_at:
                 self._metrics_at = now + METRICS_INTERVAL
                 operator.update_metrics(self.counters)
         if self._bus is not None:
-            self._cluster_turn(self._bus, now)
-        for data, addr in server.datagrams_to_send(now):
+            self._tell(self._bus, end.news, now)
+        for data, addr in end.datagrams:
             try:
                 self._sock.sendto(data, addr)
                 self.datagrams_sent += 1
@@ -326,26 +330,11 @@ class ServerLoop:
 
     # --- the cluster's bus ------------------------------------------------------------
 
-    def _cluster_turn(self, bus: NatsBus, now: float) -> None:
-        """Between batches: act on what the other nodes said (its effects must not
-        ride on this node's batch, which may yet be lost), then tell them what
-        this node's batches changed."""
-        try:
-            self._hear(bus, now)
-        except Exception:  # a bug there must cost the news, never the server
-            log.exception("acting on the cluster's news")
-        if self._server.writes_pending:  # (acting on news writes nothing, as a rule)
-            failure = self._server.commit()
-            if failure is None:
-                self.commits += 1
-            else:
-                self._store_failed(failure)
-        self._tell(bus, now)
-
     def _hear(self, bus: NatsBus, now: float) -> None:
-        """Act on what the other nodes said; expire the silent ones; look in the
-        database for everyone after a gap of the bus, every few seconds while it is
-        away, and now and then regardless."""
+        """Act on what the other nodes said (between batches: what it sends goes
+        out with this turn, whatever becomes of the batch); expire the silent
+        ones; look in the database for everyone after a gap of the bus, every few
+        seconds while it is away, and now and then regardless."""
         from .bus import News, Snapshot  # noqa: PLC0415 (nats-py: optional)
 
         server = self._server
@@ -369,18 +358,15 @@ class ServerLoop:
         else:
             self._next_look = min(self._next_look, now + interval)
 
-    def _tell(self, bus: NatsBus, now: float) -> None:
-        """Tell the other nodes what the committed batch changed, and who is online
-        here every few seconds."""
-        server = self._server
-        news = server.take_news()
+    def _tell(self, bus: NatsBus, news: ClusterNews, now: float) -> None:
+        """Tell the other nodes what the committed batch changed (this node pushed
+        its own messages already: ``ChatServer.committed``), and who is online here
+        every few seconds."""
         if news:
             bus.publish(news)
-            if news.users:  # this node too pushes from the database (no live pushes)
-                server.deliver_hints(list(news.users), now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
-            bus.heartbeat(server.online_here())
+            bus.heartbeat(self._server.online_here())
 
     # --- what operators see -----------------------------------------------------------
 

@@ -16,7 +16,6 @@ import pytest
 
 from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.config import ServerConfig
-from udpchat_proto.chat.connection import ChatConnection
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import ScryptParams
 from udpchat_proto.chat.requests import RefusedError
@@ -77,27 +76,25 @@ REFUSAL = "no\x1b]0;owned\x07 \u202eyes\u202c\u2028\nerror: forged \x9b2J"
 REFUSAL_SHOWN = "no\\x1b]0;owned\\x07 \\u202eyes\\u202c error: forged \\x9b2J"
 
 
-class HostileServer(ChatServer):
-    """A server whose refusals carry controls, bidi overrides and line breaks."""
+class HostileStore(MemoryStore):
+    """The store of a server whose refusals carry controls, bidi overrides and line
+    breaks: what ``history`` and ``message_status`` read is refused, in its words
+    (a handler's refusal: the server answers it as it is)."""
 
-    def _on_get_history(
-        self, connection: ChatConnection, request: m.GetHistory, now: float
-    ) -> None:
+    def history(self, *args: Any, **kwargs: Any) -> list[m.ChatMessage]:
         raise RefusedError(ErrorCode.NOT_FRIENDS, REFUSAL)
 
-    def _on_get_message_status(
-        self, connection: ChatConnection, request: m.GetMessageStatus, now: float
-    ) -> None:
+    def get_message(self, *args: Any, **kwargs: Any) -> Any:
         raise RefusedError(ErrorCode.UNKNOWN_MESSAGE, REFUSAL)
 
 
 @pytest.fixture
 def hostile() -> Iterator[str]:
     """A hostile server on loopback: its ``HOST:PORT``."""
-    store = MemoryStore()
+    store = HostileStore()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
-    server = HostileServer(
+    server = ChatServer(
         store=store,
         static_key=ServerKey.generate(SeededRandomSource(7)),
         clock=time.time,

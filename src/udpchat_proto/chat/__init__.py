@@ -9,10 +9,24 @@ store, and the server's configuration. The modules behind it:
 ``codec``           messages to bytes and back (one cattrs converter)
 ``validation``      the rules for names, passwords and text
 ``client``          :class:`ClientConnection`, the client role
-``server``          :class:`ChatServer`: routing and the request handlers
-``connection``      one server connection's state and its table
+``server``          :class:`ChatServer`: the server role, built of parts
+``handlers``        the request handlers, one unit per concept
+``dispatch``        a payload's way to its handler; the registry of routes
+``connection``      one server connection's state and its state table
+``connections``     the connection table (by id, user and session)
+``batch``           what a batch holds until it is durable; :class:`BatchEnd`
+``outbox``          answers and pushes, held with the batch or sent
+``sessions``        connections' login sessions, their end, closes
+``presence``        who is online, and telling their friends
+``deliveries``      filling the delivery windows from the store; cursors
 ``delivery``        a connection's delivery window (backlog, live, refill)
+``hashing``         the password hashes of requests, within their caps
 ``password_jobs``   password hashes as jobs run off the loop
+``timers``          the server's own named deadlines
+``limits``          the rate limits per user and per address
+``caches``          the friend sets of online users
+``cluster``         one node of several: news out and in (``remote``)
+``admin``           the operator's actions on accounts
 ``login_budgets``   the budgets of wrong passwords (per address, per user)
 ``stats``           the server's counters
 ``config``          :class:`ServerConfig`, every limit and its reason
@@ -26,6 +40,7 @@ store, and the server's configuration. The modules behind it:
 from __future__ import annotations
 
 from . import messages
+from .batch import BatchEnd
 from .client import ClientConnection, ClientState
 from .cluster import HEARTBEAT_INTERVAL, MAX_NODE_USERS, MAX_NODES, NODE_TIMEOUT
 from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
@@ -92,6 +107,7 @@ __all__ = [
     "TOKEN_SIZE",
     "Account",
     "Acknowledgement",
+    "BatchEnd",
     "ChatServer",
     "ClientConnected",
     "ClientConnection",

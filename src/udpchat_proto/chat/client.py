@@ -237,7 +237,7 @@ class ClientConnection:
         """Start the handshake.
 
         Args:
-            now: the wall clock (POSIX seconds).
+            now: a monotonic clock, seconds (``time.monotonic()``).
 
         Raises:
             LocalProtocolError: already connecting, connected or closed.
@@ -260,7 +260,7 @@ class ClientConnection:
         included).
 
         Args:
-            now: the wall clock (POSIX seconds).
+            now: a monotonic clock, seconds (``time.monotonic()``).
         """
         self._flush_acks()
         datagrams: list[tuple[bytes, Address]] = self._transport.datagrams_to_send(now)

@@ -1,11 +1,7 @@
 """The chat-level state of one server connection, and its state table.
 
-States (``docs/STATES.md``)::
-
-    ANONYMOUS --LOGIN--> LOGGED_IN --LOGOUT--> ANONYMOUS
-    ANONYMOUS --HASH_STARTED--> ANONYMOUS_HASHING --HASH_DONE--> ANONYMOUS
-    LOGGED_IN --HASH_STARTED--> LOGGED_IN_HASHING --HASH_DONE--> LOGGED_IN
-    any --CLOSE--> CLOSING
+The table is :data:`MACHINE`; ``docs/STATES.md`` draws it ("server connection"),
+generated from it by ``tools/state_diagrams.py``. The states:
 
 * **ANONYMOUS**: only ``register``, ``login`` and ``resume`` are allowed.
 * **LOGGED_IN**: acts as the user of one login session.

@@ -6,10 +6,8 @@ The store holds, for each login session, the messages it has not acknowledged
 does the I/O (reads the store, sends the pushes). It is pure: it is tested with
 literal inputs.
 
-States (``docs/STATES.md``)::
-
-    IDLE --START--> BACKLOG --CAUGHT_UP--> LIVE --FELL_BEHIND--> BACKLOG
-    BACKLOG | LIVE --STOP--> IDLE
+The table is :data:`MACHINE`; ``docs/STATES.md`` draws it ("delivery window"),
+generated from it by ``tools/state_diagrams.py``. The states that matter:
 
 * **BACKLOG**: the session has messages in the store that are not in flight here.
   The server refills from the store (oldest first) whenever at most half the

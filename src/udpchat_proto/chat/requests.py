@@ -1,9 +1,10 @@
-"""What the request handlers are built with: their registry, refusals, helpers.
+"""What the request handlers are built with: routes, refusals, small helpers.
 
-A handler is a method decorated ``@handles(RequestClass)`` (see
-:mod:`udpchat_proto.chat.handlers`); :data:`HANDLERS` maps each request class of
-the catalogue to its one handler, and a handler refuses a request by raising
-:class:`RefusedError` (the core answers it with an ``error`` response).
+A handler unit (:mod:`udpchat_proto.chat.handlers`) answers the requests of one
+concept; it lists them with :func:`route`, one :class:`Route` per request class
+(``routes()``), and the dispatch (:mod:`udpchat_proto.chat.dispatch`) runs each
+request through its route. A handler refuses a request by raising
+:class:`RefusedError`: the dispatch answers it with an ``error`` response.
 """
 
 from __future__ import annotations
@@ -12,31 +13,88 @@ import datetime
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 
 from ..errors import DecodeError, ErrorCode
-from ..transport import Address, ConnectionId
 from . import messages as m
 from .codec import decode
-from .connection import ChatConnectionState, Queued, Refusal
-from .store import Receipt, StoreUnavailableError
+from .connection import ChatConnection, Refusal
+from .password_jobs import PendingJob
+from .store import StoreUnavailableError
 from .validation import SESSION_ID_SIZE
 
 __all__ = [
-    "HANDLERS",
-    "WRITES_ONCE",
-    "ConnectionInfo",
+    "Finisher",
+    "Handler",
     "RefusedError",
-    "handles",
+    "Route",
     "read_payload",
-    "receipt_pushes",
+    "route",
     "session_id",
     "token_hash",
     "unavailable_message",
+    "user_of",
     "utc_from_posix",
 ]
+
+Handler = Callable[[ChatConnection, Any, float], None]
+"""A request's handler: ``(connection, request, now)``. Each takes its own request
+class; :func:`route` ties the two together for the type checker."""
+
+Finisher = Callable[[ChatConnection, PendingJob, bytes, float], None]
+"""The second half of a request that hashed a password: ``(connection, job,
+digest, now)``, run as a step of its own when the digest comes back."""
+
+_R = TypeVar("_R", bound=m.Request)
+
+
+@attrs.frozen
+class Route:
+    """How the server runs one request class.
+
+    An *answered* request is queued behind its connection's earlier ones (and a
+    password hash), refused ``not_logged_in`` before a login unless
+    ``before_login``, and run as one atomic step: its writes and its output all
+    happen or none do. An unanswered one (``ack_delivery``) is run at once, with
+    no answer whatever happens.
+    """
+
+    request_type: type[m.Request]
+    handler: Handler
+    answered: bool = True
+    before_login: bool = False
+    """Allowed on an anonymous connection (register, login, resume)."""
+    writes_once: bool = False
+    """The handler makes at most one store write, as the last step that can fail:
+    a failure leaves nothing half-written, so (on a single server) it runs without
+    a savepoint, two statements less a request."""
+
+
+def route(
+    request_type: type[_R],
+    handler: Callable[[ChatConnection, _R, float], None],
+    *,
+    answered: bool = True,
+    before_login: bool = False,
+    writes_once: bool = False,
+) -> Route:
+    """The :class:`Route` of ``request_type`` to ``handler`` (which must take that
+    request class: the type checker sees to it)."""
+    return Route(
+        request_type=cast("type[m.Request]", request_type),  # (a union: mypy cannot see it)
+        handler=handler,
+        answered=answered,
+        before_login=before_login,
+        writes_once=writes_once,
+    )
+
+
+def user_of(connection: ChatConnection) -> str:
+    """The user a logged-in connection acts as (handlers of logged-in requests)."""
+    assert connection.username is not None  # (the dispatch refused it otherwise)
+    return connection.username
 
 
 def token_hash(token: bytes) -> bytes:
@@ -61,82 +119,11 @@ def utc_from_posix(now: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
 
 
-def receipt_pushes(receipts: list[Receipt]) -> list[m.DeliveryReceipts]:
-    """What tells a sender that these messages of theirs were delivered: one push
-    for many (a receipt is a small part of a packet, a push each would cost a
-    packet each), within the list limit."""
-    records = [
-        m.DeliveryReceipt(
-            message_id=receipt.message_id,
-            to=receipt.recipient,
-            delivered_at=utc_from_posix(receipt.delivered_at),
-        )
-        for receipt in receipts
-    ]
-    return [
-        m.DeliveryReceipts(receipts=tuple(records[start : start + RECEIPTS_PER_PUSH]))
-        for start in range(0, len(records), RECEIPTS_PER_PUSH)
-    ]
-
-
-RECEIPTS_PER_PUSH: Final = 500
-"""Most receipts in one push (about 60 bytes each, well within a message)."""
-
-
-HANDLERS: Final[dict[type[m.AnsweredRequest], str]] = {}
-"""Each request class and the name of the :class:`ChatServer` method that answers
-it, filled by ``@handles`` where each handler is defined (a test checks that every
-request of the catalogue has exactly one)."""
-
-WRITES_ONCE: Final[set[type[m.AnsweredRequest]]] = set()
-"""The request classes whose handler makes at most one store write, as the last step
-that can fail: they run without a savepoint (two statements less a request)."""
-
-_Handler = TypeVar("_Handler", bound=Callable[..., None])
-
-
-def handles(
-    request_type: type[m.AnsweredRequest], *, writes_once: bool = False
-) -> Callable[[_Handler], _Handler]:
-    """Register the decorated method as the handler of ``request_type``.
-
-    Args:
-        request_type: the request class it answers.
-        writes_once: it makes at most one store write, and nothing after that write
-            can fail, so a failure leaves nothing half-written without a savepoint
-            (see :data:`WRITES_ONCE`).
-    """
-
-    def register(handler: _Handler) -> _Handler:
-        if request_type in HANDLERS:
-            raise TypeError(f"two handlers for {request_type.__name__}")
-        HANDLERS[request_type] = handler.__name__
-        if writes_once:
-            WRITES_ONCE.add(request_type)
-        return handler
-
-    return register
-
-
-@attrs.frozen(kw_only=True)
-class ConnectionInfo:
-    """One connection, as :meth:`ServerCore.connection_info` reports it."""
-
-    connection_id: ConnectionId
-    address: Address
-    """Where its packets come from now."""
-    state: ChatConnectionState
-    username: str | None
-    """Whom it acts as (logged in), or None."""
-
-
-def read_payload(
-    payload: bytes, decode_errors: Counter[str]
-) -> Queued | m.AcknowledgeDelivery | str:
-    """What a client's payload asks for: a request; or, when it does not decode but
-    is a request whose id can be read, its refusal (answered in its turn, as the
-    request would have been); or an acknowledgement. A str instead says why the
-    payload is a protocol violation: it is not answered.
+def read_payload(payload: bytes, decode_errors: Counter[str]) -> m.Request | Refusal | str:
+    """What a client's payload asks for: a request (an acknowledgement too); or,
+    when it does not decode but is a request whose id can be read, its refusal
+    (answered in its turn, as the request would have been). A str instead says why
+    the payload is a protocol violation: it is not answered.
 
     Args:
         payload: one application message from a client.
@@ -162,6 +149,3 @@ class RefusedError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-# --- the server ------------------------------------------------------------------------------

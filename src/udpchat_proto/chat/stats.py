@@ -65,3 +65,13 @@ class ServerStats:
     """The latest store failure, for logging."""
     last_internal_error: BaseException | None = attrs.field(default=None, eq=False)
     """The latest such exception, for logging."""
+
+    def note_store_failure(self, failure: StoreUnavailableError) -> None:
+        """Count a store call or commit that failed (the store cannot work now)."""
+        self.store_failures += 1
+        self.last_store_failure = failure
+
+    def note_internal_error(self, exc: BaseException) -> None:
+        """Count an unexpected exception (a bug, or a store that broke)."""
+        self.internal_errors += 1
+        self.last_internal_error = exc

@@ -1,12 +1,7 @@
 """The connection state machine and the named timers (h11 ``_state.py`` style).
 
-States::
-
-    INITIAL --CONNECT--> HANDSHAKE --HANDSHAKE_DONE--> ESTABLISHED
-    HANDSHAKE --TIMEOUT | KEY_MISMATCH | CLOSE_LOCAL--> CLOSED
-    ESTABLISHED --CLOSE_LOCAL | VIOLATION--> CLOSING --CLOSE_TIMER--> CLOSED
-    ESTABLISHED | CLOSING --CLOSE_RECEIVED--> DRAINING --CLOSE_TIMER--> CLOSED
-    ESTABLISHED --TIMEOUT--> CLOSED
+The table is :data:`TRANSITIONS`; ``docs/STATES.md`` draws it ("transport
+connection"), generated from it by ``tools/state_diagrams.py``.
 
 A client starts in INITIAL; a server connection is born in HANDSHAKE (half-open:
 response sent, the client's first packet not yet seen). CLOSING sends a CLOSE

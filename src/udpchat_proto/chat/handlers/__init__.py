@@ -1,26 +1,28 @@
-"""The chat server's request handlers, one module per concept.
+"""The chat server's request handlers, one unit per concept.
 
-Each handler is a method decorated ``@handles(RequestClass)`` on a class built on
-:class:`~udpchat_proto.chat.core.ServerCore`; :class:`~udpchat_proto.chat.server.ChatServer`
-inherits them all, and the registry (``core.HANDLERS``) maps each request class of
-the catalogue to its one handler. Adding a request type touches its message class,
-its handler here, the client's command method and the CLI command: nothing else.
+Each unit is a class built with the parts of the server it uses (its
+constructor's arguments say what it depends on) and lists the requests it answers
+in ``routes()``, one :class:`~udpchat_proto.chat.requests.Route` per request
+class, each to a method of its own; the units whose requests hash a password also
+list, in ``finishers()``, what runs when the hash is done.
+:class:`~udpchat_proto.chat.server.ChatServer` builds them and hands their routes
+to the dispatch (:mod:`udpchat_proto.chat.dispatch`).
 """
 
 from __future__ import annotations
 
-from .account_changes import AccountChangeRequests
-from .accounts import AccountRequests
-from .blocking import BlockRequests
-from .friends import FriendRequests
-from .messages import MessageRequests
-from .rooms import RoomRequests
+from .account_changes import AccountChangeHandlers
+from .accounts import AccountHandlers
+from .blocking import BlockHandlers
+from .friends import FriendHandlers
+from .messages import MessageHandlers
+from .rooms import RoomHandlers
 
 __all__ = [
-    "AccountChangeRequests",
-    "AccountRequests",
-    "BlockRequests",
-    "FriendRequests",
-    "MessageRequests",
-    "RoomRequests",
+    "AccountChangeHandlers",
+    "AccountHandlers",
+    "BlockHandlers",
+    "FriendHandlers",
+    "MessageHandlers",
+    "RoomHandlers",
 ]

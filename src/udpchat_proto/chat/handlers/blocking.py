@@ -15,22 +15,57 @@ blocker's messages and real presence. Unblocking tells the other side nothing.
 
 from __future__ import annotations
 
+from ...clock import WallClock
 from ...errors import ErrorCode
 from .. import messages as m
+from ..caches import Caches
+from ..config import ServerConfig
 from ..connection import ChatConnection
-from ..core import ServerCore
-from ..requests import RefusedError, handles
+from ..outbox import Outbox
+from ..requests import RefusedError, Route, route, user_of
+from ..store import Store
 from ..validation import LIST_MAX
 
-__all__ = ["BlockRequests"]
+__all__ = ["BlockHandlers"]
 
 
-class BlockRequests(ServerCore):
-    """Handlers of block, unblock and list_blocked."""
+class BlockHandlers:
+    """Handlers of block, unblock and list_blocked.
 
-    @handles(m.Block)
-    def _on_block(self, connection: ChatConnection, request: m.Block, now: float) -> None:
-        me, other = self._me(connection), request.username
+    Args:
+        store: blocks, friendships and invitations.
+        outbox: where answers and pushes go.
+        caches: the friend sets, forgotten when a block ends a friendship.
+        config: the cap on blocks.
+        clock: the wall clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        outbox: Outbox,
+        caches: Caches,
+        config: ServerConfig,
+        clock: WallClock,
+    ) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._caches = caches
+        self._config = config
+        self._clock = clock
+
+    def routes(self) -> list[Route]:
+        """The requests these handlers answer."""
+        return [
+            route(m.Block, self.block),
+            route(m.Unblock, self.unblock),
+            route(m.ListBlocked, self.list_blocked),
+        ]
+
+    def block(self, connection: ChatConnection, request: m.Block, now: float) -> None:
+        """``block``: ends a friendship and the invitations either way."""
+        me, other = user_of(connection), request.username
         if other == me:
             raise RefusedError(ErrorCode.BAD_REQUEST, "you cannot block yourself")
         # Any valid name, with an account or not (the answer tells nobody which);
@@ -43,26 +78,26 @@ class BlockRequests(ServerCore):
         # blocker goes silently (it was never to be shown).
         pushes: list[m.Push] = []
         if self._store.delete_friendship(me, other):
-            self._friendship_changed(me, other)
+            self._caches.friendship_changed(me, other)
             pushes.append(m.Unfriended(by_user=me))
         if self._store.delete_invitation(me, other):
             pushes.append(m.InvitationCancelled(by_user=me))
         self._store.delete_invitation(other, me)
-        self._reply(connection, m.Ok(request_id=request.request_id))
+        self._outbox.reply(connection, m.Ok(request_id=request.request_id))
         for push in pushes:
-            self._push_to_user(other, push)
+            self._outbox.push_to_user(other, push)
 
-    @handles(m.Unblock)
-    def _on_unblock(self, connection: ChatConnection, request: m.Unblock, now: float) -> None:
-        me, other = self._me(connection), request.username
+    def unblock(self, connection: ChatConnection, request: m.Unblock, now: float) -> None:
+        """``unblock``: tells the other side nothing."""
+        me, other = user_of(connection), request.username
         if self._store.delete_block(me, other):
             # An invitation they sent while blocked was never to be shown: it goes.
             self._store.delete_invitation(other, me)
-        self._reply(connection, m.Ok(request_id=request.request_id))
+        self._outbox.reply(connection, m.Ok(request_id=request.request_id))
 
-    @handles(m.ListBlocked)
-    def _on_list_blocked(
-        self, connection: ChatConnection, request: m.ListBlocked, now: float
-    ) -> None:
-        blocked = self._store.blocked_by(self._me(connection))[:LIST_MAX]
-        self._reply(connection, m.Blocked(request_id=request.request_id, usernames=tuple(blocked)))
+    def list_blocked(self, connection: ChatConnection, request: m.ListBlocked, now: float) -> None:
+        """``list_blocked``."""
+        blocked = self._store.blocked_by(user_of(connection))[:LIST_MAX]
+        self._outbox.reply(
+            connection, m.Blocked(request_id=request.request_id, usernames=tuple(blocked))
+        )

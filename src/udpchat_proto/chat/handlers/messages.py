@@ -1,31 +1,95 @@
 """Requests about messages: send one (to a friend or a room), read a conversation's
-history, ask whether a direct message was delivered.
+history, ask whether a direct message was delivered; and the acknowledgement of
+a delivery.
 
-Delivery itself (windows, refill, acknowledgement) is the core's: every
-connection of every recipient needs it, whatever request stored the message.
+Delivery itself (windows, refill, acknowledgement) is
+:class:`~udpchat_proto.chat.deliveries.Deliveries`': every connection of every
+recipient needs it, whatever request stored the message.
 """
 
 from __future__ import annotations
 
+from ...clock import WallClock
 from ...errors import ErrorCode
 from .. import messages as m
+from ..batch import Batch
+from ..caches import Caches
+from ..config import ServerConfig
 from ..connection import ChatConnection
-from ..core import ServerCore
-from ..requests import RefusedError, handles, utc_from_posix
-from ..store import stored_size
+from ..connections import ConnectionTable
+from ..deliveries import Deliveries
+from ..limits import Limits
+from ..lookups import require_member
+from ..outbox import Outbox
+from ..presence import Presence
+from ..requests import RefusedError, Route, route, user_of, utc_from_posix
+from ..stats import ServerStats
+from ..store import Store, WriteTrackingStore, stored_size
 from ..validation import is_room
 
-__all__ = ["MessageRequests"]
+__all__ = ["MessageHandlers"]
 
 
-class MessageRequests(ServerCore):
-    """Handlers of send_message, get_history and get_message_status."""
+class MessageHandlers:
+    """Handlers of send_message, get_history, get_message_status and ack_delivery.
 
-    @handles(m.SendMessage, writes_once=True)
-    def _on_send_message(
-        self, connection: ChatConnection, request: m.SendMessage, now: float
+    Args:
+        store: messages, rooms, friendships.
+        tracker: the acknowledgements that wait to be written.
+        connections: the recipients' connections here.
+        outbox: where answers go.
+        deliveries: pushes a new message, takes acknowledgements.
+        presence: whether a recipient is online.
+        caches: friendship, without a read per message.
+        batch: the delivery hints of a cluster.
+        limits: messages per sender.
+        stats: counts messages.
+        config: the quota and caps; whether this is a cluster's node.
+        clock: the wall clock (a message's time).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        tracker: WriteTrackingStore,
+        connections: ConnectionTable,
+        outbox: Outbox,
+        deliveries: Deliveries,
+        presence: Presence,
+        caches: Caches,
+        batch: Batch,
+        limits: Limits,
+        stats: ServerStats,
+        config: ServerConfig,
+        clock: WallClock,
     ) -> None:
-        me = self._me(connection)
+        self._store = store
+        self._tracker = tracker
+        self._connections = connections
+        self._outbox = outbox
+        self._deliveries = deliveries
+        self._presence = presence
+        self._caches = caches
+        self._batch = batch
+        self._limits = limits
+        self._stats = stats
+        self._config = config
+        self._clock = clock
+
+    def routes(self) -> list[Route]:
+        """The requests these handlers answer (and the one they take unanswered)."""
+        return [
+            # The one write is the step's last fallible act: no savepoint needed.
+            route(m.SendMessage, self.send_message, writes_once=True),
+            route(m.GetHistory, self.get_history),
+            route(m.GetMessageStatus, self.get_message_status),
+            route(m.AcknowledgeDelivery, self._deliveries.acknowledge, answered=False),
+        ]
+
+    def send_message(self, connection: ChatConnection, request: m.SendMessage, now: float) -> None:
+        """``send_message``: store it, answer, push it to its recipients' connections."""
+        me = user_of(connection)
         try:
             recipients = self._admit(me, request, now)
         except RefusedError:
@@ -49,9 +113,9 @@ class MessageRequests(ServerCore):
             if self._answered_as_retry(connection, me, request):
                 return
             raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use") from None
-        self._message_rate.spend(me, now=now)
-        self.stats.messages_accepted += 1
-        self._reply(
+        self._limits.message_rate.spend(me, now=now)
+        self._stats.messages_accepted += 1
+        self._outbox.reply(
             connection,
             m.MessageAccepted(
                 request_id=request.request_id, message_id=message.id, sent_at=message.sent_at
@@ -61,16 +125,15 @@ class MessageRequests(ServerCore):
             # Every node, this one included, pushes from the database once the
             # batch is durable (see cluster.py): a live push from memory could pass
             # an earlier seq that another node committed and has not hinted yet.
-            self._hints.update(dict.fromkeys((*recipients, me)))
+            self._batch.hint([*recipients, me])
             return
         for recipient in recipients:
-            for connection_id in self._by_user.get(recipient, ()):
-                self._deliver_new(self._connections[connection_id], message)
+            for other in self._connections.connections_of(recipient):
+                self._deliveries.deliver_new(other, message)
         # The sender's other devices show it too (not the one it came from).
-        for connection_id in self._by_user.get(me, ()):
-            other = self._connections[connection_id]
+        for other in self._connections.connections_of(me):
             if other.token_hash != connection.token_hash:
-                self._deliver_new(other, message)
+                self._deliveries.deliver_new(other, message)
 
     def _admit(self, me: str, request: m.SendMessage, now: float) -> list[str]:
         """The checks a new message passes; its recipients. Refuses what may not be sent."""
@@ -78,10 +141,10 @@ class MessageRequests(ServerCore):
         if is_room(request.to):
             # Joins and leaves of this batch go out first: a member learns that
             # someone joined before it reads what they wrote.
-            self._flush_membership()
+            self._outbox.flush_membership()
         # An online recipient's devices drain what waits: only an offline one can
         # fill up (and counting costs a scan of what waits).
-        if not is_room(request.to) and not self._is_online(request.to):
+        if not is_room(request.to) and not self._presence.is_online(request.to):
             cap = self._config.max_waiting_per_recipient
             if self._store.count_waiting(request.to, cap) >= cap:
                 raise RefusedError(
@@ -89,7 +152,7 @@ class MessageRequests(ServerCore):
                     f"{request.to} has {cap} messages waiting already; try again later",
                 )
         self._check_quota(me, request.text)
-        if not self._message_rate.available(me, now=now):  # (spent once stored)
+        if not self._limits.message_rate.available(me, now=now):  # (spent once stored)
             raise RefusedError(ErrorCode.RATE_LIMITED, "you are sending too fast; slow down")
         return recipients
 
@@ -125,7 +188,7 @@ class MessageRequests(ServerCore):
             return False
         if existing.message.sender != me:
             raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use")
-        self._reply(
+        self._outbox.reply(
             connection,
             m.MessageAccepted(
                 request_id=request.request_id,
@@ -138,38 +201,38 @@ class MessageRequests(ServerCore):
     def _recipients(self, me: str, to: str) -> list[str]:
         """Who receives a message from ``me`` to ``to``; refuses what may not be sent."""
         if is_room(to):
-            self._require_member(me, to)
+            require_member(self._store, me, to)
             members = self._store.room_members(to)
             # A member who blocks the sender is never delivered its room messages (the
             # store leaves them out of its backlog and history too): no live push.
             blockers = frozenset(self._store.blockers_of(me)) if len(members) > 1 else frozenset()
             return [member for member in members if member != me and member not in blockers]
-        if not self._are_friends(me, to):
+        if not self._caches.are_friends(me, to):
             # Whether the name has an account, had one or never had, is nobody's
             # business but its friends': the same answer, and no look-up.
             raise RefusedError(ErrorCode.NOT_FRIENDS, f"you are not friends with {to}")
         return [to]
 
-    @handles(m.GetHistory)
-    def _on_get_history(
-        self, connection: ChatConnection, request: m.GetHistory, now: float
-    ) -> None:
-        me, peer = self._me(connection), request.peer
+    def get_history(self, connection: ChatConnection, request: m.GetHistory, now: float) -> None:
+        """``get_history``: a page of a conversation, newest first."""
+        me, peer = user_of(connection), request.peer
         if is_room(peer):
-            self._require_member(me, peer)
+            require_member(self._store, me, peer)
         # With a user: what the two exchanged, empty for a stranger whether the
         # name has an account, had one (its messages stay readable) or never had.
         messages = self._store.history(me, peer, request.limit, request.before)
-        self._reply(connection, m.History(request_id=request.request_id, messages=tuple(messages)))
+        self._outbox.reply(
+            connection, m.History(request_id=request.request_id, messages=tuple(messages))
+        )
 
-    @handles(m.GetMessageStatus)
-    def _on_get_message_status(
+    def get_message_status(
         self, connection: ChatConnection, request: m.GetMessageStatus, now: float
     ) -> None:
+        """``get_message_status``: whether a direct message was delivered."""
         stored = self._store.get_message(request.message_id)
         # Someone else's message, or a room's, is answered as an unknown one: an id
         # tells nobody but its sender anything.
-        if stored is None or stored.message.sender != self._me(connection):
+        if stored is None or stored.message.sender != user_of(connection):
             raise RefusedError(ErrorCode.UNKNOWN_MESSAGE, "you sent no message with this id")
         if is_room(stored.message.to):
             raise RefusedError(
@@ -182,7 +245,7 @@ class MessageRequests(ServerCore):
             self._tracker.flush_acknowledgements()
             again = self._store.get_message(request.message_id)
             delivered = None if again is None else again.delivered_at
-        self._reply(
+        self._outbox.reply(
             connection,
             m.MessageStatus(
                 request_id=request.request_id,

@@ -1,0 +1,211 @@
+"""What a batch holds back until it is durable, and what it tells the other nodes.
+
+A batch is everything between two commits of the store: the datagrams of one turn
+of the loop, their requests' writes, the hash jobs and timers that finished. Once
+anything is written, every later reply and push is *held* (:class:`Held`) until
+the commit: nothing reports what a lost batch would undo. So are the closes a
+request decides (a revoked session's connections), and the room joins and leaves,
+which go out at the batch's end, coalesced.
+
+Within the batch, each request is a *step*: :meth:`Batch.begin_step` marks where it
+began, and a step that fails gives back what it held since its mark
+(:meth:`Batch.undo_step`). A step that wrote nothing releases its output at once
+(:meth:`Batch.end_step`), unless the batch has earlier writes to wait for.
+
+In a cluster, the batch also collects what the other nodes must hear once it is
+durable (:class:`~udpchat_proto.chat.remote.ClusterNews`): whose messages it
+stored (the hints), pushes for users online elsewhere, sessions that ended.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ..transport import Address, ConnectionId
+from . import messages as m
+from .password_jobs import HashJob
+from .remote import ClusterNews, RemoteSession, RemoteUser
+from .store import StoreUnavailableError, WriteTrackingStore
+
+__all__ = ["Batch", "BatchEnd", "Close", "Held", "StepMark"]
+
+
+@attrs.frozen(kw_only=True)
+class BatchEnd:
+    """What :meth:`ChatServer.end_batch` leaves for the caller to do: write the
+    datagrams, run the hash jobs off the loop, publish the news."""
+
+    datagrams: tuple[tuple[bytes, Address], ...]
+    """To write now, in order (nothing of the batch left before it was durable)."""
+    hash_jobs: tuple[HashJob, ...] = ()
+    """To run off the loop; hand each digest back to the next ``end_batch``
+    (``hash_results``). Empty when the jobs ran inline (``run_hashes``)."""
+    news: ClusterNews = attrs.field(factory=ClusterNews)
+    """For the cluster's other nodes (empty for a single server)."""
+    committed: bool = False
+    """The batch had writes, and they are durable now."""
+    failure: StoreUnavailableError | None = None
+    """The batch had writes and is lost: the store's reason (its answers went out
+    as ``unavailable``)."""
+    commit_seconds: float | None = None
+    """How long the commit took, by the ``stopwatch`` given (None without one, or
+    when nothing was committed)."""
+
+
+@attrs.frozen
+class Held:
+    """A reply or push waiting for its batch's commit."""
+
+    target: ConnectionId | RemoteUser
+    message: m.Response | m.Push
+    payload: bytes
+
+
+Close = tuple[ConnectionId | RemoteSession, str | None]
+"""A connection (or, in a cluster, another node's connections of a session) to
+close once the batch is durable, with the reason its client shows (None: for a
+remote session, log them out only)."""
+
+_Membership = dict[tuple[str, str], tuple[bool, list[str]]]
+
+
+@attrs.frozen
+class StepMark:
+    """Where a step began, to give back what it held if it fails."""
+
+    held: int
+    closes: int
+    membership: _Membership
+
+
+class Batch:
+    """The output and news of the batch in progress.
+
+    Args:
+        tracker: the store wrapper whose ``dirty`` says the batch has written.
+    """
+
+    def __init__(self, tracker: WriteTrackingStore) -> None:
+        self._tracker = tracker
+        self.stepping = False
+        """Inside a request's step: its output waits for the step to complete."""
+        self._held: list[Held] = []
+        self._closes: list[Close] = []
+        self._membership: _Membership = {}
+        """Room joins and leaves, pushed at the batch's end (coalesced)."""
+        self._hints: dict[str, None] = {}
+        """Users whose messages this batch stored (a cluster's delivery hints)."""
+        self._hints_out: list[str] = []
+        """Hints of committed batches, not yet taken for the other nodes."""
+        self._remote_pushes: list[tuple[str, bytes]] = []
+        self._remote_sessions: list[tuple[bytes, str | None]] = []
+
+    @property
+    def holding(self) -> bool:
+        """Whether output waits: the batch has written, or a step is running."""
+        return self._tracker.dirty or self.stepping
+
+    def hold(self, item: Held) -> None:
+        """Keep a reply or push until the commit (or the step's end)."""
+        self._held.append(item)
+
+    def hold_close(self, target: ConnectionId | RemoteSession, reason: str | None) -> None:
+        """Close ``target`` once the batch is durable: a lost batch must not have
+        disconnected anyone."""
+        self._closes.append((target, reason))
+
+    def membership_changed(
+        self, room: str, username: str, *, joined: bool, members: list[str]
+    ) -> None:
+        """Tell ``members`` that ``username`` joined or left ``room``, at the batch's
+        end: a join and a leave of the same room by the same user within one batch
+        cancel out, so churn pipelined into one batch costs no pushes at all."""
+        key = (room, username)
+        pending = self._membership.pop(key, None)
+        if pending is not None and pending[0] is not joined:
+            return  # joined and left (or left and joined) within the batch: nothing
+        self._membership[key] = (joined, members)
+
+    def take_membership(self) -> list[tuple[m.RoomMembershipChanged, list[str]]]:
+        """The joins and leaves to push now, and to whom."""
+        pending, self._membership = self._membership, {}
+        return [
+            (m.RoomMembershipChanged(room=room, username=username, joined=joined), members)
+            for (room, username), (joined, members) in pending.items()
+        ]
+
+    def hint(self, usernames: list[str]) -> None:
+        """These users have new messages in this batch (told once it is durable)."""
+        self._hints.update(dict.fromkeys(usernames))
+
+    # --- steps ----------------------------------------------------------------------
+
+    def begin_step(self) -> StepMark:
+        """A request's step starts: its output is held until :meth:`end_step`."""
+        self.stepping = True
+        return StepMark(
+            held=len(self._held), closes=len(self._closes), membership=dict(self._membership)
+        )
+
+    def end_step(self, mark: StepMark) -> tuple[list[Held], list[Close]]:
+        """The step completed. Returns what it held, to release at once, when the
+        batch has nothing to commit; else nothing (it waits for the commit)."""
+        self.stepping = False
+        if self._tracker.dirty:
+            return [], []
+        done, self._held[mark.held :] = self._held[mark.held :], []
+        closes, self._closes[mark.closes :] = self._closes[mark.closes :], []
+        return done, closes
+
+    def undo_step(self, mark: StepMark) -> list[Held]:
+        """The step failed: forget its closes and room changes; returns what it held
+        (never to be sent: see ``Dispatcher.retract``)."""
+        self.stepping = False
+        del self._closes[mark.closes :]
+        self._membership = mark.membership
+        undone, self._held[mark.held :] = self._held[mark.held :], []
+        return undone
+
+    # --- the batch's end ------------------------------------------------------------
+
+    def release(self) -> tuple[list[Held], list[Close], list[str]]:
+        """The batch is durable: what it held (to send, in order), the closes (to
+        do) and the users it stored messages for (to look for here; also kept for
+        :meth:`take_news`)."""
+        hints = list(self._hints)
+        self._hints_out.extend(hints)
+        self._hints.clear()
+        held, self._held = self._held, []
+        closes, self._closes = self._closes, []
+        return held, closes, hints
+
+    def lose(self) -> list[Held]:
+        """The batch was lost: its closes and hints are dropped; returns what it
+        held (never to be sent as it was)."""
+        self._closes.clear()
+        self._hints.clear()
+        held, self._held = self._held, []
+        return held
+
+    # --- for the other nodes ----------------------------------------------------------
+
+    def push_remote(self, username: str, payload: bytes) -> None:
+        """A push for ``username``'s connections on the other nodes (it was held
+        with this batch, and is durable now)."""
+        self._remote_pushes.append((username, payload))
+
+    def end_remote_session(self, token_hash: bytes, reason: str | None) -> None:
+        """A session that ended, for its connections on the other nodes."""
+        self._remote_sessions.append((token_hash, reason))
+
+    def take_news(
+        self,
+    ) -> tuple[
+        tuple[str, ...], tuple[tuple[str, bytes], ...], tuple[tuple[bytes, str | None], ...]
+    ]:
+        """The hints, remote pushes and ended sessions of the committed batches
+        since the last call (each once)."""
+        users, self._hints_out = tuple(dict.fromkeys(self._hints_out)), []
+        pushes, self._remote_pushes = tuple(self._remote_pushes), []
+        sessions, self._remote_sessions = tuple(self._remote_sessions), []
+        return users, pushes, sessions

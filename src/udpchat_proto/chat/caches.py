@@ -1,0 +1,109 @@
+"""What the server remembers of the store to spare it a query per message: the
+friends of the users online here.
+
+A set is read once and kept while its user is online (so memory stays bounded by
+who is connected), and forgotten when it may be wrong: a friendship write forgets
+both users' sets; a failed step or a lost batch forgets them all, since they may
+hold what was rolled back. In a cluster, the users whose sets changed are told to
+the other nodes, once the batch is durable, so that they forget theirs too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .config import ServerConfig
+from .connections import ConnectionTable
+from .store import Store, WriteTrackingStore
+
+__all__ = ["Caches"]
+
+
+class Caches:
+    """The friend sets of online users.
+
+    Args:
+        store: where friendships are read.
+        tracker: whether the batch has written (only what is committed is kept).
+        connections: who is online here.
+        config: whether this server is a node of a cluster.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        tracker: WriteTrackingStore,
+        connections: ConnectionTable,
+        config: ServerConfig,
+    ) -> None:
+        self._store = store
+        self._tracker = tracker
+        self._connections = connections
+        self._cluster = config.cluster
+        self._friend_sets: dict[str, frozenset[str]] = {}
+        self._forget: dict[str, None] = {}
+        """Users whose cached state the other nodes must drop (a cluster's)."""
+
+    def friends_of(self, username: str) -> frozenset[str]:
+        """The friends of ``username`` (cached while they are online here)."""
+        friends = self._friend_sets.get(username)
+        if friends is None:
+            friends = frozenset(self._store.friends_of(username))
+            if self._connections.is_here(username):  # memory stays bounded
+                self._friend_sets[username] = friends
+        return friends
+
+    def are_friends(self, me: str, other: str) -> bool:
+        """Whether ``me`` and ``other`` are friends."""
+        return other in self.friends_of(me)
+
+    def friends_of_everyone_here(self) -> dict[str, frozenset[str]]:
+        """The friends of every user connected here: the cached sets, and one read
+        (:meth:`Store.friends_of_many`) for those not cached, which are kept as
+        :meth:`friends_of` keeps them."""
+        here = self._connections.users()
+        missing = [username for username in here if username not in self._friend_sets]
+        loaded = self._store.friends_of_many(missing) if missing else {}
+        sets: dict[str, frozenset[str]] = {}
+        for username in here:
+            friends = self._friend_sets.get(username)
+            if friends is None:
+                friends = frozenset(loaded.get(username, ()))
+                if not self._tracker.dirty:  # (only what is committed is cached)
+                    self._friend_sets[username] = friends
+            sets[username] = friends
+        return sets
+
+    def friendship_changed(self, a: str, b: str) -> None:
+        """``a`` and ``b`` became friends or stopped being friends."""
+        self._friend_sets.pop(a, None)
+        self._friend_sets.pop(b, None)
+        if self._cluster:  # the other nodes' sets too, once durable
+            self._forget.update({a: None, b: None})
+
+    def account_deleted(self, username: str) -> None:
+        """``username``'s account is gone: the other nodes forget it too."""
+        if self._cluster:
+            self._forget[username] = None
+
+    def forget_user(self, username: str) -> None:
+        """Drop what is cached of ``username`` (offline here, or ended)."""
+        self._friend_sets.pop(username, None)
+
+    def forget_users(self, usernames: Iterable[str]) -> None:
+        """Drop what is cached of these users (another node said it changed)."""
+        for username in usernames:
+            self._friend_sets.pop(username, None)
+
+    def forget_all(self) -> None:
+        """Drop every set: they may hold what a failed step or lost batch undid."""
+        self._friend_sets.clear()
+
+    def take_forget(self) -> tuple[str, ...]:
+        """The users whose caches the other nodes must drop, once nothing of this
+        node is uncommitted (what a node reads again must be committed); else ()."""
+        if self._tracker.dirty:
+            return ()
+        forget, self._forget = tuple(self._forget), {}
+        return forget

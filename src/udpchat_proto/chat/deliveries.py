@@ -1,0 +1,248 @@
+"""Delivering stored messages to every connection of their recipients.
+
+Each login session has a cursor per conversation in the store. Each logged-in
+connection has a window (:class:`~udpchat_proto.chat.delivery.DeliveryWindow`) of
+at most ``delivery_window`` pushed but unacknowledged messages; it is filled from
+:meth:`~udpchat_proto.chat.store.Store.pending_deliveries` (oldest first) and
+topped up as acknowledgements arrive. A connection that has sent its whole backlog
+is *caught up*: new messages are pushed to it at once; otherwise they wait their
+turn in the store, which keeps every connection's pushes in store order.
+
+An acknowledgement frees room at once; the cursor's move waits in memory
+(:data:`CURSOR_WRITE_DELAY`) until a batch that writes anyway carries it, or the
+timer writes it. Once durable, the senders of direct messages are told their
+delivery (``delivery_receipts``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..clock import WallClock
+from ..transport import ConnectionId
+from . import messages as m
+from .connection import ChatConnection
+from .connections import ConnectionTable
+from .outbox import Outbox
+from .presence import Presence
+from .requests import utc_from_posix
+from .stats import ServerStats
+from .store import Receipt, Store, StoreUnavailableError, WriteTrackingStore
+from .timers import ServerTimer, ServerTimers
+
+__all__ = [
+    "CURSOR_WRITE_DELAY",
+    "RECEIPTS_PER_PUSH",
+    "STORE_RETRY_INTERVAL",
+    "Deliveries",
+    "receipt_pushes",
+]
+
+CURSOR_WRITE_DELAY: Final = 1.0
+"""Seconds an acknowledgement (a delivery cursor's move) may wait in memory when no
+other write comes to carry it into a batch. At low load a delivered message then
+costs one fsynced commit (its send), not two; a crash forgets at most this much
+cursor movement, and those messages are pushed again (clients drop repeats by id)."""
+STORE_RETRY_INTERVAL: Final = 1.0
+"""Seconds after a lost batch before the connections whose pushes it dropped are
+refilled from the store (which holds what was really kept)."""
+RECEIPTS_PER_PUSH: Final = 500
+"""Most receipts in one push (about 60 bytes each, well within a message)."""
+
+
+def receipt_pushes(receipts: list[Receipt]) -> list[m.DeliveryReceipts]:
+    """What tells a sender that these messages of theirs were delivered: one push
+    for many (a receipt is a small part of a packet, a push each would cost a
+    packet each), within the list limit."""
+    records = [
+        m.DeliveryReceipt(
+            message_id=receipt.message_id,
+            to=receipt.recipient,
+            delivered_at=utc_from_posix(receipt.delivered_at),
+        )
+        for receipt in receipts
+    ]
+    return [
+        m.DeliveryReceipts(receipts=tuple(records[start : start + RECEIPTS_PER_PUSH]))
+        for start in range(0, len(records), RECEIPTS_PER_PUSH)
+    ]
+
+
+class Deliveries:
+    """The delivery windows of the connections here, and their cursors.
+
+    Args:
+        store: where messages and cursors are read (and acknowledgements noted).
+        tracker: writes the deferred acknowledgements; reports the receipts.
+        connections: the connection table.
+        outbox: where the pushes go.
+        presence: whether a sender is online (to be told of a receipt).
+        timers: the cursor-write and store-retry timers.
+        stats: counts pushes and failures.
+        clock: the wall clock (when an acknowledgement came).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        tracker: WriteTrackingStore,
+        connections: ConnectionTable,
+        outbox: Outbox,
+        presence: Presence,
+        timers: ServerTimers,
+        stats: ServerStats,
+        clock: WallClock,
+    ) -> None:
+        self._store = store
+        self._tracker = tracker
+        self._connections = connections
+        self._outbox = outbox
+        self._presence = presence
+        self._timers = timers
+        self._stats = stats
+        self._clock = clock
+        self._stale: dict[ConnectionId, None] = {}
+        """Connections whose pushes a lost batch dropped: refilled at STORE_RETRY."""
+
+    def deliver_new(self, connection: ChatConnection, message: m.ChatMessage) -> None:
+        """A new message for this connection's user was just stored.
+
+        Never raises for a store failure (the send that stored it must not fail
+        after its write, see ``Route.writes_once``): a refill that fails is retried."""
+        if connection.deliveries.offer(message):
+            # Everything older is already in flight, so pushing now keeps the order.
+            self._push(connection, message)
+        else:
+            # It is in the store, behind the backlog; the refill will reach it.
+            self.retry_refill(connection)
+
+    def refill(self, connection: ChatConnection) -> None:
+        """Top up the connection's delivery window from the store.
+
+        Raises:
+            StoreUnavailableError: from the store (see :meth:`retry_refill`).
+        """
+        window = connection.deliveries
+        if not window.wants_refill:
+            return
+        assert connection.username is not None and connection.token_hash is not None
+        # Pending starts with what is already in flight (unacknowledged), so ask for a
+        # whole window; the window skips those.
+        pending = self._store.pending_deliveries(
+            connection.username, connection.token_hash, window.size
+        )
+        pushed, caught_up = window.refill(pending)
+        for message in pushed:
+            self._push(connection, message)
+        if caught_up:
+            self._outbox.send(connection.connection_id, m.CaughtUp())
+
+    def retry_refill(self, connection: ChatConnection) -> None:
+        """:meth:`refill`, or again after STORE_RETRY_INTERVAL if the store fails."""
+        try:
+            self.refill(connection)
+        except StoreUnavailableError as failure:
+            self._stats.note_store_failure(failure)
+            self._stale[connection.connection_id] = None
+            self._timers.set_after(ServerTimer.STORE_RETRY, STORE_RETRY_INTERVAL)
+        except Exception as exc:
+            self._stats.note_internal_error(exc)
+
+    def _push(self, connection: ChatConnection, message: m.ChatMessage) -> None:
+        self._stats.deliveries_pushed += 1
+        self._outbox.send(connection.connection_id, m.MessageDelivered(message=message))
+
+    # --- acknowledgements -------------------------------------------------------------
+
+    def acknowledge(
+        self, connection: ChatConnection, request: m.AcknowledgeDelivery, now: float
+    ) -> None:
+        """The client took these messages (``ack_delivery``: never answered)."""
+        if not connection.logged_in:
+            return  # nothing was delivered on this connection: nothing to advance
+        assert connection.username is not None and connection.token_hash is not None
+        ids = request.message_ids
+        # Out of the window whatever the store does: if the cursor cannot move, the
+        # store still holds them as pending and a later refill pushes them again
+        # (the client acknowledges a repeat without showing it twice).
+        connection.deliveries.acknowledge(ids)
+        # Deferred (see CURSOR_WRITE_DELAY): written with the batch's other writes,
+        # before anything reads the cursors (the refill below), or by the timer.
+        self._store.acknowledge(connection.username, connection.token_hash, ids, self._clock())
+        self._timers.arm(ServerTimer.CURSOR_WRITE, now + CURSOR_WRITE_DELAY)
+        self.retry_refill(connection)
+
+    def write_cursors(self) -> None:
+        """Write the deferred acknowledgements (the CURSOR_WRITE timer; the batch
+        then commits them)."""
+        self._timers.cancel(ServerTimer.CURSOR_WRITE)
+        try:
+            self._tracker.flush_acknowledgements(own_block=True)
+        except StoreUnavailableError as failure:  # they wait for the next try
+            self._stats.note_store_failure(failure)
+            self._timers.set_after(ServerTimer.CURSOR_WRITE, CURSOR_WRITE_DELAY)
+        except Exception as exc:
+            self._stats.note_internal_error(exc)
+
+    def committed(self) -> None:
+        """The batch is durable (its acknowledgements with it): tell the senders
+        online of their messages' delivery."""
+        if not self._tracker.acknowledgements_deferred:
+            self._timers.cancel(ServerTimer.CURSOR_WRITE)
+        by_sender: dict[str, list[Receipt]] = {}
+        for receipt in self._tracker.take_receipts():
+            if self._presence.is_online(receipt.sender):  # (one offline asks the status later)
+                by_sender.setdefault(receipt.sender, []).append(receipt)
+        for sender, receipts in by_sender.items():
+            for push in receipt_pushes(receipts):
+                self._outbox.push_to_user(sender, push)
+
+    def lost(self) -> None:
+        """The batch was lost: its acknowledgements wait to be written again."""
+        if self._tracker.acknowledgements_deferred:
+            self._timers.arm_after(ServerTimer.CURSOR_WRITE, CURSOR_WRITE_DELAY)
+
+    # --- pushes that never left -------------------------------------------------------
+
+    def take_back(self, connection: ChatConnection, push: m.MessageDelivered | m.CaughtUp) -> None:
+        """A held push will never be sent (its step or batch was lost): the window
+        goes back to reading the store, which pushes again what it holds, and the
+        caught_up that ends it (after STORE_RETRY_INTERVAL)."""
+        if isinstance(push, m.MessageDelivered):
+            connection.deliveries.take_back(push.message.id)
+        else:
+            connection.deliveries.fall_behind()
+        self._stale[connection.connection_id] = None
+        self._timers.arm_after(ServerTimer.STORE_RETRY, STORE_RETRY_INTERVAL)
+
+    def refill_stale(self) -> None:
+        """Refill the windows a lost batch left behind (the STORE_RETRY timer)."""
+        stale, self._stale = self._stale, {}
+        for connection_id in stale:
+            connection = self._connections.get(connection_id)
+            if connection is not None:
+                self.retry_refill(connection)
+
+    # --- looking again ----------------------------------------------------------------
+
+    def look_again(self, connection_id: ConnectionId) -> None:
+        """Read the store again for this connection: it may hold what is not in
+        flight (another node stored it, or news of it was lost)."""
+        connection = self._connections.get(connection_id)
+        if connection is not None and connection.logged_in:
+            # A live window pushes only what this node stores: it reads the
+            # database again (and says caught_up again once it has).
+            connection.deliveries.fall_behind()
+            self.retry_refill(connection)
+
+    def look_again_for(self, usernames: list[str]) -> None:
+        """:meth:`look_again` for every connection here of these users."""
+        for username in usernames:
+            for connection_id in self._connections.of_user(username):
+                self.look_again(connection_id)
+
+    def look_again_for_everyone(self) -> None:
+        """:meth:`look_again` for every connection here."""
+        for connection in list(self._connections):
+            self.look_again(connection.connection_id)
