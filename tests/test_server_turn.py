@@ -17,7 +17,7 @@ from udpchat_proto.chat.store import StoreUnavailableError
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import Address, ServerKey
-from udpchat_server.sqlite_store import SQLiteStore
+from udpchat_server.stores.sqlite import SQLiteStore
 
 SERVER: Address = ("127.0.0.1", 4433)
 NOW = 1000.0
