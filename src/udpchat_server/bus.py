@@ -22,6 +22,9 @@ connection it has (the news of the gap is gone), so delivery never depends on th
 bus. Presence heals with the next heartbeats. A message dropped (forged, replayed,
 stale ...) is lost news as well: it is counted by reason (:attr:`NatsBus.dropped`,
 in the server's counters as ``bus_dropped``) and logged at most once a minute.
+What the bus hands the server loop is bounded whatever the number of nodes: at
+most :data:`~.buswire.MAX_REMOTE_NAMES` names online elsewhere in all
+(:class:`~.buswire.RemoteNames`), and at most :data:`MAX_BACKLOG` entries waiting.
 
 The NATS server itself may ask for credentials (a user and password or a token in
 the URL, an nkey seed or a creds file) and TLS (``tls://``): :class:`BusOptions`.

@@ -136,8 +136,9 @@ another, ``MAX_NODE_USERS``); a longer one is sent cut there."""
 MAX_REMOTE_NAMES: Final = 262_144
 """Most names online on other nodes that a node takes, all of them together
 (:class:`RemoteNames`): four nodes' worth of ``MAX_NODE_USERS``, sixty-four times
-what a node holds with the default 4,096 connections, about 40 MiB. Beyond, names
-are ignored (and counted), however many nodes say them."""
+what a node holds with the default 4,096 connections; about 32 MiB of heap (60 MiB
+of the process's memory, measured, once the names churn). Beyond, names are
+ignored (and counted), however many nodes say them."""
 PEER_SILENCE: Final = 2 * NODE_TIMEOUT
 """Seconds without a word after which :class:`RemoteNames` no longer counts a
 node's names: twice the core's ``NODE_TIMEOUT``, so that the core (which hears
@@ -554,8 +555,9 @@ class RemoteNames:
     :data:`MAX_REMOTE_NAMES` names for all of them together.
 
     The core keeps at most ``MAX_NODE_USERS`` names for one node and tracks
-    ``MAX_NODES`` nodes: two million names, more than 250 MiB, which a holder of
-    the key could fill with made-up nodes (and count as many users online). This
+    ``MAX_NODES`` nodes: two million names (573 MiB more in the re-test of issue
+    23), which a holder of the key filled with made-up nodes (and counted as many
+    users online). This
     bound is kept before the core sees a name: per sending node, an upper bound
     of the names the core holds for it. A heartbeat sets it (its names, cut to the
     room the other nodes leave); news adds the names it says came online (cut
