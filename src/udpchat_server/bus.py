@@ -443,7 +443,8 @@ class NatsBus:
         ignored = self._names.ignored
         log.warning(
             "ignored %d name(s) online on other nodes since the last report: a node takes "
-            "at most %d in all (a node holding the cluster's key says too many)",
+            "at most %d in all (too many users elsewhere, or a node holding the "
+            "cluster's key names made-up ones)",
             ignored - self._ignored_logged,
             self._names.limit,
         )
