@@ -9,13 +9,15 @@ import base64
 import datetime
 import hashlib
 
+import attrs
 import orjson
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tests.test_cluster_hints import NODE_A, Cluster, signed_up
 from udpchat_proto import ErrorCode
-from udpchat_proto.chat import MAX_NODES, ClusterNews, encode
+from udpchat_proto.chat import MAX_NODE_USERS, MAX_NODES, ClusterNews, encode
 from udpchat_proto.chat import messages as m
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import ServerKey
@@ -25,6 +27,8 @@ from udpchat_server.buswire import (
     HEARTBEAT_PARTS_MAX,
     MAX_PEERS,
     MAX_RECEIVED,
+    MAX_REMOTE_NAMES,
+    PEER_SILENCE,
     SNAPSHOT_PART,
     BusDropError,
     BusKeys,
@@ -32,6 +36,7 @@ from udpchat_server.buswire import (
     Heartbeats,
     News,
     Opener,
+    RemoteNames,
     Resync,
     Sealer,
     Snapshot,
@@ -208,6 +213,30 @@ def test_a_restarted_node_starts_over_and_its_old_messages_stay_dead() -> None:
     assert {reason(opener, data) for data in captured} == {"stale"}
 
 
+def test_a_message_sealed_before_the_receiver_started_is_dropped() -> None:
+    """A node restarted took, for up to 30 s, a replay of what was sent before its
+    start (it has no window for it): bob, on it, was told `unfriended` again while
+    he and alice were friends. Whatever was sent before the start is dropped now,
+    even a genuine message a moment older (lost news costs time only)."""
+    start = 1_800_000_000.0
+    clock = Clock(start - 1)
+    sealer = Sealer(KEYS, SENDER, clock)
+    captured = sealer.seal(news_body(NEWS))  # at T - 1 s
+    clock.now = start - 0.005
+    just_before = sealer.seal(bye_body())  # at T - 5 ms
+    clock.now = start
+    opener = Opener(KEYS, RECEIVER, clock)  # the node (re)starts at T
+    clock.now = start + 0.01
+    assert reason(opener, captured) == "before_start"
+    assert reason(opener, just_before) == "before_start"
+    fresh = sealer.seal(bye_body())  # at T + 10 ms
+    assert opener.open(fresh) == (SENDER, bye_body())
+    # The sender is known now: what it sent before the start stays dropped.
+    assert reason(opener, captured) == "before_start"
+    assert reason(opener, fresh) == "replayed"
+    assert opener.open(Sealer(KEYS, bytes(16), Clock(start)).seal(bye_body()))[0] == bytes(16)
+
+
 def test_the_nodes_a_receiver_keeps_counters_for_are_bounded() -> None:
     clock = Clock()
     opener = Opener(KEYS, RECEIVER, clock)
@@ -347,3 +376,83 @@ def test_a_heartbeat_is_at_most_heartbeat_parts_max_parts() -> None:
     whole = [heartbeats.add(parse("a", b)) for b in bodies][-1]  # type: ignore[arg-type]
     assert whole == Snapshot("a", names[: SNAPSHOT_PART * HEARTBEAT_PARTS_MAX])
     assert snapshot_bodies([]) == [body(type="snapshot", part=0, parts=1, users=[])]
+
+
+def test_half_received_heartbeats_hold_at_most_max_remote_names_names() -> None:
+    """Thirty-two made-up nodes, each sending all but the last part of a full
+    heartbeat, held two million names (31 parts of 2,000 each) until the next."""
+    heartbeats = Heartbeats()
+    part = tuple(f"u{n:05d}" for n in range(SNAPSHOT_PART))
+    for node in range(MAX_NODES):
+        for index in range(HEARTBEAT_PARTS_MAX - 1):
+            heartbeats.add(SnapshotPart(f"node{node}", index, HEARTBEAT_PARTS_MAX, part))
+        assert heartbeats.pending_names <= MAX_REMOTE_NAMES
+    assert heartbeats.pending_names > MAX_REMOTE_NAMES - HEARTBEAT_PARTS_MAX * SNAPSHOT_PART
+    # The latest are kept, and still complete.
+    last = f"node{MAX_NODES - 1}"
+    whole = heartbeats.add(SnapshotPart(last, HEARTBEAT_PARTS_MAX - 1, HEARTBEAT_PARTS_MAX, part))
+    assert whole is not None and len(whole.users) == HEARTBEAT_PARTS_MAX * SNAPSHOT_PART
+    assert heartbeats.add(SnapshotPart("node0", 31, 32, part)) is None  # (dropped: the oldest)
+    heartbeats.forget(f"node{MAX_NODES - 2}")
+    partial = (HEARTBEAT_PARTS_MAX - 1) * SNAPSHOT_PART
+    assert heartbeats.pending_names == heartbeats.pending * partial
+
+
+FULL = HEARTBEAT_PARTS_MAX * SNAPSHOT_PART
+
+
+def full_heartbeat(node: int, tag: str = "") -> Snapshot:
+    """A heartbeat of ``FULL`` made-up names, as a node holding the key could send."""
+    return Snapshot(f"node{node:02d}", [f"n{node:02d}{tag}x{n:05d}" for n in range(FULL)])
+
+
+def test_the_names_taken_from_all_other_nodes_together_are_bounded() -> None:
+    """Forty made-up nodes' full heartbeats took a node from 63 to 636 MiB and
+    counted 1.98 million users online: the core keeps 65,536 names for each of 32
+    nodes. What the bus hands on is bounded in all now, whatever the nodes."""
+    names = RemoteNames()
+    handed = [names.snapshot(full_heartbeat(n), now=0.0) for n in range(40)]
+    sizes = [len(s.users) for s in handed]
+    assert sum(sizes) == names.held == MAX_REMOTE_NAMES
+    assert sizes[:4] == [FULL] * 4 and sizes[4] == MAX_REMOTE_NAMES - 4 * FULL
+    assert set(sizes[5:]) == {0}
+    assert names.ignored == 40 * FULL - MAX_REMOTE_NAMES
+    assert handed[4].users == full_heartbeat(4).users[: sizes[4]]  # (the first names)
+    # A node's next heartbeat replaces its own count: the same room again.
+    assert len(names.snapshot(full_heartbeat(0, "b"), now=1.0).users) == FULL
+    assert names.held == MAX_REMOTE_NAMES
+    # News: the names that came online are cut to the room; the rest passes.
+    news = ClusterNews(users=("bob",), pushes=NEWS.pushes, online=("late", "later"))
+    cut = names.news(News("node07", news), now=1.0)
+    assert cut == News("node07", attrs.evolve(news, online=()))
+    assert names.ignored == 40 * FULL - MAX_REMOTE_NAMES + 2
+    # A goodbye makes room, and so does silence.
+    names.forget("node00")
+    assert len(names.snapshot(full_heartbeat(39), now=2.0).users) == FULL
+    assert names.held == MAX_REMOTE_NAMES
+    assert names.snapshot(full_heartbeat(38), now=2.0).users == []
+    late = PEER_SILENCE + 1.5  # node01 .. node04 are silent; node39 was heard at 2
+    assert len(names.snapshot(full_heartbeat(38), now=late).users) == FULL
+    assert names.news(News("node37", news), now=late).news == news
+    assert names.held == 2 * FULL + 2
+
+
+def test_news_a_node_holds_no_more_than_the_core_keeps_for_one_node() -> None:
+    names = RemoteNames()
+    online = tuple(f"u{n:05d}" for n in range(MAX_NODE_USERS + 10))
+    assert names.news(News("a", ClusterNews(online=online)), now=0.0).news.online == online
+    assert names.held == MAX_NODE_USERS  # (the core ignores the rest itself)
+    assert names.ignored == 0
+
+
+def test_a_node_fed_forty_made_up_nodes_counts_at_most_max_remote_names_online() -> None:
+    """What the bus hands on, given to the core: memory and the online count stay
+    bounded whatever the number of nodes."""
+    cluster = Cluster()
+    signed_up(cluster)  # alice on node A, bob on node B
+    node = cluster.nodes[NODE_A]
+    names = RemoteNames()
+    for n in range(40):
+        heard = names.snapshot(full_heartbeat(n), cluster.now)
+        node.receive_snapshot(heard.node, heard.users, cluster.now)
+    assert node.online_count <= MAX_REMOTE_NAMES + 2

@@ -4,6 +4,7 @@ accept() failures (EMFILE) neither spin a core nor flood the log."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from udpchat_server.accepting import LONGEST_WAIT, SHORTEST_WAIT, AcceptBackoff
 from udpchat_server.control import MAX_CLIENTS, ControlSocket, call
@@ -89,12 +92,13 @@ def test_fifty_idle_connections_hold_at_most_the_cap_and_are_closed_at_the_deadl
     for as long as the client liked."""
     clients = [idle(serve, f"127.0.0.{2 + i % 10}") for i in range(50)]
     try:
-        wait_until(lambda: serve.refused == 42)
+        # Each beyond the cap ended the oldest idle one (none had sent a request).
+        wait_until(lambda: serve.refused + serve.evicted == 42)
         assert serve.open_connections == 8
         assert handler_threads() <= 8
         started = time.monotonic()
         waited = sorted(closed_after(sock) for sock in clients)
-        # The 42 beyond the cap were closed at once, the 8 others at their deadline.
+        # The 42 ended or refused were closed at once, the 8 others at their deadline.
         assert waited[41] < 0.5, waited
         assert TIMEOUT - 0.3 <= time.monotonic() - started < TIMEOUT + 1.5, waited
         wait_until(lambda: serve.open_connections == 0)
@@ -115,6 +119,115 @@ def test_one_address_cannot_take_the_slots_of_the_others(serve: MetricsHTTPServe
     finally:
         for sock in clients:
             sock.close()
+
+
+def test_idle_connections_reopened_from_four_addresses_do_not_starve_the_scraper() -> None:
+    """Four addresses, four idle connections each (a request line and no end of
+    headers), reopened as they are closed, held all 16 slots: 20 scrapes of 21
+    failed. A newcomer now ends the oldest connection that has not sent its
+    request; a scrape sends its request at once, and is answered."""
+    metrics = ServerMetrics()
+    server = MetricsHTTPServer(("127.0.0.1", 0), metrics.registry)  # (the defaults)
+    assert (server.max_connections, server.max_per_address) == (MAX_CONNECTIONS, 4)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stop = threading.Event()
+
+    def hold(source: str) -> None:
+        held: list[socket.socket] = []
+        while not stop.is_set():
+            alive = []
+            for sock in held:
+                try:
+                    if sock.recv(1) == b"":
+                        sock.close()
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    sock.close()
+                    continue
+                alive.append(sock)
+            held = alive
+            while len(held) < 4 and not stop.is_set():
+                sock = socket.socket()
+                try:
+                    sock.bind((source, 0))
+                    sock.connect(where(server))
+                    sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+                except OSError:
+                    sock.close()
+                    break
+                sock.setblocking(False)
+                held.append(sock)
+            stop.wait(0.05)
+        for sock in held:
+            sock.close()
+
+    holders = [threading.Thread(target=hold, args=(f"127.0.20.{n}",)) for n in range(1, 5)]
+    for holder in holders:
+        holder.start()
+    try:
+        wait_until(lambda: server.open_connections == MAX_CONNECTIONS)
+        answered = 0
+        for _ in range(20):
+            with contextlib.suppress(OSError):
+                answered += "udpchat_info" in scrape(server)
+            time.sleep(0.5)
+        assert answered >= 19, f"{answered} of 20 scrapes answered"
+        assert server.evicted > 0  # (room was made: the holders kept every slot)
+    finally:
+        stop.set()
+        for holder in holders:
+            holder.join(timeout=5)
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+class SlowCollector(Collector):
+    """A collector that takes ``seconds`` to collect (nothing)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def collect(self) -> Iterator[Metric]:
+        time.sleep(self.seconds)
+        return iter(())
+
+
+def test_a_connection_that_sent_its_request_is_never_ended_for_a_newcomer(
+    serve: MetricsHTTPServer,
+) -> None:
+    """Only a connection still waiting for its request makes room: with every
+    slot answering a request (a slow collect here), a newcomer is refused, and
+    every answer arrives whole."""
+    serve.registry.register(SlowCollector(0.6))
+    host, port = where(serve)
+    answers: list[str] = []
+
+    def scrape_slowly(source: str) -> None:
+        with socket.create_connection((host, port), source_address=(source, 0)) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            answers.append(b"".join(iter(lambda: sock.recv(65536), b"")).decode())
+
+    scrapers = [
+        threading.Thread(target=scrape_slowly, args=(f"127.0.1.{n}",)) for n in range(2, 10)
+    ]
+    for scraper in scrapers:
+        scraper.start()
+    try:
+        wait_until(lambda: serve.open_connections == 8)
+        newcomer = idle(serve, "127.0.1.20")
+        wait_until(lambda: serve.refused == 1)
+        assert closed_after(newcomer) < 0.5
+        newcomer.close()
+    finally:
+        for scraper in scrapers:
+            scraper.join(timeout=10)
+    assert serve.evicted == 0
+    assert len(answers) == 8 and all("udpchat_info" in answer for answer in answers)
 
 
 def test_a_client_dripping_a_byte_at_a_time_is_cut_off_at_the_deadline(

@@ -22,6 +22,9 @@ connection it has (the news of the gap is gone), so delivery never depends on th
 bus. Presence heals with the next heartbeats. A message dropped (forged, replayed,
 stale ...) is lost news as well: it is counted by reason (:attr:`NatsBus.dropped`,
 in the server's counters as ``bus_dropped``) and logged at most once a minute.
+What the bus hands the server loop is bounded whatever the number of nodes: at
+most :data:`~.buswire.MAX_REMOTE_NAMES` names online elsewhere in all
+(:class:`~.buswire.RemoteNames`), and at most :data:`MAX_BACKLOG` entries waiting.
 
 The NATS server itself may ask for credentials (a user and password or a token in
 the URL, an nkey seed or a creds file) and TLS (``tls://``): :class:`BusOptions`.
@@ -50,6 +53,7 @@ import attrs
 from udpchat_proto.chat import ClusterNews
 
 from .buswire import (
+    MAX_REMOTE_NAMES,
     NODE_SIZE,
     BusDropError,
     BusKeys,
@@ -58,6 +62,7 @@ from .buswire import (
     Heartbeats,
     News,
     Opener,
+    RemoteNames,
     Resync,
     Sealer,
     Snapshot,
@@ -95,7 +100,13 @@ RETRY_INTERVAL: Final = 2.0
 MAX_MESSAGE: Final = 512 * 1024
 """Largest news message sent whole (NATS refuses over 1 MB by default)."""
 DROP_LOG_INTERVAL: Final = 60.0
-"""Shortest time between two log lines about dropped bus messages."""
+"""Shortest time between two log lines about dropped bus messages (and about
+names ignored)."""
+MAX_BACKLOG: Final = 2 * MAX_REMOTE_NAMES
+"""Most entries (names, pushes, sessions ...) of what was heard that wait for the
+server loop to take them. A loop that falls this far behind (stalled by a flood,
+or a long batch) loses what comes next (``backlog``), as it would in a gap of
+the bus, and looks in the database for every connection once it catches up."""
 
 
 class BusConfigError(Exception):
@@ -253,12 +264,17 @@ class NatsBus:
         self._sealer = Sealer(keys, node, clock)
         self._opener = Opener(keys, node, clock)
         self._heartbeats = Heartbeats()
+        self._names = RemoteNames()
         self._lock = threading.Lock()
         self._heard: list[Heard] = []
+        self._backlog = 0
+        """Entries in :attr:`_heard` (see :data:`MAX_BACKLOG`)."""
         self._resync = False
         self._dropped: collections.Counter[str] = collections.Counter()
         self._unlogged: collections.Counter[str] = collections.Counter()
         self._drops_logged_at = -DROP_LOG_INTERVAL
+        self._ignored_logged = 0
+        self._ignored_logged_at = -DROP_LOG_INTERVAL
         self._last_error = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="udpchat-bus", daemon=True)
@@ -317,11 +333,18 @@ class NatsBus:
         with self._lock:
             return dict(self._dropped)
 
+    @property
+    def names_ignored(self) -> int:
+        """Names online on other nodes not handed on since the start: beyond the
+        :data:`~.buswire.MAX_REMOTE_NAMES` a node takes from all of them."""
+        return self._names.ignored
+
     def take(self) -> tuple[list[Heard], bool]:
         """What the other nodes told since the last call, in order, and whether the
         bus came back from a gap meanwhile (then look for everyone)."""
         with self._lock:
             heard, self._heard = self._heard, []
+            self._backlog = 0
             resync, self._resync = self._resync, False
         return heard, resync
 
@@ -385,14 +408,47 @@ class NatsBus:
             heard = self._heartbeats.add(said)
         elif isinstance(said, Bye):
             self._heartbeats.forget(said.node)
+            self._names.forget(said.node)
             heard = said
         elif isinstance(said, News):
             heard = said
+        if isinstance(heard, News | Snapshot):
+            with self._lock:
+                behind = self._backlog >= MAX_BACKLOG
+                self._resync |= behind  # (what is lost now, the database still has)
+            if behind:
+                self._drop(BusDropError("backlog", "the server loop is behind"))
+                self.wake()
+                return
+            ignored = self._names.ignored
+            now = time.monotonic()
+            heard = (
+                self._names.news(heard, now)
+                if isinstance(heard, News)
+                else self._names.snapshot(heard, now)
+            )
+            if self._names.ignored > ignored:
+                self._log_ignored()
         with self._lock:
             if heard is not None:
                 self._heard.append(heard)
+                self._backlog += _entries(heard)
             self._resync |= isinstance(said, Resync)
         self.wake()
+
+    def _log_ignored(self) -> None:
+        now = time.monotonic()
+        if now - self._ignored_logged_at < DROP_LOG_INTERVAL:
+            return
+        ignored = self._names.ignored
+        log.warning(
+            "ignored %d name(s) online on other nodes since the last report: a node takes "
+            "at most %d in all (too many users elsewhere, or a node holding the "
+            "cluster's key names made-up ones)",
+            ignored - self._ignored_logged,
+            self._names.limit,
+        )
+        self._ignored_logged, self._ignored_logged_at = ignored, now
 
     def _drop(self, drop: BusDropError) -> None:
         log.debug("a message on the bus dropped: %s", drop)
@@ -459,6 +515,16 @@ class NatsBus:
 
 def _count(news: ClusterNews) -> int:
     return sum(len(part) for part in attrs.astuple(news, recurse=False))
+
+
+def _entries(heard: Heard) -> int:
+    """What ``heard`` weighs in the backlog (at least 1: an empty one is an entry
+    too)."""
+    if isinstance(heard, News):
+        return max(1, _count(heard.news))
+    if isinstance(heard, Snapshot):
+        return max(1, len(heard.users))
+    return 1
 
 
 def _halves(news: ClusterNews) -> tuple[ClusterNews, ClusterNews]:

@@ -24,11 +24,14 @@ A receiver (:class:`Opener`) keeps, per sending node, the counters it accepted (
 stable reason (:data:`DROP_REASONS`): what is larger than :data:`MAX_RECEIVED`
 (``too_large``), not a sealed message (``malformed``), does not open under the
 cluster's key, or was edited (``forged``), was sent more than :data:`FRESHNESS`
-from its own clock (``stale``), was accepted before, or bears its own node id
-(``replayed``), comes from a node beyond :data:`MAX_PEERS` (``too_many_nodes``),
-or is authentic but says something no node says (``invalid``). A node restarted
-gets a new id, so its counter starts at 0 again; a message captured from its
-previous life is stale by the time the receiver forgets that id.
+from its own clock (``stale``), was sent before the receiver itself started
+(``before_start``), was accepted before, or bears its own node id (``replayed``),
+comes from a node beyond :data:`MAX_PEERS` (``too_many_nodes``), or is authentic
+but says something no node says (``invalid``). A node restarted gets a new id, so
+its counter starts at 0 again; a message captured from its previous life is stale
+by the time the receiver forgets that id. A receiver has no window for what was
+sent before it started, so it takes none of it: a replay to a node that has just
+restarted is dropped too.
 
 The body is a JSON object with a ``type``:
 
@@ -65,6 +68,7 @@ from udpchat_proto import DecodeError
 from udpchat_proto.chat import (
     MAX_NODE_USERS,
     MAX_NODES,
+    NODE_TIMEOUT,
     ClusterNews,
     ValidationError,
     check_username,
@@ -79,6 +83,7 @@ __all__ = [
     "HEARTBEAT_PARTS_MAX",
     "MAX_PEERS",
     "MAX_RECEIVED",
+    "MAX_REMOTE_NAMES",
     "NODE_SIZE",
     "SNAPSHOT_PART",
     "VERSION",
@@ -89,6 +94,7 @@ __all__ = [
     "Heartbeats",
     "News",
     "Opener",
+    "RemoteNames",
     "Resync",
     "Sealer",
     "Snapshot",
@@ -127,6 +133,16 @@ SNAPSHOT_PART: Final = 2000
 HEARTBEAT_PARTS_MAX: Final = MAX_NODE_USERS // SNAPSHOT_PART
 """Most parts of one heartbeat (32: 64,000 names, under what a node keeps of
 another, ``MAX_NODE_USERS``); a longer one is sent cut there."""
+MAX_REMOTE_NAMES: Final = 262_144
+"""Most names online on other nodes that a node takes, all of them together
+(:class:`RemoteNames`): four nodes' worth of ``MAX_NODE_USERS``, sixty-four times
+what a node holds with the default 4,096 connections; about 32 MiB of heap (60 MiB
+of the process's memory, measured, once the names churn). Beyond, names are
+ignored (and counted), however many nodes say them."""
+PEER_SILENCE: Final = 2 * NODE_TIMEOUT
+"""Seconds without a word after which :class:`RemoteNames` no longer counts a
+node's names: twice the core's ``NODE_TIMEOUT``, so that the core (which hears
+a little later, through the server loop) has let them go first."""
 MAX_REASON: Final = 256
 """Longest reason for an ended session, in characters (the transport sends at most
 256 bytes of it)."""
@@ -135,11 +151,14 @@ DROP_REASONS: Final = (
     "malformed",
     "forged",
     "stale",
+    "before_start",
     "replayed",
     "too_many_nodes",
     "invalid",
+    "backlog",
 )
-"""Why a message from the bus was dropped (each counted apart)."""
+"""Why a message from the bus was dropped (each counted apart). The last is the
+bus's, not the :class:`Opener`'s: the server loop was too far behind to take it."""
 
 _SUBJECT_INFO: Final = b"udpchat cluster bus subject v1"
 _KEY_INFO: Final = b"udpchat cluster bus message key v1"
@@ -228,7 +247,8 @@ class Opener:
         keys: the cluster's keys.
         node: this node's own id (a message bearing it is a replay: NATS does not
             echo a node's own messages back to it).
-        clock: the wall clock, seconds since the epoch.
+        clock: the wall clock, seconds since the epoch. What was sent before its
+            time when the opener is made (this node's start) is dropped.
     """
 
     def __init__(self, keys: BusKeys, node: bytes, clock: Callable[[], float]) -> None:
@@ -236,6 +256,9 @@ class Opener:
         self._node = node
         self._clock = clock
         self._peers: dict[bytes, _Peer] = {}
+        self._started = int(clock() * 1000)
+        """ms: a message sent before is none this node could check for a replay
+        (it kept no window then), so none is taken: lost news costs time only."""
 
     @property
     def peers(self) -> int:
@@ -262,6 +285,10 @@ class Opener:
         now = int(self._clock() * 1000)
         if abs(now - sent) > FRESHNESS * 1000:
             raise BusDropError("stale", f"sent {(now - sent) / 1000:.1f} s from now")
+        if sent < self._started:
+            # (No slack: a genuine message sent a moment before this node started
+            # is lost news; a replay of one captured then must never be taken.)
+            raise BusDropError("before_start", f"sent {(self._started - sent) / 1000:.3f} s before")
         if node == self._node:
             raise BusDropError("replayed", "this node's own message")
         if peer is None:
@@ -474,35 +501,131 @@ def _session(item: Any) -> tuple[bytes, str | None]:
 class Heartbeats:
     """Heartbeats in parts, put together (a node's parts arrive in order). A part
     out of order starts over: the next heartbeat comes 5 s later. At most
-    ``MAX_NODES`` nodes' heartbeats are half received at once (as many as a node
-    tracks): beyond, the oldest is dropped."""
+    ``MAX_NODES`` nodes' heartbeats, and :data:`MAX_REMOTE_NAMES` names in all,
+    are half received at once (as many as a node tracks, and takes): beyond, the
+    oldest is dropped."""
 
     def __init__(self) -> None:
         self._partial: dict[str, tuple[int, int, list[str]]] = {}
-        """By node: the next part expected, of how many, and the names so far."""
+        """By node, the least recently added first: the next part expected, of how
+        many, and the names so far."""
+        self._names = 0
+        """Names in :attr:`_partial`, all nodes together."""
 
     def add(self, part: SnapshotPart) -> Snapshot | None:
         """The whole heartbeat once ``part`` completes it, else None."""
+        expected, parts, names = self._pop(part.node)
         if part.part == 0:
-            names: list[str] = []
-        else:
-            expected, parts, names = self._partial.pop(part.node, (0, 0, []))
-            if (expected, parts) != (part.part, part.parts):
-                return None  # a part was lost (or is out of place): wait for the next
+            names = []  # (a new heartbeat: one in progress is over)
+        elif (expected, parts) != (part.part, part.parts):
+            return None  # a part was lost (or is out of place): wait for the next
         names.extend(part.users)
         if part.part + 1 == part.parts:
-            self._partial.pop(part.node, None)
             return Snapshot(part.node, names)
-        if part.node not in self._partial and len(self._partial) >= MAX_NODES:
-            del self._partial[next(iter(self._partial))]  # the oldest: likely gone
+        while self._partial and (
+            len(self._partial) >= MAX_NODES or self._names + len(names) > MAX_REMOTE_NAMES
+        ):
+            self._pop(next(iter(self._partial)))  # the oldest: likely gone
         self._partial[part.node] = (part.part + 1, part.parts, names)
+        self._names += len(names)
         return None
 
     def forget(self, node: str) -> None:
         """``node`` said goodbye: its heartbeat in progress will not be finished."""
-        self._partial.pop(node, None)
+        self._pop(node)
+
+    def _pop(self, node: str) -> tuple[int, int, list[str]]:
+        expected, parts, names = self._partial.pop(node, (0, 0, []))
+        self._names -= len(names)
+        return expected, parts, names
 
     @property
     def pending(self) -> int:
         """Heartbeats half received now."""
         return len(self._partial)
+
+    @property
+    def pending_names(self) -> int:
+        """Names in the heartbeats half received now."""
+        return self._names
+
+
+class RemoteNames:
+    """What this node takes of the other nodes' online users: at most
+    :data:`MAX_REMOTE_NAMES` names for all of them together.
+
+    The core keeps at most ``MAX_NODE_USERS`` names for one node and tracks
+    ``MAX_NODES`` nodes: two million names (573 MiB more in the re-test of issue
+    23), which a holder of the key filled with made-up nodes (and counted as many
+    users online). This
+    bound is kept before the core sees a name: per sending node, an upper bound
+    of the names the core holds for it. A heartbeat sets it (its names, cut to the
+    room the other nodes leave); news adds the names it says came online (cut
+    likewise; those it says went offline are not taken off, since they may not be
+    held: the next heartbeat sets the count again); a goodbye, or
+    :data:`PEER_SILENCE` without a word, takes the node off. What is cut is
+    counted (:attr:`ignored`). A bound too high costs room, never memory: a node
+    whose names do not fit has the rest ignored until the next heartbeats.
+
+    Args:
+        limit: the most names in all.
+    """
+
+    def __init__(self, limit: int = MAX_REMOTE_NAMES) -> None:
+        self.limit = limit
+        self.ignored = 0
+        """Names online on another node that were not handed on (no room)."""
+        self._held: dict[str, tuple[int, float]] = {}
+        """By node: at most how many of its names the core holds, and when it
+        was last heard from (``now`` of the calls)."""
+        self._total = 0
+
+    @property
+    def held(self) -> int:
+        """At most how many names the core holds for other nodes now."""
+        return self._total
+
+    def snapshot(self, heard: Snapshot, now: float) -> Snapshot:
+        """``heard``, its names cut to the room left (the core replaces what it
+        held for that node with them)."""
+        self._expire(now)
+        self._forget(heard.node)
+        users = heard.users
+        room = self.limit - self._total
+        if len(users) > room:
+            self.ignored += len(users) - room
+            heard = Snapshot(heard.node, users[:room])
+        self._keep(heard.node, len(heard.users), now)
+        return heard
+
+    def news(self, heard: News, now: float) -> News:
+        """``heard``, the names it says came online cut to the room left (the core
+        adds them to what it holds for that node)."""
+        self._expire(now)
+        held = self._forget(heard.node)
+        online = heard.news.online
+        room = self.limit - self._total - held
+        if len(online) > room:
+            self.ignored += len(online) - room
+            heard = News(heard.node, attrs.evolve(heard.news, online=online[:room]))
+        self._keep(heard.node, held + len(heard.news.online), now)
+        return heard
+
+    def forget(self, node: str) -> None:
+        """``node`` said goodbye: the core holds nothing for it now."""
+        self._forget(node)
+
+    def _keep(self, node: str, names: int, now: float) -> None:
+        # (The core keeps at most MAX_NODE_USERS for one node: it ignores the rest.)
+        names = min(names, MAX_NODE_USERS)
+        self._held[node] = (names, now)
+        self._total += names
+
+    def _forget(self, node: str) -> int:
+        names, _heard = self._held.pop(node, (0, 0.0))
+        self._total -= names
+        return names
+
+    def _expire(self, now: float) -> None:
+        for node in [n for n, (_, heard) in self._held.items() if now - heard > PEER_SILENCE]:
+            self._forget(node)

@@ -36,11 +36,12 @@ try:
     import os
     import re
     import socket
+    import stat
     import time
     from collections.abc import Callable
     from pathlib import Path
     from types import FrameType
-    from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+    from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
 
     import attrs
     import click
@@ -700,6 +701,8 @@ def _open_store(db: str, key_file: Path | None) -> Store:
         StartupError: it cannot be opened (the message says why).
     """
     if not is_postgres_url(db):
+        if db != ":memory:":
+            _claim_database(Path(db))
         try:
             return SQLiteStore.open(Path(db))
         except Exception as exc:
@@ -719,6 +722,65 @@ def _open_store(db: str, key_file: Path | None) -> Store:
         return PostgresStore.open(db)
     except Exception as exc:
         raise StartupError(f"cannot open database {shown_database(db)}: {exc}") from None
+
+
+def _claim_database(path: Path) -> None:
+    """Make sure the SQLite database at ``path`` is this server's user's, before
+    SQLite opens it: a new one is created here, 0600, never through a link.
+
+    Another user could plant a file at the path in a shared directory (and read
+    all that the server writes in it), or a link (dangling: SQLite created the
+    database at its target, 0644). So a link at the path is taken only if this
+    server's user or root made it and it leads to an existing database; the
+    database and its ``-wal``, ``-shm`` and ``-journal`` files must belong to the
+    server's (effective) user, and the last three must be no links.
+
+    Raises:
+        StartupError: what is at the path is refused (the message says why).
+    """
+    euid = os.geteuid()
+    try:
+        link = path.lstat()
+    except FileNotFoundError:
+        try:  # (O_EXCL never follows a link; O_NOFOLLOW says so)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(path, flags, 0o600))
+        except OSError as exc:
+            raise StartupError(f"cannot create database {path}: {exc.strerror or exc}") from None
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot open database {path}: {exc.strerror or exc}") from None
+    database = path
+    if stat.S_ISLNK(link.st_mode):
+        if link.st_uid not in (euid, 0):
+            raise StartupError(
+                f"database {path} is a symbolic link that belongs to uid {link.st_uid}, "
+                f"not to this server's user (uid {euid}) or root: it is not followed"
+            )
+        if not path.exists():
+            raise StartupError(
+                f"database {path} is a symbolic link to {os.readlink(path)}, which does "
+                "not exist: a new database is never created through a link"
+            )
+        database = path.resolve()  # (where SQLite puts the -wal and -shm files too)
+    for file in (database, *(database.with_name(database.name + x) for x in _SQLITE_FILES)):
+        try:
+            info = file.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StartupError(f"cannot open database {file}: {exc.strerror or exc}") from None
+        if file != database and stat.S_ISLNK(info.st_mode):
+            raise StartupError(f"{file} is a symbolic link: SQLite makes that file itself")
+        if info.st_uid != euid:
+            raise StartupError(
+                f"{file} belongs to uid {info.st_uid}, not to this server's user "
+                f"(uid {euid}): its owner could read every message and password hash"
+            )
+
+
+_SQLITE_FILES: Final = ("-wal", "-shm", "-journal")
+"""What SQLite puts beside a database, by name."""
 
 
 @click.command(name="migrate")

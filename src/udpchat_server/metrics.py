@@ -10,14 +10,19 @@ The HTTP server is bounded (:class:`MetricsHTTPServer`), unlike
 prometheus_client's ``start_http_server``, whose thread per connection waits for
 ever for a request: a client has :data:`REQUEST_TIMEOUT` seconds in all to send
 its request and take the answer, at most :data:`MAX_CONNECTIONS` connections are
-served at once (:data:`MAX_CONNECTIONS_PER_ADDRESS` from one address), and one
-beyond is closed at once. So a few idle connections (slowloris) cost a few
-threads and descriptors for a few seconds, never the process's limit.
+served at once (:data:`MAX_CONNECTIONS_PER_ADDRESS` from one address). When all
+are taken, a new connection ends the oldest one that has not sent its whole
+request yet (an idle holder: a scrape sends its request at once), and is closed
+at once only if there is none (or its address holds its share already). So a
+few idle connections (slowloris) cost a few threads and descriptors for a few
+seconds, never the process's limit, and, reopened as fast as they are closed
+from a few addresses, never the scraper's turn.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.server
 import io
 import logging
@@ -28,6 +33,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
+import attrs
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
@@ -53,8 +59,9 @@ REQUEST_TIMEOUT: Final = 5.0
 scrape on a private network takes milliseconds; Prometheus' own timeout is 10 s
 by default, for the whole scrape)."""
 MAX_CONNECTIONS: Final = 16
-"""Connections served at once (a thread and a descriptor each); one more is closed
-at once. A scraper or two need one each."""
+"""Connections served at once (a thread and a descriptor each); one more ends the
+oldest that has not sent its request yet, or is closed at once. A scraper or two
+need one each."""
 MAX_CONNECTIONS_PER_ADDRESS: Final = 4
 """Of those, from one address: a stranger with access to the port cannot take
 every slot from the scraper."""
@@ -196,8 +203,12 @@ class MetricsHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.request_timeout = timeout
         self.refused = 0
         """Connections closed at once, over a cap."""
+        self.evicted = 0
+        """Connections ended to make room: they had not sent their request."""
         self._lock = threading.Lock()
         self._open: collections.Counter[str] = collections.Counter()
+        self._slots: dict[socket.socket, _Slot] = {}
+        """The connections being served, the oldest first."""
         self._stopping = threading.Event()
         self._backoff = AcceptBackoff("metrics endpoint", wait=self._stopping.wait)
         super().__init__((str(sockaddr[0]), int(sockaddr[1])), _MetricsHandler)
@@ -221,34 +232,56 @@ class MetricsHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0])
         with self._lock:
-            full = (
-                self._open.total() >= self.max_connections
-                or self._open[host] >= self.max_per_address
-            )
+            full = self._open[host] >= self.max_per_address
+            if not full and self._open.total() >= self.max_connections:
+                idle = next((slot for slot in self._slots.values() if not slot.asked), None)
+                full = idle is None
+                if idle is not None:
+                    self._end(idle)
             if not full:
                 self._open[host] += 1
+                self._slots[request] = _Slot(request, host)
         if full:  # closed at once: no thread, no descriptor kept
             self.refused += 1
-            self.shutdown_request(request)
+            super().shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # (no thread could start: the slot is free again)
-            self._release(host)
             self.shutdown_request(request)
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(str(client_address[0]))
+    def request_read(self, request: socket.socket) -> None:
+        """The connection ``request`` sent its whole request: it is answered now,
+        and no newcomer may end it."""
+        with self._lock:
+            slot = self._slots.get(request)
+            if slot is not None:
+                slot.asked = True
+
+    def shutdown_request(self, request: Any) -> None:
+        # (The slot is freed before the socket is closed, under the lock that
+        # _end holds: it never shuts down a descriptor already reused.)
+        with self._lock:
+            slot = self._slots.pop(request, None)
+            if slot is not None:
+                self._release(slot.host)
+        super().shutdown_request(request)
+
+    def _end(self, slot: _Slot) -> None:
+        """Free ``slot`` for a newcomer: its reads see the end at once, and its
+        thread finishes (with the lock held)."""
+        del self._slots[slot.sock]
+        self._release(slot.host)
+        self.evicted += 1
+        with contextlib.suppress(OSError):
+            slot.sock.shutdown(socket.SHUT_RDWR)
 
     def _release(self, host: str) -> None:
-        with self._lock:
-            self._open[host] -= 1
-            if self._open[host] <= 0:
-                del self._open[host]
+        # (with the lock held)
+        self._open[host] -= 1
+        if self._open[host] <= 0:
+            del self._open[host]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went away or sent garbage: its loss, and no traceback
@@ -258,6 +291,16 @@ class MetricsHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def shutdown(self) -> None:
         self._stopping.set()
         super().shutdown()
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """A connection being served."""
+
+    sock: socket.socket
+    host: str
+    asked: bool = False
+    """Whether its whole request (line and headers) arrived."""
 
 
 class _MetricsHandler(http.server.BaseHTTPRequestHandler):
@@ -272,6 +315,11 @@ class _MetricsHandler(http.server.BaseHTTPRequestHandler):
         # Every read gets what is left of the deadline, not a fresh timeout: a
         # client sending a byte a second is cut off like a silent one.
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # (the headers are read now, or never will be)
+        self.server.request_read(self.connection)
+        return parsed
 
     def do_GET(self) -> None:
         self._answer(body=True)

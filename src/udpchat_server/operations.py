@@ -171,8 +171,8 @@ class Operations:
                     staging.unlink(missing_ok=True)
         except FileExistsError as exc:
             what = Path(exc.filename) if exc.filename else dest
-            kind = "a symbolic link (never followed)" if what.is_symlink() else "exists already"
-            return refusal("exists", f"{what} is {kind}: choose a new name")
+            kind = "is a symbolic link (never followed)" if what.is_symlink() else "exists already"
+            return refusal("exists", f"{what} {kind}: choose a new name")
         except (OSError, StoreUnavailableError) as exc:
             return refusal("backup_failed", f"cannot write the backup to {dest}: {exc}")
         return {"ok": True, "dest": str(dest), "key": str(key_copy), "size": dest.stat().st_size}

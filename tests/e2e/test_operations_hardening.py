@@ -180,6 +180,7 @@ def test_a_backup_to_an_existing_file_is_refused_and_a_new_one_is_whole(
     existing.write_text("keep me\n")
     done = ctl(running, "backup", str(existing))
     assert done.returncode == 1 and json.loads(done.stdout)["error"] == "exists", done
+    assert json.loads(done.stdout)["message"] == f"{existing} exists already: choose a new name"
     assert existing.read_text() == "keep me\n"
     dest = tmp_path / "new.sqlite3"
     answer = json.loads(ctl(running, "backup", str(dest)).stdout)
@@ -222,6 +223,44 @@ def test_a_planted_control_socket_gets_no_password_and_does_not_stop_the_server(
                 server.stop()
                 server.kill()
             assert received() == b""
+
+
+# --- files planted in a shared directory (issue 23 re-test, N7) -------------------------------
+
+
+def start_refused(db: Path) -> subprocess.CompletedProcess[str]:
+    """Start the server on ``db``: it must stop at once, with one line."""
+    done = server_command("--host", "127.0.0.1", "--port", "0", "--db", str(db), timeout=15)
+    assert done.returncode == 1, done
+    assert_one_error_line(done)
+    assert "listening" not in done.stdout
+    return done
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="planting a file as another user needs root")
+def test_a_key_file_planted_by_another_user_stops_the_start() -> None:
+    """`nobody` wrote 32 bytes, mode 0600, at DIR/db.sqlite3.key in a 1777
+    directory: the server used it as its static key, silently."""
+    with shared_directory() as shared:
+        db = shared / "db.sqlite3"
+        key = Path(f"{db}.key")
+        key.write_bytes(os.urandom(32))
+        os.chmod(key, 0o600)
+        os.chown(key, NOBODY, NOBODY)
+        done = start_refused(db)
+        assert f"key file {key} belongs to uid {NOBODY}" in done.stderr, done.stderr
+
+
+def test_a_link_at_the_database_path_stops_the_start(tmp_path: Path) -> None:
+    """A dangling link planted at the database path made the server create the
+    database at its target, mode 0644."""
+    target = tmp_path / "elsewhere" / "stolen.sqlite3"
+    target.parent.mkdir()
+    db = tmp_path / "db.sqlite3"
+    db.symlink_to(target)
+    done = start_refused(db)
+    assert f"database {db} is a symbolic link to {target}" in done.stderr, done.stderr
+    assert not target.exists() and not Path(f"{db}.key").exists()
 
 
 # --- descriptors (item 4) ---------------------------------------------------------------------
