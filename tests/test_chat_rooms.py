@@ -245,3 +245,27 @@ def test_a_public_online_list_hides_a_blocker_only_outside_a_shared_room(
         "bob",
         "mallory",
     )
+
+
+def test_a_blocker_is_not_told_when_the_blocked_user_joins_or_leaves(world: ChatWorld) -> None:
+    # "The blocker sees nothing from the blocked user": room joins and leaves were
+    # still pushed to her.
+    alice, bob, mallory = world.signed_up("alice", "bob", "mallory")
+    alice.ok(alice.conn.join_room("#tea"))
+    bob.ok(bob.conn.join_room("#tea"))
+    alice.ok(alice.conn.block("mallory"))
+    world.settle()
+    before = len(alice.pushes())
+    mallory.ok(mallory.conn.join_room("#tea"))
+    mallory.ok(mallory.conn.leave_room("#tea"))
+    world.settle(2.0)  # in separate batches: not coalesced away
+    mallory.ok(mallory.conn.join_room("#tea"))
+    world.settle()
+    changes = [p for p in bob.pushes() if isinstance(p, m.RoomMembershipChanged)]
+    assert [(p.username, p.joined) for p in changes][-2:] == [("mallory", False), ("mallory", True)]
+    assert not [p for p in alice.pushes()[before:] if isinstance(p, m.RoomMembershipChanged)]
+    # And mallory, for her part, sees alice as any member (the block does not show).
+    alice.ok(alice.conn.leave_room("#tea"))
+    world.settle()
+    left = [p for p in mallory.pushes() if isinstance(p, m.RoomMembershipChanged)]
+    assert ("alice", False) in [(p.username, p.joined) for p in left]

@@ -395,7 +395,9 @@ def test_a_newer_version_that_is_not_strict_json_is_answered_unsupported_version
         b'\x01{"request_id":5,"type":"list_online","x":"\\q"}',  # no JSON at all
         b'\x01[{"request_id":5,"type":"list_online","x":"\xff"}]',
         b'\x01{"request_id":' + b"9" * 5000 + b',"type":"list_online","x":"\xff"}',
-        b'\x01{"request_id":5,"type":"list_online","x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        # Too deep for any reader, and no request's type at the top (answered with
+        # one: test_a_request_no_parser_reads_is_answered_if_its_id_is_at_the_top).
+        b'\x01{"request_id":5,"type":"later_request","x":' + b"[" * 5000 + b"]" * 5000 + b"}",
         # What only a server sends, and ack_delivery, are never answered.
         b'\x01{"request_id":5,"type":"ok","x":"\xff"}',
         b'\x01{"request_id":5,"type":"ack_delivery","message_ids":["\xff"]}',
@@ -572,3 +574,37 @@ def test_a_member_given_twice_counts_once_the_last() -> None:
     assert decode(data) == m.Invite(request_id=2, username="bob")
     refused = b'\x01{"type":"invite","request_id":1,"username":"bob","username":"Bad Name"}'
     assert answer_of(refused)[:2] == (1, ErrorCode.INVALID_USERNAME)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # An integer beyond the standard library's 4,300 digits, in another member.
+        b'{"type":"list_friends","request_id":7,"x":' + b"9" * 5000 + b"}",
+        # Nesting deeper than any JSON parser here goes, in another member.
+        b'{"request_id":7,"x":' + b"[" * 3000 + b"]" * 3000 + b',"type":"list_friends"}',
+    ],
+    ids=["huge-integer", "deep-nesting"],
+)
+def test_a_request_no_parser_reads_is_answered_if_its_id_is_at_the_top(body: bytes) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(b"\x01" + body)
+    assert caught.value.request_id == 7 and caught.value.code is ErrorCode.BAD_REQUEST
+    assert "too deeply nested, or a number too long" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # The id only inside a nested value, or inside a text: not the request's.
+        b'{"x":{"request_id":7},"type":"list_friends","y":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"t":"\\"request_id\\":7","type":"list_friends","y":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        # A server-only message is never answered.
+        b'{"type":"ok","request_id":7,"y":' + b"[" * 3000 + b"]" * 3000 + b"}",
+    ],
+    ids=["nested-id", "id-in-a-text", "server-only"],
+)
+def test_an_id_not_of_the_request_is_never_answered(body: bytes) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(b"\x01" + body)
+    assert caught.value.request_id is None and caught.value.code is None

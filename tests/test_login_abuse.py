@@ -255,3 +255,22 @@ def test_an_account_hashed_at_an_older_cost_is_hashed_again_at_login(
     assert world.server.stats.passwords_upgraded == 1
     alice.connect()  # (its connection was to the server before the restart)
     alice.refused(alice.conn.login("alice", "not the password"), ErrorCode.BAD_CREDENTIALS)
+
+
+def test_strangers_checks_in_flight_never_hold_the_owners_place(stores: StoreFactory) -> None:
+    # The cap on hashes at once per account counted all addresses together: a few
+    # wrong guesses in flight, from fresh addresses, kept the owner's login refused
+    # "a login for alice is already being checked". Each address counts apart now.
+    world = ChatWorld(stores)
+    world.signed_up("alice")
+    world.host.hash_delay = 1.0  # each check takes a second: they pile up
+    guessers = [world.user("mallory", device=str(n)) for n in range(4)]
+    for guesser in guessers:
+        guesser.connect()
+        guesser.conn.login("alice", "guess guess")
+        guesser.conn.login("alice", "guess guess")
+    laptop = world.user("alice", device="laptop")
+    laptop.connect()
+    world.net.run_for(0.1)  # every guess is being checked when the owner comes
+    assert laptop.login().username == "alice"
+    # (One address still may not: test_one_login_per_account_is_checked_at_a_time.)

@@ -185,7 +185,7 @@ _COUNT_LIMITS: tuple[tuple[str, str], ...] = (
     ("max_sessions_per_user", "Most login sessions per user (beyond: the LRU one ends)."),
     ("max_pending_hash_jobs", "Most password hashes waiting or running at once."),
     ("max_hash_jobs_per_address", "Most password hashes at once per client address."),
-    ("max_hash_jobs_per_user", "Most password hashes at once per username."),
+    ("max_hash_jobs_per_user", "Most password hashes at once per username and address."),
     ("max_waiting_per_recipient", "Most direct messages waiting for one user."),
 )
 _RATE_LIMITS: tuple[tuple[str, str], ...] = (

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from typing import Any, Final
 
 import attrs
@@ -285,7 +286,18 @@ def _json_object(data: bytes, reason: str) -> tuple[dict[str, Any], str | None]:
         obj = orjson.loads(body)
         problem = None
     except orjson.JSONDecodeError as exc:
-        obj = _lenient_object(body)
+        try:
+            obj = _lenient_object(body)
+        except _TooDeepOrLongError:
+            # JSON that no reader here takes whole (nested deeper, or an integer
+            # longer, than they go): still answered if a request's type and id are
+            # members of the outermost object.
+            found = _top_level_members(body)
+            tag = found.get("type")
+            cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
+            if "request_id" in found and cls in _ANSWERED:
+                raise _refusal(found, cls, ErrorCode.BAD_REQUEST, _UNREADABLE, reason) from None
+            obj = None
         if obj is None:
             raise DecodeError(reason, str(exc)[:200]) from None
         problem = _not_strict(body)
@@ -300,14 +312,60 @@ def _json_object(data: bytes, reason: str) -> tuple[dict[str, Any], str | None]:
 _LENIENT: Final = json.JSONDecoder(strict=False)  # control characters in strings too
 
 
+class _TooDeepOrLongError(Exception):
+    """The lenient reader hit one of its limits (nesting, an integer's digits): the
+    bytes may be well-formed JSON all the same."""
+
+
 def _lenient_object(body: bytes) -> dict[str, Any] | None:
     text = body.decode("utf-8", "surrogateescape")
     start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
         obj, _end = _LENIENT.raw_decode(text, start)
-    except (ValueError, RecursionError):  # also the digit limit of huge integers
+    except RecursionError:
+        raise _TooDeepOrLongError from None
+    except ValueError as exc:
+        if "digits" in str(exc):  # Python's limit on an integer's digits
+            raise _TooDeepOrLongError from None
         return None
     return obj if type(obj) is dict else None
+
+
+_UNREADABLE: Final = (
+    "the message is not JSON this server can read (too deeply nested, or a number too long)"
+)
+_MEMBER: Final = re.compile(
+    rb'"(type|request_id)"\s*:\s*(?:"([a-z_]{1,64})"|(\d{1,10})(?![\d.eE]))'
+)
+
+
+def _top_level_members(body: bytes) -> dict[str, Any]:
+    """``type`` (a string) and ``request_id`` (an integer) where they are members of
+    the outermost object, found by a scan that follows only nesting and strings (so
+    that one inside a nested value or a text never counts)."""
+    found: dict[str, Any] = {}
+    depth, in_string, escaped = 0, False, False
+    for index, byte in enumerate(body):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # the string ends
+                in_string = False
+            continue
+        if byte == 0x22:
+            if depth == 1:
+                match = _MEMBER.match(body, index)
+                if match is not None and match.group(1).decode() not in found:
+                    name = match.group(1).decode()
+                    found[name] = match.group(2).decode() if match.group(2) else int(match.group(3))
+            in_string = True
+        elif byte in (0x7B, 0x5B):  # { [
+            depth += 1
+        elif byte in (0x7D, 0x5D):  # } ]
+            depth -= 1
+    return found
 
 
 def _not_strict(body: bytes) -> str:

@@ -198,8 +198,12 @@ class ServerConfig:
     (after a few hash times) instead of being refused."""
 
     max_hash_jobs_per_user: int = attrs.field(default=2, validator=positive_int)
-    """Most password hashes waiting or running for one username (two devices may
-    log in at once; a third login meanwhile is refused ``rate_limited``)."""
+    """Most password hashes waiting or running for one username from one address
+    (two devices may log in at once; a third login meanwhile is refused
+    ``rate_limited``). Each address counts apart, so that strangers' guesses in
+    flight never hold the owner's place; what one account costs in hashing over
+    all addresses is bounded by the failed-login budgets and
+    ``max_pending_hash_jobs``."""
 
     max_sessions_per_user: int = attrs.field(default=32, validator=positive_int)
     """Most login sessions one user may have. A login beyond it ends the least

@@ -75,14 +75,16 @@ class Hashing:
         return self._random.token_bytes(SALT_SIZE)
 
     def check_room(self, host: str, username: str) -> None:
-        """Refuse a password hash beyond the caps: all, per address, per account."""
+        """Refuse a password hash beyond the caps: all, per address, per account and
+        address (an account's cap counts each address apart: strangers' guesses in
+        flight must not keep its owner's login waiting)."""
         if len(self._jobs) >= self._config.max_pending_hash_jobs:
             raise RefusedError(ErrorCode.RATE_LIMITED, "the server is busy; try again shortly")
         if self._jobs.by_host[host] >= self._config.max_hash_jobs_per_address:
             raise RefusedError(
                 ErrorCode.RATE_LIMITED, "too many logins in progress from your address; wait"
             )
-        if self._jobs.by_user[username] >= self._config.max_hash_jobs_per_user:
+        if self._jobs.by_user_host[username, host] >= self._config.max_hash_jobs_per_user:
             raise RefusedError(
                 ErrorCode.RATE_LIMITED, f"a login for {username} is already being checked; wait"
             )

@@ -11,13 +11,20 @@ from ..errors import ErrorCode
 from .requests import RefusedError
 from .store import Store
 
-__all__ = ["co_members", "require_member", "visible"]
+__all__ = ["co_members", "not_blocking", "require_member", "visible"]
 
 
 def visible(store: Store, me: str, usernames: list[str]) -> list[str]:
     """``usernames`` without those ``me`` blocks."""
     blocked = set(store.blocked_by(me)) if usernames else set()
     return [name for name in usernames if name not in blocked]
+
+
+def not_blocking(store: Store, me: str, usernames: list[str]) -> list[str]:
+    """``usernames`` without those who block ``me``: who may hear of what ``me``
+    does in a room (a blocker hears nothing from the blocked user)."""
+    blockers = set(store.blockers_of(me)) if usernames else set()
+    return [name for name in usernames if name not in blockers]
 
 
 def co_members(store: Store, me: str) -> set[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
+from typing import Any
 
 import attrs
 
@@ -151,6 +152,9 @@ class JobBook:
         """Jobs not yet handed to a worker, fair across addresses."""
         self.by_host: collections.Counter[str] = collections.Counter()
         self.by_user: collections.Counter[str] = collections.Counter()
+        self.by_user_host: collections.Counter[tuple[str, str]] = collections.Counter()
+        """Jobs per (username, address): the per-user cap counts each address apart,
+        so that strangers' checks never fill the owner's place."""
         self._ids = itertools.count(1)
         self._stale: set[int] = set()
 
@@ -166,6 +170,7 @@ class JobBook:
         self.pending[job.job_id] = job
         self.by_host[job.host] += 1
         self.by_user[job.username] += 1
+        self.by_user_host[job.username, job.host] += 1
         self.queue.push(
             job.host,
             HashJob(job_id=job.job_id, password=job.password, salt=job.salt, params=job.params),
@@ -177,7 +182,12 @@ class JobBook:
         job = self.pending.pop(job_id, None)
         if job is None:
             return None
-        for counter, key in ((self.by_host, job.host), (self.by_user, job.username)):
+        counted: tuple[tuple[collections.Counter[Any], Any], ...] = (
+            (self.by_host, job.host),
+            (self.by_user, job.username),
+            (self.by_user_host, (job.username, job.host)),
+        )
+        for counter, key in counted:
             counter[key] -= 1
             if not counter[key]:
                 del counter[key]

@@ -16,6 +16,7 @@ from ..config import ServerConfig
 from ..connection import ChatConnection
 from ..hashing import Hashing
 from ..limits import Limits
+from ..lookups import not_blocking
 from ..outbox import Outbox
 from ..password_jobs import JobKind, PendingJob
 from ..passwords import PasswordHash, verify_digest
@@ -175,7 +176,8 @@ class AccountChangeHandlers:
         ]
         for room, _members in store.rooms_of(me):
             store.leave_room(room, me)
-            self._batch.membership_changed(room, me, joined=False, members=store.room_members(room))
+            told = not_blocking(store, me, store.room_members(room))
+            self._batch.membership_changed(room, me, joined=False, members=told)
         sessions = [s.token_hash for s in store.sessions_of(me)]
         store.delete_account(me, self._clock())
         self._hashing.credentials_changed(me)

@@ -9,7 +9,7 @@ from ..batch import Batch
 from ..config import ServerConfig
 from ..connection import ChatConnection
 from ..limits import Limits
-from ..lookups import require_member
+from ..lookups import not_blocking, require_member
 from ..outbox import Outbox
 from ..presence import Presence
 from ..requests import RefusedError, Route, route, user_of
@@ -78,7 +78,9 @@ class RoomHandlers:
         self._store.join_room(room, me, self._clock())
         self._limits.membership_changes.spend(me, now=now)  # once written: a retried step pays once
         self._outbox.reply(connection, m.Ok(request_id=request.request_id))
-        self._batch.membership_changed(room, me, joined=True, members=members)
+        # A member who blocks the newcomer hears nothing from them, this included.
+        told = not_blocking(self._store, me, members)
+        self._batch.membership_changed(room, me, joined=True, members=told)
 
     def _check_membership_rate(self, me: str, now: float) -> None:
         if not self._limits.membership_changes.available(me, now=now):
@@ -97,9 +99,8 @@ class RoomHandlers:
             raise RefusedError(ErrorCode.NOT_A_MEMBER, f"you are not a member of {room}")
         self._limits.membership_changes.spend(me, now=now)
         self._outbox.reply(connection, m.Ok(request_id=request.request_id))
-        self._batch.membership_changed(
-            room, me, joined=False, members=self._store.room_members(room)
-        )
+        told = not_blocking(self._store, me, self._store.room_members(room))
+        self._batch.membership_changed(room, me, joined=False, members=told)
 
     def list_rooms(self, connection: ChatConnection, request: m.ListRooms, now: float) -> None:
         """``list_rooms``: the user's rooms, with their sizes."""
