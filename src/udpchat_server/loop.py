@@ -378,7 +378,8 @@ class ServerLoop:
         cluster: dict[str, Any] = {}
         if self._bus is not None:  # what the other nodes said that this one did not take
             cluster["bus_dropped"] = dict(sorted(self._bus.dropped.items()))
-            cluster["remote_names_ignored"] = stats.remote_names_ignored
+            # Ignored by the core (one node's cap) or by the bus (the cap over all).
+            cluster["remote_names_ignored"] = stats.remote_names_ignored + self._bus.names_ignored
         return {
             "datagrams_in": self.datagrams_received,
             "datagrams_out": self.datagrams_sent,

@@ -42,7 +42,9 @@ until a tracked node goes silent and makes room."""
 MAX_NODE_USERS: Final = 65_536
 """Most names a node keeps as online on one other node: sixteen times the users a
 node can hold with the transport's default ``max_connections`` (4096), and about
-6 MiB. A node that says more has the rest ignored (and counted)."""
+8 MiB of heap (15-18 MiB of the process once names churn). A node that says more
+has the rest ignored (and counted); the bus bounds the names of all nodes
+together as well."""
 
 
 @attrs.frozen(slots=True)
