@@ -10,10 +10,18 @@ Hypothesis: a property test that names no ``max_examples`` follows the profile,
 changing the codec or the messages, say). Neither has a deadline: the suite runs on
 several processes of a shared machine, where an example's time measures the
 machine's load, not the code.
+
+Bytecode: the suite starts some 1,300 Python processes (servers, CLI commands,
+fuzzers, benchmarks); each would compile the project's sources again where
+``PYTHONDONTWRITEBYTECODE`` is set (0.07 to 0.1 s of CPU per process, a fifth of a
+CLI command's), so the suite and what it starts keep their bytecode caches
+(``__pycache__``, ignored by git) whatever that variable says.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +29,19 @@ from hypothesis import settings
 
 from tests.chat_helpers import ChatWorld, StoreFactory
 
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile("deep", max_examples=1000, deadline=None)
 settings.load_profile("default")  # (--hypothesis-profile, read later, wins)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` tests first, the others in their order: on several processes
+    (``-n``) each slow test starts early on a process of its own, instead of two
+    of them ending the run one after the other on the same one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
