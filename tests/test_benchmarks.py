@@ -66,11 +66,12 @@ SERVICES = {"cluster.py": ["--postgres", POSTGRES_URL, "--nats", NATS_URL]}
 SMALLEST = {
     "relay.py": ["--workers", "1", "--pairs", "2"],
     "sessions.py": ["--sizes", "200"],
-    "logins.py": ["--logins", "2", "--pairs", "1"],
+    "logins.py": ["--logins", "2", "--pairs", "1", "--rate", "200"],
     "cluster.py": ["--workers", "1", "--pairs", "2"],
 }
 
 
+@pytest.mark.slow
 @pytest.mark.e2e  # (real processes: the benchmark, its server and load generators)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_benchmark_runs_quick(name: str) -> None:
