@@ -20,8 +20,10 @@ CLI command's), so the suite and what it starts keep their bytecode caches
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,10 +40,32 @@ settings.load_profile("default")  # (--hypothesis-profile, read later, wins)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The ``slow`` tests first, the others in their order: on several processes
-    (``-n``) each slow test starts early on a process of its own, instead of two
-    of them ending the run one after the other on the same one."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The ``slow`` tests first, the ``exclusive`` ones last, the others in their
+    order: on several processes (``-n``) each slow test starts early on a process of
+    its own, instead of two of them ending the run one after the other on the same
+    one; an exclusive test waits for the others, best when they are done."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("exclusive") is not None:
+            return 2
+        return 0 if item.get_closest_marker("slow") is not None else 1
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(autouse=True)
+def _exclusive_runs_alone(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A test marked ``exclusive`` times real processes under a load it makes itself:
+    it runs while no other test of the run does, on any of its processes (they hold
+    this lock shared; the directory above a process's temporary one is the run's)."""
+    base = tmp_path_factory.getbasetemp()
+    run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    exclusive = request.node.get_closest_marker("exclusive") is not None
+    with (run / "exclusive.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture(params=["memory", "sqlite"])
