@@ -1,16 +1,71 @@
-"""Fixtures shared by the simulated-network tests of the chat roles.
+"""Fixtures shared by the simulated-network tests of the chat roles, and the
+hypothesis profiles.
 
 ``stores`` runs a test once per store (the in-memory one of the core and the SQLite
 one of the server, on a fresh file), and ``world`` is a :class:`ChatWorld` on it.
+
+Hypothesis: a property test that names no ``max_examples`` follows the profile,
+``default`` (100 examples, hypothesis's own count) in the README's commands, or
+``deep`` (1,000) with ``pytest --hypothesis-profile=deep`` for a thorough run (after
+changing the codec or the messages, say). Neither has a deadline: the suite runs on
+several processes of a shared machine, where an example's time measures the
+machine's load, not the code.
+
+Bytecode: the suite starts some 1,300 Python processes (servers, CLI commands,
+fuzzers, benchmarks); each would compile the project's sources again where
+``PYTHONDONTWRITEBYTECODE`` is set (0.07 to 0.1 s of CPU per process, a fifth of a
+CLI command's), so the suite and what it starts keep their bytecode caches
+(``__pycache__``, ignored by git) whatever that variable says.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.chat_helpers import ChatWorld, StoreFactory
+
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
+settings.register_profile("default", max_examples=100, deadline=None)
+settings.register_profile("deep", max_examples=1000, deadline=None)
+settings.load_profile("default")  # (--hypothesis-profile, read later, wins)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` tests first, the ``exclusive`` ones last, the others in their
+    order: on several processes (``-n``) each slow test starts early on a process of
+    its own, instead of two of them ending the run one after the other on the same
+    one; an exclusive test waits for the others, best when they are done."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("exclusive") is not None:
+            return 2
+        return 0 if item.get_closest_marker("slow") is not None else 1
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(autouse=True)
+def _exclusive_runs_alone(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A test marked ``exclusive`` times real processes under a load it makes itself:
+    it runs while no other test of the run does, on any of its processes (they hold
+    this lock shared; the directory above a process's temporary one is the run's)."""
+    base = tmp_path_factory.getbasetemp()
+    run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    exclusive = request.node.get_closest_marker("exclusive") is not None
+    with (run / "exclusive.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -31,7 +31,7 @@ def wire(obj: Any, version: int = CODEC_VERSION) -> bytes:
 
 
 @pytest.mark.parametrize("cls", list(MESSAGE_TYPES.values()), ids=lambda c: c.__name__)
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])  # (examples: the profile's)
 @given(data=st.data())
 def test_round_trip_every_class(cls: type[Any], data: st.DataObject) -> None:
     message = data.draw(strategy_for(cls))

@@ -58,7 +58,10 @@ def test_every_message_class_is_named_in_the_embedding_documentation() -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        *{cls.__name__ for cls in MESSAGE_TYPES.values()} - {"Ok", "Unfriend", "Block", "Logout"},
+        # (sorted: xdist needs every worker to collect the same ids in the same order)
+        *sorted(
+            {cls.__name__ for cls in MESSAGE_TYPES.values()} - {"Ok", "Unfriend", "Block", "Logout"}
+        ),
         "ChatServer",
         "ClientConnection",
         "ClientTransport",

@@ -41,6 +41,7 @@ def test_the_version_has_one_source() -> None:
     assert project["tool"]["hatch"]["version"]["path"] == "src/udpchat_proto/__init__.py"
 
 
+@pytest.mark.e2e  # (runs the installed tools)
 @pytest.mark.parametrize(("tool", "command"), [("udpchat-server", SERVER), ("udpchat-cli", CLI)])
 def test_both_tools_show_the_version(tool: str, command: list[str]) -> None:
     done = run([*command, "--version"])
@@ -77,6 +78,7 @@ def complete(command: list[str], var: str, words: list[str]) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.e2e  # (runs the installed tools)
 def test_udpchat_server_completes_its_options() -> None:
     found = complete(SERVER, "_UDPCHAT_SERVER_COMPLETE", ["udpchat-server", "--max-room"])
     assert found == ["--max-room-members", "--max-rooms-per-user"]
@@ -84,6 +86,7 @@ def test_udpchat_server_completes_its_options() -> None:
     assert found == ["debug", "info", "warning", "error"]
 
 
+@pytest.mark.e2e  # (runs the installed tools)
 def test_udpchat_server_completes_its_subcommands() -> None:
     found = complete(SERVER, "_UDPCHAT_SERVER_COMPLETE", ["udpchat-server", "mi"])
     assert found == ["migrate"]
@@ -91,6 +94,7 @@ def test_udpchat_server_completes_its_subcommands() -> None:
     assert {"--from", "--to"} <= set(found)
 
 
+@pytest.mark.e2e  # (runs the installed tools)
 def test_udpchat_cli_completes_its_commands() -> None:
     found = complete(CLI, "_UDPCHAT_CLI_COMPLETE", ["udpchat-cli", "se"])
     assert found == ["send", "sessions"]

@@ -275,6 +275,30 @@ def befriend(a: User, b: User) -> None:
     b.ok("accept", a.name)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: CPU seconds a starting ``udpchat-server`` or ``udpchat-cli`` has used once the
+#: interpreter and the console script's own lines are behind it (about 0.03 s) and
+#: while its modules still load (about 0.3 s): its code handles signals by then.
+LOADING_CPU = 0.08
+
+
+def wait_until_loading(proc: subprocess.Popen[str], deadline: float = 5.0) -> None:
+    """Wait (bounded) until ``proc`` is loading its modules: :data:`LOADING_CPU` of its
+    own CPU time, a measure of how far it got that a loaded machine does not skew (a
+    fixed sleep does). A process that finished loading sooner and waits uses no more
+    CPU: after ``deadline`` it is past loading, and the wait ends anyway."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end and proc.poll() is None:
+        if cpu_seconds(proc.pid) >= LOADING_CPU:
+            return
+        time.sleep(0.005)
+
+
 def wait_until_online(observer: User, name: str, deadline: float = 10.0) -> None:
     """Poll ``online`` (as ``observer``) until ``name`` is connected, bounded."""
     end = time.monotonic() + deadline

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def terminal_for(tmp_path: Path) -> Iterator[Callable[[User], Terminal]]:
             shlex.quote(part)
             for part in (*CLI, "--home", str(user.home), "--server", user.server.address, "chat")
         )
-        terminal = Terminal(f"udpchat-test-{tmp_path.name}", command)
+        # (unique on the machine: other processes of this run, or other runs, have theirs)
+        terminal = Terminal(f"udpchat-test-{uuid.uuid4().hex[:12]}", command)
         made.append(terminal)
         return terminal
 
@@ -91,6 +93,7 @@ def terminal_for(tmp_path: Path) -> Iterator[Callable[[User], Terminal]]:
         terminal.close()
 
 
+@pytest.mark.slow
 def test_the_chat_in_a_real_terminal_survives_a_server_restart(
     make_user: MakeUser, server: ServerProcess, terminal_for: Callable[[User], Terminal]
 ) -> None:

@@ -199,12 +199,13 @@ def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: Server
 
 
 def test_the_pane_follows_new_messages_only_at_its_bottom(
-    make_user: MakeUser, server: ServerProcess
+    fast_server: ServerProcess, tmp_path: Path
 ) -> None:
-    alice, bob = make_user("alice"), make_user("bob")
+    alice, bob = (User(name, tmp_path / f"home-{name}", fast_server) for name in ("alice", "bob"))
+    alice.signup()
+    bob.signup()
     befriend(bob, alice)
-    for n in range(60):
-        bob.ok("send", "alice", f"line {n}")
+    send_many(bob, "alice", [f"line {n}" for n in range(60)])
 
     async def scenario() -> None:
         app = chat_for(alice)

@@ -14,7 +14,15 @@ import pytest
 from udpchat_cli.profiles import Home
 from udpchat_proto.chat.config import ServerConfig
 
-from .conftest import CLI, PASSWORD, ServerProcess, User, clean_env, run_cli
+from .conftest import (
+    CLI,
+    PASSWORD,
+    ServerProcess,
+    User,
+    clean_env,
+    run_cli,
+    wait_until_loading,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -181,8 +189,8 @@ def test_exit_4_when_the_server_key_changes(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_at_any_time_is_one_error_line(tmp_path: Path) -> None:
-    # 0.1 s: still loading its modules on most machines, else already waiting for
-    # the (silent) server: either way one line and the JSON refusal, exit 1.
+    # Still loading its modules, or already waiting for the (silent) server: either
+    # way one line and the JSON refusal, exit 1.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         server = f"127.0.0.1:{silent.getsockname()[1]}"
@@ -196,7 +204,7 @@ def test_ctrl_c_at_any_time_is_one_error_line(tmp_path: Path) -> None:
             env=clean_env(),
         )
         try:
-            time.sleep(0.1)
+            wait_until_loading(proc)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=15)
         finally:

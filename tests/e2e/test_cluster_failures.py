@@ -50,6 +50,7 @@ def test_presence_and_pushes_cross_the_nodes(tmp_path: Path) -> None:
         bus.stop()
 
 
+@pytest.mark.slow
 def test_a_node_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     bus = Nats().start()
     try:
@@ -161,6 +162,7 @@ def test_the_bus_restarted_loses_nothing_and_pushes_resume(tmp_path: Path) -> No
         bus.stop()
 
 
+@pytest.mark.slow
 def test_postgresql_restarted_refuses_typed_then_recovers(tmp_path: Path) -> None:
     require_nats()
     database = Postgres().start()

@@ -32,6 +32,8 @@ FLOOD_ADDRESS = "127.0.0.3"
 FLOOD_CONNECTIONS = 80
 #: A real hash cost, so that hashing is the bottleneck (tests otherwise use N=16).
 SCRYPT_N = "4096"
+#: The longest bob's CLI waits for each answer of the server (its --timeout).
+ANSWER_WITHIN = 3.0
 
 
 class Flood(threading.Thread):
@@ -89,6 +91,7 @@ class Flood(threading.Thread):
                 sock.close()
 
 
+@pytest.mark.exclusive  # (its own flood is the load: the rest of the suite is not)
 def test_a_login_flood_from_one_address_locks_nobody_else_out(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, options=("--scrypt-n", SCRYPT_N)).start()
     flood: Flood | None = None
@@ -99,11 +102,18 @@ def test_a_login_flood_from_one_address_locks_nobody_else_out(tmp_path: Path) ->
         bob.signup()
         flood = Flood(server.port, "alice", deadline=time.monotonic() + 40)
         flood.start()
-        time.sleep(1.0)  # the flood is under way (real time: real processes)
+        under_way = time.monotonic() + 10  # (the server has answered the flood)
+        while not flood.answers and flood.is_alive() and time.monotonic() < under_way:
+            time.sleep(0.01)
+        assert flood.answers, "the flood got no answer"
         durations = []
         for _ in range(8):  # with the sign-up's, within logins_per_user's burst of 10
             started = time.monotonic()
-            assert bob.ok("login", "bob", "--password-stdin", stdin=PASSWORD + "\n")["ok"]
+            # --timeout bounds each wait for the server (the handshake, the login).
+            login = bob.run(
+                "login", "bob", "--password-stdin", stdin=PASSWORD + "\n", timeout=ANSWER_WITHIN
+            )
+            assert login.code == 0 and login.json["ok"], login
             durations.append(time.monotonic() - started)
         flood.stop.set()
         flood.join(10)

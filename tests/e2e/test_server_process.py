@@ -6,12 +6,11 @@ import random
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env
+from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env, wait_until_loading
 
 pytestmark = pytest.mark.e2e
 
@@ -95,8 +94,8 @@ def test_sigkill_and_restart_lose_no_acknowledged_message(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_starting_is_a_clean_stop(tmp_path: Path, signum: int) -> None:
-    # 0.1 s: the interpreter is up, the modules are still loading (or the database
-    # is opening): either way a stop with 0, never a traceback nor a death by signal.
+    # The interpreter is up, the modules are still loading (or the database is
+    # opening): either way a stop with 0, never a traceback nor a death by signal.
     proc = subprocess.Popen(
         [*SERVER, "--port", "0", "--db", str(tmp_path / "db.sqlite3")],
         stdout=subprocess.PIPE,
@@ -106,7 +105,7 @@ def test_a_signal_while_starting_is_a_clean_stop(tmp_path: Path, signum: int) ->
         env=clean_env(),
     )
     try:
-        time.sleep(0.1)
+        wait_until_loading(proc)
         proc.send_signal(signum)
         _out, err = proc.communicate(timeout=15)
     finally:

@@ -14,6 +14,7 @@ from .conftest import ServerProcess, User, befriend, run_cli, server_command
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow
 def test_a_sender_over_the_quota_is_refused_with_one_clear_line(tmp_path: Path) -> None:
     # 1 KiB: a message of 500 bytes counts 660, so the second one is refused.
     server = ServerProcess(tmp_path, options=("--max-stored-per-user", "1K")).start()

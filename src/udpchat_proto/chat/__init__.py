@@ -39,59 +39,122 @@ store, and the server's configuration. The modules behind it:
 
 from __future__ import annotations
 
-from . import messages
-from .batch import BatchEnd
-from .client import ClientConnection, ClientState
-from .cluster import HEARTBEAT_INTERVAL, MAX_NODE_USERS, MAX_NODES, NODE_TIMEOUT
-from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
-from .config import ServerConfig
-from .events import (
-    ClientConnected,
-    ClientDisconnected,
-    ClientEvent,
-    Connected,
-    Disconnected,
-    ServerEvent,
-    UserLoggedIn,
-    UserLoggedOut,
-)
-from .memory_store import MemoryStore
-from .password_jobs import HashJob
-from .passwords import PasswordHash, ScryptParams, hash_password
-from .remote import ClusterNews
-from .requests import session_id
-from .server import ChatServer, token_hash
-from .stats import ServerStats
-from .store import (
-    MESSAGE_OVERHEAD,
-    STORE_READS,
-    STORE_WRITES,
-    Account,
-    Acknowledgement,
-    LoginSession,
-    Receipt,
-    Store,
-    StoredMessage,
-    StoreUnavailableError,
-    WriteTrackingStore,
-    conversation_key,
-    stored_size,
-)
-from .validation import (
-    MAX_TEXT_BYTES,
-    TOKEN_SIZE,
-    ValidationError,
-    check_history_limit,
-    check_message_id,
-    check_password,
-    check_session_id,
-    check_text,
-    check_username,
-    is_room,
-    valid_room,
-    valid_target,
-    valid_username,
-)
+from typing import TYPE_CHECKING, Final
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
+    from . import messages
+    from .batch import BatchEnd
+    from .client import ClientConnection, ClientState
+    from .cluster import HEARTBEAT_INTERVAL, MAX_NODE_USERS, MAX_NODES, NODE_TIMEOUT
+    from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
+    from .config import ServerConfig
+    from .events import (
+        ClientConnected,
+        ClientDisconnected,
+        ClientEvent,
+        Connected,
+        Disconnected,
+        ServerEvent,
+        UserLoggedIn,
+        UserLoggedOut,
+    )
+    from .memory_store import MemoryStore
+    from .password_jobs import HashJob
+    from .passwords import PasswordHash, ScryptParams, hash_password
+    from .remote import ClusterNews
+    from .requests import session_id, token_hash
+    from .server import ChatServer
+    from .stats import ServerStats
+    from .store import (
+        MESSAGE_OVERHEAD,
+        STORE_READS,
+        STORE_WRITES,
+        Account,
+        Acknowledgement,
+        LoginSession,
+        Receipt,
+        Store,
+        StoredMessage,
+        StoreUnavailableError,
+        WriteTrackingStore,
+        conversation_key,
+        stored_size,
+    )
+    from .validation import (
+        MAX_TEXT_BYTES,
+        TOKEN_SIZE,
+        ValidationError,
+        check_history_limit,
+        check_message_id,
+        check_password,
+        check_session_id,
+        check_text,
+        check_username,
+        is_room,
+        valid_room,
+        valid_target,
+        valid_username,
+    )
+
+#: Where each public name lives: imported at its first use (``udpchat_proto/_lazy.py``):
+#: a client does not load the server's modules, nor a server the client's.
+_EXPORTS: Final = {
+    ".messages": ("messages",),
+    ".batch": ("BatchEnd",),
+    ".client": ("ClientConnection", "ClientState"),
+    ".cluster": ("HEARTBEAT_INTERVAL", "MAX_NODE_USERS", "MAX_NODES", "NODE_TIMEOUT"),
+    ".codec": ("CODEC_VERSION", "MAX_ENCODED_SIZE", "decode", "encode"),
+    ".config": ("ServerConfig",),
+    ".events": (
+        "ClientConnected",
+        "ClientDisconnected",
+        "ClientEvent",
+        "Connected",
+        "Disconnected",
+        "ServerEvent",
+        "UserLoggedIn",
+        "UserLoggedOut",
+    ),
+    ".memory_store": ("MemoryStore",),
+    ".password_jobs": ("HashJob",),
+    ".passwords": ("PasswordHash", "ScryptParams", "hash_password"),
+    ".remote": ("ClusterNews",),
+    ".requests": ("session_id", "token_hash"),
+    ".server": ("ChatServer",),
+    ".stats": ("ServerStats",),
+    ".store": (
+        "MESSAGE_OVERHEAD",
+        "STORE_READS",
+        "STORE_WRITES",
+        "Account",
+        "Acknowledgement",
+        "LoginSession",
+        "Receipt",
+        "Store",
+        "StoredMessage",
+        "StoreUnavailableError",
+        "WriteTrackingStore",
+        "conversation_key",
+        "stored_size",
+    ),
+    ".validation": (
+        "MAX_TEXT_BYTES",
+        "TOKEN_SIZE",
+        "ValidationError",
+        "check_history_limit",
+        "check_message_id",
+        "check_password",
+        "check_session_id",
+        "check_text",
+        "check_username",
+        "is_room",
+        "valid_room",
+        "valid_target",
+        "valid_username",
+    ),
+}
 
 __all__ = [
     "CODEC_VERSION",
@@ -152,3 +215,5 @@ __all__ = [
     "valid_target",
     "valid_username",
 ]
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
