@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -329,16 +331,17 @@ def test_ctrl_c_while_the_modules_load_shows_no_traceback(
         assert json.loads(captured.out)["error"] == "interrupted"
 
 
+@pytest.mark.e2e  # (a fresh interpreter: reloading the module here would give
+# every test after it new classes, StartupError among them)
 def test_importing_the_server_module_leaves_sigterm_alone() -> None:
-    import importlib
-    import signal
-
-    import udpchat_server.cli
-
-    before = signal.getsignal(signal.SIGTERM)
-    assert before is signal.SIG_DFL
-    importlib.reload(udpchat_server.cli)
-    assert signal.getsignal(signal.SIGTERM) is before
+    probe = (
+        "import signal, udpchat_server.cli; "
+        "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "True"
 
 
 class CapturedSession:

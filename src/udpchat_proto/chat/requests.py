@@ -13,7 +13,7 @@ import datetime
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 
@@ -21,9 +21,11 @@ from ..errors import DecodeError, ErrorCode
 from . import messages as m
 from .codec import decode
 from .connection import ChatConnection, Refusal
-from .password_jobs import PendingJob
 from .store import StoreUnavailableError
 from .validation import SESSION_ID_SIZE
+
+if TYPE_CHECKING:  # (a client that names a session must not load the hashing)
+    from .password_jobs import PendingJob
 
 __all__ = [
     "Finisher",
@@ -43,7 +45,7 @@ Handler = Callable[[ChatConnection, Any, float], None]
 """A request's handler: ``(connection, request, now)``. Each takes its own request
 class; :func:`route` ties the two together for the type checker."""
 
-Finisher = Callable[[ChatConnection, PendingJob, bytes, float], None]
+Finisher = Callable[[ChatConnection, "PendingJob", bytes, float], None]
 """The second half of a request that hashed a password: ``(connection, job,
 digest, now)``, run as a step of its own when the digest comes back."""
 
