@@ -17,11 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.test_cluster_hints import NODE_A, Cluster, signed_up
 from udpchat_proto import ErrorCode
-from udpchat_proto.chat import MAX_NODE_USERS, MAX_NODES, ClusterNews, encode
-from udpchat_proto.chat import messages as m
-from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import ServerKey
-from udpchat_server.buswire import (
+from udpchat_proto.bus import (
     FRESHNESS,
     HEADER,
     HEARTBEAT_PARTS_MAX,
@@ -47,6 +43,10 @@ from udpchat_server.buswire import (
     resync_body,
     snapshot_bodies,
 )
+from udpchat_proto.chat import MAX_NODE_USERS, MAX_NODES, ClusterNews, encode
+from udpchat_proto.chat import messages as m
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport import ServerKey
 
 KEY = ServerKey.generate(SeededRandomSource("bus-wire"))
 KEYS = BusKeys.derive(KEY.private_bytes)
