@@ -201,9 +201,12 @@ class Opener:
             self._forget_stale(now)
             if len(self._peers) >= MAX_PEERS:
                 raise BusDropError("too_many_nodes")
-            peer = self._peers[node] = _Peer(cipher, ReplayWindow(REPLAY_WINDOW), sent)
+            peer = _Peer(cipher, ReplayWindow(REPLAY_WINDOW), sent)
         if not peer.window.update(counter):
             raise BusDropError("replayed", f"counter {counter}")
+        # (A new node's window is kept once it took a counter: a message dropped
+        # moves no window, nor holds a place among MAX_PEERS.)
+        self._peers[node] = peer
         peer.newest = max(peer.newest, sent)
         return node, body
 
