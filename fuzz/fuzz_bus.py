@@ -80,14 +80,14 @@ def fuzz_one_input(data: bytes) -> None:
     assert len(message) <= MAX_RECEIVED
     try:
         opener.open(message)
-    except BusDropError as drop:
-        assert drop.reason == "replayed", drop.reason
+    except BusDropError as again:
+        assert again.reason == "replayed", again.reason
     else:
         raise AssertionError("a message opened twice")
     try:
         said = parse(node.hex(), body)
-    except BusDropError as drop:
-        assert drop.reason == "invalid", drop.reason
+    except BusDropError as refused:
+        assert refused.reason == "invalid", refused.reason
         return
     if isinstance(said, News):
         news = said.news
