@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.test_cluster_hints import NODE_A, Cluster, signed_up
-from udpchat_proto import ErrorCode
+from udpchat_proto import ErrorCode, LocalProtocolError
 from udpchat_proto.bus import (
     FRESHNESS,
     HEADER,
@@ -253,11 +253,11 @@ def test_the_nodes_a_receiver_keeps_counters_for_are_bounded() -> None:
 
 
 def test_keys_and_node_ids_of_the_wrong_size_are_refused() -> None:
-    with pytest.raises(ValueError, match="32 bytes, not 31"):
+    with pytest.raises(LocalProtocolError, match="32 bytes, not 31"):
         BusKeys.derive(KEY.private_bytes[:31])
-    with pytest.raises(ValueError, match="16 bytes"):
+    with pytest.raises(LocalProtocolError, match="16 bytes, not 15"):
         Sealer(KEYS, SENDER[:15], Clock())
-    with pytest.raises(ValueError, match="16 bytes, not 17"):
+    with pytest.raises(LocalProtocolError, match="16 bytes, not 17"):
         KEYS.node_key(SENDER + b"x")
     # Each node seals under a key of its own: its counter is a nonce no other uses.
     assert KEYS.node_key(SENDER) != KEYS.node_key(RECEIVER)

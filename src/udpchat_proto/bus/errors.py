@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
+from ..errors import ProtocolError
+
 __all__ = ["DROP_REASONS", "BusDropError", "DropReason"]
 
 DropReason = Literal[
@@ -44,7 +46,7 @@ DROP_REASONS: Final[tuple[DropReason, ...]] = get_args(DropReason)
 """Every :data:`DropReason`."""
 
 
-class BusDropError(Exception):
+class BusDropError(ProtocolError):
     """A message from the bus is dropped.
 
     Args:

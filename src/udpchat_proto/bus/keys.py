@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
+from ..errors import LocalProtocolError
+
 __all__ = [
     "MESSAGE_KEY_INFO",
     "NODE_KEY_INFO",
@@ -72,10 +74,12 @@ class BusKeys:
             The subject token and the message key.
 
         Raises:
-            ValueError: ``secret`` is not :data:`SECRET_SIZE` bytes.
+            LocalProtocolError: ``secret`` is not :data:`SECRET_SIZE` bytes.
         """
         if len(secret) != SECRET_SIZE:
-            raise ValueError(f"the cluster's secret is {SECRET_SIZE} bytes, not {len(secret)}")
+            raise LocalProtocolError(
+                f"the cluster's secret is {SECRET_SIZE} bytes, not {len(secret)}"
+            )
         subject = _hkdf(secret, SUBJECT_INFO, 16)
         return cls(subject_token=subject.hex(), message_key=_hkdf(secret, MESSAGE_KEY_INFO, 32))
 
@@ -88,10 +92,10 @@ class BusKeys:
         """The key ``node`` seals its messages with (HKDF-Expand of the message key).
 
         Raises:
-            ValueError: ``node`` is not :data:`NODE_SIZE` bytes.
+            LocalProtocolError: ``node`` is not :data:`NODE_SIZE` bytes.
         """
         if len(node) != NODE_SIZE:
-            raise ValueError(f"a node id is {NODE_SIZE} bytes, not {len(node)}")
+            raise LocalProtocolError(f"a node id is {NODE_SIZE} bytes, not {len(node)}")
         expand = HKDFExpand(algorithm=hashes.SHA256(), length=32, info=NODE_KEY_INFO + node)
         return expand.derive(self.message_key)
 
@@ -99,7 +103,7 @@ class BusKeys:
         """The AEAD ``node`` seals with, and its messages are opened with.
 
         Raises:
-            ValueError: ``node`` is not :data:`NODE_SIZE` bytes.
+            LocalProtocolError: ``node`` is not :data:`NODE_SIZE` bytes.
         """
         return ChaCha20Poly1305(self.node_key(node))
 

@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ..clock import WallClock
+from ..errors import LocalProtocolError
 from ..transport.replay import ReplayWindow
 from .errors import BusDropError
 from .keys import NODE_SIZE, BusKeys
@@ -96,12 +97,12 @@ class Sealer:
         clock: the wall clock, POSIX seconds (``time.time``).
 
     Raises:
-        ValueError: ``node`` is not ``NODE_SIZE`` bytes.
+        LocalProtocolError: ``node`` is not ``NODE_SIZE`` bytes.
     """
 
     def __init__(self, keys: BusKeys, node: bytes, clock: WallClock) -> None:
         if len(node) != NODE_SIZE:
-            raise ValueError(f"a node id is {NODE_SIZE} bytes")
+            raise LocalProtocolError(f"a node id is {NODE_SIZE} bytes, not {len(node)}")
         self._cipher = keys.cipher_for(node)
         self._node = node
         self._clock = clock
