@@ -1,4 +1,4 @@
-"""Fuzz the cluster bus's parser: ``udpchat_server.buswire``'s :class:`Opener`,
+"""Fuzz the cluster bus's parser: ``udpchat_proto.bus``'s :class:`Opener`,
 :func:`parse` and :class:`Heartbeats`, as a node runs them on what comes off NATS.
 
 The cluster's key, the nodes' ids and the clock are fixed. The first input byte
@@ -29,12 +29,11 @@ import sys
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(
-    include=["udpchat_server.buswire", "udpchat_proto.chat.codec", "udpchat_proto.chat.validation"]
+    include=["udpchat_proto.bus", "udpchat_proto.chat.codec", "udpchat_proto.chat.validation"]
 ):
     import attrs
 
-    from udpchat_proto.chat import check_username, decode
-    from udpchat_server.buswire import (
+    from udpchat_proto.bus import (
         DROP_REASONS,
         HEARTBEAT_PARTS_MAX,
         MAX_RECEIVED,
@@ -49,6 +48,7 @@ with atheris.instrument_imports(
         SnapshotPart,
         parse,
     )
+    from udpchat_proto.chat import check_username, decode
 
 RAW, SEALED = 0, 1
 KEYS = BusKeys.derive(bytes(range(32)))
@@ -80,14 +80,14 @@ def fuzz_one_input(data: bytes) -> None:
     assert len(message) <= MAX_RECEIVED
     try:
         opener.open(message)
-    except BusDropError as drop:
-        assert drop.reason == "replayed", drop.reason
+    except BusDropError as again:
+        assert again.reason == "replayed", again.reason
     else:
         raise AssertionError("a message opened twice")
     try:
         said = parse(node.hex(), body)
-    except BusDropError as drop:
-        assert drop.reason == "invalid", drop.reason
+    except BusDropError as refused:
+        assert refused.reason == "invalid", refused.reason
         return
     if isinstance(said, News):
         news = said.news

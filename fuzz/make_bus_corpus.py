@@ -18,15 +18,15 @@ from pathlib import Path
 
 from fuzz_bus import KEYS, RAW, SEALED, SENDER, clock
 
-from udpchat_proto.chat import ClusterNews, encode
-from udpchat_proto.chat import messages as m
-from udpchat_server.buswire import (
+from udpchat_proto.bus import (
     Sealer,
     bye_body,
     news_body,
     resync_body,
     snapshot_bodies,
 )
+from udpchat_proto.chat import ClusterNews, encode
+from udpchat_proto.chat import messages as m
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "bus"
 

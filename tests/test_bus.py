@@ -29,6 +29,16 @@ from cryptography.x509.oid import NameOID
 
 from tests.e2e.cluster_helpers import Nats
 from tests.services import require_nats
+from udpchat_proto.bus import (
+    HEADER,
+    HEARTBEAT_PARTS_MAX,
+    MAX_REMOTE_NAMES,
+    SNAPSHOT_PART,
+    BusKeys,
+    Sealer,
+    news_body,
+    snapshot_bodies,
+)
 from udpchat_proto.chat import ClusterNews, encode
 from udpchat_proto.chat import messages as m
 from udpchat_proto.transport import ServerKey
@@ -41,16 +51,6 @@ from udpchat_server.bus import (
     News,
     Snapshot,
     shown_bus,
-)
-from udpchat_server.buswire import (
-    HEADER,
-    HEARTBEAT_PARTS_MAX,
-    MAX_REMOTE_NAMES,
-    SNAPSHOT_PART,
-    BusKeys,
-    Sealer,
-    news_body,
-    snapshot_bodies,
 )
 
 NEWS = ClusterNews(

@@ -16,15 +16,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.test_cluster_hints import NODE_A, Cluster, signed_up
-from udpchat_proto import ErrorCode
-from udpchat_proto.chat import MAX_NODE_USERS, MAX_NODES, ClusterNews, encode
-from udpchat_proto.chat import messages as m
-from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import ServerKey
-from udpchat_server.buswire import (
+from udpchat_proto import ErrorCode, LocalProtocolError
+from udpchat_proto.bus import (
     FRESHNESS,
     HEADER,
     HEARTBEAT_PARTS_MAX,
+    MAX_NEWS_BODY,
     MAX_PEERS,
     MAX_RECEIVED,
     MAX_REMOTE_NAMES,
@@ -42,11 +39,16 @@ from udpchat_server.buswire import (
     Snapshot,
     SnapshotPart,
     bye_body,
+    news_bodies,
     news_body,
     parse,
     resync_body,
     snapshot_bodies,
 )
+from udpchat_proto.chat import MAX_NODE_USERS, MAX_NODES, ClusterNews, encode
+from udpchat_proto.chat import messages as m
+from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport import ServerKey
 
 KEY = ServerKey.generate(SeededRandomSource("bus-wire"))
 KEYS = BusKeys.derive(KEY.private_bytes)
@@ -248,6 +250,60 @@ def test_the_nodes_a_receiver_keeps_counters_for_are_bounded() -> None:
     clock.now += FRESHNESS + 1  # all they sent is stale now: their entries go
     assert opener.open(one_more.seal(bye_body()))[0] == b"\xff" * 16
     assert opener.peers == 1
+
+
+def test_keys_and_node_ids_of_the_wrong_size_are_refused() -> None:
+    with pytest.raises(LocalProtocolError, match="32 bytes, not 31"):
+        BusKeys.derive(KEY.private_bytes[:31])
+    with pytest.raises(LocalProtocolError, match="16 bytes, not 15"):
+        Sealer(KEYS, SENDER[:15], Clock())
+    with pytest.raises(LocalProtocolError, match="16 bytes, not 17"):
+        KEYS.node_key(SENDER + b"x")
+    # Each node seals under a key of its own: its counter is a nonce no other uses.
+    assert KEYS.node_key(SENDER) != KEYS.node_key(RECEIVER)
+    assert KEYS.subject == f"udpchat.cluster.{KEYS.subject_token}"
+
+
+def test_a_dropped_message_from_a_new_node_keeps_no_window() -> None:
+    """A counter no window takes (2**64 - 1 is no nonce) must not hold one of the
+    MAX_PEERS places, nor move the window a genuine message then opens in."""
+    clock = Clock()
+    opener = Opener(KEYS, RECEIVER, clock)
+    sealer = Sealer(KEYS, SENDER, clock)
+    header = HEADER.pack(1, SENDER, 2**64 - 1, int(clock.now * 1000))
+    last = header + KEYS.cipher_for(SENDER).encrypt((2**64 - 1).to_bytes(12, "big"), b"{}", header)
+    assert reason(opener, last) == "replayed"
+    assert opener.peers == 0
+    assert opener.open(sealer.seal(bye_body()))[0] == SENDER
+    assert opener.peers == 1
+
+
+def test_news_too_large_for_one_message_goes_in_parts_in_order() -> None:
+    pushes = tuple((f"user{n}", encode(m.Unfriended(by_user=f"u{n}"))) for n in range(20_000))
+    news = ClusterNews(users=("ann", "ben", "cid"), pushes=pushes, online=("dee",))
+    bodies = news_bodies(news)
+    assert len(bodies) > 1 and all(len(b) <= MAX_NEWS_BODY for b in bodies)
+    parts = [parse("a", b) for b in bodies]
+    assert all(isinstance(p, News) for p in parts)
+    said = [p.news for p in parts if isinstance(p, News)]
+    assert tuple(p for n in said for p in n.pushes) == pushes  # (in their order)
+    assert tuple(u for n in said for u in n.users) == news.users
+    assert tuple(u for n in said for u in n.online) == news.online
+    small = ClusterNews(users=("bob",))
+    assert news_bodies(small) == [news_body(small)]
+
+
+def test_news_whose_lists_hold_one_entry_each_is_still_split() -> None:
+    """Halving every list left the first half empty and the second whole: news of
+    one name and one large push recursed for ever. The first entry goes first."""
+    large = encode(m.Unfriended(by_user="bob")) + b" " * MAX_NEWS_BODY
+    news = ClusterNews(users=("ann",), pushes=(("bob", large),))
+    bodies = news_bodies(news)
+    assert len(bodies) == 2
+    assert orjson.loads(bodies[0])["users"] == ["ann"]
+    assert orjson.loads(bodies[0])["pushes"] == []
+    assert orjson.loads(bodies[1])["users"] == []
+    assert base64.b64decode(orjson.loads(bodies[1])["pushes"][0][1]) == large  # (alone)
 
 
 def body(**fields: object) -> bytes:

@@ -21,6 +21,7 @@ FORBIDDEN_IN_CORE |= {"udpchat_server", "udpchat_cli"}
 #: The public API: what other packages may import from.
 PUBLIC = {
     "udpchat_proto",
+    "udpchat_proto.bus",
     "udpchat_proto.chat",
     "udpchat_proto.chat.messages",
     "udpchat_proto.transport",

@@ -4,8 +4,9 @@ Every node publishes on one subject and listens to it. The subject, and the key
 that seals every message, come from the server's static private key, which only
 the nodes hold: a process that can publish on the NATS server but lacks the key
 can neither find the cluster's subject nor say anything its nodes would believe.
-What a message looks like, and why a node drops one, is in :mod:`.buswire`.
-What the nodes tell each other:
+What a message looks like, and why a node drops one, is the core's
+(:mod:`udpchat_proto.bus`, specified in ``docs/PROTOCOL.md``); this module is
+NATS and the thread around it. What the nodes tell each other:
 
 * ``news``: a :class:`~udpchat_proto.chat.ClusterNews` (users with new messages,
   encoded pushes, ended sessions, caches to forget, who came online or went
@@ -23,8 +24,9 @@ bus. Presence heals with the next heartbeats. A message dropped (forged, replaye
 stale ...) is lost news as well: it is counted by reason (:attr:`NatsBus.dropped`,
 in the server's counters as ``bus_dropped``) and logged at most once a minute.
 What the bus hands the server loop is bounded whatever the number of nodes: at
-most :data:`~.buswire.MAX_REMOTE_NAMES` names online elsewhere in all
-(:class:`~.buswire.RemoteNames`), and at most :data:`MAX_BACKLOG` entries waiting.
+most :data:`~udpchat_proto.bus.MAX_REMOTE_NAMES` names online elsewhere in all
+(:class:`~udpchat_proto.bus.RemoteNames`), and at most :data:`MAX_BACKLOG` entries
+waiting.
 
 The NATS server itself may ask for credentials (a user and password or a token in
 the URL, an nkey seed or a creds file) and TLS (``tls://``): :class:`BusOptions`.
@@ -50,11 +52,10 @@ from typing import Any, Final
 
 import attrs
 
-from udpchat_proto.chat import ClusterNews
-
-from .buswire import (
+from udpchat_proto.bus import (
     MAX_REMOTE_NAMES,
     NODE_SIZE,
+    SUBJECT_PREFIX,
     BusDropError,
     BusKeys,
     Bye,
@@ -68,13 +69,15 @@ from .buswire import (
     Snapshot,
     SnapshotPart,
     bye_body,
-    news_body,
+    news_bodies,
     parse,
     resync_body,
     snapshot_bodies,
 )
+from udpchat_proto.chat import ClusterNews
 
 __all__ = [
+    "BACKLOG",
     "SUBJECT",
     "BusConfigError",
     "BusOptions",
@@ -88,17 +91,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SUBJECT: Final = "udpchat.cluster"
+SUBJECT: Final = SUBJECT_PREFIX
 """The prefix of a cluster's subject: ``udpchat.cluster.TOKEN``, where TOKEN is
-derived from the private key its nodes share (:class:`~.buswire.BusKeys`): two
-clusters on one NATS never hear each other, and nobody without the key can name
-the subject."""
+derived from the private key its nodes share (:class:`~udpchat_proto.bus.BusKeys`):
+two clusters on one NATS never hear each other, and nobody without the key can
+name the subject."""
 CONNECT_TIMEOUT: Final = 5.0
 """Seconds :meth:`NatsBus.start` waits for NATS before serving without it."""
 RETRY_INTERVAL: Final = 2.0
 """Seconds between attempts to reach NATS when it was away at start."""
-MAX_MESSAGE: Final = 512 * 1024
-"""Largest news message sent whole (NATS refuses over 1 MB by default)."""
 DROP_LOG_INTERVAL: Final = 60.0
 """Shortest time between two log lines about dropped bus messages (and about
 names ignored)."""
@@ -107,6 +108,9 @@ MAX_BACKLOG: Final = 2 * MAX_REMOTE_NAMES
 server loop to take them. A loop that falls this far behind (stalled by a flood,
 or a long batch) loses what comes next (``backlog``), as it would in a gap of
 the bus, and looks in the database for every connection once it catches up."""
+BACKLOG: Final = "backlog"
+"""The drop reason of what the server loop was too far behind to take (counted
+with the wire's, :data:`~udpchat_proto.bus.DROP_REASONS`, in ``bus_dropped``)."""
 
 
 class BusConfigError(Exception):
@@ -255,7 +259,7 @@ class NatsBus:
         """The URL for log lines (no password, no token)."""
         self._connect_options = (options or BusOptions()).connect_options(url)
         keys = BusKeys.derive(secret)
-        self.subject = f"{SUBJECT}.{keys.subject_token}"
+        self.subject = keys.subject
         """Where every node of this cluster publishes (and listens for the others)."""
         self.wake = wake
         node = os.urandom(NODE_SIZE)
@@ -304,13 +308,9 @@ class NatsBus:
 
     def publish(self, news: ClusterNews) -> None:
         """Tell the other nodes what this node's batches changed (never blocks);
-        news too large for one NATS message goes in halves."""
-        body = news_body(news)
-        if len(body) > MAX_MESSAGE and _count(news) > 1:
-            for half in _halves(news):
-                self.publish(half)
-            return
-        self._send(body)
+        news too large for one NATS message goes in parts."""
+        for body in news_bodies(news):
+            self._send(body)
 
     def heartbeat(self, online: list[str]) -> None:
         """Tell the other nodes everyone online here (in parts if it is long)."""
@@ -329,14 +329,14 @@ class NatsBus:
     @property
     def dropped(self) -> dict[str, int]:
         """Messages from the bus dropped since the start, by reason (see
-        :data:`~.buswire.DROP_REASONS`)."""
+        :data:`~udpchat_proto.bus.DROP_REASONS`, or :data:`BACKLOG`)."""
         with self._lock:
             return dict(self._dropped)
 
     @property
     def names_ignored(self) -> int:
         """Names online on other nodes not handed on since the start: beyond the
-        :data:`~.buswire.MAX_REMOTE_NAMES` a node takes from all of them."""
+        :data:`~udpchat_proto.bus.MAX_REMOTE_NAMES` a node takes from all of them."""
         return self._names.ignored
 
     def take(self) -> tuple[list[Heard], bool]:
@@ -401,7 +401,7 @@ class NatsBus:
             node, body = self._opener.open(msg.data)
             said = parse(node.hex(), body)
         except BusDropError as drop:
-            self._drop(drop)
+            self._drop(drop.reason, drop.detail)
             return
         heard: Heard | None = None
         if isinstance(said, SnapshotPart):
@@ -417,7 +417,7 @@ class NatsBus:
                 behind = self._backlog >= MAX_BACKLOG
                 self._resync |= behind  # (what is lost now, the database still has)
             if behind:
-                self._drop(BusDropError("backlog", "the server loop is behind"))
+                self._drop(BACKLOG, "the server loop is behind")
                 self.wake()
                 return
             ignored = self._names.ignored
@@ -450,12 +450,12 @@ class NatsBus:
         )
         self._ignored_logged, self._ignored_logged_at = ignored, now
 
-    def _drop(self, drop: BusDropError) -> None:
-        log.debug("a message on the bus dropped: %s", drop)
+    def _drop(self, reason: str, detail: str) -> None:
+        log.debug("a message on the bus dropped: %s: %s", reason, detail)
         now = time.monotonic()
         with self._lock:
-            self._dropped[drop.reason] += 1
-            self._unlogged[drop.reason] += 1
+            self._dropped[reason] += 1
+            self._unlogged[reason] += 1
             if now - self._drops_logged_at < DROP_LOG_INTERVAL:
                 return
             unlogged, self._unlogged = self._unlogged, collections.Counter()
@@ -525,12 +525,3 @@ def _entries(heard: Heard) -> int:
     if isinstance(heard, Snapshot):
         return max(1, len(heard.users))
     return 1
-
-
-def _halves(news: ClusterNews) -> tuple[ClusterNews, ClusterNews]:
-    """Two news with half of each list each (their order kept: the first half
-    first)."""
-    fields = attrs.asdict(news, recurse=False)
-    first = {name: value[: len(value) // 2] for name, value in fields.items()}
-    second = {name: value[len(value) // 2 :] for name, value in fields.items()}
-    return ClusterNews(**first), ClusterNews(**second)
