@@ -13,8 +13,8 @@ import json
 import statistics
 import timeit
 
+from udpchat_proto import messages as m
 from udpchat_proto.chat import decode, encode
-from udpchat_proto.chat import messages as m
 
 REPEATS = 7
 NUMBER = 20_000

@@ -30,17 +30,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from udpchat_proto import RateLimit, SeededRandomSource
-from udpchat_proto.chat import (
+from udpchat_proto import (
     ChatServer,
     ClientConnection,
     MemoryStore,
+    RateLimit,
     ScryptParams,
+    SeededRandomSource,
     ServerConfig,
+    ServerKey,
     Store,
 )
-from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import ServerKey
+from udpchat_proto import messages as m
 from udpchat_server.stores.sqlite import SQLiteStore
 
 MEMBERS = 100

@@ -77,8 +77,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from udpchat_proto.chat import ClientConnection
-from udpchat_proto.chat import messages as m
+from udpchat_proto import ClientConnection
+from udpchat_proto import messages as m
 
 HOST = "127.0.0.1"
 PASSWORD = "benchmark-password"

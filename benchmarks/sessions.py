@@ -46,16 +46,17 @@ from typing import Any
 
 import attrs
 
-from udpchat_proto import RateLimit, SeededRandomSource
-from udpchat_proto.chat import (
+from udpchat_proto import (
     ChatServer,
     ClientConnection,
     MemoryStore,
+    RateLimit,
     ScryptParams,
+    SeededRandomSource,
     ServerConfig,
+    ServerKey,
     Store,
 )
-from udpchat_proto.transport import ServerKey
 from udpchat_server.stores.sqlite import SQLiteStore
 
 SERVER = ("127.0.0.1", 9999)

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from udpchat_proto.chat import MemoryStore, Store
-from udpchat_proto.chat.messages import ChatMessage
+from udpchat_proto import MemoryStore, Store
+from udpchat_proto import messages as m
 from udpchat_server.stores.sqlite import SQLiteStore
 
 REPEATS = 5
@@ -37,9 +37,9 @@ T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
 TOKEN = b"\x01" * 32
 
 
-def make_messages(count: int, start: int) -> list[ChatMessage]:
+def make_messages(count: int, start: int) -> list[m.ChatMessage]:
     return [
-        ChatMessage(
+        m.ChatMessage(
             id=(start + n).to_bytes(16, "big"),
             sender=f"user{n % CONVERSATIONS}",
             to="alice",
@@ -50,7 +50,7 @@ def make_messages(count: int, start: int) -> list[ChatMessage]:
     ]
 
 
-def store_rate(make: Callable[[], Store], batches: list[list[ChatMessage]]) -> float:
+def store_rate(make: Callable[[], Store], batches: list[list[m.ChatMessage]]) -> float:
     store = make()
     try:
         started = time.perf_counter()
@@ -64,7 +64,7 @@ def store_rate(make: Callable[[], Store], batches: list[list[ChatMessage]]) -> f
     return sum(map(len, batches)) / elapsed
 
 
-def raw_rate(path: Path, batches: list[list[ChatMessage]]) -> float:
+def raw_rate(path: Path, batches: list[list[m.ChatMessage]]) -> float:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
@@ -79,7 +79,7 @@ def raw_rate(path: Path, batches: list[list[ChatMessage]]) -> float:
             db.executemany(
                 "INSERT INTO messages (id, conversation, sender, recipient, text, sent_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(m.id, m.sender, m.sender, m.to, m.text, m.sent_at.timestamp()) for m in batch],
+                [(c.id, c.sender, c.sender, c.to, c.text, c.sent_at.timestamp()) for c in batch],
             )
             db.execute("COMMIT")
         elapsed = time.perf_counter() - started
@@ -103,7 +103,7 @@ def pending_times(make: Callable[[], Store]) -> tuple[float, float, float]:
         everything = store.pending_deliveries("alice", TOKEN, BACKLOG)
         all_ms = (time.perf_counter() - started) * 1e3
         started = time.perf_counter()
-        store.acknowledge("alice", TOKEN, [m.id for m in page], 1.0)
+        store.acknowledge("alice", TOKEN, [message.id for message in page], 1.0)
         store.commit()
         ack_ms = (time.perf_counter() - started) * 1e3
         assert len(page) == 100

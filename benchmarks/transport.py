@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from udpchat_proto import SeededRandomSource
+from udpchat_proto import SeededRandomSource, ServerKey
 from udpchat_proto.transport import (
     CipherState,
     ClientTransport,
@@ -37,7 +37,6 @@ from udpchat_proto.transport import (
     HandshakeCompleted,
     PayloadReceived,
     ReplayWindow,
-    ServerKey,
     ServerTransport,
     StreamFrame,
     decode_frames,

@@ -27,9 +27,8 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from udpchat_proto.chat import ClientConnection, Connected, Disconnected
-from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import fingerprint
+from udpchat_proto import ClientConnection, Connected, Disconnected, fingerprint
+from udpchat_proto import messages as m
 
 Address = tuple[str, int]
 

@@ -22,8 +22,9 @@ import time
 
 from asyncio_client import check, open_client, parse_address
 
-from udpchat_proto.chat import MAX_TEXT_BYTES, ClientConnection, is_room
-from udpchat_proto.chat import messages as m
+from udpchat_proto import ClientConnection
+from udpchat_proto import messages as m
+from udpchat_proto.chat import MAX_TEXT_BYTES, is_room
 
 
 def reply_text(text: str) -> str:

@@ -21,7 +21,7 @@ import copy
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.codec import encode
 from udpchat_proto.chat.config import ServerConfig

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fuzz_bus import KEYS, RAW, SEALED, SENDER, clock
 
+from udpchat_proto import messages as m
 from udpchat_proto.bus import (
     Sealer,
     bye_body,
@@ -26,7 +27,6 @@ from udpchat_proto.bus import (
     snapshot_bodies,
 )
 from udpchat_proto.chat import ClusterNews, encode
-from udpchat_proto.chat import messages as m
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "bus"
 

@@ -49,7 +49,7 @@ from _session import (
 )
 
 from udpchat_proto import RateLimit
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.codec import MESSAGE_TYPES, decode, encode, message_fields
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 import attrs
 
 from tests.simnet import Link, Network
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.events import Connected, Disconnected
 from udpchat_proto.chat.memory_store import MemoryStore

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.codec import MESSAGE_TYPES
 from udpchat_proto.chat.validation import MAX_TEXT_BYTES
 from udpchat_proto.errors import ErrorCode

@@ -29,6 +29,8 @@ from cryptography.x509.oid import NameOID
 
 from tests.e2e.cluster_helpers import Nats
 from tests.services import require_nats
+from udpchat_proto import ServerKey
+from udpchat_proto import messages as m
 from udpchat_proto.bus import (
     HEADER,
     HEARTBEAT_PARTS_MAX,
@@ -40,8 +42,6 @@ from udpchat_proto.bus import (
     snapshot_bodies,
 )
 from udpchat_proto.chat import ClusterNews, encode
-from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import ServerKey
 from udpchat_server.bus import (
     BusConfigError,
     BusOptions,

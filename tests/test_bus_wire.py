@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.test_cluster_hints import NODE_A, Cluster, signed_up
-from udpchat_proto import ErrorCode, LocalProtocolError
+from udpchat_proto import ErrorCode, LocalProtocolError, ServerKey
+from udpchat_proto import messages as m
 from udpchat_proto.bus import (
     FRESHNESS,
     HEADER,
@@ -46,9 +47,7 @@ from udpchat_proto.bus import (
     snapshot_bodies,
 )
 from udpchat_proto.chat import MAX_NODE_USERS, MAX_NODES, ClusterNews, encode
-from udpchat_proto.chat import messages as m
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import ServerKey
 
 KEY = ServerKey.generate(SeededRandomSource("bus-wire"))
 KEYS = BusKeys.derive(KEY.private_bytes)

@@ -5,8 +5,8 @@ one's own messages on every device. Every test runs on MemoryStore and SQLiteSto
 from __future__ import annotations
 
 from tests.chat_helpers import PASSWORD, ChatUser, ChatWorld, StoreFactory, test_config
-from udpchat_proto.chat import HashJob, ScryptParams
-from udpchat_proto.chat import messages as m
+from udpchat_proto import HashJob, ScryptParams
+from udpchat_proto import messages as m
 from udpchat_proto.chat.events import Disconnected
 from udpchat_proto.chat.password_jobs import JobKind
 from udpchat_proto.errors import ErrorCode

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.chat_helpers import PASSWORD, SERVER_ADDRESS, ChatWorld, StoreFactory, test_config
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.codec import decode, encode
 from udpchat_proto.chat.events import (
     ClientConnected,

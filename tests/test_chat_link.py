@@ -14,12 +14,11 @@ import pytest
 
 from tests.chat_helpers import test_config
 from udpchat_cli.chat.link import ChatLink, LinkState
-from udpchat_proto import ErrorCode
-from udpchat_proto.chat import ChatServer, MemoryStore, ValidationError, token_hash
-from udpchat_proto.chat import messages as m
+from udpchat_proto import Address, ChatServer, ErrorCode, MemoryStore, ServerKey, ValidationError
+from udpchat_proto import messages as m
+from udpchat_proto.chat import token_hash
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import Address, ServerKey
 
 SERVER: Address = ("127.0.0.1", 9999)
 CLIENT: Address = ("127.0.0.1", 40000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.chat_helpers import ChatWorld, StoreFactory, test_config
 from tests.simnet import Link
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.errors import ErrorCode
 
 DAY = 86400.0

@@ -21,7 +21,7 @@ from udpchat_cli.profiles import (
     check_profile_name,
 )
 from udpchat_cli.session import parse_server
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.keyfile import KeyFileError, default_key_path, load_or_create_key

@@ -21,8 +21,8 @@ from udpchat_cli.chat.app import CONTINUATION_MARK, render_message
 from udpchat_cli.cli import main
 from udpchat_cli.profiles import Home
 from udpchat_cli.session import ConnectionLostError, Session
-from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import CloseCode
+from udpchat_proto import CloseCode
+from udpchat_proto import messages as m
 
 from .strategies import texts
 

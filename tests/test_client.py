@@ -9,12 +9,12 @@ import pytest
 
 from tests.chat_helpers import SERVER_ADDRESS, ChatWorld, StoreFactory
 from tests.simnet import Link
-from udpchat_proto.chat import messages as m
+from udpchat_proto import CloseCode
+from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection, ClientState
 from udpchat_proto.chat.events import Connected, Disconnected
 from udpchat_proto.errors import LocalProtocolError
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import CloseCode
 
 
 @pytest.fixture

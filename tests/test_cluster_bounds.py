@@ -9,15 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.test_cluster_hints import NODE_A, NODE_B, Cluster, signed_up
-from udpchat_proto.chat import (
-    MAX_NODE_USERS,
-    MAX_NODES,
-    STORE_READS,
-    STORE_WRITES,
-    ClusterNews,
-    MemoryStore,
-)
-from udpchat_proto.chat import messages as m
+from udpchat_proto import MemoryStore
+from udpchat_proto import messages as m
+from udpchat_proto.chat import MAX_NODE_USERS, MAX_NODES, STORE_READS, STORE_WRITES, ClusterNews
 
 MADE_UP = [f"nobody{n:05d}" for n in range(60_000)]
 

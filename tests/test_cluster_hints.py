@@ -8,20 +8,19 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from tests.chat_helpers import test_config
-from udpchat_proto.chat import (
-    NODE_TIMEOUT,
+from udpchat_proto import (
+    Address,
     ChatServer,
     ClientConnection,
-    ClientState,
-    ClusterNews,
     Disconnected,
     MemoryStore,
+    ServerKey,
 )
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
+from udpchat_proto.chat import NODE_TIMEOUT, ClientState, ClusterNews
 from udpchat_proto.chat.store import StoreUnavailableError
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import Address, ServerKey
 
 T = TypeVar("T")
 PASSWORD = "correct horse battery"

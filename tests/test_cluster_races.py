@@ -12,8 +12,9 @@ import pytest
 
 from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, test_config
 from tests.test_cluster_hints import NODE_A, NODE_B, Cluster, signed_up
-from udpchat_proto.chat import ClusterNews, Disconnected
-from udpchat_proto.chat import messages as m
+from udpchat_proto import Disconnected
+from udpchat_proto import messages as m
+from udpchat_proto.chat import ClusterNews
 from udpchat_proto.chat.store import StoreUnavailableError
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.ratelimit import RateLimit

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from udpchat_proto import messages as m
 from udpchat_proto.chat import check_message_id, check_session_id
-from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.codec import CODEC_VERSION, MAX_ENCODED_SIZE, MESSAGE_TYPES, decode, encode
 from udpchat_proto.chat.validation import ValidationError
 from udpchat_proto.errors import DecodeError, ErrorCode, LocalProtocolError

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.planted import IS_ROOT, NOBODY, planted_listener, shared_directory
-from udpchat_proto.chat import ChatServer, MemoryStore, ServerConfig
+from udpchat_proto import ChatServer, MemoryStore, ServerConfig
 from udpchat_proto.chat.passwords import ScryptParams
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport.keys import ServerKey

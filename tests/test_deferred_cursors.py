@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, texts_of
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.deliveries import CURSOR_WRITE_DELAY
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams

@@ -1,4 +1,4 @@
-"""docs/PROTOCOL.md and docs/EMBEDDING.md stay in step with the code.
+"""docs/PROTOCOL.md, docs/EMBEDDING.md and the API reference stay in step with the code.
 
 PROTOCOL.md is the wire: every message tag with its fields (optional ones marked
 with their default) and every error code, and no names of the reference
@@ -7,6 +7,9 @@ implementation. EMBEDDING.md maps each tag to its Python class.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import re
 from pathlib import Path
 
@@ -86,3 +89,38 @@ def test_every_message_class_is_named_in_the_embedding_documentation() -> None:
 def test_the_protocol_names_no_part_of_the_reference_implementation(name: str) -> None:
     # Words that are also wire tags or plain English ("Ok", "Logout") are left out.
     assert not re.search(rf"\b{name}\b", PROTOCOL), f"{name} belongs in docs/EMBEDDING.md"
+
+
+# --- the API reference (docs/conf.py, docs/api/) and the quickstart -----------------------
+
+API = DOCS / "api"
+
+
+def test_every_public_module_has_its_page_in_the_reference() -> None:
+    # The one list of pages, docs/api/index.rst's toctree; each page documents its
+    # module (automodule), or, for the face, each name (autoclass ...).
+    import udpchat_proto
+
+    listed = re.findall(r"^   (udpchat_proto[\w.]*)$", (API / "index.rst").read_text(), re.M)
+    public = ["udpchat_proto", "udpchat_proto.chat", "udpchat_proto.chat.messages"]
+    public += ["udpchat_proto.transport", "udpchat_proto.bus"]
+    if importlib.util.find_spec("udpchat_proto.asyncio") is not None:
+        public.append("udpchat_proto.asyncio")
+    assert sorted(listed) == sorted(public)
+    for module in listed:
+        page = (API / f"{module}.rst").read_text()
+        assert f".. automodule:: {module}" in page, module
+    face = (API / "udpchat_proto.rst").read_text()
+    documented = set(re.findall(r"^\.\. auto(?!module)\w+:: (\w+)$", face, re.M))
+    assert documented == set(udpchat_proto.__all__) - {"messages"}
+    assert ":doc:`the catalogue <udpchat_proto.chat.messages>`" in face
+
+
+def test_the_quickstart_runs() -> None:
+    # Its first program is the whole protocol in one process, with no socket.
+    text = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    program = re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)[0]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(program, "quickstart.md", "exec"), {"__name__": "quickstart"})
+    assert output.getvalue() == "alice: hello, bob\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.codec import decode
 from udpchat_proto.transport.packets import StreamFrame, decode_frames, decode_varint
 

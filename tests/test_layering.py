@@ -1,9 +1,11 @@
 """The layout's rules, checked on the source: the core does no I/O, the transport
-knows nothing of chat, and the other packages use only the public API."""
+knows nothing of chat, and the other packages (and the code in the docs) use only
+the public API: the face, ``udpchat_proto``, and the subpackages' own names."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +20,28 @@ CORE = ROOT / "src" / "udpchat_proto"
 FORBIDDEN_IN_CORE = {"socket", "time", "threading", "asyncio", "sqlite3", "selectors"}
 FORBIDDEN_IN_CORE |= {"udpchat_server", "udpchat_cli"}
 
-#: The public API: what other packages may import from.
+#: The public API: the modules other packages may import from, each only the names
+#: of its ``__all__``. The face exports what an embedder needs (the message catalogue
+#: as ``messages``); the subpackages only their wire-level names (no name is exported
+#: twice: tests/test_public_api.py), so a name the face exports comes from the face.
 PUBLIC = {
     "udpchat_proto",
+    "udpchat_proto.asyncio",
     "udpchat_proto.bus",
     "udpchat_proto.chat",
-    "udpchat_proto.chat.messages",
     "udpchat_proto.transport",
 }
+
+#: Outside the core, the files that may read its internals, and why: they draw or
+#: generate documents from tables and byte layouts no application needs. (tests/ and
+#: fuzz/ are white-box too: they test and fuzz the modules themselves.)
+WHITE_BOX = {
+    "tools/state_diagrams.py": "draws docs/STATES.md from the state machines' own tables",
+    "tools/session_vectors.py": "writes docs/vectors/ from the handshake's and packets' internals",
+}
+
+#: The pages whose Python examples an embedder copies: they import as the code does.
+DOC_PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
 
 
 def imports(path: Path) -> Iterator[tuple[str, int]]:
@@ -63,19 +79,72 @@ def test_the_transport_knows_nothing_of_chat(path: Path) -> None:
 def outside_modules() -> list[Path]:
     return sorted(
         path
-        for folder in ("src/udpchat_server", "src/udpchat_cli", "examples", "benchmarks")
+        for folder in ("src/udpchat_server", "src/udpchat_cli", "examples", "benchmarks", "tools")
         for path in (ROOT / folder).rglob("*.py")
+        if str(path.relative_to(ROOT)) not in WHITE_BOX
     )
+
+
+def public_api_violations(tree: ast.AST) -> Iterator[str]:
+    """Each import in ``tree`` of a part of ``udpchat_proto`` that is not its public API."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("udpchat_proto"):
+            module = node.module or ""
+            if module not in PUBLIC:
+                yield f"{node.lineno}: from {module} (a private module)"
+                continue
+            exported = set(importlib.import_module(module).__all__)
+            for alias in node.names:
+                if alias.name not in exported:
+                    home = [
+                        p for p in sorted(PUBLIC - {module}) if exports(p, alias.name)
+                    ] or "none"
+                    yield f"{node.lineno}: {alias.name} from {module} (exported by {home})"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("udpchat_proto") and alias.name not in PUBLIC:
+                    yield f"{node.lineno}: import {alias.name} (a private module)"
+
+
+def exports(module: str, name: str) -> bool:
+    try:
+        return name in importlib.import_module(module).__all__
+    except ImportError:  # (udpchat_proto.asyncio, before it exists)
+        return False
 
 
 @pytest.mark.parametrize("path", outside_modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_other_packages_use_only_the_public_api(path: Path) -> None:
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("udpchat_proto"):
-            assert node.module in PUBLIC, f"{path.name}:{node.lineno} from {node.module}"
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                assert not alias.name.startswith("udpchat_proto.") or alias.name in PUBLIC
+    assert not list(public_api_violations(ast.parse(path.read_text()))), path.name
+
+
+def python_examples(page: str) -> list[str]:
+    """The fenced ``python`` blocks of a Markdown page."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_the_docs_examples_import_the_public_api(page: str) -> None:
+    for block in python_examples(page):
+        violations = list(public_api_violations(ast.parse(block)))
+        assert not violations, f"{page}: {violations}"
+
+
+def test_the_rule_catches_a_private_import_and_a_name_from_the_wrong_face() -> None:
+    code = (
+        "from udpchat_proto.chat.server import ChatServer\n"
+        "from udpchat_proto.chat import ClientConnection\n"
+        "from udpchat_proto.transport import ServerKey, ServerTransport\n"
+        "import udpchat_proto.chat.codec\n"
+        "from udpchat_proto import ChatServer, messages\n"
+    )
+    assert list(public_api_violations(ast.parse(code))) == [
+        "1: from udpchat_proto.chat.server (a private module)",
+        "2: ClientConnection from udpchat_proto.chat (exported by ['udpchat_proto'])",
+        "3: ServerKey from udpchat_proto.transport (exported by ['udpchat_proto'])",
+        "4: import udpchat_proto.chat.codec (a private module)",
+    ]
 
 
 @pytest.mark.parametrize("path", core_modules(), ids=lambda p: str(p.relative_to(CORE)))

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat_proto import CloseCode
-from udpchat_proto.chat import ClientDisconnected
+from udpchat_proto import ClientDisconnected, CloseCode
 from udpchat_server.logformat import JsonFormatter, TextFormatter, escape_controls
 from udpchat_server.loop import describe
 

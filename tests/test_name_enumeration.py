@@ -16,8 +16,8 @@ import attrs
 import pytest
 
 from tests.chat_helpers import PASSWORD, ChatWorld, StoreFactory, test_config
-from udpchat_proto.chat import HashJob
-from udpchat_proto.chat import messages as m
+from udpchat_proto import HashJob
+from udpchat_proto import messages as m
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.ratelimit import RateLimit
 

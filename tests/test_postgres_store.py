@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.services import POSTGRES_URL, postgres_database, postgres_store
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.store import StoreUnavailableError, stored_size
 from udpchat_server.migrate import migrate

@@ -18,7 +18,8 @@ from tests.chat_helpers import (
     StoreFactory,
     test_config,
 )
-from udpchat_proto.chat import messages as m
+from udpchat_proto import CloseCode, TransportConfig
+from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.codec import CODEC_VERSION, decode, encode
 from udpchat_proto.chat.config import SERVER_RECEIVE_LIMIT
@@ -31,13 +32,7 @@ from udpchat_proto.chat.validation import LIST_MAX
 from udpchat_proto.errors import DecodeError, ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.ratelimit import KEYED_LIMITER_MIN_PRUNE, KeyedLimiter, RateLimit, TokenBucket
-from udpchat_proto.transport import (
-    ClientTransport,
-    CloseCode,
-    ConnectionTerminated,
-    PayloadReceived,
-    TransportConfig,
-)
+from udpchat_proto.transport import ClientTransport, ConnectionTerminated, PayloadReceived
 from udpchat_proto.transport.keys import ServerKey
 from udpchat_server.stores.sqlite import SQLiteStore
 

@@ -21,7 +21,7 @@ from typing import Any, cast
 import pytest
 
 from udpchat_cli.session import Session
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.config import ServerConfig
 from udpchat_proto.chat.memory_store import MemoryStore

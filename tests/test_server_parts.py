@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from udpchat_proto import ServerKey, TransportConfig
+from udpchat_proto import messages as m
 from udpchat_proto.chat import handlers
-from udpchat_proto.chat import messages as m
 from udpchat_proto.chat.batch import Batch, Held
 from udpchat_proto.chat.codec import MESSAGE_TYPES
 from udpchat_proto.chat.config import ServerConfig
@@ -35,7 +36,6 @@ from udpchat_proto.chat.timers import ServerTimer, ServerTimers
 from udpchat_proto.errors import LocalProtocolError
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.ratelimit import RateLimit
-from udpchat_proto.transport import ServerKey, TransportConfig
 
 CHAT = Path(__file__).resolve().parent.parent / "src" / "udpchat_proto" / "chat"
 

@@ -11,12 +11,19 @@ from typing import Any, cast
 import pytest
 
 from tests.chat_helpers import PASSWORD, RecordingStore, test_config
-from udpchat_proto.chat import BatchEnd, ChatServer, ClientConnection, MemoryStore, Store
-from udpchat_proto.chat import messages as m
+from udpchat_proto import (
+    Address,
+    BatchEnd,
+    ChatServer,
+    ClientConnection,
+    MemoryStore,
+    ServerKey,
+    Store,
+)
+from udpchat_proto import messages as m
 from udpchat_proto.chat.store import StoreUnavailableError
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import Address, ServerKey
 from udpchat_server.stores.sqlite import SQLiteStore
 
 SERVER: Address = ("127.0.0.1", 4433)

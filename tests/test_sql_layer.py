@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from tests.services import POSTGRES_URL, postgres_store
-from udpchat_proto.chat import Store
+from udpchat_proto import Store
 from udpchat_server.stores import schema
 from udpchat_server.stores.base import SqlStore
 from udpchat_server.stores.dialect import POSTGRES, SQLITE

@@ -25,7 +25,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from tests.chat_helpers import ChatWorld, StoreFactory
 from tests.simnet import Link, Network
 from tests.test_server_parts import WHEN, msg
-from udpchat_proto.chat import messages as m
+from udpchat_proto import ServerKey
+from udpchat_proto import messages as m
 from udpchat_proto.chat.client import MACHINE as CLIENT
 from udpchat_proto.chat.client import ClientConnection, ClientState
 from udpchat_proto.chat.connection import MACHINE as SERVER_CONNECTION
@@ -35,7 +36,7 @@ from udpchat_proto.chat.delivery import DeliveryState, DeliveryWindow
 from udpchat_proto.errors import LocalProtocolError
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.statemachine import StateMachine
-from udpchat_proto.transport import ServerKey, ServerTransport
+from udpchat_proto.transport import ServerTransport
 from udpchat_proto.transport.states import MACHINE as TRANSPORT
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.chat_helpers import ChatWorld, StoreFactory, test_config
-from udpchat_proto.chat import ServerConfig
-from udpchat_proto.chat import messages as m
+from udpchat_proto import ServerConfig
+from udpchat_proto import messages as m
 from udpchat_proto.chat.store import stored_size
 from udpchat_proto.errors import ErrorCode
 from udpchat_server.cli import _config

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.chat_helpers import PASSWORD, ChatUser, ChatWorld, StoreFactory
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.store import StoreUnavailableError
 from udpchat_proto.errors import ErrorCode
 from udpchat_server.stores.sqlite import SQLiteStore

@@ -12,17 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from udpchat_proto import CloseCode, TransportConfig
 from udpchat_proto.errors import LocalProtocolError
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import (
     ClientTransport,
-    CloseCode,
     ConnectionAddressChanged,
     ConnectionTerminated,
     HandshakeCompleted,
     PayloadReceived,
     ServerTransport,
-    TransportConfig,
 )
 from udpchat_proto.transport.handshake import CipherState
 from udpchat_proto.transport.keys import ServerKey

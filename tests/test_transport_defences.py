@@ -11,16 +11,15 @@ import tracemalloc
 
 import pytest
 
+from udpchat_proto import CloseCode, TransportConfig
 from udpchat_proto.errors import LocalProtocolError
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import (
     ClientTransport,
-    CloseCode,
     ConnectionAddressChanged,
     ConnectionTerminated,
     PayloadReceived,
     ServerTransport,
-    TransportConfig,
     address_key,
 )
 from udpchat_proto.transport.capacity import OpenConnections

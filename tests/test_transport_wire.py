@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from udpchat_proto import CloseCode
 from udpchat_proto.errors import DecodeError, LocalProtocolError
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport import (
-    CloseCode,
     ConnectionTerminated,
     HandshakeCompleted,
     PayloadReceived,

@@ -14,13 +14,14 @@ import json
 import pytest
 
 from tests.stranger import SansIOServer, StrangerClient, answer, connect, exchange
-from udpchat_proto.chat import messages as m
+from udpchat_proto import CloseCode
+from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.codec import decode
 from udpchat_proto.chat.events import Connected, Disconnected
 from udpchat_proto.errors import DecodeError, ErrorCode
 from udpchat_proto.randomness import SeededRandomSource
-from udpchat_proto.transport import ClientTransport, CloseCode, ConnectionTerminated
+from udpchat_proto.transport import ClientTransport, ConnectionTerminated
 from udpchat_proto.transport.packets import INITIATION_SIZE
 
 SERVER = ("192.0.2.1", 9999)

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from udpchat_proto import messages as m
 from udpchat_proto.bus import (
     HEADER,
     REPLAY_WINDOW,
@@ -38,7 +39,6 @@ from udpchat_proto.bus import (
     snapshot_bodies,
 )
 from udpchat_proto.chat import ClusterNews, encode
-from udpchat_proto.chat import messages as m
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 OUTPUT: Final = ROOT / "docs" / "vectors" / "bus.json"

@@ -22,14 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from udpchat_proto.chat import (
-    ChatServer,
-    ClientConnection,
-    MemoryStore,
-    ScryptParams,
-    ServerConfig,
-    decode,
-)
+from udpchat_proto import ChatServer, ClientConnection, MemoryStore, ScryptParams, ServerConfig
+from udpchat_proto.chat import decode
 from udpchat_proto.errors import DecodeError
 from udpchat_proto.randomness import SeededRandomSource
 from udpchat_proto.transport.handshake import CipherState, HandshakeState, public_key

@@ -22,10 +22,8 @@ from typing import Any, TypeVar
 import attrs
 import click
 
-from udpchat_proto import ErrorCode
-from udpchat_proto.chat import ClientConnection
-from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import fingerprint
+from udpchat_proto import ClientConnection, ErrorCode, fingerprint
+from udpchat_proto import messages as m
 
 from .output import Output
 from .profiles import Home, Profile

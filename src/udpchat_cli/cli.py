@@ -34,9 +34,7 @@ try:
     import click
     import platformdirs
 
-    from udpchat_proto import ErrorCode, LocalProtocolError
-    from udpchat_proto.chat import ValidationError
-    from udpchat_proto.transport import CloseCode
+    from udpchat_proto import CloseCode, ErrorCode, LocalProtocolError, ValidationError
 
     from .app import (
         DEFAULT_SERVER,

@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO, assert_never
 
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 
 __all__ = [
     "CONTINUATION",

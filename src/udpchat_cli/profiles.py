@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 
 import attrs
 
+from udpchat_proto import messages as m
 from udpchat_proto.chat import TOKEN_SIZE, check_username
-from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.transport import KEY_SIZE
 
 from .session import parse_servers, server_names
@@ -46,7 +46,7 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 
 
-def _message_to_json(message: ChatMessage) -> dict[str, Any]:
+def _message_to_json(message: m.ChatMessage) -> dict[str, Any]:
     """A kept message as the profile stores it (the profile's own format: the id in
     hex, ``sent_at`` in integer microseconds since the epoch, UTC)."""
     return {
@@ -58,7 +58,7 @@ def _message_to_json(message: ChatMessage) -> dict[str, Any]:
     }
 
 
-def _message_from_json(item: Any) -> ChatMessage:
+def _message_from_json(item: Any) -> m.ChatMessage:
     """Parse :func:`_message_to_json` output (the message's own validators check it).
 
     Raises:
@@ -66,7 +66,7 @@ def _message_from_json(item: Any) -> ChatMessage:
     """
     if not isinstance(item, dict) or type(item["sent_at"]) is not int:
         raise ValueError("not a kept message")
-    return ChatMessage(
+    return m.ChatMessage(
         id=bytes.fromhex(item["id"]),
         sender=item["sender"],
         to=item["to"],
@@ -124,7 +124,7 @@ class Profile:
     """The ``HOST:PORT`` the login session belongs to."""
     delivered: list[bytes] = attrs.Factory(list)
     """Ids of messages received, oldest first, at most :data:`DELIVERED_MAX`."""
-    unshown: list[ChatMessage] = attrs.Factory(list)
+    unshown: list[m.ChatMessage] = attrs.Factory(list)
     """Messages received but not yet printed, in delivery order."""
 
     @property
@@ -132,7 +132,7 @@ class Profile:
         """Whether the profile holds a login session."""
         return self.token is not None and self.username is not None
 
-    def record(self, messages: list[ChatMessage], *, shown: bool) -> None:
+    def record(self, messages: list[m.ChatMessage], *, shown: bool) -> None:
         """Note messages just received; keep them for ``inbox`` unless ``shown``."""
         known = set(self.delivered)
         for message in messages:

@@ -23,9 +23,16 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from udpchat_proto.chat import ClientConnection, Connected, Disconnected
-from udpchat_proto.chat.messages import Push, Response
-from udpchat_proto.transport import Address, CloseCode, TransportConfig, fingerprint
+from udpchat_proto import (
+    Address,
+    ClientConnection,
+    CloseCode,
+    Connected,
+    Disconnected,
+    TransportConfig,
+    fingerprint,
+)
+from udpchat_proto import messages as m
 
 __all__ = [
     "ConnectionLostError",
@@ -111,7 +118,7 @@ def server_names(text: str) -> list[str]:
     return [item.strip() for item in text.split(",")]
 
 
-PushHandler = Callable[[list[Push]], None]
+PushHandler = Callable[[list[m.Push]], None]
 
 
 class Session:
@@ -160,7 +167,7 @@ class Session:
         if not self._resolved:
             assert failure is not None
             raise failure
-        self._answers: dict[int, Response] = {}
+        self._answers: dict[int, m.Response] = {}
         self._attach(0)
 
     def _attach(self, index: int) -> None:
@@ -234,7 +241,7 @@ class Session:
             self._closed = True
             self._sock.close()
 
-    def request(self, issue: Callable[[ClientConnection], int]) -> Response:
+    def request(self, issue: Callable[[ClientConnection], int]) -> m.Response:
         """Send one request and wait for its answer.
 
         Args:
@@ -305,14 +312,14 @@ class Session:
         timer = self._conn.get_timer()
         if timer is not None and timer <= now:
             self._conn.handle_timer(max(timer, now))  # the wait may end a hair early
-        pushes: list[Push] = []
+        pushes: list[m.Push] = []
         lost: Disconnected | None = None
         while (event := self._conn.next_event()) is not None:
             if isinstance(event, Connected):
                 self._on_connected(event.server_key)
             elif isinstance(event, Disconnected):
                 lost = event
-            elif isinstance(event, Response):
+            elif isinstance(event, m.Response):
                 self._answers[event.request_id] = event
             else:
                 pushes.append(event)

@@ -1,8 +1,16 @@
 """udpchat-proto: a sans-IO chat protocol over UDP.
 
-The public API is what this module re-exports; everything else is internal and may
-change. The two roles, :class:`ClientConnection` and :class:`ChatServer`, share the
-shape of aioquic's ``QuicConnection``::
+This module is the public API an application embeds: the two roles, their
+configurations and events, the message catalogue, the errors, server keys,
+randomness and the store. Everything else is internal and may change, except the
+subpackages' own names, for wire-level use: :mod:`udpchat_proto.chat` (the codec,
+the validation rules, the store's accounting helpers, a cluster node's news),
+:mod:`udpchat_proto.transport` (the transport's roles, events, packets and
+handshake) and :mod:`udpchat_proto.bus` (the cluster bus's sealed messages). No
+name is exported by two of them.
+
+The two roles, :class:`ClientConnection` and :class:`ChatServer`, share the shape
+of aioquic's ``QuicConnection``::
 
     receive_datagram(data, addr, now)          # feed what the socket read
     datagrams_to_send(now) -> [(data, addr)]   # what to write
@@ -12,7 +20,7 @@ shape of aioquic's ``QuicConnection``::
 
 Error handling: command methods raise :class:`LocalProtocolError` (or its subclass
 :class:`ValidationError`, carrying the :class:`ErrorCode` a server would answer)
-for caller mistakes; :func:`decode` raises :class:`DecodeError` for any bad bytes;
+for caller mistakes; the codec raises :class:`DecodeError` for any bad bytes;
 ``receive_datagram`` never raises for remote input.
 """
 
@@ -22,8 +30,8 @@ from ._lazy import lazy_exports
 
 if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
     from .chat import messages
-    from .chat.client import ClientConnection, ClientState
-    from .chat.codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
+    from .chat.batch import BatchEnd
+    from .chat.client import ClientConnection
     from .chat.config import ServerConfig
     from .chat.events import (
         ClientConnected,
@@ -36,36 +44,41 @@ if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
         UserLoggedOut,
     )
     from .chat.memory_store import MemoryStore
+    from .chat.password_jobs import HashJob
     from .chat.passwords import PasswordHash, ScryptParams
-    from .chat.server import ChatServer, HashJob, ServerStats
-    from .chat.store import Account, LoginSession, Store, StoredMessage, StoreUnavailableError
+    from .chat.server import ChatServer
+    from .chat.store import (
+        Account,
+        Acknowledgement,
+        LoginSession,
+        Receipt,
+        Store,
+        StoredMessage,
+        StoreUnavailableError,
+    )
     from .chat.validation import ValidationError
     from .clock import WallClock
     from .errors import DecodeError, ErrorCode, LocalProtocolError, ProtocolError
     from .randomness import RandomSource, SeededRandomSource, SystemRandomSource
     from .ratelimit import RateLimit
-    from .transport.client import ClientTransport
     from .transport.config import TransportConfig
-    from .transport.events import (
-        Address,
-        CloseCode,
-        ConnectionAddressChanged,
-        ConnectionId,
-        ConnectionTerminated,
-        HandshakeCompleted,
-        PayloadReceived,
-        TransportEvent,
-    )
+    from .transport.events import Address, CloseCode
     from .transport.keys import ServerKey, fingerprint
-    from .transport.server import ServerTransport
 
 #: Where each public name lives: imported at its first use (``_lazy.py``), so that a
 #: program using one role does not load the other's modules.
 _EXPORTS: Final = {
-    ".chat.messages": ("messages",),
-    ".chat.client": ("ClientConnection", "ClientState"),
-    ".chat.codec": ("CODEC_VERSION", "MAX_ENCODED_SIZE", "decode", "encode"),
+    # The two roles, and what the server's turn hands back.
+    ".chat.client": ("ClientConnection",),
+    ".chat.server": ("ChatServer",),
+    ".chat.batch": ("BatchEnd",),
+    ".chat.password_jobs": ("HashJob",),
+    # Their configurations.
     ".chat.config": ("ServerConfig",),
+    ".transport.config": ("TransportConfig",),
+    ".ratelimit": ("RateLimit",),
+    # The events (a client's are also the catalogue's responses and pushes), and
+    # the close codes that a Disconnected carries.
     ".chat.events": (
         "ClientConnected",
         "ClientDisconnected",
@@ -76,85 +89,74 @@ _EXPORTS: Final = {
         "UserLoggedIn",
         "UserLoggedOut",
     ),
-    ".chat.memory_store": ("MemoryStore",),
-    ".chat.passwords": ("PasswordHash", "ScryptParams"),
-    ".chat.server": ("ChatServer", "HashJob", "ServerStats"),
-    ".chat.store": ("Account", "LoginSession", "Store", "StoredMessage", "StoreUnavailableError"),
-    ".chat.validation": ("ValidationError",),
-    ".clock": ("WallClock",),
+    ".transport.events": ("Address", "CloseCode"),
+    # The message catalogue: a module, its classes the wire's messages.
+    ".chat.messages": ("messages",),
+    # Errors.
     ".errors": ("DecodeError", "ErrorCode", "LocalProtocolError", "ProtocolError"),
-    ".randomness": ("RandomSource", "SeededRandomSource", "SystemRandomSource"),
-    ".ratelimit": ("RateLimit",),
-    ".transport.client": ("ClientTransport",),
-    ".transport.config": ("TransportConfig",),
-    ".transport.events": (
-        "Address",
-        "CloseCode",
-        "ConnectionAddressChanged",
-        "ConnectionId",
-        "ConnectionTerminated",
-        "HandshakeCompleted",
-        "PayloadReceived",
-        "TransportEvent",
-    ),
+    ".chat.validation": ("ValidationError",),
+    # Server keys, randomness, the wall clock.
     ".transport.keys": ("ServerKey", "fingerprint"),
-    ".transport.server": ("ServerTransport",),
+    ".randomness": ("RandomSource", "SeededRandomSource", "SystemRandomSource"),
+    ".clock": ("WallClock",),
+    # The store: the Protocol, what its methods take and return, the in-memory one.
+    ".chat.store": (
+        "Account",
+        "Acknowledgement",
+        "LoginSession",
+        "Receipt",
+        "Store",
+        "StoreUnavailableError",
+        "StoredMessage",
+    ),
+    ".chat.passwords": ("PasswordHash", "ScryptParams"),
+    ".chat.memory_store": ("MemoryStore",),
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
+#: This distribution's version (the package's, ``udpchat-proto``).
 __version__ = "0.1.0"
 
 __all__ = [
-    "CODEC_VERSION",
-    "MAX_ENCODED_SIZE",
     "Account",
+    "Acknowledgement",
     "Address",
+    "BatchEnd",
     "ChatServer",
     "ClientConnected",
     "ClientConnection",
     "ClientDisconnected",
     "ClientEvent",
-    "ClientState",
-    "ClientTransport",
     "CloseCode",
     "Connected",
-    "ConnectionAddressChanged",
-    "ConnectionId",
-    "ConnectionTerminated",
     "DecodeError",
     "Disconnected",
     "ErrorCode",
-    "HandshakeCompleted",
     "HashJob",
     "LocalProtocolError",
     "LoginSession",
     "MemoryStore",
     "PasswordHash",
-    "PayloadReceived",
     "ProtocolError",
     "RandomSource",
     "RateLimit",
+    "Receipt",
     "ScryptParams",
     "SeededRandomSource",
     "ServerConfig",
     "ServerEvent",
     "ServerKey",
-    "ServerStats",
-    "ServerTransport",
     "Store",
     "StoreUnavailableError",
     "StoredMessage",
     "SystemRandomSource",
     "TransportConfig",
-    "TransportEvent",
     "UserLoggedIn",
     "UserLoggedOut",
     "ValidationError",
     "WallClock",
     "__version__",
-    "decode",
-    "encode",
     "fingerprint",
     "messages",
 ]

@@ -46,18 +46,17 @@ try:
     import attrs
     import click
 
-    from udpchat_proto import RateLimit
-    from udpchat_proto.chat import (
+    from udpchat_proto import (
         ChatServer,
         PasswordHash,
+        RateLimit,
         ScryptParams,
         ServerConfig,
         Store,
         StoreUnavailableError,
         ValidationError,
-        check_password,
-        hash_password,
     )
+    from udpchat_proto.chat import check_password, hash_password
 
     from .config_file import ConfigError, load_defaults, to_toml
     from .control import ControlError, ControlInUseError, ControlNotOursError, ControlSocket

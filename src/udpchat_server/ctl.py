@@ -20,7 +20,8 @@ from typing import Any, Final, NoReturn
 
 import click
 
-from udpchat_proto.chat import ValidationError, check_password
+from udpchat_proto import ValidationError
+from udpchat_proto.chat import check_password
 
 from .control import ControlUnreachableError, ControlUntrustedError, call
 from .dburl import is_postgres_url

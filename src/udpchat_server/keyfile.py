@@ -21,8 +21,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from udpchat_proto import LocalProtocolError, RandomSource, SystemRandomSource
-from udpchat_proto.transport import ServerKey
+from udpchat_proto import LocalProtocolError, RandomSource, ServerKey, SystemRandomSource
 
 __all__ = ["KeyFileError", "default_key_path", "load_or_create_key"]
 

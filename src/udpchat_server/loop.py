@@ -41,12 +41,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from udpchat_proto.chat import (
-    HEARTBEAT_INTERVAL,
+from udpchat_proto import (
     ChatServer,
     ClientConnected,
     ClientDisconnected,
-    ClusterNews,
     HashJob,
     ServerEvent,
     Store,
@@ -54,6 +52,7 @@ from udpchat_proto.chat import (
     UserLoggedIn,
     UserLoggedOut,
 )
+from udpchat_proto.chat import HEARTBEAT_INTERVAL, ClusterNews
 
 from .logformat import escape_controls
 

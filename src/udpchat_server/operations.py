@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import udpchat_proto
-from udpchat_proto import DecodeError
-from udpchat_proto.chat import ChatServer, PasswordHash, Store, StoreUnavailableError
+from udpchat_proto import ChatServer, DecodeError, PasswordHash, Store, StoreUnavailableError
 
 from .control import ControlRequest, ControlSocket
 

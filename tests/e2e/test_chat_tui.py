@@ -20,8 +20,8 @@ from udpchat_cli.chat.app import ChatApp, Composer, MessagePane
 from udpchat_cli.chat.link import LinkState
 from udpchat_cli.profiles import Home
 from udpchat_cli.session import Session, parse_servers
-from udpchat_proto.chat import ClientConnection
-from udpchat_proto.chat import messages as m
+from udpchat_proto import ClientConnection
+from udpchat_proto import messages as m
 
 from .conftest import ServerProcess, User, befriend
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat.config import ServerConfig
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import ScryptParams

@@ -21,11 +21,10 @@ import orjson
 import pytest
 
 from tests.services import postgres_database
-from udpchat_proto import ErrorCode
+from udpchat_proto import ErrorCode, ServerKey
+from udpchat_proto import messages as m
 from udpchat_proto.bus import HEADER, BusKeys, Sealer, bye_body, news_body
 from udpchat_proto.chat import ClusterNews, encode
-from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import ServerKey
 
 from .cluster_helpers import Nats, read_events, texts
 from .conftest import ServerProcess, User, befriend, server_command

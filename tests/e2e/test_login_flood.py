@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from udpchat_proto import ClientConnection
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 
 from .conftest import PASSWORD, ServerProcess, User
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from udpchat_proto import ClientTransport, CloseCode, ConnectionTerminated
+from udpchat_proto import CloseCode
+from udpchat_proto.transport import ClientTransport, ConnectionTerminated
 
 from .conftest import PASSWORD, ServerProcess, User
 

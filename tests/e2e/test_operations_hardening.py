@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.planted import IS_ROOT, NOBODY, planted_listener, shared_directory
-from udpchat_proto import ClientTransport, ConnectionTerminated, HandshakeCompleted
+from udpchat_proto.transport import ClientTransport, ConnectionTerminated, HandshakeCompleted
 
 from .conftest import SERVER, ServerProcess, clean_env, server_command
 

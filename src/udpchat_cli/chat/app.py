@@ -28,9 +28,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static, TextArea
 
-from udpchat_proto.chat import ValidationError, check_text
-from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import Address
+from udpchat_proto import Address, ValidationError
+from udpchat_proto import messages as m
+from udpchat_proto.chat import check_text
 
 from ..output import event_text, visible, visible_lines
 from ..profiles import Home

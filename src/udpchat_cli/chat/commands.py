@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import attrs
 
-from udpchat_proto.chat import ValidationError, check_history_limit, valid_room, valid_username
+from udpchat_proto import ValidationError
+from udpchat_proto.chat import check_history_limit, valid_room, valid_username
 
 __all__ = ["HELP", "Command", "CommandError", "parse"]
 

@@ -21,16 +21,20 @@ from typing import Final, Protocol
 
 import attrs
 
-from udpchat_proto import ErrorCode, RandomSource, SystemRandomSource
-from udpchat_proto.chat import (
+from udpchat_proto import (
+    Address,
     ClientConnection,
+    CloseCode,
     Connected,
     Disconnected,
-    check_text,
-    valid_target,
+    ErrorCode,
+    RandomSource,
+    SystemRandomSource,
+    TransportConfig,
+    fingerprint,
 )
-from udpchat_proto.chat import messages as m
-from udpchat_proto.transport import Address, CloseCode, TransportConfig, fingerprint
+from udpchat_proto import messages as m
+from udpchat_proto.chat import check_text, valid_target
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_START", "ChatLink", "LinkState", "Scheduler", "TimerHandle"]
 

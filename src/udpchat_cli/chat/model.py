@@ -14,13 +14,13 @@ from collections.abc import Iterable
 
 import attrs
 
+from udpchat_proto import messages as m
 from udpchat_proto.chat import is_room
-from udpchat_proto.chat.messages import ChatMessage
 
 __all__ = ["ChatModel", "Conversation"]
 
 
-def _sort_key(message: ChatMessage) -> tuple[object, bytes]:
+def _sort_key(message: m.ChatMessage) -> tuple[object, bytes]:
     return (message.sent_at, message.id)
 
 
@@ -30,7 +30,7 @@ class Conversation:
 
     name: str
     """A username, or a room (``#name``)."""
-    messages: list[ChatMessage] = attrs.Factory(list)
+    messages: list[m.ChatMessage] = attrs.Factory(list)
     """Oldest first."""
     ids: set[bytes] = attrs.Factory(set)
     unread: int = 0
@@ -44,7 +44,7 @@ class Conversation:
     def is_room(self) -> bool:
         return is_room(self.name)
 
-    def add(self, message: ChatMessage) -> bool:
+    def add(self, message: m.ChatMessage) -> bool:
         """Keep a message in its place; False if it is here already."""
         if message.id in self.ids:
             return False
@@ -149,18 +149,18 @@ class ChatModel:
     def set_invitations(self, incoming: Iterable[str], outgoing: Iterable[str]) -> None:
         self.incoming, self.outgoing = sorted(incoming), sorted(outgoing)
 
-    def key_of(self, message: ChatMessage) -> str:
+    def key_of(self, message: m.ChatMessage) -> str:
         """The conversation a message belongs to."""
         if is_room(message.to):
             return message.to
         return message.to if message.sender == self.me else message.sender
 
-    def knows(self, message: ChatMessage) -> bool:
+    def knows(self, message: m.ChatMessage) -> bool:
         """Whether the message is here already (a repeat)."""
         conversation = self.conversations.get(self.key_of(message))
         return conversation is not None and message.id in conversation.ids
 
-    def receive(self, message: ChatMessage) -> bool:
+    def receive(self, message: m.ChatMessage) -> bool:
         """A delivered message. True if it is new and unread (it raises its
         conversation's count: ring the bell); False if it is shown at once or a
         repeat."""
@@ -176,7 +176,7 @@ class ChatModel:
             conversation.marker = message.id
         return True
 
-    def add_history(self, name: str, messages: Iterable[ChatMessage]) -> None:
+    def add_history(self, name: str, messages: Iterable[m.ChatMessage]) -> None:
         """Older messages of a conversation (from ``/history`` or scrolling up):
         read already, as far as this screen is concerned."""
         conversation = self.conversation(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from udpchat_proto import messages as m
 from udpchat_proto.chat import (
     check_password,
     check_session_id,
@@ -12,7 +13,6 @@ from udpchat_proto.chat import (
     token_hash,
     valid_username,
 )
-from udpchat_proto.chat import messages as m
 
 from .. import output
 from ..app import current_app, expect, hex_bytes, json_option, not_logged_in, read_password

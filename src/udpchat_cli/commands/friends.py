@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import click
 
-from udpchat_proto.chat import ClientConnection, valid_username
-from udpchat_proto.chat import messages as m
+from udpchat_proto import ClientConnection
+from udpchat_proto import messages as m
+from udpchat_proto.chat import valid_username
 
 from .. import output
 from ..app import current_app, json_option

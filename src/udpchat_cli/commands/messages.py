@@ -8,13 +8,13 @@ import time
 
 import click
 
+from udpchat_proto import messages as m
 from udpchat_proto.chat import (
     check_history_limit,
     check_message_id,
     check_text,
     valid_target,
 )
-from udpchat_proto.chat import messages as m
 
 from .. import output
 from ..app import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from udpchat_proto.chat import messages as m
+from udpchat_proto import messages as m
 from udpchat_proto.chat import valid_room
 
 from .. import output

@@ -1,20 +1,27 @@
 """The chat layer, built on the transport: accounts, friends, rooms and messages.
 
-Public API: the two roles (:class:`ClientConnection`, :class:`ChatServer`), the
-message catalogue and its codec, the :class:`Store` protocol with the in-memory
-store, and the server's configuration. The modules behind it:
+The roles, their events, the message catalogue and the store are exported by
+:mod:`udpchat_proto` (the public face); this package exports, for wire-level use
+and for writing a store or a cluster's runtime, what the face does not: the
+codec (:func:`encode`, :func:`decode`), the rules for names, passwords and text
+(``check_*``, ``valid_*``), the login tokens' hashes, the store's accounting
+helpers and the reads and writes it declares, a cluster node's news and limits,
+the client's states and the server's counters. No name is exported by both.
+
+The modules behind it (internal but for ``messages``, the catalogue, which the
+face exports as ``udpchat_proto.messages``: import the names above, not these):
 
 ==================  ============================================================
 ``messages``        the catalogue: every request, response and push (attrs)
 ``codec``           messages to bytes and back (one cattrs converter)
 ``validation``      the rules for names, passwords and text
-``client``          :class:`ClientConnection`, the client role
-``server``          :class:`ChatServer`: the server role, built of parts
+``client``          ``ClientConnection``, the client role
+``server``          ``ChatServer``: the server role, built of parts
 ``handlers``        the request handlers, one unit per concept
 ``dispatch``        a payload's way to its handler; the registry of routes
 ``connection``      one server connection's state and its state table
 ``connections``     the connection table (by id, user and session)
-``batch``           what a batch holds until it is durable; :class:`BatchEnd`
+``batch``           what a batch holds until it is durable; ``BatchEnd``
 ``outbox``          answers and pushes, held with the batch or sent
 ``sessions``        connections' login sessions, their end, closes
 ``presence``        who is online, and telling their friends
@@ -29,11 +36,12 @@ store, and the server's configuration. The modules behind it:
 ``admin``           the operator's actions on accounts
 ``login_budgets``   the budgets of wrong passwords (per address, per user)
 ``stats``           the server's counters
-``config``          :class:`ServerConfig`, every limit and its reason
+``config``          ``ServerConfig``, every limit and its reason
 ``events``          the roles' events for the application
-``store``           the :class:`Store` protocol, its reads and writes declared once
+``store``           the ``Store`` protocol, its reads and writes declared once
 ``memory_store``    the in-memory store
 ``passwords``       scrypt records
+``tokens``          login tokens: their hashes, their sessions' ids
 ==================  ============================================================
 """
 
@@ -44,48 +52,24 @@ from typing import TYPE_CHECKING, Final
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
-    from . import messages
-    from .batch import BatchEnd
-    from .client import ClientConnection, ClientState
+    from .client import ClientState
     from .cluster import HEARTBEAT_INTERVAL, MAX_NODE_USERS, MAX_NODES, NODE_TIMEOUT
     from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
-    from .config import ServerConfig
-    from .events import (
-        ClientConnected,
-        ClientDisconnected,
-        ClientEvent,
-        Connected,
-        Disconnected,
-        ServerEvent,
-        UserLoggedIn,
-        UserLoggedOut,
-    )
-    from .memory_store import MemoryStore
-    from .password_jobs import HashJob
-    from .passwords import PasswordHash, ScryptParams, hash_password
+    from .passwords import hash_password
     from .remote import ClusterNews
-    from .requests import session_id, token_hash
-    from .server import ChatServer
     from .stats import ServerStats
     from .store import (
         MESSAGE_OVERHEAD,
         STORE_READS,
         STORE_WRITES,
-        Account,
-        Acknowledgement,
-        LoginSession,
-        Receipt,
-        Store,
-        StoredMessage,
-        StoreUnavailableError,
         WriteTrackingStore,
         conversation_key,
         stored_size,
     )
+    from .tokens import session_id, token_hash
     from .validation import (
         MAX_TEXT_BYTES,
         TOKEN_SIZE,
-        ValidationError,
         check_history_limit,
         check_message_id,
         check_password,
@@ -101,48 +85,12 @@ if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
 #: Where each public name lives: imported at its first use (``udpchat_proto/_lazy.py``):
 #: a client does not load the server's modules, nor a server the client's.
 _EXPORTS: Final = {
-    ".messages": ("messages",),
-    ".batch": ("BatchEnd",),
-    ".client": ("ClientConnection", "ClientState"),
-    ".cluster": ("HEARTBEAT_INTERVAL", "MAX_NODE_USERS", "MAX_NODES", "NODE_TIMEOUT"),
+    # The codec.
     ".codec": ("CODEC_VERSION", "MAX_ENCODED_SIZE", "decode", "encode"),
-    ".config": ("ServerConfig",),
-    ".events": (
-        "ClientConnected",
-        "ClientDisconnected",
-        "ClientEvent",
-        "Connected",
-        "Disconnected",
-        "ServerEvent",
-        "UserLoggedIn",
-        "UserLoggedOut",
-    ),
-    ".memory_store": ("MemoryStore",),
-    ".password_jobs": ("HashJob",),
-    ".passwords": ("PasswordHash", "ScryptParams", "hash_password"),
-    ".remote": ("ClusterNews",),
-    ".requests": ("session_id", "token_hash"),
-    ".server": ("ChatServer",),
-    ".stats": ("ServerStats",),
-    ".store": (
-        "MESSAGE_OVERHEAD",
-        "STORE_READS",
-        "STORE_WRITES",
-        "Account",
-        "Acknowledgement",
-        "LoginSession",
-        "Receipt",
-        "Store",
-        "StoredMessage",
-        "StoreUnavailableError",
-        "WriteTrackingStore",
-        "conversation_key",
-        "stored_size",
-    ),
+    # The rules for names, passwords, text and ids (the messages' validators).
     ".validation": (
         "MAX_TEXT_BYTES",
         "TOKEN_SIZE",
-        "ValidationError",
         "check_history_limit",
         "check_message_id",
         "check_password",
@@ -154,6 +102,24 @@ _EXPORTS: Final = {
         "valid_target",
         "valid_username",
     ),
+    # Login tokens and passwords: what the store keeps of them.
+    ".tokens": ("session_id", "token_hash"),
+    ".passwords": ("hash_password",),
+    # For a store's implementer: the accounting rules, the declared reads and writes.
+    ".store": (
+        "MESSAGE_OVERHEAD",
+        "STORE_READS",
+        "STORE_WRITES",
+        "WriteTrackingStore",
+        "conversation_key",
+        "stored_size",
+    ),
+    # A cluster node's news and limits.
+    ".remote": ("ClusterNews",),
+    ".cluster": ("HEARTBEAT_INTERVAL", "MAX_NODE_USERS", "MAX_NODES", "NODE_TIMEOUT"),
+    # The client's states; the server's counters.
+    ".client": ("ClientState",),
+    ".stats": ("ServerStats",),
 }
 
 __all__ = [
@@ -168,33 +134,9 @@ __all__ = [
     "STORE_READS",
     "STORE_WRITES",
     "TOKEN_SIZE",
-    "Account",
-    "Acknowledgement",
-    "BatchEnd",
-    "ChatServer",
-    "ClientConnected",
-    "ClientConnection",
-    "ClientDisconnected",
-    "ClientEvent",
     "ClientState",
     "ClusterNews",
-    "Connected",
-    "Disconnected",
-    "HashJob",
-    "LoginSession",
-    "MemoryStore",
-    "PasswordHash",
-    "Receipt",
-    "ScryptParams",
-    "ServerConfig",
-    "ServerEvent",
     "ServerStats",
-    "Store",
-    "StoreUnavailableError",
-    "StoredMessage",
-    "UserLoggedIn",
-    "UserLoggedOut",
-    "ValidationError",
     "WriteTrackingStore",
     "check_history_limit",
     "check_message_id",
@@ -207,7 +149,6 @@ __all__ = [
     "encode",
     "hash_password",
     "is_room",
-    "messages",
     "session_id",
     "stored_size",
     "token_hash",

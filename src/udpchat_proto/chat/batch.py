@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import attrs
 
-from ..transport import Address, ConnectionId
+from ..transport import ConnectionId
+from ..transport.events import Address
 from . import messages as m
 from .password_jobs import HashJob
 from .remote import ClusterNews, RemoteSession, RemoteUser

@@ -30,14 +30,14 @@ from ..errors import DecodeError, LocalProtocolError
 from ..randomness import RandomSource, SystemRandomSource
 from ..statemachine import IdentityEnum, StateMachine
 from ..transport import (
-    Address,
     ClientTransport,
     ConnectionTerminated,
     HandshakeCompleted,
     PayloadReceived,
-    TransportConfig,
     TransportState,
 )
+from ..transport.config import TransportConfig
+from ..transport.events import Address
 from . import messages as m
 from .codec import decode, encode
 from .events import ClientEvent, Connected, Disconnected

@@ -12,7 +12,7 @@ import attrs
 
 from ..config_checks import int_at_least, positive_int, positive_number
 from ..ratelimit import RateLimit
-from ..transport import TransportConfig
+from ..transport.config import TransportConfig
 from .passwords import ScryptParams
 
 __all__ = ["ServerConfig"]

@@ -21,7 +21,8 @@ import attrs
 from ..errors import ErrorCode
 from ..ratelimit import TokenBucket
 from ..statemachine import IdentityEnum, StateMachine
-from ..transport import Address, ConnectionId
+from ..transport import ConnectionId
+from ..transport.events import Address
 from . import messages as m
 from .delivery import DeliveryWindow
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 import attrs
 
 from ..ratelimit import TokenBucket
-from ..transport import Address, ConnectionId
+from ..transport import ConnectionId
+from ..transport.events import Address
 from .config import ServerConfig
 from .connection import ChatConnection, ChatConnectionInput, ChatConnectionState
 from .delivery import DeliveryWindow

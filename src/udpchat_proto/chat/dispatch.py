@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final, cast
 
 from ..errors import ErrorCode
-from ..transport import CloseCode, ConnectionId, ServerTransport
+from ..transport import ConnectionId, ServerTransport
+from ..transport.events import CloseCode
 from . import messages as m
 from .batch import Batch, Held
 from .caches import Caches

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import attrs
 
-from ..transport import Address, CloseCode, ConnectionId
+from ..transport import ConnectionId
+from ..transport.events import Address, CloseCode
 from .messages import Push, Response
 
 __all__ = [
@@ -95,4 +96,6 @@ class Disconnected:
 
 
 ClientEvent = Connected | Disconnected | Response | Push
-"""Everything :meth:`ClientConnection.next_event` returns."""
+"""Everything :meth:`ClientConnection.next_event` returns: :class:`Connected`,
+:class:`Disconnected`, or a response (:data:`~udpchat_proto.chat.messages.Response`)
+or push (:data:`~udpchat_proto.chat.messages.Push`) of the catalogue."""

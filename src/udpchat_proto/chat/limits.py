@@ -10,7 +10,8 @@ request budget is its :attr:`ChatConnection.requests`.
 from __future__ import annotations
 
 from ..ratelimit import KeyedLimiter
-from ..transport import Address, address_key
+from ..transport import address_key
+from ..transport.events import Address
 from .config import ServerConfig
 from .login_budgets import LoginBudgets
 

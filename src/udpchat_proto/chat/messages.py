@@ -32,6 +32,7 @@ __all__ = [
     "Block",
     "Blocked",
     "CancelInvitation",
+    "CaughtUp",
     "ChangePassword",
     "ChatMessage",
     "DeclineInvitation",

@@ -10,7 +10,6 @@ request through its route. A handler refuses a request by raising
 from __future__ import annotations
 
 import datetime
-import hashlib
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -22,7 +21,7 @@ from . import messages as m
 from .codec import decode
 from .connection import ChatConnection, Refusal
 from .store import StoreUnavailableError
-from .validation import SESSION_ID_SIZE
+from .tokens import session_id, token_hash
 
 if TYPE_CHECKING:  # (a client that names a session must not load the hashing)
     from .password_jobs import PendingJob
@@ -97,18 +96,6 @@ def user_of(connection: ChatConnection) -> str:
     """The user a logged-in connection acts as (handlers of logged-in requests)."""
     assert connection.username is not None  # (the dispatch refused it otherwise)
     return connection.username
-
-
-def token_hash(token: bytes) -> bytes:
-    """What the store keeps of a login token: its SHA-256."""
-    return hashlib.sha256(token).digest()
-
-
-def session_id(hashed: bytes) -> bytes:
-    """The 16-byte name of the login session whose token hashes to ``hashed``: shown
-    to its user (``list_sessions``), accepted by ``revoke_session``, useless as a
-    token (a hash of the token's hash, under its own label)."""
-    return hashlib.sha256(b"udpchat session id\0" + hashed).digest()[:SESSION_ID_SIZE]
 
 
 def unavailable_message(failure: StoreUnavailableError) -> str:

@@ -52,7 +52,6 @@ from ..clock import WallClock
 from ..errors import ErrorCode
 from ..randomness import RandomSource, SystemRandomSource
 from ..transport import (
-    Address,
     ConnectionAddressChanged,
     ConnectionId,
     ConnectionTerminated,
@@ -61,6 +60,7 @@ from ..transport import (
     ServerTransport,
     TransportEvent,
 )
+from ..transport.events import Address
 from ..transport.keys import ServerKey
 from .admin import Administration
 from .batch import Batch, BatchEnd

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from typing import Final
 
 from ..errors import LocalProtocolError
-from ..transport import CloseCode, ConnectionId, ServerTransport
+from ..transport import ConnectionId, ServerTransport
+from ..transport.events import CloseCode
 from .batch import Batch, Close
 from .caches import Caches
 from .config import ServerConfig

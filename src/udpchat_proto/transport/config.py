@@ -56,7 +56,7 @@ class TransportConfig:
     the time, and 0.5 s gives 20 tries within the default 10 s handshake timeout (a
     failure rate under 1 in 10^5) for 2.4 KB/s of initiations while it lasts."""
     max_message_size: int = attrs.field(default=4 * 1024 * 1024, validator=positive_int)
-    """Largest payload :meth:`send` accepts and the receiver reassembles, bytes: the
+    """Largest payload ``send`` accepts and the receiver reassembles, bytes: the
     codec's ``MAX_ENCODED_SIZE`` (4 MiB)."""
     max_receive_message_size: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(positive_int)

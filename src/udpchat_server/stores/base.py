@@ -22,9 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, NoReturn, Protocol, Self, TypeVar
 
-from udpchat_proto.chat import (
-    STORE_READS,
-    STORE_WRITES,
+from udpchat_proto import (
     Account,
     Acknowledgement,
     LoginSession,
@@ -32,10 +30,9 @@ from udpchat_proto.chat import (
     Receipt,
     Store,
     StoredMessage,
-    conversation_key,
-    is_room,
 )
-from udpchat_proto.chat.messages import ChatMessage
+from udpchat_proto import messages as m
+from udpchat_proto.chat import STORE_READS, STORE_WRITES, conversation_key, is_room
 
 from . import statements as sql
 
@@ -79,10 +76,10 @@ def to_micros(when: datetime.datetime) -> int:
     return (when - _EPOCH) // _MICROSECOND
 
 
-def chat_message(row: Sequence[Any]) -> ChatMessage:
+def chat_message(row: Sequence[Any]) -> m.ChatMessage:
     """A ChatMessage from the columns of :data:`.statements.MESSAGE_COLUMNS`."""
     message_id, sender, to, text, sent_at = row
-    return ChatMessage(
+    return m.ChatMessage(
         id=bytes(message_id),
         sender=sender,
         to=to,
@@ -174,7 +171,7 @@ class SqlStore(abc.ABC):
         """The conversation ``key`` (its id: ``conversation``) was deleted: forget
         what is cached of it."""
 
-    def _message(self, row: Sequence[Any]) -> ChatMessage:
+    def _message(self, row: Sequence[Any]) -> m.ChatMessage:
         """A message row (:data:`.statements.MESSAGE_COLUMNS`) as a ChatMessage."""
         return chat_message(row)
 
@@ -489,7 +486,7 @@ class SqlStore(abc.ABC):
 
     def history(
         self, username: str, peer: str, limit: int, before: bytes | None = None
-    ) -> list[ChatMessage]:
+    ) -> list[m.ChatMessage]:
         if limit <= 0:
             return []
         key = conversation_key(username, peer)
@@ -499,7 +496,9 @@ class SqlStore(abc.ABC):
         ).fetchall()
         return [self._message(row) for row in reversed(rows)]
 
-    def pending_deliveries(self, username: str, token_hash: bytes, limit: int) -> list[ChatMessage]:
+    def pending_deliveries(
+        self, username: str, token_hash: bytes, limit: int
+    ) -> list[m.ChatMessage]:
         if limit <= 0:
             return []
         # An unknown session is one created now: it starts at the user's cursors.

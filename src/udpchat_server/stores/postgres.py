@@ -35,14 +35,9 @@ from typing import Any, Final, NoReturn
 import psycopg
 from psycopg import errors as pg_errors
 
-from udpchat_proto.chat import (
-    StoredMessage,
-    StoreUnavailableError,
-    conversation_key,
-    is_room,
-    stored_size,
-)
-from udpchat_proto.chat.messages import ChatMessage
+from udpchat_proto import StoredMessage, StoreUnavailableError
+from udpchat_proto import messages as m
+from udpchat_proto.chat import conversation_key, is_room, stored_size
 
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
 from .dialect import POSTGRES
@@ -444,7 +439,7 @@ class PostgresStore(SqlStore):
 
     # --- messages ------------------------------------------------------------------------------
 
-    def add_message(self, message: ChatMessage, origin: bytes | None = None) -> StoredMessage:
+    def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> StoredMessage:
         """Append a message; its seq is allocated in this transaction (see above).
 
         Raises:
@@ -468,7 +463,7 @@ class PostgresStore(SqlStore):
         return stored
 
     def _insert_message(
-        self, db: psycopg.Connection[Any], message: ChatMessage, origin: bytes | None
+        self, db: psycopg.Connection[Any], message: m.ChatMessage, origin: bytes | None
     ) -> StoredMessage:
         key = conversation_key(message.sender, message.to)
         sent_at = to_micros(message.sent_at)

@@ -78,14 +78,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from udpchat_proto.chat import (
-    StoredMessage,
-    StoreUnavailableError,
-    conversation_key,
-    is_room,
-    stored_size,
-)
-from udpchat_proto.chat.messages import ChatMessage
+from udpchat_proto import StoredMessage, StoreUnavailableError
+from udpchat_proto import messages as m
+from udpchat_proto.chat import conversation_key, is_room, stored_size
 
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
 from .dialect import SQLITE
@@ -358,7 +353,7 @@ class SQLiteStore(SqlStore):
         and accounts.stored_bytes does not hold yet: written before COMMIT and before
         an atomic block, as the seqs are (one statement a batch, not one a message;
         a failed block forgets only its own)."""
-        self._recent: dict[bytes, tuple[ChatMessage, int, int, bytes | None]] = {}
+        self._recent: dict[bytes, tuple[m.ChatMessage, int, int, bytes | None]] = {}
         """The last messages stored, by id, with their conversation id, seq and
         origin (forgotten when a write is undone)."""
         self._batch_lost: StoreUnavailableError | None = None
@@ -704,7 +699,7 @@ class SQLiteStore(SqlStore):
 
     # --- messages -------------------------------------------------------------------
 
-    def add_message(self, message: ChatMessage, origin: bytes | None = None) -> StoredMessage:
+    def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> StoredMessage:
         """Append a message to the conversation of ``(message.sender, message.to)``,
         sent from the login session ``origin`` (see Store).
 
@@ -736,7 +731,7 @@ class SQLiteStore(SqlStore):
         return StoredMessage(message=message, seq=seq)
 
     def _first_message(
-        self, message: ChatMessage, key: str, sent_at: int, origin: bytes | None
+        self, message: m.ChatMessage, key: str, sent_at: int, origin: bytes | None
     ) -> tuple[int, int]:
         """add_message for a conversation not remembered: from the table (creating
         the conversation if needed); its (id, seq)."""
@@ -777,7 +772,7 @@ class SQLiteStore(SqlStore):
 
     def _insert_message(
         self,
-        message: ChatMessage,
+        message: m.ChatMessage,
         conversation: int,
         seq: int,
         sent_at: int,
@@ -809,7 +804,7 @@ class SQLiteStore(SqlStore):
             self._conversations.pop(conversation_key(message.sender, message.to), None)
             raise
 
-    def _message(self, row: Sequence[Any]) -> ChatMessage:
+    def _message(self, row: Sequence[Any]) -> m.ChatMessage:
         """A message row as a ChatMessage: the stored object if it is recent."""
         recent = self._recent.get(row[0])
         return recent[0] if recent is not None else super()._message(row)
