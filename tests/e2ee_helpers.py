@@ -81,7 +81,9 @@ class KeyServer:
         return DeviceSet(
             conversation=conversation,
             version=version,
-            devices=tuple(keys for (user, _), keys in sorted(self.devices.items()) if user in users),
+            devices=tuple(
+                keys for (user, _), keys in sorted(self.devices.items()) if user in users
+            ),
         )
 
     def send(

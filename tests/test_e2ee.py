@@ -102,7 +102,10 @@ def test_fingerprints_are_six_groups_of_five_digits(server: KeyServer) -> None:
     groups = text.split(" ")
     assert len(groups) == 6 and all(len(g) == 5 and g.isdigit() for g in groups)
     assert normalize_fingerprint(text.replace(" ", "")) == text
-    assert normalize_fingerprint(" ".join(text.replace(" ", "")[i : i + 3] for i in range(0, 30, 3))) == text
+    assert (
+        normalize_fingerprint(" ".join(text.replace(" ", "")[i : i + 3] for i in range(0, 30, 3)))
+        == text
+    )
     assert normalize_fingerprint("not digits") == "not digits"
     assert server.login("alice").fingerprint != text
 
@@ -226,7 +229,9 @@ def test_the_fallback_key_opens_sessions_when_one_time_keys_run_out(server: KeyS
 def test_a_refused_send_is_planned_again_for_the_new_set(server: KeyServer) -> None:
     alice, bob = server.login("alice"), server.login("bob")
     first = server.device_set(ROOM, {"alice", "bob"}, 1)
-    refused = alice.encrypt(first, "hi", mid(1), 0.0, server.claim(alice.plan_send(first, 0.0).claims))
+    refused = alice.encrypt(
+        first, "hi", mid(1), 0.0, server.claim(alice.plan_send(first, 0.0).claims)
+    )
     # The server refuses it (devices_changed: bob2 came): nothing is marked delivered,
     # and the next plan shares with both bob devices, bob's again.
     bob2 = server.login("bob")
@@ -294,7 +299,9 @@ def test_a_device_whose_keys_change_is_refused(server: KeyServer) -> None:
     alice, bob = server.login("alice"), server.login("bob")
     alice.plan_send(server.device_set(ROOM, {"alice", "bob"}, 1), 0.0)
     impostor = CryptoState.create("bob", bob.device_id)  # same id, other keys
-    lying = DeviceSet(conversation=ROOM, version=2, devices=(alice.device_keys, impostor.device_keys))
+    lying = DeviceSet(
+        conversation=ROOM, version=2, devices=(alice.device_keys, impostor.device_keys)
+    )
     with pytest.raises(DeviceTrustError, match="keys changed"):
         alice.plan_send(lying, 1.0)
     forged = attrs.evolve(server.login("carol").device_keys, user="dave")
@@ -366,6 +373,7 @@ def test_replays_are_harmless(server: KeyServer) -> None:
     out = server.send(alice, devices, "once", mid(1), 0.0)
     (share,) = out.key_shares
     first = bob.receive_key_share(share)
+    assert isinstance(first, KeyShareReceived)
     again = bob.receive_key_share(share)
     assert isinstance(again, KeyShareReceived) and again == attrs.evolve(first, duplicate=True)
     # The same message twice decrypts twice (the caller de-duplicates by id) ...
