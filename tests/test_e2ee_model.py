@@ -142,7 +142,7 @@ class E2eeModel(RuleBasedStateMachine):
     def membership(self, user: str, room: str, joins: bool) -> None:
         if (user in self.members[room]) != joins:
             self.members[room].symmetric_difference_update({user})
-            self.changed(user)
+            self.versions[room] += 1  # (only this room's set changed)
 
     @precondition(lambda self: self.live)
     @rule(
