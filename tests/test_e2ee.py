@@ -13,7 +13,7 @@ import pytest
 from tests.e2ee_helpers import KeyServer, new_device_id
 from udpchat_proto import LocalProtocolError, ValidationError
 from udpchat_proto.e2ee import (
-    DROP_REASONS,
+    CRYPTO_DROP_REASONS,
     MAX_MESSAGE_CIPHERTEXT,
     ONE_TIME_KEYS_TARGET,
     ROTATE_AFTER_MESSAGES,
@@ -406,7 +406,7 @@ def test_a_message_that_decrypts_to_an_invalid_text_is_dropped(server: KeyServer
         message = attrs.evolve(out.message, ciphertext=group.session.encrypt(plaintext).to_bytes())
         dropped = bob.decrypt(message, mid(n))
         assert isinstance(dropped, Dropped) and dropped.reason == "invalid_text", dropped
-    assert set(DROP_REASONS) >= {"invalid_text", "unknown_session", "replayed"}
+    assert set(CRYPTO_DROP_REASONS) >= {"invalid_text", "unknown_session", "replayed"}
 
 
 # --- saving ---------------------------------------------------------------------

@@ -43,15 +43,15 @@ The modules behind it:
 from __future__ import annotations
 
 from .device import ONE_TIME_KEYS_TARGET, verify_device_keys, verify_one_time_key
-from .errors import DROP_REASONS, DeviceTrustError, Dropped, DropReason
+from .errors import CRYPTO_DROP_REASONS, CryptoDropReason, DeviceTrustError, Dropped
 from .fingerprints import fingerprint as device_fingerprint
 from .fingerprints import normalize_fingerprint
 from .groups import ROTATE_AFTER_MESSAGES, ROTATE_AFTER_SECONDS, DeviceRef
 from .records import (
     DEVICE_ID_SIZE,
-    KEY_SIZE,
     MAX_KEY_SHARE,
     MAX_MESSAGE_CIPHERTEXT,
+    PUBLIC_KEY_SIZE,
     SESSION_ID_SIZE,
     SIGNATURE_SIZE,
     ClaimedKey,
@@ -76,25 +76,25 @@ from .state import (
 )
 
 __all__ = [
+    "CRYPTO_DROP_REASONS",
     "DEVICE_ID_SIZE",
-    "DROP_REASONS",
-    "KEY_SIZE",
     "MAX_KEY_SHARE",
     "MAX_MESSAGE_CIPHERTEXT",
     "ONE_TIME_KEYS_TARGET",
     "PICKLE_KEY_SIZE",
+    "PUBLIC_KEY_SIZE",
     "ROTATE_AFTER_MESSAGES",
     "ROTATE_AFTER_SECONDS",
     "SESSION_ID_SIZE",
     "SIGNATURE_SIZE",
     "ClaimedKey",
+    "CryptoDropReason",
     "CryptoState",
     "Decrypted",
     "DeviceKeys",
     "DeviceRef",
     "DeviceSet",
     "DeviceTrustError",
-    "DropReason",
     "Dropped",
     "EncryptedMessage",
     "KeyShare",

@@ -17,9 +17,9 @@ import attrs
 
 from ..errors import ProtocolError
 
-__all__ = ["DROP_REASONS", "DeviceTrustError", "DropReason", "Dropped"]
+__all__ = ["CRYPTO_DROP_REASONS", "CryptoDropReason", "DeviceTrustError", "Dropped"]
 
-DropReason = Literal[
+CryptoDropReason = Literal[
     "malformed",
     "not_for_this_device",
     "untrusted_sender",
@@ -48,15 +48,15 @@ DropReason = Literal[
 * ``invalid_text``: it decrypts to a text the sending rules forbid.
 """
 
-DROP_REASONS: Final[tuple[DropReason, ...]] = get_args(DropReason)
-"""Every :data:`DropReason`."""
+CRYPTO_DROP_REASONS: Final[tuple[CryptoDropReason, ...]] = get_args(CryptoDropReason)
+"""Every :data:`CryptoDropReason`."""
 
 
 @attrs.frozen(kw_only=True)
 class Dropped:
     """A key share or message this device cannot use: never shown, counted."""
 
-    reason: DropReason
+    reason: CryptoDropReason
     detail: str = ""
     """For a log line (never shown to a user, never the plaintext)."""
     sender: str = ""

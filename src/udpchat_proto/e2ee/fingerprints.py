@@ -13,7 +13,7 @@ from typing import Final
 
 from ..chat.validation import ValidationError
 from ..errors import ErrorCode
-from .records import KEY_SIZE
+from .records import PUBLIC_KEY_SIZE
 
 __all__ = ["FINGERPRINT_GROUPS", "fingerprint", "normalize_fingerprint"]
 
@@ -23,7 +23,7 @@ _CONTEXT: Final = b"udpchat-e2ee-fingerprint-v1\x00"
 
 def fingerprint(ed25519: bytes) -> str:
     """``"12345 67890 ..."``: the fingerprint of a device's Ed25519 key (32 bytes)."""
-    if len(ed25519) != KEY_SIZE:
+    if len(ed25519) != PUBLIC_KEY_SIZE:
         raise ValidationError(ErrorCode.BAD_REQUEST, "an Ed25519 key is 32 bytes")
     digest = hashlib.sha256(_CONTEXT + ed25519).digest()
     return " ".join(

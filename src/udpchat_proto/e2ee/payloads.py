@@ -31,7 +31,7 @@ import orjson
 
 from ..chat.validation import MESSAGE_ID_SIZE
 from .olm import b64decode, b64encode
-from .records import DEVICE_ID_SIZE, KEY_SIZE, SESSION_ID_SIZE, check_conversation
+from .records import DEVICE_ID_SIZE, PUBLIC_KEY_SIZE, SESSION_ID_SIZE, check_conversation
 
 __all__ = ["KeyPayload", "MessagePayload", "PayloadError", "PayloadTextError"]
 
@@ -96,10 +96,10 @@ class KeyPayload:
             payload = cls(
                 sender=_str(value, "sender"),
                 sender_device=_hex(value, "sender_device", DEVICE_ID_SIZE),
-                sender_ed25519=_b64(value, "sender_ed25519", KEY_SIZE),
+                sender_ed25519=_b64(value, "sender_ed25519", PUBLIC_KEY_SIZE),
                 recipient=_str(value, "recipient"),
                 recipient_device=_hex(value, "recipient_device", DEVICE_ID_SIZE),
-                recipient_ed25519=_b64(value, "recipient_ed25519", KEY_SIZE),
+                recipient_ed25519=_b64(value, "recipient_ed25519", PUBLIC_KEY_SIZE),
                 conversation=_str(value, "conversation"),
                 session_id=_b64(value, "session_id", SESSION_ID_SIZE),
                 first_index=_index(value),

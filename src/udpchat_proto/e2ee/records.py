@@ -31,9 +31,9 @@ from ..errors import ErrorCode
 
 __all__ = [
     "DEVICE_ID_SIZE",
-    "KEY_SIZE",
     "MAX_KEY_SHARE",
     "MAX_MESSAGE_CIPHERTEXT",
+    "PUBLIC_KEY_SIZE",
     "SESSION_ID_SIZE",
     "SIGNATURE_SIZE",
     "ClaimedKey",
@@ -51,7 +51,7 @@ __all__ = [
 
 DEVICE_ID_SIZE: Final = 16
 """A device id: the id of the login session it is (``SessionInfo.session_id``)."""
-KEY_SIZE: Final = 32
+PUBLIC_KEY_SIZE: Final = 32
 """A Curve25519 or Ed25519 public key."""
 SIGNATURE_SIZE: Final = 64
 """An Ed25519 signature."""
@@ -166,9 +166,9 @@ class DeviceKeys:
 
     user: str = attrs.field(validator=_username)
     device_id: bytes = attrs.field(validator=_fixed(DEVICE_ID_SIZE, "a device id"))
-    curve25519: bytes = attrs.field(validator=_fixed(KEY_SIZE, "a Curve25519 key"))
+    curve25519: bytes = attrs.field(validator=_fixed(PUBLIC_KEY_SIZE, "a Curve25519 key"))
     """The Olm identity key: key shares to this device are encrypted to it."""
-    ed25519: bytes = attrs.field(validator=_fixed(KEY_SIZE, "an Ed25519 key"))
+    ed25519: bytes = attrs.field(validator=_fixed(PUBLIC_KEY_SIZE, "an Ed25519 key"))
     """The signing key: what the fingerprint shows and verification compares."""
     signature: bytes = attrs.field(validator=_fixed(SIGNATURE_SIZE, "a signature"), repr=False)
 
@@ -179,7 +179,7 @@ class OneTimeKey:
     any number of them, until the device replaces it), signed by the device."""
 
     key_id: str = attrs.field()
-    key: bytes = attrs.field(validator=_fixed(KEY_SIZE, "a Curve25519 key"))
+    key: bytes = attrs.field(validator=_fixed(PUBLIC_KEY_SIZE, "a Curve25519 key"))
     fallback: bool = attrs.field(validator=attrs.validators.instance_of(bool))
     signature: bytes = attrs.field(validator=_fixed(SIGNATURE_SIZE, "a signature"), repr=False)
 

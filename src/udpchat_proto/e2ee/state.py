@@ -31,7 +31,7 @@ import vodozemac
 from ..chat.validation import ValidationError, check_message_id, check_text, check_username
 from ..errors import ErrorCode, LocalProtocolError
 from .device import device_keys_of, keys_to_upload, verify_device_keys, verify_one_time_key
-from .errors import DeviceTrustError, Dropped, DropReason
+from .errors import CryptoDropReason, DeviceTrustError, Dropped
 from .fingerprints import fingerprint, normalize_fingerprint
 from .groups import DeviceRef, InboundGroup, InboundKey, OutboundGroup
 from .olm import VODOZEMAC_ERRORS, b64decode, b64encode, curve25519_from_bytes
@@ -372,7 +372,7 @@ class CryptoState:
         sender = share.sender_keys
         ref = (sender.user, sender.device_id)
 
-        def drop(reason: DropReason, detail: str = "") -> Dropped:
+        def drop(reason: CryptoDropReason, detail: str = "") -> Dropped:
             return Dropped(
                 reason=reason, detail=detail, sender=sender.user, sender_device=sender.device_id
             )
@@ -470,7 +470,7 @@ class CryptoState:
         the text and its sender's device, or :class:`Dropped`. Idempotent: the same
         message again decrypts again."""
 
-        def drop(reason: DropReason, detail: str = "") -> Dropped:
+        def drop(reason: CryptoDropReason, detail: str = "") -> Dropped:
             return Dropped(
                 reason=reason,
                 detail=detail,
