@@ -20,6 +20,11 @@ CORE = ROOT / "src" / "udpchat_proto"
 FORBIDDEN_IN_CORE = {"socket", "time", "threading", "asyncio", "sqlite3", "selectors"}
 FORBIDDEN_IN_CORE |= {"udpchat_server", "udpchat_cli"}
 
+#: vodozemac draws its keys from the operating system: the one exception to the
+#: core's injected randomness, allowed in the end-to-end encryption package only
+#: (no other part of the core, nor the server, which relays what it cannot read).
+VODOZEMAC_HOME = CORE / "e2ee"
+
 #: The public API: the modules other packages may import from, each only the names
 #: of its ``__all__``. The face exports what an embedder needs (the message catalogue
 #: as ``messages``); the subpackages only their wire-level names (no name is exported
@@ -29,6 +34,7 @@ PUBLIC = {
     "udpchat_proto.asyncio",
     "udpchat_proto.bus",
     "udpchat_proto.chat",
+    "udpchat_proto.e2ee",
     "udpchat_proto.transport",
 }
 
@@ -68,6 +74,23 @@ def core_modules() -> list[Path]:
 def test_the_core_does_no_io(path: Path) -> None:
     for module, line in imports(path):
         assert module.split(".")[0] not in FORBIDDEN_IN_CORE, f"{path.name}:{line} {module}"
+
+
+def test_only_the_e2ee_package_imports_vodozemac() -> None:
+    everywhere = [
+        *core_modules(),
+        *(ROOT / "src" / "udpchat_server").rglob("*.py"),
+        *(ROOT / "src" / "udpchat_cli").rglob("*.py"),
+    ]
+    importers = {
+        path.relative_to(ROOT / "src")
+        for path in everywhere
+        for module, _ in imports(path)
+        if module.split(".")[0] == "vodozemac"
+    }
+    assert importers, "the rule checks nothing: vodozemac moved?"
+    outside = [p for p in importers if not (ROOT / "src" / p).is_relative_to(VODOZEMAC_HOME)]
+    assert not outside, outside
 
 
 @pytest.mark.parametrize("path", sorted((CORE / "transport").rglob("*.py")), ids=lambda p: p.name)
