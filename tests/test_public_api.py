@@ -19,13 +19,14 @@ import pytest
 import udpchat_proto
 import udpchat_proto.bus
 import udpchat_proto.chat
+import udpchat_proto.e2ee
 import udpchat_proto.transport
 from udpchat_proto import messages
 
 PACKAGES = [udpchat_proto, udpchat_proto.chat, udpchat_proto.transport]
 #: The public packages whose names are loaded eagerly (no ``_EXPORTS``): the bus's
-#: wire is small and used whole by a node.
-EAGER = [udpchat_proto.bus]
+#: wire and the end-to-end encryption, each small and used whole.
+EAGER = [udpchat_proto.bus, udpchat_proto.e2ee]
 
 
 def type_checking_names(package: ModuleType) -> dict[str, str]:
