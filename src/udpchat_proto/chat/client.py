@@ -154,6 +154,7 @@ class ClientConnection:
         self._pending: dict[int, m.AnsweredRequest] = {}
         """Requests sent and not yet answered, by request id."""
         self._events: collections.deque[ClientEvent] = collections.deque()
+        self._device_pushes: list[m.DevicePush] = []
         # Insertion-ordered, capped at DELIVERED_IDS_MAX: only a message whose
         # acknowledgement was lost is ever pushed again, and the server never has
         # more than a delivery window of those outstanding per session.
@@ -279,6 +280,12 @@ class ClientConnection:
         """
         self._transport.handle_timer(now)
         self._drain_transport()
+
+    def take_device_pushes(self) -> list[m.DevicePush]:
+        """The end-to-end encryption pushes received since the last call
+        (``device_added``, ``one_time_keys_low``), oldest first."""
+        pushes, self._device_pushes = self._device_pushes, []
+        return pushes
 
     def next_event(self) -> ClientEvent | None:
         """The next event, or None.
@@ -594,6 +601,10 @@ class ClientConnection:
             self._events.append(message)
         elif isinstance(message, m.PUSH_TYPES):
             self._events.append(message)
+        elif isinstance(message, m.DEVICE_PUSH_TYPES):
+            # A server sends them only to a session that uploaded keys; they wait
+            # apart from the events until the client's runtime takes them (phase 2b).
+            self._device_pushes.append(message)
         elif isinstance(message, m.RESPONSE_TYPES):
             self._on_response(message)
         else:
