@@ -12,10 +12,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory
+from tests.test_cluster_hints import NODE_B, Cluster
+from tests.test_cluster_hints import PASSWORD as CLUSTER_PASSWORD
+from tests.test_cluster_hints import signed_up as cluster_signed_up
 from udpchat_proto import messages as m
 from udpchat_proto.chat.tokens import session_id, token_hash
 from udpchat_proto.e2ee import (
@@ -29,6 +33,7 @@ from udpchat_proto.e2ee import (
 )
 from udpchat_proto.errors import ErrorCode
 
+T = TypeVar("T")
 _message_ids = itertools.count(1)
 
 
@@ -364,3 +369,47 @@ def test_a_device_ended_any_way_leaves_the_set_and_the_next_send_rotates(
     # Rotated: the ended device's key never opens what came after.
     assert first.message.ciphertext.session_id != second.message.ciphertext.session_id
     assert accepted.message_id == bob.ids[-1]
+
+
+def test_key_shares_and_encrypted_messages_cross_a_clusters_nodes() -> None:
+    """Alice on one node, Bob's two devices on the other: the shares reach Bob's
+    devices with the message, through the database and the batch's news."""
+    cluster = Cluster()
+    alice, bob = cluster_signed_up(cluster)
+    bob_laptop = cluster.client("bob", NODE_B, 5003)
+    cluster.run()
+    bob_laptop.login("bob", CLUSTER_PASSWORD)
+    cluster.run()
+    states = {}
+    for port, conn, name in ((5001, alice, "alice"), (5002, bob, "bob"), (5003, bob_laptop, "bob")):
+        assert conn.token is not None
+        state = CryptoState.create(name, session_id(token_hash(conn.token)))
+        upload = state.keys_to_upload(published_one_time_keys=0)
+        assert upload is not None
+        conn.upload_keys(upload)
+        cluster.run()
+        assert cluster.received(port, m.KeysStored)
+        state.mark_keys_published()
+        states[port] = state
+
+    def answer(port: int, kind: type[T]) -> T:
+        cluster.run()
+        return cluster.received(port, kind)[-1]
+
+    sender = states[5001]
+    alice.get_devices(conversation="alice,bob")
+    device_set = answer(5001, m.ConversationDevices).device_set
+    plan = sender.plan_send(device_set, cluster.wall())
+    alice.claim_keys(ref[1] for ref in plan.claims)
+    claimed = answer(5001, m.ClaimedKeys).keys
+    out = sender.encrypt(device_set, "across nodes", b"\x42" * 16, cluster.wall(), claimed)
+    alice.send_encrypted("bob", out.message, out.key_shares, message_id=b"\x42" * 16)
+    cluster.run(0.5)  # under any timer: the news brought it
+    assert cluster.received(5001, m.MessageAccepted)
+    for port in (5002, 5003):
+        [push] = cluster.received(port, m.MessageDelivered)
+        [share] = push.key_shares
+        assert isinstance(states[port].receive_key_share(share), KeyShareReceived)
+        assert push.message.ciphertext is not None
+        decrypted = states[port].decrypt(push.message.ciphertext, push.message.id)
+        assert isinstance(decrypted, Decrypted) and decrypted.text == "across nodes"
