@@ -29,6 +29,7 @@ from udpchat_proto.e2ee import (
     Decrypted,
     DeviceSet,
     KeyShareReceived,
+    Outgoing,
     direct_conversation,
 )
 from udpchat_proto.errors import ErrorCode
@@ -92,15 +93,7 @@ class Device:
         message_id = next(_message_ids).to_bytes(16, "big")
         refusals = 0
         while True:
-            at = self.world.wall_clock()
-            plan = self.state.plan_send(current, at)
-            claimed: tuple[ClaimedKey, ...] = ()
-            if plan.claims:
-                answer = self.user.ok(
-                    self.user.conn.claim_keys(ref[1] for ref in plan.claims), m.ClaimedKeys
-                )
-                claimed = answer.keys
-            out = self.state.encrypt(current, text, message_id, at, claimed)
+            out = self.encrypt(current, text, message_id)
             response = self.user.wait(
                 self.user.conn.send_encrypted(
                     to, out.message, out.key_shares, message_id=message_id
@@ -114,6 +107,19 @@ class Device:
             assert response.device_set is not None
             current = response.device_set
             refusals += 1
+
+    def encrypt(self, device_set: DeviceSet, text: str, message_id: bytes) -> Outgoing:
+        """Plan, claim the keys the plan needs, encrypt."""
+        assert self.state is not None
+        at = self.world.wall_clock()
+        plan = self.state.plan_send(device_set, at)
+        claimed: tuple[ClaimedKey, ...] = ()
+        if plan.claims:
+            answer = self.user.ok(
+                self.user.conn.claim_keys(ref[1] for ref in plan.claims), m.ClaimedKeys
+            )
+            claimed = answer.keys
+        return self.state.encrypt(device_set, text, message_id, at, claimed)
 
     def read(self) -> list[str]:
         """Take the new deliveries of the current connection: each share first,
