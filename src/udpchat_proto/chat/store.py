@@ -397,7 +397,8 @@ class Store(Protocol):
         login session ``token_hash``, in the order they were stored (see the module
         docstring for the cursor rules): what others sent to the user or its
         rooms (not the room messages of users it blocks), and what the user sent
-        from its other sessions."""
+        from its other sessions; of the encrypted messages, only those stored for
+        the session's device (:meth:`add_encrypted`: its id is the session's id)."""
         ...
 
     def acknowledge(
