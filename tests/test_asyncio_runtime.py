@@ -1,0 +1,220 @@
+"""udpchat_proto.asyncio on a real event loop, over loopback: serve() and connect(),
+their requests and pushes, key pinning, a server restarted under a client (resume,
+resend, each message once), a cluster's dead node, and acknowledgements that wait for
+the application. Every wait is bounded (asyncio.timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import pytest
+
+from tests.chat_helpers import test_config
+from udpchat_proto import MemoryStore, ServerKey, TransportConfig, fingerprint
+from udpchat_proto import messages as m
+from udpchat_proto.asyncio import (
+    ChatClient,
+    ChatService,
+    ClientClosedError,
+    LinkState,
+    RequestRefusedError,
+    ServerKeyChangedError,
+    ServerKeyRefusedError,
+    connect,
+    serve,
+)
+from udpchat_proto.randomness import SeededRandomSource
+
+T = TypeVar("T")
+
+PASSWORD = "correct horse"
+#: A lost server is noticed in 2 s and each attempt gives up after 1 s.
+QUICK = TransportConfig(
+    handshake_timeout=1.0, idle_timeout=2.0, keepalive_interval=0.5, max_rto=1.0
+)
+KEY = ServerKey.generate(SeededRandomSource("asyncio-server"))
+
+
+def run(test: Callable[[], Awaitable[T]], limit: float = 20.0) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(limit):
+            return await test()
+
+    return asyncio.run(bounded())
+
+
+async def start(store: MemoryStore, port: int = 0) -> ChatService:
+    return await serve(store=store, key=KEY, port=port, config=test_config())
+
+
+@asynccontextmanager
+async def user(service: ChatService, name: str, **options: object) -> AsyncIterator[ChatClient]:
+    client = await connect(
+        service.address, server_key=KEY.public_bytes, config=QUICK, **options  # type: ignore[arg-type]
+    )
+    try:
+        if "token" not in options:
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+        yield client
+    finally:
+        await client.close()
+
+
+async def befriend(a: ChatClient, b: ChatClient, b_name: str, a_name: str) -> None:
+    await a.invite(b_name)
+    await next_of(b, m.InvitationReceived)
+    await b.accept(a_name)
+
+
+async def next_of(client: ChatClient, kind: type[T], limit: float = 5.0) -> T:
+    """The next push of ``kind`` (the others are skipped, and so acknowledged)."""
+    async with asyncio.timeout(limit):
+        async for push in client:
+            if isinstance(push, kind):
+                return push
+    raise AssertionError("the client ended")
+
+
+def test_requests_pushes_and_a_refusal() -> None:
+    async def scenario() -> None:
+        async with await start(MemoryStore()) as service:
+            async with user(service, "alice") as alice, user(service, "bob") as bob:
+                assert alice.state is LinkState.CONNECTED and alice.username == "alice"
+                await befriend(alice, bob, "bob", "alice")
+                accepted = await alice.send("bob", "hello")
+                delivered = await next_of(bob, m.MessageDelivered)
+                assert delivered.message.text == "hello"
+                assert delivered.message.id == accepted.message_id
+                assert [f.username for f in (await bob.friends()).friends] == ["alice"]
+                await bob.join("#lobby")
+                history = await alice.history("bob")
+                assert [message.text for message in history.messages] == ["hello"]
+                with pytest.raises(RequestRefusedError) as refused:
+                    await alice.send("carol", "who?")
+                assert refused.value.code == "not_friends"
+            assert service.commits > 0
+
+    run(scenario)
+
+
+def test_first_contact_pins_the_key_and_a_changed_key_is_refused() -> None:
+    async def scenario() -> None:
+        async with await start(MemoryStore()) as service:
+            seen: list[str] = []
+
+            def decide(key: bytes) -> bool:
+                seen.append(fingerprint(key))
+                return True
+
+            client = await connect(service.address, on_first_contact=decide, config=QUICK)
+            assert seen == [KEY.fingerprint] and client.server_key == KEY.public_bytes
+            await client.close()
+            with pytest.raises(ServerKeyRefusedError):
+                await connect(service.address, on_first_contact=lambda _key: False, config=QUICK)
+            with pytest.raises(ServerKeyChangedError):
+                await connect(service.address, server_key=b"\x01" * 32, config=QUICK)
+
+    run(scenario)
+
+
+def test_a_restarted_server_loses_and_repeats_nothing() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()  # (what a durable store keeps across the restart)
+        service = await start(store)
+        port = service.address[1]
+        states: list[LinkState] = []
+        async with user(service, "alice") as alice, user(service, "bob") as bob:
+            await befriend(alice, bob, "bob", "alice")
+            bob._on_state = lambda state, _detail: states.append(state)
+            await alice.send("bob", "before")
+            await service.close()
+            # While the server is down: a message waits in alice's client, one for bob
+            # waits in the store once the server is back.
+            sending = asyncio.ensure_future(alice.send("bob", "during"))
+            await asyncio.sleep(0.3)
+            service = await start(store, port)
+            await sending
+            await alice.send("bob", "after")
+            texts = []
+            async with asyncio.timeout(10):
+                async for push in bob:
+                    if isinstance(push, m.MessageDelivered):
+                        texts.append(push.message.text)
+                        if push.message.text == "after":
+                            break
+            assert texts == ["before", "during", "after"]
+            assert LinkState.RECONNECTING in states and bob.state is LinkState.CONNECTED
+        await service.close()
+
+    run(scenario, limit=30.0)
+
+
+def test_a_dead_node_of_a_cluster_is_passed_over() -> None:
+    async def scenario() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+        silent.bind(("127.0.0.1", 0))
+        try:
+            async with await start(MemoryStore()) as service:
+                dead = silent.getsockname()
+                client = await connect(
+                    [dead, service.address], server_key=KEY.public_bytes, config=QUICK
+                )
+                assert client.node == service.address and client.attempts == 2
+                await client.register("alice", PASSWORD)
+                await client.close()
+        finally:
+            silent.close()
+
+    run(scenario)
+
+
+def test_a_message_is_acknowledged_only_once_the_application_asks_for_the_next() -> None:
+    async def scenario() -> None:
+        async with await start(MemoryStore()) as service:
+            async with user(service, "alice") as alice, user(service, "bob") as bob:
+                await befriend(alice, bob, "bob", "alice")
+                await next_of(alice, m.InvitationAnswered)
+                token = bob.token
+                await alice.send("bob", "handle me")
+                first = await next_of(bob, m.MessageDelivered)
+                # bob's process dies while handling it: nothing acknowledged it.
+                crash(bob)
+                async with user(service, "bob", token=token) as again:
+                    second = await next_of(again, m.MessageDelivered)
+                    assert second.message.id == first.message.id
+                    # Handled this time: asking for the next acknowledges it.
+                    with pytest.raises(TimeoutError):
+                        await next_of(again, m.MessageDelivered, limit=0.5)
+                    delivered = again.delivered_ids
+                assert delivered == {first.message.id}
+                async with user(service, "bob", token=token) as third:
+                    with pytest.raises(TimeoutError):
+                        await next_of(third, m.MessageDelivered, limit=1.0)
+
+    run(scenario)
+
+
+def test_closing_fails_what_waits_and_ends_the_events() -> None:
+    async def scenario() -> None:
+        async with await start(MemoryStore()) as service:
+            client = await connect(service.address, server_key=KEY.public_bytes, config=QUICK)
+            await client.close()
+            with pytest.raises(ClientClosedError):
+                await client.online()
+            assert [push async for push in client] == []
+
+    run(scenario)
+
+
+def crash(client: ChatClient) -> None:
+    """The process dies: no close, no acknowledgement, the socket gone."""
+    client._cancel_timer()
+    if client._endpoint is not None:
+        client._endpoint.close()
+    client._conn = None
+    client.state = LinkState.ENDED
