@@ -58,7 +58,8 @@ exclude_patterns = ["_build", "vectors/README.md", "perf/*.md"]
 # names of other libraries, which the offline build cannot link to.
 nitpicky = True
 nitpick_ignore_regex = [
-    ("py:.*", r"(collections|typing|types|enum|contextlib|datetime|hashlib|ipaddress|asyncio|concurrent)\..*"),
+    ("py:.*", r"(collections|typing|types|enum|contextlib|datetime|hashlib|ipaddress)\..*"),
+    ("py:.*", r"(asyncio|concurrent)\..*"),
     ("py:.*", r"(attrs|attr|cattrs|cryptography|orjson)\..*"),
     ("py:class", r"(Callable|Iterable|Iterator|Sequence|Mapping|Hashable|Generator)"),
     ("py:class", r"(Any|Final|TypeAlias|Protocol|TypeVar|Self)"),

@@ -54,7 +54,10 @@ async def start(store: MemoryStore, port: int = 0) -> ChatService:
 @asynccontextmanager
 async def user(service: ChatService, name: str, **options: object) -> AsyncIterator[ChatClient]:
     client = await connect(
-        service.address, server_key=KEY.public_bytes, config=QUICK, **options  # type: ignore[arg-type]
+        service.address,
+        server_key=KEY.public_bytes,
+        config=QUICK,
+        **options,  # type: ignore[arg-type]
     )
     try:
         if "token" not in options:
@@ -175,26 +178,26 @@ def test_a_dead_node_of_a_cluster_is_passed_over() -> None:
 
 def test_a_message_is_acknowledged_only_once_the_application_asks_for_the_next() -> None:
     async def scenario() -> None:
-        async with await start(MemoryStore()) as service:
-            async with user(service, "alice") as alice, user(service, "bob") as bob:
-                await befriend(alice, bob, "bob", "alice")
-                await next_of(alice, m.InvitationAnswered)
-                token = bob.token
-                await alice.send("bob", "handle me")
-                first = await next_of(bob, m.MessageDelivered)
-                # bob's process dies while handling it: nothing acknowledged it.
-                crash(bob)
-                async with user(service, "bob", token=token) as again:
-                    second = await next_of(again, m.MessageDelivered)
-                    assert second.message.id == first.message.id
-                    # Handled this time: asking for the next acknowledges it.
-                    with pytest.raises(TimeoutError):
-                        await next_of(again, m.MessageDelivered, limit=0.5)
-                    delivered = again.delivered_ids
-                assert delivered == {first.message.id}
-                async with user(service, "bob", token=token) as third:
-                    with pytest.raises(TimeoutError):
-                        await next_of(third, m.MessageDelivered, limit=1.0)
+        service = await start(MemoryStore())
+        async with service, user(service, "alice") as alice, user(service, "bob") as bob:
+            await befriend(alice, bob, "bob", "alice")
+            await next_of(alice, m.InvitationAnswered)
+            token = bob.token
+            await alice.send("bob", "handle me")
+            first = await next_of(bob, m.MessageDelivered)
+            # bob's process dies while handling it: nothing acknowledged it.
+            crash(bob)
+            async with user(service, "bob", token=token) as again:
+                second = await next_of(again, m.MessageDelivered)
+                assert second.message.id == first.message.id
+                # Handled this time: asking for the next acknowledges it.
+                with pytest.raises(TimeoutError):
+                    await next_of(again, m.MessageDelivered, limit=0.5)
+                delivered = again.delivered_ids
+            assert delivered == {first.message.id}
+            async with user(service, "bob", token=token) as third:
+                with pytest.raises(TimeoutError):
+                    await next_of(third, m.MessageDelivered, limit=1.0)
 
     run(scenario)
 

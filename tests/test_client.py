@@ -4,7 +4,6 @@ deliveries across connections."""
 from __future__ import annotations
 
 import datetime
-
 from pathlib import Path
 
 import pytest

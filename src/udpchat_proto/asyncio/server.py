@@ -56,6 +56,9 @@ class _Protocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         pass  # (an ICMP error for a client gone: its connection times out)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._service._socket_closed()
+
 
 class ChatService:
     """A :class:`~udpchat_proto.ChatServer` serving on the running loop (made by
@@ -92,15 +95,18 @@ class ChatService:
         self._hashing = 0
         self._hashed: list[tuple[int, bytes | None]] = []
         self._closed = self._loop.create_future()
+        self._released = self._loop.create_future()
+        """Done once the socket is closed (its port free)."""
 
     # --- the caller's side ------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop reading, commit and answer what was read, and close the socket."""
-        if self._transport is None:
-            return
-        self._turn()  # (what was read is committed and answered before leaving)
-        self._stop()
+        """Stop reading, commit and answer what was read, and close the socket; return
+        once it is closed (its port free for another service)."""
+        if self._transport is not None:
+            self._turn()  # (what was read is committed and answered before leaving)
+            self._stop()
+        await asyncio.shield(self._released)
 
     async def wait_closed(self) -> None:
         """Wait until the service is closed (raises what stopped it, if anything)."""
@@ -113,6 +119,10 @@ class ChatService:
         await self.close()
 
     # --- the loop's side --------------------------------------------------------------------
+
+    def _socket_closed(self) -> None:
+        if not self._released.done():
+            self._released.set_result(None)
 
     def _received(self, data: bytes, addr: Address) -> None:
         now = self._loop.time()
@@ -230,7 +240,8 @@ async def serve(
         store: where accounts and messages live (``MemoryStore``, or
             ``udpchat_server``'s ``SQLiteStore`` for a durable chat); committed once
             per batch, on the loop. It stays the caller's: close it after the service.
-        key: the server's key pair (``ServerKey.generate()``; keep it: clients pin it).
+        key: the server's key pair (``ServerKey.generate(SystemRandomSource())``; keep
+            it: clients pin it).
         host, port: where to listen (port 0: a free one, read :attr:`ChatService.address`).
         config: the server's limits (``ServerConfig()`` by default).
         clock: the wall clock (message and session times).
