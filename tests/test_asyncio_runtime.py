@@ -65,7 +65,7 @@ async def user(service: ChatService, name: str, **options: object) -> AsyncItera
             await client.login(name, PASSWORD)
         yield client
     finally:
-        await client.close()
+        client.close()
 
 
 async def befriend(a: ChatClient, b: ChatClient, b_name: str, a_name: str) -> None:
@@ -116,7 +116,7 @@ def test_first_contact_pins_the_key_and_a_changed_key_is_refused() -> None:
 
             client = await connect(service.address, on_first_contact=decide, config=QUICK)
             assert seen == [KEY.fingerprint] and client.server_key == KEY.public_bytes
-            await client.close()
+            client.close()
             with pytest.raises(ServerKeyRefusedError):
                 await connect(service.address, on_first_contact=lambda _key: False, config=QUICK)
             with pytest.raises(ServerKeyChangedError):
@@ -169,7 +169,7 @@ def test_a_dead_node_of_a_cluster_is_passed_over() -> None:
                 )
                 assert client.node == service.address and client.attempts == 2
                 await client.register("alice", PASSWORD)
-                await client.close()
+                client.close()
         finally:
             silent.close()
 
@@ -206,7 +206,7 @@ def test_closing_fails_what_waits_and_ends_the_events() -> None:
     async def scenario() -> None:
         async with await start(MemoryStore()) as service:
             client = await connect(service.address, server_key=KEY.public_bytes, config=QUICK)
-            await client.close()
+            client.close()
             with pytest.raises(ClientClosedError):
                 await client.online()
             assert [push async for push in client] == []

@@ -47,7 +47,15 @@ from .errors import (
     SessionEndedError,
 )
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_START", "TRANSPORT", "ChatClient", "LinkState", "connect"]
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_START",
+    "TRANSPORT",
+    "ChatClient",
+    "LinkState",
+    "connect",
+    "start",
+]
 
 BACKOFF_START: Final = 0.5
 """Seconds before the first attempt to reconnect to a node."""
@@ -160,8 +168,8 @@ class ChatClient:
         self._held: set[bytes] = set()
         """Delivered ids queued for the application or being handled: not acknowledged."""
         self._pushes: collections.deque[m.Push] = collections.deque()
-        self._handling: m.Push | None = None
-        """The event last handed to the application (acknowledged when it asks again)."""
+        self._handling: list[m.Push] = []
+        """The events last handed to the application (acknowledged when it asks again)."""
         self._wakeup = asyncio.Event()
         self._waiting: collections.deque[_Call] = collections.deque()
         """Requests to send once connected."""
@@ -232,11 +240,11 @@ class ChatClient:
         if self._failure is not None and not self._ready:
             raise self._failure
 
-    async def close(self) -> None:
-        """Acknowledge the event being handled, close the connection politely and end
-        the client: unanswered requests raise
-        :class:`~udpchat_proto.asyncio.ClientClosedError`, the event loop stops.
-        The login session stays (resume it with :attr:`token`)."""
+    def close(self) -> None:
+        """Acknowledge the events being handled, close the connection politely (one
+        datagram, not waited for) and end the client: unanswered requests raise
+        :class:`~udpchat_proto.asyncio.ClientClosedError`, ``async for`` stops. The
+        login session stays (resume it with :attr:`token`). Closing twice is harmless."""
         if self.state is LinkState.ENDED:
             return
         self._acknowledge_handled()
@@ -246,7 +254,7 @@ class ChatClient:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        await self.close()
+        self.close()
 
     def __aiter__(self) -> ChatClient:
         return self
@@ -259,17 +267,34 @@ class ChatClient:
             ProtocolError: the client ended for another reason
                 (:class:`~udpchat_proto.asyncio.ServerKeyChangedError` ...).
         """
+        try:
+            (push,) = await self._take(1)
+        except ClientClosedError:
+            raise StopAsyncIteration from None
+        return push
+
+    async def next_events(self) -> list[m.Push]:
+        """Every push waiting (at least one: it waits for one), oldest first; they are
+        acknowledged when this (or ``async for``) is called again, or at :meth:`close`.
+        For an application that keeps a batch at once (one write for many messages).
+
+        Raises:
+            ProtocolError: the client ended
+                (:class:`~udpchat_proto.asyncio.ClientClosedError` once closed).
+        """
+        return await self._take(None)
+
+    async def _take(self, most: int | None) -> list[m.Push]:
         self._acknowledge_handled()
         while not self._pushes:
             if self._failure is not None:
-                if isinstance(self._failure, ClientClosedError):
-                    raise StopAsyncIteration
                 raise self._failure
             self._wakeup.clear()
             await self._wakeup.wait()
-        push = self._pushes.popleft()
-        self._handling = push
-        return push
+        count = len(self._pushes) if most is None else min(most, len(self._pushes))
+        taken = [self._pushes.popleft() for _ in range(count)]
+        self._handling = taken
+        return taken
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -542,18 +567,19 @@ class ChatClient:
         self._wakeup.set()
 
     def _acknowledge_handled(self) -> None:
-        push, self._handling = self._handling, None
-        if not isinstance(push, m.MessageDelivered):
+        handled, self._handling = self._handling, []
+        ids = [push.message.id for push in handled if isinstance(push, m.MessageDelivered)]
+        if not ids:
             return
-        message_id = push.message.id
-        self._held.discard(message_id)
-        self._delivered[message_id] = None
+        for message_id in ids:
+            self._held.discard(message_id)
+            self._delivered[message_id] = None
         while len(self._delivered) > DELIVERED_IDS_MAX:
             del self._delivered[next(iter(self._delivered))]
         if self._conn is not None:
-            # (Between connections: the next one knows it among delivered_ids, and
-            # acknowledges the server's re-push of it.)
-            self._conn.acknowledge([message_id])
+            # (Between connections: the next one knows them among delivered_ids, and
+            # acknowledges the server's re-push of them.)
+            self._conn.acknowledge(ids)
             self._process()
 
     # --- losing a connection ----------------------------------------------------------------
@@ -645,6 +671,39 @@ class ChatClient:
             self._on_state(state, detail)
 
 
+def start(
+    servers: Address | Sequence[Address],
+    *,
+    server_key: bytes | None = None,
+    on_first_contact: Callable[[bytes], bool] | None = None,
+    token: bytes | None = None,
+    delivered_ids: Iterable[bytes] = (),
+    config: TransportConfig | None = None,
+    random: RandomSource | None = None,
+    on_state: Callable[[LinkState, str], None] | None = None,
+) -> ChatClient:
+    """Start connecting and return the client at once (:func:`connect` without the
+    wait, for a program that shows :attr:`ChatClient.state` instead: requests made
+    meanwhile wait for the connection). Call it from a running event loop; the
+    arguments are :func:`connect`'s."""
+    if isinstance(servers, tuple) and len(servers) == 2 and isinstance(servers[0], str):
+        addresses: list[Address] = [servers]
+    else:
+        addresses = list(cast(Sequence[Address], servers))
+    client = ChatClient(
+        addresses,
+        server_key=server_key,
+        on_first_contact=on_first_contact,
+        token=token,
+        delivered_ids=delivered_ids,
+        config=config if config is not None else TRANSPORT,
+        random=random if random is not None else SystemRandomSource(),
+        on_state=on_state,
+    )
+    client._start()
+    return client
+
+
 async def connect(
     servers: Address | Sequence[Address],
     *,
@@ -683,24 +742,19 @@ async def connect(
         TimeoutError: no node answered within ``timeout``.
         ProtocolError: the key was refused or changed, or the session ended.
     """
-    if isinstance(servers, tuple) and len(servers) == 2 and isinstance(servers[0], str):
-        addresses: list[Address] = [servers]
-    else:
-        addresses = list(cast(Sequence[Address], servers))
-    client = ChatClient(
-        addresses,
+    client = start(
+        servers,
         server_key=server_key,
         on_first_contact=on_first_contact,
         token=token,
         delivered_ids=delivered_ids,
-        config=config if config is not None else TRANSPORT,
-        random=random if random is not None else SystemRandomSource(),
+        config=config,
+        random=random,
         on_state=on_state,
     )
-    client._start()
     try:
         await client.wait_connected(timeout)
     except BaseException:
-        await client.close()
+        client.close()
         raise
     return client
