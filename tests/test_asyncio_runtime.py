@@ -14,12 +14,14 @@ from typing import TypeVar
 import pytest
 
 from tests.chat_helpers import test_config
+from tests.relay import Relay
 from udpchat_proto import MemoryStore, ServerKey, TransportConfig, fingerprint
 from udpchat_proto import messages as m
 from udpchat_proto.asyncio import (
     ChatClient,
     ChatService,
     ClientClosedError,
+    ConnectionLostError,
     LinkState,
     RequestRefusedError,
     ServerKeyChangedError,
@@ -27,6 +29,7 @@ from udpchat_proto.asyncio import (
     connect,
     serve,
 )
+from udpchat_proto.asyncio import start as start_client
 from udpchat_proto.randomness import SeededRandomSource
 
 T = TypeVar("T")
@@ -36,6 +39,7 @@ PASSWORD = "correct horse"
 QUICK = TransportConfig(
     handshake_timeout=1.0, idle_timeout=2.0, keepalive_interval=0.5, max_rto=1.0
 )
+DELIVERED = m.MessageDelivered
 KEY = ServerKey.generate(SeededRandomSource("asyncio-server"))
 
 
@@ -221,3 +225,106 @@ def crash(client: ChatClient) -> None:
         client._endpoint.close()
     client._conn = None
     client.state = LinkState.ENDED
+
+
+def test_a_lost_answer_repeats_a_send_once_and_fails_what_is_not_safe_to_repeat() -> None:
+    async def scenario() -> None:
+        async with await start(MemoryStore()) as service:
+            relay = await Relay.open(service.address)
+            try:
+                async with user(service, "bob") as bob:
+                    client = await connect(relay.address, server_key=KEY.public_bytes, config=QUICK)
+                    async with client as alice:
+                        await alice.register("alice", PASSWORD)
+                        await alice.login("alice", PASSWORD)
+                        await befriend(alice, bob, "bob", "alice")
+                        relay.drop_answers = True  # done by the server, never answered
+                        sending = asyncio.ensure_future(alice.send("bob", "once"))
+                        with pytest.raises(ConnectionLostError):
+                            await alice.unfriend("carol")
+                        relay.drop_answers = False
+                        accepted = await sending
+                        delivered = await next_of(bob, m.MessageDelivered)
+                        assert delivered.message.id == accepted.message_id
+                        with pytest.raises(TimeoutError):
+                            await next_of(bob, m.MessageDelivered, limit=0.5)
+                        assert alice.attempts == 2
+            finally:
+                relay.close()
+
+    run(scenario)
+
+
+def test_a_cluster_client_moves_to_the_next_node_when_one_dies() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()  # (the nodes' shared database)
+        first, second = await start(store), await start(store)
+        try:
+            async with user(service=first, name="alice") as alice:
+                pass
+            token = alice.token
+            client = await connect(
+                [first.address, second.address],
+                server_key=KEY.public_bytes,
+                token=token,
+                config=QUICK,
+            )
+            async with client:
+                assert client.node == first.address
+                await first.close()
+                # The next request waits for the next node, and is answered there.
+                online = await client.online()
+                assert online.usernames == ("alice",)
+                assert client.node == second.address and client.username == "alice"
+        finally:
+            await first.close()
+            await second.close()
+
+    run(scenario)
+
+
+def test_start_returns_at_once_and_next_events_takes_a_batch() -> None:
+    async def scenario() -> None:
+        async with await start(MemoryStore()) as service:
+            async with user(service, "alice") as alice, user(service, "bob") as bob:
+                await befriend(alice, bob, "bob", "alice")
+                await next_of(alice, m.InvitationAnswered)
+                token = bob.token
+                bob.close()
+                for text in ("one", "two", "three"):
+                    await alice.send("bob", text)
+            states: list[LinkState] = []
+            client = start_client(
+                service.address,
+                server_key=KEY.public_bytes,
+                token=token,
+                config=QUICK,
+                on_state=lambda state, _detail: states.append(state),
+            )
+            assert client.state is LinkState.CONNECTING
+            async with client:
+                await client.wait_connected(5)
+                assert states == [LinkState.CONNECTED]
+                texts: list[str] = []
+                async with asyncio.timeout(5):
+                    while len(texts) < 3:
+                        batch = await client.next_events()
+                        texts += [
+                            p.message.text for p in batch if isinstance(p, m.MessageDelivered)
+                        ]
+                assert texts == ["one", "two", "three"]
+
+    run(scenario)
+
+
+def test_a_burst_of_requests_shares_a_commit() -> None:
+    async def scenario() -> None:
+        async with await start(MemoryStore()) as service, user(service, "alice") as alice:
+            await alice.join("#burst")
+            commits = service.commits
+            await asyncio.gather(*(alice.send("#burst", f"m{i}") for i in range(20)))
+            # (one datagram can carry several requests; a round of the loop reads
+            # what arrived before one commit answers them all)
+            assert service.commits - commits < 10, service.commits - commits
+
+    run(scenario)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import Awaitable, Callable
-from typing import cast
 
 import pytest
 
 from tests.chat_helpers import test_config
+from tests.relay import Relay
 from udpchat_cli.chat.link import ChatLink, LinkState
 from udpchat_proto import (
-    Address,
     ErrorCode,
     MemoryStore,
     ServerKey,
@@ -37,40 +36,6 @@ QUICK = TransportConfig(
 KEY = ServerKey.generate(SeededRandomSource("link-key"))
 
 
-class Relay(asyncio.DatagramProtocol):
-    """Forwards between one client and the server; ``up`` False cuts the wire,
-    ``drop_answers`` loses what the server sends."""
-
-    def __init__(self, server: Address) -> None:
-        self.server = server
-        self.up = True
-        self.drop_answers = False
-        self.client: Address | None = None
-        self.transport: asyncio.DatagramTransport | None = None
-        self.upstream: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (A datagram endpoint's transport, though not a DatagramTransport subclass.)
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.client = (str(addr[0]), int(str(addr[1])))
-        if self.up and self.upstream is not None:
-            self.upstream.sendto(data)
-
-    def answer(self, data: bytes) -> None:
-        if self.up and not self.drop_answers and self.transport and self.client:
-            self.transport.sendto(data, self.client)
-
-
-class _Upstream(asyncio.DatagramProtocol):
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.relay.answer(data)
-
-
 class World:
     """A server on loopback, a relay in front of it, and one link through the relay."""
 
@@ -88,19 +53,10 @@ class World:
         self.link: ChatLink | None = None
 
     async def start(self) -> ChatLink:
-        loop = asyncio.get_running_loop()
         self.service = await serve(store=self.store, key=KEY, config=test_config())
-        relay = Relay(self.service.address)
-        await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0))
-        upstream, _ = await loop.create_datagram_endpoint(
-            lambda: _Upstream(relay), remote_addr=self.service.address
-        )
-        relay.upstream = upstream
-        self.relay = relay
-        assert relay.transport is not None
-        host, port = relay.transport.get_extra_info("sockname")[:2]
+        self.relay = relay = await Relay.open(self.service.address)
         self.link = ChatLink(
-            servers=[(host, port)],
+            servers=[relay.address],
             server_key=KEY.public_bytes,
             token=TOKEN,
             on_pushes=self.pushes.extend,
@@ -114,9 +70,8 @@ class World:
     async def stop(self) -> None:
         if self.link is not None:
             self.link.close()
-        if self.relay is not None and self.relay.transport and self.relay.upstream:
-            self.relay.transport.close()
-            self.relay.upstream.close()
+        if self.relay is not None:
+            self.relay.close()
         if self.service is not None:
             await self.service.close()
 
