@@ -317,14 +317,26 @@ def test_start_returns_at_once_and_next_events_takes_a_batch() -> None:
     run(scenario)
 
 
-def test_a_burst_of_requests_shares_a_commit() -> None:
+def test_a_burst_from_several_clients_shares_a_commit() -> None:
     async def scenario() -> None:
-        async with await start(MemoryStore()) as service, user(service, "alice") as alice:
-            await alice.join("#burst")
-            commits = service.commits
-            await asyncio.gather(*(alice.send("#burst", f"m{i}") for i in range(20)))
-            # (one datagram can carry several requests; a round of the loop reads
-            # what arrived before one commit answers them all)
-            assert service.commits - commits < 10, service.commits - commits
+        async with await start(MemoryStore()) as service:
+            clients = []
+            try:
+                for i in range(5):
+                    client = await connect(service.address, server_key=KEY.public_bytes)
+                    clients.append(client)
+                    await client.register(f"user{i}", PASSWORD)
+                    await client.login(f"user{i}", PASSWORD)
+                    await client.join("#burst")
+                commits = service.commits
+                sends = [client.send("#burst", f"m{i}") for i, client in enumerate(clients)]
+                await asyncio.gather(*sends)
+                # Their datagrams arrive in the same rounds of the loop: the turn waits
+                # for a round that reads nothing, and one commit answers them all
+                # (1 here; a loaded machine may split the burst).
+                assert 1 <= service.commits - commits <= 3, service.commits - commits
+            finally:
+                for client in clients:
+                    client.close()
 
     run(scenario)
