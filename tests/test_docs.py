@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import attrs
@@ -121,3 +123,15 @@ def test_the_quickstart_runs() -> None:
     with contextlib.redirect_stdout(output):
         exec(compile(program, "quickstart.md", "exec"), {"__name__": "quickstart"})
     assert output.getvalue() == "alice: hello, bob\n"
+
+
+def test_the_quickstarts_asyncio_program_runs() -> None:
+    # A server, a bot and a client on loopback (its own interpreter: a bounded wait).
+    text = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    program = re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)[2]
+    assert "udpchat_proto.asyncio" in program
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "echo: echo: hello, bot\n"
