@@ -340,3 +340,35 @@ def test_a_burst_from_several_clients_shares_a_commit() -> None:
                     client.close()
 
     run(scenario)
+
+
+def test_a_node_with_another_key_ends_the_client_with_a_typed_error() -> None:
+    async def scenario() -> None:
+        first = await start(MemoryStore())
+        impostor = await serve(
+            store=MemoryStore(),
+            key=ServerKey.generate(SeededRandomSource("impostor")),
+            config=test_config(),
+        )
+        events: list[tuple[LinkState, str]] = []
+        try:
+            client = await connect(
+                [first.address, impostor.address],
+                on_first_contact=lambda _key: True,  # pins the first node's key
+                config=QUICK,
+                on_state=lambda state, detail: events.append((state, detail)),
+            )
+            assert client.server_key == KEY.public_bytes
+            await first.close()
+            with pytest.raises(ServerKeyChangedError):
+                await client.online()  # waits for the next node, which is refused
+            with pytest.raises(ServerKeyChangedError):
+                await anext(client)
+            state, detail = events[-1]
+            assert state is LinkState.ENDED and KEY.fingerprint in detail
+            assert client.state is LinkState.ENDED
+        finally:
+            await first.close()
+            await impostor.close()
+
+    run(scenario)

@@ -539,8 +539,10 @@ class ChatClient:
                 why = "the login session has ended: log in again"
                 self._token = None
                 self._end(SessionEndedError(why), why)
-            # else (unavailable, rate_limited ...): the connection idles; tried again
-            # when it drops.
+            elif self._conn is not None:
+                # (unavailable, rate_limited ...): this connection is no use; the next
+                # one comes after the backoff, on the next node if there is one.
+                self._conn.close(self._loop.time())
             return
         call = self._sent.pop(response.request_id, None)
         if call is None:

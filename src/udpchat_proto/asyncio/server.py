@@ -181,12 +181,15 @@ class ChatService:
             self._hashing += 1
             future = self._loop.run_in_executor(self._executor, job.run)
             future.add_done_callback(functools.partial(self._hash_done, job.job_id))
-        while (event := self.server.next_event()) is not None:
-            if self._on_event is not None:
-                self._on_event(event)
         for data, addr in end.datagrams:
             transport.sendto(data, addr)
         self._arm_timer()
+        while (event := self.server.next_event()) is not None:
+            if self._on_event is not None:
+                try:
+                    self._on_event(event)
+                except Exception:  # the application's callback must not stop the chat
+                    log.exception("on_event raised")
 
     def _hash_done(self, job_id: int, future: asyncio.Future[bytes]) -> None:
         self._hashing -= 1
