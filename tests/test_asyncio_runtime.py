@@ -15,7 +15,7 @@ import pytest
 
 from tests.chat_helpers import test_config
 from tests.relay import Relay
-from udpchat_proto import MemoryStore, ServerKey, TransportConfig, fingerprint
+from udpchat_proto import MemoryStore, ServerKey, TransportConfig, ValidationError, fingerprint
 from udpchat_proto import messages as m
 from udpchat_proto.asyncio import (
     ChatClient,
@@ -370,5 +370,18 @@ def test_a_node_with_another_key_ends_the_client_with_a_typed_error() -> None:
         finally:
             await first.close()
             await impostor.close()
+
+    run(scenario)
+
+
+def test_an_invalid_request_raises_to_its_caller_only() -> None:
+    async def scenario() -> None:
+        async with await start(MemoryStore()) as service, user(service, "alice") as alice:
+            with pytest.raises(ValidationError) as invalid:
+                await alice.send("bad name", "hi")
+            assert invalid.value.code == "invalid_username"
+            with pytest.raises(ZeroDivisionError):
+                await alice.request(lambda _conn: 1 // 0)
+            assert (await alice.online()).usernames == ("alice",)
 
     run(scenario)

@@ -521,7 +521,7 @@ class ChatClient:
             return  # (cancelled by its caller while it waited)
         try:
             request_id = call.issue(conn)
-        except ProtocolError as exc:  # an invalid argument: the core's ValidationError
+        except Exception as exc:  # an invalid argument (ValidationError), or a bad issue()
             call.future.set_exception(exc)
             return
         call.request = conn.pending_request(request_id)
