@@ -22,6 +22,11 @@ CORE = ROOT / "src" / "udpchat_proto"
 FORBIDDEN_IN_CORE = {"socket", "time", "threading", "asyncio", "sqlite3", "selectors"}
 FORBIDDEN_IN_CORE |= {"udpchat_server", "udpchat_cli"}
 
+#: vodozemac draws its keys from the operating system: the one exception to the
+#: core's injected randomness, allowed in the end-to-end encryption package only
+#: (no other part of the core, nor the server, which relays what it cannot read).
+VODOZEMAC_HOME = CORE / "e2ee"
+
 #: The core's one runtime, ``udpchat_proto.asyncio``, runs the roles on an asyncio
 #: loop: asyncio is its whole point, and it alone may import it. Everything else
 #: stays forbidden there too (its clocks are the loop's, its sockets asyncio's).
@@ -37,6 +42,7 @@ PUBLIC = {
     "udpchat_proto.asyncio",
     "udpchat_proto.bus",
     "udpchat_proto.chat",
+    "udpchat_proto.e2ee",
     "udpchat_proto.transport",
 }
 
@@ -101,6 +107,23 @@ def test_the_face_does_not_load_the_runtime() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_only_the_e2ee_package_imports_vodozemac() -> None:
+    everywhere = [
+        *core_modules(),
+        *(ROOT / "src" / "udpchat_server").rglob("*.py"),
+        *(ROOT / "src" / "udpchat_cli").rglob("*.py"),
+    ]
+    importers = {
+        path.relative_to(ROOT / "src")
+        for path in everywhere
+        for module, _ in imports(path)
+        if module.split(".")[0] == "vodozemac"
+    }
+    assert importers, "the rule checks nothing: vodozemac moved?"
+    outside = [p for p in importers if not (ROOT / "src" / p).is_relative_to(VODOZEMAC_HOME)]
+    assert not outside, outside
 
 
 @pytest.mark.parametrize("path", sorted((CORE / "transport").rglob("*.py")), ids=lambda p: p.name)

@@ -185,14 +185,22 @@ def test_idle_connections_reopened_from_four_addresses_do_not_starve_the_scraper
         thread.join(timeout=5)
 
 
-class SlowCollector(Collector):
-    """A collector that takes ``seconds`` to collect (nothing)."""
+class HeldCollector(Collector):
+    """A collector that holds every scrape until released (so that a test's slots
+    are busy answering for as long as it needs, however slow the machine)."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.collecting = 0
+
+    def describe(self) -> Iterator[Metric]:  # (else registering it would collect)
+        return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        time.sleep(self.seconds)
+        with self.lock:
+            self.collecting += 1
+        self.release.wait(timeout=20)
         return iter(())
 
 
@@ -200,15 +208,16 @@ def test_a_connection_that_sent_its_request_is_never_ended_for_a_newcomer(
     serve: MetricsHTTPServer,
 ) -> None:
     """Only a connection still waiting for its request makes room: with every
-    slot answering a request (a slow collect here), a newcomer is refused, and
+    slot answering a request (a held collect here), a newcomer is refused, and
     every answer arrives whole."""
-    serve.registry.register(SlowCollector(0.6))
+    held = HeldCollector()
+    serve.registry.register(held)
     host, port = where(serve)
     answers: list[str] = []
 
     def scrape_slowly(source: str) -> None:
         with socket.create_connection((host, port), source_address=(source, 0)) as sock:
-            sock.settimeout(5)
+            sock.settimeout(25)
             sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
             answers.append(b"".join(iter(lambda: sock.recv(65536), b"")).decode())
 
@@ -218,12 +227,13 @@ def test_a_connection_that_sent_its_request_is_never_ended_for_a_newcomer(
     for scraper in scrapers:
         scraper.start()
     try:
-        wait_until(lambda: serve.open_connections == 8)
+        wait_until(lambda: held.collecting == 8, deadline=15)  # (every slot answering)
         newcomer = idle(serve, "127.0.1.20")
-        wait_until(lambda: serve.refused == 1)
-        assert closed_after(newcomer) < 0.5
+        wait_until(lambda: serve.refused == 1, deadline=15)
+        assert closed_after(newcomer) < 2.0
         newcomer.close()
     finally:
+        held.release.set()
         for scraper in scrapers:
             scraper.join(timeout=10)
     assert serve.evicted == 0

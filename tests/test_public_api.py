@@ -20,14 +20,16 @@ import udpchat_proto
 import udpchat_proto.asyncio
 import udpchat_proto.bus
 import udpchat_proto.chat
+import udpchat_proto.e2ee
 import udpchat_proto.transport
 from udpchat_proto import messages
 
 PACKAGES = [udpchat_proto, udpchat_proto.chat, udpchat_proto.transport]
 #: The public packages whose names are loaded eagerly (no ``_EXPORTS``): the bus's
-#: wire is small and used whole by a node; the asyncio runtime is imported only by
-#: a program that runs it (the face never loads it: tests/test_layering.py).
-EAGER = [udpchat_proto.bus, udpchat_proto.asyncio]
+#: wire and the end-to-end encryption, each small and used whole; the asyncio runtime
+#: is imported only by a program that runs it (the face never loads it:
+#: tests/test_layering.py).
+EAGER = [udpchat_proto.bus, udpchat_proto.e2ee, udpchat_proto.asyncio]
 
 
 def type_checking_names(package: ModuleType) -> dict[str, str]:

@@ -70,7 +70,8 @@ EXPECTED_OUTPUT = (
     "#general (3 members)",
 )
 #: Every distribution ``pip install udpchat-proto`` may pull (besides itself and pip):
-#: the core's four, the commands' two, and what cryptography and cattrs need.
+#: the core's four, the commands' two, end-to-end encryption's vodozemac, and what
+#: cryptography and cattrs need.
 BASE_DISTRIBUTIONS = frozenset(
     {
         "attrs",
@@ -79,6 +80,7 @@ BASE_DISTRIBUTIONS = frozenset(
         "orjson",
         "click",
         "platformdirs",
+        "vodozemac",
         "cffi",
         "pycparser",
         "typing-extensions",

@@ -33,7 +33,7 @@ FLOOD_CONNECTIONS = 80
 #: A real hash cost, so that hashing is the bottleneck (tests otherwise use N=16).
 SCRYPT_N = "4096"
 #: The longest bob's CLI waits for each answer of the server (its --timeout).
-ANSWER_WITHIN = 3.0
+ANSWER_WITHIN = 5.0
 
 
 class Flood(threading.Thread):
@@ -122,8 +122,10 @@ def test_a_login_flood_from_one_address_locks_nobody_else_out(tmp_path: Path) ->
         assert sum(flood.answers.values()) > 10, flood.answers
         assert flood.answers.get("rate_limited", 0) > 0, flood.answers
         # Each of bob's logins is a CLI process (~0.3 s of start-up); none waited
-        # behind the flood's queue.
-        assert max(durations) < 4.0, durations
+        # behind the flood's queue (before the defences: refused for 15 s). The bound
+        # is loose for a loaded machine, the median tight.
+        assert max(durations) < ANSWER_WITHIN, durations
+        assert sorted(durations)[len(durations) // 2] < 2.0, durations
         print(f"flood answers {flood.answers}; bob's logins took {durations}")
     finally:
         if flood is not None:
