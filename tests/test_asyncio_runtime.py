@@ -385,3 +385,35 @@ def test_an_invalid_request_raises_to_its_caller_only() -> None:
             assert (await alice.online()).usernames == ("alice",)
 
     run(scenario)
+
+
+def test_attempts_move_along_the_nodes_and_back_off_after_each_round() -> None:
+    # Deterministic: the delays the client asks its loop for, with seeded jitter.
+    async def scenario() -> list[float]:
+        client = ChatClient(
+            [("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3)],
+            server_key=KEY.public_bytes,
+            on_first_contact=None,
+            token=None,
+            delivered_ids=(),
+            config=QUICK,
+            random=SeededRandomSource("backoff"),
+            on_state=None,
+        )
+        delays: list[float] = []
+
+        class Loop:
+            def call_later(self, delay: float, _callback: object) -> None:
+                delays.append(delay)
+
+        client._loop = Loop()  # type: ignore[assignment]
+        for _ in range(21):
+            client._lost("no answer")
+        return delays
+
+    delays = run(scenario)
+    rounds = [delays[i : i + 3] for i in range(0, 21, 3)]
+    assert all(round_[:2] == [0.0, 0.0] for round_ in rounds)  # the next node at once
+    backoffs = [round_[2] for round_ in rounds]  # after each round: 0.5 s doubling, ±20%
+    for backoff, base in zip(backoffs, [0.5, 1, 2, 4, 8, 16, 30], strict=True):
+        assert 0.8 * base <= backoff <= 1.2 * base, backoffs
