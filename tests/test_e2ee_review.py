@@ -61,10 +61,6 @@ def server() -> KeyServer:
 # --- finding 1: a direct conversation's device set is whatever the server says ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: a direct conversation's device set may hold a third user's device",
-)
 def test_a_direct_conversations_set_holding_a_third_users_device_is_refused(
     server: KeyServer,
 ) -> None:
@@ -84,10 +80,6 @@ def test_a_direct_conversations_set_holding_a_third_users_device_is_refused(
 # --- finding 2: a share or message for a direct conversation from a third user --
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 2: a third user's share and message for a direct conversation are taken",
-)
 def test_a_share_for_a_direct_conversation_from_a_third_user_is_dropped(
     server: KeyServer,
 ) -> None:
@@ -119,10 +111,6 @@ def test_a_share_for_a_direct_conversation_from_a_third_user_is_dropped(
 # --- finding 3: a replayed pre-key message wedges the Olm session ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 3: a replayed fallback pre-key message opens a second session, used next",
-)
 def test_a_replayed_pre_key_message_does_not_wedge_the_olm_session(
     server: KeyServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -152,9 +140,6 @@ def test_a_replayed_pre_key_message_does_not_wedge_the_olm_session(
 # --- finding 4: an inbound session's key leaves out the sender's user ------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finding 4: inbound sessions are keyed without the sender's user"
-)
 def test_a_device_id_stated_for_two_users_cannot_take_over_a_session(
     server: KeyServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,9 +182,6 @@ def test_a_device_id_stated_for_two_users_cannot_take_over_a_session(
 # --- finding 5: a time that is not a number bricks the saved state ---------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finding 5: a NaN time is saved as null and the state never loads again"
-)
 @pytest.mark.parametrize("at", [math.nan, math.inf, -math.inf])
 def test_a_time_that_is_not_finite_is_the_callers_mistake(server: KeyServer, at: float) -> None:
     alice, _bob = server.login("alice"), server.login("bob")
@@ -215,9 +197,6 @@ def test_a_time_that_is_not_finite_is_the_callers_mistake(server: KeyServer, at:
 # --- finding 6: a clock that was ahead keeps a session for ever -----------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finding 6: a session made under a clock ahead never rotates by age"
-)
 def test_a_session_made_under_a_clock_that_was_ahead_rotates_when_it_comes_back(
     server: KeyServer,
 ) -> None:
@@ -262,9 +241,6 @@ def test_an_edited_state_does_not_load(server: KeyServer) -> None:
 # --- finding 8: a damaged state raises something else than StateError -----------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finding 8: a damaged state raises AttributeError or IndexError, or loads"
-)
 @pytest.mark.parametrize(
     ("part", "field", "value"),
     [("inbound", "seen", [1]), ("olm", "device", ["bob"]), ("inbound", "sender", 5)],
@@ -286,7 +262,6 @@ def test_a_damaged_state_raises_state_error(
 # --- finding 9: a key payload's version may be ``true`` --------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 9: a key payload's version true or 1.0 passes as 1")
 def test_a_key_payload_of_version_true_is_malformed() -> None:
     good = KeyPayload(
         sender="alice",

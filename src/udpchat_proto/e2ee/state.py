@@ -21,6 +21,7 @@ Sending, in full (``docs/E2EE.md``)::
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -44,6 +45,8 @@ from .records import (
     EncryptedMessage,
     KeyShare,
     KeysUpload,
+    check_conversation,
+    direct_members,
 )
 
 __all__ = [
@@ -71,6 +74,8 @@ _LOAD_ERRORS: Final[tuple[type[Exception], ...]] = (
     orjson.JSONDecodeError,
     KeyError,
     TypeError,
+    AttributeError,
+    IndexError,
     *VODOZEMAC_ERRORS,
 )
 
@@ -240,6 +245,15 @@ class CryptoState:
         """What sending to ``device_set.conversation`` needs first: a rotation, key
         shares, one-time keys to claim. Pins the set's devices (DeviceTrustError
         for one that does not verify or whose keys changed)."""
+        _check_time(at)
+        members = direct_members(device_set.conversation)
+        if members is not None and self.user not in members:
+            raise LocalProtocolError(f"{self.user} is not in {device_set.conversation}")
+        for keys in device_set.devices:
+            if members is not None and keys.user not in members:
+                raise DeviceTrustError(
+                    keys.user, keys.device_id, f"not in the conversation {device_set.conversation}"
+                )
         for keys in device_set.devices:
             if (keys.user, keys.device_id) != (self.user, self.device_id):
                 self._pin(keys)
@@ -292,7 +306,7 @@ class CryptoState:
             )
             self._outbound[conversation] = group
             # This device reads its own messages later (history) like any other.
-            self._inbound[conversation, self.device_id, group.session_id] = InboundGroup(
+            self._inbound[conversation, self.user, self.device_id, group.session_id] = InboundGroup(
                 conversation=conversation,
                 sender=self.user,
                 sender_device=self.device_id,
@@ -413,7 +427,9 @@ class CryptoState:
             return drop("not_for_this_device", "the payload names another recipient")
         if session_id != payload.session_id or inbound.first_known_index != payload.first_index:
             return drop("malformed", "the session key is not the one named")
-        key = (payload.conversation, sender.device_id, session_id)
+        if not _may_speak_in(payload.conversation, sender.user, self.user):
+            return drop("wrong_conversation", "the sender or this device is not in it")
+        key = (payload.conversation, sender.user, sender.device_id, session_id)
         existing = self._inbound.get(key)
         if existing is None or existing.session.first_known_index > inbound.first_known_index:
             # (an earlier index reads more: keep the one that reads most)
@@ -450,6 +466,13 @@ class CryptoState:
             try:
                 plaintext = session.decrypt(message)
             except VODOZEMAC_ERRORS:
+                if pre_key is not None:
+                    # A pre-key message of a session this device holds, that it
+                    # cannot open: a replay (or tampering). Opening it again (a
+                    # fallback key still can) would make a second copy of the
+                    # session, newest, so the next share would go out on a ratchet
+                    # the peer left long ago: the Olm wedge. Drop it.
+                    return None
                 continue
             return plaintext
         if pre_key is None:
@@ -478,10 +501,13 @@ class CryptoState:
                 sender_device=message.sender_device,
             )
 
-        key = (message.conversation, message.sender_device, message.session_id)
+        key = (message.conversation, message.sender, message.sender_device, message.session_id)
         group = self._inbound.get(key)
         if group is None:
             return drop("unknown_session")
+        if not _may_speak_in(message.conversation, message.sender, self.user):
+            # (a session taken before shares were checked for it: never read)
+            return drop("wrong_conversation", "the sender or this device is not in it")
         if group.sender != message.sender:
             return drop("wrong_conversation", "another sender's session")
         try:
@@ -622,7 +648,10 @@ class CryptoState:
                 seen={int(i): bytes.fromhex(m) for i, m in item["seen"].items()},
             )
             session_id = b64decode(inbound.session.session_id)
-            state._inbound[inbound.conversation, inbound.sender_device, session_id] = inbound
+            check_username(inbound.sender)
+            check_conversation(inbound.conversation)
+            ref = (inbound.conversation, inbound.sender, inbound.sender_device, session_id)
+            state._inbound[ref] = inbound
         for item in doc.items("known"):
             keys = DeviceKeys(
                 user=item["user"],
@@ -676,6 +705,21 @@ def _keys_json(keys: DeviceKeys) -> dict[str, str]:
         "ed25519": b64encode(keys.ed25519),
         "signature": b64encode(keys.signature),
     }
+
+
+def _check_time(at: float) -> None:
+    """``at`` is saved and compared: NaN (saved as null) or an infinity would make
+    a state that never loads again, or a session that never ages."""
+    if not isinstance(at, int | float) or not math.isfinite(at):
+        raise LocalProtocolError(f"a time must be a finite number of seconds, not {at!r}")
+
+
+def _may_speak_in(conversation: str, sender: str, recipient: str) -> bool:
+    """Whether ``sender``'s key shares and messages may be taken in ``conversation``
+    by ``recipient``: always in a room (its members are the server's word), and in
+    a direct conversation only between its two users."""
+    members = direct_members(conversation)
+    return members is None or (sender in members and recipient in members)
 
 
 def _check_pickle_key(key: bytes) -> None:
