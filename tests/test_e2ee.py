@@ -449,7 +449,10 @@ def test_a_state_needs_its_own_pickle_key(server: KeyServer) -> None:
         CryptoState.from_bytes(b"not json", KEY)
     with pytest.raises(LocalProtocolError):
         CryptoState.from_bytes(data, b"short")
-    assert b"alice" in data and KEY.hex() not in data.decode()
+    # Sealed whole: it names no one in clear, and an edited byte does not load.
+    assert b"alice" not in data and KEY not in data
+    with pytest.raises(StateError):
+        CryptoState.from_bytes(data[:-1] + bytes([data[-1] ^ 1]), KEY)
 
 
 # --- records --------------------------------------------------------------------

@@ -28,6 +28,10 @@ from typing import Any, Final
 import attrs
 import orjson
 import vodozemac
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..chat.validation import ValidationError, check_message_id, check_text, check_username
 from ..errors import ErrorCode, LocalProtocolError
@@ -68,7 +72,9 @@ only when an old one is replaced): the newest is used to encrypt."""
 SHARES_REMEMBERED: Final = 4096
 """Key shares remembered (by digest) so that one delivered twice is a duplicate,
 not an Olm failure: far more than arrive between two saves."""
-_STATE_VERSION: Final = 1
+_STATE_VERSION: Final = 2
+_SEALED: Final = bytes([_STATE_VERSION])
+_SEAL_INFO: Final = b"udpchat e2ee state v2"
 _PAYLOAD_ERRORS: Final[tuple[type[Exception], ...]] = (PayloadError, *VODOZEMAC_ERRORS)
 _LOAD_ERRORS: Final[tuple[type[Exception], ...]] = (
     orjson.JSONDecodeError,
@@ -551,9 +557,19 @@ class CryptoState:
     # --- saving -----------------------------------------------------------------
 
     def to_bytes(self, pickle_key: bytes) -> bytes:
-        """The whole state, for the profile: the account and sessions as
-        vodozemac pickles (encrypted and authenticated with ``pickle_key``), the
-        rest (device records, conversations, flags) as JSON beside them."""
+        """The whole state, for the profile, sealed with ``pickle_key``: one byte
+        of version (2), then AES-SIV (RFC 5297) of a JSON document under a key
+        derived from ``pickle_key`` (HKDF-SHA256, info ``udpchat e2ee state v2``),
+        the version byte as associated data. The document holds the account and
+        sessions as vodozemac pickles and the rest (pinned device records,
+        verified flags, conversations, the rotation's bookkeeping) beside them:
+        sealed whole, none of it can be read or edited without the key (an edited
+        pin or ``verified`` flag, or a rotation's ``sent_to`` emptied, would
+        otherwise load as if this device had written it)."""
+        return _SEALED + _sealer(pickle_key).encrypt(self._to_json(pickle_key), [_SEALED])
+
+    def _to_json(self, pickle_key: bytes) -> bytes:
+        """The state's JSON document (what :meth:`to_bytes` seals)."""
         _check_pickle_key(pickle_key)
 
         def ref(r: DeviceRef) -> list[str]:
@@ -609,11 +625,23 @@ class CryptoState:
     def from_bytes(cls, data: bytes, pickle_key: bytes) -> CryptoState:
         """A state :meth:`to_bytes` wrote; :class:`StateError` if ``pickle_key`` is
         not the one it was written with, or ``data`` is not a state."""
+        sealer = _sealer(pickle_key)
+        if type(data) is not bytes or data[:1] != _SEALED:
+            raise StateError("not a sealed state of version 2")
+        try:
+            document = sealer.decrypt(data[1:], [_SEALED])
+        except InvalidTag as error:
+            raise StateError("not a state this key opens (or it was edited)") from error
+        return cls._from_json(document, pickle_key)
+
+    @classmethod
+    def _from_json(cls, document: bytes, pickle_key: bytes) -> CryptoState:
+        """A state from its JSON document (what :meth:`from_bytes` opens)."""
         _check_pickle_key(pickle_key)
         try:
-            return cls._load(orjson.loads(data), pickle_key)
+            return cls._load(orjson.loads(document), pickle_key)
         except _LOAD_ERRORS as error:
-            raise StateError(f"not a state this key opens: {error}") from error
+            raise StateError(f"not a state: {error}") from error
 
     @classmethod
     def _load(cls, value: dict[str, object], key: bytes) -> CryptoState:
@@ -720,6 +748,15 @@ def _may_speak_in(conversation: str, sender: str, recipient: str) -> bool:
     a direct conversation only between its two users."""
     members = direct_members(conversation)
     return members is None or (sender in members and recipient in members)
+
+
+def _sealer(pickle_key: bytes) -> AESSIV:
+    """The state's AEAD. AES-SIV because it needs no nonce: the core draws no
+    randomness of its own (vodozemac is the one exception), and a deterministic
+    AEAD shows only that two saves were of the same state."""
+    _check_pickle_key(pickle_key)
+    key = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_SEAL_INFO).derive(pickle_key)
+    return AESSIV(key)
 
 
 def _check_pickle_key(key: bytes) -> None:
