@@ -7,12 +7,17 @@ seconds, the injected wall clock: a rotation deadline outlives the process), and
 sends what it hands back. It mutates in place; :meth:`CryptoState.to_bytes` is
 the whole of it, so a caller that shares the state between processes does
 load, advance, save under one lock, and no ratchet index is ever used twice.
+It saves before anything leaves the process: after :meth:`~CryptoState.encrypt`
+and before the request is sent (a crash in between would encrypt the next
+message at the same Megolm index), and after
+:meth:`~CryptoState.receive_key_share` and before the stream is acknowledged.
 
 Sending, in full (``docs/E2EE.md``)::
 
     plan = state.plan_send(device_set, at)            # device_set: from the server
     claimed = server.claim(plan.claims) if plan.claims else ()
     out = state.encrypt(device_set, text, message_id, at, claimed)
+    save(state.to_bytes(pickle_key))                  # before the request leaves
     answer = server.send(out.key_shares, out.message) # one request, all or nothing
     if answer is accepted: state.accepted(out)
     if answer is devices_changed: plan again with the set it names, encrypt again
