@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import udpchat_proto.e2ee.state as state_module
-from tests.e2ee_helpers import KeyServer
+from tests.e2ee_helpers import KeyServer, new_device_id
 from udpchat_proto import LocalProtocolError
 from udpchat_proto.e2ee import (
     CryptoState,
@@ -37,6 +37,7 @@ from udpchat_proto.e2ee import (
 )
 from udpchat_proto.e2ee.olm import b64decode, b64encode
 from udpchat_proto.e2ee.payloads import KeyPayload, MessagePayload, PayloadError
+from udpchat_proto.e2ee.records import device_keys_signed_bytes
 
 KEY = bytes(range(32))
 ROOM = "#general"
@@ -277,6 +278,39 @@ def test_a_key_payload_of_version_true_is_malformed() -> None:
     for version in (True, 1.0):
         with pytest.raises(PayloadError):
             KeyPayload.parse(orjson.dumps({**value, "v": version}))
+
+
+# --- finding 11: a share nobody can open pinned its sender's record ------------
+
+
+@pytest.mark.xfail(strict=True, reason="finding 11: a share nobody can open pins its sender")
+def test_a_share_that_does_not_open_pins_nothing(server: KeyServer) -> None:
+    # A record is self-signed: mallory makes one naming bob's next device with her
+    # keys, and sends it to alice with a ciphertext that opens nothing. Pinned
+    # then, it made alice refuse bob's genuine record later (she could not send to
+    # any conversation with him).
+    alice, mallory = server.login("alice"), server.login("mallory")
+    bob = CryptoState.create("bob", new_device_id())
+    forged = attrs.evolve(
+        mallory.device_keys, user="bob", device_id=bob.device_id, signature=bytes(64)
+    )
+    signed = mallory._account.sign(
+        device_keys_signed_bytes("bob", bob.device_id, forged.curve25519, forged.ed25519)
+    )
+    forged = attrs.evolve(forged, signature=b64decode(signed.to_base64()))
+    junk = KeyShare(
+        sender_keys=forged,
+        recipient="alice",
+        recipient_device=alice.device_id,
+        message_type=0,
+        ciphertext=b"\x03" + bytes(200),
+    )
+    dropped = alice.receive_key_share(junk)
+    assert isinstance(dropped, Dropped) and dropped.reason == "olm_failed"
+    assert alice.known_device("bob", bob.device_id) is None
+    server.top_up(bob)
+    plan = alice.plan_send(server.device_set(ROOM, {"alice", "bob"}, 1), 0.0)
+    assert plan.share_with == (("bob", bob.device_id),)
 
 
 # --- finding 10: the saved state grows with every message read ----------------
