@@ -283,7 +283,6 @@ def test_a_key_payload_of_version_true_is_malformed() -> None:
 # --- finding 11: a share nobody can open pinned its sender's record ------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 11: a share nobody can open pins its sender")
 def test_a_share_that_does_not_open_pins_nothing(server: KeyServer) -> None:
     # A record is self-signed: mallory makes one naming bob's next device with her
     # keys, and sends it to alice with a ciphertext that opens nothing. Pinned

@@ -238,17 +238,23 @@ class CryptoState:
 
     def _pin(self, keys: DeviceKeys) -> None:
         """Check a device's record and remember its keys (DeviceTrustError if not)."""
+        if self._check_keys(keys):
+            self._known[keys.user, keys.device_id] = KnownDevice(keys=keys)
+
+    def _check_keys(self, keys: DeviceKeys) -> bool:
+        """Check a device's record against its pin, or its signature when it has
+        none (DeviceTrustError if not); whether it is new."""
         ref = (keys.user, keys.device_id)
         known = self._known.get(ref)
         if known is not None:
             if known.keys != keys:
                 raise DeviceTrustError(keys.user, keys.device_id, "its keys changed")
-            return
+            return False
         if ref == (self.user, self.device_id) and keys != self.device_keys:
             raise DeviceTrustError(keys.user, keys.device_id, "not this device's keys")
         if not verify_device_keys(keys):
             raise DeviceTrustError(keys.user, keys.device_id, "its signature does not verify")
-        self._known[ref] = KnownDevice(keys=keys)
+        return True
 
     # --- sending ----------------------------------------------------------------
 
@@ -411,13 +417,17 @@ class CryptoState:
         if seen is not None:
             return attrs.evolve(seen, duplicate=True)
         try:
-            self._pin(sender)
+            self._check_keys(sender)
         except DeviceTrustError as error:
             changed = ref in self._known
             return drop("key_changed" if changed else "untrusted_sender", str(error))
         plaintext = self._olm_decrypt(ref, sender, share)
         if plaintext is None:
             return drop("olm_failed")
+        # Pinned only now that an Olm session with its Curve25519 key opened it: a
+        # record is self-signed, so anyone can make one naming any device, and a
+        # pin taken from a share nobody could open would refuse the real one later.
+        self._pin(sender)
         try:
             payload = KeyPayload.parse(plaintext)
             inbound = vodozemac.InboundGroupSession(vodozemac.SessionKey(payload.session_key))
