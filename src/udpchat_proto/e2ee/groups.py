@@ -83,5 +83,3 @@ class InboundGroup:
     sender: str
     sender_device: bytes
     session: vodozemac.InboundGroupSession
-    seen: dict[int, bytes] = attrs.Factory(dict)
-    """Message index -> the message id that used it."""

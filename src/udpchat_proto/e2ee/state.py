@@ -454,13 +454,11 @@ class CryptoState:
         existing = self._inbound.get(key)
         if existing is None or existing.session.first_known_index > inbound.first_known_index:
             # (an earlier index reads more: keep the one that reads most)
-            seen_indices = existing.seen if existing is not None else {}
             self._inbound[key] = InboundGroup(
                 conversation=payload.conversation,
                 sender=sender.user,
                 sender_device=sender.device_id,
                 session=inbound,
-                seen=seen_indices,
             )
         received = KeyShareReceived(
             sender=sender.user,
@@ -542,9 +540,6 @@ class CryptoState:
             plaintext = group.session.decrypt(megolm).plaintext
         except VODOZEMAC_ERRORS as error:
             return drop("bad_ciphertext", str(error))
-        used = group.seen.get(index)
-        if used is not None and used != message_id:
-            return drop("replayed", f"index {index} was another message's")
         try:
             payload = MessagePayload.parse(plaintext)
         except PayloadTextError as error:
@@ -559,7 +554,6 @@ class CryptoState:
             check_text(payload.text)
         except ValidationError as error:
             return drop("invalid_text", str(error))
-        group.seen[index] = message_id
         return Decrypted(
             conversation=message.conversation,
             sender=message.sender,
@@ -617,7 +611,6 @@ class CryptoState:
                     "sender": g.sender,
                     "sender_device": g.sender_device.hex(),
                     "session": g.session.pickle(pickle_key),
-                    "seen": {str(i): m.hex() for i, m in g.seen.items()},
                 }
                 for g in self._inbound.values()
             ],
@@ -688,7 +681,6 @@ class CryptoState:
                 sender=item["sender"],
                 sender_device=bytes.fromhex(item["sender_device"]),
                 session=vodozemac.InboundGroupSession.from_pickle(item["session"], key),
-                seen={int(i): bytes.fromhex(m) for i, m in item["seen"].items()},
             )
             session_id = b64decode(inbound.session.session_id)
             check_username(inbound.sender)
