@@ -59,6 +59,7 @@ exclude_patterns = ["_build", "vectors/README.md", "perf/*.md"]
 nitpicky = True
 nitpick_ignore_regex = [
     ("py:.*", r"(collections|typing|types|enum|contextlib|datetime|hashlib|ipaddress)\..*"),
+    ("py:.*", r"(asyncio|concurrent)\..*"),
     ("py:.*", r"(attrs|attr|cattrs|cryptography|orjson)\..*"),
     ("py:class", r"(Callable|Iterable|Iterator|Sequence|Mapping|Hashable|Generator)"),
     ("py:class", r"(Any|Final|TypeAlias|Protocol|TypeVar|Self)"),

@@ -1,117 +1,61 @@
-"""A small bot: accepts every friend invitation and answers every message it receives.
-
-It answers ``echo: TEXT`` to the sender of a direct message, and in the room for a
-room message (``--join ROOM`` to sit in one). Built on ``asyncio_client.py``.
+"""A bot on ``udpchat_proto.asyncio``: accepts every invitation, answers every message.
 
     udpchat-server --port 9999 &
-    python examples/echo_bot.py --server 127.0.0.1:9999 --user echo \\
-        --password 'correct horse battery staple' --register
-    udpchat-cli invite echo && udpchat-cli send echo ping && udpchat-cli inbox --wait 5
+    python examples/echo_bot.py --server 127.0.0.1:9999 --user echo --password 'echo pass' \\
+        --register --join general
 
-``--count N`` stops after N answers and ``--for SECONDS`` after that long (for tests);
-otherwise it runs until Ctrl-C.
+It answers ``echo: TEXT`` to the sender, or in the room of a room message. It rides out
+a server's restart and a lossy network: the client reconnects, resumes its session,
+sends again what was not answered and shows each message once. ``--count N`` stops
+after N answers, ``--for SECONDS`` after that long.
 """
-
-from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
-import sys
-import time
+import contextlib
 
-from asyncio_client import check, open_client, parse_address
-
-from udpchat_proto import ClientConnection
 from udpchat_proto import messages as m
+from udpchat_proto.asyncio import ChatClient, RequestRefusedError, connect
 from udpchat_proto.chat import MAX_TEXT_BYTES, is_room
 
 
-def reply_text(text: str) -> str:
-    """``echo: TEXT``, cut to the protocol's size limit on a character boundary."""
-    data = f"echo: {text}".encode()[:MAX_TEXT_BYTES]
-    return data.decode("utf-8", errors="ignore")
-
-
-async def run(args: argparse.Namespace) -> int:
-    client = await open_client(parse_address(args.server), timeout=args.timeout)
-    answered = 0
-    try:
+async def run(args: argparse.Namespace) -> None:
+    host, _, port = args.server.rpartition(":")
+    async with await connect((host.strip("[]"), int(port))) as bot:
         if args.register:
-            answer = await client.request(
-                lambda c: c.register(args.user, args.password), args.timeout
-            )
-            if isinstance(answer, m.ErrorResponse) and answer.code != "user_exists":
-                check(answer)
-        check(await client.request(lambda c: c.login(args.user, args.password), args.timeout))
-        for name in args.join:
-            room = name if name.startswith("#") else "#" + name  # '#' optional, as in the CLI
-            check(
-                await client.request(
-                    functools.partial(ClientConnection.join_room, room=room), args.timeout
-                )
-            )
+            with contextlib.suppress(RequestRefusedError):  # (it exists already)
+                await bot.register(args.user, args.password)
+        await bot.login(args.user, args.password)
+        for room in args.join:
+            await bot.join("#" + room.lstrip("#"))
         print(f"{args.user} is listening", flush=True)
-        end = time.monotonic() + args.duration if args.duration else None
-        while args.count is None or answered < args.count:
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            try:
-                push = await asyncio.wait_for(client.pushes.get(), left)
-            except TimeoutError:
-                break
-            if isinstance(push, m.InvitationReceived):
-                user = push.from_user
-                await client.request(
-                    functools.partial(ClientConnection.accept_invitation, username=user),
-                    args.timeout,
-                )
-                print(f"accepted {user}", flush=True)
-            elif isinstance(push, m.MessageDelivered):
-                message = push.message
-                if message.sender == args.user:
-                    continue
-                to = message.to if is_room(message.to) else message.sender
-                text = reply_text(message.text)
-                answer = await client.request(
-                    functools.partial(ClientConnection.send_message, to=to, text=text),
-                    args.timeout,
-                )
-                if isinstance(answer, m.ErrorResponse):
-                    print(f"could not answer {to}: {answer.code}", file=sys.stderr, flush=True)
-                else:
-                    answered += 1
-                    print(f"answered {to}: {message.text!r}", flush=True)
-    finally:
-        await client.close()
-    return answered
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.duration):
+                await answer(bot, args.user, args.count)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", default="127.0.0.1:9999", help="HOST:PORT")
-    parser.add_argument("--user", required=True)
-    parser.add_argument("--password", required=True)
-    parser.add_argument("--register", action="store_true", help="create the account if needed")
-    parser.add_argument(
-        "--join", action="append", default=[], metavar="ROOM", help="sit in ROOM ('#' optional)"
-    )
-    parser.add_argument("--count", type=int, default=None, help="stop after N answers")
-    parser.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS")
-    parser.add_argument("--timeout", type=float, default=5.0)
-    args = parser.parse_args()
-    try:
-        asyncio.run(run(args))
-    except KeyboardInterrupt:
-        pass
-    except (TimeoutError, ConnectionError) as exc:
-        print(f"error: no answer from the server: {exc or 'timeout'}", file=sys.stderr)
-        raise SystemExit(3) from None
-    except ValueError as exc:  # a bad --server, or a name the core refuses
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+async def answer(bot: ChatClient, me: str, count: int | None) -> None:
+    answered = 0
+    async for event in bot:
+        if isinstance(event, m.InvitationReceived):
+            await bot.accept(event.from_user)
+        elif isinstance(event, m.MessageDelivered) and event.message.sender != me:
+            got = event.message
+            text = f"echo: {got.text}".encode()[:MAX_TEXT_BYTES].decode(errors="ignore")
+            await bot.send(got.to if is_room(got.to) else got.sender, text)
+            answered += 1
+            if answered == count:
+                return
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for flag in ("--server", "--user", "--password"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--register", action="store_true", help="create the account if needed")
+    parser.add_argument("--join", action="append", default=[], help="sit in a room")
+    parser.add_argument("--count", type=int, help="stop after N answers")
+    parser.add_argument("--for", dest="duration", type=float, help="stop after SECONDS")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(args))

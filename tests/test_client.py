@@ -3,6 +3,7 @@ deliveries across connections."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,52 @@ def test_remembered_delivered_ids_are_capped_at_the_newest() -> None:
     remembered = client.delivered_ids
     assert len(remembered) == DELIVERED_IDS_MAX
     assert remembered == frozenset(ids[10:])
+
+
+def test_explicit_acknowledgements_wait_for_the_application(world: ChatWorld) -> None:
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    bob.close()
+    assert bob.token is not None
+    client = ClientConnection(
+        server_address=SERVER_ADDRESS, random=SeededRandomSource("explicit"), explicit_acks=True
+    )
+    world.net.add("explicit", client, ("127.8.0.2", 7))  # (the net takes every event)
+    client.resume(bob.token)
+    client.connect(world.net.now)
+    alice.send("bob", "kept later")
+    world.run_until(lambda: bool(world.net.events_of("explicit", m.MessageDelivered)))
+    (first,) = world.net.events_of("explicit", m.MessageDelivered)
+    # Taken, not acknowledged: not among the delivered ids, and pushed again to the
+    # next connection of the session.
+    assert client.delivered_ids == frozenset()
+    world.settle(5.0)
+    bob.connect()
+    bob.resume()
+    world.settle()
+    assert bob.texts() == ["kept later"]
+    bob.close()
+    # Acknowledged (as a runtime does once its application handled it): it leaves,
+    # and the session's next connection gets nothing.
+    client.acknowledge([first.message.id])
+    assert client.delivered_ids == {first.message.id}
+    world.settle(5.0)
+    bob.connect()
+    bob.resume()
+    world.settle()
+    assert not any(isinstance(e, m.MessageDelivered) for e in bob.events())
+
+
+def test_an_explicit_client_drops_a_repush_of_a_taken_message_silently() -> None:
+    client = ClientConnection(server_address=SERVER_ADDRESS, explicit_acks=True)
+    sent_at = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    message = m.ChatMessage(id=b"\x07" * 16, sender="alice", to="bob", text="hi", sent_at=sent_at)
+    client._on_delivery(m.MessageDelivered(message=message))
+    assert isinstance(client.next_event(), m.MessageDelivered)
+    client._on_delivery(m.MessageDelivered(message=message))  # the ack was never sent
+    assert client.next_event() is None
+    assert client.stats.duplicate_deliveries == 1 and client._acks == []
+    client.acknowledge([message.id])
+    assert client._acks == [message.id]
+    client._on_delivery(m.MessageDelivered(message=message))  # the ack was lost
+    assert client.next_event() is None and client._acks == [message.id, message.id]

@@ -8,9 +8,10 @@ implementation. EMBEDDING.md maps each tag to its Python class.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import attrs
@@ -104,8 +105,7 @@ def test_every_public_module_has_its_page_in_the_reference() -> None:
     listed = re.findall(r"^   (udpchat_proto[\w.]*)$", (API / "index.rst").read_text(), re.M)
     public = ["udpchat_proto", "udpchat_proto.chat", "udpchat_proto.chat.messages"]
     public += ["udpchat_proto.transport", "udpchat_proto.bus", "udpchat_proto.e2ee"]
-    if importlib.util.find_spec("udpchat_proto.asyncio") is not None:
-        public.append("udpchat_proto.asyncio")
+    public.append("udpchat_proto.asyncio")
     assert sorted(listed) == sorted(public)
     for module in listed:
         page = (API / f"{module}.rst").read_text()
@@ -124,3 +124,15 @@ def test_the_quickstart_runs() -> None:
     with contextlib.redirect_stdout(output):
         exec(compile(program, "quickstart.md", "exec"), {"__name__": "quickstart"})
     assert output.getvalue() == "alice: hello, bob\n"
+
+
+def test_the_quickstarts_asyncio_program_runs() -> None:
+    # A server, a bot and a client on loopback (its own interpreter: a bounded wait).
+    text = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    program = re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)[2]
+    assert "udpchat_proto.asyncio" in program
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "echo: echo: hello, bot\n"

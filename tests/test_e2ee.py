@@ -363,8 +363,9 @@ def test_a_message_moved_to_another_sender_or_conversation_is_dropped(server: Ke
     deliver(out, bob)
     moved = bob.decrypt(attrs.evolve(out.message, conversation="#other"), mid(1))
     assert isinstance(moved, Dropped) and moved.reason == "unknown_session"
+    # (the sender's user is part of the session's key: another sender's is unknown)
     renamed = bob.decrypt(attrs.evolve(out.message, sender="carol"), mid(1))
-    assert isinstance(renamed, Dropped) and renamed.reason == "wrong_conversation"
+    assert isinstance(renamed, Dropped) and renamed.reason == "unknown_session"
 
 
 def test_replays_are_harmless(server: KeyServer) -> None:
@@ -448,7 +449,10 @@ def test_a_state_needs_its_own_pickle_key(server: KeyServer) -> None:
         CryptoState.from_bytes(b"not json", KEY)
     with pytest.raises(LocalProtocolError):
         CryptoState.from_bytes(data, b"short")
-    assert b"alice" in data and KEY.hex() not in data.decode()
+    # Sealed whole: it names no one in clear, and an edited byte does not load.
+    assert b"alice" not in data and KEY not in data
+    with pytest.raises(StateError):
+        CryptoState.from_bytes(data[:-1] + bytes([data[-1] ^ 1]), KEY)
 
 
 # --- records --------------------------------------------------------------------

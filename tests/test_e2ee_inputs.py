@@ -86,12 +86,12 @@ def test_any_saved_state_loads_or_raises_state_error(data: bytes) -> None:
 def test_a_saved_state_with_a_field_missing_or_mistyped_raises_state_error() -> None:
     import orjson
 
-    saved = orjson.loads(BOB.to_bytes(KEY))
+    saved = orjson.loads(BOB._to_json(KEY))  # (the document inside the seal)
     for name in list(saved):
         for value in (None, 3, "x", [1], {"a": 1}):
             broken = {**saved, name: value}
             with contextlib.suppress(StateError):  # (or it loads: no other error)
-                CryptoState.from_bytes(orjson.dumps(broken), KEY)
+                CryptoState._from_json(orjson.dumps(broken), KEY)
         without = {k: v for k, v in saved.items() if k != name}
         with pytest.raises(StateError):
-            CryptoState.from_bytes(orjson.dumps(without), KEY)
+            CryptoState._from_json(orjson.dumps(without), KEY)

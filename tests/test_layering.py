@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,12 @@ FORBIDDEN_IN_CORE |= {"udpchat_server", "udpchat_cli"}
 #: core's injected randomness, allowed in the end-to-end encryption package only
 #: (no other part of the core, nor the server, which relays what it cannot read).
 VODOZEMAC_HOME = CORE / "e2ee"
+
+#: The core's one runtime, ``udpchat_proto.asyncio``, runs the roles on an asyncio
+#: loop: asyncio is its whole point, and it alone may import it. Everything else
+#: stays forbidden there too (its clocks are the loop's, its sockets asyncio's).
+RUNTIME = CORE / "asyncio"
+ALLOWED_IN_RUNTIME = {"asyncio"}
 
 #: The public API: the modules other packages may import from, each only the names
 #: of its ``__all__``. The face exports what an embedder needs (the message catalogue
@@ -72,8 +80,33 @@ def core_modules() -> list[Path]:
 
 @pytest.mark.parametrize("path", core_modules(), ids=lambda p: str(p.relative_to(CORE)))
 def test_the_core_does_no_io(path: Path) -> None:
+    allowed = ALLOWED_IN_RUNTIME if path.is_relative_to(RUNTIME) else set()
     for module, line in imports(path):
-        assert module.split(".")[0] not in FORBIDDEN_IN_CORE, f"{path.name}:{line} {module}"
+        top = module.split(".")[0]
+        assert top not in FORBIDDEN_IN_CORE - allowed, f"{path.name}:{line} {module}"
+
+
+def test_only_the_runtime_may_import_asyncio() -> None:
+    assert RUNTIME.is_dir()
+    importers = {
+        str(path.relative_to(CORE))
+        for path in core_modules()
+        if any(module.split(".")[0] == "asyncio" for module, _line in imports(path))
+    }
+    assert importers and all(name.startswith("asyncio/") for name in importers), importers
+
+
+@pytest.mark.e2e  # (a fresh interpreter: this one has loaded everything)
+def test_the_face_does_not_load_the_runtime() -> None:
+    probe = (
+        "import sys, udpchat_proto, udpchat_proto.chat, udpchat_proto.transport;"
+        "from udpchat_proto import ChatServer, ClientConnection;"
+        "print('udpchat_proto.asyncio' in sys.modules, 'asyncio' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "False"]
 
 
 def test_only_the_e2ee_package_imports_vodozemac() -> None:

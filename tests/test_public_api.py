@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 
 import udpchat_proto
+import udpchat_proto.asyncio
 import udpchat_proto.bus
 import udpchat_proto.chat
 import udpchat_proto.e2ee
@@ -25,8 +26,10 @@ from udpchat_proto import messages
 
 PACKAGES = [udpchat_proto, udpchat_proto.chat, udpchat_proto.transport]
 #: The public packages whose names are loaded eagerly (no ``_EXPORTS``): the bus's
-#: wire and the end-to-end encryption, each small and used whole.
-EAGER = [udpchat_proto.bus, udpchat_proto.e2ee]
+#: wire and the end-to-end encryption, each small and used whole; the asyncio runtime
+#: is imported only by a program that runs it (the face never loads it:
+#: tests/test_layering.py).
+EAGER = [udpchat_proto.bus, udpchat_proto.e2ee, udpchat_proto.asyncio]
 
 
 def type_checking_names(package: ModuleType) -> dict[str, str]:
@@ -77,10 +80,7 @@ def test_no_name_is_exported_twice() -> None:
     # The face exports what an embedder needs; a subpackage only what the face does
     # not (its wire-level names), so that each name has one public home.
     seen: dict[str, str] = {}
-    packages = [*PACKAGES, *EAGER]
-    if importlib.util.find_spec("udpchat_proto.asyncio") is not None:
-        packages.append(importlib.import_module("udpchat_proto.asyncio"))
-    for package in packages:
+    for package in [*PACKAGES, *EAGER]:
         for name in package.__all__:
             assert name not in seen, f"{name}: {seen.get(name)} and {package.__name__}"
             seen[name] = package.__name__

@@ -106,12 +106,13 @@ def test_status_and_send_wait_delivered(make_user: MakeUser) -> None:
 def test_listen_prints_a_delivered_event_for_each_receipt(make_user: MakeUser) -> None:
     alice, bob = make_user("alice"), make_user("bob")
     befriend(alice, bob)
-    listener = alice.listen("--for", "8")
+    # (long enough for a loaded machine: the listener starts, the receipt comes back)
+    listener = alice.listen("--for", "20")
     try:
         wait_until_online(bob, "alice")  # friends see each other online
         sent = alice.ok("send", "bob", "tell me when")
         bob.ok("inbox")
-        out, _err = listener.communicate(timeout=15)
+        out, _err = listener.communicate(timeout=30)
     finally:
         listener.kill()
     events = [json.loads(line) for line in out.splitlines()]

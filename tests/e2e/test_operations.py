@@ -134,8 +134,12 @@ def test_metrics_are_served_in_prometheus_format_and_move(tmp_path: Path) -> Non
         befriend(alice, bob)
         alice.ok("send", "bob", "counted")
         alice.refused("not_friends", "send", "carol", "nobody")
-        time.sleep(1.5)  # the snapshot is at most a second old
-        values = scrape(server)
+        # The snapshot is refreshed every second: wait (bounded) until it has seen
+        # the last command, however loaded the machine.
+        deadline = time.monotonic() + 15
+        while (values := scrape(server)).get('udpchat_refusals_total{code="not_friends"}') != 1:
+            assert time.monotonic() < deadline, values
+            time.sleep(0.2)
         for name in (
             "udpchat_datagrams_received_total",
             "udpchat_datagrams_sent_total",

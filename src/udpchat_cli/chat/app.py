@@ -2,18 +2,16 @@
 
 The screen draws a :class:`~udpchat_cli.chat.model.ChatModel`, reads lines through
 :func:`~udpchat_cli.chat.commands.parse`, and talks to the server through a
-:class:`~udpchat_cli.chat.link.ChatLink` on a UDP socket of Textual's own asyncio
-loop. What arrives is saved in the profile before it is acknowledged (a crash
-loses nothing) and counts as shown once it is on the screen (a later ``inbox`` does
-not show it again).
+:class:`~udpchat_cli.chat.link.ChatLink` (``udpchat_proto.asyncio``'s client) on
+Textual's own asyncio loop. What arrives is saved in the profile before it is
+acknowledged (a crash loses nothing) and counts as shown once it is on the screen (a
+later ``inbox`` does not show it again).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
-import socket
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
@@ -381,7 +379,6 @@ class ChatApp(App[int]):
         self._token = token
         self._book = book
         self._link: ChatLink | None = None
-        self._transport: asyncio.DatagramTransport | None = None
         self._notes: dict[str | None, list[Note]] = {}
         """Transient lines (answers, refusals, help) per conversation."""
         self._history_asked: dict[str, int] = {}
@@ -415,19 +412,10 @@ class ChatApp(App[int]):
             self.model.receive(message)
         self._redraw()
         self.query_one(Composer).focus()
-        loop = asyncio.get_running_loop()
-        # Not connected to one address: the link may move to another node.
-        family = socket.AF_INET6 if ":" in self._servers[0][0] else socket.AF_INET
-        transport, _protocol = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), family=family
-        )
-        self._transport = transport
         self._link = ChatLink(
             servers=self._servers,
             server_key=self._server_key,
             token=self._token,
-            send=transport.sendto,
-            scheduler=loop,
             on_pushes=self._on_pushes,
             on_state=self._on_link_state,
             delivered_ids=self._book.delivered,
@@ -437,12 +425,6 @@ class ChatApp(App[int]):
     def on_unmount(self) -> None:
         if self._link is not None:
             self._link.close()
-        if self._transport is not None:
-            self._transport.close()
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        if self._link is not None:
-            self._link.datagram_received(data, addr)
 
     # --- drawing ---------------------------------------------------------------------------
 
@@ -826,14 +808,3 @@ class ChatApp(App[int]):
                 self._open(name)
 
         self.push_screen(JumpTo(self.model), chosen)
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, app: ChatApp) -> None:
-        self._app = app
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._app.datagram_received(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # (an ICMP error: the core's timers decide)

@@ -15,6 +15,13 @@ emits the same message id twice: ids taken are kept in
 :attr:`ClientConnection.delivered_ids`, which the application may persist and
 hand to the next connection (``delivered_ids=``) so that a re-push after a crash
 is acknowledged silently instead of shown twice.
+
+With ``explicit_acks=True`` taking a delivery no longer acknowledges it: the
+application calls :meth:`ClientConnection.acknowledge` once it has kept the
+message (a runtime that queues events for the application before it handles them,
+``udpchat_proto.asyncio``, acknowledges only what was handled, so that a process
+dying in between loses nothing). Meanwhile a re-push of a taken message is dropped
+without an acknowledgement.
 """
 
 from __future__ import annotations
@@ -132,6 +139,9 @@ class ClientConnection:
         random: where keys, request-independent ids and message ids come from.
         delivered_ids: message ids already shown to the user (persisted from an
             earlier connection); a re-push of one is acknowledged, not emitted.
+        explicit_acks: False (the default) acknowledges a delivery when the
+            application takes it from :meth:`next_event`; True waits for
+            :meth:`acknowledge`.
     """
 
     def __init__(
@@ -142,6 +152,7 @@ class ClientConnection:
         config: TransportConfig | None = None,
         random: RandomSource | None = None,
         delivered_ids: Iterable[bytes] = (),
+        explicit_acks: bool = False,
     ) -> None:
         self._random: RandomSource = random if random is not None else SystemRandomSource()
         self._transport = ClientTransport(
@@ -163,6 +174,9 @@ class ClientConnection:
         self._trim_delivered()
         self._queued_deliveries: set[bytes] = set()
         """Ids in the event queue, not yet taken by the application."""
+        self._explicit_acks = explicit_acks
+        self._taken: dict[bytes, None] = {}
+        """With explicit acknowledgements: ids taken and not acknowledged yet."""
         self._acks: list[bytes] = []
         self._username: str | None = None
         self._token: bytes | None = None
@@ -301,10 +315,30 @@ class ClientConnection:
         if isinstance(event, m.MessageDelivered):
             message_id = event.message.id
             self._queued_deliveries.discard(message_id)
-            self._delivered[message_id] = None
-            self._trim_delivered()
-            self._acks.append(message_id)
+            if self._explicit_acks:
+                self._taken[message_id] = None
+            else:
+                self._mark_delivered(message_id)
         return event
+
+    def acknowledge(self, message_ids: Iterable[bytes]) -> None:
+        """Acknowledge delivered messages the application has kept (with
+        ``explicit_acks=True``; harmless otherwise).
+
+        Any id may be passed, one taken from an earlier connection of the same login
+        session included: the acknowledgements leave with the next
+        :meth:`datagrams_to_send`, and the ids join :attr:`delivered_ids` (a re-push
+        of one is acknowledged again, never emitted).
+        """
+        for message_id in message_ids:
+            self._taken.pop(message_id, None)
+            if message_id not in self._delivered:
+                self._mark_delivered(message_id)
+
+    def _mark_delivered(self, message_id: bytes) -> None:
+        self._delivered[message_id] = None
+        self._trim_delivered()
+        self._acks.append(message_id)
 
     def _trim_delivered(self) -> None:
         while len(self._delivered) > DELIVERED_IDS_MAX:
@@ -679,7 +713,8 @@ class ClientConnection:
             self.stats.duplicate_deliveries += 1
             self._acks.append(message_id)
             return
-        if message_id in self._queued_deliveries:
+        if message_id in self._queued_deliveries or message_id in self._taken:
+            # Emitted or waiting to be: its acknowledgement is the application's.
             self.stats.duplicate_deliveries += 1
             return
         self._queued_deliveries.add(message_id)

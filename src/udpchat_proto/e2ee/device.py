@@ -7,9 +7,10 @@ and checks other devices' records.
 
 One-time keys: the server keeps up to :data:`ONE_TIME_KEYS_TARGET` of them per
 device and hands one out per claim (another device opening an Olm session). The
-target is half what a vodozemac account remembers (50), as Matrix clients keep it:
-generating more would make the account forget keys the server still hands out, so
-a claim could open a session this device cannot answer. When the server runs out,
+target is half the 50 a vodozemac account advertises (``max_number_of_one_time_keys``),
+as Matrix clients keep it; the account remembers far more private keys (5,000, the
+oldest forgotten first), so a key the server still holds always opens a session.
+When the server runs out,
 it hands out the fallback key (reusable) until the device tops up; a device
 replaces its fallback key once one was used (the server says so), the previous one
 still opening sessions until the next replacement.

@@ -43,7 +43,8 @@ CryptoDropReason = Literal[
 * ``unknown_session``: a message whose Megolm session this device was never given
   (the failure the design makes impossible: a test counts it);
 * ``bad_ciphertext``: the Megolm layer refused it (tampered, or forged);
-* ``replayed``: a Megolm index already used by another message;
+* ``replayed``: a message delivered under another message id than the one its
+  plaintext names (a server replaying a ciphertext as a new message);
 * ``wrong_conversation``: it decrypts, but names another conversation or sender;
 * ``invalid_text``: it decrypts to a text the sending rules forbid.
 """

@@ -9,7 +9,7 @@ Rotation (a new outbound session, shared afresh) happens when:
   :data:`ROTATE_AFTER_SECONDS` old: the damage of a leaked session key is bounded
   (Matrix's defaults, ``rotation_period_msgs`` 100 and a week).
 
-Inbound sessions are kept, keyed by (conversation, sender device, session id),
+Inbound sessions are kept, keyed by (conversation, sender, sender device, session id),
 so that history decrypts later; each remembers which message id used each of its
 indices, so that a replay under another id is caught.
 """
@@ -37,8 +37,12 @@ ROTATE_AFTER_SECONDS: Final = 7 * 24 * 3600.0
 
 DeviceRef = tuple[str, bytes]
 """A device: (user, device id)."""
-InboundKey = tuple[str, bytes, bytes]
-"""An inbound session's key: (conversation, sender device id, session id)."""
+InboundKey = tuple[str, str, bytes, bytes]
+"""An inbound session's key: (conversation, sender, sender device id, session id).
+
+The sender's user is part of it: a device id is the server's to state, and a
+server that stated one id for two users must not let the one's shares replace
+the other's sessions."""
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -62,10 +66,12 @@ class OutboundGroup:
 
     def expired(self, at: float) -> bool:
         """Whether it has done its time (:data:`ROTATE_AFTER_MESSAGES` or
-        :data:`ROTATE_AFTER_SECONDS`); a clock stepped back counts from then."""
+        :data:`ROTATE_AFTER_SECONDS`). A time before its making (a clock stepped
+        back, or one that was ahead when it was made) expires it too: otherwise a
+        session made under a clock years ahead would never age."""
         return (
             self.session.message_index >= ROTATE_AFTER_MESSAGES
-            or at - self.created_at >= ROTATE_AFTER_SECONDS
+            or not 0 <= at - self.created_at < ROTATE_AFTER_SECONDS
         )
 
 
@@ -77,5 +83,3 @@ class InboundGroup:
     sender: str
     sender_device: bytes
     session: vodozemac.InboundGroupSession
-    seen: dict[int, bytes] = attrs.Factory(dict)
-    """Message index -> the message id that used it."""

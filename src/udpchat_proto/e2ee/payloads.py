@@ -89,7 +89,7 @@ class KeyPayload:
         """The payload of a decrypted key share; :class:`PayloadError` if malformed."""
         try:
             value = orjson.loads(data)
-            if not isinstance(value, dict) or value.get("v") != 1:
+            if not isinstance(value, dict) or type(value.get("v")) is not int or value["v"] != 1:
                 raise PayloadError("not a version 1 payload")
             if value.get("type") != _KEY_TYPE:
                 raise PayloadError("not a Megolm key")

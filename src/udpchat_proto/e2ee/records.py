@@ -46,6 +46,7 @@ __all__ = [
     "check_conversation",
     "device_keys_signed_bytes",
     "direct_conversation",
+    "direct_members",
     "one_time_key_signed_bytes",
 ]
 
@@ -118,6 +119,18 @@ def direct_conversation(one: str, other: str) -> str:
         raise ValidationError(ErrorCode.CANNOT_INVITE_SELF, "a conversation needs two users")
     first, second = sorted((one, other))
     return f"{first},{second}"
+
+
+def direct_members(conversation: str) -> tuple[str, str] | None:
+    """The two users of a direct conversation (``"alice,bob"``), or None for a room.
+
+    A direct conversation's members are in its name, so a device checks them
+    itself: no device of a third user is ever given its key, and no third user's
+    key share or message is taken in it, whatever a server states."""
+    if conversation.startswith("#"):
+        return None
+    first, _, second = conversation.partition(",")
+    return first, second
 
 
 def _conversation(_instance: object, _attribute: object, value: Any) -> None:

@@ -7,12 +7,17 @@ seconds, the injected wall clock: a rotation deadline outlives the process), and
 sends what it hands back. It mutates in place; :meth:`CryptoState.to_bytes` is
 the whole of it, so a caller that shares the state between processes does
 load, advance, save under one lock, and no ratchet index is ever used twice.
+It saves before anything leaves the process: after :meth:`~CryptoState.encrypt`
+and before the request is sent (a crash in between would encrypt the next
+message at the same Megolm index), and after
+:meth:`~CryptoState.receive_key_share` and before the stream is acknowledged.
 
 Sending, in full (``docs/E2EE.md``)::
 
     plan = state.plan_send(device_set, at)            # device_set: from the server
     claimed = server.claim(plan.claims) if plan.claims else ()
     out = state.encrypt(device_set, text, message_id, at, claimed)
+    save(state.to_bytes(pickle_key))                  # before the request leaves
     answer = server.send(out.key_shares, out.message) # one request, all or nothing
     if answer is accepted: state.accepted(out)
     if answer is devices_changed: plan again with the set it names, encrypt again
@@ -21,12 +26,17 @@ Sending, in full (``docs/E2EE.md``)::
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from typing import Any, Final
 
 import attrs
 import orjson
 import vodozemac
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..chat.validation import ValidationError, check_message_id, check_text, check_username
 from ..errors import ErrorCode, LocalProtocolError
@@ -44,6 +54,8 @@ from .records import (
     EncryptedMessage,
     KeyShare,
     KeysUpload,
+    check_conversation,
+    direct_members,
 )
 
 __all__ = [
@@ -65,12 +77,16 @@ only when an old one is replaced): the newest is used to encrypt."""
 SHARES_REMEMBERED: Final = 4096
 """Key shares remembered (by digest) so that one delivered twice is a duplicate,
 not an Olm failure: far more than arrive between two saves."""
-_STATE_VERSION: Final = 1
+_STATE_VERSION: Final = 2
+_SEALED: Final = bytes([_STATE_VERSION])
+_SEAL_INFO: Final = b"udpchat e2ee state v2"
 _PAYLOAD_ERRORS: Final[tuple[type[Exception], ...]] = (PayloadError, *VODOZEMAC_ERRORS)
 _LOAD_ERRORS: Final[tuple[type[Exception], ...]] = (
     orjson.JSONDecodeError,
     KeyError,
     TypeError,
+    AttributeError,
+    IndexError,
     *VODOZEMAC_ERRORS,
 )
 
@@ -222,17 +238,23 @@ class CryptoState:
 
     def _pin(self, keys: DeviceKeys) -> None:
         """Check a device's record and remember its keys (DeviceTrustError if not)."""
+        if self._check_keys(keys):
+            self._known[keys.user, keys.device_id] = KnownDevice(keys=keys)
+
+    def _check_keys(self, keys: DeviceKeys) -> bool:
+        """Check a device's record against its pin, or its signature when it has
+        none (DeviceTrustError if not); whether it is new."""
         ref = (keys.user, keys.device_id)
         known = self._known.get(ref)
         if known is not None:
             if known.keys != keys:
                 raise DeviceTrustError(keys.user, keys.device_id, "its keys changed")
-            return
+            return False
         if ref == (self.user, self.device_id) and keys != self.device_keys:
             raise DeviceTrustError(keys.user, keys.device_id, "not this device's keys")
         if not verify_device_keys(keys):
             raise DeviceTrustError(keys.user, keys.device_id, "its signature does not verify")
-        self._known[ref] = KnownDevice(keys=keys)
+        return True
 
     # --- sending ----------------------------------------------------------------
 
@@ -240,6 +262,15 @@ class CryptoState:
         """What sending to ``device_set.conversation`` needs first: a rotation, key
         shares, one-time keys to claim. Pins the set's devices (DeviceTrustError
         for one that does not verify or whose keys changed)."""
+        _check_time(at)
+        members = direct_members(device_set.conversation)
+        if members is not None and self.user not in members:
+            raise LocalProtocolError(f"{self.user} is not in {device_set.conversation}")
+        for keys in device_set.devices:
+            if members is not None and keys.user not in members:
+                raise DeviceTrustError(
+                    keys.user, keys.device_id, f"not in the conversation {device_set.conversation}"
+                )
         for keys in device_set.devices:
             if (keys.user, keys.device_id) != (self.user, self.device_id):
                 self._pin(keys)
@@ -292,7 +323,7 @@ class CryptoState:
             )
             self._outbound[conversation] = group
             # This device reads its own messages later (history) like any other.
-            self._inbound[conversation, self.device_id, group.session_id] = InboundGroup(
+            self._inbound[conversation, self.user, self.device_id, group.session_id] = InboundGroup(
                 conversation=conversation,
                 sender=self.user,
                 sender_device=self.device_id,
@@ -386,13 +417,17 @@ class CryptoState:
         if seen is not None:
             return attrs.evolve(seen, duplicate=True)
         try:
-            self._pin(sender)
+            self._check_keys(sender)
         except DeviceTrustError as error:
             changed = ref in self._known
             return drop("key_changed" if changed else "untrusted_sender", str(error))
         plaintext = self._olm_decrypt(ref, sender, share)
         if plaintext is None:
             return drop("olm_failed")
+        # Pinned only now that an Olm session with its Curve25519 key opened it: a
+        # record is self-signed, so anyone can make one naming any device, and a
+        # pin taken from a share nobody could open would refuse the real one later.
+        self._pin(sender)
         try:
             payload = KeyPayload.parse(plaintext)
             inbound = vodozemac.InboundGroupSession(vodozemac.SessionKey(payload.session_key))
@@ -413,17 +448,17 @@ class CryptoState:
             return drop("not_for_this_device", "the payload names another recipient")
         if session_id != payload.session_id or inbound.first_known_index != payload.first_index:
             return drop("malformed", "the session key is not the one named")
-        key = (payload.conversation, sender.device_id, session_id)
+        if not _may_speak_in(payload.conversation, sender.user, self.user):
+            return drop("wrong_conversation", "the sender or this device is not in it")
+        key = (payload.conversation, sender.user, sender.device_id, session_id)
         existing = self._inbound.get(key)
         if existing is None or existing.session.first_known_index > inbound.first_known_index:
             # (an earlier index reads more: keep the one that reads most)
-            seen_indices = existing.seen if existing is not None else {}
             self._inbound[key] = InboundGroup(
                 conversation=payload.conversation,
                 sender=sender.user,
                 sender_device=sender.device_id,
                 session=inbound,
-                seen=seen_indices,
             )
         received = KeyShareReceived(
             sender=sender.user,
@@ -450,6 +485,13 @@ class CryptoState:
             try:
                 plaintext = session.decrypt(message)
             except VODOZEMAC_ERRORS:
+                if pre_key is not None:
+                    # A pre-key message of a session this device holds, that it
+                    # cannot open: a replay (or tampering). Opening it again (a
+                    # fallback key still can) would make a second copy of the
+                    # session, newest, so the next share would go out on a ratchet
+                    # the peer left long ago: the Olm wedge. Drop it.
+                    return None
                 continue
             return plaintext
         if pre_key is None:
@@ -478,10 +520,13 @@ class CryptoState:
                 sender_device=message.sender_device,
             )
 
-        key = (message.conversation, message.sender_device, message.session_id)
+        key = (message.conversation, message.sender, message.sender_device, message.session_id)
         group = self._inbound.get(key)
         if group is None:
             return drop("unknown_session")
+        if not _may_speak_in(message.conversation, message.sender, self.user):
+            # (a session taken before shares were checked for it: never read)
+            return drop("wrong_conversation", "the sender or this device is not in it")
         if group.sender != message.sender:
             return drop("wrong_conversation", "another sender's session")
         try:
@@ -495,9 +540,6 @@ class CryptoState:
             plaintext = group.session.decrypt(megolm).plaintext
         except VODOZEMAC_ERRORS as error:
             return drop("bad_ciphertext", str(error))
-        used = group.seen.get(index)
-        if used is not None and used != message_id:
-            return drop("replayed", f"index {index} was another message's")
         try:
             payload = MessagePayload.parse(plaintext)
         except PayloadTextError as error:
@@ -512,7 +554,6 @@ class CryptoState:
             check_text(payload.text)
         except ValidationError as error:
             return drop("invalid_text", str(error))
-        group.seen[index] = message_id
         return Decrypted(
             conversation=message.conversation,
             sender=message.sender,
@@ -525,9 +566,19 @@ class CryptoState:
     # --- saving -----------------------------------------------------------------
 
     def to_bytes(self, pickle_key: bytes) -> bytes:
-        """The whole state, for the profile: the account and sessions as
-        vodozemac pickles (encrypted and authenticated with ``pickle_key``), the
-        rest (device records, conversations, flags) as JSON beside them."""
+        """The whole state, for the profile, sealed with ``pickle_key``: one byte
+        of version (2), then AES-SIV (RFC 5297) of a JSON document under a key
+        derived from ``pickle_key`` (HKDF-SHA256, info ``udpchat e2ee state v2``),
+        the version byte as associated data. The document holds the account and
+        sessions as vodozemac pickles and the rest (pinned device records,
+        verified flags, conversations, the rotation's bookkeeping) beside them:
+        sealed whole, none of it can be read or edited without the key (an edited
+        pin or ``verified`` flag, or a rotation's ``sent_to`` emptied, would
+        otherwise load as if this device had written it)."""
+        return _SEALED + _sealer(pickle_key).encrypt(self._to_json(pickle_key), [_SEALED])
+
+    def _to_json(self, pickle_key: bytes) -> bytes:
+        """The state's JSON document (what :meth:`to_bytes` seals)."""
         _check_pickle_key(pickle_key)
 
         def ref(r: DeviceRef) -> list[str]:
@@ -560,7 +611,6 @@ class CryptoState:
                     "sender": g.sender,
                     "sender_device": g.sender_device.hex(),
                     "session": g.session.pickle(pickle_key),
-                    "seen": {str(i): m.hex() for i, m in g.seen.items()},
                 }
                 for g in self._inbound.values()
             ],
@@ -583,11 +633,23 @@ class CryptoState:
     def from_bytes(cls, data: bytes, pickle_key: bytes) -> CryptoState:
         """A state :meth:`to_bytes` wrote; :class:`StateError` if ``pickle_key`` is
         not the one it was written with, or ``data`` is not a state."""
+        sealer = _sealer(pickle_key)
+        if type(data) is not bytes or data[:1] != _SEALED:
+            raise StateError("not a sealed state of version 2")
+        try:
+            document = sealer.decrypt(data[1:], [_SEALED])
+        except InvalidTag as error:
+            raise StateError("not a state this key opens (or it was edited)") from error
+        return cls._from_json(document, pickle_key)
+
+    @classmethod
+    def _from_json(cls, document: bytes, pickle_key: bytes) -> CryptoState:
+        """A state from its JSON document (what :meth:`from_bytes` opens)."""
         _check_pickle_key(pickle_key)
         try:
-            return cls._load(orjson.loads(data), pickle_key)
+            return cls._load(orjson.loads(document), pickle_key)
         except _LOAD_ERRORS as error:
-            raise StateError(f"not a state this key opens: {error}") from error
+            raise StateError(f"not a state: {error}") from error
 
     @classmethod
     def _load(cls, value: dict[str, object], key: bytes) -> CryptoState:
@@ -619,10 +681,12 @@ class CryptoState:
                 sender=item["sender"],
                 sender_device=bytes.fromhex(item["sender_device"]),
                 session=vodozemac.InboundGroupSession.from_pickle(item["session"], key),
-                seen={int(i): bytes.fromhex(m) for i, m in item["seen"].items()},
             )
             session_id = b64decode(inbound.session.session_id)
-            state._inbound[inbound.conversation, inbound.sender_device, session_id] = inbound
+            check_username(inbound.sender)
+            check_conversation(inbound.conversation)
+            ref = (inbound.conversation, inbound.sender, inbound.sender_device, session_id)
+            state._inbound[ref] = inbound
         for item in doc.items("known"):
             keys = DeviceKeys(
                 user=item["user"],
@@ -676,6 +740,30 @@ def _keys_json(keys: DeviceKeys) -> dict[str, str]:
         "ed25519": b64encode(keys.ed25519),
         "signature": b64encode(keys.signature),
     }
+
+
+def _check_time(at: float) -> None:
+    """``at`` is saved and compared: NaN (saved as null) or an infinity would make
+    a state that never loads again, or a session that never ages."""
+    if not isinstance(at, int | float) or not math.isfinite(at):
+        raise LocalProtocolError(f"a time must be a finite number of seconds, not {at!r}")
+
+
+def _may_speak_in(conversation: str, sender: str, recipient: str) -> bool:
+    """Whether ``sender``'s key shares and messages may be taken in ``conversation``
+    by ``recipient``: always in a room (its members are the server's word), and in
+    a direct conversation only between its two users."""
+    members = direct_members(conversation)
+    return members is None or (sender in members and recipient in members)
+
+
+def _sealer(pickle_key: bytes) -> AESSIV:
+    """The state's AEAD. AES-SIV because it needs no nonce: the core draws no
+    randomness of its own (vodozemac is the one exception), and a deterministic
+    AEAD shows only that two saves were of the same state."""
+    _check_pickle_key(pickle_key)
+    key = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_SEAL_INFO).derive(pickle_key)
+    return AESSIV(key)
 
 
 def _check_pickle_key(key: bytes) -> None:

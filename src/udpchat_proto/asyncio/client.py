@@ -1,0 +1,762 @@
+"""The chat's client on asyncio: :func:`connect` and the :class:`ChatClient` it gives.
+
+:class:`ChatClient` drives the sans-IO :class:`~udpchat_proto.ClientConnection` the way
+aioquic's ``QuicConnectionProtocol`` drives its own (a datagram in, the events
+drained, the datagrams out, the one timer re-armed), and adds what an application
+needs from a connection that may drop:
+
+* it reconnects by itself, with backoff, moving to the next node of a cluster;
+* it resumes the login session (the server then pushes what arrived meanwhile);
+* it sends again what was not answered: a ``send`` with the same message id (the
+  server stores it once and answers with the first acceptance), a read as it was;
+  a request that is not safe to repeat (``login``, ``invite`` ...) fails with
+  :class:`~udpchat_proto.asyncio.ConnectionLostError` instead;
+* it shows each delivered message once: a message is acknowledged only once the
+  application asks for the next event (or closes the client), and a re-push of one
+  it holds or has handled is dropped;
+* it pins the server's key: given (``server_key=``), or decided at first contact
+  by ``on_first_contact``; a changed key ends it with
+  :class:`~udpchat_proto.asyncio.ServerKeyChangedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, TypeVar, cast
+
+import attrs
+
+from ..chat import messages as m
+from ..chat.client import DELIVERED_IDS_MAX, ClientConnection
+from ..chat.events import Connected, Disconnected
+from ..chat.validation import MESSAGE_ID_SIZE
+from ..errors import ErrorCode, ProtocolError
+from ..randomness import RandomSource, SystemRandomSource
+from ..transport.config import TransportConfig
+from ..transport.events import Address, CloseCode
+from ..transport.keys import fingerprint
+from .errors import (
+    ClientClosedError,
+    ConnectionLostError,
+    RequestRefusedError,
+    ServerKeyChangedError,
+    ServerKeyRefusedError,
+    SessionEndedError,
+)
+
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_START",
+    "TRANSPORT",
+    "ChatClient",
+    "LinkState",
+    "connect",
+    "start",
+]
+
+BACKOFF_START: Final = 0.5
+"""Seconds before the first attempt to reconnect to a node."""
+BACKOFF_MAX: Final = 30.0
+"""The longest wait between attempts (each doubles the last, with jitter)."""
+TRANSPORT: Final = TransportConfig(
+    handshake_timeout=5.0, idle_timeout=10.0, keepalive_interval=3.0, max_rto=5.0
+)
+"""The default transport settings: a server gone is noticed within 10 s (not the
+core's 30: a client that reconnects by itself gains by knowing early), and each
+attempt to reach a node takes at most 5 s before the next is tried."""
+
+#: Requests sent again on the next connection when the answer was lost: reads, a
+#: message (the server stores one id once) and joining a room (joining twice is
+#: joining). Anything else may have been done: its caller decides.
+REPEATABLE: Final = (
+    m.SendMessage,
+    m.JoinRoom,
+    m.GetMessageStatus,
+    m.GetHistory,
+    m.ListSessions,
+    m.ListBlocked,
+    m.ListInvitations,
+    m.ListFriends,
+    m.ListOnline,
+    m.ListRooms,
+    m.ListMembers,
+)
+
+R = TypeVar("R")
+
+
+class LinkState(enum.Enum):
+    """Where a :class:`ChatClient`'s connection stands."""
+
+    CONNECTING = "connecting"
+    """The first connection is being made."""
+    CONNECTED = "connected"
+    """Handshake done and, with a login session, the session resumed: requests flow."""
+    RECONNECTING = "reconnecting"
+    """The connection was lost; another is being made (requests wait)."""
+    ENDED = "ended"
+    """For good: closed, the server's key changed or was refused, or the login
+    session ended."""
+
+
+@attrs.define(eq=False)
+class _Call:
+    """One request of the application, from its call to its answer."""
+
+    issue: Callable[[ClientConnection], int]
+    future: asyncio.Future[m.Response]
+    request: m.AnsweredRequest | None = None
+    """As built on the last connection it was sent on."""
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """One UDP socket, connected to one node, for one connection: what it reads goes
+    to its connection only (a late datagram of an older one never reaches the next)."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self._client = client
+        self.conn: ClientConnection | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        if self.conn is not None:
+            self._client._datagram(self.conn, data, (str(addr[0]), int(str(addr[1]))))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # (ICMP unreachable: the core's timers retry, then give up)
+
+
+class ChatClient:
+    """A connection to a chat server (or to any node of a cluster) that heals itself.
+
+    Made by :func:`connect`. Its requests are coroutines returning the server's
+    answer, typed (``await client.send("bob", "hi")`` is a
+    :class:`~udpchat_proto.messages.MessageAccepted`); a refusal raises
+    :class:`~udpchat_proto.asyncio.RequestRefusedError`. A request made while the
+    connection is being remade waits for it. Pushes (messages, presence,
+    invitations ...) come from ``async for event in client``; an event is
+    acknowledged, when the server wants it (a delivered message), once the loop asks
+    for the next one, or at :meth:`close`: handle it before that.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[Address],
+        *,
+        server_key: bytes | None,
+        on_first_contact: Callable[[bytes], bool] | None,
+        token: bytes | None,
+        delivered_ids: Iterable[bytes],
+        config: TransportConfig,
+        random: RandomSource,
+        on_state: Callable[[LinkState, str], None] | None,
+    ) -> None:
+        if not servers:
+            raise ValueError("connect() needs at least one server address")
+        self._loop = asyncio.get_running_loop()
+        self._servers = list(servers)
+        self._server_key = server_key
+        self._on_first_contact = on_first_contact
+        self._token = token
+        self._config = config
+        self._random = random
+        self._on_state = on_state
+        self._delivered: dict[bytes, None] = dict.fromkeys(delivered_ids)
+        """Delivered ids the application has handled (acknowledged)."""
+        self._held: set[bytes] = set()
+        """Delivered ids queued for the application or being handled: not acknowledged."""
+        self._pushes: collections.deque[m.Push] = collections.deque()
+        self._handling: list[m.Push] = []
+        """The events last handed to the application (acknowledged when it asks again)."""
+        self._wakeup = asyncio.Event()
+        self._waiting: collections.deque[_Call] = collections.deque()
+        """Requests to send once connected."""
+        self._sent: dict[int, _Call] = {}
+        """Requests sent on this connection, by request id."""
+        self._conn: ClientConnection | None = None
+        self._endpoint: asyncio.DatagramTransport | None = None
+        self._resume_id: int | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._attempt_task: asyncio.Task[None] | None = None
+        self._backoff = BACKOFF_START
+        self._failures = 0
+        self._ready = False
+        self._first_ready = asyncio.Event()
+        self._failure: ProtocolError | None = None
+        self.state = LinkState.CONNECTING
+        """Where the connection stands."""
+        self.attempts = 0
+        """Connections opened (the first included)."""
+        self.node: Address = self._servers[0]
+        """The node of the current (or last) connection."""
+
+    # --- what the application reads ---------------------------------------------------------
+
+    @property
+    def server_key(self) -> bytes | None:
+        """The server's pinned public key (given, or accepted at first contact)."""
+        return self._server_key
+
+    @property
+    def token(self) -> bytes | None:
+        """The login session's token, to persist and pass back to :func:`connect`."""
+        return self._token
+
+    @property
+    def username(self) -> str | None:
+        """Whom the client acts as (after a login or resume), else None."""
+        return self._conn.username if self._conn is not None else None
+
+    @property
+    def delivered_ids(self) -> frozenset[bytes]:
+        """Ids of the delivered messages the application handled: persist them and pass
+        them back (``delivered_ids=``) so a re-push after a crash is not shown again."""
+        return frozenset(self._delivered)
+
+    @property
+    def pending(self) -> int:
+        """Requests not answered yet (waiting for a connection, or sent)."""
+        return len(self._waiting) + len(self._sent)
+
+    @property
+    def connection(self) -> ClientConnection | None:
+        """The current core connection (None between attempts), for diagnostics."""
+        return self._conn
+
+    # --- the life of the client ------------------------------------------------------------
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the first connection is made (and its login session resumed).
+
+        Raises:
+            TimeoutError: no node answered in time (the client goes on trying).
+            ProtocolError: the client ended first (its reason).
+        """
+        async with asyncio.timeout(timeout):
+            await self._first_ready.wait()
+        if self._failure is not None and not self._ready:
+            raise self._failure
+
+    def close(self) -> None:
+        """Acknowledge the events being handled, close the connection politely (one
+        datagram, not waited for) and end the client: unanswered requests raise
+        :class:`~udpchat_proto.asyncio.ClientClosedError`, ``async for`` stops. The
+        login session stays (resume it with :attr:`token`). Closing twice is harmless."""
+        if self.state is LinkState.ENDED:
+            return
+        self._acknowledge_handled()
+        self._end(ClientClosedError("the client was closed"), "closed")
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> ChatClient:
+        return self
+
+    async def __anext__(self) -> m.Push:
+        """The next push, in the order the server sent them.
+
+        Raises:
+            StopAsyncIteration: the client was closed.
+            ProtocolError: the client ended for another reason
+                (:class:`~udpchat_proto.asyncio.ServerKeyChangedError` ...).
+        """
+        try:
+            (push,) = await self._take(1)
+        except ClientClosedError:
+            raise StopAsyncIteration from None
+        return push
+
+    async def next_events(self) -> list[m.Push]:
+        """Every push waiting (at least one: it waits for one), oldest first; they are
+        acknowledged when this (or ``async for``) is called again, or at :meth:`close`.
+        For an application that keeps a batch at once (one write for many messages).
+
+        Raises:
+            ProtocolError: the client ended
+                (:class:`~udpchat_proto.asyncio.ClientClosedError` once closed).
+        """
+        return await self._take(None)
+
+    async def _take(self, most: int | None) -> list[m.Push]:
+        self._acknowledge_handled()
+        while not self._pushes:
+            if self._failure is not None:
+                raise self._failure
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        count = len(self._pushes) if most is None else min(most, len(self._pushes))
+        taken = [self._pushes.popleft() for _ in range(count)]
+        self._handling = taken
+        return taken
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def request(self, issue: Callable[[ClientConnection], int]) -> m.Response:
+        """Send one request, built by ``issue`` on the current connection (one of its
+        command methods), and return its answer, refusals included (untyped: the
+        other methods are typed and raise on a refusal).
+
+        ``issue`` is called again for each connection the request is sent on: a
+        message's id must be drawn outside it (as :meth:`send` does).
+        """
+        if self._failure is not None:
+            raise self._failure
+        call = _Call(issue, self._loop.create_future())
+        if self._ready and self._conn is not None:
+            self._issue(call)
+            self._process()
+        else:
+            self._waiting.append(call)
+        return await call.future
+
+    async def _expect(self, issue: Callable[[ClientConnection], int], kind: type[R]) -> R:
+        answer = await self.request(issue)
+        if isinstance(answer, m.ErrorResponse):
+            raise RequestRefusedError(answer)
+        if not isinstance(answer, kind):
+            raise ProtocolError(f"expected {kind.__name__}, the server answered {answer!r}")
+        return answer
+
+    async def register(self, username: str, password: str) -> m.Ok:
+        """Create an account (not logged in: :meth:`login` then)."""
+        return await self._expect(lambda c: c.register(username, password), m.Ok)
+
+    async def login(self, username: str, password: str) -> m.LoggedIn:
+        """Open a login session; the client resumes it on every later connection."""
+        return await self._expect(lambda c: c.login(username, password), m.LoggedIn)
+
+    async def logout(self) -> m.Ok:
+        """End this login session."""
+        return await self._expect(lambda c: c.logout(), m.Ok)
+
+    async def send(self, to: str, text: str) -> m.MessageAccepted:
+        """Send ``text`` to a friend or a room (``#name``); the acceptance once stored.
+        Sent again, with the same id, on the next connection if the answer was lost."""
+        message_id = self._random.token_bytes(MESSAGE_ID_SIZE)
+        return await self._expect(
+            lambda c: c.send_message(to, text, message_id=message_id), m.MessageAccepted
+        )
+
+    async def message_status(self, message_id: bytes) -> m.MessageStatus:
+        """Whether a direct message you sent was delivered."""
+        return await self._expect(lambda c: c.message_status(message_id), m.MessageStatus)
+
+    async def history(
+        self, peer: str, limit: int = 20, *, before: bytes | None = None
+    ) -> m.History:
+        """The last ``limit`` messages with a user or in a room (before ``before``)."""
+        return await self._expect(lambda c: c.get_history(peer, limit, before=before), m.History)
+
+    async def invite(self, username: str) -> m.Ok:
+        """Invite ``username`` to be friends."""
+        return await self._expect(lambda c: c.invite(username), m.Ok)
+
+    async def accept(self, username: str) -> m.Ok:
+        """Accept ``username``'s invitation."""
+        return await self._expect(lambda c: c.accept_invitation(username), m.Ok)
+
+    async def decline(self, username: str) -> m.Ok:
+        """Decline ``username``'s invitation."""
+        return await self._expect(lambda c: c.decline_invitation(username), m.Ok)
+
+    async def cancel_invitation(self, username: str) -> m.Ok:
+        """Withdraw the invitation sent to ``username``."""
+        return await self._expect(lambda c: c.cancel_invitation(username), m.Ok)
+
+    async def unfriend(self, username: str) -> m.Ok:
+        """Stop being friends with ``username``."""
+        return await self._expect(lambda c: c.unfriend(username), m.Ok)
+
+    async def block(self, username: str) -> m.Ok:
+        """Block ``username``."""
+        return await self._expect(lambda c: c.block(username), m.Ok)
+
+    async def unblock(self, username: str) -> m.Ok:
+        """Stop blocking ``username``."""
+        return await self._expect(lambda c: c.unblock(username), m.Ok)
+
+    async def join(self, room: str) -> m.Ok:
+        """Join (creating it if needed) ``room`` (``#name``)."""
+        return await self._expect(lambda c: c.join_room(room), m.Ok)
+
+    async def leave(self, room: str) -> m.Ok:
+        """Leave ``room``."""
+        return await self._expect(lambda c: c.leave_room(room), m.Ok)
+
+    async def friends(self) -> m.Friends:
+        """The friends, with their presence."""
+        return await self._expect(lambda c: c.list_friends(), m.Friends)
+
+    async def invitations(self) -> m.Invitations:
+        """Incoming and outgoing invitations."""
+        return await self._expect(lambda c: c.list_invitations(), m.Invitations)
+
+    async def online(self) -> m.OnlineUsers:
+        """Who is online (whom you may see)."""
+        return await self._expect(lambda c: c.list_online(), m.OnlineUsers)
+
+    async def rooms(self) -> m.Rooms:
+        """This user's rooms."""
+        return await self._expect(lambda c: c.list_rooms(), m.Rooms)
+
+    async def members(self, room: str) -> m.RoomMembers:
+        """The members of ``room``, with their presence."""
+        return await self._expect(lambda c: c.list_members(room), m.RoomMembers)
+
+    async def blocked(self) -> m.Blocked:
+        """Whom you block."""
+        return await self._expect(lambda c: c.list_blocked(), m.Blocked)
+
+    async def sessions(self) -> m.Sessions:
+        """The user's login sessions."""
+        return await self._expect(lambda c: c.list_sessions(), m.Sessions)
+
+    # --- one connection ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._attempt_task = self._loop.create_task(self._attempt())
+
+    async def _attempt(self) -> None:
+        self._retry = None
+        self.attempts += 1
+        self.node = self._servers[(self.attempts - 1) % len(self._servers)]
+        host, port = self.node
+        try:
+            # Connected: asyncio resolves the name, and the socket hears that node only.
+            endpoint, protocol = await self._loop.create_datagram_endpoint(
+                lambda: _Endpoint(self), remote_addr=(host, port)
+            )
+        except OSError as exc:  # (a name that does not resolve, no route ...)
+            if self.state is not LinkState.ENDED:
+                self._lost(f"{host}:{port}: {exc}")
+            return
+        if self.state is LinkState.ENDED:  # closed meanwhile
+            endpoint.close()
+            return
+        peer = endpoint.get_extra_info("peername")
+        conn = protocol.conn = ClientConnection(
+            server_address=(str(peer[0]), int(peer[1])),
+            expected_server_key=self._server_key,
+            config=self._config,
+            random=self._random,
+            delivered_ids=self._delivered,
+            explicit_acks=True,
+        )
+        self._conn = conn
+        self._endpoint = endpoint
+        conn.connect(self._loop.time())
+        self._process()
+
+    def _datagram(self, conn: ClientConnection, data: bytes, addr: Address) -> None:
+        if conn is self._conn:
+            conn.receive_datagram(data, addr, self._loop.time())
+            self._process()
+
+    def _process(self) -> None:
+        """One turn: fire a due timer, act on the core's events, send, re-arm."""
+        conn = self._conn
+        if conn is None:
+            return
+        now = self._loop.time()
+        timer = conn.get_timer()
+        if timer is not None and timer <= now:
+            conn.handle_timer(now)
+        lost: Disconnected | None = None
+        while (event := conn.next_event()) is not None:
+            if isinstance(event, Connected):
+                self._on_connected(conn, event.server_key)
+            elif isinstance(event, Disconnected):
+                lost = event
+            elif isinstance(event, m.Response):
+                self._on_response(event)
+            else:
+                self._on_push(conn, event)
+            if self._conn is not conn:
+                return  # (ended by an event: nothing more to do with it)
+        self._transmit()
+        if lost is not None:
+            self._on_disconnected(lost)
+            return
+        self._arm_timer()
+
+    def _on_connected(self, conn: ClientConnection, key: bytes) -> None:
+        if self._server_key is None:
+            try:
+                accepted = self._on_first_contact is None or bool(self._on_first_contact(key))
+            except Exception as exc:  # the application's callback: its failure says no
+                self._end(ServerKeyRefusedError(f"on_first_contact raised {exc!r}"), "refused")
+                return
+            if not accepted:
+                why = f"the server's key {fingerprint(key)} was refused at first contact"
+                self._end(ServerKeyRefusedError(why), why)
+                return
+            self._server_key = key  # pinned: every later connection expects it
+        if self._token is not None:
+            self._resume_id = conn.resume(self._token)
+        else:
+            self._became_ready()
+
+    def _became_ready(self) -> None:
+        self._ready = True
+        self._backoff = BACKOFF_START
+        self._failures = 0
+        host, port = self.node
+        self._set_state(LinkState.CONNECTED, f"connected to {host}:{port}")
+        self._first_ready.set()
+        waiting, self._waiting = self._waiting, collections.deque()
+        for call in waiting:
+            self._issue(call)
+
+    def _issue(self, call: _Call) -> None:
+        conn = self._conn
+        assert conn is not None
+        if call.future.done():
+            return  # (cancelled by its caller while it waited)
+        try:
+            request_id = call.issue(conn)
+        except Exception as exc:  # an invalid argument (ValidationError), or a bad issue()
+            call.future.set_exception(exc)
+            return
+        call.request = conn.pending_request(request_id)
+        self._sent[request_id] = call
+
+    def _on_response(self, response: m.Response) -> None:
+        if response.request_id == self._resume_id and self._resume_id is not None:
+            self._resume_id = None
+            if isinstance(response, m.LoggedIn):
+                self._became_ready()
+            elif isinstance(response, m.ErrorResponse) and response.code in (
+                ErrorCode.BAD_CREDENTIALS,
+                ErrorCode.NOT_LOGGED_IN,
+            ):
+                why = "the login session has ended: log in again"
+                self._token = None
+                self._end(SessionEndedError(why), why)
+            elif self._conn is not None:
+                # (unavailable, rate_limited ...): this connection is no use; the next
+                # one comes after the backoff, on the next node if there is one.
+                self._conn.close(self._loop.time())
+            return
+        call = self._sent.pop(response.request_id, None)
+        if call is None:
+            return
+        if isinstance(response, m.LoggedIn):
+            self._token = response.token
+        elif isinstance(call.request, m.Logout | m.LogoutAll | m.DeleteAccount) and not (
+            isinstance(response, m.ErrorResponse)
+        ):
+            self._token = None
+        if not call.future.done():
+            call.future.set_result(response)
+
+    def _on_push(self, conn: ClientConnection, push: m.Push) -> None:
+        if isinstance(push, m.MessageDelivered):
+            message_id = push.message.id
+            if message_id in self._delivered:
+                conn.acknowledge([message_id])  # (handled; its acknowledgement was lost)
+                return
+            if message_id in self._held:
+                return  # a re-push of one the application holds: acknowledged once handled
+            self._held.add(message_id)
+        self._pushes.append(push)
+        self._wakeup.set()
+
+    def _acknowledge_handled(self) -> None:
+        handled, self._handling = self._handling, []
+        ids = [push.message.id for push in handled if isinstance(push, m.MessageDelivered)]
+        if not ids:
+            return
+        for message_id in ids:
+            self._held.discard(message_id)
+            self._delivered[message_id] = None
+        while len(self._delivered) > DELIVERED_IDS_MAX:
+            del self._delivered[next(iter(self._delivered))]
+        if self._conn is not None:
+            # (Between connections: the next one knows them among delivered_ids, and
+            # acknowledges the server's re-push of them.)
+            self._conn.acknowledge(ids)
+            self._process()
+
+    # --- losing a connection ----------------------------------------------------------------
+
+    def _on_disconnected(self, lost: Disconnected) -> None:
+        self._drop_connection()
+        if self.state is LinkState.ENDED:
+            return
+        if lost.code is CloseCode.SERVER_KEY_MISMATCH:
+            assert self._server_key is not None
+            why = f"the server presented another key than {fingerprint(self._server_key)}"
+            self._end(ServerKeyChangedError(why), why)
+            return
+        self._lost(lost.reason or "connection lost")
+
+    def _drop_connection(self) -> None:
+        """Forget the connection: its requests wait for the next (or fail)."""
+        self._conn = None
+        self._ready = False
+        self._resume_id = None
+        self._cancel_timer()
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+        sent, self._sent = self._sent, {}
+        again = []
+        for call in sent.values():
+            if isinstance(call.request, REPEATABLE):
+                again.append(call)
+            elif not call.future.done():
+                why = f"the connection was lost before the answer to {call.request!r}"
+                call.future.set_exception(ConnectionLostError(why))
+        self._waiting.extendleft(reversed(again))  # first, in the order they were made
+
+    def _lost(self, why: str) -> None:
+        """Try again: at once on the next node of a cluster, after a backoff once every
+        node was tried."""
+        self._failures += 1
+        delay = 0.0
+        if self._failures % len(self._servers) == 0:
+            delay = self._backoff * (0.8 + 0.4 * self._random.token_bytes(1)[0] / 255)
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        state = LinkState.RECONNECTING if self._first_ready.is_set() else LinkState.CONNECTING
+        self._set_state(state, f"{why}; trying again in {delay:.1f} s")
+        self._retry = self._loop.call_later(delay, self._start)
+
+    def _end(self, failure: ProtocolError, detail: str) -> None:
+        conn = self._conn
+        if conn is not None and conn.is_connected:
+            conn.close(self._loop.time())
+            self._transmit()
+        self._failure = failure
+        self.state = LinkState.ENDED  # (first: nothing reconnects from here)
+        self._drop_connection()
+        for handle in (self._retry, self._attempt_task):
+            if handle is not None:
+                handle.cancel()
+        calls = [*self._waiting, *self._sent.values()]
+        self._waiting.clear()
+        for call in calls:
+            if not call.future.done():
+                call.future.set_exception(failure)
+        self._first_ready.set()
+        self._wakeup.set()
+        if self._on_state is not None:
+            self._on_state(LinkState.ENDED, detail)
+
+    # --- timers and datagrams ---------------------------------------------------------------
+
+    def _transmit(self) -> None:
+        if self._conn is None or self._endpoint is None:
+            return
+        for data, addr in self._conn.datagrams_to_send(self._loop.time()):
+            self._endpoint.sendto(data, addr)
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        if self._conn is not None and (when := self._conn.get_timer()) is not None:
+            self._timer = self._loop.call_at(when, self._process)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _set_state(self, state: LinkState, detail: str) -> None:
+        self.state = state
+        if self._on_state is not None:
+            self._on_state(state, detail)
+
+
+def start(
+    servers: Address | Sequence[Address],
+    *,
+    server_key: bytes | None = None,
+    on_first_contact: Callable[[bytes], bool] | None = None,
+    token: bytes | None = None,
+    delivered_ids: Iterable[bytes] = (),
+    config: TransportConfig | None = None,
+    random: RandomSource | None = None,
+    on_state: Callable[[LinkState, str], None] | None = None,
+) -> ChatClient:
+    """Start connecting and return the client at once (:func:`connect` without the
+    wait, for a program that shows :attr:`ChatClient.state` instead: requests made
+    meanwhile wait for the connection). Call it from a running event loop; the
+    arguments are :func:`connect`'s."""
+    if isinstance(servers, tuple) and len(servers) == 2 and isinstance(servers[0], str):
+        addresses: list[Address] = [servers]
+    else:
+        addresses = list(cast(Sequence[Address], servers))
+    client = ChatClient(
+        addresses,
+        server_key=server_key,
+        on_first_contact=on_first_contact,
+        token=token,
+        delivered_ids=delivered_ids,
+        config=config if config is not None else TRANSPORT,
+        random=random if random is not None else SystemRandomSource(),
+        on_state=on_state,
+    )
+    client._start()
+    return client
+
+
+async def connect(
+    servers: Address | Sequence[Address],
+    *,
+    server_key: bytes | None = None,
+    on_first_contact: Callable[[bytes], bool] | None = None,
+    token: bytes | None = None,
+    delivered_ids: Iterable[bytes] = (),
+    config: TransportConfig | None = None,
+    random: RandomSource | None = None,
+    on_state: Callable[[LinkState, str], None] | None = None,
+    timeout: float | None = 10.0,
+) -> ChatClient:
+    """Connect to a chat server, or to the first node of a cluster that answers.
+
+    Args:
+        servers: ``(host, port)``, or a list of them (a cluster's nodes, tried in
+            turn: a lost connection moves to the next).
+        server_key: the server's 32-byte public key, pinned: another key ends the
+            client (:class:`~udpchat_proto.asyncio.ServerKeyChangedError`).
+        on_first_contact: without ``server_key``, called with the key the server
+            presents the first time (``fingerprint(key)`` is what people compare);
+            True pins it for the client's life (read :attr:`ChatClient.server_key`
+            to persist it), False ends it
+            (:class:`~udpchat_proto.asyncio.ServerKeyRefusedError`). None accepts
+            the first key (trust on first use).
+        token: a login session to resume (:attr:`ChatClient.token` of an earlier one).
+        delivered_ids: ids of delivered messages already handled
+            (:attr:`ChatClient.delivered_ids` of an earlier one): not shown again.
+        config: transport settings (default :data:`TRANSPORT`).
+        random: where keys, message ids and the backoff's jitter come from.
+        on_state: called with each change of :attr:`ChatClient.state` and a detail
+            for people.
+        timeout: seconds to wait for the first connection (None: forever).
+
+    Raises:
+        TimeoutError: no node answered within ``timeout``.
+        ProtocolError: the key was refused or changed, or the session ended.
+    """
+    client = start(
+        servers,
+        server_key=server_key,
+        on_first_contact=on_first_contact,
+        token=token,
+        delivered_ids=delivered_ids,
+        config=config,
+        random=random,
+        on_state=on_state,
+    )
+    try:
+        await client.wait_connected(timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client
