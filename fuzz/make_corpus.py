@@ -53,6 +53,7 @@ from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.codec import MESSAGE_TYPES, decode, encode, message_fields
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
+from udpchat_proto.e2ee import DeviceKeys, EncryptedMessage, KeyShare, KeysUpload, OneTimeKey
 from udpchat_proto.errors import ErrorCode
 from udpchat_proto.transport.handshake import CipherState
 from udpchat_proto.transport.packets import (
@@ -80,6 +81,18 @@ PER_TARGET = 12
 #: alice logged in, bob registered, both with ``PASSWORD``).
 _MESSAGE_ID = bytes(range(16))
 _NEW_PASSWORD = "a new password"
+
+
+_DEVICE_KEYS: Final = DeviceKeys(
+    user="alice",
+    device_id=bytes(range(16)),
+    curve25519=bytes(range(32)),
+    ed25519=bytes(range(32, 64)),
+    signature=bytes(64),
+)
+_ONE_TIME_KEY: Final = OneTimeKey(
+    key_id="AAAAAA", key=bytes(range(64, 96)), fallback=False, signature=bytes(64)
+)
 
 
 def every_request() -> list[m.Request]:
@@ -118,6 +131,40 @@ def every_request() -> list[m.Request]:
         m.LeaveRoom(request_id=35, room="#tea"),
         m.ListRooms(request_id=36),
         m.ListMembers(request_id=37, room="#tea"),
+        # End-to-end encryption (version 2): fixed bytes, so the seeds are the same
+        # on every run (the server refuses the upload's signatures: it is reached).
+        m.UploadKeys(
+            request_id=90,
+            keys=KeysUpload(
+                device_keys=_DEVICE_KEYS,
+                one_time_keys=(_ONE_TIME_KEY,),
+                fallback_key=attrs.evolve(_ONE_TIME_KEY, key_id="AAAAAQ", fallback=True),
+            ),
+        ),
+        m.ClaimKeys(request_id=91, devices=(_DEVICE_KEYS.device_id,)),
+        m.GetDevices(request_id=92, conversation="alice,bob"),
+        m.SendMessage(
+            request_id=93,
+            message_id=_MESSAGE_ID,
+            to="bob",
+            encrypted=EncryptedMessage(
+                conversation="alice,bob",
+                sender="alice",
+                sender_device=_DEVICE_KEYS.device_id,
+                session_id=bytes(range(32)),
+                device_set_version=1,
+                ciphertext=b"\x03megolm",
+            ),
+            key_shares=(
+                KeyShare(
+                    sender_keys=_DEVICE_KEYS,
+                    recipient="bob",
+                    recipient_device=bytes(range(16, 32)),
+                    message_type=0,
+                    ciphertext=b"olm",
+                ),
+            ),
+        ),
     ]
     missing = {cls.TAG for cls in m.REQUEST_TYPES} - {r.TAG for r in requests}
     assert not missing, f"every_request() has no example of {sorted(missing)}"

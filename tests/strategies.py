@@ -11,6 +11,15 @@ from hypothesis import strategies as st
 from udpchat_proto import messages as m
 from udpchat_proto.chat.codec import MESSAGE_TYPES
 from udpchat_proto.chat.validation import MAX_TEXT_BYTES
+from udpchat_proto.e2ee import (
+    ClaimedKey,
+    DeviceKeys,
+    DeviceSet,
+    EncryptedMessage,
+    KeyShare,
+    KeysUpload,
+    OneTimeKey,
+)
 from udpchat_proto.errors import ErrorCode
 
 usernames = st.from_regex(r"[a-z0-9_.\-]{1,32}", fullmatch=True)
@@ -37,12 +46,102 @@ def _small_tuple(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[An
     return st.lists(strategy, max_size=5).map(tuple)
 
 
-chat_messages = st.builds(
+_plain_chat_messages = st.builds(
     m.ChatMessage, id=message_ids, sender=usernames, to=targets, text=texts, sent_at=utc_datetimes
+)
+session_ids = st.binary(min_size=16, max_size=16)
+_keys32 = st.binary(min_size=32, max_size=32)
+_signatures = st.binary(min_size=64, max_size=64)
+# The records check their shapes, not their signatures: any bytes of the right
+# sizes make a record the codec must carry.
+device_keys = st.builds(
+    DeviceKeys,
+    user=usernames,
+    device_id=session_ids,
+    curve25519=_keys32,
+    ed25519=_keys32,
+    signature=_signatures,
+)
+one_time_keys = st.builds(
+    OneTimeKey,
+    key_id=st.text(alphabet="ABCDEFabcdef0123456789+/", min_size=1, max_size=64),
+    key=_keys32,
+    fallback=bools,
+    signature=_signatures,
+)
+key_shares = st.builds(
+    KeyShare,
+    sender_keys=device_keys,
+    recipient=usernames,
+    recipient_device=session_ids,
+    message_type=st.sampled_from((0, 1)),
+    ciphertext=st.binary(min_size=1, max_size=2048),
+)
+
+
+def _conversation_of(sender: str, to: str) -> st.SearchStrategy[str]:
+    return st.just(to if to.startswith("#") else ",".join(sorted((sender, to))))
+
+
+@st.composite
+def _sender_and_target(draw: st.DrawFn) -> tuple[str, str]:
+    sender = draw(usernames)
+    to = draw(targets.filter(lambda name: name != sender))
+    return sender, to
+
+
+def _encrypted(sender: str, to: str) -> st.SearchStrategy[EncryptedMessage]:
+    return st.builds(
+        EncryptedMessage,
+        conversation=_conversation_of(sender, to),
+        sender=st.just(sender),
+        sender_device=session_ids,
+        session_id=_keys32,
+        device_set_version=st.integers(min_value=0, max_value=2**63 - 1),
+        ciphertext=st.binary(min_size=1, max_size=4608),
+    )
+
+
+@st.composite
+def _encrypted_chat_message(draw: st.DrawFn) -> m.ChatMessage:
+    sender, to = draw(_sender_and_target())
+    return m.ChatMessage(
+        id=draw(message_ids),
+        sender=sender,
+        to=to,
+        text="",
+        sent_at=draw(utc_datetimes),
+        encrypted=True,
+        ciphertext=draw(_encrypted(sender, to)),
+    )
+
+
+@st.composite
+def _send_message(draw: st.DrawFn) -> m.SendMessage:
+    request_id, message_id = draw(request_ids), draw(message_ids)
+    if draw(bools):
+        return m.SendMessage(
+            request_id=request_id, message_id=message_id, to=draw(targets), text=draw(texts)
+        )
+    sender, to = draw(_sender_and_target())
+    return m.SendMessage(
+        request_id=request_id,
+        message_id=message_id,
+        to=to,
+        encrypted=draw(_encrypted(sender, to)),
+        key_shares=draw(st.lists(key_shares, max_size=3).map(tuple)),
+    )
+
+
+chat_messages = _plain_chat_messages | _encrypted_chat_message()
+device_sets = st.builds(
+    DeviceSet,
+    conversation=rooms,
+    version=st.integers(min_value=0, max_value=2**63 - 1),
+    devices=st.lists(device_keys, max_size=4, unique_by=lambda keys: keys.device_id).map(tuple),
 )
 presences = st.builds(m.UserPresence, username=usernames, online=bools)
 room_infos = st.builds(m.RoomInfo, room=rooms, members=st.integers(min_value=0, max_value=10**6))
-session_ids = st.binary(min_size=16, max_size=16)
 session_infos = st.builds(
     m.SessionInfo,
     session_id=session_ids,
@@ -86,12 +185,32 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "new": passwords,
     "delivered_at": st.none() | utc_datetimes,
     "before": st.none() | message_ids,
+    "key_shares": _small_tuple(key_shares),
+    "keys": st.builds(
+        KeysUpload,
+        device_keys=device_keys,
+        one_time_keys=_small_tuple(one_time_keys),
+        fallback_key=st.none() | one_time_keys,
+    ),
+    "devices": _small_tuple(session_ids),
+    "device_set": device_sets,
+    "one_time_keys": st.integers(min_value=0, max_value=100),
+    "fallback_used": bools,
+    "user": usernames,
+    "device": device_keys,
 }
 
 # Where a field of a class is narrower than the name's meaning elsewhere.
 CLASS_FIELD_STRATEGIES: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
     (m.MessageDelivered, "message"): chat_messages,
     (m.MessageStatus, "to"): usernames,
+    (m.ErrorResponse, "device_set"): st.none() | device_sets,
+    (m.ClaimedKeys, "keys"): _small_tuple(
+        st.builds(ClaimedKey, device=device_keys, one_time_key=one_time_keys)
+    ),
+    (m.UserDevices, "devices"): _small_tuple(
+        st.builds(m.UserDevice, keys=device_keys, created_at=utc_datetimes)
+    ),
     (m.DeliveryReceipts, "receipts"): _small_tuple(
         st.builds(
             m.DeliveryReceipt, message_id=message_ids, to=usernames, delivered_at=utc_datetimes
@@ -100,8 +219,19 @@ CLASS_FIELD_STRATEGIES: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
 }
 
 
+#: Classes whose fields depend on each other: built whole.
+CLASS_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
+    m.SendMessage: _send_message(),
+    m.GetDevices: st.builds(m.GetDevices, request_id=request_ids, conversation=rooms)
+    | st.builds(m.GetDevices, request_id=request_ids, user=usernames),
+}
+
+
 def strategy_for(cls: type[Any]) -> st.SearchStrategy[Any]:
     """A strategy building valid instances of one message class."""
+    whole = CLASS_STRATEGIES.get(cls)
+    if whole is not None:
+        return whole
     kwargs: dict[str, st.SearchStrategy[Any]] = {}
     for field in attrs.fields(cls):
         special = CLASS_FIELD_STRATEGIES.get((cls, field.name))

@@ -78,7 +78,8 @@ class Observed:
         fields = {
             key: value.replace(name, "<name>") if type(value) is str else value
             for key, value in attrs.asdict(answer, recurse=False).items()
-            if key != "request_id"
+            # (an error's device_set is only ever devices_changed's)
+            if key != "request_id" and not (key == "device_set" and value is None)
         }
         return (
             (type(answer).__name__, fields),

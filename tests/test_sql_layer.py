@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests import strategies
 from tests.services import POSTGRES_URL, postgres_store
 from udpchat_proto import Store
-from udpchat_server.stores import schema
+from udpchat_server.stores import records, schema
 from udpchat_server.stores.base import SqlStore
 from udpchat_server.stores.dialect import POSTGRES, SQLITE
 from udpchat_server.stores.sqlite import SQLiteStore
@@ -184,3 +187,22 @@ def test_of_the_protocol_each_store_defines_only_what_it_does_its_own_way() -> N
             if inspect.unwrap(getattr(store, name)).__qualname__.startswith(store.__name__)
         }
         assert defined == {"add_message", "atomic", "close", "commit"}, store
+
+
+# --- end-to-end encryption's records as the stores keep them ------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    record=st.one_of(
+        strategies.device_keys,
+        strategies.one_time_keys,
+        strategies.key_shares,
+        strategies.chat_messages.filter(lambda message: message.ciphertext is not None).map(
+            lambda message: message.ciphertext
+        ),
+    )
+)
+def test_a_stored_record_reads_back_as_it_was(record: Any) -> None:
+    assert records.unpack(type(record), records.pack(record)) == record
+    assert records.unpack(type(record), memoryview(records.pack(record))) == record

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,6 +38,8 @@ from udpchat_proto.chat.store import (
     conversation_key,
     stored_size,
 )
+from udpchat_proto.chat.tokens import session_id
+from udpchat_proto.e2ee import DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
 from udpchat_server.stores import statements
 from udpchat_server.stores.base import SchemaVersionError
 from udpchat_server.stores.dialect import SQLITE
@@ -903,6 +906,154 @@ def test_stored_bytes_go_down_with_whatever_deletes_messages(store: Store) -> No
     assert store.stored_bytes("alice") == sizes("unread")
 
 
+# --- device keys (end-to-end encryption) ------------------------------------------------
+
+
+def device_keys(user: str, token_hash: bytes) -> DeviceKeys:
+    """A device record for the session (the store checks no signature)."""
+    return DeviceKeys(
+        user=user,
+        device_id=session_id(token_hash),
+        curve25519=token_hash,
+        ed25519=bytes(reversed(token_hash)),
+        signature=b"s" * 64,
+    )
+
+
+def one_time_key(key_id: str, *, fallback: bool = False) -> OneTimeKey:
+    return OneTimeKey(
+        key_id=key_id, key=key_id.encode().ljust(32, b"k"), fallback=fallback, signature=b"t" * 64
+    )
+
+
+def with_device(store: Store, user: str, token_hash: bytes, now: float = 10.0) -> DeviceKeys:
+    if store.get_account(user) is None:
+        store.create_account(user, PASSWORD, 1.0)
+    store.create_session(token_hash, user, now)
+    keys = device_keys(user, token_hash)
+    assert store.set_device_keys(token_hash, keys, now)
+    return keys
+
+
+def encrypted(sender: str, to: str, token_hash: bytes) -> ChatMessage:
+    plain = message(sender, to)
+    record = EncryptedMessage(
+        conversation=to if to.startswith("#") else ",".join(sorted((sender, to))),
+        sender=sender,
+        sender_device=session_id(token_hash),
+        session_id=b"g" * 32,
+        device_set_version=7,
+        ciphertext=b"c" + plain.id,
+    )
+    return attrs.evolve(plain, text="", encrypted=True, ciphertext=record)
+
+
+def share_for(sender: DeviceKeys, recipient: DeviceKeys, n: int = 0) -> KeyShare:
+    return KeyShare(
+        sender_keys=sender,
+        recipient=recipient.user,
+        recipient_device=recipient.device_id,
+        message_type=0,
+        ciphertext=bytes([n]) * 10,
+    )
+
+
+def test_a_sessions_device_keys_are_kept_once_and_listed_by_user(store: Store) -> None:
+    phone = with_device(store, "alice", ALICE_PHONE, now=10.0)
+    laptop = with_device(store, "alice", ALICE_LAPTOP, now=20.0)
+    bob = with_device(store, "bob", BOB_PHONE, now=5.0)
+    store.create_session(CAROL_PHONE, "alice", 30.0)  # a session without keys
+    # A device's keys never change: a second upload of a record is refused.
+    assert not store.set_device_keys(ALICE_PHONE, device_keys("alice", ALICE_PHONE), 40.0)
+    assert not store.set_device_keys(b"\x09" * 32, device_keys("alice", b"\x09" * 32), 40.0)
+    assert store.session_device(ALICE_PHONE) == phone
+    assert store.session_device(CAROL_PHONE) is None
+    assert store.devices_of(["bob", "alice", "nobody"]) == [
+        (phone, 10.0),
+        (laptop, 20.0),
+        (bob, 5.0),
+    ]
+    assert store.devices_of([]) == []
+
+
+def test_a_device_ends_with_its_session_however_it_ends(store: Store) -> None:
+    with_device(store, "alice", ALICE_PHONE, now=10.0)
+    with_device(store, "alice", ALICE_LAPTOP, now=20.0)
+    with_device(store, "alice", ALICE_TABLET, now=30.0)
+    bob = with_device(store, "bob", BOB_PHONE, now=30.0)
+    store.add_one_time_keys(session_id(ALICE_PHONE), [one_time_key("a")])
+    store.delete_session(ALICE_PHONE)  # logout, revoke
+    assert store.claim_key(session_id(ALICE_PHONE)) is None
+    assert store.delete_sessions_created_before(25.0) == [ALICE_LAPTOP]  # lifetime
+    store.touch_session(BOB_PHONE, 100.0)
+    assert store.delete_sessions_unused_since(50.0) == 1  # expiry: the tablet
+    assert [keys.device_id for keys, _ in store.devices_of(["alice", "bob"])] == [bob.device_id]
+    store.delete_account("bob", 200.0)
+    assert store.devices_of(["bob"]) == []
+    assert store.session_device(BOB_PHONE) is None
+
+
+def test_a_one_time_key_is_claimed_once_then_the_fallback_key(store: Store) -> None:
+    alice = with_device(store, "alice", ALICE_PHONE)
+    device = alice.device_id
+    assert store.key_counts(device) == (0, False)
+    store.add_one_time_keys(device, [one_time_key("a"), one_time_key("b")])
+    store.add_one_time_keys(device, [one_time_key("a")])  # known: ignored
+    assert store.key_counts(device) == (2, False)
+    claimed = [store.claim_key(device), store.claim_key(device)]
+    assert {c.one_time_key.key_id for c in claimed if c is not None} == {"a", "b"}
+    assert all(c is not None and c.device == alice for c in claimed)
+    assert store.claim_key(device) is None  # none left, no fallback key
+    store.add_one_time_keys(device, [one_time_key("f", fallback=True)])
+    assert store.key_counts(device) == (0, False)
+    for _ in range(2):  # the fallback key is given as often as asked
+        again = store.claim_key(device)
+        assert again is not None and again.one_time_key == one_time_key("f", fallback=True)
+    assert store.key_counts(device) == (0, True)
+    store.add_one_time_keys(device, [one_time_key("g", fallback=True), one_time_key("c")])
+    assert store.key_counts(device) == (1, False)  # a new fallback key, unused
+    assert store.claim_key(b"\x00" * 16) is None
+    store.add_one_time_keys(b"\x00" * 16, [one_time_key("x")])  # no such device: ignored
+    assert store.key_counts(b"\x00" * 16) == (0, False)
+
+
+def test_an_encrypted_message_is_delivered_only_to_its_devices_with_their_shares(
+    store: Store,
+) -> None:
+    alice_phone = with_device(store, "alice", ALICE_PHONE)
+    alice_laptop = with_device(store, "alice", ALICE_LAPTOP)
+    bob = with_device(store, "bob", BOB_PHONE)
+    store.add_friendship("alice", "bob", 1.0)
+    plain = send(store, "bob", "alice", "before")
+    sealed = encrypted("bob", "alice", BOB_PHONE)
+    store.add_message(sealed, origin=BOB_PHONE)
+    assert sealed.ciphertext is not None
+    shares = [
+        (alice_phone.device_id, share_for(bob, alice_phone, 1)),
+        (alice_phone.device_id, share_for(bob, alice_phone, 2)),
+    ]
+    # For the phone only (the laptop came after, say): the laptop never gets it.
+    store.add_encrypted(
+        sealed.id, sealed.ciphertext, [alice_phone.device_id, bob.device_id], shares
+    )
+    assert store.pending_deliveries("alice", ALICE_PHONE, 10) == [plain, sealed]
+    assert store.pending_deliveries("alice", ALICE_LAPTOP, 10) == [plain]
+    assert store.key_shares_for(sealed.id, alice_phone.device_id) == [s for _, s in shares]
+    assert store.key_shares_for(sealed.id, alice_laptop.device_id) == []
+    assert store.stored_for_device(alice_phone.device_id, [sealed.id, plain.id]) == {sealed.id}
+    assert store.stored_for_device(alice_laptop.device_id, [sealed.id]) == set()
+    stored = store.get_message(sealed.id)
+    assert stored is not None and stored.message == sealed
+    assert store.history("alice", "bob", 10) == [plain, sealed]
+    store.commit()
+    # Read back from the database, not a cache: the same record.
+    assert store.history("bob", "alice", 10)[-1].ciphertext == sealed.ciphertext
+    # The laptop's cursor passes the message it is not given once it acknowledges a later one.
+    later = send(store, "bob", "alice", "after")
+    store.acknowledge("alice", ALICE_LAPTOP, [later.id], T_ACK)
+    assert store.pending_deliveries("alice", ALICE_LAPTOP, 10) == []
+
+
 # --- SQLite only ----------------------------------------------------------------------
 
 
@@ -1073,11 +1224,23 @@ def test_sqlite_hot_queries_use_indexes(tmp_path: Path) -> None:
     queries: list[tuple[str, dict[str, object]]] = [
         (
             statements.PENDING_FOR_SESSION,
-            {"owner": ALICE_PHONE, "user": "alice", "session": ALICE_PHONE, "limit": 10},
+            {
+                "owner": ALICE_PHONE,
+                "user": "alice",
+                "session": ALICE_PHONE,
+                "device": b"d" * 16,
+                "limit": 10,
+            },
         ),
         (
             statements.PENDING_FOR_USER,
-            {"owner": "alice", "user": "alice", "session": ALICE_PHONE, "limit": 10},
+            {
+                "owner": "alice",
+                "user": "alice",
+                "session": ALICE_PHONE,
+                "device": b"d" * 16,
+                "limit": 10,
+            },
         ),
         (
             statements.MARK_DELIVERED,

@@ -115,10 +115,10 @@ def _established() -> tuple[SansIOServer, StrangerClient, dict[object, StrangerC
 def test_a_message_of_a_higher_version_is_answered_unsupported_version() -> None:
     server, client, clients = _established()
     body = json.dumps({"type": "list_online", "request_id": 5, "something": "new"}).encode()
-    exchange(server, client, clients, client.ack_frame() + client.encode_raw(b"\x02" + body))
+    exchange(server, client, clients, client.ack_frame() + client.encode_raw(b"\x03" + body))
     error = answer(client, 5)
     assert error["type"] == "error" and error["code"] == ErrorCode.UNSUPPORTED_VERSION
-    assert error["message"] == "message version 2; this server speaks version 1"
+    assert error["message"] == "message version 3; this server speaks versions 1 to 2"
     assert server.server.stats.violations == 0
     # The connection goes on in version 1.
     request_id, frames = client.request({"type": "list_online"})
@@ -145,7 +145,7 @@ def test_a_request_type_the_server_does_not_know_is_answered_unknown_request() -
 
 def test_a_higher_version_byte_not_followed_by_an_object_is_garbage() -> None:
     server, client, clients = _established()
-    for payload in (b"\x02garbage", b'\x02{"request_id": 5', b"\x02[5]"):
+    for payload in (b"\x03garbage", b'\x03{"request_id": 5', b"\x03[5]"):
         exchange(server, client, clients, client.ack_frame() + client.encode_raw(payload))
     assert server.server.stats.violations == 3
     assert server.server.stats.decode_errors == {"bad_version": 2, "unsupported_version": 1}

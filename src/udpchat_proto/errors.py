@@ -85,6 +85,13 @@ class ErrorCode(enum.StrEnum):
     answer: cancel some first."""
     TOO_MANY_BLOCKED = "too_many_blocked"
     """``block`` of one more user than ``max_blocked_per_user``: unblock some first."""
+    DEVICES_CHANGED = "devices_changed"
+    """An encrypted message was shared for a device set that is not the
+    conversation's current one (a device came or went): the ``error`` carries the
+    current set; share with it and send again (the client does, by itself)."""
+    NO_DEVICE = "no_device"
+    """An encrypted direct message to a user with no logged-in device to receive
+    it: nothing is stored that no one can read."""
     QUOTA_EXCEEDED = "quota_exceeded"
     """The sender's stored messages take what the server keeps per user
     (``max_stored_per_user``): nothing was stored; older messages make room once

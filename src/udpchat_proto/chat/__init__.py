@@ -26,6 +26,7 @@ face exports as ``udpchat_proto.messages``: import the names above, not these):
 ``sessions``        connections' login sessions, their end, closes
 ``presence``        who is online, and telling their friends
 ``deliveries``      filling the delivery windows from the store; cursors
+``devicesets``      e2ee device sets: members, versions, who sees whose devices
 ``delivery``        a connection's delivery window (backlog, live, refill)
 ``hashing``         the password hashes of requests, within their caps
 ``password_jobs``   password hashes as jobs run off the loop

@@ -58,7 +58,7 @@ class Held:
     """A reply or push waiting for its batch's commit."""
 
     target: ConnectionId | RemoteUser
-    message: m.Response | m.Push
+    message: m.Response | m.Push | m.DevicePush
     payload: bytes
 
 

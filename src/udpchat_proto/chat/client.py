@@ -33,6 +33,7 @@ from typing import Final
 
 import attrs
 
+from ..e2ee.records import EncryptedMessage, KeyShare, KeysUpload
 from ..errors import DecodeError, LocalProtocolError
 from ..randomness import RandomSource, SystemRandomSource
 from ..statemachine import IdentityEnum, StateMachine
@@ -165,6 +166,7 @@ class ClientConnection:
         self._pending: dict[int, m.AnsweredRequest] = {}
         """Requests sent and not yet answered, by request id."""
         self._events: collections.deque[ClientEvent] = collections.deque()
+        self._device_pushes: list[m.DevicePush] = []
         # Insertion-ordered, capped at DELIVERED_IDS_MAX: only a message whose
         # acknowledgement was lost is ever pushed again, and the server never has
         # more than a delivery window of those outstanding per session.
@@ -293,6 +295,12 @@ class ClientConnection:
         """
         self._transport.handle_timer(now)
         self._drain_transport()
+
+    def take_device_pushes(self) -> list[m.DevicePush]:
+        """The end-to-end encryption pushes received since the last call
+        (``device_added``, ``one_time_keys_low``), oldest first."""
+        pushes, self._device_pushes = self._device_pushes, []
+        return pushes
 
     def next_event(self) -> ClientEvent | None:
         """The next event, or None.
@@ -569,6 +577,65 @@ class ClientConnection:
             lambda rid: m.GetHistory(request_id=rid, peer=peer, limit=limit, before=before)
         )
 
+    # --- end-to-end encryption (version 2) -------------------------------------------
+    # The requests only: the keys, shares and ciphertexts are udpchat_proto.e2ee's
+    # CryptoState's, which the caller keeps (phase 2b puts it in the runtime).
+
+    def upload_keys(self, keys: KeysUpload) -> int:
+        """Upload this session's device keys (``CryptoState.keys_to_upload``).
+
+        Returns:
+            The request id; answered by ``KeysStored``.
+        """
+        return self._request(lambda rid: m.UploadKeys(request_id=rid, keys=keys))
+
+    def claim_keys(self, devices: Iterable[bytes]) -> int:
+        """Claim a one-time key of each device (by id) to open Olm sessions.
+
+        Returns:
+            The request id; answered by ``ClaimedKeys``.
+        """
+        ids = tuple(devices)
+        return self._request(lambda rid: m.ClaimKeys(request_id=rid, devices=ids))
+
+    def get_devices(self, *, conversation: str | None = None, user: str | None = None) -> int:
+        """A conversation's device set (``ConversationDevices``) or a user's devices
+        (``UserDevices``): exactly one of the two.
+
+        Returns:
+            The request id.
+        """
+        return self._request(
+            lambda rid: m.GetDevices(request_id=rid, conversation=conversation, user=user)
+        )
+
+    def send_encrypted(
+        self,
+        to: str,
+        message: EncryptedMessage,
+        key_shares: Iterable[KeyShare],
+        *,
+        message_id: bytes,
+    ) -> int:
+        """Send an encrypted message (``CryptoState.encrypt``'s ``Outgoing``) with
+        its key shares. Refusals besides :meth:`send_message`'s:
+        ``devices_changed`` (the error's ``device_set``: plan and encrypt again)
+        and ``no_device``.
+
+        Returns:
+            The request id; answered by ``MessageAccepted``.
+        """
+        shares = tuple(key_shares)
+        return self._request(
+            lambda rid: m.SendMessage(
+                request_id=rid,
+                message_id=message_id,
+                to=to,
+                encrypted=message,
+                key_shares=shares,
+            )
+        )
+
     def join_room(self, room: str) -> int:
         """Join (creating it if needed) ``room`` (``#name``). Returns the request id."""
         return self._request(lambda rid: m.JoinRoom(request_id=rid, room=room))
@@ -628,6 +695,10 @@ class ClientConnection:
             self._events.append(message)
         elif isinstance(message, m.PUSH_TYPES):
             self._events.append(message)
+        elif isinstance(message, m.DEVICE_PUSH_TYPES):
+            # A server sends them only to a session that uploaded keys; they wait
+            # apart from the events until the client's runtime takes them (phase 2b).
+            self._device_pushes.append(message)
         elif isinstance(message, m.RESPONSE_TYPES):
             self._on_response(message)
         else:

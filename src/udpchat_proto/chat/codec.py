@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import attrs
 import cattrs
+import cattrs.gen
 import orjson
 from cattrs.errors import AttributeValidationNote, IterableValidationError, IterableValidationNote
 
@@ -36,13 +37,20 @@ __all__ = [
     "CODEC_VERSION",
     "MAX_ENCODED_SIZE",
     "MESSAGE_TYPES",
+    "SPOKEN_VERSIONS",
     "converter",
     "decode",
     "encode",
+    "message_version",
 ]
 
-#: The version byte this implementation speaks.
-CODEC_VERSION: Final = 1
+#: The highest version byte this implementation speaks: 2, end-to-end encryption.
+CODEC_VERSION: Final = 2
+#: Every version byte it reads. Version 2 adds to version 1 (the e2ee requests,
+#: pushes and members); a message that uses none of it is written as version 1,
+#: byte for byte what a version 1 peer writes, so that a version 1 peer reads all
+#: it is sent until it asks for what only version 2 has.
+SPOKEN_VERSIONS: Final = (1, 2)
 #: No encoded message may be larger (the largest legitimate one, a full history
 #: page of escaped text, is well under it).
 MAX_ENCODED_SIZE: Final = 4 * 1024 * 1024
@@ -143,7 +151,71 @@ def _make_converter(*, detailed: bool = False) -> cattrs.Converter:
     conv.register_structure_hook_func(
         lambda cls: getattr(cls, "__origin__", None) is tuple, _tuple_hook(conv, detailed=detailed)
     )
+
+    # A record (a nested object) given anything but an object is the wrong JSON
+    # type, said so, not a failure deep inside it.
+    def record_hook(cls: Any) -> Any:
+        inner = cattrs.gen.make_dict_structure_fn(
+            cls, conv, _cattrs_forbid_extra_keys=False, _cattrs_detailed_validation=detailed
+        )
+
+        def structure(value: Any, _cls: Any) -> Any:
+            if type(value) is not dict:
+                raise _WrongTypeError(f"expected an object, got {_json_name(value)}")
+            return inner(value, cls)
+
+        return structure
+
+    conv.register_structure_hook_factory(attrs.has, record_hook)
+    # Members version 2 added to version 1 messages are left out at their default,
+    # so that a message that uses none of them is version 1's, byte for byte.
+    for cls, names in _ADDED_IN_2.items():
+        overrides: dict[str, Any] = {
+            name: cattrs.gen.override(omit_if_default=True) for name in names
+        }
+        conv.register_unstructure_hook(
+            cls, cattrs.gen.make_dict_unstructure_fn(cls, conv, **overrides)
+        )
     return conv
+
+
+#: Version 2's members of version 1 messages (left out when they hold their default).
+_ADDED_IN_2: Final[dict[type[Any], tuple[str, ...]]] = {
+    m.ChatMessage: ("encrypted", "ciphertext"),
+    m.SendMessage: ("text", "encrypted", "key_shares"),
+    m.ErrorResponse: ("device_set",),
+    m.MessageDelivered: ("key_shares",),
+}
+#: The messages version 2 added.
+_NEW_IN_2: Final[frozenset[type[Any]]] = frozenset(
+    {
+        m.UploadKeys,
+        m.ClaimKeys,
+        m.GetDevices,
+        m.KeysStored,
+        m.ClaimedKeys,
+        m.ConversationDevices,
+        m.UserDevices,
+        m.DeviceAdded,
+        m.OneTimeKeysLow,
+    }
+)
+
+
+def message_version(message: m.Message) -> int:
+    """The version byte ``message`` is written with: 2 if it uses anything version
+    2 added (an encrypted message, key shares, a device set), else 1."""
+    if type(message) in _NEW_IN_2:
+        return 2
+    if isinstance(message, m.SendMessage):
+        return 1 if message.encrypted is None else 2
+    if isinstance(message, m.MessageDelivered):
+        return 2 if message.key_shares or message.message.encrypted else 1
+    if isinstance(message, m.History):
+        return 2 if any(item.encrypted for item in message.messages) else 1
+    if isinstance(message, m.ErrorResponse):
+        return 1 if message.device_set is None else 2
+    return 1
 
 
 converter: Final = _make_converter()
@@ -158,7 +230,7 @@ _explaining_converter: Final = _make_converter(detailed=True)
 #: Not ``ack_delivery`` (never answered) nor what only a server sends (a violation).
 _ANSWERED: Final = frozenset(m.ANSWERED_REQUEST_TYPES)
 
-_VERSION_BYTE: Final = bytes([CODEC_VERSION])
+_VERSION_BYTES: Final = {version: bytes([version]) for version in SPOKEN_VERSIONS}
 
 
 def encode(message: m.Message) -> bytes:
@@ -168,7 +240,8 @@ def encode(message: m.Message) -> bytes:
         message: any instance of the catalogue in :mod:`udpchat_proto.chat.messages`.
 
     Returns:
-        The version byte followed by the UTF-8 JSON object.
+        The version byte (:func:`message_version`) followed by the UTF-8 JSON
+        object.
 
     Raises:
         LocalProtocolError: ``message`` is not a catalogue message, or its encoding
@@ -184,7 +257,7 @@ def encode(message: m.Message) -> bytes:
     obj["type"] = tag
     # orjson: compact UTF-8 JSON (what json.dumps with ensure_ascii=False and
     # compact separators writes) at a tenth of the cost.
-    data = _VERSION_BYTE + orjson.dumps(obj)
+    data = _VERSION_BYTES[message_version(message)] + orjson.dumps(obj)
     if len(data) > MAX_ENCODED_SIZE:
         raise ValidationError(ErrorCode.TOO_LARGE, f"encoded message is {len(data)} bytes")
     return data
@@ -213,7 +286,7 @@ def decode(data: bytes) -> m.Message:
     if len(data) > MAX_ENCODED_SIZE:
         raise DecodeError("too_large", f"{len(data)} bytes")
     version = data[0]
-    if version != CODEC_VERSION:
+    if version not in SPOKEN_VERSIONS:
         if version > CODEC_VERSION and data[1:2] == b"{":
             # A newer peer: answered (unsupported_version) if its request id is readable.
             obj, _problem = _json_object(data, "unsupported_version")
@@ -221,7 +294,7 @@ def decode(data: bytes) -> m.Message:
                 obj,
                 None,
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"message version {version}; this server speaks version {CODEC_VERSION}",
+                f"message version {version}; this server speaks versions 1 to {CODEC_VERSION}",
                 reason="unsupported_version",
             )
         raise DecodeError("bad_version", f"first byte {version}")

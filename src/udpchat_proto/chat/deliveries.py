@@ -16,9 +16,11 @@ delivery (``delivery_receipts``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from ..clock import WallClock
+from ..e2ee.records import KeyShare
 from ..transport import ConnectionId
 from . import messages as m
 from .connection import ChatConnection
@@ -29,6 +31,7 @@ from .requests import utc_from_posix
 from .stats import ServerStats
 from .store import Receipt, Store, StoreUnavailableError, WriteTrackingStore
 from .timers import ServerTimer, ServerTimers
+from .tokens import session_id
 
 __all__ = [
     "CURSOR_WRITE_DELAY",
@@ -105,14 +108,20 @@ class Deliveries:
         self._stale: dict[ConnectionId, None] = {}
         """Connections whose pushes a lost batch dropped: refilled at STORE_RETRY."""
 
-    def deliver_new(self, connection: ChatConnection, message: m.ChatMessage) -> None:
-        """A new message for this connection's user was just stored.
+    def deliver_new(
+        self,
+        connection: ChatConnection,
+        message: m.ChatMessage,
+        key_shares: Sequence[KeyShare] = (),
+    ) -> None:
+        """A new message for this connection's user was just stored (an encrypted
+        one with the key shares sent with it for this connection's device).
 
         Never raises for a store failure (the send that stored it must not fail
         after its write, see ``Route.writes_once``): a refill that fails is retried."""
         if connection.deliveries.offer(message):
             # Everything older is already in flight, so pushing now keeps the order.
-            self._push(connection, message)
+            self._push(connection, message, key_shares)
         else:
             # It is in the store, behind the backlog; the refill will reach it.
             self.retry_refill(connection)
@@ -133,8 +142,20 @@ class Deliveries:
             connection.username, connection.token_hash, window.size
         )
         pushed, caught_up = window.refill(pending)
-        for message in pushed:
-            self._push(connection, message)
+        device = session_id(connection.token_hash)
+        try:
+            # Every share read before anything is pushed: a failure leaves the
+            # window as it was (taken back), for the retry to push in order.
+            shares = [
+                self._store.key_shares_for(message.id, device) if message.encrypted else []
+                for message in pushed
+            ]
+        except BaseException:
+            for message in pushed:
+                window.take_back(message.id)
+            raise
+        for message, key_shares in zip(pushed, shares, strict=True):
+            self._push(connection, message, key_shares)
         if caught_up:
             self._outbox.send(connection.connection_id, m.CaughtUp())
 
@@ -149,9 +170,27 @@ class Deliveries:
         except Exception as exc:
             self._stats.note_internal_error(exc)
 
-    def _push(self, connection: ChatConnection, message: m.ChatMessage) -> None:
+    def _push(
+        self,
+        connection: ChatConnection,
+        message: m.ChatMessage,
+        key_shares: Sequence[KeyShare] | None = None,
+    ) -> None:
+        """Push a message; an encrypted one with its key shares for the connection's
+        device (from the store, unless given), which the device takes first: they
+        ride in its stream at the message's place, acknowledged with it.
+
+        Raises:
+            StoreUnavailableError: reading the shares (only when not given).
+        """
+        if key_shares is None and message.encrypted:
+            assert connection.token_hash is not None  # (a delivery is a session's)
+            key_shares = self._store.key_shares_for(message.id, session_id(connection.token_hash))
         self._stats.deliveries_pushed += 1
-        self._outbox.send(connection.connection_id, m.MessageDelivered(message=message))
+        self._outbox.send(
+            connection.connection_id,
+            m.MessageDelivered(message=message, key_shares=tuple(key_shares or ())),
+        )
 
     # --- acknowledgements -------------------------------------------------------------
 

@@ -270,7 +270,7 @@ class Dispatcher:
 
     def _step_failed(self, connection: ChatConnection, request_id: int, exc: Exception) -> None:
         if isinstance(exc, RefusedError):
-            self._outbox.refuse(connection, request_id, exc.code, exc.message)
+            self._outbox.refuse(connection, request_id, exc.code, exc.message, exc.device_set)
         elif isinstance(exc, StoreUnavailableError):
             self._stats.note_store_failure(exc)
             self._outbox.refuse(

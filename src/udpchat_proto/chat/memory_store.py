@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 
+from ..e2ee.records import ClaimedKey, DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
 from .messages import ChatMessage
 from .passwords import PasswordHash
 from .store import (
@@ -45,6 +46,7 @@ from .store import (
     conversation_key,
     stored_size,
 )
+from .tokens import session_id
 from .validation import is_room
 
 __all__ = ["MemoryStore"]
@@ -65,14 +67,31 @@ class _Entry:
     removed: bool = False
     """Deleted with its recipient's account before it was delivered (kept in the
     log as a gap, so that an index still maps to its ``seq``)."""
+    devices: frozenset[bytes] = frozenset()
+    """An encrypted message: the devices it was stored for (no other is given it)."""
 
     def is_for(self, username: str, token_hash: bytes) -> bool:
         """Whether the session ``token_hash`` of ``username`` is delivered it."""
         if self.removed:
             return False
+        if self.stored.message.encrypted and session_id(token_hash) not in self.devices:
+            return False
         if self.stored.message.sender != username:
             return True
         return self.origin is not None and self.origin != token_hash
+
+
+@attrs.define(kw_only=True)
+class _Device:
+    """A login session's device keys and what it keeps on the server."""
+
+    token_hash: bytes
+    keys: DeviceKeys
+    created_at: float
+    one_time_keys: dict[str, OneTimeKey] = attrs.Factory(dict)
+    """By key id, in the order uploaded (claims take the oldest)."""
+    fallback: OneTimeKey | None = None
+    fallback_used: bool = False
 
 
 @attrs.define(kw_only=True)
@@ -127,6 +146,13 @@ class MemoryStore:
         self._stored: dict[str, int] = {}
         """Each account's stored bytes (see Store.stored_bytes)."""
         self._order = 0
+        self._devices: dict[bytes, _Device] = {}
+        """By device id (its session's id)."""
+        self._device_of_session: dict[bytes, bytes] = {}
+        """Token hash -> device id, for the sessions that uploaded keys."""
+        self._key_shares: dict[bytes, dict[bytes, list[KeyShare]]] = {}
+        """Message id -> device id -> the shares sent with the message for it
+        (they go with the message)."""
 
     # --- transactions ------------------------------------------------------------
 
@@ -200,6 +226,7 @@ class MemoryStore:
                 ):
                     entry.removed = True
                     self._by_id.pop(entry.stored.message.id, None)
+                    self._key_shares.pop(entry.stored.message.id, None)
                     self._uncharge(entry.stored.message)
             del conversation.members[username]
         self._conversations_of.pop(username, None)
@@ -257,6 +284,10 @@ class MemoryStore:
         """End a login session and forget its delivery cursors (the user's stay)."""
         session = self._sessions.pop(token_hash, None)
         self._session_cursors.pop(token_hash, None)
+        # Its device ends with it: its keys go, it leaves every device set.
+        device_id = self._device_of_session.pop(token_hash, None)
+        if device_id is not None:
+            del self._devices[device_id]
         if session is not None:
             mine = self._sessions_of[session.username]
             mine.discard(token_hash)
@@ -576,6 +607,92 @@ class MemoryStore:
             receipts.extend(self.acknowledge(username, token_hash, message_ids, now))
         return receipts
 
+    # --- device keys (end-to-end encryption) -------------------------------------------
+
+    def set_device_keys(self, token_hash: bytes, keys: DeviceKeys, now: float) -> bool:
+        """Record the keys of the session's device; False if it has some already."""
+        if token_hash in self._device_of_session or token_hash not in self._sessions:
+            return False
+        self._devices[keys.device_id] = _Device(token_hash=token_hash, keys=keys, created_at=now)
+        self._device_of_session[token_hash] = keys.device_id
+        return True
+
+    def session_device(self, token_hash: bytes) -> DeviceKeys | None:
+        """The keys of the session's device, or None."""
+        device_id = self._device_of_session.get(token_hash)
+        return None if device_id is None else self._devices[device_id].keys
+
+    def devices_of(self, usernames: Sequence[str]) -> list[tuple[DeviceKeys, float]]:
+        """Every live device of each of ``usernames`` (see Store)."""
+        wanted = set(usernames)
+        found = [
+            (device.keys, device.created_at)
+            for device in self._devices.values()
+            if device.keys.user in wanted
+        ]
+        return sorted(found, key=lambda item: (item[0].user, item[1], item[0].device_id))
+
+    def add_one_time_keys(self, device_id: bytes, keys: Sequence[OneTimeKey]) -> None:
+        """Keep these one-time keys (and a fallback key) of the device."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return
+        for key in keys:
+            if key.fallback:
+                device.fallback, device.fallback_used = key, False
+            else:
+                device.one_time_keys.setdefault(key.key_id, key)
+
+    def key_counts(self, device_id: bytes) -> tuple[int, bool]:
+        """One-time keys held, and whether the fallback key was given out."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return 0, False
+        return len(device.one_time_keys), device.fallback_used
+
+    def claim_key(self, device_id: bytes) -> ClaimedKey | None:
+        """A one-time key (deleted), else the fallback key (noted used), else None."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return None
+        if device.one_time_keys:
+            key_id = next(iter(device.one_time_keys))
+            key = device.one_time_keys.pop(key_id)
+        elif device.fallback is not None:
+            key, device.fallback_used = device.fallback, True
+        else:
+            return None
+        return ClaimedKey(device=device.keys, one_time_key=key)
+
+    def add_encrypted(
+        self,
+        message_id: bytes,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> None:
+        """Note the devices an encrypted message is for, and its key shares (its
+        record is the stored message's own)."""
+        del ciphertext
+        entry = self._by_id[message_id]
+        entry.devices = frozenset(devices)
+        shares = self._key_shares.setdefault(message_id, {})
+        for device_id, share in key_shares:
+            shares.setdefault(device_id, []).append(share)
+
+    def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
+        """The shares sent with the message for the device."""
+        return list(self._key_shares.get(message_id, {}).get(device_id, ()))
+
+    def stored_for_device(self, device_id: bytes, message_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``message_ids`` that are encrypted messages stored for the device."""
+        found = set()
+        for message_id in message_ids:
+            entry = self._by_id.get(message_id)
+            if entry is not None and device_id in entry.devices:
+                found.add(message_id)
+        return found
+
     # --- rooms -------------------------------------------------------------------------
 
     def join_room(self, room: str, username: str, now: float) -> bool:
@@ -603,6 +720,7 @@ class MemoryStore:
             del self._conversations[room]
             for entry in conversation.log:
                 self._by_id.pop(entry.stored.message.id, None)
+                self._key_shares.pop(entry.stored.message.id, None)
                 self._uncharge(entry.stored.message)
             for cursors in (*self._session_cursors.values(), *self._user_cursors.values()):
                 cursors.pop(room, None)
@@ -629,6 +747,7 @@ class MemoryStore:
                 conversation.base += 1
                 if not entry.removed:  # (a removed one was uncharged then)
                     self._by_id.pop(stored.message.id, None)
+                    self._key_shares.pop(stored.message.id, None)
                     self._uncharge(stored.message)
                 deleted += 1
         return deleted

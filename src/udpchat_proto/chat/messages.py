@@ -17,11 +17,21 @@ from typing import ClassVar
 
 import attrs
 
+from ..e2ee.records import (
+    ClaimedKey,
+    DeviceKeys,
+    DeviceSet,
+    EncryptedMessage,
+    KeyShare,
+    KeysUpload,
+    check_conversation,
+)
 from ..errors import ErrorCode
 from . import validation as v
 
 __all__ = [
     "ANSWERED_REQUEST_TYPES",
+    "DEVICE_PUSH_TYPES",
     "MESSAGE_CLASSES",
     "PUSH_TYPES",
     "REQUEST_TYPES",
@@ -35,12 +45,18 @@ __all__ = [
     "CaughtUp",
     "ChangePassword",
     "ChatMessage",
+    "ClaimKeys",
+    "ClaimedKeys",
+    "ConversationDevices",
     "DeclineInvitation",
     "DeleteAccount",
     "DeliveryReceipt",
     "DeliveryReceipts",
+    "DeviceAdded",
+    "DevicePush",
     "ErrorResponse",
     "Friends",
+    "GetDevices",
     "GetHistory",
     "GetMessageStatus",
     "History",
@@ -50,6 +66,7 @@ __all__ = [
     "Invitations",
     "Invite",
     "JoinRoom",
+    "KeysStored",
     "LeaveRoom",
     "ListBlocked",
     "ListFriends",
@@ -68,6 +85,7 @@ __all__ = [
     "MessageDelivered",
     "MessageStatus",
     "Ok",
+    "OneTimeKeysLow",
     "OnlineUsers",
     "PresenceChanged",
     "Push",
@@ -86,6 +104,9 @@ __all__ = [
     "Unblock",
     "Unfriend",
     "Unfriended",
+    "UploadKeys",
+    "UserDevice",
+    "UserDevices",
     "UserPresence",
 ]
 
@@ -142,6 +163,49 @@ def _list_of(kind: type) -> v.AttrsValidator:
     return validate
 
 
+def _instance(kind: type) -> v.AttrsValidator:
+    """Like attrs' ``instance_of``, refusing with the protocol's error (a record
+    of the wrong kind from the network is a bad request, not a TypeError)."""
+
+    def validate(_inst: object, _attr: object, value: object) -> None:
+        if not isinstance(value, kind):
+            raise v.ValidationError(ErrorCode.BAD_REQUEST, f"expected a {kind.__name__}")
+
+    return validate
+
+
+def _check_body(text: str, ciphertext: EncryptedMessage | None, *, encrypted: bool) -> None:
+    """A message is text or ciphertext, never both nor neither."""
+    if ciphertext is None:
+        if encrypted:
+            raise v.ValidationError(ErrorCode.BAD_REQUEST, "an encrypted message needs its record")
+        v.check_text(text)
+        return
+    if not encrypted or text != "":
+        raise v.ValidationError(
+            ErrorCode.BAD_REQUEST, "an encrypted message has no text and is marked encrypted"
+        )
+
+
+def _check_ciphertext(record: EncryptedMessage, sender: str | None, to: str) -> None:
+    """The record names the conversation of ``to`` (and ``sender``, when known):
+    a record copied into another conversation is refused before it is stored."""
+    if v.is_room(to):
+        expected = to
+    elif sender is None:
+        expected = record.conversation if to in record.conversation.split(",") else ""
+    elif sender == to:
+        expected = ""
+    else:
+        expected = ",".join(sorted((sender, to)))
+    if record.conversation != expected:
+        raise v.ValidationError(
+            ErrorCode.BAD_REQUEST, "the encrypted record names another conversation"
+        )
+    if sender is not None and record.sender != sender:
+        raise v.ValidationError(ErrorCode.BAD_REQUEST, "the encrypted record names another sender")
+
+
 # --- shared records ---------------------------------------------------------------
 
 
@@ -155,10 +219,24 @@ class ChatMessage:
     """Who sent it."""
     to: str = _target_field()
     """The recipient: a username, or a room name starting with ``#``."""
-    text: str = attrs.field(validator=v.text)
-    """The text: valid UTF-8, at most 4096 bytes."""
+    text: str = attrs.field()
+    """The text: valid UTF-8, at most 4096 bytes; empty for an encrypted message
+    (the server cannot read it: the text is in ``ciphertext``)."""
     sent_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
     """When the server accepted it (UTC)."""
+    encrypted: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    """Whether it is end-to-end encrypted (``ciphertext``); False for a message
+    stored as text (sent before the upgrade, or by a client that does not encrypt
+    yet). Left out on the wire when False."""
+    ciphertext: EncryptedMessage | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_instance(EncryptedMessage))
+    )
+    """The Megolm-encrypted record (with ``encrypted``); None for a text message."""
+
+    def __attrs_post_init__(self) -> None:
+        _check_body(self.text, self.ciphertext, encrypted=self.encrypted)
+        if self.ciphertext is not None:
+            _check_ciphertext(self.ciphertext, self.sender, self.to)
 
 
 @attrs.frozen(kw_only=True)
@@ -201,6 +279,17 @@ class RoomInfo:
 
     room: str = _room_field()
     members: int = attrs.field(validator=v.count)
+
+
+@attrs.frozen(kw_only=True)
+class UserDevice:
+    """One device of a user (a login session with keys), as ``get_devices`` of a
+    user shows it."""
+
+    keys: DeviceKeys = attrs.field(validator=_instance(DeviceKeys))
+    """Its identity keys, signed by itself (the fingerprint is its ``ed25519``)."""
+    created_at: datetime.datetime = attrs.field(validator=v.utc_datetime)
+    """When its keys were uploaded (UTC)."""
 
 
 # --- requests (client -> server) ----------------------------------------------------
@@ -329,7 +418,26 @@ class SendMessage:
     request_id: int = _request_id_field()
     message_id: bytes = attrs.field(validator=v.message_id)
     to: str = _target_field()
-    text: str = attrs.field(validator=v.text)
+    text: str = attrs.field(default="")
+    """The text (a message the server can read); left out with ``encrypted``."""
+    encrypted: EncryptedMessage | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_instance(EncryptedMessage))
+    )
+    """The end-to-end encrypted message (version 2), instead of ``text``. The server
+    accepts it only at the conversation's current device set
+    (``encrypted.device_set_version``), else ``devices_changed``."""
+    key_shares: tuple[KeyShare, ...] = attrs.field(default=(), validator=_list_of(KeyShare))
+    """With ``encrypted``: the session key for each device that needs it, each
+    delivered to its device ahead of this message (accepted with it, or neither)."""
+
+    def __attrs_post_init__(self) -> None:
+        _check_body(self.text, self.encrypted, encrypted=self.encrypted is not None)
+        if self.encrypted is not None:
+            _check_ciphertext(self.encrypted, None, self.to)
+        elif self.key_shares:
+            raise v.ValidationError(
+                ErrorCode.BAD_REQUEST, "key shares go with an encrypted message"
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -524,6 +632,71 @@ class ListMembers:
     room: str = _room_field()
 
 
+@attrs.frozen(kw_only=True)
+class UploadKeys:
+    """Upload this device's keys (version 2): at login its record, one-time keys
+    and a fallback key; later, more one-time keys or a new fallback key.
+
+    Answered by :class:`KeysStored`, or ``bad_request`` for keys that are not this
+    session's or whose signatures do not verify.
+    """
+
+    TAG: ClassVar[str] = "upload_keys"
+
+    request_id: int = _request_id_field()
+    keys: KeysUpload = attrs.field(validator=_instance(KeysUpload))
+
+
+@attrs.frozen(kw_only=True)
+class ClaimKeys:
+    """Claim a key of each of these devices, to open an Olm session to it
+    (version 2). Answered by :class:`ClaimedKeys`."""
+
+    TAG: ClassVar[str] = "claim_keys"
+
+    request_id: int = _request_id_field()
+    devices: tuple[bytes, ...] = attrs.field(
+        validator=[v.bounded_list, _each(v.session_id)],
+    )
+    """Device ids (a device id is its login session's id)."""
+
+
+@attrs.frozen(kw_only=True)
+class GetDevices:
+    """The devices of a conversation (``conversation``: its :class:`DeviceSet`,
+    answered by :class:`ConversationDevices`) or of a user (``user``: answered by
+    :class:`UserDevices`), exactly one of them (version 2).
+
+    A conversation is one of the caller's (a room it is in, or a direct one with a
+    friend); a user is the caller, a friend or a room co-member: else
+    ``not_a_member`` or ``not_friends``.
+    """
+
+    TAG: ClassVar[str] = "get_devices"
+
+    request_id: int = _request_id_field()
+    conversation: str | None = attrs.field(default=None)
+    user: str | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(v.normalize_name),
+        validator=attrs.validators.optional(v.username),
+    )
+
+    @conversation.validator
+    def _check_conversation(self, _attribute: object, value: object) -> None:
+        if value is not None:
+            try:
+                check_conversation(value)
+            except v.ValidationError as exc:
+                raise v.ValidationError(ErrorCode.BAD_REQUEST, str(exc)) from None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.conversation is None) == (self.user is None):
+            raise v.ValidationError(
+                ErrorCode.BAD_REQUEST, "get_devices names a conversation or a user"
+            )
+
+
 # --- responses (server -> client) ---------------------------------------------------
 
 
@@ -549,6 +722,11 @@ class ErrorResponse:
     code: ErrorCode = attrs.field(validator=attrs.validators.instance_of(ErrorCode))
     message: str = attrs.field(validator=v.utf8_text)
     """Any text, valid UTF-8 (a lone surrogate from the network would not re-encode)."""
+    device_set: DeviceSet | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_instance(DeviceSet))
+    )
+    """With ``devices_changed``: the conversation's current device set, to share
+    with and send again (version 2). Left out on the wire when None."""
 
 
 @attrs.frozen(kw_only=True)
@@ -682,6 +860,51 @@ class RoomMembers:
     members: tuple[UserPresence, ...] = attrs.field(validator=_list_of(UserPresence))
 
 
+@attrs.frozen(kw_only=True)
+class KeysStored:
+    """Answer to :class:`UploadKeys`: what the server holds of this device now."""
+
+    TAG: ClassVar[str] = "keys_stored"
+
+    request_id: int = _request_id_field()
+    one_time_keys: int = attrs.field(validator=v.count)
+    """How many one-time keys it holds (the device uploads more below 25)."""
+    fallback_used: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    """Whether a claim took the fallback key (the device uploads a new one)."""
+
+
+@attrs.frozen(kw_only=True)
+class ClaimedKeys:
+    """Answer to :class:`ClaimKeys`: a key of each device that has one (a device
+    ended, or never uploaded, is left out)."""
+
+    TAG: ClassVar[str] = "claimed_keys"
+
+    request_id: int = _request_id_field()
+    keys: tuple[ClaimedKey, ...] = attrs.field(validator=_list_of(ClaimedKey))
+
+
+@attrs.frozen(kw_only=True)
+class ConversationDevices:
+    """Answer to :class:`GetDevices` of a conversation."""
+
+    TAG: ClassVar[str] = "conversation_devices"
+
+    request_id: int = _request_id_field()
+    device_set: DeviceSet = attrs.field(validator=_instance(DeviceSet))
+
+
+@attrs.frozen(kw_only=True)
+class UserDevices:
+    """Answer to :class:`GetDevices` of a user: their devices, oldest first."""
+
+    TAG: ClassVar[str] = "user_devices"
+
+    request_id: int = _request_id_field()
+    user: str = _username_field()
+    devices: tuple[UserDevice, ...] = attrs.field(validator=_list_of(UserDevice))
+
+
 # --- pushes (server -> client, unsolicited) -----------------------------------------
 
 
@@ -695,6 +918,10 @@ class MessageDelivered:
     TAG: ClassVar[str] = "message_delivered"
 
     message: ChatMessage
+    key_shares: tuple[KeyShare, ...] = attrs.field(default=(), validator=_list_of(KeyShare))
+    """The key shares for this device that were sent with the message: the device
+    takes them before it decrypts it. They ride in the device's ordered stream at
+    the message's place, acknowledged with it (version 2; left out when empty)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -767,6 +994,29 @@ class RoomMembershipChanged:
 
 
 @attrs.frozen(kw_only=True)
+class DeviceAdded:
+    """A device of ``user`` (you, a friend or a room co-member) uploaded its keys:
+    it is in your conversations' device sets from now on (version 2). A client
+    says so (its fingerprint), so that a device the server made up is seen."""
+
+    TAG: ClassVar[str] = "device_added"
+
+    user: str = _username_field()
+    device: DeviceKeys = attrs.field(validator=_instance(DeviceKeys))
+
+
+@attrs.frozen(kw_only=True)
+class OneTimeKeysLow:
+    """This device's one-time keys on the server fell below 25 (claims took
+    them), or a claim took its fallback key: upload more (version 2)."""
+
+    TAG: ClassVar[str] = "one_time_keys_low"
+
+    one_time_keys: int = attrs.field(validator=v.count)
+    fallback_used: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+
+
+@attrs.frozen(kw_only=True)
 class CaughtUp:
     """Everything stored for this login session has now been pushed on this
     connection: every ``message_delivered`` before this push was waiting, what
@@ -808,6 +1058,9 @@ AnsweredRequest = (
     | LeaveRoom
     | ListRooms
     | ListMembers
+    | UploadKeys
+    | ClaimKeys
+    | GetDevices
 )
 """Every request the server answers (each carries a ``request_id``)."""
 
@@ -830,6 +1083,10 @@ Response = (
     | History
     | Rooms
     | RoomMembers
+    | KeysStored
+    | ClaimedKeys
+    | ConversationDevices
+    | UserDevices
 )
 """Every answer to a request; each names the ``request_id`` it answers."""
 
@@ -844,9 +1101,13 @@ Push = (
     | RoomMembershipChanged
     | CaughtUp
 )
-"""Every unsolicited message from the server."""
+"""Every unsolicited message from the server to a client of version 1."""
 
-Message = Request | Response | Push
+DevicePush = DeviceAdded | OneTimeKeysLow
+"""The pushes of version 2 (end-to-end encryption): a server sends them only to a
+device, a login session that uploaded its keys (a client that speaks version 2)."""
+
+Message = Request | Response | Push | DevicePush
 """Any application message."""
 
 # The same unions as tuples of classes, for isinstance() checks.
@@ -854,6 +1115,12 @@ ANSWERED_REQUEST_TYPES: tuple[type[AnsweredRequest], ...] = typing.get_args(Answ
 REQUEST_TYPES: tuple[type[Request], ...] = (*ANSWERED_REQUEST_TYPES, AcknowledgeDelivery)
 RESPONSE_TYPES: tuple[type[Response], ...] = typing.get_args(Response)
 PUSH_TYPES: tuple[type[Push], ...] = typing.get_args(Push)
+DEVICE_PUSH_TYPES: tuple[type[DevicePush], ...] = typing.get_args(DevicePush)
 
-MESSAGE_CLASSES: tuple[type[Message], ...] = (*REQUEST_TYPES, *RESPONSE_TYPES, *PUSH_TYPES)
+MESSAGE_CLASSES: tuple[type[Message], ...] = (
+    *REQUEST_TYPES,
+    *RESPONSE_TYPES,
+    *PUSH_TYPES,
+    *DEVICE_PUSH_TYPES,
+)
 """Every message class, each with its wire tag as ``TAG`` (the codec's registry)."""

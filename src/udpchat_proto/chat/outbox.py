@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..e2ee.records import DeviceSet
 from ..errors import ErrorCode, LocalProtocolError
 from ..transport import ConnectionId, ServerTransport
 from . import messages as m
@@ -56,7 +57,9 @@ class Outbox:
         self._stats = stats
         self._on_overflow = on_overflow
 
-    def send(self, target: ConnectionId | RemoteUser, message: m.Response | m.Push) -> None:
+    def send(
+        self, target: ConnectionId | RemoteUser, message: m.Response | m.Push | m.DevicePush
+    ) -> None:
         """Send ``message`` to ``target``, or hold it with the batch.
 
         Raises:
@@ -101,13 +104,21 @@ class Outbox:
             )
 
     def refuse(
-        self, connection: ChatConnection, request_id: int, code: ErrorCode, message: str
+        self,
+        connection: ChatConnection,
+        request_id: int,
+        code: ErrorCode,
+        message: str,
+        device_set: DeviceSet | None = None,
     ) -> None:
-        """Answer a request of ``connection`` with an error (counted by code)."""
+        """Answer a request of ``connection`` with an error (counted by code); with
+        ``devices_changed``, the conversation's current ``device_set``."""
         self._stats.refusals[code.value] += 1
         self.send(
             connection.connection_id,
-            m.ErrorResponse(request_id=request_id, code=code, message=message),
+            m.ErrorResponse(
+                request_id=request_id, code=code, message=message, device_set=device_set
+            ),
         )
 
     def push_to_user(self, username: str, push: m.Push) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 
+from ..e2ee.records import DeviceSet
 from ..errors import DecodeError, ErrorCode
 from . import messages as m
 from .codec import decode
@@ -134,7 +135,9 @@ def read_payload(payload: bytes, decode_errors: Counter[str]) -> m.Request | Ref
 class RefusedError(Exception):
     """Raised inside a request handler to answer with an error response."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, device_set: DeviceSet | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.device_set = device_set
+        """With ``devices_changed``: the conversation's current set, for the answer."""

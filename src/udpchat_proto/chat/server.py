@@ -76,6 +76,7 @@ from .handlers import (
     AccountHandlers,
     BlockHandlers,
     FriendHandlers,
+    KeyHandlers,
     MessageHandlers,
     RoomHandlers,
 )
@@ -249,6 +250,9 @@ class ChatServer:
                 stats=stats,
                 config=config,
                 clock=clock,
+            ),
+            KeyHandlers(
+                store=store, connections=connections, outbox=outbox, caches=caches, clock=clock
             ),
             RoomHandlers(
                 store=store,

@@ -70,6 +70,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
+from ..e2ee.records import ClaimedKey, DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
 from .messages import ChatMessage
 from .passwords import PasswordHash
 from .validation import is_room
@@ -396,7 +397,8 @@ class Store(Protocol):
         login session ``token_hash``, in the order they were stored (see the module
         docstring for the cursor rules): what others sent to the user or its
         rooms (not the room messages of users it blocks), and what the user sent
-        from its other sessions."""
+        from its other sessions; of the encrypted messages, only those stored for
+        the session's device (:meth:`add_encrypted`: its id is the session's id)."""
         ...
 
     def acknowledge(
@@ -421,6 +423,63 @@ class Store(Protocol):
     ) -> list[Receipt]:
         """:meth:`acknowledge` for several sessions at once (a store may then write
         each table once for all of them)."""
+        ...
+
+    # --- device keys (end-to-end encryption) -------------------------------------------
+
+    def set_device_keys(self, token_hash: bytes, keys: DeviceKeys, now: float) -> bool:
+        """Record the keys of the device that is the login session ``token_hash``
+        (``keys.device_id`` is that session's id, checked by the caller); False, and
+        no change, if it has keys already (a device's keys never change)."""
+        ...
+
+    def session_device(self, token_hash: bytes) -> DeviceKeys | None:
+        """The keys of the device that is this login session, or None (no keys
+        uploaded, or the session ended)."""
+        ...
+
+    def devices_of(self, usernames: Sequence[str]) -> list[tuple[DeviceKeys, float]]:
+        """Every device with keys, of a live session, of each of ``usernames``, with
+        when its keys were stored (POSIX seconds); sorted by user, then time, then
+        device id. An ended session's device is never among them."""
+        ...
+
+    def add_one_time_keys(self, device_id: bytes, keys: Sequence[OneTimeKey]) -> None:
+        """Keep these keys of the device: one-time keys (a key id it holds already
+        is ignored), and a fallback key (``fallback``), which replaces the one it
+        had and is not used yet. Keys of a device without keys are ignored."""
+        ...
+
+    def key_counts(self, device_id: bytes) -> tuple[int, bool]:
+        """How many one-time keys the device has here, and whether a claim took its
+        fallback key since it was stored."""
+        ...
+
+    def claim_key(self, device_id: bytes) -> ClaimedKey | None:
+        """A key of a live device: one of its one-time keys, deleted as it is given
+        (never given twice, whoever else claims), or when none is left its fallback
+        key (noted as used); None for no such device or no key."""
+        ...
+
+    def add_encrypted(
+        self,
+        message_id: bytes,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> None:
+        """Keep, for the encrypted message just added (:meth:`add_message`), its
+        record (``ciphertext``, the message's own), the devices it was stored for and the key
+        shares that go with it, each ``(device id, share)``. A device is delivered,
+        and shown in history, only the encrypted messages stored for it."""
+        ...
+
+    def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
+        """The key shares sent with this message for this device, in the order sent."""
+        ...
+
+    def stored_for_device(self, device_id: bytes, message_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``message_ids`` that are encrypted messages stored for the device."""
         ...
 
     # --- rooms -------------------------------------------------------------------------
@@ -496,6 +555,11 @@ STORE_READS: Final = frozenset(
         "room_exists",
         "room_members",
         "rooms_of",
+        "session_device",
+        "devices_of",
+        "key_counts",
+        "key_shares_for",
+        "stored_for_device",
     }
 )
 """The :class:`Store` methods that only read."""
@@ -523,6 +587,10 @@ STORE_WRITES: Final = frozenset(
         "join_room",
         "leave_room",
         "delete_delivered_before",
+        "set_device_keys",
+        "add_one_time_keys",
+        "claim_key",
+        "add_encrypted",
     }
 )
 """The :class:`Store` methods that write (and so join the current batch)."""

@@ -231,7 +231,7 @@ class ClaimedKey:
 class DeviceSet:
     """A conversation's devices as the server states them: every device of every
     member with keys uploaded, the asking device included, and the set's version,
-    which the server raises at every change (a device added or ended, a member in
+    which changes at every change of the set (a device added or ended, a member in
     or out). A message names the version it was encrypted for; the server refuses
     it with ``devices_changed`` when that is not the current one."""
 

@@ -32,9 +32,11 @@ from udpchat_proto import (
     StoredMessage,
 )
 from udpchat_proto import messages as m
-from udpchat_proto.chat import STORE_READS, STORE_WRITES, conversation_key, is_room
+from udpchat_proto.chat import STORE_READS, STORE_WRITES, conversation_key, is_room, session_id
+from udpchat_proto.e2ee import ClaimedKey, DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
 
 from . import statements as sql
+from .records import pack, unpack
 
 __all__ = [
     "Params",
@@ -76,15 +78,18 @@ def to_micros(when: datetime.datetime) -> int:
     return (when - _EPOCH) // _MICROSECOND
 
 
-def chat_message(row: Sequence[Any]) -> m.ChatMessage:
-    """A ChatMessage from the columns of :data:`.statements.MESSAGE_COLUMNS`."""
-    message_id, sender, to, text, sent_at = row
+def chat_message(row: Sequence[Any], ciphertext: EncryptedMessage | None = None) -> m.ChatMessage:
+    """A ChatMessage from the columns of :data:`.statements.MESSAGE_COLUMNS` (and,
+    for an encrypted message, its record)."""
+    message_id, sender, to, text, sent_at = row[:5]
     return m.ChatMessage(
         id=bytes(message_id),
         sender=sender,
         to=to,
         text=text,
         sent_at=_EPOCH + datetime.timedelta(microseconds=sent_at),
+        encrypted=ciphertext is not None,
+        ciphertext=ciphertext,
     )
 
 
@@ -172,8 +177,15 @@ class SqlStore(abc.ABC):
         what is cached of it."""
 
     def _message(self, row: Sequence[Any]) -> m.ChatMessage:
-        """A message row (:data:`.statements.MESSAGE_COLUMNS`) as a ChatMessage."""
-        return chat_message(row)
+        """A message row (:data:`.statements.MESSAGE_COLUMNS`) as a ChatMessage (an
+        encrypted one, whose text is empty, with its record)."""
+        if row[3]:
+            return chat_message(row)
+        # No text is empty: the message is encrypted, its record kept beside it.
+        found = self._select(
+            "SELECT record FROM message_ciphertexts WHERE message_id = ?", (bytes(row[0]),)
+        ).fetchone()
+        return chat_message(row, None if found is None else unpack(EncryptedMessage, found[0]))
 
     def _charge(self, sender: str, size: int) -> None:
         """Add ``size`` (negative: a deletion) to ``sender``'s stored bytes, written
@@ -508,7 +520,14 @@ class SqlStore(abc.ABC):
         else:
             statement, owner = sql.PENDING_FOR_USER, username
         rows = self._select(
-            statement, {"owner": owner, "user": username, "session": token_hash, "limit": limit}
+            statement,
+            {
+                "owner": owner,
+                "user": username,
+                "session": token_hash,
+                "device": session_id(token_hash),
+                "limit": limit,
+            },
         )
         return [self._message(row) for row in rows]
 
@@ -579,6 +598,130 @@ class SqlStore(abc.ABC):
                 ).fetchone()
                 if passed is not None:
                     highest[conversation] = passed
+
+    # --- device keys (end-to-end encryption) ------------------------------------------------
+    # A device's rows go with its session (ON DELETE CASCADE: every way a session
+    # ends), a message's with the message.
+
+    def set_device_keys(self, token_hash: bytes, keys: DeviceKeys, now: float) -> bool:
+        if self.get_session(token_hash) is None:
+            return False
+        return bool(
+            self._execute(
+                "INSERT INTO device_keys (token_hash, device_id, username, record, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (token_hash, keys.device_id, keys.user, pack(keys), now),
+            ).rowcount
+        )
+
+    def session_device(self, token_hash: bytes) -> DeviceKeys | None:
+        row = self._select(
+            "SELECT record FROM device_keys WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return None if row is None else unpack(DeviceKeys, row[0])
+
+    def devices_of(self, usernames: Sequence[str]) -> list[tuple[DeviceKeys, float]]:
+        if not usernames:
+            return []
+        rows = self._select_in(
+            "SELECT record, created_at, username, device_id FROM device_keys WHERE username {in}",
+            sorted(set(usernames)),
+            {},
+        )
+        found = [(unpack(DeviceKeys, row[0]), row[1]) for row in rows]
+        return sorted(found, key=lambda item: (item[0].user, item[1], item[0].device_id))
+
+    def add_one_time_keys(self, device_id: bytes, keys: Sequence[OneTimeKey]) -> None:
+        if not self._exists("SELECT 1 FROM device_keys WHERE device_id = ?", device_id):
+            return
+        one_time = [key for key in keys if not key.fallback]
+        if one_time:
+            self._executemany(
+                "INSERT INTO one_time_keys (device_id, key_id, record) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(device_id, key.key_id, pack(key)) for key in one_time],
+            )
+        for key in keys:
+            if key.fallback:
+                self._execute(
+                    "UPDATE device_keys SET fallback = ?, fallback_used = ? WHERE device_id = ?",
+                    (pack(key), False, device_id),
+                )
+
+    def key_counts(self, device_id: bytes) -> tuple[int, bool]:
+        row = self._select(
+            "SELECT (SELECT COUNT(*) FROM one_time_keys AS o WHERE o.device_id = d.device_id), "
+            "d.fallback_used FROM device_keys AS d WHERE d.device_id = ?",
+            (device_id,),
+        ).fetchone()
+        return (0, False) if row is None else (row[0], bool(row[1]))
+
+    def claim_key(self, device_id: bytes) -> ClaimedKey | None:
+        device = self._select(
+            "SELECT record, fallback FROM device_keys WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        if device is None:
+            return None
+        # One statement takes the key: a concurrent claim (another node) that
+        # picked the same one deletes nothing, and gets the fallback key instead.
+        taken = self._execute(
+            "DELETE FROM one_time_keys WHERE device_id = ? AND key_id = "
+            "(SELECT key_id FROM one_time_keys WHERE device_id = ? ORDER BY key_id LIMIT 1) "
+            "RETURNING record",
+            (device_id, device_id),
+        ).fetchone()
+        if taken is not None:
+            key = unpack(OneTimeKey, taken[0])
+        elif device[1] is not None:
+            self._execute(
+                "UPDATE device_keys SET fallback_used = ? WHERE device_id = ?", (True, device_id)
+            )
+            key = unpack(OneTimeKey, device[1])
+        else:
+            return None
+        return ClaimedKey(device=unpack(DeviceKeys, device[0]), one_time_key=key)
+
+    def add_encrypted(
+        self,
+        message_id: bytes,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> None:
+        self._execute(
+            "INSERT INTO message_ciphertexts (message_id, record) VALUES (?, ?)",
+            (message_id, pack(ciphertext)),
+        )
+        self._executemany(
+            "INSERT INTO message_devices (message_id, device_id) VALUES (?, ?)",
+            [(message_id, device_id) for device_id in sorted(set(devices))],
+        )
+        self._executemany(
+            "INSERT INTO message_key_shares (message_id, device_id, number, record) "
+            "VALUES (?, ?, ?, ?)",
+            [
+                (message_id, device_id, number, pack(share))
+                for number, (device_id, share) in enumerate(key_shares)
+            ],
+        )
+
+    def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
+        rows = self._select(
+            "SELECT record FROM message_key_shares WHERE message_id = ? AND device_id = ? "
+            "ORDER BY number",
+            (message_id, device_id),
+        ).fetchall()
+        return [unpack(KeyShare, row[0]) for row in rows]
+
+    def stored_for_device(self, device_id: bytes, message_ids: Sequence[bytes]) -> set[bytes]:
+        if not message_ids:
+            return set()
+        rows = self._select_in(
+            "SELECT message_id FROM message_devices WHERE device_id = :device AND message_id {in}",
+            list(message_ids),
+            {"device": device_id},
+        )
+        return {bytes(row[0]) for row in rows}
 
     # --- rooms -------------------------------------------------------------------------
 

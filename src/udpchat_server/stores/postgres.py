@@ -130,6 +130,42 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                  FROM messages GROUP BY sender) AS s
            WHERE s.sender = accounts.username""",
     ),
+    # 4: end-to-end encryption (issue 26): devices' keys, one-time keys claimed
+    # once, and each encrypted message's record, devices and key shares.
+    (
+        """CREATE TABLE device_keys (
+            token_hash BYTEA PRIMARY KEY REFERENCES sessions (token_hash) ON DELETE CASCADE,
+            device_id BYTEA NOT NULL UNIQUE,
+            username TEXT NOT NULL,
+            record BYTEA NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            fallback BYTEA,
+            fallback_used BOOLEAN NOT NULL DEFAULT FALSE
+            )""",
+        "CREATE INDEX device_keys_by_user ON device_keys (username, created_at)",
+        """CREATE TABLE one_time_keys (
+            device_id BYTEA NOT NULL REFERENCES device_keys (device_id) ON DELETE CASCADE,
+            key_id TEXT NOT NULL,
+            record BYTEA NOT NULL,
+            PRIMARY KEY (device_id, key_id)
+            )""",
+        """CREATE TABLE message_ciphertexts (
+            message_id BYTEA PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+            record BYTEA NOT NULL
+            )""",
+        """CREATE TABLE message_devices (
+            message_id BYTEA NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            device_id BYTEA NOT NULL,
+            PRIMARY KEY (message_id, device_id)
+            )""",
+        """CREATE TABLE message_key_shares (
+            message_id BYTEA NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            device_id BYTEA NOT NULL,
+            number BIGINT NOT NULL,
+            record BYTEA NOT NULL,
+            PRIMARY KEY (message_id, device_id, number)
+            )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -120,6 +120,8 @@ class Table:
 
 
 _TEXT, _INT, _TIME, _BYTES, _BOOL, _ID = Kind
+_SESSION_CASCADE: Final = "sessions (token_hash) ON DELETE CASCADE"
+_MESSAGE_CASCADE: Final = "messages (id) ON DELETE CASCADE"
 
 TABLES: Final = (
     Table(
@@ -251,6 +253,61 @@ TABLES: Final = (
         ),
         key=("username", "conversation"),
         indexes=(Index("user_cursors_by_conversation", ("conversation",)),),
+    ),
+    # End-to-end encryption. A device is a login session with keys: its rows go
+    # with the session (every way one ends), a message's with the message. The
+    # records are the devices' own (udpchat_server.stores.records: JSON, hex).
+    Table(
+        "device_keys",
+        (
+            Column("token_hash", _BYTES, key=True, references=_SESSION_CASCADE),
+            Column("device_id", _BYTES, unique=True),  # the session's id
+            Column("username", _TEXT),
+            Column("record", _BYTES),  # DeviceKeys, self-signed
+            Column("created_at", _TIME),
+            Column("fallback", _BYTES, null=True),  # a OneTimeKey (fallback)
+            Column("fallback_used", _BOOL, default=0),  # a claim took it
+        ),
+        indexes=(Index("device_keys_by_user", ("username", "created_at")),),
+    ),
+    # Claimed once: a claim deletes the row it hands out.
+    Table(
+        "one_time_keys",
+        (
+            Column("device_id", _BYTES, references="device_keys (device_id) ON DELETE CASCADE"),
+            Column("key_id", _TEXT),
+            Column("record", _BYTES),  # a OneTimeKey
+        ),
+        key=("device_id", "key_id"),
+    ),
+    # An encrypted message's record (its text column is empty: no text is).
+    Table(
+        "message_ciphertexts",
+        (
+            Column("message_id", _BYTES, key=True, references=_MESSAGE_CASCADE),
+            Column("record", _BYTES),  # an EncryptedMessage
+        ),
+    ),
+    # The devices an encrypted message was stored for: no other is delivered it.
+    Table(
+        "message_devices",
+        (
+            Column("message_id", _BYTES, references=_MESSAGE_CASCADE),
+            Column("device_id", _BYTES),
+        ),
+        key=("message_id", "device_id"),
+    ),
+    # The key shares sent with a message, delivered with it to their devices: in
+    # the device's stream at the message's place (the same cursor).
+    Table(
+        "message_key_shares",
+        (
+            Column("message_id", _BYTES, references=_MESSAGE_CASCADE),
+            Column("device_id", _BYTES),
+            Column("number", _INT),  # the order sent
+            Column("record", _BYTES),  # a KeyShare
+        ),
+        key=("message_id", "device_id", "number"),
     ),
 )
 """Every table, in an order the foreign keys accept (referenced tables first)."""

@@ -230,6 +230,42 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                  FROM messages GROUP BY sender) AS s
            WHERE s.sender = accounts.username""",
     ),
+    # 9: end-to-end encryption (issue 26): devices' keys, one-time keys claimed
+    # once, and each encrypted message's record, devices and key shares.
+    (
+        """CREATE TABLE device_keys (
+            token_hash BLOB PRIMARY KEY REFERENCES sessions (token_hash) ON DELETE CASCADE,
+            device_id BLOB NOT NULL UNIQUE,
+            username TEXT NOT NULL,
+            record BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            fallback BLOB,
+            fallback_used INTEGER NOT NULL DEFAULT 0
+            ) WITHOUT ROWID""",
+        "CREATE INDEX device_keys_by_user ON device_keys (username, created_at)",
+        """CREATE TABLE one_time_keys (
+            device_id BLOB NOT NULL REFERENCES device_keys (device_id) ON DELETE CASCADE,
+            key_id TEXT NOT NULL,
+            record BLOB NOT NULL,
+            PRIMARY KEY (device_id, key_id)
+            ) WITHOUT ROWID""",
+        """CREATE TABLE message_ciphertexts (
+            message_id BLOB PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+            record BLOB NOT NULL
+            ) WITHOUT ROWID""",
+        """CREATE TABLE message_devices (
+            message_id BLOB NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            device_id BLOB NOT NULL,
+            PRIMARY KEY (message_id, device_id)
+            ) WITHOUT ROWID""",
+        """CREATE TABLE message_key_shares (
+            message_id BLOB NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            device_id BLOB NOT NULL,
+            number INTEGER NOT NULL,
+            record BLOB NOT NULL,
+            PRIMARY KEY (message_id, device_id, number)
+            ) WITHOUT ROWID""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

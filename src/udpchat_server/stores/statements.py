@@ -52,6 +52,14 @@ _FROM_BLOCKED = (
     "(SELECT 1 FROM blocks AS b WHERE b.username = :user AND b.blocked = m.sender))"
 )
 
+# Whether message m is for the device :device: every text message is (stored
+# before the upgrade, or by a client that does not encrypt yet); an encrypted one
+# (its text empty) only if it was stored for that device.
+_FOR_DEVICE = (
+    "(m.text != '' OR EXISTS (SELECT 1 FROM message_devices AS d "
+    "WHERE d.message_id = m.id AND d.device_id = :device))"
+)
+
 # The delivery query. For each conversation of the user, the start is the higher
 # of the member's floor and the cursor; the (conversation, seq) index then yields
 # only the messages past it, which are merged by global position. The cursor comes
@@ -67,6 +75,7 @@ _PENDING = f"""
     WHERE p.username = :user
       AND (m.sender != :user OR (m.origin IS NOT NULL AND m.origin != :session))
       AND NOT {_FROM_BLOCKED}
+      AND {_FOR_DEVICE}
     ORDER BY m.position
     LIMIT :limit
 """

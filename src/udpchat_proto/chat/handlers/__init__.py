@@ -15,6 +15,7 @@ from .account_changes import AccountChangeHandlers
 from .accounts import AccountHandlers
 from .blocking import BlockHandlers
 from .friends import FriendHandlers
+from .keys import KeyHandlers
 from .messages import MessageHandlers
 from .rooms import RoomHandlers
 
@@ -23,6 +24,7 @@ __all__ = [
     "AccountHandlers",
     "BlockHandlers",
     "FriendHandlers",
+    "KeyHandlers",
     "MessageHandlers",
     "RoomHandlers",
 ]

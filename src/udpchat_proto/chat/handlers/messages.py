@@ -9,7 +9,10 @@ recipient needs it, whatever request stored the message.
 
 from __future__ import annotations
 
+import attrs
+
 from ...clock import WallClock
+from ...e2ee.records import KeyShare, direct_conversation
 from ...errors import ErrorCode
 from .. import messages as m
 from ..batch import Batch
@@ -18,6 +21,7 @@ from ..config import ServerConfig
 from ..connection import ChatConnection
 from ..connections import ConnectionTable
 from ..deliveries import Deliveries
+from ..devicesets import DevicesChangedError, current_device_set
 from ..limits import Limits
 from ..lookups import require_member
 from ..outbox import Outbox
@@ -25,9 +29,23 @@ from ..presence import Presence
 from ..requests import RefusedError, Route, route, user_of, utc_from_posix
 from ..stats import ServerStats
 from ..store import Store, WriteTrackingStore, stored_size
+from ..tokens import session_id
 from ..validation import is_room
 
 __all__ = ["MessageHandlers"]
+
+
+_HISTORY_PAGES = 4
+"""How many store pages one history answer reads at most (see _for_this_device)."""
+
+
+@attrs.frozen
+class _Sealed:
+    """An encrypted message's checked extras: the devices it is stored for, and
+    the key shares for each."""
+
+    devices: frozenset[bytes]
+    shares: dict[bytes, list[KeyShare]]
 
 
 class MessageHandlers:
@@ -81,7 +99,9 @@ class MessageHandlers:
         """The requests these handlers answer (and the one they take unanswered)."""
         return [
             # The one write is the step's last fallible act: no savepoint needed.
-            route(m.SendMessage, self.send_message, writes_once=True),
+            # Two writes for an encrypted message (it, then its devices and shares):
+            # a savepoint undoes the first if the second fails.
+            route(m.SendMessage, self.send_message),
             route(m.GetHistory, self.get_history),
             route(m.GetMessageStatus, self.get_message_status),
             route(m.AcknowledgeDelivery, self._deliveries.acknowledge, answered=False),
@@ -92,6 +112,7 @@ class MessageHandlers:
         me = user_of(connection)
         try:
             recipients = self._admit(me, request, now)
+            sealed = None if request.encrypted is None else self._seal(connection, me, request)
         except RefusedError:
             # A retry of a message already stored (its acceptance was lost with a
             # connection) gets the same answer as the first time, whatever the
@@ -105,14 +126,22 @@ class MessageHandlers:
             to=request.to,
             text=request.text,
             sent_at=utc_from_posix(self._clock()),
+            encrypted=request.encrypted is not None,
+            ciphertext=request.encrypted,
         )
         try:
-            # The one write (WRITES_ONCE): nothing after it can fail.
             self._store.add_message(message, origin=connection.token_hash)
         except ValueError:  # the id is taken
             if self._answered_as_retry(connection, me, request):
                 return
             raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use") from None
+        if sealed is not None and request.encrypted is not None:
+            self._store.add_encrypted(
+                message.id,
+                request.encrypted,
+                sorted(sealed.devices),
+                [(share.recipient_device, share) for share in request.key_shares],
+            )
         self._limits.message_rate.spend(me, now=now)
         self._stats.messages_accepted += 1
         self._outbox.reply(
@@ -129,11 +158,63 @@ class MessageHandlers:
             return
         for recipient in recipients:
             for other in self._connections.connections_of(recipient):
-                self._deliveries.deliver_new(other, message)
+                self._deliver(other, message, sealed)
         # The sender's other devices show it too (not the one it came from).
         for other in self._connections.connections_of(me):
             if other.token_hash != connection.token_hash:
-                self._deliveries.deliver_new(other, message)
+                self._deliver(other, message, sealed)
+
+    def _deliver(
+        self, connection: ChatConnection, message: m.ChatMessage, sealed: _Sealed | None
+    ) -> None:
+        """Push a new message live; an encrypted one only to the devices it was
+        stored for, with their key shares."""
+        if sealed is None:
+            self._deliveries.deliver_new(connection, message)
+            return
+        hashed = connection.token_hash
+        device = None if hashed is None else session_id(hashed)
+        if device in sealed.devices:
+            self._deliveries.deliver_new(connection, message, sealed.shares.get(device, ()))
+
+    def _seal(self, connection: ChatConnection, me: str, request: m.SendMessage) -> _Sealed:
+        """The checks an encrypted message passes (its recipients checked already):
+        sent from this session's device, for the conversation's current device set,
+        with key shares for devices of that set only. Refuses with ``no_device``
+        (nobody could read it) or ``devices_changed`` (with the current set)."""
+        record = request.encrypted
+        assert record is not None and connection.token_hash is not None
+        mine = self._store.session_device(connection.token_hash)
+        if mine is None:
+            raise RefusedError(
+                ErrorCode.BAD_REQUEST, "this session has no device keys: upload them first"
+            )
+        if record.sender != me or record.sender_device != mine.device_id:
+            raise RefusedError(ErrorCode.BAD_REQUEST, "the message is not from this device")
+        room = is_room(request.to)
+        conversation = request.to if room else direct_conversation(me, request.to)
+        if record.conversation != conversation:
+            raise RefusedError(ErrorCode.BAD_REQUEST, "the message names another conversation")
+        members = self._store.room_members(request.to) if room else [me, request.to]
+        device_set = current_device_set(self._store, conversation, members)
+        if not room and not any(keys.user == request.to for keys in device_set.devices):
+            raise RefusedError(
+                ErrorCode.NO_DEVICE, f"{request.to} has no logged-in device to receive it"
+            )
+        if record.device_set_version != device_set.version:
+            raise DevicesChangedError(device_set)
+        devices = {keys.device_id: keys for keys in device_set.devices}
+        shares: dict[bytes, list[KeyShare]] = {}
+        for share in request.key_shares:
+            recipient = devices.get(share.recipient_device)
+            if recipient is None or recipient.user != share.recipient:
+                raise RefusedError(
+                    ErrorCode.BAD_REQUEST, "a key share is for a device not in the set"
+                )
+            if share.sender_keys != mine:
+                raise RefusedError(ErrorCode.BAD_REQUEST, "a key share is not from this device")
+            shares.setdefault(share.recipient_device, []).append(share)
+        return _Sealed(devices=frozenset(devices), shares=shares)
 
     def _admit(self, me: str, request: m.SendMessage, now: float) -> list[str]:
         """The checks a new message passes; its recipients. Refuses what may not be sent."""
@@ -220,10 +301,31 @@ class MessageHandlers:
             require_member(self._store, me, peer)
         # With a user: what the two exchanged, empty for a stranger whether the
         # name has an account, had one (its messages stay readable) or never had.
-        messages = self._store.history(me, peer, request.limit, request.before)
+        messages = self._for_this_device(connection, me, peer, request.limit, request.before)
         self._outbox.reply(
             connection, m.History(request_id=request.request_id, messages=tuple(messages))
         )
+
+    def _for_this_device(
+        self, connection: ChatConnection, me: str, peer: str, limit: int, before: bytes | None
+    ) -> list[m.ChatMessage]:
+        """A history page of what this device may read: every text message, and
+        the encrypted ones stored for it (a device reads from when it joined; what
+        it was not given it could not decrypt). Pages further back to fill the
+        page, a few times at most: a new device's history of a long conversation
+        ends where it joined, and finding that out must not scan it all."""
+        assert connection.token_hash is not None
+        device = session_id(connection.token_hash)
+        kept: list[m.ChatMessage] = []
+        for _attempt in range(_HISTORY_PAGES):
+            page = self._store.history(me, peer, limit, before)
+            sealed = [message.id for message in page if message.encrypted]
+            mine = self._store.stored_for_device(device, sealed) if sealed else set()
+            kept[:0] = [msg for msg in page if not msg.encrypted or msg.id in mine]
+            if len(page) < limit or len(kept) >= limit:
+                break
+            before = page[0].id
+        return kept[-limit:]
 
     def get_message_status(
         self, connection: ChatConnection, request: m.GetMessageStatus, now: float
