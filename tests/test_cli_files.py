@@ -219,6 +219,7 @@ def test_message_json_is_the_contracts_m() -> None:
         "to": "#general",
         "text": "hi",
         "sent_at": "2024-05-01T12:00:00.250000Z",
+        "encrypted": False,
     }
 
 

@@ -97,10 +97,10 @@ except ImportError:  # pragma: no cover - not on the platforms we test
 
 __all__ = [
     "DELIVERED_MAX",
+    "CryptoFile",
     "Home",
     "HomeError",
     "KnownServers",
-    "CryptoFile",
     "Profile",
     "check_profile_name",
 ]

@@ -24,7 +24,6 @@ from ..app import (
     CliError,
     Seconds,
     current_app,
-    expect,
     hex_bytes,
     json_option,
     not_logged_in,
