@@ -22,12 +22,12 @@ import attrs
 from udpchat_proto import ErrorCode
 from udpchat_proto import messages as m
 from udpchat_proto.chat import ClientCrypto, MessageDropped
-from udpchat_proto.e2ee import DeviceTrustError
+from udpchat_proto.e2ee import CryptoState, DeviceTrustError
 
 from .profiles import CryptoFile, Home, Profile
 from .session import Session
 
-__all__ = ["DeviceKeeper", "Held", "UntrustedDeviceError"]
+__all__ = ["DeviceKeeper", "Held", "ProfileCryptoStore", "UntrustedDeviceError"]
 
 
 class UntrustedDeviceError(Exception):
@@ -228,6 +228,33 @@ class DeviceKeeper:
             file=sys.stderr,
             flush=True,
         )
+
+
+class ProfileCryptoStore:
+    """The profile's crypto state for ``udpchat_proto.asyncio``'s client (the chat):
+    the same file, key and lock as the scripted commands, so that the chat and a
+    script beside it never use a ratchet step twice
+    (:class:`~udpchat_proto.asyncio.CryptoStore`)."""
+
+    def __init__(self, home: Home, profile_name: str) -> None:
+        self._file = home.crypto(profile_name)
+        self._key = home.pickle_key(profile_name)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The state's exclusive lock (shared with the profile's other processes)."""
+        return self._file.locked()
+
+    def load(self) -> CryptoState | None:
+        """The state as saved last (by any process of the profile)."""
+        return self._file.read(self._key)
+
+    def save(self, state: CryptoState) -> None:
+        """Save ``state`` (atomic, 0600)."""
+        self._file.write(state, self._key)
+
+    def forget(self) -> None:
+        """The device ended."""
+        self._file.remove()
 
 
 def _is_device_of(user: str, device_id: bytes, profile: Profile) -> bool:
