@@ -22,7 +22,7 @@ from udpchat_proto import (
     ValidationError,
 )
 from udpchat_proto import messages as m
-from udpchat_proto.asyncio import ChatClient, ChatService, connect, serve
+from udpchat_proto.asyncio import ChatClient, ChatService, ClientPush, connect, serve
 from udpchat_proto.chat import token_hash
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.randomness import SeededRandomSource
@@ -48,7 +48,7 @@ class World:
         self.store.add_friendship("alice", "bob", now)
         self.store.create_session(token_hash(TOKEN), "alice", now)
         self.store.create_session(token_hash(BOB_TOKEN), "bob", now)
-        self.pushes: list[m.Push] = []
+        self.pushes: list[ClientPush] = []
         self.states: list[tuple[LinkState, str]] = []
         self.service: ChatService | None = None
         self.relay: Relay | None = None
