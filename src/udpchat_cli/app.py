@@ -122,11 +122,21 @@ class App:
     server_option: str | None
     timeout: float
     out: Output
-    device: DeviceKeeper = attrs.field(init=False)
-    """The profile's device (end-to-end encryption), under its lock."""
+    _device: DeviceKeeper | None = attrs.field(init=False, default=None)
 
-    def __attrs_post_init__(self) -> None:
-        self.device = DeviceKeeper(self.home, self.profile_name)
+    @property
+    def device(self) -> DeviceKeeper:
+        """The profile's device (end-to-end encryption), under its lock (made at the
+        first use)."""
+        if self._device is None:
+            self._device = DeviceKeeper(self.home, self.profile_name)
+        return self._device
+
+    def read(self, pushes: list[m.Push]) -> list[m.Push]:
+        """Decrypt the deliveries among ``pushes`` (see :meth:`DeviceKeeper.read`)."""
+        if not any(isinstance(push, m.MessageDelivered) for push in pushes):
+            return pushes
+        return self.device.read(pushes)
 
     def profile(self) -> Profile:
         """The current profile, as saved."""
@@ -138,7 +148,7 @@ class App:
 
     def keep_messages(self, pushes: list[m.Push]) -> None:
         """The default push handler: keep delivered messages (decrypted) for ``inbox``."""
-        pushes = self.device.read(pushes)
+        pushes = self.read(pushes)
         received = [push.message for push in pushes if isinstance(push, m.MessageDelivered)]
         if received:
             self.update(lambda profile: profile.record(received, shown=False))
@@ -189,10 +199,12 @@ class App:
                     self._check_same_server(profile, server, key)
                     self._resume(session, profile, server)
                     assert profile.username is not None and profile.token is not None
-                    self.device.ensure(session, profile.username, profile.token)
+                    if not self.home.crypto(self.profile_name).path.exists():
+                        # Logged in before the upgrade: the device is made now.
+                        self.device.ensure(session, profile.username, profile.token)
                 yield session, server
-                if resume:
-                    self.device.top_up(session)
+                if resume and self._device is not None:
+                    self._device.top_up(session)
             except KeyMismatchError as exc:  # at the handshake, or from the core later
                 raise key_mismatch(exc, known.path) from None
 
@@ -232,7 +244,7 @@ class App:
         """The profile's login session ended (logout, revoked, expired): forget it
         and its device (a later login is a new device)."""
         self.update(lambda saved: saved.logout())
-        self.device.forget()
+        self.home.crypto(self.profile_name).forget()
 
     def send(self, session: Session, to: str, text: str) -> m.MessageAccepted:
         """Send ``text`` end-to-end encrypted to ``to`` on ``session`` (resumed).

@@ -82,12 +82,6 @@ class DeviceKeeper:
             finally:
                 self._held = None
 
-    def forget(self) -> None:
-        """The login session ended: so did its device."""
-        file = self.home.crypto(self.profile_name)
-        with file.locked():
-            file.remove()
-
     # --- keys -------------------------------------------------------------------------
 
     def start(self, session: Session, username: str, token: bytes) -> None:

@@ -86,7 +86,7 @@ def _message_from_json(item: Any) -> m.ChatMessage:
         to=item["to"],
         text=item["text"],
         sent_at=_EPOCH + datetime.timedelta(microseconds=item["sent_at"]),
-        encrypted=kind is DecryptedMessage,
+        encrypted=kind is not m.ChatMessage,
     )
 
 
@@ -395,9 +395,14 @@ class CryptoFile:
         _write_atomic(self.path, state.to_bytes(pickle_key))
 
     def remove(self) -> None:
-        """Forget the device (it ended): a later login is a new device."""
+        """Forget the device (it ended), with the lock held."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    def forget(self) -> None:
+        """Forget the device (it ended): a later login is a new device."""
+        with self.locked():
+            self.remove()
 
 
 def _dump(profile: Profile) -> bytes:

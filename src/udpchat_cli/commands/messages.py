@@ -213,7 +213,7 @@ def _listen(count: int | None, duration: float | None) -> None:
 
     def show(pushes: list[m.Push]) -> None:
         nonlocal printed
-        pushes = app.device.read(pushes)
+        pushes = app.read(pushes)
         shown: list[m.ChatMessage] = []
         kept: list[m.ChatMessage] = []
         for push in pushes:
