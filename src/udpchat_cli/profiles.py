@@ -153,6 +153,11 @@ class Profile:
     def record(self, messages: list[m.ChatMessage], *, shown: bool) -> None:
         """Note messages just received; keep them for ``inbox`` unless ``shown``."""
         known = set(self.delivered)
+        if shown:
+            # Printed by this process (listen) while another of the profile, on the
+            # same login session, kept it for inbox: it is shown now, not twice.
+            printed = {message.id for message in messages}
+            self.unshown = [message for message in self.unshown if message.id not in printed]
         for message in messages:
             if message.id in known:
                 continue
