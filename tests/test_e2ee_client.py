@@ -157,3 +157,20 @@ def test_one_time_keys_low_asks_for_an_upload(world: ChatWorld) -> None:
     stored = bob.user.ok(issue(bob.user.conn), m.KeysStored)
     bob.crypto.keys_stored(stored)
     assert stored.one_time_keys >= 25 and bob.crypto.upload() is None
+
+
+def test_a_device_that_uploaded_keys_may_not_send_text(world: ChatWorld) -> None:
+    alice = signed_up(world, "alice", 1)[0]
+    bob = signed_up(world, "bob", 1)[0]
+    world.befriend(alice.user, bob.user)
+    refused = alice.user.refused(
+        alice.user.conn.send_message("bob", "in clear"), ErrorCode.BAD_REQUEST
+    )
+    assert refused.message == "this device encrypts: send encrypted"
+    # A version 1 client (no keys uploaded) still sends text, stored "encrypted": false.
+    old = world.user("alice", device="v1")
+    old.connect()
+    old.login()
+    old.ok(old.conn.send_message("bob", "from an old client"), m.MessageAccepted)
+    world.settle(1.0)
+    assert [(msg.text, msg.encrypted) for msg in bob.read()] == [("from an old client", False)]

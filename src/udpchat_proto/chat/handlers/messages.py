@@ -112,6 +112,8 @@ class MessageHandlers:
         me = user_of(connection)
         try:
             recipients = self._admit(me, request, now)
+            if request.encrypted is None:
+                self._check_plaintext_allowed(connection)
             sealed = None if request.encrypted is None else self._seal(connection, me, request)
         except RefusedError:
             # A retry of a message already stored (its acceptance was lost with a
@@ -163,6 +165,14 @@ class MessageHandlers:
         for other in self._connections.connections_of(me):
             if other.token_hash != connection.token_hash:
                 self._deliver(other, message, sealed)
+
+    def _check_plaintext_allowed(self, connection: ChatConnection) -> None:
+        """A session that uploaded keys encrypts (docs/E2EE.md, "Transition"): a
+        text from it is a bug or a downgrade, refused. A version 1 client, which
+        never uploads keys, still sends text."""
+        hashed = connection.token_hash
+        if hashed is not None and self._store.session_device(hashed) is not None:
+            raise RefusedError(ErrorCode.BAD_REQUEST, "this device encrypts: send encrypted")
 
     def _deliver(
         self, connection: ChatConnection, message: m.ChatMessage, sealed: _Sealed | None
