@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.chat_helpers import ChatWorld, StoreFactory, test_config
+from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, test_config
 from tests.test_e2ee_wire import Device
 from udpchat_proto import messages as m
+from udpchat_proto.e2ee import CryptoState
 
 ROOM = "#full"
 MEMBERS = 256
@@ -26,27 +27,72 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChatWorld]
     chat = ChatWorld(
         StoreFactory(request.param, tmp_path / "db.sqlite3"),
         seed=256,
-        config=test_config(max_room_members=MEMBERS),
+        # Every login at once: the password hashes may all queue.
+        config=test_config(
+            max_room_members=MEMBERS,
+            max_pending_hash_jobs=MEMBERS * DEVICES_EACH,
+            max_hash_jobs_per_address=MEMBERS * DEVICES_EACH,
+            max_hash_jobs_per_user=DEVICES_EACH,
+        ),
     )
     yield chat
     chat.check_server_health()
 
 
 def full_room(world: ChatWorld) -> list[list[Device]]:
-    """MEMBERS users in ROOM, each with DEVICES_EACH devices whose keys are uploaded."""
+    """MEMBERS users in ROOM, each with DEVICES_EACH devices whose keys are uploaded.
+
+    Each step for all devices at once (what Device.log_in does one by one): the
+    simulated network then runs a few dozen rounds, not thousands."""
+    names = [f"member{n:03d}" for n in range(MEMBERS)]
+    users = [[world.user(name, device=str(d)) for d in range(DEVICES_EACH)] for name in names]
+    everyone = [user for devices in users for user in devices]
+    for user in everyone:
+        user.connect(wait=False)
+    world.run_until(lambda: all(user.conn.is_connected for user in everyone), what="connected")
+    firsts = [devices[0] for devices in users]
+    _all_ok([(user, user.conn.register(user.name, user.password)) for user in firsts])
+    answers = _all_ok([(user, user.conn.login(user.name, user.password)) for user in everyone])
     members = []
-    for n in range(MEMBERS):
-        name = f"member{n:03d}"
-        first = world.user(name, device="0")
-        first.connect()
-        first.ok(first.conn.register(name, first.password))
-        devices = [Device(world, first).log_in()]
-        devices += [
-            Device(world, world.user(name, device=str(d))).log_in() for d in range(1, DEVICES_EACH)
-        ]
-        first.ok(first.conn.join_room(ROOM))
-        members.append(devices)
+    for devices in users:
+        made = []
+        for user in devices:
+            answer = answers[user.label]
+            assert isinstance(answer, m.LoggedIn)
+            user.token = answer.token
+            device = Device(world, user)
+            device.state = CryptoState.create(user.name, device.device_id)
+            made.append(device)
+        members.append(made)
+    uploads = []
+    for device in (device for devices in members for device in devices):
+        assert device.state is not None
+        upload = device.state.keys_to_upload(published_one_time_keys=0)
+        assert upload is not None
+        uploads.append((device.user, device.user.conn.upload_keys(upload)))
+    _all_ok(uploads)
+    for device in (device for devices in members for device in devices):
+        assert device.state is not None
+        device.state.mark_keys_published()
+    _all_ok([(user, user.conn.join_room(ROOM)) for user in firsts])
+    world.settle()
     return members
+
+
+def _all_ok(requests: list[tuple[ChatUser, int]]) -> dict[str, m.Response]:
+    """Run until every request is answered, none refused; the answers by user label."""
+    world = requests[0][0].world
+    world.run_until(
+        lambda: all(user.response(rid) is not None for user, rid in requests),
+        max_time=120.0,
+        what="every request answered",
+    )
+    answers: dict[str, m.Response] = {}
+    for user, rid in requests:
+        answer = user.response(rid)
+        assert answer is not None and not isinstance(answer, m.ErrorResponse), answer
+        answers[user.label] = answer
+    return answers
 
 
 def read_all(world: ChatWorld, devices: list[Device], count: int) -> None:
@@ -89,4 +135,4 @@ def test_a_rotation_in_a_room_of_256_members_of_two_devices_reaches_every_device
     assert all(device.texts == ["to all 511", "after the rotation"] for device in others)
     assert gone.texts == ["to all 511"]
     # Nothing staged is left behind once the sends were taken.
-    assert world.server._staging.held_bytes == 0  # noqa: SLF001
+    assert world.server._staging.held_bytes == 0

@@ -9,8 +9,9 @@ Wire form (see ``docs/PROTOCOL.md``)::
 
 The version byte lets a peer tell a newer protocol (a higher version) from garbage.
 Byte strings are lowercase hex (ciphertexts base64: they are most of an encrypted
-send's bytes), a send's key shares name their sender's keys once, timestamps are integer microseconds since the Unix
-epoch (UTC), enumerations their string value, lists JSON arrays.
+send's bytes), timestamps integer microseconds since the Unix epoch (UTC),
+enumerations their string value, lists JSON arrays. The key shares of one message
+name their sender's record once, in the message's ``sender_keys`` member.
 
 One configured cattrs converter does all the structuring; the attrs validators of
 :mod:`udpchat_proto.chat.messages` enforce the rules. :func:`decode` raises

@@ -82,6 +82,7 @@ from .handlers import (
 )
 from .hashing import Hashing
 from .limits import Limits
+from .messages import MAX_STAGED_SHARES
 from .outbox import Outbox
 from .password_jobs import HashJob, JobBook
 from .passwords import PasswordHash
@@ -89,7 +90,6 @@ from .presence import Presence
 from .remote import ClusterNews, RemoteUsers
 from .requests import token_hash, unavailable_message
 from .sessions import Sessions
-from .messages import MAX_STAGED_SHARES
 from .staging import ShareStaging
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
