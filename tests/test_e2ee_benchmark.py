@@ -26,3 +26,4 @@ def test_the_e2ee_benchmark_runs_quick() -> None:
     summary = json.loads(done.stdout)
     assert summary["room_devices"] == 2 * summary["room_members"]
     assert all(summary[k] > 0 for k in ("message_us", "first_share_ms", "take_share_us"))
+    assert summary["first_read_s"] >= summary["first_accepted_s"] > 0  # through the server
