@@ -380,7 +380,10 @@ def main() -> None:
             store.close()
         summary["server_store"] = args.server
         for key, value in through.items():
-            summary[key] = round(value * 1e3, 1) if key.endswith("_s") else int(value)
+            if key.endswith("_s"):  # seconds, given in ms
+                summary[f"{key[:-2]}_ms"] = round(value * 1e3, 1)
+            else:
+                summary[key] = int(value)
     if args.json:
         print(json.dumps(summary))
         return
@@ -399,11 +402,11 @@ def main() -> None:
     print(f"through a ChatServer on {args.server} (one run, CPU of server and all clients):")
     for name in ("first", "rotation"):
         print(
-            f"  {name}: accepted after {summary[f'{name}_accepted_s']:8.1f} ms "
-            f"(the server's part {summary[f'{name}_server_accepted_s']:.1f} ms; "
+            f"  {name}: accepted after {summary[f'{name}_accepted_ms']:8.1f} ms "
+            f"(the server's part {summary[f'{name}_server_accepted_ms']:.1f} ms; "
             f"{summary[f'{name}_bytes']} bytes sent), read by all {len(members) - 1} "
-            f"other devices after {summary[f'{name}_read_s']:8.1f} ms "
-            f"(the server's part {summary[f'{name}_server_read_s']:.1f} ms)"
+            f"other devices after {summary[f'{name}_read_ms']:8.1f} ms "
+            f"(the server's part {summary[f'{name}_server_read_ms']:.1f} ms)"
         )
 
 
