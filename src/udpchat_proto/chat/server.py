@@ -131,9 +131,11 @@ class ChatServer:
         random = random if random is not None else SystemRandomSource()
         self._config = config
         self._clock = clock
-        self._tracker = tracker = WriteTrackingStore(store)
         # Every part reads and writes through the tracker: it notes the batch's
-        # writes (what is held) and defers the cursors' moves.
+        # writes (what is held) and defers the cursors' moves; a cluster's node,
+        # whose database is a round trip away, stages new messages with it, to be
+        # stored together (store.py).
+        self._tracker = tracker = WriteTrackingStore(store, stage_messages=config.cluster)
         store = cast(Store, tracker)
         self._store = store
         self._server_key = static_key.public_bytes
@@ -190,6 +192,7 @@ class ChatServer:
             timers=timers,
             stats=stats,
             clock=clock,
+            batch_refills=config.cluster,
         )
         self._hashing = hashing = Hashing(
             store=store,
@@ -436,12 +439,16 @@ class ChatServer:
         """
         self._outbox.flush_membership()
         if not self._tracker.dirty:
+            self._deliveries.refill_queued()
             return None
         try:
             self._tracker.commit()
         except StoreUnavailableError as exc:
+            self.stats.stores_retried = self._tracker.conflicts_retried
             self.rolled_back(exc)
+            self._deliveries.refill_queued()
             return exc
+        self.stats.stores_retried = self._tracker.conflicts_retried
         self.committed()
         return None
 

@@ -478,6 +478,25 @@ class SqlStore(abc.ABC):
 
     # --- messages ------------------------------------------------------------------------
 
+    def add_messages(
+        self, messages: Sequence[tuple[m.ChatMessage, bytes | None]]
+    ) -> list[StoredMessage | None]:
+        """:meth:`add_message` for each, in order (None for a taken id). PostgreSQL
+        does it its own way: in one statement."""
+        stored: list[StoredMessage | None] = []
+        for message, origin in messages:
+            try:
+                stored.append(self.add_message(message, origin))
+            except ValueError:
+                stored.append(None)
+        return stored
+
+    @abc.abstractmethod
+    def add_message(
+        self, message: m.ChatMessage, origin: bytes | None = None
+    ) -> StoredMessage:
+        """See Store (each database stores a message its own way)."""
+
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         row = self._select(sql.GET_MESSAGE, (message_id,)).fetchone()
         if row is None:
@@ -511,6 +530,13 @@ class SqlStore(abc.ABC):
             statement, {"owner": owner, "user": username, "session": token_hash, "limit": limit}
         )
         return [self._message(row) for row in rows]
+
+    def pending_deliveries_many(
+        self, sessions: Sequence[tuple[str, bytes, int]]
+    ) -> list[list[m.ChatMessage]]:
+        """One :meth:`pending_deliveries` each (SQLite is in the process: a read costs
+        no round trip); PostgreSQL reads them all in one query."""
+        return [self.pending_deliveries(user, hashed, limit) for user, hashed, limit in sessions]
 
     def acknowledge(
         self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float

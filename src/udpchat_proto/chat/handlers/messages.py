@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...clock import WallClock
 from ...errors import ErrorCode
 from .. import messages as m
-from ..batch import Batch
+from ..batch import Batch, Held
 from ..caches import Caches
 from ..config import ServerConfig
 from ..connection import ChatConnection
@@ -84,7 +84,13 @@ class MessageHandlers:
             route(m.SendMessage, self.send_message, writes_once=True),
             route(m.GetHistory, self.get_history),
             route(m.GetMessageStatus, self.get_message_status),
-            route(m.AcknowledgeDelivery, self._deliveries.acknowledge, answered=False),
+            # No write at all in its step: the cursor's move is deferred.
+            route(
+                m.AcknowledgeDelivery,
+                self._deliveries.acknowledge,
+                answered=False,
+                writes_once=True,
+            ),
         ]
 
     def send_message(self, connection: ChatConnection, request: m.SendMessage, now: float) -> None:
@@ -106,6 +112,9 @@ class MessageHandlers:
             text=request.text,
             sent_at=utc_from_posix(self._clock()),
         )
+        if self._tracker.stages_messages:
+            self._stage(connection, request, message, [*recipients, me], now)
+            return
         try:
             # The one write (WRITES_ONCE): nothing after it can fail.
             self._store.add_message(message, origin=connection.token_hash)
@@ -134,6 +143,66 @@ class MessageHandlers:
         for other in self._connections.connections_of(me):
             if other.token_hash != connection.token_hash:
                 self._deliveries.deliver_new(other, message)
+
+    def _stage(
+        self,
+        connection: ChatConnection,
+        request: m.SendMessage,
+        message: m.ChatMessage,
+        hinted: list[str],
+        now: float,
+    ) -> None:
+        """A cluster's node: the message is stored with the batch's others (one
+        statement for them all, see ``WriteTrackingStore.stage_message``), and
+        answered as accepted meanwhile: the answer waits with the batch, and is
+        replaced before the commit if the id turned out to be taken."""
+        me = message.sender
+        # (Inside the request's step: the answer is held, and so is everything after
+        # it, since staging makes the batch one that writes.)
+        accepted = self._outbox.reply_held(
+            connection,
+            m.MessageAccepted(
+                request_id=request.request_id, message_id=message.id, sent_at=message.sent_at
+            ),
+        )
+        self._tracker.stage_message(
+            message,
+            connection.token_hash,
+            lambda: self._staged_refused(connection, request, me, accepted),
+        )
+        self._limits.message_rate.spend(me, now=now)
+        self._stats.messages_accepted += 1
+        # Every node, this one included, pushes from the database once the batch is
+        # durable (see the cluster branch of send_message).
+        self._batch.hint(hinted)
+
+    def _staged_refused(
+        self,
+        connection: ChatConnection,
+        request: m.SendMessage,
+        me: str,
+        accepted: Held | None,
+    ) -> None:
+        """A staged message was not stored: its id was taken. Its answer becomes the
+        one a retry gets (the first acceptance, if the sender's) or a refusal."""
+        self._stats.messages_accepted -= 1
+        existing = self._store.get_message(request.message_id)
+        answer: m.Response
+        if existing is not None and existing.message.sender == me:
+            answer = m.MessageAccepted(
+                request_id=request.request_id,
+                message_id=request.message_id,
+                sent_at=existing.message.sent_at,
+            )
+        else:
+            self._stats.refusals[ErrorCode.BAD_REQUEST.value] += 1
+            answer = m.ErrorResponse(
+                request_id=request.request_id,
+                code=ErrorCode.BAD_REQUEST,
+                message="this message id is already in use",
+            )
+        if accepted is not None:
+            self._outbox.replace_held(accepted, answer)
 
     def _admit(self, me: str, request: m.SendMessage, now: float) -> list[str]:
         """The checks a new message passes; its recipients. Refuses what may not be sent."""
