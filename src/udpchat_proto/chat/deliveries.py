@@ -279,10 +279,7 @@ class Deliveries:
             return
         try:
             found = self._store.pending_deliveries_many(
-                [
-                    (c.username or "", c.token_hash or b"", c.deliveries.size)
-                    for c in wanting
-                ]
+                [(c.username or "", c.token_hash or b"", c.deliveries.size) for c in wanting]
             )
         except StoreUnavailableError as failure:
             self._stats.note_store_failure(failure)

@@ -797,10 +797,8 @@ class WriteTrackingStore:
             StoreUnavailableError: from ``inner``, or the staged messages could not
                 be stored (the batch is lost).
         """
-        try:
-            self.flush_messages()
-        except StoreUnavailableError:
-            pass  # (the commit below says the batch is lost)
+        with contextlib.suppress(StoreUnavailableError):
+            self.flush_messages()  # (if it fails, the commit below says the batch is lost)
         if self._deferred:
             # A failure leaves them waiting (put back), not the batch half-written:
             # the rest of it commits (or its commit says the whole batch is lost).

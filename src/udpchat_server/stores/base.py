@@ -167,6 +167,9 @@ class SqlStore(abc.ABC):
         """Write the seqs kept in memory into ``conversations.last_seq``, before a
         statement reads it (SQLite's add_message keeps them)."""
 
+    def _account_deleted(self, username: str) -> None:  # noqa: B027
+        """The account ``username`` is being deleted: forget what is cached of it."""
+
     def _forget_conversation(self, key: str, conversation: int) -> None:  # noqa: B027
         """The conversation ``key`` (its id: ``conversation``) was deleted: forget
         what is cached of it."""
@@ -270,6 +273,7 @@ class SqlStore(abc.ABC):
             ).fetchall():
                 self._charge(sender, -int(size))
         self._usage_unwritten.pop(username, None)  # (its row goes)
+        self._account_deleted(username)
         for blocker in self.blockers_of(username):
             self._pass_blocked_runs(blocker)  # (its blocks end: see delete_block)
         for statement in (
@@ -492,9 +496,7 @@ class SqlStore(abc.ABC):
         return stored
 
     @abc.abstractmethod
-    def add_message(
-        self, message: m.ChatMessage, origin: bytes | None = None
-    ) -> StoredMessage:
+    def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> StoredMessage:
         """See Store (each database stores a message its own way)."""
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:
