@@ -104,6 +104,11 @@ class RecordingStore:
         self.uncommitted.append(message.id)
         return stored
 
+    def add_messages(self, messages: Sequence[tuple[m.ChatMessage, bytes | None]]) -> Any:
+        stored = self.inner.add_messages(messages)
+        self.uncommitted.extend(found.message.id for found in stored if found is not None)
+        return stored
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

@@ -8,13 +8,14 @@ import datetime
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import psycopg
 import pytest
 
 from tests.services import POSTGRES_URL, postgres_database, postgres_store
+from udpchat_proto import Store
 from udpchat_proto import messages as m
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.store import StoreUnavailableError, WriteTrackingStore, stored_size
@@ -269,7 +270,7 @@ def test_a_serialization_failure_storing_a_nodes_messages_is_retried() -> None:
                 return real(messages)
 
         store.add_messages = racing  # type: ignore[method-assign]
-        tracker.create_session(b"b" * 32, "bob", 1.0)  # the batch's earlier write
+        cast(Store, tracker).create_session(b"b" * 32, "bob", 1.0)  # the batch's earlier write
         refused: list[None] = []
         tracker.stage_message(direct("bob", "alice", 0), b"b" * 32, lambda: refused.append(None))
         tracker.commit()
