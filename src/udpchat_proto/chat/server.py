@@ -112,6 +112,9 @@ class ChatServer:
             monotonic clock, so that a wall-clock step (NTP) never moves them.
         config: limits and timeouts (defaults: :class:`ServerConfig`).
         random: where tokens, salts and transport keys come from (default: the OS).
+        stage_messages: store each batch's new messages together, in one call
+            (``Store.add_messages``), not one call each: for a store a round trip
+            away (PostgreSQL). A cluster's node always does (None: only then).
 
     Nothing here raises for remote input. A store that cannot work answers
     ``unavailable``; any other store exception in a request is answered
@@ -126,16 +129,18 @@ class ChatServer:
         clock: WallClock,
         config: ServerConfig | None = None,
         random: RandomSource | None = None,
+        stage_messages: bool | None = None,
     ) -> None:
         config = config if config is not None else ServerConfig()
         random = random if random is not None else SystemRandomSource()
         self._config = config
         self._clock = clock
         # Every part reads and writes through the tracker: it notes the batch's
-        # writes (what is held) and defers the cursors' moves; a cluster's node,
-        # whose database is a round trip away, stages new messages with it, to be
-        # stored together (store.py).
-        self._tracker = tracker = WriteTrackingStore(store, stage_messages=config.cluster)
+        # writes (what is held) and defers the cursors' moves; with a database a
+        # round trip away (always on a cluster's node) it stages new messages, to
+        # be stored together (store.py).
+        stage = config.cluster if stage_messages is None else stage_messages or config.cluster
+        self._tracker = tracker = WriteTrackingStore(store, stage_messages=stage)
         store = cast(Store, tracker)
         self._store = store
         self._server_key = static_key.public_bytes

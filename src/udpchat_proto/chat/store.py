@@ -596,7 +596,8 @@ class WriteTrackingStore:
     repeats by id), so the delay costs nothing the promise needs; written moves
     that a failed request or a lost batch undid are put back to be written again.
 
-    With ``stage_messages`` (a cluster's node: its database is a round trip away),
+    With ``stage_messages`` (a database a round trip away: PostgreSQL, always on a
+    cluster's node),
     new messages are *staged* (:meth:`stage_message`) and stored together by one
     :meth:`Store.add_messages` call: before any other write, before a read that
     could see them (:meth:`get_message`, :meth:`history`), before an atomic block,
@@ -614,8 +615,10 @@ class WriteTrackingStore:
         self.inner = inner
         self.stages_messages = stage_messages
         """Whether new messages are staged (:meth:`stage_message`)."""
-        self._staged: list[tuple[ChatMessage, bytes | None, Callable[[], None]]] = []
-        """Messages staged and not stored yet, in order, each with its ``refused``."""
+        self._staged: list[
+            tuple[ChatMessage, bytes | None, Callable[[], None], Callable[[], None] | None]
+        ] = []
+        """Messages staged and not stored yet, in order, each with its callbacks."""
         self._staged_bytes: dict[str, int] = {}
         """What the staged messages count against each sender's quota."""
         self._flush_failure: StoreUnavailableError | None = None
@@ -659,13 +662,18 @@ class WriteTrackingStore:
     # --- staged messages -------------------------------------------------------------
 
     def stage_message(
-        self, message: ChatMessage, origin: bytes | None, refused: Callable[[], None]
+        self,
+        message: ChatMessage,
+        origin: bytes | None,
+        refused: Callable[[], None],
+        stored: Callable[[], None] | None = None,
     ) -> None:
-        """Store ``message`` with the batch's others (see the class). ``refused`` is
-        called, before the commit, if its id is already stored: nothing of it was
-        kept. The batch counts as written from now on."""
+        """Store ``message`` with the batch's others (see the class). Once they are
+        stored (before the commit), ``refused`` is called if its id was taken
+        (nothing of it was kept), else ``stored``. The batch counts as written from
+        now on."""
         self.dirty = True
-        self._staged.append((message, origin, refused))
+        self._staged.append((message, origin, refused, stored))
         size = stored_size(message.text)
         self._staged_bytes[message.sender] = self._staged_bytes.get(message.sender, 0) + size
 
@@ -680,7 +688,7 @@ class WriteTrackingStore:
         if not self._staged:
             return
         staged, self._staged, self._staged_bytes = self._staged, [], {}
-        messages = [(message, origin) for message, origin, _ in staged]
+        messages = [(message, origin) for message, origin, _, _ in staged]
         for attempt in range(1, FLUSH_ATTEMPTS + 1):
             try:
                 stored = self.inner.add_messages(messages)
@@ -693,9 +701,11 @@ class WriteTrackingStore:
                 self._flush_failure = failure
                 raise
             break
-        for (_message, _origin, refused), kept in zip(staged, stored, strict=True):
+        for (_message, _origin, refused, done), kept in zip(staged, stored, strict=True):
             if kept is None:
                 refused()
+            elif done is not None:
+                done()
 
     def stored_bytes(self, username: str) -> int:
         """``inner``'s, and what the staged messages of ``username`` add to it."""
@@ -707,7 +717,7 @@ class WriteTrackingStore:
             return
         del self._staged[start:]
         self._staged_bytes = {}
-        for message, _origin, _refused in self._staged:
+        for message, _origin, _refused, _done in self._staged:
             size = stored_size(message.text)
             self._staged_bytes[message.sender] = self._staged_bytes.get(message.sender, 0) + size
 

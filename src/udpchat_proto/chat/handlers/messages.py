@@ -113,7 +113,7 @@ class MessageHandlers:
             sent_at=utc_from_posix(self._clock()),
         )
         if self._tracker.stages_messages:
-            self._stage(connection, request, message, [*recipients, me], now)
+            self._stage(connection, request, message, recipients, now)
             return
         try:
             # The one write (WRITES_ONCE): nothing after it can fail.
@@ -136,24 +136,19 @@ class MessageHandlers:
             # an earlier seq that another node committed and has not hinted yet.
             self._batch.hint([*recipients, me])
             return
-        for recipient in recipients:
-            for other in self._connections.connections_of(recipient):
-                self._deliveries.deliver_new(other, message)
-        # The sender's other devices show it too (not the one it came from).
-        for other in self._connections.connections_of(me):
-            if other.token_hash != connection.token_hash:
-                self._deliveries.deliver_new(other, message)
+        # Its recipients' connections here, and the sender's other devices.
+        self._push_new(connection, message, recipients)
 
     def _stage(
         self,
         connection: ChatConnection,
         request: m.SendMessage,
         message: m.ChatMessage,
-        hinted: list[str],
+        recipients: list[str],
         now: float,
     ) -> None:
-        """A cluster's node: the message is stored with the batch's others (one
-        statement for them all, see ``WriteTrackingStore.stage_message``), and
+        """A store a round trip away: the message is stored with the batch's others
+        (one statement for them all, see ``WriteTrackingStore.stage_message``), and
         answered as accepted meanwhile: the answer waits with the batch, and is
         replaced before the commit if the id turned out to be taken."""
         me = message.sender
@@ -165,16 +160,33 @@ class MessageHandlers:
                 request_id=request.request_id, message_id=message.id, sent_at=message.sent_at
             ),
         )
+        cluster = self._config.cluster
         self._tracker.stage_message(
             message,
             connection.token_hash,
             lambda: self._staged_refused(connection, request, me, accepted),
+            # A single server pushes from memory once the message is stored (and
+            # the pushes wait for the commit with the rest).
+            None if cluster else lambda: self._push_new(connection, message, recipients),
         )
         self._limits.message_rate.spend(me, now=now)
         self._stats.messages_accepted += 1
-        # Every node, this one included, pushes from the database once the batch is
-        # durable (see the cluster branch of send_message).
-        self._batch.hint(hinted)
+        if cluster:
+            # Every node, this one included, pushes from the database once the
+            # batch is durable (see the cluster branch of send_message).
+            self._batch.hint([*recipients, me])
+
+    def _push_new(
+        self, connection: ChatConnection, message: m.ChatMessage, recipients: list[str]
+    ) -> None:
+        """Push a message just stored to its recipients' connections here, and to
+        the sender's other devices (not the one it came from)."""
+        for recipient in recipients:
+            for other in self._connections.connections_of(recipient):
+                self._deliveries.deliver_new(other, message)
+        for other in self._connections.connections_of(message.sender):
+            if other.token_hash != connection.token_hash:
+                self._deliveries.deliver_new(other, message)
 
     def _staged_refused(
         self,
