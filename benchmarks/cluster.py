@@ -103,6 +103,7 @@ from relay import (
     cpu_seconds,
     machine_busy_seconds,
     percentile,
+    py_spy,
     spread,
 )
 
@@ -419,9 +420,11 @@ def measure(
     timing: Timing,
     rate: float,
     admin: str,
+    spy: str | None = None,
 ) -> dict[str, Any]:
     """Set up the pairs on ``nodes``; latency at ``rate`` offered on the fresh
-    store, saturation, then the same latency again (with what saturation stored)."""
+    store, saturation, then the same latency again (with what saturation stored).
+    With ``spy``, py-spy records the first node during saturation into that file."""
     team.call("setup", nodes.ports, layout, workers, timeout=DEADLINE * 2)
 
     def latency(suffix: str) -> dict[str, Any]:
@@ -459,12 +462,13 @@ def measure(
         reader.join(DEADLINE)
         return found
 
-    results, used, machine = window(
-        counting,
-        [*nodes.pids, *postgres],
-        timing.warmup,
-        timing.saturation,
-    )
+    with py_spy(nodes.pids[0], spy):
+        results, used, machine = window(
+            counting,
+            [*nodes.pids, *postgres],
+            timing.warmup,
+            timing.saturation,
+        )
     delivered = max(1, sum(r["delivered"] for r in results))
 
     def change(name: str) -> float:
@@ -499,9 +503,17 @@ def measure(
 
 
 def one_run(
-    workers: int, pairs: int, *, timing: Timing, rate: float, postgres: str, nats: str
+    workers: int,
+    pairs: int,
+    *,
+    timing: Timing,
+    rate: float,
+    postgres: str,
+    nats: str,
+    spy: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every configuration once, each on fresh processes and a fresh store."""
+    """Every configuration once, each on fresh processes and a fresh store (with
+    ``spy``, the one node's saturation recorded by py-spy into that file)."""
     run: dict[str, dict[str, Any]] = {}
     for name, store, count, layout, _ in CONFIGURATIONS:
         team = Team(workers, pairs)
@@ -515,6 +527,7 @@ def one_run(
                     timing=timing,
                     rate=rate,
                     admin=postgres,
+                    spy=spy if name == "one_node" else None,
                 )
         finally:
             team.stop()
@@ -778,6 +791,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="administrative URL")
     parser.add_argument("--nats", default=DEFAULT_NATS, help="the bus, nats://HOST:PORT")
+    parser.add_argument(
+        "--py-spy",
+        dest="spy",
+        help="record the one node's saturation with py-spy in the first run (raw "
+        "stacks into this file); print its split by layer",
+    )
     args = parser.parse_args()
     pairs = args.pairs or (6 if args.quick else 16)
     if not 1 <= args.workers * pairs * 2 <= 200:
@@ -796,17 +815,30 @@ def main() -> None:
             rate=args.rate,
             postgres=args.postgres,
             nats=args.nats,
+            spy=args.spy if n == 0 else None,
         )
-        for _ in range(args.runs or (1 if args.quick else 3))
+        for n in range(args.runs or (1 if args.quick else 3))
     ]
     summary = summarize(runs, args.workers, pairs, args.rate)
     summary["refill"] = refill_all_figures(
         args.postgres, 1000 if args.quick else REFILL_CONNECTIONS, repeats=3 if args.quick else 5
     )
+    if args.spy:
+        from layers import split  # the sibling: a py-spy profile by layer
+
+        layers, top = split(Path(args.spy))
+        summary["profile"] = {"layers": layers, "top": top}
     if args.json:
         print(json.dumps(summary))
     else:
         print_table(summary)
+        if "profile" in summary:
+            print("\n  the one node's samples at saturation, by layer (py-spy):")
+            for layer, share in summary["profile"]["layers"].items():
+                print(f"  {layer:46} {share:6.1%}")
+            print("  the functions with the most samples of their own:")
+            for function, share in summary["profile"]["top"]:
+                print(f"  {function[:70]:70} {share:6.1%}")
 
 
 if __name__ == "__main__":
