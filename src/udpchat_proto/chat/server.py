@@ -463,7 +463,9 @@ class ChatServer:
         Releases every reply and push held since the first uncommitted write, in
         order, and pushes the messages the batch stored to the connections here
         that wait for them (a cluster's hints). Then call :meth:`datagrams_to_send`.
-        (:meth:`commit` does both.)
+        (:meth:`commit` does both.) A server that stages messages
+        (``stage_messages``) stores them in :meth:`commit`: one built so must be
+        committed through it, never by its caller.
         """
         self._outbox.flush_membership()
         self._tracker.batch_committed()
