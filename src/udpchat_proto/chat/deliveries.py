@@ -255,7 +255,19 @@ class Deliveries:
         """:meth:`look_again` for every connection here, in one read."""
         self._look_again([connection.connection_id for connection in list(self._connections)])
 
-    def _look_again(self, connection_ids: list[ConnectionId]) -> None:
+    def look_again_later_for(self, usernames: list[str]) -> None:
+        """:meth:`look_again_for`, at the batch's end (:meth:`refill_queued`), in one
+        read with the batch's other refills (news from several nodes in one turn)."""
+        self._look_again(
+            [
+                connection_id
+                for username in usernames
+                for connection_id in self._connections.of_user(username)
+            ],
+            now=False,
+        )
+
+    def _look_again(self, connection_ids: list[ConnectionId], *, now: bool = True) -> None:
         for connection_id in connection_ids:
             connection = self._connections.get(connection_id)
             if connection is not None and connection.logged_in:
@@ -263,7 +275,8 @@ class Deliveries:
                 # database again (and says caught_up again once it has).
                 connection.deliveries.fall_behind()
                 self._queued[connection_id] = None
-        self.refill_queued()
+        if now:
+            self.refill_queued()
 
     def refill_queued(self) -> None:
         """Refill the windows queued (acknowledged, or looked at again), in one read

@@ -572,7 +572,9 @@ class ChatServer:
 
         Call it between batches (before feeding a batch's first datagram), as every
         method of this section: what it sends must not wait for, or be lost with,
-        a batch of this node's."""
+        a batch of this node's. (The deliveries its hints ask for are read at the
+        next batch's end, once it committed or was lost, in one read with that
+        batch's own refills: every node's news of a turn costs one query.)"""
         self._timers.now = now
         self._cluster.receive_news(node, news, now)
 
