@@ -144,7 +144,9 @@ class ClusterNode:
             for connection_id in self._connections.of_user(username):
                 self._outbox.send_now(connection_id, payload)
         if news.users:
-            self._deliveries.look_again_for(list(news.users))
+            # At the batch's end, with its own refills and the other nodes' news
+            # of the same turn: one read of the database for them all.
+            self._deliveries.look_again_later_for(list(news.users))
 
     def receive_snapshot(self, node: str, usernames: list[str], now: float) -> None:
         """Another node's heartbeat: everyone online on it now."""
