@@ -148,9 +148,14 @@ class Device:
         return new
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "memory-staged", "sqlite-staged"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChatWorld]:
-    chat = ChatWorld(StoreFactory(request.param, tmp_path / "db.sqlite3"), seed=26)
+    # (staged: as a server on PostgreSQL does, the batch's messages stored in one
+    # call, an encrypted one's devices and shares right after it, before the commit)
+    kind, _, staged = str(request.param).partition("-")
+    chat = ChatWorld(
+        StoreFactory(kind, tmp_path / "db.sqlite3"), seed=26, stage_messages=bool(staged)
+    )
     yield chat
     chat.check_server_health()
 

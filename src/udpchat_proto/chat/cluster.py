@@ -152,7 +152,9 @@ class ClusterNode:
             for connection_id in self._push_targets(username, payload):
                 self._outbox.send_now(connection_id, payload)
         if news.users:
-            self._deliveries.look_again_for(list(news.users))
+            # At the batch's end, with its own refills and the other nodes' news
+            # of the same turn: one read of the database for them all.
+            self._deliveries.look_again_later_for(list(news.users))
 
     def _push_targets(self, username: str, payload: bytes) -> list[ConnectionId]:
         """The connections here of ``username`` that a push from another node is

@@ -103,6 +103,19 @@ class Outbox:
                 connection, message.request_id, ErrorCode.TOO_LARGE, "the answer is too large"
             )
 
+    def reply_held(self, connection: ChatConnection, message: m.Response) -> Held | None:
+        """:meth:`reply`, and what holds the answer (for :meth:`replace_held`), or None
+        if it was not held (sent at once, or refused)."""
+        before = self._batch.held_count
+        self.reply(connection, message)
+        return self._batch.last_held if self._batch.held_count > before else None
+
+    def replace_held(self, held: Held, message: m.Response) -> None:
+        """Put ``message`` in the place of a held answer, to go out in its turn (an
+        answer decided once the batch's writes were done: see
+        ``MessageHandlers._stage``)."""
+        self._batch.replace(held, Held(held.target, message, encode(message)))
+
     def refuse(
         self,
         connection: ChatConnection,
