@@ -141,6 +141,12 @@ class Outbox:
         if self._remote.is_online(username):  # and on the other nodes (cluster.py)
             self.send(RemoteUser(username), push)
 
+    def push_to_other_nodes(self, username: str, push: m.Push | m.DevicePush) -> None:
+        """Push to ``username``'s connections on the other nodes, if it has any
+        (a cluster's; each node picks the connections there it is for)."""
+        if self._remote.is_online(username):
+            self.send(RemoteUser(username), push)
+
     def flush_membership(self) -> None:
         """Push the batch's room joins and leaves to the rooms' members."""
         for push, members in self._batch.take_membership():

@@ -82,6 +82,7 @@ from .handlers import (
 )
 from .hashing import Hashing
 from .limits import Limits
+from .messages import MAX_STAGED_SHARES
 from .outbox import Outbox
 from .password_jobs import HashJob, JobBook
 from .passwords import PasswordHash
@@ -89,6 +90,7 @@ from .presence import Presence
 from .remote import ClusterNews, RemoteUsers
 from .requests import token_hash, unavailable_message
 from .sessions import Sessions
+from .staging import ShareStaging
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
 from .timers import ServerTimer, ServerTimers
@@ -154,6 +156,11 @@ class ChatServer:
         self._timers = timers = ServerTimers()
         self._jobs = JobBook()
         self._limits = limits = Limits(config)
+        self._staging = ShareStaging(
+            max_shares=min(
+                MAX_STAGED_SHARES, config.max_room_members * config.max_sessions_per_user
+            )
+        )
         self._connections = connections = ConnectionTable(config, transport.set_protected)
         remote = RemoteUsers(stats)
         self._caches = caches = Caches(
@@ -258,6 +265,7 @@ class ChatServer:
                 stats=stats,
                 config=config,
                 clock=clock,
+                staging=self._staging,
             ),
             KeyHandlers(
                 store=store, connections=connections, outbox=outbox, caches=caches, clock=clock
@@ -721,6 +729,7 @@ class ChatServer:
                 migrated.address = event.address
         elif isinstance(event, ConnectionTerminated):
             ended = self._connections.remove(event.connection_id)
+            self._staging.drop(event.connection_id)
             if ended is not None:
                 self._sessions.log_out(ended, announce=False)
                 # Nobody waits for its hash any more: no worker's time is spent on it.
@@ -761,6 +770,7 @@ class ChatServer:
         """Expire sessions, delete old messages, prune the limiters."""
         wall = self._clock()
         self._sessions.expire(wall)
+        self._staging.expire(now)
         if self._config.retain_days is not None:
             self.stats.messages_deleted += self._store.delete_delivered_before(
                 wall - self._config.retain_days * 86400.0, RETENTION_BATCH

@@ -29,6 +29,7 @@ from ..lookups import require_member
 from ..outbox import Outbox
 from ..presence import Presence
 from ..requests import RefusedError, Route, route, user_of, utc_from_posix
+from ..staging import ShareStaging
 from ..stats import ServerStats
 from ..store import Store, WriteTrackingStore, stored_size
 from ..tokens import session_id
@@ -48,6 +49,7 @@ class _Sealed:
 
     devices: frozenset[bytes]
     shares: dict[bytes, list[KeyShare]]
+    """By recipient device: the staged ones, then the request's."""
 
 
 class MessageHandlers:
@@ -66,6 +68,7 @@ class MessageHandlers:
         stats: counts messages.
         config: the quota and caps; whether this is a cluster's node.
         clock: the wall clock (a message's time).
+        staging: the key shares connections staged for their next message.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class MessageHandlers:
         stats: ServerStats,
         config: ServerConfig,
         clock: WallClock,
+        staging: ShareStaging,
     ) -> None:
         self._store = store
         self._tracker = tracker
@@ -96,6 +100,7 @@ class MessageHandlers:
         self._stats = stats
         self._config = config
         self._clock = clock
+        self._staging = staging
 
     def routes(self) -> list[Route]:
         """The requests these handlers answer (and the one they take unanswered)."""
@@ -104,6 +109,8 @@ class MessageHandlers:
             # (An encrypted message is two writes, it and then its devices and
             # shares, in an atomic block of their own; staged, none in the step.)
             route(m.SendMessage, self.send_message, writes_once=True),
+            # No write at all: staged key shares are held in memory until their send.
+            route(m.ShareKeys, self.share_keys, writes_once=True),
             route(m.GetHistory, self.get_history),
             route(m.GetMessageStatus, self.get_message_status),
             # No write at all in its step: the cursor's move is deferred.
@@ -119,8 +126,13 @@ class MessageHandlers:
         """``send_message``: store it, answer, push it to its recipients' connections."""
         me = user_of(connection)
         try:
+            # What was staged for it goes with this answer, whichever it is: a
+            # refused send leaves nothing that a later one could pick up.
+            staged = self._take_staged_shares(connection, request, now)
             recipients = self._admit(me, request, now)
-            sealed = None if request.encrypted is None else self._seal(connection, me, request)
+            sealed = (
+                None if request.encrypted is None else self._seal(connection, me, request, staged)
+            )
         except RefusedError:
             # A retry of a message already stored (its acceptance was lost with a
             # connection) gets the same answer as the first time, whatever the
@@ -174,7 +186,7 @@ class MessageHandlers:
                 request.message_id,
                 request.encrypted,
                 sorted(sealed.devices),
-                [(share.recipient_device, share) for share in request.key_shares],
+                [(device, share) for device, shares in sealed.shares.items() for share in shares],
             )
 
     def _stage(
@@ -241,6 +253,29 @@ class MessageHandlers:
             if other.token_hash != connection.token_hash:
                 self._deliver(other, message, sealed)
 
+    def share_keys(self, connection: ChatConnection, request: m.ShareKeys, now: float) -> None:
+        """``share_keys``: hold key shares for this connection's next message (the
+        send checks them, with the message, against the conversation's devices)."""
+        assert connection.token_hash is not None
+        self._staging.stage(
+            connection.connection_id,
+            connection.token_hash,
+            request.message_id,
+            request.key_shares,
+            now,
+        )
+        self._outbox.reply(connection, m.Ok(request_id=request.request_id))
+
+    def _take_staged_shares(
+        self, connection: ChatConnection, request: m.SendMessage, now: float
+    ) -> list[KeyShare]:
+        """The shares this connection staged for ``request``'s message id."""
+        if connection.token_hash is None:
+            return []
+        return self._staging.take(
+            connection.connection_id, connection.token_hash, request.message_id, now
+        )
+
     def _deliver(
         self, connection: ChatConnection, message: m.ChatMessage, sealed: _Sealed | None
     ) -> None:
@@ -254,11 +289,20 @@ class MessageHandlers:
         if device in sealed.devices:
             self._deliveries.deliver_new(connection, message, sealed.shares.get(device, ()))
 
-    def _seal(self, connection: ChatConnection, me: str, request: m.SendMessage) -> _Sealed:
+    def _seal(
+        self,
+        connection: ChatConnection,
+        me: str,
+        request: m.SendMessage,
+        staged: list[KeyShare],
+    ) -> _Sealed:
         """The checks an encrypted message passes (its recipients checked already):
         sent from this session's device, for the conversation's current device set,
-        with key shares for devices of that set only. Refuses with ``no_device``
-        (nobody could read it) or ``devices_changed`` (with the current set)."""
+        with key shares (``staged`` ahead, then the request's) for devices of that
+        set only. Refuses with ``no_device`` (nobody could read it) or
+        ``devices_changed`` (with the current set): the set changed, or the shares
+        staged for it are not all here (expired, or staged on another connection),
+        which the client answers the same way: share again, send again."""
         record = request.encrypted
         assert record is not None and connection.token_hash is not None
         mine = self._store.session_device(connection.token_hash)
@@ -278,11 +322,11 @@ class MessageHandlers:
             raise RefusedError(
                 ErrorCode.NO_DEVICE, f"{request.to} has no logged-in device to receive it"
             )
-        if record.device_set_version != device_set.version:
+        if record.device_set_version != device_set.version or len(staged) != request.staged:
             raise DevicesChangedError(device_set)
         devices = {keys.device_id: keys for keys in device_set.devices}
         shares: dict[bytes, list[KeyShare]] = {}
-        for share in request.key_shares:
+        for share in (*staged, *request.key_shares):
             recipient = devices.get(share.recipient_device)
             if recipient is None or recipient.user != share.recipient:
                 raise RefusedError(
