@@ -103,6 +103,7 @@ from relay import (
     cpu_seconds,
     machine_busy_seconds,
     percentile,
+    py_spy,
     spread,
 )
 
@@ -188,13 +189,39 @@ def backend_pids(admin_url: str, database: str) -> list[int]:
     return [int(row[0]) for row in rows]
 
 
+def free_tcp_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a node's metrics)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A node's counters, from its ``/metrics`` (``name_total value`` lines)."""
+    with socket.create_connection((HOST, port), timeout=5) as conn:
+        conn.sendall(f"GET /metrics HTTP/1.0\r\nHost: {HOST}\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    found: dict[str, float] = {}
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("udpchat_") and "{" not in name:
+            with contextlib.suppress(ValueError):
+                found[name] = float(value)
+    return found
+
+
 @contextlib.contextmanager
-def node(arguments: list[str], log: Path) -> Iterator[tuple[int, int]]:
+def node(arguments: list[str], log: Path) -> Iterator[tuple[int, int, int]]:
     """A real ``udpchat-server`` on 127.0.0.1, port 0, with ``arguments`` (and
-    relay.py's options); yields (pid, port). Its log goes to ``log``."""
+    relay.py's options) and its metrics on a free port; yields (pid, port, metrics
+    port). Its log goes to ``log``."""
+    metrics = free_tcp_port()
     # The console script's entry point, run by this Python (and its PYTHONPATH).
     command = [sys.executable, "-c", "from udpchat_server.cli import main; main()"]
-    command += ["--host", HOST, "--port", "0", *arguments, *SERVER_OPTIONS]
+    command += ["--host", HOST, "--port", "0", "--metrics", f"{HOST}:{metrics}"]
+    command += [*arguments, *SERVER_OPTIONS]
     with log.open("a") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
@@ -205,7 +232,7 @@ def node(arguments: list[str], log: Path) -> Iterator[tuple[int, int]]:
             tail = log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"udpchat-server did not start: {line!r}\n{tail}")
         port = int(line.split()[2].rsplit(":", 1)[1])
-        yield process.pid, port
+        yield process.pid, port, metrics
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -221,6 +248,8 @@ class Nodes:
 
     pids: list[int]
     ports: list[int]
+    metrics: list[int]
+    """Each node's metrics port (``/metrics``: its round trips and commits)."""
     database: str | None
     """The PostgreSQL database's name (None for SQLite)."""
 
@@ -231,8 +260,10 @@ def configuration(store: str, count: int, postgres: str, nats: str) -> Iterator[
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if store == "sqlite":
-            pid, port = stack.enter_context(node(["--db", f"{tmp}/bench.sqlite3"], tmp / "log"))
-            yield Nodes([pid], [port], None)
+            pid, port, metrics = stack.enter_context(
+                node(["--db", f"{tmp}/bench.sqlite3"], tmp / "log")
+            )
+            yield Nodes([pid], [port], [metrics], None)
             return
         url, name = stack.enter_context(fresh_database(postgres))
         shared = ["--db", url, "--key-file", str(tmp / "cluster.key")]
@@ -243,7 +274,12 @@ def configuration(store: str, count: int, postgres: str, nats: str) -> Iterator[
             stack.enter_context(node(shared, tmp / f"node{i}.log"))
             for i in range(count)
         ]
-        yield Nodes([pid for pid, _ in started], [port for _, port in started], name)
+        yield Nodes(
+            [pid for pid, _, _ in started],
+            [port for _, port, _ in started],
+            [metrics for _, _, metrics in started],
+            name,
+        )
 
 
 # --- the load generator ----------------------------------------------------------------------
@@ -384,9 +420,11 @@ def measure(
     timing: Timing,
     rate: float,
     admin: str,
+    spy: str | None = None,
 ) -> dict[str, Any]:
     """Set up the pairs on ``nodes``; latency at ``rate`` offered on the fresh
-    store, saturation, then the same latency again (with what saturation stored)."""
+    store, saturation, then the same latency again (with what saturation stored).
+    With ``spy``, py-spy records the first node during saturation into that file."""
     team.call("setup", nodes.ports, layout, workers, timeout=DEADLINE * 2)
 
     def latency(suffix: str) -> dict[str, Any]:
@@ -408,13 +446,40 @@ def measure(
 
     figures = latency("")
     postgres = backend_pids(admin, nodes.database) if nodes.database else []
-    results, used, machine = window(
-        lambda s, w, e: team.call("saturate", s, w, e),
-        [*nodes.pids, *postgres],
-        timing.warmup,
-        timing.saturation,
-    )
+    counted: list[list[dict[str, float]]] = []
+
+    def counting(s: float, w: float, e: float) -> list[dict[str, Any]]:
+        # The nodes' counters at both ends of the saturation window (each node's
+        # snapshot is at most a second old at both: the lags cancel).
+        def read() -> None:
+            for moment in (w, e):
+                time.sleep(max(0.0, moment - time.monotonic()))
+                counted.append([scrape(port) for port in nodes.metrics])
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        found: list[dict[str, Any]] = team.call("saturate", s, w, e)
+        reader.join(DEADLINE)
+        return found
+
+    with py_spy(nodes.pids[0], spy):
+        results, used, machine = window(
+            counting,
+            [*nodes.pids, *postgres],
+            timing.warmup,
+            timing.saturation,
+        )
     delivered = max(1, sum(r["delivered"] for r in results))
+
+    def change(name: str) -> float:
+        return sum(
+            after.get(name, 0.0) - before.get(name, 0.0)
+            for before, after in zip(counted[0], counted[1], strict=True)
+        )
+
+    commits = change("udpchat_commits_total")
+    round_trips = change("udpchat_store_round_trips_total")
+    stored = change("udpchat_messages_stored_total")
     node_cpu = sum(used.get(pid, 0.0) for pid in nodes.pids)
     postgres_cpu = sum(used.get(pid, 0.0) for pid in postgres)
     figures.update(
@@ -426,6 +491,9 @@ def measure(
             "postgres_cpu_us_per_msg": postgres_cpu / delivered * 1e6 if postgres else None,
             "postgres_cores": postgres_cpu / timing.saturation if postgres else None,
             "machine_busy_cores": machine,
+            "round_trips_per_batch": round_trips / commits if postgres and commits else None,
+            "round_trips_per_msg": round_trips / stored if postgres and stored else None,
+            "msgs_per_batch": stored / commits if commits else None,
         }
     )
     if not all(r["drained"] for r in results):
@@ -435,9 +503,17 @@ def measure(
 
 
 def one_run(
-    workers: int, pairs: int, *, timing: Timing, rate: float, postgres: str, nats: str
+    workers: int,
+    pairs: int,
+    *,
+    timing: Timing,
+    rate: float,
+    postgres: str,
+    nats: str,
+    spy: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every configuration once, each on fresh processes and a fresh store."""
+    """Every configuration once, each on fresh processes and a fresh store (with
+    ``spy``, the one node's saturation recorded by py-spy into that file)."""
     run: dict[str, dict[str, Any]] = {}
     for name, store, count, layout, _ in CONFIGURATIONS:
         team = Team(workers, pairs)
@@ -451,10 +527,119 @@ def one_run(
                     timing=timing,
                     rate=rate,
                     admin=postgres,
+                    spy=spy if name == "one_node" else None,
                 )
         finally:
             team.stop()
     return run
+
+
+# --- refill_all: every window of a node in one query ---------------------------------------
+
+
+#: A node's connections for the refill figure (one session each), and how many
+#: messages each user has: half of them acknowledged, so half the windows refill.
+REFILL_CONNECTIONS = 10_000
+REFILL_MESSAGES = 4
+
+
+def refill_all_figures(admin_url: str, connections: int, repeats: int = 5) -> dict[str, Any]:
+    """What ``refill_all`` asks the database at ``connections`` connections on a node:
+    one ``pending_deliveries_many`` for every session, timed ``repeats`` times on a
+    fresh database (users in pairs, each pair a direct conversation with
+    ``REFILL_MESSAGES`` messages a user; half the sessions acknowledged theirs)."""
+    from udpchat_server.stores import batched
+    from udpchat_server.stores.postgres import PostgresStore
+
+    with fresh_database(admin_url) as (url, _name):
+        store = PostgresStore.open(url)
+        try:
+            db = store.connection
+            with db.transaction():
+                db.execute(
+                    "INSERT INTO sessions (token_hash, username, created_at, last_used_at) "
+                    "SELECT sha256(int4send(g)), 'u' || g, 1, 1 FROM generate_series(0, %s) AS g",
+                    (connections - 1,),
+                )
+                db.execute(
+                    "INSERT INTO conversations (key, is_room, created_at, last_seq) "
+                    "SELECT 'u' || (2 * g) || ' u' || (2 * g + 1), FALSE, 1, %s "
+                    "FROM generate_series(0, %s) AS g",
+                    (2 * REFILL_MESSAGES, connections // 2 - 1),
+                )
+                db.execute(
+                    "INSERT INTO participants (conversation, username, floor_seq, joined_at) "
+                    "SELECT c.id, u.name, 0, 1 FROM conversations AS c "
+                    "CROSS JOIN LATERAL unnest(string_to_array(c.key, ' ')) AS u (name)"
+                )
+                db.execute(
+                    "INSERT INTO messages (id, conversation, seq, sender, recipient, text, "
+                    "sent_at, origin) "
+                    "SELECT uuid_send(gen_random_uuid()), c.id, s, "
+                    "split_part(c.key, ' ', 1 + s %% 2), split_part(c.key, ' ', 2 - s %% 2), "
+                    "'hello', 1000000 * s, NULL "
+                    "FROM conversations AS c CROSS JOIN generate_series(1, %s) AS s",
+                    (2 * REFILL_MESSAGES,),
+                )
+                db.execute(
+                    "INSERT INTO session_cursors (token_hash, conversation, seq) "
+                    "SELECT s.token_hash, p.conversation, %s FROM sessions AS s "
+                    "JOIN participants AS p ON p.username = s.username "
+                    "WHERE substr(s.username, 2)::int %% 4 < 2",
+                    (2 * REFILL_MESSAGES,),
+                )
+            db.execute("ANALYZE")
+            asked = [
+                (name, bytes(hashed), 32)
+                for name, hashed in db.execute("SELECT username, token_hash FROM sessions")
+            ]
+            params = {
+                "users": [name for name, _, _ in asked],
+                "sessions": [hashed for _, hashed, _ in asked],
+                "limits": [limit for _, _, limit in asked],
+            }
+            timings, query, trips, found = [], [], [], 0
+            for _ in range(repeats):
+                # The query alone (its round trip, rows in binary) ...
+                started = time.perf_counter()
+                store._select_binary(batched.PENDING, params)
+                query.append((time.perf_counter() - started) * 1e3)
+                # ... and the whole call, the messages built.
+                before, started = store.round_trips, time.perf_counter()
+                pending = store.pending_deliveries_many(asked)
+                timings.append((time.perf_counter() - started) * 1e3)
+                trips.append(store.round_trips - before)
+                found = sum(1 for p in pending if p)
+            messages = sum(len(p) for p in pending)
+            # After a bus outage most windows have nothing new: every session
+            # caught up, the query finds nothing to read.
+            db.execute(
+                "INSERT INTO session_cursors (token_hash, conversation, seq) "
+                "SELECT s.token_hash, p.conversation, %s FROM sessions AS s "
+                "JOIN participants AS p ON p.username = s.username "
+                "ON CONFLICT (token_hash, conversation) DO UPDATE SET seq = EXCLUDED.seq",
+                (2 * REFILL_MESSAGES,),
+            )
+            db.execute("ANALYZE")
+            caught_up = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                store.pending_deliveries_many(asked)
+                caught_up.append((time.perf_counter() - started) * 1e3)
+        finally:
+            store.close()
+    return {
+        "connections": connections,
+        "query_ms": statistics.median(query),
+        "query_ms_spread": spread(query),
+        "ms": statistics.median(timings),
+        "ms_spread": spread(timings),
+        "queries": max(trips),
+        "windows_with_pending": found,
+        "messages": messages,
+        "caught_up_ms": statistics.median(caught_up),
+        "caught_up_ms_spread": spread(caught_up),
+    }
 
 
 # --- several runs -------------------------------------------------------------------------
@@ -470,6 +655,9 @@ FIGURES = [
     "postgres_cpu_us_per_msg",
     "postgres_cores",
     "machine_busy_cores",
+    "round_trips_per_batch",
+    "round_trips_per_msg",
+    "msgs_per_batch",
     "achieved",
     "p50_after_ms",
     "p99_after_ms",
@@ -580,6 +768,28 @@ def print_table(s: dict[str, Any]) -> None:
             f"  {c['p99_after_ms']:8.2f} {bracket(sp[name + '_p99_after_ms'], 1)}"
         )
     print()
+    print(
+        f"\n  {'round trips to PostgreSQL at saturation':46} {'per batch':>10}  "
+        f"{'per message':>11}  {'messages a batch':>16}"
+    )
+    for name, _, _, _, label in CONFIGURATIONS:
+        c = s["configurations"][name]
+        if c["round_trips_per_batch"] is not None:
+            print(
+                f"  {label:46} {c['round_trips_per_batch']:10.2f}  "
+                f"{c['round_trips_per_msg']:11.3f}  {or_dash(c['msgs_per_batch'], 1):>16}"
+            )
+    refill = s.get("refill")
+    if refill:
+        print(
+            f"\n  refill_all at {refill['connections']:,} connections: {refill['queries']} query, "
+            f"{refill['query_ms']:.1f} ms {bracket(refill['query_ms_spread'], 1)}; with the "
+            f"{refill['messages']:,} messages built: {refill['ms']:.1f} ms "
+            f"{bracket(refill['ms_spread'], 1)} ({refill['windows_with_pending']:,} windows "
+            f"with something pending); every window caught up: {refill['caught_up_ms']:.1f} ms "
+            f"{bracket(refill['caught_up_ms_spread'], 1)}"
+        )
+    print()
     for name, label in (
         ("two_over_one", "two nodes (across) / one node, msg/s"),
         ("two_local_over_one", "two nodes (local) / one node, msg/s"),
@@ -600,6 +810,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="administrative URL")
     parser.add_argument("--nats", default=DEFAULT_NATS, help="the bus, nats://HOST:PORT")
+    parser.add_argument(
+        "--py-spy",
+        dest="spy",
+        help="record the one node's saturation with py-spy in the first run (raw "
+        "stacks into this file); print its split by layer",
+    )
     args = parser.parse_args()
     pairs = args.pairs or (6 if args.quick else 16)
     if not 1 <= args.workers * pairs * 2 <= 200:
@@ -618,14 +834,30 @@ def main() -> None:
             rate=args.rate,
             postgres=args.postgres,
             nats=args.nats,
+            spy=args.spy if n == 0 else None,
         )
-        for _ in range(args.runs or (1 if args.quick else 3))
+        for n in range(args.runs or (1 if args.quick else 3))
     ]
     summary = summarize(runs, args.workers, pairs, args.rate)
+    summary["refill"] = refill_all_figures(
+        args.postgres, 1000 if args.quick else REFILL_CONNECTIONS, repeats=3 if args.quick else 5
+    )
+    if args.spy:
+        from layers import split  # the sibling: a py-spy profile by layer
+
+        layers, top = split(Path(args.spy))
+        summary["profile"] = {"layers": layers, "top": top}
     if args.json:
         print(json.dumps(summary))
     else:
         print_table(summary)
+        if "profile" in summary:
+            print("\n  the one node's samples at saturation, by layer (py-spy):")
+            for layer, share in summary["profile"]["layers"].items():
+                print(f"  {layer:46} {share:6.1%}")
+            print("  the functions with the most samples of their own:")
+            for function, share in summary["profile"]["top"]:
+                print(f"  {function[:70]:70} {share:6.1%}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,15 @@ medians over the runs, in CPU time of this process (``time.process_time``):
   opens an Olm session to each of the 512 devices (a claimed one-time key each)
   and encrypts a share for each, plus the message; the same again once the
   sessions exist (a rotation); and a receiver taking its share (a new inbound Olm
-  session from a pre-key message).
+  session from a pre-key message);
+* **the same room end to end through the server role** (``--server``): a real
+  ``ChatServer`` (MemoryStore, or SQLite in a temporary directory) and 512 real
+  ``ClientConnection`` s in this process, datagrams carried in memory, the clock
+  a counter that jumps to the next timer. From the sender asking for the room's
+  device set to the server's acceptance (claims of 511 keys, 511 shares encrypted,
+  staged in ``share_keys`` batches and sent), then until every other device has
+  taken its share and decrypted the message; the same for the next rotation. CPU
+  of the whole process (server and clients), and the wire's bytes.
 
 The devices are made and their keys uploaded before the clock starts.
 """
@@ -22,9 +30,24 @@ import argparse
 import itertools
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from udpchat_proto import (
+    ChatServer,
+    ClientConnection,
+    MemoryStore,
+    RateLimit,
+    ScryptParams,
+    SeededRandomSource,
+    ServerConfig,
+    ServerKey,
+    Store,
+)
+from udpchat_proto import messages as m
+from udpchat_proto.chat import session_id, token_hash
 from udpchat_proto.e2ee import (
     ClaimedKey,
     CryptoState,
@@ -33,6 +56,7 @@ from udpchat_proto.e2ee import (
     KeyShareReceived,
     OneTimeKey,
 )
+from udpchat_server.stores.sqlite import SQLiteStore
 
 TEXT = "Hello Bob! Are we still on for lunch tomorrow at noon? 🍜"
 ROOM = "#bench"
@@ -115,11 +139,215 @@ def room_share(members: list[Member]) -> tuple[float, float, float]:
     return first_cost, rotation_cost, take_cost
 
 
+SERVER = ("127.0.0.1", 9999)
+PASSWORD = "benchmark-password"
+GENEROUS = RateLimit(burst=1_000_000, interval=1e-6)
+
+
+class World:
+    """A server and its clients in one process, datagrams carried in memory (as
+    ``benchmarks/fanout.py``'s), each client a device with its crypto state."""
+
+    def __init__(self, store: Store, members: int) -> None:
+        self.now = 1_800_000_000.0
+        config = ServerConfig(
+            scrypt=ScryptParams(n=16, r=1, p=1),
+            registrations_per_address=GENEROUS,
+            message_rate=GENEROUS,
+            request_rate=GENEROUS,
+            logins_per_user=GENEROUS,
+            max_room_members=members,
+        )
+        self.server = ChatServer(
+            store=store,
+            static_key=ServerKey.generate(SeededRandomSource(1)),
+            clock=lambda: self.now,
+            config=config,
+            random=SeededRandomSource(2),
+        )
+        self.clients: dict[tuple[str, int], ClientConnection] = {}
+        self.events: dict[tuple[str, int], list[object]] = {}
+        self.bytes_in = 0
+        """What the clients sent the server (datagrams, the transport's bytes too)."""
+        self.server_cpu = 0.0
+        """CPU seconds spent in the server's calls (the rest: clients and carrying)."""
+
+    def add_client(self, index: int) -> tuple[str, int]:
+        address = (f"127.0.{index // 250}.{index % 250 + 2}", 40000 + index)
+        client = ClientConnection(server_address=SERVER, random=SeededRandomSource(1000 + index))
+        client.connect(self.now)
+        self.clients[address] = client
+        self.events[address] = []
+        return address
+
+    def step(self) -> bool:
+        moved = False
+        for address, client in self.clients.items():
+            for data, _ in client.datagrams_to_send(self.now):
+                self.bytes_in += len(data)
+                start = time.process_time()
+                self.server.receive_datagram(data, address, self.now)
+                self.server_cpu += time.process_time() - start
+                moved = True
+        start = time.process_time()
+        batch = self.server.end_batch(self.now, run_hashes=True)
+        self.server_cpu += time.process_time() - start
+        for data, address in batch.datagrams:
+            self.clients[address].receive_datagram(data, SERVER, self.now)
+            moved = True
+        for address, client in self.clients.items():
+            while (event := client.next_event()) is not None:
+                self.events[address].append(event)
+        return moved
+
+    def run_until(self, done: Callable[[], bool], max_steps: int = 20_000) -> None:
+        for _ in range(max_steps):
+            if done():
+                return
+            if not self.step():
+                timers = [self.server.get_timer(), *(c.get_timer() for c in self.clients.values())]
+                self.now = max(self.now, min(t for t in timers if t is not None))
+                for client in self.clients.values():
+                    client.handle_timer(self.now)
+        raise RuntimeError("did not finish")
+
+    def answer(self, address: tuple[str, int], request_id: int) -> object:
+        self.run_until(
+            lambda: any(getattr(e, "request_id", None) == request_id for e in self.events[address])
+        )
+        return next(e for e in self.events[address] if getattr(e, "request_id", None) == request_id)
+
+
+class Device:
+    """A logged-in connection with its keys uploaded."""
+
+    def __init__(self, world: World, address: tuple[str, int], user: str) -> None:
+        self.world, self.address, self.user = world, address, user
+        self.state: CryptoState | None = None
+        self.read = 0
+
+    @property
+    def conn(self) -> ClientConnection:
+        return self.world.clients[self.address]
+
+    def take(self) -> int:
+        """Take this device's new deliveries (shares first); how many decrypted."""
+        assert self.state is not None
+        done = 0
+        events = self.world.events[self.address]
+        for event in events[self.read :]:
+            if isinstance(event, m.MessageDelivered):
+                for share in event.key_shares:
+                    assert isinstance(self.state.receive_key_share(share), KeyShareReceived)
+                assert event.message.ciphertext is not None
+                result = self.state.decrypt(event.message.ciphertext, event.message.id)
+                assert isinstance(result, Decrypted), result
+                done += 1
+        self.read = len(events)
+        return done
+
+
+def full_room(world: World, users: int) -> list[Device]:
+    """``users`` members of ROOM with two devices each, keys uploaded."""
+    devices: list[Device] = []
+    for start in range(0, users, 16):  # the server queues at most 64 password hashes
+        batch = []
+        for n in range(start, min(start + 16, users)):
+            for d in range(2):
+                device = Device(world, world.add_client(2 * n + d), f"user{n}")
+                if d == 0:  # (the second device logs in once the account exists)
+                    world.answer(device.address, device.conn.register(device.user, PASSWORD))
+                device.conn.login(device.user, PASSWORD)
+                batch.append(device)
+
+        def logged_in(batch: list[Device] = batch) -> bool:
+            return all(d.conn.token is not None for d in batch)
+
+        world.run_until(logged_in)
+        devices += batch
+    for device in devices:
+        token = device.conn.token
+        assert token is not None
+        device_id = session_id(token_hash(token))  # a device is its login session
+        device.state = CryptoState.create(device.user, device_id)
+        upload = device.state.keys_to_upload(published_one_time_keys=0)
+        assert upload is not None
+        device.conn.upload_keys(upload)
+        device.state.mark_keys_published()
+        if device.address[1] % 2 == 0:
+            device.conn.join_room(ROOM)
+    world.run_until(lambda: all(d.conn.pending_requests == 0 for d in devices))
+    return devices
+
+
+def send_through_server(world: World, sender: Device, text: str, message_id: bytes) -> None:
+    """What a client does: the device set, claims, encrypt, share_keys and send."""
+    assert sender.state is not None
+    found = world.answer(sender.address, sender.conn.get_devices(conversation=ROOM))
+    assert isinstance(found, m.ConversationDevices)
+    device_set = found.device_set
+    plan = sender.state.plan_send(device_set, world.now)
+    claimed: tuple[ClaimedKey, ...] = ()
+    if plan.claims:
+        answer = world.answer(sender.address, sender.conn.claim_keys(r[1] for r in plan.claims))
+        assert isinstance(answer, m.ClaimedKeys)
+        claimed = answer.keys
+    out = sender.state.encrypt(device_set, text, message_id, world.now, claimed)
+    accepted = world.answer(
+        sender.address,
+        sender.conn.send_encrypted(ROOM, out.message, out.key_shares, message_id=message_id),
+    )
+    assert isinstance(accepted, m.MessageAccepted), accepted
+    sender.state.accepted(out)
+
+
+def room_through_server(store: Store, users: int) -> dict[str, float]:
+    """CPU seconds and bytes of a first share and of a rotation, end to end."""
+    world = World(store, users)
+    devices = full_room(world, users)
+    sender, others = devices[0], devices[1:]
+    figures: dict[str, float] = {}
+    for name, message_id in (("first", bytes(16)), ("rotation", bytes(15) + b"\x01")):
+        if name == "rotation":
+            world.now += 8 * 86400.0  # a week later: a new session over the Olm ones
+        sent, served = world.bytes_in, world.server_cpu
+        start = time.process_time()
+        send_through_server(world, sender, f"{name} to the room", message_id)
+        figures[f"{name}_accepted_s"] = time.process_time() - start
+        figures[f"{name}_server_accepted_s"] = world.server_cpu - served
+        figures[f"{name}_bytes"] = world.bytes_in - sent
+        pending = set(range(len(others)))
+
+        def everyone_read(message_id: bytes = message_id, pending: set[int] = pending) -> bool:
+            for index in list(pending):
+                others[index].take()
+                if _has_read(others[index], message_id):
+                    pending.discard(index)
+            return not pending
+
+        world.run_until(everyone_read)
+        figures[f"{name}_read_s"] = time.process_time() - start
+        figures[f"{name}_server_read_s"] = world.server_cpu - served
+    return figures
+
+
+def _has_read(device: Device, message_id: bytes) -> bool:
+    return any(
+        isinstance(e, m.MessageDelivered) and e.message.id == message_id
+        for e in device.world.events[device.address]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small room, few runs")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--server",
+        choices=["memory", "sqlite"],
+        help="also the room end to end through a ChatServer on this store (one run)",
+    )
     args = parser.parse_args()
     runs = 2 if args.quick else args.runs
     users = 8 if args.quick else 256
@@ -141,6 +369,21 @@ def main() -> None:
         "rotation_share_ms": round(rotation * 1e3, 1),
         "take_share_us": round(take * 1e6, 1),
     }
+    if args.server is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            store: Store = (
+                MemoryStore()
+                if args.server == "memory"
+                else SQLiteStore.open(Path(tmp) / "e2ee.sqlite3")
+            )
+            through = room_through_server(store, users)
+            store.close()
+        summary["server_store"] = args.server
+        for key, value in through.items():
+            if key.endswith("_s"):  # seconds, given in ms
+                summary[f"{key[:-2]}_ms"] = round(value * 1e3, 1)
+            else:
+                summary[key] = int(value)
     if args.json:
         print(json.dumps(summary))
         return
@@ -154,6 +397,17 @@ def main() -> None:
         f"  the same on a rotation (sessions exist):       {summary['rotation_share_ms']:8.1f} ms"
     )
     print(f"  a receiver taking its share (new Olm session): {summary['take_share_us']:8.1f} us")
+    if args.server is None:
+        return
+    print(f"through a ChatServer on {args.server} (one run, CPU of server and all clients):")
+    for name in ("first", "rotation"):
+        print(
+            f"  {name}: accepted after {summary[f'{name}_accepted_ms']:8.1f} ms "
+            f"(the server's part {summary[f'{name}_server_accepted_ms']:.1f} ms; "
+            f"{summary[f'{name}_bytes']} bytes sent), read by all {len(members) - 1} "
+            f"other devices after {summary[f'{name}_read_ms']:8.1f} ms "
+            f"(the server's part {summary[f'{name}_server_read_ms']:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

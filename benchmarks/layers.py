@@ -9,6 +9,8 @@ its frames belongs to, so that, say, the codec's time inside a request handler
 counts as codec, and SQLite's inside a handler as the store:
 
 * **SQLite commit (fsync)**: ``SQLiteStore.commit``, mostly the wait for the disk;
+* **PostgreSQL store (psycopg)** and **bus (NATS thread)**: a cluster node's
+  (``cluster.py --py-spy``);
 * **SQLite statements**: the rest of the store (``udpchat_server/stores/``, or
   ``sqlite_store.py`` in a profile taken before it moved there);
 * **codec**: ``chat/codec.py``, cattrs, JSON;
@@ -36,6 +38,9 @@ __all__ = ["LAYERS", "split"]
 #: (layer, what a frame of it contains), in the order a sample is matched.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("SQLite commit (fsync)", ("SQLiteStore.commit ",)),
+    # A cluster node's (benchmarks/cluster.py): its store, and the bus's thread.
+    ("PostgreSQL store (psycopg)", ("stores/postgres.py", "psycopg/")),
+    ("bus (NATS thread)", ("udpchat_server/bus.py", "nats/")),
     ("SQLite statements", ("udpchat_server/stores/", "sqlite_store.py")),
     ("codec (JSON, cattrs)", ("chat/codec.py", "cattrs", "orjson", "structure_", "unstructure_")),
     ("crypto (ChaCha20-Poly1305)", ("CipherState.",)),

@@ -165,6 +165,19 @@ def every_request() -> list[m.Request]:
                 ),
             ),
         ),
+        m.ShareKeys(
+            request_id=94,
+            message_id=_MESSAGE_ID,
+            key_shares=(
+                KeyShare(
+                    sender_keys=_DEVICE_KEYS,
+                    recipient="bob",
+                    recipient_device=bytes(range(16, 32)),
+                    message_type=1,
+                    ciphertext=b"olm2",
+                ),
+            ),
+        ),
     ]
     missing = {cls.TAG for cls in m.REQUEST_TYPES} - {r.TAG for r in requests}
     assert not missing, f"every_request() has no example of {sorted(missing)}"

@@ -104,6 +104,11 @@ class RecordingStore:
         self.uncommitted.append(message.id)
         return stored
 
+    def add_messages(self, messages: Sequence[tuple[m.ChatMessage, bytes | None]]) -> Any:
+        stored = self.inner.add_messages(messages)
+        self.uncommitted.extend(found.message.id for found in stored if found is not None)
+        return stored
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
@@ -349,9 +354,11 @@ class ChatWorld:
         seed: int = 0,
         config: ServerConfig | None = None,
         link: Link | None = None,
+        stage_messages: bool | None = None,
     ) -> None:
         self.seed = seed
         self.stores = stores
+        self.stage_messages = stage_messages
         self.config = config if config is not None else test_config()
         self.net = Network(seed, default_link=link)
         self.key = ServerKey.generate(SeededRandomSource(f"server-key-{seed}"))
@@ -371,6 +378,7 @@ class ChatWorld:
             config=self.config,
             # A new seed per generation: a restarted server must not reissue tokens.
             random=SeededRandomSource(f"server-{self.seed}-{self.generation}"),
+            stage_messages=self.stage_messages,
         )
         host = ServerHost(server, store)
         self.net.add(f"server#{self.generation}", host, SERVER_ADDRESS)

@@ -79,6 +79,14 @@ key_shares = st.builds(
 )
 
 
+@st.composite
+def _shares_of_one_sender(draw: st.DrawFn, max_size: int = 5) -> tuple[KeyShare, ...]:
+    """Key shares as one message carries them: all from one device."""
+    sender = draw(device_keys)
+    shares = draw(st.lists(key_shares, max_size=max_size))
+    return tuple(attrs.evolve(share, sender_keys=sender) for share in shares)
+
+
 def _conversation_of(sender: str, to: str) -> st.SearchStrategy[str]:
     return st.just(to if to.startswith("#") else ",".join(sorted((sender, to))))
 
@@ -129,7 +137,8 @@ def _send_message(draw: st.DrawFn) -> m.SendMessage:
         message_id=message_id,
         to=to,
         encrypted=draw(_encrypted(sender, to)),
-        key_shares=draw(st.lists(key_shares, max_size=3).map(tuple)),
+        key_shares=draw(_shares_of_one_sender(max_size=3)),
+        staged=draw(st.integers(min_value=0, max_value=m.MAX_STAGED_SHARES)),
     )
 
 
@@ -185,7 +194,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "new": passwords,
     "delivered_at": st.none() | utc_datetimes,
     "before": st.none() | message_ids,
-    "key_shares": _small_tuple(key_shares),
+    "key_shares": _shares_of_one_sender(),
     "keys": st.builds(
         KeysUpload,
         device_keys=device_keys,

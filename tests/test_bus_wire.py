@@ -47,6 +47,7 @@ from udpchat_proto.bus import (
     snapshot_bodies,
 )
 from udpchat_proto.chat import MAX_NODE_USERS, MAX_NODES, ClusterNews, encode
+from udpchat_proto.e2ee import DeviceKeys
 from udpchat_proto.randomness import SeededRandomSource
 
 KEY = ServerKey.generate(SeededRandomSource("bus-wire"))
@@ -335,6 +336,15 @@ MESSAGE = m.ChatMessage(
 )
 
 
+DEVICE = DeviceKeys(
+    user="bob",
+    device_id=b"\x01" * 16,
+    curve25519=b"\x02" * 32,
+    ed25519=b"\x03" * 32,
+    signature=b"\x04" * 64,
+)
+
+
 @pytest.mark.parametrize(
     ("name", "data"),
     [
@@ -355,6 +365,8 @@ MESSAGE = m.ChatMessage(
         ("a push that is presence", news(pushes=[["bob", b64(encode(
             m.PresenceChanged(username="alice", online=True)))]])),
         ("a push that does not decode", news(pushes=[["bob", b64(b"\x01{}")]])),
+        ("a push for one device", news(pushes=[["bob", b64(encode(
+            m.OneTimeKeysLow(one_time_keys=3, fallback_used=False)))]])),
         ("a push not in base64", news(pushes=[["bob", "!!"]])),
         ("a push for nobody", news(pushes=[["", b64(encode(m.Unfriended(by_user="a")))]])),
         ("a push of three", news(pushes=[["bob", "", ""]])),
@@ -380,7 +392,8 @@ def test_an_authentic_message_that_says_what_no_node_says_is_invalid(
 
 
 def test_every_push_a_node_hands_to_another_passes() -> None:
-    pushes: list[m.Push] = [
+    pushes: list[m.Push | m.DevicePush] = [
+        m.DeviceAdded(user="bob", device=DEVICE),
         m.InvitationReceived(from_user="alice"),
         m.InvitationAnswered(by_user="bob", accepted=True),
         m.InvitationCancelled(by_user="bob"),

@@ -333,8 +333,8 @@ def test_a_node_that_says_goodbye_takes_its_users_offline_at_once() -> None:
 
 
 def test_a_send_that_lost_a_race_with_another_node_is_done_again() -> None:
-    # Every step of a node has a savepoint, sends too: one that deadlocked with
-    # another node's batch is done again, and the rest of its batch stands.
+    # A node stores its batch's sends together (add_messages): when that deadlocks
+    # with another node's batch, it is done again, and the rest of the batch stands.
     cluster = Cluster()
     alice, _bob = signed_up(cluster)
     original = cluster.store.add_message
@@ -349,7 +349,7 @@ def test_a_send_that_lost_a_race_with_another_node_is_done_again() -> None:
     alice.send_message("bob", "after a lost race")
     cluster.run(0.5)
     assert cluster.delivered(5002) == ["after a lost race"]
-    assert cluster.nodes[NODE_A].stats.steps_retried == 1
+    assert cluster.nodes[NODE_A].stats.stores_retried == 1
 
 
 def test_a_session_whose_end_was_not_told_is_closed_at_the_next_check() -> None:

@@ -112,27 +112,30 @@ def test_a_room_leave_is_not_pushed_when_the_account_deletion_fails(node: ChatWo
     )
 
 
-def test_a_send_done_again_after_a_deadlock_costs_one_message_of_the_budget(
+def test_a_send_stored_again_after_a_deadlock_costs_one_message_of_the_budget(
     tmp_path: Path,
 ) -> None:
+    # A node stages its sends and stores them with the batch (add_messages): a
+    # deadlock there stores the batch's messages again, and spends nothing twice.
     config = test_config(cluster=True, message_rate=RateLimit(burst=2, interval=3600.0))
     world = ChatWorld(StoreFactory("sqlite", tmp_path / "chat.sqlite3"), config=config)
     alice, bob = world.signed_up("alice", "bob")
     world.befriend(alice, bob)
     store = world.store
-    original = store.add_message
+    original = store.add_messages
     races = [DEADLOCK]
 
-    def racing(message: m.ChatMessage, origin: bytes | None = None) -> Any:
+    def racing(messages: Any) -> Any:
         if races:
             raise races.pop()
-        return original(message, origin)
+        return original(messages)
 
-    store.add_message = racing  # type: ignore[method-assign]
-    alice.send("bob", "one (lost a race, done again)")
-    assert world.server.stats.steps_retried == 1
-    # Two messages sent, a burst of two allowed: the retry spent a token again.
+    store.add_messages = racing  # type: ignore[method-assign]
+    alice.send("bob", "one (lost a race, stored again)")
+    assert world.server.stats.stores_retried == 1
+    # Two messages sent, a burst of two allowed: the retry spent no token again.
     alice.send("bob", "two")
+    alice.refused(alice.conn.send_message("bob", "three"), ErrorCode.RATE_LIMITED)
 
 
 def test_a_join_done_again_after_a_deadlock_costs_one_change_of_the_budget(

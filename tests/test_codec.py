@@ -24,8 +24,10 @@ from udpchat_proto.chat.codec import (
     encode,
     message_version,
 )
-from udpchat_proto.chat.validation import ValidationError
-from udpchat_proto.e2ee import EncryptedMessage
+from udpchat_proto.chat.config import SERVER_RECEIVE_LIMIT
+from udpchat_proto.chat.validation import REQUEST_ID_MAX, USERNAME_MAX, ValidationError
+from udpchat_proto.e2ee import DeviceKeys, EncryptedMessage, KeyShare
+from udpchat_proto.e2ee.records import MAX_KEY_SHARE, MAX_MESSAGE_CIPHERTEXT
 from udpchat_proto.errors import DecodeError, ErrorCode, LocalProtocolError
 
 from .strategies import all_messages, strategy_for
@@ -545,7 +547,9 @@ def test_a_malformed_server_only_message_is_never_answered(
     for name, value in obj.items():
         if name in ("type", "request_id"):
             continue
-        optional = attrs.fields_dict(cls)[name].default is not attrs.NOTHING
+        # sender_keys is the wire's, not a field: the shares' sender, named once.
+        field = attrs.fields_dict(cls).get(name)
+        optional = field is not None and field.default is not attrs.NOTHING
         for bad in (
             *(() if optional else ({k: v for k, v in obj.items() if k != name},)),
             {**obj, name: _wrong_type(value)},
@@ -679,8 +683,90 @@ def test_an_encrypted_send_is_version_2_without_text() -> None:
     assert encoded[0] == 2
     obj = json.loads(encoded[1:])
     assert "text" not in obj and "key_shares" not in obj
-    assert obj["encrypted"]["ciphertext"] == "03"
+    assert obj["encrypted"]["ciphertext"] == "Aw=="  # ciphertexts are base64
     assert decode(encoded) == message
+
+
+def _share(sender: DeviceKeys, recipient: str, ciphertext: bytes) -> KeyShare:
+    return KeyShare(
+        sender_keys=sender,
+        recipient=recipient,
+        recipient_device=b"\x09" * 16,
+        message_type=0,
+        ciphertext=ciphertext,
+    )
+
+
+_ALICE_KEYS = DeviceKeys(
+    user="alice",
+    device_id=b"\x01" * 16,
+    curve25519=b"\x02" * 32,
+    ed25519=b"\x03" * 32,
+    signature=b"\x04" * 64,
+)
+_RECORD = EncryptedMessage(
+    conversation="#r",
+    sender="alice",
+    sender_device=b"\x01" * 16,
+    session_id=b"\x02" * 32,
+    device_set_version=5,
+    ciphertext=b"\x03",
+)
+
+
+@pytest.mark.parametrize("cls", [m.SendMessage, m.ShareKeys])
+def test_a_requests_shares_name_their_sender_once_and_carry_base64(cls: type[Any]) -> None:
+    shares = (_share(_ALICE_KEYS, "bob", b"\xff" * 5), _share(_ALICE_KEYS, "cat", b"\x00"))
+    extra = {"to": "#r", "encrypted": _RECORD} if cls is m.SendMessage else {}
+    message = cls(request_id=1, message_id=bytes(16), key_shares=shares, **extra)
+    obj = json.loads(encode(message)[1:])
+    assert obj["sender_keys"]["user"] == "alice"
+    assert [share["ciphertext"] for share in obj["key_shares"]] == ["//////8=", "AA=="]
+    assert all("sender_keys" not in share for share in obj["key_shares"])
+    assert decode(encode(message)) == message
+    del obj["sender_keys"]  # shares without their sender: refused, not guessed
+    with pytest.raises(DecodeError) as info:
+        decode(wire(obj))
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_one_messages_shares_are_from_one_device() -> None:
+    other = attrs.evolve(_ALICE_KEYS, device_id=b"\x05" * 16)
+    with pytest.raises(ValidationError):
+        m.ShareKeys(
+            request_id=1,
+            message_id=bytes(16),
+            key_shares=(_share(_ALICE_KEYS, "bob", b"\x01"), _share(other, "bob", b"\x01")),
+        )
+
+
+def test_a_request_carries_a_bounded_batch_of_shares_that_fits_the_receive_limit() -> None:
+    """The largest send (every share and the ciphertext at their bounds, the longest
+    names) stays within what the server reassembles: a rotation in a large room
+    goes in share_keys batches, never in one request the server cannot take."""
+    longest = "u" * USERNAME_MAX
+    keys = attrs.evolve(_ALICE_KEYS, user=longest)
+    shares = tuple(
+        _share(keys, longest, b"\xff" * MAX_KEY_SHARE) for _ in range(m.MAX_SHARES_PER_REQUEST)
+    )
+    record = attrs.evolve(
+        _RECORD,
+        conversation="#" + "r" * USERNAME_MAX,
+        sender=longest,
+        ciphertext=b"\xff" * MAX_MESSAGE_CIPHERTEXT,
+    )
+    send = m.SendMessage(
+        request_id=REQUEST_ID_MAX,
+        message_id=bytes(16),
+        to=record.conversation,
+        encrypted=record,
+        key_shares=shares,
+        staged=m.MAX_STAGED_SHARES,
+    )
+    assert len(encode(send)) <= SERVER_RECEIVE_LIMIT
+    with pytest.raises(ValidationError) as info:
+        m.ShareKeys(request_id=1, message_id=bytes(16), key_shares=(*shares, shares[0]))
+    assert info.value.code is ErrorCode.TOO_LARGE
 
 
 @pytest.mark.parametrize(

@@ -148,9 +148,14 @@ class Device:
         return new
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "memory-staged", "sqlite-staged"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChatWorld]:
-    chat = ChatWorld(StoreFactory(request.param, tmp_path / "db.sqlite3"), seed=26)
+    # (staged: as a server on PostgreSQL does, the batch's messages stored in one
+    # call, an encrypted one's devices and shares right after it, before the commit)
+    kind, _, staged = str(request.param).partition("-")
+    chat = ChatWorld(
+        StoreFactory(kind, tmp_path / "db.sqlite3"), seed=26, stage_messages=bool(staged)
+    )
     yield chat
     chat.check_server_health()
 
@@ -419,3 +424,27 @@ def test_key_shares_and_encrypted_messages_cross_a_clusters_nodes() -> None:
         assert push.message.ciphertext is not None
         decrypted = states[port].decrypt(push.message.ciphertext, push.message.id)
         assert isinstance(decrypted, Decrypted) and decrypted.text == "across nodes"
+
+
+def test_a_new_device_is_announced_on_every_node_of_a_cluster() -> None:
+    """Alice's device on one node, Bob's on the other: each hears of the other's
+    new devices through the news; a connection that is no device hears nothing."""
+    cluster = Cluster()
+    alice, bob = cluster_signed_up(cluster)
+    plain = cluster.client("alice", NODE_B, 5004)  # alice, version 1: never a device
+    cluster.run()
+    plain.login("alice", CLUSTER_PASSWORD)
+    cluster.run()
+    devices = {}
+    for conn, name in ((alice, "alice"), (bob, "bob")):
+        assert conn.token is not None
+        state = CryptoState.create(name, session_id(token_hash(conn.token)))
+        upload = state.keys_to_upload(published_one_time_keys=0)
+        assert upload is not None
+        conn.upload_keys(upload)
+        cluster.run(0.5)  # under any timer: the news brought it
+        devices[name] = state.device_keys
+    added = [push for push in alice.take_device_pushes() if isinstance(push, m.DeviceAdded)]
+    assert [push.device for push in added] == [devices["bob"]]
+    assert plain.take_device_pushes() == []
+    assert not any(isinstance(e, m.DeviceAdded) for e in cluster.events[("127.0.0.2", 5004)])

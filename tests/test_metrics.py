@@ -95,7 +95,8 @@ def test_fifty_idle_connections_hold_at_most_the_cap_and_are_closed_at_the_deadl
         # Each beyond the cap ended the oldest idle one (none had sent a request).
         wait_until(lambda: serve.refused + serve.evicted == 42)
         assert serve.open_connections == 8
-        assert handler_threads() <= 8
+        # (an evicted connection's thread may take a moment to end: bounded wait)
+        wait_until(lambda: handler_threads() <= 8)
         started = time.monotonic()
         waited = sorted(closed_after(sock) for sock in clients)
         # The 42 ended or refused were closed at once, the 8 others at their deadline.

@@ -8,15 +8,19 @@ import datetime
 import threading
 import uuid
 from pathlib import Path
+from typing import Any, cast
+from unittest import mock
 
 import psycopg
 import pytest
 
 from tests.services import POSTGRES_URL, postgres_database, postgres_store
+from udpchat_proto import Store
 from udpchat_proto import messages as m
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
-from udpchat_proto.chat.store import StoreUnavailableError, stored_size
+from udpchat_proto.chat.store import StoreUnavailableError, WriteTrackingStore, stored_size
 from udpchat_server.migrate import migrate
+from udpchat_server.stores import batched
 from udpchat_server.stores.postgres import MIGRATIONS, PostgresStore
 from udpchat_server.stores.sqlite import SQLiteStore
 
@@ -157,3 +161,143 @@ def test_the_move_from_sqlite_keeps_each_accounts_stored_bytes(tmp_path: Path) -
         migrate(source, url)
         with PostgresStore.open(url) as moved:
             assert {name: moved.stored_bytes(name) for name in expected} == expected
+
+
+# --- a node's batch: a few statements whatever its size ---------------------------------------
+
+
+def direct(sender: str, to: str, n: int) -> m.ChatMessage:
+    return m.ChatMessage(
+        id=uuid.uuid4().bytes,
+        sender=sender,
+        to=to,
+        text=f"{sender} {n}",
+        sent_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+    )
+
+
+def test_a_batch_with_a_failure_in_the_middle_is_rolled_back_whole() -> None:
+    with postgres_store() as store:
+        # The disk fills up as the second message of a batch is written.
+        store.connection.execute(
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.text = 'bob 1' THEN RAISE EXCEPTION 'no space' USING ERRCODE = '53100'; "
+            "END IF; RETURN NEW; END $$"
+        )
+        store.connection.execute(
+            "CREATE TRIGGER disk_full BEFORE INSERT ON messages "
+            "FOR EACH ROW EXECUTE FUNCTION disk_full()"
+        )
+        store.create_session(b"a" * 32, "alice", 1.0)
+        store.commit()
+        store.create_session(b"b" * 32, "bob", 2.0)  # an earlier write of the batch
+        with pytest.raises(StoreUnavailableError) as full:
+            store.add_messages([(direct("bob", "alice", n), None) for n in range(3)])
+        assert full.value.reason == "disk full" and not full.value.conflict
+        with pytest.raises(StoreUnavailableError):
+            store.add_messages([(direct("bob", "alice", 9), None)])  # refused: lost
+        with pytest.raises(StoreUnavailableError):
+            store.commit()
+        # Nothing of the batch is kept: no message, no seq, no session.
+        assert store.pending_deliveries("alice", b"a" * 32, 10) == []
+        assert store.get_session(b"b" * 32) is None
+        # The next batch is a new one.
+        store.add_messages([(direct("bob", "alice", 2), None)])
+        store.commit()
+        stored = store.get_message(store.pending_deliveries("alice", b"a" * 32, 10)[0].id)
+        assert stored is not None and stored.seq == 1 and stored.message.text == "bob 2"
+
+
+def test_two_nodes_storing_messages_that_deadlock_lose_only_the_statement() -> None:
+    with postgres_store() as first:
+        second = PostgresStore.open(POSTGRES_URL, schema=first._schema)
+        try:
+            first.add_messages([(direct("a", "b", 0), None)])  # each batch holds a row ...
+            second.add_messages([(direct("c", "d", 0), None)])
+            failures: dict[str, StoreUnavailableError] = {}
+
+            def cross(name: str, store: PostgresStore, sender: str, to: str) -> None:
+                try:
+                    # ... and wants the other's (its conversation's seq).
+                    store.add_messages([(direct(sender, to, 1), None)])
+                except StoreUnavailableError as exc:
+                    failures[name] = exc
+                    store.commit()  # the loser's batch stands: the winner goes on
+
+            threads = [
+                threading.Thread(target=cross, args=("first", first, "c", "d")),
+                threading.Thread(target=cross, args=("second", second, "a", "b")),
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert not any(thread.is_alive() for thread in threads)
+            assert len(failures) == 1
+            (loser,) = failures.values()
+            assert loser.conflict
+            winner = second if "first" in failures else first
+            winner.commit()
+            # Both batches' first messages are there, the winner's second, no gap.
+            seqs = first._read().execute(
+                "SELECT c.key, array_agg(m.seq ORDER BY m.seq) FROM messages AS m "
+                "JOIN conversations AS c ON c.id = m.conversation GROUP BY c.key"
+            )
+            assert sorted(found for _key, found in seqs) == [[1], [1, 2]]
+        finally:
+            second.close()
+
+
+def test_a_serialization_failure_storing_a_nodes_messages_is_retried() -> None:
+    with postgres_store() as store:
+        store.connection.execute(
+            "CREATE FUNCTION serialization_failure() RETURNS int LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'lost a race' USING ERRCODE = '40001'; END $$"
+        )
+        store.create_session(b"a" * 32, "alice", 1.0)
+        store.commit()
+        tracker = WriteTrackingStore(store, stage_messages=True)
+        real = store.add_messages
+        calls: list[int] = []
+
+        def racing(messages: Any) -> Any:
+            calls.append(len(messages))
+            if len(calls) > 1:
+                return real(messages)
+            # The first try fails in PostgreSQL as a lost race does.
+            losing = "SELECT serialization_failure(), 1 WHERE %(ids)s::bytea[] IS NOT NULL"
+            with mock.patch.object(batched, "ADD_MESSAGES", losing):
+                return real(messages)
+
+        store.add_messages = racing  # type: ignore[method-assign]
+        cast(Store, tracker).create_session(b"b" * 32, "bob", 1.0)  # the batch's earlier write
+        refused: list[None] = []
+        tracker.stage_message(direct("bob", "alice", 0), b"b" * 32, lambda: refused.append(None))
+        tracker.commit()
+        assert calls == [1, 1] and tracker.conflicts_retried == 1 and refused == []
+        # The conflict undid its own statement only: the whole batch committed.
+        assert store.get_session(b"b" * 32) is not None
+        texts = [d.text for d in store.pending_deliveries("alice", b"a" * 32, 10)]
+        assert texts == ["bob 0"]
+
+
+def test_a_nodes_batch_costs_four_round_trips_whatever_its_size() -> None:
+    with postgres_store() as store:
+        sessions = [bytes([n]) * 32 for n in range(1, 41)]
+        for n, hashed in enumerate(sessions):
+            store.create_session(hashed, f"u{n}", 1.0)
+        store.commit()
+        tracker = WriteTrackingStore(store, stage_messages=True)
+        previous: list[m.ChatMessage] = []
+        for size in (1, 20, 200):
+            before = store.round_trips
+            sent = [direct(f"u{n % 40}", f"u{(n + 1) % 40}", n) for n in range(size)]
+            for message in sent:
+                tracker.stage_message(message, sessions[int(message.sender[1:])], lambda: None)
+            for message in previous:  # the last batch's messages, acknowledged now
+                tracker.acknowledge(message.to, sessions[int(message.to[1:])], [message.id], 2.0)
+            tracker.commit()
+            found = tracker.pending_deliveries_many([(f"u{n}", sessions[n], 64) for n in range(40)])
+            assert sum(len(f) for f in found) == size
+            assert store.round_trips - before <= 4, size
+            previous = sent

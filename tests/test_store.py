@@ -492,6 +492,66 @@ def test_pending_is_in_insertion_order_across_conversations(store: Store) -> Non
     assert pending(store, "alice", ALICE_PHONE, limit=0) == []
 
 
+def test_pending_deliveries_many_is_each_sessions_pending(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(ALICE_LAPTOP, "alice", 1.0)
+    store.create_session(CAROL_PHONE, "carol", 1.0)
+    store.join_room("#room", "alice", 1.0)
+    store.join_room("#room", "carol", 1.0)
+    store.add_block("carol", "zed", 1.0)
+    sent = [send(store, "bob", "alice", "1"), send(store, "zed", "#room", "2")]
+    send(store, "alice", "#room", "3")
+    send(store, "bob", "carol", "4")
+    store.acknowledge("alice", ALICE_PHONE, [sent[0].id], T_ACK)
+    asked = [
+        ("alice", ALICE_PHONE, 10),
+        ("alice", ALICE_LAPTOP, 1),
+        ("carol", CAROL_PHONE, 10),  # zed's room message is hidden from her
+        ("alice", ALICE_TABLET, 10),  # an unknown session: from the user's cursors
+        ("bob", BOB_PHONE, 0),
+        ("alice", ALICE_PHONE, 10),  # asked twice: answered twice
+    ]
+    many = store.pending_deliveries_many(asked)
+    assert many == [store.pending_deliveries(user, hashed, limit) for user, hashed, limit in asked]
+    assert [texts(found) for found in many] == [["2"], ["1"], ["3", "4"], ["2"], [], ["2"]]
+    assert store.pending_deliveries_many([]) == []
+
+
+def test_add_messages_stores_a_batch_in_order_and_skips_taken_ids(store: Store) -> None:
+    store.create_session(ALICE_PHONE, "alice", 1.0)
+    store.create_session(BOB_PHONE, "bob", 1.0)
+    store.join_room("#room", "alice", 1.0)
+    first = send(store, "bob", "alice", "before")
+    store.commit()
+    batch = [message("bob", "alice", "a"), message("alice", "#room", "r")]
+    repeated = message("carol", "alice", "same id as a")
+    repeated = ChatMessage(
+        id=batch[0].id,
+        sender=repeated.sender,
+        to=repeated.to,
+        text=repeated.text,
+        sent_at=repeated.sent_at,
+    )
+    batch += [first, message("bob", "alice", "b"), repeated, message("carol", "dave", "new")]
+    origins = [BOB_PHONE, ALICE_PHONE, BOB_PHONE, BOB_PHONE, None, None]
+    stored = store.add_messages(list(zip(batch, origins, strict=True)))
+    # Taken ids (stored before, or earlier in the batch) are not kept and take no seq.
+    assert [None if s is None else (s.message.text, s.seq) for s in stored] == [
+        ("a", 2),
+        ("r", 1),
+        None,
+        ("b", 3),
+        None,
+        ("new", 1),
+    ]
+    store.commit()
+    assert texts(store.history("alice", "bob", 10)) == ["before", "a", "b"]
+    assert pending(store, "alice", ALICE_PHONE) == ["before", "a", "b"]
+    assert pending(store, "carol", CAROL_PHONE) == []  # her message to dave only
+    assert texts(store.history("carol", "dave", 10)) == ["new"]
+    assert store.add_messages([]) == []
+
+
 def test_acknowledge_advances_the_session(store: Store) -> None:
     store.create_session(ALICE_PHONE, "alice", 1.0)
     sent = [send(store, "bob", "alice", str(n)) for n in range(5)]

@@ -519,7 +519,14 @@ def command(
                 raise StartupError(str(exc)) from None
             if created:
                 log.info("created key file %s", key_path)
-            server = ChatServer(store=store, static_key=key, clock=time.time, config=config)
+            server = ChatServer(
+                store=store,
+                static_key=key,
+                clock=time.time,
+                config=config,
+                # A database a round trip away: a batch's messages in one statement.
+                stage_messages=is_postgres_url(db),
+            )
             operator = _operator(
                 server,
                 store,

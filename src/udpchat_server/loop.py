@@ -379,6 +379,10 @@ class ServerLoop:
             cluster["bus_dropped"] = dict(sorted(self._bus.dropped.items()))
             # Ignored by the core (one node's cap) or by the bus (the cap over all).
             cluster["remote_names_ignored"] = stats.remote_names_ignored + self._bus.names_ignored
+        round_trips = getattr(self._store, "round_trips", None)
+        if isinstance(round_trips, int):  # a database server's store (PostgreSQL)
+            cluster["store_round_trips"] = round_trips
+            cluster["stores_retried"] = stats.stores_retried
         return {
             "datagrams_in": self.datagrams_received,
             "datagrams_out": self.datagrams_sent,

@@ -79,6 +79,16 @@ _COUNTERS: Final = (
     ("udpchat_messages_delivered", "messages_delivered", "Messages pushed to a device."),
     ("udpchat_commits", "commits", "Batches committed."),
     ("udpchat_commits_failed", "failed_commits", "Batches lost (their answers: unavailable)."),
+    (
+        "udpchat_store_round_trips",
+        "store_round_trips",
+        "Round trips to the database server (PostgreSQL; a pipeline is one).",
+    ),
+    (
+        "udpchat_stores_retried",
+        "stores_retried",
+        "Batches of messages stored again after a deadlock with another node.",
+    ),
     ("udpchat_hash_jobs", "hash_jobs", "Password hashes run (register, login ...)."),
     ("udpchat_sessions_expired", "sessions_expired", "Login sessions expired."),
     ("udpchat_internal_errors", "internal_errors", "Requests that failed unexpectedly."),

@@ -277,11 +277,18 @@ def _push(item: Any) -> tuple[str, bytes]:
         raise TypeError("a push is base64 text")
     payload = base64.b64decode(encoded, validate=True)
     push = decode(payload)
-    if not isinstance(push, messages.Push) or isinstance(push, OWN_PUSHES):
+    if not isinstance(push, CROSSING_PUSHES) or isinstance(push, OWN_PUSHES):
         raise ValueError(f"not a push another node sends: {type(push).__name__}")
     return username, payload
 
 
+CROSSING_PUSHES: Final = (*messages.PUSH_TYPES, messages.DeviceAdded)
+"""What a ``news`` body's pushes may be: a push of version 1 (an invitation, a
+room join ...) or a new device (``device_added``, version 2, which the receiving
+node sends only to the devices among the user's connections). Not
+``one_time_keys_low``: it names no device, and only the one whose keys ran low
+may be told (left: a device on another node than the claimer hears it at its
+next upload's answer)."""
 OWN_PUSHES: Final = (messages.MessageDelivered, messages.CaughtUp, messages.PresenceChanged)
 """Pushes a node makes only from what it reads or knows itself (messages from the
 database, presence from the heartbeats), never from another node's word: a push

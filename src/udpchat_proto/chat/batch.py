@@ -110,6 +110,25 @@ class Batch:
         """Keep a reply or push until the commit (or the step's end)."""
         self._held.append(item)
 
+    @property
+    def held_count(self) -> int:
+        """How many replies and pushes are held."""
+        return len(self._held)
+
+    @property
+    def last_held(self) -> Held | None:
+        """The reply or push held last, if any."""
+        return self._held[-1] if self._held else None
+
+    def replace(self, old: Held, new: Held) -> None:
+        """Put ``new`` in the place of the held ``old`` (nothing if it is not held any
+        more). Looked for from the end: the answers replaced are recent."""
+        held = self._held
+        for index in range(len(held) - 1, -1, -1):
+            if held[index] is old:
+                held[index] = new
+                return
+
     def hold_close(self, target: ConnectionId | RemoteSession, reason: str | None) -> None:
         """Close ``target`` once the batch is durable: a lost batch must not have
         disconnected anyone."""

@@ -622,17 +622,31 @@ class ClientConnection:
         ``devices_changed`` (the error's ``device_set``: plan and encrypt again)
         and ``no_device``.
 
+        Shares beyond what one request carries (``MAX_SHARES_PER_REQUEST``, a
+        room's rotation) go ahead in ``share_keys`` requests, pipelined; their
+        ``ok`` answers need no waiting for (a refused one refuses the send too).
+
         Returns:
-            The request id; answered by ``MessageAccepted``.
+            The request id of the send; answered by ``MessageAccepted``.
         """
         shares = tuple(key_shares)
+        cut = max(0, len(shares) - m.MAX_SHARES_PER_REQUEST)  # the last ones ride in the send
+        staged, inline_shares = shares[:cut], shares[cut:]
+        for start in range(0, len(staged), m.MAX_SHARES_PER_REQUEST):
+            batch = staged[start : start + m.MAX_SHARES_PER_REQUEST]
+            self._request(
+                lambda rid, batch=batch: m.ShareKeys(  # type: ignore[misc]
+                    request_id=rid, message_id=message_id, key_shares=batch
+                )
+            )
         return self._request(
             lambda rid: m.SendMessage(
                 request_id=rid,
                 message_id=message_id,
                 to=to,
                 encrypted=message,
-                key_shares=shares,
+                key_shares=inline_shares,
+                staged=len(staged),
             )
         )
 

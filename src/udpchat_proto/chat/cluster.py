@@ -40,8 +40,13 @@ has not cached (:meth:`Store.friends_of_many`), whatever the names.
 
 from __future__ import annotations
 
+from typing import Final
+
+from ..transport import ConnectionId
+from . import messages as m
 from .batch import Batch
 from .caches import Caches
+from .codec import decode
 from .config import ServerConfig
 from .connections import ConnectionTable
 from .deliveries import Deliveries
@@ -58,6 +63,9 @@ from .remote import (
 from .sessions import Sessions
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
+
+_VERSION_2: Final = b"\x02"
+"""The first byte of a version 2 message: what a node decodes to route a push."""
 
 __all__ = ["HEARTBEAT_INTERVAL", "MAX_NODES", "MAX_NODE_USERS", "NODE_TIMEOUT", "ClusterNode"]
 
@@ -141,10 +149,29 @@ class ClusterNode:
         # online elsewhere, as this node knew it, not as the news says.)
         self._presence.remote_changed(self._remote.update(node, news.online, news.offline, now))
         for username, payload in news.pushes:
-            for connection_id in self._connections.of_user(username):
+            for connection_id in self._push_targets(username, payload):
                 self._outbox.send_now(connection_id, payload)
         if news.users:
-            self._deliveries.look_again_for(list(news.users))
+            # At the batch's end, with its own refills and the other nodes' news
+            # of the same turn: one read of the database for them all.
+            self._deliveries.look_again_later_for(list(news.users))
+
+    def _push_targets(self, username: str, payload: bytes) -> list[ConnectionId]:
+        """The connections here of ``username`` that a push from another node is
+        for: all of them, but for a version 2 push (``device_added``), only those
+        whose sessions are devices, as on the node that made it."""
+        targets = list(self._connections.of_user(username))
+        if payload[:1] != _VERSION_2 or not targets:
+            return targets
+        if not isinstance(decode(payload), m.DEVICE_PUSH_TYPES):
+            return targets
+        found = []
+        for connection_id in targets:
+            connection = self._connections.get(connection_id)
+            hashed = None if connection is None else connection.token_hash
+            if hashed is not None and self._store.session_device(hashed) is not None:
+                found.append(connection_id)
+        return found
 
     def receive_snapshot(self, node: str, usernames: list[str], now: float) -> None:
         """Another node's heartbeat: everyone online on it now."""

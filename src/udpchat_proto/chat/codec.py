@@ -8,8 +8,10 @@ Wire form (see ``docs/PROTOCOL.md``)::
     +---------+---------------------------------------------+
 
 The version byte lets a peer tell a newer protocol (a higher version) from garbage.
-Byte strings are lowercase hex, timestamps are integer microseconds since the Unix
-epoch (UTC), enumerations their string value, lists JSON arrays.
+Byte strings are lowercase hex (ciphertexts base64: they are most of an encrypted
+send's bytes), timestamps integer microseconds since the Unix epoch (UTC),
+enumerations their string value, lists JSON arrays. The key shares of one message
+name their sender's record once, in the message's ``sender_keys`` member.
 
 One configured cattrs converter does all the structuring; the attrs validators of
 :mod:`udpchat_proto.chat.messages` enforce the rules. :func:`decode` raises
@@ -18,6 +20,8 @@ One configured cattrs converter does all the structuring; the attrs validators o
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import json
 import re
@@ -29,6 +33,7 @@ import cattrs.gen
 import orjson
 from cattrs.errors import AttributeValidationNote, IterableValidationError, IterableValidationNote
 
+from ..e2ee.records import EncryptedMessage, KeyShare
 from ..errors import DecodeError, ErrorCode
 from . import messages as m
 from .validation import LIST_MAX, REQUEST_ID_MAX, ValidationError
@@ -108,6 +113,19 @@ def _structure_bytes(value: Any, _cls: Any) -> bytes:
         raise _WrongTypeError("expected a hex string") from None
 
 
+def _structure_base64(value: Any, _cls: Any) -> bytes:
+    if type(value) is not str:
+        raise _WrongTypeError(f"expected a base64 string, got {_json_name(value)}")
+    try:
+        return base64.b64decode(value, validate=True)  # lengths: the validators
+    except (binascii.Error, ValueError):
+        raise _WrongTypeError("expected a base64 string") from None
+
+
+def _unstructure_base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
 def _unstructure_datetime(value: datetime.datetime) -> int:
     return (value - _EPOCH) // datetime.timedelta(microseconds=1)
 
@@ -167,6 +185,29 @@ def _make_converter(*, detailed: bool = False) -> cattrs.Converter:
         return structure
 
     conv.register_structure_hook_factory(attrs.has, record_hook)
+    # Ciphertexts are base64 (4 characters per 3 bytes, hex takes 6): a share is
+    # most of a rotation's bytes, and a room's rotation carries hundreds.
+    for cls in _BASE64_CIPHERTEXT:
+        inner = cattrs.gen.make_dict_structure_fn(
+            cls,
+            conv,
+            _cattrs_forbid_extra_keys=False,
+            _cattrs_detailed_validation=detailed,
+            ciphertext=cattrs.gen.override(struct_hook=_structure_base64),
+        )
+
+        def structure_record(value: Any, cls: Any, inner: Any = inner) -> Any:
+            if type(value) is not dict:
+                raise _WrongTypeError(f"expected an object, got {_json_name(value)}")
+            return inner(value, cls)
+
+        conv.register_structure_hook(cls, structure_record)
+        conv.register_unstructure_hook(
+            cls,
+            cattrs.gen.make_dict_unstructure_fn(
+                cls, conv, ciphertext=cattrs.gen.override(unstruct_hook=_unstructure_base64)
+            ),
+        )
     # Members version 2 added to version 1 messages are left out at their default,
     # so that a message that uses none of them is version 1's, byte for byte.
     for cls, names in _ADDED_IN_2.items():
@@ -179,10 +220,17 @@ def _make_converter(*, detailed: bool = False) -> cattrs.Converter:
     return conv
 
 
+#: The records whose ``ciphertext`` is base64 on the wire.
+_BASE64_CIPHERTEXT: Final = (KeyShare, EncryptedMessage)
+#: The messages whose key shares name their sender's keys once, in the message's
+#: ``sender_keys`` member, not in each share (every share of one is from one device).
+_SHARES_OF_ONE_SENDER: Final[frozenset[type[Any]]] = frozenset(
+    {m.SendMessage, m.ShareKeys, m.MessageDelivered}
+)
 #: Version 2's members of version 1 messages (left out when they hold their default).
 _ADDED_IN_2: Final[dict[type[Any], tuple[str, ...]]] = {
     m.ChatMessage: ("encrypted", "ciphertext"),
-    m.SendMessage: ("text", "encrypted", "key_shares"),
+    m.SendMessage: ("text", "encrypted", "key_shares", "staged"),
     m.ErrorResponse: ("device_set",),
     m.MessageDelivered: ("key_shares",),
 }
@@ -190,6 +238,7 @@ _ADDED_IN_2: Final[dict[type[Any], tuple[str, ...]]] = {
 _NEW_IN_2: Final[frozenset[type[Any]]] = frozenset(
     {
         m.UploadKeys,
+        m.ShareKeys,
         m.ClaimKeys,
         m.GetDevices,
         m.KeysStored,
@@ -255,12 +304,39 @@ def encode(message: m.Message) -> bytes:
         ) from None
     obj = converter.unstructure(message)
     obj["type"] = tag
+    if type(message) in _SHARES_OF_ONE_SENDER:
+        _hoist_sender_keys(obj)
     # orjson: compact UTF-8 JSON (what json.dumps with ensure_ascii=False and
     # compact separators writes) at a tenth of the cost.
     data = _VERSION_BYTES[message_version(message)] + orjson.dumps(obj)
     if len(data) > MAX_ENCODED_SIZE:
         raise ValidationError(ErrorCode.TOO_LARGE, f"encoded message is {len(data)} bytes")
     return data
+
+
+def _hoist_sender_keys(obj: dict[str, Any]) -> None:
+    """Move the key shares' ``sender_keys`` (one device's) to the message, once."""
+    shares = obj.get("key_shares")
+    if not shares:
+        return
+    keys = shares[0]["sender_keys"]
+    for share in shares:
+        if share.pop("sender_keys") != keys:
+            raise ValidationError(
+                ErrorCode.BAD_REQUEST, "the key shares of one message are from one device"
+            )
+    obj["sender_keys"] = keys
+
+
+def _lower_sender_keys(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with its ``sender_keys`` put back in each of its key shares (what
+    :func:`_hoist_sender_keys` took out); as it is if it has no shares."""
+    shares = obj.get("key_shares")
+    if type(shares) is not list or not shares or "sender_keys" not in obj:
+        return obj  # no shares, or the refusal says what is missing or wrong
+    keys = obj["sender_keys"]
+    lowered = [{**share, "sender_keys": keys} if type(share) is dict else share for share in shares]
+    return {**obj, "key_shares": lowered}
 
 
 def decode(data: bytes) -> m.Message:
@@ -328,6 +404,8 @@ def _structure(obj: dict[str, Any], reason: str) -> m.Message:
             raise _refusal(
                 obj, cls, ErrorCode.TOO_LARGE, f"lists hold at most {LIST_MAX} entries", reason
             )
+    if cls in _SHARES_OF_ONE_SENDER:
+        obj = _lower_sender_keys(obj)
     try:
         return converter.structure(obj, cls)  # type: ignore[no-any-return]
     except ValidationError as exc:

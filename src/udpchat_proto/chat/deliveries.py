@@ -83,6 +83,9 @@ class Deliveries:
         timers: the cursor-write and store-retry timers.
         stats: counts pushes and failures.
         clock: the wall clock (when an acknowledgement came).
+        batch_refills: refill the windows an acknowledgement opened at the batch's
+            end (:meth:`refill_queued`), all in one read, not one read each (a
+            cluster's node: its database is a round trip away).
     """
 
     def __init__(
@@ -96,8 +99,12 @@ class Deliveries:
         timers: ServerTimers,
         stats: ServerStats,
         clock: WallClock,
+        batch_refills: bool = False,
     ) -> None:
         self._store = store
+        self._batch_refills = batch_refills
+        self._queued: dict[ConnectionId, None] = {}
+        """Connections to refill at the batch's end (``batch_refills``)."""
         self._tracker = tracker
         self._connections = connections
         self._outbox = outbox
@@ -210,7 +217,10 @@ class Deliveries:
         # before anything reads the cursors (the refill below), or by the timer.
         self._store.acknowledge(connection.username, connection.token_hash, ids, self._clock())
         self._timers.arm(ServerTimer.CURSOR_WRITE, now + CURSOR_WRITE_DELAY)
-        self.retry_refill(connection)
+        if self._batch_refills:
+            self._queued[connection.connection_id] = None
+        else:
+            self.retry_refill(connection)
 
     def write_cursors(self) -> None:
         """Write the deferred acknowledgements (the CURSOR_WRITE timer; the batch
@@ -268,20 +278,72 @@ class Deliveries:
     def look_again(self, connection_id: ConnectionId) -> None:
         """Read the store again for this connection: it may hold what is not in
         flight (another node stored it, or news of it was lost)."""
-        connection = self._connections.get(connection_id)
-        if connection is not None and connection.logged_in:
-            # A live window pushes only what this node stores: it reads the
-            # database again (and says caught_up again once it has).
-            connection.deliveries.fall_behind()
-            self.retry_refill(connection)
+        self._look_again([connection_id])
 
     def look_again_for(self, usernames: list[str]) -> None:
-        """:meth:`look_again` for every connection here of these users."""
-        for username in usernames:
-            for connection_id in self._connections.of_user(username):
-                self.look_again(connection_id)
+        """:meth:`look_again` for every connection here of these users, in one read."""
+        self._look_again(
+            [
+                connection_id
+                for username in usernames
+                for connection_id in self._connections.of_user(username)
+            ]
+        )
 
     def look_again_for_everyone(self) -> None:
-        """:meth:`look_again` for every connection here."""
-        for connection in list(self._connections):
-            self.look_again(connection.connection_id)
+        """:meth:`look_again` for every connection here, in one read."""
+        self._look_again([connection.connection_id for connection in list(self._connections)])
+
+    def look_again_later_for(self, usernames: list[str]) -> None:
+        """:meth:`look_again_for`, at the batch's end (:meth:`refill_queued`), in one
+        read with the batch's other refills (news from several nodes in one turn)."""
+        self._look_again(
+            [
+                connection_id
+                for username in usernames
+                for connection_id in self._connections.of_user(username)
+            ],
+            now=False,
+        )
+
+    def _look_again(self, connection_ids: list[ConnectionId], *, now: bool = True) -> None:
+        for connection_id in connection_ids:
+            connection = self._connections.get(connection_id)
+            if connection is not None and connection.logged_in:
+                # A live window pushes only what this node stores: it reads the
+                # database again (and says caught_up again once it has).
+                connection.deliveries.fall_behind()
+                self._queued[connection_id] = None
+        if now:
+            self.refill_queued()
+
+    def refill_queued(self) -> None:
+        """Refill the windows queued (acknowledged, or looked at again), in one read
+        of the store (``Store.pending_deliveries_many``); a failure is retried as
+        :meth:`retry_refill` retries."""
+        queued, self._queued = self._queued, {}
+        wanting: list[ChatConnection] = []
+        for connection_id in queued:
+            connection = self._connections.get(connection_id)
+            if connection is not None and connection.deliveries.wants_refill:
+                wanting.append(connection)
+        if not wanting:
+            return
+        try:
+            found = self._store.pending_deliveries_many(
+                [(c.username or "", c.token_hash or b"", c.deliveries.size) for c in wanting]
+            )
+        except StoreUnavailableError as failure:
+            self._stats.note_store_failure(failure)
+            self._stale.update(dict.fromkeys(c.connection_id for c in wanting))
+            self._timers.set_after(ServerTimer.STORE_RETRY, STORE_RETRY_INTERVAL)
+            return
+        except Exception as exc:
+            self._stats.note_internal_error(exc)
+            return
+        for connection, pending in zip(wanting, found, strict=True):
+            pushed, caught_up = connection.deliveries.refill(pending)
+            for message in pushed:
+                self._push(connection, message)
+            if caught_up:
+                self._outbox.send(connection.connection_id, m.CaughtUp())

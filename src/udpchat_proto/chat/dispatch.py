@@ -216,12 +216,14 @@ class Dispatcher:
             )
             return
         handler = route.handler
-        # Nodes of a cluster can deadlock: a savepoint for every step, done again if it lost.
+        # Nodes of a cluster can deadlock: a savepoint for every step that writes,
+        # done again if it lost. (A send writes nothing in its step on a node: its
+        # message is staged, stored with the batch's others, see store.py.)
         self.run_step(
             connection,
             item.request_id,
             lambda: handler(connection, item, now),
-            savepoint=self._config.cluster or not route.writes_once,
+            savepoint=not route.writes_once,
         )
 
     def run_step(

@@ -449,6 +449,18 @@ class MemoryStore:
             self._stored[message.sender] += stored_size(message.text)
         return stored
 
+    def add_messages(
+        self, messages: Sequence[tuple[ChatMessage, bytes | None]]
+    ) -> list[StoredMessage | None]:
+        """:meth:`add_message` for each, in order; None for a taken id."""
+        stored: list[StoredMessage | None] = []
+        for message, origin in messages:
+            try:
+                stored.append(self.add_message(message, origin))
+            except ValueError:
+                stored.append(None)
+        return stored
+
     def _uncharge(self, message: ChatMessage) -> None:
         """A message of its sender's is deleted: it counts no more."""
         if message.sender in self._stored:
@@ -529,6 +541,12 @@ class MemoryStore:
                 if len(result) == limit:
                     break
         return result
+
+    def pending_deliveries_many(
+        self, sessions: Sequence[tuple[str, bytes, int]]
+    ) -> list[list[ChatMessage]]:
+        """:meth:`pending_deliveries` for each ``(username, token_hash, limit)``."""
+        return [self.pending_deliveries(user, hashed, limit) for user, hashed, limit in sessions]
 
     def acknowledge(
         self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float

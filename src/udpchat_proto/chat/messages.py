@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import typing
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import attrs
 
@@ -32,6 +32,8 @@ from . import validation as v
 __all__ = [
     "ANSWERED_REQUEST_TYPES",
     "DEVICE_PUSH_TYPES",
+    "MAX_SHARES_PER_REQUEST",
+    "MAX_STAGED_SHARES",
     "MESSAGE_CLASSES",
     "PUSH_TYPES",
     "REQUEST_TYPES",
@@ -101,6 +103,7 @@ __all__ = [
     "SendMessage",
     "SessionInfo",
     "Sessions",
+    "ShareKeys",
     "Unblock",
     "Unfriend",
     "Unfriended",
@@ -172,6 +175,43 @@ def _instance(kind: type) -> v.AttrsValidator:
             raise v.ValidationError(ErrorCode.BAD_REQUEST, f"expected a {kind.__name__}")
 
     return validate
+
+
+#: The most key shares one request (a ``send_message`` or ``share_keys``) carries:
+#: even at their largest (2,048 bytes of Olm message, base64 on the wire) they fit
+#: the server's 64 KiB receive limit with the largest message beside them.
+MAX_SHARES_PER_REQUEST: Final = 16
+#: The most shares staged for one message: every device of a full room but the
+#: sender's (256 members of 32 login sessions each).
+MAX_STAGED_SHARES: Final = 256 * 32
+
+
+def _one_sender(inst: object, attr: object, value: object) -> None:
+    """Key shares all from one device: the wire names its keys once."""
+    _list_of(KeyShare)(inst, attr, value)
+    if isinstance(value, tuple) and any(
+        share.sender_keys != value[0].sender_keys for share in value
+    ):
+        raise v.ValidationError(
+            ErrorCode.BAD_REQUEST, "the key shares of one message are from one device"
+        )
+
+
+def _shares_field(inst: object, attr: object, value: object) -> None:
+    _one_sender(inst, attr, value)
+    if isinstance(value, tuple) and len(value) > MAX_SHARES_PER_REQUEST:
+        raise v.ValidationError(
+            ErrorCode.TOO_LARGE,
+            f"a request carries at most {MAX_SHARES_PER_REQUEST} key shares "
+            "(stage more with share_keys)",
+        )
+
+
+def _staged_count(_inst: object, _attr: object, value: object) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_STAGED_SHARES:
+        raise v.ValidationError(
+            ErrorCode.BAD_REQUEST, f"staged: expected 0 to {MAX_STAGED_SHARES} key shares"
+        )
 
 
 def _check_body(text: str, ciphertext: EncryptedMessage | None, *, encrypted: bool) -> None:
@@ -426,18 +466,42 @@ class SendMessage:
     """The end-to-end encrypted message (version 2), instead of ``text``. The server
     accepts it only at the conversation's current device set
     (``encrypted.device_set_version``), else ``devices_changed``."""
-    key_shares: tuple[KeyShare, ...] = attrs.field(default=(), validator=_list_of(KeyShare))
+    key_shares: tuple[KeyShare, ...] = attrs.field(default=(), validator=_shares_field)
     """With ``encrypted``: the session key for each device that needs it, each
-    delivered to its device ahead of this message (accepted with it, or neither)."""
+    delivered to its device ahead of this message (accepted with it, or neither).
+    At most :data:`MAX_SHARES_PER_REQUEST`; more go ahead in :class:`ShareKeys`."""
+    staged: int = attrs.field(default=0, validator=_staged_count)
+    """How many key shares this connection staged for this message id in
+    :class:`ShareKeys` requests before it (version 2): the server takes them with
+    the message, or refuses it (``devices_changed``) if it does not hold them all."""
 
     def __attrs_post_init__(self) -> None:
         _check_body(self.text, self.encrypted, encrypted=self.encrypted is not None)
         if self.encrypted is not None:
             _check_ciphertext(self.encrypted, None, self.to)
-        elif self.key_shares:
+        elif self.key_shares or self.staged:
             raise v.ValidationError(
                 ErrorCode.BAD_REQUEST, "key shares go with an encrypted message"
             )
+
+
+@attrs.frozen(kw_only=True)
+class ShareKeys:
+    """Stage key shares for an encrypted message this connection sends next
+    (version 2): a room's rotation needs more shares than one request may carry.
+
+    Answered by :class:`Ok`. The server holds them for this connection
+    only, for a short while, bounded; the :class:`SendMessage` with the same
+    ``message_id`` (its ``staged`` the number staged) takes them, accepted with it
+    or dropped with its refusal. Nothing staged is ever delivered on its own.
+    """
+
+    TAG: ClassVar[str] = "share_keys"
+
+    request_id: int = _request_id_field()
+    message_id: bytes = attrs.field(validator=v.message_id)
+    key_shares: tuple[KeyShare, ...] = attrs.field(validator=_shares_field)
+    """At most :data:`MAX_SHARES_PER_REQUEST`."""
 
 
 @attrs.frozen(kw_only=True)
@@ -918,7 +982,7 @@ class MessageDelivered:
     TAG: ClassVar[str] = "message_delivered"
 
     message: ChatMessage
-    key_shares: tuple[KeyShare, ...] = attrs.field(default=(), validator=_list_of(KeyShare))
+    key_shares: tuple[KeyShare, ...] = attrs.field(default=(), validator=_one_sender)
     """The key shares for this device that were sent with the message: the device
     takes them before it decrypts it. They ride in the device's ordered stream at
     the message's place, acknowledged with it (version 2; left out when empty)."""
@@ -1059,6 +1123,7 @@ AnsweredRequest = (
     | ListRooms
     | ListMembers
     | UploadKeys
+    | ShareKeys
     | ClaimKeys
     | GetDevices
 )

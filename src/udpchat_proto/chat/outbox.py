@@ -103,6 +103,19 @@ class Outbox:
                 connection, message.request_id, ErrorCode.TOO_LARGE, "the answer is too large"
             )
 
+    def reply_held(self, connection: ChatConnection, message: m.Response) -> Held | None:
+        """:meth:`reply`, and what holds the answer (for :meth:`replace_held`), or None
+        if it was not held (sent at once, or refused)."""
+        before = self._batch.held_count
+        self.reply(connection, message)
+        return self._batch.last_held if self._batch.held_count > before else None
+
+    def replace_held(self, held: Held, message: m.Response) -> None:
+        """Put ``message`` in the place of a held answer, to go out in its turn (an
+        answer decided once the batch's writes were done: see
+        ``MessageHandlers._stage``)."""
+        self._batch.replace(held, Held(held.target, message, encode(message)))
+
     def refuse(
         self,
         connection: ChatConnection,
@@ -126,6 +139,12 @@ class Outbox:
         for connection_id in self._connections.of_user(username):
             self.send(connection_id, push)
         if self._remote.is_online(username):  # and on the other nodes (cluster.py)
+            self.send(RemoteUser(username), push)
+
+    def push_to_other_nodes(self, username: str, push: m.Push | m.DevicePush) -> None:
+        """Push to ``username``'s connections on the other nodes, if it has any
+        (a cluster's; each node picks the connections there it is for)."""
+        if self._remote.is_online(username):
             self.send(RemoteUser(username), push)
 
     def flush_membership(self) -> None:

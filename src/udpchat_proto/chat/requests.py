@@ -70,8 +70,9 @@ class Route:
     """Allowed on an anonymous connection (register, login, resume)."""
     writes_once: bool = False
     """The handler makes at most one store write, as the last step that can fail:
-    a failure leaves nothing half-written, so (on a single server) it runs without
-    a savepoint, two statements less a request."""
+    a failure leaves nothing half-written, so it runs without a savepoint, two
+    statements less a request. (On a cluster's node a send writes nothing in its
+    step: its message is staged with the batch, see ``WriteTrackingStore``.)"""
 
 
 def route(

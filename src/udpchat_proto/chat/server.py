@@ -82,6 +82,7 @@ from .handlers import (
 )
 from .hashing import Hashing
 from .limits import Limits
+from .messages import MAX_STAGED_SHARES
 from .outbox import Outbox
 from .password_jobs import HashJob, JobBook
 from .passwords import PasswordHash
@@ -89,6 +90,7 @@ from .presence import Presence
 from .remote import ClusterNews, RemoteUsers
 from .requests import token_hash, unavailable_message
 from .sessions import Sessions
+from .staging import ShareStaging
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
 from .timers import ServerTimer, ServerTimers
@@ -113,6 +115,9 @@ class ChatServer:
             monotonic clock, so that a wall-clock step (NTP) never moves them.
         config: limits and timeouts (defaults: :class:`ServerConfig`).
         random: where tokens, salts and transport keys come from (default: the OS).
+        stage_messages: store each batch's new messages together, in one call
+            (``Store.add_messages``), not one call each: for a store a round trip
+            away (PostgreSQL). A cluster's node always does (None: only then).
 
     Nothing here raises for remote input. A store that cannot work answers
     ``unavailable``; any other store exception in a request is answered
@@ -127,14 +132,18 @@ class ChatServer:
         clock: WallClock,
         config: ServerConfig | None = None,
         random: RandomSource | None = None,
+        stage_messages: bool | None = None,
     ) -> None:
         config = config if config is not None else ServerConfig()
         random = random if random is not None else SystemRandomSource()
         self._config = config
         self._clock = clock
-        self._tracker = tracker = WriteTrackingStore(store)
         # Every part reads and writes through the tracker: it notes the batch's
-        # writes (what is held) and defers the cursors' moves.
+        # writes (what is held) and defers the cursors' moves; with a database a
+        # round trip away (always on a cluster's node) it stages new messages, to
+        # be stored together (store.py).
+        stage = config.cluster if stage_messages is None else stage_messages or config.cluster
+        self._tracker = tracker = WriteTrackingStore(store, stage_messages=stage)
         store = cast(Store, tracker)
         self._store = store
         self._server_key = static_key.public_bytes
@@ -147,6 +156,11 @@ class ChatServer:
         self._timers = timers = ServerTimers()
         self._jobs = JobBook()
         self._limits = limits = Limits(config)
+        self._staging = ShareStaging(
+            max_shares=min(
+                MAX_STAGED_SHARES, config.max_room_members * config.max_sessions_per_user
+            )
+        )
         self._connections = connections = ConnectionTable(config, transport.set_protected)
         remote = RemoteUsers(stats)
         self._caches = caches = Caches(
@@ -191,6 +205,7 @@ class ChatServer:
             timers=timers,
             stats=stats,
             clock=clock,
+            batch_refills=config.cluster,
         )
         self._hashing = hashing = Hashing(
             store=store,
@@ -250,6 +265,7 @@ class ChatServer:
                 stats=stats,
                 config=config,
                 clock=clock,
+                staging=self._staging,
             ),
             KeyHandlers(
                 store=store, connections=connections, outbox=outbox, caches=caches, clock=clock
@@ -440,12 +456,16 @@ class ChatServer:
         """
         self._outbox.flush_membership()
         if not self._tracker.dirty:
+            self._deliveries.refill_queued()
             return None
         try:
             self._tracker.commit()
         except StoreUnavailableError as exc:
+            self.stats.stores_retried = self._tracker.conflicts_retried
             self.rolled_back(exc)
+            self._deliveries.refill_queued()
             return exc
+        self.stats.stores_retried = self._tracker.conflicts_retried
         self.committed()
         return None
 
@@ -455,7 +475,9 @@ class ChatServer:
         Releases every reply and push held since the first uncommitted write, in
         order, and pushes the messages the batch stored to the connections here
         that wait for them (a cluster's hints). Then call :meth:`datagrams_to_send`.
-        (:meth:`commit` does both.)
+        (:meth:`commit` does both.) A server that stages messages
+        (``stage_messages``) stores them in :meth:`commit`: one built so must be
+        committed through it, never by its caller.
         """
         self._outbox.flush_membership()
         self._tracker.batch_committed()
@@ -562,7 +584,9 @@ class ChatServer:
 
         Call it between batches (before feeding a batch's first datagram), as every
         method of this section: what it sends must not wait for, or be lost with,
-        a batch of this node's."""
+        a batch of this node's. (The deliveries its hints ask for are read at the
+        next batch's end, once it committed or was lost, in one read with that
+        batch's own refills: every node's news of a turn costs one query.)"""
         self._timers.now = now
         self._cluster.receive_news(node, news, now)
 
@@ -705,6 +729,7 @@ class ChatServer:
                 migrated.address = event.address
         elif isinstance(event, ConnectionTerminated):
             ended = self._connections.remove(event.connection_id)
+            self._staging.drop(event.connection_id)
             if ended is not None:
                 self._sessions.log_out(ended, announce=False)
                 # Nobody waits for its hash any more: no worker's time is spent on it.
@@ -745,6 +770,7 @@ class ChatServer:
         """Expire sessions, delete old messages, prune the limiters."""
         wall = self._clock()
         self._sessions.expire(wall)
+        self._staging.expire(now)
         if self._config.retain_days is not None:
             self.stats.messages_deleted += self._store.delete_delivered_before(
                 wall - self._config.retain_days * 86400.0, RETENTION_BATCH

@@ -58,6 +58,9 @@ class ServerStats:
     """Batches whose commit failed: their answers became ``unavailable``."""
     steps_retried: int = 0
     """Requests done again because they lost a race with another node's writes."""
+    stores_retried: int = 0
+    """Times a cluster node's batch of messages was stored again because storing it
+    lost a race with another node's writes (a deadlock)."""
     remote_names_ignored: int = 0
     """Names other nodes said were online that this node did not keep: beyond
     ``MAX_NODE_USERS`` for one node, or from a node beyond ``MAX_NODES``."""

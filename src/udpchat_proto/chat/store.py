@@ -77,6 +77,7 @@ from .validation import is_room
 
 __all__ = [
     "CURSOR_READERS",
+    "FLUSH_ATTEMPTS",
     "MESSAGE_OVERHEAD",
     "STORE_READS",
     "STORE_WRITES",
@@ -377,6 +378,21 @@ class Store(Protocol):
         """
         ...
 
+    def add_messages(
+        self, messages: Sequence[tuple[ChatMessage, bytes | None]]
+    ) -> list[StoredMessage | None]:
+        """:meth:`add_message` for several ``(message, origin)`` at once, in order: a
+        store may then take them in a few statements, not a few each (a cluster's
+        node stores a batch's messages so). For each, what was stored, or None where
+        its id is already stored, or is an earlier one's of the same call: nothing of
+        that one is kept.
+
+        Raises:
+            StoreUnavailableError: as for any write; the batch may then be lost
+                (see the module docstring): :meth:`commit` says so.
+        """
+        ...
+
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         """The message with this id, or None."""
         ...
@@ -399,6 +415,14 @@ class Store(Protocol):
         rooms (not the room messages of users it blocks), and what the user sent
         from its other sessions; of the encrypted messages, only those stored for
         the session's device (:meth:`add_encrypted`: its id is the session's id)."""
+        ...
+
+    def pending_deliveries_many(
+        self, sessions: Sequence[tuple[str, bytes, int]]
+    ) -> list[list[ChatMessage]]:
+        """:meth:`pending_deliveries` for each ``(username, token_hash, limit)``, in
+        order, in one read where the store can (a cluster's node refills every
+        connection a batch's news names at once: one query, not one a connection)."""
         ...
 
     def acknowledge(
@@ -550,6 +574,7 @@ STORE_READS: Final = frozenset(
         "get_message",
         "history",
         "pending_deliveries",
+        "pending_deliveries_many",
         "count_waiting",
         "stored_bytes",
         "room_exists",
@@ -582,6 +607,7 @@ STORE_WRITES: Final = frozenset(
         "add_block",
         "delete_block",
         "add_message",
+        "add_messages",
         "acknowledge",
         "acknowledge_many",
         "join_room",
@@ -614,6 +640,16 @@ leaves out what waits to be acknowledged, and ``count_waiting``, a cap, may coun
 it for a moment."""
 
 
+FLUSH_ATTEMPTS: Final = 3
+"""Most tries at storing a batch's staged messages when each loses a race with
+another node (a deadlock: see ``StoreUnavailableError.conflict``)."""
+
+
+_Staged = tuple[ChatMessage, bytes | None, Callable[[], None], Callable[[], None] | None, bool]
+"""A staged message: it, its origin, its ``refused`` and ``stored`` callbacks, and
+whether ``stored`` writes (see :meth:`WriteTrackingStore.stage_message`)."""
+
+
 class WriteTrackingStore:
     """A store that forwards every call to ``inner``, notes writes and defers
     cursor moves.
@@ -633,12 +669,33 @@ class WriteTrackingStore:
     repeats by id), so the delay costs nothing the promise needs; written moves
     that a failed request or a lost batch undid are put back to be written again.
 
+    With ``stage_messages`` (a database a round trip away: PostgreSQL, always on a
+    cluster's node),
+    new messages are *staged* (:meth:`stage_message`) and stored together by one
+    :meth:`Store.add_messages` call: before any other write, before a read that
+    could see them (:meth:`get_message`, :meth:`history`), before an atomic block,
+    and at the commit. Their answers wait with the batch meanwhile, as every answer
+    of a batch that writes does; one whose id turned out to be taken is told so by
+    its ``refused`` callback, before the commit. :meth:`stored_bytes` counts the
+    staged ones.
+
     Args:
         inner: the store to forward to.
+        stage_messages: stage new messages (see above).
     """
 
-    def __init__(self, inner: Store) -> None:
+    def __init__(self, inner: Store, *, stage_messages: bool = False) -> None:
         self.inner = inner
+        self.stages_messages = stage_messages
+        """Whether new messages are staged (:meth:`stage_message`)."""
+        self._staged: list[_Staged] = []
+        """Messages staged and not stored yet, in order, each with its callbacks."""
+        self._staged_bytes: dict[str, int] = {}
+        """What the staged messages count against each sender's quota."""
+        self._flush_failure: StoreUnavailableError | None = None
+        """Why storing the staged messages failed in this batch (it is lost)."""
+        self.conflicts_retried = 0
+        """How many times storing the staged messages lost a race and was done again."""
         self.dirty = False
         """Whether anything was written since the last :meth:`commit`."""
         self._deferred: dict[tuple[str, bytes], dict[bytes, None]] = {}
@@ -673,6 +730,83 @@ class WriteTrackingStore:
             self.acknowledge(username, token_hash, message_ids, now)
         return []
 
+    # --- staged messages -------------------------------------------------------------
+
+    def stage_message(
+        self,
+        message: ChatMessage,
+        origin: bytes | None,
+        refused: Callable[[], None],
+        stored: Callable[[], None] | None = None,
+        *,
+        writes: bool = False,
+    ) -> None:
+        """Store ``message`` with the batch's others (see the class). Once they are
+        stored (before the commit), ``refused`` is called if its id was taken
+        (nothing of it was kept), else ``stored``; ``writes``: ``stored`` writes
+        what refers to the message (then all of it is one atomic block, and its
+        failure loses the batch). The batch counts as written from now on."""
+        self.dirty = True
+        self._staged.append((message, origin, refused, stored, writes))
+        size = stored_size(message.text)
+        self._staged_bytes[message.sender] = self._staged_bytes.get(message.sender, 0) + size
+
+    def flush_messages(self) -> None:
+        """Store the staged messages now (one :meth:`Store.add_messages` call), then
+        call the ``refused`` of each that was not stored.
+
+        Raises:
+            StoreUnavailableError: from ``inner``; the batch is lost (the staged
+                messages' answers were held with it), and :meth:`commit` raises.
+        """
+        if not self._staged:
+            return
+        staged, self._staged, self._staged_bytes = self._staged, [], {}
+        messages = [(message, origin) for message, origin, _, _, _ in staged]
+        # A ``stored`` callback that writes (an encrypted message's devices and
+        # shares) writes in one atomic block with the messages: should it fail, no
+        # message is kept without what refers to it.
+        writes = any(entry[4] for entry in staged)
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            calling = False
+            try:
+                with self.inner.atomic() if writes else contextlib.nullcontext():
+                    stored = self.inner.add_messages(messages)
+                    calling = True
+                    self._call_back(staged, stored)
+            except StoreUnavailableError as failure:
+                if failure.conflict and not calling and attempt < FLUSH_ATTEMPTS:
+                    # Lost a race with another node (a deadlock): nothing was kept,
+                    # and the same statements done again will most likely pass.
+                    # (Not once callbacks ran: they may have pushed.)
+                    self.conflicts_retried += 1
+                    continue
+                self._flush_failure = failure
+                raise
+            break
+
+    @staticmethod
+    def _call_back(staged: Sequence[_Staged], stored: Sequence[StoredMessage | None]) -> None:
+        for (_message, _origin, refused, done, _writes), kept in zip(staged, stored, strict=True):
+            if kept is None:
+                refused()
+            elif done is not None:
+                done()
+
+    def stored_bytes(self, username: str) -> int:
+        """``inner``'s, and what the staged messages of ``username`` add to it."""
+        return self.inner.stored_bytes(username) + self._staged_bytes.get(username, 0)
+
+    def _unstage_from(self, start: int) -> None:
+        """Forget the messages staged from index ``start`` on (their step failed)."""
+        if len(self._staged) <= start:
+            return
+        del self._staged[start:]
+        self._staged_bytes = {}
+        for message, _origin, _refused, _done, _writes in self._staged:
+            size = stored_size(message.text)
+            self._staged_bytes[message.sender] = self._staged_bytes.get(message.sender, 0) + size
+
     def deferred_for(self, username: str) -> bool:
         """Whether acknowledgements of a session of ``username`` wait to be written
         (a scan of the waiting sessions: for a rare question, not the hot path)."""
@@ -692,6 +826,29 @@ class WriteTrackingStore:
         # means the end of the backlog.
         pending = self.inner.pending_deliveries(username, token_hash, limit + len(deferred))
         return [message for message in pending if message.id not in deferred][:limit]
+
+    def pending_deliveries_many(
+        self, sessions: Sequence[tuple[str, bytes, int]]
+    ) -> list[list[ChatMessage]]:
+        """``inner``'s (one read), each without the messages whose acknowledgement
+        waits to be written."""
+        if not sessions:
+            return []
+        deferred = [self._deferred.get((user, hashed)) for user, hashed, _limit in sessions]
+        found = self.inner.pending_deliveries_many(
+            [
+                (user, hashed, limit + len(waiting or ()))
+                for (user, hashed, limit), waiting in zip(sessions, deferred, strict=True)
+            ]
+        )
+        return [
+            pending
+            if not waiting
+            else [message for message in pending if message.id not in waiting][:limit]
+            for (_user, _hashed, limit), waiting, pending in zip(
+                sessions, deferred, found, strict=True
+            )
+        ]
 
     def flush_acknowledgements(self, *, own_block: bool = False) -> None:
         """Write the deferred acknowledgements into the current batch.
@@ -728,19 +885,28 @@ class WriteTrackingStore:
             self._deferred[key] = merged
 
     def commit(self) -> None:
-        """Write what is deferred and commit ``inner``; the batch is over either way
-        (see ``Store.commit``), and a lost batch's acknowledgements wait again.
+        """Store the staged messages, write what is deferred and commit ``inner``; the
+        batch is over either way (see ``Store.commit``), and a lost batch's
+        acknowledgements wait again.
 
         Raises:
-            StoreUnavailableError: from ``inner``.
+            StoreUnavailableError: from ``inner``, or the staged messages could not
+                be stored (the batch is lost).
         """
+        with contextlib.suppress(StoreUnavailableError):
+            self.flush_messages()  # (if it fails, the commit below says the batch is lost)
         if self._deferred:
             # A failure leaves them waiting (put back), not the batch half-written:
             # the rest of it commits (or its commit says the whole batch is lost).
             with contextlib.suppress(StoreUnavailableError):
                 self.flush_acknowledgements(own_block=True)
+        failure, self._flush_failure = self._flush_failure, None
         try:
             self.inner.commit()
+            if failure is not None:
+                # (A store that lost the staged messages loses the batch: its
+                # commit raises. Were one not to, the answers held are still wrong.)
+                raise failure
         except BaseException:
             self.batch_lost()
             raise
@@ -754,8 +920,10 @@ class WriteTrackingStore:
         self._written.clear()
 
     def batch_lost(self) -> None:
-        """The batch was discarded: what it wrote of the acknowledgements waits again."""
+        """The batch was discarded: what it wrote of the acknowledgements waits again
+        (and what it staged is dropped: its answers went out as ``unavailable``)."""
         self.dirty = False
+        self._staged, self._staged_bytes, self._flush_failure = [], {}, None
         written, self._written = self._written, []
         self._put_back(written)
         self._receipts.clear()  # recorded again when the acknowledgements are
@@ -768,7 +936,11 @@ class WriteTrackingStore:
     def atomic(self) -> Iterator[None]:
         """``inner``'s atomic block; acknowledgements written inside a block that
         fails were undone with it, so they wait again."""
+        # What earlier steps staged is stored outside this block: a failure of this
+        # one must not undo it.
+        self.flush_messages()
         start, receipts_start = len(self._written), len(self._receipts)
+        staged_start = len(self._staged)
         try:
             with self.inner.atomic():
                 yield
@@ -776,6 +948,7 @@ class WriteTrackingStore:
             undone, self._written[start:] = self._written[start:], []
             self._put_back(undone)
             del self._receipts[receipts_start:]
+            self._unstage_from(staged_start)
             raise
 
 
@@ -785,15 +958,20 @@ def _forward(name: str, *, write: bool) -> Callable[..., Any]:
     if name in CURSOR_READERS:  # (all writes)
 
         def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
+            if self._staged:
+                self.flush_messages()
             if self._deferred:
                 self.flush_acknowledgements()
             self.dirty = True
             return getattr(self.inner, name)(*args, **kwargs)
 
-    elif write:
+    elif write or name in _SEE_STAGED:
 
         def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
-            self.dirty = True
+            if self._staged:
+                self.flush_messages()  # (in the order they were asked for)
+            if write:
+                self.dirty = True
             return getattr(self.inner, name)(*args, **kwargs)
 
     else:
@@ -806,6 +984,18 @@ def _forward(name: str, *, write: bool) -> Callable[..., Any]:
     return forward
 
 
-_OWN: Final = frozenset({"acknowledge", "acknowledge_many", "pending_deliveries"})
+#: Reads that would miss a staged message: the staged ones are stored first. (The
+#: others need not wait: ``pending_deliveries`` in a cluster is read again once the
+#: batch is durable, and ``count_waiting`` is a cap.)
+_SEE_STAGED: Final = frozenset({"get_message", "history"})
+_OWN: Final = frozenset(
+    {
+        "acknowledge",
+        "acknowledge_many",
+        "pending_deliveries",
+        "pending_deliveries_many",
+        "stored_bytes",
+    }
+)
 for _name in sorted((STORE_READS | STORE_WRITES) - _OWN):
     setattr(WriteTrackingStore, _name, _forward(_name, write=_name in STORE_WRITES))

@@ -172,6 +172,9 @@ class SqlStore(abc.ABC):
         """Write the seqs kept in memory into ``conversations.last_seq``, before a
         statement reads it (SQLite's add_message keeps them)."""
 
+    def _account_deleted(self, username: str) -> None:  # noqa: B027
+        """The account ``username`` is being deleted: forget what is cached of it."""
+
     def _forget_conversation(self, key: str, conversation: int) -> None:  # noqa: B027
         """The conversation ``key`` (its id: ``conversation``) was deleted: forget
         what is cached of it."""
@@ -282,6 +285,7 @@ class SqlStore(abc.ABC):
             ).fetchall():
                 self._charge(sender, -int(size))
         self._usage_unwritten.pop(username, None)  # (its row goes)
+        self._account_deleted(username)
         for blocker in self.blockers_of(username):
             self._pass_blocked_runs(blocker)  # (its blocks end: see delete_block)
         for statement in (
@@ -490,6 +494,23 @@ class SqlStore(abc.ABC):
 
     # --- messages ------------------------------------------------------------------------
 
+    def add_messages(
+        self, messages: Sequence[tuple[m.ChatMessage, bytes | None]]
+    ) -> list[StoredMessage | None]:
+        """:meth:`add_message` for each, in order (None for a taken id). PostgreSQL
+        does it its own way: in one statement."""
+        stored: list[StoredMessage | None] = []
+        for message, origin in messages:
+            try:
+                stored.append(self.add_message(message, origin))
+            except ValueError:
+                stored.append(None)
+        return stored
+
+    @abc.abstractmethod
+    def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> StoredMessage:
+        """See Store (each database stores a message its own way)."""
+
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         row = self._select(sql.GET_MESSAGE, (message_id,)).fetchone()
         if row is None:
@@ -530,6 +551,13 @@ class SqlStore(abc.ABC):
             },
         )
         return [self._message(row) for row in rows]
+
+    def pending_deliveries_many(
+        self, sessions: Sequence[tuple[str, bytes, int]]
+    ) -> list[list[m.ChatMessage]]:
+        """One :meth:`pending_deliveries` each (SQLite is in the process: a read costs
+        no round trip); PostgreSQL reads them all in one query."""
+        return [self.pending_deliveries(user, hashed, limit) for user, hashed, limit in sessions]
 
     def acknowledge(
         self, username: str, token_hash: bytes, message_ids: Sequence[bytes], now: float

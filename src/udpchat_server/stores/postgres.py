@@ -16,9 +16,21 @@ PostgreSQL does its own way (and where its batched statements belong):
   into one conversation serialise on its row, and a seq is visible only with its
   message.
 * **Cursors** only move forward (``GREATEST``), and a sending session's moves
-  with its own messages (``_INSERT_MESSAGE``).
+  with its own messages (``batched.ADD_MESSAGES``).
 * **Stored bytes**: the batch's changes are one statement at commit, the
-  accounts locked in name order (``_ADD_USAGE``).
+  accounts locked in name order (``batched.ADD_USAGE``).
+* **Round trips.** A node's batch costs a handful of round trips whatever its
+  size: its messages are one statement (:meth:`PostgresStore.add_messages`, with
+  the duplicate-id check folded in), its acknowledgements one
+  (:meth:`~PostgresStore.acknowledge_many`), the refills one
+  (:meth:`~PostgresStore.pending_deliveries_many`), and the commit one (the
+  stored bytes and ``COMMIT`` in a pipeline). ``BEGIN``, ``SAVEPOINT`` and
+  ``RELEASE`` wait to go out in the pipeline of the next statement. The
+  statements are :mod:`.batched`'s; :attr:`PostgresStore.round_trips` counts.
+* **Stored bytes** are read once a second at most per user
+  (:data:`STORED_BYTES_TTL`; each commit brings the totals it changed back):
+  the quota check of a send costs no round trip. A user sending through several
+  nodes at once may pass the quota by what the others stored in that second.
 * **Failures** with an outside cause (the server unreachable or shutting down, a
   full disk, too many connections) become ``StoreUnavailableError``; the store
   reconnects at the next batch.
@@ -29,20 +41,28 @@ Not thread-safe: use it from the server loop's thread.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 import psycopg
-from psycopg import errors as pg_errors
 
-from udpchat_proto import StoredMessage, StoreUnavailableError
+from udpchat_proto import Acknowledgement, Receipt, StoredMessage, StoreUnavailableError
 from udpchat_proto import messages as m
-from udpchat_proto.chat import conversation_key, is_room, stored_size
+from udpchat_proto.chat import conversation_key, stored_size
 
+from . import batched
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
 from .dialect import POSTGRES
 
-__all__ = ["CONNECT_TIMEOUT", "MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "unavailable"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "STORED_BYTES_TTL",
+    "PostgresStore",
+    "unavailable",
+]
 
 #: Schema migrations, as for SQLite: ``MIGRATIONS[i]`` takes version ``i`` to ``i + 1``.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -172,42 +192,13 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 CONNECT_TIMEOUT: Final = 5
 """Seconds to reach the database before a batch is answered unavailable."""
 
-#: The batch's changes to the stored bytes, in one statement, in name order: two
-#: nodes' commits lock the accounts they change in the same order (no deadlock).
-_ADD_USAGE = """
-    UPDATE accounts SET stored_bytes = accounts.stored_bytes + d.delta
-    FROM (SELECT * FROM unnest(%s::text[], %s::bigint[]) AS u (name, delta)
-          ORDER BY name) AS d
-    WHERE accounts.username = d.name
-"""
-_NEXT_SEQ = """
-    INSERT INTO conversations AS c (key, is_room, created_at, last_seq) VALUES (%s, %s, %s, 1)
-    ON CONFLICT (key) DO UPDATE SET last_seq = c.last_seq + 1
-    RETURNING c.id, c.last_seq, (c.xmax = 0)
-"""
-#: The message, and the sending session's cursor moved past it when nothing came
-#: before it that the session lacks: its own message is never pushed to it, and
-#: without this a session that only sends would leave its cursor behind, so that
-#: each look for what is pending walked everything it ever sent (a cluster's node
-#: looks after every send).
-_INSERT_MESSAGE = """
-    WITH inserted AS (
-        INSERT INTO messages (id, conversation, seq, sender, recipient, text, sent_at, origin)
-        VALUES (%(id)s, %(conversation)s, %(seq)s, %(sender)s, %(recipient)s, %(text)s,
-                %(sent_at)s, %(origin)s)
-        RETURNING seq)
-    INSERT INTO session_cursors AS s (token_hash, conversation, seq)
-    SELECT %(origin)s, %(conversation)s, inserted.seq FROM inserted
-    WHERE %(origin)s::bytea IS NOT NULL
-      AND GREATEST(
-            (SELECT p.floor_seq FROM participants AS p
-             WHERE p.conversation = %(conversation)s AND p.username = %(sender)s),
-            COALESCE((SELECT c.seq FROM session_cursors AS c
-                      WHERE c.token_hash = %(origin)s AND c.conversation = %(conversation)s), 0)
-          ) = inserted.seq - 1
-    ON CONFLICT (token_hash, conversation) DO UPDATE SET seq = EXCLUDED.seq
-      WHERE s.seq = EXCLUDED.seq - 1
-"""
+STORED_BYTES_TTL: Final = 1.0
+"""Seconds a user's stored bytes, as read from the database, answer the quota check
+(its own changes are counted at once; other nodes' within this long)."""
+_RECENT_MAX = 8192
+"""Most messages kept as the objects :meth:`PostgresStore.add_messages` was given."""
+_BYTES_CACHED_MAX = 65_536
+"""Most users whose stored bytes are remembered (about 100 bytes each)."""
 
 #: SQLSTATE classes and codes whose cause is outside the server, and their names.
 _UNAVAILABLE_STATES = {
@@ -259,6 +250,17 @@ class PostgresStore(SqlStore):
         self._usage_unwritten: dict[str, int] = {}
         """What the batch added to (or took from) each sender's stored bytes, written
         at commit: one statement a batch, and the accounts' rows locked only then."""
+        self._prelude: list[str] = []
+        """``BEGIN``, ``SAVEPOINT`` and ``RELEASE`` not sent yet: they go out in the
+        pipeline of the next statement (no round trip of their own)."""
+        self._bytes_seen: dict[str, tuple[float, int]] = {}
+        """Each user's stored bytes as last read or committed, and when (monotonic)."""
+        self.round_trips = 0
+        """Round trips to the database so far (a pipeline is one)."""
+        self._recent: dict[bytes, m.ChatMessage] = {}
+        """The messages this store stored lately, by id: a cluster's node reads each
+        back for its recipients once the batch is durable, and a refill then builds
+        no new ChatMessage (8 µs each) for them. Forgotten with a lost batch."""
 
     @classmethod
     def open(cls, dsn: str, *, schema: str | None = None) -> PostgresStore:
@@ -305,7 +307,11 @@ class PostgresStore(SqlStore):
                 # on the user) that plan walked the messages, and a node's
                 # latency grew with what was stored. A plan for each run costs a
                 # fraction of a millisecond.
-                "SET plan_cache_mode = 'force_custom_plan'"
+                "SET plan_cache_mode = 'force_custom_plan'; "
+                # The batched statements look costly to the planner (a row per
+                # session or message), and JIT compiling them took longer (40 ms)
+                # than running them: a node's queries are short, never analytic.
+                "SET jit = off"
             )
             if self._schema is not None:
                 self._db.execute(f'SET search_path TO "{self._schema}"')
@@ -346,17 +352,31 @@ class PostgresStore(SqlStore):
 
     def _write(self) -> psycopg.Connection[Any]:
         """The connection, inside the batch's transaction (begun if needed) and the
-        savepoint of the current atomic block if any."""
+        savepoint of the current atomic block if any (both sent with the next
+        statement)."""
         if self._batch_lost is not None:
             raise self._batch_lost
         db = self._connection()
         if not self._in_batch:
-            db.execute("BEGIN")
+            self._prelude.append("BEGIN")
             self._in_batch = True
         if self._atomic_wanted and not self._atomic_open:
-            db.execute("SAVEPOINT request")
+            self._prelude.append("SAVEPOINT request")
             self._atomic_open = True
         return db
+
+    def _pipeline(self, statements: Sequence[tuple[str, Params | None]]) -> list[Any]:
+        """Run the prelude and ``statements`` in one round trip; their cursors."""
+        db = self._connection()
+        prelude, self._prelude = self._prelude, []
+        self.round_trips += 1
+        if not prelude and len(statements) == 1:
+            statement, params = statements[0]
+            return [db.execute(statement, params)]
+        with db.pipeline():
+            for text in prelude:
+                db.execute(text)
+            return [db.execute(statement, params) for statement, params in statements]
 
     def _raise_translated(self, exc: Exception) -> NoReturn:
         """Raise ``exc`` as StoreUnavailableError if its cause is outside; in a batch
@@ -382,29 +402,36 @@ class PostgresStore(SqlStore):
             yield
         except BaseException:
             self._usage_unwritten = usage  # what the block changed is undone with it
+            self._recent.clear()  # (and what it stored)
             if self._atomic_open and self._batch_lost is None:
-                try:
-                    db = self._connection()
-                    db.execute("ROLLBACK TO SAVEPOINT request")
-                    db.execute("RELEASE SAVEPOINT request")
-                except psycopg.Error as exc:
-                    self._batch_lost = unavailable(exc) or StoreUnavailableError(
-                        "rollback failed", str(exc)
-                    )
+                if "SAVEPOINT request" in self._prelude:
+                    self._prelude.remove("SAVEPOINT request")  # (never sent)
+                else:
+                    try:
+                        self._pipeline(
+                            [
+                                ("ROLLBACK TO SAVEPOINT request", None),
+                                ("RELEASE SAVEPOINT request", None),
+                            ]
+                        )
+                    except psycopg.Error as exc:
+                        self._batch_lost = unavailable(exc) or StoreUnavailableError(
+                            "rollback failed", str(exc)
+                        )
             raise
         else:
             if self._atomic_open:
-                try:
-                    self._connection().execute("RELEASE SAVEPOINT request")
-                except psycopg.Error as exc:
-                    self._atomic_open = False
-                    self._raise_translated(exc)
+                if "SAVEPOINT request" in self._prelude:
+                    self._prelude.remove("SAVEPOINT request")
+                else:
+                    # Sent with the next statement, or the commit.
+                    self._prelude.append("RELEASE SAVEPOINT request")
         finally:
             self._atomic_wanted = False
             self._atomic_open = False
 
     def commit(self) -> None:
-        """Commit the batch.
+        """Commit the batch (its stored bytes and ``COMMIT``: one round trip).
 
         Raises:
             StoreUnavailableError: the batch was lost or its COMMIT failed; it is
@@ -417,21 +444,30 @@ class PostgresStore(SqlStore):
             self._discard()
             raise lost
         if not in_batch:
+            self._prelude = []
             return
+        changed = {name: delta for name, delta in usage.items() if delta}
+        statements: list[tuple[str, Params | None]] = []
+        if changed:
+            statements.append((batched.ADD_USAGE, (list(changed), list(changed.values()))))
+        statements.append(("COMMIT", None))
         try:
-            db = self._connection()
-            changed = {name: delta for name, delta in usage.items() if delta}
-            if changed:
-                db.execute(_ADD_USAGE, (list(changed), list(changed.values())))
-            db.execute("COMMIT")
+            cursors = self._pipeline(statements)
+            totals = cursors[0].fetchall() if changed else []
         except psycopg.Error as exc:
             self._discard()
             raise unavailable(exc) or StoreUnavailableError("commit failed", str(exc)) from exc
+        now = time.monotonic()
+        for name, total in totals:
+            self._remember_bytes(name, now, int(total))
 
     def _discard(self) -> None:
+        self._prelude = []
+        self._recent.clear()  # (what a lost batch stored is not stored)
         if self._db is None or self._db.closed:
             return
         try:
+            self.round_trips += 1
             self._db.execute("ROLLBACK")
         except psycopg.Error:
             # (No transaction, or the connection is gone: the next batch reconnects.)
@@ -456,13 +492,22 @@ class PostgresStore(SqlStore):
     # --- statements ---------------------------------------------------------------------
 
     def _select(self, statement: str, params: Params = ()) -> Rows:
-        return self._read().execute(POSTGRES.sql(statement), params)
+        self._read()
+        (cursor,) = self._pipeline([(POSTGRES.sql(statement), params)])
+        return cast(Rows, cursor)
 
     def _execute(self, statement: str, params: Params = ()) -> Rows:
-        return self._write().execute(POSTGRES.sql(statement), params)
+        self._write()
+        (cursor,) = self._pipeline([(POSTGRES.sql(statement), params)])
+        return cast(Rows, cursor)
 
     def _executemany(self, statement: str, rows: Iterable[Params]) -> None:
-        with self._write().cursor() as cursor:
+        db = self._write()
+        prelude, self._prelude = self._prelude, []
+        self.round_trips += 1
+        with db.pipeline(), db.cursor() as cursor:
+            for text in prelude:
+                cursor.execute(text)
             cursor.executemany(POSTGRES.sql(statement), rows)
 
     def _select_in(
@@ -471,61 +516,175 @@ class PostgresStore(SqlStore):
         if not values:
             return []
         listed = POSTGRES.sql(statement).replace("{in}", "= ANY(%(in)s)")
-        return self._read().execute(listed, params | {"in": list(values)}).fetchall()
+        rows: list[Any] = self._select_raw(listed, params | {"in": list(values)}).fetchall()
+        return rows
+
+    def _select_raw(self, statement: str, params: Params) -> Any:
+        """A read written in psycopg's style (not shared SQL)."""
+        self._read()
+        (cursor,) = self._pipeline([(statement, params)])
+        return cursor
+
+    def _select_binary(self, statement: str, params: Params) -> list[Any]:
+        """A read written in psycopg's style, its rows in binary (no text to parse:
+        for the many rows of a batched read)."""
+        self._read()
+        db = self._connection()
+        prelude, self._prelude = self._prelude, []
+        self.round_trips += 1
+        with db.cursor(binary=True) as cursor:
+            if prelude:
+                with db.pipeline():
+                    for text in prelude:
+                        db.execute(text)
+                    cursor.execute(statement, params)
+            else:
+                cursor.execute(statement, params)
+            return cursor.fetchall()
+
+    # --- the stored bytes ---------------------------------------------------------------
+
+    def _remember_bytes(self, username: str, when: float, total: int) -> None:
+        if len(self._bytes_seen) >= _BYTES_CACHED_MAX:
+            self._bytes_seen.clear()  # bounded; the busy ones come back
+        self._bytes_seen[username] = (when, total)
+
+    def stored_bytes(self, username: str) -> int:
+        """What the stored messages ``username`` sent count against its quota: the
+        counter as read at most :data:`STORED_BYTES_TTL` ago (or as this store's last
+        commit left it), and what this batch changed of it."""
+        now = time.monotonic()
+        seen = self._bytes_seen.get(username)
+        if seen is None or now - seen[0] > STORED_BYTES_TTL:
+            row = self._select(
+                "SELECT stored_bytes FROM accounts WHERE username = ?", (username,)
+            ).fetchone()
+            seen = (now, 0 if row is None else int(row[0]))
+            self._remember_bytes(username, *seen)
+        return seen[1] + self._usage_unwritten.get(username, 0)
+
+    def _account_deleted(self, username: str) -> None:
+        self._bytes_seen.pop(username, None)  # (its row goes)
 
     # --- messages ------------------------------------------------------------------------------
 
     def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> StoredMessage:
-        """Append a message; its seq is allocated in this transaction (see above).
+        """Append a message (:meth:`add_messages` of one).
 
         Raises:
             ValueError: a message with this id is already stored (nothing is kept).
         """
-        db = self._write()
-        if db.execute("SELECT 1 FROM messages WHERE id = %s", (message.id,)).fetchone():
-            # Looked up first: a unique violation would abort the whole transaction.
+        (stored,) = self.add_messages([(message, origin)])
+        if stored is None:
             raise ValueError("a message with this id is already stored")
-        # Another node may be inserting the same id (a client's retry, moved over):
-        # under a savepoint its unique violation undoes this message alone.
-        db.execute("SAVEPOINT message")
-        try:
-            stored = self._insert_message(db, message, origin)
-        except pg_errors.UniqueViolation:
-            db.execute("ROLLBACK TO SAVEPOINT message")
-            db.execute("RELEASE SAVEPOINT message")
-            raise ValueError("a message with this id is already stored") from None
-        db.execute("RELEASE SAVEPOINT message")
-        self._charge(message.sender, stored_size(message.text))
         return stored
 
-    def _insert_message(
-        self, db: psycopg.Connection[Any], message: m.ChatMessage, origin: bytes | None
-    ) -> StoredMessage:
-        key = conversation_key(message.sender, message.to)
-        sent_at = to_micros(message.sent_at)
-        # One statement takes the next seq, creating the conversation if need be
-        # (xmax = 0: this row was inserted, not updated).
-        row = db.execute(_NEXT_SEQ, (key, is_room(key), sent_at / 1e6)).fetchone()
-        assert row is not None
-        conversation, seq, created = row
-        if created and not is_room(key):
-            with db.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO participants (conversation, username, floor_seq, joined_at) "
-                    "VALUES (%s, %s, 0, %s) ON CONFLICT DO NOTHING",
-                    [(conversation, user, sent_at / 1e6) for user in (message.sender, message.to)],
+    def add_messages(
+        self, messages: Sequence[tuple[m.ChatMessage, bytes | None]]
+    ) -> list[StoredMessage | None]:
+        """Append the messages in one statement (:data:`.batched.ADD_MESSAGES`), under
+        a savepoint of its own: a deadlock with another node undoes it alone, and
+        raises a conflict (the batch stands; the same call may be made again).
+
+        Raises:
+            StoreUnavailableError: its cause is outside; nothing of this call is kept.
+        """
+        if not messages:
+            return []
+        params = {
+            "ids": [message.id for message, _ in messages],
+            "keys": [conversation_key(message.sender, message.to) for message, _ in messages],
+            "senders": [message.sender for message, _ in messages],
+            "recipients": [message.to for message, _ in messages],
+            "texts": [message.text for message, _ in messages],
+            "sent": [to_micros(message.sent_at) for message, _ in messages],
+            "origins": [origin for _, origin in messages],
+        }
+        self._write()
+        try:
+            _savepoint, cursor, _release = self._pipeline(
+                [
+                    ("SAVEPOINT messages", None),
+                    (batched.ADD_MESSAGES, params),
+                    ("RELEASE SAVEPOINT messages", None),
+                ]
+            )
+            seqs = dict(cursor.fetchall())
+        except psycopg.Error as exc:
+            failure = unavailable(exc)
+            if failure is None or not failure.conflict:
+                raise
+            try:
+                self._pipeline(
+                    [
+                        ("ROLLBACK TO SAVEPOINT messages", None),
+                        ("RELEASE SAVEPOINT messages", None),
+                    ]
                 )
-        db.execute(
-            _INSERT_MESSAGE,
+            except psycopg.Error:
+                raise exc from None  # (the batch is lost: see _raise_translated)
+            raise failure from exc
+        stored: list[StoredMessage | None] = []
+        recent = self._recent
+        for n, (message, _origin) in enumerate(messages, start=1):
+            seq = seqs.get(n)
+            if seq is None:
+                stored.append(None)
+                continue
+            self._charge(message.sender, stored_size(message.text))
+            stored.append(StoredMessage(message=message, seq=int(seq)))
+            recent[message.id] = message
+        while len(recent) > _RECENT_MAX:
+            del recent[next(iter(recent))]  # the oldest
+        return stored
+
+    def _message(self, row: Sequence[Any]) -> m.ChatMessage:
+        """A message row as a ChatMessage: the stored object if it is recent."""
+        recent = self._recent.get(bytes(row[0]))
+        return recent if recent is not None else super()._message(row)
+
+    def pending_deliveries_many(
+        self, sessions: Sequence[tuple[str, bytes, int]]
+    ) -> list[list[m.ChatMessage]]:
+        """Every session's pending deliveries in one query (:data:`.batched.PENDING`)."""
+        found: list[list[m.ChatMessage]] = [[] for _ in sessions]
+        asked = [(n, s) for n, s in enumerate(sessions) if s[2] > 0]
+        if not asked:
+            return found
+        rows = self._select_binary(
+            batched.PENDING,
             {
-                "id": message.id,
-                "conversation": conversation,
-                "seq": seq,
-                "sender": message.sender,
-                "recipient": message.to,
-                "text": message.text,
-                "sent_at": sent_at,
-                "origin": origin,
+                "users": [user for _, (user, _hashed, _limit) in asked],
+                "sessions": [hashed for _, (_user, hashed, _limit) in asked],
+                "limits": [limit for _, (_user, _hashed, limit) in asked],
             },
         )
-        return StoredMessage(message=message, seq=seq)
+        for row in rows:
+            found[asked[row[0] - 1][0]].append(self._message(row[1:]))
+        return found
+
+    def acknowledge_many(
+        self, acknowledgements: Sequence[Acknowledgement], now: float
+    ) -> list[Receipt]:
+        """Every session's acknowledgements in one statement
+        (:data:`.batched.ACKNOWLEDGE`)."""
+        users: list[str] = []
+        sessions: list[bytes] = []
+        ids: list[bytes] = []
+        for username, token_hash, message_ids in acknowledgements:
+            for message_id in message_ids:
+                users.append(username)
+                sessions.append(token_hash)
+                ids.append(message_id)
+        if not ids:
+            return []
+        self._write()
+        (cursor,) = self._pipeline(
+            [(batched.ACKNOWLEDGE, {"users": users, "sessions": sessions, "ids": ids, "now": now})]
+        )
+        return [
+            Receipt(
+                message_id=bytes(message_id), sender=sender, recipient=recipient, delivered_at=now
+            )
+            for message_id, sender, recipient in cursor.fetchall()
+        ]

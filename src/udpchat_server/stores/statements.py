@@ -30,6 +30,7 @@ __all__ = [
     "PENDING_FOR_USER",
     "STORED_SIZE",
     "history",
+    "past_blocked",
 ]
 
 NO_SEQ: Final = 1 << 62
@@ -162,7 +163,7 @@ ADVANCE_USER_CURSORS: Final = (
 )
 
 
-def _past_blocked(conversation: str, seq: str) -> str:
+def past_blocked(conversation: str, seq: str) -> str:
     """Where a room cursor at ``seq`` may go: past the messages that directly follow
     it and come from users :user blocks (never delivered to it), up to the first
     that is not; NULL when none follows. Index seeks on (conversation, seq), one
@@ -179,7 +180,7 @@ def _past_blocked(conversation: str, seq: str) -> str:
     """
 
 
-PAST_BLOCKED: Final = _past_blocked(":conversation", ":seq")
+PAST_BLOCKED: Final = past_blocked(":conversation", ":seq")
 
 # Before a block of :user's ends, each room cursor of its (every session's, then
 # the user's own) passes the blocked run that directly follows it, or follows the
@@ -189,7 +190,7 @@ _START = "GREATEST(p.floor_seq, COALESCE(c.seq, 0))"
 PASS_BLOCKED_SESSIONS: Final = f"""
     INSERT INTO session_cursors (token_hash, conversation, seq)
     SELECT token_hash, conversation, passed FROM (
-        SELECT s.token_hash, p.conversation, ({_past_blocked("p.conversation", _START)}) AS passed
+        SELECT s.token_hash, p.conversation, ({past_blocked("p.conversation", _START)}) AS passed
         FROM sessions AS s
         JOIN participants AS p ON p.username = s.username
         JOIN conversations AS r ON r.id = p.conversation AND r.is_room
@@ -203,7 +204,7 @@ PASS_BLOCKED_SESSIONS: Final = f"""
 PASS_BLOCKED_USER: Final = f"""
     INSERT INTO user_cursors (username, conversation, seq)
     SELECT username, conversation, passed FROM (
-        SELECT p.username, p.conversation, ({_past_blocked("p.conversation", _START)}) AS passed
+        SELECT p.username, p.conversation, ({past_blocked("p.conversation", _START)}) AS passed
         FROM participants AS p
         JOIN conversations AS r ON r.id = p.conversation AND r.is_room
         LEFT JOIN user_cursors AS c ON c.username = p.username AND c.conversation = p.conversation

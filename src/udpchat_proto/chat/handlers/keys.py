@@ -118,12 +118,16 @@ class KeyHandlers:
 
     def _tell_device_added(self, connection: ChatConnection, keys: DeviceKeys) -> None:
         """Tell the devices of everyone who shares a conversation with the user (its
-        own other devices too) that it has a new one."""
+        own other devices too), on every node, that it has a new one."""
         related = self._related(keys.user)
         push = m.DeviceAdded(user=keys.user, device=keys)
         for other in device_connections(self._store, self._connections, related):
             if other.connection_id != connection.connection_id:
                 self._outbox.send(other.connection_id, push)
+        # And their devices on a cluster's other nodes: the news carries it there,
+        # where each node sends it to the devices it holds (ClusterNode).
+        for username in sorted(related):
+            self._outbox.push_to_other_nodes(username, push)
 
     def _related(self, me: str) -> set[str]:
         """``me``, its friends and its rooms' members: whose devices it may see."""

@@ -9,13 +9,15 @@ recipient needs it, whatever request stored the message.
 
 from __future__ import annotations
 
+import contextlib
+
 import attrs
 
 from ...clock import WallClock
 from ...e2ee.records import KeyShare, direct_conversation
 from ...errors import ErrorCode
 from .. import messages as m
-from ..batch import Batch
+from ..batch import Batch, Held
 from ..caches import Caches
 from ..config import ServerConfig
 from ..connection import ChatConnection
@@ -27,6 +29,7 @@ from ..lookups import require_member
 from ..outbox import Outbox
 from ..presence import Presence
 from ..requests import RefusedError, Route, route, user_of, utc_from_posix
+from ..staging import ShareStaging
 from ..stats import ServerStats
 from ..store import Store, WriteTrackingStore, stored_size
 from ..tokens import session_id
@@ -46,6 +49,7 @@ class _Sealed:
 
     devices: frozenset[bytes]
     shares: dict[bytes, list[KeyShare]]
+    """By recipient device: the staged ones, then the request's."""
 
 
 class MessageHandlers:
@@ -64,6 +68,7 @@ class MessageHandlers:
         stats: counts messages.
         config: the quota and caps; whether this is a cluster's node.
         clock: the wall clock (a message's time).
+        staging: the key shares connections staged for their next message.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class MessageHandlers:
         stats: ServerStats,
         config: ServerConfig,
         clock: WallClock,
+        staging: ShareStaging,
     ) -> None:
         self._store = store
         self._tracker = tracker
@@ -94,27 +100,41 @@ class MessageHandlers:
         self._stats = stats
         self._config = config
         self._clock = clock
+        self._staging = staging
 
     def routes(self) -> list[Route]:
         """The requests these handlers answer (and the one they take unanswered)."""
         return [
             # The one write is the step's last fallible act: no savepoint needed.
-            # Two writes for an encrypted message (it, then its devices and shares):
-            # a savepoint undoes the first if the second fails.
-            route(m.SendMessage, self.send_message),
+            # (An encrypted message is two writes, it and then its devices and
+            # shares, in an atomic block of their own; staged, none in the step.)
+            route(m.SendMessage, self.send_message, writes_once=True),
+            # No write at all: staged key shares are held in memory until their send.
+            route(m.ShareKeys, self.share_keys, writes_once=True),
             route(m.GetHistory, self.get_history),
             route(m.GetMessageStatus, self.get_message_status),
-            route(m.AcknowledgeDelivery, self._deliveries.acknowledge, answered=False),
+            # No write at all in its step: the cursor's move is deferred.
+            route(
+                m.AcknowledgeDelivery,
+                self._deliveries.acknowledge,
+                answered=False,
+                writes_once=True,
+            ),
         ]
 
     def send_message(self, connection: ChatConnection, request: m.SendMessage, now: float) -> None:
         """``send_message``: store it, answer, push it to its recipients' connections."""
         me = user_of(connection)
         try:
+            # What was staged for it goes with this answer, whichever it is: a
+            # refused send leaves nothing that a later one could pick up.
+            staged = self._take_staged_shares(connection, request, now)
             recipients = self._admit(me, request, now)
             if request.encrypted is None:
                 self._check_plaintext_allowed(connection)
-            sealed = None if request.encrypted is None else self._seal(connection, me, request)
+            sealed = (
+                None if request.encrypted is None else self._seal(connection, me, request, staged)
+            )
         except RefusedError:
             # A retry of a message already stored (its acceptance was lost with a
             # connection) gets the same answer as the first time, whatever the
@@ -131,19 +151,18 @@ class MessageHandlers:
             encrypted=request.encrypted is not None,
             ciphertext=request.encrypted,
         )
+        if self._tracker.stages_messages:
+            self._stage(connection, request, message, recipients=recipients, sealed=sealed, now=now)
+            return
         try:
-            self._store.add_message(message, origin=connection.token_hash)
+            # The one write (WRITES_ONCE): nothing after it can fail.
+            with self._store.atomic() if sealed is not None else contextlib.nullcontext():
+                self._store.add_message(message, origin=connection.token_hash)
+                self._store_sealed(request, sealed)
         except ValueError:  # the id is taken
             if self._answered_as_retry(connection, me, request):
                 return
             raise RefusedError(ErrorCode.BAD_REQUEST, "this message id is already in use") from None
-        if sealed is not None and request.encrypted is not None:
-            self._store.add_encrypted(
-                message.id,
-                request.encrypted,
-                sorted(sealed.devices),
-                [(share.recipient_device, share) for share in request.key_shares],
-            )
         self._limits.message_rate.spend(me, now=now)
         self._stats.messages_accepted += 1
         self._outbox.reply(
@@ -158,11 +177,81 @@ class MessageHandlers:
             # an earlier seq that another node committed and has not hinted yet.
             self._batch.hint([*recipients, me])
             return
+        # Its recipients' connections here, and the sender's other devices.
+        self._push_new(connection, message, recipients, sealed)
+
+    def _store_sealed(self, request: m.SendMessage, sealed: _Sealed | None) -> None:
+        """Store an encrypted message's devices and key shares (once the message
+        itself is stored: they refer to it)."""
+        if sealed is not None and request.encrypted is not None:
+            self._store.add_encrypted(
+                request.message_id,
+                request.encrypted,
+                sorted(sealed.devices),
+                [(device, share) for device, shares in sealed.shares.items() for share in shares],
+            )
+
+    def _stage(
+        self,
+        connection: ChatConnection,
+        request: m.SendMessage,
+        message: m.ChatMessage,
+        *,
+        recipients: list[str],
+        sealed: _Sealed | None,
+        now: float,
+    ) -> None:
+        """A store a round trip away: the message is stored with the batch's others
+        (one statement for them all, see ``WriteTrackingStore.stage_message``), and
+        answered as accepted meanwhile: the answer waits with the batch, and is
+        replaced before the commit if the id turned out to be taken. An encrypted
+        message's devices and shares are stored once it is (still before the
+        commit, in the same transaction)."""
+        me = message.sender
+        # (Inside the request's step: the answer is held, and so is everything after
+        # it, since staging makes the batch one that writes.)
+        accepted = self._outbox.reply_held(
+            connection,
+            m.MessageAccepted(
+                request_id=request.request_id, message_id=message.id, sent_at=message.sent_at
+            ),
+        )
+        cluster = self._config.cluster
+
+        def stored() -> None:
+            self._store_sealed(request, sealed)
+            if not cluster:
+                # A single server pushes from memory once the message is stored (and
+                # the pushes wait for the commit with the rest).
+                self._push_new(connection, message, recipients, sealed)
+
+        self._tracker.stage_message(
+            message,
+            connection.token_hash,
+            lambda: self._staged_refused(connection, request, me, accepted),
+            stored,
+            writes=sealed is not None,
+        )
+        self._limits.message_rate.spend(me, now=now)
+        self._stats.messages_accepted += 1
+        if cluster:
+            # Every node, this one included, pushes from the database once the
+            # batch is durable (see the cluster branch of send_message).
+            self._batch.hint([*recipients, me])
+
+    def _push_new(
+        self,
+        connection: ChatConnection,
+        message: m.ChatMessage,
+        recipients: list[str],
+        sealed: _Sealed | None,
+    ) -> None:
+        """Push a message just stored to its recipients' connections here, and to
+        the sender's other devices (not the one it came from)."""
         for recipient in recipients:
             for other in self._connections.connections_of(recipient):
                 self._deliver(other, message, sealed)
-        # The sender's other devices show it too (not the one it came from).
-        for other in self._connections.connections_of(me):
+        for other in self._connections.connections_of(message.sender):
             if other.token_hash != connection.token_hash:
                 self._deliver(other, message, sealed)
 
@@ -173,6 +262,29 @@ class MessageHandlers:
         hashed = connection.token_hash
         if hashed is not None and self._store.session_device(hashed) is not None:
             raise RefusedError(ErrorCode.BAD_REQUEST, "this device encrypts: send encrypted")
+
+    def share_keys(self, connection: ChatConnection, request: m.ShareKeys, now: float) -> None:
+        """``share_keys``: hold key shares for this connection's next message (the
+        send checks them, with the message, against the conversation's devices)."""
+        assert connection.token_hash is not None
+        self._staging.stage(
+            connection.connection_id,
+            connection.token_hash,
+            request.message_id,
+            request.key_shares,
+            now,
+        )
+        self._outbox.reply(connection, m.Ok(request_id=request.request_id))
+
+    def _take_staged_shares(
+        self, connection: ChatConnection, request: m.SendMessage, now: float
+    ) -> list[KeyShare]:
+        """The shares this connection staged for ``request``'s message id."""
+        if connection.token_hash is None:
+            return []
+        return self._staging.take(
+            connection.connection_id, connection.token_hash, request.message_id, now
+        )
 
     def _deliver(
         self, connection: ChatConnection, message: m.ChatMessage, sealed: _Sealed | None
@@ -187,11 +299,20 @@ class MessageHandlers:
         if device in sealed.devices:
             self._deliveries.deliver_new(connection, message, sealed.shares.get(device, ()))
 
-    def _seal(self, connection: ChatConnection, me: str, request: m.SendMessage) -> _Sealed:
+    def _seal(
+        self,
+        connection: ChatConnection,
+        me: str,
+        request: m.SendMessage,
+        staged: list[KeyShare],
+    ) -> _Sealed:
         """The checks an encrypted message passes (its recipients checked already):
         sent from this session's device, for the conversation's current device set,
-        with key shares for devices of that set only. Refuses with ``no_device``
-        (nobody could read it) or ``devices_changed`` (with the current set)."""
+        with key shares (``staged`` ahead, then the request's) for devices of that
+        set only. Refuses with ``no_device`` (nobody could read it) or
+        ``devices_changed`` (with the current set): the set changed, or the shares
+        staged for it are not all here (expired, or staged on another connection),
+        which the client answers the same way: share again, send again."""
         record = request.encrypted
         assert record is not None and connection.token_hash is not None
         mine = self._store.session_device(connection.token_hash)
@@ -211,11 +332,11 @@ class MessageHandlers:
             raise RefusedError(
                 ErrorCode.NO_DEVICE, f"{request.to} has no logged-in device to receive it"
             )
-        if record.device_set_version != device_set.version:
+        if record.device_set_version != device_set.version or len(staged) != request.staged:
             raise DevicesChangedError(device_set)
         devices = {keys.device_id: keys for keys in device_set.devices}
         shares: dict[bytes, list[KeyShare]] = {}
-        for share in request.key_shares:
+        for share in (*staged, *request.key_shares):
             recipient = devices.get(share.recipient_device)
             if recipient is None or recipient.user != share.recipient:
                 raise RefusedError(
@@ -225,6 +346,34 @@ class MessageHandlers:
                 raise RefusedError(ErrorCode.BAD_REQUEST, "a key share is not from this device")
             shares.setdefault(share.recipient_device, []).append(share)
         return _Sealed(devices=frozenset(devices), shares=shares)
+
+    def _staged_refused(
+        self,
+        connection: ChatConnection,
+        request: m.SendMessage,
+        me: str,
+        accepted: Held | None,
+    ) -> None:
+        """A staged message was not stored: its id was taken. Its answer becomes the
+        one a retry gets (the first acceptance, if the sender's) or a refusal."""
+        self._stats.messages_accepted -= 1
+        existing = self._store.get_message(request.message_id)
+        answer: m.Response
+        if existing is not None and existing.message.sender == me:
+            answer = m.MessageAccepted(
+                request_id=request.request_id,
+                message_id=request.message_id,
+                sent_at=existing.message.sent_at,
+            )
+        else:
+            self._stats.refusals[ErrorCode.BAD_REQUEST.value] += 1
+            answer = m.ErrorResponse(
+                request_id=request.request_id,
+                code=ErrorCode.BAD_REQUEST,
+                message="this message id is already in use",
+            )
+        if accepted is not None:
+            self._outbox.replace_held(accepted, answer)
 
     def _admit(self, me: str, request: m.SendMessage, now: float) -> list[str]:
         """The checks a new message passes; its recipients. Refuses what may not be sent."""
