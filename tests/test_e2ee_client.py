@@ -11,11 +11,18 @@ import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory
 from udpchat_proto import messages as m
-from udpchat_proto.chat import ClientCrypto, DecryptedMessage, SendFlow, fingerprint_of
+from udpchat_proto.chat import (
+    ClientCrypto,
+    DecryptedMessage,
+    MessageDropped,
+    SendFlow,
+    fingerprint_of,
+)
 from udpchat_proto.errors import ErrorCode
 
 _ids = itertools.count(1)
@@ -174,3 +181,22 @@ def test_a_device_that_uploaded_keys_may_not_send_text(world: ChatWorld) -> None
     old.ok(old.conn.send_message("bob", "from an old client"), m.MessageAccepted)
     world.settle(1.0)
     assert [(msg.text, msg.encrypted) for msg in bob.read()] == [("from an old client", False)]
+
+
+def test_device_added_pins_the_device_and_a_changed_key_is_dropped(world: ChatWorld) -> None:
+    alice = signed_up(world, "alice", 1)[0]
+    bob = signed_up(world, "bob", 1)[0]
+    world.befriend(alice.user, bob.user)
+    Client(world.user("bob", device="2")).log_in()
+    world.settle(1.0)
+    assert alice.crypto is not None
+    (push,) = [p for p in alice.user.conn.take_device_pushes() if isinstance(p, m.DeviceAdded)]
+    assert alice.crypto.device_push(push) == push
+    assert alice.crypto.state.known_device("bob", push.device.device_id) is not None
+    # The same device id stated with another device's keys: never trusted.
+    forged = m.DeviceAdded(
+        user="bob",
+        device=attrs.evolve(bob.crypto.state.device_keys, device_id=push.device.device_id),  # type: ignore[union-attr]
+    )
+    dropped = alice.crypto.device_push(forged)
+    assert isinstance(dropped, MessageDropped) and dropped.reason == "key_changed"

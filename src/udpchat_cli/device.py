@@ -140,7 +140,9 @@ class DeviceKeeper:
                 event = held.crypto.device_push(push)
                 if isinstance(event, MessageDropped):
                     self._log(event)
-                elif event is not None and self.on_device_added is not None:
+                    continue
+                held.save()  # (the device is pinned now)
+                if event is not None and self.on_device_added is not None:
                     self.on_device_added(event)
 
     # --- messages ---------------------------------------------------------------------

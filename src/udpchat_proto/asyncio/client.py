@@ -723,6 +723,8 @@ class ChatClient:
             return
         with self._device.hold(self.username, self._token) as slot:
             event = slot.crypto.device_push(push) if slot.crypto is not None else None
+            if isinstance(event, m.DeviceAdded):
+                slot.save()  # (the device is pinned now)
         if isinstance(event, MessageDropped):
             self._drop(event)
         elif event is not None:

@@ -39,6 +39,7 @@ from ..e2ee import (
     CryptoState,
     Decrypted,
     DeviceSet,
+    DeviceTrustError,
     Dropped,
     KeyShareReceived,
     KeysUpload,
@@ -295,21 +296,26 @@ class ClientCrypto:
 
     def device_push(self, push: m.DevicePush) -> m.DeviceAdded | MessageDropped | None:
         """Take a ``device_added`` or ``one_time_keys_low`` push: the first is an
-        event for the application (its keys checked against any pin: a changed key
-        is a :class:`MessageDropped` ``key_changed``, never trusted); after the
-        second, :meth:`upload` has keys to upload."""
+        event for the application, its device pinned (save the state then); a key
+        that changed, or a record that does not verify, is a
+        :class:`MessageDropped` (``key_changed``, ``untrusted_sender``), never
+        trusted. After the second, :meth:`upload` has keys to upload."""
         if isinstance(push, m.OneTimeKeysLow):
             self._need(push.one_time_keys, push.fallback_used)
             return None
         known = self.state.known_device(push.user, push.device.device_id)
-        if known is not None and known.keys != push.device:
+        try:
+            if push.device.user != push.user:
+                raise DeviceTrustError(push.user, push.device.device_id, "another user's record")
+            self.state.remember(push.device)
+        except DeviceTrustError as error:
             self.drops += 1
             return MessageDropped(
                 message_id=b"",
                 sender=push.user,
                 to=self.state.user,
-                reason="key_changed",
-                detail=f"device {push.device.device_id.hex()} stated with other keys",
+                reason="key_changed" if known is not None else "untrusted_sender",
+                detail=str(error),
             )
         return push
 
