@@ -23,6 +23,7 @@ from udpchat_proto.asyncio import (
     ClientClosedError,
     ConnectionLostError,
     LinkState,
+    MemoryCryptoStore,
     RequestRefusedError,
     ServerKeyChangedError,
     ServerKeyRefusedError,
@@ -55,12 +56,24 @@ async def start(store: MemoryStore, port: int = 0) -> ChatService:
     return await serve(store=store, key=KEY, port=port, config=test_config())
 
 
+STORES: dict[str, MemoryCryptoStore] = {}
+"""Each user's device state, as its profile would keep it: a client started again
+with the user's token (the same device) reads with the same state."""
+
+
+def store_of(name: str) -> MemoryCryptoStore:
+    return STORES.setdefault(name, MemoryCryptoStore())
+
+
 @asynccontextmanager
 async def user(service: ChatService, name: str, **options: object) -> AsyncIterator[ChatClient]:
+    if "token" not in options:
+        STORES[name] = MemoryCryptoStore()  # (a new login: a new device)
     client = await connect(
         service.address,
         server_key=KEY.public_bytes,
         config=QUICK,
+        crypto_store=store_of(name),
         **options,  # type: ignore[arg-type]
     )
     try:
@@ -268,6 +281,7 @@ def test_a_cluster_client_moves_to_the_next_node_when_one_dies() -> None:
                 server_key=KEY.public_bytes,
                 token=token,
                 config=QUICK,
+                crypto_store=store_of("alice"),
             )
             async with client:
                 assert client.node == first.address
@@ -299,6 +313,7 @@ def test_start_returns_at_once_and_next_events_takes_a_batch() -> None:
                 server_key=KEY.public_bytes,
                 token=token,
                 config=QUICK,
+                crypto_store=store_of("bob"),
                 on_state=lambda state, _detail: states.append(state),
             )
             assert client.state is LinkState.CONNECTING

@@ -22,12 +22,13 @@ from udpchat_proto import (
     ValidationError,
 )
 from udpchat_proto import messages as m
-from udpchat_proto.asyncio import ChatService, serve
+from udpchat_proto.asyncio import ChatClient, ChatService, ClientPush, connect, serve
 from udpchat_proto.chat import token_hash
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.randomness import SeededRandomSource
 
 TOKEN = b"t" * 32
+BOB_TOKEN = b"b" * 32
 PASSWORD = PasswordHash(salt=b"s" * 16, params=ScryptParams(n=16, r=1, p=1), digest=b"d" * 32)
 #: A lost server is noticed in 2 s, each attempt gives up after 1 s.
 QUICK = TransportConfig(
@@ -46,15 +47,26 @@ class World:
             self.store.create_account(name, PASSWORD, now)
         self.store.add_friendship("alice", "bob", now)
         self.store.create_session(token_hash(TOKEN), "alice", now)
-        self.pushes: list[m.Push] = []
+        self.store.create_session(token_hash(BOB_TOKEN), "bob", now)
+        self.pushes: list[ClientPush] = []
         self.states: list[tuple[LinkState, str]] = []
         self.service: ChatService | None = None
         self.relay: Relay | None = None
         self.link: ChatLink | None = None
+        self.bob: ChatClient | None = None
 
     async def start(self) -> ChatLink:
         self.service = await serve(store=self.store, key=KEY, config=test_config())
         self.relay = relay = await Relay.open(self.service.address)
+        # bob's device (its keys uploaded once resumed): what alice encrypts for.
+        self.bob = bob = await connect(
+            self.service.address, server_key=KEY.public_bytes, token=BOB_TOKEN, config=QUICK
+        )
+        while True:
+            devices = await bob.request(lambda conn: conn.get_devices(user="bob"))
+            if isinstance(devices, m.UserDevices) and devices.devices:
+                break
+            await asyncio.sleep(0.02)
         self.link = ChatLink(
             servers=[relay.address],
             server_key=KEY.public_bytes,
@@ -70,6 +82,8 @@ class World:
     async def stop(self) -> None:
         if self.link is not None:
             self.link.close()
+        if self.bob is not None:
+            self.bob.close()
         if self.relay is not None:
             self.relay.close()
         if self.service is not None:
@@ -171,7 +185,10 @@ def test_a_message_typed_while_down_is_sent_once_when_back() -> None:
         world.relay.up = True
         await until(lambda: bool(answers))
         assert isinstance(answers[0], m.MessageAccepted) and link.unsent == 0
-        assert [x.text for x in world.store.history("alice", "bob", 10)] == ["typed while down"]
+        # Stored once, and encrypted: the server holds no text of it.
+        assert [(x.text, x.encrypted) for x in world.store.history("alice", "bob", 10)] == [
+            ("", True)
+        ]
 
     scenario(test)
 
@@ -187,7 +204,10 @@ def test_a_send_whose_answer_was_lost_is_stored_once() -> None:
         world.relay.drop_answers = False
         await until(lambda: bool(answers))
         assert isinstance(answers[0], m.MessageAccepted)
-        assert [x.text for x in world.store.history("alice", "bob", 10)] == ["once"]
+        # Stored once, and encrypted (the server holds no text).
+        assert [(x.text, x.encrypted) for x in world.store.history("alice", "bob", 10)] == [
+            ("", True)
+        ]
 
     scenario(test)
 
@@ -223,7 +243,10 @@ def test_a_recipient_is_taken_in_any_case() -> None:
         link.send_message("Bob", "hi", answers.append)
         await until(lambda: bool(answers))
         assert isinstance(answers[0], m.MessageAccepted)
-        assert [x.text for x in world.store.history("alice", "bob", 10)] == ["hi"]
+        # Stored once, and encrypted (the server holds no text).
+        assert [(x.text, x.encrypted) for x in world.store.history("alice", "bob", 10)] == [
+            ("", True)
+        ]
 
     scenario(test)
 
@@ -248,7 +271,8 @@ def test_an_ended_session_ends_the_link_for_good() -> None:
 
 def test_close_ends_it_politely() -> None:
     async def test(world: World, link: ChatLink) -> None:
-        assert world.service is not None
+        assert world.service is not None and world.bob is not None
+        world.bob.close()  # (bob's device: not the link's connection)
         link.close()
         await until(
             lambda: world.service is not None and world.service.server.connection_count == 0

@@ -69,12 +69,14 @@ def test_profile_round_trip_and_modes(tmp_path: Path) -> None:
 
 def test_record_drops_known_ids_and_mark_shown_removes() -> None:
     profile = Profile()
-    profile.record([message(1), message(2)], shown=False)
+    profile.record([message(1), message(2), message(4)], shown=False)
+    # listen printed 2 (another process of the session kept it first): not twice.
     profile.record([message(2), message(3)], shown=True)
-    assert profile.delivered == [message(1).id, message(2).id, message(3).id]
-    assert profile.unshown == [message(1), message(2)]
+    assert profile.delivered == [message(n).id for n in (1, 2, 4, 3)]
+    assert profile.unshown == [message(1), message(4)]
+    profile.record([message(1)], shown=False)  # known: not kept again
     profile.mark_shown({message(1).id})
-    assert profile.unshown == [message(2)]
+    assert profile.unshown == [message(4)]
 
 
 def test_delivered_ids_are_bounded() -> None:
@@ -219,6 +221,7 @@ def test_message_json_is_the_contracts_m() -> None:
         "to": "#general",
         "text": "hi",
         "sent_at": "2024-05-01T12:00:00.250000Z",
+        "encrypted": False,
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import click
 from udpchat_proto import ClientConnection, ErrorCode, fingerprint
 from udpchat_proto import messages as m
 
+from .device import DeviceKeeper, UntrustedDeviceError
 from .output import Output
 from .profiles import Home, Profile
 from .session import KeyMismatchError, Session, parse_servers
@@ -56,6 +58,9 @@ EXIT_TIMEOUT = 3
 EXIT_KEY_MISMATCH = 4
 
 DEFAULT_SERVER = "127.0.0.1:9999"
+
+MESSAGE_ID_SIZE = 16
+"""A message id's bytes (random: the sender draws it, the server de-duplicates by it)."""
 
 R = TypeVar("R")
 
@@ -117,6 +122,21 @@ class App:
     server_option: str | None
     timeout: float
     out: Output
+    _device: DeviceKeeper | None = attrs.field(init=False, default=None)
+
+    @property
+    def device(self) -> DeviceKeeper:
+        """The profile's device (end-to-end encryption), under its lock (made at the
+        first use)."""
+        if self._device is None:
+            self._device = DeviceKeeper(self.home, self.profile_name)
+        return self._device
+
+    def read(self, pushes: list[m.Push]) -> list[m.Push]:
+        """Decrypt the deliveries among ``pushes`` (see :meth:`DeviceKeeper.read`)."""
+        if not any(isinstance(push, m.MessageDelivered) for push in pushes):
+            return pushes
+        return self.device.read(pushes)
 
     def profile(self) -> Profile:
         """The current profile, as saved."""
@@ -127,7 +147,8 @@ class App:
         return self.home.update(self.profile_name, change)
 
     def keep_messages(self, pushes: list[m.Push]) -> None:
-        """The default push handler: keep delivered messages for ``inbox``."""
+        """The default push handler: keep delivered messages (decrypted) for ``inbox``."""
+        pushes = self.read(pushes)
         received = [push.message for push in pushes if isinstance(push, m.MessageDelivered)]
         if received:
             self.update(lambda profile: profile.record(received, shown=False))
@@ -164,6 +185,7 @@ class App:
                 timeout=self.timeout,
                 delivered_ids=profile.delivered,
                 on_pushes=on_pushes or self.keep_messages,
+                on_device_pushes=self.device.device_pushes,
             )
         except (OSError, ValueError) as exc:  # unresolvable, or not even a host name
             raise CliError(EXIT_USAGE, "usage", f"cannot use server {server}: {exc}") from None
@@ -176,7 +198,13 @@ class App:
                 if resume:
                     self._check_same_server(profile, server, key)
                     self._resume(session, profile, server)
+                    assert profile.username is not None and profile.token is not None
+                    if not self.home.crypto(self.profile_name).path.exists():
+                        # Logged in before the upgrade: the device is made now.
+                        self.device.ensure(session, profile.username, profile.token)
                 yield session, server
+                if resume and self._device is not None:
+                    self._device.top_up(session)
             except KeyMismatchError as exc:  # at the handshake, or from the core later
                 raise key_mismatch(exc, known.path) from None
 
@@ -205,12 +233,32 @@ class App:
             # The server that issued the token (under any name: connect() checked
             # the key) no longer knows it: this login is over.
             if answer.code in (ErrorCode.NOT_LOGGED_IN, ErrorCode.BAD_CREDENTIALS):
-                self.update(lambda saved: saved.logout())
+                self.end_session()
                 raise refused(
                     ErrorCode.NOT_LOGGED_IN,
                     f"the login session of {profile.username} on {server} has ended: log in again",
                 )
             raise refused(answer.code, answer.message)
+
+    def end_session(self) -> None:
+        """The profile's login session ended (logout, revoked, expired): forget it
+        and its device (a later login is a new device)."""
+        self.update(lambda saved: saved.logout())
+        self.home.crypto(self.profile_name).forget()
+
+    def send(self, session: Session, to: str, text: str) -> m.MessageAccepted:
+        """Send ``text`` end-to-end encrypted to ``to`` on ``session`` (resumed).
+
+        Raises:
+            CliError: the server refused it (``no_device``: nobody to read it), or a
+                device of the conversation is stated with other keys.
+        """
+        message_id = secrets.token_bytes(MESSAGE_ID_SIZE)
+        try:
+            answer = self.device.send(session, to, text, message_id)
+        except UntrustedDeviceError as exc:
+            raise refused("untrusted_device", f"not sent: {exc}") from None
+        return expect(answer, m.MessageAccepted)
 
     def call(self, issue: Callable[[ClientConnection], int], expected: type[R]) -> R:
         """Connect, resume, send one request and return its answer.

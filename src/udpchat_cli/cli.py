@@ -21,11 +21,18 @@ is :mod:`udpchat_cli.app`; the commands, by concern, are :mod:`udpchat_cli.comma
 
 from __future__ import annotations
 
+import signal
 import sys
 
 # Ctrl-C while the modules below load (a good part of a second) gets the contract's
-# one ``error:`` line, not a traceback from an import.
+# one ``error:`` line, not a traceback from an import. It is held back while they
+# load and let through at the end of the block: vodozemac and cryptography (end-to-end
+# encryption) are Rust extensions, and a KeyboardInterrupt raised inside one's
+# initialisation kills the process with SIGSEGV instead of unwinding.
+_SIGINT_HELD = hasattr(signal, "pthread_sigmask")
 try:
+    if _SIGINT_HELD:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     import os
     import socket
     from pathlib import Path
@@ -54,6 +61,9 @@ try:
     from .output import Output, OutputClosedError
     from .profiles import Home, HomeError, check_profile_name
     from .session import ConnectionLostError, KeyMismatchError, ServerTimeoutError, parse_servers
+
+    if _SIGINT_HELD:  # (a Ctrl-C held meanwhile is raised here, inside the try)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 except KeyboardInterrupt:
     print("error: interrupted", file=sys.stderr, flush=True)
     _args = sys.argv[1:]

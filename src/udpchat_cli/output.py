@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TextIO, assert_never
 
 from udpchat_proto import messages as m
+from udpchat_proto.e2ee import device_fingerprint
 
 __all__ = [
     "CONTINUATION",
@@ -152,6 +153,7 @@ def message_json(message: m.ChatMessage) -> JsonObject:
         "to": message.to,
         "text": message.text,
         "sent_at": iso_utc(message.sent_at),
+        "encrypted": message.encrypted,
     }
 
 
@@ -283,6 +285,7 @@ EventPush = (
     | m.InvitationCancelled
     | m.Unfriended
     | m.RoomMembershipChanged
+    | m.DeviceAdded
 )
 """The pushes that are one ``listen`` event each. The others: ``delivery_receipts``
 is one event per receipt (:func:`receipt_json`), ``caught_up`` is bookkeeping, not
@@ -312,6 +315,13 @@ def event_json(push: EventPush) -> JsonObject:
             return {"event": "presence", "user": user, "online": online}
         case m.RoomMembershipChanged(room=room, username=user, joined=joined):
             return {"event": "joined" if joined else "left", "room": room, "user": user}
+        case m.DeviceAdded(user=user, device=device):
+            return {
+                "event": "device_added",
+                "user": user,
+                "device": device.device_id.hex(),
+                "fingerprint": device_fingerprint(device.ed25519),
+            }
         case _:
             assert_never(push)
 
@@ -335,6 +345,12 @@ def event_text(push: EventPush) -> str:
             return f"{user} is {'online' if online else 'offline'}"
         case m.RoomMembershipChanged(room=room, username=user, joined=joined):
             return f"{user} {'joined' if joined else 'left'} {room}"
+        case m.DeviceAdded(user=user, device=device):
+            return (
+                f"{user} has a new device {device.device_id.hex()} (fingerprint "
+                f"{device_fingerprint(device.ed25519)}): compare it with them, then "
+                f"udpchat-cli verify {user} {device.device_id.hex()} FINGERPRINT"
+            )
         case _:
             assert_never(push)
 
@@ -362,7 +378,7 @@ class Output:
         """Print a command's result: ``text`` for humans, ``obj`` with ``--json``."""
         self._line(json_line(obj) if self.json_mode else text)
 
-    def event(self, push: m.Push, most: int | None = None) -> int:
+    def event(self, push: m.Push | m.DeviceAdded, most: int | None = None) -> int:
         """Print a push's ``listen`` events at once (flushed: a pipe reader sees
         them now): one, one per receipt of ``delivery_receipts`` (at most
         ``most``), or none for ``caught_up``. Returns how many were printed."""

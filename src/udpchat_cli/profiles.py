@@ -6,6 +6,10 @@ Layout of the home directory (``--home``, mode 0700)::
     HOME/profiles/NAME.json     one profile per ``--profile``: who is logged in where,
                                 the login token, and the inbox bookkeeping
     HOME/profiles/NAME.lock     taken (flock) around every read-modify-write
+    HOME/profiles/NAME.crypto   the device's end-to-end encryption state (sealed
+                                with the profile's 32-byte pickle key)
+    HOME/profiles/NAME.crypto.lock  held (flock) while a process loads, advances
+                                and saves that state
 
 Every file is mode 0600 and replaced atomically (temporary file, fsync, ``os.replace``)
 so that a crash never leaves half a profile, and a lock serialises the processes of
@@ -19,7 +23,14 @@ command records what it received here *before* the acknowledgement leaves:
 * ``delivered``: the ids received (the newest :data:`DELIVERED_MAX`), handed back
   to the core as ``delivered_ids`` so a redelivery is dropped, not shown twice;
 * ``unshown``: the messages received but not yet printed, which the next ``inbox``
-  or ``listen`` prints first and then removes.
+  or ``listen`` prints first and then removes (decrypted: the inbox keeps what
+  was read, the crypto state what reads the rest).
+
+End-to-end encryption: the profile holds a 32-byte pickle key (``pickle_key``,
+made with the profile) that seals the device's state in ``NAME.crypto``. That
+state is taken under its own exclusive lock (:meth:`Home.crypto`): load, advance,
+save (atomic, 0600) before the lock is released, so that two processes of one
+profile (``listen`` beside ``send``) never use a ratchet step twice.
 """
 
 from __future__ import annotations
@@ -37,7 +48,8 @@ from typing import Any, TypeVar
 import attrs
 
 from udpchat_proto import messages as m
-from udpchat_proto.chat import TOKEN_SIZE, check_username
+from udpchat_proto.chat import TOKEN_SIZE, DecryptedMessage, check_username
+from udpchat_proto.e2ee import PICKLE_KEY_SIZE, CryptoState
 from udpchat_proto.transport import KEY_SIZE
 
 from .session import parse_servers, server_names
@@ -55,6 +67,7 @@ def _message_to_json(message: m.ChatMessage) -> dict[str, Any]:
         "to": message.to,
         "text": message.text,
         "sent_at": (message.sent_at - _EPOCH) // _MICROSECOND,
+        "encrypted": message.encrypted,
     }
 
 
@@ -66,12 +79,14 @@ def _message_from_json(item: Any) -> m.ChatMessage:
     """
     if not isinstance(item, dict) or type(item["sent_at"]) is not int:
         raise ValueError("not a kept message")
-    return m.ChatMessage(
+    kind = DecryptedMessage if item.get("encrypted") is True else m.ChatMessage
+    return kind(
         id=bytes.fromhex(item["id"]),
         sender=item["sender"],
         to=item["to"],
         text=item["text"],
         sent_at=_EPOCH + datetime.timedelta(microseconds=item["sent_at"]),
+        encrypted=kind is not m.ChatMessage,
     )
 
 
@@ -82,6 +97,7 @@ except ImportError:  # pragma: no cover - not on the platforms we test
 
 __all__ = [
     "DELIVERED_MAX",
+    "CryptoFile",
     "Home",
     "HomeError",
     "KnownServers",
@@ -126,6 +142,8 @@ class Profile:
     """Ids of messages received, oldest first, at most :data:`DELIVERED_MAX`."""
     unshown: list[m.ChatMessage] = attrs.Factory(list)
     """Messages received but not yet printed, in delivery order."""
+    pickle_key: bytes | None = attrs.field(default=None, repr=False)
+    """The key that seals the crypto state (32 random bytes, made with the profile)."""
 
     @property
     def logged_in(self) -> bool:
@@ -135,6 +153,11 @@ class Profile:
     def record(self, messages: list[m.ChatMessage], *, shown: bool) -> None:
         """Note messages just received; keep them for ``inbox`` unless ``shown``."""
         known = set(self.delivered)
+        if shown:
+            # Printed by this process (listen) while another of the profile, on the
+            # same login session, kept it for inbox: it is shown now, not twice.
+            printed = {message.id for message in messages}
+            self.unshown = [message for message in self.unshown if message.id not in printed]
         for message in messages:
             if message.id in known:
                 continue
@@ -168,6 +191,7 @@ class Profile:
             "server": self.server,
             "delivered": [item.hex() for item in self.delivered],
             "unshown": [_message_to_json(message) for message in self.unshown],
+            "pickle_key": None if self.pickle_key is None else self.pickle_key.hex(),
         }
 
     @classmethod
@@ -180,12 +204,14 @@ class Profile:
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ValueError("not a version 1 profile")
         token = data.get("token")
+        pickle_key = data.get("pickle_key")
         profile = cls(
             username=_optional_str(data.get("username")),
             token=None if token is None else bytes.fromhex(token),
             server=_optional_str(data.get("server")),
             delivered=[bytes.fromhex(item) for item in data.get("delivered", [])],
             unshown=[_message_from_json(item) for item in data.get("unshown", [])],
+            pickle_key=None if pickle_key is None else bytes.fromhex(pickle_key),
         )
         # What the commands use as it is must be valid here, so that a damaged file
         # is reported as such rather than as a refusal or a usage error.
@@ -195,6 +221,8 @@ class Profile:
             raise ValueError(f"a login token is {TOKEN_SIZE} bytes")
         if profile.server is not None:
             parse_servers(profile.server)
+        if profile.pickle_key is not None and len(profile.pickle_key) != PICKLE_KEY_SIZE:
+            raise ValueError(f"a pickle key is {PICKLE_KEY_SIZE} bytes")
         return profile
 
 
@@ -306,6 +334,24 @@ class Home:
             _write_atomic(path, _dump(profile))
         return result
 
+    def pickle_key(self, name: str) -> bytes:
+        """Profile ``name``'s pickle key, made (32 random bytes) if it has none yet."""
+        key = self.load(name).pickle_key
+        if key is not None:
+            return key
+
+        def ensure(profile: Profile) -> bytes:
+            if profile.pickle_key is None:
+                profile.pickle_key = os.urandom(PICKLE_KEY_SIZE)
+            return profile.pickle_key
+
+        return self.update(name, ensure)
+
+    def crypto(self, name: str) -> CryptoFile:
+        """Where profile ``name``'s crypto state is saved."""
+        self.ensure()
+        return CryptoFile(self.profile_path(name).with_suffix(".crypto"))
+
     @staticmethod
     def _load(path: Path) -> Profile:
         try:
@@ -318,6 +364,50 @@ class Home:
             return Profile.from_json(data)
         except Exception as exc:  # any shape error: the file is not ours to trust
             raise HomeError(f"profile {path} is corrupt ({exc}); remove it") from None
+
+
+class CryptoFile:
+    """A profile's end-to-end encryption state on disk (``NAME.crypto``), sealed
+    with the profile's pickle key; taken under :meth:`locked`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the state's exclusive lock: load, advance and save inside it."""
+        return _locked(self.path.with_name(self.path.name + ".lock"))
+
+    def read(self, pickle_key: bytes) -> CryptoState | None:
+        """The saved state, or None when there is none (never logged in since the
+        upgrade, or logged out).
+
+        Raises:
+            HomeError: the file cannot be read or unsealed.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise HomeError(f"cannot read {self.path}: {exc}") from None
+        try:
+            return CryptoState.from_bytes(data, pickle_key)
+        except Exception as exc:  # damaged, or sealed with another key
+            raise HomeError(f"the crypto state {self.path} is corrupt ({exc}); remove it") from None
+
+    def write(self, state: CryptoState, pickle_key: bytes) -> None:
+        """Save ``state`` (atomically, mode 0600)."""
+        _write_atomic(self.path, state.to_bytes(pickle_key))
+
+    def remove(self) -> None:
+        """Forget the device (it ended), with the lock held."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def forget(self) -> None:
+        """Forget the device (it ended): a later login is a new device."""
+        with self.locked():
+            self.remove()
 
 
 def _dump(profile: Profile) -> bytes:

@@ -119,6 +119,7 @@ def server_names(text: str) -> list[str]:
 
 
 PushHandler = Callable[[list[m.Push]], None]
+DevicePushHandler = Callable[[list[m.DevicePush]], None]
 
 
 class Session:
@@ -133,6 +134,8 @@ class Session:
         delivered_ids: ids of messages already received (redeliveries are dropped).
         on_pushes: called once per turn with that turn's pushes, before the turn's
             datagrams (with their acknowledgements) are sent.
+        on_device_pushes: called with the end-to-end encryption pushes
+            (``device_added``, ``one_time_keys_low``) of the turn.
         clock: a monotonic clock, seconds (the core's ``now``, and every deadline).
 
     Raises:
@@ -147,12 +150,14 @@ class Session:
         timeout: float,
         delivered_ids: Iterable[bytes] = (),
         on_pushes: PushHandler | None = None,
+        on_device_pushes: DevicePushHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server = server
         self.pinned = pinned
         self.timeout = timeout
         self.on_pushes = on_pushes
+        self.on_device_pushes = on_device_pushes
         self.server_key: bytes | None = None
         self._clock = clock
         self._delivered = frozenset(delivered_ids)
@@ -323,6 +328,9 @@ class Session:
                 self._answers[event.request_id] = event
             else:
                 pushes.append(event)
+        device_pushes = self._conn.take_device_pushes()
+        if device_pushes and self.on_device_pushes is not None:
+            self.on_device_pushes(device_pushes)
         if pushes and self.on_pushes is not None:
             try:
                 self.on_pushes(pushes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -18,9 +19,9 @@ from textual.widgets import Static
 
 from udpchat_cli.chat.app import ChatApp, Composer, MessagePane
 from udpchat_cli.chat.link import LinkState
+from udpchat_cli.device import DeviceKeeper
 from udpchat_cli.profiles import Home
 from udpchat_cli.session import Session, parse_servers
-from udpchat_proto import ClientConnection
 from udpchat_proto import messages as m
 
 from .conftest import ServerProcess, User, befriend
@@ -321,12 +322,9 @@ def send_many(user: User, to: str, texts: list[str]) -> None:
         session.open()
         token = profile.token
         assert isinstance(session.request(lambda conn: conn.resume(token)), m.LoggedIn)
+        device = DeviceKeeper(home, "default")  # (encrypted, as the CLI sends)
         for text in texts:
-
-            def send(conn: ClientConnection, text: str = text) -> int:
-                return conn.send_message(to, text)
-
-            answer = session.request(send)
+            answer = device.send(session, to, text, os.urandom(16))
             assert isinstance(answer, m.MessageAccepted), answer
 
 

@@ -28,8 +28,10 @@ from textual.widgets import Input, Static, TextArea
 
 from udpchat_proto import Address, ValidationError
 from udpchat_proto import messages as m
-from udpchat_proto.chat import check_text
+from udpchat_proto.asyncio import ClientPush, CryptoStore
+from udpchat_proto.chat import MessageDropped, check_text, fingerprint_of
 
+from ..device import ProfileCryptoStore
 from ..output import event_text, visible, visible_lines
 from ..profiles import Home
 from .commands import HELP, Command, CommandError, parse
@@ -55,6 +57,8 @@ class ProfileBook:
         mark_shown: marks ids as shown.
         unshown: the messages received earlier and not shown yet.
         delivered: ids already received.
+        crypto_store: the device's end-to-end encryption state (the profile's,
+            under the lock its scripts share); None keeps it in memory.
     """
 
     def __init__(
@@ -64,7 +68,9 @@ class ProfileBook:
         mark_shown: Callable[[set[bytes]], None],
         unshown: list[m.ChatMessage],
         delivered: frozenset[bytes],
+        crypto_store: CryptoStore | None = None,
     ) -> None:
+        self.crypto_store = crypto_store
         self.record = record
         self.mark_shown = mark_shown
         self.unshown = unshown
@@ -351,6 +357,7 @@ class ChatApp(App[int]):
             mark_shown=mark_shown,
             unshown=list(profile.unshown),
             delivered=frozenset(profile.delivered),
+            crypto_store=ProfileCryptoStore(home, profile_name),
         )
         return cls(
             username=profile.username,
@@ -419,6 +426,7 @@ class ChatApp(App[int]):
             on_pushes=self._on_pushes,
             on_state=self._on_link_state,
             delivered_ids=self._book.delivered,
+            crypto_store=self._book.crypto_store,
         )
         self._link.start()
 
@@ -495,7 +503,7 @@ class ChatApp(App[int]):
             self._set_status(f"disconnected: {detail}")
             self._note(f"disconnected: {detail}")
 
-    def _on_pushes(self, pushes: list[m.Push]) -> None:
+    def _on_pushes(self, pushes: list[ClientPush]) -> None:
         received = [p.message for p in pushes if isinstance(p, m.MessageDelivered)]
         if received:
             self._book.record(received)  # before the acknowledgements leave
@@ -519,6 +527,17 @@ class ChatApp(App[int]):
             elif isinstance(push, m.RoomMembershipChanged):
                 verb = "joined" if push.joined else "left"
                 self._note(f"{push.username} {verb} {push.room}", push.room)
+            elif isinstance(push, m.DeviceAdded):
+                # A ghost device the server made up would show here: the line says
+                # how to check it.
+                self._note(
+                    f"{push.user} has a new device {push.device.device_id.hex()} "
+                    f"(fingerprint {fingerprint_of(push)}): compare it with them, then "
+                    f"udpchat-cli verify {push.user} {push.device.device_id.hex()} FINGERPRINT"
+                )
+            elif isinstance(push, MessageDropped):
+                # Counted by the client; never shown raw, only said.
+                self._note(f"a message from {push.sender} could not be read ({push.reason})")
         if ring:
             self.bell()
         self._draw_sidebar()
@@ -587,7 +606,7 @@ class ChatApp(App[int]):
             else:
                 self._history_asked.pop(name, None)
 
-        if not self._link.request(lambda conn: conn.get_history(name, count), loaded):
+        if not self._link.history(name, count, loaded):
             self._history_asked.pop(name, None)
 
     def _load_older(self, name: str) -> None:
@@ -608,9 +627,7 @@ class ChatApp(App[int]):
             else:
                 self._older_asked.pop(name, None)
 
-        if not self._link.request(
-            lambda conn: conn.get_history(name, HISTORY_PAGE, before=oldest), loaded
-        ):
+        if not self._link.history(name, HISTORY_PAGE, loaded, before=oldest):
             self._older_asked.pop(name, None)
 
     def on_message_pane_moved(self, event: MessagePane.Moved) -> None:

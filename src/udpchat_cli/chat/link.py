@@ -17,13 +17,22 @@ from typing import Any, Final
 from udpchat_proto import (
     Address,
     ClientConnection,
+    ErrorCode,
     ProtocolError,
     RandomSource,
     SystemRandomSource,
     TransportConfig,
 )
 from udpchat_proto import messages as m
-from udpchat_proto.asyncio import TRANSPORT, ChatClient, LinkState, start
+from udpchat_proto.asyncio import (
+    TRANSPORT,
+    ChatClient,
+    ClientPush,
+    CryptoStore,
+    LinkState,
+    RequestRefusedError,
+    start,
+)
 from udpchat_proto.chat import check_text, valid_target
 
 __all__ = ["TRANSPORT_SETTINGS", "ChatLink", "LinkState"]
@@ -50,6 +59,8 @@ class ChatLink:
         delivered_ids: ids already received (a re-push is acknowledged, not shown).
         random: where connection keys, message ids and backoff jitter come from.
         config: the transport's settings.
+        crypto_store: where the device's end-to-end encryption state is kept (the
+            profile's, under its lock).
     """
 
     def __init__(
@@ -58,12 +69,14 @@ class ChatLink:
         servers: list[Address],
         server_key: bytes,
         token: bytes,
-        on_pushes: Callable[[list[m.Push]], None],
+        on_pushes: Callable[[list[ClientPush]], None],
         on_state: Callable[[LinkState, str], None],
         delivered_ids: Iterable[bytes] = (),
         random: RandomSource | None = None,
         config: TransportConfig = TRANSPORT_SETTINGS,
+        crypto_store: CryptoStore | None = None,
     ) -> None:
+        self._crypto_store = crypto_store
         self._servers = servers
         self._server_key = server_key
         self._token = token
@@ -89,6 +102,7 @@ class ChatLink:
             config=self._config,
             random=self._random,
             on_state=self._on_state,
+            crypto_store=self._crypto_store,
         )
         self._spawn(self._pump(self._client))
 
@@ -148,25 +162,54 @@ class ChatLink:
         # sent must not wait in the outbox for a connection.
         to = valid_target(to)
         check_text(text)
-        message_id = self._random.token_bytes(16)
         client = self._client
         if client is None or client.state is LinkState.ENDED:
-            return message_id
-        self._outbox.add(message_id)
+            return b""
+        # The client draws the id, encrypts (again, unseen, when the conversation's
+        # devices changed) and sends the same ciphertext again after a reconnect.
+        token = self._random.token_bytes(16)
+        self._outbox.add(token)
 
         async def send() -> None:
+            response: m.Response
             try:
-                response = await client.request(
-                    lambda conn: conn.send_message(to, text, message_id=message_id)
+                response = await client.send(to, text)
+            except RequestRefusedError as refusal:
+                response = refusal.response
+            except (ProtocolError, ValueError) as exc:
+                if client.state is LinkState.ENDED:
+                    return  # the link ended (its state says so)
+                response = m.ErrorResponse(
+                    request_id=0, code=ErrorCode.INTERNAL, message=f"not sent: {exc}"
                 )
-            except ProtocolError:
-                return  # the link ended (its state says so)
             finally:
-                self._outbox.discard(message_id)
+                self._outbox.discard(token)
             answer(response)
 
         self._spawn(send())
-        return message_id
+        return token
+
+    def history(
+        self, peer: str, count: int, answer: Answer, *, before: bytes | None = None
+    ) -> bool:
+        """Ask for a page of history, decrypted; ``answer`` gets ``History``, a
+        refusal, or None. False (and nothing sent) while not connected."""
+        client = self._client
+        if client is None or client.state is not LinkState.CONNECTED:
+            return False
+
+        async def ask() -> None:
+            response: m.Response | None
+            try:
+                response = await client.history(peer, count, before=before)
+            except RequestRefusedError as refusal:
+                response = refusal.response
+            except ProtocolError:
+                response = None
+            answer(response)
+
+        self._spawn(ask())
+        return True
 
     # --- internals -------------------------------------------------------------------------
 

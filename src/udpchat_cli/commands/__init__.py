@@ -7,6 +7,7 @@
                 invitations, friends, online
 ``messages``    send, status, inbox, listen, history
 ``rooms``       join, leave, rooms, members
+``devices``     devices, verify (end-to-end encryption's identities)
 ``chat``        chat (the full-screen chat, :mod:`udpchat_cli.chat`)
 ==============  ===================================================================
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import click
 
-from . import accounts, chat, friends, messages, rooms
+from . import accounts, chat, devices, friends, messages, rooms
 
 __all__ = ["COMMANDS"]
 
@@ -30,6 +31,7 @@ COMMANDS: tuple[click.Command, ...] = (
     *friends.COMMANDS,
     *messages.COMMANDS,
     *rooms.COMMANDS,
+    *devices.COMMANDS,
     *chat.COMMANDS,
 )
 """Every command (``udpchat-cli --help`` lists them by name)."""

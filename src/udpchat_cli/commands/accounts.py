@@ -50,6 +50,8 @@ def login(user: str, password_stdin: bool) -> None:
         answer = session.request(lambda conn: conn.login(username, password))
         logged_in = expect(answer, m.LoggedIn)
         app.update(lambda profile: profile.login(logged_in.username, logged_in.token, server))
+        # A login is a new device: its keys, made and saved, then uploaded.
+        app.device.start(session, logged_in.username, logged_in.token)
     app.out.result(f"logged in as {logged_in.username}", {"ok": True, "user": logged_in.username})
 
 
@@ -59,15 +61,19 @@ def login(user: str, password_stdin: bool) -> None:
 )
 @json_option
 def logout(everywhere: bool) -> None:
-    """End the login session (with --all, every one of the user's)."""
+    """End the login session (with --all, every one of the user's).
+
+    The session is this profile's device for end-to-end encryption: logging out
+    ends the device (its keys are deleted, here and on the server), and a later
+    login is a new device, which reads what is sent from then on."""
     app = current_app()
     if everywhere:
         ended = app.call(lambda conn: conn.logout_all(), m.LoggedOutAll).ended
-        app.update(lambda profile: profile.logout())
+        app.end_session()
         app.out.result(f"logged out everywhere ({ended} sessions)", {"ok": True, "ended": ended})
         return
     app.call(lambda conn: conn.logout(), m.Ok)
-    app.update(lambda profile: profile.logout())
+    app.end_session()
     app.out.result("logged out", {"ok": True})
 
 
@@ -91,7 +97,7 @@ def revoke(session: str) -> None:
     app.call(lambda conn: conn.revoke_session(chosen), m.Ok)
     token = app.profile().token
     if token is not None and session_id(token_hash(token)) == chosen:
-        app.update(lambda profile: profile.logout())  # this profile's own session
+        app.end_session()  # this profile's own session
     app.out.result("session ended", {"ok": True})
 
 
@@ -134,7 +140,7 @@ def delete_account(password_stdin: bool) -> None:
     password = read_password(password_stdin, confirm=False)
     check_password(password)
     app.call(lambda conn: conn.delete_account(password), m.Ok)
-    app.update(lambda saved: saved.logout())
+    app.end_session()
     app.out.result(f"account {profile.username} deleted", {"ok": True})
 
 

@@ -24,7 +24,6 @@ from ..app import (
     CliError,
     Seconds,
     current_app,
-    expect,
     hex_bytes,
     json_option,
     not_logged_in,
@@ -70,7 +69,8 @@ def send(to: str, text: str, wait: str | None, wait_for: float | None) -> None:
             EXIT_USAGE, "usage", "--wait delivered is for direct messages: rooms have no receipts"
         )
     if wait is None:
-        accepted = app.call(lambda conn: conn.send_message(target, text), m.MessageAccepted)
+        with app.connect(resume=True) as (session, _server):
+            accepted = app.send(session, target, text)
         app.out.result(
             f"sent to {target} (id {accepted.message_id.hex()})",
             {"ok": True, "id": accepted.message_id.hex(), "to": target},
@@ -91,8 +91,7 @@ def _send_and_wait(app: App, target: str, text: str, wait_for: float) -> None:
                 receipts.update(receipt.message_id for receipt in push.receipts)
 
     with app.connect(resume=True, on_pushes=keep) as (session, _server):
-        answer = session.request(lambda conn: conn.send_message(target, text))
-        message_id = expect(answer, m.MessageAccepted).message_id
+        message_id = app.send(session, target, text).message_id
         # The message is stored: from here on, whatever happens, its id is printed.
         deadline = time.monotonic() + wait_for
         why = f"not delivered within {wait_for:g} s; it is stored and will be delivered"
@@ -214,6 +213,7 @@ def _listen(count: int | None, duration: float | None) -> None:
 
     def show(pushes: list[m.Push]) -> None:
         nonlocal printed
+        pushes = app.read(pushes)
         shown: list[m.ChatMessage] = []
         kept: list[m.ChatMessage] = []
         for push in pushes:
@@ -245,8 +245,19 @@ def _listen(count: int | None, duration: float | None) -> None:
     app.update(lambda saved: saved.mark_shown(ids))
     if full():
         return
+
+    def device_added(push: m.DeviceAdded) -> None:
+        nonlocal printed
+        if not full():
+            printed += app.out.event(push)
+
+    app.device.on_device_added = device_added
     with app.connect(resume=True, on_pushes=show) as (session, _server):
-        session.run_until(full, deadline)
+        while True:
+            session.run_until(lambda: full() or app.device.upload_pending, deadline)
+            if full() or time.monotonic() >= deadline:
+                break
+            app.device.top_up(session)  # (the server asked for one-time keys)
 
 
 @click.command()
@@ -259,7 +270,8 @@ def history(peer: str, limit: int) -> None:
     target = valid_target(peer)
     check_history_limit(limit)
     answer = app.call(lambda conn: conn.get_history(target, limit=limit), m.History)
-    app.out.result(*output.messages_result(answer.messages, empty="no messages"))
+    shown = app.device.read_history(answer.messages)
+    app.out.result(*output.messages_result(shown, empty="no messages"))
 
 
 COMMANDS: tuple[click.Command, ...] = (send, status, inbox, listen, history)

@@ -9,7 +9,9 @@ The one part of ``udpchat_proto`` that does I/O, imported only on demand
   (``register``, ``login``, ``send``, ``join``, ``invite``, ``history`` ...) and
   ``async for event in client`` for the pushes. It reconnects with backoff, resumes
   its login session, sends again what was not answered, shows each message once,
-  moves to the next node of a cluster and pins the server's key. :func:`start` gives
+  moves to the next node of a cluster and pins the server's key; it encrypts end to
+  end, its device's state in a :class:`CryptoStore` (:class:`MemoryCryptoStore` by
+  default). :func:`start` gives
   it at once, connecting in the background (for a program that shows its state).
 * :func:`serve` runs a :class:`~udpchat_proto.ChatServer` on the loop, with
   ``udpchat-server``'s group commit: a :class:`ChatService`.
@@ -19,7 +21,17 @@ Its errors are :class:`~udpchat_proto.ProtocolError`\\ s: :class:`RequestRefused
 :class:`ServerKeyRefusedError`, :class:`SessionEndedError`, :class:`ClientClosedError`.
 """
 
-from .client import BACKOFF_MAX, BACKOFF_START, TRANSPORT, ChatClient, LinkState, connect, start
+from .client import (
+    BACKOFF_MAX,
+    BACKOFF_START,
+    TRANSPORT,
+    ChatClient,
+    ClientPush,
+    LinkState,
+    connect,
+    start,
+)
+from .crypto import CryptoStore, MemoryCryptoStore
 from .errors import (
     ClientClosedError,
     ConnectionLostError,
@@ -38,8 +50,11 @@ __all__ = [
     "ChatClient",
     "ChatService",
     "ClientClosedError",
+    "ClientPush",
     "ConnectionLostError",
+    "CryptoStore",
     "LinkState",
+    "MemoryCryptoStore",
     "RequestRefusedError",
     "ServerKeyChangedError",
     "ServerKeyRefusedError",

@@ -16,13 +16,21 @@ needs from a connection that may drop:
   it holds or has handled is dropped;
 * it pins the server's key: given (``server_key=``), or decided at first contact
   by ``on_first_contact``; a changed key ends it with
-  :class:`~udpchat_proto.asyncio.ServerKeyChangedError`.
+  :class:`~udpchat_proto.asyncio.ServerKeyChangedError`;
+* it encrypts end to end (:class:`~udpchat_proto.chat.ClientCrypto`): a login makes
+  the device and uploads its keys, every send is encrypted (a ``devices_changed``
+  refusal is re-planned and sent again, never raised), every delivered message is
+  decrypted (one that cannot be is a :class:`~udpchat_proto.chat.MessageDropped`
+  event, never shown), a ``device_added`` push is an event; the state is kept in
+  the ``crypto_store`` given (:class:`~udpchat_proto.asyncio.MemoryCryptoStore` by
+  default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import enum
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeVar, cast
@@ -32,12 +40,14 @@ import attrs
 from ..chat import messages as m
 from ..chat.client import DELIVERED_IDS_MAX, ClientConnection
 from ..chat.events import Connected, Disconnected
+from ..chat.secure import ClientCrypto, MessageDropped
 from ..chat.validation import MESSAGE_ID_SIZE
 from ..errors import ErrorCode, ProtocolError
 from ..randomness import RandomSource, SystemRandomSource
 from ..transport.config import TransportConfig
 from ..transport.events import Address, CloseCode
 from ..transport.keys import fingerprint
+from .crypto import CryptoStore, DeviceHolder, MemoryCryptoStore
 from .errors import (
     ClientClosedError,
     ConnectionLostError,
@@ -52,6 +62,7 @@ __all__ = [
     "BACKOFF_START",
     "TRANSPORT",
     "ChatClient",
+    "ClientPush",
     "LinkState",
     "connect",
     "start",
@@ -69,11 +80,14 @@ core's 30: a client that reconnects by itself gains by knowing early), and each
 attempt to reach a node takes at most 5 s before the next is tried."""
 
 #: Requests sent again on the next connection when the answer was lost: reads, a
-#: message (the server stores one id once) and joining a room (joining twice is
-#: joining). Anything else may have been done: its caller decides.
+#: message (the server stores one id once, and the same ciphertext goes again),
+#: joining a room (joining twice is joining), a claim of one-time keys (a second
+#: claim only takes other keys). Anything else may have been done: its caller decides.
 REPEATABLE: Final = (
     m.SendMessage,
     m.JoinRoom,
+    m.GetDevices,
+    m.ClaimKeys,
     m.GetMessageStatus,
     m.GetHistory,
     m.ListSessions,
@@ -86,6 +100,16 @@ REPEATABLE: Final = (
 )
 
 R = TypeVar("R")
+
+ClientPush = m.Push | m.DeviceAdded | MessageDropped
+"""What ``async for event in client`` gives: the server's pushes (a delivered
+message decrypted), a contact's new device, and a message that could not be read
+(to count and log, never to show)."""
+
+
+def _wall_clock() -> float:
+    """Seconds since the epoch (a Megolm session's age outlives the process)."""
+    return datetime.datetime.now(datetime.UTC).timestamp()
 
 
 class LinkState(enum.Enum):
@@ -152,6 +176,8 @@ class ChatClient:
         config: TransportConfig,
         random: RandomSource,
         on_state: Callable[[LinkState, str], None] | None,
+        crypto_store: CryptoStore | None = None,
+        wall_clock: Callable[[], float] = _wall_clock,
     ) -> None:
         if not servers:
             raise ValueError("connect() needs at least one server address")
@@ -167,8 +193,8 @@ class ChatClient:
         """Delivered ids the application has handled (acknowledged)."""
         self._held: set[bytes] = set()
         """Delivered ids queued for the application or being handled: not acknowledged."""
-        self._pushes: collections.deque[m.Push] = collections.deque()
-        self._handling: list[m.Push] = []
+        self._pushes: collections.deque[ClientPush] = collections.deque()
+        self._handling: list[ClientPush] = []
         """The events last handed to the application (acknowledged when it asks again)."""
         self._wakeup = asyncio.Event()
         self._waiting: collections.deque[_Call] = collections.deque()
@@ -192,6 +218,15 @@ class ChatClient:
         """Connections opened (the first included)."""
         self.node: Address = self._servers[0]
         """The node of the current (or last) connection."""
+        self._device = DeviceHolder(
+            crypto_store if crypto_store is not None else MemoryCryptoStore()
+        )
+        self._device_work = asyncio.Lock()
+        """Held by what advances the state across awaits (a send, an upload)."""
+        self._low: m.OneTimeKeysLow | None = None
+        self._wall_clock = wall_clock
+        self.crypto_drops = 0
+        """Deliveries (or device records) that could not be read."""
 
     # --- what the application reads ---------------------------------------------------------
 
@@ -259,7 +294,7 @@ class ChatClient:
     def __aiter__(self) -> ChatClient:
         return self
 
-    async def __anext__(self) -> m.Push:
+    async def __anext__(self) -> ClientPush:
         """The next push, in the order the server sent them.
 
         Raises:
@@ -273,7 +308,7 @@ class ChatClient:
             raise StopAsyncIteration from None
         return push
 
-    async def next_events(self) -> list[m.Push]:
+    async def next_events(self) -> list[ClientPush]:
         """Every push waiting (at least one: it waits for one), oldest first; they are
         acknowledged when this (or ``async for``) is called again, or at :meth:`close`.
         For an application that keeps a batch at once (one write for many messages).
@@ -284,7 +319,7 @@ class ChatClient:
         """
         return await self._take(None)
 
-    async def _take(self, most: int | None) -> list[m.Push]:
+    async def _take(self, most: int | None) -> list[ClientPush]:
         self._acknowledge_handled()
         while not self._pushes:
             if self._failure is not None:
@@ -329,20 +364,81 @@ class ChatClient:
         return await self._expect(lambda c: c.register(username, password), m.Ok)
 
     async def login(self, username: str, password: str) -> m.LoggedIn:
-        """Open a login session; the client resumes it on every later connection."""
-        return await self._expect(lambda c: c.login(username, password), m.LoggedIn)
+        """Open a login session; the client resumes it on every later connection.
+        The session is a new device: its keys are made, saved and uploaded."""
+        logged_in = await self._expect(lambda c: c.login(username, password), m.LoggedIn)
+        async with self._device_work:
+            with self._device.hold(logged_in.username, logged_in.token) as slot:
+                await self._upload(slot.create(logged_in.username, logged_in.token))
+                slot.save()
+        return logged_in
 
     async def logout(self) -> m.Ok:
-        """End this login session."""
-        return await self._expect(lambda c: c.logout(), m.Ok)
+        """End this login session (and its device: a later login is a new one)."""
+        answer = await self._expect(lambda c: c.logout(), m.Ok)
+        with self._device.store.lock():
+            self._device.store.forget()
+        return answer
 
     async def send(self, to: str, text: str) -> m.MessageAccepted:
-        """Send ``text`` to a friend or a room (``#name``); the acceptance once stored.
-        Sent again, with the same id, on the next connection if the answer was lost."""
+        """Send ``text``, encrypted end to end, to a friend or a room (``#name``); the
+        acceptance once stored. Sent again, with the same id and ciphertext, on the
+        next connection if the answer was lost; planned again, unseen, when the
+        conversation's devices changed. ``no_device`` (a friend logged out
+        everywhere) is a :class:`~udpchat_proto.asyncio.RequestRefusedError`.
+
+        Raises:
+            ValidationError: an empty text, or one over 4096 bytes.
+            DeviceTrustError: a device of the conversation was stated with other keys.
+        """
         message_id = self._random.token_bytes(MESSAGE_ID_SIZE)
-        return await self._expect(
-            lambda c: c.send_message(to, text, message_id=message_id), m.MessageAccepted
-        )
+        async with self._device_work:
+            with self._device.hold(self.username, self._token) as slot:
+                if slot.crypto is None and self._token is not None:
+                    # A session resumed with no state yet: its device once connected.
+                    await self._first_ready.wait()
+                    await self._keep_device_held()
+                if slot.crypto is None:
+                    raise SessionEndedError("this client has no device: log in")
+                flow = slot.crypto.send(to, text, message_id, self._wall_clock())
+                while (step := flow.step()) is not None:
+                    if step.save_first:
+                        slot.save()  # before the request leaves: no index used twice
+                    flow.answer(await self.request(step.issue))
+                if isinstance(flow.result, m.MessageAccepted):
+                    slot.save()
+        answer = flow.result
+        if isinstance(answer, m.ErrorResponse):
+            raise RequestRefusedError(answer)
+        if not isinstance(answer, m.MessageAccepted):
+            raise ProtocolError(f"expected MessageAccepted, the server answered {answer!r}")
+        return answer
+
+    async def _upload(self, crypto: ClientCrypto) -> None:
+        while (issue := crypto.upload()) is not None:
+            crypto.keys_stored(await self._expect(issue, m.KeysStored))
+
+    async def _keep_device(self) -> None:
+        """After a resume: make the device of a session logged in elsewhere (no
+        state yet), and upload the one-time keys the server asked for."""
+        async with self._device_work:
+            await self._keep_device_held()
+
+    async def _keep_device_held(self) -> None:
+        with self._device.hold(self.username, self._token) as slot:
+            if slot.crypto is None and self._token is not None and self.username:
+                await self._upload(slot.create(self.username, self._token))
+                slot.save()
+            low, self._low = self._low, None
+            if low is not None and slot.crypto is not None:
+                slot.crypto.device_push(low)
+                await self._upload(slot.crypto)
+                slot.save()
+
+    def _start_device_work(self) -> None:
+        task = self._loop.create_task(self._keep_device())
+        # (a failure here is a lost connection or a refusal: the next resume retries)
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def message_status(self, message_id: bytes) -> m.MessageStatus:
         """Whether a direct message you sent was delivered."""
@@ -351,8 +447,19 @@ class ChatClient:
     async def history(
         self, peer: str, limit: int = 20, *, before: bytes | None = None
     ) -> m.History:
-        """The last ``limit`` messages with a user or in a room (before ``before``)."""
-        return await self._expect(lambda c: c.get_history(peer, limit, before=before), m.History)
+        """The last ``limit`` messages with a user or in a room (before ``before``),
+        decrypted (one that cannot be read is left out and counted)."""
+        answer = await self._expect(lambda c: c.get_history(peer, limit, before=before), m.History)
+        if not any(message.encrypted for message in answer.messages):
+            return answer
+        with self._device.hold(self.username, self._token) as slot:
+            if slot.crypto is None:
+                shown = [message for message in answer.messages if not message.encrypted]
+                self.crypto_drops += len(answer.messages) - len(shown)
+            else:
+                shown, drops = slot.crypto.read_history(answer.messages)
+                self.crypto_drops += len(drops)
+        return attrs.evolve(answer, messages=tuple(shown))
 
     async def invite(self, username: str) -> m.Ok:
         """Invite ``username`` to be friends."""
@@ -480,6 +587,8 @@ class ChatClient:
                 self._on_push(conn, event)
             if self._conn is not conn:
                 return  # (ended by an event: nothing more to do with it)
+        for device_push in conn.take_device_pushes():
+            self._on_device_push(device_push)
         self._transmit()
         if lost is not None:
             self._on_disconnected(lost)
@@ -504,6 +613,8 @@ class ChatClient:
             self._became_ready()
 
     def _became_ready(self) -> None:
+        if self._token is not None:
+            self._start_device_work()
         self._ready = True
         self._backoff = BACKOFF_START
         self._failures = 0
@@ -564,8 +675,60 @@ class ChatClient:
                 return
             if message_id in self._held:
                 return  # a re-push of one the application holds: acknowledged once handled
+            shown = self._read(push)
+            if shown is None:
+                # Unreadable: counted and given as a MessageDropped event, never shown;
+                # acknowledged now (nothing more will make it readable).
+                self._delivered[message_id] = None
+                conn.acknowledge([message_id])
+                self._wakeup.set()
+                return
             self._held.add(message_id)
+            push = shown
         self._pushes.append(push)
+        self._wakeup.set()
+
+    def _read(self, push: m.MessageDelivered) -> m.MessageDelivered | None:
+        """Take a delivery's key shares (saved before it can be acknowledged) and
+        decrypt it; its drops become events."""
+        with self._device.hold(self.username, self._token) as slot:
+            if slot.crypto is None:
+                if not push.message.encrypted:
+                    return push
+                self._drop(
+                    MessageDropped(
+                        message_id=push.message.id,
+                        sender=push.message.sender,
+                        to=push.message.to,
+                        reason="unknown_session",
+                        detail="this client has no device",
+                    )
+                )
+                return None
+            read = slot.crypto.read(push)
+            if read.changed:
+                slot.save()
+        for dropped in read.dropped:
+            self._drop(dropped)
+        return None if read.message is None else m.MessageDelivered(message=read.message)
+
+    def _drop(self, dropped: MessageDropped) -> None:
+        self.crypto_drops += 1
+        self._pushes.append(dropped)
+
+    def _on_device_push(self, push: m.DevicePush) -> None:
+        if isinstance(push, m.OneTimeKeysLow):
+            self._low = push
+            self._start_device_work()
+            return
+        with self._device.hold(self.username, self._token) as slot:
+            event = slot.crypto.device_push(push) if slot.crypto is not None else None
+            if isinstance(event, m.DeviceAdded):
+                slot.save()  # (the device is pinned now)
+        if isinstance(event, MessageDropped):
+            self._drop(event)
+        elif event is not None:
+            self._pushes.append(event)
         self._wakeup.set()
 
     def _acknowledge_handled(self) -> None:
@@ -683,6 +846,7 @@ def start(
     config: TransportConfig | None = None,
     random: RandomSource | None = None,
     on_state: Callable[[LinkState, str], None] | None = None,
+    crypto_store: CryptoStore | None = None,
 ) -> ChatClient:
     """Start connecting and return the client at once (:func:`connect` without the
     wait, for a program that shows :attr:`ChatClient.state` instead: requests made
@@ -701,6 +865,7 @@ def start(
         config=config if config is not None else TRANSPORT,
         random=random if random is not None else SystemRandomSource(),
         on_state=on_state,
+        crypto_store=crypto_store,
     )
     client._start()
     return client
@@ -716,6 +881,7 @@ async def connect(
     config: TransportConfig | None = None,
     random: RandomSource | None = None,
     on_state: Callable[[LinkState, str], None] | None = None,
+    crypto_store: CryptoStore | None = None,
     timeout: float | None = 10.0,
 ) -> ChatClient:
     """Connect to a chat server, or to the first node of a cluster that answers.
@@ -738,6 +904,9 @@ async def connect(
         random: where keys, message ids and the backoff's jitter come from.
         on_state: called with each change of :attr:`ChatClient.state` and a detail
             for people.
+        crypto_store: where the device's end-to-end encryption state is kept (a
+            profile on disk, under a lock its other processes share); the default
+            keeps it in memory, for the client's life.
         timeout: seconds to wait for the first connection (None: forever).
 
     Raises:
@@ -753,6 +922,7 @@ async def connect(
         config=config,
         random=random,
         on_state=on_state,
+        crypto_store=crypto_store,
     )
     try:
         await client.wait_connected(timeout)

@@ -43,6 +43,7 @@ face exports as ``udpchat_proto.messages``: import the names above, not these):
 ``memory_store``    the in-memory store
 ``passwords``       scrypt records
 ``tokens``          login tokens: their hashes, their sessions' ids
+``secure``          the client side of e2ee: ``ClientCrypto``, a send's steps
 ==================  ============================================================
 """
 
@@ -58,6 +59,16 @@ if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
     from .codec import CODEC_VERSION, MAX_ENCODED_SIZE, decode, encode
     from .passwords import hash_password
     from .remote import ClusterNews
+    from .secure import (
+        MAX_REPLANS,
+        ClientCrypto,
+        DecryptedMessage,
+        MessageDropped,
+        Read,
+        SendFlow,
+        SendStep,
+        fingerprint_of,
+    )
     from .stats import ServerStats
     from .store import (
         MESSAGE_OVERHEAD,
@@ -120,6 +131,17 @@ _EXPORTS: Final = {
     ".cluster": ("HEARTBEAT_INTERVAL", "MAX_NODE_USERS", "MAX_NODES", "NODE_TIMEOUT"),
     # The client's states; the server's counters.
     ".client": ("ClientState",),
+    # The client side of end-to-end encryption (every client runtime drives it).
+    ".secure": (
+        "MAX_REPLANS",
+        "ClientCrypto",
+        "DecryptedMessage",
+        "MessageDropped",
+        "Read",
+        "SendFlow",
+        "SendStep",
+        "fingerprint_of",
+    ),
     ".stats": ("ServerStats",),
 }
 
@@ -129,14 +151,21 @@ __all__ = [
     "MAX_ENCODED_SIZE",
     "MAX_NODES",
     "MAX_NODE_USERS",
+    "MAX_REPLANS",
     "MAX_TEXT_BYTES",
     "MESSAGE_OVERHEAD",
     "NODE_TIMEOUT",
     "STORE_READS",
     "STORE_WRITES",
     "TOKEN_SIZE",
+    "ClientCrypto",
     "ClientState",
     "ClusterNews",
+    "DecryptedMessage",
+    "MessageDropped",
+    "Read",
+    "SendFlow",
+    "SendStep",
     "ServerStats",
     "WriteTrackingStore",
     "check_history_limit",
@@ -148,6 +177,7 @@ __all__ = [
     "conversation_key",
     "decode",
     "encode",
+    "fingerprint_of",
     "hash_password",
     "is_room",
     "session_id",

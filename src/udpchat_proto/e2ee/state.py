@@ -236,6 +236,17 @@ class CryptoState:
         self._known[user, device_id] = attrs.evolve(known, verified=True)
         return True
 
+    def remember(self, keys: DeviceKeys) -> KnownDevice:
+        """Pin a device's record as a user's device list states it (``devices``,
+        ``verify``): checked against its pin, or its signature when it has none
+        (:class:`DeviceTrustError` if not). Returns what is known of it."""
+        if (keys.user, keys.device_id) == (self.user, self.device_id):
+            if keys != self.device_keys:
+                raise DeviceTrustError(keys.user, keys.device_id, "not this device's keys")
+            return KnownDevice(keys=keys)  # (nothing to compare: it is this one)
+        self._pin(keys)
+        return self._known[keys.user, keys.device_id]
+
     def _pin(self, keys: DeviceKeys) -> None:
         """Check a device's record and remember its keys (DeviceTrustError if not)."""
         if self._check_keys(keys):

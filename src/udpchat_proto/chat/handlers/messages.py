@@ -130,6 +130,8 @@ class MessageHandlers:
             # refused send leaves nothing that a later one could pick up.
             staged = self._take_staged_shares(connection, request, now)
             recipients = self._admit(me, request, now)
+            if request.encrypted is None:
+                self._check_plaintext_allowed(connection)
             sealed = (
                 None if request.encrypted is None else self._seal(connection, me, request, staged)
             )
@@ -252,6 +254,14 @@ class MessageHandlers:
         for other in self._connections.connections_of(message.sender):
             if other.token_hash != connection.token_hash:
                 self._deliver(other, message, sealed)
+
+    def _check_plaintext_allowed(self, connection: ChatConnection) -> None:
+        """A session that uploaded keys encrypts (docs/E2EE.md, "Transition"): a
+        text from it is a bug or a downgrade, refused. A version 1 client, which
+        never uploads keys, still sends text."""
+        hashed = connection.token_hash
+        if hashed is not None and self._store.session_device(hashed) is not None:
+            raise RefusedError(ErrorCode.BAD_REQUEST, "this device encrypts: send encrypted")
 
     def share_keys(self, connection: ChatConnection, request: m.ShareKeys, now: float) -> None:
         """``share_keys``: hold key shares for this connection's next message (the
