@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import PASSWORD, ServerProcess, User, befriend, wait_until_online
+from tests.e2e.conftest import (
+    PASSWORD,
+    ServerProcess,
+    User,
+    befriend,
+    server_command,
+    wait_until_online,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -159,13 +166,28 @@ def test_devices_verify_device_added_and_no_device(
     del carol
 
 
-def test_the_server_stores_no_plaintext(make_user: Any, server: ServerProcess) -> None:
+def test_the_server_stores_no_plaintext(
+    make_user: Any, server: ServerProcess, tmp_path: Path
+) -> None:
     alice, bob = make_user("alice"), make_user("bob")
     befriend(alice, bob)
     secret = "the eagle lands at dawn 7f3a"
+    in_room = "the room's own secret 91c2"
     alice.ok("send", "bob", secret)
-    assert [m["text"] for m in inbox(bob)] == [secret]
+    alice.ok("join", "#den")
+    bob.ok("join", "#den")
+    alice.ok("send", "#den", in_room)
+    assert [m["text"] for m in inbox(bob)] == [secret, in_room]
     with sqlite3.connect(server.db) as connection:
         dump = "\n".join(connection.iterdump())
-    assert secret not in dump
-    assert secret not in server.log_text()
+    backup = tmp_path / "backup.sqlite3"
+    done = server_command("ctl", "--db", str(server.db), "--json", "backup", str(backup))
+    assert done.returncode == 0, done
+    for text in (secret, in_room):
+        assert text not in dump
+        assert text not in server.log_text()
+        # The bytes on disk too (the database, its WAL, the backup an operator keeps):
+        # nothing that was ever written in clear and then freed.
+        for path in (server.db, Path(f"{server.db}-wal"), backup):
+            if path.exists():
+                assert text.encode() not in path.read_bytes(), path
