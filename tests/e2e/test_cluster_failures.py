@@ -119,6 +119,9 @@ def test_a_node_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
             got = texts(events)
             assert got == sorted(got) and len(got) == len(set(got))
             assert set(acknowledged) <= set(got) <= set(attempted)
+            # Encrypted end to end across the nodes, each decrypted by bob's device.
+            messages = [e for e in events if e["event"] == "message"]
+            assert all(e["encrypted"] is True for e in messages), messages[:3]
     finally:
         bus.stop()
 

@@ -311,6 +311,8 @@ class World:
         if result.code != 0:
             return None
         messages: list[dict[str, Any]] = result.json["messages"]
+        # Every one encrypted end to end and decrypted here, crashes and all.
+        assert all(message["encrypted"] is True for message in messages), messages[:3]
         with self.lock:
             self.deliveries[device.label].extend(messages)
         return messages

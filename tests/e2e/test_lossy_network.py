@@ -115,6 +115,8 @@ def check_messages(got: list[dict[str, Any]], sent: list[Message], what: str) ->
     assert [(m["id"], m["from"], m["to"], m["text"]) for m in got] == sent, (
         f"seed {SEED}: {what}: contents differ"
     )
+    # Each was encrypted end to end, and decrypted on this device (issue 26).
+    assert all(m["encrypted"] is True for m in got), f"seed {SEED}: {what}: not encrypted"
 
 
 def in_parallel(*calls: Callable[[], Any]) -> list[Any]:
