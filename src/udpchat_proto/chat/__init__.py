@@ -75,6 +75,7 @@ if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
         STORE_READS,
         STORE_WRITES,
         WriteTrackingStore,
+        add_each,
         conversation_key,
         stored_size,
     )
@@ -123,6 +124,7 @@ _EXPORTS: Final = {
         "STORE_READS",
         "STORE_WRITES",
         "WriteTrackingStore",
+        "add_each",
         "conversation_key",
         "stored_size",
     ),
@@ -168,6 +170,7 @@ __all__ = [
     "SendStep",
     "ServerStats",
     "WriteTrackingStore",
+    "add_each",
     "check_history_limit",
     "check_message_id",
     "check_password",

@@ -43,6 +43,7 @@ from .store import (
     LoginSession,
     Receipt,
     StoredMessage,
+    add_each,
     conversation_key,
     stored_size,
 )
@@ -453,13 +454,7 @@ class MemoryStore:
         self, messages: Sequence[tuple[ChatMessage, bytes | None]]
     ) -> list[StoredMessage | None]:
         """:meth:`add_message` for each, in order; None for a taken id."""
-        stored: list[StoredMessage | None] = []
-        for message, origin in messages:
-            try:
-                stored.append(self.add_message(message, origin))
-            except ValueError:
-                stored.append(None)
-        return stored
+        return add_each(self.add_message, messages)
 
     def _uncharge(self, message: ChatMessage) -> None:
         """A message of its sender's is deleted: it counts no more."""

@@ -32,7 +32,14 @@ from udpchat_proto import (
     StoredMessage,
 )
 from udpchat_proto import messages as m
-from udpchat_proto.chat import STORE_READS, STORE_WRITES, conversation_key, is_room, session_id
+from udpchat_proto.chat import (
+    STORE_READS,
+    STORE_WRITES,
+    add_each,
+    conversation_key,
+    is_room,
+    session_id,
+)
 from udpchat_proto.e2ee import ClaimedKey, DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
 
 from . import statements as sql
@@ -499,13 +506,7 @@ class SqlStore(abc.ABC):
     ) -> list[StoredMessage | None]:
         """:meth:`add_message` for each, in order (None for a taken id). PostgreSQL
         does it its own way: in one statement."""
-        stored: list[StoredMessage | None] = []
-        for message, origin in messages:
-            try:
-                stored.append(self.add_message(message, origin))
-            except ValueError:
-                stored.append(None)
-        return stored
+        return add_each(self.add_message, messages)
 
     @abc.abstractmethod
     def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> StoredMessage:
