@@ -51,8 +51,9 @@ from udpchat_proto import Acknowledgement, Receipt, StoredMessage, StoreUnavaila
 from udpchat_proto import messages as m
 from udpchat_proto.chat import conversation_key, stored_size
 
-from . import batched
+from . import batched, schema
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
+from .derive import LiveColumn, LiveTable, additions
 from .dialect import POSTGRES
 
 __all__ = [
@@ -61,11 +62,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "STORED_BYTES_TTL",
     "PostgresStore",
+    "catalogue",
     "unavailable",
 ]
 
-#: Schema migrations, as for SQLite: ``MIGRATIONS[i]`` takes version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+#: Schema migrations, as for SQLite: ``MIGRATIONS[i]`` takes version ``i`` to ``i + 1``,
+#: and a new table, column or index needs none (see :mod:`.derive`).
+MIGRATIONS: tuple[tuple[str | schema.Table, ...], ...] = (
     (
         """CREATE TABLE accounts (
             username TEXT PRIMARY KEY,
@@ -186,6 +189,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (message_id, device_id, number)
             )""",
     ),
+    # 5: from here on, a new table, column or index is derived from the declaration
+    # (as for SQLite's 10th): a release before this one would run on columns it
+    # does not know. This number is its refusal.
+    (),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -228,6 +235,38 @@ def unavailable(exc: psycopg.Error) -> StoreUnavailableError | None:
     if reason is None:
         return None
     return StoreUnavailableError(reason, str(exc).strip(), conflict=state in _CONFLICTS)
+
+
+def catalogue(db: psycopg.Connection[Any]) -> dict[str, LiveTable]:
+    """The tables of the connection's current schema as PostgreSQL describes them."""
+    columns: dict[str, list[LiveColumn]] = {}
+    for table, name, data_type, nullable, default, identity in db.execute(
+        "SELECT table_name, column_name, data_type, is_nullable, column_default, "
+        "identity_generation FROM information_schema.columns "
+        "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+    ):
+        # An identity column as the declaration writes it.
+        kind = data_type if identity is None else f"{data_type} generated {identity} as identity"
+        null = nullable == "YES"
+        columns.setdefault(table, []).append(
+            LiveColumn(name, kind.lower(), null, None if default is None else default.lower())
+        )
+    indexes: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    for table, index, names in db.execute(
+        # Secondary indexes only (a key's or a UNIQUE's is its constraint's).
+        "SELECT t.relname, i.relname, ARRAY(SELECT a.attname "
+        "  FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k (number, place) "
+        "  JOIN pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = k.number "
+        "  ORDER BY k.place) "
+        "FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid "
+        "JOIN pg_class AS t ON t.oid = x.indrelid "
+        "WHERE t.relnamespace = current_schema()::regnamespace AND NOT x.indisunique"
+    ):
+        indexes.setdefault(table, []).append((index, tuple(names)))
+    return {
+        table: LiveTable(table, tuple(found), tuple(indexes.get(table, ())))
+        for table, found in columns.items()
+    }
 
 
 @store_methods
@@ -328,6 +367,10 @@ class PostgresStore(SqlStore):
         if self._schema is not None:
             db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
         with db.transaction():
+            # However long a migration takes, it is done before the server answers
+            # anyone, and the nodes starting with it wait for it (the connection's
+            # own timeouts are for a batch).
+            db.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
             # One node migrates at a time: the others wait, then find it done.
             db.execute("SELECT pg_advisory_xact_lock(7252388)")
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -339,8 +382,15 @@ class PostgresStore(SqlStore):
                     f"supports ({SCHEMA_VERSION})"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number]:
-                    db.execute(statement)
+                for step in MIGRATIONS[number]:
+                    if isinstance(step, str):
+                        db.execute(step)
+                    else:  # what an earlier release derived, if it is missing
+                        for statement in additions((step,), catalogue(db), POSTGRES, partial=True):
+                            db.execute(statement)
+            # After the lock: the catalogue as the node before this one left it.
+            for statement in additions(schema.TABLES, catalogue(db), POSTGRES):
+                db.execute(statement)
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
 

@@ -59,17 +59,24 @@ class Column:
     references: str = ""
     """A foreign key: ``"table (column)"``, and what a delete does, if anything."""
 
+    def default_sql(self, dialect: Dialect) -> str | None:
+        """The default as ``dialect`` writes it (None: no default)."""
+        if self.default is None:
+            return None
+        if self.kind is Kind.BOOL and dialect is POSTGRES:
+            return "TRUE" if self.default else "FALSE"
+        return f"{self.default:d}"
+
     def sql(self, dialect: Dialect) -> str:
-        """The column's definition in a CREATE TABLE."""
+        """The column's definition in a CREATE TABLE (or an ADD COLUMN)."""
         parts = [self.name, self.kind.sql(dialect)]
         if self.key or self.kind is Kind.ID:
             parts.append("PRIMARY KEY")
         elif not self.null:
             parts.append("NOT NULL")
-        if self.default is not None and self.kind is Kind.BOOL and dialect is POSTGRES:
-            parts.append("DEFAULT TRUE" if self.default else "DEFAULT FALSE")
-        elif self.default is not None:
-            parts.append(f"DEFAULT {self.default:d}")
+        default = self.default_sql(dialect)
+        if default is not None:
+            parts.append(f"DEFAULT {default}")
         if self.unique:
             parts.append("UNIQUE")
         if self.references:

@@ -60,10 +60,13 @@ Erasure
 
 Schema versions
     ``PRAGMA user_version`` holds the number of :data:`MIGRATIONS` applied. Opening
-    a store applies the missing ones in order, in one transaction, so a database is
-    always at one version or the next, never in between. A database from a newer
-    release is refused (:class:`SchemaVersionError`). A test holds the schema the
-    migrations build to the one :mod:`.schema` declares.
+    a store applies the missing ones in order, then adds what :mod:`.schema`
+    declares and the database lacks (a table, a column, an index: see
+    :mod:`.derive`), in one transaction, so a database is always at one version or
+    the next, never in between. A database from a newer release is refused
+    (:class:`SchemaVersionError`, or :class:`~.derive.SchemaMismatchError` for a
+    column a newer release derived). A test holds the schema so built to the one
+    :mod:`.schema` declares.
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ from udpchat_proto import StoredMessage, StoreUnavailableError
 from udpchat_proto import messages as m
 from udpchat_proto.chat import conversation_key, is_room, stored_size
 
+from . import schema
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
+from .derive import LiveColumn, LiveTable, additions
 from .dialect import SQLITE
 
 __all__ = [
@@ -91,6 +96,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLiteStore",
     "SchemaVersionError",
+    "catalogue",
     "unavailable",
 ]
 
@@ -98,8 +104,10 @@ __all__ = [
 BUSY_TIMEOUT_MS = 5000
 
 #: Schema migrations: ``MIGRATIONS[i]`` takes a database from version ``i`` to
-#: ``i + 1``. Append only: a released migration is never edited.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+#: ``i + 1``. Append only: a released migration is never edited. A new table,
+#: column or index needs none: it is derived from :mod:`.schema` (see
+#: :mod:`.derive`, which also says when a step is a :class:`~.schema.Table`).
+MIGRATIONS: tuple[tuple[str | schema.Table, ...], ...] = (
     # 1: accounts, login sessions, invitations and friendships.
     (
         """CREATE TABLE accounts (
@@ -266,6 +274,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (message_id, device_id, number)
             ) WITHOUT ROWID""",
     ),
+    # 10: from here on, a new table, column or index is derived from the declaration
+    # when the store opens, with no migration and no new version. A release before
+    # this one does not compare the schema with its declaration: it would run on
+    # columns it does not know. This number is its refusal.
+    (),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -346,6 +359,40 @@ def _private_file(path: Path) -> None:
         if stat.S_ISREG(mode) and mode & 0o077:
             os.chmod(file, 0o600)
             log.warning("%s was readable by others (mode %o): narrowed to 0600", file, mode & 0o777)
+
+
+def catalogue(db: sqlite3.Connection) -> dict[str, LiveTable]:
+    """The tables of ``db``'s main schema as SQLite describes them, by name."""
+    found = {}
+    tables = db.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    for (table,) in tables:
+        columns = tuple(
+            # A key column is never NULL, whatever the flag says (a rowid's is 0).
+            LiveColumn(
+                name,
+                kind.lower(),
+                null=not notnull and not key,
+                default=None if default is None else default.lower(),
+            )
+            for name, kind, notnull, default, key in db.execute(
+                'SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?) '
+                "ORDER BY cid",
+                (table,),
+            )
+        )
+        indexes = tuple(
+            (index, tuple(c for (c,) in db.execute(_INDEX_COLUMNS, (index,))))
+            for (index,) in db.execute(
+                "SELECT name FROM pragma_index_list(?) WHERE origin = 'c'", (table,)
+            ).fetchall()
+        )
+        found[table] = LiveTable(table, columns, indexes)
+    return found
+
+
+_INDEX_COLUMNS = "SELECT name FROM pragma_index_info(?) ORDER BY seqno"
 
 
 @store_methods
@@ -462,8 +509,14 @@ class SQLiteStore(SqlStore):
                     f"supports ({SCHEMA_VERSION})"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number]:
-                    db.execute(statement)
+                for step in MIGRATIONS[number]:
+                    if isinstance(step, str):
+                        db.execute(step)
+                    else:  # what an earlier release derived, if it is missing
+                        for statement in additions((step,), catalogue(db), SQLITE, partial=True):
+                            db.execute(statement)
+            for statement in additions(schema.TABLES, catalogue(db), SQLITE):
+                db.execute(statement)
             # Written even when unchanged: a disk that cannot take a write fails
             # the start, with its cause, instead of the first request.
             # PRAGMA cannot take parameters; the value is our own integer.

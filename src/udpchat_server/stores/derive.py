@@ -1,0 +1,232 @@
+"""Additive schema changes, derived from the declaration (:mod:`.schema`).
+
+Opening a store first applies its ``MIGRATIONS`` (history, append only: what only
+a person can write, such as a rename, a data move or a drop), then compares the
+declaration with the database's own catalogue (read by the store: ``PRAGMA`` on
+SQLite, ``information_schema`` and ``pg_catalog`` on PostgreSQL) and adds what is
+declared and missing, in the same transaction as the migrations and the version:
+
+* a table: its ``CREATE TABLE`` and ``CREATE INDEX`` statements, as for a new
+  database;
+* a column declared after its table's existing ones, nullable or with a default:
+  ``ALTER TABLE ... ADD COLUMN`` (the rows already stored read its default, or NULL);
+* an index: ``CREATE INDEX``.
+
+So a new column, table or index is its declaration and nothing else. What no ADD
+can do is refused with :class:`SchemaMismatchError`, naming the table and column,
+before anything is written:
+
+* a declared column the database has with another type, nullability or default;
+* a new column that is NOT NULL without a default (the stored rows would have no
+  value), a key or unique (SQLite cannot add one), or that references another
+  table with a default (SQLite adds such a column only with none), or that is
+  declared before a column the database has (``ADD COLUMN`` appends: new
+  columns go last, so that an upgraded database is the same as a new one);
+* a column the database has and the declaration does not: a newer release
+  added it, and this one is older (as a newer schema version is refused);
+* an index the database has under a declared name, on other columns.
+
+Left alone: tables and indexes the declaration does not name (an operator's own
+index, say), and the keys, unique constraints and foreign keys of existing
+columns (``tests/test_sql_layer.py`` holds an upgraded database's to a new one's).
+
+A migration that renames, moves or drops what an earlier release derived cannot
+count on finding it: a database older than that release never had it. Such a
+migration begins with the table as that release declared it (a
+:class:`~.schema.Table` among its statements: only the columns it needs, or the
+whole table if the table itself was derived), which the store derives as here,
+without asking for the table's other columns (:func:`additions`, ``partial``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import attrs
+
+from .base import SchemaVersionError
+from .dialect import Dialect
+from .schema import Column, Kind, Table
+
+__all__ = ["LiveColumn", "LiveTable", "SchemaMismatchError", "additions", "expected"]
+
+
+class SchemaMismatchError(SchemaVersionError):
+    """The database's schema differs from the declared one in a way no ADD can fix.
+
+    Attributes:
+        table: the table.
+        column: the column (or index) at fault, "" for the table itself.
+        reason: what differs, and what to do.
+    """
+
+    def __init__(self, table: str, column: str, reason: str) -> None:
+        where = f"{table}.{column}" if column else table
+        super().__init__(f"database schema: {where} {reason}")
+        self.table = table
+        self.column = column
+        self.reason = reason
+
+
+@attrs.frozen
+class LiveColumn:
+    """A column as a database's catalogue describes it (or as it would, declared)."""
+
+    name: str
+    type: str
+    """Lower case: ``integer``, ``double precision``, ``bigint generated always as
+    identity``..."""
+    null: bool
+    """Whether it may hold NULL (a key column never may)."""
+    default: str | None
+    """The default's text, lower case (None: no default)."""
+
+    def describe(self) -> str:
+        """``type [NOT NULL] [DEFAULT d]``, as a person reads it."""
+        text = self.type + ("" if self.null else " not null")
+        return text if self.default is None else f"{text} default {self.default}"
+
+
+@attrs.frozen
+class LiveTable:
+    """A table as the catalogue describes it."""
+
+    name: str
+    columns: tuple[LiveColumn, ...]
+    """In the table's order."""
+    indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Its secondary indexes (made by CREATE INDEX): name and columns."""
+
+
+def expected(table: Table, column: Column, dialect: Dialect) -> LiveColumn:
+    """How ``dialect``'s catalogue describes ``column`` of ``table`` as declared."""
+    keyed = column.key or column.kind is Kind.ID or column.name in table.key
+    default = column.default_sql(dialect)
+    return LiveColumn(
+        name=column.name,
+        type=column.kind.sql(dialect).lower(),
+        null=column.null and not keyed,
+        default=None if default is None else default.lower(),
+    )
+
+
+def additions(
+    declared: Sequence[Table],
+    live: Mapping[str, LiveTable],
+    dialect: Dialect,
+    *,
+    partial: bool = False,
+) -> list[str]:
+    """The statements that add to the database what ``declared`` has and it lacks.
+
+    Args:
+        declared: the tables, in an order the foreign keys accept.
+        live: the database's tables by name, as its catalogue describes them.
+        dialect: the database's.
+        partial: ``declared`` names only some columns of each table (a migration's
+            step): the database's others are not asked about.
+
+    Returns:
+        The statements, to run in order in the migrations' transaction (none when
+        the database is up to date).
+
+    Raises:
+        SchemaMismatchError: a difference no ADD can fix (see the module).
+    """
+    statements: list[str] = []
+    for table in declared:
+        found = live.get(table.name)
+        if found is None:
+            statements.extend(table.sql(dialect))
+            continue
+        new = _new_columns(table, found, dialect, partial=partial)
+        for column in new:
+            _check_addable(table, column)
+        statements.extend(
+            f"ALTER TABLE {table.name} ADD COLUMN {column.sql(dialect)}" for column in new
+        )
+        statements.extend(_new_indexes(table, found, dialect))
+    return statements
+
+
+def _new_columns(
+    table: Table, found: LiveTable, dialect: Dialect, *, partial: bool
+) -> list[Column]:
+    """The declared columns ``found`` lacks, once its own are checked."""
+    live = {column.name: column for column in found.columns}
+    declared = table.column_names
+    if not partial:
+        for name in live:
+            if name not in declared:
+                raise SchemaMismatchError(
+                    table.name,
+                    name,
+                    "is in the database but not declared: a newer release added it "
+                    "(run that release, or restore the backup taken before it)",
+                )
+        for position, (have, want) in enumerate(zip(live, declared, strict=False)):
+            if have != want:
+                if want in live:
+                    raise SchemaMismatchError(
+                        table.name,
+                        want,
+                        f"is column {position + 1} as declared, not in the database: "
+                        "a column keeps its place (moving one takes a migration)",
+                    )
+                raise SchemaMismatchError(
+                    table.name,
+                    want,
+                    f"is declared before {have}, which the database has: ADD COLUMN "
+                    "appends, so a new column is declared after the existing ones",
+                )
+    for column in table.columns:
+        if column.name in live:
+            want_column = expected(table, column, dialect)
+            have_column = live[column.name]
+            if have_column != want_column:
+                raise SchemaMismatchError(
+                    table.name,
+                    column.name,
+                    f"is {have_column.describe()} in the database, declared "
+                    f"{want_column.describe()}: no ADD changes a column (that takes "
+                    "a migration)",
+                )
+    return [column for column in table.columns if column.name not in live]
+
+
+def _check_addable(table: Table, column: Column) -> None:
+    """Refuse a new column that ADD COLUMN cannot add to rows already stored."""
+    in_keys = column.name in table.key or any(column.name in u for u in table.unique)
+    if column.key or column.kind is Kind.ID or column.unique or in_keys:
+        reason = "is new and a key or unique: ADD COLUMN cannot add one (that takes a migration)"
+    elif not column.null and column.default is None:
+        reason = (
+            "is new and NOT NULL without a default: the rows already stored would have "
+            "no value (declare a default, or null=True, or fill it in a migration)"
+        )
+    elif column.references and column.default is not None:
+        reason = (
+            "is new, references another table and has a default: SQLite adds such "
+            "a column only with none (declare it null=True with no default)"
+        )
+    else:
+        return
+    raise SchemaMismatchError(table.name, column.name, reason)
+
+
+def _new_indexes(table: Table, found: LiveTable, dialect: Dialect) -> Iterator[str]:
+    """CREATE INDEX for each declared index ``found`` lacks."""
+    live = dict(found.indexes)
+    for index in table.indexes:
+        if index.only not in (None, dialect):
+            continue
+        columns = live.get(index.name)
+        if columns is None:
+            yield f"CREATE INDEX {index.name} ON {table.name} ({', '.join(index.columns)})"
+        elif columns != index.columns:
+            raise SchemaMismatchError(
+                table.name,
+                index.name,
+                f"(an index) is on ({', '.join(columns)}) in the database, declared on "
+                f"({', '.join(index.columns)}): a changed index takes a migration",
+            )
