@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from udpchat_server.stores.sqlite import SQLiteStore
 
 from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env, wait_until_loading
 
@@ -44,6 +48,33 @@ def test_a_second_server_on_a_port_in_use_exits_1_with_one_line(
     assert done.stderr.startswith("error: cannot listen on 127.0.0.1:")
     assert done.stderr.count("\n") == 1, done.stderr
     assert server.alive()
+
+
+def test_a_database_with_a_column_it_does_not_declare_exits_1_naming_it(
+    tmp_path: Path,
+) -> None:
+    # As a newer release's would be (it derived the column): the database is left
+    # as it was, for the release that wrote it or a backup's restore.
+    path = tmp_path / "newer.sqlite3"
+    SQLiteStore.open(path).close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("ALTER TABLE accounts ADD COLUMN motto TEXT")
+        version = db.execute("PRAGMA user_version").fetchone()
+    done = subprocess.run(
+        [*SERVER, "--port", "0", "--db", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"error: cannot open database {path}: database schema: ")
+    assert "accounts.motto is in the database but not declared" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == version
 
 
 def test_malformed_datagrams_never_stop_it(server: ServerProcess, tmp_path: Path) -> None:

@@ -30,12 +30,23 @@ Left alone: tables and indexes the declaration does not name (an operator's own
 index, say), and the keys, unique constraints and foreign keys of existing
 columns (``tests/test_sql_layer.py`` holds an upgraded database's to a new one's).
 
-A migration that renames, moves or drops what an earlier release derived cannot
-count on finding it: a database older than that release never had it. Such a
-migration begins with the table as that release declared it (a
-:class:`~.schema.Table` among its statements: only the columns it needs, or the
-whole table if the table itself was derived), which the store derives as here,
-without asking for the table's other columns (:func:`additions`, ``partial``).
+The migrations run first, so a migration cannot count on what is derived: not
+on a new column it fills from others (derived only after it), nor on one an
+earlier release derived and it renames, moves or drops (a database older than
+that release never had it). Such a migration begins with the table as declared
+for it (a :class:`~.schema.Table` among its statements: only the columns it
+needs, or the whole table if the table itself is derived), which the store
+derives as here, without asking about the table's other columns
+(:func:`additions`, ``partial``); the derivation after the migrations then finds
+them there.
+
+The schema version (SQLite's ``PRAGMA user_version``, PostgreSQL's
+``schema_version``) counts the explicit migrations applied, and only them: two
+releases at the same version may differ by what they derive. A release refuses a
+database of a higher version, and one with a column it does not declare; the
+first release that derives bumped each store's version once, with an empty
+migration, so that the releases before it, which do not compare, refuse a
+database it opened.
 """
 
 from __future__ import annotations
