@@ -229,7 +229,7 @@ def test_a_stored_record_reads_back_as_it_was(record: Any) -> None:
 # real one as a release's would be.
 
 
-def released_sql(migrations: Iterable[tuple[str | schema.Table, ...]]) -> Iterator[str]:
+def released_sql(migrations: Iterable[derive.Migration]) -> Iterator[str]:
     """The statements of released migrations, to build an old database by hand."""
     for migration in migrations:
         for step in migration:

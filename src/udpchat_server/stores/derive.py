@@ -51,15 +51,27 @@ database it opened.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import attrs
 
+from . import schema
 from .base import SchemaVersionError
 from .dialect import Dialect
 from .schema import Column, Kind, Table
 
-__all__ = ["LiveColumn", "LiveTable", "SchemaMismatchError", "additions", "expected"]
+__all__ = [
+    "LiveColumn",
+    "LiveTable",
+    "Migration",
+    "SchemaMismatchError",
+    "additions",
+    "expected",
+    "upgrade",
+]
+
+Migration = tuple[str | Table, ...]
+"""One of a store's ``MIGRATIONS``: statements, and tables as declared for them."""
 
 
 class SchemaMismatchError(SchemaVersionError):
@@ -119,6 +131,35 @@ def expected(table: Table, column: Column, dialect: Dialect) -> LiveColumn:
         null=column.null and not keyed,
         default=None if default is None else default.lower(),
     )
+
+
+def upgrade(
+    execute: Callable[[str], object],
+    catalogue: Callable[[], Mapping[str, LiveTable]],
+    dialect: Dialect,
+    migrations: Sequence[Migration],
+) -> None:
+    """Apply ``migrations``, then add what :data:`.schema.TABLES` declares and the
+    database lacks, in the caller's transaction.
+
+    Args:
+        execute: runs one statement.
+        catalogue: the database's tables as its catalogue describes them now.
+        dialect: the database's.
+        migrations: those the database has not had, in order.
+
+    Raises:
+        SchemaMismatchError: a difference no ADD can fix; roll back.
+    """
+    for migration in migrations:
+        for step in migration:
+            if isinstance(step, str):
+                execute(step)
+            else:  # what an earlier release derived, if it is missing
+                for statement in additions((step,), catalogue(), dialect, partial=True):
+                    execute(statement)
+    for statement in additions(schema.TABLES, catalogue(), dialect):
+        execute(statement)
 
 
 def additions(

@@ -51,9 +51,9 @@ from udpchat_proto import Acknowledgement, Receipt, StoredMessage, StoreUnavaila
 from udpchat_proto import messages as m
 from udpchat_proto.chat import conversation_key, stored_size
 
-from . import batched, schema
+from . import batched
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
-from .derive import LiveColumn, LiveTable, additions
+from .derive import LiveColumn, LiveTable, Migration, upgrade
 from .dialect import POSTGRES
 
 __all__ = [
@@ -68,7 +68,7 @@ __all__ = [
 
 #: Schema migrations, as for SQLite: ``MIGRATIONS[i]`` takes version ``i`` to ``i + 1``,
 #: and a new table, column or index needs none (see :mod:`.derive`).
-MIGRATIONS: tuple[tuple[str | schema.Table, ...], ...] = (
+MIGRATIONS: tuple[Migration, ...] = (
     (
         """CREATE TABLE accounts (
             username TEXT PRIMARY KEY,
@@ -381,16 +381,8 @@ class PostgresStore(SqlStore):
                     f"database schema version {version} is newer than this release "
                     f"supports ({SCHEMA_VERSION})"
                 )
-            for number in range(version, SCHEMA_VERSION):
-                for step in MIGRATIONS[number]:
-                    if isinstance(step, str):
-                        db.execute(step)
-                    else:  # what an earlier release derived, if it is missing
-                        for statement in additions((step,), catalogue(db), POSTGRES, partial=True):
-                            db.execute(statement)
-            # After the lock: the catalogue as the node before this one left it.
-            for statement in additions(schema.TABLES, catalogue(db), POSTGRES):
-                db.execute(statement)
+            # (After the lock: the catalogue as the node before this one left it.)
+            upgrade(db.execute, lambda: catalogue(db), POSTGRES, MIGRATIONS[version:])
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
 

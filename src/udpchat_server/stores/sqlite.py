@@ -85,9 +85,8 @@ from udpchat_proto import StoredMessage, StoreUnavailableError
 from udpchat_proto import messages as m
 from udpchat_proto.chat import conversation_key, is_room, stored_size
 
-from . import schema
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
-from .derive import LiveColumn, LiveTable, additions
+from .derive import LiveColumn, LiveTable, Migration, upgrade
 from .dialect import SQLITE
 
 __all__ = [
@@ -107,7 +106,7 @@ BUSY_TIMEOUT_MS = 5000
 #: ``i + 1``. Append only: a released migration is never edited. A new table,
 #: column or index needs none: it is derived from :mod:`.schema` (see
 #: :mod:`.derive`, which also says when a step is a :class:`~.schema.Table`).
-MIGRATIONS: tuple[tuple[str | schema.Table, ...], ...] = (
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: accounts, login sessions, invitations and friendships.
     (
         """CREATE TABLE accounts (
@@ -508,15 +507,7 @@ class SQLiteStore(SqlStore):
                     f"database schema version {version} is newer than this release "
                     f"supports ({SCHEMA_VERSION})"
                 )
-            for number in range(version, SCHEMA_VERSION):
-                for step in MIGRATIONS[number]:
-                    if isinstance(step, str):
-                        db.execute(step)
-                    else:  # what an earlier release derived, if it is missing
-                        for statement in additions((step,), catalogue(db), SQLITE, partial=True):
-                            db.execute(statement)
-            for statement in additions(schema.TABLES, catalogue(db), SQLITE):
-                db.execute(statement)
+            upgrade(db.execute, lambda: catalogue(db), SQLITE, MIGRATIONS[version:])
             # Written even when unchanged: a disk that cannot take a write fails
             # the start, with its cause, instead of the first request.
             # PRAGMA cannot take parameters; the value is our own integer.
