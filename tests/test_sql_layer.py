@@ -342,18 +342,16 @@ def test_sqlite_derives_a_new_column_table_and_index_from_the_declaration(
     assert derived == declared_sqlite(tmp_path, "declared.sqlite3")
     with SQLiteStore.open(path) as store:  # and opening it again changes nothing
         assert sqlite_catalogue(store.connection) == derived
-        assert additions(schema.TABLES, sqlite_store.catalogue(store.connection), SQLITE) == []
+        assert additions(schema.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
 
 
 def test_the_released_schema_needs_nothing_derived(tmp_path: Path) -> None:
     # The migrations build the whole declaration: derivation is only for what a
     # later release declares.
     with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
-        assert additions(schema.TABLES, sqlite_store.catalogue(store.connection), SQLITE) == []
+        assert additions(schema.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
     with postgres_store() as pg:
-        assert (
-            additions(schema.TABLES, postgres_store_module.catalogue(pg.connection), POSTGRES) == []
-        )
+        assert additions(schema.TABLES, derive.postgres_tables(pg.connection), POSTGRES) == []
 
 
 def _without(table_name: str, column_name: str) -> tuple[schema.Table, ...]:
@@ -573,10 +571,7 @@ def test_postgres_derives_a_new_column_table_and_index_from_the_declaration(
         assert derived == declared_postgres()
         with PostgresStore.open(POSTGRES_URL, schema=namespace) as store:  # again: no change
             assert postgres_catalogue(db, namespace) == derived
-            assert (
-                additions(EXTENDED, postgres_store_module.catalogue(store.connection), POSTGRES)
-                == []
-            )
+            assert additions(EXTENDED, derive.postgres_tables(store.connection), POSTGRES) == []
 
 
 def test_postgres_refuses_what_no_add_can_do_and_writes_nothing(

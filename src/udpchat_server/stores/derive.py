@@ -2,8 +2,8 @@
 
 Opening a store first applies its ``MIGRATIONS`` (history, append only: what only
 a person can write, such as a rename, a data move or a drop), then compares the
-declaration with the database's own catalogue (read by the store: ``PRAGMA`` on
-SQLite, ``information_schema`` and ``pg_catalog`` on PostgreSQL) and adds what is
+declaration with the database's own catalogue (:func:`sqlite_tables`: ``PRAGMA``;
+:func:`postgres_tables`: ``information_schema`` and ``pg_catalog``) and adds what is
 declared and missing, in the same transaction as the migrations and the version:
 
 * a table: its ``CREATE TABLE`` and ``CREATE INDEX`` statements, as for a new
@@ -51,7 +51,9 @@ database it opened.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -60,6 +62,9 @@ from .base import SchemaVersionError
 from .dialect import Dialect
 from .schema import Column, Kind, Table
 
+if TYPE_CHECKING:
+    import psycopg  # (the postgres extra: only its store calls postgres_tables)
+
 __all__ = [
     "LiveColumn",
     "LiveTable",
@@ -67,6 +72,8 @@ __all__ = [
     "SchemaMismatchError",
     "additions",
     "expected",
+    "postgres_tables",
+    "sqlite_tables",
     "upgrade",
 ]
 
@@ -282,3 +289,72 @@ def _new_indexes(table: Table, found: LiveTable, dialect: Dialect) -> Iterator[s
                 f"(an index) is on ({', '.join(columns)}) in the database, declared on "
                 f"({', '.join(index.columns)}): a changed index takes a migration",
             )
+
+
+# --- each database's catalogue, described as expected() describes the declaration -------
+
+
+def sqlite_tables(db: sqlite3.Connection) -> dict[str, LiveTable]:
+    """The tables of ``db``'s main schema as SQLite describes them, by name."""
+    found: dict[str, LiveTable] = {}
+    tables = db.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    for (table,) in tables:
+        columns = tuple(
+            # A key column is never NULL, whatever the flag says (a rowid's is 0).
+            LiveColumn(
+                name,
+                kind.lower(),
+                null=not notnull and not key,
+                default=None if default is None else default.lower(),
+            )
+            for name, kind, notnull, default, key in db.execute(
+                'SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?) '
+                "ORDER BY cid",
+                (table,),
+            )
+        )
+        indexes = tuple(
+            (index, tuple(c for (c,) in db.execute(_INDEX_COLUMNS, (index,))))
+            for (index,) in db.execute(
+                "SELECT name FROM pragma_index_list(?) WHERE origin = 'c'", (table,)
+            ).fetchall()
+        )
+        found[table] = LiveTable(table, columns, indexes)
+    return found
+
+
+_INDEX_COLUMNS = "SELECT name FROM pragma_index_info(?) ORDER BY seqno"
+
+
+def postgres_tables(db: psycopg.Connection[Any]) -> dict[str, LiveTable]:
+    """The tables of the connection's current schema as PostgreSQL describes them."""
+    columns: dict[str, list[LiveColumn]] = {}
+    for table, name, data_type, nullable, default, identity in db.execute(
+        "SELECT table_name, column_name, data_type, is_nullable, column_default, "
+        "identity_generation FROM information_schema.columns "
+        "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+    ):
+        # An identity column as the declaration writes it.
+        kind = data_type if identity is None else f"{data_type} generated {identity} as identity"
+        null = nullable == "YES"
+        columns.setdefault(table, []).append(
+            LiveColumn(name, kind.lower(), null, None if default is None else default.lower())
+        )
+    indexes: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    for table, index, names in db.execute(
+        # Secondary indexes only (a key's or a UNIQUE's is its constraint's).
+        "SELECT t.relname, i.relname, ARRAY(SELECT a.attname "
+        "  FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k (number, place) "
+        "  JOIN pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = k.number "
+        "  ORDER BY k.place) "
+        "FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid "
+        "JOIN pg_class AS t ON t.oid = x.indrelid "
+        "WHERE t.relnamespace = current_schema()::regnamespace AND NOT x.indisunique"
+    ):
+        indexes.setdefault(table, []).append((index, tuple(names)))
+    return {
+        table: LiveTable(table, tuple(found), tuple(indexes.get(table, ())))
+        for table, found in columns.items()
+    }

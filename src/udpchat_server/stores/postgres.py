@@ -53,7 +53,7 @@ from udpchat_proto.chat import conversation_key, stored_size
 
 from . import batched
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
-from .derive import LiveColumn, LiveTable, Migration, upgrade
+from .derive import Migration, postgres_tables, upgrade
 from .dialect import POSTGRES
 
 __all__ = [
@@ -62,7 +62,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "STORED_BYTES_TTL",
     "PostgresStore",
-    "catalogue",
     "unavailable",
 ]
 
@@ -237,38 +236,6 @@ def unavailable(exc: psycopg.Error) -> StoreUnavailableError | None:
     return StoreUnavailableError(reason, str(exc).strip(), conflict=state in _CONFLICTS)
 
 
-def catalogue(db: psycopg.Connection[Any]) -> dict[str, LiveTable]:
-    """The tables of the connection's current schema as PostgreSQL describes them."""
-    columns: dict[str, list[LiveColumn]] = {}
-    for table, name, data_type, nullable, default, identity in db.execute(
-        "SELECT table_name, column_name, data_type, is_nullable, column_default, "
-        "identity_generation FROM information_schema.columns "
-        "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
-    ):
-        # An identity column as the declaration writes it.
-        kind = data_type if identity is None else f"{data_type} generated {identity} as identity"
-        null = nullable == "YES"
-        columns.setdefault(table, []).append(
-            LiveColumn(name, kind.lower(), null, None if default is None else default.lower())
-        )
-    indexes: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-    for table, index, names in db.execute(
-        # Secondary indexes only (a key's or a UNIQUE's is its constraint's).
-        "SELECT t.relname, i.relname, ARRAY(SELECT a.attname "
-        "  FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k (number, place) "
-        "  JOIN pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = k.number "
-        "  ORDER BY k.place) "
-        "FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid "
-        "JOIN pg_class AS t ON t.oid = x.indrelid "
-        "WHERE t.relnamespace = current_schema()::regnamespace AND NOT x.indisunique"
-    ):
-        indexes.setdefault(table, []).append((index, tuple(names)))
-    return {
-        table: LiveTable(table, tuple(found), tuple(indexes.get(table, ())))
-        for table, found in columns.items()
-    }
-
-
 @store_methods
 class PostgresStore(SqlStore):
     """A :class:`~udpchat_proto.chat.store.Store` in one PostgreSQL database.
@@ -382,7 +349,7 @@ class PostgresStore(SqlStore):
                     f"supports ({SCHEMA_VERSION})"
                 )
             # (After the lock: the catalogue as the node before this one left it.)
-            upgrade(db.execute, lambda: catalogue(db), POSTGRES, MIGRATIONS[version:])
+            upgrade(db.execute, lambda: postgres_tables(db), POSTGRES, MIGRATIONS[version:])
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
 

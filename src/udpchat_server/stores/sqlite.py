@@ -86,7 +86,7 @@ from udpchat_proto import messages as m
 from udpchat_proto.chat import conversation_key, is_room, stored_size
 
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
-from .derive import LiveColumn, LiveTable, Migration, upgrade
+from .derive import Migration, sqlite_tables, upgrade
 from .dialect import SQLITE
 
 __all__ = [
@@ -95,7 +95,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLiteStore",
     "SchemaVersionError",
-    "catalogue",
     "unavailable",
 ]
 
@@ -360,40 +359,6 @@ def _private_file(path: Path) -> None:
             log.warning("%s was readable by others (mode %o): narrowed to 0600", file, mode & 0o777)
 
 
-def catalogue(db: sqlite3.Connection) -> dict[str, LiveTable]:
-    """The tables of ``db``'s main schema as SQLite describes them, by name."""
-    found = {}
-    tables = db.execute(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-    ).fetchall()
-    for (table,) in tables:
-        columns = tuple(
-            # A key column is never NULL, whatever the flag says (a rowid's is 0).
-            LiveColumn(
-                name,
-                kind.lower(),
-                null=not notnull and not key,
-                default=None if default is None else default.lower(),
-            )
-            for name, kind, notnull, default, key in db.execute(
-                'SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?) '
-                "ORDER BY cid",
-                (table,),
-            )
-        )
-        indexes = tuple(
-            (index, tuple(c for (c,) in db.execute(_INDEX_COLUMNS, (index,))))
-            for (index,) in db.execute(
-                "SELECT name FROM pragma_index_list(?) WHERE origin = 'c'", (table,)
-            ).fetchall()
-        )
-        found[table] = LiveTable(table, columns, indexes)
-    return found
-
-
-_INDEX_COLUMNS = "SELECT name FROM pragma_index_info(?) ORDER BY seqno"
-
-
 @store_methods
 class SQLiteStore(SqlStore):
     """A :class:`~udpchat_proto.chat.store.Store` in one SQLite database.
@@ -507,7 +472,7 @@ class SQLiteStore(SqlStore):
                     f"database schema version {version} is newer than this release "
                     f"supports ({SCHEMA_VERSION})"
                 )
-            upgrade(db.execute, lambda: catalogue(db), SQLITE, MIGRATIONS[version:])
+            upgrade(db.execute, lambda: sqlite_tables(db), SQLITE, MIGRATIONS[version:])
             # Written even when unchanged: a disk that cannot take a write fails
             # the start, with its cause, instead of the first request.
             # PRAGMA cannot take parameters; the value is our own integer.
