@@ -2,8 +2,9 @@
 is the contract suite's (``test_store.py``, on every store).
 
 The schema is declared once (``stores.schema``) and built by each store's
-migrations: a database migrated from empty must be exactly the declared one, so
-that neither can drift from the other. Compared through each database's own
+migrations and then the additions derived from the declaration (``stores.derive``):
+a database built from empty, or from an older version, must be exactly the
+declared one, so that neither can drift from the other. Compared through each database's own
 catalogue (``PRAGMA`` on SQLite, ``information_schema`` and ``pg_catalog`` on
 PostgreSQL): columns in order with their types, nullability and defaults, keys,
 foreign keys and indexes.

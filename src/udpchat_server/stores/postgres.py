@@ -274,14 +274,16 @@ class PostgresStore(SqlStore):
 
         Raises:
             StoreUnavailableError: the database cannot be reached.
-            SchemaVersionError: the database is newer than this release.
+            SchemaVersionError: the database is newer than this release, or
+                (:class:`~.derive.SchemaMismatchError`) its schema differs from the
+                declared one in a way no addition fixes.
         """
         store = cls(dsn, schema=schema)
         try:
             store._migrate()
-        except psycopg.Error as exc:
-            store.close()
-            failure = unavailable(exc)
+        except BaseException as exc:
+            store.close()  # (a refused database too: its connection is not kept)
+            failure = unavailable(exc) if isinstance(exc, psycopg.Error) else None
             if failure is None:
                 raise
             raise failure from exc

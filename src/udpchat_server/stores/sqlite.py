@@ -379,7 +379,9 @@ class SQLiteStore(SqlStore):
 
         Raises:
             ValueError: the connection has a transaction open.
-            SchemaVersionError: the database is newer than this release.
+            SchemaVersionError: the database is newer than this release, or
+                (:class:`~.derive.SchemaMismatchError`) its schema differs from the
+                declared one in a way no addition fixes.
         """
         if connection.in_transaction:
             raise ValueError("hand over a connection with no open transaction")
@@ -439,7 +441,9 @@ class SQLiteStore(SqlStore):
                 be opened (the reason names which).
             sqlite3.Error: the file is not a database.
             OSError: the file cannot be created.
-            SchemaVersionError: the database is newer than this release.
+            SchemaVersionError: the database is newer than this release, or
+                (:class:`~.derive.SchemaMismatchError`) its schema differs from the
+                declared one in a way no addition fixes.
         """
         if os.fspath(path) != ":memory:":
             _private_file(Path(path))
