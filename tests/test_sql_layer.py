@@ -627,3 +627,15 @@ def test_two_postgres_nodes_opening_an_old_database_at_once_derive_it_once(
         namespace = admin.execute("SELECT current_schema()").fetchone()
         assert namespace is not None
         assert postgres_catalogue(admin, namespace[0]) == declared_postgres()
+
+
+def test_a_table_this_release_does_not_declare_is_refused_but_not_in_a_migrations_step() -> None:
+    live = {
+        **_LIVE_ACCOUNTS,
+        "reactions": derive.LiveTable("reactions", (derive.LiveColumn("x", "text", True, None),)),
+    }
+    with pytest.raises(SchemaMismatchError) as refused:
+        additions(_accounts(), live, SQLITE)
+    assert (refused.value.table, refused.value.column) == ("reactions", "")
+    assert "a newer release added it" in str(refused.value)
+    assert additions(_accounts(), live, SQLITE, partial=True) == []

@@ -22,13 +22,16 @@ before anything is written:
   table with a default (SQLite adds such a column only with none), or that is
   declared before a column the database has (``ADD COLUMN`` appends: new
   columns go last, so that an upgraded database is the same as a new one);
-* a column the database has and the declaration does not: a newer release
-  added it, and this one is older (as a newer schema version is refused);
+* a table or column the database has and the declaration does not: a newer
+  release added it, and this one is older (as a newer schema version is refused;
+  an older release would not keep up what the newer one relies on, such as the
+  rows of a table whose foreign key stops a delete). The database, or the
+  PostgreSQL schema, is udpchat's alone;
 * an index the database has under a declared name, on other columns.
 
-Left alone: tables and indexes the declaration does not name (an operator's own
-index, say), and the keys, unique constraints and foreign keys of existing
-columns (``tests/test_sql_layer.py`` holds an upgraded database's to a new one's).
+Left alone: indexes the declaration does not name (an operator's own, say), and
+the keys, unique constraints and foreign keys of existing columns
+(``tests/test_sql_layer.py`` holds an upgraded database's to a new one's).
 
 The migrations run first, so a migration cannot count on what is derived: not
 on a new column it fills from others (derived only after it), nor on one an
@@ -43,7 +46,7 @@ them there.
 The schema version (SQLite's ``PRAGMA user_version``, PostgreSQL's
 ``schema_version``) counts the explicit migrations applied, and only them: two
 releases at the same version may differ by what they derive. A release refuses a
-database of a higher version, and one with a column it does not declare; the
+database of a higher version, and one with a table or column it does not declare; the
 first release that derives bumped each store's version once, with an empty
 migration, so that the releases before it, which do not compare, refuse a
 database it opened.
@@ -192,6 +195,11 @@ def additions(
     Raises:
         SchemaMismatchError: a difference no ADD can fix (see the module).
     """
+    if not partial:
+        names = {table.name for table in declared}
+        for name in live:
+            if name not in names:
+                raise SchemaMismatchError(name, "", _NEWER)
     statements: list[str] = []
     for table in declared:
         found = live.get(table.name)
@@ -208,6 +216,12 @@ def additions(
     return statements
 
 
+_NEWER = (
+    "is in the database but not declared: a newer release added it "
+    "(run that release, or restore the backup taken before it)"
+)
+
+
 def _new_columns(
     table: Table, found: LiveTable, dialect: Dialect, *, partial: bool
 ) -> list[Column]:
@@ -217,12 +231,7 @@ def _new_columns(
     if not partial:
         for name in live:
             if name not in declared:
-                raise SchemaMismatchError(
-                    table.name,
-                    name,
-                    "is in the database but not declared: a newer release added it "
-                    "(run that release, or restore the backup taken before it)",
-                )
+                raise SchemaMismatchError(table.name, name, _NEWER)
         for position, (have, want) in enumerate(zip(live, declared, strict=False)):
             if have != want:
                 if want in live:
@@ -329,12 +338,14 @@ _INDEX_COLUMNS = "SELECT name FROM pragma_index_info(?) ORDER BY seqno"
 
 
 def postgres_tables(db: psycopg.Connection[Any]) -> dict[str, LiveTable]:
-    """The tables of the connection's current schema as PostgreSQL describes them."""
+    """The tables of the connection's current schema as PostgreSQL describes them
+    (but ``schema_version``, the migrations' own)."""
     columns: dict[str, list[LiveColumn]] = {}
     for table, name, data_type, nullable, default, identity in db.execute(
         "SELECT table_name, column_name, data_type, is_nullable, column_default, "
         "identity_generation FROM information_schema.columns "
-        "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        "WHERE table_schema = current_schema() AND table_name <> 'schema_version' "
+        "ORDER BY table_name, ordinal_position"
     ):
         # An identity column as the declaration writes it.
         kind = data_type if identity is None else f"{data_type} generated {identity} as identity"
