@@ -575,18 +575,49 @@ def test_postgres_derives_a_new_column_table_and_index_from_the_declaration(
             assert additions(EXTENDED, derive.postgres_tables(store.connection), POSTGRES) == []
 
 
+def _retyped(table_name: str, column_name: str, kind: schema.Kind) -> tuple[schema.Table, ...]:
+    return tuple(
+        attrs.evolve(
+            table,
+            columns=tuple(
+                attrs.evolve(c, kind=kind) if c.name == column_name else c for c in table.columns
+            ),
+        )
+        if table.name == table_name
+        else table
+        for table in schema.TABLES
+    )
+
+
+@pytest.mark.parametrize(
+    ("declared", "column", "reason"),
+    [
+        # A new NOT NULL column with no default.
+        (_with_column("messages", schema.Column("score", _INT)), "score", "without a default"),
+        # A column the database has with another type.
+        (
+            _retyped("messages", "text", schema.Kind.BYTES),
+            "text",
+            "is text not null in the database, declared bytea not null",
+        ),
+    ],
+)
 def test_postgres_refuses_what_no_add_can_do_and_writes_nothing(
     monkeypatch: pytest.MonkeyPatch,
+    declared: tuple[schema.Table, ...],
+    column: str,
+    reason: str,
 ) -> None:
     with postgres_schema() as (db, namespace):
         db.execute(f'SET search_path TO "{namespace}"')
         old_postgres(db, 2)
         untouched = postgres_catalogue(db, namespace)
-        declared = _with_column("messages", schema.Column("score", _INT))  # NOT NULL, no default
         monkeypatch.setattr(schema, "TABLES", declared)
         with pytest.raises(SchemaMismatchError) as refused:
             PostgresStore.open(POSTGRES_URL, schema=namespace)
-        assert (refused.value.table, refused.value.column) == ("messages", "score")
+        assert (refused.value.table, refused.value.column) == ("messages", column)
+        assert reason in str(refused.value)
+        # Not even the migrations 3 to 5 that came before the refusal.
         assert postgres_catalogue(db, namespace) == untouched
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
