@@ -3,8 +3,8 @@
 Opening a store first applies its ``MIGRATIONS`` (history, append only: what only
 a person can write, such as a rename, a data move or a drop), then compares the
 declaration with the database's own catalogue (:func:`sqlite_tables`: ``PRAGMA``;
-:func:`postgres_tables`: ``information_schema`` and ``pg_catalog``) and adds what is
-declared and missing, in the same transaction as the migrations and the version:
+:func:`postgres_tables`: ``pg_catalog``) and adds what is declared and missing,
+in the same transaction as the migrations and the version:
 
 * a table: its ``CREATE TABLE`` and ``CREATE INDEX`` statements, as for a new
   database;
@@ -14,7 +14,7 @@ declared and missing, in the same transaction as the migrations and the version:
 
 So a new column, table or index is its declaration and nothing else. What no ADD
 can do is refused with :class:`SchemaMismatchError`, naming the table and column,
-before anything is written:
+and the transaction rolled back (the migrations before it too: nothing is written):
 
 * a declared column the database has with another type, nullability or default;
 * a new column that is NOT NULL without a default (the stored rows would have no
@@ -46,10 +46,10 @@ them there.
 The schema version (SQLite's ``PRAGMA user_version``, PostgreSQL's
 ``schema_version``) counts the explicit migrations applied, and only them: two
 releases at the same version may differ by what they derive. A release refuses a
-database of a higher version, and one with a table or column it does not declare; the
-first release that derives bumped each store's version once, with an empty
-migration, so that the releases before it, which do not compare, refuse a
-database it opened.
+database of a higher version, and one with a table or column it does not
+declare; the first release that derives bumped each store's version once, with
+an empty migration, so that the releases before it, which do not compare, refuse
+a database it opened.
 """
 
 from __future__ import annotations
