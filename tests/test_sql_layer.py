@@ -660,13 +660,107 @@ def test_two_postgres_nodes_opening_an_old_database_at_once_derive_it_once(
         assert postgres_catalogue(admin, namespace[0]) == declared_postgres()
 
 
-def test_a_table_this_release_does_not_declare_is_refused_but_not_in_a_migrations_step() -> None:
-    live = {
-        **_LIVE_ACCOUNTS,
-        "reactions": derive.LiveTable("reactions", (derive.LiveColumn("x", "text", True, None),)),
-    }
+# --- tables the release does not declare ------------------------------------------------
+
+# Another application's table, sharing the database: no key to udpchat's.
+_THEIRS = (
+    "CREATE TABLE crm_contacts (id INTEGER PRIMARY KEY, name TEXT NOT NULL, owner TEXT)",
+    "CREATE INDEX crm_contacts_by_owner ON crm_contacts (owner)",
+    "INSERT INTO crm_contacts VALUES (1, 'Ann', 'ann')",
+)
+# A newer release's table (or another application's) whose key could stop a delete.
+_REFERENCING = "CREATE TABLE reactions (message_id INTEGER, account TEXT REFERENCES accounts)"
+
+
+def test_an_undeclared_table_is_refused_only_with_a_key_to_a_declared_one() -> None:
+    theirs = derive.LiveTable(
+        "crm_contacts",
+        (derive.LiveColumn("id", "integer", False, None),),
+        references=(("parent", "crm_contacts"),),  # (a key among their own tables)
+    )
+    assert additions(_accounts(), {**_LIVE_ACCOUNTS, "crm_contacts": theirs}, SQLITE) == []
+    referencing = derive.LiveTable(
+        "reactions",
+        (derive.LiveColumn("account", "text", True, None),),
+        references=(("account", "ACCOUNTS"),),  # (SQLite's names are case-insensitive)
+    )
+    live = {**_LIVE_ACCOUNTS, "reactions": referencing}
     with pytest.raises(SchemaMismatchError) as refused:
         additions(_accounts(), live, SQLITE)
     assert (refused.value.table, refused.value.column) == ("reactions", "")
-    assert "a newer release added it" in str(refused.value)
+    assert "reactions.account references ACCOUNTS" in str(refused.value)
+    assert "not declared" in str(refused.value)
+    # A migration's step declares only some tables: it does not ask.
     assert additions(_accounts(), live, SQLITE, partial=True) == []
+
+
+def test_sqlite_opens_a_database_shared_with_another_applications_table_and_leaves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An old database, so that migrations and additions run beside their table.
+    path = tmp_path / "shared.sqlite3"
+    old_sqlite(path, 8)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for statement in _THEIRS:
+            db.execute(statement)
+        theirs = sqlite_catalogue(db)["crm_contacts"]
+    monkeypatch.setattr(schema, "TABLES", EXTENDED)
+    with SQLiteStore.open(path) as store:
+        assert store.get_account("ann") is not None
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        found = sqlite_catalogue(db)
+        assert found.pop("crm_contacts") == theirs
+        assert db.execute("SELECT * FROM crm_contacts").fetchall() == [(1, "Ann", "ann")]
+    assert found == declared_sqlite(tmp_path, "declared.sqlite3")
+
+
+def test_sqlite_refuses_an_undeclared_table_with_a_key_to_a_declared_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "newer.sqlite3"
+    old_sqlite(path, 8)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute(_REFERENCING)
+        untouched = sqlite_catalogue(db)
+    with pytest.raises(SchemaMismatchError) as refused:
+        SQLiteStore.open(path)
+    assert (refused.value.table, refused.value.column) == ("reactions", "")
+    assert "reactions.account references accounts" in str(refused.value)
+    with contextlib.closing(sqlite3.connect(path)) as db:  # nothing written
+        assert sqlite_catalogue(db) == untouched
+        assert db.execute("PRAGMA user_version").fetchone() == (8,)
+
+
+def test_postgres_opens_a_schema_shared_with_another_applications_table_and_leaves_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with postgres_schema() as (db, namespace):
+        db.execute(f'SET search_path TO "{namespace}"')
+        old_postgres(db, 2)
+        for statement in _THEIRS:
+            db.execute(statement)
+        theirs = postgres_catalogue(db, namespace)["crm_contacts"]
+        monkeypatch.setattr(schema, "TABLES", EXTENDED)
+        with PostgresStore.open(POSTGRES_URL, schema=namespace) as store:
+            assert store.get_account("ann") is not None
+        found = postgres_catalogue(db, namespace)
+        assert found.pop("crm_contacts") == theirs
+        assert db.execute("SELECT * FROM crm_contacts").fetchall() == [(1, "Ann", "ann")]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [
+            (postgres_store_module.SCHEMA_VERSION,)
+        ]
+        assert found == declared_postgres()
+
+
+def test_postgres_refuses_an_undeclared_table_with_a_key_to_a_declared_one() -> None:
+    with postgres_schema() as (db, namespace):
+        db.execute(f'SET search_path TO "{namespace}"')
+        old_postgres(db, 2)
+        db.execute(_REFERENCING)
+        untouched = postgres_catalogue(db, namespace)
+        with pytest.raises(SchemaMismatchError) as refused:
+            PostgresStore.open(POSTGRES_URL, schema=namespace)
+        assert (refused.value.table, refused.value.column) == ("reactions", "")
+        assert "reactions.account references accounts" in str(refused.value)
+        assert postgres_catalogue(db, namespace) == untouched
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]

@@ -22,16 +22,25 @@ and the transaction rolled back (the migrations before it too: nothing is writte
   table with a default (SQLite adds such a column only with none), or that is
   declared before a column the database has (``ADD COLUMN`` appends: new
   columns go last, so that an upgraded database is the same as a new one);
-* a table or column the database has and the declaration does not: a newer
-  release added it, and this one is older (as a newer schema version is refused;
-  an older release would not keep up what the newer one relies on, such as the
-  rows of a table whose foreign key stops a delete). The database, or the
-  PostgreSQL schema, is udpchat's alone;
+* a column the database has on a declared table and the declaration does not: a
+  newer release added it, and this one is older (as a newer schema version is
+  refused);
+* a table the declaration does not name that has a foreign key to a declared one:
+  a newer release's table (or another application's) whose rows this release
+  does not keep up, and which could stop its deletes (a key with no cascade) or
+  lose its rows to them (one with a cascade);
 * an index the database has under a declared name, on other columns.
 
-Left alone: indexes the declaration does not name (an operator's own, say), and
-the keys, unique constraints and foreign keys of existing columns
-(``tests/test_sql_layer.py`` holds an upgraded database's to a new one's).
+Left alone: any other table the declaration does not name (the database, or the
+PostgreSQL schema, may be shared with other applications, and udpchat neither
+reads nor writes their tables), indexes it does not name (an operator's own,
+say), and the keys, unique constraints and foreign keys of existing columns
+(``tests/test_sql_layer.py`` holds an upgraded database's to a new one's). So a
+newer release's table with no foreign key to a declared one does not stop an
+older release either: the older one neither reads nor writes it (nor keeps it up:
+going back to an older release is still a backup's restore). Only the current
+PostgreSQL schema is read: a table in another schema with a foreign key to
+udpchat's is not seen.
 
 The migrations run first, so a migration cannot count on what is derived: not
 on a new column it fills from others (derived only after it), nor on one an
@@ -46,10 +55,10 @@ them there.
 The schema version (SQLite's ``PRAGMA user_version``, PostgreSQL's
 ``schema_version``) counts the explicit migrations applied, and only them: two
 releases at the same version may differ by what they derive. A release refuses a
-database of a higher version, and one with a table or column it does not
-declare; the first release that derives bumped each store's version once, with
-an empty migration, so that the releases before it, which do not compare, refuse
-a database it opened.
+database of a higher version, one with a column it does not declare, and one
+with an undeclared table that references a declared one; the first release that
+derives bumped each store's version once, with an empty migration, so that the
+releases before it, which do not compare, refuse a database it opened.
 """
 
 from __future__ import annotations
@@ -129,6 +138,9 @@ class LiveTable:
     """In the table's order."""
     indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Its secondary indexes (made by CREATE INDEX): name and columns."""
+    references: tuple[tuple[str, str], ...] = ()
+    """Its foreign keys to tables of the same database (or PostgreSQL schema): the
+    column and the table it references, one pair per column."""
 
 
 def expected(table: Table, column: Column, dialect: Dialect) -> LiveColumn:
@@ -196,10 +208,7 @@ def additions(
         SchemaMismatchError: a difference no ADD can fix (see the module).
     """
     if not partial:
-        names = {table.name for table in declared}
-        for name in live:
-            if name not in names:
-                raise SchemaMismatchError(name, "", _NEWER)
+        _check_undeclared_tables(declared, live)
     statements: list[str] = []
     for table in declared:
         found = live.get(table.name)
@@ -220,6 +229,33 @@ _NEWER = (
     "is in the database but not declared: a newer release added it "
     "(run that release, or restore the backup taken before it)"
 )
+
+
+def _check_undeclared_tables(declared: Sequence[Table], live: Mapping[str, LiveTable]) -> None:
+    """Refuse a table ``declared`` does not name that references one it does.
+
+    Any other undeclared table is left alone: the database may be shared with
+    other applications. One that references a declared table is what an older
+    release must not run beside: a newer release's (or another application's)
+    whose rows it does not keep up, and whose foreign key could stop a delete.
+    """
+    # SQLite's names are case-insensitive (a key may name ACCOUNTS); PostgreSQL's
+    # catalogue gives the referenced table's own name.
+    names = {table.name.lower() for table in declared}
+    for name, table in live.items():
+        if name.lower() in names:
+            continue
+        ours = [(column, target) for column, target in table.references if target.lower() in names]
+        if ours:
+            keys = ", ".join(f"{name}.{column} references {target}" for column, target in ours)
+            raise SchemaMismatchError(
+                name,
+                "",
+                f"is in the database but not declared, and has a foreign key to a "
+                f"declared table ({keys}): a newer release added it, or another "
+                "application did, and its rows could stop this release's deletes (run "
+                "that release, or restore the backup taken before it, or drop the key)",
+            )
 
 
 def _new_columns(
@@ -330,7 +366,14 @@ def sqlite_tables(db: sqlite3.Connection) -> dict[str, LiveTable]:
                 "SELECT name FROM pragma_index_list(?) WHERE origin = 'c'", (table,)
             ).fetchall()
         )
-        found[table] = LiveTable(table, columns, indexes)
+        references = tuple(
+            (column, target)
+            for column, target in db.execute(
+                'SELECT "from", "table" FROM pragma_foreign_key_list(?) ORDER BY id, seq',
+                (table,),
+            )
+        )
+        found[table] = LiveTable(table, columns, indexes, references)
     return found
 
 
@@ -371,8 +414,22 @@ def postgres_tables(db: psycopg.Connection[Any]) -> dict[str, LiveTable]:
         "WHERE t.relnamespace = current_schema()::regnamespace AND NOT x.indisunique"
     ):
         indexes.setdefault(table, []).append((index, tuple(names)))
+    references: dict[str, list[tuple[str, str]]] = {}
+    for table, column, target in db.execute(
+        # Foreign keys between tables of this schema (an undeclared table's to a
+        # declared one is refused), one row per column.
+        "SELECT c.relname, a.attname, t.relname "
+        "FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid "
+        "JOIN pg_class AS t ON t.oid = k.confrelid "
+        "JOIN pg_attribute AS a ON a.attrelid = k.conrelid AND a.attnum = ANY (k.conkey) "
+        "WHERE k.contype = 'f' AND c.relnamespace = current_schema()::regnamespace "
+        "AND t.relnamespace = c.relnamespace ORDER BY c.relname, k.conname, a.attnum"
+    ):
+        references.setdefault(table, []).append((column, target))
     return {
-        table: LiveTable(table, tuple(found), tuple(indexes.get(table, ())))
+        table: LiveTable(
+            table, tuple(found), tuple(indexes.get(table, ())), tuple(references.get(table, ()))
+        )
         for table, found in columns.items()
     }
 
