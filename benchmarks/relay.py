@@ -54,6 +54,7 @@ written when the server stops) and prints the top functions by own time.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import json
@@ -79,6 +80,16 @@ from typing import Any
 
 from udpchat_proto import ClientConnection
 from udpchat_proto import messages as m
+from udpchat_proto.chat import session_id, token_hash
+from udpchat_proto.e2ee import (
+    ClaimedKey,
+    CryptoState,
+    Decrypted,
+    DeviceSet,
+    KeyShareReceived,
+    Outgoing,
+    direct_conversation,
+)
 
 HOST = "127.0.0.1"
 PASSWORD = "benchmark-password"
@@ -138,6 +149,13 @@ FULL_RATES = [
     20_000,
 ]
 QUICK_RATES = [1000, 2000, 5000]
+#: The encrypted messages made ahead, per pair, are enough for this many delivered
+#: a second through the window (more than the server carries here): the
+#: generators then only send what is ready, as the plain ones send a text. Past
+#: them a generator encrypts as it sends (counted, ``e2ee_encrypted_live``).
+POOL_RATE = 16_000
+#: The text of every encrypted message: as long as the plain ones' (``TEXT_SIZE``).
+E2EE_TEXT = "an encrypted benchmark message: ".ljust(TEXT_SIZE, "x")
 
 
 @dataclass(frozen=True)
@@ -275,8 +293,12 @@ class Peer:
         self.errors = 0
         #: The refusals' texts, to say why (a set-up or a burst refused in part).
         self.refusals: list[str] = []
-        #: Called with (delivery time, message) for each delivered message.
-        self.on_delivery: Callable[[float, m.ChatMessage], None] | None = None
+        #: Called with (delivery time, delivery) for each delivered message.
+        self.on_delivery: Callable[[float, m.MessageDelivered], None] | None = None
+        #: The answers of the encrypted set-up's requests, by request id.
+        self.answers: dict[int, m.Response] = {}
+        #: This device's end-to-end state (encrypted runs only).
+        self.crypto: CryptoState | None = None
 
     def flush(self, now: float) -> None:
         for data, addr in self.conn.datagrams_to_send(now):
@@ -298,9 +320,11 @@ class Peer:
         while (event := self.conn.next_event()) is not None:
             if isinstance(event, m.MessageDelivered):
                 if self.on_delivery is not None:
-                    self.on_delivery(now, event.message)
+                    self.on_delivery(now, event)
             elif isinstance(event, m.Ok | m.LoggedIn | m.MessageAccepted):
                 self.oks += 1
+            elif isinstance(event, m.KeysStored | m.ConversationDevices | m.ClaimedKeys):
+                self.answers[event.request_id] = event
             elif isinstance(event, m.ErrorResponse):
                 self.errors += 1
                 self.refusals.append(f"{event.code.value}: {event.message}")
@@ -315,6 +339,14 @@ class Pair:
     recipient: Peer
     sent: int = 0
     delivered: int = 0
+    #: Encrypted runs: the conversation's device set and the recipient's claimed
+    #: one-time key (the sender's plan needs them to encrypt) ...
+    device_set: DeviceSet | None = None
+    claimed: tuple[ClaimedKey, ...] = ()
+    #: ... the messages encrypted ahead (id, what ``encrypt`` gave), oldest first ...
+    ready: collections.deque[tuple[bytes, Outgoing]] = field(default_factory=collections.deque)
+    #: ... and what the recipient was delivered, decrypted after the windows.
+    received: list[m.MessageDelivered] = field(default_factory=list)
 
 
 @dataclass
@@ -340,11 +372,20 @@ class Generator:
         self.window: Window | None = None
         self.cpu_start = 0.0
         self.window_started = 0.0
+        self.encrypted = False
+        #: Encrypted runs: when each message in flight was due (its text cannot say).
+        self.due: dict[bytes, float] = {}
+        #: Encrypted runs: messages encrypted while sending, the ready ones used up.
+        self.encrypted_live = 0
+        #: The wall-clock time every encryption is made at (no rotation by age).
+        self.at = time.time()
 
     # -- udpchat --
 
-    def setup(self, port: int, workers: int) -> None:
-        """Connect, register, log in and befriend every pair."""
+    def setup(self, port: int, workers: int, encrypted: bool = False) -> None:
+        """Connect, register, log in and befriend every pair (and, ``encrypted``,
+        make each peer a device with its keys uploaded, and each sender's Olm
+        session to its recipient: a device set and a claimed key)."""
         server = (HOST, port)
         peers = [Peer(f"{self.prefix}u{i}", server) for i in range(2 * self.count)]
         for peer in peers:
@@ -373,23 +414,130 @@ class Generator:
         refusals = sorted({text for p in peers for text in p.refusals})
         if refusals:
             raise RuntimeError(f"the server refused part of the set-up: {refusals}")
+        self.encrypted = encrypted
+        if encrypted:
+            self.devices(deadline)
 
-    def delivery_handler(self, pair: Pair) -> Callable[[float, m.ChatMessage], None]:
-        def handle(now: float, message: m.ChatMessage) -> None:
+    def _await(self, asked: dict[Peer, int], deadline: float) -> dict[Peer, m.Response]:
+        """Send what each peer asked, wait (bounded) for every answer."""
+        now = time.monotonic()
+        for peer in asked:
+            peer.flush(now)
+        self.drive_until(lambda: all(r in p.answers for p, r in asked.items()), deadline)
+        return {peer: peer.answers.pop(rid) for peer, rid in asked.items()}
+
+    def devices(self, deadline: float) -> None:
+        """Each peer a device (keys uploaded); each sender's device set and claim."""
+        asked: dict[Peer, int] = {}
+        for peer in self.peers:
+            token = peer.conn.token
+            assert token is not None
+            peer.crypto = CryptoState.create(peer.name, session_id(token_hash(token)))
+            upload = peer.crypto.keys_to_upload(published_one_time_keys=0)
+            assert upload is not None
+            asked[peer] = peer.conn.upload_keys(upload)
+        for peer, answer in self._await(asked, deadline).items():
+            assert isinstance(answer, m.KeysStored), answer
+            assert peer.crypto is not None
+            peer.crypto.mark_keys_published()
+        sets = self._await(
+            {
+                pair.sender: pair.sender.conn.get_devices(
+                    conversation=direct_conversation(pair.sender.name, pair.recipient.name)
+                )
+                for pair in self.pairs
+            },
+            deadline,
+        )
+        for pair in self.pairs:
+            found = sets[pair.sender]
+            assert isinstance(found, m.ConversationDevices), found
+            pair.device_set = found.device_set
+        claims = self._await(
+            {
+                pair.sender: pair.sender.conn.claim_keys([_device_of(pair.recipient)])
+                for pair in self.pairs
+            },
+            deadline,
+        )
+        for pair in self.pairs:
+            claimed = claims[pair.sender]
+            assert isinstance(claimed, m.ClaimedKeys) and len(claimed.keys) == 1, claimed
+            pair.claimed = claimed.keys
+
+    def prepare(self, count: int) -> float:
+        """Encrypt ``count`` messages ahead for each pair (outside every window):
+        the first with its key share, one in a hundred a rotation's. Returns the
+        CPU seconds it took per message."""
+        start = time.process_time()
+        for pair in self.pairs:
+            for _ in range(count):
+                pair.ready.append(self._encrypt(pair))
+        return (time.process_time() - start) / max(1, count * len(self.pairs))
+
+    def _encrypt(self, pair: Pair) -> tuple[bytes, Outgoing]:
+        crypto, device_set = pair.sender.crypto, pair.device_set
+        assert crypto is not None and device_set is not None
+        message_id = os.urandom(16)
+        out = crypto.encrypt(device_set, E2EE_TEXT, message_id, self.at, pair.claimed)
+        # The messages go out in this order on one connection, each accepted (a
+        # refusal fails the run): a share is never made twice.
+        crypto.accepted(out)
+        return message_id, out
+
+    def verify(self) -> dict[str, int]:
+        """Decrypt everything each recipient was delivered (after the windows):
+        how many decrypted, and how many could not be (never any)."""
+        decrypted = undecryptable = 0
+        for pair in self.pairs:
+            crypto = pair.recipient.crypto
+            assert crypto is not None
+            for push in pair.received:
+                shares_ok = all(
+                    isinstance(crypto.receive_key_share(share), KeyShareReceived)
+                    for share in push.key_shares
+                )
+                record = push.message.ciphertext
+                result = None if record is None else crypto.decrypt(record, push.message.id)
+                if shares_ok and isinstance(result, Decrypted) and result.text == E2EE_TEXT:
+                    decrypted += 1
+                else:
+                    undecryptable += 1
+            pair.received.clear()
+        return {"decrypted": decrypted, "undecryptable": undecryptable}
+
+    def delivery_handler(self, pair: Pair) -> Callable[[float, m.MessageDelivered], None]:
+        def handle(now: float, push: m.MessageDelivered) -> None:
+            message = push.message
             pair.delivered += 1
+            if self.encrypted:
+                pair.received.append(push)
+                due = self.due.pop(message.id, math.nan)
             window = self.window
             if window is None:
                 return
             if window.start <= now < window.end:
                 window.delivered += 1
-            due = float(message.text.split(" ", 1)[0])
+            if not self.encrypted:  # (an encrypted one's due time was looked up above)
+                due = float(message.text.split(" ", 1)[0])
             if window.start <= due < window.end:
                 window.latencies.append(now - due)
 
         return handle
 
     def send(self, pair: Pair, due: float, now: float) -> None:
-        pair.sender.conn.send_message(pair.recipient.name, text_for(due))
+        if self.encrypted:
+            if pair.ready:
+                message_id, out = pair.ready.popleft()
+            else:
+                message_id, out = self._encrypt(pair)
+                self.encrypted_live += 1
+            self.due[message_id] = due
+            pair.sender.conn.send_encrypted(
+                pair.recipient.name, out.message, out.key_shares, message_id=message_id
+            )
+        else:
+            pair.sender.conn.send_message(pair.recipient.name, text_for(due))
         pair.sent += 1
         if self.window is not None and self.window.start <= due < self.window.end:
             self.window.due_in_window += 1
@@ -472,6 +620,7 @@ class Generator:
             "latencies": latencies,
             "drained": drained,
             "generator_cpu_share": busy,
+            "encrypted_live": self.encrypted_live,
         }
 
     def drain(self, seconds: float) -> bool:
@@ -489,6 +638,9 @@ class Generator:
                 peer.sock.close()
         self.pairs = []
         self.peers = []
+        self.encrypted = False
+        self.due.clear()
+        self.encrypted_live = 0
 
     # -- the loop --
 
@@ -529,6 +681,13 @@ class Generator:
                 timer = peer.conn.get_timer()
                 if timer is not None and timer <= now:
                     peer.pump(now)
+
+
+def _device_of(peer: Peer) -> bytes:
+    """The device id of ``peer``'s login session."""
+    token = peer.conn.token
+    assert token is not None
+    return session_id(token_hash(token))
 
 
 def raw_saturate(
@@ -601,6 +760,10 @@ def worker(conn: multiprocessing.connection.Connection, index: int, pairs: int) 
                 result = generator.offer(*args)
             elif command == "drain":
                 result = generator.drain(*args)
+            elif command == "prepare":
+                result = generator.prepare(*args)
+            elif command == "verify":
+                result = generator.verify()
             elif command == "close":
                 generator.close()
                 result = "closed"
@@ -733,12 +896,59 @@ def py_spy(pid: int, path: str | None) -> Iterator[None]:
             recorder.wait()
 
 
-def one_run(
-    workers: int, pairs: int, timing: Timing, profile: str | None, spy: str | None = None
+def encrypted_saturation(
+    team: Workers, workers: int, pairs: int, timing: Timing, spy: str | None = None
 ) -> dict[str, Any]:
-    """One fresh server and relay: every figure once."""
+    """Saturation on a fresh server with every message encrypted end to end: the
+    generators send messages encrypted ahead (``prepare``, outside the window), so
+    that they cost about what a plain send does; afterwards every delivery is
+    decrypted (``verify``), outside the window too."""
+    with udpchat_server() as (pid, port), py_spy(pid, spy):
+        team.call("setup", port, workers, True)
+        count = math.ceil(POOL_RATE * (timing.warmup + timing.saturation) / (workers * pairs))
+        encrypt_cost = statistics.median(team.call("prepare", count, timeout=DEADLINE * 2))
+        results, cpu, states = windowed(
+            functools.partial(team.call, "saturate"), pid, timing.warmup, timing.saturation
+        )
+        if not all(r["drained"] for r in results):
+            team.call("drain", timing.backlog)
+        checked = team.call("verify", timeout=DEADLINE * 2)
+    team.call("close")
+    delivered = sum(r["delivered"] for r in results)
+    undecryptable = sum(c["undecryptable"] for c in checked)
+    if undecryptable:
+        raise RuntimeError(f"{undecryptable} encrypted deliveries did not decrypt")
+    return {
+        "e2ee_msgs_per_s": delivered / timing.saturation,
+        "e2ee_server_cpu_us_per_msg": cpu / max(1, delivered) * 1e6,
+        "e2ee_server_cpu_share": cpu / timing.saturation,
+        "e2ee_generator_cpu_share": max(r["generator_cpu_share"] for r in results),
+        "e2ee_machine_busy_cores": states["machine"],
+        "e2ee_decrypted": sum(c["decrypted"] for c in checked),
+        "e2ee_undecryptable": undecryptable,
+        "e2ee_encrypted_live": sum(r["encrypted_live"] for r in results),
+        "e2ee_encrypt_us": encrypt_cost * 1e6,
+    }
+
+
+def one_run(
+    workers: int,
+    pairs: int,
+    timing: Timing,
+    profile: str | None,
+    spy: str | None = None,
+    *,
+    e2ee: bool = True,
+) -> dict[str, Any]:
+    """One fresh server and relay: every figure once (and first, ``e2ee``, the
+    encrypted saturation on a server of its own, just before the plain one's)."""
     team = Workers(workers, pairs)
     try:
+        encrypted = (
+            encrypted_saturation(team, workers, pairs, timing, f"{spy}.e2ee" if spy else None)
+            if e2ee and profile is None
+            else {}
+        )
         with udpchat_server(profile) as (pid, port), py_spy(pid, spy):
             team.call("setup", port, workers)
             results, cpu, states = windowed(
@@ -797,6 +1007,13 @@ def one_run(
         team.call("close")
         run["raw_relay_msgs_per_s"], run["raw_relay_cpu_us_per_msg"] = raw_saturation(team, timing)
         run["ratio"] = run["udpchat_msgs_per_s"] / run["raw_relay_msgs_per_s"]
+        if encrypted:
+            run.update(encrypted)
+            # The same run's two saturations, a few seconds apart on the same machine.
+            run["e2ee_cpu_ratio"] = (
+                encrypted["e2ee_server_cpu_us_per_msg"] / run["server_cpu_us_per_msg"]
+            )
+            run["e2ee_throughput_ratio"] = encrypted["e2ee_msgs_per_s"] / run["udpchat_msgs_per_s"]
         run["p99_crosses_5ms_at"] = crossing(run["latency"])
         # Then the crossing is somewhere below the lowest rate stepped through.
         run["p99_over_5ms_at_lowest_step"] = run["latency"][0]["p99_ms"] > TARGET_P99_MS
@@ -893,6 +1110,17 @@ def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str,
         "raw_relay_cpu_us_per_msg",
         "highest_sustained_rate",
     ]
+    if all("e2ee_cpu_ratio" in r for r in runs):
+        scalar += [
+            "e2ee_msgs_per_s",
+            "e2ee_server_cpu_us_per_msg",
+            "e2ee_server_cpu_share",
+            "e2ee_generator_cpu_share",
+            "e2ee_machine_busy_cores",
+            "e2ee_encrypt_us",
+            "e2ee_cpu_ratio",
+            "e2ee_throughput_ratio",
+        ]
     summary: dict[str, Any] = {name: statistics.median(r[name] for r in runs) for name in scalar}
     offered = sorted({step["offered"] for r in runs for step in r["latency"]})
     latency = []
@@ -938,6 +1166,12 @@ def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str,
             },
         }
     )
+    if "e2ee_cpu_ratio" in summary:
+        for name in ("e2ee_cpu_ratio", "e2ee_msgs_per_s", "e2ee_throughput_ratio"):
+            summary["spread"][name] = spread([r[name] for r in runs])
+        summary["e2ee_cpu_ratios"] = [r["e2ee_cpu_ratio"] for r in runs]
+        for name in ("e2ee_decrypted", "e2ee_undecryptable", "e2ee_encrypted_live"):
+            summary[name] = sum(r[name] for r in runs)
     if crossings:
         summary["spread"]["p99_crosses_5ms_at"] = spread(crossings)
     return summary
@@ -971,6 +1205,30 @@ def print_table(summary: dict[str, Any]) -> None:
     print(f"  {'latency p50 at saturation':42} {s['saturated_p50_ms']:9.1f} ms")
     print(f"  {'raw relay CPU per message':42} {s['raw_relay_cpu_us_per_msg']:9.1f} µs")
     print(f"  {'server RSS at the end':42} {s['server_rss_mib']:9.1f} MiB")
+    if "e2ee_cpu_ratio" in s:
+        print("  end-to-end encrypted (a server of its own, just before the plain one):")
+        sp = s["spread"]["e2ee_msgs_per_s"]
+        label = "encrypted saturation"
+        print(f"  {label:42} {sp['median']:9.0f} msg/s  [{sp['min']:.0f}-{sp['max']:.0f}]")
+        label = "server CPU per encrypted message"
+        print(f"  {label:42} {s['e2ee_server_cpu_us_per_msg']:9.0f} µs")
+        sp = s["spread"]["e2ee_cpu_ratio"]
+        label = "encrypted / plain CPU a message, per run"
+        print(f"  {label:42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
+        sp = s["spread"]["e2ee_throughput_ratio"]
+        label = "encrypted / plain msg/s, per run"
+        print(f"  {label:42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
+        label = "server CPU used, encrypted saturation"
+        print(f"  {label:42} {s['e2ee_server_cpu_share']:9.2f} cores")
+        label = "busiest generator, encrypted saturation"
+        print(f"  {label:42} {s['e2ee_generator_cpu_share']:9.2f} cores")
+        label = "a message encrypted ahead (generator CPU)"
+        print(f"  {label:42} {s['e2ee_encrypt_us']:9.1f} µs")
+        print(
+            f"  {'deliveries decrypted afterwards':42} {s['e2ee_decrypted']:9d} "
+            f"({s['e2ee_undecryptable']} undecryptable; {s['e2ee_encrypted_live']} "
+            "encrypted while sending)"
+        )
     print()
     print(
         "  offered/s  achieved/s   p50 ms   p99 ms  [p99 min-max]    "
@@ -1021,6 +1279,12 @@ def main() -> None:
         help="also saturation with each number of generator processes (e.g. 1,2,3,4)",
     )
     parser.add_argument("--plot", metavar="DIR", type=Path, help="draw the plots into DIR")
+    parser.add_argument(
+        "--no-e2ee",
+        dest="e2ee",
+        action="store_false",
+        help="leave out the end-to-end encrypted saturation measured in each run",
+    )
     args = parser.parse_args()
     scaling = [int(n) for n in args.scaling.split(",")] if args.scaling else []
     for workers in [args.workers, *scaling]:
@@ -1029,7 +1293,14 @@ def main() -> None:
     timing = QUICK if args.quick else FULL
     runs = 1 if args.profile else (args.runs or (1 if args.quick else 3))
     results = [
-        one_run(args.workers, args.pairs, timing, args.profile, args.spy if i == 0 else None)
+        one_run(
+            args.workers,
+            args.pairs,
+            timing,
+            args.profile,
+            args.spy if i == 0 else None,
+            e2ee=args.e2ee,
+        )
         for i in range(runs)
     ]
     summary = summarize(results, args.workers, args.pairs)
