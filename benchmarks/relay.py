@@ -154,6 +154,11 @@ QUICK_RATES = [1000, 2000, 5000]
 #: generators then only send what is ready, as the plain ones send a text. Past
 #: them a generator encrypts as it sends (counted, ``e2ee_encrypted_live``).
 POOL_RATE = 16_000
+#: The offered rate at which the encrypted server's CPU a message is also measured,
+#: against the plain server's at the same rate in the same run: both carry it, so
+#: their batches are alike (at saturation each runs as fast as it can, and a
+#: slower one's larger batches share their commit among more messages).
+E2EE_RATE = 1000
 #: The text of every encrypted message: as long as the plain ones' (``TEXT_SIZE``).
 E2EE_TEXT = "an encrypted benchmark message: ".ljust(TEXT_SIZE, "x")
 
@@ -905,12 +910,23 @@ def encrypted_saturation(
     decrypted (``verify``), outside the window too."""
     with udpchat_server() as (pid, port), py_spy(pid, spy):
         team.call("setup", port, workers, True)
-        count = math.ceil(POOL_RATE * (timing.warmup + timing.saturation) / (workers * pairs))
+        messages = POOL_RATE * (timing.warmup + timing.saturation)
+        messages += E2EE_RATE * (timing.warmup / 2 + timing.step)
+        count = math.ceil(messages / (workers * pairs))
         encrypt_cost = statistics.median(team.call("prepare", count, timeout=DEADLINE * 2))
         results, cpu, states = windowed(
             functools.partial(team.call, "saturate"), pid, timing.warmup, timing.saturation
         )
         if not all(r["drained"] for r in results):
+            team.call("drain", timing.backlog)
+        at_rate, rate_cpu, _ = windowed(
+            functools.partial(team.call, "offer", E2EE_RATE / workers),
+            pid,
+            timing.warmup / 2,
+            timing.step,
+        )
+        rate_delivered = sum(r["delivered"] for r in at_rate)
+        if not all(r["drained"] for r in at_rate):
             team.call("drain", timing.backlog)
         checked = team.call("verify", timeout=DEADLINE * 2)
     team.call("close")
@@ -926,7 +942,9 @@ def encrypted_saturation(
         "e2ee_machine_busy_cores": states["machine"],
         "e2ee_decrypted": sum(c["decrypted"] for c in checked),
         "e2ee_undecryptable": undecryptable,
-        "e2ee_encrypted_live": sum(r["encrypted_live"] for r in results),
+        "e2ee_encrypted_live": sum(r["encrypted_live"] for r in at_rate),
+        "e2ee_at_rate_achieved": rate_delivered / timing.step,
+        "e2ee_at_rate_cpu_us_per_msg": rate_cpu / max(1, rate_delivered) * 1e6,
         "e2ee_encrypt_us": encrypt_cost * 1e6,
     }
 
@@ -1014,6 +1032,10 @@ def one_run(
                 encrypted["e2ee_server_cpu_us_per_msg"] / run["server_cpu_us_per_msg"]
             )
             run["e2ee_throughput_ratio"] = encrypted["e2ee_msgs_per_s"] / run["udpchat_msgs_per_s"]
+            plain = next(s for s in run["latency"] if s["offered"] == E2EE_RATE)
+            run["e2ee_at_rate_cpu_ratio"] = (
+                encrypted["e2ee_at_rate_cpu_us_per_msg"] / plain["server_cpu_us_per_msg"]
+            )
         run["p99_crosses_5ms_at"] = crossing(run["latency"])
         # Then the crossing is somewhere below the lowest rate stepped through.
         run["p99_over_5ms_at_lowest_step"] = run["latency"][0]["p99_ms"] > TARGET_P99_MS
@@ -1120,6 +1142,9 @@ def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str,
             "e2ee_encrypt_us",
             "e2ee_cpu_ratio",
             "e2ee_throughput_ratio",
+            "e2ee_at_rate_achieved",
+            "e2ee_at_rate_cpu_us_per_msg",
+            "e2ee_at_rate_cpu_ratio",
         ]
     summary: dict[str, Any] = {name: statistics.median(r[name] for r in runs) for name in scalar}
     offered = sorted({step["offered"] for r in runs for step in r["latency"]})
@@ -1167,9 +1192,15 @@ def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str,
         }
     )
     if "e2ee_cpu_ratio" in summary:
-        for name in ("e2ee_cpu_ratio", "e2ee_msgs_per_s", "e2ee_throughput_ratio"):
+        for name in (
+            "e2ee_cpu_ratio",
+            "e2ee_msgs_per_s",
+            "e2ee_throughput_ratio",
+            "e2ee_at_rate_cpu_ratio",
+        ):
             summary["spread"][name] = spread([r[name] for r in runs])
         summary["e2ee_cpu_ratios"] = [r["e2ee_cpu_ratio"] for r in runs]
+        summary["e2ee_at_rate_cpu_ratios"] = [r["e2ee_at_rate_cpu_ratio"] for r in runs]
         for name in ("e2ee_decrypted", "e2ee_undecryptable", "e2ee_encrypted_live"):
             summary[name] = sum(r[name] for r in runs)
     if crossings:
@@ -1217,6 +1248,11 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"  {label:42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
         sp = s["spread"]["e2ee_throughput_ratio"]
         label = "encrypted / plain msg/s, per run"
+        print(f"  {label:42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
+        label = f"server CPU a message at {E2EE_RATE}/s, encrypted"
+        print(f"  {label:42} {s['e2ee_at_rate_cpu_us_per_msg']:9.0f} µs")
+        sp = s["spread"]["e2ee_at_rate_cpu_ratio"]
+        label = f"encrypted / plain CPU a message at {E2EE_RATE}/s"
         print(f"  {label:42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
         label = "server CPU used, encrypted saturation"
         print(f"  {label:42} {s['e2ee_server_cpu_share']:9.2f} cores")

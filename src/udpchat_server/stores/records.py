@@ -5,12 +5,14 @@ keeps and hands back what devices uploaded and sent)."""
 from __future__ import annotations
 
 import typing
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 import orjson
 
-__all__ = ["pack", "unpack"]
+from udpchat_proto.e2ee import DeviceKeys
+
+__all__ = ["DEVICE_CACHE_SIZE", "pack", "unpack", "unpack_device"]
 
 _R = TypeVar("_R")
 
@@ -27,6 +29,30 @@ def pack(record: attrs.AttrsInstance) -> bytes:
 def unpack(cls: type[_R], data: bytes | memoryview) -> _R:
     """The record :func:`pack` stored (checked again by its validators)."""
     return _build(cls, orjson.loads(bytes(data)))
+
+
+#: How many device records :func:`unpack_device` keeps built (a few hundred bytes
+#: each): every device of the busiest conversations.
+DEVICE_CACHE_SIZE: Final = 4096
+_devices: dict[bytes, DeviceKeys] = {}
+
+
+def unpack_device(data: bytes | memoryview) -> DeviceKeys:
+    """:func:`unpack` of a :class:`DeviceKeys`, remembered by its stored bytes.
+
+    Every encrypted send reads its sender's record and every record of its
+    conversation's device set, the same few again and again: building them from
+    JSON (hex, the validators) was a tenth of the server's CPU an encrypted
+    message. A record is immutable and the same bytes always make the same one, so
+    nothing can go stale; a device that ends is only never asked for again."""
+    key = bytes(data)
+    found = _devices.get(key)
+    if found is None:
+        found = unpack(DeviceKeys, key)
+        if len(_devices) >= DEVICE_CACHE_SIZE:
+            del _devices[next(iter(_devices))]  # the oldest
+        _devices[key] = found
+    return found
 
 
 _FIELDS: dict[type[Any], tuple[tuple[str, Any], ...]] = {}
