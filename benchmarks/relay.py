@@ -3,7 +3,7 @@ beside a raw UDP relay driven the same way in the same run.
 
 Run: ``.venv/bin/python benchmarks/relay.py [--quick] [--json] [--runs N]
 [--workers 2] [--pairs 16] [--scaling 1,2,3,4] [--plot DIR] [--py-spy FILE]
-[--profile FILE]``.
+[--profile FILE] [--no-e2ee]``.
 
 What runs (only 127.0.0.1 is used; every wait is bounded):
 
@@ -41,6 +41,19 @@ What is measured, each run on a fresh server:
   share of one core the server used: at saturation the generator competes for
   the same two cores, so a share well under 1.0 means the generator, not the
   server, was the limit.
+
+* **end-to-end encryption** (each run, unless ``--no-e2ee``): first, on a server
+  of its own, the same pairs as devices (keys uploaded, each sender's device set
+  fetched and its recipient's one-time key claimed), every message encrypted by
+  vodozemac with its record, the first of each pair with its key share and one
+  in a hundred a rotation's. The messages are encrypted ahead, outside every
+  window (``prepare``: enough for 16,000 a second), so that a generator sends a
+  ready message as the plain one sends a text and the server only relays; each
+  message's due time is kept by id, since its text cannot carry it. Saturation,
+  then 1,000/s offered; then every delivery is decrypted (outside the windows: a
+  run with one that does not decrypt fails). The ratios are the same run's:
+  encrypted over plain server CPU a message, at saturation and at 1,000/s (where
+  both carry the load, so their batches are alike).
 
 Several runs (``--runs``): each figure is the median, and the spread (min-max) is
 shown. ``--scaling`` adds saturation (udpchat and the raw relay) with each number
