@@ -33,7 +33,6 @@ from typing import Any, Final
 import vodozemac
 from session_vectors import (
     PASSWORD,
-    SERVER_ADDRESS,
     WALL_CLOCK_AT_ZERO,
     Address,
     Simulation,
@@ -114,7 +113,9 @@ class Device:
 
     def _note_sessions(self, *, opened: bool) -> None:
         assert self.crypto is not None
-        # (The state's Olm sessions per device, newest first: read, not changed.)
+        # The state keeps its Olm sessions (per device, newest first) to itself: a
+        # recorder reads them, never changes them, since their pickles are the only
+        # way to hand the randomness of their base keys to a replay.
         held = self.crypto.state._olm
         for (user, device_id), sessions in held.items():
             for olm in sessions:
@@ -144,6 +145,7 @@ class Device:
             assert self.crypto is not None
             self.crypto.keys_stored(event)
             if self.account_pickle is None:  # the account as its login upload left it
+                # (read from the state, as its sessions are: see _note_sessions)
                 self.account_pickle = self.crypto.state._account.pickle(PICKLE_KEY)
             self._upload()  # (a top-up, if the server asked for one)
         elif isinstance(event, m.MessageDelivered):
@@ -376,8 +378,6 @@ def main() -> int:
     )
     return 0
 
-
-__all__ = ["SERVER_ADDRESS", "generate", "main", "replay"]
 
 if __name__ == "__main__":
     sys.exit(main())
