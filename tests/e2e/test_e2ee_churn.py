@@ -1,0 +1,55 @@
+"""Issue 26 end to end on one real server (SQLite): two users with two devices each
+and a room of five whose devices come and go, every command after the set-up
+through a 30% loss proxy, the server killed with SIGKILL (and restarted on its
+database, key file and port) while every device sends. Every device decrypts
+everything it receives, once, in order; a device ended or a member gone reads
+nothing sent after; nothing is ever undecryptable (the scenario and its checks:
+:mod:`tests.e2e.e2ee_churn`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ServerProcess
+from .e2ee_churn import Churn, run_scenario
+from .udp_proxy import Faults, LossyProxy
+
+pytestmark = pytest.mark.e2e
+
+#: The seed of the weather: a failure message repeats it.
+SEED = 20261207
+#: Each way: 30% lost, 10% of the rest duplicated, 20% held back (overtaken).
+WEATHER = Faults(drop=0.30, duplicate=0.10, delay=0.20, max_delay=0.15)
+
+
+@pytest.mark.slow
+def test_devices_come_and_go_over_loss_and_a_sigkill(tmp_path: Path) -> None:
+    started = time.monotonic()
+    key = tmp_path / "server.key"
+    db = tmp_path / "chat.sqlite3"
+    servers = [ServerProcess(tmp_path, db=db, key_file=key).start()]
+    try:
+        port = servers[0].port
+
+        def crash() -> None:
+            servers[-1].kill()  # SIGKILL: no last commit, no reply
+            servers.append(ServerProcess(tmp_path, db=db, key_file=key, port=port).start())
+
+        with LossyProxy(
+            ("127.0.0.1", port), seed=SEED, upstream=WEATHER, downstream=WEATHER
+        ) as proxy:
+            churn = Churn(tmp_path, lambda _d: proxy.address_text, lambda _d: servers[-1].address)
+            figures = run_scenario(churn, crash)
+            stats = proxy.snapshot()
+        print(f"seed {SEED}: {figures}; {time.monotonic() - started:.1f} s; proxy {stats}")
+        assert figures["unknown"] + figures["acked"] == figures["sends"] - figures["refused"]
+        # The weather really was bad, both ways.
+        for direction in ("up", "down"):
+            assert stats[direction].dropped >= 0.2 * stats[direction].received, stats
+    finally:
+        for server in servers:
+            server.stop()
+            server.kill()
