@@ -37,6 +37,7 @@ that grep the server's files for them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -130,6 +131,7 @@ class Churn:
         self.members: set[str] = set()
         self.sent: list[Sent] = []
         self.received: dict[str, list[dict[str, Any]]] = {}
+        self.histories: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.warnings: list[str] = []
         self.commands = 0
         self.counter = itertools.count()
@@ -204,15 +206,22 @@ class Churn:
             self.members.discard(user)
 
     def drain(self, device: Device) -> None:
-        """``inbox`` until it prints nothing new (bounded)."""
+        """``inbox``: everything the server holds for the device (it reads until the
+        server says it caught up), and what its other commands kept."""
         life = self.life(device)
-        for _ in range(10):
-            messages: list[dict[str, Any]] = self.ok(device, "inbox")["messages"]
-            with self.lock:
-                self.received[life].extend(messages)
-            if not messages:
-                return
-        raise AssertionError(f"the inbox of {life} never came up empty")
+        messages: list[dict[str, Any]] = self.ok(device, "inbox")["messages"]
+        with self.lock:
+            self.received[life].extend(messages)
+
+    def history(self, device: Device, conversation: str) -> None:
+        """``history`` of a conversation, kept for :meth:`check`."""
+        peer = conversation if conversation == ROOM else FRIENDS[device.user == FRIENDS[0]]
+        messages: list[dict[str, Any]] = self.ok(device, "history", peer, "--limit", "100")[
+            "messages"
+        ]
+        life = self.life(device)
+        with self.lock:
+            self.histories[(life, conversation)] = messages
 
     def recipients(self, sender: str, to: str) -> frozenset[str]:
         """The lives a message to ``to`` is for now: every device of its members."""
@@ -264,6 +273,11 @@ class Churn:
         friend = [u for u in FRIENDS if u != device.user] if device.user in FRIENDS else []
         return friend + room
 
+    @staticmethod
+    def _to(sent: Sent) -> str:
+        """The conversation of a send: the room, or the friends' direct one."""
+        return ROOM if sent.to == ROOM else "direct"
+
     @property
     def plaintexts(self) -> list[str]:
         """Every text any device sent (each one unique and distinctive)."""
@@ -300,8 +314,8 @@ class Churn:
             for device in {s.device for s in self.sent}:
                 mine = [by_text[t].index for t in texts if by_text[t].device == device]
                 assert mine == sorted(mine), f"{life} got {device}'s messages out of order"
-            for conversation in {s.to for s in self.sent}:
-                order = [t for t in texts if by_text[t].to == conversation]
+            for conversation in {self._to(s) for s in self.sent}:
+                order = [t for t in texts if self._to(by_text[t]) == conversation]
                 orders.setdefault(conversation, []).append(order)
             delivered += len(got)
         for conversation, seen in orders.items():
@@ -310,6 +324,22 @@ class Churn:
                 assert [t for t in one if t in common] == [t for t in other if t in common], (
                     f"two devices saw {conversation} in different orders"
                 )
+        for (life, conversation), history in self.histories.items():
+            # Its own sends and what was for it, from the start or its login: no more.
+            readable = [
+                s.text
+                for s in self.sent
+                if self._to(s) == conversation and life in (s.device, *s.recipients)
+            ]
+            texts = [m["text"] for m in history]
+            assert all(m["encrypted"] is True for m in history), f"{life}: {history}"
+            assert set(texts) <= set(readable), f"{life}'s history of {conversation}: {texts}"
+            assert {t for t in readable if by_text[t].outcome == "acked"} <= set(texts), (
+                f"{life}'s history of {conversation} lacks some of {readable}"
+            )
+            for order in orders.get(conversation, []):
+                common = set(order) & set(texts)
+                assert [t for t in texts if t in common] == [t for t in order if t in common]
         outcomes = [s.outcome for s in self.sent]
         return {
             "lives": len(self.received),
@@ -336,7 +366,7 @@ def every_device_sends(churn: Churn) -> None:
         for to in churn.targets(device):
             churn.send(device, to)
 
-    in_parallel(lambda device=device: sends(device) for device in churn.senders())
+    in_parallel(functools.partial(sends, device) for device in churn.senders())
 
 
 def chaos_round(churn: Churn, crash: Callable[[], None]) -> None:
@@ -374,9 +404,7 @@ def chaos_round(churn: Churn, crash: Callable[[], None]) -> None:
 def run_scenario(churn: Churn, crash: Callable[[], None]) -> dict[str, int]:
     """The script above; returns :meth:`Churn.check`'s figures."""
     # Set-up, straight to the server.
-    in_parallel(
-        lambda user=user: churn.login(churn.device(user), register=True) for user in CAST
-    )
+    in_parallel(functools.partial(churn.login, churn.device(u), register=True) for u in CAST)
     churn.login(churn.device("alice", "phone"))
     churn.login(churn.device("bob", "phone"))
     churn.ok(churn.device("alice"), "invite", "bob")
@@ -387,16 +415,31 @@ def run_scenario(churn: Churn, crash: Callable[[], None]) -> dict[str, int]:
     churn.lossy = True
     every_device_sends(churn)  # round 1
 
-    churn.join("erin")
-    churn.login(churn.device("carol", "tablet"))
-    churn.logout(churn.device("bob", "phone"))
+    in_parallel(
+        [
+            lambda: churn.join("erin"),
+            lambda: churn.login(churn.device("carol", "tablet")),
+            lambda: churn.logout(churn.device("bob", "phone")),
+        ]
+    )
 
     chaos_round(churn, crash)  # round 2
 
-    churn.leave("dave")
-    churn.login(churn.device("bob", "phone"))  # a new device: reads from now on
-    churn.logout(churn.device("alice", "phone"))
+    in_parallel(
+        [
+            lambda: churn.leave("dave"),
+            lambda: churn.login(churn.device("bob", "phone")),  # a new device: reads from now
+            lambda: churn.logout(churn.device("alice", "phone")),
+        ]
+    )
 
     every_device_sends(churn)  # round 3
-    in_parallel(lambda device=device: churn.drain(device) for device in churn.senders())
+    in_parallel(functools.partial(churn.drain, device) for device in churn.senders())
+    in_parallel(
+        [
+            lambda: churn.history(churn.device("alice"), ROOM),  # there all along
+            lambda: churn.history(churn.device("bob", "phone"), ROOM),  # from its new login
+            lambda: churn.history(churn.device("bob", "phone"), "direct"),
+        ]
+    )
     return churn.check()
