@@ -8,14 +8,16 @@ later. The script (:func:`run_scenario`):
 
 1. set up on the direct address (register, log in every device, befriend, join
    ``#five``: alice, bob, carol, dave);
-2. **round 1**: every device sends at once (direct and in the room);
+2. **round 1**: six devices send at once, direct both ways and in the room;
 3. **churn**: erin joins (a member arriving), carol logs in a tablet (a device
    added), bob's phone logs out (a device ended);
 4. **round 2**: every device sends in a loop while the server (a node) is killed
    with SIGKILL and restarted; a send cut short (exit 3) is *unknown*;
 5. **churn**: dave leaves (a member leaving), bob's phone logs in again (a new
    device, reading from then on), alice's phone logs out;
-6. **round 3**: every device sends once more; every device drains its inbox.
+6. **round 3**: bob's new phone and erin in the room, alice to bob; then every
+   device drains its inbox, and three histories are read (one device there all
+   along, the new one's of the room and of the direct conversation).
 
 Everything after the set-up goes through the caller's lossy proxies. Then
 :meth:`Churn.check` asserts, for each *life* of each device (a logout ends one; a
@@ -48,7 +50,7 @@ from typing import Any
 
 import attrs
 
-from .conftest import PASSWORD, Result, run_cli
+from .conftest import PASSWORD, Result, ServerProcess, run_cli
 
 #: ``--timeout`` of a command that must succeed over the lossy network (generous:
 #: only a real failure fails), and the longest its process may run.
@@ -136,6 +138,14 @@ class Churn:
         self.commands = 0
         self.counter = itertools.count()
         self.lossy = False
+        self.phases: dict[str, float] = {}
+        self._phase_began = time.monotonic()
+
+    def phase(self, name: str) -> None:
+        """Note how long the phase that ends now took (the figures)."""
+        now = time.monotonic()
+        self.phases[name] = round(now - self._phase_began, 1)
+        self._phase_began = now
 
     def device(self, user: str, profile: str = "laptop") -> Device:
         return self.devices[(user, profile)]
@@ -359,14 +369,24 @@ def in_parallel(calls: Iterable[Callable[[], Any]]) -> list[Any]:
         return [future.result() for future in [pool.submit(job) for job in jobs]]
 
 
-def every_device_sends(churn: Churn) -> None:
-    """Each logged-in device sends to each of its conversations, all devices at once."""
+def restart(make: Callable[[], ServerProcess], deadline: float = 20.0) -> ServerProcess:
+    """Start a server (a node) again on its port, bounded: while it was down, a
+    process may have been given that port as an ephemeral one; wait until it is gone."""
+    end = time.monotonic() + deadline
+    while True:
+        process = make()
+        try:
+            return process.start()
+        except AssertionError:
+            process.kill()
+            if "cannot listen" not in process.log_text() or time.monotonic() > end:
+                raise
+            time.sleep(0.2)
 
-    def sends(device: Device) -> None:
-        for to in churn.targets(device):
-            churn.send(device, to)
 
-    in_parallel(functools.partial(sends, device) for device in churn.senders())
+def sends_at_once(churn: Churn, plan: Iterable[tuple[Device, str]]) -> None:
+    """Each ``(device, to)`` of the plan sent, every device at once (one send each)."""
+    in_parallel(functools.partial(churn.send, device, to) for device, to in plan)
 
 
 def chaos_round(churn: Churn, crash: Callable[[], None]) -> None:
@@ -405,15 +425,35 @@ def run_scenario(churn: Churn, crash: Callable[[], None]) -> dict[str, int]:
     """The script above; returns :meth:`Churn.check`'s figures."""
     # Set-up, straight to the server.
     in_parallel(functools.partial(churn.login, churn.device(u), register=True) for u in CAST)
-    churn.login(churn.device("alice", "phone"))
-    churn.login(churn.device("bob", "phone"))
-    churn.ok(churn.device("alice"), "invite", "bob")
-    churn.ok(churn.device("bob"), "accept", "alice")
-    for user in ("alice", "bob", "carol", "dave"):
-        churn.join(user)
 
+    def befriend() -> None:
+        churn.ok(churn.device("alice"), "invite", "bob")
+        churn.ok(churn.device("bob"), "accept", "alice")
+
+    in_parallel(
+        [
+            functools.partial(churn.login, churn.device("alice", "phone")),
+            functools.partial(churn.login, churn.device("bob", "phone")),
+            befriend,
+            *(functools.partial(churn.join, user) for user in ("alice", "bob", "carol", "dave")),
+        ]
+    )
+
+    churn.phase("set-up")
     churn.lossy = True
-    every_device_sends(churn)  # round 1
+    # Round 1: the friends' four devices both ways and in the room, the room's others.
+    sends_at_once(
+        churn,
+        [
+            (churn.device("alice"), "bob"),
+            (churn.device("alice", "phone"), ROOM),
+            (churn.device("bob"), "alice"),
+            (churn.device("bob", "phone"), ROOM),
+            (churn.device("carol"), ROOM),
+            (churn.device("dave"), ROOM),
+        ],
+    )
+    churn.phase("round 1")
 
     in_parallel(
         [
@@ -423,7 +463,9 @@ def run_scenario(churn: Churn, crash: Callable[[], None]) -> dict[str, int]:
         ]
     )
 
-    chaos_round(churn, crash)  # round 2
+    churn.phase("churn 1")
+    chaos_round(churn, crash)
+    churn.phase("round 2 (SIGKILL)")
 
     in_parallel(
         [
@@ -433,13 +475,24 @@ def run_scenario(churn: Churn, crash: Callable[[], None]) -> dict[str, int]:
         ]
     )
 
-    every_device_sends(churn)  # round 3
-    in_parallel(functools.partial(churn.drain, device) for device in churn.senders())
+    churn.phase("churn 2")
+    # Round 3: the new device, a friend to it, the room's newest member.
+    sends_at_once(
+        churn,
+        [
+            (churn.device("bob", "phone"), ROOM),
+            (churn.device("alice"), "bob"),
+            (churn.device("erin"), ROOM),
+        ],
+    )
+    churn.phase("round 3")
     in_parallel(
         [
+            *(functools.partial(churn.drain, device) for device in churn.senders()),
             lambda: churn.history(churn.device("alice"), ROOM),  # there all along
             lambda: churn.history(churn.device("bob", "phone"), ROOM),  # from its new login
             lambda: churn.history(churn.device("bob", "phone"), "direct"),
         ]
     )
+    churn.phase("drains, histories")
     return churn.check()

@@ -4,17 +4,18 @@ through a 30% loss proxy, the server killed with SIGKILL (and restarted on its
 database, key file and port) while every device sends. Every device decrypts
 everything it receives, once, in order; a device ended or a member gone reads
 nothing sent after; nothing is ever undecryptable (the scenario and its checks:
-:mod:`tests.e2e.e2ee_churn`)."""
+:mod:`tests.e2e.e2ee_churn`). The figures are printed (``pytest -s``)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import ServerProcess
-from .e2ee_churn import Churn, run_scenario
+from .e2ee_churn import Churn, restart, run_scenario
 from .udp_proxy import Faults, LossyProxy
 
 pytestmark = pytest.mark.e2e
@@ -28,15 +29,16 @@ WEATHER = Faults(drop=0.30, duplicate=0.10, delay=0.20, max_delay=0.15)
 @pytest.mark.slow
 def test_devices_come_and_go_over_loss_and_a_sigkill(tmp_path: Path) -> None:
     started = time.monotonic()
-    key = tmp_path / "server.key"
-    db = tmp_path / "chat.sqlite3"
-    servers = [ServerProcess(tmp_path, db=db, key_file=key).start()]
+    same = functools.partial(
+        ServerProcess, tmp_path, db=tmp_path / "chat.sqlite3", key_file=tmp_path / "server.key"
+    )
+    servers = [same().start()]
     try:
         port = servers[0].port
 
         def crash() -> None:
             servers[-1].kill()  # SIGKILL: no last commit, no reply
-            servers.append(ServerProcess(tmp_path, db=db, key_file=key, port=port).start())
+            servers.append(restart(functools.partial(same, port=port)))
 
         with LossyProxy(
             ("127.0.0.1", port), seed=SEED, upstream=WEATHER, downstream=WEATHER
@@ -44,8 +46,9 @@ def test_devices_come_and_go_over_loss_and_a_sigkill(tmp_path: Path) -> None:
             churn = Churn(tmp_path, lambda _d: proxy.address_text, lambda _d: servers[-1].address)
             figures = run_scenario(churn, crash)
             stats = proxy.snapshot()
-        print(f"seed {SEED}: {figures}; {time.monotonic() - started:.1f} s; proxy {stats}")
-        assert figures["unknown"] + figures["acked"] == figures["sends"] - figures["refused"]
+        took = time.monotonic() - started
+        print(f"seed {SEED}: {figures}; {churn.phases}; {took:.1f} s; proxy {stats}")
+        assert len(servers) == 2 and figures["acked"] >= 20, figures
         # The weather really was bad, both ways.
         for direction in ("up", "down"):
             assert stats[direction].dropped >= 0.2 * stats[direction].received, stats
