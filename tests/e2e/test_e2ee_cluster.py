@@ -73,7 +73,8 @@ class BusTap:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
+        """Unsubscribe and end the thread (bounded); idempotent."""
+        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
