@@ -92,7 +92,7 @@ class Device:
         return f"{self.user}/{self.profile}"
 
 
-@attrs.define
+@attrs.frozen
 class Sent:
     """One ``send`` and what came of it."""
 
@@ -102,8 +102,8 @@ class Sent:
     text: str
     index: int  # its place among its device's sends
     recipients: frozenset[str]  # the lives it is for (every member's device, not the sender)
-    outcome: str = ""  # "acked" (exit 0), "unknown" (exit 3), "refused" (exit 1)
-    message_id: str | None = None
+    outcome: str  # "acked" (exit 0), "unknown" (exit 3), "refused" (exit 1, rate_limited)
+    message_id: str | None  # the server's answer (acked only)
 
 
 class Churn:
@@ -248,20 +248,22 @@ class Churn:
         text = f"hush {number:03d} {device.name} to {to} {number * 7919 % 10007:05d}"
         with self.lock:
             index = sum(s.device == life for s in self.sent)
-        sent = Sent(life, device.user, to, text, index, self.recipients(life, to))
+        recipients = self.recipients(life, to)  # (nobody comes or goes during a send)
         result = self.run(
             device, "send", to, text, timeout=CHAOS_TIMEOUT if chaos else CALM_TIMEOUT
         )
+        message_id = None
         if result.code == 0:
             answer = result.json
             assert answer["ok"] is True and answer["to"] == to, result
-            sent.outcome, sent.message_id = "acked", str(answer["id"])
+            outcome, message_id = "acked", str(answer["id"])
         elif chaos and result.code == 3:
-            sent.outcome = "unknown"
+            outcome = "unknown"
         elif chaos and result.code == 1 and result.json.get("error") == "rate_limited":
-            sent.outcome = "refused"
+            outcome = "refused"
         else:
             raise AssertionError(f"{life} send {to}: {result}")
+        sent = Sent(life, device.user, to, text, index, recipients, outcome, message_id)
         with self.lock:
             self.sent.append(sent)
         return sent

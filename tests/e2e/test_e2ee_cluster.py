@@ -132,7 +132,7 @@ def test_a_cluster_relays_what_it_cannot_read(tmp_path: Path) -> None:
 
         def crash() -> None:
             killed = nodes["a"][-1]
-            killed.kill()  # SIGKILL: its devices fail over to node B meanwhile
+            killed.kill(timeout=60.0)  # SIGKILL: its devices fail over to node B meanwhile
             nodes["a"].append(restart(functools.partial(_node_again, killed, bus.url)))
 
         churn = Churn(tmp_path, address, address)
