@@ -51,6 +51,7 @@ from typing import Any
 import attrs
 
 from .conftest import PASSWORD, Result, ServerProcess, run_cli
+from .udp_proxy import Faults
 
 #: ``--timeout`` of a command that must succeed over the lossy network (generous:
 #: only a real failure fails), and the longest its process may run.
@@ -65,6 +66,11 @@ ACKS_AFTER_RESTART = 4
 CHAOS_BUDGET = 90.0
 #: At most this many sends per device in round 2.
 CHAOS_SENDS = 8
+
+#: The seed of the weather (a failure message repeats it); a second proxy takes the next.
+SEED = 20261207
+#: Each way: 30% lost, 10% of the rest duplicated, 20% held back (overtaken).
+WEATHER = Faults(drop=0.30, duplicate=0.10, delay=0.20, max_delay=0.15)
 
 ROOM = "#five"
 #: Every user's profiles (devices), the first one doing their one-off commands.

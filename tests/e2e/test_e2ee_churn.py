@@ -15,15 +15,10 @@ from pathlib import Path
 import pytest
 
 from .conftest import ServerProcess
-from .e2ee_churn import Churn, restart, run_scenario
-from .udp_proxy import Faults, LossyProxy
+from .e2ee_churn import SEED, WEATHER, Churn, restart, run_scenario
+from .udp_proxy import LossyProxy
 
 pytestmark = pytest.mark.e2e
-
-#: The seed of the weather: a failure message repeats it.
-SEED = 20261207
-#: Each way: 30% lost, 10% of the rest duplicated, 20% held back (overtaken).
-WEATHER = Faults(drop=0.30, duplicate=0.10, delay=0.20, max_delay=0.15)
 
 
 @pytest.mark.slow

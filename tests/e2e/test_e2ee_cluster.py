@@ -12,8 +12,8 @@ and said is searched for every text sent:
 * each node's log, and PostgreSQL's.
 
 Each search is shown to look at real data (the room's name is found where the text
-is not). No loss proxy here: the transport over loss is the single server's test
-(:mod:`tests.e2e.test_e2ee_churn`); this one adds the second node and the bus."""
+is not). As on one server, every command after the set-up goes through a proxy
+losing 30% each way, one in front of each node."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from udpchat_server.keyfile import load_or_create_key
 
 from .cluster_helpers import PG_BIN, Nats, Postgres
 from .conftest import ServerProcess
-from .e2ee_churn import ROOM, Churn, Device, restart, run_scenario
+from .e2ee_churn import ROOM, SEED, WEATHER, Churn, Device, restart, run_scenario
+from .udp_proxy import LossyProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -114,6 +115,7 @@ def test_a_cluster_relays_what_it_cannot_read(tmp_path: Path) -> None:
     key = tmp_path / "cluster.key"
     tap = BusTap(bus.url, BusKeys.derive(load_or_create_key(key)[0].private_bytes)).start()
     nodes: dict[str, list[ServerProcess]] = {}
+    proxies: dict[str, LossyProxy] = {}
     try:
         for name in ("a", "b"):
             (tmp_path / name).mkdir()
@@ -126,7 +128,20 @@ def test_a_cluster_relays_what_it_cannot_read(tmp_path: Path) -> None:
             )
             nodes[name] = [first().start()]
 
+        # A lossy proxy in front of each node (the port stays when node A restarts).
+        for n, name in enumerate(("a", "b")):
+            proxies[name] = LossyProxy(
+                ("127.0.0.1", nodes[name][0].port),
+                seed=SEED + n,
+                upstream=WEATHER,
+                downstream=WEATHER,
+            ).start()
+
         def address(device: Device) -> str:
+            a, b = proxies["a"].address_text, proxies["b"].address_text
+            return f"{b},{a}" if device.name in ON_NODE_B else f"{a},{b}"
+
+        def direct(device: Device) -> str:
             a, b = nodes["a"][0].address, nodes["b"][0].address
             return f"{b},{a}" if device.name in ON_NODE_B else f"{a},{b}"
 
@@ -135,7 +150,7 @@ def test_a_cluster_relays_what_it_cannot_read(tmp_path: Path) -> None:
             killed.kill(timeout=60.0)  # SIGKILL: its devices fail over to node B meanwhile
             nodes["a"].append(restart(functools.partial(_node_again, killed, bus.url)))
 
-        churn = Churn(tmp_path, address, address)
+        churn = Churn(tmp_path, address, direct)
         figures = run_scenario(churn, crash)
         conversation = time.monotonic() - started
         tap.stop()
@@ -185,8 +200,13 @@ def test_a_cluster_relays_what_it_cannot_read(tmp_path: Path) -> None:
             f"{sum(map(len, tap.raw))} bytes ({len(news)} news, {len(pushes)} pushes)"
         )
         assert len(nodes["a"]) == 2, "node A was never killed"
+        for proxy in proxies.values():  # the weather really was bad, both ways
+            stats = proxy.snapshot()
+            assert all(s.dropped >= 0.2 * s.received for s in stats.values()), stats
     finally:
         tap.stop()
+        for proxy in proxies.values():
+            proxy.stop()
         for runs in nodes.values():
             for run in runs:
                 run.stop()
