@@ -1164,6 +1164,17 @@ def main() -> None:
             scaling_plot(summary["scaling"], args.plot)
 
 
+def retried(workers: int, pairs: int, timing: Timing, python: str, label: str) -> dict[str, Any]:
+    """One run, started again once if it failed (on a loaded shared machine the
+    set-up's logins can outlast their deadline): a build's lost run would unpair
+    the others."""
+    try:
+        return one_run(workers, pairs, timing, None, python=python)
+    except RuntimeError as exc:
+        print(f"{label}: the run failed ({exc}); once more", file=sys.stderr)
+        return one_run(workers, pairs, timing, None, python=python)
+
+
 def side_by_side(builds: list[list[str]], args: argparse.Namespace) -> None:
     """``--server-python`` given twice or more: every build's runs, interleaved."""
     timing = QUICK if args.quick else FULL
@@ -1173,7 +1184,7 @@ def side_by_side(builds: list[list[str]], args: argparse.Namespace) -> None:
     for i in range(count):
         # Alternate the order, so that a drift of the machine's load falls on both.
         for label, python in builds if i % 2 == 0 else builds[::-1]:
-            runs[label].append(one_run(args.workers, args.pairs, timing, None, python=python))
+            runs[label].append(retried(args.workers, args.pairs, timing, python, label))
     summaries = {label: summarize(runs[label], args.workers, args.pairs) for label in labels}
     table = compare(labels, runs)
     if args.json:
