@@ -1046,17 +1046,23 @@ def compare(labels: list[str], runs: dict[str, list[dict[str, Any]]]) -> dict[st
     the first, run by run (runs paired in order), their median and spread."""
     first = labels[0]
     table: dict[str, Any] = {"builds": labels, "median": {}, "ratio": {}}
+
+    def median(values: list[float]) -> float:
+        # (A rate that a run did not step through, past its saturation, is NaN.)
+        known = [v for v in values if not math.isnan(v)]
+        return statistics.median(known) if known else math.nan
+
     for label in labels:
         figures = [headline(run) for run in runs[label]]
-        table["median"][label] = {
-            key: statistics.median(f[key] for f in figures) for key, *_ in COMPARED
-        }
+        table["median"][label] = {key: median([f[key] for f in figures]) for key, *_ in COMPARED}
     for label in labels[1:]:
-        pairs = list(zip(runs[first], runs[label], strict=True))
-        table["ratio"][label] = {
-            key: spread([headline(b)[key] / headline(a)[key] for a, b in pairs])
-            for key, *_ in COMPARED
-        }
+        pairs = [(headline(a), headline(b)) for a, b in zip(runs[first], runs[label], strict=True)]
+        table["ratio"][label] = {}
+        for key, *_ in COMPARED:
+            ratios = [b[key] / a[key] for a, b in pairs if not math.isnan(a[key] + b[key])]
+            table["ratio"][label][key] = (
+                spread(ratios) if ratios else {"median": math.nan, "min": math.nan, "max": math.nan}
+            )
     return table
 
 
@@ -1188,7 +1194,7 @@ def side_by_side(builds: list[list[str]], args: argparse.Namespace) -> None:
     summaries = {label: summarize(runs[label], args.workers, args.pairs) for label in labels}
     table = compare(labels, runs)
     if args.json:
-        print(json.dumps({"builds": summaries, "comparison": table}))
+        print(json.dumps({"builds": summaries, "comparison": table, "runs": runs}))
         return
     for label in labels:
         print(f"== {label} ({dict(builds)[label]})")
