@@ -400,6 +400,12 @@ class ChatClient:
                     await self._keep_device_held()
                 if slot.crypto is None:
                     raise SessionEndedError("this client has no device: log in")
+                if slot.crypto.state.keys_pending:
+                    # Its keys' upload was lost with a connection (this send may
+                    # have waited for the next one): the server takes no send from
+                    # a device whose keys it does not hold.
+                    await self._upload(slot.crypto)
+                    slot.save()
                 flow = slot.crypto.send(to, text, message_id, self._wall_clock())
                 while (step := flow.step()) is not None:
                     if step.save_first:
@@ -428,6 +434,10 @@ class ChatClient:
         with self._device.hold(self.username, self._token) as slot:
             if slot.crypto is None and self._token is not None and self.username:
                 await self._upload(slot.create(self.username, self._token))
+                slot.save()
+            elif slot.crypto is not None and slot.crypto.state.keys_pending:
+                # The upload made with the device was lost with its connection.
+                await self._upload(slot.crypto)
                 slot.save()
             low, self._low = self._low, None
             if low is not None and slot.crypto is not None:
