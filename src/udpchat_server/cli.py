@@ -61,6 +61,7 @@ try:
         StoreUnavailableError,
         ValidationError,
     )
+    from udpchat_proto.build import build_line
     from udpchat_proto.chat import check_password, hash_password
 
     from .config_file import ConfigError, load_defaults, to_toml
@@ -439,7 +440,10 @@ def _metrics_address(text: str) -> tuple[str, int]:
     show_default=True,
     help="Threads hashing passwords.",
 )
-@click.version_option(package_name="udpchat-proto")
+# The second line says whether the mypyc-compiled build runs (udpchat_proto.build).
+@click.version_option(
+    package_name="udpchat-proto", message=f"%(prog)s, version %(version)s\n{build_line()}"
+)
 def command(
     *,
     print_config: bool,
