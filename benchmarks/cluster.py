@@ -548,6 +548,7 @@ def refill_all_figures(admin_url: str, connections: int, repeats: int = 5) -> di
     one ``pending_deliveries_many`` for every session, timed ``repeats`` times on a
     fresh database (users in pairs, each pair a direct conversation with
     ``REFILL_MESSAGES`` messages a user; half the sessions acknowledged theirs)."""
+    from udpchat_proto.chat import session_id
     from udpchat_server.stores import batched
     from udpchat_server.stores.postgres import PostgresStore
 
@@ -596,6 +597,7 @@ def refill_all_figures(admin_url: str, connections: int, repeats: int = 5) -> di
             params = {
                 "users": [name for name, _, _ in asked],
                 "sessions": [hashed for _, hashed, _ in asked],
+                "devices": [session_id(hashed) for _, hashed, _ in asked],
                 "limits": [limit for _, _, limit in asked],
             }
             timings, query, trips, found = [], [], [], 0

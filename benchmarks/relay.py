@@ -3,7 +3,7 @@ beside a raw UDP relay driven the same way in the same run.
 
 Run: ``.venv/bin/python benchmarks/relay.py [--quick] [--json] [--runs N]
 [--workers 2] [--pairs 16] [--scaling 1,2,3,4] [--plot DIR] [--py-spy FILE]
-[--profile FILE] [--no-e2ee]``.
+[--profile FILE] [--server-python LABEL=PYTHON ...] [--no-e2ee]``.
 
 What runs (only 127.0.0.1 is used; every wait is bounded):
 
@@ -62,6 +62,15 @@ of generator processes. ``--plot DIR`` draws ``latency.png`` (and, with
 during the first run and prints its CPU split by layer (``benchmarks/layers.py``);
 ``--profile FILE`` runs the server under cProfile instead (one run; the profile is
 written when the server stops) and prints the top functions by own time.
+
+Builds side by side: ``--server-python pure=.venv/bin/python --server-python
+compiled=/tmp/c/.venv/bin/python`` runs the server with each interpreter (an
+environment where the pure or the mypyc-compiled wheel is installed) in the same
+invocation, interleaved: run 1 pure then compiled, run 2 compiled then pure, and
+so on, so that the machine's drift falls on both. The load generator stays this
+interpreter's for both. Each build's figures, then the ratios (second build over
+first) of the headline figures, computed run by run (the runs paired) and given
+as their median.
 """
 
 from __future__ import annotations
@@ -217,10 +226,12 @@ def rss_mib(pid: int) -> float:
 
 @contextlib.contextmanager
 def udpchat_server(
-    profile: str | None = None, options: list[str] = SERVER_OPTIONS
+    profile: str | None = None,
+    options: list[str] = SERVER_OPTIONS,
+    python: str = sys.executable,
 ) -> Iterator[tuple[int, int]]:
-    """A real ``udpchat-server`` on 127.0.0.1, port 0, with ``options``; yields
-    (pid, port)."""
+    """A real ``udpchat-server`` on 127.0.0.1, port 0, with ``options``, run by
+    ``python`` (this interpreter by default); yields (pid, port)."""
     # The console script's entry point, run by this Python: found wherever the
     # package is installed; under cProfile the profile is written when it stops.
     if profile is None:
@@ -231,7 +242,7 @@ def udpchat_server(
             "cProfile.run('main()', sys.argv.pop(1))"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-c", code, *([profile] if profile else [])]
+        command = [python, "-c", code, *([profile] if profile else [])]
         command += ["--host", HOST, "--port", "0", "--db", f"{tmp}/bench.sqlite3"]
         process = subprocess.Popen(
             [*command, *options], stdout=subprocess.PIPE, text=True, env=os.environ
@@ -915,13 +926,19 @@ def py_spy(pid: int, path: str | None) -> Iterator[None]:
 
 
 def encrypted_saturation(
-    team: Workers, workers: int, pairs: int, timing: Timing, spy: str | None = None
+    team: Workers,
+    workers: int,
+    pairs: int,
+    timing: Timing,
+    spy: str | None = None,
+    *,
+    python: str = sys.executable,
 ) -> dict[str, Any]:
     """Saturation on a fresh server with every message encrypted end to end: the
     generators send messages encrypted ahead (``prepare``, outside the window), so
     that they cost about what a plain send does; afterwards every delivery is
     decrypted (``verify``), outside the window too."""
-    with udpchat_server() as (pid, port), py_spy(pid, spy):
+    with udpchat_server(python=python) as (pid, port), py_spy(pid, spy):
         team.call("setup", port, workers, True)
         messages = POOL_RATE * (timing.warmup + timing.saturation)
         messages += E2EE_RATE * (timing.warmup / 2 + timing.step)
@@ -969,18 +986,22 @@ def one_run(
     profile: str | None,
     spy: str | None = None,
     *,
+    python: str = sys.executable,
     e2ee: bool = True,
 ) -> dict[str, Any]:
-    """One fresh server and relay: every figure once (and first, ``e2ee``, the
-    encrypted saturation on a server of its own, just before the plain one's)."""
+    """One fresh server (run by ``python``) and relay: every figure once (and
+    first, ``e2ee``, the encrypted saturation on a server of its own, just before
+    the plain one's)."""
     team = Workers(workers, pairs)
     try:
         encrypted = (
-            encrypted_saturation(team, workers, pairs, timing, f"{spy}.e2ee" if spy else None)
+            encrypted_saturation(
+                team, workers, pairs, timing, f"{spy}.e2ee" if spy else None, python=python
+            )
             if e2ee and profile is None
             else {}
         )
-        with udpchat_server(profile) as (pid, port), py_spy(pid, spy):
+        with udpchat_server(profile, python=python) as (pid, port), py_spy(pid, spy):
             team.call("setup", port, workers)
             results, cpu, states = windowed(
                 functools.partial(team.call, "saturate"),
@@ -1301,6 +1322,76 @@ def print_table(summary: dict[str, Any]) -> None:
     )
 
 
+#: The figures compared between builds: (key, label, unit, format).
+COMPARED = (
+    ("udpchat_msgs_per_s", "saturation", "msg/s", "{:,.0f}"),
+    ("server_cpu_us_per_msg", "server CPU per message at saturation", "µs", "{:.1f}"),
+    ("p99_5000", "p99 at 5,000/s offered", "ms", "{:.1f}"),
+    ("p50_5000", "p50 at 5,000/s offered", "ms", "{:.1f}"),
+    ("cpu_1000", "server CPU per message at 1,000/s", "µs", "{:.0f}"),
+    ("p99_1000", "p99 at 1,000/s offered", "ms", "{:.1f}"),
+    ("server_rss_mib", "server RSS at the end", "MiB", "{:.1f}"),
+)
+
+
+def headline(run: dict[str, Any]) -> dict[str, float]:
+    """The compared figures of one run (NaN for a rate it did not step through)."""
+    steps = {step["offered"]: step for step in run["latency"]}
+
+    def at(rate: int, key: str) -> float:
+        return float(steps[rate][key]) if rate in steps else math.nan
+
+    return {
+        "udpchat_msgs_per_s": run["udpchat_msgs_per_s"],
+        "server_cpu_us_per_msg": run["server_cpu_us_per_msg"],
+        "p99_5000": at(REFERENCE_RATE, "p99_ms"),
+        "p50_5000": at(REFERENCE_RATE, "p50_ms"),
+        "cpu_1000": at(1000, "server_cpu_us_per_msg"),
+        "p99_1000": at(1000, "p99_ms"),
+        "server_rss_mib": run["server_rss_mib"],
+    }
+
+
+def compare(labels: list[str], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each build's median of the compared figures, and the ratios of each build to
+    the first, run by run (runs paired in order), their median and spread."""
+    first = labels[0]
+    table: dict[str, Any] = {"builds": labels, "median": {}, "ratio": {}}
+
+    def median(values: list[float]) -> float:
+        # (A rate that a run did not step through, past its saturation, is NaN.)
+        known = [v for v in values if not math.isnan(v)]
+        return statistics.median(known) if known else math.nan
+
+    for label in labels:
+        figures = [headline(run) for run in runs[label]]
+        table["median"][label] = {key: median([f[key] for f in figures]) for key, *_ in COMPARED}
+    for label in labels[1:]:
+        pairs = [(headline(a), headline(b)) for a, b in zip(runs[first], runs[label], strict=True)]
+        table["ratio"][label] = {}
+        for key, *_ in COMPARED:
+            ratios = [b[key] / a[key] for a, b in pairs if not math.isnan(a[key] + b[key])]
+            table["ratio"][label][key] = (
+                spread(ratios) if ratios else {"median": math.nan, "min": math.nan, "max": math.nan}
+            )
+    return table
+
+
+def print_comparison(table: dict[str, Any]) -> None:
+    labels = table["builds"]
+    first = labels[0]
+    print(f"\nbuilds side by side (medians; ratio to {first}: run by run, median [min-max])")
+    header = f"  {'figure':40} " + " ".join(f"{label:>12}" for label in labels)
+    print(header + "".join(f"  {label + '/' + first:>24}" for label in labels[1:]))
+    for key, label, unit, fmt in COMPARED:
+        cells = " ".join(f"{fmt.format(table['median'][b][key]):>12}" for b in labels)
+        ratios = "".join(
+            "  {:>24}".format(f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]")
+            for r in (table["ratio"][b][key] for b in labels[1:])
+        )
+        print(f"  {label + ' (' + unit + ')':40} {cells}{ratios}")
+
+
 def print_profile(path: str) -> None:
     import pstats
 
@@ -1329,12 +1420,28 @@ def main() -> None:
     )
     parser.add_argument("--plot", metavar="DIR", type=Path, help="draw the plots into DIR")
     parser.add_argument(
+        "--server-python",
+        metavar="LABEL=PYTHON",
+        action="append",
+        default=[],
+        help="run the server with this interpreter (twice or more: builds side by side)",
+    )
+    parser.add_argument(
         "--no-e2ee",
         dest="e2ee",
         action="store_false",
         help="leave out the end-to-end encrypted saturation measured in each run",
     )
     args = parser.parse_args()
+    builds = [spec.split("=", 1) for spec in args.server_python]
+    if any(len(build) != 2 for build in builds):
+        parser.error("--server-python takes LABEL=PYTHON")
+    if len(builds) > 1:
+        if args.profile or args.spy or args.scaling or args.plot:
+            parser.error("builds side by side: no --profile, --py-spy, --scaling or --plot")
+        side_by_side(builds, args)
+        return
+    python = builds[0][1] if builds else sys.executable
     scaling = [int(n) for n in args.scaling.split(",")] if args.scaling else []
     for workers in [args.workers, *scaling]:
         if not 1 <= workers * args.pairs * 2 <= 200:
@@ -1348,6 +1455,7 @@ def main() -> None:
             timing,
             args.profile,
             args.spy if i == 0 else None,
+            python=python,
             e2ee=args.e2ee,
         )
         for i in range(runs)
@@ -1378,6 +1486,40 @@ def main() -> None:
         latency_plot(summary, args.plot)
         if scaling:
             scaling_plot(summary["scaling"], args.plot)
+
+
+def retried(workers: int, pairs: int, timing: Timing, python: str, label: str) -> dict[str, Any]:
+    """One run, started again once if it failed (on a loaded shared machine the
+    set-up's logins can outlast their deadline): a build's lost run would unpair
+    the others."""
+    # (Builds compared side by side: the plain path only, as it was measured.)
+    try:
+        return one_run(workers, pairs, timing, None, python=python, e2ee=False)
+    except RuntimeError as exc:
+        print(f"{label}: the run failed ({exc}); once more", file=sys.stderr)
+        return one_run(workers, pairs, timing, None, python=python, e2ee=False)
+
+
+def side_by_side(builds: list[list[str]], args: argparse.Namespace) -> None:
+    """``--server-python`` given twice or more: every build's runs, interleaved."""
+    timing = QUICK if args.quick else FULL
+    count = args.runs or (1 if args.quick else 3)
+    labels = [label for label, _ in builds]
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for i in range(count):
+        # Alternate the order, so that a drift of the machine's load falls on both.
+        for label, python in builds if i % 2 == 0 else builds[::-1]:
+            runs[label].append(retried(args.workers, args.pairs, timing, python, label))
+    summaries = {label: summarize(runs[label], args.workers, args.pairs) for label in labels}
+    table = compare(labels, runs)
+    if args.json:
+        print(json.dumps({"builds": summaries, "comparison": table, "runs": runs}))
+        return
+    for label in labels:
+        print(f"== {label} ({dict(builds)[label]})")
+        print_table(summaries[label])
+        print()
+    print_comparison(table)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_every_public_module_has_its_page_in_the_reference() -> None:
     listed = re.findall(r"^   (udpchat_proto[\w.]*)$", (API / "index.rst").read_text(), re.M)
     public = ["udpchat_proto", "udpchat_proto.chat", "udpchat_proto.chat.messages"]
     public += ["udpchat_proto.transport", "udpchat_proto.bus", "udpchat_proto.e2ee"]
-    public.append("udpchat_proto.asyncio")
+    public += ["udpchat_proto.asyncio", "udpchat_proto.build"]
     assert sorted(listed) == sorted(public)
     for module in listed:
         page = (API / f"{module}.rst").read_text()

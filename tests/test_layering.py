@@ -40,6 +40,7 @@ ALLOWED_IN_RUNTIME = {"asyncio"}
 PUBLIC = {
     "udpchat_proto",
     "udpchat_proto.asyncio",
+    "udpchat_proto.build",
     "udpchat_proto.bus",
     "udpchat_proto.chat",
     "udpchat_proto.e2ee",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import udpchat_proto
+from udpchat_proto.build import build_line
 
 from .e2e.conftest import CLI, SERVER, clean_env
 
@@ -46,7 +47,9 @@ def test_the_version_has_one_source() -> None:
 def test_both_tools_show_the_version(tool: str, command: list[str]) -> None:
     done = run([*command, "--version"])
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"{tool}, version {udpchat_proto.__version__}\n"
+    # The server's second line says which build runs (tests/test_build.py).
+    build = f"{build_line()}\n" if tool == "udpchat-server" else ""
+    assert done.stdout == f"{tool}, version {udpchat_proto.__version__}\n{build}"
 
 
 def complete(command: list[str], var: str, words: list[str]) -> list[str]:

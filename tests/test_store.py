@@ -1099,6 +1099,11 @@ def test_an_encrypted_message_is_delivered_only_to_its_devices_with_their_shares
     )
     assert store.pending_deliveries("alice", ALICE_PHONE, 10) == [plain, sealed]
     assert store.pending_deliveries("alice", ALICE_LAPTOP, 10) == [plain]
+    # The same through the batched read (PostgreSQL's one query for every session
+    # of a batch): a device is never handed a message it has no key for.
+    assert store.pending_deliveries_many(
+        [("alice", ALICE_PHONE, 10), ("alice", ALICE_LAPTOP, 10), ("alice", ALICE_TABLET, 10)]
+    ) == [[plain, sealed], [plain], [plain]]
     assert store.key_shares_for(sealed.id, alice_phone.device_id) == [s for _, s in shares]
     assert store.key_shares_for(sealed.id, alice_laptop.device_id) == []
     assert store.stored_for_device(alice_phone.device_id, [sealed.id, plain.id]) == {sealed.id}

@@ -6,7 +6,8 @@ randomness and the store. Everything else is internal and may change, except the
 subpackages' own names, for wire-level use: :mod:`udpchat_proto.chat` (the codec,
 the validation rules, the store's accounting helpers, a cluster node's news),
 :mod:`udpchat_proto.transport` (the transport's roles, events, packets and
-handshake) and :mod:`udpchat_proto.bus` (the cluster bus's sealed messages). No
+handshake) and :mod:`udpchat_proto.bus` (the cluster bus's sealed messages); and
+:mod:`udpchat_proto.build`, which says whether the mypyc-compiled build runs. No
 name is exported by two of them.
 
 The two roles, :class:`ClientConnection` and :class:`ChatServer`, share the shape

@@ -40,6 +40,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 from prometheus_client.registry import Collector
 
 import udpchat_proto
+from udpchat_proto.build import is_compiled
 
 from .accepting import AcceptBackoff
 
@@ -123,6 +124,7 @@ class ServerMetrics:
         )
         self._counters: dict[str, Any] = {}
         self._started = time.monotonic()
+        self._compiled = is_compiled()  # (found once: it cannot change while running)
         self._http: MetricsHTTPServer | None = None
         self.registry.register(_Snapshot(self))
 
@@ -170,6 +172,13 @@ class ServerMetrics:
         info = GaugeMetricFamily("udpchat_info", "The server's version.", labels=["version"])
         info.add_metric([udpchat_proto.__version__], 1)
         yield info
+        build = GaugeMetricFamily(
+            "udpchat_build_info",
+            '1, labelled compiled="true" when the hot path is the mypyc-compiled build.',
+            labels=["compiled"],
+        )
+        build.add_metric(["true" if self._compiled else "false"], 1)
+        yield build
 
 
 class _Snapshot(Collector):

@@ -134,11 +134,12 @@ class ServerProcess:
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
 
-    def kill(self) -> None:
-        """SIGKILL: no chance to commit or close anything."""
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL: no chance to commit or close anything. Waits (bounded) for the
+        exit: a process in the middle of an fsync dies only once it returns."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.wait()
+            self.wait(timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

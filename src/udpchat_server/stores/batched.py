@@ -126,14 +126,15 @@ place in the arrays, from 1); an id already stored gets no row."""
 PENDING: Final = f"""
     WITH q AS (
         SELECT u.*, EXISTS (SELECT 1 FROM sessions AS s WHERE s.token_hash = u.session) AS known
-        FROM unnest(%(users)b::text[], %(sessions)b::bytea[], %(limits)b::int[])
-             WITH ORDINALITY AS u (username, session, lim, i)
+        FROM unnest(%(users)b::text[], %(sessions)b::bytea[], %(devices)b::bytea[],
+                    %(limits)b::int[])
+             WITH ORDINALITY AS u (username, session, device, lim, i)
     ),
     -- Where each session starts in each of its conversations: hash joins, no
     -- look-up per session. Only where the conversation went further (its last_seq)
     -- is there anything to read.
     starts AS (
-        SELECT q.i, q.username, q.session, q.lim, p.conversation, v.last_seq,
+        SELECT q.i, q.username, q.session, q.device, q.lim, p.conversation, v.last_seq,
                GREATEST(p.floor_seq, CASE WHEN q.known THEN COALESCE(c.seq, 0)
                                           ELSE COALESCE(d.seq, 0) END) AS start
         FROM q
@@ -157,6 +158,7 @@ PENDING: Final = f"""
               AND NOT (left(m.recipient, 1) = '#' AND EXISTS
                        (SELECT 1 FROM blocks AS b
                         WHERE b.username = s.username AND b.blocked = m.sender))
+              AND {sql.for_device("s.device")}
             ORDER BY m.seq
             LIMIT s.lim) AS m
     )

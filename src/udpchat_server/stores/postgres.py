@@ -49,7 +49,7 @@ import psycopg
 
 from udpchat_proto import Acknowledgement, Receipt, StoredMessage, StoreUnavailableError
 from udpchat_proto import messages as m
-from udpchat_proto.chat import conversation_key, stored_size
+from udpchat_proto.chat import conversation_key, session_id, stored_size
 
 from . import batched
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
@@ -667,6 +667,8 @@ class PostgresStore(SqlStore):
             {
                 "users": [user for _, (user, _hashed, _limit) in asked],
                 "sessions": [hashed for _, (_user, hashed, _limit) in asked],
+                # (Each session's device: only what was stored for it is its to read.)
+                "devices": [session_id(hashed) for _, (_user, hashed, _limit) in asked],
                 "limits": [limit for _, (_user, _hashed, limit) in asked],
             },
         )

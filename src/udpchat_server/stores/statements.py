@@ -29,6 +29,7 @@ __all__ = [
     "PENDING_FOR_SESSION",
     "PENDING_FOR_USER",
     "STORED_SIZE",
+    "for_device",
     "history",
     "past_blocked",
 ]
@@ -53,13 +54,20 @@ _FROM_BLOCKED = (
     "(SELECT 1 FROM blocks AS b WHERE b.username = :user AND b.blocked = m.sender))"
 )
 
-# Whether message m is for the device :device: every text message is (stored
-# before the upgrade, or by a client that does not encrypt yet); an encrypted one
-# (its text empty) only if it was stored for that device.
-_FOR_DEVICE = (
-    "(m.text != '' OR EXISTS (SELECT 1 FROM message_devices AS d "
-    "WHERE d.message_id = m.id AND d.device_id = :device))"
-)
+
+def for_device(device: str) -> str:
+    """Whether message m is for the device ``device`` (an SQL expression): every text
+    message is (stored before the upgrade, or by a client that does not encrypt
+    yet); an encrypted one (its text empty) only if it was stored for that device,
+    which alone has its key. Every delivery query has it (the per-session ones
+    here, PostgreSQL's batched one)."""
+    return (
+        "(m.text != '' OR EXISTS (SELECT 1 FROM message_devices AS d "
+        f"WHERE d.message_id = m.id AND d.device_id = {device}))"
+    )
+
+
+_FOR_DEVICE = for_device(":device")
 
 # The delivery query. For each conversation of the user, the start is the higher
 # of the member's floor and the cursor; the (conversation, seq) index then yields
