@@ -38,6 +38,7 @@ from udpchat_proto.chat import (
     add_each,
     conversation_key,
     is_room,
+    sealed_size,
     session_id,
 )
 from udpchat_proto.e2ee import ClaimedKey, DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
@@ -717,6 +718,11 @@ class SqlStore(abc.ABC):
         devices: Sequence[bytes],
         key_shares: Sequence[tuple[bytes, KeyShare]],
     ) -> None:
+        # What is stored beside the row counts against the sender's quota, in this
+        # transaction, and goes back with the row (statements.STORED_SIZE).
+        size = sealed_size(ciphertext, (share for _device, share in key_shares))
+        self._execute("UPDATE messages SET sealed_bytes = ? WHERE id = ?", (size, message_id))
+        self._charge(ciphertext.sender, size)
         self._execute(
             "INSERT INTO message_ciphertexts (message_id, record) VALUES (?, ?)",
             (message_id, pack(ciphertext)),

@@ -266,6 +266,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (message_id, device_id, number)
             ) WITHOUT ROWID""",
     ),
+    # 10: what an encrypted message stores beside its row (its record and key
+    # shares, sealed_size) counts against its sender's quota and goes back with the
+    # row. Messages stored before count 0 here as they did in the counter: the two
+    # stay equal, and retention deletes them in time.
+    ("ALTER TABLE messages ADD COLUMN sealed_bytes INTEGER NOT NULL DEFAULT 0",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
