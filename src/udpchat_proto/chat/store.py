@@ -35,10 +35,11 @@ Conversations and delivery cursors:
 * Each account's *stored bytes* are what the messages it sent and the store still
   holds count against its quota: each one :func:`stored_size` (its text and the
   space its row takes), and an encrypted one also its :func:`sealed_size` (its
-  record and key shares, charged by :meth:`Store.add_encrypted`). The store keeps the sum as a counter of its own, written
-  with the messages and decreased by whatever deletes them (retention, a room's
-  last leave, a recipient's account deletion), so that :meth:`Store.stored_bytes`
-  is one lookup, right across restarts.
+  record and key shares, charged by :meth:`Store.add_encrypted`). The store keeps
+  the sum as a counter of its own, written with the messages and decreased by
+  whatever deletes them (retention, a room's last leave, a recipient's account
+  deletion), so that :meth:`Store.stored_bytes` is one lookup, right across
+  restarts.
 * A room member is never delivered, nor shown in history, the room messages of a
   user it blocks (:meth:`Store.add_block`), whenever they were sent: the block in
   force when a message is read decides. The cursors still count those messages:
@@ -693,9 +694,7 @@ FLUSH_ATTEMPTS: Final = 3
 another node (a deadlock: see ``StoreUnavailableError.conflict``)."""
 
 
-_Staged = tuple[
-    ChatMessage, bytes | None, Callable[[], None], Callable[[], None] | None, bool, int
-]
+_Staged = tuple[ChatMessage, bytes | None, Callable[[], None], Callable[[], None] | None, bool, int]
 """A staged message: it, its origin, its ``refused`` and ``stored`` callbacks,
 whether ``stored`` writes, and what ``stored`` charges its sender (see
 :meth:`WriteTrackingStore.stage_message`)."""

@@ -163,6 +163,9 @@ class KeyHandlers:
                 hashed = other.token_hash
                 if hashed is not None and session_id(hashed) == device.device_id:
                     self._outbox.send(other.connection_id, push)
+            # And its connections on a cluster's other nodes (a profile's processes
+            # may be on several): the news names the device, and only it is told.
+            self._outbox.push_to_other_nodes(device.user, push, device=device.device_id)
 
     def get_devices(self, connection: ChatConnection, request: m.GetDevices, now: float) -> None:
         """``get_devices``: a conversation's device set, or a user's devices."""

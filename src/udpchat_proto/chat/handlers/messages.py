@@ -392,9 +392,7 @@ class MessageHandlers:
         if accepted is not None:
             self._outbox.replace_held(accepted, answer)
 
-    def _admit(
-        self, me: str, request: m.SendMessage, now: float, sealed_bytes: int
-    ) -> list[str]:
+    def _admit(self, me: str, request: m.SendMessage, now: float, sealed_bytes: int) -> list[str]:
         """The checks a new message passes; its recipients. Refuses what may not be
         sent. ``sealed_bytes``: what an encrypted one stores beside its row."""
         recipients = self._recipients(me, request.to)
