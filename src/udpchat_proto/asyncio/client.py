@@ -40,14 +40,14 @@ import attrs
 from ..chat import messages as m
 from ..chat.client import DELIVERED_IDS_MAX, ClientConnection
 from ..chat.events import Connected, Disconnected
-from ..chat.secure import ClientCrypto, MessageDropped
+from ..chat.secure import ClientCrypto, MessageDropped, SendFlow, SendStep
 from ..chat.validation import MESSAGE_ID_SIZE
 from ..errors import ErrorCode, ProtocolError
 from ..randomness import RandomSource, SystemRandomSource
 from ..transport.config import TransportConfig
 from ..transport.events import Address, CloseCode
 from ..transport.keys import fingerprint
-from .crypto import CryptoStore, DeviceHolder, MemoryCryptoStore
+from .crypto import CryptoStore, CryptoWorker, MemoryCryptoStore, Slot
 from .errors import (
     ClientClosedError,
     ConnectionLostError,
@@ -105,6 +105,32 @@ ClientPush = m.Push | m.DeviceAdded | MessageDropped
 """What ``async for event in client`` gives: the server's pushes (a delivered
 message decrypted), a contact's new device, and a message that could not be read
 (to count and log, never to show)."""
+
+
+def _advance(flow: SendFlow, slot: Slot, answered: m.Response | None) -> SendStep | None:
+    """(A job of the device's thread.) Give a send its answer, if any, and take its
+    next step: the state saved first when the step asks (no ratchet index used
+    twice), and once the send is accepted."""
+    if answered is not None:
+        flow.answer(answered)
+    step = flow.step()
+    done = step is None and isinstance(flow.result, m.MessageAccepted)
+    if done or (step is not None and step.save_first):
+        slot.save()
+    return step
+
+
+@attrs.frozen
+class _Delivery:
+    """A delivered message to read, and the connection it came on (its
+    acknowledgement goes there, if it is still the client's)."""
+
+    conn: ClientConnection
+    push: m.MessageDelivered
+
+
+_Intake = _Delivery | m.Push | m.DeviceAdded
+"""What waits in a client's intake."""
 
 
 def _wall_clock() -> float:
@@ -218,9 +244,13 @@ class ChatClient:
         """Connections opened (the first included)."""
         self.node: Address = self._servers[0]
         """The node of the current (or last) connection."""
-        self._device = DeviceHolder(
+        self._device = CryptoWorker(
             crypto_store if crypto_store is not None else MemoryCryptoStore()
         )
+        self._intake: collections.deque[_Intake] = collections.deque()
+        """Pushes waiting for the device (a delivery to read, a device to pin), and
+        those that came after them: taken in order by ``_reader``."""
+        self._reader: asyncio.Task[None] | None = None
         self._device_work = asyncio.Lock()
         """Held by what advances the state across awaits (a send, an upload)."""
         self._low: m.OneTimeKeysLow | None = None
@@ -367,18 +397,22 @@ class ChatClient:
         """Open a login session; the client resumes it on every later connection.
         The session is a new device: its keys are made, saved and uploaded."""
         logged_in = await self._expect(lambda c: c.login(username, password), m.LoggedIn)
-        async with self._device_work:
-            with self._device.hold(logged_in.username, logged_in.token) as slot:
-                await self._upload(slot.create(logged_in.username, logged_in.token))
-                slot.save()
+        user, token = logged_in.username, logged_in.token
+        async with self._device_work, self._device.holding(user, token) as slot:
+            await self._upload(await self._device.run(slot.create, user, token))
+            await self._device.run(slot.save)
         return logged_in
 
     async def logout(self) -> m.Ok:
         """End this login session (and its device: a later login is a new one)."""
         answer = await self._expect(lambda c: c.logout(), m.Ok)
-        with self._device.store.lock():
-            self._device.store.forget()
+        await self._device.run(self._forget_device)
         return answer
+
+    def _forget_device(self) -> None:
+        store = self._device.holder.store
+        with store.lock():
+            store.forget()
 
     async def send(self, to: str, text: str) -> m.MessageAccepted:
         """Send ``text``, encrypted end to end, to a friend or a room (``#name``); the
@@ -392,21 +426,21 @@ class ChatClient:
             DeviceTrustError: a device of the conversation was stated with other keys.
         """
         message_id = self._random.token_bytes(MESSAGE_ID_SIZE)
-        async with self._device_work:
-            with self._device.hold(self.username, self._token) as slot:
-                if slot.crypto is None and self._token is not None:
-                    # A session resumed with no state yet: its device once connected.
-                    await self._first_ready.wait()
-                    await self._keep_device_held()
-                if slot.crypto is None:
-                    raise SessionEndedError("this client has no device: log in")
-                flow = slot.crypto.send(to, text, message_id, self._wall_clock())
-                while (step := flow.step()) is not None:
-                    if step.save_first:
-                        slot.save()  # before the request leaves: no index used twice
-                    flow.answer(await self.request(step.issue))
-                if isinstance(flow.result, m.MessageAccepted):
-                    slot.save()
+        run = self._device.run
+        async with self._device_work, self._device.holding(self.username, self._token) as slot:
+            if slot.crypto is None and self._token is not None:
+                # A session resumed with no state yet: its device once connected.
+                await self._first_ready.wait()
+                await self._keep_device_held()
+            crypto = slot.crypto
+            if crypto is None:
+                raise SessionEndedError("this client has no device: log in")
+            flow = await run(crypto.send, to, text, message_id, self._wall_clock())
+            # One job of the device's thread per round trip: take the answer, make
+            # the next request, save what must be saved before it leaves.
+            step = await run(_advance, flow, slot, None)
+            while step is not None:
+                step = await run(_advance, flow, slot, await self.request(step.issue))
         answer = flow.result
         if isinstance(answer, m.ErrorResponse):
             raise RequestRefusedError(answer)
@@ -415,8 +449,9 @@ class ChatClient:
         return answer
 
     async def _upload(self, crypto: ClientCrypto) -> None:
-        while (issue := crypto.upload()) is not None:
-            crypto.keys_stored(await self._expect(issue, m.KeysStored))
+        run = self._device.run
+        while (issue := await run(crypto.upload)) is not None:
+            await run(crypto.keys_stored, await self._expect(issue, m.KeysStored))
 
     async def _keep_device(self) -> None:
         """After a resume: make the device of a session logged in elsewhere (no
@@ -425,15 +460,17 @@ class ChatClient:
             await self._keep_device_held()
 
     async def _keep_device_held(self) -> None:
-        with self._device.hold(self.username, self._token) as slot:
+        run = self._device.run
+        async with self._device.holding(self.username, self._token) as slot:
             if slot.crypto is None and self._token is not None and self.username:
-                await self._upload(slot.create(self.username, self._token))
-                slot.save()
+                await self._upload(await run(slot.create, self.username, self._token))
+                await run(slot.save)
             low, self._low = self._low, None
-            if low is not None and slot.crypto is not None:
-                slot.crypto.device_push(low)
-                await self._upload(slot.crypto)
-                slot.save()
+            crypto = slot.crypto
+            if low is not None and crypto is not None:
+                await run(crypto.device_push, low)
+                await self._upload(crypto)
+                await run(slot.save)
 
     def _start_device_work(self) -> None:
         task = self._loop.create_task(self._keep_device())
@@ -452,14 +489,23 @@ class ChatClient:
         answer = await self._expect(lambda c: c.get_history(peer, limit, before=before), m.History)
         if not any(message.encrypted for message in answer.messages):
             return answer
-        with self._device.hold(self.username, self._token) as slot:
-            if slot.crypto is None:
-                shown = [message for message in answer.messages if not message.encrypted]
-                self.crypto_drops += len(answer.messages) - len(shown)
-            else:
-                shown, drops = slot.crypto.read_history(answer.messages)
-                self.crypto_drops += len(drops)
+        shown, dropped = await self._device.run(
+            self._read_history, self.username, self._token, answer.messages
+        )
+        self.crypto_drops += dropped
         return attrs.evolve(answer, messages=tuple(shown))
+
+    def _read_history(
+        self, username: str | None, token: bytes | None, messages: tuple[m.ChatMessage, ...]
+    ) -> tuple[list[m.ChatMessage], int]:
+        """(A job of the device's thread.) A history page decrypted; how many of it
+        could not be read."""
+        with self._device.holder.hold(username, token) as slot:
+            if slot.crypto is None:
+                shown = [message for message in messages if not message.encrypted]
+                return shown, len(messages) - len(shown)
+            readable, drops = slot.crypto.read_history(messages)
+            return list(readable), len(drops)
 
     async def invite(self, username: str) -> m.Ok:
         """Invite ``username`` to be friends."""
@@ -675,27 +721,84 @@ class ChatClient:
                 return
             if message_id in self._held:
                 return  # a re-push of one the application holds: acknowledged once handled
-            shown = self._read(push)
-            if shown is None:
+            # Read on the device's thread, in turn (see _read_intake); held from now
+            # on, so that a re-push meanwhile is not read twice.
+            self._held.add(message_id)
+            self._take_in(_Delivery(conn, push))
+            return
+        self._take_in(push)
+
+    def _on_device_push(self, push: m.DevicePush) -> None:
+        if isinstance(push, m.OneTimeKeysLow):
+            self._low = push
+            self._start_device_work()
+            return
+        self._take_in(push)  # (pinned on the device's thread, in turn)
+
+    def _take_in(self, item: _Intake) -> None:
+        """A push, in the order the server sent it: straight to the application if
+        nothing waits for the device, else behind what does."""
+        if not self._intake and isinstance(item, m.Push):
+            self._pushes.append(item)
+            self._wakeup.set()
+            return
+        self._intake.append(item)
+        if self._reader is None or self._reader.done():
+            self._reader = self._loop.create_task(self._read_intake())
+
+    async def _read_intake(self) -> None:
+        """Take the waiting pushes in order: a delivery is read (its key shares
+        saved before it can be acknowledged), a device pinned, on the device's
+        thread, while the loop goes on."""
+        while self._intake and self.state is not LinkState.ENDED:
+            item = self._intake[0]
+            try:
+                if isinstance(item, _Delivery):
+                    shown, drops = await self._device.run(
+                        self._read, self.username, self._token, item.push
+                    )
+                elif isinstance(item, m.DeviceAdded):
+                    shown, drops = None, []
+                    event = await self._device.run(self._pin, self.username, self._token, item)
+                    if isinstance(event, MessageDropped):
+                        drops.append(event)
+                    elif event is not None:
+                        self._pushes.append(event)
+                else:
+                    shown, drops = item, []
+            except Exception:  # (the state cannot be read: a damaged file ...)
+                # Not acknowledged: pushed again on the next connection.
+                if isinstance(item, _Delivery):
+                    self._held.discard(item.push.message.id)
+                self._intake.popleft()
+                continue
+            self._intake.popleft()
+            for dropped in drops:
+                self.crypto_drops += 1
+                self._pushes.append(dropped)
+            if isinstance(item, _Delivery) and shown is None:
                 # Unreadable: counted and given as a MessageDropped event, never shown;
                 # acknowledged now (nothing more will make it readable).
+                message_id = item.push.message.id
+                self._held.discard(message_id)
                 self._delivered[message_id] = None
-                conn.acknowledge([message_id])
-                self._wakeup.set()
-                return
-            self._held.add(message_id)
-            push = shown
-        self._pushes.append(push)
-        self._wakeup.set()
+                if item.conn is self._conn:
+                    item.conn.acknowledge([message_id])
+                    self._process()
+            elif shown is not None:
+                self._pushes.append(shown)
+            self._wakeup.set()
 
-    def _read(self, push: m.MessageDelivered) -> m.MessageDelivered | None:
-        """Take a delivery's key shares (saved before it can be acknowledged) and
-        decrypt it; its drops become events."""
-        with self._device.hold(self.username, self._token) as slot:
+    def _read(
+        self, username: str | None, token: bytes | None, push: m.MessageDelivered
+    ) -> tuple[m.Push | None, list[MessageDropped]]:
+        """(A job of the device's thread.) Take a delivery's key shares (saved
+        before it can be acknowledged) and decrypt it; its drops."""
+        with self._device.holder.hold(username, token) as slot:
             if slot.crypto is None:
                 if not push.message.encrypted:
-                    return push
-                self._drop(
+                    return push, []
+                return None, [
                     MessageDropped(
                         message_id=push.message.id,
                         sender=push.message.sender,
@@ -703,33 +806,23 @@ class ChatClient:
                         reason="unknown_session",
                         detail="this client has no device",
                     )
-                )
-                return None
+                ]
             read = slot.crypto.read(push)
             if read.changed:
                 slot.save()
-        for dropped in read.dropped:
-            self._drop(dropped)
-        return None if read.message is None else m.MessageDelivered(message=read.message)
+        shown = None if read.message is None else m.MessageDelivered(message=read.message)
+        return shown, list(read.dropped)
 
-    def _drop(self, dropped: MessageDropped) -> None:
-        self.crypto_drops += 1
-        self._pushes.append(dropped)
-
-    def _on_device_push(self, push: m.DevicePush) -> None:
-        if isinstance(push, m.OneTimeKeysLow):
-            self._low = push
-            self._start_device_work()
-            return
-        with self._device.hold(self.username, self._token) as slot:
+    def _pin(
+        self, username: str | None, token: bytes | None, push: m.DeviceAdded
+    ) -> m.DeviceAdded | MessageDropped | None:
+        """(A job of the device's thread.) Pin a new device (a key that changed is
+        dropped)."""
+        with self._device.holder.hold(username, token) as slot:
             event = slot.crypto.device_push(push) if slot.crypto is not None else None
             if isinstance(event, m.DeviceAdded):
                 slot.save()  # (the device is pinned now)
-        if isinstance(event, MessageDropped):
-            self._drop(event)
-        elif event is not None:
-            self._pushes.append(event)
-        self._wakeup.set()
+        return event
 
     def _acknowledge_handled(self) -> None:
         handled, self._handling = self._handling, []
