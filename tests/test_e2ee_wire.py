@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory
+from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, test_config
 from tests.test_cluster_hints import NODE_B, Cluster
 from tests.test_cluster_hints import PASSWORD as CLUSTER_PASSWORD
 from tests.test_cluster_hints import signed_up as cluster_signed_up
@@ -30,10 +30,12 @@ from udpchat_proto.e2ee import (
     Decrypted,
     DeviceSet,
     KeyShareReceived,
+    OneTimeKey,
     Outgoing,
     direct_conversation,
 )
 from udpchat_proto.errors import ErrorCode
+from udpchat_proto.ratelimit import RateLimit
 
 T = TypeVar("T")
 _message_ids = itertools.count(1)
@@ -507,3 +509,49 @@ def test_one_time_keys_low_reaches_the_device_on_another_node_and_only_it() -> N
     bob.upload_keys(upload)
     cluster.run()
     assert cluster.received(5002, m.KeysStored)[-1].one_time_keys == ONE_TIME_KEYS_TARGET
+
+
+def test_a_friend_claiming_in_a_loop_drains_no_one_time_keys_and_is_slowed(
+    tmp_path: Path,
+) -> None:
+    """Claims of one device's one-time keys are within its own budget (10, then
+    one every 6 s; the fallback key answers beyond it, to anyone), and a claimer's
+    claims within theirs (``rate_limited`` beyond it, nothing claimed)."""
+    world = ChatWorld(
+        StoreFactory("memory", tmp_path / "db.sqlite3"),
+        seed=26,
+        config=test_config(key_claims_per_user=RateLimit(burst=30, interval=1.0)),
+    )
+    (alice,) = signed_up_devices(world, "alice", 1)
+    (bob,) = signed_up_devices(world, "bob", 1)
+    (carol,) = signed_up_devices(world, "carol", 1)
+    world.befriend(alice.user, bob.user)
+    world.befriend(carol.user, bob.user)
+
+    def claim(device: Device) -> OneTimeKey:
+        answer = device.user.ok(device.user.conn.claim_keys([bob.device_id]), m.ClaimedKeys)
+        [key] = answer.keys
+        return key.one_time_key
+
+    taken = [claim(alice) for _ in range(10)]
+    assert not any(key.fallback for key in taken) and len({k.key_id for k in taken}) == 10
+    # Past the device's budget: its fallback key, to her and to anyone else; the
+    # rest of its one-time keys stay for later.
+    assert all(claim(alice).fallback for _ in range(5))
+    assert claim(carol).fallback
+    assert world.store.key_counts(bob.device_id) == (ONE_TIME_KEYS_TARGET - 10, True)
+    # Past the claimer's own budget (30 here): refused, nothing claimed; carol's
+    # claims are hers.
+    for _ in range(30 - 15):
+        claim(alice)
+    refused = alice.user.refused(
+        alice.user.conn.claim_keys([bob.device_id]), ErrorCode.RATE_LIMITED
+    )
+    assert "claiming keys too fast" in refused.message
+    assert claim(carol).fallback
+    # Time gives both back: a one-time key again after 6 s.
+    world.net.run_for(6.0)
+    again = claim(alice)
+    assert not again.fallback and again.key_id not in {key.key_id for key in taken}
+    assert world.store.key_counts(bob.device_id) == (ONE_TIME_KEYS_TARGET - 11, True)
+    world.check_server_health()

@@ -1078,6 +1078,14 @@ def test_a_one_time_key_is_claimed_once_then_the_fallback_key(store: Store) -> N
     assert store.claim_key(b"\x00" * 16) is None
     store.add_one_time_keys(b"\x00" * 16, [one_time_key("x")])  # no such device: ignored
     assert store.key_counts(b"\x00" * 16) == (0, False)
+    # The server's budget for the device spent: its fallback key, its one-time
+    # key kept for a later claim.
+    spared = store.claim_key(device, one_time=False)
+    assert spared is not None and spared.one_time_key == one_time_key("g", fallback=True)
+    assert store.key_counts(device) == (1, True)
+    taken = store.claim_key(device)
+    assert taken is not None and taken.one_time_key == one_time_key("c")
+    assert store.key_counts(device) == (0, True)
 
 
 def test_an_encrypted_message_is_delivered_only_to_its_devices_with_their_shares(

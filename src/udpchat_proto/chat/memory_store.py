@@ -669,12 +669,13 @@ class MemoryStore:
             return 0, False
         return len(device.one_time_keys), device.fallback_used
 
-    def claim_key(self, device_id: bytes) -> ClaimedKey | None:
-        """A one-time key (deleted), else the fallback key (noted used), else None."""
+    def claim_key(self, device_id: bytes, *, one_time: bool = True) -> ClaimedKey | None:
+        """A one-time key (deleted) unless not ``one_time``, else the fallback key
+        (noted used), else None."""
         device = self._devices.get(device_id)
         if device is None:
             return None
-        if device.one_time_keys:
+        if one_time and device.one_time_keys:
             key_id = next(iter(device.one_time_keys))
             key = device.one_time_keys.pop(key_id)
         elif device.fallback is not None:

@@ -524,10 +524,11 @@ class Store(Protocol):
         fallback key since it was stored."""
         ...
 
-    def claim_key(self, device_id: bytes) -> ClaimedKey | None:
+    def claim_key(self, device_id: bytes, *, one_time: bool = True) -> ClaimedKey | None:
         """A key of a live device: one of its one-time keys, deleted as it is given
-        (never given twice, whoever else claims), or when none is left its fallback
-        key (noted as used); None for no such device or no key."""
+        (never given twice, whoever else claims), or when none is left (or
+        ``one_time`` is False: the server's budget for the device is spent) its
+        fallback key (noted as used); None for no such device or no key."""
         ...
 
     def add_encrypted(
