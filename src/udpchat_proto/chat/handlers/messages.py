@@ -282,15 +282,24 @@ class MessageHandlers:
 
     def share_keys(self, connection: ChatConnection, request: m.ShareKeys, now: float) -> None:
         """``share_keys``: hold key shares for this connection's next message (the
-        send checks them, with the message, against the conversation's devices)."""
+        send checks them, with the message, against the conversation's devices).
+
+        A send's staging costs one request of the connection's budget
+        (``request_rate``), however many devices: a full batch that continues it
+        (only new devices) gives its request back. A large room's rotation (3,200
+        shares are 200 batches) is not refused ``rate_limited`` half-way, and
+        what one request token buys stays bounded: full batches of new devices,
+        up to the devices a message may be shared with."""
         assert connection.token_hash is not None
-        self._staging.stage(
+        continues = self._staging.stage(
             connection.connection_id,
             connection.token_hash,
             request.message_id,
             request.key_shares,
             now,
         )
+        if continues and len(request.key_shares) == m.MAX_SHARES_PER_REQUEST:
+            connection.requests.refund(now=now)
         self._outbox.reply(connection, m.Ok(request_id=request.request_id))
 
     def _take_staged_shares(
