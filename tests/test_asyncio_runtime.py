@@ -6,8 +6,11 @@ the application. Every wait is bounded (asyncio.timeout)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -438,6 +441,25 @@ def test_attempts_move_along_the_nodes_and_back_off_after_each_round() -> None:
         assert 0.8 * base <= backoff <= 1.2 * base, backoffs
 
 
+def lock_is_free(home: Home, within: float) -> bool:
+    """Whether another process could take the profile's crypto lock (tried until
+    it can, ``within`` seconds at most)."""
+    path = home.crypto("bob").path
+    lock = path.with_name(path.name + ".lock")
+    end = time.monotonic() + within
+    with lock.open("a") as file:
+        while True:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    return False
+                time.sleep(0.01)
+                continue
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+            return True
+
+
 def test_the_loop_runs_on_while_another_process_holds_the_profiles_crypto_lock(
     tmp_path: Path,
 ) -> None:
@@ -495,6 +517,17 @@ def test_the_loop_runs_on_while_another_process_holds_the_profiles_crypto_lock(
                     await bob.send("alice", "and back")
                     reply = await next_of(alice, m.MessageDelivered)
                     assert reply.message.text == "and back"
+                    # A send cancelled half-way leaves the lock (another process
+                    # takes it), and the next send goes.
+                    for turns in (1, 3, 10):
+                        sending = asyncio.ensure_future(bob.send("alice", "cancelled"))
+                        for _ in range(turns):
+                            await asyncio.sleep(0)
+                        sending.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sending
+                        assert await asyncio.to_thread(lock_is_free, home, 3.0)
+                    await bob.send("alice", "after the cancelled ones")
                 finally:
                     released.set()
                     bob.close()

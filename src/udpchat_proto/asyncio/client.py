@@ -32,6 +32,7 @@ import asyncio
 import collections
 import datetime
 import enum
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeVar, cast
 
@@ -120,6 +121,20 @@ def _advance(flow: SendFlow, slot: Slot, answered: m.Response | None) -> SendSte
     return step
 
 
+@attrs.define
+class _SendHold:
+    """A send: what it sends, whether it holds the device's lock (set on the
+    device's thread), whether a job of it is in flight (set on the loop)."""
+
+    to: str
+    text: str
+    message_id: bytes
+    at: float
+    held: bool = False
+    pending: bool = False
+    slot: Slot | None = None
+
+
 @attrs.frozen
 class _Delivery:
     """A delivered message to read, and the connection it came on (its
@@ -131,6 +146,9 @@ class _Delivery:
 
 _Intake = _Delivery | m.Push | m.DeviceAdded
 """What waits in a client's intake."""
+
+_READ_BATCH: Final = 256
+"""Most waiting pushes one job of the device's thread reads."""
 
 
 def _wall_clock() -> float:
@@ -427,26 +445,83 @@ class ChatClient:
         """
         message_id = self._random.token_bytes(MESSAGE_ID_SIZE)
         run = self._device.run
-        async with self._device_work, self._device.holding(self.username, self._token) as slot:
-            if slot.crypto is None and self._token is not None:
-                # A session resumed with no state yet: its device once connected.
-                await self._first_ready.wait()
-                await self._keep_device_held()
-            crypto = slot.crypto
-            if crypto is None:
-                raise SessionEndedError("this client has no device: log in")
-            flow = await run(crypto.send, to, text, message_id, self._wall_clock())
-            # One job of the device's thread per round trip: take the answer, make
-            # the next request, save what must be saved before it leaves.
-            step = await run(_advance, flow, slot, None)
-            while step is not None:
-                step = await run(_advance, flow, slot, await self.request(step.issue))
+        hold = _SendHold(to=to, text=text, message_id=message_id, at=self._wall_clock())
+        async with self._device_work:
+            try:
+                # The lock is held from the first job to the last (the requests
+                # between them included); one job of the device's thread per
+                # round trip: take the answer, make the next request, save what
+                # must be saved before it leaves.
+                user, token = self.username, self._token
+                hold.pending = True
+                begun = await run(self._begin_send, hold, user, token)
+                hold.pending = False
+                if begun is None and token is not None:
+                    # A session resumed with no state yet: its device once connected.
+                    await self._first_ready.wait()
+                    await self._keep_device_held()
+                    hold.pending = True
+                    begun = await run(self._begin_send, hold, self.username, self._token)
+                    hold.pending = False
+                if begun is None:
+                    raise SessionEndedError("this client has no device: log in")
+                flow, step = begun
+                while step is not None:
+                    answered = await self.request(step.issue)
+                    hold.pending = True
+                    step = await run(self._step_send, hold, flow, answered)
+                    hold.pending = False
+            finally:
+                if hold.pending or hold.held:  # (cancelled, or a request failed)
+                    self._device.submit(self._end_send, hold)
         answer = flow.result
         if isinstance(answer, m.ErrorResponse):
             raise RequestRefusedError(answer)
         if not isinstance(answer, m.MessageAccepted):
             raise ProtocolError(f"expected MessageAccepted, the server answered {answer!r}")
         return answer
+
+    def _begin_send(
+        self, hold: _SendHold, username: str | None, token: bytes | None
+    ) -> tuple[SendFlow, SendStep | None] | None:
+        """(A job of the device's thread.) Take the lock and the send's first step
+        (None, the lock left, when there is no device)."""
+        holder = self._device.holder
+        hold.slot = holder.enter(username, token)
+        hold.held = True
+        try:
+            crypto = hold.slot.crypto
+            if crypto is None:
+                self._end_send(hold)
+                return None
+            flow = crypto.send(hold.to, hold.text, hold.message_id, hold.at)
+            step = _advance(flow, hold.slot, None)
+        except BaseException:
+            self._end_send(hold)
+            raise
+        if step is None:
+            self._end_send(hold)
+        return flow, step
+
+    def _step_send(self, hold: _SendHold, flow: SendFlow, answered: m.Response) -> SendStep | None:
+        """(A job of the device's thread.) The send's next step; the lock left
+        after the last (or a failure)."""
+        assert hold.slot is not None
+        try:
+            step = _advance(flow, hold.slot, answered)
+        except BaseException:
+            self._end_send(hold)
+            raise
+        if step is None:
+            self._end_send(hold)
+        return step
+
+    def _end_send(self, hold: _SendHold) -> None:
+        """(A job of the device's thread.) Leave the lock a send took, if held."""
+        if hold.held:
+            hold.held = False
+            hold.slot = None
+            self._device.holder.exit()
 
     async def _upload(self, crypto: ClientCrypto) -> None:
         run = self._device.run
@@ -747,82 +822,90 @@ class ChatClient:
             self._reader = self._loop.create_task(self._read_intake())
 
     async def _read_intake(self) -> None:
-        """Take the waiting pushes in order: a delivery is read (its key shares
-        saved before it can be acknowledged), a device pinned, on the device's
-        thread, while the loop goes on."""
+        """Take the waiting pushes in order: the deliveries read (their key shares
+        saved before any can be acknowledged) and the devices pinned, on the
+        device's thread, while the loop goes on. What waits at once is read in
+        one job (one hop to the thread, one lock, one save)."""
         while self._intake and self.state is not LinkState.ENDED:
-            item = self._intake[0]
+            items = list(itertools.islice(self._intake, _READ_BATCH))
             try:
-                if isinstance(item, _Delivery):
-                    shown, drops = await self._device.run(
-                        self._read, self.username, self._token, item.push
-                    )
-                elif isinstance(item, m.DeviceAdded):
-                    shown, drops = None, []
-                    event = await self._device.run(self._pin, self.username, self._token, item)
-                    if isinstance(event, MessageDropped):
-                        drops.append(event)
-                    elif event is not None:
-                        self._pushes.append(event)
-                else:
-                    shown, drops = item, []
+                results = await self._device.run(
+                    self._read_batch, self.username, self._token, items
+                )
             except Exception:  # (the state cannot be read: a damaged file ...)
                 # Not acknowledged: pushed again on the next connection.
-                if isinstance(item, _Delivery):
-                    self._held.discard(item.push.message.id)
+                results = [([], None) if isinstance(item, _Delivery) else ([item], None)
+                           for item in items]  # fmt: skip
+                for item in items:
+                    if isinstance(item, _Delivery):
+                        self._held.discard(item.push.message.id)
+            for _ in items:
                 self._intake.popleft()
-                continue
-            self._intake.popleft()
-            for dropped in drops:
-                self.crypto_drops += 1
-                self._pushes.append(dropped)
-            if isinstance(item, _Delivery) and shown is None:
-                # Unreadable: counted and given as a MessageDropped event, never shown;
-                # acknowledged now (nothing more will make it readable).
-                message_id = item.push.message.id
-                self._held.discard(message_id)
-                self._delivered[message_id] = None
-                if item.conn is self._conn:
-                    item.conn.acknowledge([message_id])
-                    self._process()
-            elif shown is not None:
-                self._pushes.append(shown)
+            unreadable: list[bytes] = []
+            for item, (out, dropped_id) in zip(items, results, strict=True):
+                for push in out:
+                    if isinstance(push, MessageDropped):
+                        self.crypto_drops += 1
+                    self._pushes.append(push)
+                if dropped_id is not None and isinstance(item, _Delivery):
+                    # Unreadable: counted and given as a MessageDropped event, never
+                    # shown; acknowledged now (nothing more will make it readable).
+                    self._held.discard(dropped_id)
+                    self._delivered[dropped_id] = None
+                    if item.conn is self._conn:
+                        unreadable.append(dropped_id)
+            if unreadable and self._conn is not None:
+                self._conn.acknowledge(unreadable)
+                self._process()
             self._wakeup.set()
 
-    def _read(
-        self, username: str | None, token: bytes | None, push: m.MessageDelivered
-    ) -> tuple[m.Push | None, list[MessageDropped]]:
-        """(A job of the device's thread.) Take a delivery's key shares (saved
-        before it can be acknowledged) and decrypt it; its drops."""
+    def _read_batch(
+        self, username: str | None, token: bytes | None, items: list[_Intake]
+    ) -> list[tuple[list[ClientPush], bytes | None]]:
+        """(A job of the device's thread.) Each item's pushes for the application,
+        in order, and the id of a delivery that could not be read (to acknowledge);
+        the state saved once, if anything changed, before any is acknowledged."""
+        results: list[tuple[list[ClientPush], bytes | None]] = []
         with self._device.holder.hold(username, token) as slot:
-            if slot.crypto is None:
-                if not push.message.encrypted:
-                    return push, []
-                return None, [
-                    MessageDropped(
-                        message_id=push.message.id,
-                        sender=push.message.sender,
-                        to=push.message.to,
-                        reason="unknown_session",
-                        detail="this client has no device",
-                    )
-                ]
-            read = slot.crypto.read(push)
-            if read.changed:
+            changed = False
+            for item in items:
+                if isinstance(item, _Delivery):
+                    out, readable, advanced = self._read(slot.crypto, item.push)
+                    changed = changed or advanced
+                    results.append((out, None if readable else item.push.message.id))
+                elif isinstance(item, m.DeviceAdded):
+                    event = slot.crypto.device_push(item) if slot.crypto is not None else None
+                    changed = changed or isinstance(event, m.DeviceAdded)  # (pinned)
+                    results.append(([] if event is None else [event], None))
+                else:
+                    results.append(([item], None))
+            if changed:
                 slot.save()
-        shown = None if read.message is None else m.MessageDelivered(message=read.message)
-        return shown, list(read.dropped)
+        return results
 
-    def _pin(
-        self, username: str | None, token: bytes | None, push: m.DeviceAdded
-    ) -> m.DeviceAdded | MessageDropped | None:
-        """(A job of the device's thread.) Pin a new device (a key that changed is
-        dropped)."""
-        with self._device.holder.hold(username, token) as slot:
-            event = slot.crypto.device_push(push) if slot.crypto is not None else None
-            if isinstance(event, m.DeviceAdded):
-                slot.save()  # (the device is pinned now)
-        return event
+    @staticmethod
+    def _read(
+        crypto: ClientCrypto | None, push: m.MessageDelivered
+    ) -> tuple[list[ClientPush], bool, bool]:
+        """A delivery taken (its key shares) and decrypted: the pushes for the
+        application (its drops, then it), whether it could be read, whether the
+        state changed."""
+        if crypto is None:
+            if not push.message.encrypted:
+                return [push], True, False
+            dropped = MessageDropped(
+                message_id=push.message.id,
+                sender=push.message.sender,
+                to=push.message.to,
+                reason="unknown_session",
+                detail="this client has no device",
+            )
+            return [dropped], False, False
+        read = crypto.read(push)
+        out: list[ClientPush] = list(read.dropped)
+        if read.message is not None:
+            out.append(m.MessageDelivered(message=read.message))
+        return out, read.message is not None, read.changed
 
     def _acknowledge_handled(self) -> None:
         handled, self._handling = self._handling, []

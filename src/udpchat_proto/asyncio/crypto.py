@@ -162,6 +162,10 @@ class CryptoWorker:
         its result (or exception)."""
         return await asyncio.shield(asyncio.wrap_future(self._thread.submit(job, *args)))
 
+    def submit(self, job: Callable[..., object], *args: Any) -> None:
+        """Run ``job(*args)`` after the jobs given before, not waiting for it."""
+        self._thread.submit(job, *args)
+
     @contextlib.asynccontextmanager
     async def holding(self, username: str | None, token: bytes | None) -> AsyncIterator[Slot]:
         """The store's lock, taken on the worker's thread (or re-entered), for the
