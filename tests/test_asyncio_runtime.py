@@ -350,6 +350,11 @@ def test_a_burst_from_several_clients_shares_a_commit() -> None:
                     await client.register(f"user{i}", PASSWORD)
                     await client.login(f"user{i}", PASSWORD)
                     await client.join("#burst")
+                # Each client's first message shares its key (claims, which write,
+                # and the shares): made before the burst, which is then one request
+                # that writes per client (its get_devices only reads).
+                for i, client in enumerate(clients):
+                    await client.send("#burst", f"first {i}")
                 commits = service.commits
                 sends = [client.send("#burst", f"m{i}") for i, client in enumerate(clients)]
                 await asyncio.gather(*sends)

@@ -428,9 +428,12 @@ class ChatClient:
         return answer
 
     def _forget_device(self) -> None:
-        store = self._device.holder.store
-        with store.lock():
-            store.forget()
+        """(A job of the device's thread.) Remove the state, under the lock (taken,
+        or re-entered: a send of this client may hold it, and a second flock of
+        one process would wait on itself)."""
+        holder = self._device.holder
+        with holder.hold(None, None):
+            holder.store.forget()
 
     async def send(self, to: str, text: str) -> m.MessageAccepted:
         """Send ``text``, encrypted end to end, to a friend or a room (``#name``); the
