@@ -17,10 +17,16 @@ import asyncio
 import json
 import time
 
-from udpchat_proto import MemoryStore, RateLimit, ScryptParams, ServerConfig, ServerKey
+from udpchat_proto import (
+    MemoryStore,
+    RateLimit,
+    ScryptParams,
+    SeededRandomSource,
+    ServerConfig,
+    ServerKey,
+)
 from udpchat_proto import messages as m
 from udpchat_proto.asyncio import MemoryCryptoStore, connect, serve
-from udpchat_proto.randomness import SeededRandomSource
 
 PASSWORD = "correct horse battery"
 KEY = ServerKey.generate(SeededRandomSource("asyncio-client-benchmark"))
