@@ -8,6 +8,7 @@ implementation. EMBEDDING.md maps each tag to its Python class.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from tests.chat_helpers import test_config
 from udpchat_proto.chat.codec import MESSAGE_TYPES
 from udpchat_proto.errors import ErrorCode
 
@@ -116,16 +118,25 @@ def test_every_public_module_has_its_page_in_the_reference() -> None:
     assert ":doc:`the catalogue <udpchat_proto.chat.messages>`" in face
 
 
-def test_the_quickstart_runs() -> None:
-    # Its first program is the whole protocol in one process, with no socket.
+def test_the_quickstart_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its first program is the whole protocol in one process, with no socket. It is
+    # run as written, but for the password hashes' cost: its ChatServer gets the
+    # tests' tiny scrypt (the default's is 128 MiB and 0.4 s a hash, and this test is
+    # not about hashing).
+    import udpchat_proto
+
+    fast = functools.partial(udpchat_proto.ChatServer, config=test_config())
+    monkeypatch.setattr(udpchat_proto, "ChatServer", fast)
     text = (DOCS / "quickstart.md").read_text(encoding="utf-8")
     program = re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)[0]
+    assert "ChatServer(" in program
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         exec(compile(program, "quickstart.md", "exec"), {"__name__": "quickstart"})
     assert output.getvalue() == "alice: hello, bob\n"
 
 
+@pytest.mark.e2e  # (a server on loopback, in an interpreter of its own)
 def test_the_quickstarts_asyncio_program_runs() -> None:
     # A server, a bot and a client on loopback (its own interpreter: a bounded wait).
     text = (DOCS / "quickstart.md").read_text(encoding="utf-8")

@@ -23,6 +23,7 @@ from udpchat_proto.chat import (
     SendFlow,
     fingerprint_of,
 )
+from udpchat_proto.e2ee import CryptoState
 from udpchat_proto.errors import ErrorCode
 
 _ids = itertools.count(1)
@@ -200,3 +201,30 @@ def test_device_added_pins_the_device_and_a_changed_key_is_dropped(world: ChatWo
     )
     dropped = alice.crypto.device_push(forged)
     assert isinstance(dropped, MessageDropped) and dropped.reason == "key_changed"
+
+
+def test_a_device_whose_first_upload_was_lost_uploads_it_when_loaded(world: ChatWorld) -> None:
+    # The login made and saved the device, then its connection went before the
+    # server confirmed the upload (the chat cut off, a command timed out): the state
+    # loaded next holds those keys still unpublished, and uploads them, once.
+    key = b"k" * 32
+    user = world.user("alice")
+    user.connect()
+    user.ok(user.conn.register("alice", user.password))
+    logged_in = user.login()
+    made = ClientCrypto.create(logged_in.username, logged_in.token)
+    assert made.state.keys_pending and made.upload() is not None  # (lost on the way)
+    saved = made.state.to_bytes(key)
+
+    loaded = ClientCrypto(CryptoState.from_bytes(saved, key))
+    assert loaded.state.keys_pending
+    issue = loaded.upload()
+    assert issue is not None
+    loaded.keys_stored(user.ok(issue(user.conn), m.KeysStored))
+    assert not loaded.state.keys_pending and loaded.upload() is None
+    # The server holds its keys: it is a device others can encrypt for.
+    devices = user.ok(user.conn.get_devices(user="alice"), m.UserDevices)
+    assert [device.keys.device_id for device in devices.devices] == [made.state.device_id]
+    # Loaded again once confirmed: nothing to upload until the server asks.
+    again = ClientCrypto(CryptoState.from_bytes(loaded.state.to_bytes(key), key))
+    assert not again.state.keys_pending and again.upload() is None

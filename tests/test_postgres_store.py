@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.services import POSTGRES_URL, postgres_database, postgres_store
+from tests.test_sql_layer import released_sql
 from udpchat_proto import Store
 from udpchat_proto import messages as m
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
@@ -117,9 +118,8 @@ def test_version_3_counts_what_was_stored_before_it() -> None:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
             db.execute(f'CREATE SCHEMA "{schema}"')
             db.execute(f'SET search_path TO "{schema}"')
-            for migration in MIGRATIONS[:2]:
-                for statement in migration:
-                    db.execute(statement)
+            for statement in released_sql(MIGRATIONS[:2]):
+                db.execute(statement)
             db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             db.execute("INSERT INTO schema_version VALUES (2)")
             for name in ("alice", "bob", "carol"):

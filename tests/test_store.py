@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.services import postgres_store
+from tests.test_sql_layer import released_sql
 from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
@@ -1300,7 +1301,7 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
 def test_sqlite_migrates_a_version_1_database(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
-    for statement in MIGRATIONS[0]:
+    for statement in released_sql(MIGRATIONS[:1]):
         old.execute(statement)
     old.execute("PRAGMA user_version = 1")
     old.execute(
@@ -1656,9 +1657,8 @@ def test_own_messages_reach_the_senders_other_sessions_not_the_sending_one(store
 def test_sqlite_version_6_marks_what_was_delivered_before_it(tmp_path: Path) -> None:
     path = tmp_path / "v5.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
-    for migration in MIGRATIONS[:5]:
-        for statement in migration:
-            old.execute(statement)
+    for statement in released_sql(MIGRATIONS[:5]):
+        old.execute(statement)
     old.execute("PRAGMA user_version = 5")
     old.execute(
         "INSERT INTO conversations (id, key, is_room, last_seq, created_at) "
@@ -1700,9 +1700,8 @@ def test_sqlite_stored_bytes_survive_a_restart_and_lose_what_was_undone(tmp_path
 def test_sqlite_version_8_counts_what_was_stored_before_it(tmp_path: Path) -> None:
     path = tmp_path / "v7.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
-    for migration in MIGRATIONS[:7]:
-        for statement in migration:
-            old.execute(statement)
+    for statement in released_sql(MIGRATIONS[:7]):
+        old.execute(statement)
     old.execute("PRAGMA user_version = 7")
     for name in ("alice", "bob", "carol"):
         old.execute(

@@ -202,6 +202,11 @@ class DeviceKeeper:
                     message="this profile has no device: log in again",
                 )
             crypto = held.crypto
+            if crypto.state.keys_pending:
+                # The login's upload was lost (its command timed out): the server
+                # takes no send from a device whose keys it does not hold.
+                self._upload(session, crypto)
+                held.save()
             try:
                 flow = crypto.send(to, text, message_id, time.time())
                 while (step := flow.step()) is not None:

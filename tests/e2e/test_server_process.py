@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from udpchat_server.stores.sqlite import SQLiteStore
 
 from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env, wait_until_loading
 
@@ -44,6 +48,66 @@ def test_a_second_server_on_a_port_in_use_exits_1_with_one_line(
     assert done.stderr.startswith("error: cannot listen on 127.0.0.1:")
     assert done.stderr.count("\n") == 1, done.stderr
     assert server.alive()
+
+
+def test_a_database_with_a_column_it_does_not_declare_exits_1_naming_it(
+    tmp_path: Path,
+) -> None:
+    # As a newer release's would be (it derived the column): the database is left
+    # as it was, for the release that wrote it or a backup's restore.
+    path = tmp_path / "newer.sqlite3"
+    SQLiteStore.open(path).close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("ALTER TABLE accounts ADD COLUMN motto TEXT")
+        version = db.execute("PRAGMA user_version").fetchone()
+    done = subprocess.run(
+        [*SERVER, "--port", "0", "--db", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"error: cannot open database {path}: database schema: ")
+    assert "accounts.motto is in the database but not declared" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == version
+
+
+def test_it_starts_beside_another_applications_table_but_not_one_referencing_its_own(
+    tmp_path: Path,
+) -> None:
+    # A file shared with another application: its table is left as it was.
+    shared = tmp_path / "shared.sqlite3"
+    with contextlib.closing(sqlite3.connect(shared, isolation_level=None)) as db:
+        db.execute("CREATE TABLE crm_contacts (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO crm_contacts VALUES (1, 'Ann')")
+    server = ServerProcess(tmp_path, db=shared).start()
+    try:
+        User("alice", tmp_path / "alice", server).signup()
+        assert server.signal(signal.SIGTERM) == 0
+    finally:
+        server.kill()
+    with contextlib.closing(sqlite3.connect(shared)) as db:
+        assert db.execute("SELECT * FROM crm_contacts").fetchall() == [(1, "Ann")]
+    # A table whose foreign key could stop udpchat's deletes is refused, named.
+    with contextlib.closing(sqlite3.connect(shared, isolation_level=None)) as db:
+        db.execute("CREATE TABLE reactions (account TEXT REFERENCES accounts (username))")
+    done = subprocess.run(
+        [*SERVER, "--port", "0", "--db", str(shared)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "reactions.account references accounts" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
 
 
 def test_malformed_datagrams_never_stop_it(server: ServerProcess, tmp_path: Path) -> None:

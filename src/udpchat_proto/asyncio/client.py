@@ -32,6 +32,7 @@ import asyncio
 import collections
 import datetime
 import enum
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeVar, cast
@@ -106,6 +107,11 @@ ClientPush = m.Push | m.DeviceAdded | MessageDropped
 """What ``async for event in client`` gives: the server's pushes (a delivered
 message decrypted), a contact's new device, and a message that could not be read
 (to count and log, never to show)."""
+
+
+def _keys_pending(crypto: ClientCrypto) -> bool:
+    """(A job of the device's thread.) Whether the device's keys wait to be uploaded."""
+    return crypto.state.keys_pending
 
 
 def _advance(flow: SendFlow, slot: Slot, answered: m.Response | None) -> SendStep | None:
@@ -468,7 +474,16 @@ class ChatClient:
                     hold.pending = False
                 if begun is None:
                     raise SessionEndedError("this client has no device: log in")
-                flow, step = begun
+                crypto, started = begun
+                if started is None:
+                    # Its keys' upload was lost with a connection (this send may
+                    # have waited for the next one): the server takes no send from
+                    # a device whose keys it does not hold.
+                    await self._upload(crypto)
+                    hold.pending = True
+                    started = await run(functools.partial(self._first_step, uploaded=True), hold)
+                    hold.pending = False
+                flow, step = started
                 while step is not None:
                     answered = await self.request(step.issue)
                     hold.pending = True
@@ -486,9 +501,10 @@ class ChatClient:
 
     def _begin_send(
         self, hold: _SendHold, username: str | None, token: bytes | None
-    ) -> tuple[SendFlow, SendStep | None] | None:
-        """(A job of the device's thread.) Take the lock and the send's first step
-        (None, the lock left, when there is no device)."""
+    ) -> tuple[ClientCrypto, tuple[SendFlow, SendStep | None] | None] | None:
+        """(A job of the device's thread.) Take the lock, and the send's first step
+        unless the device's keys wait to be uploaded first (then None: upload, then
+        :meth:`_first_step`); None, the lock left, when there is no device."""
         holder = self._device.holder
         hold.slot = holder.enter(username, token)
         hold.held = True
@@ -497,7 +513,23 @@ class ChatClient:
             if crypto is None:
                 self._end_send(hold)
                 return None
-            flow = crypto.send(hold.to, hold.text, hold.message_id, hold.at)
+            if crypto.state.keys_pending:
+                return crypto, None
+        except BaseException:
+            self._end_send(hold)
+            raise
+        return crypto, self._first_step(hold)
+
+    def _first_step(
+        self, hold: _SendHold, *, uploaded: bool = False
+    ) -> tuple[SendFlow, SendStep | None]:
+        """(A job of the device's thread, the lock held.) The send's flow and its
+        first step; ``uploaded``: the state is saved first (the upload's)."""
+        assert hold.slot is not None and hold.slot.crypto is not None
+        try:
+            if uploaded:
+                hold.slot.save()
+            flow = hold.slot.crypto.send(hold.to, hold.text, hold.message_id, hold.at)
             step = _advance(flow, hold.slot, None)
         except BaseException:
             self._end_send(hold)
@@ -542,6 +574,10 @@ class ChatClient:
         async with self._device.holding(self.username, self._token) as slot:
             if slot.crypto is None and self._token is not None and self.username:
                 await self._upload(await run(slot.create, self.username, self._token))
+                await run(slot.save)
+            elif slot.crypto is not None and await run(_keys_pending, slot.crypto):
+                # The upload made with the device was lost with its connection.
+                await self._upload(slot.crypto)
                 await run(slot.save)
             low, self._low = self._low, None
             crypto = slot.crypto

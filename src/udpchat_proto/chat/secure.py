@@ -251,7 +251,10 @@ class ClientCrypto:
         self.device_sets: dict[str, DeviceSet] = {}
         """The device set last seen per conversation (a send starts from it; a
         stale one costs one ``devices_changed``)."""
-        self._published: int | None = 0
+        # A state loaded with keys the server never confirmed (its upload lost with
+        # the connection) uploads them again; one whose keys were taken, nothing
+        # until the server asks (``one_time_keys_low``).
+        self._published: int | None = 0 if state.keys_pending else None
         """One-time keys the server holds as far as known; None: nothing to upload."""
         self._fallback_used = False
         self.drops = 0

@@ -44,7 +44,13 @@ from .device import device_keys_of, keys_to_upload, verify_device_keys, verify_o
 from .errors import CryptoDropReason, DeviceTrustError, Dropped
 from .fingerprints import fingerprint, normalize_fingerprint
 from .groups import DeviceRef, InboundGroup, InboundKey, OutboundGroup
-from .olm import VODOZEMAC_ERRORS, b64decode, b64encode, curve25519_from_bytes
+from .olm import (
+    VODOZEMAC_ERRORS,
+    b64decode,
+    b64encode,
+    curve25519_from_bytes,
+    unpublished_fallback_key,
+)
 from .payloads import KeyPayload, MessagePayload, PayloadError, PayloadTextError
 from .records import (
     DEVICE_ID_SIZE,
@@ -213,6 +219,16 @@ class CryptoState:
         """The server holds the last upload: its keys are not sent again."""
         self._account.mark_keys_as_published()
         self._has_fallback = True
+
+    @property
+    def keys_pending(self) -> bool:
+        """Keys made for an upload the server has not confirmed (the login's, lost
+        with its connection, say): the next :meth:`keys_to_upload` sends them."""
+        return (
+            not self._has_fallback
+            or bool(self._account.one_time_keys)
+            or unpublished_fallback_key(self._account) is not None
+        )
 
     # --- other devices ----------------------------------------------------------
 

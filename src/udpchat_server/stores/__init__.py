@@ -10,6 +10,8 @@
 ``schema``         the tables, declared once: each database's DDL, and what
                    ``udpchat-server migrate`` copies; a test holds each store's
                    migrations to it
+``derive``         what is declared and an older database lacks (a table, a
+                   column, an index), added when a store opens it
 =================  ==============================================================
 
 A store module holds only what its database does its own way: the connection,

@@ -53,6 +53,7 @@ from udpchat_proto.chat import conversation_key, stored_size
 
 from . import batched
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
+from .derive import Migration, postgres_tables, upgrade
 from .dialect import POSTGRES
 
 __all__ = [
@@ -64,8 +65,9 @@ __all__ = [
     "unavailable",
 ]
 
-#: Schema migrations, as for SQLite: ``MIGRATIONS[i]`` takes version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+#: Schema migrations, as for SQLite: ``MIGRATIONS[i]`` takes version ``i`` to ``i + 1``,
+#: and a new table, column or index needs none (see :mod:`.derive`).
+MIGRATIONS: tuple[Migration, ...] = (
     (
         """CREATE TABLE accounts (
             username TEXT PRIMARY KEY,
@@ -186,11 +188,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (message_id, device_id, number)
             )""",
     ),
-    # 5: what an encrypted message stores beside its row (its record and key
-    # shares, sealed_size) counts against its sender's quota and goes back with the
-    # row. Messages stored before count 0 here as they did in the counter: the two
-    # stay equal, and retention deletes them in time.
-    ("ALTER TABLE messages ADD COLUMN sealed_bytes BIGINT NOT NULL DEFAULT 0",),
+    # 5: from here on, a new table, column or index is derived from the declaration
+    # (as for SQLite's 10th): a release before this one would run on columns it
+    # does not know. This number is its refusal.
+    (),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -273,14 +274,16 @@ class PostgresStore(SqlStore):
 
         Raises:
             StoreUnavailableError: the database cannot be reached.
-            SchemaVersionError: the database is newer than this release.
+            SchemaVersionError: the database is newer than this release, or
+                (:class:`~.derive.SchemaMismatchError`) its schema differs from the
+                declared one in a way no addition fixes.
         """
         store = cls(dsn, schema=schema)
         try:
             store._migrate()
-        except psycopg.Error as exc:
-            store.close()
-            failure = unavailable(exc)
+        except BaseException as exc:
+            store.close()  # (a refused database too: its connection is not kept)
+            failure = unavailable(exc) if isinstance(exc, psycopg.Error) else None
             if failure is None:
                 raise
             raise failure from exc
@@ -333,6 +336,10 @@ class PostgresStore(SqlStore):
         if self._schema is not None:
             db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
         with db.transaction():
+            # However long a migration takes, it is done before the server answers
+            # anyone, and the nodes starting with it wait for it (the connection's
+            # own timeouts are for a batch).
+            db.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
             # One node migrates at a time: the others wait, then find it done.
             db.execute("SELECT pg_advisory_xact_lock(7252388)")
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -343,9 +350,8 @@ class PostgresStore(SqlStore):
                     f"database schema version {version} is newer than this release "
                     f"supports ({SCHEMA_VERSION})"
                 )
-            for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number]:
-                    db.execute(statement)
+            # (After the lock: the catalogue as the node before this one left it.)
+            upgrade(db.execute, lambda: postgres_tables(db), POSTGRES, MIGRATIONS[version:])
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
 

@@ -1,13 +1,18 @@
 """The tables, declared once.
 
-From this declaration come each database's current DDL (:func:`ddl`) and what
+From this declaration come each database's current DDL (:func:`ddl`), what
 ``udpchat-server migrate`` copies from SQLite into PostgreSQL (:data:`TABLES`, in
-an order the foreign keys accept). The databases themselves are built by each
-store's ``MIGRATIONS`` (history, append only: a released migration is never
-edited), and a test (``tests/test_sql_layer.py``) holds the two together: a
-database migrated from empty has exactly the declared tables, columns, keys and
-indexes, on SQLite and on PostgreSQL. So a change to the schema is a migration in
-each store and the same change here.
+an order the foreign keys accept), and the additions a store makes when it opens
+an older database (:mod:`.derive`). The databases are built by each store's
+``MIGRATIONS`` (history, append only: a released migration is never edited), then
+by those additions, and a test (``tests/test_sql_layer.py``) holds them to the
+declaration: a database built from empty has exactly the declared tables, columns,
+keys and indexes, on SQLite and on PostgreSQL.
+
+So a new table, a new index, or a new column at the end of its table (nullable, or
+with a default that is right for the rows already stored) is a change here and
+nowhere else. A rename, a drop, a changed column or key, or a new column filled
+from others is a migration in each store as well (see :mod:`.derive`).
 
 Types by what they hold (:class:`Kind`): times the :class:`~udpchat_proto.chat.store.Store`
 API passes are POSIX seconds (``REAL``, ``DOUBLE PRECISION``), except a message's
@@ -59,17 +64,24 @@ class Column:
     references: str = ""
     """A foreign key: ``"table (column)"``, and what a delete does, if anything."""
 
+    def default_sql(self, dialect: Dialect) -> str | None:
+        """The default as ``dialect`` writes it (None: no default)."""
+        if self.default is None:
+            return None
+        if self.kind is Kind.BOOL and dialect is POSTGRES:
+            return "TRUE" if self.default else "FALSE"
+        return f"{self.default:d}"
+
     def sql(self, dialect: Dialect) -> str:
-        """The column's definition in a CREATE TABLE."""
+        """The column's definition in a CREATE TABLE (or an ADD COLUMN)."""
         parts = [self.name, self.kind.sql(dialect)]
         if self.key or self.kind is Kind.ID:
             parts.append("PRIMARY KEY")
         elif not self.null:
             parts.append("NOT NULL")
-        if self.default is not None and self.kind is Kind.BOOL and dialect is POSTGRES:
-            parts.append("DEFAULT TRUE" if self.default else "DEFAULT FALSE")
-        elif self.default is not None:
-            parts.append(f"DEFAULT {self.default:d}")
+        default = self.default_sql(dialect)
+        if default is not None:
+            parts.append(f"DEFAULT {default}")
         if self.unique:
             parts.append("UNIQUE")
         if self.references:

@@ -60,10 +60,13 @@ Erasure
 
 Schema versions
     ``PRAGMA user_version`` holds the number of :data:`MIGRATIONS` applied. Opening
-    a store applies the missing ones in order, in one transaction, so a database is
-    always at one version or the next, never in between. A database from a newer
-    release is refused (:class:`SchemaVersionError`). A test holds the schema the
-    migrations build to the one :mod:`.schema` declares.
+    a store applies the missing ones in order, then adds what :mod:`.schema`
+    declares and the database lacks (a table, a column, an index: see
+    :mod:`.derive`), in one transaction, so a database is always at one version or
+    the next, never in between. A database from a newer release is refused
+    (:class:`SchemaVersionError`, or :class:`~.derive.SchemaMismatchError` for a
+    column a newer release derived). A test holds the schema so built to the one
+    :mod:`.schema` declares.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ from udpchat_proto import messages as m
 from udpchat_proto.chat import conversation_key, is_room, stored_size
 
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
+from .derive import Migration, sqlite_tables, upgrade
 from .dialect import SQLITE
 
 __all__ = [
@@ -98,8 +102,10 @@ __all__ = [
 BUSY_TIMEOUT_MS = 5000
 
 #: Schema migrations: ``MIGRATIONS[i]`` takes a database from version ``i`` to
-#: ``i + 1``. Append only: a released migration is never edited.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+#: ``i + 1``. Append only: a released migration is never edited. A new table,
+#: column or index needs none: it is derived from :mod:`.schema` (see
+#: :mod:`.derive`, which also says when a step is a :class:`~.schema.Table`).
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: accounts, login sessions, invitations and friendships.
     (
         """CREATE TABLE accounts (
@@ -266,11 +272,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (message_id, device_id, number)
             ) WITHOUT ROWID""",
     ),
-    # 10: what an encrypted message stores beside its row (its record and key
-    # shares, sealed_size) counts against its sender's quota and goes back with the
-    # row. Messages stored before count 0 here as they did in the counter: the two
-    # stay equal, and retention deletes them in time.
-    ("ALTER TABLE messages ADD COLUMN sealed_bytes INTEGER NOT NULL DEFAULT 0",),
+    # 10: from here on, a new table, column or index is derived from the declaration
+    # when the store opens, with no migration and no new version. A release before
+    # this one does not compare the schema with its declaration: it would run on
+    # columns it does not know. This number is its refusal.
+    (),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -373,7 +379,9 @@ class SQLiteStore(SqlStore):
 
         Raises:
             ValueError: the connection has a transaction open.
-            SchemaVersionError: the database is newer than this release.
+            SchemaVersionError: the database is newer than this release, or
+                (:class:`~.derive.SchemaMismatchError`) its schema differs from the
+                declared one in a way no addition fixes.
         """
         if connection.in_transaction:
             raise ValueError("hand over a connection with no open transaction")
@@ -433,7 +441,9 @@ class SQLiteStore(SqlStore):
                 be opened (the reason names which).
             sqlite3.Error: the file is not a database.
             OSError: the file cannot be created.
-            SchemaVersionError: the database is newer than this release.
+            SchemaVersionError: the database is newer than this release, or
+                (:class:`~.derive.SchemaMismatchError`) its schema differs from the
+                declared one in a way no addition fixes.
         """
         if os.fspath(path) != ":memory:":
             _private_file(Path(path))
@@ -466,9 +476,7 @@ class SQLiteStore(SqlStore):
                     f"database schema version {version} is newer than this release "
                     f"supports ({SCHEMA_VERSION})"
                 )
-            for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number]:
-                    db.execute(statement)
+            upgrade(db.execute, lambda: sqlite_tables(db), SQLITE, MIGRATIONS[version:])
             # Written even when unchanged: a disk that cannot take a write fails
             # the start, with its cause, instead of the first request.
             # PRAGMA cannot take parameters; the value is our own integer.

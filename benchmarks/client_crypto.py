@@ -3,7 +3,7 @@ end-to-end encryption included: a server (``serve()``, a ``MemoryStore``) and tw
 clients in this process, on loopback; alice sends N messages to bob, each awaited,
 while bob reads every delivery.
 
-Run: ``.venv/bin/python benchmarks/asyncio_client.py [--messages 300] [--runs 3]
+Run: ``.venv/bin/python benchmarks/client_crypto.py [--messages 300] [--runs 3]
 [--json] [--quick]``. Prints, per run, the CPU time of the whole process (both clients and
 the server) and the wall time per message. The client does its device work (the
 crypto state's lock, encryption, decryption, saving) on a thread of its own, so
