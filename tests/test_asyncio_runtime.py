@@ -6,15 +6,22 @@ the application. Every wait is bounded (asyncio.timeout)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 from tests.chat_helpers import test_config
 from tests.relay import Relay
+from udpchat_cli.device import ProfileCryptoStore
+from udpchat_cli.profiles import Home
 from udpchat_proto import MemoryStore, ServerKey, TransportConfig, ValidationError, fingerprint
 from udpchat_proto import messages as m
 from udpchat_proto.asyncio import (
@@ -343,6 +350,11 @@ def test_a_burst_from_several_clients_shares_a_commit() -> None:
                     await client.register(f"user{i}", PASSWORD)
                     await client.login(f"user{i}", PASSWORD)
                     await client.join("#burst")
+                # Each client's first message shares its key (claims, which write,
+                # and the shares): made before the burst, which is then one request
+                # that writes per client (its get_devices only reads).
+                for i, client in enumerate(clients):
+                    await client.send("#burst", f"first {i}")
                 commits = service.commits
                 sends = [client.send("#burst", f"m{i}") for i, client in enumerate(clients)]
                 await asyncio.gather(*sends)
@@ -432,3 +444,98 @@ def test_attempts_move_along_the_nodes_and_back_off_after_each_round() -> None:
     backoffs = [round_[2] for round_ in rounds]  # after each round: 0.5 s doubling, ±20%
     for backoff, base in zip(backoffs, [0.5, 1, 2, 4, 8, 16, 30], strict=True):
         assert 0.8 * base <= backoff <= 1.2 * base, backoffs
+
+
+def lock_is_free(home: Home, within: float) -> bool:
+    """Whether another process could take the profile's crypto lock (tried until
+    it can, ``within`` seconds at most)."""
+    path = home.crypto("bob").path
+    lock = path.with_name(path.name + ".lock")
+    end = time.monotonic() + within
+    with lock.open("a") as file:
+        while True:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    return False
+                time.sleep(0.01)
+                continue
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+            return True
+
+
+def test_the_loop_runs_on_while_another_process_holds_the_profiles_crypto_lock(
+    tmp_path: Path,
+) -> None:
+    """The chat's client on a profile's crypto state (its file and flock, as the
+    chat uses it) while another process of the profile holds the lock (a scripted
+    send, for a third of a second and more): the loop keeps turning, the delivery
+    waits on the device's thread, and then comes in order, before what followed."""
+    home = Home(tmp_path / "home")
+    taken, released = threading.Event(), threading.Event()
+
+    def another_process() -> None:
+        # (Another open file of the lock: flock makes the client wait as it would
+        # for another process. Held until the test is done, 3 s at most.)
+        with home.crypto("bob").locked():
+            taken.set()
+            released.wait(3.0)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with await start(MemoryStore()) as service:
+            bob = await connect(
+                service.address,
+                server_key=KEY.public_bytes,
+                config=QUICK,
+                crypto_store=ProfileCryptoStore(home, "bob"),
+            )
+            holder = threading.Thread(target=another_process)
+            async with user(service, "alice") as alice:
+                try:
+                    await bob.register("bob", PASSWORD)
+                    await bob.login("bob", PASSWORD)
+                    await befriend(alice, bob, "bob", "alice")
+                    await alice.join("#tea")
+                    await bob.join("#tea")
+                    holder.start()
+                    await asyncio.to_thread(taken.wait, 3.0)
+                    await alice.send("bob", "while the lock is held")
+                    await alice.leave("#tea")  # a push that comes after it
+                    gaps = []
+                    end = loop.time() + 0.6
+                    while loop.time() < end:
+                        before = loop.time()
+                        await asyncio.sleep(0.01)
+                        gaps.append(loop.time() - before)
+                    # The loop went on (a stall would be the whole hold), and
+                    # nothing after the waiting delivery went ahead of it.
+                    assert max(gaps) < 0.25, max(gaps)
+                    assert bob.state is LinkState.CONNECTED and bob.pending == 0
+                    released.set()
+                    first = await next_of(bob, m.MessageDelivered)
+                    assert first.message.text == "while the lock is held"
+                    left = await next_of(bob, m.RoomMembershipChanged)
+                    assert (left.username, left.joined) == ("alice", False)
+                    # And a send of bob's own (its state under the same lock) goes.
+                    await bob.send("alice", "and back")
+                    reply = await next_of(alice, m.MessageDelivered)
+                    assert reply.message.text == "and back"
+                    # A send cancelled half-way leaves the lock (another process
+                    # takes it), and the next send goes.
+                    for turns in (1, 3, 10):
+                        sending = asyncio.ensure_future(bob.send("alice", "cancelled"))
+                        for _ in range(turns):
+                            await asyncio.sleep(0)
+                        sending.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sending
+                        assert await asyncio.to_thread(lock_is_free, home, 3.0)
+                    await bob.send("alice", "after the cancelled ones")
+                finally:
+                    released.set()
+                    bob.close()
+            await asyncio.to_thread(holder.join, 5.0)
+
+    run(scenario)

@@ -28,6 +28,7 @@ BENCHMARKS = ROOT / "benchmarks"
 #: Each benchmark, the keys its JSON must have, and the longest it may take
 #: (about four times what it takes on the project's machine).
 CASES = {
+    "client_crypto.py": ({"messages", "cpu_ms", "wall_ms"}, 60),
     "relay.py": (
         {
             "udpchat_msgs_per_s",
@@ -69,6 +70,7 @@ SERVICES = {"cluster.py": ["--postgres", POSTGRES_URL, "--nats", NATS_URL]}
 #: The fewest processes, connections and hashes that still run every step: a smoke
 #: test, not a measurement (``--quick`` alone is for a developer's look at the figures).
 SMALLEST = {
+    "client_crypto.py": [],
     "relay.py": ["--workers", "1", "--pairs", "2"],
     "sessions.py": ["--sizes", "200"],
     "logins.py": ["--logins", "2", "--pairs", "1", "--rate", "200"],

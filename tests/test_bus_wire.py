@@ -344,6 +344,8 @@ DEVICE = DeviceKeys(
     signature=b"\x04" * 64,
 )
 
+LOW = encode(m.OneTimeKeysLow(one_time_keys=3, fallback_used=True))
+
 
 @pytest.mark.parametrize(
     ("name", "data"),
@@ -370,6 +372,15 @@ DEVICE = DeviceKeys(
         ("a push not in base64", news(pushes=[["bob", "!!"]])),
         ("a push for nobody", news(pushes=[["", b64(encode(m.Unfriended(by_user="a")))]])),
         ("a push of three", news(pushes=[["bob", "", ""]])),
+        ("a device push that is for every device", news(device_pushes=[["bob", "01" * 16, b64(
+            encode(m.DeviceAdded(user="bob", device=DEVICE)))]])),
+        ("a device push that is a message", news(device_pushes=[["bob", "01" * 16, b64(
+            encode(m.MessageDelivered(message=MESSAGE)))]])),
+        ("a device push with a short id", news(device_pushes=[["bob", "01" * 15, b64(LOW)]])),
+        ("a device push with no id", news(device_pushes=[["bob", None, b64(LOW)]])),
+        ("a device push for nobody", news(device_pushes=[["", "01" * 16, b64(LOW)]])),
+        ("a device push of two", news(device_pushes=[["bob", b64(LOW)]])),
+        ("device pushes not a list", news(device_pushes="bob")),
         ("a short token hash", news(sessions=[["07" * 31, None]])),
         ("a token hash not hex", news(sessions=[["zz" * 32, None]])),
         ("a long reason", news(sessions=[["07" * 32, "x" * 257]])),
@@ -408,6 +419,22 @@ def test_every_push_a_node_hands_to_another_passes() -> None:
     said = parse("n", news(pushes=[["bob", b64(encode(p))] for p in pushes]))
     assert isinstance(said, News)
     assert [payload for _user, payload in said.news.pushes] == [encode(p) for p in pushes]
+
+
+def test_a_push_for_one_device_names_it_and_a_body_without_any_says_nothing_new() -> None:
+    news_of = ClusterNews(device_pushes=(("bob", b"\x01" * 16, LOW),))
+    said = parse("n", news_body(news_of))
+    assert said == News("n", news_of)
+    # Without any, the body is what a node sent before they existed (and such a
+    # node, which reads no member it does not know, ignores them).
+    assert b"device_pushes" not in news_body(NEWS)
+    assert parse("n", news(device_pushes=[])) == News("n", ClusterNews())
+    # A news too large for one body is cut with them, as with every list.
+    many = ClusterNews(device_pushes=tuple(("bob", bytes(16), LOW) for _ in range(20_000)))
+    bodies = news_bodies(many)
+    assert len(bodies) > 1 and all(len(body) <= MAX_NEWS_BODY for body in bodies)
+    parts = [parse("n", body) for body in bodies]
+    assert sum(len(p.news.device_pushes) for p in parts if isinstance(p, News)) == 20_000
 
 
 def test_a_heartbeat_in_parts_is_put_together_and_a_gap_starts_over() -> None:

@@ -120,6 +120,7 @@ def read_all(world: ChatWorld, devices: list[Device], count: int) -> None:
         device.read()  # asserts each share opens and the message decrypts
 
 
+@pytest.mark.slow  # (the full room: tens of seconds, started first with -n)
 def test_a_rotation_in_a_room_of_256_members_of_two_devices_reaches_every_device(
     world: ChatWorld, store_kind: str
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
@@ -212,6 +213,9 @@ class E2eeModel(RuleBasedStateMachine):
                     assert isinstance(result, Dropped), (ref, sent)
                     assert result.reason == "unknown_session", result
 
+
+# Tens of seconds: started first with -n (tests/conftest.py), not left to end the run.
+pytestmark = pytest.mark.slow
 
 E2eeModel.TestCase.settings = settings(settings(), stateful_step_count=40, deadline=None)
 test_every_message_is_readable_on_exactly_its_devices = E2eeModel.TestCase

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -132,6 +133,9 @@ class ServerModel(RuleBasedStateMachine):
         for device in self.live():
             self.check(device)
 
+
+# Tens of seconds: started first with -n (tests/conftest.py), not left to end the run.
+pytestmark = pytest.mark.slow
 
 ServerModel.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
 TestServerModel = ServerModel.TestCase

@@ -16,6 +16,7 @@ from udpchat_proto.chat.requests import RefusedError
 from udpchat_proto.chat.staging import ShareStaging, share_cost
 from udpchat_proto.e2ee import DeviceKeys, KeyShare
 from udpchat_proto.errors import ErrorCode
+from udpchat_proto.ratelimit import RateLimit
 from udpchat_proto.transport import ConnectionId
 
 ROOM = "#many"
@@ -180,3 +181,51 @@ def test_staging_refuses_past_its_bounds_and_so_does_the_send() -> None:
     # Expired shares make room before anything is refused.
     staging.stage(_ONE, _SESSION, b"c" * 16, _shares(3), now=61.0)
     assert staging.held_bytes == 3 * cost
+
+
+def test_a_sends_staging_counts_as_one_request_against_the_connections_budget(
+    tmp_path: Path,
+) -> None:
+    """A rotation staged in more ``share_keys`` than the connection's request budget
+    holds goes through: its full batches of new devices give their request back."""
+    many = 4 * m.MAX_SHARES_PER_REQUEST  # three staged batches, and the send's own
+    world = ChatWorld(
+        StoreFactory("memory", tmp_path / "db.sqlite3"),
+        seed=26,
+        config=test_config(
+            max_sessions_per_user=many + 1,
+            logins_per_user=GENEROUS,
+            request_rate=RateLimit(burst=6, interval=60.0),
+        ),
+    )
+    alice = signed_up_devices(world, "alice", 1)[0]
+    bob = signed_up_devices(world, "bob", many)
+    for first in (alice, bob[0]):
+        first.user.ok(first.user.conn.join_room(ROOM))
+    # A fresh connection, its budget full: resume, get_devices, claim_keys, three
+    # share_keys and the send are 7 requests; the staging counts as one: 5.
+    alice.user.connect()
+    alice.user.resume()
+    _accepted, refusals = alice.send(ROOM, "to sixty-four devices")
+    assert refusals == 0
+    world.settle()
+    for device in bob:
+        assert device.read() == ["to sixty-four devices"]
+    # What a request buys stays bounded: the same batch again (no new device)
+    # costs its request. A fresh connection: resume and get_devices, then 4 left.
+    alice.user.connect()
+    alice.user.resume()
+    again = b"\x43" * 16
+    batch = alice.encrypt(alice.device_set(ROOM), "again", again).key_shares[:16]
+    answers = [
+        alice.user.wait(
+            alice.user.conn._request(
+                lambda rid: m.ShareKeys(request_id=rid, message_id=again, key_shares=batch)
+            )
+        )
+        for _ in range(5)
+    ]
+    assert [type(answer) for answer in answers] == [m.Ok] * 4 + [m.ErrorResponse]
+    assert isinstance(answers[-1], m.ErrorResponse)
+    assert answers[-1].code is ErrorCode.RATE_LIMITED
+    world.check_server_health()

@@ -16,11 +16,12 @@ from typing import TypeVar
 
 import pytest
 
-from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory
+from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, test_config
 from tests.test_cluster_hints import NODE_B, Cluster
 from tests.test_cluster_hints import PASSWORD as CLUSTER_PASSWORD
 from tests.test_cluster_hints import signed_up as cluster_signed_up
 from udpchat_proto import messages as m
+from udpchat_proto.bus import News, news_bodies, parse
 from udpchat_proto.chat.tokens import session_id, token_hash
 from udpchat_proto.e2ee import (
     ONE_TIME_KEYS_TARGET,
@@ -29,10 +30,12 @@ from udpchat_proto.e2ee import (
     Decrypted,
     DeviceSet,
     KeyShareReceived,
+    OneTimeKey,
     Outgoing,
     direct_conversation,
 )
 from udpchat_proto.errors import ErrorCode
+from udpchat_proto.ratelimit import RateLimit
 
 T = TypeVar("T")
 _message_ids = itertools.count(1)
@@ -448,3 +451,107 @@ def test_a_new_device_is_announced_on_every_node_of_a_cluster() -> None:
     assert [push.device for push in added] == [devices["bob"]]
     assert plain.take_device_pushes() == []
     assert not any(isinstance(e, m.DeviceAdded) for e in cluster.events[("127.0.0.2", 5004)])
+
+
+class BusCluster(Cluster):
+    """The cluster, its news carried as the bus carries them: encoded into bodies
+    and parsed back on the other node."""
+
+    def deliver_news(self) -> bool:
+        published, self.published = self.published, []
+        for node_address, news in published:
+            for body in news_bodies(news):
+                said = parse(str(node_address), body)
+                assert isinstance(said, News)
+                for other_address, other in self.nodes.items():
+                    if other_address != node_address:
+                        other.receive_news(said.node, said.news, self.now)
+        return bool(published)
+
+
+def test_one_time_keys_low_reaches_the_device_on_another_node_and_only_it() -> None:
+    """Alice claims on one node a key of Bob's phone, connected to the other: the
+    news names the phone, and only its connections there hear that its keys ran
+    low (not Bob's laptop beside it); it uploads more at once."""
+    cluster = BusCluster()
+    alice, bob = cluster_signed_up(cluster)
+    laptop = cluster.client("bob", NODE_B, 5003)
+    cluster.run()
+    laptop.login("bob", CLUSTER_PASSWORD)
+    cluster.run()
+    states = {}
+    for conn, name, port in ((alice, "alice", 5001), (bob, "bob", 5002), (laptop, "bob", 5003)):
+        assert conn.token is not None
+        state = CryptoState.create(name, session_id(token_hash(conn.token)))
+        upload = state.keys_to_upload(published_one_time_keys=0)
+        assert upload is not None
+        conn.upload_keys(upload)
+        cluster.run()
+        [stored] = cluster.received(port, m.KeysStored)
+        assert stored.one_time_keys == ONE_TIME_KEYS_TARGET
+        state.mark_keys_published()
+        states[port] = state
+    for conn in (alice, bob, laptop):
+        conn.take_device_pushes()  # (the device_added of the others)
+    phone = states[5002].device_id
+    alice.claim_keys([phone])
+    cluster.run(0.5)  # under any timer: the news brought it
+    [claimed] = cluster.received(5001, m.ClaimedKeys)[-1].keys
+    assert claimed.device.device_id == phone
+    assert bob.take_device_pushes() == [
+        m.OneTimeKeysLow(one_time_keys=ONE_TIME_KEYS_TARGET - 1, fallback_used=False)
+    ]
+    assert laptop.take_device_pushes() == []
+    assert alice.take_device_pushes() == []
+    # What the phone does with it: upload more, back to the target.
+    upload = states[5002].keys_to_upload(published_one_time_keys=ONE_TIME_KEYS_TARGET - 1)
+    assert upload is not None and len(upload.one_time_keys) == 1
+    bob.upload_keys(upload)
+    cluster.run()
+    assert cluster.received(5002, m.KeysStored)[-1].one_time_keys == ONE_TIME_KEYS_TARGET
+
+
+def test_a_friend_claiming_in_a_loop_drains_no_one_time_keys_and_is_slowed(
+    tmp_path: Path,
+) -> None:
+    """Claims of one device's one-time keys are within its own budget (10, then
+    one every 6 s; the fallback key answers beyond it, to anyone), and a claimer's
+    claims within theirs (``rate_limited`` beyond it, nothing claimed)."""
+    world = ChatWorld(
+        StoreFactory("memory", tmp_path / "db.sqlite3"),
+        seed=26,
+        config=test_config(key_claims_per_user=RateLimit(burst=30, interval=1.0)),
+    )
+    (alice,) = signed_up_devices(world, "alice", 1)
+    (bob,) = signed_up_devices(world, "bob", 1)
+    (carol,) = signed_up_devices(world, "carol", 1)
+    world.befriend(alice.user, bob.user)
+    world.befriend(carol.user, bob.user)
+
+    def claim(device: Device) -> OneTimeKey:
+        answer = device.user.ok(device.user.conn.claim_keys([bob.device_id]), m.ClaimedKeys)
+        [key] = answer.keys
+        return key.one_time_key
+
+    taken = [claim(alice) for _ in range(10)]
+    assert not any(key.fallback for key in taken) and len({k.key_id for k in taken}) == 10
+    # Past the device's budget: its fallback key, to her and to anyone else; the
+    # rest of its one-time keys stay for later.
+    assert all(claim(alice).fallback for _ in range(5))
+    assert claim(carol).fallback
+    assert world.store.key_counts(bob.device_id) == (ONE_TIME_KEYS_TARGET - 10, True)
+    # Past the claimer's own budget (30 here): refused, nothing claimed; carol's
+    # claims are hers.
+    for _ in range(30 - 15):
+        claim(alice)
+    refused = alice.user.refused(
+        alice.user.conn.claim_keys([bob.device_id]), ErrorCode.RATE_LIMITED
+    )
+    assert "claiming keys too fast" in refused.message
+    assert claim(carol).fallback
+    # Time gives both back: a one-time key again after 6 s.
+    world.net.run_for(6.0)
+    again = claim(alice)
+    assert not again.fallback and again.key_id not in {key.key_id for key in taken}
+    assert world.store.key_counts(bob.device_id) == (ONE_TIME_KEYS_TARGET - 11, True)
+    world.check_server_health()

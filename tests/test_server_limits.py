@@ -582,6 +582,17 @@ def test_token_bucket_spends_and_refills() -> None:
     assert bucket.available(now=40.0)
 
 
+def test_a_spend_of_many_overdraws_and_the_next_waits_until_it_is_paid() -> None:
+    limiter: KeyedLimiter[str] = KeyedLimiter(RateLimit(burst=4, interval=1.0))
+    assert limiter.spend_overdrawn("a", 10, now=0.0)  # more than a burst: whole
+    assert not limiter.spend_overdrawn("a", 1, now=0.0)
+    assert not limiter.available("a", now=6.9)  # -6, back to 1 after 7 s
+    assert limiter.spend_overdrawn("a", 2, now=7.0)
+    assert not limiter.spend_overdrawn("a", 1, now=7.5)
+    assert limiter.spend_overdrawn("b", 3, now=0.0) and limiter.spend_overdrawn("b", 1, now=0.0)
+    assert not limiter.available("b", now=0.0)
+
+
 def test_keyed_limiter_forgets_full_buckets() -> None:
     limiter: KeyedLimiter[str] = KeyedLimiter(RateLimit(burst=1, interval=5.0))
     assert limiter.available("a", now=0.0)

@@ -14,9 +14,14 @@ import pytest
 from tests.chat_helpers import ChatWorld, StoreFactory
 from udpchat_proto import StoreUnavailableError
 from udpchat_proto import messages as m
-from udpchat_proto.chat.store import WriteTrackingStore
+from udpchat_proto.chat.memory_store import MemoryStore
+from udpchat_proto.chat.messages import ChatMessage
+from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
+from udpchat_proto.chat.store import WriteTrackingStore, stored_size
 from udpchat_proto.errors import ErrorCode
 from udpchat_server.stores.sqlite import SQLiteStore
+
+PASSWORD_HASH = PasswordHash(salt=b"s" * 16, params=ScryptParams(n=16), digest=b"d" * 32)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -105,3 +110,29 @@ def test_a_failure_writing_what_refers_to_a_staged_message_loses_the_whole_batch
         assert store.get_message(bytes(16)) is None
     finally:
         store.close()
+
+
+def test_a_staged_encrypted_messages_sealed_bytes_count_before_it_is_stored() -> None:
+    """The batch's next message of the same sender is checked against the quota
+    with what the staged one will store beside its row."""
+    inner = MemoryStore()
+    inner.create_account("alice", PASSWORD_HASH, 1.0)
+    inner.create_account("bob", PASSWORD_HASH, 1.0)
+    tracker = WriteTrackingStore(inner, stage_messages=True)
+    sealed = ChatMessage(
+        id=b"\x01" * 16,
+        sender="alice",
+        to="bob",
+        text="hi",  # (an encrypted one's is empty: only the sizes matter here)
+        sent_at=datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC),
+    )
+    charged: list[int] = []
+    tracker.stage_message(
+        sealed, None, lambda: None, lambda: charged.append(1), writes=True, sealed=5000
+    )
+    assert tracker.stored_bytes("alice") == stored_size("hi") + 5000
+    assert tracker.stored_bytes("bob") == 0
+    tracker.flush_messages()
+    assert charged == [1]
+    # (Stored now: what its ``stored`` callback charges is the inner store's to count.)
+    assert tracker.stored_bytes("alice") == stored_size("hi")

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chat_helpers import ChatWorld, StoreFactory, test_config
+import attrs
+import pytest
+
+from tests.chat_helpers import GENEROUS, ChatWorld, StoreFactory, test_config
+from tests.test_e2ee_wire import signed_up_devices
 from udpchat_proto import ServerConfig
 from udpchat_proto import messages as m
-from udpchat_proto.chat.store import stored_size
+from udpchat_proto.chat.store import KEY_SHARE_OVERHEAD, sealed_size, stored_size
 from udpchat_proto.errors import ErrorCode
 from udpchat_server.cli import _config
 
@@ -118,3 +122,72 @@ def test_retention_and_the_quota_are_on_by_default_and_0_turns_them_off() -> Non
     alice.send("#tea", "x")
     refused = alice.refused(alice.conn.send_message("#tea", "x"), ErrorCode.QUOTA_EXCEEDED)
     assert refused.message.endswith("it keeps every message: ask its operator")
+
+
+# --- end-to-end encrypted messages: their record and key shares count too -----------------
+
+ROOM = "#many"
+BOB_DEVICES = m.MAX_SHARES_PER_REQUEST + 5
+"""More devices than one request carries shares for: a rotation stages some."""
+
+
+@pytest.mark.parametrize("stage_messages", [False, True], ids=["at_once", "staged"])
+def test_an_encrypted_messages_ciphertext_and_shares_staged_ones_included_count(
+    stores: StoreFactory, stage_messages: bool
+) -> None:
+    """The record and every key share count, those staged ahead in ``share_keys``
+    included; on a server that stages its batch's messages (PostgreSQL) too."""
+    world = ChatWorld(
+        stores,
+        stage_messages=stage_messages,
+        seed=26,
+        config=test_config(max_sessions_per_user=BOB_DEVICES + 1, logins_per_user=GENEROUS),
+    )
+    alice = signed_up_devices(world, "alice", 1)[0]
+    bob = signed_up_devices(world, "bob", BOB_DEVICES)
+    for first in (alice, bob[0]):
+        first.user.ok(first.user.conn.join_room(ROOM))
+    message_id = b"\x26" * 16
+    out = alice.encrypt(alice.device_set(ROOM), "to every device", message_id)
+    assert len(out.key_shares) == BOB_DEVICES  # (a share for each of bob's devices)
+    full = stored_size("") + sealed_size(out.message, out.key_shares)
+    in_the_request = stored_size("") + sealed_size(
+        out.message, out.key_shares[-m.MAX_SHARES_PER_REQUEST :]
+    )
+    # Each share counts its bytes and the sender keys it is stored with: far
+    # more than the row alone (what the quota counted before).
+    assert full > in_the_request > stored_size("") + 16 * KEY_SHARE_OVERHEAD
+
+    def send(quota: int) -> m.Response:
+        world.config = attrs.evolve(world.config, max_stored_per_user=quota)
+        world.restart_server()
+        alice.user.connect()
+        alice.user.resume()
+        request = alice.user.conn.send_encrypted(
+            ROOM, out.message, out.key_shares, message_id=message_id
+        )
+        return alice.user.wait(request)
+
+    # One byte short of the record and every share: refused, though what the
+    # request itself carries fits (the staged shares count).
+    refused = send(full - 1)
+    assert isinstance(refused, m.ErrorResponse) and refused.code is ErrorCode.QUOTA_EXCEEDED
+    assert world.store.get_message(message_id) is None
+    assert world.store.stored_bytes("alice") == 0
+    accepted = send(full)
+    assert isinstance(accepted, m.MessageAccepted)
+    assert world.store.stored_bytes("alice") == full
+    for device in bob:  # (back after the restarts)
+        device.user.connect()
+        device.user.resume()
+    world.settle()
+    for device in bob:
+        assert device.read() == ["to every device"]
+    # Retention gives it all back once every device has it.
+    world.settle(1.0)
+    for device in bob:
+        device.user.close()
+    alice.user.close()
+    world.net.run_for(31 * DAY, max_steps=10_000_000)
+    assert world.store.stored_bytes("alice") == 0
+    world.check_server_health()

@@ -27,7 +27,9 @@ from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.store import (
     CURSOR_READERS,
+    KEY_SHARE_OVERHEAD,
     MESSAGE_OVERHEAD,
+    SEALED_OVERHEAD,
     STORE_READS,
     STORE_WRITES,
     Account,
@@ -37,6 +39,7 @@ from udpchat_proto.chat.store import (
     StoredMessage,
     WriteTrackingStore,
     conversation_key,
+    sealed_size,
     stored_size,
 )
 from udpchat_proto.chat.tokens import session_id
@@ -1076,6 +1079,14 @@ def test_a_one_time_key_is_claimed_once_then_the_fallback_key(store: Store) -> N
     assert store.claim_key(b"\x00" * 16) is None
     store.add_one_time_keys(b"\x00" * 16, [one_time_key("x")])  # no such device: ignored
     assert store.key_counts(b"\x00" * 16) == (0, False)
+    # The server's budget for the device spent: its fallback key, its one-time
+    # key kept for a later claim.
+    spared = store.claim_key(device, one_time=False)
+    assert spared is not None and spared.one_time_key == one_time_key("g", fallback=True)
+    assert store.key_counts(device) == (1, True)
+    taken = store.claim_key(device)
+    assert taken is not None and taken.one_time_key == one_time_key("c")
+    assert store.key_counts(device) == (0, True)
 
 
 def test_an_encrypted_message_is_delivered_only_to_its_devices_with_their_shares(
@@ -1118,6 +1129,64 @@ def test_an_encrypted_message_is_delivered_only_to_its_devices_with_their_shares
     later = send(store, "bob", "alice", "after")
     store.acknowledge("alice", ALICE_LAPTOP, [later.id], T_ACK)
     assert store.pending_deliveries("alice", ALICE_LAPTOP, 10) == []
+
+
+def seal(
+    store: Store, sender: DeviceKeys, to: str, token_hash: bytes, recipients: list[DeviceKeys]
+) -> tuple[ChatMessage, int]:
+    """Store an encrypted message with two shares for each recipient device; the
+    message and what it should count against its sender's quota."""
+    sealed = encrypted(sender.user, to, token_hash)
+    assert sealed.ciphertext is not None
+    store.add_message(sealed, origin=token_hash)
+    shares = [
+        (device.device_id, share_for(sender, device, n)) for device in recipients for n in (1, 2)
+    ]
+    store.add_encrypted(
+        sealed.id, sealed.ciphertext, [d.device_id for d in (sender, *recipients)], shares
+    )
+    return sealed, stored_size("") + sealed_size(sealed.ciphertext, [s for _, s in shares])
+
+
+def test_sealed_size_is_the_ciphertexts_and_the_records_overheads() -> None:
+    sender = device_keys("alice", ALICE_PHONE)
+    record = encrypted("alice", "bob", ALICE_PHONE).ciphertext
+    assert record is not None and len(record.ciphertext) == 17
+    shares = [share_for(sender, device_keys("bob", BOB_PHONE), n) for n in (1, 2)]
+    assert sealed_size(record, []) == 17 + SEALED_OVERHEAD
+    assert sealed_size(record, shares) == 17 + SEALED_OVERHEAD + 2 * (10 + KEY_SHARE_OVERHEAD)
+
+
+def test_an_encrypted_messages_record_and_shares_count_and_go_back_with_it(store: Store) -> None:
+    alice = with_device(store, "alice", ALICE_PHONE)
+    bob = with_device(store, "bob", BOB_PHONE)
+    carol = with_device(store, "carol", CAROL_PHONE)
+    store.add_friendship("alice", "bob", 1.0)
+    store.add_friendship("alice", "carol", 1.0)
+    store.join_room("#r", "alice", 1.0)
+    store.join_room("#r", "bob", 1.0)
+    direct, direct_size = seal(store, alice, "bob", ALICE_PHONE, [bob])
+    room, room_size = seal(store, alice, "#r", ALICE_PHONE, [bob])
+    to_carol, carol_size = seal(store, alice, "carol", ALICE_PHONE, [carol])
+    assert direct_size > stored_size("") + 4 * KEY_SHARE_OVERHEAD // 2
+    assert store.stored_bytes("alice") == direct_size + room_size + carol_size
+    assert store.stored_bytes("bob") == 0
+    store.commit()  # (the SQL stores: the counter written, the column read back)
+    assert store.stored_bytes("alice") == direct_size + room_size + carol_size
+    # Retention gives back the record and the shares with the row.
+    store.acknowledge("bob", BOB_PHONE, [direct.id], T_ACK)
+    assert store.delete_delivered_before(T0.timestamp() + 10**6, 100) >= 1
+    assert store.get_message(direct.id) is None
+    assert store.stored_bytes("alice") == room_size + carol_size
+    # A room's last leave, and a recipient's deletion with what waited for it.
+    store.leave_room("#r", "bob")
+    store.leave_room("#r", "alice")
+    assert store.stored_bytes("alice") == carol_size
+    store.delete_account("carol", 2.0)
+    assert store.get_message(to_carol.id) is None and store.get_message(room.id) is None
+    assert store.stored_bytes("alice") == 0
+    store.commit()
+    assert store.stored_bytes("alice") == 0
 
 
 # --- SQLite only ----------------------------------------------------------------------

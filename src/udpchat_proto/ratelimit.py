@@ -76,6 +76,24 @@ class TokenBucket:
             return True
         return False
 
+    def spend_overdrawn(self, count: int, *, now: float) -> bool:
+        """Spend ``count`` tokens at once if there is at least one, going below zero
+        if need be (the next events then wait until the bucket is back above one).
+
+        For a request of many events that must pass whole or not at all, and may
+        hold more than ``burst`` of them: it is refused only when the budget is
+        already spent, and pays for all of them.
+
+        Returns:
+            True if the events are allowed (spent), False if the budget is
+            exhausted (nothing was spent).
+        """
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= count
+            return True
+        return False
+
     def refund(self, *, now: float) -> None:
         """Give back one token (never beyond ``burst``): an event charged in advance
         turned out not to count (a login charged as a failure that succeeded)."""
@@ -123,6 +141,16 @@ class KeyedLimiter(Generic[K]):
                 self.prune(now=now)
             bucket = self._buckets[key] = TokenBucket(self.limit, now=now)
         return bucket.spend(now=now)
+
+    def spend_overdrawn(self, key: K, count: int, *, now: float) -> bool:
+        """Spend ``count`` of ``key``'s tokens at once, overdrawing (see
+        :meth:`TokenBucket.spend_overdrawn`); False (nothing spent) when exhausted."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._prune_at:
+                self.prune(now=now)
+            bucket = self._buckets[key] = TokenBucket(self.limit, now=now)
+        return bucket.spend_overdrawn(count, now=now)
 
     def refund(self, key: K, *, now: float) -> None:
         """Give back one of ``key``'s tokens (see :meth:`TokenBucket.refund`)."""

@@ -207,6 +207,8 @@ _RATE_LIMITS: tuple[tuple[str, str], ...] = (
     ("registrations_per_address", "Registrations per client address."),
     ("message_rate", "Messages per user, all sessions together."),
     ("membership_changes_per_user", "Room joins and leaves per user."),
+    ("key_claims_per_user", "Keys claimed per user (end-to-end encryption)."),
+    ("key_claims_per_device", "One-time keys handed out per device; then its fallback key."),
     ("request_rate", "Requests per connection."),
 )
 

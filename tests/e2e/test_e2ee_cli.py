@@ -22,6 +22,9 @@ from tests.e2e.conftest import (
     server_command,
     wait_until_online,
 )
+from udpchat_cli.profiles import Home
+from udpchat_cli.session import Session
+from udpchat_proto import messages as m
 
 pytestmark = pytest.mark.e2e
 
@@ -191,3 +194,48 @@ def test_the_server_stores_no_plaintext(
         for path in (server.db, Path(f"{server.db}-wal"), backup):
             if path.exists():
                 assert text.encode() not in path.read_bytes(), path
+
+
+def logged_in_before_the_upgrade(home: Path, server: ServerProcess, name: str) -> None:
+    """A profile as a CLI before end-to-end encryption left it: a login session
+    (its token in the profile, the server's key pinned) that never uploaded keys,
+    and no crypto state file."""
+    profiles = Home(home)
+    session = Session(server=server.address, pinned=None, timeout=5.0)
+    with session:
+        key = session.open()
+        answer = session.request(lambda conn: conn.login(name, PASSWORD))
+    assert isinstance(answer, m.LoggedIn), answer
+    profiles.known_servers.pin(server.address, key)
+    profiles.update(
+        "default", lambda profile: profile.login(answer.username, answer.token, server.address)
+    )
+    assert not profiles.crypto("default").path.exists()
+
+
+def test_a_profile_logged_in_before_the_upgrade_gets_its_device_at_its_next_command(
+    tmp_path: Path, make_user: Any, server: ServerProcess
+) -> None:
+    alice, bob = make_user("alice"), make_user("bob")
+    befriend(alice, bob)
+    old = User("alice", tmp_path / "home-alice-old", server)
+    logged_in_before_the_upgrade(old.home, server, "alice")
+    assert len(alice.ok("devices")["devices"]) == 1  # the old session is no device yet
+    # Its next command, whichever (one that needs no key at all here), makes the
+    # device and uploads it: no new step for the user, nothing on stderr.
+    assert old.ok("friends")["friends"][0]["user"] == "bob"
+    assert Home(old.home).crypto("default").path.exists()
+    devices = old.ok("devices")["devices"]
+    assert len(devices) == 2 and sum(device["current"] for device in devices) == 1
+    # A device like any other: it reads what is sent to alice from now on, and sends.
+    bob.ok("send", "alice", "to both of alice's devices")
+    assert [(m["text"], m["encrypted"]) for m in inbox(old)] == [
+        ("to both of alice's devices", True)
+    ]
+    old.ok("send", "bob", "from the upgraded profile")
+    assert [m["text"] for m in inbox(bob)] == ["from the upgraded profile"]
+    # (and alice's first device reads what her other one sent, as always)
+    assert [m["text"] for m in inbox(alice)] == [
+        "to both of alice's devices",
+        "from the upgraded profile",
+    ]

@@ -4,6 +4,7 @@ sender over it with ``quota_exceeded`` and one clear line from the real CLI, and
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -16,9 +17,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.slow
 def test_a_sender_over_the_quota_is_refused_with_one_clear_line(tmp_path: Path) -> None:
-    # 300 bytes: an encrypted message counts its row, 160 bytes (its ciphertext is
-    # not counted yet: docs/E2EE.md, phase 2a), so the second one is refused.
-    server = ServerProcess(tmp_path, options=("--max-stored-per-user", "300")).start()
+    # 3,000 bytes: an encrypted message counts its row (160), its ciphertext and
+    # the key shares stored with it (docs/E2EE.md, phase 2c). The first to bob
+    # carries a share for his device (about 2.6 KB in all); the second (no share,
+    # about 1.1 KB) would pass the quota.
+    server = ServerProcess(tmp_path, options=("--max-stored-per-user", "3000")).start()
     try:
         alice, bob = (User(n, tmp_path / f"home-{n}", server) for n in ("alice", "bob"))
         alice.signup()
@@ -29,10 +32,14 @@ def test_a_sender_over_the_quota_is_refused_with_one_clear_line(tmp_path: Path) 
         assert refused.code == 1, refused
         assert refused.json["error"] == "quota_exceeded"
         assert refused.err.count("\n") == 1, refused.err
-        assert refused.err.startswith(
-            "error: your storage quota on this server is full, nothing was sent: "
-            "your stored messages take 160 bytes of the 300 bytes this server keeps"
-        ), refused.err
+        taken = re.match(
+            r"error: your storage quota on this server is full, nothing was sent: "
+            r"your stored messages take (\d\.\d) KiB of the 2\.9 KiB this server keeps",
+            refused.err,
+        )
+        assert taken is not None, refused.err
+        # The row alone was 160 bytes: the ciphertext and the share count too.
+        assert 2.0 <= float(taken[1]) < 2.9, refused.err
         # Without --json, the same line alone.
         human = run_cli("send", "bob", "y" * 500, home=alice.home, server=server.address)
         assert (human.code, human.out, human.err) == (1, "", refused.err)

@@ -32,6 +32,8 @@ import asyncio
 import collections
 import datetime
 import enum
+import functools
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeVar, cast
 
@@ -40,14 +42,14 @@ import attrs
 from ..chat import messages as m
 from ..chat.client import DELIVERED_IDS_MAX, ClientConnection
 from ..chat.events import Connected, Disconnected
-from ..chat.secure import ClientCrypto, MessageDropped
+from ..chat.secure import ClientCrypto, MessageDropped, SendFlow, SendStep
 from ..chat.validation import MESSAGE_ID_SIZE
 from ..errors import ErrorCode, ProtocolError
 from ..randomness import RandomSource, SystemRandomSource
 from ..transport.config import TransportConfig
 from ..transport.events import Address, CloseCode
 from ..transport.keys import fingerprint
-from .crypto import CryptoStore, DeviceHolder, MemoryCryptoStore
+from .crypto import CryptoStore, CryptoWorker, MemoryCryptoStore, Slot
 from .errors import (
     ClientClosedError,
     ConnectionLostError,
@@ -105,6 +107,54 @@ ClientPush = m.Push | m.DeviceAdded | MessageDropped
 """What ``async for event in client`` gives: the server's pushes (a delivered
 message decrypted), a contact's new device, and a message that could not be read
 (to count and log, never to show)."""
+
+
+def _keys_pending(crypto: ClientCrypto) -> bool:
+    """(A job of the device's thread.) Whether the device's keys wait to be uploaded."""
+    return crypto.state.keys_pending
+
+
+def _advance(flow: SendFlow, slot: Slot, answered: m.Response | None) -> SendStep | None:
+    """(A job of the device's thread.) Give a send its answer, if any, and take its
+    next step: the state saved first when the step asks (no ratchet index used
+    twice), and once the send is accepted."""
+    if answered is not None:
+        flow.answer(answered)
+    step = flow.step()
+    done = step is None and isinstance(flow.result, m.MessageAccepted)
+    if done or (step is not None and step.save_first):
+        slot.save()
+    return step
+
+
+@attrs.define
+class _SendHold:
+    """A send: what it sends, whether it holds the device's lock (set on the
+    device's thread), whether a job of it is in flight (set on the loop)."""
+
+    to: str
+    text: str
+    message_id: bytes
+    at: float
+    held: bool = False
+    pending: bool = False
+    slot: Slot | None = None
+
+
+@attrs.frozen
+class _Delivery:
+    """A delivered message to read, and the connection it came on (its
+    acknowledgement goes there, if it is still the client's)."""
+
+    conn: ClientConnection
+    push: m.MessageDelivered
+
+
+_Intake = _Delivery | m.Push | m.DeviceAdded
+"""What waits in a client's intake."""
+
+_READ_BATCH: Final = 256
+"""Most waiting pushes one job of the device's thread reads."""
 
 
 def _wall_clock() -> float:
@@ -218,9 +268,13 @@ class ChatClient:
         """Connections opened (the first included)."""
         self.node: Address = self._servers[0]
         """The node of the current (or last) connection."""
-        self._device = DeviceHolder(
+        self._device = CryptoWorker(
             crypto_store if crypto_store is not None else MemoryCryptoStore()
         )
+        self._intake: collections.deque[_Intake] = collections.deque()
+        """Pushes waiting for the device (a delivery to read, a device to pin), and
+        those that came after them: taken in order by ``_reader``."""
+        self._reader: asyncio.Task[None] | None = None
         self._device_work = asyncio.Lock()
         """Held by what advances the state across awaits (a send, an upload)."""
         self._low: m.OneTimeKeysLow | None = None
@@ -367,18 +421,25 @@ class ChatClient:
         """Open a login session; the client resumes it on every later connection.
         The session is a new device: its keys are made, saved and uploaded."""
         logged_in = await self._expect(lambda c: c.login(username, password), m.LoggedIn)
-        async with self._device_work:
-            with self._device.hold(logged_in.username, logged_in.token) as slot:
-                await self._upload(slot.create(logged_in.username, logged_in.token))
-                slot.save()
+        user, token = logged_in.username, logged_in.token
+        async with self._device_work, self._device.holding(user, token) as slot:
+            await self._upload(await self._device.run(slot.create, user, token))
+            await self._device.run(slot.save)
         return logged_in
 
     async def logout(self) -> m.Ok:
         """End this login session (and its device: a later login is a new one)."""
         answer = await self._expect(lambda c: c.logout(), m.Ok)
-        with self._device.store.lock():
-            self._device.store.forget()
+        await self._device.run(self._forget_device)
         return answer
+
+    def _forget_device(self) -> None:
+        """(A job of the device's thread.) Remove the state, under the lock (taken,
+        or re-entered: a send of this client may hold it, and a second flock of
+        one process would wait on itself)."""
+        holder = self._device.holder
+        with holder.hold(None, None):
+            holder.store.forget()
 
     async def send(self, to: str, text: str) -> m.MessageAccepted:
         """Send ``text``, encrypted end to end, to a friend or a room (``#name``); the
@@ -392,27 +453,45 @@ class ChatClient:
             DeviceTrustError: a device of the conversation was stated with other keys.
         """
         message_id = self._random.token_bytes(MESSAGE_ID_SIZE)
+        run = self._device.run
+        hold = _SendHold(to=to, text=text, message_id=message_id, at=self._wall_clock())
         async with self._device_work:
-            with self._device.hold(self.username, self._token) as slot:
-                if slot.crypto is None and self._token is not None:
+            try:
+                # The lock is held from the first job to the last (the requests
+                # between them included); one job of the device's thread per
+                # round trip: take the answer, make the next request, save what
+                # must be saved before it leaves.
+                user, token = self.username, self._token
+                hold.pending = True
+                begun = await run(self._begin_send, hold, user, token)
+                hold.pending = False
+                if begun is None and token is not None:
                     # A session resumed with no state yet: its device once connected.
                     await self._first_ready.wait()
                     await self._keep_device_held()
-                if slot.crypto is None:
+                    hold.pending = True
+                    begun = await run(self._begin_send, hold, self.username, self._token)
+                    hold.pending = False
+                if begun is None:
                     raise SessionEndedError("this client has no device: log in")
-                if slot.crypto.state.keys_pending:
+                crypto, started = begun
+                if started is None:
                     # Its keys' upload was lost with a connection (this send may
                     # have waited for the next one): the server takes no send from
                     # a device whose keys it does not hold.
-                    await self._upload(slot.crypto)
-                    slot.save()
-                flow = slot.crypto.send(to, text, message_id, self._wall_clock())
-                while (step := flow.step()) is not None:
-                    if step.save_first:
-                        slot.save()  # before the request leaves: no index used twice
-                    flow.answer(await self.request(step.issue))
-                if isinstance(flow.result, m.MessageAccepted):
-                    slot.save()
+                    await self._upload(crypto)
+                    hold.pending = True
+                    started = await run(functools.partial(self._first_step, uploaded=True), hold)
+                    hold.pending = False
+                flow, step = started
+                while step is not None:
+                    answered = await self.request(step.issue)
+                    hold.pending = True
+                    step = await run(self._step_send, hold, flow, answered)
+                    hold.pending = False
+            finally:
+                if hold.pending or hold.held:  # (cancelled, or a request failed)
+                    self._device.submit(self._end_send, hold)
         answer = flow.result
         if isinstance(answer, m.ErrorResponse):
             raise RequestRefusedError(answer)
@@ -420,9 +499,69 @@ class ChatClient:
             raise ProtocolError(f"expected MessageAccepted, the server answered {answer!r}")
         return answer
 
+    def _begin_send(
+        self, hold: _SendHold, username: str | None, token: bytes | None
+    ) -> tuple[ClientCrypto, tuple[SendFlow, SendStep | None] | None] | None:
+        """(A job of the device's thread.) Take the lock, and the send's first step
+        unless the device's keys wait to be uploaded first (then None: upload, then
+        :meth:`_first_step`); None, the lock left, when there is no device."""
+        holder = self._device.holder
+        hold.slot = holder.enter(username, token)
+        hold.held = True
+        try:
+            crypto = hold.slot.crypto
+            if crypto is None:
+                self._end_send(hold)
+                return None
+            if crypto.state.keys_pending:
+                return crypto, None
+        except BaseException:
+            self._end_send(hold)
+            raise
+        return crypto, self._first_step(hold)
+
+    def _first_step(
+        self, hold: _SendHold, *, uploaded: bool = False
+    ) -> tuple[SendFlow, SendStep | None]:
+        """(A job of the device's thread, the lock held.) The send's flow and its
+        first step; ``uploaded``: the state is saved first (the upload's)."""
+        assert hold.slot is not None and hold.slot.crypto is not None
+        try:
+            if uploaded:
+                hold.slot.save()
+            flow = hold.slot.crypto.send(hold.to, hold.text, hold.message_id, hold.at)
+            step = _advance(flow, hold.slot, None)
+        except BaseException:
+            self._end_send(hold)
+            raise
+        if step is None:
+            self._end_send(hold)
+        return flow, step
+
+    def _step_send(self, hold: _SendHold, flow: SendFlow, answered: m.Response) -> SendStep | None:
+        """(A job of the device's thread.) The send's next step; the lock left
+        after the last (or a failure)."""
+        assert hold.slot is not None
+        try:
+            step = _advance(flow, hold.slot, answered)
+        except BaseException:
+            self._end_send(hold)
+            raise
+        if step is None:
+            self._end_send(hold)
+        return step
+
+    def _end_send(self, hold: _SendHold) -> None:
+        """(A job of the device's thread.) Leave the lock a send took, if held."""
+        if hold.held:
+            hold.held = False
+            hold.slot = None
+            self._device.holder.exit()
+
     async def _upload(self, crypto: ClientCrypto) -> None:
-        while (issue := crypto.upload()) is not None:
-            crypto.keys_stored(await self._expect(issue, m.KeysStored))
+        run = self._device.run
+        while (issue := await run(crypto.upload)) is not None:
+            await run(crypto.keys_stored, await self._expect(issue, m.KeysStored))
 
     async def _keep_device(self) -> None:
         """After a resume: make the device of a session logged in elsewhere (no
@@ -431,19 +570,21 @@ class ChatClient:
             await self._keep_device_held()
 
     async def _keep_device_held(self) -> None:
-        with self._device.hold(self.username, self._token) as slot:
+        run = self._device.run
+        async with self._device.holding(self.username, self._token) as slot:
             if slot.crypto is None and self._token is not None and self.username:
-                await self._upload(slot.create(self.username, self._token))
-                slot.save()
-            elif slot.crypto is not None and slot.crypto.state.keys_pending:
+                await self._upload(await run(slot.create, self.username, self._token))
+                await run(slot.save)
+            elif slot.crypto is not None and await run(_keys_pending, slot.crypto):
                 # The upload made with the device was lost with its connection.
                 await self._upload(slot.crypto)
-                slot.save()
+                await run(slot.save)
             low, self._low = self._low, None
-            if low is not None and slot.crypto is not None:
-                slot.crypto.device_push(low)
-                await self._upload(slot.crypto)
-                slot.save()
+            crypto = slot.crypto
+            if low is not None and crypto is not None:
+                await run(crypto.device_push, low)
+                await self._upload(crypto)
+                await run(slot.save)
 
     def _start_device_work(self) -> None:
         task = self._loop.create_task(self._keep_device())
@@ -462,14 +603,23 @@ class ChatClient:
         answer = await self._expect(lambda c: c.get_history(peer, limit, before=before), m.History)
         if not any(message.encrypted for message in answer.messages):
             return answer
-        with self._device.hold(self.username, self._token) as slot:
-            if slot.crypto is None:
-                shown = [message for message in answer.messages if not message.encrypted]
-                self.crypto_drops += len(answer.messages) - len(shown)
-            else:
-                shown, drops = slot.crypto.read_history(answer.messages)
-                self.crypto_drops += len(drops)
+        shown, dropped = await self._device.run(
+            self._read_history, self.username, self._token, answer.messages
+        )
+        self.crypto_drops += dropped
         return attrs.evolve(answer, messages=tuple(shown))
+
+    def _read_history(
+        self, username: str | None, token: bytes | None, messages: tuple[m.ChatMessage, ...]
+    ) -> tuple[list[m.ChatMessage], int]:
+        """(A job of the device's thread.) A history page decrypted; how many of it
+        could not be read."""
+        with self._device.holder.hold(username, token) as slot:
+            if slot.crypto is None:
+                shown = [message for message in messages if not message.encrypted]
+                return shown, len(messages) - len(shown)
+            readable, drops = slot.crypto.read_history(messages)
+            return list(readable), len(drops)
 
     async def invite(self, username: str) -> m.Ok:
         """Invite ``username`` to be friends."""
@@ -685,61 +835,116 @@ class ChatClient:
                 return
             if message_id in self._held:
                 return  # a re-push of one the application holds: acknowledged once handled
-            shown = self._read(push)
-            if shown is None:
-                # Unreadable: counted and given as a MessageDropped event, never shown;
-                # acknowledged now (nothing more will make it readable).
-                self._delivered[message_id] = None
-                conn.acknowledge([message_id])
-                self._wakeup.set()
-                return
+            # Read on the device's thread, in turn (see _read_intake); held from now
+            # on, so that a re-push meanwhile is not read twice.
             self._held.add(message_id)
-            push = shown
-        self._pushes.append(push)
-        self._wakeup.set()
-
-    def _read(self, push: m.MessageDelivered) -> m.MessageDelivered | None:
-        """Take a delivery's key shares (saved before it can be acknowledged) and
-        decrypt it; its drops become events."""
-        with self._device.hold(self.username, self._token) as slot:
-            if slot.crypto is None:
-                if not push.message.encrypted:
-                    return push
-                self._drop(
-                    MessageDropped(
-                        message_id=push.message.id,
-                        sender=push.message.sender,
-                        to=push.message.to,
-                        reason="unknown_session",
-                        detail="this client has no device",
-                    )
-                )
-                return None
-            read = slot.crypto.read(push)
-            if read.changed:
-                slot.save()
-        for dropped in read.dropped:
-            self._drop(dropped)
-        return None if read.message is None else m.MessageDelivered(message=read.message)
-
-    def _drop(self, dropped: MessageDropped) -> None:
-        self.crypto_drops += 1
-        self._pushes.append(dropped)
+            self._take_in(_Delivery(conn, push))
+            return
+        self._take_in(push)
 
     def _on_device_push(self, push: m.DevicePush) -> None:
         if isinstance(push, m.OneTimeKeysLow):
             self._low = push
             self._start_device_work()
             return
-        with self._device.hold(self.username, self._token) as slot:
-            event = slot.crypto.device_push(push) if slot.crypto is not None else None
-            if isinstance(event, m.DeviceAdded):
-                slot.save()  # (the device is pinned now)
-        if isinstance(event, MessageDropped):
-            self._drop(event)
-        elif event is not None:
-            self._pushes.append(event)
-        self._wakeup.set()
+        self._take_in(push)  # (pinned on the device's thread, in turn)
+
+    def _take_in(self, item: _Intake) -> None:
+        """A push, in the order the server sent it: straight to the application if
+        nothing waits for the device, else behind what does."""
+        if not self._intake and isinstance(item, m.Push):
+            self._pushes.append(item)
+            self._wakeup.set()
+            return
+        self._intake.append(item)
+        if self._reader is None or self._reader.done():
+            self._reader = self._loop.create_task(self._read_intake())
+
+    async def _read_intake(self) -> None:
+        """Take the waiting pushes in order: the deliveries read (their key shares
+        saved before any can be acknowledged) and the devices pinned, on the
+        device's thread, while the loop goes on. What waits at once is read in
+        one job (one hop to the thread, one lock, one save)."""
+        while self._intake and self.state is not LinkState.ENDED:
+            items = list(itertools.islice(self._intake, _READ_BATCH))
+            try:
+                results = await self._device.run(
+                    self._read_batch, self.username, self._token, items
+                )
+            except Exception:  # (the state cannot be read: a damaged file ...)
+                # Not acknowledged: pushed again on the next connection.
+                results = [([], None) if isinstance(item, _Delivery) else ([item], None)
+                           for item in items]  # fmt: skip
+                for item in items:
+                    if isinstance(item, _Delivery):
+                        self._held.discard(item.push.message.id)
+            for _ in items:
+                self._intake.popleft()
+            unreadable: list[bytes] = []
+            for item, (out, dropped_id) in zip(items, results, strict=True):
+                for push in out:
+                    if isinstance(push, MessageDropped):
+                        self.crypto_drops += 1
+                    self._pushes.append(push)
+                if dropped_id is not None and isinstance(item, _Delivery):
+                    # Unreadable: counted and given as a MessageDropped event, never
+                    # shown; acknowledged now (nothing more will make it readable).
+                    self._held.discard(dropped_id)
+                    self._delivered[dropped_id] = None
+                    if item.conn is self._conn:
+                        unreadable.append(dropped_id)
+            if unreadable and self._conn is not None:
+                self._conn.acknowledge(unreadable)
+                self._process()
+            self._wakeup.set()
+
+    def _read_batch(
+        self, username: str | None, token: bytes | None, items: list[_Intake]
+    ) -> list[tuple[list[ClientPush], bytes | None]]:
+        """(A job of the device's thread.) Each item's pushes for the application,
+        in order, and the id of a delivery that could not be read (to acknowledge);
+        the state saved once, if anything changed, before any is acknowledged."""
+        results: list[tuple[list[ClientPush], bytes | None]] = []
+        with self._device.holder.hold(username, token) as slot:
+            changed = False
+            for item in items:
+                if isinstance(item, _Delivery):
+                    out, readable, advanced = self._read(slot.crypto, item.push)
+                    changed = changed or advanced
+                    results.append((out, None if readable else item.push.message.id))
+                elif isinstance(item, m.DeviceAdded):
+                    event = slot.crypto.device_push(item) if slot.crypto is not None else None
+                    changed = changed or isinstance(event, m.DeviceAdded)  # (pinned)
+                    results.append(([] if event is None else [event], None))
+                else:
+                    results.append(([item], None))
+            if changed:
+                slot.save()
+        return results
+
+    @staticmethod
+    def _read(
+        crypto: ClientCrypto | None, push: m.MessageDelivered
+    ) -> tuple[list[ClientPush], bool, bool]:
+        """A delivery taken (its key shares) and decrypted: the pushes for the
+        application (its drops, then it), whether it could be read, whether the
+        state changed."""
+        if crypto is None:
+            if not push.message.encrypted:
+                return [push], True, False
+            dropped = MessageDropped(
+                message_id=push.message.id,
+                sender=push.message.sender,
+                to=push.message.to,
+                reason="unknown_session",
+                detail="this client has no device",
+            )
+            return [dropped], False, False
+        read = crypto.read(push)
+        out: list[ClientPush] = list(read.dropped)
+        if read.message is not None:
+            out.append(m.MessageDelivered(message=read.message))
+        return out, read.message is not None, read.changed
 
     def _acknowledge_handled(self) -> None:
         handled, self._handling = self._handling, []

@@ -2,7 +2,8 @@
 
 * ``news``: a :class:`~udpchat_proto.chat.ClusterNews` (``users``, ``forget``,
   ``online``, ``offline``: names; ``pushes``: ``[name, base64 payload]``;
-  ``sessions``: ``[token hash in hex, reason or null]``);
+  ``sessions``: ``[token hash in hex, reason or null]``; ``device_pushes``, only
+  when there are some: ``[name, device id in hex, base64 payload]``);
 * ``snapshot``: part ``part`` of ``parts`` of the node's heartbeat, everyone online
   on it (``users``, at most :data:`SNAPSHOT_PART` names a part, at most
   :data:`HEARTBEAT_PARTS_MAX` parts);
@@ -30,6 +31,7 @@ from ..chat import messages
 from ..chat.codec import decode
 from ..chat.remote import MAX_NODE_USERS, ClusterNews
 from ..chat.validation import ValidationError, check_username
+from ..e2ee.records import DEVICE_ID_SIZE
 from ..errors import DecodeError
 from .errors import BusDropError
 
@@ -119,17 +121,22 @@ Said = News | SnapshotPart | Bye | Resync
 
 def news_body(news: ClusterNews) -> bytes:
     """The body of one ``news`` message, whatever its size (see :func:`news_bodies`)."""
-    return orjson.dumps(
-        {
-            "type": "news",
-            "users": news.users,
-            "pushes": [[u, base64.b64encode(p).decode()] for u, p in news.pushes],
-            "sessions": [[h.hex(), reason] for h, reason in news.sessions],
-            "forget": news.forget,
-            "online": news.online,
-            "offline": news.offline,
-        }
-    )
+    body: dict[str, Any] = {
+        "type": "news",
+        "users": news.users,
+        "pushes": [[u, base64.b64encode(p).decode()] for u, p in news.pushes],
+        "sessions": [[h.hex(), reason] for h, reason in news.sessions],
+        "forget": news.forget,
+        "online": news.online,
+        "offline": news.offline,
+    }
+    if news.device_pushes:
+        # Only when there are some: a body without them is what the nodes before
+        # them sent, and read (an unknown member is ignored).
+        body["device_pushes"] = [
+            [u, device.hex(), base64.b64encode(p).decode()] for u, device, p in news.device_pushes
+        ]
+    return orjson.dumps(body)
 
 
 def news_bodies(news: ClusterNews) -> list[bytes]:
@@ -233,6 +240,7 @@ def _news(value: dict[str, Any]) -> ClusterNews:
         forget=_names(value["forget"]),
         online=_names(value["online"]),
         offline=_names(value["offline"]),
+        device_pushes=tuple(_device_push(item) for item in _list(value.get("device_pushes", []))),
     )
 
 
@@ -282,13 +290,30 @@ def _push(item: Any) -> tuple[str, bytes]:
     return username, payload
 
 
+def _device_push(item: Any) -> tuple[str, bytes, bytes]:
+    """``[name, device id, payload]``: a push for that one device's connections
+    (``one_time_keys_low``, and nothing else)."""
+    username, device, encoded = _list(item)
+    check_username(username)
+    if not isinstance(device, str) or not isinstance(encoded, str):
+        raise TypeError("a device push is hex and base64 text")
+    device_id = bytes.fromhex(device)
+    if len(device_id) != DEVICE_ID_SIZE:
+        raise ValueError(f"a device id is {DEVICE_ID_SIZE} bytes")
+    payload = base64.b64decode(encoded, validate=True)
+    if not isinstance(decode(payload), DEVICE_ONLY_PUSHES):
+        raise ValueError("not a push for one device")
+    return username, device_id, payload
+
+
 CROSSING_PUSHES: Final = (*messages.PUSH_TYPES, messages.DeviceAdded)
 """What a ``news`` body's pushes may be: a push of version 1 (an invitation, a
 room join ...) or a new device (``device_added``, version 2, which the receiving
 node sends only to the devices among the user's connections). Not
-``one_time_keys_low``: it names no device, and only the one whose keys ran low
-may be told (left: a device on another node than the claimer hears it at its
-next upload's answer)."""
+``one_time_keys_low``: only the device whose keys ran low may be told, so it
+travels in ``device_pushes``, which name the device (:data:`DEVICE_ONLY_PUSHES`)."""
+DEVICE_ONLY_PUSHES: Final = (messages.OneTimeKeysLow,)
+"""What a ``news`` body's ``device_pushes`` may be: pushes for one device only."""
 OWN_PUSHES: Final = (messages.MessageDelivered, messages.CaughtUp, messages.PresenceChanged)
 """Pushes a node makes only from what it reads or knows itself (messages from the
 database, presence from the heartbeats), never from another node's word: a push

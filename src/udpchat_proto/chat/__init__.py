@@ -71,12 +71,15 @@ if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
     )
     from .stats import ServerStats
     from .store import (
+        KEY_SHARE_OVERHEAD,
         MESSAGE_OVERHEAD,
+        SEALED_OVERHEAD,
         STORE_READS,
         STORE_WRITES,
         WriteTrackingStore,
         add_each,
         conversation_key,
+        sealed_size,
         stored_size,
     )
     from .tokens import session_id, token_hash
@@ -120,12 +123,15 @@ _EXPORTS: Final = {
     ".passwords": ("hash_password",),
     # For a store's implementer: the accounting rules, the declared reads and writes.
     ".store": (
+        "KEY_SHARE_OVERHEAD",
         "MESSAGE_OVERHEAD",
+        "SEALED_OVERHEAD",
         "STORE_READS",
         "STORE_WRITES",
         "WriteTrackingStore",
         "add_each",
         "conversation_key",
+        "sealed_size",
         "stored_size",
     ),
     # A cluster node's news and limits.
@@ -150,6 +156,7 @@ _EXPORTS: Final = {
 __all__ = [
     "CODEC_VERSION",
     "HEARTBEAT_INTERVAL",
+    "KEY_SHARE_OVERHEAD",
     "MAX_ENCODED_SIZE",
     "MAX_NODES",
     "MAX_NODE_USERS",
@@ -157,6 +164,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "MESSAGE_OVERHEAD",
     "NODE_TIMEOUT",
+    "SEALED_OVERHEAD",
     "STORE_READS",
     "STORE_WRITES",
     "TOKEN_SIZE",
@@ -183,6 +191,7 @@ __all__ = [
     "fingerprint_of",
     "hash_password",
     "is_room",
+    "sealed_size",
     "session_id",
     "stored_size",
     "token_hash",

@@ -99,6 +99,7 @@ class Batch:
         self._hints_out: list[str] = []
         """Hints of committed batches, not yet taken for the other nodes."""
         self._remote_pushes: list[tuple[str, bytes]] = []
+        self._device_pushes: list[tuple[str, bytes, bytes]] = []
         self._remote_sessions: list[tuple[bytes, str | None]] = []
 
     @property
@@ -209,23 +210,26 @@ class Batch:
 
     # --- for the other nodes ----------------------------------------------------------
 
-    def push_remote(self, username: str, payload: bytes) -> None:
+    def push_remote(self, username: str, payload: bytes, device: bytes | None = None) -> None:
         """A push for ``username``'s connections on the other nodes (it was held
-        with this batch, and is durable now)."""
-        self._remote_pushes.append((username, payload))
+        with this batch, and is durable now); with ``device``, for that device's
+        connections only."""
+        if device is None:
+            self._remote_pushes.append((username, payload))
+        else:
+            self._device_pushes.append((username, device, payload))
 
     def end_remote_session(self, token_hash: bytes, reason: str | None) -> None:
         """A session that ended, for its connections on the other nodes."""
         self._remote_sessions.append((token_hash, reason))
 
-    def take_news(
-        self,
-    ) -> tuple[
-        tuple[str, ...], tuple[tuple[str, bytes], ...], tuple[tuple[bytes, str | None], ...]
-    ]:
-        """The hints, remote pushes and ended sessions of the committed batches
-        since the last call (each once)."""
+    def take_news(self) -> ClusterNews:
+        """The hints, remote pushes (to users and to devices) and ended sessions of
+        the committed batches since the last call (each once)."""
         users, self._hints_out = tuple(dict.fromkeys(self._hints_out)), []
         pushes, self._remote_pushes = tuple(self._remote_pushes), []
         sessions, self._remote_sessions = tuple(self._remote_sessions), []
-        return users, pushes, sessions
+        device_pushes, self._device_pushes = tuple(self._device_pushes), []
+        return ClusterNews(
+            users=users, pushes=pushes, sessions=sessions, device_pushes=device_pushes
+        )

@@ -18,7 +18,9 @@ only:
   :meth:`ChatServer.refill_all` looks for every local connection (after the bus
   was away, every few seconds while it is, and now and then regardless).
 * **Other pushes** (invitations, friendships, room joins and leaves, delivery
-  receipts) for a user online on another node travel encoded, as they are sent.
+  receipts, a new device) for a user online on another node travel encoded, as
+  they are sent; one that only a device may be told (its one-time keys ran low)
+  names the device, and goes to that device's connections only.
 * **Sessions** that ended (a logout, a revocation, a password change, a deleted
   account) close or log out their connections on every node.
 * **Caches**: a node forgets what it cached about users whose friendships changed
@@ -42,6 +44,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import attrs
+
 from ..transport import ConnectionId
 from . import messages as m
 from .batch import Batch
@@ -63,6 +67,7 @@ from .remote import (
 from .sessions import Sessions
 from .stats import ServerStats
 from .store import Store, StoreUnavailableError, WriteTrackingStore
+from .tokens import session_id
 
 _VERSION_2: Final = b"\x02"
 """The first byte of a version 2 message: what a node decodes to route a push."""
@@ -122,17 +127,10 @@ class ClusterNode:
         ``ChatServer.take_news``)."""
         if not self._cluster:
             return ClusterNews()
-        users, pushes, sessions = self._batch.take_news()
+        told = self._batch.take_news()
         forget = self._caches.take_forget()
         online, offline = self._presence.take_changes()
-        return ClusterNews(
-            users=users,
-            pushes=pushes,
-            sessions=sessions,
-            forget=forget,
-            online=online,
-            offline=offline,
-        )
+        return attrs.evolve(told, forget=forget, online=online, offline=offline)
 
     def receive_news(self, node: str, news: ClusterNews, now: float) -> None:
         """Act on another node's news for the connections here."""
@@ -151,6 +149,14 @@ class ClusterNode:
         for username, payload in news.pushes:
             for connection_id in self._push_targets(username, payload):
                 self._outbox.send_now(connection_id, payload)
+        for username, device, payload in news.device_pushes:
+            # Only the connections of the device named (its session): keys that
+            # ran low are that device's to upload.
+            for connection_id in self._connections.of_user(username):
+                connection = self._connections.get(connection_id)
+                owner = None if connection is None else connection.token_hash
+                if owner is not None and session_id(owner) == device:
+                    self._outbox.send_now(connection_id, payload)
         if news.users:
             # At the batch's end, with its own refills and the other nodes' news
             # of the same turn: one read of the database for them all.

@@ -178,6 +178,26 @@ class ServerConfig:
     """Room joins and leaves per user: 10 in a row, then 10 a minute. Each one
     pushes to every member (256 at most), so churn must be slow."""
 
+    key_claims_per_user: RateLimit = attrs.field(
+        default=RateLimit(burst=1024, interval=0.05), validator=_rate
+    )
+    """Keys a user may claim (``claim_keys``, one per device asked), all sessions
+    together: 1,024 in a row (the first message to a room of 256 members with four
+    devices each), then 20 a second. A claim of many devices passes whole while
+    the budget is not spent, and pays for them all; once it is spent, a claim is
+    refused ``rate_limited`` and nothing is claimed. A device claims a key once
+    per device it opens an Olm session to, so only a new conversation (or a
+    stranger's script) spends it."""
+
+    key_claims_per_device: RateLimit = attrs.field(
+        default=RateLimit(burst=10, interval=6.0), validator=_rate
+    )
+    """One-time keys of one device handed out, whoever claims them: 10 in a row,
+    then 10 a minute. Beyond it a claim is answered with the device's fallback
+    key (as when its one-time keys have run out), never refused: a friend who
+    claims in a loop cannot drain another's one-time keys (the device tops them
+    up faster than this), and everyone else still opens a session to it."""
+
     request_rate: RateLimit = attrs.field(
         default=RateLimit(burst=200, interval=0.01), validator=_rate
     )

@@ -39,6 +39,10 @@ class Limits:
         """Room joins and leaves per user."""
         self.login_failures = LoginBudgets(config)
         """Wrong passwords, per user, per address and per both."""
+        self.key_claims: KeyedLimiter[str] = KeyedLimiter(config.key_claims_per_user)
+        """Keys claimed per claiming user."""
+        self.device_key_claims: KeyedLimiter[bytes] = KeyedLimiter(config.key_claims_per_device)
+        """One-time keys handed out per device (by its id)."""
 
     def address_key(self, address: Address) -> str:
         """What the per-address limits key on: the client's network (an IPv6 /64,
@@ -52,3 +56,5 @@ class Limits:
             limiter.prune(now=now)
         self.membership_changes.prune(now=now)
         self.login_failures.prune(now=now)
+        self.key_claims.prune(now=now)
+        self.device_key_claims.prune(now=now)

@@ -45,6 +45,7 @@ from .store import (
     StoredMessage,
     add_each,
     conversation_key,
+    sealed_size,
     stored_size,
 )
 from .tokens import session_id
@@ -70,6 +71,9 @@ class _Entry:
     log as a gap, so that an index still maps to its ``seq``)."""
     devices: frozenset[bytes] = frozenset()
     """An encrypted message: the devices it was stored for (no other is given it)."""
+    sealed_bytes: int = 0
+    """An encrypted message: its record's and key shares' :func:`sealed_size`,
+    charged to its sender beside its text's."""
 
     def is_for(self, username: str, token_hash: bytes) -> bool:
         """Whether the session ``token_hash`` of ``username`` is delivered it."""
@@ -228,7 +232,7 @@ class MemoryStore:
                     entry.removed = True
                     self._by_id.pop(entry.stored.message.id, None)
                     self._key_shares.pop(entry.stored.message.id, None)
-                    self._uncharge(entry.stored.message)
+                    self._uncharge(entry)
             del conversation.members[username]
         self._conversations_of.pop(username, None)
         self._user_cursors.pop(username, None)
@@ -456,10 +460,12 @@ class MemoryStore:
         """:meth:`add_message` for each, in order; None for a taken id."""
         return add_each(self.add_message, messages)
 
-    def _uncharge(self, message: ChatMessage) -> None:
-        """A message of its sender's is deleted: it counts no more."""
+    def _uncharge(self, entry: _Entry) -> None:
+        """A message of its sender's is deleted: it counts no more (its record and
+        key shares neither)."""
+        message = entry.stored.message
         if message.sender in self._stored:
-            self._stored[message.sender] -= stored_size(message.text)
+            self._stored[message.sender] -= stored_size(message.text) + entry.sealed_bytes
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         """The message with this id, or None."""
@@ -663,12 +669,13 @@ class MemoryStore:
             return 0, False
         return len(device.one_time_keys), device.fallback_used
 
-    def claim_key(self, device_id: bytes) -> ClaimedKey | None:
-        """A one-time key (deleted), else the fallback key (noted used), else None."""
+    def claim_key(self, device_id: bytes, *, one_time: bool = True) -> ClaimedKey | None:
+        """A one-time key (deleted) unless not ``one_time``, else the fallback key
+        (noted used), else None."""
         device = self._devices.get(device_id)
         if device is None:
             return None
-        if device.one_time_keys:
+        if one_time and device.one_time_keys:
             key_id = next(iter(device.one_time_keys))
             key = device.one_time_keys.pop(key_id)
         elif device.fallback is not None:
@@ -686,12 +693,14 @@ class MemoryStore:
     ) -> None:
         """Note the devices an encrypted message is for, and its key shares (its
         record is the stored message's own)."""
-        del ciphertext
         entry = self._by_id[message_id]
         entry.devices = frozenset(devices)
         shares = self._key_shares.setdefault(message_id, {})
         for device_id, share in key_shares:
             shares.setdefault(device_id, []).append(share)
+        entry.sealed_bytes = sealed_size(ciphertext, (share for _device, share in key_shares))
+        if ciphertext.sender in self._stored:
+            self._stored[ciphertext.sender] += entry.sealed_bytes
 
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
         """The shares sent with the message for the device."""
@@ -734,7 +743,7 @@ class MemoryStore:
             for entry in conversation.log:
                 self._by_id.pop(entry.stored.message.id, None)
                 self._key_shares.pop(entry.stored.message.id, None)
-                self._uncharge(entry.stored.message)
+                self._uncharge(entry)
             for cursors in (*self._session_cursors.values(), *self._user_cursors.values()):
                 cursors.pop(room, None)
         return True
@@ -761,7 +770,7 @@ class MemoryStore:
                 if not entry.removed:  # (a removed one was uncharged then)
                     self._by_id.pop(stored.message.id, None)
                     self._key_shares.pop(stored.message.id, None)
-                    self._uncharge(stored.message)
+                    self._uncharge(entry)
                 deleted += 1
         return deleted
 

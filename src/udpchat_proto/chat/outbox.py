@@ -74,7 +74,7 @@ class Outbox:
     def send_now(self, target: ConnectionId | RemoteUser, payload: bytes) -> None:
         """Hand an encoded payload to the transport (or to the other nodes' news)."""
         if isinstance(target, RemoteUser):  # for the other nodes (a cluster's)
-            self._batch.push_remote(target.username, payload)
+            self._batch.push_remote(target.username, payload, target.device)
             return
         connection = self._connections.get(target)
         if connection is None or connection.closing:
@@ -141,11 +141,14 @@ class Outbox:
         if self._remote.is_online(username):  # and on the other nodes (cluster.py)
             self.send(RemoteUser(username), push)
 
-    def push_to_other_nodes(self, username: str, push: m.Push | m.DevicePush) -> None:
+    def push_to_other_nodes(
+        self, username: str, push: m.Push | m.DevicePush, *, device: bytes | None = None
+    ) -> None:
         """Push to ``username``'s connections on the other nodes, if it has any
-        (a cluster's; each node picks the connections there it is for)."""
+        (a cluster's; each node picks the connections there it is for); with
+        ``device`` (a session id), to that device's connections only."""
         if self._remote.is_online(username):
-            self.send(RemoteUser(username), push)
+            self.send(RemoteUser(username, device), push)
 
     def flush_membership(self) -> None:
         """Push the batch's room joins and leaves to the rooms' members."""

@@ -53,6 +53,9 @@ class RemoteUser:
     with the batch as a local push is, and dropped with it if the batch is lost."""
 
     username: str
+    device: bytes | None = None
+    """For that one device's connections only (its session id): a push that only
+    the device it names may be told (``one_time_keys_low``)."""
 
 
 @attrs.frozen(slots=True)
@@ -74,6 +77,10 @@ class ClusterNews:
             connections on the other nodes (an invitation, a receipt ...).
         sessions: ``(token_hash, reason)``: a session that ended; its connections
             elsewhere are closed with ``reason``, or logged out if it is None.
+        device_pushes: ``(username, device id, payload)``: an encoded push for
+            the connections of that one device of the user on the other nodes
+            (``one_time_keys_low``: a claim on one node took the keys of a device
+            connected to another).
         forget: users whose friendships changed, or whose account was deleted:
             what a node cached about them is stale.
         online: users who came online on this node (their first connection here).
@@ -86,10 +93,17 @@ class ClusterNews:
     forget: tuple[str, ...] = ()
     online: tuple[str, ...] = ()
     offline: tuple[str, ...] = ()
+    device_pushes: tuple[tuple[str, bytes, bytes], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(
-            self.users or self.pushes or self.sessions or self.forget or self.online or self.offline
+            self.users
+            or self.pushes
+            or self.sessions
+            or self.forget
+            or self.online
+            or self.offline
+            or self.device_pushes
         )
 
 

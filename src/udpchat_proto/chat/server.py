@@ -268,7 +268,12 @@ class ChatServer:
                 staging=self._staging,
             ),
             KeyHandlers(
-                store=store, connections=connections, outbox=outbox, caches=caches, clock=clock
+                store=store,
+                connections=connections,
+                outbox=outbox,
+                caches=caches,
+                clock=clock,
+                limits=limits,
             ),
             RoomHandlers(
                 store=store,

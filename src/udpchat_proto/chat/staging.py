@@ -102,8 +102,14 @@ class ShareStaging:
         message_id: bytes,
         shares: tuple[KeyShare, ...],
         now: float,
-    ) -> None:
+    ) -> bool:
         """Hold ``shares`` for the message ``message_id`` of this connection.
+
+        Returns:
+            Whether this continues what the connection staged for the message, with
+            shares for new devices only (a send's next batch, not its first, nor
+            one that replaces shares already held): the server counts a send's
+            staging as one request (see ``MessageHandlers.share_keys``).
 
         Raises:
             RefusedError: ``too_large`` past the shares one message may stage,
@@ -112,7 +118,11 @@ class ShareStaging:
         """
         self.expire(now)
         entry = self._staged.get(connection)
-        if entry is None or entry.message_id != message_id or entry.session != session:
+        continues = entry is not None and (entry.message_id, entry.session) == (
+            message_id,
+            session,
+        )
+        if entry is None or not continues:
             self.drop(connection)
             entry = _Staged(
                 session=session,
@@ -140,9 +150,11 @@ class ShareStaging:
                 "try again shortly",
             )
             raise RefusedError(*entry.refusal)
+        continues = continues and not (added.keys() & entry.shares.keys())
         entry.shares.update(added)
         entry.size += growth
         self._held += growth
+        return continues
 
     def take(
         self, connection: ConnectionId, session: bytes, message_id: bytes, now: float

@@ -34,10 +34,12 @@ Conversations and delivery cursors:
   :meth:`Store.acknowledge_many` reports it, for the sender's receipt.
 * Each account's *stored bytes* are what the messages it sent and the store still
   holds count against its quota: each one :func:`stored_size` (its text and the
-  space its row takes). The store keeps the sum as a counter of its own, written
-  with the messages and decreased by whatever deletes them (retention, a room's
-  last leave, a recipient's account deletion), so that :meth:`Store.stored_bytes`
-  is one lookup, right across restarts.
+  space its row takes), and an encrypted one also its :func:`sealed_size` (its
+  record and key shares, charged by :meth:`Store.add_encrypted`). The store keeps
+  the sum as a counter of its own, written with the messages and decreased by
+  whatever deletes them (retention, a room's last leave, a recipient's account
+  deletion), so that :meth:`Store.stored_bytes` is one lookup, right across
+  restarts.
 * A room member is never delivered, nor shown in history, the room messages of a
   user it blocks (:meth:`Store.add_block`), whenever they were sent: the block in
   force when a message is read decides. The cursors still count those messages:
@@ -78,7 +80,9 @@ from .validation import is_room
 __all__ = [
     "CURSOR_READERS",
     "FLUSH_ATTEMPTS",
+    "KEY_SHARE_OVERHEAD",
     "MESSAGE_OVERHEAD",
+    "SEALED_OVERHEAD",
     "STORE_READS",
     "STORE_WRITES",
     "Account",
@@ -91,6 +95,7 @@ __all__ = [
     "WriteTrackingStore",
     "add_each",
     "conversation_key",
+    "sealed_size",
     "stored_size",
 ]
 
@@ -105,6 +110,30 @@ def stored_size(text: str) -> int:
     """What a message with this text counts against its sender's storage quota: its
     UTF-8 bytes plus :data:`MESSAGE_OVERHEAD`."""
     return len(text.encode()) + MESSAGE_OVERHEAD
+
+
+SEALED_OVERHEAD: Final = 256
+"""Bytes an encrypted message's record counts on top of its ciphertext: its other
+fields (conversation, sender, device, Megolm session id, as the SQL stores keep
+them: 224 bytes of JSON) and its row."""
+
+KEY_SHARE_OVERHEAD: Final = 576
+"""Bytes each key share stored with a message counts on top of its Olm ciphertext:
+the sender's device keys it carries, its recipient and its row (about 560 bytes in
+the SQL stores: a share is kept whole, once per recipient device)."""
+
+
+def sealed_size(ciphertext: EncryptedMessage, key_shares: Iterable[KeyShare]) -> int:
+    """What an encrypted message's record and key shares, stored beside its row,
+    count against its sender's storage quota on top of :func:`stored_size` (whose
+    text is empty): the ciphertext's bytes plus :data:`SEALED_OVERHEAD`, and each
+    share's ciphertext bytes plus :data:`KEY_SHARE_OVERHEAD`. A rotation in a large
+    room is charged for every share it leaves on the server."""
+    return (
+        len(ciphertext.ciphertext)
+        + SEALED_OVERHEAD
+        + sum(len(share.ciphertext) + KEY_SHARE_OVERHEAD for share in key_shares)
+    )
 
 
 def add_each(
@@ -495,10 +524,11 @@ class Store(Protocol):
         fallback key since it was stored."""
         ...
 
-    def claim_key(self, device_id: bytes) -> ClaimedKey | None:
+    def claim_key(self, device_id: bytes, *, one_time: bool = True) -> ClaimedKey | None:
         """A key of a live device: one of its one-time keys, deleted as it is given
-        (never given twice, whoever else claims), or when none is left its fallback
-        key (noted as used); None for no such device or no key."""
+        (never given twice, whoever else claims), or when none is left (or
+        ``one_time`` is False: the server's budget for the device is spent) its
+        fallback key (noted as used); None for no such device or no key."""
         ...
 
     def add_encrypted(
@@ -511,7 +541,10 @@ class Store(Protocol):
         """Keep, for the encrypted message just added (:meth:`add_message`), its
         record (``ciphertext``, the message's own), the devices it was stored for and the key
         shares that go with it, each ``(device id, share)``. A device is delivered,
-        and shown in history, only the encrypted messages stored for it."""
+        and shown in history, only the encrypted messages stored for it. The
+        sender's :meth:`stored_bytes` go up by :func:`sealed_size` of the record and
+        shares (in the same transaction), and down by as much when the message is
+        deleted."""
         ...
 
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
@@ -553,7 +586,8 @@ class Store(Protocol):
 
     def stored_bytes(self, username: str) -> int:
         """What the stored messages ``username`` sent count against its quota: the sum
-        of their :func:`stored_size` (0 for no account). A counter the store keeps up
+        of their :func:`stored_size` and, for the encrypted ones, their
+        :func:`sealed_size` (0 for no account). A counter the store keeps up
         to date as messages are added and deleted (uncommitted writes included), never
         a scan."""
         ...
@@ -661,9 +695,10 @@ FLUSH_ATTEMPTS: Final = 3
 another node (a deadlock: see ``StoreUnavailableError.conflict``)."""
 
 
-_Staged = tuple[ChatMessage, bytes | None, Callable[[], None], Callable[[], None] | None, bool]
-"""A staged message: it, its origin, its ``refused`` and ``stored`` callbacks, and
-whether ``stored`` writes (see :meth:`WriteTrackingStore.stage_message`)."""
+_Staged = tuple[ChatMessage, bytes | None, Callable[[], None], Callable[[], None] | None, bool, int]
+"""A staged message: it, its origin, its ``refused`` and ``stored`` callbacks,
+whether ``stored`` writes, and what ``stored`` charges its sender (see
+:meth:`WriteTrackingStore.stage_message`)."""
 
 
 class WriteTrackingStore:
@@ -756,15 +791,19 @@ class WriteTrackingStore:
         stored: Callable[[], None] | None = None,
         *,
         writes: bool = False,
+        sealed: int = 0,
     ) -> None:
         """Store ``message`` with the batch's others (see the class). Once they are
         stored (before the commit), ``refused`` is called if its id was taken
         (nothing of it was kept), else ``stored``; ``writes``: ``stored`` writes
         what refers to the message (then all of it is one atomic block, and its
-        failure loses the batch). The batch counts as written from now on."""
+        failure loses the batch). ``sealed``: what ``stored`` will charge its
+        sender besides (an encrypted message's :func:`sealed_size`), counted by
+        :meth:`stored_bytes` meanwhile, so that the batch's next message of the
+        same sender sees it. The batch counts as written from now on."""
         self.dirty = True
-        self._staged.append((message, origin, refused, stored, writes))
-        size = stored_size(message.text)
+        self._staged.append((message, origin, refused, stored, writes, sealed))
+        size = stored_size(message.text) + sealed
         self._staged_bytes[message.sender] = self._staged_bytes.get(message.sender, 0) + size
 
     def flush_messages(self) -> None:
@@ -778,7 +817,7 @@ class WriteTrackingStore:
         if not self._staged:
             return
         staged, self._staged, self._staged_bytes = self._staged, [], {}
-        messages = [(message, origin) for message, origin, _, _, _ in staged]
+        messages = [(message, origin) for message, origin, *_ in staged]
         # A ``stored`` callback that writes (an encrypted message's devices and
         # shares) writes in one atomic block with the messages: should it fail, no
         # message is kept without what refers to it.
@@ -803,7 +842,7 @@ class WriteTrackingStore:
 
     @staticmethod
     def _call_back(staged: Sequence[_Staged], stored: Sequence[StoredMessage | None]) -> None:
-        for (_message, _origin, refused, done, _writes), kept in zip(staged, stored, strict=True):
+        for (_message, _origin, refused, done, *_), kept in zip(staged, stored, strict=True):
             if kept is None:
                 refused()
             elif done is not None:
@@ -819,8 +858,8 @@ class WriteTrackingStore:
             return
         del self._staged[start:]
         self._staged_bytes = {}
-        for message, _origin, _refused, _done, _writes in self._staged:
-            size = stored_size(message.text)
+        for message, _origin, _refused, _done, _writes, sealed in self._staged:
+            size = stored_size(message.text) + sealed
             self._staged_bytes[message.sender] = self._staged_bytes.get(message.sender, 0) + size
 
     def deferred_for(self, username: str) -> bool:

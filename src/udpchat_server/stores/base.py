@@ -38,6 +38,7 @@ from udpchat_proto.chat import (
     add_each,
     conversation_key,
     is_room,
+    sealed_size,
     session_id,
 )
 from udpchat_proto.e2ee import ClaimedKey, DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
@@ -685,7 +686,7 @@ class SqlStore(abc.ABC):
         ).fetchone()
         return (0, False) if row is None else (row[0], bool(row[1]))
 
-    def claim_key(self, device_id: bytes) -> ClaimedKey | None:
+    def claim_key(self, device_id: bytes, *, one_time: bool = True) -> ClaimedKey | None:
         device = self._select(
             "SELECT record, fallback FROM device_keys WHERE device_id = ?", (device_id,)
         ).fetchone()
@@ -693,12 +694,16 @@ class SqlStore(abc.ABC):
             return None
         # One statement takes the key: a concurrent claim (another node) that
         # picked the same one deletes nothing, and gets the fallback key instead.
-        taken = self._execute(
-            "DELETE FROM one_time_keys WHERE device_id = ? AND key_id = "
-            "(SELECT key_id FROM one_time_keys WHERE device_id = ? ORDER BY key_id LIMIT 1) "
-            "RETURNING record",
-            (device_id, device_id),
-        ).fetchone()
+        taken = (
+            self._execute(
+                "DELETE FROM one_time_keys WHERE device_id = ? AND key_id = "
+                "(SELECT key_id FROM one_time_keys WHERE device_id = ? ORDER BY key_id LIMIT 1) "
+                "RETURNING record",
+                (device_id, device_id),
+            ).fetchone()
+            if one_time
+            else None
+        )
         if taken is not None:
             key = unpack(OneTimeKey, taken[0])
         elif device[1] is not None:
@@ -717,6 +722,11 @@ class SqlStore(abc.ABC):
         devices: Sequence[bytes],
         key_shares: Sequence[tuple[bytes, KeyShare]],
     ) -> None:
+        # What is stored beside the row counts against the sender's quota, in this
+        # transaction, and goes back with the row (statements.STORED_SIZE).
+        size = sealed_size(ciphertext, (share for _device, share in key_shares))
+        self._execute("UPDATE messages SET sealed_bytes = ? WHERE id = ?", (size, message_id))
+        self._charge(ciphertext.sender, size)
         self._execute(
             "INSERT INTO message_ciphertexts (message_id, record) VALUES (?, ?)",
             (message_id, pack(ciphertext)),

@@ -225,6 +225,9 @@ TABLES: Final = (
             Column("sent_at", _INT),  # microseconds since the epoch, UTC
             Column("origin", _BYTES, null=True),  # the sending session's token hash
             Column("delivered_at", _TIME, null=True),  # a direct message's delivery
+            # An encrypted message's record and key shares (sealed_size): the
+            # quota's charge for what is stored beside the row, given back with it.
+            Column("sealed_bytes", _INT, default=0),
         ),
         unique=(("conversation", "seq"),),
         indexes=(Index("messages_by_time", ("sent_at",)),),  # retention

@@ -40,8 +40,10 @@ NO_SEQ: Final = 1 << 62
 MESSAGE_COLUMNS: Final = "m.id, m.sender, m.recipient, m.text, m.sent_at"
 """A ChatMessage's columns, in the order ``base.chat_message`` reads them."""
 
-STORED_SIZE: Final = f"octet_length(text) + {MESSAGE_OVERHEAD:d}"
-"""What a messages row counts against its sender's quota (``stored_size``, in SQL)."""
+STORED_SIZE: Final = f"octet_length(text) + {MESSAGE_OVERHEAD:d} + sealed_bytes"
+"""What a messages row counts against its sender's quota (``stored_size``, in SQL),
+and an encrypted one's record and key shares stored beside it (``sealed_bytes``:
+their ``sealed_size``, set by ``add_encrypted``)."""
 
 GET_MESSAGE: Final = (
     f"SELECT {MESSAGE_COLUMNS}, m.seq, m.delivered_at FROM messages AS m WHERE m.id = ?"

@@ -18,6 +18,7 @@ from ..caches import Caches
 from ..connection import ChatConnection
 from ..connections import ConnectionTable
 from ..devicesets import conversation_members, current_device_set, may_see_devices
+from ..limits import Limits
 from ..outbox import Outbox
 from ..requests import RefusedError, Route, route, user_of, utc_from_posix
 from ..store import Store
@@ -49,6 +50,7 @@ class KeyHandlers:
         outbox: where answers and pushes go.
         caches: friendships, without a read per request.
         clock: the wall clock (when a device's keys were stored).
+        limits: keys claimed per user and per device.
     """
 
     def __init__(
@@ -59,7 +61,9 @@ class KeyHandlers:
         outbox: Outbox,
         caches: Caches,
         clock: WallClock,
+        limits: Limits,
     ) -> None:
+        self._limits = limits
         self._store = store
         self._connections = connections
         self._outbox = outbox
@@ -139,15 +143,25 @@ class KeyHandlers:
     def claim_keys(self, connection: ChatConnection, request: m.ClaimKeys, now: float) -> None:
         """``claim_keys``: a key of each device asked, of those the caller may see
         (its own, its friends', its rooms' members'); others are left out, as an
-        ended device is, so that a stranger drains nobody's keys."""
+        ended device is, so that a stranger drains nobody's keys. Within the
+        caller's claim budget (``key_claims_per_user``: else ``rate_limited``,
+        nothing claimed); a device's one-time keys within its own budget
+        (``key_claims_per_device``), its fallback key beyond it, so that no friend
+        drains them."""
         me = user_of(connection)
         visible = {
             keys.device_id for keys, _created in self._store.devices_of(sorted(self._related(me)))
         }
+        wanted = [device_id for device_id in dict.fromkeys(request.devices) if device_id in visible]
+        if wanted and not self._limits.key_claims.spend_overdrawn(me, len(wanted), now=now):
+            raise RefusedError(
+                ErrorCode.RATE_LIMITED, "you are claiming keys too fast; try again in a minute"
+            )
         claimed = []
         low: list[tuple[DeviceKeys, int, bool]] = []
-        for device_id in dict.fromkeys(request.devices):
-            found = self._store.claim_key(device_id) if device_id in visible else None
+        for device_id in wanted:
+            one_time = self._limits.device_key_claims.spend(device_id, now=now)
+            found = self._store.claim_key(device_id, one_time=one_time)
             if found is None:
                 continue
             claimed.append(found)
@@ -163,6 +177,9 @@ class KeyHandlers:
                 hashed = other.token_hash
                 if hashed is not None and session_id(hashed) == device.device_id:
                     self._outbox.send(other.connection_id, push)
+            # And its connections on a cluster's other nodes (a profile's processes
+            # may be on several): the news names the device, and only it is told.
+            self._outbox.push_to_other_nodes(device.user, push, device=device.device_id)
 
     def get_devices(self, connection: ChatConnection, request: m.GetDevices, now: float) -> None:
         """``get_devices``: a conversation's device set, or a user's devices."""

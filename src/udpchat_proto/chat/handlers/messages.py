@@ -31,7 +31,7 @@ from ..presence import Presence
 from ..requests import RefusedError, Route, route, user_of, utc_from_posix
 from ..staging import ShareStaging
 from ..stats import ServerStats
-from ..store import Store, WriteTrackingStore, stored_size
+from ..store import Store, WriteTrackingStore, sealed_size, stored_size
 from ..tokens import session_id
 from ..validation import is_room
 
@@ -129,7 +129,14 @@ class MessageHandlers:
             # What was staged for it goes with this answer, whichever it is: a
             # refused send leaves nothing that a later one could pick up.
             staged = self._take_staged_shares(connection, request, now)
-            recipients = self._admit(me, request, now)
+            # The record and every share (staged ones included) are stored beside
+            # the row, and count against the quota with it.
+            sealed_bytes = (
+                0
+                if request.encrypted is None
+                else sealed_size(request.encrypted, (*staged, *request.key_shares))
+            )
+            recipients = self._admit(me, request, now, sealed_bytes)
             if request.encrypted is None:
                 self._check_plaintext_allowed(connection)
             sealed = (
@@ -152,7 +159,15 @@ class MessageHandlers:
             ciphertext=request.encrypted,
         )
         if self._tracker.stages_messages:
-            self._stage(connection, request, message, recipients=recipients, sealed=sealed, now=now)
+            self._stage(
+                connection,
+                request,
+                message,
+                recipients=recipients,
+                sealed=sealed,
+                sealed_bytes=sealed_bytes,
+                now=now,
+            )
             return
         try:
             # The one write (WRITES_ONCE): nothing after it can fail.
@@ -199,6 +214,7 @@ class MessageHandlers:
         *,
         recipients: list[str],
         sealed: _Sealed | None,
+        sealed_bytes: int,
         now: float,
     ) -> None:
         """A store a round trip away: the message is stored with the batch's others
@@ -231,6 +247,7 @@ class MessageHandlers:
             lambda: self._staged_refused(connection, request, me, accepted),
             stored,
             writes=sealed is not None,
+            sealed=sealed_bytes if sealed is not None else 0,
         )
         self._limits.message_rate.spend(me, now=now)
         self._stats.messages_accepted += 1
@@ -265,15 +282,24 @@ class MessageHandlers:
 
     def share_keys(self, connection: ChatConnection, request: m.ShareKeys, now: float) -> None:
         """``share_keys``: hold key shares for this connection's next message (the
-        send checks them, with the message, against the conversation's devices)."""
+        send checks them, with the message, against the conversation's devices).
+
+        A send's staging costs one request of the connection's budget
+        (``request_rate``), however many devices: a full batch that continues it
+        (only new devices) gives its request back. A large room's rotation (3,200
+        shares are 200 batches) is not refused ``rate_limited`` half-way, and
+        what one request token buys stays bounded: full batches of new devices,
+        up to the devices a message may be shared with."""
         assert connection.token_hash is not None
-        self._staging.stage(
+        continues = self._staging.stage(
             connection.connection_id,
             connection.token_hash,
             request.message_id,
             request.key_shares,
             now,
         )
+        if continues and len(request.key_shares) == m.MAX_SHARES_PER_REQUEST:
+            connection.requests.refund(now=now)
         self._outbox.reply(connection, m.Ok(request_id=request.request_id))
 
     def _take_staged_shares(
@@ -375,8 +401,9 @@ class MessageHandlers:
         if accepted is not None:
             self._outbox.replace_held(accepted, answer)
 
-    def _admit(self, me: str, request: m.SendMessage, now: float) -> list[str]:
-        """The checks a new message passes; its recipients. Refuses what may not be sent."""
+    def _admit(self, me: str, request: m.SendMessage, now: float, sealed_bytes: int) -> list[str]:
+        """The checks a new message passes; its recipients. Refuses what may not be
+        sent. ``sealed_bytes``: what an encrypted one stores beside its row."""
         recipients = self._recipients(me, request.to)
         if is_room(request.to):
             # Joins and leaves of this batch go out first: a member learns that
@@ -391,19 +418,19 @@ class MessageHandlers:
                     ErrorCode.RECIPIENT_FULL,
                     f"{request.to} has {cap} messages waiting already; try again later",
                 )
-        self._check_quota(me, request.text)
+        self._check_quota(me, stored_size(request.text) + sealed_bytes)
         if not self._limits.message_rate.available(me, now=now):  # (spent once stored)
             raise RefusedError(ErrorCode.RATE_LIMITED, "you are sending too fast; slow down")
         return recipients
 
-    def _check_quota(self, me: str, text: str) -> None:
-        """Refuse a message that would take ``me``'s stored messages past the quota
-        (one read of a counter the store keeps: no scan)."""
+    def _check_quota(self, me: str, size: int) -> None:
+        """Refuse a message of ``size`` stored bytes that would take ``me``'s stored
+        messages past the quota (one read of a counter the store keeps: no scan)."""
         quota = self._config.max_stored_per_user
         if quota is None:
             return
         stored = self._store.stored_bytes(me)
-        if stored + stored_size(text) <= quota:
+        if stored + size <= quota:
             return
         days = self._config.retain_days
         raise RefusedError(
