@@ -19,7 +19,15 @@ medians over the runs, in CPU time of this process (``time.process_time``):
   device set to the server's acceptance (claims of 511 keys, 511 shares encrypted,
   staged in ``share_keys`` batches and sent), then until every other device has
   taken its share and decrypted the message; the same for the next rotation. CPU
-  of the whole process (server and clients), and the wire's bytes.
+  of the whole process (server and clients), and the wire's bytes;
+* **what encryption costs the server a message** (``--relay``): the server role
+  alone (its calls timed apart from the clients'), SQLite in a temporary
+  directory, 16 pairs of friends sending direct messages in bursts of 8 each,
+  plain and then encrypted (a message with its record, the first with its key
+  share), alternately on fresh servers: the ratio of server CPU a delivered
+  message, encrypted over plain, each pair of runs's, then the median. The
+  ciphertexts are made before the clock starts. ``relay.py`` measures the same
+  through the real server process, where the shared machine's noise is larger.
 
 The devices are made and their keys uploaded before the clock starts.
 """
@@ -55,6 +63,8 @@ from udpchat_proto.e2ee import (
     DeviceSet,
     KeyShareReceived,
     OneTimeKey,
+    Outgoing,
+    direct_conversation,
 )
 from udpchat_server.stores.sqlite import SQLiteStore
 
@@ -331,6 +341,111 @@ def room_through_server(store: Store, users: int) -> dict[str, float]:
     return figures
 
 
+#: The relay comparison: pairs of friends, messages each sender sends, how many
+#: each sends at once before all are delivered (a batch of 16 x 8 on the server).
+RELAY_PAIRS = 16
+RELAY_MESSAGES = 400
+RELAY_BURST = 8
+RELAY_TEXT = "a benchmark message, as long as relay.py's: ".ljust(60, "x")
+
+
+def relay_cost(store: Store, *, encrypted: bool, messages: int = RELAY_MESSAGES) -> float:
+    """Server CPU seconds a delivered direct message, plain or ``encrypted``."""
+    world = World(store, 2)
+    devices: list[Device] = []
+    for n in range(2 * RELAY_PAIRS):
+        device = Device(world, world.add_client(n), f"user{n}")
+        world.answer(device.address, device.conn.register(device.user, PASSWORD))
+        world.answer(device.address, device.conn.login(device.user, PASSWORD))
+        devices.append(device)
+    pairs = list(zip(devices[0::2], devices[1::2], strict=True))
+    for sender, recipient in pairs:
+        world.answer(sender.address, sender.conn.invite(recipient.user))
+        world.answer(recipient.address, recipient.conn.invite(sender.user))
+    ready: dict[str, list[tuple[bytes, Outgoing]]] = {}
+    if encrypted:
+        for device in devices:
+            token = device.conn.token
+            assert token is not None
+            device.state = CryptoState.create(device.user, session_id(token_hash(token)))
+            upload = device.state.keys_to_upload(published_one_time_keys=0)
+            assert upload is not None
+            world.answer(device.address, device.conn.upload_keys(upload))
+            device.state.mark_keys_published()
+        for sender, recipient in pairs:
+            assert sender.state is not None and recipient.state is not None
+            conversation = direct_conversation(sender.user, recipient.user)
+            found = world.answer(sender.address, sender.conn.get_devices(conversation=conversation))
+            assert isinstance(found, m.ConversationDevices)
+            claimed = world.answer(
+                sender.address, sender.conn.claim_keys([recipient.state.device_id])
+            )
+            assert isinstance(claimed, m.ClaimedKeys)
+            outs = ready[sender.user] = []
+            for n in range(messages):
+                message_id = (n + 1).to_bytes(4, "big") + sender.state.device_id[:12]
+                out = sender.state.encrypt(
+                    found.device_set, RELAY_TEXT, message_id, world.now, claimed.keys
+                )
+                sender.state.accepted(out)
+                outs.append((message_id, out))
+    served = world.server_cpu
+    delivered = 0
+    for start in range(0, messages, RELAY_BURST):
+        for sender, recipient in pairs:
+            for n in range(start, min(start + RELAY_BURST, messages)):
+                if encrypted:
+                    message_id, out = ready[sender.user][n]
+                    sender.conn.send_encrypted(
+                        recipient.user, out.message, out.key_shares, message_id=message_id
+                    )
+                else:
+                    sender.conn.send_message(recipient.user, RELAY_TEXT)
+        target = delivered + len(pairs) * (min(start + RELAY_BURST, messages) - start)
+
+        def all_delivered(target: int = target) -> bool:
+            return _delivered(world, pairs) >= target
+
+        world.run_until(all_delivered)
+        delivered = target
+    cost = (world.server_cpu - served) / delivered
+    if encrypted:  # every delivery decrypts (outside the measurement)
+        for _, recipient in pairs:
+            assert recipient.take() == messages
+    return cost
+
+
+def _delivered(world: World, pairs: list[tuple[Device, Device]]) -> int:
+    return sum(
+        isinstance(event, m.MessageDelivered)
+        for _, recipient in pairs
+        for event in world.events[recipient.address]
+    )
+
+
+def relay_ratio(runs: int, messages: int = RELAY_MESSAGES) -> dict[str, float]:
+    """Plain and encrypted alternately, each on a fresh SQLite server: medians of
+    the server CPU a message (µs) and of each pair of runs' ratio."""
+    plain, sealed, ratios = [], [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            costs = {}
+            for encrypted in (False, True):
+                store = SQLiteStore.open(Path(tmp) / f"relay-{encrypted}.sqlite3")
+                costs[encrypted] = relay_cost(store, encrypted=encrypted, messages=messages)
+                store.close()
+        plain.append(costs[False])
+        sealed.append(costs[True])
+        ratios.append(costs[True] / costs[False])
+    return {
+        "relay_plain_us": round(statistics.median(plain) * 1e6, 1),
+        "relay_encrypted_us": round(statistics.median(sealed) * 1e6, 1),
+        "relay_ratio": round(statistics.median(ratios), 3),
+        "relay_ratio_min": round(min(ratios), 3),
+        "relay_ratio_max": round(max(ratios), 3),
+    }
+
+
 def _has_read(device: Device, message_id: bytes) -> bool:
     return any(
         isinstance(e, m.MessageDelivered) and e.message.id == message_id
@@ -343,6 +458,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small room, few runs")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="also the server's CPU a direct message, encrypted against plain (SQLite)",
+    )
     parser.add_argument(
         "--server",
         choices=["memory", "sqlite"],
@@ -384,6 +504,8 @@ def main() -> None:
                 summary[f"{key[:-2]}_ms"] = round(value * 1e3, 1)
             else:
                 summary[key] = int(value)
+    if args.relay:
+        summary.update(relay_ratio(runs, 40 if args.quick else RELAY_MESSAGES))
     if args.json:
         print(json.dumps(summary))
         return
@@ -397,6 +519,14 @@ def main() -> None:
         f"  the same on a rotation (sessions exist):       {summary['rotation_share_ms']:8.1f} ms"
     )
     print(f"  a receiver taking its share (new Olm session): {summary['take_share_us']:8.1f} us")
+    if args.relay:
+        print(
+            f"the server's CPU a direct message, SQLite, {RELAY_PAIRS} pairs in bursts of "
+            f"{RELAY_BURST}: plain {summary['relay_plain_us']:.1f} us, encrypted "
+            f"{summary['relay_encrypted_us']:.1f} us; encrypted / plain "
+            f"{summary['relay_ratio']:.3f}x [{summary['relay_ratio_min']:.3f}-"
+            f"{summary['relay_ratio_max']:.3f}]"
+        )
     if args.server is None:
         return
     print(f"through a ChatServer on {args.server} (one run, CPU of server and all clients):")

@@ -3,7 +3,7 @@ beside a raw UDP relay driven the same way in the same run.
 
 Run: ``.venv/bin/python benchmarks/relay.py [--quick] [--json] [--runs N]
 [--workers 2] [--pairs 16] [--scaling 1,2,3,4] [--plot DIR] [--py-spy FILE]
-[--profile FILE] [--server-python LABEL=PYTHON ...]``.
+[--profile FILE] [--server-python LABEL=PYTHON ...] [--no-e2ee]``.
 
 What runs (only 127.0.0.1 is used; every wait is bounded):
 
@@ -42,6 +42,19 @@ What is measured, each run on a fresh server:
   the same two cores, so a share well under 1.0 means the generator, not the
   server, was the limit.
 
+* **end-to-end encryption** (each run, unless ``--no-e2ee``): first, on a server
+  of its own, the same pairs as devices (keys uploaded, each sender's device set
+  fetched and its recipient's one-time key claimed), every message encrypted by
+  vodozemac with its record, the first of each pair with its key share and one
+  in a hundred a rotation's. The messages are encrypted ahead, outside every
+  window (``prepare``: enough for 16,000 a second), so that a generator sends a
+  ready message as the plain one sends a text and the server only relays; each
+  message's due time is kept by id, since its text cannot carry it. Saturation,
+  then 1,000/s offered; then every delivery is decrypted (outside the windows: a
+  run with one that does not decrypt fails). The ratios are the same run's:
+  encrypted over plain server CPU a message, at saturation and at 1,000/s (where
+  both carry the load, so their batches are alike).
+
 Several runs (``--runs``): each figure is the median, and the spread (min-max) is
 shown. ``--scaling`` adds saturation (udpchat and the raw relay) with each number
 of generator processes. ``--plot DIR`` draws ``latency.png`` (and, with
@@ -63,6 +76,7 @@ as their median.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import json
@@ -88,6 +102,16 @@ from typing import Any
 
 from udpchat_proto import ClientConnection
 from udpchat_proto import messages as m
+from udpchat_proto.chat import session_id, token_hash
+from udpchat_proto.e2ee import (
+    ClaimedKey,
+    CryptoState,
+    Decrypted,
+    DeviceSet,
+    KeyShareReceived,
+    Outgoing,
+    direct_conversation,
+)
 
 HOST = "127.0.0.1"
 PASSWORD = "benchmark-password"
@@ -147,6 +171,18 @@ FULL_RATES = [
     20_000,
 ]
 QUICK_RATES = [1000, 2000, 5000]
+#: The encrypted messages made ahead, per pair, are enough for this many delivered
+#: a second through the window (more than the server carries here): the
+#: generators then only send what is ready, as the plain ones send a text. Past
+#: them a generator encrypts as it sends (counted, ``e2ee_encrypted_live``).
+POOL_RATE = 16_000
+#: The offered rate at which the encrypted server's CPU a message is also measured,
+#: against the plain server's at the same rate in the same run: both carry it, so
+#: their batches are alike (at saturation each runs as fast as it can, and a
+#: slower one's larger batches share their commit among more messages).
+E2EE_RATE = 1000
+#: The text of every encrypted message: as long as the plain ones' (``TEXT_SIZE``).
+E2EE_TEXT = "an encrypted benchmark message: ".ljust(TEXT_SIZE, "x")
 
 
 @dataclass(frozen=True)
@@ -286,8 +322,12 @@ class Peer:
         self.errors = 0
         #: The refusals' texts, to say why (a set-up or a burst refused in part).
         self.refusals: list[str] = []
-        #: Called with (delivery time, message) for each delivered message.
-        self.on_delivery: Callable[[float, m.ChatMessage], None] | None = None
+        #: Called with (delivery time, delivery) for each delivered message.
+        self.on_delivery: Callable[[float, m.MessageDelivered], None] | None = None
+        #: The answers of the encrypted set-up's requests, by request id.
+        self.answers: dict[int, m.Response] = {}
+        #: This device's end-to-end state (encrypted runs only).
+        self.crypto: CryptoState | None = None
 
     def flush(self, now: float) -> None:
         for data, addr in self.conn.datagrams_to_send(now):
@@ -309,9 +349,11 @@ class Peer:
         while (event := self.conn.next_event()) is not None:
             if isinstance(event, m.MessageDelivered):
                 if self.on_delivery is not None:
-                    self.on_delivery(now, event.message)
+                    self.on_delivery(now, event)
             elif isinstance(event, m.Ok | m.LoggedIn | m.MessageAccepted):
                 self.oks += 1
+            elif isinstance(event, m.KeysStored | m.ConversationDevices | m.ClaimedKeys):
+                self.answers[event.request_id] = event
             elif isinstance(event, m.ErrorResponse):
                 self.errors += 1
                 self.refusals.append(f"{event.code.value}: {event.message}")
@@ -326,6 +368,14 @@ class Pair:
     recipient: Peer
     sent: int = 0
     delivered: int = 0
+    #: Encrypted runs: the conversation's device set and the recipient's claimed
+    #: one-time key (the sender's plan needs them to encrypt) ...
+    device_set: DeviceSet | None = None
+    claimed: tuple[ClaimedKey, ...] = ()
+    #: ... the messages encrypted ahead (id, what ``encrypt`` gave), oldest first ...
+    ready: collections.deque[tuple[bytes, Outgoing]] = field(default_factory=collections.deque)
+    #: ... and what the recipient was delivered, decrypted after the windows.
+    received: list[m.MessageDelivered] = field(default_factory=list)
 
 
 @dataclass
@@ -351,11 +401,20 @@ class Generator:
         self.window: Window | None = None
         self.cpu_start = 0.0
         self.window_started = 0.0
+        self.encrypted = False
+        #: Encrypted runs: when each message in flight was due (its text cannot say).
+        self.due: dict[bytes, float] = {}
+        #: Encrypted runs: messages encrypted while sending, the ready ones used up.
+        self.encrypted_live = 0
+        #: The wall-clock time every encryption is made at (no rotation by age).
+        self.at = time.time()
 
     # -- udpchat --
 
-    def setup(self, port: int, workers: int) -> None:
-        """Connect, register, log in and befriend every pair."""
+    def setup(self, port: int, workers: int, encrypted: bool = False) -> None:
+        """Connect, register, log in and befriend every pair (and, ``encrypted``,
+        make each peer a device with its keys uploaded, and each sender's Olm
+        session to its recipient: a device set and a claimed key)."""
         server = (HOST, port)
         peers = [Peer(f"{self.prefix}u{i}", server) for i in range(2 * self.count)]
         for peer in peers:
@@ -384,23 +443,130 @@ class Generator:
         refusals = sorted({text for p in peers for text in p.refusals})
         if refusals:
             raise RuntimeError(f"the server refused part of the set-up: {refusals}")
+        self.encrypted = encrypted
+        if encrypted:
+            self.devices(deadline)
 
-    def delivery_handler(self, pair: Pair) -> Callable[[float, m.ChatMessage], None]:
-        def handle(now: float, message: m.ChatMessage) -> None:
+    def _await(self, asked: dict[Peer, int], deadline: float) -> dict[Peer, m.Response]:
+        """Send what each peer asked, wait (bounded) for every answer."""
+        now = time.monotonic()
+        for peer in asked:
+            peer.flush(now)
+        self.drive_until(lambda: all(r in p.answers for p, r in asked.items()), deadline)
+        return {peer: peer.answers.pop(rid) for peer, rid in asked.items()}
+
+    def devices(self, deadline: float) -> None:
+        """Each peer a device (keys uploaded); each sender's device set and claim."""
+        asked: dict[Peer, int] = {}
+        for peer in self.peers:
+            token = peer.conn.token
+            assert token is not None
+            peer.crypto = CryptoState.create(peer.name, session_id(token_hash(token)))
+            upload = peer.crypto.keys_to_upload(published_one_time_keys=0)
+            assert upload is not None
+            asked[peer] = peer.conn.upload_keys(upload)
+        for peer, answer in self._await(asked, deadline).items():
+            assert isinstance(answer, m.KeysStored), answer
+            assert peer.crypto is not None
+            peer.crypto.mark_keys_published()
+        sets = self._await(
+            {
+                pair.sender: pair.sender.conn.get_devices(
+                    conversation=direct_conversation(pair.sender.name, pair.recipient.name)
+                )
+                for pair in self.pairs
+            },
+            deadline,
+        )
+        for pair in self.pairs:
+            found = sets[pair.sender]
+            assert isinstance(found, m.ConversationDevices), found
+            pair.device_set = found.device_set
+        claims = self._await(
+            {
+                pair.sender: pair.sender.conn.claim_keys([_device_of(pair.recipient)])
+                for pair in self.pairs
+            },
+            deadline,
+        )
+        for pair in self.pairs:
+            claimed = claims[pair.sender]
+            assert isinstance(claimed, m.ClaimedKeys) and len(claimed.keys) == 1, claimed
+            pair.claimed = claimed.keys
+
+    def prepare(self, count: int) -> float:
+        """Encrypt ``count`` messages ahead for each pair (outside every window):
+        the first with its key share, one in a hundred a rotation's. Returns the
+        CPU seconds it took per message."""
+        start = time.process_time()
+        for pair in self.pairs:
+            for _ in range(count):
+                pair.ready.append(self._encrypt(pair))
+        return (time.process_time() - start) / max(1, count * len(self.pairs))
+
+    def _encrypt(self, pair: Pair) -> tuple[bytes, Outgoing]:
+        crypto, device_set = pair.sender.crypto, pair.device_set
+        assert crypto is not None and device_set is not None
+        message_id = os.urandom(16)
+        out = crypto.encrypt(device_set, E2EE_TEXT, message_id, self.at, pair.claimed)
+        # The messages go out in this order on one connection, each accepted (a
+        # refusal fails the run): a share is never made twice.
+        crypto.accepted(out)
+        return message_id, out
+
+    def verify(self) -> dict[str, int]:
+        """Decrypt everything each recipient was delivered (after the windows):
+        how many decrypted, and how many could not be (never any)."""
+        decrypted = undecryptable = 0
+        for pair in self.pairs:
+            crypto = pair.recipient.crypto
+            assert crypto is not None
+            for push in pair.received:
+                shares_ok = all(
+                    isinstance(crypto.receive_key_share(share), KeyShareReceived)
+                    for share in push.key_shares
+                )
+                record = push.message.ciphertext
+                result = None if record is None else crypto.decrypt(record, push.message.id)
+                if shares_ok and isinstance(result, Decrypted) and result.text == E2EE_TEXT:
+                    decrypted += 1
+                else:
+                    undecryptable += 1
+            pair.received.clear()
+        return {"decrypted": decrypted, "undecryptable": undecryptable}
+
+    def delivery_handler(self, pair: Pair) -> Callable[[float, m.MessageDelivered], None]:
+        def handle(now: float, push: m.MessageDelivered) -> None:
+            message = push.message
             pair.delivered += 1
+            if self.encrypted:
+                pair.received.append(push)
+                due = self.due.pop(message.id, math.nan)
             window = self.window
             if window is None:
                 return
             if window.start <= now < window.end:
                 window.delivered += 1
-            due = float(message.text.split(" ", 1)[0])
+            if not self.encrypted:  # (an encrypted one's due time was looked up above)
+                due = float(message.text.split(" ", 1)[0])
             if window.start <= due < window.end:
                 window.latencies.append(now - due)
 
         return handle
 
     def send(self, pair: Pair, due: float, now: float) -> None:
-        pair.sender.conn.send_message(pair.recipient.name, text_for(due))
+        if self.encrypted:
+            if pair.ready:
+                message_id, out = pair.ready.popleft()
+            else:
+                message_id, out = self._encrypt(pair)
+                self.encrypted_live += 1
+            self.due[message_id] = due
+            pair.sender.conn.send_encrypted(
+                pair.recipient.name, out.message, out.key_shares, message_id=message_id
+            )
+        else:
+            pair.sender.conn.send_message(pair.recipient.name, text_for(due))
         pair.sent += 1
         if self.window is not None and self.window.start <= due < self.window.end:
             self.window.due_in_window += 1
@@ -483,6 +649,7 @@ class Generator:
             "latencies": latencies,
             "drained": drained,
             "generator_cpu_share": busy,
+            "encrypted_live": self.encrypted_live,
         }
 
     def drain(self, seconds: float) -> bool:
@@ -500,6 +667,9 @@ class Generator:
                 peer.sock.close()
         self.pairs = []
         self.peers = []
+        self.encrypted = False
+        self.due.clear()
+        self.encrypted_live = 0
 
     # -- the loop --
 
@@ -540,6 +710,13 @@ class Generator:
                 timer = peer.conn.get_timer()
                 if timer is not None and timer <= now:
                     peer.pump(now)
+
+
+def _device_of(peer: Peer) -> bytes:
+    """The device id of ``peer``'s login session."""
+    token = peer.conn.token
+    assert token is not None
+    return session_id(token_hash(token))
 
 
 def raw_saturate(
@@ -612,6 +789,10 @@ def worker(conn: multiprocessing.connection.Connection, index: int, pairs: int) 
                 result = generator.offer(*args)
             elif command == "drain":
                 result = generator.drain(*args)
+            elif command == "prepare":
+                result = generator.prepare(*args)
+            elif command == "verify":
+                result = generator.verify()
             elif command == "close":
                 generator.close()
                 result = "closed"
@@ -744,6 +925,60 @@ def py_spy(pid: int, path: str | None) -> Iterator[None]:
             recorder.wait()
 
 
+def encrypted_saturation(
+    team: Workers,
+    workers: int,
+    pairs: int,
+    timing: Timing,
+    spy: str | None = None,
+    *,
+    python: str = sys.executable,
+) -> dict[str, Any]:
+    """Saturation on a fresh server with every message encrypted end to end: the
+    generators send messages encrypted ahead (``prepare``, outside the window), so
+    that they cost about what a plain send does; afterwards every delivery is
+    decrypted (``verify``), outside the window too."""
+    with udpchat_server(python=python) as (pid, port), py_spy(pid, spy):
+        team.call("setup", port, workers, True)
+        messages = POOL_RATE * (timing.warmup + timing.saturation)
+        messages += E2EE_RATE * (timing.warmup / 2 + timing.step)
+        count = math.ceil(messages / (workers * pairs))
+        encrypt_cost = statistics.median(team.call("prepare", count, timeout=DEADLINE * 2))
+        results, cpu, states = windowed(
+            functools.partial(team.call, "saturate"), pid, timing.warmup, timing.saturation
+        )
+        if not all(r["drained"] for r in results):
+            team.call("drain", timing.backlog)
+        at_rate, rate_cpu, _ = windowed(
+            functools.partial(team.call, "offer", E2EE_RATE / workers),
+            pid,
+            timing.warmup / 2,
+            timing.step,
+        )
+        rate_delivered = sum(r["delivered"] for r in at_rate)
+        if not all(r["drained"] for r in at_rate):
+            team.call("drain", timing.backlog)
+        checked = team.call("verify", timeout=DEADLINE * 2)
+    team.call("close")
+    delivered = sum(r["delivered"] for r in results)
+    undecryptable = sum(c["undecryptable"] for c in checked)
+    if undecryptable:
+        raise RuntimeError(f"{undecryptable} encrypted deliveries did not decrypt")
+    return {
+        "e2ee_msgs_per_s": delivered / timing.saturation,
+        "e2ee_server_cpu_us_per_msg": cpu / max(1, delivered) * 1e6,
+        "e2ee_server_cpu_share": cpu / timing.saturation,
+        "e2ee_generator_cpu_share": max(r["generator_cpu_share"] for r in results),
+        "e2ee_machine_busy_cores": states["machine"],
+        "e2ee_decrypted": sum(c["decrypted"] for c in checked),
+        "e2ee_undecryptable": undecryptable,
+        "e2ee_encrypted_live": sum(r["encrypted_live"] for r in at_rate),
+        "e2ee_at_rate_achieved": rate_delivered / timing.step,
+        "e2ee_at_rate_cpu_us_per_msg": rate_cpu / max(1, rate_delivered) * 1e6,
+        "e2ee_encrypt_us": encrypt_cost * 1e6,
+    }
+
+
 def one_run(
     workers: int,
     pairs: int,
@@ -752,10 +987,20 @@ def one_run(
     spy: str | None = None,
     *,
     python: str = sys.executable,
+    e2ee: bool = True,
 ) -> dict[str, Any]:
-    """One fresh server (run by ``python``) and relay: every figure once."""
+    """One fresh server (run by ``python``) and relay: every figure once (and
+    first, ``e2ee``, the encrypted saturation on a server of its own, just before
+    the plain one's)."""
     team = Workers(workers, pairs)
     try:
+        encrypted = (
+            encrypted_saturation(
+                team, workers, pairs, timing, f"{spy}.e2ee" if spy else None, python=python
+            )
+            if e2ee and profile is None
+            else {}
+        )
         with udpchat_server(profile, python=python) as (pid, port), py_spy(pid, spy):
             team.call("setup", port, workers)
             results, cpu, states = windowed(
@@ -814,6 +1059,17 @@ def one_run(
         team.call("close")
         run["raw_relay_msgs_per_s"], run["raw_relay_cpu_us_per_msg"] = raw_saturation(team, timing)
         run["ratio"] = run["udpchat_msgs_per_s"] / run["raw_relay_msgs_per_s"]
+        if encrypted:
+            run.update(encrypted)
+            # The same run's two saturations, a few seconds apart on the same machine.
+            run["e2ee_cpu_ratio"] = (
+                encrypted["e2ee_server_cpu_us_per_msg"] / run["server_cpu_us_per_msg"]
+            )
+            run["e2ee_throughput_ratio"] = encrypted["e2ee_msgs_per_s"] / run["udpchat_msgs_per_s"]
+            plain = next(s for s in run["latency"] if s["offered"] == E2EE_RATE)
+            run["e2ee_at_rate_cpu_ratio"] = (
+                encrypted["e2ee_at_rate_cpu_us_per_msg"] / plain["server_cpu_us_per_msg"]
+            )
         run["p99_crosses_5ms_at"] = crossing(run["latency"])
         # Then the crossing is somewhere below the lowest rate stepped through.
         run["p99_over_5ms_at_lowest_step"] = run["latency"][0]["p99_ms"] > TARGET_P99_MS
@@ -910,6 +1166,20 @@ def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str,
         "raw_relay_cpu_us_per_msg",
         "highest_sustained_rate",
     ]
+    if all("e2ee_cpu_ratio" in r for r in runs):
+        scalar += [
+            "e2ee_msgs_per_s",
+            "e2ee_server_cpu_us_per_msg",
+            "e2ee_server_cpu_share",
+            "e2ee_generator_cpu_share",
+            "e2ee_machine_busy_cores",
+            "e2ee_encrypt_us",
+            "e2ee_cpu_ratio",
+            "e2ee_throughput_ratio",
+            "e2ee_at_rate_achieved",
+            "e2ee_at_rate_cpu_us_per_msg",
+            "e2ee_at_rate_cpu_ratio",
+        ]
     summary: dict[str, Any] = {name: statistics.median(r[name] for r in runs) for name in scalar}
     offered = sorted({step["offered"] for r in runs for step in r["latency"]})
     latency = []
@@ -955,6 +1225,18 @@ def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str,
             },
         }
     )
+    if "e2ee_cpu_ratio" in summary:
+        for name in (
+            "e2ee_cpu_ratio",
+            "e2ee_msgs_per_s",
+            "e2ee_throughput_ratio",
+            "e2ee_at_rate_cpu_ratio",
+        ):
+            summary["spread"][name] = spread([r[name] for r in runs])
+        summary["e2ee_cpu_ratios"] = [r["e2ee_cpu_ratio"] for r in runs]
+        summary["e2ee_at_rate_cpu_ratios"] = [r["e2ee_at_rate_cpu_ratio"] for r in runs]
+        for name in ("e2ee_decrypted", "e2ee_undecryptable", "e2ee_encrypted_live"):
+            summary[name] = sum(r[name] for r in runs)
     if crossings:
         summary["spread"]["p99_crosses_5ms_at"] = spread(crossings)
     return summary
@@ -988,6 +1270,35 @@ def print_table(summary: dict[str, Any]) -> None:
     print(f"  {'latency p50 at saturation':42} {s['saturated_p50_ms']:9.1f} ms")
     print(f"  {'raw relay CPU per message':42} {s['raw_relay_cpu_us_per_msg']:9.1f} µs")
     print(f"  {'server RSS at the end':42} {s['server_rss_mib']:9.1f} MiB")
+    if "e2ee_cpu_ratio" in s:
+        print("  end-to-end encrypted (a server of its own, just before the plain one):")
+        sp = s["spread"]["e2ee_msgs_per_s"]
+        label = "encrypted saturation"
+        print(f"  {label:42} {sp['median']:9.0f} msg/s  [{sp['min']:.0f}-{sp['max']:.0f}]")
+        label = "server CPU per encrypted message"
+        print(f"  {label:42} {s['e2ee_server_cpu_us_per_msg']:9.0f} µs")
+        sp = s["spread"]["e2ee_cpu_ratio"]
+        label = "encrypted / plain CPU a message, per run"
+        print(f"  {label:42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
+        sp = s["spread"]["e2ee_throughput_ratio"]
+        label = "encrypted / plain msg/s, per run"
+        print(f"  {label:42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
+        label = f"server CPU a message at {E2EE_RATE}/s, encrypted"
+        print(f"  {label:42} {s['e2ee_at_rate_cpu_us_per_msg']:9.0f} µs")
+        sp = s["spread"]["e2ee_at_rate_cpu_ratio"]
+        label = f"encrypted / plain CPU a message at {E2EE_RATE}/s"
+        print(f"  {label:42} {sp['median']:9.3f}x      [{sp['min']:.3f}-{sp['max']:.3f}]")
+        label = "server CPU used, encrypted saturation"
+        print(f"  {label:42} {s['e2ee_server_cpu_share']:9.2f} cores")
+        label = "busiest generator, encrypted saturation"
+        print(f"  {label:42} {s['e2ee_generator_cpu_share']:9.2f} cores")
+        label = "a message encrypted ahead (generator CPU)"
+        print(f"  {label:42} {s['e2ee_encrypt_us']:9.1f} µs")
+        print(
+            f"  {'deliveries decrypted afterwards':42} {s['e2ee_decrypted']:9d} "
+            f"({s['e2ee_undecryptable']} undecryptable; {s['e2ee_encrypted_live']} "
+            "encrypted while sending)"
+        )
     print()
     print(
         "  offered/s  achieved/s   p50 ms   p99 ms  [p99 min-max]    "
@@ -1115,6 +1426,12 @@ def main() -> None:
         default=[],
         help="run the server with this interpreter (twice or more: builds side by side)",
     )
+    parser.add_argument(
+        "--no-e2ee",
+        dest="e2ee",
+        action="store_false",
+        help="leave out the end-to-end encrypted saturation measured in each run",
+    )
     args = parser.parse_args()
     builds = [spec.split("=", 1) for spec in args.server_python]
     if any(len(build) != 2 for build in builds):
@@ -1139,6 +1456,7 @@ def main() -> None:
             args.profile,
             args.spy if i == 0 else None,
             python=python,
+            e2ee=args.e2ee,
         )
         for i in range(runs)
     ]
@@ -1174,11 +1492,12 @@ def retried(workers: int, pairs: int, timing: Timing, python: str, label: str) -
     """One run, started again once if it failed (on a loaded shared machine the
     set-up's logins can outlast their deadline): a build's lost run would unpair
     the others."""
+    # (Builds compared side by side: the plain path only, as it was measured.)
     try:
-        return one_run(workers, pairs, timing, None, python=python)
+        return one_run(workers, pairs, timing, None, python=python, e2ee=False)
     except RuntimeError as exc:
         print(f"{label}: the run failed ({exc}); once more", file=sys.stderr)
-        return one_run(workers, pairs, timing, None, python=python)
+        return one_run(workers, pairs, timing, None, python=python, e2ee=False)
 
 
 def side_by_side(builds: list[list[str]], args: argparse.Namespace) -> None:

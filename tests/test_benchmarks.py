@@ -40,8 +40,13 @@ CASES = {
             "server_rss_mib",
             "latency",
             "p99_crosses_5ms_at",
+            "e2ee_server_cpu_us_per_msg",
+            "e2ee_cpu_ratio",
+            "e2ee_at_rate_cpu_ratio",
+            "e2ee_decrypted",
+            "e2ee_undecryptable",
         },
-        120,
+        150,
     ),
     "sessions.py": ({"bytes_per_idle_conn", "rss_bytes_per_idle_conn", "sizes"}, 90),
     "logins.py": ({"p99_without_ms", "p99_with_burst_ms", "p99_delta_ms", "logins"}, 120),
@@ -105,6 +110,8 @@ def test_benchmark_runs_quick(name: str) -> None:
     if name == "relay.py":
         for step in figures["latency"]:
             assert {"offered", "achieved", "p50_ms", "p99_ms"} <= set(step)
+        # Every encrypted delivery decrypted afterwards (the run fails otherwise).
+        assert figures["e2ee_decrypted"] > 0 and figures["e2ee_undecryptable"] == 0
 
 
 def _load(name: str) -> ModuleType:

@@ -18,7 +18,7 @@ def test_the_e2ee_benchmark_runs_quick() -> None:
         [
             sys.executable,
             str(ROOT / "benchmarks" / "e2ee.py"),
-            *("--quick", "--json", "--server", "memory"),
+            *("--quick", "--json", "--server", "memory", "--relay"),
         ],
         capture_output=True,
         text=True,
@@ -31,3 +31,6 @@ def test_the_e2ee_benchmark_runs_quick() -> None:
     assert summary["room_devices"] == 2 * summary["room_members"]
     assert all(summary[k] > 0 for k in ("message_us", "first_share_ms", "take_share_us"))
     assert summary["first_read_ms"] >= summary["first_accepted_ms"] > 0  # through the server
+    # The server's CPU a message, plain and encrypted (every delivery decrypted).
+    assert summary["relay_plain_us"] > 0 and summary["relay_encrypted_us"] > 0
+    assert summary["relay_ratio_min"] <= summary["relay_ratio"] <= summary["relay_ratio_max"]

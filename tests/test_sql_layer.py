@@ -32,6 +32,7 @@ from tests import strategies
 from tests.services import POSTGRES_URL, postgres_database, postgres_store
 from udpchat_proto import Store
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
+from udpchat_proto.e2ee import DeviceKeys
 from udpchat_server.stores import derive, records, schema
 from udpchat_server.stores import postgres as postgres_store_module
 from udpchat_server.stores import sqlite as sqlite_store
@@ -220,6 +221,34 @@ def test_of_the_protocol_each_store_defines_only_what_it_does_its_own_way() -> N
 def test_a_stored_record_reads_back_as_it_was(record: Any) -> None:
     assert records.unpack(type(record), records.pack(record)) == record
     assert records.unpack(type(record), memoryview(records.pack(record))) == record
+
+
+@settings(max_examples=50)
+@given(keys=st.lists(strategies.device_keys, min_size=1, max_size=5, unique=True))
+def test_a_device_record_is_built_once_and_read_back_as_it_was(keys: list[Any]) -> None:
+    for record in keys:
+        stored = records.pack(record)
+        first = records.unpack_device(memoryview(stored))
+        assert first == record
+        assert records.unpack_device(stored) is first  # built once, then remembered
+
+
+def test_the_device_records_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "DEVICE_CACHE_SIZE", 2)
+    monkeypatch.setattr(records, "_devices", {})
+    made = [
+        DeviceKeys(
+            user=f"user{n}",
+            device_id=bytes([n]) * 16,
+            curve25519=bytes(32),
+            ed25519=bytes(32),
+            signature=bytes(64),
+        )
+        for n in range(3)
+    ]
+    for record in made:
+        assert records.unpack_device(records.pack(record)) == record
+    assert list(records._devices.values()) == made[1:]  # the oldest went first
 
 
 # --- additive changes, derived from the declaration ----------------------------------------

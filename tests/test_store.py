@@ -1507,6 +1507,42 @@ def test_memory_and_sqlite_stores_agree(script: list[tuple[Any, ...]]) -> None:
         sqlite_store.close()
 
 
+def test_sqlite_atomic_block_writes_the_batchs_seqs_only_when_it_fails(tmp_path: Path) -> None:
+    # An encrypted send is an atomic block of its own: the batch's seqs and stored
+    # bytes wait for the commit as a plain send's do. A block that fails (here
+    # after creating a conversation, which writes the seqs inside it) is undone,
+    # and the batch's earlier seqs and bytes are kept and written.
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+
+        def last_seq(key: str) -> int | None:
+            row = store.connection.execute(
+                "SELECT last_seq FROM conversations WHERE key = ?", (key,)
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        store.create_account("alice", PASSWORD, 1.0)
+        send(store, "alice", "bob", "one")
+        store.commit()
+        send(store, "alice", "bob", "two")
+        with store.atomic():
+            send(store, "alice", "bob", "three")
+        assert last_seq("alice bob") == 1  # not written by the block: at the commit
+        with pytest.raises(OSError), store.atomic():
+            send(store, "alice", "bob", "undone")
+            send(store, "alice", "carol", "undone too")  # a new conversation
+            raise OSError("disk full")
+        assert last_seq("alice bob") == 3  # the batch's, kept; the block's, not
+        assert last_seq("alice carol") is None
+        assert store.stored_bytes("alice") == sizes("one", "two", "three")
+        assert store.add_message(message("bob", "alice", "four")).seq == 4
+        assert store.add_message(message("alice", "carol", "first")).seq == 1
+        store.commit()
+        assert texts(store.history("alice", "bob", 10)) == ["one", "two", "three", "four"]
+        assert last_seq("alice bob") == 4
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        assert store.stored_bytes("alice") == sizes("one", "two", "three", "first")
+
+
 def test_sqlite_atomic_block_rolls_back_only_its_own_writes(tmp_path: Path) -> None:
     path = tmp_path / "atomic.sqlite3"
     store = SQLiteStore.open(path)

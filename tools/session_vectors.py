@@ -93,9 +93,9 @@ class ServerDriver:
     replays them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seed: str = "udpchat session vectors: server") -> None:
         self.now = 0.0
-        self.random = RecordingRandom("udpchat session vectors: server")
+        self.random = RecordingRandom(seed)
         self.server = ChatServer(
             store=MemoryStore(),
             static_key=ServerKey.from_bytes(SERVER_STATIC),
@@ -133,35 +133,47 @@ def _address(addr: Address) -> str:
     return f"{addr[0]}:{addr[1]}"
 
 
-class _Session:
-    """The simulated network: the server, the clients and the script of what users do."""
+class Simulation:
+    """The simulated network: the server, the clients and the script of what users do.
 
-    def __init__(self) -> None:
-        self.server = ServerDriver()
-        self.randoms = {
-            name: RecordingRandom(f"udpchat session vectors: {name}") for name in CLIENTS
-        }
+    ``tools/e2ee_vectors.py`` runs its own script on it, with a third client and
+    ``on_event`` handlers that answer what the clients receive (the encrypted
+    sends' next steps, the deliveries to decrypt).
+    """
+
+    def __init__(
+        self,
+        clients: dict[str, Address] = CLIENTS,
+        seed: str = "udpchat session vectors",
+    ) -> None:
+        self.addresses = clients
+        self.server = ServerDriver(f"{seed}: server")
+        self.randoms = {name: RecordingRandom(f"{seed}: {name}") for name in clients}
         self.clients = {
             name: ClientConnection(server_address=SERVER_ADDRESS, random=self.randoms[name])
-            for name in CLIENTS
+            for name in clients
         }
-        self.by_address = {addr: name for name, addr in CLIENTS.items()}
+        self.by_address = {addr: name for name, addr in clients.items()}
         self.now = 0.0
         self.queue: list[tuple[float, int, str, Any]] = []
         self.order = itertools.count()
         self.datagrams: list[tuple[float, str, str, bytes]] = []
-        self.answers: dict[str, list[Any]] = {name: [] for name in CLIENTS}
+        self.on_event: dict[str, Callable[[Any], None]] = {}
+        """Per client: called with each event it takes (by default they are dropped)."""
 
     def at(self, time: float, action: Callable[[], Any]) -> None:
         heapq.heappush(self.queue, (time, next(self.order), "action", action))
 
     def _send_from_clients(self) -> None:
         for name, client in self.clients.items():
-            while client.next_event() is not None:  # taking a delivery acknowledges it
-                pass
+            handler = self.on_event.get(name)
+            # Taking a delivery acknowledges it.
+            while (event := client.next_event()) is not None:
+                if handler is not None:
+                    handler(event)
             for data, _ in client.datagrams_to_send(self.now):
                 self.datagrams.append((self.now, name, "server", data))
-                item = (data, CLIENTS[name])
+                item = (data, self.addresses[name])
                 heapq.heappush(self.queue, (self.now + LATENCY, next(self.order), "server", item))
 
     def _send_from_server(self) -> None:
@@ -171,7 +183,8 @@ class _Session:
             heapq.heappush(self.queue, (sent_at + LATENCY, next(self.order), name, data))
         self.server.sent.clear()
 
-    def run(self) -> None:
+    def run(self, end: float = END) -> None:
+        """Run until nothing is due at or before ``end``."""
         while True:
             timers = [
                 (deadline, name)
@@ -183,7 +196,7 @@ class _Session:
                 timers.append((server_timer, "server"))
             next_timer = min(timers, default=(float("inf"), ""))
             next_item = self.queue[0][0] if self.queue else float("inf")
-            if min(next_timer[0], next_item) > END:
+            if min(next_timer[0], next_item) > end:
                 return
             if next_timer[0] <= next_item:
                 self.now = max(self.now, next_timer[0])
@@ -205,7 +218,7 @@ class _Session:
             self._send_from_clients()
 
 
-def _script(session: _Session) -> None:
+def _script(session: Simulation) -> None:
     alice, bob = session.clients["alice"], session.clients["bob"]
 
     def start(client: ClientConnection, name: str) -> None:
@@ -251,7 +264,8 @@ class _Stream:
         self.data = bytearray()
         self.start = 0
 
-    def add(self, frame: StreamFrame) -> list[Any]:
+    def add(self, frame: StreamFrame) -> list[tuple[int, Any]]:
+        """The (version byte, JSON object) of each message this frame completes."""
         end = self.start + len(self.data)
         if frame.offset + len(frame.data) > end:  # no loss here: never a gap
             assert frame.offset <= end
@@ -268,11 +282,11 @@ class _Stream:
             del self.data[: pos + length]
             self.start += pos + length
             assert decode(payload) is not None  # a valid message of the catalogue
-            messages.append(json.loads(payload[1:]))
+            messages.append((payload[0], json.loads(payload[1:])))
         return messages
 
 
-def _connection(name: str, session: _Session) -> dict[str, Any]:
+def _connection(name: str, session: Simulation) -> dict[str, Any]:
     """The keys of one connection, checked by running the handshake again."""
     initiation = next(d for _, src, _, d in session.datagrams if src == name)
     response = next(d for _, src, dst, d in session.datagrams if dst == name and d[0] == 0x02)
@@ -294,7 +308,7 @@ def _connection(name: str, session: _Session) -> dict[str, Any]:
     assert c1.key is not None and c2.key is not None
     return {
         "name": name,
-        "address": _address(CLIENTS[name]),
+        "address": _address(session.addresses[name]),
         "connection_id": connection_id.hex(),
         "prologue": prologue.hex(),
         "client_ephemeral_private": client_e.hex(),
@@ -305,12 +319,13 @@ def _connection(name: str, session: _Session) -> dict[str, Any]:
     }
 
 
-def generate() -> dict[str, Any]:
-    """Run the session and return the document (what ``session.json`` holds)."""
-    session = _Session()
-    _script(session)
-    session.run()
-    connections = [_connection(name, session) for name in CLIENTS]
+def record(
+    session: Simulation, *, versions: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run session's connections (their keys) and datagrams, as the file lists
+    them (with ``versions``, each DATA datagram's also lists its messages' version
+    bytes)."""
+    connections = [_connection(name, session) for name in session.addresses]
     keys = {
         (bytes.fromhex(c["connection_id"]), src != "server"): bytes.fromhex(
             c["client_to_server_key"] if src != "server" else c["server_to_client_key"]
@@ -338,14 +353,38 @@ def generate() -> dict[str, Any]:
             entry["packet_number"] = packet.packet_number
             entry["plaintext"] = plaintext.hex()
             entry["frames"] = [_frame(frame) for frame in frames]
-            entry["messages"] = [
+            completed = [
                 message
                 for frame in frames
                 if isinstance(frame, StreamFrame)
                 for message in stream.add(frame)
             ]
+            entry["messages"] = [message for _, message in completed]
+            if versions:
+                entry["versions"] = [version for version, _ in completed]
         datagrams.append(entry)
+    return connections, datagrams
+
+
+def server_entry() -> dict[str, Any]:
+    """The ``server`` member: its address, keys, clock and scrypt cost."""
     server_key = ServerKey.from_bytes(SERVER_STATIC)
+    return {
+        "address": _address(SERVER_ADDRESS),
+        "static_private": SERVER_STATIC.hex(),
+        "static_public": server_key.public_bytes.hex(),
+        "fingerprint": server_key.fingerprint,
+        "wall_clock_at_zero": WALL_CLOCK_AT_ZERO,
+        "scrypt": {"n": SCRYPT.n, "r": SCRYPT.r, "p": SCRYPT.p},
+    }
+
+
+def generate() -> dict[str, Any]:
+    """Run the session and return the document (what ``session.json`` holds)."""
+    session = Simulation()
+    _script(session)
+    session.run()
+    connections, datagrams = record(session)
     return {
         "description": (
             "Every datagram of one udpchat version 1 session: two clients register, log "
@@ -356,14 +395,7 @@ def generate() -> dict[str, Any]:
         "noise_protocol": "Noise_NX_25519_ChaChaPoly_SHA256",
         "latency": LATENCY,
         "end": END,
-        "server": {
-            "address": _address(SERVER_ADDRESS),
-            "static_private": SERVER_STATIC.hex(),
-            "static_public": server_key.public_bytes.hex(),
-            "fingerprint": server_key.fingerprint,
-            "wall_clock_at_zero": WALL_CLOCK_AT_ZERO,
-            "scrypt": {"n": SCRYPT.n, "r": SCRYPT.r, "p": SCRYPT.p},
-        },
+        "server": server_entry(),
         "connections": connections,
         "datagrams": datagrams,
     }

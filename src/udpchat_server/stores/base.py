@@ -44,7 +44,7 @@ from udpchat_proto.chat import (
 from udpchat_proto.e2ee import ClaimedKey, DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
 
 from . import statements as sql
-from .records import pack, unpack
+from .records import pack, unpack, unpack_device
 
 __all__ = [
     "Params",
@@ -648,7 +648,7 @@ class SqlStore(abc.ABC):
         row = self._select(
             "SELECT record FROM device_keys WHERE token_hash = ?", (token_hash,)
         ).fetchone()
-        return None if row is None else unpack(DeviceKeys, row[0])
+        return None if row is None else unpack_device(row[0])
 
     def devices_of(self, usernames: Sequence[str]) -> list[tuple[DeviceKeys, float]]:
         if not usernames:
@@ -658,7 +658,7 @@ class SqlStore(abc.ABC):
             sorted(set(usernames)),
             {},
         )
-        found = [(unpack(DeviceKeys, row[0]), row[1]) for row in rows]
+        found = [(unpack_device(row[0]), row[1]) for row in rows]
         return sorted(found, key=lambda item: (item[0].user, item[1], item[0].device_id))
 
     def add_one_time_keys(self, device_id: bytes, keys: Sequence[OneTimeKey]) -> None:
@@ -735,14 +735,15 @@ class SqlStore(abc.ABC):
             "INSERT INTO message_devices (message_id, device_id) VALUES (?, ?)",
             [(message_id, device_id) for device_id in sorted(set(devices))],
         )
-        self._executemany(
-            "INSERT INTO message_key_shares (message_id, device_id, number, record) "
-            "VALUES (?, ?, ?, ?)",
-            [
-                (message_id, device_id, number, pack(share))
-                for number, (device_id, share) in enumerate(key_shares)
-            ],
-        )
+        if key_shares:  # (most messages carry none: their session was shared before)
+            self._executemany(
+                "INSERT INTO message_key_shares (message_id, device_id, number, record) "
+                "VALUES (?, ?, ?, ?)",
+                [
+                    (message_id, device_id, number, pack(share))
+                    for number, (device_id, share) in enumerate(key_shares)
+                ],
+            )
 
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
         rows = self._select(

@@ -533,9 +533,12 @@ class SQLiteStore(SqlStore):
         """
         if self._atomic_wanted:
             raise RuntimeError("atomic() blocks do not nest")
-        # Outside the savepoint: a failed block cannot undo them.
-        self._write_seqs()
-        self._write_usage()
+        # What the batch's earlier writes left unwritten (the seqs add_message gave,
+        # the stored bytes), as it stands before the block: put back and written
+        # if the block fails. They used to be written here, at every block's start,
+        # which cost each encrypted send (a block of its own) two more statements;
+        # most blocks succeed, and the commit writes them once.
+        seqs, usage = dict(self._seqs_unwritten), dict(self._usage_unwritten)
         self._atomic_wanted = True
         try:
             yield
@@ -543,8 +546,8 @@ class SQLiteStore(SqlStore):
             # (An error that already aborted the whole transaction left nothing
             # to roll back to: _check_transaction notes the batch as lost.)
             self._check_transaction()
-            # What the block stored may be remembered; what came before it was
-            # written when the block began, so forgetting everything loses nothing.
+            # What the block stored may be remembered: forget it all (the cached
+            # conversations and seqs come back from the table) ...
             self._forget_uncommitted()
             if self._atomic_open and self._batch_lost is None:
                 try:
@@ -555,6 +558,10 @@ class SQLiteStore(SqlStore):
                     self._batch_lost = unavailable(exc, self._file) or StoreUnavailableError(
                         "rollback failed", str(exc)
                     )
+            # ... except what came before the block: written now, outside it, so
+            # that the table has the seqs the forgotten cache held.
+            self._atomic_wanted = self._atomic_open = False
+            self._keep_unwritten(seqs, usage)
             raise
         else:
             if self._atomic_open:
@@ -617,6 +624,23 @@ class SQLiteStore(SqlStore):
         finally:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
         self._erase_wal = bool(busy)
+
+    def _keep_unwritten(self, seqs: dict[int, int], usage: dict[str, int]) -> None:
+        """Write ``seqs`` and ``usage`` (what the batch had left unwritten before a
+        failed atomic block), unless the batch is lost anyway; a failure to write
+        them loses the batch (its seqs would be wrong)."""
+        if self._batch_lost is not None:
+            return
+        self._seqs_unwritten, self._usage_unwritten = seqs, usage
+        try:
+            self._write_seqs()
+            self._write_usage()
+        except StoreUnavailableError as exc:
+            self._forget_uncommitted()
+            self._batch_lost = exc
+        except sqlite3.Error as exc:  # (a bug: still, the batch's seqs are not kept)
+            self._forget_uncommitted()
+            self._batch_lost = StoreUnavailableError("writing the batch's seqs failed", str(exc))
 
     def _forget_uncommitted(self) -> None:
         """Drop what is remembered of the transaction's writes (it was undone)."""
