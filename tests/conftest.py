@@ -20,6 +20,7 @@ CLI command's), so the suite and what it starts keep their bytecode caches
 
 from __future__ import annotations
 
+import compileall
 import fcntl
 import os
 import sys
@@ -33,6 +34,16 @@ from tests.chat_helpers import ChatWorld, StoreFactory
 
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Once, before any test process starts (not in pytest-xdist's workers): the
+    sources' bytecode written now, so that the six workers and the first servers and
+    commands of a fresh checkout do not each compile them again at once."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        root = Path(__file__).resolve().parent.parent
+        compileall.compile_dir(root / "src", quiet=1)
+
 
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile("deep", max_examples=1000, deadline=None)
