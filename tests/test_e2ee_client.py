@@ -184,6 +184,41 @@ def test_a_device_that_uploaded_keys_may_not_send_text(world: ChatWorld) -> None
     assert [(msg.text, msg.encrypted) for msg in bob.read()] == [("from an old client", False)]
 
 
+def test_a_connection_asks_the_store_for_its_device_once_not_at_every_send(
+    world: ChatWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The plaintext send's device check was one store read a message: on PostgreSQL,
+    # one round trip each (benchmarks/cluster.py: a batch's handful became one a
+    # message). A connection learns it once, and from its own upload.
+    bob = signed_up(world, "bob", 1)[0]
+    old = world.user("alice")
+    old.connect()
+    old.ok(old.conn.register("alice", old.password))
+    old.login()
+    world.befriend(old, bob.user)
+    asked: list[bytes] = []
+    session_device = world.store.session_device
+
+    def counted(token_hash: bytes) -> object:
+        asked.append(token_hash)
+        return session_device(token_hash)
+
+    monkeypatch.setattr(world.store, "session_device", counted)
+    for n in range(3):
+        old.ok(old.conn.send_message("bob", f"clear {n}"), m.MessageAccepted)
+    assert len(asked) == 1
+    # Its own upload turns it into a device: text is refused from then on, unasked.
+    assert old.token is not None
+    crypto = ClientCrypto.create("alice", old.token)
+    issue = crypto.upload()
+    assert issue is not None
+    old.ok(issue(old.conn), m.KeysStored)
+    before = len(asked)  # (the upload reads the session's device itself)
+    refused = old.refused(old.conn.send_message("bob", "in clear"), ErrorCode.BAD_REQUEST)
+    assert refused.message == "this device encrypts: send encrypted"
+    assert len(asked) == before
+
+
 def test_device_added_pins_the_device_and_a_changed_key_is_dropped(world: ChatWorld) -> None:
     alice = signed_up(world, "alice", 1)[0]
     bob = signed_up(world, "bob", 1)[0]

@@ -121,6 +121,7 @@ class ChatConnection:
         "address",
         "connection_id",
         "deliveries",
+        "has_device",
         "job_id",
         "queue",
         "requests",
@@ -143,6 +144,10 @@ class ChatConnection:
         self.state = ChatConnectionState.ANONYMOUS
         self.username: str | None = None
         self.token_hash: bytes | None = None
+        self.has_device: bool | None = None
+        """Whether its session has device keys, once asked (None: not yet): a plaintext
+        send is refused from one that has, and asking the store at every send was a
+        read a message on a SQL store a round trip away."""
         self.job_id: int | None = None
         """The password hash job it waits for (in a ``*_HASHING`` state)."""
         self.queue: list[Queued] = []

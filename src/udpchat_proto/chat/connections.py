@@ -129,6 +129,7 @@ class ConnectionTable:
         connection.transition(ChatConnectionInput.LOGIN)
         connection.username = username
         connection.token_hash = token_hash
+        connection.has_device = None
         connection.deliveries.start()
         cid = connection.connection_id
         self._by_session[token_hash] = (*self._by_session.get(token_hash, ()), cid)
@@ -148,6 +149,7 @@ class ConnectionTable:
         assert username is not None and token_hash is not None  # (logged in)
         connection.transition(ChatConnectionInput.LOGOUT)
         connection.username = connection.token_hash = None
+        connection.has_device = None
         connection.deliveries.stop()
         cid = connection.connection_id
         self._protect(cid, False)

@@ -107,6 +107,7 @@ class KeyHandlers:
         elif known != keys:
             # A device's keys never change while it lives: a new account is a new login.
             raise RefusedError(ErrorCode.BAD_REQUEST, "this device has other keys")
+        connection.has_device = True
         held, _used = self._store.key_counts(keys.device_id)
         # At most ONE_TIME_KEYS_TARGET kept: the rest were never needed.
         room = max(0, ONE_TIME_KEYS_TARGET - held)

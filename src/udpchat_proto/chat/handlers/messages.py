@@ -277,7 +277,14 @@ class MessageHandlers:
         text from it is a bug or a downgrade, refused. A version 1 client, which
         never uploads keys, still sends text."""
         hashed = connection.token_hash
-        if hashed is not None and self._store.session_device(hashed) is not None:
+        if hashed is None:
+            return
+        # Asked once a connection (then kept up by its own uploads): a read a message
+        # was one store round trip a plaintext send on PostgreSQL. (Another
+        # connection of the same session uploading meanwhile is not seen here.)
+        if connection.has_device is None:
+            connection.has_device = self._store.session_device(hashed) is not None
+        if connection.has_device:
             raise RefusedError(ErrorCode.BAD_REQUEST, "this device encrypts: send encrypted")
 
     def share_keys(self, connection: ChatConnection, request: m.ShareKeys, now: float) -> None:
