@@ -19,6 +19,17 @@ from .conftest import PASSWORD, SERVER, ServerProcess, User, clean_env, wait_unt
 pytestmark = pytest.mark.e2e
 
 
+def refused_start(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``udpchat-server ARGS`` that must refuse to start: exit 1, nothing on
+    stdout (the caller checks its one ``error:`` line)."""
+    done = subprocess.run(
+        [*SERVER, *args], capture_output=True, text=True, timeout=30, env=clean_env(), check=False
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    return done
+
+
 def test_port_zero_key_file_and_sigterm(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path).start()
     assert server.port != 0
@@ -35,16 +46,7 @@ def test_port_zero_key_file_and_sigterm(tmp_path: Path) -> None:
 def test_a_second_server_on_a_port_in_use_exits_1_with_one_line(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [*SERVER, "--port", str(server.port), "--db", str(tmp_path / "other.sqlite3")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
-    assert done.returncode == 1
-    assert done.stdout == ""
+    done = refused_start("--port", str(server.port), "--db", str(tmp_path / "other.sqlite3"))
     assert done.stderr.startswith("error: cannot listen on 127.0.0.1:")
     assert done.stderr.count("\n") == 1, done.stderr
     assert server.alive()
@@ -60,16 +62,7 @@ def test_a_database_with_a_column_it_does_not_declare_exits_1_naming_it(
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("ALTER TABLE accounts ADD COLUMN motto TEXT")
         version = db.execute("PRAGMA user_version").fetchone()
-    done = subprocess.run(
-        [*SERVER, "--port", "0", "--db", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
-    assert done.returncode == 1
-    assert done.stdout == ""
+    done = refused_start("--port", "0", "--db", str(path))
     assert done.stderr.startswith(f"error: cannot open database {path}: database schema: ")
     assert "accounts.motto is in the database but not declared" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
@@ -96,16 +89,7 @@ def test_it_starts_beside_another_applications_table_but_not_one_referencing_its
     # A table whose foreign key could stop udpchat's deletes is refused, named.
     with contextlib.closing(sqlite3.connect(shared, isolation_level=None)) as db:
         db.execute("CREATE TABLE reactions (account TEXT REFERENCES accounts (username))")
-    done = subprocess.run(
-        [*SERVER, "--port", "0", "--db", str(shared)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
-    assert done.returncode == 1
-    assert done.stdout == ""
+    done = refused_start("--port", "0", "--db", str(shared))
     assert "reactions.account references accounts" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
 
