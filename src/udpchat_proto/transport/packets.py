@@ -158,6 +158,20 @@ PATH_DATA_SIZE: Final = 8
 
 _DATA_HEADER: Final = struct.Struct(">B8sQ")
 
+# The type bytes as plain ints, for the per-packet code: a ``Final`` int is a
+# literal to mypyc and one global load to CPython, where ``FrameType.STREAM`` is
+# an attribute lookup on an enum class (dynamic even when compiled) and an
+# IntEnum comparison. They equal the enums' values (a test checks).
+PADDING_TYPE: Final = 0x00
+PING_TYPE: Final = 0x01
+ACK_TYPE: Final = 0x02
+STREAM_TYPE: Final = 0x03
+CLOSE_TYPE: Final = 0x04
+PATH_CHALLENGE_TYPE: Final = 0x05
+PATH_RESPONSE_TYPE: Final = 0x06
+DATA_TYPE: Final = 0x03
+_STREAM_BYTE: Final = b"\x03"
+
 
 class PacketType(enum.IntEnum):
     """The first byte of every datagram."""
@@ -202,6 +216,15 @@ def encode_varint(value: int) -> bytes:
     if value <= MAX_VARINT:
         return (value | 0xC000_0000_0000_0000).to_bytes(8, "big")
     raise ValueError(f"varint out of range: {value}")
+
+
+def append_varint(out: bytearray, value: int) -> None:
+    """Append ``value`` to ``out`` as :func:`encode_varint` encodes it (a one-byte
+    varint, the common case, builds no bytes object)."""
+    if 0 <= value < 0x40:
+        out.append(value)
+    else:
+        out += encode_varint(value)
 
 
 def decode_varint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
@@ -361,7 +384,7 @@ def encode_response(connection_id: bytes, noise_message: bytes) -> bytes:
 
 def encode_data_header(connection_id: bytes, packet_number: int) -> bytes:
     """The 17-byte clear header of a DATA packet (also its associated data)."""
-    return _DATA_HEADER.pack(PacketType.DATA, connection_id, packet_number)
+    return _DATA_HEADER.pack(DATA_TYPE, connection_id, packet_number)
 
 
 def decode_packet(data: bytes) -> Packet:
@@ -383,7 +406,7 @@ def decode_packet(data: bytes) -> Packet:
     if not data:
         raise DecodeError("empty", "empty datagram")
     kind = data[0]
-    if kind == PacketType.DATA:
+    if kind == DATA_TYPE:
         if len(data) < DATA_HEADER_SIZE + TAG_SIZE:
             raise DecodeError("truncated", "DATA packet shorter than header and tag")
         _, cid, pn = _DATA_HEADER.unpack_from(data)
@@ -530,12 +553,12 @@ def encode_ack(ranges: Iterable[tuple[int, int]] | Iterable[range], delay_us: in
 def encode_frame(frame: Frame) -> bytes:
     """Encode one frame."""
     if isinstance(frame, StreamFrame):
-        return (
-            bytes((FrameType.STREAM,))
-            + encode_varint(frame.offset)
-            + encode_varint(len(frame.data))
-            + frame.data
-        )
+        data = frame.data
+        out = bytearray(_STREAM_BYTE)
+        append_varint(out, frame.offset)
+        append_varint(out, len(data))
+        out += data
+        return bytes(out)
     if isinstance(frame, AckFrame):
         return encode_ack(frame.ranges, frame.delay_us)
     if isinstance(frame, PingFrame):
@@ -596,7 +619,7 @@ def decode_frames(payload: bytes) -> list[Frame]:
     while pos < end:
         kind = payload[pos]
         pos += 1
-        if kind == FrameType.STREAM:
+        if kind == STREAM_TYPE:
             offset, pos = decode_varint(payload, pos)
             length, pos = decode_varint(payload, pos)
             if pos + length > end:
@@ -605,17 +628,17 @@ def decode_frames(payload: bytes) -> list[Frame]:
                 raise DecodeError("invalid_field", "STREAM beyond the largest offset")
             frames.append(StreamFrame(offset=offset, data=payload[pos : pos + length]))
             pos += length
-        elif kind == FrameType.ACK:
+        elif kind == ACK_TYPE:
             frame, pos = _decode_ack(payload, pos)
             frames.append(frame)
-        elif kind == FrameType.PING:
+        elif kind == PING_TYPE:
             frames.append(PingFrame())
-        elif kind == FrameType.PADDING:
+        elif kind == PADDING_TYPE:
             start = pos - 1
             while pos < end and payload[pos] == 0:
                 pos += 1
             frames.append(PaddingFrame(pos - start))
-        elif kind == FrameType.CLOSE:
+        elif kind == CLOSE_TYPE:
             code, pos = decode_varint(payload, pos)
             length, pos = decode_varint(payload, pos)
             if pos + length > end:
@@ -626,15 +649,13 @@ def decode_frames(payload: bytes) -> list[Frame]:
                 raise DecodeError("invalid_field", "CLOSE reason is not UTF-8") from exc
             frames.append(CloseFrame(code=code, reason=reason))
             break  # nothing after a CLOSE counts
-        elif kind in (FrameType.PATH_CHALLENGE, FrameType.PATH_RESPONSE):
+        elif kind in (PATH_CHALLENGE_TYPE, PATH_RESPONSE_TYPE):
             if pos + PATH_DATA_SIZE > end:
                 raise DecodeError("truncated", "PATH frame data cut short")
             data = bytes(payload[pos : pos + PATH_DATA_SIZE])
             pos += PATH_DATA_SIZE
             frames.append(
-                PathChallengeFrame(data)
-                if kind == FrameType.PATH_CHALLENGE
-                else PathResponseFrame(data)
+                PathChallengeFrame(data) if kind == PATH_CHALLENGE_TYPE else PathResponseFrame(data)
             )
         else:
             raise DecodeError("unknown_frame", f"frame type {kind:#04x}")
@@ -642,6 +663,21 @@ def decode_frames(payload: bytes) -> list[Frame]:
 
 
 def _decode_ack(payload: bytes, pos: int) -> tuple[AckFrame, int]:
+    ranges, delay_us, pos = decode_ack_ranges(payload, pos)
+    return AckFrame(ranges=tuple(ranges), delay_us=delay_us), pos
+
+
+def decode_ack_ranges(payload: bytes, pos: int) -> tuple[list[tuple[int, int]], int, int]:
+    """Decode the body of an ACK frame (after its type byte) at ``pos``.
+
+    Returns:
+        ``(ranges, delay_us, position after it)``: the ranges ascending, as
+        :attr:`AckFrame.ranges` holds them (the connection reads them without
+        building the frame).
+
+    Raises:
+        DecodeError: ``"truncated"`` or ``"invalid_field"``.
+    """
     largest, pos = decode_varint(payload, pos)
     delay_us, pos = decode_varint(payload, pos)
     count, pos = decode_varint(payload, pos)
@@ -663,4 +699,4 @@ def _decode_ack(payload: bytes, pos: int) -> tuple[AckFrame, int]:
         smallest = top - length
         ranges.append((smallest, top + 1))
     ranges.reverse()
-    return AckFrame(ranges=tuple(ranges), delay_us=delay_us), pos
+    return ranges, delay_us, pos

@@ -13,6 +13,7 @@ Everything takes ``now`` from the caller (aioquic's ``recovery.py`` style).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -177,7 +178,7 @@ class LossRecovery:
         self._last_sent_time = packet.sent_time
 
     def on_ack_received(
-        self, ranges: tuple[tuple[int, int], ...], ack_delay: float, *, now: float
+        self, ranges: Sequence[tuple[int, int]], ack_delay: float, *, now: float
     ) -> tuple[list[SentPacket], list[SentPacket]]:
         """Process an ACK frame's ranges.
 
@@ -200,21 +201,27 @@ class LossRecovery:
             self.largest_acked = largest
             self.backoff = 0
         acked: list[SentPacket] = []
+        # The newest packet acknowledged, found while popping (no key function).
+        newest: SentPacket | None = None
         for start, stop in ranges:
             if stop - start <= len(sent):
                 for pn in range(start, stop):
                     packet = sent.pop(pn, None)
                     if packet is not None:
                         acked.append(packet)
+                        if newest is None or pn > newest.packet_number:
+                            newest = packet
             else:
                 for pn in [pn for pn in sent if start <= pn < stop]:
-                    acked.append(sent.pop(pn))
-        if not acked:
+                    packet = sent.pop(pn)
+                    acked.append(packet)
+                    if newest is None or pn > newest.packet_number:
+                        newest = packet
+        if newest is None:
             return [], []
         if not sent:
             # An emptied dict keeps its table; an idle connection should not.
             self._sent = {}
-        newest = max(acked, key=lambda p: p.packet_number)
         if newest.packet_number == largest:
             # Karn's rule holds by construction: a packet number is never resent.
             self.rtt.update(latest_rtt=now - newest.sent_time, ack_delay=ack_delay)

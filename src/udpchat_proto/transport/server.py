@@ -32,7 +32,11 @@ from .events import Address, CloseCode, ConnectionId, TransportEvent
 from .handshake import HandshakeState
 from .keys import ServerKey
 from .packets import (
+    CONNECTION_ID_SIZE,
+    DATA_HEADER_SIZE,
+    DATA_TYPE,
     PROLOGUE,
+    TAG_SIZE,
     DataPacket,
     HandshakeInitiation,
     decode_packet,
@@ -50,6 +54,10 @@ _PRUNE_INTERVAL: Final = 10.0
 #: RETRYs waiting for ``datagrams_to_send``; beyond it more are refused
 #: (``retry_queue_full``). A loop reads at most a few hundred datagrams per turn.
 _MAX_PENDING_RETRIES: Final = 1024
+#: The shortest datagram that is a DATA packet (decode_packet refuses shorter ones).
+_MIN_DATA: Final = DATA_HEADER_SIZE + TAG_SIZE
+#: Where a DATA packet's connection id ends (it starts after the type byte).
+_CID_END: Final = 1 + CONNECTION_ID_SIZE
 
 
 class ServerTransport:
@@ -258,12 +266,23 @@ class ServerTransport:
             now: the current time, seconds.
         """
         self._now = max(self._now, now)
+        data = bytes(data)
+        if len(data) >= _MIN_DATA and data[0] == DATA_TYPE:
+            # The per-packet path: what decode_packet checks of a DATA packet,
+            # without building the DataPacket.
+            conn = self._connections.get(data[1:_CID_END])
+            if conn is None:
+                self._drop("unknown_connection")
+                return
+            conn.receive_datagram(data, addr, now)
+            self._touch(conn)
+            return
         try:
-            packet = decode_packet(bytes(data))
+            packet = decode_packet(data)
         except DecodeError as exc:
             self._drop(exc.reason)
             # A version not spoken here is told which ones are, never met with silence.
-            answer = encode_version_negotiation(bytes(data))
+            answer = encode_version_negotiation(data)
             if answer is not None and len(self._retry_out) < _MAX_PENDING_RETRIES:
                 self._retry_out.append((answer, addr))
             return
