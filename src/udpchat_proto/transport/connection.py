@@ -50,9 +50,9 @@ from .packets import (
     append_varint,
     decode_ack_ranges,
     decode_frames,
-    decode_varint,
     encode_data_header,
     encode_frame,
+    read_varint,
 )
 from .ranges import RangeSet
 from .recovery import LossRecovery, RttEstimator, SentPacket
@@ -583,8 +583,8 @@ class Connection:
                     ack_eliciting = True
                     pos += 1
                 elif kind == STREAM_TYPE and offset < 0:
-                    offset, pos = decode_varint(payload, pos + 1)
-                    length, data_start = decode_varint(payload, pos)
+                    offset, pos = read_varint(payload, pos + 1)
+                    length, data_start = read_varint(payload, pos)
                     data_end = data_start + length
                     if data_end > end or offset + length > MAX_VARINT:
                         return False
@@ -795,7 +795,7 @@ class Connection:
         stream = self.send_stream
         recovery = self.recovery
         while True:
-            allowance = self._allowance()
+            allowance = config.max_datagram_size if self.validated else self._allowance()
             if allowance < _MIN_PACKET:
                 return
             window_open = recovery.in_flight < config.max_in_flight_packets

@@ -223,8 +223,33 @@ def append_varint(out: bytearray, value: int) -> None:
     varint, the common case, builds no bytes object)."""
     if 0 <= value < 0x40:
         out.append(value)
+    elif 0x40 <= value < 0x4000:
+        out.append(0x40 | (value >> 8))
+        out.append(value & 0xFF)
     else:
         out += encode_varint(value)
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """:func:`decode_varint` of ``bytes`` only, for the per-packet code: typed
+    ``bytes``, mypyc indexes and slices it natively (the union type of
+    decode_varint is generic item access) and returns the pair unboxed; a
+    one-byte varint takes the first branch.
+
+    Raises:
+        DecodeError: ``"truncated"`` if the bytes end inside it.
+    """
+    end = len(data)
+    if pos >= end:
+        raise DecodeError("truncated", "varint expected")
+    first = data[pos]
+    if first < 0x40:
+        return first, pos + 1
+    size = 1 << (first >> 6)
+    stop = pos + size
+    if stop > end:
+        raise DecodeError("truncated", "varint cut short")
+    return int.from_bytes(data[pos:stop], "big") & ((1 << (8 * size - 2)) - 1), stop
 
 
 def decode_varint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
@@ -620,8 +645,8 @@ def decode_frames(payload: bytes) -> list[Frame]:
         kind = payload[pos]
         pos += 1
         if kind == STREAM_TYPE:
-            offset, pos = decode_varint(payload, pos)
-            length, pos = decode_varint(payload, pos)
+            offset, pos = read_varint(payload, pos)
+            length, pos = read_varint(payload, pos)
             if pos + length > end:
                 raise DecodeError("truncated", "STREAM data cut short")
             if offset + length > MAX_VARINT:
@@ -639,8 +664,8 @@ def decode_frames(payload: bytes) -> list[Frame]:
                 pos += 1
             frames.append(PaddingFrame(pos - start))
         elif kind == CLOSE_TYPE:
-            code, pos = decode_varint(payload, pos)
-            length, pos = decode_varint(payload, pos)
+            code, pos = read_varint(payload, pos)
+            length, pos = read_varint(payload, pos)
             if pos + length > end:
                 raise DecodeError("truncated", "CLOSE reason cut short")
             try:
@@ -678,10 +703,10 @@ def decode_ack_ranges(payload: bytes, pos: int) -> tuple[list[tuple[int, int]], 
     Raises:
         DecodeError: ``"truncated"`` or ``"invalid_field"``.
     """
-    largest, pos = decode_varint(payload, pos)
-    delay_us, pos = decode_varint(payload, pos)
-    count, pos = decode_varint(payload, pos)
-    first, pos = decode_varint(payload, pos)
+    largest, pos = read_varint(payload, pos)
+    delay_us, pos = read_varint(payload, pos)
+    count, pos = read_varint(payload, pos)
+    first, pos = read_varint(payload, pos)
     if first > largest:
         raise DecodeError("invalid_field", "ACK range below zero")
     # Each further range takes at least two bytes: a larger count cannot be honest,
@@ -691,8 +716,8 @@ def decode_ack_ranges(payload: bytes, pos: int) -> tuple[list[tuple[int, int]], 
     smallest = largest - first
     ranges = [(smallest, largest + 1)]
     for _ in range(count):
-        gap, pos = decode_varint(payload, pos)
-        length, pos = decode_varint(payload, pos)
+        gap, pos = read_varint(payload, pos)
+        length, pos = read_varint(payload, pos)
         top = smallest - gap - 2
         if top < 0 or length > top:
             raise DecodeError("invalid_field", "ACK range below zero")

@@ -115,9 +115,18 @@ class RttEstimator:
         ``clamp(SRTT + max(G, 4 * RTTVAR) + max_ack_delay, min_rto, max_rto)``
         times ``2 ** backoff``, never above ``max_rto``.
         """
-        base = self.smoothed_rtt + max(GRANULARITY, 4 * self.rttvar) + self.max_ack_delay
-        base = min(max(base, self.min_rto), self.max_rto)
-        return min(base * (1 << min(backoff, _MAX_BACKOFF)), self.max_rto)
+        # Asked after every packet (the timers): comparisons, not min() and max(),
+        # which are generic calls on boxed floats even when compiled.
+        variation = 4 * self.rttvar
+        variation = variation if variation >= GRANULARITY else GRANULARITY
+        base = self.smoothed_rtt + variation + self.max_ack_delay
+        min_rto, max_rto = self.min_rto, self.max_rto
+        base = base if base >= min_rto else min_rto
+        base = base if base <= max_rto else max_rto
+        if backoff:
+            base *= 1 << (backoff if backoff < _MAX_BACKOFF else _MAX_BACKOFF)
+            base = base if base <= max_rto else max_rto
+        return base
 
     def loss_delay(self) -> float:
         """How long after a later packet's ACK a packet is declared lost (RFC 9002, 6.1.2)."""

@@ -102,8 +102,12 @@ class SendStream:
         """Whether :meth:`next_chunk` would return something."""
         if self._pending:
             return True
-        end = min(self.write_offset, self._acked_floor + self.window)
-        return self._next_offset < end
+        # (below write_offset and the window, without the property and min())
+        next_offset = self._next_offset
+        return (
+            next_offset < self._buffer_start + len(self._buffer)
+            and next_offset < self._acked_floor + self.window
+        )
 
     def next_chunk(self, max_size: int) -> tuple[int, bytes] | None:
         """Take the next bytes to send: lost ones first, then new ones in the window.
@@ -123,7 +127,11 @@ class SendStream:
             self.retransmitted += stop - start
         else:
             start = self._next_offset
-            stop = min(self.write_offset, self._acked_floor + self.window, start + max_size)
+            stop = min(
+                self._buffer_start + len(self._buffer),
+                self._acked_floor + self.window,
+                start + max_size,
+            )
             if stop <= start:
                 return None
             self._next_offset = stop
