@@ -13,7 +13,11 @@ runs. Three measurements per message size:
   ``ClientTransport``/``ServerTransport`` (handshake done beforehand), every
   datagram carried both ways in memory, until the server has emitted every
   ``PayloadReceived``: packing, ACKs, loss recovery bookkeeping, reassembly and
-  events included.
+  events included;
+* **exchange**: one message each way per round, as a chat server relays: the
+  client sends one, the server answers it with one; each packet carries one
+  message and an ACK, so this is the transport's cost per packet (the rate
+  counts messages, both directions).
 
 The ratio is transport rate / bare AEAD rate (1.0 would mean the transport costs
 nothing beyond its cryptography; a transfer packs several small messages per
@@ -49,6 +53,7 @@ RUNS = 5
 SIZES = (100, 1000)
 PACKETS = 20_000
 TRANSFER = 20_000
+EXCHANGE = 5_000
 SERVER = ("127.0.0.1", 4433)
 CLIENT = ("127.0.0.1", 50000)
 NONCE = struct.Struct("<4xQ")
@@ -158,18 +163,48 @@ def transfer(size: int) -> Callable[[], int]:
     return run
 
 
+def exchange(size: int) -> Callable[[], int]:
+    message = bytes(size)
+
+    def run() -> int:
+        client, server, cid = connected_pair()
+        now = 1000.0
+        got = 0
+        for _ in range(EXCHANGE):
+            client.send(message)
+            now += 0.0005
+            shuttle(client, server, now)
+            while (event := server.next_event()) is not None:
+                if isinstance(event, PayloadReceived):
+                    server.send(cid, message)
+            now += 0.0005
+            client.handle_timer(now)
+            server.handle_timer(now)
+            shuttle(client, server, now)
+            while (event := client.next_event()) is not None:
+                if isinstance(event, PayloadReceived):
+                    got += 1
+        assert got == EXCHANGE
+        return 2 * EXCHANGE
+
+    return run
+
+
 def main() -> None:
     print(f"median of {RUNS} runs, messages per CPU second (time.process_time)")
     for size in SIZES:
         aead = cpu(bare_aead(size))
         packet = cpu(seal_open(size))
         flow = cpu(transfer(size))
+        rounds = cpu(exchange(size))
         print(f"{size}-byte messages:")
         print(f"  bare ChaCha20Poly1305 encrypt+decrypt {aead:12,.0f} /s")
         print(f"  seal + open, one per packet           {packet:12,.0f} /s", end="")
-        print(f"   ratio {packet / aead:.2f}")
+        print(f"   ratio {packet / aead:.3f}")
         print(f"  full transfer, client -> server       {flow:12,.0f} /s", end="")
-        print(f"   ratio {flow / aead:.2f}")
+        print(f"   ratio {flow / aead:.3f}")
+        print(f"  exchange, one message a packet        {rounds:12,.0f} /s", end="")
+        print(f"   ratio {rounds / aead:.3f}")
 
 
 if __name__ == "__main__":

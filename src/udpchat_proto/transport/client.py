@@ -324,7 +324,11 @@ class ClientTransport:
             ``(datagram, server address)`` pairs, in order.
         """
         address = self._server_address
-        return [(datagram, address) for datagram in self._connection.build_datagrams(now=now)]
+        # (a loop, not a comprehension: one function object and cell fewer a call)
+        out: list[tuple[bytes, Address]] = []
+        for datagram in self._connection.build_datagrams(now=now):
+            out.append((datagram, address))
+        return out
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should be called next, or None."""

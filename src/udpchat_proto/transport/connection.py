@@ -11,6 +11,7 @@ leave under a new packet number.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Sequence
 from typing import Final
@@ -71,6 +72,7 @@ CLOSE_PERIOD_RTOS: Final = 3
 _MIN_PACKET: Final = DATA_HEADER_SIZE + TAG_SIZE + 16
 #: Where the packet number starts in a DATA header (after the type and the id).
 _PN_START: Final = DATA_HEADER_SIZE - 8
+_PACKET_NUMBER: Final = struct.Struct(">Q")
 _PATH_RESPONSE: Final = bytes((FrameType.PATH_RESPONSE,))
 #: A client answers at most this many PATH_CHALLENGEs per packet it builds; more
 #: waiting ones are dropped (the server repeats a challenge that went unanswered).
@@ -445,7 +447,7 @@ class Connection:
         The caller has checked that ``datagram`` is a DATA packet at least
         ``DATA_HEADER_SIZE + TAG_SIZE`` bytes long, with this connection's id.
         """
-        pn = int.from_bytes(datagram[_PN_START:DATA_HEADER_SIZE], "big")
+        pn: int = _PACKET_NUMBER.unpack_from(datagram, _PN_START)[0]
         header = datagram[:DATA_HEADER_SIZE]
         self._receive(pn, header, datagram[DATA_HEADER_SIZE:], len(datagram), addr=addr, now=now)
 
@@ -608,7 +610,8 @@ class Connection:
 
     def _on_ack_eliciting(self, pn: int, in_order: bool, now: float) -> None:
         """An ack-eliciting packet was processed: arm or hasten the ACK."""
-        self._largest_eliciting = max(self._largest_eliciting, pn)
+        largest = self._largest_eliciting
+        self._largest_eliciting = pn if pn > largest else largest
         self._ack_eliciting += 1
         # RFC 9000, 13.2.1: acknowledge every second packet, and at once when
         # one arrives out of order (a gap means the peer may be retransmitting).
@@ -631,7 +634,8 @@ class Connection:
         stream = self.send_stream
         peer_knows = self._peer_knows
         for packet in acked:
-            peer_knows = max(peer_knows, packet.acks_up_to)
+            acks_up_to = packet.acks_up_to
+            peer_knows = acks_up_to if acks_up_to > peer_knows else peer_knows
             for start, stop in packet.stream_ranges:
                 stream.on_acked(start, stop)
         self._peer_knows = peer_knows
@@ -820,7 +824,8 @@ class Connection:
             acks_up_to = -1
             if self._ack_pending or (want_data and self._largest_eliciting > self._peer_knows):
                 acks_up_to = self._largest_received
-                delay_us = max(0, int((now - self._largest_received_time) * 1e6))
+                delay_us = int((now - self._largest_received_time) * 1e6)
+                delay_us = delay_us if delay_us > 0 else 0
                 _append_ack(payload, self._received, delay_us)
                 self._ack_pending = False
                 self._ack_eliciting = 0
@@ -900,7 +905,8 @@ class Connection:
         # without building the dict.
         deadline = self._last_received + self.config.idle_timeout
         if not self._ping_pending:
-            deadline = min(deadline, self._last_sent + self.config.keepalive_interval)
+            keepalive = self._last_sent + self.config.keepalive_interval
+            deadline = keepalive if keepalive < deadline else deadline
         rto = self.recovery.rto_deadline()
         if rto is not None and rto < deadline:
             deadline = rto
@@ -914,6 +920,9 @@ class Connection:
 
     def handle_timer(self, *, now: float) -> None:
         """Fire every timer whose deadline has passed (an early call does nothing)."""
+        earliest = self.next_deadline()
+        if earliest is None or earliest > now:
+            return  # (the common early call, without the dict of deadlines)
         timers = self.deadlines()
         for timer in _FIRING_ORDER:
             deadline = timers.get(timer)
@@ -970,7 +979,7 @@ def _append_ack(out: bytearray, received: RangeSet, delay_us: int) -> None:
     """Append the ACK frame of ``received`` to ``out``: the bytes ``encode_ack``
     makes of its ranges, without the list of pairs and the bytes objects."""
     count = len(received)
-    lowest = max(0, count - MAX_ACK_RANGES)
+    lowest = count - MAX_ACK_RANGES if count > MAX_ACK_RANGES else 0
     top = received[count - 1]
     smallest = top.start
     out.append(ACK_TYPE)

@@ -245,6 +245,10 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     first = data[pos]
     if first < 0x40:
         return first, pos + 1
+    if first < 0x80:  # two bytes, the next commonest (packet numbers, offsets)
+        if pos + 2 > end:
+            raise DecodeError("truncated", "varint cut short")
+        return ((first & 0x3F) << 8) | data[pos + 1], pos + 2
     size = 1 << (first >> 6)
     stop = pos + size
     if stop > end:

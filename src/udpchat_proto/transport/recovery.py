@@ -130,7 +130,9 @@ class RttEstimator:
 
     def loss_delay(self) -> float:
         """How long after a later packet's ACK a packet is declared lost (RFC 9002, 6.1.2)."""
-        return max(TIME_THRESHOLD * max(self.smoothed_rtt, self.latest_rtt), GRANULARITY)
+        smoothed, latest = self.smoothed_rtt, self.latest_rtt
+        delay = TIME_THRESHOLD * (latest if latest > smoothed else smoothed)
+        return delay if delay > GRANULARITY else GRANULARITY
 
 
 @attrs.define(slots=True, kw_only=True)

@@ -247,7 +247,7 @@ class ServerTransport:
         Raises:
             LocalProtocolError: the connection is unknown.
         """
-        self._now = max(self._now, now)
+        self._now = now if now > self._now else self._now
         conn = self._established(connection_id)
         conn.close(reason, now=now, code=code)
         self._touch(conn)
@@ -265,7 +265,7 @@ class ServerTransport:
             addr: where it came from.
             now: the current time, seconds.
         """
-        self._now = max(self._now, now)
+        self._now = now if now > self._now else self._now
         data = bytes(data)
         if len(data) >= _MIN_DATA and data[0] == DATA_TYPE:
             # The per-packet path: what decode_packet checks of a DATA packet,
@@ -399,7 +399,7 @@ class ServerTransport:
         Returns:
             ``(datagram, client address)`` pairs.
         """
-        self._now = max(self._now, now)
+        self._now = now if now > self._now else self._now
         out, self._retry_out = self._retry_out, []
         dirty, self._dirty = self._dirty, {}
         for cid in dirty:
@@ -435,7 +435,7 @@ class ServerTransport:
         Args:
             now: the current time, seconds.
         """
-        self._now = max(self._now, now)
+        self._now = now if now > self._now else self._now
         if self._unscheduled:
             self._schedule_touched()
         heap = self._heap
