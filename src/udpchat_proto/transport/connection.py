@@ -103,21 +103,27 @@ class Connection:
 
     __slots__ = (
         "_ack_deadline",
+        "_ack_delay",
         "_ack_eliciting",
         "_ack_immediate",
         "_ack_pending",
+        "_ack_slack",
         "_announced",
         "_bytes_received",
         "_bytes_sent",
         "_close_deadline",
         "_close_frame",
         "_close_send",
+        "_datagram_size",
         "_dropped",
         "_events",
         "_handshake_backoff",
         "_handshake_deadline",
+        "_idle_timeout",
+        "_in_flight_limit",
         "_initiation_pending",
         "_initiation_sent_time",
+        "_keepalive_interval",
         "_largest_eliciting",
         "_largest_received",
         "_largest_received_time",
@@ -174,6 +180,15 @@ class Connection:
     ) -> None:
         self.connection_id = connection_id
         self.config = config
+        # The settings the per-packet code reads, copied from the frozen config:
+        # native float and int attributes when compiled, where the config (an
+        # attrs class outside the compiled modules) is a dynamic lookup.
+        self._datagram_size = config.max_datagram_size
+        self._in_flight_limit = config.max_in_flight_packets
+        self._idle_timeout = config.idle_timeout
+        self._keepalive_interval = config.keepalive_interval
+        self._ack_delay = config.max_ack_delay
+        self._ack_slack = config.ack_timer_slack
         self.is_client = is_client
         self.address = address
         self.validated = is_client
@@ -620,8 +635,7 @@ class Connection:
         elif self._ack_deadline is None:
             # Early by the slack: the ACK must be out within max_ack_delay, and
             # the caller's loop wakes a little after the timer (RFC 9000, 18.2).
-            config = self.config
-            self._ack_deadline = now + config.max_ack_delay - config.ack_timer_slack
+            self._ack_deadline = now + self._ack_delay - self._ack_slack
 
     def _on_ack(self, frame: AckFrame, *, now: float) -> None:
         self._on_ack_ranges(frame.ranges, frame.delay_us, now)
@@ -795,14 +809,13 @@ class Connection:
         return header + self._send_cipher.seal(pn, header, payload)
 
     def _build_data(self, out: list[bytes], now: float) -> None:
-        config = self.config
         stream = self.send_stream
         recovery = self.recovery
         while True:
-            allowance = config.max_datagram_size if self.validated else self._allowance()
+            allowance = self._datagram_size if self.validated else self._allowance()
             if allowance < _MIN_PACKET:
                 return
-            window_open = recovery.in_flight < config.max_in_flight_packets
+            window_open = recovery.in_flight < self._in_flight_limit
             want_data = window_open and (self._ping_pending or stream.has_data())
             want_path = bool(self._path_responses)
             want_ack = self._ack_eliciting > 0 and (
@@ -903,9 +916,9 @@ class Connection:
             return min(timers.values()) if timers else None
         # The common case, asked after every packet: the same timers as deadlines()
         # without building the dict.
-        deadline = self._last_received + self.config.idle_timeout
+        deadline = self._last_received + self._idle_timeout
         if not self._ping_pending:
-            keepalive = self._last_sent + self.config.keepalive_interval
+            keepalive = self._last_sent + self._keepalive_interval
             deadline = keepalive if keepalive < deadline else deadline
         rto = self.recovery.rto_deadline()
         if rto is not None and rto < deadline:
