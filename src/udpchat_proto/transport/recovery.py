@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-import attrs
-
 __all__ = [
     "GRANULARITY",
     "PACKET_THRESHOLD",
@@ -135,27 +133,73 @@ class RttEstimator:
         return delay if delay > GRANULARITY else GRANULARITY
 
 
-@attrs.define(slots=True, kw_only=True)
 class SentPacket:
     """What an ack-eliciting packet carried, so its content can be sent again.
 
     The packet itself is never resent: on loss its content goes back to the queues
     and leaves under a new packet number (aioquic's ``QuicSentPacket``).
+
+    A plain class with slots rather than an attrs one: one is built for every
+    packet sent and read at its acknowledgement, and compiled it is a native
+    class (native attribute reads, a compiled ``__init__``), where an attrs
+    class stays a Python one. It keeps the attrs class's keyword-only
+    constructor, equality and repr.
+
+    Attributes:
+        packet_number: the packet number it was sealed with.
+        sent_time: when it was built.
+        size: datagram bytes.
+        stream_ranges: half-open stream offset ranges it carried.
+        ping: whether it carried a PING.
+        acks_up_to: the largest received packet number its ACK frame covered (-1:
+            no ACK). Once it is acknowledged, the peer knows everything up to
+            there arrived.
     """
 
-    packet_number: int
-    """The packet number it was sealed with."""
-    sent_time: float
-    """When it was built."""
-    size: int
-    """Datagram bytes."""
-    stream_ranges: list[tuple[int, int]] = attrs.Factory(list)
-    """Half-open stream offset ranges it carried."""
-    ping: bool = False
-    """Whether it carried a PING."""
-    acks_up_to: int = -1
-    """The largest received packet number its ACK frame covered (-1: no ACK). Once
-    it is acknowledged, the peer knows everything up to there arrived."""
+    __slots__ = ("acks_up_to", "packet_number", "ping", "sent_time", "size", "stream_ranges")
+
+    def __init__(
+        self,
+        *,
+        packet_number: int,
+        sent_time: float,
+        size: int,
+        stream_ranges: list[tuple[int, int]] | None = None,
+        ping: bool = False,
+        acks_up_to: int = -1,
+    ) -> None:
+        self.packet_number = packet_number
+        self.sent_time = sent_time
+        self.size = size
+        self.stream_ranges: list[tuple[int, int]] = (
+            stream_ranges if stream_ranges is not None else []
+        )
+        self.ping = ping
+        self.acks_up_to = acks_up_to
+
+    def _fields(self) -> tuple[int, float, int, list[tuple[int, int]], bool, int]:
+        return (
+            self.packet_number,
+            self.sent_time,
+            self.size,
+            self.stream_ranges,
+            self.ping,
+            self.acks_up_to,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SentPacket):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the attrs class was
+
+    def __repr__(self) -> str:
+        return (
+            f"SentPacket(packet_number={self.packet_number!r}, sent_time={self.sent_time!r}, "
+            f"size={self.size!r}, stream_ranges={self.stream_ranges!r}, ping={self.ping!r}, "
+            f"acks_up_to={self.acks_up_to!r})"
+        )
 
 
 class LossRecovery:

@@ -56,6 +56,8 @@ _PRUNE_INTERVAL: Final = 10.0
 _MAX_PENDING_RETRIES: Final = 1024
 #: The shortest datagram that is a DATA packet (decode_packet refuses shorter ones).
 _MIN_DATA: Final = DATA_HEADER_SIZE + TAG_SIZE
+#: (a static load when compiled, where the enum member is an attribute lookup)
+_ESTABLISHED: Final = TransportState.ESTABLISHED
 #: Where a DATA packet's connection id ends (it starts after the type byte).
 _CID_END: Final = 1 + CONNECTION_ID_SIZE
 
@@ -94,6 +96,9 @@ class ServerTransport:
                 CSPRNG).
         """
         self._config = config if config is not None else TransportConfig()
+        # (read after every packet: a native int when compiled, where the config,
+        # an attrs class outside the compiled modules, is a dynamic lookup)
+        self._buffered_limit = self._config.max_buffered_bytes
         self._random: RandomSource = random if random is not None else SystemRandomSource()
         self._static_key = static_key
         self._public_key = static_key.public_bytes
@@ -463,7 +468,7 @@ class ServerTransport:
 
     def _settle(self, conn: Connection) -> None:
         cid = conn.connection_id
-        if conn.state is TransportState.ESTABLISHED and cid in self._open:
+        if conn.state is _ESTABLISHED and cid in self._open:
             pass  # the common case, after every packet: it was counted when it opened
         else:
             self._settle_state(conn)
@@ -472,7 +477,7 @@ class ServerTransport:
         held = conn.buffered_bytes
         self._buffered += held - self._buffered_by.get(cid, 0)
         self._buffered_by[cid] = held
-        if self._buffered > self._config.max_buffered_bytes and not self._enforcing:
+        if self._buffered > self._buffered_limit and not self._enforcing:
             self._enforce_budget()
         self._unscheduled[cid] = None
 
