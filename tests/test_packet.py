@@ -338,7 +338,7 @@ def test_the_frame_and_packet_type_constants_are_the_enums_values() -> None:
         PATH_CHALLENGE_TYPE,
         PATH_RESPONSE_TYPE,
     ]
-    assert DATA_TYPE == PacketType.DATA
+    assert PacketType(DATA_TYPE) is PacketType.DATA
 
 
 @given(st.integers(min_value=0, max_value=MAX_VARINT))
