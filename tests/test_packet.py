@@ -9,28 +9,41 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from udpchat_proto.errors import DecodeError
+from udpchat_proto.transport.connection import _append_ack
 from udpchat_proto.transport.packets import (
+    ACK_TYPE,
+    CLOSE_TYPE,
     DATA_HEADER_SIZE,
+    DATA_TYPE,
     INITIATION_SIZE,
     MAX_ACK_RANGES,
     MAX_CLOSE_REASON_BYTES,
     MAX_VARINT,
+    PADDING_TYPE,
+    PATH_CHALLENGE_TYPE,
+    PATH_RESPONSE_TYPE,
+    PING_TYPE,
     RETRY_SIZE,
+    STREAM_TYPE,
     AckFrame,
     CloseFrame,
     DataPacket,
     Frame,
+    FrameType,
     HandshakeInitiation,
     HandshakeResponse,
+    PacketType,
     PaddingFrame,
     PathChallengeFrame,
     PathResponseFrame,
     PingFrame,
     Retry,
     StreamFrame,
+    append_varint,
     decode_frames,
     decode_packet,
     decode_varint,
+    encode_ack,
     encode_data_header,
     encode_frame,
     encode_frames,
@@ -39,7 +52,9 @@ from udpchat_proto.transport.packets import (
     encode_retry,
     encode_varint,
     initiation_payload,
+    read_varint,
 )
+from udpchat_proto.transport.ranges import RangeSet
 
 CID = bytes.fromhex("0102030405060708")
 
@@ -307,3 +322,65 @@ def test_mutated_frames_only_raise_decode_error(items: list[Frame], data: st.Dat
     cut = data.draw(st.integers(0, len(wire)))
     with contextlib.suppress(DecodeError):
         decode_frames(bytes(wire[:cut]))
+
+
+# ---------------------------------------------------------------------------
+# The per-packet helpers agree with the codecs they stand in for
+
+
+def test_the_frame_and_packet_type_constants_are_the_enums_values() -> None:
+    assert [int(kind) for kind in FrameType] == [
+        PADDING_TYPE,
+        PING_TYPE,
+        ACK_TYPE,
+        STREAM_TYPE,
+        CLOSE_TYPE,
+        PATH_CHALLENGE_TYPE,
+        PATH_RESPONSE_TYPE,
+    ]
+    assert PacketType(DATA_TYPE) is PacketType.DATA
+
+
+@given(st.integers(min_value=0, max_value=MAX_VARINT))
+@example(0x3F)
+@example(0x40)
+@example(0x3FFF)
+@example(0x4000)
+def test_append_varint_writes_what_encode_varint_encodes(value: int) -> None:
+    out = bytearray(b"x")
+    append_varint(out, value)
+    assert bytes(out) == b"x" + encode_varint(value)
+
+
+def test_append_varint_refuses_what_encode_varint_refuses() -> None:
+    for value in (-1, MAX_VARINT + 1):
+        with pytest.raises(ValueError, match="varint out of range"):
+            append_varint(bytearray(), value)
+
+
+@given(st.binary(max_size=12), st.integers(min_value=0, max_value=13))
+def test_read_varint_reads_what_decode_varint_decodes(data: bytes, pos: int) -> None:
+    try:
+        expected: tuple[int, int] | str = decode_varint(data, pos)
+    except DecodeError as exc:
+        expected = exc.reason
+    try:
+        got: tuple[int, int] | str = read_varint(data, pos)
+    except DecodeError as exc:
+        got = exc.reason
+    assert got == expected
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=200),
+    st.integers(min_value=0, max_value=2**20),
+)
+def test_the_connections_ack_writer_writes_what_encode_ack_encodes(
+    numbers: list[int], delay_us: int
+) -> None:
+    received = RangeSet()
+    for number in numbers:
+        received.add(number)
+    out = bytearray(b"x")
+    _append_ack(out, received, delay_us)
+    assert bytes(out) == b"x" + encode_ack(received, delay_us)

@@ -111,3 +111,19 @@ def test_a_late_ack_of_packets_given_up_at_a_timeout_ends_the_backoff() -> None:
     rec.on_rto()
     rec.on_ack_received(((0, 2),), 0.0, now=106.0)
     assert rec.backoff == 1
+
+
+def test_a_sent_packet_keeps_the_record_class_behaviour() -> None:
+    """SentPacket is a plain class with slots (native when compiled); it keeps the
+    keyword-only constructor, defaults, equality and repr of the attrs class."""
+    one = SentPacket(packet_number=3, sent_time=1.5, size=100)
+    two = SentPacket(packet_number=3, sent_time=1.5, size=100)
+    assert one == two and one != SentPacket(packet_number=3, sent_time=1.5, size=101)
+    assert (one.stream_ranges, one.ping, one.acks_up_to) == ([], False, -1)
+    assert one.stream_ranges is not two.stream_ranges  # a fresh list each
+    assert repr(one) == (
+        "SentPacket(packet_number=3, sent_time=1.5, size=100, stream_ranges=[], "
+        "ping=False, acks_up_to=-1)"
+    )
+    with pytest.raises(TypeError):
+        hash(one)

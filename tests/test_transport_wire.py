@@ -175,6 +175,54 @@ def test_nothing_after_a_close_frame_counts() -> None:
     assert "protocol_violation" not in server.dropped
 
 
+def _hello(offset: int, text: bytes) -> bytes:
+    return encode_frames([StreamFrame(offset=offset, data=encode_varint(len(text)) + text)])
+
+
+_OK = PayloadReceived(connection_id=CID, payload=b"ok")
+_MORE = PayloadReceived(connection_id=CID, payload=b"more")
+_VIOLATION = ConnectionTerminated
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [
+        # The shapes the connection reads without frame objects ...
+        (_hello(0, b"ok"), [_OK]),
+        (encode_frames([AckFrame(ranges=((0, 1),))]) + _hello(0, b"ok"), [_OK]),
+        (b"\x01" + _hello(0, b"ok") + b"\x01", [_OK]),
+        # ... and those it leaves to decode_frames, with the same outcome.
+        (_hello(0, b"ok") + _hello(3, b"more"), [_OK, _MORE]),
+        (_hello(0, b"ok") + encode_frames([AckFrame(ranges=((0, 1),))]), [_OK]),
+        (b"\x00\x00" + _hello(0, b"ok"), [_OK]),
+        # Every frame is decoded before any acts: bad bytes anywhere deliver nothing.
+        (_hello(0, b"ok") + b"\x09", [_VIOLATION]),
+        (_hello(0, b"ok") + b"\x03\x05", [_VIOLATION]),
+        (encode_frames([AckFrame(ranges=((0, 1),))]) + _hello(0, b"ok") + b"\x02", [_VIOLATION]),
+        (_hello(0, b"ok")[:-1], [_VIOLATION]),
+        # An ACK of a packet never sent is refused when it is acted on, in order.
+        (encode_frames([AckFrame(ranges=((0, 99),))]) + _hello(0, b"ok"), [_VIOLATION]),
+        (_hello(0, b"ok") + encode_frames([AckFrame(ranges=((0, 99),))]), [_OK, _VIOLATION]),
+    ],
+)
+def test_a_packet_is_decoded_whole_before_its_frames_act(
+    frames: bytes, expected: list[object]
+) -> None:
+    """The common packets (an ACK, PINGs, one STREAM frame) skip the frame objects;
+    the outcome is decode_frames' for every packet: nothing acts unless the whole
+    payload decodes, and the frames act in order."""
+    server = _server()
+    client = HandRolledClient(server)
+    client.send_frames(encode_frames([PingFrame()]), 0.01)
+    drain(server)
+    client.receive(0.1)  # the server's packet 0, an ACK
+    client.send_frames(frames, 0.2)
+    events = drain(server)
+    assert [e if isinstance(e, PayloadReceived) else type(e) for e in events] == expected
+    if expected[-1] is _VIOLATION:
+        assert server.dropped["protocol_violation"] == 1
+
+
 @pytest.mark.parametrize(
     ("token", "padding", "reason"),
     [

@@ -11,7 +11,9 @@ leave under a new packet number.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 from ..errors import DecodeError, LocalProtocolError
@@ -29,10 +31,14 @@ from .events import (
 )
 from .handshake import CipherState
 from .packets import (
+    ACK_TYPE,
     DATA_HEADER_SIZE,
     MAX_ACK_RANGES,
+    MAX_VARINT,
     PATH_DATA_SIZE,
+    PING_TYPE,
     STREAM_FRAME_OVERHEAD,
+    STREAM_TYPE,
     TAG_SIZE,
     AckFrame,
     CloseFrame,
@@ -42,11 +48,12 @@ from .packets import (
     PathResponseFrame,
     PingFrame,
     StreamFrame,
+    append_varint,
+    decode_ack_ranges,
     decode_frames,
-    encode_ack,
     encode_data_header,
     encode_frame,
-    encode_varint,
+    read_varint,
 )
 from .ranges import RangeSet
 from .recovery import LossRecovery, RttEstimator, SentPacket
@@ -63,14 +70,23 @@ AMPLIFICATION_FACTOR: Final = 3
 CLOSE_PERIOD_RTOS: Final = 3
 #: Do not bother building a DATA packet with less room than this for frames.
 _MIN_PACKET: Final = DATA_HEADER_SIZE + TAG_SIZE + 16
-_PING: Final = bytes((FrameType.PING,))
-_STREAM: Final = bytes((FrameType.STREAM,))
+#: Where the packet number starts in a DATA header (after the type and the id).
+_PN_START: Final = DATA_HEADER_SIZE - 8
+_PACKET_NUMBER: Final = struct.Struct(">Q")
 _PATH_RESPONSE: Final = bytes((FrameType.PATH_RESPONSE,))
 #: A client answers at most this many PATH_CHALLENGEs per packet it builds; more
 #: waiting ones are dropped (the server repeats a challenge that went unanswered).
 _MAX_PATH_RESPONSES: Final = 4
 
 S = TransportState
+# The states the per-packet code tests, as module constants: one static load when
+# compiled (an enum member is an attribute lookup on a Python class), one global
+# load pure.
+_ESTABLISHED: Final = TransportState.ESTABLISHED
+_HANDSHAKE: Final = TransportState.HANDSHAKE
+_CLOSING: Final = TransportState.CLOSING
+_DRAINING: Final = TransportState.DRAINING
+_CLOSED: Final = TransportState.CLOSED
 
 
 class Connection:
@@ -87,25 +103,36 @@ class Connection:
 
     __slots__ = (
         "_ack_deadline",
+        "_ack_delay",
         "_ack_eliciting",
         "_ack_immediate",
         "_ack_pending",
+        "_ack_slack",
         "_announced",
+        "_bytes_received",
+        "_bytes_sent",
         "_close_deadline",
         "_close_frame",
         "_close_send",
+        "_datagram_size",
         "_dropped",
         "_events",
         "_handshake_backoff",
         "_handshake_deadline",
+        "_idle_timeout",
+        "_in_flight_limit",
         "_initiation_pending",
         "_initiation_sent_time",
+        "_keepalive_interval",
         "_largest_eliciting",
         "_largest_received",
         "_largest_received_time",
         "_last_received",
         "_last_sent",
         "_next_pn",
+        "_packets_lost",
+        "_packets_received",
+        "_packets_sent",
         "_path_bytes_in",
         "_path_bytes_out",
         "_path_responses",
@@ -122,7 +149,6 @@ class Connection:
         "_response",
         "_response_pending",
         "_send_cipher",
-        "_stats",
         "address",
         "config",
         "connection_id",
@@ -154,22 +180,31 @@ class Connection:
     ) -> None:
         self.connection_id = connection_id
         self.config = config
+        # The settings the per-packet code reads, copied from the frozen config:
+        # native float and int attributes when compiled, where the config (an
+        # attrs class outside the compiled modules) is a dynamic lookup.
+        self._datagram_size = config.max_datagram_size
+        self._in_flight_limit = config.max_in_flight_packets
+        self._idle_timeout = config.idle_timeout
+        self._keepalive_interval = config.keepalive_interval
+        self._ack_delay = config.max_ack_delay
+        self._ack_slack = config.ack_timer_slack
         self.is_client = is_client
         self.address = address
         self.validated = is_client
         self.server_key: bytes | None = None
-        self.state = S.INITIAL if is_client else S.HANDSHAKE
+        self.state = S.INITIAL if is_client else _HANDSHAKE
         self.scheduled: float | None = None  # the server's heap entry for this connection
         self._events = events
         self._dropped = dropped
         self._announced = False
-        self._stats: dict[str, int] = {
-            "packets_sent": 0,
-            "packets_received": 0,
-            "bytes_sent": 0,
-            "bytes_received": 0,
-            "packets_lost": 0,
-        }
+        # The counters of stats, as plain int attributes (no dict per connection,
+        # and native ints when compiled).
+        self._packets_sent = 0
+        self._packets_received = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._packets_lost = 0
         # keys
         self._send_cipher: CipherState | None = None
         self._recv_cipher: CipherState | None = None
@@ -232,7 +267,11 @@ class Connection:
     def stats(self) -> dict[str, int]:
         """A snapshot of the counters."""
         return {
-            **self._stats,
+            "packets_sent": self._packets_sent,
+            "packets_received": self._packets_received,
+            "bytes_sent": self._bytes_sent,
+            "bytes_received": self._bytes_received,
+            "packets_lost": self._packets_lost,
             "bytes_retransmitted": self.send_stream.retransmitted,
             "send_buffer_size": self.send_stream.buffered,
             "in_flight_packets": self.recovery.in_flight,
@@ -362,7 +401,7 @@ class Connection:
         connection is up."""
         if self.state in END_STATES:
             return
-        if self.state is S.ESTABLISHED:
+        if self.state is _ESTABLISHED:
             self._start_closing(TransportInput.CLOSE_LOCAL, code, reason, now=now)
         else:
             self._transition(TransportInput.CLOSE_LOCAL)
@@ -384,7 +423,7 @@ class Connection:
         """
         if self.state in END_STATES:
             return
-        if self.state is S.ESTABLISHED:
+        if self.state is _ESTABLISHED:
             self._start_closing(TransportInput.CLOSE_LOCAL, code, reason, now=now)
         else:
             self._transition(TransportInput.CLOSE_LOCAL)
@@ -402,7 +441,7 @@ class Connection:
     def _violation(self, exc: DecodeError, *, now: float) -> None:
         self._drop("protocol_violation")
         reason = f"protocol violation: {exc}"
-        if self.state is S.ESTABLISHED:
+        if self.state is _ESTABLISHED:
             self._start_closing(
                 TransportInput.VIOLATION, CloseCode.PROTOCOL_VIOLATION, reason, now=now
             )
@@ -412,11 +451,29 @@ class Connection:
 
     def receive_data(self, packet: DataPacket, size: int, addr: Address, *, now: float) -> None:
         """Take a DATA packet addressed to this connection; drop it if it fails."""
+        self._receive(
+            packet.packet_number, packet.header, packet.ciphertext, size, addr=addr, now=now
+        )
+
+    def receive_datagram(self, datagram: bytes, addr: Address, now: float) -> None:
+        """Take a DATA datagram addressed to this connection, as :meth:`receive_data`
+        does its :class:`DataPacket`, without building one (the roles' per-packet path).
+
+        The caller has checked that ``datagram`` is a DATA packet at least
+        ``DATA_HEADER_SIZE + TAG_SIZE`` bytes long, with this connection's id.
+        """
+        pn: int = _PACKET_NUMBER.unpack_from(datagram, _PN_START)[0]
+        header = datagram[:DATA_HEADER_SIZE]
+        self._receive(pn, header, datagram[DATA_HEADER_SIZE:], len(datagram), addr=addr, now=now)
+
+    def _receive(
+        self, pn: int, header: bytes, ciphertext: bytes, size: int, *, addr: Address, now: float
+    ) -> None:
         state = self.state
-        if state is S.CLOSED or state is S.DRAINING:
+        if state is _CLOSED or state is _DRAINING:
             self._drop("closed")
             return
-        if state is S.CLOSING and addr != self.address:
+        if state is _CLOSING and addr != self.address:
             # A closing connection does not migrate: the application has had its
             # ConnectionTerminated (the last event), and an unproven address gets
             # no CLOSE.
@@ -426,23 +483,24 @@ class Connection:
         if cipher is None:
             self._drop("unexpected_packet")
             return
-        pn = packet.packet_number
         if not self.replay.check(pn):
             self._drop("replay")
             return
         try:
-            plaintext = cipher.open(pn, packet.header, packet.ciphertext)
+            plaintext = cipher.open(pn, header, ciphertext)
         except DecodeError as exc:
             self._drop(exc.reason)
             return
         # Authenticated from here on.
         self.replay.update(pn)
-        self._stats["packets_received"] += 1
-        self._stats["bytes_received"] += size
+        self._packets_received += 1
+        self._bytes_received += size
         self._last_received = now
         in_order = pn > self._largest_received
         same_address = addr == self.address
-        if not self.is_client:
+        # (_observe_path does nothing for a packet from the current address while
+        # no other is probed: the common case skips the call.)
+        if not self.is_client and (not same_address or self.probe_address is not None):
             self._observe_path(addr, size, in_order=in_order, now=now)
         if in_order:
             self._largest_received = pn
@@ -453,7 +511,7 @@ class Connection:
         if len(self._received) > MAX_ACK_RANGES:
             self._received.shift()
         self._ack_pending = True
-        if state is S.HANDSHAKE:
+        if state is _HANDSHAKE:
             # Server: the client's first packet confirms the handshake, and if it
             # comes from the initiation's address, that address receives.
             self._transition(TransportInput.HANDSHAKE_DONE)
@@ -478,8 +536,10 @@ class Connection:
     def _process_frames(
         self, plaintext: bytes, *, pn: int, in_order: bool, addr: Address, now: float
     ) -> None:
+        if self.state is _ESTABLISHED and self._process_common(plaintext, pn, in_order, now):
+            return
         frames = decode_frames(plaintext)
-        if self.state is S.CLOSING:
+        if self.state is _CLOSING:
             # Answer with the CLOSE again (ours may have been lost); note theirs.
             self._close_send = True
             for frame in frames:
@@ -508,33 +568,98 @@ class Connection:
                 self._on_close_frame(frame, now=now)
                 return
         if ack_eliciting:
-            self._largest_eliciting = max(self._largest_eliciting, pn)
-            self._ack_eliciting += 1
-            # RFC 9000, 13.2.1: acknowledge every second packet, and at once when
-            # one arrives out of order (a gap means the peer may be retransmitting).
-            if self._ack_eliciting >= 2 or not in_order:
-                self._ack_immediate = True
-            elif self._ack_deadline is None:
-                # Early by the slack: the ACK must be out within max_ack_delay, and
-                # the caller's loop wakes a little after the timer (RFC 9000, 18.2).
-                config = self.config
-                self._ack_deadline = now + config.max_ack_delay - config.ack_timer_slack
+            self._on_ack_eliciting(pn, in_order, now)
+
+    def _process_common(self, payload: bytes, pn: int, in_order: bool, now: float) -> bool:
+        """Take the packets an established connection mostly gets without building
+        frame objects: an ACK or not, then PINGs and at most one STREAM frame.
+
+        The whole payload is read before anything changes, as decode_frames reads
+        it before the frames are acted on: anything else (another frame type, a
+        second STREAM or ACK, bytes that do not decode) returns False having changed
+        nothing, and the general path then decodes it (and refuses it if it is bad)
+        with the same outcome as ever. Once it acts, it does what the general path
+        does for those frames, in the same order, raising the same errors.
+        """
+        end = len(payload)
+        if not end:
+            return False
+        pos = 0
+        ranges: list[tuple[int, int]] | None = None
+        delay_us = 0
+        ack_eliciting = False
+        offset = -1
+        data_start = 0
+        data_end = 0
+        try:
+            if payload[0] == ACK_TYPE:
+                ranges, delay_us, pos = decode_ack_ranges(payload, 1)
+            while pos < end:
+                kind = payload[pos]
+                if kind == PING_TYPE:
+                    ack_eliciting = True
+                    pos += 1
+                elif kind == STREAM_TYPE and offset < 0:
+                    offset, pos = read_varint(payload, pos + 1)
+                    length, data_start = read_varint(payload, pos)
+                    data_end = data_start + length
+                    if data_end > end or offset + length > MAX_VARINT:
+                        return False
+                    pos = data_end
+                else:
+                    return False
+        except DecodeError:
+            return False
+        if ranges is not None:
+            self._on_ack_ranges(ranges, delay_us, now)
+        if offset >= 0:
+            ack_eliciting = True
+            cid = self.connection_id
+            events = self._events
+            data = payload[data_start:data_end]
+            for message in self.receive_stream.receive(offset, data):
+                events.append(PayloadReceived(connection_id=cid, payload=message))
+        if ack_eliciting:
+            self._on_ack_eliciting(pn, in_order, now)
+        return True
+
+    def _on_ack_eliciting(self, pn: int, in_order: bool, now: float) -> None:
+        """An ack-eliciting packet was processed: arm or hasten the ACK."""
+        largest = self._largest_eliciting
+        self._largest_eliciting = pn if pn > largest else largest
+        self._ack_eliciting += 1
+        # RFC 9000, 13.2.1: acknowledge every second packet, and at once when
+        # one arrives out of order (a gap means the peer may be retransmitting).
+        if self._ack_eliciting >= 2 or not in_order:
+            self._ack_immediate = True
+        elif self._ack_deadline is None:
+            # Early by the slack: the ACK must be out within max_ack_delay, and
+            # the caller's loop wakes a little after the timer (RFC 9000, 18.2).
+            self._ack_deadline = now + self._ack_delay - self._ack_slack
 
     def _on_ack(self, frame: AckFrame, *, now: float) -> None:
-        if frame.largest >= self._next_pn:
-            raise DecodeError("invalid_ack", f"ACK of packet {frame.largest}, never sent")
-        acked, lost = self.recovery.on_ack_received(frame.ranges, frame.delay_us / 1e6, now=now)
+        self._on_ack_ranges(frame.ranges, frame.delay_us, now)
+
+    def _on_ack_ranges(self, ranges: Sequence[tuple[int, int]], delay_us: int, now: float) -> None:
+        largest = ranges[-1][1] - 1
+        if largest >= self._next_pn:
+            raise DecodeError("invalid_ack", f"ACK of packet {largest}, never sent")
+        acked, lost = self.recovery.on_ack_received(ranges, delay_us / 1e6, now=now)
         stream = self.send_stream
+        peer_knows = self._peer_knows
         for packet in acked:
-            self._peer_knows = max(self._peer_knows, packet.acks_up_to)
+            acks_up_to = packet.acks_up_to
+            peer_knows = acks_up_to if acks_up_to > peer_knows else peer_knows
             for start, stop in packet.stream_ranges:
                 stream.on_acked(start, stop)
-        self._requeue(lost)
+        self._peer_knows = peer_knows
+        if lost:
+            self._requeue(lost)
 
     def _requeue(self, lost: list[SentPacket]) -> None:
         stream = self.send_stream
         for packet in lost:
-            self._stats["packets_lost"] += 1
+            self._packets_lost += 1
             for start, stop in packet.stream_ranges:
                 stream.on_lost(start, stop)
             if packet.ping:
@@ -614,7 +739,7 @@ class Connection:
         It is limited to three times what that address sent (anti-amplification).
         """
         address = self.probe_address
-        if not self._probe_pending or address is None or self.state is not S.ESTABLISHED:
+        if not self._probe_pending or address is None or self.state is not _ESTABLISHED:
             return None
         frame = encode_frame(PathChallengeFrame(self._probe_data))
         size = DATA_HEADER_SIZE + len(frame) + TAG_SIZE
@@ -626,8 +751,8 @@ class Connection:
         self._probe_sent = now
         datagram = self._seal(frame)
         self._probe_bytes_out += len(datagram)
-        self._stats["packets_sent"] += 1
-        self._stats["bytes_sent"] += len(datagram)
+        self._packets_sent += 1
+        self._bytes_sent += len(datagram)
         return datagram, address
 
     # ---------------------------------------------------------------- sending
@@ -641,8 +766,8 @@ class Connection:
         )
 
     def _sent(self, datagram: bytes, now: float) -> None:
-        self._stats["packets_sent"] += 1
-        self._stats["bytes_sent"] += len(datagram)
+        self._packets_sent += 1
+        self._bytes_sent += len(datagram)
         if not self.validated:
             self._path_bytes_out += len(datagram)
         self._last_sent = now
@@ -651,9 +776,9 @@ class Connection:
         """Everything there is to send now, as sealed datagrams."""
         state = self.state
         out: list[bytes] = []
-        if state is S.ESTABLISHED:
+        if state is _ESTABLISHED:
             self._build_data(out, now)
-        elif state is S.HANDSHAKE:
+        elif state is _HANDSHAKE:
             if self._initiation_pending and self.initiation is not None:
                 self._initiation_pending = False
                 self._initiation_sent_time = now
@@ -668,7 +793,7 @@ class Connection:
                 self._response_pending = False
                 out.append(response)
                 self._sent(response, now)
-        elif state is S.CLOSING and self._close_send and self._close_frame is not None:
+        elif state is _CLOSING and self._close_send and self._close_frame is not None:
             self._close_send = False
             if len(self._close_frame) + _MIN_PACKET <= self._allowance():
                 datagram = self._seal(self._close_frame)
@@ -684,14 +809,13 @@ class Connection:
         return header + self._send_cipher.seal(pn, header, payload)
 
     def _build_data(self, out: list[bytes], now: float) -> None:
-        config = self.config
         stream = self.send_stream
         recovery = self.recovery
         while True:
-            allowance = self._allowance()
+            allowance = self._datagram_size if self.validated else self._allowance()
             if allowance < _MIN_PACKET:
                 return
-            window_open = recovery.in_flight < config.max_in_flight_packets
+            window_open = recovery.in_flight < self._in_flight_limit
             want_data = window_open and (self._ping_pending or stream.has_data())
             want_path = bool(self._path_responses)
             want_ack = self._ack_eliciting > 0 and (
@@ -713,15 +837,16 @@ class Connection:
             acks_up_to = -1
             if self._ack_pending or (want_data and self._largest_eliciting > self._peer_knows):
                 acks_up_to = self._largest_received
-                delay_us = max(0, int((now - self._largest_received_time) * 1e6))
-                payload += encode_ack(self._received, delay_us)
+                delay_us = int((now - self._largest_received_time) * 1e6)
+                delay_us = delay_us if delay_us > 0 else 0
+                _append_ack(payload, self._received, delay_us)
                 self._ack_pending = False
                 self._ack_eliciting = 0
                 self._ack_immediate = False
                 self._ack_deadline = None
             ping = False
             if window_open and self._ping_pending:
-                payload += _PING
+                payload.append(PING_TYPE)
                 self._ping_pending = False
                 ping = True
             ranges: list[tuple[int, int]] = []
@@ -731,9 +856,12 @@ class Connection:
                 if chunk is None:
                     break
                 offset, data = chunk
-                frame = _STREAM + encode_varint(offset) + encode_varint(len(data)) + data
-                payload += frame
-                room -= len(frame)
+                before = len(payload)
+                payload.append(STREAM_TYPE)
+                append_varint(payload, offset)
+                append_varint(payload, len(data))
+                payload += data
+                room -= len(payload) - before
                 ranges.append((offset, offset + len(data)))
             if not payload:
                 return
@@ -759,7 +887,7 @@ class Connection:
         """Every armed timer and its deadline."""
         state = self.state
         timers: dict[Timer, float] = {}
-        if state is S.ESTABLISHED:
+        if state is _ESTABLISHED:
             rto = self.recovery.rto_deadline()
             if rto is not None:
                 timers[Timer.RETRANSMIT] = rto
@@ -771,26 +899,27 @@ class Connection:
             if not self._ping_pending:
                 timers[Timer.KEEPALIVE] = self._last_sent + self.config.keepalive_interval
             timers[Timer.IDLE] = self._last_received + self.config.idle_timeout
-        elif state is S.HANDSHAKE:
+        elif state is _HANDSHAKE:
             timers[Timer.HANDSHAKE_TIMEOUT] = self._handshake_deadline
             if self.initiation is not None and not self._initiation_pending and self.is_client:
                 timers[Timer.HANDSHAKE] = self._initiation_sent_time + min(
                     self.rtt.rto(self._handshake_backoff), self.config.max_handshake_interval
                 )
-        elif state is S.CLOSING or state is S.DRAINING:
+        elif state is _CLOSING or state is _DRAINING:
             timers[Timer.CLOSE] = self._close_deadline
         return timers
 
     def next_deadline(self) -> float | None:
         """The earliest armed timer, or None (the minimum of :meth:`deadlines`)."""
-        if self.state is not S.ESTABLISHED:
+        if self.state is not _ESTABLISHED:
             timers = self.deadlines()
             return min(timers.values()) if timers else None
         # The common case, asked after every packet: the same timers as deadlines()
         # without building the dict.
-        deadline = self._last_received + self.config.idle_timeout
+        deadline = self._last_received + self._idle_timeout
         if not self._ping_pending:
-            deadline = min(deadline, self._last_sent + self.config.keepalive_interval)
+            keepalive = self._last_sent + self._keepalive_interval
+            deadline = keepalive if keepalive < deadline else deadline
         rto = self.recovery.rto_deadline()
         if rto is not None and rto < deadline:
             deadline = rto
@@ -804,13 +933,16 @@ class Connection:
 
     def handle_timer(self, *, now: float) -> None:
         """Fire every timer whose deadline has passed (an early call does nothing)."""
+        earliest = self.next_deadline()
+        if earliest is None or earliest > now:
+            return  # (the common early call, without the dict of deadlines)
         timers = self.deadlines()
         for timer in _FIRING_ORDER:
             deadline = timers.get(timer)
             if deadline is None or deadline > now:
                 continue
             self._fire(timer, now)
-            if self.state is S.CLOSED:
+            if self.state is _CLOSED:
                 return
 
     def _fire(self, timer: Timer, now: float) -> None:
@@ -854,6 +986,26 @@ _FIRING_ORDER: Final = (
     Timer.KEEPALIVE,
     Timer.HANDSHAKE,
 )
+
+
+def _append_ack(out: bytearray, received: RangeSet, delay_us: int) -> None:
+    """Append the ACK frame of ``received`` to ``out``: the bytes ``encode_ack``
+    makes of its ranges, without the list of pairs and the bytes objects."""
+    count = len(received)
+    lowest = count - MAX_ACK_RANGES if count > MAX_ACK_RANGES else 0
+    top = received[count - 1]
+    smallest = top.start
+    out.append(ACK_TYPE)
+    append_varint(out, top.stop - 1)
+    append_varint(out, delay_us)
+    append_varint(out, count - 1 - lowest)
+    append_varint(out, top.stop - 1 - smallest)
+    for index in range(count - 2, lowest - 1, -1):
+        below = received[index]
+        # QUIC: the next range's largest = previous smallest - gap - 2.
+        append_varint(out, smallest - below.stop - 1)
+        append_varint(out, below.stop - 1 - below.start)
+        smallest = below.start
 
 
 def _new_send_stream(config: TransportConfig) -> SendStream:

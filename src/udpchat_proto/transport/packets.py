@@ -158,6 +158,20 @@ PATH_DATA_SIZE: Final = 8
 
 _DATA_HEADER: Final = struct.Struct(">B8sQ")
 
+# The type bytes as plain ints, for the per-packet code: a ``Final`` int is a
+# literal to mypyc and one global load to CPython, where ``FrameType.STREAM`` is
+# an attribute lookup on an enum class (dynamic even when compiled) and an
+# IntEnum comparison. They equal the enums' values (a test checks).
+PADDING_TYPE: Final = 0x00
+PING_TYPE: Final = 0x01
+ACK_TYPE: Final = 0x02
+STREAM_TYPE: Final = 0x03
+CLOSE_TYPE: Final = 0x04
+PATH_CHALLENGE_TYPE: Final = 0x05
+PATH_RESPONSE_TYPE: Final = 0x06
+DATA_TYPE: Final = 0x03
+_STREAM_BYTE: Final = b"\x03"
+
 
 class PacketType(enum.IntEnum):
     """The first byte of every datagram."""
@@ -202,6 +216,44 @@ def encode_varint(value: int) -> bytes:
     if value <= MAX_VARINT:
         return (value | 0xC000_0000_0000_0000).to_bytes(8, "big")
     raise ValueError(f"varint out of range: {value}")
+
+
+def append_varint(out: bytearray, value: int) -> None:
+    """Append ``value`` to ``out`` as :func:`encode_varint` encodes it (a one-byte
+    varint, the common case, builds no bytes object)."""
+    if 0 <= value < 0x40:
+        out.append(value)
+    elif 0x40 <= value < 0x4000:
+        out.append(0x40 | (value >> 8))
+        out.append(value & 0xFF)
+    else:
+        out += encode_varint(value)
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """:func:`decode_varint` of ``bytes`` only, for the per-packet code: typed
+    ``bytes``, mypyc indexes and slices it natively (the union type of
+    decode_varint is generic item access) and returns the pair unboxed; a
+    one-byte varint takes the first branch.
+
+    Raises:
+        DecodeError: ``"truncated"`` if the bytes end inside it.
+    """
+    end = len(data)
+    if pos >= end:
+        raise DecodeError("truncated", "varint expected")
+    first = data[pos]
+    if first < 0x40:
+        return first, pos + 1
+    if first < 0x80:  # two bytes, the next commonest (packet numbers, offsets)
+        if pos + 2 > end:
+            raise DecodeError("truncated", "varint cut short")
+        return ((first & 0x3F) << 8) | data[pos + 1], pos + 2
+    size = 1 << (first >> 6)
+    stop = pos + size
+    if stop > end:
+        raise DecodeError("truncated", "varint cut short")
+    return int.from_bytes(data[pos:stop], "big") & ((1 << (8 * size - 2)) - 1), stop
 
 
 def decode_varint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
@@ -361,7 +413,7 @@ def encode_response(connection_id: bytes, noise_message: bytes) -> bytes:
 
 def encode_data_header(connection_id: bytes, packet_number: int) -> bytes:
     """The 17-byte clear header of a DATA packet (also its associated data)."""
-    return _DATA_HEADER.pack(PacketType.DATA, connection_id, packet_number)
+    return _DATA_HEADER.pack(DATA_TYPE, connection_id, packet_number)
 
 
 def decode_packet(data: bytes) -> Packet:
@@ -383,7 +435,7 @@ def decode_packet(data: bytes) -> Packet:
     if not data:
         raise DecodeError("empty", "empty datagram")
     kind = data[0]
-    if kind == PacketType.DATA:
+    if kind == DATA_TYPE:
         if len(data) < DATA_HEADER_SIZE + TAG_SIZE:
             raise DecodeError("truncated", "DATA packet shorter than header and tag")
         _, cid, pn = _DATA_HEADER.unpack_from(data)
@@ -530,12 +582,12 @@ def encode_ack(ranges: Iterable[tuple[int, int]] | Iterable[range], delay_us: in
 def encode_frame(frame: Frame) -> bytes:
     """Encode one frame."""
     if isinstance(frame, StreamFrame):
-        return (
-            bytes((FrameType.STREAM,))
-            + encode_varint(frame.offset)
-            + encode_varint(len(frame.data))
-            + frame.data
-        )
+        data = frame.data
+        out = bytearray(_STREAM_BYTE)
+        append_varint(out, frame.offset)
+        append_varint(out, len(data))
+        out += data
+        return bytes(out)
     if isinstance(frame, AckFrame):
         return encode_ack(frame.ranges, frame.delay_us)
     if isinstance(frame, PingFrame):
@@ -596,28 +648,28 @@ def decode_frames(payload: bytes) -> list[Frame]:
     while pos < end:
         kind = payload[pos]
         pos += 1
-        if kind == FrameType.STREAM:
-            offset, pos = decode_varint(payload, pos)
-            length, pos = decode_varint(payload, pos)
+        if kind == STREAM_TYPE:
+            offset, pos = read_varint(payload, pos)
+            length, pos = read_varint(payload, pos)
             if pos + length > end:
                 raise DecodeError("truncated", "STREAM data cut short")
             if offset + length > MAX_VARINT:
                 raise DecodeError("invalid_field", "STREAM beyond the largest offset")
             frames.append(StreamFrame(offset=offset, data=payload[pos : pos + length]))
             pos += length
-        elif kind == FrameType.ACK:
+        elif kind == ACK_TYPE:
             frame, pos = _decode_ack(payload, pos)
             frames.append(frame)
-        elif kind == FrameType.PING:
+        elif kind == PING_TYPE:
             frames.append(PingFrame())
-        elif kind == FrameType.PADDING:
+        elif kind == PADDING_TYPE:
             start = pos - 1
             while pos < end and payload[pos] == 0:
                 pos += 1
             frames.append(PaddingFrame(pos - start))
-        elif kind == FrameType.CLOSE:
-            code, pos = decode_varint(payload, pos)
-            length, pos = decode_varint(payload, pos)
+        elif kind == CLOSE_TYPE:
+            code, pos = read_varint(payload, pos)
+            length, pos = read_varint(payload, pos)
             if pos + length > end:
                 raise DecodeError("truncated", "CLOSE reason cut short")
             try:
@@ -626,15 +678,13 @@ def decode_frames(payload: bytes) -> list[Frame]:
                 raise DecodeError("invalid_field", "CLOSE reason is not UTF-8") from exc
             frames.append(CloseFrame(code=code, reason=reason))
             break  # nothing after a CLOSE counts
-        elif kind in (FrameType.PATH_CHALLENGE, FrameType.PATH_RESPONSE):
+        elif kind in (PATH_CHALLENGE_TYPE, PATH_RESPONSE_TYPE):
             if pos + PATH_DATA_SIZE > end:
                 raise DecodeError("truncated", "PATH frame data cut short")
             data = bytes(payload[pos : pos + PATH_DATA_SIZE])
             pos += PATH_DATA_SIZE
             frames.append(
-                PathChallengeFrame(data)
-                if kind == FrameType.PATH_CHALLENGE
-                else PathResponseFrame(data)
+                PathChallengeFrame(data) if kind == PATH_CHALLENGE_TYPE else PathResponseFrame(data)
             )
         else:
             raise DecodeError("unknown_frame", f"frame type {kind:#04x}")
@@ -642,10 +692,25 @@ def decode_frames(payload: bytes) -> list[Frame]:
 
 
 def _decode_ack(payload: bytes, pos: int) -> tuple[AckFrame, int]:
-    largest, pos = decode_varint(payload, pos)
-    delay_us, pos = decode_varint(payload, pos)
-    count, pos = decode_varint(payload, pos)
-    first, pos = decode_varint(payload, pos)
+    ranges, delay_us, pos = decode_ack_ranges(payload, pos)
+    return AckFrame(ranges=tuple(ranges), delay_us=delay_us), pos
+
+
+def decode_ack_ranges(payload: bytes, pos: int) -> tuple[list[tuple[int, int]], int, int]:
+    """Decode the body of an ACK frame (after its type byte) at ``pos``.
+
+    Returns:
+        ``(ranges, delay_us, position after it)``: the ranges ascending, as
+        :attr:`AckFrame.ranges` holds them (the connection reads them without
+        building the frame).
+
+    Raises:
+        DecodeError: ``"truncated"`` or ``"invalid_field"``.
+    """
+    largest, pos = read_varint(payload, pos)
+    delay_us, pos = read_varint(payload, pos)
+    count, pos = read_varint(payload, pos)
+    first, pos = read_varint(payload, pos)
     if first > largest:
         raise DecodeError("invalid_field", "ACK range below zero")
     # Each further range takes at least two bytes: a larger count cannot be honest,
@@ -655,12 +720,12 @@ def _decode_ack(payload: bytes, pos: int) -> tuple[AckFrame, int]:
     smallest = largest - first
     ranges = [(smallest, largest + 1)]
     for _ in range(count):
-        gap, pos = decode_varint(payload, pos)
-        length, pos = decode_varint(payload, pos)
+        gap, pos = read_varint(payload, pos)
+        length, pos = read_varint(payload, pos)
         top = smallest - gap - 2
         if top < 0 or length > top:
             raise DecodeError("invalid_field", "ACK range below zero")
         smallest = top - length
         ranges.append((smallest, top + 1))
     ranges.reverse()
-    return AckFrame(ranges=tuple(ranges), delay_us=delay_us), pos
+    return ranges, delay_us, pos

@@ -51,9 +51,19 @@ class RangeSet:
         ranges = self._ranges
         if ranges is _NO_RANGES:
             ranges = self._ranges = []
-        # Fast path: appending past the end (packet numbers and offsets mostly grow).
-        if not ranges or ranges[-1].stop < start:
+        # Fast paths: appending past the end, or extending the last range (packet
+        # numbers and offsets mostly grow, by one packet at a time): one range
+        # object, no bisection and no list for the slice assignment.
+        if not ranges:
             ranges.append(range(start, stop))
+            return
+        last_range = ranges[-1]
+        last_stop = last_range.stop
+        if last_stop < start:
+            ranges.append(range(start, stop))
+            return
+        if last_stop == start or (last_range.start <= start and last_stop < stop):
+            ranges[-1] = range(last_range.start, stop)
             return
         # First range that overlaps or touches [start, stop) from the left ...
         first = bisect_left(ranges, start, key=_stop)

@@ -13,9 +13,8 @@ Everything takes ``now`` from the caller (aioquic's ``recovery.py`` style).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
-
-import attrs
 
 __all__ = [
     "GRANULARITY",
@@ -114,36 +113,93 @@ class RttEstimator:
         ``clamp(SRTT + max(G, 4 * RTTVAR) + max_ack_delay, min_rto, max_rto)``
         times ``2 ** backoff``, never above ``max_rto``.
         """
-        base = self.smoothed_rtt + max(GRANULARITY, 4 * self.rttvar) + self.max_ack_delay
-        base = min(max(base, self.min_rto), self.max_rto)
-        return min(base * (1 << min(backoff, _MAX_BACKOFF)), self.max_rto)
+        # Asked after every packet (the timers): comparisons, not min() and max(),
+        # which are generic calls on boxed floats even when compiled.
+        variation = 4 * self.rttvar
+        variation = variation if variation >= GRANULARITY else GRANULARITY
+        base = self.smoothed_rtt + variation + self.max_ack_delay
+        min_rto, max_rto = self.min_rto, self.max_rto
+        base = base if base >= min_rto else min_rto
+        base = base if base <= max_rto else max_rto
+        if backoff:
+            base *= 1 << (backoff if backoff < _MAX_BACKOFF else _MAX_BACKOFF)
+            base = base if base <= max_rto else max_rto
+        return base
 
     def loss_delay(self) -> float:
         """How long after a later packet's ACK a packet is declared lost (RFC 9002, 6.1.2)."""
-        return max(TIME_THRESHOLD * max(self.smoothed_rtt, self.latest_rtt), GRANULARITY)
+        smoothed, latest = self.smoothed_rtt, self.latest_rtt
+        delay = TIME_THRESHOLD * (latest if latest > smoothed else smoothed)
+        return delay if delay > GRANULARITY else GRANULARITY
 
 
-@attrs.define(slots=True, kw_only=True)
 class SentPacket:
     """What an ack-eliciting packet carried, so its content can be sent again.
 
     The packet itself is never resent: on loss its content goes back to the queues
     and leaves under a new packet number (aioquic's ``QuicSentPacket``).
+
+    A plain class with slots rather than an attrs one: one is built for every
+    packet sent and read at its acknowledgement, and compiled it is a native
+    class (native attribute reads, a compiled ``__init__``), where an attrs
+    class stays a Python one. It keeps the attrs class's keyword-only
+    constructor, equality and repr.
+
+    Attributes:
+        packet_number: the packet number it was sealed with.
+        sent_time: when it was built.
+        size: datagram bytes.
+        stream_ranges: half-open stream offset ranges it carried.
+        ping: whether it carried a PING.
+        acks_up_to: the largest received packet number its ACK frame covered (-1:
+            no ACK). Once it is acknowledged, the peer knows everything up to
+            there arrived.
     """
 
-    packet_number: int
-    """The packet number it was sealed with."""
-    sent_time: float
-    """When it was built."""
-    size: int
-    """Datagram bytes."""
-    stream_ranges: list[tuple[int, int]] = attrs.Factory(list)
-    """Half-open stream offset ranges it carried."""
-    ping: bool = False
-    """Whether it carried a PING."""
-    acks_up_to: int = -1
-    """The largest received packet number its ACK frame covered (-1: no ACK). Once
-    it is acknowledged, the peer knows everything up to there arrived."""
+    __slots__ = ("acks_up_to", "packet_number", "ping", "sent_time", "size", "stream_ranges")
+
+    def __init__(
+        self,
+        *,
+        packet_number: int,
+        sent_time: float,
+        size: int,
+        stream_ranges: list[tuple[int, int]] | None = None,
+        ping: bool = False,
+        acks_up_to: int = -1,
+    ) -> None:
+        self.packet_number = packet_number
+        self.sent_time = sent_time
+        self.size = size
+        self.stream_ranges: list[tuple[int, int]] = (
+            stream_ranges if stream_ranges is not None else []
+        )
+        self.ping = ping
+        self.acks_up_to = acks_up_to
+
+    def _fields(self) -> tuple[int, float, int, list[tuple[int, int]], bool, int]:
+        return (
+            self.packet_number,
+            self.sent_time,
+            self.size,
+            self.stream_ranges,
+            self.ping,
+            self.acks_up_to,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SentPacket):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the attrs class was
+
+    def __repr__(self) -> str:
+        return (
+            f"SentPacket(packet_number={self.packet_number!r}, sent_time={self.sent_time!r}, "
+            f"size={self.size!r}, stream_ranges={self.stream_ranges!r}, ping={self.ping!r}, "
+            f"acks_up_to={self.acks_up_to!r})"
+        )
 
 
 class LossRecovery:
@@ -177,7 +233,7 @@ class LossRecovery:
         self._last_sent_time = packet.sent_time
 
     def on_ack_received(
-        self, ranges: tuple[tuple[int, int], ...], ack_delay: float, *, now: float
+        self, ranges: Sequence[tuple[int, int]], ack_delay: float, *, now: float
     ) -> tuple[list[SentPacket], list[SentPacket]]:
         """Process an ACK frame's ranges.
 
@@ -200,21 +256,27 @@ class LossRecovery:
             self.largest_acked = largest
             self.backoff = 0
         acked: list[SentPacket] = []
+        # The newest packet acknowledged, found while popping (no key function).
+        newest: SentPacket | None = None
         for start, stop in ranges:
             if stop - start <= len(sent):
                 for pn in range(start, stop):
                     packet = sent.pop(pn, None)
                     if packet is not None:
                         acked.append(packet)
+                        if newest is None or pn > newest.packet_number:
+                            newest = packet
             else:
                 for pn in [pn for pn in sent if start <= pn < stop]:
-                    acked.append(sent.pop(pn))
-        if not acked:
+                    packet = sent.pop(pn)
+                    acked.append(packet)
+                    if newest is None or pn > newest.packet_number:
+                        newest = packet
+        if newest is None:
             return [], []
         if not sent:
             # An emptied dict keeps its table; an idle connection should not.
             self._sent = {}
-        newest = max(acked, key=lambda p: p.packet_number)
         if newest.packet_number == largest:
             # Karn's rule holds by construction: a packet number is never resent.
             self.rtt.update(latest_rtt=now - newest.sent_time, ack_delay=ack_delay)

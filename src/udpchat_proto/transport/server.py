@@ -32,7 +32,11 @@ from .events import Address, CloseCode, ConnectionId, TransportEvent
 from .handshake import HandshakeState
 from .keys import ServerKey
 from .packets import (
+    CONNECTION_ID_SIZE,
+    DATA_HEADER_SIZE,
+    DATA_TYPE,
     PROLOGUE,
+    TAG_SIZE,
     DataPacket,
     HandshakeInitiation,
     decode_packet,
@@ -50,6 +54,12 @@ _PRUNE_INTERVAL: Final = 10.0
 #: RETRYs waiting for ``datagrams_to_send``; beyond it more are refused
 #: (``retry_queue_full``). A loop reads at most a few hundred datagrams per turn.
 _MAX_PENDING_RETRIES: Final = 1024
+#: The shortest datagram that is a DATA packet (decode_packet refuses shorter ones).
+_MIN_DATA: Final = DATA_HEADER_SIZE + TAG_SIZE
+#: (a static load when compiled, where the enum member is an attribute lookup)
+_ESTABLISHED: Final = TransportState.ESTABLISHED
+#: Where a DATA packet's connection id ends (it starts after the type byte).
+_CID_END: Final = 1 + CONNECTION_ID_SIZE
 
 
 class ServerTransport:
@@ -86,6 +96,9 @@ class ServerTransport:
                 CSPRNG).
         """
         self._config = config if config is not None else TransportConfig()
+        # (read after every packet: a native int when compiled, where the config,
+        # an attrs class outside the compiled modules, is a dynamic lookup)
+        self._buffered_limit = self._config.max_buffered_bytes
         self._random: RandomSource = random if random is not None else SystemRandomSource()
         self._static_key = static_key
         self._public_key = static_key.public_bytes
@@ -239,7 +252,7 @@ class ServerTransport:
         Raises:
             LocalProtocolError: the connection is unknown.
         """
-        self._now = max(self._now, now)
+        self._now = now if now > self._now else self._now
         conn = self._established(connection_id)
         conn.close(reason, now=now, code=code)
         self._touch(conn)
@@ -257,13 +270,24 @@ class ServerTransport:
             addr: where it came from.
             now: the current time, seconds.
         """
-        self._now = max(self._now, now)
+        self._now = now if now > self._now else self._now
+        data = bytes(data)
+        if len(data) >= _MIN_DATA and data[0] == DATA_TYPE:
+            # The per-packet path: what decode_packet checks of a DATA packet,
+            # without building the DataPacket.
+            conn = self._connections.get(data[1:_CID_END])
+            if conn is None:
+                self._drop("unknown_connection")
+                return
+            conn.receive_datagram(data, addr, now)
+            self._touch(conn)
+            return
         try:
-            packet = decode_packet(bytes(data))
+            packet = decode_packet(data)
         except DecodeError as exc:
             self._drop(exc.reason)
             # A version not spoken here is told which ones are, never met with silence.
-            answer = encode_version_negotiation(bytes(data))
+            answer = encode_version_negotiation(data)
             if answer is not None and len(self._retry_out) < _MAX_PENDING_RETRIES:
                 self._retry_out.append((answer, addr))
             return
@@ -380,7 +404,7 @@ class ServerTransport:
         Returns:
             ``(datagram, client address)`` pairs.
         """
-        self._now = max(self._now, now)
+        self._now = now if now > self._now else self._now
         out, self._retry_out = self._retry_out, []
         dirty, self._dirty = self._dirty, {}
         for cid in dirty:
@@ -416,7 +440,7 @@ class ServerTransport:
         Args:
             now: the current time, seconds.
         """
-        self._now = max(self._now, now)
+        self._now = now if now > self._now else self._now
         if self._unscheduled:
             self._schedule_touched()
         heap = self._heap
@@ -444,7 +468,7 @@ class ServerTransport:
 
     def _settle(self, conn: Connection) -> None:
         cid = conn.connection_id
-        if conn.state is TransportState.ESTABLISHED and cid in self._open:
+        if conn.state is _ESTABLISHED and cid in self._open:
             pass  # the common case, after every packet: it was counted when it opened
         else:
             self._settle_state(conn)
@@ -453,7 +477,7 @@ class ServerTransport:
         held = conn.buffered_bytes
         self._buffered += held - self._buffered_by.get(cid, 0)
         self._buffered_by[cid] = held
-        if self._buffered > self._config.max_buffered_bytes and not self._enforcing:
+        if self._buffered > self._buffered_limit and not self._enforcing:
             self._enforce_budget()
         self._unscheduled[cid] = None
 

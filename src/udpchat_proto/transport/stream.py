@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Final
 
 from ..errors import DecodeError
-from .packets import decode_varint, encode_varint
+from .packets import append_varint, decode_varint
 from .ranges import RangeSet
 
 __all__ = ["MAX_RECEIVE_FRAGMENTS", "ReceiveStream", "SendStream"]
@@ -88,19 +88,26 @@ class SendStream:
 
     def can_write(self, size: int) -> bool:
         """Whether a message of ``size`` bytes fits under ``max_buffer``."""
-        return self.buffered + size + 8 <= self.max_buffer
+        # (buffered, without the two property calls: this runs once a message)
+        buffered = self._buffer_start + len(self._buffer) - self._acked_floor
+        return buffered + size + 8 <= self.max_buffer
 
     def write_message(self, payload: bytes) -> None:
         """Queue one message (its length prefix and bytes)."""
-        self._buffer += encode_varint(len(payload))
-        self._buffer += payload
+        buffer = self._buffer
+        append_varint(buffer, len(payload))
+        buffer += payload
 
     def has_data(self) -> bool:
         """Whether :meth:`next_chunk` would return something."""
         if self._pending:
             return True
-        end = min(self.write_offset, self._acked_floor + self.window)
-        return self._next_offset < end
+        # (below write_offset and the window, without the property and min())
+        next_offset = self._next_offset
+        return (
+            next_offset < self._buffer_start + len(self._buffer)
+            and next_offset < self._acked_floor + self.window
+        )
 
     def next_chunk(self, max_size: int) -> tuple[int, bytes] | None:
         """Take the next bytes to send: lost ones first, then new ones in the window.
@@ -120,7 +127,11 @@ class SendStream:
             self.retransmitted += stop - start
         else:
             start = self._next_offset
-            stop = min(self.write_offset, self._acked_floor + self.window, start + max_size)
+            stop = min(
+                self._buffer_start + len(self._buffer),
+                self._acked_floor + self.window,
+                start + max_size,
+            )
             if stop <= start:
                 return None
             self._next_offset = stop
@@ -129,7 +140,16 @@ class SendStream:
 
     def on_acked(self, start: int, stop: int) -> None:
         """The peer acknowledged ``[start, stop)``."""
-        if stop <= self._acked_floor:
+        floor = self._acked_floor
+        if stop <= floor:
+            return
+        if start <= floor and not self._acked:
+            # In order, nothing acknowledged above the floor (the common case): the
+            # floor moves, with no range built and no list for the set to hold.
+            if self._pending:
+                self._pending.subtract(start, stop)
+            self._acked_floor = stop
+            self._compact()
             return
         self._pending.subtract(start, stop)
         self._acked.add(start, stop)
@@ -243,10 +263,14 @@ class ReceiveStream:
         buf = self._assembly
         pos = self._assembly_pos
         while pos < len(buf):  # (the common end: no exception to build)
-            try:
-                length, start = decode_varint(buf, pos)
-            except DecodeError:
-                break  # the length prefix itself is incomplete
+            first = buf[pos]
+            if first < 0x40:
+                length, start = first, pos + 1  # a one-byte length, read inline
+            else:
+                try:
+                    length, start = decode_varint(buf, pos)
+                except DecodeError:
+                    break  # the length prefix itself is incomplete
             if length > self.max_message_size:
                 raise DecodeError("message_too_large", f"{length} bytes > {self.max_message_size}")
             if len(buf) - start < length:
