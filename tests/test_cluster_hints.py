@@ -165,6 +165,34 @@ def test_a_message_stored_on_one_node_reaches_the_other_at_once() -> None:
     assert len(cluster.delivered(5002)) == len(set(cluster.delivered(5002))) == 6
 
 
+def test_the_sending_connection_is_not_looked_for_but_the_senders_other_devices_are() -> None:
+    cluster = Cluster()
+    alice, _bob = signed_up(cluster)
+    asked: list[str] = []
+    read = cluster.store.pending_deliveries_many
+
+    def counted(sessions: Any) -> Any:
+        asked.extend(username for username, _session, _limit in sessions)
+        return read(sessions)
+
+    cluster.store.pending_deliveries_many = counted  # type: ignore[method-assign]
+    alice.send_message("bob", "to bob")
+    cluster.run(0.5)
+    assert cluster.delivered(5002) == ["to bob"]
+    # Her own message is never pushed to the connection that sent it: no read for
+    # it on node A (a read for bob's window on node B, for his acknowledgement too).
+    assert "alice" not in asked
+    # A second device of hers on the same node is looked for, and gets it.
+    tablet = cluster.client("alice", NODE_A, 5004)
+    cluster.run()
+    tablet.login("alice", PASSWORD)
+    cluster.run()
+    alice.send_message("bob", "seen by the tablet")
+    cluster.run(0.5)
+    assert cluster.delivered(5004)[-1] == "seen by the tablet"
+    assert "seen by the tablet" not in cluster.delivered(5001)
+
+
 def test_without_hints_the_other_node_waits_and_refill_all_heals() -> None:
     cluster = Cluster(hints=False)
     alice, _bob = signed_up(cluster)

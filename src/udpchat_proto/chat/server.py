@@ -487,12 +487,12 @@ class ChatServer:
         self._outbox.flush_membership()
         self._tracker.batch_committed()
         self._sessions.touches_committed()
-        held, closes, hints = self._batch.release()
+        held, closes, hints, quiet = self._batch.release()
         self._outbox.release(held)
         self._sessions.close_all(closes)
         self._deliveries.committed()
         # A cluster's node pushes from the database, as the others do (cluster.py).
-        self._deliveries.look_again_for(hints)
+        self._deliveries.look_again_for(hints, skip=quiet)
 
     def rolled_back(self, failure: StoreUnavailableError) -> None:
         """Tell the server that the batch could not be committed: it is lost.
