@@ -193,6 +193,31 @@ def test_the_sending_connection_is_not_looked_for_but_the_senders_other_devices_
     assert "seen by the tablet" not in cluster.delivered(5001)
 
 
+def test_news_is_delivered_at_once_when_the_loop_asks_not_after_the_next_batch() -> None:
+    cluster = Cluster()
+    alice, bob = signed_up(cluster)
+    node_a, node_b = cluster.nodes[NODE_A], cluster.nodes[NODE_B]
+    now = cluster.now
+    alice.send_message("bob", "at once")
+    for data, _to in alice.datagrams_to_send(now):
+        node_a.receive_datagram(data, ("127.0.0.2", 5001), now)
+    news = node_a.end_batch(now).news
+    assert "bob" in news.users
+    # Node B is told between its batches, and reads what the news names at once:
+    # the delivery is among the datagrams before any batch of B's ends.
+    node_b.receive_news("a", news, now)
+    node_b.deliver_news(now)
+    for data, _to in node_b.datagrams_to_send(now):
+        bob.receive_datagram(data, NODE_B, now)
+    events = []
+    while (event := bob.next_event()) is not None:
+        events.append(event)
+    assert [e.message.text for e in events if isinstance(e, m.MessageDelivered)] == ["at once"]
+    # Nothing is pushed twice when B's batch ends (the events above were taken by hand).
+    cluster.run()
+    assert cluster.delivered(5002) == []
+
+
 def test_without_hints_the_other_node_waits_and_refill_all_heals() -> None:
     cluster = Cluster(hints=False)
     alice, _bob = signed_up(cluster)
