@@ -4,7 +4,8 @@ Each turn:
 
 1. wait on the socket (and a wake-up socket) until the core's next timer;
 2. in a cluster, act on what the other nodes said (between batches: their news
-   never rides on, nor is lost with, a batch of this node's);
+   never rides on, nor is lost with, a batch of this node's), and read and send
+   at once the deliveries their news names (they do not wait for the batch);
 3. drain what has arrived (non-blocking reads, at most :data:`BATCH` datagrams) and
    feed it all, with the control socket's requests;
 4. end the batch (``ChatServer.end_batch``): the password hashes finished by the
