@@ -320,6 +320,7 @@ class ServerLoop:
         self._send(end.datagrams)
 
     def _send(self, datagrams: Iterable[tuple[bytes, tuple[str, int]]]) -> None:
+        """Write ``datagrams``; a full buffer or an unreachable peer costs that one."""
         for data, addr in datagrams:
             try:
                 self._sock.sendto(data, addr)
