@@ -421,10 +421,12 @@ def measure(
     rate: float,
     admin: str,
     spy: str | None = None,
+    latency_only: bool = False,
 ) -> dict[str, Any]:
     """Set up the pairs on ``nodes``; latency at ``rate`` offered on the fresh
     store, saturation, then the same latency again (with what saturation stored).
-    With ``spy``, py-spy records the first node during saturation into that file."""
+    With ``spy``, py-spy records the first node during saturation into that file;
+    with ``latency_only``, only the first latency window is measured."""
     team.call("setup", nodes.ports, layout, workers, timeout=DEADLINE * 2)
 
     def latency(suffix: str) -> dict[str, Any]:
@@ -445,6 +447,8 @@ def measure(
         }
 
     figures = latency("")
+    if latency_only:
+        return figures
     postgres = backend_pids(admin, nodes.database) if nodes.database else []
     counted: list[list[dict[str, float]]] = []
 
@@ -511,11 +515,17 @@ def one_run(
     postgres: str,
     nats: str,
     spy: str | None = None,
+    only: list[str] | None = None,
+    latency_only: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Every configuration once, each on fresh processes and a fresh store (with
-    ``spy``, the one node's saturation recorded by py-spy into that file)."""
+    """Every configuration (or those named in ``only``) once, each on fresh
+    processes and a fresh store (with ``spy``, the one node's saturation recorded
+    by py-spy into that file; with ``latency_only``, the fresh store's latency
+    alone)."""
     run: dict[str, dict[str, Any]] = {}
     for name, store, count, layout, _ in CONFIGURATIONS:
+        if only is not None and name not in only:
+            continue
         team = Team(workers, pairs)
         try:
             with configuration(store, count, postgres, nats) as nodes:
@@ -528,6 +538,7 @@ def one_run(
                     rate=rate,
                     admin=postgres,
                     spy=spy if name == "one_node" else None,
+                    latency_only=latency_only,
                 )
         finally:
             team.stop()
@@ -729,6 +740,36 @@ def summarize(
     return summary
 
 
+def summarize_latency(runs: list[dict[str, dict[str, Any]]], rate: float) -> dict[str, Any]:
+    """``--latency-only``: each configuration's p50 and p99 at ``rate``, medians
+    over the runs with their spread."""
+    return {
+        "rate": rate,
+        "runs": len(runs),
+        "latency": {
+            name: {
+                figure: spread(values)
+                for figure in ("p50_ms", "p99_ms", "achieved")
+                if (values := [r[name][figure] for r in runs])
+            }
+            for name in runs[0]
+        },
+    }
+
+
+def print_latency(s: dict[str, Any]) -> None:
+    """``--latency-only``'s table."""
+    labels = {name: label for name, *_, label in CONFIGURATIONS}
+    offered = f"latency at {s['rate']:.0f} msg/s offered, median of {s['runs']} runs"
+    print(f"  {offered:46} {'p50 ms':>8} {'[min-max]':>13}  {'p99 ms':>8} {'[min-max]':>13}")
+    for name, figures in s["latency"].items():
+        p50, p99 = figures["p50_ms"], figures["p99_ms"]
+        print(
+            f"  {labels[name]:46} {p50['median']:8.2f} {bracket(p50, 1):>13}"
+            f"  {p99['median']:8.2f} {bracket(p99, 1):>13}"
+        )
+
+
 def bracket(values: dict[str, float], digits: int = 0) -> str:
     """``[min-max]`` of a spread."""
     return f"[{values['min']:.{digits}f}-{values['max']:.{digits}f}]"
@@ -818,7 +859,21 @@ def main() -> None:
         help="record the one node's saturation with py-spy in the first run (raw "
         "stacks into this file); print its split by layer",
     )
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the latency window on the fresh store (no saturation, no refill_all)",
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated configurations to run (with --latency-only): "
+        + ", ".join(name for name, *_ in CONFIGURATIONS),
+    )
     args = parser.parse_args()
+    only = None if args.only is None else args.only.split(",")
+    names = [name for name, *_ in CONFIGURATIONS]
+    if only is not None and (not args.latency_only or not set(only) <= set(names)):
+        parser.error(f"--only goes with --latency-only and names some of {', '.join(names)}")
     pairs = args.pairs or (6 if args.quick else 16)
     if not 1 <= args.workers * pairs * 2 <= 200:
         parser.error("at most 200 connections: a node keeps 256 per address")
@@ -837,9 +892,18 @@ def main() -> None:
             postgres=args.postgres,
             nats=args.nats,
             spy=args.spy if n == 0 else None,
+            only=only,
+            latency_only=args.latency_only,
         )
         for n in range(args.runs or (1 if args.quick else 3))
     ]
+    if args.latency_only:
+        latency = summarize_latency(runs, args.rate)
+        if args.json:
+            print(json.dumps(latency))
+        else:
+            print_latency(latency)
+        return
     summary = summarize(runs, args.workers, pairs, args.rate)
     summary["refill"] = refill_all_figures(
         args.postgres, 1000 if args.quick else REFILL_CONNECTIONS, repeats=3 if args.quick else 5

@@ -116,6 +116,48 @@ def test_benchmark_runs_quick(name: str) -> None:
         assert figures["e2ee_decrypted"] > 0 and figures["e2ee_undecryptable"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.e2e  # (real processes: the benchmark, its nodes and load generators)
+def test_the_cluster_benchmark_measures_latency_alone() -> None:
+    require_nats()
+    with postgres_database():
+        pass
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "cluster.py"),
+            "--quick",
+            "--json",
+            "--latency-only",
+            "--only",
+            "one_node",
+            *SMALLEST["cluster.py"],
+            *SERVICES["cluster.py"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout)
+    assert set(figures["latency"]) == {"one_node"}
+    assert {"p50_ms", "p99_ms", "achieved"} <= set(figures["latency"]["one_node"])
+
+
+def test_the_cluster_benchmark_runs_some_configurations_only_for_latency() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "cluster.py"), "--only", "one_node"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 2 and "--only goes with --latency-only" in done.stderr
+
+
 def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None

@@ -165,6 +165,59 @@ def test_a_message_stored_on_one_node_reaches_the_other_at_once() -> None:
     assert len(cluster.delivered(5002)) == len(set(cluster.delivered(5002))) == 6
 
 
+def test_the_sending_connection_is_not_looked_for_but_the_senders_other_devices_are() -> None:
+    cluster = Cluster()
+    alice, _bob = signed_up(cluster)
+    asked: list[str] = []
+    read = cluster.store.pending_deliveries_many
+
+    def counted(sessions: Any) -> Any:
+        asked.extend(username for username, _session, _limit in sessions)
+        return read(sessions)
+
+    cluster.store.pending_deliveries_many = counted  # type: ignore[method-assign]
+    alice.send_message("bob", "to bob")
+    cluster.run(0.5)
+    assert cluster.delivered(5002) == ["to bob"]
+    # Her own message is never pushed to the connection that sent it: no read for
+    # it on node A (a read for bob's window on node B, for his acknowledgement too).
+    assert "alice" not in asked
+    # A second device of hers on the same node is looked for, and gets it.
+    tablet = cluster.client("alice", NODE_A, 5004)
+    cluster.run()
+    tablet.login("alice", PASSWORD)
+    cluster.run()
+    alice.send_message("bob", "seen by the tablet")
+    cluster.run(0.5)
+    assert cluster.delivered(5004)[-1] == "seen by the tablet"
+    assert "seen by the tablet" not in cluster.delivered(5001)
+
+
+def test_news_is_delivered_at_once_when_the_loop_asks_not_after_the_next_batch() -> None:
+    cluster = Cluster()
+    alice, bob = signed_up(cluster)
+    node_a, node_b = cluster.nodes[NODE_A], cluster.nodes[NODE_B]
+    now = cluster.now
+    alice.send_message("bob", "at once")
+    for data, _to in alice.datagrams_to_send(now):
+        node_a.receive_datagram(data, ("127.0.0.2", 5001), now)
+    news = node_a.end_batch(now).news
+    assert "bob" in news.users
+    # Node B is told between its batches, and reads what the news names at once:
+    # the delivery is among the datagrams before any batch of B's ends.
+    node_b.receive_news("a", news, now)
+    node_b.deliver_news(now)
+    for data, _to in node_b.datagrams_to_send(now):
+        bob.receive_datagram(data, NODE_B, now)
+    events = []
+    while (event := bob.next_event()) is not None:
+        events.append(event)
+    assert [e.message.text for e in events if isinstance(e, m.MessageDelivered)] == ["at once"]
+    # Nothing is pushed twice when B's batch ends (the events above were taken by hand).
+    cluster.run()
+    assert cluster.delivered(5002) == []
+
+
 def test_without_hints_the_other_node_waits_and_refill_all_heals() -> None:
     cluster = Cluster(hints=False)
     alice, _bob = signed_up(cluster)

@@ -321,7 +321,7 @@ def test_a_failed_step_gives_back_what_it_held_and_a_clean_one_goes_out_at_once(
     assert not batch.holding
     # The room change the step undid is back; nothing of the step is left.
     assert [(p.joined, ms) for p, ms in batch.take_membership()] == [(True, ["carol"])]
-    assert batch.release() == ([], [], [])
+    assert batch.release() == ([], [], [], set())
     # A step in a batch that wrote nothing goes out when it ends ...
     mark = batch.begin_step()
     batch.hold(Held(b"c" * 8, push, b"payload"))
@@ -332,8 +332,30 @@ def test_a_failed_step_gives_back_what_it_held_and_a_clean_one_goes_out_at_once(
     mark = batch.begin_step()
     batch.hold(Held(b"c" * 8, push, b"later"))
     assert batch.end_step(mark) == ([], []) and batch.holding
-    held, _closes, _hints = batch.release()
+    held, _closes, _hints, _quiet = batch.release()
     assert [item.payload for item in held] == [b"later"]
+
+
+def test_a_batchs_hints_spare_only_the_connections_that_sent_their_own_messages() -> None:
+    batch = Batch(WriteTrackingStore(MemoryStore()))
+    alice_phone, alice_laptop, bob_phone = b"a" * 8, b"l" * 8, b"b" * 8
+    batch.hint(["bob"], "alice", alice_phone)
+    batch.hint(["carol"], "alice", alice_laptop)
+    _held, _closes, hints, quiet = batch.release()
+    # Every user is told (alice's other devices have news too) ...
+    assert hints == ["bob", "alice", "carol"]
+    # ... but the connections that sent look for nothing new here.
+    assert quiet == {alice_phone, alice_laptop}
+    # A sender who is also a recipient in the batch: all of their connections look.
+    batch.hint(["alice"], "bob", bob_phone)
+    batch.hint(["bob"], "alice", alice_phone)
+    assert batch.release()[2:] == (["alice", "bob"], set())
+    # A lost batch forgets them all.
+    batch.hint(["bob"], "alice", alice_phone)
+    batch.lose()
+    assert batch.release()[2:] == ([], set())
+    # The other nodes hear of every user of the committed batches, once.
+    assert batch.take_news().users == ("bob", "alice", "carol")
 
 
 def test_the_codec_knows_every_message_class_by_its_own_tag() -> None:

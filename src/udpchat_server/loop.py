@@ -4,7 +4,8 @@ Each turn:
 
 1. wait on the socket (and a wake-up socket) until the core's next timer;
 2. in a cluster, act on what the other nodes said (between batches: their news
-   never rides on, nor is lost with, a batch of this node's);
+   never rides on, nor is lost with, a batch of this node's), and read and send
+   at once the deliveries their news names (they do not wait for the batch);
 3. drain what has arrived (non-blocking reads, at most :data:`BATCH` datagrams) and
    feed it all, with the control socket's requests;
 4. end the batch (``ChatServer.end_batch``): the password hashes finished by the
@@ -38,7 +39,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from udpchat_proto import (
@@ -316,7 +317,11 @@ class ServerLoop:
                 operator.update_metrics(self.counters)
         if self._bus is not None:
             self._tell(self._bus, end.news, now)
-        for data, addr in end.datagrams:
+        self._send(end.datagrams)
+
+    def _send(self, datagrams: Iterable[tuple[bytes, tuple[str, int]]]) -> None:
+        """Write ``datagrams``; a full buffer or an unreachable peer costs that one."""
+        for data, addr in datagrams:
             try:
                 self._sock.sendto(data, addr)
                 self.datagrams_sent += 1
@@ -346,6 +351,11 @@ class ServerLoop:
             else:
                 log.info("node %s left the cluster", escape_controls(item.node[:8]))
                 server.forget_node(item.node, now)
+        if heard:
+            # The deliveries the news asks for, read and sent now: not at this
+            # turn's end, after its batch's commit (a cross-node message waited).
+            server.deliver_news(now)
+            self._send(server.datagrams_to_send(now))
         for node in server.expire_nodes(now):
             log.warning("node %s is silent: its users count as offline", escape_controls(node[:8]))
         interval = POSITION_CHECK_INTERVAL if bus.connected else BUS_DOWN_LOOK_INTERVAL

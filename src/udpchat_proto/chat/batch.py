@@ -96,6 +96,10 @@ class Batch:
         """Room joins and leaves, pushed at the batch's end (coalesced)."""
         self._hints: dict[str, None] = {}
         """Users whose messages this batch stored (a cluster's delivery hints)."""
+        self._senders: dict[str, set[ConnectionId] | None] = {}
+        """The hinted users' connections here that need no look: those that sent
+        their own messages (None: the user was hinted as a recipient too, and
+        every connection of theirs looks)."""
         self._hints_out: list[str] = []
         """Hints of committed batches, not yet taken for the other nodes."""
         self._remote_pushes: list[tuple[str, bytes]] = []
@@ -155,9 +159,19 @@ class Batch:
             for (room, username), (joined, members) in pending.items()
         ]
 
-    def hint(self, usernames: list[str]) -> None:
-        """These users have new messages in this batch (told once it is durable)."""
-        self._hints.update(dict.fromkeys(usernames))
+    def hint(self, recipients: list[str], sender: str, origin: ConnectionId) -> None:
+        """A message of this batch for ``recipients``, sent by ``sender`` from the
+        connection ``origin``: all of them are told once it is durable (the
+        sender's other devices have it too), but ``origin`` needs no look here
+        for it: its own message is never pushed to it (and its cursor moved past
+        it), so reading the database for it would find nothing new."""
+        for username in recipients:
+            self._hints[username] = None
+            self._senders[username] = None
+        self._hints[sender] = None
+        senders = self._senders.setdefault(sender, set())
+        if senders is not None:
+            senders.add(origin)
 
     # --- steps ----------------------------------------------------------------------
 
@@ -189,22 +203,26 @@ class Batch:
 
     # --- the batch's end ------------------------------------------------------------
 
-    def release(self) -> tuple[list[Held], list[Close], list[str]]:
+    def release(self) -> tuple[list[Held], list[Close], list[str], set[ConnectionId]]:
         """The batch is durable: what it held (to send, in order), the closes (to
-        do) and the users it stored messages for (to look for here; also kept for
-        :meth:`take_news`)."""
+        do), the users it stored messages for (to look for here; also kept for
+        :meth:`take_news`) and the connections of theirs that need no look (see
+        :meth:`hint`)."""
         hints = list(self._hints)
         self._hints_out.extend(hints)
         self._hints.clear()
+        quiet = {c for senders in self._senders.values() if senders for c in senders}
+        self._senders.clear()
         held, self._held = self._held, []
         closes, self._closes = self._closes, []
-        return held, closes, hints
+        return held, closes, hints, quiet
 
     def lose(self) -> list[Held]:
         """The batch was lost: its closes and hints are dropped; returns what it
         held (never to be sent as it was)."""
         self._closes.clear()
         self._hints.clear()
+        self._senders.clear()
         held, self._held = self._held, []
         return held
 

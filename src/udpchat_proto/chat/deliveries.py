@@ -16,7 +16,7 @@ delivery (``delivery_receipts``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Final
 
 from ..clock import WallClock
@@ -280,13 +280,15 @@ class Deliveries:
         flight (another node stored it, or news of it was lost)."""
         self._look_again([connection_id])
 
-    def look_again_for(self, usernames: list[str]) -> None:
-        """:meth:`look_again` for every connection here of these users, in one read."""
+    def look_again_for(self, usernames: list[str], *, skip: Collection[ConnectionId] = ()) -> None:
+        """:meth:`look_again` for every connection here of these users but those
+        in ``skip``, in one read."""
         self._look_again(
             [
                 connection_id
                 for username in usernames
                 for connection_id in self._connections.of_user(username)
+                if connection_id not in skip
             ]
         )
 

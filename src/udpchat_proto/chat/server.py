@@ -487,12 +487,12 @@ class ChatServer:
         self._outbox.flush_membership()
         self._tracker.batch_committed()
         self._sessions.touches_committed()
-        held, closes, hints = self._batch.release()
+        held, closes, hints, quiet = self._batch.release()
         self._outbox.release(held)
         self._sessions.close_all(closes)
         self._deliveries.committed()
         # A cluster's node pushes from the database, as the others do (cluster.py).
-        self._deliveries.look_again_for(hints)
+        self._deliveries.look_again_for(hints, skip=quiet)
 
     def rolled_back(self, failure: StoreUnavailableError) -> None:
         """Tell the server that the batch could not be committed: it is lost.
@@ -589,11 +589,22 @@ class ChatServer:
 
         Call it between batches (before feeding a batch's first datagram), as every
         method of this section: what it sends must not wait for, or be lost with,
-        a batch of this node's. (The deliveries its hints ask for are read at the
-        next batch's end, once it committed or was lost, in one read with that
-        batch's own refills: every node's news of a turn costs one query.)"""
+        a batch of this node's. (The deliveries its hints ask for are read in one
+        query for every node's news of the turn: by :meth:`deliver_news`, or at
+        the next batch's end, with that batch's own refills.)"""
         self._timers.now = now
         self._cluster.receive_news(node, news, now)
+
+    def deliver_news(self, now: float) -> None:
+        """Read now, in one query, the deliveries that the news received since the
+        last batch asks for, and push them: then send :meth:`datagrams_to_send`
+        at once. Call it between batches, after the turn's :meth:`receive_news`
+        (a loop that does not leaves them to the next batch's end, where they
+        wait for that batch's commit: a cross-node delivery then costs this
+        node's whole batch, not one read)."""
+        self._timers.now = now
+        if not self._tracker.dirty:  # (a read inside a batch would see its writes)
+            self._deliveries.refill_queued()
 
     def receive_snapshot(self, node: str, usernames: list[str], now: float) -> None:
         """Another node's heartbeat: everyone online on it now. Replaces what this

@@ -190,7 +190,7 @@ class MessageHandlers:
             # Every node, this one included, pushes from the database once the
             # batch is durable (see cluster.py): a live push from memory could pass
             # an earlier seq that another node committed and has not hinted yet.
-            self._batch.hint([*recipients, me])
+            self._batch.hint(recipients, me, connection.connection_id)
             return
         # Its recipients' connections here, and the sender's other devices.
         self._push_new(connection, message, recipients, sealed)
@@ -254,7 +254,7 @@ class MessageHandlers:
         if cluster:
             # Every node, this one included, pushes from the database once the
             # batch is durable (see the cluster branch of send_message).
-            self._batch.hint([*recipients, me])
+            self._batch.hint(recipients, me, connection.connection_id)
 
     def _push_new(
         self,
