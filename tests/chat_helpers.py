@@ -139,6 +139,9 @@ class ServerHost:
         arrives meanwhile into the batch; off by default, so that other tests' fake
         timings stay as they were."""
         self.commit_waits = 0
+        self.batches = 0
+        """Batches ended that had read a datagram (a real loop's turns, but those
+        woken by a timer alone)."""
         self._datagrams = 0
         """Datagrams fed to the open batch."""
         self._commit_at: float | None = None
@@ -167,6 +170,8 @@ class ServerHost:
                 self.commit_waits += 1
                 return []
             self._wait_over = False
+        if self._datagrams:
+            self.batches += 1
         self._datagrams = 0
         self._collect(now)
         done, self._done = self._done, []

@@ -10,14 +10,17 @@ loop does on the simulated network; the real loop over loopback, every wait boun
 from __future__ import annotations
 
 import functools
+import random
 import socket
 import threading
 import time
 from typing import cast
 
+import attrs
 import pytest
 
 from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, test_config
+from tests.simnet import Link
 from udpchat_cli.session import Session
 from udpchat_proto import messages as m
 from udpchat_proto.chat.client import ClientConnection
@@ -170,6 +173,106 @@ def test_a_lone_request_on_a_quiet_server_is_answered_as_fast_as_without_pacing(
     )
     assert waits == 0
     assert paced == pytest.approx(unpaced)
+
+
+@attrs.frozen
+class Load:
+    """What a simulated open-loop load cost the server, per message sent."""
+
+    commits: float
+    batches: float
+    """Batches that read a datagram (the real loop's turns)."""
+    waits: float
+    p50: float
+    p99: float
+    """Seconds from a send to its acceptance."""
+
+
+def offered_load(
+    stores: StoreFactory, pacing: CommitPacing, rate: float, count: int, seed: int = 7
+) -> Load:
+    """``count`` messages sent at Poisson times, ``rate`` a second, by
+    :data:`SENDERS` friends of bob's, to him, on a network of 0.1-0.3 ms one way
+    (as over loopback): every cost is counted, and every latency measured, on the
+    fake clock."""
+    world = ChatWorld(stores, config=test_config(commit_pacing=pacing), link=LOOPBACK)
+    bob, *senders = world.signed_up("bob", *(f"sender{i}" for i in range(SENDERS)))
+    for sender in senders:
+        world.befriend(sender, bob)
+    world.settle(3.0)
+    world.host.paced = True
+    net, host, store = world.net, world.host, world.store
+    commits, batches, waits = store.commits, host.batches, host.commit_waits
+    rng = random.Random(seed)
+    pending: dict[tuple[str, int], float] = {}
+    latencies: list[float] = []
+
+    def answered() -> None:
+        for key, sent_at in list(pending.items()):
+            if world.users[key[0]].response(key[1]) is not None:
+                latencies.append(net.now - sent_at)
+                del pending[key]
+
+    due = net.now
+    for n in range(count):
+        due += rng.expovariate(rate)
+        while (next_time := net.next_time()) is not None and next_time <= due:
+            net.step()
+            answered()
+        net.now = due
+        sender = senders[n % SENDERS]
+        pending[sender.name, sender.conn.send_message("bob", f"m{n}")] = due
+        net.flush()  # on its way now
+    while pending:
+        assert net.step(), "the answers stopped"
+        answered()
+    latencies.sort()
+    return Load(
+        commits=(store.commits - commits) / count,
+        batches=(host.batches - batches) / count,
+        waits=(host.commit_waits - waits) / count,
+        p50=latencies[len(latencies) // 2],
+        p99=latencies[int(len(latencies) * 0.99)],
+    )
+
+
+SENDERS = 8
+"""Connections that send (in turn): each keeps a few requests in flight at most."""
+LOOPBACK = Link(delay=0.0001, jitter=0.0002)
+"""One way over loopback on a busy machine: 0.1-0.3 ms."""
+
+
+def test_at_1000_a_second_pacing_halves_the_commits_and_turns_for_about_its_wait(
+    stores: StoreFactory,
+) -> None:
+    paced = offered_load(stores, CommitPacing(), 1000.0, 400)
+    unpaced = offered_load(
+        StoreFactory(stores.kind, stores.path.with_name("unpaced")),
+        CommitPacing(most_wait=0.0),
+        1000.0,
+        400,
+    )
+    assert unpaced.commits > 0.9  # one commit a message, as before
+    assert paced.commits < 0.6 * unpaced.commits  # about two messages a commit
+    assert paced.batches < 0.6 * unpaced.batches  # and half the turns
+    assert paced.waits > 0.3
+    # The price: about the wait, on the first request of each paced batch (and a
+    # little queueing behind it).
+    assert paced.p99 <= unpaced.p99 + 1.5 * MOST_WAIT
+
+
+def test_at_100_a_second_nothing_changes(stores: StoreFactory) -> None:
+    paced = offered_load(stores, CommitPacing(), 100.0, 200)
+    unpaced = offered_load(
+        StoreFactory(stores.kind, stores.path.with_name("unpaced")),
+        CommitPacing(most_wait=0.0),
+        100.0,
+        200,
+    )
+    assert unpaced.commits > 0.9
+    assert paced.waits < 0.05  # after a close pair of sends now and then
+    assert paced.commits == pytest.approx(unpaced.commits, abs=0.05)
+    assert paced.p50 == pytest.approx(unpaced.p50, abs=1e-4)
 
 
 # --- the real loop over loopback --------------------------------------------------------------
