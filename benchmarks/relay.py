@@ -901,7 +901,8 @@ def windowed(
     """Run one window in every worker; (their results, server CPU seconds in it,
     shares of the server loop's states sampled every 5 ms, under ``"machine"``
     the cores the whole machine kept busy: others' processes share the cores, and
-    under ``"commits"`` and ``"turns"`` how many the server loop made in it)."""
+    under ``"commits"``, ``"turns"``, ``"commit_waits"`` and
+    ``"commit_waits_overslept"`` how many the server loop made in it)."""
     start = time.monotonic() + 0.1  # every worker has its command by then
     warm, end = start + warmup, start + warmup + length
     results: list[list[dict[str, Any]]] = []
@@ -925,7 +926,8 @@ def windowed(
         raise RuntimeError("the workers did not answer")
     total = max(1, sum(states.values()))
     shares = {state: count / total for state, count in sorted(states.items())}
-    loop = {name: counted(counters_start, counters_end, name) for name in ("commits", "turns")}
+    names = ("commits", "turns", "commit_waits", "commit_waits_overslept")
+    loop = {name: counted(counters_start, counters_end, name) for name in names}
     return results[0], cpu, {**shares, "machine": machine, **loop}
 
 
@@ -1083,6 +1085,8 @@ def one_run(
                         "server_disk_wait_share": states.get("D", 0.0),
                         "commits_per_msg": states["commits"] / max(1, delivered),
                         "turns_per_msg": states["turns"] / max(1, delivered),
+                        "commit_waits": states["commit_waits"],
+                        "commit_waits_overslept": states["commit_waits_overslept"],
                         "overloaded": achieved < OVERLOAD * rate,
                         "backlog_cleared": drained,
                     }

@@ -27,8 +27,10 @@ from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.config import ServerConfig
 from udpchat_proto.chat.deliveries import CURSOR_WRITE_DELAY
 from udpchat_proto.chat.pacing import (
+    BACKOFF,
     BUSY_GAP,
     MOST_WAIT,
+    OVERSLEEP_SLACK,
     SMALL_BATCH,
     CommitPacer,
     CommitPacing,
@@ -97,6 +99,25 @@ def test_the_first_request_after_a_pause_does_not_wait_for_company_that_left() -
         waits.append(pacer.wait(now, datagrams=1))
         pacer.committed(now)
     assert waits[0] == 0.0 and waits[-1] == MOST_WAIT
+
+
+def test_a_wait_that_overslept_stops_the_waits_for_a_while() -> None:
+    """On a machine with more work than cores a sleeping loop gets its core back
+    late: then pacing costs latency for nothing, and stops for BACKOFF."""
+    pacer, now = busy_pacer()
+    # Late by a wake-up's usual slack: nothing changes.
+    assert not pacer.waited(MOST_WAIT, MOST_WAIT + OVERSLEEP_SLACK, now)
+    assert pacer.wait(now, datagrams=1) == MOST_WAIT
+    # Ten times as long as asked: no waits for BACKOFF, busy as the server stays.
+    assert pacer.waited(MOST_WAIT, 10 * MOST_WAIT, now)
+    end = now + BACKOFF
+    while now < end - 0.001:
+        assert pacer.wait(now, datagrams=1) == 0.0
+        pacer.committed(now)
+        now += 0.001
+    now = end + 0.0001
+    pacer.committed(now - 0.0005)
+    assert pacer.wait(now, datagrams=1) == MOST_WAIT
 
 
 def test_pacing_off_never_waits_and_bad_values_are_refused() -> None:

@@ -213,6 +213,8 @@ class ServerLoop:
         against the messages, the fixed cost a message pays at low load."""
         self.commit_waits = 0
         """Batches that waited for more work before their commit (CommitPacing)."""
+        self.commit_waits_overslept = 0
+        """Of them, those that took much longer than asked (the machine was busy)."""
         self.failed_commits = 0
         self._failing_since: float | None = None
         self._failure_logged_at = -STORE_FAILURE_LOG_INTERVAL
@@ -281,7 +283,11 @@ class ServerLoop:
         if (wait := server.commit_wait(now, read)) > 0.0:
             self.commit_waits += 1
             time.sleep(wait)
-            now = self._clock()
+            started, now = now, self._clock()
+            # A machine with no core for the loop made the wait much longer: the
+            # core then stops the waits for a while.
+            if server.commit_waited(wait, now - started, now):
+                self.commit_waits_overslept += 1
             read += self._read(BATCH - read, now)
         operator = self._operator
         if operator is not None:
@@ -427,6 +433,7 @@ class ServerLoop:
             "commits": self.commits,
             "turns": self.turns,
             "commit_waits": self.commit_waits,
+            "commit_waits_overslept": self.commit_waits_overslept,
             "failed_commits": self.failed_commits,
             "refusals": dict(sorted(stats.refusals.items())),
             "violations": stats.violations,

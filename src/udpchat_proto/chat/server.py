@@ -459,6 +459,13 @@ class ChatServer:
             return 0.0
         return self._pacer.wait(now, datagrams)
 
+    def commit_waited(self, asked: float, took: float, now: float) -> bool:
+        """Tell the server how long the wait :meth:`commit_wait` asked for took
+        (``now``: its end, the loop's clock). A wait much longer than asked (the
+        machine kept the loop from its core) stops the waits for a while
+        (``CommitPacing.backoff``). Returns whether it overslept."""
+        return self._pacer.waited(asked, took, now)
+
     @property
     def writes_pending(self) -> bool:
         """Whether the store was written since the last commit.
