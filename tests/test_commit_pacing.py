@@ -9,6 +9,7 @@ loop does on the simulated network; the real loop over loopback, every wait boun
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 import socket
@@ -371,3 +372,33 @@ def test_the_loop_shares_a_commit_between_requests_and_answers_none_before_it() 
     assert shared == (1, 1)  # the two sends shared one commit, made after one wait
     assert sock.violations == 0  # and nothing left while a write was uncommitted
     assert elapsed >= LOOP_WAIT  # (answered after the wait, bounded above by the timeouts)
+
+
+# --- the asyncio runtime ----------------------------------------------------------------------
+
+
+def test_the_asyncio_service_paces_its_commits_too() -> None:
+    from tests.test_asyncio_runtime import KEY, befriend, run, user
+    from udpchat_proto import MemoryStore
+    from udpchat_proto.asyncio import serve
+
+    async def scenario() -> None:
+        config = test_config(commit_pacing=CommitPacing(most_wait=LOOP_WAIT, busy_gap=600.0))
+        service = await serve(store=MemoryStore(), key=KEY, config=config)
+        async with service, user(service, "alice") as alice, user(service, "bob") as bob:
+            await befriend(alice, bob, "bob", "alice")
+            await asyncio.sleep(2 * CURSOR_WRITE_DELAY)  # the set-up's writes done
+            commits, waits = service.commits, service.commit_waits
+            started = time.monotonic()
+            sent = await asyncio.gather(alice.send("bob", "one"), bob.send("alice", "two"))
+            elapsed = time.monotonic() - started
+            assert all(isinstance(answer, m.MessageAccepted) for answer in sent)
+            # Each send is two writing steps here (the e2ee client claims the
+            # recipient's one-time key first): four commits unpaced, one a step.
+            # Paced, every commit came after a wait, and steps shared them.
+            paced_commits, paced_waits = service.commits - commits, service.commit_waits - waits
+            assert paced_commits == paced_waits
+            assert paced_commits < 4
+            assert elapsed >= LOOP_WAIT
+
+    run(scenario)
