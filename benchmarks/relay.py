@@ -78,6 +78,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -244,6 +245,8 @@ def udpchat_server(
     with tempfile.TemporaryDirectory() as tmp:
         command = [python, "-c", code, *([profile] if profile else [])]
         command += ["--host", HOST, "--port", "0", "--db", f"{tmp}/bench.sqlite3"]
+        # The control socket: the loop's counters (commits, turns) at a window's edges.
+        command += ["--control", f"{tmp}/control.sock"]
         process = subprocess.Popen(
             [*command, *options], stdout=subprocess.PIPE, text=True, env=os.environ
         )
@@ -859,6 +862,29 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_counters(pid: int) -> dict[str, Any]:
+    """The counters of the ``udpchat-server`` process ``pid`` (``ctl status``), read
+    through the control socket named on its command line; {} without one.
+
+    The request costs the loop one turn, so that a window's edges add two."""
+    from udpchat_server.control import call
+
+    words = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    if "--control" not in words:
+        return {}
+    answer = call(Path(words[words.index("--control") + 1]), "status", {}, timeout=DEADLINE)
+    counters: dict[str, Any] = answer.get("counters", {})
+    return counters
+
+
+def counted(before: dict[str, Any], after: dict[str, Any], name: str) -> float:
+    """How much counter ``name`` grew between two readings (NaN: a server without it,
+    such as an older build's without ``turns``)."""
+    if name not in before or name not in after:
+        return math.nan
+    return float(after[name] - before[name])
+
+
 def thread_state(pid: int) -> str:
     """The scheduler state of process ``pid``'s main thread (the server's loop):
     R running, S sleeping (in ``select``), D waiting on the disk (fsync)."""
@@ -873,8 +899,10 @@ def windowed(
     length: float,
 ) -> tuple[list[dict[str, Any]], float, dict[str, float]]:
     """Run one window in every worker; (their results, server CPU seconds in it,
-    shares of the server loop's states sampled every 5 ms, and under ``"machine"``
-    the cores the whole machine kept busy: others' processes share the cores)."""
+    shares of the server loop's states sampled every 5 ms, under ``"machine"``
+    the cores the whole machine kept busy: others' processes share the cores, and
+    under ``"commits"``, ``"turns"``, ``"commit_waits"`` and
+    ``"commit_waits_overslept"`` how many the server loop made in it)."""
     start = time.monotonic() + 0.1  # every worker has its command by then
     warm, end = start + warmup, start + warmup + length
     results: list[list[dict[str, Any]]] = []
@@ -883,6 +911,7 @@ def windowed(
     thread = threading.Thread(target=lambda: results.append(call(start, warm, end)))
     thread.start()
     time.sleep(max(0.0, warm - time.monotonic()))
+    counters_start = loop_counters(pid)
     cpu_start, machine_start = cpu_seconds(pid), machine_busy_seconds()
     states: dict[str, int] = {}
     while time.monotonic() < end:
@@ -891,12 +920,15 @@ def windowed(
         time.sleep(0.005)
     cpu = cpu_seconds(pid) - cpu_start
     machine = (machine_busy_seconds() - machine_start) / length
+    counters_end = loop_counters(pid)
     thread.join(DEADLINE)
     if not results:
         raise RuntimeError("the workers did not answer")
     total = max(1, sum(states.values()))
     shares = {state: count / total for state, count in sorted(states.items())}
-    return results[0], cpu, {**shares, "machine": machine}
+    names = ("commits", "turns", "commit_waits", "commit_waits_overslept")
+    loop = {name: counted(counters_start, counters_end, name) for name in names}
+    return results[0], cpu, {**shares, "machine": machine, **loop}
 
 
 @contextlib.contextmanager
@@ -1051,6 +1083,10 @@ def one_run(
                         "server_cpu_share": cpu / timing.step,
                         "generator_cpu_share": max(r["generator_cpu_share"] for r in results),
                         "server_disk_wait_share": states.get("D", 0.0),
+                        "commits_per_msg": states["commits"] / max(1, delivered),
+                        "turns_per_msg": states["turns"] / max(1, delivered),
+                        "commit_waits": states["commit_waits"],
+                        "commit_waits_overslept": states["commit_waits_overslept"],
                         "overloaded": achieved < OVERLOAD * rate,
                         "backlog_cleared": drained,
                     }
@@ -1200,13 +1236,17 @@ def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str,
                         "server_cpu_share",
                         "server_disk_wait_share",
                         "generator_cpu_share",
+                        "commits_per_msg",
+                        "turns_per_msg",
                     )
                 },
                 "overloaded_runs": sum(s["overloaded"] for s in steps),
                 "runs": len(steps),
             }
         )
-    at_5000 = next(s for s in latency if s["offered"] == REFERENCE_RATE)
+    # (Absent when ``--rates`` leaves it out: then no headline p50 and p99.)
+    nan = {"p50_ms": math.nan, "p99_ms": math.nan}
+    at_5000 = next((s for s in latency if s["offered"] == REFERENCE_RATE), nan)
     crossings = [r["p99_crosses_5ms_at"] for r in runs if r["p99_crosses_5ms_at"] is not None]
     summary.update(
         {
@@ -1310,7 +1350,8 @@ def print_table(summary: dict[str, Any]) -> None:
             f"  {step['offered']:9d}  {step['achieved']:10.0f} {step['p50_ms']:8.2f} "
             f"{step['p99_ms']:8.2f}  {p99_range:16} {step['server_cpu_us_per_msg']:13.0f}"
             f"  {step['server_cpu_share']:12.2f}  {step['server_disk_wait_share']:9.0%}"
-            f"  {step['generator_cpu_share']:15.2f}"
+            f"  {step['generator_cpu_share']:15.2f}  {step['commits_per_msg']:11.2f}"
+            f"  {step['turns_per_msg']:9.2f}"
         )
     crossing_at = s["p99_crosses_5ms_at"]
     where = "not reached" if crossing_at is None else f"{crossing_at:.0f} msg/s offered"
@@ -1330,6 +1371,10 @@ COMPARED = (
     ("p50_5000", "p50 at 5,000/s offered", "ms", "{:.1f}"),
     ("cpu_1000", "server CPU per message at 1,000/s", "µs", "{:.0f}"),
     ("p99_1000", "p99 at 1,000/s offered", "ms", "{:.1f}"),
+    ("commits_1000", "commits per message at 1,000/s", "", "{:.2f}"),
+    ("cpu_100", "server CPU per message at 100/s", "µs", "{:.0f}"),
+    ("p99_100", "p99 at 100/s offered", "ms", "{:.1f}"),
+    ("commits_100", "commits per message at 100/s", "", "{:.2f}"),
     ("server_rss_mib", "server RSS at the end", "MiB", "{:.1f}"),
 )
 
@@ -1348,6 +1393,10 @@ def headline(run: dict[str, Any]) -> dict[str, float]:
         "p50_5000": at(REFERENCE_RATE, "p50_ms"),
         "cpu_1000": at(1000, "server_cpu_us_per_msg"),
         "p99_1000": at(1000, "p99_ms"),
+        "commits_1000": at(1000, "commits_per_msg"),
+        "cpu_100": at(100, "server_cpu_us_per_msg"),
+        "p99_100": at(100, "p99_ms"),
+        "commits_100": at(100, "commits_per_msg"),
         "server_rss_mib": run["server_rss_mib"],
     }
 
@@ -1432,7 +1481,14 @@ def main() -> None:
         action="store_false",
         help="leave out the end-to-end encrypted saturation measured in each run",
     )
+    parser.add_argument(
+        "--rates",
+        metavar="N,N,...",
+        help="step through these offered rates only (e.g. 100,1000: the low-load figures)",
+    )
     args = parser.parse_args()
+    if args.rates and args.e2ee and str(E2EE_RATE) not in args.rates.split(","):
+        parser.error(f"--rates without {E2EE_RATE} needs --no-e2ee (its figure is at that rate)")
     builds = [spec.split("=", 1) for spec in args.server_python]
     if any(len(build) != 2 for build in builds):
         parser.error("--server-python takes LABEL=PYTHON")
@@ -1446,7 +1502,7 @@ def main() -> None:
     for workers in [args.workers, *scaling]:
         if not 1 <= workers * args.pairs * 2 <= 200:
             parser.error("at most 200 connections: the server keeps 256 per address")
-    timing = QUICK if args.quick else FULL
+    timing = chosen_timing(args)
     runs = 1 if args.profile else (args.runs or (1 if args.quick else 3))
     results = [
         one_run(
@@ -1500,9 +1556,17 @@ def retried(workers: int, pairs: int, timing: Timing, python: str, label: str) -
         return one_run(workers, pairs, timing, None, python=python, e2ee=False)
 
 
+def chosen_timing(args: argparse.Namespace) -> Timing:
+    """The phases' lengths (``--quick``), stepping through ``--rates`` if given."""
+    timing = QUICK if args.quick else FULL
+    if args.rates:
+        timing = dataclasses.replace(timing, rates=sorted(int(n) for n in args.rates.split(",")))
+    return timing
+
+
 def side_by_side(builds: list[list[str]], args: argparse.Namespace) -> None:
     """``--server-python`` given twice or more: every build's runs, interleaved."""
-    timing = QUICK if args.quick else FULL
+    timing = chosen_timing(args)
     count = args.runs or (1 if args.quick else 3)
     labels = [label for label, _ in builds]
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}

@@ -133,6 +133,20 @@ class ServerHost:
         self._order = itertools.count()
         self._done: list[tuple[int, bytes | None]] = []
         """Jobs the workers finished, handed back at the end of the batch."""
+        self.paced = False
+        """When True the host waits as the real loop does before committing a small
+        batch while commits are frequent (``ChatServer.commit_wait``), reading what
+        arrives meanwhile into the batch; off by default, so that other tests' fake
+        timings stay as they were."""
+        self.commit_waits = 0
+        self.batches = 0
+        """Batches ended that had read a datagram (a real loop's turns, but those
+        woken by a timer alone)."""
+        self._datagrams = 0
+        """Datagrams fed to the open batch."""
+        self._commit_at: float | None = None
+        """The end of the open batch's wait, while it waits."""
+        self._wait_over = False
 
     def _idle_workers(self) -> int | None:
         return None if self.workers is None else self.workers - len(self._jobs)
@@ -148,6 +162,17 @@ class ServerHost:
             heapq.heappush(self._jobs, (now + self.hash_delay, next(self._order), job))
 
     def _end_batch(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        if self.paced and not self.hold_commits:
+            if self._commit_at is not None:
+                return []  # still waiting: what arrives joins the batch
+            if not self._wait_over and (wait := self.server.commit_wait(now, self._datagrams)):
+                self._commit_at = now + wait
+                self.commit_waits += 1
+                return []
+            self._wait_over = False
+        if self._datagrams:
+            self.batches += 1
+        self._datagrams = 0
         self._collect(now)
         done, self._done = self._done, []
         if self.hold_commits:  # a loop stuck before its commit: the batch stays open
@@ -175,6 +200,7 @@ class ServerHost:
         self._jobs.clear()
 
     def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        self._datagrams += 1
         self.server.receive_datagram(data, addr, now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
@@ -184,9 +210,14 @@ class ServerHost:
         timers = [t for t in (self.server.get_timer(),) if t is not None]
         if self._jobs:
             timers.append(self._jobs[0][0])
+        if self._commit_at is not None:
+            timers.append(self._commit_at)
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
+        if self._commit_at is not None and self._commit_at <= now:
+            self._commit_at = None  # the wait is over: the batch ends at this flush
+            self._wait_over = True
         self.server.handle_timer(now)
         self._collect(now)  # done now: handed back at this turn's end, as in the real loop
 

@@ -278,6 +278,11 @@ class Network:
                 self._fail(what, f"{max_time} simulated seconds")
             self.step()
 
+    def next_time(self) -> float | None:
+        """When the next datagram arrives or the next timer fires (None: nothing is
+        left to happen): a caller that interleaves its own actions steps up to it."""
+        return self._next_time()
+
     def run_for(self, duration: float, *, max_steps: int = 1_000_000) -> None:
         """Run everything due within ``duration`` seconds, then set the clock to its end."""
         end = self.now + duration

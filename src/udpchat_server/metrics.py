@@ -80,6 +80,17 @@ _COUNTERS: Final = (
     ("udpchat_messages_delivered", "messages_delivered", "Messages pushed to a device."),
     ("udpchat_commits", "commits", "Batches committed."),
     ("udpchat_commits_failed", "failed_commits", "Batches lost (their answers: unavailable)."),
+    ("udpchat_loop_turns", "turns", "Turns of the server loop (a wake-up, a batch)."),
+    (
+        "udpchat_commit_waits",
+        "commit_waits",
+        "Small batches that waited up to 1 ms for more work before their commit.",
+    ),
+    (
+        "udpchat_commit_waits_overslept",
+        "commit_waits_overslept",
+        "Commit waits that took much longer than asked (pacing then stops a second).",
+    ),
     (
         "udpchat_store_round_trips",
         "store_round_trips",

@@ -6,7 +6,9 @@ Each turn is ``udpchat-server``'s: the datagrams read are fed, then one
 commits the store once (group commit) and only then gives the datagrams to send:
 nothing is answered before what it answers is durable. A turn runs once the loop
 has gone round with nothing more to read (or :data:`BATCH` datagrams are waiting),
-so the datagrams of a burst share one commit. The store's ``commit`` runs on the
+so the datagrams of a burst share one commit; a small batch with writes, while
+commits are frequent, first waits up to a millisecond for more (commits paced by
+load, ``ServerConfig.commit_pacing``, as ``udpchat-server``). The store's ``commit`` runs on the
 loop (a SQLite commit is a few milliseconds; the store is not thread-safe), the
 password hashes (tens of milliseconds of CPU each, on purpose) on an executor.
 """
@@ -92,6 +94,12 @@ class ChatService:
         """Datagrams read in all (to see whether a loop round brought more)."""
         self._check_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
+        self._paced: asyncio.TimerHandle | None = None
+        """The end of the wait of a small batch with writes (``commit_wait``): what
+        arrives meanwhile joins it."""
+        self.commit_waits = 0
+        """Batches that waited for more work before their commit (commits paced by
+        load: ``ServerConfig.commit_pacing``)."""
         self._hashing = 0
         self._hashed: list[tuple[int, bytes | None]] = []
         self._closed = self._loop.create_future()
@@ -155,9 +163,26 @@ class ChatService:
             self._loop.call_soon(self._check, self._reads)
             return
         self._check_scheduled = False
+        if self._paced is not None:
+            return  # the batch waits: its end is scheduled
+        now = self._loop.time()
+        if (wait := self.server.commit_wait(now, self._fed)) > 0.0:
+            self.commit_waits += 1
+            self._paced = self._loop.call_later(wait, self._paced_turn, now, wait)
+            return
+        self._turn()
+
+    def _paced_turn(self, started: float, asked: float) -> None:
+        """The end of a batch's wait: tell the core how long it took, then turn."""
+        self._paced = None
+        now = self._loop.time()
+        self.server.commit_waited(asked, now - started, now)
         self._turn()
 
     def _turn(self) -> None:
+        if self._paced is not None:  # a full batch, or closing: no more waiting
+            self._paced.cancel()
+            self._paced = None
         transport = self._transport
         if transport is None:
             return
@@ -216,6 +241,9 @@ class ChatService:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._paced is not None:
+            self._paced.cancel()
+            self._paced = None
         if not self._closed.done():
             if failure is None:
                 self._closed.set_result(None)

@@ -31,6 +31,7 @@ face exports as ``udpchat_proto.messages``: import the names above, not these):
 ``hashing``         the password hashes of requests, within their caps
 ``password_jobs``   password hashes as jobs run off the loop
 ``timers``          the server's own named deadlines
+``pacing``          when a small batch waits for more work before its commit
 ``limits``          the rate limits per user and per address
 ``caches``          the friend sets of online users
 ``cluster``         one node of several: news out and in (``remote``)

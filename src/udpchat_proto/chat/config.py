@@ -13,6 +13,7 @@ import attrs
 from ..config_checks import int_at_least, positive_int, positive_number
 from ..ratelimit import RateLimit
 from ..transport.config import TransportConfig
+from .pacing import CommitPacing
 from .passwords import ScryptParams
 
 __all__ = ["ServerConfig"]
@@ -50,6 +51,13 @@ class ServerConfig:
     )
     """Settings of the transport layer (datagram size, timeouts, message size). The
     default receives at most :data:`SERVER_RECEIVE_LIMIT` per message."""
+
+    commit_pacing: CommitPacing = attrs.field(
+        factory=CommitPacing, validator=attrs.validators.instance_of(CommitPacing)
+    )
+    """When a small batch with writes waits for more work before its commit, so
+    that requests at low load share commits (:mod:`~udpchat_proto.chat.pacing`;
+    ``CommitPacing(most_wait=0)``: never)."""
 
     scrypt: ScryptParams = attrs.field(
         factory=ScryptParams, validator=attrs.validators.instance_of(ScryptParams)

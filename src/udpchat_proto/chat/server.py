@@ -84,6 +84,7 @@ from .hashing import Hashing
 from .limits import Limits
 from .messages import MAX_STAGED_SHARES
 from .outbox import Outbox
+from .pacing import CommitPacer
 from .password_jobs import HashJob, JobBook
 from .passwords import PasswordHash
 from .presence import Presence
@@ -144,6 +145,7 @@ class ChatServer:
         # be stored together (store.py).
         stage = config.cluster if stage_messages is None else stage_messages or config.cluster
         self._tracker = tracker = WriteTrackingStore(store, stage_messages=stage)
+        self._pacer = CommitPacer(config.commit_pacing)
         store = cast(Store, tracker)
         self._store = store
         self._server_key = static_key.public_bytes
@@ -430,6 +432,8 @@ class ChatServer:
         started = stopwatch() if stopwatch is not None and writes else None
         failure = self.commit()
         seconds = None if started is None or stopwatch is None else stopwatch() - started
+        if writes and failure is None:
+            self._pacer.committed(now)
         return BatchEnd(
             news=self.take_news(),
             datagrams=tuple(self.datagrams_to_send(now)),
@@ -438,6 +442,29 @@ class ChatServer:
             failure=failure,
             commit_seconds=seconds,
         )
+
+    def commit_wait(self, now: float, datagrams: int) -> float:
+        """Seconds the caller should wait for more work before it ends this batch
+        (:meth:`end_batch`), reading what arrives meanwhile into it: more than 0
+        only when the batch holds writes, is small (``datagrams`` read so far) and
+        commits have been frequent (:class:`~udpchat_proto.chat.pacing.CommitPacing`,
+        ``ServerConfig.commit_pacing``). Replies still leave only after the commit;
+        the wait lets more requests share it.
+
+        Args:
+            now: a monotonic clock, seconds (the one given to :meth:`end_batch`).
+            datagrams: datagrams fed to this batch so far.
+        """
+        if not self._tracker.dirty:
+            return 0.0
+        return self._pacer.wait(now, datagrams)
+
+    def commit_waited(self, asked: float, took: float, now: float) -> bool:
+        """Tell the server how long the wait :meth:`commit_wait` asked for took
+        (``now``: its end, the loop's clock). A wait much longer than asked (the
+        machine kept the loop from its core) stops the waits for a while
+        (``CommitPacing.backoff``). Returns whether it overslept."""
+        return self._pacer.waited(asked, took, now)
 
     @property
     def writes_pending(self) -> bool:
