@@ -23,7 +23,7 @@ from ..config import ServerConfig
 from ..connection import ChatConnection
 from ..connections import ConnectionTable
 from ..deliveries import Deliveries
-from ..devicesets import DevicesChangedError, current_device_set
+from ..devicesets import DevicesChangedError
 from ..limits import Limits
 from ..lookups import require_member
 from ..outbox import Outbox
@@ -348,26 +348,28 @@ class MessageHandlers:
         which the client answers the same way: share again, send again."""
         record = request.encrypted
         assert record is not None and connection.token_hash is not None
-        mine = self._store.session_device(connection.token_hash)
+        room = is_room(request.to)
+        conversation = request.to if room else direct_conversation(me, request.to)
+        members = self._store.room_members(request.to) if room else [me, request.to]
+        # Kept between sends (Caches.device_set): the set holds this session's own
+        # device too, if it has one (it is a member's), so that is no read either.
+        device_set = self._caches.device_set(conversation, members)
+        devices = {keys.device_id: keys for keys in device_set.devices}
+        mine = devices.get(session_id(connection.token_hash))
         if mine is None:
             raise RefusedError(
                 ErrorCode.BAD_REQUEST, "this session has no device keys: upload them first"
             )
         if record.sender != me or record.sender_device != mine.device_id:
             raise RefusedError(ErrorCode.BAD_REQUEST, "the message is not from this device")
-        room = is_room(request.to)
-        conversation = request.to if room else direct_conversation(me, request.to)
         if record.conversation != conversation:
             raise RefusedError(ErrorCode.BAD_REQUEST, "the message names another conversation")
-        members = self._store.room_members(request.to) if room else [me, request.to]
-        device_set = current_device_set(self._store, conversation, members)
         if not room and not any(keys.user == request.to for keys in device_set.devices):
             raise RefusedError(
                 ErrorCode.NO_DEVICE, f"{request.to} has no logged-in device to receive it"
             )
         if record.device_set_version != device_set.version or len(staged) != request.staged:
             raise DevicesChangedError(device_set)
-        devices = {keys.device_id: keys for keys in device_set.devices}
         shares: dict[bytes, list[KeyShare]] = {}
         for share in (*staged, *request.key_shares):
             recipient = devices.get(share.recipient_device)
