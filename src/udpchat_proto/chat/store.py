@@ -548,6 +548,25 @@ class Store(Protocol):
         deleted."""
         ...
 
+    def add_encrypted_message(
+        self,
+        message: ChatMessage,
+        origin: bytes | None,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> StoredMessage:
+        """:meth:`add_message` then :meth:`add_encrypted`, as one write: all of it is
+        kept or none (a store may take it in fewer statements than the two would).
+
+        Raises:
+            ValueError: a message with this id is already stored (nothing is kept).
+            StoreUnavailableError: as for any write; if the row was written and
+                what goes beside it was not, the batch is lost (:meth:`commit` says
+                so): a message is never kept without its record and devices.
+        """
+        ...
+
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
         """The key shares sent with this message for this device, in the order sent."""
         ...
@@ -668,6 +687,7 @@ STORE_WRITES: Final = frozenset(
         "add_one_time_keys",
         "claim_key",
         "add_encrypted",
+        "add_encrypted_message",
     }
 )
 """The :class:`Store` methods that write (and so join the current batch)."""
@@ -690,6 +710,7 @@ KEEPS_DEVICE_SETS: Final = frozenset(
         "add_one_time_keys",
         "claim_key",
         "add_encrypted",
+        "add_encrypted_message",
     }
 )
 """The :data:`STORE_WRITES` that never change which devices a user has (a session

@@ -745,6 +745,20 @@ class SqlStore(abc.ABC):
                 ],
             )
 
+    def add_encrypted_message(
+        self,
+        message: m.ChatMessage,
+        origin: bytes | None,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> StoredMessage:
+        """Both writes in an atomic block (SQLite does it its own way)."""
+        with self.atomic():
+            stored = self.add_message(message, origin)
+            self.add_encrypted(message.id, ciphertext, devices, key_shares)
+        return stored
+
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
         rows = self._select(
             "SELECT record FROM message_key_shares WHERE message_id = ? AND device_id = ? "

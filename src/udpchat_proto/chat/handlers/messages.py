@@ -9,8 +9,6 @@ recipient needs it, whatever request stored the message.
 
 from __future__ import annotations
 
-import contextlib
-
 import attrs
 
 from ...clock import WallClock
@@ -50,6 +48,11 @@ class _Sealed:
     devices: frozenset[bytes]
     shares: dict[bytes, list[KeyShare]]
     """By recipient device: the staged ones, then the request's."""
+
+
+def _shares_by_device(sealed: _Sealed) -> list[tuple[bytes, KeyShare]]:
+    """An encrypted message's key shares as the store takes them: (device, share)."""
+    return [(device, share) for device, shares in sealed.shares.items() for share in shares]
 
 
 class MessageHandlers:
@@ -106,8 +109,8 @@ class MessageHandlers:
         """The requests these handlers answer (and the one they take unanswered)."""
         return [
             # The one write is the step's last fallible act: no savepoint needed.
-            # (An encrypted message is two writes, it and then its devices and
-            # shares, in an atomic block of their own; staged, none in the step.)
+            # (An encrypted message is one too: add_encrypted_message; staged, none
+            # in the step.)
             route(m.SendMessage, self.send_message, writes_once=True),
             # No write at all: staged key shares are held in memory until their send.
             route(m.ShareKeys, self.share_keys, writes_once=True),
@@ -170,10 +173,19 @@ class MessageHandlers:
             )
             return
         try:
-            # The one write (WRITES_ONCE): nothing after it can fail.
-            with self._store.atomic() if sealed is not None else contextlib.nullcontext():
+            # The one write (WRITES_ONCE): nothing after it can fail. An encrypted
+            # message is one too: the row with its record, devices and shares, all
+            # or none (Store.add_encrypted_message: no atomic block of its own).
+            if sealed is None or request.encrypted is None:
                 self._store.add_message(message, origin=connection.token_hash)
-                self._store_sealed(request, sealed)
+            else:
+                self._store.add_encrypted_message(
+                    message,
+                    connection.token_hash,
+                    request.encrypted,
+                    sorted(sealed.devices),
+                    _shares_by_device(sealed),
+                )
         except ValueError:  # the id is taken
             if self._answered_as_retry(connection, me, request):
                 return
@@ -203,7 +215,7 @@ class MessageHandlers:
                 request.message_id,
                 request.encrypted,
                 sorted(sealed.devices),
-                [(device, share) for device, shares in sealed.shares.items() for share in shares],
+                _shares_by_device(sealed),
             )
 
     def _stage(
