@@ -16,6 +16,7 @@ comments here are about the SQL.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -512,6 +513,10 @@ class SqlStore(abc.ABC):
     @abc.abstractmethod
     def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> StoredMessage:
         """See Store (each database stores a message its own way)."""
+
+    @abc.abstractmethod
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
+        """See Store (each database has its own savepoints)."""
 
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         row = self._select(sql.GET_MESSAGE, (message_id,)).fetchone()
