@@ -2,7 +2,7 @@
 (``Caches.device_set``): every change of a set makes the next send see the new
 one, whatever changed it (keys uploaded, a session ended any way, an account
 deleted or disabled, a join, a leave), and a cluster's node sees another node's
-change at its next send."""
+change at its next send (it keeps a set for one batch only)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import cast
 import pytest
 
 from tests.chat_helpers import ChatWorld, StoreFactory, test_config
-from tests.test_cluster_hints import NODE_B, Cluster
+from tests.test_cluster_hints import NODE_A, NODE_B, Cluster
 from tests.test_cluster_hints import PASSWORD as CLUSTER_PASSWORD
 from tests.test_cluster_hints import signed_up as cluster_signed_up
 from tests.test_e2ee_wire import Device, signed_up_devices
@@ -197,6 +197,8 @@ def test_a_device_uploaded_on_another_node_is_seen_by_the_next_send_on_this_one(
     before = cluster.received(5001, m.ConversationDevices)[-1].device_set
     assert isinstance(send("one", b"\x01" * 16, before), m.MessageAccepted)
     assert isinstance(send("two", b"\x02" * 16, before), m.MessageAccepted)
+    # A node keeps a set for its batch only: the other nodes' writes pass it by.
+    assert cluster.nodes[NODE_A]._caches._device_sets == {}
     laptop = cluster.client("bob", NODE_B, 5003)
     cluster.run()
     laptop.login("bob", CLUSTER_PASSWORD)

@@ -15,9 +15,11 @@ an account deleted, disabled or its password changed) or a membership moves the
 generation on, as do a failed step and a lost batch, and a room's members are
 read at each send anyway. Invalidation is by construction, not by a list of
 events kept beside the writes: a new write that may change devices is counted
-as one unless ``store.KEEPS_DEVICE_SETS`` names it. A cluster's node keeps none
-(its sets change on the other nodes, whose news NATS may drop): see
-docs/E2EE.md, "The device-set cache".
+as one unless ``store.KEEPS_DEVICE_SETS`` names it. A cluster's node keeps a set
+for the batch it was read in only (:meth:`Caches.batch_ended`): the other nodes'
+writes do not go through this one's tracker, and their news may be lost; a batch
+is the window a set read at a send already had before its commit (see
+docs/E2EE.md, "The server's CPU a message").
 """
 
 from __future__ import annotations
@@ -121,12 +123,17 @@ class Caches:
         self._friend_sets.clear()
         self._device_sets.clear()
 
+    def batch_ended(self) -> None:
+        """The batch is over (committed, lost, or it wrote nothing). A cluster's node
+        drops its device sets: another node may change one at any time, and what
+        this node reads again must be what is committed now."""
+        if self._cluster:
+            self._device_sets.clear()
+
     def device_set(self, conversation: str, members: Sequence[str]) -> DeviceSet:
         """The device set of ``conversation``, whose members are ``members``, as it
         stands (``current_device_set``), read again only when a write since may
         have changed it (see the module)."""
-        if self._cluster:
-            return current_device_set(self._store, conversation, members)
         wanted = sorted(set(members))
         generation = self._tracker.device_generation
         kept = self._device_sets.get(conversation)
