@@ -27,6 +27,7 @@ from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.store import (
     CURSOR_READERS,
+    KEEPS_DEVICE_SETS,
     KEY_SHARE_OVERHEAD,
     MESSAGE_OVERHEAD,
     SEALED_OVERHEAD,
@@ -153,6 +154,10 @@ def test_the_reads_and_writes_are_the_protocols_methods() -> None:
     assert not STORE_READS & STORE_WRITES
     assert protocol_methods() - TRANSACTIONS == STORE_READS | STORE_WRITES
     assert CURSOR_READERS <= STORE_WRITES
+    # The writes that keep device sets are writes (every other write moves the
+    # tracker's device generation on: see Caches.device_set).
+    assert KEEPS_DEVICE_SETS < STORE_WRITES
+    assert "set_device_keys" not in KEEPS_DEVICE_SETS
 
 
 @pytest.mark.parametrize("store_class", [MemoryStore, SQLiteStore, PostgresStore])
