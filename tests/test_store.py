@@ -27,6 +27,7 @@ from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.store import (
     CURSOR_READERS,
+    KEEPS_DEVICE_SETS,
     KEY_SHARE_OVERHEAD,
     MESSAGE_OVERHEAD,
     SEALED_OVERHEAD,
@@ -37,6 +38,7 @@ from udpchat_proto.chat.store import (
     Receipt,
     Store,
     StoredMessage,
+    StoreUnavailableError,
     WriteTrackingStore,
     conversation_key,
     sealed_size,
@@ -61,6 +63,7 @@ ALICE_LAPTOP = b"\x02" * 32
 ALICE_TABLET = b"\x03" * 32
 BOB_PHONE = b"\x04" * 32
 CAROL_PHONE = b"\x05" * 32
+BOB_LAPTOP = b"\x06" * 32
 
 T_ACK = 1_714_564_800.0
 """When the acknowledgements in these tests are made (POSIX seconds)."""
@@ -151,6 +154,10 @@ def test_the_reads_and_writes_are_the_protocols_methods() -> None:
     assert not STORE_READS & STORE_WRITES
     assert protocol_methods() - TRANSACTIONS == STORE_READS | STORE_WRITES
     assert CURSOR_READERS <= STORE_WRITES
+    # The writes that keep device sets are writes (every other write moves the
+    # tracker's device generation on: see Caches.device_set).
+    assert KEEPS_DEVICE_SETS < STORE_WRITES
+    assert "set_device_keys" not in KEEPS_DEVICE_SETS
 
 
 @pytest.mark.parametrize("store_class", [MemoryStore, SQLiteStore, PostgresStore])
@@ -1129,6 +1136,78 @@ def test_an_encrypted_message_is_delivered_only_to_its_devices_with_their_shares
     later = send(store, "bob", "alice", "after")
     store.acknowledge("alice", ALICE_LAPTOP, [later.id], T_ACK)
     assert store.pending_deliveries("alice", ALICE_LAPTOP, 10) == []
+
+
+def test_an_encrypted_message_in_one_call_is_the_two_calls_in_one(store: Store) -> None:
+    # add_encrypted_message: the row, its record, devices and shares, all or none
+    # (SQLite in three statements and no savepoint; the others in an atomic block).
+    alice = with_device(store, "alice", ALICE_PHONE)
+    bob = with_device(store, "bob", BOB_PHONE)
+    bob_laptop = with_device(store, "bob", BOB_LAPTOP)
+    store.add_friendship("alice", "bob", 1.0)
+    store.commit()
+    used = store.stored_bytes("alice")
+    sealed = encrypted("alice", "bob", ALICE_PHONE)
+    assert sealed.ciphertext is not None
+    shares = [(bob.device_id, share_for(alice, bob, 1))]
+    stored = store.add_encrypted_message(
+        sealed, ALICE_PHONE, sealed.ciphertext, [alice.device_id, bob.device_id], shares
+    )
+    assert stored.message == sealed
+    store.commit()
+    assert store.pending_deliveries("bob", BOB_PHONE, 10) == [sealed]
+    assert store.pending_deliveries("bob", BOB_LAPTOP, 10) == []  # not one of its devices
+    assert store.key_shares_for(sealed.id, bob.device_id) == [shares[0][1]]
+    assert store.stored_for_device(bob_laptop.device_id, [sealed.id]) == set()
+    assert store.history("bob", "alice", 10)[-1].ciphertext == sealed.ciphertext
+    charged = stored_size("") + sealed_size(sealed.ciphertext, [shares[0][1]])
+    assert store.stored_bytes("alice") == used + charged
+    # A taken id: refused, nothing of the second kept (nor charged).
+    again = attrs.evolve(encrypted("alice", "bob", ALICE_PHONE), id=sealed.id)
+    assert again.ciphertext is not None
+    with pytest.raises(ValueError, match="already"):
+        store.add_encrypted_message(
+            again, ALICE_PHONE, again.ciphertext, [alice.device_id, bob_laptop.device_id], []
+        )
+    store.commit()
+    assert store.stored_for_device(bob_laptop.device_id, [sealed.id]) == set()
+    assert store.stored_bytes("alice") == used + charged
+    assert store.history("bob", "alice", 10) == [sealed]
+
+
+def test_sqlite_loses_the_batch_when_an_encrypted_messages_record_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No savepoint around the three statements: a failure after the row (an outside
+    # cause) loses the whole batch, so the row is never committed without its record.
+    import udpchat_server.stores.sqlite as sqlite_module
+
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        alice = with_device(store, "alice", ALICE_PHONE)
+        bob = with_device(store, "bob", BOB_PHONE)
+        store.add_friendship("alice", "bob", 1.0)
+        store.commit()
+        kept = send(store, "alice", "bob", "earlier in the batch")
+        sealed = encrypted("alice", "bob", ALICE_PHONE)
+        assert sealed.ciphertext is not None
+
+        def full_disk(_value: object) -> bytes:
+            raise StoreUnavailableError("disk full")  # (as a translated SQLITE_FULL)
+
+        monkeypatch.setattr(sqlite_module, "pack", full_disk)
+        with pytest.raises(StoreUnavailableError):
+            store.add_encrypted_message(
+                sealed, ALICE_PHONE, sealed.ciphertext, [alice.device_id, bob.device_id], []
+            )
+        monkeypatch.undo()
+        with pytest.raises(StoreUnavailableError):
+            store.commit()
+        assert store.get_message(sealed.id) is None
+        assert store.get_message(kept.id) is None  # the batch, whole
+        # The next batch is a new one, and works.
+        later = send(store, "alice", "bob", "later")
+        store.commit()
+        assert store.history("bob", "alice", 10) == [later]
 
 
 def seal(

@@ -1,22 +1,42 @@
 """What the server remembers of the store to spare it a query per message: the
-friends of the users online here.
+friends of the users online here, and the device sets of conversations.
 
 A set is read once and kept while its user is online (so memory stays bounded by
 who is connected), and forgotten when it may be wrong: a friendship write forgets
 both users' sets; a failed step or a lost batch forgets them all, since they may
 hold what was rolled back. In a cluster, the users whose sets changed are told to
 the other nodes, once the batch is durable, so that they forget theirs too.
+
+A conversation's device set (read at every encrypted send, and by ``get_devices``)
+is kept with the tracker's :attr:`~WriteTrackingStore.device_generation` it was
+read at and the members it was read for, and used only while both still hold: any
+write that may change a device (keys uploaded; a session ended for any reason;
+an account deleted, disabled or its password changed) or a membership moves the
+generation on, as do a failed step and a lost batch, and a room's members are
+read at each send anyway. Invalidation is by construction, not by a list of
+events kept beside the writes: a new write that may change devices is counted
+as one unless ``store.KEEPS_DEVICE_SETS`` names it. A cluster's node keeps a set
+for the batch it was read in only (:meth:`Caches.batch_ended`): the other nodes'
+writes do not go through this one's tracker, and their news may be lost; a batch
+is the window a set read at a send already had before its commit (see
+docs/E2EE.md, "The server's CPU a message").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Final
 
+from ..e2ee.records import DeviceSet
 from .config import ServerConfig
 from .connections import ConnectionTable
+from .devicesets import current_device_set
 from .store import Store, WriteTrackingStore
 
-__all__ = ["Caches"]
+__all__ = ["DEVICE_SETS_MAX", "Caches"]
+
+DEVICE_SETS_MAX: Final = 4096
+"""Most conversations whose device sets are kept (the oldest read goes first)."""
 
 
 class Caches:
@@ -44,6 +64,8 @@ class Caches:
         self._friend_sets: dict[str, frozenset[str]] = {}
         self._forget: dict[str, None] = {}
         """Users whose cached state the other nodes must drop (a cluster's)."""
+        self._device_sets: dict[str, tuple[int, list[str], DeviceSet]] = {}
+        """By conversation: the generation and members it was read at, and the set."""
 
     def friends_of(self, username: str) -> frozenset[str]:
         """The friends of ``username`` (cached while they are online here)."""
@@ -99,6 +121,29 @@ class Caches:
     def forget_all(self) -> None:
         """Drop every set: they may hold what a failed step or lost batch undid."""
         self._friend_sets.clear()
+        self._device_sets.clear()
+
+    def batch_ended(self) -> None:
+        """The batch is over (committed, lost, or it wrote nothing). A cluster's node
+        drops its device sets: another node may change one at any time, and what
+        this node reads again must be what is committed now."""
+        if self._cluster:
+            self._device_sets.clear()
+
+    def device_set(self, conversation: str, members: Sequence[str]) -> DeviceSet:
+        """The device set of ``conversation``, whose members are ``members``, as it
+        stands (``current_device_set``), read again only when a write since may
+        have changed it (see the module)."""
+        wanted = sorted(set(members))
+        generation = self._tracker.device_generation
+        kept = self._device_sets.get(conversation)
+        if kept is not None and kept[0] == generation and kept[1] == wanted:
+            return kept[2]
+        found = current_device_set(self._store, conversation, wanted)
+        if kept is None and len(self._device_sets) >= DEVICE_SETS_MAX:
+            del self._device_sets[next(iter(self._device_sets))]  # the oldest read
+        self._device_sets[conversation] = (generation, wanted, found)
+        return found
 
     def take_forget(self) -> tuple[str, ...]:
         """The users whose caches the other nodes must drop, once nothing of this

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ..e2ee.records import DeviceKeys, DeviceSet, check_conversation
 from ..errors import ErrorCode
-from .caches import Caches
 from .lookups import require_member
 from .requests import RefusedError
 from .store import Store
 from .validation import ValidationError, is_room
+
+if TYPE_CHECKING:  # (Caches keeps the sets this module reads)
+    from .caches import Caches
 
 __all__ = [
     "DevicesChangedError",

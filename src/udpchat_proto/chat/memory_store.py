@@ -702,6 +702,20 @@ class MemoryStore:
         if ciphertext.sender in self._stored:
             self._stored[ciphertext.sender] += entry.sealed_bytes
 
+    def add_encrypted_message(
+        self,
+        message: ChatMessage,
+        origin: bytes | None,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> StoredMessage:
+        """:meth:`add_message` and :meth:`add_encrypted` (neither can fail once the
+        id is found free)."""
+        stored = self.add_message(message, origin)
+        self.add_encrypted(message.id, ciphertext, devices, key_shares)
+        return stored
+
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
         """The shares sent with the message for the device."""
         return list(self._key_shares.get(message_id, {}).get(device_id, ()))

@@ -487,6 +487,7 @@ class ChatServer:
             was lost (see :meth:`rolled_back`), for the caller to log.
         """
         self._outbox.flush_membership()
+        self._caches.batch_ended()
         if not self._tracker.dirty:
             self._deliveries.refill_queued()
             return None
@@ -512,6 +513,7 @@ class ChatServer:
         committed through it, never by its caller.
         """
         self._outbox.flush_membership()
+        self._caches.batch_ended()  # (the caller committed: commit() did not run)
         self._tracker.batch_committed()
         self._sessions.touches_committed()
         held, closes, hints, quiet = self._batch.release()

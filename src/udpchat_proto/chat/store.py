@@ -80,6 +80,7 @@ from .validation import is_room
 __all__ = [
     "CURSOR_READERS",
     "FLUSH_ATTEMPTS",
+    "KEEPS_DEVICE_SETS",
     "KEY_SHARE_OVERHEAD",
     "MESSAGE_OVERHEAD",
     "SEALED_OVERHEAD",
@@ -547,6 +548,25 @@ class Store(Protocol):
         deleted."""
         ...
 
+    def add_encrypted_message(
+        self,
+        message: ChatMessage,
+        origin: bytes | None,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> StoredMessage:
+        """:meth:`add_message` then :meth:`add_encrypted`, as one write: all of it is
+        kept or none (a store may take it in fewer statements than the two would).
+
+        Raises:
+            ValueError: a message with this id is already stored (nothing is kept).
+            StoreUnavailableError: as for any write; if the row was written and
+                what goes beside it was not, the batch is lost (:meth:`commit` says
+                so): a message is never kept without its record and devices.
+        """
+        ...
+
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
         """The key shares sent with this message for this device, in the order sent."""
         ...
@@ -667,9 +687,36 @@ STORE_WRITES: Final = frozenset(
         "add_one_time_keys",
         "claim_key",
         "add_encrypted",
+        "add_encrypted_message",
     }
 )
 """The :class:`Store` methods that write (and so join the current batch)."""
+
+KEEPS_DEVICE_SETS: Final = frozenset(
+    {
+        "create_session",
+        "touch_session",
+        "add_invitation",
+        "delete_invitation",
+        "add_friendship",
+        "delete_friendship",
+        "add_block",
+        "delete_block",
+        "add_message",
+        "add_messages",
+        "acknowledge",
+        "acknowledge_many",
+        "delete_delivered_before",
+        "add_one_time_keys",
+        "claim_key",
+        "add_encrypted",
+        "add_encrypted_message",
+    }
+)
+"""The :data:`STORE_WRITES` that never change which devices a user has (a session
+is a device only once it uploads keys: ``set_device_keys``). Every other write
+moves :attr:`WriteTrackingStore.device_generation` on: a write added later is
+counted as one that may change a device set unless it is listed here."""
 
 CURSOR_READERS: Final = frozenset(
     {
@@ -749,6 +796,11 @@ class WriteTrackingStore:
         """How many times storing the staged messages lost a race and was done again."""
         self.dirty = False
         """Whether anything was written since the last :meth:`commit`."""
+        self.device_generation = 0
+        """Moved on by every write that may change a user's devices or a room's
+        members (all but :data:`KEEPS_DEVICE_SETS`), by a failed atomic block and
+        by a lost batch (what was read meanwhile may have been undone): a device
+        set read at one generation holds while it stays the same (``Caches``)."""
         self._deferred: dict[tuple[str, bytes], dict[bytes, None]] = {}
         """Acknowledged ids not written yet, per (username, token hash)."""
         self._written: list[tuple[tuple[str, bytes], list[bytes]]] = []
@@ -978,6 +1030,7 @@ class WriteTrackingStore:
         """The batch was discarded: what it wrote of the acknowledgements waits again
         (and what it staged is dropped: its answers went out as ``unavailable``)."""
         self.dirty = False
+        self.device_generation += 1
         self._staged, self._staged_bytes, self._flush_failure = [], {}, None
         written, self._written = self._written, []
         self._put_back(written)
@@ -1000,6 +1053,7 @@ class WriteTrackingStore:
             with self.inner.atomic():
                 yield
         except BaseException:
+            self.device_generation += 1  # (what was read inside may be undone)
             undone, self._written[start:] = self._written[start:], []
             self._put_back(undone)
             del self._receipts[receipts_start:]
@@ -1010,6 +1064,9 @@ class WriteTrackingStore:
 def _forward(name: str, *, write: bool) -> Callable[..., Any]:
     # Three shapes, so that the common ones (a read, a plain write) test nothing:
     # every store call of the hot path goes through here.
+    # A write that may change a device set moves the generation on (before it runs:
+    # whatever is read from then on may see it).
+    moves = write and name not in KEEPS_DEVICE_SETS
     if name in CURSOR_READERS:  # (all writes)
 
         def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
@@ -1018,6 +1075,17 @@ def _forward(name: str, *, write: bool) -> Callable[..., Any]:
             if self._deferred:
                 self.flush_acknowledgements()
             self.dirty = True
+            if moves:
+                self.device_generation += 1
+            return getattr(self.inner, name)(*args, **kwargs)
+
+    elif moves:
+
+        def forward(self: WriteTrackingStore, *args: Any, **kwargs: Any) -> Any:
+            if self._staged:
+                self.flush_messages()  # (in the order they were asked for)
+            self.dirty = True
+            self.device_generation += 1
             return getattr(self.inner, name)(*args, **kwargs)
 
     elif write or name in _SEE_STAGED:

@@ -16,6 +16,7 @@ comments here are about the SQL.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -513,6 +514,10 @@ class SqlStore(abc.ABC):
     def add_message(self, message: m.ChatMessage, origin: bytes | None = None) -> StoredMessage:
         """See Store (each database stores a message its own way)."""
 
+    @abc.abstractmethod
+    def atomic(self) -> contextlib.AbstractContextManager[None]:
+        """See Store (each database has its own savepoints)."""
+
     def get_message(self, message_id: bytes) -> StoredMessage | None:
         row = self._select(sql.GET_MESSAGE, (message_id,)).fetchone()
         if row is None:
@@ -744,6 +749,20 @@ class SqlStore(abc.ABC):
                     for number, (device_id, share) in enumerate(key_shares)
                 ],
             )
+
+    def add_encrypted_message(
+        self,
+        message: m.ChatMessage,
+        origin: bytes | None,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> StoredMessage:
+        """Both writes in an atomic block (SQLite does it its own way)."""
+        with self.atomic():
+            stored = self.add_message(message, origin)
+            self.add_encrypted(message.id, ciphertext, devices, key_shares)
+        return stored
 
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
         rows = self._select(

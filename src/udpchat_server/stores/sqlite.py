@@ -83,11 +83,13 @@ from typing import Any, NoReturn
 
 from udpchat_proto import StoredMessage, StoreUnavailableError
 from udpchat_proto import messages as m
-from udpchat_proto.chat import conversation_key, is_room, stored_size
+from udpchat_proto.chat import conversation_key, is_room, sealed_size, stored_size
+from udpchat_proto.e2ee import EncryptedMessage, KeyShare
 
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
 from .derive import Migration, sqlite_tables, upgrade
 from .dialect import SQLITE
+from .records import pack
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -784,6 +786,64 @@ class SQLiteStore(SqlStore):
             ValueError: a message with this id is already stored (nothing of
                 this one is kept).
         """
+        return self._add_message(message, origin, 0)
+
+    def add_encrypted_message(
+        self,
+        message: m.ChatMessage,
+        origin: bytes | None,
+        ciphertext: EncryptedMessage,
+        devices: Sequence[bytes],
+        key_shares: Sequence[tuple[bytes, KeyShare]],
+    ) -> StoredMessage:
+        """The row with its sealed bytes in one INSERT, then the record and the
+        devices (and shares, if any): three statements where ``add_message`` and
+        ``add_encrypted`` took six with their savepoint. No savepoint: the id is
+        the only thing that can be refused, by the first INSERT, before anything is
+        written; a failure after it (a full disk, an I/O error) loses the batch,
+        so no row is ever committed without its record."""
+        size = sealed_size(ciphertext, (share for _device, share in key_shares))
+        stored = self._add_message(message, origin, size)  # ValueError: nothing kept
+        try:
+            self._charge(ciphertext.sender, size)
+            db = self._db
+            db.execute(
+                "INSERT INTO message_ciphertexts (message_id, record) VALUES (?, ?)",
+                (message.id, pack(ciphertext)),
+            )
+            db.executemany(
+                "INSERT INTO message_devices (message_id, device_id) VALUES (?, ?)",
+                [(message.id, device_id) for device_id in sorted(set(devices))],
+            )
+            if key_shares:
+                db.executemany(
+                    "INSERT INTO message_key_shares (message_id, device_id, number, record) "
+                    "VALUES (?, ?, ?, ?)",
+                    [
+                        (message.id, device_id, number, pack(share))
+                        for number, (device_id, share) in enumerate(key_shares)
+                    ],
+                )
+        except BaseException as exc:
+            self._lose_batch(exc)
+            raise
+        return stored
+
+    def _lose_batch(self, exc: BaseException) -> None:
+        """A write failed half-way outside any savepoint: the batch is lost whole
+        (its commit says so), since what is written of it is not all of it."""
+        self._check_transaction()
+        if self._batch_lost is None:
+            self._forget_uncommitted()
+            cause = unavailable(exc, self._file) if isinstance(exc, sqlite3.Error) else None
+            self._batch_lost = cause or StoreUnavailableError(
+                "a write failed half-way", f"{type(exc).__name__}: {exc}"
+            )
+
+    def _add_message(
+        self, message: m.ChatMessage, origin: bytes | None, sealed_bytes: int
+    ) -> StoredMessage:
+        """add_message, with what an encrypted one stores beside its row."""
         self._write()  # (inside the batch's transaction)
         key = conversation_key(message.sender, message.to)
         sent_at = to_micros(message.sent_at)
@@ -791,10 +851,14 @@ class SQLiteStore(SqlStore):
         if known is not None:
             # A conversation this transaction knows: its next seq, one INSERT.
             conversation, seq = known[0], known[1] + 1
-            self._insert_message(message, conversation, seq, sent_at, origin)
+            self._insert_message(
+                message, conversation, seq, sent_at, origin, sealed_bytes=sealed_bytes
+            )
             self._seqs_unwritten[conversation] = seq
         else:
-            conversation, seq = self._first_message(message, key, sent_at, origin)
+            conversation, seq = self._first_message(
+                message, key, sent_at, origin, sealed_bytes=sealed_bytes
+            )
         self._conversations[key] = (conversation, seq)
         self._charge(message.sender, stored_size(message.text))
         recent = self._recent
@@ -804,7 +868,13 @@ class SQLiteStore(SqlStore):
         return StoredMessage(message=message, seq=seq)
 
     def _first_message(
-        self, message: m.ChatMessage, key: str, sent_at: int, origin: bytes | None
+        self,
+        message: m.ChatMessage,
+        key: str,
+        sent_at: int,
+        origin: bytes | None,
+        *,
+        sealed_bytes: int,
     ) -> tuple[int, int]:
         """add_message for a conversation not remembered: from the table (creating
         the conversation if needed); its (id, seq)."""
@@ -828,7 +898,9 @@ class SQLiteStore(SqlStore):
                 [(conversation, user, sent_at / 1e6) for user in (message.sender, message.to)],
             )
         try:
-            self._insert_message(message, conversation, seq, sent_at, origin)
+            self._insert_message(
+                message, conversation, seq, sent_at, origin, sealed_bytes=sealed_bytes
+            )
         except ValueError:
             # A refused message leaves nothing: no seq gap, no conversation it made
             # (a send runs without a savepoint to undo it).
@@ -850,12 +922,14 @@ class SQLiteStore(SqlStore):
         seq: int,
         sent_at: int,
         origin: bytes | None,
+        *,
+        sealed_bytes: int,
     ) -> None:
         try:
             self._db.execute(
                 "INSERT INTO messages "
-                "(id, conversation, seq, sender, recipient, text, sent_at, origin) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "(id, conversation, seq, sender, recipient, text, sent_at, origin, sealed_bytes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.id,
                     conversation,
@@ -865,6 +939,7 @@ class SQLiteStore(SqlStore):
                     message.text,
                     sent_at,
                     origin,
+                    sealed_bytes,
                 ),
             )
         except sqlite3.IntegrityError as exc:

@@ -17,7 +17,7 @@ from .. import messages as m
 from ..caches import Caches
 from ..connection import ChatConnection
 from ..connections import ConnectionTable
-from ..devicesets import conversation_members, current_device_set, may_see_devices
+from ..devicesets import conversation_members, may_see_devices
 from ..limits import Limits
 from ..outbox import Outbox
 from ..requests import RefusedError, Route, route, user_of, utc_from_posix
@@ -187,7 +187,7 @@ class KeyHandlers:
         me = user_of(connection)
         if request.conversation is not None:
             members = conversation_members(self._store, self._caches, me, request.conversation)
-            device_set = current_device_set(self._store, request.conversation, members)
+            device_set = self._caches.device_set(request.conversation, members)
             self._outbox.reply(
                 connection,
                 m.ConversationDevices(request_id=request.request_id, device_set=device_set),

@@ -9,8 +9,6 @@ recipient needs it, whatever request stored the message.
 
 from __future__ import annotations
 
-import contextlib
-
 import attrs
 
 from ...clock import WallClock
@@ -23,7 +21,7 @@ from ..config import ServerConfig
 from ..connection import ChatConnection
 from ..connections import ConnectionTable
 from ..deliveries import Deliveries
-from ..devicesets import DevicesChangedError, current_device_set
+from ..devicesets import DevicesChangedError
 from ..limits import Limits
 from ..lookups import require_member
 from ..outbox import Outbox
@@ -50,6 +48,11 @@ class _Sealed:
     devices: frozenset[bytes]
     shares: dict[bytes, list[KeyShare]]
     """By recipient device: the staged ones, then the request's."""
+
+
+def _shares_by_device(sealed: _Sealed) -> list[tuple[bytes, KeyShare]]:
+    """An encrypted message's key shares as the store takes them: (device, share)."""
+    return [(device, share) for device, shares in sealed.shares.items() for share in shares]
 
 
 class MessageHandlers:
@@ -106,8 +109,8 @@ class MessageHandlers:
         """The requests these handlers answer (and the one they take unanswered)."""
         return [
             # The one write is the step's last fallible act: no savepoint needed.
-            # (An encrypted message is two writes, it and then its devices and
-            # shares, in an atomic block of their own; staged, none in the step.)
+            # (An encrypted message is one too: add_encrypted_message; staged, none
+            # in the step.)
             route(m.SendMessage, self.send_message, writes_once=True),
             # No write at all: staged key shares are held in memory until their send.
             route(m.ShareKeys, self.share_keys, writes_once=True),
@@ -170,10 +173,19 @@ class MessageHandlers:
             )
             return
         try:
-            # The one write (WRITES_ONCE): nothing after it can fail.
-            with self._store.atomic() if sealed is not None else contextlib.nullcontext():
+            # The one write (WRITES_ONCE): nothing after it can fail. An encrypted
+            # message is one too: the row with its record, devices and shares, all
+            # or none (Store.add_encrypted_message: no atomic block of its own).
+            if sealed is None or request.encrypted is None:
                 self._store.add_message(message, origin=connection.token_hash)
-                self._store_sealed(request, sealed)
+            else:
+                self._store.add_encrypted_message(
+                    message,
+                    connection.token_hash,
+                    request.encrypted,
+                    sorted(sealed.devices),
+                    _shares_by_device(sealed),
+                )
         except ValueError:  # the id is taken
             if self._answered_as_retry(connection, me, request):
                 return
@@ -203,7 +215,7 @@ class MessageHandlers:
                 request.message_id,
                 request.encrypted,
                 sorted(sealed.devices),
-                [(device, share) for device, shares in sealed.shares.items() for share in shares],
+                _shares_by_device(sealed),
             )
 
     def _stage(
@@ -348,26 +360,28 @@ class MessageHandlers:
         which the client answers the same way: share again, send again."""
         record = request.encrypted
         assert record is not None and connection.token_hash is not None
-        mine = self._store.session_device(connection.token_hash)
+        room = is_room(request.to)
+        conversation = request.to if room else direct_conversation(me, request.to)
+        members = self._store.room_members(request.to) if room else [me, request.to]
+        # Kept between sends (Caches.device_set): the set holds this session's own
+        # device too, if it has one (it is a member's), so that is no read either.
+        device_set = self._caches.device_set(conversation, members)
+        devices = {keys.device_id: keys for keys in device_set.devices}
+        mine = devices.get(session_id(connection.token_hash))
         if mine is None:
             raise RefusedError(
                 ErrorCode.BAD_REQUEST, "this session has no device keys: upload them first"
             )
         if record.sender != me or record.sender_device != mine.device_id:
             raise RefusedError(ErrorCode.BAD_REQUEST, "the message is not from this device")
-        room = is_room(request.to)
-        conversation = request.to if room else direct_conversation(me, request.to)
         if record.conversation != conversation:
             raise RefusedError(ErrorCode.BAD_REQUEST, "the message names another conversation")
-        members = self._store.room_members(request.to) if room else [me, request.to]
-        device_set = current_device_set(self._store, conversation, members)
         if not room and not any(keys.user == request.to for keys in device_set.devices):
             raise RefusedError(
                 ErrorCode.NO_DEVICE, f"{request.to} has no logged-in device to receive it"
             )
         if record.device_set_version != device_set.version or len(staged) != request.staged:
             raise DevicesChangedError(device_set)
-        devices = {keys.device_id: keys for keys in device_set.devices}
         shares: dict[bytes, list[KeyShare]] = {}
         for share in (*staged, *request.key_shares):
             recipient = devices.get(share.recipient_device)
