@@ -266,7 +266,8 @@ class Dispatcher:
         """:meth:`run_step` of ``step``, or of ``handler(connection, item, now)``."""
         for attempt in range(1, STEP_ATTEMPTS + 1):
             mark = self._batch.begin_step()
-            login = (connection.username, connection.token_hash)
+            # Who it began as, for a retry (two locals: no tuple a step).
+            username, token = connection.username, connection.token_hash
             try:
                 if savepoint:
                     with self._store.atomic():
@@ -288,7 +289,8 @@ class Dispatcher:
                     and savepoint
                     and attempt < STEP_ATTEMPTS
                     # Only from where it began (a rollback undoes no log-out).
-                    and (connection.username, connection.token_hash) == login
+                    and connection.username == username
+                    and connection.token_hash == token
                 ):
                     self._stats.steps_retried += 1
                     continue
