@@ -42,8 +42,9 @@ HOT_PATH: Final = (
 """The modules the compiled wheel compiles (pyproject.toml's
 ``[tool.hatch.build.targets.wheel.hooks.mypyc] include`` lists their files; a test
 keeps the two lists equal): the transport (its packet crypto, ``handshake``,
-included), and the chat core's dispatch, delivery and outbox. The codec is left out: cattrs reads the signatures of its hook
-factories, which compiled functions do not have."""
+included), and the chat core's dispatch, delivery and outbox. The codec is left
+out: cattrs reads the signatures of its hook factories, which compiled functions
+do not have."""
 
 
 def compiled_modules() -> tuple[str, ...]:
