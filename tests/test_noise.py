@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpchat_proto.errors import DecodeError, LocalProtocolError
 from udpchat_proto.randomness import SeededRandomSource
+from udpchat_proto.transport import handshake
 from udpchat_proto.transport.handshake import (
     DH_LEN,
     MAX_NONCE,
@@ -485,3 +487,44 @@ def test_cipher_without_key_passes_through() -> None:
 def test_repr_hides_keys() -> None:
     assert KEY.hex() not in repr(CipherState(KEY))
     assert repr(CipherState(KEY)) == "CipherState(has_key=True, n=0)"
+
+
+# --- the AEAD objects CipherState keeps ------------------------------------------------
+# Only for the states that used one last (``handshake._RING``): busy connections skip
+# making OpenSSL contexts for every packet, idle ones hold none.
+
+RING_NONCE = 7
+RING_AD = b"header"
+
+
+def _ring_expected(key: bytes, plaintext: bytes) -> bytes:
+    # Noise: 32 zero bits, then the nonce as 64 bits little-endian.
+    return ChaCha20Poly1305(key).encrypt(
+        bytes(4) + RING_NONCE.to_bytes(8, "little"), plaintext, RING_AD
+    )
+
+
+def test_at_most_the_ring_keeps_an_aead_and_a_pushed_out_state_still_works() -> None:
+    width = len(handshake._RING.states)
+    states = [CipherState(i.to_bytes(4, "big") * 8) for i in range(width + 10)]
+    for state in states:
+        state.seal(RING_NONCE, RING_AD, b"x")
+    kept = handshake._RING.ciphers
+    assert len(kept) <= width
+    # The first ten were pushed out by the last ten; the last ones keep theirs.
+    assert all(state not in kept for state in states[:10])
+    assert all(state in kept for state in states[-10:])
+    first = states[0]
+    assert first.key is not None
+    sealed = first.seal(RING_NONCE, RING_AD, b"again")
+    assert sealed == _ring_expected(first.key, b"again")
+    assert first.open(RING_NONCE, RING_AD, sealed) == b"again"
+    assert first in kept  # made again, and kept again
+
+
+def test_a_kept_aead_seals_as_a_fresh_one() -> None:
+    key = bytes(range(32))
+    state = CipherState(key)
+    for text in (b"one", b"two", b""):
+        assert state.seal(RING_NONCE, RING_AD, text) == _ring_expected(key, text)
+        assert state.open(RING_NONCE, RING_AD, state.seal(RING_NONCE, RING_AD, text)) == text

@@ -30,18 +30,21 @@ HOT_PATH: Final = (
     "udpchat_proto.transport.events",
     "udpchat_proto.transport.server",
     "udpchat_proto.transport.client",
+    "udpchat_proto.transport.handshake",
     "udpchat_proto.chat.dispatch",
     "udpchat_proto.chat.delivery",
     "udpchat_proto.chat.deliveries",
     "udpchat_proto.chat.batch",
     "udpchat_proto.chat.connection",
     "udpchat_proto.chat.connections",
+    "udpchat_proto.chat.outbox",
 )
 """The modules the compiled wheel compiles (pyproject.toml's
 ``[tool.hatch.build.targets.wheel.hooks.mypyc] include`` lists their files; a test
-keeps the two lists equal): the transport, and the chat core's dispatch and
-delivery. The codec is left out: cattrs reads the signatures of its hook
-factories, which compiled functions do not have."""
+keeps the two lists equal): the transport (its packet crypto, ``handshake``,
+included), and the chat core's dispatch, delivery and outbox. The codec is left
+out: cattrs reads the signatures of its hook factories, which compiled functions
+do not have."""
 
 
 def compiled_modules() -> tuple[str, ...]:
@@ -64,7 +67,7 @@ def is_compiled() -> bool:
 
 def build_line() -> str:
     """One line saying which build runs, as ``--version`` prints it: ``build:
-    compiled (mypyc, 16 modules)``, ``build: pure Python``, or, for a mixed tree
+    compiled (mypyc, 18 modules)``, ``build: pure Python``, or, for a mixed tree
     (an extension left in a checkout), how many of them are compiled."""
     count = len(compiled_modules())
     if count == len(HOT_PATH):

@@ -26,6 +26,7 @@ import datetime
 import functools
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -271,6 +272,38 @@ def message_version(message: m.Message) -> int:
 converter: Final = _make_converter()
 """The one cattrs converter of the wire format (usable to unstructure for logging)."""
 
+# Each message class's hooks, looked up once: ``converter.structure(obj, cls)`` finds
+# the hook by its dispatch on every call, a third of structuring a small request
+# (about 1.8 us of 6.3) and of unstructuring an answer (0.7 of 2.0). The hooks are
+# the converter's own, fetched the first time a class is used (cattrs builds them
+# lazily: fetching them all here would slow every start-up), so the bytes are the
+# same; no hook is registered on ``converter`` after this module has made it.
+_UNSTRUCTURE_HOOKS: Final[dict[type[Any], Callable[[Any], Any]]] = {}
+_STRUCTURE_HOOKS: Final[dict[type[Any], Callable[[Any, Any], Any]]] = {}
+
+
+def _unstructure(message: m.Message) -> dict[str, Any]:
+    cls = type(message)
+    hook = _UNSTRUCTURE_HOOKS.get(cls)
+    if hook is None:
+        try:
+            hook = converter.get_unstructure_hook(cls)
+        except AttributeError:  # cattrs before 24.1: dispatched on every call
+            hook = converter.unstructure
+        _UNSTRUCTURE_HOOKS[cls] = hook
+    return hook(message)  # type: ignore[no-any-return]
+
+
+def _structure_as(obj: dict[str, Any], cls: type[Any]) -> m.Message:
+    hook = _STRUCTURE_HOOKS.get(cls)
+    if hook is None:
+        try:
+            hook = converter.get_structure_hook(cls)
+        except AttributeError:  # cattrs before 24.1: dispatched on every call
+            hook = converter.structure
+        _STRUCTURE_HOOKS[cls] = hook
+    return hook(obj, cls)  # type: ignore[no-any-return]
+
 
 @functools.cache
 def _explaining_converter() -> cattrs.Converter:
@@ -309,7 +342,7 @@ def encode(message: m.Message) -> bytes:
         raise ValidationError(
             ErrorCode.BAD_REQUEST, f"not a udpchat message: {type(message).__name__}"
         ) from None
-    obj = converter.unstructure(message)
+    obj = _unstructure(message)
     obj["type"] = tag
     if type(message) in _SHARES_OF_ONE_SENDER:
         _hoist_sender_keys(obj)
@@ -414,7 +447,7 @@ def _structure(obj: dict[str, Any], reason: str) -> m.Message:
     if cls in _SHARES_OF_ONE_SENDER:
         obj = _lower_sender_keys(obj)
     try:
-        return converter.structure(obj, cls)  # type: ignore[no-any-return]
+        return _structure_as(obj, cls)
     except ValidationError as exc:
         raise _refusal(obj, cls, exc.code, str(exc), reason) from None
     except (

@@ -54,6 +54,12 @@ class DeliveryInput(IdentityEnum):
 
 _S, _I = DeliveryState, DeliveryInput
 
+# The states the per-message path tests, as module constants: compiled, a static
+# load, where ``DeliveryState.LIVE`` is an attribute lookup on a Python class.
+_IDLE: Final = DeliveryState.IDLE
+_BACKLOG: Final = DeliveryState.BACKLOG
+_LIVE: Final = DeliveryState.LIVE
+
 MACHINE: Final = StateMachine(
     name="delivery window",
     initial=(_S.IDLE,),
@@ -109,7 +115,7 @@ class DeliveryWindow:
     @property
     def wants_refill(self) -> bool:
         """Whether to read the store now: behind, and at most half the window in flight."""
-        return self.state is DeliveryState.BACKLOG and len(self._in_flight) <= self.size // 2
+        return self.state is _BACKLOG and len(self._in_flight) <= self.size // 2
 
     def refill(self, pending: Sequence[ChatMessage]) -> tuple[list[ChatMessage], bool]:
         """Take the store's answer to ``pending_deliveries(limit=size)``.
@@ -125,7 +131,7 @@ class DeliveryWindow:
         Raises:
             LocalProtocolError: the window is not behind (see :attr:`wants_refill`).
         """
-        if self.state is not DeliveryState.BACKLOG:
+        if self.state is not _BACKLOG:
             raise LocalProtocolError(f"delivery window: cannot refill in state {self.state.value}")
         pushed: list[ChatMessage] = []
         for message in pending:
@@ -147,10 +153,10 @@ class DeliveryWindow:
             True to push it now (LIVE with room: everything older is in flight, so
             the order holds); False if it must wait its turn in the store.
         """
-        if self.state is DeliveryState.LIVE and len(self._in_flight) < self.size:
+        if self.state is _LIVE and len(self._in_flight) < self.size:
             self._in_flight[message.id] = None
             return True
-        if self.state is DeliveryState.LIVE:
+        if self.state is _LIVE:
             self._input(DeliveryInput.FELL_BEHIND)
         return False
 
@@ -168,5 +174,5 @@ class DeliveryWindow:
     def fall_behind(self) -> None:
         """The store may hold what is not in flight (a push taken back, a cursor
         that could not move): read it again at the next refill."""
-        if self.state is not DeliveryState.IDLE:
+        if self.state is not _IDLE:
             self._input(DeliveryInput.FELL_BEHIND)

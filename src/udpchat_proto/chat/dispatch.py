@@ -32,6 +32,7 @@ from .password_jobs import JobKind
 from .remote import RemoteUser
 from .requests import (
     Finisher,
+    Handler,
     RefusedError,
     Route,
     read_payload,
@@ -113,6 +114,9 @@ class Dispatcher:
         config: ServerConfig,
     ) -> None:
         self.routes = routes
+        # A plain dict of the same routes: one lookup a request, where the Mapping's
+        # __getitem__ is a Python call (Routes stays a Python class compiled).
+        self._route_of: dict[type[m.Request], Route] = dict(routes)
         self._finishers = finishers
         self._connections = connections
         self._outbox = outbox
@@ -146,7 +150,7 @@ class Dispatcher:
         if isinstance(item, Refusal):
             self._answer(connection, item, now)
             return
-        route = self.routes[type(item)]
+        route = self._route_of[type(item)]
         if route.answered:
             self._answer(connection, cast(m.AnsweredRequest, item), now)
             return
@@ -206,7 +210,7 @@ class Dispatcher:
         if isinstance(item, Refusal):
             self._outbox.refuse(connection, item.request_id, item.code, item.message)
             return
-        route = self.routes[type(item)]
+        route = self._route_of[type(item)]
         if not connection.logged_in and not route.before_login:
             self._outbox.refuse(
                 connection,
@@ -215,14 +219,18 @@ class Dispatcher:
                 "log in (or resume a session) first",
             )
             return
-        handler = route.handler
         # Nodes of a cluster can deadlock: a savepoint for every step that writes,
         # done again if it lost. (A send writes nothing in its step on a node: its
-        # message is staged, stored with the batch's others, see store.py.)
-        self.run_step(
+        # message is staged, stored with the batch's others, see store.py.) The
+        # handler and its arguments are passed as they are: a closure would be two
+        # objects more a request (its cells, or mypyc's environment, and itself).
+        self._run(
             connection,
             item.request_id,
-            lambda: handler(connection, item, now),
+            step=None,
+            handler=route.handler,
+            item=item,
+            now=now,
             savepoint=not route.writes_once,
         )
 
@@ -240,15 +248,37 @@ class Dispatcher:
         (``savepoint=False``: a step that writes once, last; see
         ``Route.writes_once``.) One that lost a race with another node (a
         deadlock) is done again (:data:`STEP_ATTEMPTS`)."""
+        self._run(
+            connection, request_id, step=step, handler=None, item=None, now=0.0, savepoint=savepoint
+        )
+
+    def _run(
+        self,
+        connection: ChatConnection,
+        request_id: int,
+        *,
+        step: Callable[[], None] | None,
+        handler: Handler | None,
+        item: object,
+        now: float,
+        savepoint: bool,
+    ) -> None:
+        """:meth:`run_step` of ``step``, or of ``handler(connection, item, now)``."""
         for attempt in range(1, STEP_ATTEMPTS + 1):
             mark = self._batch.begin_step()
-            login = (connection.username, connection.token_hash)
+            # Who it began as, for a retry (two locals: no tuple a step).
+            username, token = connection.username, connection.token_hash
             try:
                 if savepoint:
                     with self._store.atomic():
-                        step()
-                else:
+                        if step is not None:
+                            step()
+                        elif handler is not None:
+                            handler(connection, item, now)
+                elif step is not None:
                     step()
+                elif handler is not None:
+                    handler(connection, item, now)
             except Exception as exc:
                 undone = self._batch.undo_step(mark)
                 self._caches.forget_all()  # they may have read what the step undid
@@ -259,7 +289,8 @@ class Dispatcher:
                     and savepoint
                     and attempt < STEP_ATTEMPTS
                     # Only from where it began (a rollback undoes no log-out).
-                    and (connection.username, connection.token_hash) == login
+                    and connection.username == username
+                    and connection.token_hash == token
                 ):
                     self._stats.steps_retried += 1
                     continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import attrs
 
@@ -50,6 +50,10 @@ Finisher = Callable[[ChatConnection, "PendingJob", bytes, float], None]
 digest, now)``, run as a step of its own when the digest comes back."""
 
 _R = TypeVar("_R", bound=m.Request)
+
+# The codec makes exactly these classes, so a set lookup of the type will do, where
+# isinstance against the tuple of 32 tries them in turn (a microsecond for the last).
+_REQUEST_TYPES: Final[frozenset[type[m.Message]]] = frozenset(m.REQUEST_TYPES)
 
 
 @attrs.frozen
@@ -128,8 +132,8 @@ def read_payload(payload: bytes, decode_errors: Counter[str]) -> m.Request | Ref
             return f"undecodable payload ({exc.reason})"
         # The codec words the text for the wire: the protocol's terms, never Python's.
         return Refusal(request_id=exc.request_id, code=exc.code, message=exc.detail)
-    if isinstance(message, m.REQUEST_TYPES):
-        return message
+    if type(message) in _REQUEST_TYPES:
+        return cast("m.Request", message)
     return f"{message.TAG} sent to the server"  # a response or a push
 
 
