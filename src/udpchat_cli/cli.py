@@ -25,12 +25,24 @@ import gc
 import signal
 import sys
 
-# Ctrl-C while the modules below load (a good part of a second) gets the contract's
-# one ``error:`` line, not a traceback from an import. It is held back while they
-# load and let through at the end of the block: vodozemac and cryptography (end-to-end
-# encryption) are Rust extensions, and a KeyboardInterrupt raised inside one's
-# initialisation kills the process with SIGSEGV instead of unwinding.
+# Ctrl-C while the module loads (a good part of a second) gets the contract's one
+# ``error:`` line, not a traceback from an import. It is held back while the module
+# loads and let through at its end (after the imports, the module-level code below
+# runs click's, which imports more): vodozemac, cryptography and orjson are Rust
+# extensions, and a KeyboardInterrupt raised inside one's initialisation kills the
+# process with SIGSEGV instead of unwinding.
 _SIGINT_HELD = hasattr(signal, "pthread_sigmask")
+
+
+def _interrupted() -> None:
+    """Exit with the contract's answer to a Ctrl-C while the module loads."""
+    print("error: interrupted", file=sys.stderr, flush=True)
+    args = sys.argv[1:]
+    if "--json" in (args[: args.index("--")] if "--" in args else args):
+        print('{"ok": false, "error": "interrupted", "message": "interrupted"}', flush=True)
+    sys.exit(1)
+
+
 # The collector is off while they load: they make some hundred thousand objects and
 # no garbage, and its passes over them were a twentieth of every command's start-up
 # (the suite runs about a thousand commands).
@@ -69,14 +81,13 @@ try:
 
     gc.freeze()  # (what they made lives as long as the process: never scanned again)
     gc.enable()
-    if _SIGINT_HELD:  # (a Ctrl-C held meanwhile is raised here, inside the try)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-except KeyboardInterrupt:
-    print("error: interrupted", file=sys.stderr, flush=True)
-    _args = sys.argv[1:]
-    if "--json" in (_args[: _args.index("--")] if "--" in _args else _args):
-        print('{"ok": false, "error": "interrupted", "message": "interrupted"}', flush=True)
-    sys.exit(1)
+except KeyboardInterrupt:  # raised by an import itself, not by Ctrl-C (held)
+    try:
+        if _SIGINT_HELD:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    except KeyboardInterrupt:  # (one held meanwhile: the same answer)
+        pass
+    _interrupted()
 
 __all__ = [
     "EXIT_KEY_MISMATCH",
@@ -229,6 +240,14 @@ def main(argv: list[str] | None = None) -> None:
         _fail(out, _as_cli_error(exc))
     sys.exit(EXIT_OK)
 
+
+# The end of the module: Ctrl-C is let through, and one held while it loaded is
+# raised here, as the contract's answer.
+try:
+    if _SIGINT_HELD:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+except KeyboardInterrupt:
+    _interrupted()
 
 if __name__ == "__main__":
     main()

@@ -19,18 +19,59 @@ import signal
 import sys
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+class _HeldSignals:
+    """SIGINT and SIGTERM noted, not acted on, while the server starts.
+
+    Start-up loads C and Rust extensions (orjson, vodozemac, cryptography, sqlite3),
+    whose initialisation runs Python code (the imports it makes), where a Python
+    signal handler runs too. One that raises (``KeyboardInterrupt``, Python's own
+    SIGINT handler among them) fails that import, and an extension that does not
+    check goes on with NULL: orjson's ``orjson_init_exec`` passes the module its
+    import did not return to ``PyObject_GetAttrString`` and the process dies of
+    SIGSEGV. A handler that only notes the signal fails nothing; the server acts on
+    the note once its own handlers are in place (a clean stop, exit 0). Holding is
+    for the main thread only (``signal.signal`` refuses any other): elsewhere it
+    does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._before: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+
+    def hold(self) -> None:
+        """Note SIGINT and SIGTERM from now on, until :meth:`release` or :meth:`take`."""
+        self.received = None
+        try:
+            for signum in self.SIGNALS:
+                self._before.setdefault(signum, signal.signal(signum, self._note))
+        except ValueError:  # not the main thread: nothing is held
+            self.release()
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def release(self) -> None:
+        """The handlers from before :meth:`hold` are back (a signal noted is kept)."""
+        for signum, before in self._before.items():
+            signal.signal(signum, before)
+        self._before.clear()
+
+    def take(self) -> int | None:
+        """The caller has installed its own handlers: forget the previous ones and
+        return the signal noted meanwhile, if any, for the caller to act on."""
+        self._before.clear()
+        return self.received
 
 
-# SIGINT or SIGTERM while the modules below load (a good part of a second): stopped
-# before serving anything, which is a clean stop (exit 0), not a traceback from an
-# import nor a death by signal. The default SIGTERM action is back afterwards, for
-# whoever imports this module; command() installs the server's own handlers.
-try:
-    _sigterm_before = signal.signal(signal.SIGTERM, _interrupt)
-except ValueError:  # imported from another thread than the main one
-    _sigterm_before = None
+# SIGINT or SIGTERM from here until command() installs the server's handlers (the
+# module loads in a good part of a second, the database opens after) is a clean
+# stop, exit 0: never a traceback, nor a death by signal, nor a segfault. Whoever
+# imports this module gets their handlers back at its end (see the end of the file).
+_held = _HeldSignals()
+_held.hold()
 # The collector is off while they load, and what they made is then frozen (never
 # scanned again: it lives as long as the process): its passes over those objects
 # were a tenth of the start-up's CPU, and every later pass would walk them again.
@@ -77,13 +118,12 @@ try:
     if TYPE_CHECKING:
         from .bus import NatsBus
     from .stores.sqlite import SQLiteStore
-except KeyboardInterrupt:
+except KeyboardInterrupt:  # raised by an import itself, not by a signal (held)
+    _held.release()
     sys.exit(0)
 finally:
     gc.freeze()
     gc.enable()
-    if _sigterm_before is not None:
-        signal.signal(signal.SIGTERM, _sigterm_before)
 
 __all__ = ["main"]
 
@@ -496,6 +536,8 @@ def command(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if (held := _held.take()) is not None:  # it came while the modules loaded
+        on_signal(held, None)
     if bus is not None and not is_postgres_url(db):
         raise StartupError("--bus joins a cluster: its nodes share a PostgreSQL --db")
     bus_files = {
@@ -862,6 +904,8 @@ def main(argv: list[str] | None = None) -> None:
         chosen, name, args = migrate_command, "udpchat-server migrate", args[1:]
     elif args[:1] == ["ctl"]:
         chosen, name, args = ctl_command, "udpchat-server ctl", args[1:]
+    if chosen is command:  # (migrate and ctl keep Ctrl-C's KeyboardInterrupt)
+        _held.hold()  # until command() installs its handlers: see _HeldSignals
     try:
         chosen.main(args=args, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help, --version
@@ -878,8 +922,16 @@ def main(argv: list[str] | None = None) -> None:
         log.debug("fatal", exc_info=True)
         click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+    finally:
+        _held.release()  # (nothing left to restore once command() took over)
     sys.exit(0)
 
+
+# The end of the module: the importer's handlers are back. A signal that came while
+# it loaded stops the server here, cleanly, before main() parses anything.
+_held.release()
+if _held.received is not None:
+    sys.exit(0)
 
 if __name__ == "__main__":
     main()
