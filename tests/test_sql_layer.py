@@ -33,7 +33,7 @@ from tests.services import POSTGRES_URL, postgres_database, postgres_store
 from udpchat_proto import Store
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.e2ee import DeviceKeys
-from udpchat_server.stores import derive, records, schema
+from udpchat_server.stores import derive, records, schema, tables
 from udpchat_server.stores import postgres as postgres_store_module
 from udpchat_server.stores import sqlite as sqlite_store
 from udpchat_server.stores.base import SqlStore
@@ -127,12 +127,12 @@ def test_the_migrated_sqlite_schema_is_the_declared_one(tmp_path: Path) -> None:
         migrated = sqlite_catalogue(store.connection)
     declared_db = sqlite3.connect(tmp_path / "declared.sqlite3", isolation_level=None)
     try:
-        for statement in schema.ddl(SQLITE):
+        for statement in tables.ddl(SQLITE):
             declared_db.execute(statement)
         declared = sqlite_catalogue(declared_db)
     finally:
         declared_db.close()
-    assert list(declared) == sorted(table.name for table in schema.TABLES)
+    assert list(declared) == sorted(table.name for table in tables.TABLES)
     assert migrated == declared
 
 
@@ -155,10 +155,10 @@ def test_the_migrated_postgres_schema_is_the_declared_one() -> None:
             migrated = postgres_catalogue(db, store._schema)
     with postgres_schema() as (db, namespace):
         db.execute(f'SET search_path TO "{namespace}"')
-        for statement in schema.ddl(POSTGRES):
+        for statement in tables.ddl(POSTGRES):
             db.execute(statement)
         declared = postgres_catalogue(db, namespace)
-    assert sorted(declared) == sorted(table.name for table in schema.TABLES)
+    assert sorted(declared) == sorted(table.name for table in tables.TABLES)
     assert migrated == declared
 
 
@@ -298,7 +298,7 @@ def _extend(table: schema.Table) -> schema.Table:
 
 
 EXTENDED: Final = (
-    *(_extend(table) for table in schema.TABLES),
+    *(_extend(table) for table in tables.TABLES),
     schema.Table(
         "reactions",
         (
@@ -323,10 +323,10 @@ PASSWORD: Final = PasswordHash(
 
 
 def declared_sqlite(tmp_path: Path, name: str) -> dict[str, Any]:
-    """The catalogue of a new SQLite database made from schema.TABLES as it is now."""
+    """The catalogue of a new SQLite database made from tables.TABLES as it is now."""
     db = sqlite3.connect(tmp_path / name, isolation_level=None)
     try:
-        for statement in schema.ddl(SQLITE):
+        for statement in tables.ddl(SQLITE):
             db.execute(statement)
         return sqlite_catalogue(db)
     finally:
@@ -359,7 +359,7 @@ def test_sqlite_derives_a_new_column_table_and_index_from_the_declaration(
 ) -> None:
     path = tmp_path / "old.sqlite3"
     old_sqlite(path, version)
-    monkeypatch.setattr(schema, "TABLES", EXTENDED)
+    monkeypatch.setattr(tables, "TABLES", EXTENDED)
     with SQLiteStore.open(path) as store:
         db = store.connection
         assert db.execute("PRAGMA user_version").fetchone() == (sqlite_store.SCHEMA_VERSION,)
@@ -375,16 +375,16 @@ def test_sqlite_derives_a_new_column_table_and_index_from_the_declaration(
     assert derived == declared_sqlite(tmp_path, "declared.sqlite3")
     with SQLiteStore.open(path) as store:  # and opening it again changes nothing
         assert sqlite_catalogue(store.connection) == derived
-        assert additions(schema.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
+        assert additions(tables.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
 
 
 def test_the_released_schema_needs_nothing_derived(tmp_path: Path) -> None:
     # The migrations build the whole declaration: derivation is only for what a
     # later release declares.
     with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
-        assert additions(schema.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
+        assert additions(tables.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
     with postgres_store() as pg:
-        assert additions(schema.TABLES, derive.postgres_tables(pg.connection), POSTGRES) == []
+        assert additions(tables.TABLES, derive.postgres_tables(pg.connection), POSTGRES) == []
 
 
 def _without(table_name: str, column_name: str) -> tuple[schema.Table, ...]:
@@ -392,14 +392,14 @@ def _without(table_name: str, column_name: str) -> tuple[schema.Table, ...]:
         attrs.evolve(table, columns=tuple(c for c in table.columns if c.name != column_name))
         if table.name == table_name
         else table
-        for table in schema.TABLES
+        for table in tables.TABLES
     )
 
 
 def _with_column(table_name: str, column: schema.Column) -> tuple[schema.Table, ...]:
     return tuple(
         attrs.evolve(table, columns=(*table.columns, column)) if table.name == table_name else table
-        for table in schema.TABLES
+        for table in tables.TABLES
     )
 
 
@@ -415,7 +415,7 @@ def test_sqlite_refuses_what_no_add_can_do_and_writes_nothing(
         db.close()
     # A new NOT NULL column with no default: the stored account would have no value.
     monkeypatch.setattr(
-        schema, "TABLES", _with_column("accounts", schema.Column("score", schema.Kind.INT))
+        tables, "TABLES", _with_column("accounts", schema.Column("score", schema.Kind.INT))
     )
     with pytest.raises(SchemaMismatchError) as refused:
         SQLiteStore.open(path)
@@ -437,7 +437,7 @@ def test_a_database_with_a_column_this_release_does_not_declare_is_refused(
     # database (SQLite's online backup, as `ctl backup` takes) is the same database.
     path = tmp_path / "newer.sqlite3"
     SQLiteStore.open(path).close()
-    monkeypatch.setattr(schema, "TABLES", _without("accounts", "stored_bytes"))
+    monkeypatch.setattr(tables, "TABLES", _without("accounts", "stored_bytes"))
     copy = tmp_path / "backup.sqlite3"
     source, target = sqlite3.connect(path), sqlite3.connect(copy)
     try:
@@ -452,7 +452,7 @@ def test_a_database_with_a_column_this_release_does_not_declare_is_refused(
         assert "a newer release added it" in str(refused.value)
 
 
-_ACCOUNTS = next(table for table in schema.TABLES if table.name == "accounts")
+_ACCOUNTS = next(table for table in tables.TABLES if table.name == "accounts")
 _LIVE_ACCOUNTS = {
     "accounts": derive.LiveTable(
         "accounts",
@@ -537,12 +537,12 @@ def test_a_migration_finds_what_an_earlier_release_derived_whether_or_not_it_ran
     met_a, never_met_a = tmp_path / "met.sqlite3", tmp_path / "never.sqlite3"
     for path in (met_a, never_met_a):
         old_sqlite(path, sqlite_store.SCHEMA_VERSION)
-    monkeypatch.setattr(schema, "TABLES", release_a)
+    monkeypatch.setattr(tables, "TABLES", release_a)
     with SQLiteStore.open(met_a) as store:
         store.connection.execute("BEGIN")
         store.connection.execute("UPDATE accounts SET karma = 99")
         store.connection.execute("COMMIT")
-    monkeypatch.setattr(schema, "TABLES", release_b)
+    monkeypatch.setattr(tables, "TABLES", release_b)
     monkeypatch.setattr(sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, rename))
     monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", sqlite_store.SCHEMA_VERSION + 1)
     for path, score in ((met_a, 99), (never_met_a, 7)):
@@ -573,10 +573,10 @@ def old_postgres(db: psycopg.Connection[Any], version: int) -> None:
 
 
 def declared_postgres() -> dict[str, Any]:
-    """The catalogue of a new PostgreSQL schema made from schema.TABLES as it is now."""
+    """The catalogue of a new PostgreSQL schema made from tables.TABLES as it is now."""
     with postgres_schema() as (db, namespace):
         db.execute(f'SET search_path TO "{namespace}"')
-        for statement in schema.ddl(POSTGRES):
+        for statement in tables.ddl(POSTGRES):
             db.execute(statement)
         return postgres_catalogue(db, namespace)
 
@@ -588,7 +588,7 @@ def test_postgres_derives_a_new_column_table_and_index_from_the_declaration(
     with postgres_schema() as (db, namespace):
         db.execute(f'SET search_path TO "{namespace}"')
         old_postgres(db, version)
-        monkeypatch.setattr(schema, "TABLES", EXTENDED)
+        monkeypatch.setattr(tables, "TABLES", EXTENDED)
         with PostgresStore.open(POSTGRES_URL, schema=namespace) as store:
             pg = store.connection
             assert pg.execute("SELECT motto, karma, verified FROM accounts").fetchall() == [
@@ -617,7 +617,7 @@ def _retyped(table_name: str, column_name: str, kind: schema.Kind) -> tuple[sche
         )
         if table.name == table_name
         else table
-        for table in schema.TABLES
+        for table in tables.TABLES
     )
 
 
@@ -644,7 +644,7 @@ def test_postgres_refuses_what_no_add_can_do_and_writes_nothing(
         db.execute(f'SET search_path TO "{namespace}"')
         old_postgres(db, 2)
         untouched = postgres_catalogue(db, namespace)
-        monkeypatch.setattr(schema, "TABLES", declared)
+        monkeypatch.setattr(tables, "TABLES", declared)
         with pytest.raises(SchemaMismatchError) as refused:
             PostgresStore.open(POSTGRES_URL, schema=namespace)
         assert (refused.value.table, refused.value.column) == ("messages", column)
@@ -658,7 +658,7 @@ def test_two_postgres_nodes_opening_an_old_database_at_once_derive_it_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A database of its own: the migration's advisory lock is the database's.
-    monkeypatch.setattr(schema, "TABLES", EXTENDED)
+    monkeypatch.setattr(tables, "TABLES", EXTENDED)
     with postgres_database() as url, psycopg.connect(url, autocommit=True) as admin:
         old_postgres(admin, 2)
         outcomes: list[object] = []
@@ -736,7 +736,7 @@ def test_sqlite_opens_a_database_shared_with_another_applications_table_and_leav
         for statement in _THEIRS:
             db.execute(statement)
         theirs = sqlite_catalogue(db)["crm_contacts"]
-    monkeypatch.setattr(schema, "TABLES", EXTENDED)
+    monkeypatch.setattr(tables, "TABLES", EXTENDED)
     with SQLiteStore.open(path) as store:
         assert store.get_account("ann") is not None
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -772,7 +772,7 @@ def test_postgres_opens_a_schema_shared_with_another_applications_table_and_leav
         for statement in _THEIRS:
             db.execute(statement)
         theirs = postgres_catalogue(db, namespace)["crm_contacts"]
-        monkeypatch.setattr(schema, "TABLES", EXTENDED)
+        monkeypatch.setattr(tables, "TABLES", EXTENDED)
         with PostgresStore.open(POSTGRES_URL, schema=namespace) as store:
             assert store.get_account("ann") is not None
         found = postgres_catalogue(db, namespace)

@@ -86,9 +86,11 @@ from udpchat_proto import messages as m
 from udpchat_proto.chat import conversation_key, is_room, sealed_size, stored_size
 from udpchat_proto.e2ee import EncryptedMessage, KeyShare
 
-from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
+from .base import SchemaVersionError, SqlStore, store_methods
 from .derive import Migration, sqlite_tables, upgrade
 from .dialect import SQLITE
+from .messages import to_micros
+from .primitives import Params, Rows
 from .records import pack
 
 __all__ = [
