@@ -1,7 +1,8 @@
 """The SQL layer under both stores (``udpchat_server.stores``); the stores' behaviour
 is the contract suite's (``test_store.py``, on every store).
 
-The schema is declared once (``stores.schema``) and built by each store's
+The schema is declared once (each table in its concept's module, gathered in
+``stores.tables``) and built by each store's
 migrations and then the additions derived from the declaration (``stores.derive``):
 a database built from empty, or from an older version, must be exactly the
 declared one, so that neither can drift from the other. Compared through each database's own
@@ -12,9 +13,13 @@ foreign keys and indexes.
 
 from __future__ import annotations
 
+import abc
+import ast
 import contextlib
 import inspect
 import sqlite3
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -30,7 +35,8 @@ from hypothesis import strategies as st
 
 from tests import strategies
 from tests.services import POSTGRES_URL, postgres_database, postgres_store
-from udpchat_proto import Store
+from udpchat_proto import Store, StoreUnavailableError
+from udpchat_proto.chat import STORE_READS, STORE_WRITES
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.e2ee import DeviceKeys
 from udpchat_server.stores import derive, records, schema, tables
@@ -40,6 +46,7 @@ from udpchat_server.stores.base import SqlStore
 from udpchat_server.stores.derive import SchemaMismatchError, additions
 from udpchat_server.stores.dialect import POSTGRES, SQLITE
 from udpchat_server.stores.postgres import PostgresStore
+from udpchat_server.stores.primitives import SqlPrimitives
 from udpchat_server.stores.sqlite import SQLiteStore
 
 
@@ -205,6 +212,142 @@ def test_of_the_protocol_each_store_defines_only_what_it_does_its_own_way() -> N
             if inspect.unwrap(getattr(store, name)).__qualname__.startswith(store.__name__)
         }
         assert defined == expected, store
+
+
+# --- the concepts: SqlStore made of stateless classes ------------------------------------
+#
+# Each concept module (stores/accounts.py, social.py ...) holds its tables and a class of
+# the Store methods over them, written against SqlPrimitives. Unlike mixins that share
+# attributes, a concept class keeps no state: what a reader sees of it is all there is.
+
+CONCEPTS: Final = tuple(base for base in SqlStore.__bases__ if base is not abc.ABC)
+
+
+# What Python and abc put in a class's namespace.
+_CLASS_MACHINERY: Final = {
+    "__module__",
+    "__qualname__",
+    "__doc__",
+    "__firstlineno__",
+    "__static_attributes__",
+    "__annotations__",  # (empty: checked above)
+    "__abstractmethods__",
+    "_abc_impl",
+}
+
+
+def _assigned_attributes(cls: type) -> list[str]:
+    """The attributes of ``self`` that a method of ``cls`` sets (``self.x = ...``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    found = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            for part in ast.walk(target):
+                if (
+                    isinstance(part, ast.Attribute)
+                    and isinstance(part.value, ast.Name)
+                    and part.value.id == "self"
+                    and isinstance(part.ctx, ast.Store)
+                ):
+                    found.append(part.attr)
+    return found
+
+
+def test_the_concept_classes_hold_no_state() -> None:
+    assert [cls.__name__ for cls in CONCEPTS] == [
+        "AccountsSQL",
+        "SocialSQL",
+        "RoomsSQL",
+        "MessagesSQL",
+        "DevicesSQL",
+    ]
+    for cls in CONCEPTS:
+        assert cls.__bases__ == (SqlPrimitives,), cls
+        assert "__init__" not in vars(cls), cls
+        assert "__slots__" not in vars(cls), cls
+        assert not getattr(cls, "__annotations__", {}), cls  # no declared attribute
+        for name, value in vars(cls).items():
+            if name not in _CLASS_MACHINERY:
+                assert inspect.isfunction(value), (cls, name)  # methods only
+        assert _assigned_attributes(cls) == [], cls
+    assert _assigned_attributes(SqlPrimitives) == []
+
+
+def test_each_store_method_is_defined_once_in_its_concept_or_by_a_database() -> None:
+    from udpchat_server.stores.postgres import PostgresStore
+    from udpchat_server.stores.sqlite import SQLiteStore
+
+    protocol = [name for name in vars(Store) if not name.startswith("_")]
+    assert set(protocol) >= STORE_READS | STORE_WRITES
+    # A database's own Store methods (see
+    # test_of_the_protocol_each_store_defines_only_what_it_does_its_own_way): no
+    # concept defines them.
+    own = {"add_message", "atomic", "close", "commit"}
+    engines = {
+        name
+        for store in (SQLiteStore, PostgresStore)
+        for name in protocol
+        if inspect.unwrap(getattr(store, name)).__qualname__.startswith(store.__name__)
+    }
+    for name in protocol:
+        defined_in = [
+            cls.__name__
+            for cls in CONCEPTS
+            if name in vars(cls) and not getattr(vars(cls)[name], "__isabstractmethod__", False)
+        ]
+        if name in own:
+            assert defined_in == [], name
+        else:
+            assert len(defined_in) == 1, (name, defined_in)
+            # What SqlStore runs is the concept's method (a database may override it).
+            assert inspect.unwrap(getattr(SqlStore, name)).__qualname__.startswith(defined_in[0])
+    assert engines >= own
+    # Each concept's tables are declared in its module, and every table in one.
+    modules = [sys.modules[cls.__module__] for cls in CONCEPTS]
+    assert [t.name for module in modules for t in module.TABLES] == [
+        table.name for table in tables.TABLES
+    ]
+
+
+def test_an_error_inside_a_concept_method_is_translated_on_sqlite(tmp_path: Path) -> None:
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        store.add_invitation("alice", "bob", 1.0)
+        store.commit()
+        # An outside cause (a full disk: no page can be added) becomes
+        # StoreUnavailableError, raised from inside SocialSQL.add_invitation.
+        (pages,) = store.connection.execute("PRAGMA page_count").fetchone()
+        store.connection.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StoreUnavailableError) as failure:
+            for n in range(500):  # until a new page is needed
+                store.add_invitation(f"user{n}-{'x' * 60}", "bob", 2.0)
+        assert failure.value.reason == "disk full"
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        # A bug (the table gone) is raised as it is, not disguised.
+        store.connection.execute("DROP TABLE one_time_keys")
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            store.key_counts(b"d" * 16)
+
+
+def test_an_error_inside_a_concept_method_is_translated_on_postgres() -> None:
+    with postgres_store() as store:
+        # An outside cause (the server ended the connection) becomes
+        # StoreUnavailableError, raised from inside AccountsSQL.get_account.
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store.connection.info.backend_pid,))
+        with pytest.raises(StoreUnavailableError) as failure:
+            store.get_account("alice")
+        assert failure.value.reason == "database shutting down"  # (its SQLSTATE, 57P01)
+    with postgres_store() as store:
+        # A bug (the table gone) is raised as it is, not disguised.
+        store.connection.execute("DROP TABLE one_time_keys")
+        store.connection.commit()
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            store.key_counts(b"d" * 16)
 
 
 # --- end-to-end encryption's records as the stores keep them ------------------------------
