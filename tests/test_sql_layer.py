@@ -400,7 +400,7 @@ def test_the_device_records_remembered_are_bounded(monkeypatch: pytest.MonkeyPat
 # --- additive changes, derived from the declaration ----------------------------------------
 #
 # A release may add a table, a column (nullable, or with a default) or an index by
-# declaring it in stores/schema.py alone: opening an older database adds it. Shown
+# declaring it in its concept module alone: opening an older database adds it. Shown
 # here with a declaration that has such additions (EXTENDED), put in place of the
 # real one as a release's would be.
 

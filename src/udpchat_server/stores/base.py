@@ -37,11 +37,22 @@ from udpchat_proto.chat import STORE_READS, STORE_WRITES
 
 from .accounts import AccountsSQL
 from .devices import DevicesSQL
-from .messages import MessagesSQL
+from .messages import MessagesSQL, chat_message, to_micros
+from .primitives import Params, Rows
 from .rooms import RoomsSQL
 from .social import SocialSQL
 
-__all__ = ["SchemaVersionError", "SqlStore", "store_methods"]
+# What the databases' stores build on, from one module (Params, Rows and the
+# message helpers are re-exported: their homes are .primitives and .messages).
+__all__ = [
+    "Params",
+    "Rows",
+    "SchemaVersionError",
+    "SqlStore",
+    "chat_message",
+    "store_methods",
+    "to_micros",
+]
 
 
 class SchemaVersionError(RuntimeError):

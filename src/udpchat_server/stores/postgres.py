@@ -52,11 +52,9 @@ from udpchat_proto import messages as m
 from udpchat_proto.chat import conversation_key, session_id, stored_size
 
 from . import batched
-from .base import SchemaVersionError, SqlStore, store_methods
+from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
 from .derive import Migration, postgres_tables, upgrade
 from .dialect import POSTGRES
-from .messages import to_micros
-from .primitives import Params, Rows
 
 __all__ = [
     "CONNECT_TIMEOUT",
