@@ -52,8 +52,8 @@ class Rows(Protocol):
 
 
 class SqlPrimitives(abc.ABC):
-    """What a concept's SQL runs on: the statements' four ways to run, the database's
-    own Store methods that others call, the hooks, and a few helpers."""
+    """What a concept's SQL runs on: the four ways to run a statement, the Store
+    methods a concept calls but does not define, the hooks, and a few helpers."""
 
     _usage_unwritten: dict[str, int]
     """What this batch added to (or took from) each sender's stored bytes, written
