@@ -1,7 +1,8 @@
 """The SQL layer under both stores (``udpchat_server.stores``); the stores' behaviour
 is the contract suite's (``test_store.py``, on every store).
 
-The schema is declared once (``stores.schema``) and built by each store's
+The schema is declared once (each table in its concept's module, gathered in
+``stores.tables``) and built by each store's
 migrations and then the additions derived from the declaration (``stores.derive``):
 a database built from empty, or from an older version, must be exactly the
 declared one, so that neither can drift from the other. Compared through each database's own
@@ -12,9 +13,13 @@ foreign keys and indexes.
 
 from __future__ import annotations
 
+import abc
+import ast
 import contextlib
 import inspect
 import sqlite3
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -30,16 +35,18 @@ from hypothesis import strategies as st
 
 from tests import strategies
 from tests.services import POSTGRES_URL, postgres_database, postgres_store
-from udpchat_proto import Store
+from udpchat_proto import Store, StoreUnavailableError
+from udpchat_proto.chat import STORE_READS, STORE_WRITES
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.e2ee import DeviceKeys
-from udpchat_server.stores import derive, records, schema
+from udpchat_server.stores import derive, records, schema, tables
 from udpchat_server.stores import postgres as postgres_store_module
 from udpchat_server.stores import sqlite as sqlite_store
 from udpchat_server.stores.base import SqlStore
 from udpchat_server.stores.derive import SchemaMismatchError, additions
 from udpchat_server.stores.dialect import POSTGRES, SQLITE
 from udpchat_server.stores.postgres import PostgresStore
+from udpchat_server.stores.primitives import SqlPrimitives
 from udpchat_server.stores.sqlite import SQLiteStore
 
 
@@ -127,12 +134,12 @@ def test_the_migrated_sqlite_schema_is_the_declared_one(tmp_path: Path) -> None:
         migrated = sqlite_catalogue(store.connection)
     declared_db = sqlite3.connect(tmp_path / "declared.sqlite3", isolation_level=None)
     try:
-        for statement in schema.ddl(SQLITE):
+        for statement in tables.ddl(SQLITE):
             declared_db.execute(statement)
         declared = sqlite_catalogue(declared_db)
     finally:
         declared_db.close()
-    assert list(declared) == sorted(table.name for table in schema.TABLES)
+    assert list(declared) == sorted(table.name for table in tables.TABLES)
     assert migrated == declared
 
 
@@ -155,10 +162,10 @@ def test_the_migrated_postgres_schema_is_the_declared_one() -> None:
             migrated = postgres_catalogue(db, store._schema)
     with postgres_schema() as (db, namespace):
         db.execute(f'SET search_path TO "{namespace}"')
-        for statement in schema.ddl(POSTGRES):
+        for statement in tables.ddl(POSTGRES):
             db.execute(statement)
         declared = postgres_catalogue(db, namespace)
-    assert sorted(declared) == sorted(table.name for table in schema.TABLES)
+    assert sorted(declared) == sorted(table.name for table in tables.TABLES)
     assert migrated == declared
 
 
@@ -205,6 +212,142 @@ def test_of_the_protocol_each_store_defines_only_what_it_does_its_own_way() -> N
             if inspect.unwrap(getattr(store, name)).__qualname__.startswith(store.__name__)
         }
         assert defined == expected, store
+
+
+# --- the concepts: SqlStore made of stateless classes ------------------------------------
+#
+# Each concept module (stores/accounts.py, social.py ...) holds its tables and a class of
+# the Store methods over them, written against SqlPrimitives. Unlike mixins that share
+# attributes, a concept class keeps no state: what a reader sees of it is all there is.
+
+CONCEPTS: Final = tuple(base for base in SqlStore.__bases__ if base is not abc.ABC)
+
+
+# What Python and abc put in a class's namespace.
+_CLASS_MACHINERY: Final = {
+    "__module__",
+    "__qualname__",
+    "__doc__",
+    "__firstlineno__",
+    "__static_attributes__",
+    "__annotations__",  # (empty: checked above)
+    "__abstractmethods__",
+    "_abc_impl",
+}
+
+
+def _assigned_attributes(cls: type) -> list[str]:
+    """The attributes of ``self`` that a method of ``cls`` sets (``self.x = ...``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    found = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            for part in ast.walk(target):
+                if (
+                    isinstance(part, ast.Attribute)
+                    and isinstance(part.value, ast.Name)
+                    and part.value.id == "self"
+                    and isinstance(part.ctx, ast.Store)
+                ):
+                    found.append(part.attr)
+    return found
+
+
+def test_the_concept_classes_hold_no_state() -> None:
+    assert [cls.__name__ for cls in CONCEPTS] == [
+        "AccountsSQL",
+        "SocialSQL",
+        "RoomsSQL",
+        "MessagesSQL",
+        "DevicesSQL",
+    ]
+    for cls in CONCEPTS:
+        assert cls.__bases__ == (SqlPrimitives,), cls
+        assert "__init__" not in vars(cls), cls
+        assert "__slots__" not in vars(cls), cls
+        assert not getattr(cls, "__annotations__", {}), cls  # no declared attribute
+        for name, value in vars(cls).items():
+            if name not in _CLASS_MACHINERY:
+                assert inspect.isfunction(value), (cls, name)  # methods only
+        assert _assigned_attributes(cls) == [], cls
+    assert _assigned_attributes(SqlPrimitives) == []
+
+
+def test_each_store_method_is_defined_once_in_its_concept_or_by_a_database() -> None:
+    from udpchat_server.stores.postgres import PostgresStore
+    from udpchat_server.stores.sqlite import SQLiteStore
+
+    protocol = [name for name in vars(Store) if not name.startswith("_")]
+    assert set(protocol) >= STORE_READS | STORE_WRITES
+    # A database's own Store methods (see
+    # test_of_the_protocol_each_store_defines_only_what_it_does_its_own_way): no
+    # concept defines them.
+    own = {"add_message", "atomic", "close", "commit"}
+    engines = {
+        name
+        for store in (SQLiteStore, PostgresStore)
+        for name in protocol
+        if inspect.unwrap(getattr(store, name)).__qualname__.startswith(store.__name__)
+    }
+    for name in protocol:
+        defined_in = [
+            cls.__name__
+            for cls in CONCEPTS
+            if name in vars(cls) and not getattr(vars(cls)[name], "__isabstractmethod__", False)
+        ]
+        if name in own:
+            assert defined_in == [], name
+        else:
+            assert len(defined_in) == 1, (name, defined_in)
+            # What SqlStore runs is the concept's method (a database may override it).
+            assert inspect.unwrap(getattr(SqlStore, name)).__qualname__.startswith(defined_in[0])
+    assert engines >= own
+    # Each concept's tables are declared in its module, and every table in one.
+    modules = [sys.modules[cls.__module__] for cls in CONCEPTS]
+    assert [t.name for module in modules for t in module.TABLES] == [
+        table.name for table in tables.TABLES
+    ]
+
+
+def test_an_error_inside_a_concept_method_is_translated_on_sqlite(tmp_path: Path) -> None:
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        store.add_invitation("alice", "bob", 1.0)
+        store.commit()
+        # An outside cause (a full disk: no page can be added) becomes
+        # StoreUnavailableError, raised from inside SocialSQL.add_invitation.
+        (pages,) = store.connection.execute("PRAGMA page_count").fetchone()
+        store.connection.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StoreUnavailableError) as failure:
+            for n in range(500):  # until a new page is needed
+                store.add_invitation(f"user{n}-{'x' * 60}", "bob", 2.0)
+        assert failure.value.reason == "disk full"
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        # A bug (the table gone) is raised as it is, not disguised.
+        store.connection.execute("DROP TABLE one_time_keys")
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            store.key_counts(b"d" * 16)
+
+
+def test_an_error_inside_a_concept_method_is_translated_on_postgres() -> None:
+    with postgres_store() as store:
+        # An outside cause (the server ended the connection) becomes
+        # StoreUnavailableError, raised from inside AccountsSQL.get_account.
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store.connection.info.backend_pid,))
+        with pytest.raises(StoreUnavailableError) as failure:
+            store.get_account("alice")
+        assert failure.value.reason == "database shutting down"  # (its SQLSTATE, 57P01)
+    with postgres_store() as store:
+        # A bug (the table gone) is raised as it is, not disguised.
+        store.connection.execute("DROP TABLE one_time_keys")
+        store.connection.commit()
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            store.key_counts(b"d" * 16)
 
 
 # --- end-to-end encryption's records as the stores keep them ------------------------------
@@ -257,7 +400,7 @@ def test_the_device_records_remembered_are_bounded(monkeypatch: pytest.MonkeyPat
 # --- additive changes, derived from the declaration ----------------------------------------
 #
 # A release may add a table, a column (nullable, or with a default) or an index by
-# declaring it in stores/schema.py alone: opening an older database adds it. Shown
+# declaring it in its concept module alone: opening an older database adds it. Shown
 # here with a declaration that has such additions (EXTENDED), put in place of the
 # real one as a release's would be.
 
@@ -298,7 +441,7 @@ def _extend(table: schema.Table) -> schema.Table:
 
 
 EXTENDED: Final = (
-    *(_extend(table) for table in schema.TABLES),
+    *(_extend(table) for table in tables.TABLES),
     schema.Table(
         "reactions",
         (
@@ -323,10 +466,10 @@ PASSWORD: Final = PasswordHash(
 
 
 def declared_sqlite(tmp_path: Path, name: str) -> dict[str, Any]:
-    """The catalogue of a new SQLite database made from schema.TABLES as it is now."""
+    """The catalogue of a new SQLite database made from tables.TABLES as it is now."""
     db = sqlite3.connect(tmp_path / name, isolation_level=None)
     try:
-        for statement in schema.ddl(SQLITE):
+        for statement in tables.ddl(SQLITE):
             db.execute(statement)
         return sqlite_catalogue(db)
     finally:
@@ -359,7 +502,7 @@ def test_sqlite_derives_a_new_column_table_and_index_from_the_declaration(
 ) -> None:
     path = tmp_path / "old.sqlite3"
     old_sqlite(path, version)
-    monkeypatch.setattr(schema, "TABLES", EXTENDED)
+    monkeypatch.setattr(tables, "TABLES", EXTENDED)
     with SQLiteStore.open(path) as store:
         db = store.connection
         assert db.execute("PRAGMA user_version").fetchone() == (sqlite_store.SCHEMA_VERSION,)
@@ -375,16 +518,16 @@ def test_sqlite_derives_a_new_column_table_and_index_from_the_declaration(
     assert derived == declared_sqlite(tmp_path, "declared.sqlite3")
     with SQLiteStore.open(path) as store:  # and opening it again changes nothing
         assert sqlite_catalogue(store.connection) == derived
-        assert additions(schema.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
+        assert additions(tables.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
 
 
 def test_the_released_schema_needs_nothing_derived(tmp_path: Path) -> None:
     # The migrations build the whole declaration: derivation is only for what a
     # later release declares.
     with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
-        assert additions(schema.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
+        assert additions(tables.TABLES, derive.sqlite_tables(store.connection), SQLITE) == []
     with postgres_store() as pg:
-        assert additions(schema.TABLES, derive.postgres_tables(pg.connection), POSTGRES) == []
+        assert additions(tables.TABLES, derive.postgres_tables(pg.connection), POSTGRES) == []
 
 
 def _without(table_name: str, column_name: str) -> tuple[schema.Table, ...]:
@@ -392,14 +535,14 @@ def _without(table_name: str, column_name: str) -> tuple[schema.Table, ...]:
         attrs.evolve(table, columns=tuple(c for c in table.columns if c.name != column_name))
         if table.name == table_name
         else table
-        for table in schema.TABLES
+        for table in tables.TABLES
     )
 
 
 def _with_column(table_name: str, column: schema.Column) -> tuple[schema.Table, ...]:
     return tuple(
         attrs.evolve(table, columns=(*table.columns, column)) if table.name == table_name else table
-        for table in schema.TABLES
+        for table in tables.TABLES
     )
 
 
@@ -415,7 +558,7 @@ def test_sqlite_refuses_what_no_add_can_do_and_writes_nothing(
         db.close()
     # A new NOT NULL column with no default: the stored account would have no value.
     monkeypatch.setattr(
-        schema, "TABLES", _with_column("accounts", schema.Column("score", schema.Kind.INT))
+        tables, "TABLES", _with_column("accounts", schema.Column("score", schema.Kind.INT))
     )
     with pytest.raises(SchemaMismatchError) as refused:
         SQLiteStore.open(path)
@@ -437,7 +580,7 @@ def test_a_database_with_a_column_this_release_does_not_declare_is_refused(
     # database (SQLite's online backup, as `ctl backup` takes) is the same database.
     path = tmp_path / "newer.sqlite3"
     SQLiteStore.open(path).close()
-    monkeypatch.setattr(schema, "TABLES", _without("accounts", "stored_bytes"))
+    monkeypatch.setattr(tables, "TABLES", _without("accounts", "stored_bytes"))
     copy = tmp_path / "backup.sqlite3"
     source, target = sqlite3.connect(path), sqlite3.connect(copy)
     try:
@@ -452,7 +595,7 @@ def test_a_database_with_a_column_this_release_does_not_declare_is_refused(
         assert "a newer release added it" in str(refused.value)
 
 
-_ACCOUNTS = next(table for table in schema.TABLES if table.name == "accounts")
+_ACCOUNTS = next(table for table in tables.TABLES if table.name == "accounts")
 _LIVE_ACCOUNTS = {
     "accounts": derive.LiveTable(
         "accounts",
@@ -537,12 +680,12 @@ def test_a_migration_finds_what_an_earlier_release_derived_whether_or_not_it_ran
     met_a, never_met_a = tmp_path / "met.sqlite3", tmp_path / "never.sqlite3"
     for path in (met_a, never_met_a):
         old_sqlite(path, sqlite_store.SCHEMA_VERSION)
-    monkeypatch.setattr(schema, "TABLES", release_a)
+    monkeypatch.setattr(tables, "TABLES", release_a)
     with SQLiteStore.open(met_a) as store:
         store.connection.execute("BEGIN")
         store.connection.execute("UPDATE accounts SET karma = 99")
         store.connection.execute("COMMIT")
-    monkeypatch.setattr(schema, "TABLES", release_b)
+    monkeypatch.setattr(tables, "TABLES", release_b)
     monkeypatch.setattr(sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, rename))
     monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", sqlite_store.SCHEMA_VERSION + 1)
     for path, score in ((met_a, 99), (never_met_a, 7)):
@@ -573,10 +716,10 @@ def old_postgres(db: psycopg.Connection[Any], version: int) -> None:
 
 
 def declared_postgres() -> dict[str, Any]:
-    """The catalogue of a new PostgreSQL schema made from schema.TABLES as it is now."""
+    """The catalogue of a new PostgreSQL schema made from tables.TABLES as it is now."""
     with postgres_schema() as (db, namespace):
         db.execute(f'SET search_path TO "{namespace}"')
-        for statement in schema.ddl(POSTGRES):
+        for statement in tables.ddl(POSTGRES):
             db.execute(statement)
         return postgres_catalogue(db, namespace)
 
@@ -588,7 +731,7 @@ def test_postgres_derives_a_new_column_table_and_index_from_the_declaration(
     with postgres_schema() as (db, namespace):
         db.execute(f'SET search_path TO "{namespace}"')
         old_postgres(db, version)
-        monkeypatch.setattr(schema, "TABLES", EXTENDED)
+        monkeypatch.setattr(tables, "TABLES", EXTENDED)
         with PostgresStore.open(POSTGRES_URL, schema=namespace) as store:
             pg = store.connection
             assert pg.execute("SELECT motto, karma, verified FROM accounts").fetchall() == [
@@ -617,7 +760,7 @@ def _retyped(table_name: str, column_name: str, kind: schema.Kind) -> tuple[sche
         )
         if table.name == table_name
         else table
-        for table in schema.TABLES
+        for table in tables.TABLES
     )
 
 
@@ -644,7 +787,7 @@ def test_postgres_refuses_what_no_add_can_do_and_writes_nothing(
         db.execute(f'SET search_path TO "{namespace}"')
         old_postgres(db, 2)
         untouched = postgres_catalogue(db, namespace)
-        monkeypatch.setattr(schema, "TABLES", declared)
+        monkeypatch.setattr(tables, "TABLES", declared)
         with pytest.raises(SchemaMismatchError) as refused:
             PostgresStore.open(POSTGRES_URL, schema=namespace)
         assert (refused.value.table, refused.value.column) == ("messages", column)
@@ -658,7 +801,7 @@ def test_two_postgres_nodes_opening_an_old_database_at_once_derive_it_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A database of its own: the migration's advisory lock is the database's.
-    monkeypatch.setattr(schema, "TABLES", EXTENDED)
+    monkeypatch.setattr(tables, "TABLES", EXTENDED)
     with postgres_database() as url, psycopg.connect(url, autocommit=True) as admin:
         old_postgres(admin, 2)
         outcomes: list[object] = []
@@ -736,7 +879,7 @@ def test_sqlite_opens_a_database_shared_with_another_applications_table_and_leav
         for statement in _THEIRS:
             db.execute(statement)
         theirs = sqlite_catalogue(db)["crm_contacts"]
-    monkeypatch.setattr(schema, "TABLES", EXTENDED)
+    monkeypatch.setattr(tables, "TABLES", EXTENDED)
     with SQLiteStore.open(path) as store:
         assert store.get_account("ann") is not None
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -772,7 +915,7 @@ def test_postgres_opens_a_schema_shared_with_another_applications_table_and_leav
         for statement in _THEIRS:
             db.execute(statement)
         theirs = postgres_catalogue(db, namespace)["crm_contacts"]
-        monkeypatch.setattr(schema, "TABLES", EXTENDED)
+        monkeypatch.setattr(tables, "TABLES", EXTENDED)
         with PostgresStore.open(POSTGRES_URL, schema=namespace) as store:
             assert store.get_account("ann") is not None
         found = postgres_catalogue(db, namespace)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import psycopg
 
-from .stores import schema
+from .stores import schema, tables
 from .stores.postgres import PostgresStore
 from .stores.sqlite import SQLiteStore
 
 __all__ = ["TABLES", "MigrationError", "migrate"]
 
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
-    (table.name, table.column_names) for table in schema.TABLES
+    (table.name, table.column_names) for table in tables.TABLES
 )
 """What is copied (every declared table and column), in an order the foreign keys
 accept."""
@@ -60,8 +60,8 @@ def migrate(source: Path, url: str) -> dict[str, int]:
                     raise MigrationError(
                         f"the target database already has {name}: migrate into an empty one"
                     )
-            counts = {table.name: _copy(reader, target, table) for table in schema.TABLES}
-            for table in schema.TABLES:
+            counts = {table.name: _copy(reader, target, table) for table in tables.TABLES}
+            for table in tables.TABLES:
                 for column in _identities(table):
                     # Our own names. The next number is past every copied one.
                     target.execute(

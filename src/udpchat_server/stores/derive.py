@@ -1,4 +1,4 @@
-"""Additive schema changes, derived from the declaration (:mod:`.schema`).
+"""Additive schema changes, derived from the declaration (:mod:`.tables`).
 
 Opening a store first applies its ``MIGRATIONS`` (history, append only: what only
 a person can write, such as a rename, a data move or a drop), then compares the
@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import schema
+from . import tables
 from .base import SchemaVersionError
 from .dialect import Dialect
 from .schema import Column, Kind, Table
@@ -161,7 +161,7 @@ def upgrade(
     dialect: Dialect,
     migrations: Sequence[Migration],
 ) -> None:
-    """Apply ``migrations``, then add what :data:`.schema.TABLES` declares and the
+    """Apply ``migrations``, then add what :data:`.tables.TABLES` declares and the
     database lacks, in the caller's transaction.
 
     Args:
@@ -180,7 +180,7 @@ def upgrade(
             else:  # what an earlier release derived, if it is missing
                 for statement in additions((step,), catalogue(), dialect, partial=True):
                     execute(statement)
-    for statement in additions(schema.TABLES, catalogue(), dialect):
+    for statement in additions(tables.TABLES, catalogue(), dialect):
         execute(statement)
 
 

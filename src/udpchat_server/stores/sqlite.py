@@ -26,7 +26,7 @@ Durability
     server's group commit amortises over a batch of datagrams.
 
 Representation
-    The tables are :mod:`.schema`'s (message ids and token hashes are BLOBs,
+    The tables are :mod:`.tables`'s (message ids and token hashes are BLOBs,
     ``sent_at`` INTEGER microseconds, every other time REAL POSIX seconds). Each
     message is stored once, in its conversation (a room's message is never copied
     per member); ``position`` (the rowid) is the global insertion order. Delivery
@@ -60,13 +60,13 @@ Erasure
 
 Schema versions
     ``PRAGMA user_version`` holds the number of :data:`MIGRATIONS` applied. Opening
-    a store applies the missing ones in order, then adds what :mod:`.schema`
+    a store applies the missing ones in order, then adds what :mod:`.tables`
     declares and the database lacks (a table, a column, an index: see
     :mod:`.derive`), in one transaction, so a database is always at one version or
     the next, never in between. A database from a newer release is refused
     (:class:`SchemaVersionError`, or :class:`~.derive.SchemaMismatchError` for a
     column a newer release derived). A test holds the schema so built to the one
-    :mod:`.schema` declares.
+    :mod:`.tables` declares.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ BUSY_TIMEOUT_MS = 5000
 
 #: Schema migrations: ``MIGRATIONS[i]`` takes a database from version ``i`` to
 #: ``i + 1``. Append only: a released migration is never edited. A new table,
-#: column or index needs none: it is derived from :mod:`.schema` (see
+#: column or index needs none: it is derived from :mod:`.tables` (see
 #: :mod:`.derive`, which also says when a step is a :class:`~.schema.Table`).
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: accounts, login sessions, invitations and friendships.

@@ -1,9 +1,10 @@
 """The long statements both stores run, each written once (see :mod:`.dialect` for
 how it becomes each database's).
 
-The short ones stay beside the method that runs them (:mod:`.base`); what one
-database does its own way (SQLite's add_message and its caches, PostgreSQL's
-sequence numbers, batches and upserts) is in that store's module.
+The short ones stay beside the method that runs them, in its concept's module
+(:mod:`.accounts`, :mod:`.messages` ...); what one database does its own way
+(SQLite's add_message and its caches, PostgreSQL's sequence numbers, batches and
+upserts) is in that store's module.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ NO_SEQ: Final = 1 << 62
 """Past every seq (a bound for "no such message")."""
 
 MESSAGE_COLUMNS: Final = "m.id, m.sender, m.recipient, m.text, m.sent_at"
-"""A ChatMessage's columns, in the order ``base.chat_message`` reads them."""
+"""A ChatMessage's columns, in the order ``messages.chat_message`` reads them."""
 
 STORED_SIZE: Final = f"octet_length(text) + {MESSAGE_OVERHEAD:d} + sealed_bytes"
 """What a messages row counts against its sender's quota (``stored_size``, in SQL),
