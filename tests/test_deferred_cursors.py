@@ -222,6 +222,24 @@ def test_the_tracker_leaves_fewer_than_carry_at_to_the_timer() -> None:
     assert pending(inner, session) == []
 
 
+def test_a_commit_carries_only_the_sessions_that_have_carry_at() -> None:
+    inner = MemoryStore()
+    tracker, view, session, ids = tracked(inner, "a", "b", carry_at=2)
+    other = b"t" * 32  # bob's second login session
+    inner.create_session(other, "bob", 0.0)
+    inner.commit()
+    view.acknowledge("bob", other, ids[:1], T_ACK)
+    view.acknowledge("bob", session, ids, T_ACK)
+    view.add_invitation("bob", "carol", 0.0)
+    tracker.commit()
+    assert pending(inner, session) == []
+    assert pending(inner, other) == ["a", "b"]  # one id: it waits for the timer
+    assert tracker.acknowledgements_deferred
+    tracker.flush_acknowledgements()
+    tracker.commit()
+    assert pending(inner, other) == ["b"]
+
+
 def test_a_failed_request_puts_back_what_it_wrote_of_them() -> None:
     inner = MemoryStore()
     tracker, view, session, ids = tracked(inner, "a", "b")
