@@ -52,6 +52,7 @@ CASES = {
     # (its set-up hashes at the default scrypt cost, 128 MiB a hash: 10 s alone, over
     # a minute beside five other test processes, and past 120 s beside seven)
     "logins.py": ({"p99_without_ms", "p99_with_burst_ms", "p99_delta_ms", "logins"}, 300),
+    "lowload.py": ({"rates"}, 90),
     "cluster.py": (
         {
             "sqlite_msgs_per_s",
@@ -76,6 +77,7 @@ SMALLEST = {
     "relay.py": ["--workers", "1", "--pairs", "2"],
     "sessions.py": ["--sizes", "200"],
     "logins.py": ["--logins", "2", "--pairs", "1", "--rate", "200"],
+    "lowload.py": ["--workers", "1", "--pairs", "2"],
     "cluster.py": ["--workers", "1", "--pairs", "2"],
 }
 

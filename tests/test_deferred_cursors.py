@@ -2,7 +2,10 @@
 
 At low load a delivered message then costs one commit (its send), not two; a crash
 before the cursor write only pushes messages again, which the client drops; a
-failed request or a lost batch puts back what it had written of them.
+failed request or a lost batch puts back what it had written of them. A batch that
+writes anyway carries them only once a session has CARRIED_ACKNOWLEDGEMENTS of
+them: fewer wait for the timer, so that a commit does not write cursors (and its
+receipts cost no push) for every message.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from udpchat_proto.chat.memory_store import MemoryStore
 from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_proto.chat.requests import token_hash, utc_from_posix
 from udpchat_proto.chat.store import (
+    CARRIED_ACKNOWLEDGEMENTS,
     CURSOR_READERS,
     STORE_WRITES,
     Store,
@@ -54,17 +58,17 @@ def test_a_delivered_message_costs_one_commit_and_the_cursor_follows(
 
         world.run_until(delivered)
     # Delivered and acknowledged, within a fraction of the delay: one commit per
-    # send (each carried the acknowledgements before it), and the last cursor move
-    # still waits in memory ...
+    # send (none carried the few acknowledgements before it), and the cursor
+    # moves still wait in memory ...
     world.net.run_for(CURSOR_WRITE_DELAY / 4)
     assert bob.texts() == ["m0", "m1", "m2", "m3", "m4"]
     assert world.store.commits - commits == 5
     assert not world.server.writes_pending
-    assert waiting_for(world, "bob", bob.token) == ["m4"]
-    # ... (and the server does not push it again meanwhile) ...
+    assert waiting_for(world, "bob", bob.token) == ["m0", "m1", "m2", "m3", "m4"]
+    # ... (and the server does not push them again meanwhile) ...
     world.net.run_for(CURSOR_WRITE_DELAY / 4)
     assert bob.texts() == ["m0", "m1", "m2", "m3", "m4"]
-    # ... until the timer writes it, in one more commit.
+    # ... until the timer writes them, in one more commit.
     world.settle(2 * CURSOR_WRITE_DELAY)
     assert world.store.commits - commits == 6
     assert waiting_for(world, "bob", bob.token) == []
@@ -81,13 +85,34 @@ def delivered_and_acknowledged(stores: StoreFactory, text: str) -> tuple[ChatWor
     return world, bob
 
 
-def test_a_write_in_the_batch_carries_the_cursors_with_it(stores: StoreFactory) -> None:
+def test_a_write_in_the_batch_leaves_a_few_cursors_to_the_timer(stores: StoreFactory) -> None:
     world, bob = delivered_and_acknowledged(stores, "hello")
     assert waiting_for(world, "bob", bob.token) == ["hello"]
-    # bob's own send is a write: its commit carries his acknowledgement.
+    # bob's own send is a write; its commit does not carry one acknowledgement ...
     commits = world.store.commits
     bob.send("alice", "hi")
     assert world.store.commits - commits == 1
+    assert waiting_for(world, "bob", bob.token) == ["hello"]
+    # ... the timer does, within CURSOR_WRITE_DELAY of it, and alice's receipt follows.
+    world.net.run_for(CURSOR_WRITE_DELAY)
+    assert waiting_for(world, "bob", bob.token) == []
+    alice = world.users["alice"]
+    assert [r.to for p in alice.pushes(m.DeliveryReceipts) for r in p.receipts] == ["bob"]
+
+
+def test_a_write_in_the_batch_carries_many_cursors_with_it(stores: StoreFactory) -> None:
+    world = ChatWorld(stores)
+    alice, bob = world.signed_up("alice", "bob")
+    world.befriend(alice, bob)
+    world.settle(2 * CURSOR_WRITE_DELAY)
+    texts = [f"m{i}" for i in range(CARRIED_ACKNOWLEDGEMENTS)]
+    for text in texts:
+        alice.send("bob", text)
+    world.run_until(lambda: bob.texts() == texts)
+    world.net.run_for(CURSOR_WRITE_DELAY / 4)  # acknowledged, not yet written
+    assert waiting_for(world, "bob", bob.token) == texts
+    # bob's own send is a write: its commit carries the acknowledgements.
+    bob.send("alice", "hi")
     assert waiting_for(world, "bob", bob.token) == []
 
 
@@ -139,12 +164,13 @@ def stored(store: MemoryStore, *texts: str) -> tuple[bytes, list[bytes]]:
 
 
 def tracked(
-    inner: MemoryStore, *texts: str
+    inner: MemoryStore, *texts: str, carry_at: int = 1
 ) -> tuple[WriteTrackingStore, Store, bytes, list[bytes]]:
     """A tracker over ``inner`` (holding ``stored``'s messages), the tracker as a
-    Store, bob's session and the messages' ids."""
+    Store, bob's session and the messages' ids; by default its commits carry every
+    acknowledgement (``carry_at``)."""
     session, ids = stored(inner, *texts)
-    tracker = WriteTrackingStore(inner)
+    tracker = WriteTrackingStore(inner, carry_at=carry_at)
     return tracker, cast(Store, tracker), session, ids
 
 
@@ -173,6 +199,45 @@ def test_the_tracker_writes_them_with_the_next_commit_that_has_writes() -> None:
     tracker.commit()
     assert not tracker.acknowledgements_deferred
     assert pending(inner, session) == ["b"]
+
+
+def test_the_tracker_leaves_fewer_than_carry_at_to_the_timer() -> None:
+    inner = MemoryStore()
+    tracker, view, session, ids = tracked(inner, "a", "b", "c", carry_at=2)
+    view.acknowledge("bob", session, ids[:1], T_ACK)
+    view.add_invitation("bob", "carol", 0.0)
+    tracker.commit()
+    assert tracker.acknowledgements_deferred
+    assert pending(inner, session) == ["a", "b", "c"]
+    # A second id of the same session makes the next commit carry them all.
+    view.acknowledge("bob", session, ids[1:2], T_ACK)
+    view.add_invitation("bob", "dave", 0.0)
+    tracker.commit()
+    assert not tracker.acknowledgements_deferred
+    assert pending(inner, session) == ["c"]
+    # The timer's flush writes any number.
+    view.acknowledge("bob", session, ids[2:], T_ACK)
+    tracker.flush_acknowledgements()
+    tracker.commit()
+    assert pending(inner, session) == []
+
+
+def test_a_commit_carries_only_the_sessions_that_have_carry_at() -> None:
+    inner = MemoryStore()
+    tracker, view, session, ids = tracked(inner, "a", "b", carry_at=2)
+    other = b"t" * 32  # bob's second login session
+    inner.create_session(other, "bob", 0.0)
+    inner.commit()
+    view.acknowledge("bob", other, ids[:1], T_ACK)
+    view.acknowledge("bob", session, ids, T_ACK)
+    view.add_invitation("bob", "carol", 0.0)
+    tracker.commit()
+    assert pending(inner, session) == []
+    assert pending(inner, other) == ["a", "b"]  # one id: it waits for the timer
+    assert tracker.acknowledgements_deferred
+    tracker.flush_acknowledgements()
+    tracker.commit()
+    assert pending(inner, other) == ["b"]
 
 
 def test_a_failed_request_puts_back_what_it_wrote_of_them() -> None:
@@ -235,7 +300,7 @@ def test_a_flush_that_fails_at_commit_leaves_nothing_half_written(tmp_path: Path
         HalfFailingAcknowledgements, HalfFailingAcknowledgements.open(tmp_path / "db.sqlite3")
     )
     session, ids = stored(inner, "a")  # type: ignore[arg-type]
-    tracker = WriteTrackingStore(inner)
+    tracker = WriteTrackingStore(inner, carry_at=1)
     view = cast(Store, tracker)
     view.acknowledge("bob", session, ids, T_ACK)
     view.add_invitation("bob", "carol", 0.0)

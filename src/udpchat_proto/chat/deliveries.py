@@ -9,9 +9,10 @@ is *caught up*: new messages are pushed to it at once; otherwise they wait their
 turn in the store, which keeps every connection's pushes in store order.
 
 An acknowledgement frees room at once; the cursor's move waits in memory
-(:data:`CURSOR_WRITE_DELAY`) until a batch that writes anyway carries it, or the
-timer writes it. Once durable, the senders of direct messages are told their
-delivery (``delivery_receipts``).
+(:data:`CURSOR_WRITE_DELAY`) until the timer writes it, or a batch that writes
+anyway carries it once the session has ``CARRIED_ACKNOWLEDGEMENTS`` waiting. Once
+durable, the senders of direct messages are told their delivery
+(``delivery_receipts``: one push for all of a sender's that were written together).
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ __all__ = [
 ]
 
 CURSOR_WRITE_DELAY: Final = 1.0
-"""Seconds an acknowledgement (a delivery cursor's move) may wait in memory when no
-other write comes to carry it into a batch. At low load a delivered message then
-costs one fsynced commit (its send), not two; a crash forgets at most this much
-cursor movement, and those messages are pushed again (clients drop repeats by id)."""
+"""Seconds an acknowledgement (a delivery cursor's move) may wait in memory: the
+timer then writes it with whatever batch is current (a batch that writes anyway
+carries it sooner only once its session has ``CARRIED_ACKNOWLEDGEMENTS`` waiting,
+store.py). It bounds how late a sender's ``delivery_receipts`` come. At low load
+a delivered message then costs one fsynced commit (its send), not two; a crash
+forgets at most this much cursor movement, and those messages are pushed again
+(clients drop repeats by id)."""
 STORE_RETRY_INTERVAL: Final = 1.0
 """Seconds after a lost batch before the connections whose pushes it dropped are
 refilled from the store (which holds what was really kept)."""
