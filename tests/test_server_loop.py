@@ -285,10 +285,14 @@ def test_a_node_sends_its_batch_before_it_publishes_the_news() -> None:
         ):
             for session, name in ((alice, "alice"), (bob, "bob")):
                 session.open()
-                assert isinstance(session.request(lambda c, n=name: c.register(n, PASSWORD)), m.Ok)
-                assert isinstance(
-                    session.request(lambda c, n=name: c.login(n, PASSWORD)), m.LoggedIn
+                registered = session.request(
+                    functools.partial(ClientConnection.register, username=name, password=PASSWORD)
                 )
+                assert isinstance(registered, m.Ok)
+                logged_in = session.request(
+                    functools.partial(ClientConnection.login, username=name, password=PASSWORD)
+                )
+                assert isinstance(logged_in, m.LoggedIn)
             assert isinstance(alice.request(lambda c: c.invite("bob")), m.Ok)
             assert isinstance(bob.request(lambda c: c.accept_invitation("alice")), m.Ok)
             accepted = alice.request(
