@@ -301,3 +301,40 @@ def test_a_nodes_batch_costs_four_round_trips_whatever_its_size() -> None:
             assert sum(len(f) for f in found) == size
             assert store.round_trips - before <= 4, size
             previous = sent
+
+
+def test_a_few_sessions_pending_read_runs_in_its_generic_plan_and_finds_the_same() -> None:
+    # The other node of a cross-node message reads one session or two: planning
+    # the read for their values was most of its time. Its generic plan must find
+    # what the planned one does, and leave every other statement planned.
+    with postgres_store() as store:
+        sessions = [bytes([n]) * 32 for n in range(1, 21)]
+        for n, hashed in enumerate(sessions):
+            store.create_session(hashed, f"u{n}", 1.0)
+        for n in range(40):
+            store.add_message(direct(f"u{n % 20}", f"u{(n + 1) % 20}", n))
+        store.acknowledge("u1", sessions[1], [], 2.0)
+        store.commit()
+        asked = [(f"u{n}", sessions[n], 3) for n in range(20)]
+        everyone = store.pending_deliveries_many(asked)  # more than a few: planned
+        assert sum(len(found) for found in everyone) == 40
+        for _ in range(8):  # (psycopg prepares a statement on its fifth run)
+            for n in range(0, 20, 2):
+                assert store.pending_deliveries_many(asked[n : n + 2]) == everyone[n : n + 2]
+        db = store.connection
+        plans = db.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE %s",
+            ("%each cursor looked up by its key%",),
+        ).fetchall()
+        assert plans and all(generic > 0 and custom == 0 for generic, custom in plans)
+        assert db.execute("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)
+
+
+def test_a_failed_read_in_the_generic_plan_leaves_no_statement_generic() -> None:
+    with postgres_store() as store:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            store._select_binary("SELECT 1 / 0", {}, generic=True)
+        # The error aborted the pipeline's transaction, and the SET with it.
+        db = store.connection
+        assert db.execute("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)

@@ -22,6 +22,7 @@ import pytest
 
 from udpchat_cli.session import Session
 from udpchat_proto import messages as m
+from udpchat_proto.chat import ClusterNews
 from udpchat_proto.chat.client import ClientConnection
 from udpchat_proto.chat.config import ServerConfig
 from udpchat_proto.chat.memory_store import MemoryStore
@@ -220,3 +221,93 @@ def test_password_hashes_run_at_the_lowest_priority_and_the_loop_does_not(
         assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0
     assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+
+
+class RecordingBus:
+    """What a ServerLoop uses of a ``NatsBus``, in memory: it records each
+    publish in ``log``, with the turn of the loop that made it."""
+
+    def __init__(self, log: list[tuple[int, str]]) -> None:
+        self.log = log
+        self.loop: ServerLoop | None = None
+        self.wake: Any = None
+        self.connected = True
+        self.dropped: dict[str, int] = {}
+        self.names_ignored = 0
+
+    def take(self) -> tuple[list[Any], bool]:
+        return [], False
+
+    def publish(self, news: ClusterNews) -> None:
+        assert self.loop is not None
+        self.log.append((self.loop.turns, f"publish {','.join(news.users)}"))
+
+    def heartbeat(self, online: list[str]) -> None:
+        pass
+
+
+class OrderSocket(socket.socket):
+    """A UDP socket that records each send in ``log``, with the loop's turn."""
+
+    log: list[tuple[int, str]]
+    loop: ServerLoop | None = None
+
+    def sendto(self, data: Any, *args: Any) -> int:
+        assert self.loop is not None
+        self.log.append((self.loop.turns, "send"))
+        return super().sendto(data, *args)
+
+
+def test_a_node_sends_its_batch_before_it_publishes_the_news() -> None:
+    # The news only hints (the other nodes read what it names, committed already):
+    # the batch's answers must not wait for it, nor for the bus's thread it wakes.
+    log: list[tuple[int, str]] = []
+    bus = RecordingBus(log)
+    sock = OrderSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.log = log
+    sock.bind(("127.0.0.1", 0))
+    store = MemoryStore()
+    server = ChatServer(
+        store=store,
+        static_key=ServerKey.generate(SeededRandomSource(1)),
+        clock=time.time,
+        config=ServerConfig(scrypt=ScryptParams(n=16), cluster=True),
+    )
+    loop = ServerLoop(server=server, store=store, sock=sock, bus=cast(Any, bus))
+    bus.loop = sock.loop = loop
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        with (
+            Session(server=address, pinned=None, timeout=5) as alice,
+            Session(server=address, pinned=None, timeout=5) as bob,
+        ):
+            for session, name in ((alice, "alice"), (bob, "bob")):
+                session.open()
+                registered = session.request(
+                    functools.partial(ClientConnection.register, username=name, password=PASSWORD)
+                )
+                assert isinstance(registered, m.Ok)
+                logged_in = session.request(
+                    functools.partial(ClientConnection.login, username=name, password=PASSWORD)
+                )
+                assert isinstance(logged_in, m.LoggedIn)
+            assert isinstance(alice.request(lambda c: c.invite("bob")), m.Ok)
+            assert isinstance(bob.request(lambda c: c.accept_invitation("alice")), m.Ok)
+            accepted = alice.request(
+                functools.partial(ClientConnection.send_message, to="bob", text="hi")
+            )
+            assert isinstance(accepted, m.MessageAccepted)
+    finally:
+        loop.stop()
+        thread.join(10)
+        sock.close()
+    assert not thread.is_alive()
+    published = [(turn, what) for turn, what in log if what == "publish bob,alice"]
+    assert published, log  # the message's news
+    for turn, what in published:
+        at = log.index((turn, what))
+        # Its batch's answers (the message_accepted among them) went out before it.
+        assert (turn, "send") in log[:at]
+        assert (turn, "send") not in log[at:]

@@ -15,7 +15,8 @@ Each turn:
    anything was written, and only then does the core give the datagrams to send,
    so no acknowledgement ever leaves before what it acknowledges is durable;
 5. start the new password hash jobs on the worker threads, log the core's events;
-6. publish the batch's news to the other nodes, and send the datagrams.
+6. send the datagrams, then publish the batch's news to the other nodes (the news
+   only hints: nothing on the way to this batch's answers waits for the bus).
 
 When the store cannot commit (a full disk), the core answers that batch's requests
 ``unavailable`` and the loop goes on: it logs one line naming the cause (at most
@@ -324,9 +325,14 @@ class ServerLoop:
             if now >= self._metrics_at:
                 self._metrics_at = now + METRICS_INTERVAL
                 operator.update_metrics(self.counters)
-        if self._bus is not None:
-            self._tell(self._bus, end.news, now)
         self._send(end.datagrams)
+        if self._bus is not None:
+            # After the datagrams, never before: the news only hints (the other
+            # nodes read what it names from the database, committed already), and
+            # handing it to the bus's thread wakes that thread, which then takes
+            # the interpreter from this one (bus.SWITCH_INTERVAL) while the
+            # batch's answers wait to be written.
+            self._tell(self._bus, end.news, now)
 
     def _send(self, datagrams: Iterable[tuple[bytes, tuple[str, int]]]) -> None:
         """Write ``datagrams``; a full buffer or an unreachable peer costs that one."""

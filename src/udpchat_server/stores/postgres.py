@@ -209,9 +209,13 @@ otherwise (``force_custom_plan``). Planning :data:`.batched.ADD_MESSAGES` took
 1.2 ms of the 1.5 ms it cost for one message, :data:`.batched.ACKNOWLEDGE` 0.5 of
 0.7 ms: the best part of a lone message's time in PostgreSQL, and of its
 latency. A big batch keeps its own plan: the generic one stored 500 messages in
-33-38 ms against 24 ms."""
+33-38 ms against 24 ms. So do the pending deliveries of at most this many
+sessions (:data:`.batched.PENDING_FEW`: planning it took 0.75 of the 0.85 ms a
+read of one session cost, on the other node of a cross-node message)."""
 _GENERIC: Final = "SET LOCAL plan_cache_mode = force_generic_plan"
 _CUSTOM: Final = "SET LOCAL plan_cache_mode = force_custom_plan"
+_GENERIC_SESSION: Final = "SET plan_cache_mode = force_generic_plan"
+_CUSTOM_SESSION: Final = "SET plan_cache_mode = force_custom_plan"
 _RECENT_MAX = 8192
 """Most messages kept as the objects :meth:`PostgresStore.add_messages` was given."""
 _BYTES_CACHED_MAX = 65_536
@@ -569,21 +573,30 @@ class PostgresStore(SqlStore):
         (cursor,) = self._pipeline([(statement, params)])
         return cursor
 
-    def _select_binary(self, statement: str, params: Params) -> list[Any]:
+    def _select_binary(self, statement: str, params: Params, *, generic: bool = False) -> list[Any]:
         """A read written in psycopg's style, its rows in binary (no text to parse:
-        for the many rows of a batched read)."""
+        for the many rows of a batched read); with ``generic``, in the statement's
+        generic plan (the setting put back in the same round trip)."""
         self._read()
         db = self._connection()
         prelude, self._prelude = self._prelude, []
         self.round_trips += 1
         with db.cursor(binary=True) as cursor:
-            if prelude:
-                with db.pipeline():
-                    for text in prelude:
-                        db.execute(text)
-                    cursor.execute(statement, params)
-            else:
+            if not prelude and not generic:
                 cursor.execute(statement, params)
+                return cursor.fetchall()
+            with db.pipeline():
+                for text in prelude:
+                    db.execute(text)
+                # Not SET LOCAL: a read between batches has no transaction. An
+                # error skips the rest of the pipeline, but aborts its (implicit,
+                # or the batch's) transaction, which undoes the SET: no later
+                # statement is left in the generic plan.
+                if generic:
+                    db.execute(_GENERIC_SESSION)
+                cursor.execute(statement, params)
+                if generic:
+                    db.execute(_CUSTOM_SESSION)
             return cursor.fetchall()
 
     # --- the stored bytes ---------------------------------------------------------------
@@ -690,13 +703,18 @@ class PostgresStore(SqlStore):
     def pending_deliveries_many(
         self, sessions: Sequence[tuple[str, bytes, int]]
     ) -> list[list[m.ChatMessage]]:
-        """Every session's pending deliveries in one query (:data:`.batched.PENDING`)."""
+        """Every session's pending deliveries in one query (:data:`.batched.PENDING`;
+        for at most :data:`GENERIC_PLAN_ROWS` sessions :data:`.batched.PENDING_FEW`,
+        in its generic plan)."""
         found: list[list[m.ChatMessage]] = [[] for _ in sessions]
         asked = [(n, s) for n, s in enumerate(sessions) if s[2] > 0]
         if not asked:
             return found
+        # A few sessions (the news of a batch, its acknowledgements' refills): the
+        # generic plan of the statement that reads each cursor by its key.
+        few = len(asked) <= GENERIC_PLAN_ROWS
         rows = self._select_binary(
-            batched.PENDING,
+            batched.PENDING_FEW if few else batched.PENDING,
             {
                 "users": [user for _, (user, _hashed, _limit) in asked],
                 "sessions": [hashed for _, (_user, hashed, _limit) in asked],
@@ -704,6 +722,7 @@ class PostgresStore(SqlStore):
                 "devices": [session_id(hashed) for _, (_user, hashed, _limit) in asked],
                 "limits": [limit for _, (_user, _hashed, limit) in asked],
             },
+            generic=few,
         )
         for row in rows:
             found[asked[row[0] - 1][0]].append(self._message(row[1:]))
