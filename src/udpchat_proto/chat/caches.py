@@ -20,6 +20,14 @@ for the batch it was read in only (:meth:`Caches.batch_ended`): the other nodes'
 writes do not go through this one's tracker, and their news may be lost; a batch
 is the window a set read at a send already had before its commit (see
 docs/E2EE.md, "The server's CPU a message").
+
+A sender's stored bytes (the quota, read at every send) are kept as an upper
+bound (:meth:`Caches.quota_allows`): read once, then raised by every message
+admitted against it. Nothing on this node adds to a user's stored bytes but the
+sends checked here, and what lowers them (deletions, a refused or lost write) only
+makes the bound looser, so a send the bound admits would have been admitted by a
+read; one it would not admit is checked against a fresh read. A cluster's node
+keeps the bounds for one batch only: the same user may send through another node.
 """
 
 from __future__ import annotations
@@ -33,10 +41,14 @@ from .connections import ConnectionTable
 from .devicesets import current_device_set
 from .store import Store, WriteTrackingStore
 
-__all__ = ["DEVICE_SETS_MAX", "Caches"]
+__all__ = ["DEVICE_SETS_MAX", "QUOTA_BOUNDS_MAX", "Caches"]
 
 DEVICE_SETS_MAX: Final = 4096
 """Most conversations whose device sets are kept (the oldest read goes first)."""
+
+QUOTA_BOUNDS_MAX: Final = 4096
+"""Most senders whose stored-bytes bounds are kept (the oldest read goes first): a
+dropped bound costs one read at that sender's next message."""
 
 
 class Caches:
@@ -66,6 +78,8 @@ class Caches:
         """Users whose cached state the other nodes must drop (a cluster's)."""
         self._device_sets: dict[str, tuple[int, list[str], DeviceSet]] = {}
         """By conversation: the generation and members it was read at, and the set."""
+        self._quota_bounds: dict[str, int] = {}
+        """By sender: at least what their stored messages count (see the module)."""
 
     def friends_of(self, username: str) -> frozenset[str]:
         """The friends of ``username`` (cached while they are online here)."""
@@ -129,6 +143,26 @@ class Caches:
         this node reads again must be what is committed now."""
         if self._cluster:
             self._device_sets.clear()
+            self._quota_bounds.clear()
+
+    def quota_allows(self, username: str, size: int, quota: int) -> int | None:
+        """None if ``username`` may store ``size`` bytes more under ``quota`` (they
+        are then counted in the bound kept); else what their stored messages count
+        now (read, not the bound: the refusal says it). A read of the store only when
+        the bound kept does not admit ``size`` (see the module): the first message
+        of a sender, one near the quota, and at every message in a cluster's batch
+        the first of its sender."""
+        bound = self._quota_bounds.get(username)
+        if bound is not None and bound + size <= quota:
+            self._quota_bounds[username] = bound + size
+            return None
+        stored = self._store.stored_bytes(username)
+        if stored + size > quota:
+            return stored
+        if bound is None and len(self._quota_bounds) >= QUOTA_BOUNDS_MAX:
+            del self._quota_bounds[next(iter(self._quota_bounds))]  # the oldest read
+        self._quota_bounds[username] = stored + size
+        return None
 
     def device_set(self, conversation: str, members: Sequence[str]) -> DeviceSet:
         """The device set of ``conversation``, whose members are ``members``, as it

@@ -446,12 +446,13 @@ class MessageHandlers:
 
     def _check_quota(self, me: str, size: int) -> None:
         """Refuse a message of ``size`` stored bytes that would take ``me``'s stored
-        messages past the quota (one read of a counter the store keeps: no scan)."""
+        messages past the quota (a bound the caches keep; a read of the counter the
+        store keeps only when the bound does not admit it: no scan)."""
         quota = self._config.max_stored_per_user
         if quota is None:
             return
-        stored = self._store.stored_bytes(me)
-        if stored + size <= quota:
+        stored = self._caches.quota_allows(me, size, quota)
+        if stored is None:
             return
         days = self._config.retain_days
         raise RefusedError(
