@@ -186,9 +186,12 @@ MAX_SHARES_PER_REQUEST: Final = 16
 MAX_STAGED_SHARES: Final = 256 * 32
 
 
+_KEY_SHARES: Final = _list_of(KeyShare)
+
+
 def _one_sender(inst: object, attr: object, value: object) -> None:
     """Key shares all from one device: the wire names its keys once."""
-    _list_of(KeyShare)(inst, attr, value)
+    _KEY_SHARES(inst, attr, value)
     if isinstance(value, tuple) and any(
         share.sender_keys != value[0].sender_keys for share in value
     ):
@@ -236,8 +239,8 @@ def _check_ciphertext(record: EncryptedMessage, sender: str | None, to: str) -> 
         expected = record.conversation if to in record.conversation.split(",") else ""
     elif sender == to:
         expected = ""
-    else:
-        expected = ",".join(sorted((sender, to)))
+    else:  # (direct_conversation's, for names checked already)
+        expected = f"{sender},{to}" if sender < to else f"{to},{sender}"
     if record.conversation != expected:
         raise v.ValidationError(
             ErrorCode.BAD_REQUEST, "the encrypted record names another conversation"
