@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import cattrs.gen
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -859,3 +860,22 @@ def test_the_encrypted_records_hook_takes_and_refuses_what_the_general_one_does(
     optional = codec.converter.get_structure_hook(EncryptedMessage | None)
     assert optional(obj, EncryptedMessage | None) == expected
     assert optional(None, EncryptedMessage | None) is None
+
+
+@settings(max_examples=300)
+@given(message=strategy_for(m.MessageDelivered).map(lambda delivered: delivered.message))
+def test_a_chat_messages_written_out_hook_writes_what_cattrs_generates(
+    message: m.ChatMessage,
+) -> None:
+    added = cattrs.gen.override(omit_if_default=True)
+    generated = cattrs.gen.make_dict_unstructure_fn(
+        m.ChatMessage, codec.converter, encrypted=added, ciphertext=added
+    )
+    hook = codec.converter.get_unstructure_hook(m.ChatMessage)
+    assert hook.__qualname__.startswith("_chat_message_hook")  # (in use: every field known)
+    assert json.dumps(hook(message)) == json.dumps(generated(message))  # (member order too)
+    # The messages that hold one use it.
+    delivered = m.MessageDelivered(message=message)
+    assert codec.converter.unstructure(delivered)["message"] == generated(message)
+    history = m.History(request_id=1, messages=(message,))
+    assert codec.converter.unstructure(history)["messages"] == [generated(message)]
