@@ -222,3 +222,33 @@ def test_the_profile_is_split_by_the_innermost_layer_that_matches(tmp_path: Path
         "crypto (ChaCha20-Poly1305)": 0.05,
     }
     assert functions[0] == ("SQLiteStore.add_message (udpchat_server/stores/sqlite.py)", 0.3)
+
+
+@pytest.mark.e2e  # (real processes: the recording and the replays)
+def test_the_relay_replay_feeds_a_fresh_server_what_the_recorded_one_was_given(
+    tmp_path: Path,
+) -> None:
+    # The instruction counts of docs/PERFORMANCE.md come from replays under
+    # callgrind; without valgrind, the replay (with each step through its
+    # trampoline too) must still do what the recorded server did.
+    trace = tmp_path / "encrypted.trace"
+    script = str(BENCHMARKS / "relay_replay.py")
+    recorded = subprocess.run(
+        [sys.executable, script, "record", str(trace), "--encrypted", "--messages", "8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=True,
+    )
+    assert "128 deliveries" in recorded.stdout
+    for steps in ([], ["--steps"]):
+        replayed = subprocess.run(
+            [sys.executable, script, "replay", str(trace), *steps],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            check=True,
+        )
+        assert "128 pushed, 128 accepted" in replayed.stdout, replayed.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import json
@@ -10,12 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import cattrs.gen
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from udpchat_proto import messages as m
-from udpchat_proto.chat import check_message_id, check_session_id
+from udpchat_proto.chat import check_message_id, check_session_id, codec
 from udpchat_proto.chat.codec import (
     CODEC_VERSION,
     MAX_ENCODED_SIZE,
@@ -787,3 +789,93 @@ def test_a_send_needs_text_or_an_encrypted_message(
     with pytest.raises(DecodeError) as info:
         decode(wire(obj))
     assert info.value.detail == problem
+
+
+# --- the encrypted record's own structure hook ----------------------------------------------
+#
+# Every encrypted send carries an EncryptedMessage, so the codec structures it in one
+# function (codec._encrypted_hook) and leaves everything unusual to cattrs' general
+# hook. Both must take and refuse the same inputs, to the same record.
+
+_BASE64_TEXT = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n", max_size=24
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@settings(max_examples=1000)
+@given(text=st.one_of(_BASE64_TEXT, st.binary(max_size=18).map(_b64)))
+def test_the_quick_base64_reading_is_the_validated_one(text: str) -> None:
+    try:
+        expected: bytes | None = codec._structure_base64(text, bytes)
+    except codec._WrongTypeError:
+        expected = None
+    try:
+        got: bytes | None = codec._base64(text)
+    except codec._WrongTypeError:
+        got = None
+    assert got == expected
+
+
+_JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.text(max_size=40),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(message=strategy_for(m.SendMessage), data=st.data())
+def test_the_encrypted_records_hook_takes_and_refuses_what_the_general_one_does(
+    message: m.SendMessage, data: st.DataObject
+) -> None:
+    if message.encrypted is None:
+        return
+    obj = json.loads(encode(message)[1:])["encrypted"]
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+        name = data.draw(st.sampled_from([*sorted(obj), "extra"]))
+        action = data.draw(st.sampled_from(["drop", "replace", "case", "pad"]))
+        if action == "drop":
+            obj.pop(name, None)
+        elif action == "replace":
+            obj[name] = data.draw(_JSON_VALUES)
+        elif type(obj.get(name)) is str:
+            obj[name] = obj[name].upper() if action == "case" else obj[name] + "="
+    quick = codec.converter.get_structure_hook(EncryptedMessage)
+    general = codec._explaining_converter().get_structure_hook(EncryptedMessage)
+    try:
+        expected = general(obj, EncryptedMessage)
+    except Exception:
+        with pytest.raises(Exception):  # noqa: B017 (any refusal: decode words it)
+            quick(obj, EncryptedMessage)
+        return
+    assert quick(obj, EncryptedMessage) == expected
+    # And as a send's member (the optional record's hook), None included.
+    optional = codec.converter.get_structure_hook(EncryptedMessage | None)
+    assert optional(obj, EncryptedMessage | None) == expected
+    assert optional(None, EncryptedMessage | None) is None
+
+
+@settings(max_examples=300)
+@given(message=strategy_for(m.MessageDelivered).map(lambda delivered: delivered.message))
+def test_a_chat_messages_written_out_hook_writes_what_cattrs_generates(
+    message: m.ChatMessage,
+) -> None:
+    added = cattrs.gen.override(omit_if_default=True)
+    generated = cattrs.gen.make_dict_unstructure_fn(
+        m.ChatMessage, codec.converter, encrypted=added, ciphertext=added
+    )
+    hook = codec.converter.get_unstructure_hook(m.ChatMessage)
+    assert hook.__qualname__.startswith("_chat_message_hook")  # (in use: every field known)
+    assert json.dumps(hook(message)) == json.dumps(generated(message))  # (member order too)
+    # The messages that hold one use it.
+    delivered = m.MessageDelivered(message=message)
+    assert codec.converter.unstructure(delivered)["message"] == generated(message)
+    history = m.History(request_id=1, messages=(message,))
+    assert codec.converter.unstructure(history)["messages"] == [generated(message)]

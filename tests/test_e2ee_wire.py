@@ -14,14 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import attrs
 import pytest
+from hypothesis import given, settings
 
+from tests import strategies
 from tests.chat_helpers import ChatUser, ChatWorld, StoreFactory, test_config
 from tests.test_cluster_hints import NODE_B, Cluster
 from tests.test_cluster_hints import PASSWORD as CLUSTER_PASSWORD
 from tests.test_cluster_hints import signed_up as cluster_signed_up
 from udpchat_proto import messages as m
 from udpchat_proto.bus import News, news_bodies, parse
+from udpchat_proto.chat.codec import encode
+from udpchat_proto.chat.handlers.messages import _encrypted_message
 from udpchat_proto.chat.tokens import session_id, token_hash
 from udpchat_proto.e2ee import (
     ONE_TIME_KEYS_TARGET,
@@ -555,3 +560,19 @@ def test_a_friend_claiming_in_a_loop_drains_no_one_time_keys_and_is_slowed(
     assert not again.fallback and again.key_id not in {key.key_id for key in taken}
     assert world.store.key_counts(bob.device_id) == (ONE_TIME_KEYS_TARGET - 11, True)
     world.check_server_health()
+
+
+@settings(max_examples=200)
+@given(message=strategies.chat_messages.filter(lambda message: message.ciphertext is not None))
+def test_the_server_builds_an_accepted_encrypted_message_as_the_class_would(
+    message: m.ChatMessage,
+) -> None:
+    # The handler builds it without its checks (every value was checked before):
+    # the same message, every field set, the same bytes on the wire.
+    assert message.ciphertext is not None
+    built = _encrypted_message(
+        message.id, message.sender, message.to, message.sent_at, message.ciphertext
+    )
+    assert built == message and repr(built) == repr(message)
+    assert attrs.asdict(built, recurse=False) == attrs.asdict(message, recurse=False)
+    assert encode(m.MessageDelivered(message=built)) == encode(m.MessageDelivered(message=message))

@@ -124,8 +124,58 @@ def _structure_base64(value: Any, _cls: Any) -> bytes:
         raise _WrongTypeError("expected a base64 string") from None
 
 
+def _base64(value: str) -> bytes:
+    """``value``'s bytes if it is canonical base64, in one C call; else what
+    :func:`_structure_base64` says of it. (Strict mode takes a subset of what the
+    pattern and lenient decoding take, to the same bytes: padding only at the end
+    and complete, the alphabet only.)"""
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except binascii.Error:
+        return _structure_base64(value, bytes)
+
+
+def _encrypted_hook(general: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """The structure hook of an :class:`EncryptedMessage`: every encrypted send has
+    one, so the usual case (an object whose members all have their JSON types) is
+    one function, with the record's own validators; anything else goes the
+    ``general`` way, which refuses it as before (and says why)."""
+
+    def structure(value: Any, cls: Any) -> Any:
+        if type(value) is dict:
+            conversation = value.get("conversation")
+            sender = value.get("sender")
+            device = value.get("sender_device")
+            session = value.get("session_id")
+            version = value.get("device_set_version")
+            ciphertext = value.get("ciphertext")
+            if (
+                type(conversation) is str
+                and type(sender) is str
+                and type(device) is str
+                and type(session) is str
+                and type(version) is int
+                and type(ciphertext) is str
+            ):
+                try:
+                    return EncryptedMessage(
+                        conversation=conversation,
+                        sender=sender,
+                        sender_device=bytes.fromhex(device),
+                        session_id=bytes.fromhex(session),
+                        device_set_version=version,
+                        ciphertext=_base64(ciphertext),
+                    )
+                except (ValueError, _WrongTypeError):
+                    pass  # (refused below, in the protocol's words)
+        return general(value, cls)
+
+    return structure
+
+
 def _unstructure_base64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
+    # (base64.b64encode's own call, without the Python wrapper around it)
+    return binascii.b2a_base64(value, newline=False).decode("ascii")
 
 
 def _unstructure_datetime(value: datetime.datetime) -> int:
@@ -203,7 +253,18 @@ def _make_converter(*, detailed: bool = False) -> cattrs.Converter:
                 raise _WrongTypeError(f"expected an object, got {_json_name(value)}")
             return inner(value, cls)
 
-        conv.register_structure_hook(cls, structure_record)
+        hook: Callable[[Any, Any], Any] = structure_record
+        if cls is EncryptedMessage and not detailed:
+            hook = _encrypted_hook(structure_record)
+            # A send's ``encrypted`` member: None or the record, without cattrs'
+            # dispatch of the optional type at every send.
+            conv.register_structure_hook(
+                EncryptedMessage | None,
+                lambda value, _cls, hook=hook: (
+                    None if value is None else hook(value, EncryptedMessage)
+                ),
+            )
+        conv.register_structure_hook(cls, hook)
         conv.register_unstructure_hook(
             cls,
             cattrs.gen.make_dict_unstructure_fn(
@@ -216,10 +277,41 @@ def _make_converter(*, detailed: bool = False) -> cattrs.Converter:
         overrides: dict[str, Any] = {
             name: cattrs.gen.override(omit_if_default=True) for name in names
         }
-        conv.register_unstructure_hook(
-            cls, cattrs.gen.make_dict_unstructure_fn(cls, conv, **overrides)
-        )
+        generated = cattrs.gen.make_dict_unstructure_fn(cls, conv, **overrides)
+        if cls is m.ChatMessage:  # (first: the messages that hold one use its hook)
+            generated = _chat_message_hook(generated, conv.get_unstructure_hook(EncryptedMessage))
+        conv.register_unstructure_hook(cls, generated)
     return conv
+
+
+def _chat_message_hook(
+    general: Callable[[Any], Any], record: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    """The unstructure hook of a :class:`~udpchat_proto.chat.messages.ChatMessage`,
+    written out: every delivery has one, and the generated hook compares the record
+    with its default through attrs' ``__ne__`` (two Python calls) before writing
+    it. The same members in the same order (a version 2 member only when set);
+    ``general``, the generated hook, if the class has other fields than these (a
+    test keeps the two equal). ``record``: the hook of its encrypted record."""
+    fields = tuple(field.name for field in attrs.fields(m.ChatMessage))
+    if fields != ("id", "sender", "to", "text", "sent_at", "encrypted", "ciphertext"):
+        return general  # (a field added: the generated hook knows it)
+
+    def unstructure(message: m.ChatMessage) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "id": message.id.hex(),
+            "sender": message.sender,
+            "to": message.to,
+            "text": message.text,
+            "sent_at": _unstructure_datetime(message.sent_at),
+        }
+        if message.encrypted:
+            obj["encrypted"] = True
+        if message.ciphertext is not None:
+            obj["ciphertext"] = record(message.ciphertext)
+        return obj
+
+    return unstructure
 
 
 #: The records whose ``ciphertext`` is base64 on the wire.

@@ -185,15 +185,16 @@ MAX_SHARES_PER_REQUEST: Final = 16
 #: sender's (256 members of 32 login sessions each).
 MAX_STAGED_SHARES: Final = 256 * 32
 
+
 #: The list check of a record's key shares (made once: see :func:`_one_sender`).
-_key_shares_list: Final = _list_of(KeyShare)
+_KEY_SHARES: Final = _list_of(KeyShare)
 
 
 def _one_sender(inst: object, attr: object, value: object) -> None:
     """Key shares all from one device: the wire names its keys once."""
     # Made once, not per call: this runs for every message (most with no shares),
     # and building the closure each time cost about as much as the check itself.
-    _key_shares_list(inst, attr, value)
+    _KEY_SHARES(inst, attr, value)
     if isinstance(value, tuple) and any(
         share.sender_keys != value[0].sender_keys for share in value
     ):
@@ -241,8 +242,8 @@ def _check_ciphertext(record: EncryptedMessage, sender: str | None, to: str) -> 
         expected = record.conversation if to in record.conversation.split(",") else ""
     elif sender == to:
         expected = ""
-    else:
-        expected = ",".join(sorted((sender, to)))
+    else:  # (direct_conversation's, for names checked already)
+        expected = f"{sender},{to}" if sender < to else f"{to},{sender}"
     if record.conversation != expected:
         raise v.ValidationError(
             ErrorCode.BAD_REQUEST, "the encrypted record names another conversation"

@@ -17,13 +17,48 @@ __all__ = ["DEVICE_CACHE_SIZE", "pack", "unpack", "unpack_device"]
 _R = TypeVar("_R")
 
 
-def _hex(_instance: object, _field: object, value: Any) -> Any:
-    return value.hex() if isinstance(value, bytes) else value
-
-
 def pack(record: attrs.AttrsInstance) -> bytes:
-    """``record`` (a :mod:`udpchat_proto.e2ee` record) as stored."""
-    return orjson.dumps(attrs.asdict(record, value_serializer=_hex))
+    """``record`` (a :mod:`udpchat_proto.e2ee` record) as stored: what
+    ``attrs.asdict`` with byte strings in hex makes, as JSON."""
+    return orjson.dumps(_plain(record))
+
+
+_NAMES: dict[type[Any], tuple[str, ...]] = {}
+"""Each record class's field names, in order (``attrs.fields`` once a class)."""
+_ATOMIC: Final = frozenset({str, int, bool, float, type(None)})
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    """``attrs.asdict(record)`` with every byte string in hex, for the records'
+    plain fields (a byte string, a nested record, a tuple of them, or a value
+    orjson writes as it is). Written out because ``attrs.asdict`` calls its
+    serializer (a Python function) for every value and recurses generically:
+    30,000 instructions an encrypted message's record, against 18,000 so."""
+    cls = type(record)
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(field.name for field in attrs.fields(cls))
+    plain: dict[str, Any] = {}
+    for name in names:
+        value = getattr(record, name)
+        kind = type(value)
+        if kind is bytes:
+            value = value.hex()
+        elif kind in _ATOMIC:
+            pass
+        elif kind is tuple or kind is list:
+            value = [_item(item) for item in value]
+        elif attrs.has(kind):
+            value = _plain(value)
+        plain[name] = value
+    return plain
+
+
+def _item(value: Any) -> Any:
+    """An entry of a record's tuple, as :func:`_plain` writes its fields."""
+    if type(value) is bytes:
+        return value.hex()
+    return _plain(value) if attrs.has(type(value)) else value
 
 
 def unpack(cls: type[_R], data: bytes | memoryview) -> _R:
