@@ -202,18 +202,19 @@ STORED_BYTES_TTL: Final = 1.0
 """Seconds a user's stored bytes, as read from the database, answer the quota check
 (its own changes are counted at once; other nodes' within this long)."""
 GENERIC_PLAN_ROWS: Final = 16
-"""Most rows of a batch whose messages or acknowledgements are written with the
-statement's generic plan (made once, and kept with the prepared statement)
-rather than one planned for the batch's values, as the connection does
-otherwise (``force_custom_plan``). Planning :data:`.batched.ADD_MESSAGES` took
-1.2 ms of the 1.5 ms it cost for one message, :data:`.batched.ACKNOWLEDGE` 0.5 of
-0.7 ms: the best part of a lone message's time in PostgreSQL, and of its
-latency. A big batch keeps its own plan: the generic one stored 500 messages in
-33-38 ms against 24 ms. So do the pending deliveries of at most this many
-sessions (:data:`.batched.PENDING_FEW`: planning it took 0.75 of the 0.85 ms a
-read of one session cost, on the other node of a cross-node message)."""
-_GENERIC: Final = "SET LOCAL plan_cache_mode = force_generic_plan"
-_CUSTOM: Final = "SET LOCAL plan_cache_mode = force_custom_plan"
+"""Most sessions whose pending deliveries are read in the generic plan of
+:data:`.batched.PENDING_FEW` (made once, kept with the prepared statement; each
+cursor read by its key, so the plan does not depend on the values) rather than in
+one planned for the values, as the connection does otherwise
+(``force_custom_plan``): planning took 0.75 of the 0.85 ms a read of one session
+cost, on the other node of a cross-node message.
+
+A batch's writes (:data:`.batched.ADD_MESSAGES`, :data:`.batched.ACKNOWLEDGE`)
+are always planned for their values. Their generic plans saved the planning (1.2
+of 1.5 ms for one message) on a fresh database, but once the tables had grown (the
+latency window after `benchmarks/cluster.py`'s saturation phase) they cost far
+more than they saved: PostgreSQL's single server went from p50 / p99 21 / 32 ms
+after saturation to 6 / 20 ms without them (one run each, on the quiet machine)."""
 _GENERIC_SESSION: Final = "SET plan_cache_mode = force_generic_plan"
 _CUSTOM_SESSION: Final = "SET plan_cache_mode = force_custom_plan"
 _RECENT_MAX = 8192
@@ -408,23 +409,19 @@ class PostgresStore(SqlStore):
         self,
         statement: str,
         params: Params,
-        rows: int,
         *,
         before: str | None = None,
         after: str | None = None,
     ) -> Any:
-        """Run a batched ``statement`` for ``rows`` rows (between ``before`` and
-        ``after``, in one round trip), in its generic plan if the batch is small
-        (:data:`GENERIC_PLAN_ROWS`); its cursor."""
-        small = rows <= GENERIC_PLAN_ROWS
+        """Run a batched ``statement`` (between ``before`` and
+        ``after``, in one round trip), planned for its values (see
+        :data:`GENERIC_PLAN_ROWS` for why not generic); its cursor."""
         statements: list[tuple[str, Params | None]] = [
             *([(before, None)] if before else []),
-            *([(_GENERIC, None)] if small else []),
             (statement, params),
-            *([(_CUSTOM, None)] if small else []),
             *([(after, None)] if after else []),
         ]
-        return self._pipeline(statements)[(1 if before else 0) + (1 if small else 0)]
+        return self._pipeline(statements)[1 if before else 0]
 
     def _raise_translated(self, exc: Exception) -> NoReturn:
         """Raise ``exc`` as StoreUnavailableError if its cause is outside; in a batch
@@ -662,7 +659,6 @@ class PostgresStore(SqlStore):
             cursor = self._batched(
                 batched.ADD_MESSAGES,
                 params,
-                len(messages),
                 before="SAVEPOINT messages",
                 after="RELEASE SAVEPOINT messages",
             )
@@ -745,7 +741,7 @@ class PostgresStore(SqlStore):
             return []
         self._write()
         params = {"users": users, "sessions": sessions, "ids": ids, "now": now}
-        cursor = self._batched(batched.ACKNOWLEDGE, params, len(ids))
+        cursor = self._batched(batched.ACKNOWLEDGE, params)
         return [
             Receipt(
                 message_id=bytes(message_id), sender=sender, recipient=recipient, delivered_at=now
