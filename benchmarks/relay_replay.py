@@ -48,13 +48,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import e2ee  # (a sibling script, found through the path above)
+from replay import Input, exchange  # (another sibling: its recording turn)
 
 from udpchat_proto import MemoryStore, Store
 from udpchat_server.stores.sqlite import SQLiteStore
-
-Input = tuple[str, bytes, tuple[str, int], float]
-"""``("r", datagram, address, now)`` for a datagram, ``("e", b"", ("", 0), now)``
-for the end of a batch."""
 
 
 class Recorder(e2ee.World):
@@ -76,16 +73,7 @@ class Recorder(e2ee.World):
         pass
 
     def step(self) -> bool:
-        moved = False
-        for address, client in self.clients.items():
-            for data, _ in client.datagrams_to_send(self.now):
-                self.inputs.append(("r", data, address, self.now))
-                self.server.receive_datagram(data, address, self.now)
-                moved = True
-        self.inputs.append(("e", b"", ("", 0), self.now))
-        for data, address in self.server.end_batch(self.now, run_hashes=True).datagrams:
-            self.clients[address].receive_datagram(data, e2ee.SERVER, self.now)
-            moved = True
+        moved = exchange(self.inputs, self.clients, self.server, e2ee.SERVER, self.now)
         for address, client in self.clients.items():
             while (event := client.next_event()) is not None:
                 self.events[address].append(event)

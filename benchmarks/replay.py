@@ -26,18 +26,42 @@ import os
 import pickle
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fanout  # (a sibling script, found through the path above)
 
-from udpchat_proto import MemoryStore, Store
+from udpchat_proto import ChatServer, ClientConnection, MemoryStore, Store
 from udpchat_proto import messages as m
 
 Input = tuple[str, bytes, tuple[str, int], float]
 """``("r", datagram, address, now)`` for a datagram, ``("e", b"", ("", 0), now)``
 for the end of a batch."""
+
+
+def exchange(
+    inputs: list[Input],
+    clients: Mapping[tuple[str, int], ClientConnection],
+    server: ChatServer,
+    server_address: tuple[str, int],
+    now: float,
+) -> bool:
+    """One turn of a recording world: every client's datagrams into the server,
+    then the server's batch end back to the clients, each input written down in
+    ``inputs`` as the replay gives it; whether anything moved."""
+    moved = False
+    for address, client in clients.items():
+        for data, _ in client.datagrams_to_send(now):
+            inputs.append(("r", data, address, now))
+            server.receive_datagram(data, address, now)
+            moved = True
+    inputs.append(("e", b"", ("", 0), now))
+    for data, address in server.end_batch(now, run_hashes=True).datagrams:
+        clients[address].receive_datagram(data, server_address, now)
+        moved = True
+    return moved
 
 
 class Recorder(fanout.World):
@@ -48,16 +72,7 @@ class Recorder(fanout.World):
         self.inputs: list[Input] = []
 
     def step(self) -> bool:
-        moved = False
-        for address, client in self.clients.items():
-            for data, _ in client.datagrams_to_send(self.now):
-                self.inputs.append(("r", data, address, self.now))
-                self.server.receive_datagram(data, address, self.now)
-                moved = True
-        self.inputs.append(("e", b"", ("", 0), self.now))
-        for data, address in self.server.end_batch(self.now, run_hashes=True).datagrams:
-            self.clients[address].receive_datagram(data, fanout.SERVER, self.now)
-            moved = True
+        moved = exchange(self.inputs, self.clients, self.server, fanout.SERVER, self.now)
         for address, client in self.clients.items():
             while (event := client.next_event()) is not None:
                 if isinstance(event, m.MessageDelivered):
