@@ -49,7 +49,7 @@ def drive(
     return events
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_one_address_cannot_pin_the_servers_memory(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path).start()
     sockets: list[socket.socket] = []
