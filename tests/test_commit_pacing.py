@@ -484,5 +484,16 @@ def test_the_asyncio_service_paces_its_commits_too() -> None:
             assert all(isinstance(answer, m.Ok) for answer in await joins)
             assert store.room_members("#one") == ["alice"]
             assert store.room_members("#two") == ["bob"]
+            # Encrypted sends too (each two writing steps: the e2ee client claims the
+            # recipient's one-time key first), waits ending at once again: every
+            # batch that wrote was committed after a wait.
+            gate.holding = False
+            gate.release()  # (a batch of the clients' own that waited meanwhile)
+            commits, waits = service.commits, service.commit_waits
+            sent = await asyncio.gather(alice.send("bob", "one"), bob.send("alice", "two"))
+            assert all(isinstance(answer, m.MessageAccepted) for answer in sent)
+            paced_commits, paced_waits = service.commits - commits, service.commit_waits - waits
+            assert paced_commits >= 1
+            assert paced_commits == paced_waits
 
     run(scenario)
