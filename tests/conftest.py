@@ -50,18 +50,42 @@ settings.register_profile("deep", max_examples=1000, deadline=None)
 settings.load_profile("default")  # (--hypothesis-profile, read later, wins)
 
 
+SLOW_SECONDS = 20.0
+"""What a ``slow`` test that names no ``seconds`` is taken to run for (in the
+README's command on the project's two-core machine)."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The ``slow`` tests first, the ``exclusive`` ones last, the others in their
-    order: on several processes (``-n``) each slow test starts early on a process of
-    its own, instead of two of them ending the run one after the other on the same
-    one; an exclusive test waits for the others, best when they are done."""
+    """The ``slow`` tests first, longest first (``@pytest.mark.slow(seconds=...)``),
+    the ``exclusive`` ones last, the others in their order: on several processes
+    (``-n``) each slow test starts early on a process of its own, and the run does
+    not end with one of them still going while the other processes are idle; an
+    exclusive test waits for the others, best when they are done.
 
-    def rank(item: pytest.Item) -> int:
+    pytest-xdist hands each process two tests at first (then one at a time, as
+    each ends): the first pairs are made of a long slow test and a short one, so
+    that no process starts with two of the longest one after the other."""
+
+    def seconds(item: pytest.Item) -> float:
+        slow = item.get_closest_marker("slow")
+        assert slow is not None
+        return float(slow.kwargs.get("seconds", SLOW_SECONDS))
+
+    def rank(item: pytest.Item) -> tuple[int, float]:
         if item.get_closest_marker("exclusive") is not None:
-            return 2
-        return 0 if item.get_closest_marker("slow") is not None else 1
+            return (2, 0.0)
+        if item.get_closest_marker("slow") is None:
+            return (1, 0.0)
+        return (0, -seconds(item))
 
-    items.sort(key=rank)
+    items.sort(key=rank)  # (stable: the others keep their order)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    slow = sum(1 for item in items if item.get_closest_marker("slow") is not None)
+    if workers > 1 and slow >= 2 * workers:
+        first = items[: 2 * workers]
+        items[: 2 * workers] = [
+            test for i in range(workers) for test in (first[i], first[2 * workers - 1 - i])
+        ]
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,8 @@ import random
 import socket
 import threading
 import time
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -377,28 +378,122 @@ def test_the_loop_shares_a_commit_between_requests_and_answers_none_before_it() 
 # --- the asyncio runtime ----------------------------------------------------------------------
 
 
+class PacingGate:
+    """The service's event loop, but for the waits of commit pacing (the only timers
+    ``ChatService`` starts with ``call_later``): each wait asked is noted, and ends
+    when the test releases it, or at once while the gate does not hold. So what
+    arrives during a wait is the test's to say, not the machine's load: no wait can
+    end before the other request is in, nor look overslept (which would stop the
+    waits for a second, ``BACKOFF``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.holding = False
+        self.asked: list[float] = []
+        """Every wait's length, as the service asked it."""
+        self.held: list[tuple[asyncio.TimerHandle, Callable[..., object], tuple[object, ...]]] = []
+        self._ending: list[asyncio.TimerHandle] = []
+        """The waits asked while not holding (each ends at the loop's next turn)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a batch waits still (one that began while not holding)."""
+        self._ending = [handle for handle in self._ending if not handle.cancelled()]
+        return bool(self._ending)
+
+    def call_later(
+        self, delay: float, callback: Callable[..., object], *args: object
+    ) -> asyncio.TimerHandle:
+        self.asked.append(delay)
+        if not self.holding:
+
+            def end() -> None:
+                handle.cancel()  # (done: no longer waiting)
+                callback(*args)
+
+            handle = self._loop.call_later(0.0, end)
+            self._ending.append(handle)
+            return handle
+        # (The handle the service keeps, to cancel the wait when it closes; the
+        # test's run ends long before it would fire.)
+        handle = self._loop.call_later(3600.0, callback, *args)
+        self.held.append((handle, callback, args))
+        return handle
+
+    def release(self) -> None:
+        """End the waits held: each batch turns now, as at the end of its wait."""
+        held, self.held = self.held, []
+        for handle, callback, args in held:
+            if not handle.cancelled():
+                handle.cancel()
+                callback(*args)
+
+
+PACED_WAIT = 60.0
+"""The asyncio test's wait: the gate ends it, so it never elapses (and a wait that
+took far less than asked never counts as overslept)."""
+
+
 def test_the_asyncio_service_paces_its_commits_too() -> None:
+    """Deterministic: the service's waits end when the test releases them (after the
+    second request is in), and everything is counted, not timed."""
     from tests.test_asyncio_runtime import KEY, befriend, run, user
     from udpchat_proto import MemoryStore
     from udpchat_proto.asyncio import serve
 
     async def scenario() -> None:
-        config = test_config(commit_pacing=CommitPacing(most_wait=LOOP_WAIT, busy_gap=600.0))
-        service = await serve(store=MemoryStore(), key=KEY, config=config)
+        # Busy by construction, and every batch small: on a loaded machine the
+        # batches gather retransmissions, and one of SMALL_BATCH datagrams would
+        # commit at once (rightly: its commit is shared already), with no wait to see.
+        pacing = CommitPacing(most_wait=PACED_WAIT, busy_gap=600.0, small_batch=10_000)
+        store = MemoryStore()
+        service = await serve(store=store, key=KEY, config=test_config(commit_pacing=pacing))
+        gate = PacingGate(asyncio.get_running_loop())
+        service._loop = gate  # type: ignore[assignment]
         async with service, user(service, "alice") as alice, user(service, "bob") as bob:
             await befriend(alice, bob, "bob", "alice")
-            await asyncio.sleep(2 * CURSOR_WRITE_DELAY)  # the set-up's writes done
+            # The set-up's batches waited too (ended at once): busy by construction.
+            assert service.commit_waits > 0
+            # The clients' own writes after the set-up (their keys' uploads) may
+            # still be in a batch: once none waits, the next waits held.
+            async with asyncio.timeout(10):
+                while gate.waiting:
+                    await asyncio.sleep(0)
+            gate.holding = True
+            commits, waits, asked = service.commits, service.commit_waits, len(gate.asked)
+            # Two requests from two connections, each one write: the first's batch
+            # waits, the second joins it while it waits.
+            joins = asyncio.gather(alice.join("#one"), bob.join("#two"))
+            async with asyncio.timeout(10):
+                while not (store.room_members("#one") and store.room_members("#two")):
+                    await asyncio.sleep(0.001)  # (both read into the batch)
+                # The batch ends once a round of the loop reads nothing more: then
+                # it waits (or, were it not paced, commits).
+                while not gate.held and service.commits == commits:
+                    await asyncio.sleep(0)
+            assert gate.asked[asked:] == [PACED_WAIT]  # one wait, of the pacing's length
+            assert len(gate.held) == 1
+            assert service.commits == commits  # nothing committed (so answered) meanwhile
+            assert not joins.done()
+            gate.release()
+            # One commit made both durable, after the one wait.
+            assert (service.commits - commits, service.commit_waits - waits) == (1, 1)
+            assert all(isinstance(answer, m.Ok) for answer in await joins)
+            assert store.room_members("#one") == ["alice"]
+            assert store.room_members("#two") == ["bob"]
+            # Encrypted sends too (each two writing steps: the e2ee client claims the
+            # recipient's one-time key first), waits ending at once again: every
+            # batch that wrote was committed after a wait.
+            gate.holding = False
+            gate.release()  # (a batch of the clients' own that waited meanwhile)
             commits, waits = service.commits, service.commit_waits
-            started = time.monotonic()
             sent = await asyncio.gather(alice.send("bob", "one"), bob.send("alice", "two"))
-            elapsed = time.monotonic() - started
             assert all(isinstance(answer, m.MessageAccepted) for answer in sent)
-            # Each send is two writing steps here (the e2ee client claims the
-            # recipient's one-time key first): four commits unpaced, one a step.
-            # Paced, every commit came after a wait, and steps shared them.
             paced_commits, paced_waits = service.commits - commits, service.commit_waits - waits
+            assert paced_commits >= 1
             assert paced_commits == paced_waits
-            assert paced_commits < 4
-            assert elapsed >= LOOP_WAIT
 
     run(scenario)

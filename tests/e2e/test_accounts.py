@@ -62,7 +62,7 @@ def test_delete_account_retires_the_name_and_keeps_what_was_sent(make_user: Make
     alice.refused("bad_credentials", "login", "alice", "--password-stdin", stdin=PASSWORD + "\n")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=14)
 def test_status_and_send_wait_delivered(make_user: MakeUser) -> None:
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
     befriend(alice, bob)
@@ -102,7 +102,7 @@ def test_status_and_send_wait_delivered(make_user: MakeUser) -> None:
     assert alice.run("send", "bob", "hi", "--for", "5").code == 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=23)
 def test_listen_prints_a_delivered_event_for_each_receipt(make_user: MakeUser) -> None:
     alice, bob = make_user("alice"), make_user("bob")
     befriend(alice, bob)
@@ -122,7 +122,7 @@ def test_listen_prints_a_delivered_event_for_each_receipt(make_user: MakeUser) -
     assert listener.returncode == 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=9)
 def test_my_messages_reach_my_other_devices_once_in_order(
     make_user: MakeUser, tmp_path: Path
 ) -> None:

@@ -188,6 +188,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         process.kill()
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_bot_loses_and_repeats_nothing_through_a_restart_and_loss(
     server: ServerProcess, tmp_path: Path
 ) -> None:

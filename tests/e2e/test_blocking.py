@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 MakeUser = Callable[..., User]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=16)
 def test_block_unblock_and_what_the_blocked_user_sees(make_user: MakeUser) -> None:
     alice, mallory, bob = make_user("alice"), make_user("mallory"), make_user("bob")
     alice.ok("invite", "mallory")

@@ -93,7 +93,7 @@ def terminal_for(tmp_path: Path) -> Iterator[Callable[[User], Terminal]]:
         terminal.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=22)
 def test_the_chat_in_a_real_terminal_survives_a_server_restart(
     make_user: MakeUser, server: ServerProcess, terminal_for: Callable[[User], Terminal]
 ) -> None:

@@ -90,6 +90,7 @@ def run(coroutine: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coroutine, timeout=120))
 
 
+@pytest.mark.slow(seconds=17)
 def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: ServerProcess) -> None:
     alice, bob, carol, dave = (make_user(name) for name in ("alice", "bob", "carol", "dave"))
     befriend(bob, alice)

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.e2e
 MakeUser = Callable[..., User]
 
 
+@pytest.mark.slow(seconds=22)
 def test_every_refusal_a_user_can_cause(make_user: MakeUser, tmp_path: Path) -> None:
     alice, bob = make_user("alice"), make_user("bob")
     stranger = make_user("stranger", signup=False)

@@ -21,6 +21,7 @@ def texts(messages: list[dict[str, Any]]) -> list[str]:
     return [message["text"] for message in messages]
 
 
+@pytest.mark.slow(seconds=17)
 def test_three_users(make_user: MakeUser) -> None:
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
     assert alice.ok("whoami") == {"user": "alice", "server": alice.server.address}

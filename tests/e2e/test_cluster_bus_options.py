@@ -21,6 +21,7 @@ PASSWORD = "pw-s3cret-do-not-log"
 SOME_POSTGRES = "postgresql://postgres@127.0.0.1:1/never-opened"
 
 
+@pytest.mark.slow(seconds=18)
 def test_nodes_sign_in_with_a_password_that_no_log_line_shows(tmp_path: Path) -> None:
     bus = Nats("--user", "node", "--pass", PASSWORD).start()
     url = bus.url.replace("nats://", f"nats://node:{PASSWORD}@")

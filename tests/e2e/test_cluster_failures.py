@@ -50,7 +50,7 @@ def test_presence_and_pushes_cross_the_nodes(tmp_path: Path) -> None:
         bus.stop()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=34)
 def test_a_node_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     bus = Nats().start()
     try:
@@ -126,6 +126,7 @@ def test_a_node_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
         bus.stop()
 
 
+@pytest.mark.slow(seconds=16)
 def test_the_bus_restarted_loses_nothing_and_pushes_resume(tmp_path: Path) -> None:
     bus = Nats().start()
     try:
@@ -165,7 +166,7 @@ def test_the_bus_restarted_loses_nothing_and_pushes_resume(tmp_path: Path) -> No
         bus.stop()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=22)
 def test_postgresql_restarted_refuses_typed_then_recovers(tmp_path: Path) -> None:
     require_nats()
     database = Postgres().start()

@@ -121,6 +121,7 @@ def _status(control: Path) -> Any:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow(seconds=16)
 def test_a_process_without_the_key_cannot_speak_for_a_node(tmp_path: Path) -> None:
     bus = Nats().start()
     try:

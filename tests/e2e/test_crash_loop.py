@@ -663,7 +663,7 @@ def check_account(world: World, user: str) -> list[str]:
 # --- the test ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=66)
 def test_acknowledged_messages_survive_a_crash_loop(tmp_path: Path) -> None:
     began = time.monotonic()
     rng = random.Random(SEED)

@@ -21,7 +21,7 @@ from .udp_proxy import LossyProxy
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=49)
 def test_devices_come_and_go_over_loss_and_a_sigkill(tmp_path: Path) -> None:
     started = time.monotonic()
     same = functools.partial(

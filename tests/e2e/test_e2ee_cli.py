@@ -49,6 +49,7 @@ def stop(proc: Any) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+@pytest.mark.slow(seconds=16)
 def test_sends_beside_listen_on_one_profile_never_fork_the_state(
     make_user: Any, server: ServerProcess
 ) -> None:
@@ -99,6 +100,7 @@ def test_two_users_with_two_devices_each(
         assert texts == sorted(every - own, key=lambda text: int(text.split()[1]))
 
 
+@pytest.mark.slow(seconds=20)
 def test_a_room_of_five_with_devices_coming_and_going(
     tmp_path: Path, make_user: Any, server: ServerProcess
 ) -> None:
@@ -135,6 +137,7 @@ def test_a_room_of_five_with_devices_coming_and_going(
     ]
 
 
+@pytest.mark.slow(seconds=18)
 def test_devices_verify_device_added_and_no_device(
     tmp_path: Path, make_user: Any, server: ServerProcess
 ) -> None:

@@ -107,7 +107,7 @@ def data_files(root: Path) -> dict[Path, bytes]:
     }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=55)
 def test_a_cluster_relays_what_it_cannot_read(tmp_path: Path) -> None:
     started = time.monotonic()
     bus = Nats().start()

@@ -141,7 +141,7 @@ def send_direct(sender: LossyUser, to: str, count: int) -> list[Message]:
     return sent
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=72)
 def test_everything_works_over_a_lossy_network(proxy: LossyProxy, tmp_path: Path) -> None:
     started = time.monotonic()
     log = Log()

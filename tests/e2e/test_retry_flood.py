@@ -89,7 +89,7 @@ class Flood:
                 sock.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_a_genuine_client_gets_in_10_times_in_10_under_a_flood(
     server: ServerProcess, tmp_path: Path
 ) -> None:

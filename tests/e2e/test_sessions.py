@@ -25,7 +25,7 @@ def second_device(user: User, tmp_path: Path, name: str) -> User:
     return device
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=14)
 def test_sessions_revoke_and_logout_everywhere(make_user: MakeUser, tmp_path: Path) -> None:
     alice = make_user("alice")
     laptop = second_device(alice, tmp_path, "laptop")
