@@ -1052,6 +1052,10 @@ def one_run(
                 "saturated_p50_ms": percentile(saturated, 50) * 1e3,
                 "generator_cpu_share": max(r["generator_cpu_share"] for r in results),
                 "server_disk_wait_share": states.get("D", 0.0),
+                # How the server's speed shapes its batches: a faster server
+                # turns more often, each turn and commit carrying fewer messages.
+                "saturated_turns_per_msg": states["turns"] / max(1, delivered),
+                "saturated_commits_per_msg": states["commits"] / max(1, delivered),
                 "machine_busy_cores": states["machine"],
                 "other_processes_cores": states["machine"]
                 - cpu / timing.saturation
@@ -1197,6 +1201,8 @@ def summarize(runs: list[dict[str, Any]], workers: int, pairs: int) -> dict[str,
         "saturated_p50_ms",
         "generator_cpu_share",
         "server_disk_wait_share",
+        "saturated_turns_per_msg",
+        "saturated_commits_per_msg",
         "machine_busy_cores",
         "other_processes_cores",
         "raw_relay_cpu_us_per_msg",
@@ -1300,6 +1306,10 @@ def print_table(summary: dict[str, Any]) -> None:
     print(f"  {'server CPU per message at saturation':42} {s['server_cpu_us_per_msg']:9.0f} µs")
     print(f"  {'server CPU used at saturation':42} {s['server_cpu_share']:9.2f} cores")
     print(f"  {'server loop waiting on the disk (state D)':42} {s['server_disk_wait_share']:9.0%}")
+    print(
+        f"  {'turns, commits a message at saturation':42} {s['saturated_turns_per_msg']:9.4f}"
+        f"  {s['saturated_commits_per_msg']:.4f}"
+    )
     print(
         f"  {'machine busy at saturation (all processes)':42} {s['machine_busy_cores']:9.2f} cores"
     )

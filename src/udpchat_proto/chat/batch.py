@@ -19,6 +19,8 @@ stored (the hints), pushes for users online elsewhere, sessions that ended.
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 
 from ..transport import ConnectionId
@@ -53,13 +55,24 @@ class BatchEnd:
     when nothing was committed)."""
 
 
-@attrs.frozen
 class Held:
-    """A reply or push waiting for its batch's commit."""
+    """A reply or push waiting for its batch's commit (never changed once made).
 
-    target: ConnectionId | RemoteUser
-    message: m.Response | m.Push | m.DevicePush
-    payload: bytes
+    A plain class with slots, not an attrs one: the compiled build makes it a
+    native class, built without a Python ``__init__`` and its ``object.__setattr__``
+    calls (two or three are held a message)."""
+
+    __slots__ = ("message", "payload", "target")
+
+    def __init__(
+        self,
+        target: ConnectionId | RemoteUser,
+        message: m.Response | m.Push | m.DevicePush,
+        payload: bytes,
+    ) -> None:
+        self.target: Final = target
+        self.message: Final = message
+        self.payload: Final = payload
 
 
 Close = tuple[ConnectionId | RemoteSession, str | None]
@@ -70,13 +83,16 @@ remote session, log them out only)."""
 _Membership = dict[tuple[str, str], tuple[bool, list[str]]]
 
 
-@attrs.frozen
 class StepMark:
-    """Where a step began, to give back what it held if it fails."""
+    """Where a step began, to give back what it held if it fails (one a request; a
+    plain class with slots for the compiled build, as :class:`Held`)."""
 
-    held: int
-    closes: int
-    membership: _Membership
+    __slots__ = ("closes", "held", "membership")
+
+    def __init__(self, *, held: int, closes: int, membership: _Membership) -> None:
+        self.held: Final = held
+        self.closes: Final = closes
+        self.membership: Final = membership
 
 
 class Batch:
