@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import POSTGRES_URL, postgres_store
+from tests.services import POSTGRES_URL, postgres_database, postgres_store
 from tests.test_sql_layer import postgres_schema, released_sql
 from tests.test_store import (
     ALICE_LAPTOP,
@@ -30,6 +30,7 @@ from udpchat_proto import Store
 from udpchat_proto.chat import sealed_size, stored_size
 from udpchat_proto.chat.messages import ChatMessage
 from udpchat_proto.e2ee import DEVICE_ID_SIZE, DeviceKeys, KeyShare
+from udpchat_server.migrate import migrate
 from udpchat_server.stores import derive, records
 from udpchat_server.stores import postgres as postgres_module
 from udpchat_server.stores import sqlite as sqlite_module
@@ -292,3 +293,32 @@ def test_postgres_version_6_moves_each_record_and_device_set_into_its_row() -> N
             version = store.connection.execute("SELECT version FROM schema_version").fetchone()
             assert version == (6,)
             _read_as_before(store, *filled)
+
+
+def test_the_move_from_sqlite_keeps_each_record_and_device_set(tmp_path: Path) -> None:
+    # udpchat-server migrate copies the declared columns: the record and the
+    # device set come over in the row, and each device reads what it read.
+    source = tmp_path / "single.sqlite3"
+    with SQLiteStore.open(source) as single:
+        alice = with_device(single, "alice", ALICE_PHONE)
+        with_device(single, "alice", ALICE_LAPTOP)
+        bob = with_device(single, "bob", BOB_PHONE)
+        single.add_friendship("alice", "bob", 1.0)
+        sealed = encrypted("bob", "alice", BOB_PHONE)
+        assert sealed.ciphertext is not None
+        share = share_for(bob, alice, 1)
+        single.add_encrypted_message(
+            sealed,
+            BOB_PHONE,
+            sealed.ciphertext,
+            [alice.device_id, bob.device_id],
+            [(alice.device_id, share)],
+        )
+        single.commit()
+    with postgres_database() as url:
+        migrate(source, url)
+        with PostgresStore.open(url) as moved:
+            assert moved.pending_deliveries("alice", ALICE_PHONE, 10) == [sealed]
+            assert moved.pending_deliveries("alice", ALICE_LAPTOP, 10) == []
+            assert moved.stored_for_device(alice.device_id, [sealed.id]) == {sealed.id}
+            assert moved.key_shares_for(sealed.id, alice.device_id) == [share]
