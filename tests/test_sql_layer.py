@@ -45,7 +45,7 @@ from udpchat_server.stores import postgres as postgres_store_module
 from udpchat_server.stores import sqlite as sqlite_store
 from udpchat_server.stores.base import SqlStore
 from udpchat_server.stores.derive import SchemaMismatchError, additions
-from udpchat_server.stores.dialect import POSTGRES, SQLITE
+from udpchat_server.stores.dialect import POSTGRES, SQLITE, Dialect
 from udpchat_server.stores.postgres import PostgresStore
 from udpchat_server.stores.primitives import SqlPrimitives
 from udpchat_server.stores.sqlite import SQLiteStore
@@ -429,12 +429,19 @@ def test_the_device_records_remembered_are_bounded(monkeypatch: pytest.MonkeyPat
 # real one as a release's would be.
 
 
-def released_sql(migrations: Iterable[derive.Migration]) -> Iterator[str]:
-    """The statements of released migrations, to build an old database by hand."""
+def released_sql(
+    migrations: Iterable[derive.Migration], dialect: Dialect = SQLITE
+) -> Iterator[str]:
+    """The statements of released migrations, to build an old database by hand (a
+    step that is a table as declared for its migration: its columns added, as a
+    database these statements built has none of them)."""
     for migration in migrations:
         for step in migration:
-            assert isinstance(step, str), step  # (no step so far is a derived Table)
-            yield step
+            if isinstance(step, str):
+                yield step
+            else:
+                for column in step.columns:
+                    yield f"ALTER TABLE {step.name} ADD COLUMN {column.sql(dialect)}"
 
 
 def _extend(table: schema.Table) -> schema.Table:
@@ -724,7 +731,7 @@ def test_a_migration_finds_what_an_earlier_release_derived_whether_or_not_it_ran
 
 def old_postgres(db: psycopg.Connection[Any], version: int) -> None:
     """The schema on ``db``'s search path at ``version``, with an account and a message."""
-    for statement in released_sql(postgres_store_module.MIGRATIONS[:version]):
+    for statement in released_sql(postgres_store_module.MIGRATIONS[:version], POSTGRES):
         db.execute(statement)
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version VALUES (%s)", (version,))

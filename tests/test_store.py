@@ -1175,12 +1175,46 @@ def test_an_encrypted_message_in_one_call_is_the_two_calls_in_one(store: Store) 
     assert store.history("bob", "alice", 10) == [sealed]
 
 
-def test_sqlite_loses_the_batch_when_an_encrypted_messages_record_fails(
+def test_sqlite_keeps_nothing_of_an_encrypted_message_whose_record_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No savepoint around the three statements: a failure after the row (an outside
-    # cause) loses the whole batch, so the row is never committed without its record.
+    # The record and the device set are packed before the row's one INSERT: a
+    # failure there writes nothing, and the batch's earlier writes stand.
     import udpchat_server.stores.sqlite as sqlite_module
+
+    with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
+        alice = with_device(store, "alice", ALICE_PHONE)
+        bob = with_device(store, "bob", BOB_PHONE)
+        store.add_friendship("alice", "bob", 1.0)
+        store.commit()
+        used = store.stored_bytes("alice")
+        kept = send(store, "alice", "bob", "earlier in the batch")
+        sealed = encrypted("alice", "bob", ALICE_PHONE)
+        assert sealed.ciphertext is not None
+
+        def full_disk(_value: object) -> bytes:
+            raise StoreUnavailableError("disk full")
+
+        monkeypatch.setattr(sqlite_module, "pack", full_disk)
+        with pytest.raises(StoreUnavailableError):
+            store.add_encrypted_message(
+                sealed, ALICE_PHONE, sealed.ciphertext, [alice.device_id, bob.device_id], []
+            )
+        monkeypatch.undo()
+        store.commit()
+        assert store.get_message(sealed.id) is None
+        assert store.history("bob", "alice", 10) == [kept]
+        assert store.stored_bytes("alice") == used + stored_size(kept.text)
+
+
+def test_sqlite_loses_the_batch_when_an_encrypted_messages_shares_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No savepoint around the row and its key shares: a failure after the row (an
+    # outside cause) loses the whole batch, so the row is never committed without
+    # its shares.
+    import udpchat_server.stores.sqlite as sqlite_module
+    from udpchat_server.stores.records import pack as packed
 
     with SQLiteStore.open(tmp_path / "db.sqlite3") as store:
         alice = with_device(store, "alice", ALICE_PHONE)
@@ -1191,13 +1225,19 @@ def test_sqlite_loses_the_batch_when_an_encrypted_messages_record_fails(
         sealed = encrypted("alice", "bob", ALICE_PHONE)
         assert sealed.ciphertext is not None
 
-        def full_disk(_value: object) -> bytes:
-            raise StoreUnavailableError("disk full")  # (as a translated SQLITE_FULL)
+        def full_disk_at_shares(value: Any) -> bytes:
+            if isinstance(value, KeyShare):
+                raise StoreUnavailableError("disk full")  # (as a translated SQLITE_FULL)
+            return packed(value)
 
-        monkeypatch.setattr(sqlite_module, "pack", full_disk)
+        monkeypatch.setattr(sqlite_module, "pack", full_disk_at_shares)
         with pytest.raises(StoreUnavailableError):
             store.add_encrypted_message(
-                sealed, ALICE_PHONE, sealed.ciphertext, [alice.device_id, bob.device_id], []
+                sealed,
+                ALICE_PHONE,
+                sealed.ciphertext,
+                [alice.device_id, bob.device_id],
+                [(bob.device_id, share_for(alice, bob, 1))],
             )
         monkeypatch.undo()
         with pytest.raises(StoreUnavailableError):

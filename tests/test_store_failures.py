@@ -26,8 +26,11 @@ BIG = "x" * 4000  # needs new pages: more than a page of text
 
 
 def fill_disk(store: SQLiteStore) -> None:
-    """Make every write that needs a new page fail with SQLITE_FULL."""
+    """Make every write that needs a new page fail with SQLITE_FULL: none free in
+    the file either (a migration that drops a table leaves its pages free, and a
+    write takes those before it grows the file)."""
     db = store.connection
+    db.execute("VACUUM")
     (pages,) = db.execute("PRAGMA page_count").fetchone()
     db.execute(f"PRAGMA max_page_count = {pages}")
 

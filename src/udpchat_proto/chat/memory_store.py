@@ -690,6 +690,8 @@ class MemoryStore:
         ciphertext: EncryptedMessage,
         devices: Sequence[bytes],
         key_shares: Sequence[tuple[bytes, KeyShare]],
+        *,
+        sealed_bytes: int | None = None,
     ) -> None:
         """Note the devices an encrypted message is for, and its key shares (its
         record is the stored message's own)."""
@@ -698,7 +700,11 @@ class MemoryStore:
         shares = self._key_shares.setdefault(message_id, {})
         for device_id, share in key_shares:
             shares.setdefault(device_id, []).append(share)
-        entry.sealed_bytes = sealed_size(ciphertext, (share for _device, share in key_shares))
+        entry.sealed_bytes = (
+            sealed_size(ciphertext, (share for _device, share in key_shares))
+            if sealed_bytes is None
+            else sealed_bytes
+        )
         if ciphertext.sender in self._stored:
             self._stored[ciphertext.sender] += entry.sealed_bytes
 
@@ -709,11 +715,13 @@ class MemoryStore:
         ciphertext: EncryptedMessage,
         devices: Sequence[bytes],
         key_shares: Sequence[tuple[bytes, KeyShare]],
+        *,
+        sealed_bytes: int | None = None,
     ) -> StoredMessage:
         """:meth:`add_message` and :meth:`add_encrypted` (neither can fail once the
         id is found free)."""
         stored = self.add_message(message, origin)
-        self.add_encrypted(message.id, ciphertext, devices, key_shares)
+        self.add_encrypted(message.id, ciphertext, devices, key_shares, sealed_bytes=sealed_bytes)
         return stored
 
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:

@@ -552,6 +552,8 @@ class Store(Protocol):
         ciphertext: EncryptedMessage,
         devices: Sequence[bytes],
         key_shares: Sequence[tuple[bytes, KeyShare]],
+        *,
+        sealed_bytes: int | None = None,
     ) -> None:
         """Keep, for the encrypted message just added (:meth:`add_message`), its
         record (``ciphertext``, the message's own), the devices it was stored for and the key
@@ -559,7 +561,8 @@ class Store(Protocol):
         and shown in history, only the encrypted messages stored for it. The
         sender's :meth:`stored_bytes` go up by :func:`sealed_size` of the record and
         shares (in the same transaction), and down by as much when the message is
-        deleted."""
+        deleted. ``sealed_bytes``: that size, when the caller counted it already
+        (for its quota check), so that the store need not count it again."""
         ...
 
     def add_encrypted_message(
@@ -569,9 +572,12 @@ class Store(Protocol):
         ciphertext: EncryptedMessage,
         devices: Sequence[bytes],
         key_shares: Sequence[tuple[bytes, KeyShare]],
+        *,
+        sealed_bytes: int | None = None,
     ) -> StoredMessage:
         """:meth:`add_message` then :meth:`add_encrypted`, as one write: all of it is
-        kept or none (a store may take it in fewer statements than the two would).
+        kept or none (a store may take it in fewer statements than the two would;
+        the SQL stores keep the record and the device set in the message's row).
 
         Raises:
             ValueError: a message with this id is already stored (nothing is kept).

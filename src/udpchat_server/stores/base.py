@@ -12,8 +12,8 @@ module           tables                                                     clas
 ``social``       invitations, friendships, blocks                           ``SocialSQL``
 ``rooms``        conversations, participants                                ``RoomsSQL``
 ``messages``     messages, session_cursors, user_cursors                    ``MessagesSQL``
-``devices``      device_keys, one_time_keys, message_ciphertexts,           ``DevicesSQL``
-                 message_devices, message_key_shares
+``devices``      device_keys, one_time_keys, message_key_shares             ``DevicesSQL``
+                 (and an encrypted message's columns of ``messages``)
 ===============  =========================================================  ===============
 
 :class:`SqlStore` is the classes together, as redis-py's client is its command

@@ -1,5 +1,6 @@
-"""End-to-end encryption: the devices' keys and what an encrypted message
-stores beside its row, and the Store methods over them.
+"""End-to-end encryption: the devices' keys, an encrypted message's record and
+devices (in its row of ``messages``) and key shares, and the Store methods over
+them.
 
 Written once for SQLite and PostgreSQL (see :mod:`.primitives`). A new column goes
 at the end of its table here, beside the statement that writes it.
@@ -12,11 +13,10 @@ from typing import Final
 
 from udpchat_proto import StoredMessage
 from udpchat_proto import messages as m
-from udpchat_proto.chat import sealed_size
 from udpchat_proto.e2ee import ClaimedKey, DeviceKeys, EncryptedMessage, KeyShare, OneTimeKey
 
 from .primitives import SqlPrimitives
-from .records import pack, unpack, unpack_device
+from .records import has_device, pack, pack_devices, sealed_size_of, unpack, unpack_device
 from .schema import Column, Index, Kind, Table
 
 __all__ = ["TABLES", "DevicesSQL"]
@@ -52,23 +52,6 @@ TABLES: Final = (
         ),
         key=("device_id", "key_id"),
     ),
-    # An encrypted message's record (its text column is empty: no text is).
-    Table(
-        "message_ciphertexts",
-        (
-            Column("message_id", _BYTES, key=True, references=_MESSAGE_CASCADE),
-            Column("record", _BYTES),  # an EncryptedMessage
-        ),
-    ),
-    # The devices an encrypted message was stored for: no other is delivered it.
-    Table(
-        "message_devices",
-        (
-            Column("message_id", _BYTES, references=_MESSAGE_CASCADE),
-            Column("device_id", _BYTES),
-        ),
-        key=("message_id", "device_id"),
-    ),
     # The key shares sent with a message, delivered with it to their devices: in
     # the device's stream at the message's place (the same cursor).
     Table(
@@ -82,8 +65,9 @@ TABLES: Final = (
         key=("message_id", "device_id", "number"),
     ),
 )
-"""End-to-end encryption: devices' keys, one-time keys, and what an encrypted
-message stores beside its row (its record, its devices, its key shares)."""
+"""End-to-end encryption: devices' keys, one-time keys, and the key shares an
+encrypted message stores beside its row (its record and its devices are in the
+row: :mod:`.messages`)."""
 
 
 class DevicesSQL(SqlPrimitives):
@@ -180,20 +164,24 @@ class DevicesSQL(SqlPrimitives):
         ciphertext: EncryptedMessage,
         devices: Sequence[bytes],
         key_shares: Sequence[tuple[bytes, KeyShare]],
+        *,
+        sealed_bytes: int | None = None,
     ) -> None:
-        # What is stored beside the row counts against the sender's quota, in this
-        # transaction, and goes back with the row (statements.STORED_SIZE).
-        size = sealed_size(ciphertext, (share for _device, share in key_shares))
-        self._execute("UPDATE messages SET sealed_bytes = ? WHERE id = ?", (size, message_id))
-        self._charge(ciphertext.sender, size)
+        # The record and the device set go into the message's own row, one UPDATE
+        # (PostgreSQL's staged sends: their rows are inserted with the batch's);
+        # what is stored beside or in it counts against the sender's quota, in
+        # this transaction, and goes back with the row (statements.STORED_SIZE).
+        size = sealed_size_of(ciphertext, key_shares, sealed_bytes)
         self._execute(
-            "INSERT INTO message_ciphertexts (message_id, record) VALUES (?, ?)",
-            (message_id, pack(ciphertext)),
+            "UPDATE messages SET sealed_bytes = ?, record = ?, devices = ? WHERE id = ?",
+            (size, pack(ciphertext), pack_devices(devices), message_id),
         )
-        self._executemany(
-            "INSERT INTO message_devices (message_id, device_id) VALUES (?, ?)",
-            [(message_id, device_id) for device_id in sorted(set(devices))],
-        )
+        self._charge(ciphertext.sender, size)
+        self._add_key_shares(message_id, key_shares)
+
+    def _add_key_shares(
+        self, message_id: bytes, key_shares: Sequence[tuple[bytes, KeyShare]]
+    ) -> None:
         if key_shares:  # (most messages carry none: their session was shared before)
             self._executemany(
                 "INSERT INTO message_key_shares (message_id, device_id, number, record) "
@@ -211,11 +199,15 @@ class DevicesSQL(SqlPrimitives):
         ciphertext: EncryptedMessage,
         devices: Sequence[bytes],
         key_shares: Sequence[tuple[bytes, KeyShare]],
+        *,
+        sealed_bytes: int | None = None,
     ) -> StoredMessage:
         """Both writes in an atomic block (SQLite does it its own way)."""
         with self.atomic():
             stored = self.add_message(message, origin)
-            self.add_encrypted(message.id, ciphertext, devices, key_shares)
+            self.add_encrypted(
+                message.id, ciphertext, devices, key_shares, sealed_bytes=sealed_bytes
+            )
         return stored
 
     def key_shares_for(self, message_id: bytes, device_id: bytes) -> list[KeyShare]:
@@ -230,8 +222,8 @@ class DevicesSQL(SqlPrimitives):
         if not message_ids:
             return set()
         rows = self._select_in(
-            "SELECT message_id FROM message_devices WHERE device_id = :device AND message_id {in}",
+            "SELECT id, devices FROM messages WHERE devices IS NOT NULL AND id {in}",
             list(message_ids),
-            {"device": device_id},
+            {},
         )
-        return {bytes(row[0]) for row in rows}
+        return {bytes(row[0]) for row in rows if has_device(row[1], device_id)}

@@ -8,8 +8,9 @@ order Python sorts names in). :meth:`Dialect.sql` rewrites it for one database:
 
 * SQLite: ``GREATEST(``/``LEAST(`` become its scalar ``MAX(``/``MIN(``,
   ``octet_length(text)`` becomes ``length(CAST(text AS BLOB))`` (SQLite has
-  ``octet_length`` only from 3.43), and ``COLLATE "C"`` goes (its default order is
-  already the bytes');
+  ``octet_length`` only from 3.43), ``COLLATE "C"`` goes (its default order is
+  already the bytes'), and the device search of ``statements.for_device``,
+  ``position(:device IN m.devices)``, becomes ``instr(m.devices, :device)``;
 * PostgreSQL (psycopg): ``?`` becomes ``%s``, ``:name`` becomes ``%(name)s``, and a
   literal ``%`` (``LIKE '#%'``) is doubled.
 
@@ -70,6 +71,8 @@ SQLITE: Final = Dialect(
         ("LEAST(", "MIN("),
         ("octet_length(text)", "length(CAST(text AS BLOB))"),
         (' COLLATE "C"', ""),
+        # statements.for_device's byte search, in SQLite's order of arguments.
+        ("position(:device IN m.devices)", "instr(m.devices, :device)"),
     ),
     pyformat=False,
 )

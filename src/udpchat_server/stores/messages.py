@@ -31,10 +31,11 @@ def to_micros(when: datetime.datetime) -> int:
     return (when - _EPOCH) // _MICROSECOND
 
 
-def chat_message(row: Sequence[Any], ciphertext: EncryptedMessage | None = None) -> m.ChatMessage:
-    """A ChatMessage from the columns of :data:`.statements.MESSAGE_COLUMNS` (and,
-    for an encrypted message, its record)."""
-    message_id, sender, to, text, sent_at = row[:5]
+def chat_message(row: Sequence[Any]) -> m.ChatMessage:
+    """A ChatMessage from the columns of :data:`.statements.MESSAGE_COLUMNS` (an
+    encrypted one's record among them)."""
+    message_id, sender, to, text, sent_at, record = row[:6]
+    ciphertext = None if record is None else unpack(EncryptedMessage, record)
     return m.ChatMessage(
         id=bytes(message_id),
         sender=sender,
@@ -67,8 +68,13 @@ TABLES: Final = (
             Column("origin", _BYTES, null=True),  # the sending session's token hash
             Column("delivered_at", _TIME, null=True),  # a direct message's delivery
             # An encrypted message's record and key shares (sealed_size): the
-            # quota's charge for what is stored beside the row, given back with it.
+            # quota's charge for what it stores, given back with the row.
             Column("sealed_bytes", _INT, default=0),
+            # An encrypted message's record (its text is empty: no text is) and the
+            # devices it was stored for (records.pack_devices: no other is given
+            # it), in its row: one INSERT a send, as a text's (see .devices).
+            Column("record", _BYTES, null=True),
+            Column("devices", _BYTES, null=True),
         ),
         unique=(("conversation", "seq"),),
         indexes=(Index("messages_by_time", ("sent_at",)),),  # retention
@@ -115,7 +121,7 @@ class MessagesSQL(SqlPrimitives):
         row = self._select(sql.GET_MESSAGE, (message_id,)).fetchone()
         if row is None:
             return None
-        return StoredMessage(message=self._message(row[:5]), seq=row[5], delivered_at=row[6])
+        return StoredMessage(message=self._message(row[:6]), seq=row[6], delivered_at=row[7])
 
     def history(
         self, username: str, peer: str, limit: int, before: bytes | None = None
@@ -283,11 +289,5 @@ class MessagesSQL(SqlPrimitives):
 
     def _message(self, row: Sequence[Any]) -> m.ChatMessage:
         """A message row (:data:`.statements.MESSAGE_COLUMNS`) as a ChatMessage (an
-        encrypted one, whose text is empty, with its record)."""
-        if row[3]:
-            return chat_message(row)
-        # No text is empty: the message is encrypted, its record kept beside it.
-        found = self._select(
-            "SELECT record FROM message_ciphertexts WHERE message_id = ?", (bytes(row[0]),)
-        ).fetchone()
-        return chat_message(row, None if found is None else unpack(EncryptedMessage, found[0]))
+        encrypted one with its record, from the same row)."""
+        return chat_message(row)

@@ -55,6 +55,7 @@ from . import batched
 from .base import Params, Rows, SchemaVersionError, SqlStore, store_methods, to_micros
 from .derive import Migration, postgres_tables, upgrade
 from .dialect import POSTGRES
+from .schema import Column, Kind, Table
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -192,6 +193,26 @@ MIGRATIONS: tuple[Migration, ...] = (
     # (as for SQLite's 10th): a release before this one would run on columns it
     # does not know. This number is its refusal.
     (),
+    # 6: an encrypted message's record and device set move into its row (as
+    # SQLite's 11th): copied from the two tables beside it, which go.
+    (
+        Table(
+            "messages",
+            (
+                Column("sealed_bytes", Kind.INT, default=0),  # (derived after 5)
+                Column("record", Kind.BYTES, null=True),
+                Column("devices", Kind.BYTES, null=True),
+            ),
+        ),
+        """UPDATE messages SET
+               record = (SELECT c.record FROM message_ciphertexts AS c
+                         WHERE c.message_id = messages.id),
+               devices = (SELECT string_agg(d.device_id, ''::bytea ORDER BY d.device_id)
+                          FROM message_devices AS d WHERE d.message_id = messages.id)
+           WHERE id IN (SELECT message_id FROM message_ciphertexts)""",
+        "DROP TABLE message_devices",
+        "DROP TABLE message_ciphertexts",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

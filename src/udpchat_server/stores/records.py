@@ -1,18 +1,30 @@
 """End-to-end encryption's records as the SQL stores keep them: compact JSON, byte
 strings in hex, as the wire writes them (the server never reads inside them: it
-keeps and hands back what devices uploaded and sent)."""
+keeps and hands back what devices uploaded and sent); and an encrypted message's
+device set, as its row keeps it (:func:`pack_devices`)."""
 
 from __future__ import annotations
 
 import typing
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
 import orjson
 
-from udpchat_proto.e2ee import DeviceKeys
+from udpchat_proto.chat import sealed_size
+from udpchat_proto.e2ee import DEVICE_ID_SIZE, DeviceKeys, EncryptedMessage, KeyShare
 
-__all__ = ["DEVICE_CACHE_SIZE", "pack", "unpack", "unpack_device"]
+__all__ = [
+    "DEVICE_CACHE_SIZE",
+    "has_device",
+    "pack",
+    "pack_devices",
+    "sealed_size_of",
+    "unpack",
+    "unpack_device",
+    "unpack_devices",
+]
 
 _R = TypeVar("_R")
 
@@ -127,3 +139,55 @@ def _build(cls: type[_R], obj: dict[str, Any]) -> _R:
         else:
             values[name] = value
     return cls(**values)
+
+
+def pack_devices(devices: Iterable[bytes]) -> bytes:
+    """The devices an encrypted message is stored for, as its row keeps them
+    (``messages.devices``): their ids (:data:`~udpchat_proto.e2ee.DEVICE_ID_SIZE`
+    bytes each, sessions' ids) sorted, once each, end to end.
+
+    In the row, not a table of (message, device) rows beside it: that table took
+    an ``executemany`` a send (40,000 instructions on SQLite, a round trip on
+    PostgreSQL) and a lookup a read, for what is a few dozen bytes read only with
+    the row. A reference to a device set stored once would save those bytes again,
+    but cost a lookup (or a cache kept right across nodes) a send to find it.
+    Whether a device is among them is a search for its id in these bytes
+    (``statements.for_device``): a match that straddled two ids would need 16
+    bytes of two SHA-256 digests to equal a third, which is never.
+
+    Raises:
+        ValueError: an id of another size (its search could straddle).
+    """
+    ids = sorted(set(devices))
+    for device in ids:
+        if len(device) != DEVICE_ID_SIZE:
+            raise ValueError(f"a device id is {DEVICE_ID_SIZE} bytes, not {len(device)}")
+    return b"".join(ids)
+
+
+def unpack_devices(data: bytes | memoryview | None) -> frozenset[bytes]:
+    """The device set :func:`pack_devices` stored (empty for none)."""
+    if data is None:
+        return frozenset()
+    packed = bytes(data)
+    return frozenset(
+        packed[start : start + DEVICE_ID_SIZE] for start in range(0, len(packed), DEVICE_ID_SIZE)
+    )
+
+
+def has_device(data: bytes | memoryview | None, device_id: bytes) -> bool:
+    """Whether ``device_id`` is in the device set :func:`pack_devices` stored."""
+    return device_id in unpack_devices(data)
+
+
+def sealed_size_of(
+    ciphertext: EncryptedMessage,
+    key_shares: Sequence[tuple[bytes, KeyShare]],
+    sealed_bytes: int | None,
+) -> int:
+    """``sealed_bytes`` as the caller counted it for its quota check (the server
+    does, before the store is asked), or else counted here: the same
+    :func:`~udpchat_proto.chat.sealed_size`, not worked out twice a send."""
+    if sealed_bytes is not None:
+        return sealed_bytes
+    return sealed_size(ciphertext, (share for _device, share in key_shares))

@@ -38,15 +38,16 @@ __all__ = [
 NO_SEQ: Final = 1 << 62
 """Past every seq (a bound for "no such message")."""
 
-MESSAGE_COLUMNS: Final = "m.id, m.sender, m.recipient, m.text, m.sent_at"
-"""A ChatMessage's columns, in the order ``messages.chat_message`` reads them."""
+MESSAGE_COLUMNS: Final = "m.id, m.sender, m.recipient, m.text, m.sent_at, m.record"
+"""A ChatMessage's columns, in the order ``messages.chat_message`` reads them (an
+encrypted message's record the last: NULL for a text)."""
 
 STORED_SIZE: Final = f"octet_length(text) + {MESSAGE_OVERHEAD:d} + sealed_bytes"
 """What a messages row counts against its sender's quota (``stored_size``, in SQL),
-and an encrypted one's record and key shares stored beside it (``sealed_bytes``:
-their ``sealed_size``, set by ``add_encrypted``)."""
+and an encrypted one's record and key shares (``sealed_bytes``: their
+``sealed_size``, written with the record)."""
 
-GET_MESSAGE: Final = (
+GET_MESSAGE: Final = (  # (the message's columns, then seq and delivered_at)
     f"SELECT {MESSAGE_COLUMNS}, m.seq, m.delivered_at FROM messages AS m WHERE m.id = ?"
 )
 
@@ -62,12 +63,13 @@ def for_device(device: str) -> str:
     """Whether message m is for the device ``device`` (an SQL expression): every text
     message is (stored before the upgrade, or by a client that does not encrypt
     yet); an encrypted one (its text empty) only if it was stored for that device,
-    which alone has its key. Every delivery query has it (the per-session ones
-    here, PostgreSQL's batched one)."""
-    return (
-        "(m.text != '' OR EXISTS (SELECT 1 FROM message_devices AS d "
-        f"WHERE d.message_id = m.id AND d.device_id = {device}))"
-    )
+    which alone has its key: its id is among the row's ``devices``
+    (``records.pack_devices``; NULL for none, so not for any). Every delivery
+    query has it (the per-session ones here, PostgreSQL's batched one).
+
+    Written as PostgreSQL's ``position(id IN devices)``, which SQLite's dialect
+    spells ``instr(devices, id)`` (the same byte search on BLOBs)."""
+    return f"(m.text != '' OR position({device} IN m.devices) > 0)"
 
 
 _FOR_DEVICE = for_device(":device")

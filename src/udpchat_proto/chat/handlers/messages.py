@@ -217,6 +217,7 @@ class MessageHandlers:
                     request.encrypted,
                     sorted(sealed.devices),
                     _shares_by_device(sealed),
+                    sealed_bytes=sealed_bytes,  # (counted for the quota above: not again)
                 )
         except ValueError:  # the id is taken
             if self._answered_as_retry(connection, me, request):
@@ -239,15 +240,18 @@ class MessageHandlers:
         # Its recipients' connections here, and the sender's other devices.
         self._push_new(connection, message, recipients, sealed)
 
-    def _store_sealed(self, request: m.SendMessage, sealed: _Sealed | None) -> None:
-        """Store an encrypted message's devices and key shares (once the message
-        itself is stored: they refer to it)."""
+    def _store_sealed(
+        self, request: m.SendMessage, sealed: _Sealed | None, sealed_bytes: int
+    ) -> None:
+        """Store an encrypted message's record, devices and key shares (once the
+        message itself is stored: they go into its row, or refer to it)."""
         if sealed is not None and request.encrypted is not None:
             self._store.add_encrypted(
                 request.message_id,
                 request.encrypted,
                 sorted(sealed.devices),
                 _shares_by_device(sealed),
+                sealed_bytes=sealed_bytes,
             )
 
     def _stage(
@@ -279,7 +283,7 @@ class MessageHandlers:
         cluster = self._config.cluster
 
         def stored() -> None:
-            self._store_sealed(request, sealed)
+            self._store_sealed(request, sealed, sealed_bytes)
             if not cluster:
                 # A single server pushes from memory once the message is stored (and
                 # the pushes wait for the commit with the rest).
