@@ -25,8 +25,11 @@ PostgreSQL does its own way (and where its batched statements belong):
   (:meth:`~PostgresStore.acknowledge_many`), the refills one
   (:meth:`~PostgresStore.pending_deliveries_many`), and the commit one (the
   stored bytes and ``COMMIT`` in a pipeline). ``BEGIN``, ``SAVEPOINT`` and
-  ``RELEASE`` wait to go out in the pipeline of the next statement. The
-  statements are :mod:`.batched`'s; :attr:`PostgresStore.round_trips` counts.
+  ``RELEASE`` wait to go out in the pipeline of the next statement. A batch whose
+  only writes are its messages and the acknowledgements it carries (most of them
+  at low load: a message or two) is one round trip
+  (:meth:`PostgresStore.store_and_commit`). The statements are :mod:`.batched`'s;
+  :attr:`PostgresStore.round_trips` counts.
 * **Stored bytes** are read once a second at most per user
   (:data:`STORED_BYTES_TTL`; each commit brings the totals it changed back):
   the quota check of a send costs no round trip. A user sending through several
