@@ -35,6 +35,14 @@ def chat_message(row: Sequence[Any], ciphertext: EncryptedMessage | None = None)
     """A ChatMessage from the columns of :data:`.statements.MESSAGE_COLUMNS` (and,
     for an encrypted message, its record)."""
     message_id, sender, to, text, sent_at = row[:5]
+    if ciphertext is None and text:  # (checked when accepted: see ChatMessage.stored)
+        return m.ChatMessage.stored(
+            id=bytes(message_id),
+            sender=sender,
+            to=to,
+            text=text,
+            sent_at=_EPOCH + datetime.timedelta(microseconds=sent_at),
+        )
     return m.ChatMessage(
         id=bytes(message_id),
         sender=sender,
