@@ -32,7 +32,7 @@ from udpchat_proto.e2ee import DeviceKeys, EncryptedMessage, KeyShare
 from udpchat_proto.e2ee.records import MAX_KEY_SHARE, MAX_MESSAGE_CIPHERTEXT
 from udpchat_proto.errors import DecodeError, ErrorCode, LocalProtocolError
 
-from .strategies import all_messages, strategy_for
+from .strategies import all_messages, chat_messages, strategy_for
 
 MID = bytes(range(16))
 NOW = datetime.datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=datetime.UTC)
@@ -879,3 +879,19 @@ def test_a_chat_messages_written_out_hook_writes_what_cattrs_generates(
     assert codec.converter.unstructure(delivered)["message"] == generated(message)
     history = m.History(request_id=1, messages=(message,))
     assert codec.converter.unstructure(history)["messages"] == [generated(message)]
+
+
+@given(chat_messages.filter(lambda x: not x.encrypted))
+def test_a_text_message_read_back_from_a_store_is_the_message_checked(
+    message: m.ChatMessage,
+) -> None:
+    # ChatMessage.stored skips the checks (a refill builds tens of thousands): it
+    # must build the same message, every field set, and encode the same.
+    fields = {"id", "sender", "to", "text", "sent_at"}
+    stored = m.ChatMessage.stored(**{name: getattr(message, name) for name in fields})
+    assert stored == message and hash(stored) == hash(message)
+    assert attrs.asdict(stored) == attrs.asdict(message)
+    assert {field.name for field in attrs.fields(m.ChatMessage)} == fields | {
+        "encrypted",
+        "ciphertext",
+    }

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 from unittest import mock
 
+import attrs
 import psycopg
 import pytest
 
@@ -338,3 +339,110 @@ def test_a_failed_read_in_the_generic_plan_leaves_no_statement_generic() -> None
         # The error aborted the pipeline's transaction, and the SET with it.
         db = store.connection
         assert db.execute("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)
+
+
+def _stored_bytes(store: PostgresStore, user: str) -> int:
+    row = store.connection.execute(
+        "SELECT stored_bytes FROM accounts WHERE username = %s", (user,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _one_trip_world(store: PostgresStore) -> tuple[WriteTrackingStore, list[bytes]]:
+    sessions = [bytes([n]) * 32 for n in range(1, 5)]
+    for n, hashed in enumerate(sessions):
+        store.create_session(hashed, f"u{n}", 1.0)
+        store.create_account(
+            f"u{n}", PasswordHash(salt=b"s" * 16, params=ScryptParams(n=16), digest=b"d" * 32), 1.0
+        )
+    store.commit()
+    return WriteTrackingStore(store, stage_messages=True), sessions
+
+
+def test_a_batch_of_messages_and_acknowledgements_commits_in_one_round_trip() -> None:
+    # At low load a batch is a message or two and the acknowledgements waiting:
+    # their statements and the COMMIT go in one pipeline, the stored bytes counted
+    # in SQL from the rows the batch stored (not an id taken already, nor the
+    # second of an id sent twice).
+    with postgres_store() as store:
+        tracker, sessions = _one_trip_world(store)
+        first = [direct("u0", "u1", n) for n in range(3)]
+        for message in first:
+            tracker.stage_message(message, sessions[0], lambda: None)
+        before = store.round_trips
+        tracker.commit()
+        assert store.round_trips - before == 1
+        assert _stored_bytes(store, "u0") == sum(stored_size(x.text) for x in first)
+        # The next batch: a new message, one whose id is taken, one sent twice in it;
+        # and u1's acknowledgements of the first, carried by the timer's write.
+        again = direct("u0", "u1", 9)
+        taken = attrs.evolve(direct("u0", "u1", 7), id=first[0].id)
+        staged = [direct("u0", "u1", 3), taken, again, again]
+        refused: list[int] = []
+        for n, message in enumerate(staged):
+            tracker.stage_message(message, sessions[0], lambda n=n: refused.append(n))  # type: ignore[misc]
+        tracker.acknowledge("u1", sessions[1], [x.id for x in first], 2.0)
+        tracker.carry_deferred()
+        before = store.round_trips
+        tracker.commit()
+        assert store.round_trips - before == 1
+        assert refused == [1, 3]
+        assert not tracker.acknowledgements_deferred
+        receipts = tracker.take_receipts()
+        assert sorted(r.message_id for r in receipts) == sorted(x.id for x in first)
+        kept = [*first, staged[0], again]
+        assert _stored_bytes(store, "u0") == sum(stored_size(x.text) for x in kept)
+        assert store.pending_deliveries("u1", sessions[1], 10) == [staged[0], again]
+
+
+def test_a_conflict_in_the_one_round_trip_commit_does_the_batch_again() -> None:
+    with postgres_store() as store:
+        tracker, sessions = _one_trip_world(store)
+        store.connection.execute(
+            "CREATE OR REPLACE FUNCTION serialization_failure() RETURNS int LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'lost a race' USING ERRCODE = '40001'; END $$"
+        )
+        real = store.store_and_commit
+        calls: list[int] = []
+
+        def racing(messages: Any, acknowledgements: Any, now: float) -> Any:
+            calls.append(len(messages))
+            if len(calls) > 1:
+                return real(messages, acknowledgements, now)
+            losing = "SELECT serialization_failure(), 1 WHERE %(ids)s::bytea[] IS NOT NULL"
+            with mock.patch.object(batched, "ADD_MESSAGES", losing):
+                return real(messages, acknowledgements, now)
+
+        store.store_and_commit = racing  # type: ignore[method-assign]
+        message = direct("u0", "u1", 0)
+        tracker.stage_message(message, sessions[0], lambda: None)
+        tracker.commit()
+        assert calls == [1, 1] and tracker.conflicts_retried == 1
+        assert _stored_bytes(store, "u0") == stored_size(message.text)
+        assert store.pending_deliveries("u1", sessions[1], 10) == [message]
+
+
+def test_acknowledgements_that_fail_in_the_one_round_trip_commit_wait_again() -> None:
+    with postgres_store() as store:
+        tracker, sessions = _one_trip_world(store)
+        earlier = direct("u0", "u1", 0)
+        store.add_message(earlier)
+        store.commit()
+        message = direct("u0", "u1", 1)
+        tracker.stage_message(message, sessions[0], lambda: None)
+        tracker.acknowledge("u1", sessions[1], [earlier.id], 2.0)
+        tracker.carry_deferred()
+        failing = "SELECT 1 / 0 WHERE %(ids)s::bytea[] IS NOT NULL"
+        before = store.round_trips
+        with mock.patch.object(batched, "ACKNOWLEDGE", failing):
+            tracker.commit()
+        assert store.round_trips - before == 2  # (the rest committed without them)
+        assert tracker.acknowledgements_deferred and tracker.take_receipts() == []
+        assert _stored_bytes(store, "u0") == stored_size(earlier.text) + stored_size(message.text)
+        assert store.pending_deliveries("u1", sessions[1], 10) == [earlier, message]
+        tracker.commit()  # (nothing carried: they wait for the timer)
+        tracker.carry_deferred()
+        tracker.commit()
+        assert [r.message_id for r in tracker.take_receipts()] == [earlier.id]
+        assert store.pending_deliveries("u1", sessions[1], 10) == [message]

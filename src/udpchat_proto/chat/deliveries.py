@@ -230,6 +230,11 @@ class Deliveries:
         """Write the deferred acknowledgements (the CURSOR_WRITE timer; the batch
         then commits them)."""
         self._timers.cancel(ServerTimer.CURSOR_WRITE)
+        if self._tracker.stages_messages:
+            # A database a round trip away: written by the batch's commit, in its
+            # round trip (a failure there leaves them waiting: see committed()).
+            self._tracker.carry_deferred()
+            return
         try:
             self._tracker.flush_acknowledgements(own_block=True)
         except StoreUnavailableError as failure:  # they wait for the next try
@@ -243,6 +248,8 @@ class Deliveries:
         online of their messages' delivery."""
         if not self._tracker.acknowledgements_deferred:
             self._timers.cancel(ServerTimer.CURSOR_WRITE)
+        else:  # (some the commit carried may have failed and wait again)
+            self._timers.arm_after(ServerTimer.CURSOR_WRITE, CURSOR_WRITE_DELAY)
         by_sender: dict[str, list[Receipt]] = {}
         for receipt in self._tracker.take_receipts():
             if self._presence.is_online(receipt.sender):  # (one offline asks the status later)

@@ -284,6 +284,25 @@ class ChatMessage:
         if self.ciphertext is not None:
             _check_ciphertext(self.ciphertext, self.sender, self.to)
 
+    @classmethod
+    def stored(
+        cls, *, id: bytes, sender: str, to: str, text: str, sent_at: datetime.datetime
+    ) -> ChatMessage:
+        """A text message as a store reads it back, not checked again: it was when
+        the server accepted it, and a store holds only what its server accepted.
+        (A node's ``refill_all`` builds one for every message waiting, tens of
+        thousands after a bus outage: 7 µs each checked, 3 µs not.)"""
+        message = object.__new__(cls)
+        put = object.__setattr__  # (the class is frozen: attrs' own way round it)
+        put(message, "id", id)
+        put(message, "sender", sender)
+        put(message, "to", to)
+        put(message, "text", text)
+        put(message, "sent_at", sent_at)
+        put(message, "encrypted", False)
+        put(message, "ciphertext", None)
+        return message
+
 
 @attrs.frozen(kw_only=True)
 class UserPresence:

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 
@@ -89,6 +89,7 @@ __all__ = [
     "STORE_WRITES",
     "Account",
     "Acknowledgement",
+    "CommitsInOneTrip",
     "LoginSession",
     "Receipt",
     "Store",
@@ -762,6 +763,37 @@ FLUSH_ATTEMPTS: Final = 3
 another node (a deadlock: see ``StoreUnavailableError.conflict``)."""
 
 
+@runtime_checkable
+class CommitsInOneTrip(Protocol):
+    """A store a round trip away that can end a batch in one: store its messages,
+    write its acknowledgements and commit (PostgreSQL's pipeline). Only for a batch
+    that wrote nothing before (:attr:`transaction_open` False): the whole batch is
+    then this one call, and a conflict with another node is retried whole."""
+
+    @property
+    def transaction_open(self) -> bool:
+        """Whether the batch wrote anything already (then the call is not made)."""
+        ...
+
+    def store_and_commit(
+        self,
+        messages: Sequence[tuple[ChatMessage, bytes | None]],
+        acknowledgements: Sequence[Acknowledgement],
+        now: float,
+    ) -> tuple[list[StoredMessage | None], list[Receipt] | None]:
+        """Store ``messages`` (as :meth:`Store.add_messages`), write the
+        acknowledgements (as :meth:`Store.acknowledge_many`, in a block of their
+        own) and commit, all in one transaction. Returns what ``add_messages``
+        would, and the receipts, or None if the acknowledgements alone failed
+        (undone; the rest committed).
+
+        Raises:
+            StoreUnavailableError: nothing was committed (``conflict``: a race
+                with another node, the same call will most likely pass).
+        """
+        ...
+
+
 _Staged = tuple[ChatMessage, bytes | None, Callable[[], None], Callable[[], None] | None, bool, int]
 """A staged message: it, its origin, its ``refused`` and ``stored`` callbacks,
 whether ``stored`` writes, and what ``stored`` charges its sender (see
@@ -1034,6 +1066,16 @@ class WriteTrackingStore:
         self._written.extend(pending)
         self._receipts.extend(receipts)
 
+    def carry_deferred(self) -> None:
+        """Have this batch's commit write every deferred id (the timer's write,
+        where a store a round trip away ends the batch in one:
+        :class:`CommitsInOneTrip`). The batch counts as written from now on; a
+        failure there leaves them waiting, as :meth:`commit` says."""
+        if not self._deferred:
+            return
+        self._carry = dict.fromkeys(self._deferred)
+        self.dirty = True
+
     def _put_back(self, items: Sequence[tuple[tuple[str, bytes], Iterable[bytes]]]) -> None:
         for key, ids in items:
             # Older ids first: the cursors take the highest anyway.
@@ -1052,6 +1094,8 @@ class WriteTrackingStore:
             StoreUnavailableError: from ``inner``, or the staged messages could not
                 be stored (the batch is lost).
         """
+        if self._commit_in_one_trip():
+            return
         with contextlib.suppress(StoreUnavailableError):
             self.flush_messages()  # (if it fails, the commit below says the batch is lost)
         if self._carry:
@@ -1073,6 +1117,70 @@ class WriteTrackingStore:
         finally:
             self.dirty = False
         self._written.clear()
+
+    def _commit_in_one_trip(self) -> bool:
+        """The commit of a batch whose only writes are its staged messages and the
+        carried acknowledgements, in one round trip if ``inner`` can
+        (:class:`CommitsInOneTrip`): at low load a batch is one message and the
+        acknowledgements since the last, and their three round trips (messages,
+        acknowledgements, commit) were most of a message's latency. Returns False
+        (nothing done) where it does not apply.
+
+        Raises:
+            StoreUnavailableError: the batch is lost (as :meth:`commit`).
+        """
+        inner = self.inner
+        if (
+            not (self._staged or self._carry)
+            or not isinstance(inner, CommitsInOneTrip)
+            or inner.transaction_open
+            or self._flush_failure is not None
+            # (A message whose ``stored`` writes needs the round trip before it.)
+            or any(entry[4] for entry in self._staged)
+        ):
+            return False
+        staged, self._staged, self._staged_bytes = self._staged, [], {}
+        messages = [(message, origin) for message, origin, *_ in staged]
+        taken = self._take_deferred(list(self._carry))
+        acknowledgements = [(user, hashed, ids) for (user, hashed), ids in taken]
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            try:
+                stored, receipts = inner.store_and_commit(
+                    messages, acknowledgements, self._acknowledged_at
+                )
+            except StoreUnavailableError as failure:
+                if failure.conflict and attempt < FLUSH_ATTEMPTS:
+                    # Lost a race with another node: nothing was kept, and the
+                    # batch, all of it in this call, is done again.
+                    self.conflicts_retried += 1
+                    continue
+                self._put_back(taken)
+                self.batch_lost()
+                raise
+            break
+        if receipts is None:
+            self._put_back(taken)  # (only they failed: written by a later batch)
+        else:
+            self._receipts.extend(receipts)
+        self._written.clear()
+        try:
+            # Committed; the answers are still held (``dirty`` until the end), so
+            # a refusal replaces its acceptance before anything is sent.
+            self._call_back(staged, stored)
+        finally:
+            self.dirty = False
+        return True
+
+    def _take_deferred(
+        self, sessions: Iterable[tuple[str, bytes]]
+    ) -> list[tuple[tuple[str, bytes], list[bytes]]]:
+        """The deferred ids of these sessions, taken out to be written."""
+        taken: list[tuple[tuple[str, bytes], list[bytes]]] = []
+        for key in sessions:
+            if (ids := self._deferred.pop(key, None)) is not None:
+                taken.append((key, list(ids)))
+            self._carry.pop(key, None)
+        return taken
 
     def batch_committed(self) -> None:
         """The caller committed ``inner`` itself: the batch's writes are durable."""

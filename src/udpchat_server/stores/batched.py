@@ -22,7 +22,14 @@ from typing import Final
 
 from . import statements as sql
 
-__all__ = ["ACKNOWLEDGE", "ADD_MESSAGES", "ADD_USAGE", "PENDING", "PENDING_FEW"]
+__all__ = [
+    "ACKNOWLEDGE",
+    "ADD_MESSAGES",
+    "ADD_STORED_USAGE",
+    "ADD_USAGE",
+    "PENDING",
+    "PENDING_FEW",
+]
 
 #: The batch's changes to the stored bytes, in one statement, in name order: two
 #: nodes' commits lock the accounts they change in the same order (no deadlock).
@@ -31,6 +38,30 @@ ADD_USAGE: Final = """
     UPDATE accounts SET stored_bytes = accounts.stored_bytes + d.delta
     FROM (SELECT * FROM unnest(%b::text[], %b::bigint[]) AS u (name, delta)
           ORDER BY name) AS d
+    WHERE accounts.username = d.name
+    RETURNING accounts.username, accounts.stored_bytes
+"""
+
+#: :data:`ADD_USAGE` for messages :data:`ADD_MESSAGES` stored earlier in the same
+#: transaction, in the same pipeline (its result not read yet): each counts its
+#: ``size`` if its row is this transaction's own (its ``xmin`` the transaction's
+#: id: inserted at the top level, as ``store_and_commit`` does, not under a
+#: savepoint), the first of its id in the arrays only, as ``ADD_MESSAGES`` keeps.
+#: (A row of the batch that the same transaction then updated, in the
+#: acknowledgements' savepoint, would not count: that needs its recipient to
+#: acknowledge it before it was ever pushed.)
+ADD_STORED_USAGE: Final = """
+    UPDATE accounts SET stored_bytes = accounts.stored_bytes + d.delta
+    FROM (SELECT f.sender AS name, SUM(f.size) AS delta
+          FROM (SELECT DISTINCT ON (u.id) u.* FROM unnest(
+                    %(ids)b::bytea[], %(senders)b::text[], %(sizes)b::bigint[]
+                ) WITH ORDINALITY AS u (id, sender, size, n)
+                ORDER BY u.id, u.n) AS f
+          WHERE EXISTS (
+              SELECT 1 FROM messages AS m
+              WHERE m.id = f.id
+                AND m.xmin = (pg_current_xact_id()::text::bigint %% 4294967296)::text::xid)
+          GROUP BY f.sender ORDER BY f.sender) AS d
     WHERE accounts.username = d.name
     RETURNING accounts.username, accounts.stored_bytes
 """

@@ -35,6 +35,14 @@ def chat_message(row: Sequence[Any]) -> m.ChatMessage:
     """A ChatMessage from the columns of :data:`.statements.MESSAGE_COLUMNS` (an
     encrypted one's record among them)."""
     message_id, sender, to, text, sent_at, record = row[:6]
+    if record is None and text:  # (checked when accepted: see ChatMessage.stored)
+        return m.ChatMessage.stored(
+            id=bytes(message_id),
+            sender=sender,
+            to=to,
+            text=text,
+            sent_at=_EPOCH + datetime.timedelta(microseconds=sent_at),
+        )
     ciphertext = None if record is None else unpack(EncryptedMessage, record)
     return m.ChatMessage(
         id=bytes(message_id),

@@ -25,8 +25,11 @@ PostgreSQL does its own way (and where its batched statements belong):
   (:meth:`~PostgresStore.acknowledge_many`), the refills one
   (:meth:`~PostgresStore.pending_deliveries_many`), and the commit one (the
   stored bytes and ``COMMIT`` in a pipeline). ``BEGIN``, ``SAVEPOINT`` and
-  ``RELEASE`` wait to go out in the pipeline of the next statement. The
-  statements are :mod:`.batched`'s; :attr:`PostgresStore.round_trips` counts.
+  ``RELEASE`` wait to go out in the pipeline of the next statement. A batch whose
+  only writes are its messages and the acknowledgements it carries (most of them
+  at low load: a message or two) is one round trip
+  (:meth:`PostgresStore.store_and_commit`). The statements are :mod:`.batched`'s;
+  :attr:`PostgresStore.round_trips` counts.
 * **Stored bytes** are read once a second at most per user
   (:data:`STORED_BYTES_TTL`; each commit brings the totals it changed back):
   the quota check of a send costs no round trip. A user sending through several
@@ -527,6 +530,92 @@ class PostgresStore(SqlStore):
         for name, total in totals:
             self._remember_bytes(name, now, int(total))
 
+    @property
+    def transaction_open(self) -> bool:
+        """Whether the batch wrote anything yet (its transaction is begun)."""
+        return self._in_batch or self._batch_lost is not None
+
+    def store_and_commit(
+        self,
+        messages: Sequence[tuple[m.ChatMessage, bytes | None]],
+        acknowledgements: Sequence[Acknowledgement],
+        now: float,
+    ) -> tuple[list[StoredMessage | None], list[Receipt] | None]:
+        """A batch whose only writes are these messages and acknowledgements, in
+        one round trip (``CommitsInOneTrip``): ``BEGIN``, the messages
+        (:data:`.batched.ADD_MESSAGES`), the acknowledgements in a savepoint
+        (:data:`.batched.ACKNOWLEDGE`), the stored bytes
+        (:data:`.batched.ADD_STORED_USAGE`, which finds the messages stored from
+        their rows: their seqs come back only with the whole pipeline) and
+        ``COMMIT``, in the order of :meth:`commit`'s writes (the same locks in the
+        same order as a batch stored step by step). Should the acknowledgements
+        alone fail, they are undone and the rest commits in a second round trip.
+
+        Raises:
+            StoreUnavailableError: nothing was committed (``conflict``: lost a race
+                with another node; the caller does it again).
+            RuntimeError: a transaction is open (:attr:`transaction_open`).
+        """
+        if self.transaction_open:
+            raise RuntimeError("store_and_commit needs a batch that wrote nothing yet")
+        statements: list[tuple[str, Params | None]] = [("BEGIN", None)]
+        if messages:
+            statements.append((batched.ADD_MESSAGES, self._messages_params(messages)))
+        acked = self._acknowledge_params(acknowledgements, now)
+        if acked is not None:
+            statements += [
+                ("SAVEPOINT acknowledgements", None),
+                (batched.ACKNOWLEDGE, acked),
+                ("RELEASE SAVEPOINT acknowledgements", None),
+            ]
+        if messages:
+            usage = {
+                "ids": [message.id for message, _ in messages],
+                "senders": [message.sender for message, _ in messages],
+                "sizes": [stored_size(message.text) for message, _ in messages],
+            }
+            statements.append((batched.ADD_STORED_USAGE, usage))
+        statements.append(("COMMIT", None))
+        self._prelude = []
+        cursors: list[Any] = []
+        try:
+            db = self._connection()
+            self.round_trips += 1
+            with db.pipeline():
+                cursors.extend(db.execute(text, params) for text, params in statements)
+            acknowledged = acked is not None
+        except psycopg.Error as exc:
+            # Which statement failed: those before it have their results.
+            failed = len([cursor for cursor in cursors if cursor.pgresult is not None])
+            ack_at = 1 + bool(messages) + 1  # (BEGIN, the messages, the savepoint)
+            if acked is None or failed != ack_at:
+                self._discard()
+                raise unavailable(exc) or StoreUnavailableError("commit failed", str(exc)) from exc
+            # The acknowledgements alone: undone, and the rest committed without them.
+            rest = statements[ack_at + 2 :]
+            try:
+                self.round_trips += 1
+                with db.pipeline():
+                    db.execute("ROLLBACK TO SAVEPOINT acknowledgements")
+                    db.execute("RELEASE SAVEPOINT acknowledgements")
+                    cursors[ack_at + 2 :] = [db.execute(text, params) for text, params in rest]
+            except psycopg.Error as again:
+                self._discard()
+                raise unavailable(again) or StoreUnavailableError(
+                    "commit failed", str(again)
+                ) from again
+            acknowledged = False
+        seqs: dict[int, int] = dict(cursors[1].fetchall()) if messages else {}
+        receipts: list[Receipt] | None = None
+        if acknowledged:
+            receipts = self._receipts(cursors[1 + bool(messages) + 1], now)
+        stored = self._note_stored(messages, seqs, charge=False)
+        if messages:
+            when = time.monotonic()
+            for name, total in cursors[-2].fetchall():
+                self._remember_bytes(name, when, int(total))
+        return stored, receipts
+
     def _discard(self) -> None:
         self._prelude = []
         self._recent.clear()  # (what a lost batch stored is not stored)
@@ -666,15 +755,7 @@ class PostgresStore(SqlStore):
         """
         if not messages:
             return []
-        params = {
-            "ids": [message.id for message, _ in messages],
-            "keys": [conversation_key(message.sender, message.to) for message, _ in messages],
-            "senders": [message.sender for message, _ in messages],
-            "recipients": [message.to for message, _ in messages],
-            "texts": [message.text for message, _ in messages],
-            "sent": [to_micros(message.sent_at) for message, _ in messages],
-            "origins": [origin for _, origin in messages],
-        }
+        params = self._messages_params(messages)
         self._write()
         try:
             cursor = self._batched(
@@ -698,6 +779,31 @@ class PostgresStore(SqlStore):
             except psycopg.Error:
                 raise exc from None  # (the batch is lost: see _raise_translated)
             raise failure from exc
+        return self._note_stored(messages, seqs, charge=True)
+
+    @staticmethod
+    def _messages_params(messages: Sequence[tuple[m.ChatMessage, bytes | None]]) -> Params:
+        """:data:`.batched.ADD_MESSAGES`'s arrays."""
+        return {
+            "ids": [message.id for message, _ in messages],
+            "keys": [conversation_key(message.sender, message.to) for message, _ in messages],
+            "senders": [message.sender for message, _ in messages],
+            "recipients": [message.to for message, _ in messages],
+            "texts": [message.text for message, _ in messages],
+            "sent": [to_micros(message.sent_at) for message, _ in messages],
+            "origins": [origin for _, origin in messages],
+        }
+
+    def _note_stored(
+        self,
+        messages: Sequence[tuple[m.ChatMessage, bytes | None]],
+        seqs: dict[int, int],
+        *,
+        charge: bool,
+    ) -> list[StoredMessage | None]:
+        """The stored messages (``seqs``: by place from 1, as ``ADD_MESSAGES``
+        returns them), remembered as recent; with ``charge``, their sizes counted
+        for the commit to write."""
         stored: list[StoredMessage | None] = []
         recent = self._recent
         for n, (message, _origin) in enumerate(messages, start=1):
@@ -705,7 +811,8 @@ class PostgresStore(SqlStore):
             if seq is None:
                 stored.append(None)
                 continue
-            self._charge(message.sender, stored_size(message.text))
+            if charge:
+                self._charge(message.sender, stored_size(message.text))
             stored.append(StoredMessage(message=message, seq=int(seq)))
             recent[message.id] = message
         while len(recent) > _RECENT_MAX:
@@ -750,6 +857,17 @@ class PostgresStore(SqlStore):
     ) -> list[Receipt]:
         """Every session's acknowledgements in one statement
         (:data:`.batched.ACKNOWLEDGE`)."""
+        params = self._acknowledge_params(acknowledgements, now)
+        if params is None:
+            return []
+        self._write()
+        return self._receipts(self._batched(batched.ACKNOWLEDGE, params), now)
+
+    @staticmethod
+    def _acknowledge_params(
+        acknowledgements: Sequence[Acknowledgement], now: float
+    ) -> Params | None:
+        """:data:`.batched.ACKNOWLEDGE`'s arrays (None: no id to write)."""
         users: list[str] = []
         sessions: list[bytes] = []
         ids: list[bytes] = []
@@ -759,10 +877,12 @@ class PostgresStore(SqlStore):
                 sessions.append(token_hash)
                 ids.append(message_id)
         if not ids:
-            return []
-        self._write()
-        params = {"users": users, "sessions": sessions, "ids": ids, "now": now}
-        cursor = self._batched(batched.ACKNOWLEDGE, params)
+            return None
+        return {"users": users, "sessions": sessions, "ids": ids, "now": now}
+
+    @staticmethod
+    def _receipts(cursor: Any, now: float) -> list[Receipt]:
+        """The receipts :data:`.batched.ACKNOWLEDGE` returned."""
         return [
             Receipt(
                 message_id=bytes(message_id), sender=sender, recipient=recipient, delivered_at=now
