@@ -524,8 +524,7 @@ class PostgresStore(SqlStore):
             cursors = self._pipeline(statements)
             totals = cursors[0].fetchall() if changed else []
         except psycopg.Error as exc:
-            self._discard()
-            raise unavailable(exc) or StoreUnavailableError("commit failed", str(exc)) from exc
+            raise self._commit_failed(exc) from exc
         now = time.monotonic()
         for name, total in totals:
             self._remember_bytes(name, now, int(total))
@@ -576,6 +575,7 @@ class PostgresStore(SqlStore):
             }
             statements.append((batched.ADD_STORED_USAGE, usage))
         statements.append(("COMMIT", None))
+        ack_at = 1 + bool(messages) + 1  # (BEGIN, the messages, the savepoint)
         self._prelude = []
         cursors: list[Any] = []
         try:
@@ -587,10 +587,8 @@ class PostgresStore(SqlStore):
         except psycopg.Error as exc:
             # Which statement failed: those before it have their results.
             failed = len([cursor for cursor in cursors if cursor.pgresult is not None])
-            ack_at = 1 + bool(messages) + 1  # (BEGIN, the messages, the savepoint)
             if acked is None or failed != ack_at:
-                self._discard()
-                raise unavailable(exc) or StoreUnavailableError("commit failed", str(exc)) from exc
+                raise self._commit_failed(exc) from exc
             # The acknowledgements alone: undone, and the rest committed without them.
             rest = statements[ack_at + 2 :]
             try:
@@ -600,21 +598,23 @@ class PostgresStore(SqlStore):
                     db.execute("RELEASE SAVEPOINT acknowledgements")
                     cursors[ack_at + 2 :] = [db.execute(text, params) for text, params in rest]
             except psycopg.Error as again:
-                self._discard()
-                raise unavailable(again) or StoreUnavailableError(
-                    "commit failed", str(again)
-                ) from again
+                raise self._commit_failed(again) from again
             acknowledged = False
         seqs: dict[int, int] = dict(cursors[1].fetchall()) if messages else {}
         receipts: list[Receipt] | None = None
         if acknowledged:
-            receipts = self._receipts(cursors[1 + bool(messages) + 1], now)
+            receipts = self._receipts(cursors[ack_at], now)
         stored = self._note_stored(messages, seqs, charge=False)
         if messages:
             when = time.monotonic()
             for name, total in cursors[-2].fetchall():
                 self._remember_bytes(name, when, int(total))
         return stored, receipts
+
+    def _commit_failed(self, exc: psycopg.Error) -> StoreUnavailableError:
+        """The batch discarded after its commit failed, and the error to raise."""
+        self._discard()
+        return unavailable(exc) or StoreUnavailableError("commit failed", str(exc))
 
     def _discard(self) -> None:
         self._prelude = []
