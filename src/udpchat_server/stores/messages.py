@@ -34,6 +34,9 @@ def to_micros(when: datetime.datetime) -> int:
 def chat_message(row: Sequence[Any]) -> m.ChatMessage:
     """A ChatMessage from the columns of :data:`.statements.MESSAGE_COLUMNS` (an
     encrypted one's record among them)."""
+    # (``_MICROSECOND * sent_at``, not ``timedelta(microseconds=sent_at)``: the same
+    # exact integer microseconds, without parsing a keyword and normalising a float
+    # for every message read, about 3,700 instructions each.)
     message_id, sender, to, text, sent_at, record = row[:6]
     if record is None and text:  # (checked when accepted: see ChatMessage.stored)
         return m.ChatMessage.stored(
@@ -41,7 +44,7 @@ def chat_message(row: Sequence[Any]) -> m.ChatMessage:
             sender=sender,
             to=to,
             text=text,
-            sent_at=_EPOCH + datetime.timedelta(microseconds=sent_at),
+            sent_at=_EPOCH + _MICROSECOND * sent_at,
         )
     ciphertext = None if record is None else unpack(EncryptedMessage, record)
     return m.ChatMessage(
@@ -49,7 +52,7 @@ def chat_message(row: Sequence[Any]) -> m.ChatMessage:
         sender=sender,
         to=to,
         text=text,
-        sent_at=_EPOCH + datetime.timedelta(microseconds=sent_at),
+        sent_at=_EPOCH + _MICROSECOND * sent_at,
         encrypted=ciphertext is not None,
         ciphertext=ciphertext,
     )
