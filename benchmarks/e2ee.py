@@ -349,8 +349,11 @@ RELAY_BURST = 8
 RELAY_TEXT = "a benchmark message, as long as relay.py's: ".ljust(60, "x")
 
 
-def relay_cost(store: Store, *, encrypted: bool, messages: int = RELAY_MESSAGES) -> float:
-    """Server CPU seconds a delivered direct message, plain or ``encrypted``."""
+def relay_cost(
+    store: Store, *, encrypted: bool, messages: int = RELAY_MESSAGES, text: str = RELAY_TEXT
+) -> float:
+    """Server CPU seconds a delivered direct message, plain or ``encrypted``, each
+    message ``text`` (encrypted: its ciphertext)."""
     world = World(store, 2)
     devices: list[Device] = []
     for n in range(2 * RELAY_PAIRS):
@@ -385,7 +388,7 @@ def relay_cost(store: Store, *, encrypted: bool, messages: int = RELAY_MESSAGES)
             for n in range(messages):
                 message_id = (n + 1).to_bytes(4, "big") + sender.state.device_id[:12]
                 out = sender.state.encrypt(
-                    found.device_set, RELAY_TEXT, message_id, world.now, claimed.keys
+                    found.device_set, text, message_id, world.now, claimed.keys
                 )
                 sender.state.accepted(out)
                 outs.append((message_id, out))
@@ -400,7 +403,7 @@ def relay_cost(store: Store, *, encrypted: bool, messages: int = RELAY_MESSAGES)
                         recipient.user, out.message, out.key_shares, message_id=message_id
                     )
                 else:
-                    sender.conn.send_message(recipient.user, RELAY_TEXT)
+                    sender.conn.send_message(recipient.user, text)
         target = delivered + len(pairs) * (min(start + RELAY_BURST, messages) - start)
 
         def all_delivered(target: int = target) -> bool:

@@ -4,14 +4,17 @@ with no clients, under callgrind.
 
 Run::
 
-    .venv/bin/python benchmarks/relay_replay.py record TRACE [--encrypted] [--messages 80]
+    .venv/bin/python benchmarks/relay_replay.py record TRACE [--encrypted] [--messages 80] \\
+        [--text-length 60]
     PYTHONHASHSEED=0 valgrind --tool=callgrind --dump-before=getppid \\
         --callgrind-out-file=OUT .venv/bin/python benchmarks/relay_replay.py replay TRACE [--steps]
     .venv/bin/python benchmarks/relay_replay.py report OUT.2 --deliveries N
 
 ``record`` runs ``e2ee.relay_cost`` (16 pairs of friends, bursts of 8 direct
 messages a pair; encrypted: keys uploaded, one-time keys claimed and every
-message encrypted before the message phase) and writes down each datagram the
+message encrypted before the message phase; ``--text-length 490`` makes a plain
+message as long on the wire as an encrypted one, so that the bytes' cost and
+encryption's own can be told apart) and writes down each datagram the
 server is given, with its address and time, and each batch's end. The server's
 world is seeded and its clock a counter, so a fresh server fed the same inputs
 does exactly what the recorded one did (the replay prints what it counted: the
@@ -84,7 +87,7 @@ def _store(kind: str, directory: str) -> Store:
     return MemoryStore() if kind == "memory" else SQLiteStore.open(Path(directory) / "r.sqlite3")
 
 
-def record(path: Path, *, encrypted: bool, messages: int, store: str) -> None:
+def record(path: Path, *, encrypted: bool, messages: int, store: str, text_length: int) -> None:
     recorders: list[Recorder] = []
 
     def world(store: Store, members: int) -> Recorder:
@@ -94,16 +97,18 @@ def record(path: Path, *, encrypted: bool, messages: int, store: str) -> None:
 
     e2ee.World = world  # type: ignore[misc,assignment]  # (relay_cost builds one)
     with tempfile.TemporaryDirectory() as tmp:
-        e2ee.relay_cost(_store(store, tmp), encrypted=encrypted, messages=messages)
+        text = e2ee.RELAY_TEXT.ljust(text_length, "x")
+        e2ee.relay_cost(_store(store, tmp), encrypted=encrypted, messages=messages, text=text)
     recorder = recorders[0]
     start, end = recorder.markers[0], recorder.markers[1]
     delivered = e2ee.RELAY_PAIRS * messages
     with path.open("wb") as file:
         pickle.dump((start, end, recorder.inputs, delivered, store), file)
-    sent = sum(len(data) for kind, data, _a, _n in recorder.inputs[start:end] if kind == "r")
+    phase = [data for kind, data, _a, _n in recorder.inputs[start:end] if kind == "r"]
     print(
         f"recorded {len(recorder.inputs)} inputs, the messages from {start} to {end} "
-        f"({sent} bytes received); {delivered} deliveries"
+        f"({sum(map(len, phase))} bytes in {len(phase)} datagrams received); "
+        f"{delivered} deliveries"
     )
 
 
@@ -283,11 +288,24 @@ def main() -> None:
     parser.add_argument("--encrypted", action="store_true")
     parser.add_argument("--messages", type=int, default=80, help="a sender's, in bursts of 8")
     parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument(
+        "--text-length",
+        type=int,
+        default=len(e2ee.RELAY_TEXT),
+        help="characters a message (padded with x): a plain trace as long on the wire "
+        "as an encrypted one's (about 470) tells the bytes' cost from encryption's",
+    )
     parser.add_argument("--steps", action="store_true", help="count each step apart")
     parser.add_argument("--deliveries", type=int, default=0)
     args = parser.parse_args()
     if args.mode == "record":
-        record(args.path, encrypted=args.encrypted, messages=args.messages, store=args.store)
+        record(
+            args.path,
+            encrypted=args.encrypted,
+            messages=args.messages,
+            store=args.store,
+            text_length=args.text_length,
+        )
     elif args.mode == "replay":
         replay(args.path, steps=args.steps)
     else:
