@@ -25,12 +25,11 @@ import udpchat_proto.transport
 from udpchat_proto import messages
 from udpchat_proto.build import compiled_modules
 
-PACKAGES = [udpchat_proto, udpchat_proto.chat, udpchat_proto.transport]
+PACKAGES = [udpchat_proto, udpchat_proto.chat, udpchat_proto.transport, udpchat_proto.e2ee]
 #: The public packages whose names are loaded eagerly (no ``_EXPORTS``): the bus's
-#: wire and the end-to-end encryption, each small and used whole; the asyncio runtime
-#: is imported only by a program that runs it (the face never loads it:
-#: tests/test_layering.py).
-EAGER = [udpchat_proto.bus, udpchat_proto.e2ee, udpchat_proto.asyncio]
+#: wire, small and used whole; the asyncio runtime is imported only by a program that
+#: runs it (the face never loads it: tests/test_layering.py).
+EAGER = [udpchat_proto.bus, udpchat_proto.asyncio]
 
 
 def type_checking_names(package: ModuleType) -> dict[str, str]:
@@ -145,3 +144,38 @@ def test_a_scripted_command_loads_none_of_the_servers_modules() -> None:
         "udpchat_proto.transport.capacity",
     }
     assert not loaded & server_side, sorted(loaded & server_side)
+
+
+@pytest.mark.e2e  # (a fresh interpreter: this one has loaded everything)
+def test_a_scripted_command_loads_what_it_uses_only_when_it_uses_it() -> None:
+    # Every command is a process of its own, and its start-up is mostly imports (the
+    # suite runs about a thousand): what only some commands need loads in them, at its
+    # first use. End-to-end encryption's state (vodozemac's extension itself is
+    # initialised at start-up, with Ctrl-C held: see udpchat_cli/cli.py), the
+    # full-screen chat, the default home directory, the atomic writes' tempfile.
+    probe = "import sys, udpchat_cli.cli; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(done.stdout.split())
+    assert {"udpchat_proto.chat.client", "vodozemac"} <= loaded  # (what it did load)
+    later = {
+        "udpchat_proto.e2ee.state",
+        "udpchat_proto.e2ee.groups",
+        "udpchat_proto.e2ee.payloads",
+        "udpchat_proto.chat.secure",
+        "udpchat_cli.device",
+        "udpchat_cli.chat.app",
+        "textual",
+        "rich",
+        "platformdirs",
+        "tempfile",
+        # (what nothing of the CLI uses: the server's database drivers, the asyncio
+        # runtime, cryptography's key serialization)
+        "psycopg",
+        "sqlite3",
+        "asyncio",
+        "udpchat_proto.asyncio",
+        "cryptography.hazmat.primitives.serialization",
+    }
+    assert not loaded & later, sorted(loaded & later)

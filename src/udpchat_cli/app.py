@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import click
@@ -26,10 +26,12 @@ import click
 from udpchat_proto import ClientConnection, ErrorCode, fingerprint
 from udpchat_proto import messages as m
 
-from .device import DeviceKeeper, UntrustedDeviceError
 from .output import Output
 from .profiles import Home, Profile
 from .session import KeyMismatchError, Session, parse_servers
+
+if TYPE_CHECKING:
+    from .device import DeviceKeeper
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -129,8 +131,17 @@ class App:
         """The profile's device (end-to-end encryption), under its lock (made at the
         first use)."""
         if self._device is None:
+            # Imported at the first use: the device is end-to-end encryption
+            # (vodozemac, the Olm and Megolm state), which a command that neither
+            # sends nor receives a message (whoami, friends, join ...) never needs.
+            from .device import DeviceKeeper  # noqa: PLC0415
+
             self._device = DeviceKeeper(self.home, self.profile_name)
         return self._device
+
+    def _device_pushes(self, pushes: list[m.DevicePush]) -> None:
+        """The session's handler of device pushes (the device made only for one)."""
+        self.device.device_pushes(pushes)
 
     def read(self, pushes: list[m.Push]) -> list[m.Push]:
         """Decrypt the deliveries among ``pushes`` (see :meth:`DeviceKeeper.read`)."""
@@ -185,7 +196,7 @@ class App:
                 timeout=self.timeout,
                 delivered_ids=profile.delivered,
                 on_pushes=on_pushes or self.keep_messages,
-                on_device_pushes=self.device.device_pushes,
+                on_device_pushes=self._device_pushes,
             )
         except (OSError, ValueError) as exc:  # unresolvable, or not even a host name
             raise CliError(EXIT_USAGE, "usage", f"cannot use server {server}: {exc}") from None
@@ -253,6 +264,8 @@ class App:
             CliError: the server refused it (``no_device``: nobody to read it), or a
                 device of the conversation is stated with other keys.
         """
+        from .device import UntrustedDeviceError  # noqa: PLC0415 (see device)
+
         message_id = secrets.token_bytes(MESSAGE_ID_SIZE)
         try:
             answer = self.device.send(session, to, text, message_id)

@@ -30,7 +30,10 @@ import sys
 # loads and let through at its end (after the imports, the module-level code below
 # runs click's, which imports more): vodozemac, cryptography and orjson are Rust
 # extensions, and a KeyboardInterrupt raised inside one's initialisation kills the
-# process with SIGSEGV instead of unwinding.
+# process with SIGSEGV instead of unwinding. So all three are initialised here,
+# held, even vodozemac, whose Python side (end-to-end encryption's state) a command
+# loads only when it encrypts or decrypts: what loads later is pure Python, where a
+# KeyboardInterrupt unwinds to main().
 _SIGINT_HELD = hasattr(signal, "pthread_sigmask")
 
 
@@ -56,9 +59,13 @@ try:
     from typing import NoReturn
 
     import click
-    import platformdirs
 
     from udpchat_proto import CloseCode, ErrorCode, LocalProtocolError, ValidationError
+
+    # (Initialises vodozemac's extension, held: see above. Its module, the device's
+    # keys, is a few functions; the state, the sessions and their attrs classes are not
+    # loaded until a command encrypts or decrypts.)
+    from udpchat_proto.e2ee import verify_device_keys  # noqa: F401
 
     from .app import (
         DEFAULT_SERVER,
@@ -145,11 +152,14 @@ def cli(
             parse_servers(server)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    home_path = home if home is not None else Path(platformdirs.user_state_dir("udpchat"))
+    if home is None:
+        import platformdirs  # noqa: PLC0415 (only without --home: a fifth of the imports' time)
+
+        home = Path(platformdirs.user_state_dir("udpchat"))
     out = ctx.find_object(Output)
     assert out is not None  # main() passes it
     ctx.obj = App(
-        home=Home(home_path),
+        home=Home(home),
         profile_name=profile,
         server_option=server,
         timeout=timeout,

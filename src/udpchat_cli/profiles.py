@@ -40,17 +40,19 @@ import datetime
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
 from udpchat_proto import messages as m
-from udpchat_proto.chat import TOKEN_SIZE, DecryptedMessage, check_username
-from udpchat_proto.e2ee import PICKLE_KEY_SIZE, CryptoState
+from udpchat_proto.chat import TOKEN_SIZE, check_username
+from udpchat_proto.e2ee import PICKLE_KEY_SIZE
 from udpchat_proto.transport import KEY_SIZE
+
+if TYPE_CHECKING:
+    from udpchat_proto.e2ee import CryptoState
 
 from .session import parse_servers, server_names
 
@@ -79,7 +81,13 @@ def _message_from_json(item: Any) -> m.ChatMessage:
     """
     if not isinstance(item, dict) or type(item["sent_at"]) is not int:
         raise ValueError("not a kept message")
-    kind = DecryptedMessage if item.get("encrypted") is True else m.ChatMessage
+    kind = m.ChatMessage
+    if item.get("encrypted") is True:
+        # (Only then: its module is the client's end-to-end encryption, vodozemac
+        # and all, which a command that finds no encrypted message never loads.)
+        from udpchat_proto.chat import DecryptedMessage  # noqa: PLC0415
+
+        kind = DecryptedMessage
     return kind(
         id=bytes.fromhex(item["id"]),
         sender=item["sender"],
@@ -390,6 +398,8 @@ class CryptoFile:
             return None
         except OSError as exc:
             raise HomeError(f"cannot read {self.path}: {exc}") from None
+        from udpchat_proto.e2ee import CryptoState  # noqa: PLC0415 (vodozemac: only here)
+
         try:
             return CryptoState.from_bytes(data, pickle_key)
         except Exception as exc:  # damaged, or sealed with another key
@@ -431,6 +441,9 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` (mode 0600) so readers see the old or the new file."""
+    # (tempfile, with the random and shutil it loads, only for a command that writes)
+    import tempfile  # noqa: PLC0415
+
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:

@@ -284,7 +284,9 @@ def cpu_seconds(pid: int) -> float:
 
 #: CPU seconds a starting ``udpchat-server`` or ``udpchat-cli`` has used once the
 #: interpreter and the console script's own lines are behind it (about 0.03 s) and
-#: while its modules still load (about 0.3 s): its code handles signals by then.
+#: while its modules still load (the server's take about 0.3 s; the CLI, which loads
+#: what only some commands use at its first use, waits for its server after 0.13 to
+#: 0.24 s, on a loaded machine): its code handles signals by then.
 LOADING_CPU = 0.08
 
 

@@ -191,13 +191,18 @@ def test_exit_4_when_the_server_key_changes(tmp_path: Path) -> None:
 
 def test_ctrl_c_at_any_time_is_one_error_line(tmp_path: Path) -> None:
     # Still loading its modules, or already waiting for the (silent) server: either
-    # way one line and the JSON refusal, exit 1.
+    # way one line and the JSON refusal, exit 1. On a loaded machine the command may
+    # take seconds to get its start-up's CPU: its --timeout is long enough that it
+    # never gives up on the server first (exit 3), and the signal waits for the
+    # interpreter's own start to be behind it however long that takes (before its
+    # handler exists, SIGINT kills the process), which a waiting command is anyway.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         server = f"127.0.0.1:{silent.getsockname()[1]}"
         Home(tmp_path).update("default", lambda p: p.login("alice", b"t" * 32, server))
+        command = [*CLI, "--home", str(tmp_path), "--server", server, "--timeout", "60"]
         proc = subprocess.Popen(
-            [*CLI, "--home", str(tmp_path), "--server", server, "--json", "online"],
+            [*command, "--json", "online"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -205,7 +210,7 @@ def test_ctrl_c_at_any_time_is_one_error_line(tmp_path: Path) -> None:
             env=clean_env(),
         )
         try:
-            wait_until_loading(proc)
+            wait_until_loading(proc, deadline=30.0)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=15)
         finally:

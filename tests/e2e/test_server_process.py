@@ -164,8 +164,11 @@ def test_a_signal_while_starting_is_a_clean_stop(tmp_path: Path, signum: int) ->
 
 
 # The server, started with a finder that sends the process a signal from inside
-# orjson's initialisation (a Rust extension: its exec imports json, not loaded yet):
-# the moment where a Python handler that raised made orjson dereference NULL (SIGSEGV).
+# orjson's initialisation (a Rust extension: its exec imports json): the moment where
+# a Python handler that raised made orjson dereference NULL (SIGSEGV). The modules
+# that import orjson may have loaded json already (the codec does, before it): the
+# finder takes json out of sys.modules as orjson is found, so that the init's import
+# of json comes to it, whatever the order of the imports before.
 _SIGNAL_INSIDE_ORJSON_INIT = """
 import os, sys
 
@@ -175,6 +178,7 @@ class SignalInsideOrjsonInit:
     def find_spec(self, name, path=None, target=None):
         if name == "orjson.orjson":
             SignalInsideOrjsonInit.armed = True
+            sys.modules.pop("json", None)
         elif SignalInsideOrjsonInit.armed:
             SignalInsideOrjsonInit.armed = False
             inside = not hasattr(sys.modules.get("orjson.orjson"), "loads")

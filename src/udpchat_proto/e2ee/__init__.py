@@ -29,7 +29,8 @@ The modules behind it:
 
 ================  ================================================================
 ``records``       the wire records (device keys, one-time keys, device sets, key
-                  shares, encrypted messages) and the bytes that are signed
+                  shares, encrypted messages), the bytes that are signed, the
+                  sizes of keys and ids
 ``device``        the Olm account's records: signed keys, uploads, top-up
 ``groups``        Megolm sessions: outbound with its rotation, inbound with replays
 ``payloads``      the plaintexts inside Olm and Megolm
@@ -42,38 +43,82 @@ The modules behind it:
 
 from __future__ import annotations
 
-from .device import ONE_TIME_KEYS_TARGET, verify_device_keys, verify_one_time_key
-from .errors import CRYPTO_DROP_REASONS, CryptoDropReason, DeviceTrustError, Dropped
-from .fingerprints import fingerprint as device_fingerprint
-from .fingerprints import normalize_fingerprint
-from .groups import ROTATE_AFTER_MESSAGES, ROTATE_AFTER_SECONDS, DeviceRef
-from .records import (
-    DEVICE_ID_SIZE,
-    MAX_KEY_SHARE,
-    MAX_MESSAGE_CIPHERTEXT,
-    PUBLIC_KEY_SIZE,
-    SESSION_ID_SIZE,
-    SIGNATURE_SIZE,
-    ClaimedKey,
-    DeviceKeys,
-    DeviceSet,
-    EncryptedMessage,
-    KeyShare,
-    KeysUpload,
-    OneTimeKey,
-    check_conversation,
-    direct_conversation,
-)
-from .state import (
-    PICKLE_KEY_SIZE,
-    CryptoState,
-    Decrypted,
-    KeyShareReceived,
-    KnownDevice,
-    Outgoing,
-    SendPlan,
-    StateError,
-)
+from typing import TYPE_CHECKING, Final
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:  # (the same names as _EXPORTS, for type checkers)
+    from .device import ONE_TIME_KEYS_TARGET, verify_device_keys, verify_one_time_key
+    from .errors import CRYPTO_DROP_REASONS, CryptoDropReason, DeviceTrustError, Dropped
+    from .fingerprints import device_fingerprint, normalize_fingerprint
+    from .groups import ROTATE_AFTER_MESSAGES, ROTATE_AFTER_SECONDS, DeviceRef
+    from .records import (
+        DEVICE_ID_SIZE,
+        MAX_KEY_SHARE,
+        MAX_MESSAGE_CIPHERTEXT,
+        PICKLE_KEY_SIZE,
+        PUBLIC_KEY_SIZE,
+        SESSION_ID_SIZE,
+        SIGNATURE_SIZE,
+        ClaimedKey,
+        DeviceKeys,
+        DeviceSet,
+        EncryptedMessage,
+        KeyShare,
+        KeysUpload,
+        OneTimeKey,
+        check_conversation,
+        direct_conversation,
+    )
+    from .state import (
+        CryptoState,
+        Decrypted,
+        KeyShareReceived,
+        KnownDevice,
+        Outgoing,
+        SendPlan,
+        StateError,
+    )
+
+#: Where each public name lives: imported at its first use (``udpchat_proto/_lazy.py``).
+#: The message catalogue needs only ``records`` (the wire's records), so a program
+#: that relays or lists but never encrypts (the server, most ``udpchat-cli``
+#: commands) does not load vodozemac, the Olm and Megolm bookkeeping or the state.
+_EXPORTS: Final = {
+    ".records": (
+        "DEVICE_ID_SIZE",
+        "MAX_KEY_SHARE",
+        "MAX_MESSAGE_CIPHERTEXT",
+        "PICKLE_KEY_SIZE",
+        "PUBLIC_KEY_SIZE",
+        "SESSION_ID_SIZE",
+        "SIGNATURE_SIZE",
+        "ClaimedKey",
+        "DeviceKeys",
+        "DeviceSet",
+        "EncryptedMessage",
+        "KeyShare",
+        "KeysUpload",
+        "OneTimeKey",
+        "check_conversation",
+        "direct_conversation",
+    ),
+    ".device": ("ONE_TIME_KEYS_TARGET", "verify_device_keys", "verify_one_time_key"),
+    ".errors": ("CRYPTO_DROP_REASONS", "CryptoDropReason", "DeviceTrustError", "Dropped"),
+    ".fingerprints": ("device_fingerprint", "normalize_fingerprint"),
+    ".groups": ("ROTATE_AFTER_MESSAGES", "ROTATE_AFTER_SECONDS", "DeviceRef"),
+    ".state": (
+        "CryptoState",
+        "Decrypted",
+        "KeyShareReceived",
+        "KnownDevice",
+        "Outgoing",
+        "SendPlan",
+        "StateError",
+    ),
+}
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "CRYPTO_DROP_REASONS",

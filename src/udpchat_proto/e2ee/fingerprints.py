@@ -15,13 +15,13 @@ from ..chat.validation import ValidationError
 from ..errors import ErrorCode
 from .records import PUBLIC_KEY_SIZE
 
-__all__ = ["FINGERPRINT_GROUPS", "fingerprint", "normalize_fingerprint"]
+__all__ = ["FINGERPRINT_GROUPS", "device_fingerprint", "normalize_fingerprint"]
 
 FINGERPRINT_GROUPS: Final = 6
 _CONTEXT: Final = b"udpchat-e2ee-fingerprint-v1\x00"
 
 
-def fingerprint(ed25519: bytes) -> str:
+def device_fingerprint(ed25519: bytes) -> str:
     """``"12345 67890 ..."``: the fingerprint of a device's Ed25519 key (32 bytes)."""
     if len(ed25519) != PUBLIC_KEY_SIZE:
         raise ValidationError(ErrorCode.BAD_REQUEST, "an Ed25519 key is 32 bytes")
@@ -33,7 +33,7 @@ def fingerprint(ed25519: bytes) -> str:
 
 
 def normalize_fingerprint(text: str) -> str:
-    """A fingerprint as a person typed it (any spacing), in :func:`fingerprint`'s
+    """A fingerprint as a person typed it (any spacing), in :func:`device_fingerprint`'s
     form, so that the two compare; unchanged if it holds anything but digits."""
     digits = "".join(text.split())
     if not digits.isdigit() or len(digits) != 5 * FINGERPRINT_GROUPS:

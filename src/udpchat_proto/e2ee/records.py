@@ -33,6 +33,7 @@ __all__ = [
     "DEVICE_ID_SIZE",
     "MAX_KEY_SHARE",
     "MAX_MESSAGE_CIPHERTEXT",
+    "PICKLE_KEY_SIZE",
     "PUBLIC_KEY_SIZE",
     "SESSION_ID_SIZE",
     "SIGNATURE_SIZE",
@@ -58,6 +59,10 @@ SIGNATURE_SIZE: Final = 64
 """An Ed25519 signature."""
 SESSION_ID_SIZE: Final = 32
 """A Megolm session id: the session's Ed25519 public key."""
+PICKLE_KEY_SIZE: Final = 32
+"""The key vodozemac encrypts the account's and sessions' pickles with (the state's,
+not the wire's: here with the other sizes so that a program that only checks a
+key's size, the CLI's profile, does not load the state and vodozemac)."""
 MAX_MESSAGE_CIPHERTEXT: Final = 4608
 """The largest Megolm ciphertext a server accepts: the 4096 bytes of text, the
 plaintext's header (message id, conversation), AES padding, the Megolm header,

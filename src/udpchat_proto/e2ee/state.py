@@ -42,7 +42,7 @@ from ..chat.validation import ValidationError, check_message_id, check_text, che
 from ..errors import ErrorCode, LocalProtocolError
 from .device import device_keys_of, keys_to_upload, verify_device_keys, verify_one_time_key
 from .errors import CryptoDropReason, DeviceTrustError, Dropped
-from .fingerprints import fingerprint, normalize_fingerprint
+from .fingerprints import device_fingerprint, normalize_fingerprint
 from .groups import DeviceRef, InboundGroup, InboundKey, OutboundGroup
 from .olm import (
     VODOZEMAC_ERRORS,
@@ -54,6 +54,7 @@ from .olm import (
 from .payloads import KeyPayload, MessagePayload, PayloadError, PayloadTextError
 from .records import (
     DEVICE_ID_SIZE,
+    PICKLE_KEY_SIZE,
     ClaimedKey,
     DeviceKeys,
     DeviceSet,
@@ -65,7 +66,6 @@ from .records import (
 )
 
 __all__ = [
-    "PICKLE_KEY_SIZE",
     "CryptoState",
     "Decrypted",
     "KeyShareReceived",
@@ -75,8 +75,6 @@ __all__ = [
     "StateError",
 ]
 
-PICKLE_KEY_SIZE: Final = 32
-"""The key vodozemac encrypts the account's and sessions' pickles with."""
 OLM_SESSIONS_PER_DEVICE: Final = 4
 """Olm sessions kept per other device (two when both opened one at once; more
 only when an old one is replaced): the newest is used to encrypt."""
@@ -112,7 +110,7 @@ class KnownDevice:
     @property
     def fingerprint(self) -> str:
         """Its Ed25519 key in groups of digits."""
-        return fingerprint(self.keys.ed25519)
+        return device_fingerprint(self.keys.ed25519)
 
 
 @attrs.frozen(kw_only=True)
@@ -198,7 +196,7 @@ class CryptoState:
     @property
     def fingerprint(self) -> str:
         """This device's fingerprint (what ``udpchat-cli devices`` shows)."""
-        return fingerprint(self.device_keys.ed25519)
+        return device_fingerprint(self.device_keys.ed25519)
 
     def keys_to_upload(
         self, *, published_one_time_keys: int, fallback_used: bool = False
