@@ -15,7 +15,7 @@ import pytest
 from tests.services import postgres_database, require_nats
 
 from .cluster_helpers import Nats, Postgres, free_port, nodes, read_events, texts
-from .conftest import User, befriend, run_cli, wait_until_online
+from .conftest import CLI_DEADLINE, User, befriend, run_cli, wait_until_online
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,12 @@ def test_presence_and_pushes_cross_the_nodes(tmp_path: Path) -> None:
             for user in (alice, bob, carol):
                 user.signup()
             befriend(carol, bob)
-            listener = bob.listen("--for", "30")
+            # His listener must outlive the steps below, so it lives for the sum of
+            # their bounds (five CLI runs of at most CLI_DEADLINE, three waits of
+            # 10 s): a shorter life is a hidden, tighter bound on them. It had 30 s,
+            # and on a loaded machine these steps took 37 s: he went offline by
+            # himself before alice's "friends" looked. (SIGINT ends it sooner.)
+            listener = bob.listen("--for", f"{5 * CLI_DEADLINE + 3 * 10:g}")
             try:
                 wait_until_online(carol, "bob")  # node A knows he is on node B
                 alice.ok("invite", "bob")  # on node A, to bob listening on node B

@@ -195,13 +195,25 @@ class MessagePane(VerticalScroll):
             shown = marker
             self.call_after_refresh(lambda: self.scroll_to_widget(shown, top=True, animate=False))
         else:
-            self.call_after_refresh(self.scroll_end, animate=False)
+            self.call_after_refresh(self._follow)
 
     def add(self, widget: Static) -> None:
         """Append a line; follow it only if the pane was at its bottom."""
         self.mount(widget)
         if self.following:
-            self.call_after_refresh(self.scroll_end, animate=False)
+            self.call_after_refresh(self._follow)
+
+    def _follow(self, *, laid_out: bool = False) -> None:
+        """Scroll to the newest line two refreshes after it was mounted (only then
+        is its height in ``max_scroll_y``), unless the reader scrolled away
+        meanwhile: asked again at each step, so that a page up pressed while a
+        burst of lines settles is not undone by a scroll decided before it."""
+        if not self.following:
+            return
+        if laid_out:
+            self.scroll_end(animate=False, immediate=True)
+        else:
+            self.call_after_refresh(self._follow, laid_out=True)
 
 
 class Composer(TextArea):
