@@ -38,8 +38,8 @@ from typing import Any
 from cluster import DEFAULT_POSTGRES, fresh_database, require_loopback
 
 from relay import percentile
+from udpchat_proto import PasswordHash, ScryptParams
 from udpchat_proto import messages as m
-from udpchat_proto.chat.passwords import PasswordHash, ScryptParams
 from udpchat_server.stores import batched
 from udpchat_server.stores.postgres import PostgresStore
 
