@@ -445,6 +445,7 @@ def generate(conn: multiprocessing.connection.Connection, index: int, pairs: int
     inbox.bind((HOST, 0))
     inbox.setblocking(False)
     port = inbox.getsockname()[1]
+    conn.send("ready")  # (a window scheduled before this would be over before it began)
     while conn.poll(DEADLINE):
         command, *args = conn.recv()
         if command != "offer":
@@ -619,6 +620,9 @@ def measure(
             process.start()
             processes.append((process, parent))
             generators.append(parent)
+        for parent in generators:  # started, imports done: the first window can be timed
+            if not parent.poll(60) or parent.recv() != "ready":
+                raise RuntimeError("a floor generator did not start")
 
         def latency(suffix: str) -> dict[str, Any]:
             start = time.monotonic() + 0.5  # every generator has its command by then
@@ -632,6 +636,8 @@ def measure(
                     raise RuntimeError("a floor generator did not answer")
                 results.append(parent.recv())
             latencies = [x for r in results for x in r["latencies"]]
+            if not latencies:
+                raise RuntimeError("the floor's window measured nothing")
             found = {
                 f"floor_p50{suffix}_ms": percentile(latencies, 50) * 1e3,
                 f"floor_p99{suffix}_ms": percentile(latencies, 99) * 1e3,
