@@ -3,7 +3,7 @@ throughput and cross-node delivery latency, with a single SQLite server's figure
 measured beside them in the same run.
 
 Run: ``.venv/bin/python benchmarks/cluster.py [--quick] [--json] [--runs N]
-[--workers 2] [--pairs 16] [--rate 200] [--postgres URL] [--nats URL]``.
+[--workers 2] [--pairs 16] [--rate 200] [--no-floor] [--postgres URL] [--nats URL]``.
 
 It needs PostgreSQL (``--postgres``, an administrative URL: default
 ``postgresql://postgres@127.0.0.1:5432/postgres``, the ``UDPCHAT_TEST_POSTGRES`` of
@@ -54,6 +54,17 @@ the set-up (not timed):
   ``p99_after_ms``), with what saturation stored: a cost that grows with the
   history shows there.
 
+**Each latency beside its floor** (``floor.py``, unless ``--no-floor``): right
+after each configuration but the two nodes ``local``, the same path without
+udpchat (the same processes and hops, the generator's datagram, the one
+transaction, the bus, the other node's read) on fresh processes and a fresh store,
+at the same rate, on the empty table (``floor_p50_ms``, ``floor_p99_ms``) and after
+storing as many rows as the configuration's store held at its end
+(``stored_after``; ``floor_p50_after_ms``, ``floor_p99_after_ms``, and the floor's
+store and read calls). ``over_floor`` gives each latency over its floor's (each
+run's ratio, then the median and spread), ``cross_node_p99_after_over_floor`` the
+target's.
+
 The headline ratios: two nodes' throughput over one node's (both ``across`` and
 ``local``), one node's and the single PostgreSQL server's over SQLite's, and the
 cross-node p50 over the same-node one (one node), on the fresh store. ``--runs``
@@ -74,6 +85,7 @@ import select
 import selectors
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -87,6 +99,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import floor  # the sibling benchmark: each configuration's floor
 import psycopg
 
 # The sibling benchmark's load generator and readings.
@@ -252,6 +265,8 @@ class Nodes:
     """Each node's metrics port (``/metrics``: its round trips and commits)."""
     database: str | None
     """The PostgreSQL database's name (None for SQLite)."""
+    url: str | None = None
+    """The PostgreSQL database's URL, or the SQLite file's path."""
 
 
 @contextlib.contextmanager
@@ -263,7 +278,7 @@ def configuration(store: str, count: int, postgres: str, nats: str) -> Iterator[
             pid, port, metrics = stack.enter_context(
                 node(["--db", f"{tmp}/bench.sqlite3"], tmp / "log")
             )
-            yield Nodes([pid], [port], [metrics], None)
+            yield Nodes([pid], [port], [metrics], None, f"{tmp}/bench.sqlite3")
             return
         url, name = stack.enter_context(fresh_database(postgres))
         shared = ["--db", url, "--key-file", str(tmp / "cluster.key")]
@@ -279,6 +294,7 @@ def configuration(store: str, count: int, postgres: str, nats: str) -> Iterator[
             [port for _, port, _ in started],
             [metrics for _, _, metrics in started],
             name,
+            url,
         )
 
 
@@ -503,7 +519,21 @@ def measure(
     if not all(r["drained"] for r in results):
         team.call("drain", 30.0, timeout=DEADLINE)  # the latency window starts empty
     figures.update(latency("_after"))
+    figures["stored_after"] = stored_rows(nodes)
     return figures
+
+
+def stored_rows(nodes: Nodes) -> int | None:
+    """The messages the configuration's store holds now (its floor is measured
+    again after storing as many)."""
+    if nodes.url is None:
+        return None
+    if nodes.database is None:
+        with contextlib.closing(sqlite3.connect(f"file:{nodes.url}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    with psycopg.connect(nodes.url, autocommit=True, connect_timeout=10) as db:
+        row = db.execute("SELECT count(*) FROM messages").fetchone()
+    return None if row is None else int(row[0])
 
 
 def one_run(
@@ -517,11 +547,15 @@ def one_run(
     spy: str | None = None,
     only: list[str] | None = None,
     latency_only: bool = False,
+    with_floor: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Every configuration (or those named in ``only``) once, each on fresh
     processes and a fresh store (with ``spy``, the one node's saturation recorded
     by py-spy into that file; with ``latency_only``, the fresh store's latency
-    alone)."""
+    alone). With ``with_floor``, right after each configuration that has one
+    (``floor.FLOORS``), its floor: the same path without udpchat, on fresh processes
+    and a fresh store, at the same rate, fresh and then (unless ``latency_only``)
+    after storing as many rows as the configuration's store held at its end."""
     run: dict[str, dict[str, Any]] = {}
     for name, store, count, layout, _ in CONFIGURATIONS:
         if only is not None and name not in only:
@@ -542,6 +576,19 @@ def one_run(
                 )
         finally:
             team.stop()
+        if with_floor and name in floor.FLOORS:
+            run[name].update(
+                floor.measure(
+                    name,
+                    postgres=postgres,
+                    nats=nats,
+                    workers=workers,
+                    pairs=pairs,
+                    rate=rate,
+                    window=floor.Window(timing.warmup, timing.latency),
+                    rows_after=run[name].get("stored_after"),
+                )
+            )
     return run
 
 
@@ -675,6 +722,24 @@ FIGURES = [
     "p50_after_ms",
     "p99_after_ms",
     "achieved_after",
+    "stored_after",
+    # Each configuration's floor (``floor.py``), where it has one, and its nodes'
+    # store and read calls (one round trip each) after the rows.
+    "floor_p50_ms",
+    "floor_p99_ms",
+    "floor_p50_after_ms",
+    "floor_p99_after_ms",
+    "floor_store_after_p50_ms",
+    "floor_store_after_p99_ms",
+    "floor_read_after_p50_ms",
+    "floor_read_after_p99_ms",
+]
+#: Latencies set beside their floor's: (udpchat's figure, the floor's).
+OVER_FLOOR = [
+    ("p50_ms", "floor_p50_ms"),
+    ("p99_ms", "floor_p99_ms"),
+    ("p50_after_ms", "floor_p50_after_ms"),
+    ("p99_after_ms", "floor_p99_after_ms"),
 ]
 
 
@@ -689,7 +754,7 @@ def summarize(
     """Medians over the runs, the ratios (each run's, then their median) and the
     spread (min-max) of the headline figures."""
     configurations = {
-        name: {figure: median_of([r[name][figure] for r in runs]) for figure in FIGURES}
+        name: {figure: median_of([r[name].get(figure) for r in runs]) for figure in FIGURES}
         for name, *_ in CONFIGURATIONS
     }
     ratios = {
@@ -703,6 +768,23 @@ def summarize(
         "single_over_sqlite": [r["single"]["msgs_per_s"] / r["sqlite"]["msgs_per_s"] for r in runs],
         "cross_over_same_p50": [r["two_nodes"]["p50_ms"] / r["one_node"]["p50_ms"] for r in runs],
     }
+    # Each latency over its floor's, in each run (then the median and spread).
+    over_floor = {
+        name: {
+            figure: values
+            for figure, floor_figure in OVER_FLOOR
+            if (
+                values := [
+                    r[name][figure] / r[name][floor_figure]
+                    for r in runs
+                    if r[name].get(figure) and r[name].get(floor_figure)
+                ]
+            )
+        }
+        for name, *_ in CONFIGURATIONS
+        if any(floor_figure in r[name] for r in runs for _, floor_figure in OVER_FLOOR)
+    }
+    cross = configurations["two_nodes"]
     summary: dict[str, Any] = {
         "sqlite_msgs_per_s": configurations["sqlite"]["msgs_per_s"],
         "one_node_msgs_per_s": configurations["one_node"]["msgs_per_s"],
@@ -722,12 +804,35 @@ def summarize(
         "sqlite_p50_ms": configurations["sqlite"]["p50_ms"],
         "sqlite_p99_ms": configurations["sqlite"]["p99_ms"],
         **{name: statistics.median(values) for name, values in ratios.items()},
+        "cross_node_floor_p50_after_ms": cross["floor_p50_after_ms"],
+        "cross_node_floor_p99_after_ms": cross["floor_p99_after_ms"],
+        "cross_node_p50_after_over_floor": median_of(
+            over_floor.get("two_nodes", {}).get("p50_after_ms", [])
+        ),
+        "cross_node_p99_after_over_floor": median_of(
+            over_floor.get("two_nodes", {}).get("p99_after_ms", [])
+        ),
+        "over_floor": {
+            name: {figure: spread(values) for figure, values in ratios_of.items()}
+            for name, ratios_of in over_floor.items()
+        },
         "configurations": configurations,
         "spread": {
             **{
                 f"{name}_{figure}": spread([r[name][figure] for r in runs])
                 for name, *_ in CONFIGURATIONS
                 for figure in ("msgs_per_s", "p50_ms", "p99_ms", "p50_after_ms", "p99_after_ms")
+            },
+            **{
+                f"{name}_{figure}": spread(values)
+                for name, *_ in CONFIGURATIONS
+                for figure in (
+                    "floor_p50_ms",
+                    "floor_p99_ms",
+                    "floor_p50_after_ms",
+                    "floor_p99_after_ms",
+                )
+                if (values := [r[name][figure] for r in runs if figure in r[name]])
             },
             **{name: spread(values) for name, values in ratios.items()},
         },
@@ -749,8 +854,8 @@ def summarize_latency(runs: list[dict[str, dict[str, Any]]], rate: float) -> dic
         "latency": {
             name: {
                 figure: spread(values)
-                for figure in ("p50_ms", "p99_ms", "achieved")
-                if (values := [r[name][figure] for r in runs])
+                for figure in ("p50_ms", "p99_ms", "achieved", "floor_p50_ms", "floor_p99_ms")
+                if (values := [r[name][figure] for r in runs if figure in r[name]])
             }
             for name in runs[0]
         },
@@ -764,10 +869,16 @@ def print_latency(s: dict[str, Any]) -> None:
     print(f"  {offered:46} {'p50 ms':>8} {'[min-max]':>13}  {'p99 ms':>8} {'[min-max]':>13}")
     for name, figures in s["latency"].items():
         p50, p99 = figures["p50_ms"], figures["p99_ms"]
-        print(
+        line = (
             f"  {labels[name]:46} {p50['median']:8.2f} {bracket(p50, 1):>13}"
             f"  {p99['median']:8.2f} {bracket(p99, 1):>13}"
         )
+        if "floor_p99_ms" in figures:
+            line += (
+                f"   its floor {figures['floor_p50_ms']['median']:6.2f}"
+                f" / {figures['floor_p99_ms']['median']:6.2f}"
+            )
+        print(line)
 
 
 def bracket(values: dict[str, float], digits: int = 0) -> str:
@@ -810,6 +921,8 @@ def print_table(s: dict[str, Any]) -> None:
             f" {bracket(sp[name + '_p99_ms'], 1):>11}    {c['p50_after_ms']:24.2f}"
             f"  {c['p99_after_ms']:8.2f} {bracket(sp[name + '_p99_after_ms'], 1)}"
         )
+    if s["over_floor"]:
+        print_floors(s)
     print()
     print(
         f"\n  {'round trips to PostgreSQL at saturation':46} {'per batch':>10}  "
@@ -843,6 +956,46 @@ def print_table(s: dict[str, Any]) -> None:
         print(f"  {label:46} {s[name]:6.2f}x  {bracket(sp[name], 2)}")
 
 
+def pair(p50: float | None, p99: float | None) -> str:
+    """``p50 / p99``, or dashes."""
+    return f"{or_dash(p50, 2):>6} / {or_dash(p99, 2):>6}"
+
+
+def print_floors(s: dict[str, Any]) -> None:
+    """Each latency beside its floor's (``floor.py``), medians, and the ratios."""
+    print(
+        f"\n  {'beside its floor, p50 / p99 ms':46} {'fresh':>15} {'floor':>15} {'x p99':>6}"
+        f"   {'after saturation':>16} {'floor':>15} {'x p50':>6} {'x p99':>6}  floor's rows"
+    )
+    for name, _, _, _, label in CONFIGURATIONS:
+        if name not in s["over_floor"]:
+            continue
+        c, ratios = s["configurations"][name], s["over_floor"][name]
+
+        def times(figure: str, ratios: dict[str, Any] = ratios) -> str:
+            return f"{ratios[figure]['median']:6.2f}" if figure in ratios else f"{'-':>6}"
+
+        print(
+            f"  {label:46} {pair(c['p50_ms'], c['p99_ms'])} "
+            f"{pair(c['floor_p50_ms'], c['floor_p99_ms'])} {times('p99_ms')}"
+            f"   {pair(c['p50_after_ms'], c['p99_after_ms']):>16} "
+            f"{pair(c['floor_p50_after_ms'], c['floor_p99_after_ms'])} "
+            f"{times('p50_after_ms')} {times('p99_after_ms')}  "
+            f"{or_dash(c['stored_after'], 0)}"
+        )
+    heading = "its floor's nodes' calls after the rows, p50 / p99 ms"
+    print(f"  {heading:46}")
+    for name, _, _, _, label in CONFIGURATIONS:
+        c = s["configurations"].get(name, {})
+        calls = [
+            f"{call} {c[f'floor_{call}_after_p50_ms']:.2f} / {c[f'floor_{call}_after_p99_ms']:.2f}"
+            for call in ("store", "read")
+            if c.get(f"floor_{call}_after_p50_ms") is not None
+        ]
+        if calls:
+            print(f"  {label:46} {'; '.join(calls)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
@@ -858,6 +1011,12 @@ def main() -> None:
         dest="spy",
         help="record the one node's saturation with py-spy in the first run (raw "
         "stacks into this file); print its split by layer",
+    )
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="without each configuration's floor (floor.py: the same path, no udpchat)",
     )
     parser.add_argument(
         "--latency-only",
@@ -894,6 +1053,7 @@ def main() -> None:
             spy=args.spy if n == 0 else None,
             only=only,
             latency_only=args.latency_only,
+            with_floor=args.floor,
         )
         for n in range(args.runs or (1 if args.quick else 3))
     ]

@@ -65,6 +65,10 @@ CASES = {
             "same_node_p50_ms",
             "same_node_p99_ms",
             "configurations",
+            # (each configuration's floor: floor.py, measured in the same run)
+            "cross_node_floor_p99_after_ms",
+            "cross_node_p99_after_over_floor",
+            "over_floor",
         },
         150,
     ),
