@@ -23,6 +23,7 @@ from __future__ import annotations
 import compileall
 import fcntl
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,17 @@ from tests.chat_helpers import ChatWorld, StoreFactory
 
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
+
+# Ctrl-C: some tests send SIGINT to a command (`listen`, a command still loading) and
+# expect what a person pressing Ctrl-C gets. A shell without job control (a script,
+# `bash -c '... &'`) starts a background command with SIGINT ignored, and whatever it
+# starts inherits that: Python then installs no KeyboardInterrupt handler, and the
+# command rightly ignores the signal, so those tests hung there and failed (not on a
+# terminal). The suite's processes take the default back, so that the commands they
+# start (an exec resets a handled signal to its default) get the SIGINT a terminal
+# gives, wherever the suite was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config: pytest.Config) -> None:
