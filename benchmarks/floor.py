@@ -544,14 +544,11 @@ def fresh_target(store: str, admin_url: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as tmp:
             yield str(Path(tmp) / "floor.sqlite3")
         return
-    name = f"udpchat_floor_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    # (Imported here: cluster.py imports this module at its top.)
+    from cluster import fresh_database
+
+    with fresh_database(admin_url) as (url, _name):
+        yield url
 
 
 def measure(
