@@ -19,7 +19,7 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from udpchat_cli.chat import app as chat_app
-from udpchat_cli.chat.app import ChatApp, MessagePane, ProfileBook
+from udpchat_cli.chat.app import ChatApp, Composer, MessagePane, ProfileBook
 from udpchat_cli.chat.link import Answer, LinkState
 from udpchat_proto import messages as m
 from udpchat_proto.asyncio import ClientPush
@@ -191,5 +191,29 @@ def test_each_message_is_shown_once_whatever_the_order(
         assert in_order(app) == EXPECTED, shown(app)
         # Nothing hidden stays behind.
         assert all(line.display for line in app.query_one(MessagePane).query(Static))
+
+    run(monkeypatch, scenario)
+
+
+def test_a_sent_message_the_history_brought_first_is_shown_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario(app: ChatApp, pilot: Pilot[int], link: FakeLink) -> None:
+        app.query_one(Composer).insert("hi bob")
+        await pilot.press("enter")
+        await settle(pilot)
+        (answer,) = link.sends
+        mine = message(3, "hi bob", sender="alice", to="bob")
+        # The send's answer is late (lost with a connection, the message sent again
+        # after the reconnect): a page of history has it first.
+        link.histories[0](m.History(request_id=4, messages=(HELLO, mine)))
+        await settle(pilot)
+        answer(m.MessageAccepted(request_id=5, message_id=mine.id, sent_at=mine.sent_at))
+        await settle(pilot)
+        assert sum("alice: hi bob" in line for line in shown(app)) == 1, shown(app)
+        assert [message.text for message in app.model.conversations["bob"].messages] == [
+            "hello alice",
+            "hi bob",
+        ]
 
     run(monkeypatch, scenario)
