@@ -66,11 +66,14 @@ def unshown(user: User) -> list[str]:
 
 def pane_text(app: ChatApp) -> str:
     """The pane's lines as a terminal of the test's width would show them (a
-    message is a grid: header, then its text)."""
+    message is a grid: header, then its text). A redraw's old lines stay in the DOM
+    until Textual has removed them, hidden (``display`` false, never drawn): read
+    in between, they would count twice what the screen shows once."""
     pane = app.query_one(MessagePane)
     console = Console(width=SIZE[0], file=io.StringIO(), color_system=None)
     for line in pane.query(Static):
-        console.print(line.content)
+        if line.display:
+            console.print(line.content)
     file = console.file
     assert isinstance(file, io.StringIO)
     return "\n".join(row.rstrip() for row in file.getvalue().splitlines())
@@ -117,7 +120,9 @@ def test_two_people_find_each_other_and_talk(make_user: MakeUser, server: Server
             assert "\x1b" not in pane_text(app)
             # A line of a text cannot pass for another sender's: it is marked.
             await until(pilot, lambda: "mallory" in pane_text(app), "the forged line")
-            (forged,) = [line for line in pane_text(app).split("\n") if "mallory" in line]
+            lines = [line for line in pane_text(app).split("\n") if "mallory" in line]
+            assert len(lines) == 1, pane_text(app)
+            (forged,) = lines
             assert forged.lstrip() == "| 00:00 mallory: fake \\u202eevil\\u2028"
             assert forged.startswith(" ")
             # Typing and Enter sends to the open conversation.

@@ -777,8 +777,12 @@ class ChatApp(App[int]):
                     text=text,
                     sent_at=answer.sent_at,
                 )
+                # A page of history asked meanwhile may have brought it first (this
+                # answer lost with a connection, the message sent again after the
+                # reconnect): it is drawn already then.
+                known = self.model.knows(message)
                 self.model.receive(message)
-                if to == self.model.current:
+                if not known and to == self.model.current:
                     self.query_one(MessagePane).add(
                         Static(render_message(message), classes="message")
                     )

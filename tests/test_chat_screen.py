@@ -1,0 +1,219 @@
+"""The full-screen chat (``ChatApp``) headless, with a stand-in for its link: the
+test answers each request, and hands over each push, when it chooses. What the
+pane shows is checked whatever order the pushes, the history's answers, the sends'
+answers and the redraws come in (on a real server that order is the network's and
+the machine's load's: ``tests/e2e/test_chat_tui.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import itertools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from rich.console import Console
+from textual.pilot import Pilot
+from textual.widgets import Static
+
+from udpchat_cli.chat import app as chat_app
+from udpchat_cli.chat.app import ChatApp, Composer, MessagePane, ProfileBook
+from udpchat_cli.chat.link import Answer, LinkState
+from udpchat_proto import messages as m
+from udpchat_proto.asyncio import ClientPush
+
+SIZE = (100, 30)
+T0 = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
+
+
+class FakeLink:
+    """Takes ChatLink's place: keeps each request's answer callback for the test."""
+
+    def __init__(
+        self,
+        *,
+        on_pushes: Callable[[list[ClientPush]], None],
+        on_state: Callable[[LinkState, str], None],
+        **_settings: object,
+    ) -> None:
+        self.on_pushes = on_pushes
+        self.on_state = on_state
+        self.state = LinkState.CONNECTING
+        self.unsent = 0
+        self.requests: dict[str, Answer] = {}
+        """The latest request of each kind (``list_friends`` ...) not answered yet."""
+        self.histories: list[Answer] = []
+        self.sends: list[Answer] = []
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def connect(self) -> None:
+        self.state = LinkState.CONNECTED
+        self.on_state(LinkState.CONNECTED, "")
+
+    def request(self, issue: Callable[[Any], int], answer: Answer) -> bool:
+        self.requests[str(issue(_Names()))] = answer
+        return True
+
+    def answer(self, name: str, response: m.Response) -> None:
+        self.requests.pop(name)(response)
+
+    def history(
+        self, peer: str, count: int, answer: Answer, *, before: bytes | None = None
+    ) -> bool:
+        self.histories.append(answer)
+        return True
+
+    def send_message(self, to: str, text: str, answer: Answer) -> bytes:
+        self.sends.append(answer)
+        return b""
+
+
+class _Names:
+    """A connection whose every request is its own name (what FakeLink files it by)."""
+
+    def __getattr__(self, name: str) -> Callable[..., str]:
+        return lambda *_args, **_kwargs: name
+
+
+def message(n: int, text: str, sender: str = "bob", to: str = "alice") -> m.ChatMessage:
+    return m.ChatMessage(
+        id=bytes([n]) * 16,
+        sender=sender,
+        to=to,
+        text=text,
+        sent_at=T0 + datetime.timedelta(seconds=n),
+    )
+
+
+def shown(app: ChatApp) -> list[str]:
+    """The pane's lines as the terminal draws them: a redraw's old lines stay in the
+    DOM until their removal has run, hidden (``display`` false), never drawn."""
+    console = Console(width=SIZE[0], file=io.StringIO(), color_system=None)
+    for line in app.query_one(MessagePane).query(Static):
+        if line.display:
+            console.print(line.content)
+    file = console.file
+    assert isinstance(file, io.StringIO)
+    return [row.rstrip() for row in file.getvalue().splitlines()]
+
+
+async def settle(pilot: Pilot[int]) -> None:
+    for _ in range(4):
+        await pilot.pause()
+
+
+def run(
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: Callable[[ChatApp, Pilot[int], FakeLink], Coroutine[Any, Any, None]],
+) -> None:
+    """Alice's chat, connected, bob her only friend, his conversation open (its
+    first page of history asked and not answered yet)."""
+    links: list[FakeLink] = []
+
+    def link_for(**settings: Any) -> FakeLink:
+        links.append(FakeLink(**settings))
+        return links[-1]
+
+    monkeypatch.setattr(chat_app, "ChatLink", link_for)
+    book = ProfileBook(
+        record=lambda _messages: None,
+        mark_shown=lambda _ids: None,
+        unshown=[],
+        delivered=frozenset(),
+    )
+
+    async def main() -> None:
+        app = ChatApp(
+            username="alice",
+            server_name="127.0.0.1:9",
+            servers=[("127.0.0.1", 9)],
+            server_key=bytes(32),
+            token=bytes(16),
+            book=book,
+        )
+        async with app.run_test(size=SIZE) as pilot:
+            (link,) = links
+            link.connect()
+            link.answer(
+                "list_friends",
+                m.Friends(request_id=1, friends=(m.UserPresence(username="bob", online=True),)),
+            )
+            link.answer("list_rooms", m.Rooms(request_id=2, rooms=()))
+            link.answer("list_invitations", m.Invitations(request_id=3, incoming=(), outgoing=()))
+            assert app.model.current == "bob" and len(link.histories) == 1
+            await settle(pilot)
+            await scenario(app, pilot, link)
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+HELLO = message(1, "hello alice")
+FORGED = message(2, "ok\n00:00 mallory: fake")
+OLDER = message(0, "read elsewhere")  # (only the history brings it)
+EXPECTED = ["bob: read elsewhere", "bob: hello alice", "bob: ok", "| 00:00 mallory: fake"]
+"""Each once, in this order, whatever the order they came in."""
+
+STEPS: dict[str, Callable[[ChatApp, FakeLink], None]] = {
+    "hello pushed": lambda app, link: link.on_pushes([m.MessageDelivered(message=HELLO)]),
+    "forged pushed": lambda app, link: link.on_pushes([m.MessageDelivered(message=FORGED)]),
+    "history": lambda app, link: link.histories[0](
+        m.History(request_id=4, messages=(OLDER, HELLO, FORGED))
+    ),
+    "reopened": lambda app, link: app.action_nth(1),  # (Alt+1: bob, drawn from scratch)
+}
+
+
+def in_order(app: ChatApp) -> list[str]:
+    return [part for line in shown(app) for part in EXPECTED if part in line]
+
+
+@pytest.mark.parametrize("pause", [False, True], ids=["at-once", "a-refresh-between"])
+@pytest.mark.parametrize("order", list(itertools.permutations(STEPS)), ids=" then ".join)
+def test_each_message_is_shown_once_whatever_the_order(
+    monkeypatch: pytest.MonkeyPatch, order: tuple[str, ...], pause: bool
+) -> None:
+    async def scenario(app: ChatApp, pilot: Pilot[int], link: FakeLink) -> None:
+        for step in order:
+            STEPS[step](app, link)
+            # Never twice, not even while a redraw replaces the pane's lines.
+            drawn = in_order(app)
+            assert len(drawn) == len(set(drawn)), (step, shown(app))
+            if pause:
+                await pilot.pause()
+        await settle(pilot)
+        assert in_order(app) == EXPECTED, shown(app)
+        # Nothing hidden stays behind.
+        assert all(line.display for line in app.query_one(MessagePane).query(Static))
+
+    run(monkeypatch, scenario)
+
+
+def test_a_sent_message_the_history_brought_first_is_shown_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario(app: ChatApp, pilot: Pilot[int], link: FakeLink) -> None:
+        app.query_one(Composer).insert("hi bob")
+        await pilot.press("enter")
+        await settle(pilot)
+        (answer,) = link.sends
+        mine = message(3, "hi bob", sender="alice", to="bob")
+        # The send's answer is late (lost with a connection, the message sent again
+        # after the reconnect): a page of history has it first.
+        link.histories[0](m.History(request_id=4, messages=(HELLO, mine)))
+        await settle(pilot)
+        answer(m.MessageAccepted(request_id=5, message_id=mine.id, sent_at=mine.sent_at))
+        await settle(pilot)
+        assert sum("alice: hi bob" in line for line in shown(app)) == 1, shown(app)
+        assert [message.text for message in app.model.conversations["bob"].messages] == [
+            "hello alice",
+            "hi bob",
+        ]
+
+    run(monkeypatch, scenario)
