@@ -258,3 +258,23 @@ def test_a_shorter_conversation_clamping_the_pane_is_not_taken_for_a_scroll() ->
         assert [(event.at_bottom, event.at_top) for event in app.moved] == [(False, False)]
 
     run_shown(scenario)
+
+
+@pytest.mark.parametrize("move", ["page down", "end"])
+def test_a_scroll_just_before_a_redraw_is_not_lost(move: str) -> None:
+    async def scenario(pilot: Pilot[None], pane: MessagePane) -> None:
+        for _ in range(2):
+            pane.scroll_page_up(animate=False)
+            await settle(pilot)
+        read = int(top(pane).removeprefix("line "))
+        # Textual makes a scroll a refresh after it is asked for: this one is asked
+        # for before the redraw decides where the reader is.
+        MOVES[move](pane)
+        pane.show(chat(0, 100), [], stay=True)
+        await settle(pilot)
+        if move == "end":
+            assert pane.at_bottom and pane.following
+        else:
+            assert top(pane) == f"line {read + lines_moved(pane, move)}"
+
+    run_shown(scenario)
