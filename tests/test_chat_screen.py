@@ -217,3 +217,74 @@ def test_a_sent_message_the_history_brought_first_is_shown_once(
         ]
 
     run(monkeypatch, scenario)
+
+
+def top(app: ChatApp) -> str:
+    """The text of the first line the reader sees in the pane."""
+    pane = app.query_one(MessagePane)
+    for line in pane.query(Static):
+        region = line.virtual_region
+        if line.display and region.y <= pane.scroll_y < region.bottom:
+            console = Console(width=SIZE[0], file=io.StringIO(), color_system=None)
+            console.print(line.content)
+            file = console.file
+            assert isinstance(file, io.StringIO)
+            return file.getvalue().strip().split(": ", 1)[-1]
+    raise AssertionError(f"nothing at {pane.scroll_y}")
+
+
+LATER = [message(100 + n, f"line {100 + n}") for n in range(60)]
+EARLIER = [message(n, f"line {n}") for n in range(40, 100)]
+KEYS = {"pageup": -1, "pagedown": 1}
+"""The pages each key moves."""
+
+
+@pytest.mark.parametrize("key", [*KEYS, "end"])
+def test_a_key_pressed_while_history_is_drawn_is_not_undone(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    async def scenario(app: ChatApp, pilot: Pilot[int], link: FakeLink) -> None:
+        pane = app.query_one(MessagePane)
+        link.on_pushes([m.MessageDelivered(message=message) for message in LATER])
+        await settle(pilot)
+        await pilot.press("pageup", "pageup")  # (a page down then stays above the bottom)
+        await settle(pilot)
+        read = int(top(app).removeprefix("line "))
+        # The first page of history comes: drawn again, the reader's line kept (after a
+        # refresh), and a key pressed at once.
+        link.histories[0](m.History(request_id=4, messages=(*EARLIER, *LATER)))
+        await pilot.press(key)
+        await settle(pilot)
+        if key == "end":
+            assert pane.at_bottom and pane.following
+        else:
+            page = pane.scrollable_content_region.height
+            assert top(app) == f"line {read + KEYS[key] * page}"
+            assert not pane.following
+
+    run(monkeypatch, scenario)
+
+
+@pytest.mark.parametrize("key", [*KEYS, "end"])
+def test_a_key_pressed_as_a_conversation_opens_at_new_messages_is_not_undone(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    async def scenario(app: ChatApp, pilot: Pilot[int], link: FakeLink) -> None:
+        pane = app.query_one(MessagePane)
+        earlier = [message(n, f"line {n}", sender="carol") for n in range(50)]
+        link.histories[0](m.History(request_id=4, messages=()))
+        app.model.add_history("carol", earlier)
+        unread = [message(n, f"line {n}", sender="carol") for n in range(50, 100)]
+        link.on_pushes([m.MessageDelivered(message=message) for message in unread])
+        await settle(pilot)
+        app.action_next_unread()  # carol's, at "new messages" (after a refresh) ...
+        await pilot.press(key)  # ... and a key at once
+        await settle(pilot)
+        if key == "end":
+            assert pane.at_bottom and pane.following
+        else:
+            page = pane.scrollable_content_region.height
+            # ... line 49, the marker's row, line 50 ...
+            assert top(app) == f"line {50 - page if key == 'pageup' else 49 + page}"
+
+    run(monkeypatch, scenario)

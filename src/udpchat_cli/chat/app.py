@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
@@ -134,8 +135,27 @@ def _alt_digits_as_keys() -> None:
             table.pop(sequence, None)
 
 
+@attrs.frozen(eq=False)
+class _Placement:
+    """Where a redraw puts the reader once a refresh has laid its lines out: as far
+    from the bottom as they were (``from_bottom``), with ``marker`` at the top, or
+    (neither) at the newest line if they follow."""
+
+    from_bottom: float | None = None
+    marker: Static | None = None
+
+    @property
+    def follows(self) -> bool:
+        return self.from_bottom is None and self.marker is None
+
+
 class MessagePane(VerticalScroll):
-    """The open conversation's messages: follows new ones only while at its bottom."""
+    """The open conversation's messages: follows new ones only while at its bottom.
+
+    A redraw decides where the reader goes and goes there after a refresh. The
+    reader's own scrolls in between (keys, the wheel, the scrollbar) wait for it and
+    are made after it, from where it put them: a Page Up pressed as older lines load
+    above goes a page up from the line being read, never undone by the placement."""
 
     class Moved(Message):
         """The pane scrolled (by the person or to follow)."""
@@ -149,15 +169,25 @@ class MessagePane(VerticalScroll):
     """Whether the reader is at the newest line (new lines then scroll into view).
     Changed only by scrolling: content growing below does not change it."""
 
+    _placing: _Placement | None = None
+    """The last redraw's placement while a refresh has not let it run."""
+    _held: tuple[Callable[[], object], ...] = ()
+    """The reader's scrolls meanwhile, made once it has run."""
+
     @property
     def at_bottom(self) -> bool:
         return self.scroll_y >= self.max_scroll_y - 0.5
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
-        if round(old_value) != round(new_value):
-            self.following = self.at_bottom
-            self.post_message(self.Moved(self.following, new_value <= 0 < self.max_scroll_y))
+        # Before a placement, the pane only moves as a redraw's lines come and go
+        # (scroll_y clamped to them): not the reader, and not where they will be.
+        if round(old_value) != round(new_value) and self._placing is None:
+            self._moved()
+
+    def _moved(self) -> None:
+        self.following = self.at_bottom
+        self.post_message(self.Moved(self.following, self.scroll_y <= 0 < self.max_scroll_y))
 
     def show(
         self, conversation: Conversation | None, notes: list[Note], *, stay: bool = False
@@ -166,7 +196,12 @@ class MessagePane(VerticalScroll):
         one, else at its newest message; with ``stay``, where the reader was,
         unless they were at the newest (older messages loaded above do not move
         what they read). Notes take their place in time among the messages."""
-        from_bottom = self.max_scroll_y - self.scroll_y
+        placing = self._placing
+        if placing is not None and placing.from_bottom is not None:
+            from_bottom = placing.from_bottom  # (not restored yet: where the reader is)
+        else:
+            from_bottom = self.max_scroll_y - self.scroll_y
+        jumping = placing is not None and placing.marker is not None
         keep = stay and not self.following
         if not keep:
             self.following = True
@@ -188,14 +223,32 @@ class MessagePane(VerticalScroll):
         timeline.sort(key=lambda item: (item[0], item[1]))
         self.mount_all([widget for _at, _order, widget in timeline])
         if keep:
-            self.call_after_refresh(
-                lambda: self.scroll_to(y=max(0.0, self.max_scroll_y - from_bottom), animate=False)
-            )
-        elif marker is not None and not stay:
-            shown = marker
-            self.call_after_refresh(lambda: self.scroll_to_widget(shown, top=True, animate=False))
+            placement = _Placement(from_bottom=from_bottom)
+        elif marker is not None and (not stay or jumping):
+            placement = _Placement(marker=marker)
         else:
-            self.call_after_refresh(self._follow)
+            placement = _Placement()
+        self._placing = placement
+        self.call_after_refresh(self._place, placement)
+
+    def _place(self, placement: _Placement) -> None:
+        """Make a redraw's placement (unless a later redraw decided another), then
+        the reader's scrolls held meanwhile, from there."""
+        if self._placing is not placement:
+            return
+        self._placing = None
+        y = self.scroll_y
+        if placement.marker is not None:
+            self.scroll_to_widget(placement.marker, top=True, animate=False, immediate=True)
+        elif placement.from_bottom is not None:
+            self.scroll_to(y=max(0.0, self.max_scroll_y - placement.from_bottom), animate=False)
+        else:
+            self._follow()  # (a refresh later; it says where it went)
+        if not placement.follows and round(y) == round(self.scroll_y):
+            self._moved()  # (else said as it moved)
+        held, self._held = self._held, ()
+        for scroll in held:
+            scroll()
 
     def add(self, widget: Static) -> None:
         """Append a line; follow it only if the pane was at its bottom."""
@@ -206,14 +259,71 @@ class MessagePane(VerticalScroll):
     def _follow(self, *, laid_out: bool = False) -> None:
         """Scroll to the newest line two refreshes after it was mounted (only then
         is its height in ``max_scroll_y``), unless the reader scrolled away
-        meanwhile: asked again at each step, so that a page up pressed while a
-        burst of lines settles is not undone by a scroll decided before it."""
-        if not self.following:
+        meanwhile, or a redraw placed them since: asked again at each step, so that
+        a page up pressed while a burst of lines settles is not undone by a scroll
+        decided before it."""
+        if not self.following or self._placing is not None:
             return
         if laid_out:
             self.scroll_end(animate=False, immediate=True)
         else:
             self.call_after_refresh(self._follow, laid_out=True)
+
+    # --- the reader's scrolls: held while a placement waits ------------------------------
+
+    def _reader(self, scroll: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        if self._placing is None:
+            scroll(*args, **kwargs)
+        else:
+            self._held += (functools.partial(scroll, *args, **kwargs),)
+
+    def scroll_to(self, x: float | None = None, y: float | None = None, **kwargs: Any) -> None:
+        """Scroll at once: Textual defers it a refresh, by which time a placement
+        may have moved the pane, and its target, reckoned before, is wrong."""
+        kwargs["immediate"] = True
+        self._reader(super().scroll_to, x, y, **kwargs)
+
+    def scroll_relative(self, *args: Any, **kwargs: Any) -> None:
+        self._reader(super().scroll_relative, *args, **kwargs)
+
+    def scroll_up(self, *args: Any, **kwargs: Any) -> None:
+        self._reader(super().scroll_up, *args, **kwargs)
+
+    def scroll_down(self, *args: Any, **kwargs: Any) -> None:
+        self._reader(super().scroll_down, *args, **kwargs)
+
+    def scroll_page_up(self, *args: Any, **kwargs: Any) -> None:
+        self._reader(super().scroll_page_up, *args, **kwargs)
+
+    def scroll_page_down(self, *args: Any, **kwargs: Any) -> None:
+        self._reader(super().scroll_page_down, *args, **kwargs)
+
+    def scroll_home(self, *args: Any, **kwargs: Any) -> None:
+        self._reader(super().scroll_home, *args, **kwargs)
+
+    def scroll_end(self, *args: Any, **kwargs: Any) -> None:
+        """To the newest line, following from now (Textual scrolls there only after
+        a refresh: a redraw meanwhile follows too, not keeping the place left)."""
+
+        def end() -> None:
+            self.following = True
+            super(MessagePane, self).scroll_end(*args, **kwargs)
+
+        self._reader(end)
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self._wheel(event, -1)
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        self._wheel(event, 1)
+
+    def _wheel(self, event: events.MouseScrollUp | events.MouseScrollDown, rows: int) -> None:
+        # (Textual's own handler scrolls at once, unless prevented here.)
+        if self._placing is None or event.ctrl or event.shift:
+            return
+        event.prevent_default()
+        event.stop()
+        self._reader(self.scroll_relative, y=rows * self.app.scroll_sensitivity_y, animate=False)
 
 
 class Composer(TextArea):
