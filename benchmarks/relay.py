@@ -229,7 +229,9 @@ class AckShape:
 
     def server_preamble(self) -> str:
         """Python run in the server's process before its ``main()``: the transport's
-        ``max_ack_delay`` set in the configuration that the command line builds."""
+        ``max_ack_delay`` set in the configuration that the command line builds (a
+        patch of its private builder: the server has no option for transport
+        settings, and an experiment should not add one to the product)."""
         if self.max_ack_delay is None:
             return ""
         return (
