@@ -3,7 +3,8 @@ low load.
 
 Run: ``.venv/bin/python benchmarks/lowload.py [--rates 100,1000] [--seconds 8]
 [--runs 1] [--workers 2] [--pairs 16] [--perf | --strace | --py-spy FILE |
---callgrind PREFIX | --profile FILE] [--server-python PYTHON] [--quick] [--json]``.
+--callgrind PREFIX | --profile FILE] [--server-python PYTHON] [--max-ack-delay S]
+[--ack-every N] [--quick] [--json]``.
 
 ``relay.py``'s set-up (a real ``udpchat-server`` on SQLite, 2 generator processes
 of 16 pairs, plain messages), one window per rate; per window it reports the
@@ -20,6 +21,18 @@ collection on for the windows only (``PREFIX.PID.N``, one part a rate: their
 totals over the messages delivered are instructions a message, stable on a
 shared machine; about 15 times slower, so use low rates, e.g. ``--workers 1
 --pairs 4 --rates 10``); ``--profile``, the server under cProfile (whole run).
+
+Two options reshape the acknowledgements, for an experiment only (what a
+protocol that acknowledged differently could save; the product's defaults do not
+change): ``--max-ack-delay S`` sets the transport's ``max_ack_delay`` on the
+server (its configuration patched in its process before ``main()``) and on every
+client, so that a lone packet's ACK waits up to S for a packet with data to ride
+on instead of leaving alone 25 ms later (every retransmission timeout grows by as
+much); ``--ack-every N`` makes each recipient acknowledge its deliveries N at a
+time, one ``ack_delivery`` of N ids (as the protocol allows: an acknowledgement
+moves the cursor past everything before it; N under 32, half the server's
+delivery window, or the window stalls). Each window's figures say which shape
+ran (``max_ack_delay``, ``ack_every``).
 """
 
 from __future__ import annotations
@@ -210,6 +223,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=WORKERS)
     parser.add_argument("--pairs", type=int, default=PAIRS)
     parser.add_argument(
+        "--max-ack-delay",
+        type=float,
+        metavar="S",
+        help="the transport's max_ack_delay on the server and the clients (experiment)",
+    )
+    parser.add_argument(
+        "--ack-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="recipients acknowledge deliveries N at a time, N < 32 (experiment)",
+    )
+    parser.add_argument(
         "--callgrind",
         metavar="PREFIX",
         help="run the server under callgrind, counting the windows only (PREFIX.RATE)",
@@ -217,6 +243,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rates, args.seconds = "200", 1.0
+    if not 1 <= args.ack_every < 32:
+        parser.error("--ack-every must be 1 to 31 (half the server's delivery window)")
+    shape = relay.AckShape(max_ack_delay=args.max_ack_delay, ack_every=args.ack_every)
     rates = [int(x) for x in args.rates.split(",")]
     runs = []
     for _ in range(args.runs):
@@ -225,10 +254,12 @@ def main() -> None:
             python = args.server_python
             if args.callgrind:
                 python = callgrind_python(args.server_python, args.callgrind)
-            with relay.udpchat_server(args.profile, python=python) as (pid, port):
-                team.call("setup", port, args.workers)
+            with relay.udpchat_server(args.profile, python=python, shape=shape) as (pid, port):
+                team.call("setup", port, args.workers, False, shape)
                 for rate in rates:
                     figures = one_rate(team, pid, rate, args.seconds, args)
+                    figures["max_ack_delay"] = args.max_ack_delay
+                    figures["ack_every"] = args.ack_every
                     runs.append(figures)
                     if args.json:
                         continue

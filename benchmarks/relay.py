@@ -101,7 +101,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from udpchat_proto import ClientConnection
+from udpchat_proto import ClientConnection, TransportConfig
 from udpchat_proto import messages as m
 from udpchat_proto.chat import session_id, token_hash
 from udpchat_proto.e2ee import (
@@ -202,6 +202,45 @@ FULL = Timing(warmup=1.0, saturation=5.0, step=3.0, rates=FULL_RATES, backlog=40
 QUICK = Timing(warmup=0.5, saturation=2.0, step=1.0, rates=QUICK_RATES, backlog=15.0)
 
 
+@dataclass(frozen=True)
+class AckShape:
+    """How the acknowledgements are shaped, for an experiment (``lowload.py``'s
+    ``--max-ack-delay`` and ``--ack-every``); the defaults are the product's.
+
+    Benchmark-only: the shipped defaults stay as they are.
+    """
+
+    max_ack_delay: float | None = None
+    """The transport's ``max_ack_delay`` on the server and on every client, seconds
+    (None: ``TransportConfig``'s default). Longer, a lone packet's ACK waits for a
+    packet with data to ride on instead of leaving alone."""
+    ack_every: int = 1
+    """Each recipient acknowledges its deliveries this many at a time (one
+    ``ack_delivery`` of that many ids; the protocol allows it: an
+    acknowledgement moves the cursor past everything before it). 1: each on its own,
+    as the client does by default. Must stay under half the server's delivery
+    window (64), or the window stalls."""
+
+    def client_config(self) -> TransportConfig | None:
+        """The clients' transport settings (None: the default)."""
+        if self.max_ack_delay is None:
+            return None
+        return TransportConfig(max_ack_delay=self.max_ack_delay)
+
+    def server_preamble(self) -> str:
+        """Python run in the server's process before its ``main()``: the transport's
+        ``max_ack_delay`` set in the configuration that the command line builds (a
+        patch of its private builder: the server has no option for transport
+        settings, and an experiment should not add one to the product)."""
+        if self.max_ack_delay is None:
+            return ""
+        return (
+            "import attrs; from udpchat_server import cli; build = cli._config; "
+            "cli._config = lambda *a: (lambda c: attrs.evolve(c, transport=attrs.evolve("
+            f"c.transport, max_ack_delay={self.max_ack_delay!r})))(build(*a)); "
+        )
+
+
 # --- /proc readings --------------------------------------------------------------------
 
 
@@ -230,15 +269,17 @@ def udpchat_server(
     profile: str | None = None,
     options: list[str] = SERVER_OPTIONS,
     python: str = sys.executable,
+    shape: AckShape = AckShape(),
 ) -> Iterator[tuple[int, int]]:
     """A real ``udpchat-server`` on 127.0.0.1, port 0, with ``options``, run by
-    ``python`` (this interpreter by default); yields (pid, port)."""
+    ``python`` (this interpreter by default), its acknowledgements shaped by
+    ``shape`` (the product's by default); yields (pid, port)."""
     # The console script's entry point, run by this Python: found wherever the
     # package is installed; under cProfile the profile is written when it stops.
     if profile is None:
-        code = "from udpchat_server.cli import main; main()"
+        code = shape.server_preamble() + "from udpchat_server.cli import main; main()"
     else:
-        code = (
+        code = shape.server_preamble() + (
             "import cProfile, sys; from udpchat_server.cli import main; "
             "cProfile.run('main()', sys.argv.pop(1))"
         )
@@ -314,13 +355,20 @@ def text_for(due: float) -> str:
 class Peer:
     """One client on its own non-blocking socket."""
 
-    def __init__(self, name: str, server: tuple[str, int]) -> None:
+    def __init__(self, name: str, server: tuple[str, int], shape: AckShape = AckShape()) -> None:
         self.name = name
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((HOST, 0))
         self.sock.setblocking(False)
-        self.conn = ClientConnection(server_address=server)
+        self.conn = ClientConnection(
+            server_address=server,
+            config=shape.client_config(),
+            explicit_acks=shape.ack_every > 1,
+        )
+        self.ack_every = shape.ack_every
+        #: Deliveries taken and not acknowledged yet (``ack_every`` > 1 only).
+        self.unacknowledged: list[bytes] = []
         self.oks = 0
         self.errors = 0
         #: The refusals' texts, to say why (a set-up or a burst refused in part).
@@ -353,6 +401,11 @@ class Peer:
             if isinstance(event, m.MessageDelivered):
                 if self.on_delivery is not None:
                     self.on_delivery(now, event)
+                if self.ack_every > 1:
+                    self.unacknowledged.append(event.message.id)
+                    if len(self.unacknowledged) >= self.ack_every:
+                        self.conn.acknowledge(self.unacknowledged)
+                        self.unacknowledged = []
             elif isinstance(event, m.Ok | m.LoggedIn | m.MessageAccepted):
                 self.oks += 1
             elif isinstance(event, m.KeysStored | m.ConversationDevices | m.ClaimedKeys):
@@ -414,12 +467,15 @@ class Generator:
 
     # -- udpchat --
 
-    def setup(self, port: int, workers: int, encrypted: bool = False) -> None:
+    def setup(
+        self, port: int, workers: int, encrypted: bool = False, shape: AckShape = AckShape()
+    ) -> None:
         """Connect, register, log in and befriend every pair (and, ``encrypted``,
         make each peer a device with its keys uploaded, and each sender's Olm
-        session to its recipient: a device set and a claimed key)."""
+        session to its recipient: a device set and a claimed key), the clients'
+        acknowledgements shaped by ``shape``."""
         server = (HOST, port)
-        peers = [Peer(f"{self.prefix}u{i}", server) for i in range(2 * self.count)]
+        peers = [Peer(f"{self.prefix}u{i}", server, shape) for i in range(2 * self.count)]
         for peer in peers:
             self.selector.register(peer.sock, selectors.EVENT_READ, peer)
         deadline = time.monotonic() + DEADLINE

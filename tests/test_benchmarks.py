@@ -163,6 +163,51 @@ def test_the_cluster_benchmark_measures_latency_alone() -> None:
     assert {"p50_ms", "p99_ms", "achieved"} <= set(figures["latency"]["one_node"])
 
 
+@pytest.mark.slow(seconds=10)
+@pytest.mark.e2e  # (real processes: the benchmark, its server and load generator)
+def test_the_low_load_benchmark_reshapes_the_acknowledgements() -> None:
+    # Each message brings the server its send and, by default, its own
+    # ack_delivery: two datagrams at least. Acknowledged 8 at a time, with the
+    # transport's ACKs riding on data for up to 0.5 s, it brings the send, an
+    # eighth of an ack_delivery and at most one ACK for every second delivery
+    # (the transport acknowledges every second packet at once).
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "lowload.py"),
+            "--quick",
+            "--json",
+            *SMALLEST["lowload.py"],
+            "--max-ack-delay",
+            "0.5",
+            "--ack-every",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (window,) = json.loads(done.stdout)["rates"]
+    assert (window["max_ack_delay"], window["ack_every"]) == (0.5, 8)
+    assert window["delivered"] > 0
+    assert window["datagrams_in_per_msg"] < 1.9
+
+
+def test_the_low_load_benchmark_refuses_acknowledgements_that_would_stall() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "lowload.py"), "--ack-every", "32"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 2 and "--ack-every must be 1 to 31" in done.stderr
+
+
 def test_the_cluster_benchmark_runs_some_configurations_only_for_latency() -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "cluster.py"), "--only", "one_node"],
