@@ -359,9 +359,11 @@ def test_a_burst_from_several_clients_shares_a_commit() -> None:
                 sends = [client.send("#burst", f"m{i}") for i, client in enumerate(clients)]
                 await asyncio.gather(*sends)
                 # Their datagrams arrive in the same rounds of the loop: the turn waits
-                # for a round that reads nothing, and one commit answers them all
-                # (1 here; a loaded machine may split the burst).
-                assert 1 <= service.commits - commits <= 3, service.commits - commits
+                # for a round that reads nothing, and one commit answers them all (1
+                # on a quiet machine; a loaded one splits the burst, 4 seen once with
+                # the suite on 2 cores). Fewer commits than sends: some were shared.
+                # (The pacing itself is test_commit_pacing.py's, on a fake clock.)
+                assert 1 <= service.commits - commits < len(sends), service.commits - commits
             finally:
                 for client in clients:
                     client.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, cast
 
 import attrs
@@ -173,6 +173,8 @@ class MessagePane(VerticalScroll):
     """The last redraw's placement while a refresh has not let it run."""
     _held: tuple[Callable[[], object], ...] = ()
     """The reader's scrolls meanwhile, made once it has run."""
+    _now = False
+    """Inside a placement, a follow or a scroll being made: scroll at once."""
 
     @property
     def at_bottom(self) -> bool:
@@ -238,17 +240,22 @@ class MessagePane(VerticalScroll):
             return
         self._placing = None
         y = self.scroll_y
-        if placement.marker is not None:
-            self.scroll_to_widget(placement.marker, top=True, animate=False, immediate=True)
-        elif placement.from_bottom is not None:
-            self.scroll_to(y=max(0.0, self.max_scroll_y - placement.from_bottom), animate=False)
-        else:
-            self._follow()  # (a refresh later; it says where it went)
-        if not placement.follows and round(y) == round(self.scroll_y):
-            self._moved()  # (else said as it moved)
         held, self._held = self._held, ()
-        for scroll in held:
-            scroll()
+        with self._at_once():
+            if placement.marker is not None:
+                self.scroll_to_widget(placement.marker, top=True, animate=False)
+            elif placement.from_bottom is not None:
+                self.scroll_to(y=max(0.0, self.max_scroll_y - placement.from_bottom), animate=False)
+            else:
+                # At the bottom now, so that a scroll held meanwhile starts there;
+                # the follow puts them at the newest line again once every new
+                # line's height is known (unless that scroll moved them away).
+                self.scroll_end(animate=False)
+                self._follow()
+            if not placement.follows and round(y) == round(self.scroll_y):
+                self._moved()  # (else said as it moved)
+            for scroll in held:
+                scroll()
 
     def add(self, widget: Static) -> None:
         """Append a line; follow it only if the pane was at its bottom."""
@@ -265,21 +272,47 @@ class MessagePane(VerticalScroll):
         if not self.following or self._placing is not None:
             return
         if laid_out:
-            self.scroll_end(animate=False, immediate=True)
+            with self._at_once():
+                self.scroll_end(animate=False)
         else:
             self.call_after_refresh(self._follow, laid_out=True)
 
     # --- the reader's scrolls: held while a placement waits ------------------------------
 
+    # Textual's scroll helpers (page up and down, to a widget, the scrollbar's
+    # messages) all come through these methods; the wheel goes around them, hence
+    # the wheel's handlers below.
+
     def _reader(self, scroll: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-        if self._placing is None:
-            scroll(*args, **kwargs)
+        call = functools.partial(scroll, *args, **kwargs)
+        if self._placing is not None:
+            self._held += (call,)
+        elif self._now:
+            call()
         else:
-            self._held += (functools.partial(scroll, *args, **kwargs),)
+            # A refresh later, as Textual scrolls (lines added meanwhile are laid
+            # out by then: a page down reaches them), unless a redraw decided a
+            # placement meanwhile: then after it.
+            self.call_after_refresh(self._run, call)
+
+    def _run(self, call: Callable[[], object]) -> None:
+        if self._placing is not None:
+            self._held += (call,)
+        else:
+            with self._at_once():
+                call()
+
+    @contextlib.contextmanager
+    def _at_once(self) -> Iterator[None]:
+        now, self._now = self._now, True
+        try:
+            yield
+        finally:
+            self._now = now
 
     def scroll_to(self, x: float | None = None, y: float | None = None, **kwargs: Any) -> None:
-        """Scroll at once: Textual defers it a refresh, by which time a placement
-        may have moved the pane, and its target, reckoned before, is wrong."""
+        """Scroll when :meth:`_reader` says, which has waited for the refresh
+        Textual would wait for: its target is reckoned then, not before."""
         kwargs["immediate"] = True
         self._reader(super().scroll_to, x, y, **kwargs)
 
@@ -307,7 +340,7 @@ class MessagePane(VerticalScroll):
 
         def end() -> None:
             self.following = True
-            super(MessagePane, self).scroll_end(*args, **kwargs)
+            super(MessagePane, self).scroll_end(*args, **{**kwargs, "immediate": True})
 
         self._reader(end)
 
