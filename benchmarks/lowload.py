@@ -246,6 +246,10 @@ def main() -> None:
     if not 1 <= args.ack_every < 32:
         parser.error("--ack-every must be 1 to 31 (half the server's delivery window)")
     shape = relay.AckShape(max_ack_delay=args.max_ack_delay, ack_every=args.ack_every)
+    try:
+        shape.client_config()  # (the transport's own checks: more than its timer's slack)
+    except ValueError as error:
+        parser.error(f"--max-ack-delay: {error}")
     rates = [int(x) for x in args.rates.split(",")]
     runs = []
     for _ in range(args.runs):

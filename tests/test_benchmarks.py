@@ -196,16 +196,42 @@ def test_the_low_load_benchmark_reshapes_the_acknowledgements() -> None:
     assert window["datagrams_in_per_msg"] < 1.9
 
 
-def test_the_low_load_benchmark_refuses_acknowledgements_that_would_stall() -> None:
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (("--ack-every", "32"), "--ack-every must be 1 to 31"),
+        (("--max-ack-delay", "0.004"), "--max-ack-delay: ack_timer_slack must be less"),
+    ],
+)
+def test_the_low_load_benchmark_refuses_acknowledgements_that_would_stall(
+    option: tuple[str, str], said: str
+) -> None:
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "lowload.py"), "--ack-every", "32"],
+        [sys.executable, str(BENCHMARKS / "lowload.py"), *option],
         capture_output=True,
         text=True,
         timeout=30,
         cwd=ROOT,
         check=False,
     )
-    assert done.returncode == 2 and "--ack-every must be 1 to 31" in done.stderr
+    assert done.returncode == 2 and said in done.stderr, done.stderr
+
+
+def test_the_servers_acknowledgement_delay_is_set_where_the_server_builds_its_config() -> None:
+    # The shaped run's datagrams in a message say the clients' side took; the
+    # server's side is this patch of its configuration builder, which its main()
+    # calls: checked in a process of its own, as the server's is.
+    check = (
+        f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import relay; "
+        "exec(relay.AckShape(max_ack_delay=0.5).server_preamble()); "
+        "from udpchat_server import cli; print(cli._config({}, None).transport.max_ack_delay)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "0.5\n"), done.stderr
+    source = (ROOT / "src" / "udpchat_server" / "cli.py").read_text()
+    assert "config = _config(" in source  # (main builds it there: the patch takes)
 
 
 def test_the_cluster_benchmark_runs_some_configurations_only_for_latency() -> None:
