@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import io
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from rich.console import Console
 from textual import events
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from tests.chat_tui_helpers import settle, top
 from udpchat_cli.chat.app import MessagePane
 from udpchat_cli.chat.model import Conversation
 from udpchat_proto import messages as m
@@ -53,12 +52,6 @@ def run(scenario: Callable[[Pilot[None], MessagePane], Coroutine[Any, Any, None]
             await scenario(pilot, pane)
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))
-
-
-async def settle(pilot: Pilot[None]) -> None:
-    """Let every pending refresh and what waits after it run (a follow takes two)."""
-    for _ in range(4):
-        await pilot.pause()
 
 
 def test_a_page_up_before_a_pending_follow_keeps_the_readers_place() -> None:
@@ -133,19 +126,6 @@ def chat(first: int, last: int, *, marker: int | None = None) -> Conversation:
     return conversation
 
 
-def top(pane: MessagePane) -> str:
-    """The first line the reader sees: a message's text, or the marker."""
-    for line in pane.query(Static):
-        region = line.virtual_region
-        if line.display and region.y <= pane.scroll_y < region.bottom:
-            console = Console(width=SIZE[0], file=io.StringIO(), color_system=None)
-            console.print(line.content)
-            file = console.file
-            assert isinstance(file, io.StringIO)
-            return file.getvalue().strip().split(": ", 1)[-1]
-    raise AssertionError(f"nothing at {pane.scroll_y}")
-
-
 def run_shown(scenario: Callable[[Pilot[None], MessagePane], Coroutine[Any, Any, None]]) -> None:
     """The pane showing lines 40 to 99 of bob's conversation, at its bottom."""
 
@@ -183,6 +163,19 @@ def lines_moved(pane: MessagePane, move: str) -> int:
     return {"page up": -page, "page down": page, "wheel up": -wheel, "wheel down": wheel}[move]
 
 
+def assert_landed(pane: MessagePane, move: str, *, up_from: int, down_from: int) -> None:
+    """Where ``move`` left the reader: End at the newest line, following; any other
+    move its lines away from ``line UP_FROM`` (going up) or ``line DOWN_FROM``
+    (going down), at the top of the view, not following."""
+    if move == "end":
+        assert pane.at_bottom and pane.following
+        assert pane.scroll_y == pane.max_scroll_y
+        return
+    moved = lines_moved(pane, move)
+    assert top(pane) == f"line {(up_from if moved < 0 else down_from) + moved}"
+    assert not pane.following
+
+
 def test_older_lines_loaded_above_leave_the_reader_on_their_line() -> None:
     async def scenario(pilot: Pilot[None], pane: MessagePane) -> None:
         pane.scroll_page_up(animate=False)
@@ -206,12 +199,7 @@ def test_a_scroll_before_a_pending_restore_moves_from_the_readers_line(move: str
         pane.show(chat(0, 100), [], stay=True)  # its restore waits for a refresh
         MOVES[move](pane)  # the reader scrolls before it runs
         await settle(pilot)
-        if move == "end":
-            assert pane.at_bottom and pane.following
-            assert pane.scroll_y == pane.max_scroll_y
-        else:
-            assert top(pane) == f"line {read + lines_moved(pane, move)}"
-            assert not pane.following
+        assert_landed(pane, move, up_from=read, down_from=read)
 
     run_shown(scenario)
 
@@ -225,19 +213,31 @@ def test_an_opened_conversation_shows_its_new_messages_marker_at_the_top() -> No
     run_shown(scenario)
 
 
+@pytest.mark.parametrize("jumped", [True, False], ids=["after-the-jump", "before-the-jump"])
+def test_a_history_redraw_of_a_conversation_opened_at_its_marker_stays_there(
+    jumped: bool,
+) -> None:
+    async def scenario(pilot: Pilot[None], pane: MessagePane) -> None:
+        pane.show(chat(40, 100, marker=70), [])  # opened at "new messages"
+        if jumped:
+            await settle(pilot)
+            assert top(pane) == "── new messages ──"
+        pane.show(chat(0, 100, marker=70), [], stay=True)  # older lines came above
+        await settle(pilot)
+        assert top(pane) == "── new messages ──"
+        assert not pane.following
+
+    run_shown(scenario)
+
+
 @pytest.mark.parametrize("move", list(MOVES))
 def test_a_scroll_before_a_pending_jump_to_the_marker_moves_from_it(move: str) -> None:
     async def scenario(pilot: Pilot[None], pane: MessagePane) -> None:
         pane.show(chat(0, 100, marker=50), [])  # its jump waits for a refresh
         MOVES[move](pane)  # the reader scrolls before it runs
         await settle(pilot)
-        if move == "end":
-            assert pane.at_bottom and pane.following
-            assert pane.scroll_y == pane.max_scroll_y
-        else:
-            # ... line 49, the marker's row, line 50 ...
-            moved = lines_moved(pane, move)
-            assert top(pane) == f"line {50 + moved if moved < 0 else 49 + moved}"
+        # ... line 49, the marker's row, line 50 ...
+        assert_landed(pane, move, up_from=50, down_from=49)
 
     run_shown(scenario)
 
@@ -272,9 +272,76 @@ def test_a_scroll_just_before_a_redraw_is_not_lost(move: str) -> None:
         MOVES[move](pane)
         pane.show(chat(0, 100), [], stay=True)
         await settle(pilot)
-        if move == "end":
-            assert pane.at_bottom and pane.following
-        else:
-            assert top(pane) == f"line {read + lines_moved(pane, move)}"
+        assert_landed(pane, move, up_from=read, down_from=read)
+
+    run_shown(scenario)
+
+
+# --- a scroll of the reader's is made a refresh later, as Textual makes it -----------
+#
+# Its target is reckoned then: from lines added meanwhile, from where an End asked
+# just before it has put the reader, from where a redraw's placement has put them.
+
+
+def test_a_page_down_as_lines_arrive_below_reaches_them() -> None:
+    async def scenario(pilot: Pilot[None], pane: MessagePane) -> None:
+        app = pane.app
+        assert isinstance(app, PaneApp)
+        pane.scroll_to(y=pane.max_scroll_y - 3, animate=False)  # a few rows up
+        await settle(pilot)
+        assert not pane.following
+        old_bottom, read = pane.max_scroll_y, pane.scroll_y
+        app.moved.clear()
+        for n in range(30):
+            pane.add(Static(f"new {n}"))
+        pane.scroll_page_down(animate=False)  # at once: the new lines not laid out yet
+        await settle(pilot)
+        # A page down, past where the bottom was ...
+        assert pane.scroll_y == read + pane.scrollable_content_region.height > old_bottom
+        # ... and not at the bottom, new lines unseen below: the chat must not count
+        # them read (before, the page stopped at the old bottom and said so).
+        assert pane.scroll_y < pane.max_scroll_y
+        assert not pane.following
+        assert not any(event.at_bottom for event in app.moved)
+
+    run(scenario)
+
+
+def test_end_then_page_up_at_once_ends_a_page_above_the_newest() -> None:
+    async def scenario(pilot: Pilot[None], pane: MessagePane) -> None:
+        for _ in range(2):
+            pane.scroll_page_up(animate=False)
+            await settle(pilot)
+        assert not pane.at_bottom
+        pane.scroll_end(animate=False)
+        pane.scroll_page_up(animate=False)  # no refresh between the two
+        await settle(pilot)
+        page = pane.scrollable_content_region.height
+        assert pane.scroll_y == pane.max_scroll_y - page
+        assert not pane.following
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("move", ["page up", "wheel up"])
+@pytest.mark.parametrize("start", ["following", "at the top"])
+def test_a_scroll_before_a_pending_follow_placement_moves_from_the_bottom(
+    move: str, start: str
+) -> None:
+    async def scenario(pilot: Pilot[None], pane: MessagePane) -> None:
+        if start == "at the top":
+            pane.scroll_home(animate=False)
+            await settle(pilot)
+            assert pane.scroll_y == 0 and not pane.following
+        # Following: redrawn where the reader was, at the newest line. At the top:
+        # another conversation opened (no marker), at its newest line too.
+        pane.show(chat(0, 200), [], stay=start == "following")  # placed a refresh later
+        MOVES[move](pane)  # the reader scrolls before it runs
+        await settle(pilot)
+        await settle(pilot)  # (the follow's own steps, had it not been stopped)
+        # From the bottom (line 200 - page at the top), not from where the redraw
+        # had left the pane (near its top) nor lost, and not undone by the follow.
+        page = pane.scrollable_content_region.height
+        assert_landed(pane, move, up_from=200 - page, down_from=200 - page)
 
     run_shown(scenario)

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import io
 import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from tests.chat_tui_helpers import settle, shown, top
 from udpchat_cli.chat import app as chat_app
 from udpchat_cli.chat.app import ChatApp, Composer, MessagePane, ProfileBook
 from udpchat_cli.chat.link import Answer, LinkState
@@ -90,23 +89,6 @@ def message(n: int, text: str, sender: str = "bob", to: str = "alice") -> m.Chat
         text=text,
         sent_at=T0 + datetime.timedelta(seconds=n),
     )
-
-
-def shown(app: ChatApp) -> list[str]:
-    """The pane's lines as the terminal draws them: a redraw's old lines stay in the
-    DOM until their removal has run, hidden (``display`` false), never drawn."""
-    console = Console(width=SIZE[0], file=io.StringIO(), color_system=None)
-    for line in app.query_one(MessagePane).query(Static):
-        if line.display:
-            console.print(line.content)
-    file = console.file
-    assert isinstance(file, io.StringIO)
-    return [row.rstrip() for row in file.getvalue().splitlines()]
-
-
-async def settle(pilot: Pilot[int]) -> None:
-    for _ in range(4):
-        await pilot.pause()
 
 
 def run(
@@ -219,20 +201,6 @@ def test_a_sent_message_the_history_brought_first_is_shown_once(
     run(monkeypatch, scenario)
 
 
-def top(app: ChatApp) -> str:
-    """The text of the first line the reader sees in the pane."""
-    pane = app.query_one(MessagePane)
-    for line in pane.query(Static):
-        region = line.virtual_region
-        if line.display and region.y <= pane.scroll_y < region.bottom:
-            console = Console(width=SIZE[0], file=io.StringIO(), color_system=None)
-            console.print(line.content)
-            file = console.file
-            assert isinstance(file, io.StringIO)
-            return file.getvalue().strip().split(": ", 1)[-1]
-    raise AssertionError(f"nothing at {pane.scroll_y}")
-
-
 LATER = [message(100 + n, f"line {100 + n}") for n in range(60)]
 EARLIER = [message(n, f"line {n}") for n in range(40, 100)]
 KEYS = {"pageup": -1, "pagedown": 1}
@@ -286,5 +254,54 @@ def test_a_key_pressed_as_a_conversation_opens_at_new_messages_is_not_undone(
             page = pane.scrollable_content_region.height
             # ... line 49, the marker's row, line 50 ...
             assert top(app) == f"line {50 - page if key == 'pageup' else 49 + page}"
+
+    run(monkeypatch, scenario)
+
+
+def test_a_page_down_pressed_as_messages_arrive_reaches_them_and_leaves_them_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario(app: ChatApp, pilot: Pilot[int], link: FakeLink) -> None:
+        pane = app.query_one(MessagePane)
+        link.histories[0](m.History(request_id=4, messages=tuple(LATER)))
+        await settle(pilot)
+        pane.scroll_to(y=pane.max_scroll_y - 3, animate=False)  # a few rows up
+        await settle(pilot)
+        assert not pane.following
+        old_bottom, read = pane.max_scroll_y, pane.scroll_y
+        arriving = [message(160 + n, f"line {160 + n}") for n in range(30)]
+        link.on_pushes([m.MessageDelivered(message=message) for message in arriving])
+        # Page Down before they are laid out (Pilot's press would wait for a refresh
+        # first; a terminal's key read with the push need not).
+        app.action_page(1)
+        await settle(pilot)
+        assert pane.scroll_y == read + pane.scrollable_content_region.height > old_bottom
+        assert not pane.following
+        # Lines below not seen yet: still unread (before, the page stopped at the old
+        # bottom, where the chat counted every line as read).
+        assert app.model.conversations["bob"].unread == len(arriving)
+
+    run(monkeypatch, scenario)
+
+
+def test_a_history_answer_after_the_jump_to_new_messages_leaves_the_reader_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def scenario(app: ChatApp, pilot: Pilot[int], link: FakeLink) -> None:
+        pane = app.query_one(MessagePane)
+        carols = [message(n, f"line {n}", sender="carol") for n in range(50, 200)]
+        link.histories[0](m.History(request_id=4, messages=()))
+        app.model.add_history("carol", carols[50:100])  # read
+        link.on_pushes([m.MessageDelivered(message=message) for message in carols[100:]])
+        await settle(pilot)
+        app.action_next_unread()  # carol's, at "new messages"; her history asked
+        await settle(pilot)
+        assert top(app) == "── new messages ──"
+        # Her first page of history: older lines above, the conversation redrawn.
+        link.histories[1](m.History(request_id=5, messages=tuple(carols)))
+        await settle(pilot)
+        assert "line 50" in "\n".join(shown(app))
+        assert top(app) == "── new messages ──"
+        assert not pane.following
 
     run(monkeypatch, scenario)

@@ -4,7 +4,6 @@ with the other people on the scripted CLI. Every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -12,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from tests.chat_tui_helpers import shown
 from udpchat_cli.chat.app import ChatApp, Composer, MessagePane
 from udpchat_cli.chat.link import LinkState
 from udpchat_cli.device import DeviceKeeper
@@ -65,18 +64,8 @@ def unshown(user: User) -> list[str]:
 
 
 def pane_text(app: ChatApp) -> str:
-    """The pane's lines as a terminal of the test's width would show them (a
-    message is a grid: header, then its text). A redraw's old lines stay in the DOM
-    until Textual has removed them, hidden (``display`` false, never drawn): read
-    in between, they would count twice what the screen shows once."""
-    pane = app.query_one(MessagePane)
-    console = Console(width=SIZE[0], file=io.StringIO(), color_system=None)
-    for line in pane.query(Static):
-        if line.display:
-            console.print(line.content)
-    file = console.file
-    assert isinstance(file, io.StringIO)
-    return "\n".join(row.rstrip() for row in file.getvalue().splitlines())
+    """The pane's rows as the terminal draws them, a string (what is waited for)."""
+    return "\n".join(shown(app))
 
 
 def sidebar(app: ChatApp) -> str:
