@@ -92,6 +92,18 @@ SMALLEST = {
 SUITE_SECONDS = {"logins.py": 73, "cluster.py": 70, "relay.py": 26, "sessions.py": 24}
 
 
+def _benchmark(name: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/NAME ARGS`` to completion from the checkout, output captured."""
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
 @pytest.mark.e2e  # (real processes: the benchmark, its server and load generators)
 @pytest.mark.parametrize(
     "name",
@@ -106,20 +118,8 @@ def test_benchmark_runs_quick(name: str) -> None:
         require_nats()  # skips (or fails, in CI) when a service cannot be reached
         with postgres_database():
             pass
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / name),
-            "--quick",
-            "--json",
-            *SMALLEST[name],
-            *SERVICES.get(name, []),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
+    done = _benchmark(
+        name, "--quick", "--json", *SMALLEST[name], *SERVICES.get(name, []), timeout=timeout
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
@@ -139,23 +139,16 @@ def test_the_cluster_benchmark_measures_latency_alone() -> None:
     require_nats()
     with postgres_database():
         pass
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "cluster.py"),
-            "--quick",
-            "--json",
-            "--latency-only",
-            "--only",
-            "one_node",
-            *SMALLEST["cluster.py"],
-            *SERVICES["cluster.py"],
-        ],
-        capture_output=True,
-        text=True,
+    done = _benchmark(
+        "cluster.py",
+        "--quick",
+        "--json",
+        "--latency-only",
+        "--only",
+        "one_node",
+        *SMALLEST["cluster.py"],
+        *SERVICES["cluster.py"],
         timeout=90,
-        cwd=ROOT,
-        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout)
@@ -171,23 +164,16 @@ def test_the_low_load_benchmark_reshapes_the_acknowledgements() -> None:
     # transport's ACKs riding on data for up to 0.5 s, it brings the send, an
     # eighth of an ack_delivery and at most one ACK for every second delivery
     # (the transport acknowledges every second packet at once).
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "lowload.py"),
-            "--quick",
-            "--json",
-            *SMALLEST["lowload.py"],
-            "--max-ack-delay",
-            "0.5",
-            "--ack-every",
-            "8",
-        ],
-        capture_output=True,
-        text=True,
+    done = _benchmark(
+        "lowload.py",
+        "--quick",
+        "--json",
+        *SMALLEST["lowload.py"],
+        "--max-ack-delay",
+        "0.5",
+        "--ack-every",
+        "8",
         timeout=90,
-        cwd=ROOT,
-        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     (window,) = json.loads(done.stdout)["rates"]
@@ -206,14 +192,7 @@ def test_the_low_load_benchmark_reshapes_the_acknowledgements() -> None:
 def test_the_low_load_benchmark_refuses_acknowledgements_that_would_stall(
     option: tuple[str, str], said: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "lowload.py"), *option],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        check=False,
-    )
+    done = _benchmark("lowload.py", *option, timeout=30)
     assert done.returncode == 2 and said in done.stderr, done.stderr
 
 
@@ -235,14 +214,7 @@ def test_the_servers_acknowledgement_delay_is_set_where_the_server_builds_its_co
 
 
 def test_the_cluster_benchmark_runs_some_configurations_only_for_latency() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "cluster.py"), "--only", "one_node"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        check=False,
-    )
+    done = _benchmark("cluster.py", "--only", "one_node", timeout=30)
     assert done.returncode == 2 and "--only goes with --latency-only" in done.stderr
 
 
